@@ -1,0 +1,145 @@
+// The backend interface: every numeric operation the model needs, as plain functions on
+// buffers that live wherever the backend keeps its memory (host for the CPU backend,
+// device for CUDA). core/ calls only this; kernels/cpu and kernels/cuda implement it.
+//
+// Conventions:
+// - Row-major everywhere. A "[rows, d]" buffer holds rows of d contiguous elements.
+// - Linear weights are [out, in] (spec/MODEL.md section 10), so y = x W^T + b.
+// - Backward methods that produce parameter gradients accumulate (+=) into them, so
+//   micro-batches and the two uses of one parameter add up without extra buffers.
+//   Gradients of activations are written (=) unless an `accumulate` flag says otherwise.
+// - Sizes and offsets are 64-bit: a context of 131072 tokens times a width of 4096 does
+//   not fit in 32 bits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/philox.h"
+
+namespace par {
+
+// One attention call: `batch` independent examples, `heads` heads of `head_dim`.
+// q is [batch, nq, heads*head_dim], k and v are [batch, nk, heads*head_dim],
+// o is like q, lse is [batch, heads, nq].
+// Key j is visible to query i iff k_pos[j] <= q_pos[i] and (k_keep == null or
+// k_keep[b*nk + j] != 0). k_pos must be non-decreasing. A query that sees no key gets
+// o = 0 and lse = -infinity (spec/MODEL.md section 4, "differs").
+struct AttentionShape {
+  int64_t batch = 1;
+  int64_t nq = 0;
+  int64_t nk = 0;
+  int64_t heads = 1;
+  int64_t head_dim = 0;
+  const int64_t* q_pos = nullptr;  // [nq], backend memory
+  const int64_t* k_pos = nullptr;  // [nk], backend memory
+  const uint8_t* k_keep = nullptr; // [batch, nk] or null, backend memory
+  double scale = 1.0;              // applied to q.k (1/sqrt(head_dim) in the model)
+};
+
+struct AdamStep {
+  double lr = 3e-4;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0;  // decoupled (AdamW); 0 is plain Adam
+  int64_t t = 1;            // 1-based step, for bias correction
+  double grad_scale = 1.0;  // gradient clipping factor, applied before the moments
+};
+
+template <typename T>
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  virtual const char* name() const = 0;
+
+  // ---- memory ----
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* p) = 0;
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void synchronize() {}
+
+  // ---- element-wise basics ----
+  virtual void fill(T* x, int64_t n, T value) = 0;
+  virtual void copy(T* dst, const T* src, int64_t n) = 0;
+  virtual void add(T* y, const T* x, int64_t n) = 0;  // y += x
+  virtual void scale(T* x, int64_t n, double s) = 0;
+  // For b < batch: dst[b*dst_stride + i] = (or +=) src[b*src_stride + i], i < count.
+  virtual void copy_blocks(T* dst, int64_t dst_stride, const T* src, int64_t src_stride,
+                           int64_t batch, int64_t count, bool accumulate) = 0;
+
+  // ---- matrix products ----
+  // C[m,n] = alpha * op(A)[m,k] op(B)[k,n] + beta * C, row-major with leading dimensions.
+  virtual void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha,
+                    const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c,
+                    int64_t ldc) = 0;
+  // y[rows,out] = x[rows,in] w[out,in]^T + b  (b may be null)
+  virtual void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t rows,
+                              int64_t in, int64_t out) = 0;
+  // dx = (or +=) dy w; dw += dy^T x; db += sum_rows dy. dx or db may be null.
+  virtual void linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy,
+                               const T* x, const T* w, int64_t rows, int64_t in,
+                               int64_t out) = 0;
+
+  // ---- embedding ----
+  virtual void embedding_forward(T* h, const int32_t* ids, const T* table, int64_t rows,
+                                 int64_t d) = 0;
+  virtual void embedding_backward(T* dtable, const int32_t* ids, const T* dh, int64_t rows,
+                                  int64_t d) = 0;  // dtable += scatter(dh)
+
+  // ---- layer norm (mean and rstd are [rows], kept for backward) ----
+  virtual void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b,
+                                 int64_t rows, int64_t d, double eps) = 0;
+  virtual void layernorm_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy,
+                                  const T* x, const T* mean, const T* rstd, const T* w,
+                                  int64_t rows, int64_t d) = 0;
+
+  // ---- rotary (in place) ----
+  // x is [batch, n, heads*head_dim]; row (b, i) sits at position pos[i]. The first
+  // 2*bands dims of each head are rotated in adjacent pairs by angle pos*theta_k, with
+  // cos/sin read from tables [positions, bands]. `inverse` rotates by -angle, which is
+  // the backward of the forward rotation.
+  virtual void rotary(T* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim,
+                      int64_t bands, const int64_t* pos, const T* cos_table,
+                      const T* sin_table, bool inverse) = 0;
+
+  // ---- activation and regularization ----
+  virtual void sqrelu_forward(T* y, const T* x, int64_t n) = 0;
+  virtual void sqrelu_backward(T* dx, const T* dy, const T* x, int64_t n) = 0;
+  // y = x * keep / (1 - p), keep = dropout_keep(key, example_base + b, i) for element i
+  // of example b. Forward and backward are the same call. y may equal x.
+  virtual void dropout(T* y, const T* x, int64_t batch, int64_t per_example, double p,
+                       const DropoutKey& key, uint64_t example_base) = 0;
+  // keep[b*n + j] = tokens[b*token_stride + j] != PAD and, when p > 0,
+  // dropout_keep(key, example_base + b, position_base + j, p).
+  virtual void key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batch, int64_t n,
+                             int64_t token_stride, double p, const DropoutKey& key,
+                             uint64_t example_base, int64_t position_base) = 0;
+
+  // ---- attention (blocked over keys; never holds a [nq, nk] score matrix) ----
+  virtual void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v,
+                                 T* o, T* lse) = 0;
+  // Uses the forward's o and lse (after any cross-rank merge). dq, dk, dv are written;
+  // dk and dv rows of invisible keys are zero.
+  virtual void attention_backward(const AttentionShape& s, const T* q, const T* k,
+                                  const T* v, const T* o, const T* d_o, const T* lse, T* dq,
+                                  T* dk, T* dv) = 0;
+
+  // ---- loss ----
+  // lse[r] = logsumexp(logits[r]); ce[r] = lse[r] - logits[r, target[r]], or 0 where the
+  // target is PAD.
+  virtual void cross_entropy_forward(T* ce, T* lse, const T* logits, const int32_t* targets,
+                                     int64_t rows, int64_t vocab) = 0;
+  // Gradient of scale * sum over valid rows of (ce + z_loss * lse^2); PAD rows get 0.
+  virtual void cross_entropy_backward(T* dlogits, const T* logits, const T* lse,
+                                      const int32_t* targets, int64_t rows, int64_t vocab,
+                                      double scale, double z_loss) = 0;
+
+  // ---- optimizer ----
+  virtual double sum_squares(const T* x, int64_t n) = 0;
+  virtual void adam_update(T* param, T* m, T* v, const T* grad, int64_t n,
+                           const AdamStep& step) = 0;
+};
+
+}  // namespace par

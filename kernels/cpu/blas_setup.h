@@ -1,0 +1,22 @@
+// Choosing OpenBLAS's kernels before any work starts.
+//
+// OpenBLAS picks its kernels from the CPU model at load time. A CPU newer than the
+// library (Debian 12 ships 0.3.21) is not recognized and falls back to the SSE3
+// "Prescott" kernels, about 5x slower than the AVX-512 ones the CPU can run. The
+// choice can only be made through OPENBLAS_CORETYPE before the library loads, so when
+// the fallback is detected on a CPU with AVX2 or AVX-512, the process sets the variable
+// and re-executes itself (same pid, same arguments; before MPI is initialized).
+// Setting OPENBLAS_CORETYPE yourself, or PAR_KEEP_BLAS_CORE=1, disables this.
+#pragma once
+
+#include <string>
+
+namespace par {
+
+// Call first thing in main(); may not return (re-exec).
+void select_blas_kernels(char** argv);
+
+// "OpenBLAS 0.3.21, core SkylakeX, OpenMP threading" -- for logs and benchmarks.
+std::string blas_description();
+
+}  // namespace par

@@ -1,0 +1,373 @@
+#include "kernels/cpu/cpu_ops.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cpu/blas.h"
+
+namespace par::cpu {
+
+namespace {
+
+// Below this many elements a loop runs on one thread: the fork costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 15;
+
+// Sums the rows of a [rows, cols] matrix into acc (double) with a fixed partition of the
+// rows over threads and a fixed order of combining them, so the result is reproducible.
+template <typename F>
+void reduce_rows(int64_t rows, int64_t cols, std::vector<double>& acc, F&& row_fn) {
+  const int nt = rows * cols >= kParallelMin ? omp_get_max_threads() : 1;
+  std::vector<double> part(static_cast<size_t>(nt) * size_t(cols), 0.0);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    const int n = omp_get_num_threads();
+    const int64_t r0 = rows * t / n, r1 = rows * (t + 1) / n;
+    double* mine = part.data() + size_t(t) * size_t(cols);
+    for (int64_t r = r0; r < r1; ++r) row_fn(r, mine);
+  }
+  acc.assign(size_t(cols), 0.0);
+  for (int t = 0; t < nt; ++t)
+    for (int64_t c = 0; c < cols; ++c) acc[c] += part[size_t(t) * size_t(cols) + c];
+}
+
+}  // namespace
+
+template <typename T>
+void* CpuOps<T>::allocate(size_t bytes) {
+  const size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+
+template <typename T>
+void CpuOps<T>::deallocate(void* p) {
+  std::free(p);
+}
+
+template <typename T>
+void CpuOps<T>::upload(void* dst, const void* src, size_t bytes) {
+  std::memcpy(dst, src, bytes);
+}
+
+template <typename T>
+void CpuOps<T>::download(void* dst, const void* src, size_t bytes) {
+  std::memcpy(dst, src, bytes);
+}
+
+template <typename T>
+void CpuOps<T>::fill(T* x, int64_t n, T value) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) x[i] = value;
+}
+
+template <typename T>
+void CpuOps<T>::copy(T* dst, const T* src, int64_t n) {
+  if (dst != src) std::memcpy(dst, src, size_t(n) * sizeof(T));
+}
+
+template <typename T>
+void CpuOps<T>::add(T* y, const T* x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+template <typename T>
+void CpuOps<T>::scale(T* x, int64_t n, double s) {
+  const T st = T(s);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) x[i] *= st;
+}
+
+template <typename T>
+void CpuOps<T>::copy_blocks(T* dst, int64_t dst_stride, const T* src, int64_t src_stride,
+                            int64_t batch, int64_t count, bool accumulate) {
+  for (int64_t b = 0; b < batch; ++b) {
+    if (accumulate) add(dst + b * dst_stride, src + b * src_stride, count);
+    else copy(dst + b * dst_stride, src + b * src_stride, count);
+  }
+}
+
+template <typename T>
+void CpuOps<T>::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha,
+                     const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c,
+                     int64_t ldc) {
+  cpu::gemm<T>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+template <typename T>
+void CpuOps<T>::linear_forward(T* y, const T* x, const T* w, const T* b, int64_t rows,
+                               int64_t in, int64_t out) {
+  // Start from the bias rows so the product accumulates onto them (one pass over y).
+  if (b) {
+#pragma omp parallel for schedule(static) if (rows * out >= kParallelMin)
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(y + r * out, b, size_t(out) * sizeof(T));
+  }
+  cpu::gemm<T>(false, true, rows, out, in, T(1), x, in, w, in, b ? T(1) : T(0), y, out);
+}
+
+template <typename T>
+void CpuOps<T>::linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy,
+                                const T* x, const T* w, int64_t rows, int64_t in,
+                                int64_t out) {
+  if (dx) cpu::gemm<T>(false, false, rows, in, out, T(1), dy, out, w, in,
+                       accumulate_dx ? T(1) : T(0), dx, in);
+  if (dw) cpu::gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
+  if (db) {
+    std::vector<double> acc;
+    reduce_rows(rows, out, acc, [&](int64_t r, double* s) {
+      const T* row = dy + r * out;
+      for (int64_t c = 0; c < out; ++c) s[c] += row[c];
+    });
+    for (int64_t c = 0; c < out; ++c) db[c] += T(acc[c]);
+  }
+}
+
+template <typename T>
+void CpuOps<T>::embedding_forward(T* h, const int32_t* ids, const T* table, int64_t rows,
+                                  int64_t d) {
+#pragma omp parallel for schedule(static) if (rows * d >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(h + r * d, table + int64_t(ids[r]) * d, size_t(d) * sizeof(T));
+}
+
+template <typename T>
+void CpuOps<T>::embedding_backward(T* dtable, const int32_t* ids, const T* dh, int64_t rows,
+                                   int64_t d) {
+  // Threads own disjoint column ranges, so rows with the same id never race and the
+  // order of additions is fixed.
+#pragma omp parallel if (rows * d >= kParallelMin)
+  {
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    const int64_t c0 = d * t / n, c1 = d * (t + 1) / n;
+    for (int64_t r = 0; r < rows; ++r) {
+      T* dst = dtable + int64_t(ids[r]) * d;
+      const T* src = dh + r * d;
+      for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
+    }
+  }
+}
+
+template <typename T>
+void CpuOps<T>::layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b,
+                                  int64_t rows, int64_t d, double eps) {
+#pragma omp parallel for schedule(static) if (rows * d >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * d;
+    double s = 0;
+    for (int64_t c = 0; c < d; ++c) s += xr[c];
+    const double mu = s / double(d);
+    double ss = 0;
+    for (int64_t c = 0; c < d; ++c) {
+      const double t = double(xr[c]) - mu;
+      ss += t * t;
+    }
+    const double rs = 1.0 / std::sqrt(ss / double(d) + eps);
+    mean[r] = T(mu);
+    rstd[r] = T(rs);
+    const T mu_t = T(mu), rs_t = T(rs);
+    T* yr = y + r * d;
+    for (int64_t c = 0; c < d; ++c) yr[c] = (xr[c] - mu_t) * rs_t * w[c] + b[c];
+  }
+}
+
+template <typename T>
+void CpuOps<T>::layernorm_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy,
+                                   const T* x, const T* mean, const T* rstd, const T* w,
+                                   int64_t rows, int64_t d) {
+  std::vector<double> acc;
+  // Per-thread partial sums of dw (first d) and db (last d).
+  reduce_rows(rows, 2 * d, acc, [&](int64_t r, double* s) {
+    const T* xr = x + r * d;
+    const T* g = dy + r * d;
+    const T mu = mean[r], rs = rstd[r];
+    double sum_gw = 0, sum_gw_xhat = 0;
+    for (int64_t c = 0; c < d; ++c) {
+      const T xhat = (xr[c] - mu) * rs;
+      const T gw = g[c] * w[c];
+      sum_gw += gw;
+      sum_gw_xhat += double(gw) * double(xhat);
+      s[c] += double(g[c]) * double(xhat);
+      s[d + c] += g[c];
+    }
+    const T m1 = T(sum_gw / double(d)), m2 = T(sum_gw_xhat / double(d));
+    T* out = dx + r * d;
+    for (int64_t c = 0; c < d; ++c) {
+      const T xhat = (xr[c] - mu) * rs;
+      const T v = rs * (g[c] * w[c] - m1 - xhat * m2);
+      out[c] = accumulate_dx ? out[c] + v : v;
+    }
+  });
+  for (int64_t c = 0; c < d; ++c) {
+    dw[c] += T(acc[c]);
+    db[c] += T(acc[d + c]);
+  }
+}
+
+template <typename T>
+void CpuOps<T>::rotary(T* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim,
+                       int64_t bands, const int64_t* pos, const T* cos_table,
+                       const T* sin_table, bool inverse) {
+  if (bands == 0) return;
+  const int64_t width = heads * head_dim;
+  const int64_t rows = batch * n;
+  const T sign = inverse ? T(-1) : T(1);
+#pragma omp parallel for schedule(static) if (rows * width >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t p = pos[r % n];
+    const T* cs = cos_table + p * bands;
+    const T* sn = sin_table + p * bands;
+    T* row = x + r * width;
+    for (int64_t h = 0; h < heads; ++h) {
+      T* u = row + h * head_dim;
+      for (int64_t k = 0; k < bands; ++k) {
+        const T c = cs[k], s = sign * sn[k];
+        const T a = u[2 * k], b = u[2 * k + 1];
+        u[2 * k] = a * c - b * s;
+        u[2 * k + 1] = b * c + a * s;
+      }
+    }
+  }
+}
+
+template <typename T>
+void CpuOps<T>::sqrelu_forward(T* y, const T* x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    const T r = x[i] > T(0) ? x[i] : T(0);
+    y[i] = r * r;
+  }
+}
+
+template <typename T>
+void CpuOps<T>::sqrelu_backward(T* dx, const T* dy, const T* x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? T(2) * x[i] * dy[i] : T(0);
+}
+
+template <typename T>
+void CpuOps<T>::dropout(T* y, const T* x, int64_t batch, int64_t per_example, double p,
+                        const DropoutKey& key, uint64_t example_base) {
+  if (p <= 0) {
+    copy(y, x, batch * per_example);
+    return;
+  }
+  const T keep_scale = T(1.0 / (1.0 - p));
+  const float pf = float(p);
+  for (int64_t b = 0; b < batch; ++b) {
+    const uint64_t ex = example_base + uint64_t(b);
+    T* yb = y + b * per_example;
+    const T* xb = x + b * per_example;
+#pragma omp parallel for schedule(static) if (per_example >= kParallelMin)
+    for (int64_t i = 0; i < per_example; ++i)
+      yb[i] = dropout_keep(key, ex, uint64_t(i), pf) ? xb[i] * keep_scale : T(0);
+  }
+}
+
+template <typename T>
+void CpuOps<T>::key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batch, int64_t n,
+                              int64_t token_stride, double p, const DropoutKey& key,
+                              uint64_t example_base, int64_t position_base) {
+  const float pf = float(p);
+  for (int64_t b = 0; b < batch; ++b) {
+    const uint64_t ex = example_base + uint64_t(b);
+    const int32_t* tb = tokens + b * token_stride;
+    uint8_t* kb = keep + b * n;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t j = 0; j < n; ++j)
+      kb[j] = tb[j] != 0 && (p <= 0 || dropout_keep(key, ex, uint64_t(position_base + j), pf));
+  }
+}
+
+template <typename T>
+void CpuOps<T>::attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v,
+                                  T* o, T* lse) {
+  attention_forward_blocked<T>(s, q, k, v, o, lse, AttentionBlocking{});
+}
+
+template <typename T>
+void CpuOps<T>::attention_backward(const AttentionShape& s, const T* q, const T* k,
+                                   const T* v, const T* o, const T* d_o, const T* lse, T* dq,
+                                   T* dk, T* dv) {
+  attention_backward_blocked<T>(s, q, k, v, o, d_o, lse, dq, dk, dv, AttentionBlocking{});
+}
+
+template <typename T>
+void CpuOps<T>::cross_entropy_forward(T* ce, T* lse, const T* logits, const int32_t* targets,
+                                      int64_t rows, int64_t vocab) {
+#pragma omp parallel for schedule(static) if (rows * vocab >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* z = logits + r * vocab;
+    double mx = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < vocab; ++j) mx = std::max(mx, double(z[j]));
+    double sum = 0;
+    for (int64_t j = 0; j < vocab; ++j) sum += std::exp(double(z[j]) - mx);
+    const double l = mx + std::log(sum);
+    lse[r] = T(l);
+    ce[r] = targets[r] == 0 ? T(0) : T(l - double(z[targets[r]]));
+  }
+}
+
+template <typename T>
+void CpuOps<T>::cross_entropy_backward(T* dlogits, const T* logits, const T* lse,
+                                       const int32_t* targets, int64_t rows, int64_t vocab,
+                                       double scale, double z_loss) {
+#pragma omp parallel for schedule(static) if (rows * vocab >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    T* g = dlogits + r * vocab;
+    if (targets[r] == 0) {
+      std::fill(g, g + vocab, T(0));
+      continue;
+    }
+    const T* z = logits + r * vocab;
+    const double l = lse[r];
+    const double f = scale * (1.0 + 2.0 * z_loss * l);
+    for (int64_t j = 0; j < vocab; ++j) g[j] = T(f * std::exp(double(z[j]) - l));
+    g[targets[r]] -= T(scale);
+  }
+}
+
+template <typename T>
+double CpuOps<T>::sum_squares(const T* x, int64_t n) {
+  std::vector<double> acc;
+  const int64_t chunk = 4096;
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  reduce_rows(chunks, 1, acc, [&](int64_t c, double* s) {
+    const int64_t i1 = std::min(n, (c + 1) * chunk);
+    double t = 0;
+    for (int64_t i = c * chunk; i < i1; ++i) t += double(x[i]) * double(x[i]);
+    s[0] += t;
+  });
+  return acc.empty() ? 0.0 : acc[0];
+}
+
+template <typename T>
+void CpuOps<T>::adam_update(T* param, T* m, T* v, const T* grad, int64_t n,
+                            const AdamStep& a) {
+  const double bc1 = 1.0 - std::pow(a.beta1, double(a.t));
+  const double bc2 = 1.0 - std::pow(a.beta2, double(a.t));
+  const T b1 = T(a.beta1), b2 = T(a.beta2), gs = T(a.grad_scale);
+  const T step_size = T(a.lr / bc1), inv_sqrt_bc2 = T(1.0 / std::sqrt(bc2));
+  const T eps = T(a.eps), decay = T(1.0 - a.lr * a.weight_decay);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    const T g = grad[i] * gs;
+    m[i] = b1 * m[i] + (T(1) - b1) * g;
+    v[i] = b2 * v[i] + (T(1) - b2) * g * g;
+    param[i] = param[i] * decay - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
+  }
+}
+
+template class CpuOps<float>;
+template class CpuOps<double>;
+
+}  // namespace par::cpu

@@ -1,0 +1,86 @@
+#include "launch/cli.h"
+
+#include <glob.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <iostream>
+#include <set>
+
+#include "core/error.h"
+
+namespace par::cli {
+
+namespace {
+
+void print_help(const Command& cmd, const po::options_description& opts) {
+  std::cout << "usage: " << cmd.usage << "\n\n" << cmd.summary << "\n\n" << opts << "\n";
+}
+
+}  // namespace
+
+bool parse(int argc, char** argv, const Command& cmd, const po::options_description& opts,
+           po::variables_map& vm, const po::positional_options_description* positional,
+           const std::string& config_option) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      print_help(cmd, opts);
+      return false;
+    }
+  }
+  const std::string hint = cat(" (see `par ", cmd.name, " --help`)");
+  try {
+    auto parser = po::command_line_parser(argc - 1, argv + 1).options(opts);
+    if (positional) parser.positional(*positional);
+    po::store(parser.run(), vm);
+  } catch (const po::unknown_option& e) {
+    fail_user("unknown option ", e.get_option_name(), hint);
+  } catch (const po::error& e) {
+    fail_user(e.what(), hint);
+  }
+  if (!config_option.empty() && vm.count(config_option)) {
+    const std::string path = vm[config_option].as<std::string>();
+    std::ifstream in(path);
+    if (!in) fail_user("cannot read config file ", path, " (--", config_option, ")");
+    try {
+      po::store(po::parse_config_file(in, opts, /*allow_unregistered=*/false), vm);
+    } catch (const po::unknown_option& e) {
+      fail_user("config file ", path, ": unknown option '", e.get_option_name(), "'", hint);
+    } catch (const po::error& e) {
+      fail_user("config file ", path, ": ", e.what(), hint);
+    }
+  }
+  try {
+    po::notify(vm);
+  } catch (const po::error& e) {
+    fail_user(e.what(), hint);
+  }
+  return true;
+}
+
+std::vector<std::string> expand_paths(const std::vector<std::string>& patterns,
+                                      const std::string& option_name) {
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  for (const std::string& p : patterns) {
+    std::vector<std::string> matches;
+    if (p.find_first_of("*?[") != std::string::npos) {
+      glob_t g{};
+      const int rc = ::glob(p.c_str(), 0, nullptr, &g);
+      if (rc == 0)
+        for (size_t i = 0; i < g.gl_pathc; ++i) matches.emplace_back(g.gl_pathv[i]);
+      globfree(&g);
+      if (matches.empty()) fail_user(option_name, ": pattern '", p, "' matches no file");
+    } else {
+      struct stat st{};
+      if (::stat(p.c_str(), &st) != 0) fail_user(option_name, ": no such file '", p, "'");
+      matches.push_back(p);
+    }
+    for (auto& m : matches)
+      if (seen.insert(m).second) out.push_back(m);
+  }
+  return out;
+}
+
+}  // namespace par::cli

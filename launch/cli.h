@@ -1,0 +1,35 @@
+// Command-line and config-file parsing shared by every `par` subcommand.
+//
+// Each subcommand describes its options with Boost.Program_options; parse() turns
+// argv (plus, for commands that take --config, an INI file) into a variables_map and
+// turns every parsing problem into a UserError that names the option and says where to
+// look. Values given on the command line override the config file.
+#pragma once
+
+#include <boost/program_options.hpp>
+#include <string>
+#include <vector>
+
+namespace par::cli {
+
+namespace po = boost::program_options;
+
+struct Command {
+  std::string name;     // "train"
+  std::string summary;  // one line for `par --help`
+  std::string usage;    // "par train --config FILE [options]"
+};
+
+// Returns false when --help was given (usage already printed to stdout): the caller
+// exits 0. `config_option` names the option holding an INI file path ("" = none).
+bool parse(int argc, char** argv, const Command& cmd, const po::options_description& opts,
+           po::variables_map& vm,
+           const po::positional_options_description* positional = nullptr,
+           const std::string& config_option = "");
+
+// Expands shard paths and glob patterns in order, without duplicates. A pattern that
+// matches nothing, or a path that does not exist, is a UserError naming it.
+std::vector<std::string> expand_paths(const std::vector<std::string>& patterns,
+                                      const std::string& option_name);
+
+}  // namespace par::cli

@@ -1,0 +1,9 @@
+// The subcommands of `par`. Each takes argv with argv[0] = the subcommand's name and
+// returns the process exit status. UserError escaping from one is reported by main().
+#pragma once
+
+namespace par {
+
+int cmd_prep(int argc, char** argv);
+
+}  // namespace par

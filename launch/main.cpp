@@ -1,0 +1,57 @@
+// `par`: one binary, one subcommand per job (prep, train, eval, export, bench, ...).
+#include <glog/logging.h>
+
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include "core/error.h"
+#include "kernels/cpu/blas_setup.h"
+#include "launch/commands.h"
+
+namespace {
+
+struct Entry {
+  const char* name;
+  const char* summary;
+  int (*run)(int, char**);
+};
+
+const Entry kCommands[] = {
+    {"prep", "write token shards (HDF5) from bytes, a token array, or the mirror-copy task",
+     par::cmd_prep},
+};
+
+void print_usage(std::ostream& os) {
+  os << "usage: par <command> [options]   (par <command> --help for its options)\n\n"
+        "Trains Perceiver AR models on long contexts.\n\ncommands:\n";
+  for (const Entry& e : kCommands) os << "  " << e.name << std::string(10 - std::strlen(e.name), ' ') << e.summary << "\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  par::select_blas_kernels(argv);
+  FLAGS_logtostderr = true;
+  google::InitGoogleLogging(argv[0]);
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    print_usage(std::cout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string name = argv[1];
+  for (const Entry& e : kCommands) {
+    if (name != e.name) continue;
+    try {
+      return e.run(argc - 1, argv + 1);
+    } catch (const par::UserError& err) {
+      std::cerr << "par " << name << ": error: " << err.what() << "\n";
+      return 2;
+    } catch (const std::exception& err) {
+      std::cerr << "par " << name << ": internal error: " << err.what() << "\n";
+      return 1;
+    }
+  }
+  std::cerr << "par: unknown command '" << name << "'\n\n";
+  print_usage(std::cerr);
+  return 2;
+}
