@@ -31,7 +31,8 @@ bool parse(int argc, char** argv, const Command& cmd, const po::options_descript
   }
   const std::string hint = cat(" (see `par ", cmd.name, " --help`)");
   try {
-    auto parser = po::command_line_parser(argc - 1, argv + 1).options(opts);
+    // Like main()'s argv: the parser skips argv[0] (here the subcommand's name).
+    auto parser = po::command_line_parser(argc, argv).options(opts);
     if (positional) parser.positional(*positional);
     po::store(parser.run(), vm);
   } catch (const po::unknown_option& e) {

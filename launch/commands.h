@@ -5,5 +5,9 @@
 namespace par {
 
 int cmd_prep(int argc, char** argv);
+int cmd_train(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_export(int argc, char** argv);
+int cmd_bench(int argc, char** argv);
 
 }  // namespace par

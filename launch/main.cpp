@@ -20,6 +20,10 @@ struct Entry {
 const Entry kCommands[] = {
     {"prep", "write token shards (HDF5) from bytes, a token array, or the mirror-copy task",
      par::cmd_prep},
+    {"train", "train a model on token shards, with validation and checkpoints", par::cmd_train},
+    {"eval", "score shards with a checkpoint (block evaluation); last line is JSON", par::cmd_eval},
+    {"export", "write a checkpoint's weights in the public single-file format", par::cmd_export},
+    {"bench", "time training steps: tokens/s, model FLOP/s vs sgemm, peak memory", par::cmd_bench},
 };
 
 void print_usage(std::ostream& os) {

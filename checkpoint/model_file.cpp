@@ -1,0 +1,171 @@
+#include "checkpoint/model_file.h"
+
+#include <cstdio>
+
+#include "core/error.h"
+#include "data/h5.h"
+
+namespace par {
+
+namespace {
+
+void write_model_attributes(hid_t root, const ModelConfig& c) {
+  h5::write_attribute<int64_t>(root, "vocab_size", c.vocab_size);
+  h5::write_attribute<int64_t>(root, "d_model", c.d_model);
+  h5::write_attribute<int64_t>(root, "context_length", c.context_length);
+  h5::write_attribute<int64_t>(root, "num_latents", c.num_latents);
+  h5::write_attribute<int64_t>(root, "num_layers", c.num_layers);
+  h5::write_attribute<int64_t>(root, "cross_heads", c.cross_heads);
+  h5::write_attribute<int64_t>(root, "self_heads", c.self_heads);
+  h5::write_attribute<int64_t>(root, "mlp_factor", c.mlp_factor);
+  h5::write_attribute<double>(root, "rotary_fraction", c.rotary_fraction);
+  h5::write_attribute<double>(root, "max_wavelength", c.wavelength());
+}
+
+ModelConfig read_model_attributes(hid_t root) {
+  ModelConfig c;
+  c.vocab_size = h5::read_attribute<int64_t>(root, "vocab_size");
+  c.d_model = h5::read_attribute<int64_t>(root, "d_model");
+  c.context_length = h5::read_attribute<int64_t>(root, "context_length");
+  c.num_latents = h5::read_attribute<int64_t>(root, "num_latents");
+  c.num_layers = h5::read_attribute<int64_t>(root, "num_layers");
+  c.cross_heads = h5::read_attribute<int64_t>(root, "cross_heads");
+  c.self_heads = h5::read_attribute<int64_t>(root, "self_heads");
+  c.mlp_factor = h5::read_attribute<int64_t>(root, "mlp_factor");
+  c.rotary_fraction = h5::read_attribute<double>(root, "rotary_fraction");
+  c.max_wavelength = h5::read_attribute<double>(root, "max_wavelength");
+  return c;
+}
+
+void write_tensors(hid_t root, const std::string& group, const ParamLayout& layout,
+                   const float* base) {
+  for (const ParamInfo& p : layout.params())
+    h5::write_dataset<float>(root, group + "/" + p.name, base + p.offset, p.shape);
+}
+
+std::vector<float> read_tensors(hid_t root, const std::string& group, const ParamLayout& layout,
+                                const std::string& path) {
+  std::vector<float> out(size_t(layout.total()), 0.0f);
+  for (const ParamInfo& p : layout.params()) {
+    const std::string name = group + "/" + p.name;
+    if (!h5::exists(root, name))
+      fail_user(path, ": missing tensor ", name, " (the file is incomplete or not from par)");
+    if (h5::dataset_shape(root, name) != p.shape)
+      fail_user(path, ": tensor ", name, " has the wrong shape for the model in its attributes");
+    const auto v = h5::read_dataset<float>(root, name);
+    std::copy(v.begin(), v.end(), out.begin() + p.offset);
+  }
+  return out;
+}
+
+// Writes through `fill` into PATH.tmp, then renames over PATH.
+template <typename F>
+void write_atomically(const std::string& path, F&& fill) {
+  const std::string tmp = path + ".tmp";
+  try {
+    h5::Object file = h5::create_file(tmp);
+    fill(file.id());
+    file.close();
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail_user("cannot move ", tmp, " to ", path, ": check the directory's permissions");
+  }
+}
+
+}  // namespace
+
+void write_checkpoint(const std::string& path, const ModelConfig& model,
+                      const TrainingPosition& pos, const float* params, const float* adam_m,
+                      const float* adam_v) {
+  const ParamLayout layout(model);
+  write_atomically(path, [&](hid_t root) {
+    h5::write_attribute<std::string>(root, "format", kCheckpointFormat);
+    write_model_attributes(root, model);
+    h5::write_attribute<int64_t>(root, "step", pos.step);
+    h5::write_attribute<int64_t>(root, "next_batch", pos.next_batch);
+    h5::write_attribute<std::string>(root, "seed", std::to_string(pos.seed));
+    h5::write_attribute<std::string>(root, "config", pos.config_text);
+    write_tensors(root, "params", layout, params);
+    write_tensors(root, "adam_m", layout, adam_m);
+    write_tensors(root, "adam_v", layout, adam_v);
+  });
+}
+
+void write_export(const std::string& path, const ModelConfig& model, int64_t step,
+                  const float* params) {
+  const ParamLayout layout(model);
+  write_atomically(path, [&](hid_t root) {
+    h5::write_attribute<std::string>(root, "format", kExportFormat);
+    write_model_attributes(root, model);
+    h5::write_attribute<int64_t>(root, "step", step);
+    write_tensors(root, "params", layout, params);
+  });
+}
+
+namespace {
+
+std::string read_format(hid_t root, const std::string& path) {
+  if (!h5::has_attribute(root, "format"))
+    fail_user(path, " is not a par checkpoint or exported model (no 'format' attribute)");
+  const std::string f = h5::read_attribute<std::string>(root, "format");
+  if (f != kCheckpointFormat && f != kExportFormat)
+    fail_user(path, " has format '", f, "', not a par checkpoint (", kCheckpointFormat,
+              ") or exported model (", kExportFormat, ")");
+  return f;
+}
+
+ModelConfig read_valid_config(hid_t root, const std::string& path) {
+  const ModelConfig c = read_model_attributes(root);
+  try {
+    c.validate();
+  } catch (const UserError& e) {
+    fail_user(path, ": inconsistent model configuration: ", e.what());
+  }
+  return c;
+}
+
+}  // namespace
+
+ModelFile read_model_file(const std::string& path, bool with_optimizer) {
+  h5::Object file = h5::open_file(path);
+  const hid_t root = file.id();
+  ModelFile m;
+  m.path = path;
+  m.format = read_format(root, path);
+  if (with_optimizer && m.format != kCheckpointFormat)
+    fail_user(path, " is an exported model without optimizer state; training resumes only "
+                    "from a checkpoint");
+  m.model = read_valid_config(root, path);
+  const ParamLayout layout(m.model);
+  m.position.step = h5::read_attribute<int64_t>(root, "step");
+  if (m.format == kCheckpointFormat) {
+    m.position.next_batch = h5::read_attribute<int64_t>(root, "next_batch");
+    m.position.seed = std::stoull(h5::read_attribute<std::string>(root, "seed"));
+    m.position.config_text = h5::read_attribute<std::string>(root, "config");
+  }
+  m.params = read_tensors(root, "params", layout, path);
+  if (with_optimizer) {
+    m.adam_m = read_tensors(root, "adam_m", layout, path);
+    m.adam_v = read_tensors(root, "adam_v", layout, path);
+  }
+  return m;
+}
+
+ModelConfig read_model_config(const std::string& path) {
+  h5::Object file = h5::open_file(path);
+  read_format(file.id(), path);
+  return read_valid_config(file.id(), path);
+}
+
+void require_same_model(const ModelConfig& expected, const ModelConfig& found,
+                        const std::string& path) {
+  if (!expected.same_shape(found))
+    fail_user(path, " holds a different model (", found.summary(), ") than the configuration (",
+              expected.summary(), "): use the configuration it was trained with, or another --out");
+}
+
+}  // namespace par

@@ -1,0 +1,83 @@
+// Window arithmetic over a list of shards (see dataset.h).
+#include "data/dataset.h"
+
+#include <algorithm>
+#include <mutex>
+
+#include "core/error.h"
+
+namespace par {
+
+struct Dataset::Readers {
+  std::mutex mutex;  // guards the lazy opening only; reads serialize on the HDF5 lock
+  std::vector<std::unique_ptr<ShardReader>> open;
+};
+
+Dataset::Dataset(std::vector<std::string> paths, int64_t context_length, int64_t vocab_size)
+    : paths_(std::move(paths)),
+      context_length_(context_length),
+      vocab_size_(vocab_size),
+      readers_(std::make_unique<Readers>()) {
+  if (paths_.empty())
+    fail_user("the data set has no shard files; give token shards (HDF5 files written by "
+              "`par prep`, see spec/FORMATS.md)");
+  if (context_length_ < 1) fail_user("--context-length must be positive, not ", context_length_);
+  if (vocab_size_ < 1) fail_user("--vocab-size must be positive, not ", vocab_size_);
+  const int64_t window_tokens = context_length_ + 1;
+  window_begin_.push_back(0);
+  for (const std::string& p : paths_) {
+    ShardInfo s = inspect_shard(p);
+    if (s.num_tokens < window_tokens)
+      fail_user("shard ", p, " has ", s.num_tokens, " tokens, fewer than one window of N+1 = ",
+                window_tokens, " tokens; use a shorter --context-length or a longer shard");
+    if (s.vocab_size > vocab_size_)
+      fail_user("shard ", p, " has vocab_size ", s.vocab_size, ", more than the model's ",
+                vocab_size_, "; use a model with --vocab-size at least ", s.vocab_size,
+                " or the right data");
+    window_begin_.push_back(window_begin_.back() + (s.num_tokens - 1) / context_length_);
+    shards_.push_back(std::move(s));
+  }
+  readers_->open.resize(shards_.size());
+}
+
+Dataset::~Dataset() = default;
+Dataset::Dataset(Dataset&&) noexcept = default;
+Dataset& Dataset::operator=(Dataset&&) noexcept = default;
+
+const ShardInfo& Dataset::shard(int64_t i) const {
+  PAR_ASSERT(i >= 0 && i < num_shards(), "shard ", i, " of ", num_shards());
+  return shards_[static_cast<size_t>(i)];
+}
+
+Dataset::WindowRef Dataset::window(int64_t w) const {
+  PAR_ASSERT(w >= 0 && w < num_windows(), "window ", w, " of ", num_windows());
+  // The last shard whose first window is <= w.
+  const auto it = std::upper_bound(window_begin_.begin(), window_begin_.end(), w) - 1;
+  const int64_t s = it - window_begin_.begin();
+  return {s, (w - *it) * context_length_};
+}
+
+void Dataset::read_window(int64_t w, int64_t col_begin, int64_t col_end, int32_t* out) const {
+  PAR_ASSERT(0 <= col_begin && col_begin < col_end && col_end <= context_length_ + 1,
+             "columns [", col_begin, ", ", col_end, ") of a window of ", context_length_ + 1);
+  const WindowRef ref = window(w);
+  const ShardReader* reader;
+  {
+    std::lock_guard<std::mutex> lock(readers_->mutex);
+    auto& slot = readers_->open[static_cast<size_t>(ref.shard)];
+    if (!slot) {
+      auto r = std::make_unique<ShardReader>(paths_[static_cast<size_t>(ref.shard)]);
+      const ShardInfo& was = shards_[static_cast<size_t>(ref.shard)];
+      if (r->info().num_tokens != was.num_tokens || r->info().vocab_size != was.vocab_size)
+        fail_user("shard ", was.path, " changed while in use (", was.num_tokens, " tokens, now ",
+                  r->info().num_tokens, "); do not rewrite shards during a run");
+      slot = std::move(r);
+    }
+    reader = slot.get();
+  }
+  // The shard's vocab_size is at most the model's (checked above) and is the stricter bound.
+  reader->read(ref.offset + col_begin, col_end - col_begin, out,
+               std::min(vocab_size_, shards_[static_cast<size_t>(ref.shard)].vocab_size));
+}
+
+}  // namespace par

@@ -1,0 +1,420 @@
+// HDF5 RAII wrappers (see h5.h). Every function takes h5::Lock before its first H5* call.
+#include "data/h5.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <type_traits>
+
+#include "core/error.h"
+
+namespace par::h5 {
+
+namespace {
+
+// Re-entrancy depth of Lock on this thread: nested wrappers (and Object destructors run
+// inside a wrapper) must not lock the non-recursive mutex twice.
+thread_local int64_t lock_depth = 0;
+
+// HDF5's innermost error message for the failed call, then a clean stack.
+std::string hdf5_detail() {
+  std::string msg;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_UPWARD,
+      [](unsigned n, const H5E_error2_t* err, void* data) -> herr_t {
+        auto* out = static_cast<std::string*>(data);
+        if (n == 0 && err->desc) *out = err->desc;
+        return 0;
+      },
+      &msg);
+  H5Eclear2(H5E_DEFAULT);
+  return msg;
+}
+
+std::string with_detail(const std::string& what) {
+  const std::string d = hdf5_detail();
+  return d.empty() ? what : cat(what, " (HDF5: ", d, ")");
+}
+
+herr_t close_id(hid_t id) {
+  switch (H5Iget_type(id)) {
+    case H5I_FILE: return H5Fclose(id);
+    case H5I_GROUP: return H5Gclose(id);
+    case H5I_DATASET: return H5Dclose(id);
+    case H5I_ATTR: return H5Aclose(id);
+    case H5I_DATASPACE: return H5Sclose(id);
+    case H5I_DATATYPE: return H5Tclose(id);
+    case H5I_GENPROP_LST: return H5Pclose(id);
+    default: return H5Idec_ref(id) < 0 ? -1 : 0;
+  }
+}
+
+template <typename T>
+hid_t native_type() {
+  if constexpr (std::is_same_v<T, float>) return H5T_NATIVE_FLOAT;
+  else if constexpr (std::is_same_v<T, double>) return H5T_NATIVE_DOUBLE;
+  else if constexpr (std::is_same_v<T, int32_t>) return H5T_NATIVE_INT32;
+  else if constexpr (std::is_same_v<T, int64_t>) return H5T_NATIVE_INT64;
+  else if constexpr (std::is_same_v<T, uint8_t>) return H5T_NATIVE_UINT8;
+  else static_assert(sizeof(T) == 0, "unsupported HDF5 element type");
+}
+
+// "file F: object 'name'" prefix for messages about a file's contents.
+std::string where(hid_t loc, const std::string& kind, const std::string& name) {
+  return cat("file ", file_name(loc), ": ", kind, " '", name, "'");
+}
+
+Object open_dataset(hid_t loc, const std::string& name) {
+  if (!exists(loc, name)) fail_user("file ", file_name(loc), " has no dataset '", name, "'");
+  const hid_t id = H5Dopen2(loc, name.c_str(), H5P_DEFAULT);
+  if (id < 0) fail_user(with_detail(cat(where(loc, "object", name), " is not a dataset")));
+  return Object(id);
+}
+
+Object open_attribute(hid_t loc, const std::string& name) {
+  if (!has_attribute(loc, name))
+    fail_user("file ", file_name(loc), " has no attribute '", name, "'");
+  return checked(H5Aopen(loc, name.c_str(), H5P_DEFAULT),
+                 cat("cannot open ", where(loc, "attribute", name)));
+}
+
+// Link-creation properties that make missing parent groups on the way.
+Object intermediate_lcpl() {
+  Object lcpl = checked(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate(link create)");
+  check(H5Pset_create_intermediate_group(lcpl.id(), 1), "H5Pset_create_intermediate_group");
+  return lcpl;
+}
+
+std::string class_name(H5T_class_t c) {
+  switch (c) {
+    case H5T_INTEGER: return "integer";
+    case H5T_FLOAT: return "float";
+    case H5T_STRING: return "string";
+    case H5T_COMPOUND: return "compound";
+    case H5T_ENUM: return "enum";
+    case H5T_ARRAY: return "array";
+    case H5T_VLEN: return "variable-length";
+    default: return "non-numeric";
+  }
+}
+
+}  // namespace
+
+std::mutex& global_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+Lock::Lock() {
+  if (lock_depth == 0) {
+    global_mutex().lock();
+    // Per thread, because a thread-safe HDF5 build keeps one error stack per thread.
+    thread_local bool silenced = false;
+    if (!silenced) {
+      H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+      silenced = true;
+    }
+  }
+  ++lock_depth;
+}
+
+Lock::~Lock() {
+  if (--lock_depth == 0) global_mutex().unlock();
+}
+
+Object::~Object() {
+  if (id_ < 0) return;
+  Lock lock;
+  close_id(id_);
+  H5Eclear2(H5E_DEFAULT);
+}
+
+Object& Object::operator=(Object&& o) noexcept {
+  if (this != &o) {
+    if (id_ >= 0) {
+      Lock lock;
+      close_id(id_);
+    }
+    id_ = o.id_;
+    o.id_ = H5I_INVALID_HID;
+  }
+  return *this;
+}
+
+void Object::close() {
+  if (id_ < 0) return;
+  Lock lock;
+  const hid_t id = id_;
+  id_ = H5I_INVALID_HID;
+  check(close_id(id), "closing an HDF5 object");
+}
+
+Object checked(hid_t id, const std::string& what) {
+  if (id < 0) {
+    Lock lock;
+    fail_user(with_detail(what));
+  }
+  return Object(id);
+}
+
+void check(herr_t rc, const std::string& what) {
+  if (rc < 0) {
+    Lock lock;
+    fail_user(with_detail(what));
+  }
+}
+
+Object open_file(const std::string& path, bool writable) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0)
+    fail_user("cannot open ", path, ": ", std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) fail_user(path, " is a directory, not an HDF5 file");
+  if (::access(path.c_str(), writable ? (R_OK | W_OK) : R_OK) != 0)
+    fail_user("cannot open ", path, ": ", std::strerror(errno));
+  Lock lock;
+  if (H5Fis_hdf5(path.c_str()) <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    fail_user(path, " is not an HDF5 file (no HDF5 signature; is it corrupt or truncated?)");
+  }
+  const hid_t id = H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (id < 0) fail_user(with_detail(cat("cannot open HDF5 file ", path, " (corrupt or locked?)")));
+  return Object(id);
+}
+
+Object create_file(const std::string& path) {
+  Lock lock;
+  const hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  if (id < 0)
+    fail_user(with_detail(cat("cannot create HDF5 file ", path,
+                              " (does its directory exist, and is it writable?)")));
+  return Object(id);
+}
+
+std::string file_name(hid_t any) {
+  Lock lock;
+  const ssize_t n = H5Fget_name(any, nullptr, 0);
+  if (n < 0) {
+    H5Eclear2(H5E_DEFAULT);
+    return "<unknown HDF5 file>";
+  }
+  std::string name(static_cast<size_t>(n) + 1, '\0');
+  H5Fget_name(any, name.data(), name.size());
+  name.resize(static_cast<size_t>(n));
+  return name;
+}
+
+bool exists(hid_t loc, const std::string& name) {
+  Lock lock;
+  std::string prefix = (!name.empty() && name[0] == '/') ? "/" : "";
+  size_t pos = 0;
+  bool any = false;
+  while (pos <= name.size()) {
+    size_t end = name.find('/', pos);
+    if (end == std::string::npos) end = name.size();
+    const std::string part = name.substr(pos, end - pos);
+    pos = end + 1;
+    if (part.empty() || part == ".") continue;
+    if (!prefix.empty() && prefix.back() != '/') prefix += '/';
+    prefix += part;
+    any = true;
+    const htri_t r = H5Lexists(loc, prefix.c_str(), H5P_DEFAULT);
+    if (r < 0) {
+      H5Eclear2(H5E_DEFAULT);
+      return false;  // e.g. a parent component is a dataset, not a group
+    }
+    if (r == 0) return false;
+  }
+  return any || name == "/" || name == ".";
+}
+
+Object open_group(hid_t loc, const std::string& name) {
+  Lock lock;
+  if (!exists(loc, name)) fail_user("file ", file_name(loc), " has no group '", name, "'");
+  const hid_t id = H5Gopen2(loc, name.c_str(), H5P_DEFAULT);
+  if (id < 0) fail_user(with_detail(cat(where(loc, "object", name), " is not a group")));
+  return Object(id);
+}
+
+Object create_group(hid_t loc, const std::string& name) {
+  Lock lock;
+  if (exists(loc, name)) return open_group(loc, name);
+  Object lcpl = intermediate_lcpl();
+  return checked(H5Gcreate2(loc, name.c_str(), lcpl.id(), H5P_DEFAULT, H5P_DEFAULT),
+                 cat("cannot create ", where(loc, "group", name)));
+}
+
+std::vector<std::string> list_names(hid_t group) {
+  Lock lock;
+  H5G_info_t info{};
+  check(H5Gget_info(group, &info), cat("cannot list group in file ", file_name(group)));
+  std::vector<std::string> names;
+  names.reserve(info.nlinks);
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    const ssize_t n =
+        H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+    check(static_cast<herr_t>(n < 0 ? -1 : 0), cat("cannot list group in file ", file_name(group)));
+    std::string name(static_cast<size_t>(n) + 1, '\0');
+    H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(),
+                       H5P_DEFAULT);
+    name.resize(static_cast<size_t>(n));
+    names.push_back(std::move(name));
+  }
+  return names;
+}
+
+std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name) {
+  Lock lock;
+  Object ds = open_dataset(loc, name);
+  Object space = checked(H5Dget_space(ds.id()), cat("cannot read the shape of ", where(loc, "dataset", name)));
+  const int rank = H5Sget_simple_extent_ndims(space.id());
+  check(rank, cat("cannot read the shape of ", where(loc, "dataset", name)));
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  check(H5Sget_simple_extent_dims(space.id(), dims.data(), nullptr),
+        cat("cannot read the shape of ", where(loc, "dataset", name)));
+  return std::vector<int64_t>(dims.begin(), dims.end());
+}
+
+template <typename T>
+std::vector<T> read_dataset(hid_t loc, const std::string& name) {
+  Lock lock;
+  Object ds = open_dataset(loc, name);
+  Object type = checked(H5Dget_type(ds.id()), cat("cannot read the type of ", where(loc, "dataset", name)));
+  const H5T_class_t c = H5Tget_class(type.id());
+  if (c != H5T_INTEGER && c != H5T_FLOAT)
+    fail_user(where(loc, "dataset", name), " holds ", class_name(c), " data, not numbers");
+  Object space = checked(H5Dget_space(ds.id()), cat("cannot read ", where(loc, "dataset", name)));
+  const hssize_t n = H5Sget_simple_extent_npoints(space.id());
+  check(n < 0 ? -1 : 0, cat("cannot read ", where(loc, "dataset", name)));
+  std::vector<T> out(static_cast<size_t>(n));
+  if (n > 0)
+    check(H5Dread(ds.id(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()),
+          cat("cannot read ", where(loc, "dataset", name)));
+  return out;
+}
+
+template <typename T>
+void write_dataset(hid_t loc, const std::string& name, const T* data,
+                   const std::vector<int64_t>& shape) {
+  Lock lock;
+  if (exists(loc, name)) fail_user(where(loc, "dataset", name), " already exists");
+  std::vector<hsize_t> dims;
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    PAR_ASSERT(d >= 0, "negative dimension for dataset ", name);
+    dims.push_back(static_cast<hsize_t>(d));
+    n *= d;
+  }
+  Object space = checked(shape.empty() ? H5Screate(H5S_SCALAR)
+                                       : H5Screate_simple(static_cast<int>(dims.size()),
+                                                          dims.data(), nullptr),
+                         cat("cannot make the dataspace of ", where(loc, "dataset", name)));
+  Object lcpl = intermediate_lcpl();
+  Object ds = checked(H5Dcreate2(loc, name.c_str(), native_type<T>(), space.id(), lcpl.id(),
+                                 H5P_DEFAULT, H5P_DEFAULT),
+                      cat("cannot create ", where(loc, "dataset", name)));
+  if (n > 0)
+    check(H5Dwrite(ds.id(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data),
+          cat("cannot write ", where(loc, "dataset", name)));
+  ds.close();
+}
+
+bool has_attribute(hid_t loc, const std::string& name) {
+  Lock lock;
+  const htri_t r = H5Aexists(loc, name.c_str());
+  if (r < 0) H5Eclear2(H5E_DEFAULT);
+  return r > 0;
+}
+
+template <typename T>
+T read_attribute(hid_t loc, const std::string& name) {
+  Lock lock;
+  Object attr = open_attribute(loc, name);
+  const std::string what = where(loc, "attribute", name);
+  Object type = checked(H5Aget_type(attr.id()), cat("cannot read the type of ", what));
+  Object space = checked(H5Aget_space(attr.id()), cat("cannot read ", what));
+  const H5T_class_t c = H5Tget_class(type.id());
+  if (H5Sget_simple_extent_npoints(space.id()) != 1)
+    fail_user(what, " is not a single value");
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (c != H5T_STRING) fail_user(what, " is ", class_name(c), ", not a string");
+    const htri_t is_var = H5Tis_variable_str(type.id());
+    check(is_var < 0 ? -1 : 0, cat("cannot read ", what));
+    Object mem = checked(H5Tcopy(H5T_C_S1), "H5Tcopy");
+    check(H5Tset_cset(mem.id(), H5Tget_cset(type.id())), "H5Tset_cset");
+    if (is_var) {
+      check(H5Tset_size(mem.id(), H5T_VARIABLE), "H5Tset_size");
+      char* buf = nullptr;
+      check(H5Aread(attr.id(), mem.id(), &buf), cat("cannot read ", what));
+      std::string value = buf ? buf : "";
+      H5Dvlen_reclaim(mem.id(), space.id(), H5P_DEFAULT, &buf);
+      return value;
+    }
+    const size_t size = H5Tget_size(type.id());
+    check(H5Tset_size(mem.id(), size), "H5Tset_size");
+    std::string value(size, '\0');
+    if (size > 0) check(H5Aread(attr.id(), mem.id(), value.data()), cat("cannot read ", what));
+    value.resize(std::strlen(value.c_str()));
+    if (H5Tget_strpad(type.id()) == H5T_STR_SPACEPAD)
+      while (!value.empty() && value.back() == ' ') value.pop_back();
+    return value;
+  } else {
+    static_assert(std::is_same_v<T, int64_t> || std::is_same_v<T, double>,
+                  "read_attribute: int64_t, double or std::string");
+    if (std::is_same_v<T, int64_t> ? c != H5T_INTEGER : (c != H5T_INTEGER && c != H5T_FLOAT))
+      fail_user(what, " is ", class_name(c), ", not ",
+                std::is_same_v<T, int64_t> ? "an integer" : "a number");
+    T value{};
+    check(H5Aread(attr.id(), native_type<T>(), &value), cat("cannot read ", what));
+    return value;
+  }
+}
+
+template <typename T>
+void write_attribute(hid_t loc, const std::string& name, const T& value) {
+  Lock lock;
+  const std::string what = where(loc, "attribute", name);
+  if (has_attribute(loc, name)) check(H5Adelete(loc, name.c_str()), cat("cannot replace ", what));
+  Object space = checked(H5Screate(H5S_SCALAR), "H5Screate");
+  if constexpr (std::is_same_v<T, std::string>) {
+    Object type = checked(H5Tcopy(H5T_C_S1), "H5Tcopy");
+    check(H5Tset_size(type.id(), H5T_VARIABLE), "H5Tset_size");
+    check(H5Tset_cset(type.id(), H5T_CSET_UTF8), "H5Tset_cset");
+    Object attr = checked(H5Acreate2(loc, name.c_str(), type.id(), space.id(), H5P_DEFAULT,
+                                     H5P_DEFAULT),
+                          cat("cannot create ", what));
+    const char* p = value.c_str();
+    check(H5Awrite(attr.id(), type.id(), &p), cat("cannot write ", what));
+    attr.close();
+  } else {
+    static_assert(std::is_same_v<T, int64_t> || std::is_same_v<T, double>,
+                  "write_attribute: int64_t, double or std::string");
+    Object attr = checked(H5Acreate2(loc, name.c_str(), native_type<T>(), space.id(),
+                                     H5P_DEFAULT, H5P_DEFAULT),
+                          cat("cannot create ", what));
+    check(H5Awrite(attr.id(), native_type<T>(), &value), cat("cannot write ", what));
+    attr.close();
+  }
+}
+
+#define PAR_H5_DATASET(T)                                                         \
+  template std::vector<T> read_dataset<T>(hid_t, const std::string&);             \
+  template void write_dataset<T>(hid_t, const std::string&, const T*,             \
+                                 const std::vector<int64_t>&);
+PAR_H5_DATASET(float)
+PAR_H5_DATASET(double)
+PAR_H5_DATASET(int32_t)
+PAR_H5_DATASET(int64_t)
+PAR_H5_DATASET(uint8_t)
+#undef PAR_H5_DATASET
+
+#define PAR_H5_ATTRIBUTE(T)                                      \
+  template T read_attribute<T>(hid_t, const std::string&);       \
+  template void write_attribute<T>(hid_t, const std::string&, const T&);
+PAR_H5_ATTRIBUTE(int64_t)
+PAR_H5_ATTRIBUTE(double)
+PAR_H5_ATTRIBUTE(std::string)
+#undef PAR_H5_ATTRIBUTE
+
+}  // namespace par::h5

@@ -1,0 +1,141 @@
+// `par bench`: times training steps of a config on random tokens and reports throughput,
+// model FLOP/s, peak memory, and the rate of a plain sgemm measured in the same process
+// (the yardstick for how well the step uses the machine).
+#include <glog/logging.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <random>
+
+#include "core/error.h"
+#include "core/flops.h"
+#include "kernels/cpu/blas.h"
+#include "kernels/cpu/blas_setup.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "launch/cli.h"
+#include "launch/commands.h"
+#include "launch/options.h"
+#include "launch/train_step.h"
+
+namespace par {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Peak resident set size of this process (VmHWM), in bytes.
+int64_t peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string key;
+  while (in >> key) {
+    if (key == "VmHWM:") {
+      int64_t kb = 0;
+      in >> kb;
+      return kb * 1024;
+    }
+    std::getline(in, key);
+  }
+  return 0;
+}
+
+// GFLOP/s of a square n x n x n sgemm, best of a few runs.
+double sgemm_rate(int64_t n) {
+  std::vector<float> a(size_t(n * n)), b(size_t(n * n)), c(size_t(n * n));
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (auto& x : a) x = u(rng);
+  for (auto& x : b) x = u(rng);
+  cpu::gemm<float>(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+  double best = 1e30;
+  for (int i = 0; i < 5; ++i) {
+    const auto t = Clock::now();
+    cpu::gemm<float>(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+    best = std::min(best, since(t));
+  }
+  return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
+}
+
+}  // namespace
+
+int cmd_bench(int argc, char** argv) {
+  ModelConfig mc;
+  OptimizerConfig oc;
+  RunConfig rc;
+  int64_t warmup = 1, gemm_n = 2048;
+  po::options_description opts;
+  opts.add(run_options(rc)).add(model_options(mc)).add(optimizer_options(oc));
+  po::options_description bench("Benchmark");
+  bench.add_options()
+      ("warmup", po::value(&warmup)->default_value(warmup), "untimed steps first")
+      ("gemm-size", po::value(&gemm_n)->default_value(gemm_n), "n of the n x n x n reference sgemm");
+  opts.add(bench);
+  po::variables_map vm;
+  const cli::Command cmd{"bench",
+                         "Times training steps (forward, backward, Adam) of a config on random "
+                         "tokens; --steps sets the timed steps (default 3 here).",
+                         "par bench --config FILE [--steps K] [options]"};
+  rc.steps = 3;
+  if (!cli::parse(argc, argv, cmd, opts, vm, nullptr, "config")) return 0;
+  if (vm["steps"].defaulted()) rc.steps = 3;  // a config's training length is not the bench's
+  if (rc.steps <= 0) fail_user("--steps must be positive for a benchmark");
+  rc.validate();
+  mc.validate();
+  oc.validate();
+  set_threads(rc.threads);
+
+  const double gemm_gflops = sgemm_rate(gemm_n);
+  cpu::CpuOps<float> ops;
+  TrainStep ts(mc, oc, rc, ops);
+  ts.initialize(rc.seed);
+  const int64_t W = mc.context_length + 1, mb = rc.micro_batch();
+  std::vector<std::vector<int32_t>> data(size_t(rc.accum_steps), std::vector<int32_t>(size_t(mb * W)));
+  std::mt19937_64 rng(rc.seed);
+  std::uniform_int_distribution<int32_t> tok(3, int32_t(mc.vocab_size - 1));
+  std::vector<const int32_t*> micro;
+  for (auto& d : data) {
+    for (auto& t : d) t = tok(rng);
+    micro.push_back(d.data());
+  }
+  for (int64_t s = 0; s < warmup; ++s) ts.run(s, micro);
+  double total = 0, fwd = 0, bwd = 0, opt = 0;
+  int64_t targets = 0;
+  for (int64_t s = 0; s < rc.steps; ++s) {
+    const auto t = Clock::now();
+    const StepResult r = ts.run(warmup + s, micro);
+    total += since(t);
+    fwd += r.forward_s;
+    bwd += r.backward_s;
+    opt += r.optimizer_s;
+    targets += r.valid;
+  }
+  const double step_s = total / double(rc.steps);
+  const double flops = train_flops_per_example(mc) * double(rc.batch_size);
+  const double gflops = flops / step_s / 1e9;
+  const double inputs_per_s = double(rc.batch_size * mc.context_length) / step_s;
+  const double targets_per_s = double(targets) / total;
+  const double peak_mib = double(peak_rss_bytes()) / (1 << 20);
+  const double n = double(rc.steps);
+
+  std::printf("model       %s | batch %lld | %d threads | %s\n", mc.summary().c_str(),
+              static_cast<long long>(rc.batch_size), current_threads(), blas_description().c_str());
+  std::printf("step        %.1f ms (forward %.1f, backward %.1f, optimizer %.1f) over %lld steps\n",
+              1e3 * step_s, 1e3 * fwd / n, 1e3 * bwd / n, 1e3 * opt / n,
+              static_cast<long long>(rc.steps));
+  std::printf("throughput  %.0f input tokens/s | %.0f targets/s\n", inputs_per_s, targets_per_s);
+  std::printf("compute     %.2f model GFLOP/step | %.1f GFLOP/s achieved | sgemm %lld^3: %.1f GFLOP/s | ratio %.2f\n",
+              flops / 1e9, gflops, static_cast<long long>(gemm_n), gemm_gflops, gflops / gemm_gflops);
+  std::printf("memory      peak resident %.0f MiB\n", peak_mib);
+  std::printf("{\"context_length\": %lld, \"batch\": %lld, \"ms_per_step\": %.2f, \"input_tokens_per_s\": %.1f, "
+              "\"targets_per_s\": %.1f, \"model_gflop_per_step\": %.4f, \"gflops\": %.2f, "
+              "\"sgemm_gflops\": %.2f, \"ratio_to_sgemm\": %.4f, \"peak_rss_mib\": %.1f, \"threads\": %d}\n",
+              static_cast<long long>(mc.context_length), static_cast<long long>(rc.batch_size),
+              1e3 * step_s, inputs_per_s, targets_per_s, flops / 1e9, gflops, gemm_gflops,
+              gflops / gemm_gflops, peak_mib, current_threads());
+  return 0;
+}
+
+}  // namespace par

@@ -1,0 +1,40 @@
+// `par export`: a checkpoint to the single-file weights format of spec/FORMATS.md, for
+// loading into other frameworks.
+#include <glog/logging.h>
+
+#include "checkpoint/model_file.h"
+#include "core/error.h"
+#include "launch/cli.h"
+#include "launch/commands.h"
+#include "launch/run_dir.h"
+
+namespace par {
+
+namespace po = boost::program_options;
+
+int cmd_export(int argc, char** argv) {
+  std::string checkpoint, out;
+  bool force = false;
+  po::options_description opts("Options");
+  opts.add_options()
+      ("checkpoint", po::value(&checkpoint), "checkpoint to export (OUT/checkpoint.h5)")
+      ("out", po::value(&out), "the weights file to write (HDF5, format par-model-1)")
+      ("force", po::bool_switch(&force), "replace --out if it exists");
+  po::variables_map vm;
+  const cli::Command cmd{"export",
+                         "Writes a checkpoint's parameters as one HDF5 file in the public "
+                         "format of spec/FORMATS.md.",
+                         "par export --checkpoint FILE --out FILE"};
+  if (!cli::parse(argc, argv, cmd, opts, vm)) return 0;
+  if (checkpoint.empty()) fail_user("--checkpoint is required");
+  if (out.empty()) fail_user("--out is required: the file to write");
+  if (file_exists(out) && !force)
+    fail_user("--out ", out, " exists: choose another name or pass --force to replace it");
+  const ModelFile file = read_model_file(checkpoint, false);
+  write_export(out, file.model, file.position.step, file.params.data());
+  LOG(INFO) << "exported " << checkpoint << " (step " << file.position.step << ", "
+            << file.model.summary() << ") -> " << out;
+  return 0;
+}
+
+}  // namespace par

@@ -1,0 +1,122 @@
+#include "launch/options.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <boost/any.hpp>
+#include <charconv>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace par {
+
+po::options_description model_options(ModelConfig& c) {
+  po::options_description o("Model (spec/MODEL.md)");
+  o.add_options()
+      ("vocab-size", po::value(&c.vocab_size)->default_value(c.vocab_size), "vocabulary size V (259 for bytes)")
+      ("d-model", po::value(&c.d_model)->default_value(c.d_model), "model width d")
+      ("context-length", po::value(&c.context_length)->default_value(c.context_length), "input tokens per example N")
+      ("num-latents", po::value(&c.num_latents)->default_value(c.num_latents), "latents M (M <= N), each predicting one of the last M targets")
+      ("num-layers", po::value(&c.num_layers)->default_value(c.num_layers), "latent self-attention layers L")
+      ("cross-heads", po::value(&c.cross_heads)->default_value(c.cross_heads), "cross-attention heads (must divide d)")
+      ("self-heads", po::value(&c.self_heads)->default_value(c.self_heads), "self-attention heads (must divide d)")
+      ("mlp-factor", po::value(&c.mlp_factor)->default_value(c.mlp_factor), "MLP widening factor F")
+      ("rotary-fraction", po::value(&c.rotary_fraction)->default_value(c.rotary_fraction), "fraction of each head's dims that rotary rotates")
+      ("max-wavelength", po::value(&c.max_wavelength)->default_value(c.max_wavelength), "longest rotary wavelength (0: the context length)");
+  return o;
+}
+
+po::options_description optimizer_options(OptimizerConfig& c) {
+  po::options_description o("Optimizer (Adam/AdamW)");
+  o.add_options()
+      ("lr", po::value(&c.lr)->default_value(c.lr), "peak learning rate")
+      ("min-lr", po::value(&c.min_lr)->default_value(c.min_lr), "final learning rate of the cosine schedule")
+      ("warmup-steps", po::value(&c.warmup_steps)->default_value(c.warmup_steps), "steps of linear warm-up from 0")
+      ("schedule", po::value(&c.schedule)->default_value(c.schedule), "after warm-up: constant | cosine (decays to --min-lr at --steps)")
+      ("beta1", po::value(&c.beta1)->default_value(c.beta1), "Adam beta1")
+      ("beta2", po::value(&c.beta2)->default_value(c.beta2), "Adam beta2")
+      ("adam-eps", po::value(&c.eps)->default_value(c.eps), "Adam epsilon")
+      ("weight-decay", po::value(&c.weight_decay)->default_value(c.weight_decay), "decoupled weight decay on matrices and the embedding (AdamW); 0 = Adam")
+      ("clip-norm", po::value(&c.clip_norm)->default_value(c.clip_norm), "clip gradients to this global norm (0: off)");
+  return o;
+}
+
+void RunConfig::validate() const {
+  if (steps < 0) fail_user("--steps must be >= 0");
+  if (batch_size <= 0) fail_user("--batch-size must be positive");
+  if (accum_steps <= 0) fail_user("--accum-steps must be positive");
+  if (batch_size % accum_steps != 0)
+    fail_user("--batch-size ", batch_size, " does not divide into --accum-steps ", accum_steps,
+              " micro-batches");
+  if (!(dropout >= 0 && dropout < 1)) fail_user("--dropout must be in [0, 1)");
+  if (!(cross_attend_dropout >= 0 && cross_attend_dropout < 1))
+    fail_user("--cross-attend-dropout must be in [0, 1)");
+  if (log_every <= 0) fail_user("--log-every must be positive");
+  if (eval_every < 0 || checkpoint_every < 0 || eval_tokens < 0)
+    fail_user("--eval-every, --eval-tokens and --checkpoint-every must be >= 0");
+  if (threads < 0) fail_user("--threads must be >= 0");
+}
+
+po::options_description run_options(RunConfig& c) {
+  po::options_description o("Run");
+  o.add_options()
+      ("config", po::value(&c.config), "INI file of options (see configs/); command-line options override it")
+      ("data", po::value(&c.data)->multitoken(), "training shards: paths or glob patterns (repeatable)")
+      ("val-data", po::value(&c.val_data)->multitoken(), "validation shards: paths or glob patterns")
+      ("out", po::value(&c.out), "run directory: logs, metrics.jsonl, checkpoint.h5")
+      ("steps", po::value(&c.steps)->default_value(c.steps), "optimizer steps to train (in total, counting resumed ones)")
+      ("batch-size", po::value(&c.batch_size)->default_value(c.batch_size), "examples per optimizer step")
+      ("accum-steps", po::value(&c.accum_steps)->default_value(c.accum_steps), "micro-batches per step (gradient accumulation)")
+      ("dropout", po::value(&c.dropout)->default_value(c.dropout), "residual dropout")
+      ("cross-attend-dropout", po::value(&c.cross_attend_dropout)->default_value(c.cross_attend_dropout), "probability of dropping each input position from the cross-attention")
+      ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialization, data order and dropout")
+      ("log-every", po::value(&c.log_every)->default_value(c.log_every), "log progress every K steps")
+      ("eval-every", po::value(&c.eval_every)->default_value(c.eval_every), "validate every K steps (0: at the end only)")
+      ("eval-tokens", po::value(&c.eval_tokens)->default_value(c.eval_tokens), "targets scored per validation (0: the whole validation set)")
+      ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write OUT/checkpoint.h5 every K steps (0: at the end only)")
+      ("resume", po::value(&c.resume)->default_value(c.resume), "none | auto (continue from OUT/checkpoint.h5 if present) | PATH of a checkpoint")
+      ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads (0: all cores)");
+  return o;
+}
+
+void set_threads(int threads) {
+  if (threads <= 0) return;
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+}
+
+int current_threads() { return omp_get_max_threads(); }
+
+namespace {
+
+// Shortest text that reads back as the same double.
+std::string exact(double x) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, x);
+  return std::string(buf, r.ptr);
+}
+
+}  // namespace
+
+std::string to_ini(const po::variables_map& vm) {
+  std::ostringstream os;
+  for (const auto& [name, value] : vm) {
+    const boost::any& v = value.value();
+    if (auto p = boost::any_cast<std::vector<std::string>>(&v)) {
+      for (const auto& item : *p) os << name << " = " << item << "\n";  // repeated keys
+      continue;
+    }
+    os << name << " = ";
+    if (auto p = boost::any_cast<int64_t>(&v)) os << *p;
+    else if (auto p = boost::any_cast<uint64_t>(&v)) os << *p;
+    else if (auto p = boost::any_cast<int>(&v)) os << *p;
+    else if (auto p = boost::any_cast<double>(&v)) os << exact(*p);
+    else if (auto p = boost::any_cast<bool>(&v)) os << (*p ? "true" : "false");
+    else if (auto p = boost::any_cast<std::string>(&v)) os << *p;
+    os << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace par

@@ -1,0 +1,54 @@
+// The options of training-related subcommands, bound to the config structs they fill.
+// Every option can appear in an INI config file (`name = value`, `#` comments) and on the
+// command line (`--name value`); the command line wins.
+#pragma once
+
+#include <boost/program_options.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/model_config.h"
+#include "core/optimizer.h"
+
+namespace par {
+
+namespace po = boost::program_options;
+
+po::options_description model_options(ModelConfig& c);
+po::options_description optimizer_options(OptimizerConfig& c);
+
+// What a training run does besides the model and the optimizer.
+struct RunConfig {
+  std::string config;                // --config (INI file)
+  std::vector<std::string> data;     // shard paths or glob patterns
+  std::vector<std::string> val_data;
+  std::string out;                   // run directory
+  int64_t steps = 1000;
+  int64_t batch_size = 8;            // examples per optimizer step (all micro-batches)
+  int64_t accum_steps = 1;           // micro-batches per step
+  double dropout = 0.1;
+  double cross_attend_dropout = 0.0;
+  uint64_t seed = 0;
+  int64_t log_every = 10;
+  int64_t eval_every = 0;            // 0: validate only at the end (if --val-data)
+  int64_t eval_tokens = 65536;       // targets per periodic validation (0: whole set)
+  int64_t checkpoint_every = 0;      // 0: only at the end
+  std::string resume = "none";       // none | auto | PATH
+  int threads = 0;                   // 0: all cores
+
+  int64_t micro_batch() const { return batch_size / accum_steps; }
+  void validate() const;
+};
+
+po::options_description run_options(RunConfig& c);
+
+// Applies --threads to OpenMP and BLAS (0 leaves the defaults: all cores).
+void set_threads(int threads);
+int current_threads();
+
+// The resolved options as INI text (what the run actually used), for the run directory
+// and checkpoints.
+std::string to_ini(const po::variables_map& vm);
+
+}  // namespace par

@@ -1,0 +1,183 @@
+// The HDF5 wrapper (data/h5.h): round trips of every supported dataset and attribute type,
+// nested paths, and errors that name the file and the object.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "data/h5.h"
+
+namespace par {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    std::string t = (fs::path(::testing::TempDir()) / "par_h5_XXXXXX").string();
+    PAR_ASSERT(::mkdtemp(t.data()) != nullptr, "mkdtemp");
+    path = t;
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string file(const std::string& name) const { return (fs::path(path) / name).string(); }
+};
+
+template <typename Fn>
+std::string user_error_of(Fn fn) {
+  try {
+    fn();
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a UserError";
+  return "";
+}
+
+template <typename T>
+void round_trip(hid_t f, const std::string& name, const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::vector<T> data(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) data[static_cast<size_t>(i)] = static_cast<T>((i * 7 + 3) % 101);
+  h5::write_dataset<T>(f, name, data.data(), shape);
+  EXPECT_EQ(h5::dataset_shape(f, name), shape) << name;
+  EXPECT_EQ(h5::read_dataset<T>(f, name), data) << name;
+}
+
+TEST(H5Test, DatasetRoundTripEveryType) {
+  TempDir dir;
+  const std::string path = dir.file("d.h5");
+  {
+    h5::Object f = h5::create_file(path);
+    round_trip<float>(f.id(), "f32", {2, 3});
+    round_trip<double>(f.id(), "grp/f64", {5});
+    round_trip<int32_t>(f.id(), "a/b/i32", {2, 2, 2});
+    round_trip<int64_t>(f.id(), "i64", {});  // scalar
+    round_trip<uint8_t>(f.id(), "u8", {0});  // empty
+    const std::vector<float> frac = {0.5f, -1.25f};
+    h5::write_dataset<float>(f.id(), "frac", frac.data(), {2});
+  }
+  h5::Object f = h5::open_file(path);
+  EXPECT_EQ(h5::read_dataset<float>(f.id(), "f32").size(), 6u);
+  // HDF5's conversion between stored and requested numeric types.
+  EXPECT_EQ(h5::read_dataset<double>(f.id(), "frac"), (std::vector<double>{0.5, -1.25}));
+  const std::vector<int32_t> as_i32 = h5::read_dataset<int32_t>(f.id(), "grp/f64");
+  EXPECT_EQ(as_i32, (std::vector<int32_t>{3, 10, 17, 24, 31}));
+  EXPECT_EQ(h5::read_dataset<int64_t>(f.id(), "a/b/i32")[7], (7 * 7 + 3) % 101);
+
+  EXPECT_TRUE(h5::exists(f.id(), "a/b/i32"));
+  EXPECT_TRUE(h5::exists(f.id(), "/a/b"));
+  EXPECT_FALSE(h5::exists(f.id(), "a/x/i32"));
+  EXPECT_FALSE(h5::exists(f.id(), "a/b/i32/deeper"));
+  EXPECT_FALSE(h5::exists(f.id(), "nothing"));
+  EXPECT_EQ(h5::list_names(f.id()),
+            (std::vector<std::string>{"a", "f32", "frac", "grp", "i64", "u8"}));
+  h5::Object g = h5::open_group(f.id(), "a/b");
+  EXPECT_EQ(h5::list_names(g.id()), (std::vector<std::string>{"i32"}));
+  EXPECT_EQ(h5::file_name(g.id()), path);
+}
+
+TEST(H5Test, AttributeRoundTrip) {
+  TempDir dir;
+  const std::string path = dir.file("a.h5");
+  {
+    h5::Object f = h5::create_file(path);
+    h5::Object g = h5::create_group(f.id(), "x/y");
+    h5::Object again = h5::create_group(f.id(), "x/y");  // existing: opened
+    h5::write_attribute<int64_t>(f.id(), "step", int64_t{1} << 40);
+    h5::write_attribute<double>(g.id(), "lr", 2.5e-4);
+    h5::write_attribute<std::string>(f.id(), "format", "par-model-1");
+    h5::write_attribute<std::string>(f.id(), "format", "replaced");
+    h5::write_attribute<std::string>(f.id(), "empty", "");
+    // A fixed-length, space-padded string, as some tools write.
+    h5::Object type(H5Tcopy(H5T_C_S1));
+    H5Tset_size(type.id(), 8);
+    H5Tset_strpad(type.id(), H5T_STR_SPACEPAD);
+    h5::Object space(H5Screate(H5S_SCALAR));
+    h5::Object attr(H5Acreate2(f.id(), "fixed", type.id(), space.id(), H5P_DEFAULT, H5P_DEFAULT));
+    ASSERT_GE(attr.id(), 0);
+    ASSERT_GE(H5Awrite(attr.id(), type.id(), "abc     "), 0);
+  }
+  h5::Object f = h5::open_file(path, /*writable=*/true);
+  EXPECT_EQ(h5::read_attribute<int64_t>(f.id(), "step"), int64_t{1} << 40);
+  EXPECT_EQ(h5::read_attribute<double>(f.id(), "step"), static_cast<double>(int64_t{1} << 40));
+  h5::Object g = h5::open_group(f.id(), "x/y");
+  EXPECT_EQ(h5::read_attribute<double>(g.id(), "lr"), 2.5e-4);
+  EXPECT_EQ(h5::read_attribute<std::string>(f.id(), "format"), "replaced");
+  EXPECT_EQ(h5::read_attribute<std::string>(f.id(), "empty"), "");
+  EXPECT_EQ(h5::read_attribute<std::string>(f.id(), "fixed"), "abc");
+  EXPECT_FALSE(h5::has_attribute(f.id(), "lr"));
+  EXPECT_TRUE(h5::has_attribute(g.id(), "lr"));
+
+  std::string msg = user_error_of([&] { h5::read_attribute<int64_t>(f.id(), "format"); });
+  EXPECT_NE(msg.find(path), std::string::npos) << msg;
+  EXPECT_NE(msg.find("format"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("not an integer"), std::string::npos) << msg;
+  msg = user_error_of([&] { h5::read_attribute<int64_t>(g.id(), "lr"); });
+  EXPECT_NE(msg.find("not an integer"), std::string::npos) << msg;
+  msg = user_error_of([&] { h5::read_attribute<double>(f.id(), "missing_attr"); });
+  EXPECT_NE(msg.find(path), std::string::npos) << msg;
+  EXPECT_NE(msg.find("missing_attr"), std::string::npos) << msg;
+}
+
+TEST(H5Test, ErrorsNameTheFileAndObject) {
+  TempDir dir;
+  const std::string missing = dir.file("missing.h5");
+  std::string msg = user_error_of([&] { h5::open_file(missing); });
+  EXPECT_NE(msg.find(missing), std::string::npos) << msg;
+
+  const std::string junk = dir.file("junk.h5");
+  std::ofstream(junk) << "this is not HDF5 at all, just some bytes";
+  msg = user_error_of([&] { h5::open_file(junk); });
+  EXPECT_NE(msg.find(junk), std::string::npos) << msg;
+  EXPECT_NE(msg.find("not an HDF5 file"), std::string::npos) << msg;
+
+  msg = user_error_of([&] { h5::create_file(dir.file("no/such/dir/x.h5")); });
+  EXPECT_NE(msg.find("no/such/dir/x.h5"), std::string::npos) << msg;
+
+  const std::string path = dir.file("e.h5");
+  h5::Object f = h5::create_file(path);
+  const std::vector<int32_t> v = {1, 2};
+  h5::write_dataset<int32_t>(f.id(), "v", v.data(), {2});
+  msg = user_error_of([&] { h5::read_dataset<float>(f.id(), "params/w"); });
+  EXPECT_NE(msg.find(path), std::string::npos) << msg;
+  EXPECT_NE(msg.find("params/w"), std::string::npos) << msg;
+  msg = user_error_of([&] { h5::write_dataset<int32_t>(f.id(), "v", v.data(), {2}); });
+  EXPECT_NE(msg.find("already exists"), std::string::npos) << msg;
+  msg = user_error_of([&] { h5::open_group(f.id(), "v"); });
+  EXPECT_NE(msg.find("not a group"), std::string::npos) << msg;
+  msg = user_error_of([&] { h5::dataset_shape(f.id(), "nope"); });
+  EXPECT_NE(msg.find("nope"), std::string::npos) << msg;
+}
+
+// The wrappers serialize on one lock, so several threads may use HDF5 at once.
+TEST(H5Test, ConcurrentUseFromThreads) {
+  TempDir dir;
+  const std::string path = dir.file("t.h5");
+  std::vector<double> data(1000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<double>(i) * 0.5;
+  {
+    h5::Object f = h5::create_file(path);
+    h5::write_dataset<double>(f.id(), "x", data.data(), {1000});
+  }
+  std::vector<std::thread> threads;
+  std::vector<int> ok(4, 0);
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int r = 0; r < 50; ++r) {
+        h5::Object f = h5::open_file(path);
+        if (h5::read_dataset<double>(f.id(), "x") == data) ++ok[static_cast<size_t>(t)];
+      }
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(ok, std::vector<int>(4, 50));
+}
+
+}  // namespace
+}  // namespace par

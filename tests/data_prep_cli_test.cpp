@@ -1,0 +1,144 @@
+// `par prep` through the real binary: success output, and bad input that must end with exit
+// status 2 and a message on stderr naming the file or option.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "data/h5.h"
+#include "data/shard.h"
+
+namespace par {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    std::string t = (fs::path(::testing::TempDir()) / "par_prepcli_XXXXXX").string();
+    PAR_ASSERT(::mkdtemp(t.data()) != nullptr, "mkdtemp");
+    path = t;
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string file(const std::string& name) const { return (fs::path(path) / name).string(); }
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+std::string quoted(const std::string& s) { return cat("'", s, "'"); }
+
+struct ParRun {
+  int rc;
+  std::string out, err;
+};
+
+// Runs `par ARGS` (ARGS already shell-quoted where needed).
+ParRun par(const TempDir& dir, const std::string& args) {
+  const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
+  const std::string cmd = cat("'", PAR_BINARY, "' ", args, " >'", out, "' 2>'", err, "'");
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+}
+
+#define EXPECT_USER_ERROR(run, part)                                           \
+  do {                                                                         \
+    const ParRun r_ = (run);                                                      \
+    EXPECT_EQ(r_.rc, 2) << r_.err;                                             \
+    EXPECT_NE(r_.err.find(part), std::string::npos) << r_.err;                 \
+    EXPECT_EQ(r_.err.find("internal error"), std::string::npos) << r_.err;     \
+  } while (0)
+
+TEST(PrepCliTest, BytesEndToEnd) {
+  TempDir dir;
+  std::ofstream(dir.file("a.txt")) << "hello";
+  std::ofstream(dir.file("b.txt")) << "xy";
+  const std::string out = dir.file("shards");
+  const ParRun r = par(dir, cat("prep bytes --out '", out, "' --val-fraction 0 '", dir.file("a.txt"),
+                             "' '", dir.file("b.txt"), "'"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("train-00000.h5 (9 tokens)"), std::string::npos) << r.out;
+  ShardReader s(out + "/train-00000.h5");
+  std::vector<int32_t> t(9);
+  s.read(0, 9, t.data(), 259);
+  EXPECT_EQ(t, (std::vector<int32_t>{'h' + 3, 'e' + 3, 'l' + 3, 'l' + 3, 'o' + 3, 1, 'x' + 3,
+                                     'y' + 3, 1}));
+  const ParRun help = par(dir, "prep mirror --help");
+  EXPECT_EQ(help.rc, 0);
+  EXPECT_NE(help.out.find("--examples"), std::string::npos) << help.out;
+}
+
+TEST(PrepCliTest, BadOptionsExitTwoNamingTheOption) {
+  TempDir dir;
+  const std::string out = quoted(dir.file("o"));
+  EXPECT_USER_ERROR(par(dir, cat("prep mirror --out ", out, " --length 5 --examples 2 --bogus")),
+                    "--bogus");
+  EXPECT_USER_ERROR(par(dir, cat("prep mirror --out ", out, " --examples 2")), "--length");
+  EXPECT_USER_ERROR(par(dir, "prep mirror --length 5 --examples 2"), "--out");
+  EXPECT_USER_ERROR(par(dir, cat("prep mirror --out ", out, " --length 2 --examples 2")),
+                    "--length must be at least 3");
+  EXPECT_USER_ERROR(par(dir, cat("prep mirror --out ", out, " --length five --examples 2")),
+                    "--length");
+  EXPECT_USER_ERROR(par(dir, cat("prep tokens --out ", out, " --input x")), "--vocab-size");
+  EXPECT_USER_ERROR(par(dir, cat("prep shuffle --out ", out)), "unknown mode 'shuffle'");
+  EXPECT_USER_ERROR(par(dir, cat("prep bytes --out ", out)), "no input files");
+  EXPECT_FALSE(fs::exists(dir.file("o/train-00000.h5")));
+}
+
+TEST(PrepCliTest, BadInputFilesExitTwoNamingTheFile) {
+  TempDir dir;
+  const std::string out = quoted(dir.file("o"));
+  const std::string missing = dir.file("missing.bin");
+  EXPECT_USER_ERROR(par(dir, cat("prep bytes --out ", out, " ", quoted(missing))), missing);
+  EXPECT_USER_ERROR(par(dir, cat("prep tokens --out ", out, " --vocab-size 10 --input ", quoted(missing))),
+                    missing);
+
+  // A valid HDF5 file without the dataset asked for.
+  const std::string h5file = dir.file("other.h5");
+  {
+    h5::Object f = h5::create_file(h5file);
+    const std::vector<int32_t> v = {1, 2, 3};
+    h5::write_dataset<int32_t>(f.id(), "ids", v.data(), {3});
+  }
+  ParRun r = par(dir, cat("prep tokens --out ", out, " --vocab-size 10 --input ", quoted(h5file)));
+  EXPECT_USER_ERROR(r, h5file);
+  EXPECT_NE(r.err.find("'tokens'"), std::string::npos) << r.err;
+
+  // A token id >= --vocab-size.
+  const std::string raw = dir.file("t.u8");
+  std::ofstream(raw, std::ios::binary) << std::string("\x01\x02\x09\x03", 4);
+  r = par(dir, cat("prep tokens --out ", out, " --vocab-size 9 --dtype uint8 --input ", quoted(raw)));
+  EXPECT_USER_ERROR(r, raw);
+  EXPECT_NE(r.err.find("position 2 is 9"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir.file("o/train-00000.h5")));
+  EXPECT_FALSE(fs::exists(dir.file("o/train-00000.h5.tmp")));
+}
+
+TEST(PrepCliTest, RefusesToOverwriteAndLeavesTheShardIntact) {
+  TempDir dir;
+  const std::string out = quoted(dir.file("o"));
+  ASSERT_EQ(par(dir, cat("prep mirror --out ", out, " --length 7 --examples 4")).rc, 0);
+  const std::string shard = dir.file("o/train-00000.h5");
+  const std::string before = slurp(shard);
+  ASSERT_FALSE(before.empty());
+  const ParRun r = par(dir, cat("prep mirror --out ", out, " --length 9 --examples 8 --seed 5"));
+  EXPECT_USER_ERROR(r, "--force");
+  EXPECT_NE(r.err.find(dir.file("o")), std::string::npos) << r.err;
+  EXPECT_EQ(slurp(shard), before);
+  ASSERT_EQ(par(dir, cat("prep mirror --force --out ", out, " --length 9 --examples 8 --seed 5")).rc, 0);
+  EXPECT_EQ(inspect_shard(shard).num_tokens, 72);
+}
+
+}  // namespace
+}  // namespace par
