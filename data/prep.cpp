@@ -395,7 +395,7 @@ PrepResult prep_mirror(const MirrorPrepOptions& opts, std::ostream& log) {
         // Top 8 bits of a 64-bit draw: exactly uniform and the same on every platform
         // (std::uniform_int_distribution is not).
         for (int64_t i = 0; i < h; ++i) ex[i] = kByteOffset + static_cast<int32_t>(gen() >> 56);
-        for (int64_t i = 0; i < h; ++i) ex[h + i] = ex[h - 1 - i];
+        for (int64_t i = 0; i < h; ++i) ex[h + i] = opts.reverse ? ex[h - 1 - i] : ex[i];
         for (int64_t i = 2 * h; i < e; ++i) ex[i] = kEos;
       }
       sink.push(block.data(), m * e);
@@ -411,7 +411,7 @@ PrepResult prep_mirror(const MirrorPrepOptions& opts, std::ostream& log) {
   generate(val_gen, k_val);
 
   PrepResult r = sink.finish(log);
-  log << summary(cat("prep mirror: ", k_train, " train and ", k_val, " val examples of ", e,
+  log << summary(cat(opts.reverse ? "prep mirror: " : "prep copy: ", k_train, " train and ", k_val, " val examples of ", e,
                      " tokens"),
                  r, kByteVocabSize, opts.common.out_dir);
   return r;

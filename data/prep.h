@@ -54,6 +54,9 @@ struct MirrorPrepOptions {
   int64_t examples = 0;       // K training examples
   int64_t val_examples = -1;  // K2; -1 = max(1, K/10)
   uint64_t seed = 0;
+  // true: the second half is the first reversed (the paper's mirror task); false: the
+  // first half repeated in order (the copy task).
+  bool reverse = true;
 };
 PrepResult prep_mirror(const MirrorPrepOptions& opts, std::ostream& log);
 

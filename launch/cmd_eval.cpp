@@ -63,8 +63,9 @@ int cmd_eval(int argc, char** argv) {
   });
   char json[256];
   std::snprintf(json, sizeof json,
-                "{\"tokens\": %lld, \"loss_nats\": %.6f, \"bits_per_token\": %.6f}",
-                static_cast<long long>(r.tokens), r.loss_nats, r.bits_per_token());
+                "{\"tokens\": %lld, \"loss_nats\": %.6f, \"bits_per_token\": %.6f, "
+                "\"accuracy\": %.6f}",
+                static_cast<long long>(r.tokens), r.loss_nats, r.bits_per_token(), r.accuracy);
   std::cout << json << std::endl;
   return 0;
 }

@@ -20,7 +20,8 @@ const char* const kPrepUsage =
     "modes:\n"
     "  bytes     byte-level tokens (id = byte + 3) from files, one document per file\n"
     "  tokens    an existing 1-D token array (HDF5 dataset or raw little-endian binary)\n"
-    "  mirror    the synthetic mirror-copy task (random bytes, then the same reversed)\n";
+    "  mirror    the synthetic mirror-copy task (random bytes, then the same reversed)\n"
+    "  copy      the copy task (random bytes, then the same again in order)\n";
 
 void add_common(po::options_description& o, PrepCommon& c) {
   o.add_options()
@@ -82,12 +83,14 @@ int prep_tokens_cmd(int argc, char** argv) {
   return 0;
 }
 
-int prep_mirror_cmd(int argc, char** argv) {
+int prep_mirror_cmd(int argc, char** argv, bool reverse) {
   MirrorPrepOptions opts;
+  opts.reverse = reverse;
   po::options_description o("options");
   o.add_options()
       ("length", po::value<int64_t>(&opts.length)->required()->value_name("E"),
-       "tokens per example (at least 3): (E-1)/2 random bytes, the same reversed, EOS to E")
+       reverse ? "tokens per example (at least 3): (E-1)/2 random bytes, the same reversed, EOS to E"
+               : "tokens per example (at least 3): (E-1)/2 random bytes, the same again, EOS to E")
       ("examples", po::value<int64_t>(&opts.examples)->required()->value_name("K"),
        "training examples")
       ("val-examples", po::value<int64_t>(&opts.val_examples)->value_name("K2"),
@@ -96,10 +99,15 @@ int prep_mirror_cmd(int argc, char** argv) {
        "random seed");
   add_common(o, opts.common);
   po::variables_map vm;
-  if (!cli::parse(argc, argv,
-                  {"prep mirror", "The mirror-copy task of the Perceiver AR paper; vocab_size 259.",
-                   "par prep mirror --out DIR --length E --examples K [options]"},
-                  o, vm))
+  const cli::Command cmd =
+      reverse ? cli::Command{"prep mirror",
+                             "The mirror-copy task of the Perceiver AR paper; vocab_size 259.",
+                             "par prep mirror --out DIR --length E --examples K [options]"}
+              : cli::Command{"prep copy",
+                             "The copy task: like mirror, but the second half repeats the first "
+                             "in order, a constant distance back; vocab_size 259.",
+                             "par prep copy --out DIR --length E --examples K [options]"};
+  if (!cli::parse(argc, argv, cmd, o, vm))
     return 0;
   prep_mirror(opts, std::cout);
   return 0;
@@ -120,7 +128,8 @@ int cmd_prep(int argc, char** argv) {
   // argv + 1: the mode plays argv[0] for the option parser.
   if (mode == "bytes") return prep_bytes_cmd(argc - 1, argv + 1);
   if (mode == "tokens") return prep_tokens_cmd(argc - 1, argv + 1);
-  if (mode == "mirror") return prep_mirror_cmd(argc - 1, argv + 1);
+  if (mode == "mirror") return prep_mirror_cmd(argc - 1, argv + 1, true);
+  if (mode == "copy") return prep_mirror_cmd(argc - 1, argv + 1, false);
   fail_user("unknown mode '", mode, "'; use bytes, tokens or mirror (see `par prep --help`)");
 }
 

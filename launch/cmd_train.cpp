@@ -60,11 +60,13 @@ void validate(TrainStep& ts, const Validation& val, int64_t step, RunDir& dir) {
   const auto t0 = Clock::now();
   const EvalResult r = evaluate_blocks(ts.model(), val.shards, val.tokens);
   LOG(INFO) << "validation at step " << step << " | loss " << fmt("%.4f", r.loss_nats) << " | "
-            << fmt("%.4f", r.bits_per_token()) << " bits/token | " << r.tokens << " targets | "
+            << fmt("%.4f", r.bits_per_token()) << " bits/token | accuracy "
+            << fmt("%.4f", r.accuracy) << " | " << r.tokens << " targets | "
             << fmt("%.1f", seconds_since(t0)) << " s";
   dir.metrics(cat("{\"step\": ", step, ", \"val_loss\": ", fmt("%.6f", r.loss_nats),
                   ", \"val_bits_per_token\": ", fmt("%.6f", r.bits_per_token()),
-                  ", \"val_tokens\": ", r.tokens, "}"));
+                  ", \"val_accuracy\": ", fmt("%.6f", r.accuracy), ", \"val_tokens\": ", r.tokens,
+                  "}"));
 }
 
 void save(TrainStep& ts, const ModelConfig& mc, const TrainingPosition& pos, RunDir& dir) {

@@ -19,6 +19,20 @@ void block_window(int64_t block, int64_t stream_len, int64_t N, int64_t M,
 }
 
 template <typename T>
+int64_t count_correct(const std::vector<T>& logits, const int32_t* windows, int64_t batch,
+                      int64_t N, int64_t M, int64_t V) {
+  int64_t correct = 0;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < M; ++i) {
+      const int32_t target = windows[b * (N + 1) + N - M + i + 1];
+      if (target == 0) continue;
+      const T* row = logits.data() + (b * M + i) * V;
+      correct += std::max_element(row, row + V) - row == target;
+    }
+  return correct;
+}
+
+template <typename T>
 EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>& shards,
                            int64_t max_targets, const std::function<void(int64_t)>& progress) {
   const ModelConfig& c = model.config();
@@ -27,6 +41,7 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
   std::vector<int32_t> windows(size_t(batch * W));
   EvalResult r;
   double ce_sum = 0;
+  int64_t correct = 0;
   for (const std::string& path : shards) {
     const ShardReader reader(path);
     const int64_t S = reader.info().num_tokens;
@@ -39,6 +54,7 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
       for (int64_t i = 0; i < nb; ++i)
         block_window(b0 + i, S, N, M, read, windows.data() + i * W);
       const LossSums s = model.forward(windows.data(), nb, ForwardContext{});
+      correct += count_correct(model.logits(), windows.data(), nb, N, M, c.vocab_size);
       ce_sum += s.ce;
       r.tokens += s.valid;
       if (progress) progress(r.tokens);
@@ -47,6 +63,7 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
     if (max_targets > 0 && r.tokens >= max_targets) break;
   }
   r.loss_nats = r.tokens > 0 ? ce_sum / double(r.tokens) : 0.0;
+  r.accuracy = r.tokens > 0 ? double(correct) / double(r.tokens) : 0.0;
   return r;
 }
 

@@ -16,6 +16,7 @@ namespace par {
 struct EvalResult {
   int64_t tokens = 0;     // targets scored (PAD targets are not)
   double loss_nats = 0;   // mean cross-entropy per scored target
+  double accuracy = 0;    // fraction of scored targets that are the most likely token
   double bits_per_token() const;
 };
 

@@ -286,6 +286,35 @@ TEST(PrepTest, MirrorModeStructureAndDeterminism) {
   EXPECT_HAS(user_error_of([&] { prep_mirror(o, log); }), "--shard-tokens");
 }
 
+TEST(PrepTest, CopyModeRepeatsTheFirstHalfInOrder) {
+  TempDir dir;
+  std::ostringstream log;
+  MirrorPrepOptions o;
+  o.length = 10;
+  o.examples = 6;
+  o.seed = 3;
+  o.reverse = false;
+  o.common.out_dir = dir.file("copy");
+  const std::vector<int32_t> t = read_shards(prep_mirror(o, log).train);
+  ASSERT_EQ(t.size(), 60u);
+  const int64_t h = 4;
+  for (int64_t x = 0; x < 6; ++x) {
+    const int32_t* ex = t.data() + x * 10;
+    for (int64_t i = 0; i < h; ++i) {
+      EXPECT_GE(ex[i], 3);
+      EXPECT_EQ(ex[h + i], ex[i]) << "example " << x << " position " << h + i;
+    }
+    EXPECT_EQ(ex[8], 1);
+    EXPECT_EQ(ex[9], 1);
+  }
+  // The same random halves as the mirror task of the same seed.
+  o.reverse = true;
+  o.common.out_dir = dir.file("mirror");
+  const std::vector<int32_t> m = read_shards(prep_mirror(o, log).train);
+  for (int64_t x = 0; x < 6; ++x)
+    for (int64_t i = 0; i < h; ++i) EXPECT_EQ(m[size_t(x * 10 + i)], t[size_t(x * 10 + i)]);
+}
+
 TEST(PrepTest, RefusesToOverwriteUnlessForced) {
   TempDir dir;
   std::ostringstream log;

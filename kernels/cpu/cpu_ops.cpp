@@ -157,26 +157,28 @@ void CpuOps<T>::embedding_backward(T* dtable, const int32_t* ids, const T* dh, i
   }
 }
 
+// LayerNorm rows are short (the model width), so each row is done by one thread with
+// vectorized two-pass statistics (mean, then the centred sum of squares).
 template <typename T>
 void CpuOps<T>::layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b,
                                   int64_t rows, int64_t d, double eps) {
+  const T inv_d = T(1) / T(d);
 #pragma omp parallel for schedule(static) if (rows * d >= kParallelMin)
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * d;
-    double s = 0;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
     for (int64_t c = 0; c < d; ++c) s += xr[c];
-    const double mu = s / double(d);
-    double ss = 0;
-    for (int64_t c = 0; c < d; ++c) {
-      const double t = double(xr[c]) - mu;
-      ss += t * t;
-    }
-    const double rs = 1.0 / std::sqrt(ss / double(d) + eps);
-    mean[r] = T(mu);
-    rstd[r] = T(rs);
-    const T mu_t = T(mu), rs_t = T(rs);
+    const T mu = s * inv_d;
+    T ss = 0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t c = 0; c < d; ++c) ss += (xr[c] - mu) * (xr[c] - mu);
+    const T rs = T(1) / std::sqrt(ss * inv_d + T(eps));
+    mean[r] = mu;
+    rstd[r] = rs;
     T* yr = y + r * d;
-    for (int64_t c = 0; c < d; ++c) yr[c] = (xr[c] - mu_t) * rs_t * w[c] + b[c];
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) yr[c] = (xr[c] - mu) * rs * w[c] + b[c];
   }
 }
 
@@ -184,32 +186,40 @@ template <typename T>
 void CpuOps<T>::layernorm_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy,
                                    const T* x, const T* mean, const T* rstd, const T* w,
                                    int64_t rows, int64_t d) {
+  const T inv_d = T(1) / T(d);
   std::vector<double> acc;
   // Per-thread partial sums of dw (first d) and db (last d).
   reduce_rows(rows, 2 * d, acc, [&](int64_t r, double* s) {
     const T* xr = x + r * d;
     const T* g = dy + r * d;
     const T mu = mean[r], rs = rstd[r];
-    double sum_gw = 0, sum_gw_xhat = 0;
+    T sum_gw = 0, sum_gw_xhat = 0;
+#pragma omp simd reduction(+ : sum_gw, sum_gw_xhat)
     for (int64_t c = 0; c < d; ++c) {
       const T xhat = (xr[c] - mu) * rs;
       const T gw = g[c] * w[c];
       sum_gw += gw;
-      sum_gw_xhat += double(gw) * double(xhat);
-      s[c] += double(g[c]) * double(xhat);
-      s[d + c] += g[c];
+      sum_gw_xhat += gw * xhat;
     }
-    const T m1 = T(sum_gw / double(d)), m2 = T(sum_gw_xhat / double(d));
-    T* out = dx + r * d;
+#pragma omp simd
     for (int64_t c = 0; c < d; ++c) {
       const T xhat = (xr[c] - mu) * rs;
-      const T v = rs * (g[c] * w[c] - m1 - xhat * m2);
-      out[c] = accumulate_dx ? out[c] + v : v;
+      s[c] += double(g[c] * xhat);
+      s[d + c] += double(g[c]);
+    }
+    const T m1 = sum_gw * inv_d, m2 = sum_gw_xhat * inv_d;
+    T* out = dx + r * d;
+    if (accumulate_dx) {
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) out[c] += rs * (g[c] * w[c] - m1 - (xr[c] - mu) * rs * m2);
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) out[c] = rs * (g[c] * w[c] - m1 - (xr[c] - mu) * rs * m2);
     }
   });
   for (int64_t c = 0; c < d; ++c) {
-    dw[c] += T(acc[c]);
-    db[c] += T(acc[d + c]);
+    dw[c] += T(acc[size_t(c)]);
+    db[c] += T(acc[size_t(d + c)]);
   }
 }
 
