@@ -18,6 +18,7 @@
 #include "launch/evaluate.h"
 #include "launch/options.h"
 #include "launch/run_dir.h"
+#include "launch/text.h"
 #include "launch/train_step.h"
 
 namespace par {
@@ -28,12 +29,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-std::string fmt(const char* f, double x) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, x);
-  return buf;
 }
 
 // Where training starts: a checkpoint to resume from, or nothing.
@@ -183,7 +178,7 @@ int cmd_train(int argc, char** argv) {
                 << " | " << fmt("%.4f", loss / std::log(2.0)) << " bits/token | lr "
                 << fmt("%.3g", r.opt.lr) << " | grad norm " << fmt("%.3f", r.opt.grad_norm)
                 << " | " << fmt("%.0f", tps) << " tokens/s | " << fmt("%.1f", ms) << " ms/step";
-      dir.metrics(cat("{\"step\": ", pos.step, ", \"loss\": ", fmt("%.6f", loss),
+      dir.metrics(cat("{\"step\": ", pos.step, ", \"loss\": ", exact(loss),
                       ", \"bits_per_token\": ", fmt("%.6f", loss / std::log(2.0)),
                       ", \"lr\": ", fmt("%.6g", r.opt.lr), ", \"grad_norm\": ",
                       fmt("%.6g", r.opt.grad_norm), ", \"tokens_per_s\": ", fmt("%.1f", tps),

@@ -4,10 +4,10 @@
 #include <omp.h>
 
 #include <boost/any.hpp>
-#include <charconv>
 #include <sstream>
 
 #include "core/error.h"
+#include "launch/text.h"
 
 namespace par {
 
@@ -87,17 +87,6 @@ void set_threads(int threads) {
 }
 
 int current_threads() { return omp_get_max_threads(); }
-
-namespace {
-
-// Shortest text that reads back as the same double.
-std::string exact(double x) {
-  char buf[32];
-  const auto r = std::to_chars(buf, buf + sizeof buf, x);
-  return std::string(buf, r.ptr);
-}
-
-}  // namespace
 
 std::string to_ini(const po::variables_map& vm) {
   std::ostringstream os;

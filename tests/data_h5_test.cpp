@@ -11,22 +11,14 @@
 
 #include "core/error.h"
 #include "data/h5.h"
+#include "tests/temp_dir.h"
 
 namespace par {
 namespace {
 
-namespace fs = std::filesystem;
+using testing_util::TempDir;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string t = (fs::path(::testing::TempDir()) / "par_h5_XXXXXX").string();
-    PAR_ASSERT(::mkdtemp(t.data()) != nullptr, "mkdtemp");
-    path = t;
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (fs::path(path) / name).string(); }
-};
+namespace fs = std::filesystem;
 
 template <typename Fn>
 std::string user_error_of(Fn fn) {

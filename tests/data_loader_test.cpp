@@ -13,21 +13,14 @@
 #include "data/loader.h"
 #include "data/sample_order.h"
 
+#include "tests/temp_dir.h"
+
 namespace par {
 namespace {
 
-namespace fs = std::filesystem;
+using testing_util::TempDir;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string t = (fs::path(::testing::TempDir()) / "par_loader_XXXXXX").string();
-    PAR_ASSERT(::mkdtemp(t.data()) != nullptr, "mkdtemp");
-    path = t;
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (fs::path(path) / name).string(); }
-};
+namespace fs = std::filesystem;
 
 constexpr int64_t kN = 8;  // context length
 constexpr int64_t kVocab = 300;

@@ -12,53 +12,22 @@
 
 #include "core/error.h"
 #include "data/h5.h"
+#include "tests/par_cli.h"
 #include "data/shard.h"
 
 namespace par {
 namespace {
 
+using testing_util::TempDir;
+using testing_util::slurp;
+using testing_util::ParRun;
+using testing_util::run_par;
+
 namespace fs = std::filesystem;
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string t = (fs::path(::testing::TempDir()) / "par_prepcli_XXXXXX").string();
-    PAR_ASSERT(::mkdtemp(t.data()) != nullptr, "mkdtemp");
-    path = t;
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (fs::path(path) / name).string(); }
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
 
 std::string quoted(const std::string& s) { return cat("'", s, "'"); }
 
-struct ParRun {
-  int rc;
-  std::string out, err;
-};
-
-// Runs `par ARGS` (ARGS already shell-quoted where needed).
-ParRun par(const TempDir& dir, const std::string& args) {
-  const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
-  const std::string cmd = cat("'", PAR_BINARY, "' ", args, " >'", out, "' 2>'", err, "'");
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
-}
-
-#define EXPECT_USER_ERROR(run, part)                                           \
-  do {                                                                         \
-    const ParRun r_ = (run);                                                      \
-    EXPECT_EQ(r_.rc, 2) << r_.err;                                             \
-    EXPECT_NE(r_.err.find(part), std::string::npos) << r_.err;                 \
-    EXPECT_EQ(r_.err.find("internal error"), std::string::npos) << r_.err;     \
-  } while (0)
+ParRun par(const TempDir& dir, const std::string& args) { return run_par(dir, args); }
 
 TEST(PrepCliTest, BytesEndToEnd) {
   TempDir dir;

@@ -14,21 +14,15 @@
 #include "data/dataset.h"
 #include "data/prep.h"
 
+#include "tests/temp_dir.h"
+
 namespace par {
 namespace {
 
-namespace fs = std::filesystem;
+using testing_util::TempDir;
+using testing_util::slurp;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string t = (fs::path(::testing::TempDir()) / "par_prep_XXXXXX").string();
-    PAR_ASSERT(::mkdtemp(t.data()) != nullptr, "mkdtemp");
-    path = t;
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (fs::path(path) / name).string(); }
-};
+namespace fs = std::filesystem;
 
 template <typename Fn>
 std::string user_error_of(Fn fn) {
@@ -45,13 +39,6 @@ std::string user_error_of(Fn fn) {
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
 }
 
 std::vector<int32_t> read_shards(const std::vector<ShardInfo>& shards) {

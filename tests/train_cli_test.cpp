@@ -1,0 +1,264 @@
+// `par train`, `par eval` and `par export` end to end through the binary: learning the
+// copy task, bit-identical resume, the exported format, and bad input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <regex>
+#include <sstream>
+
+#include "checkpoint/model_file.h"
+#include "core/model.h"
+#include "data/dataset.h"
+#include "data/h5.h"
+#include "data/prep.h"
+#include "data/shard.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "tests/par_cli.h"
+
+namespace par {
+namespace {
+
+using testing_util::ParRun;
+using testing_util::run_par;
+using testing_util::slurp;
+using testing_util::TempDir;
+
+const std::string kConfigs = std::string(PAR_SOURCE_DIR) + "/configs/";
+
+std::string q(const std::string& s) { return "'" + s + "'"; }
+
+// Copy-task shards (E-token examples) in dir/name.
+std::string make_copy_data(const TempDir& dir, const std::string& name, int64_t length,
+                           int64_t examples) {
+  MirrorPrepOptions o;
+  o.length = length;
+  o.examples = examples;
+  o.val_examples = examples / 10;
+  o.seed = 7;
+  o.reverse = false;
+  o.common.out_dir = dir.file(name);
+  std::ostringstream log;
+  prep_mirror(o, log);
+  return o.common.out_dir;
+}
+
+// "loss" of every line of a metrics.jsonl that has one, in order.
+std::vector<std::string> logged_losses(const std::string& metrics) {
+  std::vector<std::string> out;
+  std::istringstream in(slurp(metrics));
+  const std::regex re("\"loss\": ([^,}]+)");
+  for (std::string line; std::getline(in, line);) {
+    std::smatch m;
+    if (std::regex_search(line, m, re)) out.push_back(m[1]);
+  }
+  return out;
+}
+
+TEST(TrainCli, ResumeContinuesBitIdentically) {
+  TempDir dir;
+  const std::string data = make_copy_data(dir, "data", 65, 300);
+  // tiny.ini has residual and cross-attend dropout on; two micro-batches per step.
+  const std::string common = cat("train --config ", q(kConfigs + "tiny.ini"), " --data ",
+                                 q(data + "/train-*.h5"), " --log-every 1 --threads 2 --seed 3",
+                                 " --accum-steps 2");
+  ParRun r = run_par(dir, cat(common, " --out ", q(dir.file("whole")), " --steps 8"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  r = run_par(dir, cat(common, " --out ", q(dir.file("split")), " --steps 4"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  r = run_par(dir, cat(common, " --out ", q(dir.file("split")), " --steps 8 --resume auto"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("resumed from"), std::string::npos) << r.err;
+
+  const auto whole = logged_losses(dir.file("whole/metrics.jsonl"));
+  const auto split = logged_losses(dir.file("split/metrics.jsonl"));
+  ASSERT_EQ(whole.size(), 8u);
+  EXPECT_EQ(split, whole) << "losses after the resume differ from the uninterrupted run";
+  const ModelFile a = read_model_file(dir.file("whole/checkpoint.h5"), true);
+  const ModelFile b = read_model_file(dir.file("split/checkpoint.h5"), true);
+  EXPECT_EQ(a.position.step, 8);
+  EXPECT_EQ(b.position.step, 8);
+  EXPECT_EQ(a.position.next_batch, b.position.next_batch);
+  EXPECT_TRUE(a.params == b.params) << "final parameters differ";
+  EXPECT_TRUE(a.adam_m == b.adam_m && a.adam_v == b.adam_v) << "optimizer state differs";
+  // And training really moved the parameters.
+  const ModelFile first = read_model_file(dir.file("split/checkpoint.h5"), false);
+  EXPECT_NE(first.params, std::vector<float>(first.params.size(), 0.0f));
+}
+
+// The copy task (configs/copy-tiny.ini): the loss on the copied half of held-out examples
+// falls far below the 8 bits (ln 256 nats) of a random byte.
+TEST(TrainCli, LearnsTheCopyTask) {
+  TempDir dir;
+  const std::string data = make_copy_data(dir, "data", 64, 2000);
+  const ParRun r = run_par(dir, cat("train --config ", q(kConfigs + "copy-tiny.ini"), " --data ",
+                                    q(data + "/train-*.h5"), " --out ", q(dir.file("run")),
+                                    " --threads 2 --seed 1"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const ModelFile f = read_model_file(dir.file("run/checkpoint.h5"), false);
+  const ModelConfig& c = f.model;
+  cpu::CpuOps<float> ops;
+  const Dataset val({data + "/val-00000.h5"}, c.context_length, c.vocab_size);
+  PerceiverAR<float> model(c, ops, 1);
+  ops.upload(model.params(), f.params.data(), f.params.size() * sizeof(float));
+  // Windows start every N = 64 tokens: exactly at example starts. Latent i predicts
+  // position 33 + i; positions 31..61 repeat positions 0..30.
+  const int64_t N = c.context_length, M = c.num_latents;
+  double ce_copy = 0;
+  int64_t n_copy = 0;
+  std::vector<int32_t> w(size_t(N + 1));
+  for (int64_t k = 0; k < val.num_windows(); ++k) {
+    val.read_window(k, 0, N + 1, w.data());
+    model.forward(w.data(), 1, ForwardContext{});
+    const auto ce = model.ce();
+    for (int64_t i = 0; i < M; ++i) {
+      const int64_t target_pos = N - M + i + 1;
+      if (target_pos >= 31 && target_pos <= 61) {
+        ce_copy += ce[size_t(i)];
+        ++n_copy;
+      }
+    }
+  }
+  ASSERT_GT(n_copy, 1000);
+  const double mean = ce_copy / double(n_copy);
+  RecordProperty("copied_half_loss_nats", std::to_string(mean));
+  EXPECT_LT(mean, 1.0) << "loss on the copied half: " << mean << " nats (a random byte: "
+                       << std::log(256.0) << ")";
+}
+
+TEST(TrainCli, EvalPrintsJsonAndExportWritesThePublicFormat) {
+  TempDir dir;
+  const std::string data = make_copy_data(dir, "data", 65, 100);
+  ParRun r = run_par(dir, cat("train --config ", q(kConfigs + "tiny.ini"), " --data ",
+                              q(data + "/train-*.h5"), " --out ", q(dir.file("run")),
+                              " --steps 3"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  r = run_par(dir, cat("eval --checkpoint ", q(dir.file("run/checkpoint.h5")), " --data ",
+                       q(data + "/val-*.h5"), " --batch-size 3"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::string last = r.out.substr(r.out.rfind('{'));
+  // 10 examples of 65 tokens, one stream: every token after the first is scored.
+  EXPECT_NE(last.find("\"tokens\": 649,"), std::string::npos) << last;
+  EXPECT_TRUE(std::regex_search(last, std::regex("\"loss_nats\": [0-9.]+, \"bits_per_token\": [0-9.]+")))
+      << last;
+
+  const std::string exported = dir.file("model.h5");
+  r = run_par(dir, cat("export --checkpoint ", q(dir.file("run/checkpoint.h5")), " --out ",
+                       q(exported)));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  h5::Object file = h5::open_file(exported);
+  EXPECT_EQ(h5::read_attribute<std::string>(file.id(), "format"), "par-model-1");
+  EXPECT_EQ(h5::read_attribute<int64_t>(file.id(), "step"), 3);
+  EXPECT_EQ(h5::read_attribute<int64_t>(file.id(), "d_model"), 32);
+  EXPECT_EQ(h5::read_attribute<int64_t>(file.id(), "context_length"), 64);
+  EXPECT_EQ(h5::read_attribute<double>(file.id(), "max_wavelength"), 64.0);
+  const ModelFile ckpt = read_model_file(dir.file("run/checkpoint.h5"), false);
+  const ParamLayout layout(ckpt.model);
+  EXPECT_EQ(h5::list_names(h5::open_group(file.id(), "params").id()).size(), layout.params().size());
+  for (const ParamInfo& p : layout.params()) {
+    ASSERT_EQ(h5::dataset_shape(file.id(), "params/" + p.name), p.shape) << p.name;
+    const auto v = h5::read_dataset<float>(file.id(), "params/" + p.name);
+    EXPECT_TRUE(std::equal(v.begin(), v.end(), ckpt.params.begin() + p.offset)) << p.name;
+  }
+  // Export refuses to overwrite.
+  const std::string before = slurp(exported);
+  EXPECT_USER_ERROR(run_par(dir, cat("export --checkpoint ", q(dir.file("run/checkpoint.h5")),
+                                     " --out ", q(exported))),
+                    "exists");
+  EXPECT_EQ(slurp(exported), before);
+}
+
+class TrainBadInput : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    data_ = make_copy_data(dir_, "data", 65, 50);
+    base_ = cat("train --config ", q(kConfigs + "tiny.ini"), " --steps 2 --out ",
+                q(dir_.file("run")));
+  }
+  ParRun train(const std::string& data, const std::string& extra = "") {
+    return run_par(dir_, cat(base_, " --data ", q(data), " ", extra));
+  }
+  TempDir dir_;
+  std::string data_, base_;
+};
+
+TEST_F(TrainBadInput, MissingShard) {
+  EXPECT_USER_ERROR(train(dir_.file("nope.h5")), "nope.h5");
+}
+
+TEST_F(TrainBadInput, CorruptShard) {
+  const std::string bad = dir_.file("corrupt.h5");
+  std::ofstream(bad) << std::string(5000, 'x');
+  EXPECT_USER_ERROR(train(bad), "corrupt.h5");
+}
+
+TEST_F(TrainBadInput, ShardWithoutTokens) {
+  const std::string bad = dir_.file("notokens.h5");
+  {
+    h5::Object f = h5::create_file(bad);
+    h5::write_attribute<std::string>(f.id(), "format", "par-tokens-1");
+    h5::write_attribute<int64_t>(f.id(), "vocab_size", 259);
+  }
+  EXPECT_USER_ERROR(train(bad), "/tokens");
+}
+
+TEST_F(TrainBadInput, TokenOutsideTheVocabulary) {
+  // A shard that claims vocab_size 259 but holds a 300.
+  const std::string bad = dir_.file("badtoken.h5");
+  {
+    std::vector<int32_t> t(200, 5);
+    t[150] = 300;
+    h5::Object f = h5::create_file(bad);
+    h5::write_attribute<std::string>(f.id(), "format", "par-tokens-1");
+    h5::write_attribute<int64_t>(f.id(), "vocab_size", 259);
+    h5::write_dataset<int32_t>(f.id(), "tokens", t.data(), {200});
+  }
+  const ParRun r = train(bad, "--batch-size 3");
+  EXPECT_USER_ERROR(r, "badtoken.h5");
+  EXPECT_NE(r.err.find("300"), std::string::npos) << r.err;
+}
+
+TEST_F(TrainBadInput, ShardShorterThanAWindow) {
+  const std::string bad = dir_.file("short.h5");
+  std::vector<int32_t> t(30, 5);
+  write_shard(bad, t.data(), 30, 259);
+  EXPECT_USER_ERROR(train(bad), "short.h5");
+}
+
+TEST_F(TrainBadInput, WidthNotDivisibleByHeads) {
+  EXPECT_USER_ERROR(train(data_ + "/train-00000.h5", "--d-model 30 --cross-heads 4"),
+                    "--d-model 30 does not divide by --cross-heads 4");
+}
+
+TEST_F(TrainBadInput, MoreLatentsThanInputs) {
+  EXPECT_USER_ERROR(train(data_ + "/train-00000.h5", "--num-latents 100"), "--num-latents 100");
+}
+
+TEST_F(TrainBadInput, UnknownOption) {
+  EXPECT_USER_ERROR(train(data_ + "/train-00000.h5", "--learning-rate 3"), "--learning-rate");
+  const std::string cfg = dir_.file("bad.ini");
+  std::ofstream(cfg) << "d-model = 32\nwidth = 7\n";
+  EXPECT_USER_ERROR(run_par(dir_, cat("train --config ", q(cfg), " --data ",
+                                      q(data_ + "/train-00000.h5"), " --out ", q(dir_.file("r")))),
+                    "width");
+}
+
+TEST_F(TrainBadInput, CheckpointOfAnotherModelIsRefusedAndKept) {
+  ASSERT_EQ(train(data_ + "/train-00000.h5").rc, 0);
+  const std::string ckpt = dir_.file("run/checkpoint.h5");
+  const std::string before = slurp(ckpt);
+  ASSERT_FALSE(before.empty());
+  EXPECT_USER_ERROR(train(data_ + "/train-00000.h5", "--d-model 64 --resume auto"),
+                    "different model");
+  // Without --resume, an existing run is not overwritten either.
+  EXPECT_USER_ERROR(train(data_ + "/train-00000.h5"), "--resume auto");
+  EXPECT_EQ(slurp(ckpt), before) << "the checkpoint was modified";
+  // A corrupt checkpoint is a clear error too.
+  const std::string broken = dir_.file("broken.h5");
+  std::ofstream(broken) << before.substr(0, before.size() / 2);
+  EXPECT_USER_ERROR(run_par(dir_, cat("eval --checkpoint ", q(broken), " --data ",
+                                      q(data_ + "/val-*.h5"))),
+                    "broken.h5");
+}
+
+}  // namespace
+}  // namespace par

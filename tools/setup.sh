@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages par needs (when missing) and builds it into build/.
+# Usage: tools/setup.sh            (as root, or with sudo available)
+# Environment: BUILD_DIR (default build), BUILD_TYPE (default Release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  build-essential cmake pkg-config
+  libopenmpi-dev openmpi-bin
+  libhdf5-dev hdf5-tools
+  libboost-program-options-dev
+  libgoogle-glog-dev
+  libgtest-dev
+  libopenblas-openmp-dev
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+build_dir=${BUILD_DIR:-build}
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}" > /dev/null
+cmake --build "$build_dir" -j"$(nproc)"
+echo "setup: built $build_dir/launch/par"
