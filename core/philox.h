@@ -49,14 +49,16 @@ struct DropoutKey {
   uint32_t site = 0;
 };
 
-// The keep decision for element `e` of example `example`. Consecutive groups of four
-// elements share one Philox call.
+// The random bits of elements 4*group .. 4*group+3 of example `example` (one per lane).
+PAR_HD Philox4 dropout_bits(const DropoutKey& key, uint64_t example, uint64_t group) {
+  return philox4x32(uint32_t(group), (uint32_t(group >> 32) & 0xFFFFu) | (key.site << 16),
+                    uint32_t(example), key.step, uint32_t(key.seed),
+                    uint32_t(key.seed >> 32) ^ uint32_t(example >> 32));
+}
+
+// The keep decision for element `e` of example `example`: kept with probability 1 - p.
 PAR_HD bool dropout_keep(const DropoutKey& key, uint64_t example, uint64_t e, float p) {
-  const uint64_t group = e >> 2;
-  const Philox4 r = philox4x32(uint32_t(group), (uint32_t(group >> 32) & 0xFFFFu) | (key.site << 16),
-                               uint32_t(example), key.step, uint32_t(key.seed),
-                               uint32_t(key.seed >> 32) ^ uint32_t(example >> 32));
-  return uniform_from_bits(r.v[e & 3]) >= p;
+  return uniform_from_bits(dropout_bits(key, example, e >> 2).v[e & 3]) >= p;
 }
 
 // Sites that draw random numbers. Latent layer l uses layer_attn(l) and layer_mlp(l).

@@ -277,9 +277,15 @@ void CpuOps<T>::dropout(T* y, const T* x, int64_t batch, int64_t per_example, do
     const uint64_t ex = example_base + uint64_t(b);
     T* yb = y + b * per_example;
     const T* xb = x + b * per_example;
+    // One Philox call draws for four consecutive elements.
+    const int64_t groups = (per_example + 3) / 4;
 #pragma omp parallel for schedule(static) if (per_example >= kParallelMin)
-    for (int64_t i = 0; i < per_example; ++i)
-      yb[i] = dropout_keep(key, ex, uint64_t(i), pf) ? xb[i] * keep_scale : T(0);
+    for (int64_t g = 0; g < groups; ++g) {
+      const Philox4 r = dropout_bits(key, ex, uint64_t(g));
+      const int64_t i0 = 4 * g, n = std::min<int64_t>(4, per_example - i0);
+      for (int64_t lane = 0; lane < n; ++lane)
+        yb[i0 + lane] = uniform_from_bits(r.v[lane]) >= pf ? xb[i0 + lane] * keep_scale : T(0);
+    }
   }
 }
 
@@ -346,18 +352,37 @@ void CpuOps<T>::cross_entropy_backward(T* dlogits, const T* logits, const T* lse
   }
 }
 
+namespace {
+
+// A plain function rather than a lambda body: GCC 12 does not vectorize this reduction
+// when it reads the array through a lambda's captures.
+template <typename T>
+double sum_of_squares(const T* x, int64_t n) {
+  double t = 0;
+#pragma omp simd reduction(+ : t)
+  for (int64_t i = 0; i < n; ++i) t += double(x[i]) * double(x[i]);
+  return t;
+}
+
+}  // namespace
+
 template <typename T>
 double CpuOps<T>::sum_squares(const T* x, int64_t n) {
   std::vector<double> acc;
-  const int64_t chunk = 4096;
+  const int64_t chunk = 1 << 16;
   const int64_t chunks = (n + chunk - 1) / chunk;
-  reduce_rows(chunks, 1, acc, [&](int64_t c, double* s) {
-    const int64_t i1 = std::min(n, (c + 1) * chunk);
-    double t = 0;
-    for (int64_t i = c * chunk; i < i1; ++i) t += double(x[i]) * double(x[i]);
-    s[0] += t;
-  });
-  return acc.empty() ? 0.0 : acc[0];
+  // reduce_rows sizes its thread count by rows * cols; count elements instead of chunks.
+  const int nt = n >= kParallelMin ? omp_get_max_threads() : 1;
+  std::vector<double> part(size_t(nt), 0.0);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), m = omp_get_num_threads();
+    for (int64_t c = chunks * t / m; c < chunks * (t + 1) / m; ++c)
+      part[size_t(t)] += sum_of_squares(x + c * chunk, std::min(chunk, n - c * chunk));
+  }
+  double total = 0;
+  for (double p : part) total += p;
+  return total;
 }
 
 template <typename T>

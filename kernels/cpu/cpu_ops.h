@@ -78,7 +78,7 @@ class CpuOps final : public Ops<T> {
 // can force many small blocks.
 struct AttentionBlocking {
   int64_t q_block = 256;
-  int64_t k_block = 1024;
+  int64_t k_block = 512;
 };
 template <typename T>
 void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v,
