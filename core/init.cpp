@@ -43,14 +43,15 @@ void init_parameters(const ParamLayout& layout, uint64_t seed, std::vector<T>& h
         for (int64_t i = 0; i < p.numel; ++i) x[i] = T(1);
         break;
       case ParamKind::kEmbedding:
-        for (int64_t i = 0; i < p.numel; ++i) x[i] = T(truncated_normal(seed, p.name, uint64_t(i)));
+        for (int64_t i = 0; i < p.numel; ++i)
+          x[i] = T(truncated_normal(seed, p.name, uint64_t(p.global_index(i))));
         break;
       case ParamKind::kMatrix:
         if (is_head) break;  // zero, so the first loss is exactly ln V
         {
           const double std = 1.0 / std::sqrt(double(p.fan_in())) / kTruncatedStdCorrection;
           for (int64_t i = 0; i < p.numel; ++i)
-            x[i] = T(std * truncated_normal(seed, p.name, uint64_t(i)));
+            x[i] = T(std * truncated_normal(seed, p.name, uint64_t(p.global_index(i))));
         }
         break;
       case ParamKind::kBias:

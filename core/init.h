@@ -15,7 +15,8 @@ namespace par {
 // Standard normal truncated to [-2, 2], for element `e` of the stream named `name`.
 double truncated_normal(uint64_t seed, const std::string& name, uint64_t e);
 
-// Fills host (layout().total() elements, gaps zero) with the initial parameters.
+// Fills host (layout().total() elements, gaps zero) with the initial parameters. A
+// tensor-parallel layout gets exactly its slices of the single-rank initialization.
 template <typename T>
 void init_parameters(const ParamLayout& layout, uint64_t seed, std::vector<T>& host);
 

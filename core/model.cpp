@@ -21,19 +21,41 @@ struct Carver {
   }
 };
 
+int rank_of(const Communicator* c) { return c ? c->rank() : 0; }
+int size_of(const Communicator* c) { return c ? c->size() : 1; }
+
 }  // namespace
+
+void validate_layout(const ModelConfig& c, int sp, int tp) {
+  if (sp < 1 || tp < 1) fail_user("--sp and --tp must be at least 1");
+  if (c.cross_heads % tp != 0)
+    fail_user("--tp ", tp, " does not divide --cross-heads ", c.cross_heads,
+              ": tensor parallelism splits the heads across ranks");
+  if (c.self_heads % tp != 0)
+    fail_user("--tp ", tp, " does not divide --self-heads ", c.self_heads,
+              ": tensor parallelism splits the heads across ranks");
+  if (c.context_length % sp != 0)
+    fail_user("--sp ", sp, " does not divide --context-length ", c.context_length,
+              ": each sequence-parallel rank holds an equal slice of the context");
+  if (c.num_latents > c.context_length / sp)
+    fail_user("--num-latents ", c.num_latents, " is more than one sequence-parallel slice (",
+              c.context_length / sp, " positions with --sp ", sp,
+              "): the latents must sit in the last rank's slice; use a smaller --sp");
+}
 
 template <typename T>
 struct PerceiverAR<T>::Acts {
-  int32_t* tokens;   // [B, N+1]
-  int32_t* targets;  // [B, M]
-  uint8_t* keep;     // [B, N] keys visible to the cross-attention (not PAD, not dropped)
-  int64_t* pos;      // [N] = 0..N-1; the latents' positions are pos + N - M
+  int32_t* tokens;      // [B, cols] this rank's columns of each window
+  int32_t* targets;     // [B, M]
+  uint8_t* keep;        // [B, Nl] keys visible to the cross-attention (not PAD, not dropped)
+  int64_t* pos;         // [Nl] global positions of this rank's inputs
+  int64_t* latent_pos;  // [M] positions N-M .. N-1
   T *cross_cos, *cross_sin, *self_cos, *self_sin;  // rotary tables [N, bands]
 
-  // Cross-attention ([B,N,d] for all inputs, [B,M,d] for latents).
-  T *h, *zin, *z0, *qn, *qn_mu, *qn_rs, *kvn, *kv_mu, *kv_rs;
-  T *cq, *ck, *cv, *catt, *clse, *x1;
+  // Cross-attention. Inputs: [B, Nl, d], their keys/values [B, Nl, dc] (dc: local width);
+  // latents: [B, M, d], queries and attention output [B, M, dc].
+  T *h, *kvn, *kv_mu, *kv_rs, *ck, *cv;
+  T *zin, *z0, *qn, *qn_mu, *qn_rs, *cq, *catt, *clse, *lse_max, *x1;
 
   struct Mlp {  // slot 0: the cross-attention's MLP; slot 1+l: layer l's
     T *ln, *mu, *rs, *fc1, *act;
@@ -51,33 +73,35 @@ struct PerceiverAR<T>::Acts {
   T *tmp, *dx, *d_ln, *dq, *dk, *dv, *datt, *dfc1, *dact, *dlogits;
   T *dh, *dkvn, *dck, *dcv;
 
-  void carve(Carver& c, const ModelConfig& cfg, int64_t B, int64_t cross_bands,
-             int64_t self_bands) {
+  void carve(Carver& c, const ModelConfig& cfg, int64_t B, int64_t Nl, int64_t dc, int64_t ds,
+             int64_t F, int64_t hc, int64_t hs, int64_t cross_bands, int64_t self_bands) {
     const int64_t N = cfg.context_length, M = cfg.num_latents, d = cfg.d_model;
-    const int64_t F = cfg.mlp_width(), V = cfg.vocab_size, L = cfg.num_layers;
-    const int64_t BM = B * M, BN = B * N;
-    tokens = c.take<int32_t>(B * (N + 1));
+    const int64_t V = cfg.vocab_size, L = cfg.num_layers;
+    const int64_t BM = B * M, BN = B * Nl, dq_width = std::max(dc, ds);
+    tokens = c.take<int32_t>(B * (Nl + 1));
     targets = c.take<int32_t>(BM);
     keep = c.take<uint8_t>(BN);
-    pos = c.take<int64_t>(N);
+    pos = c.take<int64_t>(Nl);
+    latent_pos = c.take<int64_t>(M);
     cross_cos = c.take<T>(N * cross_bands);
     cross_sin = c.take<T>(N * cross_bands);
     self_cos = c.take<T>(N * self_bands);
     self_sin = c.take<T>(N * self_bands);
     h = c.take<T>(BN * d);
+    kvn = c.take<T>(BN * d);
+    kv_mu = c.take<T>(BN);
+    kv_rs = c.take<T>(BN);
+    ck = c.take<T>(BN * dc);
+    cv = c.take<T>(BN * dc);
     zin = c.take<T>(BM * d);
     z0 = c.take<T>(BM * d);
     qn = c.take<T>(BM * d);
     qn_mu = c.take<T>(BM);
     qn_rs = c.take<T>(BM);
-    kvn = c.take<T>(BN * d);
-    kv_mu = c.take<T>(BN);
-    kv_rs = c.take<T>(BN);
-    cq = c.take<T>(BM * d);
-    ck = c.take<T>(BN * d);
-    cv = c.take<T>(BN * d);
-    catt = c.take<T>(BM * d);
-    clse = c.take<T>(B * cfg.cross_heads * M);
+    cq = c.take<T>(BM * dc);
+    catt = c.take<T>(BM * dc);
+    clse = c.take<T>(B * hc * M);
+    lse_max = c.take<T>(B * hc * M);
     x1 = c.take<T>(BM * d);
     mlp.resize(size_t(L + 1));
     for (auto& m : mlp) {
@@ -92,11 +116,11 @@ struct PerceiverAR<T>::Acts {
       a.ln = c.take<T>(BM * d);
       a.mu = c.take<T>(BM);
       a.rs = c.take<T>(BM);
-      a.q = c.take<T>(BM * d);
-      a.k = c.take<T>(BM * d);
-      a.v = c.take<T>(BM * d);
-      a.att = c.take<T>(BM * d);
-      a.lse = c.take<T>(B * cfg.self_heads * M);
+      a.q = c.take<T>(BM * ds);
+      a.k = c.take<T>(BM * ds);
+      a.v = c.take<T>(BM * ds);
+      a.att = c.take<T>(BM * ds);
+      a.lse = c.take<T>(B * hs * M);
       a.x_mid = c.take<T>(BM * d);
     }
     xs.resize(size_t(L + 1));
@@ -110,25 +134,41 @@ struct PerceiverAR<T>::Acts {
     tmp = c.take<T>(BM * d);
     dx = c.take<T>(BM * d);
     d_ln = c.take<T>(BM * d);
-    dq = c.take<T>(BM * d);
-    dk = c.take<T>(BM * d);
-    dv = c.take<T>(BM * d);
-    datt = c.take<T>(BM * d);
+    dq = c.take<T>(BM * dq_width);
+    dk = c.take<T>(BM * ds);
+    dv = c.take<T>(BM * ds);
+    datt = c.take<T>(BM * dq_width);
     dfc1 = c.take<T>(BM * F);
     dact = c.take<T>(BM * F);
     dlogits = c.take<T>(BM * V);
     dh = c.take<T>(BN * d);
     dkvn = c.take<T>(BN * d);
-    dck = c.take<T>(BN * d);
-    dcv = c.take<T>(BN * d);
+    dck = c.take<T>(BN * dc);
+    dcv = c.take<T>(BN * dc);
   }
 };
 
 template <typename T>
-PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch)
-    : cfg_(cfg), ops_(ops), layout_(cfg), max_batch_(max_batch), a_(new Acts) {
-  cfg_.validate();
+PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch,
+                            ModelGroups groups)
+    : cfg_(cfg),
+      ops_(ops),
+      groups_(groups),
+      sp_rank_(rank_of(groups.sp)),
+      sp_size_(size_of(groups.sp)),
+      tp_rank_(rank_of(groups.tp)),
+      tp_size_(size_of(groups.tp)),
+      layout_((cfg.validate(), validate_layout(cfg, size_of(groups.sp), size_of(groups.tp)), cfg),
+              tp_rank_, tp_size_),
+      max_batch_(max_batch),
+      a_(new Acts) {
   PAR_ASSERT(max_batch > 0);
+  const int64_t N = cfg.context_length;
+  n_local_ = N / sp_size_;
+  pos0_ = n_local_ * sp_rank_;
+  cross_width_ = cfg.d_model / tp_size_;
+  self_width_ = cfg.d_model / tp_size_;
+  mlp_width_ = cfg.mlp_width() / tp_size_;
   rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.rotary_fraction, cfg.wavelength());
   rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.rotary_fraction, cfg.wavelength());
 
@@ -140,17 +180,24 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
   p_ = bind(layout_, params_);
   g_ = bind(layout_, grads_);
 
+  const int64_t hc = cfg.cross_heads / tp_size_, hs = cfg.self_heads / tp_size_;
+  auto carve = [&](Carver& c) {
+    a_->carve(c, cfg_, max_batch_, n_local_, cross_width_, self_width_, mlp_width_, hc, hs,
+              rot_cross_.bands, rot_self_.bands);
+  };
   Carver sizing;
-  a_->carve(sizing, cfg_, max_batch_, rot_cross_.bands, rot_self_.bands);
+  carve(sizing);
   act_memory_ = ops_.allocate(sizing.used);
   Carver real{static_cast<char*>(act_memory_), 0};
-  a_->carve(real, cfg_, max_batch_, rot_cross_.bands, rot_self_.bands);
+  carve(real);
   bytes_ = 2 * param_bytes + sizing.used;
 
-  const int64_t N = cfg_.context_length;
-  std::vector<int64_t> pos(static_cast<size_t>(N));
-  for (int64_t j = 0; j < N; ++j) pos[size_t(j)] = j;
+  const int64_t M = cfg_.num_latents;
+  std::vector<int64_t> pos(static_cast<size_t>(n_local_)), latent_pos(static_cast<size_t>(M));
+  for (int64_t j = 0; j < n_local_; ++j) pos[size_t(j)] = pos0_ + j;
+  for (int64_t i = 0; i < M; ++i) latent_pos[size_t(i)] = N - M + i;
   ops_.upload(a_->pos, pos.data(), pos.size() * sizeof(int64_t));
+  ops_.upload(a_->latent_pos, latent_pos.data(), latent_pos.size() * sizeof(int64_t));
   std::vector<T> c, s;
   make_rotary_tables(rot_cross_, N, c, s);
   ops_.upload(a_->cross_cos, c.data(), c.size() * sizeof(T));
@@ -172,58 +219,72 @@ void PerceiverAR<T>::zero_grads() {
   ops_.fill(grads_, layout_.total(), T(0));
 }
 
+// Completes a row-parallel product: each tensor-parallel rank holds a partial sum.
+template <typename T>
+void PerceiverAR<T>::tp_sum(T* x, int64_t n) {
+  if (tp_size_ > 1) groups_.tp->all_reduce(x, n, ReduceOp::kSum);
+}
+
 template <typename T>
 LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const ForwardContext& ctx) {
   PAR_ASSERT(B > 0 && B <= max_batch_, "batch ", B, " exceeds the model's max_batch ",
              max_batch_);
   const int64_t N = cfg_.context_length, M = cfg_.num_latents, d = cfg_.d_model;
-  const int64_t V = cfg_.vocab_size, BM = B * M, BN = B * N;
-  const int64_t W = N + 1;
+  const int64_t V = cfg_.vocab_size, BM = B * M, Nl = n_local_, cols = window_columns();
+  const int64_t Hc = cfg_.cross_heads / tp_size_, Dc = cfg_.cross_head_dim(), dc = cross_width_;
   Acts& a = *a_;
   batch_ = B;
   ctx_ = ctx;
 
+  for (int64_t i = 0; i < B * cols; ++i)
+    if (windows[i] < 0 || windows[i] >= V)
+      fail_user("token id ", windows[i], " at position ", pos0_ + i % cols, " of example ",
+                i / cols, " is outside the vocabulary [0, ", V, ")");
+  ops_.upload(a.tokens, windows, size_t(B * cols) * sizeof(int32_t));
   // Targets: latent i sits on input N-M+i and predicts w[N-M+i+1].
-  std::vector<int32_t> targets(static_cast<size_t>(BM));
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t j = 0; j < W; ++j) {
-      const int32_t t = windows[b * W + j];
-      if (t < 0 || t >= V)
-        fail_user("token id ", t, " at position ", j, " of example ", b,
-                  " is outside the vocabulary [0, ", V, ")");
-    }
-    for (int64_t i = 0; i < M; ++i) targets[size_t(b * M + i)] = windows[b * W + N - M + i + 1];
+  std::vector<int32_t> targets;
+  if (holds_latents()) {
+    targets.resize(size_t(BM));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < M; ++i)
+        targets[size_t(b * M + i)] = windows[b * cols + (N - M + i + 1 - pos0_)];
+    ops_.upload(a.targets, targets.data(), targets.size() * sizeof(int32_t));
   }
-  ops_.upload(a.tokens, windows, size_t(B * W) * sizeof(int32_t));
-  ops_.upload(a.targets, targets.data(), targets.size() * sizeof(int32_t));
 
-  // Inputs.
+  // This rank's inputs: embeddings, visibility, keys and values.
   for (int64_t b = 0; b < B; ++b)
-    ops_.embedding_forward(a.h + b * N * d, a.tokens + b * W, p_.embed, N, d);
+    ops_.embedding_forward(a.h + b * Nl * d, a.tokens + b * cols, p_.embed, Nl, d);
   const double cad = ctx.training ? ctx.cross_attend_dropout : 0.0;
-  ops_.key_keep_mask(a.keep, a.tokens, B, N, W, cad,
+  ops_.key_keep_mask(a.keep, a.tokens, B, Nl, cols, cad,
                      DropoutKey{ctx.seed, ctx.step, DropSite::kCrossAttend}, ctx.example_base,
-                     0);
-
-  // Cross-attention: latent queries from z_linear of the latents' embeddings, keys and
-  // values from every input.
+                     pos0_);
   const CrossRef<T>& cp = p_.cross;
-  const int64_t* q_pos = a.pos + (N - M);
-  ops_.copy_blocks(a.zin, M * d, a.h + (N - M) * d, N * d, B, M * d, false);
-  ops_.linear_forward(a.z0, a.zin, cp.z_linear.w, cp.z_linear.b, BM, d, d);
-  ops_.layernorm_forward(a.qn, a.qn_mu, a.qn_rs, a.z0, cp.ln_q.w, cp.ln_q.b, BM, d,
+  ops_.layernorm_forward(a.kvn, a.kv_mu, a.kv_rs, a.h, cp.ln_kv.w, cp.ln_kv.b, B * Nl, d,
                          kLayerNormEps);
-  ops_.layernorm_forward(a.kvn, a.kv_mu, a.kv_rs, a.h, cp.ln_kv.w, cp.ln_kv.b, BN, d,
-                         kLayerNormEps);
-  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
-  ops_.linear_forward(a.cq, a.qn, cp.attn.q.w, cp.attn.q.b, BM, d, d);
-  ops_.linear_forward(a.ck, a.kvn, cp.attn.k.w, cp.attn.k.b, BN, d, d);
-  ops_.linear_forward(a.cv, a.kvn, cp.attn.v.w, cp.attn.v.b, BN, d, d);
-  ops_.rotary(a.cq, B, M, Hc, Dc, rot_cross_.bands, q_pos, a.cross_cos, a.cross_sin, false);
-  ops_.rotary(a.ck, B, N, Hc, Dc, rot_cross_.bands, a.pos, a.cross_cos, a.cross_sin, false);
-  AttentionShape cs{B, M, N, Hc, Dc, q_pos, a.pos, a.keep, 1.0 / std::sqrt(double(Dc))};
+  ops_.linear_forward(a.ck, a.kvn, cp.attn.k.w, cp.attn.k.b, B * Nl, d, dc);
+  ops_.linear_forward(a.cv, a.kvn, cp.attn.v.w, cp.attn.v.b, B * Nl, d, dc);
+  ops_.rotary(a.ck, B, Nl, Hc, Dc, rot_cross_.bands, a.pos, a.cross_cos, a.cross_sin, false);
+
+  // The latent queries: z_linear of the latents' embeddings (on the rank holding them).
+  if (holds_latents()) {
+    ops_.copy_blocks(a.zin, M * d, a.h + (Nl - M) * d, Nl * d, B, M * d, false);
+    ops_.linear_forward(a.z0, a.zin, cp.z_linear.w, cp.z_linear.b, BM, d, d);
+    ops_.layernorm_forward(a.qn, a.qn_mu, a.qn_rs, a.z0, cp.ln_q.w, cp.ln_q.b, BM, d,
+                           kLayerNormEps);
+    ops_.linear_forward(a.cq, a.qn, cp.attn.q.w, cp.attn.q.b, BM, d, dc);
+    ops_.rotary(a.cq, B, M, Hc, Dc, rot_cross_.bands, a.latent_pos, a.cross_cos, a.cross_sin,
+                false);
+  }
+  if (sp_size_ > 1) groups_.sp->broadcast(a.cq, BM * dc, data_type_of<T>(), sp_size_ - 1);
+  AttentionShape cs{B, M, Nl, Hc, Dc, a.latent_pos, a.pos, a.keep, 1.0 / std::sqrt(double(Dc))};
   ops_.attention_forward(cs, a.cq, a.ck, a.cv, a.catt, a.clse);
-  ops_.linear_forward(a.tmp, a.catt, cp.attn.o.w, cp.attn.o.b, BM, d, d);
+  if (sp_size_ > 1) merge_attention();
+  if (!holds_latents()) return LossSums{};
+
+  // Output projection (row-parallel: partial sums, the bias added once), residual, MLP.
+  ops_.linear_forward(a.tmp, a.catt, cp.attn.o.w, tp_rank_ == 0 ? cp.attn.o.b : nullptr, BM,
+                      dc, d);
+  tp_sum(a.tmp, BM * d);
   const double p_drop = ctx.training ? ctx.dropout : 0.0;
   if (p_drop > 0)
     ops_.dropout(a.tmp, a.tmp, B, M * d, p_drop,
@@ -257,15 +318,33 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   return sums;
 }
 
+// Combines the sequence-parallel ranks' partial attention (each over its own keys) into
+// the attention over all keys, on every rank of the group: the merge of the blocks of a
+// flash-attention loop, with messages of [M, dc] whatever N is.
+template <typename T>
+void PerceiverAR<T>::merge_attention() {
+  Acts& a = *a_;
+  const int64_t B = batch_, M = cfg_.num_latents, Hc = cfg_.cross_heads / tp_size_;
+  const int64_t Dc = cfg_.cross_head_dim(), stats = B * Hc * M;
+  Communicator& sp = *groups_.sp;
+  ops_.copy(a.lse_max, a.clse, stats);
+  sp.all_reduce(a.lse_max, stats, ReduceOp::kMax);
+  ops_.attention_merge_scale(a.catt, a.clse, a.lse_max, B, M, Hc, Dc);
+  sp.all_reduce(a.clse, stats, ReduceOp::kSum);
+  sp.all_reduce(a.catt, B * M * cross_width_, ReduceOp::kSum);
+  ops_.attention_merge_finish(a.catt, a.clse, a.lse_max, B, M, Hc, Dc);
+}
+
 template <typename T>
 void PerceiverAR<T>::mlp_block_forward(const NormRef<T>& ln, const MlpRef<T>& mlp,
                                        int64_t slot, uint32_t site, const T* x_in, T* x_out) {
-  const int64_t BM = batch_ * cfg_.num_latents, d = cfg_.d_model, F = cfg_.mlp_width();
+  const int64_t BM = batch_ * cfg_.num_latents, d = cfg_.d_model, F = mlp_width_;
   typename Acts::Mlp& m = a_->mlp[size_t(slot)];
   ops_.layernorm_forward(m.ln, m.mu, m.rs, x_in, ln.w, ln.b, BM, d, kLayerNormEps);
   ops_.linear_forward(m.fc1, m.ln, mlp.fc1.w, mlp.fc1.b, BM, d, F);
   ops_.sqrelu_forward(m.act, m.fc1, BM * F);
-  ops_.linear_forward(a_->tmp, m.act, mlp.fc2.w, mlp.fc2.b, BM, F, d);
+  ops_.linear_forward(a_->tmp, m.act, mlp.fc2.w, tp_rank_ == 0 ? mlp.fc2.b : nullptr, BM, F, d);
+  tp_sum(a_->tmp, BM * d);
   const double p = ctx_.training ? ctx_.dropout : 0.0;
   if (p > 0)
     ops_.dropout(a_->tmp, a_->tmp, batch_, cfg_.num_latents * d, p,
@@ -276,21 +355,23 @@ void PerceiverAR<T>::mlp_block_forward(const NormRef<T>& ln, const MlpRef<T>& ml
 
 template <typename T>
 void PerceiverAR<T>::attention_block_forward(int64_t l, const T* x_in, T* x_out) {
-  const int64_t N = cfg_.context_length, M = cfg_.num_latents, d = cfg_.d_model;
-  const int64_t BM = batch_ * M, H = cfg_.self_heads, D = cfg_.self_head_dim();
+  const int64_t M = cfg_.num_latents, d = cfg_.d_model, BM = batch_ * M;
+  const int64_t H = cfg_.self_heads / tp_size_, D = cfg_.self_head_dim(), ds = self_width_;
   const LayerRef<T>& lp = p_.layers[size_t(l)];
   typename Acts::Attn& s = a_->attn[size_t(l)];
-  const int64_t* pos = a_->pos + (N - M);
+  const int64_t* pos = a_->latent_pos;
   ops_.layernorm_forward(s.ln, s.mu, s.rs, x_in, lp.ln_attn.w, lp.ln_attn.b, BM, d,
                          kLayerNormEps);
-  ops_.linear_forward(s.q, s.ln, lp.attn.q.w, lp.attn.q.b, BM, d, d);
-  ops_.linear_forward(s.k, s.ln, lp.attn.k.w, lp.attn.k.b, BM, d, d);
-  ops_.linear_forward(s.v, s.ln, lp.attn.v.w, lp.attn.v.b, BM, d, d);
+  ops_.linear_forward(s.q, s.ln, lp.attn.q.w, lp.attn.q.b, BM, d, ds);
+  ops_.linear_forward(s.k, s.ln, lp.attn.k.w, lp.attn.k.b, BM, d, ds);
+  ops_.linear_forward(s.v, s.ln, lp.attn.v.w, lp.attn.v.b, BM, d, ds);
   ops_.rotary(s.q, batch_, M, H, D, rot_self_.bands, pos, a_->self_cos, a_->self_sin, false);
   ops_.rotary(s.k, batch_, M, H, D, rot_self_.bands, pos, a_->self_cos, a_->self_sin, false);
   AttentionShape shape{batch_, M, M, H, D, pos, pos, nullptr, 1.0 / std::sqrt(double(D))};
   ops_.attention_forward(shape, s.q, s.k, s.v, s.att, s.lse);
-  ops_.linear_forward(a_->tmp, s.att, lp.attn.o.w, lp.attn.o.b, BM, d, d);
+  ops_.linear_forward(a_->tmp, s.att, lp.attn.o.w, tp_rank_ == 0 ? lp.attn.o.b : nullptr, BM,
+                      ds, d);
+  tp_sum(a_->tmp, BM * d);
   const double p = ctx_.training ? ctx_.dropout : 0.0;
   if (p > 0)
     ops_.dropout(a_->tmp, a_->tmp, batch_, M * d, p,
@@ -305,21 +386,23 @@ void PerceiverAR<T>::backward(double loss_scale) {
   const int64_t M = cfg_.num_latents, d = cfg_.d_model, V = cfg_.vocab_size;
   const int64_t BM = batch_ * M, L = cfg_.num_layers;
   Acts& a = *a_;
-  ops_.cross_entropy_backward(a.dlogits, a.logits, a.lse, a.targets, BM, V, loss_scale,
-                              kZLoss);
-  ops_.linear_backward(a.d_ln, false, g_.head.w, g_.head.b, a.dlogits, a.lnf, p_.head.w, BM,
-                       d, V);
-  ops_.layernorm_backward(a.dx, false, g_.final_ln.w, g_.final_ln.b, a.d_ln, a.xs[size_t(L)],
-                          a.lnf_mu, a.lnf_rs, p_.final_ln.w, BM, d);
-  for (int64_t l = L - 1; l >= 0; --l) {
-    const LayerRef<T>& lp = p_.layers[size_t(l)];
-    const LayerRef<T>& lg = g_.layers[size_t(l)];
-    mlp_block_backward(lp.ln_mlp, lp.mlp, lg.ln_mlp, lg.mlp, 1 + l, DropSite::layer_mlp(l),
-                       a.attn[size_t(l)].x_mid, a.dx);
-    attention_block_backward(l, a.dx);
+  if (holds_latents()) {
+    ops_.cross_entropy_backward(a.dlogits, a.logits, a.lse, a.targets, BM, V, loss_scale,
+                                kZLoss);
+    ops_.linear_backward(a.d_ln, false, g_.head.w, g_.head.b, a.dlogits, a.lnf, p_.head.w, BM,
+                         d, V);
+    ops_.layernorm_backward(a.dx, false, g_.final_ln.w, g_.final_ln.b, a.d_ln,
+                            a.xs[size_t(L)], a.lnf_mu, a.lnf_rs, p_.final_ln.w, BM, d);
+    for (int64_t l = L - 1; l >= 0; --l) {
+      const LayerRef<T>& lp = p_.layers[size_t(l)];
+      const LayerRef<T>& lg = g_.layers[size_t(l)];
+      mlp_block_backward(lp.ln_mlp, lp.mlp, lg.ln_mlp, lg.mlp, 1 + l, DropSite::layer_mlp(l),
+                         a.attn[size_t(l)].x_mid, a.dx);
+      attention_block_backward(l, a.dx);
+    }
+    mlp_block_backward(p_.cross.ln_mlp, p_.cross.mlp, g_.cross.ln_mlp, g_.cross.mlp, 0,
+                       DropSite::kCrossMlp, a.x1, a.dx);
   }
-  mlp_block_backward(p_.cross.ln_mlp, p_.cross.mlp, g_.cross.ln_mlp, g_.cross.mlp, 0,
-                     DropSite::kCrossMlp, a.x1, a.dx);
   cross_attention_backward(a.dx);
 }
 
@@ -327,7 +410,7 @@ template <typename T>
 void PerceiverAR<T>::mlp_block_backward(const NormRef<T>& ln, const MlpRef<T>& mlp,
                                         const NormRef<T>& dln, const MlpRef<T>& dmlp,
                                         int64_t slot, uint32_t site, const T* x_in, T* dx) {
-  const int64_t BM = batch_ * cfg_.num_latents, d = cfg_.d_model, F = cfg_.mlp_width();
+  const int64_t BM = batch_ * cfg_.num_latents, d = cfg_.d_model, F = mlp_width_;
   const typename Acts::Mlp& m = a_->mlp[size_t(slot)];
   Acts& a = *a_;
   const double p = ctx_.training ? ctx_.dropout : 0.0;
@@ -341,18 +424,19 @@ void PerceiverAR<T>::mlp_block_backward(const NormRef<T>& ln, const MlpRef<T>& m
   ops_.sqrelu_backward(a.dfc1, a.dact, m.fc1, BM * F);
   ops_.linear_backward(a.d_ln, false, dmlp.fc1.w, dmlp.fc1.b, a.dfc1, m.ln, mlp.fc1.w, BM, d,
                        F);
+  tp_sum(a.d_ln, BM * d);  // fc1 is column-parallel: its input gradient is a partial sum
   ops_.layernorm_backward(dx, true, dln.w, dln.b, a.d_ln, x_in, m.mu, m.rs, ln.w, BM, d);
 }
 
 template <typename T>
 void PerceiverAR<T>::attention_block_backward(int64_t l, T* dx) {
-  const int64_t N = cfg_.context_length, M = cfg_.num_latents, d = cfg_.d_model;
-  const int64_t BM = batch_ * M, H = cfg_.self_heads, D = cfg_.self_head_dim();
+  const int64_t M = cfg_.num_latents, d = cfg_.d_model, BM = batch_ * M;
+  const int64_t H = cfg_.self_heads / tp_size_, D = cfg_.self_head_dim(), ds = self_width_;
   const LayerRef<T>& lp = p_.layers[size_t(l)];
   const LayerRef<T>& lg = g_.layers[size_t(l)];
   const typename Acts::Attn& s = a_->attn[size_t(l)];
   Acts& a = *a_;
-  const int64_t* pos = a.pos + (N - M);
+  const int64_t* pos = a.latent_pos;
   const double p = ctx_.training ? ctx_.dropout : 0.0;
   const T* dy = dx;
   if (p > 0) {
@@ -360,64 +444,81 @@ void PerceiverAR<T>::attention_block_backward(int64_t l, T* dx) {
                  DropoutKey{ctx_.seed, ctx_.step, DropSite::layer_attn(l)}, ctx_.example_base);
     dy = a.tmp;
   }
-  ops_.linear_backward(a.datt, false, lg.attn.o.w, lg.attn.o.b, dy, s.att, lp.attn.o.w, BM, d,
+  ops_.linear_backward(a.datt, false, lg.attn.o.w, lg.attn.o.b, dy, s.att, lp.attn.o.w, BM, ds,
                        d);
   AttentionShape shape{batch_, M, M, H, D, pos, pos, nullptr, 1.0 / std::sqrt(double(D))};
   ops_.attention_backward(shape, s.q, s.k, s.v, s.att, a.datt, s.lse, a.dq, a.dk, a.dv);
   ops_.rotary(a.dq, batch_, M, H, D, rot_self_.bands, pos, a.self_cos, a.self_sin, true);
   ops_.rotary(a.dk, batch_, M, H, D, rot_self_.bands, pos, a.self_cos, a.self_sin, true);
   ops_.linear_backward(a.d_ln, false, lg.attn.q.w, lg.attn.q.b, a.dq, s.ln, lp.attn.q.w, BM, d,
-                       d);
+                       ds);
   ops_.linear_backward(a.d_ln, true, lg.attn.k.w, lg.attn.k.b, a.dk, s.ln, lp.attn.k.w, BM, d,
-                       d);
+                       ds);
   ops_.linear_backward(a.d_ln, true, lg.attn.v.w, lg.attn.v.b, a.dv, s.ln, lp.attn.v.w, BM, d,
-                       d);
-  ops_.layernorm_backward(dx, true, lg.ln_attn.w, lg.ln_attn.b, a.d_ln,
-                          a.xs[size_t(l)], s.mu, s.rs, lp.ln_attn.w, BM, d);
+                       ds);
+  tp_sum(a.d_ln, BM * d);  // q, k, v are column-parallel
+  ops_.layernorm_backward(dx, true, lg.ln_attn.w, lg.ln_attn.b, a.d_ln, a.xs[size_t(l)], s.mu,
+                          s.rs, lp.ln_attn.w, BM, d);
 }
 
 template <typename T>
 void PerceiverAR<T>::cross_attention_backward(T* dx) {
-  // On entry dx is the gradient of x1 = z0 + dropout(o); it becomes the gradient of z0.
-  const int64_t N = cfg_.context_length, M = cfg_.num_latents, d = cfg_.d_model;
-  const int64_t B = batch_, BM = B * M, BN = B * N, W = N + 1;
-  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  // On entry (on the rank holding the latents) dx is the gradient of x1 = z0 + dropout(o);
+  // it becomes the gradient of z0.
+  const int64_t M = cfg_.num_latents, d = cfg_.d_model;
+  const int64_t B = batch_, BM = B * M, Nl = n_local_, BN = B * Nl, cols = window_columns();
+  const int64_t Hc = cfg_.cross_heads / tp_size_, Dc = cfg_.cross_head_dim(), dc = cross_width_;
   const CrossRef<T>& cp = p_.cross;
   const CrossRef<T>& cg = g_.cross;
   Acts& a = *a_;
-  const int64_t* q_pos = a.pos + (N - M);
-  const double p = ctx_.training ? ctx_.dropout : 0.0;
-  const T* dy = dx;
-  if (p > 0) {
-    ops_.dropout(a.tmp, dx, B, M * d, p, DropoutKey{ctx_.seed, ctx_.step, DropSite::kCrossAttn},
-                 ctx_.example_base);
-    dy = a.tmp;
+  if (holds_latents()) {
+    const double p = ctx_.training ? ctx_.dropout : 0.0;
+    const T* dy = dx;
+    if (p > 0) {
+      ops_.dropout(a.tmp, dx, B, M * d, p,
+                   DropoutKey{ctx_.seed, ctx_.step, DropSite::kCrossAttn}, ctx_.example_base);
+      dy = a.tmp;
+    }
+    ops_.linear_backward(a.datt, false, cg.attn.o.w, cg.attn.o.b, dy, a.catt, cp.attn.o.w, BM,
+                         dc, d);
   }
-  ops_.linear_backward(a.datt, false, cg.attn.o.w, cg.attn.o.b, dy, a.catt, cp.attn.o.w, BM, d,
-                       d);
-  AttentionShape cs{B, M, N, Hc, Dc, q_pos, a.pos, a.keep, 1.0 / std::sqrt(double(Dc))};
+  // Every sequence rank takes the attention output's gradient and the merged statistics
+  // and computes the gradients of its own keys and values, and its part of the queries'.
+  if (sp_size_ > 1) groups_.sp->broadcast(a.datt, BM * dc, data_type_of<T>(), sp_size_ - 1);
+  AttentionShape cs{B, M, Nl, Hc, Dc, a.latent_pos, a.pos, a.keep, 1.0 / std::sqrt(double(Dc))};
   ops_.attention_backward(cs, a.cq, a.ck, a.cv, a.catt, a.datt, a.clse, a.dq, a.dck, a.dcv);
-  ops_.rotary(a.dq, B, M, Hc, Dc, rot_cross_.bands, q_pos, a.cross_cos, a.cross_sin, true);
-  ops_.rotary(a.dck, B, N, Hc, Dc, rot_cross_.bands, a.pos, a.cross_cos, a.cross_sin, true);
+  if (sp_size_ > 1) groups_.sp->all_reduce(a.dq, BM * dc, ReduceOp::kSum);
 
-  // Query side: back through W_q and LN_q into z0.
-  ops_.linear_backward(a.d_ln, false, cg.attn.q.w, cg.attn.q.b, a.dq, a.qn, cp.attn.q.w, BM, d,
-                       d);
-  ops_.layernorm_backward(dx, true, cg.ln_q.w, cg.ln_q.b, a.d_ln, a.z0, a.qn_mu, a.qn_rs,
-                          cp.ln_q.w, BM, d);
-  // Key/value side: back through W_k, W_v and LN_kv into the embeddings.
+  // Key/value side: back through W_k, W_v and LN_kv into this rank's embeddings. Under
+  // tensor parallelism each rank's dkvn covers only its heads; the sum over the group is
+  // not taken here (it would be a message of N/sp x d) but in the gradients of the
+  // embedding and LN_kv, which are linear in it (ParamInfo::grad_summed_over_tp).
+  ops_.rotary(a.dck, B, Nl, Hc, Dc, rot_cross_.bands, a.pos, a.cross_cos, a.cross_sin, true);
   ops_.linear_backward(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck, a.kvn, cp.attn.k.w, BN,
-                       d, d);
-  ops_.linear_backward(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv, a.kvn, cp.attn.v.w, BN,
-                       d, d);
+                       d, dc);
+  ops_.linear_backward(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv, a.kvn, cp.attn.v.w, BN, d,
+                       dc);
   ops_.layernorm_backward(a.dh, false, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, a.h, a.kv_mu, a.kv_rs,
                           cp.ln_kv.w, BN, d);
-  // z0 = z_linear(h[latent positions]).
-  ops_.linear_backward(a.tmp, false, cg.z_linear.w, cg.z_linear.b, dx, a.zin, cp.z_linear.w, BM,
-                       d, d);
-  ops_.copy_blocks(a.dh + (N - M) * d, N * d, a.tmp, M * d, B, M * d, true);
+
+  if (holds_latents()) {
+    // Query side: back through W_q and LN_q into z0, then z_linear into the latents'
+    // embeddings.
+    ops_.rotary(a.dq, B, M, Hc, Dc, rot_cross_.bands, a.latent_pos, a.cross_cos, a.cross_sin,
+                true);
+    ops_.linear_backward(a.d_ln, false, cg.attn.q.w, cg.attn.q.b, a.dq, a.qn, cp.attn.q.w, BM, d,
+                         dc);
+    tp_sum(a.d_ln, BM * d);
+    ops_.layernorm_backward(dx, true, cg.ln_q.w, cg.ln_q.b, a.d_ln, a.z0, a.qn_mu, a.qn_rs,
+                            cp.ln_q.w, BM, d);
+    ops_.linear_backward(a.tmp, false, cg.z_linear.w, cg.z_linear.b, dx, a.zin, cp.z_linear.w,
+                         BM, d, d);
+    // Identical on every tensor-parallel rank, and the embedding's gradient is summed over
+    // the group: one rank adds it.
+    if (tp_rank_ == 0) ops_.copy_blocks(a.dh + (Nl - M) * d, Nl * d, a.tmp, M * d, B, M * d, true);
+  }
   for (int64_t b = 0; b < B; ++b)
-    ops_.embedding_backward(g_.embed, a.tokens + b * W, a.dh + b * N * d, N, d);
+    ops_.embedding_backward(g_.embed, a.tokens + b * cols, a.dh + b * Nl * d, Nl, d);
 }
 
 template <typename T>

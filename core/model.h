@@ -1,16 +1,27 @@
 // The Perceiver AR model of spec/MODEL.md with an explicit forward and backward pass,
-// written once against the backend interface (Ops).
+// written once against the backend interface (Ops) and the parallel one (Communicator).
 //
-// One object owns the parameters, their gradients and the activations of one
+// One object owns this rank's parameters, their gradients and the activations of one
 // micro-batch, each in a single allocation of backend memory. forward() runs the model
-// and the loss on a batch of token windows; backward() accumulates the gradient of the
-// training objective into grads().
+// and the loss on a batch of token windows; backward() accumulates this rank's part of
+// the gradient of the training objective into grads().
+//
+// Parallel layout (shared/DESIGN.md). In a sequence-parallel group of size S, rank r holds
+// input positions [r*N/S, (r+1)*N/S): it embeds them, projects their keys and values and
+// attends from all M latent queries over them; the partial results are merged in
+// log-sum-exp form. The latents themselves (their queries, the latent stack, the loss)
+// live on the last rank, whose slice holds their positions. In a tensor-parallel group the
+// heads and MLP hidden units are split (ParamLayout). Messages are [M, d]-sized whatever N
+// is. After backward(), grads() holds this rank's part: summing it over the data- and
+// sequence-parallel ranks (and, for parameters with grad_summed_over_tp, the
+// tensor-parallel ones too) gives the gradient of the whole model.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <vector>
 
+#include "core/communicator.h"
 #include "core/model_config.h"
 #include "core/ops.h"
 #include "core/param_layout.h"
@@ -30,6 +41,15 @@ struct ForwardContext {
   uint64_t example_base = 0;
 };
 
+// The groups a model shares its work with; null means this rank alone.
+struct ModelGroups {
+  Communicator* sp = nullptr;  // sequence parallel: slices of the context
+  Communicator* tp = nullptr;  // tensor parallel: slices of the heads and MLPs
+};
+
+// UserError unless the model can be laid out over sp x tp ranks (names the options).
+void validate_layout(const ModelConfig& cfg, int sp, int tp);
+
 struct LossSums {
   double ce = 0;         // sum of cross-entropy (nats) over valid targets
   double objective = 0;  // sum of ce + z_loss * lse^2 over valid targets
@@ -42,7 +62,7 @@ class PerceiverAR {
   static constexpr double kLayerNormEps = 1e-5;
   static constexpr double kZLoss = 1e-4;
 
-  PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch);
+  PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch, ModelGroups groups = {});
   ~PerceiverAR();
   PerceiverAR(const PerceiverAR&) = delete;
   PerceiverAR& operator=(const PerceiverAR&) = delete;
@@ -56,13 +76,22 @@ class PerceiverAR {
   T* grads() { return grads_; }
   void zero_grads();
 
-  // windows: host int32 [batch, N+1] (inputs w[0..N-1], latent i predicts w[N-M+i+1]).
+  // The columns of each N+1-token window this rank reads: [window_begin(),
+  // window_begin() + window_columns()). All N+1 on a single rank.
+  int64_t window_begin() const { return pos0_; }
+  int64_t window_columns() const { return n_local_ + (holds_latents() ? 1 : 0); }
+  // Whether this rank holds the latents (and so the loss): the last sequence rank.
+  bool holds_latents() const { return sp_rank_ == sp_size_ - 1; }
+
+  // windows: host int32 [batch, window_columns()], this rank's columns of each window
+  // (inputs w[0..N-1]; latent i predicts w[N-M+i+1]). Returns the loss sums on the rank
+  // that holds the latents, zeros elsewhere.
   LossSums forward(const int32_t* windows, int64_t batch, const ForwardContext& ctx);
   // Adds the gradient of loss_scale * (objective sum of the last forward) to grads().
   // The trainer passes 1 / (valid targets in the global batch).
   void backward(double loss_scale);
 
-  // Results of the last forward, copied to the host.
+  // Results of the last forward, copied to the host (on the rank holding the latents).
   std::vector<T> logits() const;  // [batch, M, V]
   std::vector<T> ce() const;      // [batch, M] (0 for PAD targets)
   std::vector<T> lse() const;     // [batch, M]
@@ -80,9 +109,15 @@ class PerceiverAR {
                           const MlpRef<T>& dmlp, int64_t slot, uint32_t site, const T* x_in,
                           T* dx);
   void cross_attention_backward(T* dx);
+  void merge_attention();
+  void tp_sum(T* x, int64_t n);
 
   ModelConfig cfg_;
   Ops<T>& ops_;
+  ModelGroups groups_;
+  int sp_rank_ = 0, sp_size_ = 1, tp_rank_ = 0, tp_size_ = 1;
+  int64_t n_local_ = 0, pos0_ = 0;  // this rank's input positions [pos0_, pos0_ + n_local_)
+  int64_t cross_width_ = 0, self_width_ = 0, mlp_width_ = 0;  // local (tensor-parallel) widths
   ParamLayout layout_;
   int64_t max_batch_;
   T* params_ = nullptr;

@@ -126,6 +126,17 @@ class Ops {
                                   const T* v, const T* o, const T* d_o, const T* lse, T* dq,
                                   T* dk, T* dv) = 0;
 
+  // ---- merging partial attention across ranks (sequence parallelism) ----
+  // Each rank attends over its own slice of the keys, giving o (normalized within the
+  // slice) and lse. To combine them, every rank rescales its part by w = exp(lse - lse_max)
+  // (lse_max: the maximum over ranks): o *= w and lse := w; the ranks then sum o and w, and
+  // attention_merge_finish sets o /= sum_w and lse = lse_max + log(sum_w). Shapes as in
+  // attention_forward; a slice or a whole row with no visible key contributes weight 0.
+  virtual void attention_merge_scale(T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq,
+                                     int64_t heads, int64_t head_dim) = 0;
+  virtual void attention_merge_finish(T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq,
+                                      int64_t heads, int64_t head_dim) = 0;
+
   // ---- loss ----
   // lse[r] = logsumexp(logits[r]); ce[r] = lse[r] - logits[r, target[r]], or 0 where the
   // target is PAD.

@@ -43,10 +43,16 @@ Adam<T>::~Adam() {
 }
 
 template <typename T>
-OptimizerStats Adam<T>::step(T* params, const T* grads, int64_t step, Communicator* group) {
+OptimizerStats Adam<T>::step(T* params, const T* grads, int64_t step, Communicator* tp) {
   OptimizerStats st;
-  double sq = ops_.sum_squares(grads, layout_.total());
-  if (group) sq = group->all_reduce_value(sq);
+  double sq = 0;
+  if (!tp || tp->size() == 1) {
+    sq = ops_.sum_squares(grads, layout_.total());  // alignment gaps are zero
+  } else {
+    for (const ParamInfo& p : layout_.params())
+      if (p.sharded() || tp->rank() == 0) sq += ops_.sum_squares(grads + p.offset, p.numel);
+    sq = tp->all_reduce_value(sq);
+  }
   st.grad_norm = std::sqrt(sq);
   if (cfg_.clip_norm > 0 && st.grad_norm > cfg_.clip_norm)
     st.clip_scale = cfg_.clip_norm / st.grad_norm;

@@ -44,11 +44,11 @@ class Adam {
   Adam(const Adam&) = delete;
   Adam& operator=(const Adam&) = delete;
 
-  // One update of `params` from `grads` for 0-based step `step`. `grad_norm_group`
-  // sums the squared norm over ranks that hold different parameter slices (tensor
-  // parallel); null for one rank.
-  OptimizerStats step(T* params, const T* grads, int64_t step,
-                      Communicator* grad_norm_group = nullptr);
+  // One update of `params` from `grads` (complete: already summed over data- and
+  // sequence-parallel ranks) for 0-based step `step`. `tp` is the tensor-parallel group
+  // (null for none): the gradient norm counts each slice of a split tensor once and each
+  // replicated tensor once.
+  OptimizerStats step(T* params, const T* grads, int64_t step, Communicator* tp = nullptr);
 
   T* m() { return m_; }
   T* v() { return v_; }

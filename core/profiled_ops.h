@@ -95,6 +95,14 @@ class ProfiledOps final : public Ops<T> {
     timed(s.nk > 4096 ? "attention_backward (cross)" : "attention_backward (latents)",
           [&] { inner_.attention_backward(s, q, k, v, o, d_o, lse, dq, dk, dv); });
   }
+  void attention_merge_scale(T* o, T* lse, const T* m, int64_t b, int64_t nq, int64_t h,
+                             int64_t hd) override {
+    timed("attention_merge", [&] { inner_.attention_merge_scale(o, lse, m, b, nq, h, hd); });
+  }
+  void attention_merge_finish(T* o, T* lse, const T* m, int64_t b, int64_t nq, int64_t h,
+                              int64_t hd) override {
+    timed("attention_merge", [&] { inner_.attention_merge_finish(o, lse, m, b, nq, h, hd); });
+  }
   void cross_entropy_forward(T* ce, T* lse, const T* logits, const int32_t* t, int64_t rows,
                              int64_t vocab) override {
     timed("cross_entropy", [&] { inner_.cross_entropy_forward(ce, lse, logits, t, rows, vocab); });

@@ -18,6 +18,7 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
+#include "launch/job.h"
 #include "launch/options.h"
 #include "launch/train_step.h"
 
@@ -64,32 +65,41 @@ double sgemm_rate(int64_t n) {
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
+  Job job("bench", &argc, &argv);
   ModelConfig mc;
   OptimizerConfig oc;
   RunConfig rc;
   int64_t warmup = 1, gemm_n = 2048;
-  bool profile = false;
-  po::options_description opts;
-  opts.add(run_options(rc)).add(model_options(mc)).add(optimizer_options(oc));
-  po::options_description bench("Benchmark");
-  bench.add_options()
-      ("warmup", po::value(&warmup)->default_value(warmup), "untimed steps first")
-      ("gemm-size", po::value(&gemm_n)->default_value(gemm_n), "n of the n x n x n reference sgemm")
-      ("profile", po::bool_switch(&profile), "also print the time of each backend op (timed steps)");
-  opts.add(bench);
-  po::variables_map vm;
-  const cli::Command cmd{"bench",
-                         "Times training steps (forward, backward, Adam) of a config on random "
-                         "tokens; --steps sets the timed steps (default 3 here).",
-                         "par bench --config FILE [--steps K] [options]"};
-  rc.steps = 3;
-  if (!cli::parse(argc, argv, cmd, opts, vm, nullptr, "config")) return 0;
-  if (vm["steps"].defaulted()) rc.steps = 3;  // a config's training length is not the bench's
-  if (rc.steps <= 0) fail_user("--steps must be positive for a benchmark");
-  rc.validate();
-  mc.validate();
-  oc.validate();
+  bool profile = false, help = false;
+  job.agree([&] {
+    po::options_description opts;
+    opts.add(run_options(rc)).add(model_options(mc)).add(optimizer_options(oc));
+    po::options_description bench("Benchmark");
+    bench.add_options()
+        ("warmup", po::value(&warmup)->default_value(warmup), "untimed steps first")
+        ("gemm-size", po::value(&gemm_n)->default_value(gemm_n), "n of the n x n x n reference sgemm")
+        ("profile", po::bool_switch(&profile), "also print the time of each backend op (timed steps, rank 0)");
+    opts.add(bench);
+    po::variables_map vm;
+    const cli::Command cmd{"bench",
+                           "Times training steps (forward, backward, Adam) of a config on random "
+                           "tokens; --steps sets the timed steps (default 3 here). Under mpirun, "
+                           "times the --dp x --sp x --tp layout.",
+                           "par bench --config FILE [--steps K] [options]"};
+    help = !cli::parse(argc, argv, cmd, opts, vm, nullptr, "config");
+    if (help) return;
+    if (vm["steps"].defaulted()) rc.steps = 3;  // a config's training length is not the bench's
+    if (rc.steps <= 0) fail_user("--steps must be positive for a benchmark");
+    rc.validate();
+    mc.validate();
+    oc.validate();
+    rc.validate_layout(mc);
+  });
+  if (help) return 0;
+  ProcessGrid grid;
+  job.agree([&] { grid = job.make_grid(GridShape{rc.dp, rc.sp, rc.tp}); });
   set_threads(rc.threads);
+  const bool rank0 = grid.world_rank() == 0;
 
   // The machine's sgemm rate: the best of measurements before, between and after the
   // steps. On a shared or throttling machine one measurement alone can be far off.
@@ -97,22 +107,31 @@ int cmd_bench(int argc, char** argv) {
   cpu::CpuOps<float> cpu_ops;
   ProfiledOps<float> profiled(cpu_ops);
   Ops<float>& ops = profile ? static_cast<Ops<float>&>(profiled) : cpu_ops;
-  TrainStep ts(mc, oc, rc, ops);
+  TrainStep ts(mc, oc, rc, ops, grid);
   ts.initialize(rc.seed);
+  // Every rank draws the same global batch and keeps its share: its replica's examples,
+  // its columns of each window.
   const int64_t W = mc.context_length + 1, mb = rc.micro_batch();
-  std::vector<std::vector<int32_t>> data(size_t(rc.accum_steps), std::vector<int32_t>(size_t(mb * W)));
+  const int64_t c0 = ts.model().window_begin(), cols = ts.model().window_columns();
   std::mt19937_64 rng(rc.seed);
   std::uniform_int_distribution<int32_t> tok(3, int32_t(mc.vocab_size - 1));
+  std::vector<std::vector<int32_t>> data(size_t(rc.accum_steps));
   std::vector<const int32_t*> micro;
+  std::vector<int32_t> window(static_cast<size_t>(W));
   for (auto& d : data) {
-    for (auto& t : d) t = tok(rng);
+    for (int64_t b = 0; b < mb; ++b) {
+      for (auto& t : window) t = tok(rng);
+      if (b < ts.replica_first() || b >= ts.replica_first() + ts.replica_batch()) continue;
+      d.insert(d.end(), window.begin() + c0, window.begin() + c0 + cols);
+    }
     micro.push_back(d.data());
   }
   for (int64_t s = 0; s < warmup; ++s) ts.run(s, micro);
   profiled.reset();
-  double total = 0, fwd = 0, bwd = 0, opt = 0, best = 1e30;
+  double total = 0, fwd = 0, bwd = 0, red = 0, opt = 0, best = 1e30;
   int64_t targets = 0;
   for (int64_t s = 0; s < rc.steps; ++s) {
+    grid.world().barrier();
     const auto t = Clock::now();
     const StepResult r = ts.run(warmup + s, micro);
     const double dt = since(t);
@@ -123,31 +142,35 @@ int cmd_bench(int argc, char** argv) {
     gemm_gflops = std::max(gemm_gflops, sgemm_rate(gemm_n));
     fwd += r.forward_s;
     bwd += r.backward_s;
+    red += r.reduce_s;
     opt += r.optimizer_s;
     targets += r.valid;
   }
-  gemm_gflops = std::max(gemm_gflops, sgemm_rate(gemm_n));
   // Rates use the fastest step and the fastest sgemm: on a shared machine the least
   // disturbed measurement of each is the one that says what the code does.
-  const double step_s = best;
+  const double step_s = grid.world().all_reduce_value(best, ReduceOp::kMax);
   const double mean_s = total / double(rc.steps);
   const double flops = train_flops_per_example(mc) * double(rc.batch_size);
   const double gflops = flops / step_s / 1e9;
   const double inputs_per_s = double(rc.batch_size * mc.context_length) / step_s;
   const double targets_per_s = double(targets) / double(rc.steps) / step_s;
   const double peak_mib = double(peak_rss_bytes()) / (1 << 20);
+  const double peak_max_mib = grid.world().all_reduce_value(peak_mib, ReduceOp::kMax);
   const double n = double(rc.steps);
+  if (!rank0) return 0;
 
-  std::printf("model       %s | batch %lld | %d threads | %s\n", mc.summary().c_str(),
-              static_cast<long long>(rc.batch_size), current_threads(), blas_description().c_str());
-  std::printf("step        %.1f ms best, %.1f ms mean of %lld (mean forward %.1f, backward %.1f, "
-              "optimizer %.1f)\n",
+  std::printf("model       %s | batch %lld | %d rank(s) (dp %d, sp %d, tp %d) x %d threads | %s\n",
+              mc.summary().c_str(), static_cast<long long>(rc.batch_size), grid.world_size(),
+              rc.dp, rc.sp, rc.tp, current_threads(), blas_description().c_str());
+  std::printf("step        %.1f ms best, %.1f ms mean of %lld (rank 0 mean: forward %.1f, backward "
+              "%.1f, gradient sums %.1f, optimizer %.1f)\n",
               1e3 * step_s, 1e3 * mean_s, static_cast<long long>(rc.steps), 1e3 * fwd / n,
-              1e3 * bwd / n, 1e3 * opt / n);
+              1e3 * bwd / n, 1e3 * red / n, 1e3 * opt / n);
   std::printf("throughput  %.0f input tokens/s | %.0f targets/s\n", inputs_per_s, targets_per_s);
   std::printf("compute     %.2f model GFLOP/step | %.1f GFLOP/s achieved | sgemm %lld^3: %.1f GFLOP/s | ratio %.2f\n",
               flops / 1e9, gflops, static_cast<long long>(gemm_n), gemm_gflops, gflops / gemm_gflops);
-  std::printf("memory      peak resident %.0f MiB\n", peak_mib);
+  std::printf("memory      peak resident %.0f MiB (rank 0), %.0f MiB (largest rank)\n", peak_mib,
+              peak_max_mib);
   if (profile) {
     std::vector<std::pair<std::string, OpTime>> rows(profiled.times().begin(), profiled.times().end());
     std::sort(rows.begin(), rows.end(),
@@ -157,12 +180,15 @@ int cmd_bench(int argc, char** argv) {
       std::printf("            %7.1f  %4.1f%%  %10.0f  %s\n", 1e3 * t.seconds / n,
                   100 * t.seconds / total, double(t.calls) / n, op.c_str());
   }
-  std::printf("{\"context_length\": %lld, \"batch\": %lld, \"ms_per_step\": %.2f, \"ms_per_step_mean\": %.2f, \"input_tokens_per_s\": %.1f, "
+  std::printf("{\"context_length\": %lld, \"batch\": %lld, \"ranks\": %d, \"dp\": %d, \"sp\": %d, \"tp\": %d, "
+              "\"ms_per_step\": %.2f, \"ms_per_step_mean\": %.2f, \"input_tokens_per_s\": %.1f, "
               "\"targets_per_s\": %.1f, \"model_gflop_per_step\": %.4f, \"gflops\": %.2f, "
-              "\"sgemm_gflops\": %.2f, \"ratio_to_sgemm\": %.4f, \"peak_rss_mib\": %.1f, \"threads\": %d}\n",
+              "\"sgemm_gflops\": %.2f, \"ratio_to_sgemm\": %.4f, \"peak_rss_mib\": %.1f, "
+              "\"peak_rss_mib_max\": %.1f, \"threads\": %d}\n",
               static_cast<long long>(mc.context_length), static_cast<long long>(rc.batch_size),
-              1e3 * step_s, 1e3 * mean_s, inputs_per_s, targets_per_s, flops / 1e9, gflops, gemm_gflops,
-              gflops / gemm_gflops, peak_mib, current_threads());
+              grid.world_size(), rc.dp, rc.sp, rc.tp, 1e3 * step_s, 1e3 * mean_s, inputs_per_s,
+              targets_per_s, flops / 1e9, gflops, gemm_gflops, gflops / gemm_gflops, peak_mib,
+              peak_max_mib, current_threads());
   return 0;
 }
 

@@ -1,10 +1,11 @@
 // `par train`: trains a model on token shards, logging progress, validating, and writing
-// a checkpoint it can resume from.
+// a checkpoint it can resume from. One process, or an MPI job of dp x sp x tp ranks.
 #include <glog/logging.h>
 
 #include <chrono>
 #include <cmath>
-#include <cstdio>
+#include <cstring>
+#include <map>
 #include <memory>
 
 #include "checkpoint/model_file.h"
@@ -16,6 +17,7 @@
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/evaluate.h"
+#include "launch/job.h"
 #include "launch/options.h"
 #include "launch/run_dir.h"
 #include "launch/text.h"
@@ -32,11 +34,11 @@ double seconds_since(Clock::time_point t) {
 }
 
 // Where training starts: a checkpoint to resume from, or nothing.
-std::string resume_path(const RunConfig& run, const RunDir& dir) {
-  const std::string latest = dir.checkpoint();
+std::string resume_path(const RunConfig& run, const std::string& out_dir) {
+  const std::string latest = out_dir + "/checkpoint.h5";
   if (run.resume == "none") {
     if (file_exists(latest))
-      fail_user("run directory ", dir.path(), " already holds a checkpoint (", latest,
+      fail_user("run directory ", out_dir, " already holds a checkpoint (", latest,
                 "): pass --resume auto to continue that run, or choose another --out");
     return "";
   }
@@ -45,110 +47,82 @@ std::string resume_path(const RunConfig& run, const RunDir& dir) {
   return run.resume;
 }
 
-struct Validation {
-  std::vector<std::string> shards;
-  int64_t tokens = 0;
+// Everything a run needs, set up (and checked) on every rank before training starts.
+struct Setup {
+  ModelConfig model;
+  OptimizerConfig opt;
+  RunConfig run;
+  std::string config_text;
+  std::unique_ptr<Dataset> train;
+  std::vector<std::string> val_shards;
+  std::unique_ptr<ModelFile> resumed;
+  std::string resumed_from;
 };
 
-void validate(TrainStep& ts, const Validation& val, int64_t step, RunDir& dir) {
-  if (val.shards.empty()) return;
+void validate(TrainStep& ts, const Setup& s, int64_t step, RunDir* dir) {
+  if (s.val_shards.empty()) return;
   const auto t0 = Clock::now();
-  const EvalResult r = evaluate_blocks(ts.model(), val.shards, val.tokens);
+  const EvalResult r =
+      evaluate_blocks(ts.model(), s.val_shards, s.run.eval_tokens, {}, &ts.grid());
   LOG(INFO) << "validation at step " << step << " | loss " << fmt("%.4f", r.loss_nats) << " | "
             << fmt("%.4f", r.bits_per_token()) << " bits/token | accuracy "
             << fmt("%.4f", r.accuracy) << " | " << r.tokens << " targets | "
             << fmt("%.1f", seconds_since(t0)) << " s";
-  dir.metrics(cat("{\"step\": ", step, ", \"val_loss\": ", fmt("%.6f", r.loss_nats),
-                  ", \"val_bits_per_token\": ", fmt("%.6f", r.bits_per_token()),
-                  ", \"val_accuracy\": ", fmt("%.6f", r.accuracy), ", \"val_tokens\": ", r.tokens,
-                  "}"));
+  if (dir)
+    dir->metrics(cat("{\"step\": ", step, ", \"val_loss\": ", fmt("%.6f", r.loss_nats),
+                     ", \"val_bits_per_token\": ", fmt("%.6f", r.bits_per_token()),
+                     ", \"val_accuracy\": ", fmt("%.6f", r.accuracy), ", \"val_tokens\": ",
+                     r.tokens, "}"));
 }
 
-void save(TrainStep& ts, const ModelConfig& mc, const TrainingPosition& pos, RunDir& dir) {
+void save(TrainStep& ts, const ModelConfig& mc, const TrainingPosition& pos, RunDir* dir) {
   const auto t0 = Clock::now();
-  const auto params = ts.download(ts.params());
-  const auto m = ts.download(ts.adam().m());
-  const auto v = ts.download(ts.adam().v());
-  write_checkpoint(dir.checkpoint(), mc, pos, params.data(), m.data(), v.data());
-  LOG(INFO) << "checkpoint at step " << pos.step << " -> " << dir.checkpoint() << " ("
-            << fmt("%.2f", seconds_since(t0)) << " s)";
+  std::vector<float> params, m, v;
+  ts.gather_state(params, m, v);
+  if (dir) write_checkpoint(dir->checkpoint(), mc, pos, params.data(), m.data(), v.data());
+  // No rank goes on (or exits) before the checkpoint is complete.
+  ts.grid().world().barrier();
+  if (dir)
+    LOG(INFO) << "checkpoint at step " << pos.step << " -> " << dir->checkpoint() << " ("
+              << fmt("%.2f", seconds_since(t0)) << " s)";
 }
 
-}  // namespace
-
-int cmd_train(int argc, char** argv) {
-  ModelConfig mc;
-  OptimizerConfig oc;
-  RunConfig rc;
-  po::options_description opts;
-  opts.add(run_options(rc)).add(model_options(mc)).add(optimizer_options(oc));
-  po::variables_map vm;
-  const cli::Command cmd{"train", "Trains a Perceiver AR model on token shards (see README.md).",
-                         "par train --config FILE --data SHARDS --out DIR [options]"};
-  if (!cli::parse(argc, argv, cmd, opts, vm, nullptr, "config")) return 0;
-  rc.validate();
-  mc.validate();
-  oc.total_steps = rc.steps;
-  oc.validate();
-  if (rc.data.empty()) fail_user("--data is required: the training shards (see `par prep`)");
-  if (rc.out.empty()) fail_user("--out is required: the run directory for logs and checkpoints");
-  set_threads(rc.threads);
-
-  // Everything the user gave is checked before anything is written.
-  const Dataset train(cli::expand_paths(rc.data, "--data"), mc.context_length, mc.vocab_size);
-  Validation val;
-  if (!rc.val_data.empty()) {
-    val.shards = cli::expand_paths(rc.val_data, "--val-data");
-    const Dataset check(val.shards, mc.context_length, mc.vocab_size);
-    val.tokens = rc.eval_tokens;
-  }
-  RunDir dir(rc.out);
-  const std::string from = resume_path(rc, dir);
-  std::unique_ptr<ModelFile> resumed;
-  if (!from.empty()) {
-    resumed = std::make_unique<ModelFile>(read_model_file(from, true));
-    require_same_model(mc, resumed->model, from);
-  }
-
-  LOG(INFO) << "par train | model " << mc.summary() << " | "
-            << ParamLayout(mc).num_parameters() << " parameters";
-  LOG(INFO) << "data: " << train.num_shards() << " shard(s), " << train.num_windows()
-            << " windows of " << mc.context_length + 1 << " tokens | batch " << rc.batch_size
-            << " = " << rc.accum_steps << " x " << rc.micro_batch() << " | " << current_threads()
-            << " threads | BLAS: " << blas_description();
-
+void train(Setup& s, const ProcessGrid& grid, RunDir* dir) {
+  const ModelConfig& mc = s.model;
+  const RunConfig& rc = s.run;
   cpu::CpuOps<float> ops;
-  TrainStep ts(mc, oc, rc, ops);
+  TrainStep ts(mc, s.opt, rc, ops, grid);
   TrainingPosition pos;
   pos.seed = rc.seed;
-  pos.config_text = to_ini(vm);
-  if (resumed) {
-    ts.load(*resumed);
-    pos.step = resumed->position.step;
-    if (resumed->position.seed != rc.seed)
+  pos.config_text = s.config_text;
+  if (s.resumed) {
+    ts.load(*s.resumed);
+    pos.step = s.resumed->position.step;
+    if (s.resumed->position.seed != rc.seed)
       LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's "
-                   << resumed->position.seed << ": data order and dropout change from here on";
-    LOG(INFO) << "resumed from " << from << " at step " << pos.step;
-    resumed.reset();
+                   << s.resumed->position.seed << ": data order and dropout change from here on";
+    LOG(INFO) << "resumed from " << s.resumed_from << " at step " << pos.step;
+    s.resumed.reset();
   } else {
     ts.initialize(rc.seed);
   }
-  dir.write_config(pos.config_text);
   if (pos.step >= rc.steps) {
     LOG(INFO) << "already trained " << pos.step << " steps (--steps " << rc.steps
               << "): nothing to do";
-    return 0;
+    return;
   }
 
   LoaderOptions lo;
   lo.global_batch = rc.micro_batch();
-  lo.count = rc.micro_batch();
+  lo.first = ts.replica_first();
+  lo.count = ts.replica_batch();
+  lo.col_begin = ts.model().window_begin();
+  lo.col_end = lo.col_begin + ts.model().window_columns();
   lo.seed = derive_seed(rc.seed, kDataStream);
   lo.prefetch = 2 * rc.accum_steps;
-  Loader loader(train, lo, pos.step * rc.accum_steps);
+  Loader loader(*s.train, lo, pos.step * rc.accum_steps);
 
-  const int64_t N = mc.context_length;
-  const double tokens_per_step = double(rc.batch_size) * double(N);
+  const double tokens_per_step = double(rc.batch_size) * double(mc.context_length);
   double interval_s = 0, interval_loss = 0;
   int64_t interval_steps = 0, interval_targets = 0;
   std::vector<Batch> batches(size_t(rc.accum_steps));
@@ -178,23 +152,126 @@ int cmd_train(int argc, char** argv) {
                 << " | " << fmt("%.4f", loss / std::log(2.0)) << " bits/token | lr "
                 << fmt("%.3g", r.opt.lr) << " | grad norm " << fmt("%.3f", r.opt.grad_norm)
                 << " | " << fmt("%.0f", tps) << " tokens/s | " << fmt("%.1f", ms) << " ms/step";
-      dir.metrics(cat("{\"step\": ", pos.step, ", \"loss\": ", exact(loss),
-                      ", \"bits_per_token\": ", fmt("%.6f", loss / std::log(2.0)),
-                      ", \"lr\": ", fmt("%.6g", r.opt.lr), ", \"grad_norm\": ",
-                      fmt("%.6g", r.opt.grad_norm), ", \"tokens_per_s\": ", fmt("%.1f", tps),
-                      ", \"targets_per_s\": ", fmt("%.1f", double(interval_targets) / interval_s),
-                      ", \"ms_per_step\": ", fmt("%.2f", ms), "}"));
+      if (dir)
+        dir->metrics(cat("{\"step\": ", pos.step, ", \"loss\": ", exact(loss),
+                         ", \"bits_per_token\": ", fmt("%.6f", loss / std::log(2.0)),
+                         ", \"lr\": ", fmt("%.6g", r.opt.lr), ", \"grad_norm\": ",
+                         fmt("%.6g", r.opt.grad_norm), ", \"tokens_per_s\": ", fmt("%.1f", tps),
+                         ", \"targets_per_s\": ",
+                         fmt("%.1f", double(interval_targets) / interval_s),
+                         ", \"ms_per_step\": ", fmt("%.2f", ms), "}"));
       interval_s = interval_loss = 0;
       interval_steps = interval_targets = 0;
     }
     const bool last = pos.step == rc.steps;
     if (rc.eval_every > 0 && pos.step % rc.eval_every == 0 && !last)
-      validate(ts, val, pos.step, dir);
+      validate(ts, s, pos.step, dir);
     if ((rc.checkpoint_every > 0 && pos.step % rc.checkpoint_every == 0) || last)
       save(ts, mc, pos, dir);
   }
-  validate(ts, val, pos.step, dir);
-  LOG(INFO) << "done: " << pos.step << " steps; checkpoint " << dir.checkpoint();
+  validate(ts, s, pos.step, dir);
+  if (dir) LOG(INFO) << "done: " << pos.step << " steps; checkpoint " << dir->checkpoint();
+}
+
+// "vm [ranks 0,1; local 0,1], node2 [ranks 2,3; local 0,1]": where the ranks run.
+std::string describe_hosts(const ProcessGrid& grid) {
+  constexpr int kName = 64;
+  std::vector<uint8_t> mine(kName + 8, 0), all(size_t(grid.world_size()) * (kName + 8));
+  std::snprintf(reinterpret_cast<char*>(mine.data()), kName, "%s", grid.host().c_str());
+  const int64_t local = grid.local_rank();
+  std::memcpy(mine.data() + kName, &local, 8);
+  grid.world().all_gather(mine.data(), all.data(), kName + 8, DataType::kUInt8);
+  std::vector<std::string> hosts;
+  std::map<std::string, std::pair<std::string, std::string>> ranks;  // host -> (ranks, locals)
+  for (int r = 0; r < grid.world_size(); ++r) {
+    const uint8_t* e = all.data() + size_t(r) * (kName + 8);
+    const std::string host(reinterpret_cast<const char*>(e));
+    int64_t l = 0;
+    std::memcpy(&l, e + kName, 8);
+    if (!ranks.count(host)) hosts.push_back(host);
+    auto& [rs, ls] = ranks[host];
+    rs += cat(rs.empty() ? "" : ",", r);
+    ls += cat(ls.empty() ? "" : ",", l);
+  }
+  std::string out;
+  for (const auto& h : hosts)
+    out += cat(out.empty() ? "" : ", ", h, " [ranks ", ranks[h].first, "; local ", ranks[h].second, "]");
+  return cat(hosts.size(), " host(s): ", out);
+}
+
+}  // namespace
+
+int cmd_train(int argc, char** argv) {
+  Job job("train", &argc, &argv);
+  // Rank 0 speaks for the job; the others report only warnings and errors.
+  if (job.world_rank() != 0) FLAGS_minloglevel = google::GLOG_WARNING;
+  Setup s;
+  po::variables_map vm;
+  bool help = false;
+  job.agree([&] {
+    po::options_description opts;
+    opts.add(run_options(s.run)).add(model_options(s.model)).add(optimizer_options(s.opt));
+    const cli::Command cmd{"train",
+                           "Trains a Perceiver AR model on token shards (see README.md). Under "
+                           "mpirun, --dp x --sp x --tp must equal the number of ranks.",
+                           "par train --config FILE --data SHARDS --out DIR [options]"};
+    help = !cli::parse(argc, argv, cmd, opts, vm, nullptr, "config");
+    if (help) return;
+    s.run.validate();
+    s.model.validate();
+    s.opt.total_steps = s.run.steps;
+    s.opt.validate();
+    s.run.validate_layout(s.model);
+    if (s.run.data.empty()) fail_user("--data is required: the training shards (see `par prep`)");
+    if (s.run.out.empty())
+      fail_user("--out is required: the run directory for logs and checkpoints");
+  });
+  if (help) return 0;
+  ProcessGrid grid;
+  job.agree([&] { grid = job.make_grid(GridShape{s.run.dp, s.run.sp, s.run.tp}); });
+
+  // Everything the user gave is checked, on every rank, before anything is written.
+  std::unique_ptr<RunDir> dir;
+  job.agree([&] {
+    set_threads(s.run.threads);
+    s.train = std::make_unique<Dataset>(cli::expand_paths(s.run.data, "--data"),
+                                        s.model.context_length, s.model.vocab_size);
+    if (!s.run.val_data.empty()) {
+      s.val_shards = cli::expand_paths(s.run.val_data, "--val-data");
+      const Dataset check(s.val_shards, s.model.context_length, s.model.vocab_size);
+    }
+    s.resumed_from = resume_path(s.run, s.run.out);
+    if (!s.resumed_from.empty()) {
+      s.resumed = std::make_unique<ModelFile>(read_model_file(s.resumed_from, true));
+      require_same_model(s.model, s.resumed->model, s.resumed_from);
+    }
+    s.config_text = to_ini(vm);
+    if (grid.world_rank() == 0) {
+      dir = std::make_unique<RunDir>(s.run.out);
+      dir->write_config(s.config_text);
+    }
+  });
+
+  LOG(INFO) << "par train | model " << s.model.summary() << " | "
+            << ParamLayout(s.model).num_parameters() << " parameters";
+  LOG(INFO) << "layout: " << grid.world_size() << " rank(s) = dp " << s.run.dp << " x sp "
+            << s.run.sp << " x tp " << s.run.tp << " | " << current_threads()
+            << " thread(s) per rank | BLAS: " << blas_description();
+  if (grid.world_size() > 1) {
+    const std::string hosts = describe_hosts(grid);
+    LOG(INFO) << "ranks on " << hosts;
+  }
+  LOG(INFO) << "data: " << s.train->num_shards() << " shard(s), " << s.train->num_windows()
+            << " windows of " << s.model.context_length + 1 << " tokens | batch "
+            << s.run.batch_size << " = " << s.run.accum_steps << " x " << s.run.micro_batch()
+            << " examples";
+  try {
+    train(s, grid, dir.get());
+  } catch (const UserError& e) {
+    job.fail(e, 2);
+  } catch (const std::exception& e) {
+    job.fail(e, 1);
+  }
   return 0;
 }
 

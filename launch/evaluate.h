@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/model.h"
+#include "parallel/process_grid.h"
 
 namespace par {
 
@@ -20,17 +21,21 @@ struct EvalResult {
   double bits_per_token() const;
 };
 
-// The window of block `block` of a stream of `stream_len` tokens, read via `read(begin,
-// count, out)`: out[j] = t[block*M - (N-M) + j] inside the stream, PAD outside.
-void block_window(int64_t block, int64_t stream_len, int64_t N, int64_t M,
-                  const std::function<void(int64_t, int64_t, int32_t*)>& read, int32_t* out);
+// Columns [c0, c0 + cols) of the window of block `block` of a stream of `stream_len`
+// tokens, read via `read(begin, count, out)`: out[j] = t[block*M - (N-M) + c0 + j] inside
+// the stream, PAD outside.
+void block_window(int64_t block, int64_t stream_len, int64_t N, int64_t M, int64_t c0,
+                  int64_t cols, const std::function<void(int64_t, int64_t, int32_t*)>& read,
+                  int32_t* out);
 
 // Evaluates the shards as separate streams, in order, batching blocks up to the model's
-// max_batch; stops once `max_targets` targets are scored (0: all). `progress` (optional)
-// sees the targets scored so far.
+// max_batch; stops after about `max_targets` targets (0: all): ceil(max_targets / M)
+// blocks. With a grid, the data-parallel replicas take turns with the batches, each rank
+// reads its columns of the windows, and every rank returns the totals. `progress`
+// (optional) sees the targets this replica scored so far.
 template <typename T>
 EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>& shards,
-                           int64_t max_targets,
-                           const std::function<void(int64_t)>& progress = {});
+                           int64_t max_targets, const std::function<void(int64_t)>& progress = {},
+                           const ProcessGrid* grid = nullptr);
 
 }  // namespace par

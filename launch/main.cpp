@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "kernels/cpu/blas_setup.h"
 #include "launch/commands.h"
+#include "launch/job.h"
 
 namespace {
 
@@ -47,6 +48,8 @@ int main(int argc, char** argv) {
     if (name != e.name) continue;
     try {
       return e.run(argc - 1, argv + 1);
+    } catch (const par::JobStopped& stop) {
+      return stop.code;  // every rank has stopped; the failing ones said why
     } catch (const par::UserError& err) {
       std::cerr << "par " << name << ": error: " << err.what() << "\n";
       return 2;

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/model.h"
 #include "launch/text.h"
 
 namespace par {
@@ -56,6 +57,15 @@ void RunConfig::validate() const {
   if (eval_every < 0 || checkpoint_every < 0 || eval_tokens < 0)
     fail_user("--eval-every, --eval-tokens and --checkpoint-every must be >= 0");
   if (threads < 0) fail_user("--threads must be >= 0");
+  if (dp < 1 || sp < 1 || tp < 1) fail_user("--dp, --sp and --tp must be at least 1");
+}
+
+void RunConfig::validate_layout(const ModelConfig& model) const {
+  if (micro_batch() % dp != 0)
+    fail_user("a micro-batch of ", micro_batch(), " examples (--batch-size ", batch_size,
+              " / --accum-steps ", accum_steps, ") does not divide over --dp ", dp,
+              " data-parallel replicas");
+  par::validate_layout(model, sp, tp);
 }
 
 po::options_description run_options(RunConfig& c) {
@@ -76,7 +86,10 @@ po::options_description run_options(RunConfig& c) {
       ("eval-tokens", po::value(&c.eval_tokens)->default_value(c.eval_tokens), "targets scored per validation (0: the whole validation set)")
       ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write OUT/checkpoint.h5 every K steps (0: at the end only)")
       ("resume", po::value(&c.resume)->default_value(c.resume), "none | auto (continue from OUT/checkpoint.h5 if present) | PATH of a checkpoint")
-      ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads (0: all cores)");
+      ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads per rank (0: all cores)")
+      ("dp", po::value(&c.dp)->default_value(c.dp), "data-parallel replicas (each takes a share of every batch)")
+      ("sp", po::value(&c.sp)->default_value(c.sp), "sequence-parallel ranks (each holds a slice of the context)")
+      ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (each holds a share of the heads and MLPs)");
   return o;
 }
 

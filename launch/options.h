@@ -36,9 +36,12 @@ struct RunConfig {
   int64_t checkpoint_every = 0;      // 0: only at the end
   std::string resume = "none";       // none | auto | PATH
   int threads = 0;                   // 0: all cores
+  int dp = 1, sp = 1, tp = 1;        // the process grid (world = dp x sp x tp ranks)
 
   int64_t micro_batch() const { return batch_size / accum_steps; }
   void validate() const;
+  // UserError unless the model and the batch fit the --dp/--sp/--tp layout.
+  void validate_layout(const ModelConfig& model) const;
 };
 
 po::options_description run_options(RunConfig& c);

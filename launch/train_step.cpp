@@ -2,9 +2,21 @@
 
 #include <chrono>
 
+#include "core/error.h"
 #include "core/init.h"
 
 namespace par {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Gradients are summed over the data- and sequence-parallel ranks in pieces of this many
+// elements, so no message needs a second copy of the whole gradient buffer.
+constexpr int64_t kBucketElements = int64_t(1) << 22;
+
+}  // namespace
 
 uint64_t derive_seed(uint64_t seed, uint64_t stream) {  // splitmix64 of (seed, stream)
   uint64_t z = seed + 0x9E3779B97F4A7C15ull * (stream + 1);
@@ -14,13 +26,17 @@ uint64_t derive_seed(uint64_t seed, uint64_t stream) {  // splitmix64 of (seed, 
 }
 
 TrainStep::TrainStep(const ModelConfig& model, const OptimizerConfig& opt, const RunConfig& run,
-                     Ops<float>& ops)
+                     Ops<float>& ops, const ProcessGrid& grid)
     : model_cfg_(model),
       run_(run),
       ops_(ops),
-      model_(model, ops, run.micro_batch()),
+      grid_(grid),
+      model_(model, ops, run.micro_batch() / grid.shape().dp, ModelGroups{&grid.sp(), &grid.tp()}),
       adam_(opt, model_.layout(), ops),
-      dropout_seed_(derive_seed(run.seed, kDropoutStream)) {}
+      replica_batch_(run.micro_batch() / grid.shape().dp),
+      dropout_seed_(derive_seed(run.seed, kDropoutStream)) {
+  PAR_ASSERT(run.micro_batch() % grid.shape().dp == 0, "checked by validate_run_layout");
+}
 
 void TrainStep::initialize(uint64_t seed) {
   std::vector<float> host;
@@ -29,11 +45,16 @@ void TrainStep::initialize(uint64_t seed) {
 }
 
 void TrainStep::load(const ModelFile& file) {
-  const size_t bytes = size_t(model_.layout().total()) * sizeof(float);
-  ops_.upload(model_.params(), file.params.data(), bytes);
+  const ParamLayout full(file.model);
+  std::vector<float> local(size_t(model_.layout().total()), 0.0f);
+  const size_t bytes = local.size() * sizeof(float);
+  extract_slices(model_.layout(), full, file.params.data(), local.data());
+  ops_.upload(model_.params(), local.data(), bytes);
   if (!file.adam_m.empty()) {
-    ops_.upload(adam_.m(), file.adam_m.data(), bytes);
-    ops_.upload(adam_.v(), file.adam_v.data(), bytes);
+    extract_slices(model_.layout(), full, file.adam_m.data(), local.data());
+    ops_.upload(adam_.m(), local.data(), bytes);
+    extract_slices(model_.layout(), full, file.adam_v.data(), local.data());
+    ops_.upload(adam_.v(), local.data(), bytes);
   }
 }
 
@@ -43,15 +64,67 @@ std::vector<float> TrainStep::download(const float* device) const {
   return host;
 }
 
+// The tensor-parallel group of world rank 0 assembles the split tensors; world rank 0
+// ends up with the whole model.
+std::vector<float> TrainStep::gather(const float* device) {
+  if (grid_.dp_rank() != 0 || grid_.sp_rank() != 0) return {};
+  const std::vector<float> local = download(device);
+  const ParamLayout full(model_cfg_);
+  const int tp = grid_.shape().tp;
+  std::vector<ParamLayout> layouts;
+  for (int t = 0; t < tp; ++t) layouts.emplace_back(model_cfg_, t, tp);
+  std::vector<float> whole(grid_.tp_rank() == 0 ? size_t(full.total()) : 0, 0.0f), gathered;
+  for (const ParamInfo& p : model_.layout().params()) {
+    const ParamInfo* f = full.find(p.name);
+    if (!p.sharded()) {
+      if (!whole.empty()) std::copy_n(local.data() + p.offset, p.numel, whole.data() + f->offset);
+      continue;
+    }
+    gathered.resize(size_t(p.numel) * size_t(tp));
+    grid_.tp().all_gather(local.data() + p.offset, gathered.data(), p.numel, DataType::kFloat32);
+    if (whole.empty()) continue;
+    for (int t = 0; t < tp; ++t)
+      place_slice(*layouts[size_t(t)].find(p.name), gathered.data() + size_t(t) * size_t(p.numel),
+                  whole.data() + f->offset);
+  }
+  return whole;
+}
+
+void TrainStep::gather_state(std::vector<float>& params, std::vector<float>& adam_m,
+                             std::vector<float>& adam_v) {
+  params = gather(model_.params());
+  adam_m = gather(adam_.m());
+  adam_v = gather(adam_.v());
+}
+
+// After backward each rank holds its part of the gradient: sum it over the ranks that
+// share the same tensor slice (data and sequence parallel), and over the tensor-parallel
+// group for the parameters whose gradient is split there too.
+void TrainStep::reduce_gradients() {
+  float* g = model_.grads();
+  const int64_t total = model_.layout().total();
+  if (grid_.dp_sp().size() > 1)
+    for (int64_t i = 0; i < total; i += kBucketElements)
+      grid_.dp_sp().all_reduce(g + i, std::min(kBucketElements, total - i), ReduceOp::kSum);
+  if (grid_.tp().size() > 1)
+    for (const ParamInfo& p : model_.layout().params())
+      if (p.grad_summed_over_tp) grid_.tp().all_reduce(g + p.offset, p.numel, ReduceOp::kSum);
+}
+
 StepResult TrainStep::run(int64_t step, const std::vector<const int32_t*>& micro) {
-  const int64_t mb = run_.micro_batch(), N = model_cfg_.context_length;
-  const int64_t M = model_cfg_.num_latents, W = N + 1;
-  // The objective is a mean over the step's valid targets, so count them first: every
-  // micro-batch's backward then uses the same scale.
+  const int64_t mb = replica_batch_, N = model_cfg_.context_length;
+  const int64_t M = model_cfg_.num_latents, cols = model_.window_columns();
+  const int64_t first_target = N - M + 1 - model_.window_begin();
+  // Only one rank per replica sees each example's targets: the latents' tensor rank 0.
+  const bool counts = model_.holds_latents() && grid_.tp_rank() == 0;
+  // The objective is a mean over the step's valid targets in the global batch, so count
+  // them first: every micro-batch's backward then uses the same scale.
   int64_t valid = 0;
-  for (const int32_t* windows : micro)
-    for (int64_t b = 0; b < mb; ++b)
-      for (int64_t i = 0; i < M; ++i) valid += windows[b * W + N - M + i + 1] != 0;
+  if (counts)
+    for (const int32_t* windows : micro)
+      for (int64_t b = 0; b < mb; ++b)
+        for (int64_t i = 0; i < M; ++i) valid += windows[b * cols + first_target + i] != 0;
+  valid = grid_.world().all_reduce_value(valid);
   StepResult r;
   r.valid = valid;
   model_.zero_grads();
@@ -61,31 +134,33 @@ StepResult TrainStep::run(int64_t step, const std::vector<const int32_t*>& micro
   ctx.cross_attend_dropout = run_.cross_attend_dropout;
   ctx.seed = dropout_seed_;
   ctx.step = uint32_t(step);
-  using Clock = std::chrono::steady_clock;
-  auto since = [](Clock::time_point t) {
-    return std::chrono::duration<double>(Clock::now() - t).count();
-  };
-  double ce = 0, obj = 0;
+  double sums[2] = {0, 0};  // ce, objective
   for (size_t k = 0; k < micro.size(); ++k) {
-    ctx.example_base = uint64_t(k) * uint64_t(mb);
+    ctx.example_base = uint64_t(k) * uint64_t(run_.micro_batch()) + uint64_t(replica_first());
     auto t = Clock::now();
     const LossSums s = model_.forward(micro[k], mb, ctx);
     r.forward_s += since(t);
-    ce += s.ce;
-    obj += s.objective;
+    if (counts) {
+      sums[0] += s.ce;
+      sums[1] += s.objective;
+    }
     t = Clock::now();
     if (valid > 0) model_.backward(1.0 / double(valid));
     r.backward_s += since(t);
   }
-  if (valid > 0) {
-    r.loss_nats = ce / double(valid);
-    r.objective = obj / double(valid);
-    const auto t = Clock::now();
-    r.opt = adam_.step(model_.params(), model_.grads(), step);
-    r.optimizer_s = since(t);
-  } else {
+  grid_.world().all_reduce(sums, 2, ReduceOp::kSum);
+  if (valid == 0) {
     r.opt.lr = learning_rate(adam_.config(), step);  // nothing to learn from: no update
+    return r;
   }
+  r.loss_nats = sums[0] / double(valid);
+  r.objective = sums[1] / double(valid);
+  auto t = Clock::now();
+  reduce_gradients();
+  r.reduce_s = since(t);
+  t = Clock::now();
+  r.opt = adam_.step(model_.params(), model_.grads(), step, &grid_.tp());
+  r.optimizer_s = since(t);
   return r;
 }
 

@@ -1,6 +1,6 @@
-// One optimizer step of training on one process: forward and backward over the
-// micro-batches, gradient clipping and the Adam update. Shared by `par train` and
-// `par bench`, so the benchmark times exactly what training runs.
+// One optimizer step of training on this rank: forward and backward over the
+// micro-batches, the gradient sums across ranks, clipping and the Adam update. Shared by
+// `par train` and `par bench`, so the benchmark times exactly what training runs.
 #pragma once
 
 #include <cstdint>
@@ -11,40 +11,56 @@
 #include "core/model.h"
 #include "core/optimizer.h"
 #include "launch/options.h"
+#include "parallel/process_grid.h"
 
 namespace par {
 
 struct StepResult {
-  double loss_nats = 0;   // mean cross-entropy over valid targets
+  double loss_nats = 0;   // mean cross-entropy over the step's valid targets (all ranks)
   double objective = 0;   // mean of ce + z-loss (what is minimized)
-  int64_t valid = 0;      // valid targets in the step
+  int64_t valid = 0;      // valid targets in the step's global batch
   OptimizerStats opt;
-  double forward_s = 0, backward_s = 0, optimizer_s = 0;  // where the step's time went
+  double forward_s = 0, backward_s = 0, reduce_s = 0, optimizer_s = 0;  // this rank's time
 };
 
 class TrainStep {
  public:
   TrainStep(const ModelConfig& model, const OptimizerConfig& opt, const RunConfig& run,
-            Ops<float>& ops);
+            Ops<float>& ops, const ProcessGrid& grid);
 
   PerceiverAR<float>& model() { return model_; }
   Adam<float>& adam() { return adam_; }
+  const ProcessGrid& grid() const { return grid_; }
 
-  void initialize(uint64_t seed);       // fresh parameters (spec/MODEL.md section 8)
-  void load(const ModelFile& file);     // parameters and, if present, Adam moments
+  // Examples of each micro-batch this data-parallel replica takes, and the first of them
+  // within the global micro-batch.
+  int64_t replica_batch() const { return replica_batch_; }
+  int64_t replica_first() const { return replica_batch_ * grid_.dp_rank(); }
 
-  // micro[k] holds micro_batch() windows of N+1 tokens (host) for micro-batch k.
+  void initialize(uint64_t seed);    // fresh parameters (spec/MODEL.md section 8)
+  void load(const ModelFile& file);  // this rank's slices of a whole model (and Adam moments)
+
+  // micro[k]: this replica's examples of micro-batch k, each its model().window_columns()
+  // columns of the window starting at model().window_begin() (host).
   StepResult run(int64_t step, const std::vector<const int32_t*>& micro);
 
-  std::vector<float> download(const float* device) const;
-  const float* params() { return model_.params(); }
+  // The whole model's parameters and Adam moments on world rank 0 (empty elsewhere), in
+  // the single-rank layout. Collective.
+  void gather_state(std::vector<float>& params, std::vector<float>& adam_m,
+                    std::vector<float>& adam_v);
 
  private:
+  std::vector<float> download(const float* device) const;
+  std::vector<float> gather(const float* device);
+  void reduce_gradients();
+
   ModelConfig model_cfg_;
   RunConfig run_;
   Ops<float>& ops_;
+  const ProcessGrid& grid_;
   PerceiverAR<float> model_;
   Adam<float> adam_;
+  int64_t replica_batch_ = 0;
   uint64_t dropout_seed_ = 0;
 };
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The main job: sets up and builds par, makes a small data set (the copy task: random
-# bytes, then the same bytes again), trains a model on it with periodic checkpoints --
-# stopping half-way and resuming from the checkpoint, as a preempted job would --
-# evaluates it, exports the weights, and shows what it learned. A few minutes on 2 cores.
-# Output goes to runs/main (OUT=... to change); an earlier runs/main is replaced.
+# bytes, then the same bytes again), trains a model on it on two MPI ranks with periodic
+# checkpoints -- the first half with the context split over the ranks (sequence
+# parallel), then, as a preempted job would, resuming from the checkpoint on another
+# layout (data parallel) -- evaluates it, exports the weights, and shows what it learned.
+# A few minutes on 2 cores. Output goes to runs/main (OUT=... to change); an earlier
+# runs/main is replaced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
@@ -16,12 +18,17 @@ mkdir -p "$out"
 echo "== data: the copy task, 256-token examples"
 $par prep copy --out "$out/data" --length 256 --examples 4000 --seed 1
 
-echo "== training, first half (checkpoints every 500 steps)"
-$par train --config configs/copy.ini --data "$out/data/train-*.h5" \
-  --val-data "$out/data/val-*.h5" --out "$out/run" --steps 1500
-echo "== training, resumed from the checkpoint to the end"
-$par train --config configs/copy.ini --data "$out/data/train-*.h5" \
-  --val-data "$out/data/val-*.h5" --out "$out/run" --resume auto
+# Two ranks on two cores: one thread each, and idle OpenMP threads that sleep instead of
+# spinning (--oversubscribe: some machines report fewer slots than cores).
+mpirun=(mpirun -np 2 --oversubscribe -x OMP_WAIT_POLICY=passive)
+[ "$(id -u)" -eq 0 ] && mpirun+=(--allow-run-as-root)
+
+echo "== training, first half: 2 ranks, sequence parallel (checkpoints every 500 steps)"
+"${mpirun[@]}" $par train --config configs/copy.ini --data "$out/data/train-*.h5" \
+  --val-data "$out/data/val-*.h5" --out "$out/run" --steps 1500 --sp 2 --threads 1
+echo "== training, resumed from the checkpoint to the end: 2 ranks, data parallel"
+"${mpirun[@]}" $par train --config configs/copy.ini --data "$out/data/train-*.h5" \
+  --val-data "$out/data/val-*.h5" --out "$out/run" --resume auto --dp 2 --threads 1
 
 echo "== evaluation on the validation shards"
 $par eval --checkpoint "$out/run/checkpoint.h5" --data "$out/data/val-*.h5" --batch-size 8 \

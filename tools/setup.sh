@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential cmake pkg-config
   libopenmpi-dev openmpi-bin
+  iproute2 util-linux  # ip netns, unshare: the multi-host tests
   libhdf5-dev hdf5-tools
   libboost-program-options-dev
   libgoogle-glog-dev

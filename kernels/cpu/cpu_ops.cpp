@@ -318,6 +318,37 @@ void CpuOps<T>::attention_backward(const AttentionShape& s, const T* q, const T*
 }
 
 template <typename T>
+void CpuOps<T>::attention_merge_scale(T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq,
+                                      int64_t heads, int64_t head_dim) {
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < nq; ++i) {
+        const int64_t s = (b * heads + h) * nq + i;
+        const T w = lse[s] == neg_inf ? T(0) : std::exp(lse[s] - lse_max[s]);
+        lse[s] = w;
+        T* row = o + (b * nq + i) * heads * head_dim + h * head_dim;
+        for (int64_t d = 0; d < head_dim; ++d) row[d] *= w;
+      }
+}
+
+template <typename T>
+void CpuOps<T>::attention_merge_finish(T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq,
+                                       int64_t heads, int64_t head_dim) {
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < nq; ++i) {
+        const int64_t s = (b * heads + h) * nq + i;
+        const T w = lse[s];
+        T* row = o + (b * nq + i) * heads * head_dim + h * head_dim;
+        const T inv = w > T(0) ? T(1) / w : T(0);
+        for (int64_t d = 0; d < head_dim; ++d) row[d] *= inv;
+        lse[s] = w > T(0) ? lse_max[s] + std::log(w) : neg_inf;
+      }
+}
+
+template <typename T>
 void CpuOps<T>::cross_entropy_forward(T* ce, T* lse, const T* logits, const int32_t* targets,
                                       int64_t rows, int64_t vocab) {
 #pragma omp parallel for schedule(static) if (rows * vocab >= kParallelMin)

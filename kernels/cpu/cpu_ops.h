@@ -63,6 +63,11 @@ class CpuOps final : public Ops<T> {
                           const T* o, const T* d_o, const T* lse, T* dq, T* dk,
                           T* dv) override;
 
+  void attention_merge_scale(T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq,
+                             int64_t heads, int64_t head_dim) override;
+  void attention_merge_finish(T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq,
+                              int64_t heads, int64_t head_dim) override;
+
   void cross_entropy_forward(T* ce, T* lse, const T* logits, const int32_t* targets,
                              int64_t rows, int64_t vocab) override;
   void cross_entropy_backward(T* dlogits, const T* logits, const T* lse,

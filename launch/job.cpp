@@ -1,0 +1,63 @@
+#include "launch/job.h"
+
+#include <mpi.h>
+
+#include <iostream>
+
+#include "core/error.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/mpi_environment.h"
+
+namespace par {
+
+Job::Job(const std::string& command, int* argc, char*** argv) : command_(command) {
+  if (!MpiEnvironment::launched_by_mpi()) return;
+  env_ = std::make_unique<MpiEnvironment>(argc, argv);
+  world_ = std::make_unique<MpiCommunicator>(env_->world());
+}
+
+Job::~Job() {
+  world_.reset();
+  env_.reset();
+}
+
+int Job::world_rank() const { return env_ ? env_->world_rank() : 0; }
+int Job::world_size() const { return env_ ? env_->world_size() : 1; }
+
+std::string Job::where() const {
+  return env_ ? cat("rank ", env_->world_rank(), " on host ", env_->host()) : std::string();
+}
+
+ProcessGrid Job::make_grid(const GridShape& shape) {
+  if (!env_) {
+    if (shape.size() != 1)
+      fail_user("--dp ", shape.dp, " x --sp ", shape.sp, " x --tp ", shape.tp, " = ",
+                shape.size(), " ranks, but this is one process: start it with "
+                "`mpirun -np ", shape.size(), " par ", command_, " ...` (or srun)");
+    return ProcessGrid();
+  }
+  return ProcessGrid(env_->world(), shape);
+}
+
+void Job::settle(int code, const std::string& message) {
+  if (!env_) return;
+  const int64_t worst = world_->all_reduce_value(int64_t(code), ReduceOp::kMax);
+  if (worst == 0) return;
+  // One write per message, so the lines of different ranks do not interleave.
+  if (code != 0)
+    std::cerr << cat("par ", command_, ": error: ", where(), ": ", message, "\n") << std::flush;
+  // Every rank is here: MPI can shut down in order (the environment then skips its own).
+  world_.reset();
+  MPI_Finalize();
+  throw JobStopped(int(worst));
+}
+
+void Job::fail(const std::exception& e, int code) {
+  if (!env_) throw;
+  std::cerr << cat("par ", command_, ": ", code == 2 ? "error" : "internal error", ": ", where(),
+                   ": ", e.what(), "\n")
+            << std::flush;
+  env_->abort(code);
+}
+
+}  // namespace par

@@ -1,0 +1,165 @@
+// Sequence- and tensor-parallel layouts of the model compute what one rank computes: the
+// loss, and every parameter's gradient once the ranks' parts are summed, with both kinds
+// of dropout on. The ranks are threads of this process (tests/thread_communicator.h); the
+// same model under MPI is checked in tests/mpi.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "core/error.h"
+#include "core/model.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "tests/test_util.h"
+#include "tests/thread_communicator.h"
+
+namespace par {
+namespace {
+
+using testing_util::random_vector;
+using testing_util::run_ranks;
+using testing_util::ThreadCommunicator;
+using testing_util::ThreadGroup;
+
+ModelConfig config() {
+  ModelConfig c;
+  c.vocab_size = 13;
+  c.d_model = 16;
+  c.context_length = 16;
+  c.num_latents = 4;
+  c.num_layers = 2;
+  c.cross_heads = 4;
+  c.self_heads = 4;
+  c.mlp_factor = 2;
+  return c;
+}
+
+template <typename T>
+struct Result {
+  LossSums sums;
+  std::vector<T> grads;  // the whole model's gradient, single-rank layout
+  bool replicas_agree = true;
+};
+
+template <typename T>
+Result<T> run_layout(const ModelConfig& cfg, int sp, int tp, const std::vector<int32_t>& windows,
+                     int64_t B, const ForwardContext& ctx, const std::vector<T>& params,
+                     int64_t valid) {
+  const ParamLayout full(cfg);
+  const int64_t W = cfg.context_length + 1;
+  std::vector<std::unique_ptr<ThreadGroup>> sp_groups, tp_groups;
+  for (int t = 0; t < tp; ++t) sp_groups.push_back(std::make_unique<ThreadGroup>(sp));
+  for (int s = 0; s < sp; ++s) tp_groups.push_back(std::make_unique<ThreadGroup>(tp));
+  std::vector<std::vector<T>> grads(size_t(sp * tp));
+  std::vector<LossSums> sums(size_t(sp * tp));
+  std::vector<std::unique_ptr<ParamLayout>> layouts(size_t(sp * tp));
+  run_ranks(sp * tp, [&](int r) {
+    const int s = r / tp, t = r % tp;
+    ThreadCommunicator spc(*sp_groups[size_t(t)], s), tpc(*tp_groups[size_t(s)], t);
+    cpu::CpuOps<T> ops;
+    PerceiverAR<T> model(cfg, ops, B, ModelGroups{&spc, &tpc});
+    std::vector<T> local(size_t(model.layout().total()), T(0));
+    extract_slices(model.layout(), full, params.data(), local.data());
+    ops.upload(model.params(), local.data(), local.size() * sizeof(T));
+    const int64_t c0 = model.window_begin(), cols = model.window_columns();
+    std::vector<int32_t> mine(size_t(B * cols));
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(windows.begin() + b * W + c0, windows.begin() + b * W + c0 + cols,
+                mine.begin() + b * cols);
+    sums[size_t(r)] = model.forward(mine.data(), B, ctx);
+    model.zero_grads();
+    model.backward(1.0 / double(valid));
+    grads[size_t(r)].resize(local.size());
+    ops.download(grads[size_t(r)].data(), model.grads(), local.size() * sizeof(T));
+    layouts[size_t(r)] = std::make_unique<ParamLayout>(model.layout());
+  });
+  Result<T> out;
+  out.sums = sums[size_t((sp - 1) * tp)];  // the latents' rank, tensor rank 0
+  out.grads.assign(size_t(full.total()), T(0));
+  std::vector<T> whole;
+  for (int r = 0; r < sp * tp; ++r) {
+    const int t = r % tp;
+    for (const ParamInfo& p : layouts[size_t(r)]->params()) {
+      const T* g = grads[size_t(r)].data() + p.offset;
+      if (!p.sharded() && !p.grad_summed_over_tp) {
+        // Replicated and complete on every tensor rank: all copies must agree exactly.
+        const T* g0 = grads[size_t(r - t)].data() + p.offset;
+        if (!std::equal(g, g + p.numel, g0)) out.replicas_agree = false;
+        if (t != 0) continue;
+      }
+      const ParamInfo* f = full.find(p.name);
+      for (int64_t i = 0; i < p.numel; ++i) out.grads[size_t(f->offset + p.global_index(i))] += g[i];
+    }
+  }
+  return out;
+}
+
+template <typename T>
+void check_layouts(double tol) {
+  const ModelConfig cfg = config();
+  const int64_t B = 3, W = cfg.context_length + 1;
+  std::mt19937_64 rng(5);
+  std::vector<int32_t> windows(size_t(B * W));
+  for (auto& w : windows) w = int32_t(rng() % 13);  // some PAD (0) inputs and targets
+  std::vector<T> params = random_vector<T>(ParamLayout(cfg).total(), 9, 0.4);
+  ForwardContext ctx;
+  ctx.training = true;
+  ctx.dropout = 0.2;
+  ctx.cross_attend_dropout = 0.25;
+  ctx.seed = 77;
+  ctx.step = 4;
+  ctx.example_base = 6;
+
+  // The single-rank reference.
+  cpu::CpuOps<T> ops;
+  PerceiverAR<T> ref(cfg, ops, B);
+  ops.upload(ref.params(), params.data(), params.size() * sizeof(T));
+  const LossSums want = ref.forward(windows.data(), B, ctx);
+  ASSERT_GT(want.valid, 0);
+  ref.zero_grads();
+  ref.backward(1.0 / double(want.valid));
+  std::vector<T> want_grads(params.size());
+  ops.download(want_grads.data(), ref.grads(), want_grads.size() * sizeof(T));
+  double grad_scale = 0;
+  for (T g : want_grads) grad_scale = std::max(grad_scale, double(std::abs(g)));
+
+  for (auto [sp, tp] : std::vector<std::pair<int, int>>{{1, 1}, {2, 1}, {4, 1}, {1, 2}, {1, 4}, {2, 2}}) {
+    SCOPED_TRACE(cat("sp ", sp, " tp ", tp));
+    const Result<T> got = run_layout(cfg, sp, tp, windows, B, ctx, params, want.valid);
+    EXPECT_EQ(got.sums.valid, want.valid);
+    EXPECT_NEAR(got.sums.objective, want.objective, tol * std::abs(want.objective));
+    EXPECT_NEAR(got.sums.ce, want.ce, tol * std::abs(want.ce));
+    EXPECT_TRUE(got.replicas_agree) << "replicated gradients differ between tensor ranks";
+    const ParamLayout full(cfg);
+    for (const ParamInfo& p : full.params()) {
+      double err = 0;
+      for (int64_t i = 0; i < p.numel; ++i)
+        err = std::max(err, std::abs(double(got.grads[size_t(p.offset + i)]) -
+                                     double(want_grads[size_t(p.offset + i)])));
+      EXPECT_LE(err, tol * grad_scale) << p.name;
+    }
+  }
+}
+
+// Double precision: the layouts sum the same terms in another order, so they agree with
+// one rank to ~1e-15 relative; 1e-11 catches any missing or doubled term.
+TEST(ParallelLayout, MatchesOneRankInDouble) { check_layouts<double>(1e-11); }
+
+// Float32: agreement to float rounding, relative to the largest gradient.
+TEST(ParallelLayout, MatchesOneRankInFloat) { check_layouts<float>(2e-5); }
+
+TEST(ParallelLayout, RejectsLayoutsThatDoNotFit) {
+  ModelConfig c = config();
+  EXPECT_THROW(validate_layout(c, 1, 3), UserError);  // 3 does not divide 4 heads
+  EXPECT_THROW(validate_layout(c, 3, 1), UserError);  // 3 does not divide N = 16
+  EXPECT_THROW(validate_layout(c, 8, 1), UserError);  // slices of 2 < M = 4 latents
+  try {
+    validate_layout(c, 1, 3);
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("--tp 3"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(validate_layout(c, 4, 4));
+}
+
+}  // namespace
+}  // namespace par
