@@ -112,6 +112,19 @@ void TrainStep::reduce_gradients() {
 }
 
 StepResult TrainStep::run(int64_t step, const std::vector<const int32_t*>& micro) {
+  StepResult r = compute_gradients(step, micro);
+  if (r.valid > 0) apply_update(step, r);
+  else r.opt.lr = learning_rate(adam_.config(), step);  // nothing to learn from: no update
+  return r;
+}
+
+void TrainStep::apply_update(int64_t step, StepResult& r) {
+  const auto t = Clock::now();
+  r.opt = adam_.step(model_.params(), model_.grads(), step, &grid_.tp());
+  r.optimizer_s = since(t);
+}
+
+StepResult TrainStep::compute_gradients(int64_t step, const std::vector<const int32_t*>& micro) {
   const int64_t mb = replica_batch_, N = model_cfg_.context_length;
   const int64_t M = model_cfg_.num_latents, cols = model_.window_columns();
   const int64_t first_target = N - M + 1 - model_.window_begin();
@@ -149,18 +162,12 @@ StepResult TrainStep::run(int64_t step, const std::vector<const int32_t*>& micro
     r.backward_s += since(t);
   }
   grid_.world().all_reduce(sums, 2, ReduceOp::kSum);
-  if (valid == 0) {
-    r.opt.lr = learning_rate(adam_.config(), step);  // nothing to learn from: no update
-    return r;
-  }
+  if (valid == 0) return r;
   r.loss_nats = sums[0] / double(valid);
   r.objective = sums[1] / double(valid);
-  auto t = Clock::now();
+  const auto t = Clock::now();
   reduce_gradients();
   r.reduce_s = since(t);
-  t = Clock::now();
-  r.opt = adam_.step(model_.params(), model_.grads(), step, &grid_.tp());
-  r.optimizer_s = since(t);
   return r;
 }
 

@@ -42,7 +42,14 @@ class TrainStep {
 
   // micro[k]: this replica's examples of micro-batch k, each its model().window_columns()
   // columns of the window starting at model().window_begin() (host).
+  // run = compute_gradients, then (if there was anything to learn from) apply_update.
   StepResult run(int64_t step, const std::vector<const int32_t*>& micro);
+  // Forward and backward over the micro-batches and the sums across ranks: afterwards
+  // model().grads() holds this rank's slices of the whole batch's gradient.
+  StepResult compute_gradients(int64_t step, const std::vector<const int32_t*>& micro);
+  void apply_update(int64_t step, StepResult& r);
+  // The whole model's gradient (after compute_gradients) on world rank 0, empty elsewhere.
+  std::vector<float> gather_gradients() { return gather(model_.grads()); }
 
   // The whole model's parameters and Adam moments on world rank 0 (empty elsewhere), in
   // the single-rank layout. Collective.
