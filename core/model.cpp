@@ -50,7 +50,9 @@ struct PerceiverAR<T>::Acts {
   uint8_t* keep;        // [B, Nl] keys visible to the cross-attention (not PAD, not dropped)
   int64_t* pos;         // [Nl] global positions of this rank's inputs
   int64_t* latent_pos;  // [M] positions N-M .. N-1
-  T *cross_cos, *cross_sin, *self_cos, *self_sin;  // rotary tables [N, bands]
+  // Rotary tables for the positions they serve: this rank's keys [Nl, bands], the latent
+  // queries of the cross-attention [M, bands], the latents in self-attention [M, bands].
+  T *key_cos, *key_sin, *query_cos, *query_sin, *self_cos, *self_sin;
 
   // Cross-attention. Inputs: [B, Nl, d], their keys/values [B, Nl, dc] (dc: local width);
   // latents: [B, M, d], queries and attention output [B, M, dc].
@@ -75,7 +77,7 @@ struct PerceiverAR<T>::Acts {
 
   void carve(Carver& c, const ModelConfig& cfg, int64_t B, int64_t Nl, int64_t dc, int64_t ds,
              int64_t F, int64_t hc, int64_t hs, int64_t cross_bands, int64_t self_bands) {
-    const int64_t N = cfg.context_length, M = cfg.num_latents, d = cfg.d_model;
+    const int64_t M = cfg.num_latents, d = cfg.d_model;
     const int64_t V = cfg.vocab_size, L = cfg.num_layers;
     const int64_t BM = B * M, BN = B * Nl, dq_width = std::max(dc, ds);
     tokens = c.take<int32_t>(B * (Nl + 1));
@@ -83,10 +85,12 @@ struct PerceiverAR<T>::Acts {
     keep = c.take<uint8_t>(BN);
     pos = c.take<int64_t>(Nl);
     latent_pos = c.take<int64_t>(M);
-    cross_cos = c.take<T>(N * cross_bands);
-    cross_sin = c.take<T>(N * cross_bands);
-    self_cos = c.take<T>(N * self_bands);
-    self_sin = c.take<T>(N * self_bands);
+    key_cos = c.take<T>(Nl * cross_bands);
+    key_sin = c.take<T>(Nl * cross_bands);
+    query_cos = c.take<T>(M * cross_bands);
+    query_sin = c.take<T>(M * cross_bands);
+    self_cos = c.take<T>(M * self_bands);
+    self_sin = c.take<T>(M * self_bands);
     h = c.take<T>(BN * d);
     kvn = c.take<T>(BN * d);
     kv_mu = c.take<T>(BN);
@@ -198,13 +202,15 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
   for (int64_t i = 0; i < M; ++i) latent_pos[size_t(i)] = N - M + i;
   ops_.upload(a_->pos, pos.data(), pos.size() * sizeof(int64_t));
   ops_.upload(a_->latent_pos, latent_pos.data(), latent_pos.size() * sizeof(int64_t));
-  std::vector<T> c, s;
-  make_rotary_tables(rot_cross_, N, c, s);
-  ops_.upload(a_->cross_cos, c.data(), c.size() * sizeof(T));
-  ops_.upload(a_->cross_sin, s.data(), s.size() * sizeof(T));
-  make_rotary_tables(rot_self_, N, c, s);
-  ops_.upload(a_->self_cos, c.data(), c.size() * sizeof(T));
-  ops_.upload(a_->self_sin, s.data(), s.size() * sizeof(T));
+  auto tables = [&](const RotarySpec& spec, int64_t first, int64_t count, T* cos, T* sin) {
+    std::vector<T> c, s;
+    make_rotary_tables(spec, first, count, c, s);
+    ops_.upload(cos, c.data(), c.size() * sizeof(T));
+    ops_.upload(sin, s.data(), s.size() * sizeof(T));
+  };
+  tables(rot_cross_, pos0_, n_local_, a_->key_cos, a_->key_sin);
+  tables(rot_cross_, N - M, M, a_->query_cos, a_->query_sin);
+  tables(rot_self_, N - M, M, a_->self_cos, a_->self_sin);
 }
 
 template <typename T>
@@ -263,7 +269,7 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
                          kLayerNormEps);
   ops_.linear_forward(a.ck, a.kvn, cp.attn.k.w, cp.attn.k.b, B * Nl, d, dc);
   ops_.linear_forward(a.cv, a.kvn, cp.attn.v.w, cp.attn.v.b, B * Nl, d, dc);
-  ops_.rotary(a.ck, B, Nl, Hc, Dc, rot_cross_.bands, a.pos, a.cross_cos, a.cross_sin, false);
+  ops_.rotary(a.ck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
 
   // The latent queries: z_linear of the latents' embeddings (on the rank holding them).
   if (holds_latents()) {
@@ -272,8 +278,7 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
     ops_.layernorm_forward(a.qn, a.qn_mu, a.qn_rs, a.z0, cp.ln_q.w, cp.ln_q.b, BM, d,
                            kLayerNormEps);
     ops_.linear_forward(a.cq, a.qn, cp.attn.q.w, cp.attn.q.b, BM, d, dc);
-    ops_.rotary(a.cq, B, M, Hc, Dc, rot_cross_.bands, a.latent_pos, a.cross_cos, a.cross_sin,
-                false);
+    ops_.rotary(a.cq, B, M, Hc, Dc, rot_cross_.bands, a.query_cos, a.query_sin, false);
   }
   if (sp_size_ > 1) groups_.sp->broadcast(a.cq, BM * dc, data_type_of<T>(), sp_size_ - 1);
   AttentionShape cs{B, M, Nl, Hc, Dc, a.latent_pos, a.pos, a.keep, 1.0 / std::sqrt(double(Dc))};
@@ -365,8 +370,8 @@ void PerceiverAR<T>::attention_block_forward(int64_t l, const T* x_in, T* x_out)
   ops_.linear_forward(s.q, s.ln, lp.attn.q.w, lp.attn.q.b, BM, d, ds);
   ops_.linear_forward(s.k, s.ln, lp.attn.k.w, lp.attn.k.b, BM, d, ds);
   ops_.linear_forward(s.v, s.ln, lp.attn.v.w, lp.attn.v.b, BM, d, ds);
-  ops_.rotary(s.q, batch_, M, H, D, rot_self_.bands, pos, a_->self_cos, a_->self_sin, false);
-  ops_.rotary(s.k, batch_, M, H, D, rot_self_.bands, pos, a_->self_cos, a_->self_sin, false);
+  ops_.rotary(s.q, batch_, M, H, D, rot_self_.bands, a_->self_cos, a_->self_sin, false);
+  ops_.rotary(s.k, batch_, M, H, D, rot_self_.bands, a_->self_cos, a_->self_sin, false);
   AttentionShape shape{batch_, M, M, H, D, pos, pos, nullptr, 1.0 / std::sqrt(double(D))};
   ops_.attention_forward(shape, s.q, s.k, s.v, s.att, s.lse);
   ops_.linear_forward(a_->tmp, s.att, lp.attn.o.w, tp_rank_ == 0 ? lp.attn.o.b : nullptr, BM,
@@ -448,8 +453,8 @@ void PerceiverAR<T>::attention_block_backward(int64_t l, T* dx) {
                        d);
   AttentionShape shape{batch_, M, M, H, D, pos, pos, nullptr, 1.0 / std::sqrt(double(D))};
   ops_.attention_backward(shape, s.q, s.k, s.v, s.att, a.datt, s.lse, a.dq, a.dk, a.dv);
-  ops_.rotary(a.dq, batch_, M, H, D, rot_self_.bands, pos, a.self_cos, a.self_sin, true);
-  ops_.rotary(a.dk, batch_, M, H, D, rot_self_.bands, pos, a.self_cos, a.self_sin, true);
+  ops_.rotary(a.dq, batch_, M, H, D, rot_self_.bands, a.self_cos, a.self_sin, true);
+  ops_.rotary(a.dk, batch_, M, H, D, rot_self_.bands, a.self_cos, a.self_sin, true);
   ops_.linear_backward(a.d_ln, false, lg.attn.q.w, lg.attn.q.b, a.dq, s.ln, lp.attn.q.w, BM, d,
                        ds);
   ops_.linear_backward(a.d_ln, true, lg.attn.k.w, lg.attn.k.b, a.dk, s.ln, lp.attn.k.w, BM, d,
@@ -493,7 +498,7 @@ void PerceiverAR<T>::cross_attention_backward(T* dx) {
   // tensor parallelism each rank's dkvn covers only its heads; the sum over the group is
   // not taken here (it would be a message of N/sp x d) but in the gradients of the
   // embedding and LN_kv, which are linear in it (ParamInfo::grad_summed_over_tp).
-  ops_.rotary(a.dck, B, Nl, Hc, Dc, rot_cross_.bands, a.pos, a.cross_cos, a.cross_sin, true);
+  ops_.rotary(a.dck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, true);
   ops_.linear_backward(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck, a.kvn, cp.attn.k.w, BN,
                        d, dc);
   ops_.linear_backward(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv, a.kvn, cp.attn.v.w, BN, d,
@@ -504,8 +509,7 @@ void PerceiverAR<T>::cross_attention_backward(T* dx) {
   if (holds_latents()) {
     // Query side: back through W_q and LN_q into z0, then z_linear into the latents'
     // embeddings.
-    ops_.rotary(a.dq, B, M, Hc, Dc, rot_cross_.bands, a.latent_pos, a.cross_cos, a.cross_sin,
-                true);
+    ops_.rotary(a.dq, B, M, Hc, Dc, rot_cross_.bands, a.query_cos, a.query_sin, true);
     ops_.linear_backward(a.d_ln, false, cg.attn.q.w, cg.attn.q.b, a.dq, a.qn, cp.attn.q.w, BM, d,
                          dc);
     tp_sum(a.d_ln, BM * d);

@@ -96,13 +96,13 @@ class Ops {
                                   int64_t rows, int64_t d) = 0;
 
   // ---- rotary (in place) ----
-  // x is [batch, n, heads*head_dim]; row (b, i) sits at position pos[i]. The first
-  // 2*bands dims of each head are rotated in adjacent pairs by angle pos*theta_k, with
-  // cos/sin read from tables [positions, bands]. `inverse` rotates by -angle, which is
-  // the backward of the forward rotation.
+  // x is [batch, n, heads*head_dim]. The first 2*bands dims of each head of row (b, i)
+  // are rotated in adjacent pairs by the angle of band k at that row's position, whose
+  // cosine and sine are cos_table[i*bands + k] and sin_table[i*bands + k] (tables
+  // [n, bands], made for the rows' positions). `inverse` rotates by minus the angle, which
+  // is the backward of the forward rotation.
   virtual void rotary(T* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim,
-                      int64_t bands, const int64_t* pos, const T* cos_table,
-                      const T* sin_table, bool inverse) = 0;
+                      int64_t bands, const T* cos_table, const T* sin_table, bool inverse) = 0;
 
   // ---- activation and regularization ----
   virtual void sqrelu_forward(T* y, const T* x, int64_t n) = 0;

@@ -67,8 +67,8 @@ class ProfiledOps final : public Ops<T> {
           [&] { inner_.layernorm_backward(dx, acc, dw, db, dy, x, mean, rstd, w, rows, d); });
   }
   void rotary(T* x, int64_t batch, int64_t n, int64_t heads, int64_t hd, int64_t bands,
-              const int64_t* pos, const T* c, const T* s, bool inverse) override {
-    timed("rotary", [&] { inner_.rotary(x, batch, n, heads, hd, bands, pos, c, s, inverse); });
+              const T* c, const T* s, bool inverse) override {
+    timed("rotary", [&] { inner_.rotary(x, batch, n, heads, hd, bands, c, s, inverse); });
   }
   void sqrelu_forward(T* y, const T* x, int64_t n) override {
     timed("sqrelu", [&] { inner_.sqrelu_forward(y, x, n); });

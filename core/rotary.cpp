@@ -22,22 +22,22 @@ RotarySpec make_rotary_spec(int64_t head_dim, double rotary_fraction, double max
 }
 
 template <typename T>
-void make_rotary_tables(const RotarySpec& spec, int64_t positions, std::vector<T>& cos_table,
-                        std::vector<T>& sin_table) {
+void make_rotary_tables(const RotarySpec& spec, int64_t first, int64_t count,
+                        std::vector<T>& cos_table, std::vector<T>& sin_table) {
   const int64_t B = spec.bands;
-  cos_table.resize(size_t(positions * B));
-  sin_table.resize(size_t(positions * B));
-  for (int64_t p = 0; p < positions; ++p)
+  cos_table.resize(size_t(count * B));
+  sin_table.resize(size_t(count * B));
+  for (int64_t i = 0; i < count; ++i)
     for (int64_t k = 0; k < B; ++k) {
-      const double a = double(p) * spec.theta[size_t(k)];
-      cos_table[size_t(p * B + k)] = T(std::cos(a));
-      sin_table[size_t(p * B + k)] = T(std::sin(a));
+      const double a = double(first + i) * spec.theta[size_t(k)];
+      cos_table[size_t(i * B + k)] = T(std::cos(a));
+      sin_table[size_t(i * B + k)] = T(std::sin(a));
     }
 }
 
-template void make_rotary_tables<float>(const RotarySpec&, int64_t, std::vector<float>&,
+template void make_rotary_tables<float>(const RotarySpec&, int64_t, int64_t, std::vector<float>&,
                                         std::vector<float>&);
-template void make_rotary_tables<double>(const RotarySpec&, int64_t, std::vector<double>&,
-                                         std::vector<double>&);
+template void make_rotary_tables<double>(const RotarySpec&, int64_t, int64_t,
+                                         std::vector<double>&, std::vector<double>&);
 
 }  // namespace par

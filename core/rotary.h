@@ -16,11 +16,11 @@ struct RotarySpec {
 
 RotarySpec make_rotary_spec(int64_t head_dim, double rotary_fraction, double max_wavelength);
 
-// cos and sin of p*theta_k for p in [0, positions), as [positions, bands] tables. The
-// angle is formed in double and rounded once: at p near 131072 a float32 angle would be
-// off by up to ~0.008 rad.
+// cos and sin of p*theta_k for p in [first, first + count), as [count, bands] tables.
+// The angle is formed in double and rounded once: at p near 131072 a float32 angle would
+// be off by up to ~0.008 rad.
 template <typename T>
-void make_rotary_tables(const RotarySpec& spec, int64_t positions, std::vector<T>& cos_table,
-                        std::vector<T>& sin_table);
+void make_rotary_tables(const RotarySpec& spec, int64_t first, int64_t count,
+                        std::vector<T>& cos_table, std::vector<T>& sin_table);
 
 }  // namespace par

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/counting_communicator.h"
 #include "core/flops.h"
 #include "core/profiled_ops.h"
 #include "kernels/cpu/blas.h"
@@ -100,6 +101,14 @@ int cmd_bench(int argc, char** argv) {
   job.agree([&] { grid = job.make_grid(GridShape{rc.dp, rc.sp, rc.tp}); });
   set_threads(rc.threads);
   const bool rank0 = grid.world_rank() == 0;
+  // Count what each group carries, to report the communication volume per step.
+  std::vector<CountingCommunicator*> counters;
+  grid.decorate([&](std::unique_ptr<Communicator> c) -> std::unique_ptr<Communicator> {
+    auto counting = std::make_unique<CountingCommunicator>(std::move(c));
+    counters.push_back(counting.get());
+    return counting;
+  });
+  const char* const kGroupNames[] = {"world", "dp", "sp", "tp", "dp_sp"};
 
   // The machine's sgemm rate: the best of measurements before, between and after the
   // steps. On a shared or throttling machine one measurement alone can be far off.
@@ -128,6 +137,7 @@ int cmd_bench(int argc, char** argv) {
   }
   for (int64_t s = 0; s < warmup; ++s) ts.run(s, micro);
   profiled.reset();
+  for (auto* c : counters) c->reset();
   double total = 0, fwd = 0, bwd = 0, red = 0, opt = 0, best = 1e30;
   int64_t targets = 0;
   for (int64_t s = 0; s < rc.steps; ++s) {
@@ -148,7 +158,12 @@ int cmd_bench(int argc, char** argv) {
   }
   // Rates use the fastest step and the fastest sgemm: on a shared machine the least
   // disturbed measurement of each is the one that says what the code does.
+  std::vector<double> comm_bytes;  // per step, this rank, by group (before the summary's own)
+  for (auto* c : counters) comm_bytes.push_back(double(c->bytes()) / double(rc.steps));
   const double step_s = grid.world().all_reduce_value(best, ReduceOp::kMax);
+  // The yardstick for a job is the machine's rate: every rank's sgemm, measured while the
+  // others run theirs (interleaved with the steps), summed.
+  gemm_gflops = grid.world().all_reduce_value(gemm_gflops, ReduceOp::kSum);
   const double mean_s = total / double(rc.steps);
   const double flops = train_flops_per_example(mc) * double(rc.batch_size);
   const double gflops = flops / step_s / 1e9;
@@ -167,10 +182,16 @@ int cmd_bench(int argc, char** argv) {
               1e3 * step_s, 1e3 * mean_s, static_cast<long long>(rc.steps), 1e3 * fwd / n,
               1e3 * bwd / n, 1e3 * red / n, 1e3 * opt / n);
   std::printf("throughput  %.0f input tokens/s | %.0f targets/s\n", inputs_per_s, targets_per_s);
-  std::printf("compute     %.2f model GFLOP/step | %.1f GFLOP/s achieved | sgemm %lld^3: %.1f GFLOP/s | ratio %.2f\n",
+  std::printf("compute     %.2f model GFLOP/step | %.1f GFLOP/s achieved | sgemm %lld^3 (all ranks): %.1f GFLOP/s | ratio %.2f\n",
               flops / 1e9, gflops, static_cast<long long>(gemm_n), gemm_gflops, gflops / gemm_gflops);
   std::printf("memory      peak resident %.0f MiB (rank 0), %.0f MiB (largest rank)\n", peak_mib,
               peak_max_mib);
+  if (grid.world_size() > 1) {
+    std::printf("comm        per step, rank 0 (payload):");
+    for (size_t i = 0; i < comm_bytes.size(); ++i)
+      if (comm_bytes[i] > 0) std::printf(" %s %.3f MiB", kGroupNames[i], comm_bytes[i] / (1 << 20));
+    std::printf("\n");
+  }
   if (profile) {
     std::vector<std::pair<std::string, OpTime>> rows(profiled.times().begin(), profiled.times().end());
     std::sort(rows.begin(), rows.end(),
@@ -184,11 +205,13 @@ int cmd_bench(int argc, char** argv) {
               "\"ms_per_step\": %.2f, \"ms_per_step_mean\": %.2f, \"input_tokens_per_s\": %.1f, "
               "\"targets_per_s\": %.1f, \"model_gflop_per_step\": %.4f, \"gflops\": %.2f, "
               "\"sgemm_gflops\": %.2f, \"ratio_to_sgemm\": %.4f, \"peak_rss_mib\": %.1f, "
-              "\"peak_rss_mib_max\": %.1f, \"threads\": %d}\n",
+              "\"peak_rss_mib_max\": %.1f, \"threads\": %d, \"comm_bytes\": {\"world\": %.0f, "
+              "\"dp\": %.0f, \"sp\": %.0f, \"tp\": %.0f, \"dp_sp\": %.0f}}\n",
               static_cast<long long>(mc.context_length), static_cast<long long>(rc.batch_size),
               grid.world_size(), rc.dp, rc.sp, rc.tp, 1e3 * step_s, 1e3 * mean_s, inputs_per_s,
               targets_per_s, flops / 1e9, gflops, gemm_gflops, gflops / gemm_gflops, peak_mib,
-              peak_max_mib, current_threads());
+              peak_max_mib, current_threads(), comm_bytes[0], comm_bytes[1], comm_bytes[2],
+              comm_bytes[3], comm_bytes[4]);
   return 0;
 }
 

@@ -14,7 +14,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 // Gradients are summed over the data- and sequence-parallel ranks in pieces of this many
 // elements, so no message needs a second copy of the whole gradient buffer.
-constexpr int64_t kBucketElements = int64_t(1) << 22;
+constexpr int64_t kBucketElements = int64_t(1) << 20;
 
 }  // namespace
 

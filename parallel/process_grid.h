@@ -67,6 +67,17 @@ class ProcessGrid {
   // "rank 5 (dp 1, sp 0, tp 1) on host node3", for log lines and error messages.
   std::string describe() const;
 
+  // Replaces every group's communicator by wrap(old one): for decorators that observe
+  // the traffic (e.g. CountingCommunicator in `par bench`).
+  template <typename F>
+  void decorate(F&& wrap) {
+    world_ = wrap(std::move(world_));
+    dp_ = wrap(std::move(dp_));
+    sp_ = wrap(std::move(sp_));
+    tp_ = wrap(std::move(tp_));
+    dp_sp_ = wrap(std::move(dp_sp_));
+  }
+
  private:
   GridShape shape_;
   int world_rank_ = 0, world_size_ = 1;

@@ -78,26 +78,25 @@ TEST(OpGradient, Embedding) {
 
 TEST(OpGradient, Rotary) {
   const int64_t batch = 2, n = 3, heads = 2, hd = 6, bands = 2;
-  std::vector<int64_t> pos = {5, 9, 100};
-  const int64_t positions = 101;
-  V cs(positions * bands), sn(positions * bands);
-  for (int64_t p = 0; p < positions; ++p)
+  std::vector<int64_t> pos = {5, 9, 100};  // the rows' positions: tables are per row
+  V cs(n * bands), sn(n * bands);
+  for (int64_t i = 0; i < n; ++i)
     for (int64_t k = 0; k < bands; ++k) {
-      cs[p * bands + k] = std::cos(p * (0.3 + k));
-      sn[p * bands + k] = std::sin(p * (0.3 + k));
+      cs[i * bands + k] = std::cos(pos[i] * (0.3 + k));
+      sn[i * bands + k] = std::sin(pos[i] * (0.3 + k));
     }
   V x = random_vector<double>(batch * n * heads * hd, 11), R = random_vector<double>(x.size(), 12);
   auto f = [&] {
     V y = x;
-    ops.rotary(y.data(), batch, n, heads, hd, bands, pos.data(), cs.data(), sn.data(), false);
+    ops.rotary(y.data(), batch, n, heads, hd, bands, cs.data(), sn.data(), false);
     return dot(R, y);
   };
   V g = R;
-  ops.rotary(g.data(), batch, n, heads, hd, bands, pos.data(), cs.data(), sn.data(), true);
+  ops.rotary(g.data(), batch, n, heads, hd, bands, cs.data(), sn.data(), true);
   expect_gradient("dx", x, g, f);
   // The unrotated tail of each head passes through unchanged.
   V y = x;
-  ops.rotary(y.data(), batch, n, heads, hd, bands, pos.data(), cs.data(), sn.data(), false);
+  ops.rotary(y.data(), batch, n, heads, hd, bands, cs.data(), sn.data(), false);
   for (int64_t r = 0; r < batch * n; ++r)
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t c = 2 * bands; c < hd; ++c)

@@ -225,17 +225,16 @@ void CpuOps<T>::layernorm_backward(T* dx, bool accumulate_dx, T* dw, T* db, cons
 
 template <typename T>
 void CpuOps<T>::rotary(T* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim,
-                       int64_t bands, const int64_t* pos, const T* cos_table,
-                       const T* sin_table, bool inverse) {
+                       int64_t bands, const T* cos_table, const T* sin_table, bool inverse) {
   if (bands == 0) return;
   const int64_t width = heads * head_dim;
   const int64_t rows = batch * n;
   const T sign = inverse ? T(-1) : T(1);
 #pragma omp parallel for schedule(static) if (rows * width >= kParallelMin)
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t p = pos[r % n];
-    const T* cs = cos_table + p * bands;
-    const T* sn = sin_table + p * bands;
+    const int64_t i = r % n;
+    const T* cs = cos_table + i * bands;
+    const T* sn = sin_table + i * bands;
     T* row = x + r * width;
     for (int64_t h = 0; h < heads; ++h) {
       T* u = row + h * head_dim;

@@ -46,8 +46,7 @@ class CpuOps final : public Ops<T> {
                           int64_t d) override;
 
   void rotary(T* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim, int64_t bands,
-              const int64_t* pos, const T* cos_table, const T* sin_table,
-              bool inverse) override;
+              const T* cos_table, const T* sin_table, bool inverse) override;
 
   void sqrelu_forward(T* y, const T* x, int64_t n) override;
   void sqrelu_backward(T* dx, const T* dy, const T* x, int64_t n) override;
