@@ -20,6 +20,7 @@
 #include "launch/job.h"
 #include "launch/options.h"
 #include "launch/run_dir.h"
+#include "launch/stop_request.h"
 #include "launch/text.h"
 #include "launch/train_step.h"
 
@@ -87,7 +88,8 @@ void save(TrainStep& ts, const ModelConfig& mc, const TrainingPosition& pos, Run
               << fmt("%.2f", seconds_since(t0)) << " s)";
 }
 
-void train(Setup& s, const ProcessGrid& grid, RunDir* dir) {
+// Returns the exit status: 0, or kExitRequeue when stopped early with a checkpoint.
+int train(Setup& s, const ProcessGrid& grid, RunDir* dir) {
   const ModelConfig& mc = s.model;
   const RunConfig& rc = s.run;
   cpu::CpuOps<float> ops;
@@ -109,8 +111,9 @@ void train(Setup& s, const ProcessGrid& grid, RunDir* dir) {
   if (pos.step >= rc.steps) {
     LOG(INFO) << "already trained " << pos.step << " steps (--steps " << rc.steps
               << "): nothing to do";
-    return;
+    return 0;
   }
+  const StopRequest stop(rc.max_minutes);
 
   LoaderOptions lo;
   lo.global_batch = rc.micro_batch();
@@ -164,6 +167,15 @@ void train(Setup& s, const ProcessGrid& grid, RunDir* dir) {
       interval_steps = interval_targets = 0;
     }
     const bool last = pos.step == rc.steps;
+    const StopRequest::Reason reason = last ? StopRequest::kNone : stop.agreed(grid.world());
+    if (reason != StopRequest::kNone) {
+      LOG(WARNING) << "stopping after step " << pos.step << " because of "
+                   << StopRequest::describe(reason) << ": writing a checkpoint";
+      save(ts, mc, pos, dir);
+      LOG(WARNING) << "stopped early at step " << pos.step << "/" << rc.steps << "; exit status "
+                   << kExitRequeue << ": run again with --resume auto to continue";
+      return kExitRequeue;
+    }
     if (rc.eval_every > 0 && pos.step % rc.eval_every == 0 && !last)
       validate(ts, s, pos.step, dir);
     if ((rc.checkpoint_every > 0 && pos.step % rc.checkpoint_every == 0) || last)
@@ -171,6 +183,7 @@ void train(Setup& s, const ProcessGrid& grid, RunDir* dir) {
   }
   validate(ts, s, pos.step, dir);
   if (dir) LOG(INFO) << "done: " << pos.step << " steps; checkpoint " << dir->checkpoint();
+  return 0;
 }
 
 // "vm [ranks 0,1; local 0,1], node2 [ranks 2,3; local 0,1]": where the ranks run.
@@ -266,13 +279,12 @@ int cmd_train(int argc, char** argv) {
             << s.run.batch_size << " = " << s.run.accum_steps << " x " << s.run.micro_batch()
             << " examples";
   try {
-    train(s, grid, dir.get());
+    return train(s, grid, dir.get());
   } catch (const UserError& e) {
     job.fail(e, 2);
   } catch (const std::exception& e) {
     job.fail(e, 1);
   }
-  return 0;
 }
 
 }  // namespace par

@@ -58,6 +58,7 @@ void RunConfig::validate() const {
     fail_user("--eval-every, --eval-tokens and --checkpoint-every must be >= 0");
   if (threads < 0) fail_user("--threads must be >= 0");
   if (dp < 1 || sp < 1 || tp < 1) fail_user("--dp, --sp and --tp must be at least 1");
+  if (!(max_minutes >= 0)) fail_user("--max-minutes must be >= 0");
 }
 
 void RunConfig::validate_layout(const ModelConfig& model) const {
@@ -87,6 +88,7 @@ po::options_description run_options(RunConfig& c) {
       ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write OUT/checkpoint.h5 every K steps (0: at the end only)")
       ("resume", po::value(&c.resume)->default_value(c.resume), "none | auto (continue from OUT/checkpoint.h5 if present) | PATH of a checkpoint")
       ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads per rank (0: all cores)")
+      ("max-minutes", po::value(&c.max_minutes)->default_value(c.max_minutes), "stop cleanly after this many minutes of wall time: checkpoint, then exit 75 (\"requeue me\"); 0: no limit")
       ("dp", po::value(&c.dp)->default_value(c.dp), "data-parallel replicas (each takes a share of every batch)")
       ("sp", po::value(&c.sp)->default_value(c.sp), "sequence-parallel ranks (each holds a slice of the context)")
       ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (each holds a share of the heads and MLPs)");

@@ -37,6 +37,7 @@ struct RunConfig {
   std::string resume = "none";       // none | auto | PATH
   int threads = 0;                   // 0: all cores
   int dp = 1, sp = 1, tp = 1;        // the process grid (world = dp x sp x tp ranks)
+  double max_minutes = 0;            // stop with a checkpoint after this long (0: no limit)
 
   int64_t micro_batch() const { return batch_size / accum_steps; }
   void validate() const;
