@@ -2,6 +2,9 @@
 
 #include <cstdio>
 
+#include <filesystem>
+
+#include "checkpoint/checkpoint_dir.h"
 #include "core/error.h"
 #include "data/h5.h"
 
@@ -78,23 +81,6 @@ void write_atomically(const std::string& path, F&& fill) {
 
 }  // namespace
 
-void write_checkpoint(const std::string& path, const ModelConfig& model,
-                      const TrainingPosition& pos, const float* params, const float* adam_m,
-                      const float* adam_v) {
-  const ParamLayout layout(model);
-  write_atomically(path, [&](hid_t root) {
-    h5::write_attribute<std::string>(root, "format", kCheckpointFormat);
-    write_model_attributes(root, model);
-    h5::write_attribute<int64_t>(root, "step", pos.step);
-    h5::write_attribute<int64_t>(root, "next_batch", pos.next_batch);
-    h5::write_attribute<std::string>(root, "seed", std::to_string(pos.seed));
-    h5::write_attribute<std::string>(root, "config", pos.config_text);
-    write_tensors(root, "params", layout, params);
-    write_tensors(root, "adam_m", layout, adam_m);
-    write_tensors(root, "adam_v", layout, adam_v);
-  });
-}
-
 void write_export(const std::string& path, const ModelConfig& model, int64_t step,
                   const float* params) {
   const ParamLayout layout(model);
@@ -110,12 +96,17 @@ namespace {
 
 std::string read_format(hid_t root, const std::string& path) {
   if (!h5::has_attribute(root, "format"))
-    fail_user(path, " is not a par checkpoint or exported model (no 'format' attribute)");
+    fail_user(path, " is not a par exported model (no 'format' attribute)");
   const std::string f = h5::read_attribute<std::string>(root, "format");
-  if (f != kCheckpointFormat && f != kExportFormat)
-    fail_user(path, " has format '", f, "', not a par checkpoint (", kCheckpointFormat,
-              ") or exported model (", kExportFormat, ")");
+  if (f != kExportFormat)
+    fail_user(path, " has format '", f, "', not a par exported model (", kExportFormat,
+              "); a checkpoint is a directory (OUT/checkpoints/step-N)");
   return f;
+}
+
+bool is_directory(const std::string& path) {
+  std::error_code ec;
+  return std::filesystem::is_directory(path, ec);
 }
 
 ModelConfig read_valid_config(hid_t root, const std::string& path) {
@@ -130,32 +121,47 @@ ModelConfig read_valid_config(hid_t root, const std::string& path) {
 
 }  // namespace
 
-ModelFile read_model_file(const std::string& path, bool with_optimizer) {
-  h5::Object file = h5::open_file(path);
-  const hid_t root = file.id();
+ModelFile read_model_file(const std::string& given, bool with_optimizer) {
+  const std::string path = resolve_checkpoint(given);
   ModelFile m;
   m.path = path;
-  m.format = read_format(root, path);
-  if (with_optimizer && m.format != kCheckpointFormat)
+  if (is_directory(path)) {
+    const Manifest manifest = read_manifest(path);
+    m.format = kCheckpointFormat;
+    m.model = manifest.model;
+    const ParamLayout layout(m.model);
+    m.params.assign(size_t(layout.total()), 0.0f);
+    if (with_optimizer) {
+      m.adam_m.assign(m.params.size(), 0.0f);
+      m.adam_v.assign(m.params.size(), 0.0f);
+    }
+    load_checkpoint(path, layout, m.params.data(), with_optimizer ? m.adam_m.data() : nullptr,
+                    with_optimizer ? m.adam_v.data() : nullptr);
+    m.position.step = manifest.step;
+    m.position.next_batch = manifest.next_batch;
+    m.position.seed = manifest.seed;
+    m.position.config_text = read_checkpoint_config(path);
+    m.dp = manifest.dp;
+    m.sp = manifest.sp;
+    m.tp = manifest.tp;
+    return m;
+  }
+  if (with_optimizer)
     fail_user(path, " is an exported model without optimizer state; training resumes only "
-                    "from a checkpoint");
+                    "from a checkpoint directory (OUT/checkpoints/step-N)");
+  h5::Object file = h5::open_file(path);
+  const hid_t root = file.id();
+  m.format = read_format(root, path);
   m.model = read_valid_config(root, path);
   const ParamLayout layout(m.model);
   m.position.step = h5::read_attribute<int64_t>(root, "step");
-  if (m.format == kCheckpointFormat) {
-    m.position.next_batch = h5::read_attribute<int64_t>(root, "next_batch");
-    m.position.seed = std::stoull(h5::read_attribute<std::string>(root, "seed"));
-    m.position.config_text = h5::read_attribute<std::string>(root, "config");
-  }
   m.params = read_tensors(root, "params", layout, path);
-  if (with_optimizer) {
-    m.adam_m = read_tensors(root, "adam_m", layout, path);
-    m.adam_v = read_tensors(root, "adam_v", layout, path);
-  }
   return m;
 }
 
-ModelConfig read_model_config(const std::string& path) {
+ModelConfig read_model_config(const std::string& given) {
+  const std::string path = resolve_checkpoint(given);
+  if (is_directory(path)) return read_manifest(path).model;
   h5::Object file = h5::open_file(path);
   read_format(file.id(), path);
   return read_valid_config(file.id(), path);

@@ -1,12 +1,9 @@
-// Reading and writing whole models in HDF5: the training checkpoint (parameters, Adam
-// moments, the position in training) and the exported weights of spec/FORMATS.md
-// (parameters only). Both store every parameter under /params/NAME with its spec shape and
-// the model configuration as root attributes, so `par eval`, `par export` and
-// `par sample` read either.
+// Whole models, for the single-process tools (`par eval`, `par export`, `par inspect`,
+// `par sample`): read from a checkpoint directory (checkpoint/checkpoint_dir.h, written by
+// any layout) or from the exported weights of spec/FORMATS.md, and written as the latter.
 //
-// Files are written to PATH.tmp and renamed into place once complete: a crash never
-// leaves a half-written file under the real name, and an existing file is replaced only
-// by a complete one.
+// Exports are written to PATH.tmp and renamed into place once complete: a crash never
+// leaves a half-written file under the real name.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +15,7 @@
 
 namespace par {
 
-inline constexpr const char* kCheckpointFormat = "par-checkpoint-1";
+inline constexpr const char* kCheckpointFormat = "par-checkpoint";  // a checkpoint directory
 inline constexpr const char* kExportFormat = "par-model-1";
 
 struct TrainingPosition {
@@ -33,22 +30,19 @@ struct ModelFile {
   std::string format;  // kCheckpointFormat or kExportFormat
   ModelConfig model;
   TrainingPosition position;  // step only, for an export
+  int dp = 1, sp = 1, tp = 1;  // the layout that wrote a checkpoint
   std::vector<float> params;  // layout order (ParamLayout(model))
-  std::vector<float> adam_m, adam_v;  // empty for an export
+  std::vector<float> adam_m, adam_v;  // empty for an export or without with_optimizer
 };
-
-// Writes a training checkpoint. Buffers are host float32 in `layout` order.
-void write_checkpoint(const std::string& path, const ModelConfig& model,
-                      const TrainingPosition& pos, const float* params, const float* adam_m,
-                      const float* adam_v);
 
 // Writes the single-file weights format of spec/FORMATS.md.
 void write_export(const std::string& path, const ModelConfig& model, int64_t step,
                   const float* params);
 
-// Reads a checkpoint or an export (with_optimizer requires a checkpoint). Every problem
-// is a UserError naming the file: not HDF5, another format, a missing or mis-shaped
-// tensor, an inconsistent configuration.
+// Reads a checkpoint directory (given itself, or the run directory whose newest checkpoint
+// it is) or an export file (with_optimizer requires a checkpoint).
+// Every problem is a UserError naming the file: not HDF5, another format, a missing or
+// mis-shaped tensor, an inconsistent configuration, a corrupt piece.
 ModelFile read_model_file(const std::string& path, bool with_optimizer);
 
 // The model configuration stored in a checkpoint or export, without reading tensors.

@@ -21,6 +21,7 @@ void ParamLayout::add(const std::string& name, std::vector<int64_t> shape, Param
   ParamInfo p;
   p.name = name;
   p.global_shape = shape;
+  p.split_axis = shard_axis;
   if (shard_axis >= 0 && tp_size_ > 1) {
     const int64_t n = shape[size_t(shard_axis)] / tp_size_;
     p.shard_axis = shard_axis;

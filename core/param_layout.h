@@ -24,6 +24,7 @@ struct ParamInfo {
   std::vector<int64_t> shape;         // this rank's slice; [out, in] for matrices
   std::vector<int64_t> global_shape;  // the whole tensor (spec/MODEL.md section 10)
   int shard_axis = -1;                // -1: replicated; 0: rows split; 1: columns split
+  int split_axis = -1;                // the axis tensor parallelism splits (any group size)
   int64_t shard_begin = 0;            // first row/column of the slice along shard_axis
   int64_t offset = 0;                 // elements from the buffer start (64-byte aligned)
   int64_t numel = 0;                  // of the slice

@@ -295,6 +295,35 @@ std::vector<T> read_dataset(hid_t loc, const std::string& name) {
 }
 
 template <typename T>
+void read_block(hid_t loc, const std::string& name, const std::vector<int64_t>& offset,
+                const std::vector<int64_t>& count, T* out) {
+  Lock lock;
+  Object ds = open_dataset(loc, name);
+  Object space = checked(H5Dget_space(ds.id()), cat("cannot read ", where(loc, "dataset", name)));
+  const int rank = H5Sget_simple_extent_ndims(space.id());
+  if (rank != int(offset.size()) || offset.size() != count.size())
+    fail_user(where(loc, "dataset", name), " has ", rank, " dimensions, not ", offset.size());
+  std::vector<hsize_t> dims(size_t(rank > 0 ? rank : 0)), start, n;
+  H5Sget_simple_extent_dims(space.id(), dims.data(), nullptr);
+  int64_t total = 1;
+  for (size_t i = 0; i < offset.size(); ++i) {
+    if (offset[i] < 0 || count[i] < 0 || hsize_t(offset[i] + count[i]) > dims[i])
+      fail_user(where(loc, "dataset", name), " is smaller than expected (dimension ", i, ": ",
+                dims[i], ", need ", offset[i] + count[i], ")");
+    start.push_back(hsize_t(offset[i]));
+    n.push_back(hsize_t(count[i]));
+    total *= count[i];
+  }
+  if (total == 0) return;
+  check(H5Sselect_hyperslab(space.id(), H5S_SELECT_SET, start.data(), nullptr, n.data(), nullptr),
+        cat("cannot select a block of ", where(loc, "dataset", name)));
+  Object mem = checked(H5Screate_simple(rank, n.data(), nullptr),
+                       cat("cannot read ", where(loc, "dataset", name)));
+  check(H5Dread(ds.id(), native_type<T>(), mem.id(), space.id(), H5P_DEFAULT, out),
+        cat("cannot read ", where(loc, "dataset", name)));
+}
+
+template <typename T>
 void write_dataset(hid_t loc, const std::string& name, const T* data,
                    const std::vector<int64_t>& shape) {
   Lock lock;
@@ -400,6 +429,8 @@ void write_attribute(hid_t loc, const std::string& name, const T& value) {
 
 #define PAR_H5_DATASET(T)                                                         \
   template std::vector<T> read_dataset<T>(hid_t, const std::string&);             \
+  template void read_block<T>(hid_t, const std::string&, const std::vector<int64_t>&, \
+                              const std::vector<int64_t>&, T*);                  \
   template void write_dataset<T>(hid_t, const std::string&, const T*,             \
                                  const std::vector<int64_t>&);
 PAR_H5_DATASET(float)

@@ -86,6 +86,11 @@ std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name);
 // T in {float, double, int32_t, int64_t, uint8_t}.
 template <typename T>
 std::vector<T> read_dataset(hid_t loc, const std::string& name);
+// The block [offset, offset + count) of a dataset (one entry per dimension), row-major
+// into out (product of count elements). UserError when the block is outside the dataset.
+template <typename T>
+void read_block(hid_t loc, const std::string& name, const std::vector<int64_t>& offset,
+                const std::vector<int64_t>& count, T* out);
 // Writes a new contiguous dataset of T's native type (parents created); shape {} is a
 // scalar. An existing dataset of that name is an error.
 template <typename T>

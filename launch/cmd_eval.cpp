@@ -25,7 +25,7 @@ int cmd_eval(int argc, char** argv) {
   int threads = 0;
   po::options_description opts("Options");
   opts.add_options()
-      ("checkpoint", po::value(&checkpoint), "checkpoint (OUT/checkpoint.h5) or exported model")
+      ("checkpoint", po::value(&checkpoint), "checkpoint directory (or a run directory: its newest checkpoint) or exported model")
       ("data", po::value(&data)->multitoken(), "shards to evaluate: paths or glob patterns (each is one stream)")
       ("max-tokens", po::value(&max_tokens)->default_value(0), "stop after this many scored targets (0: all)")
       ("batch-size", po::value(&batch)->default_value(1), "blocks per forward pass")

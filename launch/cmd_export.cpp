@@ -17,7 +17,7 @@ int cmd_export(int argc, char** argv) {
   bool force = false;
   po::options_description opts("Options");
   opts.add_options()
-      ("checkpoint", po::value(&checkpoint), "checkpoint to export (OUT/checkpoint.h5)")
+      ("checkpoint", po::value(&checkpoint), "checkpoint directory to export (or a run directory: its newest checkpoint)")
       ("out", po::value(&out), "the weights file to write (HDF5, format par-model-1)")
       ("force", po::bool_switch(&force), "replace --out if it exists");
   po::variables_map vm;

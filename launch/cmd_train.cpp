@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 
+#include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/model_file.h"
 #include "core/error.h"
 #include "data/dataset.h"
@@ -34,18 +35,21 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// Where training starts: a checkpoint to resume from, or nothing.
+// Where training starts: a checkpoint directory to resume from, or nothing.
 std::string resume_path(const RunConfig& run, const std::string& out_dir) {
-  const std::string latest = out_dir + "/checkpoint.h5";
+  const std::string latest = latest_checkpoint(out_dir);
   if (run.resume == "none") {
-    if (file_exists(latest))
+    if (!latest.empty())
       fail_user("run directory ", out_dir, " already holds a checkpoint (", latest,
                 "): pass --resume auto to continue that run, or choose another --out");
     return "";
   }
-  if (run.resume == "auto") return file_exists(latest) ? latest : "";
-  if (!file_exists(run.resume)) fail_user("--resume: no such checkpoint '", run.resume, "'");
-  return run.resume;
+  if (run.resume == "auto") return latest;
+  const std::string dir = resolve_checkpoint(run.resume);
+  if (!is_complete_checkpoint(dir))
+    fail_user("--resume ", run.resume, " is not a complete checkpoint directory (",
+              "OUT/checkpoints/step-N with a COMPLETE file, or a run directory holding one)");
+  return dir;
 }
 
 // Everything a run needs, set up (and checked) on every rank before training starts.
@@ -56,8 +60,7 @@ struct Setup {
   std::string config_text;
   std::unique_ptr<Dataset> train;
   std::vector<std::string> val_shards;
-  std::unique_ptr<ModelFile> resumed;
-  std::string resumed_from;
+  std::string resumed_from;  // a checkpoint directory, or ""
 };
 
 void validate(TrainStep& ts, const Setup& s, int64_t step, RunDir* dir) {
@@ -76,16 +79,31 @@ void validate(TrainStep& ts, const Setup& s, int64_t step, RunDir* dir) {
                      r.tokens, "}"));
 }
 
-void save(TrainStep& ts, const ModelConfig& mc, const TrainingPosition& pos, RunDir* dir) {
+// Commits a checkpoint whose files are written (wait: until they are).
+void commit(CheckpointSaver& saver, bool wait) {
+  const std::string done = saver.finish(wait);
+  if (!done.empty())
+    LOG(INFO) << "checkpoint -> " << done << " (written in "
+              << fmt("%.2f", saver.last_write_seconds()) << " s)";
+}
+
+// Starts a checkpoint: training pauses only to copy its state; the files are written in
+// the background and committed at a later step boundary.
+void save(TrainStep& ts, CheckpointSaver& saver, const ModelConfig& mc, const TrainingPosition& pos,
+          const OptimizerConfig& oc) {
+  commit(saver, true);  // one save at a time
   const auto t0 = Clock::now();
   std::vector<float> params, m, v;
-  ts.gather_state(params, m, v);
-  if (dir) write_checkpoint(dir->checkpoint(), mc, pos, params.data(), m.data(), v.data());
-  // No rank goes on (or exits) before the checkpoint is complete.
-  ts.grid().world().barrier();
-  if (dir)
-    LOG(INFO) << "checkpoint at step " << pos.step << " -> " << dir->checkpoint() << " ("
-              << fmt("%.2f", seconds_since(t0)) << " s)";
+  ts.snapshot(params, m, v);
+  CheckpointInfo info;
+  info.step = pos.step;
+  info.next_batch = pos.next_batch;
+  info.seed = pos.seed;
+  info.lr = learning_rate(oc, pos.step - 1);
+  info.config_text = pos.config_text;
+  saver.start(mc, ts.model().layout(), std::move(params), std::move(m), std::move(v), info);
+  LOG(INFO) << "checkpoint of step " << pos.step << " started: training paused "
+            << fmt("%.3f", seconds_since(t0)) << " s to copy its state";
 }
 
 // Returns the exit status: 0, or kExitRequeue when stopped early with a checkpoint.
@@ -97,14 +115,14 @@ int train(Setup& s, const ProcessGrid& grid, RunDir* dir) {
   TrainingPosition pos;
   pos.seed = rc.seed;
   pos.config_text = s.config_text;
-  if (s.resumed) {
-    ts.load(*s.resumed);
-    pos.step = s.resumed->position.step;
-    if (s.resumed->position.seed != rc.seed)
-      LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's "
-                   << s.resumed->position.seed << ": data order and dropout change from here on";
-    LOG(INFO) << "resumed from " << s.resumed_from << " at step " << pos.step;
-    s.resumed.reset();
+  if (!s.resumed_from.empty()) {
+    const Manifest m = ts.load_checkpoint(s.resumed_from);
+    pos.step = m.step;
+    if (m.seed != rc.seed)
+      LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's " << m.seed
+                   << ": data order and dropout change from here on";
+    LOG(INFO) << "resumed from " << s.resumed_from << " at step " << pos.step
+              << " (written by dp " << m.dp << " x sp " << m.sp << " x tp " << m.tp << ")";
   } else {
     ts.initialize(rc.seed);
   }
@@ -114,6 +132,7 @@ int train(Setup& s, const ProcessGrid& grid, RunDir* dir) {
     return 0;
   }
   const StopRequest stop(rc.max_minutes);
+  CheckpointSaver saver(grid, rc.out, int(rc.keep_checkpoints));
 
   LoaderOptions lo;
   lo.global_batch = rc.micro_batch();
@@ -166,12 +185,14 @@ int train(Setup& s, const ProcessGrid& grid, RunDir* dir) {
       interval_s = interval_loss = 0;
       interval_steps = interval_targets = 0;
     }
+    if (saver.pending()) commit(saver, false);
     const bool last = pos.step == rc.steps;
     const StopRequest::Reason reason = last ? StopRequest::kNone : stop.agreed(grid.world());
     if (reason != StopRequest::kNone) {
       LOG(WARNING) << "stopping after step " << pos.step << " because of "
                    << StopRequest::describe(reason) << ": writing a checkpoint";
-      save(ts, mc, pos, dir);
+      save(ts, saver, mc, pos, s.opt);
+      commit(saver, true);
       LOG(WARNING) << "stopped early at step " << pos.step << "/" << rc.steps << "; exit status "
                    << kExitRequeue << ": run again with --resume auto to continue";
       return kExitRequeue;
@@ -179,10 +200,11 @@ int train(Setup& s, const ProcessGrid& grid, RunDir* dir) {
     if (rc.eval_every > 0 && pos.step % rc.eval_every == 0 && !last)
       validate(ts, s, pos.step, dir);
     if ((rc.checkpoint_every > 0 && pos.step % rc.checkpoint_every == 0) || last)
-      save(ts, mc, pos, dir);
+      save(ts, saver, mc, pos, s.opt);
   }
   validate(ts, s, pos.step, dir);
-  if (dir) LOG(INFO) << "done: " << pos.step << " steps; checkpoint " << dir->checkpoint();
+  commit(saver, true);
+  LOG(INFO) << "done: " << pos.step << " steps; checkpoint " << checkpoint_dir(rc.out, pos.step);
   return 0;
 }
 
@@ -254,10 +276,8 @@ int cmd_train(int argc, char** argv) {
       const Dataset check(s.val_shards, s.model.context_length, s.model.vocab_size);
     }
     s.resumed_from = resume_path(s.run, s.run.out);
-    if (!s.resumed_from.empty()) {
-      s.resumed = std::make_unique<ModelFile>(read_model_file(s.resumed_from, true));
-      require_same_model(s.model, s.resumed->model, s.resumed_from);
-    }
+    if (!s.resumed_from.empty())
+      require_same_model(s.model, read_manifest(s.resumed_from).model, s.resumed_from);
     s.config_text = to_ini(vm);
     if (grid.world_rank() == 0) {
       dir = std::make_unique<RunDir>(s.run.out);

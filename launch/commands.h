@@ -9,5 +9,6 @@ int cmd_train(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_inspect(int argc, char** argv);
 
 }  // namespace par

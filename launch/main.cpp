@@ -24,6 +24,7 @@ const Entry kCommands[] = {
     {"train", "train a model on token shards, with validation and checkpoints", par::cmd_train},
     {"eval", "score shards with a checkpoint (block evaluation); last line is JSON", par::cmd_eval},
     {"export", "write a checkpoint's weights in the public single-file format", par::cmd_export},
+    {"inspect", "show a checkpoint: step, layout, model, tensors with checksums", par::cmd_inspect},
     {"bench", "time training steps: tokens/s, model FLOP/s vs sgemm, peak memory", par::cmd_bench},
 };
 

@@ -56,6 +56,7 @@ void RunConfig::validate() const {
   if (log_every <= 0) fail_user("--log-every must be positive");
   if (eval_every < 0 || checkpoint_every < 0 || eval_tokens < 0)
     fail_user("--eval-every, --eval-tokens and --checkpoint-every must be >= 0");
+  if (keep_checkpoints < 1) fail_user("--keep-checkpoints must be at least 1");
   if (threads < 0) fail_user("--threads must be >= 0");
   if (dp < 1 || sp < 1 || tp < 1) fail_user("--dp, --sp and --tp must be at least 1");
   if (!(max_minutes >= 0)) fail_user("--max-minutes must be >= 0");
@@ -75,7 +76,7 @@ po::options_description run_options(RunConfig& c) {
       ("config", po::value(&c.config), "INI file of options (see configs/); command-line options override it")
       ("data", po::value(&c.data)->multitoken(), "training shards: paths or glob patterns (repeatable)")
       ("val-data", po::value(&c.val_data)->multitoken(), "validation shards: paths or glob patterns")
-      ("out", po::value(&c.out), "run directory: logs, metrics.jsonl, checkpoint.h5")
+      ("out", po::value(&c.out), "run directory: train.log, metrics.jsonl, config.ini, checkpoints/")
       ("steps", po::value(&c.steps)->default_value(c.steps), "optimizer steps to train (in total, counting resumed ones)")
       ("batch-size", po::value(&c.batch_size)->default_value(c.batch_size), "examples per optimizer step")
       ("accum-steps", po::value(&c.accum_steps)->default_value(c.accum_steps), "micro-batches per step (gradient accumulation)")
@@ -85,8 +86,9 @@ po::options_description run_options(RunConfig& c) {
       ("log-every", po::value(&c.log_every)->default_value(c.log_every), "log progress every K steps")
       ("eval-every", po::value(&c.eval_every)->default_value(c.eval_every), "validate every K steps (0: at the end only)")
       ("eval-tokens", po::value(&c.eval_tokens)->default_value(c.eval_tokens), "targets scored per validation (0: the whole validation set)")
-      ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write OUT/checkpoint.h5 every K steps (0: at the end only)")
-      ("resume", po::value(&c.resume)->default_value(c.resume), "none | auto (continue from OUT/checkpoint.h5 if present) | PATH of a checkpoint")
+      ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write a checkpoint (OUT/checkpoints/step-N) every K steps, and always at the end (0: at the end only)")
+      ("keep-checkpoints", po::value(&c.keep_checkpoints)->default_value(c.keep_checkpoints), "complete checkpoints to keep (the newest is never removed)")
+      ("resume", po::value(&c.resume)->default_value(c.resume), "none | auto (continue from the newest complete checkpoint in OUT, if any) | PATH of a checkpoint directory")
       ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads per rank (0: all cores)")
       ("max-minutes", po::value(&c.max_minutes)->default_value(c.max_minutes), "stop cleanly after this many minutes of wall time: checkpoint, then exit 75 (\"requeue me\"); 0: no limit")
       ("dp", po::value(&c.dp)->default_value(c.dp), "data-parallel replicas (each takes a share of every batch)")

@@ -34,7 +34,8 @@ struct RunConfig {
   int64_t eval_every = 0;            // 0: validate only at the end (if --val-data)
   int64_t eval_tokens = 65536;       // targets per periodic validation (0: whole set)
   int64_t checkpoint_every = 0;      // 0: only at the end
-  std::string resume = "none";       // none | auto | PATH
+  int64_t keep_checkpoints = 3;      // complete checkpoints kept in OUT/checkpoints
+  std::string resume = "none";       // none | auto | PATH of a checkpoint directory
   int threads = 0;                   // 0: all cores
   int dp = 1, sp = 1, tp = 1;        // the process grid (world = dp x sp x tp ranks)
   double max_minutes = 0;            // stop with a checkpoint after this long (0: no limit)

@@ -3,7 +3,7 @@
 //   OUT/train.log       everything the run logged (also on stderr)
 //   OUT/metrics.jsonl   one JSON object per logged step and per validation
 //   OUT/config.ini      the resolved options of the latest start
-//   OUT/checkpoint.h5   the latest checkpoint
+//   OUT/checkpoints/    checkpoint directories step-N (checkpoint/checkpoint_dir.h)
 #pragma once
 
 #include <glog/logging.h>
@@ -23,7 +23,6 @@ class RunDir {
 
   const std::string& path() const { return path_; }
   std::string file(const std::string& name) const { return path_ + "/" + name; }
-  std::string checkpoint() const { return file("checkpoint.h5"); }
 
   // Appends one line to metrics.jsonl and flushes it.
   void metrics(const std::string& json_line);

@@ -58,6 +58,23 @@ void TrainStep::load(const ModelFile& file) {
   }
 }
 
+Manifest TrainStep::load_checkpoint(const std::string& dir) {
+  std::vector<float> p(size_t(model_.layout().total()), 0.0f), m(p.size(), 0.0f), v(p.size(), 0.0f);
+  const Manifest manifest = par::load_checkpoint(dir, model_.layout(), p.data(), m.data(), v.data());
+  const size_t bytes = p.size() * sizeof(float);
+  ops_.upload(model_.params(), p.data(), bytes);
+  ops_.upload(adam_.m(), m.data(), bytes);
+  ops_.upload(adam_.v(), v.data(), bytes);
+  return manifest;
+}
+
+void TrainStep::snapshot(std::vector<float>& params, std::vector<float>& adam_m,
+                         std::vector<float>& adam_v) {
+  params = download(model_.params());
+  adam_m = download(adam_.m());
+  adam_v = download(adam_.v());
+}
+
 std::vector<float> TrainStep::download(const float* device) const {
   std::vector<float> host(size_t(model_.layout().total()));
   ops_.download(host.data(), device, host.size() * sizeof(float));

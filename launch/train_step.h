@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/model_file.h"
 #include "core/model.h"
 #include "core/optimizer.h"
@@ -39,6 +40,10 @@ class TrainStep {
 
   void initialize(uint64_t seed);    // fresh parameters (spec/MODEL.md section 8)
   void load(const ModelFile& file);  // this rank's slices of a whole model (and Adam moments)
+  // This rank's slices of a checkpoint directory written by any layout; returns its manifest.
+  Manifest load_checkpoint(const std::string& dir);
+  // Host copies of this rank's parameters and Adam moments (for a checkpoint).
+  void snapshot(std::vector<float>& params, std::vector<float>& adam_m, std::vector<float>& adam_v);
 
   // micro[k]: this replica's examples of micro-batch k, each its model().window_columns()
   // columns of the window starting at model().window_begin() (host).

@@ -5,8 +5,12 @@
 #include <sys/wait.h>
 
 #include <cstdlib>
+#include <regex>
+#include <sstream>
 #include <string>
+#include <vector>
 
+#include "data/prep.h"
 #include "tests/temp_dir.h"
 
 namespace par::testing_util {
@@ -22,6 +26,51 @@ inline ParRun run_par(const TempDir& dir, const std::string& args) {
   const std::string cmd = cat("'", PAR_BINARY, "' ", args, " >'", out, "' 2>'", err, "'");
   const int status = std::system(cmd.c_str());
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+}
+
+// Runs a shell command line; output files go in `dir`.
+inline ParRun run_shell(const TempDir& dir, const std::string& cmd) {
+  const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
+  const int status = std::system(cat(cmd, " >'", out, "' 2>'", err, "'").c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+}
+
+// `mpirun` of n ranks of `par ARGS` on this machine: oversubscribed, one thread per rank,
+// idle threads asleep.
+inline std::string mpirun(int n, const std::string& args) {
+  return cat("mpirun --oversubscribe --allow-run-as-root -np ", n,
+             " -x OMP_WAIT_POLICY=passive -x OMP_NUM_THREADS=1 '", PAR_BINARY, "' ", args);
+}
+
+inline std::string quote(const std::string& s) { return "'" + s + "'"; }
+inline const std::string& configs_dir() {
+  static const std::string dir = std::string(PAR_SOURCE_DIR) + "/configs/";
+  return dir;
+}
+
+// Copy-task shards in dir/data (examples of `length` tokens); returns the train pattern.
+inline std::string copy_task_data(const TempDir& dir, int64_t length, int64_t examples) {
+  MirrorPrepOptions o;
+  o.length = length;
+  o.examples = examples;
+  o.val_examples = 4;
+  o.reverse = false;
+  o.common.out_dir = dir.file("data");
+  std::ostringstream log;
+  prep_mirror(o, log);
+  return o.common.out_dir + "/train-*.h5";
+}
+
+// The "loss" of every line of a metrics.jsonl that has one, as written.
+inline std::vector<std::string> logged_losses(const std::string& metrics) {
+  std::vector<std::string> out;
+  std::istringstream in(slurp(metrics));
+  const std::regex re("\"loss\": ([^,}]+)");
+  for (std::string line; std::getline(in, line);) {
+    std::smatch m;
+    if (std::regex_search(line, m, re)) out.push_back(m[1]);
+  }
+  return out;
 }
 
 }  // namespace par::testing_util

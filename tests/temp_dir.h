@@ -5,7 +5,9 @@
 #include <stdlib.h>
 
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
+#include <vector>
 #include <sstream>
 #include <string>
 
@@ -35,6 +37,19 @@ inline std::string slurp(const std::string& path) {
   std::ostringstream os;
   os << in.rdbuf();
   return os.str();
+}
+
+// Every regular file under dir (relative path and contents), sorted: equal snapshots mean
+// nothing was added, removed or modified.
+inline std::string tree(const std::string& dir) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir, ec))
+    if (e.is_regular_file()) files.push_back(e.path().string());
+  std::sort(files.begin(), files.end());
+  std::string out;
+  for (const auto& f : files) out += f.substr(dir.size()) + "\n" + slurp(f) + "\n";
+  return out;
 }
 
 }  // namespace par::testing_util

@@ -23,9 +23,8 @@ using testing_util::run_par;
 using testing_util::slurp;
 using testing_util::TempDir;
 
-const std::string kConfigs = std::string(PAR_SOURCE_DIR) + "/configs/";
-
-std::string q(const std::string& s) { return "'" + s + "'"; }
+const std::string kConfigs = testing_util::configs_dir();
+std::string q(const std::string& s) { return testing_util::quote(s); }
 
 // Copy-task shards (E-token examples) in dir/name.
 std::string make_copy_data(const TempDir& dir, const std::string& name, int64_t length,
@@ -42,16 +41,8 @@ std::string make_copy_data(const TempDir& dir, const std::string& name, int64_t 
   return o.common.out_dir;
 }
 
-// "loss" of every line of a metrics.jsonl that has one, in order.
 std::vector<std::string> logged_losses(const std::string& metrics) {
-  std::vector<std::string> out;
-  std::istringstream in(slurp(metrics));
-  const std::regex re("\"loss\": ([^,}]+)");
-  for (std::string line; std::getline(in, line);) {
-    std::smatch m;
-    if (std::regex_search(line, m, re)) out.push_back(m[1]);
-  }
-  return out;
+  return testing_util::logged_losses(metrics);
 }
 
 TEST(TrainCli, ResumeContinuesBitIdentically) {
@@ -73,15 +64,15 @@ TEST(TrainCli, ResumeContinuesBitIdentically) {
   const auto split = logged_losses(dir.file("split/metrics.jsonl"));
   ASSERT_EQ(whole.size(), 8u);
   EXPECT_EQ(split, whole) << "losses after the resume differ from the uninterrupted run";
-  const ModelFile a = read_model_file(dir.file("whole/checkpoint.h5"), true);
-  const ModelFile b = read_model_file(dir.file("split/checkpoint.h5"), true);
+  const ModelFile a = read_model_file(dir.file("whole"), true);
+  const ModelFile b = read_model_file(dir.file("split"), true);
   EXPECT_EQ(a.position.step, 8);
   EXPECT_EQ(b.position.step, 8);
   EXPECT_EQ(a.position.next_batch, b.position.next_batch);
   EXPECT_TRUE(a.params == b.params) << "final parameters differ";
   EXPECT_TRUE(a.adam_m == b.adam_m && a.adam_v == b.adam_v) << "optimizer state differs";
   // And training really moved the parameters.
-  const ModelFile first = read_model_file(dir.file("split/checkpoint.h5"), false);
+  const ModelFile first = read_model_file(dir.file("split"), false);
   EXPECT_NE(first.params, std::vector<float>(first.params.size(), 0.0f));
 }
 
@@ -94,7 +85,7 @@ TEST(TrainCli, LearnsTheCopyTask) {
                                     q(data + "/train-*.h5"), " --out ", q(dir.file("run")),
                                     " --threads 2 --seed 1"));
   ASSERT_EQ(r.rc, 0) << r.err;
-  const ModelFile f = read_model_file(dir.file("run/checkpoint.h5"), false);
+  const ModelFile f = read_model_file(dir.file("run"), false);
   const ModelConfig& c = f.model;
   cpu::CpuOps<float> ops;
   const Dataset val({data + "/val-00000.h5"}, c.context_length, c.vocab_size);
@@ -132,7 +123,7 @@ TEST(TrainCli, EvalPrintsJsonAndExportWritesThePublicFormat) {
                               q(data + "/train-*.h5"), " --out ", q(dir.file("run")),
                               " --steps 3"));
   ASSERT_EQ(r.rc, 0) << r.err;
-  r = run_par(dir, cat("eval --checkpoint ", q(dir.file("run/checkpoint.h5")), " --data ",
+  r = run_par(dir, cat("eval --checkpoint ", q(dir.file("run")), " --data ",
                        q(data + "/val-*.h5"), " --batch-size 3"));
   ASSERT_EQ(r.rc, 0) << r.err;
   const std::string last = r.out.substr(r.out.rfind('{'));
@@ -142,7 +133,7 @@ TEST(TrainCli, EvalPrintsJsonAndExportWritesThePublicFormat) {
       << last;
 
   const std::string exported = dir.file("model.h5");
-  r = run_par(dir, cat("export --checkpoint ", q(dir.file("run/checkpoint.h5")), " --out ",
+  r = run_par(dir, cat("export --checkpoint ", q(dir.file("run")), " --out ",
                        q(exported)));
   ASSERT_EQ(r.rc, 0) << r.err;
   h5::Object file = h5::open_file(exported);
@@ -151,7 +142,7 @@ TEST(TrainCli, EvalPrintsJsonAndExportWritesThePublicFormat) {
   EXPECT_EQ(h5::read_attribute<int64_t>(file.id(), "d_model"), 32);
   EXPECT_EQ(h5::read_attribute<int64_t>(file.id(), "context_length"), 64);
   EXPECT_EQ(h5::read_attribute<double>(file.id(), "max_wavelength"), 64.0);
-  const ModelFile ckpt = read_model_file(dir.file("run/checkpoint.h5"), false);
+  const ModelFile ckpt = read_model_file(dir.file("run"), false);
   const ParamLayout layout(ckpt.model);
   EXPECT_EQ(h5::list_names(h5::open_group(file.id(), "params").id()).size(), layout.params().size());
   for (const ParamInfo& p : layout.params()) {
@@ -161,7 +152,7 @@ TEST(TrainCli, EvalPrintsJsonAndExportWritesThePublicFormat) {
   }
   // Export refuses to overwrite.
   const std::string before = slurp(exported);
-  EXPECT_USER_ERROR(run_par(dir, cat("export --checkpoint ", q(dir.file("run/checkpoint.h5")),
+  EXPECT_USER_ERROR(run_par(dir, cat("export --checkpoint ", q(dir.file("run")),
                                      " --out ", q(exported))),
                     "exists");
   EXPECT_EQ(slurp(exported), before);
@@ -244,17 +235,25 @@ TEST_F(TrainBadInput, UnknownOption) {
 
 TEST_F(TrainBadInput, CheckpointOfAnotherModelIsRefusedAndKept) {
   ASSERT_EQ(train(data_ + "/train-00000.h5").rc, 0);
-  const std::string ckpt = dir_.file("run/checkpoint.h5");
-  const std::string before = slurp(ckpt);
-  ASSERT_FALSE(before.empty());
+  const std::string run = dir_.file("run/checkpoints");
+  const std::string before = testing_util::tree(run);
+  ASSERT_NE(before.find("manifest.txt"), std::string::npos) << before;
   EXPECT_USER_ERROR(train(data_ + "/train-00000.h5", "--d-model 64 --resume auto"),
                     "different model");
   // Without --resume, an existing run is not overwritten either.
   EXPECT_USER_ERROR(train(data_ + "/train-00000.h5"), "--resume auto");
-  EXPECT_EQ(slurp(ckpt), before) << "the checkpoint was modified";
-  // A corrupt checkpoint is a clear error too.
+  EXPECT_EQ(testing_util::tree(run), before) << "the checkpoint was modified";
+  // An exported model is not a checkpoint to resume from.
+  ASSERT_EQ(run_par(dir_, cat("export --checkpoint ", q(dir_.file("run")), " --out ",
+                              q(dir_.file("model.h5")))).rc, 0);
+  EXPECT_USER_ERROR(run_par(dir_, cat("train --config ", q(kConfigs + "tiny.ini"), " --data ",
+                                      q(data_ + "/train-00000.h5"), " --out ",
+                                      q(dir_.file("other")), " --resume ",
+                                      q(dir_.file("model.h5")))),
+                    "model.h5");
+  // A file that is not HDF5 is a clear error too.
   const std::string broken = dir_.file("broken.h5");
-  std::ofstream(broken) << before.substr(0, before.size() / 2);
+  std::ofstream(broken) << "not a model";
   EXPECT_USER_ERROR(run_par(dir_, cat("eval --checkpoint ", q(broken), " --data ",
                                       q(data_ + "/val-*.h5"))),
                     "broken.h5");

@@ -25,43 +25,16 @@ using testing_util::run_par;
 using testing_util::slurp;
 using testing_util::TempDir;
 
-const std::string kConfigs = std::string(PAR_SOURCE_DIR) + "/configs/";
-std::string q(const std::string& s) { return "'" + s + "'"; }
+using testing_util::run_shell;
+using testing_util::mpirun;
+using testing_util::logged_losses;
 
-// mpirun with n ranks of `par ARGS`, one thread each, idle threads asleep.
-std::string mpirun(int n, const std::string& args) {
-  return cat("mpirun --oversubscribe --allow-run-as-root -np ", n,
-             " -x OMP_WAIT_POLICY=passive -x OMP_NUM_THREADS=1 '", PAR_BINARY, "' ", args);
-}
-
-ParRun run_shell(const TempDir& dir, const std::string& cmd) {
-  const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
-  const int status = std::system(cat(cmd, " >'", out, "' 2>'", err, "'").c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
-}
-
+const std::string kConfigs = testing_util::configs_dir();
+std::string q(const std::string& s) { return testing_util::quote(s); }
 std::string copy_data(const TempDir& dir, int64_t length, int64_t examples) {
-  MirrorPrepOptions o;
-  o.length = length;
-  o.examples = examples;
-  o.val_examples = 4;
-  o.reverse = false;
-  o.common.out_dir = dir.file("data");
-  std::ostringstream log;
-  prep_mirror(o, log);
-  return o.common.out_dir + "/train-*.h5";
+  return testing_util::copy_task_data(dir, length, examples);
 }
-
-std::vector<std::string> losses(const std::string& metrics) {
-  std::vector<std::string> out;
-  std::istringstream in(slurp(metrics));
-  const std::regex re("\"loss\": ([^,}]+)");
-  for (std::string line; std::getline(in, line);) {
-    std::smatch m;
-    if (std::regex_search(line, m, re)) out.push_back(m[1]);
-  }
-  return out;
-}
+std::vector<std::string> losses(const std::string& metrics) { return logged_losses(metrics); }
 
 TEST(TrainMpi, LayoutThatDoesNotFitIsReportedByEveryRank) {
   TempDir dir;
@@ -79,7 +52,7 @@ TEST(TrainMpi, LayoutThatDoesNotFitIsReportedByEveryRank) {
   for (int rank = 0; rank < 2; ++rank)
     EXPECT_NE(r.err.find(cat("error: rank ", rank, " on host")), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("--tp 2 does not divide --cross-heads 3"), std::string::npos) << r.err;
-  EXPECT_FALSE(std::ifstream(dir.file("run/checkpoint.h5")).good());
+  EXPECT_FALSE(std::filesystem::exists(dir.file("run/checkpoints"))) << "a failed start wrote a checkpoint";
 }
 
 // A bad token in the second half of a window: only sequence rank 1 reads it.
@@ -164,7 +137,7 @@ TEST(TrainMpi, EveryLayoutTrainsLikeOneProcess) {
   ASSERT_EQ(r.rc, 0) << r.err;
   const auto want = losses(dir.file("one/metrics.jsonl"));
   ASSERT_EQ(want.size(), 4u);
-  const ModelFile one = read_model_file(dir.file("one/checkpoint.h5"), true);
+  const ModelFile one = read_model_file(dir.file("one"), true);
   struct Layout { int dp, sp, tp; };
   for (const Layout l : {Layout{2, 1, 1}, Layout{1, 2, 1}, Layout{1, 1, 2}, Layout{2, 2, 1},
                          Layout{1, 2, 2}, Layout{2, 2, 2}}) {
@@ -180,7 +153,7 @@ TEST(TrainMpi, EveryLayoutTrainsLikeOneProcess) {
       EXPECT_NEAR(std::stod(got[i]), std::stod(want[i]), 1e-6 * std::stod(want[i])) << "step " << i + 1;
     // After 4 Adam steps at lr <= 4e-4 the parameters agree to float32 rounding of the
     // updates: 1e-6 absolute is a few ulps of the largest weights.
-    const ModelFile f = read_model_file(dir.file(name + "/checkpoint.h5"), true);
+    const ModelFile f = read_model_file(dir.file(name + ""), true);
     ASSERT_EQ(f.params.size(), one.params.size());
     double err = 0;
     for (size_t i = 0; i < f.params.size(); ++i)

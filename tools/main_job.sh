@@ -31,9 +31,9 @@ echo "== training, resumed from the checkpoint to the end: 2 ranks, data paralle
   --val-data "$out/data/val-*.h5" --out "$out/run" --resume auto --dp 2 --threads 1
 
 echo "== evaluation on the validation shards"
-$par eval --checkpoint "$out/run/checkpoint.h5" --data "$out/data/val-*.h5" --batch-size 8 \
-  | tee "$out/eval.log"
-$par export --checkpoint "$out/run/checkpoint.h5" --out "$out/model.h5"
+# --checkpoint takes a checkpoint directory or a run directory (its newest checkpoint).
+$par eval --checkpoint "$out/run" --data "$out/data/val-*.h5" --batch-size 8 | tee "$out/eval.log"
+$par export --checkpoint "$out/run" --out "$out/model.h5"
 
 python3 - "$out/eval.log" <<'PY'
 import json, math, sys

@@ -35,7 +35,7 @@ timeout -k 10 150 "$root/tools/netns_mpirun.sh" --hosts 2 --slots 2 -- \
 grep -q "ranks on 2 host(s): parhost1 \[ranks 0,1; local 0,1\], parhost2 \[ranks 2,3; local 0,1\]" \
   "$work/four.log" || fail "the ranks did not run two on each host: $(grep 'ranks on' "$work/four.log")"
 for run in one four; do
-  "$par" eval --checkpoint "$work/$run/checkpoint.h5" --data "$work/data/val-*.h5" 2>/dev/null \
+  "$par" eval --checkpoint "$work/$run" --data "$work/data/val-*.h5" 2>/dev/null \
     | tail -n 1 >"$work/$run.eval"
 done
 python3 - "$work" <<'PY' || exit 1

@@ -1,0 +1,360 @@
+#include "checkpoint/checkpoint_dir.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "core/error.h"
+#include "data/h5.h"
+
+namespace par {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kComplete = "COMPLETE";
+constexpr const char* kManifest = "manifest.txt";
+constexpr const char* kConfig = "config.ini";
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string step_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+// The file's data and the directory entry naming it reach the disk before the commit
+// that makes them part of a checkpoint.
+void sync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << text;
+    if (!out) fail_user("cannot write ", path);
+  }
+  sync_path(path);
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail_user("cannot read ", path);
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+// Which pieces a rank writes: piece i (over tensors x kinds, in layout order) of a
+// tensor split by tensor parallelism goes to rank i mod |dp x sp| among the ranks holding
+// that slice; a replicated tensor (the same on every rank) to world rank i mod |world|.
+bool writes_piece(const ProcessGrid& g, const ParamInfo& p, int64_t i) {
+  if (p.sharded()) return g.dp_sp().rank() == int(i % g.dp_sp().size());
+  return g.world_rank() == int(i % g.world_size());
+}
+
+}  // namespace
+
+std::string checkpoints_root(const std::string& out_dir) { return out_dir + "/checkpoints"; }
+
+std::string checkpoint_dir(const std::string& out_dir, int64_t step) {
+  return checkpoints_root(out_dir) + "/" + step_name(step);
+}
+
+bool is_complete_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  return fs::is_regular_file(dir + "/" + kComplete, ec) && fs::is_regular_file(dir + "/" + kManifest, ec);
+}
+
+namespace {
+
+// Complete checkpoint directories under out_dir, oldest first.
+std::vector<std::pair<int64_t, std::string>> complete_checkpoints(const std::string& out_dir) {
+  std::vector<std::pair<int64_t, std::string>> found;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(checkpoints_root(out_dir), ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("step-", 0) != 0 || !is_complete_checkpoint(e.path().string())) continue;
+    found.emplace_back(std::atoll(name.c_str() + 5), e.path().string());
+  }
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+}  // namespace
+
+std::string latest_checkpoint(const std::string& out_dir) {
+  const auto found = complete_checkpoints(out_dir);
+  return found.empty() ? "" : found.back().second;
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  if (is_complete_checkpoint(path)) return path;
+  const std::string latest = latest_checkpoint(path);
+  return latest.empty() ? path : latest;
+}
+
+CheckpointSaver::CheckpointSaver(const ProcessGrid& grid, std::string out_dir, int keep)
+    : grid_(grid), out_dir_(std::move(out_dir)), keep_(std::max(1, keep)) {}
+
+CheckpointSaver::~CheckpointSaver() {
+  if (writer_.joinable()) writer_.join();
+}
+
+double CheckpointSaver::start(const ModelConfig& model, const ParamLayout& layout,
+                              std::vector<float> params, std::vector<float> adam_m,
+                              std::vector<float> adam_v, const CheckpointInfo& info) {
+  PAR_ASSERT(!pending_, "a checkpoint save is already in progress");
+  const double t0 = now_seconds();
+  model_ = model;
+  info_ = info;
+  final_dir_ = checkpoint_dir(out_dir_, info.step);
+  tmp_dir_ = checkpoints_root(out_dir_) + "/." + step_name(info.step) + ".tmp";
+  char file[32];
+  std::snprintf(file, sizeof file, "shard-%05d.h5", grid_.world_rank());
+  file_ = file;
+  if (grid_.world_rank() == 0) {
+    std::error_code ec;
+    fs::remove_all(tmp_dir_, ec);  // a save that crashed before
+    fs::create_directories(tmp_dir_, ec);
+    if (ec) fail_user("cannot create the checkpoint directory ", tmp_dir_, ": ", ec.message());
+  }
+  grid_.world().barrier();  // the directory exists for everyone
+  mine_.clear();
+  mine_kind_.clear();
+  int64_t i = 0;
+  for (const ParamInfo& p : layout.params())
+    for (int k = 0; k < 3; ++k, ++i)
+      if (writes_piece(grid_, p, i)) {
+        mine_.push_back(&p);
+        mine_kind_.push_back(k);
+      }
+  state_.clear();
+  state_.push_back(std::move(params));
+  state_.push_back(std::move(adam_m));
+  state_.push_back(std::move(adam_v));
+  records_.clear();
+  error_ = nullptr;
+  written_ = false;
+  pending_ = true;
+  started_ = t0;
+  writer_ = std::thread([this] {
+    try {
+      write_share();
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+    written_ = true;
+  });
+  return now_seconds() - t0;
+}
+
+void CheckpointSaver::write_share() {
+  if (mine_.empty()) return;
+  const std::string path = tmp_dir_ + "/" + file_;
+  {
+    h5::Object f = h5::create_file(path);
+    for (size_t j = 0; j < mine_.size(); ++j) {
+      const ParamInfo& p = *mine_[j];
+      const char* kind = kStateKinds[mine_kind_[j]];
+      const float* data = state_[size_t(mine_kind_[j])].data() + p.offset;
+      h5::write_dataset<float>(f.id(), std::string(kind) + "/" + p.name, data, p.shape);
+      ManifestEntry e;
+      e.kind = kind;
+      e.name = p.name;
+      e.global_shape = p.global_shape;
+      e.axis = p.sharded() ? p.shard_axis : -1;
+      e.begin = p.sharded() ? p.shard_begin : 0;
+      e.count = p.sharded() ? p.shape[size_t(p.shard_axis)] : 0;
+      e.file = file_;
+      e.checksum = checksum(data, p.numel);
+      records_.push_back(std::move(e));
+    }
+    f.close();
+  }
+  sync_path(path);
+}
+
+std::string CheckpointSaver::finish(bool wait) {
+  if (!pending_) return "";
+  if (!wait) {
+    const int64_t all = grid_.world().all_reduce_value(int64_t(written_ ? 1 : 0), ReduceOp::kSum);
+    if (all < grid_.world_size()) return "";
+  }
+  writer_.join();
+  pending_ = false;
+  state_.clear();
+  // Every rank learns whether a write failed anywhere.
+  std::string error;
+  if (error_) {
+    try {
+      std::rethrow_exception(error_);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  const int64_t failed = grid_.world().all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum);
+  if (failed) {
+    if (!error.empty()) fail_user("writing the checkpoint of step ", info_.step, ": ", error);
+    fail_user("writing the checkpoint of step ", info_.step, " failed on another rank (see its message)");
+  }
+  // Rank 0 collects every rank's records: lengths first, then the padded texts.
+  Manifest m;
+  m.step = info_.step;
+  m.next_batch = info_.next_batch;
+  m.seed = info_.seed;
+  m.lr = info_.lr;
+  m.dp = grid_.shape().dp;
+  m.sp = grid_.shape().sp;
+  m.tp = grid_.shape().tp;
+  m.model = model_;
+  m.entries = records_;
+  const std::string text = m.entries_text();
+  const int64_t n = grid_.world_size();
+  std::vector<int64_t> lengths(static_cast<size_t>(n));
+  const int64_t mine = int64_t(text.size());
+  grid_.world().all_gather(&mine, lengths.data(), 1, DataType::kInt64);
+  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  std::vector<uint8_t> padded(static_cast<size_t>(longest), 0), all(size_t(longest * n));
+  std::copy(text.begin(), text.end(), padded.begin());
+  grid_.world().all_gather(padded.data(), all.data(), longest, DataType::kUInt8);
+  if (grid_.world_rank() == 0) {
+    m.entries.clear();
+    std::string records;
+    for (int64_t r = 0; r < n; ++r)
+      records.append(reinterpret_cast<const char*>(all.data()) + r * longest, size_t(lengths[size_t(r)]));
+    const std::string manifest = m.to_text() + records;
+    Manifest::parse(manifest, tmp_dir_ + "/" + kManifest);  // what we commit must read back
+    write_text(tmp_dir_ + "/" + kConfig, info_.config_text);
+    write_text(tmp_dir_ + "/" + kManifest, manifest);
+    write_text(tmp_dir_ + "/" + kComplete, "complete\n");
+    sync_path(tmp_dir_);
+    std::error_code ec;
+    fs::remove_all(final_dir_, ec);  // an older save of the same step
+    fs::rename(tmp_dir_, final_dir_, ec);
+    if (ec) fail_user("cannot move ", tmp_dir_, " to ", final_dir_, ": ", ec.message());
+    sync_path(checkpoints_root(out_dir_));
+    prune();
+  }
+  write_seconds_ = now_seconds() - started_;
+  grid_.world().barrier();  // no rank goes on before the checkpoint exists
+  return final_dir_;
+}
+
+// Keeps the newest `keep_` complete checkpoints and removes leftovers of failed saves.
+void CheckpointSaver::prune() {
+  const auto found = complete_checkpoints(out_dir_);
+  for (size_t i = 0; i + size_t(keep_) < found.size(); ++i) {
+    std::error_code ec;
+    fs::remove_all(found[i].second, ec);
+  }
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(checkpoints_root(out_dir_), ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 5 && name[0] == '.' && name.substr(name.size() - 4) == ".tmp") {
+      std::error_code ec2;
+      fs::remove_all(e.path(), ec2);
+    }
+  }
+}
+
+Manifest read_manifest(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) fail_user("no checkpoint directory '", dir, "'");
+  if (!is_complete_checkpoint(dir))
+    fail_user(dir, " is not a complete checkpoint (no ", kComplete, " or ", kManifest,
+              "): it was not finished; use an earlier one");
+  return Manifest::parse(read_text(dir + "/" + kManifest), dir + "/" + kManifest);
+}
+
+std::string read_checkpoint_config(const std::string& dir) {
+  std::error_code ec;
+  return fs::is_regular_file(dir + "/" + kConfig, ec) ? read_text(dir + "/" + kConfig) : "";
+}
+
+Manifest load_checkpoint(const std::string& dir, const ParamLayout& layout, float* params,
+                         float* adam_m, float* adam_v) {
+  const Manifest m = read_manifest(dir);
+  float* dest[3] = {params, adam_m, adam_v};
+  std::map<std::string, h5::Object> files;
+  auto file = [&](const std::string& name) -> hid_t {
+    auto it = files.find(name);
+    if (it == files.end()) it = files.emplace(name, h5::open_file(dir + "/" + name)).first;
+    return it->second.id();
+  };
+  // Index the records by (kind, tensor).
+  std::map<std::pair<std::string, std::string>, std::vector<const ManifestEntry*>> index;
+  for (const ManifestEntry& e : m.entries) index[{e.kind, e.name}].push_back(&e);
+  std::vector<float> piece;
+  for (int k = 0; k < 3; ++k) {
+    if (!dest[k]) continue;
+    for (const ParamInfo& p : layout.params()) {
+      const auto it = index.find({kStateKinds[k], p.name});
+      if (it == index.end())
+        fail_user(dir, ": the manifest has no ", kStateKinds[k], " for ", p.name,
+                  ": a checkpoint of another model or an incomplete one");
+      // The part of the tensor this rank needs: [b, b+n) along `axis`.
+      const int axis = p.sharded() ? p.shard_axis : std::max(p.split_axis, 0);
+      const int64_t b = p.sharded() ? p.shard_begin : 0;
+      const int64_t n = p.shape[size_t(axis)];
+      const int64_t inner = axis == 0 && p.shape.size() == 2 ? p.shape[1] : 1;  // row length
+      int64_t covered = 0;
+      for (const ManifestEntry* e : it->second) {
+        if (e->global_shape != p.global_shape)
+          fail_user(dir, ": tensor ", p.name, " has another shape in the checkpoint: it holds a "
+                    "different model");
+        const int64_t eb = e->axis < 0 ? 0 : e->begin;
+        const int64_t en = e->axis < 0 ? p.global_shape[size_t(axis)] : e->count;
+        const int64_t lo = std::max(b, eb), hi = std::min(b + n, eb + en);
+        if (lo >= hi) continue;
+        if (e->axis >= 0 && e->axis != axis)
+          fail_user(dir, ": tensor ", p.name, " is split along another axis in the manifest");
+        const std::string ds = e->kind + "/" + e->name;
+        const hid_t f = file(e->file);
+        if (h5::dataset_shape(f, ds) != e->shape())
+          fail_user(dir, "/", e->file, ": ", ds, " does not have the shape the manifest gives");
+        int64_t numel = 1;
+        for (int64_t s : e->shape()) numel *= s;
+        piece.resize(size_t(numel));
+        h5::read_block<float>(f, ds, std::vector<int64_t>(e->shape().size(), 0), e->shape(),
+                              piece.data());
+        if (checksum(piece.data(), numel) != e->checksum)
+          fail_user(dir, "/", e->file, ": ", ds, " is corrupt (its checksum does not match the "
+                    "manifest): use an earlier checkpoint");
+        float* out = dest[k] + p.offset;
+        if (p.shape.size() == 1 || axis == 0) {
+          // Whole rows (or a vector): one contiguous run.
+          std::copy_n(piece.data() + (lo - eb) * inner, (hi - lo) * inner, out + (lo - b) * inner);
+        } else {
+          // Columns [lo, hi) of every row.
+          const int64_t rows = p.shape[0], ecols = e->shape()[1], cols = p.shape[1];
+          for (int64_t r = 0; r < rows; ++r)
+            std::copy_n(piece.data() + r * ecols + (lo - eb), hi - lo, out + r * cols + (lo - b));
+        }
+        covered += hi - lo;
+      }
+      if (covered != n)
+        fail_user(dir, ": the pieces of ", kStateKinds[k], " ", p.name, " in the manifest cover ",
+                  covered, " of the ", n, " needed along axis ", axis,
+                  ": the manifest does not match its files");
+    }
+  }
+  return m;
+}
+
+}  // namespace par

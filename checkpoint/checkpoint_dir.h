@@ -1,0 +1,104 @@
+// Sharded checkpoints: one directory per saved step, written by all the ranks that own
+// state, readable by any layout.
+//
+//   OUT/checkpoints/step-00001200/
+//     manifest.txt      the step, data counter, seed, layout, model, and where every
+//                       piece of every tensor lies (checkpoint/manifest.h)
+//     config.ini        the resolved options of the run
+//     shard-00003.h5    the pieces rank 3 wrote: KIND/NAME datasets (float32)
+//     COMPLETE          written last
+//
+// Writing: the pieces (each tensor-parallel slice of the parameters and Adam moments, and
+// each replicated tensor once) are dealt out round-robin to the ranks that hold them, so
+// the writing is spread over the job. A save goes into OUT/checkpoints/.step-N.tmp; once
+// every rank has written its file, rank 0 writes the manifest and COMPLETE and renames the
+// directory into place. A directory without COMPLETE, or still named .tmp, is never
+// loaded, so a crash during a save leaves the previous checkpoint the newest one.
+// Training stops only to copy its state; the files are written on a background thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "checkpoint/manifest.h"
+#include "core/param_layout.h"
+#include "parallel/process_grid.h"
+
+namespace par {
+
+std::string checkpoints_root(const std::string& out_dir);
+std::string checkpoint_dir(const std::string& out_dir, int64_t step);
+// Whether `dir` is a complete checkpoint directory (manifest and COMPLETE present).
+bool is_complete_checkpoint(const std::string& dir);
+// The newest complete checkpoint under out_dir, or "" when there is none.
+std::string latest_checkpoint(const std::string& out_dir);
+// A checkpoint directory given as itself or as the run directory holding it (then the
+// newest complete one); anything else unchanged.
+std::string resolve_checkpoint(const std::string& path);
+
+struct CheckpointInfo {
+  int64_t step = 0;
+  int64_t next_batch = 0;
+  uint64_t seed = 0;
+  double lr = 0;
+  std::string config_text;
+};
+
+class CheckpointSaver {
+ public:
+  // keep: how many complete checkpoints to keep (the newest never goes).
+  CheckpointSaver(const ProcessGrid& grid, std::string out_dir, int keep);
+  ~CheckpointSaver();
+  CheckpointSaver(const CheckpointSaver&) = delete;
+  CheckpointSaver& operator=(const CheckpointSaver&) = delete;
+
+  // Collective. Starts saving: takes this rank's state (host copies in `layout` order:
+  // parameters, Adam moments) and writes its share on a background thread. Returns the
+  // seconds training was paused. A previous save must be finished.
+  double start(const ModelConfig& model, const ParamLayout& layout, std::vector<float> params,
+               std::vector<float> adam_m, std::vector<float> adam_v, const CheckpointInfo& info);
+  // Collective. Commits the pending save if every rank has written its share (or waits
+  // for them when `wait`). Returns the committed directory, or "" if nothing was
+  // committed now. A write that failed on any rank is an error on every rank.
+  std::string finish(bool wait);
+  bool pending() const { return pending_; }
+  // Seconds from start() to the last commit.
+  double last_write_seconds() const { return write_seconds_; }
+
+ private:
+  void write_share();
+  void prune();
+
+  const ProcessGrid& grid_;
+  std::string out_dir_;
+  int keep_;
+  bool pending_ = false;
+  std::thread writer_;
+  std::atomic<bool> written_{false};
+  std::exception_ptr error_;
+  // The pending save.
+  ModelConfig model_;
+  CheckpointInfo info_;
+  std::string tmp_dir_, final_dir_, file_;
+  std::vector<const ParamInfo*> mine_;   // (tensor, kind) pieces this rank writes
+  std::vector<int> mine_kind_;
+  std::vector<std::vector<float>> state_;  // params, adam_m, adam_v
+  std::vector<ManifestEntry> records_;
+  double started_ = 0, write_seconds_ = 0;
+};
+
+// Reads this rank's slices (`layout`) of the checkpoint in `dir`, whatever layout wrote it,
+// into params and (when not null) adam_m, adam_v (host, `layout` order, zero gaps).
+// UserError naming the directory and file when the checkpoint is incomplete, of another
+// model, or does not match its files (missing pieces, wrong shapes, bad checksums).
+Manifest load_checkpoint(const std::string& dir, const ParamLayout& layout, float* params,
+                         float* adam_m, float* adam_v);
+// The manifest alone (checked).
+Manifest read_manifest(const std::string& dir);
+std::string read_checkpoint_config(const std::string& dir);
+
+}  // namespace par

@@ -1,0 +1,166 @@
+#include "checkpoint/manifest.h"
+
+#include <charconv>
+#include <cstring>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace par {
+
+std::vector<int64_t> ManifestEntry::shape() const {
+  std::vector<int64_t> s = global_shape;
+  if (axis >= 0) s[size_t(axis)] = count;
+  return s;
+}
+
+uint64_t checksum(const float* x, int64_t n) {
+  uint64_t h = 1469598103934665603ull;
+  const auto* bytes = reinterpret_cast<const unsigned char*>(x);
+  for (int64_t i = 0; i < n * int64_t(sizeof(float)); ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  return h;
+}
+
+namespace {
+
+std::string exact(double x) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, x);
+  return std::string(buf, r.ptr);
+}
+
+std::string dims(const std::vector<int64_t>& d) {
+  std::string out;
+  for (size_t i = 0; i < d.size(); ++i) out += cat(i ? "," : "", d[i]);
+  return out;
+}
+
+}  // namespace
+
+std::string Manifest::header_text() const {
+  std::ostringstream os;
+  const ModelConfig& m = model;
+  os << "par-checkpoint 1\n"
+     << "step " << step << "\nnext_batch " << next_batch << "\nseed " << seed << "\nlr "
+     << exact(lr) << "\nlayout " << dp << " " << sp << " " << tp << "\n"
+     << "model vocab_size=" << m.vocab_size << " d_model=" << m.d_model
+     << " context_length=" << m.context_length << " num_latents=" << m.num_latents
+     << " num_layers=" << m.num_layers << " cross_heads=" << m.cross_heads
+     << " self_heads=" << m.self_heads << " mlp_factor=" << m.mlp_factor
+     << " rotary_fraction=" << exact(m.rotary_fraction)
+     << " max_wavelength=" << exact(m.wavelength()) << "\n";
+  return os.str();
+}
+
+std::string Manifest::entries_text() const {
+  std::ostringstream os;
+  for (const ManifestEntry& e : entries) {
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(e.checksum));
+    os << "tensor " << e.kind << " " << e.name << " " << dims(e.global_shape) << " " << e.axis
+       << " " << e.begin << " " << e.count << " " << e.file << " " << hex << "\n";
+  }
+  return os.str();
+}
+
+namespace {
+
+template <typename V>
+V number(const std::string& word, const std::string& path, int line) {
+  V v{};
+  const auto r = std::from_chars(word.data(), word.data() + word.size(), v);
+  if (r.ec != std::errc() || r.ptr != word.data() + word.size())
+    fail_user(path, " line ", line, ": '", word, "' is not a number: the manifest is corrupt");
+  return v;
+}
+
+}  // namespace
+
+Manifest Manifest::parse(const std::string& text, const std::string& path) {
+  Manifest m;
+  std::istringstream in(text);
+  std::string line;
+  int n = 0;
+  bool header = false, have_model = false, have_step = false;
+  while (std::getline(in, line)) {
+    ++n;
+    std::istringstream ls(line);
+    std::vector<std::string> w;
+    for (std::string t; ls >> t;) w.push_back(t);
+    if (w.empty()) continue;
+    auto need = [&](size_t k) {
+      if (w.size() != k) fail_user(path, " line ", n, ": expected ", k - 1, " values after '", w[0], "'");
+    };
+    if (w[0] == "par-checkpoint") {
+      need(2);
+      if (w[1] != "1") fail_user(path, ": manifest version ", w[1], " is newer than this par reads (1)");
+      header = true;
+    } else if (w[0] == "step") {
+      need(2);
+      m.step = number<int64_t>(w[1], path, n);
+      have_step = true;
+    } else if (w[0] == "next_batch") {
+      need(2);
+      m.next_batch = number<int64_t>(w[1], path, n);
+    } else if (w[0] == "seed") {
+      need(2);
+      m.seed = number<uint64_t>(w[1], path, n);
+    } else if (w[0] == "lr") {
+      need(2);
+      m.lr = number<double>(w[1], path, n);
+    } else if (w[0] == "layout") {
+      need(4);
+      m.dp = number<int>(w[1], path, n);
+      m.sp = number<int>(w[2], path, n);
+      m.tp = number<int>(w[3], path, n);
+    } else if (w[0] == "model") {
+      for (size_t i = 1; i < w.size(); ++i) {
+        const auto eq = w[i].find('=');
+        if (eq == std::string::npos) fail_user(path, " line ", n, ": expected key=value, got '", w[i], "'");
+        const std::string k = w[i].substr(0, eq), v = w[i].substr(eq + 1);
+        ModelConfig& c = m.model;
+        if (k == "vocab_size") c.vocab_size = number<int64_t>(v, path, n);
+        else if (k == "d_model") c.d_model = number<int64_t>(v, path, n);
+        else if (k == "context_length") c.context_length = number<int64_t>(v, path, n);
+        else if (k == "num_latents") c.num_latents = number<int64_t>(v, path, n);
+        else if (k == "num_layers") c.num_layers = number<int64_t>(v, path, n);
+        else if (k == "cross_heads") c.cross_heads = number<int64_t>(v, path, n);
+        else if (k == "self_heads") c.self_heads = number<int64_t>(v, path, n);
+        else if (k == "mlp_factor") c.mlp_factor = number<int64_t>(v, path, n);
+        else if (k == "rotary_fraction") c.rotary_fraction = number<double>(v, path, n);
+        else if (k == "max_wavelength") c.max_wavelength = number<double>(v, path, n);
+        else fail_user(path, " line ", n, ": unknown model key '", k, "'");
+      }
+      have_model = true;
+    } else if (w[0] == "tensor") {
+      need(9);
+      ManifestEntry e;
+      e.kind = w[1];
+      e.name = w[2];
+      std::istringstream ds(w[3]);
+      for (std::string d; std::getline(ds, d, ',');) e.global_shape.push_back(number<int64_t>(d, path, n));
+      e.axis = number<int>(w[4], path, n);
+      e.begin = number<int64_t>(w[5], path, n);
+      e.count = number<int64_t>(w[6], path, n);
+      e.file = w[7];
+      e.checksum = std::strtoull(w[8].c_str(), nullptr, 16);
+      if (e.axis >= int(e.global_shape.size()) || e.axis < -1 || e.begin < 0 || e.count < 0 ||
+          (e.axis >= 0 && e.begin + e.count > e.global_shape[size_t(e.axis)]) ||
+          e.file.find('/') != std::string::npos)
+        fail_user(path, " line ", n, ": the tensor record is inconsistent: the manifest is corrupt");
+      m.entries.push_back(std::move(e));
+    } else {
+      fail_user(path, " line ", n, ": unknown record '", w[0], "': not a par checkpoint manifest");
+    }
+  }
+  if (!header || !have_model || !have_step)
+    fail_user(path, " is not a complete par checkpoint manifest (header, step or model missing)");
+  try {
+    m.model.validate();
+  } catch (const UserError& e) {
+    fail_user(path, ": inconsistent model configuration: ", e.what());
+  }
+  return m;
+}
+
+}  // namespace par
