@@ -37,10 +37,6 @@ void validate_layout(const ModelConfig& c, int sp, int tp) {
   if (c.context_length % sp != 0)
     fail_user("--sp ", sp, " does not divide --context-length ", c.context_length,
               ": each sequence-parallel rank holds an equal slice of the context");
-  if (c.num_latents > c.context_length / sp)
-    fail_user("--num-latents ", c.num_latents, " is more than one sequence-parallel slice (",
-              c.context_length / sp, " positions with --sp ", sp,
-              "): the latents must sit in the last rank's slice; use a smaller --sp");
 }
 
 template <typename T>
@@ -170,6 +166,11 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
   const int64_t N = cfg.context_length;
   n_local_ = N / sp_size_;
   pos0_ = n_local_ * sp_rank_;
+  // Latent i sits at position N-M+i; this rank holds latents [latent_first_, + count).
+  const int64_t M = cfg.num_latents;
+  latent_first_ = std::max<int64_t>(0, pos0_ - (N - M));
+  latent_count_ = std::max<int64_t>(0, std::min<int64_t>(M, pos0_ + n_local_ - (N - M)) - latent_first_);
+  latents_split_ = M > n_local_;
   cross_width_ = cfg.d_model / tp_size_;
   self_width_ = cfg.d_model / tp_size_;
   mlp_width_ = cfg.mlp_width() / tp_size_;
@@ -196,7 +197,6 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
   carve(real);
   bytes_ = 2 * param_bytes + sizing.used;
 
-  const int64_t M = cfg_.num_latents;
   std::vector<int64_t> pos(static_cast<size_t>(n_local_)), latent_pos(static_cast<size_t>(M));
   for (int64_t j = 0; j < n_local_; ++j) pos[size_t(j)] = pos0_ + j;
   for (int64_t i = 0; i < M; ++i) latent_pos[size_t(i)] = N - M + i;
@@ -247,15 +247,22 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
       fail_user("token id ", windows[i], " at position ", pos0_ + i % cols, " of example ",
                 i / cols, " is outside the vocabulary [0, ", V, ")");
   ops_.upload(a.tokens, windows, size_t(B * cols) * sizeof(int32_t));
-  // Targets: latent i sits on input N-M+i and predicts w[N-M+i+1].
-  std::vector<int32_t> targets;
-  if (holds_latents()) {
-    targets.resize(size_t(BM));
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < M; ++i)
-        targets[size_t(b * M + i)] = windows[b * cols + (N - M + i + 1 - pos0_)];
-    ops_.upload(a.targets, targets.data(), targets.size() * sizeof(int32_t));
+  // Targets: latent i sits on input N-M+i and predicts w[N-M+i+1]. When the latents span
+  // several sequence ranks, each contributes the targets in its columns (the rest are 0,
+  // PAD) and the sum reaches every rank: M ids per example, whatever N is.
+  std::vector<int32_t>& targets = targets_;
+  targets.assign(size_t(BM), 0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < M; ++i) {
+      const int64_t c = N - M + i + 1 - pos0_;
+      if (c >= 0 && c < cols) targets[size_t(b * M + i)] = windows[b * cols + c];
+    }
+  if (latents_split_) {
+    std::vector<int64_t> wide(targets.begin(), targets.end());
+    groups_.sp->all_reduce(wide.data(), int64_t(wide.size()), ReduceOp::kSum);
+    std::copy(wide.begin(), wide.end(), targets.begin());
   }
+  if (holds_latents()) ops_.upload(a.targets, targets.data(), targets.size() * sizeof(int32_t));
 
   // This rank's inputs: embeddings, visibility, keys and values.
   for (int64_t b = 0; b < B; ++b)
@@ -271,9 +278,19 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   ops_.linear_forward(a.cv, a.kvn, cp.attn.v.w, cp.attn.v.b, B * Nl, d, dc);
   ops_.rotary(a.ck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
 
-  // The latent queries: z_linear of the latents' embeddings (on the rank holding them).
-  if (holds_latents()) {
+  // The latents' embeddings: on the last rank; or, when they span several ranks, each
+  // contributes its rows of [M, d] (zeros elsewhere) to a sum.
+  if (latents_split_) {
+    ops_.fill(a.zin, BM * d, T(0));
+    if (latent_count_ > 0)
+      ops_.copy_blocks(a.zin + latent_first_ * d, M * d, a.h + (latent_first_ + N - M - pos0_) * d,
+                       Nl * d, B, latent_count_ * d, false);
+    groups_.sp->all_reduce(a.zin, BM * d, ReduceOp::kSum);
+  } else if (holds_latents()) {
     ops_.copy_blocks(a.zin, M * d, a.h + (Nl - M) * d, Nl * d, B, M * d, false);
+  }
+  // The latent queries: z_linear of the latents' embeddings (on the last rank).
+  if (holds_latents()) {
     ops_.linear_forward(a.z0, a.zin, cp.z_linear.w, cp.z_linear.b, BM, d, d);
     ops_.layernorm_forward(a.qn, a.qn_mu, a.qn_rs, a.z0, cp.ln_q.w, cp.ln_q.b, BM, d,
                            kLayerNormEps);
@@ -519,7 +536,15 @@ void PerceiverAR<T>::cross_attention_backward(T* dx) {
                          BM, d, d);
     // Identical on every tensor-parallel rank, and the embedding's gradient is summed over
     // the group: one rank adds it.
-    if (tp_rank_ == 0) ops_.copy_blocks(a.dh + (Nl - M) * d, Nl * d, a.tmp, M * d, B, M * d, true);
+    if (tp_rank_ == 0 && !latents_split_)
+      ops_.copy_blocks(a.dh + (Nl - M) * d, Nl * d, a.tmp, M * d, B, M * d, true);
+  }
+  if (latents_split_) {
+    // The latents' embedding gradients go back to the ranks holding those inputs.
+    groups_.sp->broadcast(a.tmp, BM * d, data_type_of<T>(), sp_size_ - 1);
+    if (tp_rank_ == 0 && latent_count_ > 0)
+      ops_.copy_blocks(a.dh + (latent_first_ + cfg_.context_length - M - pos0_) * d, Nl * d,
+                       a.tmp + latent_first_ * d, M * d, B, latent_count_ * d, true);
   }
   for (int64_t b = 0; b < B; ++b)
     ops_.embedding_backward(g_.embed, a.tokens + b * cols, a.dh + b * Nl * d, Nl, d);

@@ -10,7 +10,8 @@
 // input positions [r*N/S, (r+1)*N/S): it embeds them, projects their keys and values and
 // attends from all M latent queries over them; the partial results are merged in
 // log-sum-exp form. The latents themselves (their queries, the latent stack, the loss)
-// live on the last rank, whose slice holds their positions. In a tensor-parallel group the
+// live on the last rank; when they are more than one slice (M > N/S), the ranks holding
+// their positions send it their embeddings and targets ([M, d] and M ids per example). In a tensor-parallel group the
 // heads and MLP hidden units are split (ParamLayout). Messages are [M, d]-sized whatever N
 // is. After backward(), grads() holds this rank's part: summing it over the data- and
 // sequence-parallel ranks (and, for parameters with grad_summed_over_tp, the
@@ -91,6 +92,8 @@ class PerceiverAR {
   // The trainer passes 1 / (valid targets in the global batch).
   void backward(double loss_scale);
 
+  // The targets of the last forward ([batch, M], host; complete on the latents' rank).
+  const std::vector<int32_t>& targets() const { return targets_; }
   // Results of the last forward, copied to the host (on the rank holding the latents).
   std::vector<T> logits() const;  // [batch, M, V]
   std::vector<T> ce() const;      // [batch, M] (0 for PAD targets)
@@ -118,6 +121,9 @@ class PerceiverAR {
   int sp_rank_ = 0, sp_size_ = 1, tp_rank_ = 0, tp_size_ = 1;
   int64_t n_local_ = 0, pos0_ = 0;  // this rank's input positions [pos0_, pos0_ + n_local_)
   int64_t cross_width_ = 0, self_width_ = 0, mlp_width_ = 0;  // local (tensor-parallel) widths
+  int64_t latent_first_ = 0, latent_count_ = 0;  // the latents whose positions this rank holds
+  bool latents_split_ = false;                   // M > N/S: the latents span several ranks
+  std::vector<int32_t> targets_;
   ParamLayout layout_;
   int64_t max_batch_;
   T* params_ = nullptr;

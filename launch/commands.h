@@ -10,5 +10,6 @@ int cmd_eval(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
+int cmd_sample(int argc, char** argv);
 
 }  // namespace par

@@ -22,14 +22,14 @@ void block_window(int64_t block, int64_t stream_len, int64_t N, int64_t M, int64
 
 namespace {
 
-// Targets whose most likely token is the target. `windows` hold `cols` columns from c0.
+// Targets ([batch, M]) whose most likely token is the target.
 template <typename T>
-int64_t count_correct(const std::vector<T>& logits, const int32_t* windows, int64_t batch,
-                      int64_t N, int64_t M, int64_t V, int64_t c0, int64_t cols) {
+int64_t count_correct(const std::vector<T>& logits, const std::vector<int32_t>& targets,
+                      int64_t batch, int64_t M, int64_t V) {
   int64_t correct = 0;
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t i = 0; i < M; ++i) {
-      const int32_t target = windows[b * cols + N - M + i + 1 - c0];
+      const int32_t target = targets[size_t(b * M + i)];
       if (target == 0) continue;
       const T* row = logits.data() + (b * M + i) * V;
       correct += std::max_element(row, row + V) - row == target;
@@ -71,7 +71,7 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
       if (!counts) continue;
       sums[0] += s.ce;
       sums[1] += double(s.valid);
-      sums[2] += double(count_correct(model.logits(), windows.data(), nb, N, M, c.vocab_size, c0, cols));
+      sums[2] += double(count_correct(model.logits(), model.targets(), nb, M, c.vocab_size));
       if (progress) progress(int64_t(sums[1]));
     }
   }

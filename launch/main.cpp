@@ -25,6 +25,7 @@ const Entry kCommands[] = {
     {"eval", "score shards with a checkpoint (block evaluation); last line is JSON", par::cmd_eval},
     {"export", "write a checkpoint's weights in the public single-file format", par::cmd_export},
     {"inspect", "show a checkpoint: step, layout, model, tensors with checksums", par::cmd_inspect},
+    {"sample", "generate a continuation of a prompt (cached decoding)", par::cmd_sample},
     {"bench", "time training steps: tokens/s, model FLOP/s vs sgemm, peak memory", par::cmd_bench},
 };
 

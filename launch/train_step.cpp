@@ -144,17 +144,21 @@ void TrainStep::apply_update(int64_t step, StepResult& r) {
 StepResult TrainStep::compute_gradients(int64_t step, const std::vector<const int32_t*>& micro) {
   const int64_t mb = replica_batch_, N = model_cfg_.context_length;
   const int64_t M = model_cfg_.num_latents, cols = model_.window_columns();
-  const int64_t first_target = N - M + 1 - model_.window_begin();
-  // Only one rank per replica sees each example's targets: the latents' tensor rank 0.
-  const bool counts = model_.holds_latents() && grid_.tp_rank() == 0;
+  const int64_t c0 = model_.window_begin();
   // The objective is a mean over the step's valid targets in the global batch, so count
-  // them first: every micro-batch's backward then uses the same scale.
+  // them first: every micro-batch's backward then uses the same scale. Each sequence rank
+  // counts the targets (columns N-M+1 .. N) among its columns; tensor rank 0 speaks for
+  // its group.
   int64_t valid = 0;
-  if (counts)
+  if (grid_.tp_rank() == 0) {
+    const int64_t first = std::max(N - M + 1, c0), last = std::min(N, c0 + cols - 1);
     for (const int32_t* windows : micro)
       for (int64_t b = 0; b < mb; ++b)
-        for (int64_t i = 0; i < M; ++i) valid += windows[b * cols + first_target + i] != 0;
+        for (int64_t c = first; c <= last; ++c) valid += windows[b * cols + c - c0] != 0;
+  }
   valid = grid_.world().all_reduce_value(valid);
+  // The loss sums come from the rank holding the latents (tensor rank 0 of it).
+  const bool counts = model_.holds_latents() && grid_.tp_rank() == 0;
   StepResult r;
   r.valid = valid;
   model_.zero_grads();

@@ -123,7 +123,9 @@ void check_layouts(double tol) {
   double grad_scale = 0;
   for (T g : want_grads) grad_scale = std::max(grad_scale, double(std::abs(g)));
 
-  for (auto [sp, tp] : std::vector<std::pair<int, int>>{{1, 1}, {2, 1}, {4, 1}, {1, 2}, {1, 4}, {2, 2}}) {
+  // sp 8: slices of 2 positions, fewer than the 4 latents, which then span two ranks.
+  for (auto [sp, tp] : std::vector<std::pair<int, int>>{
+           {1, 1}, {2, 1}, {4, 1}, {1, 2}, {1, 4}, {2, 2}, {8, 1}, {8, 2}}) {
     SCOPED_TRACE(cat("sp ", sp, " tp ", tp));
     const Result<T> got = run_layout(cfg, sp, tp, windows, B, ctx, params, want.valid);
     EXPECT_EQ(got.sums.valid, want.valid);
@@ -152,13 +154,14 @@ TEST(ParallelLayout, RejectsLayoutsThatDoNotFit) {
   ModelConfig c = config();
   EXPECT_THROW(validate_layout(c, 1, 3), UserError);  // 3 does not divide 4 heads
   EXPECT_THROW(validate_layout(c, 3, 1), UserError);  // 3 does not divide N = 16
-  EXPECT_THROW(validate_layout(c, 8, 1), UserError);  // slices of 2 < M = 4 latents
+  EXPECT_THROW(validate_layout(c, 5, 1), UserError);  // 5 does not divide N = 16
   try {
     validate_layout(c, 1, 3);
   } catch (const UserError& e) {
     EXPECT_NE(std::string(e.what()).find("--tp 3"), std::string::npos) << e.what();
   }
   EXPECT_NO_THROW(validate_layout(c, 4, 4));
+  EXPECT_NO_THROW(validate_layout(c, 16, 1));  // one position per rank
 }
 
 }  // namespace

@@ -163,5 +163,21 @@ TEST(TrainMpi, EveryLayoutTrainsLikeOneProcess) {
   }
 }
 
+// More latents than one sequence slice holds (M = 32 > N/4 = 16): they span two ranks.
+TEST(TrainMpi, LatentsSpanningSequenceRanks) {
+  TempDir dir;
+  const std::string data = copy_data(dir, 65, 120);
+  const std::string base = cat("train --config ", q(kConfigs + "tiny.ini"), " --data ", q(data),
+                               " --steps 3 --log-every 1 --batch-size 4 --threads 1 --num-latents 32");
+  ParRun r = run_par(dir, cat(base, " --out ", q(dir.file("one"))));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  r = run_shell(dir, mpirun(4, cat(base, " --out ", q(dir.file("sp4")), " --sp 4")));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto want = losses(dir.file("one/metrics.jsonl")), got = losses(dir.file("sp4/metrics.jsonl"));
+  ASSERT_EQ(want.size(), 3u);
+  ASSERT_EQ(got.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(std::stod(got[i]), std::stod(want[i]), 1e-6 * std::stod(want[i]));
+}
+
 }  // namespace
 }  // namespace par

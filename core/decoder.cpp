@@ -1,0 +1,312 @@
+#include "core/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace par {
+
+namespace {
+
+constexpr double kEps = 1e-5;  // LayerNorm, as in training
+constexpr int32_t kSos = 2, kPad = 0;
+
+struct Carver {
+  char* base = nullptr;
+  size_t used = 0;
+  template <typename U>
+  U* take(int64_t n) {
+    const size_t off = (used + 63) / 64 * 64;
+    used = off + size_t(std::max<int64_t>(n, 1)) * sizeof(U);
+    return base ? reinterpret_cast<U*>(base + off) : nullptr;
+  }
+};
+
+}  // namespace
+
+template <typename T>
+struct Decoder<T>::Buffers {
+  // Caches.
+  T *cross_k, *cross_v;  // [N + M, d]: keys rotated at their positions
+  int64_t* cross_pos;    // [N + M]
+  uint8_t* cross_keep;   // [N + M]: not PAD
+  std::vector<T*> self_k, self_v;  // per layer [M, d]
+  int64_t* self_pos;     // [M]
+  // Work space of a full pass (W <= N inputs, L <= M latents) or of one new token.
+  int32_t* tokens;       // [N]
+  int64_t* latent_pos;   // [M]
+  T *h, *kvn, *kv_mu, *kv_rs;          // [N, d], [N]
+  T *zin, *z0, *qn, *q, *k, *v, *att, *tmp, *x, *ln;  // [M, d]
+  T *mu, *rs;            // [M]
+  T *fc1, *act;          // [M, F]
+  T *lse;                // [max(Hc, H) * M]
+  T *logits;             // [V]
+  T *cos, *sin;          // rotary tables for up to max(N, M) rows
+
+  void carve(Carver& c, const ModelConfig& cfg, int64_t bands) {
+    const int64_t N = cfg.context_length, M = cfg.num_latents, d = cfg.d_model;
+    const int64_t F = cfg.mlp_width(), V = cfg.vocab_size, cap = N + M;
+    cross_k = c.take<T>(cap * d);
+    cross_v = c.take<T>(cap * d);
+    cross_pos = c.take<int64_t>(cap);
+    cross_keep = c.take<uint8_t>(cap);
+    self_k.resize(size_t(cfg.num_layers));
+    self_v.resize(size_t(cfg.num_layers));
+    for (int64_t l = 0; l < cfg.num_layers; ++l) {
+      self_k[size_t(l)] = c.take<T>(M * d);
+      self_v[size_t(l)] = c.take<T>(M * d);
+    }
+    self_pos = c.take<int64_t>(M);
+    tokens = c.take<int32_t>(N);
+    latent_pos = c.take<int64_t>(M);
+    h = c.take<T>(N * d);
+    kvn = c.take<T>(N * d);
+    kv_mu = c.take<T>(N);
+    kv_rs = c.take<T>(N);
+    for (T** p : {&zin, &z0, &qn, &q, &k, &v, &att, &tmp, &x, &ln}) *p = c.take<T>(M * d);
+    mu = c.take<T>(M);
+    rs = c.take<T>(M);
+    fc1 = c.take<T>(M * F);
+    act = c.take<T>(M * F);
+    lse = c.take<T>(std::max(cfg.cross_heads, cfg.self_heads) * M);
+    logits = c.take<T>(V);
+    cos = c.take<T>(std::max(N, M) * bands);
+    sin = c.take<T>(std::max(N, M) * bands);
+  }
+};
+
+template <typename T>
+Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool cached)
+    : cfg_(cfg), ops_(ops), layout_(cfg), cached_(cached) {
+  cfg_.validate();
+  p_ = bind(layout_, const_cast<T*>(params));  // read only
+  rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.rotary_fraction, cfg.wavelength());
+  rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.rotary_fraction, cfg.wavelength());
+  b_ = new Buffers;
+  const int64_t bands = std::max(rot_cross_.bands, rot_self_.bands);
+  Carver sizing;
+  b_->carve(sizing, cfg_, bands);
+  memory_ = ops_.allocate(sizing.used);
+  Carver real{static_cast<char*>(memory_), 0};
+  b_->carve(real, cfg_, bands);
+  logits_.resize(size_t(cfg.vocab_size));
+}
+
+template <typename T>
+Decoder<T>::~Decoder() {
+  ops_.deallocate(memory_);
+  delete b_;
+}
+
+template <typename T>
+void Decoder<T>::rotary_at(T* x, int64_t rows, int64_t heads, int64_t head_dim,
+                           const RotarySpec& spec, int64_t first_position, bool inverse) {
+  if (spec.bands == 0 || rows == 0) return;
+  std::vector<T> c, s;
+  make_rotary_tables(spec, first_position, rows, c, s);
+  ops_.upload(b_->cos, c.data(), c.size() * sizeof(T));
+  ops_.upload(b_->sin, s.data(), s.size() * sizeof(T));
+  ops_.rotary(x, 1, rows, heads, head_dim, spec.bands, b_->cos, b_->sin, inverse);
+}
+
+template <typename T>
+void Decoder<T>::start(std::vector<int32_t> prompt) {
+  for (int32_t t : prompt)
+    if (t < 0 || t >= cfg_.vocab_size)
+      fail_user("prompt token ", t, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
+  if (prompt.empty()) prompt.push_back(kSos);
+  if (int64_t(prompt.size()) > cfg_.context_length)
+    prompt.erase(prompt.begin(), prompt.end() - cfg_.context_length);
+  seq_ = std::move(prompt);
+  refills_ = 0;
+  latents_ = 0;
+  full_pass(std::min<int64_t>(std::max<int64_t>(1, cfg_.num_latents / 2), length()));
+}
+
+template <typename T>
+void Decoder<T>::append(int32_t token) {
+  if (token < 0 || token >= cfg_.vocab_size)
+    fail_user("token ", token, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
+  seq_.push_back(token);
+  const int64_t window = std::min<int64_t>(length(), cfg_.context_length);
+  const int64_t refill = std::min<int64_t>(std::max<int64_t>(1, cfg_.num_latents / 2), window);
+  if (latents_ == cfg_.num_latents) {
+    full_pass(refill);
+  } else if (cached_) {
+    incremental(token, length() - 1);
+  } else {
+    full_pass(latents_ + 1);
+  }
+}
+
+// A forward pass over the window (the last min(T, N) tokens) with `num_latents` latents on
+// its last positions; refills the caches.
+template <typename T>
+void Decoder<T>::full_pass(int64_t L) {
+  const int64_t T_ = length(), W = std::min<int64_t>(T_, cfg_.context_length);
+  const int64_t p0 = T_ - W, d = cfg_.d_model;
+  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  PAR_ASSERT(L >= 1 && L <= W && L <= cfg_.num_latents);
+  Buffers& b = *b_;
+  const CrossRef<T>& cp = p_.cross;
+  ops_.upload(b.tokens, seq_.data() + p0, size_t(W) * sizeof(int32_t));
+  ops_.embedding_forward(b.h, b.tokens, p_.embed, W, d);
+  ops_.key_keep_mask(b.cross_keep, b.tokens, 1, W, W, 0.0, DropoutKey{}, 0, p0);
+  ops_.layernorm_forward(b.kvn, b.kv_mu, b.kv_rs, b.h, cp.ln_kv.w, cp.ln_kv.b, W, d, kEps);
+  ops_.linear_forward(b.cross_k, b.kvn, cp.attn.k.w, cp.attn.k.b, W, d, d);
+  ops_.linear_forward(b.cross_v, b.kvn, cp.attn.v.w, cp.attn.v.b, W, d, d);
+  rotary_at(b.cross_k, W, Hc, Dc, rot_cross_, p0);
+  cross_pos_.resize(size_t(W));
+  cross_keep_.resize(size_t(W));
+  for (int64_t j = 0; j < W; ++j) {
+    cross_pos_[size_t(j)] = p0 + j;
+    cross_keep_[size_t(j)] = seq_[size_t(p0 + j)] != kPad;
+  }
+  ops_.upload(b.cross_pos, cross_pos_.data(), size_t(W) * sizeof(int64_t));
+  cross_head_ = 0;
+  cross_count_ = W;
+
+  // The latents: the last L inputs.
+  std::vector<int64_t> lpos(static_cast<size_t>(L));
+  for (int64_t i = 0; i < L; ++i) lpos[size_t(i)] = T_ - L + i;
+  ops_.upload(b.latent_pos, lpos.data(), lpos.size() * sizeof(int64_t));
+  ops_.copy(b.zin, b.h + (W - L) * d, L * d);
+  ops_.linear_forward(b.z0, b.zin, cp.z_linear.w, cp.z_linear.b, L, d, d);
+  ops_.layernorm_forward(b.qn, b.mu, b.rs, b.z0, cp.ln_q.w, cp.ln_q.b, L, d, kEps);
+  ops_.linear_forward(b.q, b.qn, cp.attn.q.w, cp.attn.q.b, L, d, d);
+  rotary_at(b.q, L, Hc, Dc, rot_cross_, T_ - L);
+  AttentionShape s{1, L, W, Hc, Dc, b.latent_pos, b.cross_pos, b.cross_keep, 1.0 / std::sqrt(double(Dc))};
+  ops_.attention_forward(s, b.q, b.cross_k, b.cross_v, b.att, b.lse);
+  latents_ = L;
+  ++refills_;
+  latent_stack(L, T_ - L, cached_, false);
+}
+
+// One new input at `position`: into the cross cache; its latent through every layer,
+// attending over the caches.
+template <typename T>
+void Decoder<T>::incremental(int32_t token, int64_t position) {
+  const int64_t d = cfg_.d_model, N = cfg_.context_length;
+  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  Buffers& b = *b_;
+  const CrossRef<T>& cp = p_.cross;
+  if (cross_count_ == N) {  // the oldest input leaves the window
+    ++cross_head_;
+    --cross_count_;
+  }
+  if (cross_head_ + cross_count_ == N + cfg_.num_latents) compact_cross_cache();
+  const int64_t slot = cross_head_ + cross_count_;
+  ops_.upload(b.tokens, &token, sizeof(int32_t));
+  ops_.embedding_forward(b.h, b.tokens, p_.embed, 1, d);
+  ops_.layernorm_forward(b.kvn, b.kv_mu, b.kv_rs, b.h, cp.ln_kv.w, cp.ln_kv.b, 1, d, kEps);
+  T* k = b.cross_k + slot * d;
+  ops_.linear_forward(k, b.kvn, cp.attn.k.w, cp.attn.k.b, 1, d, d);
+  ops_.linear_forward(b.cross_v + slot * d, b.kvn, cp.attn.v.w, cp.attn.v.b, 1, d, d);
+  rotary_at(k, 1, Hc, Dc, rot_cross_, position);
+  const uint8_t keep = token != kPad;
+  ops_.upload(b.cross_pos + slot, &position, sizeof(int64_t));
+  ops_.upload(b.cross_keep + slot, &keep, 1);
+  cross_pos_.resize(size_t(slot + 1));
+  cross_keep_.resize(size_t(slot + 1));
+  cross_pos_[size_t(slot)] = position;
+  cross_keep_[size_t(slot)] = keep;
+  ++cross_count_;
+
+  ops_.upload(b.latent_pos, &position, sizeof(int64_t));
+  ops_.linear_forward(b.z0, b.h, cp.z_linear.w, cp.z_linear.b, 1, d, d);
+  ops_.layernorm_forward(b.qn, b.mu, b.rs, b.z0, cp.ln_q.w, cp.ln_q.b, 1, d, kEps);
+  ops_.linear_forward(b.q, b.qn, cp.attn.q.w, cp.attn.q.b, 1, d, d);
+  rotary_at(b.q, 1, Hc, Dc, rot_cross_, position);
+  AttentionShape s{1, 1, cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + cross_head_,
+                   b.cross_keep + cross_head_, 1.0 / std::sqrt(double(Dc))};
+  ops_.attention_forward(s, b.q, b.cross_k + cross_head_ * d, b.cross_v + cross_head_ * d, b.att,
+                         b.lse);
+  latent_stack(1, position, false, true);
+  ++latents_;
+}
+
+// Moves the live cross-cache entries to the front of the buffer.
+template <typename T>
+void Decoder<T>::compact_cross_cache() {
+  const int64_t d = cfg_.d_model;
+  Buffers& b = *b_;
+  ops_.copy(b.cross_k, b.cross_k + cross_head_ * d, cross_count_ * d);
+  ops_.copy(b.cross_v, b.cross_v + cross_head_ * d, cross_count_ * d);
+  cross_pos_.erase(cross_pos_.begin(), cross_pos_.begin() + cross_head_);
+  cross_keep_.erase(cross_keep_.begin(), cross_keep_.begin() + cross_head_);
+  ops_.upload(b.cross_pos, cross_pos_.data(), cross_pos_.size() * sizeof(int64_t));
+  ops_.upload(b.cross_keep, cross_keep_.data(), cross_keep_.size());
+  cross_head_ = 0;
+}
+
+// From the cross-attention output (b.att, `rows` latents from first_position) to the
+// logits of the last latent. With fill_caches, the latents' keys and values become the
+// self-attention caches; with use_caches (one latent), it attends over them too.
+template <typename T>
+void Decoder<T>::latent_stack(int64_t rows, int64_t first_position, bool fill_caches,
+                              bool use_caches) {
+  const int64_t d = cfg_.d_model, F = cfg_.mlp_width();
+  const int64_t H = cfg_.self_heads, D = cfg_.self_head_dim();
+  Buffers& b = *b_;
+  auto mlp = [&](const NormRef<T>& ln, const MlpRef<T>& m) {
+    ops_.layernorm_forward(b.ln, b.mu, b.rs, b.x, ln.w, ln.b, rows, d, kEps);
+    ops_.linear_forward(b.fc1, b.ln, m.fc1.w, m.fc1.b, rows, d, F);
+    ops_.sqrelu_forward(b.act, b.fc1, rows * F);
+    ops_.linear_forward(b.tmp, b.act, m.fc2.w, m.fc2.b, rows, F, d);
+    ops_.add(b.x, b.tmp, rows * d);
+  };
+  const CrossRef<T>& cp = p_.cross;
+  ops_.linear_forward(b.tmp, b.att, cp.attn.o.w, cp.attn.o.b, rows, d, d);
+  ops_.copy(b.x, b.z0, rows * d);
+  ops_.add(b.x, b.tmp, rows * d);
+  mlp(cp.ln_mlp, cp.mlp);
+
+  std::vector<int64_t> pos(static_cast<size_t>(rows));
+  for (int64_t i = 0; i < rows; ++i) pos[size_t(i)] = first_position + i;
+  if (fill_caches) ops_.upload(b.self_pos, pos.data(), pos.size() * sizeof(int64_t));
+  if (use_caches) ops_.upload(b.self_pos + latents_, pos.data(), sizeof(int64_t));
+  const double scale = 1.0 / std::sqrt(double(D));
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    const LayerRef<T>& lp = p_.layers[size_t(l)];
+    ops_.layernorm_forward(b.ln, b.mu, b.rs, b.x, lp.ln_attn.w, lp.ln_attn.b, rows, d, kEps);
+    T* k = use_caches ? b.self_k[size_t(l)] + latents_ * d : b.k;
+    T* v = use_caches ? b.self_v[size_t(l)] + latents_ * d : b.v;
+    ops_.linear_forward(b.q, b.ln, lp.attn.q.w, lp.attn.q.b, rows, d, d);
+    ops_.linear_forward(k, b.ln, lp.attn.k.w, lp.attn.k.b, rows, d, d);
+    ops_.linear_forward(v, b.ln, lp.attn.v.w, lp.attn.v.b, rows, d, d);
+    rotary_at(b.q, rows, H, D, rot_self_, first_position);
+    rotary_at(k, rows, H, D, rot_self_, first_position);
+    if (use_caches) {
+      AttentionShape s{1, 1, latents_ + 1, H, D, b.self_pos + latents_, b.self_pos, nullptr, scale};
+      ops_.attention_forward(s, b.q, b.self_k[size_t(l)], b.self_v[size_t(l)], b.att, b.lse);
+    } else {
+      AttentionShape s{1, rows, rows, H, D, b.self_pos, b.self_pos, nullptr, scale};
+      if (!fill_caches) ops_.upload(b.self_pos, pos.data(), pos.size() * sizeof(int64_t));
+      ops_.attention_forward(s, b.q, k, v, b.att, b.lse);
+      if (fill_caches) {
+        ops_.copy(b.self_k[size_t(l)], k, rows * d);
+        ops_.copy(b.self_v[size_t(l)], v, rows * d);
+      }
+    }
+    ops_.linear_forward(b.tmp, b.att, lp.attn.o.w, lp.attn.o.b, rows, d, d);
+    ops_.add(b.x, b.tmp, rows * d);
+    mlp(lp.ln_mlp, lp.mlp);
+  }
+  finish_logits(rows);
+}
+
+template <typename T>
+void Decoder<T>::finish_logits(int64_t rows) {
+  const int64_t d = cfg_.d_model, V = cfg_.vocab_size;
+  Buffers& b = *b_;
+  const T* last = b.x + (rows - 1) * d;
+  ops_.layernorm_forward(b.ln, b.mu, b.rs, last, p_.final_ln.w, p_.final_ln.b, 1, d, kEps);
+  ops_.linear_forward(b.logits, b.ln, p_.head.w, p_.head.b, 1, d, V);
+  ops_.download(logits_.data(), b.logits, size_t(V) * sizeof(T));
+}
+
+template class Decoder<float>;
+template class Decoder<double>;
+
+}  // namespace par

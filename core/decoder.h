@@ -1,0 +1,82 @@
+// Autoregressive decoding with the caches of spec/MODEL.md section 12.
+//
+// The sequence grows one token at a time; each call gives the logits of the next token,
+// predicted by the latent sitting on the newest input. Cached decoding keeps
+//   - a cross-attention cache: the keys and values of the last N inputs, with their
+//     positions (absolute positions in the sequence; rotary depends only on differences);
+//   - one self-attention cache per latent layer: the keys and values of up to M latents.
+// A new token then costs one embedding, one latent through every layer, and attention
+// over the caches. When the self-attention caches are full (M latents), a full forward
+// pass over the current window with M/2 latents refills them (the official scheme:
+// caching would otherwise make latents depend on more earlier latents than in training).
+//
+// Uncached decoding runs that full forward pass for every token, with the number of
+// latents the cached decoder would have at that step, so the two give the same logits
+// (float32 rounding) as long as the sequence fits in the context (at most N tokens; after
+// that the cached latents remember inputs that have left the window).
+//
+// Keys are rotated once, when they enter a cache, at their own position: positions are
+// absolute and never re-based, so this equals caching them un-rotated and rotating at use,
+// and saves rotating all N cached keys for every token.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/model_config.h"
+#include "core/ops.h"
+#include "core/param_layout.h"
+#include "core/rotary.h"
+
+namespace par {
+
+template <typename T>
+class Decoder {
+ public:
+  // params: the whole model (single-rank layout) in backend memory; must outlive this.
+  Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool cached);
+  ~Decoder();
+  Decoder(const Decoder&) = delete;
+  Decoder& operator=(const Decoder&) = delete;
+
+  // Starts a sequence from `prompt` (token ids; an empty prompt starts from SOS; only the
+  // last N tokens are kept). Afterwards logits() predicts the token after the prompt.
+  void start(std::vector<int32_t> prompt);
+  // Appends a token; afterwards logits() predicts the next one.
+  void append(int32_t token);
+
+  const std::vector<T>& logits() const { return logits_; }  // [V], host
+  int64_t length() const { return int64_t(seq_.size()); }     // tokens so far
+  int64_t latents() const { return latents_; }                // in the caches (or would be)
+  int64_t refills() const { return refills_; }                // full passes so far
+
+ private:
+  struct Buffers;
+  void full_pass(int64_t num_latents);
+  void incremental(int32_t token, int64_t position);
+  void rotary_at(T* x, int64_t rows, int64_t heads, int64_t head_dim, const RotarySpec& spec,
+                 int64_t first_position, bool inverse = false);
+  void latent_stack(int64_t rows, int64_t first_position, bool fill_caches, bool use_caches);
+  void finish_logits(int64_t rows);
+  void compact_cross_cache();
+
+  ModelConfig cfg_;
+  Ops<T>& ops_;
+  ParamLayout layout_;
+  ModelRef<T> p_;
+  bool cached_;
+  RotarySpec rot_cross_, rot_self_;
+  Buffers* b_ = nullptr;
+  void* memory_ = nullptr;
+
+  std::vector<int32_t> seq_;   // the whole sequence (host)
+  std::vector<T> logits_;
+  int64_t latents_ = 0, refills_ = 0;
+  // Cross cache: entries [cross_head_, cross_head_ + cross_count_) of capacity N + M.
+  int64_t cross_head_ = 0, cross_count_ = 0;
+  std::vector<int64_t> cross_pos_;    // host mirror of the cached positions
+  std::vector<uint8_t> cross_keep_;
+  std::vector<std::vector<int64_t>> self_pos_;
+};
+
+}  // namespace par

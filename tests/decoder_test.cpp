@@ -1,0 +1,141 @@
+// Cached decoding (spec/MODEL.md section 12) against uncached decoding and the training
+// model: the same logits, across several refills of the self-attention caches.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "core/decoder.h"
+#include "core/error.h"
+#include "core/model.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "tests/test_util.h"
+
+namespace par {
+namespace {
+
+using testing_util::random_vector;
+
+ModelConfig config() {
+  ModelConfig c;
+  c.vocab_size = 19;
+  c.d_model = 16;
+  c.context_length = 64;
+  c.num_latents = 8;
+  c.num_layers = 2;
+  c.cross_heads = 2;
+  c.self_heads = 4;
+  c.mlp_factor = 2;
+  return c;
+}
+
+template <typename T>
+std::vector<T> params_for(const ModelConfig& c, uint64_t seed) {
+  auto p = random_vector<T>(ParamLayout(c).total(), seed, 0.4);
+  const ParamLayout layout(c);
+  for (const ParamInfo& info : layout.params())
+    if (info.kind == ParamKind::kNormWeight)
+      for (int64_t i = 0; i < info.numel; ++i) p[size_t(info.offset + i)] += T(1);
+  return p;
+}
+
+template <typename T>
+double max_rel(const std::vector<T>& a, const std::vector<T>& b) {
+  double err = 0, ref = 1e-30;
+  for (size_t i = 0; i < a.size(); ++i) {
+    err = std::max(err, std::abs(double(a[i]) - double(b[i])));
+    ref = std::max(ref, std::abs(double(b[i])));
+  }
+  return err / ref;
+}
+
+template <typename T>
+void check_cached_vs_uncached(double tol) {
+  const ModelConfig c = config();
+  cpu::CpuOps<T> ops;
+  const auto host = params_for<T>(c, 3);
+  T* params = static_cast<T*>(ops.allocate(host.size() * sizeof(T)));
+  ops.upload(params, host.data(), host.size() * sizeof(T));
+  Decoder<T> cached(c, ops, params, true), uncached(c, ops, params, false);
+  std::mt19937_64 rng(4);
+  std::vector<int32_t> prompt(10);
+  for (auto& t : prompt) t = int32_t(rng() % 19);
+  prompt[3] = 0;  // a PAD input is invisible to the cross-attention
+  cached.start(prompt);
+  uncached.start(prompt);
+  EXPECT_LE(max_rel(cached.logits(), uncached.logits()), tol);
+  // 50 more tokens: 60 <= N = 64, so every cached input is still in the window.
+  for (int step = 0; step < 50; ++step) {
+    const int32_t t = int32_t(rng() % 19);
+    cached.append(t);
+    uncached.append(t);
+    EXPECT_EQ(cached.latents(), uncached.latents());
+    EXPECT_LE(max_rel(cached.logits(), uncached.logits()), tol) << "step " << step;
+  }
+  EXPECT_GT(50, c.num_latents);
+  EXPECT_GE(cached.refills(), 1 + 2) << "the caches were refilled fewer than twice";
+  ops.deallocate(params);
+}
+
+// Double: the same arithmetic in another order (one latent at a time vs all at once).
+TEST(Decoder, CachedMatchesUncachedDouble) { check_cached_vs_uncached<double>(1e-12); }
+// Float32 rounding.
+TEST(Decoder, CachedMatchesUncachedFloat) { check_cached_vs_uncached<float>(2e-5); }
+
+// With M latents over a full window, the decoder's last logits are the training model's
+// logits for its last latent.
+TEST(Decoder, MatchesTheTrainingModel) {
+  const ModelConfig c = config();
+  cpu::CpuOps<double> ops;
+  const auto host = params_for<double>(c, 5);
+  double* params = static_cast<double*>(ops.allocate(host.size() * sizeof(double)));
+  ops.upload(params, host.data(), host.size() * sizeof(double));
+  std::mt19937_64 rng(6);
+  std::vector<int32_t> window(size_t(c.context_length + 1));
+  for (auto& t : window) t = int32_t(1 + rng() % 18);
+  for (bool cached : {false, true}) {
+    Decoder<double> dec(c, ops, params, cached);
+    // Start with N - M/2 tokens (M/2 latents), then add M/2: M latents at T = N.
+    const int64_t first = c.context_length - c.num_latents / 2;
+    dec.start(std::vector<int32_t>(window.begin(), window.begin() + first));
+    for (int64_t j = first; j < c.context_length; ++j) dec.append(window[size_t(j)]);
+    ASSERT_EQ(dec.latents(), c.num_latents);
+    PerceiverAR<double> model(c, ops, 1);
+    ops.upload(model.params(), host.data(), host.size() * sizeof(double));
+    model.forward(window.data(), 1, ForwardContext{});
+    const auto all = model.logits();
+    const std::vector<double> last(all.end() - c.vocab_size, all.end());
+    EXPECT_LE(max_rel(dec.logits(), last), 1e-12) << (cached ? "cached" : "uncached");
+  }
+  ops.deallocate(params);
+}
+
+TEST(Decoder, LongPromptsEmptyPromptsAndSlidingWindow) {
+  const ModelConfig c = config();
+  cpu::CpuOps<float> ops;
+  const auto host = params_for<float>(c, 7);
+  float* params = static_cast<float*>(ops.allocate(host.size() * sizeof(float)));
+  ops.upload(params, host.data(), host.size() * sizeof(float));
+  std::vector<int32_t> long_prompt(100);
+  for (size_t i = 0; i < long_prompt.size(); ++i) long_prompt[i] = int32_t(3 + i % 16);
+  Decoder<float> a(c, ops, params, true), b(c, ops, params, true);
+  a.start(long_prompt);
+  EXPECT_EQ(a.length(), c.context_length) << "a prompt longer than N keeps its last N tokens";
+  b.start(std::vector<int32_t>(long_prompt.end() - c.context_length, long_prompt.end()));
+  EXPECT_EQ(a.logits(), b.logits());
+  a.start({});
+  b.start({2});
+  EXPECT_EQ(a.length(), 1);
+  EXPECT_EQ(a.logits(), b.logits()) << "an empty prompt starts from SOS";
+  // Past N tokens the window slides; decoding goes on with finite logits.
+  for (int i = 0; i < 150; ++i) {
+    a.append(int32_t(3 + i % 7));
+    for (float x : a.logits()) ASSERT_TRUE(std::isfinite(x));
+  }
+  EXPECT_EQ(a.length(), 151);
+  EXPECT_THROW(a.append(99), UserError);
+  ops.deallocate(params);
+}
+
+}  // namespace
+}  // namespace par
