@@ -259,7 +259,8 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
     }
   if (latents_split_) {
     std::vector<int64_t> wide(targets.begin(), targets.end());
-    groups_.sp->all_reduce(wide.data(), int64_t(wide.size()), ReduceOp::kSum);
+    (groups_.sp_host ? groups_.sp_host : groups_.sp)
+        ->all_reduce(wide.data(), int64_t(wide.size()), ReduceOp::kSum);
     std::copy(wide.begin(), wide.end(), targets.begin());
   }
   if (holds_latents()) ops_.upload(a.targets, targets.data(), targets.size() * sizeof(int32_t));

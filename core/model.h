@@ -42,10 +42,13 @@ struct ForwardContext {
   uint64_t example_base = 0;
 };
 
-// The groups a model shares its work with; null means this rank alone.
+// The groups a model shares its work with; null means this rank alone. sp and tp carry
+// the backend's buffers (device memory on a GPU); sp_host carries host data (the targets)
+// and defaults to sp (the CPU backend's memory is the host's).
 struct ModelGroups {
   Communicator* sp = nullptr;  // sequence parallel: slices of the context
   Communicator* tp = nullptr;  // tensor parallel: slices of the heads and MLPs
+  Communicator* sp_host = nullptr;
 };
 
 // UserError unless the model can be laid out over sp x tp ranks (names the options).

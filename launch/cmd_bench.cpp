@@ -19,6 +19,7 @@
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/blas_setup.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/job.h"
@@ -48,20 +49,31 @@ int64_t peak_rss_bytes() {
   return 0;
 }
 
-// GFLOP/s of a square n x n x n sgemm, best of a few runs.
-double sgemm_rate(int64_t n) {
-  std::vector<float> a(size_t(n * n)), b(size_t(n * n)), c(size_t(n * n));
+// GFLOP/s of a plain n x n x n matrix product through the backend's own gemm (BLAS sgemm
+// on the CPU, cuBLAS in the chosen precision on a GPU), best of a few runs.
+double gemm_rate(Ops<float>& ops, int64_t n) {
+  std::vector<float> host(static_cast<size_t>(n * n));
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(-1, 1);
-  for (auto& x : a) x = u(rng);
-  for (auto& x : b) x = u(rng);
-  cpu::gemm<float>(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+  for (auto& x : host) x = u(rng);
+  const size_t bytes = host.size() * sizeof(float);
+  float* a = static_cast<float*>(ops.allocate(bytes));
+  float* b = static_cast<float*>(ops.allocate(bytes));
+  float* c = static_cast<float*>(ops.allocate(bytes));
+  ops.upload(a, host.data(), bytes);
+  ops.upload(b, host.data(), bytes);
+  ops.gemm(false, false, n, n, n, 1.f, a, n, b, n, 0.f, c, n);
+  ops.synchronize();
   double best = 1e30;
   for (int i = 0; i < 5; ++i) {
     const auto t = Clock::now();
-    cpu::gemm<float>(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+    ops.gemm(false, false, n, n, n, 1.f, a, n, b, n, 0.f, c, n);
+    ops.synchronize();
     best = std::min(best, since(t));
   }
+  ops.deallocate(c);
+  ops.deallocate(b);
+  ops.deallocate(a);
   return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
 }
 
@@ -111,7 +123,7 @@ int cmd_bench(int argc, char** argv) {
   OptimizerConfig oc;
   RunConfig rc;
   int64_t warmup = 1, gemm_n = 2048, decode = 0;
-  bool profile = false, help = false;
+  bool profile = false, help = false, gemm_defaulted = true;
   job.agree([&] {
     po::options_description opts;
     opts.add(run_options(rc)).add(model_options(mc)).add(optimizer_options(oc));
@@ -131,6 +143,7 @@ int cmd_bench(int argc, char** argv) {
     help = !cli::parse(argc, argv, cmd, opts, vm, nullptr, "config");
     if (help) return;
     if (vm["steps"].defaulted()) rc.steps = 3;  // a config's training length is not the bench's
+    gemm_defaulted = vm["gemm-size"].defaulted();
     if (rc.steps <= 0) fail_user("--steps must be positive for a benchmark");
     rc.validate();
     mc.validate();
@@ -160,11 +173,14 @@ int cmd_bench(int argc, char** argv) {
 
   // The machine's sgemm rate: the best of measurements before, between and after the
   // steps. On a shared or throttling machine one measurement alone can be far off.
-  double gemm_gflops = sgemm_rate(gemm_n);
-  cpu::CpuOps<float> cpu_ops;
-  ProfiledOps<float> profiled(cpu_ops);
-  Ops<float>& ops = profile ? static_cast<Ops<float>&>(profiled) : cpu_ops;
-  TrainStep ts(mc, oc, rc, ops, grid);
+  Backend backend;
+  job.agree([&] { backend = make_backend(rc.device, rc.precision, grid); });
+  job.agree([&] { connect_backend(backend, grid); });
+  if (gemm_defaulted && backend.cuda) gemm_n = 8192;  // a GPU needs a bigger product to be busy
+  double gemm_gflops = gemm_rate(*backend.ops, gemm_n);
+  ProfiledOps<float> profiled(*backend.ops);
+  Ops<float>& ops = profile ? static_cast<Ops<float>&>(profiled) : *backend.ops;
+  TrainStep ts(mc, oc, rc, ops, grid, backend.device_groups());
   ts.initialize(rc.seed);
   // Every rank draws the same global batch and keeps its share: its replica's examples,
   // its columns of each window.
@@ -197,7 +213,7 @@ int cmd_bench(int argc, char** argv) {
     best = std::min(best, dt);
     // Interleaved with the steps, so the best sgemm and the best step sample the same
     // stretch of machine time.
-    gemm_gflops = std::max(gemm_gflops, sgemm_rate(gemm_n));
+    gemm_gflops = std::max(gemm_gflops, gemm_rate(*backend.ops, gemm_n));
     fwd += r.forward_s;
     bwd += r.backward_s;
     red += r.reduce_s;
@@ -224,13 +240,13 @@ int cmd_bench(int argc, char** argv) {
 
   std::printf("model       %s | batch %lld | %d rank(s) (dp %d, sp %d, tp %d) x %d threads | %s\n",
               mc.summary().c_str(), static_cast<long long>(rc.batch_size), grid.world_size(),
-              rc.dp, rc.sp, rc.tp, current_threads(), blas_description().c_str());
+              rc.dp, rc.sp, rc.tp, current_threads(), backend.description.c_str());
   std::printf("step        %.1f ms best, %.1f ms mean of %lld (rank 0 mean: forward %.1f, backward "
               "%.1f, gradient sums %.1f, optimizer %.1f)\n",
               1e3 * step_s, 1e3 * mean_s, static_cast<long long>(rc.steps), 1e3 * fwd / n,
               1e3 * bwd / n, 1e3 * red / n, 1e3 * opt / n);
   std::printf("throughput  %.0f input tokens/s | %.0f targets/s\n", inputs_per_s, targets_per_s);
-  std::printf("compute     %.2f model GFLOP/step | %.1f GFLOP/s achieved | sgemm %lld^3 (all ranks): %.1f GFLOP/s | ratio %.2f\n",
+  std::printf("compute     %.2f model GFLOP/step | %.1f GFLOP/s achieved | gemm %lld^3 (all ranks): %.1f GFLOP/s | ratio %.2f\n",
               flops / 1e9, gflops, static_cast<long long>(gemm_n), gemm_gflops, gflops / gemm_gflops);
   std::printf("memory      peak resident %.0f MiB (rank 0), %.0f MiB (largest rank)\n", peak_mib,
               peak_max_mib);

@@ -15,6 +15,7 @@
 #include "data/loader.h"
 #include "kernels/cpu/blas_setup.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/evaluate.h"
@@ -107,11 +108,10 @@ void save(TrainStep& ts, CheckpointSaver& saver, const ModelConfig& mc, const Tr
 }
 
 // Returns the exit status: 0, or kExitRequeue when stopped early with a checkpoint.
-int train(Setup& s, const ProcessGrid& grid, RunDir* dir) {
+int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
   const ModelConfig& mc = s.model;
   const RunConfig& rc = s.run;
-  cpu::CpuOps<float> ops;
-  TrainStep ts(mc, s.opt, rc, ops, grid);
+  TrainStep ts(mc, s.opt, rc, *backend.ops, grid, backend.device_groups());
   TrainingPosition pos;
   pos.seed = rc.seed;
   pos.config_text = s.config_text;
@@ -267,6 +267,9 @@ int cmd_train(int argc, char** argv) {
 
   // Everything the user gave is checked, on every rank, before anything is written.
   std::unique_ptr<RunDir> dir;
+  Backend backend;
+  job.agree([&] { backend = make_backend(s.run.device, s.run.precision, grid); });
+  job.agree([&] { connect_backend(backend, grid); });
   job.agree([&] {
     set_threads(s.run.threads);
     s.train = std::make_unique<Dataset>(cli::expand_paths(s.run.data, "--data"),
@@ -289,7 +292,7 @@ int cmd_train(int argc, char** argv) {
             << ParamLayout(s.model).num_parameters() << " parameters";
   LOG(INFO) << "layout: " << grid.world_size() << " rank(s) = dp " << s.run.dp << " x sp "
             << s.run.sp << " x tp " << s.run.tp << " | " << current_threads()
-            << " thread(s) per rank | BLAS: " << blas_description();
+            << " thread(s) per rank | " << backend.description;
   if (grid.world_size() > 1) {
     const std::string hosts = describe_hosts(grid);
     LOG(INFO) << "ranks on " << hosts;
@@ -299,7 +302,7 @@ int cmd_train(int argc, char** argv) {
             << s.run.batch_size << " = " << s.run.accum_steps << " x " << s.run.micro_batch()
             << " examples";
   try {
-    return train(s, grid, dir.get());
+    return train(s, grid, backend, dir.get());
   } catch (const UserError& e) {
     job.fail(e, 2);
   } catch (const std::exception& e) {

@@ -91,6 +91,8 @@ po::options_description run_options(RunConfig& c) {
       ("resume", po::value(&c.resume)->default_value(c.resume), "none | auto (continue from the newest complete checkpoint in OUT, if any) | PATH of a checkpoint directory")
       ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads per rank (0: all cores)")
       ("max-minutes", po::value(&c.max_minutes)->default_value(c.max_minutes), "stop cleanly after this many minutes of wall time: checkpoint, then exit 75 (\"requeue me\"); 0: no limit")
+      ("device", po::value(&c.device)->default_value(c.device), "cpu or cuda (one GPU per rank, chosen by the node-local rank)")
+      ("precision", po::value(&c.precision)->default_value(c.precision), "matrix products on cuda: fp32, tf32 or bf16 (weights and optimizer state stay fp32)")
       ("dp", po::value(&c.dp)->default_value(c.dp), "data-parallel replicas (each takes a share of every batch)")
       ("sp", po::value(&c.sp)->default_value(c.sp), "sequence-parallel ranks (each holds a slice of the context)")
       ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (each holds a share of the heads and MLPs)");

@@ -39,6 +39,8 @@ struct RunConfig {
   int threads = 0;                   // 0: all cores
   int dp = 1, sp = 1, tp = 1;        // the process grid (world = dp x sp x tp ranks)
   double max_minutes = 0;            // stop with a checkpoint after this long (0: no limit)
+  std::string device = "cpu";        // cpu | cuda
+  std::string precision = "fp32";    // matrix products on cuda: fp32 | tf32 | bf16
 
   int64_t micro_batch() const { return batch_size / accum_steps; }
   void validate() const;

@@ -26,12 +26,16 @@ uint64_t derive_seed(uint64_t seed, uint64_t stream) {  // splitmix64 of (seed, 
 }
 
 TrainStep::TrainStep(const ModelConfig& model, const OptimizerConfig& opt, const RunConfig& run,
-                     Ops<float>& ops, const ProcessGrid& grid)
+                     Ops<float>& ops, const ProcessGrid& grid, DeviceGroups device)
     : model_cfg_(model),
       run_(run),
       ops_(ops),
       grid_(grid),
-      model_(model, ops, run.micro_batch() / grid.shape().dp, ModelGroups{&grid.sp(), &grid.tp()}),
+      dev_sp_(device.sp ? *device.sp : grid.sp()),
+      dev_tp_(device.tp ? *device.tp : grid.tp()),
+      dev_dp_sp_(device.dp_sp ? *device.dp_sp : grid.dp_sp()),
+      model_(model, ops, run.micro_batch() / grid.shape().dp,
+             ModelGroups{&dev_sp_, &dev_tp_, &grid.sp()}),
       adam_(opt, model_.layout(), ops),
       replica_batch_(run.micro_batch() / grid.shape().dp),
       dropout_seed_(derive_seed(run.seed, kDropoutStream)) {
@@ -120,12 +124,12 @@ void TrainStep::gather_state(std::vector<float>& params, std::vector<float>& ada
 void TrainStep::reduce_gradients() {
   float* g = model_.grads();
   const int64_t total = model_.layout().total();
-  if (grid_.dp_sp().size() > 1)
+  if (dev_dp_sp_.size() > 1)
     for (int64_t i = 0; i < total; i += kBucketElements)
-      grid_.dp_sp().all_reduce(g + i, std::min(kBucketElements, total - i), ReduceOp::kSum);
-  if (grid_.tp().size() > 1)
+      dev_dp_sp_.all_reduce(g + i, std::min(kBucketElements, total - i), ReduceOp::kSum);
+  if (dev_tp_.size() > 1)
     for (const ParamInfo& p : model_.layout().params())
-      if (p.grad_summed_over_tp) grid_.tp().all_reduce(g + p.offset, p.numel, ReduceOp::kSum);
+      if (p.grad_summed_over_tp) dev_tp_.all_reduce(g + p.offset, p.numel, ReduceOp::kSum);
 }
 
 StepResult TrainStep::run(int64_t step, const std::vector<const int32_t*>& micro) {

@@ -50,6 +50,11 @@ ProcessGrid::ProcessGrid(MPI_Comm world, GridShape shape) : shape_(shape), host_
   PAR_ASSERT(dp_sp->size() == shape.dp * shape.sp &&
              dp_sp->rank() == dp_rank_ * shape.sp + sp_rank_);
   local_rank_ = node_local(world).rank;
+  mpi_[int(Group::kWorld)] = world_comm->comm();
+  mpi_[int(Group::kDp)] = dp->comm();
+  mpi_[int(Group::kSp)] = sp->comm();
+  mpi_[int(Group::kTp)] = tp->comm();
+  mpi_[int(Group::kDpSp)] = dp_sp->comm();
   world_ = std::move(world_comm);
   dp_ = std::move(dp);
   sp_ = std::move(sp);
@@ -60,6 +65,8 @@ ProcessGrid::ProcessGrid(MPI_Comm world, GridShape shape) : shape_(shape), host_
 ProcessGrid::~ProcessGrid() = default;
 ProcessGrid::ProcessGrid(ProcessGrid&&) noexcept = default;
 ProcessGrid& ProcessGrid::operator=(ProcessGrid&&) noexcept = default;
+
+MPI_Comm ProcessGrid::mpi_comm(Group g) const { return mpi_[int(g)]; }
 
 std::string ProcessGrid::describe() const {
   return cat("rank ", world_rank_, " (dp ", dp_rank_, ", sp ", sp_rank_, ", tp ", tp_rank_,

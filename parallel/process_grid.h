@@ -58,6 +58,11 @@ class ProcessGrid {
   int local_rank() const { return local_rank_; }
   const std::string& host() const { return host_; }
 
+  // The MPI communicators behind the groups (MPI_COMM_NULL without MPI), e.g. to set up
+  // NCCL communicators for the same groups.
+  enum class Group { kWorld, kDp, kSp, kTp, kDpSp };
+  MPI_Comm mpi_comm(Group g) const;
+
   Communicator& world() const { return *world_; }
   Communicator& dp() const { return *dp_; }
   Communicator& sp() const { return *sp_; }
@@ -85,6 +90,7 @@ class ProcessGrid {
   int local_rank_ = 0;
   std::string host_;
   std::unique_ptr<Communicator> world_, dp_, sp_, tp_, dp_sp_;
+  MPI_Comm mpi_[5] = {MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL};
 };
 
 }  // namespace par

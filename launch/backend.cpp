@@ -1,0 +1,65 @@
+#include "launch/backend.h"
+
+#include "core/error.h"
+#include "kernels/cpu/blas_setup.h"
+#include "kernels/cpu/cpu_ops.h"
+
+#ifdef PAR_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#include "parallel/nccl_communicator.h"
+#endif
+
+namespace par {
+
+bool cuda_built() {
+#ifdef PAR_HAVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+Backend make_backend(const std::string& device, const std::string& precision,
+                     const ProcessGrid& grid) {
+  if (precision != "fp32" && precision != "tf32" && precision != "bf16")
+    fail_user("--precision must be fp32, tf32 or bf16 (got '", precision, "')");
+  Backend b;
+  if (device == "cpu") {
+    if (precision != "fp32")
+      fail_user("--precision ", precision, " is for --device cuda; the CPU computes in fp32");
+    b.ops = std::make_unique<cpu::CpuOps<float>>();
+    b.description = "cpu (" + blas_description() + ")";
+    return b;
+  }
+  if (device != "cuda") fail_user("--device must be cpu or cuda (got '", device, "')");
+#ifdef PAR_HAVE_CUDA
+  if (cuda::device_count() == 0)
+    fail_user("--device cuda: no GPU is visible (check CUDA_VISIBLE_DEVICES and the driver)");
+  const int gpu = cuda::select_device(grid.local_rank());
+  const auto mode = precision == "bf16"   ? cuda::MatmulPrecision::kBF16
+                    : precision == "tf32" ? cuda::MatmulPrecision::kTF32
+                                          : cuda::MatmulPrecision::kFloat32;
+  b.ops = cuda::make_cuda_ops(gpu, mode);
+  b.description = cat("cuda:", gpu, " (", cuda::describe_device(gpu), "), ", precision,
+                      " matrix products");
+  b.cuda = true;
+  return b;
+#else
+  (void)grid;
+  fail_user("--device cuda: this par was built without the CUDA backend (CMake option "
+            "PAR_CUDA; it is on when nvcc is found)");
+#endif
+}
+
+void connect_backend(Backend& b, const ProcessGrid& grid) {
+  if (!b.cuda || grid.world_size() == 1) return;
+#ifdef PAR_HAVE_CUDA
+  void* stream = cuda::cuda_stream(*b.ops);
+  using G = ProcessGrid::Group;
+  b.sp = make_nccl_communicator(grid.mpi_comm(G::kSp), stream);
+  b.tp = make_nccl_communicator(grid.mpi_comm(G::kTp), stream);
+  b.dp_sp = make_nccl_communicator(grid.mpi_comm(G::kDpSp), stream);
+#endif
+}
+
+}  // namespace par

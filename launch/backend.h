@@ -1,0 +1,36 @@
+// The numeric backend of a run (--device cpu|cuda, --precision): its Ops and, on GPUs with
+// several ranks, NCCL communicators for the groups whose data lives in device memory.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/communicator.h"
+#include "core/ops.h"
+#include "launch/train_step.h"
+#include "parallel/process_grid.h"
+
+namespace par {
+
+struct Backend {
+  std::unique_ptr<Ops<float>> ops;
+  // Device-side collectives for sp, tp and dp x sp (null: the grid's MPI ones serve).
+  std::unique_ptr<Communicator> sp, tp, dp_sp;
+  std::string description;  // for the log: "cpu (OpenBLAS ...)" or "cuda:0 (H100 ...), bf16"
+  bool cuda = false;
+
+  DeviceGroups device_groups() const { return DeviceGroups{sp.get(), tp.get(), dp_sp.get()}; }
+};
+
+// This rank's backend. UserError for an unknown device or precision, cuda in a build without
+// it, or no visible GPU. Not collective.
+Backend make_backend(const std::string& device, const std::string& precision,
+                     const ProcessGrid& grid);
+// Collective over the grid: the device-side communicators (NCCL) a multi-rank GPU job needs.
+// Call on every rank after make_backend succeeded everywhere.
+void connect_backend(Backend& backend, const ProcessGrid& grid);
+
+// Whether this build has the CUDA backend.
+bool cuda_built();
+
+}  // namespace par
