@@ -276,9 +276,13 @@ void CheckpointSaver::prune() {
 Manifest read_manifest(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) fail_user("no checkpoint directory '", dir, "'");
-  if (!is_complete_checkpoint(dir))
+  if (!is_complete_checkpoint(dir)) {
+    if (!fs::exists(dir + "/" + kManifest, ec) && !fs::exists(dir + "/" + kComplete, ec))
+      fail_user(dir, " is neither a checkpoint directory (OUT/checkpoints/step-N) nor a run "
+                "directory with a complete checkpoint");
     fail_user(dir, " is not a complete checkpoint (no ", kComplete, " or ", kManifest,
               "): it was not finished; use an earlier one");
+  }
   return Manifest::parse(read_text(dir + "/" + kManifest), dir + "/" + kManifest);
 }
 
