@@ -31,6 +31,10 @@ struct Decoder<T>::Buffers {
   T *cross_k, *cross_v;  // [N + M, d]: keys rotated at their positions
   int64_t* cross_pos;    // [N + M]
   uint8_t* cross_keep;   // [N + M]: not PAD
+  // With token tables (Decoder::token_tables_): the cache as tokens and rotary tables.
+  int32_t* cross_tok;    // [N + M]
+  T *cross_cos, *cross_sin;          // [N + M, cross bands]
+  T *key_table, *value_table;        // [V, d]: un-rotated keys and values of every token
   std::vector<T*> self_k, self_v;  // per layer [M, d]
   int64_t* self_pos;     // [M]
   // Work space of a full pass (W <= N inputs, L <= M latents) or of one new token.
@@ -44,13 +48,20 @@ struct Decoder<T>::Buffers {
   T *logits;             // [V]
   T *cos, *sin;          // rotary tables for up to max(N, M) rows
 
-  void carve(Carver& c, const ModelConfig& cfg, int64_t bands) {
+  void carve(Carver& c, const ModelConfig& cfg, int64_t bands, int64_t cross_bands,
+             bool token_tables) {
     const int64_t N = cfg.context_length, M = cfg.num_latents, d = cfg.d_model;
     const int64_t F = cfg.mlp_width(), V = cfg.vocab_size, cap = N + M;
     cross_k = c.take<T>(cap * d);
     cross_v = c.take<T>(cap * d);
     cross_pos = c.take<int64_t>(cap);
     cross_keep = c.take<uint8_t>(cap);
+    const int64_t tcap = token_tables ? cap : 0;
+    cross_tok = c.take<int32_t>(tcap);
+    cross_cos = c.take<T>(tcap * cross_bands);
+    cross_sin = c.take<T>(tcap * cross_bands);
+    key_table = c.take<T>(token_tables ? V * d : 0);
+    value_table = c.take<T>(token_tables ? V * d : 0);
     self_k.resize(size_t(cfg.num_layers));
     self_v.resize(size_t(cfg.num_layers));
     for (int64_t l = 0; l < cfg.num_layers; ++l) {
@@ -77,20 +88,42 @@ struct Decoder<T>::Buffers {
 };
 
 template <typename T>
-Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool cached)
+Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool cached,
+                    TokenTables tables)
     : cfg_(cfg), ops_(ops), layout_(cfg), cached_(cached) {
   cfg_.validate();
   p_ = bind(layout_, const_cast<T*>(params));  // read only
   rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.rotary_fraction, cfg.wavelength());
   rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.rotary_fraction, cfg.wavelength());
+  // Token tables pay when they are much smaller than the cache they stand for.
+  token_tables_ = cached && (tables == TokenTables::kAuto
+                                 ? 4 * cfg.vocab_size <= cfg.context_length
+                                 : tables == TokenTables::kOn);
   b_ = new Buffers;
   const int64_t bands = std::max(rot_cross_.bands, rot_self_.bands);
   Carver sizing;
-  b_->carve(sizing, cfg_, bands);
+  b_->carve(sizing, cfg_, bands, rot_cross_.bands, token_tables_);
   memory_ = ops_.allocate(sizing.used);
   Carver real{static_cast<char*>(memory_), 0};
-  b_->carve(real, cfg_, bands);
+  b_->carve(real, cfg_, bands, rot_cross_.bands, token_tables_);
   logits_.resize(size_t(cfg.vocab_size));
+  if (token_tables_) make_token_tables();
+}
+
+// The cross-attention's un-rotated keys and values of every token: its inputs are the
+// embeddings alone (positions enter only through rotary), so these are what the cache holds.
+template <typename T>
+void Decoder<T>::make_token_tables() {
+  const int64_t V = cfg_.vocab_size, d = cfg_.d_model;
+  Buffers& b = *b_;
+  const CrossRef<T>& cp = p_.cross;
+  std::vector<int32_t> ids(static_cast<size_t>(V));
+  for (int64_t t = 0; t < V; ++t) ids[size_t(t)] = int32_t(t);
+  ops_.upload(b.tokens, ids.data(), ids.size() * sizeof(int32_t));
+  ops_.embedding_forward(b.h, b.tokens, p_.embed, V, d);
+  ops_.layernorm_forward(b.kvn, b.kv_mu, b.kv_rs, b.h, cp.ln_kv.w, cp.ln_kv.b, V, d, kEps);
+  ops_.linear_forward(b.key_table, b.kvn, cp.attn.k.w, cp.attn.k.b, V, d, d);
+  ops_.linear_forward(b.value_table, b.kvn, cp.attn.v.w, cp.attn.v.b, V, d, d);
 }
 
 template <typename T>
@@ -131,12 +164,15 @@ void Decoder<T>::append(int32_t token) {
   seq_.push_back(token);
   const int64_t window = std::min<int64_t>(length(), cfg_.context_length);
   const int64_t refill = std::min<int64_t>(std::max<int64_t>(1, cfg_.num_latents / 2), window);
+  if (!cached_) {
+    full_pass(latents_ == cfg_.num_latents ? refill : latents_ + 1);
+    return;
+  }
+  push_input(token, length() - 1);
   if (latents_ == cfg_.num_latents) {
-    full_pass(refill);
-  } else if (cached_) {
-    incremental(token, length() - 1);
+    refill_from_cache(refill);
   } else {
-    full_pass(latents_ + 1);
+    incremental(token, length() - 1);
   }
 }
 
@@ -157,45 +193,71 @@ void Decoder<T>::full_pass(int64_t L) {
   ops_.linear_forward(b.cross_k, b.kvn, cp.attn.k.w, cp.attn.k.b, W, d, d);
   ops_.linear_forward(b.cross_v, b.kvn, cp.attn.v.w, cp.attn.v.b, W, d, d);
   rotary_at(b.cross_k, W, Hc, Dc, rot_cross_, p0);
-  cross_pos_.resize(size_t(W));
-  cross_keep_.resize(size_t(W));
-  for (int64_t j = 0; j < W; ++j) {
-    cross_pos_[size_t(j)] = p0 + j;
-    cross_keep_[size_t(j)] = seq_[size_t(p0 + j)] != kPad;
+  if (token_tables_) {  // rotary_at left the window's tables in b.cos and b.sin
+    const int64_t bands = rot_cross_.bands;
+    ops_.copy(b.cross_cos, b.cos, W * bands);
+    ops_.copy(b.cross_sin, b.sin, W * bands);
+    ops_.upload(b.cross_tok, seq_.data() + p0, size_t(W) * sizeof(int32_t));
   }
-  ops_.upload(b.cross_pos, cross_pos_.data(), size_t(W) * sizeof(int64_t));
+  std::vector<int64_t> cross_pos(static_cast<size_t>(W));
+  for (int64_t j = 0; j < W; ++j) cross_pos[size_t(j)] = p0 + j;
+  ops_.upload(b.cross_pos, cross_pos.data(), size_t(W) * sizeof(int64_t));
   cross_head_ = 0;
   cross_count_ = W;
 
   // The latents: the last L inputs.
+  ops_.copy(b.zin, b.h + (W - L) * d, L * d);
+  cross_attend_latents(L);
+  latent_stack(L, T_ - L, cached_, false);
+}
+
+// A refill of cached decoding: the same as full_pass(L), with the window's keys and values
+// taken from the cross cache instead of computed again.
+template <typename T>
+void Decoder<T>::refill_from_cache(int64_t L) {
+  const int64_t T_ = length(), d = cfg_.d_model;
+  Buffers& b = *b_;
+  ops_.upload(b.tokens, seq_.data() + T_ - L, size_t(L) * sizeof(int32_t));
+  ops_.embedding_forward(b.zin, b.tokens, p_.embed, L, d);
+  cross_attend_latents(L);
+  latent_stack(L, T_ - L, true, false);
+}
+
+// L latents on the last L inputs (embeddings in b.zin) through the cross-attention over the
+// cache; leaves z0 and the attention output (b.att) for latent_stack.
+template <typename T>
+void Decoder<T>::cross_attend_latents(int64_t L) {
+  const int64_t T_ = length(), d = cfg_.d_model;
+  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  Buffers& b = *b_;
+  const CrossRef<T>& cp = p_.cross;
   std::vector<int64_t> lpos(static_cast<size_t>(L));
   for (int64_t i = 0; i < L; ++i) lpos[size_t(i)] = T_ - L + i;
   ops_.upload(b.latent_pos, lpos.data(), lpos.size() * sizeof(int64_t));
-  ops_.copy(b.zin, b.h + (W - L) * d, L * d);
   ops_.linear_forward(b.z0, b.zin, cp.z_linear.w, cp.z_linear.b, L, d, d);
   ops_.layernorm_forward(b.qn, b.mu, b.rs, b.z0, cp.ln_q.w, cp.ln_q.b, L, d, kEps);
   ops_.linear_forward(b.q, b.qn, cp.attn.q.w, cp.attn.q.b, L, d, d);
   rotary_at(b.q, L, Hc, Dc, rot_cross_, T_ - L);
-  AttentionShape s{1, L, W, Hc, Dc, b.latent_pos, b.cross_pos, b.cross_keep, 1.0 / std::sqrt(double(Dc))};
-  ops_.attention_forward(s, b.q, b.cross_k, b.cross_v, b.att, b.lse);
+  const int64_t h0 = cross_head_;
+  AttentionShape s{1,         L,         cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + h0,
+                   b.cross_keep + h0, 1.0 / std::sqrt(double(Dc))};
+  ops_.attention_forward(s, b.q, b.cross_k + h0 * d, b.cross_v + h0 * d, b.att, b.lse);
   latents_ = L;
   ++refills_;
-  latent_stack(L, T_ - L, cached_, false);
 }
 
-// One new input at `position`: into the cross cache; its latent through every layer,
-// attending over the caches.
+// The newest input at `position` into the cross cache (the oldest leaves when it holds N).
 template <typename T>
-void Decoder<T>::incremental(int32_t token, int64_t position) {
+void Decoder<T>::push_input(int32_t token, int64_t position) {
   const int64_t d = cfg_.d_model, N = cfg_.context_length;
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   Buffers& b = *b_;
   const CrossRef<T>& cp = p_.cross;
-  if (cross_count_ == N) {  // the oldest input leaves the window
+  if (cross_count_ == N) {
     ++cross_head_;
     --cross_count_;
   }
-  if (cross_head_ + cross_count_ == N + cfg_.num_latents) compact_cross_cache();
+  if (cross_head_ + cross_count_ == N + cfg_.num_latents) compact_cross_cache(position);
   const int64_t slot = cross_head_ + cross_count_;
   ops_.upload(b.tokens, &token, sizeof(int32_t));
   ops_.embedding_forward(b.h, b.tokens, p_.embed, 1, d);
@@ -204,39 +266,81 @@ void Decoder<T>::incremental(int32_t token, int64_t position) {
   ops_.linear_forward(k, b.kvn, cp.attn.k.w, cp.attn.k.b, 1, d, d);
   ops_.linear_forward(b.cross_v + slot * d, b.kvn, cp.attn.v.w, cp.attn.v.b, 1, d, d);
   rotary_at(k, 1, Hc, Dc, rot_cross_, position);
+  if (token_tables_) {
+    const int64_t bands = rot_cross_.bands;
+    ops_.copy(b.cross_cos + slot * bands, b.cos, bands);
+    ops_.copy(b.cross_sin + slot * bands, b.sin, bands);
+    ops_.upload(b.cross_tok + slot, &token, sizeof(int32_t));
+  }
   const uint8_t keep = token != kPad;
   ops_.upload(b.cross_pos + slot, &position, sizeof(int64_t));
   ops_.upload(b.cross_keep + slot, &keep, 1);
-  cross_pos_.resize(size_t(slot + 1));
-  cross_keep_.resize(size_t(slot + 1));
-  cross_pos_[size_t(slot)] = position;
-  cross_keep_[size_t(slot)] = keep;
   ++cross_count_;
+}
 
+// The latent on the newest input (already in the cross cache) through every layer,
+// attending over the caches.
+template <typename T>
+void Decoder<T>::incremental(int32_t /*token*/, int64_t position) {
+  const int64_t d = cfg_.d_model, h0 = cross_head_;
+  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  Buffers& b = *b_;
+  const CrossRef<T>& cp = p_.cross;
+  const double scale = 1.0 / std::sqrt(double(Dc));
   ops_.upload(b.latent_pos, &position, sizeof(int64_t));
   ops_.linear_forward(b.z0, b.h, cp.z_linear.w, cp.z_linear.b, 1, d, d);
   ops_.layernorm_forward(b.qn, b.mu, b.rs, b.z0, cp.ln_q.w, cp.ln_q.b, 1, d, kEps);
   ops_.linear_forward(b.q, b.qn, cp.attn.q.w, cp.attn.q.b, 1, d, d);
   rotary_at(b.q, 1, Hc, Dc, rot_cross_, position);
-  AttentionShape s{1, 1, cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + cross_head_,
-                   b.cross_keep + cross_head_, 1.0 / std::sqrt(double(Dc))};
-  ops_.attention_forward(s, b.q, b.cross_k + cross_head_ * d, b.cross_v + cross_head_ * d, b.att,
-                         b.lse);
+  bool done = false;
+  if (token_tables_) {
+    const int64_t bands = rot_cross_.bands;
+    TokenAttentionShape s{cross_count_,     Hc, Dc, bands, cfg_.vocab_size, b.cross_tok + h0,
+                          b.cross_keep + h0, scale};
+    done = ops_.token_attention_forward(s, b.q, b.key_table, b.value_table,
+                                        b.cross_cos + h0 * bands, b.cross_sin + h0 * bands,
+                                        b.att);
+    token_tables_ = done;  // a backend without the kernel: materialized keys from now on
+  }
+  if (!done) {
+    AttentionShape s{1, 1, cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + h0,
+                     b.cross_keep + h0, scale};
+    ops_.attention_forward(s, b.q, b.cross_k + h0 * d, b.cross_v + h0 * d, b.att, b.lse);
+  }
   latent_stack(1, position, false, true);
   ++latents_;
 }
 
-// Moves the live cross-cache entries to the front of the buffer.
+// Moves `count` rows of `width` from row `from` to row 0. Copies are not defined for
+// overlapping ranges, so it goes in pieces of `from` rows, each clear of the next.
 template <typename T>
-void Decoder<T>::compact_cross_cache() {
-  const int64_t d = cfg_.d_model;
+void Decoder<T>::move_to_front(T* base, int64_t from, int64_t count, int64_t width) {
+  for (int64_t r = 0; r < count; r += from)
+    ops_.copy(base + r * width, base + (from + r) * width, std::min(from, count - r) * width);
+}
+
+// Moves the live cross-cache entries (the inputs before `next_position`) to the front.
+template <typename T>
+void Decoder<T>::compact_cross_cache(int64_t next_position) {
+  const int64_t d = cfg_.d_model, h0 = cross_head_, n = cross_count_;
   Buffers& b = *b_;
-  ops_.copy(b.cross_k, b.cross_k + cross_head_ * d, cross_count_ * d);
-  ops_.copy(b.cross_v, b.cross_v + cross_head_ * d, cross_count_ * d);
-  cross_pos_.erase(cross_pos_.begin(), cross_pos_.begin() + cross_head_);
-  cross_keep_.erase(cross_keep_.begin(), cross_keep_.begin() + cross_head_);
-  ops_.upload(b.cross_pos, cross_pos_.data(), cross_pos_.size() * sizeof(int64_t));
-  ops_.upload(b.cross_keep, cross_keep_.data(), cross_keep_.size());
+  move_to_front(b.cross_k, h0, n, d);
+  move_to_front(b.cross_v, h0, n, d);
+  const int64_t first = next_position - n;  // consecutive positions
+  std::vector<int64_t> pos(static_cast<size_t>(n));
+  std::vector<uint8_t> keep(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    pos[size_t(j)] = first + j;
+    keep[size_t(j)] = seq_[size_t(first + j)] != kPad;
+  }
+  ops_.upload(b.cross_pos, pos.data(), pos.size() * sizeof(int64_t));
+  ops_.upload(b.cross_keep, keep.data(), keep.size());
+  if (token_tables_) {
+    const int64_t bands = rot_cross_.bands;
+    move_to_front(b.cross_cos, h0, n, bands);
+    move_to_front(b.cross_sin, h0, n, bands);
+    ops_.upload(b.cross_tok, seq_.data() + first, size_t(n) * sizeof(int32_t));
+  }
   cross_head_ = 0;
 }
 

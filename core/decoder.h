@@ -17,7 +17,14 @@
 //
 // Keys are rotated once, when they enter a cache, at their own position: positions are
 // absolute and never re-based, so this equals caching them un-rotated and rotating at use,
-// and saves rotating all N cached keys for every token.
+// and saves rotating all N cached keys for every token. A refill takes the window's keys
+// and values from the cross cache rather than computing them again.
+//
+// The cross-attention's keys and values depend only on the input token (its embedding;
+// positions enter through rotary alone), so where the vocabulary is small next to N the
+// decoder also keeps the cache as tokens with their rotary tables, and a step attends
+// through per-token tables (Ops::token_attention_forward) instead of reading N cached
+// rows: memory traffic, not arithmetic, bounds a one-query step over 131072 keys.
 #pragma once
 
 #include <cstdint>
@@ -30,11 +37,16 @@
 
 namespace par {
 
+// Whether cached decoding keeps the cross cache as tokens too: kAuto where the vocabulary
+// is at most N/4 (the tables are then small next to the cache).
+enum class TokenTables { kAuto, kOn, kOff };
+
 template <typename T>
 class Decoder {
  public:
   // params: the whole model (single-rank layout) in backend memory; must outlive this.
-  Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool cached);
+  Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool cached,
+          TokenTables tables = TokenTables::kAuto);
   ~Decoder();
   Decoder(const Decoder&) = delete;
   Decoder& operator=(const Decoder&) = delete;
@@ -49,22 +61,29 @@ class Decoder {
   int64_t length() const { return int64_t(seq_.size()); }     // tokens so far
   int64_t latents() const { return latents_; }                // in the caches (or would be)
   int64_t refills() const { return refills_; }                // full passes so far
+  bool token_tables() const { return token_tables_; }         // in use
 
  private:
   struct Buffers;
+  void make_token_tables();
   void full_pass(int64_t num_latents);
+  void refill_from_cache(int64_t num_latents);
+  void cross_attend_latents(int64_t num_latents);
+  void push_input(int32_t token, int64_t position);
   void incremental(int32_t token, int64_t position);
   void rotary_at(T* x, int64_t rows, int64_t heads, int64_t head_dim, const RotarySpec& spec,
                  int64_t first_position, bool inverse = false);
   void latent_stack(int64_t rows, int64_t first_position, bool fill_caches, bool use_caches);
   void finish_logits(int64_t rows);
-  void compact_cross_cache();
+  void compact_cross_cache(int64_t next_position);
+  void move_to_front(T* base, int64_t from, int64_t count, int64_t width);
 
   ModelConfig cfg_;
   Ops<T>& ops_;
   ParamLayout layout_;
   ModelRef<T> p_;
   bool cached_;
+  bool token_tables_ = false;  // the cross cache as tokens (Ops::token_attention_forward)
   RotarySpec rot_cross_, rot_self_;
   Buffers* b_ = nullptr;
   void* memory_ = nullptr;
@@ -74,9 +93,6 @@ class Decoder {
   int64_t latents_ = 0, refills_ = 0;
   // Cross cache: entries [cross_head_, cross_head_ + cross_count_) of capacity N + M.
   int64_t cross_head_ = 0, cross_count_ = 0;
-  std::vector<int64_t> cross_pos_;    // host mirror of the cached positions
-  std::vector<uint8_t> cross_keep_;
-  std::vector<std::vector<int64_t>> self_pos_;
 };
 
 }  // namespace par

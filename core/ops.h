@@ -37,6 +37,24 @@ struct AttentionShape {
   double scale = 1.0;              // applied to q.k (1/sqrt(head_dim) in the model)
 };
 
+// Attention of ONE query over keys and values that are functions of a token id, rotated
+// at their own positions: key j is R(position_j) key_table[tokens[j]] and value j is
+// value_table[tokens[j]] (tables [vocab, heads*head_dim], keys un-rotated). This is the
+// cross-attention cache of decoding: its inputs' keys and values depend only on their
+// token (spec/MODEL.md sections 3 and 12), so a step need not read N cached rows.
+// cos and sin are [n, bands]: the rotary tables at each key's position (rotary pairs as in
+// Ops::rotary). Every key is visible to the query unless keep[j] == 0.
+struct TokenAttentionShape {
+  int64_t n = 0;
+  int64_t heads = 1;
+  int64_t head_dim = 0;
+  int64_t bands = 0;
+  int64_t vocab = 0;
+  const int32_t* tokens = nullptr;  // [n], backend memory
+  const uint8_t* keep = nullptr;    // [n], backend memory
+  double scale = 1.0;
+};
+
 struct AdamStep {
   double lr = 3e-4;
   double beta1 = 0.9;
@@ -125,6 +143,14 @@ class Ops {
   virtual void attention_backward(const AttentionShape& s, const T* q, const T* k,
                                   const T* v, const T* o, const T* d_o, const T* lse, T* dq,
                                   T* dk, T* dv) = 0;
+
+  // o [heads*head_dim] for the (rotated) query q. Returns false, doing nothing, where the
+  // backend has no such kernel; the caller then attends over materialized keys.
+  virtual bool token_attention_forward(const TokenAttentionShape& /*s*/, const T* /*q*/,
+                                       const T* /*key_table*/, const T* /*value_table*/,
+                                       const T* /*cos*/, const T* /*sin*/, T* /*o*/) {
+    return false;
+  }
 
   // ---- merging partial attention across ranks (sequence parallelism) ----
   // Each rank attends over its own slice of the keys, giving o (normalized within the

@@ -95,6 +95,13 @@ class ProfiledOps final : public Ops<T> {
     timed(s.nk > 4096 ? "attention_backward (cross)" : "attention_backward (latents)",
           [&] { inner_.attention_backward(s, q, k, v, o, d_o, lse, dq, dk, dv); });
   }
+  bool token_attention_forward(const TokenAttentionShape& s, const T* q, const T* kt,
+                               const T* vt, const T* cos, const T* sin, T* o) override {
+    bool done = false;
+    timed("token_attention_forward",
+          [&] { done = inner_.token_attention_forward(s, q, kt, vt, cos, sin, o); });
+    return done;
+  }
   void attention_merge_scale(T* o, T* lse, const T* m, int64_t b, int64_t nq, int64_t h,
                              int64_t hd) override {
     timed("attention_merge", [&] { inner_.attention_merge_scale(o, lse, m, b, nq, h, hd); });

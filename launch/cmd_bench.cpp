@@ -12,7 +12,6 @@
 
 #include "core/error.h"
 #include "core/counting_communicator.h"
-#include "core/decoder.h"
 #include "core/init.h"
 #include "core/flops.h"
 #include "core/profiled_ops.h"
@@ -20,6 +19,7 @@
 #include "kernels/cpu/blas_setup.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "launch/backend.h"
+#include "launch/bench_decode.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/job.h"
@@ -77,44 +77,6 @@ double gemm_rate(Ops<float>& ops, int64_t n) {
   return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
 }
 
-// Generation speed: cached decoding against uncached (a full forward pass per token), on
-// freshly initialized weights after a prompt that fills the context.
-int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens) {
-  cpu::CpuOps<float> ops;
-  std::vector<float> host;
-  init_parameters(ParamLayout(mc), rc.seed, host);
-  float* params = static_cast<float*>(ops.allocate(host.size() * sizeof(float)));
-  ops.upload(params, host.data(), host.size() * sizeof(float));
-  std::mt19937_64 rng(rc.seed);
-  std::vector<int32_t> prompt(static_cast<size_t>(mc.context_length - tokens - 4));
-  for (auto& t : prompt) t = int32_t(3 + rng() % uint64_t(mc.vocab_size - 3));
-  auto run = [&](bool cached, int64_t n, double& prefill_s) {
-    Decoder<float> dec(mc, ops, params, cached);
-    auto t = Clock::now();
-    dec.start(prompt);
-    prefill_s = since(t);
-    t = Clock::now();
-    for (int64_t i = 0; i < n; ++i) dec.append(int32_t(3 + rng() % uint64_t(mc.vocab_size - 3)));
-    return double(n) / since(t);
-  };
-  double prefill_cached = 0, prefill_uncached = 0;
-  const double cached = run(true, tokens, prefill_cached);
-  const int64_t slow_tokens = std::max<int64_t>(2, std::min<int64_t>(tokens, 4));
-  const double uncached = run(false, slow_tokens, prefill_uncached);
-  ops.deallocate(params);
-  std::printf("model       %s | %d threads | %s\n", mc.summary().c_str(), current_threads(),
-              blas_description().c_str());
-  std::printf("decode      prompt of %zu tokens: full pass %.2f s\n", prompt.size(), prefill_cached);
-  std::printf("            cached:   %.2f tokens/s over %lld tokens (refills included)\n", cached,
-              static_cast<long long>(tokens));
-  std::printf("            uncached: %.3f tokens/s over %lld tokens | cached/uncached = %.1fx\n",
-              uncached, static_cast<long long>(slow_tokens), cached / uncached);
-  std::printf("{\"context_length\": %lld, \"cached_tokens_per_s\": %.3f, \"uncached_tokens_per_s\": %.4f, "
-              "\"speedup\": %.2f}\n",
-              static_cast<long long>(mc.context_length), cached, uncached, cached / uncached);
-  return 0;
-}
-
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
@@ -156,7 +118,11 @@ int cmd_bench(int argc, char** argv) {
       if (job.world_size() > 1) fail_user("--decode runs on one process (generation needs no grid)");
     });
     set_threads(rc.threads);
-    return bench_decode(mc, rc, decode);
+    ProcessGrid one;
+    job.agree([&] { one = job.make_grid(GridShape{1, 1, 1}); });
+    Backend backend;
+    job.agree([&] { backend = make_backend(rc.device, rc.precision, one); });
+    return bench_decode(mc, rc, decode, *backend.ops, profile, backend.description);
   }
   ProcessGrid grid;
   job.agree([&] { grid = job.make_grid(GridShape{rc.dp, rc.sp, rc.tp}); });

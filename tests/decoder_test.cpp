@@ -50,13 +50,13 @@ double max_rel(const std::vector<T>& a, const std::vector<T>& b) {
 }
 
 template <typename T>
-void check_cached_vs_uncached(double tol) {
+void check_cached_vs_uncached(double tol, TokenTables tables) {
   const ModelConfig c = config();
   cpu::CpuOps<T> ops;
   const auto host = params_for<T>(c, 3);
   T* params = static_cast<T*>(ops.allocate(host.size() * sizeof(T)));
   ops.upload(params, host.data(), host.size() * sizeof(T));
-  Decoder<T> cached(c, ops, params, true), uncached(c, ops, params, false);
+  Decoder<T> cached(c, ops, params, true, tables), uncached(c, ops, params, false);
   std::mt19937_64 rng(4);
   std::vector<int32_t> prompt(10);
   for (auto& t : prompt) t = int32_t(rng() % 19);
@@ -74,13 +74,25 @@ void check_cached_vs_uncached(double tol) {
   }
   EXPECT_GT(50, c.num_latents);
   EXPECT_GE(cached.refills(), 1 + 2) << "the caches were refilled fewer than twice";
+  EXPECT_EQ(cached.token_tables(), tables == TokenTables::kOn);
   ops.deallocate(params);
 }
 
 // Double: the same arithmetic in another order (one latent at a time vs all at once).
-TEST(Decoder, CachedMatchesUncachedDouble) { check_cached_vs_uncached<double>(1e-12); }
+TEST(Decoder, CachedMatchesUncachedDouble) {
+  check_cached_vs_uncached<double>(1e-12, TokenTables::kOff);
+}
 // Float32 rounding.
-TEST(Decoder, CachedMatchesUncachedFloat) { check_cached_vs_uncached<float>(2e-5); }
+TEST(Decoder, CachedMatchesUncachedFloat) {
+  check_cached_vs_uncached<float>(2e-5, TokenTables::kOff);
+}
+// The cross-attention through per-token tables: the same sums in another order.
+TEST(Decoder, TokenTablesMatchUncachedDouble) {
+  check_cached_vs_uncached<double>(1e-12, TokenTables::kOn);
+}
+TEST(Decoder, TokenTablesMatchUncachedFloat) {
+  check_cached_vs_uncached<float>(2e-5, TokenTables::kOn);
+}
 
 // With M latents over a full window, the decoder's last logits are the training model's
 // logits for its last latent.
@@ -93,8 +105,9 @@ TEST(Decoder, MatchesTheTrainingModel) {
   std::mt19937_64 rng(6);
   std::vector<int32_t> window(size_t(c.context_length + 1));
   for (auto& t : window) t = int32_t(1 + rng() % 18);
-  for (bool cached : {false, true}) {
-    Decoder<double> dec(c, ops, params, cached);
+  for (int mode = 0; mode < 3; ++mode) {
+    const bool cached = mode > 0;
+    Decoder<double> dec(c, ops, params, cached, mode == 2 ? TokenTables::kOn : TokenTables::kOff);
     // Start with N - M/2 tokens (M/2 latents), then add M/2: M latents at T = N.
     const int64_t first = c.context_length - c.num_latents / 2;
     dec.start(std::vector<int32_t>(window.begin(), window.begin() + first));
@@ -105,7 +118,7 @@ TEST(Decoder, MatchesTheTrainingModel) {
     model.forward(window.data(), 1, ForwardContext{});
     const auto all = model.logits();
     const std::vector<double> last(all.end() - c.vocab_size, all.end());
-    EXPECT_LE(max_rel(dec.logits(), last), 1e-12) << (cached ? "cached" : "uncached");
+    EXPECT_LE(max_rel(dec.logits(), last), 1e-12) << "mode " << mode;
   }
   ops.deallocate(params);
 }
@@ -127,10 +140,15 @@ TEST(Decoder, LongPromptsEmptyPromptsAndSlidingWindow) {
   b.start({2});
   EXPECT_EQ(a.length(), 1);
   EXPECT_EQ(a.logits(), b.logits()) << "an empty prompt starts from SOS";
-  // Past N tokens the window slides; decoding goes on with finite logits.
+  // Past N tokens the window slides (the cross cache drops its oldest inputs and is
+  // compacted); decoding goes on with finite logits, the same through token tables.
+  Decoder<float> t(c, ops, params, true, TokenTables::kOn);
+  t.start({});
   for (int i = 0; i < 150; ++i) {
     a.append(int32_t(3 + i % 7));
+    t.append(int32_t(3 + i % 7));
     for (float x : a.logits()) ASSERT_TRUE(std::isfinite(x));
+    ASSERT_LE(max_rel(t.logits(), a.logits()), 2e-5) << "token " << i;
   }
   EXPECT_EQ(a.length(), 151);
   EXPECT_THROW(a.append(99), UserError);

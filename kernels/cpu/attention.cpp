@@ -147,6 +147,13 @@ struct KeyBlock {
   }
 };
 
+// Whether a call has enough work to pay for waking the other threads: a decoding step's
+// one latent over a few hundred cached ones does not (a parallel region costs more than it
+// saves, and much more when another process holds a core).
+bool worth_threads(const AttentionShape& s) {
+  return s.batch * s.nq * s.nk * s.heads * s.head_dim >= (int64_t(1) << 20);
+}
+
 int64_t max_pos_of(const int64_t* p, int64_t n) {
   return *std::max_element(p, p + n);
 }
@@ -164,7 +171,7 @@ void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, 
   const T scale = T(s.scale);
   const T neg_inf = -std::numeric_limits<T>::infinity();
 
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t qt = task % q_tiles;
     const int64_t h = (task / q_tiles) % s.heads;
@@ -244,7 +251,7 @@ void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k,
   const T neg_inf = -std::numeric_limits<T>::infinity();
   const int64_t q_tiles = (s.nq + QB - 1) / QB;
 
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t h = task % s.heads, b = task / s.heads;
     const auto& list = kept[size_t(b)];

@@ -61,6 +61,9 @@ class CpuOps final : public Ops<T> {
   void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v,
                           const T* o, const T* d_o, const T* lse, T* dq, T* dk,
                           T* dv) override;
+  bool token_attention_forward(const TokenAttentionShape& s, const T* q, const T* key_table,
+                               const T* value_table, const T* cos, const T* sin,
+                               T* o) override;
 
   void attention_merge_scale(T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq,
                              int64_t heads, int64_t head_dim) override;

@@ -1,0 +1,96 @@
+#include "launch/bench_decode.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/decoder.h"
+#include "core/init.h"
+#include "core/profiled_ops.h"
+#include "launch/options.h"
+
+namespace par {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+struct DecodeRun {
+  double prefill_s = 0, tokens_per_s = 0;
+  int64_t refills = 0;
+  bool token_tables = false;
+};
+
+}  // namespace
+
+int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, Ops<float>& inner,
+                 bool profile, const std::string& backend_description) {
+  ProfiledOps<float> profiled(inner);
+  Ops<float>& ops = profile ? static_cast<Ops<float>&>(profiled) : inner;
+  std::vector<float> host;
+  init_parameters(ParamLayout(mc), rc.seed, host);
+  float* params = static_cast<float*>(ops.allocate(host.size() * sizeof(float)));
+  ops.upload(params, host.data(), host.size() * sizeof(float));
+  std::mt19937_64 rng(rc.seed);
+  // Room for the generated tokens: the window never slides, so uncached decoding (which
+  // matches cached decoding only within the context) does the same work.
+  const int64_t prompt_length = std::max<int64_t>(1, mc.context_length - tokens - 4);
+  std::vector<int32_t> prompt(static_cast<size_t>(prompt_length));
+  for (auto& t : prompt) t = int32_t(3 + rng() % uint64_t(mc.vocab_size - 3));
+  auto run = [&](bool cached, int64_t n) {
+    DecodeRun r;
+    Decoder<float> dec(mc, ops, params, cached);
+    auto t = Clock::now();
+    dec.start(prompt);
+    r.prefill_s = since(t);
+    const int64_t refills_before = dec.refills();
+    profiled.reset();
+    t = Clock::now();
+    for (int64_t i = 0; i < n; ++i) dec.append(int32_t(3 + rng() % uint64_t(mc.vocab_size - 3)));
+    ops.synchronize();
+    r.tokens_per_s = double(n) / since(t);
+    r.refills = dec.refills() - refills_before;
+    r.token_tables = dec.token_tables();
+    return r;
+  };
+  const DecodeRun cached = run(true, tokens);
+  const auto cached_profile = profiled.times();
+  const int64_t slow_tokens = std::max<int64_t>(2, std::min<int64_t>(tokens, 4));
+  const DecodeRun uncached = run(false, slow_tokens);
+  ops.deallocate(params);
+
+  std::printf("model       %s | %d threads | %s\n", mc.summary().c_str(), current_threads(),
+              backend_description.c_str());
+  std::printf("decode      prompt of %lld tokens: full pass %.2f s\n",
+              static_cast<long long>(prompt.size()), cached.prefill_s);
+  std::printf("            cached:   %.2f tokens/s over %lld tokens, %lld refills included%s\n",
+              cached.tokens_per_s, static_cast<long long>(tokens),
+              static_cast<long long>(cached.refills),
+              cached.token_tables ? " (cross-attention through token tables)" : "");
+  std::printf("            uncached: %.3f tokens/s over %lld tokens | cached/uncached = %.1fx\n",
+              uncached.tokens_per_s, static_cast<long long>(slow_tokens),
+              cached.tokens_per_s / uncached.tokens_per_s);
+  if (profile) {
+    std::vector<std::pair<std::string, OpTime>> rows(cached_profile.begin(), cached_profile.end());
+    std::sort(rows.begin(), rows.end(),
+              [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+    double total = 0;
+    for (const auto& row : rows) total += row.second.seconds;
+    std::printf("profile     cached decoding, ms/token  share  calls/token  op\n");
+    for (const auto& [op, t] : rows)
+      std::printf("            %8.3f  %5.1f%%  %8.1f  %s\n", 1e3 * t.seconds / double(tokens),
+                  100 * t.seconds / total, double(t.calls) / double(tokens), op.c_str());
+  }
+  std::printf("{\"context_length\": %lld, \"cached_tokens_per_s\": %.3f, \"uncached_tokens_per_s\": "
+              "%.4f, \"speedup\": %.2f, \"refills\": %lld}\n",
+              static_cast<long long>(mc.context_length), cached.tokens_per_s,
+              uncached.tokens_per_s, cached.tokens_per_s / uncached.tokens_per_s,
+              static_cast<long long>(cached.refills));
+  return 0;
+}
+
+}  // namespace par
