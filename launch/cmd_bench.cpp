@@ -16,9 +16,6 @@
 #include "core/init.h"
 #include "core/flops.h"
 #include "core/profiled_ops.h"
-#include "kernels/cpu/blas.h"
-#include "kernels/cpu/blas_setup.h"
-#include "kernels/cpu/cpu_ops.h"
 #include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
@@ -80,7 +77,8 @@ double gemm_rate(Ops<float>& ops, int64_t n) {
 // Generation speed: cached decoding against uncached (a full forward pass per token), on
 // freshly initialized weights after a prompt that fills the context.
 int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens) {
-  cpu::CpuOps<float> ops;
+  Backend backend = make_local_backend(rc.device, rc.precision);
+  Ops<float>& ops = *backend.ops;
   std::vector<float> host;
   init_parameters(ParamLayout(mc), rc.seed, host);
   float* params = static_cast<float*>(ops.allocate(host.size() * sizeof(float)));
@@ -103,7 +101,7 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens) {
   const double uncached = run(false, slow_tokens, prefill_uncached);
   ops.deallocate(params);
   std::printf("model       %s | %d threads | %s\n", mc.summary().c_str(), current_threads(),
-              blas_description().c_str());
+              backend.description.c_str());
   std::printf("decode      prompt of %zu tokens: full pass %.2f s\n", prompt.size(), prefill_cached);
   std::printf("            cached:   %.2f tokens/s over %lld tokens (refills included)\n", cached,
               static_cast<long long>(tokens));
@@ -235,6 +233,9 @@ int cmd_bench(int argc, char** argv) {
   const double targets_per_s = double(targets) / double(rc.steps) / step_s;
   const double peak_mib = double(peak_rss_bytes()) / (1 << 20);
   const double peak_max_mib = grid.world().all_reduce_value(peak_mib, ReduceOp::kMax);
+  // Device memory (GPU backends): what this rank's backend held at most, all ranks' largest.
+  const double dev_mib = double(device_peak_bytes(backend)) / (1 << 20);
+  const double dev_max_mib = grid.world().all_reduce_value(dev_mib, ReduceOp::kMax);
   const double n = double(rc.steps);
   if (!rank0) return 0;
 
@@ -250,6 +251,9 @@ int cmd_bench(int argc, char** argv) {
               flops / 1e9, gflops, static_cast<long long>(gemm_n), gemm_gflops, gflops / gemm_gflops);
   std::printf("memory      peak resident %.0f MiB (rank 0), %.0f MiB (largest rank)\n", peak_mib,
               peak_max_mib);
+  if (backend.cuda)
+    std::printf("            peak device %.0f MiB (rank 0), %.0f MiB (largest rank)\n", dev_mib,
+                dev_max_mib);
   if (grid.world_size() > 1) {
     std::printf("comm        per step, rank 0 (payload):");
     for (size_t i = 0; i < comm_bytes.size(); ++i)
@@ -269,12 +273,12 @@ int cmd_bench(int argc, char** argv) {
               "\"ms_per_step\": %.2f, \"ms_per_step_mean\": %.2f, \"input_tokens_per_s\": %.1f, "
               "\"targets_per_s\": %.1f, \"model_gflop_per_step\": %.4f, \"gflops\": %.2f, "
               "\"sgemm_gflops\": %.2f, \"ratio_to_sgemm\": %.4f, \"peak_rss_mib\": %.1f, "
-              "\"peak_rss_mib_max\": %.1f, \"threads\": %d, \"comm_bytes\": {\"world\": %.0f, "
+              "\"peak_rss_mib_max\": %.1f, \"peak_device_mib\": %.1f, \"threads\": %d, \"comm_bytes\": {\"world\": %.0f, "
               "\"dp\": %.0f, \"sp\": %.0f, \"tp\": %.0f, \"dp_sp\": %.0f}}\n",
               static_cast<long long>(mc.context_length), static_cast<long long>(rc.batch_size),
               grid.world_size(), rc.dp, rc.sp, rc.tp, 1e3 * step_s, 1e3 * mean_s, inputs_per_s,
               targets_per_s, flops / 1e9, gflops, gemm_gflops, gflops / gemm_gflops, peak_mib,
-              peak_max_mib, current_threads(), comm_bytes[0], comm_bytes[1], comm_bytes[2],
+              peak_max_mib, dev_max_mib, current_threads(), comm_bytes[0], comm_bytes[1], comm_bytes[2],
               comm_bytes[3], comm_bytes[4]);
   return 0;
 }
