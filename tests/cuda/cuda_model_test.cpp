@@ -14,6 +14,7 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/model_case.h"
 
 namespace par {
 namespace {
@@ -22,96 +23,14 @@ using cuda::MatmulPrecision;
 using cuda_test::bitwise_equal;
 using cuda_test::close;
 
-// Head sizes 16 (cross) and 12 (self), nothing a multiple of 32.
-ModelConfig odd_config() {
-  ModelConfig c;
-  c.vocab_size = 37;
-  c.d_model = 48;
-  c.context_length = 70;
-  c.num_latents = 17;
-  c.num_layers = 2;
-  c.cross_heads = 3;
-  c.self_heads = 4;
-  c.mlp_factor = 3;
-  return c;
-}
-
-constexpr int64_t kBatch = 3;
-
-std::vector<int32_t> windows(const ModelConfig& c, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> tok(1, int32_t(c.vocab_size - 1));
-  std::uniform_real_distribution<double> u(0, 1);
-  std::vector<int32_t> w(size_t(kBatch * (c.context_length + 1)));
-  for (auto& t : w) t = u(rng) < 0.1 ? 0 : tok(rng);
-  return w;
-}
-
-// The spec's initialization, with a random head and random norm parameters and biases, so
-// that every gradient is non-trivial.
-std::vector<float> parameters(const ParamLayout& layout, int64_t d) {
-  std::vector<float> p;
-  init_parameters(layout, 5, p);
-  std::mt19937_64 rng(6);
-  std::normal_distribution<double> n(0, 1);
-  for (const ParamInfo& info : layout.params()) {
-    float* x = p.data() + info.offset;
-    for (int64_t i = 0; i < info.numel; ++i) {
-      if (info.kind == ParamKind::kBias || info.kind == ParamKind::kNormBias)
-        x[i] = float(0.1 * n(rng));
-      else if (info.kind == ParamKind::kNormWeight)
-        x[i] = float(1.0 + 0.1 * n(rng));
-      else if (info.name == "head.weight")
-        x[i] = float(n(rng) / std::sqrt(double(d)));
-    }
-  }
-  return p;
-}
-
-ForwardContext training_context(uint32_t step) {
-  ForwardContext ctx;
-  ctx.training = true;
-  ctx.dropout = 0.2;
-  ctx.cross_attend_dropout = 0.25;
-  ctx.seed = 42;
-  ctx.step = step;
-  ctx.example_base = 4;
-  return ctx;
-}
-
-struct Result {
-  LossSums loss;
-  std::vector<float> logits, grads;
-};
-
-Result forward_backward(Ops<float>& ops, const ModelConfig& cfg, const std::vector<float>& params,
-                        const std::vector<int32_t>& w) {
-  PerceiverAR<float> model(cfg, ops, kBatch);
-  ops.upload(model.params(), params.data(), params.size() * sizeof(float));
-  Result r;
-  r.loss = model.forward(w.data(), kBatch, training_context(3));
-  r.logits = model.logits();
-  model.zero_grads();
-  model.backward(1.0 / double(r.loss.valid));
-  r.grads.resize(params.size());
-  ops.download(r.grads.data(), model.grads(), r.grads.size() * sizeof(float));
-  return r;
-}
-
-// Tolerances for a whole forward and backward pass, relative to each tensor's largest
-// entry: errors of the single products (cuda_test_util.h) compound over about a dozen
-// products and LayerNorms in a row.
-struct ModelTol {
-  double loss, logits, grads, train_loss, train_params;
-};
-ModelTol model_tol(MatmulPrecision p) {
-  switch (p) {
-    case MatmulPrecision::kFloat32: return {1e-5, 1e-4, 2e-4, 1e-4, 1e-2};
-    case MatmulPrecision::kTF32: return {3e-3, 2e-2, 3e-2, 5e-3, 1e-1};
-    case MatmulPrecision::kBF16: return {3e-2, 8e-2, 1e-1, 5e-2, 3e-1};
-  }
-  return {};
-}
+using cuda_test::kBatch;
+using cuda_test::model_tol;
+using cuda_test::ModelTol;
+using cuda_test::odd_config;
+using cuda_test::parameters;
+using cuda_test::Result;
+using cuda_test::training_context;
+using cuda_test::windows;
 
 class CudaModelTest : public cuda_test::CudaPrecisionTest {};
 
@@ -122,8 +41,8 @@ TEST_P(CudaModelTest, LossAndEveryGradientMatchTheCpu) {
   const auto w = windows(cfg, 7);
   cpu::CpuOps<float> cpu;
   auto gpu = make_ops();
-  const Result want = forward_backward(cpu, cfg, params, w);
-  const Result got = forward_backward(*gpu, cfg, params, w);
+  const Result want = cuda_test::forward_backward(cpu, cfg, params, w);
+  const Result got = cuda_test::forward_backward(*gpu, cfg, params, w);
   const ModelTol tol = model_tol(GetParam());
 
   ASSERT_EQ(got.loss.valid, want.loss.valid);
@@ -195,8 +114,8 @@ TEST_P(CudaModelTest, IsBitwiseReproducible) {
   const auto params = parameters(layout, cfg.d_model);
   const auto w = windows(cfg, 9);
   auto gpu = make_ops();
-  const Result a = forward_backward(*gpu, cfg, params, w);
-  const Result b = forward_backward(*gpu, cfg, params, w);
+  const Result a = cuda_test::forward_backward(*gpu, cfg, params, w);
+  const Result b = cuda_test::forward_backward(*gpu, cfg, params, w);
   EXPECT_EQ(a.loss.objective, b.loss.objective);
   EXPECT_TRUE(bitwise_equal(a.logits, b.logits)) << "logits";
   EXPECT_TRUE(bitwise_equal(a.grads, b.grads)) << "gradients";
