@@ -137,6 +137,7 @@ class CudaOps final : public Ops<float> {
   cudaStream_t stream() const { return stream_; }
   MatmulPrecision precision() const { return precision_; }
   void set_key_block(int64_t keys) { key_block_ = keys; }
+  void set_attention_kernel(AttentionKernel k) { attention_kernel_ = k; }
   MemoryStats memory();
 
  private:
@@ -159,6 +160,7 @@ class CudaOps final : public Ops<float> {
   std::unordered_map<void*, size_t> sizes_;
   int64_t allocated_ = 0, peak_ = 0;
   int64_t key_block_ = 0;
+  AttentionKernel attention_kernel_ = AttentionKernel::kBlocked;
 };
 
 namespace {
@@ -495,6 +497,12 @@ void CudaOps::key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batch,
 void CudaOps::attention_forward(const AttentionShape& s, const float* q, const float* k,
                                 const float* v, float* o, float* lse) {
   use_device();
+  if (attention_kernel_ == AttentionKernel::kFused && precision_ != MatmulPrecision::kFloat32 &&
+      kern::fused_attention_covers(s.head_dim)) {
+    kern::attention_forward_fused(stream_, s, q, k, v, o, lse,
+                                  precision_ == MatmulPrecision::kBF16);
+    return;
+  }
   CudaEngine e{*this};
   attention_forward_plan(e, s, q, k, v, o, lse, key_block_);
 }
@@ -651,5 +659,9 @@ MatmulPrecision matmul_precision(const Ops<float>& ops) {
 MemoryStats memory_stats(Ops<float>& ops) { return as_cuda(ops).memory(); }
 
 void set_attention_key_block(Ops<float>& ops, int64_t keys) { as_cuda(ops).set_key_block(keys); }
+
+void set_attention_kernel(Ops<float>& ops, AttentionKernel kernel) {
+  as_cuda(ops).set_attention_kernel(kernel);
+}
 
 }  // namespace par::cuda

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/ops.h"
 #include "core/philox.h"
 
 namespace par::cuda::kern {
@@ -99,5 +100,12 @@ void attn_bwd_delta(cudaStream_t st, float* delta, const float* o, const float* 
 void attn_bwd_probs(cudaStream_t st, const ScoreBlockArgs& blk, const float* lse);
 void attn_bwd_dscores(cudaStream_t st, float* dp, int64_t ld, const float* p, int64_t heads,
                       int64_t nq, int64_t keys, const float* delta);
+
+// ---- fused attention forward (attention_fused.cu), tf32 or bf16 products ----
+// Whether the fused kernel has an instance for this head size (16, 32, 64, 128).
+bool fused_attention_covers(int64_t head_dim);
+// attention_forward of core/ops.h in one kernel per tile of 64 queries; head_dim covered.
+void attention_forward_fused(cudaStream_t st, const AttentionShape& s, const float* q,
+                             const float* k, const float* v, float* o, float* lse, bool bf16);
 
 }  // namespace par::cuda::kern

@@ -39,6 +39,9 @@ inline std::vector<AttentionCase> attention_cases() {
       {"noncontiguous_kept", 2, 16, 96, 4, 7, 80, 0.0, 10, true, false, true},
       {"one_block", 1, 33, 700, 2, 32, 667, 0.1, 0},
       {"single_key_blocks", 1, 5, 9, 1, 3, 4, 0.2, 1},
+      // Head sizes of the fused kernel's instances, with partial query and key tiles.
+      {"heads_of_64", 2, 70, 200, 2, 64, 130, 0.2, 0},
+      {"heads_of_128", 1, 20, 90, 1, 128, 70, 0.1, 0, true, false, true},
   };
 }
 

@@ -44,7 +44,8 @@ Outputs cpu_attention(const AttentionData& d) {
 
 // Runs forward and backward on the GPU. The backward takes o and lse as given (here the
 // CPU's, as it would take the merged ones of several ranks) unless `own` is set.
-Outputs gpu_attention(Ops<float>& ops, const AttentionData& d, const Outputs* given) {
+Outputs gpu_attention(Ops<float>& ops, const AttentionData& d, const Outputs* given,
+                      cuda::AttentionKernel kernel = cuda::AttentionKernel::kBlocked) {
   DeviceArray<float> q(ops, d.q), k(ops, d.k), v(ops, d.v), d_o(ops, d.d_o);
   DeviceArray<int64_t> q_pos(ops, d.q_pos), k_pos(ops, d.k_pos);
   DeviceArray<uint8_t> keep(ops, d.keep.empty() ? std::vector<uint8_t>(1, 1) : d.keep);
@@ -57,6 +58,7 @@ Outputs gpu_attention(Ops<float>& ops, const AttentionData& d, const Outputs* gi
   DeviceArray<float> o(ops, d.q.size(), nan), lse(ops, size_t(s.batch * s.heads * s.nq), nan);
   DeviceArray<float> dq(ops, d.q.size(), nan), dk(ops, d.k.size(), nan), dv(ops, d.v.size(), nan);
   cuda::set_attention_key_block(ops, d.c.key_block);
+  cuda::set_attention_kernel(ops, kernel);
   ops.attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
   Outputs r;
   r.o = o.host();
@@ -71,6 +73,7 @@ Outputs gpu_attention(Ops<float>& ops, const AttentionData& d, const Outputs* gi
   r.dk = dk.host();
   r.dv = dv.host();
   cuda::set_attention_key_block(ops, 0);
+  cuda::set_attention_kernel(ops, cuda::AttentionKernel::kBlocked);
   return r;
 }
 
@@ -113,6 +116,23 @@ TEST_P(CudaAttentionTest, MatchesTheCpu) {
   if (c.name == "rows_without_keys") {
     EXPECT_GT(empty_rows, 0);
   }
+}
+
+// The fused forward (tf32 and bf16, head sizes 16, 32, 64, 128; the rest, and fp32, fall
+// back to the blocked path, which must then give the same as without the request). Its
+// products round like the blocked path's, so the tolerances are the same.
+TEST_P(CudaAttentionTest, FusedForwardMatchesTheCpu) {
+  const auto [precision, c] = GetParam();
+  const AttentionData d = cuda_test::make_attention_data(c, 24);
+  const Outputs want = cpu_attention(d);
+  auto ops = cuda::make_cuda_ops(0, precision);
+  const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kFused);
+  const double tol = cuda_test::attention_tol(precision);
+  EXPECT_TRUE(close(got.o, want.o, tol)) << "o";
+  EXPECT_TRUE(close(got.lse, want.lse, tol)) << "lse";
+  const Outputs again = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kFused);
+  EXPECT_TRUE(bitwise_equal(got.o, again.o)) << "o, second run";
+  EXPECT_TRUE(bitwise_equal(got.lse, again.lse)) << "lse, second run";
 }
 
 TEST_P(CudaAttentionTest, IsBitwiseReproducible) {
