@@ -8,42 +8,18 @@
 // shared memory, because the element order of a WMMA accumulator is unspecified: the
 // running rescale (o *= alpha) is done there by two lanes per row, and the accumulator is
 // reloaded from it for o += P V. Opt-in (set_attention_kernel) until it has run on a GPU.
-#include <mma.h>
-#include <cuda_bf16.h>
-
 #include <cmath>
 
 #include "core/error.h"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/wmma_traits.cuh"
 
 namespace par::cuda::kern {
 
 namespace {
 
-namespace wmma = nvcuda::wmma;
-
-constexpr int kTileQ = 64, kTileK = 64, kWarps = 4, kFusedThreads = kWarps * 32;
-
-struct Bf16 {
-  using Storage = __nv_bfloat16;
-  using Elem = __nv_bfloat16;
-  static constexpr int kStep = 16;
-  __device__ static Storage from_float(float x) { return __float2bfloat16_rn(x); }
-  template <typename F>
-  __device__ static void round(F&) {}
-};
-
-struct Tf32 {
-  using Storage = float;
-  using Elem = wmma::precision::tf32;
-  static constexpr int kStep = 8;
-  __device__ static Storage from_float(float x) { return x; }
-  template <typename F>
-  __device__ static void round(F& f) {
-    for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
-  }
-};
+using namespace fused;
 
 struct FusedArgs {
   const float *q, *k, *v;

@@ -511,6 +511,16 @@ void CudaOps::attention_backward(const AttentionShape& s, const float* q, const 
                                  const float* v, const float* o, const float* d_o,
                                  const float* lse, float* dq, float* dk, float* dv) {
   use_device();
+  if (attention_kernel_ == AttentionKernel::kFused && precision_ != MatmulPrecision::kFloat32 &&
+      kern::fused_attention_backward_covers(s.head_dim) && s.batch > 0 && s.nq > 0 &&
+      s.heads > 0) {
+    auto* delta = static_cast<float*>(
+        scratch(kDelta, size_t(s.batch * s.heads * s.nq) * sizeof(float)));
+    kern::attn_bwd_delta(stream_, delta, o, d_o, s.batch, s.nq, s.heads, s.head_dim);
+    kern::attention_backward_fused(stream_, s, q, k, v, d_o, lse, delta, dq, dk, dv,
+                                   precision_ == MatmulPrecision::kBF16);
+    return;
+  }
   CudaEngine e{*this};
   attention_backward_plan(e, s, q, k, v, o, d_o, lse, dq, dk, dv, key_block_);
 }

@@ -60,10 +60,11 @@ struct MemoryStats {
 };
 MemoryStats memory_stats(Ops<float>& ops);
 
-// Which attention forward runs. kBlocked (the default): cuBLAS products per key block and
-// small kernels (attention_plan.h). kFused: one flash-style kernel with tensor-core
-// products (attention_fused.cu), for tf32 and bf16 and head sizes 16, 32, 64 and 128; other
-// cases take the blocked path, and so does the backward. Opt-in until it has run on a GPU.
+// Which attention runs. kBlocked (the default): cuBLAS products per key block and small
+// kernels (attention_plan.h). kFused: flash-style kernels with tensor-core products
+// (attention_fused.cu, attention_fused_bwd.cu) for tf32 and bf16, head sizes 16, 32, 64
+// (and 128 in the forward); other cases take the blocked path. Opt-in until it has run on
+// a GPU.
 enum class AttentionKernel { kBlocked, kFused };
 void set_attention_kernel(Ops<float>& ops, AttentionKernel kernel);
 

@@ -108,4 +108,14 @@ bool fused_attention_covers(int64_t head_dim);
 void attention_forward_fused(cudaStream_t st, const AttentionShape& s, const float* q,
                              const float* k, const float* v, float* o, float* lse, bool bf16);
 
+// ---- fused attention backward (attention_fused_bwd.cu), tf32 or bf16 products ----
+// Head sizes with an instance (16, 32, 64: larger ones exceed the shared memory).
+bool fused_attention_backward_covers(int64_t head_dim);
+// attention_backward of core/ops.h given delta[(b*heads + h)*nq + i] = o . d_o of each row
+// (attn_bwd_delta); batch, nq and heads positive, head_dim covered.
+void attention_backward_fused(cudaStream_t st, const AttentionShape& s, const float* q,
+                              const float* k, const float* v, const float* d_o,
+                              const float* lse, const float* delta, float* dq, float* dk,
+                              float* dv, bool bf16);
+
 }  // namespace par::cuda::kern

@@ -118,10 +118,11 @@ TEST_P(CudaAttentionTest, MatchesTheCpu) {
   }
 }
 
-// The fused forward (tf32 and bf16, head sizes 16, 32, 64, 128; the rest, and fp32, fall
-// back to the blocked path, which must then give the same as without the request). Its
-// products round like the blocked path's, so the tolerances are the same.
-TEST_P(CudaAttentionTest, FusedForwardMatchesTheCpu) {
+// The fused kernels (tf32 and bf16, head sizes 16, 32, 64, and 128 in the forward; the
+// rest, and fp32, fall back to the blocked path, which must then give the same as without
+// the request). Their products round like the blocked path's, so the tolerances are the
+// same.
+TEST_P(CudaAttentionTest, FusedMatchesTheCpu) {
   const auto [precision, c] = GetParam();
   const AttentionData d = cuda_test::make_attention_data(c, 24);
   const Outputs want = cpu_attention(d);
@@ -130,9 +131,22 @@ TEST_P(CudaAttentionTest, FusedForwardMatchesTheCpu) {
   const double tol = cuda_test::attention_tol(precision);
   EXPECT_TRUE(close(got.o, want.o, tol)) << "o";
   EXPECT_TRUE(close(got.lse, want.lse, tol)) << "lse";
+  EXPECT_TRUE(close(got.dq, want.dq, tol)) << "dq";
+  EXPECT_TRUE(close(got.dk, want.dk, tol)) << "dk";
+  EXPECT_TRUE(close(got.dv, want.dv, tol)) << "dv";
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t j = 0; j < c.nk; ++j)
+      if (!d.key_seen(b, j))
+        for (int64_t e = 0; e < d.ld(); ++e) {
+          const size_t at = size_t((b * c.nk + j) * d.ld() + e);
+          ASSERT_TRUE(got.dk[at] == 0.0f && got.dv[at] == 0.0f) << "unseen key " << j;
+        }
   const Outputs again = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kFused);
   EXPECT_TRUE(bitwise_equal(got.o, again.o)) << "o, second run";
   EXPECT_TRUE(bitwise_equal(got.lse, again.lse)) << "lse, second run";
+  EXPECT_TRUE(bitwise_equal(got.dq, again.dq)) << "dq, second run";
+  EXPECT_TRUE(bitwise_equal(got.dk, again.dk)) << "dk, second run";
+  EXPECT_TRUE(bitwise_equal(got.dv, again.dv)) << "dv, second run";
 }
 
 TEST_P(CudaAttentionTest, IsBitwiseReproducible) {

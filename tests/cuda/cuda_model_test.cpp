@@ -57,6 +57,28 @@ TEST_P(CudaModelTest, LossAndEveryGradientMatchTheCpu) {
   }
 }
 
+// The same with the fused attention kernels requested: the cross-attention (heads of 16)
+// takes them in tf32 and bf16, the latent self-attention (heads of 12) falls back.
+TEST_P(CudaModelTest, WithFusedAttentionMatchesTheCpu) {
+  const ModelConfig cfg = odd_config();
+  const ParamLayout layout(cfg);
+  const auto params = parameters(layout, cfg.d_model);
+  const auto w = windows(cfg, 10);
+  cpu::CpuOps<float> cpu;
+  auto gpu = make_ops();
+  cuda::set_attention_kernel(*gpu, cuda::AttentionKernel::kFused);
+  const Result want = cuda_test::forward_backward(cpu, cfg, params, w);
+  const Result got = cuda_test::forward_backward(*gpu, cfg, params, w);
+  const ModelTol tol = model_tol(GetParam());
+  EXPECT_NEAR(got.loss.objective, want.loss.objective, tol.loss * std::abs(want.loss.objective));
+  EXPECT_TRUE(close(got.logits, want.logits, tol.logits)) << "logits";
+  for (const ParamInfo& p : layout.params()) {
+    const std::vector<float> g(got.grads.begin() + p.offset, got.grads.begin() + p.offset + p.numel);
+    const std::vector<float> e(want.grads.begin() + p.offset, want.grads.begin() + p.offset + p.numel);
+    EXPECT_TRUE(close(g, e, tol.grads)) << p.name;
+  }
+}
+
 // Adam on one batch: the losses of both backends follow each other and fall, and the
 // parameters end up close. Adam turns tiny gradient differences of near-zero gradients
 // into whole steps of either sign, so the parameters are compared by the mean difference

@@ -92,11 +92,15 @@ TEST(CudaTiming, DISABLED_CrossAttention100M) {
     const double fwd = best_ms(*ops, 3, [&] {
       ops->attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
     });
-    double fused = 0;
+    double fused = 0, fused_bwd = 0;
     if (p != MatmulPrecision::kFloat32) {
       cuda::set_attention_kernel(*ops, cuda::AttentionKernel::kFused);
       fused = best_ms(*ops, 3, [&] {
         ops->attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
+      });
+      fused_bwd = best_ms(*ops, 3, [&] {
+        ops->attention_backward(s, q.get(), k.get(), v.get(), o.get(), d_o.get(), lse.get(),
+                                dq.get(), dk.get(), dv.get());
       });
       cuda::set_attention_kernel(*ops, cuda::AttentionKernel::kBlocked);
     }
@@ -114,7 +118,9 @@ TEST(CudaTiming, DISABLED_CrossAttention100M) {
                 double(m.peak_bytes) / double(int64_t(1) << 30));
     if (fused > 0)
       std::printf("timing cross-attention M=1024 N=131072 16x64 %s: fused forward %.2f ms "
-                  "(%.1f TFLOP/s)\n", cuda::precision_name(p), fused, f / fused / 1e9);
+                  "(%.1f TFLOP/s), fused backward %.2f ms (%.1f TFLOP/s)\n",
+                  cuda::precision_name(p), fused, f / fused / 1e9, fused_bwd,
+                  2 * f / fused_bwd / 1e9);
   }
 }
 
