@@ -23,13 +23,18 @@ bool cuda_built() {
 
 namespace {
 
-Backend backend_for(const std::string& device, const std::string& precision, int local_rank) {
+Backend backend_for(const std::string& device, const std::string& precision,
+                    const std::string& attention, int local_rank) {
   if (precision != "fp32" && precision != "tf32" && precision != "bf16")
     fail_user("--precision must be fp32, tf32 or bf16 (got '", precision, "')");
+  if (attention != "blocked" && attention != "fused")
+    fail_user("--attention must be blocked or fused (got '", attention, "')");
   Backend b;
   if (device == "cpu") {
     if (precision != "fp32")
       fail_user("--precision ", precision, " is for --device cuda; the CPU computes in fp32");
+    if (attention != "blocked")
+      fail_user("--attention ", attention, " is for --device cuda");
     b.ops = std::make_unique<cpu::CpuOps<float>>();
     b.description = "cpu (" + blas_description() + ")";
     return b;
@@ -46,6 +51,10 @@ Backend backend_for(const std::string& device, const std::string& precision, int
   b.ops = cuda::make_cuda_ops(gpu, mode);
   b.description = cat("cuda:", gpu, " (", cuda::describe_device(gpu), "), ", precision,
                       " matrix products");
+  if (attention == "fused") {
+    cuda::set_attention_kernel(*b.ops, cuda::AttentionKernel::kFused);
+    b.description += ", fused attention";
+  }
   b.cuda = true;
   return b;
 #else
@@ -71,12 +80,13 @@ int launcher_local_rank() {
 }  // namespace
 
 Backend make_backend(const std::string& device, const std::string& precision,
-                     const ProcessGrid& grid) {
-  return backend_for(device, precision, grid.local_rank());
+                     const ProcessGrid& grid, const std::string& attention) {
+  return backend_for(device, precision, attention, grid.local_rank());
 }
 
-Backend make_local_backend(const std::string& device, const std::string& precision) {
-  return backend_for(device, precision, launcher_local_rank());
+Backend make_local_backend(const std::string& device, const std::string& precision,
+                           const std::string& attention) {
+  return backend_for(device, precision, attention, launcher_local_rank());
 }
 
 int64_t device_peak_bytes(Backend& b) {

@@ -77,7 +77,7 @@ double gemm_rate(Ops<float>& ops, int64_t n) {
 // Generation speed: cached decoding against uncached (a full forward pass per token), on
 // freshly initialized weights after a prompt that fills the context.
 int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens) {
-  Backend backend = make_local_backend(rc.device, rc.precision);
+  Backend backend = make_local_backend(rc.device, rc.precision, rc.attention);
   Ops<float>& ops = *backend.ops;
   std::vector<float> host;
   init_parameters(ParamLayout(mc), rc.seed, host);
@@ -172,7 +172,7 @@ int cmd_bench(int argc, char** argv) {
   // The machine's sgemm rate: the best of measurements before, between and after the
   // steps. On a shared or throttling machine one measurement alone can be far off.
   Backend backend;
-  job.agree([&] { backend = make_backend(rc.device, rc.precision, grid); });
+  job.agree([&] { backend = make_backend(rc.device, rc.precision, grid, rc.attention); });
   job.agree([&] { connect_backend(backend, grid); });
   if (gemm_defaulted && backend.cuda) gemm_n = 8192;  // a GPU needs a bigger product to be busy
   double gemm_gflops = gemm_rate(*backend.ops, gemm_n);

@@ -39,6 +39,11 @@ TEST(DeviceCli, BadDeviceOrPrecisionIsAUserError) {
     EXPECT_USER_ERROR(run_par(dir, c + " --device cpu --precision bf16"),
                       "is for --device cuda");
   }
+  // Only the commands with run options (train, bench) choose the attention kernels.
+  const std::string bench = commands().back();
+  EXPECT_USER_ERROR(run_par(dir, bench + " --device cuda --attention magic"),
+                    "--attention must be blocked or fused");
+  EXPECT_USER_ERROR(run_par(dir, bench + " --attention fused"), "is for --device cuda");
 }
 
 TEST(DeviceCli, CudaWithoutBackendOrGpuSaysWhy) {

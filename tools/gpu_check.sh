@@ -17,9 +17,11 @@
 #
 # Settings (environment):
 #   PRECISIONS    precisions to bench (default "bf16 tf32 fp32")
+#   ATTENTIONS    attention kernels to bench (default "blocked fused"; fused only in tf32/bf16)
 #   GPU_CONFIGS   configs to bench (default: every configs/gpu-*.ini; missing ones are noted)
-#   BENCH_CMD     the bench command line; {par}, {config} and {precision} are replaced.
-#                 Default: "{par} bench --config {config} --device cuda --precision {precision}
+#   BENCH_CMD     the bench command line; {par}, {config}, {precision} and {attention} are
+#                 replaced. Default: "{par} bench --config {config} --device cuda
+#                 --precision {precision} --attention {attention}
 #                 --steps 3 --warmup 1".
 #   TEST_TIMEOUT  seconds for all of par_cuda_tests (default 420); BENCH_TIMEOUT per bench (180)
 #   CHECK_OUT     where the logs go (default $OUT when set, else build-gpu-bundle/check)
@@ -30,8 +32,9 @@ repo=$(pwd)
 
 archive=${1:-build-gpu-bundle/bundle/par-gpu-bundle.tar.xz}
 precisions=${PRECISIONS:-bf16 tf32 fp32}
+attentions=${ATTENTIONS:-blocked fused}
 configs=${GPU_CONFIGS:-$(ls configs/gpu-*.ini 2>/dev/null)}
-bench_cmd=${BENCH_CMD:-"{par} bench --config {config} --device cuda --precision {precision} --steps 3 --warmup 1"}
+bench_cmd=${BENCH_CMD:-"{par} bench --config {config} --device cuda --precision {precision} --attention {attention} --steps 3 --warmup 1"}
 test_timeout=${TEST_TIMEOUT:-420}
 bench_timeout=${BENCH_TIMEOUT:-180}
 logs=${CHECK_OUT:-${OUT:-build-gpu-bundle/check}}
@@ -150,13 +153,19 @@ grep '^timing' "$logs/timing.log" | sed 's/^timing /  /'
 : > "$work/bench.tsv"
 for config in $configs; do
   for p in $precisions; do
+  for attn in $attentions; do
+    # fp32 has no fused kernels (it would run the blocked path again).
+    [ "$p" = fp32 ] && [ "$attn" != blocked ] && continue
+    label=$p
+    [ "$attn" = blocked ] || label="$p/$attn"
     if [ ! -f "$config" ]; then
-      printf '%s\t%s\t%s\n' "$config" "$p" "config not found" >> "$work/bench.tsv"
+      printf '%s\t%s\t%s\n' "$config" "$label" "config not found" >> "$work/bench.tsv"
       continue
     fi
     cmd=${bench_cmd//\{par\}/$par}
     cmd=${cmd//\{config\}/$config}
     cmd=${cmd//\{precision\}/$p}
+    cmd=${cmd//\{attention\}/$attn}
     say "bench: $cmd"
     echo "==== $cmd" >> "$logs/bench.log"
     timeout "$bench_timeout" bash -c "$cmd" > "$work/one.log" 2>&1
@@ -164,10 +173,11 @@ for config in $configs; do
     cat "$work/one.log" >> "$logs/bench.log"
     json=$(grep '^{' "$work/one.log" | tail -1)
     if [ $rc -ne 0 ] || [ -z "$json" ]; then
-      printf '%s\t%s\t%s\n' "$config" "$p" "failed (exit $rc): $(grep -v '^\s*$' "$work/one.log" | tail -1 | cut -c1-100)" >> "$work/bench.tsv"
+      printf '%s\t%s\t%s\n' "$config" "$label" "failed (exit $rc): $(grep -v '^\s*$' "$work/one.log" | tail -1 | cut -c1-100)" >> "$work/bench.tsv"
     else
-      printf '%s\t%s\tJSON\t%s\n' "$config" "$p" "$json" >> "$work/bench.tsv"
+      printf '%s\t%s\tJSON\t%s\n' "$config" "$label" "$json" >> "$work/bench.tsv"
     fi
+  done
   done
 done
 
@@ -186,24 +196,25 @@ PEAKS = [("H100 PCIe", (51.2, 378.0, 756.0)), ("H100 NVL", (60.0, 417.5, 835.0))
 name = os.environ.get("GPU_NAME", "")
 peak = next((p for key, p in PEAKS if key in name), None)
 index = {"fp32": 0, "tf32": 1, "bf16": 2}
-print("bench:  %-28s %-5s %10s %12s %9s %7s %10s" % ("config", "prec", "ms/step", "tokens/s",
+print("bench:  %-28s %-10s %10s %12s %9s %7s %10s" % ("config", "prec", "ms/step", "tokens/s",
       "TFLOP/s", "% peak", "peak mem"))
 for line in open(sys.argv[1]):
     parts = line.rstrip("\n").split("\t")
     config, prec = os.path.basename(parts[0]), parts[1]
     if parts[2] != "JSON":
-        print("        %-28s %-5s %s" % (config, prec, parts[2]))
+        print("        %-28s %-10s %s" % (config, prec, parts[2]))
         continue
     j = json.loads(parts[3])
     tflops = j.get("gflops", 0) / 1e3
-    pk = peak[index[prec]] if peak and prec in index else None
+    base = prec.split("/")[0]  # "bf16/fused": the fused attention kernels in bf16
+    pk = peak[index[base]] if peak and base in index else None
     mem = None
     for key, scale in (("peak_device_mib", 1), ("peak_device_bytes", 1 / 2**20),
                        ("peak_rss_mib", 1)):
         if key in j:
             mem = "%.0f MiB%s" % (j[key] * scale, "" if "device" in key else " host")
             break
-    print("        %-28s %-5s %10.1f %12.0f %9.1f %7s %10s" % (
+    print("        %-28s %-10s %10.1f %12.0f %9.1f %7s %10s" % (
         config, prec, j.get("ms_per_step", 0), j.get("input_tokens_per_s", 0), tflops,
         "%.1f" % (100 * tflops / pk) if pk else "n/a", mem or "n/a"))
 if not peak:
