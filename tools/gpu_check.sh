@@ -23,7 +23,9 @@
 #                 replaced. Default: "{par} bench --config {config} --device cuda
 #                 --precision {precision} --attention {attention}
 #                 --steps 3 --warmup 1".
-#   TEST_TIMEOUT  seconds for all of par_cuda_tests (default 420); BENCH_TIMEOUT per bench (180)
+#   TEST_TIMEOUT  seconds for all of par_cuda_tests (default 300); BENCH_TIMEOUT per bench (180)
+#   BUDGET        seconds for the whole check (default 540): bench runs that would not end
+#                 in time are listed as skipped, so the table always comes out
 #   CHECK_OUT     where the logs go (default $OUT when set, else build-gpu-bundle/check)
 # Exit status: 0 when all tests passed, 1 when some failed or did not run, 2 on setup errors.
 set -uo pipefail
@@ -35,8 +37,9 @@ precisions=${PRECISIONS:-bf16 tf32 fp32}
 attentions=${ATTENTIONS:-blocked fused}
 configs=${GPU_CONFIGS:-$(ls configs/gpu-*.ini 2>/dev/null)}
 bench_cmd=${BENCH_CMD:-"{par} bench --config {config} --device cuda --precision {precision} --attention {attention} --steps 3 --warmup 1"}
-test_timeout=${TEST_TIMEOUT:-420}
+test_timeout=${TEST_TIMEOUT:-300}
 bench_timeout=${BENCH_TIMEOUT:-180}
+budget=${BUDGET:-540}
 logs=${CHECK_OUT:-${OUT:-build-gpu-bundle/check}}
 mkdir -p "$logs"
 logs=$(cd "$logs" && pwd)
@@ -144,7 +147,7 @@ fi
 
 # ---- timings from par_cuda_tests ----
 say "timing runs (log: $logs/timing.log)"
-timeout 240 "$tests" --gtest_color=no --gtest_also_run_disabled_tests \
+timeout 150 "$tests" --gtest_color=no --gtest_also_run_disabled_tests \
   --gtest_filter='CudaTiming.*' > "$logs/timing.log" 2>&1 || say "timing runs: exit status $?"
 grep '^timing' "$logs/timing.log" | sed 's/^timing /  /'
 
@@ -162,13 +165,18 @@ for config in $configs; do
       printf '%s\t%s\t%s\n' "$config" "$label" "config not found" >> "$work/bench.tsv"
       continue
     fi
+    left=$((budget - SECONDS))
+    if [ "$left" -lt 30 ]; then  # too little for a run: start-up alone takes seconds
+      printf '%s\t%s\t%s\n' "$config" "$label" "skipped: out of time (BUDGET=$budget s)" >> "$work/bench.tsv"
+      continue
+    fi
     cmd=${bench_cmd//\{par\}/$par}
     cmd=${cmd//\{config\}/$config}
     cmd=${cmd//\{precision\}/$p}
     cmd=${cmd//\{attention\}/$attn}
     say "bench: $cmd"
     echo "==== $cmd" >> "$logs/bench.log"
-    timeout "$bench_timeout" bash -c "$cmd" > "$work/one.log" 2>&1
+    timeout "$((left < bench_timeout ? left : bench_timeout))" bash -c "$cmd" > "$work/one.log" 2>&1
     rc=$?
     cat "$work/one.log" >> "$logs/bench.log"
     json=$(grep '^{' "$work/one.log" | tail -1)
