@@ -2,6 +2,7 @@
 // several ranks, NCCL communicators for the groups whose data lives in device memory.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -24,11 +25,21 @@ struct Backend {
 
 // This rank's backend. UserError for an unknown device or precision, cuda in a build without
 // it, or no visible GPU. Not collective.
+// `attention`: blocked (the default) or fused (cuda::AttentionKernel).
 Backend make_backend(const std::string& device, const std::string& precision,
-                     const ProcessGrid& grid);
+                     const ProcessGrid& grid, const std::string& attention = "blocked");
 // Collective over the grid: the device-side communicators (NCCL) a multi-rank GPU job needs.
 // Call on every rank after make_backend succeeded everywhere.
 void connect_backend(Backend& backend, const ProcessGrid& grid);
+// The same for a single-process command (eval, sample), which has no process grid: the
+// GPU is chosen from the launcher's node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, else
+// SLURM_LOCALID; 0 outside a job), so several such processes on one node spread out.
+Backend make_local_backend(const std::string& device, const std::string& precision,
+                           const std::string& attention = "blocked");
+
+// The most device memory the backend has held at once (allocations and its scratch), in
+// bytes; 0 for the CPU backend, whose memory is the process's resident set.
+int64_t device_peak_bytes(Backend& backend);
 
 // Whether this build has the CUDA backend.
 bool cuda_built();

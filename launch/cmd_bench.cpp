@@ -15,9 +15,6 @@
 #include "core/init.h"
 #include "core/flops.h"
 #include "core/profiled_ops.h"
-#include "kernels/cpu/blas.h"
-#include "kernels/cpu/blas_setup.h"
-#include "kernels/cpu/cpu_ops.h"
 #include "launch/backend.h"
 #include "launch/bench_decode.h"
 #include "launch/cli.h"
@@ -118,10 +115,8 @@ int cmd_bench(int argc, char** argv) {
       if (job.world_size() > 1) fail_user("--decode runs on one process (generation needs no grid)");
     });
     set_threads(rc.threads);
-    ProcessGrid one;
-    job.agree([&] { one = job.make_grid(GridShape{1, 1, 1}); });
     Backend backend;
-    job.agree([&] { backend = make_backend(rc.device, rc.precision, one); });
+    job.agree([&] { backend = make_local_backend(rc.device, rc.precision, rc.attention); });
     return bench_decode(mc, rc, decode, *backend.ops, profile, backend.description);
   }
   ProcessGrid grid;
@@ -140,7 +135,7 @@ int cmd_bench(int argc, char** argv) {
   // The machine's sgemm rate: the best of measurements before, between and after the
   // steps. On a shared or throttling machine one measurement alone can be far off.
   Backend backend;
-  job.agree([&] { backend = make_backend(rc.device, rc.precision, grid); });
+  job.agree([&] { backend = make_backend(rc.device, rc.precision, grid, rc.attention); });
   job.agree([&] { connect_backend(backend, grid); });
   if (gemm_defaulted && backend.cuda) gemm_n = 8192;  // a GPU needs a bigger product to be busy
   double gemm_gflops = gemm_rate(*backend.ops, gemm_n);
@@ -201,6 +196,9 @@ int cmd_bench(int argc, char** argv) {
   const double targets_per_s = double(targets) / double(rc.steps) / step_s;
   const double peak_mib = double(peak_rss_bytes()) / (1 << 20);
   const double peak_max_mib = grid.world().all_reduce_value(peak_mib, ReduceOp::kMax);
+  // Device memory (GPU backends): what this rank's backend held at most, all ranks' largest.
+  const double dev_mib = double(device_peak_bytes(backend)) / (1 << 20);
+  const double dev_max_mib = grid.world().all_reduce_value(dev_mib, ReduceOp::kMax);
   const double n = double(rc.steps);
   if (!rank0) return 0;
 
@@ -216,6 +214,9 @@ int cmd_bench(int argc, char** argv) {
               flops / 1e9, gflops, static_cast<long long>(gemm_n), gemm_gflops, gflops / gemm_gflops);
   std::printf("memory      peak resident %.0f MiB (rank 0), %.0f MiB (largest rank)\n", peak_mib,
               peak_max_mib);
+  if (backend.cuda)
+    std::printf("            peak device %.0f MiB (rank 0), %.0f MiB (largest rank)\n", dev_mib,
+                dev_max_mib);
   if (grid.world_size() > 1) {
     std::printf("comm        per step, rank 0 (payload):");
     for (size_t i = 0; i < comm_bytes.size(); ++i)
@@ -235,12 +236,12 @@ int cmd_bench(int argc, char** argv) {
               "\"ms_per_step\": %.2f, \"ms_per_step_mean\": %.2f, \"input_tokens_per_s\": %.1f, "
               "\"targets_per_s\": %.1f, \"model_gflop_per_step\": %.4f, \"gflops\": %.2f, "
               "\"sgemm_gflops\": %.2f, \"ratio_to_sgemm\": %.4f, \"peak_rss_mib\": %.1f, "
-              "\"peak_rss_mib_max\": %.1f, \"threads\": %d, \"comm_bytes\": {\"world\": %.0f, "
+              "\"peak_rss_mib_max\": %.1f, \"peak_device_mib\": %.1f, \"threads\": %d, \"comm_bytes\": {\"world\": %.0f, "
               "\"dp\": %.0f, \"sp\": %.0f, \"tp\": %.0f, \"dp_sp\": %.0f}}\n",
               static_cast<long long>(mc.context_length), static_cast<long long>(rc.batch_size),
               grid.world_size(), rc.dp, rc.sp, rc.tp, 1e3 * step_s, 1e3 * mean_s, inputs_per_s,
               targets_per_s, flops / 1e9, gflops, gemm_gflops, gflops / gemm_gflops, peak_mib,
-              peak_max_mib, current_threads(), comm_bytes[0], comm_bytes[1], comm_bytes[2],
+              peak_max_mib, dev_max_mib, current_threads(), comm_bytes[0], comm_bytes[1], comm_bytes[2],
               comm_bytes[3], comm_bytes[4]);
   return 0;
 }

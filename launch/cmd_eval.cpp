@@ -10,7 +10,7 @@
 #include "checkpoint/model_file.h"
 #include "core/error.h"
 #include "data/dataset.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/evaluate.h"
@@ -23,13 +23,16 @@ int cmd_eval(int argc, char** argv) {
   std::vector<std::string> data;
   int64_t max_tokens = 0, batch = 1;
   int threads = 0;
+  std::string device = "cpu", precision = "fp32";
   po::options_description opts("Options");
   opts.add_options()
       ("checkpoint", po::value(&checkpoint), "checkpoint directory (or a run directory: its newest checkpoint) or exported model")
       ("data", po::value(&data)->multitoken(), "shards to evaluate: paths or glob patterns (each is one stream)")
       ("max-tokens", po::value(&max_tokens)->default_value(0), "stop after this many scored targets (0: all)")
       ("batch-size", po::value(&batch)->default_value(1), "blocks per forward pass")
-      ("threads", po::value(&threads)->default_value(0), "CPU threads (0: all cores)");
+      ("threads", po::value(&threads)->default_value(0), "CPU threads (0: all cores)")
+      ("device", po::value(&device)->default_value(device), "cpu or cuda (the GPU chosen by the launcher's node-local rank, else GPU 0)")
+      ("precision", po::value(&precision)->default_value(precision), "matrix products on cuda: fp32, tf32 or bf16");
   po::variables_map vm;
   const cli::Command cmd{"eval",
                          "Scores every token of the shards once with block evaluation and prints "
@@ -42,13 +45,16 @@ int cmd_eval(int argc, char** argv) {
   if (max_tokens < 0) fail_user("--max-tokens must be >= 0");
   set_threads(threads);
 
+  // Before reading the model: a bad --device or --precision is reported at once.
+  Backend backend = make_local_backend(device, precision);
   const ModelFile file = read_model_file(checkpoint, false);
   const auto shards = cli::expand_paths(data, "--data");
   const Dataset check(shards, file.model.context_length, file.model.vocab_size);
   LOG(INFO) << "evaluating " << checkpoint << " (step " << file.position.step << ", "
-            << file.model.summary() << ") on " << shards.size() << " shard(s)";
+            << file.model.summary() << ") on " << shards.size() << " shard(s), "
+            << backend.description;
 
-  cpu::CpuOps<float> ops;
+  Ops<float>& ops = *backend.ops;
   PerceiverAR<float> model(file.model, ops, batch);
   ops.upload(model.params(), file.params.data(), file.params.size() * sizeof(float));
   const auto t0 = std::chrono::steady_clock::now();

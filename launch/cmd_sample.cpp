@@ -18,7 +18,7 @@
 #include "core/decoder.h"
 #include "core/error.h"
 #include "data/shard.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/options.h"
@@ -46,6 +46,7 @@ int cmd_sample(int argc, char** argv) {
   uint64_t seed = 0;
   bool stop_at_eos = false, uncached = false;
   int threads = 0;
+  std::string device = "cpu", precision = "fp32";
   po::options_description opts("Options");
   opts.add_options()
       ("checkpoint", po::value(&checkpoint), "checkpoint directory, run directory (its newest checkpoint) or exported model")
@@ -62,7 +63,9 @@ int cmd_sample(int argc, char** argv) {
       ("format", po::value(&format), "output: text (byte-level models; the default for them), ids (the default otherwise) or json")
       ("stop-at-eos", po::bool_switch(&stop_at_eos), "stop after generating EOS")
       ("uncached", po::bool_switch(&uncached), "run a full forward pass per token (slow; for checking the caches)")
-      ("threads", po::value(&threads)->default_value(threads), "CPU threads (0: all cores)");
+      ("threads", po::value(&threads)->default_value(threads), "CPU threads (0: all cores)")
+      ("device", po::value(&device)->default_value(device), "cpu or cuda (the GPU chosen by the launcher's node-local rank, else GPU 0)")
+      ("precision", po::value(&precision)->default_value(precision), "matrix products on cuda: fp32, tf32 or bf16");
   po::variables_map vm;
   const cli::Command cmd{"sample",
                          "Generates a continuation of a prompt with cached decoding. An empty "
@@ -82,6 +85,7 @@ int cmd_sample(int argc, char** argv) {
   so.validate();
   set_threads(threads);
 
+  Backend backend = make_local_backend(device, precision);  // bad options fail first
   const ModelFile model = read_model_file(checkpoint, false);
   const ModelConfig& c = model.model;
   const bool byte_model = c.vocab_size == kByteVocab;
@@ -119,7 +123,8 @@ int cmd_sample(int argc, char** argv) {
     LOG(INFO) << "the prompt has " << ids.size() << " tokens: keeping the last " << c.context_length
               << " (the context length)";
 
-  cpu::CpuOps<float> ops;
+  Ops<float>& ops = *backend.ops;
+  LOG(INFO) << "backend: " << backend.description;
   float* params = static_cast<float*>(ops.allocate(model.params.size() * sizeof(float)));
   ops.upload(params, model.params.data(), model.params.size() * sizeof(float));
   Decoder<float> dec(c, ops, params, !uncached);

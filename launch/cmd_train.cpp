@@ -268,7 +268,7 @@ int cmd_train(int argc, char** argv) {
   // Everything the user gave is checked, on every rank, before anything is written.
   std::unique_ptr<RunDir> dir;
   Backend backend;
-  job.agree([&] { backend = make_backend(s.run.device, s.run.precision, grid); });
+  job.agree([&] { backend = make_backend(s.run.device, s.run.precision, grid, s.run.attention); });
   job.agree([&] { connect_backend(backend, grid); });
   job.agree([&] {
     set_threads(s.run.threads);

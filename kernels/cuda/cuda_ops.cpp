@@ -1,0 +1,677 @@
+// CudaOps: core/ops.h on one GPU. Host code: memory, streams, cuBLAS calls (with the
+// compute type of the chosen MatmulPrecision) and the orchestration of the kernels
+// declared in kernels/cuda/kernels.h. See kernels/cuda/cuda_ops.h for the contract.
+//
+// Everything is enqueued on one non-blocking stream owned by the object; calls that hand
+// data to the host (download, sum_squares) wait for it. cuBLAS gets a fixed workspace of
+// its own, so it picks the same algorithms -- and gives the same bits -- every run.
+#include "kernels/cuda/cuda_ops.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/gemm_mapping.h"
+#include "kernels/cuda/kernels.h"
+
+namespace par::cuda {
+
+namespace {
+
+// cuBLAS's recommended workspace on Hopper.
+constexpr size_t kCublasWorkspace = size_t(32) << 20;
+
+std::string gib(int64_t bytes) { return cat(double(bytes) / double(int64_t(1) << 30), " GiB"); }
+
+int to_int(int64_t v, const char* what) {
+  PAR_ASSERT(v >= 0 && v <= INT32_MAX, what, " = ", v, " exceeds cuBLAS's int range");
+  return int(v);
+}
+
+cublasComputeType_t compute_type(MatmulPrecision p) {
+  switch (p) {
+    case MatmulPrecision::kFloat32: return CUBLAS_COMPUTE_32F;
+    case MatmulPrecision::kTF32: return CUBLAS_COMPUTE_32F_FAST_TF32;
+    case MatmulPrecision::kBF16: return CUBLAS_COMPUTE_32F_FAST_16BF;
+  }
+  return CUBLAS_COMPUTE_32F;
+}
+
+}  // namespace
+
+// Scratch buffers: grow-only, one per use, so that no two live uses share one.
+enum ScratchSlot : int {
+  // kScores .. kDelta of attention_plan.h come first.
+  kColumnPartial = 8,
+  kLayerNormPartial,
+  kEmbedding,
+  kSquares,
+  kSlotCount
+};
+
+class CudaOps final : public Ops<float> {
+ public:
+  CudaOps(int device, MatmulPrecision precision);
+  ~CudaOps() override;
+  CudaOps(const CudaOps&) = delete;
+  CudaOps& operator=(const CudaOps&) = delete;
+
+  const char* name() const override { return "cuda"; }
+
+  void* allocate(size_t bytes) override;
+  void deallocate(void* p) override;
+  void upload(void* dst, const void* src, size_t bytes) override;
+  void download(void* dst, const void* src, size_t bytes) override;
+  void synchronize() override;
+
+  void fill(float* x, int64_t n, float value) override;
+  void copy(float* dst, const float* src, int64_t n) override;
+  void add(float* y, const float* x, int64_t n) override;
+  void scale(float* x, int64_t n, double s) override;
+  void copy_blocks(float* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                   int64_t batch, int64_t count, bool accumulate) override;
+
+  void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+            int64_t ldc) override;
+  void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t rows,
+                      int64_t in, int64_t out) override;
+  void linear_backward(float* dx, bool accumulate_dx, float* dw, float* db, const float* dy,
+                       const float* x, const float* w, int64_t rows, int64_t in,
+                       int64_t out) override;
+
+  void embedding_forward(float* h, const int32_t* ids, const float* table, int64_t rows,
+                         int64_t d) override;
+  void embedding_backward(float* dtable, const int32_t* ids, const float* dh, int64_t rows,
+                          int64_t d) override;
+
+  void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* w,
+                         const float* b, int64_t rows, int64_t d, double eps) override;
+  void layernorm_backward(float* dx, bool accumulate_dx, float* dw, float* db, const float* dy,
+                          const float* x, const float* mean, const float* rstd, const float* w,
+                          int64_t rows, int64_t d) override;
+
+  void rotary(float* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim,
+              int64_t bands, const float* cos_table, const float* sin_table,
+              bool inverse) override;
+
+  void sqrelu_forward(float* y, const float* x, int64_t n) override;
+  void sqrelu_backward(float* dx, const float* dy, const float* x, int64_t n) override;
+  void dropout(float* y, const float* x, int64_t batch, int64_t per_example, double p,
+               const DropoutKey& key, uint64_t example_base) override;
+  void key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batch, int64_t n,
+                     int64_t token_stride, double p, const DropoutKey& key,
+                     uint64_t example_base, int64_t position_base) override;
+
+  void attention_forward(const AttentionShape& s, const float* q, const float* k,
+                         const float* v, float* o, float* lse) override;
+  void attention_backward(const AttentionShape& s, const float* q, const float* k,
+                          const float* v, const float* o, const float* d_o, const float* lse,
+                          float* dq, float* dk, float* dv) override;
+
+  void attention_merge_scale(float* o, float* lse, const float* lse_max, int64_t batch,
+                             int64_t nq, int64_t heads, int64_t head_dim) override;
+  void attention_merge_finish(float* o, float* lse, const float* lse_max, int64_t batch,
+                              int64_t nq, int64_t heads, int64_t head_dim) override;
+
+  void cross_entropy_forward(float* ce, float* lse, const float* logits,
+                             const int32_t* targets, int64_t rows, int64_t vocab) override;
+  void cross_entropy_backward(float* dlogits, const float* logits, const float* lse,
+                              const int32_t* targets, int64_t rows, int64_t vocab,
+                              double scale, double z_loss) override;
+
+  double sum_squares(const float* x, int64_t n) override;
+  void adam_update(float* param, float* m, float* v, const float* grad, int64_t n,
+                   const AdamStep& step) override;
+
+  // For the attention plan's engine and the public helpers.
+  void gemm_row_major(const RowMajorGemm& g);
+  void* scratch(int slot, size_t bytes);
+  cudaStream_t stream() const { return stream_; }
+  MatmulPrecision precision() const { return precision_; }
+  void set_key_block(int64_t keys) { key_block_ = keys; }
+  void set_attention_kernel(AttentionKernel k) { attention_kernel_ = k; }
+  MemoryStats memory();
+
+ private:
+  // Makes this object's device current for the calling thread (a program may drive several
+  // devices, and kernels launch on the current one).
+  void use_device() const { PAR_CUDA_CHECK(cudaSetDevice(device_)); }
+  void track(int64_t delta);
+
+  int device_;
+  MatmulPrecision precision_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  void* cublas_workspace_ = nullptr;
+  double* pinned_ = nullptr;  // small device-to-host results
+  struct Scratch {
+    void* p = nullptr;
+    size_t bytes = 0;
+  };
+  std::array<Scratch, kSlotCount> scratch_{};
+  std::unordered_map<void*, size_t> sizes_;
+  int64_t allocated_ = 0, peak_ = 0;
+  int64_t key_block_ = 0;
+  AttentionKernel attention_kernel_ = AttentionKernel::kBlocked;
+};
+
+namespace {
+
+// The attention plan's steps on the GPU.
+struct CudaEngine {
+  CudaOps& ops;
+
+  static kern::ScoreBlockArgs args(const ScoreBlock& b) {
+    return kern::ScoreBlockArgs{b.s, b.ld, b.heads, b.nq, b.keys, b.q_pos, b.k_pos, b.k_keep};
+  }
+  float* scratch(int slot, int64_t floats) {
+    return static_cast<float*>(ops.scratch(slot, size_t(std::max<int64_t>(floats, 1)) * 4));
+  }
+  void gemm(const RowMajorGemm& g) { ops.gemm_row_major(g); }
+  void zero(float* x, int64_t n) {
+    if (n > 0) PAR_CUDA_CHECK(cudaMemsetAsync(x, 0, size_t(n) * sizeof(float), ops.stream()));
+  }
+  void fwd_init(float* run_max, float* run_sum, int64_t n) {
+    kern::attn_fwd_init(ops.stream(), run_max, run_sum, n);
+  }
+  void fwd_block(const ScoreBlock& b, float* run_max, float* run_sum, float* acc,
+                 int64_t ld_acc, int64_t head_dim) {
+    kern::attn_fwd_block(ops.stream(), args(b), run_max, run_sum, acc, ld_acc, head_dim);
+  }
+  void fwd_finish(float* o, int64_t ld_o, float* lse, const float* run_max,
+                  const float* run_sum, int64_t heads, int64_t nq, int64_t head_dim) {
+    kern::attn_fwd_finish(ops.stream(), o, ld_o, lse, run_max, run_sum, heads, nq, head_dim);
+  }
+  void bwd_delta(float* delta, const float* o, const float* d_o, int64_t batch, int64_t nq,
+                 int64_t heads, int64_t head_dim) {
+    kern::attn_bwd_delta(ops.stream(), delta, o, d_o, batch, nq, heads, head_dim);
+  }
+  void bwd_probs(const ScoreBlock& b, const float* lse) {
+    kern::attn_bwd_probs(ops.stream(), args(b), lse);
+  }
+  void bwd_dscores(float* dp, int64_t ld, const float* p, int64_t heads, int64_t nq,
+                   int64_t keys, const float* delta) {
+    kern::attn_bwd_dscores(ops.stream(), dp, ld, p, heads, nq, keys, delta);
+  }
+};
+
+}  // namespace
+
+CudaOps::CudaOps(int device, MatmulPrecision precision) : device_(device), precision_(precision) {
+  use_device();
+  PAR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  PAR_CUBLAS_CHECK(cublasCreate(&cublas_));
+  PAR_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  // After cublasSetStream, which resets the workspace to cuBLAS's default pool.
+  PAR_CUDA_CHECK(cudaMalloc(&cublas_workspace_, kCublasWorkspace));
+  track(int64_t(kCublasWorkspace));
+  PAR_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
+  // Tensor-core use is chosen per call by the compute type; the handle stays at the
+  // default (no TF32 for CUBLAS_COMPUTE_32F).
+  PAR_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  PAR_CUBLAS_CHECK(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_HOST));
+  PAR_CUDA_CHECK(cudaMallocHost(&pinned_, 64));
+}
+
+CudaOps::~CudaOps() {
+  // No throwing from here: errors at teardown are ignored (the process is ending or the
+  // context is already broken, and the original error has been reported).
+  cudaSetDevice(device_);
+  if (stream_) cudaStreamSynchronize(stream_);
+  for (auto& s : scratch_)
+    if (s.p) cudaFree(s.p);
+  if (pinned_) cudaFreeHost(pinned_);
+  if (cublas_) cublasDestroy(cublas_);
+  if (cublas_workspace_) cudaFree(cublas_workspace_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaOps::track(int64_t delta) {
+  allocated_ += delta;
+  peak_ = std::max(peak_, allocated_);
+}
+
+MemoryStats CudaOps::memory() {
+  use_device();
+  MemoryStats m;
+  m.allocated_bytes = allocated_;
+  m.peak_bytes = peak_;
+  size_t free_b = 0, total_b = 0;
+  PAR_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  m.device_free_bytes = int64_t(free_b);
+  m.device_total_bytes = int64_t(total_b);
+  return m;
+}
+
+void* CudaOps::allocate(size_t bytes) {
+  use_device();
+  const size_t rounded = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, rounded);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear it: the process may recover (e.g. try a smaller batch)
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    throw std::runtime_error(cat("cudaMalloc of ", gib(int64_t(rounded)), " failed on device ",
+                                 device_, ", ", where(), ": ", cudaGetErrorString(e), " (",
+                                 gib(int64_t(free_b)), " free of ", gib(int64_t(total_b)),
+                                 "; this process holds ", gib(allocated_), ")"));
+  }
+  sizes_[p] = rounded;
+  track(int64_t(rounded));
+  return p;
+}
+
+void CudaOps::deallocate(void* p) {
+  if (!p) return;
+  auto it = sizes_.find(p);
+  PAR_ASSERT(it != sizes_.end(), "deallocate of a pointer this backend did not allocate");
+  track(-int64_t(it->second));
+  sizes_.erase(it);
+  // cudaFree waits for the device, so no queued kernel still uses p. Destructors call
+  // this, so a failure is reported rather than thrown: it only happens once the context
+  // is broken, and the error that broke it has been thrown where it happened.
+  cudaError_t e = cudaSetDevice(device_);
+  if (e == cudaSuccess) e = cudaFree(p);
+  if (e != cudaSuccess)
+    std::fprintf(stderr, "par: cudaFree failed on device %d, %s: %s (%s)\n", device_,
+                 where().c_str(), cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+void* CudaOps::scratch(int slot, size_t bytes) {
+  Scratch& s = scratch_[size_t(slot)];
+  if (s.bytes < bytes) {
+    if (s.p) {
+      PAR_CUDA_CHECK(cudaFree(s.p));  // synchronizes: earlier kernels are done with it
+      track(-int64_t(s.bytes));
+      s.p = nullptr;
+      s.bytes = 0;
+    }
+    // Some headroom, so that a slowly growing size does not reallocate every call.
+    const size_t want = (bytes + bytes / 8 + 255) / 256 * 256;
+    const cudaError_t e = cudaMalloc(&s.p, want);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      s.p = nullptr;
+      throw std::runtime_error(cat("cudaMalloc of ", gib(int64_t(want)),
+                                   " of scratch failed on device ", device_, ", ", where(),
+                                   ": ", cudaGetErrorString(e), " (this process holds ",
+                                   gib(allocated_), ")"));
+    }
+    s.bytes = want;
+    track(int64_t(want));
+  }
+  return s.p;
+}
+
+void CudaOps::upload(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  use_device();
+  PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
+  // The caller may reuse src as soon as this returns.
+  PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaOps::download(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  use_device();
+  PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
+  PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaOps::synchronize() {
+  use_device();
+  PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaOps::fill(float* x, int64_t n, float value) {
+  use_device();
+  kern::fill(stream_, x, n, value);
+}
+
+void CudaOps::copy(float* dst, const float* src, int64_t n) {
+  if (dst == src || n <= 0) return;
+  use_device();
+  PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(n) * sizeof(float), cudaMemcpyDeviceToDevice,
+                                 stream_));
+}
+
+void CudaOps::add(float* y, const float* x, int64_t n) {
+  use_device();
+  kern::add(stream_, y, x, n);
+}
+
+void CudaOps::scale(float* x, int64_t n, double s) {
+  use_device();
+  kern::scale(stream_, x, n, float(s));
+}
+
+void CudaOps::copy_blocks(float* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                          int64_t batch, int64_t count, bool accumulate) {
+  use_device();
+  kern::copy_blocks(stream_, dst, dst_stride, src, src_stride, batch, count, accumulate);
+}
+
+void CudaOps::gemm_row_major(const RowMajorGemm& g) {
+  if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return;
+  if (g.k <= 0) {  // no products: C = beta C, as BLAS defines it
+    kern::scale_matrices(stream_, g.c, g.m, g.n, g.ldc, g.stride_c, g.batch, g.beta);
+    return;
+  }
+  PAR_ASSERT(leading_dimensions_valid(g), "gemm: leading dimensions too small (m ", g.m, " n ",
+             g.n, " k ", g.k, " lda ", g.lda, " ldb ", g.ldb, " ldc ", g.ldc, ")");
+  const ColumnMajorGemm c = to_column_major(g);
+  const cublasOperation_t op1 = c.trans_first ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op2 = c.trans_second ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasComputeType_t ct = compute_type(precision_);
+  const int m = to_int(c.m, "m"), n = to_int(c.n, "n"), k = to_int(c.k, "k");
+  const int ld1 = to_int(c.ld_first, "ld"), ld2 = to_int(c.ld_second, "ld");
+  const int ldc = to_int(c.ldc, "ldc");
+  if (c.batch == 1) {
+    PAR_CUBLAS_CHECK(cublasGemmEx(cublas_, op1, op2, m, n, k, &c.alpha, c.first, CUDA_R_32F,
+                                  ld1, c.second, CUDA_R_32F, ld2, &c.beta, c.c, CUDA_R_32F, ldc,
+                                  ct, CUBLAS_GEMM_DEFAULT));
+  } else {
+    PAR_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        cublas_, op1, op2, m, n, k, &c.alpha, c.first, CUDA_R_32F, ld1, c.stride_first,
+        c.second, CUDA_R_32F, ld2, c.stride_second, &c.beta, c.c, CUDA_R_32F, ldc, c.stride_c,
+        to_int(c.batch, "batch"), ct, CUBLAS_GEMM_DEFAULT));
+  }
+}
+
+void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                   float* c, int64_t ldc) {
+  use_device();
+  RowMajorGemm g;
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.m = m, g.n = n, g.k = k;
+  g.a = a, g.lda = lda;
+  g.b = b, g.ldb = ldb;
+  g.c = c, g.ldc = ldc;
+  g.alpha = alpha, g.beta = beta;
+  gemm_row_major(g);
+}
+
+void CudaOps::linear_forward(float* y, const float* x, const float* w, const float* b,
+                             int64_t rows, int64_t in, int64_t out) {
+  use_device();
+  // As on the CPU: start from the bias rows, so the product accumulates onto them.
+  if (b) kern::broadcast_rows(stream_, y, b, rows, out);
+  gemm(false, true, rows, out, in, 1.0f, x, in, w, in, b ? 1.0f : 0.0f, y, out);
+}
+
+void CudaOps::linear_backward(float* dx, bool accumulate_dx, float* dw, float* db,
+                              const float* dy, const float* x, const float* w, int64_t rows,
+                              int64_t in, int64_t out) {
+  use_device();
+  if (dx) gemm(false, false, rows, in, out, 1.0f, dy, out, w, in, accumulate_dx ? 1.0f : 0.0f,
+               dx, in);
+  if (dw) gemm(true, false, out, in, rows, 1.0f, dy, out, x, in, 1.0f, dw, in);
+  if (db && rows > 0 && out > 0) {
+    auto* partial = static_cast<float*>(
+        scratch(kColumnPartial, size_t(kern::column_sums_partial_floats(rows, out)) * 4));
+    kern::column_sums(stream_, db, dy, rows, out, partial);
+  }
+}
+
+void CudaOps::embedding_forward(float* h, const int32_t* ids, const float* table, int64_t rows,
+                                int64_t d) {
+  use_device();
+  kern::embedding_forward(stream_, h, ids, table, rows, d);
+}
+
+void CudaOps::embedding_backward(float* dtable, const int32_t* ids, const float* dh,
+                                 int64_t rows, int64_t d) {
+  if (rows <= 0 || d <= 0) return;
+  use_device();
+  const size_t bytes = kern::embedding_backward_scratch_bytes(rows, d);
+  void* s = scratch(kEmbedding, bytes);
+  kern::embedding_backward(stream_, dtable, ids, dh, rows, d, s, bytes);
+}
+
+void CudaOps::layernorm_forward(float* y, float* mean, float* rstd, const float* x,
+                                const float* w, const float* b, int64_t rows, int64_t d,
+                                double eps) {
+  use_device();
+  kern::layernorm_forward(stream_, y, mean, rstd, x, w, b, rows, d, float(eps));
+}
+
+void CudaOps::layernorm_backward(float* dx, bool accumulate_dx, float* dw, float* db,
+                                 const float* dy, const float* x, const float* mean,
+                                 const float* rstd, const float* w, int64_t rows, int64_t d) {
+  if (rows <= 0 || d <= 0) return;
+  use_device();
+  auto* partial = static_cast<float*>(
+      scratch(kLayerNormPartial, size_t(kern::layernorm_backward_partial_floats(rows, d)) * 4));
+  kern::layernorm_backward(stream_, dx, accumulate_dx, dw, db, dy, x, mean, rstd, w, rows, d,
+                           partial);
+}
+
+void CudaOps::rotary(float* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim,
+                     int64_t bands, const float* cos_table, const float* sin_table,
+                     bool inverse) {
+  use_device();
+  kern::rotary(stream_, x, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse);
+}
+
+void CudaOps::sqrelu_forward(float* y, const float* x, int64_t n) {
+  use_device();
+  kern::sqrelu_forward(stream_, y, x, n);
+}
+
+void CudaOps::sqrelu_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  use_device();
+  kern::sqrelu_backward(stream_, dx, dy, x, n);
+}
+
+void CudaOps::dropout(float* y, const float* x, int64_t batch, int64_t per_example, double p,
+                      const DropoutKey& key, uint64_t example_base) {
+  if (p <= 0) {
+    copy(y, x, batch * per_example);
+    return;
+  }
+  use_device();
+  // The CPU backend's roundings of the threshold and the scale, so masks and values agree.
+  kern::dropout(stream_, y, x, batch, per_example, float(p), float(1.0 / (1.0 - p)), key,
+                example_base);
+}
+
+void CudaOps::key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batch, int64_t n,
+                            int64_t token_stride, double p, const DropoutKey& key,
+                            uint64_t example_base, int64_t position_base) {
+  use_device();
+  kern::key_keep_mask(stream_, keep, tokens, batch, n, token_stride, p > 0, float(p), key,
+                      example_base, position_base);
+}
+
+void CudaOps::attention_forward(const AttentionShape& s, const float* q, const float* k,
+                                const float* v, float* o, float* lse) {
+  use_device();
+  if (attention_kernel_ == AttentionKernel::kFused && precision_ != MatmulPrecision::kFloat32 &&
+      kern::fused_attention_covers(s.head_dim)) {
+    kern::attention_forward_fused(stream_, s, q, k, v, o, lse,
+                                  precision_ == MatmulPrecision::kBF16);
+    return;
+  }
+  CudaEngine e{*this};
+  attention_forward_plan(e, s, q, k, v, o, lse, key_block_);
+}
+
+void CudaOps::attention_backward(const AttentionShape& s, const float* q, const float* k,
+                                 const float* v, const float* o, const float* d_o,
+                                 const float* lse, float* dq, float* dk, float* dv) {
+  use_device();
+  if (attention_kernel_ == AttentionKernel::kFused && precision_ != MatmulPrecision::kFloat32 &&
+      kern::fused_attention_backward_covers(s.head_dim) && s.batch > 0 && s.nq > 0 &&
+      s.heads > 0) {
+    auto* delta = static_cast<float*>(
+        scratch(kDelta, size_t(s.batch * s.heads * s.nq) * sizeof(float)));
+    kern::attn_bwd_delta(stream_, delta, o, d_o, s.batch, s.nq, s.heads, s.head_dim);
+    kern::attention_backward_fused(stream_, s, q, k, v, d_o, lse, delta, dq, dk, dv,
+                                   precision_ == MatmulPrecision::kBF16);
+    return;
+  }
+  CudaEngine e{*this};
+  attention_backward_plan(e, s, q, k, v, o, d_o, lse, dq, dk, dv, key_block_);
+}
+
+void CudaOps::attention_merge_scale(float* o, float* lse, const float* lse_max, int64_t batch,
+                                    int64_t nq, int64_t heads, int64_t head_dim) {
+  use_device();
+  kern::attention_merge_scale(stream_, o, lse, lse_max, batch, nq, heads, head_dim);
+}
+
+void CudaOps::attention_merge_finish(float* o, float* lse, const float* lse_max, int64_t batch,
+                                     int64_t nq, int64_t heads, int64_t head_dim) {
+  use_device();
+  kern::attention_merge_finish(stream_, o, lse, lse_max, batch, nq, heads, head_dim);
+}
+
+void CudaOps::cross_entropy_forward(float* ce, float* lse, const float* logits,
+                                    const int32_t* targets, int64_t rows, int64_t vocab) {
+  use_device();
+  kern::cross_entropy_forward(stream_, ce, lse, logits, targets, rows, vocab);
+}
+
+void CudaOps::cross_entropy_backward(float* dlogits, const float* logits, const float* lse,
+                                     const int32_t* targets, int64_t rows, int64_t vocab,
+                                     double scale, double z_loss) {
+  use_device();
+  kern::cross_entropy_backward(stream_, dlogits, logits, lse, targets, rows, vocab, scale,
+                               z_loss);
+}
+
+double CudaOps::sum_squares(const float* x, int64_t n) {
+  use_device();
+  const int64_t parts = kern::sum_squares_partial_doubles(n);
+  auto* buf = static_cast<double*>(scratch(kSquares, size_t(parts + 1) * sizeof(double)));
+  kern::sum_squares(stream_, buf, x, n, buf + 1);
+  PAR_CUDA_CHECK(cudaMemcpyAsync(pinned_, buf, sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return pinned_[0];
+}
+
+void CudaOps::adam_update(float* param, float* m, float* v, const float* grad, int64_t n,
+                          const AdamStep& a) {
+  use_device();
+  // The CPU backend's constants, rounded the same way.
+  const double bc1 = 1.0 - std::pow(a.beta1, double(a.t));
+  const double bc2 = 1.0 - std::pow(a.beta2, double(a.t));
+  kern::AdamConstants c;
+  c.b1 = float(a.beta1);
+  c.b2 = float(a.beta2);
+  c.grad_scale = float(a.grad_scale);
+  c.step_size = float(a.lr / bc1);
+  c.inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
+  c.eps = float(a.eps);
+  c.decay = float(1.0 - a.lr * a.weight_decay);
+  kern::adam_update(stream_, param, m, v, grad, n, c);
+}
+
+// ---- the public functions of cuda_ops.h ----
+
+MatmulPrecision parse_precision(const std::string& name) {
+  std::string s = name;
+  for (char& ch : s) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (s == "fp32" || s == "float32" || s == "f32") return MatmulPrecision::kFloat32;
+  if (s == "tf32") return MatmulPrecision::kTF32;
+  if (s == "bf16" || s == "bfloat16") return MatmulPrecision::kBF16;
+  fail_user("--precision must be fp32, tf32 or bf16 (got '", name, "')");
+}
+
+const char* precision_name(MatmulPrecision p) {
+  switch (p) {
+    case MatmulPrecision::kFloat32: return "fp32";
+    case MatmulPrecision::kTF32: return "tf32";
+    case MatmulPrecision::kBF16: return "bf16";
+  }
+  return "?";
+}
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // not sticky, but clear it anyway
+    return 0;
+  }
+  return n;
+}
+
+std::string no_device_reason() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return cat(cudaGetErrorString(e), " (", cudaGetErrorName(e), ")");
+  }
+  return n > 0 ? std::string() : std::string("no CUDA device is visible");
+}
+
+int select_device(int local_rank) {
+  const int n = device_count();
+  if (n == 0)
+    fail_user("--device cuda: no usable CUDA device on ", where(), ": ", no_device_reason());
+  PAR_ASSERT(local_rank >= 0, "select_device: negative local rank ", local_rank);
+  const int device = local_rank % n;
+  PAR_CUDA_CHECK(cudaSetDevice(device));
+  return device;
+}
+
+std::string describe_device(int device) {
+  cudaDeviceProp p{};
+  PAR_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  int driver = 0, runtime = 0;
+  PAR_CUDA_CHECK(cudaDriverGetVersion(&driver));
+  PAR_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
+  char mem[32];
+  std::snprintf(mem, sizeof mem, "%.1f GiB", double(p.totalGlobalMem) / double(1 << 30));
+  return cat(p.name, " (sm_", p.major, p.minor, ", ", p.multiProcessorCount, " SMs, ", mem,
+             ", driver ", driver / 1000, ".", (driver % 1000) / 10, ", runtime ", runtime / 1000,
+             ".", (runtime % 1000) / 10, ")");
+}
+
+std::unique_ptr<Ops<float>> make_cuda_ops(int device, MatmulPrecision precision) {
+  return std::make_unique<CudaOps>(device, precision);
+}
+
+namespace {
+
+CudaOps& as_cuda(Ops<float>& ops) {
+  auto* c = dynamic_cast<CudaOps*>(&ops);
+  if (!c)
+    throw std::invalid_argument(cat("expected the CUDA backend, got '", ops.name(),
+                                    "' (pass the CudaOps itself, not a decorator)"));
+  return *c;
+}
+
+}  // namespace
+
+bool is_cuda_ops(const Ops<float>& ops) { return dynamic_cast<const CudaOps*>(&ops) != nullptr; }
+
+void* cuda_stream(Ops<float>& ops) { return static_cast<void*>(as_cuda(ops).stream()); }
+
+void cuda_synchronize(Ops<float>& ops) { as_cuda(ops).synchronize(); }
+
+MatmulPrecision matmul_precision(const Ops<float>& ops) {
+  return as_cuda(const_cast<Ops<float>&>(ops)).precision();
+}
+
+MemoryStats memory_stats(Ops<float>& ops) { return as_cuda(ops).memory(); }
+
+void set_attention_key_block(Ops<float>& ops, int64_t keys) { as_cuda(ops).set_key_block(keys); }
+
+void set_attention_kernel(Ops<float>& ops, AttentionKernel kernel) {
+  as_cuda(ops).set_attention_kernel(kernel);
+}
+
+}  // namespace par::cuda

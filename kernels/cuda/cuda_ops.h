@@ -1,0 +1,75 @@
+// The CUDA backend: every op of core/ops.h for float on one GPU, and the few things a
+// program needs around it (device choice, the stream, memory figures).
+//
+// This header includes no CUDA header (the implementation lives behind make_cuda_ops), so
+// launch/ and tests compile with the host compiler alone. All work of one CudaOps runs in
+// order on its own CUDA stream; upload, download and sum_squares wait for it, everything
+// else is asynchronous. Results are bit-identical from run to run on the same GPU model
+// and library versions (no floating-point atomics; fixed-order reductions).
+//
+// Matrix products (gemm, linear layers, attention) follow MatmulPrecision; everything
+// else -- and the storage of parameters, gradients and Adam moments -- is float32.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/ops.h"
+
+namespace par::cuda {
+
+enum class MatmulPrecision {
+  kFloat32,  // true float32 products (CUDA cores): the reference, slowest
+  kTF32,     // inputs rounded to TF32 (10-bit mantissa), float32 accumulation
+  kBF16,     // inputs rounded to bfloat16 (7-bit mantissa), float32 accumulation
+};
+
+// "fp32" (or "float32"), "tf32", "bf16" (or "bfloat16"); UserError for anything else.
+MatmulPrecision parse_precision(const std::string& name);
+const char* precision_name(MatmulPrecision p);  // "fp32", "tf32", "bf16"
+
+// Visible CUDA devices; 0 when there is no device or no usable driver (never throws).
+int device_count();
+// Why device_count() is 0, in CUDA's words ("" when a device is visible).
+std::string no_device_reason();
+// The device for the process with this node-local rank: local_rank mod device_count(),
+// made current for the calling thread. Call once at startup, before creating the Ops or
+// any NCCL communicator. UserError when no device is visible.
+int select_device(int local_rank);
+// One line: "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB, driver 13.0, runtime 13.0)".
+std::string describe_device(int device);
+
+// The backend on `device` (made current). Throws std::runtime_error when CUDA fails.
+std::unique_ptr<Ops<float>> make_cuda_ops(int device, MatmulPrecision precision);
+
+// Whether `ops` was made by make_cuda_ops (a decorator such as ProfiledOps is not).
+bool is_cuda_ops(const Ops<float>& ops);
+// The cudaStream_t that all work of `ops` runs on, as void* (for the NCCL communicator).
+// std::invalid_argument unless is_cuda_ops(ops).
+void* cuda_stream(Ops<float>& ops);
+// Waits until all work queued on the stream of `ops` has finished.
+void cuda_synchronize(Ops<float>& ops);
+MatmulPrecision matmul_precision(const Ops<float>& ops);
+
+struct MemoryStats {
+  int64_t allocated_bytes = 0;  // through allocate() and the backend's scratch, now
+  int64_t peak_bytes = 0;       // the most allocated at once since creation
+  int64_t device_free_bytes = 0;   // cudaMemGetInfo, all processes counted
+  int64_t device_total_bytes = 0;
+};
+MemoryStats memory_stats(Ops<float>& ops);
+
+// Which attention runs. kBlocked (the default): cuBLAS products per key block and small
+// kernels (attention_plan.h). kFused: flash-style kernels with tensor-core products
+// (attention_fused.cu, attention_fused_bwd.cu) for tf32 and bf16, head sizes 16, 32, 64
+// (and 128 in the forward); other cases take the blocked path. Opt-in until it has run on
+// a GPU.
+enum class AttentionKernel { kBlocked, kFused };
+void set_attention_kernel(Ops<float>& ops, AttentionKernel kernel);
+
+// Testing hook: the number of keys per block of the attention (0: automatic). Small
+// blocks make small test shapes cross several blocks, as long contexts do.
+void set_attention_key_block(Ops<float>& ops, int64_t keys);
+
+}  // namespace par::cuda

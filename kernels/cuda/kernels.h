@@ -1,0 +1,121 @@
+// Launchers of the CUDA backend's kernels (the .cu files of this directory), callable from
+// host code compiled by the host compiler. Each enqueues its work on `stream` and returns;
+// the semantics are those of the matching op in core/ops.h unless said otherwise.
+//
+// Determinism: no kernel here uses floating-point atomics, and every reduction has a fixed
+// shape (chunk sizes and thread counts depend on the problem size only), so results are
+// the same bits on every run. Internal to kernels/cuda.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/ops.h"
+#include "core/philox.h"
+
+namespace par::cuda::kern {
+
+// ---- element-wise (elementwise.cu) ----
+void fill(cudaStream_t st, float* x, int64_t n, float value);
+void add(cudaStream_t st, float* y, const float* x, int64_t n);
+void scale(cudaStream_t st, float* x, int64_t n, float s);
+void copy_blocks(cudaStream_t st, float* dst, int64_t dst_stride, const float* src,
+                 int64_t src_stride, int64_t batch, int64_t count, bool accumulate);
+// C = beta * C for `batch` row-major [rows, cols] matrices (ld, stride); beta 0 writes 0.
+void scale_matrices(cudaStream_t st, float* c, int64_t rows, int64_t cols, int64_t ld,
+                    int64_t stride, int64_t batch, float beta);
+// y[r, c] = bias[c] for r < rows.
+void broadcast_rows(cudaStream_t st, float* y, const float* bias, int64_t rows, int64_t cols);
+void embedding_forward(cudaStream_t st, float* h, const int32_t* ids, const float* table,
+                       int64_t rows, int64_t d);
+void rotary(cudaStream_t st, float* x, int64_t batch, int64_t n, int64_t heads,
+            int64_t head_dim, int64_t bands, const float* cos_table, const float* sin_table,
+            bool inverse);
+void sqrelu_forward(cudaStream_t st, float* y, const float* x, int64_t n);
+void sqrelu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, int64_t n);
+// p_threshold = float(p), keep_scale = float(1 / (1 - p)), as the CPU backend rounds them.
+void dropout(cudaStream_t st, float* y, const float* x, int64_t batch, int64_t per_example,
+             float p_threshold, float keep_scale, const DropoutKey& key,
+             uint64_t example_base);
+void key_keep_mask(cudaStream_t st, uint8_t* keep, const int32_t* tokens, int64_t batch,
+                   int64_t n, int64_t token_stride, bool use_p, float p_threshold,
+                   const DropoutKey& key, uint64_t example_base, int64_t position_base);
+void attention_merge_scale(cudaStream_t st, float* o, float* lse, const float* lse_max,
+                           int64_t batch, int64_t nq, int64_t heads, int64_t head_dim);
+void attention_merge_finish(cudaStream_t st, float* o, float* lse, const float* lse_max,
+                            int64_t batch, int64_t nq, int64_t heads, int64_t head_dim);
+
+// The Adam constants, computed on the host exactly as the CPU backend does.
+struct AdamConstants {
+  float b1, b2, grad_scale, step_size, inv_sqrt_bc2, eps, decay;
+};
+void adam_update(cudaStream_t st, float* param, float* m, float* v, const float* grad,
+                 int64_t n, const AdamConstants& c);
+
+// ---- reductions (reduce.cu) ----
+// out[c] += sum over rows of x[r, c]; `partial` holds column_sums_partial_floats() floats.
+int64_t column_sums_partial_floats(int64_t rows, int64_t cols);
+void column_sums(cudaStream_t st, float* out, const float* x, int64_t rows, int64_t cols,
+                 float* partial);
+void layernorm_forward(cudaStream_t st, float* y, float* mean, float* rstd, const float* x,
+                       const float* w, const float* b, int64_t rows, int64_t d, float eps);
+int64_t layernorm_backward_partial_floats(int64_t rows, int64_t d);
+void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* dw, float* db,
+                        const float* dy, const float* x, const float* mean, const float* rstd,
+                        const float* w, int64_t rows, int64_t d, float* partial);
+void cross_entropy_forward(cudaStream_t st, float* ce, float* lse, const float* logits,
+                           const int32_t* targets, int64_t rows, int64_t vocab);
+void cross_entropy_backward(cudaStream_t st, float* dlogits, const float* logits,
+                            const float* lse, const int32_t* targets, int64_t rows,
+                            int64_t vocab, double scale, double z_loss);
+// *result (device) = sum of x[i]^2 in double; `partial` holds sum_squares_partial_doubles().
+int64_t sum_squares_partial_doubles(int64_t n);
+void sum_squares(cudaStream_t st, double* result, const float* x, int64_t n, double* partial);
+
+// ---- embedding backward (embedding.cu) ----
+// dtable[ids[r]] += dh[r], rows with the same id added in increasing r within fixed-size
+// pieces and the pieces in order: a stable sort by id, then segmented sums.
+size_t embedding_backward_scratch_bytes(int64_t rows, int64_t d);
+void embedding_backward(cudaStream_t st, float* dtable, const int32_t* ids, const float* dh,
+                        int64_t rows, int64_t d, void* scratch, size_t scratch_bytes);
+
+// ---- attention steps (attention.cu); see kernels/cuda/attention_plan.h ----
+struct ScoreBlockArgs {
+  float* s;
+  int64_t ld, heads, nq, keys;
+  const int64_t* q_pos;
+  const int64_t* k_pos;
+  const uint8_t* k_keep;
+};
+void attn_fwd_init(cudaStream_t st, float* run_max, float* run_sum, int64_t n);
+void attn_fwd_block(cudaStream_t st, const ScoreBlockArgs& blk, float* run_max,
+                    float* run_sum, float* acc, int64_t ld_acc, int64_t head_dim);
+void attn_fwd_finish(cudaStream_t st, float* o, int64_t ld_o, float* lse,
+                     const float* run_max, const float* run_sum, int64_t heads, int64_t nq,
+                     int64_t head_dim);
+void attn_bwd_delta(cudaStream_t st, float* delta, const float* o, const float* d_o,
+                    int64_t batch, int64_t nq, int64_t heads, int64_t head_dim);
+void attn_bwd_probs(cudaStream_t st, const ScoreBlockArgs& blk, const float* lse);
+void attn_bwd_dscores(cudaStream_t st, float* dp, int64_t ld, const float* p, int64_t heads,
+                      int64_t nq, int64_t keys, const float* delta);
+
+// ---- fused attention forward (attention_fused.cu), tf32 or bf16 products ----
+// Whether the fused kernel has an instance for this head size (16, 32, 64, 128).
+bool fused_attention_covers(int64_t head_dim);
+// attention_forward of core/ops.h in one kernel per tile of 64 queries; head_dim covered.
+void attention_forward_fused(cudaStream_t st, const AttentionShape& s, const float* q,
+                             const float* k, const float* v, float* o, float* lse, bool bf16);
+
+// ---- fused attention backward (attention_fused_bwd.cu), tf32 or bf16 products ----
+// Head sizes with an instance (16, 32, 64: larger ones exceed the shared memory).
+bool fused_attention_backward_covers(int64_t head_dim);
+// attention_backward of core/ops.h given delta[(b*heads + h)*nq + i] = o . d_o of each row
+// (attn_bwd_delta); batch, nq and heads positive, head_dim covered.
+void attention_backward_fused(cudaStream_t st, const AttentionShape& s, const float* q,
+                              const float* k, const float* v, const float* d_o,
+                              const float* lse, const float* delta, float* dq, float* dk,
+                              float* dv, bool bf16);
+
+}  // namespace par::cuda::kern

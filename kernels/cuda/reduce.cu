@@ -1,0 +1,277 @@
+// Kernels that reduce: bias gradients (column sums), LayerNorm forward and backward, the
+// cross-entropy, and the sum of squares for the gradient norm.
+//
+// Every reduction is deterministic: a sum over many rows is done in two passes with a
+// fixed chunking (chunk partial sums, then the partials added in chunk order by one
+// thread per column), and a sum along a row is a fixed tree over a fixed number of
+// threads. No atomics. Long sums accumulate in double where the CPU backend does.
+#include <cmath>
+
+#include "core/error.h"
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/kernels.h"
+
+namespace par::cuda::kern {
+
+namespace {
+
+// Rows per chunk of the two-pass column sums; also the LayerNorm backward's.
+constexpr int64_t kRowsPerChunk = 64;
+// Columns per block of the column sums (one thread per column: coalesced row reads).
+constexpr int kColsPerBlock = 256;
+// Elements per block of the sum of squares' first pass.
+constexpr int64_t kSquaresChunk = int64_t(1) << 16;
+
+int64_t chunks_of(int64_t rows) { return (rows + kRowsPerChunk - 1) / kRowsPerChunk; }
+
+// partial[chunk, c] = sum of x[r, c] over the chunk's rows, in row order.
+__global__ void column_partial_kernel(float* partial, const float* x, int64_t rows,
+                                      int64_t cols) {
+  const int64_t c = int64_t(blockIdx.x) * kColsPerBlock + threadIdx.x;
+  const int64_t chunk = blockIdx.y;
+  if (c >= cols) return;
+  const int64_t r0 = chunk * kRowsPerChunk;
+  const int64_t r1 = r0 + kRowsPerChunk < rows ? r0 + kRowsPerChunk : rows;
+  float s = 0.0f;
+  for (int64_t r = r0; r < r1; ++r) s += x[r * cols + c];
+  partial[chunk * cols + c] = s;
+}
+
+// out[c] += sum over chunks of partial[chunk, c], in chunk order, in double.
+__global__ void column_finish_kernel(float* out, const float* partial, int64_t chunks,
+                                     int64_t cols) {
+  for (int64_t c = global_thread(); c < cols; c += grid_threads()) {
+    double s = 0.0;
+    for (int64_t k = 0; k < chunks; ++k) s += double(partial[k * cols + c]);
+    out[c] += float(s);
+  }
+}
+
+// One block per row: mean, then the centred sum of squares (two passes, as on the CPU).
+__global__ void layernorm_forward_kernel(float* y, float* mean, float* rstd, const float* x,
+                                         const float* w, const float* b, int64_t rows,
+                                         int64_t d, float eps) {
+  __shared__ float shared[33];
+  const float inv_d = 1.0f / float(d);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float* xr = x + r * d;
+    float s = 0.0f;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) s += xr[c];
+    const float mu = block_sum(s, shared) * inv_d;
+    float ss = 0.0f;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+      const float t = xr[c] - mu;
+      ss += t * t;
+    }
+    const float rs = 1.0f / sqrtf(block_sum(ss, shared) * inv_d + eps);
+    if (threadIdx.x == 0) {
+      mean[r] = mu;
+      rstd[r] = rs;
+    }
+    float* yr = y + r * d;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) yr[c] = (xr[c] - mu) * rs * w[c] + b[c];
+  }
+}
+
+// One block per chunk of kRowsPerChunk rows. dx row by row (two row sums each); the
+// parameter gradients' per-chunk sums in shared memory, each column owned by one thread
+// (column c by thread c mod blockDim), written to partial[chunk, 0..2d) at the end.
+__global__ void layernorm_backward_kernel(float* dx, bool accumulate_dx, float* partial,
+                                          const float* dy, const float* x, const float* mean,
+                                          const float* rstd, const float* w, int64_t rows,
+                                          int64_t d) {
+  extern __shared__ float acc[];  // [2d]: dw sums, then db sums
+  __shared__ float shared[33];
+  const float inv_d = 1.0f / float(d);
+  // acc[c] and acc[d + c] belong to the thread of column c, but the zeroing and the final
+  // copy go by index, so they are fenced off from the row loop.
+  for (int64_t c = threadIdx.x; c < 2 * d; c += blockDim.x) acc[c] = 0.0f;
+  __syncthreads();
+  const int64_t chunk = blockIdx.x;
+  const int64_t r0 = chunk * kRowsPerChunk;
+  const int64_t r1 = r0 + kRowsPerChunk < rows ? r0 + kRowsPerChunk : rows;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * d;
+    const float* g = dy + r * d;
+    const float mu = mean[r], rs = rstd[r];
+    float sum_gw = 0.0f, sum_gw_xhat = 0.0f;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+      const float xhat = (xr[c] - mu) * rs;
+      const float gw = g[c] * w[c];
+      sum_gw += gw;
+      sum_gw_xhat += gw * xhat;
+    }
+    const float m1 = block_sum(sum_gw, shared) * inv_d;
+    const float m2 = block_sum(sum_gw_xhat, shared) * inv_d;
+    float* out = dx + r * d;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+      const float xhat = (xr[c] - mu) * rs;
+      const float v = rs * (g[c] * w[c] - m1 - (xr[c] - mu) * rs * m2);
+      out[c] = accumulate_dx ? out[c] + v : v;
+      acc[c] += g[c] * xhat;
+      acc[d + c] += g[c];
+    }
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < 2 * d; c += blockDim.x) partial[chunk * 2 * d + c] = acc[c];
+}
+
+// dw[c] += sum of partial[k, c], db[c] += sum of partial[k, d + c], chunks in order.
+__global__ void layernorm_params_kernel(float* dw, float* db, const float* partial,
+                                        int64_t chunks, int64_t d) {
+  for (int64_t c = global_thread(); c < 2 * d; c += grid_threads()) {
+    double s = 0.0;
+    for (int64_t k = 0; k < chunks; ++k) s += double(partial[k * 2 * d + c]);
+    if (c < d) dw[c] += float(s);
+    else db[c - d] += float(s);
+  }
+}
+
+// One block per row, in double like the CPU backend.
+__global__ void cross_entropy_forward_kernel(float* ce, float* lse, const float* logits,
+                                             const int32_t* targets, int64_t rows,
+                                             int64_t vocab) {
+  __shared__ double shared[33];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float* z = logits + r * vocab;
+    double mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmax(mx, double(z[j]));
+    mx = block_max(mx, shared, double(-INFINITY));
+    double s = 0.0;
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) s += exp(double(z[j]) - mx);
+    s = block_sum(s, shared);
+    if (threadIdx.x == 0) {
+      const double l = mx + log(s);
+      lse[r] = float(l);
+      const int32_t t = targets[r];
+      ce[r] = t == 0 ? 0.0f : float(l - double(z[t]));
+    }
+  }
+}
+
+__global__ void cross_entropy_backward_kernel(float* dlogits, const float* logits,
+                                              const float* lse, const int32_t* targets,
+                                              int64_t rows, int64_t vocab, double scale,
+                                              double z_loss) {
+  const int64_t total = rows * vocab;
+  for (int64_t t = global_thread(); t < total; t += grid_threads()) {
+    const int64_t r = t / vocab, j = t % vocab;
+    const int32_t y = targets[r];
+    if (y == 0) {
+      dlogits[t] = 0.0f;
+      continue;
+    }
+    const double l = lse[r];
+    const double f = scale * (1.0 + 2.0 * z_loss * l);
+    float g = float(f * exp(double(logits[t]) - l));
+    if (j == y) g -= float(scale);
+    dlogits[t] = g;
+  }
+}
+
+// partial[block] = sum of squares of the block's chunk of kSquaresChunk elements.
+__global__ void squares_partial_kernel(double* partial, const float* x, int64_t n) {
+  __shared__ double shared[33];
+  const int64_t i0 = int64_t(blockIdx.x) * kSquaresChunk;
+  const int64_t i1 = i0 + kSquaresChunk < n ? i0 + kSquaresChunk : n;
+  double s = 0.0;
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) s += double(x[i]) * double(x[i]);
+  s = block_sum(s, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// One block: thread t adds partials t, t + blockDim, ... in order, then a block tree.
+__global__ void squares_finish_kernel(double* result, const double* partial, int64_t chunks) {
+  __shared__ double shared[33];
+  double s = 0.0;
+  for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) s += partial[k];
+  s = block_sum(s, shared);
+  if (threadIdx.x == 0) *result = s;
+}
+
+}  // namespace
+
+int64_t column_sums_partial_floats(int64_t rows, int64_t cols) { return chunks_of(rows) * cols; }
+
+void column_sums(cudaStream_t st, float* out, const float* x, int64_t rows, int64_t cols,
+                 float* partial) {
+  if (rows <= 0 || cols <= 0) return;
+  const int64_t chunks = chunks_of(rows);
+  // gridDim.y is limited to 65535 chunks (4.2M rows), far beyond any activation here.
+  PAR_ASSERT(chunks <= 65535, "column_sums: ", rows, " rows exceed the kernel's limit");
+  const dim3 grid(unsigned((cols + kColsPerBlock - 1) / kColsPerBlock), unsigned(chunks));
+  column_partial_kernel<<<grid, kColsPerBlock, 0, st>>>(partial, x, rows, cols);
+  PAR_CUDA_CHECK_LAUNCH("column_partial_kernel");
+  column_finish_kernel<<<blocks_for(cols), kThreads, 0, st>>>(out, partial, chunks, cols);
+  PAR_CUDA_CHECK_LAUNCH("column_finish_kernel");
+}
+
+void layernorm_forward(cudaStream_t st, float* y, float* mean, float* rstd, const float* x,
+                       const float* w, const float* b, int64_t rows, int64_t d, float eps) {
+  if (rows <= 0 || d <= 0) return;
+  const unsigned grid = unsigned(std::min<int64_t>(rows, int64_t(1) << 20));
+  layernorm_forward_kernel<<<grid, threads_for_row(d), 0, st>>>(y, mean, rstd, x, w, b, rows,
+                                                                d, eps);
+  PAR_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
+}
+
+int64_t layernorm_backward_partial_floats(int64_t rows, int64_t d) {
+  return chunks_of(rows) * 2 * d;
+}
+
+void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* dw, float* db,
+                        const float* dy, const float* x, const float* mean, const float* rstd,
+                        const float* w, int64_t rows, int64_t d, float* partial) {
+  if (rows <= 0 || d <= 0) return;
+  const int64_t chunks = chunks_of(rows);
+  PAR_ASSERT(chunks <= (int64_t(1) << 31) - 1);
+  const size_t smem = size_t(2 * d) * sizeof(float);
+  if (smem > 48 * 1024) {
+    // Beyond the default limit: opt in (up to the device's maximum; d <= ~28000 on H100).
+    PAR_CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_kernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(smem)));
+  }
+  layernorm_backward_kernel<<<unsigned(chunks), threads_for_row(d), smem, st>>>(
+      dx, accumulate_dx, partial, dy, x, mean, rstd, w, rows, d);
+  PAR_CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
+  layernorm_params_kernel<<<blocks_for(2 * d), kThreads, 0, st>>>(dw, db, partial, chunks, d);
+  PAR_CUDA_CHECK_LAUNCH("layernorm_params_kernel");
+}
+
+void cross_entropy_forward(cudaStream_t st, float* ce, float* lse, const float* logits,
+                           const int32_t* targets, int64_t rows, int64_t vocab) {
+  if (rows <= 0 || vocab <= 0) return;
+  const unsigned grid = unsigned(std::min<int64_t>(rows, int64_t(1) << 20));
+  cross_entropy_forward_kernel<<<grid, threads_for_row(vocab), 0, st>>>(ce, lse, logits,
+                                                                        targets, rows, vocab);
+  PAR_CUDA_CHECK_LAUNCH("cross_entropy_forward_kernel");
+}
+
+void cross_entropy_backward(cudaStream_t st, float* dlogits, const float* logits,
+                            const float* lse, const int32_t* targets, int64_t rows,
+                            int64_t vocab, double scale, double z_loss) {
+  if (rows <= 0 || vocab <= 0) return;
+  cross_entropy_backward_kernel<<<blocks_for(rows * vocab), kThreads, 0, st>>>(
+      dlogits, logits, lse, targets, rows, vocab, scale, z_loss);
+  PAR_CUDA_CHECK_LAUNCH("cross_entropy_backward_kernel");
+}
+
+int64_t sum_squares_partial_doubles(int64_t n) {
+  return std::max<int64_t>(1, (n + kSquaresChunk - 1) / kSquaresChunk);
+}
+
+void sum_squares(cudaStream_t st, double* result, const float* x, int64_t n, double* partial) {
+  if (n <= 0) {
+    PAR_CUDA_CHECK(cudaMemsetAsync(result, 0, sizeof(double), st));
+    return;
+  }
+  const int64_t chunks = sum_squares_partial_doubles(n);
+  PAR_ASSERT(chunks <= (int64_t(1) << 31) - 1);
+  squares_partial_kernel<<<unsigned(chunks), kThreads, 0, st>>>(partial, x, n);
+  PAR_CUDA_CHECK_LAUNCH("squares_partial_kernel");
+  squares_finish_kernel<<<1, 1024, 0, st>>>(result, partial, chunks);
+  PAR_CUDA_CHECK_LAUNCH("squares_finish_kernel");
+}
+
+}  // namespace par::cuda::kern

@@ -1,0 +1,193 @@
+// The CUDA attention against the CPU backend's, forward and backward, for every case of
+// attention_cases.h (PAD and dropped keys, rows and whole examples with no visible key,
+// non-contiguous kept keys, several key blocks) in each matrix-product precision; the
+// gradients of keys no query sees must be exactly zero, and two runs must give the same
+// bits. Plus one run at a 131072-key context (64-bit offsets, many blocks).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "tests/cuda/attention_cases.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace par {
+namespace {
+
+using cuda::MatmulPrecision;
+using cuda_test::AttentionCase;
+using cuda_test::AttentionData;
+using cuda_test::bitwise_equal;
+using cuda_test::close;
+using cuda_test::DeviceArray;
+
+struct Outputs {
+  std::vector<float> o, lse, dq, dk, dv;
+};
+
+Outputs cpu_attention(const AttentionData& d) {
+  cpu::CpuOps<float> cpu;
+  const AttentionShape s = d.shape();
+  Outputs r;
+  r.o.resize(d.q.size());
+  r.lse.resize(size_t(s.batch * s.heads * s.nq));
+  r.dq.resize(d.q.size());
+  r.dk.resize(d.k.size());
+  r.dv.resize(d.v.size());
+  cpu.attention_forward(s, d.q.data(), d.k.data(), d.v.data(), r.o.data(), r.lse.data());
+  cpu.attention_backward(s, d.q.data(), d.k.data(), d.v.data(), r.o.data(), d.d_o.data(),
+                         r.lse.data(), r.dq.data(), r.dk.data(), r.dv.data());
+  return r;
+}
+
+// Runs forward and backward on the GPU. The backward takes o and lse as given (here the
+// CPU's, as it would take the merged ones of several ranks) unless `own` is set.
+Outputs gpu_attention(Ops<float>& ops, const AttentionData& d, const Outputs* given,
+                      cuda::AttentionKernel kernel = cuda::AttentionKernel::kBlocked) {
+  DeviceArray<float> q(ops, d.q), k(ops, d.k), v(ops, d.v), d_o(ops, d.d_o);
+  DeviceArray<int64_t> q_pos(ops, d.q_pos), k_pos(ops, d.k_pos);
+  DeviceArray<uint8_t> keep(ops, d.keep.empty() ? std::vector<uint8_t>(1, 1) : d.keep);
+  AttentionShape s = d.shape();
+  s.q_pos = q_pos.get();
+  s.k_pos = k_pos.get();
+  s.k_keep = d.c.use_keep ? keep.get() : nullptr;
+  const float nan = std::nanf("");
+  // Outputs start as NaN: every entry must be written.
+  DeviceArray<float> o(ops, d.q.size(), nan), lse(ops, size_t(s.batch * s.heads * s.nq), nan);
+  DeviceArray<float> dq(ops, d.q.size(), nan), dk(ops, d.k.size(), nan), dv(ops, d.v.size(), nan);
+  cuda::set_attention_key_block(ops, d.c.key_block);
+  cuda::set_attention_kernel(ops, kernel);
+  ops.attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
+  Outputs r;
+  r.o = o.host();
+  r.lse = lse.host();
+  if (given) {
+    o.set(given->o);
+    lse.set(given->lse);
+  }
+  ops.attention_backward(s, q.get(), k.get(), v.get(), o.get(), d_o.get(), lse.get(), dq.get(),
+                         dk.get(), dv.get());
+  r.dq = dq.host();
+  r.dk = dk.host();
+  r.dv = dv.host();
+  cuda::set_attention_key_block(ops, 0);
+  cuda::set_attention_kernel(ops, cuda::AttentionKernel::kBlocked);
+  return r;
+}
+
+class CudaAttentionTest
+    : public ::testing::TestWithParam<std::tuple<MatmulPrecision, AttentionCase>> {
+ protected:
+  void SetUp() override { PAR_SKIP_WITHOUT_GPU(); }
+};
+
+TEST_P(CudaAttentionTest, MatchesTheCpu) {
+  const auto [precision, c] = GetParam();
+  const AttentionData d = cuda_test::make_attention_data(c, 21);
+  const Outputs want = cpu_attention(d);
+  auto ops = cuda::make_cuda_ops(0, precision);
+  const Outputs got = gpu_attention(*ops, d, &want);
+  const double tol = cuda_test::attention_tol(precision);
+  EXPECT_TRUE(close(got.o, want.o, tol)) << "o";
+  EXPECT_TRUE(close(got.lse, want.lse, tol)) << "lse";
+  EXPECT_TRUE(close(got.dq, want.dq, tol)) << "dq";
+  EXPECT_TRUE(close(got.dk, want.dk, tol)) << "dk";
+  EXPECT_TRUE(close(got.dv, want.dv, tol)) << "dv";
+
+  // Keys no query sees: gradients exactly zero (not merely small).
+  const int64_t ld = d.ld();
+  int64_t unseen = 0, nonzero = 0;
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t j = 0; j < c.nk; ++j) {
+      if (d.key_seen(b, j)) continue;
+      ++unseen;
+      for (int64_t e = 0; e < ld; ++e) {
+        const size_t at = size_t((b * c.nk + j) * ld + e);
+        nonzero += got.dk[at] != 0.0f || got.dv[at] != 0.0f;
+      }
+    }
+  EXPECT_EQ(nonzero, 0) << "of " << unseen << " unseen keys";
+  // Queries that see no key get o = 0 and lse = -inf, which close() compared exactly; the
+  // case made for them must have some.
+  int64_t empty_rows = 0;
+  for (float l : want.lse) empty_rows += std::isinf(l);
+  if (c.name == "rows_without_keys") {
+    EXPECT_GT(empty_rows, 0);
+  }
+}
+
+// The fused kernels (tf32 and bf16, head sizes 16, 32, 64, and 128 in the forward; the
+// rest, and fp32, fall back to the blocked path, which must then give the same as without
+// the request). Their products round like the blocked path's, so the tolerances are the
+// same.
+TEST_P(CudaAttentionTest, FusedMatchesTheCpu) {
+  const auto [precision, c] = GetParam();
+  const AttentionData d = cuda_test::make_attention_data(c, 24);
+  const Outputs want = cpu_attention(d);
+  auto ops = cuda::make_cuda_ops(0, precision);
+  const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kFused);
+  const double tol = cuda_test::attention_tol(precision);
+  EXPECT_TRUE(close(got.o, want.o, tol)) << "o";
+  EXPECT_TRUE(close(got.lse, want.lse, tol)) << "lse";
+  EXPECT_TRUE(close(got.dq, want.dq, tol)) << "dq";
+  EXPECT_TRUE(close(got.dk, want.dk, tol)) << "dk";
+  EXPECT_TRUE(close(got.dv, want.dv, tol)) << "dv";
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t j = 0; j < c.nk; ++j)
+      if (!d.key_seen(b, j))
+        for (int64_t e = 0; e < d.ld(); ++e) {
+          const size_t at = size_t((b * c.nk + j) * d.ld() + e);
+          ASSERT_TRUE(got.dk[at] == 0.0f && got.dv[at] == 0.0f) << "unseen key " << j;
+        }
+  const Outputs again = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kFused);
+  EXPECT_TRUE(bitwise_equal(got.o, again.o)) << "o, second run";
+  EXPECT_TRUE(bitwise_equal(got.lse, again.lse)) << "lse, second run";
+  EXPECT_TRUE(bitwise_equal(got.dq, again.dq)) << "dq, second run";
+  EXPECT_TRUE(bitwise_equal(got.dk, again.dk)) << "dk, second run";
+  EXPECT_TRUE(bitwise_equal(got.dv, again.dv)) << "dv, second run";
+}
+
+TEST_P(CudaAttentionTest, IsBitwiseReproducible) {
+  const auto [precision, c] = GetParam();
+  const AttentionData d = cuda_test::make_attention_data(c, 22);
+  auto ops = cuda::make_cuda_ops(0, precision);
+  const Outputs a = gpu_attention(*ops, d, nullptr);
+  const Outputs b = gpu_attention(*ops, d, nullptr);
+  EXPECT_TRUE(bitwise_equal(a.o, b.o)) << "o";
+  EXPECT_TRUE(bitwise_equal(a.lse, b.lse)) << "lse";
+  EXPECT_TRUE(bitwise_equal(a.dq, b.dq)) << "dq";
+  EXPECT_TRUE(bitwise_equal(a.dk, b.dk)) << "dk";
+  EXPECT_TRUE(bitwise_equal(a.dv, b.dv)) << "dv";
+}
+
+std::string case_name(
+    const ::testing::TestParamInfo<std::tuple<MatmulPrecision, AttentionCase>>& info) {
+  return std::get<1>(info.param).name + "_" + cuda::precision_name(std::get<0>(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, CudaAttentionTest,
+    ::testing::Combine(::testing::Values(MatmulPrecision::kFloat32, MatmulPrecision::kTF32,
+                                         MatmulPrecision::kBF16),
+                       ::testing::ValuesIn(cuda_test::attention_cases())),
+    case_name);
+
+// A 131072-key context: 64-bit offsets, 16 blocks of 8192 keys, a mask over all of it.
+TEST(CudaAttentionLong, ContextOf131072Keys) {
+  PAR_SKIP_WITHOUT_GPU();
+  AttentionCase c{"long", 1, 64, 131072, 2, 16, 131072 - 64, 0.1, 8192};
+  const AttentionData d = cuda_test::make_attention_data(c, 23);
+  const Outputs want = cpu_attention(d);
+  auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kFloat32);
+  const Outputs got = gpu_attention(*ops, d, &want);
+  EXPECT_TRUE(close(got.o, want.o, 3e-5)) << "o";
+  EXPECT_TRUE(close(got.lse, want.lse, 3e-5)) << "lse";
+  EXPECT_TRUE(close(got.dq, want.dq, 3e-5)) << "dq";
+  EXPECT_TRUE(close(got.dk, want.dk, 3e-5)) << "dk";
+  EXPECT_TRUE(close(got.dv, want.dv, 3e-5)) << "dv";
+}
+
+}  // namespace
+}  // namespace par

@@ -1,0 +1,128 @@
+// Timings, not tests (DISABLED_ unless asked for: tools/gpu_check.sh runs them with
+// --gtest_also_run_disabled_tests): the rate of a large matrix product in each precision,
+// the input-side linear layer and the cross-attention of the ~100M-parameter config
+// (N = 131072 keys, M = 1024 latent queries, 16 heads of 64), forward and backward.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace par {
+namespace {
+
+using cuda::MatmulPrecision;
+using cuda_test::DeviceArray;
+
+// Fills a device array of n floats with a repeating random pattern (generating hundreds of
+// millions of random numbers on the host would dominate the run).
+void fill_pattern(Ops<float>& ops, float* x, int64_t n, uint64_t seed) {
+  const int64_t block = std::min<int64_t>(n, int64_t(1) << 20);
+  const auto host = cuda_test::random_vector<float>(block, seed);
+  ops.upload(x, host.data(), size_t(block) * sizeof(float));
+  for (int64_t o = block; o < n; o += block) ops.copy(x + o, x, std::min(block, n - o));
+}
+
+template <typename F>
+double best_ms(Ops<float>& ops, int reps, F&& f) {
+  f();  // warm-up: cuBLAS heuristics, scratch allocation
+  cuda::cuda_synchronize(ops);
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    cuda::cuda_synchronize(ops);
+    best = std::min(best, std::chrono::duration<double, std::milli>(
+                              std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+TEST(CudaTiming, DISABLED_MatmulRates) {
+  PAR_SKIP_WITHOUT_GPU();
+  std::printf("device: %s\n", cuda::describe_device(0).c_str());
+  for (MatmulPrecision p : {MatmulPrecision::kFloat32, MatmulPrecision::kTF32, MatmulPrecision::kBF16}) {
+    auto ops = cuda::make_cuda_ops(0, p);
+    const int64_t n = 8192;
+    DeviceArray<float> a(*ops, size_t(n * n)), b(*ops, size_t(n * n)), c(*ops, size_t(n * n));
+    fill_pattern(*ops, a.get(), n * n, 1);
+    fill_pattern(*ops, b.get(), n * n, 2);
+    const double ms = best_ms(*ops, 3, [&] {
+      ops->gemm(false, false, n, n, n, 1.0f, a.get(), n, b.get(), n, 0.0f, c.get(), n);
+    });
+    std::printf("timing gemm %lld^3 %s: %.2f ms, %.1f TFLOP/s\n", static_cast<long long>(n),
+                cuda::precision_name(p), ms, 2.0 * double(n) * n * n / ms / 1e9);
+    // The key/value projection of the 100M config: [131072, 1024] x [1024, 1024]^T + b.
+    const int64_t rows = 131072, d = 1024;
+    DeviceArray<float> x(*ops, size_t(rows * d)), w(*ops, size_t(d * d)), bias(*ops, size_t(d)),
+        y(*ops, size_t(rows * d));
+    fill_pattern(*ops, x.get(), rows * d, 3);
+    fill_pattern(*ops, w.get(), d * d, 4);
+    const double lin = best_ms(*ops, 3, [&] {
+      ops->linear_forward(y.get(), x.get(), w.get(), bias.get(), rows, d, d);
+    });
+    std::printf("timing linear_forward 131072x1024x1024 %s: %.2f ms, %.1f TFLOP/s\n",
+                cuda::precision_name(p), lin, 2.0 * double(rows) * d * d / lin / 1e9);
+  }
+}
+
+TEST(CudaTiming, DISABLED_CrossAttention100M) {
+  PAR_SKIP_WITHOUT_GPU();
+  const int64_t nq = 1024, nk = 131072, heads = 16, hd = 64, ld = heads * hd;
+  for (MatmulPrecision p : {MatmulPrecision::kTF32, MatmulPrecision::kBF16, MatmulPrecision::kFloat32}) {
+    auto ops = cuda::make_cuda_ops(0, p);
+    DeviceArray<float> q(*ops, size_t(nq * ld)), k(*ops, size_t(nk * ld)), v(*ops, size_t(nk * ld));
+    DeviceArray<float> o(*ops, size_t(nq * ld)), lse(*ops, size_t(heads * nq));
+    DeviceArray<float> d_o(*ops, size_t(nq * ld)), dq(*ops, size_t(nq * ld));
+    DeviceArray<float> dk(*ops, size_t(nk * ld)), dv(*ops, size_t(nk * ld));
+    fill_pattern(*ops, q.get(), nq * ld, 5);
+    fill_pattern(*ops, k.get(), nk * ld, 6);
+    fill_pattern(*ops, v.get(), nk * ld, 7);
+    fill_pattern(*ops, d_o.get(), nq * ld, 8);
+    std::vector<int64_t> qp(nq), kp(nk);
+    for (int64_t i = 0; i < nq; ++i) qp[size_t(i)] = nk - nq + i;
+    for (int64_t j = 0; j < nk; ++j) kp[size_t(j)] = j;
+    std::vector<uint8_t> keep(static_cast<size_t>(nk));
+    for (int64_t j = 0; j < nk; ++j) keep[size_t(j)] = (j * 2654435761u) % 10 != 0;  // 10% dropped
+    DeviceArray<int64_t> gqp(*ops, qp), gkp(*ops, kp);
+    DeviceArray<uint8_t> gkeep(*ops, keep);
+    AttentionShape s{1, nq, nk, heads, hd, gqp.get(), gkp.get(), gkeep.get(), 0.125};
+    const double fwd = best_ms(*ops, 3, [&] {
+      ops->attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
+    });
+    double fused = 0, fused_bwd = 0;
+    if (p != MatmulPrecision::kFloat32) {
+      cuda::set_attention_kernel(*ops, cuda::AttentionKernel::kFused);
+      fused = best_ms(*ops, 3, [&] {
+        ops->attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
+      });
+      fused_bwd = best_ms(*ops, 3, [&] {
+        ops->attention_backward(s, q.get(), k.get(), v.get(), o.get(), d_o.get(), lse.get(),
+                                dq.get(), dk.get(), dv.get());
+      });
+      cuda::set_attention_kernel(*ops, cuda::AttentionKernel::kBlocked);
+    }
+    const double bwd = best_ms(*ops, 3, [&] {
+      ops->attention_backward(s, q.get(), k.get(), v.get(), o.get(), d_o.get(), lse.get(),
+                              dq.get(), dk.get(), dv.get());
+    });
+    // Model FLOPs over all N keys (the masked 10% still cost work here): 4 N M D per head
+    // forward, twice that backward.
+    const double f = 4.0 * double(nq) * double(nk) * double(hd) * double(heads);
+    const cuda::MemoryStats m = cuda::memory_stats(*ops);
+    std::printf("timing cross-attention M=1024 N=131072 16x64 %s: forward %.2f ms (%.1f TFLOP/s), "
+                "backward %.2f ms (%.1f TFLOP/s), peak %.2f GiB\n",
+                cuda::precision_name(p), fwd, f / fwd / 1e9, bwd, 2 * f / bwd / 1e9,
+                double(m.peak_bytes) / double(int64_t(1) << 30));
+    if (fused > 0)
+      std::printf("timing cross-attention M=1024 N=131072 16x64 %s: fused forward %.2f ms "
+                  "(%.1f TFLOP/s), fused backward %.2f ms (%.1f TFLOP/s)\n",
+                  cuda::precision_name(p), fused, f / fused / 1e9, fused_bwd,
+                  2 * f / fused_bwd / 1e9);
+  }
+}
+
+}  // namespace
+}  // namespace par

@@ -1,0 +1,112 @@
+// The row-major to column-major mapping of the CUDA backend's matrix products
+// (kernels/cuda/gemm_mapping.h), checked on the CPU: the mapped product, evaluated with
+// BLAS's column-major definition, must be the row-major product. Runs without a GPU.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "kernels/cuda/gemm_mapping.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace par {
+namespace {
+
+using cuda::ColumnMajorGemm;
+using cuda::RowMajorGemm;
+
+// BLAS sgemm semantics: column-major, element (i, j) of a matrix X with leading dimension
+// ld at X[i + j*ld]; op(X) = X or X^T.
+void column_major_reference(const ColumnMajorGemm& g) {
+  for (int64_t bt = 0; bt < g.batch; ++bt) {
+    const float* a = g.first + bt * g.stride_first;
+    const float* b = g.second + bt * g.stride_second;
+    float* c = g.c + bt * g.stride_c;
+    for (int64_t i = 0; i < g.m; ++i)
+      for (int64_t j = 0; j < g.n; ++j) {
+        double s = 0;
+        for (int64_t l = 0; l < g.k; ++l) {
+          const float av = g.trans_first ? a[l + i * g.ld_first] : a[i + l * g.ld_first];
+          const float bv = g.trans_second ? b[j + l * g.ld_second] : b[l + j * g.ld_second];
+          s += double(av) * double(bv);
+        }
+        float& out = c[i + j * g.ldc];
+        out = float(g.alpha * s + (g.beta == 0 ? 0.0 : double(g.beta) * double(out)));
+      }
+  }
+}
+
+// The row-major definition itself.
+void row_major_reference(const RowMajorGemm& g) {
+  for (int64_t bt = 0; bt < g.batch; ++bt) {
+    const float* a = g.a + bt * g.stride_a;
+    const float* b = g.b + bt * g.stride_b;
+    float* c = g.c + bt * g.stride_c;
+    for (int64_t i = 0; i < g.m; ++i)
+      for (int64_t j = 0; j < g.n; ++j) {
+        double s = 0;
+        for (int64_t l = 0; l < g.k; ++l) {
+          const float av = g.trans_a ? a[l * g.lda + i] : a[i * g.lda + l];
+          const float bv = g.trans_b ? b[j * g.ldb + l] : b[l * g.ldb + j];
+          s += double(av) * double(bv);
+        }
+        float& out = c[i * g.ldc + j];
+        out = float(g.alpha * s + (g.beta == 0 ? 0.0 : double(g.beta) * double(out)));
+      }
+  }
+}
+
+TEST(GemmMapping, ColumnMajorEvaluationIsTheRowMajorProduct) {
+  int checked = 0;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (int64_t batch : {1, 3}) {
+        const int64_t m = 5, n = 7, k = 4;
+        RowMajorGemm g;
+        g.trans_a = ta;
+        g.trans_b = tb;
+        g.m = m, g.n = n, g.k = k;
+        // Leading dimensions wider than the rows, as for one head of [rows, heads*dim].
+        g.lda = (ta ? m : k) + 3;
+        g.ldb = (tb ? k : n) + 2;
+        g.ldc = n + 1;
+        const int64_t a_rows = ta ? k : m, b_rows = tb ? n : k;
+        g.stride_a = a_rows * g.lda + 1;
+        g.stride_b = b_rows * g.ldb + 2;
+        g.stride_c = m * g.ldc + 5;
+        g.alpha = 0.75f;
+        g.beta = 0.5f;
+        g.batch = batch;
+        ASSERT_TRUE(cuda::leading_dimensions_valid(g));
+        const auto a = cuda_test::random_vector<float>(g.stride_a * batch, 1);
+        const auto b = cuda_test::random_vector<float>(g.stride_b * batch, 2);
+        const auto c0 = cuda_test::random_vector<float>(g.stride_c * batch, 3);
+        std::vector<float> want = c0, got = c0;
+        g.a = a.data();
+        g.b = b.data();
+        g.c = want.data();
+        row_major_reference(g);
+        g.c = got.data();
+        column_major_reference(cuda::to_column_major(g));
+        EXPECT_TRUE(cuda_test::close(got, want, 1e-6))
+            << "trans_a " << ta << " trans_b " << tb << " batch " << batch;
+        ++checked;
+      }
+  EXPECT_EQ(checked, 8);
+}
+
+TEST(GemmMapping, LeadingDimensionChecks) {
+  RowMajorGemm g;
+  g.m = 4, g.n = 6, g.k = 3;
+  g.lda = 3, g.ldb = 6, g.ldc = 6;
+  EXPECT_TRUE(cuda::leading_dimensions_valid(g));
+  g.ldc = 5;
+  EXPECT_FALSE(cuda::leading_dimensions_valid(g));
+  g.ldc = 6;
+  g.trans_a = true;  // A stored [k, m]: needs lda >= m
+  EXPECT_FALSE(cuda::leading_dimensions_valid(g));
+  g.lda = 4;
+  EXPECT_TRUE(cuda::leading_dimensions_valid(g));
+}
+
+}  // namespace
+}  // namespace par

@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Checks the CUDA backend on a GPU machine and measures it, in a few minutes of GPU time:
+# runs par_cuda_tests (every op and the whole model against the CPU backend), the timing
+# runs of par_cuda_tests (matrix-product rates, the 100M config's cross-attention), then
+# `par bench` on the GPU configs in each precision, and prints a short table.
+#
+# The machine needs a GPU, its driver, CUDA 13's cuBLAS and NCCL (from a CUDA toolkit, or
+# the nvidia-* Python packages that PyTorch brings), and nothing else: no Open MPI, HDF5,
+# glog, Boost or network. Everything else comes in the bundle made beforehand, on the
+# build machine, by tools/gpu_bundle.sh.
+#
+# Usage, from the repository root (the configs are read from configs/):
+#   tools/gpu_bundle.sh        # on the build machine: build-gpu-bundle/bundle/par-gpu-bundle.tar.xz
+#   tools/gpu_check.sh [ARCHIVE]   # on the GPU machine
+# With this workplace's device tool: run "tools/gpu_check.sh" with carry
+# ["build-gpu-bundle/bundle"] and timeout_s 600; the logs come back in $OUT.
+#
+# Settings (environment):
+#   PRECISIONS    precisions to bench (default "bf16 tf32 fp32")
+#   ATTENTIONS    attention kernels to bench (default "blocked fused"; fused only in tf32/bf16)
+#   GPU_CONFIGS   configs to bench (default: every configs/gpu-*.ini; missing ones are noted)
+#   BENCH_CMD     the bench command line; {par}, {config}, {precision} and {attention} are
+#                 replaced. Default: "{par} bench --config {config} --device cuda
+#                 --precision {precision} --attention {attention}
+#                 --steps 3 --warmup 1".
+#   TEST_TIMEOUT  seconds for all of par_cuda_tests (default 300); BENCH_TIMEOUT per bench (180)
+#   BUDGET        seconds for the whole check (default 540): bench runs that would not end
+#                 in time are listed as skipped, so the table always comes out
+#   CHECK_OUT     where the logs go (default $OUT when set, else build-gpu-bundle/check)
+# Exit status: 0 when all tests passed, 1 when some failed or did not run, 2 on setup errors.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+archive=${1:-build-gpu-bundle/bundle/par-gpu-bundle.tar.xz}
+precisions=${PRECISIONS:-bf16 tf32 fp32}
+attentions=${ATTENTIONS:-blocked fused}
+configs=${GPU_CONFIGS:-$(ls configs/gpu-*.ini 2>/dev/null)}
+bench_cmd=${BENCH_CMD:-"{par} bench --config {config} --device cuda --precision {precision} --attention {attention} --steps 3 --warmup 1"}
+test_timeout=${TEST_TIMEOUT:-300}
+bench_timeout=${BENCH_TIMEOUT:-180}
+budget=${BUDGET:-540}
+logs=${CHECK_OUT:-${OUT:-build-gpu-bundle/check}}
+mkdir -p "$logs"
+logs=$(cd "$logs" && pwd)
+
+say() { echo "gpu_check: $*"; }
+die() { echo "gpu_check: $*" >&2; exit 2; }
+
+[ -f "$archive" ] || die "no bundle at $archive: run tools/gpu_bundle.sh on the build machine first (and carry build-gpu-bundle/bundle)"
+
+# ---- unpack ----
+work=$(mktemp -d "${TMPDIR:-/tmp}/par-gpu-check.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+if command -v xz > /dev/null; then
+  xz -dc "$archive" | tar -C "$work" -xf - || die "cannot unpack $archive"
+else
+  python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+    "$archive" "$work" || die "cannot unpack $archive (no xz, and Python could not either)"
+fi
+B=$work/par-gpu-bundle
+par=$B/bin/par
+tests=$B/bin/par_cuda_tests
+say "bundle: $(head -1 "$B/MANIFEST")"
+
+# ---- the GPU ----
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+if [ -n "$gpu_name" ]; then
+  say "GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | head -1)"
+else
+  say "nvidia-smi found no GPU (the tests will say why CUDA sees none)"
+fi
+
+# ---- libraries: the bundle's, then the machine's CUDA libraries wherever they are ----
+lib_path=$B/lib
+need=(libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2)
+site_dirs=$(python3 -c 'import site; print(" ".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null || true)
+for so in "${need[@]}"; do
+  ldconfig -p 2>/dev/null | grep -q "$so " && continue  # the loader finds it anyway
+  found=""
+  for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64 /usr/local/cuda/lib \
+           /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -e "$d/$so" ] && { found=$d; break; }
+  done
+  if [ -z "$found" ]; then
+    for sp in $site_dirs; do
+      [ -d "$sp/nvidia" ] || continue
+      hit=$(find "$sp/nvidia" -maxdepth 4 -name "$so" 2>/dev/null | head -1)
+      [ -n "$hit" ] && { found=$(dirname "$hit"); break; }
+    done
+  fi
+  if [ -n "$found" ]; then
+    case ":$lib_path:" in *":$found:"*) ;; *) lib_path=$lib_path:$found ;; esac
+  fi
+done
+export LD_LIBRARY_PATH=$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# What is still missing may be in the bundle's fallback (libstdc++, libgcc_s, libcudart).
+if ldd "$tests" "$par" | grep -q "not found"; then
+  export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$B/fallback
+fi
+if ldd "$tests" "$par" | grep "not found" | sort -u > "$work/missing" && [ -s "$work/missing" ]; then
+  cat "$work/missing" >&2
+  die "libraries not found (above): install CUDA 13's cuBLAS/NCCL or set CUDA_HOME"
+fi
+say "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+# par only initializes MPI under a launcher; should anything start it, stay alone.
+export OMPI_MCA_ess_singleton_isolated=1
+
+# ---- tests ----
+# One process per test suite: a kernel fault poisons the CUDA context of its process, and
+# must not take the other suites' results with it.
+say "running par_cuda_tests suite by suite (log: $logs/tests.log)"
+: > "$logs/tests.log"
+t0=$(date +%s)
+test_note=""
+suites=$("$tests" --gtest_list_tests 2>/dev/null | grep -E '^[^ ].*\.$' | sed 's/\.$//')
+[ -n "$suites" ] || test_note="could not list the tests"
+for suite in $suites; do
+  left=$((test_timeout - ($(date +%s) - t0)))
+  if [ "$left" -le 0 ]; then
+    test_note="${test_note:+$test_note; }out of time before $suite"
+    break
+  fi
+  timeout "$left" "$tests" --gtest_color=no --gtest_filter="$suite.*" > "$work/suite.log" 2>&1
+  rc=$?
+  cat "$work/suite.log" >> "$logs/tests.log"
+  case $rc in
+    0|1) ;;  # passed, or failures counted below
+    124) test_note="${test_note:+$test_note; }$suite timed out" ;;
+    *) test_note="${test_note:+$test_note; }$suite ended with status $rc ($(tail -1 "$work/suite.log" | cut -c1-120))" ;;
+  esac
+done
+t1=$(date +%s)
+passed=$(grep -cE '^\[       OK \] .* \([0-9]+ ms\)$' "$logs/tests.log")
+failed=$(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$logs/tests.log")
+skipped=$(grep -cE '^\[  SKIPPED \] .* \([0-9]+ ms\)$' "$logs/tests.log")
+# On a GPU machine nothing skips: a skip means CUDA saw no device, and the check failed.
+[ "$skipped" -gt 0 ] && test_note="${test_note:+$test_note; }$skipped skipped (no GPU visible to CUDA?)"
+test_rc=0
+{ [ "$failed" -gt 0 ] || [ -n "$test_note" ]; } && test_rc=1
+if [ "$failed" -gt 0 ]; then
+  say "failures (details in tests.log):"
+  grep -E '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$logs/tests.log" | head -40
+  grep -B1 -A8 -E ': Failure$' "$logs/tests.log" | head -120
+fi
+[ -z "$test_note" ] || say "tests: $test_note"
+
+# ---- timings from par_cuda_tests ----
+say "timing runs (log: $logs/timing.log)"
+timeout 150 "$tests" --gtest_color=no --gtest_also_run_disabled_tests \
+  --gtest_filter='CudaTiming.*' > "$logs/timing.log" 2>&1 || say "timing runs: exit status $?"
+grep '^timing' "$logs/timing.log" | sed 's/^timing /  /'
+
+# ---- par bench ----
+: > "$logs/bench.log"
+: > "$work/bench.tsv"
+for config in $configs; do
+  for p in $precisions; do
+  for attn in $attentions; do
+    # fp32 has no fused kernels (it would run the blocked path again).
+    [ "$p" = fp32 ] && [ "$attn" != blocked ] && continue
+    label=$p
+    [ "$attn" = blocked ] || label="$p/$attn"
+    if [ ! -f "$config" ]; then
+      printf '%s\t%s\t%s\n' "$config" "$label" "config not found" >> "$work/bench.tsv"
+      continue
+    fi
+    left=$((budget - SECONDS))
+    if [ "$left" -lt 30 ]; then  # too little for a run: start-up alone takes seconds
+      printf '%s\t%s\t%s\n' "$config" "$label" "skipped: out of time (BUDGET=$budget s)" >> "$work/bench.tsv"
+      continue
+    fi
+    cmd=${bench_cmd//\{par\}/$par}
+    cmd=${cmd//\{config\}/$config}
+    cmd=${cmd//\{precision\}/$p}
+    cmd=${cmd//\{attention\}/$attn}
+    say "bench: $cmd"
+    echo "==== $cmd" >> "$logs/bench.log"
+    timeout "$((left < bench_timeout ? left : bench_timeout))" bash -c "$cmd" > "$work/one.log" 2>&1
+    rc=$?
+    cat "$work/one.log" >> "$logs/bench.log"
+    json=$(grep '^{' "$work/one.log" | tail -1)
+    if [ $rc -ne 0 ] || [ -z "$json" ]; then
+      printf '%s\t%s\t%s\n' "$config" "$label" "failed (exit $rc): $(grep -v '^\s*$' "$work/one.log" | tail -1 | cut -c1-100)" >> "$work/bench.tsv"
+    else
+      printf '%s\t%s\tJSON\t%s\n' "$config" "$label" "$json" >> "$work/bench.tsv"
+    fi
+  done
+  done
+done
+
+# ---- summary ----
+{
+  echo "== par GPU check: ${gpu_name:-no GPU} =="
+  echo "bundle: $(head -1 "$B/MANIFEST")"
+  echo "tests:  $passed passed, $failed failed, $skipped skipped in $((t1 - t0)) s ${test_note:+($test_note)}"
+  grep '^timing' "$logs/timing.log" | sed 's/^timing /timing: /'
+  GPU_NAME="$gpu_name" python3 - "$work/bench.tsv" <<'EOF'
+import json, os, sys
+# Dense (no sparsity) peak TFLOP/s: fp32 on CUDA cores, tf32 and bf16 on tensor cores.
+PEAKS = [("H100 PCIe", (51.2, 378.0, 756.0)), ("H100 NVL", (60.0, 417.5, 835.0)),
+         ("H100", (66.9, 494.7, 989.4)), ("H200", (66.9, 494.7, 989.4)),
+         ("GH200", (66.9, 494.7, 989.4)), ("A100", (19.5, 156.0, 312.0))]
+name = os.environ.get("GPU_NAME", "")
+peak = next((p for key, p in PEAKS if key in name), None)
+index = {"fp32": 0, "tf32": 1, "bf16": 2}
+print("bench:  %-28s %-10s %10s %12s %9s %7s %10s" % ("config", "prec", "ms/step", "tokens/s",
+      "TFLOP/s", "% peak", "peak mem"))
+for line in open(sys.argv[1]):
+    parts = line.rstrip("\n").split("\t")
+    config, prec = os.path.basename(parts[0]), parts[1]
+    if parts[2] != "JSON":
+        print("        %-28s %-10s %s" % (config, prec, parts[2]))
+        continue
+    j = json.loads(parts[3])
+    tflops = j.get("gflops", 0) / 1e3
+    base = prec.split("/")[0]  # "bf16/fused": the fused attention kernels in bf16
+    pk = peak[index[base]] if peak and base in index else None
+    mem = None
+    for key, scale in (("peak_device_mib", 1), ("peak_device_bytes", 1 / 2**20),
+                       ("peak_rss_mib", 1)):
+        if key in j:
+            mem = "%.0f MiB%s" % (j[key] * scale, "" if "device" in key else " host")
+            break
+    print("        %-28s %-10s %10.1f %12.0f %9.1f %7s %10s" % (
+        config, prec, j.get("ms_per_step", 0), j.get("input_tokens_per_s", 0), tflops,
+        "%.1f" % (100 * tflops / pk) if pk else "n/a", mem or "n/a"))
+if not peak:
+    print("        (no dense peak known for '%s': add it to tools/gpu_check.sh)" % name)
+EOF
+} | tee "$logs/summary.txt"
+
+[ "$test_rc" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ] && exit 0
+exit 1
