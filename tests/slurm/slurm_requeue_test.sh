@@ -128,7 +128,7 @@ uninterrupted() {
 uninterrupted calibrate 3000 || fail "calibration run: $(tail -n 20 "$work/calibrate.log")"
 ms=$(median_ms "$work/calibrate") || fail "calibration: no ms_per_step in $work/calibrate/metrics.jsonl"
 steps=$(steps_for "$target_s" "$ms")
-say "calibration: $ms ms/step; the SLURM-signalled job trains $steps steps"
+say "calibration: $ms ms/step (load average $(cut -d' ' -f1-3 /proc/loadavg)); the SLURM-signalled job trains $steps steps"
 
 eval "$("$cluster" start)" || fail "the SLURM cluster did not start"
 srun --mpi=list 2>&1 | grep -qw pmix || fail "srun --mpi=list has no pmix: $(srun --mpi=list 2>&1)"
@@ -191,7 +191,8 @@ for try in 1 2 3; do
   job=${job%%;*}
   say "submitted job $job (srun --mpi=pmix, $steps steps, --time=1 --signal=B:USR1@10)"
   wait_job "$job"
-  say "job $job: $state, exit code $exit_code, $restarts requeue(s), $job_s s"
+  say "job $job: $state, exit code $exit_code, $restarts requeue(s), $job_s s," \
+      "$(median_ms "$work/$name") ms/step; load average $(cut -d' ' -f1-3 /proc/loadavg)"
   # Finished before SLURM's warning: the machine ran faster than at calibration. Size the
   # training from the job's own speed and submit again (only then: a signal that came and
   # was not acted on is a failure below).
