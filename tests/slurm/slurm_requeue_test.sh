@@ -54,15 +54,19 @@ done
 exec 9>/tmp/par-slurm-test.lock
 flock -w 900 9 || { say "FAILED: another run of this test holds /tmp/par-slurm-test.lock"; exit 1; }
 
-work=$(mktemp -d /tmp/par-slurm-test.XXXXXX)
-# A fixed place for the cluster: if a run of this test was killed (CTest's timeout kills
-# with SIGKILL, so no trap runs), the next run finds its daemons' pid files and stops them.
+# Fixed places for the files and the cluster: if a run of this test was killed (CTest's
+# timeout kills with SIGKILL, so no trap runs), the next run finds its daemons' pid files
+# and stops them, and removes its files.
+work=/tmp/par-slurm-test-work
 export PAR_SLURM_DIR=/tmp/par-slurm-test-cluster
 export PAR_SLURM_PORT=${PAR_SLURM_TEST_PORT:-16917}  # not the default 16817 of a user's cluster
 export PAR_SLURM_CRED_EXPIRE=10                      # a requeued job may start 11 s later
 ncpu=$(env -u OMP_NUM_THREADS nproc)
 export PAR_SLURM_CPUS=$((ncpu < 2 ? 2 : ncpu))       # the 2 tasks run even on one core
 cluster=$root/tools/slurm_cluster.sh
+"$cluster" stop >/dev/null 2>&1
+rm -rf "$work" "$PAR_SLURM_DIR"
+mkdir -p "$work" || { say "FAILED: cannot create $work"; exit 1; }
 keep=0
 bg=""  # a background uninterrupted run
 cleanup() {
@@ -118,10 +122,13 @@ t_start=$(date +%s)
 train=(--config "$root/configs/tiny.ini" --data "$work/data/train-*.h5" --dp 2 --threads 1
        --checkpoint-every 0)
 
-# Uninterrupted: run NAME STEPS (log every tenth step).
+# Uninterrupted: run NAME STEPS [exec] (log every tenth step). With exec, in a background
+# subshell, the wrapper takes the subshell's pid, so that cleanup's kill reaches it.
 uninterrupted() {
-  "$root/launch/par-mpirun.sh" -n 2 --oversubscribe -- train "${train[@]}" --steps "$2" \
-    --log-every $(($2 / 10)) --out "$work/$1" >"$work/$1.log" 2>&1
+  local how=()
+  [[ ${3:-} == exec ]] && how=(exec)
+  "${how[@]}" "$root/launch/par-mpirun.sh" -n 2 --oversubscribe -- train "${train[@]}" \
+    --steps "$2" --log-every $(($2 / 10)) --out "$work/$1" >"$work/$1.log" 2>&1
 }
 
 # --- calibration: how fast steps are here ---------------------------------------------------
@@ -135,23 +142,33 @@ srun --mpi=list 2>&1 | grep -qw pmix || fail "srun --mpi=list has no pmix: $(sru
 cpus=$(sinfo -h -o %c)
 ((cpus >= 2)) || fail "the node offers $cpus CPU(s); the job needs 2"
 
+# Reads job $1's state: sets info, state, restarts. Fails if the job cannot run.
+read_job() {
+  local reason
+  info=$(scontrol -o show job "$1" 2>/dev/null)
+  state=$(sed -n 's/.*JobState=\([^ ]*\).*/\1/p' <<<"$info")
+  restarts=$(sed -n 's/.*Restarts=\([0-9]*\).*/\1/p' <<<"$info")
+  reason=$(sed -n 's/.* Reason=\([^ ]*\).*/\1/p' <<<"$info")
+  if [[ $state == PENDING ]]; then
+    case $reason in
+      None|BeginTime|Priority|Resources|Prolog|"") ;;
+      *) fail "job $1 cannot run: reason $reason ($(sinfo -h -o '%c CPUs, state %T'))" ;;
+    esac
+  fi
+}
+job_ended() {
+  case $state in
+    COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED) return 0 ;;
+  esac
+  return 1
+}
+
 # Waits for job $1 to end; sets state, restarts, exit_code, job_s. Fails if it cannot run
 # or takes longer than deadline_s.
 wait_job() {
-  local t0 info reason
+  local t0
   t0=$(date +%s)
-  while :; do
-    info=$(scontrol -o show job "$1" 2>/dev/null)
-    state=$(sed -n 's/.*JobState=\([^ ]*\).*/\1/p' <<<"$info")
-    restarts=$(sed -n 's/.*Restarts=\([0-9]*\).*/\1/p' <<<"$info")
-    case $state in
-      COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED) break ;;
-    esac
-    reason=$(sed -n 's/.* Reason=\([^ ]*\).*/\1/p' <<<"$info")
-    case $reason in
-      None|BeginTime|Priority|Resources|Prolog|"") ;;
-      *) fail "job $1 cannot run: $state, reason $reason ($(sinfo -h -o '%c CPUs, state %T'))" ;;
-    esac
+  while read_job "$1"; ! job_ended; do
     (($(date +%s) - t0 < deadline_s)) || fail "job $1 not done after $deadline_s s (state $state, $restarts restarts)"
     sleep 1
   done
@@ -210,7 +227,7 @@ grep -q "start (restart 0) .*: 2 task(s), srun" "$out" || fail "the job did not 
 
 # Its uninterrupted run, in the background while part 2 runs (part 2 does not depend on
 # timing, and its requeue leaves the cores idle for a while).
-uninterrupted base-srun "$srun_steps" &
+uninterrupted base-srun "$srun_steps" exec &
 bg=$!
 
 # --- 2. mpirun inside the allocation, signal from scancel ---------------------------------------
@@ -229,7 +246,8 @@ say "submitted job $job (mpirun, $m_steps steps)"
 t0=$(date +%s)
 # Training is under way once the first interval is logged: par's handler is in place.
 until grep -q "cmd_train.cpp:[0-9]*\] step [0-9]*/$m_steps " "$out" 2>/dev/null; do
-  grep -q "done: $m_steps steps" "$out" 2>/dev/null && fail "job $job finished before it could be signalled"
+  read_job "$job"
+  job_ended && fail "job $job ended ($state) before it could be signalled"
   (($(date +%s) - t0 < deadline_s)) || fail "job $job did not start training in $deadline_s s"
   sleep 0.2
 done
