@@ -52,16 +52,22 @@ extra=()
 # shellcheck disable=SC2206
 [[ -n ${PAR_MPIRUN_ARGS:-} ]] && extra=(${PAR_MPIRUN_ARGS})
 
+# An option's value: $2 of "OPTION VALUE ...", or one message and status 2.
+value() {
+  (($# >= 2)) && [[ -n $2 ]] || { say "$1 needs a value"; exit 2; }
+  echo "$2"
+}
 while (($#)); do
   case $1 in
-    -n|-np|--np) np=${2:?$1 needs a value}; shift 2 ;;
-    --hostfile) hostfile=${2:?--hostfile needs a file}; shift 2 ;;
-    --host|--hosts) hosts=${2:?--host needs a list}; shift 2 ;;
-    --par) par=${2:?--par needs a path}; shift 2 ;;
-    --threads-per-rank) tpr=${2:?--threads-per-rank needs a number}; shift 2 ;;
+    -n|-np|--np) np=$(value "$@") || exit; shift 2 ;;
+    --hostfile) hostfile=$(value "$@") || exit; shift 2 ;;
+    --host|--hosts) hosts=$(value "$@") || exit; shift 2 ;;
+    --par) par=$(value "$@") || exit; shift 2 ;;
+    --threads-per-rank) tpr=$(value "$@") || exit; shift 2 ;;
     --oversubscribe) oversubscribe=1; shift ;;
-    --kill-timeout) kill_timeout=${2:?--kill-timeout needs seconds}; shift 2 ;;
-    --mpirun-arg) extra+=("${2?--mpirun-arg needs a value}"); shift 2 ;;
+    --kill-timeout) kill_timeout=$(value "$@") || exit; shift 2 ;;
+    --mpirun-arg) (($# >= 2)) || { say "--mpirun-arg needs a value"; exit 2; }
+                  extra+=("$2"); shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage ;;
     --) shift; break ;;
@@ -70,6 +76,8 @@ while (($#)); do
   esac
 done
 (($#)) || { say "no par command given (e.g. -- train --config ...)"; exit 2; }
+[[ -z $np || $np =~ ^[1-9][0-9]*$ ]] || { say "the number of ranks must be a positive number, not '$np'"; exit 2; }
+[[ $kill_timeout =~ ^[0-9]+$ ]] || { say "the kill timeout must be whole seconds, not '$kill_timeout'"; exit 2; }
 
 if [[ -z $par ]]; then
   if command -v par >/dev/null; then
