@@ -232,8 +232,9 @@ uninterrupted base-srun "$srun_steps" exec &
 bg=$!
 
 # --- 2. mpirun inside the allocation, signal from scancel ---------------------------------------
-# About 5 s of training: the signal is sent after the first tenth.
-m_steps=$(steps_for 5 "$ms")
+# About 8 s of training (more while it shares the cores with the uninterrupted run above):
+# the signal is sent after the first tenth.
+m_steps=$(steps_for 8 "$ms")
 name=mpirun
 out=$work/$name.out
 # PAR_KILL_TIMEOUT=1: mpirun's exit after a rank's 75 takes 2 s, not 10 (launch/LAUNCH.md).
@@ -245,8 +246,10 @@ job=$(PAR_LAUNCHER=mpirun PAR_OVERSUBSCRIBE=1 PAR_KILL_TIMEOUT=1 \
 job=${job%%;*}
 say "submitted job $job (mpirun, $m_steps steps)"
 t0=$(date +%s)
-# Training is under way once the first interval is logged: par's handler is in place.
-until grep -q "cmd_train.cpp:[0-9]*\] step [0-9]*/$m_steps " "$out" 2>/dev/null; do
+# Training is under way (par's handler in place) once the first interval is in the run's
+# metrics, which rank 0 writes straight to the file; its log line reaches the job's output
+# through mpirun's forwarding, seconds later at times.
+until [[ -s $work/$name/metrics.jsonl ]]; do
   read_job "$job"
   job_ended && fail "job $job ended ($state) before it could be signalled"
   (($(date +%s) - t0 < deadline_s)) || fail "job $job did not start training in $deadline_s s"
