@@ -211,10 +211,11 @@ for try in 1 2 3; do
   wait_job "$job"
   say "job $job: $state, exit code $exit_code, $restarts requeue(s), $job_s s," \
       "$(median_ms "$work/$name") ms/step; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-  # Finished before SLURM's warning: the machine ran faster than at calibration. Size the
-  # training from the job's own speed and submit again (only then: a signal that came and
-  # was not acted on is a failure below).
-  if [[ $state == COMPLETED && $restarts == 0 ]] && ! grep -q "SIGUSR1" "$out" && ((try < 3)); then
+  # Finished before SLURM's warning (or with it, during the last step): the machine ran
+  # faster than at calibration. Size the training from the job's own speed and submit
+  # again. A signal that is never acted on fails the third time, in check_cycle.
+  if [[ $state == COMPLETED && $restarts == 0 ]] && ! grep -q "stopping after step" "$out" &&
+     ((try < 3)); then
     ms=$(median_ms "$work/$name") || fail "no ms_per_step in $work/$name/metrics.jsonl"
     steps=$(steps_for "$target_s" "$ms")
     say "job $job finished before SLURM's warning signal ($ms ms/step): again with $steps steps"
