@@ -14,6 +14,8 @@ packages=(
   libgoogle-glog-dev
   libgtest-dev
   libopenblas-openmp-dev
+  munge slurmctld slurmd slurm-client  # a one-node SLURM cluster: tools/slurm_cluster.sh, tests/slurm
+  libpmix-dev  # libpmix.so, which SLURM's mpi/pmix plugin loads (srun --mpi=pmix)
 )
 missing=()
 for p in "${packages[@]}"; do
