@@ -1,14 +1,18 @@
 #include "launch/backend.h"
 
 #include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "kernels/cpu/blas_setup.h"
 #include "kernels/cpu/cpu_ops.h"
 
 #ifdef PAR_HAVE_CUDA
-#include "kernels/cuda/cuda_ops.h"
-#include "parallel/nccl_communicator.h"
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include "kernels/cuda/backend_plugin.h"
 #endif
 
 namespace par {
@@ -22,6 +26,49 @@ bool cuda_built() {
 }
 
 namespace {
+
+#ifdef PAR_HAVE_CUDA
+// The directory of the running executable ("" if unknown).
+std::string executable_dir() {
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return "";
+  std::string path(buf, size_t(n));
+  return path.substr(0, path.rfind('/'));
+}
+
+// The CUDA plugin, loaded once: from $PAR_CUDA_BACKEND, else next to the executable (an
+// installed or bundled par), else where the build put it. UserError naming what failed.
+const cuda_plugin::Api& cuda_api() {
+  static const cuda_plugin::Api* api = [] {
+    std::string tried, errors;
+    std::vector<std::string> paths;
+    if (const char* env = std::getenv("PAR_CUDA_BACKEND"); env && *env) {
+      paths = {env};
+    } else {
+      paths = {executable_dir() + "/libpar_cuda_backend.so", PAR_CUDA_BACKEND_BUILD_PATH};
+    }
+    for (const auto& path : paths) {
+      void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (!handle) {
+        errors += cat("\n  ", dlerror());
+        continue;
+      }
+      using Entry = const cuda_plugin::Api* (*)();
+      auto entry = reinterpret_cast<Entry>(dlsym(handle, "par_cuda_backend_api"));
+      if (!entry) fail_user("--device cuda: ", path, " is not par's CUDA backend (no entry point)");
+      const cuda_plugin::Api* found = entry();
+      if (found->version != cuda_plugin::kApiVersion)
+        fail_user("--device cuda: ", path, " is from another version of par (interface ",
+                  found->version, ", expected ", cuda_plugin::kApiVersion, ")");
+      return found;
+    }
+    fail_user("--device cuda: cannot load the CUDA backend (set PAR_CUDA_BACKEND to "
+              "libpar_cuda_backend.so):", errors);
+  }();
+  return *api;
+}
+#endif
 
 Backend backend_for(const std::string& device, const std::string& precision,
                     const std::string& attention, int local_rank) {
@@ -41,20 +88,17 @@ Backend backend_for(const std::string& device, const std::string& precision,
   }
   if (device != "cuda") fail_user("--device must be cpu or cuda (got '", device, "')");
 #ifdef PAR_HAVE_CUDA
-  if (cuda::device_count() == 0)
-    fail_user("--device cuda: no GPU is visible (", cuda::no_device_reason(),
+  const cuda_plugin::Api& api = cuda_api();
+  if (api.device_count() == 0)
+    fail_user("--device cuda: no GPU is visible (", api.no_device_reason(),
               "; check CUDA_VISIBLE_DEVICES and the driver)");
-  const int gpu = cuda::select_device(local_rank);
-  const auto mode = precision == "bf16"   ? cuda::MatmulPrecision::kBF16
-                    : precision == "tf32" ? cuda::MatmulPrecision::kTF32
-                                          : cuda::MatmulPrecision::kFloat32;
-  b.ops = cuda::make_cuda_ops(gpu, mode);
-  b.description = cat("cuda:", gpu, " (", cuda::describe_device(gpu), "), ", precision,
+  const int gpu = api.select_device(local_rank);
+  using P = cuda_plugin::Precision;
+  const P mode = precision == "bf16" ? P::kBF16 : precision == "tf32" ? P::kTF32 : P::kFloat32;
+  b.ops = api.make_ops(gpu, mode, attention == "fused");
+  b.description = cat("cuda:", gpu, " (", api.describe_device(gpu), "), ", precision,
                       " matrix products");
-  if (attention == "fused") {
-    cuda::set_attention_kernel(*b.ops, cuda::AttentionKernel::kFused);
-    b.description += ", fused attention";
-  }
+  if (attention == "fused") b.description += ", fused attention";
   b.cuda = true;
   return b;
 #else
@@ -89,9 +133,17 @@ Backend make_local_backend(const std::string& device, const std::string& precisi
   return backend_for(device, precision, attention, launcher_local_rank());
 }
 
+int cuda_device_count() {
+#ifdef PAR_HAVE_CUDA
+  return cuda_api().device_count();
+#else
+  return 0;
+#endif
+}
+
 int64_t device_peak_bytes(Backend& b) {
 #ifdef PAR_HAVE_CUDA
-  if (b.cuda) return cuda::memory_stats(*b.ops).peak_bytes;
+  if (b.cuda) return cuda_api().peak_bytes(*b.ops);
 #endif
   (void)b;
   return 0;
@@ -100,11 +152,12 @@ int64_t device_peak_bytes(Backend& b) {
 void connect_backend(Backend& b, const ProcessGrid& grid) {
   if (!b.cuda || grid.world_size() == 1) return;
 #ifdef PAR_HAVE_CUDA
-  void* stream = cuda::cuda_stream(*b.ops);
+  const cuda_plugin::Api& api = cuda_api();
+  void* stream = api.stream(*b.ops);
   using G = ProcessGrid::Group;
-  b.sp = make_nccl_communicator(grid.mpi_comm(G::kSp), stream);
-  b.tp = make_nccl_communicator(grid.mpi_comm(G::kTp), stream);
-  b.dp_sp = make_nccl_communicator(grid.mpi_comm(G::kDpSp), stream);
+  b.sp = api.make_nccl_communicator(grid.mpi_comm(G::kSp), stream);
+  b.tp = api.make_nccl_communicator(grid.mpi_comm(G::kTp), stream);
+  b.dp_sp = api.make_nccl_communicator(grid.mpi_comm(G::kDpSp), stream);
 #endif
 }
 

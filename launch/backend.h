@@ -41,6 +41,9 @@ Backend make_local_backend(const std::string& device, const std::string& precisi
 // bytes; 0 for the CPU backend, whose memory is the process's resident set.
 int64_t device_peak_bytes(Backend& backend);
 
+// Visible GPUs (loads the CUDA backend; 0 in a build without it).
+int cuda_device_count();
+
 // Whether this build has the CUDA backend.
 bool cuda_built();
 

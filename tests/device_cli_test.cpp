@@ -11,10 +11,6 @@
 #include "tests/par_cli.h"
 #include "tests/temp_dir.h"
 
-#ifdef PAR_HAVE_CUDA
-#include "kernels/cuda/cuda_ops.h"
-#endif
-
 namespace par {
 namespace {
 
@@ -49,7 +45,7 @@ TEST(DeviceCli, BadDeviceOrPrecisionIsAUserError) {
 TEST(DeviceCli, CudaWithoutBackendOrGpuSaysWhy) {
 #ifdef PAR_HAVE_CUDA
   ASSERT_TRUE(cuda_built());
-  if (cuda::device_count() > 0) GTEST_SKIP() << "a GPU is visible: --device cuda can run here";
+  if (cuda_device_count() > 0) GTEST_SKIP() << "a GPU is visible: --device cuda can run here";
   const std::string why = "no GPU is visible";
 #else
   ASSERT_FALSE(cuda_built());

@@ -34,17 +34,20 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DPAR_NATIVE=OFF \
   -DPAR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$archs" -DPAR_BUILD_TESTS=ON > "$build.configure.log" 2>&1 \
   || { cat "$build.configure.log"; exit 1; }
 echo "gpu_bundle: building par and par_cuda_tests (a few minutes on 2 cores)"
-cmake --build "$build" -j"$(nproc)" --target par par_cuda_tests
+cmake --build "$build" -j"$(nproc)" --target par par_cuda_backend par_cuda_tests
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 root=$stage/par-gpu-bundle
 mkdir -p "$root/bin" "$root/lib" "$root/fallback"
-cp "$build/launch/par" "$build/tests/cuda/par_cuda_tests" "$root/bin/"
-strip --strip-unneeded "$root/bin/par" "$root/bin/par_cuda_tests"
+# The CUDA backend is a plugin par loads from its own directory (kernels/cuda/backend_plugin.h).
+cp "$build/launch/par" "$build/launch/libpar_cuda_backend.so" "$build/tests/cuda/par_cuda_tests" \
+  "$root/bin/"
+strip --strip-unneeded "$root/bin/par" "$root/bin/libpar_cuda_backend.so" "$root/bin/par_cuda_tests"
 
-# Every library the two binaries load, as the loader here resolves them.
-mapfile -t libs < <(ldd "$build/launch/par" "$build/tests/cuda/par_cuda_tests" |
+# Every library the binaries and the plugin load, as the loader here resolves them.
+mapfile -t libs < <(ldd "$build/launch/par" "$build/launch/libpar_cuda_backend.so" \
+                        "$build/tests/cuda/par_cuda_tests" |
                     awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u)
 cuda_root=$(readlink -f /usr/local/cuda 2>/dev/null || echo /usr/local/cuda)
 for lib in "${libs[@]}"; do
@@ -67,7 +70,8 @@ for lib in "${libs[@]}"; do
 done
 
 # ldd lists the whole closure, so everything is here; still, nothing may be unresolved.
-if LD_LIBRARY_PATH="$root/lib:$root/fallback" ldd "$root/bin/par" "$root/bin/par_cuda_tests" |
+if LD_LIBRARY_PATH="$root/lib:$root/fallback" ldd "$root/bin/par" "$root/bin/libpar_cuda_backend.so" \
+     "$root/bin/par_cuda_tests" |
    grep "not found"; then
   echo "gpu_bundle: unresolved libraries (above)" >&2
   exit 1

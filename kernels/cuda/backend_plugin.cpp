@@ -1,0 +1,35 @@
+// The entry point of libpar_cuda_backend.so (kernels/cuda/backend_plugin.h).
+#include "kernels/cuda/backend_plugin.h"
+
+#include "kernels/cuda/cuda_ops.h"
+#include "parallel/nccl_communicator.h"
+
+namespace par::cuda_plugin {
+namespace {
+
+std::unique_ptr<Ops<float>> make_ops(int device, Precision precision, bool fused_attention) {
+  const auto mode = precision == Precision::kBF16   ? cuda::MatmulPrecision::kBF16
+                    : precision == Precision::kTF32 ? cuda::MatmulPrecision::kTF32
+                                                    : cuda::MatmulPrecision::kFloat32;
+  auto ops = cuda::make_cuda_ops(device, mode);
+  if (fused_attention) cuda::set_attention_kernel(*ops, cuda::AttentionKernel::kFused);
+  return ops;
+}
+
+int64_t peak_bytes(Ops<float>& ops) { return cuda::memory_stats(ops).peak_bytes; }
+
+std::unique_ptr<Communicator> nccl(MPI_Comm group, void* stream) {
+  return make_nccl_communicator(group, stream);
+}
+
+const Api kApi{kApiVersion,       cuda::device_count, cuda::no_device_reason,
+               cuda::select_device, cuda::describe_device, make_ops,
+               peak_bytes,         cuda::cuda_stream,  nccl};
+
+}  // namespace
+}  // namespace par::cuda_plugin
+
+extern "C" __attribute__((visibility("default"))) const par::cuda_plugin::Api*
+par_cuda_backend_api() {
+  return &par::cuda_plugin::kApi;
+}

@@ -1,0 +1,42 @@
+// The CUDA backend as a plugin (libpar_cuda_backend.so), loaded by launch/backend.cpp only
+// for --device cuda.
+//
+// Why a plugin: cuBLAS and cuBLASLt carry ~400,000 relocations; merely linking them makes
+// every process ~150 MB larger in resident memory (relocated data and the pages read to
+// relocate it), whether or not it touches a GPU. CPU runs, and every rank of them, should
+// not pay that. The plugin is built from the same sources with the same compiler as par,
+// so C++ types cross the boundary; only the entry point is extern "C" (for dlsym).
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/communicator.h"
+#include "core/ops.h"
+
+namespace par::cuda_plugin {
+
+// Bumped whenever Api changes, so a stale plugin next to a new par is refused.
+constexpr int kApiVersion = 1;
+
+enum class Precision { kFloat32, kTF32, kBF16 };
+
+struct Api {
+  int version;
+  int (*device_count)();
+  std::string (*no_device_reason)();
+  int (*select_device)(int local_rank);
+  std::string (*describe_device)(int device);
+  std::unique_ptr<Ops<float>> (*make_ops)(int device, Precision precision, bool fused_attention);
+  int64_t (*peak_bytes)(Ops<float>& ops);
+  void* (*stream)(Ops<float>& ops);
+  std::unique_ptr<Communicator> (*make_nccl_communicator)(MPI_Comm group, void* stream);
+};
+
+}  // namespace par::cuda_plugin
+
+// The plugin's one exported symbol.
+extern "C" const par::cuda_plugin::Api* par_cuda_backend_api();
