@@ -13,9 +13,20 @@ steps=${STEPS:-3}
 run() {  # config, extra args -> the JSON line of par bench
   "$par" bench --config "$1" --steps "$steps" "${@:2}" | tail -n 1
 }
-big=$(run configs/cpu-131k.ini)
-small=$(run configs/cpu-131k.ini --context-length 16384)
-mid=$(run configs/mid-8k.ini)
+# Each config ROUNDS times (default 2), interleaved, keeping the fastest run: on a shared
+# machine the speed drifts over seconds, and N=131072 against N=16384 compares two runs.
+best() {  # JSON lines -> the one with the least ms_per_step
+  python3 -c 'import json,sys; print(min(sys.argv[1:], key=lambda a: json.loads(a)["ms_per_step"]))' "$@"
+}
+big=() small=() mid=()
+for ((round = 0; round < ${ROUNDS:-2}; round++)); do
+  big+=("$(run configs/cpu-131k.ini)")
+  small+=("$(run configs/cpu-131k.ini --context-length 16384)")
+  mid+=("$(run configs/mid-8k.ini)")
+done
+big=$(best "${big[@]}")
+small=$(best "${small[@]}")
+mid=$(best "${mid[@]}")
 
 python3 - "$big" "$small" "$mid" <<'PY'
 import json, sys

@@ -234,6 +234,23 @@ TEST(Checkpoint, PreemptionSignalCheckpointsAndRequeues) {
   expect_same_state(dir.file("whole"), dir.file("run"));
 }
 
+// --max-minutes: once the wall-clock limit has passed, the run stops at a step boundary the
+// way a preemption signal stops it (complete checkpoint, exit status 75), long before its
+// --steps are done.
+TEST(Checkpoint, TimeLimitCheckpointsAndRequeues) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 200);
+  const ParRun r = run_par(dir, train_args(data, dir.file("run"), 40000) + " --max-minutes 0.02");
+  ASSERT_EQ(r.rc, 75) << r.err;
+  EXPECT_NE(r.err.find("--max-minutes"), std::string::npos) << r.err;
+  const std::string saved = latest_checkpoint(dir.file("run"));
+  ASSERT_FALSE(saved.empty()) << r.err;
+  const int64_t step = read_manifest(saved).step;
+  EXPECT_GT(step, 0);
+  EXPECT_LT(step, 40000);
+  EXPECT_EQ(int64_t(logged_losses(dir.file("run/metrics.jsonl")).size()), step);
+}
+
 TEST(Checkpoint, KeepsTheNewestAndLogsThePause) {
   TempDir dir;
   const std::string data = testing_util::copy_task_data(dir, 65, 60);
