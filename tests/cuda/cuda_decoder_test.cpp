@@ -1,0 +1,72 @@
+// Generation on the CUDA backend: cached decoding (MODEL.md section 12) gives the CPU
+// backend's logits token by token, through several refills of the latent caches, once per
+// matrix-product precision; and on the GPU cached equals uncached decoding. Skips without
+// a GPU.
+#include <gtest/gtest.h>
+
+#include "core/decoder.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/model_case.h"
+
+namespace par {
+namespace {
+
+using cuda_test::close;
+
+// The model's parameters in the backend's memory, for a decoder's lifetime.
+struct DeviceParams {
+  DeviceParams(Ops<float>& ops, const std::vector<float>& host) : ops_(ops) {
+    p = static_cast<float*>(ops.allocate(host.size() * sizeof(float)));
+    ops.upload(p, host.data(), host.size() * sizeof(float));
+  }
+  ~DeviceParams() { ops_.deallocate(p); }
+  Ops<float>& ops_;
+  float* p;
+};
+
+class CudaDecoderTest : public cuda_test::CudaPrecisionTest {};
+
+TEST_P(CudaDecoderTest, CachedDecodingMatchesTheCpu) {
+  const ModelConfig cfg = cuda_test::odd_config();  // M = 17: refills every 8 or 9 tokens
+  const auto host = cuda_test::parameters(ParamLayout(cfg), cfg.d_model);
+  cpu::CpuOps<float> cpu;
+  auto gpu = make_ops();
+  const DeviceParams cpu_params(cpu, host), gpu_params(*gpu, host);
+  Decoder<float> want(cfg, cpu, cpu_params.p, true), got(cfg, *gpu, gpu_params.p, true);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 23; ++i) prompt.push_back(int32_t(3 + (i * 7) % 30));
+  want.start(prompt);
+  got.start(prompt);
+  const double tol = cuda_test::model_tol(GetParam()).logits;
+  ASSERT_TRUE(close(got.logits(), want.logits(), tol)) << "after the prompt";
+  // 40 more tokens: past M latents, so the caches are refilled several times.
+  for (int i = 0; i < 40; ++i) {
+    const int32_t t = int32_t(3 + (i * 11) % 31);
+    want.append(t);
+    got.append(t);
+    ASSERT_TRUE(close(got.logits(), want.logits(), tol)) << "token " << i;
+  }
+}
+
+TEST_P(CudaDecoderTest, CachedEqualsUncachedOnTheGpu) {
+  const ModelConfig cfg = cuda_test::odd_config();
+  const auto host = cuda_test::parameters(ParamLayout(cfg), cfg.d_model);
+  auto gpu = make_ops();
+  const DeviceParams params(*gpu, host);
+  Decoder<float> cached(cfg, *gpu, params.p, true), uncached(cfg, *gpu, params.p, false);
+  cached.start({5, 6, 7});
+  uncached.start({5, 6, 7});
+  const double tol = cuda_test::model_tol(GetParam()).logits;
+  for (int i = 0; i < 30; ++i) {
+    cached.append(int32_t(3 + i % 29));
+    uncached.append(int32_t(3 + i % 29));
+    ASSERT_TRUE(close(cached.logits(), uncached.logits(), tol)) << "token " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, CudaDecoderTest, PAR_ALL_PRECISIONS);
+
+}  // namespace
+}  // namespace par
