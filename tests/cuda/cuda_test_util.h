@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/test_util.h"
+
 #include "core/ops.h"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -85,14 +87,7 @@ inline double attention_tol(MatmulPrecision p) {
   return 0;
 }
 
-template <typename T>
-std::vector<T> random_vector(int64_t n, uint64_t seed, double scale = 1.0) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> dist(0.0, scale);
-  std::vector<T> v(static_cast<size_t>(n));
-  for (auto& x : v) x = T(dist(rng));
-  return v;
-}
+using ::par::testing_util::random_vector;  // the CPU tests' inputs, the same draws
 
 // An array in a backend's memory, freed with it.
 template <typename T>
