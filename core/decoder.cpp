@@ -172,7 +172,7 @@ void Decoder<T>::append(int32_t token) {
   if (latents_ == cfg_.num_latents) {
     refill_from_cache(refill);
   } else {
-    incremental(token, length() - 1);
+    incremental(length() - 1);
   }
 }
 
@@ -281,7 +281,7 @@ void Decoder<T>::push_input(int32_t token, int64_t position) {
 // The latent on the newest input (already in the cross cache) through every layer,
 // attending over the caches.
 template <typename T>
-void Decoder<T>::incremental(int32_t /*token*/, int64_t position) {
+void Decoder<T>::incremental(int64_t position) {
   const int64_t d = cfg_.d_model, h0 = cross_head_;
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   Buffers& b = *b_;

@@ -70,7 +70,7 @@ class Decoder {
   void refill_from_cache(int64_t num_latents);
   void cross_attend_latents(int64_t num_latents);
   void push_input(int32_t token, int64_t position);
-  void incremental(int32_t token, int64_t position);
+  void incremental(int64_t position);
   void rotary_at(T* x, int64_t rows, int64_t heads, int64_t head_dim, const RotarySpec& spec,
                  int64_t first_position, bool inverse = false);
   void latent_stack(int64_t rows, int64_t first_position, bool fill_caches, bool use_caches);

@@ -34,6 +34,19 @@ using cuda_test::windows;
 
 class CudaModelTest : public cuda_test::CudaPrecisionTest {};
 
+// One forward and backward pass against the CPU's: the objective, the logits and every
+// parameter's gradient, within the precision's tolerances.
+void expect_pass_matches(const Result& got, const Result& want, const ParamLayout& layout,
+                         const ModelTol& tol) {
+  EXPECT_NEAR(got.loss.objective, want.loss.objective, tol.loss * std::abs(want.loss.objective));
+  EXPECT_TRUE(close(got.logits, want.logits, tol.logits)) << "logits";
+  for (const ParamInfo& p : layout.params()) {
+    const std::vector<float> g(got.grads.begin() + p.offset, got.grads.begin() + p.offset + p.numel);
+    const std::vector<float> e(want.grads.begin() + p.offset, want.grads.begin() + p.offset + p.numel);
+    EXPECT_TRUE(close(g, e, tol.grads)) << p.name;
+  }
+}
+
 TEST_P(CudaModelTest, LossAndEveryGradientMatchTheCpu) {
   const ModelConfig cfg = odd_config();
   const ParamLayout layout(cfg);
@@ -48,13 +61,7 @@ TEST_P(CudaModelTest, LossAndEveryGradientMatchTheCpu) {
   ASSERT_EQ(got.loss.valid, want.loss.valid);
   ASSERT_GT(want.loss.valid, 0);
   EXPECT_NEAR(got.loss.ce, want.loss.ce, tol.loss * std::abs(want.loss.ce));
-  EXPECT_NEAR(got.loss.objective, want.loss.objective, tol.loss * std::abs(want.loss.objective));
-  EXPECT_TRUE(close(got.logits, want.logits, tol.logits)) << "logits";
-  for (const ParamInfo& p : layout.params()) {
-    const std::vector<float> g(got.grads.begin() + p.offset, got.grads.begin() + p.offset + p.numel);
-    const std::vector<float> e(want.grads.begin() + p.offset, want.grads.begin() + p.offset + p.numel);
-    EXPECT_TRUE(close(g, e, tol.grads)) << p.name;
-  }
+  expect_pass_matches(got, want, layout, tol);
 }
 
 // The same with the fused attention kernels requested: the cross-attention (heads of 16)
@@ -70,13 +77,7 @@ TEST_P(CudaModelTest, WithFusedAttentionMatchesTheCpu) {
   const Result want = cuda_test::forward_backward(cpu, cfg, params, w);
   const Result got = cuda_test::forward_backward(*gpu, cfg, params, w);
   const ModelTol tol = model_tol(GetParam());
-  EXPECT_NEAR(got.loss.objective, want.loss.objective, tol.loss * std::abs(want.loss.objective));
-  EXPECT_TRUE(close(got.logits, want.logits, tol.logits)) << "logits";
-  for (const ParamInfo& p : layout.params()) {
-    const std::vector<float> g(got.grads.begin() + p.offset, got.grads.begin() + p.offset + p.numel);
-    const std::vector<float> e(want.grads.begin() + p.offset, want.grads.begin() + p.offset + p.numel);
-    EXPECT_TRUE(close(g, e, tol.grads)) << p.name;
-  }
+  expect_pass_matches(got, want, layout, tol);
 }
 
 // Adam on one batch: the losses of both backends follow each other and fall, and the
