@@ -157,12 +157,32 @@ const Case kCases[] = {
     {2, 6, 40, 2, 8, 34, 0.1, 0.5, {4, 7}},      // PAD + cross-attend dropout
     {3, 16, 200, 4, 8, 184, 0.05, 0.3, {256, 512}},  // default blocks
     {1, 12, 64, 2, 16, 52, 0.0, 0.9, {5, 6}},    // heavy dropout: some rows see nothing
+    // Head dimensions of the fused AVX-512 kernels (whole vectors): partial micro-tiles of
+    // 8 queries, key counts that are not whole vectors, 32-wide slices plus a 16-wide one.
+    {2, 13, 300, 2, 32, 287, 0.1, 0.3, {256, 64}},
+    {1, 40, 40, 2, 32, 0, 0.0, 0.0, {16, 16}},   // causal self-attention
+    {1, 20, 100, 1, 48, 80, 0.0, 0.0, {16, 33}},
+    {1, 9, 50, 3, 64, 41, 0.05, 0.0, {5, 7}},
+    {2, 30, 500, 1, 128, 470, 0.0, 0.5, {12, 100}},
 };
+
+cpu::AttentionBlocking sgemm_only(cpu::AttentionBlocking b) {
+  b.fused = false;
+  return b;
+}
 
 // Float32 against the double reference: scores of O(1) summed over up to 200 keys
 // leave ~1e-6 relative error; 2e-5 flags any wrong term.
+// Each case runs through the fused kernels where its head dimension allows, and through
+// sgemm.
 TEST(BlockedAttention, MatchesNaiveFloat) {
-  for (const Case& c : kCases) check_case<float>(c, 2e-5);
+  for (const Case& c : kCases) {
+    SCOPED_TRACE("head_dim " + std::to_string(c.head_dim));
+    check_case<float>(c, 2e-5);
+    Case s = c;
+    s.blocking = sgemm_only(c.blocking);
+    check_case<float>(s, 2e-5);
+  }
 }
 
 // Same algorithm in double: agreement to rounding shows the blocking itself is exact.
@@ -174,6 +194,7 @@ TEST(BlockedAttention, MatchesNaiveDouble) {
 // PAD and dropout, forward and backward.
 TEST(BlockedAttention, LongContext131k) {
   check_case<float>({1, 64, 131072, 2, 8, 131072 - 64, 0.01, 0.1, {256, 512}}, 2e-5);
+  check_case<float>({1, 64, 131072, 1, 32, 131072 - 64, 0.01, 0.1, {256, 512}}, 2e-5);
 }
 
 }  // namespace

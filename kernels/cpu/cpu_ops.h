@@ -86,6 +86,8 @@ class CpuOps final : public Ops<T> {
 struct AttentionBlocking {
   int64_t q_block = 256;
   int64_t k_block = 512;
+  // Float32 shapes the fused AVX-512 kernels support go through them; off forces sgemm.
+  bool fused = true;
 };
 template <typename T>
 void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v,

@@ -1,0 +1,398 @@
+// Fused attention for float32 on AVX-512, head_dim a multiple of 16 (up to 128).
+//
+// Same algorithm as the sgemm path of attention.cpp (key blocks, running max and sum,
+// kept-key lists, causal prefixes), but the products are small register-blocked loops
+// over 8 queries at a time instead of sgemm calls. With a head dimension of 32, every
+// product of attention has one side 32 wide, a shape on which sgemm spends much of its
+// time packing and storing rather than multiplying; here each key block is transposed
+// once (Kt, Vt: [head_dim][keys]) and reused by every group of 8 queries, the scores
+// stay in an L1-sized buffer, and the outputs accumulate in registers.
+//
+// The micro-kernels keep 16 accumulators of 16 lanes: 8 queries x 32 keys for scores,
+// 8 queries x 32 dimensions for P.V-shaped products, and 4 keys x 32 dimensions (the 8
+// queries' rows held in registers) for the key-side gradients. Wider heads go through
+// them in 32-wide slices.
+#include "kernels/cpu/attention_fused.h"
+
+#if defined(__AVX512F__)
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/attention_blocks.h"
+#include "kernels/cpu/fast_exp.h"
+
+namespace par::cpu {
+
+using namespace attention_detail;
+
+namespace {
+
+constexpr int64_t kRows = 8;    // queries per micro-tile
+constexpr int64_t kLanes = 16;  // floats per vector
+constexpr int64_t kMaxHeadDim = 128;
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// bt[d * ldt + j] = b[j * ldb + d] for j < n, zero for n <= j < ldt.
+void pack_transposed(const float* b, int64_t ldb, int64_t n, int64_t D, float* bt,
+                     int64_t ldt) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < D; ++d) bt[d * ldt + j] = b[j * ldb + d];
+  for (int64_t d = 0; d < D; ++d) std::fill(bt + d * ldt + n, bt + d * ldt + ldt, 0.0f);
+}
+
+// s[r][j] = scale * sum_d a[r][d] bt[d][j] for r < 8 and j < n (n a multiple of 16).
+void scores8(const float* a, int64_t D, const float* bt, int64_t ldt, int64_t n, float scale,
+             float* s, int64_t lds) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  int64_t j = 0;
+  for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
+    __m512 c[kRows][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) c[r][0] = c[r][1] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 b0 = _mm512_loadu_ps(bt + d * ldt + j);
+      const __m512 b1 = _mm512_loadu_ps(bt + d * ldt + j + kLanes);
+#pragma GCC unroll 8
+      for (int r = 0; r < kRows; ++r) {
+        const __m512 ar = _mm512_set1_ps(a[r * D + d]);
+        c[r][0] = _mm512_fmadd_ps(ar, b0, c[r][0]);
+        c[r][1] = _mm512_fmadd_ps(ar, b1, c[r][1]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      _mm512_storeu_ps(s + r * lds + j, _mm512_mul_ps(c[r][0], vscale));
+      _mm512_storeu_ps(s + r * lds + j + kLanes, _mm512_mul_ps(c[r][1], vscale));
+    }
+  }
+  if (j < n) {
+    __m512 c[kRows];
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) c[r] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 b0 = _mm512_loadu_ps(bt + d * ldt + j);
+#pragma GCC unroll 8
+      for (int r = 0; r < kRows; ++r)
+        c[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r * D + d]), b0, c[r]);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(s + r * lds + j, _mm512_mul_ps(c[r], vscale));
+  }
+}
+
+// acc[r][d0 + t] += sum_{j < n} p[r][j] v[j][d0 + t] for r < 8, t < 16 * NV.
+template <int NV>
+void accumulate_rows8(const float* p, int64_t ldp, int64_t n, const float* v, int64_t ldv,
+                      float* acc, int64_t ldacc) {
+  __m512 c[kRows][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r)
+    for (int t = 0; t < NV; ++t) c[r][t] = _mm512_loadu_ps(acc + r * ldacc + t * kLanes);
+  for (int64_t j = 0; j < n; ++j) {
+    __m512 vj[NV];
+    for (int t = 0; t < NV; ++t) vj[t] = _mm512_loadu_ps(v + j * ldv + t * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 pr = _mm512_set1_ps(p[r * ldp + j]);
+      for (int t = 0; t < NV; ++t) c[r][t] = _mm512_fmadd_ps(pr, vj[t], c[r][t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r)
+    for (int t = 0; t < NV; ++t) _mm512_storeu_ps(acc + r * ldacc + t * kLanes, c[r][t]);
+}
+
+// out[j][d0 + t] += sum_{r < 8} p[r][j] x[r][d0 + t] for j < n, t < 16 * NV: the 8 rows of
+// x stay in registers while 4 keys at a time accumulate.
+template <int NV>
+void accumulate_cols8(const float* p, int64_t ldp, int64_t n, const float* x, int64_t ldx,
+                      float* out, int64_t ldo) {
+  __m512 xr[kRows][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r)
+    for (int t = 0; t < NV; ++t) xr[r][t] = _mm512_loadu_ps(x + r * ldx + t * kLanes);
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    __m512 c[4][NV];
+    for (int u = 0; u < 4; ++u)
+      for (int t = 0; t < NV; ++t) c[u][t] = _mm512_loadu_ps(out + (j + u) * ldo + t * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r)
+      for (int u = 0; u < 4; ++u) {
+        const __m512 pr = _mm512_set1_ps(p[r * ldp + j + u]);
+        for (int t = 0; t < NV; ++t) c[u][t] = _mm512_fmadd_ps(pr, xr[r][t], c[u][t]);
+      }
+    for (int u = 0; u < 4; ++u)
+      for (int t = 0; t < NV; ++t) _mm512_storeu_ps(out + (j + u) * ldo + t * kLanes, c[u][t]);
+  }
+  for (; j < n; ++j) {
+    __m512 c[NV];
+    for (int t = 0; t < NV; ++t) c[t] = _mm512_loadu_ps(out + j * ldo + t * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 pr = _mm512_set1_ps(p[r * ldp + j]);
+      for (int t = 0; t < NV; ++t) c[t] = _mm512_fmadd_ps(pr, xr[r][t], c[t]);
+    }
+    for (int t = 0; t < NV; ++t) _mm512_storeu_ps(out + j * ldo + t * kLanes, c[t]);
+  }
+}
+
+// The two products above over a whole head, in slices of 32 (and one of 16) dimensions.
+void rows_product(const float* p, int64_t ldp, int64_t n, const float* v, int64_t ldv,
+                  float* acc, int64_t ldacc, int64_t D) {
+  int64_t d = 0;
+  for (; d + 2 * kLanes <= D; d += 2 * kLanes)
+    accumulate_rows8<2>(p, ldp, n, v + d, ldv, acc + d, ldacc);
+  if (d < D) accumulate_rows8<1>(p, ldp, n, v + d, ldv, acc + d, ldacc);
+}
+
+void cols_product(const float* p, int64_t ldp, int64_t n, const float* x, int64_t ldx,
+                  float* out, int64_t ldo, int64_t D) {
+  int64_t d = 0;
+  for (; d + 2 * kLanes <= D; d += 2 * kLanes)
+    accumulate_cols8<2>(p, ldp, n, x + d, ldx, out + d, ldo);
+  if (d < D) accumulate_cols8<1>(p, ldp, n, x + d, ldx, out + d, ldo);
+}
+
+// Copies up to 8 rows of one head into a dense [8][D] tile, zero rows after `rows`.
+void load_rows(const float* src, int64_t ld, int64_t rows, int64_t D, float* tile) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(tile + r * D, src + r * ld, size_t(D) * 4);
+  std::fill(tile + rows * D, tile + kRows * D, 0.0f);
+}
+
+// Per-thread buffers (grow-only, so a step does not allocate).
+struct FusedScratch {
+  std::vector<float> kt, vt, s, p, acc, dkv;
+  std::vector<float> run_max, run_sum;
+  static FusedScratch& get() {
+    static thread_local FusedScratch f;
+    return f;
+  }
+};
+
+}  // namespace
+
+bool fused_attention_supported(const AttentionShape& s) {
+  return s.head_dim % kLanes == 0 && s.head_dim <= kMaxHeadDim;
+}
+
+void attention_forward_fused(const AttentionShape& s, const float* q, const float* k,
+                             const float* v, float* o, float* lse,
+                             const AttentionBlocking& blocking) {
+  const int64_t D = s.head_dim, ld = s.heads * D;
+  const int64_t QB = round_up(blocking.q_block, kRows), KB = blocking.k_block;
+  const int64_t ldt = round_up(KB, kLanes);
+  const auto& kept = kept_keys(s);
+  const int64_t q_tiles = (s.nq + QB - 1) / QB;
+  const int64_t tasks = s.batch * s.heads * q_tiles;
+  const float scale = float(s.scale);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t qt = task % q_tiles;
+    const int64_t h = (task / q_tiles) % s.heads;
+    const int64_t b = task / (q_tiles * s.heads);
+    const int64_t i0 = qt * QB, bq = std::min(QB, s.nq - i0);
+    const int64_t* q_pos = s.q_pos + i0;
+    const int64_t q_pos_max = max_pos_of(q_pos, bq);
+    const auto& list = kept[size_t(b)];
+
+    FusedScratch& ws = FusedScratch::get();
+    const int64_t bq8 = round_up(bq, kRows);
+    float* kt = sized(ws.kt, D * ldt);
+    float* sc = sized(ws.s, kRows * ldt);
+    float* acc = sized(ws.acc, bq8 * D);
+    float* qtile = sized(ws.p, kRows * D);
+    float* run_max = sized(ws.run_max, bq8);
+    float* run_sum = sized(ws.run_sum, bq8);
+    std::fill(acc, acc + bq8 * D, 0.0f);
+    std::fill(run_max, run_max + bq8, neg_inf);
+    std::fill(run_sum, run_sum + bq8, 0.0f);
+    static thread_local KeyBlock<float> blk;
+    for (int64_t k0 = 0; k0 < int64_t(list.size()); k0 += KB) {
+      if (s.k_pos[list[k0]] > q_pos_max) break;  // later blocks are later positions
+      const int64_t bk = std::min<int64_t>(KB, int64_t(list.size()) - k0);
+      blk.load(s, list, b, h, k0, bk, k, v);
+      pack_transposed(blk.k, blk.ld, bk, D, kt, ldt);
+      for (int64_t r0 = 0; r0 < bq; r0 += kRows) {
+        const int64_t rows = std::min(kRows, bq - r0);
+        int64_t vis[kRows] = {0};
+        int64_t c_max = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+          vis[r] = blk.visible(q_pos[r0 + r]);
+          c_max = std::max(c_max, vis[r]);
+        }
+        if (c_max == 0) continue;
+        const int64_t n = round_up(c_max, kLanes);
+        load_rows(q + (b * s.nq + i0 + r0) * ld + h * D, ld, rows, D, qtile);
+        scores8(qtile, D, kt, ldt, n, scale, sc, ldt);
+        for (int64_t r = 0; r < kRows; ++r) {
+          float* row = sc + r * ldt;
+          const int64_t c = vis[r];
+          if (c == 0) {
+            std::fill(row, row + n, 0.0f);
+            continue;
+          }
+          const int64_t i = r0 + r;
+          const float m_old = run_max[i];
+          const float m_new = std::max(m_old, row_max(row, c));
+          float sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < c; ++j) {
+            const float e = fast_expf(row[j] - m_new);
+            row[j] = e;
+            sum += e;
+          }
+          std::fill(row + c, row + n, 0.0f);
+          const float alpha = m_old == neg_inf ? 0.0f : fast_expf(m_old - m_new);
+          run_sum[i] = run_sum[i] * alpha + sum;
+          run_max[i] = m_new;
+          if (alpha != 1.0f)
+            for (int64_t d = 0; d < D; ++d) acc[i * D + d] *= alpha;
+        }
+        rows_product(sc, ldt, c_max, blk.v, blk.ld, acc + r0 * D, D, D);
+      }
+    }
+    for (int64_t r = 0; r < bq; ++r) {
+      float* out = o + (b * s.nq + i0 + r) * ld + h * D;
+      float* l_out = lse + (b * s.heads + h) * s.nq + i0 + r;
+      if (run_sum[r] > 0.0f) {
+        const float inv = 1.0f / run_sum[r];
+        for (int64_t d = 0; d < D; ++d) out[d] = acc[r * D + d] * inv;
+        *l_out = run_max[r] + std::log(run_sum[r]);
+      } else {
+        std::fill(out, out + D, 0.0f);
+        *l_out = neg_inf;
+      }
+    }
+  }
+}
+
+void attention_backward_fused(const AttentionShape& s, const float* q, const float* k,
+                              const float* v, const float* o, const float* d_o,
+                              const float* lse, float* dq, float* dk, float* dv,
+                              const AttentionBlocking& blocking) {
+  const int64_t D = s.head_dim, ld = s.heads * D;
+  const int64_t KB = blocking.k_block, ldt = round_up(KB, kLanes);
+  const auto& kept = kept_keys(s);
+  const int64_t tasks = s.batch * s.heads;
+  const float scale = float(s.scale);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const int64_t nq8 = round_up(s.nq, kRows);
+
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t h = task % s.heads, b = task / s.heads;
+    const auto& list = kept[size_t(b)];
+    const float* lse_bh = lse + (b * s.heads + h) * s.nq;
+    FusedScratch& ws = FusedScratch::get();
+
+    // Per query: delta = dO . O (the softmax backward's row correction) and its dense
+    // rows of Q and dO, padded to whole micro-tiles; dq accumulates in a dense buffer.
+    float* rows = sized(ws.acc, 3 * nq8 * D + nq8);
+    float* q_rows = rows;
+    float* g_rows = q_rows + nq8 * D;
+    float* dq_acc = g_rows + nq8 * D;
+    float* delta = dq_acc + nq8 * D;
+    std::fill(rows, rows + 3 * nq8 * D + nq8, 0.0f);
+    for (int64_t i = 0; i < s.nq; ++i) {
+      const float* oi = o + (b * s.nq + i) * ld + h * D;
+      const float* gi = d_o + (b * s.nq + i) * ld + h * D;
+      std::memcpy(q_rows + i * D, q + (b * s.nq + i) * ld + h * D, size_t(D) * 4);
+      std::memcpy(g_rows + i * D, gi, size_t(D) * 4);
+      float t = 0;
+      for (int64_t d = 0; d < D; ++d) t += oi[d] * gi[d];
+      delta[i] = t;
+    }
+    const int64_t q_pos_max = max_pos_of(s.q_pos, s.nq);
+
+    auto zero_row = [&](int64_t j) {
+      std::fill(dk + (b * s.nk + j) * ld + h * D, dk + (b * s.nk + j) * ld + h * D + D, 0.0f);
+      std::fill(dv + (b * s.nk + j) * ld + h * D, dv + (b * s.nk + j) * ld + h * D + D, 0.0f);
+    };
+    if (int64_t(list.size()) < s.nk)
+      for (int64_t j = 0; j < s.nk; ++j)
+        if (!s.k_keep[b * s.nk + j]) zero_row(j);
+
+    float* kt = sized(ws.kt, D * ldt);
+    float* vt = sized(ws.vt, D * ldt);
+    float* p = sized(ws.s, kRows * ldt);
+    float* ds = sized(ws.p, kRows * ldt);
+    float* dkb = sized(ws.dkv, 2 * KB * D);
+    float* dvb = dkb + KB * D;
+    static thread_local KeyBlock<float> blk;
+    int64_t k0 = 0;
+    for (; k0 < int64_t(list.size()); k0 += KB) {
+      if (s.k_pos[list[k0]] > q_pos_max) break;
+      const int64_t bk = std::min<int64_t>(KB, int64_t(list.size()) - k0);
+      blk.load(s, list, b, h, k0, bk, k, v);
+      pack_transposed(blk.k, blk.ld, bk, D, kt, ldt);
+      pack_transposed(blk.v, blk.ld, bk, D, vt, ldt);
+      std::fill(dkb, dkb + bk * D, 0.0f);
+      std::fill(dvb, dvb + bk * D, 0.0f);
+      for (int64_t r0 = 0; r0 < s.nq; r0 += kRows) {
+        const int64_t rows_here = std::min(kRows, s.nq - r0);
+        int64_t vis[kRows] = {0};
+        int64_t c_max = 0;
+        for (int64_t r = 0; r < rows_here; ++r) {
+          vis[r] = lse_bh[r0 + r] == neg_inf ? 0 : blk.visible(s.q_pos[r0 + r]);
+          c_max = std::max(c_max, vis[r]);
+        }
+        if (c_max == 0) continue;
+        const int64_t n = round_up(c_max, kLanes);
+        const float* qt = q_rows + r0 * D;
+        const float* gt = g_rows + r0 * D;
+        scores8(qt, D, kt, ldt, n, scale, p, ldt);
+        scores8(gt, D, vt, ldt, n, 1.0f, ds, ldt);
+        for (int64_t r = 0; r < kRows; ++r) {
+          float* pr = p + r * ldt;
+          float* g = ds + r * ldt;
+          const int64_t c = vis[r];
+          const float l = c > 0 ? lse_bh[r0 + r] : 0.0f, dl = delta[r0 + r];
+#pragma omp simd
+          for (int64_t j = 0; j < c; ++j) {
+            const float e = fast_expf(pr[j] - l);
+            pr[j] = e;
+            g[j] = scale * e * (g[j] - dl);
+          }
+          std::fill(pr + c, pr + n, 0.0f);
+          std::fill(g + c, g + n, 0.0f);
+        }
+        cols_product(p, ldt, c_max, gt, D, dvb, D, D);
+        cols_product(ds, ldt, c_max, qt, D, dkb, D, D);
+        rows_product(ds, ldt, c_max, blk.k, blk.ld, dq_acc + r0 * D, D, D);
+      }
+      for (int64_t j = 0; j < bk; ++j) {
+        const int64_t row = b * s.nk + list[k0 + j];
+        std::memcpy(dk + row * ld + h * D, dkb + j * D, size_t(D) * 4);
+        std::memcpy(dv + row * ld + h * D, dvb + j * D, size_t(D) * 4);
+      }
+    }
+    for (int64_t j = k0; j < int64_t(list.size()); ++j) zero_row(list[j]);
+    for (int64_t i = 0; i < s.nq; ++i)
+      std::memcpy(dq + (b * s.nq + i) * ld + h * D, dq_acc + i * D, size_t(D) * 4);
+  }
+}
+
+}  // namespace par::cpu
+
+#else  // no AVX-512: the sgemm path serves every shape
+
+namespace par::cpu {
+bool fused_attention_supported(const AttentionShape&) { return false; }
+void attention_forward_fused(const AttentionShape&, const float*, const float*, const float*,
+                             float*, float*, const AttentionBlocking&) {}
+void attention_backward_fused(const AttentionShape&, const float*, const float*,
+                              const float*, const float*, const float*, const float*, float*,
+                              float*, float*, const AttentionBlocking&) {}
+}  // namespace par::cpu
+
+#endif

@@ -1,0 +1,147 @@
+// Pieces shared by the CPU attention kernels (attention.cpp: sgemm per key block;
+// attention_avx512.cpp: fused register-blocked kernels): the kept-key lists, key blocks,
+// per-thread scratch and the reductions of the softmax.
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/ops.h"
+
+namespace par::cpu::attention_detail {
+
+// The kept keys of each example, in position order. The lists live in a per-thread cache
+// so that a training step does not allocate (and page-fault in) megabytes per call.
+inline const std::vector<std::vector<int64_t>>& kept_keys(const AttentionShape& s) {
+  static thread_local std::vector<std::vector<int64_t>> kept;
+  if (int64_t(kept.size()) < s.batch) kept.resize(size_t(s.batch));
+  for (int64_t b = 0; b < s.batch; ++b) {
+    auto& list = kept[size_t(b)];
+    list.resize(size_t(s.nk));
+    const uint8_t* keep = s.k_keep ? s.k_keep + b * s.nk : nullptr;
+    int64_t n = 0;
+    for (int64_t j = 0; j < s.nk; ++j)
+      if (!keep || keep[j]) list[size_t(n++)] = j;
+    list.resize(size_t(n));
+  }
+  return kept;
+}
+
+// Scratch buffers of one thread, kept between calls (grow-only).
+template <typename T>
+struct Scratch {
+  std::vector<T> a, b, c, d;
+  static Scratch& get() {
+    static thread_local Scratch s;
+    return s;
+  }
+};
+
+// Max of x[0..n), n >= 1. GCC 12 does not vectorize a float max reduction (even under
+// `omp simd`), and in the softmax it costs as much as the exp, so the float version
+// uses vector intrinsics where the build targets them.
+template <typename T>
+T row_max(const T* x, int64_t n) {
+  T m = x[0];
+  for (int64_t j = 1; j < n; ++j) m = m > x[j] ? m : x[j];
+  return m;
+}
+
+#if defined(__AVX512F__)
+// GCC 12's own _mm512_reduce_max_ps trips -Wmaybe-uninitialized inside its header.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <>
+inline float row_max<float>(const float* x, int64_t n) {
+  __m512 v = _mm512_set1_ps(x[0]);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) v = _mm512_max_ps(v, _mm512_loadu_ps(x + j));
+  float m = _mm512_reduce_max_ps(v);
+  for (; j < n; ++j) m = m > x[j] ? m : x[j];
+  return m;
+}
+#pragma GCC diagnostic pop
+#elif defined(__AVX2__)
+template <>
+inline float row_max<float>(const float* x, int64_t n) {
+  __m256 v = _mm256_set1_ps(x[0]);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) v = _mm256_max_ps(v, _mm256_loadu_ps(x + j));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, v);
+  float m = lanes[0];
+  for (int i = 1; i < 8; ++i) m = m > lanes[i] ? m : lanes[i];
+  for (; j < n; ++j) m = m > x[j] ? m : x[j];
+  return m;
+}
+#endif
+
+template <typename T>
+T* sized(std::vector<T>& v, int64_t n) {
+  if (int64_t(v.size()) < n) v.resize(size_t(n));
+  return v.data();
+}
+
+// One block of kept keys for one (example, head): pointers to its K and V panels (into
+// the activations when the keys are contiguous, else into gathered copies) and the keys'
+// positions.
+template <typename T>
+struct KeyBlock {
+  const T* k = nullptr;
+  const T* v = nullptr;
+  int64_t ld = 0;
+  int64_t first_row = 0;  // row of the first key in [batch*nk] when contiguous
+  bool contiguous = true;
+  int64_t size = 0;
+  std::vector<int64_t> pos;
+  std::vector<T> k_buf, v_buf;
+
+  void load(const AttentionShape& s, const std::vector<int64_t>& kept, int64_t b, int64_t h,
+            int64_t begin, int64_t count, const T* k_all, const T* v_all) {
+    const int64_t ld_all = s.heads * s.head_dim, D = s.head_dim;
+    size = count;
+    pos.resize(size_t(count));
+    for (int64_t j = 0; j < count; ++j) pos[j] = s.k_pos[kept[begin + j]];
+    contiguous = kept[begin + count - 1] - kept[begin] == count - 1;
+    first_row = b * s.nk + kept[begin];
+    if (contiguous) {
+      k = k_all + first_row * ld_all + h * D;
+      v = v_all + first_row * ld_all + h * D;
+      ld = ld_all;
+      return;
+    }
+    k_buf.resize(size_t(count * D));
+    v_buf.resize(size_t(count * D));
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t row = b * s.nk + kept[begin + j];
+      std::memcpy(&k_buf[j * D], k_all + row * ld_all + h * D, size_t(D) * sizeof(T));
+      std::memcpy(&v_buf[j * D], v_all + row * ld_all + h * D, size_t(D) * sizeof(T));
+    }
+    k = k_buf.data();
+    v = v_buf.data();
+    ld = D;
+  }
+
+  // Number of keys of this block that a query at position p sees (a prefix).
+  int64_t visible(int64_t p) const {
+    if (pos.back() <= p) return size;
+    return std::upper_bound(pos.begin(), pos.end(), p) - pos.begin();
+  }
+};
+
+// Whether a call has enough work to pay for waking the other threads: a decoding step's
+// one latent over a few hundred cached ones does not (a parallel region costs more than it
+// saves, and much more when another process holds a core).
+inline bool worth_threads(const AttentionShape& s) {
+  return s.batch * s.nq * s.nk * s.heads * s.head_dim >= (int64_t(1) << 20);
+}
+
+inline int64_t max_pos_of(const int64_t* p, int64_t n) {
+  return *std::max_element(p, p + n);
+}
+
+
+}  // namespace par::cpu::attention_detail
