@@ -23,11 +23,12 @@ struct Backend {
   DeviceGroups device_groups() const { return DeviceGroups{sp.get(), tp.get(), dp_sp.get()}; }
 };
 
-// This rank's backend. UserError for an unknown device or precision, cuda in a build without
-// it, or no visible GPU. Not collective.
-// `attention`: blocked (the default) or fused (cuda::AttentionKernel).
+// This rank's backend. UserError for an unknown device, precision or attention, cuda in a
+// build without it, or no visible GPU. Not collective.
+// `attention`: blocked or fused (cuda::AttentionKernel); the CPU takes only blocked. No
+// default: every command passes its --attention, so none can silently drop it.
 Backend make_backend(const std::string& device, const std::string& precision,
-                     const ProcessGrid& grid, const std::string& attention = "blocked");
+                     const ProcessGrid& grid, const std::string& attention);
 // Collective over the grid: the device-side communicators (NCCL) a multi-rank GPU job needs.
 // Call on every rank after make_backend succeeded everywhere.
 void connect_backend(Backend& backend, const ProcessGrid& grid);
@@ -35,7 +36,7 @@ void connect_backend(Backend& backend, const ProcessGrid& grid);
 // GPU is chosen from the launcher's node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, else
 // SLURM_LOCALID; 0 outside a job), so several such processes on one node spread out.
 Backend make_local_backend(const std::string& device, const std::string& precision,
-                           const std::string& attention = "blocked");
+                           const std::string& attention);
 
 // The most device memory the backend has held at once (allocations and its scratch), in
 // bytes; 0 for the CPU backend, whose memory is the process's resident set.

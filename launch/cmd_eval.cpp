@@ -23,7 +23,7 @@ int cmd_eval(int argc, char** argv) {
   std::vector<std::string> data;
   int64_t max_tokens = 0, batch = 1;
   int threads = 0;
-  std::string device = "cpu", precision = "fp32";
+  std::string device = "cpu", precision = "fp32", attention = "blocked";
   po::options_description opts("Options");
   opts.add_options()
       ("checkpoint", po::value(&checkpoint), "checkpoint directory (or a run directory: its newest checkpoint) or exported model")
@@ -32,7 +32,8 @@ int cmd_eval(int argc, char** argv) {
       ("batch-size", po::value(&batch)->default_value(1), "blocks per forward pass")
       ("threads", po::value(&threads)->default_value(0), "CPU threads (0: all cores)")
       ("device", po::value(&device)->default_value(device), "cpu or cuda (the GPU chosen by the launcher's node-local rank, else GPU 0)")
-      ("precision", po::value(&precision)->default_value(precision), "matrix products on cuda: fp32, tf32 or bf16");
+      ("precision", po::value(&precision)->default_value(precision), "matrix products on cuda: fp32, tf32 or bf16")
+      ("attention", po::value(&attention)->default_value(attention), kAttentionHelp);
   po::variables_map vm;
   const cli::Command cmd{"eval",
                          "Scores every token of the shards once with block evaluation and prints "
@@ -45,8 +46,9 @@ int cmd_eval(int argc, char** argv) {
   if (max_tokens < 0) fail_user("--max-tokens must be >= 0");
   set_threads(threads);
 
-  // Before reading the model: a bad --device or --precision is reported at once.
-  Backend backend = make_local_backend(device, precision);
+  // Before reading the model: a bad --device, --precision or --attention is reported at
+  // once. The same validation as train's (backend_for): blocked is the CPU's only kernel.
+  Backend backend = make_local_backend(device, precision, attention);
   const ModelFile file = read_model_file(checkpoint, false);
   const auto shards = cli::expand_paths(data, "--data");
   const Dataset check(shards, file.model.context_length, file.model.vocab_size);

@@ -46,7 +46,7 @@ int cmd_sample(int argc, char** argv) {
   uint64_t seed = 0;
   bool stop_at_eos = false, uncached = false;
   int threads = 0;
-  std::string device = "cpu", precision = "fp32";
+  std::string device = "cpu", precision = "fp32", attention = "blocked";
   po::options_description opts("Options");
   opts.add_options()
       ("checkpoint", po::value(&checkpoint), "checkpoint directory, run directory (its newest checkpoint) or exported model")
@@ -65,7 +65,8 @@ int cmd_sample(int argc, char** argv) {
       ("uncached", po::bool_switch(&uncached), "run a full forward pass per token (slow; for checking the caches)")
       ("threads", po::value(&threads)->default_value(threads), "CPU threads (0: all cores)")
       ("device", po::value(&device)->default_value(device), "cpu or cuda (the GPU chosen by the launcher's node-local rank, else GPU 0)")
-      ("precision", po::value(&precision)->default_value(precision), "matrix products on cuda: fp32, tf32 or bf16");
+      ("precision", po::value(&precision)->default_value(precision), "matrix products on cuda: fp32, tf32 or bf16")
+      ("attention", po::value(&attention)->default_value(attention), kAttentionHelp);
   po::variables_map vm;
   const cli::Command cmd{"sample",
                          "Generates a continuation of a prompt with cached decoding. An empty "
@@ -85,7 +86,8 @@ int cmd_sample(int argc, char** argv) {
   so.validate();
   set_threads(threads);
 
-  Backend backend = make_local_backend(device, precision);  // bad options fail first
+  // Bad --device, --precision or --attention fail here, before the model is read.
+  Backend backend = make_local_backend(device, precision, attention);
   const ModelFile model = read_model_file(checkpoint, false);
   const ModelConfig& c = model.model;
   const bool byte_model = c.vocab_size == kByteVocab;

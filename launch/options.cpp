@@ -70,6 +70,10 @@ void RunConfig::validate_layout(const ModelConfig& model) const {
   par::validate_layout(model, sp, tp);
 }
 
+const char* const kAttentionHelp =
+    "attention kernels on cuda: blocked (cuBLAS per key block), or fused (tf32 and bf16; "
+    "experimental: not yet run on a GPU); on cpu only blocked";
+
 po::options_description run_options(RunConfig& c) {
   po::options_description o("Run");
   o.add_options()
@@ -93,7 +97,7 @@ po::options_description run_options(RunConfig& c) {
       ("max-minutes", po::value(&c.max_minutes)->default_value(c.max_minutes), "stop cleanly after this many minutes of wall time: checkpoint, then exit 75 (\"requeue me\"); 0: no limit")
       ("device", po::value(&c.device)->default_value(c.device), "cpu or cuda (one GPU per rank, chosen by the node-local rank)")
       ("precision", po::value(&c.precision)->default_value(c.precision), "matrix products on cuda: fp32, tf32 or bf16 (weights and optimizer state stay fp32)")
-      ("attention", po::value(&c.attention)->default_value(c.attention), "attention kernels on cuda: blocked (cuBLAS per key block), or fused (tf32 and bf16; experimental: not yet run on a GPU)")
+      ("attention", po::value(&c.attention)->default_value(c.attention), kAttentionHelp)
       ("dp", po::value(&c.dp)->default_value(c.dp), "data-parallel replicas (each takes a share of every batch)")
       ("sp", po::value(&c.sp)->default_value(c.sp), "sequence-parallel ranks (each holds a slice of the context)")
       ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (each holds a share of the heads and MLPs)");

@@ -51,6 +51,10 @@ struct RunConfig {
 
 po::options_description run_options(RunConfig& c);
 
+// The help of --attention, one text for every command that takes it (train and bench
+// through run_options, eval and sample with their own options), so they cannot drift.
+extern const char* const kAttentionHelp;
+
 // Applies --threads to OpenMP and BLAS (0 leaves the defaults: all cores).
 void set_threads(int threads);
 int current_threads();

@@ -1,12 +1,16 @@
-// --device and --precision on the commands that compute (eval, sample, bench): bad values
-// are one clear user error, and --device cuda says why it cannot run where it cannot (a
-// build without the CUDA backend, or no visible GPU). The backend is chosen before any
-// file is read, so the checkpoint and data named here need not exist.
+// --device, --precision and --attention on the commands that compute (eval, sample,
+// bench; train's are in the same RunConfig as bench's): bad values are one clear user
+// error, and --device cuda says why it cannot run where it cannot (a build without the CUDA
+// backend, or no visible GPU). The backend is chosen before any file is read, so the
+// checkpoint and data named in commands() need not exist.
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
+#include "checkpoint/model_file.h"
+#include "core/init.h"
+#include "core/param_layout.h"
 #include "launch/backend.h"
 #include "tests/par_cli.h"
 #include "tests/temp_dir.h"
@@ -34,12 +38,14 @@ TEST(DeviceCli, BadDeviceOrPrecisionIsAUserError) {
                       "--precision must be fp32, tf32 or bf16");
     EXPECT_USER_ERROR(run_par(dir, c + " --device cpu --precision bf16"),
                       "is for --device cuda");
+    // Checked before the device is opened, so a build or machine without CUDA gives the
+    // same message for an unknown kernel.
+    EXPECT_USER_ERROR(run_par(dir, c + " --attention bogus"),
+                      "--attention must be blocked or fused (got 'bogus')");
+    EXPECT_USER_ERROR(run_par(dir, c + " --device cuda --attention magic"),
+                      "--attention must be blocked or fused");
+    EXPECT_USER_ERROR(run_par(dir, c + " --attention fused"), "is for --device cuda");
   }
-  // Only the commands with run options (train, bench) choose the attention kernels.
-  const std::string bench = commands().back();
-  EXPECT_USER_ERROR(run_par(dir, bench + " --device cuda --attention magic"),
-                    "--attention must be blocked or fused");
-  EXPECT_USER_ERROR(run_par(dir, bench + " --attention fused"), "is for --device cuda");
 }
 
 TEST(DeviceCli, CudaWithoutBackendOrGpuSaysWhy) {
@@ -56,6 +62,65 @@ TEST(DeviceCli, CudaWithoutBackendOrGpuSaysWhy) {
     SCOPED_TRACE(c);
     EXPECT_USER_ERROR(run_par(dir, c + " --device cuda --precision bf16"), why);
   }
+}
+
+// eval and sample of a small exported model (random weights) on copy-task shards: the
+// argument lists of both, to which a test appends the options it checks.
+class LocalBackendRun : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ModelConfig c;
+    c.d_model = 32;
+    c.context_length = 64;
+    c.num_latents = 16;
+    c.num_layers = 1;
+    c.cross_heads = c.self_heads = 2;
+    c.mlp_factor = 2;
+    std::vector<float> params;
+    init_parameters(ParamLayout(c), 1, params);
+    const std::string model = quote(dir_.file("model.h5"));
+    write_export(dir_.file("model.h5"), c, 0, params.data());
+    const std::string data = testing_util::copy_task_data(dir_, 65, 8);
+    commands_ = {cat("eval --checkpoint ", model, " --data ", quote(data)),
+                 cat("sample --checkpoint ", model,
+                     " --prompt abc --tokens 5 --temperature 0 --format ids")};
+  }
+  TempDir dir_;
+  std::vector<std::string> commands_;
+};
+
+// As in train, --attention blocked is accepted on the CPU and changes nothing there (the
+// CPU has one attention): the same output as without the option.
+TEST_F(LocalBackendRun, AttentionBlockedIsAcceptedOnTheCpu) {
+  for (const std::string& c : commands_) {
+    SCOPED_TRACE(c);
+    const testing_util::ParRun plain = run_par(dir_, c);
+    ASSERT_EQ(plain.rc, 0) << plain.err;
+    const testing_util::ParRun blocked = run_par(dir_, c + " --device cpu --attention blocked");
+    ASSERT_EQ(blocked.rc, 0) << blocked.err;
+    EXPECT_FALSE(plain.out.empty());
+    EXPECT_EQ(blocked.out, plain.out);
+  }
+}
+
+// On a GPU the kernel choice reaches the CUDA backend: its description in the log says
+// so (eval logs it with the model, sample as "backend: ...").
+TEST_F(LocalBackendRun, AttentionFusedReachesTheCudaBackend) {
+#ifdef PAR_HAVE_CUDA
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU is visible";
+  for (const std::string& c : commands_) {
+    SCOPED_TRACE(c);
+    const testing_util::ParRun fused =
+        run_par(dir_, c + " --device cuda --precision bf16 --attention fused");
+    ASSERT_EQ(fused.rc, 0) << fused.err;
+    EXPECT_NE(fused.err.find(", fused attention"), std::string::npos) << fused.err;
+    const testing_util::ParRun blocked = run_par(dir_, c + " --device cuda --precision bf16");
+    ASSERT_EQ(blocked.rc, 0) << blocked.err;
+    EXPECT_EQ(blocked.err.find(", fused attention"), std::string::npos) << blocked.err;
+  }
+#else
+  GTEST_SKIP() << "built without the CUDA backend";
+#endif
 }
 
 }  // namespace
