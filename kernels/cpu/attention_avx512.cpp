@@ -39,12 +39,83 @@ constexpr int64_t kMaxHeadDim = 128;
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-// bt[d * ldt + j] = b[j * ldb + d] for j < n, zero for n <= j < ldt.
+// r[i] = row i of a 16x16 tile in, column i out.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {  // lane L of t[2i]: rows 2i, 2i+1 of columns 4L, 4L+1
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // lane L of r[4i+k]: rows 4i..4i+3 of column 4L+k
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int k = 0; k < 4; ++k) {  // 128-bit lanes: even ones and odd ones of row groups
+    t[k] = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
+    t[4 + k] = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
+    t[8 + k] = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+    t[12 + k] = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+    r[4 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0x88);
+    r[12 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xdd);
+  }
+}
+
+// bt[d * ldt + j] = b[j * ldb + d] for j < n, zero up to the next multiple of 16 (D is one),
+// in 16x16 tiles transposed in registers.
 void pack_transposed(const float* b, int64_t ldb, int64_t n, int64_t D, float* bt,
                      int64_t ldt) {
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < D; ++d) bt[d * ldt + j] = b[j * ldb + d];
-  for (int64_t d = 0; d < D; ++d) std::fill(bt + d * ldt + n, bt + d * ldt + ldt, 0.0f);
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const int64_t rows = std::max<int64_t>(0, std::min(kLanes, n - j));
+    for (int64_t d = 0; d < D; d += kLanes) {
+      __m512 r[kLanes];
+      for (int64_t i = 0; i < kLanes; ++i)
+        r[i] = i < rows ? _mm512_loadu_ps(b + (j + i) * ldb + d) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int64_t i = 0; i < kLanes; ++i) _mm512_storeu_ps(bt + (d + i) * ldt + j, r[i]);
+    }
+  }
+}
+
+// exp(x) of 16 softmax arguments (x <= 0): the Cephes polynomial of fast_expf on
+// x - n ln2, then scalef multiplies by 2^n, which also takes care of underflow (0 for
+// x < -104, where the arguments are clamped so the reduction stays exact).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(e, n);
+}
+
+// row[j] = exp(row[j] - m) for j < c and 0 for c <= j < n (n a multiple of 16); returns the
+// sum of the exps.
+inline float exp_row(float* row, int64_t c, int64_t n, float m) {
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const int64_t left = std::min<int64_t>(kLanes, std::max<int64_t>(0, c - j));
+    const __mmask16 keep = __mmask16((uint32_t(1) << left) - 1);
+    const __m512 e = _mm512_maskz_mov_ps(keep, exp16(_mm512_sub_ps(_mm512_loadu_ps(row + j), vm)));
+    _mm512_storeu_ps(row + j, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  return _mm512_reduce_add_ps(sum);
 }
 
 // s[r][j] = scale * sum_d a[r][d] bt[d][j] for r < 8 and j < n (n a multiple of 16).
@@ -167,9 +238,30 @@ void load_rows(const float* src, int64_t ld, int64_t rows, int64_t D, float* til
   std::fill(tile + rows * D, tile + kRows * D, 0.0f);
 }
 
+// dst[j][0..D) = src[j * ld ..) for j < n. Key rows sit 4*heads*head_dim bytes apart in the
+// activations, a power of two for the usual widths: a block of them read in place maps to
+// a few L1 sets and misses on every pass, so the kernels work on dense copies.
+void copy_rows_in(const float* src, int64_t ld, int64_t n, int64_t D, float* dst) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < D; d += kLanes)
+      _mm512_storeu_ps(dst + j * D + d, _mm512_loadu_ps(src + j * ld + d));
+}
+
+// The key gradients of a block back into the [batch*nk, heads*head_dim] layout: rows
+// `first_row + j` when the block is contiguous, else the block's kept rows.
+void copy_rows_out(const float* src, int64_t n, int64_t D, float* dst, int64_t ld,
+                   const int64_t* kept_rows, int64_t row_base, int64_t first_row,
+                   bool contiguous) {
+  for (int64_t j = 0; j < n; ++j) {
+    float* out = dst + (contiguous ? first_row + j : row_base + kept_rows[j]) * ld;
+    for (int64_t d = 0; d < D; d += kLanes)
+      _mm512_storeu_ps(out + d, _mm512_loadu_ps(src + j * D + d));
+  }
+}
+
 // Per-thread buffers (grow-only, so a step does not allocate).
 struct FusedScratch {
-  std::vector<float> kt, vt, s, p, acc, dkv;
+  std::vector<float> kt, vt, kd, vd, s, p, acc, dkv;
   std::vector<float> run_max, run_sum;
   static FusedScratch& get() {
     static thread_local FusedScratch f;
@@ -208,6 +300,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
     FusedScratch& ws = FusedScratch::get();
     const int64_t bq8 = round_up(bq, kRows);
     float* kt = sized(ws.kt, D * ldt);
+    float* vd = sized(ws.vd, KB * D);
     float* sc = sized(ws.s, kRows * ldt);
     float* acc = sized(ws.acc, bq8 * D);
     float* qtile = sized(ws.p, kRows * D);
@@ -222,6 +315,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
       const int64_t bk = std::min<int64_t>(KB, int64_t(list.size()) - k0);
       blk.load(s, list, b, h, k0, bk, k, v);
       pack_transposed(blk.k, blk.ld, bk, D, kt, ldt);
+      copy_rows_in(blk.v, blk.ld, bk, D, vd);
       for (int64_t r0 = 0; r0 < bq; r0 += kRows) {
         const int64_t rows = std::min(kRows, bq - r0);
         int64_t vis[kRows] = {0};
@@ -244,21 +338,14 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
           const int64_t i = r0 + r;
           const float m_old = run_max[i];
           const float m_new = std::max(m_old, row_max(row, c));
-          float sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < c; ++j) {
-            const float e = fast_expf(row[j] - m_new);
-            row[j] = e;
-            sum += e;
-          }
-          std::fill(row + c, row + n, 0.0f);
+          const float sum = exp_row(row, c, n, m_new);
           const float alpha = m_old == neg_inf ? 0.0f : fast_expf(m_old - m_new);
           run_sum[i] = run_sum[i] * alpha + sum;
           run_max[i] = m_new;
           if (alpha != 1.0f)
             for (int64_t d = 0; d < D; ++d) acc[i * D + d] *= alpha;
         }
-        rows_product(sc, ldt, c_max, blk.v, blk.ld, acc + r0 * D, D, D);
+        rows_product(sc, ldt, c_max, vd, D, acc + r0 * D, D, D);
       }
     }
     for (int64_t r = 0; r < bq; ++r) {
@@ -326,6 +413,7 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
     float* vt = sized(ws.vt, D * ldt);
     float* p = sized(ws.s, kRows * ldt);
     float* ds = sized(ws.p, kRows * ldt);
+    float* kd = sized(ws.kd, KB * D);
     float* dkb = sized(ws.dkv, 2 * KB * D);
     float* dvb = dkb + KB * D;
     static thread_local KeyBlock<float> blk;
@@ -336,8 +424,8 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
       blk.load(s, list, b, h, k0, bk, k, v);
       pack_transposed(blk.k, blk.ld, bk, D, kt, ldt);
       pack_transposed(blk.v, blk.ld, bk, D, vt, ldt);
-      std::fill(dkb, dkb + bk * D, 0.0f);
-      std::fill(dvb, dvb + bk * D, 0.0f);
+      copy_rows_in(blk.k, blk.ld, bk, D, kd);
+      std::fill(dkb, dkb + 2 * KB * D, 0.0f);
       for (int64_t r0 = 0; r0 < s.nq; r0 += kRows) {
         const int64_t rows_here = std::min(kRows, s.nq - r0);
         int64_t vis[kRows] = {0};
@@ -356,25 +444,22 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
           float* pr = p + r * ldt;
           float* g = ds + r * ldt;
           const int64_t c = vis[r];
-          const float l = c > 0 ? lse_bh[r0 + r] : 0.0f, dl = delta[r0 + r];
-#pragma omp simd
-          for (int64_t j = 0; j < c; ++j) {
-            const float e = fast_expf(pr[j] - l);
-            pr[j] = e;
-            g[j] = scale * e * (g[j] - dl);
+          exp_row(pr, c, n, c > 0 ? lse_bh[r0 + r] : 0.0f);
+          const __m512 dl = _mm512_set1_ps(delta[r0 + r]), vscale = _mm512_set1_ps(scale);
+          for (int64_t j = 0; j < n; j += kLanes) {  // p is 0 where the key is not visible
+            const __m512 e = _mm512_loadu_ps(pr + j);
+            const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(g + j), dl);
+            _mm512_storeu_ps(g + j, _mm512_mul_ps(vscale, _mm512_mul_ps(e, d)));
           }
-          std::fill(pr + c, pr + n, 0.0f);
-          std::fill(g + c, g + n, 0.0f);
         }
         cols_product(p, ldt, c_max, gt, D, dvb, D, D);
         cols_product(ds, ldt, c_max, qt, D, dkb, D, D);
-        rows_product(ds, ldt, c_max, blk.k, blk.ld, dq_acc + r0 * D, D, D);
+        rows_product(ds, ldt, c_max, kd, D, dq_acc + r0 * D, D, D);
       }
-      for (int64_t j = 0; j < bk; ++j) {
-        const int64_t row = b * s.nk + list[k0 + j];
-        std::memcpy(dk + row * ld + h * D, dkb + j * D, size_t(D) * 4);
-        std::memcpy(dv + row * ld + h * D, dvb + j * D, size_t(D) * 4);
-      }
+      copy_rows_out(dkb, bk, D, dk + h * D, ld, list.data() + k0, b * s.nk, blk.first_row,
+                    blk.contiguous);
+      copy_rows_out(dvb, bk, D, dv + h * D, ld, list.data() + k0, b * s.nk, blk.first_row,
+                    blk.contiguous);
     }
     for (int64_t j = k0; j < int64_t(list.size()); ++j) zero_row(list[j]);
     for (int64_t i = 0; i < s.nq; ++i)
