@@ -236,10 +236,13 @@ void cols_product(const float* p, int64_t ldp, int64_t n, const float* x, int64_
   if (d < D) accumulate_cols8<1>(p, ldp, n, x + d, ldx, out + d, ldo);
 }
 
-// Copies up to 8 rows of one head into a dense [8][D] tile, zero rows after `rows`.
-void load_rows(const float* src, int64_t ld, int64_t rows, int64_t D, float* tile) {
-  for (int64_t r = 0; r < rows; ++r) std::memcpy(tile + r * D, src + r * ld, size_t(D) * 4);
-  std::fill(tile + rows * D, tile + kRows * D, 0.0f);
+// The task's rows of one head as a dense [rows8][D] array, zero rows after `rows`.
+void load_rows(const float* src, int64_t ld, int64_t rows, int64_t rows8, int64_t D,
+               float* dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < D; d += kLanes)
+      _mm512_storeu_ps(dst + r * D + d, _mm512_loadu_ps(src + r * ld + d));
+  std::fill(dst + rows * D, dst + rows8 * D, 0.0f);
 }
 
 // dst[j][0..D) = src[j * ld ..) for j < n. Key rows sit 4*heads*head_dim bytes apart in the
@@ -307,12 +310,13 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
     float* vd = sized(ws.vd, KB * D);
     float* sc = sized(ws.s, kRows * ldt);
     float* acc = sized(ws.acc, bq8 * D);
-    float* qtile = sized(ws.p, kRows * D);
+    float* q_rows = sized(ws.p, bq8 * D);
     float* run_max = sized(ws.run_max, bq8);
     float* run_sum = sized(ws.run_sum, bq8);
     std::fill(acc, acc + bq8 * D, 0.0f);
     std::fill(run_max, run_max + bq8, neg_inf);
     std::fill(run_sum, run_sum + bq8, 0.0f);
+    load_rows(q + (b * s.nq + i0) * ld + h * D, ld, bq, bq8, D, q_rows);
     static thread_local KeyBlock<float> blk;
     for (int64_t k0 = 0; k0 < int64_t(list.size()); k0 += KB) {
       if (s.k_pos[list[k0]] > q_pos_max) break;  // later blocks are later positions
@@ -330,8 +334,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
         }
         if (c_max == 0) continue;
         const int64_t n = round_up(c_max, kLanes);
-        load_rows(q + (b * s.nq + i0 + r0) * ld + h * D, ld, rows, D, qtile);
-        scores8(qtile, D, kt, ldt, n, scale, sc, ldt);
+        scores8(q_rows + r0 * D, D, kt, ldt, n, scale, sc, ldt);
         for (int64_t r = 0; r < kRows; ++r) {
           float* row = sc + r * ldt;
           const int64_t c = vis[r];

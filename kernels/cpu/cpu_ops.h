@@ -85,7 +85,7 @@ class CpuOps final : public Ops<T> {
 // can force many small blocks.
 struct AttentionBlocking {
   int64_t q_block = 256;
-  int64_t k_block = 512;
+  int64_t k_block = 256;
   // Float32 shapes the fused AVX-512 kernels support go through them; off forces sgemm.
   bool fused = true;
 };
