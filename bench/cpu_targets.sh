@@ -10,9 +10,12 @@ cd "$(dirname "$0")/.."
 par=${1:-build/launch/par}
 steps=${STEPS:-3}
 
-run() {  # config, extra args -> the JSON line of par bench
-  "$par" bench --config "$1" --steps "$steps" "${@:2}" | tail -n 1
+run() {  # steps, config, extra args -> the JSON line of par bench
+  "$par" bench --steps "$1" --config "$2" "${@:3}" | tail -n 1
 }
+# A mid-8k step takes ~0.15 s, short enough for one stall of the shared machine to spoil a
+# best-of-3; ten steps cost under two seconds.
+mid_steps=${MID_STEPS:-10}
 # Each config ROUNDS times (default 2), interleaved, keeping the fastest run: on a shared
 # machine the speed drifts over seconds, and N=131072 against N=16384 compares two runs.
 best() {  # JSON lines -> the one with the least ms_per_step
@@ -20,9 +23,9 @@ best() {  # JSON lines -> the one with the least ms_per_step
 }
 big=() small=() mid=()
 for ((round = 0; round < ${ROUNDS:-2}; round++)); do
-  big+=("$(run configs/cpu-131k.ini)")
-  small+=("$(run configs/cpu-131k.ini --context-length 16384)")
-  mid+=("$(run configs/mid-8k.ini)")
+  big+=("$(run "$steps" configs/cpu-131k.ini)")
+  small+=("$(run "$steps" configs/cpu-131k.ini --context-length 16384)")
+  mid+=("$(run "$mid_steps" configs/mid-8k.ini)")
 done
 big=$(best "${big[@]}")
 small=$(best "${small[@]}")
