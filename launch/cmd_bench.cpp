@@ -21,6 +21,7 @@
 #include "launch/commands.h"
 #include "launch/job.h"
 #include "launch/options.h"
+#include "launch/threads.h"
 #include "launch/train_step.h"
 
 namespace par {
@@ -114,15 +115,16 @@ int cmd_bench(int argc, char** argv) {
     job.agree([&] {
       if (job.world_size() > 1) fail_user("--decode runs on one process (generation needs no grid)");
     });
-    set_threads(rc.threads);
+    warn_threads("bench", apply_threads(rc.threads, 1));
     Backend backend;
     job.agree([&] { backend = make_local_backend(rc.device, rc.precision, rc.attention); });
     return bench_decode(mc, rc, decode, *backend.ops, profile, backend.description);
   }
   ProcessGrid grid;
   job.agree([&] { grid = job.make_grid(GridShape{rc.dp, rc.sp, rc.tp}); });
-  set_threads(rc.threads);
+  const std::string thread_warning = apply_threads(rc.threads, job.local_size());
   const bool rank0 = grid.world_rank() == 0;
+  if (rank0) warn_threads("bench", thread_warning);
   // Count what each group carries, to report the communication volume per step.
   std::vector<CountingCommunicator*> counters;
   grid.decorate([&](std::unique_ptr<Communicator> c) -> std::unique_ptr<Communicator> {

@@ -15,6 +15,7 @@
 #include "launch/commands.h"
 #include "launch/evaluate.h"
 #include "launch/options.h"
+#include "launch/threads.h"
 
 namespace par {
 
@@ -44,7 +45,7 @@ int cmd_eval(int argc, char** argv) {
   if (data.empty()) fail_user("--data is required: the shards to evaluate");
   if (batch <= 0) fail_user("--batch-size must be positive");
   if (max_tokens < 0) fail_user("--max-tokens must be >= 0");
-  set_threads(threads);
+  warn_threads("eval", apply_threads(threads, 1));
 
   // Before reading the model: a bad --device, --precision or --attention is reported at
   // once. The same validation as train's (backend_for): blocked is the CPU's only kernel.

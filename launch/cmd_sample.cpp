@@ -22,6 +22,7 @@
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/options.h"
+#include "launch/threads.h"
 #include "launch/sampling.h"
 
 namespace par {
@@ -84,7 +85,7 @@ int cmd_sample(int argc, char** argv) {
   so.top_k = top_k;
   so.top_p = top_p;
   so.validate();
-  set_threads(threads);
+  warn_threads("sample", apply_threads(threads, 1));
 
   // Bad --device, --precision or --attention fail here, before the model is read.
   Backend backend = make_local_backend(device, precision, attention);

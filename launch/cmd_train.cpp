@@ -24,6 +24,7 @@
 #include "launch/run_dir.h"
 #include "launch/stop_request.h"
 #include "launch/text.h"
+#include "launch/threads.h"
 #include "launch/train_step.h"
 
 namespace par {
@@ -270,8 +271,9 @@ int cmd_train(int argc, char** argv) {
   Backend backend;
   job.agree([&] { backend = make_backend(s.run.device, s.run.precision, grid, s.run.attention); });
   job.agree([&] { connect_backend(backend, grid); });
+  std::string thread_warning;
   job.agree([&] {
-    set_threads(s.run.threads);
+    thread_warning = apply_threads(s.run.threads, job.local_size());
     s.train = std::make_unique<Dataset>(cli::expand_paths(s.run.data, "--data"),
                                         s.model.context_length, s.model.vocab_size);
     if (!s.run.val_data.empty()) {
@@ -293,6 +295,7 @@ int cmd_train(int argc, char** argv) {
   LOG(INFO) << "layout: " << grid.world_size() << " rank(s) = dp " << s.run.dp << " x sp "
             << s.run.sp << " x tp " << s.run.tp << " | " << current_threads()
             << " thread(s) per rank | " << backend.description;
+  if (!thread_warning.empty() && grid.world_rank() == 0) LOG(WARNING) << thread_warning;
   if (grid.world_size() > 1) {
     const std::string hosts = describe_hosts(grid);
     LOG(INFO) << "ranks on " << hosts;

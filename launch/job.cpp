@@ -24,6 +24,8 @@ Job::~Job() {
 int Job::world_rank() const { return env_ ? env_->world_rank() : 0; }
 int Job::world_size() const { return env_ ? env_->world_size() : 1; }
 
+int Job::local_size() const { return env_ ? env_->local_size() : 1; }
+
 std::string Job::where() const {
   return env_ ? cat("rank ", env_->world_rank(), " on host ", env_->host()) : std::string();
 }

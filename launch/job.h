@@ -40,6 +40,8 @@ class Job {
   bool distributed() const { return env_ != nullptr; }
   int world_rank() const;
   int world_size() const;
+  // Ranks of this job on this node (1 without MPI).
+  int local_size() const;
   // "rank 3 on host node7" when distributed, "" otherwise.
   std::string where() const;
 

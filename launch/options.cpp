@@ -93,7 +93,7 @@ po::options_description run_options(RunConfig& c) {
       ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write a checkpoint (OUT/checkpoints/step-N) every K steps, and always at the end (0: at the end only)")
       ("keep-checkpoints", po::value(&c.keep_checkpoints)->default_value(c.keep_checkpoints), "complete checkpoints to keep (the newest is never removed)")
       ("resume", po::value(&c.resume)->default_value(c.resume), "none | auto (continue from the newest complete checkpoint in OUT, if any) | PATH of a checkpoint directory")
-      ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads per rank (0: all cores)")
+      ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads per rank (0: the node's CPUs shared among its ranks)")
       ("max-minutes", po::value(&c.max_minutes)->default_value(c.max_minutes), "stop cleanly after this many minutes of wall time: checkpoint, then exit 75 (\"requeue me\"); 0: no limit")
       ("device", po::value(&c.device)->default_value(c.device), "cpu or cuda (one GPU per rank, chosen by the node-local rank)")
       ("precision", po::value(&c.precision)->default_value(c.precision), "matrix products on cuda: fp32, tf32 or bf16 (weights and optimizer state stay fp32)")
@@ -102,12 +102,6 @@ po::options_description run_options(RunConfig& c) {
       ("sp", po::value(&c.sp)->default_value(c.sp), "sequence-parallel ranks (each holds a slice of the context)")
       ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (each holds a share of the heads and MLPs)");
   return o;
-}
-
-void set_threads(int threads) {
-  if (threads <= 0) return;
-  omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
 }
 
 int current_threads() { return omp_get_max_threads(); }

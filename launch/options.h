@@ -55,8 +55,7 @@ po::options_description run_options(RunConfig& c);
 // through run_options, eval and sample with their own options), so they cannot drift.
 extern const char* const kAttentionHelp;
 
-// Applies --threads to OpenMP and BLAS (0 leaves the defaults: all cores).
-void set_threads(int threads);
+// Threads per rank in effect (see launch/threads.h for how they are chosen).
 int current_threads();
 
 // The resolved options as INI text (what the run actually used), for the run directory
