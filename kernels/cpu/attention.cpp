@@ -47,13 +47,10 @@ void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, 
 
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
   for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t qt = task % q_tiles;
-    const int64_t h = (task / q_tiles) % s.heads;
-    const int64_t b = task / (q_tiles * s.heads);
-    const int64_t i0 = qt * QB, bq = std::min(QB, s.nq - i0);
+    const QueryTile tile(s, task, QB);
+    const int64_t b = tile.b, h = tile.h, i0 = tile.i0, bq = tile.bq;
+    const int64_t *q_pos = tile.q_pos, q_pos_max = tile.q_pos_max;
     const T* q_tile = q + (b * s.nq + i0) * ld + h * D;
-    const int64_t* q_pos = s.q_pos + i0;
-    const int64_t q_pos_max = max_pos_of(q_pos, bq);
     const auto& list = kept[size_t(b)];
 
     Scratch<T>& ws = Scratch<T>::get();

@@ -143,5 +143,23 @@ inline int64_t max_pos_of(const int64_t* p, int64_t n) {
   return *std::max_element(p, p + n);
 }
 
+// The forward's unit of work: queries i0 .. i0+bq of example b, head h (tasks numbered
+// tile-fastest, then head, then example).
+struct QueryTile {
+  int64_t b, h, i0, bq;
+  const int64_t* q_pos;  // positions of the tile's queries
+  int64_t q_pos_max;
+
+  QueryTile(const AttentionShape& s, int64_t task, int64_t q_block) {
+    const int64_t tiles = (s.nq + q_block - 1) / q_block;
+    h = (task / tiles) % s.heads;
+    b = task / (tiles * s.heads);
+    i0 = (task % tiles) * q_block;
+    bq = std::min(q_block, s.nq - i0);
+    q_pos = s.q_pos + i0;
+    q_pos_max = max_pos_of(q_pos, bq);
+  }
+};
+
 
 }  // namespace par::cpu::attention_detail
