@@ -236,15 +236,6 @@ void cols_product(const float* p, int64_t ldp, int64_t n, const float* x, int64_
   if (d < D) accumulate_cols8<1>(p, ldp, n, x + d, ldx, out + d, ldo);
 }
 
-// The task's rows of one head as a dense [rows8][D] array, zero rows after `rows`.
-void load_rows(const float* src, int64_t ld, int64_t rows, int64_t rows8, int64_t D,
-               float* dst) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < D; d += kLanes)
-      _mm512_storeu_ps(dst + r * D + d, _mm512_loadu_ps(src + r * ld + d));
-  std::fill(dst + rows * D, dst + rows8 * D, 0.0f);
-}
-
 // dst[j][0..D) = src[j * ld ..) for j < n. Key rows sit 4*heads*head_dim bytes apart in the
 // activations, a power of two for the usual widths: a block of them read in place maps to
 // a few L1 sets and misses on every pass, so the kernels work on dense copies.
@@ -252,6 +243,13 @@ void copy_rows_in(const float* src, int64_t ld, int64_t n, int64_t D, float* dst
   for (int64_t j = 0; j < n; ++j)
     for (int64_t d = 0; d < D; d += kLanes)
       _mm512_storeu_ps(dst + j * D + d, _mm512_loadu_ps(src + j * ld + d));
+}
+
+// The task's rows of one head as a dense [rows8][D] array, zero rows after `rows`.
+void load_rows(const float* src, int64_t ld, int64_t rows, int64_t rows8, int64_t D,
+               float* dst) {
+  copy_rows_in(src, ld, rows, D, dst);
+  std::fill(dst + rows * D, dst + rows8 * D, 0.0f);
 }
 
 // The key gradients of a block back into the [batch*nk, heads*head_dim] layout: rows
@@ -393,12 +391,14 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
     float* g_rows = q_rows + nq8 * D;
     float* dq_acc = g_rows + nq8 * D;
     float* delta = dq_acc + nq8 * D;
-    std::fill(rows, rows + 3 * nq8 * D + nq8, 0.0f);
+    const int64_t first = b * s.nq * ld + h * D;  // this head's first query row
+    load_rows(q + first, ld, s.nq, nq8, D, q_rows);
+    load_rows(d_o + first, ld, s.nq, nq8, D, g_rows);
+    std::fill(dq_acc, dq_acc + nq8 * D, 0.0f);
+    std::fill(delta, delta + nq8, 0.0f);
     for (int64_t i = 0; i < s.nq; ++i) {
-      const float* oi = o + (b * s.nq + i) * ld + h * D;
-      const float* gi = d_o + (b * s.nq + i) * ld + h * D;
-      std::memcpy(q_rows + i * D, q + (b * s.nq + i) * ld + h * D, size_t(D) * 4);
-      std::memcpy(g_rows + i * D, gi, size_t(D) * 4);
+      const float* oi = o + first + i * ld;
+      const float* gi = g_rows + i * D;
       float t = 0;
       for (int64_t d = 0; d < D; ++d) t += oi[d] * gi[d];
       delta[i] = t;
