@@ -276,8 +276,10 @@ struct FusedScratch {
 
 }  // namespace
 
+// Fewer than 8 queries (decoding's one) would pay for transposing whole key blocks and
+// for padding the micro-tile; sgemm serves them better.
 bool fused_attention_supported(const AttentionShape& s) {
-  return s.head_dim % kLanes == 0 && s.head_dim <= kMaxHeadDim;
+  return s.head_dim % kLanes == 0 && s.head_dim <= kMaxHeadDim && s.nq >= kRows;
 }
 
 void attention_forward_fused(const AttentionShape& s, const float* q, const float* k,

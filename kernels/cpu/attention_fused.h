@@ -9,8 +9,8 @@
 
 namespace par::cpu {
 
-// False where the build has no AVX-512 or the head dimension is not a multiple of 16 up
-// to 128.
+// False where the build has no AVX-512, the head dimension is not a multiple of 16 up to
+// 128, or there are fewer than 8 queries.
 bool fused_attention_supported(const AttentionShape& s);
 
 void attention_forward_fused(const AttentionShape& s, const float* q, const float* k,
