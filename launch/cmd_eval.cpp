@@ -48,7 +48,7 @@ int cmd_eval(int argc, char** argv) {
   warn_threads("eval", apply_threads(threads, 1));
 
   // Before reading the model: a bad --device, --precision or --attention is reported at
-  // once. The same validation as train's (backend_for): blocked is the CPU's only kernel.
+  // once. The same validation as train's (backend_for): the CPU takes only blocked.
   Backend backend = make_local_backend(device, precision, attention);
   const ModelFile file = read_model_file(checkpoint, false);
   const auto shards = cli::expand_paths(data, "--data");

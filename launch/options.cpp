@@ -72,7 +72,8 @@ void RunConfig::validate_layout(const ModelConfig& model) const {
 
 const char* const kAttentionHelp =
     "attention kernels on cuda: blocked (cuBLAS per key block), or fused (tf32 and bf16; "
-    "experimental: not yet run on a GPU); on cpu only blocked";
+    "experimental: not yet run on a GPU); on cpu only blocked (the CPU picks its own kernels: "
+    "fused AVX-512 ones where the build and the head width allow)";
 
 po::options_description run_options(RunConfig& c) {
   po::options_description o("Run");
