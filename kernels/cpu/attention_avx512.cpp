@@ -253,23 +253,15 @@ void load_rows(const float* src, int64_t ld, int64_t rows, int64_t rows8, int64_
 }
 
 // The key gradients of a block back into the [batch*nk, heads*head_dim] layout: rows
-// `first_row + j` when the block is contiguous, else the block's kept rows. `stream`: with
-// non-temporal stores, for gradients too large to stay in cache until the next op reads
-// them; writing them normally would first read every line from memory.
+// `first_row + j` when the block is contiguous, else the block's kept rows.
 void copy_rows_out(const float* src, int64_t n, int64_t D, float* dst, int64_t ld,
                    const int64_t* kept_rows, int64_t row_base, int64_t first_row,
-                   bool contiguous, bool stream) {
+                   bool contiguous) {
   for (int64_t j = 0; j < n; ++j) {
     float* out = dst + (contiguous ? first_row + j : row_base + kept_rows[j]) * ld;
-    if (stream && (reinterpret_cast<uintptr_t>(out) & 63) == 0) {
-      for (int64_t d = 0; d < D; d += kLanes)
-        _mm512_stream_ps(out + d, _mm512_loadu_ps(src + j * D + d));
-    } else {
-      for (int64_t d = 0; d < D; d += kLanes)
-        _mm512_storeu_ps(out + d, _mm512_loadu_ps(src + j * D + d));
-    }
+    for (int64_t d = 0; d < D; d += kLanes)
+      _mm512_storeu_ps(out + d, _mm512_loadu_ps(src + j * D + d));
   }
-  if (stream) _mm_sfence();
 }
 
 // Per-thread buffers (grow-only, so a step does not allocate).
@@ -386,7 +378,6 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
   const float scale = float(s.scale);
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int64_t nq8 = round_up(s.nq, kRows);
-  const bool stream = s.batch * s.nk * ld * int64_t(sizeof(float)) >= blocking.stream_min_bytes;
 
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
   for (int64_t task = 0; task < tasks; ++task) {
@@ -472,9 +463,9 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
         rows_product(ds, ldt, c_max, kd, D, dq_acc + r0 * D, D, D);
       }
       copy_rows_out(dkb, bk, D, dk + h * D, ld, list.data() + k0, b * s.nk, blk.first_row,
-                    blk.contiguous, stream);
+                    blk.contiguous);
       copy_rows_out(dvb, bk, D, dv + h * D, ld, list.data() + k0, b * s.nk, blk.first_row,
-                    blk.contiguous, stream);
+                    blk.contiguous);
     }
     for (int64_t j = k0; j < int64_t(list.size()); ++j) zero_row(list[j]);
     for (int64_t i = 0; i < s.nq; ++i)

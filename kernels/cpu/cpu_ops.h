@@ -88,9 +88,6 @@ struct AttentionBlocking {
   int64_t k_block = 256;
   // Float32 shapes the fused AVX-512 kernels support go through them; off forces sgemm.
   bool fused = true;
-  // The fused backward writes dk and dv with non-temporal stores from this size (bytes of
-  // one of them) up: at long contexts they cannot stay in cache until the next op.
-  int64_t stream_min_bytes = int64_t(64) << 20;
 };
 template <typename T>
 void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v,
