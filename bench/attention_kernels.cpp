@@ -12,7 +12,6 @@
 #include <cstdio>
 #include <cmath>
 #include <cstdint>
-#include <new>
 #include <random>
 #include <sstream>
 #include <string>
@@ -33,17 +32,7 @@ double now() {
       .count();
 }
 
-template <typename T>
-struct Aligned {  // 64-byte boundaries, as the backend allocates
-  using value_type = T;
-  Aligned() = default;
-  template <typename U>
-  Aligned(const Aligned<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
-  bool operator==(const Aligned&) const { return true; }
-};
-using Buffer = std::vector<float, Aligned<float>>;
+using Buffer = std::vector<float>;
 
 struct Variant {
   std::string name;

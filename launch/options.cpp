@@ -1,6 +1,5 @@
 #include "launch/options.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <boost/any.hpp>

@@ -37,8 +37,7 @@ std::string oversubscription_warning(int threads, const CpuBudget& b) {
              over_mask ? cat(", but this rank may run on only ", b.mask_cpus, " CPU(s)")
                        : cat(" exceed its ", b.node_cpus, " CPU(s)"),
              ": threads waiting on shared cores slow every step, often many times over. "
-             "Give --threads at most ",
-             std::max(1, std::min(b.mask_cpus, b.node_cpus / b.local_ranks)),
+             "Give --threads at most ", threads_for(0, b),
              " (launch/LAUNCH.md: binding and --threads-per-rank)");
 }
 
