@@ -1,12 +1,15 @@
-// The CPU linear layer on tall inputs (the k/v projections of every input position), where
-// the weight gradient is summed over row slices, one per thread: against a naive sum in
-// double, with the gradient accumulating onto what is already there.
+// The CPU linear layer on tall inputs (the k/v projections of every input position), which
+// runs in row chunks, each thread on its own slice of rows with its own partial weight and
+// bias gradients: forward and backward against naive sums in double, with gradients
+// accumulating onto what is already there, for thread counts that do and do not divide
+// the rows.
 #include <gtest/gtest.h>
 #include <omp.h>
 
 #include <cmath>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/linear_tall.h"
 #include "tests/test_util.h"
 
 namespace par {
@@ -14,39 +17,75 @@ namespace {
 
 using testing_util::random_vector;
 
-template <typename T>
-void check_tall_weight_gradient(int threads, double tol) {
-  // 8193 rows: above the threshold of the row-sliced sum, not divisible by the threads.
-  const int64_t rows = 8193, in = 64, out = 48;
-  const auto x = random_vector<double>(rows * in, 1), dy = random_vector<double>(rows * out, 2);
-  const auto w = random_vector<double>(out * in, 3), dw0 = random_vector<double>(out * in, 4);
-  std::vector<double> ref = dw0;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t o = 0; o < out; ++o)
-      for (int64_t i = 0; i < in; ++i) ref[o * in + i] += dy[r * out + o] * x[r * in + i];
+// 8193 rows: tall, more than one chunk per thread, and not divisible by 2 or 3 threads.
+constexpr int64_t kRows = 8193, kIn = 64, kOut = 48;
 
-  const std::vector<T> xt(x.begin(), x.end()), dyt(dy.begin(), dy.end()), wt(w.begin(), w.end());
-  std::vector<T> dw(dw0.begin(), dw0.end());
+double relative_error(const std::vector<double>& ref, const auto& got) {
+  double err = 0, scale = 0;
+  for (size_t k = 0; k < ref.size(); ++k) {
+    err = std::max(err, std::abs(double(got[k]) - ref[k]));
+    scale = std::max(scale, std::abs(ref[k]));
+  }
+  return err / scale;
+}
+
+template <typename T>
+std::vector<T> as(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+template <typename T>
+void check_tall_linear(int threads, double tol) {
+  ASSERT_TRUE(cpu::is_tall_linear(kRows, kIn, kOut));
+  const auto x = random_vector<double>(kRows * kIn, 1), dy = random_vector<double>(kRows * kOut, 2);
+  const auto w = random_vector<double>(kOut * kIn, 3), b = random_vector<double>(kOut, 4);
+  const auto dw0 = random_vector<double>(kOut * kIn, 5), db0 = random_vector<double>(kOut, 6);
+  const auto dx0 = random_vector<double>(kRows * kIn, 7);
+  std::vector<double> y_ref(size_t(kRows * kOut)), dx_ref = dx0, dw_ref = dw0, db_ref = db0;
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int64_t o = 0; o < kOut; ++o) {
+      double sum = b[o];
+      for (int64_t i = 0; i < kIn; ++i) {
+        sum += x[r * kIn + i] * w[o * kIn + i];
+        dx_ref[r * kIn + i] += dy[r * kOut + o] * w[o * kIn + i];
+        dw_ref[o * kIn + i] += dy[r * kOut + o] * x[r * kIn + i];
+      }
+      y_ref[r * kOut + o] = sum;
+      db_ref[o] += dy[r * kOut + o];
+    }
+
+  const auto xt = as<T>(x), dyt = as<T>(dy), wt = as<T>(w), bt = as<T>(b);
+  std::vector<T> y(size_t(kRows * kOut)), dx = as<T>(dx0), dw = as<T>(dw0), db = as<T>(db0);
   const int saved = omp_get_max_threads();
   omp_set_num_threads(threads);
   cpu::CpuOps<T> ops;
-  ops.linear_backward(nullptr, false, dw.data(), nullptr, dyt.data(), xt.data(), wt.data(), rows,
-                      in, out);
+  ops.linear_forward(y.data(), xt.data(), wt.data(), bt.data(), kRows, kIn, kOut);
+  ops.linear_backward(dx.data(), true, dw.data(), db.data(), dyt.data(), xt.data(), wt.data(),
+                      kRows, kIn, kOut);
+  // Overwriting dx, and only the weight gradient (a frozen input and no bias).
+  std::vector<T> dx_only(dx.size()), dw_only = as<T>(dw0);
+  ops.linear_backward(dx_only.data(), false, nullptr, nullptr, dyt.data(), xt.data(), wt.data(),
+                      kRows, kIn, kOut);
+  ops.linear_backward(nullptr, false, dw_only.data(), nullptr, dyt.data(), xt.data(), wt.data(),
+                      kRows, kIn, kOut);
   omp_set_num_threads(saved);
-  double err = 0, scale = 0;
-  for (size_t k = 0; k < ref.size(); ++k) {
-    err = std::max(err, std::abs(double(dw[k]) - ref[k]));
-    scale = std::max(scale, std::abs(ref[k]));
-  }
-  EXPECT_LE(err / scale, tol) << threads << " threads";
+
+  std::vector<double> dx_fresh = dx_ref;
+  for (size_t k = 0; k < dx_fresh.size(); ++k) dx_fresh[k] -= dx0[k];
+  EXPECT_LE(relative_error(y_ref, y), tol) << threads << " threads: y";
+  EXPECT_LE(relative_error(dx_ref, dx), tol) << threads << " threads: dx accumulated";
+  EXPECT_LE(relative_error(dx_fresh, dx_only), tol) << threads << " threads: dx";
+  EXPECT_LE(relative_error(dw_ref, dw), tol) << threads << " threads: dw";
+  EXPECT_LE(relative_error(dw_ref, dw_only), tol) << threads << " threads: dw alone";
+  EXPECT_LE(relative_error(db_ref, db), tol) << threads << " threads: db";
 }
 
 // Double: exact up to rounding whatever the slicing. Float: sums of 8193 products of O(1)
-// terms carry ~1e-6 relative error; 1e-5 flags any missing or doubled slice.
-TEST(CpuLinear, TallWeightGradientSumsEverySlice) {
+// terms carry ~1e-6 relative error; 1e-5 flags any missing or doubled chunk or slice.
+TEST(CpuLinear, TallLayerMatchesNaiveSums) {
   for (int threads : {1, 2, 3}) {
-    check_tall_weight_gradient<double>(threads, 1e-12);
-    check_tall_weight_gradient<float>(threads, 1e-5);
+    check_tall_linear<double>(threads, 1e-12);
+    check_tall_linear<float>(threads, 1e-5);
   }
 }
 

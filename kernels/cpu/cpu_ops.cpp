@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/linear_tall.h"
 
 namespace par::cpu {
 
@@ -37,43 +38,6 @@ void reduce_rows(int64_t rows, int64_t cols, std::vector<double>& acc, F&& row_f
   acc.assign(size_t(cols), 0.0);
   for (int t = 0; t < nt; ++t)
     for (int64_t c = 0; c < cols; ++c) acc[c] += part[size_t(t) * size_t(cols) + c];
-}
-
-// dw += dy^T x for a linear layer's weight gradient ([out, in], summed over `rows`). For
-// tall inputs (the k/v projections of every input position) BLAS threads split the small
-// [out, in] result and each thread streams all the rows, which runs well below the rate of
-// a square product; here each thread takes a slice of the rows into its own partial sum
-// (single-threaded BLAS inside the parallel region) and the partials are added in thread
-// order. Reproducible for a given thread count, like reduce_rows.
-template <typename T>
-void weight_gradient(T* dw, const T* dy, const T* x, int64_t rows, int64_t in, int64_t out) {
-  const int nt = omp_get_max_threads();
-  if (nt == 1 || rows < 8 * std::max(in, out) || rows * in * out < (int64_t(1) << 24)) {
-    gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
-    return;
-  }
-  static thread_local std::vector<T> partial;
-  const int64_t size = out * in;
-  if (int64_t(partial.size()) < nt * size) partial.resize(size_t(nt * size));
-  T* part = partial.data();
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    const int64_t r0 = rows * t / n, r1 = rows * (t + 1) / n;
-    T* mine = part + t * size;
-    if (r1 > r0)
-      gemm<T>(true, false, out, in, r1 - r0, T(1), dy + r0 * out, out, x + r0 * in, in, T(0),
-              mine, in);
-    else
-      std::fill(mine, mine + size, T(0));
-#pragma omp barrier
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < size; ++i) {
-      T sum = dw[i];
-      for (int u = 0; u < n; ++u) sum += part[u * size + i];
-      dw[i] = sum;
-    }
-  }
 }
 
 }  // namespace
@@ -144,6 +108,7 @@ void CpuOps<T>::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k
 template <typename T>
 void CpuOps<T>::linear_forward(T* y, const T* x, const T* w, const T* b, int64_t rows,
                                int64_t in, int64_t out) {
+  if (is_tall_linear(rows, in, out)) return tall_linear_forward(y, x, w, b, rows, in, out);
   // Start from the bias rows so the product accumulates onto them (one pass over y).
   if (b) {
 #pragma omp parallel for schedule(static) if (rows * out >= kParallelMin)
@@ -156,9 +121,11 @@ template <typename T>
 void CpuOps<T>::linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy,
                                 const T* x, const T* w, int64_t rows, int64_t in,
                                 int64_t out) {
+  if (is_tall_linear(rows, in, out))
+    return tall_linear_backward(dx, accumulate_dx, dw, db, dy, x, w, rows, in, out);
   if (dx) cpu::gemm<T>(false, false, rows, in, out, T(1), dy, out, w, in,
                        accumulate_dx ? T(1) : T(0), dx, in);
-  if (dw) weight_gradient(dw, dy, x, rows, in, out);
+  if (dw) cpu::gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
   if (db) {
     std::vector<double> acc;
     reduce_rows(rows, out, acc, [&](int64_t r, double* s) {
