@@ -4,6 +4,7 @@
 // so a shared machine's drift hits them alike.
 //   build/bench/par_attention_bench [--keys 8192] [--queries 256] [--heads 8]
 //                                   [--head-dim 32] [--rounds 5] [--threads 1]
+//                                   [--k-block 64 128 256]
 #include <cblas.h>
 #include <omp.h>
 
@@ -45,6 +46,7 @@ struct Variant {
 int main(int argc, char** argv) {
   par::select_blas_kernels(argv);
   int64_t keys = 8192, queries = 256, heads = 8, head_dim = 32, rounds = 5, threads = 1;
+  std::vector<int64_t> k_blocks;
   po::options_description opts("par_attention_bench options");
   opts.add_options()("help", "this text")
       ("keys", po::value(&keys)->default_value(keys), "keys N (the context)")
@@ -52,7 +54,8 @@ int main(int argc, char** argv) {
       ("heads", po::value(&heads)->default_value(heads), "heads")
       ("head-dim", po::value(&head_dim)->default_value(head_dim), "head dimension")
       ("rounds", po::value(&rounds)->default_value(rounds), "interleaved rounds (best kept)")
-      ("threads", po::value(&threads)->default_value(threads), "OpenMP and BLAS threads");
+      ("threads", po::value(&threads)->default_value(threads), "OpenMP and BLAS threads")
+      ("k-block", po::value(&k_blocks)->multitoken(), "key block sizes of the fused kernels to compare (default: the shipped one)");
   po::variables_map vm;
   po::store(po::parse_command_line(argc, argv, opts), vm);
   po::notify(vm);
@@ -86,10 +89,16 @@ int main(int argc, char** argv) {
   s.k_pos = k_pos.data();
   s.scale = 1.0 / std::sqrt(double(head_dim));
 
-  std::vector<Variant> variants(2);
+  std::vector<Variant> variants(1);
   variants[0].name = "sgemm per key block";
   variants[0].blocking.fused = false;
-  variants[1].name = "fused AVX-512";
+  if (k_blocks.empty()) k_blocks.push_back(AttentionBlocking{}.k_block);
+  for (int64_t kb : k_blocks) {
+    Variant x;
+    x.blocking.k_block = kb;
+    x.name = "fused AVX-512, k_block " + std::to_string(kb);
+    variants.push_back(x);
+  }
   const int64_t n = 1024;
   Buffer a = random(n * n), b = random(n * n), c(size_t(n * n));
   double gemm = 1e30;
@@ -116,7 +125,7 @@ int main(int argc, char** argv) {
               long(queries), long(heads), long(head_dim), long(threads), long(rounds));
   std::printf("sgemm %ld^3: %.1f GFLOP/s\n", long(n), rate);
   for (const Variant& x : variants)
-    std::printf("%-24s forward %8.2f ms (%.2f of sgemm)   backward %8.2f ms (%.2f of sgemm)\n",
+    std::printf("%-32s forward %8.2f ms (%.2f of sgemm)   backward %8.2f ms (%.2f of sgemm)\n",
                 x.name.c_str(), x.forward * 1e3, fwd_flop / x.forward / 1e9 / rate,
                 x.backward * 1e3, 2 * fwd_flop / x.backward / 1e9 / rate);
   return 0;
