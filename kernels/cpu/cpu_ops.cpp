@@ -41,6 +41,37 @@ void reduce_rows(int64_t rows, int64_t cols, std::vector<double>& acc, F&& row_f
     for (int64_t c = 0; c < cols; ++c) acc[c] += part[size_t(t) * size_t(cols) + c];
 }
 
+// One row of the LayerNorm backward: dx (= or +=), and the row's terms of dw (s[0..d)) and
+// db (s[d..2d)) added in double. A plain function: GCC 12 leaves the reductions scalar when
+// they sit in the body of the lambda that reduce_rows calls.
+template <typename T>
+void layernorm_backward_row(T* out, bool accumulate, double* s, const T* g, const T* xr, T mu,
+                            T rs, const T* w, int64_t d) {
+  const T inv_d = T(1) / T(d);
+  T sum_gw = 0, sum_gw_xhat = 0;
+#pragma omp simd reduction(+ : sum_gw, sum_gw_xhat)
+  for (int64_t c = 0; c < d; ++c) {
+    const T xhat = (xr[c] - mu) * rs;
+    const T gw = g[c] * w[c];
+    sum_gw += gw;
+    sum_gw_xhat += gw * xhat;
+  }
+#pragma omp simd
+  for (int64_t c = 0; c < d; ++c) {
+    const T xhat = (xr[c] - mu) * rs;
+    s[c] += double(g[c] * xhat);
+    s[d + c] += double(g[c]);
+  }
+  const T m1 = sum_gw * inv_d, m2 = sum_gw_xhat * inv_d;
+  if (accumulate) {
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) out[c] += rs * (g[c] * w[c] - m1 - (xr[c] - mu) * rs * m2);
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) out[c] = rs * (g[c] * w[c] - m1 - (xr[c] - mu) * rs * m2);
+  }
+}
+
 }  // namespace
 
 // Large allocations (the activation arena, parameters, gradients, optimizer state) ask for
@@ -201,36 +232,11 @@ template <typename T>
 void CpuOps<T>::layernorm_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy,
                                    const T* x, const T* mean, const T* rstd, const T* w,
                                    int64_t rows, int64_t d) {
-  const T inv_d = T(1) / T(d);
   std::vector<double> acc;
   // Per-thread partial sums of dw (first d) and db (last d).
   reduce_rows(rows, 2 * d, acc, [&](int64_t r, double* s) {
-    const T* xr = x + r * d;
-    const T* g = dy + r * d;
-    const T mu = mean[r], rs = rstd[r];
-    T sum_gw = 0, sum_gw_xhat = 0;
-#pragma omp simd reduction(+ : sum_gw, sum_gw_xhat)
-    for (int64_t c = 0; c < d; ++c) {
-      const T xhat = (xr[c] - mu) * rs;
-      const T gw = g[c] * w[c];
-      sum_gw += gw;
-      sum_gw_xhat += gw * xhat;
-    }
-#pragma omp simd
-    for (int64_t c = 0; c < d; ++c) {
-      const T xhat = (xr[c] - mu) * rs;
-      s[c] += double(g[c] * xhat);
-      s[d + c] += double(g[c]);
-    }
-    const T m1 = sum_gw * inv_d, m2 = sum_gw_xhat * inv_d;
-    T* out = dx + r * d;
-    if (accumulate_dx) {
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) out[c] += rs * (g[c] * w[c] - m1 - (xr[c] - mu) * rs * m2);
-    } else {
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) out[c] = rs * (g[c] * w[c] - m1 - (xr[c] - mu) * rs * m2);
-    }
+    layernorm_backward_row(dx + r * d, accumulate_dx, s, dy + r * d, x + r * d, mean[r], rstd[r],
+                           w, d);
   });
   for (int64_t c = 0; c < d; ++c) {
     dw[c] += T(acc[size_t(c)]);
