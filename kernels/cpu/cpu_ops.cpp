@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/dropout_span.h"
 #include "kernels/cpu/linear_tall.h"
 
 namespace par::cpu {
@@ -295,16 +296,15 @@ void CpuOps<T>::dropout(T* y, const T* x, int64_t batch, int64_t per_example, do
   const float pf = float(p);
   for (int64_t b = 0; b < batch; ++b) {
     const uint64_t ex = example_base + uint64_t(b);
-    T* yb = y + b * per_example;
-    const T* xb = x + b * per_example;
-    // One Philox call draws for four consecutive elements.
-    const int64_t groups = (per_example + 3) / 4;
-#pragma omp parallel for schedule(static) if (per_example >= kParallelMin)
-    for (int64_t g = 0; g < groups; ++g) {
-      const Philox4 r = dropout_bits(key, ex, uint64_t(g));
-      const int64_t i0 = 4 * g, n = std::min<int64_t>(4, per_example - i0);
-      for (int64_t lane = 0; lane < n; ++lane)
-        yb[i0 + lane] = uniform_from_bits(r.v[lane]) >= pf ? xb[i0 + lane] * keep_scale : T(0);
+    // Threads take contiguous spans of 64 elements (the vector kernel's unit).
+#pragma omp parallel if (per_example >= kParallelMin)
+    {
+      const int t = omp_get_thread_num(), n = omp_get_num_threads();
+      const int64_t units = (per_example + 63) / 64;
+      const int64_t begin = std::min(per_example, units * t / n * 64);
+      const int64_t end = std::min(per_example, units * (t + 1) / n * 64);
+      dropout_span(y + b * per_example, x + b * per_example, begin, end, key, ex, pf,
+                   keep_scale);
     }
   }
 }
