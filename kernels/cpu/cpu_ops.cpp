@@ -75,10 +75,10 @@ void layernorm_backward_row(T* out, bool accumulate, double* s, const T* g, cons
 
 }  // namespace
 
-// Large allocations (the activation arena, parameters, gradients, optimizer state) ask for
-// transparent huge pages. Attention reads each head's keys as 128-byte pieces of rows 1 KiB
-// apart, so with 4 KiB pages nearly every few rows cost a TLB miss; where THP is set to
-// "madvise" (Debian's default) nothing is huge unless asked for.
+// Allocations of 8 MiB and more (the activation arena, parameters, gradients, optimizer
+// state) ask for transparent huge pages. Attention reads each head's keys as 128-byte
+// pieces of rows 1 KiB apart, so with 4 KiB pages every fourth row costs a TLB miss; where
+// THP is set to "madvise" (Debian's default) no page is huge unless asked for.
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kHugeMin = 4 * kHugePage;
 
