@@ -296,13 +296,13 @@ void CpuOps<T>::dropout(T* y, const T* x, int64_t batch, int64_t per_example, do
   const float pf = float(p);
   for (int64_t b = 0; b < batch; ++b) {
     const uint64_t ex = example_base + uint64_t(b);
-    // Threads take contiguous spans of 64 elements (the vector kernel's unit).
+    // Threads take contiguous spans of whole blocks of the vector kernel.
 #pragma omp parallel if (per_example >= kParallelMin)
     {
       const int t = omp_get_thread_num(), n = omp_get_num_threads();
-      const int64_t units = (per_example + 63) / 64;
-      const int64_t begin = std::min(per_example, units * t / n * 64);
-      const int64_t end = std::min(per_example, units * (t + 1) / n * 64);
+      const int64_t units = (per_example + kDropoutBlock - 1) / kDropoutBlock;
+      const int64_t begin = std::min(per_example, units * t / n * kDropoutBlock);
+      const int64_t end = std::min(per_example, units * (t + 1) / n * kDropoutBlock);
       dropout_span(y + b * per_example, x + b * per_example, begin, end, key, ex, pf,
                    keep_scale);
     }
