@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "kernels/cpu/attention_blocks.h"
+#include "kernels/cpu/exp2_avx512.h"
 #include "kernels/cpu/fast_exp.h"
 
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_ps(), which trips
@@ -40,6 +41,7 @@ namespace {
 constexpr int64_t kRows = 8;    // queries per micro-tile
 constexpr int64_t kLanes = 16;  // floats per vector
 constexpr int64_t kMaxHeadDim = 128;
+constexpr double kLog2e = 1.4426950408889634074, kLn2 = 0.69314718055994530942;
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -72,10 +74,10 @@ inline void transpose16(__m512 r[16]) {
   }
 }
 
-// bt[d * ldt + j] = b[j * ldb + d] for j < n, zero up to the next multiple of 16 (D is one),
-// in 16x16 tiles transposed in registers.
+// bt[d * ldt + j] = mult * b[j * ldb + d] for j < n, zero up to the next multiple of 16 (D
+// is one), in 16x16 tiles transposed in registers.
 void pack_transposed(const float* b, int64_t ldb, int64_t n, int64_t D, float* bt,
-                     int64_t ldt) {
+                     int64_t ldt, float mult = 1.0f) {
   for (int64_t j = 0; j < n; j += kLanes) {
     const int64_t rows = std::max<int64_t>(0, std::min(kLanes, n - j));
     for (int64_t d = 0; d < D; d += kLanes) {
@@ -83,53 +85,32 @@ void pack_transposed(const float* b, int64_t ldb, int64_t n, int64_t D, float* b
       for (int64_t i = 0; i < kLanes; ++i)
         r[i] = i < rows ? _mm512_loadu_ps(b + (j + i) * ldb + d) : _mm512_setzero_ps();
       transpose16(r);
+      if (mult != 1.0f)
+        for (int64_t i = 0; i < kLanes; ++i) r[i] = _mm512_mul_ps(r[i], _mm512_set1_ps(mult));
       for (int64_t i = 0; i < kLanes; ++i) _mm512_storeu_ps(bt + (d + i) * ldt + j, r[i]);
     }
   }
 }
 
-// exp(x) of 16 softmax arguments (x <= 0): the Cephes polynomial of fast_expf on
-// x - n ln2, then scalef multiplies by 2^n, which also takes care of underflow (0 for
-// x < -104, where the arguments are clamped so the reduction stays exact). n = x log2(e)
-// rounded to the nearest integer comes from adding and subtracting 1.5 * 2^23, whose
-// float spacing is 1: one uop fewer than a multiply and roundscale (two on Skylake), and
-// the backward, with one exp per score, runs ~4% faster for it.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-  const __m512 round = _mm512_set1_ps(12582912.0f);
-  const __m512 n = _mm512_sub_ps(
-      _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), round), round);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(e, n);
-}
-
-// row[j] = exp(row[j] - m) for j < c and 0 for c <= j < n (n a multiple of 16); returns the
-// sum of the exps.
+// row[j] = 2^(row[j] - m) for j < c and 0 for c <= j < n (n a multiple of 16); returns the
+// sum of the powers.
 inline float exp_row(float* row, int64_t c, int64_t n, float m) {
   const __m512 vm = _mm512_set1_ps(m);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; j += kLanes) {
     const int64_t left = std::min<int64_t>(kLanes, std::max<int64_t>(0, c - j));
     const __mmask16 keep = __mmask16((uint32_t(1) << left) - 1);
-    const __m512 e = _mm512_maskz_mov_ps(keep, exp16(_mm512_sub_ps(_mm512_loadu_ps(row + j), vm)));
+    const __m512 e = _mm512_maskz_mov_ps(keep, exp2_16(_mm512_sub_ps(_mm512_loadu_ps(row + j), vm)));
     _mm512_storeu_ps(row + j, e);
     sum = _mm512_add_ps(sum, e);
   }
   return _mm512_reduce_add_ps(sum);
 }
 
-// s[r][j] = scale * sum_d a[r][d] bt[d][j] for r < 8 and j < n (n a multiple of 16).
-void scores8(const float* a, int64_t D, const float* bt, int64_t ldt, int64_t n, float scale,
-             float* s, int64_t lds) {
-  const __m512 vscale = _mm512_set1_ps(scale);
+// s[r][j] = sum_d a[r][d] bt[d][j] for r < 8 and j < n (n a multiple of 16). Callers fold
+// the scale into one side beforehand, outside the loop over keys.
+void scores8(const float* a, int64_t D, const float* bt, int64_t ldt, int64_t n, float* s,
+             int64_t lds) {
   int64_t j = 0;
   for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
     __m512 c[kRows][2];
@@ -147,8 +128,8 @@ void scores8(const float* a, int64_t D, const float* bt, int64_t ldt, int64_t n,
     }
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
-      _mm512_storeu_ps(s + r * lds + j, _mm512_mul_ps(c[r][0], vscale));
-      _mm512_storeu_ps(s + r * lds + j + kLanes, _mm512_mul_ps(c[r][1], vscale));
+      _mm512_storeu_ps(s + r * lds + j, c[r][0]);
+      _mm512_storeu_ps(s + r * lds + j + kLanes, c[r][1]);
     }
   }
   if (j < n) {
@@ -162,7 +143,7 @@ void scores8(const float* a, int64_t D, const float* bt, int64_t ldt, int64_t n,
         c[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r * D + d]), b0, c[r]);
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(s + r * lds + j, _mm512_mul_ps(c[r], vscale));
+    for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(s + r * lds + j, c[r]);
   }
 }
 
@@ -268,6 +249,15 @@ void copy_rows_out(const float* src, int64_t n, int64_t D, float* dst, int64_t l
   }
 }
 
+// The query scale with log2(e) folded in: scores of queries multiplied by it are in base-2
+// units, the softmax's exp becomes 2^y, and the running max, sums and the backward's
+// recomputed probabilities all stay in those units. Only lse leaves the kernels, in nats.
+float base2_scale(const AttentionShape& s) { return float(s.scale * kLog2e); }
+
+void scale_rows(float* x, int64_t n, float factor) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= factor;
+}
+
 // Per-thread buffers (grow-only, so a step does not allocate).
 struct FusedScratch {
   std::vector<float> kt, vt, kd, vd, s, p, acc, dkv;
@@ -295,7 +285,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
   const auto& kept = kept_keys(s);
   const int64_t q_tiles = (s.nq + QB - 1) / QB;
   const int64_t tasks = s.batch * s.heads * q_tiles;
-  const float scale = float(s.scale);
+  const float scale2 = base2_scale(s);
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
@@ -318,6 +308,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
     std::fill(run_max, run_max + bq8, neg_inf);
     std::fill(run_sum, run_sum + bq8, 0.0f);
     load_rows(q + (b * s.nq + i0) * ld + h * D, ld, bq, bq8, D, q_rows);
+    scale_rows(q_rows, bq * D, scale2);
     static thread_local KeyBlock<float> blk;
     for (int64_t k0 = 0; k0 < int64_t(list.size()); k0 += KB) {
       if (s.k_pos[list[k0]] > q_pos_max) break;  // later blocks are later positions
@@ -335,7 +326,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
         }
         if (c_max == 0) continue;
         const int64_t n = round_up(c_max, kLanes);
-        scores8(q_rows + r0 * D, D, kt, ldt, n, scale, sc, ldt);
+        scores8(q_rows + r0 * D, D, kt, ldt, n, sc, ldt);
         for (int64_t r = 0; r < kRows; ++r) {
           float* row = sc + r * ldt;
           const int64_t c = vis[r];
@@ -347,7 +338,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
           const float m_old = run_max[i];
           const float m_new = std::max(m_old, row_max(row, c));
           const float sum = exp_row(row, c, n, m_new);
-          const float alpha = m_old == neg_inf ? 0.0f : fast_expf(m_old - m_new);
+          const float alpha = m_old == neg_inf ? 0.0f : fast_expf((m_old - m_new) * float(kLn2));
           run_sum[i] = run_sum[i] * alpha + sum;
           run_max[i] = m_new;
           if (alpha != 1.0f)
@@ -362,7 +353,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
       if (run_sum[r] > 0.0f) {
         const float inv = 1.0f / run_sum[r];
         for (int64_t d = 0; d < D; ++d) out[d] = acc[r * D + d] * inv;
-        *l_out = run_max[r] + std::log(run_sum[r]);
+        *l_out = float((double(run_max[r]) + std::log2(double(run_sum[r]))) * kLn2);
       } else {
         std::fill(out, out + D, 0.0f);
         *l_out = neg_inf;
@@ -379,7 +370,7 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
   const int64_t KB = blocking.k_block, ldt = round_up(KB, kLanes);
   const auto& kept = kept_keys(s);
   const int64_t tasks = s.batch * s.heads;
-  const float scale = float(s.scale);
+  const float scale = float(s.scale), scale2 = base2_scale(s);
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int64_t nq8 = round_up(s.nq, kRows);
 
@@ -390,13 +381,17 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
     const float* lse_bh = lse + (b * s.heads + h) * s.nq;
     FusedScratch& ws = FusedScratch::get();
 
-    // Per query: delta = dO . O (the softmax backward's row correction) and its dense
-    // rows of Q and dO, padded to whole micro-tiles; dq accumulates in a dense buffer.
-    float* rows = sized(ws.acc, 3 * nq8 * D + nq8);
+    // Per query: delta = scale * dO . O (the softmax backward's row correction, scaled
+    // like dP below), its dense rows of Q and dO padded to whole micro-tiles, Q once more
+    // times the base-2 scale for recomputing the forward's scores bit for bit, and lse in
+    // base 2. dq accumulates in a dense buffer.
+    float* rows = sized(ws.acc, 4 * nq8 * D + 2 * nq8);
     float* q_rows = rows;
     float* g_rows = q_rows + nq8 * D;
     float* dq_acc = g_rows + nq8 * D;
     float* delta = dq_acc + nq8 * D;
+    float* q_scaled = delta + nq8;
+    float* lse2 = q_scaled + nq8 * D;
     const int64_t first = b * s.nq * ld + h * D;  // this head's first query row
     load_rows(q + first, ld, s.nq, nq8, D, q_rows);
     load_rows(d_o + first, ld, s.nq, nq8, D, g_rows);
@@ -407,8 +402,11 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
       const float* gi = g_rows + i * D;
       float t = 0;
       for (int64_t d = 0; d < D; ++d) t += oi[d] * gi[d];
-      delta[i] = t;
+      delta[i] = t * scale;
     }
+    std::copy(q_rows, q_rows + nq8 * D, q_scaled);
+    scale_rows(q_scaled, nq8 * D, scale2);
+    for (int64_t i = 0; i < s.nq; ++i) lse2[i] = float(double(lse_bh[i]) * kLog2e);
     const int64_t q_pos_max = max_pos_of(s.q_pos, s.nq);
 
     auto zero_row = [&](int64_t j) {
@@ -433,7 +431,7 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
       const int64_t bk = std::min<int64_t>(KB, int64_t(list.size()) - k0);
       blk.load(s, list, b, h, k0, bk, k, v);
       pack_transposed(blk.k, blk.ld, bk, D, kt, ldt);
-      pack_transposed(blk.v, blk.ld, bk, D, vt, ldt);
+      pack_transposed(blk.v, blk.ld, bk, D, vt, ldt, scale);  // dP comes out times scale
       copy_rows_in(blk.k, blk.ld, bk, D, kd);
       std::fill(dkb, dkb + 2 * KB * D, 0.0f);
       for (int64_t r0 = 0; r0 < s.nq; r0 += kRows) {
@@ -448,18 +446,18 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
         const int64_t n = round_up(c_max, kLanes);
         const float* qt = q_rows + r0 * D;
         const float* gt = g_rows + r0 * D;
-        scores8(qt, D, kt, ldt, n, scale, p, ldt);
-        scores8(gt, D, vt, ldt, n, 1.0f, ds, ldt);
+        scores8(q_scaled + r0 * D, D, kt, ldt, n, p, ldt);
+        scores8(gt, D, vt, ldt, n, ds, ldt);
         for (int64_t r = 0; r < kRows; ++r) {
           float* pr = p + r * ldt;
           float* g = ds + r * ldt;
           const int64_t c = vis[r];
-          exp_row(pr, c, n, c > 0 ? lse_bh[r0 + r] : 0.0f);
-          const __m512 dl = _mm512_set1_ps(delta[r0 + r]), vscale = _mm512_set1_ps(scale);
+          exp_row(pr, c, n, c > 0 ? lse2[r0 + r] : 0.0f);
+          const __m512 dl = _mm512_set1_ps(delta[r0 + r]);
           for (int64_t j = 0; j < n; j += kLanes) {  // p is 0 where the key is not visible
             const __m512 e = _mm512_loadu_ps(pr + j);
             const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(g + j), dl);
-            _mm512_storeu_ps(g + j, _mm512_mul_ps(vscale, _mm512_mul_ps(e, d)));
+            _mm512_storeu_ps(g + j, _mm512_mul_ps(e, d));
           }
         }
         cols_product(p, ldt, c_max, gt, D, dvb, D, D);

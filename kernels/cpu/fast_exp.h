@@ -4,7 +4,7 @@
 // hundreds of millions per step, as much time as the matrix products if done with
 // libm's scalar expf. This version is branch-free so the compiler vectorizes the loops
 // that call it (AVX2/AVX-512). Accuracy: within 2 ulp of expf on [-87, 88]
-// (tests/cpu_kernels_test.cpp checks it), 0 below -87.3 (where exp underflows anyway).
+// (tests/cpu_exp_test.cpp checks it), 0 below -87.3 (where exp underflows anyway).
 // Double precision keeps std::exp: it is used for reference and gradient checks.
 #pragma once
 

@@ -1,0 +1,92 @@
+// The CPU attention's exponentials against double-precision references, in ulps of the
+// correctly rounded float: fast_expf (the blocked sgemm path and decoding) and exp2_16 (the
+// fused AVX-512 path, whose scores are in base-2 units). Every 2^k-th float of the ranges
+// the softmax feeds them is checked, so a wrong coefficient or a broken range reduction
+// anywhere in the range shows.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cpu/exp2_avx512.h"
+#include "kernels/cpu/fast_exp.h"
+
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_ps(), which trips
+// -W(maybe-)uninitialized inside its own header wherever they are inlined.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace par {
+namespace {
+
+float from_bits(uint32_t bits) {
+  float x;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+// |got - want| in units of the last place of float(want), want a normal float's range.
+double ulps(float got, double want) {
+  const float rounded = float(want);
+  return std::fabs(double(got) - want) / std::ldexp(1.0, std::ilogb(rounded) - 23);
+}
+
+// Calls f(x) for every stride-th float from `from` towards `to` (same sign, |from| < |to|).
+template <typename F>
+void sweep(float from, float to, uint32_t stride, F f) {
+  uint32_t bits, last;
+  std::memcpy(&bits, &from, sizeof bits);
+  std::memcpy(&last, &to, sizeof last);
+  for (; bits <= last; bits += stride) f(from_bits(bits));
+}
+
+TEST(CpuExp, FastExpfIsWithinTwoUlps) {
+  double worst = 0;
+  float worst_x = 0;
+  auto check = [&](float x) {
+    const double u = ulps(cpu::fast_expf(x), std::exp(double(x)));
+    if (u > worst) worst = u, worst_x = x;
+  };
+  sweep(0.0f, 88.0f, 509, check);
+  sweep(-0.0f, -87.0f, 509, check);
+  EXPECT_LE(worst, 2.0) << "at x = " << worst_x;
+  EXPECT_EQ(cpu::fast_expf(0.0f), 1.0f);
+  EXPECT_EQ(cpu::fast_expf(-1000.0f), 0.0f);
+}
+
+#if defined(__AVX512F__)
+float exp2_lane(float y) {
+  alignas(64) float out[16];
+  _mm512_store_ps(out, cpu::exp2_16(_mm512_set1_ps(y)));
+  return out[0];
+}
+
+TEST(CpuExp, VectorExp2IsWithinOneUlpOnTheSoftmaxRange) {
+  // The softmax feeds exp2_16 score - max <= 0. Below -126 the result leaves the normal
+  // floats; those probabilities are too small to move a sum of at least 1.
+  double worst = 0;
+  float worst_y = 0;
+  sweep(-0.0f, -126.0f, 61, [&](float y) {
+    const double u = ulps(exp2_lane(y), std::exp2(double(y)));
+    if (u > worst) worst = u, worst_y = y;
+  });
+  EXPECT_LE(worst, 1.1) << "at y = " << worst_y;
+
+  // All 16 lanes compute, each from its own argument.
+  alignas(64) float in[16], out[16];
+  for (int i = 0; i < 16; ++i) in[i] = -0.37f * float(i * i);
+  _mm512_store_ps(out, cpu::exp2_16(_mm512_load_ps(in)));
+  for (int i = 0; i < 16; ++i) EXPECT_LE(ulps(out[i], std::exp2(double(in[i]))), 1.1) << i;
+}
+
+TEST(CpuExp, VectorExp2IsExactAtZeroAndVanishesFarBelow) {
+  EXPECT_EQ(exp2_lane(0.0f), 1.0f);
+  EXPECT_EQ(exp2_lane(-1.0f), 0.5f);
+  EXPECT_EQ(exp2_lane(-200.0f), 0.0f);
+  EXPECT_EQ(exp2_lane(-1e30f), 0.0f);  // past 2^23 the rounding trick must still give 0
+}
+#endif
+
+}  // namespace
+}  // namespace par
