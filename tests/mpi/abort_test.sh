@@ -53,9 +53,15 @@ run "rank 1 is killed" "" kill --rank 1 --at 50
 
 # No probe may outlive its job. The probes carry a tag in their environment, so probes of
 # other jobs on this machine are not mistaken for ours; zombies (dead, waiting for an init
-# that may never reap them) have no environment left and do not count.
-sleep 0.5
-left=$(grep -lsF "PAR_ABORT_TEST_TAG=$tag" /proc/[0-9]*/environ || true)
+# that may never reap them) have no environment left and do not count. mpirun can return
+# while the last killed rank is still being torn down, which on a loaded machine takes
+# more than a moment: a probe counts as left behind when it is still there after 10 s.
+left=
+for ((wait = 0; wait < 100; wait++)); do
+  left=$(grep -lsF "PAR_ABORT_TEST_TAG=$tag" /proc/[0-9]*/environ || true)
+  [[ -z $left ]] && break
+  sleep 0.1
+done
 if [[ -n $left ]]; then
   echo "abort_test: FAILED: processes left behind:"
   for f in $left; do pid=${f#/proc/}; pid=${pid%/environ}; ps -o pid=,stat=,args= -p "$pid"; done
