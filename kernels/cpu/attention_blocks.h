@@ -54,14 +54,22 @@ T row_max(const T* x, int64_t n) {
 // GCC 12's own _mm512_reduce_max_ps trips -Wmaybe-uninitialized inside its header.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// Four independent max chains: with one, every vector waits for the previous max (4
+// cycles), and the softmax, which needs the max before its exps can start, waits on that.
 template <>
 inline float row_max<float>(const float* x, int64_t n) {
-  __m512 v = _mm512_set1_ps(x[0]);
+  __m512 m0 = _mm512_set1_ps(x[0]), m1 = m0, m2 = m0, m3 = m0;
   int64_t j = 0;
-  for (; j + 16 <= n; j += 16) v = _mm512_max_ps(v, _mm512_loadu_ps(x + j));
-  float m = _mm512_reduce_max_ps(v);
-  for (; j < n; ++j) m = m > x[j] ? m : x[j];
-  return m;
+  for (; j + 64 <= n; j += 64) {
+    m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + j));
+    m1 = _mm512_max_ps(m1, _mm512_loadu_ps(x + j + 16));
+    m2 = _mm512_max_ps(m2, _mm512_loadu_ps(x + j + 32));
+    m3 = _mm512_max_ps(m3, _mm512_loadu_ps(x + j + 48));
+  }
+  for (; j + 16 <= n; j += 16) m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + j));
+  // The tail's missing lanes load m1's own values, which leave the max as it is.
+  if (j < n) m1 = _mm512_max_ps(m1, _mm512_mask_loadu_ps(m1, __mmask16((1u << (n - j)) - 1), x + j));
+  return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
 }
 #pragma GCC diagnostic pop
 #elif defined(__AVX2__)
