@@ -94,9 +94,10 @@ Result<T> run_layout(const ModelConfig& cfg, int sp, int tp, const std::vector<i
   return out;
 }
 
+using Layouts = std::vector<std::pair<int, int>>;  // (sp, tp)
+
 template <typename T>
-void check_layouts(double tol) {
-  const ModelConfig cfg = config();
+void check_layouts(const ModelConfig& cfg, const Layouts& layouts, double tol) {
   const int64_t B = 3, W = cfg.context_length + 1;
   std::mt19937_64 rng(5);
   std::vector<int32_t> windows(size_t(B * W));
@@ -123,9 +124,7 @@ void check_layouts(double tol) {
   double grad_scale = 0;
   for (T g : want_grads) grad_scale = std::max(grad_scale, double(std::abs(g)));
 
-  // sp 8: slices of 2 positions, fewer than the 4 latents, which then span two ranks.
-  for (auto [sp, tp] : std::vector<std::pair<int, int>>{
-           {1, 1}, {2, 1}, {4, 1}, {1, 2}, {1, 4}, {2, 2}, {8, 1}, {8, 2}}) {
+  for (auto [sp, tp] : layouts) {
     SCOPED_TRACE(cat("sp ", sp, " tp ", tp));
     const Result<T> got = run_layout(cfg, sp, tp, windows, B, ctx, params, want.valid);
     EXPECT_EQ(got.sums.valid, want.valid);
@@ -143,12 +142,28 @@ void check_layouts(double tol) {
   }
 }
 
+// sp 8: slices of 2 positions, fewer than the 4 latents, which then span two ranks.
+const Layouts kLayouts = {{1, 1}, {2, 1}, {4, 1}, {1, 2}, {1, 4}, {2, 2}, {8, 1}, {8, 2}};
+
 // Double precision: the layouts sum the same terms in another order, so they agree with
 // one rank to ~1e-15 relative; 1e-11 catches any missing or doubled term.
-TEST(ParallelLayout, MatchesOneRankInDouble) { check_layouts<double>(1e-11); }
+TEST(ParallelLayout, MatchesOneRankInDouble) { check_layouts<double>(config(), kLayouts, 1e-11); }
 
 // Float32: agreement to float rounding, relative to the largest gradient.
-TEST(ParallelLayout, MatchesOneRankInFloat) { check_layouts<float>(2e-5); }
+TEST(ParallelLayout, MatchesOneRankInFloat) { check_layouts<float>(config(), kLayouts, 2e-5); }
+
+// Heads 16 wide and 8 latents: the cross-attention runs in the fused AVX-512 kernels (where
+// the build has them), whose scores and running sums are in base 2 while the log-sum-exp
+// that the sequence ranks merge is in nats; every rank sees all 8 latent queries.
+TEST(ParallelLayout, MatchesOneRankInFloatWithFusedAttentionShapes) {
+  ModelConfig c = config();
+  c.d_model = 32;
+  c.context_length = 32;
+  c.num_latents = 8;
+  c.cross_heads = 2;
+  c.self_heads = 2;
+  check_layouts<float>(c, {{2, 1}, {4, 1}, {1, 2}, {2, 2}}, 2e-5);
+}
 
 TEST(ParallelLayout, RejectsLayoutsThatDoNotFit) {
   ModelConfig c = config();
