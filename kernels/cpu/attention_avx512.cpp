@@ -74,10 +74,18 @@ inline void transpose16(__m512 r[16]) {
   }
 }
 
-// bt[d * ldt + j] = mult * b[j * ldb + d] for j < n, zero up to the next multiple of 16 (D
-// is one), in 16x16 tiles transposed in registers.
-void pack_transposed(const float* b, int64_t ldb, int64_t n, int64_t D, float* bt,
-                     int64_t ldt, float mult = 1.0f) {
+// The transposed key block as panels of kPanel keys: element (d, j) of b^T at
+// panel(j) + d * kPanel + j % kPanel, panel(j) = bt + (j / kPanel) * D * kPanel. The score
+// kernel then reads each panel front to back, where rows of a [D][keys] array would put
+// its consecutive loads a whole block row apart (the hardware prefetchers miss those).
+constexpr int64_t kPanel = 2 * kLanes;
+
+int64_t panels_size(int64_t keys, int64_t D) { return round_up(keys, kPanel) * D; }
+
+// bt = mult * b^T in panels, for j < n, zero up to the next multiple of 16 (D is one),
+// in 16x16 tiles transposed in registers.
+void pack_panels(const float* b, int64_t ldb, int64_t n, int64_t D, float* bt,
+                 float mult = 1.0f) {
   for (int64_t j = 0; j < n; j += kLanes) {
     const int64_t rows = std::max<int64_t>(0, std::min(kLanes, n - j));
     for (int64_t d = 0; d < D; d += kLanes) {
@@ -87,7 +95,8 @@ void pack_transposed(const float* b, int64_t ldb, int64_t n, int64_t D, float* b
       transpose16(r);
       if (mult != 1.0f)
         for (int64_t i = 0; i < kLanes; ++i) r[i] = _mm512_mul_ps(r[i], _mm512_set1_ps(mult));
-      for (int64_t i = 0; i < kLanes; ++i) _mm512_storeu_ps(bt + (d + i) * ldt + j, r[i]);
+      float* panel = bt + (j / kPanel) * D * kPanel + j % kPanel;
+      for (int64_t i = 0; i < kLanes; ++i) _mm512_storeu_ps(panel + (d + i) * kPanel, r[i]);
     }
   }
 }
@@ -107,18 +116,19 @@ inline float exp_row(float* row, int64_t c, int64_t n, float m) {
   return _mm512_reduce_add_ps(sum);
 }
 
-// s[r][j] = sum_d a[r][d] bt[d][j] for r < 8 and j < n (n a multiple of 16). Callers fold
-// the scale into one side beforehand, outside the loop over keys.
-void scores8(const float* a, int64_t D, const float* bt, int64_t ldt, int64_t n, float* s,
-             int64_t lds) {
+// s[r][j] = sum_d a[r][d] b[j][d] for r < 8 and j < n (n a multiple of 16), b^T in the
+// panels of pack_panels. Callers fold the scale into one side beforehand, outside the loop
+// over keys.
+void scores8(const float* a, int64_t D, const float* bt, int64_t n, float* s, int64_t lds) {
   int64_t j = 0;
-  for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
+  for (; j + kPanel <= n; j += kPanel) {
+    const float* panel = bt + j * D;
     __m512 c[kRows][2];
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) c[r][0] = c[r][1] = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; ++d) {
-      const __m512 b0 = _mm512_loadu_ps(bt + d * ldt + j);
-      const __m512 b1 = _mm512_loadu_ps(bt + d * ldt + j + kLanes);
+      const __m512 b0 = _mm512_loadu_ps(panel + d * kPanel);
+      const __m512 b1 = _mm512_loadu_ps(panel + d * kPanel + kLanes);
 #pragma GCC unroll 8
       for (int r = 0; r < kRows; ++r) {
         const __m512 ar = _mm512_set1_ps(a[r * D + d]);
@@ -132,12 +142,13 @@ void scores8(const float* a, int64_t D, const float* bt, int64_t ldt, int64_t n,
       _mm512_storeu_ps(s + r * lds + j + kLanes, c[r][1]);
     }
   }
-  if (j < n) {
+  if (j < n) {  // the first half of a last panel
+    const float* panel = bt + j * D;
     __m512 c[kRows];
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) c[r] = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; ++d) {
-      const __m512 b0 = _mm512_loadu_ps(bt + d * ldt + j);
+      const __m512 b0 = _mm512_loadu_ps(panel + d * kPanel);
 #pragma GCC unroll 8
       for (int r = 0; r < kRows; ++r)
         c[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r * D + d]), b0, c[r]);
@@ -297,7 +308,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
 
     FusedScratch& ws = FusedScratch::get();
     const int64_t bq8 = round_up(bq, kRows);
-    float* kt = sized(ws.kt, D * ldt);
+    float* kt = sized(ws.kt, panels_size(KB, D));
     float* vd = sized(ws.vd, KB * D);
     float* sc = sized(ws.s, kRows * ldt);
     float* acc = sized(ws.acc, bq8 * D);
@@ -314,7 +325,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
       if (s.k_pos[list[k0]] > q_pos_max) break;  // later blocks are later positions
       const int64_t bk = std::min<int64_t>(KB, int64_t(list.size()) - k0);
       blk.load(s, list, b, h, k0, bk, k, v);
-      pack_transposed(blk.k, blk.ld, bk, D, kt, ldt);
+      pack_panels(blk.k, blk.ld, bk, D, kt);
       copy_rows_in(blk.v, blk.ld, bk, D, vd);
       for (int64_t r0 = 0; r0 < bq; r0 += kRows) {
         const int64_t rows = std::min(kRows, bq - r0);
@@ -326,7 +337,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
         }
         if (c_max == 0) continue;
         const int64_t n = round_up(c_max, kLanes);
-        scores8(q_rows + r0 * D, D, kt, ldt, n, sc, ldt);
+        scores8(q_rows + r0 * D, D, kt, n, sc, ldt);
         for (int64_t r = 0; r < kRows; ++r) {
           float* row = sc + r * ldt;
           const int64_t c = vis[r];
@@ -417,8 +428,8 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
       for (int64_t j = 0; j < s.nk; ++j)
         if (!s.k_keep[b * s.nk + j]) zero_row(j);
 
-    float* kt = sized(ws.kt, D * ldt);
-    float* vt = sized(ws.vt, D * ldt);
+    float* kt = sized(ws.kt, panels_size(KB, D));
+    float* vt = sized(ws.vt, panels_size(KB, D));
     float* p = sized(ws.s, kRows * ldt);
     float* ds = sized(ws.p, kRows * ldt);
     float* kd = sized(ws.kd, KB * D);
@@ -430,8 +441,8 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
       if (s.k_pos[list[k0]] > q_pos_max) break;
       const int64_t bk = std::min<int64_t>(KB, int64_t(list.size()) - k0);
       blk.load(s, list, b, h, k0, bk, k, v);
-      pack_transposed(blk.k, blk.ld, bk, D, kt, ldt);
-      pack_transposed(blk.v, blk.ld, bk, D, vt, ldt, scale);  // dP comes out times scale
+      pack_panels(blk.k, blk.ld, bk, D, kt);
+      pack_panels(blk.v, blk.ld, bk, D, vt, scale);  // dP comes out times scale
       copy_rows_in(blk.k, blk.ld, bk, D, kd);
       std::fill(dkb, dkb + 2 * KB * D, 0.0f);
       for (int64_t r0 = 0; r0 < s.nq; r0 += kRows) {
@@ -446,8 +457,8 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
         const int64_t n = round_up(c_max, kLanes);
         const float* qt = q_rows + r0 * D;
         const float* gt = g_rows + r0 * D;
-        scores8(q_scaled + r0 * D, D, kt, ldt, n, p, ldt);
-        scores8(gt, D, vt, ldt, n, ds, ldt);
+        scores8(q_scaled + r0 * D, D, kt, n, p, ldt);
+        scores8(gt, D, vt, n, ds, ldt);
         for (int64_t r = 0; r < kRows; ++r) {
           float* pr = p + r * ldt;
           float* g = ds + r * ldt;
