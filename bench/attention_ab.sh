@@ -3,7 +3,9 @@
 # includes) of an older commit against the working tree, both compiled into one program
 # and run in alternating order, round by round. On a shared machine whole training steps
 # vary by ±20–30%; a change of a few percent in one kernel shows only this way.
-#   bench/attention_ab.sh REV [keys 131072] [threads 2] [rounds 8] [queries] [heads] [head_dim]
+#   bench/attention_ab.sh REV [keys 131072] [threads 2] [rounds 8] [queries 256] [heads 8]
+#                         [head_dim 32] [old k_block] [new k_block]   (0: the default)
+# (REV = HEAD with two key block sizes compares those on the same kernels.)
 # Needs g++ and OpenBLAS's headers (tools/setup.sh installs both); builds in a temporary
 # directory with the flags of a native Release build.
 set -euo pipefail

@@ -3,6 +3,7 @@
 // kind of machine the second of two back-to-back runs is often slower), and prints each
 // round's new/old time ratios, their medians, and how far the outputs differ.
 //   attention_ab [keys 131072] [threads 2] [rounds 8] [queries 256] [heads 8] [head_dim 32]
+//                [old k_block] [new k_block]      (0: each tree's default)
 #include <omp.h>
 #include <sys/mman.h>
 
@@ -16,7 +17,7 @@
 extern "C" {
 using Entry = void(int64_t, int64_t, int64_t, int64_t, const int64_t*, const int64_t*,
                    const float*, const float*, const float*, const float*, float*, float*,
-                   float*, float*, float*, double*, double*);
+                   float*, float*, float*, int64_t, double*, double*);
 Entry ab_run_old, ab_run_new;
 }
 
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
   auto arg = [&](int i, int64_t fallback) { return argc > i ? std::atoll(argv[i]) : fallback; };
   const int64_t nk = arg(1, 131072), threads = arg(2, 2), rounds = arg(3, 8), nq = arg(4, 256),
                 heads = arg(5, 8), head_dim = arg(6, 32);
+  const int64_t k_block[2] = {arg(7, 0), arg(8, 0)};
   omp_set_num_threads(int(threads));
   const size_t w = size_t(heads * head_dim), q_size = size_t(nq) * w, k_size = size_t(nk) * w;
   std::vector<int64_t> q_pos(static_cast<size_t>(nq)), k_pos(static_cast<size_t>(nk));
@@ -84,7 +86,7 @@ int main(int argc, char** argv) {
     double f, b;
     Outputs& o = out[side];
     entry[side](nq, nk, heads, head_dim, q_pos.data(), k_pos.data(), q, k, v, g, o.o, o.lse,
-                o.dq, o.dk, o.dv, &f, &b);
+                o.dq, o.dk, o.dv, k_block[side], &f, &b);
   }
   for (int64_t r = 0; r < rounds; ++r) {
     for (int side_index = 0; side_index < 2; ++side_index) {
@@ -92,7 +94,7 @@ int main(int argc, char** argv) {
       Outputs& o = out[side];
       double f, b;
       entry[side](nq, nk, heads, head_dim, q_pos.data(), k_pos.data(), q, k, v, g, o.o, o.lse,
-                  o.dq, o.dk, o.dv, &f, &b);
+                  o.dq, o.dk, o.dv, k_block[side], &f, &b);
       fwd[side].push_back(f);
       bwd[side].push_back(b);
     }
@@ -103,10 +105,11 @@ int main(int argc, char** argv) {
                 fwd[1].back() * 1e3, fwd_ratio.back(), bwd[0].back() * 1e3, bwd[1].back() * 1e3,
                 bwd_ratio.back());
   }
-  std::printf("keys %lld, queries %lld, heads %lld x %lld, %lld threads, %lld rounds\n",
+  std::printf("keys %lld, queries %lld, heads %lld x %lld, %lld threads, %lld rounds, key blocks %lld -> %lld (0: default)\n",
               static_cast<long long>(nk), static_cast<long long>(nq),
               static_cast<long long>(heads), static_cast<long long>(head_dim),
-              static_cast<long long>(threads), static_cast<long long>(rounds));
+              static_cast<long long>(threads), static_cast<long long>(rounds),
+              static_cast<long long>(k_block[0]), static_cast<long long>(k_block[1]));
   std::printf("new/old time, median of the rounds: forward %.3f, backward %.3f\n",
               median(fwd_ratio), median(bwd_ratio));
   std::printf("best times: forward %.1f -> %.1f ms, backward %.1f -> %.1f ms\n",

@@ -15,12 +15,13 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 }  // namespace
 
 // The cross-attention of cpu-131k's shape: nq latent queries at the last positions over
-// nk keys, heads x head_dim. Buffers are the caller's (q, k, v, dO in; the rest out).
+// nk keys, heads x head_dim. Buffers are the caller's (q, k, v, dO in; the rest out);
+// k_block 0 keeps the tree's default key block.
 extern "C" void AB_ENTRY(int64_t nq, int64_t nk, int64_t heads, int64_t head_dim,
                          const int64_t* q_pos, const int64_t* k_pos, const float* q,
                          const float* k, const float* v, const float* d_o, float* o,
-                         float* lse, float* dq, float* dk, float* dv, double* forward_s,
-                         double* backward_s) {
+                         float* lse, float* dq, float* dk, float* dv, int64_t k_block,
+                         double* forward_s, double* backward_s) {
   par::AttentionShape s;
   s.batch = 1;
   s.nq = nq;
@@ -30,7 +31,8 @@ extern "C" void AB_ENTRY(int64_t nq, int64_t nk, int64_t heads, int64_t head_dim
   s.q_pos = q_pos;
   s.k_pos = k_pos;
   s.scale = 1.0 / std::sqrt(double(head_dim));
-  const par::cpu::AttentionBlocking blocking;
+  par::cpu::AttentionBlocking blocking;
+  if (k_block > 0) blocking.k_block = k_block;
   auto t = std::chrono::steady_clock::now();
   par::cpu::attention_forward_fused(s, q, k, v, o, lse, blocking);
   *forward_s = seconds_since(t);
