@@ -5,8 +5,9 @@
 // over 8 queries at a time instead of sgemm calls. With a head dimension of 32, every
 // product of attention has one side 32 wide, a shape on which sgemm spends much of its
 // time packing and storing rather than multiplying; here each key block is transposed
-// once (Kt, Vt: [head_dim][keys]) and reused by every group of 8 queries, the scores
-// stay in an L1-sized buffer, and the outputs accumulate in registers.
+// once (Kt, Vt: [head_dim][keys], in panels of 32 keys) and reused by every group of 8
+// queries, the scores stay in an L1-sized buffer, and the outputs accumulate in registers.
+// Scores are in base 2 (log2(e) is folded into the query scale), so the softmax takes 2^y.
 //
 // The micro-kernels keep 16 accumulators of 16 lanes: 8 queries x 32 keys for scores,
 // 8 queries x 32 dimensions for P.V-shaped products, and 4 keys x 32 dimensions (the 8
