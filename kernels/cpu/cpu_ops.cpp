@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/dropout_span.h"
+#include "kernels/cpu/rotary_rows.h"
 #include "kernels/cpu/linear_tall.h"
 
 namespace par::cpu {
@@ -249,24 +250,12 @@ template <typename T>
 void CpuOps<T>::rotary(T* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim,
                        int64_t bands, const T* cos_table, const T* sin_table, bool inverse) {
   if (bands == 0) return;
-  const int64_t width = heads * head_dim;
   const int64_t rows = batch * n;
-  const T sign = inverse ? T(-1) : T(1);
-#pragma omp parallel for schedule(static) if (rows * width >= kParallelMin)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t i = r % n;
-    const T* cs = cos_table + i * bands;
-    const T* sn = sin_table + i * bands;
-    T* row = x + r * width;
-    for (int64_t h = 0; h < heads; ++h) {
-      T* u = row + h * head_dim;
-      for (int64_t k = 0; k < bands; ++k) {
-        const T c = cs[k], s = sign * sn[k];
-        const T a = u[2 * k], b = u[2 * k + 1];
-        u[2 * k] = a * c - b * s;
-        u[2 * k + 1] = b * c + a * s;
-      }
-    }
+#pragma omp parallel if (rows * heads * head_dim >= kParallelMin)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    rotary_rows(x, rows * t / nt, rows * (t + 1) / nt, n, heads, head_dim, bands, cos_table,
+                sin_table, inverse);
   }
 }
 
