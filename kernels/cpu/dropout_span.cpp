@@ -7,13 +7,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which trips
-// -Wmaybe-uninitialized inside its own header wherever they are inlined.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "kernels/cpu/avx512_intrinsics.h"
 
 namespace par::cpu {
 

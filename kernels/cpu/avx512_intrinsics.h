@@ -1,0 +1,12 @@
+// The AVX-512 intrinsics of the CPU kernels, where the build targets them.
+//
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which trips
+// -Wmaybe-uninitialized inside its own header wherever they are inlined. The pragma below
+// silences that warning for the rest of the file that includes this one.
+#pragma once
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
