@@ -26,9 +26,11 @@ constexpr int64_t kParallelMin = 1 << 15;
 
 // Sums the rows of a [rows, cols] matrix into acc (double) with a fixed partition of the
 // rows over threads and a fixed order of combining them, so the result is reproducible.
+// `elements` (the work of all rows together) decides whether threads pay.
 template <typename F>
-void reduce_rows(int64_t rows, int64_t cols, std::vector<double>& acc, F&& row_fn) {
-  const int nt = rows * cols >= kParallelMin ? omp_get_max_threads() : 1;
+void reduce_rows(int64_t rows, int64_t cols, int64_t elements, std::vector<double>& acc,
+                 F&& row_fn) {
+  const int nt = elements >= kParallelMin ? omp_get_max_threads() : 1;
   std::vector<double> part(static_cast<size_t>(nt) * size_t(cols), 0.0);
 #pragma omp parallel num_threads(nt)
   {
@@ -43,35 +45,49 @@ void reduce_rows(int64_t rows, int64_t cols, std::vector<double>& acc, F&& row_f
     for (int64_t c = 0; c < cols; ++c) acc[c] += part[size_t(t) * size_t(cols) + c];
 }
 
-// One row of the LayerNorm backward: dx (= or +=), and the row's terms of dw (s[0..d)) and
-// db (s[d..2d)) added in double. A plain function: GCC 12 leaves the reductions scalar when
-// they sit in the body of the lambda that reduce_rows calls.
+// Rows per block of the LayerNorm backward: a block's dw and db terms are summed in T,
+// then added in double. Converting and adding every row's terms in double cost as much as
+// the rest of the row; 8 rows of float sums round no worse than the float gradient itself.
+constexpr int64_t kLayerNormBlock = 8;
+
+// Rows [r0, r1) of the LayerNorm backward, at most kLayerNormBlock of them: dx (= or +=),
+// and the rows' terms of dw (s[0..d)) and db (s[d..2d)). A plain function: GCC 12 leaves
+// the reductions scalar when they sit in the body of the lambda that reduce_rows calls.
 template <typename T>
-void layernorm_backward_row(T* out, bool accumulate, double* s, const T* g, const T* xr, T mu,
-                            T rs, const T* w, int64_t d) {
+void layernorm_backward_rows(T* dx, bool accumulate, double* s, const T* dy, const T* x,
+                             const T* mean, const T* rstd, const T* w, int64_t r0, int64_t r1,
+                             int64_t d) {
+  static thread_local std::vector<T> block_sums;
+  if (int64_t(block_sums.size()) < 2 * d) block_sums.resize(size_t(2 * d));
+  T* bs = block_sums.data();
+  std::fill(bs, bs + 2 * d, T(0));
   const T inv_d = T(1) / T(d);
-  T sum_gw = 0, sum_gw_xhat = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* g = dy + r * d;
+    const T* xr = x + r * d;
+    T* out = dx + r * d;
+    const T mu = mean[r], rs = rstd[r];
+    T sum_gw = 0, sum_gw_xhat = 0;
 #pragma omp simd reduction(+ : sum_gw, sum_gw_xhat)
-  for (int64_t c = 0; c < d; ++c) {
-    const T xhat = (xr[c] - mu) * rs;
-    const T gw = g[c] * w[c];
-    sum_gw += gw;
-    sum_gw_xhat += gw * xhat;
+    for (int64_t c = 0; c < d; ++c) {
+      const T xhat = (xr[c] - mu) * rs;
+      const T gw = g[c] * w[c];
+      sum_gw += gw;
+      sum_gw_xhat += gw * xhat;
+      bs[c] += g[c] * xhat;
+      bs[d + c] += g[c];
+    }
+    const T m1 = sum_gw * inv_d, m2 = sum_gw_xhat * inv_d;
+    if (accumulate) {
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) out[c] += rs * (g[c] * w[c] - m1 - (xr[c] - mu) * rs * m2);
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) out[c] = rs * (g[c] * w[c] - m1 - (xr[c] - mu) * rs * m2);
+    }
   }
 #pragma omp simd
-  for (int64_t c = 0; c < d; ++c) {
-    const T xhat = (xr[c] - mu) * rs;
-    s[c] += double(g[c] * xhat);
-    s[d + c] += double(g[c]);
-  }
-  const T m1 = sum_gw * inv_d, m2 = sum_gw_xhat * inv_d;
-  if (accumulate) {
-#pragma omp simd
-    for (int64_t c = 0; c < d; ++c) out[c] += rs * (g[c] * w[c] - m1 - (xr[c] - mu) * rs * m2);
-  } else {
-#pragma omp simd
-    for (int64_t c = 0; c < d; ++c) out[c] = rs * (g[c] * w[c] - m1 - (xr[c] - mu) * rs * m2);
-  }
+  for (int64_t c = 0; c < 2 * d; ++c) s[c] += double(bs[c]);
 }
 
 }  // namespace
@@ -172,7 +188,7 @@ void CpuOps<T>::linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T
   if (dw) cpu::gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
   if (db) {
     std::vector<double> acc;
-    reduce_rows(rows, out, acc, [&](int64_t r, double* s) {
+    reduce_rows(rows, out, rows * out, acc, [&](int64_t r, double* s) {
       const T* row = dy + r * out;
       for (int64_t c = 0; c < out; ++c) s[c] += row[c];
     });
@@ -235,10 +251,12 @@ void CpuOps<T>::layernorm_backward(T* dx, bool accumulate_dx, T* dw, T* db, cons
                                    const T* x, const T* mean, const T* rstd, const T* w,
                                    int64_t rows, int64_t d) {
   std::vector<double> acc;
-  // Per-thread partial sums of dw (first d) and db (last d).
-  reduce_rows(rows, 2 * d, acc, [&](int64_t r, double* s) {
-    layernorm_backward_row(dx + r * d, accumulate_dx, s, dy + r * d, x + r * d, mean[r], rstd[r],
-                           w, d);
+  // Per-thread partial sums of dw (first d) and db (last d), a block of rows at a time.
+  const int64_t blocks = (rows + kLayerNormBlock - 1) / kLayerNormBlock;
+  reduce_rows(blocks, 2 * d, rows * 2 * d, acc, [&](int64_t blk, double* s) {
+    const int64_t r0 = blk * kLayerNormBlock;
+    layernorm_backward_rows(dx, accumulate_dx, s, dy, x, mean, rstd, w, r0,
+                            std::min(rows, r0 + kLayerNormBlock), d);
   });
   for (int64_t c = 0; c < d; ++c) {
     dw[c] += T(acc[size_t(c)]);
@@ -411,7 +429,7 @@ double CpuOps<T>::sum_squares(const T* x, int64_t n) {
   std::vector<double> acc;
   const int64_t chunk = 1 << 16;
   const int64_t chunks = (n + chunk - 1) / chunk;
-  // reduce_rows sizes its thread count by rows * cols; count elements instead of chunks.
+  // Threads by the element count, not the chunk count.
   const int nt = n >= kParallelMin ? omp_get_max_threads() : 1;
   std::vector<double> part(size_t(nt), 0.0);
 #pragma omp parallel num_threads(nt)
