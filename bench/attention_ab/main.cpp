@@ -80,21 +80,22 @@ int main(int argc, char** argv) {
   Outputs out[2] = {Outputs(q_size, k_size, size_t(heads * nq)),
                     Outputs(q_size, k_size, size_t(heads * nq))};
   Entry* entry[2] = {ab_run_old, ab_run_new};
+  auto run = [&](int side, double* f, double* b) {
+    Outputs& o = out[side];
+    entry[side](nq, nk, heads, head_dim, q_pos.data(), k_pos.data(), q, k, v, g, o.o, o.lse,
+                o.dq, o.dk, o.dv, k_block[side], f, b);
+  };
 
   std::vector<double> fwd[2], bwd[2], fwd_ratio, bwd_ratio;
   for (int side = 0; side < 2; ++side) {  // warm-up: first touches, scratch buffers
     double f, b;
-    Outputs& o = out[side];
-    entry[side](nq, nk, heads, head_dim, q_pos.data(), k_pos.data(), q, k, v, g, o.o, o.lse,
-                o.dq, o.dk, o.dv, k_block[side], &f, &b);
+    run(side, &f, &b);
   }
   for (int64_t r = 0; r < rounds; ++r) {
     for (int side_index = 0; side_index < 2; ++side_index) {
       const int side = (r % 2 == 0) ? side_index : 1 - side_index;  // alternate the order
-      Outputs& o = out[side];
       double f, b;
-      entry[side](nq, nk, heads, head_dim, q_pos.data(), k_pos.data(), q, k, v, g, o.o, o.lse,
-                  o.dq, o.dk, o.dv, k_block[side], &f, &b);
+      run(side, &f, &b);
       fwd[side].push_back(f);
       bwd[side].push_back(b);
     }

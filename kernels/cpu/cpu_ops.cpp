@@ -429,18 +429,10 @@ double CpuOps<T>::sum_squares(const T* x, int64_t n) {
   std::vector<double> acc;
   const int64_t chunk = 1 << 16;
   const int64_t chunks = (n + chunk - 1) / chunk;
-  // Threads by the element count, not the chunk count.
-  const int nt = n >= kParallelMin ? omp_get_max_threads() : 1;
-  std::vector<double> part(size_t(nt), 0.0);
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num(), m = omp_get_num_threads();
-    for (int64_t c = chunks * t / m; c < chunks * (t + 1) / m; ++c)
-      part[size_t(t)] += sum_of_squares(x + c * chunk, std::min(chunk, n - c * chunk));
-  }
-  double total = 0;
-  for (double p : part) total += p;
-  return total;
+  reduce_rows(chunks, 1, n, acc, [&](int64_t c, double* s) {
+    s[0] += sum_of_squares(x + c * chunk, std::min(chunk, n - c * chunk));
+  });
+  return acc[0];
 }
 
 template <typename T>
