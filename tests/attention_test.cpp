@@ -13,6 +13,8 @@
 namespace par {
 namespace {
 
+using testing_util::cast;
+using testing_util::max_rel_err;
 using testing_util::random_vector;
 
 // Reference: materializes each query's whole score row, in double.
@@ -80,26 +82,6 @@ Naive naive_attention(const AttentionShape& s, const std::vector<double>& q,
         }
       }
   return r;
-}
-
-template <typename T>
-std::vector<T> cast(const std::vector<double>& x) {
-  return std::vector<T>(x.begin(), x.end());
-}
-
-// Largest |a - b| relative to the largest |b| (so near-zero entries do not dominate).
-template <typename T>
-double max_rel_err(const std::vector<T>& a, const std::vector<double>& b) {
-  double err = 0, ref = 1e-30;
-  for (size_t i = 0; i < b.size(); ++i) {
-    if (std::isinf(b[i])) {
-      if (!(std::isinf(double(a[i])) && (a[i] < 0) == (b[i] < 0))) return INFINITY;
-      continue;
-    }
-    err = std::max(err, std::abs(double(a[i]) - b[i]));
-    ref = std::max(ref, std::abs(b[i]));
-  }
-  return err / ref;
 }
 
 struct Case {

@@ -14,20 +14,8 @@
 namespace par {
 namespace {
 
-template <typename T>
-std::vector<T> cast(const std::vector<double>& v) {
-  return std::vector<T>(v.begin(), v.end());
-}
-
-// max |a - b| over max |b|.
-double rel_err(const std::vector<float>& a, const std::vector<double>& b) {
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    err = std::max(err, std::abs(double(a[i]) - b[i]));
-    scale = std::max(scale, std::abs(b[i]));
-  }
-  return err / scale;
-}
+using testing_util::cast;
+using testing_util::max_rel_err;
 
 TEST(CpuLayerNorm, FloatBackwardMatchesDouble) {
   const int64_t rows = 1003, d = 256;
@@ -60,9 +48,9 @@ TEST(CpuLayerNorm, FloatBackwardMatchesDouble) {
     std::vector<float> dx = cast<float>(dx0), dw(size_t(d), 0.0f), db(size_t(d), 0.0f);
     ops.layernorm_backward(dx.data(), true, dw.data(), db.data(), dyf.data(), xf.data(),
                            muf.data(), rsf.data(), wf.data(), rows, d);
-    EXPECT_LE(rel_err(dx, want_dx), 1e-5) << "dx";
-    EXPECT_LE(rel_err(dw, want_dw), 1e-5) << "dw";
-    EXPECT_LE(rel_err(db, want_db), 1e-5) << "db";
+    EXPECT_LE(max_rel_err(dx, want_dx), 1e-5) << "dx";
+    EXPECT_LE(max_rel_err(dw, want_dw), 1e-5) << "dw";
+    EXPECT_LE(max_rel_err(db, want_db), 1e-5) << "db";
     // Written rather than accumulated: the same gradient without dx0.
     std::vector<float> dx_new(dx.size(), 123.0f);
     std::fill(dw.begin(), dw.end(), 0.0f);
@@ -71,8 +59,8 @@ TEST(CpuLayerNorm, FloatBackwardMatchesDouble) {
                            muf.data(), rsf.data(), wf.data(), rows, d);
     std::vector<double> want_new(want_dx.size());
     for (size_t i = 0; i < want_new.size(); ++i) want_new[i] = want_dx[i] - dx0[i];
-    EXPECT_LE(rel_err(dx_new, want_new), 1e-5) << "dx written";
-    EXPECT_LE(rel_err(dw, want_dw), 1e-5) << "dw, second call";
+    EXPECT_LE(max_rel_err(dx_new, want_new), 1e-5) << "dx written";
+    EXPECT_LE(max_rel_err(dw, want_dw), 1e-5) << "dw, second call";
   }
   omp_set_num_threads(saved);
 }

@@ -11,9 +11,12 @@
 #include "core/model.h"
 #include "data/h5.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "tests/test_util.h"
 
 namespace par {
 namespace {
+
+using testing_util::max_rel_err;
 
 const std::string kGolden = std::string(PAR_TESTDATA_DIR) + "/golden-tiny.h5";
 
@@ -30,17 +33,6 @@ ModelConfig read_config(hid_t g) {
   c.rotary_fraction = h5::read_attribute<double>(g, "rotary_fraction");
   c.max_wavelength = h5::read_attribute<double>(g, "max_wavelength");
   return c;
-}
-
-// max |a - b| / max |b|: relative to the tensor's scale, so tiny entries do not dominate.
-template <typename T>
-double rel_err(const std::vector<T>& a, const std::vector<double>& b) {
-  double err = 0, ref = 1e-300;
-  for (size_t i = 0; i < b.size(); ++i) {
-    err = std::max(err, std::abs(double(a[i]) - b[i]));
-    ref = std::max(ref, std::abs(b[i]));
-  }
-  return err / ref;
 }
 
 template <typename T>
@@ -69,7 +61,7 @@ void check_golden(const std::string& name, double tol) {
   const double mean_ce = h5::read_attribute<double>(g.id(), "mean_ce");
   EXPECT_NEAR(sums.objective / double(sums.valid), objective, tol * std::abs(objective));
   EXPECT_NEAR(sums.ce / double(sums.valid), mean_ce, tol * std::abs(mean_ce));
-  EXPECT_LE(rel_err(model.logits(), h5::read_dataset<double>(g.id(), "logits")), tol) << "logits";
+  EXPECT_LE(max_rel_err(model.logits(), h5::read_dataset<double>(g.id(), "logits")), tol) << "logits";
   // The reference lists ce for PAD targets too; they are not part of the loss and the
   // model reports 0 for them, so only valid targets are compared.
   auto ce_ref = h5::read_dataset<double>(g.id(), "ce");
@@ -84,8 +76,8 @@ void check_golden(const std::string& name, double tol) {
         ++pad_targets;
       }
   EXPECT_EQ(sums.valid + pad_targets, B * M);
-  EXPECT_LE(rel_err(ce, ce_ref), tol) << "ce";
-  EXPECT_LE(rel_err(model.lse(), h5::read_dataset<double>(g.id(), "lse")), tol) << "lse";
+  EXPECT_LE(max_rel_err(ce, ce_ref), tol) << "ce";
+  EXPECT_LE(max_rel_err(model.lse(), h5::read_dataset<double>(g.id(), "lse")), tol) << "lse";
 
   model.zero_grads();
   model.backward(1.0 / double(sums.valid));
@@ -96,7 +88,7 @@ void check_golden(const std::string& name, double tol) {
     const auto ref = h5::read_dataset<double>(g.id(), "grads/" + p.name);
     ASSERT_EQ(int64_t(ref.size()), p.numel) << p.name;
     std::vector<T> mine(grads.begin() + p.offset, grads.begin() + p.offset + p.numel);
-    EXPECT_LE(rel_err(mine, ref), tol) << "grad of " << p.name;
+    EXPECT_LE(max_rel_err(mine, ref), tol) << "grad of " << p.name;
     ++checked;
   }
   EXPECT_EQ(checked, int(model.layout().params().size()));

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <random>
@@ -48,6 +49,28 @@ inline void expect_gradient(const std::string& what, std::vector<double>& x,
                     << fd;
   }
   EXPECT_EQ(failures, 0) << what << ": " << failures << " mismatches";
+}
+
+// The float (or double) copy of a double reference's inputs.
+template <typename T>
+std::vector<T> cast(const std::vector<double>& x) {
+  return std::vector<T>(x.begin(), x.end());
+}
+
+// max |a - b| / max |b|: relative to the tensor's scale, so tiny entries do not dominate.
+// Infinite references (a log-sum-exp of no visible key) must be matched exactly.
+template <typename T>
+double max_rel_err(const std::vector<T>& a, const std::vector<double>& b) {
+  double err = 0, ref = 1e-300;
+  for (size_t i = 0; i < b.size(); ++i) {
+    if (std::isinf(b[i])) {
+      if (!(std::isinf(double(a[i])) && (a[i] < 0) == (b[i] < 0))) return INFINITY;
+      continue;
+    }
+    err = std::max(err, std::abs(double(a[i]) - b[i]));
+    ref = std::max(ref, std::abs(b[i]));
+  }
+  return err / ref;
 }
 
 inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
