@@ -26,12 +26,9 @@
 #include <vector>
 
 #include "kernels/cpu/attention_blocks.h"
+#include "kernels/cpu/avx512_intrinsics.h"
 #include "kernels/cpu/exp2_avx512.h"
 #include "kernels/cpu/fast_exp.h"
-
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_ps(), which trips
-// -Wmaybe-uninitialized inside its own header wherever they are inlined.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace par::cpu {
 

@@ -1,4 +1,5 @@
-// The AVX-512 intrinsics of the CPU kernels, where the build targets them.
+// The AVX-512 intrinsics of the CPU kernels (attention, dropout, rotary), where the build
+// targets them.
 //
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which trips
 // -Wmaybe-uninitialized inside its own header wherever they are inlined. The pragma below
