@@ -1,8 +1,11 @@
-// The CPU linear layer on tall inputs (the k/v projections of every input position), which
-// runs in row chunks, each thread on its own slice of rows with its own partial weight and
-// bias gradients: forward and backward against naive sums in double, with gradients
+// The CPU linear layer against naive sums in double, forward and backward, with gradients
 // accumulating onto what is already there, for thread counts that do and do not divide
-// the rows.
+// the work:
+// - on tall inputs (the k/v projections of every input position), which run in row
+//   chunks, each thread on its own slice of rows with its own partial weight and bias
+//   gradients;
+// - on short ones (the latents' layers), whose backward computes the input gradient on
+//   half of the threads and the weight and bias gradients on the other half.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -17,8 +20,13 @@ namespace {
 
 using testing_util::random_vector;
 
+struct Shape {
+  int64_t rows, in, out;
+};
 // 8193 rows: tall, more than one chunk per thread, and not divisible by 2 or 3 threads.
-constexpr int64_t kRows = 8193, kIn = 64, kOut = 48;
+constexpr Shape kTall{8193, 64, 48};
+// Short: 77 rows and 53 output columns split unevenly between the two halves of 2-4 threads.
+constexpr Shape kShort{77, 40, 53};
 
 double relative_error(const std::vector<double>& ref, const auto& got) {
   double err = 0, scale = 0;
@@ -35,8 +43,8 @@ std::vector<T> as(const std::vector<double>& v) {
 }
 
 template <typename T>
-void check_tall_linear(int threads, double tol) {
-  ASSERT_TRUE(cpu::is_tall_linear(kRows, kIn, kOut));
+void check_linear(Shape shape, int threads, double tol) {
+  const int64_t kRows = shape.rows, kIn = shape.in, kOut = shape.out;
   const auto x = random_vector<double>(kRows * kIn, 1), dy = random_vector<double>(kRows * kOut, 2);
   const auto w = random_vector<double>(kOut * kIn, 3), b = random_vector<double>(kOut, 4);
   const auto dw0 = random_vector<double>(kOut * kIn, 5), db0 = random_vector<double>(kOut, 6);
@@ -83,10 +91,42 @@ void check_tall_linear(int threads, double tol) {
 // Double: exact up to rounding whatever the slicing. Float: sums of 8193 products of O(1)
 // terms carry ~1e-6 relative error; 1e-5 flags any missing or doubled chunk or slice.
 TEST(CpuLinear, TallLayerMatchesNaiveSums) {
+  ASSERT_TRUE(cpu::is_tall_linear(kTall.rows, kTall.in, kTall.out));
   for (int threads : {1, 2, 3}) {
-    check_tall_linear<double>(threads, 1e-12);
-    check_tall_linear<float>(threads, 1e-5);
+    check_linear<double>(kTall, threads, 1e-12);
+    check_linear<float>(kTall, threads, 1e-5);
   }
+}
+
+TEST(CpuLinear, ShortLayerMatchesNaiveSums) {
+  ASSERT_FALSE(cpu::is_tall_linear(kShort.rows, kShort.in, kShort.out));
+  for (int threads : {1, 2, 3, 4}) {
+    check_linear<double>(kShort, threads, 1e-12);
+    check_linear<float>(kShort, threads, 1e-5);
+  }
+}
+
+// Every element of the short layer's gradients comes from one thread, and the bias sums
+// its rows in order, so the thread count does not change a bit.
+TEST(CpuLinear, ShortLayerBackwardDoesNotDependOnThreads) {
+  const auto [rows, in, out] = kShort;
+  const auto x = testing_util::random_vector<float>(rows * in, 1);
+  const auto dy = testing_util::random_vector<float>(rows * out, 2);
+  const auto w = testing_util::random_vector<float>(out * in, 3);
+  auto backward = [&](int threads) {
+    std::vector<float> dx(size_t(rows * in), 0.5f), dw(size_t(out * in), 0.25f);
+    std::vector<float> db(size_t(out), 0.125f);
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    cpu::CpuOps<float>().linear_backward(dx.data(), true, dw.data(), db.data(), dy.data(),
+                                         x.data(), w.data(), rows, in, out);
+    omp_set_num_threads(saved);
+    dx.insert(dx.end(), dw.begin(), dw.end());
+    dx.insert(dx.end(), db.begin(), db.end());
+    return dx;
+  };
+  const auto one = backward(1);
+  for (int threads : {2, 3, 4}) EXPECT_EQ(backward(threads), one) << threads << " threads";
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/dropout_span.h"
 #include "kernels/cpu/rotary_rows.h"
+#include "kernels/cpu/linear_paired.h"
 #include "kernels/cpu/linear_tall.h"
 
 namespace par::cpu {
@@ -183,6 +184,7 @@ void CpuOps<T>::linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T
                                 int64_t out) {
   if (is_tall_linear(rows, in, out))
     return tall_linear_backward(dx, accumulate_dx, dw, db, dy, x, w, rows, in, out);
+  if (dx && dw) return paired_linear_backward(dx, accumulate_dx, dw, db, dy, x, w, rows, in, out);
   if (dx) cpu::gemm<T>(false, false, rows, in, out, T(1), dy, out, w, in,
                        accumulate_dx ? T(1) : T(0), dx, in);
   if (dw) cpu::gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
