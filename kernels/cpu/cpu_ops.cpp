@@ -15,6 +15,7 @@
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/dropout_span.h"
 #include "kernels/cpu/rotary_rows.h"
+#include "kernels/cpu/thread_share.h"
 #include "kernels/cpu/linear_paired.h"
 #include "kernels/cpu/linear_tall.h"
 
@@ -35,11 +36,9 @@ void reduce_rows(int64_t rows, int64_t cols, int64_t elements, std::vector<doubl
   std::vector<double> part(static_cast<size_t>(nt) * size_t(cols), 0.0);
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num();
-    const int n = omp_get_num_threads();
-    const int64_t r0 = rows * t / n, r1 = rows * (t + 1) / n;
-    double* mine = part.data() + size_t(t) * size_t(cols);
-    for (int64_t r = r0; r < r1; ++r) row_fn(r, mine);
+    const ThreadShare mine(rows);
+    double* sums = part.data() + size_t(omp_get_thread_num()) * size_t(cols);
+    for (int64_t r = mine.first; r < mine.last; ++r) row_fn(r, sums);
   }
   acc.assign(size_t(cols), 0.0);
   for (int t = 0; t < nt; ++t)
@@ -213,12 +212,11 @@ void CpuOps<T>::embedding_backward(T* dtable, const int32_t* ids, const T* dh, i
   // order of additions is fixed.
 #pragma omp parallel if (rows * d >= kParallelMin)
   {
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    const int64_t c0 = d * t / n, c1 = d * (t + 1) / n;
+    const ThreadShare cols(d);
     for (int64_t r = 0; r < rows; ++r) {
       T* dst = dtable + int64_t(ids[r]) * d;
       const T* src = dh + r * d;
-      for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
+      for (int64_t c = cols.first; c < cols.last; ++c) dst[c] += src[c];
     }
   }
 }
@@ -273,9 +271,9 @@ void CpuOps<T>::rotary(T* x, int64_t batch, int64_t n, int64_t heads, int64_t he
   const int64_t rows = batch * n;
 #pragma omp parallel if (rows * heads * head_dim >= kParallelMin)
   {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    rotary_rows(x, rows * t / nt, rows * (t + 1) / nt, n, heads, head_dim, bands, cos_table,
-                sin_table, inverse);
+    const ThreadShare mine(rows);
+    rotary_rows(x, mine.first, mine.last, n, heads, head_dim, bands, cos_table, sin_table,
+                inverse);
   }
 }
 
@@ -308,10 +306,9 @@ void CpuOps<T>::dropout(T* y, const T* x, int64_t batch, int64_t per_example, do
     // Threads take contiguous spans of whole blocks of the vector kernel.
 #pragma omp parallel if (per_example >= kParallelMin)
     {
-      const int t = omp_get_thread_num(), n = omp_get_num_threads();
-      const int64_t units = (per_example + kDropoutBlock - 1) / kDropoutBlock;
-      const int64_t begin = std::min(per_example, units * t / n * kDropoutBlock);
-      const int64_t end = std::min(per_example, units * (t + 1) / n * kDropoutBlock);
+      const ThreadShare units((per_example + kDropoutBlock - 1) / kDropoutBlock);
+      const int64_t begin = std::min(per_example, units.first * kDropoutBlock);
+      const int64_t end = std::min(per_example, units.last * kDropoutBlock);
       dropout_span(y + b * per_example, x + b * per_example, begin, end, key, ex, pf,
                    keep_scale);
     }

@@ -15,28 +15,23 @@
 #include <vector>
 
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/thread_share.h"
 
 namespace par::cpu {
 
 namespace {
 
-// Part `t` of `n` equal parts of [0, size).
-struct Range {
-  int64_t first, last;
-  Range(int64_t size, int t, int n) : first(size * t / n), last(size * (t + 1) / n) {}
-};
-
 template <typename T>
 void input_gradient(T* dx, bool accumulate, const T* dy, const T* w, int64_t in, int64_t out,
-                    Range rows) {
-  gemm<T>(false, false, rows.last - rows.first, in, out, T(1), dy + rows.first * out, out, w,
-          in, accumulate ? T(1) : T(0), dx + rows.first * in, in);
+                    ThreadShare rows) {
+  gemm<T>(false, false, rows.size(), in, out, T(1), dy + rows.first * out, out, w, in,
+          accumulate ? T(1) : T(0), dx + rows.first * in, in);
 }
 
 template <typename T>
 void weight_gradient(T* dw, T* db, const T* dy, const T* x, int64_t rows, int64_t in,
-                     int64_t out, Range cols) {
-  const int64_t n = cols.last - cols.first;
+                     int64_t out, ThreadShare cols) {
+  const int64_t n = cols.size();
   if (n == 0) return;
   gemm<T>(true, false, n, in, rows, T(1), dy + cols.first, out, x, in, T(1),
           dw + cols.first * in, in);
@@ -59,12 +54,14 @@ void paired_linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy
   {
     const int t = omp_get_thread_num(), n = omp_get_num_threads();
     if (n == 1) {
-      input_gradient(dx, accumulate_dx, dy, w, in, out, Range(rows, 0, 1));
-      weight_gradient(dw, db, dy, x, rows, in, out, Range(out, 0, 1));
-    } else {
+      input_gradient(dx, accumulate_dx, dy, w, in, out, ThreadShare(rows, 0, 1));
+      weight_gradient(dw, db, dy, x, rows, in, out, ThreadShare(out, 0, 1));
+    } else {  // threads [0, n_dx) share dx, the others dw
       const int n_dx = (n + 1) / 2, n_dw = n - n_dx;
-      if (t < n_dx) input_gradient(dx, accumulate_dx, dy, w, in, out, Range(rows, t, n_dx));
-      else weight_gradient(dw, db, dy, x, rows, in, out, Range(out, t - n_dx, n_dw));
+      if (t < n_dx)
+        input_gradient(dx, accumulate_dx, dy, w, in, out, ThreadShare(rows, t, n_dx));
+      else
+        weight_gradient(dw, db, dy, x, rows, in, out, ThreadShare(out, t - n_dx, n_dw));
     }
   }
 }

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/thread_share.h"
 
 namespace par::cpu {
 
@@ -29,12 +30,6 @@ namespace {
 int64_t chunk_rows(int64_t in, int64_t out) {
   return std::max<int64_t>(64, (int64_t(1) << 18) / (in + out) / 64 * 64);
 }
-
-// Thread t's rows of n threads: [first, last).
-struct Slice {
-  int64_t first, last;
-  Slice(int64_t rows, int t, int n) : first(rows * t / n), last(rows * (t + 1) / n) {}
-};
 
 }  // namespace
 
@@ -48,7 +43,7 @@ void tall_linear_forward(T* y, const T* x, const T* w, const T* b, int64_t rows,
   const int64_t chunk = chunk_rows(in, out);
 #pragma omp parallel
   {
-    const Slice mine(rows, omp_get_thread_num(), omp_get_num_threads());
+    const ThreadShare mine(rows);
     for (int64_t r0 = mine.first; r0 < mine.last; r0 += chunk) {
       const int64_t n = std::min(chunk, mine.last - r0);
       T* yc = y + r0 * out;
@@ -74,7 +69,7 @@ void tall_linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy, 
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), n_threads = omp_get_num_threads();
-    const Slice mine(rows, t, n_threads);
+    const ThreadShare mine(rows, t, n_threads);
     T* my_dw = dw ? dw_part + t * dw_size : nullptr;
     double* my_db = db ? db_part + t * out : nullptr;
     if (my_dw && mine.first == mine.last) std::fill(my_dw, my_dw + dw_size, T(0));
