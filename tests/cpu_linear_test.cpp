@@ -18,6 +18,8 @@
 namespace par {
 namespace {
 
+using testing_util::cast;
+using testing_util::max_rel_err;
 using testing_util::random_vector;
 
 struct Shape {
@@ -27,20 +29,6 @@ struct Shape {
 constexpr Shape kTall{8193, 64, 48};
 // Short: 77 rows and 53 output columns split unevenly between the two halves of 2-4 threads.
 constexpr Shape kShort{77, 40, 53};
-
-double relative_error(const std::vector<double>& ref, const auto& got) {
-  double err = 0, scale = 0;
-  for (size_t k = 0; k < ref.size(); ++k) {
-    err = std::max(err, std::abs(double(got[k]) - ref[k]));
-    scale = std::max(scale, std::abs(ref[k]));
-  }
-  return err / scale;
-}
-
-template <typename T>
-std::vector<T> as(const std::vector<double>& v) {
-  return std::vector<T>(v.begin(), v.end());
-}
 
 template <typename T>
 void check_linear(Shape shape, int threads, double tol) {
@@ -62,8 +50,8 @@ void check_linear(Shape shape, int threads, double tol) {
       db_ref[o] += dy[r * kOut + o];
     }
 
-  const auto xt = as<T>(x), dyt = as<T>(dy), wt = as<T>(w), bt = as<T>(b);
-  std::vector<T> y(size_t(kRows * kOut)), dx = as<T>(dx0), dw = as<T>(dw0), db = as<T>(db0);
+  const auto xt = cast<T>(x), dyt = cast<T>(dy), wt = cast<T>(w), bt = cast<T>(b);
+  std::vector<T> y(size_t(kRows * kOut)), dx = cast<T>(dx0), dw = cast<T>(dw0), db = cast<T>(db0);
   const int saved = omp_get_max_threads();
   omp_set_num_threads(threads);
   cpu::CpuOps<T> ops;
@@ -71,7 +59,7 @@ void check_linear(Shape shape, int threads, double tol) {
   ops.linear_backward(dx.data(), true, dw.data(), db.data(), dyt.data(), xt.data(), wt.data(),
                       kRows, kIn, kOut);
   // Overwriting dx, and only the weight gradient (a frozen input and no bias).
-  std::vector<T> dx_only(dx.size()), dw_only = as<T>(dw0);
+  std::vector<T> dx_only(dx.size()), dw_only = cast<T>(dw0);
   ops.linear_backward(dx_only.data(), false, nullptr, nullptr, dyt.data(), xt.data(), wt.data(),
                       kRows, kIn, kOut);
   ops.linear_backward(nullptr, false, dw_only.data(), nullptr, dyt.data(), xt.data(), wt.data(),
@@ -80,12 +68,12 @@ void check_linear(Shape shape, int threads, double tol) {
 
   std::vector<double> dx_fresh = dx_ref;
   for (size_t k = 0; k < dx_fresh.size(); ++k) dx_fresh[k] -= dx0[k];
-  EXPECT_LE(relative_error(y_ref, y), tol) << threads << " threads: y";
-  EXPECT_LE(relative_error(dx_ref, dx), tol) << threads << " threads: dx accumulated";
-  EXPECT_LE(relative_error(dx_fresh, dx_only), tol) << threads << " threads: dx";
-  EXPECT_LE(relative_error(dw_ref, dw), tol) << threads << " threads: dw";
-  EXPECT_LE(relative_error(dw_ref, dw_only), tol) << threads << " threads: dw alone";
-  EXPECT_LE(relative_error(db_ref, db), tol) << threads << " threads: db";
+  EXPECT_LE(max_rel_err(y, y_ref), tol) << threads << " threads: y";
+  EXPECT_LE(max_rel_err(dx, dx_ref), tol) << threads << " threads: dx accumulated";
+  EXPECT_LE(max_rel_err(dx_only, dx_fresh), tol) << threads << " threads: dx";
+  EXPECT_LE(max_rel_err(dw, dw_ref), tol) << threads << " threads: dw";
+  EXPECT_LE(max_rel_err(dw_only, dw_ref), tol) << threads << " threads: dw alone";
+  EXPECT_LE(max_rel_err(db, db_ref), tol) << threads << " threads: db";
 }
 
 // Double: exact up to rounding whatever the slicing. Float: sums of 8193 products of O(1)

@@ -14,10 +14,10 @@
 #include "core/error.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/dropout_span.h"
-#include "kernels/cpu/rotary_rows.h"
-#include "kernels/cpu/thread_share.h"
 #include "kernels/cpu/linear_paired.h"
 #include "kernels/cpu/linear_tall.h"
+#include "kernels/cpu/rotary_rows.h"
+#include "kernels/cpu/thread_share.h"
 
 namespace par::cpu {
 
