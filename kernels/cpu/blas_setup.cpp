@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 
 #include "core/error.h"
 
@@ -12,28 +13,34 @@ namespace par {
 
 namespace {
 
-// Kernels OpenBLAS falls back to when it does not know the CPU.
-bool is_fallback_core(const char* core) {
-  return !std::strcmp(core, "Prescott") || !std::strcmp(core, "Core2") ||
-         !std::strcmp(core, "Nehalem") || !std::strcmp(core, "Sandybridge");
-}
-
-const char* best_core_for_this_cpu() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    return "SkylakeX";
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
-  return nullptr;
+bool is_one_of(const char* name, std::initializer_list<const char*> names) {
+  for (const char* n : names)
+    if (!std::strcmp(name, n)) return true;
+  return false;
 }
 
 }  // namespace
 
+const char* better_blas_core(const char* current, bool cpu_has_avx512, bool cpu_has_avx2) {
+  // Only the kernels OpenBLAS falls back to when it does not know the CPU are replaced:
+  // any other choice (Haswell on an AVX2 CPU, Cooperlake on a Zen 5) is its own, made
+  // knowing the CPU.
+  if (!current || !is_one_of(current, {"Prescott", "Core2", "Nehalem", "Sandybridge"}))
+    return nullptr;
+  if (cpu_has_avx512) return "SkylakeX";
+  if (cpu_has_avx2) return "Haswell";
+  return nullptr;
+}
+
 void select_blas_kernels(char** argv) {
   if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("PAR_KEEP_BLAS_CORE")) return;
-  const char* core = openblas_get_corename();
-  if (!core || !is_fallback_core(core)) return;
-  const char* better = best_core_for_this_cpu();
+  __builtin_cpu_init();
+  // libgcc answers these from CPUID and from the registers the OS saves (XCR0), so a
+  // kernel that cannot run here is never chosen.
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const char* better = better_blas_core(openblas_get_corename(), avx512, avx2);
   if (!better) return;
   setenv("OPENBLAS_CORETYPE", better, 1);
   execv("/proc/self/exe", argv);

@@ -13,6 +13,11 @@
 
 namespace par {
 
+// The OpenBLAS core to switch to from `current` on a CPU with these instruction sets, or
+// nullptr to keep it: the SSE/AVX fallbacks become SkylakeX on an AVX-512 CPU and
+// Haswell on an AVX2 one.
+const char* better_blas_core(const char* current, bool cpu_has_avx512, bool cpu_has_avx2);
+
 // Call first thing in main(); may not return (re-exec).
 void select_blas_kernels(char** argv);
 

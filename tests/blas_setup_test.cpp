@@ -1,0 +1,64 @@
+// Which OpenBLAS kernels par runs with: the choice rule, and that the real binary applies it.
+#include "kernels/cpu/blas_setup.h"
+
+#include <gtest/gtest.h>
+
+#include <regex>
+#include <string>
+
+#include "tests/par_cli.h"
+
+namespace par {
+namespace {
+
+std::string core_or_keep(const char* current, bool avx512, bool avx2) {
+  const char* better = better_blas_core(current, avx512, avx2);
+  return better ? better : current;
+}
+
+TEST(BlasSetup, FallbackKernelsAreReplacedByTheBestTheCpuRuns) {
+  for (const char* core : {"Prescott", "Core2", "Nehalem", "Sandybridge"}) {
+    EXPECT_EQ(core_or_keep(core, true, true), "SkylakeX") << core;
+    EXPECT_EQ(core_or_keep(core, false, true), "Haswell") << core;
+    EXPECT_EQ(better_blas_core(core, false, false), nullptr) << core;
+  }
+}
+
+TEST(BlasSetup, OpenBlasOwnChoiceForAKnownCpuIsKept) {
+  for (const char* core : {"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids"}) {
+    EXPECT_EQ(better_blas_core(core, true, true), nullptr) << core;
+    EXPECT_EQ(better_blas_core(core, false, true), nullptr) << core;
+  }
+  EXPECT_EQ(better_blas_core(nullptr, true, true), nullptr);
+}
+
+// The core `par bench` reports, from its "cpu (OpenBLAS x, core NAME, ...)" line.
+std::string reported_core(const testing_util::TempDir& dir, const std::string& env) {
+  const auto r = testing_util::run_shell(
+      dir, cat("env -u OPENBLAS_CORETYPE -u PAR_KEEP_BLAS_CORE ", env, " '", PAR_BINARY,
+               "' bench --steps 1 --config ",
+               testing_util::quote(testing_util::configs_dir() + "tiny.ini")));
+  EXPECT_EQ(r.rc, 0) << r.err;
+  std::smatch m;
+  EXPECT_TRUE(std::regex_search(r.out, m, std::regex("core ([A-Za-z0-9]+),"))) << r.out;
+  return m.size() > 1 ? m[1].str() : "";
+}
+
+TEST(BlasSetup, ParRunsTheBetterCoreForThisCpu) {
+  testing_util::TempDir dir;
+  const std::string own = reported_core(dir, "PAR_KEEP_BLAS_CORE=1");
+  ASSERT_FALSE(own.empty());
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  EXPECT_EQ(reported_core(dir, ""), core_or_keep(own.c_str(), avx512, avx2))
+      << "OpenBLAS's own choice here: " << own;
+  // An explicit choice is the user's.
+  if (avx2) {
+    EXPECT_EQ(reported_core(dir, "OPENBLAS_CORETYPE=Haswell"), "Haswell");
+  }
+}
+
+}  // namespace
+}  // namespace par
