@@ -21,6 +21,8 @@ mid_steps=${MID_STEPS:-10}
 best() {  # JSON lines -> the one with the least ms_per_step
   python3 -c 'import json,sys; print(min(sys.argv[1:], key=lambda a: json.loads(a)["ms_per_step"]))' "$@"
 }
+# Which BLAS kernels the figures are for (OPENBLAS_CORETYPE, when set, chooses them).
+"$par" bench --steps 1 --config configs/tiny.ini | grep -o 'x [0-9]* threads | .*' | sed 's/^x /backend: /'
 big=() small=() mid=()
 for ((round = 0; round < ${ROUNDS:-2}; round++)); do
   big+=("$(run "$steps" configs/cpu-131k.ini)")

@@ -5,8 +5,11 @@
 // takes one, every thread running single-threaded products on its own rows (the OpenMP
 // build of OpenBLAS runs calls made inside a parallel region on the calling thread).
 //
-// Each element of dx, dw and db is computed by one thread whatever the thread count, and
-// db sums its rows in order in double, so the results do not depend on the threads.
+// Each element of dx, dw and db is computed by one thread, so a thread count repeats its
+// results bit for bit. db sums its rows in order in double, the same for every thread
+// count; dx and dw come from BLAS products whose sizes follow the thread count, and a
+// BLAS kernel may round an element by the size of its product (OpenBLAS's Haswell sgemm
+// does), so across thread counts they agree to float rounding.
 #include "kernels/cpu/linear_paired.h"
 
 #include <omp.h>
