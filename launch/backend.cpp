@@ -1,5 +1,7 @@
 #include "launch/backend.h"
 
+#include <glog/logging.h>
+
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -84,6 +86,9 @@ Backend backend_for(const std::string& device, const std::string& precision,
       fail_user("--attention ", attention, " is for --device cuda");
     b.ops = std::make_unique<cpu::CpuOps<float>>();
     b.description = "cpu (" + blas_description() + ")";
+    // Once per node: the environment, and so the kernels, can differ between nodes.
+    const std::string slow_kernels = blas_kernel_warning();
+    if (local_rank == 0 && !slow_kernels.empty()) LOG(WARNING) << slow_kernels;
     return b;
   }
   if (device != "cuda") fail_user("--device must be cpu or cuda (got '", device, "')");

@@ -32,13 +32,28 @@ TEST(BlasSetup, OpenBlasOwnChoiceForAKnownCpuIsKept) {
   EXPECT_EQ(better_blas_core(nullptr, true, true), nullptr);
 }
 
-// The core `par bench` reports, from its "cpu (OpenBLAS x, core NAME, ...)" line.
-std::string reported_core(const testing_util::TempDir& dir, const std::string& env) {
+TEST(BlasSetup, WarnsOfKernelsWithoutAvx512OnAnAvx512Cpu) {
+  const std::string chosen = blas_kernel_warning("Haswell", true, "Haswell");
+  EXPECT_NE(chosen.find("OPENBLAS_CORETYPE=Haswell chose them): unset it"), std::string::npos) << chosen;
+  const std::string own = blas_kernel_warning("Zen", true, nullptr);
+  EXPECT_NE(own.find("Zen kernels"), std::string::npos) << own;
+  EXPECT_NE(own.find("set OPENBLAS_CORETYPE=SkylakeX"), std::string::npos) << own;
+  for (const char* core : {"SkylakeX", "Cooperlake", "SapphireRapids"})
+    EXPECT_EQ(blas_kernel_warning(core, true, core), "") << core;
+  EXPECT_EQ(blas_kernel_warning("Haswell", false, "Haswell"), "");
+  EXPECT_EQ(blas_kernel_warning(nullptr, true, nullptr), "");
+}
+
+// The core `par bench` reports, from its "cpu (OpenBLAS x, core NAME, ...)" line; `err`
+// gets its standard error.
+std::string reported_core(const testing_util::TempDir& dir, const std::string& env,
+                          std::string* err = nullptr) {
   const auto r = testing_util::run_shell(
       dir, cat("env -u OPENBLAS_CORETYPE -u PAR_KEEP_BLAS_CORE ", env, " '", PAR_BINARY,
                "' bench --steps 1 --config ",
                testing_util::quote(testing_util::configs_dir() + "tiny.ini")));
   EXPECT_EQ(r.rc, 0) << r.err;
+  if (err) *err = r.err;
   std::smatch m;
   EXPECT_TRUE(std::regex_search(r.out, m, std::regex("core ([A-Za-z0-9]+),"))) << r.out;
   return m.size() > 1 ? m[1].str() : "";
@@ -52,11 +67,16 @@ TEST(BlasSetup, ParRunsTheBetterCoreForThisCpu) {
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  EXPECT_EQ(reported_core(dir, ""), core_or_keep(own.c_str(), avx512, avx2))
-      << "OpenBLAS's own choice here: " << own;
-  // An explicit choice is the user's.
+  std::string err;
+  const std::string chosen = reported_core(dir, "", &err);
+  EXPECT_EQ(chosen, core_or_keep(own.c_str(), avx512, avx2)) << "OpenBLAS's own choice here: " << own;
+  EXPECT_EQ(err.find("OpenBLAS runs its") != std::string::npos,
+            !blas_kernel_warning(chosen.c_str(), avx512, nullptr).empty()) << err;
+  // An explicit choice is the user's, with a warning in the log where it is slower than
+  // what the CPU runs.
   if (avx2) {
-    EXPECT_EQ(reported_core(dir, "OPENBLAS_CORETYPE=Haswell"), "Haswell");
+    EXPECT_EQ(reported_core(dir, "OPENBLAS_CORETYPE=Haswell", &err), "Haswell");
+    EXPECT_EQ(err.find("OpenBLAS runs its Haswell kernels") != std::string::npos, avx512) << err;
   }
 }
 

@@ -19,6 +19,23 @@ bool is_one_of(const char* name, std::initializer_list<const char*> names) {
   return false;
 }
 
+bool is_avx512_core(const char* core) {
+  return is_one_of(core, {"SkylakeX", "Cooperlake", "SapphireRapids"});
+}
+
+// libgcc answers these from CPUID and from the registers the OS saves (XCR0), so a
+// kernel that cannot run here is never chosen.
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
 }  // namespace
 
 const char* better_blas_core(const char* current, bool cpu_has_avx512, bool cpu_has_avx2) {
@@ -34,17 +51,24 @@ const char* better_blas_core(const char* current, bool cpu_has_avx512, bool cpu_
 
 void select_blas_kernels(char** argv) {
   if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("PAR_KEEP_BLAS_CORE")) return;
-  __builtin_cpu_init();
-  // libgcc answers these from CPUID and from the registers the OS saves (XCR0), so a
-  // kernel that cannot run here is never chosen.
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const char* better = better_blas_core(openblas_get_corename(), avx512, avx2);
+  const char* better = better_blas_core(openblas_get_corename(), cpu_has_avx512(), cpu_has_avx2());
   if (!better) return;
   setenv("OPENBLAS_CORETYPE", better, 1);
   execv("/proc/self/exe", argv);
   // exec failed: carry on with the slow kernels rather than refuse to run.
+}
+
+std::string blas_kernel_warning(const char* core, bool cpu_has_avx512, const char* coretype_env) {
+  if (!core || !cpu_has_avx512 || is_avx512_core(core)) return "";
+  return cat("OpenBLAS runs its ", core, " kernels, without AVX-512, on a CPU that has it",
+             coretype_env ? cat(" (OPENBLAS_CORETYPE=", coretype_env, " chose them): unset it")
+                          : std::string(": set OPENBLAS_CORETYPE=SkylakeX"),
+             " for faster matrix products (about twice the sgemm rate on a Zen 5)");
+}
+
+std::string blas_kernel_warning() {
+  return blas_kernel_warning(openblas_get_corename(), cpu_has_avx512(),
+                             std::getenv("OPENBLAS_CORETYPE"));
 }
 
 std::string blas_description() {

@@ -18,6 +18,15 @@ namespace par {
 // Haswell on an AVX2 one.
 const char* better_blas_core(const char* current, bool cpu_has_avx512, bool cpu_has_avx2);
 
+// A warning for the log when OpenBLAS runs kernels without AVX-512 on a CPU that has it
+// (`core` running, `coretype_env` the OPENBLAS_CORETYPE that chose it or nullptr), else
+// "". OpenBLAS picks AVX-512 kernels for such CPUs itself, so this is mostly a stale
+// OPENBLAS_CORETYPE, which par does not override and which halves the matrix products'
+// rate on a Zen 5 (README, Performance).
+std::string blas_kernel_warning(const char* core, bool cpu_has_avx512, const char* coretype_env);
+// The same for this process.
+std::string blas_kernel_warning();
+
 // Call first thing in main(); may not return (re-exec).
 void select_blas_kernels(char** argv);
 
