@@ -63,10 +63,7 @@ TEST(BlasSetup, ParRunsTheBetterCoreForThisCpu) {
   testing_util::TempDir dir;
   const std::string own = reported_core(dir, "PAR_KEEP_BLAS_CORE=1");
   ASSERT_FALSE(own.empty());
-  __builtin_cpu_init();
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = cpu_has_avx512(), avx2 = cpu_has_avx2();
   std::string err;
   const std::string chosen = reported_core(dir, "", &err);
   EXPECT_EQ(chosen, core_or_keep(own.c_str(), avx512, avx2)) << "OpenBLAS's own choice here: " << own;

@@ -23,6 +23,8 @@ bool is_avx512_core(const char* core) {
   return is_one_of(core, {"SkylakeX", "Cooperlake", "SapphireRapids"});
 }
 
+}  // namespace
+
 // libgcc answers these from CPUID and from the registers the OS saves (XCR0), so a
 // kernel that cannot run here is never chosen.
 bool cpu_has_avx512() {
@@ -35,8 +37,6 @@ bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
-
-}  // namespace
 
 const char* better_blas_core(const char* current, bool cpu_has_avx512, bool cpu_has_avx2) {
   // Only the kernels OpenBLAS falls back to when it does not know the CPU are replaced:

@@ -13,6 +13,11 @@
 
 namespace par {
 
+// Whether this CPU (and the OS) runs OpenBLAS's AVX-512 kernels (F, BW, VL, DQ), and its
+// AVX2 ones (AVX2, FMA).
+bool cpu_has_avx512();
+bool cpu_has_avx2();
+
 // The OpenBLAS core to switch to from `current` on a CPU with these instruction sets, or
 // nullptr to keep it: the SSE/AVX fallbacks become SkylakeX on an AVX-512 CPU and
 // Haswell on an AVX2 one.
