@@ -1,0 +1,103 @@
+// cuDNN's fused flash attention, forward and backward, as plain data: the tensors and the
+// matmul / pointwise / reduction / reshape operations of the graph that cuDNN recognizes
+// and runs as one flash-attention kernel (the same graph cudnn-frontend's SDPA node
+// builds: Q K^T, scale, padding and causal masks as index comparisons and selects, a
+// softmax written as max, exp, sum, log, divide, and the products with V).
+//
+// Why data: the description is pure C++, so the CPU tests can check it without a GPU --
+// its structure, and its meaning, by evaluating it on small shapes against the reference
+// attention (tests/cuda/sdpa_graph_interpreter.h). kernels/cuda/cudnn_graph.h turns a
+// description into cuDNN backend descriptors. No CUDA or cuDNN header here.
+//
+// Layouts: Q, O, dQ are [batch, nq, heads*head_dim] rows (the model's layout; "BSHD"),
+// K, V, dK, dV [batch, nk, heads*head_dim]; the statistics [batch, heads, nq] (the
+// log-sum-exp of the scaled scores, the layout of AttentionShape's lse). Q, K, V, O and the
+// gradients are bfloat16; statistics float32; sequence lengths int32 [batch].
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace par::cuda::sdpa {
+
+enum class DType { kFloat, kBF16, kInt32, kBool };
+
+enum class Pointwise {
+  kMul, kAdd, kSub, kDiv, kExp, kLog, kIdentity,
+  kGenIndex,      // y[idx] = idx[axis]
+  kCmpLt, kCmpGe,  // y = x < b, x >= b
+  kLogicalAnd,
+  kBinarySelect,  // y = t ? x : b
+};
+
+enum class Reduce { kMax, kAdd };  // over the dimensions where y has extent 1 and x not
+
+// The tensors a call binds (its variant pack). Everything else is virtual (cuDNN keeps it
+// on chip) or a by-value scalar.
+enum Uid : int64_t {
+  kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV,
+  kSeqLenQ,       // int32 [batch]: queries per example (rows past it are padding)
+  kSeqLenKV,      // int32 [batch]: keys per example
+  kSoftmaxSum,    // float [batch, heads, nq]: the backward's rowsum(dO * O), scratch
+  kFirstScalar = 32,   // by-value scalars from here
+  kFirstVirtual = 64,  // virtual tensors from here
+};
+
+struct Tensor {
+  int64_t uid = 0;
+  std::string name;
+  std::vector<int64_t> dims, strides;
+  DType type = DType::kFloat;
+  bool is_virtual = false;
+  bool by_value = false;
+  float value = 0;  // the by-value scalar's value (float32); its dims are all 1
+};
+
+struct Op {
+  enum class Kind { kMatmul, kPointwise, kReduction, kReshape } kind;
+  std::string name;
+  Pointwise pointwise = Pointwise::kIdentity;
+  Reduce reduce = Reduce::kAdd;
+  DType compute = DType::kFloat;
+  int64_t axis = -1;  // kGenIndex
+  // Pointwise: x, b (second input), t (select predicate) -> y. Matmul: x * b -> y (A, B,
+  // C). Reduction and reshape: x -> y. 0 where unused.
+  int64_t x = 0, b = 0, t = 0, y = 0;
+  // Matmul: per-example extents of m, n, k (uids of int32 [batch, 1, 1, 1]), 0 for none;
+  // entries of C outside [m, n] are the padding value when `padded`.
+  int64_t m_override = 0, n_override = 0, k_override = 0;
+  bool padded = false;
+};
+
+struct Graph {
+  std::vector<Tensor> tensors;
+  std::vector<Op> ops;
+  const Tensor& tensor(int64_t uid) const;  // std::logic_error if absent
+  // uids the caller must bind (non-virtual, not by value), ascending.
+  std::vector<int64_t> bound_uids() const;
+};
+
+struct Dims {
+  int64_t batch = 1, heads = 1, nq = 0, nk = 0, head_dim = 0;
+  double scale = 1.0;
+  // Query i sees key j only if j <= i (top-left diagonal), besides the padding: the
+  // latent self-attention's mask.
+  bool causal = false;
+  // cuDNN's version (cudnnGetVersion(), e.g. 91400): the masks' -inf and one workaround
+  // follow it as cudnn-frontend does.
+  int64_t cudnn_version = 91900;
+};
+
+// O and statistics of softmax(scale * Q K^T + masks) V for the queries i < seq_len_q[b]
+// and keys j < seq_len_kv[b] of each example.
+Graph describe_forward(const Dims& d);
+// dQ, dK, dV from Q, K, V, O, dO and the statistics (which may be merged ones: the
+// backward of each part of an attention split over keys). Deterministic (no atomics).
+Graph describe_backward(const Dims& d);
+
+// Whether cuDNN's flash attention takes this head size (multiple of 8, at most 128 on
+// sm_8x, 256 on sm_9x and later).
+bool head_dim_supported(int64_t head_dim, int sm_major);
+
+}  // namespace par::cuda::sdpa

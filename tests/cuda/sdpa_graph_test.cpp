@@ -1,0 +1,206 @@
+// The cuDNN flash-attention graphs (kernels/cuda/sdpa_graph.h) on the CPU, without a GPU:
+// their structure (every tensor defined before use and written once, the bound tensors
+// the caller binds) and their meaning, evaluated by tests/cuda/sdpa_graph_interpreter.h
+// against the CPU backend's attention in double precision -- forward and backward, with
+// per-example key counts (the padding mask) and the causal mask.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cuda/sdpa_graph.h"
+#include "tests/cuda/sdpa_graph_interpreter.h"
+#include "tests/test_util.h"
+
+namespace par {
+namespace {
+
+namespace sdpa = cuda::sdpa;
+using cuda_test::round_bf16;
+
+void expect_well_formed(const sdpa::Graph& g, const std::set<int64_t>& outputs) {
+  std::set<int64_t> uids, defined, written;
+  for (const sdpa::Tensor& t : g.tensors) {
+    EXPECT_TRUE(uids.insert(t.uid).second) << "uid " << t.uid << " twice";
+    EXPECT_EQ(t.dims.size(), t.strides.size()) << t.name;
+    if (!t.is_virtual && !outputs.count(t.uid)) defined.insert(t.uid);  // inputs, scalars
+    if (t.by_value) {
+      EXPECT_EQ(t.dims, (std::vector<int64_t>{1, 1, 1, 1})) << t.name;
+    }
+    if (t.is_virtual) {
+      EXPECT_GE(t.uid, int64_t(sdpa::kFirstVirtual)) << t.name;
+    }
+  }
+  for (const sdpa::Op& op : g.ops) {
+    for (int64_t in : {op.x, op.b, op.t, op.m_override, op.n_override, op.k_override})
+      if (in) {
+        EXPECT_TRUE(defined.count(in)) << op.name << " reads " << in << " before it exists";
+      }
+    EXPECT_TRUE(uids.count(op.y)) << op.name;
+    EXPECT_TRUE(written.insert(op.y).second) << op.name << " writes " << op.y << " again";
+    defined.insert(op.y);
+  }
+  for (int64_t o : outputs) {
+    EXPECT_TRUE(written.count(o)) << "output " << o << " never written";
+  }
+  for (const sdpa::Tensor& t : g.tensors)
+    if (t.is_virtual) {
+      EXPECT_TRUE(written.count(t.uid)) << t.name << " never written";
+    }
+}
+
+TEST(SdpaGraph, ForwardAndBackwardAreWellFormed) {
+  for (bool causal : {false, true}) {
+    sdpa::Dims d{2, 3, 5, 7, 16, 0.25, causal};
+    const sdpa::Graph f = sdpa::describe_forward(d);
+    expect_well_formed(f, {sdpa::kO, sdpa::kStats});
+    EXPECT_EQ(f.bound_uids(), (std::vector<int64_t>{sdpa::kQ, sdpa::kK, sdpa::kV, sdpa::kO,
+                                                    sdpa::kStats, sdpa::kSeqLenQ,
+                                                    sdpa::kSeqLenKV}));
+    const sdpa::Graph b = sdpa::describe_backward(d);
+    expect_well_formed(b, {sdpa::kDQ, sdpa::kDK, sdpa::kDV, sdpa::kSoftmaxSum});
+    EXPECT_EQ(b.bound_uids(),
+              (std::vector<int64_t>{sdpa::kQ, sdpa::kK, sdpa::kV, sdpa::kO, sdpa::kStats,
+                                    sdpa::kDO, sdpa::kDQ, sdpa::kDK, sdpa::kDV, sdpa::kSeqLenQ,
+                                    sdpa::kSeqLenKV, sdpa::kSoftmaxSum}));
+  }
+  // cuDNN 9.0-9.9 take the padding mask twice in the backward; later versions once, and
+  // before 9.10 the masked score is the lowest float rather than -inf.
+  sdpa::Dims old{1, 1, 4, 4, 8, 1.0, false, 90500};
+  sdpa::Dims now{1, 1, 4, 4, 8, 1.0, false, 91400};
+  EXPECT_GT(sdpa::describe_backward(old).ops.size(), sdpa::describe_backward(now).ops.size());
+  for (const sdpa::Tensor& t : sdpa::describe_forward(old).tensors)
+    if (t.name == "masked") {
+      EXPECT_TRUE(std::isfinite(t.value));
+    }
+  for (const sdpa::Tensor& t : sdpa::describe_forward(now).tensors)
+    if (t.name == "masked") {
+      EXPECT_TRUE(std::isinf(t.value) && t.value < 0);
+    }
+}
+
+TEST(SdpaGraph, HeadSizes) {
+  EXPECT_TRUE(sdpa::head_dim_supported(64, 8));
+  EXPECT_TRUE(sdpa::head_dim_supported(128, 8));
+  EXPECT_FALSE(sdpa::head_dim_supported(256, 8));
+  EXPECT_TRUE(sdpa::head_dim_supported(256, 9));
+  EXPECT_FALSE(sdpa::head_dim_supported(20, 9));
+  EXPECT_FALSE(sdpa::head_dim_supported(0, 9));
+}
+
+// One case: random bf16 inputs, keys per example given (the rest is padding).
+struct Case {
+  int64_t B, H, nq, nk, D;
+  bool causal;
+  std::vector<int32_t> keys;  // seq_len_kv per example
+};
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.B << "x" << c.H << " heads, " << c.nq << " queries, " << c.nk << " keys, D "
+      << c.D << (c.causal ? ", causal" : "");
+}
+
+std::vector<double> bf16_vector(int64_t n, uint64_t seed) {
+  std::vector<double> v;
+  for (float x : testing_util::random_vector<float>(n, seed)) v.push_back(round_bf16(x));
+  return v;
+}
+
+// The CPU backend's attention on the same inputs: key j of example b is visible to query i
+// iff j < keys[b] and (causal: j <= i).
+struct Reference {
+  std::vector<double> o, lse, dq, dk, dv;
+};
+
+Reference reference(const Case& c, const std::vector<double>& q, const std::vector<double>& k,
+                    const std::vector<double>& v, const std::vector<double>& d_o) {
+  cpu::CpuOps<double> ops;
+  std::vector<int64_t> q_pos(size_t(c.nq)), k_pos(size_t(c.nk));
+  for (int64_t i = 0; i < c.nq; ++i) q_pos[size_t(i)] = c.causal ? i : c.nk;
+  for (int64_t j = 0; j < c.nk; ++j) k_pos[size_t(j)] = j;
+  std::vector<uint8_t> keep(size_t(c.B * c.nk));
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t j = 0; j < c.nk; ++j) keep[size_t(b * c.nk + j)] = j < c.keys[size_t(b)];
+  AttentionShape s{c.B, c.nq, c.nk, c.H, c.D, q_pos.data(), k_pos.data(), keep.data(),
+                   1.0 / std::sqrt(double(c.D))};
+  Reference r;
+  r.o.resize(q.size());
+  r.lse.resize(size_t(c.B * c.H * c.nq));
+  r.dq.resize(q.size());
+  r.dk.resize(k.size());
+  r.dv.resize(v.size());
+  ops.attention_forward(s, q.data(), k.data(), v.data(), r.o.data(), r.lse.data());
+  ops.attention_backward(s, q.data(), k.data(), v.data(), r.o.data(), d_o.data(), r.lse.data(),
+                         r.dq.data(), r.dk.data(), r.dv.data());
+  return r;
+}
+
+// Largest |got - want| over the largest |want|, or over 1 where all of want is smaller
+// (inputs are of order 1: with a single visible key the exact dq and dk are 0, and what
+// remains is the rounding of O to bf16).
+double rel_error(const std::vector<double>& got, const std::vector<double>& want) {
+  double worst = 0, ref = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    worst = std::max(worst, std::abs(got[i] - want[i]));
+    ref = std::max(ref, std::abs(want[i]));
+  }
+  return worst / std::max(ref, 1.0);
+}
+
+class SdpaGraphMeaning : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SdpaGraphMeaning, MatchesTheReferenceAttention) {
+  const Case c = GetParam();
+  const int64_t ld = c.H * c.D;
+  const auto q = bf16_vector(c.B * c.nq * ld, 1), k = bf16_vector(c.B * c.nk * ld, 2);
+  const auto v = bf16_vector(c.B * c.nk * ld, 3), d_o = bf16_vector(c.B * c.nq * ld, 4);
+  const Reference want = reference(c, q, k, v, d_o);
+
+  sdpa::Dims d{c.B, c.H, c.nq, c.nk, c.D, 1.0 / std::sqrt(double(c.D)), c.causal};
+  std::vector<double> seq_q(size_t(c.B), double(c.nq)), seq_kv;
+  for (int32_t n : c.keys) seq_kv.push_back(n);
+
+  std::map<int64_t, std::vector<double>> fwd{
+      {sdpa::kQ, q}, {sdpa::kK, k}, {sdpa::kV, v},
+      {sdpa::kO, std::vector<double>(q.size(), NAN)},
+      {sdpa::kStats, std::vector<double>(want.lse.size(), NAN)},
+      {sdpa::kSeqLenQ, seq_q}, {sdpa::kSeqLenKV, seq_kv}};
+  cuda_test::interpret(sdpa::describe_forward(d), fwd);
+  // O is rounded to bf16 and so are the probabilities before P V: a few bf16 ulps.
+  EXPECT_LT(rel_error(fwd[sdpa::kO], want.o), 1e-2);
+  EXPECT_LT(rel_error(fwd[sdpa::kStats], want.lse), 1e-6);
+
+  // The backward from the reference's own o (rounded, as the caller hands it over) and lse.
+  std::vector<double> o_bf16;
+  for (double x : want.o) o_bf16.push_back(round_bf16(x));
+  std::map<int64_t, std::vector<double>> bwd{
+      {sdpa::kQ, q}, {sdpa::kK, k}, {sdpa::kV, v}, {sdpa::kO, o_bf16}, {sdpa::kDO, d_o},
+      {sdpa::kStats, want.lse}, {sdpa::kSeqLenQ, seq_q}, {sdpa::kSeqLenKV, seq_kv},
+      {sdpa::kDQ, std::vector<double>(q.size(), NAN)},
+      {sdpa::kDK, std::vector<double>(k.size(), NAN)},
+      {sdpa::kDV, std::vector<double>(v.size(), NAN)},
+      {sdpa::kSoftmaxSum, std::vector<double>(want.lse.size(), NAN)}};
+  cuda_test::interpret(sdpa::describe_backward(d), bwd);
+  EXPECT_LT(rel_error(bwd[sdpa::kDQ], want.dq), 2e-2);
+  EXPECT_LT(rel_error(bwd[sdpa::kDK], want.dk), 2e-2);
+  EXPECT_LT(rel_error(bwd[sdpa::kDV], want.dv), 2e-2);
+  // Padding keys get no gradient.
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t j = c.keys[size_t(b)]; j < c.nk; ++j)
+      for (int64_t e = 0; e < ld; ++e) {
+        const size_t at = size_t((b * c.nk + j) * ld + e);
+        ASSERT_EQ(bwd[sdpa::kDK][at], 0.0) << "example " << b << " key " << j;
+        ASSERT_EQ(bwd[sdpa::kDV][at], 0.0) << "example " << b << " key " << j;
+      }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, SdpaGraphMeaning,
+    ::testing::Values(Case{2, 2, 5, 9, 8, false, {9, 6}}, Case{1, 3, 4, 12, 16, false, {1}},
+                      Case{2, 2, 7, 7, 8, true, {7, 7}}, Case{1, 1, 6, 6, 32, true, {6}}));
+
+}  // namespace
+}  // namespace par
