@@ -299,7 +299,7 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
     ops_.rotary(a.cq, B, M, Hc, Dc, rot_cross_.bands, a.query_cos, a.query_sin, false);
   }
   if (sp_size_ > 1) groups_.sp->broadcast(a.cq, BM * dc, data_type_of<T>(), sp_size_ - 1);
-  AttentionShape cs{B, M, Nl, Hc, Dc, a.latent_pos, a.pos, a.keep, 1.0 / std::sqrt(double(Dc))};
+  const AttentionShape cs = cross_attention_shape();
   ops_.attention_forward(cs, a.cq, a.ck, a.cv, a.catt, a.clse);
   if (sp_size_ > 1) merge_attention();
   if (!holds_latents()) return LossSums{};
@@ -358,6 +358,29 @@ void PerceiverAR<T>::merge_attention() {
   ops_.attention_merge_finish(a.catt, a.clse, a.lse_max, B, M, Hc, Dc);
 }
 
+// The cross-attention: all M latent queries over this rank's inputs. Both position ranges
+// are contiguous, which backends may use to plan the mask (core/ops.h).
+template <typename T>
+AttentionShape PerceiverAR<T>::cross_attention_shape() const {
+  const int64_t M = cfg_.num_latents, Dc = cfg_.cross_head_dim();
+  AttentionShape s{batch_,         M,          n_local_,  cfg_.cross_heads / tp_size_,
+                   Dc,             a_->latent_pos, a_->pos, a_->keep,
+                   1.0 / std::sqrt(double(Dc))};
+  s.q_pos_first = cfg_.context_length - M;
+  s.k_pos_first = pos0_;
+  return s;
+}
+
+// The latent self-attention: causal over the latents' own positions.
+template <typename T>
+AttentionShape PerceiverAR<T>::self_attention_shape() const {
+  const int64_t M = cfg_.num_latents, D = cfg_.self_head_dim();
+  AttentionShape s{batch_, M, M, cfg_.self_heads / tp_size_, D, a_->latent_pos, a_->latent_pos,
+                   nullptr, 1.0 / std::sqrt(double(D))};
+  s.q_pos_first = s.k_pos_first = cfg_.context_length - M;
+  return s;
+}
+
 template <typename T>
 void PerceiverAR<T>::mlp_block_forward(const NormRef<T>& ln, const MlpRef<T>& mlp,
                                        int64_t slot, uint32_t site, const T* x_in, T* x_out) {
@@ -382,7 +405,6 @@ void PerceiverAR<T>::attention_block_forward(int64_t l, const T* x_in, T* x_out)
   const int64_t H = cfg_.self_heads / tp_size_, D = cfg_.self_head_dim(), ds = self_width_;
   const LayerRef<T>& lp = p_.layers[size_t(l)];
   typename Acts::Attn& s = a_->attn[size_t(l)];
-  const int64_t* pos = a_->latent_pos;
   ops_.layernorm_forward(s.ln, s.mu, s.rs, x_in, lp.ln_attn.w, lp.ln_attn.b, BM, d,
                          kLayerNormEps);
   ops_.linear_forward(s.q, s.ln, lp.attn.q.w, lp.attn.q.b, BM, d, ds);
@@ -390,7 +412,7 @@ void PerceiverAR<T>::attention_block_forward(int64_t l, const T* x_in, T* x_out)
   ops_.linear_forward(s.v, s.ln, lp.attn.v.w, lp.attn.v.b, BM, d, ds);
   ops_.rotary(s.q, batch_, M, H, D, rot_self_.bands, a_->self_cos, a_->self_sin, false);
   ops_.rotary(s.k, batch_, M, H, D, rot_self_.bands, a_->self_cos, a_->self_sin, false);
-  AttentionShape shape{batch_, M, M, H, D, pos, pos, nullptr, 1.0 / std::sqrt(double(D))};
+  const AttentionShape shape = self_attention_shape();
   ops_.attention_forward(shape, s.q, s.k, s.v, s.att, s.lse);
   ops_.linear_forward(a_->tmp, s.att, lp.attn.o.w, tp_rank_ == 0 ? lp.attn.o.b : nullptr, BM,
                       ds, d);
@@ -459,7 +481,6 @@ void PerceiverAR<T>::attention_block_backward(int64_t l, T* dx) {
   const LayerRef<T>& lg = g_.layers[size_t(l)];
   const typename Acts::Attn& s = a_->attn[size_t(l)];
   Acts& a = *a_;
-  const int64_t* pos = a.latent_pos;
   const double p = ctx_.training ? ctx_.dropout : 0.0;
   const T* dy = dx;
   if (p > 0) {
@@ -469,7 +490,7 @@ void PerceiverAR<T>::attention_block_backward(int64_t l, T* dx) {
   }
   ops_.linear_backward(a.datt, false, lg.attn.o.w, lg.attn.o.b, dy, s.att, lp.attn.o.w, BM, ds,
                        d);
-  AttentionShape shape{batch_, M, M, H, D, pos, pos, nullptr, 1.0 / std::sqrt(double(D))};
+  const AttentionShape shape = self_attention_shape();
   ops_.attention_backward(shape, s.q, s.k, s.v, s.att, a.datt, s.lse, a.dq, a.dk, a.dv);
   ops_.rotary(a.dq, batch_, M, H, D, rot_self_.bands, a.self_cos, a.self_sin, true);
   ops_.rotary(a.dk, batch_, M, H, D, rot_self_.bands, a.self_cos, a.self_sin, true);
@@ -508,7 +529,7 @@ void PerceiverAR<T>::cross_attention_backward(T* dx) {
   // Every sequence rank takes the attention output's gradient and the merged statistics
   // and computes the gradients of its own keys and values, and its part of the queries'.
   if (sp_size_ > 1) groups_.sp->broadcast(a.datt, BM * dc, data_type_of<T>(), sp_size_ - 1);
-  AttentionShape cs{B, M, Nl, Hc, Dc, a.latent_pos, a.pos, a.keep, 1.0 / std::sqrt(double(Dc))};
+  const AttentionShape cs = cross_attention_shape();
   ops_.attention_backward(cs, a.cq, a.ck, a.cv, a.catt, a.datt, a.clse, a.dq, a.dck, a.dcv);
   if (sp_size_ > 1) groups_.sp->all_reduce(a.dq, BM * dc, ReduceOp::kSum);
 

@@ -116,6 +116,8 @@ class PerceiverAR {
                           T* dx);
   void cross_attention_backward(T* dx);
   void merge_attention();
+  AttentionShape cross_attention_shape() const;
+  AttentionShape self_attention_shape() const;
   void tp_sum(T* x, int64_t n);
 
   ModelConfig cfg_;

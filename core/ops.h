@@ -35,6 +35,12 @@ struct AttentionShape {
   const int64_t* k_pos = nullptr;  // [nk], backend memory
   const uint8_t* k_keep = nullptr; // [batch, nk] or null, backend memory
   double scale = 1.0;              // applied to q.k (1/sqrt(head_dim) in the model)
+  // Where the caller knows it: q_pos[i] == q_pos_first + i and k_pos[j] == k_pos_first + j
+  // (the model's calls). A backend may then plan the mask on the host, without reading the
+  // arrays, which stay the definition. kUnknownPosition: not known.
+  static constexpr int64_t kUnknownPosition = INT64_MIN;
+  int64_t q_pos_first = kUnknownPosition;
+  int64_t k_pos_first = kUnknownPosition;
 };
 
 // Attention of ONE query over keys and values that are functions of a token id, rotated

@@ -72,17 +72,28 @@ const cuda_plugin::Api& cuda_api() {
 }
 #endif
 
+#ifdef PAR_HAVE_CUDA
+// The CUDA backend's messages in par's log.
+void log_from_backend(cuda::LogLevel level, const std::string& message) {
+  if (level == cuda::LogLevel::kWarning)
+    LOG(WARNING) << message;
+  else
+    LOG(INFO) << message;
+}
+#endif
+
 Backend backend_for(const std::string& device, const std::string& precision,
                     const std::string& attention, int local_rank) {
   if (precision != "fp32" && precision != "tf32" && precision != "bf16")
     fail_user("--precision must be fp32, tf32 or bf16 (got '", precision, "')");
-  if (attention != "blocked" && attention != "fused")
-    fail_user("--attention must be blocked or fused (got '", attention, "')");
+  if (attention != "auto" && attention != "blocked" && attention != "fused" &&
+      attention != "cudnn")
+    fail_user("--attention must be auto, blocked, fused or cudnn (got '", attention, "')");
   Backend b;
   if (device == "cpu") {
     if (precision != "fp32")
       fail_user("--precision ", precision, " is for --device cuda; the CPU computes in fp32");
-    if (attention != "blocked")
+    if (attention != "auto" && attention != "blocked")
       fail_user("--attention ", attention, " is for --device cuda");
     b.ops = std::make_unique<cpu::CpuOps<float>>();
     b.description = "cpu (" + blas_description() + ")";
@@ -92,18 +103,21 @@ Backend backend_for(const std::string& device, const std::string& precision,
     return b;
   }
   if (device != "cuda") fail_user("--device must be cpu or cuda (got '", device, "')");
+  if (attention == "cudnn" && precision != "bf16")
+    fail_user("--attention cudnn needs --precision bf16: cuDNN's flash attention computes in "
+              "bf16 (got --precision ", precision, ")");
 #ifdef PAR_HAVE_CUDA
   const cuda_plugin::Api& api = cuda_api();
+  api.set_log_sink(log_from_backend);
   if (api.device_count() == 0)
     fail_user("--device cuda: no GPU is visible (", api.no_device_reason(),
               "; check CUDA_VISIBLE_DEVICES and the driver)");
   const int gpu = api.select_device(local_rank);
   using P = cuda_plugin::Precision;
   const P mode = precision == "bf16" ? P::kBF16 : precision == "tf32" ? P::kTF32 : P::kFloat32;
-  b.ops = api.make_ops(gpu, mode, attention == "fused");
+  b.ops = api.make_ops(gpu, mode, attention);
   b.description = cat("cuda:", gpu, " (", api.describe_device(gpu), "), ", precision,
-                      " matrix products");
-  if (attention == "fused") b.description += ", fused attention";
+                      " matrix products; ", api.attention_description(*b.ops));
   b.cuda = true;
   return b;
 #else

@@ -25,8 +25,9 @@ struct Backend {
 
 // This rank's backend. UserError for an unknown device, precision or attention, cuda in a
 // build without it, or no visible GPU. Not collective.
-// `attention`: blocked or fused (cuda::AttentionKernel); the CPU takes only blocked. No
-// default: every command passes its --attention, so none can silently drop it.
+// `attention`: auto, blocked, fused or cudnn (cuda::AttentionKernel); the CPU takes auto
+// and blocked (it has one attention). No default: every command passes its --attention,
+// so none can silently drop it.
 Backend make_backend(const std::string& device, const std::string& precision,
                      const ProcessGrid& grid, const std::string& attention);
 // Collective over the grid: the device-side communicators (NCCL) a multi-rank GPU job needs.

@@ -24,7 +24,7 @@ int cmd_eval(int argc, char** argv) {
   std::vector<std::string> data;
   int64_t max_tokens = 0, batch = 1;
   int threads = 0;
-  std::string device = "cpu", precision = "fp32", attention = "blocked";
+  std::string device = "cpu", precision = "fp32", attention = "auto";
   po::options_description opts("Options");
   opts.add_options()
       ("checkpoint", po::value(&checkpoint), "checkpoint directory (or a run directory: its newest checkpoint) or exported model")

@@ -47,7 +47,7 @@ int cmd_sample(int argc, char** argv) {
   uint64_t seed = 0;
   bool stop_at_eos = false, uncached = false;
   int threads = 0;
-  std::string device = "cpu", precision = "fp32", attention = "blocked";
+  std::string device = "cpu", precision = "fp32", attention = "auto";
   po::options_description opts("Options");
   opts.add_options()
       ("checkpoint", po::value(&checkpoint), "checkpoint directory, run directory (its newest checkpoint) or exported model")

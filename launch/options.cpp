@@ -70,9 +70,11 @@ void RunConfig::validate_layout(const ModelConfig& model) const {
 }
 
 const char* const kAttentionHelp =
-    "attention kernels on cuda: blocked (cuBLAS per key block), or fused (tf32 and bf16; "
-    "experimental: not yet run on a GPU); on cpu only blocked (the CPU picks its own kernels: "
-    "fused AVX-512 ones where the build and the head width allow)";
+    "attention kernels on cuda: auto (cuDNN's flash attention with --precision bf16 where "
+    "cuDNN is found and takes the call, blocked elsewhere; the log says which), blocked "
+    "(cuBLAS per key block, any precision), fused (par's WMMA kernels, tf32 and bf16), or "
+    "cudnn (cuDNN for every call, else an error); on cpu auto or blocked (the CPU picks its "
+    "own kernels: fused AVX-512 ones where the build and the head width allow)";
 
 po::options_description run_options(RunConfig& c) {
   po::options_description o("Run");

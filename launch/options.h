@@ -41,7 +41,7 @@ struct RunConfig {
   double max_minutes = 0;            // stop with a checkpoint after this long (0: no limit)
   std::string device = "cpu";        // cpu | cuda
   std::string precision = "fp32";    // matrix products on cuda: fp32 | tf32 | bf16
-  std::string attention = "blocked"; // attention kernels on cuda: blocked | fused
+  std::string attention = "auto";    // attention kernels on cuda: auto | blocked | fused | cudnn
 
   int64_t micro_batch() const { return batch_size / accum_steps; }
   void validate() const;

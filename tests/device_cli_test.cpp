@@ -41,10 +41,15 @@ TEST(DeviceCli, BadDeviceOrPrecisionIsAUserError) {
     // Checked before the device is opened, so a build or machine without CUDA gives the
     // same message for an unknown kernel.
     EXPECT_USER_ERROR(run_par(dir, c + " --attention bogus"),
-                      "--attention must be blocked or fused (got 'bogus')");
+                      "--attention must be auto, blocked, fused or cudnn (got 'bogus')");
     EXPECT_USER_ERROR(run_par(dir, c + " --device cuda --attention magic"),
-                      "--attention must be blocked or fused");
+                      "--attention must be auto, blocked, fused or cudnn");
     EXPECT_USER_ERROR(run_par(dir, c + " --attention fused"), "is for --device cuda");
+    EXPECT_USER_ERROR(run_par(dir, c + " --attention cudnn"), "is for --device cuda");
+    // cuDNN's flash attention is bf16: asking for it in another precision is refused
+    // before any device is opened.
+    EXPECT_USER_ERROR(run_par(dir, c + " --device cuda --precision tf32 --attention cudnn"),
+                      "--attention cudnn needs --precision bf16");
   }
 }
 
@@ -89,8 +94,8 @@ class LocalBackendRun : public ::testing::Test {
   std::vector<std::string> commands_;
 };
 
-// As in train, --attention blocked is accepted on the CPU and changes nothing there (the
-// CPU has one attention): the same output as without the option.
+// As in train, --attention blocked (and auto, the default) is accepted on the CPU and
+// changes nothing there (the CPU has one attention): the same output as without it.
 TEST_F(LocalBackendRun, AttentionBlockedIsAcceptedOnTheCpu) {
   for (const std::string& c : commands_) {
     SCOPED_TRACE(c);
@@ -100,12 +105,15 @@ TEST_F(LocalBackendRun, AttentionBlockedIsAcceptedOnTheCpu) {
     ASSERT_EQ(blocked.rc, 0) << blocked.err;
     EXPECT_FALSE(plain.out.empty());
     EXPECT_EQ(blocked.out, plain.out);
+    const testing_util::ParRun automatic = run_par(dir_, c + " --device cpu --attention auto");
+    ASSERT_EQ(automatic.rc, 0) << automatic.err;
+    EXPECT_EQ(automatic.out, plain.out);
   }
 }
 
 // On a GPU the kernel choice reaches the CUDA backend: its description in the log says
 // so (eval logs it with the model, sample as "backend: ...").
-TEST_F(LocalBackendRun, AttentionFusedReachesTheCudaBackend) {
+TEST_F(LocalBackendRun, AttentionChoiceReachesTheCudaBackend) {
 #ifdef PAR_HAVE_CUDA
   if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU is visible";
   for (const std::string& c : commands_) {
@@ -113,10 +121,17 @@ TEST_F(LocalBackendRun, AttentionFusedReachesTheCudaBackend) {
     const testing_util::ParRun fused =
         run_par(dir_, c + " --device cuda --precision bf16 --attention fused");
     ASSERT_EQ(fused.rc, 0) << fused.err;
-    EXPECT_NE(fused.err.find(", fused attention"), std::string::npos) << fused.err;
-    const testing_util::ParRun blocked = run_par(dir_, c + " --device cuda --precision bf16");
+    EXPECT_NE(fused.err.find("attention: par's fused WMMA kernels"), std::string::npos)
+        << fused.err;
+    const testing_util::ParRun blocked =
+        run_par(dir_, c + " --device cuda --precision bf16 --attention blocked");
     ASSERT_EQ(blocked.rc, 0) << blocked.err;
-    EXPECT_EQ(blocked.err.find(", fused attention"), std::string::npos) << blocked.err;
+    EXPECT_NE(blocked.err.find("attention: par's blocked kernels"), std::string::npos)
+        << blocked.err;
+    // The default in bf16: cuDNN where it is found (the GPU machines have it).
+    const testing_util::ParRun automatic = run_par(dir_, c + " --device cuda --precision bf16");
+    ASSERT_EQ(automatic.rc, 0) << automatic.err;
+    EXPECT_NE(automatic.err.find("flash attention"), std::string::npos) << automatic.err;
   }
 #else
   GTEST_SKIP() << "built without the CUDA backend";

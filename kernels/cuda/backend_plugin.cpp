@@ -7,12 +7,14 @@
 namespace par::cuda_plugin {
 namespace {
 
-std::unique_ptr<Ops<float>> make_ops(int device, Precision precision, bool fused_attention) {
+std::unique_ptr<Ops<float>> make_ops(int device, Precision precision,
+                                     const std::string& attention) {
   const auto mode = precision == Precision::kBF16   ? cuda::MatmulPrecision::kBF16
                     : precision == Precision::kTF32 ? cuda::MatmulPrecision::kTF32
                                                     : cuda::MatmulPrecision::kFloat32;
+  const cuda::AttentionKernel kernel = cuda::parse_attention_kernel(attention);
   auto ops = cuda::make_cuda_ops(device, mode);
-  if (fused_attention) cuda::set_attention_kernel(*ops, cuda::AttentionKernel::kFused);
+  cuda::set_attention_kernel(*ops, kernel);
   return ops;
 }
 
@@ -22,9 +24,10 @@ std::unique_ptr<Communicator> nccl(MPI_Comm group, void* stream) {
   return make_nccl_communicator(group, stream);
 }
 
-const Api kApi{kApiVersion,       cuda::device_count, cuda::no_device_reason,
-               cuda::select_device, cuda::describe_device, make_ops,
-               peak_bytes,         cuda::cuda_stream,  nccl};
+const Api kApi{kApiVersion,           cuda::device_count,   cuda::no_device_reason,
+               cuda::select_device,   cuda::describe_device, make_ops,
+               cuda::attention_description, cuda::set_log_sink, peak_bytes,
+               cuda::cuda_stream,     nccl};
 
 }  // namespace
 }  // namespace par::cuda_plugin

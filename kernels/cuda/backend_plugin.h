@@ -16,11 +16,12 @@
 
 #include "core/communicator.h"
 #include "core/ops.h"
+#include "kernels/cuda/backend_log.h"
 
 namespace par::cuda_plugin {
 
 // Bumped whenever Api changes, so a stale plugin next to a new par is refused.
-constexpr int kApiVersion = 1;
+constexpr int kApiVersion = 2;
 
 enum class Precision { kFloat32, kTF32, kBF16 };
 
@@ -30,7 +31,12 @@ struct Api {
   std::string (*no_device_reason)();
   int (*select_device)(int local_rank);
   std::string (*describe_device)(int device);
-  std::unique_ptr<Ops<float>> (*make_ops)(int device, Precision precision, bool fused_attention);
+  // attention: auto | blocked | fused | cudnn (cuda::AttentionKernel); UserError otherwise.
+  std::unique_ptr<Ops<float>> (*make_ops)(int device, Precision precision,
+                                          const std::string& attention);
+  std::string (*attention_description)(Ops<float>& ops);
+  // Where the backend's messages go (its log lines: which attention each shape takes).
+  void (*set_log_sink)(cuda::LogSink sink);
   int64_t (*peak_bytes)(Ops<float>& ops);
   void* (*stream)(Ops<float>& ops);
   std::unique_ptr<Communicator> (*make_nccl_communicator)(MPI_Comm group, void* stream);

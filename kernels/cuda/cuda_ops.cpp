@@ -16,6 +16,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemm_mapping.h"
@@ -53,7 +54,8 @@ enum ScratchSlot : int {
   kLayerNormPartial,
   kEmbedding,
   kSquares,
-  kSlotCount
+  kCudnnFirst,  // CudnnAttention's own buffers
+  kSlotCount = kCudnnFirst + CudnnAttention::kScratchSlots
 };
 
 class CudaOps final : public Ops<float> {
@@ -138,6 +140,7 @@ class CudaOps final : public Ops<float> {
   MatmulPrecision precision() const { return precision_; }
   void set_key_block(int64_t keys) { key_block_ = keys; }
   void set_attention_kernel(AttentionKernel k) { attention_kernel_ = k; }
+  std::string attention_description();
   MemoryStats memory();
 
  private:
@@ -145,6 +148,14 @@ class CudaOps final : public Ops<float> {
   // devices, and kernels launch on the current one).
   void use_device() const { PAR_CUDA_CHECK(cudaSetDevice(device_)); }
   void track(int64_t delta);
+  // The cuDNN path, when this call may and can take it (else null, having thrown where
+  // kCudnn demands it).
+  CudnnAttention* cudnn_for(const AttentionShape& s, bool backward);
+  void blocked_forward(const AttentionShape& s, const float* q, const float* k, const float* v,
+                       float* o, float* lse);
+  void blocked_backward(const AttentionShape& s, const float* q, const float* k,
+                        const float* v, const float* o, const float* d_o, const float* lse,
+                        float* dq, float* dk, float* dv);
 
   int device_;
   MatmulPrecision precision_;
@@ -160,7 +171,9 @@ class CudaOps final : public Ops<float> {
   std::unordered_map<void*, size_t> sizes_;
   int64_t allocated_ = 0, peak_ = 0;
   int64_t key_block_ = 0;
-  AttentionKernel attention_kernel_ = AttentionKernel::kBlocked;
+  AttentionKernel attention_kernel_ = AttentionKernel::kAuto;
+  int sm_major_ = 0;
+  std::unique_ptr<CudnnAttention> cudnn_;  // made on first use
 };
 
 namespace {
@@ -207,6 +220,7 @@ struct CudaEngine {
 
 CudaOps::CudaOps(int device, MatmulPrecision precision) : device_(device), precision_(precision) {
   use_device();
+  PAR_CUDA_CHECK(cudaDeviceGetAttribute(&sm_major_, cudaDevAttrComputeCapabilityMajor, device_));
   PAR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   PAR_CUBLAS_CHECK(cublasCreate(&cublas_));
   PAR_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
@@ -226,6 +240,7 @@ CudaOps::~CudaOps() {
   // context is already broken, and the original error has been reported).
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
+  cudnn_.reset();
   for (auto& s : scratch_)
     if (s.p) cudaFree(s.p);
   if (pinned_) cudaFreeHost(pinned_);
@@ -494,23 +509,76 @@ void CudaOps::key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batch,
                       example_base, position_base);
 }
 
+CudnnAttention* CudaOps::cudnn_for(const AttentionShape& s, bool backward) {
+  const AttentionKernel k = attention_kernel_;
+  if (k != AttentionKernel::kAuto && k != AttentionKernel::kCudnn) return nullptr;
+  std::string why;
+  if (precision_ != MatmulPrecision::kBF16) {
+    if (k == AttentionKernel::kAuto) return nullptr;
+    why = cat("cuDNN's flash attention computes in bf16, and the products are ",
+              precision_name(precision_));
+  } else {
+    if (!cudnn_) {
+      CudnnAttention::Blocked blocked;
+      blocked.forward = [this](const AttentionShape& b, const float* q, const float* kk,
+                               const float* v, float* o, float* lse) {
+        blocked_forward(b, q, kk, v, o, lse);
+      };
+      blocked.backward = [this](const AttentionShape& b, const float* q, const float* kk,
+                                const float* v, const float* o, const float* d_o,
+                                const float* lse, float* dq, float* dk, float* dv) {
+        blocked_backward(b, q, kk, v, o, d_o, lse, dq, dk, dv);
+      };
+      cudnn_ = std::make_unique<CudnnAttention>(
+          stream_, sm_major_,
+          [this](int slot, size_t bytes) { return scratch(kCudnnFirst + slot, bytes); },
+          std::move(blocked));
+    }
+    why = cudnn_->prepare(s, backward);
+    if (why.empty()) return cudnn_.get();
+    if (k == AttentionKernel::kAuto) return nullptr;
+  }
+  throw std::runtime_error(cat("--attention cudnn: this attention ",
+                               backward ? "backward" : "forward", " cannot run on cuDNN: ", why));
+}
+
+void CudaOps::blocked_forward(const AttentionShape& s, const float* q, const float* k,
+                              const float* v, float* o, float* lse) {
+  CudaEngine e{*this};
+  attention_forward_plan(e, s, q, k, v, o, lse, key_block_);
+}
+
+void CudaOps::blocked_backward(const AttentionShape& s, const float* q, const float* k,
+                               const float* v, const float* o, const float* d_o,
+                               const float* lse, float* dq, float* dk, float* dv) {
+  CudaEngine e{*this};
+  attention_backward_plan(e, s, q, k, v, o, d_o, lse, dq, dk, dv, key_block_);
+}
+
 void CudaOps::attention_forward(const AttentionShape& s, const float* q, const float* k,
                                 const float* v, float* o, float* lse) {
   use_device();
+  if (CudnnAttention* c = cudnn_for(s, false)) {
+    c->forward(s, q, k, v, o, lse);
+    return;
+  }
   if (attention_kernel_ == AttentionKernel::kFused && precision_ != MatmulPrecision::kFloat32 &&
       kern::fused_attention_covers(s.head_dim)) {
     kern::attention_forward_fused(stream_, s, q, k, v, o, lse,
                                   precision_ == MatmulPrecision::kBF16);
     return;
   }
-  CudaEngine e{*this};
-  attention_forward_plan(e, s, q, k, v, o, lse, key_block_);
+  blocked_forward(s, q, k, v, o, lse);
 }
 
 void CudaOps::attention_backward(const AttentionShape& s, const float* q, const float* k,
                                  const float* v, const float* o, const float* d_o,
                                  const float* lse, float* dq, float* dk, float* dv) {
   use_device();
+  if (CudnnAttention* c = cudnn_for(s, true)) {
+    c->backward(s, q, k, v, o, d_o, lse, dq, dk, dv);
+    return;
+  }
   if (attention_kernel_ == AttentionKernel::kFused && precision_ != MatmulPrecision::kFloat32 &&
       kern::fused_attention_backward_covers(s.head_dim) && s.batch > 0 && s.nq > 0 &&
       s.heads > 0) {
@@ -521,8 +589,26 @@ void CudaOps::attention_backward(const AttentionShape& s, const float* q, const 
                                    precision_ == MatmulPrecision::kBF16);
     return;
   }
-  CudaEngine e{*this};
-  attention_backward_plan(e, s, q, k, v, o, d_o, lse, dq, dk, dv, key_block_);
+  blocked_backward(s, q, k, v, o, d_o, lse, dq, dk, dv);
+}
+
+std::string CudaOps::attention_description() {
+  switch (attention_kernel_) {
+    case AttentionKernel::kBlocked: return "attention: par's blocked kernels (cuBLAS per key block)";
+    case AttentionKernel::kFused:
+      return "attention: par's fused WMMA kernels where they apply, blocked elsewhere";
+    case AttentionKernel::kAuto:
+    case AttentionKernel::kCudnn: break;
+  }
+  if (precision_ != MatmulPrecision::kBF16)
+    return cat("attention: par's blocked kernels (cuDNN's flash attention is for --precision "
+               "bf16, not ", precision_name(precision_), ")");
+  const CudnnApi* api = cudnn_api();
+  if (!api) return "attention: par's blocked kernels (" + cudnn_unavailable_reason() + ")";
+  return cat("attention: cuDNN ", api->version_string(), " flash attention (", api->path, ")",
+             attention_kernel_ == AttentionKernel::kAuto
+                 ? ", par's blocked kernels where cuDNN does not apply"
+                 : ", for every call");
 }
 
 void CudaOps::attention_merge_scale(float* o, float* lse, const float* lse_max, int64_t batch,
@@ -672,6 +758,16 @@ void set_attention_key_block(Ops<float>& ops, int64_t keys) { as_cuda(ops).set_k
 
 void set_attention_kernel(Ops<float>& ops, AttentionKernel kernel) {
   as_cuda(ops).set_attention_kernel(kernel);
+}
+
+std::string attention_description(Ops<float>& ops) { return as_cuda(ops).attention_description(); }
+
+AttentionKernel parse_attention_kernel(const std::string& name) {
+  if (name == "auto") return AttentionKernel::kAuto;
+  if (name == "blocked") return AttentionKernel::kBlocked;
+  if (name == "fused") return AttentionKernel::kFused;
+  if (name == "cudnn") return AttentionKernel::kCudnn;
+  fail_user("--attention must be auto, blocked, fused or cudnn (got '", name, "')");
 }
 
 }  // namespace par::cuda

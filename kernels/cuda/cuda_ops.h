@@ -60,13 +60,24 @@ struct MemoryStats {
 };
 MemoryStats memory_stats(Ops<float>& ops);
 
-// Which attention runs. kBlocked (the default): cuBLAS products per key block and small
-// kernels (attention_plan.h). kFused: flash-style kernels with tensor-core products
-// (attention_fused.cu, attention_fused_bwd.cu) for tf32 and bf16, head sizes 16, 32, 64
-// (and 128 in the forward); other cases take the blocked path. Opt-in until it has run on
-// a GPU.
-enum class AttentionKernel { kBlocked, kFused };
+// Which attention runs.
+// - kAuto (the default): cuDNN's flash attention (attention_cudnn.h) with --precision
+//   bf16 where cuDNN is available and takes the call, par's blocked path elsewhere; each
+//   shape's choice is logged once (backend_log.h).
+// - kBlocked: cuBLAS products per key block and small kernels (attention_plan.h), in
+//   every precision: the reference the others are tested against.
+// - kFused: flash-style WMMA kernels (attention_fused.cu, attention_fused_bwd.cu) for tf32
+//   and bf16, head sizes 16, 32, 64 (and 128 in the forward); other cases take the blocked
+//   path.
+// - kCudnn: cuDNN's flash attention for every call, or an error (std::runtime_error)
+//   saying why a call cannot have it: for the tests, and for users who want to know.
+enum class AttentionKernel { kAuto, kBlocked, kFused, kCudnn };
+// "auto", "blocked", "fused", "cudnn"; UserError for anything else.
+AttentionKernel parse_attention_kernel(const std::string& name);
 void set_attention_kernel(Ops<float>& ops, AttentionKernel kernel);
+// One line for the log: which attention runs with these settings, and with which cuDNN
+// (its version and file) or why none.
+std::string attention_description(Ops<float>& ops);
 
 // Testing hook: the number of keys per block of the attention (0: automatic). Small
 // blocks make small test shapes cross several blocks, as long contexts do.

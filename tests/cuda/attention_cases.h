@@ -64,6 +64,8 @@ struct AttentionData {
     s.k_pos = k_pos.data();
     s.k_keep = c.use_keep ? keep.data() : nullptr;
     s.scale = 1.0 / std::sqrt(double(c.head_dim));
+    s.q_pos_first = c.q_offset;  // the positions are contiguous, as in the model
+    s.k_pos_first = 0;
     return s;
   }
   // Whether key j of example b is visible to at least one query.

@@ -10,6 +10,7 @@
 
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cudnn_api.h"
 #include "tests/cuda/attention_cases.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -73,7 +74,7 @@ Outputs gpu_attention(Ops<float>& ops, const AttentionData& d, const Outputs* gi
   r.dk = dk.host();
   r.dv = dv.host();
   cuda::set_attention_key_block(ops, 0);
-  cuda::set_attention_kernel(ops, cuda::AttentionKernel::kBlocked);
+  cuda::set_attention_kernel(ops, cuda::AttentionKernel::kAuto);
   return r;
 }
 
@@ -149,6 +150,51 @@ TEST_P(CudaAttentionTest, FusedMatchesTheCpu) {
   EXPECT_TRUE(bitwise_equal(got.dv, again.dv)) << "dv, second run";
 }
 
+// cuDNN's flash attention (bf16), for every case whose head size it takes (a multiple of
+// 8): the prefix it runs with gathered keys, the diagonal the blocked path runs, their
+// merge; rows and whole examples with no visible key. Its bf16 outputs (o and the
+// gradients are rounded to bf16, 2^-9 relative) stay within the bf16 attention tolerance.
+// The other head sizes are refused with the reason. Two runs give the same bits (the
+// deterministic backward).
+TEST_P(CudaAttentionTest, CudnnMatchesTheCpu) {
+  const auto [precision, c] = GetParam();
+  if (precision != MatmulPrecision::kBF16) GTEST_SKIP() << "cuDNN's flash attention is bf16";
+  if (!cuda::cudnn_api()) GTEST_SKIP() << "no cuDNN: " << cuda::cudnn_unavailable_reason();
+  const AttentionData d = cuda_test::make_attention_data(c, 25);
+  auto ops = cuda::make_cuda_ops(0, precision);
+  if (c.head_dim % 8 != 0) {
+    try {
+      gpu_attention(*ops, d, nullptr, cuda::AttentionKernel::kCudnn);
+      FAIL() << "cuDNN ran heads of " << c.head_dim;
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("does not take heads of"), std::string::npos)
+          << e.what();
+    }
+    return;
+  }
+  const Outputs want = cpu_attention(d);
+  const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kCudnn);
+  const double tol = cuda_test::attention_tol(precision);
+  EXPECT_TRUE(close(got.o, want.o, tol)) << "o";
+  EXPECT_TRUE(close(got.lse, want.lse, tol)) << "lse";
+  EXPECT_TRUE(close(got.dq, want.dq, tol)) << "dq";
+  EXPECT_TRUE(close(got.dk, want.dk, tol)) << "dk";
+  EXPECT_TRUE(close(got.dv, want.dv, tol)) << "dv";
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t j = 0; j < c.nk; ++j)
+      if (!d.key_seen(b, j))
+        for (int64_t e = 0; e < d.ld(); ++e) {
+          const size_t at = size_t((b * c.nk + j) * d.ld() + e);
+          ASSERT_TRUE(got.dk[at] == 0.0f && got.dv[at] == 0.0f) << "unseen key " << j;
+        }
+  const Outputs again = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kCudnn);
+  EXPECT_TRUE(bitwise_equal(got.o, again.o)) << "o, second run";
+  EXPECT_TRUE(bitwise_equal(got.lse, again.lse)) << "lse, second run";
+  EXPECT_TRUE(bitwise_equal(got.dq, again.dq)) << "dq, second run";
+  EXPECT_TRUE(bitwise_equal(got.dk, again.dk)) << "dk, second run";
+  EXPECT_TRUE(bitwise_equal(got.dv, again.dv)) << "dv, second run";
+}
+
 TEST_P(CudaAttentionTest, IsBitwiseReproducible) {
   const auto [precision, c] = GetParam();
   const AttentionData d = cuda_test::make_attention_data(c, 22);
@@ -187,6 +233,24 @@ TEST(CudaAttentionLong, ContextOf131072Keys) {
   EXPECT_TRUE(close(got.dq, want.dq, 3e-5)) << "dq";
   EXPECT_TRUE(close(got.dk, want.dk, 3e-5)) << "dk";
   EXPECT_TRUE(close(got.dv, want.dv, 3e-5)) << "dv";
+}
+
+// The same through cuDNN in bf16: a prefix of ~118,000 gathered keys (10% dropped) and the
+// 64-key diagonal.
+TEST(CudaAttentionLong, ContextOf131072KeysThroughCudnn) {
+  PAR_SKIP_WITHOUT_GPU();
+  if (!cuda::cudnn_api()) GTEST_SKIP() << "no cuDNN: " << cuda::cudnn_unavailable_reason();
+  AttentionCase c{"long", 1, 64, 131072, 2, 16, 131072 - 64, 0.1, 8192};
+  const AttentionData d = cuda_test::make_attention_data(c, 26);
+  const Outputs want = cpu_attention(d);
+  auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kBF16);
+  const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kCudnn);
+  const double tol = cuda_test::attention_tol(MatmulPrecision::kBF16);
+  EXPECT_TRUE(close(got.o, want.o, tol)) << "o";
+  EXPECT_TRUE(close(got.lse, want.lse, tol)) << "lse";
+  EXPECT_TRUE(close(got.dq, want.dq, tol)) << "dq";
+  EXPECT_TRUE(close(got.dk, want.dk, tol)) << "dk";
+  EXPECT_TRUE(close(got.dv, want.dv, tol)) << "dv";
 }
 
 }  // namespace

@@ -1,0 +1,94 @@
+// The attention of core/ops.h through cuDNN's flash attention (bf16 operands, float32
+// statistics), for calls whose positions the caller gives as contiguous (AttentionShape's
+// q_pos_first, k_pos_first: the model's calls).
+//
+// How a call runs (attention_segments.h):
+// - Queries and keys from the same position with no key mask (the latent self-attention):
+//   one causal flash attention.
+// - Otherwise the keys every query sees form a prefix: the visible ones (not PAD, not
+//   dropped) are gathered into a dense bf16 buffer, so dropped keys cost nothing, and one
+//   flash attention with per-example key counts (a padding mask) covers them. The few keys
+//   on the causal diagonal (at most M - 1 of the cross-attention) go through the blocked
+//   path, which takes any mask, and the two pieces are merged in log-sum-exp form.
+// The backward takes the (merged) o and lse as given, so sequence-parallel ranks can pass
+// the merged statistics, and runs the same pieces.
+//
+// The model's tensors are float32, so operands are converted to bf16 on the way in (in
+// the gather, for keys and values) and results back to float32.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+
+#include "core/ops.h"
+#include "kernels/cuda/cudnn_api.h"
+#include "kernels/cuda/cudnn_graph.h"
+
+namespace par::cuda {
+
+class CudnnAttention {
+ public:
+  // A grow-only device buffer of at least `bytes` for this object's buffer `slot` (the
+  // backend's scratch, so its memory figures see them).
+  using Scratch = std::function<void*(int slot, size_t bytes)>;
+  // The blocked path, for the diagonal piece under a key mask.
+  struct Blocked {
+    std::function<void(const AttentionShape&, const float* q, const float* k, const float* v,
+                       float* o, float* lse)>
+        forward;
+    std::function<void(const AttentionShape&, const float* q, const float* k, const float* v,
+                       const float* o, const float* d_o, const float* lse, float* dq,
+                       float* dk, float* dv)>
+        backward;
+  };
+  static constexpr int kScratchSlots = 32;
+
+  CudnnAttention(cudaStream_t stream, int sm_major, Scratch scratch, Blocked blocked);
+  ~CudnnAttention();
+  CudnnAttention(const CudnnAttention&) = delete;
+  CudnnAttention& operator=(const CudnnAttention&) = delete;
+
+  // "" when the call can take this path, else why not: no cuDNN, positions not given as
+  // contiguous, a head size cuDNN does not take, nothing for cuDNN to do, or cuDNN's
+  // refusal of the graph. Builds (once per shape) the graphs the call needs, so the
+  // first call of a shape takes longer.
+  std::string prepare(const AttentionShape& s, bool backward);
+  // After prepare(s, false) returned "".
+  void forward(const AttentionShape& s, const float* q, const float* k, const float* v,
+               float* o, float* lse);
+  // After prepare(s, true) returned "".
+  void backward(const AttentionShape& s, const float* q, const float* k, const float* v,
+                const float* o, const float* d_o, const float* lse, float* dq, float* dk,
+                float* dv);
+
+ private:
+  // direction, batch, heads, nq, nk, head_dim, causal, scale
+  using Key = std::tuple<bool, int64_t, int64_t, int64_t, int64_t, int64_t, bool, double>;
+  struct Entry {
+    std::unique_ptr<CudnnGraph> graph;
+    std::string refusal;  // why cuDNN could not build it; graph null then
+  };
+  // The graph of one piece (built on first use), or null with the reason in *why.
+  const CudnnGraph* graph(bool backward, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
+                          int64_t head_dim, bool causal, double scale, std::string* why);
+  void run(const CudnnGraph& g, const std::vector<std::pair<int64_t, void*>>& bound);
+  template <typename T>
+  T* buffer(int slot, int64_t count) {
+    return static_cast<T*>(scratch_(slot, size_t(std::max<int64_t>(count, 1)) * sizeof(T)));
+  }
+
+  const CudnnApi* api_;
+  cudaStream_t stream_;
+  int sm_major_;
+  Scratch scratch_;
+  Blocked blocked_;
+  cudnnHandle_t handle_ = nullptr;
+  std::map<Key, Entry> graphs_;
+};
+
+}  // namespace par::cuda

@@ -1,0 +1,270 @@
+// The kernels of attention_cudnn_kernels.h. Element-wise over 64-bit counts with grid-
+// stride loops, like the rest of the backend's kernels.
+#include <cuda_bf16.h>
+
+#include <cfloat>
+#include <cub/device/device_scan.cuh>
+
+#include "core/error.h"
+#include "kernels/cuda/attention_cudnn_kernels.h"
+#include "kernels/cuda/device_util.cuh"
+
+namespace par::cuda::kern {
+
+namespace {
+
+__device__ __forceinline__ uint16_t to_bf16(float x) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+__device__ __forceinline__ float from_bf16(uint16_t u) {
+  return __bfloat162float(__ushort_as_bfloat16(u));
+}
+
+__global__ void rows_to_bf16_kernel(uint16_t* dst, const float* src, int64_t batch,
+                                    int64_t total, int64_t row0, int64_t rows, int64_t width) {
+  const int64_t per = rows * width, n = batch * per;
+  for (int64_t t = global_thread(); t < n; t += grid_threads()) {
+    const int64_t b = t / per, r = (t % per) / width, e = t % width;
+    dst[t] = to_bf16(src[(b * total + row0 + r) * width + e]);
+  }
+}
+
+__global__ void rows_from_bf16_kernel(float* dst, const uint16_t* src, int64_t batch,
+                                      int64_t total, int64_t row0, int64_t rows,
+                                      int64_t width) {
+  const int64_t per = rows * width, n = batch * per;
+  for (int64_t t = global_thread(); t < n; t += grid_threads()) {
+    const int64_t b = t / per, r = (t % per) / width, e = t % width;
+    dst[(b * total + row0 + r) * width + e] = from_bf16(src[t]);
+  }
+}
+
+__global__ void fill_int32_kernel(int32_t* x, int64_t n, int32_t value) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) x[i] = value;
+}
+
+__global__ void key_flags_kernel(int32_t* flags, const uint8_t* keep, int64_t batch,
+                                 int64_t nk, int64_t prefix) {
+  const int64_t n = batch * prefix;
+  for (int64_t t = global_thread(); t < n; t += grid_threads()) {
+    const int64_t b = t / prefix, j = t % prefix;
+    flags[t] = keep ? (keep[b * nk + j] != 0) : 1;
+  }
+}
+
+__global__ void key_count_kernel(int32_t* count, const int32_t* flags, const int32_t* pos,
+                                 int64_t batch, int64_t prefix) {
+  for (int64_t b = global_thread(); b < batch; b += grid_threads()) {
+    const int64_t last = b * prefix + prefix - 1;
+    count[b] = pos[last] + flags[last] - pos[b * prefix];
+  }
+}
+
+__global__ void gather_keys_kernel(uint16_t* kd, uint16_t* vd, const float* k, const float* v,
+                                   const int32_t* flags, const int32_t* pos, int64_t batch,
+                                   int64_t nk, int64_t prefix, int64_t width) {
+  const int64_t per = prefix * width, n = batch * per;
+  for (int64_t t = global_thread(); t < n; t += grid_threads()) {
+    const int64_t b = t / per, j = (t % per) / width, e = t % width;
+    const int64_t at = b * prefix + j;
+    if (!flags[at]) continue;
+    const int64_t row = pos[at] - pos[b * prefix];
+    const int64_t dst = (b * prefix + row) * width + e, src = (b * nk + j) * width + e;
+    kd[dst] = to_bf16(k[src]);
+    vd[dst] = to_bf16(v[src]);
+  }
+}
+
+__global__ void zero_tail_kernel(uint16_t* kd, uint16_t* vd, const int32_t* count,
+                                 int64_t batch, int64_t prefix, int64_t width) {
+  const int64_t per = prefix * width, n = batch * per;
+  for (int64_t t = global_thread(); t < n; t += grid_threads()) {
+    const int64_t b = t / per, r = (t % per) / width;
+    if (r < count[b]) continue;
+    kd[t] = 0;
+    vd[t] = 0;
+  }
+}
+
+__global__ void scatter_key_grads_kernel(float* dk, float* dv, const uint16_t* dkd,
+                                         const uint16_t* dvd, const int32_t* flags,
+                                         const int32_t* pos, int64_t batch, int64_t nk,
+                                         int64_t prefix, int64_t width) {
+  const int64_t per = prefix * width, n = batch * per;
+  for (int64_t t = global_thread(); t < n; t += grid_threads()) {
+    const int64_t b = t / per, j = (t % per) / width, e = t % width;
+    const int64_t at = b * prefix + j, dst = (b * nk + j) * width + e;
+    if (!flags[at]) {
+      dk[dst] = 0;
+      dv[dst] = 0;
+      continue;
+    }
+    const int64_t src = (b * prefix + pos[at] - pos[b * prefix]) * width + e;
+    dk[dst] = from_bf16(dkd[src]);
+    dv[dst] = from_bf16(dvd[src]);
+  }
+}
+
+// Rows [row0, nq) of example b come from the dense [batch, nq - row0, width] src unless
+// the row or the example saw no key.
+__global__ void rows_or_zero_kernel(float* dst, const uint16_t* src, const int32_t* count,
+                                    int64_t batch, int64_t nq, int64_t row0, int64_t width) {
+  const int64_t per = nq * width, n = batch * per, rows = nq - row0;
+  for (int64_t t = global_thread(); t < n; t += grid_threads()) {
+    const int64_t b = t / per, i = (t % per) / width, e = t % width;
+    const bool empty = i < row0 || (count && count[b] == 0);
+    dst[t] = empty ? 0.0f : from_bf16(src[(b * rows + i - row0) * width + e]);
+  }
+}
+
+__global__ void stats_or_empty_kernel(float* lse, const float* stats, const int32_t* count,
+                                      int64_t batch, int64_t heads, int64_t nq, int64_t row0) {
+  const int64_t n = batch * heads * nq, rows = nq - row0;
+  for (int64_t t = global_thread(); t < n; t += grid_threads()) {
+    const int64_t bh = t / nq, i = t % nq, b = bh / heads;
+    const bool empty = i < row0 || (count && count[b] == 0);
+    lse[t] = empty ? -INFINITY : stats[bh * rows + i - row0];
+  }
+}
+
+__global__ void backward_stats_kernel(float* stats, const float* lse, int64_t batch,
+                                      int64_t heads, int64_t nq, int64_t row0, int64_t rows) {
+  const int64_t n = batch * heads * rows;
+  for (int64_t t = global_thread(); t < n; t += grid_threads()) {
+    const int64_t bh = t / rows, r = t % rows;
+    const float l = lse[bh * nq + row0 + r];
+    stats[t] = l == -INFINITY ? FLT_MAX : l;
+  }
+}
+
+__global__ void merge_rows_kernel(float* o, float* lse, const float* o2, const float* lse2,
+                                  int64_t batch, int64_t nq, int64_t row0, int64_t rows,
+                                  int64_t heads, int64_t head_dim) {
+  const int64_t n = batch * heads * rows, ld = heads * head_dim;
+  for (int64_t t = global_thread(); t < n; t += grid_threads()) {
+    const int64_t bh = t / rows, r = t % rows, b = bh / heads, h = bh % heads;
+    float& l1 = lse[bh * nq + row0 + r];
+    const float l2 = lse2[t];
+    const float m = fmaxf(l1, l2);
+    if (m == -INFINITY) continue;  // empty in both: o = 0 and lse = -inf already
+    const float w1 = l1 == -INFINITY ? 0.0f : expf(l1 - m);
+    const float w2 = l2 == -INFINITY ? 0.0f : expf(l2 - m);
+    const float inv = 1.0f / (w1 + w2);
+    float* a = o + (b * nq + row0 + r) * ld + h * head_dim;
+    const float* c = o2 + (b * rows + r) * ld + h * head_dim;
+    for (int64_t d = 0; d < head_dim; ++d) a[d] = (w1 * a[d] + w2 * c[d]) * inv;
+    l1 = m + logf(w1 + w2);
+  }
+}
+
+}  // namespace
+
+void rows_to_bf16(cudaStream_t st, uint16_t* dst, const float* src, int64_t batch,
+                  int64_t total, int64_t row0, int64_t rows, int64_t width) {
+  const int64_t n = batch * rows * width;
+  if (n <= 0) return;
+  rows_to_bf16_kernel<<<blocks_for(n), kThreads, 0, st>>>(dst, src, batch, total, row0, rows,
+                                                          width);
+  PAR_CUDA_CHECK_LAUNCH("rows_to_bf16_kernel");
+}
+
+void rows_from_bf16(cudaStream_t st, float* dst, const uint16_t* src, int64_t batch,
+                    int64_t total, int64_t row0, int64_t rows, int64_t width) {
+  const int64_t n = batch * rows * width;
+  if (n <= 0) return;
+  rows_from_bf16_kernel<<<blocks_for(n), kThreads, 0, st>>>(dst, src, batch, total, row0, rows,
+                                                            width);
+  PAR_CUDA_CHECK_LAUNCH("rows_from_bf16_kernel");
+}
+
+void fill_int32(cudaStream_t st, int32_t* x, int64_t n, int32_t value) {
+  if (n <= 0) return;
+  fill_int32_kernel<<<blocks_for(n), kThreads, 0, st>>>(x, n, value);
+  PAR_CUDA_CHECK_LAUNCH("fill_int32_kernel");
+}
+
+size_t key_scan_scratch_bytes(int64_t n) {
+  size_t bytes = 0;
+  PAR_ASSERT(n >= 0 && n <= INT32_MAX, "key scan of ", n, " entries exceeds CUB's int range");
+  PAR_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, static_cast<const int32_t*>(nullptr),
+                                               static_cast<int32_t*>(nullptr), int(n)));
+  return bytes;
+}
+
+void scan_visible_keys(cudaStream_t st, int32_t* flags, int32_t* pos, int32_t* count,
+                       const uint8_t* keep, int64_t batch, int64_t nk, int64_t prefix,
+                       void* scratch, size_t scratch_bytes) {
+  const int64_t n = batch * prefix;
+  if (n <= 0) return;
+  key_flags_kernel<<<blocks_for(n), kThreads, 0, st>>>(flags, keep, batch, nk, prefix);
+  PAR_CUDA_CHECK_LAUNCH("key_flags_kernel");
+  size_t bytes = scratch_bytes;
+  PAR_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scratch, bytes, flags, pos, int(n), st));
+  key_count_kernel<<<blocks_for(batch), kThreads, 0, st>>>(count, flags, pos, batch, prefix);
+  PAR_CUDA_CHECK_LAUNCH("key_count_kernel");
+}
+
+void gather_keys(cudaStream_t st, uint16_t* kd, uint16_t* vd, const float* k, const float* v,
+                 const int32_t* flags, const int32_t* pos, const int32_t* count,
+                 int64_t batch, int64_t nk, int64_t prefix, int64_t width) {
+  const int64_t n = batch * prefix * width;
+  if (n <= 0) return;
+  gather_keys_kernel<<<blocks_for(n), kThreads, 0, st>>>(kd, vd, k, v, flags, pos, batch, nk,
+                                                         prefix, width);
+  PAR_CUDA_CHECK_LAUNCH("gather_keys_kernel");
+  zero_tail_kernel<<<blocks_for(n), kThreads, 0, st>>>(kd, vd, count, batch, prefix, width);
+  PAR_CUDA_CHECK_LAUNCH("zero_tail_kernel");
+}
+
+void scatter_key_grads(cudaStream_t st, float* dk, float* dv, const uint16_t* dkd,
+                       const uint16_t* dvd, const int32_t* flags, const int32_t* pos,
+                       int64_t batch, int64_t nk, int64_t prefix, int64_t width) {
+  const int64_t n = batch * prefix * width;
+  if (n <= 0) return;
+  scatter_key_grads_kernel<<<blocks_for(n), kThreads, 0, st>>>(dk, dv, dkd, dvd, flags, pos,
+                                                               batch, nk, prefix, width);
+  PAR_CUDA_CHECK_LAUNCH("scatter_key_grads_kernel");
+}
+
+void attention_results(cudaStream_t st, float* o, float* lse, const uint16_t* ob,
+                       const float* stats, const int32_t* count, int64_t batch, int64_t nq,
+                       int64_t row0, int64_t heads, int64_t head_dim) {
+  const int64_t n = batch * nq * heads * head_dim;
+  if (n <= 0) return;
+  rows_or_zero_kernel<<<blocks_for(n), kThreads, 0, st>>>(o, ob, count, batch, nq, row0,
+                                                          heads * head_dim);
+  PAR_CUDA_CHECK_LAUNCH("rows_or_zero_kernel");
+  stats_or_empty_kernel<<<blocks_for(batch * heads * nq), kThreads, 0, st>>>(
+      lse, stats, count, batch, heads, nq, row0);
+  PAR_CUDA_CHECK_LAUNCH("stats_or_empty_kernel");
+}
+
+void query_grads(cudaStream_t st, float* dq, const uint16_t* dqb, const int32_t* count,
+                 int64_t batch, int64_t nq, int64_t row0, int64_t width) {
+  const int64_t n = batch * nq * width;
+  if (n <= 0) return;
+  rows_or_zero_kernel<<<blocks_for(n), kThreads, 0, st>>>(dq, dqb, count, batch, nq, row0,
+                                                          width);
+  PAR_CUDA_CHECK_LAUNCH("rows_or_zero_kernel");
+}
+
+void backward_stats(cudaStream_t st, float* stats, const float* lse, int64_t batch,
+                    int64_t heads, int64_t nq, int64_t row0, int64_t rows) {
+  const int64_t n = batch * heads * rows;
+  if (n <= 0) return;
+  backward_stats_kernel<<<blocks_for(n), kThreads, 0, st>>>(stats, lse, batch, heads, nq, row0,
+                                                            rows);
+  PAR_CUDA_CHECK_LAUNCH("backward_stats_kernel");
+}
+
+void merge_attention_rows(cudaStream_t st, float* o, float* lse, const float* o2,
+                          const float* lse2, int64_t batch, int64_t nq, int64_t row0,
+                          int64_t rows, int64_t heads, int64_t head_dim) {
+  const int64_t n = batch * heads * rows;
+  if (n <= 0) return;
+  merge_rows_kernel<<<blocks_for(n), kThreads, 0, st>>>(o, lse, o2, lse2, batch, nq, row0, rows,
+                                                        heads, head_dim);
+  PAR_CUDA_CHECK_LAUNCH("merge_rows_kernel");
+}
+
+}  // namespace par::cuda::kern
