@@ -19,6 +19,7 @@
 #include "launch/bench_decode.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
+#include "launch/gpu_peaks.h"
 #include "launch/job.h"
 #include "launch/options.h"
 #include "launch/threads.h"
@@ -203,6 +204,10 @@ int cmd_bench(int argc, char** argv) {
   const double dev_max_mib = grid.world().all_reduce_value(dev_mib, ReduceOp::kMax);
   const double n = double(rc.steps);
   if (!rank0) return 0;
+  // On a known GPU: the share of the card's dense rate in this precision the step reaches.
+  const std::optional<DensePeak> peak =
+      backend.cuda ? dense_peak(backend.description, rc.precision) : std::nullopt;
+  const double peak_share = peak ? gflops / 1e3 / (peak->tflops * grid.world_size()) : 0;
 
   std::printf("model       %s | batch %lld | %d rank(s) (dp %d, sp %d, tp %d) x %d threads | %s\n",
               mc.summary().c_str(), static_cast<long long>(rc.batch_size), grid.world_size(),
@@ -214,6 +219,10 @@ int cmd_bench(int argc, char** argv) {
   std::printf("throughput  %.0f input tokens/s | %.0f targets/s\n", inputs_per_s, targets_per_s);
   std::printf("compute     %.2f model GFLOP/step | %.1f GFLOP/s achieved | gemm %lld^3 (all ranks): %.1f GFLOP/s | ratio %.2f\n",
               flops / 1e9, gflops, static_cast<long long>(gemm_n), gemm_gflops, gflops / gemm_gflops);
+  if (peak)
+    std::printf("            %.1f%% of the dense %s peak of %d %s (%.1f TFLOP/s each)\n",
+                100 * peak_share, rc.precision.c_str(), grid.world_size(), peak->card.c_str(),
+                peak->tflops);
   std::printf("memory      peak resident %.0f MiB (rank 0), %.0f MiB (largest rank)\n", peak_mib,
               peak_max_mib);
   if (backend.cuda)
@@ -225,6 +234,10 @@ int cmd_bench(int argc, char** argv) {
       if (comm_bytes[i] > 0) std::printf(" %s %.3f MiB", kGroupNames[i], comm_bytes[i] / (1 << 20));
     std::printf("\n");
   }
+  double attention_ms = 0;  // the attention ops alone, per step (with --profile)
+  for (const auto& [op, t] : profiled.times())
+    if (op.rfind("attention_forward", 0) == 0 || op.rfind("attention_backward", 0) == 0)
+      attention_ms += 1e3 * t.seconds / n;
   if (profile) {
     std::vector<std::pair<std::string, OpTime>> rows(profiled.times().begin(), profiled.times().end());
     std::sort(rows.begin(), rows.end(),
@@ -238,12 +251,14 @@ int cmd_bench(int argc, char** argv) {
               "\"ms_per_step\": %.2f, \"ms_per_step_mean\": %.2f, \"input_tokens_per_s\": %.1f, "
               "\"targets_per_s\": %.1f, \"model_gflop_per_step\": %.4f, \"gflops\": %.2f, "
               "\"sgemm_gflops\": %.2f, \"ratio_to_sgemm\": %.4f, \"peak_rss_mib\": %.1f, "
-              "\"peak_rss_mib_max\": %.1f, \"peak_device_mib\": %.1f, \"threads\": %d, \"comm_bytes\": {\"world\": %.0f, "
+              "\"peak_rss_mib_max\": %.1f, \"peak_device_mib\": %.1f, \"peak_share\": %.4f, "
+              "\"attention_ms\": %.2f, \"threads\": %d, \"comm_bytes\": {\"world\": %.0f, "
               "\"dp\": %.0f, \"sp\": %.0f, \"tp\": %.0f, \"dp_sp\": %.0f}}\n",
               static_cast<long long>(mc.context_length), static_cast<long long>(rc.batch_size),
               grid.world_size(), rc.dp, rc.sp, rc.tp, 1e3 * step_s, 1e3 * mean_s, inputs_per_s,
               targets_per_s, flops / 1e9, gflops, gemm_gflops, gflops / gemm_gflops, peak_mib,
-              peak_max_mib, dev_max_mib, current_threads(), comm_bytes[0], comm_bytes[1], comm_bytes[2],
+              peak_max_mib, dev_max_mib, peak_share, attention_ms, current_threads(), comm_bytes[0],
+              comm_bytes[1], comm_bytes[2],
               comm_bytes[3], comm_bytes[4]);
   return 0;
 }

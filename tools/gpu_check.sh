@@ -17,7 +17,11 @@
 #
 # Settings (environment):
 #   PRECISIONS    precisions to bench (default "bf16 tf32 fp32")
-#   ATTENTIONS    attention kernels to bench (default "blocked fused"; fused only in tf32/bf16)
+#   ATTENTIONS    attention kernels to bench in bf16 (default "auto blocked": cuDNN where it
+#                 applies, and par's own); tf32 and fp32 bench the first only (auto there
+#                 is the blocked path). "fused" adds par's WMMA kernels.
+#   CUDNN_LIBRARY the libcudnn.so.9 to use (default: the newest cuDNN 9 found: the CUDA
+#                 toolkit's, the system's, PyTorch's nvidia-cudnn package)
 #   GPU_CONFIGS   configs to bench (default: every configs/gpu-*.ini; missing ones are noted)
 #   BENCH_CMD     the bench command line; {par}, {config}, {precision} and {attention} are
 #                 replaced. Default: "{par} bench --config {config} --device cuda
@@ -27,6 +31,9 @@
 #   BUDGET        seconds for the whole check (default 540): bench runs that would not end
 #                 in time are listed as skipped, so the table always comes out
 #   CHECK_OUT     where the logs go (default $OUT when set, else build-gpu-bundle/check)
+# After the table, the issue's targets (tools/gpu_check.sh prints "targets:" lines): the
+# 100M config at N = 131072 with --cross-attend-dropout 0 (the work PyTorch's model does),
+# the attention alone, and N = 1,048,576.
 # Exit status: 0 when all tests passed, 1 when some failed or did not run, 2 on setup errors.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +41,7 @@ repo=$(pwd)
 
 archive=${1:-build-gpu-bundle/bundle/par-gpu-bundle.tar.xz}
 precisions=${PRECISIONS:-bf16 tf32 fp32}
-attentions=${ATTENTIONS:-blocked fused}
+attentions=${ATTENTIONS:-auto blocked}
 configs=${GPU_CONFIGS:-$(ls configs/gpu-*.ini 2>/dev/null)}
 bench_cmd=${BENCH_CMD:-"{par} bench --config {config} --device cuda --precision {precision} --attention {attention} --steps 3 --warmup 1"}
 test_timeout=${TEST_TIMEOUT:-300}
@@ -102,6 +109,45 @@ if ldd "$tests" "$par" | grep "not found" | sort -u > "$work/missing" && [ -s "$
   cat "$work/missing" >&2
   die "libraries not found (above): install CUDA 13's cuBLAS/NCCL or set CUDA_HOME"
 fi
+# cuDNN (loaded by par at run time, PAR_CUDNN_LIBRARY): the newest cuDNN 9 of the machine,
+# whose directory goes first on the library path so that the libraries it loads in turn
+# (libcudnn_graph, the engines) come from the same release.
+cudnn_version() {  # the version number of a libcudnn.so.9, e.g. 91400 (empty if unusable)
+  python3 -c "import ctypes, sys; l = ctypes.CDLL(sys.argv[1]); l.cudnnGetVersion.restype = ctypes.c_size_t; print(l.cudnnGetVersion())" "$1" 2>/dev/null
+}
+cudnn_candidates=()
+for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64 /usr/local/cuda/lib \
+         /usr/lib/x86_64-linux-gnu; do
+  [ -e "$d/libcudnn.so.9" ] && cudnn_candidates+=("$(readlink -f "$d")/libcudnn.so.9")
+done
+sys_cudnn=$(ldconfig -p 2>/dev/null | awk '/libcudnn.so.9 / {print $NF; exit}')
+[ -n "$sys_cudnn" ] && cudnn_candidates+=("$sys_cudnn")
+for sp in $site_dirs; do
+  [ -e "$sp/nvidia/cudnn/lib/libcudnn.so.9" ] && cudnn_candidates+=("$sp/nvidia/cudnn/lib/libcudnn.so.9")
+done
+cudnn_lib=${CUDNN_LIBRARY:-}
+cudnn_other=""
+if [ -z "$cudnn_lib" ]; then
+  best=0
+  for c in "${cudnn_candidates[@]}"; do
+    v=$(cudnn_version "$c")
+    [ -n "$v" ] || continue
+    say "cuDNN $v at $c"
+    if [ "$v" -gt "$best" ]; then
+      [ -n "$cudnn_lib" ] && cudnn_other=$cudnn_lib
+      best=$v cudnn_lib=$c
+    elif [ "$v" -lt "$best" ] && [ -z "$cudnn_other" ]; then
+      cudnn_other=$c
+    fi
+  done
+fi
+if [ -n "$cudnn_lib" ]; then
+  export PAR_CUDNN_LIBRARY=$cudnn_lib
+  export LD_LIBRARY_PATH=$(dirname "$cudnn_lib"):$LD_LIBRARY_PATH
+  say "cuDNN in use: $cudnn_lib (version $(cudnn_version "$cudnn_lib"))"
+else
+  say "no cuDNN 9 found: the attention runs on par's own kernels"
+fi
 say "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 # par only initializes MPI under a launcher; should anything start it, stay alone.
 export OMPI_MCA_ess_singleton_isolated=1
@@ -145,22 +191,70 @@ if [ "$failed" -gt 0 ]; then
 fi
 [ -z "$test_note" ] || say "tests: $test_note"
 
+# The cuDNN path again with the machine's other cuDNN (say the system's 9.14 when PyTorch
+# brings 9.19): par must run on either.
+if [ -n "$cudnn_other" ]; then
+  say "cuDNN tests again with $cudnn_other (log: $logs/tests-other-cudnn.log)"
+  PAR_CUDNN_LIBRARY=$cudnn_other LD_LIBRARY_PATH=$(dirname "$cudnn_other"):$LD_LIBRARY_PATH \
+    timeout 120 "$tests" --gtest_color=no --gtest_filter='*Cudnn*:*cudnn*' \
+    > "$logs/tests-other-cudnn.log" 2>&1
+  other_rc=$?
+  other_passed=$(grep -cE '^\[       OK \] .* \([0-9]+ ms\)$' "$logs/tests-other-cudnn.log")
+  other_failed=$(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$logs/tests-other-cudnn.log")
+  say "with the other cuDNN: $other_passed passed, $other_failed failed (exit $other_rc)"
+  [ "$other_failed" -gt 0 ] || [ "$other_rc" -gt 1 ] && test_note="${test_note:+$test_note; }cuDNN tests failed with $cudnn_other"
+  [ -n "$test_note" ] && test_rc=1
+fi
+
 # ---- timings from par_cuda_tests ----
 say "timing runs (log: $logs/timing.log)"
 timeout 150 "$tests" --gtest_color=no --gtest_also_run_disabled_tests \
   --gtest_filter='CudaTiming.*' > "$logs/timing.log" 2>&1 || say "timing runs: exit status $?"
 grep '^timing' "$logs/timing.log" | sed 's/^timing /  /'
 
-# ---- par bench ----
+# ---- the issue's targets first (the 100M config in bf16, PyTorch's work: no key dropout) ----
 : > "$logs/bench.log"
 : > "$work/bench.tsv"
+: > "$work/targets.txt"
+target_config=configs/gpu-100m-131k.ini
+run_target() {  # label, extra options: one bench, its JSON line and profile into targets.txt
+  local label=$1; shift
+  local left=$((budget - SECONDS))
+  if [ "$left" -lt 60 ]; then
+    echo "$label	skipped: out of time" >> "$work/targets.txt"
+    return
+  fi
+  local cmd="$par bench --config $target_config --device cuda --precision bf16 --cross-attend-dropout 0 --steps 5 --warmup 2 $*"
+  say "target: $cmd"
+  echo "==== $cmd" >> "$logs/bench.log"
+  timeout "$((left < 240 ? left : 240))" bash -c "$cmd" > "$work/one.log" 2>&1
+  local rc=$?
+  cat "$work/one.log" >> "$logs/bench.log"
+  local json
+  json=$(grep '^{' "$work/one.log" | tail -1)
+  if [ $rc -ne 0 ] || [ -z "$json" ]; then
+    echo "$label	failed (exit $rc): $(grep -v '^\s*$' "$work/one.log" | tail -1 | cut -c1-120)" >> "$work/targets.txt"
+    return
+  fi
+  # The cross-attention's own time, from the profile when there is one.
+  local attn
+  attn=$(awk '/attention_(forward|backward) \(cross\)/ {s += $1} END {if (s > 0) printf "%.2f", s}' "$work/one.log")
+  echo "$label	$json	${attn:-}" >> "$work/targets.txt"
+  grep -E '^(model|step|profile|  )' "$work/one.log" | head -40 > "$work/profile-$label.txt"
+}
+if [ -f "$target_config" ]; then
+  run_target n131k
+  run_target n131k-profile --profile
+  run_target n1m --context-length 1048576 --steps 3 --warmup 1
+fi
+
+# ---- par bench ----
 for config in $configs; do
   for p in $precisions; do
   for attn in $attentions; do
-    # fp32 has no fused kernels (it would run the blocked path again).
-    [ "$p" = fp32 ] && [ "$attn" != blocked ] && continue
-    label=$p
-    [ "$attn" = blocked ] || label="$p/$attn"
+    # Outside bf16, auto is the blocked path: one run of it says enough.
+    [ "$p" != bf16 ] && [ "$attn" != "${attentions%% *}" ] && continue
+    label="$p/$attn"
     if [ ! -f "$config" ]; then
       printf '%s\t%s\t%s\n' "$config" "$label" "config not found" >> "$work/bench.tsv"
       continue
@@ -195,39 +289,74 @@ done
   echo "bundle: $(head -1 "$B/MANIFEST")"
   echo "tests:  $passed passed, $failed failed, $skipped skipped in $((t1 - t0)) s ${test_note:+($test_note)}"
   grep '^timing' "$logs/timing.log" | sed 's/^timing /timing: /'
-  GPU_NAME="$gpu_name" python3 - "$work/bench.tsv" <<'EOF'
+  python3 - "$work/bench.tsv" <<'EOF'
 import json, os, sys
-# Dense (no sparsity) peak TFLOP/s: fp32 on CUDA cores, tf32 and bf16 on tensor cores.
-PEAKS = [("H100 PCIe", (51.2, 378.0, 756.0)), ("H100 NVL", (60.0, 417.5, 835.0)),
-         ("H100", (66.9, 494.7, 989.4)), ("H200", (66.9, 494.7, 989.4)),
-         ("GH200", (66.9, 494.7, 989.4)), ("A100", (19.5, 156.0, 312.0))]
-name = os.environ.get("GPU_NAME", "")
-peak = next((p for key, p in PEAKS if key in name), None)
-index = {"fp32": 0, "tf32": 1, "bf16": 2}
-print("bench:  %-28s %-10s %10s %12s %9s %7s %10s" % ("config", "prec", "ms/step", "tokens/s",
-      "TFLOP/s", "% peak", "peak mem"))
+# The share of the card's dense peak comes from par bench (launch/gpu_peaks.cpp).
+print("bench:  %-28s %-12s %10s %12s %9s %7s %10s %9s" % ("config", "prec/attn", "ms/step",
+      "tokens/s", "TFLOP/s", "% peak", "peak mem", "attn ms"))
 for line in open(sys.argv[1]):
     parts = line.rstrip("\n").split("\t")
     config, prec = os.path.basename(parts[0]), parts[1]
     if parts[2] != "JSON":
-        print("        %-28s %-10s %s" % (config, prec, parts[2]))
+        print("        %-28s %-12s %s" % (config, prec, parts[2]))
         continue
     j = json.loads(parts[3])
     tflops = j.get("gflops", 0) / 1e3
-    base = prec.split("/")[0]  # "bf16/fused": the fused attention kernels in bf16
-    pk = peak[index[base]] if peak and base in index else None
+    share = j.get("peak_share", 0)
     mem = None
     for key, scale in (("peak_device_mib", 1), ("peak_device_bytes", 1 / 2**20),
                        ("peak_rss_mib", 1)):
         if key in j:
             mem = "%.0f MiB%s" % (j[key] * scale, "" if "device" in key else " host")
             break
-    print("        %-28s %-10s %10.1f %12.0f %9.1f %7s %10s" % (
+    attn = j.get("attention_ms", 0)
+    print("        %-28s %-12s %10.1f %12.0f %9.1f %7s %10s %9s" % (
         config, prec, j.get("ms_per_step", 0), j.get("input_tokens_per_s", 0), tflops,
-        "%.1f" % (100 * tflops / pk) if pk else "n/a", mem or "n/a"))
-if not peak:
-    print("        (no dense peak known for '%s': add it to tools/gpu_check.sh)" % name)
+        "%.1f" % (100 * share) if share else "n/a", mem or "n/a",
+        "%.2f" % attn if attn else "-"))
 EOF
+  python3 - "$work/targets.txt" <<'EOF'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    parts = line.rstrip("\n").split("\t")
+    rows[parts[0]] = parts[1:]
+def js(label):
+    r = rows.get(label)
+    if not r or not r[0].startswith("{"):
+        return None, (r[0] if r else "not run")
+    return json.loads(r[0]), (r[1] if len(r) > 1 else "")
+print("targets (configs/gpu-100m-131k.ini, bf16, --cross-attend-dropout 0, batch 1):")
+def line(what, value, unit, target, ok):
+    print("  %-36s %10.2f %-4s target %-10s %s" % (what, value, unit, target, "met" if ok else "MISSED"))
+j, why = js("n131k")
+if j:
+    ms = j["ms_per_step"]
+    line("N=131072 step", ms, "ms", "<= 12 ms", ms <= 12)
+    mem = j.get("peak_device_mib", 0) / 1024
+    line("N=131072 peak device memory", mem, "GiB", "<= 4 GiB", mem <= 4)
+    tf = j["gflops"] / 1e3
+    share = j.get("peak_share", 0)
+    print("  %-36s %10.1f TFLOP/s, %s of the card's dense bf16 peak" % (
+        "N=131072 model rate", tf, "%.1f%%" % (100 * share) if share else "an unknown share"))
+else:
+    print("  N=131072: " + why)
+j, attn = js("n131k-profile")
+if j and attn:
+    line("cross-attention forward + backward", float(attn), "ms", "<= 8 ms", float(attn) <= 8)
+    print("  %-36s %10.2f ms (with --profile, which synchronizes after each op)" % (
+        "all attention (cross and latent)", j.get("attention_ms", 0)))
+j, why = js("n1m")
+if j:
+    line("N=1048576 step", j["ms_per_step"], "ms", "<= 100 ms", j["ms_per_step"] <= 100)
+else:
+    print("  N=1048576: " + why)
+EOF
+  for f in "$work"/profile-*.txt; do
+    [ -s "$f" ] || continue
+    echo "--- $(basename "$f" .txt)"
+    cat "$f"
+  done
 } | tee "$logs/summary.txt"
 
 [ "$test_rc" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ] && exit 0

@@ -150,16 +150,46 @@ TEST_P(CudaAttentionTest, FusedMatchesTheCpu) {
   EXPECT_TRUE(bitwise_equal(got.dv, again.dv)) << "dv, second run";
 }
 
+TEST_P(CudaAttentionTest, IsBitwiseReproducible) {
+  const auto [precision, c] = GetParam();
+  const AttentionData d = cuda_test::make_attention_data(c, 22);
+  auto ops = cuda::make_cuda_ops(0, precision);
+  const Outputs a = gpu_attention(*ops, d, nullptr);
+  const Outputs b = gpu_attention(*ops, d, nullptr);
+  EXPECT_TRUE(bitwise_equal(a.o, b.o)) << "o";
+  EXPECT_TRUE(bitwise_equal(a.lse, b.lse)) << "lse";
+  EXPECT_TRUE(bitwise_equal(a.dq, b.dq)) << "dq";
+  EXPECT_TRUE(bitwise_equal(a.dk, b.dk)) << "dk";
+  EXPECT_TRUE(bitwise_equal(a.dv, b.dv)) << "dv";
+}
+
+std::string case_name(
+    const ::testing::TestParamInfo<std::tuple<MatmulPrecision, AttentionCase>>& info) {
+  return std::get<1>(info.param).name + "_" + cuda::precision_name(std::get<0>(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, CudaAttentionTest,
+    ::testing::Combine(::testing::Values(MatmulPrecision::kFloat32, MatmulPrecision::kTF32,
+                                         MatmulPrecision::kBF16),
+                       ::testing::ValuesIn(cuda_test::attention_cases())),
+    case_name);
+
 // cuDNN's flash attention (bf16), for every case whose head size it takes (a multiple of
 // 8): the prefix it runs with gathered keys, the diagonal the blocked path runs, their
 // merge; rows and whole examples with no visible key. Its bf16 outputs (o and the
 // gradients are rounded to bf16, 2^-9 relative) stay within the bf16 attention tolerance.
 // The other head sizes are refused with the reason. Two runs give the same bits (the
 // deterministic backward).
-TEST_P(CudaAttentionTest, CudnnMatchesTheCpu) {
-  const auto [precision, c] = GetParam();
-  if (precision != MatmulPrecision::kBF16) GTEST_SKIP() << "cuDNN's flash attention is bf16";
-  if (!cuda::cudnn_api()) GTEST_SKIP() << "no cuDNN: " << cuda::cudnn_unavailable_reason();
+class CudnnAttentionTest : public ::testing::TestWithParam<AttentionCase> {
+ protected:
+  void SetUp() override { PAR_SKIP_WITHOUT_GPU(); }
+};
+
+TEST_P(CudnnAttentionTest, MatchesTheCpu) {
+  const AttentionCase c = GetParam();
+  const MatmulPrecision precision = MatmulPrecision::kBF16;
+  ASSERT_NE(cuda::cudnn_api(), nullptr) << "no cuDNN: " << cuda::cudnn_unavailable_reason();
   const AttentionData d = cuda_test::make_attention_data(c, 25);
   auto ops = cuda::make_cuda_ops(0, precision);
   if (c.head_dim % 8 != 0) {
@@ -195,30 +225,11 @@ TEST_P(CudaAttentionTest, CudnnMatchesTheCpu) {
   EXPECT_TRUE(bitwise_equal(got.dv, again.dv)) << "dv, second run";
 }
 
-TEST_P(CudaAttentionTest, IsBitwiseReproducible) {
-  const auto [precision, c] = GetParam();
-  const AttentionData d = cuda_test::make_attention_data(c, 22);
-  auto ops = cuda::make_cuda_ops(0, precision);
-  const Outputs a = gpu_attention(*ops, d, nullptr);
-  const Outputs b = gpu_attention(*ops, d, nullptr);
-  EXPECT_TRUE(bitwise_equal(a.o, b.o)) << "o";
-  EXPECT_TRUE(bitwise_equal(a.lse, b.lse)) << "lse";
-  EXPECT_TRUE(bitwise_equal(a.dq, b.dq)) << "dq";
-  EXPECT_TRUE(bitwise_equal(a.dk, b.dk)) << "dk";
-  EXPECT_TRUE(bitwise_equal(a.dv, b.dv)) << "dv";
-}
-
-std::string case_name(
-    const ::testing::TestParamInfo<std::tuple<MatmulPrecision, AttentionCase>>& info) {
-  return std::get<1>(info.param).name + "_" + cuda::precision_name(std::get<0>(info.param));
-}
-
-INSTANTIATE_TEST_SUITE_P(
-    Cases, CudaAttentionTest,
-    ::testing::Combine(::testing::Values(MatmulPrecision::kFloat32, MatmulPrecision::kTF32,
-                                         MatmulPrecision::kBF16),
-                       ::testing::ValuesIn(cuda_test::attention_cases())),
-    case_name);
+INSTANTIATE_TEST_SUITE_P(Cases, CudnnAttentionTest,
+                         ::testing::ValuesIn(cuda_test::attention_cases()),
+                         [](const ::testing::TestParamInfo<AttentionCase>& info) {
+                           return info.param.name;
+                         });
 
 // A 131072-key context: 64-bit offsets, 16 blocks of 8192 keys, a mask over all of it.
 TEST(CudaAttentionLong, ContextOf131072Keys) {
@@ -239,7 +250,7 @@ TEST(CudaAttentionLong, ContextOf131072Keys) {
 // 64-key diagonal.
 TEST(CudaAttentionLong, ContextOf131072KeysThroughCudnn) {
   PAR_SKIP_WITHOUT_GPU();
-  if (!cuda::cudnn_api()) GTEST_SKIP() << "no cuDNN: " << cuda::cudnn_unavailable_reason();
+  ASSERT_NE(cuda::cudnn_api(), nullptr) << "no cuDNN: " << cuda::cudnn_unavailable_reason();
   AttentionCase c{"long", 1, 64, 131072, 2, 16, 131072 - 64, 0.1, 8192};
   const AttentionData d = cuda_test::make_attention_data(c, 26);
   const Outputs want = cpu_attention(d);

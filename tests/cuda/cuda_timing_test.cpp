@@ -84,43 +84,49 @@ TEST(CudaTiming, DISABLED_CrossAttention100M) {
     std::vector<int64_t> qp(nq), kp(nk);
     for (int64_t i = 0; i < nq; ++i) qp[size_t(i)] = nk - nq + i;
     for (int64_t j = 0; j < nk; ++j) kp[size_t(j)] = j;
-    std::vector<uint8_t> keep(static_cast<size_t>(nk));
+    std::vector<uint8_t> keep(static_cast<size_t>(nk)), all(static_cast<size_t>(nk), 1);
     for (int64_t j = 0; j < nk; ++j) keep[size_t(j)] = (j * 2654435761u) % 10 != 0;  // 10% dropped
     DeviceArray<int64_t> gqp(*ops, qp), gkp(*ops, kp);
-    DeviceArray<uint8_t> gkeep(*ops, keep);
+    DeviceArray<uint8_t> gkeep(*ops, keep), gall(*ops, all);
+    // The model's call: contiguous positions (which the cuDNN path needs).
     AttentionShape s{1, nq, nk, heads, hd, gqp.get(), gkp.get(), gkeep.get(), 0.125};
-    const double fwd = best_ms(*ops, 3, [&] {
-      ops->attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
-    });
-    double fused = 0, fused_bwd = 0;
-    if (p != MatmulPrecision::kFloat32) {
-      cuda::set_attention_kernel(*ops, cuda::AttentionKernel::kFused);
-      fused = best_ms(*ops, 3, [&] {
-        ops->attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
-      });
-      fused_bwd = best_ms(*ops, 3, [&] {
-        ops->attention_backward(s, q.get(), k.get(), v.get(), o.get(), d_o.get(), lse.get(),
-                                dq.get(), dk.get(), dv.get());
-      });
-      cuda::set_attention_kernel(*ops, cuda::AttentionKernel::kBlocked);
-    }
-    const double bwd = best_ms(*ops, 3, [&] {
-      ops->attention_backward(s, q.get(), k.get(), v.get(), o.get(), d_o.get(), lse.get(),
-                              dq.get(), dk.get(), dv.get());
-    });
-    // Model FLOPs over all N keys (the masked 10% still cost work here): 4 N M D per head
-    // forward, twice that backward.
+    s.q_pos_first = nk - nq;
+    s.k_pos_first = 0;
+    // Model FLOPs over all N keys (the masked 10% still cost work in the blocked and fused
+    // kernels): 4 N M D per head forward, twice that backward.
     const double f = 4.0 * double(nq) * double(nk) * double(hd) * double(heads);
+    auto measure = [&](cuda::AttentionKernel kernel, const AttentionShape& shape,
+                       const char* what) {
+      cuda::set_attention_kernel(*ops, kernel);
+      const double fwd = best_ms(*ops, 3, [&] {
+        ops->attention_forward(shape, q.get(), k.get(), v.get(), o.get(), lse.get());
+      });
+      const double bwd = best_ms(*ops, 3, [&] {
+        ops->attention_backward(shape, q.get(), k.get(), v.get(), o.get(), d_o.get(),
+                                lse.get(), dq.get(), dk.get(), dv.get());
+      });
+      std::printf("timing cross-attention M=1024 N=131072 16x64 %s %s: forward %.2f ms "
+                  "(%.1f TFLOP/s), backward %.2f ms (%.1f TFLOP/s), both %.2f ms\n",
+                  cuda::precision_name(p), what, fwd, f / fwd / 1e9, bwd, 2 * f / bwd / 1e9,
+                  fwd + bwd);
+    };
+    measure(cuda::AttentionKernel::kBlocked, s, "blocked, 10% keys dropped");
+    if (p != MatmulPrecision::kFloat32)
+      measure(cuda::AttentionKernel::kFused, s, "fused WMMA, 10% keys dropped");
+    if (p == MatmulPrecision::kBF16) {
+      try {
+        AttentionShape every = s;  // every key visible: the work PyTorch's model does
+        every.k_keep = gall.get();
+        measure(cuda::AttentionKernel::kCudnn, every, "cuDNN, every key");
+        measure(cuda::AttentionKernel::kCudnn, s, "cuDNN, 10% keys dropped");
+      } catch (const std::exception& e) {
+        std::printf("timing cross-attention %s cuDNN: not run (%s)\n", cuda::precision_name(p),
+                    e.what());
+      }
+    }
     const cuda::MemoryStats m = cuda::memory_stats(*ops);
-    std::printf("timing cross-attention M=1024 N=131072 16x64 %s: forward %.2f ms (%.1f TFLOP/s), "
-                "backward %.2f ms (%.1f TFLOP/s), peak %.2f GiB\n",
-                cuda::precision_name(p), fwd, f / fwd / 1e9, bwd, 2 * f / bwd / 1e9,
+    std::printf("timing cross-attention %s: peak %.2f GiB\n", cuda::precision_name(p),
                 double(m.peak_bytes) / double(int64_t(1) << 30));
-    if (fused > 0)
-      std::printf("timing cross-attention M=1024 N=131072 16x64 %s: fused forward %.2f ms "
-                  "(%.1f TFLOP/s), fused backward %.2f ms (%.1f TFLOP/s)\n",
-                  cuda::precision_name(p), fused, f / fused / 1e9, fused_bwd,
-                  2 * f / fused_bwd / 1e9);
   }
 }
 
