@@ -71,6 +71,12 @@ struct AdamStep {
   double grad_scale = 1.0;  // gradient clipping factor, applied before the moments
 };
 
+// Elements [begin, end) of the parameter buffers, with or without weight decay.
+struct AdamSpan {
+  int64_t begin = 0, end = 0;
+  bool decays = true;
+};
+
 template <typename T>
 class Ops {
  public:
@@ -183,6 +189,18 @@ class Ops {
   virtual double sum_squares(const T* x, int64_t n) = 0;
   virtual void adam_update(T* param, T* m, T* v, const T* grad, int64_t n,
                            const AdamStep& step) = 0;
+  // The same update over several spans of the buffers at once (the whole model: one
+  // launch on a GPU instead of one per tensor); spans with decays == false take weight
+  // decay 0. Spans are ordered and disjoint; elements outside them are left alone.
+  virtual void adam_update_spans(T* param, T* m, T* v, const T* grad, const AdamSpan* spans,
+                                 int64_t count, const AdamStep& step) {
+    for (int64_t k = 0; k < count; ++k) {
+      AdamStep s = step;
+      if (!spans[k].decays) s.weight_decay = 0;
+      const int64_t b = spans[k].begin;
+      adam_update(param + b, m + b, v + b, grad + b, spans[k].end - b, s);
+    }
+  }
 };
 
 }  // namespace par

@@ -26,6 +26,20 @@ double learning_rate(const OptimizerConfig& c, int64_t step) {
   return c.min_lr + (c.lr - c.min_lr) * 0.5 * (1.0 + std::cos(M_PI * progress));
 }
 
+std::vector<AdamSpan> adam_spans(const ParamLayout& layout, bool weight_decay) {
+  std::vector<AdamSpan> spans;
+  for (const ParamInfo& p : layout.params()) {
+    PAR_ASSERT(spans.empty() || p.offset >= spans.back().begin, "parameters out of order");
+    const bool decays =
+        weight_decay && (p.kind == ParamKind::kMatrix || p.kind == ParamKind::kEmbedding);
+    if (!spans.empty() && spans.back().decays == decays) continue;  // extends the last span
+    if (!spans.empty()) spans.back().end = p.offset;
+    spans.push_back(AdamSpan{spans.empty() ? 0 : p.offset, 0, decays});
+  }
+  if (!spans.empty()) spans.back().end = layout.total();
+  return spans;
+}
+
 template <typename T>
 Adam<T>::Adam(const OptimizerConfig& cfg, const ParamLayout& layout, Ops<T>& ops)
     : cfg_(cfg), layout_(layout), ops_(ops) {
@@ -64,12 +78,9 @@ OptimizerStats Adam<T>::step(T* params, const T* grads, int64_t step, Communicat
   a.eps = cfg_.eps;
   a.t = step + 1;
   a.grad_scale = st.clip_scale;
-  for (const ParamInfo& p : layout_.params()) {
-    const bool decays = p.kind == ParamKind::kMatrix || p.kind == ParamKind::kEmbedding;
-    a.weight_decay = decays ? cfg_.weight_decay : 0.0;
-    ops_.adam_update(params + p.offset, m_ + p.offset, v_ + p.offset, grads + p.offset, p.numel,
-                     a);
-  }
+  a.weight_decay = cfg_.weight_decay;
+  const std::vector<AdamSpan> spans = adam_spans(layout_, cfg_.weight_decay > 0);
+  ops_.adam_update_spans(params, m_, v_, grads, spans.data(), int64_t(spans.size()), a);
   return st;
 }
 

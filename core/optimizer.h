@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/communicator.h"
 #include "core/ops.h"
@@ -29,6 +30,11 @@ struct OptimizerConfig {
 
 // Learning rate of 0-based step `step`.
 double learning_rate(const OptimizerConfig& c, int64_t step);
+
+// The layout as few spans as the weight decay allows (AdamSpan): one span of the whole
+// buffer without decay; with it, runs of tensors that decay (matrices, the embedding) or
+// not. Alignment gaps go to a neighbour (they hold zeros, which an update keeps zero).
+std::vector<AdamSpan> adam_spans(const ParamLayout& layout, bool weight_decay);
 
 struct OptimizerStats {
   double grad_norm = 0;  // before clipping

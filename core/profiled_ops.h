@@ -124,6 +124,10 @@ class ProfiledOps final : public Ops<T> {
     timed("sum_squares", [&] { r = inner_.sum_squares(x, n); });
     return r;
   }
+  void adam_update_spans(T* p, T* m, T* v, const T* g, const AdamSpan* spans, int64_t count,
+                         const AdamStep& s) override {
+    timed("adam_update", [&] { inner_.adam_update_spans(p, m, v, g, spans, count, s); });
+  }
   void adam_update(T* p, T* m, T* v, const T* g, int64_t n, const AdamStep& s) override {
     timed("adam_update", [&] { inner_.adam_update(p, m, v, g, n, s); });
   }

@@ -132,6 +132,8 @@ class CudaOps final : public Ops<float> {
   double sum_squares(const float* x, int64_t n) override;
   void adam_update(float* param, float* m, float* v, const float* grad, int64_t n,
                    const AdamStep& step) override;
+  void adam_update_spans(float* param, float* m, float* v, const float* grad,
+                         const AdamSpan* spans, int64_t count, const AdamStep& step) override;
 
   // For the attention plan's engine and the public helpers.
   void gemm_row_major(const RowMajorGemm& g);
@@ -647,10 +649,10 @@ double CudaOps::sum_squares(const float* x, int64_t n) {
   return pinned_[0];
 }
 
-void CudaOps::adam_update(float* param, float* m, float* v, const float* grad, int64_t n,
-                          const AdamStep& a) {
-  use_device();
-  // The CPU backend's constants, rounded the same way.
+namespace {
+
+// The CPU backend's constants, rounded the same way.
+kern::AdamConstants adam_constants(const AdamStep& a) {
   const double bc1 = 1.0 - std::pow(a.beta1, double(a.t));
   const double bc2 = 1.0 - std::pow(a.beta2, double(a.t));
   kern::AdamConstants c;
@@ -661,7 +663,34 @@ void CudaOps::adam_update(float* param, float* m, float* v, const float* grad, i
   c.inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
   c.eps = float(a.eps);
   c.decay = float(1.0 - a.lr * a.weight_decay);
-  kern::adam_update(stream_, param, m, v, grad, n, c);
+  return c;
+}
+
+}  // namespace
+
+void CudaOps::adam_update(float* param, float* m, float* v, const float* grad, int64_t n,
+                          const AdamStep& a) {
+  use_device();
+  kern::adam_update(stream_, param, m, v, grad, n, adam_constants(a));
+}
+
+void CudaOps::adam_update_spans(float* param, float* m, float* v, const float* grad,
+                                const AdamSpan* spans, int64_t count, const AdamStep& a) {
+  if (count <= 0) return;
+  use_device();
+  const kern::AdamConstants c = adam_constants(a);
+  AdamStep no_decay = a;
+  no_decay.weight_decay = 0;
+  const float undecayed = adam_constants(no_decay).decay;
+  std::vector<int64_t> begin, end;
+  std::vector<float> decay;
+  for (int64_t k = 0; k < count; ++k) {
+    begin.push_back(spans[k].begin);
+    end.push_back(spans[k].end);
+    decay.push_back(spans[k].decays ? c.decay : undecayed);
+  }
+  kern::adam_update_spans(stream_, param, m, v, grad, begin.data(), end.data(), decay.data(),
+                          count, c);
 }
 
 // ---- the public functions of cuda_ops.h ----

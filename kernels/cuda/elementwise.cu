@@ -148,15 +148,43 @@ __global__ void merge_finish_kernel(float* o, float* lse, const float* lse_max, 
   }
 }
 
+__device__ __forceinline__ void adam_element(float* param, float* m, float* v,
+                                             const float* grad, int64_t i,
+                                             const AdamConstants& c, float decay) {
+  const float g = grad[i] * c.grad_scale;
+  const float mi = c.b1 * m[i] + (1.0f - c.b1) * g;
+  const float vi = c.b2 * v[i] + (1.0f - c.b2) * g * g;
+  m[i] = mi;
+  v[i] = vi;
+  param[i] = param[i] * decay - c.step_size * mi / (sqrtf(vi) * c.inv_sqrt_bc2 + c.eps);
+}
+
 __global__ void adam_kernel(float* param, float* m, float* v, const float* grad, int64_t n,
                             AdamConstants c) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const float g = grad[i] * c.grad_scale;
-    const float mi = c.b1 * m[i] + (1.0f - c.b1) * g;
-    const float vi = c.b2 * v[i] + (1.0f - c.b2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    param[i] = param[i] * c.decay - c.step_size * mi / (sqrtf(vi) * c.inv_sqrt_bc2 + c.eps);
+  for (int64_t i = global_thread(); i < n; i += grid_threads())
+    adam_element(param, m, v, grad, i, c, c.decay);
+}
+
+// Up to kAdamSpansPerLaunch spans, passed by value (2.6 KB of kernel parameters).
+struct AdamSpanTable {
+  int64_t begin[kAdamSpansPerLaunch];
+  int64_t end[kAdamSpansPerLaunch];
+  float decay[kAdamSpansPerLaunch];
+  int count;
+};
+
+__global__ void adam_spans_kernel(float* param, float* m, float* v, const float* grad,
+                                  AdamSpanTable t, AdamConstants c) {
+  const int64_t lo = t.begin[0], hi = t.end[t.count - 1];
+  for (int64_t i = lo + global_thread(); i < hi; i += grid_threads()) {
+    // The last span that begins at or before i (the spans are ordered).
+    int a = 0, b = t.count - 1;
+    while (a < b) {
+      const int mid = (a + b + 1) / 2;
+      if (t.begin[mid] <= i) a = mid; else b = mid - 1;
+    }
+    if (i >= t.end[a]) continue;  // between spans
+    adam_element(param, m, v, grad, i, c, t.decay[a]);
   }
 }
 
@@ -274,6 +302,24 @@ void adam_update(cudaStream_t st, float* param, float* m, float* v, const float*
   if (n <= 0) return;
   adam_kernel<<<blocks_for(n), kThreads, 0, st>>>(param, m, v, grad, n, c);
   PAR_CUDA_CHECK_LAUNCH("adam_kernel");
+}
+
+void adam_update_spans(cudaStream_t st, float* param, float* m, float* v, const float* grad,
+                       const int64_t* begin, const int64_t* end, const float* decay,
+                       int64_t count, const AdamConstants& c) {
+  for (int64_t k0 = 0; k0 < count; k0 += kAdamSpansPerLaunch) {
+    AdamSpanTable t{};
+    t.count = int(std::min<int64_t>(kAdamSpansPerLaunch, count - k0));
+    for (int k = 0; k < t.count; ++k) {
+      t.begin[k] = begin[k0 + k];
+      t.end[k] = end[k0 + k];
+      t.decay[k] = decay[k0 + k];
+    }
+    const int64_t n = t.end[t.count - 1] - t.begin[0];
+    if (n <= 0) continue;
+    adam_spans_kernel<<<blocks_for(n), kThreads, 0, st>>>(param, m, v, grad, t, c);
+    PAR_CUDA_CHECK_LAUNCH("adam_spans_kernel");
+  }
 }
 
 }  // namespace par::cuda::kern

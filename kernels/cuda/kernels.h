@@ -53,6 +53,12 @@ struct AdamConstants {
 };
 void adam_update(cudaStream_t st, float* param, float* m, float* v, const float* grad,
                  int64_t n, const AdamConstants& c);
+// The update over spans [begin[k], end[k]) of the buffers in as few launches as the span
+// table allows (kAdamSpansPerLaunch each); decay[k] replaces c.decay in span k.
+constexpr int kAdamSpansPerLaunch = 128;
+void adam_update_spans(cudaStream_t st, float* param, float* m, float* v, const float* grad,
+                       const int64_t* begin, const int64_t* end, const float* decay,
+                       int64_t count, const AdamConstants& c);
 
 // ---- reductions (reduce.cu) ----
 // out[c] += sum over rows of x[r, c]; `partial` holds column_sums_partial_floats() floats.

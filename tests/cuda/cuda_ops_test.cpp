@@ -326,6 +326,48 @@ TEST_F(CudaOpsTest, AdamMatchesTheCpu) {
   EXPECT_TRUE(close(gv.host(), v, 1e-6)) << "v";
 }
 
+// The multi-tensor form: one launch over spans with and without decay and a gap left
+// alone, against the CPU's span-by-span updates; and against the single-span update on
+// the GPU itself, bit for bit (the same element arithmetic).
+TEST_F(CudaOpsTest, AdamSpansMatchTheCpu) {
+  const int64_t n = 4099;
+  const auto p0 = random_vector<float>(n, 26), g = random_vector<float>(n, 27, 0.1);
+  const std::vector<float> zeros(n, 0.0f);
+  // 300 spans: more than one launch's table holds.
+  std::vector<AdamSpan> spans;
+  for (int64_t k = 0; k < 300; ++k) spans.push_back(AdamSpan{k * 13, k * 13 + 11, k % 3 != 0});
+  std::vector<float> p = p0, m = zeros, v = zeros;
+  DeviceArray<float> gp(gpu(), p0), gm(gpu(), zeros), gv(gpu(), zeros), gg(gpu(), g);
+  DeviceArray<float> sp(gpu(), p0), sm(gpu(), zeros), sv(gpu(), zeros);
+  for (int64_t t = 1; t <= 3; ++t) {
+    AdamStep a;
+    a.lr = 1e-2;
+    a.weight_decay = 0.1;
+    a.t = t;
+    a.grad_scale = 0.7;
+    cpu_.adam_update_spans(p.data(), m.data(), v.data(), g.data(), spans.data(),
+                           int64_t(spans.size()), a);
+    gpu().adam_update_spans(gp.get(), gm.get(), gv.get(), gg.get(), spans.data(),
+                            int64_t(spans.size()), a);
+    for (const AdamSpan& s : spans) {  // the same through one call per span
+      AdamStep b = a;
+      if (!s.decays) b.weight_decay = 0;
+      gpu().adam_update(sp.get() + s.begin, sm.get() + s.begin, sv.get() + s.begin,
+                        gg.get() + s.begin, s.end - s.begin, b);
+    }
+  }
+  EXPECT_TRUE(close(gp.host(), p, 1e-6)) << "param";
+  EXPECT_TRUE(close(gm.host(), m, 1e-6)) << "m";
+  EXPECT_TRUE(close(gv.host(), v, 1e-6)) << "v";
+  EXPECT_TRUE(bitwise_equal(gp.host(), sp.host())) << "param, one call per span";
+  EXPECT_TRUE(bitwise_equal(gm.host(), sm.host())) << "m, one call per span";
+  // Gaps between spans keep their values.
+  const auto got = gp.host();
+  for (int64_t k = 0; k < 300; ++k)
+    for (int64_t i = k * 13 + 11; i < k * 13 + 13 && i < n; ++i)
+      ASSERT_EQ(got[size_t(i)], p0[size_t(i)]) << "gap element " << i;
+}
+
 // ---- matrix products, once per precision ----
 
 class CudaMatmulTest : public cuda_test::CudaPrecisionTest {};
