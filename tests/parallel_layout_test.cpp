@@ -10,16 +10,13 @@
 #include "core/error.h"
 #include "core/model.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "tests/layout_run.h"
 #include "tests/test_util.h"
-#include "tests/thread_communicator.h"
 
 namespace par {
 namespace {
 
 using testing_util::random_vector;
-using testing_util::run_ranks;
-using testing_util::ThreadCommunicator;
-using testing_util::ThreadGroup;
 
 ModelConfig config() {
   ModelConfig c;
@@ -32,66 +29,6 @@ ModelConfig config() {
   c.self_heads = 4;
   c.mlp_factor = 2;
   return c;
-}
-
-template <typename T>
-struct Result {
-  LossSums sums;
-  std::vector<T> grads;  // the whole model's gradient, single-rank layout
-  bool replicas_agree = true;
-};
-
-template <typename T>
-Result<T> run_layout(const ModelConfig& cfg, int sp, int tp, const std::vector<int32_t>& windows,
-                     int64_t B, const ForwardContext& ctx, const std::vector<T>& params,
-                     int64_t valid) {
-  const ParamLayout full(cfg);
-  const int64_t W = cfg.context_length + 1;
-  std::vector<std::unique_ptr<ThreadGroup>> sp_groups, tp_groups;
-  for (int t = 0; t < tp; ++t) sp_groups.push_back(std::make_unique<ThreadGroup>(sp));
-  for (int s = 0; s < sp; ++s) tp_groups.push_back(std::make_unique<ThreadGroup>(tp));
-  std::vector<std::vector<T>> grads(size_t(sp * tp));
-  std::vector<LossSums> sums(size_t(sp * tp));
-  std::vector<std::unique_ptr<ParamLayout>> layouts(size_t(sp * tp));
-  run_ranks(sp * tp, [&](int r) {
-    const int s = r / tp, t = r % tp;
-    ThreadCommunicator spc(*sp_groups[size_t(t)], s), tpc(*tp_groups[size_t(s)], t);
-    cpu::CpuOps<T> ops;
-    PerceiverAR<T> model(cfg, ops, B, ModelGroups{&spc, &tpc});
-    std::vector<T> local(size_t(model.layout().total()), T(0));
-    extract_slices(model.layout(), full, params.data(), local.data());
-    ops.upload(model.params(), local.data(), local.size() * sizeof(T));
-    const int64_t c0 = model.window_begin(), cols = model.window_columns();
-    std::vector<int32_t> mine(size_t(B * cols));
-    for (int64_t b = 0; b < B; ++b)
-      std::copy(windows.begin() + b * W + c0, windows.begin() + b * W + c0 + cols,
-                mine.begin() + b * cols);
-    sums[size_t(r)] = model.forward(mine.data(), B, ctx);
-    model.zero_grads();
-    model.backward(1.0 / double(valid));
-    grads[size_t(r)].resize(local.size());
-    ops.download(grads[size_t(r)].data(), model.grads(), local.size() * sizeof(T));
-    layouts[size_t(r)] = std::make_unique<ParamLayout>(model.layout());
-  });
-  Result<T> out;
-  out.sums = sums[size_t((sp - 1) * tp)];  // the latents' rank, tensor rank 0
-  out.grads.assign(size_t(full.total()), T(0));
-  std::vector<T> whole;
-  for (int r = 0; r < sp * tp; ++r) {
-    const int t = r % tp;
-    for (const ParamInfo& p : layouts[size_t(r)]->params()) {
-      const T* g = grads[size_t(r)].data() + p.offset;
-      if (!p.sharded() && !p.grad_summed_over_tp) {
-        // Replicated and complete on every tensor rank: all copies must agree exactly.
-        const T* g0 = grads[size_t(r - t)].data() + p.offset;
-        if (!std::equal(g, g + p.numel, g0)) out.replicas_agree = false;
-        if (t != 0) continue;
-      }
-      const ParamInfo* f = full.find(p.name);
-      for (int64_t i = 0; i < p.numel; ++i) out.grads[size_t(f->offset + p.global_index(i))] += g[i];
-    }
-  }
-  return out;
 }
 
 using Layouts = std::vector<std::pair<int, int>>;  // (sp, tp)
@@ -126,7 +63,9 @@ void check_layouts(const ModelConfig& cfg, const Layouts& layouts, double tol) {
 
   for (auto [sp, tp] : layouts) {
     SCOPED_TRACE(cat("sp ", sp, " tp ", tp));
-    const Result<T> got = run_layout(cfg, sp, tp, windows, B, ctx, params, want.valid);
+    const testing_util::RankBackend<T> cpu{[] { return std::make_unique<cpu::CpuOps<T>>(); }, {}};
+    const testing_util::LayoutResult<T> got =
+        testing_util::run_layout(cfg, sp, tp, windows, B, ctx, params, want.valid, cpu);
     EXPECT_EQ(got.sums.valid, want.valid);
     EXPECT_NEAR(got.sums.objective, want.objective, tol * std::abs(want.objective));
     EXPECT_NEAR(got.sums.ce, want.ce, tol * std::abs(want.ce));
