@@ -211,6 +211,12 @@ say "timing runs (log: $logs/timing.log)"
 timeout 150 "$tests" --gtest_color=no --gtest_also_run_disabled_tests \
   --gtest_filter='CudaTiming.*' > "$logs/timing.log" 2>&1 || say "timing runs: exit status $?"
 grep '^timing' "$logs/timing.log" | sed 's/^timing /  /'
+# cuDNN's description of this GPU: committed as tests/data/cudnn/<card>.json, it lets the
+# CPU tests build plans for this device (CudnnGraphTest.BuildsPlansForRecordedDevices).
+PAR_CUDNN_DEVICE_JSON="$logs/cudnn-device.json" timeout 60 "$tests" --gtest_color=no \
+  --gtest_also_run_disabled_tests --gtest_filter='CudnnDeviceProperties.*' \
+  > "$logs/cudnn-device.log" 2>&1 || say "recording the device properties: exit status $?"
+[ -s "$logs/cudnn-device.json" ] && say "cuDNN device properties: $logs/cudnn-device.json"
 
 # ---- the targets first (the 100M config in bf16, PyTorch's work: no key dropout) ----
 : > "$logs/bench.log"

@@ -227,7 +227,35 @@ CudnnGraph::CudnnGraph(const CudnnApi& api, const sdpa::Graph& graph, cudnnHandl
   op_graph_->finalize();
 }
 
-void CudnnGraph::build_plan(cudnnHandle_t handle) {
+std::string cudnn_device_properties_json(const CudnnApi& api, int device) {
+  CudnnDescriptor d(api, CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, "the device properties");
+  const int32_t id = device;
+  PAR_SET(d, CUDNN_ATTR_DEVICEPROP_DEVICE_ID, CUDNN_TYPE_INT32, 1, &id);
+  d.finalize();
+  int64_t size = 0;
+  cudnnStatus_t s = api.BackendGetAttribute(d.get(), CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION,
+                                            CUDNN_TYPE_CHAR, 0, &size, nullptr);
+  if (s != CUDNN_STATUS_SUCCESS)
+    throw CudnnError(cat("cuDNN: the size of the device properties' JSON: ", api.describe(s)));
+  std::string json(size_t(size), '\0');
+  s = api.BackendGetAttribute(d.get(), CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION,
+                              CUDNN_TYPE_CHAR, size, &size, json.data());
+  if (s != CUDNN_STATUS_SUCCESS)
+    throw CudnnError(cat("cuDNN: the device properties' JSON: ", api.describe(s)));
+  json.resize(size_t(size));
+  while (!json.empty() && json.back() == '\0') json.pop_back();
+  return json;
+}
+
+CudnnDescriptor cudnn_device_properties(const CudnnApi& api, const std::string& json) {
+  CudnnDescriptor d(api, CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, "the device properties");
+  PAR_SET(d, CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, int64_t(json.size()),
+          json.data());
+  d.finalize();
+  return d;
+}
+
+void CudnnGraph::build_plan(cudnnHandle_t handle, cudnnBackendDescriptor_t device_properties) {
   const CudnnApi& api = *api_;
   std::string failures;
   int64_t tried = 0;
@@ -236,6 +264,9 @@ void CudnnGraph::build_plan(cudnnHandle_t handle) {
     const cudnnBackendDescriptor_t g = op_graph_->get();
     PAR_SET(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g);
     PAR_SET(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+    if (device_properties)
+      PAR_SET(heur, CUDNN_ATTR_ENGINEHEUR_DEVICEPROP, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+              &device_properties);
     try {
       heur.finalize();
     } catch (const CudnnError& e) {
@@ -246,6 +277,7 @@ void CudnnGraph::build_plan(cudnnHandle_t handle) {
     cudnnStatus_t s = api.BackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
                                               CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr);
     if (s != CUDNN_STATUS_SUCCESS || count <= 0) {
+      // (Without a device or its properties, heuristics offer nothing: count 0.)
       failures += cat("\n  heuristics mode ", int(mode), ": no engine (",
                       s == CUDNN_STATUS_SUCCESS ? "none offered" : api.describe(s), ")");
       continue;
@@ -267,7 +299,7 @@ void CudnnGraph::build_plan(cudnnHandle_t handle) {
       try {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-        PAR_SET(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
+        if (handle) PAR_SET(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
 #pragma GCC diagnostic pop
         PAR_SET(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
                 &raw[size_t(i)]);

@@ -49,6 +49,12 @@ class CudnnDescriptor {
   std::string what_;
 };
 
+// The properties of a device as cuDNN describes them (JSON, cuDNN 9.8 and later), so that
+// plans can be built for that device on a machine without it; and a descriptor made from
+// such a text. Throw CudnnError.
+std::string cudnn_device_properties_json(const CudnnApi& api, int device);
+CudnnDescriptor cudnn_device_properties(const CudnnApi& api, const std::string& json);
+
 class CudnnGraph {
  public:
   // Creates and finalizes the descriptors of every tensor and operation and the operation
@@ -57,8 +63,10 @@ class CudnnGraph {
   CudnnGraph(const CudnnApi& api, const sdpa::Graph& graph, cudnnHandle_t handle);
 
   // Asks cuDNN's heuristics (mode A, then its fallback list) for engines and keeps the
-  // first whose execution plan builds. Throws CudnnError when none does.
-  void build_plan(cudnnHandle_t handle);
+  // first whose execution plan builds. Throws CudnnError when none does. Without a handle,
+  // a device-property descriptor (cudnn_device_properties) stands for the device: the plan
+  // is then built but cannot run (cuDNN 9.8 and later).
+  void build_plan(cudnnHandle_t handle, cudnnBackendDescriptor_t device_properties = nullptr);
   bool has_plan() const { return plan_.has_value(); }
   int64_t workspace_bytes() const { return workspace_bytes_; }
   // "engine 8 of 12 candidates" (for the log).

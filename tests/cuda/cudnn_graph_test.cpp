@@ -6,6 +6,12 @@
 // Skips, saying why, where cuDNN cannot be loaded.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cudnn_api.h"
 #include "kernels/cuda/cudnn_graph.h"
 #include "kernels/cuda/sdpa_graph.h"
@@ -14,6 +20,17 @@ namespace par {
 namespace {
 
 namespace sdpa = cuda::sdpa;
+
+// The shapes par builds graphs for: the 100M config's cross-attention (one example, 16
+// heads of 64, 1024 queries over the 130049 keys all of them see), its latent
+// self-attention (causal), and small ones of the tests.
+std::vector<sdpa::Dims> shapes(int64_t version) {
+  return {{1, 16, 1024, 130049, 64, 0.125, false, version},
+          {1, 16, 1024, 1024, 64, 0.125, true, version},
+          {2, 3, 37, 264, 16, 0.25, false, version},
+          {3, 2, 45, 45, 16, 0.25, true, version},
+          {1, 1, 20, 90, 128, 0.088, false, version}};
+}
 
 class CudnnGraphTest : public ::testing::Test {
  protected:
@@ -31,21 +48,64 @@ TEST_F(CudnnGraphTest, LoadsVersion9) {
 }
 
 TEST_F(CudnnGraphTest, BuildsEveryAttentionGraphWithoutADevice) {
-  // The 100M config's cross-attention (one example, 16 heads of 64, 1024 queries over
-  // the 130049 keys all of them see), its latent self-attention (causal), and small ones.
-  const sdpa::Dims shapes[] = {
-      {1, 16, 1024, 130049, 64, 0.125, false, api_->version},
-      {1, 16, 1024, 1024, 64, 0.125, true, api_->version},
-      {2, 3, 37, 264, 16, 0.25, false, api_->version},
-      {3, 2, 45, 45, 16, 0.25, true, api_->version},
-      {1, 1, 20, 90, 128, 0.088, false, api_->version},
-  };
-  for (const sdpa::Dims& d : shapes) {
+  for (const sdpa::Dims& d : shapes(api_->version)) {
     SCOPED_TRACE(::testing::Message() << d.batch << "x" << d.heads << "x" << d.nq << "x" << d.nk
                                       << "x" << d.head_dim << (d.causal ? " causal" : ""));
     EXPECT_NO_THROW(cuda::CudnnGraph(*api_, sdpa::describe_forward(d), nullptr));
     EXPECT_NO_THROW(cuda::CudnnGraph(*api_, sdpa::describe_backward(d), nullptr));
   }
+}
+
+// Plans for real devices without them: for each device whose cuDNN properties a GPU run
+// recorded (tests/data/cudnn/*.json, written by tools/gpu_check.sh), cuDNN's heuristics must
+// offer an engine for every graph and its plan must build -- the check that cuDNN
+// recognizes the graphs as flash attention. Skips where no recording exists yet.
+TEST_F(CudnnGraphTest, BuildsPlansForRecordedDevices) {
+  if (api_->version < 90800) GTEST_SKIP() << "cuDNN " << api_->version_string() << " < 9.8";
+  std::vector<std::pair<std::string, std::string>> devices;  // (name, JSON)
+  const std::filesystem::path dir = std::filesystem::path(PAR_TESTDATA_DIR) / "cudnn";
+  if (std::filesystem::is_directory(dir))
+    for (const auto& e : std::filesystem::directory_iterator(dir))
+      if (e.path().extension() == ".json") {
+        std::ifstream in(e.path());
+        std::stringstream text;
+        text << in.rdbuf();
+        devices.emplace_back(e.path().filename().string(), text.str());
+      }
+  // On a GPU machine, its own device too.
+  if (cuda::device_count() > 0)
+    devices.emplace_back("this device", cuda::cudnn_device_properties_json(*api_, 0));
+  if (devices.empty())
+    GTEST_SKIP() << "no recorded device properties in " << dir
+                 << " (tools/gpu_check.sh on a GPU writes cudnn-device.json)";
+  for (const auto& [name, json] : devices) {
+    SCOPED_TRACE(name);
+    const cuda::CudnnDescriptor device = cuda::cudnn_device_properties(*api_, json);
+    for (const sdpa::Dims& d : shapes(api_->version))
+      for (bool backward : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << (backward ? "backward " : "forward ") << d.nq
+                                          << "x" << d.nk << (d.causal ? " causal" : ""));
+        cuda::CudnnGraph g(*api_, backward ? sdpa::describe_backward(d) : sdpa::describe_forward(d),
+                           nullptr);
+        EXPECT_NO_THROW(g.build_plan(nullptr, device.get()));
+        if (g.has_plan()) std::printf("%s: %s\n", name.c_str(), g.engine().c_str());
+      }
+  }
+}
+
+// On a GPU: writes the device's cuDNN properties where PAR_CUDNN_DEVICE_JSON says (what
+// the test above replays); run by tools/gpu_check.sh.
+TEST(CudnnDeviceProperties, DISABLED_Record) {
+  const char* out = std::getenv("PAR_CUDNN_DEVICE_JSON");
+  if (!out || !*out) GTEST_SKIP() << "PAR_CUDNN_DEVICE_JSON names no file";
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no GPU";
+  const cuda::CudnnApi* api = cuda::cudnn_api();
+  ASSERT_NE(api, nullptr) << cuda::cudnn_unavailable_reason();
+  const std::string json = cuda::cudnn_device_properties_json(*api, 0);
+  ASSERT_FALSE(json.empty());
+  std::ofstream(out) << json;
+  std::printf("recorded cuDNN %s device properties of %s in %s\n", api->version_string().c_str(),
+              cuda::describe_device(0).c_str(), out);
 }
 
 // A malformed graph is refused with a message naming the piece, not accepted silently.
