@@ -12,6 +12,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -28,6 +29,10 @@ namespace {
 
 // cuBLAS's recommended workspace on Hopper.
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
+// Uploads up to this size go through a pinned staging ring without waiting for the GPU
+// (decoding uploads a token and its position every step); larger ones wait.
+constexpr size_t kStagingBytes = size_t(1) << 20;
+constexpr size_t kStagedUploadMax = size_t(64) << 10;
 
 std::string gib(int64_t bytes) { return cat(double(bytes) / double(int64_t(1) << 30), " GiB"); }
 
@@ -165,6 +170,8 @@ class CudaOps final : public Ops<float> {
   cublasHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;
   double* pinned_ = nullptr;  // small device-to-host results
+  char* staging_ = nullptr;   // kStagingBytes of pinned memory for small uploads
+  size_t staging_used_ = 0;   // bytes handed to copies since the stream last drained
   struct Scratch {
     void* p = nullptr;
     size_t bytes = 0;
@@ -235,6 +242,7 @@ CudaOps::CudaOps(int device, MatmulPrecision precision) : device_(device), preci
   PAR_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
   PAR_CUBLAS_CHECK(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_HOST));
   PAR_CUDA_CHECK(cudaMallocHost(&pinned_, 64));
+  PAR_CUDA_CHECK(cudaMallocHost(&staging_, kStagingBytes));
 }
 
 CudaOps::~CudaOps() {
@@ -246,6 +254,7 @@ CudaOps::~CudaOps() {
   for (auto& s : scratch_)
     if (s.p) cudaFree(s.p);
   if (pinned_) cudaFreeHost(pinned_);
+  if (staging_) cudaFreeHost(staging_);
   if (cublas_) cublasDestroy(cublas_);
   if (cublas_workspace_) cudaFree(cublas_workspace_);
   if (stream_) cudaStreamDestroy(stream_);
@@ -332,9 +341,23 @@ void* CudaOps::scratch(int slot, size_t bytes) {
 void CudaOps::upload(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   use_device();
+  // The caller may reuse src as soon as this returns: a small upload is copied into the
+  // staging ring first, from which the GPU copies in stream order, and does not wait; the
+  // ring is reused only after the stream has drained.
+  if (bytes <= kStagedUploadMax) {
+    if (staging_used_ + bytes > kStagingBytes) {
+      PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      staging_used_ = 0;
+    }
+    char* slot = staging_ + staging_used_;
+    std::memcpy(slot, src, bytes);
+    staging_used_ += (bytes + 255) / 256 * 256;
+    PAR_CUDA_CHECK(cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, stream_));
+    return;
+  }
   PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
-  // The caller may reuse src as soon as this returns.
   PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  staging_used_ = 0;
 }
 
 void CudaOps::download(void* dst, const void* src, size_t bytes) {
@@ -342,11 +365,13 @@ void CudaOps::download(void* dst, const void* src, size_t bytes) {
   use_device();
   PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
   PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  staging_used_ = 0;  // the stream has drained: the staged uploads are done
 }
 
 void CudaOps::synchronize() {
   use_device();
   PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  staging_used_ = 0;
 }
 
 void CudaOps::fill(float* x, int64_t n, float value) {

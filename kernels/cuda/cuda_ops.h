@@ -3,8 +3,9 @@
 //
 // This header includes no CUDA header (the implementation lives behind make_cuda_ops), so
 // launch/ and tests compile with the host compiler alone. All work of one CudaOps runs in
-// order on its own CUDA stream; upload, download and sum_squares wait for it, everything
-// else is asynchronous. Results are bit-identical from run to run on the same GPU model
+// order on its own CUDA stream; download and sum_squares wait for it, and so does an
+// upload of more than 64 KiB (smaller ones go through a pinned staging buffer, so decoding's
+// per-token uploads do not stall the GPU); everything else is asynchronous. Results are bit-identical from run to run on the same GPU model
 // and library versions (no floating-point atomics; fixed-order reductions).
 //
 // Matrix products (gemm, linear layers, attention) follow MatmulPrecision; everything
