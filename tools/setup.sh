@@ -16,6 +16,7 @@ packages=(
   libopenblas-openmp-dev
   munge slurmctld slurmd slurm-client  # a one-node SLURM cluster: tools/slurm_cluster.sh, tests/slurm
   libpmix-dev  # libpmix.so, which SLURM's mpi/pmix plugin loads (srun --mpi=pmix)
+  python3-matplotlib  # tools/plot_runs.py (loss curves), run by /usr/bin/python3
 )
 missing=()
 for p in "${packages[@]}"; do
