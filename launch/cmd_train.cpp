@@ -143,6 +143,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
   lo.col_end = lo.col_begin + ts.model().window_columns();
   lo.seed = derive_seed(rc.seed, kDataStream);
   lo.prefetch = 2 * rc.accum_steps;
+  lo.positions = mc.absolute_positions();
   Loader loader(*s.train, lo, pos.step * rc.accum_steps);
 
   const double tokens_per_step = double(rc.batch_size) * double(mc.context_length);
@@ -150,13 +151,15 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
   int64_t interval_steps = 0, interval_targets = 0;
   std::vector<Batch> batches(size_t(rc.accum_steps));
   std::vector<const int32_t*> micro(size_t(rc.accum_steps));
+  std::vector<const int64_t*> carry(lo.positions ? size_t(rc.accum_steps) : 0);
   for (int64_t step = pos.step; step < rc.steps; ++step) {
     const auto t0 = Clock::now();
     for (int64_t k = 0; k < rc.accum_steps; ++k) {
       batches[size_t(k)] = loader.next();
       micro[size_t(k)] = batches[size_t(k)].tokens.data();
+      if (lo.positions) carry[size_t(k)] = batches[size_t(k)].carry.data();
     }
-    const StepResult r = ts.run(step, micro);
+    const StepResult r = ts.run(step, micro, carry);
     const double dt = seconds_since(t0);
     if (!std::isfinite(r.objective))
       throw std::runtime_error(cat("loss is not finite at step ", step,

@@ -23,7 +23,16 @@ po::options_description model_options(ModelConfig& c) {
       ("self-heads", po::value(&c.self_heads)->default_value(c.self_heads), "self-attention heads (must divide d)")
       ("mlp-factor", po::value(&c.mlp_factor)->default_value(c.mlp_factor), "MLP widening factor F")
       ("rotary-fraction", po::value(&c.rotary_fraction)->default_value(c.rotary_fraction), "fraction of each head's dims that rotary rotates")
-      ("max-wavelength", po::value(&c.max_wavelength)->default_value(c.max_wavelength), "longest rotary wavelength (0: the context length)");
+      ("max-wavelength", po::value(&c.max_wavelength)->default_value(c.max_wavelength), "longest rotary wavelength (0: the context length)")
+      ("position-encoding",
+       po::value<std::string>()
+           ->default_value(position_encoding_name(c.position_encoding))
+           ->notifier([&c](const std::string& v) {
+             c.position_encoding = parse_position_encoding(v, "--position-encoding");
+           }),
+       "rotary (relative offsets in every attention), absolute (sinusoidal encodings of each "
+       "input's position in its document, added to the embedding; no rotary) or both "
+       "(spec/MODEL.md section 13)");
   return o;
 }
 

@@ -63,10 +63,16 @@ Result<T> run_layout(const ModelConfig& cfg, int sp, int tp, const std::vector<i
     ops.upload(model.params(), local.data(), local.size() * sizeof(T));
     const int64_t c0 = model.window_begin(), cols = model.window_columns();
     std::vector<int32_t> mine(size_t(B * cols));
-    for (int64_t b = 0; b < B; ++b)
+    // With absolute positions each rank starts from the carry of its first column.
+    std::vector<int64_t> carry(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) {
       std::copy(windows.begin() + b * W + c0, windows.begin() + b * W + c0 + cols,
                 mine.begin() + b * cols);
-    sums[size_t(r)] = model.forward(mine.data(), B, ctx);
+      carry[size_t(b)] = carry_after(windows.data() + b * W, c0, ctx.position_carry[b]);
+    }
+    ForwardContext mine_ctx = ctx;
+    mine_ctx.position_carry = carry.data();
+    sums[size_t(r)] = model.forward(mine.data(), B, mine_ctx);
     model.zero_grads();
     model.backward(1.0 / double(valid));
     grads[size_t(r)].resize(local.size());
@@ -101,9 +107,11 @@ void check_layouts(const ModelConfig& cfg, const Layouts& layouts, double tol) {
   const int64_t B = 3, W = cfg.context_length + 1;
   std::mt19937_64 rng(5);
   std::vector<int32_t> windows(size_t(B * W));
-  for (auto& w : windows) w = int32_t(rng() % 13);  // some PAD (0) inputs and targets
+  for (auto& w : windows) w = int32_t(rng() % 13);  // some PAD (0) and EOS (1) tokens
   std::vector<T> params = random_vector<T>(ParamLayout(cfg).total(), 9, 0.4);
+  const int64_t carry[B] = {5, 0, 2};  // where documents begun before the windows stand
   ForwardContext ctx;
+  ctx.position_carry = carry;
   ctx.training = true;
   ctx.dropout = 0.2;
   ctx.cross_attend_dropout = 0.25;
@@ -163,6 +171,16 @@ TEST(ParallelLayout, MatchesOneRankInFloatWithFusedAttentionShapes) {
   c.cross_heads = 2;
   c.self_heads = 2;
   check_layouts<float>(c, {{2, 1}, {4, 1}, {1, 2}, {2, 2}}, 2e-5);
+}
+
+// Absolute positions (spec/MODEL.md section 13): each sequence rank adds the encodings of
+// its own slice, counting from the carry of its first column.
+TEST(ParallelLayout, MatchesOneRankWithAbsolutePositions) {
+  ModelConfig c = config();
+  c.position_encoding = PositionEncoding::kAbsolute;
+  check_layouts<double>(c, kLayouts, 1e-11);
+  c.position_encoding = PositionEncoding::kBoth;
+  check_layouts<float>(c, {{2, 1}, {4, 1}, {1, 2}, {2, 2}, {8, 2}}, 2e-5);
 }
 
 TEST(ParallelLayout, RejectsLayoutsThatDoNotFit) {
