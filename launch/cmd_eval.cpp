@@ -19,28 +19,6 @@
 
 namespace par {
 
-namespace {
-
-ScoredPositions parse_scored_positions(const std::string& text) {
-  ScoredPositions r;
-  const auto colon = text.find(':');
-  try {
-    size_t used = 0;
-    if (colon == std::string::npos) throw std::invalid_argument("no colon");
-    r.first = std::stoll(text.substr(0, colon), &used);
-    if (used != colon) throw std::invalid_argument("junk");
-    r.last = std::stoll(text.substr(colon + 1), &used);
-    if (used != text.size() - colon - 1) throw std::invalid_argument("junk");
-  } catch (const std::exception&) {
-    fail_user("--score-positions '", text, "' is not FIRST:LAST (two whole numbers)");
-  }
-  if (r.first < 1 || r.last < r.first)
-    fail_user("--score-positions ", text, ": need 1 <= FIRST <= LAST (positions are 1-based)");
-  return r;
-}
-
-}  // namespace
-
 int cmd_eval(int argc, char** argv) {
   std::string checkpoint;
   std::vector<std::string> data;
@@ -69,7 +47,7 @@ int cmd_eval(int argc, char** argv) {
   if (batch <= 0) fail_user("--batch-size must be positive");
   if (max_tokens < 0) fail_user("--max-tokens must be >= 0");
   ScoredPositions only;
-  if (!score_positions.empty()) only = parse_scored_positions(score_positions);
+  if (!score_positions.empty()) only = parse_scored_positions(score_positions, "--score-positions");
   warn_threads("eval", apply_threads(threads, 1));
 
   // Before reading the model: a bad --device, --precision or --attention is reported at

@@ -62,6 +62,7 @@ struct Setup {
   std::string config_text;
   std::unique_ptr<Dataset> train;
   std::vector<std::string> val_shards;
+  ScoredPositions scored;
   std::string resumed_from;  // a checkpoint directory, or ""
 };
 
@@ -69,7 +70,7 @@ void validate(TrainStep& ts, const Setup& s, int64_t step, RunDir* dir) {
   if (s.val_shards.empty()) return;
   const auto t0 = Clock::now();
   const EvalResult r =
-      evaluate_blocks(ts.model(), s.val_shards, s.run.eval_tokens, {}, &ts.grid());
+      evaluate_blocks(ts.model(), s.val_shards, s.run.eval_tokens, {}, &ts.grid(), s.scored);
   LOG(INFO) << "validation at step " << step << " | loss " << fmt("%.4f", r.loss_nats) << " | "
             << fmt("%.4f", r.bits_per_token()) << " bits/token | accuracy "
             << fmt("%.4f", r.accuracy) << " | " << r.tokens << " targets | "
@@ -261,6 +262,8 @@ int cmd_train(int argc, char** argv) {
     s.opt.total_steps = s.run.steps;
     s.opt.validate();
     s.run.validate_layout(s.model);
+    if (!s.run.score_positions.empty())
+      s.scored = parse_scored_positions(s.run.score_positions, "--score-positions");
     if (s.run.data.empty()) fail_user("--data is required: the training shards (see `par prep`)");
     if (s.run.out.empty())
       fail_user("--out is required: the run directory for logs and checkpoints");

@@ -5,12 +5,31 @@
 #include <limits>
 
 #include "core/absolute_positions.h"
+#include "core/error.h"
 #include "data/document_index.h"
 #include "data/shard.h"
 
 namespace par {
 
 double EvalResult::bits_per_token() const { return loss_nats / std::log(2.0); }
+
+ScoredPositions parse_scored_positions(const std::string& text, const std::string& option) {
+  ScoredPositions r;
+  const auto colon = text.find(':');
+  try {
+    size_t used = 0;
+    if (colon == std::string::npos) throw std::invalid_argument("no colon");
+    r.first = std::stoll(text.substr(0, colon), &used);
+    if (used != colon) throw std::invalid_argument("junk");
+    r.last = std::stoll(text.substr(colon + 1), &used);
+    if (used != text.size() - colon - 1) throw std::invalid_argument("junk");
+  } catch (const std::exception&) {
+    fail_user(option, " '", text, "' is not FIRST:LAST (two whole numbers)");
+  }
+  if (r.first < 1 || r.last < r.first)
+    fail_user(option, " ", text, ": need 1 <= FIRST <= LAST (positions are 1-based)");
+  return r;
+}
 
 void block_window(int64_t block, int64_t stream_len, int64_t N, int64_t M, int64_t c0,
                   int64_t cols, const std::function<void(int64_t, int64_t, int32_t*)>& read,

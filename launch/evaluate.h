@@ -38,6 +38,8 @@ struct ScoredPositions {
   int64_t last = INT64_MAX;
   bool all() const { return first <= 1 && last == INT64_MAX; }
 };
+// "FIRST:LAST"; UserError naming `option` otherwise.
+ScoredPositions parse_scored_positions(const std::string& text, const std::string& option);
 
 // Evaluates the shards as separate streams, in order, batching blocks up to the model's
 // max_batch; stops after about `max_targets` blocks' worth of targets (0: all):
