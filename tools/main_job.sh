@@ -9,7 +9,7 @@
 # replaced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh
+tools/setup.sh par  # the binary (and its CUDA plugin), not the tests
 
 par=build/launch/par
 out=${OUT:-runs/main}
