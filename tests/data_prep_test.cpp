@@ -273,15 +273,21 @@ TEST(PrepTest, MirrorModeStructureAndDeterminism) {
   EXPECT_HAS(user_error_of([&] { prep_mirror(o, log); }), "--shard-tokens");
 }
 
+// Copy-task options: E-token examples, seed 3, into `out`.
+MirrorPrepOptions copy_options(int64_t length, int64_t examples, const std::string& out) {
+  MirrorPrepOptions o;
+  o.length = length;
+  o.examples = examples;
+  o.seed = 3;
+  o.reverse = false;
+  o.common.out_dir = out;
+  return o;
+}
+
 TEST(PrepTest, CopyModeRepeatsTheFirstHalfInOrder) {
   TempDir dir;
   std::ostringstream log;
-  MirrorPrepOptions o;
-  o.length = 10;
-  o.examples = 6;
-  o.seed = 3;
-  o.reverse = false;
-  o.common.out_dir = dir.file("copy");
+  MirrorPrepOptions o = copy_options(10, 6, dir.file("copy"));
   const std::vector<int32_t> t = read_shards(prep_mirror(o, log).train);
   ASSERT_EQ(t.size(), 60u);
   const int64_t h = 4;
@@ -308,13 +314,8 @@ TEST(PrepTest, CopyModeRepeatsTheFirstHalfInOrder) {
 TEST(PrepTest, HalfAndKeep) {
   TempDir dir;
   std::ostringstream log;
-  MirrorPrepOptions o;
-  o.length = 10;
+  MirrorPrepOptions o = copy_options(10, 4, dir.file("whole"));
   o.half = 5;
-  o.examples = 4;
-  o.seed = 3;
-  o.reverse = false;
-  o.common.out_dir = dir.file("whole");
   const std::vector<int32_t> whole = read_shards(prep_mirror(o, log).train);
   ASSERT_EQ(whole.size(), 40u);
   for (int64_t x = 0; x < 4; ++x)
