@@ -139,7 +139,8 @@ void check_equals_embedding_shift(PositionEncoding pe, double rotary_fraction) {
   const LossSums s = model.forward(w.data(), B, ctx);
   const auto logits = model.logits();
 
-  const ParamInfo* embed = ParamLayout(plain).find("embed.weight");
+  const ParamLayout plain_layout(plain);
+  const ParamInfo* embed = plain_layout.find("embed.weight");
   for (int64_t b = 0; b < B; ++b) {
     auto shifted = params;
     const auto pos = positions_of(std::vector<int32_t>(w.begin() + b * (N + 1), w.begin() + b * (N + 1) + N), carry[b]);
