@@ -48,7 +48,10 @@ std::string Manifest::header_text() const {
      << " num_layers=" << m.num_layers << " cross_heads=" << m.cross_heads
      << " self_heads=" << m.self_heads << " mlp_factor=" << m.mlp_factor
      << " rotary_fraction=" << exact(m.rotary_fraction)
-     << " max_wavelength=" << exact(m.wavelength()) << "\n";
+     << " max_wavelength=" << exact(m.wavelength());
+  // Only where positions are not rotary alone: manifests of rotary models stay as they were.
+  if (m.absolute_positions()) os << " position_encoding=" << position_encoding_name(m.position_encoding);
+  os << "\n";
   return os.str();
 }
 
@@ -129,6 +132,8 @@ Manifest Manifest::parse(const std::string& text, const std::string& path) {
         else if (k == "mlp_factor") c.mlp_factor = number<int64_t>(v, path, n);
         else if (k == "rotary_fraction") c.rotary_fraction = number<double>(v, path, n);
         else if (k == "max_wavelength") c.max_wavelength = number<double>(v, path, n);
+        else if (k == "position_encoding")
+          c.position_encoding = parse_position_encoding(v, cat(path, " line ", n, ": position_encoding"));
         else fail_user(path, " line ", n, ": unknown model key '", k, "'");
       }
       have_model = true;

@@ -23,6 +23,11 @@ void write_model_attributes(hid_t root, const ModelConfig& c) {
   h5::write_attribute<int64_t>(root, "mlp_factor", c.mlp_factor);
   h5::write_attribute<double>(root, "rotary_fraction", c.rotary_fraction);
   h5::write_attribute<double>(root, "max_wavelength", c.wavelength());
+  // Optional (spec/FORMATS.md): absent means rotary, so exports of rotary models stay as
+  // older loaders read them.
+  if (c.absolute_positions())
+    h5::write_attribute<std::string>(root, "position_encoding",
+                                     position_encoding_name(c.position_encoding));
 }
 
 ModelConfig read_model_attributes(hid_t root) {
@@ -37,6 +42,9 @@ ModelConfig read_model_attributes(hid_t root) {
   c.mlp_factor = h5::read_attribute<int64_t>(root, "mlp_factor");
   c.rotary_fraction = h5::read_attribute<double>(root, "rotary_fraction");
   c.max_wavelength = h5::read_attribute<double>(root, "max_wavelength");
+  if (h5::has_attribute(root, "position_encoding"))
+    c.position_encoding = parse_position_encoding(
+        h5::read_attribute<std::string>(root, "position_encoding"), "attribute position_encoding");
   return c;
 }
 
@@ -110,8 +118,9 @@ bool is_directory(const std::string& path) {
 }
 
 ModelConfig read_valid_config(hid_t root, const std::string& path) {
-  const ModelConfig c = read_model_attributes(root);
+  ModelConfig c;
   try {
+    c = read_model_attributes(root);
     c.validate();
   } catch (const UserError& e) {
     fail_user(path, ": inconsistent model configuration: ", e.what());

@@ -39,6 +39,7 @@ struct Decoder<T>::Buffers {
   int64_t* self_pos;     // [M]
   // Work space of a full pass (W <= N inputs, L <= M latents) or of one new token.
   int32_t* tokens;       // [N]
+  int32_t* pos_ids;      // [N]: document positions (absolute positions only)
   int64_t* latent_pos;   // [M]
   T *h, *kvn, *kv_mu, *kv_rs;          // [N, d], [N]
   T *zin, *z0, *qn, *q, *k, *v, *att, *tmp, *x, *ln;  // [M, d]
@@ -70,6 +71,7 @@ struct Decoder<T>::Buffers {
     }
     self_pos = c.take<int64_t>(M);
     tokens = c.take<int32_t>(N);
+    pos_ids = c.take<int32_t>(cfg.absolute_positions() ? N : 0);
     latent_pos = c.take<int64_t>(M);
     h = c.take<T>(N * d);
     kvn = c.take<T>(N * d);
@@ -93,12 +95,14 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
     : cfg_(cfg), ops_(ops), layout_(cfg), cached_(cached) {
   cfg_.validate();
   p_ = bind(layout_, const_cast<T*>(params));  // read only
-  rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.rotary_fraction, cfg.wavelength());
-  rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.rotary_fraction, cfg.wavelength());
-  // Token tables pay when they are much smaller than the cache they stand for.
-  token_tables_ = cached && (tables == TokenTables::kAuto
-                                 ? 4 * cfg.vocab_size <= cfg.context_length
-                                 : tables == TokenTables::kOn);
+  rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
+  rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
+  // Token tables pay when they are much smaller than the cache they stand for; with
+  // absolute positions a key is not a function of its token alone.
+  token_tables_ = cached && !cfg.absolute_positions() &&
+                  (tables == TokenTables::kAuto ? 4 * cfg.vocab_size <= cfg.context_length
+                                                : tables == TokenTables::kOn);
+  if (cfg.absolute_positions()) positions_ = std::make_unique<PositionTable<T>>(ops_, cfg.d_model);
   b_ = new Buffers;
   const int64_t bands = std::max(rot_cross_.bands, rot_self_.bands);
   Carver sizing;
@@ -143,14 +147,30 @@ void Decoder<T>::rotary_at(T* x, int64_t rows, int64_t heads, int64_t head_dim,
   ops_.rotary(x, 1, rows, heads, head_dim, spec.bands, b_->cos, b_->sin, inverse);
 }
 
+// Embeddings of `rows` tokens (backend memory) that are seq_[first ..]: E[x], plus P[p] of
+// their document positions with absolute positions (scratch: [rows, d] of work space).
+template <typename T>
+void Decoder<T>::embed(T* h, const int32_t* tokens, int64_t first, int64_t rows, T* scratch) {
+  ops_.embedding_forward(h, tokens, p_.embed, rows, cfg_.d_model);
+  if (positions_) positions_->add(h, doc_pos_.data() + first, rows, b_->pos_ids, scratch);
+}
+
 template <typename T>
 void Decoder<T>::start(std::vector<int32_t> prompt) {
   for (int32_t t : prompt)
     if (t < 0 || t >= cfg_.vocab_size)
       fail_user("prompt token ", t, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
   if (prompt.empty()) prompt.push_back(kSos);
-  if (int64_t(prompt.size()) > cfg_.context_length)
+  const int64_t n = int64_t(prompt.size());
+  if (positions_) {  // counted over the whole prompt, before it is cut to the context
+    doc_pos_.resize(size_t(n));
+    document_positions(prompt.data(), n, 0, doc_pos_.data());
+    carry_ = carry_after(prompt.data(), n, 0);
+  }
+  if (n > cfg_.context_length) {
     prompt.erase(prompt.begin(), prompt.end() - cfg_.context_length);
+    if (positions_) doc_pos_.erase(doc_pos_.begin(), doc_pos_.end() - cfg_.context_length);
+  }
   seq_ = std::move(prompt);
   refills_ = 0;
   latents_ = 0;
@@ -162,6 +182,12 @@ void Decoder<T>::append(int32_t token) {
   if (token < 0 || token >= cfg_.vocab_size)
     fail_user("token ", token, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
   seq_.push_back(token);
+  if (positions_) {
+    int32_t p = 0;
+    document_positions(&token, 1, carry_, &p);
+    doc_pos_.push_back(p);
+    carry_ = carry_after(&token, 1, carry_);
+  }
   const int64_t window = std::min<int64_t>(length(), cfg_.context_length);
   const int64_t refill = std::min<int64_t>(std::max<int64_t>(1, cfg_.num_latents / 2), window);
   if (!cached_) {
@@ -187,7 +213,7 @@ void Decoder<T>::full_pass(int64_t L) {
   Buffers& b = *b_;
   const CrossRef<T>& cp = p_.cross;
   ops_.upload(b.tokens, seq_.data() + p0, size_t(W) * sizeof(int32_t));
-  ops_.embedding_forward(b.h, b.tokens, p_.embed, W, d);
+  embed(b.h, b.tokens, p0, W, b.kvn);
   ops_.key_keep_mask(b.cross_keep, b.tokens, 1, W, W, 0.0, DropoutKey{}, 0, p0);
   ops_.layernorm_forward(b.kvn, b.kv_mu, b.kv_rs, b.h, cp.ln_kv.w, cp.ln_kv.b, W, d, kEps);
   ops_.linear_forward(b.cross_k, b.kvn, cp.attn.k.w, cp.attn.k.b, W, d, d);
@@ -215,10 +241,10 @@ void Decoder<T>::full_pass(int64_t L) {
 // taken from the cross cache instead of computed again.
 template <typename T>
 void Decoder<T>::refill_from_cache(int64_t L) {
-  const int64_t T_ = length(), d = cfg_.d_model;
+  const int64_t T_ = length();
   Buffers& b = *b_;
   ops_.upload(b.tokens, seq_.data() + T_ - L, size_t(L) * sizeof(int32_t));
-  ops_.embedding_forward(b.zin, b.tokens, p_.embed, L, d);
+  embed(b.zin, b.tokens, T_ - L, L, b.tmp);
   cross_attend_latents(L);
   latent_stack(L, T_ - L, true, false);
 }
@@ -260,7 +286,7 @@ void Decoder<T>::push_input(int32_t token, int64_t position) {
   if (cross_head_ + cross_count_ == N + cfg_.num_latents) compact_cross_cache(position);
   const int64_t slot = cross_head_ + cross_count_;
   ops_.upload(b.tokens, &token, sizeof(int32_t));
-  ops_.embedding_forward(b.h, b.tokens, p_.embed, 1, d);
+  embed(b.h, b.tokens, position, 1, b.kvn);
   ops_.layernorm_forward(b.kvn, b.kv_mu, b.kv_rs, b.h, cp.ln_kv.w, cp.ln_kv.b, 1, d, kEps);
   T* k = b.cross_k + slot * d;
   ops_.linear_forward(k, b.kvn, cp.attn.k.w, cp.attn.k.b, 1, d, d);

@@ -25,11 +25,18 @@
 // decoder also keeps the cache as tokens with their rotary tables, and a step attends
 // through per-token tables (Ops::token_attention_forward) instead of reading N cached
 // rows: memory traffic, not arithmetic, bounds a one-query step over 131072 keys.
+//
+// With absolute positions (spec/MODEL.md section 13) every embedding also gets P[p] of its
+// document position: the prompt counts from 1 at its first token (restarting after each
+// EOS), and generation continues the count. Keys then depend on the position as well as
+// the token, so there are no token tables.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
+#include "core/absolute_positions.h"
 #include "core/model_config.h"
 #include "core/ops.h"
 #include "core/param_layout.h"
@@ -77,6 +84,7 @@ class Decoder {
   void finish_logits(int64_t rows);
   void compact_cross_cache(int64_t next_position);
   void move_to_front(T* base, int64_t from, int64_t count, int64_t width);
+  void embed(T* h, const int32_t* tokens, int64_t first, int64_t rows, T* scratch);
 
   ModelConfig cfg_;
   Ops<T>& ops_;
@@ -89,6 +97,11 @@ class Decoder {
   void* memory_ = nullptr;
 
   std::vector<int32_t> seq_;   // the whole sequence (host)
+  // With absolute positions: the document position of every token of seq_, the carry after
+  // the last one, and the table of encodings.
+  std::vector<int32_t> doc_pos_;
+  int64_t carry_ = 0;
+  std::unique_ptr<PositionTable<T>> positions_;
   std::vector<T> logits_;
   int64_t latents_ = 0, refills_ = 0;
   // Cross cache: entries [cross_head_, cross_head_ + cross_count_) of capacity N + M.

@@ -42,6 +42,7 @@ void validate_layout(const ModelConfig& c, int sp, int tp) {
 template <typename T>
 struct PerceiverAR<T>::Acts {
   int32_t* tokens;      // [B, cols] this rank's columns of each window
+  int32_t* doc_pos;     // [B, Nl] document positions of the inputs (absolute positions only)
   int32_t* targets;     // [B, M]
   uint8_t* keep;        // [B, Nl] keys visible to the cross-attention (not PAD, not dropped)
   int64_t* pos;         // [Nl] global positions of this rank's inputs
@@ -72,11 +73,13 @@ struct PerceiverAR<T>::Acts {
   T *dh, *dkvn, *dck, *dcv;
 
   void carve(Carver& c, const ModelConfig& cfg, int64_t B, int64_t Nl, int64_t dc, int64_t ds,
-             int64_t F, int64_t hc, int64_t hs, int64_t cross_bands, int64_t self_bands) {
+             int64_t F, int64_t hc, int64_t hs, int64_t cross_bands, int64_t self_bands,
+             bool absolute) {
     const int64_t M = cfg.num_latents, d = cfg.d_model;
     const int64_t V = cfg.vocab_size, L = cfg.num_layers;
     const int64_t BM = B * M, BN = B * Nl, dq_width = std::max(dc, ds);
     tokens = c.take<int32_t>(B * (Nl + 1));
+    doc_pos = absolute ? c.take<int32_t>(BN) : nullptr;
     targets = c.take<int32_t>(BM);
     keep = c.take<uint8_t>(BN);
     pos = c.take<int64_t>(Nl);
@@ -174,8 +177,9 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
   cross_width_ = cfg.d_model / tp_size_;
   self_width_ = cfg.d_model / tp_size_;
   mlp_width_ = cfg.mlp_width() / tp_size_;
-  rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.rotary_fraction, cfg.wavelength());
-  rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.rotary_fraction, cfg.wavelength());
+  rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
+  rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
+  if (cfg.absolute_positions()) positions_ = std::make_unique<PositionTable<T>>(ops_, cfg.d_model);
 
   const size_t param_bytes = size_t(layout_.total()) * sizeof(T);
   params_ = static_cast<T*>(ops_.allocate(param_bytes));
@@ -188,7 +192,7 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
   const int64_t hc = cfg.cross_heads / tp_size_, hs = cfg.self_heads / tp_size_;
   auto carve = [&](Carver& c) {
     a_->carve(c, cfg_, max_batch_, n_local_, cross_width_, self_width_, mlp_width_, hc, hs,
-              rot_cross_.bands, rot_self_.bands);
+              rot_cross_.bands, rot_self_.bands, cfg_.absolute_positions());
   };
   Carver sizing;
   carve(sizing);
@@ -205,6 +209,7 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
   auto tables = [&](const RotarySpec& spec, int64_t first, int64_t count, T* cos, T* sin) {
     std::vector<T> c, s;
     make_rotary_tables(spec, first, count, c, s);
+    if (c.empty()) return;  // no rotary
     ops_.upload(cos, c.data(), c.size() * sizeof(T));
     ops_.upload(sin, s.data(), s.size() * sizeof(T));
   };
@@ -268,6 +273,7 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   // This rank's inputs: embeddings, visibility, keys and values.
   for (int64_t b = 0; b < B; ++b)
     ops_.embedding_forward(a.h + b * Nl * d, a.tokens + b * cols, p_.embed, Nl, d);
+  if (positions_) add_absolute_positions(windows, ctx.position_carry);
   const double cad = ctx.training ? ctx.cross_attend_dropout : 0.0;
   ops_.key_keep_mask(a.keep, a.tokens, B, Nl, cols, cad,
                      DropoutKey{ctx.seed, ctx.step, DropSite::kCrossAttend}, ctx.example_base,
@@ -339,6 +345,19 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
     ++sums.valid;
   }
   return sums;
+}
+
+// h += P[p] for this rank's inputs (spec/MODEL.md section 13), p their document positions.
+// dh, the embeddings' gradient, is free until backward: it holds the gathered rows.
+template <typename T>
+void PerceiverAR<T>::add_absolute_positions(const int32_t* windows, const int64_t* carry) {
+  const int64_t B = batch_, Nl = n_local_, cols = window_columns();
+  PAR_ASSERT(carry || pos0_ == 0, "absolute positions on sequence rank ", sp_rank_,
+             " need the carry of its first column");
+  std::vector<int32_t> pos(size_t(B * Nl));
+  for (int64_t b = 0; b < B; ++b)
+    document_positions(windows + b * cols, Nl, carry ? carry[b] : 0, pos.data() + b * Nl);
+  positions_->add(a_->h, pos.data(), B * Nl, a_->doc_pos, a_->dh);
 }
 
 // Combines the sequence-parallel ranks' partial attention (each over its own keys) into

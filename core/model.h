@@ -22,6 +22,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/absolute_positions.h"
 #include "core/communicator.h"
 #include "core/model_config.h"
 #include "core/ops.h"
@@ -40,6 +41,11 @@ struct ForwardContext {
   // Index of this micro-batch's first example within the step's global batch: the
   // example coordinate of every random draw (spec/MODEL.md section 7).
   uint64_t example_base = 0;
+  // With absolute positions: [batch], host, the carry of each window at this rank's first
+  // column (core/absolute_positions.h: the document position of the token before it).
+  // Null means 0 for every window (windows that start a document; only on the rank that
+  // holds column 0).
+  const int64_t* position_carry = nullptr;
 };
 
 // The groups a model shares its work with; null means this rank alone. sp and tp carry
@@ -118,6 +124,7 @@ class PerceiverAR {
   void merge_attention();
   AttentionShape cross_attention_shape() const;
   AttentionShape self_attention_shape() const;
+  void add_absolute_positions(const int32_t* windows, const int64_t* carry);
   void tp_sum(T* x, int64_t n);
 
   ModelConfig cfg_;
@@ -138,6 +145,7 @@ class PerceiverAR {
   void* act_memory_ = nullptr;
   size_t bytes_ = 0;
   RotarySpec rot_cross_, rot_self_;
+  std::unique_ptr<PositionTable<T>> positions_;  // with absolute positions only
   // State of the last forward, needed by backward.
   int64_t batch_ = 0;
   ForwardContext ctx_;

@@ -5,12 +5,14 @@
 #include <mutex>
 
 #include "core/error.h"
+#include "data/document_index.h"
 
 namespace par {
 
 struct Dataset::Readers {
   std::mutex mutex;  // guards the lazy opening only; reads serialize on the HDF5 lock
   std::vector<std::unique_ptr<ShardReader>> open;
+  std::vector<std::unique_ptr<DocumentIndex>> documents;
 };
 
 Dataset::Dataset(std::vector<std::string> paths, int64_t context_length, int64_t vocab_size)
@@ -38,6 +40,7 @@ Dataset::Dataset(std::vector<std::string> paths, int64_t context_length, int64_t
     shards_.push_back(std::move(s));
   }
   readers_->open.resize(shards_.size());
+  readers_->documents.resize(shards_.size());
 }
 
 Dataset::~Dataset() = default;
@@ -57,27 +60,39 @@ Dataset::WindowRef Dataset::window(int64_t w) const {
   return {s, (w - *it) * context_length_};
 }
 
+const ShardReader& Dataset::reader(int64_t shard) const {
+  std::lock_guard<std::mutex> lock(readers_->mutex);
+  auto& slot = readers_->open[static_cast<size_t>(shard)];
+  if (!slot) {
+    auto r = std::make_unique<ShardReader>(paths_[static_cast<size_t>(shard)]);
+    const ShardInfo& was = shards_[static_cast<size_t>(shard)];
+    if (r->info().num_tokens != was.num_tokens || r->info().vocab_size != was.vocab_size)
+      fail_user("shard ", was.path, " changed while in use (", was.num_tokens, " tokens, now ",
+                r->info().num_tokens, "); do not rewrite shards during a run");
+    slot = std::move(r);
+  }
+  return *slot;
+}
+
 void Dataset::read_window(int64_t w, int64_t col_begin, int64_t col_end, int32_t* out) const {
   PAR_ASSERT(0 <= col_begin && col_begin < col_end && col_end <= context_length_ + 1,
              "columns [", col_begin, ", ", col_end, ") of a window of ", context_length_ + 1);
   const WindowRef ref = window(w);
-  const ShardReader* reader;
-  {
-    std::lock_guard<std::mutex> lock(readers_->mutex);
-    auto& slot = readers_->open[static_cast<size_t>(ref.shard)];
-    if (!slot) {
-      auto r = std::make_unique<ShardReader>(paths_[static_cast<size_t>(ref.shard)]);
-      const ShardInfo& was = shards_[static_cast<size_t>(ref.shard)];
-      if (r->info().num_tokens != was.num_tokens || r->info().vocab_size != was.vocab_size)
-        fail_user("shard ", was.path, " changed while in use (", was.num_tokens, " tokens, now ",
-                  r->info().num_tokens, "); do not rewrite shards during a run");
-      slot = std::move(r);
-    }
-    reader = slot.get();
-  }
   // The shard's vocab_size is at most the model's (checked above) and is the stricter bound.
-  reader->read(ref.offset + col_begin, col_end - col_begin, out,
-               std::min(vocab_size_, shards_[static_cast<size_t>(ref.shard)].vocab_size));
+  reader(ref.shard).read(ref.offset + col_begin, col_end - col_begin, out,
+                         std::min(vocab_size_, shards_[static_cast<size_t>(ref.shard)].vocab_size));
+}
+
+int64_t Dataset::position_carry(int64_t w, int64_t col) const {
+  PAR_ASSERT(0 <= col && col <= context_length_, "column ", col);
+  const WindowRef ref = window(w);
+  const ShardReader& r = reader(ref.shard);
+  std::lock_guard<std::mutex> lock(readers_->mutex);
+  auto& index = readers_->documents[static_cast<size_t>(ref.shard)];
+  if (!index)
+    index = std::make_unique<DocumentIndex>(
+        r, std::min(vocab_size_, shards_[static_cast<size_t>(ref.shard)].vocab_size));
+  return index->carry_before(ref.offset + col);
 }
 
 }  // namespace par

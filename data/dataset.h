@@ -43,8 +43,14 @@ class Dataset {
   // naming shard, position and value). Safe to call from several threads.
   void read_window(int64_t w, int64_t col_begin, int64_t col_end, int32_t* out) const;
 
+  // For absolute positions: the carry of column `col` of window w (core/absolute_positions.h),
+  // the document position of the token before it in its shard. The first call for a shard
+  // reads it whole to index its documents (data/document_index.h). Thread-safe.
+  int64_t position_carry(int64_t w, int64_t col) const;
+
  private:
-  struct Readers;  // lazily opened ShardReaders, one per shard
+  struct Readers;  // lazily opened ShardReaders (and document indexes), one per shard
+  const ShardReader& reader(int64_t shard) const;
 
   std::vector<std::string> paths_;
   int64_t context_length_;

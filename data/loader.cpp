@@ -15,12 +15,14 @@ bool fill_batch(const Dataset& data, const LoaderOptions& opts, int64_t index, B
   b.index = index;
   b.tokens.resize(static_cast<size_t>(opts.count * width));
   b.samples.resize(static_cast<size_t>(opts.count));
+  b.carry.resize(opts.positions ? static_cast<size_t>(opts.count) : 0);
   for (int64_t i = 0; i < opts.count; ++i) {
     if (stop && stop->load(std::memory_order_relaxed)) return false;
     const int64_t sample = index * opts.global_batch + opts.first + i;
     b.samples[static_cast<size_t>(i)] = sample;
-    data.read_window(window_of_sample(opts.seed, sample, data.num_windows()), opts.col_begin,
-                     opts.col_end, b.tokens.data() + i * width);
+    const int64_t w = window_of_sample(opts.seed, sample, data.num_windows());
+    data.read_window(w, opts.col_begin, opts.col_end, b.tokens.data() + i * width);
+    if (opts.positions) b.carry[static_cast<size_t>(i)] = data.position_carry(w, opts.col_begin);
   }
   return true;
 }

@@ -28,12 +28,14 @@ struct LoaderOptions {
   int64_t col_end = -1;
   uint64_t seed = 0;
   int64_t prefetch = 4;      // batches kept ready
+  bool positions = false;    // also the carry of column col_begin (absolute positions)
 };
 
 struct Batch {
   int64_t index = 0;             // global batch number
   std::vector<int32_t> tokens;   // [count, col_end - col_begin], row-major
   std::vector<int64_t> samples;  // [count] global sample ids
+  std::vector<int64_t> carry;    // [count] with LoaderOptions::positions (Dataset::position_carry)
 };
 
 class Loader {

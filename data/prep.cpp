@@ -381,10 +381,14 @@ PrepResult prep_mirror(const MirrorPrepOptions& opts, std::ostream& log) {
   if (per_shard == 0)
     fail_user("--shard-tokens (", opts.common.shard_tokens, ") must be at least --length (", e,
               ") so that no example spans two shards");
+  const int64_t h = opts.half == -1 ? (e - 1) / 2 : opts.half;
+  if (h < 1 || 2 * h > e)
+    fail_user("--half must be between 1 and --length / 2 = ", e / 2, ", not ", h);
+  if (opts.keep != -1 && (opts.keep < 1 || opts.keep > h))
+    fail_user("--keep must be between 1 and the half (", h, "), not ", opts.keep);
   prepare_out_dir(opts.common);
 
   SplitSink sink(opts.common, k_train * e, k_val * e, kByteVocabSize, per_shard);
-  const int64_t h = (e - 1) / 2;
   const int64_t per_block = std::max<int64_t>(1, kBlockTokens / e);
   std::vector<int32_t> block(static_cast<size_t>(std::min(per_block, std::max(k_train, k_val)) * e));
   auto generate = [&](std::mt19937_64& gen, int64_t k) {
@@ -397,6 +401,18 @@ PrepResult prep_mirror(const MirrorPrepOptions& opts, std::ostream& log) {
         for (int64_t i = 0; i < h; ++i) ex[i] = kByteOffset + static_cast<int32_t>(gen() >> 56);
         for (int64_t i = 0; i < h; ++i) ex[h + i] = opts.reverse ? ex[h - 1 - i] : ex[i];
         for (int64_t i = 2 * h; i < e; ++i) ex[i] = kEos;
+        if (opts.keep > 0) {
+          // Second-half position h + i repeats first-half position src(i); keep the last
+          // `keep` of the second half and their sources (the draws are those of the whole
+          // task, so the kept tokens are the same as without --keep).
+          std::vector<uint8_t> kept(static_cast<size_t>(h), 0);
+          for (int64_t i = h - opts.keep; i < h; ++i)
+            kept[static_cast<size_t>(opts.reverse ? h - 1 - i : i)] = 1;
+          for (int64_t i = 0; i < h; ++i) {
+            if (!kept[static_cast<size_t>(i)]) ex[i] = kPad;
+            if (i < h - opts.keep) ex[h + i] = kPad;
+          }
+        }
       }
       sink.push(block.data(), m * e);
       done += m;

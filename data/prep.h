@@ -17,6 +17,7 @@
 namespace par {
 
 inline constexpr int64_t kByteVocabSize = 259;  // PAD, EOS, SOS, then bytes (spec/MODEL.md)
+inline constexpr int32_t kPad = 0;
 inline constexpr int32_t kEos = 1;
 inline constexpr int32_t kByteOffset = 3;
 
@@ -57,6 +58,13 @@ struct MirrorPrepOptions {
   // true: the second half is the first reversed (the paper's mirror task); false: the
   // first half repeated in order (the copy task).
   bool reverse = true;
+  // -1: whole examples. K >= 1: only the last K tokens of the second half and the random
+  // tokens they repeat are kept, every other position of the first two halves is PAD: the
+  // same distances back, but only 2K inputs to attend to (a warm-up for long contexts).
+  int64_t keep = -1;
+  // -1: (E-1)/2. The random tokens of the first half (and so the distance back of a copy);
+  // 2 * half <= E, the rest of the example is EOS (none when 2 * half == E).
+  int64_t half = -1;
 };
 PrepResult prep_mirror(const MirrorPrepOptions& opts, std::ostream& log);
 

@@ -163,7 +163,12 @@ int cmd_bench(int argc, char** argv) {
     }
     micro.push_back(d.data());
   }
-  for (int64_t s = 0; s < warmup; ++s) ts.run(s, micro);
+  // Random tokens hold no EOS: each window is one document from its first column, so with
+  // absolute positions this rank's first column continues from position c0.
+  const std::vector<int64_t> carry_c0(size_t(ts.replica_batch()), c0);
+  std::vector<const int64_t*> carry;
+  if (mc.absolute_positions()) carry.assign(micro.size(), carry_c0.data());
+  for (int64_t s = 0; s < warmup; ++s) ts.run(s, micro, carry);
   profiled.reset();
   for (auto* c : counters) c->reset();
   double total = 0, fwd = 0, bwd = 0, red = 0, opt = 0, best = 1e30;
@@ -171,7 +176,7 @@ int cmd_bench(int argc, char** argv) {
   for (int64_t s = 0; s < rc.steps; ++s) {
     grid.world().barrier();
     const auto t = Clock::now();
-    const StepResult r = ts.run(warmup + s, micro);
+    const StepResult r = ts.run(warmup + s, micro, carry);
     const double dt = since(t);
     total += dt;
     best = std::min(best, dt);

@@ -24,13 +24,14 @@ int cmd_eval(int argc, char** argv) {
   std::vector<std::string> data;
   int64_t max_tokens = 0, batch = 1;
   int threads = 0;
-  std::string device = "cpu", precision = "fp32", attention = "auto";
+  std::string device = "cpu", precision = "fp32", attention = "auto", score_positions;
   po::options_description opts("Options");
   opts.add_options()
       ("checkpoint", po::value(&checkpoint), "checkpoint directory (or a run directory: its newest checkpoint) or exported model")
       ("data", po::value(&data)->multitoken(), "shards to evaluate: paths or glob patterns (each is one stream)")
       ("max-tokens", po::value(&max_tokens)->default_value(0), "stop after this many scored targets (0: all)")
       ("batch-size", po::value(&batch)->default_value(1), "blocks per forward pass")
+      ("score-positions", po::value(&score_positions), "FIRST:LAST: score only the targets whose position in their document (1-based, counted from the stream's start or the last EOS) lies in [FIRST, LAST], e.g. the copied half of `par prep copy --length 8194` examples (4,096 random bytes, the same again, 2 EOS) is 4097:8192")
       ("threads", po::value(&threads)->default_value(0), "CPU threads (0: all cores)")
       ("device", po::value(&device)->default_value(device), "cpu or cuda (the GPU chosen by the launcher's node-local rank, else GPU 0)")
       ("precision", po::value(&precision)->default_value(precision), "matrix products on cuda: fp32, tf32 or bf16")
@@ -45,6 +46,8 @@ int cmd_eval(int argc, char** argv) {
   if (data.empty()) fail_user("--data is required: the shards to evaluate");
   if (batch <= 0) fail_user("--batch-size must be positive");
   if (max_tokens < 0) fail_user("--max-tokens must be >= 0");
+  ScoredPositions only;
+  if (!score_positions.empty()) only = parse_scored_positions(score_positions, "--score-positions");
   warn_threads("eval", apply_threads(threads, 1));
 
   // Before reading the model: a bad --device, --precision or --attention is reported at
@@ -62,14 +65,17 @@ int cmd_eval(int argc, char** argv) {
   ops.upload(model.params(), file.params.data(), file.params.size() * sizeof(float));
   const auto t0 = std::chrono::steady_clock::now();
   auto last_log = t0;
-  const EvalResult r = evaluate_blocks(model, shards, max_tokens, [&](int64_t done) {
+  const EvalResult r = evaluate_blocks(
+      model, shards, max_tokens,
+      [&](int64_t done) {
     const auto now = std::chrono::steady_clock::now();
     if (std::chrono::duration<double>(now - last_log).count() < 10) return;
     last_log = now;
     LOG(INFO) << done << " targets scored ("
               << int64_t(double(done) / std::chrono::duration<double>(now - t0).count())
               << " targets/s)";
-  });
+      },
+      nullptr, only);
   char json[256];
   std::snprintf(json, sizeof json,
                 "{\"tokens\": %lld, \"loss_nats\": %.6f, \"bits_per_token\": %.6f, "

@@ -96,7 +96,14 @@ int prep_mirror_cmd(int argc, char** argv, bool reverse) {
       ("val-examples", po::value<int64_t>(&opts.val_examples)->value_name("K2"),
        "validation examples (default max(1, K/10))")
       ("seed", po::value<uint64_t>(&opts.seed)->default_value(0)->value_name("S"),
-       "random seed");
+       "random seed")
+      ("half", po::value<int64_t>(&opts.half)->value_name("H"),
+       "random tokens per example (default (E-1)/2; 2H <= E, the rest is EOS): a copy then "
+       "lies H tokens back")
+      ("keep", po::value<int64_t>(&opts.keep)->value_name("K"),
+       "keep only the last K tokens of the second half and the random tokens they repeat; "
+       "every other position of the halves is PAD: the same distances back with only 2K "
+       "inputs to attend to, a warm-up for long contexts (see tools/main_job.sh)");
   add_common(o, opts.common);
   po::variables_map vm;
   const cli::Command cmd =

@@ -62,6 +62,7 @@ struct Setup {
   std::string config_text;
   std::unique_ptr<Dataset> train;
   std::vector<std::string> val_shards;
+  ScoredPositions scored;
   std::string resumed_from;  // a checkpoint directory, or ""
 };
 
@@ -69,7 +70,7 @@ void validate(TrainStep& ts, const Setup& s, int64_t step, RunDir* dir) {
   if (s.val_shards.empty()) return;
   const auto t0 = Clock::now();
   const EvalResult r =
-      evaluate_blocks(ts.model(), s.val_shards, s.run.eval_tokens, {}, &ts.grid());
+      evaluate_blocks(ts.model(), s.val_shards, s.run.eval_tokens, {}, &ts.grid(), s.scored);
   LOG(INFO) << "validation at step " << step << " | loss " << fmt("%.4f", r.loss_nats) << " | "
             << fmt("%.4f", r.bits_per_token()) << " bits/token | accuracy "
             << fmt("%.4f", r.accuracy) << " | " << r.tokens << " targets | "
@@ -143,6 +144,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
   lo.col_end = lo.col_begin + ts.model().window_columns();
   lo.seed = derive_seed(rc.seed, kDataStream);
   lo.prefetch = 2 * rc.accum_steps;
+  lo.positions = mc.absolute_positions();
   Loader loader(*s.train, lo, pos.step * rc.accum_steps);
 
   const double tokens_per_step = double(rc.batch_size) * double(mc.context_length);
@@ -150,13 +152,15 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
   int64_t interval_steps = 0, interval_targets = 0;
   std::vector<Batch> batches(size_t(rc.accum_steps));
   std::vector<const int32_t*> micro(size_t(rc.accum_steps));
+  std::vector<const int64_t*> carry(lo.positions ? size_t(rc.accum_steps) : 0);
   for (int64_t step = pos.step; step < rc.steps; ++step) {
     const auto t0 = Clock::now();
     for (int64_t k = 0; k < rc.accum_steps; ++k) {
       batches[size_t(k)] = loader.next();
       micro[size_t(k)] = batches[size_t(k)].tokens.data();
+      if (lo.positions) carry[size_t(k)] = batches[size_t(k)].carry.data();
     }
-    const StepResult r = ts.run(step, micro);
+    const StepResult r = ts.run(step, micro, carry);
     const double dt = seconds_since(t0);
     if (!std::isfinite(r.objective))
       throw std::runtime_error(cat("loss is not finite at step ", step,
@@ -258,6 +262,8 @@ int cmd_train(int argc, char** argv) {
     s.opt.total_steps = s.run.steps;
     s.opt.validate();
     s.run.validate_layout(s.model);
+    if (!s.run.score_positions.empty())
+      s.scored = parse_scored_positions(s.run.score_positions, "--score-positions");
     if (s.run.data.empty()) fail_user("--data is required: the training shards (see `par prep`)");
     if (s.run.out.empty())
       fail_user("--out is required: the run directory for logs and checkpoints");

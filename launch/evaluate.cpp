@@ -4,11 +4,32 @@
 #include <cmath>
 #include <limits>
 
+#include "core/absolute_positions.h"
+#include "core/error.h"
+#include "data/document_index.h"
 #include "data/shard.h"
 
 namespace par {
 
 double EvalResult::bits_per_token() const { return loss_nats / std::log(2.0); }
+
+ScoredPositions parse_scored_positions(const std::string& text, const std::string& option) {
+  ScoredPositions r;
+  const auto colon = text.find(':');
+  try {
+    size_t used = 0;
+    if (colon == std::string::npos) throw std::invalid_argument("no colon");
+    r.first = std::stoll(text.substr(0, colon), &used);
+    if (used != colon) throw std::invalid_argument("junk");
+    r.last = std::stoll(text.substr(colon + 1), &used);
+    if (used != text.size() - colon - 1) throw std::invalid_argument("junk");
+  } catch (const std::exception&) {
+    fail_user(option, " '", text, "' is not FIRST:LAST (two whole numbers)");
+  }
+  if (r.first < 1 || r.last < r.first)
+    fail_user(option, " ", text, ": need 1 <= FIRST <= LAST (positions are 1-based)");
+  return r;
+}
 
 void block_window(int64_t block, int64_t stream_len, int64_t N, int64_t M, int64_t c0,
                   int64_t cols, const std::function<void(int64_t, int64_t, int32_t*)>& read,
@@ -22,19 +43,23 @@ void block_window(int64_t block, int64_t stream_len, int64_t N, int64_t M, int64
 
 namespace {
 
-// Targets ([batch, M]) whose most likely token is the target.
+// The sums of one batch of blocks: ce, targets and correct predictions, over the targets
+// (window columns N-M+1 .. N, [batch, M]) that are not PAD and that `scored` keeps.
 template <typename T>
-int64_t count_correct(const std::vector<T>& logits, const std::vector<int32_t>& targets,
-                      int64_t batch, int64_t M, int64_t V) {
-  int64_t correct = 0;
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t i = 0; i < M; ++i) {
-      const int32_t target = targets[size_t(b * M + i)];
-      if (target == 0) continue;
-      const T* row = logits.data() + (b * M + i) * V;
-      correct += std::max_element(row, row + V) - row == target;
-    }
-  return correct;
+void add_block_sums(const PerceiverAR<T>& model, int64_t batch, const std::vector<uint8_t>& scored,
+                    double sums[3]) {
+  const int64_t M = model.config().num_latents, V = model.config().vocab_size;
+  const std::vector<T> logits = model.logits(), ce = model.ce();
+  const std::vector<int32_t>& targets = model.targets();
+  double batch_sums[3] = {0, 0, 0};
+  for (int64_t r = 0; r < batch * M; ++r) {
+    if (targets[size_t(r)] == 0 || (!scored.empty() && !scored[size_t(r)])) continue;
+    const T* row = logits.data() + r * V;
+    batch_sums[0] += double(ce[size_t(r)]);
+    batch_sums[1] += 1;
+    batch_sums[2] += double(std::max_element(row, row + V) - row == targets[size_t(r)]);
+  }
+  for (int k = 0; k < 3; ++k) sums[k] += batch_sums[k];
 }
 
 }  // namespace
@@ -42,16 +67,19 @@ int64_t count_correct(const std::vector<T>& logits, const std::vector<int32_t>& 
 template <typename T>
 EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>& shards,
                            int64_t max_targets, const std::function<void(int64_t)>& progress,
-                           const ProcessGrid* grid) {
+                           const ProcessGrid* grid, const ScoredPositions& only) {
   const ModelConfig& c = model.config();
   const int64_t N = c.context_length, M = c.num_latents;
   const int64_t c0 = model.window_begin(), cols = model.window_columns();
   const int64_t batch = model.max_batch();
   const int dp = grid ? grid->shape().dp : 1, replica = grid ? grid->dp_rank() : 0;
   const bool counts = model.holds_latents() && (!grid || grid->tp_rank() == 0);
+  const bool positions = c.absolute_positions() || !only.all();
   const int64_t budget =
       max_targets > 0 ? (max_targets + M - 1) / M : std::numeric_limits<int64_t>::max();
-  std::vector<int32_t> windows(size_t(batch * cols));
+  std::vector<int32_t> windows(static_cast<size_t>(batch * cols)), pos(static_cast<size_t>(cols));
+  std::vector<int64_t> carry(static_cast<size_t>(batch));
+  std::vector<uint8_t> scored(only.all() ? 0 : size_t(batch * M));
   double sums[3] = {0, 0, 0};  // ce, targets, correct
   int64_t blocks_done = 0, batch_index = 0;
   for (const std::string& path : shards) {
@@ -61,17 +89,31 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
     auto read = [&](int64_t begin, int64_t count, int32_t* out) {
       reader.read(begin, count, out, c.vocab_size);
     };
+    std::unique_ptr<DocumentIndex> documents;
+    if (positions && blocks > 0) documents = std::make_unique<DocumentIndex>(reader, c.vocab_size);
     for (int64_t b0 = 0; b0 < blocks && blocks_done < budget; b0 += batch) {
       const int64_t nb = std::min({batch, blocks - b0, budget - blocks_done});
       blocks_done += nb;
       if (batch_index++ % dp != replica) continue;  // another replica's turn
-      for (int64_t i = 0; i < nb; ++i)
-        block_window(b0 + i, S, N, M, c0, cols, read, windows.data() + i * cols);
-      const LossSums s = model.forward(windows.data(), nb, ForwardContext{});
+      for (int64_t i = 0; i < nb; ++i) {
+        int32_t* w = windows.data() + i * cols;
+        block_window(b0 + i, S, N, M, c0, cols, read, w);
+        if (!positions) continue;
+        // Column c0 is stream index `first`; before the stream (left padding) it is a PAD.
+        const int64_t first = (b0 + i) * M - (N - M) + c0;
+        carry[size_t(i)] = first > 0 && first < S ? documents->carry_before(first) : 0;
+        if (scored.empty() || !counts) continue;
+        document_positions(w, cols, carry[size_t(i)], pos.data());
+        for (int64_t t = 0; t < M; ++t) {  // target t is column N-M+1+t
+          const int32_t p = pos[size_t(N - M + 1 + t - c0)];
+          scored[size_t(i * M + t)] = p >= only.first && p <= only.last;
+        }
+      }
+      ForwardContext ctx;
+      ctx.position_carry = positions ? carry.data() : nullptr;
+      model.forward(windows.data(), nb, ctx);
       if (!counts) continue;
-      sums[0] += s.ce;
-      sums[1] += double(s.valid);
-      sums[2] += double(count_correct(model.logits(), model.targets(), nb, M, c.vocab_size));
+      add_block_sums(model, nb, scored, sums);
       if (progress) progress(int64_t(sums[1]));
     }
   }
@@ -85,10 +127,10 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
 
 template EvalResult evaluate_blocks<float>(PerceiverAR<float>&, const std::vector<std::string>&,
                                            int64_t, const std::function<void(int64_t)>&,
-                                           const ProcessGrid*);
+                                           const ProcessGrid*, const ScoredPositions&);
 template EvalResult evaluate_blocks<double>(PerceiverAR<double>&,
                                             const std::vector<std::string>&, int64_t,
                                             const std::function<void(int64_t)>&,
-                                            const ProcessGrid*);
+                                            const ProcessGrid*, const ScoredPositions&);
 
 }  // namespace par

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,14 +29,26 @@ void block_window(int64_t block, int64_t stream_len, int64_t N, int64_t M, int64
                   int64_t cols, const std::function<void(int64_t, int64_t, int32_t*)>& read,
                   int32_t* out);
 
+// Which targets count: those whose position in their document (spec/MODEL.md section 13,
+// 1-based, counted from the stream's start or the last EOS) lies in [first, last]. The
+// default takes them all. E.g. the copied half of `par prep copy --length 2h+2` examples is
+// [h+1, 2h].
+struct ScoredPositions {
+  int64_t first = 1;
+  int64_t last = INT64_MAX;
+  bool all() const { return first <= 1 && last == INT64_MAX; }
+};
+// "FIRST:LAST"; UserError naming `option` otherwise.
+ScoredPositions parse_scored_positions(const std::string& text, const std::string& option);
+
 // Evaluates the shards as separate streams, in order, batching blocks up to the model's
-// max_batch; stops after about `max_targets` targets (0: all): ceil(max_targets / M)
-// blocks. With a grid, the data-parallel replicas take turns with the batches, each rank
-// reads its columns of the windows, and every rank returns the totals. `progress`
-// (optional) sees the targets this replica scored so far.
+// max_batch; stops after about `max_targets` blocks' worth of targets (0: all):
+// ceil(max_targets / M) blocks. With a grid, the data-parallel replicas take turns with the
+// batches, each rank reads its columns of the windows, and every rank returns the totals.
+// `progress` (optional) sees the targets this replica scored so far.
 template <typename T>
 EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>& shards,
                            int64_t max_targets, const std::function<void(int64_t)>& progress = {},
-                           const ProcessGrid* grid = nullptr);
+                           const ProcessGrid* grid = nullptr, const ScoredPositions& only = {});
 
 }  // namespace par

@@ -23,7 +23,16 @@ po::options_description model_options(ModelConfig& c) {
       ("self-heads", po::value(&c.self_heads)->default_value(c.self_heads), "self-attention heads (must divide d)")
       ("mlp-factor", po::value(&c.mlp_factor)->default_value(c.mlp_factor), "MLP widening factor F")
       ("rotary-fraction", po::value(&c.rotary_fraction)->default_value(c.rotary_fraction), "fraction of each head's dims that rotary rotates")
-      ("max-wavelength", po::value(&c.max_wavelength)->default_value(c.max_wavelength), "longest rotary wavelength (0: the context length)");
+      ("max-wavelength", po::value(&c.max_wavelength)->default_value(c.max_wavelength), "longest rotary wavelength (0: the context length)")
+      ("position-encoding",
+       po::value<std::string>()
+           ->default_value(position_encoding_name(c.position_encoding))
+           ->notifier([&c](const std::string& v) {
+             c.position_encoding = parse_position_encoding(v, "--position-encoding");
+           }),
+       "rotary (relative offsets in every attention), absolute (sinusoidal encodings of each "
+       "input's position in its document, added to the embedding; no rotary) or both "
+       "(spec/MODEL.md section 13)");
   return o;
 }
 
@@ -92,6 +101,7 @@ po::options_description run_options(RunConfig& c) {
       ("log-every", po::value(&c.log_every)->default_value(c.log_every), "log progress every K steps")
       ("eval-every", po::value(&c.eval_every)->default_value(c.eval_every), "validate every K steps (0: at the end only)")
       ("eval-tokens", po::value(&c.eval_tokens)->default_value(c.eval_tokens), "targets scored per validation (0: the whole validation set)")
+      ("score-positions", po::value(&c.score_positions), "FIRST:LAST: validation scores only the targets whose position in their document (1-based, counted from the stream's start or the last EOS) lies in [FIRST, LAST], as par eval --score-positions")
       ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write a checkpoint (OUT/checkpoints/step-N) every K steps, and always at the end (0: at the end only)")
       ("keep-checkpoints", po::value(&c.keep_checkpoints)->default_value(c.keep_checkpoints), "complete checkpoints to keep (the newest is never removed)")
       ("resume", po::value(&c.resume)->default_value(c.resume), "none | auto (continue from the newest complete checkpoint in OUT, if any) | PATH of a checkpoint directory")

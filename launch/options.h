@@ -33,6 +33,7 @@ struct RunConfig {
   int64_t log_every = 10;
   int64_t eval_every = 0;            // 0: validate only at the end (if --val-data)
   int64_t eval_tokens = 65536;       // targets per periodic validation (0: whole set)
+  std::string score_positions;       // FIRST:LAST: validation scores only those (launch/evaluate.h)
   int64_t checkpoint_every = 0;      // 0: only at the end
   int64_t keep_checkpoints = 3;      // complete checkpoints kept in OUT/checkpoints
   std::string resume = "none";       // none | auto | PATH of a checkpoint directory

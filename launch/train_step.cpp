@@ -132,8 +132,9 @@ void TrainStep::reduce_gradients() {
       if (p.grad_summed_over_tp) dev_tp_.all_reduce(g + p.offset, p.numel, ReduceOp::kSum);
 }
 
-StepResult TrainStep::run(int64_t step, const std::vector<const int32_t*>& micro) {
-  StepResult r = compute_gradients(step, micro);
+StepResult TrainStep::run(int64_t step, const std::vector<const int32_t*>& micro,
+                          const std::vector<const int64_t*>& carry) {
+  StepResult r = compute_gradients(step, micro, carry);
   if (r.valid > 0) apply_update(step, r);
   else r.opt.lr = learning_rate(adam_.config(), step);  // nothing to learn from: no update
   return r;
@@ -145,7 +146,9 @@ void TrainStep::apply_update(int64_t step, StepResult& r) {
   r.optimizer_s = since(t);
 }
 
-StepResult TrainStep::compute_gradients(int64_t step, const std::vector<const int32_t*>& micro) {
+StepResult TrainStep::compute_gradients(int64_t step, const std::vector<const int32_t*>& micro,
+                                        const std::vector<const int64_t*>& carry) {
+  PAR_ASSERT(carry.empty() || carry.size() == micro.size());
   const int64_t mb = replica_batch_, N = model_cfg_.context_length;
   const int64_t M = model_cfg_.num_latents, cols = model_.window_columns();
   const int64_t c0 = model_.window_begin();
@@ -175,6 +178,7 @@ StepResult TrainStep::compute_gradients(int64_t step, const std::vector<const in
   double sums[2] = {0, 0};  // ce, objective
   for (size_t k = 0; k < micro.size(); ++k) {
     ctx.example_base = uint64_t(k) * uint64_t(run_.micro_batch()) + uint64_t(replica_first());
+    ctx.position_carry = carry.empty() ? nullptr : carry[k];
     auto t = Clock::now();
     const LossSums s = model_.forward(micro[k], mb, ctx);
     r.forward_s += since(t);

@@ -54,12 +54,16 @@ class TrainStep {
   void snapshot(std::vector<float>& params, std::vector<float>& adam_m, std::vector<float>& adam_v);
 
   // micro[k]: this replica's examples of micro-batch k, each its model().window_columns()
-  // columns of the window starting at model().window_begin() (host).
+  // columns of the window starting at model().window_begin() (host). With absolute
+  // positions, carry[k] gives each example's carry at that column (ForwardContext); empty
+  // means 0 for all.
   // run = compute_gradients, then (if there was anything to learn from) apply_update.
-  StepResult run(int64_t step, const std::vector<const int32_t*>& micro);
+  StepResult run(int64_t step, const std::vector<const int32_t*>& micro,
+                 const std::vector<const int64_t*>& carry = {});
   // Forward and backward over the micro-batches and the sums across ranks: afterwards
   // model().grads() holds this rank's slices of the whole batch's gradient.
-  StepResult compute_gradients(int64_t step, const std::vector<const int32_t*>& micro);
+  StepResult compute_gradients(int64_t step, const std::vector<const int32_t*>& micro,
+                               const std::vector<const int64_t*>& carry = {});
   void apply_update(int64_t step, StepResult& r);
   // The whole model's gradient (after compute_gradients) on world rank 0, empty elsewhere.
   std::vector<float> gather_gradients() { return gather(model_.grads()); }

@@ -273,15 +273,21 @@ TEST(PrepTest, MirrorModeStructureAndDeterminism) {
   EXPECT_HAS(user_error_of([&] { prep_mirror(o, log); }), "--shard-tokens");
 }
 
+// Copy-task options: E-token examples, seed 3, into `out`.
+MirrorPrepOptions copy_options(int64_t length, int64_t examples, const std::string& out) {
+  MirrorPrepOptions o;
+  o.length = length;
+  o.examples = examples;
+  o.seed = 3;
+  o.reverse = false;
+  o.common.out_dir = out;
+  return o;
+}
+
 TEST(PrepTest, CopyModeRepeatsTheFirstHalfInOrder) {
   TempDir dir;
   std::ostringstream log;
-  MirrorPrepOptions o;
-  o.length = 10;
-  o.examples = 6;
-  o.seed = 3;
-  o.reverse = false;
-  o.common.out_dir = dir.file("copy");
+  MirrorPrepOptions o = copy_options(10, 6, dir.file("copy"));
   const std::vector<int32_t> t = read_shards(prep_mirror(o, log).train);
   ASSERT_EQ(t.size(), 60u);
   const int64_t h = 4;
@@ -300,6 +306,52 @@ TEST(PrepTest, CopyModeRepeatsTheFirstHalfInOrder) {
   const std::vector<int32_t> m = read_shards(prep_mirror(o, log).train);
   for (int64_t x = 0; x < 6; ++x)
     for (int64_t i = 0; i < h; ++i) EXPECT_EQ(m[size_t(x * 10 + i)], t[size_t(x * 10 + i)]);
+}
+
+// --half sets the distance back (no EOS when the halves fill the example); --keep blanks
+// out (PAD) all but the last K tokens of the second half and the random tokens they repeat,
+// which stay those of the whole task.
+TEST(PrepTest, HalfAndKeep) {
+  TempDir dir;
+  std::ostringstream log;
+  MirrorPrepOptions o = copy_options(10, 4, dir.file("whole"));
+  o.half = 5;
+  const std::vector<int32_t> whole = read_shards(prep_mirror(o, log).train);
+  ASSERT_EQ(whole.size(), 40u);
+  for (int64_t x = 0; x < 4; ++x)
+    for (int64_t i = 0; i < 5; ++i) {
+      EXPECT_GE(whole[size_t(x * 10 + i)], 3);
+      EXPECT_EQ(whole[size_t(x * 10 + 5 + i)], whole[size_t(x * 10 + i)]);
+    }
+  for (bool reverse : {false, true}) {
+    SCOPED_TRACE(reverse ? "mirror" : "copy");
+    o.reverse = reverse;
+    o.keep = 2;
+    o.common.out_dir = dir.file(reverse ? "mirror" : "copy");
+    const std::vector<int32_t> t = read_shards(prep_mirror(o, log).train);
+    ASSERT_EQ(t.size(), 40u);
+    for (int64_t x = 0; x < 4; ++x) {
+      const int32_t* ex = t.data() + x * 10;
+      const int32_t* full = whole.data() + x * 10;
+      // Second half: positions 5..7 PAD, 8 and 9 kept, repeating 3 and 4 (copy) or 1 and
+      // 0 (mirror); the first half keeps only those.
+      for (int64_t i = 5; i < 8; ++i) EXPECT_EQ(ex[i], 0) << i;
+      for (int64_t i = 8; i < 10; ++i) {
+        const int64_t src = reverse ? 9 - i : i - 5;
+        EXPECT_EQ(ex[i], full[src]) << i;
+        EXPECT_EQ(ex[src], full[src]) << src;
+      }
+      const std::vector<int64_t> blank = reverse ? std::vector<int64_t>{2, 3, 4}
+                                                 : std::vector<int64_t>{0, 1, 2};
+      for (int64_t i : blank) EXPECT_EQ(ex[i], 0) << i;
+    }
+  }
+  o.common.out_dir = dir.file("bad");
+  o.keep = 6;
+  EXPECT_HAS(user_error_of([&] { prep_mirror(o, log); }), "--keep must be between 1 and the half (5)");
+  o.keep = -1;
+  o.half = 6;
+  EXPECT_HAS(user_error_of([&] { prep_mirror(o, log); }), "--half must be between 1 and --length / 2 = 5");
 }
 
 TEST(PrepTest, RefusesToOverwriteUnlessForced) {

@@ -16,8 +16,9 @@ namespace {
 
 using testing_util::random_vector;
 
-ModelConfig config() {
+ModelConfig config(PositionEncoding pe = PositionEncoding::kRotary) {
   ModelConfig c;
+  c.position_encoding = pe;
   c.vocab_size = 19;
   c.d_model = 16;
   c.context_length = 64;
@@ -49,9 +50,12 @@ double max_rel(const std::vector<T>& a, const std::vector<T>& b) {
   return err / ref;
 }
 
+// With absolute positions the prompt and the appended tokens hold EOS tokens, after which
+// the document positions start again.
 template <typename T>
-void check_cached_vs_uncached(double tol, TokenTables tables) {
-  const ModelConfig c = config();
+void check_cached_vs_uncached(double tol, TokenTables tables,
+                              PositionEncoding pe = PositionEncoding::kRotary) {
+  const ModelConfig c = config(pe);
   cpu::CpuOps<T> ops;
   const auto host = params_for<T>(c, 3);
   T* params = static_cast<T*>(ops.allocate(host.size() * sizeof(T)));
@@ -61,12 +65,13 @@ void check_cached_vs_uncached(double tol, TokenTables tables) {
   std::vector<int32_t> prompt(10);
   for (auto& t : prompt) t = int32_t(rng() % 19);
   prompt[3] = 0;  // a PAD input is invisible to the cross-attention
+  prompt[6] = 1;  // EOS
   cached.start(prompt);
   uncached.start(prompt);
   EXPECT_LE(max_rel(cached.logits(), uncached.logits()), tol);
   // 50 more tokens: 60 <= N = 64, so every cached input is still in the window.
   for (int step = 0; step < 50; ++step) {
-    const int32_t t = int32_t(rng() % 19);
+    const int32_t t = step % 17 == 5 ? 1 : int32_t(rng() % 19);
     cached.append(t);
     uncached.append(t);
     EXPECT_EQ(cached.latents(), uncached.latents());
@@ -74,7 +79,8 @@ void check_cached_vs_uncached(double tol, TokenTables tables) {
   }
   EXPECT_GT(50, c.num_latents);
   EXPECT_GE(cached.refills(), 1 + 2) << "the caches were refilled fewer than twice";
-  EXPECT_EQ(cached.token_tables(), tables == TokenTables::kOn);
+  // A key depends on its position as well as its token with absolute positions.
+  EXPECT_EQ(cached.token_tables(), tables == TokenTables::kOn && !c.absolute_positions());
   ops.deallocate(params);
 }
 
@@ -93,11 +99,23 @@ TEST(Decoder, TokenTablesMatchUncachedDouble) {
 TEST(Decoder, TokenTablesMatchUncachedFloat) {
   check_cached_vs_uncached<float>(2e-5, TokenTables::kOn);
 }
+// Absolute positions (spec/MODEL.md section 13): every cached key and refilled latent
+// carries its document position. Token tables are asked for and not used.
+TEST(Decoder, CachedMatchesUncachedAbsoluteDouble) {
+  check_cached_vs_uncached<double>(1e-12, TokenTables::kOn, PositionEncoding::kAbsolute);
+}
+TEST(Decoder, CachedMatchesUncachedAbsoluteFloat) {
+  check_cached_vs_uncached<float>(2e-5, TokenTables::kAuto, PositionEncoding::kAbsolute);
+}
+TEST(Decoder, CachedMatchesUncachedBothDouble) {
+  check_cached_vs_uncached<double>(1e-12, TokenTables::kOff, PositionEncoding::kBoth);
+}
 
 // With M latents over a full window, the decoder's last logits are the training model's
 // logits for its last latent.
-TEST(Decoder, MatchesTheTrainingModel) {
-  const ModelConfig c = config();
+// For absolute positions, the window starts a document (the prompt counts from 1).
+void check_matches_training_model(PositionEncoding pe) {
+  const ModelConfig c = config(pe);
   cpu::CpuOps<double> ops;
   const auto host = params_for<double>(c, 5);
   double* params = static_cast<double*>(ops.allocate(host.size() * sizeof(double)));
@@ -105,6 +123,7 @@ TEST(Decoder, MatchesTheTrainingModel) {
   std::mt19937_64 rng(6);
   std::vector<int32_t> window(size_t(c.context_length + 1));
   for (auto& t : window) t = int32_t(1 + rng() % 18);
+  if (pe != PositionEncoding::kRotary) window[20] = 1;  // EOS
   for (int mode = 0; mode < 3; ++mode) {
     const bool cached = mode > 0;
     Decoder<double> dec(c, ops, params, cached, mode == 2 ? TokenTables::kOn : TokenTables::kOff);
@@ -122,6 +141,12 @@ TEST(Decoder, MatchesTheTrainingModel) {
   }
   ops.deallocate(params);
 }
+
+TEST(Decoder, MatchesTheTrainingModel) { check_matches_training_model(PositionEncoding::kRotary); }
+TEST(Decoder, MatchesTheTrainingModelAbsolute) {
+  check_matches_training_model(PositionEncoding::kAbsolute);
+}
+TEST(Decoder, MatchesTheTrainingModelBoth) { check_matches_training_model(PositionEncoding::kBoth); }
 
 TEST(Decoder, LongPromptsEmptyPromptsAndSlidingWindow) {
   const ModelConfig c = config();

@@ -8,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/absolute_positions.h"
 #include "core/model.h"
 #include "tests/thread_communicator.h"
 
@@ -61,10 +62,17 @@ LayoutResult<T> run_layout(const ModelConfig& cfg, int sp, int tp,
     ops->upload(model.params(), local.data(), local.size() * sizeof(T));
     const int64_t c0 = model.window_begin(), cols = model.window_columns();
     std::vector<int32_t> mine(size_t(B * cols));
-    for (int64_t b = 0; b < B; ++b)
+    // With absolute positions each rank starts from the carry of its first column.
+    std::vector<int64_t> carry(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) {
       std::copy(windows.begin() + b * W + c0, windows.begin() + b * W + c0 + cols,
                 mine.begin() + b * cols);
-    sums[size_t(r)] = model.forward(mine.data(), B, ctx);
+      if (ctx.position_carry)
+        carry[size_t(b)] = carry_after(windows.data() + b * W, c0, ctx.position_carry[b]);
+    }
+    ForwardContext mine_ctx = ctx;
+    if (ctx.position_carry) mine_ctx.position_carry = carry.data();
+    sums[size_t(r)] = model.forward(mine.data(), B, mine_ctx);
     model.zero_grads();
     model.backward(1.0 / double(valid));
     grads[size_t(r)].resize(local.size());

@@ -38,9 +38,11 @@ void check_layouts(const ModelConfig& cfg, const Layouts& layouts, double tol) {
   const int64_t B = 3, W = cfg.context_length + 1;
   std::mt19937_64 rng(5);
   std::vector<int32_t> windows(size_t(B * W));
-  for (auto& w : windows) w = int32_t(rng() % 13);  // some PAD (0) inputs and targets
+  for (auto& w : windows) w = int32_t(rng() % 13);  // some PAD (0) and EOS (1) tokens
   std::vector<T> params = random_vector<T>(ParamLayout(cfg).total(), 9, 0.4);
+  const int64_t carry[B] = {5, 0, 2};  // where documents begun before the windows stand
   ForwardContext ctx;
+  ctx.position_carry = carry;
   ctx.training = true;
   ctx.dropout = 0.2;
   ctx.cross_attend_dropout = 0.25;
@@ -102,6 +104,16 @@ TEST(ParallelLayout, MatchesOneRankInFloatWithFusedAttentionShapes) {
   c.cross_heads = 2;
   c.self_heads = 2;
   check_layouts<float>(c, {{2, 1}, {4, 1}, {1, 2}, {2, 2}}, 2e-5);
+}
+
+// Absolute positions (spec/MODEL.md section 13): each sequence rank adds the encodings of
+// its own slice, counting from the carry of its first column.
+TEST(ParallelLayout, MatchesOneRankWithAbsolutePositions) {
+  ModelConfig c = config();
+  c.position_encoding = PositionEncoding::kAbsolute;
+  check_layouts<double>(c, kLayouts, 1e-11);
+  c.position_encoding = PositionEncoding::kBoth;
+  check_layouts<float>(c, {{2, 1}, {4, 1}, {1, 2}, {2, 2}, {8, 2}}, 2e-5);
 }
 
 TEST(ParallelLayout, RejectsLayoutsThatDoNotFit) {

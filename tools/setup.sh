@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages par needs (when missing) and builds it into build/.
-# Usage: tools/setup.sh            (as root, or with sudo available)
+# Usage: tools/setup.sh [TARGET...]  (as root, or with sudo available; default: every
+#        target, the tests included; `tools/setup.sh par` builds the binary and its CUDA
+#        plugin only, as the main job does)
 # Environment: BUILD_DIR (default build), BUILD_TYPE (default Release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,7 @@ packages=(
   libopenblas-openmp-dev
   munge slurmctld slurmd slurm-client  # a one-node SLURM cluster: tools/slurm_cluster.sh, tests/slurm
   libpmix-dev  # libpmix.so, which SLURM's mpi/pmix plugin loads (srun --mpi=pmix)
+  python3-matplotlib  # tools/plot_runs.py (loss curves), run by /usr/bin/python3
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -31,5 +34,7 @@ fi
 
 build_dir=${BUILD_DIR:-build}
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}" > /dev/null
-cmake --build "$build_dir" -j"$(nproc)"
+targets=()
+for t in "$@"; do targets+=(--target "$t"); done
+cmake --build "$build_dir" -j"$(nproc)" "${targets[@]}"
 echo "setup: built $build_dir/launch/par"

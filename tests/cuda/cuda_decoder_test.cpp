@@ -13,6 +13,7 @@
 namespace par {
 namespace {
 
+using cuda::MatmulPrecision;
 using cuda_test::close;
 
 // The model's parameters in the backend's memory, for a decoder's lifetime.
@@ -28,18 +29,17 @@ struct DeviceParams {
 
 class CudaDecoderTest : public cuda_test::CudaPrecisionTest {};
 
-TEST_P(CudaDecoderTest, CachedDecodingMatchesTheCpu) {
-  const ModelConfig cfg = cuda_test::odd_config();  // M = 17: refills every 8 or 9 tokens
+void check_cached_against_cpu(const ModelConfig& cfg, Ops<float>& gpu_ops, MatmulPrecision precision) {
   const auto host = cuda_test::parameters(ParamLayout(cfg), cfg.d_model);
   cpu::CpuOps<float> cpu;
-  auto gpu = make_ops();
-  const DeviceParams cpu_params(cpu, host), gpu_params(*gpu, host);
-  Decoder<float> want(cfg, cpu, cpu_params.p, true), got(cfg, *gpu, gpu_params.p, true);
+  const DeviceParams cpu_params(cpu, host), gpu_params(gpu_ops, host);
+  Decoder<float> want(cfg, cpu, cpu_params.p, true), got(cfg, gpu_ops, gpu_params.p, true);
   std::vector<int32_t> prompt;
   for (int i = 0; i < 23; ++i) prompt.push_back(int32_t(3 + (i * 7) % 30));
+  if (cfg.absolute_positions()) prompt[11] = 1;  // an EOS: the count starts again after it
   want.start(prompt);
   got.start(prompt);
-  const double tol = cuda_test::model_tol(GetParam()).logits;
+  const double tol = cuda_test::model_tol(precision).logits;
   ASSERT_TRUE(close(got.logits(), want.logits(), tol)) << "after the prompt";
   // 40 more tokens: past M latents, so the caches are refilled several times.
   for (int i = 0; i < 40; ++i) {
@@ -48,6 +48,19 @@ TEST_P(CudaDecoderTest, CachedDecodingMatchesTheCpu) {
     got.append(t);
     ASSERT_TRUE(close(got.logits(), want.logits(), tol)) << "token " << i;
   }
+}
+
+TEST_P(CudaDecoderTest, CachedDecodingMatchesTheCpu) {
+  auto gpu = make_ops();
+  check_cached_against_cpu(cuda_test::odd_config(), *gpu, GetParam());  // M = 17: refills every 8 or 9 tokens
+}
+
+// Absolute positions: every cached key and refilled latent carries its document position.
+TEST_P(CudaDecoderTest, CachedDecodingWithAbsolutePositionsMatchesTheCpu) {
+  ModelConfig cfg = cuda_test::odd_config();
+  cfg.position_encoding = PositionEncoding::kAbsolute;
+  auto gpu = make_ops();
+  check_cached_against_cpu(cfg, *gpu, GetParam());
 }
 
 TEST_P(CudaDecoderTest, CachedEqualsUncachedOnTheGpu) {
