@@ -22,6 +22,7 @@
 #include "launch/job.h"
 #include "launch/options.h"
 #include "launch/run_dir.h"
+#include "launch/run_lock.h"
 #include "launch/stop_request.h"
 #include "launch/text.h"
 #include "launch/threads.h"
@@ -267,6 +268,7 @@ int cmd_train(int argc, char** argv) {
   job.agree([&] { grid = job.make_grid(GridShape{s.run.dp, s.run.sp, s.run.tp}); });
 
   // Everything the user gave is checked, on every rank, before anything is written.
+  std::unique_ptr<RunLock> lock;  // outlives the run directory's files
   std::unique_ptr<RunDir> dir;
   Backend backend;
   job.agree([&] { backend = make_backend(s.run.device, s.run.precision, grid, s.run.attention); });
@@ -280,6 +282,13 @@ int cmd_train(int argc, char** argv) {
       s.val_shards = cli::expand_paths(s.run.val_data, "--val-data");
       const Dataset check(s.val_shards, s.model.context_length, s.model.vocab_size);
     }
+  });
+  // One run per directory: rank 0 locks it before any rank reads its checkpoints, and
+  // holds the lock until it exits.
+  job.agree([&] {
+    if (grid.world_rank() == 0) lock = std::make_unique<RunLock>(s.run.out);
+  });
+  job.agree([&] {
     s.resumed_from = resume_path(s.run, s.run.out);
     if (!s.resumed_from.empty())
       require_same_model(s.model, read_manifest(s.resumed_from).model, s.resumed_from);
