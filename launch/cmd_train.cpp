@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <iostream>
 #include <map>
 #include <memory>
 
@@ -19,7 +20,9 @@
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/evaluate.h"
+#include "launch/host_memory.h"
 #include "launch/job.h"
+#include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/run_dir.h"
 #include "launch/run_lock.h"
@@ -53,6 +56,39 @@ std::string resume_path(const RunConfig& run, const std::string& out_dir) {
     fail_user("--resume ", run.resume, " is not a complete checkpoint directory (",
               "OUT/checkpoints/step-N with a COMPLETE file, or a run directory holding one)");
   return dir;
+}
+
+// The loader of a rank that reads examples [first, first + count) of each micro-batch and
+// columns [col_begin, col_begin + cols) of each window.
+LoaderOptions loader_options(const RunConfig& rc, int64_t first, int64_t count,
+                             int64_t col_begin, int64_t cols) {
+  LoaderOptions lo;
+  lo.global_batch = rc.micro_batch();
+  lo.first = first;
+  lo.count = count;
+  lo.col_begin = col_begin;
+  lo.col_end = col_begin + cols;
+  lo.seed = derive_seed(rc.seed, kDataStream);
+  lo.prefetch = 2 * rc.accum_steps;
+  return lo;
+}
+
+// What this rank will allocate (the largest rank of the layout: one holding the latents),
+// planned before anything is.
+PlanRequest plan_request(const ModelConfig& mc, const RunConfig& rc, bool cuda) {
+  PlanRequest r;
+  r.model = mc;
+  r.micro_batch = rc.micro_batch() / rc.dp;
+  r.accum_steps = rc.accum_steps;
+  r.sp = rc.sp;
+  r.tp = rc.tp;
+  r.threads = current_threads();
+  r.cuda = cuda;
+  r.checkpoints = true;
+  r.data_bytes = Loader::memory_bytes(
+      loader_options(rc, 0, r.micro_batch, 0, mc.context_length / rc.sp + 1), rc.accum_steps);
+  r.runtime_bytes = double(resident_bytes());
+  return r;
 }
 
 // Everything a run needs, set up (and checked) on every rank before training starts.
@@ -136,14 +172,8 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
   const StopRequest stop(rc.max_minutes);
   CheckpointSaver saver(grid, rc.out, int(rc.keep_checkpoints));
 
-  LoaderOptions lo;
-  lo.global_batch = rc.micro_batch();
-  lo.first = ts.replica_first();
-  lo.count = ts.replica_batch();
-  lo.col_begin = ts.model().window_begin();
-  lo.col_end = lo.col_begin + ts.model().window_columns();
-  lo.seed = derive_seed(rc.seed, kDataStream);
-  lo.prefetch = 2 * rc.accum_steps;
+  const LoaderOptions lo = loader_options(rc, ts.replica_first(), ts.replica_batch(),
+                                          ts.model().window_begin(), ts.model().window_columns());
   Loader loader(*s.train, lo, pos.step * rc.accum_steps);
 
   const double tokens_per_step = double(rc.batch_size) * double(mc.context_length);
@@ -244,7 +274,7 @@ int cmd_train(int argc, char** argv) {
   if (job.world_rank() != 0) FLAGS_minloglevel = google::GLOG_WARNING;
   Setup s;
   po::variables_map vm;
-  bool help = false;
+  bool help = false, dry_run = false;
   job.agree([&] {
     po::options_description opts;
     opts.add(run_options(s.run)).add(model_options(s.model)).add(optimizer_options(s.opt));
@@ -252,6 +282,10 @@ int cmd_train(int argc, char** argv) {
                            "Trains a Perceiver AR model on token shards (see README.md). Under "
                            "mpirun, --dp x --sp x --tp must equal the number of ranks.",
                            "par train --config FILE --data SHARDS --out DIR [options]"};
+    po::options_description plan("Planning");
+    plan.add_options()
+        ("dry-run", po::bool_switch(&dry_run), "print the memory each rank needs (and whether it fits) without training; --data and --out are not needed");
+    opts.add(plan);
     help = !cli::parse(argc, argv, cmd, opts, vm, nullptr, "config");
     if (help) return;
     s.run.validate();
@@ -259,6 +293,7 @@ int cmd_train(int argc, char** argv) {
     s.opt.total_steps = s.run.steps;
     s.opt.validate();
     s.run.validate_layout(s.model);
+    if (dry_run) return;
     if (s.run.data.empty()) fail_user("--data is required: the training shards (see `par prep`)");
     if (s.run.out.empty())
       fail_user("--out is required: the run directory for logs and checkpoints");
@@ -273,9 +308,29 @@ int cmd_train(int argc, char** argv) {
   Backend backend;
   job.agree([&] { backend = make_backend(s.run.device, s.run.precision, grid, s.run.attention); });
   job.agree([&] { connect_backend(backend, grid); });
-  std::string thread_warning;
+  std::string thread_warning, memory_plan;
+  // The memory each rank needs, before anything is allocated or written.
   job.agree([&] {
     thread_warning = apply_threads(s.run.threads, job.local_size());
+    const PlanRequest request = plan_request(s.model, s.run, backend.cuda);
+    const int gpus = backend.cuda ? std::max(1, cuda_device_count()) : 1;
+    const MemoryBudget budget = memory_budget(job.local_size(), device_free_bytes(backend),
+                                              (job.local_size() + gpus - 1) / gpus);
+    const std::string plan = describe(plan_memory(request), budget);
+    if (dry_run && grid.world_rank() == 0)
+      std::cout << "par train --dry-run: " << s.model.summary() << " | batch " << s.run.batch_size
+                << " = " << s.run.accum_steps << " x " << s.run.micro_batch() << " examples | dp "
+                << s.run.dp << " x sp " << s.run.sp << " x tp " << s.run.tp << " | "
+                << current_threads() << " thread(s) per rank | " << backend.description
+                << "\nmemory per rank (estimate):\n" << plan << std::endl;
+    memory_plan = plan;
+    require_fits(request, RunShape{s.run.batch_size, s.run.accum_steps, s.run.dp}, budget);
+  });
+  if (dry_run) {
+    if (grid.world_rank() == 0) std::cout << "fits: the run can start" << std::endl;
+    return 0;
+  }
+  job.agree([&] {
     s.train = std::make_unique<Dataset>(cli::expand_paths(s.run.data, "--data"),
                                         s.model.context_length, s.model.vocab_size);
     if (!s.run.val_data.empty()) {
@@ -304,6 +359,7 @@ int cmd_train(int argc, char** argv) {
   LOG(INFO) << "layout: " << grid.world_size() << " rank(s) = dp " << s.run.dp << " x sp "
             << s.run.sp << " x tp " << s.run.tp << " | " << current_threads()
             << " thread(s) per rank | " << backend.description;
+  LOG(INFO) << "memory per rank (estimate): " << memory_plan;
   if (!thread_warning.empty() && grid.world_rank() == 0) LOG(WARNING) << thread_warning;
   if (grid.world_size() > 1) {
     const std::string hosts = describe_hosts(grid);
