@@ -129,21 +129,11 @@ int cmd_bench(int argc, char** argv) {
   if (gemm_defaulted && backend.cuda) gemm_n = 8192;  // a GPU needs a bigger product to be busy
   // The memory each rank needs, before anything is allocated: the same plan as training's,
   // with the benchmark's own batches and yardstick instead of a loader and checkpoints.
-  PlanRequest request;
-  request.model = mc;
-  request.micro_batch = rc.micro_batch() / rc.dp;
-  request.accum_steps = rc.accum_steps;
-  request.sp = rc.sp;
-  request.tp = rc.tp;
-  request.threads = current_threads();
-  request.cuda = backend.cuda;
+  PlanRequest request = plan_request(mc, rc, backend.cuda);
   request.gemm_n = gemm_n;
   request.data_bytes = double(rc.accum_steps) * double(request.micro_batch) *
                        double(mc.context_length / rc.sp + 1) * sizeof(int32_t);
-  request.runtime_bytes = double(resident_bytes());
-  const int gpus = backend.cuda ? std::max(1, cuda_device_count()) : 1;
-  const MemoryBudget budget = memory_budget(job.local_size(), device_free_bytes(backend),
-                                            (job.local_size() + gpus - 1) / gpus);
+  const MemoryBudget budget = memory_budget(backend, job.local_size());
   const MemoryPlan plan = plan_memory(request);
   if (rank0) std::fprintf(stderr, "memory per rank (estimate): %s\n", describe(plan, budget).c_str());
   job.agree([&] { require_fits(request, RunShape{rc.batch_size, rc.accum_steps, rc.dp}, budget); });

@@ -73,21 +73,14 @@ LoaderOptions loader_options(const RunConfig& rc, int64_t first, int64_t count,
   return lo;
 }
 
-// What this rank will allocate (the largest rank of the layout: one holding the latents),
-// planned before anything is.
-PlanRequest plan_request(const ModelConfig& mc, const RunConfig& rc, bool cuda) {
-  PlanRequest r;
-  r.model = mc;
-  r.micro_batch = rc.micro_batch() / rc.dp;
-  r.accum_steps = rc.accum_steps;
-  r.sp = rc.sp;
-  r.tp = rc.tp;
-  r.threads = current_threads();
-  r.cuda = cuda;
+// What this rank will allocate, planned before anything is: the model, its optimizer,
+// copies of the state for checkpoints, and the loader (sized for a rank holding the
+// latents, the one reading a column more).
+PlanRequest train_plan_request(const ModelConfig& mc, const RunConfig& rc, bool cuda) {
+  PlanRequest r = plan_request(mc, rc, cuda);
   r.checkpoints = true;
   r.data_bytes = Loader::memory_bytes(
       loader_options(rc, 0, r.micro_batch, 0, mc.context_length / rc.sp + 1), rc.accum_steps);
-  r.runtime_bytes = double(resident_bytes());
   return r;
 }
 
@@ -312,10 +305,8 @@ int cmd_train(int argc, char** argv) {
   // The memory each rank needs, before anything is allocated or written.
   job.agree([&] {
     thread_warning = apply_threads(s.run.threads, job.local_size());
-    const PlanRequest request = plan_request(s.model, s.run, backend.cuda);
-    const int gpus = backend.cuda ? std::max(1, cuda_device_count()) : 1;
-    const MemoryBudget budget = memory_budget(job.local_size(), device_free_bytes(backend),
-                                              (job.local_size() + gpus - 1) / gpus);
+    const PlanRequest request = train_plan_request(s.model, s.run, backend.cuda);
+    const MemoryBudget budget = memory_budget(backend, job.local_size());
     const std::string plan = describe(plan_memory(request), budget);
     if (dry_run && grid.world_rank() == 0)
       std::cout << "par train --dry-run: " << s.model.summary() << " | batch " << s.run.batch_size

@@ -71,6 +71,19 @@ std::string MemoryPlan::summary(const std::vector<MemoryItem>& items) {
   return cat(format_bytes(sum(items)), " (", parts, ")");
 }
 
+PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cuda) {
+  PlanRequest r;
+  r.model = model;
+  r.micro_batch = run.micro_batch() / run.dp;
+  r.accum_steps = run.accum_steps;
+  r.sp = run.sp;
+  r.tp = run.tp;
+  r.threads = current_threads();
+  r.cuda = cuda;
+  r.runtime_bytes = double(resident_bytes());
+  return r;
+}
+
 MemoryPlan plan_memory(const PlanRequest& r) {
   const ModelMemory m = PerceiverAR<float>::memory(r.model, r.micro_batch, r.sp, r.tp);
   MemoryPlan plan;
@@ -118,6 +131,11 @@ std::string describe(const MemoryPlan& plan, const MemoryBudget& b) {
     s += cat("\ndevice ", MemoryPlan::summary(plan.device), " of ", format_bytes(b.device), ": ",
              b.device_source);
   return s;
+}
+
+MemoryBudget memory_budget(Backend& backend, int local_ranks) {
+  const int gpus = backend.cuda ? std::max(1, cuda_device_count()) : 1;
+  return memory_budget(local_ranks, device_free_bytes(backend), (local_ranks + gpus - 1) / gpus);
 }
 
 namespace {

@@ -23,6 +23,8 @@
 #include <vector>
 
 #include "core/model_config.h"
+#include "launch/backend.h"
+#include "launch/options.h"
 
 namespace par {
 
@@ -53,6 +55,10 @@ struct PlanRequest {
   double runtime_bytes = 0;      // resident_bytes() when planning
 };
 
+// The part every command shares: this rank's share of `run`'s micro-batch and layout, the
+// threads in effect and what the process holds now. Commands add their own buffers.
+PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cuda);
+
 MemoryPlan plan_memory(const PlanRequest& r);
 
 // What one rank may have.
@@ -67,6 +73,9 @@ struct MemoryBudget {
 // physical memory, whichever is less. The device's: its free memory (`device_free`, < 0 for
 // none) shared by `ranks_per_device` ranks.
 MemoryBudget memory_budget(int local_ranks, int64_t device_free, int ranks_per_device);
+// The same for a rank of `local_ranks` on this node using `backend` (its GPUs are shared
+// round-robin by the node's ranks).
+MemoryBudget memory_budget(Backend& backend, int local_ranks);
 
 // The plan against the budget, one line for the host and one for the device (if any):
 // "host 1.21 GiB (runtime 20.1 MiB, ...) of 22.9 GiB: the physical memory 22.9 GiB".

@@ -20,12 +20,7 @@ namespace par {
 namespace {
 
 namespace fs = std::filesystem;
-using testing_util::ParRun;
-using testing_util::quote;
-using testing_util::run_par;
-using testing_util::run_shell;
-using testing_util::slurp;
-using testing_util::TempDir;
+using namespace testing_util;
 
 const std::string kTiny = testing_util::configs_dir() + "tiny.ini";
 

@@ -13,13 +13,7 @@
 namespace par {
 namespace {
 
-using testing_util::Background;
-using testing_util::ParRun;
-using testing_util::quote;
-using testing_util::run_par;
-using testing_util::run_shell;
-using testing_util::slurp;
-using testing_util::TempDir;
+using namespace testing_util;
 
 std::string train_args(const std::string& data, const std::string& out, int steps) {
   return cat("train --config ", quote(testing_util::configs_dir() + "tiny.ini"), " --data ",
