@@ -42,6 +42,12 @@ bool parse(int argc, char** argv, const Command& cmd, const po::options_descript
   }
   if (!config_option.empty() && vm.count(config_option)) {
     const std::string path = vm[config_option].as<std::string>();
+    // A directory opens like a file and reads as empty: it would silently mean "defaults".
+    struct stat st{};
+    if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+      fail_user("config file ", path, " (--", config_option, ") is ",
+                S_ISDIR(st.st_mode) ? "a directory" : "not a regular file",
+                ": give an INI file (see configs/)");
     std::ifstream in(path);
     if (!in) fail_user("cannot read config file ", path, " (--", config_option, ")");
     try {
