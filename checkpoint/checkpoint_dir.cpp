@@ -81,6 +81,28 @@ bool is_complete_checkpoint(const std::string& dir) {
   return fs::is_regular_file(dir + "/" + kComplete, ec) && fs::is_regular_file(dir + "/" + kManifest, ec);
 }
 
+std::string enclosing_checkpoint(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  if (ec) return "";
+  for (; !p.empty() && p != p.root_path(); p = p.parent_path()) {
+    const std::string name = p.filename().string();
+    const bool in_progress = name.size() > 5 && name[0] == '.' && name.rfind(".step-", 0) == 0 &&
+                             name.substr(name.size() - 4) == ".tmp";
+    if (in_progress || fs::exists(p / kManifest, ec) || fs::exists(p / kComplete, ec))
+      return p.string();
+  }
+  return "";
+}
+
+void refuse_inside_checkpoint(const std::string& path, const std::string& option) {
+  const std::string inside = enclosing_checkpoint(path);
+  if (!inside.empty())
+    fail_user(option, " ", path, " is inside the checkpoint ", inside,
+              ": writing there would damage it (with or without --force); choose a path "
+              "outside it");
+}
+
 namespace {
 
 // Complete checkpoint directories under out_dir, oldest first.

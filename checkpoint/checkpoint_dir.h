@@ -40,6 +40,13 @@ std::string latest_checkpoint(const std::string& out_dir);
 // newest complete one); anything else unchanged.
 std::string resolve_checkpoint(const std::string& path);
 
+// The checkpoint directory that `path` (a file or directory, existing or not) would lie in:
+// the nearest ancestor holding a manifest or COMPLETE, or named like a save in progress;
+// "" if none. Commands that write refuse such paths: a file there damages the checkpoint.
+std::string enclosing_checkpoint(const std::string& path);
+// UserError naming `option` when `path` lies in a checkpoint directory.
+void refuse_inside_checkpoint(const std::string& path, const std::string& option);
+
 struct CheckpointInfo {
   int64_t step = 0;
   int64_t next_batch = 0;

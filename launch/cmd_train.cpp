@@ -290,6 +290,7 @@ int cmd_train(int argc, char** argv) {
     if (s.run.data.empty()) fail_user("--data is required: the training shards (see `par prep`)");
     if (s.run.out.empty())
       fail_user("--out is required: the run directory for logs and checkpoints");
+    refuse_inside_checkpoint(s.run.out, "--out");
   });
   if (help) return 0;
   ProcessGrid grid;
