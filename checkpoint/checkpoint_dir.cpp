@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +14,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "data/checked_file.h"
 #include "data/h5.h"
 
 namespace par {
@@ -34,22 +37,14 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
-// The file's data and the directory entry naming it reach the disk before the commit
-// that makes them part of a checkpoint.
-void sync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) return;
-  ::fsync(fd);
+// The shard file's data reaches the disk before the commit that makes it part of a
+// checkpoint.
+void sync_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail_user("cannot open ", path, ": ", std::strerror(errno));
+  const int err = ::fsync(fd) != 0 ? errno : 0;
   ::close(fd);
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  {
-    std::ofstream out(path, std::ios::binary);
-    out << text;
-    if (!out) fail_user("cannot write ", path);
-  }
-  sync_path(path);
+  if (err != 0) fail_user("cannot write ", path, ": ", std::strerror(err));
 }
 
 std::string read_text(const std::string& path) {
@@ -189,7 +184,7 @@ double CheckpointSaver::start(const ModelConfig& model, const ParamLayout& layou
 void CheckpointSaver::write_share() {
   if (mine_.empty()) return;
   const std::string path = tmp_dir_ + "/" + file_;
-  {
+  try {
     h5::Object f = h5::create_file(path);
     for (size_t j = 0; j < mine_.size(); ++j) {
       const ParamInfo& p = *mine_[j];
@@ -208,8 +203,13 @@ void CheckpointSaver::write_share() {
       records_.push_back(std::move(e));
     }
     f.close();
+    sync_file(path);
+  } catch (const UserError& e) {
+    // HDF5's messages name the object, not always the file.
+    const std::string what = e.what();
+    if (what.find(path) != std::string::npos) throw;
+    fail_user("cannot write ", path, ": ", what);
   }
-  sync_path(path);
 }
 
 std::string CheckpointSaver::finish(bool wait) {
@@ -232,6 +232,8 @@ std::string CheckpointSaver::finish(bool wait) {
   }
   const int64_t failed = grid_.world().all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum);
   if (failed) {
+    // The unfinished save must not keep its space: every rank has stopped writing into it.
+    if (grid_.world_rank() == 0) remove_unfinished();
     if (!error.empty()) fail_user("writing the checkpoint of step ", info_.step, ": ", error);
     fail_user("writing the checkpoint of step ", info_.step, " failed on another rank (see its message)");
   }
@@ -262,20 +264,30 @@ std::string CheckpointSaver::finish(bool wait) {
       records.append(reinterpret_cast<const char*>(all.data()) + r * longest, size_t(lengths[size_t(r)]));
     const std::string manifest = m.to_text() + records;
     Manifest::parse(manifest, tmp_dir_ + "/" + kManifest);  // what we commit must read back
-    write_text(tmp_dir_ + "/" + kConfig, info_.config_text);
-    write_text(tmp_dir_ + "/" + kManifest, manifest);
-    write_text(tmp_dir_ + "/" + kComplete, "complete\n");
-    sync_path(tmp_dir_);
-    std::error_code ec;
-    fs::remove_all(final_dir_, ec);  // an older save of the same step
-    fs::rename(tmp_dir_, final_dir_, ec);
-    if (ec) fail_user("cannot move ", tmp_dir_, " to ", final_dir_, ": ", ec.message());
-    sync_path(checkpoints_root(out_dir_));
+    try {
+      write_file(tmp_dir_ + "/" + kConfig, info_.config_text);
+      write_file(tmp_dir_ + "/" + kManifest, manifest);
+      write_file(tmp_dir_ + "/" + kComplete, "complete\n");
+      sync_directory(tmp_dir_);
+      std::error_code ec;
+      fs::remove_all(final_dir_, ec);  // an older save of the same step
+      fs::rename(tmp_dir_, final_dir_, ec);
+      if (ec) fail_user("cannot move ", tmp_dir_, " to ", final_dir_, ": ", ec.message());
+      sync_directory(checkpoints_root(out_dir_));
+    } catch (const UserError& e) {
+      remove_unfinished();
+      fail_user("writing the checkpoint of step ", info_.step, ": ", e.what());
+    }
     prune();
   }
   write_seconds_ = now_seconds() - started_;
   grid_.world().barrier();  // no rank goes on before the checkpoint exists
   return final_dir_;
+}
+
+void CheckpointSaver::remove_unfinished() {
+  std::error_code ec;
+  fs::remove_all(tmp_dir_, ec);
 }
 
 // Keeps the newest `keep_` complete checkpoints and removes leftovers of failed saves.

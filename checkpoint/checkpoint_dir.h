@@ -78,6 +78,7 @@ class CheckpointSaver {
 
  private:
   void write_share();
+  void remove_unfinished();  // rank 0: the .tmp directory of a failed save
   void prune();
 
   const ProcessGrid& grid_;

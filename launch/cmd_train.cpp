@@ -226,6 +226,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
       validate(ts, s, pos.step, dir);
     if ((rc.checkpoint_every > 0 && pos.step % rc.checkpoint_every == 0) || last)
       save(ts, saver, mc, pos, s.opt);
+    if (dir) dir->check();  // a log line that could not be written ends the run
   }
   validate(ts, s, pos.step, dir);
   commit(saver, true);
@@ -362,10 +363,14 @@ int cmd_train(int argc, char** argv) {
             << s.run.batch_size << " = " << s.run.accum_steps << " x " << s.run.micro_batch()
             << " examples";
   try {
-    return train(s, grid, backend, dir.get());
+    const int status = train(s, grid, backend, dir.get());
+    if (dir) dir->check();
+    return status;
   } catch (const UserError& e) {
+    if (dir) dir->record_fatal(cat("par train: error: ", e.what()));
     job.fail(e, 2);
   } catch (const std::exception& e) {
+    if (dir) dir->record_fatal(cat("par train: internal error: ", e.what()));
     job.fail(e, 1);
   }
 }
