@@ -68,6 +68,15 @@ std::unique_ptr<ParRun> on_small_disk(const TempDir& dir, int kib, int free_kib,
   return std::make_unique<ParRun>(run_shell(dir, cat("unshare -m sh -c ", quote(inner))));
 }
 
+// `par train` of the tiny model into dir/disk/run on such a disk (at most a minute).
+std::unique_ptr<ParRun> train_on_small_disk(const TempDir& dir, int kib, int free_kib, int steps,
+                                            const std::string& extra = "") {
+  const std::string data = copy_task_data(dir, 65, 30);
+  return on_small_disk(dir, kib, free_kib,
+                       cat("timeout -s KILL 60 '", PAR_BINARY, "' ",
+                           train_args(data, dir.file("disk/run"), steps), " ", extra));
+}
+
 #define SKIP_WITHOUT_SMALL_DISK(r)                                                        \
   if (!(r))                                                                              \
   GTEST_SKIP() << "cannot mount a small tmpfs to fill (`unshare -m` and `mount -t tmpfs` " \
@@ -78,8 +87,7 @@ std::unique_ptr<ParRun> on_small_disk(const TempDir& dir, int kib, int free_kib,
 // config.ini nor its temporary file.
 TEST(ReliabilityWrites, ConfigOnAFullDisk) {
   TempDir dir;
-  const std::string data = copy_task_data(dir, 65, 30);
-  const auto r = on_small_disk(dir, 64, 4, cat("'", PAR_BINARY, "' ", train_args(data, dir.file("disk/run"), 2)));
+  const auto r = train_on_small_disk(dir, 64, 4, 2);
   SKIP_WITHOUT_SMALL_DISK(r);
   EXPECT_USER_ERROR(*r, cat("cannot write ", dir.file("disk/run/config.ini.tmp"),
                             ": No space left on device"));
@@ -92,10 +100,7 @@ TEST(ReliabilityWrites, ConfigOnAFullDisk) {
 // log holds only whole lines.
 TEST(ReliabilityWrites, LogOnAFullDisk) {
   TempDir dir;
-  const std::string data = copy_task_data(dir, 65, 30);
-  const auto r = on_small_disk(dir, 64, 16, cat("timeout -s KILL 60 '", PAR_BINARY, "' ",
-                                                train_args(data, dir.file("disk/run"), 100000),
-                                                " --log-every 1"));
+  const auto r = train_on_small_disk(dir, 64, 16, 100000, "--log-every 1");
   SKIP_WITHOUT_SMALL_DISK(r);
   EXPECT_USER_ERROR(*r, ": No space left on device");
   EXPECT_TRUE(std::regex_search(r->err, std::regex("cannot write \\S*/run/(train\\.log|metrics\\.jsonl):")))
@@ -113,10 +118,7 @@ TEST(ReliabilityWrites, LogOnAFullDisk) {
 // temporary directory, the earlier checkpoint intact, and the error in train.log too.
 TEST(ReliabilityWrites, CheckpointOnAFullDisk) {
   TempDir dir;
-  const std::string data = copy_task_data(dir, 65, 30);
-  const auto r = on_small_disk(dir, 768, 768, cat("'", PAR_BINARY, "' ",
-                                                  train_args(data, dir.file("disk/run"), 20),
-                                                  " --checkpoint-every 5"));
+  const auto r = train_on_small_disk(dir, 768, 768, 20, "--checkpoint-every 5");
   SKIP_WITHOUT_SMALL_DISK(r);
   EXPECT_USER_ERROR(*r, "par train: error: writing the checkpoint of step 10: cannot write ");
   const std::string error_line = r->err.substr(r->err.find("par train: error:"));
