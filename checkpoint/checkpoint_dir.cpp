@@ -37,6 +37,19 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
+// The step of a directory named as step_name() names them (`step-` and at least 8
+// digits), or, when `in_progress`, as a save in progress (`.step-NNNNNNNN.tmp`); -1 for
+// any other name. Nothing else in checkpoints/ is par's to read or remove.
+int64_t step_of(const std::string& name, bool in_progress) {
+  const std::string prefix = in_progress ? ".step-" : "step-", suffix = in_progress ? ".tmp" : "";
+  if (name.size() < prefix.size() + 8 + suffix.size() || name.rfind(prefix, 0) != 0 ||
+      name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return -1;
+  const std::string digits = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+  if (digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoll(digits);
+}
+
 // The shard file's data reaches the disk before the commit that makes it part of a
 // checkpoint.
 void sync_file(const std::string& path) {
@@ -53,6 +66,20 @@ std::string read_text(const std::string& path) {
   std::ostringstream os;
   os << in.rdbuf();
   return os.str();
+}
+
+// A checkpoint stops being one the moment its COMPLETE goes, so that goes first (and is
+// made durable): killed half-way through the rest, the directory is never taken for a
+// checkpoint that lacks a file. The next prune removes what is left.
+void remove_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::remove(dir + "/" + kComplete, ec) && ec) return;  // keep it whole, not half
+  try {
+    sync_directory(dir);
+  } catch (const UserError&) {
+    return;  // the same
+  }
+  fs::remove_all(dir, ec);
 }
 
 // Which pieces a rank writes: piece i (over tensors x kinds, in layout order) of a
@@ -81,9 +108,7 @@ std::string enclosing_checkpoint(const std::string& path) {
   fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
   if (ec) return "";
   for (; !p.empty() && p != p.root_path(); p = p.parent_path()) {
-    const std::string name = p.filename().string();
-    const bool in_progress = name.size() > 5 && name[0] == '.' && name.rfind(".step-", 0) == 0 &&
-                             name.substr(name.size() - 4) == ".tmp";
+    const bool in_progress = step_of(p.filename().string(), true) >= 0;
     if (in_progress || fs::exists(p / kManifest, ec) || fs::exists(p / kComplete, ec))
       return p.string();
   }
@@ -105,9 +130,9 @@ std::vector<std::pair<int64_t, std::string>> complete_checkpoints(const std::str
   std::vector<std::pair<int64_t, std::string>> found;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(checkpoints_root(out_dir), ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("step-", 0) != 0 || !is_complete_checkpoint(e.path().string())) continue;
-    found.emplace_back(std::atoll(name.c_str() + 5), e.path().string());
+    const int64_t step = step_of(e.path().filename().string(), false);
+    if (step < 0 || !is_complete_checkpoint(e.path().string())) continue;
+    found.emplace_back(step, e.path().string());
   }
   std::sort(found.begin(), found.end());
   return found;
@@ -270,7 +295,7 @@ std::string CheckpointSaver::finish(bool wait) {
       write_file(tmp_dir_ + "/" + kComplete, "complete\n");
       sync_directory(tmp_dir_);
       std::error_code ec;
-      fs::remove_all(final_dir_, ec);  // an older save of the same step
+      if (fs::exists(final_dir_, ec)) remove_checkpoint(final_dir_);  // an older save of this step
       fs::rename(tmp_dir_, final_dir_, ec);
       if (ec) fail_user("cannot move ", tmp_dir_, " to ", final_dir_, ": ", ec.message());
       sync_directory(checkpoints_root(out_dir_));
@@ -290,17 +315,16 @@ void CheckpointSaver::remove_unfinished() {
   fs::remove_all(tmp_dir_, ec);
 }
 
-// Keeps the newest `keep_` complete checkpoints and removes leftovers of failed saves.
+
+// Keeps the newest `keep_` complete checkpoints and removes leftovers of failed saves and
+// of interrupted prunes. Touches only the names par gives (step_of).
 void CheckpointSaver::prune() {
   const auto found = complete_checkpoints(out_dir_);
-  for (size_t i = 0; i + size_t(keep_) < found.size(); ++i) {
-    std::error_code ec;
-    fs::remove_all(found[i].second, ec);
-  }
+  for (size_t i = 0; i + size_t(keep_) < found.size(); ++i) remove_checkpoint(found[i].second);
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(checkpoints_root(out_dir_), ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.size() > 5 && name[0] == '.' && name.substr(name.size() - 4) == ".tmp") {
+    const std::string name = e.path().filename().string(), path = e.path().string();
+    if (step_of(name, true) >= 0 || (step_of(name, false) >= 0 && !is_complete_checkpoint(path))) {
       std::error_code ec2;
       fs::remove_all(e.path(), ec2);
     }
