@@ -139,7 +139,7 @@ void save(TrainStep& ts, CheckpointSaver& saver, const ModelConfig& mc, const Tr
 }
 
 // Returns the exit status: 0, or kExitRequeue when stopped early with a checkpoint.
-int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
+int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, const StopRequest& stop) {
   const ModelConfig& mc = s.model;
   const RunConfig& rc = s.run;
   TrainStep ts(mc, s.opt, rc, *backend.ops, grid, backend.device_groups());
@@ -162,7 +162,13 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
               << "): nothing to do";
     return 0;
   }
-  const StopRequest stop(rc.max_minutes);
+  // A stop asked for while the run was starting: nothing new to save.
+  if (const StopRequest::Reason early = stop.agreed(grid.world()); early != StopRequest::kNone) {
+    LOG(WARNING) << "stopping before the first step because of " << StopRequest::describe(early)
+                 << "; exit status " << kExitRequeue << ": run again with --resume auto to continue";
+    if (grid.world_rank() == 0) StopRequest::record_stop(pos.step);
+    return kExitRequeue;
+  }
   CheckpointSaver saver(grid, rc.out, int(rc.keep_checkpoints));
 
   const LoaderOptions lo = loader_options(rc, ts.replica_first(), ts.replica_batch(),
@@ -220,6 +226,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
       commit(saver, true);
       LOG(WARNING) << "stopped early at step " << pos.step << "/" << rc.steps << "; exit status "
                    << kExitRequeue << ": run again with --resume auto to continue";
+      if (grid.world_rank() == 0) StopRequest::record_stop(pos.step);
       return kExitRequeue;
     }
     if (rc.eval_every > 0 && pos.step % rc.eval_every == 0 && !last)
@@ -263,6 +270,8 @@ std::string describe_hosts(const ProcessGrid& grid) {
 }  // namespace
 
 int cmd_train(int argc, char** argv) {
+  // First of all, before MPI starts and data is read: a stop signal is never fatal.
+  StopRequest stop;
   Job job("train", &argc, &argv);
   // Rank 0 speaks for the job; the others report only warnings and errors.
   if (job.world_rank() != 0) FLAGS_minloglevel = google::GLOG_WARNING;
@@ -287,6 +296,7 @@ int cmd_train(int argc, char** argv) {
     s.opt.total_steps = s.run.steps;
     s.opt.validate();
     s.run.validate_layout(s.model);
+    stop.set_time_limit(s.run.max_minutes);
     if (dry_run) return;
     if (s.run.data.empty()) fail_user("--data is required: the training shards (see `par prep`)");
     if (s.run.out.empty())
@@ -363,7 +373,7 @@ int cmd_train(int argc, char** argv) {
             << s.run.batch_size << " = " << s.run.accum_steps << " x " << s.run.micro_batch()
             << " examples";
   try {
-    const int status = train(s, grid, backend, dir.get());
+    const int status = train(s, grid, backend, dir.get(), stop);
     if (dir) dir->check();
     return status;
   } catch (const UserError& e) {
