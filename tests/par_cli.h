@@ -105,6 +105,12 @@ inline const std::string& configs_dir() {
   return dir;
 }
 
+// `par train` of configs/tiny.ini on one thread: the reliability tests' run.
+inline std::string tiny_train_args(const std::string& data, const std::string& out, int64_t steps) {
+  return cat("train --config '", configs_dir(), "tiny.ini' --data '", data, "' --out '", out,
+             "' --steps ", steps, " --threads 1");
+}
+
 // Copy-task shards in dir/data (examples of `length` tokens); returns the train pattern.
 inline std::string copy_task_data(const TempDir& dir, int64_t length, int64_t examples) {
   MirrorPrepOptions o;

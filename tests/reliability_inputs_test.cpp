@@ -12,8 +12,6 @@ namespace {
 namespace fs = std::filesystem;
 using namespace testing_util;
 
-const std::string kTiny = configs_dir() + "tiny.ini";
-
 // A directory given as --config read as an empty file: the default model trained, exit 0.
 TEST(ReliabilityInputs, ConfigThatIsADirectory) {
   TempDir dir;

@@ -16,11 +16,6 @@ namespace {
 namespace fs = std::filesystem;
 using namespace testing_util;
 
-std::string train_args(const std::string& data, const std::string& out, int steps) {
-  return cat("train --config ", quote(configs_dir() + "tiny.ini"), " --data ", quote(data),
-             " --out ", quote(out), " --steps ", steps, " --threads 1 --checkpoint-every 1");
-}
-
 std::vector<std::string> names_in(const std::string& dir) {
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
@@ -35,7 +30,7 @@ TEST(ReliabilityManifest, PruningRemovesCompleteFirst) {
   TempDir dir;
   const std::string data = copy_task_data(dir, 65, 30);
   const std::string run = dir.file("run");
-  ASSERT_EQ(run_par(dir, train_args(data, run, 4) + " --keep-checkpoints 10").rc, 0);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, run, 4) + " --checkpoint-every 1 --keep-checkpoints 10").rc, 0);
   // What a prune killed half-way leaves: a step directory without COMPLETE.
   fs::remove(checkpoint_dir(run, 1) + "/COMPLETE");
   const int fd = inotify_init1(IN_NONBLOCK);
@@ -43,7 +38,7 @@ TEST(ReliabilityManifest, PruningRemovesCompleteFirst) {
   std::map<int, std::string> watched;
   for (int step : {2, 3, 4})
     watched[inotify_add_watch(fd, checkpoint_dir(run, step).c_str(), IN_DELETE)] = checkpoint_dir(run, step);
-  const ParRun r = run_par(dir, train_args(data, run, 5) + " --resume auto --keep-checkpoints 1");
+  const ParRun r = run_par(dir, tiny_train_args(data, run, 5) + " --checkpoint-every 1 --resume auto --keep-checkpoints 1");
   ASSERT_EQ(r.rc, 0) << r.err;
   std::map<std::string, std::vector<std::string>> deleted;  // directory -> files, in order
   alignas(inotify_event) char buf[1 << 16];

@@ -15,10 +15,6 @@ namespace {
 
 using namespace testing_util;
 
-std::string train_args(const std::string& data, const std::string& out, int steps) {
-  return cat("train --config ", quote(testing_util::configs_dir() + "tiny.ini"), " --data ",
-             quote(data), " --out ", quote(out), " --steps ", steps, " --threads 1");
-}
 
 // A run directory held by a live process (here the test itself) is refused with the
 // holder's host and pid, and nothing in it changes; once the holder is gone, it is usable.
@@ -26,17 +22,17 @@ TEST(ReliabilityRunDir, BusyDirectoryIsRefusedNamingTheHolder) {
   TempDir dir;
   const std::string data = testing_util::copy_task_data(dir, 65, 60);
   const std::string out = dir.file("run");
-  ASSERT_EQ(run_par(dir, train_args(data, out, 2)).rc, 0);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, out, 2)).rc, 0);
   const std::string before = testing_util::tree(out + "/checkpoints") + slurp(out + "/config.ini");
   {
     const RunLock held(out);
-    const ParRun r = run_par(dir, train_args(data, out, 4) + " --resume auto --seed 9");
+    const ParRun r = run_par(dir, tiny_train_args(data, out, 4) + " --resume auto --seed 9");
     EXPECT_USER_ERROR(r, "is in use by another `par train`");
     EXPECT_NE(r.err.find(cat("host ", host_name(), ", pid ", getpid())), std::string::npos) << r.err;
     EXPECT_TRUE(testing_util::tree(out + "/checkpoints") + slurp(out + "/config.ini") == before)
         << "the refused run changed the run directory";
   }
-  const ParRun r = run_par(dir, train_args(data, out, 4) + " --resume auto");
+  const ParRun r = run_par(dir, tiny_train_args(data, out, 4) + " --resume auto");
   EXPECT_EQ(r.rc, 0) << r.err;
 }
 
@@ -47,7 +43,7 @@ TEST(ReliabilityRunDir, LockOfAKilledRunDoesNotBlockTheResume) {
   const std::string data = testing_util::copy_task_data(dir, 65, 60);
   const std::string out = dir.file("run");
   {
-    Background run(cat("'", PAR_BINARY, "' ", train_args(data, out, 1000000),
+    Background run(cat("'", PAR_BINARY, "' ", tiny_train_args(data, out, 1000000),
                        " --checkpoint-every 5"),
                    dir.file("killed.log"));
     ASSERT_TRUE(testing_util::wait_until([&] { return !latest_checkpoint(out).empty(); }))
@@ -57,7 +53,7 @@ TEST(ReliabilityRunDir, LockOfAKilledRunDoesNotBlockTheResume) {
   }
   ASSERT_TRUE(std::filesystem::exists(RunLock::file(out)));
   const int64_t saved = read_manifest(latest_checkpoint(out)).step;
-  const ParRun r = run_par(dir, train_args(data, out, int(saved) + 2) + " --resume auto");
+  const ParRun r = run_par(dir, tiny_train_args(data, out, int(saved) + 2) + " --resume auto");
   EXPECT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.err.find("resumed from"), std::string::npos) << r.err;
 }
@@ -74,7 +70,7 @@ TEST(ReliabilityRunDir, ConcurrentRunsOnOneDirectory) {
     const std::string out = dir.file(cat("run", trial));
     std::string both;
     for (int seed : {1, 2})
-      both += cat("('", PAR_BINARY, "' ", train_args(data, out, 150), " --seed ", seed,
+      both += cat("('", PAR_BINARY, "' ", tiny_train_args(data, out, 150), " --seed ", seed,
                   " --checkpoint-every 10 2>", quote(dir.file(cat("err", seed))),
                   "; echo $? >", quote(dir.file(cat("rc", seed))), ") & ");
     ASSERT_EQ(run_shell(dir, both + "wait").rc, 0);

@@ -18,8 +18,7 @@ namespace fs = std::filesystem;
 using namespace testing_util;
 
 std::string train_args(const std::string& data, const std::string& out, int steps) {
-  return cat("train --config ", quote(configs_dir() + "tiny.ini"), " --data ", quote(data),
-             " --out ", quote(out), " --steps ", steps, " --threads 1 --log-every 1");
+  return tiny_train_args(data, out, steps) + " --log-every 1";
 }
 
 // The signals whose handlers a process has installed (SigCgt of /proc/PID/status).

@@ -18,19 +18,12 @@ namespace {
 namespace fs = std::filesystem;
 using namespace testing_util;
 
-const std::string kTiny = configs_dir() + "tiny.ini";
-
-std::string train_args(const std::string& data, const std::string& out, int steps) {
-  return cat("train --config ", quote(kTiny), " --data ", quote(data), " --out ", quote(out),
-             " --steps ", steps, " --threads 1");
-}
-
 // `export --force` onto a checkpoint's own shard replaced it; any path inside a checkpoint
 // is refused now, with or without --force, and so are prep's and train's --out there.
 TEST(ReliabilityWrites, NothingIsWrittenInsideACheckpoint) {
   TempDir dir;
   const std::string data = copy_task_data(dir, 65, 30);
-  ASSERT_EQ(run_par(dir, train_args(data, dir.file("run"), 2)).rc, 0);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 2)).rc, 0);
   const std::string ckpt = latest_checkpoint(dir.file("run"));
   const std::string before = tree(ckpt);
   for (const std::string& target : {ckpt + "/shard-00000.h5", ckpt + "/model.h5",
@@ -44,7 +37,7 @@ TEST(ReliabilityWrites, NothingIsWrittenInsideACheckpoint) {
   EXPECT_USER_ERROR(run_par(dir, cat("prep copy --out ", quote(ckpt + "/data"),
                                      " --length 65 --examples 10 --force")),
                     "is inside the checkpoint");
-  EXPECT_USER_ERROR(run_par(dir, train_args(data, ckpt + "/run", 1)), "is inside the checkpoint");
+  EXPECT_USER_ERROR(run_par(dir, tiny_train_args(data, ckpt + "/run", 1)), "is inside the checkpoint");
   EXPECT_TRUE(tree(ckpt) == before) << "the checkpoint was modified";
   EXPECT_EQ(run_par(dir, cat("inspect ", quote(ckpt))).rc, 0);
 }
@@ -74,7 +67,7 @@ std::unique_ptr<ParRun> train_on_small_disk(const TempDir& dir, int kib, int fre
   const std::string data = copy_task_data(dir, 65, 30);
   return on_small_disk(dir, kib, free_kib,
                        cat("timeout -s KILL 60 '", PAR_BINARY, "' ",
-                           train_args(data, dir.file("disk/run"), steps), " ", extra));
+                           tiny_train_args(data, dir.file("disk/run"), steps), " ", extra));
 }
 
 #define SKIP_WITHOUT_SMALL_DISK(r)                                                        \
