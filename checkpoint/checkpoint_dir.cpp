@@ -140,6 +140,13 @@ std::vector<std::pair<int64_t, std::string>> complete_checkpoints(const std::str
 
 }  // namespace
 
+std::vector<std::string> checkpoints_newest_first(const std::string& out_dir) {
+  std::vector<std::string> dirs;
+  const auto found = complete_checkpoints(out_dir);
+  for (auto it = found.rbegin(); it != found.rend(); ++it) dirs.push_back(it->second);
+  return dirs;
+}
+
 std::string latest_checkpoint(const std::string& out_dir) {
   const auto found = complete_checkpoints(out_dir);
   return found.empty() ? "" : found.back().second;
@@ -287,7 +294,7 @@ std::string CheckpointSaver::finish(bool wait) {
     std::string records;
     for (int64_t r = 0; r < n; ++r)
       records.append(reinterpret_cast<const char*>(all.data()) + r * longest, size_t(lengths[size_t(r)]));
-    const std::string manifest = m.to_text() + records;
+    const std::string manifest = Manifest::seal(m.header_text() + records);
     Manifest::parse(manifest, tmp_dir_ + "/" + kManifest);  // what we commit must read back
     try {
       write_file(tmp_dir_ + "/" + kConfig, info_.config_text);
@@ -341,7 +348,15 @@ Manifest read_manifest(const std::string& dir) {
     fail_user(dir, " is not a complete checkpoint (no ", kComplete, " or ", kManifest,
               "): it was not finished; use an earlier one");
   }
-  return Manifest::parse(read_text(dir + "/" + kManifest), dir + "/" + kManifest);
+  const Manifest m = Manifest::parse(read_text(dir + "/" + kManifest), dir + "/" + kManifest);
+  fs::path name = fs::path(dir).lexically_normal();
+  if (name.filename().empty()) name = name.parent_path();  // "step-00000020/"
+  const int64_t named = step_of(name.filename().string(), false);
+  if (named >= 0 && named != m.step)
+    fail_user(dir, " is named for step ", named, " but its manifest holds step ", m.step,
+              ": it was renamed or copied over; rename it to ", step_name(m.step),
+              " or use another checkpoint");
+  return m;
 }
 
 std::string read_checkpoint_config(const std::string& dir) {

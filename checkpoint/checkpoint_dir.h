@@ -36,6 +36,8 @@ std::string checkpoint_dir(const std::string& out_dir, int64_t step);
 bool is_complete_checkpoint(const std::string& dir);
 // The newest complete checkpoint under out_dir, or "" when there is none.
 std::string latest_checkpoint(const std::string& out_dir);
+// Every complete checkpoint under out_dir, newest first.
+std::vector<std::string> checkpoints_newest_first(const std::string& out_dir);
 // A checkpoint directory given as itself or as the run directory holding it (then the
 // newest complete one); anything else unchanged.
 std::string resolve_checkpoint(const std::string& path);

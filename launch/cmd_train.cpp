@@ -41,21 +41,46 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// Where training starts: a checkpoint directory to resume from, or nothing.
-std::string resume_path(const RunConfig& run, const std::string& out_dir) {
-  const std::string latest = latest_checkpoint(out_dir);
+// Where training may start: checkpoint directories to try in this order (for --resume
+// auto, every complete one, newest first), or none.
+std::vector<std::string> resume_candidates(const RunConfig& run, const std::string& out_dir) {
+  const std::vector<std::string> found = checkpoints_newest_first(out_dir);
   if (run.resume == "none") {
-    if (!latest.empty())
-      fail_user("run directory ", out_dir, " already holds a checkpoint (", latest,
+    if (!found.empty())
+      fail_user("run directory ", out_dir, " already holds a checkpoint (", found.front(),
                 "): pass --resume auto to continue that run, or choose another --out");
-    return "";
+    return {};
   }
-  if (run.resume == "auto") return latest;
+  if (run.resume == "auto") return found;
   const std::string dir = resolve_checkpoint(run.resume);
   if (!is_complete_checkpoint(dir))
     fail_user("--resume ", run.resume, " is not a complete checkpoint directory (",
               "OUT/checkpoints/step-N with a COMPLETE file, or a run directory holding one)");
-  return dir;
+  return {dir};
+}
+
+std::string damaged(const std::string& dir, const std::string& why, const std::string& next) {
+  return cat("the checkpoint ", dir, " is damaged (", why, "): resuming from an earlier one, ", next);
+}
+
+// Drops the candidates whose manifest cannot be read (edited, damaged, renamed) from the
+// front, with a warning each, as long as an older one is left (--resume auto); a given
+// --resume PATH must read. The first left must be of this model.
+void choose_resume(std::vector<std::string>& candidates, const ModelConfig& model,
+                   std::vector<std::string>& warnings) {
+  while (!candidates.empty()) {
+    Manifest m;
+    try {
+      m = read_manifest(candidates.front());
+    } catch (const UserError& e) {
+      if (candidates.size() == 1) throw;
+      warnings.push_back(damaged(candidates[0], e.what(), candidates[1]));
+      candidates.erase(candidates.begin());
+      continue;
+    }
+    require_same_model(model, m.model, candidates.front());
+    return;
+  }
 }
 
 // The loader of a rank that reads examples [first, first + count) of each micro-batch and
@@ -92,7 +117,8 @@ struct Setup {
   std::string config_text;
   std::unique_ptr<Dataset> train;
   std::vector<std::string> val_shards;
-  std::string resumed_from;  // a checkpoint directory, or ""
+  std::vector<std::string> resume_from;  // checkpoint directories to try in order
+  std::vector<std::string> resume_warnings;
 };
 
 void validate(TrainStep& ts, const Setup& s, int64_t step, RunDir* dir) {
@@ -146,17 +172,34 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
   TrainingPosition pos;
   pos.seed = rc.seed;
   pos.config_text = s.config_text;
-  if (!s.resumed_from.empty()) {
-    const Manifest m = ts.load_checkpoint(s.resumed_from);
+  for (const std::string& w : s.resume_warnings) LOG(WARNING) << w;
+  // The newest candidate whose every piece reads back with its checksum, on every rank
+  // (each reads other pieces); with --resume auto, older ones when it is damaged.
+  for (size_t i = 0; i < s.resume_from.size(); ++i) {
+    const std::string& dir = s.resume_from[i];
+    std::string error;
+    Manifest m;
+    try {
+      m = ts.load_checkpoint(dir);
+      require_same_model(mc, m.model, dir);
+    } catch (const UserError& e) {
+      error = e.what();
+    }
+    if (grid.world().all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum) > 0) {
+      if (error.empty()) error = "a piece another rank reads";
+      if (i + 1 == s.resume_from.size()) fail_user(error);
+      LOG(WARNING) << damaged(dir, error, s.resume_from[i + 1]);
+      continue;
+    }
     pos.step = m.step;
     if (m.seed != rc.seed)
       LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's " << m.seed
                    << ": data order and dropout change from here on";
-    LOG(INFO) << "resumed from " << s.resumed_from << " at step " << pos.step
+    LOG(INFO) << "resumed from " << dir << " at step " << pos.step
               << " (written by dp " << m.dp << " x sp " << m.sp << " x tp " << m.tp << ")";
-  } else {
-    ts.initialize(rc.seed);
+    break;
   }
+  if (s.resume_from.empty()) ts.initialize(rc.seed);
   if (pos.step >= rc.steps) {
     LOG(INFO) << "already trained " << pos.step << " steps (--steps " << rc.steps
               << "): nothing to do";
@@ -347,9 +390,8 @@ int cmd_train(int argc, char** argv) {
     if (grid.world_rank() == 0) lock = std::make_unique<RunLock>(s.run.out);
   });
   job.agree([&] {
-    s.resumed_from = resume_path(s.run, s.run.out);
-    if (!s.resumed_from.empty())
-      require_same_model(s.model, read_manifest(s.resumed_from).model, s.resumed_from);
+    s.resume_from = resume_candidates(s.run, s.run.out);
+    choose_resume(s.resume_from, s.model, s.resume_warnings);
     s.config_text = to_ini(vm);
     if (grid.world_rank() == 0) {
       dir = std::make_unique<RunDir>(s.run.out);
