@@ -134,7 +134,7 @@ int cmd_prep(int argc, char** argv) {
   if (mode == "tokens") return prep_tokens_cmd(argc - 1, argv + 1);
   if (mode == "mirror") return prep_mirror_cmd(argc - 1, argv + 1, true);
   if (mode == "copy") return prep_mirror_cmd(argc - 1, argv + 1, false);
-  fail_user("unknown mode '", mode, "'; use bytes, tokens or mirror (see `par prep --help`)");
+  fail_user("unknown mode '", mode, "'; use bytes, tokens, mirror or copy (see `par prep --help`)");
 }
 
 }  // namespace par

@@ -50,6 +50,7 @@ int64_t read_limit(const std::string& path) {
 
 int64_t resident_bytes() { return status_kib("VmRSS:") * 1024; }
 int64_t peak_resident_bytes() { return status_kib("VmHWM:") * 1024; }
+int64_t address_space_bytes() { return status_kib("VmSize:") * 1024; }
 
 int64_t physical_memory_bytes() {
   return int64_t(sysconf(_SC_PHYS_PAGES)) * int64_t(sysconf(_SC_PAGESIZE));

@@ -1,4 +1,5 @@
-// What this process holds and what it may hold: resident memory (now and at its peak),
+// What this process holds and what it may hold: resident memory (now and at its peak) and
+// address space,
 // the node's physical memory, and the memory limit of its cgroup (v2 memory.max or v1
 // memory.limit_in_bytes, the tightest of its own cgroup and every parent: what a batch
 // system or a container sets, and what the kernel's OOM killer enforces).
@@ -10,9 +11,10 @@
 
 namespace par {
 
-// VmRSS and VmHWM of /proc/self/status, in bytes (0 if unreadable).
+// VmRSS, VmHWM and VmSize of /proc/self/status, in bytes (0 if unreadable).
 int64_t resident_bytes();
 int64_t peak_resident_bytes();
+int64_t address_space_bytes();
 // Physical memory of the node, in bytes.
 int64_t physical_memory_bytes();
 
