@@ -26,16 +26,22 @@ double sum(const std::vector<MemoryItem>& items) {
 double cpu_kernel_scratch(const PlanRequest& r) {
   ModelConfig one = r.model;
   one.num_layers = std::min<int64_t>(one.num_layers, 1);
-  const int64_t inputs = r.micro_batch * (r.model.context_length / r.sp);
-  const int64_t latents = r.micro_batch * r.model.num_latents;
+  const double inputs = double(r.micro_batch) * double(r.model.context_length / r.sp);
+  const double latents = double(r.micro_batch) * double(r.model.num_latents);
+  auto scratch = [&](double rows, int64_t in, int64_t out) {
+    // Past int64 (a config far too large anyway) the kernel's test cannot be asked.
+    if (rows * double(in) * double(out) >= 0x1p62)
+      return rows >= 8.0 * double(std::max(in, out))
+                 ? double(r.threads) * (double(out) * double(in) * sizeof(float) + double(out) * 8)
+                 : 0.0;
+    return double(cpu::tall_linear_scratch_bytes(int64_t(rows), in, out, r.threads, sizeof(float)));
+  };
   double most = 0;
   const ParamLayout layout(one, 0, r.tp);
   for (const ParamInfo& p : layout.params()) {
     if (p.shape.size() != 2 || p.kind == ParamKind::kEmbedding) continue;
     const bool over_inputs = p.name == "cross.attn.k.weight" || p.name == "cross.attn.v.weight";
-    most = std::max(most, double(cpu::tall_linear_scratch_bytes(over_inputs ? inputs : latents,
-                                                           p.shape[1], p.shape[0], r.threads,
-                                                           sizeof(float))));
+    most = std::max(most, scratch(over_inputs ? inputs : latents, p.shape[1], p.shape[0]));
   }
   return most;
 }
