@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +14,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "data/checked_file.h"
 #include "data/h5.h"
 
 namespace par {
@@ -34,22 +37,27 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
-// The file's data and the directory entry naming it reach the disk before the commit
-// that makes them part of a checkpoint.
-void sync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
+// The step of a directory named as step_name() names them (`step-` and at least 8
+// digits), or, when `in_progress`, as a save in progress (`.step-NNNNNNNN.tmp`); -1 for
+// any other name. Nothing else in checkpoints/ is par's to read or remove.
+int64_t step_of(const std::string& name, bool in_progress) {
+  const std::string prefix = in_progress ? ".step-" : "step-", suffix = in_progress ? ".tmp" : "";
+  if (name.size() < prefix.size() + 8 + suffix.size() || name.rfind(prefix, 0) != 0 ||
+      name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return -1;
+  const std::string digits = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+  if (digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoll(digits);
 }
 
-void write_text(const std::string& path, const std::string& text) {
-  {
-    std::ofstream out(path, std::ios::binary);
-    out << text;
-    if (!out) fail_user("cannot write ", path);
-  }
-  sync_path(path);
+// The shard file's data reaches the disk before the commit that makes it part of a
+// checkpoint.
+void sync_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail_user("cannot open ", path, ": ", std::strerror(errno));
+  const int err = ::fsync(fd) != 0 ? errno : 0;
+  ::close(fd);
+  if (err != 0) fail_user("cannot write ", path, ": ", std::strerror(err));
 }
 
 std::string read_text(const std::string& path) {
@@ -58,6 +66,20 @@ std::string read_text(const std::string& path) {
   std::ostringstream os;
   os << in.rdbuf();
   return os.str();
+}
+
+// A checkpoint stops being one the moment its COMPLETE goes, so that goes first (and is
+// made durable): killed half-way through the rest, the directory is never taken for a
+// checkpoint that lacks a file. The next prune removes what is left.
+void remove_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::remove(dir + "/" + kComplete, ec) && ec) return;  // keep it whole, not half
+  try {
+    sync_directory(dir);
+  } catch (const UserError&) {
+    return;  // the same
+  }
+  fs::remove_all(dir, ec);
 }
 
 // Which pieces a rank writes: piece i (over tensors x kinds, in layout order) of a
@@ -81,6 +103,26 @@ bool is_complete_checkpoint(const std::string& dir) {
   return fs::is_regular_file(dir + "/" + kComplete, ec) && fs::is_regular_file(dir + "/" + kManifest, ec);
 }
 
+std::string enclosing_checkpoint(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  if (ec) return "";
+  for (; !p.empty() && p != p.root_path(); p = p.parent_path()) {
+    const bool in_progress = step_of(p.filename().string(), true) >= 0;
+    if (in_progress || fs::exists(p / kManifest, ec) || fs::exists(p / kComplete, ec))
+      return p.string();
+  }
+  return "";
+}
+
+void refuse_inside_checkpoint(const std::string& path, const std::string& option) {
+  const std::string inside = enclosing_checkpoint(path);
+  if (!inside.empty())
+    fail_user(option, " ", path, " is inside the checkpoint ", inside,
+              ": writing there would damage it (with or without --force); choose a path "
+              "outside it");
+}
+
 namespace {
 
 // Complete checkpoint directories under out_dir, oldest first.
@@ -88,15 +130,22 @@ std::vector<std::pair<int64_t, std::string>> complete_checkpoints(const std::str
   std::vector<std::pair<int64_t, std::string>> found;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(checkpoints_root(out_dir), ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("step-", 0) != 0 || !is_complete_checkpoint(e.path().string())) continue;
-    found.emplace_back(std::atoll(name.c_str() + 5), e.path().string());
+    const int64_t step = step_of(e.path().filename().string(), false);
+    if (step < 0 || !is_complete_checkpoint(e.path().string())) continue;
+    found.emplace_back(step, e.path().string());
   }
   std::sort(found.begin(), found.end());
   return found;
 }
 
 }  // namespace
+
+std::vector<std::string> checkpoints_newest_first(const std::string& out_dir) {
+  std::vector<std::string> dirs;
+  const auto found = complete_checkpoints(out_dir);
+  for (auto it = found.rbegin(); it != found.rend(); ++it) dirs.push_back(it->second);
+  return dirs;
+}
 
 std::string latest_checkpoint(const std::string& out_dir) {
   const auto found = complete_checkpoints(out_dir);
@@ -167,7 +216,7 @@ double CheckpointSaver::start(const ModelConfig& model, const ParamLayout& layou
 void CheckpointSaver::write_share() {
   if (mine_.empty()) return;
   const std::string path = tmp_dir_ + "/" + file_;
-  {
+  try {
     h5::Object f = h5::create_file(path);
     for (size_t j = 0; j < mine_.size(); ++j) {
       const ParamInfo& p = *mine_[j];
@@ -186,8 +235,13 @@ void CheckpointSaver::write_share() {
       records_.push_back(std::move(e));
     }
     f.close();
+    sync_file(path);
+  } catch (const UserError& e) {
+    // HDF5's messages name the object, not always the file.
+    const std::string what = e.what();
+    if (what.find(path) != std::string::npos) throw;
+    fail_user("cannot write ", path, ": ", what);
   }
-  sync_path(path);
 }
 
 std::string CheckpointSaver::finish(bool wait) {
@@ -210,6 +264,8 @@ std::string CheckpointSaver::finish(bool wait) {
   }
   const int64_t failed = grid_.world().all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum);
   if (failed) {
+    // The unfinished save must not keep its space: every rank has stopped writing into it.
+    if (grid_.world_rank() == 0) remove_unfinished();
     if (!error.empty()) fail_user("writing the checkpoint of step ", info_.step, ": ", error);
     fail_user("writing the checkpoint of step ", info_.step, " failed on another rank (see its message)");
   }
@@ -238,17 +294,22 @@ std::string CheckpointSaver::finish(bool wait) {
     std::string records;
     for (int64_t r = 0; r < n; ++r)
       records.append(reinterpret_cast<const char*>(all.data()) + r * longest, size_t(lengths[size_t(r)]));
-    const std::string manifest = m.to_text() + records;
+    const std::string manifest = Manifest::seal(m.header_text() + records);
     Manifest::parse(manifest, tmp_dir_ + "/" + kManifest);  // what we commit must read back
-    write_text(tmp_dir_ + "/" + kConfig, info_.config_text);
-    write_text(tmp_dir_ + "/" + kManifest, manifest);
-    write_text(tmp_dir_ + "/" + kComplete, "complete\n");
-    sync_path(tmp_dir_);
-    std::error_code ec;
-    fs::remove_all(final_dir_, ec);  // an older save of the same step
-    fs::rename(tmp_dir_, final_dir_, ec);
-    if (ec) fail_user("cannot move ", tmp_dir_, " to ", final_dir_, ": ", ec.message());
-    sync_path(checkpoints_root(out_dir_));
+    try {
+      write_file(tmp_dir_ + "/" + kConfig, info_.config_text);
+      write_file(tmp_dir_ + "/" + kManifest, manifest);
+      write_file(tmp_dir_ + "/" + kComplete, "complete\n");
+      sync_directory(tmp_dir_);
+      std::error_code ec;
+      if (fs::exists(final_dir_, ec)) remove_checkpoint(final_dir_);  // an older save of this step
+      fs::rename(tmp_dir_, final_dir_, ec);
+      if (ec) fail_user("cannot move ", tmp_dir_, " to ", final_dir_, ": ", ec.message());
+      sync_directory(checkpoints_root(out_dir_));
+    } catch (const UserError& e) {
+      remove_unfinished();
+      fail_user("writing the checkpoint of step ", info_.step, ": ", e.what());
+    }
     prune();
   }
   write_seconds_ = now_seconds() - started_;
@@ -256,17 +317,21 @@ std::string CheckpointSaver::finish(bool wait) {
   return final_dir_;
 }
 
-// Keeps the newest `keep_` complete checkpoints and removes leftovers of failed saves.
+void CheckpointSaver::remove_unfinished() {
+  std::error_code ec;
+  fs::remove_all(tmp_dir_, ec);
+}
+
+
+// Keeps the newest `keep_` complete checkpoints and removes leftovers of failed saves and
+// of interrupted prunes. Touches only the names par gives (step_of).
 void CheckpointSaver::prune() {
   const auto found = complete_checkpoints(out_dir_);
-  for (size_t i = 0; i + size_t(keep_) < found.size(); ++i) {
-    std::error_code ec;
-    fs::remove_all(found[i].second, ec);
-  }
+  for (size_t i = 0; i + size_t(keep_) < found.size(); ++i) remove_checkpoint(found[i].second);
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(checkpoints_root(out_dir_), ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.size() > 5 && name[0] == '.' && name.substr(name.size() - 4) == ".tmp") {
+    const std::string name = e.path().filename().string(), path = e.path().string();
+    if (step_of(name, true) >= 0 || (step_of(name, false) >= 0 && !is_complete_checkpoint(path))) {
       std::error_code ec2;
       fs::remove_all(e.path(), ec2);
     }
@@ -283,7 +348,15 @@ Manifest read_manifest(const std::string& dir) {
     fail_user(dir, " is not a complete checkpoint (no ", kComplete, " or ", kManifest,
               "): it was not finished; use an earlier one");
   }
-  return Manifest::parse(read_text(dir + "/" + kManifest), dir + "/" + kManifest);
+  const Manifest m = Manifest::parse(read_text(dir + "/" + kManifest), dir + "/" + kManifest);
+  fs::path name = fs::path(dir).lexically_normal();
+  if (name.filename().empty()) name = name.parent_path();  // "step-00000020/"
+  const int64_t named = step_of(name.filename().string(), false);
+  if (named >= 0 && named != m.step)
+    fail_user(dir, " is named for step ", named, " but its manifest holds step ", m.step,
+              ": it was renamed or copied over; rename it to ", step_name(m.step),
+              " or use another checkpoint");
+  return m;
 }
 
 std::string read_checkpoint_config(const std::string& dir) {

@@ -36,9 +36,18 @@ std::string checkpoint_dir(const std::string& out_dir, int64_t step);
 bool is_complete_checkpoint(const std::string& dir);
 // The newest complete checkpoint under out_dir, or "" when there is none.
 std::string latest_checkpoint(const std::string& out_dir);
+// Every complete checkpoint under out_dir, newest first.
+std::vector<std::string> checkpoints_newest_first(const std::string& out_dir);
 // A checkpoint directory given as itself or as the run directory holding it (then the
 // newest complete one); anything else unchanged.
 std::string resolve_checkpoint(const std::string& path);
+
+// The checkpoint directory that `path` (a file or directory, existing or not) would lie in:
+// the nearest ancestor holding a manifest or COMPLETE, or named like a save in progress;
+// "" if none. Commands that write refuse such paths: a file there damages the checkpoint.
+std::string enclosing_checkpoint(const std::string& path);
+// UserError naming `option` when `path` lies in a checkpoint directory.
+void refuse_inside_checkpoint(const std::string& path, const std::string& option);
 
 struct CheckpointInfo {
   int64_t step = 0;
@@ -71,6 +80,7 @@ class CheckpointSaver {
 
  private:
   void write_share();
+  void remove_unfinished();  // rank 0: the .tmp directory of a failed save
   void prune();
 
   const ProcessGrid& grid_;

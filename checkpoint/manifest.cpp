@@ -14,12 +14,14 @@ std::vector<int64_t> ManifestEntry::shape() const {
   return s;
 }
 
-uint64_t checksum(const float* x, int64_t n) {
+uint64_t checksum_bytes(const void* p, size_t n) {
   uint64_t h = 1469598103934665603ull;
-  const auto* bytes = reinterpret_cast<const unsigned char*>(x);
-  for (int64_t i = 0; i < n * int64_t(sizeof(float)); ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  const auto* bytes = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) h = (h ^ bytes[i]) * 1099511628211ull;
   return h;
 }
+
+uint64_t checksum(const float* x, int64_t n) { return checksum_bytes(x, size_t(n) * sizeof(float)); }
 
 namespace {
 
@@ -27,6 +29,12 @@ std::string exact(double x) {
   char buf[32];
   const auto r = std::to_chars(buf, buf + sizeof buf, x);
   return std::string(buf, r.ptr);
+}
+
+std::string hex64(uint64_t x) {
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(x));
+  return hex;
 }
 
 std::string dims(const std::vector<int64_t>& d) {
@@ -40,7 +48,7 @@ std::string dims(const std::vector<int64_t>& d) {
 std::string Manifest::header_text() const {
   std::ostringstream os;
   const ModelConfig& m = model;
-  os << "par-checkpoint 1\n"
+  os << "par-checkpoint 2\n"
      << "step " << step << "\nnext_batch " << next_batch << "\nseed " << seed << "\nlr "
      << exact(lr) << "\nlayout " << dp << " " << sp << " " << tp << "\n"
      << "model vocab_size=" << m.vocab_size << " d_model=" << m.d_model
@@ -58,12 +66,14 @@ std::string Manifest::header_text() const {
 std::string Manifest::entries_text() const {
   std::ostringstream os;
   for (const ManifestEntry& e : entries) {
-    char hex[17];
-    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(e.checksum));
     os << "tensor " << e.kind << " " << e.name << " " << dims(e.global_shape) << " " << e.axis
-       << " " << e.begin << " " << e.count << " " << e.file << " " << hex << "\n";
+       << " " << e.begin << " " << e.count << " " << e.file << " " << hex64(e.checksum) << "\n";
   }
   return os.str();
+}
+
+std::string Manifest::seal(const std::string& text) {
+  return text + "checksum " + hex64(checksum_bytes(text.data(), text.size())) + "\n";
 }
 
 namespace {
@@ -79,7 +89,22 @@ V number(const std::string& word, const std::string& path, int line) {
 
 }  // namespace
 
-Manifest Manifest::parse(const std::string& text, const std::string& path) {
+Manifest Manifest::parse(const std::string& sealed, const std::string& path) {
+  // Version 2 ends with the checksum of everything before its line: check it first.
+  std::string text = sealed;
+  if (sealed.rfind("par-checkpoint 2\n", 0) == 0) {
+    const size_t at = sealed.rfind("\nchecksum ");
+    if (at == std::string::npos)
+      fail_user(path, " has no checksum line: the manifest is truncated or was edited; use "
+                "an earlier checkpoint");
+    text = sealed.substr(0, at + 1);
+    std::istringstream last(sealed.substr(at + 1));
+    std::string word, value, more;
+    last >> word >> value;
+    if ((last >> more) || value != hex64(checksum_bytes(text.data(), text.size())))
+      fail_user(path, " does not match its checksum: the manifest was edited or is damaged; "
+                "use an earlier checkpoint");
+  }
   Manifest m;
   std::istringstream in(text);
   std::string line;
@@ -96,7 +121,8 @@ Manifest Manifest::parse(const std::string& text, const std::string& path) {
     };
     if (w[0] == "par-checkpoint") {
       need(2);
-      if (w[1] != "1") fail_user(path, ": manifest version ", w[1], " is newer than this par reads (1)");
+      if (w[1] != "1" && w[1] != "2")
+        fail_user(path, ": manifest version ", w[1], " is newer than this par reads (2)");
       header = true;
     } else if (w[0] == "step") {
       need(2);

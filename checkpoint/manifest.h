@@ -3,7 +3,7 @@
 //
 // A text file (`manifest.txt`), one record per line, so that people and scripts can read
 // it:
-//   par-checkpoint 1
+//   par-checkpoint 2
 //   step 1200                      optimizer steps done (also the schedule's position)
 //   next_batch 2400                the data loader's counter (micro-batches consumed)
 //   seed 7
@@ -14,7 +14,9 @@
 // A tensor record says: elements [BEGIN, BEGIN+COUNT) along AXIS (-1: the whole tensor) of
 // tensor NAME (of global shape DIMS, comma-separated) of state KIND (params, adam_m,
 // adam_v) are dataset KIND/NAME of FILE, whose float32 bytes hash to CHECKSUM (FNV-1a 64,
-// hex). The resolved options of the run are in config.ini beside it.
+// hex). The last line, `checksum HEX`, is the FNV-1a 64 of every byte before it, so that
+// no edited or damaged line is read as truth. (Version 1, written before, has no such line
+// and is read as it is.) The resolved options of the run are in config.ini beside it.
 #pragma once
 
 #include <cstdint>
@@ -49,14 +51,17 @@ struct Manifest {
   ModelConfig model;
   std::vector<ManifestEntry> entries;
 
-  std::string to_text() const { return header_text() + entries_text(); }
+  std::string to_text() const { return seal(header_text() + entries_text()); }
   std::string header_text() const;   // everything but the tensor records
   std::string entries_text() const;  // the tensor records
+  // Manifest text (header and records) with its checksum line appended.
+  static std::string seal(const std::string& text);
   // UserError naming `path` (and the line) when the text is not a valid manifest.
   static Manifest parse(const std::string& text, const std::string& path);
 };
 
-// FNV-1a 64 of n floats' bytes.
+// FNV-1a 64 of n bytes, and of n floats' bytes.
+uint64_t checksum_bytes(const void* p, size_t n);
 uint64_t checksum(const float* x, int64_t n);
 
 }  // namespace par

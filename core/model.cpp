@@ -8,18 +8,37 @@ namespace par {
 
 namespace {
 
-// Carves typed pieces out of one allocation. Run once without a base to size it, then
-// again over the real memory.
+// Carves typed pieces out of one allocation, 64-byte aligned. Without a base it only sizes
+// the allocation. Sizes are counted in floating point (exact below 2^53 bytes), so that
+// planning a config far too large to allocate gives a huge size, not a wrapped-around one.
 struct Carver {
   char* base = nullptr;
-  size_t used = 0;
+  double used = 0;
   template <typename U>
-  U* take(int64_t n) {
-    const size_t off = (used + 63) / 64 * 64;
-    used = off + size_t(n) * sizeof(U);
-    return base ? reinterpret_cast<U*>(base + off) : nullptr;
+  U* take(double n) {
+    const double off = std::ceil(used / 64) * 64;
+    used = off + n * double(sizeof(U));
+    return base ? reinterpret_cast<U*>(base + size_t(off)) : nullptr;
   }
 };
+
+// What Acts::carve needs besides the config and the batch: this rank's share of the
+// inputs and widths in an sp x tp layout.
+struct LocalShape {
+  int64_t n_local, cross_width, self_width, mlp_width, cross_heads, self_heads;
+  int64_t cross_bands, self_bands;
+};
+
+LocalShape local_shape(const ModelConfig& cfg, int sp, int tp) {
+  return LocalShape{cfg.context_length / sp,
+                    cfg.d_model / tp,
+                    cfg.d_model / tp,
+                    cfg.mlp_width() / tp,
+                    cfg.cross_heads / tp,
+                    cfg.self_heads / tp,
+                    make_rotary_spec(cfg.cross_head_dim(), cfg.rotary_fraction, cfg.wavelength()).bands,
+                    make_rotary_spec(cfg.self_head_dim(), cfg.rotary_fraction, cfg.wavelength()).bands};
+}
 
 int rank_of(const Communicator* c) { return c ? c->rank() : 0; }
 int size_of(const Communicator* c) { return c ? c->size() : 1; }
@@ -72,12 +91,13 @@ struct PerceiverAR<T>::Acts {
   T *tmp, *dx, *d_ln, *dq, *dk, *dv, *datt, *dfc1, *dact, *dlogits;
   T *dh, *dkvn, *dck, *dcv;
 
-  void carve(Carver& c, const ModelConfig& cfg, int64_t B, int64_t Nl, int64_t dc, int64_t ds,
-             int64_t F, int64_t hc, int64_t hs, int64_t cross_bands, int64_t self_bands,
-             bool absolute) {
+  // I: int64_t to carve real memory; double to size it (no overflow, see Carver).
+  template <typename I>
+  void carve(Carver& c, const ModelConfig& cfg, I B, I Nl, I dc, I ds, I F, I hc, I hs,
+             I cross_bands, I self_bands, bool absolute) {
     const int64_t M = cfg.num_latents, d = cfg.d_model;
     const int64_t V = cfg.vocab_size, L = cfg.num_layers;
-    const int64_t BM = B * M, BN = B * Nl, dq_width = std::max(dc, ds);
+    const I BM = B * M, BN = B * Nl, dq_width = std::max(dc, ds);
     tokens = c.take<int32_t>(B * (Nl + 1));
     doc_pos = absolute ? c.take<int32_t>(BN) : nullptr;
     targets = c.take<int32_t>(BM);
@@ -189,17 +209,19 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
   p_ = bind(layout_, params_);
   g_ = bind(layout_, grads_);
 
-  const int64_t hc = cfg.cross_heads / tp_size_, hs = cfg.self_heads / tp_size_;
-  auto carve = [&](Carver& c) {
-    a_->carve(c, cfg_, max_batch_, n_local_, cross_width_, self_width_, mlp_width_, hc, hs,
-              rot_cross_.bands, rot_self_.bands, cfg_.absolute_positions());
-  };
-  Carver sizing;
-  carve(sizing);
-  act_memory_ = ops_.allocate(sizing.used);
+  const ModelMemory planned = memory(cfg_, max_batch_, sp_size_, tp_size_);
+  const LocalShape ls = local_shape(cfg_, sp_size_, tp_size_);
+  PAR_ASSERT(double(param_bytes) == planned.params && ls.n_local == n_local_ &&
+                 ls.cross_width == cross_width_ && ls.mlp_width == mlp_width_,
+             "the memory plan of the model differs from its allocation");
+  act_memory_ = ops_.allocate(size_t(planned.activations));
   Carver real{static_cast<char*>(act_memory_), 0};
-  carve(real);
-  bytes_ = 2 * param_bytes + sizing.used;
+  a_->carve(real, cfg_, max_batch_, ls.n_local, ls.cross_width, ls.self_width, ls.mlp_width,
+            ls.cross_heads, ls.self_heads, ls.cross_bands, ls.self_bands,
+            cfg_.absolute_positions());
+  PAR_ASSERT(real.used == planned.activations,
+             "the memory plan of the activations differs from their carving");
+  bytes_ = 2 * param_bytes + size_t(real.used);
 
   std::vector<int64_t> pos(static_cast<size_t>(n_local_)), latent_pos(static_cast<size_t>(M));
   for (int64_t j = 0; j < n_local_; ++j) pos[size_t(j)] = pos0_ + j;
@@ -216,6 +238,45 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
   tables(rot_cross_, pos0_, n_local_, a_->key_cos, a_->key_sin);
   tables(rot_cross_, N - M, M, a_->query_cos, a_->query_sin);
   tables(rot_self_, N - M, M, a_->self_cos, a_->self_sin);
+}
+
+template <typename T>
+ModelMemory PerceiverAR<T>::memory(const ModelConfig& cfg, int64_t max_batch, int sp, int tp) {
+  cfg.validate();
+  validate_layout(cfg, sp, tp);
+  // The parameter layout counts elements in int64: refuse what it cannot count.
+  const double d = double(cfg.d_model), widest = std::max(double(cfg.mlp_factor), double(cfg.vocab_size) / d);
+  if (widest * d * d > 0x1p62)
+    fail_user("the model is far too large for any machine: its largest weight matrix (--d-model ",
+              cfg.d_model, ", --mlp-factor ", cfg.mlp_factor, ", --vocab-size ", cfg.vocab_size,
+              ") has more than 2^62 elements");
+  // Exact for L = 0, 1, 2. Every layer adds the same pieces (each starting 64-byte aligned),
+  // so both sizes are affine in L from there: plan a billion layers without listing them.
+  auto at = [&](int64_t layers) {
+    ModelConfig c = cfg;
+    c.num_layers = layers;
+    const LocalShape ls = local_shape(c, sp, tp);
+    Carver sizer;
+    Acts acts;
+    acts.carve(sizer, c, double(max_batch), double(ls.n_local), double(ls.cross_width),
+               double(ls.self_width), double(ls.mlp_width), double(ls.cross_heads),
+               double(ls.self_heads), double(ls.cross_bands), double(ls.self_bands),
+               c.absolute_positions());
+    ModelMemory m;
+    m.param_elements = double(ParamLayout(c, 0, tp).total());
+    m.params = m.param_elements * double(sizeof(T));
+    m.activations = sizer.used;
+    return m;
+  };
+  const int64_t L = cfg.num_layers;
+  if (L <= 2) return at(L);
+  const ModelMemory one = at(1), two = at(2);
+  const double more = double(L - 1);
+  ModelMemory m;
+  m.param_elements = one.param_elements + more * (two.param_elements - one.param_elements);
+  m.params = one.params + more * (two.params - one.params);
+  m.activations = one.activations + more * (two.activations - one.activations);
+  return m;
 }
 
 template <typename T>

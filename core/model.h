@@ -60,6 +60,15 @@ struct ModelGroups {
 // UserError unless the model can be laid out over sp x tp ranks (names the options).
 void validate_layout(const ModelConfig& cfg, int sp, int tp);
 
+// Backend memory one PerceiverAR object allocates, in bytes (floating point, so that a
+// config far too large to allocate gives a huge number rather than a wrapped-around one).
+struct ModelMemory {
+  double param_elements = 0;  // layout().total(): parameters with their alignment gaps
+  double params = 0;          // parameters; the gradients take as much again
+  double activations = 0;     // the activation arena of max_batch examples
+  double total() const { return 2 * params + activations; }
+};
+
 struct LossSums {
   double ce = 0;         // sum of cross-entropy (nats) over valid targets
   double objective = 0;  // sum of ce + z_loss * lse^2 over valid targets
@@ -73,6 +82,10 @@ class PerceiverAR {
   static constexpr double kZLoss = 1e-4;
 
   PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch, ModelGroups groups = {});
+  // What the constructor will allocate on each rank of an sp x tp layout, computed by
+  // the sizing pass the constructor allocates by (it checks that the two agree), without
+  // allocating anything: memory planning calls it before a run starts.
+  static ModelMemory memory(const ModelConfig& cfg, int64_t max_batch, int sp, int tp);
   ~PerceiverAR();
   PerceiverAR(const PerceiverAR&) = delete;
   PerceiverAR& operator=(const PerceiverAR&) = delete;

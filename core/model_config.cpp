@@ -1,5 +1,7 @@
 #include "core/model_config.h"
 
+#include <cmath>
+
 #include "core/error.h"
 
 namespace par {
@@ -45,7 +47,8 @@ void ModelConfig::validate() const {
               ": choose a head count that divides the width");
   if (!(rotary_fraction >= 0 && rotary_fraction <= 1))
     fail_user("--rotary-fraction must be in [0, 1] (got ", rotary_fraction, ")");
-  if (max_wavelength < 0) fail_user("--max-wavelength must be >= 0 (0 means N)");
+  if (!(max_wavelength >= 0) || !std::isfinite(max_wavelength))
+    fail_user("--max-wavelength must be a finite number >= 0 (0 means N)");
   if (vocab_size > (int64_t(1) << 31) - 1) fail_user("--vocab-size must fit in int32");
   if (absolute_positions() && d_model % 2 != 0)
     fail_user("--d-model ", d_model, " is odd: --position-encoding ",

@@ -1,12 +1,17 @@
 #include "core/optimizer.h"
 
 #include <cmath>
+#include <utility>
 
 #include "core/error.h"
 
 namespace par {
 
 void OptimizerConfig::validate() const {
+  for (const auto& [name, v] : {std::pair<const char*, double>{"lr", lr}, {"min-lr", min_lr},
+                                {"beta1", beta1}, {"beta2", beta2}, {"adam-eps", eps},
+                                {"weight-decay", weight_decay}, {"clip-norm", clip_norm}})
+    if (!std::isfinite(v)) fail_user("--", name, " must be a finite number (got ", v, ")");
   if (!(lr >= 0)) fail_user("--lr must be >= 0 (got ", lr, ")");
   if (!(min_lr >= 0 && min_lr <= lr)) fail_user("--min-lr must be in [0, --lr] (got ", min_lr, ")");
   if (warmup_steps < 0) fail_user("--warmup-steps must be >= 0");
@@ -16,6 +21,8 @@ void OptimizerConfig::validate() const {
   if (!(beta2 >= 0 && beta2 < 1)) fail_user("--beta2 must be in [0, 1)");
   if (!(eps > 0)) fail_user("--adam-eps must be > 0");
   if (!(weight_decay >= 0)) fail_user("--weight-decay must be >= 0");
+  if (!(clip_norm >= 0))
+    fail_user("--clip-norm must be >= 0 (got ", clip_norm, "); 0 turns clipping off");
 }
 
 double learning_rate(const OptimizerConfig& c, int64_t step) {

@@ -23,7 +23,7 @@ struct OptimizerConfig {
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0;    // decoupled; applies to matrices and the embedding only
-  double clip_norm = 1.0;     // global gradient norm limit; <= 0 disables clipping
+  double clip_norm = 1.0;     // global gradient norm limit; 0 disables clipping
 
   void validate() const;      // UserError naming the option
 };

@@ -36,6 +36,9 @@ Dataset::Dataset(std::vector<std::string> paths, int64_t context_length, int64_t
       fail_user("shard ", p, " has vocab_size ", s.vocab_size, ", more than the model's ",
                 vocab_size_, "; use a model with --vocab-size at least ", s.vocab_size,
                 " or the right data");
+    // Shards without max_token (other writers) are checked window by window as they are
+    // read; so are those with it, a compare per token that keeps a wrong attribute from
+    // reaching the embedding.
     window_begin_.push_back(window_begin_.back() + (s.num_tokens - 1) / context_length_);
     shards_.push_back(std::move(s));
   }

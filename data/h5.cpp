@@ -33,8 +33,28 @@ std::string hdf5_detail() {
   return msg;
 }
 
+// HDF5's message in one line. A failed system call comes as several lines of raw
+// detail ("file write failed: time = ...\n, filename = ..., errno = 28, error message =
+// 'No space left on device', buf = 0x..."): its error message says it all.
+std::string one_line(const std::string& detail) {
+  const std::string key = "error message = '";
+  const size_t at = detail.find(key);
+  if (at != std::string::npos) {
+    const size_t end = detail.find('\'', at + key.size());
+    if (end != std::string::npos) return detail.substr(at + key.size(), end - at - key.size());
+  }
+  std::string out;
+  for (char c : detail) {
+    const bool space = c == '\n' || c == '\r' || c == '\t' || c == ' ';
+    if (space && (out.empty() || out.back() == ' ')) continue;
+    out += space ? ' ' : c;
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
 std::string with_detail(const std::string& what) {
-  const std::string d = hdf5_detail();
+  const std::string d = one_line(hdf5_detail());
   return d.empty() ? what : cat(what, " (HDF5: ", d, ")");
 }
 

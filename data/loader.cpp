@@ -60,6 +60,14 @@ Loader::~Loader() {
   thread_.join();
 }
 
+double Loader::memory_bytes(const LoaderOptions& opts, int64_t held) {
+  // The arrays fill_batch sizes.
+  const double batch = double(opts.count) * double(opts.col_end - opts.col_begin) *
+                           double(sizeof(int32_t)) +
+                       double(opts.count) * double(sizeof(int64_t));
+  return double(opts.prefetch + 1 + held) * batch;
+}
+
 Batch Loader::read_batch(const Dataset& data, const LoaderOptions& opts, int64_t index) {
   const LoaderOptions o = resolved(data, opts);
   Batch b;

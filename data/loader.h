@@ -53,6 +53,10 @@ class Loader {
   int64_t next_batch_index() const;
   int64_t columns() const { return opts_.col_end - opts_.col_begin; }
 
+  // Bytes of batches alive at once: up to `prefetch` queued, one being read, and `held`
+  // that the caller keeps (options resolved: col_end given).
+  static double memory_bytes(const LoaderOptions& opts, int64_t held);
+
   // The batch `index` read on the calling thread (what the background thread does).
   static Batch read_batch(const Dataset& data, const LoaderOptions& opts, int64_t index);
 

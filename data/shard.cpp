@@ -71,6 +71,20 @@ OpenedShard open_shard(const std::string& path) {
   if (s.info.vocab_size <= 0)
     fail_user("shard ", path, " has vocab_size ", s.info.vocab_size, "; it must be positive");
 
+  if (h5::has_attribute(f, "max_token")) {
+    try {
+      s.info.max_token = h5::read_attribute<int64_t>(f, "max_token");
+    } catch (const UserError& e) {
+      fail_user("shard ", path, ": the `max_token` attribute must be an integer (", e.what(),
+                "); ", kPrepHint);
+    }
+    // What the writer says it holds, checked before any window is read.
+    if (s.info.max_token < 0 || s.info.max_token >= s.info.vocab_size)
+      fail_user("shard ", path, " holds ids up to ", s.info.max_token, " (its max_token attribute), "
+                "outside its vocabulary [0, ", s.info.vocab_size, "); fix the data or prepare it "
+                "again with `par prep`");
+  }
+
   if (!h5::exists(f, "tokens")) fail_user("shard ", path, " has no /tokens dataset; ", kPrepHint);
   const hid_t ds = H5Dopen2(f, "tokens", H5P_DEFAULT);
   if (ds < 0) {
@@ -213,10 +227,12 @@ ShardWriter::~ShardWriter() {
 void ShardWriter::append(const int32_t* tokens, int64_t n) {
   PAR_ASSERT(!closed_ && n >= 0 && written_ + n <= num_tokens_, "shard ", path_, ": appending ",
              n, " tokens after ", written_, " of ", num_tokens_);
-  for (int64_t i = 0; i < n; ++i)
+  for (int64_t i = 0; i < n; ++i) {
     if (tokens[i] < 0 || tokens[i] >= vocab_size_)
       fail_user("cannot write shard ", path_, ": token at position ", written_ + i, " is ",
                 tokens[i], ", outside the vocabulary [0, ", vocab_size_, ")");
+    max_token_ = std::max<int64_t>(max_token_, tokens[i]);
+  }
   while (n > 0) {
     const int64_t take = std::min(n, chunk_tokens_ - pending_);
     uint8_t* dst = chunk_.data() + pending_ * elem_bytes_;
@@ -254,6 +270,7 @@ void ShardWriter::close() {
              num_tokens_, " tokens");
   flush_chunk();
   tokens_.close();
+  if (max_token_ >= 0) h5::write_attribute<int64_t>(file_.id(), "max_token", max_token_);
   file_.close();
   chunk_ = {};
   closed_ = true;

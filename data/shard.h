@@ -20,10 +20,12 @@ struct ShardInfo {
   std::string path;
   int64_t num_tokens = 0;
   int64_t vocab_size = 0;  // the shard's own `vocab_size` attribute
+  int64_t max_token = -1;  // its optional `max_token` attribute (-1: absent)
 };
 
 // Opens and validates a shard (format attribute, vocab_size, /tokens dataset: 1-D, of an
-// accepted integer type). UserError naming the file, what is wrong and what to do.
+// accepted integer type; max_token, when present, below vocab_size). UserError naming the
+// file, what is wrong and what to do.
 ShardInfo inspect_shard(const std::string& path);
 
 // Keeps the shard open for repeated range reads. Thread-compatible: reads from several
@@ -54,6 +56,7 @@ class ShardWriter {
   ShardWriter& operator=(const ShardWriter&) = delete;
 
   // Tokens must lie in [0, vocab_size) (UserError naming the shard and position otherwise).
+  // The largest becomes the `max_token` attribute (spec/FORMATS.md).
   void append(const int32_t* tokens, int64_t n);
   int64_t written() const { return written_; }
   // Flushes and closes the temporary file; it must hold exactly num_tokens tokens.
@@ -78,6 +81,7 @@ class ShardWriter {
   std::vector<uint8_t> chunk_;  // pending tokens in storage type, < one chunk
   int64_t pending_ = 0;         // tokens in chunk_
   int64_t written_ = 0;         // tokens appended (flushed or pending)
+  int64_t max_token_ = -1;
   bool closed_ = false;
   bool committed_ = false;
 };

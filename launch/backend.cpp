@@ -168,6 +168,14 @@ int64_t device_peak_bytes(Backend& b) {
   return 0;
 }
 
+int64_t device_free_bytes(Backend& b) {
+#ifdef PAR_HAVE_CUDA
+  if (b.cuda) return cuda_api().free_bytes(*b.ops);
+#endif
+  (void)b;
+  return -1;
+}
+
 void connect_backend(Backend& b, const ProcessGrid& grid) {
   if (!b.cuda || grid.world_size() == 1) return;
 #ifdef PAR_HAVE_CUDA

@@ -43,6 +43,10 @@ Backend make_local_backend(const std::string& device, const std::string& precisi
 // bytes; 0 for the CPU backend, whose memory is the process's resident set.
 int64_t device_peak_bytes(Backend& backend);
 
+// The free memory of the backend's device, in bytes (all processes counted); -1 for the
+// CPU backend.
+int64_t device_free_bytes(Backend& backend);
+
 // Visible GPUs (loads the CUDA backend; 0 in a build without it).
 int cuda_device_count();
 

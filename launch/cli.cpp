@@ -42,10 +42,21 @@ bool parse(int argc, char** argv, const Command& cmd, const po::options_descript
   }
   if (!config_option.empty() && vm.count(config_option)) {
     const std::string path = vm[config_option].as<std::string>();
+    // A directory opens like a file and reads as empty: it would silently mean "defaults".
+    struct stat st{};
+    if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+      fail_user("config file ", path, " (--", config_option, ") is ",
+                S_ISDIR(st.st_mode) ? "a directory" : "not a regular file",
+                ": give an INI file (see configs/)");
     std::ifstream in(path);
     if (!in) fail_user("cannot read config file ", path, " (--", config_option, ")");
     try {
-      po::store(po::parse_config_file(in, opts, /*allow_unregistered=*/false), vm);
+      const auto parsed = po::parse_config_file(in, opts, /*allow_unregistered=*/false);
+      // store() skips what the command line already set, without reading its value: read
+      // every value of the file on its own first, so that a bad one is an error anyway.
+      po::variables_map whole_file;
+      po::store(parsed, whole_file);
+      po::store(parsed, vm);
     } catch (const po::unknown_option& e) {
       fail_user("config file ", path, ": unknown option '", e.get_option_name(), "'", hint);
     } catch (const po::error& e) {

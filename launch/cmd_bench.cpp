@@ -20,7 +20,9 @@
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/gpu_peaks.h"
+#include "launch/host_memory.h"
 #include "launch/job.h"
+#include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/threads.h"
 #include "launch/train_step.h"
@@ -32,21 +34,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// Peak resident set size of this process (VmHWM), in bytes.
-int64_t peak_rss_bytes() {
-  std::ifstream in("/proc/self/status");
-  std::string key;
-  while (in >> key) {
-    if (key == "VmHWM:") {
-      int64_t kb = 0;
-      in >> kb;
-      return kb * 1024;
-    }
-    std::getline(in, key);
-  }
-  return 0;
-}
 
 // GFLOP/s of a plain n x n x n matrix product through the backend's own gemm (BLAS sgemm
 // on the CPU, cuBLAS in the chosen precision on a GPU), best of a few runs.
@@ -141,6 +128,16 @@ int cmd_bench(int argc, char** argv) {
   job.agree([&] { backend = make_backend(rc.device, rc.precision, grid, rc.attention); });
   job.agree([&] { connect_backend(backend, grid); });
   if (gemm_defaulted && backend.cuda) gemm_n = 8192;  // a GPU needs a bigger product to be busy
+  // The memory each rank needs, before anything is allocated: the same plan as training's,
+  // with the benchmark's own batches and yardstick instead of a loader and checkpoints.
+  PlanRequest request = plan_request(mc, rc, backend.cuda);
+  request.gemm_n = gemm_n;
+  request.data_bytes = double(rc.accum_steps) * double(request.micro_batch) *
+                       double(mc.context_length / rc.sp + 1) * sizeof(int32_t);
+  const MemoryBudget budget = memory_budget(backend, job.local_size());
+  const MemoryPlan plan = plan_memory(request);
+  if (rank0) std::fprintf(stderr, "memory per rank (estimate): %s\n", describe(plan, budget).c_str());
+  job.agree([&] { require_fits(request, RunShape{rc.batch_size, rc.accum_steps, rc.dp}, budget); });
   double gemm_gflops = gemm_rate(*backend.ops, gemm_n);
   ProfiledOps<float> profiled(*backend.ops);
   Ops<float>& ops = profile ? static_cast<Ops<float>&>(profiled) : *backend.ops;
@@ -202,7 +199,7 @@ int cmd_bench(int argc, char** argv) {
   const double gflops = flops / step_s / 1e9;
   const double inputs_per_s = double(rc.batch_size * mc.context_length) / step_s;
   const double targets_per_s = double(targets) / double(rc.steps) / step_s;
-  const double peak_mib = double(peak_rss_bytes()) / (1 << 20);
+  const double peak_mib = double(peak_resident_bytes()) / (1 << 20);
   const double peak_max_mib = grid.world().all_reduce_value(peak_mib, ReduceOp::kMax);
   // Device memory (GPU backends): what this rank's backend held at most, all ranks' largest.
   const double dev_mib = double(device_peak_bytes(backend)) / (1 << 20);
@@ -228,11 +225,11 @@ int cmd_bench(int argc, char** argv) {
     std::printf("            %.1f%% of the dense %s peak of %d %s (%.1f TFLOP/s each)\n",
                 100 * peak_share, rc.precision.c_str(), grid.world_size(), peak->card.c_str(),
                 peak->tflops);
-  std::printf("memory      peak resident %.0f MiB (rank 0), %.0f MiB (largest rank)\n", peak_mib,
-              peak_max_mib);
+  std::printf("memory      peak resident %.0f MiB (rank 0), %.0f MiB (largest rank) | planned %.0f MiB\n",
+              peak_mib, peak_max_mib, plan.host_bytes() / (1 << 20));
   if (backend.cuda)
-    std::printf("            peak device %.0f MiB (rank 0), %.0f MiB (largest rank)\n", dev_mib,
-                dev_max_mib);
+    std::printf("            peak device %.0f MiB (rank 0), %.0f MiB (largest rank) | planned %.0f MiB\n",
+                dev_mib, dev_max_mib, plan.device_bytes() / (1 << 20));
   if (grid.world_size() > 1) {
     std::printf("comm        per step, rank 0 (payload):");
     for (size_t i = 0; i < comm_bytes.size(); ++i)
@@ -256,14 +253,16 @@ int cmd_bench(int argc, char** argv) {
               "\"ms_per_step\": %.2f, \"ms_per_step_mean\": %.2f, \"input_tokens_per_s\": %.1f, "
               "\"targets_per_s\": %.1f, \"model_gflop_per_step\": %.4f, \"gflops\": %.2f, "
               "\"sgemm_gflops\": %.2f, \"ratio_to_sgemm\": %.4f, \"peak_rss_mib\": %.1f, "
-              "\"peak_rss_mib_max\": %.1f, \"peak_device_mib\": %.1f, \"peak_share\": %.4f, "
-              "\"attention_ms\": %.2f, \"threads\": %d, \"comm_bytes\": {\"world\": %.0f, "
+              "\"peak_rss_mib_max\": %.1f, \"peak_device_mib\": %.1f, \"planned_host_mib\": %.1f, "
+              "\"planned_device_mib\": %.1f, \"peak_share\": %.4f, \"attention_ms\": %.2f, "
+              "\"threads\": %d, \"comm_bytes\": {\"world\": %.0f, "
               "\"dp\": %.0f, \"sp\": %.0f, \"tp\": %.0f, \"dp_sp\": %.0f}}\n",
               static_cast<long long>(mc.context_length), static_cast<long long>(rc.batch_size),
               grid.world_size(), rc.dp, rc.sp, rc.tp, 1e3 * step_s, 1e3 * mean_s, inputs_per_s,
               targets_per_s, flops / 1e9, gflops, gemm_gflops, gflops / gemm_gflops, peak_mib,
-              peak_max_mib, dev_max_mib, peak_share, attention_ms, current_threads(), comm_bytes[0],
-              comm_bytes[1], comm_bytes[2],
+              peak_max_mib, dev_max_mib, plan.host_bytes() / (1 << 20),
+              plan.device_bytes() / (1 << 20), peak_share, attention_ms, current_threads(),
+              comm_bytes[0], comm_bytes[1], comm_bytes[2],
               comm_bytes[3], comm_bytes[4]);
   return 0;
 }

@@ -46,6 +46,7 @@ int cmd_eval(int argc, char** argv) {
   if (data.empty()) fail_user("--data is required: the shards to evaluate");
   if (batch <= 0) fail_user("--batch-size must be positive");
   if (max_tokens < 0) fail_user("--max-tokens must be >= 0");
+  if (threads < 0) fail_user("--threads must be >= 0 (0: all cores)");
   ScoredPositions only;
   if (!score_positions.empty()) only = parse_scored_positions(score_positions, "--score-positions");
   warn_threads("eval", apply_threads(threads, 1));

@@ -2,6 +2,7 @@
 // loading into other frameworks.
 #include <glog/logging.h>
 
+#include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/model_file.h"
 #include "core/error.h"
 #include "launch/cli.h"
@@ -28,6 +29,7 @@ int cmd_export(int argc, char** argv) {
   if (!cli::parse(argc, argv, cmd, opts, vm)) return 0;
   if (checkpoint.empty()) fail_user("--checkpoint is required");
   if (out.empty()) fail_user("--out is required: the file to write");
+  refuse_inside_checkpoint(out, "--out");
   if (file_exists(out) && !force)
     fail_user("--out ", out, " exists: choose another name or pass --force to replace it");
   const ModelFile file = read_model_file(checkpoint, false);

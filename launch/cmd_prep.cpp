@@ -3,6 +3,7 @@
 #include <iostream>
 #include <string>
 
+#include "checkpoint/checkpoint_dir.h"
 #include "core/error.h"
 #include "data/prep.h"
 #include "launch/cli.h"
@@ -53,6 +54,7 @@ int prep_bytes_cmd(int argc, char** argv) {
     return 0;
   if (inputs.empty()) fail_user("no input files: give one or more FILE arguments (see `par prep bytes --help`)");
   opts.inputs = cli::expand_paths(inputs, "FILE");
+  refuse_inside_checkpoint(opts.common.out_dir, "--out");
   prep_bytes(opts, std::cout);
   return 0;
 }
@@ -79,6 +81,7 @@ int prep_tokens_cmd(int argc, char** argv) {
                    "par prep tokens --input FILE --vocab-size V --out DIR [options]"},
                   o, vm))
     return 0;
+  refuse_inside_checkpoint(opts.common.out_dir, "--out");
   prep_tokens(opts, std::cout);
   return 0;
 }
@@ -116,6 +119,7 @@ int prep_mirror_cmd(int argc, char** argv, bool reverse) {
                              "par prep copy --out DIR --length E --examples K [options]"};
   if (!cli::parse(argc, argv, cmd, o, vm))
     return 0;
+  refuse_inside_checkpoint(opts.common.out_dir, "--out");
   prep_mirror(opts, std::cout);
   return 0;
 }
@@ -137,7 +141,7 @@ int cmd_prep(int argc, char** argv) {
   if (mode == "tokens") return prep_tokens_cmd(argc - 1, argv + 1);
   if (mode == "mirror") return prep_mirror_cmd(argc - 1, argv + 1, true);
   if (mode == "copy") return prep_mirror_cmd(argc - 1, argv + 1, false);
-  fail_user("unknown mode '", mode, "'; use bytes, tokens or mirror (see `par prep --help`)");
+  fail_user("unknown mode '", mode, "'; use bytes, tokens, mirror or copy (see `par prep --help`)");
 }
 
 }  // namespace par

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <numeric>
@@ -24,6 +25,7 @@
 #include "launch/options.h"
 #include "launch/threads.h"
 #include "launch/sampling.h"
+#include "launch/text.h"
 
 namespace par {
 
@@ -31,6 +33,7 @@ namespace {
 
 constexpr int32_t kEos = 1;
 constexpr int64_t kByteVocab = 259;
+constexpr int64_t kMaxTokens = 100'000'000;
 
 std::vector<int32_t> bytes_to_ids(const std::string& bytes) {
   std::vector<int32_t> ids;
@@ -80,6 +83,11 @@ int cmd_sample(int argc, char** argv) {
   const int sources = int(vm.count("prompt")) + int(vm.count("prompt-file")) + int(vm.count("prompt-shard"));
   if (sources > 1) fail_user("give one prompt: --prompt, --prompt-file or --prompt-shard");
   if (tokens <= 0) fail_user("--tokens must be positive");
+  if (tokens > kMaxTokens)
+    fail_user("--tokens ", tokens, " is more than one run generates (at most ", kMaxTokens,
+              ": the tokens are kept in memory until printed): generate in parts, each "
+              "prompted with the end of the last");
+  if (threads < 0) fail_user("--threads must be >= 0 (0: all cores)");
   SamplingOptions so;
   so.temperature = temperature;
   so.top_k = top_k;
@@ -106,10 +114,16 @@ int cmd_sample(int argc, char** argv) {
     if (vm.count("prompt")) {
       ids = bytes_to_ids(prompt);
     } else {
+      // A directory opens and reads as empty: it would silently mean "no prompt".
+      std::error_code ec;
+      if (!std::filesystem::is_regular_file(prompt_file, ec))
+        fail_user("--prompt-file '", prompt_file, "' is ",
+                  std::filesystem::exists(prompt_file, ec) ? "not a regular file" : "missing");
       std::ifstream in(prompt_file, std::ios::binary);
       if (!in) fail_user("--prompt-file: cannot read '", prompt_file, "'");
       std::ostringstream os;
       os << in.rdbuf();
+      if (in.bad()) fail_user("--prompt-file: cannot read '", prompt_file, "'");
       ids = bytes_to_ids(os.str());
     }
   } else if (vm.count("prompt-shard")) {
@@ -139,11 +153,20 @@ int cmd_sample(int argc, char** argv) {
   const std::vector<int32_t> used_prompt(ids.end() - std::min<int64_t>(int64_t(ids.size()), dec.length()), ids.end());
   std::vector<int32_t> out;
   t0 = Clock::now();
+  auto last_log = t0;
   for (int64_t i = 0; i < tokens; ++i) {
     const int32_t t = sample_token(dec.logits(), so, rng);
     out.push_back(t);
     if (stop_at_eos && t == kEos) break;
     if (i + 1 < tokens) dec.append(t);
+    // Output comes at the end: a long generation says how far it is.
+    const auto now = Clock::now();
+    if (std::chrono::duration<double>(now - last_log).count() >= 10) {
+      last_log = now;
+      LOG(INFO) << i + 1 << " of " << tokens << " tokens generated ("
+                << fmt("%.0f", double(i + 1) / std::chrono::duration<double>(now - t0).count())
+                << " tokens/s)";
+    }
   }
   const double gen_s = std::chrono::duration<double>(Clock::now() - t0).count();
   ops.deallocate(params);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <iostream>
 #include <map>
 #include <memory>
 
@@ -19,9 +20,12 @@
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/evaluate.h"
+#include "launch/host_memory.h"
 #include "launch/job.h"
+#include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/run_dir.h"
+#include "launch/run_lock.h"
 #include "launch/stop_request.h"
 #include "launch/text.h"
 #include "launch/threads.h"
@@ -37,21 +41,75 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// Where training starts: a checkpoint directory to resume from, or nothing.
-std::string resume_path(const RunConfig& run, const std::string& out_dir) {
-  const std::string latest = latest_checkpoint(out_dir);
+// Where training may start: checkpoint directories to try in this order (for --resume
+// auto, every complete one, newest first), or none.
+std::vector<std::string> resume_candidates(const RunConfig& run, const std::string& out_dir) {
+  const std::vector<std::string> found = checkpoints_newest_first(out_dir);
   if (run.resume == "none") {
-    if (!latest.empty())
-      fail_user("run directory ", out_dir, " already holds a checkpoint (", latest,
+    if (!found.empty())
+      fail_user("run directory ", out_dir, " already holds a checkpoint (", found.front(),
                 "): pass --resume auto to continue that run, or choose another --out");
-    return "";
+    return {};
   }
-  if (run.resume == "auto") return latest;
+  if (run.resume == "auto") return found;
   const std::string dir = resolve_checkpoint(run.resume);
   if (!is_complete_checkpoint(dir))
     fail_user("--resume ", run.resume, " is not a complete checkpoint directory (",
               "OUT/checkpoints/step-N with a COMPLETE file, or a run directory holding one)");
-  return dir;
+  return {dir};
+}
+
+std::string damaged(const std::string& dir, const std::string& why, const std::string& next) {
+  return cat("the checkpoint ", dir, " is damaged (", why, "): resuming from an earlier one, ", next);
+}
+
+// Drops the candidates whose manifest cannot be read (edited, damaged, renamed) from the
+// front, with a warning each, as long as an older one is left (--resume auto); a given
+// --resume PATH must read. The first left must be of this model.
+void choose_resume(std::vector<std::string>& candidates, const ModelConfig& model,
+                   std::vector<std::string>& warnings) {
+  while (!candidates.empty()) {
+    Manifest m;
+    try {
+      m = read_manifest(candidates.front());
+    } catch (const UserError& e) {
+      if (candidates.size() == 1) throw;
+      warnings.push_back(damaged(candidates[0], e.what(), candidates[1]));
+      candidates.erase(candidates.begin());
+      continue;
+    }
+    require_same_model(model, m.model, candidates.front());
+    return;
+  }
+}
+
+// The loader of a rank that reads examples [first, first + count) of each micro-batch and
+// columns [col_begin, col_begin + cols) of each window.
+LoaderOptions loader_options(const RunConfig& rc, bool positions, int64_t first, int64_t count,
+                             int64_t col_begin, int64_t cols) {
+  LoaderOptions lo;
+  lo.positions = positions;
+  lo.global_batch = rc.micro_batch();
+  lo.first = first;
+  lo.count = count;
+  lo.col_begin = col_begin;
+  lo.col_end = col_begin + cols;
+  lo.seed = derive_seed(rc.seed, kDataStream);
+  lo.prefetch = 2 * rc.accum_steps;
+  return lo;
+}
+
+// What this rank will allocate, planned before anything is: the model, its optimizer,
+// copies of the state for checkpoints, and the loader (sized for a rank holding the
+// latents, the one reading a column more).
+PlanRequest train_plan_request(const ModelConfig& mc, const RunConfig& rc, bool cuda) {
+  PlanRequest r = plan_request(mc, rc, cuda);
+  r.checkpoints = true;
+  r.data_bytes = Loader::memory_bytes(
+      loader_options(rc, mc.absolute_positions(), 0, r.micro_batch, 0,
+                     mc.context_length / rc.sp + 1),
+      rc.accum_steps);
+  return r;
 }
 
 // Everything a run needs, set up (and checked) on every rank before training starts.
@@ -63,7 +121,8 @@ struct Setup {
   std::unique_ptr<Dataset> train;
   std::vector<std::string> val_shards;
   ScoredPositions scored;
-  std::string resumed_from;  // a checkpoint directory, or ""
+  std::vector<std::string> resume_from;  // checkpoint directories to try in order
+  std::vector<std::string> resume_warnings;
 };
 
 void validate(TrainStep& ts, const Setup& s, int64_t step, RunDir* dir) {
@@ -110,41 +169,58 @@ void save(TrainStep& ts, CheckpointSaver& saver, const ModelConfig& mc, const Tr
 }
 
 // Returns the exit status: 0, or kExitRequeue when stopped early with a checkpoint.
-int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
+int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, const StopRequest& stop) {
   const ModelConfig& mc = s.model;
   const RunConfig& rc = s.run;
   TrainStep ts(mc, s.opt, rc, *backend.ops, grid, backend.device_groups());
   TrainingPosition pos;
   pos.seed = rc.seed;
   pos.config_text = s.config_text;
-  if (!s.resumed_from.empty()) {
-    const Manifest m = ts.load_checkpoint(s.resumed_from);
+  for (const std::string& w : s.resume_warnings) LOG(WARNING) << w;
+  // The newest candidate whose every piece reads back with its checksum, on every rank
+  // (each reads other pieces); with --resume auto, older ones when it is damaged.
+  for (size_t i = 0; i < s.resume_from.size(); ++i) {
+    const std::string& dir = s.resume_from[i];
+    std::string error;
+    Manifest m;
+    try {
+      m = ts.load_checkpoint(dir);
+      require_same_model(mc, m.model, dir);
+    } catch (const UserError& e) {
+      error = e.what();
+    }
+    if (grid.world().all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum) > 0) {
+      if (error.empty()) error = "a piece another rank reads";
+      if (i + 1 == s.resume_from.size()) fail_user(error);
+      LOG(WARNING) << damaged(dir, error, s.resume_from[i + 1]);
+      continue;
+    }
     pos.step = m.step;
     if (m.seed != rc.seed)
       LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's " << m.seed
                    << ": data order and dropout change from here on";
-    LOG(INFO) << "resumed from " << s.resumed_from << " at step " << pos.step
+    LOG(INFO) << "resumed from " << dir << " at step " << pos.step
               << " (written by dp " << m.dp << " x sp " << m.sp << " x tp " << m.tp << ")";
-  } else {
-    ts.initialize(rc.seed);
+    break;
   }
+  if (s.resume_from.empty()) ts.initialize(rc.seed);
   if (pos.step >= rc.steps) {
     LOG(INFO) << "already trained " << pos.step << " steps (--steps " << rc.steps
               << "): nothing to do";
     return 0;
   }
-  const StopRequest stop(rc.max_minutes);
+  // A stop asked for while the run was starting: nothing new to save.
+  if (const StopRequest::Reason early = stop.agreed(grid.world()); early != StopRequest::kNone) {
+    LOG(WARNING) << "stopping before the first step because of " << StopRequest::describe(early)
+                 << "; exit status " << kExitRequeue << ": run again with --resume auto to continue";
+    if (grid.world_rank() == 0) StopRequest::record_stop(pos.step);
+    return kExitRequeue;
+  }
   CheckpointSaver saver(grid, rc.out, int(rc.keep_checkpoints));
 
-  LoaderOptions lo;
-  lo.global_batch = rc.micro_batch();
-  lo.first = ts.replica_first();
-  lo.count = ts.replica_batch();
-  lo.col_begin = ts.model().window_begin();
-  lo.col_end = lo.col_begin + ts.model().window_columns();
-  lo.seed = derive_seed(rc.seed, kDataStream);
-  lo.prefetch = 2 * rc.accum_steps;
-  lo.positions = mc.absolute_positions();
+  const LoaderOptions lo =
+      loader_options(rc, mc.absolute_positions(), ts.replica_first(), ts.replica_batch(),
+                     ts.model().window_begin(), ts.model().window_columns());
   Loader loader(*s.train, lo, pos.step * rc.accum_steps);
 
   const double tokens_per_step = double(rc.batch_size) * double(mc.context_length);
@@ -200,12 +276,14 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir) {
       commit(saver, true);
       LOG(WARNING) << "stopped early at step " << pos.step << "/" << rc.steps << "; exit status "
                    << kExitRequeue << ": run again with --resume auto to continue";
+      if (grid.world_rank() == 0) StopRequest::record_stop(pos.step);
       return kExitRequeue;
     }
     if (rc.eval_every > 0 && pos.step % rc.eval_every == 0 && !last)
       validate(ts, s, pos.step, dir);
     if ((rc.checkpoint_every > 0 && pos.step % rc.checkpoint_every == 0) || last)
       save(ts, saver, mc, pos, s.opt);
+    if (dir) dir->check();  // a log line that could not be written ends the run
   }
   validate(ts, s, pos.step, dir);
   commit(saver, true);
@@ -242,12 +320,14 @@ std::string describe_hosts(const ProcessGrid& grid) {
 }  // namespace
 
 int cmd_train(int argc, char** argv) {
+  // First of all, before MPI starts and data is read: a stop signal is never fatal.
+  StopRequest stop;
   Job job("train", &argc, &argv);
   // Rank 0 speaks for the job; the others report only warnings and errors.
   if (job.world_rank() != 0) FLAGS_minloglevel = google::GLOG_WARNING;
   Setup s;
   po::variables_map vm;
-  bool help = false;
+  bool help = false, dry_run = false;
   job.agree([&] {
     po::options_description opts;
     opts.add(run_options(s.run)).add(model_options(s.model)).add(optimizer_options(s.opt));
@@ -255,6 +335,10 @@ int cmd_train(int argc, char** argv) {
                            "Trains a Perceiver AR model on token shards (see README.md). Under "
                            "mpirun, --dp x --sp x --tp must equal the number of ranks.",
                            "par train --config FILE --data SHARDS --out DIR [options]"};
+    po::options_description plan("Planning");
+    plan.add_options()
+        ("dry-run", po::bool_switch(&dry_run), "print the memory each rank needs (and whether it fits) without training; --data and --out are not needed");
+    opts.add(plan);
     help = !cli::parse(argc, argv, cmd, opts, vm, nullptr, "config");
     if (help) return;
     s.run.validate();
@@ -264,31 +348,59 @@ int cmd_train(int argc, char** argv) {
     s.run.validate_layout(s.model);
     if (!s.run.score_positions.empty())
       s.scored = parse_scored_positions(s.run.score_positions, "--score-positions");
+    stop.set_time_limit(s.run.max_minutes);
+    if (dry_run) return;
     if (s.run.data.empty()) fail_user("--data is required: the training shards (see `par prep`)");
     if (s.run.out.empty())
       fail_user("--out is required: the run directory for logs and checkpoints");
+    refuse_inside_checkpoint(s.run.out, "--out");
   });
   if (help) return 0;
   ProcessGrid grid;
   job.agree([&] { grid = job.make_grid(GridShape{s.run.dp, s.run.sp, s.run.tp}); });
 
   // Everything the user gave is checked, on every rank, before anything is written.
+  std::unique_ptr<RunLock> lock;  // outlives the run directory's files
   std::unique_ptr<RunDir> dir;
   Backend backend;
   job.agree([&] { backend = make_backend(s.run.device, s.run.precision, grid, s.run.attention); });
   job.agree([&] { connect_backend(backend, grid); });
-  std::string thread_warning;
+  std::string thread_warning, memory_plan;
+  // The memory each rank needs, before anything is allocated or written.
   job.agree([&] {
     thread_warning = apply_threads(s.run.threads, job.local_size());
+    const PlanRequest request = train_plan_request(s.model, s.run, backend.cuda);
+    const MemoryBudget budget = memory_budget(backend, job.local_size());
+    const std::string plan = describe(plan_memory(request), budget);
+    if (dry_run && grid.world_rank() == 0)
+      std::cout << "par train --dry-run: " << s.model.summary() << " | batch " << s.run.batch_size
+                << " = " << s.run.accum_steps << " x " << s.run.micro_batch() << " examples | dp "
+                << s.run.dp << " x sp " << s.run.sp << " x tp " << s.run.tp << " | "
+                << current_threads() << " thread(s) per rank | " << backend.description
+                << "\nmemory per rank (estimate):\n" << plan << std::endl;
+    memory_plan = plan;
+    require_fits(request, RunShape{s.run.batch_size, s.run.accum_steps, s.run.dp}, budget);
+  });
+  if (dry_run) {
+    if (grid.world_rank() == 0) std::cout << "fits: the run can start" << std::endl;
+    return 0;
+  }
+  job.agree([&] {
     s.train = std::make_unique<Dataset>(cli::expand_paths(s.run.data, "--data"),
                                         s.model.context_length, s.model.vocab_size);
     if (!s.run.val_data.empty()) {
       s.val_shards = cli::expand_paths(s.run.val_data, "--val-data");
       const Dataset check(s.val_shards, s.model.context_length, s.model.vocab_size);
     }
-    s.resumed_from = resume_path(s.run, s.run.out);
-    if (!s.resumed_from.empty())
-      require_same_model(s.model, read_manifest(s.resumed_from).model, s.resumed_from);
+  });
+  // One run per directory: rank 0 locks it before any rank reads its checkpoints, and
+  // holds the lock until it exits.
+  job.agree([&] {
+    if (grid.world_rank() == 0) lock = std::make_unique<RunLock>(s.run.out);
+  });
+  job.agree([&] {
+    s.resume_from = resume_candidates(s.run, s.run.out);
+    choose_resume(s.resume_from, s.model, s.resume_warnings);
     s.config_text = to_ini(vm);
     if (grid.world_rank() == 0) {
       dir = std::make_unique<RunDir>(s.run.out);
@@ -301,6 +413,7 @@ int cmd_train(int argc, char** argv) {
   LOG(INFO) << "layout: " << grid.world_size() << " rank(s) = dp " << s.run.dp << " x sp "
             << s.run.sp << " x tp " << s.run.tp << " | " << current_threads()
             << " thread(s) per rank | " << backend.description;
+  LOG(INFO) << "memory per rank (estimate): " << memory_plan;
   if (!thread_warning.empty() && grid.world_rank() == 0) LOG(WARNING) << thread_warning;
   if (grid.world_size() > 1) {
     const std::string hosts = describe_hosts(grid);
@@ -311,10 +424,14 @@ int cmd_train(int argc, char** argv) {
             << s.run.batch_size << " = " << s.run.accum_steps << " x " << s.run.micro_batch()
             << " examples";
   try {
-    return train(s, grid, backend, dir.get());
+    const int status = train(s, grid, backend, dir.get(), stop);
+    if (dir) dir->check();
+    return status;
   } catch (const UserError& e) {
+    if (dir) dir->record_fatal(cat("par train: error: ", e.what()));
     job.fail(e, 2);
   } catch (const std::exception& e) {
+    if (dir) dir->record_fatal(cat("par train: internal error: ", e.what()));
     job.fail(e, 1);
   }
 }

@@ -2,9 +2,11 @@
 
 #include <mpi.h>
 
+#include <exception>
 #include <iostream>
 
 #include "core/error.h"
+#include "launch/peer_watch.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/mpi_environment.h"
 
@@ -14,11 +16,21 @@ Job::Job(const std::string& command, int* argc, char*** argv) : command_(command
   if (!MpiEnvironment::launched_by_mpi()) return;
   env_ = std::make_unique<MpiEnvironment>(argc, argv);
   world_ = std::make_unique<MpiCommunicator>(env_->world());
+  watch_ = std::make_unique<PeerWatch>(*world_, env_->host());
 }
 
 Job::~Job() {
+  // Unwinding an exception, the environment aborts the job: no rank waits for this one.
+  if (std::uncaught_exceptions() == 0) stop_watching();
+  watch_.reset();
   world_.reset();
   env_.reset();
+}
+
+void Job::stop_watching() {
+  if (!watch_) return;
+  watch_.reset();
+  world_->barrier();
 }
 
 int Job::world_rank() const { return env_ ? env_->world_rank() : 0; }
@@ -49,6 +61,7 @@ void Job::settle(int code, const std::string& message) {
   if (code != 0)
     std::cerr << cat("par ", command_, ": error: ", where(), ": ", message, "\n") << std::flush;
   // Every rank is here: MPI can shut down in order (the environment then skips its own).
+  stop_watching();
   world_.reset();
   MPI_Finalize();
   throw JobStopped(int(worst));

@@ -22,6 +22,7 @@ namespace par {
 
 class MpiEnvironment;
 class MpiCommunicator;
+class PeerWatch;
 
 // Thrown on every rank after a failed agree(); main() exits with `code`, printing nothing
 // more (the failing ranks have printed their messages).
@@ -73,10 +74,14 @@ class Job {
 
  private:
   void settle(int code, const std::string& message);
+  // Collective: no rank watches its peers any more (launch/peer_watch.h), so that ranks
+  // may exit one after another.
+  void stop_watching();
 
   std::string command_;
   std::unique_ptr<MpiEnvironment> env_;
   std::unique_ptr<MpiCommunicator> world_;
+  std::unique_ptr<PeerWatch> watch_;
 };
 
 }  // namespace par

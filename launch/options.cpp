@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <boost/any.hpp>
+#include <cmath>
 #include <sstream>
 
 #include "core/error.h"
@@ -67,7 +68,8 @@ void RunConfig::validate() const {
   if (keep_checkpoints < 1) fail_user("--keep-checkpoints must be at least 1");
   if (threads < 0) fail_user("--threads must be >= 0");
   if (dp < 1 || sp < 1 || tp < 1) fail_user("--dp, --sp and --tp must be at least 1");
-  if (!(max_minutes >= 0)) fail_user("--max-minutes must be >= 0");
+  if (!(max_minutes >= 0) || !std::isfinite(max_minutes))
+    fail_user("--max-minutes must be a finite number >= 0 (0: no limit)");
 }
 
 void RunConfig::validate_layout(const ModelConfig& model) const {

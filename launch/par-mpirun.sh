@@ -3,7 +3,10 @@
 # preemption clean: SIGTERM, SIGINT and SIGUSR1 sent to this script become one SIGUSR1 to
 # mpirun, which forwards it to every rank; the ranks finish their step, write a checkpoint
 # and exit 75 ("requeue me"). The script waits for that and exits with mpirun's status, so
-# 75 comes through to whatever runs it (a batch script, a retry loop).
+# 75 comes through to whatever runs it (a batch script, a retry loop). When mpirun was
+# signalled itself (a signal to the whole process group, a batch system's kill) it exits 1
+# even though the ranks stopped with a checkpoint; par's rank 0 then has written
+# $PAR_STOP_FILE, and the script exits 75 all the same.
 #
 #   launch/par-mpirun.sh [options] [--] PAR_ARGS...
 #
@@ -32,8 +35,12 @@
 #                         split on spaces)
 #   --dry-run             print the mpirun command instead of running it
 #
+#   PAR_STOP_FILE         where rank 0 notes that it stopped with a checkpoint (default: a
+#                         temporary file, removed at the end; rank 0 must see it: a shared
+#                         directory when rank 0 runs on another host than this script)
+#
 # Environment passed to remote ranks: OMP_*, OPENBLAS_*, GLOG_*, PATH, LD_LIBRARY_PATH
-# (when set). As root, --allow-run-as-root is added.
+# (when set), PAR_STOP_FILE. As root, --allow-run-as-root is added.
 set -uo pipefail
 
 me="par-mpirun"
@@ -125,9 +132,18 @@ fi
 # SIGTERM before SIGKILL, even if the ranks are gone by then: S bounds a checkpoint's time
 # in the first case, and costs up to 2 S at the end of a stopped run in the second.
 cmd+=(--mca odls_base_sigkill_timeout "$kill_timeout")
+if ((dry_run)); then
+  export PAR_STOP_FILE=${PAR_STOP_FILE:-"(a temporary file)"}
+elif [[ -z ${PAR_STOP_FILE:-} ]]; then
+  PAR_STOP_FILE=$(mktemp "${TMPDIR:-/tmp}/par-stop.XXXXXX") || { say "cannot make a temporary file"; exit 2; }
+  export PAR_STOP_FILE
+  trap 'rm -f "$PAR_STOP_FILE"' EXIT
+else
+  : >"$PAR_STOP_FILE" || { say "cannot write PAR_STOP_FILE $PAR_STOP_FILE"; exit 2; }
+fi
 for v in $(compgen -e); do
   case $v in
-    OMP_*|OPENBLAS_*|GLOG_*|PATH|LD_LIBRARY_PATH) cmd+=(-x "$v") ;;
+    OMP_*|OPENBLAS_*|GLOG_*|PATH|LD_LIBRARY_PATH|PAR_STOP_FILE) cmd+=(-x "$v") ;;
   esac
 done
 cmd+=("${extra[@]}" "$par" "$@")
@@ -168,6 +184,10 @@ while kill -0 "$child" 2>/dev/null; do
 done
 wait "$child"
 rc=$?
+if [[ $rc -ne 75 && $rc -ne 0 && -s $PAR_STOP_FILE ]]; then
+  say "mpirun exited with status $rc, but the ranks stopped with a checkpoint ($(cat "$PAR_STOP_FILE")): exit 75"
+  rc=75
+fi
 if [[ $rc -eq 75 ]]; then
   say "par stopped early with a checkpoint (exit 75): run the same command again (with --resume auto) to continue"
 elif [[ -n $stop && $rc -ne 0 ]]; then

@@ -1,6 +1,12 @@
 #include "launch/stop_request.h"
 
+#include <glog/logging.h>
+
 #include <csignal>
+#include <cstdlib>
+
+#include "core/error.h"
+#include "data/checked_file.h"
 
 namespace par {
 
@@ -12,23 +18,21 @@ volatile std::sig_atomic_t g_signal = 0;
 
 extern "C" void on_stop_signal(int sig) { g_signal = sig; }
 
-struct sigaction g_previous_usr1, g_previous_term;
+constexpr int kStopSignals[] = {SIGUSR1, SIGTERM, SIGINT};
+struct sigaction g_previous[3];
 
 }  // namespace
 
-StopRequest::StopRequest(double max_minutes)
-    : max_seconds_(max_minutes * 60), start_(std::chrono::steady_clock::now()) {
+StopRequest::StopRequest() : start_(std::chrono::steady_clock::now()) {
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;  // slow system calls continue; the loop polls the flag
-  sigaction(SIGUSR1, &sa, &g_previous_usr1);
-  sigaction(SIGTERM, &sa, &g_previous_term);
+  for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &sa, &g_previous[i]);
 }
 
 StopRequest::~StopRequest() {
-  sigaction(SIGUSR1, &g_previous_usr1, nullptr);
-  sigaction(SIGTERM, &g_previous_term, nullptr);
+  for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &g_previous[i], nullptr);
 }
 
 StopRequest::Reason StopRequest::agreed(Communicator& world) const {
@@ -42,9 +46,20 @@ StopRequest::Reason StopRequest::agreed(Communicator& world) const {
 
 const char* StopRequest::describe(Reason r) {
   switch (r) {
-    case kSignal: return "a stop signal (SIGUSR1/SIGTERM)";
+    case kSignal: return "a stop signal (SIGUSR1/SIGTERM/SIGINT)";
     case kTimeLimit: return "the --max-minutes limit";
     default: return "nothing";
+  }
+}
+
+void StopRequest::record_stop(int64_t step) {
+  const char* path = std::getenv(kStopFileVariable);
+  if (!path || !*path) return;
+  try {
+    write_file(path, cat(kExitRequeue, " step ", step, "\n"));
+  } catch (const UserError& e) {
+    LOG(WARNING) << "$" << kStopFileVariable << ": " << e.what()
+                 << " (the launcher may not learn that this run stopped with a checkpoint)";
   }
 }
 

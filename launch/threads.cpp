@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <omp.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <cstdlib>
 
 #include "core/error.h"
+#include "launch/host_memory.h"
 
 namespace par {
 
@@ -41,11 +43,38 @@ std::string oversubscription_warning(int threads, const CpuBudget& b) {
              " (launch/LAUNCH.md: binding and --threads-per-rank)");
 }
 
+int64_t thread_address_space_bytes() {
+  constexpr int64_t kOpenBlasBuffer = (int64_t(128) << 20) + 4096;
+  struct rlimit stack{};
+  const int64_t stack_bytes =
+      getrlimit(RLIMIT_STACK, &stack) == 0 && stack.rlim_cur != RLIM_INFINITY
+          ? int64_t(stack.rlim_cur)
+          : int64_t(8) << 20;
+  return kOpenBlasBuffer + stack_bytes;
+}
+
+void check_thread_address_space(int threads) {
+  struct rlimit as{};
+  if (getrlimit(RLIMIT_AS, &as) != 0 || as.rlim_cur == RLIM_INFINITY) return;
+  // 5% of the limit stays for malloc's per-thread arenas (measured under 8,000,000 KiB:
+  // 52 threads ran, 55 failed to start, 56 hung in OpenBLAS).
+  const double limit = double(as.rlim_cur), usable = 0.95 * limit;
+  const double used = double(address_space_bytes()), each = double(thread_address_space_bytes());
+  if (used + threads * each <= usable) return;
+  const int most = int(std::max(0.0, (usable - used) / each));
+  fail_user("--threads ", threads, ": every thread takes ", format_bytes(each),
+            " of address space (OpenBLAS's buffer and the stack), ", format_bytes(threads * each),
+            " in all, but the address-space limit (ulimit -v) is ", format_bytes(limit), " and ",
+            format_bytes(used), " of it is in use: give --threads at most ", most,
+            " or raise ulimit -v");
+}
+
 std::string apply_threads(int requested, int local_ranks) {
   const CpuBudget b = cpu_budget(local_ranks);
   // OMP_NUM_THREADS (the launch scripts set it) stands for --threads when that is not given.
   if (requested <= 0 && std::getenv("OMP_NUM_THREADS")) requested = omp_get_max_threads();
   const int threads = threads_for(requested, b);
+  check_thread_address_space(threads);
   omp_set_num_threads(threads);
   openblas_set_num_threads(threads);
   return oversubscription_warning(threads, b);

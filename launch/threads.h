@@ -29,8 +29,18 @@ int threads_for(int requested, const CpuBudget& b);
 // may run on, or more than the node has for all its ranks); "" otherwise.
 std::string oversubscription_warning(int threads, const CpuBudget& b);
 
+// Address space each CPU thread takes on its first matrix product: the buffer OpenBLAS
+// 0.3.21 (Debian's OpenMP build) allocates per thread, 128 MiB and a page (seen in its
+// malloc), and the thread's stack.
+int64_t thread_address_space_bytes();
+
+// UserError when `threads` threads would not fit the address-space limit (ulimit -v) with
+// what the process holds now: OpenBLAS then retries its allocation forever.
+void check_thread_address_space(int threads);
+
 // Applies threads_for() to OpenMP and BLAS, with OMP_NUM_THREADS, when set, in place of
-// a --threads of 0; returns the warning, if any, for the caller to log.
+// a --threads of 0, after check_thread_address_space; returns the warning, if any, for
+// the caller to log.
 std::string apply_threads(int requested, int local_ranks);
 
 // Prints a non-empty warning to stderr as "par COMMAND: warning: ...".

@@ -183,12 +183,12 @@ TEST(Checkpoint, CorruptCheckpointsAreClearErrors) {
   c = broken_copy("unfinished");
   fs::remove(c + "/COMPLETE");
   EXPECT_USER_ERROR(run_par(dir, cat("inspect ", quote(c))), "not a complete checkpoint");
-  // A manifest that does not match its files.
+  // A manifest that does not match its files (sealed again: intact in itself).
   c = broken_copy("mismatch");
   {
     std::string m = slurp(c + "/manifest.txt");
     m.replace(m.find("shard-00000.h5"), 14, "shard-00009.h5");
-    std::ofstream(c + "/manifest.txt") << m;
+    std::ofstream(c + "/manifest.txt") << Manifest::seal(m.substr(0, m.rfind("checksum ")));
   }
   EXPECT_USER_ERROR(run_par(dir, cat("inspect ", quote(c))), "shard-00009.h5");
   // The good one is fine, and inspect prints its tensors.

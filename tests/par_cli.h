@@ -2,7 +2,12 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <cstdlib>
 #include <regex>
@@ -35,6 +40,58 @@ inline ParRun run_shell(const TempDir& dir, const std::string& cmd) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
 }
 
+// A command line (`sh -c`) running in the background in a process group of its own, its
+// output in `log`; killed with its group if the test ends before it does.
+class Background {
+ public:
+  Background(const std::string& cmd, const std::string& log) {
+    pid_ = fork();
+    PAR_ASSERT(pid_ >= 0, "fork");
+    if (pid_ == 0) {
+      setpgid(0, 0);
+      execl("/bin/sh", "sh", "-c", cat("exec ", cmd, " >'", log, "' 2>&1").c_str(), nullptr);
+      _exit(127);
+    }
+    setpgid(pid_, pid_);
+  }
+  ~Background() {
+    if (pid_ > 0) {
+      ::kill(-pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  Background(const Background&) = delete;
+  Background& operator=(const Background&) = delete;
+
+  pid_t pid() const { return pid_; }
+  void signal(int sig) const { ::kill(pid_, sig); }
+  // The exit status (128 + N when killed by signal N); waits at most `seconds`, then -1.
+  int wait(double seconds = 120) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    int status = 0;
+    while (waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > end) return -1;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// Polls `done` every 2 ms for at most `seconds`; whether it came true.
+template <typename F>
+bool wait_until(F&& done, double seconds = 60) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
 // `mpirun` of n ranks of `par ARGS` on this machine: oversubscribed, one thread per rank,
 // idle threads asleep.
 inline std::string mpirun(int n, const std::string& args) {
@@ -46,6 +103,12 @@ inline std::string quote(const std::string& s) { return "'" + s + "'"; }
 inline const std::string& configs_dir() {
   static const std::string dir = std::string(PAR_SOURCE_DIR) + "/configs/";
   return dir;
+}
+
+// `par train` of configs/tiny.ini on one thread: the reliability tests' run.
+inline std::string tiny_train_args(const std::string& data, const std::string& out, int64_t steps) {
+  return cat("train --config '", configs_dir(), "tiny.ini' --data '", data, "' --out '", out,
+             "' --steps ", steps, " --threads 1");
 }
 
 // Copy-task shards in dir/data (examples of `length` tokens); returns the train pattern.

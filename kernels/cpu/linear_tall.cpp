@@ -37,6 +37,12 @@ bool is_tall_linear(int64_t rows, int64_t in, int64_t out) {
   return rows >= 8 * std::max(in, out) && rows * in * out >= (int64_t(1) << 24);
 }
 
+int64_t tall_linear_scratch_bytes(int64_t rows, int64_t in, int64_t out, int threads,
+                                  int64_t element_bytes) {
+  if (!is_tall_linear(rows, in, out)) return 0;
+  return int64_t(threads) * (out * in * element_bytes + out * int64_t(sizeof(double)));
+}
+
 template <typename T>
 void tall_linear_forward(T* y, const T* x, const T* w, const T* b, int64_t rows, int64_t in,
                          int64_t out) {

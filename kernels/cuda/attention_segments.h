@@ -63,6 +63,21 @@ inline AttentionSegments split_attention(int64_t nq, int64_t nk, int64_t q_first
   return s;
 }
 
+// The most scratch the cuDNN path (attention_cudnn.cpp) holds for a call of this shape,
+// forward and backward, in bytes: its bf16 copies of the queries, the gathered keys and
+// values and their gradients, the key scan, the statistics, and the float32 copies of the
+// diagonal's rows and keys the blocked path takes (not cuDNN's own workspace, nor the
+// blocked path's score blocks). For the memory plan; an upper bound (every key kept).
+inline double cudnn_attention_scratch_bytes(int64_t batch, int64_t nq, int64_t nk,
+                                            int64_t heads, int64_t head_dim) {
+  const double B = double(batch), ld = double(heads * head_dim), q = double(nq);
+  const double k = double(nk), stats = B * double(heads) * q;
+  const double bf16_rows = 4 * B * q * ld + 4 * B * k * ld;  // q o do dq; k v dk dv
+  const double diag_rows = 5 * B * q * ld + 4 * B * q * ld;  // q o do dq lse; k v dk dv (< nq keys)
+  const double ints = 2 * B * k + 3 * B;                     // flags, positions, counts
+  return 2 * bf16_rows + 4 * diag_rows + 4 * (3 * stats + ints);
+}
+
 // Whether the call is one causal attention from the top-left corner over keys
 // [0, min(nq, nk)): queries and keys start at the same position (the latent
 // self-attention). Keys past nq are seen by no query.

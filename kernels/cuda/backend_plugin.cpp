@@ -19,6 +19,7 @@ std::unique_ptr<Ops<float>> make_ops(int device, Precision precision,
 }
 
 int64_t peak_bytes(Ops<float>& ops) { return cuda::memory_stats(ops).peak_bytes; }
+int64_t free_bytes(Ops<float>& ops) { return cuda::memory_stats(ops).device_free_bytes; }
 
 std::unique_ptr<Communicator> nccl(MPI_Comm group, void* stream) {
   return make_nccl_communicator(group, stream);
@@ -27,7 +28,7 @@ std::unique_ptr<Communicator> nccl(MPI_Comm group, void* stream) {
 const Api kApi{kApiVersion,           cuda::device_count,   cuda::no_device_reason,
                cuda::select_device,   cuda::describe_device, make_ops,
                cuda::attention_description, cuda::set_log_sink, peak_bytes,
-               cuda::cuda_stream,     nccl};
+               cuda::cuda_stream,     nccl,                  free_bytes};
 
 }  // namespace
 }  // namespace par::cuda_plugin

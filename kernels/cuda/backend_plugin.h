@@ -21,7 +21,7 @@
 namespace par::cuda_plugin {
 
 // Bumped whenever Api changes, so a stale plugin next to a new par is refused.
-constexpr int kApiVersion = 2;
+constexpr int kApiVersion = 3;
 
 enum class Precision { kFloat32, kTF32, kBF16 };
 
@@ -40,6 +40,7 @@ struct Api {
   int64_t (*peak_bytes)(Ops<float>& ops);
   void* (*stream)(Ops<float>& ops);
   std::unique_ptr<Communicator> (*make_nccl_communicator)(MPI_Comm group, void* stream);
+  int64_t (*free_bytes)(Ops<float>& ops);  // the device's free memory (all processes counted)
 };
 
 }  // namespace par::cuda_plugin

@@ -1,0 +1,221 @@
+#include "launch/memory_plan.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "core/model.h"
+#include "core/param_layout.h"
+#include "kernels/cpu/linear_tall.h"
+#include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/attention_segments.h"
+#include "launch/host_memory.h"
+
+namespace par {
+
+namespace {
+
+double sum(const std::vector<MemoryItem>& items) {
+  double s = 0;
+  for (const auto& i : items) s += i.bytes;
+  return s;
+}
+
+// The per-thread partial sums the CPU's tall linear layers keep: the largest over the
+// model's matrices, at the rows each one sees (the k/v projections of the cross-attention
+// run over this rank's N/sp inputs, every other layer over the M latents). One layer's
+// matrices stand for all layers: they have the same shapes.
+double cpu_kernel_scratch(const PlanRequest& r) {
+  ModelConfig one = r.model;
+  one.num_layers = std::min<int64_t>(one.num_layers, 1);
+  const double inputs = double(r.micro_batch) * double(r.model.context_length / r.sp);
+  const double latents = double(r.micro_batch) * double(r.model.num_latents);
+  auto scratch = [&](double rows, int64_t in, int64_t out) {
+    // Past int64 (a config far too large anyway) the kernel's test cannot be asked.
+    if (rows * double(in) * double(out) >= 0x1p62)
+      return rows >= 8.0 * double(std::max(in, out))
+                 ? double(r.threads) * (double(out) * double(in) * sizeof(float) + double(out) * 8)
+                 : 0.0;
+    return double(cpu::tall_linear_scratch_bytes(int64_t(rows), in, out, r.threads, sizeof(float)));
+  };
+  double most = 0;
+  const ParamLayout layout(one, 0, r.tp);
+  for (const ParamInfo& p : layout.params()) {
+    if (p.shape.size() != 2 || p.kind == ParamKind::kEmbedding) continue;
+    const bool over_inputs = p.name == "cross.attn.k.weight" || p.name == "cross.attn.v.weight";
+    most = std::max(most, scratch(over_inputs ? inputs : latents, p.shape[1], p.shape[0]));
+  }
+  return most;
+}
+
+// The blocked attention of the CUDA backend (kernels/cuda/attention_plan.h) asks its
+// scratch slots for [heads, nq, key block] scores (forward), the same again for their
+// gradient (backward), and per-(example, head, query) statistics; the backend adds 1/8
+// for headroom. Slots are shared by the cross- and the self-attention: the larger counts.
+double cuda_attention_scratch(const PlanRequest& r) {
+  const ModelConfig& c = r.model;
+  const int64_t M = c.num_latents, B = r.micro_batch;
+  double scores = 0, stats = 0;
+  for (const auto& [heads, keys] : {std::pair<int64_t, int64_t>{c.cross_heads / r.tp,
+                                                                 c.context_length / r.sp},
+                                    std::pair<int64_t, int64_t>{c.self_heads / r.tp, M}}) {
+    const int64_t block = cuda::attention_key_block(heads, M, keys, 0);
+    scores = std::max(scores, double(heads) * double(M) * double(block));
+    stats = std::max(stats, double(B) * double(heads) * double(M));
+  }
+  double bytes = 2 * scores + stats + 2 * double(std::max(c.cross_heads, c.self_heads)) * double(M);
+  bytes *= sizeof(float);
+  // The cuDNN path's own copies (bf16 operands, the gathered keys) for the cross-attention,
+  // the larger of its two calls, where it may run.
+  if (r.cudnn_attention)
+    bytes += cuda::cudnn_attention_scratch_bytes(B, M, c.context_length / r.sp,
+                                                 c.cross_heads / r.tp, c.cross_head_dim());
+  return bytes * 9 / 8;
+}
+
+}  // namespace
+
+double MemoryPlan::host_bytes() const { return sum(host); }
+double MemoryPlan::device_bytes() const { return sum(device); }
+
+std::string MemoryPlan::summary(const std::vector<MemoryItem>& items) {
+  std::string parts;
+  for (const auto& i : items)
+    if (i.bytes > 0) parts += cat(parts.empty() ? "" : ", ", i.what, " ", format_bytes(i.bytes));
+  return cat(format_bytes(sum(items)), " (", parts, ")");
+}
+
+PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cuda) {
+  PlanRequest r;
+  r.model = model;
+  r.micro_batch = run.micro_batch() / run.dp;
+  r.accum_steps = run.accum_steps;
+  r.sp = run.sp;
+  r.tp = run.tp;
+  r.threads = current_threads();
+  r.cuda = cuda;
+  r.cudnn_attention = cuda && run.precision == "bf16" &&
+                      (run.attention == "auto" || run.attention == "cudnn");
+  r.runtime_bytes = double(resident_bytes());
+  return r;
+}
+
+MemoryPlan plan_memory(const PlanRequest& r) {
+  const ModelMemory m = PerceiverAR<float>::memory(r.model, r.micro_batch, r.sp, r.tp);
+  MemoryPlan plan;
+  std::vector<MemoryItem>& state = r.cuda ? plan.device : plan.host;
+  plan.host.push_back({"runtime", r.runtime_bytes});
+  state.push_back({"parameters and gradients", 2 * m.params});
+  state.push_back({"Adam moments", 2 * m.params});
+  state.push_back({cat("activations of ", r.micro_batch, " example(s)"), m.activations});
+  if (r.cuda)
+    plan.device.push_back({"attention scratch", cuda_attention_scratch(r)});
+  else
+    plan.host.push_back({"kernel scratch", cpu_kernel_scratch(r)});
+  if (r.checkpoints) plan.host.push_back({"checkpoint copies", 3 * m.params});
+  if (r.data_bytes > 0) plan.host.push_back({"data batches", r.data_bytes});
+  if (r.gemm_n > 0)
+    state.push_back({"sgemm yardstick", 3 * double(r.gemm_n) * double(r.gemm_n) * sizeof(float)});
+  return plan;
+}
+
+MemoryBudget memory_budget(int local_ranks, int64_t device_free, int ranks_per_device) {
+  MemoryBudget b;
+  const double ranks = std::max(1, local_ranks);
+  const CgroupLimit cg = cgroup_memory_limit();
+  const double physical = double(physical_memory_bytes());
+  const std::string shared = local_ranks > 1 ? cat(" shared by ", local_ranks, " ranks on this node") : "";
+  if (cg.bytes > 0 && double(cg.bytes) < physical) {
+    b.host = double(cg.bytes) / ranks;
+    b.host_source = cat("the cgroup limit ", format_bytes(double(cg.bytes)), " (", cg.file, ")", shared);
+  } else {
+    b.host = physical / ranks;
+    b.host_source = cat("the physical memory ", format_bytes(physical), shared);
+  }
+  if (device_free >= 0) {
+    b.device = double(device_free) / std::max(1, ranks_per_device);
+    b.device_source = cat("the GPU's free memory ", format_bytes(double(device_free)),
+                          ranks_per_device > 1 ? cat(" shared by ", ranks_per_device, " ranks") : "");
+  }
+  return b;
+}
+
+std::string describe(const MemoryPlan& plan, const MemoryBudget& b) {
+  std::string s = cat("host ", MemoryPlan::summary(plan.host), " of ",
+                      b.host > 0 ? cat(format_bytes(b.host), ": ", b.host_source) : "unknown");
+  if (!plan.device.empty())
+    s += cat("\ndevice ", MemoryPlan::summary(plan.device), " of ", format_bytes(b.device), ": ",
+             b.device_source);
+  return s;
+}
+
+MemoryBudget memory_budget(Backend& backend, int local_ranks) {
+  const int gpus = backend.cuda ? std::max(1, cuda_device_count()) : 1;
+  return memory_budget(local_ranks, device_free_bytes(backend), (local_ranks + gpus - 1) / gpus);
+}
+
+namespace {
+
+bool fits(const PlanRequest& r, const MemoryBudget& b) {
+  const MemoryPlan p = plan_memory(r);
+  return (b.host <= 0 || p.host_bytes() <= b.host) && (!r.cuda || p.device_bytes() <= b.device);
+}
+
+// What would fit instead: a smaller micro-batch, or the same run spread over more ranks.
+std::string advice(const PlanRequest& r, const RunShape& shape, const MemoryBudget& b) {
+  std::vector<std::string> ways;
+  PlanRequest t = r;
+  // The largest micro-batch per replica that fits (the plan grows with it).
+  int64_t lo = 0, hi = r.micro_batch;
+  while (hi - lo > 1) {
+    t.micro_batch = lo + (hi - lo) / 2;
+    (fits(t, b) ? lo : hi) = t.micro_batch;
+  }
+  if (lo >= 1) {
+    // Keep the batch, in more micro-batches, when one divides it; else a smaller batch.
+    int64_t micro = lo;
+    while (micro > 1 && shape.batch_size % (micro * shape.dp) != 0) --micro;
+    if (shape.batch_size % (micro * shape.dp) == 0 && micro * shape.dp < shape.batch_size)
+      ways.push_back(cat("--accum-steps ", shape.batch_size / (micro * shape.dp),
+                         " (the same batch in micro-batches of ", micro * shape.dp, ")"));
+    else
+      ways.push_back(cat("--batch-size ", lo * shape.dp * shape.accum_steps));
+  }
+  t = r;
+  for (int sp = r.sp * 2; sp <= r.sp * 64 && r.model.context_length % sp == 0; sp *= 2) {
+    t.sp = sp;
+    if (fits(t, b)) {
+      ways.push_back(cat("--sp ", sp, " (", shape.dp * sp * r.tp, " ranks)"));
+      break;
+    }
+  }
+  t = r;
+  for (int tp = r.tp * 2; r.model.cross_heads % tp == 0 && r.model.self_heads % tp == 0; tp *= 2) {
+    t.tp = tp;
+    if (fits(t, b)) {
+      ways.push_back(cat("--tp ", tp, " (", shape.dp * r.sp * tp, " ranks)"));
+      break;
+    }
+  }
+  if (ways.empty())
+    return "neither a micro-batch of one example nor more --sp or --tp would fit: a smaller "
+           "model (--d-model, --num-layers, --context-length) or a machine with more memory";
+  std::string s = "would fit: ";
+  for (size_t i = 0; i < ways.size(); ++i) s += cat(i ? ", or " : "", ways[i]);
+  return s;
+}
+
+}  // namespace
+
+void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudget& b) {
+  const MemoryPlan p = plan_memory(r);
+  if (b.host > 0 && p.host_bytes() > b.host)
+    fail_user("not enough memory: each rank needs an estimated ", MemoryPlan::summary(p.host),
+              " of host memory, but may have ", format_bytes(b.host), ", ", b.host_source, "; ",
+              advice(r, shape, b));
+  if (r.cuda && p.device_bytes() > b.device)
+    fail_user("not enough GPU memory: each rank needs an estimated ", MemoryPlan::summary(p.device),
+              " on its GPU, but may have ", format_bytes(b.device), ", ", b.device_source, "; ",
+              advice(r, shape, b));
+}
+
+}  // namespace par

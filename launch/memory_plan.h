@@ -1,0 +1,95 @@
+// The memory each rank of `par train` or `par bench` will need, computed before anything is
+// allocated, and the check that it fits what the rank may have.
+//
+// Every figure comes from the code that allocates it, not from a formula kept beside it:
+//   parameters, gradients, activations  PerceiverAR::memory, the sizing pass the model's
+//                                       constructor allocates by (and checks against)
+//   Adam moments                        two buffers laid out like the parameters
+//   data batches                        Loader::memory_bytes
+//   CPU kernel scratch                  tall_linear_scratch_bytes (per-thread partial
+//                                       weight gradients of the k/v projections)
+//   GPU attention scratch               the key block of kernels/cuda/attention_plan.h
+//   checkpoint copies (train)           host copies of parameters and both moments,
+//                                       made when saving and when resuming
+//   runtime                             what the process holds when it plans: libraries,
+//                                       MPI, the CUDA context
+// Not counted: the kernels' small per-thread buffers, HDF5's chunk caches (at most 8 MiB
+// per open shard), the allocator's slack. `par bench` checks the sum against its measured
+// peak (tests/reliability_memory_plan_test.cpp).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/model_config.h"
+#include "launch/backend.h"
+#include "launch/options.h"
+
+namespace par {
+
+struct MemoryItem {
+  std::string what;
+  double bytes = 0;
+};
+
+struct MemoryPlan {
+  std::vector<MemoryItem> host, device;  // device: empty for the CPU backend
+  double host_bytes() const;
+  double device_bytes() const;
+  // "1.21 GiB (runtime 20.1 MiB, parameters and gradients 48.1 MiB, ...)"
+  static std::string summary(const std::vector<MemoryItem>& items);
+};
+
+// What a rank runs, as far as its memory goes.
+struct PlanRequest {
+  ModelConfig model;
+  int64_t micro_batch = 1;  // examples of each micro-batch on this rank (its replica's share)
+  int64_t accum_steps = 1;
+  int sp = 1, tp = 1;
+  int threads = 1;
+  bool cuda = false;
+  bool cudnn_attention = false;  // cuda, bf16 and --attention auto or cudnn
+  bool checkpoints = false;      // train: host copies of the state to save or resume
+  double data_bytes = 0;         // token batches held (train: Loader::memory_bytes)
+  int64_t gemm_n = 0;            // bench: its n x n x n yardstick product
+  double runtime_bytes = 0;      // resident_bytes() when planning
+};
+
+// The part every command shares: this rank's share of `run`'s micro-batch and layout, the
+// threads in effect and what the process holds now. Commands add their own buffers.
+PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cuda);
+
+MemoryPlan plan_memory(const PlanRequest& r);
+
+// What one rank may have.
+struct MemoryBudget {
+  double host = 0;    // bytes, 0: unknown
+  std::string host_source;
+  double device = 0;  // bytes of free device memory, 0: no device
+  std::string device_source;
+};
+
+// The host's share of one of `local_ranks` ranks on this node: the cgroup's limit or the
+// physical memory, whichever is less. The device's: its free memory (`device_free`, < 0 for
+// none) shared by `ranks_per_device` ranks.
+MemoryBudget memory_budget(int local_ranks, int64_t device_free, int ranks_per_device);
+// The same for a rank of `local_ranks` on this node using `backend` (its GPUs are shared
+// round-robin by the node's ranks).
+MemoryBudget memory_budget(Backend& backend, int local_ranks);
+
+// The plan against the budget, one line for the host and one for the device (if any):
+// "host 1.21 GiB (runtime 20.1 MiB, ...) of 22.9 GiB: the physical memory 22.9 GiB".
+std::string describe(const MemoryPlan& plan, const MemoryBudget& budget);
+
+// Layout and batch options the advice may change: --batch-size, --accum-steps, --dp.
+struct RunShape {
+  int64_t batch_size = 1, accum_steps = 1;
+  int dp = 1;
+};
+
+// UserError unless `r`'s plan fits `budget`: the estimate, the limit and what would fit
+// (a smaller micro-batch, more --sp or --tp).
+void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudget& budget);
+
+}  // namespace par

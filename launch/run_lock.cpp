@@ -1,0 +1,87 @@
+#include "launch/run_lock.h"
+
+#include <fcntl.h>
+#include <glog/logging.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+
+#include "core/error.h"
+#include "parallel/mpi_error.h"
+
+namespace par {
+
+namespace {
+
+struct flock whole_file(short type) {
+  struct flock l {};
+  l.l_type = type;
+  l.l_whence = SEEK_SET;
+  l.l_start = 0;
+  l.l_len = 0;  // to the end, however long
+  return l;
+}
+
+// What the holder wrote into the lock file ("host H pid P since T"), read through the
+// descriptor we already have open (opening another would be harmless here, but closing it
+// would drop any lock this process holds on the file).
+std::string holder_text(int fd) {
+  char buf[512] = {};
+  const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+  std::string s = n > 0 ? std::string(buf, size_t(n)) : std::string();
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+}  // namespace
+
+RunLock::RunLock(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec || !std::filesystem::is_directory(dir))
+    fail_user("cannot create the run directory --out ", dir, ": ",
+              ec ? ec.message() : "it exists and is not a directory");
+  const std::string path = file(dir);
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail_user("cannot open the lock file ", path, ": ", std::strerror(errno));
+  struct flock l = whole_file(F_WRLCK);
+  if (::fcntl(fd_, F_SETLK, &l) != 0) {
+    const int err = errno;
+    if (err == ENOLCK) {
+      LOG(WARNING) << "the file system of " << dir << " has no file locks (" << std::strerror(err)
+                   << "): nothing stops a second run from using this --out at the same time";
+      return;
+    }
+    std::string holder = holder_text(fd_);
+    struct flock probe = whole_file(F_WRLCK);
+    if (holder.empty() && ::fcntl(fd_, F_GETLK, &probe) == 0 && probe.l_type != F_UNLCK)
+      holder = cat("pid ", probe.l_pid);
+    ::close(fd_);
+    fd_ = -1;
+    if (err != EAGAIN && err != EACCES)
+      fail_user("cannot lock ", path, ": ", std::strerror(err));
+    fail_user("the run directory ", dir, " is in use by another `par train` (",
+              holder.empty() ? "holder unknown" : holder,
+              "): wait for it to end, stop it, or choose another --out");
+  }
+  // Ours now: record who holds it, for the message of a refused run.
+  char when[32] = {};
+  const std::time_t now = std::time(nullptr);
+  std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", std::localtime(&now));
+  const std::string me = cat("host ", host_name(), ", pid ", ::getpid(), ", since ", when, "\n");
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, me.data(), me.size(), 0) != ssize_t(me.size())) {
+    const int err = errno;
+    ::close(fd_);
+    fd_ = -1;
+    fail_user("cannot write the lock file ", path, ": ", std::strerror(err));
+  }
+}
+
+RunLock::~RunLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the lock
+}
+
+}  // namespace par

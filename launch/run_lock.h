@@ -1,0 +1,34 @@
+// One training run per run directory: `par train` holds an fcntl lock on OUT/lock for as
+// long as it runs, so a second run on the same --out is refused before it writes anything.
+//
+// fcntl (POSIX record) locks are what NFS (lockd, NFSv4) and the parallel file systems of
+// clusters (Lustre, GPFS, BeeGFS) implement across nodes. The kernel (or the file server)
+// drops the lock when its process ends, however it ends, so a lock left by a crashed or
+// killed run never blocks the resume: only a live holder does. The file itself stays; it
+// holds the latest holder's host and pid, for the message a refused run prints.
+//
+// POSIX locks belong to the process and are released when it closes *any* descriptor of
+// the file, so nothing else in par may open OUT/lock while the lock is held.
+#pragma once
+
+#include <string>
+
+namespace par {
+
+class RunLock {
+ public:
+  // Creates `dir` if needed and locks dir/lock. UserError naming the holder (host, pid,
+  // start time) when another process holds it. Where the file system has no locks
+  // (ENOLCK), warns and runs unlocked.
+  explicit RunLock(const std::string& dir);
+  ~RunLock();
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+
+  static std::string file(const std::string& dir) { return dir + "/lock"; }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace par

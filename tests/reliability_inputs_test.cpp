@@ -1,0 +1,131 @@
+// Bad input that used to pass silently: each gets a clear refusal (exit 2 and a message
+// naming the option) or a documented meaning, and nothing is written.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "data/h5.h"
+#include "tests/par_cli.h"
+
+namespace par {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace testing_util;
+
+// A directory given as --config read as an empty file: the default model trained, exit 0.
+TEST(ReliabilityInputs, ConfigThatIsADirectory) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  for (const std::string& cmd : {cat("train --data ", quote(data), " --out ", quote(dir.file("run")),
+                                     " --steps 1"),
+                                 std::string("bench --steps 1")}) {
+    SCOPED_TRACE(cmd);
+    const ParRun r = run_par(dir, cat(cmd, " --config ", quote(dir.path)));
+    EXPECT_USER_ERROR(r, cat("config file ", dir.path, " (--config) is a directory"));
+  }
+  EXPECT_FALSE(fs::exists(dir.file("run")));
+}
+
+// Numbers that meant something else, or ran on to a failure: refused with the option named.
+TEST(ReliabilityInputs, OptionValuesThatWereAcceptedSilently) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  const std::string train = tiny_train_args(data, dir.file("run"), 2);
+  EXPECT_USER_ERROR(run_par(dir, train + " --clip-norm -1"), "--clip-norm must be >= 0");
+  EXPECT_USER_ERROR(run_par(dir, train + " --lr inf"), "--lr must be a finite number");
+  EXPECT_USER_ERROR(run_par(dir, train + " --weight-decay nan"), "--weight-decay must be a finite number");
+  EXPECT_USER_ERROR(run_par(dir, train + " --max-minutes inf"), "--max-minutes must be a finite number");
+  EXPECT_FALSE(fs::exists(dir.file("run")));
+  ASSERT_EQ(run_par(dir, train).rc, 0);
+  EXPECT_USER_ERROR(run_par(dir, cat("eval --checkpoint ", quote(dir.file("run")), " --data ",
+                                     quote(dir.file("data/val-*.h5")), " --threads -1")),
+                    "--threads must be >= 0");
+  const std::string sample = cat("sample --checkpoint ", quote(dir.file("run")));
+  EXPECT_USER_ERROR(run_par(dir, sample + " --threads -1"), "--threads must be >= 0");
+  EXPECT_USER_ERROR(run_par(dir, sample + " --prompt-file " + quote(dir.path)),
+                    "is not a regular file");
+  EXPECT_USER_ERROR(run_par(dir, sample + " --tokens 100000000000000"),
+                    "is more than one run generates (at most 100000000");
+  EXPECT_USER_ERROR(run_par(dir, "prep shuffle --out x"), "use bytes, tokens, mirror or copy");
+}
+
+// A value in the INI file that the command line overrides was never read (`steps = fifty`
+// trained 3 steps); every value of the file is read now.
+TEST(ReliabilityInputs, OverriddenIniValuesAreStillRead) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  const std::string ini = dir.file("run.ini");
+  std::ofstream(ini) << "d-model = 32\nsteps = fifty\n";
+  EXPECT_USER_ERROR(run_par(dir, cat("train --config ", quote(ini), " --steps 3 --data ",
+                                     quote(data), " --out ", quote(dir.file("run")))),
+                    "config file " + ini + ": the argument ('fifty') for option 'steps' is invalid");
+}
+
+// More threads than the address-space limit (ulimit -v) leaves room for hung inside
+// OpenBLAS, retrying its allocation forever; now refused at once, with the number that fits.
+TEST(ReliabilityInputs, ThreadsBeyondTheAddressSpaceLimit) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  const std::string run = cat("ulimit -v 8000000; exec timeout -s KILL 60 '", PAR_BINARY,
+                              "' train --config ", quote(configs_dir() + "tiny.ini"), " --data ",
+                              quote(data), " --out ", quote(dir.file("run")), " --steps 2");
+  const ParRun r = run_shell(dir, run + " --threads 64");
+  EXPECT_USER_ERROR(r, "--threads 64: every thread takes");
+  EXPECT_NE(r.err.find("ulimit -v"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir.file("run")));
+  EXPECT_EQ(run_shell(dir, run + " --threads 2").rc, 0);
+}
+
+// `par prep` records the largest id (max_token); training checks it when it opens a shard,
+// so a shard whose ids leave its vocabulary is refused before anything is written (it was
+// found only when its window was read, in the middle of training).
+TEST(ReliabilityInputs, IdsOutsideTheVocabularyAreFoundAtOpen) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  const std::string shard = dir.file("data/train-00000.h5");
+  {
+    h5::Object f = h5::open_file(shard);
+    const auto tokens = h5::read_dataset<int32_t>(f.id(), "tokens");
+    EXPECT_EQ(h5::read_attribute<int64_t>(f.id(), "max_token"),
+              *std::max_element(tokens.begin(), tokens.end()));
+  }
+  const std::string bad = dir.file("bad.h5");
+  {
+    std::vector<int32_t> t(2000, 5);
+    t[1900] = 300;  // in the last window but one, read late in training
+    h5::Object f = h5::create_file(bad);
+    h5::write_attribute<std::string>(f.id(), "format", "par-tokens-1");
+    h5::write_attribute<int64_t>(f.id(), "vocab_size", 259);
+    h5::write_attribute<int64_t>(f.id(), "max_token", 300);
+    h5::write_dataset<int32_t>(f.id(), "tokens", t.data(), {2000});
+  }
+  const ParRun r = run_par(dir, tiny_train_args(bad, dir.file("run"), 100) + " --batch-size 1");
+  EXPECT_USER_ERROR(r, cat("shard ", bad, " holds ids up to 300 (its max_token attribute)"));
+  EXPECT_FALSE(fs::exists(dir.file("run"))) << "training started before the shard was checked";
+}
+
+// The error that ends a run is the last line of its train.log too (it was only on stderr).
+TEST(ReliabilityInputs, TrainLogRecordsTheFatalError) {
+  TempDir dir;
+  const std::string bad = dir.file("bad.h5");
+  {
+    std::vector<int32_t> t(2000, 5);
+    t[1900] = 300;  // no max_token attribute: found when its window is read
+    h5::Object f = h5::create_file(bad);
+    h5::write_attribute<std::string>(f.id(), "format", "par-tokens-1");
+    h5::write_attribute<int64_t>(f.id(), "vocab_size", 259);
+    h5::write_dataset<int32_t>(f.id(), "tokens", t.data(), {2000});
+  }
+  const ParRun r = run_par(dir, tiny_train_args(bad, dir.file("run"), 1000) + " --batch-size 1");
+  EXPECT_USER_ERROR(r, "is 300, outside the vocabulary");
+  const std::string log = slurp(dir.file("run/train.log"));
+  const std::string last = log.substr(log.rfind('\n', log.size() - 2) + 1);
+  EXPECT_EQ(last.rfind("par train: error: ", 0), 0u) << last;
+  EXPECT_NE(last.find("is 300, outside the vocabulary"), std::string::npos) << last;
+}
+
+}  // namespace
+}  // namespace par

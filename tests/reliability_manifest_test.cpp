@@ -1,0 +1,155 @@
+// Checkpoint directories under misuse and accidents: pruning killed half-way, manifests
+// edited by hand, directories renamed or damaged, strays in checkpoints/.
+#include <gtest/gtest.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "checkpoint/checkpoint_dir.h"
+#include "tests/par_cli.h"
+
+namespace par {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace testing_util;
+
+std::vector<std::string> names_in(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Pruning removes a checkpoint's COMPLETE before any other of its files (watched with
+// inotify), so a kill -9 at any moment of it leaves nothing that looks like a checkpoint
+// and lacks a file; the next prune removes such remains.
+TEST(ReliabilityManifest, PruningRemovesCompleteFirst) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  const std::string run = dir.file("run");
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, run, 4) + " --checkpoint-every 1 --keep-checkpoints 10").rc, 0);
+  // What a prune killed half-way leaves: a step directory without COMPLETE.
+  fs::remove(checkpoint_dir(run, 1) + "/COMPLETE");
+  const int fd = inotify_init1(IN_NONBLOCK);
+  ASSERT_GE(fd, 0);
+  std::map<int, std::string> watched;
+  for (int step : {2, 3, 4})
+    watched[inotify_add_watch(fd, checkpoint_dir(run, step).c_str(), IN_DELETE)] = checkpoint_dir(run, step);
+  const ParRun r = run_par(dir, tiny_train_args(data, run, 5) + " --checkpoint-every 1 --resume auto --keep-checkpoints 1");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  std::map<std::string, std::vector<std::string>> deleted;  // directory -> files, in order
+  alignas(inotify_event) char buf[1 << 16];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;)
+    for (char* p = buf; p < buf + n;) {
+      const auto* e = reinterpret_cast<const inotify_event*>(p);
+      if ((e->mask & IN_DELETE) && e->len > 0) deleted[watched[e->wd]].push_back(e->name);
+      p += sizeof(inotify_event) + e->len;
+    }
+  close(fd);
+  for (const auto& [wd, ckpt] : watched) {
+    SCOPED_TRACE(ckpt);
+    ASSERT_FALSE(deleted[ckpt].empty()) << "not pruned";
+    EXPECT_EQ(deleted[ckpt].front(), "COMPLETE") << "deleted first: " << deleted[ckpt].front();
+  }
+  EXPECT_EQ(names_in(run + "/checkpoints"), std::vector<std::string>{"step-00000005"});
+}
+
+// Copies a checkpoint directory (to be damaged) under another name.
+std::string copy_of(const std::string& dir, const std::string& to) {
+  fs::copy(dir, to, fs::copy_options::recursive);
+  return to;
+}
+
+void replace_in(const std::string& file, const std::string& from, const std::string& to) {
+  std::string text = slurp(file);
+  ASSERT_NE(text.find(from), std::string::npos) << from;
+  text.replace(text.find(from), from.size(), to);
+  std::ofstream(file) << text;
+}
+
+// Every line of the manifest is covered by its checksum: an edited step or data position
+// was accepted silently; now inspect, eval and --resume refuse it.
+TEST(ReliabilityManifest, EditedManifestIsRefused) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 2)).rc, 0);
+  const std::string good = latest_checkpoint(dir.file("run"));
+  for (const auto& [from, to] : {std::pair<std::string, std::string>{"\nstep 2\n", "\nstep 7\n"},
+                                 {"\nnext_batch 2\n", "\nnext_batch 0\n"},
+                                 {"\nlr ", "\nlr 1"}}) {
+    SCOPED_TRACE(from);
+    const std::string c = copy_of(good, dir.file("edited"));
+    replace_in(c + "/manifest.txt", from, to);
+    EXPECT_USER_ERROR(run_par(dir, cat("inspect ", quote(c))), "does not match its checksum");
+    EXPECT_USER_ERROR(run_par(dir, tiny_train_args(data, dir.file("other"), 4) + " --resume " + quote(c)),
+                      "does not match its checksum");
+    fs::remove_all(c);
+  }
+  // A manifest cut short loses its checksum line.
+  const std::string c = copy_of(good, dir.file("cut"));
+  const std::string text = slurp(c + "/manifest.txt");
+  std::ofstream(c + "/manifest.txt") << text.substr(0, text.rfind("checksum "));
+  EXPECT_USER_ERROR(run_par(dir, cat("inspect ", quote(c))), "has no checksum line");
+  // Version 1, written before the checksum line, still reads.
+  std::string v1 = text.substr(0, text.rfind("checksum "));
+  v1.replace(0, std::string("par-checkpoint 2").size(), "par-checkpoint 1");
+  std::ofstream(c + "/manifest.txt") << v1;
+  const ParRun old = run_par(dir, cat("inspect ", quote(c)));
+  EXPECT_EQ(old.rc, 0) << old.err;
+}
+
+// A directory renamed to a later step was taken as the newest; its name must match its
+// manifest's step, and --resume auto falls back, with a warning, to the newest intact
+// checkpoint. So it does when the newest one's data is damaged.
+TEST(ReliabilityManifest, ResumeFallsBackFromADamagedNewest) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  const std::string run = dir.file("run");
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, run, 3) + " --checkpoint-every 1").rc, 0);
+  fs::rename(checkpoint_dir(run, 2), checkpoint_dir(run, 99));
+  EXPECT_USER_ERROR(run_par(dir, cat("inspect ", quote(checkpoint_dir(run, 99)))),
+                    "is named for step 99 but its manifest holds step 2");
+  ParRun r = run_par(dir, tiny_train_args(data, run, 5) + " --resume auto");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find(cat("the checkpoint ", checkpoint_dir(run, 99), " is damaged")), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(cat("resumed from ", checkpoint_dir(run, 3), " at step 3")), std::string::npos) << r.err;
+  // Now step 5 is the newest complete one (99 stays: a damaged checkpoint is the user's to
+  // look at; here it goes); damage its data: the resume falls back to step 3.
+  fs::remove_all(checkpoint_dir(run, 99));
+  const std::string shard = checkpoint_dir(run, 5) + "/shard-00000.h5";
+  std::string bytes = slurp(shard);
+  for (size_t i = bytes.size() - 2048; i < bytes.size() - 1024; ++i) bytes[i] = char(bytes[i] ^ 0x5a);
+  std::ofstream(shard, std::ios::binary) << bytes;
+  r = run_par(dir, tiny_train_args(data, run, 6) + " --resume auto");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find(cat("the checkpoint ", checkpoint_dir(run, 5), " is damaged")), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(cat("resumed from ", checkpoint_dir(run, 3), " at step 3")), std::string::npos) << r.err;
+  // A given --resume PATH that is damaged is an error, not a fallback.
+  replace_in(checkpoint_dir(run, 6) + "/manifest.txt", "\nstep 6\n", "\nstep 9\n");
+  EXPECT_USER_ERROR(run_par(dir, tiny_train_args(data, dir.file("other"), 8) + " --resume " +
+                                     quote(checkpoint_dir(run, 6))),
+                    "does not match its checksum");
+}
+
+// Only the names par gives are read and removed: a stray step-abc and other entries in
+// checkpoints/ survive pruning.
+TEST(ReliabilityManifest, StraysInCheckpointsAreLeftAlone) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  const std::string run = dir.file("run");
+  for (const std::string stray : {"step-abc", "step-0001", ".step-x.tmp", "notes"}) {
+    fs::create_directories(run + "/checkpoints/" + stray);
+    std::ofstream(run + "/checkpoints/" + stray + "/COMPLETE") << "mine\n";
+    std::ofstream(run + "/checkpoints/" + stray + "/manifest.txt") << "mine\n";
+  }
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, run, 3) + " --checkpoint-every 1 --keep-checkpoints 1").rc, 0);
+  EXPECT_EQ(names_in(run + "/checkpoints"),
+            (std::vector<std::string>{".step-x.tmp", "notes", "step-00000003", "step-0001", "step-abc"}));
+}
+
+}  // namespace
+}  // namespace par

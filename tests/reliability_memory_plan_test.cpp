@@ -1,0 +1,237 @@
+// The memory plan: computed before anything is allocated, from the code that allocates;
+// runs that cannot fit are refused with exit 2 and advice before anything is written;
+// `par train --dry-run`; the cgroup limit; and the plan against the measured peak of
+// `par bench` on a few configs and layouts.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "core/model.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "launch/host_memory.h"
+#include "launch/memory_plan.h"
+#include "tests/par_cli.h"
+#include "tests/thread_communicator.h"
+
+namespace par {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace testing_util;
+
+const std::string kTiny = testing_util::configs_dir() + "tiny.ini";
+
+// The plan of the model's memory is what its constructor allocates, for any number of
+// layers (the plan extrapolates past two), batch and layout.
+TEST(ReliabilityMemoryPlan, ModelPlanIsWhatTheModelAllocates) {
+  cpu::CpuOps<float> ops;
+  ModelConfig c;
+  c.vocab_size = 300;
+  c.d_model = 48;
+  c.context_length = 96;
+  c.num_latents = 40;
+  c.cross_heads = 4;
+  c.self_heads = 2;
+  c.mlp_factor = 3;
+  c.rotary_fraction = 0.5;
+  for (int64_t layers : {0, 1, 2, 3, 7})
+    for (int64_t batch : {1, 3})
+      for (const auto& [sp, tp] : {std::pair{1, 1}, std::pair{2, 1}, std::pair{1, 2}, std::pair{4, 2}}) {
+        SCOPED_TRACE(cat("L=", layers, " B=", batch, " sp=", sp, " tp=", tp));
+        c.num_layers = layers;
+        testing_util::ThreadGroup sp_group(sp), tp_group(tp);
+        testing_util::ThreadCommunicator spc(sp_group, sp - 1), tpc(tp_group, 0);
+        const PerceiverAR<float> model(c, ops, batch, ModelGroups{&spc, &tpc, &spc});
+        const ModelMemory m = PerceiverAR<float>::memory(c, batch, sp, tp);
+        EXPECT_EQ(double(model.memory_bytes()), m.total());
+        EXPECT_EQ(m.param_elements, double(model.layout().total()));
+      }
+}
+
+// Far too large for this machine: exit 2 with the estimate, at once, without a run
+// directory. (Before the plan: std::bad_alloc and exit 1 after creating the directory, or
+// memory climbing for minutes; the address-space limit here bounds that.)
+TEST(ReliabilityMemoryPlan, RunsThatCannotFitAreRefusedBeforeAnything) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 30);
+  const std::string out = dir.file("run");
+  for (const std::string& extra : {std::string("--d-model 10000000"),
+                                   std::string("--batch-size 1000000000"),
+                                   std::string("--num-layers 1000000000")}) {
+    SCOPED_TRACE(extra);
+    const ParRun r = run_shell(dir, cat("ulimit -v 4000000; '", PAR_BINARY, "' train --config ",
+                                        quote(kTiny), " --data ", quote(data), " --out ",
+                                        quote(out), " --threads 1 ", extra));
+    EXPECT_USER_ERROR(r, "not enough memory: each rank needs an estimated");
+    EXPECT_NE(r.err.find("but may have"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(out)) << "the refused run created its directory";
+  }
+  EXPECT_USER_ERROR(run_shell(dir, cat("ulimit -v 4000000; '", PAR_BINARY,
+                                       "' bench --config ", quote(kTiny),
+                                       " --context-length 1000000000000 --threads 1")),
+                    "not enough memory");
+}
+
+// --dry-run prints the plan and whether it fits, needs neither data nor a run directory,
+// and writes nothing; the startup log of a real run has the same estimate.
+TEST(ReliabilityMemoryPlan, DryRunPrintsThePlan) {
+  TempDir dir;
+  ParRun r = run_par(dir, cat("train --config ", quote(kTiny), " --dry-run --threads 1"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("memory per rank (estimate):\nhost "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("activations of 8 example(s)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("fits: the run can start"), std::string::npos) << r.out;
+  r = run_par(dir, cat("train --config ", quote(kTiny), " --dry-run --d-model 1000000"));
+  EXPECT_USER_ERROR(r, "not enough memory");
+  EXPECT_NE(r.out.find("memory per rank (estimate)"), std::string::npos) << r.out;
+
+  const std::string data = testing_util::copy_task_data(dir, 65, 30);
+  r = run_par(dir, cat("train --config ", quote(kTiny), " --data ", quote(data), " --out ",
+                       quote(dir.file("run")), " --steps 1 --threads 1"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(slurp(dir.file("run/train.log")).find("memory per rank (estimate): host "),
+            std::string::npos);
+}
+
+// What would fit, from the plan itself: a budget between the plan of the layout asked for
+// and that of twice the sequence parallelism suggests the latter, and the micro-batch that
+// fits the budget.
+TEST(ReliabilityMemoryPlan, AdviceNamesWhatWouldFit) {
+  PlanRequest r;
+  r.model.context_length = 8192;
+  r.model.num_latents = 256;
+  r.micro_batch = 4;
+  r.accum_steps = 1;
+  r.runtime_bytes = 20e6;
+  r.checkpoints = true;
+  const double asked = plan_memory(r).host_bytes();
+  PlanRequest sp2 = r, half = r;
+  sp2.sp = 2;
+  half.micro_batch = 2;
+  MemoryBudget b;
+  b.host = std::max(plan_memory(sp2).host_bytes(), plan_memory(half).host_bytes()) * 1.001;
+  b.host_source = "a test's budget";
+  ASSERT_LT(b.host, asked);
+  try {
+    require_fits(r, RunShape{8, 1, 2}, b);
+    FAIL() << "a plan over budget was accepted";
+  } catch (const UserError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find(format_bytes(asked)), std::string::npos) << m;
+    EXPECT_NE(m.find(cat("may have ", format_bytes(b.host), ", a test's budget")), std::string::npos) << m;
+    EXPECT_NE(m.find("--accum-steps 2 (the same batch in micro-batches of 4)"), std::string::npos) << m;
+    EXPECT_NE(m.find("--sp 2 (4 ranks)"), std::string::npos) << m;
+  }
+  b.host = asked;
+  EXPECT_NO_THROW(require_fits(r, RunShape{8, 1, 2}, b));
+}
+
+// cgroup v2 and v1 hierarchies as /proc shows them: the tightest limit from the process's
+// cgroup up to the mount point counts; "max" and v1's "unlimited" do not.
+TEST(ReliabilityMemoryPlan, ReadsTheCgroupLimit) {
+  TempDir dir;
+  auto write = [&](const std::string& rel, const std::string& text) {
+    fs::create_directories(fs::path(dir.file(rel)).parent_path());
+    std::ofstream(dir.file(rel)) << text;
+  };
+  const std::string v2 = dir.file("v2"), v1 = dir.file("v1");
+  write("v2/memory.max", "max\n");
+  write("v2/job/memory.max", "3221225472\n");
+  write("v2/job/step/memory.max", "max\n");
+  write("v1/memory.limit_in_bytes", "9223372036854771712\n");
+  write("v1/batch/memory.limit_in_bytes", "1073741824\n");
+  write("cgroup.v2", "0::/job/step\n");
+  write("cgroup.v1", "4:memory:/batch\n3:cpu,cpuacct:/\n");
+  write("mountinfo",
+        cat("30 1 0:26 / ", v2, " rw - cgroup2 cgroup2 rw\n",
+            "31 1 0:27 / ", v1, " rw,relatime - cgroup cgroup rw,memory\n"));
+  CgroupLimit l = cgroup_memory_limit(dir.file("cgroup.v2"), dir.file("mountinfo"));
+  EXPECT_EQ(l.bytes, int64_t(3) << 30);
+  EXPECT_EQ(l.file, v2 + "/job/memory.max");
+  l = cgroup_memory_limit(dir.file("cgroup.v1"), dir.file("mountinfo"));
+  EXPECT_EQ(l.bytes, int64_t(1) << 30);
+  EXPECT_EQ(l.file, v1 + "/batch/memory.limit_in_bytes");
+  write("cgroup.none", "0::/\n");
+  EXPECT_EQ(cgroup_memory_limit(dir.file("cgroup.none"), dir.file("mountinfo")).bytes, 0);
+}
+
+// A real memory cgroup of 1 GiB (where this test may make one: root, a writable cgroup
+// file system): a model that needs more is refused with the cgroup's limit in the message,
+// instead of being killed by the kernel; a tiny one trains.
+TEST(ReliabilityMemoryPlan, RefusesWhatItsCgroupCannotHold) {
+  // A child of this process's cgroup in a hierarchy whose children get a memory limit.
+  std::string cg, limit_file;
+  for (const MemoryCgroup& mine : memory_cgroups()) {
+    const std::string child = cat(mine.dir, "/par_test_", getpid());
+    std::error_code ec;
+    if (!fs::create_directory(child, ec)) continue;
+    if (fs::exists(child + "/" + mine.limit_file)) {
+      cg = child;
+      limit_file = child + "/" + mine.limit_file;
+      break;
+    }
+    ::rmdir(child.c_str());
+  }
+  if (cg.empty())
+    GTEST_SKIP() << "cannot make a memory cgroup here (needs root and a writable cgroup file "
+                    "system with the memory controller)";
+  struct Remove {
+    std::string path;
+    ~Remove() { ::rmdir(path.c_str()); }
+  } remove{cg};
+  std::ofstream(limit_file) << (int64_t(1) << 30) << "\n";
+  TempDir probe;
+  const ParRun moved = run_shell(probe, cat("sh -c 'echo $$ > ", cg, "/cgroup.procs && cat ",
+                                            limit_file, "'"));
+  if (moved.rc != 0 || moved.out != cat(int64_t(1) << 30, "\n"))
+    GTEST_SKIP() << "cannot run a process in a memory cgroup of 1 GiB here: " << moved.err;
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 30);
+  auto in_cgroup = [&](const std::string& args) {
+    return run_shell(dir, cat("sh -c 'echo $$ > ", cg, "/cgroup.procs && exec \"$0\" \"$@\"' '",
+                              PAR_BINARY, "' ", args));
+  };
+  const ParRun big = in_cgroup(cat("train --config ", quote(kTiny), " --data ", quote(data),
+                                   " --out ", quote(dir.file("big")), " --d-model 3072 --threads 1"));
+  EXPECT_USER_ERROR(big, "not enough memory");
+  EXPECT_NE(big.err.find(cat("may have 1.00 GiB, the cgroup limit 1.00 GiB (", limit_file, ")")),
+            std::string::npos) << big.err;
+  EXPECT_FALSE(fs::exists(dir.file("big")));
+  const ParRun tiny = in_cgroup(cat("train --config ", quote(kTiny), " --data ", quote(data),
+                                    " --out ", quote(dir.file("tiny")), " --steps 2 --threads 1"));
+  EXPECT_EQ(tiny.rc, 0) << tiny.err;
+}
+
+// The plan against what `par bench` measures (its peak resident memory, the largest rank's),
+// on one process and under mpirun with sequence, tensor and data parallelism: within 15%.
+TEST(ReliabilityMemoryPlan, PlanMatchesTheMeasuredPeakOfBench) {
+  TempDir dir;
+  const std::string base = cat("bench --config ", quote(testing_util::configs_dir() + "cpu-131k.ini"),
+                               " --context-length 4096 --steps 1 --warmup 0 --gemm-size 256");
+  struct Case {
+    int ranks;
+    std::string args;
+  };
+  for (const Case& c : {Case{1, " --threads 2"}, Case{1, " --threads 1 --batch-size 2"},
+                        Case{2, " --sp 2 --threads 1"}, Case{2, " --tp 2 --threads 1"},
+                        Case{2, " --dp 2 --batch-size 2 --threads 1"}}) {
+    SCOPED_TRACE(c.args);
+    const ParRun r = c.ranks == 1 ? run_par(dir, base + c.args)
+                                  : run_shell(dir, testing_util::mpirun(c.ranks, base + c.args));
+    ASSERT_EQ(r.rc, 0) << r.err;
+    std::smatch peak, planned;
+    ASSERT_TRUE(std::regex_search(r.out, peak, std::regex("\"peak_rss_mib_max\": ([0-9.]+)")));
+    ASSERT_TRUE(std::regex_search(r.out, planned, std::regex("\"planned_host_mib\": ([0-9.]+)")));
+    const double measured = std::stod(peak[1]), plan = std::stod(planned[1]);
+    RecordProperty(cat("plan_vs_peak", c.args), cat(plan, " / ", measured));
+    EXPECT_GT(plan, 90) << "too small a case to test the plan";
+    EXPECT_LT(std::abs(plan - measured), 0.15 * measured) << "planned " << plan << " MiB, peak "
+                                                           << measured << " MiB";
+  }
+}
+
+}  // namespace
+}  // namespace par

@@ -1,0 +1,99 @@
+// Misuse of a run directory (--out): one training run per directory at a time, and a lock
+// left by a run that died never blocks the resume.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <regex>
+
+#include "checkpoint/checkpoint_dir.h"
+#include "launch/run_lock.h"
+#include "parallel/mpi_error.h"
+#include "tests/par_cli.h"
+
+namespace par {
+namespace {
+
+using namespace testing_util;
+
+
+// A run directory held by a live process (here the test itself) is refused with the
+// holder's host and pid, and nothing in it changes; once the holder is gone, it is usable.
+TEST(ReliabilityRunDir, BusyDirectoryIsRefusedNamingTheHolder) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 60);
+  const std::string out = dir.file("run");
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, out, 2)).rc, 0);
+  const std::string before = testing_util::tree(out + "/checkpoints") + slurp(out + "/config.ini");
+  {
+    const RunLock held(out);
+    const ParRun r = run_par(dir, tiny_train_args(data, out, 4) + " --resume auto --seed 9");
+    EXPECT_USER_ERROR(r, "is in use by another `par train`");
+    EXPECT_NE(r.err.find(cat("host ", host_name(), ", pid ", getpid())), std::string::npos) << r.err;
+    EXPECT_TRUE(testing_util::tree(out + "/checkpoints") + slurp(out + "/config.ini") == before)
+        << "the refused run changed the run directory";
+  }
+  const ParRun r = run_par(dir, tiny_train_args(data, out, 4) + " --resume auto");
+  EXPECT_EQ(r.rc, 0) << r.err;
+}
+
+// A run killed with SIGKILL leaves its lock file behind; the kernel has dropped the lock,
+// so the resume (as after a crash or a requeue) goes ahead.
+TEST(ReliabilityRunDir, LockOfAKilledRunDoesNotBlockTheResume) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 60);
+  const std::string out = dir.file("run");
+  {
+    Background run(cat("'", PAR_BINARY, "' ", tiny_train_args(data, out, 1000000),
+                       " --checkpoint-every 5"),
+                   dir.file("killed.log"));
+    ASSERT_TRUE(testing_util::wait_until([&] { return !latest_checkpoint(out).empty(); }))
+        << slurp(dir.file("killed.log"));
+    run.signal(SIGKILL);
+    EXPECT_EQ(run.wait(), 128 + SIGKILL);
+  }
+  ASSERT_TRUE(std::filesystem::exists(RunLock::file(out)));
+  const int64_t saved = read_manifest(latest_checkpoint(out)).step;
+  const ParRun r = run_par(dir, tiny_train_args(data, out, int(saved) + 2) + " --resume auto");
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("resumed from"), std::string::npos) << r.err;
+}
+
+// Two trainings started together on one --out, three times: one trains, the other is
+// refused (busy, or, if it came second, the finished run's checkpoint), and what is left
+// is the winner's run, intact.
+TEST(ReliabilityRunDir, ConcurrentRunsOnOneDirectory) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 60);
+  int busy = 0;
+  for (int trial = 0; trial < 3; ++trial) {
+    SCOPED_TRACE(cat("trial ", trial));
+    const std::string out = dir.file(cat("run", trial));
+    std::string both;
+    for (int seed : {1, 2})
+      both += cat("('", PAR_BINARY, "' ", tiny_train_args(data, out, 150), " --seed ", seed,
+                  " --checkpoint-every 10 2>", quote(dir.file(cat("err", seed))),
+                  "; echo $? >", quote(dir.file(cat("rc", seed))), ") & ");
+    ASSERT_EQ(run_shell(dir, both + "wait").rc, 0);
+    const int rc1 = std::stoi(slurp(dir.file("rc1"))), rc2 = std::stoi(slurp(dir.file("rc2")));
+    ASSERT_TRUE((rc1 == 0) != (rc2 == 0)) << "exit statuses " << rc1 << ", " << rc2;
+    const int winner = rc1 == 0 ? 1 : 2;
+    const std::string loser_err = slurp(dir.file(cat("err", 3 - winner)));
+    EXPECT_EQ(rc1 + rc2, 2) << loser_err;
+    const bool refused_busy = loser_err.find("is in use by another") != std::string::npos;
+    busy += refused_busy;
+    EXPECT_TRUE(refused_busy || loser_err.find("already holds a checkpoint") != std::string::npos)
+        << loser_err;
+    const std::string last = latest_checkpoint(out);
+    ASSERT_EQ(last, checkpoint_dir(out, 150));
+    const ParRun inspect = run_par(dir, cat("inspect ", quote(last)));
+    EXPECT_EQ(inspect.rc, 0) << inspect.err;
+    EXPECT_EQ(read_manifest(last).seed, uint64_t(winner));
+    EXPECT_TRUE(std::regex_search(slurp(out + "/config.ini"),
+                                  std::regex(cat("\nseed = ", winner, "\n"))))
+        << slurp(out + "/config.ini");
+  }
+  EXPECT_GT(busy, 0) << "the two runs never overlapped: the lock was not exercised";
+}
+
+}  // namespace
+}  // namespace par
