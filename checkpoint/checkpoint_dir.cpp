@@ -167,13 +167,15 @@ CheckpointSaver::~CheckpointSaver() {
 
 double CheckpointSaver::start(const ModelConfig& model, const ParamLayout& layout,
                               std::vector<float> params, std::vector<float> adam_m,
-                              std::vector<float> adam_v, const CheckpointInfo& info) {
+                              std::vector<float> adam_v, const TrainingPosition& position,
+                              const std::string& config_text) {
   PAR_ASSERT(!pending_, "a checkpoint save is already in progress");
   const double t0 = now_seconds();
   model_ = model;
-  info_ = info;
-  final_dir_ = checkpoint_dir(out_dir_, info.step);
-  tmp_dir_ = checkpoints_root(out_dir_) + "/." + step_name(info.step) + ".tmp";
+  position_ = position;
+  config_text_ = config_text;
+  final_dir_ = checkpoint_dir(out_dir_, position.step);
+  tmp_dir_ = checkpoints_root(out_dir_) + "/." + step_name(position.step) + ".tmp";
   char file[32];
   std::snprintf(file, sizeof file, "shard-%05d.h5", grid_.world_rank());
   file_ = file;
@@ -266,15 +268,12 @@ std::string CheckpointSaver::finish(bool wait) {
   if (failed) {
     // The unfinished save must not keep its space: every rank has stopped writing into it.
     if (grid_.world_rank() == 0) remove_unfinished();
-    if (!error.empty()) fail_user("writing the checkpoint of step ", info_.step, ": ", error);
-    fail_user("writing the checkpoint of step ", info_.step, " failed on another rank (see its message)");
+    if (!error.empty()) fail_user("writing the checkpoint of step ", position_.step, ": ", error);
+    fail_user("writing the checkpoint of step ", position_.step, " failed on another rank (see its message)");
   }
   // Rank 0 collects every rank's records: lengths first, then the padded texts.
   Manifest m;
-  m.step = info_.step;
-  m.next_batch = info_.next_batch;
-  m.seed = info_.seed;
-  m.lr = info_.lr;
+  m.position = position_;
   m.dp = grid_.shape().dp;
   m.sp = grid_.shape().sp;
   m.tp = grid_.shape().tp;
@@ -297,7 +296,7 @@ std::string CheckpointSaver::finish(bool wait) {
     const std::string manifest = Manifest::seal(m.header_text() + records);
     Manifest::parse(manifest, tmp_dir_ + "/" + kManifest);  // what we commit must read back
     try {
-      write_file(tmp_dir_ + "/" + kConfig, info_.config_text);
+      write_file(tmp_dir_ + "/" + kConfig, config_text_);
       write_file(tmp_dir_ + "/" + kManifest, manifest);
       write_file(tmp_dir_ + "/" + kComplete, "complete\n");
       sync_directory(tmp_dir_);
@@ -308,7 +307,7 @@ std::string CheckpointSaver::finish(bool wait) {
       sync_directory(checkpoints_root(out_dir_));
     } catch (const UserError& e) {
       remove_unfinished();
-      fail_user("writing the checkpoint of step ", info_.step, ": ", e.what());
+      fail_user("writing the checkpoint of step ", position_.step, ": ", e.what());
     }
     prune();
   }
@@ -352,9 +351,9 @@ Manifest read_manifest(const std::string& dir) {
   fs::path name = fs::path(dir).lexically_normal();
   if (name.filename().empty()) name = name.parent_path();  // "step-00000020/"
   const int64_t named = step_of(name.filename().string(), false);
-  if (named >= 0 && named != m.step)
-    fail_user(dir, " is named for step ", named, " but its manifest holds step ", m.step,
-              ": it was renamed or copied over; rename it to ", step_name(m.step),
+  if (named >= 0 && named != m.position.step)
+    fail_user(dir, " is named for step ", named, " but its manifest holds step ", m.position.step,
+              ": it was renamed or copied over; rename it to ", step_name(m.position.step),
               " or use another checkpoint");
   return m;
 }

@@ -151,19 +151,13 @@ void commit(CheckpointSaver& saver, bool wait) {
 
 // Starts a checkpoint: training pauses only to copy its state; the files are written in
 // the background and committed at a later step boundary.
-void save(TrainStep& ts, CheckpointSaver& saver, const ModelConfig& mc, const TrainingPosition& pos,
-          const OptimizerConfig& oc) {
+void save(TrainStep& ts, CheckpointSaver& saver, const Setup& s, const TrainingPosition& pos) {
   commit(saver, true);  // one save at a time
   const auto t0 = Clock::now();
   std::vector<float> params, m, v;
   ts.snapshot(params, m, v);
-  CheckpointInfo info;
-  info.step = pos.step;
-  info.next_batch = pos.next_batch;
-  info.seed = pos.seed;
-  info.lr = learning_rate(oc, pos.step - 1);
-  info.config_text = pos.config_text;
-  saver.start(mc, ts.model().layout(), std::move(params), std::move(m), std::move(v), info);
+  saver.start(s.model, ts.model().layout(), std::move(params), std::move(m), std::move(v), pos,
+              s.config_text);
   LOG(INFO) << "checkpoint of step " << pos.step << " started: training paused "
             << fmt("%.3f", seconds_since(t0)) << " s to copy its state";
 }
@@ -175,7 +169,6 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
   TrainStep ts(mc, s.opt, rc, *backend.ops, grid, backend.device_groups());
   TrainingPosition pos;
   pos.seed = rc.seed;
-  pos.config_text = s.config_text;
   for (const std::string& w : s.resume_warnings) LOG(WARNING) << w;
   // The newest candidate whose every piece reads back with its checksum, on every rank
   // (each reads other pieces); with --resume auto, older ones when it is damaged.
@@ -195,9 +188,9 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
       LOG(WARNING) << damaged(dir, error, s.resume_from[i + 1]);
       continue;
     }
-    pos.step = m.step;
-    if (m.seed != rc.seed)
-      LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's " << m.seed
+    pos.step = m.position.step;
+    if (m.position.seed != rc.seed)
+      LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's " << m.position.seed
                    << ": data order and dropout change from here on";
     LOG(INFO) << "resumed from " << dir << " at step " << pos.step
               << " (written by dp " << m.dp << " x sp " << m.sp << " x tp " << m.tp << ")";
@@ -243,6 +236,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
                                    ": lower --lr or check the data"));
     pos.step = step + 1;
     pos.next_batch = loader.next_batch_index();
+    pos.lr = learning_rate(s.opt, step);
     interval_s += dt;
     interval_loss += r.loss_nats;
     interval_targets += r.valid;
@@ -272,7 +266,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     if (reason != StopRequest::kNone) {
       LOG(WARNING) << "stopping after step " << pos.step << " because of "
                    << StopRequest::describe(reason) << ": writing a checkpoint";
-      save(ts, saver, mc, pos, s.opt);
+      save(ts, saver, s, pos);
       commit(saver, true);
       LOG(WARNING) << "stopped early at step " << pos.step << "/" << rc.steps << "; exit status "
                    << kExitRequeue << ": run again with --resume auto to continue";
@@ -282,7 +276,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     if (rc.eval_every > 0 && pos.step % rc.eval_every == 0 && !last)
       validate(ts, s, pos.step, dir);
     if ((rc.checkpoint_every > 0 && pos.step % rc.checkpoint_every == 0) || last)
-      save(ts, saver, mc, pos, s.opt);
+      save(ts, saver, s, pos);
     if (dir) dir->check();  // a log line that could not be written ends the run
   }
   validate(ts, s, pos.step, dir);
