@@ -86,7 +86,7 @@ void remove_checkpoint(const std::string& dir) {
 // tensor split by tensor parallelism goes to rank i mod |dp x sp| among the ranks holding
 // that slice; a replicated tensor (the same on every rank) to world rank i mod |world|.
 bool writes_piece(const ProcessGrid& g, const ParamInfo& p, int64_t i) {
-  if (p.sharded()) return g.dp_sp().rank() == int(i % g.dp_sp().size());
+  if (p.sharded()) return g.dp_sp()->rank() == int(i % g.dp_sp()->size());
   return g.world_rank() == int(i % g.world_size());
 }
 
@@ -185,7 +185,7 @@ double CheckpointSaver::start(const ModelConfig& model, const ParamLayout& layou
     fs::create_directories(tmp_dir_, ec);
     if (ec) fail_user("cannot create the checkpoint directory ", tmp_dir_, ": ", ec.message());
   }
-  grid_.world().barrier();  // the directory exists for everyone
+  grid_.world()->barrier();  // the directory exists for everyone
   mine_.clear();
   mine_kind_.clear();
   int64_t i = 0;
@@ -249,7 +249,7 @@ void CheckpointSaver::write_share() {
 std::string CheckpointSaver::finish(bool wait) {
   if (!pending_) return "";
   if (!wait) {
-    const int64_t all = grid_.world().all_reduce_value(int64_t(written_ ? 1 : 0), ReduceOp::kSum);
+    const int64_t all = grid_.world()->all_reduce_value(int64_t(written_ ? 1 : 0), ReduceOp::kSum);
     if (all < grid_.world_size()) return "";
   }
   writer_.join();
@@ -264,7 +264,7 @@ std::string CheckpointSaver::finish(bool wait) {
       error = e.what();
     }
   }
-  const int64_t failed = grid_.world().all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum);
+  const int64_t failed = grid_.world()->all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum);
   if (failed) {
     // The unfinished save must not keep its space: every rank has stopped writing into it.
     if (grid_.world_rank() == 0) remove_unfinished();
@@ -283,11 +283,11 @@ std::string CheckpointSaver::finish(bool wait) {
   const int64_t n = grid_.world_size();
   std::vector<int64_t> lengths(static_cast<size_t>(n));
   const int64_t mine = int64_t(text.size());
-  grid_.world().all_gather(&mine, lengths.data(), 1, DataType::kInt64);
+  grid_.world()->all_gather(&mine, lengths.data(), 1, DataType::kInt64);
   const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
   std::vector<uint8_t> padded(static_cast<size_t>(longest), 0), all(size_t(longest * n));
   std::copy(text.begin(), text.end(), padded.begin());
-  grid_.world().all_gather(padded.data(), all.data(), longest, DataType::kUInt8);
+  grid_.world()->all_gather(padded.data(), all.data(), longest, DataType::kUInt8);
   if (grid_.world_rank() == 0) {
     m.entries.clear();
     std::string records;
@@ -312,7 +312,7 @@ std::string CheckpointSaver::finish(bool wait) {
     prune();
   }
   write_seconds_ = now_seconds() - started_;
-  grid_.world().barrier();  // no rank goes on before the checkpoint exists
+  grid_.world()->barrier();  // no rank goes on before the checkpoint exists
   return final_dir_;
 }
 

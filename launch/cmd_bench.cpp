@@ -141,7 +141,7 @@ int cmd_bench(int argc, char** argv) {
   double gemm_gflops = gemm_rate(*backend.ops, gemm_n);
   ProfiledOps<float> profiled(*backend.ops);
   Ops<float>& ops = profile ? static_cast<Ops<float>&>(profiled) : *backend.ops;
-  TrainStep ts(mc, oc, rc, ops, grid, backend.device_groups());
+  TrainStep ts(mc, oc, rc, ops, grid);
   ts.initialize(rc.seed);
   // Every rank draws the same global batch and keeps its share: its replica's examples,
   // its columns of each window.
@@ -171,7 +171,7 @@ int cmd_bench(int argc, char** argv) {
   double total = 0, fwd = 0, bwd = 0, red = 0, opt = 0, best = 1e30;
   int64_t targets = 0;
   for (int64_t s = 0; s < rc.steps; ++s) {
-    grid.world().barrier();
+    grid.world()->barrier();
     const auto t = Clock::now();
     const StepResult r = ts.run(warmup + s, micro, carry);
     const double dt = since(t);
@@ -190,20 +190,20 @@ int cmd_bench(int argc, char** argv) {
   // disturbed measurement of each is the one that says what the code does.
   std::vector<double> comm_bytes;  // per step, this rank, by group (before the summary's own)
   for (auto* c : counters) comm_bytes.push_back(double(c->bytes()) / double(rc.steps));
-  const double step_s = grid.world().all_reduce_value(best, ReduceOp::kMax);
+  const double step_s = grid.world()->all_reduce_value(best, ReduceOp::kMax);
   // The yardstick for a job is the machine's rate: every rank's sgemm, measured while the
   // others run theirs (interleaved with the steps), summed.
-  gemm_gflops = grid.world().all_reduce_value(gemm_gflops, ReduceOp::kSum);
+  gemm_gflops = grid.world()->all_reduce_value(gemm_gflops, ReduceOp::kSum);
   const double mean_s = total / double(rc.steps);
   const double flops = train_flops_per_example(mc) * double(rc.batch_size);
   const double gflops = flops / step_s / 1e9;
   const double inputs_per_s = double(rc.batch_size * mc.context_length) / step_s;
   const double targets_per_s = double(targets) / double(rc.steps) / step_s;
   const double peak_mib = double(peak_resident_bytes()) / (1 << 20);
-  const double peak_max_mib = grid.world().all_reduce_value(peak_mib, ReduceOp::kMax);
+  const double peak_max_mib = grid.world()->all_reduce_value(peak_mib, ReduceOp::kMax);
   // Device memory (GPU backends): what this rank's backend held at most, all ranks' largest.
   const double dev_mib = double(device_peak_bytes(backend)) / (1 << 20);
-  const double dev_max_mib = grid.world().all_reduce_value(dev_mib, ReduceOp::kMax);
+  const double dev_max_mib = grid.world()->all_reduce_value(dev_mib, ReduceOp::kMax);
   const double n = double(rc.steps);
   if (!rank0) return 0;
   // On a known GPU: the share of the card's dense rate in this precision the step reaches.

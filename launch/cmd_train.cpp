@@ -166,7 +166,7 @@ void save(TrainStep& ts, CheckpointSaver& saver, const Setup& s, const TrainingP
 int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, const StopRequest& stop) {
   const ModelConfig& mc = s.model;
   const RunConfig& rc = s.run;
-  TrainStep ts(mc, s.opt, rc, *backend.ops, grid, backend.device_groups());
+  TrainStep ts(mc, s.opt, rc, *backend.ops, grid);
   TrainingPosition pos;
   pos.seed = rc.seed;
   for (const std::string& w : s.resume_warnings) LOG(WARNING) << w;
@@ -182,7 +182,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     } catch (const UserError& e) {
       error = e.what();
     }
-    if (grid.world().all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum) > 0) {
+    if (grid.world()->all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum) > 0) {
       if (error.empty()) error = "a piece another rank reads";
       if (i + 1 == s.resume_from.size()) fail_user(error);
       LOG(WARNING) << damaged(dir, error, s.resume_from[i + 1]);
@@ -203,7 +203,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     return 0;
   }
   // A stop asked for while the run was starting: nothing new to save.
-  if (const StopRequest::Reason early = stop.agreed(grid.world()); early != StopRequest::kNone) {
+  if (const StopRequest::Reason early = stop.agreed(*grid.world()); early != StopRequest::kNone) {
     LOG(WARNING) << "stopping before the first step because of " << StopRequest::describe(early)
                  << "; exit status " << kExitRequeue << ": run again with --resume auto to continue";
     if (grid.world_rank() == 0) StopRequest::record_stop(pos.step);
@@ -262,7 +262,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     }
     if (saver.pending()) commit(saver, false);
     const bool last = pos.step == rc.steps;
-    const StopRequest::Reason reason = last ? StopRequest::kNone : stop.agreed(grid.world());
+    const StopRequest::Reason reason = last ? StopRequest::kNone : stop.agreed(*grid.world());
     if (reason != StopRequest::kNone) {
       LOG(WARNING) << "stopping after step " << pos.step << " because of "
                    << StopRequest::describe(reason) << ": writing a checkpoint";
@@ -292,7 +292,7 @@ std::string describe_hosts(const ProcessGrid& grid) {
   std::snprintf(reinterpret_cast<char*>(mine.data()), kName, "%s", grid.host().c_str());
   const int64_t local = grid.local_rank();
   std::memcpy(mine.data() + kName, &local, 8);
-  grid.world().all_gather(mine.data(), all.data(), kName + 8, DataType::kUInt8);
+  grid.world()->all_gather(mine.data(), all.data(), kName + 8, DataType::kUInt8);
   std::vector<std::string> hosts;
   std::map<std::string, std::pair<std::string, std::string>> ranks;  // host -> (ranks, locals)
   for (int r = 0; r < grid.world_size(); ++r) {

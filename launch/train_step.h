@@ -24,18 +24,12 @@ struct StepResult {
   double forward_s = 0, backward_s = 0, reduce_s = 0, optimizer_s = 0;  // this rank's time
 };
 
-// Collectives over the backend's buffers (device memory on a GPU: NCCL); null members mean
-// the grid's own (MPI, host memory: right for the CPU backend).
-struct DeviceGroups {
-  Communicator* sp = nullptr;
-  Communicator* tp = nullptr;
-  Communicator* dp_sp = nullptr;
-};
-
 class TrainStep {
  public:
+  // The model's and the gradient sums' collectives run over the grid's groups: the device
+  // ones for the backend's buffers, the host ones for host data.
   TrainStep(const ModelConfig& model, const OptimizerConfig& opt, const RunConfig& run,
-            Ops<float>& ops, const ProcessGrid& grid, DeviceGroups device = {});
+            Ops<float>& ops, const ProcessGrid& grid);
 
   PerceiverAR<float>& model() { return model_; }
   Adam<float>& adam() { return adam_; }
@@ -82,9 +76,6 @@ class TrainStep {
   RunConfig run_;
   Ops<float>& ops_;
   const ProcessGrid& grid_;
-  Communicator& dev_sp_;
-  Communicator& dev_tp_;
-  Communicator& dev_dp_sp_;
   PerceiverAR<float> model_;
   Adam<float> adam_;
   int64_t replica_batch_ = 0;

@@ -125,7 +125,7 @@ int run(int argc, char** argv, MpiEnvironment& env) {
                 shape.dp, shape.sp, shape.tp, got.losses[0], got.losses[1], got.losses[2],
                 want.losses[0], want.losses[1], want.losses[2], err, failures ? "FAILED" : "ok");
   }
-  const int64_t worst = grid.world().all_reduce_value(int64_t(failures), ReduceOp::kMax);
+  const int64_t worst = grid.world()->all_reduce_value(int64_t(failures), ReduceOp::kMax);
   return worst ? 1 : 0;
 }
 
