@@ -19,7 +19,6 @@
 #include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/evaluate.h"
 #include "launch/host_memory.h"
 #include "launch/job.h"
 #include "launch/memory_plan.h"
@@ -29,7 +28,8 @@
 #include "launch/stop_request.h"
 #include "launch/text.h"
 #include "launch/threads.h"
-#include "launch/train_step.h"
+#include "train/evaluate.h"
+#include "train/train_step.h"
 
 namespace par {
 
@@ -166,7 +166,7 @@ void save(TrainStep& ts, CheckpointSaver& saver, const Setup& s, const TrainingP
 int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, const StopRequest& stop) {
   const ModelConfig& mc = s.model;
   const RunConfig& rc = s.run;
-  TrainStep ts(mc, s.opt, rc, *backend.ops, grid);
+  TrainStep ts(mc, s.opt, rc.training(), *backend.ops, grid);
   TrainingPosition pos;
   pos.seed = rc.seed;
   for (const std::string& w : s.resume_warnings) LOG(WARNING) << w;

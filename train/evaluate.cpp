@@ -1,4 +1,4 @@
-#include "launch/evaluate.h"
+#include "train/evaluate.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,5 +1,6 @@
-#include "launch/train_step.h"
+#include "train/train_step.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "core/error.h"
@@ -25,17 +26,17 @@ uint64_t derive_seed(uint64_t seed, uint64_t stream) {  // splitmix64 of (seed, 
   return z ^ (z >> 31);
 }
 
-TrainStep::TrainStep(const ModelConfig& model, const OptimizerConfig& opt, const RunConfig& run,
-                     Ops<float>& ops, const ProcessGrid& grid)
+TrainStep::TrainStep(const ModelConfig& model, const OptimizerConfig& opt,
+                     const TrainingConfig& training, Ops<float>& ops, const ProcessGrid& grid)
     : model_cfg_(model),
-      run_(run),
+      training_(training),
       ops_(ops),
       grid_(grid),
-      model_(model, ops, run.micro_batch() / grid.shape().dp, grid.model_groups()),
+      model_(model, ops, training.micro_batch / grid.shape().dp, grid.model_groups()),
       adam_(opt, model_.layout(), ops),
-      replica_batch_(run.micro_batch() / grid.shape().dp),
-      dropout_seed_(derive_seed(run.seed, kDropoutStream)) {
-  PAR_ASSERT(run.micro_batch() % grid.shape().dp == 0, "checked by validate_run_layout");
+      replica_batch_(training.micro_batch / grid.shape().dp),
+      dropout_seed_(derive_seed(training.seed, kDropoutStream)) {
+  PAR_ASSERT(training.micro_batch % grid.shape().dp == 0, "checked by validate_run_layout");
 }
 
 void TrainStep::initialize(uint64_t seed) {
@@ -169,13 +170,13 @@ StepResult TrainStep::compute_gradients(int64_t step, const std::vector<const in
   model_.zero_grads();
   ForwardContext ctx;
   ctx.training = true;
-  ctx.dropout = run_.dropout;
-  ctx.cross_attend_dropout = run_.cross_attend_dropout;
+  ctx.dropout = training_.dropout;
+  ctx.cross_attend_dropout = training_.cross_attend_dropout;
   ctx.seed = dropout_seed_;
   ctx.step = uint32_t(step);
   double sums[2] = {0, 0};  // ce, objective
   for (size_t k = 0; k < micro.size(); ++k) {
-    ctx.example_base = uint64_t(k) * uint64_t(run_.micro_batch()) + uint64_t(replica_first());
+    ctx.example_base = uint64_t(k) * uint64_t(training_.micro_batch) + uint64_t(replica_first());
     ctx.position_carry = carry.empty() ? nullptr : carry[k];
     auto t = Clock::now();
     const LossSums s = model_.forward(micro[k], mb, ctx);

@@ -11,8 +11,8 @@
 #include "checkpoint/model_file.h"
 #include "core/model.h"
 #include "core/optimizer.h"
-#include "launch/options.h"
 #include "parallel/process_grid.h"
+#include "train/training_config.h"
 
 namespace par {
 
@@ -28,7 +28,7 @@ class TrainStep {
  public:
   // The model's and the gradient sums' collectives run over the grid's groups: the device
   // ones for the backend's buffers, the host ones for host data.
-  TrainStep(const ModelConfig& model, const OptimizerConfig& opt, const RunConfig& run,
+  TrainStep(const ModelConfig& model, const OptimizerConfig& opt, const TrainingConfig& training,
             Ops<float>& ops, const ProcessGrid& grid);
 
   PerceiverAR<float>& model() { return model_; }
@@ -73,7 +73,7 @@ class TrainStep {
   void reduce_gradients();
 
   ModelConfig model_cfg_;
-  RunConfig run_;
+  TrainingConfig training_;
   Ops<float>& ops_;
   const ProcessGrid& grid_;
   PerceiverAR<float> model_;
