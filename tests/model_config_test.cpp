@@ -22,19 +22,10 @@ using testing_util::TempDir;
 
 // A valid configuration whose every field differs from its default.
 ModelConfig unusual() {
-  ModelConfig c;
-  c.vocab_size = 300;
-  c.d_model = 48;
-  c.context_length = 40;
-  c.num_latents = 12;
-  c.num_layers = 3;
-  c.cross_heads = 3;
-  c.self_heads = 6;
-  c.mlp_factor = 3;
-  c.rotary_fraction = 0.25;
-  c.max_wavelength = 1000.5;
-  c.position_encoding = PositionEncoding::kBoth;
-  return c;
+  return ModelConfig{.vocab_size = 300, .d_model = 48, .context_length = 40, .num_latents = 12,
+                     .num_layers = 3, .cross_heads = 3, .self_heads = 6, .mlp_factor = 3,
+                     .rotary_fraction = 0.25, .max_wavelength = 1000.5,
+                     .position_encoding = PositionEncoding::kBoth};
 }
 
 // The field's value in the text form of the manifest and the command line.
@@ -178,16 +169,8 @@ TEST(ModelConfigTable, FormatsAreThoseOfExistingFiles) {
 
   // An export of a rotary model has exactly the attributes of spec/FORMATS.md.
   TempDir dir;
-  const ModelConfig tiny = [] {
-    ModelConfig c;
-    c.d_model = 8;
-    c.context_length = 8;
-    c.num_latents = 4;
-    c.num_layers = 1;
-    c.cross_heads = 2;
-    c.self_heads = 2;
-    return c;
-  }();
+  const ModelConfig tiny{.d_model = 8, .context_length = 8, .num_latents = 4, .num_layers = 1,
+                         .cross_heads = 2, .self_heads = 2};
   const std::vector<float> params(size_t(ParamLayout(tiny).total()), 0.0f);
   write_export(dir.file("m.h5"), tiny, 3, params.data());
   h5::Object file = h5::open_file(dir.file("m.h5"));
