@@ -44,7 +44,7 @@ TEST(ReliabilityMemoryPlan, ModelPlanIsWhatTheModelAllocates) {
         c.num_layers = layers;
         testing_util::ThreadGroup sp_group(sp), tp_group(tp);
         testing_util::ThreadCommunicator spc(sp_group, sp - 1), tpc(tp_group, 0);
-        const PerceiverAR<float> model(c, ops, batch, ModelGroups{&spc, &tpc, &spc});
+        const PerceiverAR<float> model(c, ops, batch, ModelGroups{DeviceGroup(spc), DeviceGroup(tpc), HostGroup(spc)});
         const ModelMemory m = PerceiverAR<float>::memory(c, batch, sp, tp);
         EXPECT_EQ(double(model.memory_bytes()), m.total());
         EXPECT_EQ(m.param_elements, double(model.layout().total()));
