@@ -16,11 +16,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/constants.h"
 #include "core/ops.h"
 
 namespace par {
-
-inline constexpr int32_t kPadToken = 0, kEosToken = 1;
 
 // out[j] = the document position of tokens[j] (see above), for j < n.
 void document_positions(const int32_t* tokens, int64_t n, int64_t carry, int32_t* out);

@@ -3,27 +3,12 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/arena.h"
+#include "core/blocks.h"
+#include "core/constants.h"
 #include "core/error.h"
 
 namespace par {
-
-namespace {
-
-constexpr double kEps = 1e-5;  // LayerNorm, as in training
-constexpr int32_t kSos = 2, kPad = 0;
-
-struct Carver {
-  char* base = nullptr;
-  size_t used = 0;
-  template <typename U>
-  U* take(int64_t n) {
-    const size_t off = (used + 63) / 64 * 64;
-    used = off + size_t(std::max<int64_t>(n, 1)) * sizeof(U);
-    return base ? reinterpret_cast<U*>(base + off) : nullptr;
-  }
-};
-
-}  // namespace
 
 template <typename T>
 struct Decoder<T>::Buffers {
@@ -107,7 +92,7 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   const int64_t bands = std::max(rot_cross_.bands, rot_self_.bands);
   Carver sizing;
   b_->carve(sizing, cfg_, bands, rot_cross_.bands, token_tables_);
-  memory_ = ops_.allocate(sizing.used);
+  memory_ = ops_.allocate(size_t(sizing.used));
   Carver real{static_cast<char*>(memory_), 0};
   b_->carve(real, cfg_, bands, rot_cross_.bands, token_tables_);
   logits_.resize(size_t(cfg.vocab_size));
@@ -125,9 +110,8 @@ void Decoder<T>::make_token_tables() {
   for (int64_t t = 0; t < V; ++t) ids[size_t(t)] = int32_t(t);
   ops_.upload(b.tokens, ids.data(), ids.size() * sizeof(int32_t));
   ops_.embedding_forward(b.h, b.tokens, p_.embed, V, d);
-  ops_.layernorm_forward(b.kvn, b.kv_mu, b.kv_rs, b.h, cp.ln_kv.w, cp.ln_kv.b, V, d, kEps);
-  ops_.linear_forward(b.key_table, b.kvn, cp.attn.k.w, cp.attn.k.b, V, d, d);
-  ops_.linear_forward(b.value_table, b.kvn, cp.attn.v.w, cp.attn.v.b, V, d, d);
+  cross_keys_values(ops_, cp, b.h, V, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, b.key_table,
+                    b.value_table);
 }
 
 template <typename T>
@@ -136,15 +120,23 @@ Decoder<T>::~Decoder() {
   delete b_;
 }
 
+// The rotary tables of `rows` positions from first_position into b.cos and b.sin.
 template <typename T>
-void Decoder<T>::rotary_at(T* x, int64_t rows, int64_t heads, int64_t head_dim,
-                           const RotarySpec& spec, int64_t first_position, bool inverse) {
+void Decoder<T>::upload_rotary_tables(const RotarySpec& spec, int64_t first_position,
+                                      int64_t rows) {
   if (spec.bands == 0 || rows == 0) return;
   std::vector<T> c, s;
   make_rotary_tables(spec, first_position, rows, c, s);
   ops_.upload(b_->cos, c.data(), c.size() * sizeof(T));
   ops_.upload(b_->sin, s.data(), s.size() * sizeof(T));
-  ops_.rotary(x, 1, rows, heads, head_dim, spec.bands, b_->cos, b_->sin, inverse);
+}
+
+template <typename T>
+void Decoder<T>::rotary_at(T* x, int64_t rows, int64_t heads, int64_t head_dim,
+                           const RotarySpec& spec, int64_t first_position) {
+  if (spec.bands == 0 || rows == 0) return;
+  upload_rotary_tables(spec, first_position, rows);
+  ops_.rotary(x, 1, rows, heads, head_dim, spec.bands, b_->cos, b_->sin, false);
 }
 
 // Embeddings of `rows` tokens (backend memory) that are seq_[first ..]: E[x], plus P[p] of
@@ -160,7 +152,7 @@ void Decoder<T>::start(std::vector<int32_t> prompt) {
   for (int32_t t : prompt)
     if (t < 0 || t >= cfg_.vocab_size)
       fail_user("prompt token ", t, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
-  if (prompt.empty()) prompt.push_back(kSos);
+  if (prompt.empty()) prompt.push_back(kSosToken);
   const int64_t n = int64_t(prompt.size());
   if (positions_) {  // counted over the whole prompt, before it is cut to the context
     doc_pos_.resize(size_t(n));
@@ -215,9 +207,8 @@ void Decoder<T>::full_pass(int64_t L) {
   ops_.upload(b.tokens, seq_.data() + p0, size_t(W) * sizeof(int32_t));
   embed(b.h, b.tokens, p0, W, b.kvn);
   ops_.key_keep_mask(b.cross_keep, b.tokens, 1, W, W, 0.0, DropoutKey{}, 0, p0);
-  ops_.layernorm_forward(b.kvn, b.kv_mu, b.kv_rs, b.h, cp.ln_kv.w, cp.ln_kv.b, W, d, kEps);
-  ops_.linear_forward(b.cross_k, b.kvn, cp.attn.k.w, cp.attn.k.b, W, d, d);
-  ops_.linear_forward(b.cross_v, b.kvn, cp.attn.v.w, cp.attn.v.b, W, d, d);
+  cross_keys_values(ops_, cp, b.h, W, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, b.cross_k,
+                    b.cross_v);
   rotary_at(b.cross_k, W, Hc, Dc, rot_cross_, p0);
   if (token_tables_) {  // rotary_at left the window's tables in b.cos and b.sin
     const int64_t bands = rot_cross_.bands;
@@ -260,9 +251,7 @@ void Decoder<T>::cross_attend_latents(int64_t L) {
   std::vector<int64_t> lpos(static_cast<size_t>(L));
   for (int64_t i = 0; i < L; ++i) lpos[size_t(i)] = T_ - L + i;
   ops_.upload(b.latent_pos, lpos.data(), lpos.size() * sizeof(int64_t));
-  ops_.linear_forward(b.z0, b.zin, cp.z_linear.w, cp.z_linear.b, L, d, d);
-  ops_.layernorm_forward(b.qn, b.mu, b.rs, b.z0, cp.ln_q.w, cp.ln_q.b, L, d, kEps);
-  ops_.linear_forward(b.q, b.qn, cp.attn.q.w, cp.attn.q.b, L, d, d);
+  cross_queries(ops_, cp, b.zin, L, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
   rotary_at(b.q, L, Hc, Dc, rot_cross_, T_ - L);
   const int64_t h0 = cross_head_;
   AttentionShape s{1,         L,         cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + h0,
@@ -287,10 +276,9 @@ void Decoder<T>::push_input(int32_t token, int64_t position) {
   const int64_t slot = cross_head_ + cross_count_;
   ops_.upload(b.tokens, &token, sizeof(int32_t));
   embed(b.h, b.tokens, position, 1, b.kvn);
-  ops_.layernorm_forward(b.kvn, b.kv_mu, b.kv_rs, b.h, cp.ln_kv.w, cp.ln_kv.b, 1, d, kEps);
   T* k = b.cross_k + slot * d;
-  ops_.linear_forward(k, b.kvn, cp.attn.k.w, cp.attn.k.b, 1, d, d);
-  ops_.linear_forward(b.cross_v + slot * d, b.kvn, cp.attn.v.w, cp.attn.v.b, 1, d, d);
+  cross_keys_values(ops_, cp, b.h, 1, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, k,
+                    b.cross_v + slot * d);
   rotary_at(k, 1, Hc, Dc, rot_cross_, position);
   if (token_tables_) {
     const int64_t bands = rot_cross_.bands;
@@ -298,7 +286,7 @@ void Decoder<T>::push_input(int32_t token, int64_t position) {
     ops_.copy(b.cross_sin + slot * bands, b.sin, bands);
     ops_.upload(b.cross_tok + slot, &token, sizeof(int32_t));
   }
-  const uint8_t keep = token != kPad;
+  const uint8_t keep = token != kPadToken;
   ops_.upload(b.cross_pos + slot, &position, sizeof(int64_t));
   ops_.upload(b.cross_keep + slot, &keep, 1);
   ++cross_count_;
@@ -314,9 +302,7 @@ void Decoder<T>::incremental(int64_t position) {
   const CrossRef<T>& cp = p_.cross;
   const double scale = 1.0 / std::sqrt(double(Dc));
   ops_.upload(b.latent_pos, &position, sizeof(int64_t));
-  ops_.linear_forward(b.z0, b.h, cp.z_linear.w, cp.z_linear.b, 1, d, d);
-  ops_.layernorm_forward(b.qn, b.mu, b.rs, b.z0, cp.ln_q.w, cp.ln_q.b, 1, d, kEps);
-  ops_.linear_forward(b.q, b.qn, cp.attn.q.w, cp.attn.q.b, 1, d, d);
+  cross_queries(ops_, cp, b.h, 1, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
   rotary_at(b.q, 1, Hc, Dc, rot_cross_, position);
   bool done = false;
   if (token_tables_) {
@@ -357,7 +343,7 @@ void Decoder<T>::compact_cross_cache(int64_t next_position) {
   std::vector<uint8_t> keep(static_cast<size_t>(n));
   for (int64_t j = 0; j < n; ++j) {
     pos[size_t(j)] = first + j;
-    keep[size_t(j)] = seq_[size_t(first + j)] != kPad;
+    keep[size_t(j)] = seq_[size_t(first + j)] != kPadToken;
   }
   ops_.upload(b.cross_pos, pos.data(), pos.size() * sizeof(int64_t));
   ops_.upload(b.cross_keep, keep.data(), keep.size());
@@ -379,49 +365,41 @@ void Decoder<T>::latent_stack(int64_t rows, int64_t first_position, bool fill_ca
   const int64_t d = cfg_.d_model, F = cfg_.mlp_width();
   const int64_t H = cfg_.self_heads, D = cfg_.self_head_dim();
   Buffers& b = *b_;
-  auto mlp = [&](const NormRef<T>& ln, const MlpRef<T>& m) {
-    ops_.layernorm_forward(b.ln, b.mu, b.rs, b.x, ln.w, ln.b, rows, d, kEps);
-    ops_.linear_forward(b.fc1, b.ln, m.fc1.w, m.fc1.b, rows, d, F);
-    ops_.sqrelu_forward(b.act, b.fc1, rows * F);
-    ops_.linear_forward(b.tmp, b.act, m.fc2.w, m.fc2.b, rows, F, d);
-    ops_.add(b.x, b.tmp, rows * d);
-  };
-  const CrossRef<T>& cp = p_.cross;
-  ops_.linear_forward(b.tmp, b.att, cp.attn.o.w, cp.attn.o.b, rows, d, d);
-  ops_.copy(b.x, b.z0, rows * d);
-  ops_.add(b.x, b.tmp, rows * d);
-  mlp(cp.ln_mlp, cp.mlp);
+  const LatentPass<T> pass{ops_, 1, rows, d};
+  const NormActs<T> ln{b.ln, b.mu, b.rs};
+  const MlpActs<T> mlp{ln, b.fc1, b.act};
+  output_residual(pass, p_.cross.attn.o, b.att, d, b.z0, b.x, b.tmp, DropSite::kCrossAttn);
+  mlp_block_forward(pass, p_.cross.ln_mlp, p_.cross.mlp, F, mlp, b.x, b.x, b.tmp,
+                    DropSite::kCrossMlp);
 
   std::vector<int64_t> pos(static_cast<size_t>(rows));
   for (int64_t i = 0; i < rows; ++i) pos[size_t(i)] = first_position + i;
-  if (fill_caches) ops_.upload(b.self_pos, pos.data(), pos.size() * sizeof(int64_t));
-  if (use_caches) ops_.upload(b.self_pos + latents_, pos.data(), sizeof(int64_t));
+  ops_.upload(use_caches ? b.self_pos + latents_ : b.self_pos, pos.data(),
+              pos.size() * sizeof(int64_t));
+  const RotaryTables<T> rot{b.cos, b.sin, rot_self_.bands, H, D};
+  upload_rotary_tables(rot_self_, first_position, rows);
   const double scale = 1.0 / std::sqrt(double(D));
+  // One latent over the cached ones and itself; or the rows among themselves, causally.
+  const AttentionShape shape =
+      use_caches ? AttentionShape{1, 1, latents_ + 1, H, D, b.self_pos + latents_, b.self_pos,
+                                  nullptr, scale}
+                 : AttentionShape{1, rows, rows, H, D, b.self_pos, b.self_pos, nullptr, scale};
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-    const LayerRef<T>& lp = p_.layers[size_t(l)];
-    ops_.layernorm_forward(b.ln, b.mu, b.rs, b.x, lp.ln_attn.w, lp.ln_attn.b, rows, d, kEps);
-    T* k = use_caches ? b.self_k[size_t(l)] + latents_ * d : b.k;
-    T* v = use_caches ? b.self_v[size_t(l)] + latents_ * d : b.v;
-    ops_.linear_forward(b.q, b.ln, lp.attn.q.w, lp.attn.q.b, rows, d, d);
-    ops_.linear_forward(k, b.ln, lp.attn.k.w, lp.attn.k.b, rows, d, d);
-    ops_.linear_forward(v, b.ln, lp.attn.v.w, lp.attn.v.b, rows, d, d);
-    rotary_at(b.q, rows, H, D, rot_self_, first_position);
-    rotary_at(k, rows, H, D, rot_self_, first_position);
-    if (use_caches) {
-      AttentionShape s{1, 1, latents_ + 1, H, D, b.self_pos + latents_, b.self_pos, nullptr, scale};
-      ops_.attention_forward(s, b.q, b.self_k[size_t(l)], b.self_v[size_t(l)], b.att, b.lse);
-    } else {
-      AttentionShape s{1, rows, rows, H, D, b.self_pos, b.self_pos, nullptr, scale};
-      if (!fill_caches) ops_.upload(b.self_pos, pos.data(), pos.size() * sizeof(int64_t));
-      ops_.attention_forward(s, b.q, k, v, b.att, b.lse);
-      if (fill_caches) {
-        ops_.copy(b.self_k[size_t(l)], k, rows * d);
-        ops_.copy(b.self_v[size_t(l)], v, rows * d);
-      }
+    T* cache_k = b.self_k[size_t(l)];
+    T* cache_v = b.self_v[size_t(l)];
+    const AttentionActs<T> at{ln,
+                              b.q,
+                              use_caches ? cache_k + latents_ * d : b.k,
+                              use_caches ? cache_v + latents_ * d : b.v,
+                              b.att,
+                              b.lse};
+    latent_layer_forward(pass, p_.layers[size_t(l)], l, d, F, rot, shape,
+                         use_caches ? cache_k : at.k, use_caches ? cache_v : at.v, at, mlp, b.x,
+                         b.x, b.x, b.tmp);
+    if (fill_caches) {
+      ops_.copy(cache_k, at.k, rows * d);
+      ops_.copy(cache_v, at.v, rows * d);
     }
-    ops_.linear_forward(b.tmp, b.att, lp.attn.o.w, lp.attn.o.b, rows, d, d);
-    ops_.add(b.x, b.tmp, rows * d);
-    mlp(lp.ln_mlp, lp.mlp);
   }
   finish_logits(rows);
 }
@@ -430,9 +408,8 @@ template <typename T>
 void Decoder<T>::finish_logits(int64_t rows) {
   const int64_t d = cfg_.d_model, V = cfg_.vocab_size;
   Buffers& b = *b_;
-  const T* last = b.x + (rows - 1) * d;
-  ops_.layernorm_forward(b.ln, b.mu, b.rs, last, p_.final_ln.w, p_.final_ln.b, 1, d, kEps);
-  ops_.linear_forward(b.logits, b.ln, p_.head.w, p_.head.b, 1, d, V);
+  logits_forward(ops_, p_, b.x + (rows - 1) * d, 1, d, V, NormActs<T>{b.ln, b.mu, b.rs},
+                 b.logits);
   ops_.download(logits_.data(), b.logits, size_t(V) * sizeof(T));
 }
 

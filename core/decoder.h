@@ -78,8 +78,9 @@ class Decoder {
   void cross_attend_latents(int64_t num_latents);
   void push_input(int32_t token, int64_t position);
   void incremental(int64_t position);
+  void upload_rotary_tables(const RotarySpec& spec, int64_t first_position, int64_t rows);
   void rotary_at(T* x, int64_t rows, int64_t heads, int64_t head_dim, const RotarySpec& spec,
-                 int64_t first_position, bool inverse = false);
+                 int64_t first_position);
   void latent_stack(int64_t rows, int64_t first_position, bool fill_caches, bool use_caches);
   void finish_logits(int64_t rows);
   void compact_cross_cache(int64_t next_position);

@@ -2,25 +2,12 @@
 
 #include <cmath>
 
+#include "core/arena.h"
 #include "core/error.h"
 
 namespace par {
 
 namespace {
-
-// Carves typed pieces out of one allocation, 64-byte aligned. Without a base it only sizes
-// the allocation. Sizes are counted in floating point (exact below 2^53 bytes), so that
-// planning a config far too large to allocate gives a huge size, not a wrapped-around one.
-struct Carver {
-  char* base = nullptr;
-  double used = 0;
-  template <typename U>
-  U* take(double n) {
-    const double off = std::ceil(used / 64) * 64;
-    used = off + n * double(sizeof(U));
-    return base ? reinterpret_cast<U*>(base + size_t(off)) : nullptr;
-  }
-};
 
 // What Acts::carve needs besides the config and the batch: this rank's share of the
 // inputs and widths in an sp x tp layout.
@@ -72,15 +59,11 @@ struct PerceiverAR<T>::Acts {
   T *h, *kvn, *kv_mu, *kv_rs, *ck, *cv;
   T *zin, *z0, *qn, *qn_mu, *qn_rs, *cq, *catt, *clse, *lse_max, *x1;
 
-  struct Mlp {  // slot 0: the cross-attention's MLP; slot 1+l: layer l's
-    T *ln, *mu, *rs, *fc1, *act;
-  };
-  struct Attn {  // latent self-attention of layer l
-    T *ln, *mu, *rs, *q, *k, *v, *att, *lse, *x_mid;
-  };
-  std::vector<Mlp> mlp;
-  std::vector<Attn> attn;
-  std::vector<T*> xs;  // residual stream: xs[0] after the cross MLP, xs[l+1] after layer l
+  std::vector<MlpActs<T>> mlp;  // slot 0: the cross-attention's MLP; slot 1+l: layer l's
+  std::vector<AttentionActs<T>> attn;  // latent self-attention of layer l
+  // Residual stream: xs[0] after the cross MLP, x_mid[l] after layer l's attention block,
+  // xs[l+1] after layer l.
+  std::vector<T*> xs, x_mid;
 
   T *lnf, *lnf_mu, *lnf_rs, *logits, *ce, *lse;
 
@@ -125,23 +108,21 @@ struct PerceiverAR<T>::Acts {
     x1 = c.take<T>(BM * d);
     mlp.resize(size_t(L + 1));
     for (auto& m : mlp) {
-      m.ln = c.take<T>(BM * d);
-      m.mu = c.take<T>(BM);
-      m.rs = c.take<T>(BM);
+      m.ln = NormActs<T>{c.take<T>(BM * d), c.take<T>(BM), c.take<T>(BM)};
       m.fc1 = c.take<T>(BM * F);
       m.act = c.take<T>(BM * F);
     }
     attn.resize(size_t(L));
-    for (auto& a : attn) {
-      a.ln = c.take<T>(BM * d);
-      a.mu = c.take<T>(BM);
-      a.rs = c.take<T>(BM);
+    x_mid.resize(size_t(L));
+    for (int64_t l = 0; l < L; ++l) {
+      AttentionActs<T>& a = attn[size_t(l)];
+      a.ln = NormActs<T>{c.take<T>(BM * d), c.take<T>(BM), c.take<T>(BM)};
       a.q = c.take<T>(BM * ds);
       a.k = c.take<T>(BM * ds);
       a.v = c.take<T>(BM * ds);
       a.att = c.take<T>(BM * ds);
       a.lse = c.take<T>(B * hs * M);
-      a.x_mid = c.take<T>(BM * d);
+      x_mid[size_t(l)] = c.take<T>(BM * d);
     }
     xs.resize(size_t(L + 1));
     for (auto& x : xs) x = c.take<T>(BM * d);
@@ -289,10 +270,23 @@ void PerceiverAR<T>::zero_grads() {
   ops_.fill(grads_, layout_.total(), T(0));
 }
 
-// Completes a row-parallel product: each tensor-parallel rank holds a partial sum.
 template <typename T>
-void PerceiverAR<T>::tp_sum(T* x, int64_t n) {
-  if (tp_size_ > 1) groups_.tp->all_reduce(x, n, ReduceOp::kSum);
+LatentPass<T> PerceiverAR<T>::latent_pass() const {
+  return LatentPass<T>{ops_,         batch_,    cfg_.num_latents, cfg_.d_model,
+                       groups_.tp,   tp_rank_,  ctx_.training ? ctx_.dropout : 0.0,
+                       ctx_.seed,    ctx_.step, ctx_.example_base};
+}
+
+template <typename T>
+RotaryTables<T> PerceiverAR<T>::self_rotary() const {
+  return RotaryTables<T>{a_->self_cos, a_->self_sin, rot_self_.bands,
+                         cfg_.self_heads / tp_size_, cfg_.self_head_dim()};
+}
+
+template <typename T>
+BlockGradScratch<T> PerceiverAR<T>::grad_scratch() const {
+  const Acts& a = *a_;
+  return BlockGradScratch<T>{a.tmp, a.d_ln, a.dact, a.dfc1, a.datt, a.dq, a.dk, a.dv};
 }
 
 template <typename T>
@@ -337,10 +331,8 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
                      DropoutKey{ctx.seed, ctx.step, DropSite::kCrossAttend}, ctx.example_base,
                      pos0_);
   const CrossRef<T>& cp = p_.cross;
-  ops_.layernorm_forward(a.kvn, a.kv_mu, a.kv_rs, a.h, cp.ln_kv.w, cp.ln_kv.b, B * Nl, d,
-                         kLayerNormEps);
-  ops_.linear_forward(a.ck, a.kvn, cp.attn.k.w, cp.attn.k.b, B * Nl, d, dc);
-  ops_.linear_forward(a.cv, a.kvn, cp.attn.v.w, cp.attn.v.b, B * Nl, d, dc);
+  cross_keys_values(ops_, cp, a.h, B * Nl, d, dc, NormActs<T>{a.kvn, a.kv_mu, a.kv_rs}, a.ck,
+                    a.cv);
   ops_.rotary(a.ck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
 
   // The latents' embeddings: on the last rank; or, when they span several ranks, each
@@ -356,10 +348,7 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   }
   // The latent queries: z_linear of the latents' embeddings (on the last rank).
   if (holds_latents()) {
-    ops_.linear_forward(a.z0, a.zin, cp.z_linear.w, cp.z_linear.b, BM, d, d);
-    ops_.layernorm_forward(a.qn, a.qn_mu, a.qn_rs, a.z0, cp.ln_q.w, cp.ln_q.b, BM, d,
-                           kLayerNormEps);
-    ops_.linear_forward(a.cq, a.qn, cp.attn.q.w, cp.attn.q.b, BM, d, dc);
+    cross_queries(ops_, cp, a.zin, BM, d, dc, a.z0, NormActs<T>{a.qn, a.qn_mu, a.qn_rs}, a.cq);
     ops_.rotary(a.cq, B, M, Hc, Dc, rot_cross_.bands, a.query_cos, a.query_sin, false);
   }
   if (sp_size_ > 1) groups_.sp->broadcast(a.cq, BM * dc, data_type_of<T>(), sp_size_ - 1);
@@ -368,27 +357,22 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   if (sp_size_ > 1) merge_attention();
   if (!holds_latents()) return LossSums{};
 
-  // Output projection (row-parallel: partial sums, the bias added once), residual, MLP.
-  ops_.linear_forward(a.tmp, a.catt, cp.attn.o.w, tp_rank_ == 0 ? cp.attn.o.b : nullptr, BM,
-                      dc, d);
-  tp_sum(a.tmp, BM * d);
-  const double p_drop = ctx.training ? ctx.dropout : 0.0;
-  if (p_drop > 0)
-    ops_.dropout(a.tmp, a.tmp, B, M * d, p_drop,
-                 DropoutKey{ctx.seed, ctx.step, DropSite::kCrossAttn}, ctx.example_base);
-  ops_.copy(a.x1, a.z0, BM * d);  // the residual is the un-normalized z0
-  ops_.add(a.x1, a.tmp, BM * d);
-  mlp_block_forward(cp.ln_mlp, cp.mlp, 0, DropSite::kCrossMlp, a.x1, a.xs[0]);
-
+  // Output projection, residual (the un-normalized z0), MLP; then the latent layers.
+  const LatentPass<T> pass = latent_pass();
+  output_residual(pass, cp.attn.o, a.catt, dc, a.z0, a.x1, a.tmp, DropSite::kCrossAttn);
+  mlp_block_forward(pass, cp.ln_mlp, cp.mlp, mlp_width_, a.mlp[0], a.x1, a.xs[0], a.tmp,
+                    DropSite::kCrossMlp);
+  const RotaryTables<T> rot = self_rotary();
+  const AttentionShape shape = self_attention_shape();
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-    attention_block_forward(l, a.xs[size_t(l)], a.attn[size_t(l)].x_mid);
-    mlp_block_forward(p_.layers[size_t(l)].ln_mlp, p_.layers[size_t(l)].mlp, 1 + l,
-                      DropSite::layer_mlp(l), a.attn[size_t(l)].x_mid, a.xs[size_t(l + 1)]);
+    const AttentionActs<T>& at = a.attn[size_t(l)];
+    latent_layer_forward(pass, p_.layers[size_t(l)], l, self_width_, mlp_width_, rot, shape,
+                         at.k, at.v, at, a.mlp[size_t(1 + l)], a.xs[size_t(l)],
+                         a.x_mid[size_t(l)], a.xs[size_t(l + 1)], a.tmp);
   }
 
-  ops_.layernorm_forward(a.lnf, a.lnf_mu, a.lnf_rs, a.xs[size_t(cfg_.num_layers)],
-                         p_.final_ln.w, p_.final_ln.b, BM, d, kLayerNormEps);
-  ops_.linear_forward(a.logits, a.lnf, p_.head.w, p_.head.b, BM, d, V);
+  logits_forward(ops_, p_, a.xs[size_t(cfg_.num_layers)], BM, d, V,
+                 NormActs<T>{a.lnf, a.lnf_mu, a.lnf_rs}, a.logits);
   ops_.cross_entropy_forward(a.ce, a.lse, a.logits, a.targets, BM, V);
 
   std::vector<T> ce(static_cast<size_t>(BM)), lse(static_cast<size_t>(BM));
@@ -396,7 +380,7 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   ops_.download(lse.data(), a.lse, lse.size() * sizeof(T));
   LossSums sums;
   for (int64_t r = 0; r < BM; ++r) {
-    if (targets[size_t(r)] == 0) continue;
+    if (targets[size_t(r)] == kPadToken) continue;
     const double l = double(lse[size_t(r)]);
     sums.ce += double(ce[size_t(r)]);
     sums.objective += double(ce[size_t(r)]) + kZLoss * l * l;
@@ -459,50 +443,6 @@ AttentionShape PerceiverAR<T>::self_attention_shape() const {
 }
 
 template <typename T>
-void PerceiverAR<T>::mlp_block_forward(const NormRef<T>& ln, const MlpRef<T>& mlp,
-                                       int64_t slot, uint32_t site, const T* x_in, T* x_out) {
-  const int64_t BM = batch_ * cfg_.num_latents, d = cfg_.d_model, F = mlp_width_;
-  typename Acts::Mlp& m = a_->mlp[size_t(slot)];
-  ops_.layernorm_forward(m.ln, m.mu, m.rs, x_in, ln.w, ln.b, BM, d, kLayerNormEps);
-  ops_.linear_forward(m.fc1, m.ln, mlp.fc1.w, mlp.fc1.b, BM, d, F);
-  ops_.sqrelu_forward(m.act, m.fc1, BM * F);
-  ops_.linear_forward(a_->tmp, m.act, mlp.fc2.w, tp_rank_ == 0 ? mlp.fc2.b : nullptr, BM, F, d);
-  tp_sum(a_->tmp, BM * d);
-  const double p = ctx_.training ? ctx_.dropout : 0.0;
-  if (p > 0)
-    ops_.dropout(a_->tmp, a_->tmp, batch_, cfg_.num_latents * d, p,
-                 DropoutKey{ctx_.seed, ctx_.step, site}, ctx_.example_base);
-  ops_.copy(x_out, x_in, BM * d);
-  ops_.add(x_out, a_->tmp, BM * d);
-}
-
-template <typename T>
-void PerceiverAR<T>::attention_block_forward(int64_t l, const T* x_in, T* x_out) {
-  const int64_t M = cfg_.num_latents, d = cfg_.d_model, BM = batch_ * M;
-  const int64_t H = cfg_.self_heads / tp_size_, D = cfg_.self_head_dim(), ds = self_width_;
-  const LayerRef<T>& lp = p_.layers[size_t(l)];
-  typename Acts::Attn& s = a_->attn[size_t(l)];
-  ops_.layernorm_forward(s.ln, s.mu, s.rs, x_in, lp.ln_attn.w, lp.ln_attn.b, BM, d,
-                         kLayerNormEps);
-  ops_.linear_forward(s.q, s.ln, lp.attn.q.w, lp.attn.q.b, BM, d, ds);
-  ops_.linear_forward(s.k, s.ln, lp.attn.k.w, lp.attn.k.b, BM, d, ds);
-  ops_.linear_forward(s.v, s.ln, lp.attn.v.w, lp.attn.v.b, BM, d, ds);
-  ops_.rotary(s.q, batch_, M, H, D, rot_self_.bands, a_->self_cos, a_->self_sin, false);
-  ops_.rotary(s.k, batch_, M, H, D, rot_self_.bands, a_->self_cos, a_->self_sin, false);
-  const AttentionShape shape = self_attention_shape();
-  ops_.attention_forward(shape, s.q, s.k, s.v, s.att, s.lse);
-  ops_.linear_forward(a_->tmp, s.att, lp.attn.o.w, tp_rank_ == 0 ? lp.attn.o.b : nullptr, BM,
-                      ds, d);
-  tp_sum(a_->tmp, BM * d);
-  const double p = ctx_.training ? ctx_.dropout : 0.0;
-  if (p > 0)
-    ops_.dropout(a_->tmp, a_->tmp, batch_, M * d, p,
-                 DropoutKey{ctx_.seed, ctx_.step, DropSite::layer_attn(l)}, ctx_.example_base);
-  ops_.copy(x_out, x_in, BM * d);
-  ops_.add(x_out, a_->tmp, BM * d);
-}
-
-template <typename T>
 void PerceiverAR<T>::backward(double loss_scale) {
   PAR_ASSERT(batch_ > 0, "backward() without forward()");
   const int64_t M = cfg_.num_latents, d = cfg_.d_model, V = cfg_.vocab_size;
@@ -515,71 +455,18 @@ void PerceiverAR<T>::backward(double loss_scale) {
                          d, V);
     ops_.layernorm_backward(a.dx, false, g_.final_ln.w, g_.final_ln.b, a.d_ln,
                             a.xs[size_t(L)], a.lnf_mu, a.lnf_rs, p_.final_ln.w, BM, d);
-    for (int64_t l = L - 1; l >= 0; --l) {
-      const LayerRef<T>& lp = p_.layers[size_t(l)];
-      const LayerRef<T>& lg = g_.layers[size_t(l)];
-      mlp_block_backward(lp.ln_mlp, lp.mlp, lg.ln_mlp, lg.mlp, 1 + l, DropSite::layer_mlp(l),
-                         a.attn[size_t(l)].x_mid, a.dx);
-      attention_block_backward(l, a.dx);
-    }
-    mlp_block_backward(p_.cross.ln_mlp, p_.cross.mlp, g_.cross.ln_mlp, g_.cross.mlp, 0,
-                       DropSite::kCrossMlp, a.x1, a.dx);
+    const LatentPass<T> pass = latent_pass();
+    const RotaryTables<T> rot = self_rotary();
+    const AttentionShape shape = self_attention_shape();
+    const BlockGradScratch<T> g = grad_scratch();
+    for (int64_t l = L - 1; l >= 0; --l)
+      latent_layer_backward(pass, p_.layers[size_t(l)], g_.layers[size_t(l)], l, self_width_,
+                            mlp_width_, rot, shape, a.attn[size_t(l)], a.mlp[size_t(1 + l)],
+                            a.xs[size_t(l)], a.x_mid[size_t(l)], a.dx, g);
+    mlp_block_backward(pass, p_.cross.ln_mlp, p_.cross.mlp, g_.cross.ln_mlp, g_.cross.mlp,
+                       mlp_width_, a.mlp[0], a.x1, a.dx, g, DropSite::kCrossMlp);
   }
   cross_attention_backward(a.dx);
-}
-
-template <typename T>
-void PerceiverAR<T>::mlp_block_backward(const NormRef<T>& ln, const MlpRef<T>& mlp,
-                                        const NormRef<T>& dln, const MlpRef<T>& dmlp,
-                                        int64_t slot, uint32_t site, const T* x_in, T* dx) {
-  const int64_t BM = batch_ * cfg_.num_latents, d = cfg_.d_model, F = mlp_width_;
-  const typename Acts::Mlp& m = a_->mlp[size_t(slot)];
-  Acts& a = *a_;
-  const double p = ctx_.training ? ctx_.dropout : 0.0;
-  const T* dy = dx;
-  if (p > 0) {
-    ops_.dropout(a.tmp, dx, batch_, cfg_.num_latents * d, p,
-                 DropoutKey{ctx_.seed, ctx_.step, site}, ctx_.example_base);
-    dy = a.tmp;
-  }
-  ops_.linear_backward(a.dact, false, dmlp.fc2.w, dmlp.fc2.b, dy, m.act, mlp.fc2.w, BM, F, d);
-  ops_.sqrelu_backward(a.dfc1, a.dact, m.fc1, BM * F);
-  ops_.linear_backward(a.d_ln, false, dmlp.fc1.w, dmlp.fc1.b, a.dfc1, m.ln, mlp.fc1.w, BM, d,
-                       F);
-  tp_sum(a.d_ln, BM * d);  // fc1 is column-parallel: its input gradient is a partial sum
-  ops_.layernorm_backward(dx, true, dln.w, dln.b, a.d_ln, x_in, m.mu, m.rs, ln.w, BM, d);
-}
-
-template <typename T>
-void PerceiverAR<T>::attention_block_backward(int64_t l, T* dx) {
-  const int64_t M = cfg_.num_latents, d = cfg_.d_model, BM = batch_ * M;
-  const int64_t H = cfg_.self_heads / tp_size_, D = cfg_.self_head_dim(), ds = self_width_;
-  const LayerRef<T>& lp = p_.layers[size_t(l)];
-  const LayerRef<T>& lg = g_.layers[size_t(l)];
-  const typename Acts::Attn& s = a_->attn[size_t(l)];
-  Acts& a = *a_;
-  const double p = ctx_.training ? ctx_.dropout : 0.0;
-  const T* dy = dx;
-  if (p > 0) {
-    ops_.dropout(a.tmp, dx, batch_, M * d, p,
-                 DropoutKey{ctx_.seed, ctx_.step, DropSite::layer_attn(l)}, ctx_.example_base);
-    dy = a.tmp;
-  }
-  ops_.linear_backward(a.datt, false, lg.attn.o.w, lg.attn.o.b, dy, s.att, lp.attn.o.w, BM, ds,
-                       d);
-  const AttentionShape shape = self_attention_shape();
-  ops_.attention_backward(shape, s.q, s.k, s.v, s.att, a.datt, s.lse, a.dq, a.dk, a.dv);
-  ops_.rotary(a.dq, batch_, M, H, D, rot_self_.bands, a.self_cos, a.self_sin, true);
-  ops_.rotary(a.dk, batch_, M, H, D, rot_self_.bands, a.self_cos, a.self_sin, true);
-  ops_.linear_backward(a.d_ln, false, lg.attn.q.w, lg.attn.q.b, a.dq, s.ln, lp.attn.q.w, BM, d,
-                       ds);
-  ops_.linear_backward(a.d_ln, true, lg.attn.k.w, lg.attn.k.b, a.dk, s.ln, lp.attn.k.w, BM, d,
-                       ds);
-  ops_.linear_backward(a.d_ln, true, lg.attn.v.w, lg.attn.v.b, a.dv, s.ln, lp.attn.v.w, BM, d,
-                       ds);
-  tp_sum(a.d_ln, BM * d);  // q, k, v are column-parallel
-  ops_.layernorm_backward(dx, true, lg.ln_attn.w, lg.ln_attn.b, a.d_ln, a.xs[size_t(l)], s.mu,
-                          s.rs, lp.ln_attn.w, BM, d);
 }
 
 template <typename T>
@@ -593,13 +480,7 @@ void PerceiverAR<T>::cross_attention_backward(T* dx) {
   const CrossRef<T>& cg = g_.cross;
   Acts& a = *a_;
   if (holds_latents()) {
-    const double p = ctx_.training ? ctx_.dropout : 0.0;
-    const T* dy = dx;
-    if (p > 0) {
-      ops_.dropout(a.tmp, dx, B, M * d, p,
-                   DropoutKey{ctx_.seed, ctx_.step, DropSite::kCrossAttn}, ctx_.example_base);
-      dy = a.tmp;
-    }
+    const T* dy = latent_pass().undrop(dx, a.tmp, DropSite::kCrossAttn);
     ops_.linear_backward(a.datt, false, cg.attn.o.w, cg.attn.o.b, dy, a.catt, cp.attn.o.w, BM,
                          dc, d);
   }
@@ -628,7 +509,7 @@ void PerceiverAR<T>::cross_attention_backward(T* dx) {
     ops_.rotary(a.dq, B, M, Hc, Dc, rot_cross_.bands, a.query_cos, a.query_sin, true);
     ops_.linear_backward(a.d_ln, false, cg.attn.q.w, cg.attn.q.b, a.dq, a.qn, cp.attn.q.w, BM, d,
                          dc);
-    tp_sum(a.d_ln, BM * d);
+    latent_pass().tp_sum(a.d_ln, BM * d);
     ops_.layernorm_backward(dx, true, cg.ln_q.w, cg.ln_q.b, a.d_ln, a.z0, a.qn_mu, a.qn_rs,
                             cp.ln_q.w, BM, d);
     ops_.linear_backward(a.tmp, false, cg.z_linear.w, cg.z_linear.b, dx, a.zin, cp.z_linear.w,

@@ -23,6 +23,8 @@
 #include <vector>
 
 #include "core/absolute_positions.h"
+#include "core/blocks.h"
+#include "core/constants.h"
 #include "core/groups.h"
 #include "core/model_config.h"
 #include "core/ops.h"
@@ -69,9 +71,6 @@ struct LossSums {
 template <typename T>
 class PerceiverAR {
  public:
-  static constexpr double kLayerNormEps = 1e-5;
-  static constexpr double kZLoss = 1e-4;
-
   PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch, ModelGroups groups = {});
   // What the constructor will allocate on each rank of an sp x tp layout, computed by
   // the sizing pass the constructor allocates by (it checks that the two agree), without
@@ -117,19 +116,15 @@ class PerceiverAR {
 
  private:
   struct Acts;
-  void attention_block_forward(int64_t l, const T* x_in, T* x_out);
-  void attention_block_backward(int64_t l, T* dx);
-  void mlp_block_forward(const NormRef<T>& ln, const MlpRef<T>& mlp, int64_t slot,
-                         uint32_t site, const T* x_in, T* x_out);
-  void mlp_block_backward(const NormRef<T>& ln, const MlpRef<T>& mlp, const NormRef<T>& dln,
-                          const MlpRef<T>& dmlp, int64_t slot, uint32_t site, const T* x_in,
-                          T* dx);
+  // What the blocks (core/blocks.h) of the latents need for the last forward.
+  LatentPass<T> latent_pass() const;
+  RotaryTables<T> self_rotary() const;
+  BlockGradScratch<T> grad_scratch() const;
   void cross_attention_backward(T* dx);
   void merge_attention();
   AttentionShape cross_attention_shape() const;
   AttentionShape self_attention_shape() const;
   void add_absolute_positions(const int32_t* windows, const int64_t* carry);
-  void tp_sum(T* x, int64_t n);
 
   ModelConfig cfg_;
   Ops<T>& ops_;

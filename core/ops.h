@@ -10,6 +10,13 @@
 //   Gradients of activations are written (=) unless an `accumulate` flag says otherwise.
 // - Sizes and offsets are 64-bit: a context of 131072 tokens times a width of 4096 does
 //   not fit in 32 bits.
+//
+// The operations are written once, in PAR_OPS_METHODS below: the interface declares them
+// from it (all pure virtual), the backends declare their overrides from it, the decorators
+// (core/ops_decorator.h) forward every one through it, and the cross-backend parity table
+// (tests/op_cases.cpp) must have a case for every name in it (tests/op_parity_test.cpp
+// fails for a name without one). So an operation is added by one entry of the list, its
+// implementations and its cases.
 #pragma once
 
 #include <cstddef>
@@ -77,130 +84,160 @@ struct AdamSpan {
   bool decays = true;
 };
 
+// Every operation of a backend, as X(return type, name, (parameters), (arguments)), with
+// what it does. T is the element type where the list is expanded.
+#define PAR_OPS_METHODS(X)                                                                         \
+  /* ---- memory ---- */                                                                           \
+  X(void*, allocate, (size_t bytes), (bytes))                                                      \
+  X(void, deallocate, (void* p), (p))                                                              \
+  X(void, upload, (void* dst, const void* host_src, size_t bytes), (dst, host_src, bytes))         \
+  X(void, download, (void* host_dst, const void* src, size_t bytes), (host_dst, src, bytes))       \
+  /* Waits for queued work (nothing to do on the CPU). */                                          \
+  X(void, synchronize, (), ())                                                                     \
+  /* ---- element-wise basics ---- */                                                              \
+  X(void, fill, (T* x, int64_t n, T value), (x, n, value))                                         \
+  X(void, copy, (T* dst, const T* src, int64_t n), (dst, src, n))                                  \
+  /* y += x */                                                                                     \
+  X(void, add, (T* y, const T* x, int64_t n), (y, x, n))                                           \
+  X(void, scale, (T* x, int64_t n, double s), (x, n, s))                                           \
+  /* For b < batch: dst[b*dst_stride + i] = (or +=) src[b*src_stride + i], i < count. */           \
+  X(void, copy_blocks,                                                                             \
+    (T* dst, int64_t dst_stride, const T* src, int64_t src_stride, int64_t batch,                  \
+     int64_t count, bool accumulate),                                                              \
+    (dst, dst_stride, src, src_stride, batch, count, accumulate))                                  \
+  /* ---- matrix products ---- */                                                                  \
+  /* C[m,n] = alpha * op(A)[m,k] op(B)[k,n] + beta * C, row-major with leading dimensions. */      \
+  X(void, gemm,                                                                                    \
+    (bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,             \
+     int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc),                             \
+    (trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))                              \
+  /* y[rows,out] = x[rows,in] w[out,in]^T + b  (b may be null) */                                  \
+  X(void, linear_forward,                                                                          \
+    (T* y, const T* x, const T* w, const T* b, int64_t rows, int64_t in, int64_t out),             \
+    (y, x, w, b, rows, in, out))                                                                   \
+  /* dx = (or +=) dy w; dw += dy^T x; db += sum_rows dy. dx or db may be null. */                  \
+  X(void, linear_backward,                                                                         \
+    (T* dx, bool accumulate_dx, T* dw, T* db, const T* dy, const T* x, const T* w,                 \
+     int64_t rows, int64_t in, int64_t out),                                                       \
+    (dx, accumulate_dx, dw, db, dy, x, w, rows, in, out))                                          \
+  /* ---- embedding ---- */                                                                        \
+  X(void, embedding_forward,                                                                       \
+    (T* h, const int32_t* ids, const T* table, int64_t rows, int64_t d),                           \
+    (h, ids, table, rows, d))                                                                      \
+  /* dtable += scatter(dh) */                                                                      \
+  X(void, embedding_backward,                                                                      \
+    (T* dtable, const int32_t* ids, const T* dh, int64_t rows, int64_t d),                         \
+    (dtable, ids, dh, rows, d))                                                                    \
+  /* ---- layer norm (mean and rstd are [rows], kept for backward) ---- */                         \
+  X(void, layernorm_forward,                                                                       \
+    (T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t rows, int64_t d,          \
+     double eps),                                                                                  \
+    (y, mean, rstd, x, w, b, rows, d, eps))                                                        \
+  X(void, layernorm_backward,                                                                      \
+    (T* dx, bool accumulate_dx, T* dw, T* db, const T* dy, const T* x, const T* mean,              \
+     const T* rstd, const T* w, int64_t rows, int64_t d),                                          \
+    (dx, accumulate_dx, dw, db, dy, x, mean, rstd, w, rows, d))                                    \
+  /* ---- rotary (in place) ---- */                                                                \
+  /* x is [batch, n, heads*head_dim]. The first 2*bands dims of each head of row (b, i) */         \
+  /* are rotated in adjacent pairs by the angle of band k at that row's position, whose */         \
+  /* cosine and sine are cos_table[i*bands + k] and sin_table[i*bands + k] (tables */              \
+  /* [n, bands], made for the rows' positions). `inverse` rotates by minus the angle, which */     \
+  /* is the backward of the forward rotation. */                                                   \
+  X(void, rotary,                                                                                  \
+    (T* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim, int64_t bands,               \
+     const T* cos_table, const T* sin_table, bool inverse),                                        \
+    (x, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse))                          \
+  /* ---- activation and regularization ---- */                                                    \
+  X(void, sqrelu_forward, (T* y, const T* x, int64_t n), (y, x, n))                                \
+  X(void, sqrelu_backward, (T* dx, const T* dy, const T* x, int64_t n), (dx, dy, x, n))            \
+  /* y = x * keep / (1 - p), keep = dropout_keep(key, example_base + b, i) for element i */        \
+  /* of example b. Forward and backward are the same call. y may equal x. */                       \
+  X(void, dropout,                                                                                 \
+    (T* y, const T* x, int64_t batch, int64_t per_example, double p, const DropoutKey& key,        \
+     uint64_t example_base),                                                                       \
+    (y, x, batch, per_example, p, key, example_base))                                              \
+  /* keep[b*n + j] = tokens[b*token_stride + j] != PAD and, when p > 0, */                         \
+  /* dropout_keep(key, example_base + b, position_base + j, p). */                                 \
+  X(void, key_keep_mask,                                                                           \
+    (uint8_t* keep, const int32_t* tokens, int64_t batch, int64_t n, int64_t token_stride,         \
+     double p, const DropoutKey& key, uint64_t example_base, int64_t position_base),               \
+    (keep, tokens, batch, n, token_stride, p, key, example_base, position_base))                   \
+  /* ---- attention (blocked over keys; never holds a [nq, nk] score matrix) ---- */               \
+  X(void, attention_forward,                                                                       \
+    (const AttentionShape& s, const T* q, const T* k, const T* v, T* o, T* lse),                   \
+    (s, q, k, v, o, lse))                                                                          \
+  /* Uses the forward's o and lse (after any cross-rank merge). dq, dk, dv are written; */         \
+  /* dk and dv rows of invisible keys are zero. */                                                 \
+  X(void, attention_backward,                                                                      \
+    (const AttentionShape& s, const T* q, const T* k, const T* v, const T* o, const T* d_o,        \
+     const T* lse, T* dq, T* dk, T* dv),                                                           \
+    (s, q, k, v, o, d_o, lse, dq, dk, dv))                                                         \
+  /* o [heads*head_dim] for the (rotated) query q. Returns false, doing nothing, where the */      \
+  /* backend has no such kernel; the caller then attends over materialized keys. */                \
+  X(bool, token_attention_forward,                                                                 \
+    (const TokenAttentionShape& s, const T* q, const T* key_table, const T* value_table,           \
+     const T* cos, const T* sin, T* o),                                                            \
+    (s, q, key_table, value_table, cos, sin, o))                                                   \
+  /* ---- merging partial attention across ranks (sequence parallelism) ---- */                    \
+  /* Each rank attends over its own slice of the keys, giving o (normalized within the */          \
+  /* slice) and lse. To combine them, every rank rescales its part by w = exp(lse - lse_max) */    \
+  /* (lse_max: the maximum over ranks): o *= w and lse := w; the ranks then sum o and w, and */    \
+  /* attention_merge_finish sets o /= sum_w and lse = lse_max + log(sum_w). Shapes as in */        \
+  /* attention_forward; a slice or a whole row with no visible key contributes weight 0. */        \
+  X(void, attention_merge_scale,                                                                   \
+    (T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq, int64_t heads, int64_t head_dim),  \
+    (o, lse, lse_max, batch, nq, heads, head_dim))                                                 \
+  X(void, attention_merge_finish,                                                                  \
+    (T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq, int64_t heads, int64_t head_dim),  \
+    (o, lse, lse_max, batch, nq, heads, head_dim))                                                 \
+  /* ---- loss ---- */                                                                             \
+  /* lse[r] = logsumexp(logits[r]); ce[r] = lse[r] - logits[r, target[r]], or 0 where the */       \
+  /* target is PAD. */                                                                             \
+  X(void, cross_entropy_forward,                                                                   \
+    (T* ce, T* lse, const T* logits, const int32_t* targets, int64_t rows, int64_t vocab),         \
+    (ce, lse, logits, targets, rows, vocab))                                                       \
+  /* Gradient of scale * sum over valid rows of (ce + z_loss * lse^2); PAD rows get 0. */          \
+  X(void, cross_entropy_backward,                                                                  \
+    (T* dlogits, const T* logits, const T* lse, const int32_t* targets, int64_t rows,              \
+     int64_t vocab, double scale, double z_loss),                                                  \
+    (dlogits, logits, lse, targets, rows, vocab, scale, z_loss))                                   \
+  /* ---- optimizer ---- */                                                                        \
+  X(double, sum_squares, (const T* x, int64_t n), (x, n))                                          \
+  X(void, adam_update, (T* param, T* m, T* v, const T* grad, int64_t n, const AdamStep& step),     \
+    (param, m, v, grad, n, step))                                                                  \
+  /* The same update over several spans of the buffers at once (the whole model: one */            \
+  /* launch on a GPU instead of one per tensor); spans with decays == false take weight */         \
+  /* decay 0. Spans are ordered and disjoint; elements outside them are left alone. */             \
+  /* (adam_update_each_span below: the same through one adam_update per span.) */                  \
+  X(void, adam_update_spans,                                                                       \
+    (T* param, T* m, T* v, const T* grad, const AdamSpan* spans, int64_t count,                    \
+     const AdamStep& step),                                                                        \
+    (param, m, v, grad, spans, count, step))
+
+// Expansions of the list: in the interface, in a backend's class body.
+#define PAR_OPS_PURE(ret, op, params, args) virtual ret op params = 0;
+#define PAR_OPS_OVERRIDE(ret, op, params, args) ret op params override;
+
 template <typename T>
 class Ops {
  public:
   virtual ~Ops() = default;
   virtual const char* name() const = 0;
-
-  // ---- memory ----
-  virtual void* allocate(size_t bytes) = 0;
-  virtual void deallocate(void* p) = 0;
-  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
-  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
-  virtual void synchronize() {}
-
-  // ---- element-wise basics ----
-  virtual void fill(T* x, int64_t n, T value) = 0;
-  virtual void copy(T* dst, const T* src, int64_t n) = 0;
-  virtual void add(T* y, const T* x, int64_t n) = 0;  // y += x
-  virtual void scale(T* x, int64_t n, double s) = 0;
-  // For b < batch: dst[b*dst_stride + i] = (or +=) src[b*src_stride + i], i < count.
-  virtual void copy_blocks(T* dst, int64_t dst_stride, const T* src, int64_t src_stride,
-                           int64_t batch, int64_t count, bool accumulate) = 0;
-
-  // ---- matrix products ----
-  // C[m,n] = alpha * op(A)[m,k] op(B)[k,n] + beta * C, row-major with leading dimensions.
-  virtual void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha,
-                    const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c,
-                    int64_t ldc) = 0;
-  // y[rows,out] = x[rows,in] w[out,in]^T + b  (b may be null)
-  virtual void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t rows,
-                              int64_t in, int64_t out) = 0;
-  // dx = (or +=) dy w; dw += dy^T x; db += sum_rows dy. dx or db may be null.
-  virtual void linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy,
-                               const T* x, const T* w, int64_t rows, int64_t in,
-                               int64_t out) = 0;
-
-  // ---- embedding ----
-  virtual void embedding_forward(T* h, const int32_t* ids, const T* table, int64_t rows,
-                                 int64_t d) = 0;
-  virtual void embedding_backward(T* dtable, const int32_t* ids, const T* dh, int64_t rows,
-                                  int64_t d) = 0;  // dtable += scatter(dh)
-
-  // ---- layer norm (mean and rstd are [rows], kept for backward) ----
-  virtual void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b,
-                                 int64_t rows, int64_t d, double eps) = 0;
-  virtual void layernorm_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy,
-                                  const T* x, const T* mean, const T* rstd, const T* w,
-                                  int64_t rows, int64_t d) = 0;
-
-  // ---- rotary (in place) ----
-  // x is [batch, n, heads*head_dim]. The first 2*bands dims of each head of row (b, i)
-  // are rotated in adjacent pairs by the angle of band k at that row's position, whose
-  // cosine and sine are cos_table[i*bands + k] and sin_table[i*bands + k] (tables
-  // [n, bands], made for the rows' positions). `inverse` rotates by minus the angle, which
-  // is the backward of the forward rotation.
-  virtual void rotary(T* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim,
-                      int64_t bands, const T* cos_table, const T* sin_table, bool inverse) = 0;
-
-  // ---- activation and regularization ----
-  virtual void sqrelu_forward(T* y, const T* x, int64_t n) = 0;
-  virtual void sqrelu_backward(T* dx, const T* dy, const T* x, int64_t n) = 0;
-  // y = x * keep / (1 - p), keep = dropout_keep(key, example_base + b, i) for element i
-  // of example b. Forward and backward are the same call. y may equal x.
-  virtual void dropout(T* y, const T* x, int64_t batch, int64_t per_example, double p,
-                       const DropoutKey& key, uint64_t example_base) = 0;
-  // keep[b*n + j] = tokens[b*token_stride + j] != PAD and, when p > 0,
-  // dropout_keep(key, example_base + b, position_base + j, p).
-  virtual void key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batch, int64_t n,
-                             int64_t token_stride, double p, const DropoutKey& key,
-                             uint64_t example_base, int64_t position_base) = 0;
-
-  // ---- attention (blocked over keys; never holds a [nq, nk] score matrix) ----
-  virtual void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v,
-                                 T* o, T* lse) = 0;
-  // Uses the forward's o and lse (after any cross-rank merge). dq, dk, dv are written;
-  // dk and dv rows of invisible keys are zero.
-  virtual void attention_backward(const AttentionShape& s, const T* q, const T* k,
-                                  const T* v, const T* o, const T* d_o, const T* lse, T* dq,
-                                  T* dk, T* dv) = 0;
-
-  // o [heads*head_dim] for the (rotated) query q. Returns false, doing nothing, where the
-  // backend has no such kernel; the caller then attends over materialized keys.
-  virtual bool token_attention_forward(const TokenAttentionShape& /*s*/, const T* /*q*/,
-                                       const T* /*key_table*/, const T* /*value_table*/,
-                                       const T* /*cos*/, const T* /*sin*/, T* /*o*/) {
-    return false;
-  }
-
-  // ---- merging partial attention across ranks (sequence parallelism) ----
-  // Each rank attends over its own slice of the keys, giving o (normalized within the
-  // slice) and lse. To combine them, every rank rescales its part by w = exp(lse - lse_max)
-  // (lse_max: the maximum over ranks): o *= w and lse := w; the ranks then sum o and w, and
-  // attention_merge_finish sets o /= sum_w and lse = lse_max + log(sum_w). Shapes as in
-  // attention_forward; a slice or a whole row with no visible key contributes weight 0.
-  virtual void attention_merge_scale(T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq,
-                                     int64_t heads, int64_t head_dim) = 0;
-  virtual void attention_merge_finish(T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq,
-                                      int64_t heads, int64_t head_dim) = 0;
-
-  // ---- loss ----
-  // lse[r] = logsumexp(logits[r]); ce[r] = lse[r] - logits[r, target[r]], or 0 where the
-  // target is PAD.
-  virtual void cross_entropy_forward(T* ce, T* lse, const T* logits, const int32_t* targets,
-                                     int64_t rows, int64_t vocab) = 0;
-  // Gradient of scale * sum over valid rows of (ce + z_loss * lse^2); PAD rows get 0.
-  virtual void cross_entropy_backward(T* dlogits, const T* logits, const T* lse,
-                                      const int32_t* targets, int64_t rows, int64_t vocab,
-                                      double scale, double z_loss) = 0;
-
-  // ---- optimizer ----
-  virtual double sum_squares(const T* x, int64_t n) = 0;
-  virtual void adam_update(T* param, T* m, T* v, const T* grad, int64_t n,
-                           const AdamStep& step) = 0;
-  // The same update over several spans of the buffers at once (the whole model: one
-  // launch on a GPU instead of one per tensor); spans with decays == false take weight
-  // decay 0. Spans are ordered and disjoint; elements outside them are left alone.
-  virtual void adam_update_spans(T* param, T* m, T* v, const T* grad, const AdamSpan* spans,
-                                 int64_t count, const AdamStep& step) {
-    for (int64_t k = 0; k < count; ++k) {
-      AdamStep s = step;
-      if (!spans[k].decays) s.weight_decay = 0;
-      const int64_t b = spans[k].begin;
-      adam_update(param + b, m + b, v + b, grad + b, spans[k].end - b, s);
-    }
-  }
+  // The operations: add them to PAR_OPS_METHODS, nowhere else.
+  PAR_OPS_METHODS(PAR_OPS_PURE)
 };
+
+// Ops::adam_update_spans as one adam_update per span, for a backend without a kernel that
+// takes them all at once.
+template <typename T>
+void adam_update_each_span(Ops<T>& ops, T* param, T* m, T* v, const T* grad,
+                           const AdamSpan* spans, int64_t count, const AdamStep& step) {
+  for (int64_t k = 0; k < count; ++k) {
+    AdamStep s = step;
+    if (!spans[k].decays) s.weight_decay = 0;
+    const int64_t b = spans[k].begin;
+    ops.adam_update(param + b, m + b, v + b, grad + b, spans[k].end - b, s);
+  }
+}
 
 }  // namespace par

@@ -16,6 +16,60 @@ int64_t ParamInfo::global_index(int64_t i) const {
   return shard_axis == 0 ? (shard_begin + r) * cols + c : r * global_shape[1] + shard_begin + c;
 }
 
+namespace {
+
+// The model's parameters in layout order (spec/MODEL.md section 10), each with its global
+// shape, its kind, the axis tensor parallelism splits (-1: none) and the slot of ModelRef
+// that views it: the one list from which both the layout and bind() are made.
+// add(name, shape, kind, split, slot).
+template <typename T, typename Add>
+void for_each_param(const ModelConfig& c, ModelRef<T>& m, Add&& add) {
+  const int64_t d = c.d_model, V = c.vocab_size, f = c.mlp_width();
+  constexpr int kRows = 0, kCols = 1, kNone = -1;
+  // Column-parallel layers split their output rows (weight and bias); row-parallel
+  // layers split their input columns and keep the bias whole.
+  auto linear = [&](const std::string& prefix, LinearRef<T>& r, int64_t out, int64_t in,
+                    int split) {
+    add(prefix + ".weight", std::vector<int64_t>{out, in}, ParamKind::kMatrix, split, r.w);
+    add(prefix + ".bias", std::vector<int64_t>{out}, ParamKind::kBias,
+        split == kRows ? 0 : kNone, r.b);
+  };
+  auto norm = [&](const std::string& prefix, NormRef<T>& r) {
+    add(prefix + ".weight", std::vector<int64_t>{d}, ParamKind::kNormWeight, kNone, r.w);
+    add(prefix + ".bias", std::vector<int64_t>{d}, ParamKind::kNormBias, kNone, r.b);
+  };
+  auto attention = [&](const std::string& prefix, AttentionRef<T>& a) {
+    linear(prefix + ".q", a.q, d, d, kRows);
+    linear(prefix + ".k", a.k, d, d, kRows);
+    linear(prefix + ".v", a.v, d, d, kRows);
+    linear(prefix + ".o", a.o, d, d, kCols);
+  };
+  auto mlp = [&](const std::string& prefix, MlpRef<T>& r) {
+    linear(prefix + ".fc1", r.fc1, f, d, kRows);
+    linear(prefix + ".fc2", r.fc2, d, f, kCols);
+  };
+  add("embed.weight", std::vector<int64_t>{V, d}, ParamKind::kEmbedding, kNone, m.embed);
+  linear("cross.z_linear", m.cross.z_linear, d, d, kNone);
+  norm("cross.ln_q", m.cross.ln_q);
+  norm("cross.ln_kv", m.cross.ln_kv);
+  norm("cross.ln_mlp", m.cross.ln_mlp);
+  attention("cross.attn", m.cross.attn);
+  mlp("cross.mlp", m.cross.mlp);
+  m.layers.resize(size_t(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = cat("layers.", l);
+    LayerRef<T>& layer = m.layers[size_t(l)];
+    norm(p + ".ln_attn", layer.ln_attn);
+    norm(p + ".ln_mlp", layer.ln_mlp);
+    attention(p + ".attn", layer.attn);
+    mlp(p + ".mlp", layer.mlp);
+  }
+  norm("final_ln", m.final_ln);
+  linear("head", m.head, V, d, kNone);
+}
+
+}  // namespace
+
 void ParamLayout::add(const std::string& name, std::vector<int64_t> shape, ParamKind kind,
                       int shard_axis) {
   ParamInfo p;
@@ -38,49 +92,14 @@ void ParamLayout::add(const std::string& name, std::vector<int64_t> shape, Param
 }
 
 ParamLayout::ParamLayout(const ModelConfig& c, int tp_rank, int tp_size)
-    : tp_rank_(tp_rank), tp_size_(tp_size) {
+    : config_(c), tp_rank_(tp_rank), tp_size_(tp_size) {
   PAR_ASSERT(tp_size >= 1 && tp_rank >= 0 && tp_rank < tp_size);
   PAR_ASSERT(c.cross_heads % tp_size == 0 && c.self_heads % tp_size == 0,
              "heads must divide by the tensor-parallel size (checked by the caller)");
-  const int64_t d = c.d_model, V = c.vocab_size, f = c.mlp_width();
-  constexpr int kRows = 0, kCols = 1, kNone = -1;
-  // Column-parallel layers split their output rows (weight and bias); row-parallel
-  // layers split their input columns and keep the bias whole.
-  auto linear = [&](const std::string& prefix, int64_t out, int64_t in, int split) {
-    add(prefix + ".weight", {out, in}, ParamKind::kMatrix, split);
-    add(prefix + ".bias", {out}, ParamKind::kBias, split == kRows ? 0 : kNone);
-  };
-  auto norm = [&](const std::string& prefix) {
-    add(prefix + ".weight", {d}, ParamKind::kNormWeight, kNone);
-    add(prefix + ".bias", {d}, ParamKind::kNormBias, kNone);
-  };
-  auto attention = [&](const std::string& prefix) {
-    for (const char* p : {"q", "k", "v"}) linear(prefix + "." + p, d, d, kRows);
-    linear(prefix + ".o", d, d, kCols);
-  };
-  auto mlp = [&](const std::string& prefix) {
-    linear(prefix + ".fc1", f, d, kRows);
-    linear(prefix + ".fc2", d, f, kCols);
-  };
-  auto linear_replicated = [&](const std::string& prefix, int64_t out, int64_t in) {
-    linear(prefix, out, in, kNone);
-  };
-  add("embed.weight", {V, d}, ParamKind::kEmbedding, kNone);
-  linear_replicated("cross.z_linear", d, d);
-  norm("cross.ln_q");
-  norm("cross.ln_kv");
-  norm("cross.ln_mlp");
-  attention("cross.attn");
-  mlp("cross.mlp");
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string p = cat("layers.", l);
-    norm(p + ".ln_attn");
-    norm(p + ".ln_mlp");
-    attention(p + ".attn");
-    mlp(p + ".mlp");
-  }
-  norm("final_ln");
-  linear_replicated("head", V, d);
+  ModelRef<float> views;  // not bound to anything: only the names and shapes are wanted
+  for_each_param(c, views,
+                 [&](const std::string& name, std::vector<int64_t> shape, ParamKind kind,
+                     int split, float*&) { add(name, std::move(shape), kind, split); });
   for (auto& p : params_)
     p.grad_summed_over_tp = p.name == "embed.weight" || p.name.rfind("cross.ln_kv.", 0) == 0;
 }
@@ -99,40 +118,15 @@ int64_t ParamLayout::num_parameters() const {
 
 template <typename T>
 ModelRef<T> bind(const ParamLayout& layout, T* base) {
-  auto at = [&](const std::string& name) {
-    const ParamInfo* p = layout.find(name);
-    PAR_ASSERT(p, "no parameter ", name);
-    return base + p->offset;
-  };
-  auto linear = [&](const std::string& prefix) {
-    return LinearRef<T>{at(prefix + ".weight"), at(prefix + ".bias")};
-  };
-  auto norm = [&](const std::string& prefix) {
-    return NormRef<T>{at(prefix + ".weight"), at(prefix + ".bias")};
-  };
-  auto attention = [&](const std::string& prefix) {
-    return AttentionRef<T>{linear(prefix + ".q"), linear(prefix + ".k"), linear(prefix + ".v"),
-                           linear(prefix + ".o")};
-  };
-  auto mlp = [&](const std::string& prefix) {
-    return MlpRef<T>{linear(prefix + ".fc1"), linear(prefix + ".fc2")};
-  };
   ModelRef<T> m;
-  m.embed = at("embed.weight");
-  m.cross.z_linear = linear("cross.z_linear");
-  m.cross.ln_q = norm("cross.ln_q");
-  m.cross.ln_kv = norm("cross.ln_kv");
-  m.cross.ln_mlp = norm("cross.ln_mlp");
-  m.cross.attn = attention("cross.attn");
-  m.cross.mlp = mlp("cross.mlp");
-  for (int64_t l = 0;; ++l) {
-    const std::string p = cat("layers.", l);
-    if (!layout.find(p + ".ln_attn.weight")) break;
-    m.layers.push_back(LayerRef<T>{norm(p + ".ln_attn"), norm(p + ".ln_mlp"),
-                                   attention(p + ".attn"), mlp(p + ".mlp")});
-  }
-  m.final_ln = norm("final_ln");
-  m.head = linear("head");
+  size_t i = 0;
+  for_each_param(layout.config(), m,
+                 [&](const std::string& name, const std::vector<int64_t>&, ParamKind, int,
+                     T*& slot) {
+                   const ParamInfo& p = layout.params()[i++];
+                   PAR_ASSERT(p.name == name, "layout and views disagree at ", name);
+                   slot = base + p.offset;
+                 });
   return m;
 }
 

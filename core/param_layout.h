@@ -52,9 +52,11 @@ class ParamLayout {
   int64_t num_parameters() const;  // of the slices, without gaps
   int tp_rank() const { return tp_rank_; }
   int tp_size() const { return tp_size_; }
+  const ModelConfig& config() const { return config_; }
 
  private:
   void add(const std::string& name, std::vector<int64_t> shape, ParamKind kind, int shard_axis);
+  ModelConfig config_;
   std::vector<ParamInfo> params_;
   int64_t total_ = 0;
   int tp_rank_, tp_size_;

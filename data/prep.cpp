@@ -300,7 +300,7 @@ PrepResult prep_bytes(const BytesPrepOptions& opts, std::ostream& log) {
       sink.push(ids.data(), n);
       left -= n;
     }
-    sink.push(&kEos, 1);
+    sink.push(&kEosToken, 1);
   }
   PrepResult r = sink.finish(log);
   log << summary(cat("prep bytes: ", opts.inputs.size(), " file(s)"), r, kByteVocabSize,
@@ -400,7 +400,7 @@ PrepResult prep_mirror(const MirrorPrepOptions& opts, std::ostream& log) {
         // (std::uniform_int_distribution is not).
         for (int64_t i = 0; i < h; ++i) ex[i] = kByteOffset + static_cast<int32_t>(gen() >> 56);
         for (int64_t i = 0; i < h; ++i) ex[h + i] = opts.reverse ? ex[h - 1 - i] : ex[i];
-        for (int64_t i = 2 * h; i < e; ++i) ex[i] = kEos;
+        for (int64_t i = 2 * h; i < e; ++i) ex[i] = kEosToken;
         if (opts.keep > 0) {
           // Second-half position h + i repeats first-half position src(i); keep the last
           // `keep` of the second half and their sources (the draws are those of the whole
@@ -409,8 +409,8 @@ PrepResult prep_mirror(const MirrorPrepOptions& opts, std::ostream& log) {
           for (int64_t i = h - opts.keep; i < h; ++i)
             kept[static_cast<size_t>(opts.reverse ? h - 1 - i : i)] = 1;
           for (int64_t i = 0; i < h; ++i) {
-            if (!kept[static_cast<size_t>(i)]) ex[i] = kPad;
-            if (i < h - opts.keep) ex[h + i] = kPad;
+            if (!kept[static_cast<size_t>(i)]) ex[i] = kPadToken;
+            if (i < h - opts.keep) ex[h + i] = kPadToken;
           }
         }
       }

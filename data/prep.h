@@ -12,14 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "core/constants.h"
 #include "data/shard.h"
 
 namespace par {
-
-inline constexpr int64_t kByteVocabSize = 259;  // PAD, EOS, SOS, then bytes (spec/MODEL.md)
-inline constexpr int32_t kPad = 0;
-inline constexpr int32_t kEos = 1;
-inline constexpr int32_t kByteOffset = 3;
 
 struct PrepCommon {
   std::string out_dir;

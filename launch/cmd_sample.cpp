@@ -17,6 +17,7 @@
 
 #include "checkpoint/model_file.h"
 #include "core/decoder.h"
+#include "core/constants.h"
 #include "core/error.h"
 #include "data/shard.h"
 #include "launch/backend.h"
@@ -31,13 +32,11 @@ namespace par {
 
 namespace {
 
-constexpr int32_t kEos = 1;
-constexpr int64_t kByteVocab = 259;
 constexpr int64_t kMaxTokens = 100'000'000;
 
 std::vector<int32_t> bytes_to_ids(const std::string& bytes) {
   std::vector<int32_t> ids;
-  for (unsigned char c : bytes) ids.push_back(int32_t(c) + 3);
+  for (unsigned char c : bytes) ids.push_back(int32_t(c) + kByteOffset);
   return ids;
 }
 
@@ -99,7 +98,7 @@ int cmd_sample(int argc, char** argv) {
   Backend backend = make_local_backend(device, precision, attention);
   const ModelFile model = read_model_file(checkpoint, false);
   const ModelConfig& c = model.model;
-  const bool byte_model = c.vocab_size == kByteVocab;
+  const bool byte_model = c.vocab_size == kByteVocabSize;
   if (format.empty()) format = byte_model ? "text" : "ids";
   if (format != "text" && format != "ids" && format != "json")
     fail_user("--format must be text, ids or json (got '", format, "')");
@@ -157,7 +156,7 @@ int cmd_sample(int argc, char** argv) {
   for (int64_t i = 0; i < tokens; ++i) {
     const int32_t t = sample_token(dec.logits(), so, rng);
     out.push_back(t);
-    if (stop_at_eos && t == kEos) break;
+    if (stop_at_eos && t == kEosToken) break;
     if (i + 1 < tokens) dec.append(t);
     // Output comes at the end: a long generation says how far it is.
     const auto now = Clock::now();

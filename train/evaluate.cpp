@@ -53,7 +53,7 @@ void add_block_sums(const PerceiverAR<T>& model, int64_t batch, const std::vecto
   const std::vector<int32_t>& targets = model.targets();
   double batch_sums[3] = {0, 0, 0};
   for (int64_t r = 0; r < batch * M; ++r) {
-    if (targets[size_t(r)] == 0 || (!scored.empty() && !scored[size_t(r)])) continue;
+    if (targets[size_t(r)] == kPadToken || (!scored.empty() && !scored[size_t(r)])) continue;
     const T* row = logits.data() + r * V;
     batch_sums[0] += double(ce[size_t(r)]);
     batch_sums[1] += 1;

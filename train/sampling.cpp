@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <numeric>
 
+#include "core/constants.h"
 #include "core/error.h"
 
 namespace par {
@@ -92,13 +93,16 @@ std::string escape(const std::string& raw) {
 std::string decode_bytes(const std::vector<int32_t>& ids) {
   std::string out, run;
   for (int32_t id : ids) {
-    if (id >= 3 && id < 259) {
-      run += char(id - 3);
+    if (id >= kByteOffset && id < kByteVocabSize) {
+      run += char(id - kByteOffset);
       continue;
     }
     out += escape(run);
     run.clear();
-    out += id == 0 ? "<pad>" : id == 1 ? "<eos>" : id == 2 ? "<sos>" : cat("<", id, ">");
+    out += id == kPadToken   ? "<pad>"
+           : id == kEosToken ? "<eos>"
+           : id == kSosToken ? "<sos>"
+                             : cat("<", id, ">");
   }
   return out + escape(run);
 }

@@ -160,7 +160,7 @@ StepResult TrainStep::compute_gradients(int64_t step, const std::vector<const in
     const int64_t first = std::max(N - M + 1, c0), last = std::min(N, c0 + cols - 1);
     for (const int32_t* windows : micro)
       for (int64_t b = 0; b < mb; ++b)
-        for (int64_t c = first; c <= last; ++c) valid += windows[b * cols + c - c0] != 0;
+        for (int64_t c = first; c <= last; ++c) valid += windows[b * cols + c - c0] != kPadToken;
   }
   valid = grid_.world()->all_reduce_value(valid);
   // The loss sums come from the rank holding the latents (tensor rank 0 of it).

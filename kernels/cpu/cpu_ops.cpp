@@ -11,6 +11,7 @@
 #include <new>
 #include <vector>
 
+#include "core/constants.h"
 #include "core/error.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/dropout_span.h"
@@ -124,6 +125,9 @@ template <typename T>
 void CpuOps<T>::download(void* dst, const void* src, size_t bytes) {
   std::memcpy(dst, src, bytes);
 }
+
+template <typename T>
+void CpuOps<T>::synchronize() {}  // every op has finished when it returns
 
 template <typename T>
 void CpuOps<T>::fill(T* x, int64_t n, T value) {
@@ -326,7 +330,7 @@ void CpuOps<T>::key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batc
     uint8_t* kb = keep + b * n;
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (int64_t j = 0; j < n; ++j)
-      kb[j] = tb[j] != 0 && (p <= 0 || dropout_keep(key, ex, uint64_t(position_base + j), pf));
+      kb[j] = tb[j] != kPadToken && (p <= 0 || dropout_keep(key, ex, uint64_t(position_base + j), pf));
   }
 }
 
@@ -386,7 +390,7 @@ void CpuOps<T>::cross_entropy_forward(T* ce, T* lse, const T* logits, const int3
     for (int64_t j = 0; j < vocab; ++j) sum += std::exp(double(z[j]) - mx);
     const double l = mx + std::log(sum);
     lse[r] = T(l);
-    ce[r] = targets[r] == 0 ? T(0) : T(l - double(z[targets[r]]));
+    ce[r] = targets[r] == kPadToken ? T(0) : T(l - double(z[targets[r]]));
   }
 }
 
@@ -397,7 +401,7 @@ void CpuOps<T>::cross_entropy_backward(T* dlogits, const T* logits, const T* lse
 #pragma omp parallel for schedule(static) if (rows * vocab >= kParallelMin)
   for (int64_t r = 0; r < rows; ++r) {
     T* g = dlogits + r * vocab;
-    if (targets[r] == 0) {
+    if (targets[r] == kPadToken) {
       std::fill(g, g + vocab, T(0));
       continue;
     }
@@ -449,6 +453,12 @@ void CpuOps<T>::adam_update(T* param, T* m, T* v, const T* grad, int64_t n,
     v[i] = b2 * v[i] + (T(1) - b2) * g * g;
     param[i] = param[i] * decay - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
   }
+}
+
+template <typename T>
+void CpuOps<T>::adam_update_spans(T* param, T* m, T* v, const T* grad, const AdamSpan* spans,
+                                  int64_t count, const AdamStep& step) {
+  adam_update_each_span(*this, param, m, v, grad, spans, count, step);
 }
 
 template class CpuOps<float>;

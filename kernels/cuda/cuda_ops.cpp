@@ -72,73 +72,9 @@ class CudaOps final : public Ops<float> {
 
   const char* name() const override { return "cuda"; }
 
-  void* allocate(size_t bytes) override;
-  void deallocate(void* p) override;
-  void upload(void* dst, const void* src, size_t bytes) override;
-  void download(void* dst, const void* src, size_t bytes) override;
-  void synchronize() override;
-
-  void fill(float* x, int64_t n, float value) override;
-  void copy(float* dst, const float* src, int64_t n) override;
-  void add(float* y, const float* x, int64_t n) override;
-  void scale(float* x, int64_t n, double s) override;
-  void copy_blocks(float* dst, int64_t dst_stride, const float* src, int64_t src_stride,
-                   int64_t batch, int64_t count, bool accumulate) override;
-
-  void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-            int64_t ldc) override;
-  void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t rows,
-                      int64_t in, int64_t out) override;
-  void linear_backward(float* dx, bool accumulate_dx, float* dw, float* db, const float* dy,
-                       const float* x, const float* w, int64_t rows, int64_t in,
-                       int64_t out) override;
-
-  void embedding_forward(float* h, const int32_t* ids, const float* table, int64_t rows,
-                         int64_t d) override;
-  void embedding_backward(float* dtable, const int32_t* ids, const float* dh, int64_t rows,
-                          int64_t d) override;
-
-  void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* w,
-                         const float* b, int64_t rows, int64_t d, double eps) override;
-  void layernorm_backward(float* dx, bool accumulate_dx, float* dw, float* db, const float* dy,
-                          const float* x, const float* mean, const float* rstd, const float* w,
-                          int64_t rows, int64_t d) override;
-
-  void rotary(float* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim,
-              int64_t bands, const float* cos_table, const float* sin_table,
-              bool inverse) override;
-
-  void sqrelu_forward(float* y, const float* x, int64_t n) override;
-  void sqrelu_backward(float* dx, const float* dy, const float* x, int64_t n) override;
-  void dropout(float* y, const float* x, int64_t batch, int64_t per_example, double p,
-               const DropoutKey& key, uint64_t example_base) override;
-  void key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batch, int64_t n,
-                     int64_t token_stride, double p, const DropoutKey& key,
-                     uint64_t example_base, int64_t position_base) override;
-
-  void attention_forward(const AttentionShape& s, const float* q, const float* k,
-                         const float* v, float* o, float* lse) override;
-  void attention_backward(const AttentionShape& s, const float* q, const float* k,
-                          const float* v, const float* o, const float* d_o, const float* lse,
-                          float* dq, float* dk, float* dv) override;
-
-  void attention_merge_scale(float* o, float* lse, const float* lse_max, int64_t batch,
-                             int64_t nq, int64_t heads, int64_t head_dim) override;
-  void attention_merge_finish(float* o, float* lse, const float* lse_max, int64_t batch,
-                              int64_t nq, int64_t heads, int64_t head_dim) override;
-
-  void cross_entropy_forward(float* ce, float* lse, const float* logits,
-                             const int32_t* targets, int64_t rows, int64_t vocab) override;
-  void cross_entropy_backward(float* dlogits, const float* logits, const float* lse,
-                              const int32_t* targets, int64_t rows, int64_t vocab,
-                              double scale, double z_loss) override;
-
-  double sum_squares(const float* x, int64_t n) override;
-  void adam_update(float* param, float* m, float* v, const float* grad, int64_t n,
-                   const AdamStep& step) override;
-  void adam_update_spans(float* param, float* m, float* v, const float* grad,
-                         const AdamSpan* spans, int64_t count, const AdamStep& step) override;
+  // Every operation of core/ops.h, for T = float.
+  using T = float;
+  PAR_OPS_METHODS(PAR_OPS_OVERRIDE)
 
   // For the attention plan's engine and the public helpers.
   void gemm_row_major(const RowMajorGemm& g);
@@ -716,6 +652,13 @@ void CudaOps::adam_update_spans(float* param, float* m, float* v, const float* g
   }
   kern::adam_update_spans(stream_, param, m, v, grad, begin.data(), end.data(), decay.data(),
                           count, c);
+}
+
+// No kernel attends through per-token tables on the GPU (core/ops.h): decoding then
+// attends over the materialized cross cache.
+bool CudaOps::token_attention_forward(const TokenAttentionShape&, const float*, const float*,
+                                      const float*, const float*, const float*, float*) {
+  return false;
 }
 
 // ---- the public functions of cuda_ops.h ----

@@ -4,6 +4,7 @@
 // and most values agree with the CPU backend bit for bit.
 #include <cmath>
 
+#include "core/constants.h"
 #include "core/philox.h"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/kernels.h"
@@ -114,7 +115,7 @@ __global__ void key_keep_mask_kernel(uint8_t* keep, const int32_t* tokens, int64
   for (int64_t t = global_thread(); t < total; t += grid_threads()) {
     const int64_t b = t / n, j = t % n;
     const bool kept =
-        tokens[b * token_stride + j] != 0 &&
+        tokens[b * token_stride + j] != kPadToken &&
         (!use_p ||
          dropout_keep(key, example_base + uint64_t(b), uint64_t(position_base + j), p_threshold));
     keep[t] = kept ? 1 : 0;

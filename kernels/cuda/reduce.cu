@@ -7,6 +7,7 @@
 // tree over a fixed number of threads. No atomics. Long sums accumulate in double where the CPU backend does.
 #include <cmath>
 
+#include "core/constants.h"
 #include "core/error.h"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/kernels.h"
@@ -183,7 +184,7 @@ __global__ void cross_entropy_forward_kernel(float* ce, float* lse, const float*
       const double l = mx + log(s);
       lse[r] = float(l);
       const int32_t t = targets[r];
-      ce[r] = t == 0 ? 0.0f : float(l - double(z[t]));
+      ce[r] = t == kPadToken ? 0.0f : float(l - double(z[t]));
     }
   }
 }
@@ -196,7 +197,7 @@ __global__ void cross_entropy_backward_kernel(float* dlogits, const float* logit
   for (int64_t t = global_thread(); t < total; t += grid_threads()) {
     const int64_t r = t / vocab, j = t % vocab;
     const int32_t y = targets[r];
-    if (y == 0) {
+    if (y == kPadToken) {
       dlogits[t] = 0.0f;
       continue;
     }

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/ops_decorator.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/cuda/attention_cases.h"
 #include "tests/cuda/cuda_test_util.h"
@@ -33,24 +34,16 @@ float round_to(float x, MatmulPrecision p) {
   return r;
 }
 
-// The CPU backend with the operands of its matrix products rounded.
-class RoundingOps final : public Ops<float> {
+// The CPU backend with the operands of its matrix products rounded; everything else goes
+// to it as it is.
+struct CpuBackend {
+  cpu::CpuOps<float> cpu_;
+};
+class RoundingOps final : private CpuBackend, public ForwardingOps<float> {
  public:
-  explicit RoundingOps(MatmulPrecision p) : p_(p) {}
+  explicit RoundingOps(MatmulPrecision p) : ForwardingOps<float>(cpu_), p_(p) {}
   const char* name() const override { return "cpu, rounded products"; }
 
-  void* allocate(size_t b) override { return cpu_.allocate(b); }
-  void deallocate(void* p) override { cpu_.deallocate(p); }
-  void upload(void* d, const void* s, size_t n) override { cpu_.upload(d, s, n); }
-  void download(void* d, const void* s, size_t n) override { cpu_.download(d, s, n); }
-  void fill(float* x, int64_t n, float v) override { cpu_.fill(x, n, v); }
-  void copy(float* d, const float* s, int64_t n) override { cpu_.copy(d, s, n); }
-  void add(float* y, const float* x, int64_t n) override { cpu_.add(y, x, n); }
-  void scale(float* x, int64_t n, double s) override { cpu_.scale(x, n, s); }
-  void copy_blocks(float* d, int64_t ds, const float* s, int64_t ss, int64_t b, int64_t c,
-                   bool acc) override {
-    cpu_.copy_blocks(d, ds, s, ss, b, c, acc);
-  }
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
             int64_t lda, const float* b, int64_t ldb, float beta, float* c,
             int64_t ldc) override {
@@ -72,40 +65,6 @@ class RoundingOps final : public Ops<float> {
     // The bias gradient is a float32 column sum on the GPU, not a product.
     if (db) cpu_.linear_backward(nullptr, false, nullptr, db, dy, x, w, rows, in, out);
   }
-  void embedding_forward(float* h, const int32_t* ids, const float* t, int64_t rows,
-                         int64_t d) override {
-    cpu_.embedding_forward(h, ids, t, rows, d);
-  }
-  void embedding_backward(float* dt, const int32_t* ids, const float* dh, int64_t rows,
-                          int64_t d) override {
-    cpu_.embedding_backward(dt, ids, dh, rows, d);
-  }
-  void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* w,
-                         const float* b, int64_t rows, int64_t d, double eps) override {
-    cpu_.layernorm_forward(y, mean, rstd, x, w, b, rows, d, eps);
-  }
-  void layernorm_backward(float* dx, bool acc, float* dw, float* db, const float* dy,
-                          const float* x, const float* mean, const float* rstd, const float* w,
-                          int64_t rows, int64_t d) override {
-    cpu_.layernorm_backward(dx, acc, dw, db, dy, x, mean, rstd, w, rows, d);
-  }
-  void rotary(float* x, int64_t batch, int64_t n, int64_t heads, int64_t hd, int64_t bands,
-              const float* c, const float* s, bool inverse) override {
-    cpu_.rotary(x, batch, n, heads, hd, bands, c, s, inverse);
-  }
-  void sqrelu_forward(float* y, const float* x, int64_t n) override { cpu_.sqrelu_forward(y, x, n); }
-  void sqrelu_backward(float* dx, const float* dy, const float* x, int64_t n) override {
-    cpu_.sqrelu_backward(dx, dy, x, n);
-  }
-  void dropout(float* y, const float* x, int64_t batch, int64_t per, double p,
-               const DropoutKey& key, uint64_t base) override {
-    cpu_.dropout(y, x, batch, per, p, key, base);
-  }
-  void key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batch, int64_t n,
-                     int64_t stride, double p, const DropoutKey& key, uint64_t base,
-                     int64_t pos_base) override {
-    cpu_.key_keep_mask(keep, tokens, batch, n, stride, p, key, base, pos_base);
-  }
   void attention_forward(const AttentionShape& s, const float* q, const float* k,
                          const float* v, float* o, float* lse) override {
     const int64_t nq = s.batch * s.nq * s.heads * s.head_dim;
@@ -121,27 +80,10 @@ class RoundingOps final : public Ops<float> {
     cpu_.attention_backward(s, rounded(q, nq).data(), rounded(k, nk).data(),
                             rounded(v, nk).data(), o, rounded(d_o, nq).data(), lse, dq, dk, dv);
   }
-  void attention_merge_scale(float* o, float* lse, const float* m, int64_t b, int64_t nq,
-                             int64_t h, int64_t hd) override {
-    cpu_.attention_merge_scale(o, lse, m, b, nq, h, hd);
-  }
-  void attention_merge_finish(float* o, float* lse, const float* m, int64_t b, int64_t nq,
-                              int64_t h, int64_t hd) override {
-    cpu_.attention_merge_finish(o, lse, m, b, nq, h, hd);
-  }
-  void cross_entropy_forward(float* ce, float* lse, const float* logits, const int32_t* t,
-                             int64_t rows, int64_t vocab) override {
-    cpu_.cross_entropy_forward(ce, lse, logits, t, rows, vocab);
-  }
-  void cross_entropy_backward(float* dl, const float* logits, const float* lse,
-                              const int32_t* t, int64_t rows, int64_t vocab, double scale,
-                              double z_loss) override {
-    cpu_.cross_entropy_backward(dl, logits, lse, t, rows, vocab, scale, z_loss);
-  }
-  double sum_squares(const float* x, int64_t n) override { return cpu_.sum_squares(x, n); }
-  void adam_update(float* param, float* m, float* v, const float* g, int64_t n,
-                   const AdamStep& step) override {
-    cpu_.adam_update(param, m, v, g, n, step);
+  // No rounded version: decoding attends over materialized keys, as on the GPU.
+  bool token_attention_forward(const TokenAttentionShape&, const float*, const float*,
+                               const float*, const float*, const float*, float*) override {
+    return false;
   }
 
  private:
@@ -156,7 +98,6 @@ class RoundingOps final : public Ops<float> {
   std::vector<float> rounded(const float* x, int64_t n) const { return rounded(x, 1, n, n); }
 
   MatmulPrecision p_;
-  cpu::CpuOps<float> cpu_;
 };
 
 class PrecisionEmulation : public ::testing::TestWithParam<MatmulPrecision> {};
