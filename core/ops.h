@@ -23,6 +23,7 @@
 #include <cstdint>
 
 #include "core/philox.h"
+#include "core/token_choice.h"
 
 namespace par {
 
@@ -201,6 +202,13 @@ struct AdamSpan {
     (T* dlogits, const T* logits, const T* lse, const int32_t* targets, int64_t rows,              \
      int64_t vocab, double scale, double z_loss),                                                  \
     (dlogits, logits, lse, targets, rows, vocab, scale, z_loss))                                   \
+  /* ---- sampling ---- */                                                                         \
+  /* ids[r] = choose_token(row r of logits [rows, vocab], vocab, opts, u[r]) (the rule of */       \
+  /* core/token_choice.h) for r < rows. ids and u are host memory: only the ids come back. */      \
+  X(void, sample_tokens,                                                                           \
+    (int32_t* ids, const T* logits, int64_t rows, int64_t vocab, const SamplingOptions& opts,      \
+     const double* u),                                                                             \
+    (ids, logits, rows, vocab, opts, u))                                                           \
   /* ---- optimizer ---- */                                                                        \
   X(double, sum_squares, (const T* x, int64_t n), (x, n))                                          \
   X(void, adam_update, (T* param, T* m, T* v, const T* grad, int64_t n, const AdamStep& step),     \

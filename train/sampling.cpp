@@ -1,55 +1,16 @@
 #include "train/sampling.h"
 
-#include <algorithm>
-#include <cmath>
 #include <cstdio>
-#include <numeric>
 
 #include "core/constants.h"
-#include "core/error.h"
+#include "core/error.h"  // cat
 
 namespace par {
 
-void SamplingOptions::validate() const {
-  if (!(temperature >= 0)) fail_user("--temperature must be >= 0 (0: greedy)");
-  if (top_k < 0) fail_user("--top-k must be >= 0 (0: no limit)");
-  if (!(top_p > 0 && top_p <= 1)) fail_user("--top-p must be in (0, 1] (1: no limit)");
-}
-
 int32_t sample_token(const std::vector<float>& logits, const SamplingOptions& o,
                      std::mt19937_64& rng) {
-  const int64_t V = int64_t(logits.size());
-  if (o.temperature == 0)
-    return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  std::vector<int32_t> order(static_cast<size_t>(V));
-  std::iota(order.begin(), order.end(), 0);
-  // Most likely first; ties by id, so the order (and the draw) is deterministic.
-  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-    return logits[size_t(a)] != logits[size_t(b)] ? logits[size_t(a)] > logits[size_t(b)] : a < b;
-  });
-  int64_t keep = o.top_k > 0 ? std::min(o.top_k, V) : V;
-  const double top = double(logits[size_t(order[0])]) / o.temperature;
-  std::vector<double> p(static_cast<size_t>(keep));
-  double sum = 0;
-  for (int64_t i = 0; i < keep; ++i) {
-    p[size_t(i)] = std::exp(double(logits[size_t(order[size_t(i)])]) / o.temperature - top);
-    sum += p[size_t(i)];
-  }
-  if (o.top_p < 1) {
-    double cum = 0;
-    int64_t n = 0;
-    while (n < keep && cum < o.top_p * sum) cum += p[size_t(n++)];
-    keep = std::max<int64_t>(1, n);
-    sum = 0;
-    for (int64_t i = 0; i < keep; ++i) sum += p[size_t(i)];
-  }
-  const double u = double(rng() >> 11) * 0x1p-53 * sum;
-  double cum = 0;
-  for (int64_t i = 0; i < keep; ++i) {
-    cum += p[size_t(i)];
-    if (u < cum) return order[size_t(i)];
-  }
-  return order[size_t(keep - 1)];
+  const double u = o.temperature == 0 ? 0.0 : draw_uniform(rng);
+  return choose_token(logits.data(), int64_t(logits.size()), o, u);
 }
 
 namespace {

@@ -7,19 +7,18 @@
 #include <string>
 #include <vector>
 
+#include "core/token_choice.h"
+
 namespace par {
 
-struct SamplingOptions {
-  double temperature = 1.0;  // 0: the most likely token
-  int64_t top_k = 0;         // 0: no limit
-  double top_p = 1.0;        // 1: no limit
-  void validate() const;     // UserError naming the option
-};
+// u in [0, 1) from the top 53 bits of one rng() call, so a seed gives the same numbers on
+// every platform.
+inline double draw_uniform(std::mt19937_64& rng) { return uniform_from_bits(rng()); }
 
 // A token drawn from softmax(logits / temperature) restricted to the top_k most likely
-// tokens and then to the smallest set of most likely ones whose probability reaches top_p.
-// The draw uses the top 53 bits of one rng() call, so a seed gives the same tokens on every
-// platform.
+// tokens and then to the smallest set of most likely ones whose probability reaches top_p:
+// choose_token (core/token_choice.h) for draw_uniform(rng). Greedy (temperature 0) draws
+// nothing.
 int32_t sample_token(const std::vector<float>& logits, const SamplingOptions& opts,
                      std::mt19937_64& rng);
 

@@ -461,6 +461,12 @@ void CpuOps<T>::adam_update_spans(T* param, T* m, T* v, const T* grad, const Ada
   adam_update_each_span(*this, param, m, v, grad, spans, count, step);
 }
 
+template <typename T>
+void CpuOps<T>::sample_tokens(int32_t* ids, const T* logits, int64_t rows, int64_t vocab,
+                              const SamplingOptions& opts, const double* u) {
+  for (int64_t r = 0; r < rows; ++r) ids[r] = choose_token(logits + r * vocab, vocab, opts, u[r]);
+}
+
 template class CpuOps<float>;
 template class CpuOps<double>;
 

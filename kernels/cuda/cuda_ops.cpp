@@ -59,6 +59,7 @@ enum ScratchSlot : int {
   kLayerNormPartial,
   kEmbedding,
   kSquares,
+  kSampling,
   kCudnnFirst,  // CudnnAttention's own buffers
   kSlotCount = kCudnnFirst + CudnnAttention::kScratchSlots
 };
@@ -652,6 +653,21 @@ void CudaOps::adam_update_spans(float* param, float* m, float* v, const float* g
   }
   kern::adam_update_spans(stream_, param, m, v, grad, begin.data(), end.data(), decay.data(),
                           count, c);
+}
+
+void CudaOps::sample_tokens(int32_t* ids, const float* logits, int64_t rows, int64_t vocab,
+                            const SamplingOptions& opts, const double* u) {
+  if (rows <= 0) return;
+  use_device();
+  // The uniform numbers in, the ids out, around the sort's and the scan's scratch.
+  const size_t head = (size_t(rows) * (sizeof(double) + sizeof(int32_t)) + 255) / 256 * 256;
+  char* s = static_cast<char*>(
+      scratch(kSampling, head + kern::sample_tokens_scratch_bytes(rows, vocab)));
+  auto* u_dev = reinterpret_cast<double*>(s);
+  auto* ids_dev = reinterpret_cast<int32_t*>(s + size_t(rows) * sizeof(double));
+  upload(u_dev, u, size_t(rows) * sizeof(double));
+  kern::sample_tokens(stream_, ids_dev, logits, rows, vocab, opts, u_dev, s + head);
+  download(ids, ids_dev, size_t(rows) * sizeof(int32_t));
 }
 
 // No kernel attends through per-token tables on the GPU (core/ops.h): decoding then

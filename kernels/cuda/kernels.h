@@ -124,4 +124,11 @@ void attention_backward_fused(cudaStream_t st, const AttentionShape& s, const fl
                               const float* lse, const float* delta, float* dq, float* dk,
                               float* dv, bool bf16);
 
+// ---- sampling (sampling.cu) ----
+// Ops::sample_tokens with ids and u in device memory; `scratch` holds
+// sample_tokens_scratch_bytes(rows, vocab) bytes (rows * vocab < 2^31).
+size_t sample_tokens_scratch_bytes(int64_t rows, int64_t vocab);
+void sample_tokens(cudaStream_t st, int32_t* ids, const float* logits, int64_t rows,
+                   int64_t vocab, const SamplingOptions& opts, const double* u, void* scratch);
+
 }  // namespace par::cuda::kern
