@@ -60,6 +60,7 @@ enum ScratchSlot : int {
   kEmbedding,
   kSquares,
   kSampling,
+  kDecodeSplit,
   kCudnnFirst,  // CudnnAttention's own buffers
   kSlotCount = kCudnnFirst + CudnnAttention::kScratchSlots
 };
@@ -85,6 +86,7 @@ class CudaOps final : public Ops<float> {
   void set_key_block(int64_t keys) { key_block_ = keys; }
   void set_attention_kernel(AttentionKernel k) { attention_kernel_ = k; }
   std::string attention_description();
+  std::string attention_paths();  // the description, less the one-query path
   MemoryStats memory();
 
  private:
@@ -522,6 +524,18 @@ void CudaOps::blocked_backward(const AttentionShape& s, const float* q, const fl
 void CudaOps::attention_forward(const AttentionShape& s, const float* q, const float* k,
                                 const float* v, float* o, float* lse) {
   use_device();
+  // One query (a decoding step) over many keys: split across the GPU. kBlocked and kCudnn
+  // keep every call on their path (the references, and the user's explicit choice).
+  if (s.nq == 1 && (attention_kernel_ == AttentionKernel::kAuto ||
+                    attention_kernel_ == AttentionKernel::kFused)) {
+    auto* part = static_cast<float*>(scratch(
+        kDecodeSplit, std::max<size_t>(kern::decode_attention_scratch_floats(s), 1) * 4));
+    const int rounding = precision_ == MatmulPrecision::kFloat32 ? 0
+                         : precision_ == MatmulPrecision::kTF32  ? 1
+                                                                 : 2;
+    kern::attention_forward_decode(stream_, s, q, k, v, o, lse, rounding, part);
+    return;
+  }
   if (CudnnAttention* c = cudnn_for(s, false)) {
     c->forward(s, q, k, v, o, lse);
     return;
@@ -557,6 +571,14 @@ void CudaOps::attention_backward(const AttentionShape& s, const float* q, const 
 }
 
 std::string CudaOps::attention_description() {
+  const char* one_query = attention_kernel_ == AttentionKernel::kAuto ||
+                                  attention_kernel_ == AttentionKernel::kFused
+                              ? "; one-query calls (decoding steps) split across the GPU"
+                              : "";
+  return attention_paths() + one_query;
+}
+
+std::string CudaOps::attention_paths() {
   switch (attention_kernel_) {
     case AttentionKernel::kBlocked: return "attention: par's blocked kernels (cuBLAS per key block)";
     case AttentionKernel::kFused:

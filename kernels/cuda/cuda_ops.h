@@ -72,6 +72,9 @@ MemoryStats memory_stats(Ops<float>& ops);
 //   path.
 // - kCudnn: cuDNN's flash attention for every call, or an error (std::runtime_error)
 //   saying why a call cannot have it: for the tests, and for users who want to know.
+// Under kAuto and kFused a call with one query (nq == 1: a decoding step) takes the split
+// kernel of attention_decode.cu instead ("flash-decoding": the keys split into pieces of
+// 256 across the whole GPU, merged by log-sum-exp); kBlocked and kCudnn keep such calls.
 enum class AttentionKernel { kAuto, kBlocked, kFused, kCudnn };
 // "auto", "blocked", "fused", "cudnn"; UserError for anything else.
 AttentionKernel parse_attention_kernel(const std::string& name);

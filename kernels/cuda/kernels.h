@@ -124,6 +124,18 @@ void attention_backward_fused(cudaStream_t st, const AttentionShape& s, const fl
                               const float* lse, const float* delta, float* dq, float* dk,
                               float* dv, bool bf16);
 
+// ---- attention of one query over many keys (attention_decode.cu) ----
+// attention_forward of core/ops.h for nq == 1: the keys split into pieces of kDecodeKeys
+// (one block per piece, head and example) and merged by log-sum-exp. `rounding`: 0 float32
+// products, 1 tf32 inputs, 2 bf16 inputs. `scratch` holds
+// decode_attention_scratch_floats(s) floats.
+constexpr int64_t kDecodeKeys = 256;
+int64_t decode_attention_splits(int64_t nk);
+size_t decode_attention_scratch_floats(const AttentionShape& s);
+void attention_forward_decode(cudaStream_t st, const AttentionShape& s, const float* q,
+                              const float* k, const float* v, float* o, float* lse,
+                              int rounding, float* scratch);
+
 // ---- sampling (sampling.cu) ----
 // Ops::sample_tokens with ids and u in device memory; `scratch` holds
 // sample_tokens_scratch_bytes(rows, vocab) bytes (rows * vocab < 2^31).

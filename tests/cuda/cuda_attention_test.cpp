@@ -2,7 +2,8 @@
 // attention_cases.h (PAD and dropped keys, rows and whole examples with no visible key,
 // non-contiguous kept keys, several key blocks) in each matrix-product precision; the
 // gradients of keys no query sees must be exactly zero, and two runs must give the same
-// bits. Plus one run at a 131072-key context (64-bit offsets, many blocks).
+// bits. Plus one run at a 131072-key context (64-bit offsets, many blocks), and one query
+// over many keys (a decoding step) through the split kernel of attention_decode.cu.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,6 +12,7 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cudnn_api.h"
+#include "kernels/cuda/kernels.h"
 #include "tests/cuda/attention_cases.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -247,6 +249,88 @@ TEST(CudaAttentionLong, ContextOf131072KeysThroughCudnn) {
   const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kCudnn);
   const double tol = cuda_test::attention_tol(MatmulPrecision::kBF16);
   expect_close(got, want, tol);
+}
+
+// One query (a decoding step): several splits of kern::kDecodeKeys keys with a partial last
+// one, exactly one split, splits whose keys are all invisible (a query in the middle),
+// an example with no visible key, odd and wide heads, no mask (the latents' cache).
+std::vector<AttentionCase> one_query_cases() {
+  const int64_t split = cuda::kern::kDecodeKeys;
+  return {
+      {"one_split", 1, 1, 200, 4, 64, 199, 0.2, 0},
+      {"split_boundary", 2, 1, split, 2, 32, split - 1, 0.1, 0},
+      {"many_splits", 2, 1, 12 * split + 7, 3, 64, 12 * split + 6, 0.3, 0},
+      {"query_in_the_middle", 1, 1, 4 * split, 2, 16, 2 * split - 3, 0.0, 0},
+      {"dead_example", 2, 1, 600, 2, 20, 599, 0.2, 0, true, true},
+      {"odd_head", 1, 1, 513, 3, 7, 512, 0.1, 0, true, false, true},
+      {"wide_head", 1, 1, 700, 1, 160, 699, 0.1, 0},
+      {"latent_cache", 1, 1, 37, 4, 64, 36, 0.0, 0, false},
+  };
+}
+
+// o and lse of the split kernel called directly, for the data of `d`.
+Outputs split_forward(Ops<float>& ops, const AttentionData& d, int rounding) {
+  DeviceArray<float> q(ops, d.q), k(ops, d.k), v(ops, d.v);
+  DeviceArray<int64_t> q_pos(ops, d.q_pos), k_pos(ops, d.k_pos);
+  DeviceArray<uint8_t> keep(ops, d.keep.empty() ? std::vector<uint8_t>(1, 1) : d.keep);
+  AttentionShape s = d.shape();
+  s.q_pos = q_pos.get();
+  s.k_pos = k_pos.get();
+  s.k_keep = d.c.use_keep ? keep.get() : nullptr;
+  DeviceArray<float> o(ops, d.q.size()), lse(ops, size_t(s.batch * s.heads));
+  DeviceArray<float> scratch(ops, cuda::kern::decode_attention_scratch_floats(s));
+  cuda::kern::attention_forward_decode(static_cast<cudaStream_t>(cuda::cuda_stream(ops)), s,
+                                       q.get(), k.get(), v.get(), o.get(), lse.get(), rounding,
+                                       scratch.get());
+  Outputs r;
+  r.o = o.host();
+  r.lse = lse.host();
+  return r;
+}
+
+class CudaOneQueryAttentionTest : public CudaAttentionTest {};
+
+// attention_forward with one query under kAuto and kFused: the CPU's o and lse (and, through
+// the backward that takes them, its gradients), and the same bits as the split kernel
+// called directly -- so the call did take it.
+TEST_P(CudaOneQueryAttentionTest, SplitKernelMatchesTheCpu) {
+  const auto& [precision, c] = GetParam();
+  const AttentionData d = cuda_test::make_attention_data(c, 71);
+  const Outputs want = cpu_attention(d);
+  auto gpu = cuda::make_cuda_ops(0, precision);
+  const int rounding = precision == MatmulPrecision::kFloat32 ? 0
+                       : precision == MatmulPrecision::kTF32  ? 1
+                                                              : 2;
+  const Outputs direct = split_forward(*gpu, d, rounding);
+  for (auto kernel : {cuda::AttentionKernel::kAuto, cuda::AttentionKernel::kFused}) {
+    const Outputs got = gpu_attention(*gpu, d, &want, kernel);
+    expect_close(got, want, cuda_test::attention_tol(precision));
+    EXPECT_TRUE(bitwise_equal(got.o, direct.o)) << "o: not the split kernel's";
+    EXPECT_TRUE(bitwise_equal(got.lse, direct.lse)) << "lse: not the split kernel's";
+  }
+  if (c.dead_example) {  // no visible key: o = 0 and lse = -infinity, as the CPU's
+    EXPECT_EQ(direct.lse[0], -INFINITY);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, CudaOneQueryAttentionTest,
+    ::testing::Combine(::testing::Values(MatmulPrecision::kFloat32, MatmulPrecision::kTF32,
+                                         MatmulPrecision::kBF16),
+                       ::testing::ValuesIn(one_query_cases())),
+    case_name);
+
+// One query over a 131072-key context (the cached step of gpu-100m-131k): 512 splits.
+TEST(CudaAttentionLong, OneQueryOver131072KeysSplitAcrossTheGpu) {
+  PAR_SKIP_WITHOUT_GPU();
+  AttentionCase c{"long_one_query", 2, 1, 131072, 4, 64, 131071, 0.1, 0};
+  const AttentionData d = cuda_test::make_attention_data(c, 29);
+  const Outputs want = cpu_attention(d);
+  for (MatmulPrecision p : {MatmulPrecision::kFloat32, MatmulPrecision::kBF16}) {
+    auto ops = cuda::make_cuda_ops(0, p);
+    expect_close(gpu_attention(*ops, d, &want, cuda::AttentionKernel::kAuto), want,
+                 cuda_test::attention_tol(p));
+  }
 }
 
 }  // namespace

@@ -1,0 +1,160 @@
+// Attention of one query per (example, head) over many keys, split across the whole GPU
+// ("flash-decoding"): the keys are cut into splits of kDecodeKeys, one thread block per
+// (split, head, example) computes its split's scores, their maximum m, the sum l of
+// exp(score - m) and the un-normalized output sum_j exp(s_j - m) v_j; a second kernel merges
+// the splits by log-sum-exp (weights exp(m_s - M), M the largest m), as the sequence-
+// parallel merge of attention_merge_* does across ranks. A decoding step (one new latent
+// over 131072 cached keys) then occupies every SM instead of one block per head.
+//
+// Products follow the MatmulPrecision as cuBLAS's modes do: q, k, the probabilities and v
+// are rounded to tf32 or bf16 before they are multiplied, with float32 sums; the softmax is
+// float32 with expf, as the blocked path. Deterministic: fixed splits and reduction orders.
+#include <mma.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/kernels.h"
+
+namespace par::cuda::kern {
+
+namespace {
+
+constexpr int kDecodeThreads = 128;
+
+template <int R>  // 0: float32, 1: tf32, 2: bf16
+__device__ __forceinline__ float product_input(float x) {
+  if constexpr (R == 1) return nvcuda::wmma::__float_to_tf32(x);
+  if constexpr (R == 2) return __bfloat162float(__float2bfloat16_rn(x));
+  return x;
+}
+
+struct SplitArgs {
+  const float *q, *k, *v;
+  const int64_t *q_pos, *k_pos;
+  const uint8_t* k_keep;
+  int64_t nk, heads, head_dim, splits;
+  float scale;
+  float *part_o, *part_m, *part_l;  // [batch, heads, splits, head_dim], [.., splits] x 2
+};
+
+// Dynamic shared memory: q [head_dim], scores [kDecodeKeys], output partials
+// [groups, head_dim] (groups = max(1, threads / head_dim)).
+template <int R>
+__global__ void __launch_bounds__(kDecodeThreads) decode_split(SplitArgs a) {
+  extern __shared__ float smem[];
+  __shared__ float reduce[33];
+  const int64_t D = a.head_dim, ld = a.heads * D;
+  const int64_t b = blockIdx.z, h = blockIdx.y, split = blockIdx.x;
+  const int64_t j0 = split * kDecodeKeys;
+  const int64_t count = a.nk - j0 < kDecodeKeys ? a.nk - j0 : kDecodeKeys;
+  float* q_s = smem;
+  float* p_s = q_s + D;
+  float* o_s = p_s + kDecodeKeys;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+  for (int64_t d = tid; d < D; d += blockDim.x) q_s[d] = product_input<R>(a.q[b * ld + h * D + d]);
+  __syncthreads();
+  const int64_t q_pos = a.q_pos[0];
+  const float* k = a.k + (b * a.nk + j0) * ld + h * D;
+  for (int64_t j = warp; j < count; j += warps) {
+    float s = 0;
+    for (int64_t d = lane; d < D; d += 32) s += q_s[d] * product_input<R>(k[j * ld + d]);
+    s = warp_sum(s);
+    const bool visible =
+        a.k_pos[j0 + j] <= q_pos && (a.k_keep == nullptr || a.k_keep[b * a.nk + j0 + j] != 0);
+    if (lane == 0) p_s[j] = visible ? s * a.scale : -INFINITY;
+  }
+  __syncthreads();
+  float m = -INFINITY;
+  for (int64_t j = tid; j < count; j += blockDim.x) m = fmaxf(m, p_s[j]);
+  m = block_max(m, reduce, -INFINITY);
+  float l = 0;
+  for (int64_t j = tid; j < count; j += blockDim.x) {
+    const float p = m == -INFINITY ? 0.0f : expf(p_s[j] - m);
+    p_s[j] = p;
+    l += p;
+  }
+  l = block_sum(l, reduce);  // synchronizes: every p_s is written
+  // Output: `groups` groups of head_dim threads, each over every groups-th key, then the
+  // groups' sums in order.
+  const int64_t groups = D <= blockDim.x ? blockDim.x / D : 1;
+  const float* v = a.v + (b * a.nk + j0) * ld + h * D;
+  for (int64_t t = tid; t < groups * D; t += blockDim.x) {
+    const int64_t g = t / D, d = t % D;
+    float acc = 0;
+    for (int64_t j = g; j < count; j += groups)
+      acc += product_input<R>(p_s[j]) * product_input<R>(v[j * ld + d]);
+    o_s[g * D + d] = acc;
+  }
+  __syncthreads();
+  const int64_t part = (b * a.heads + h) * a.splits + split;
+  for (int64_t d = tid; d < D; d += blockDim.x) {
+    float acc = 0;
+    for (int64_t g = 0; g < groups; ++g) acc += o_s[g * D + d];
+    a.part_o[part * D + d] = acc;
+  }
+  if (tid == 0) {
+    a.part_m[part] = m;
+    a.part_l[part] = l;
+  }
+}
+
+// One block per (example, head): o = sum_s w_s o_s / sum_s w_s l_s, w_s = exp(m_s - M).
+__global__ void decode_merge(const float* part_o, const float* part_m, const float* part_l,
+                             float* o, float* lse, int64_t D, int64_t splits) {
+  __shared__ float reduce[33];
+  const int64_t bh = blockIdx.x;
+  const float* m = part_m + bh * splits;
+  const float* l = part_l + bh * splits;
+  float top = -INFINITY;
+  for (int64_t s = threadIdx.x; s < splits; s += blockDim.x) top = fmaxf(top, m[s]);
+  top = block_max(top, reduce, -INFINITY);
+  auto weight = [&](int64_t s) { return m[s] == -INFINITY ? 0.0f : expf(m[s] - top); };
+  float sum = 0;
+  for (int64_t s = threadIdx.x; s < splits; s += blockDim.x) sum += weight(s) * l[s];
+  sum = block_sum(sum, reduce);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = 0;
+    for (int64_t s = 0; s < splits; ++s) acc += weight(s) * part_o[(bh * splits + s) * D + d];
+    o[bh * D + d] = sum > 0 ? acc / sum : 0.0f;  // o [batch, 1, heads * D]: row bh
+  }
+  if (threadIdx.x == 0) lse[bh] = sum > 0 ? top + logf(sum) : -INFINITY;
+}
+
+}  // namespace
+
+int64_t decode_attention_splits(int64_t nk) {
+  return nk <= kDecodeKeys ? 1 : (nk + kDecodeKeys - 1) / kDecodeKeys;
+}
+
+size_t decode_attention_scratch_floats(const AttentionShape& s) {
+  return size_t(s.batch * s.heads * decode_attention_splits(s.nk) * (s.head_dim + 2));
+}
+
+void attention_forward_decode(cudaStream_t st, const AttentionShape& s, const float* q,
+                              const float* k, const float* v, float* o, float* lse,
+                              int rounding, float* scratch) {
+  PAR_ASSERT(s.nq == 1, "the split attention is for one query, not ", s.nq);
+  if (s.batch == 0 || s.heads == 0) return;
+  const int64_t splits = decode_attention_splits(s.nk);
+  const int64_t parts = s.batch * s.heads * splits;
+  SplitArgs a{q,       k,       v,     s.q_pos,      s.k_pos, s.k_keep, s.nk, s.heads,
+              s.head_dim, splits, float(s.scale), scratch, scratch + parts * s.head_dim,
+              scratch + parts * (s.head_dim + 1)};
+  const int64_t groups = s.head_dim <= kDecodeThreads ? kDecodeThreads / s.head_dim : 1;
+  const size_t smem = sizeof(float) * size_t(s.head_dim + kDecodeKeys + groups * s.head_dim);
+  PAR_ASSERT(smem <= 48 * 1024, "head size ", s.head_dim, " is too large for the split attention");
+  const dim3 grid(unsigned(splits), unsigned(s.heads), unsigned(s.batch));
+  switch (rounding) {
+    case 0: decode_split<0><<<grid, kDecodeThreads, smem, st>>>(a); break;
+    case 1: decode_split<1><<<grid, kDecodeThreads, smem, st>>>(a); break;
+    default: decode_split<2><<<grid, kDecodeThreads, smem, st>>>(a); break;
+  }
+  PAR_CUDA_CHECK(cudaGetLastError());
+  decode_merge<<<unsigned(s.batch * s.heads), threads_for_row(s.head_dim), 0, st>>>(
+      a.part_o, a.part_m, a.part_l, o, lse, s.head_dim, splits);
+  PAR_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace par::cuda::kern
