@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <tuple>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -45,10 +46,15 @@ Outputs cpu_attention(const AttentionData& d) {
   return r;
 }
 
+// A forward in place of Ops::attention_forward (a kernel called directly).
+using Forward = std::function<void(const AttentionShape& s, const float* q, const float* k,
+                                   const float* v, float* o, float* lse)>;
+
 // Runs forward and backward on the GPU. The backward takes o and lse as given (here the
 // CPU's, as it would take the merged ones of several ranks) unless `own` is set.
 Outputs gpu_attention(Ops<float>& ops, const AttentionData& d, const Outputs* given,
-                      cuda::AttentionKernel kernel = cuda::AttentionKernel::kBlocked) {
+                      cuda::AttentionKernel kernel = cuda::AttentionKernel::kBlocked,
+                      const Forward& forward = nullptr) {
   DeviceArray<float> q(ops, d.q), k(ops, d.k), v(ops, d.v), d_o(ops, d.d_o);
   DeviceArray<int64_t> q_pos(ops, d.q_pos), k_pos(ops, d.k_pos);
   DeviceArray<uint8_t> keep(ops, d.keep.empty() ? std::vector<uint8_t>(1, 1) : d.keep);
@@ -62,7 +68,10 @@ Outputs gpu_attention(Ops<float>& ops, const AttentionData& d, const Outputs* gi
   DeviceArray<float> dq(ops, d.q.size(), nan), dk(ops, d.k.size(), nan), dv(ops, d.v.size(), nan);
   cuda::set_attention_key_block(ops, d.c.key_block);
   cuda::set_attention_kernel(ops, kernel);
-  ops.attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
+  if (forward)
+    forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
+  else
+    ops.attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
   Outputs r;
   r.o = o.host();
   r.lse = lse.host();
@@ -270,22 +279,15 @@ std::vector<AttentionCase> one_query_cases() {
 
 // o and lse of the split kernel called directly, for the data of `d`.
 Outputs split_forward(Ops<float>& ops, const AttentionData& d, int rounding) {
-  DeviceArray<float> q(ops, d.q), k(ops, d.k), v(ops, d.v);
-  DeviceArray<int64_t> q_pos(ops, d.q_pos), k_pos(ops, d.k_pos);
-  DeviceArray<uint8_t> keep(ops, d.keep.empty() ? std::vector<uint8_t>(1, 1) : d.keep);
-  AttentionShape s = d.shape();
-  s.q_pos = q_pos.get();
-  s.k_pos = k_pos.get();
-  s.k_keep = d.c.use_keep ? keep.get() : nullptr;
-  DeviceArray<float> o(ops, d.q.size()), lse(ops, size_t(s.batch * s.heads));
-  DeviceArray<float> scratch(ops, cuda::kern::decode_attention_scratch_floats(s));
-  cuda::kern::attention_forward_decode(static_cast<cudaStream_t>(cuda::cuda_stream(ops)), s,
-                                       q.get(), k.get(), v.get(), o.get(), lse.get(), rounding,
-                                       scratch.get());
-  Outputs r;
-  r.o = o.host();
-  r.lse = lse.host();
-  return r;
+  const auto st = static_cast<cudaStream_t>(cuda::cuda_stream(ops));
+  return gpu_attention(ops, d, nullptr, cuda::AttentionKernel::kBlocked,
+                       [&](const AttentionShape& s, const float* q, const float* k,
+                           const float* v, float* o, float* lse) {
+                         DeviceArray<float> scratch(
+                             ops, cuda::kern::decode_attention_scratch_floats(s));
+                         cuda::kern::attention_forward_decode(st, s, q, k, v, o, lse, rounding,
+                                                              scratch.get());
+                       });
 }
 
 class CudaOneQueryAttentionTest : public CudaAttentionTest {};
