@@ -22,6 +22,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemm_mapping.h"
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/step_graphs.h"
 
 namespace par::cuda {
 
@@ -86,6 +87,11 @@ class CudaOps final : public Ops<float> {
   void set_key_block(int64_t keys) { key_block_ = keys; }
   void set_attention_kernel(AttentionKernel k) { attention_kernel_ = k; }
   std::string attention_description();
+  void begin_graph();
+  void end_graph(uint64_t key);
+  bool replay_graph(uint64_t key);
+  void set_graphs(bool on) { graphs_on_ = on; }
+  GraphStats graph_stats() const { return graphs_->stats(); }
   std::string attention_paths();  // the description, less the one-query path
   MemoryStats memory();
 
@@ -94,6 +100,9 @@ class CudaOps final : public Ops<float> {
   // devices, and kernels launch on the current one).
   void use_device() const { PAR_CUDA_CHECK(cudaSetDevice(device_)); }
   void track(int64_t delta);
+  // Inside a step's recording: discards it and throws, naming `what` (which would wait for
+  // the GPU, which a recording cannot).
+  void refuse_in_graph(const char* what);
   // The cuDNN path, when this call may and can take it (else null, having thrown where
   // kCudnn demands it).
   CudnnAttention* cudnn_for(const AttentionShape& s, bool backward);
@@ -122,6 +131,9 @@ class CudaOps final : public Ops<float> {
   AttentionKernel attention_kernel_ = AttentionKernel::kAuto;
   int sm_major_ = 0;
   std::unique_ptr<CudnnAttention> cudnn_;  // made on first use
+  std::unique_ptr<StepGraphs> graphs_;
+  bool graphs_on_ = true;
+  bool graph_uploaded_ = false;  // the step being recorded copies from the host
 };
 
 namespace {
@@ -182,12 +194,14 @@ CudaOps::CudaOps(int device, MatmulPrecision precision) : device_(device), preci
   PAR_CUBLAS_CHECK(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_HOST));
   PAR_CUDA_CHECK(cudaMallocHost(&pinned_, 64));
   PAR_CUDA_CHECK(cudaMallocHost(&staging_, kStagingBytes));
+  graphs_ = std::make_unique<StepGraphs>(stream_);
 }
 
 CudaOps::~CudaOps() {
   // No throwing from here: errors at teardown are ignored (the process is ending or the
   // context is already broken, and the original error has been reported).
   cudaSetDevice(device_);
+  graphs_.reset();
   if (stream_) cudaStreamSynchronize(stream_);
   cudnn_.reset();
   for (auto& s : scratch_)
@@ -254,6 +268,7 @@ void CudaOps::deallocate(void* p) {
 void* CudaOps::scratch(int slot, size_t bytes) {
   Scratch& s = scratch_[size_t(slot)];
   if (s.bytes < bytes) {
+    refuse_in_graph("a scratch buffer that must grow (run the step once unrecorded first)");
     if (s.p) {
       PAR_CUDA_CHECK(cudaFree(s.p));  // synchronizes: earlier kernels are done with it
       track(-int64_t(s.bytes));
@@ -284,7 +299,9 @@ void CudaOps::upload(void* dst, const void* src, size_t bytes) {
   // staging ring first, from which the GPU copies in stream order, and does not wait; the
   // ring is reused only after the stream has drained.
   if (bytes <= kStagedUploadMax) {
+    graph_uploaded_ = graph_uploaded_ || graphs_->capturing();
     if (staging_used_ + bytes > kStagingBytes) {
+      refuse_in_graph("more than 1 MiB of uploads in one step");
       PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
       staging_used_ = 0;
     }
@@ -294,14 +311,43 @@ void CudaOps::upload(void* dst, const void* src, size_t bytes) {
     PAR_CUDA_CHECK(cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, stream_));
     return;
   }
+  refuse_in_graph("an upload of more than 64 KiB");
   PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
   PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
   staging_used_ = 0;
 }
 
+void CudaOps::refuse_in_graph(const char* what) {
+  if (!graphs_->capturing()) return;
+  graphs_->abort();
+  throw std::runtime_error(cat(what, " cannot be part of a CUDA graph (it waits for the GPU); "
+                               "the step's recording is discarded"));
+}
+
+void CudaOps::begin_graph() {
+  if (!graphs_on_) return;
+  use_device();
+  // Room in the staging ring for the step's uploads, which cannot wait for it to drain.
+  if (staging_used_ > kStagingBytes / 2) synchronize();
+  graph_uploaded_ = false;
+  graphs_->begin();
+}
+
+void CudaOps::end_graph(uint64_t key) {
+  if (!graphs_on_) return;
+  use_device();
+  graphs_->end(key, !graph_uploaded_);
+}
+
+bool CudaOps::replay_graph(uint64_t key) {
+  use_device();
+  return graphs_->replay(key);
+}
+
 void CudaOps::download(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   use_device();
+  refuse_in_graph("download");
   PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
   PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
   staging_used_ = 0;  // the stream has drained: the staged uploads are done
@@ -309,6 +355,7 @@ void CudaOps::download(void* dst, const void* src, size_t bytes) {
 
 void CudaOps::synchronize() {
   use_device();
+  refuse_in_graph("synchronize");
   PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
   staging_used_ = 0;
 }
@@ -625,6 +672,7 @@ void CudaOps::cross_entropy_backward(float* dlogits, const float* logits, const 
 
 double CudaOps::sum_squares(const float* x, int64_t n) {
   use_device();
+  refuse_in_graph("sum_squares");
   const int64_t parts = kern::sum_squares_partial_doubles(n);
   auto* buf = static_cast<double*>(scratch(kSquares, size_t(parts + 1) * sizeof(double)));
   kern::sum_squares(stream_, buf, x, n, buf + 1);
@@ -788,6 +836,12 @@ MatmulPrecision matmul_precision(const Ops<float>& ops) {
 }
 
 MemoryStats memory_stats(Ops<float>& ops) { return as_cuda(ops).memory(); }
+
+void begin_graph(Ops<float>& ops) { as_cuda(ops).begin_graph(); }
+void end_graph(Ops<float>& ops, uint64_t key) { as_cuda(ops).end_graph(key); }
+bool replay_graph(Ops<float>& ops, uint64_t key) { return as_cuda(ops).replay_graph(key); }
+void set_graphs(Ops<float>& ops, bool enabled) { as_cuda(ops).set_graphs(enabled); }
+GraphStats graph_stats(Ops<float>& ops) { return as_cuda(ops).graph_stats(); }
 
 void set_attention_key_block(Ops<float>& ops, int64_t keys) { as_cuda(ops).set_key_block(keys); }
 

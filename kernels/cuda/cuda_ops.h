@@ -83,6 +83,27 @@ void set_attention_kernel(Ops<float>& ops, AttentionKernel kernel);
 // (its version and file) or why none.
 std::string attention_description(Ops<float>& ops);
 
+// ---- CUDA graphs of a repeated step (a decoding step) ----
+// begin_graph records the work given to `ops` instead of running it; end_graph(key) keeps
+// the recording under `key` (the caller's name for the step's shapes) and launches it: the
+// first time instantiated, later recordings under the same key update the kept instance in
+// place when only kernel parameters changed (else it is replaced). replay_graph(key)
+// launches the kept step again without recording (false when none is kept); its inputs
+// must then sit in the same device buffers, so a step that uploaded from the host while
+// it was recorded cannot be replayed (std::runtime_error). Inside a recording, anything
+// that waits for the GPU (download, synchronize, sum_squares, an upload over 64 KiB, a
+// scratch buffer that must grow: run the step once unrecorded first) is a
+// std::runtime_error that discards the recording. With graphs off (set_graphs(ops,
+// false)) begin_graph and end_graph do nothing, so the work runs as it is given.
+void begin_graph(Ops<float>& ops);
+void end_graph(Ops<float>& ops, uint64_t key);
+bool replay_graph(Ops<float>& ops, uint64_t key);
+void set_graphs(Ops<float>& ops, bool enabled);  // on by default
+struct GraphStats {
+  int64_t instantiated = 0, updated = 0, launched = 0;
+};
+GraphStats graph_stats(Ops<float>& ops);
+
 // Testing hook: the number of keys per block of the attention (0: automatic). Small
 // blocks make small test shapes cross several blocks, as long contexts do.
 void set_attention_key_block(Ops<float>& ops, int64_t keys);

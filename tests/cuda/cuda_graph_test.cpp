@@ -1,0 +1,154 @@
+// CUDA graphs of a repeated step (cuda_ops.h: begin_graph, end_graph, replay_graph): a
+// decoding-like step on fixed device buffers (a linear layer, squared ReLU, one query's
+// attention over the keys through the split kernel, a residual add) recorded once gives the
+// bits of the same step run directly; replayed after new inputs are uploaded into its
+// buffers, the bits of a direct run on those inputs; recorded again with more keys under the
+// same key, the kept instance is updated in place; a step that uploads cannot be replayed;
+// anything that waits for the GPU inside a recording is a clear error; with graphs off the
+// work runs as given. Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace par {
+namespace {
+
+using cuda_test::bitwise_equal;
+using cuda_test::DeviceArray;
+
+constexpr int64_t kHeads = 4, kHeadDim = 32, kD = kHeads * kHeadDim, kMaxKeys = 1100;
+
+struct Step {
+  explicit Step(Ops<float>& ops)
+      : ops(ops),
+        x(ops, cuda_test::random_vector<float>(kD, 1)),
+        w(ops, cuda_test::random_vector<float>(kD * kD, 2, 0.1)),
+        bias(ops, cuda_test::random_vector<float>(kD, 3)),
+        h(ops, kD),
+        q(ops, kD),
+        k(ops, cuda_test::random_vector<float>(kMaxKeys * kD, 4)),
+        v(ops, cuda_test::random_vector<float>(kMaxKeys * kD, 5)),
+        o(ops, kD),
+        lse(ops, kHeads),
+        q_pos(ops, std::vector<int64_t>{kMaxKeys}),
+        k_pos(ops, positions()) {}
+  static std::vector<int64_t> positions() {
+    std::vector<int64_t> p;
+    for (int64_t j = 0; j < kMaxKeys; ++j) p.push_back(j);
+    return p;
+  }
+  // The step over the first `keys` keys; o is its output.
+  void run(int64_t keys) {
+    ops.linear_forward(h.get(), x.get(), w.get(), bias.get(), 1, kD, kD);
+    ops.sqrelu_forward(q.get(), h.get(), kD);
+    AttentionShape s{1, 1, keys, kHeads, kHeadDim, q_pos.get(), k_pos.get(), nullptr,
+                     1.0 / std::sqrt(double(kHeadDim))};
+    ops.attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
+    ops.add(o.get(), x.get(), kD);
+  }
+  Ops<float>& ops;
+  DeviceArray<float> x, w, bias, h, q, k, v, o, lse;
+  DeviceArray<int64_t> q_pos, k_pos;
+};
+
+class CudaGraphTest : public cuda_test::CudaTest {};
+
+TEST_F(CudaGraphTest, RecordedOnceThenReplayedWithNewInputs) {
+  auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kBF16);
+  Step step(*ops);
+  step.run(1000);  // unrecorded first: sizes the scratch buffers
+  const std::vector<float> direct = step.o.host();
+  step.o.set(std::vector<float>(kD, 0.0f));
+  cuda::begin_graph(*ops);
+  step.run(1000);
+  cuda::end_graph(*ops, 7);
+  EXPECT_TRUE(bitwise_equal(step.o.host(), direct)) << "the recorded step";
+  const auto x2 = cuda_test::random_vector<float>(kD, 11);
+  step.x.set(x2);
+  step.run(1000);
+  const std::vector<float> direct2 = step.o.host();
+  ASSERT_FALSE(bitwise_equal(direct2, direct)) << "new inputs should change the output";
+  step.o.set(std::vector<float>(kD, 0.0f));
+  ASSERT_TRUE(cuda::replay_graph(*ops, 7));
+  EXPECT_TRUE(bitwise_equal(step.o.host(), direct2)) << "the replayed step";
+  EXPECT_FALSE(cuda::replay_graph(*ops, 8)) << "nothing is kept under key 8";
+  const cuda::GraphStats st = cuda::graph_stats(*ops);
+  EXPECT_EQ(st.instantiated, 1);
+  EXPECT_EQ(st.launched, 2);
+}
+
+// One more key each step (as the cross cache grows): the same topology with new kernel
+// parameters, so the kept instance is updated, not instantiated again.
+TEST_F(CudaGraphTest, RecordedAgainWithMoreKeysUpdatesInPlace) {
+  auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
+  Step step(*ops);
+  for (int64_t keys = 1000; keys < 1004; ++keys) {
+    step.run(keys);
+    const std::vector<float> direct = step.o.host();
+    step.o.set(std::vector<float>(kD, 0.0f));
+    cuda::begin_graph(*ops);
+    step.run(keys);
+    cuda::end_graph(*ops, 1);
+    EXPECT_TRUE(bitwise_equal(step.o.host(), direct)) << keys << " keys";
+  }
+  const cuda::GraphStats st = cuda::graph_stats(*ops);
+  EXPECT_EQ(st.instantiated, 1);
+  EXPECT_EQ(st.updated, 3) << "cudaGraphExecUpdate refused a change of kernel parameters";
+}
+
+TEST_F(CudaGraphTest, AStepThatUploadsRunsButIsNotReplayed) {
+  auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
+  Step step(*ops);
+  step.run(500);
+  const auto x2 = cuda_test::random_vector<float>(kD, 12);
+  step.x.set(x2);
+  step.run(500);
+  const std::vector<float> direct = step.o.host();
+  step.x.set(cuda_test::random_vector<float>(kD, 1));
+  cuda::begin_graph(*ops);
+  step.x.set(x2);  // a staged upload, recorded
+  step.run(500);
+  cuda::end_graph(*ops, 3);
+  EXPECT_TRUE(bitwise_equal(step.o.host(), direct));
+  EXPECT_THROW(cuda::replay_graph(*ops, 3), std::runtime_error);
+}
+
+TEST_F(CudaGraphTest, WaitingInsideARecordingIsAnErrorAndDiscardsIt) {
+  auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
+  Step step(*ops);
+  step.run(200);
+  const std::vector<float> direct = step.o.host();
+  cuda::begin_graph(*ops);
+  step.run(200);
+  try {
+    step.o.host();  // a download
+    FAIL() << "a download inside a recording was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("download"), std::string::npos) << e.what();
+  }
+  // The stream works as before: the direct step gives its bits again.
+  step.run(200);
+  EXPECT_TRUE(bitwise_equal(step.o.host(), direct));
+  EXPECT_EQ(cuda::graph_stats(*ops).instantiated, 0);
+}
+
+TEST_F(CudaGraphTest, GraphsOffRunTheWorkAsGiven) {
+  auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
+  cuda::set_graphs(*ops, false);
+  Step step(*ops);
+  cuda::begin_graph(*ops);
+  step.run(300);
+  const std::vector<float> o = step.o.host();  // no recording: a download is fine
+  cuda::end_graph(*ops, 5);
+  step.run(300);
+  EXPECT_TRUE(bitwise_equal(step.o.host(), o));
+  EXPECT_FALSE(cuda::replay_graph(*ops, 5));
+  EXPECT_EQ(cuda::graph_stats(*ops).instantiated, 0);
+}
+
+}  // namespace
+}  // namespace par
