@@ -11,15 +11,15 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cudnn_api.h"
-#include "tests/cuda/attention_cases.h"
+#include "tests/attention_cases.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace par {
 namespace {
 
 using cuda::MatmulPrecision;
-using cuda_test::AttentionCase;
-using cuda_test::AttentionData;
+using testing_util::AttentionCase;
+using testing_util::AttentionData;
 using cuda_test::bitwise_equal;
 using cuda_test::close;
 using cuda_test::DeviceArray;
@@ -86,7 +86,7 @@ class CudaAttentionTest
 
 TEST_P(CudaAttentionTest, MatchesTheCpu) {
   const auto [precision, c] = GetParam();
-  const AttentionData d = cuda_test::make_attention_data(c, 21);
+  const AttentionData d = testing_util::make_attention_data(c, 21);
   const Outputs want = cpu_attention(d);
   auto ops = cuda::make_cuda_ops(0, precision);
   const Outputs got = gpu_attention(*ops, d, &want);
@@ -125,7 +125,7 @@ TEST_P(CudaAttentionTest, MatchesTheCpu) {
 // same.
 TEST_P(CudaAttentionTest, FusedMatchesTheCpu) {
   const auto [precision, c] = GetParam();
-  const AttentionData d = cuda_test::make_attention_data(c, 24);
+  const AttentionData d = testing_util::make_attention_data(c, 24);
   const Outputs want = cpu_attention(d);
   auto ops = cuda::make_cuda_ops(0, precision);
   const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kFused);
@@ -152,7 +152,7 @@ TEST_P(CudaAttentionTest, FusedMatchesTheCpu) {
 
 TEST_P(CudaAttentionTest, IsBitwiseReproducible) {
   const auto [precision, c] = GetParam();
-  const AttentionData d = cuda_test::make_attention_data(c, 22);
+  const AttentionData d = testing_util::make_attention_data(c, 22);
   auto ops = cuda::make_cuda_ops(0, precision);
   const Outputs a = gpu_attention(*ops, d, nullptr);
   const Outputs b = gpu_attention(*ops, d, nullptr);
@@ -172,7 +172,7 @@ INSTANTIATE_TEST_SUITE_P(
     Cases, CudaAttentionTest,
     ::testing::Combine(::testing::Values(MatmulPrecision::kFloat32, MatmulPrecision::kTF32,
                                          MatmulPrecision::kBF16),
-                       ::testing::ValuesIn(cuda_test::attention_cases())),
+                       ::testing::ValuesIn(testing_util::attention_cases())),
     case_name);
 
 // cuDNN's flash attention (bf16), for every case whose head size it takes (a multiple of
@@ -190,7 +190,7 @@ TEST_P(CudnnAttentionTest, MatchesTheCpu) {
   const AttentionCase c = GetParam();
   const MatmulPrecision precision = MatmulPrecision::kBF16;
   ASSERT_NE(cuda::cudnn_api(), nullptr) << "no cuDNN: " << cuda::cudnn_unavailable_reason();
-  const AttentionData d = cuda_test::make_attention_data(c, 25);
+  const AttentionData d = testing_util::make_attention_data(c, 25);
   auto ops = cuda::make_cuda_ops(0, precision);
   if (c.head_dim % 8 != 0) {
     try {
@@ -226,7 +226,7 @@ TEST_P(CudnnAttentionTest, MatchesTheCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, CudnnAttentionTest,
-                         ::testing::ValuesIn(cuda_test::attention_cases()),
+                         ::testing::ValuesIn(testing_util::attention_cases()),
                          [](const ::testing::TestParamInfo<AttentionCase>& info) {
                            return info.param.name;
                          });
@@ -235,7 +235,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudnnAttentionTest,
 TEST(CudaAttentionLong, ContextOf131072Keys) {
   PAR_SKIP_WITHOUT_GPU();
   AttentionCase c{"long", 1, 64, 131072, 2, 16, 131072 - 64, 0.1, 8192};
-  const AttentionData d = cuda_test::make_attention_data(c, 23);
+  const AttentionData d = testing_util::make_attention_data(c, 23);
   const Outputs want = cpu_attention(d);
   auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kFloat32);
   const Outputs got = gpu_attention(*ops, d, &want);
@@ -252,7 +252,7 @@ TEST(CudaAttentionLong, ContextOf131072KeysThroughCudnn) {
   PAR_SKIP_WITHOUT_GPU();
   ASSERT_NE(cuda::cudnn_api(), nullptr) << "no cuDNN: " << cuda::cudnn_unavailable_reason();
   AttentionCase c{"long", 1, 64, 131072, 2, 16, 131072 - 64, 0.1, 8192};
-  const AttentionData d = cuda_test::make_attention_data(c, 26);
+  const AttentionData d = testing_util::make_attention_data(c, 26);
   const Outputs want = cpu_attention(d);
   auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kBF16);
   const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kCudnn);
