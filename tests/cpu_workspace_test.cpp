@@ -24,19 +24,9 @@ namespace {
 
 // A model whose cross-attention key and value projections are tall (the row-chunked
 // kernels' partial sums) and whose other layers are not (the paired backward's bias sums).
-ModelConfig small_config() {
-  ModelConfig c;
-  c.vocab_size = 300;
-  c.d_model = 64;
-  c.context_length = 4096;
-  c.num_latents = 64;
-  c.num_layers = 1;
-  c.cross_heads = 4;
-  c.self_heads = 4;
-  c.mlp_factor = 2;
-  c.rotary_fraction = 0.5;
-  return c;
-}
+const ModelConfig kConfig{.vocab_size = 300, .d_model = 64, .context_length = 4096,
+                          .num_latents = 64, .num_layers = 1, .cross_heads = 4,
+                          .self_heads = 4, .mlp_factor = 2};
 
 double planned_kernel_scratch(const ModelConfig& c, int64_t batch, int threads) {
   PlanRequest r;
@@ -75,7 +65,7 @@ int64_t held_after_a_step(const ModelConfig& c, int64_t batch, int threads) {
 }
 
 TEST(CpuWorkspace, OneThreadHoldsExactlyThePlannedScratch) {
-  const ModelConfig c = small_config();
+  const ModelConfig& c = kConfig;
   ASSERT_TRUE(cpu::is_tall_linear(double(c.context_length), double(c.d_model),
                                   double(c.d_model)))
       << "the config no longer has a tall layer: the test would miss that slot";
@@ -88,7 +78,7 @@ TEST(CpuWorkspace, OneThreadHoldsExactlyThePlannedScratch) {
 }
 
 TEST(CpuWorkspace, SeveralThreadsHoldAtMostThePlannedScratch) {
-  const ModelConfig c = small_config();
+  const ModelConfig& c = kConfig;
   for (int threads : {2, 3}) {
     SCOPED_TRACE(cat(threads, " threads"));
     const int64_t held = held_after_a_step(c, 1, threads);

@@ -17,6 +17,7 @@
 #include "core/philox.h"
 #include "core/rotary.h"
 #include "tests/attention_cases.h"
+#include "tests/test_util.h"
 
 namespace par::op_parity {
 
@@ -485,24 +486,13 @@ void optimizer_cases(std::vector<OpCase>& t) {
                           false, [=](auto& r) {
       r.value("sum", r.ops.sum_squares(r.random(n, 49), n));
     }));
-  // Three steps, weight decay on the second, a clipping factor.
-  auto steps = [](auto&& update) {
-    for (int64_t t = 1; t <= 3; ++t) {
-      AdamStep a;
-      a.lr = 1e-2;
-      a.weight_decay = t == 2 ? 0.1 : 0.0;
-      a.t = t;
-      a.grad_scale = 0.7;
-      update(a);
-    }
-  };
   // In float, 1 - beta2 is 1 - 0.999f = 0.00099998713: the second moment is off by 1.3e-5
   // of itself from the first step on, so the tolerance is above that.
   const double adam_tol = 3e-5;
   t.push_back(make_case("adam_update", {"adam_update"}, adam_tol, Products::kNone, false, [=](auto& r) {
     const int64_t n = 5003;
     auto *p = r.random(n, 50), *g = r.random(n, 51, 0.1), *m = r.filled(n, 0), *v = r.filled(n, 0);
-    steps([&](const AdamStep& a) { r.ops.adam_update(p, m, v, g, n, a); });
+    for (const AdamStep& a : adam_steps()) r.ops.adam_update(p, m, v, g, n, a);
     r.out("param", p, n);
     r.out("m", m, n);
     r.out("v", v, n);
@@ -516,9 +506,8 @@ void optimizer_cases(std::vector<OpCase>& t) {
     for (int64_t k = 0; k < 300; ++k) spans.push_back(AdamSpan{k * 13, k * 13 + 11, k % 3 != 0});
     const std::vector<double> p0 = r.normal(n, 52);
     auto *p = r.put(p0), *g = r.random(n, 53, 0.1), *m = r.filled(n, 0), *v = r.filled(n, 0);
-    steps([&](const AdamStep& a) {
+    for (const AdamStep& a : adam_steps())
       r.ops.adam_update_spans(p, m, v, g, spans.data(), int64_t(spans.size()), a);
-    });
     const auto got = r.host(p, n);
     for (int64_t k = 0; k < 300; ++k)
       for (int64_t i = k * 13 + 11; i < k * 13 + 13 && i < n; ++i)
@@ -564,6 +553,19 @@ const std::vector<OpCase>& op_cases() {
   return table;
 }
 
+std::vector<AdamStep> adam_steps() {
+  std::vector<AdamStep> steps;
+  for (int64_t t = 1; t <= 3; ++t) {
+    AdamStep a;
+    a.lr = 1e-2;
+    a.weight_decay = t == 2 ? 0.1 : 0.0;
+    a.t = t;
+    a.grad_scale = 0.7;
+    steps.push_back(a);
+  }
+  return steps;
+}
+
 std::vector<std::string> listed_operations() {
   std::vector<std::string> names;
 #define PAR_OPS_NAME(ret, op, params, args) names.push_back(#op);
@@ -590,29 +592,10 @@ Outputs run_case(const OpCase& c, Ops<double>& ops) { return run_recorded(c, ops
       ok = false;
       continue;
     }
-    double ref = 0, worst = 0;
-    size_t at = 0;
-    for (size_t i = 0; i < w.data.size(); ++i) {
-      const double a = g.data[i], b = w.data[i];
-      if (!std::isfinite(a) || !std::isfinite(b)) {
-        if (!((std::isnan(a) && std::isnan(b)) || a == b)) {
-          report << w.name << "[" << i << "] is " << a << ", want " << b << "; ";
-          ok = false;
-        }
-        continue;
-      }
-      ref = std::max(ref, std::abs(b));
-      if (std::abs(a - b) > worst) {
-        worst = std::abs(a - b);
-        at = i;
-      }
-    }
-    const double rel = ref > 0 ? worst / ref : (worst > 0 ? INFINITY : 0.0);
-    const double allowed = w.product ? product_tol : tol;
-    if (rel > allowed) {
-      report << w.name << ": max |got - want| = " << worst << " at " << at << " (got "
-             << g.data[at] << ", want " << w.data[at] << "), " << rel
-             << " of the largest |want| " << ref << ", tolerance " << allowed << "; ";
+    const ::testing::AssertionResult r =
+        testing_util::close(g.data, w.data, w.product ? product_tol : tol);
+    if (!r) {
+      report << w.name << ": " << r.message() << "; ";
       ok = false;
     }
   }

@@ -57,6 +57,10 @@ const std::vector<OpCase>& op_cases();
 // The names PAR_OPS_METHODS lists.
 std::vector<std::string> listed_operations();
 
+// The Adam steps of the optimizer cases: three, weight decay on the second, a clipping
+// factor.
+std::vector<AdamStep> adam_steps();
+
 // Whether `got` has the outputs of `want`, each within tol of the largest |want| entry
 // (`product_tol` for products); infinities and NaN must match exactly.
 ::testing::AssertionResult agree(const Outputs& got, const Outputs& want, double tol,
