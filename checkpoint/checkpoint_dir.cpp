@@ -86,7 +86,7 @@ void remove_checkpoint(const std::string& dir) {
 // tensor split by tensor parallelism goes to rank i mod |dp x sp| among the ranks holding
 // that slice; a replicated tensor (the same on every rank) to world rank i mod |world|.
 bool writes_piece(const ProcessGrid& g, const ParamInfo& p, int64_t i) {
-  if (p.sharded()) return g.dp_sp().rank() == int(i % g.dp_sp().size());
+  if (p.sharded()) return g.dp_sp()->rank() == int(i % g.dp_sp()->size());
   return g.world_rank() == int(i % g.world_size());
 }
 
@@ -167,13 +167,15 @@ CheckpointSaver::~CheckpointSaver() {
 
 double CheckpointSaver::start(const ModelConfig& model, const ParamLayout& layout,
                               std::vector<float> params, std::vector<float> adam_m,
-                              std::vector<float> adam_v, const CheckpointInfo& info) {
+                              std::vector<float> adam_v, const TrainingPosition& position,
+                              const std::string& config_text) {
   PAR_ASSERT(!pending_, "a checkpoint save is already in progress");
   const double t0 = now_seconds();
   model_ = model;
-  info_ = info;
-  final_dir_ = checkpoint_dir(out_dir_, info.step);
-  tmp_dir_ = checkpoints_root(out_dir_) + "/." + step_name(info.step) + ".tmp";
+  position_ = position;
+  config_text_ = config_text;
+  final_dir_ = checkpoint_dir(out_dir_, position.step);
+  tmp_dir_ = checkpoints_root(out_dir_) + "/." + step_name(position.step) + ".tmp";
   char file[32];
   std::snprintf(file, sizeof file, "shard-%05d.h5", grid_.world_rank());
   file_ = file;
@@ -183,7 +185,7 @@ double CheckpointSaver::start(const ModelConfig& model, const ParamLayout& layou
     fs::create_directories(tmp_dir_, ec);
     if (ec) fail_user("cannot create the checkpoint directory ", tmp_dir_, ": ", ec.message());
   }
-  grid_.world().barrier();  // the directory exists for everyone
+  grid_.world()->barrier();  // the directory exists for everyone
   mine_.clear();
   mine_kind_.clear();
   int64_t i = 0;
@@ -247,7 +249,7 @@ void CheckpointSaver::write_share() {
 std::string CheckpointSaver::finish(bool wait) {
   if (!pending_) return "";
   if (!wait) {
-    const int64_t all = grid_.world().all_reduce_value(int64_t(written_ ? 1 : 0), ReduceOp::kSum);
+    const int64_t all = grid_.world()->all_reduce_value(int64_t(written_ ? 1 : 0), ReduceOp::kSum);
     if (all < grid_.world_size()) return "";
   }
   writer_.join();
@@ -262,19 +264,16 @@ std::string CheckpointSaver::finish(bool wait) {
       error = e.what();
     }
   }
-  const int64_t failed = grid_.world().all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum);
+  const int64_t failed = grid_.world()->all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum);
   if (failed) {
     // The unfinished save must not keep its space: every rank has stopped writing into it.
     if (grid_.world_rank() == 0) remove_unfinished();
-    if (!error.empty()) fail_user("writing the checkpoint of step ", info_.step, ": ", error);
-    fail_user("writing the checkpoint of step ", info_.step, " failed on another rank (see its message)");
+    if (!error.empty()) fail_user("writing the checkpoint of step ", position_.step, ": ", error);
+    fail_user("writing the checkpoint of step ", position_.step, " failed on another rank (see its message)");
   }
   // Rank 0 collects every rank's records: lengths first, then the padded texts.
   Manifest m;
-  m.step = info_.step;
-  m.next_batch = info_.next_batch;
-  m.seed = info_.seed;
-  m.lr = info_.lr;
+  m.position = position_;
   m.dp = grid_.shape().dp;
   m.sp = grid_.shape().sp;
   m.tp = grid_.shape().tp;
@@ -284,11 +283,11 @@ std::string CheckpointSaver::finish(bool wait) {
   const int64_t n = grid_.world_size();
   std::vector<int64_t> lengths(static_cast<size_t>(n));
   const int64_t mine = int64_t(text.size());
-  grid_.world().all_gather(&mine, lengths.data(), 1, DataType::kInt64);
+  grid_.world()->all_gather(&mine, lengths.data(), 1, DataType::kInt64);
   const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
   std::vector<uint8_t> padded(static_cast<size_t>(longest), 0), all(size_t(longest * n));
   std::copy(text.begin(), text.end(), padded.begin());
-  grid_.world().all_gather(padded.data(), all.data(), longest, DataType::kUInt8);
+  grid_.world()->all_gather(padded.data(), all.data(), longest, DataType::kUInt8);
   if (grid_.world_rank() == 0) {
     m.entries.clear();
     std::string records;
@@ -297,7 +296,7 @@ std::string CheckpointSaver::finish(bool wait) {
     const std::string manifest = Manifest::seal(m.header_text() + records);
     Manifest::parse(manifest, tmp_dir_ + "/" + kManifest);  // what we commit must read back
     try {
-      write_file(tmp_dir_ + "/" + kConfig, info_.config_text);
+      write_file(tmp_dir_ + "/" + kConfig, config_text_);
       write_file(tmp_dir_ + "/" + kManifest, manifest);
       write_file(tmp_dir_ + "/" + kComplete, "complete\n");
       sync_directory(tmp_dir_);
@@ -308,12 +307,12 @@ std::string CheckpointSaver::finish(bool wait) {
       sync_directory(checkpoints_root(out_dir_));
     } catch (const UserError& e) {
       remove_unfinished();
-      fail_user("writing the checkpoint of step ", info_.step, ": ", e.what());
+      fail_user("writing the checkpoint of step ", position_.step, ": ", e.what());
     }
     prune();
   }
   write_seconds_ = now_seconds() - started_;
-  grid_.world().barrier();  // no rank goes on before the checkpoint exists
+  grid_.world()->barrier();  // no rank goes on before the checkpoint exists
   return final_dir_;
 }
 
@@ -352,9 +351,9 @@ Manifest read_manifest(const std::string& dir) {
   fs::path name = fs::path(dir).lexically_normal();
   if (name.filename().empty()) name = name.parent_path();  // "step-00000020/"
   const int64_t named = step_of(name.filename().string(), false);
-  if (named >= 0 && named != m.step)
-    fail_user(dir, " is named for step ", named, " but its manifest holds step ", m.step,
-              ": it was renamed or copied over; rename it to ", step_name(m.step),
+  if (named >= 0 && named != m.position.step)
+    fail_user(dir, " is named for step ", named, " but its manifest holds step ", m.position.step,
+              ": it was renamed or copied over; rename it to ", step_name(m.position.step),
               " or use another checkpoint");
   return m;
 }

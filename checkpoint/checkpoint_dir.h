@@ -49,14 +49,6 @@ std::string enclosing_checkpoint(const std::string& path);
 // UserError naming `option` when `path` lies in a checkpoint directory.
 void refuse_inside_checkpoint(const std::string& path, const std::string& option);
 
-struct CheckpointInfo {
-  int64_t step = 0;
-  int64_t next_batch = 0;
-  uint64_t seed = 0;
-  double lr = 0;
-  std::string config_text;
-};
-
 class CheckpointSaver {
  public:
   // keep: how many complete checkpoints to keep (the newest never goes).
@@ -66,10 +58,12 @@ class CheckpointSaver {
   CheckpointSaver& operator=(const CheckpointSaver&) = delete;
 
   // Collective. Starts saving: takes this rank's state (host copies in `layout` order:
-  // parameters, Adam moments) and writes its share on a background thread. Returns the
-  // seconds training was paused. A previous save must be finished.
+  // parameters, Adam moments) at `position`, with the run's resolved options
+  // (`config_text`, INI), and writes its share on a background thread. Returns the seconds
+  // training was paused. A previous save must be finished.
   double start(const ModelConfig& model, const ParamLayout& layout, std::vector<float> params,
-               std::vector<float> adam_m, std::vector<float> adam_v, const CheckpointInfo& info);
+               std::vector<float> adam_m, std::vector<float> adam_v,
+               const TrainingPosition& position, const std::string& config_text);
   // Collective. Commits the pending save if every rank has written its share (or waits
   // for them when `wait`). Returns the committed directory, or "" if nothing was
   // committed now. A write that failed on any rank is an error on every rank.
@@ -92,7 +86,8 @@ class CheckpointSaver {
   std::exception_ptr error_;
   // The pending save.
   ModelConfig model_;
-  CheckpointInfo info_;
+  TrainingPosition position_;
+  std::string config_text_;
   std::string tmp_dir_, final_dir_, file_;
   std::vector<const ParamInfo*> mine_;   // (tensor, kind) pieces this rank writes
   std::vector<int> mine_kind_;

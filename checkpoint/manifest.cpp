@@ -3,6 +3,8 @@
 #include <charconv>
 #include <cstring>
 #include <sstream>
+#include <type_traits>
+#include <variant>
 
 #include "core/error.h"
 
@@ -47,18 +49,29 @@ std::string dims(const std::vector<int64_t>& d) {
 
 std::string Manifest::header_text() const {
   std::ostringstream os;
-  const ModelConfig& m = model;
+  const TrainingPosition& p = position;
   os << "par-checkpoint 2\n"
-     << "step " << step << "\nnext_batch " << next_batch << "\nseed " << seed << "\nlr "
-     << exact(lr) << "\nlayout " << dp << " " << sp << " " << tp << "\n"
-     << "model vocab_size=" << m.vocab_size << " d_model=" << m.d_model
-     << " context_length=" << m.context_length << " num_latents=" << m.num_latents
-     << " num_layers=" << m.num_layers << " cross_heads=" << m.cross_heads
-     << " self_heads=" << m.self_heads << " mlp_factor=" << m.mlp_factor
-     << " rotary_fraction=" << exact(m.rotary_fraction)
-     << " max_wavelength=" << exact(m.wavelength());
-  // Only where positions are not rotary alone: manifests of rotary models stay as they were.
-  if (m.absolute_positions()) os << " position_encoding=" << position_encoding_name(m.position_encoding);
+     << "step " << p.step << "\nnext_batch " << p.next_batch << "\nseed " << p.seed << "\nlr "
+     << exact(p.lr) << "\nlayout " << dp << " " << sp << " " << tp << "\n"
+     << "model";
+  // Optional fields at their default are left out: manifests of models without them stay
+  // as they were.
+  const ModelConfig m = model.resolved();
+  for (const ModelField& f : kModelFields) {
+    if (!f.recorded(m)) continue;
+    os << " " << f.key << "=";
+    std::visit(
+        [&](auto member) {
+          const auto& v = m.*member;
+          if constexpr (std::is_same_v<decltype(member), PositionEncoding ModelConfig::*>)
+            os << position_encoding_name(v);
+          else if constexpr (std::is_same_v<decltype(member), double ModelConfig::*>)
+            os << exact(v);
+          else
+            os << v;
+        },
+        f.member);
+  }
   os << "\n";
   return os.str();
 }
@@ -126,17 +139,17 @@ Manifest Manifest::parse(const std::string& sealed, const std::string& path) {
       header = true;
     } else if (w[0] == "step") {
       need(2);
-      m.step = number<int64_t>(w[1], path, n);
+      m.position.step = number<int64_t>(w[1], path, n);
       have_step = true;
     } else if (w[0] == "next_batch") {
       need(2);
-      m.next_batch = number<int64_t>(w[1], path, n);
+      m.position.next_batch = number<int64_t>(w[1], path, n);
     } else if (w[0] == "seed") {
       need(2);
-      m.seed = number<uint64_t>(w[1], path, n);
+      m.position.seed = number<uint64_t>(w[1], path, n);
     } else if (w[0] == "lr") {
       need(2);
-      m.lr = number<double>(w[1], path, n);
+      m.position.lr = number<double>(w[1], path, n);
     } else if (w[0] == "layout") {
       need(4);
       m.dp = number<int>(w[1], path, n);
@@ -147,20 +160,20 @@ Manifest Manifest::parse(const std::string& sealed, const std::string& path) {
         const auto eq = w[i].find('=');
         if (eq == std::string::npos) fail_user(path, " line ", n, ": expected key=value, got '", w[i], "'");
         const std::string k = w[i].substr(0, eq), v = w[i].substr(eq + 1);
-        ModelConfig& c = m.model;
-        if (k == "vocab_size") c.vocab_size = number<int64_t>(v, path, n);
-        else if (k == "d_model") c.d_model = number<int64_t>(v, path, n);
-        else if (k == "context_length") c.context_length = number<int64_t>(v, path, n);
-        else if (k == "num_latents") c.num_latents = number<int64_t>(v, path, n);
-        else if (k == "num_layers") c.num_layers = number<int64_t>(v, path, n);
-        else if (k == "cross_heads") c.cross_heads = number<int64_t>(v, path, n);
-        else if (k == "self_heads") c.self_heads = number<int64_t>(v, path, n);
-        else if (k == "mlp_factor") c.mlp_factor = number<int64_t>(v, path, n);
-        else if (k == "rotary_fraction") c.rotary_fraction = number<double>(v, path, n);
-        else if (k == "max_wavelength") c.max_wavelength = number<double>(v, path, n);
-        else if (k == "position_encoding")
-          c.position_encoding = parse_position_encoding(v, cat(path, " line ", n, ": position_encoding"));
-        else fail_user(path, " line ", n, ": unknown model key '", k, "'");
+        const ModelField* f = nullptr;
+        for (const ModelField& g : kModelFields)
+          if (k == g.key) f = &g;
+        if (!f) fail_user(path, " line ", n, ": unknown model key '", k, "'");
+        std::visit(
+            [&](auto member) {
+              auto& value = m.model.*member;
+              using V = std::remove_reference_t<decltype(value)>;
+              if constexpr (std::is_same_v<V, PositionEncoding>)
+                value = parse_position_encoding(v, cat(path, " line ", n, ": ", k));
+              else
+                value = number<V>(v, path, n);
+            },
+            f->member);
       }
       have_model = true;
     } else if (w[0] == "tensor") {

@@ -9,7 +9,8 @@
 //   seed 7
 //   lr 0.0003                      learning rate of the last step
 //   layout 2 2 1                   dp sp tp of the run that wrote it
-//   model vocab_size=259 d_model=256 ... (the configuration, as in the export format)
+//   model vocab_size=259 d_model=256 ... (the configuration: core/model_config.h's fields,
+//                                  as in the export format)
 //   tensor KIND NAME DIMS AXIS BEGIN COUNT FILE CHECKSUM
 // A tensor record says: elements [BEGIN, BEGIN+COUNT) along AXIS (-1: the whole tensor) of
 // tensor NAME (of global shape DIMS, comma-separated) of state KIND (params, adam_m,
@@ -42,12 +43,18 @@ struct ManifestEntry {
   std::vector<int64_t> shape() const;
 };
 
-struct Manifest {
-  int64_t step = 0;
-  int64_t next_batch = 0;
+// Where training stands: what a checkpoint records besides the model and its tensors,
+// and what a run needs to continue exactly where it stopped.
+struct TrainingPosition {
+  int64_t step = 0;        // optimizer steps done (also the schedule's position)
+  int64_t next_batch = 0;  // the data loader's counter (micro-batches consumed)
   uint64_t seed = 0;
-  double lr = 0;
-  int dp = 1, sp = 1, tp = 1;
+  double lr = 0;           // learning rate of the last step
+};
+
+struct Manifest {
+  TrainingPosition position;
+  int dp = 1, sp = 1, tp = 1;  // the layout that wrote it
   ModelConfig model;
   std::vector<ManifestEntry> entries;
 

@@ -3,6 +3,8 @@
 #include <cstdio>
 
 #include <filesystem>
+#include <type_traits>
+#include <variant>
 
 #include "checkpoint/checkpoint_dir.h"
 #include "core/error.h"
@@ -12,39 +14,42 @@ namespace par {
 
 namespace {
 
-void write_model_attributes(hid_t root, const ModelConfig& c) {
-  h5::write_attribute<int64_t>(root, "vocab_size", c.vocab_size);
-  h5::write_attribute<int64_t>(root, "d_model", c.d_model);
-  h5::write_attribute<int64_t>(root, "context_length", c.context_length);
-  h5::write_attribute<int64_t>(root, "num_latents", c.num_latents);
-  h5::write_attribute<int64_t>(root, "num_layers", c.num_layers);
-  h5::write_attribute<int64_t>(root, "cross_heads", c.cross_heads);
-  h5::write_attribute<int64_t>(root, "self_heads", c.self_heads);
-  h5::write_attribute<int64_t>(root, "mlp_factor", c.mlp_factor);
-  h5::write_attribute<double>(root, "rotary_fraction", c.rotary_fraction);
-  h5::write_attribute<double>(root, "max_wavelength", c.wavelength());
-  // Optional (spec/FORMATS.md): absent means rotary, so exports of rotary models stay as
-  // older loaders read them.
-  if (c.absolute_positions())
-    h5::write_attribute<std::string>(root, "position_encoding",
-                                     position_encoding_name(c.position_encoding));
+// The fields of core/model_config.h as attributes of the file's root. Optional ones at
+// their default are left out (spec/FORMATS.md: absent means the default), so exports of
+// models without them stay as older loaders read them.
+void write_model_attributes(hid_t root, const ModelConfig& config) {
+  const ModelConfig c = config.resolved();
+  for (const ModelField& f : kModelFields) {
+    if (!f.recorded(c)) continue;
+    std::visit(
+        [&](auto member) {
+          const auto& v = c.*member;
+          using V = std::remove_cvref_t<decltype(v)>;
+          if constexpr (std::is_same_v<V, PositionEncoding>)
+            h5::write_attribute<std::string>(root, f.key, position_encoding_name(v));
+          else
+            h5::write_attribute<V>(root, f.key, v);
+        },
+        f.member);
+  }
 }
 
 ModelConfig read_model_attributes(hid_t root) {
   ModelConfig c;
-  c.vocab_size = h5::read_attribute<int64_t>(root, "vocab_size");
-  c.d_model = h5::read_attribute<int64_t>(root, "d_model");
-  c.context_length = h5::read_attribute<int64_t>(root, "context_length");
-  c.num_latents = h5::read_attribute<int64_t>(root, "num_latents");
-  c.num_layers = h5::read_attribute<int64_t>(root, "num_layers");
-  c.cross_heads = h5::read_attribute<int64_t>(root, "cross_heads");
-  c.self_heads = h5::read_attribute<int64_t>(root, "self_heads");
-  c.mlp_factor = h5::read_attribute<int64_t>(root, "mlp_factor");
-  c.rotary_fraction = h5::read_attribute<double>(root, "rotary_fraction");
-  c.max_wavelength = h5::read_attribute<double>(root, "max_wavelength");
-  if (h5::has_attribute(root, "position_encoding"))
-    c.position_encoding = parse_position_encoding(
-        h5::read_attribute<std::string>(root, "position_encoding"), "attribute position_encoding");
+  for (const ModelField& f : kModelFields) {
+    if (f.optional && !h5::has_attribute(root, f.key)) continue;
+    std::visit(
+        [&](auto member) {
+          auto& v = c.*member;
+          using V = std::remove_reference_t<decltype(v)>;
+          if constexpr (std::is_same_v<V, PositionEncoding>)
+            v = parse_position_encoding(h5::read_attribute<std::string>(root, f.key),
+                                        cat("attribute ", f.key));
+          else
+            v = h5::read_attribute<V>(root, f.key);
+        },
+        f.member);
+  }
   return c;
 }
 
@@ -146,10 +151,8 @@ ModelFile read_model_file(const std::string& given, bool with_optimizer) {
     }
     load_checkpoint(path, layout, m.params.data(), with_optimizer ? m.adam_m.data() : nullptr,
                     with_optimizer ? m.adam_v.data() : nullptr);
-    m.position.step = manifest.step;
-    m.position.next_batch = manifest.next_batch;
-    m.position.seed = manifest.seed;
-    m.position.config_text = read_checkpoint_config(path);
+    m.position = manifest.position;
+    m.config_text = read_checkpoint_config(path);
     m.dp = manifest.dp;
     m.sp = manifest.sp;
     m.tp = manifest.tp;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/manifest.h"
 #include "core/model_config.h"
 #include "core/param_layout.h"
 
@@ -18,18 +19,12 @@ namespace par {
 inline constexpr const char* kCheckpointFormat = "par-checkpoint";  // a checkpoint directory
 inline constexpr const char* kExportFormat = "par-model-1";
 
-struct TrainingPosition {
-  int64_t step = 0;        // optimizer steps completed
-  int64_t next_batch = 0;  // the data loader's counter (micro-batches consumed)
-  uint64_t seed = 0;
-  std::string config_text;  // the resolved options of the run that wrote it (INI)
-};
-
 struct ModelFile {
   std::string path;
   std::string format;  // kCheckpointFormat or kExportFormat
   ModelConfig model;
   TrainingPosition position;  // step only, for an export
+  std::string config_text;    // a checkpoint's: the resolved options of the run that wrote it
   int dp = 1, sp = 1, tp = 1;  // the layout that wrote a checkpoint
   std::vector<float> params;  // layout order (ParamLayout(model))
   std::vector<float> adam_m, adam_v;  // empty for an export or without with_optimizer

@@ -6,7 +6,7 @@ namespace par {
 
 template <typename T>
 void LatentPass<T>::tp_sum(T* x, int64_t n) const {
-  if (tp && tp->size() > 1) tp->all_reduce(x, n, ReduceOp::kSum);
+  if (tp.size() > 1) tp->all_reduce(x, n, ReduceOp::kSum);
 }
 
 template <typename T>

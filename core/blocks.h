@@ -17,7 +17,7 @@
 
 #include <cstdint>
 
-#include "core/communicator.h"
+#include "core/groups.h"
 #include "core/ops.h"
 #include "core/param_layout.h"
 #include "core/philox.h"
@@ -32,7 +32,7 @@ struct LatentPass {
   int64_t batch = 1;
   int64_t rows = 0;  // per example
   int64_t d = 0;
-  Communicator* tp = nullptr;  // null: this rank alone
+  DeviceGroup tp;  // empty: this rank alone
   int tp_rank = 0;
   // Residual dropout: probability (0 outside training), and what keys the masks: site s
   // draws with DropoutKey{seed, step, s}, example b of the batch being example_base + b.

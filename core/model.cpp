@@ -27,9 +27,6 @@ LocalShape local_shape(const ModelConfig& cfg, int sp, int tp) {
                     make_rotary_spec(cfg.self_head_dim(), cfg.rotary_fraction, cfg.wavelength()).bands};
 }
 
-int rank_of(const Communicator* c) { return c ? c->rank() : 0; }
-int size_of(const Communicator* c) { return c ? c->size() : 1; }
-
 }  // namespace
 
 void validate_layout(const ModelConfig& c, int sp, int tp) {
@@ -158,15 +155,16 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
     : cfg_(cfg),
       ops_(ops),
       groups_(groups),
-      sp_rank_(rank_of(groups.sp)),
-      sp_size_(size_of(groups.sp)),
-      tp_rank_(rank_of(groups.tp)),
-      tp_size_(size_of(groups.tp)),
-      layout_((cfg.validate(), validate_layout(cfg, size_of(groups.sp), size_of(groups.tp)), cfg),
+      sp_rank_(groups.sp.rank()),
+      sp_size_(groups.sp.size()),
+      tp_rank_(groups.tp.rank()),
+      tp_size_(groups.tp.size()),
+      layout_((cfg.validate(), validate_layout(cfg, groups.sp.size(), groups.tp.size()), cfg),
               tp_rank_, tp_size_),
       max_batch_(max_batch),
       a_(new Acts) {
   PAR_ASSERT(max_batch > 0);
+  PAR_ASSERT(groups.sp_host.size() == sp_size_, "sp_host must be the sp group's host side");
   const int64_t N = cfg.context_length;
   n_local_ = N / sp_size_;
   pos0_ = n_local_ * sp_rank_;
@@ -319,8 +317,7 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
     }
   if (latents_split_) {
     std::vector<int64_t> wide(targets.begin(), targets.end());
-    (groups_.sp_host ? groups_.sp_host : groups_.sp)
-        ->all_reduce(wide.data(), int64_t(wide.size()), ReduceOp::kSum);
+    groups_.sp_host->all_reduce(wide.data(), int64_t(wide.size()), ReduceOp::kSum);
     std::copy(wide.begin(), wide.end(), targets.begin());
   }
   if (holds_latents()) ops_.upload(a.targets, targets.data(), targets.size() * sizeof(int32_t));

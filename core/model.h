@@ -24,8 +24,8 @@
 
 #include "core/absolute_positions.h"
 #include "core/blocks.h"
-#include "core/communicator.h"
 #include "core/constants.h"
+#include "core/groups.h"
 #include "core/model_config.h"
 #include "core/ops.h"
 #include "core/param_layout.h"
@@ -48,15 +48,6 @@ struct ForwardContext {
   // Null means 0 for every window (windows that start a document; only on the rank that
   // holds column 0).
   const int64_t* position_carry = nullptr;
-};
-
-// The groups a model shares its work with; null means this rank alone. sp and tp carry
-// the backend's buffers (device memory on a GPU); sp_host carries host data (the targets)
-// and defaults to sp (the CPU backend's memory is the host's).
-struct ModelGroups {
-  Communicator* sp = nullptr;  // sequence parallel: slices of the context
-  Communicator* tp = nullptr;  // tensor parallel: slices of the heads and MLPs
-  Communicator* sp_host = nullptr;
 };
 
 // UserError unless the model can be laid out over sp x tp ranks (names the options).

@@ -1,6 +1,7 @@
 #include "core/model_config.h"
 
 #include <cmath>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -22,18 +23,54 @@ PositionEncoding parse_position_encoding(const std::string& name, const std::str
   fail_user(option, " is '", name, "': it must be rotary, absolute or both");
 }
 
+bool ModelField::at_default(const ModelConfig& c) const {
+  return equal(c, ModelConfig{});
+}
+
+bool ModelField::equal(const ModelConfig& a, const ModelConfig& b) const {
+  return std::visit([&](auto m) { return a.*m == b.*m; }, member);
+}
+
+ModelConfig ModelConfig::resolved() const {
+  ModelConfig c = *this;
+  c.max_wavelength = wavelength();
+  return c;
+}
+
+namespace {
+
+void check_field(const ModelField& f, const ModelConfig& c) {
+  std::visit(
+      [&](auto m) {
+        const auto v = c.*m;
+        if constexpr (!std::is_same_v<decltype(v), const PositionEncoding>) {
+          if (f.check == FieldCheck::kPositive && v <= 0)
+            fail_user("--", f.option, " must be positive (got ", v, ")");
+          if (f.check == FieldCheck::kNonNegative && v < 0)
+            fail_user("--", f.option, " must be >= 0 (got ", v, ")");
+          if (f.check == FieldCheck::kUnitInterval && !(v >= 0 && v <= 1))
+            fail_user("--", f.option, " must be in [0, 1] (got ", v, ")");
+        }
+      },
+      f.member);
+}
+
+// A field's value as the summary line shows it.
+std::string shown(const ModelField& f, const ModelConfig& c) {
+  return std::visit(
+      [&](auto m) -> std::string {
+        if constexpr (std::is_same_v<decltype(c.*m), const PositionEncoding&>)
+          return position_encoding_name(c.*m);
+        else
+          return cat(c.*m);
+      },
+      f.member);
+}
+
+}  // namespace
+
 void ModelConfig::validate() const {
-  auto positive = [](const char* opt, int64_t v) {
-    if (v <= 0) fail_user("--", opt, " must be positive (got ", v, ")");
-  };
-  positive("vocab-size", vocab_size);
-  positive("d-model", d_model);
-  positive("context-length", context_length);
-  positive("num-latents", num_latents);
-  positive("cross-heads", cross_heads);
-  positive("self-heads", self_heads);
-  positive("mlp-factor", mlp_factor);
-  if (num_layers < 0) fail_user("--num-layers must be >= 0 (got ", num_layers, ")");
+  for (const ModelField& f : kModelFields) check_field(f, *this);
   if (vocab_size < 3)
     fail_user("--vocab-size ", vocab_size, " is too small: ids 0, 1, 2 are PAD, EOS, SOS");
   if (num_latents > context_length)
@@ -45,8 +82,6 @@ void ModelConfig::validate() const {
   if (d_model % self_heads != 0)
     fail_user("--d-model ", d_model, " does not divide by --self-heads ", self_heads,
               ": choose a head count that divides the width");
-  if (!(rotary_fraction >= 0 && rotary_fraction <= 1))
-    fail_user("--rotary-fraction must be in [0, 1] (got ", rotary_fraction, ")");
   if (!(max_wavelength >= 0) || !std::isfinite(max_wavelength))
     fail_user("--max-wavelength must be a finite number >= 0 (0 means N)");
   if (vocab_size > (int64_t(1) << 31) - 1) fail_user("--vocab-size must fit in int32");
@@ -57,19 +92,18 @@ void ModelConfig::validate() const {
 }
 
 std::string ModelConfig::summary() const {
-  return cat("V=", vocab_size, " d=", d_model, " N=", context_length, " M=", num_latents,
-             " L=", num_layers, " Hc=", cross_heads, " H=", self_heads, " F=", mlp_factor,
-             " rot=", rotary_fraction, " W=", wavelength(),
-             absolute_positions() ? cat(" pos=", position_encoding_name(position_encoding)) : "");
+  const ModelConfig c = resolved();
+  std::string out;
+  for (const ModelField& f : kModelFields)
+    if (f.recorded(c)) out += cat(out.empty() ? "" : " ", f.symbol, "=", shown(f, c));
+  return out;
 }
 
 bool ModelConfig::same_shape(const ModelConfig& o) const {
-  return vocab_size == o.vocab_size && d_model == o.d_model &&
-         context_length == o.context_length && num_latents == o.num_latents &&
-         num_layers == o.num_layers && cross_heads == o.cross_heads &&
-         self_heads == o.self_heads && mlp_factor == o.mlp_factor &&
-         rotary_fraction == o.rotary_fraction && wavelength() == o.wavelength() &&
-         position_encoding == o.position_encoding;
+  const ModelConfig a = resolved(), b = o.resolved();
+  for (const ModelField& f : kModelFields)
+    if (!f.equal(a, b)) return false;
+  return true;
 }
 
 }  // namespace par

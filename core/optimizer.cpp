@@ -64,14 +64,14 @@ Adam<T>::~Adam() {
 }
 
 template <typename T>
-OptimizerStats Adam<T>::step(T* params, const T* grads, int64_t step, Communicator* tp) {
+OptimizerStats Adam<T>::step(T* params, const T* grads, int64_t step, HostGroup tp) {
   OptimizerStats st;
   double sq = 0;
-  if (!tp || tp->size() == 1) {
+  if (tp.size() == 1) {
     sq = ops_.sum_squares(grads, layout_.total());  // alignment gaps are zero
   } else {
     for (const ParamInfo& p : layout_.params())
-      if (p.sharded() || tp->rank() == 0) sq += ops_.sum_squares(grads + p.offset, p.numel);
+      if (p.sharded() || tp.rank() == 0) sq += ops_.sum_squares(grads + p.offset, p.numel);
     sq = tp->all_reduce_value(sq);
   }
   st.grad_norm = std::sqrt(sq);

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "core/communicator.h"
+#include "core/groups.h"
 #include "core/ops.h"
 #include "core/param_layout.h"
 
@@ -52,9 +52,9 @@ class Adam {
 
   // One update of `params` from `grads` (complete: already summed over data- and
   // sequence-parallel ranks) for 0-based step `step`. `tp` is the tensor-parallel group
-  // (null for none): the gradient norm counts each slice of a split tensor once and each
-  // replicated tensor once.
-  OptimizerStats step(T* params, const T* grads, int64_t step, Communicator* tp = nullptr);
+  // (empty for none; it sums a host number, the squared norm): the gradient norm counts
+  // each slice of a split tensor once and each replicated tensor once.
+  OptimizerStats step(T* params, const T* grads, int64_t step, HostGroup tp = {});
 
   T* m() { return m_; }
   T* v() { return v_; }

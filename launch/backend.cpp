@@ -176,15 +176,14 @@ int64_t device_free_bytes(Backend& b) {
   return -1;
 }
 
-void connect_backend(Backend& b, const ProcessGrid& grid) {
+void connect_backend(const Backend& b, ProcessGrid& grid) {
   if (!b.cuda || grid.world_size() == 1) return;
 #ifdef PAR_HAVE_CUDA
   const cuda_plugin::Api& api = cuda_api();
   void* stream = api.stream(*b.ops);
-  using G = ProcessGrid::Group;
-  b.sp = api.make_nccl_communicator(grid.mpi_comm(G::kSp), stream);
-  b.tp = api.make_nccl_communicator(grid.mpi_comm(G::kTp), stream);
-  b.dp_sp = api.make_nccl_communicator(grid.mpi_comm(G::kDpSp), stream);
+  using G = ProcessGrid::GroupName;
+  for (const G g : {G::kSp, G::kTp, G::kDpSp})
+    grid.attach_device_group(g, api.make_nccl_communicator(*grid.host_group(g), stream));
 #endif
 }
 

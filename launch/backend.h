@@ -1,26 +1,21 @@
 // The numeric backend of a run (--device cpu|cuda, --precision): its Ops and, on GPUs with
-// several ranks, NCCL communicators for the groups whose data lives in device memory.
+// several ranks, the NCCL communicators it gives the process grid for the groups whose
+// data lives in device memory.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
 
-#include "core/communicator.h"
 #include "core/ops.h"
-#include "launch/train_step.h"
 #include "parallel/process_grid.h"
 
 namespace par {
 
 struct Backend {
   std::unique_ptr<Ops<float>> ops;
-  // Device-side collectives for sp, tp and dp x sp (null: the grid's MPI ones serve).
-  std::unique_ptr<Communicator> sp, tp, dp_sp;
   std::string description;  // for the log: "cpu (OpenBLAS ...)" or "cuda:0 (H100 ...), bf16"
   bool cuda = false;
-
-  DeviceGroups device_groups() const { return DeviceGroups{sp.get(), tp.get(), dp_sp.get()}; }
 };
 
 // This rank's backend. UserError for an unknown device, precision or attention, cuda in a
@@ -30,9 +25,10 @@ struct Backend {
 // so none can silently drop it.
 Backend make_backend(const std::string& device, const std::string& precision,
                      const ProcessGrid& grid, const std::string& attention);
-// Collective over the grid: the device-side communicators (NCCL) a multi-rank GPU job needs.
-// Call on every rank after make_backend succeeded everywhere.
-void connect_backend(Backend& backend, const ProcessGrid& grid);
+// Collective over the grid: attaches to `grid` the device communicators (NCCL) that a
+// multi-rank GPU job needs for sp, tp and dp x sp (ProcessGrid::device_group). Call on
+// every rank after make_backend succeeded everywhere.
+void connect_backend(const Backend& backend, ProcessGrid& grid);
 // The same for a single-process command (eval, sample), which has no process grid: the
 // GPU is chosen from the launcher's node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, else
 // SLURM_LOCALID; 0 outside a job), so several such processes on one node spread out.

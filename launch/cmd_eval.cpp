@@ -13,9 +13,9 @@
 #include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/evaluate.h"
 #include "launch/options.h"
 #include "launch/threads.h"
+#include "train/evaluate.h"
 
 namespace par {
 

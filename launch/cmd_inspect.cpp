@@ -42,7 +42,8 @@ int cmd_inspect(int argc, char** argv) {
   if (f.format == kCheckpointFormat) {
     const Manifest m = read_manifest(f.path);
     std::printf("next_batch  %lld (data loader counter)\nseed        %llu\nlr          %g\n",
-                static_cast<long long>(m.next_batch), static_cast<unsigned long long>(m.seed), m.lr);
+                static_cast<long long>(m.position.next_batch),
+                static_cast<unsigned long long>(m.position.seed), m.position.lr);
     std::printf("written by  dp %d x sp %d x tp %d (%zu pieces)\n", m.dp, m.sp, m.tp, m.entries.size());
   }
   std::printf("model       %s\n", f.model.summary().c_str());
@@ -60,8 +61,8 @@ int cmd_inspect(int argc, char** argv) {
                   static_cast<unsigned long long>(checksum(data->data() + p.offset, p.numel)));
     }
   }
-  if (!no_config && !f.position.config_text.empty())
-    std::printf("options of the run that wrote it:\n%s", f.position.config_text.c_str());
+  if (!no_config && !f.config_text.empty())
+    std::printf("options of the run that wrote it:\n%s", f.config_text.c_str());
   return 0;
 }
 

@@ -24,9 +24,9 @@
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/options.h"
-#include "launch/threads.h"
-#include "launch/sampling.h"
 #include "launch/text.h"
+#include "launch/threads.h"
+#include "train/sampling.h"
 
 namespace par {
 

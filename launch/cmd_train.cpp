@@ -19,7 +19,6 @@
 #include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/evaluate.h"
 #include "launch/host_memory.h"
 #include "launch/job.h"
 #include "launch/memory_plan.h"
@@ -29,7 +28,8 @@
 #include "launch/stop_request.h"
 #include "launch/text.h"
 #include "launch/threads.h"
-#include "launch/train_step.h"
+#include "train/evaluate.h"
+#include "train/train_step.h"
 
 namespace par {
 
@@ -151,19 +151,13 @@ void commit(CheckpointSaver& saver, bool wait) {
 
 // Starts a checkpoint: training pauses only to copy its state; the files are written in
 // the background and committed at a later step boundary.
-void save(TrainStep& ts, CheckpointSaver& saver, const ModelConfig& mc, const TrainingPosition& pos,
-          const OptimizerConfig& oc) {
+void save(TrainStep& ts, CheckpointSaver& saver, const Setup& s, const TrainingPosition& pos) {
   commit(saver, true);  // one save at a time
   const auto t0 = Clock::now();
   std::vector<float> params, m, v;
   ts.snapshot(params, m, v);
-  CheckpointInfo info;
-  info.step = pos.step;
-  info.next_batch = pos.next_batch;
-  info.seed = pos.seed;
-  info.lr = learning_rate(oc, pos.step - 1);
-  info.config_text = pos.config_text;
-  saver.start(mc, ts.model().layout(), std::move(params), std::move(m), std::move(v), info);
+  saver.start(s.model, ts.model().layout(), std::move(params), std::move(m), std::move(v), pos,
+              s.config_text);
   LOG(INFO) << "checkpoint of step " << pos.step << " started: training paused "
             << fmt("%.3f", seconds_since(t0)) << " s to copy its state";
 }
@@ -172,10 +166,9 @@ void save(TrainStep& ts, CheckpointSaver& saver, const ModelConfig& mc, const Tr
 int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, const StopRequest& stop) {
   const ModelConfig& mc = s.model;
   const RunConfig& rc = s.run;
-  TrainStep ts(mc, s.opt, rc, *backend.ops, grid, backend.device_groups());
+  TrainStep ts(mc, s.opt, rc.training(), *backend.ops, grid);
   TrainingPosition pos;
   pos.seed = rc.seed;
-  pos.config_text = s.config_text;
   for (const std::string& w : s.resume_warnings) LOG(WARNING) << w;
   // The newest candidate whose every piece reads back with its checksum, on every rank
   // (each reads other pieces); with --resume auto, older ones when it is damaged.
@@ -189,15 +182,15 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     } catch (const UserError& e) {
       error = e.what();
     }
-    if (grid.world().all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum) > 0) {
+    if (grid.world()->all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum) > 0) {
       if (error.empty()) error = "a piece another rank reads";
       if (i + 1 == s.resume_from.size()) fail_user(error);
       LOG(WARNING) << damaged(dir, error, s.resume_from[i + 1]);
       continue;
     }
-    pos.step = m.step;
-    if (m.seed != rc.seed)
-      LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's " << m.seed
+    pos.step = m.position.step;
+    if (m.position.seed != rc.seed)
+      LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's " << m.position.seed
                    << ": data order and dropout change from here on";
     LOG(INFO) << "resumed from " << dir << " at step " << pos.step
               << " (written by dp " << m.dp << " x sp " << m.sp << " x tp " << m.tp << ")";
@@ -210,7 +203,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     return 0;
   }
   // A stop asked for while the run was starting: nothing new to save.
-  if (const StopRequest::Reason early = stop.agreed(grid.world()); early != StopRequest::kNone) {
+  if (const StopRequest::Reason early = stop.agreed(*grid.world()); early != StopRequest::kNone) {
     LOG(WARNING) << "stopping before the first step because of " << StopRequest::describe(early)
                  << "; exit status " << kExitRequeue << ": run again with --resume auto to continue";
     if (grid.world_rank() == 0) StopRequest::record_stop(pos.step);
@@ -243,6 +236,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
                                    ": lower --lr or check the data"));
     pos.step = step + 1;
     pos.next_batch = loader.next_batch_index();
+    pos.lr = learning_rate(s.opt, step);
     interval_s += dt;
     interval_loss += r.loss_nats;
     interval_targets += r.valid;
@@ -268,11 +262,11 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     }
     if (saver.pending()) commit(saver, false);
     const bool last = pos.step == rc.steps;
-    const StopRequest::Reason reason = last ? StopRequest::kNone : stop.agreed(grid.world());
+    const StopRequest::Reason reason = last ? StopRequest::kNone : stop.agreed(*grid.world());
     if (reason != StopRequest::kNone) {
       LOG(WARNING) << "stopping after step " << pos.step << " because of "
                    << StopRequest::describe(reason) << ": writing a checkpoint";
-      save(ts, saver, mc, pos, s.opt);
+      save(ts, saver, s, pos);
       commit(saver, true);
       LOG(WARNING) << "stopped early at step " << pos.step << "/" << rc.steps << "; exit status "
                    << kExitRequeue << ": run again with --resume auto to continue";
@@ -282,7 +276,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     if (rc.eval_every > 0 && pos.step % rc.eval_every == 0 && !last)
       validate(ts, s, pos.step, dir);
     if ((rc.checkpoint_every > 0 && pos.step % rc.checkpoint_every == 0) || last)
-      save(ts, saver, mc, pos, s.opt);
+      save(ts, saver, s, pos);
     if (dir) dir->check();  // a log line that could not be written ends the run
   }
   validate(ts, s, pos.step, dir);
@@ -298,7 +292,7 @@ std::string describe_hosts(const ProcessGrid& grid) {
   std::snprintf(reinterpret_cast<char*>(mine.data()), kName, "%s", grid.host().c_str());
   const int64_t local = grid.local_rank();
   std::memcpy(mine.data() + kName, &local, 8);
-  grid.world().all_gather(mine.data(), all.data(), kName + 8, DataType::kUInt8);
+  grid.world()->all_gather(mine.data(), all.data(), kName + 8, DataType::kUInt8);
   std::vector<std::string> hosts;
   std::map<std::string, std::pair<std::string, std::string>> ranks;  // host -> (ranks, locals)
   for (int r = 0; r < grid.world_size(); ++r) {

@@ -5,6 +5,8 @@
 #include <boost/any.hpp>
 #include <cmath>
 #include <sstream>
+#include <type_traits>
+#include <variant>
 
 #include "core/error.h"
 #include "core/model.h"
@@ -14,26 +16,25 @@ namespace par {
 
 po::options_description model_options(ModelConfig& c) {
   po::options_description o("Model (spec/MODEL.md)");
-  o.add_options()
-      ("vocab-size", po::value(&c.vocab_size)->default_value(c.vocab_size), "vocabulary size V (259 for bytes)")
-      ("d-model", po::value(&c.d_model)->default_value(c.d_model), "model width d")
-      ("context-length", po::value(&c.context_length)->default_value(c.context_length), "input tokens per example N")
-      ("num-latents", po::value(&c.num_latents)->default_value(c.num_latents), "latents M (M <= N), each predicting one of the last M targets")
-      ("num-layers", po::value(&c.num_layers)->default_value(c.num_layers), "latent self-attention layers L")
-      ("cross-heads", po::value(&c.cross_heads)->default_value(c.cross_heads), "cross-attention heads (must divide d)")
-      ("self-heads", po::value(&c.self_heads)->default_value(c.self_heads), "self-attention heads (must divide d)")
-      ("mlp-factor", po::value(&c.mlp_factor)->default_value(c.mlp_factor), "MLP widening factor F")
-      ("rotary-fraction", po::value(&c.rotary_fraction)->default_value(c.rotary_fraction), "fraction of each head's dims that rotary rotates")
-      ("max-wavelength", po::value(&c.max_wavelength)->default_value(c.max_wavelength), "longest rotary wavelength (0: the context length)")
-      ("position-encoding",
-       po::value<std::string>()
-           ->default_value(position_encoding_name(c.position_encoding))
-           ->notifier([&c](const std::string& v) {
-             c.position_encoding = parse_position_encoding(v, "--position-encoding");
-           }),
-       "rotary (relative offsets in every attention), absolute (sinusoidal encodings of each "
-       "input's position in its document, added to the embedding; no rotary) or both "
-       "(spec/MODEL.md section 13)");
+  for (const ModelField& f : kModelFields) {
+    std::visit(
+        [&](auto m) {
+          auto& v = c.*m;
+          if constexpr (std::is_same_v<decltype(m), PositionEncoding ModelConfig::*>) {
+            const std::string option = cat("--", f.option);
+            o.add_options()(f.option,
+                            po::value<std::string>()
+                                ->default_value(position_encoding_name(v))
+                                ->notifier([&v, option](const std::string& name) {
+                                  v = parse_position_encoding(name, option);
+                                }),
+                            f.help);
+          } else {
+            o.add_options()(f.option, po::value(&v)->default_value(v), f.help);
+          }
+        },
+        f.member);
+  }
   return o;
 }
 

@@ -10,6 +10,7 @@
 
 #include "core/model_config.h"
 #include "core/optimizer.h"
+#include "train/training_config.h"
 
 namespace par {
 
@@ -33,7 +34,7 @@ struct RunConfig {
   int64_t log_every = 10;
   int64_t eval_every = 0;            // 0: validate only at the end (if --val-data)
   int64_t eval_tokens = 65536;       // targets per periodic validation (0: whole set)
-  std::string score_positions;       // FIRST:LAST: validation scores only those (launch/evaluate.h)
+  std::string score_positions;       // FIRST:LAST: validation scores only those (train/evaluate.h)
   int64_t checkpoint_every = 0;      // 0: only at the end
   int64_t keep_checkpoints = 3;      // complete checkpoints kept in OUT/checkpoints
   std::string resume = "none";       // none | auto | PATH of a checkpoint directory
@@ -45,6 +46,10 @@ struct RunConfig {
   std::string attention = "auto";    // attention kernels on cuda: auto | blocked | fused | cudnn
 
   int64_t micro_batch() const { return batch_size / accum_steps; }
+  // What a training step takes of these options.
+  TrainingConfig training() const {
+    return TrainingConfig{micro_batch(), dropout, cross_attend_dropout, seed};
+  }
   void validate() const;
   // UserError unless the model and the batch fit the --dp/--sp/--tp layout.
   void validate_layout(const ModelConfig& model) const;

@@ -8,15 +8,12 @@
 
 namespace par {
 
-ProcessGrid::ProcessGrid()
-    : host_(host_name()),
-      world_(std::make_unique<SelfCommunicator>()),
-      dp_(std::make_unique<SelfCommunicator>()),
-      sp_(std::make_unique<SelfCommunicator>()),
-      tp_(std::make_unique<SelfCommunicator>()),
-      dp_sp_(std::make_unique<SelfCommunicator>()) {}
+ProcessGrid::ProcessGrid() : host_name_(host_name()) {
+  for (auto& c : host_) c = std::make_unique<SelfCommunicator>();
+}
 
-ProcessGrid::ProcessGrid(MPI_Comm world, GridShape shape) : shape_(shape), host_(host_name()) {
+ProcessGrid::ProcessGrid(MPI_Comm world, GridShape shape)
+    : shape_(shape), host_name_(host_name()) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   PAR_ASSERT(initialized, "ProcessGrid(MPI_Comm, ...) needs MPI (an MpiEnvironment)");
@@ -50,27 +47,25 @@ ProcessGrid::ProcessGrid(MPI_Comm world, GridShape shape) : shape_(shape), host_
   PAR_ASSERT(dp_sp->size() == shape.dp * shape.sp &&
              dp_sp->rank() == dp_rank_ * shape.sp + sp_rank_);
   local_rank_ = node_local(world).rank;
-  mpi_[int(Group::kWorld)] = world_comm->comm();
-  mpi_[int(Group::kDp)] = dp->comm();
-  mpi_[int(Group::kSp)] = sp->comm();
-  mpi_[int(Group::kTp)] = tp->comm();
-  mpi_[int(Group::kDpSp)] = dp_sp->comm();
-  world_ = std::move(world_comm);
-  dp_ = std::move(dp);
-  sp_ = std::move(sp);
-  tp_ = std::move(tp);
-  dp_sp_ = std::move(dp_sp);
+  host_[size_t(GroupName::kWorld)] = std::move(world_comm);
+  host_[size_t(GroupName::kDp)] = std::move(dp);
+  host_[size_t(GroupName::kSp)] = std::move(sp);
+  host_[size_t(GroupName::kTp)] = std::move(tp);
+  host_[size_t(GroupName::kDpSp)] = std::move(dp_sp);
 }
 
 ProcessGrid::~ProcessGrid() = default;
 ProcessGrid::ProcessGrid(ProcessGrid&&) noexcept = default;
 ProcessGrid& ProcessGrid::operator=(ProcessGrid&&) noexcept = default;
 
-MPI_Comm ProcessGrid::mpi_comm(Group g) const { return mpi_[int(g)]; }
+const char* ProcessGrid::name(GroupName g) {
+  static const char* const kNames[] = {"world", "dp", "sp", "tp", "dp_sp"};
+  return kNames[size_t(g)];
+}
 
 std::string ProcessGrid::describe() const {
   return cat("rank ", world_rank_, " (dp ", dp_rank_, ", sp ", sp_rank_, ", tp ", tp_rank_,
-             ") on host ", host_);
+             ") on host ", host_name_);
 }
 
 }  // namespace par

@@ -14,16 +14,24 @@
 //           dp and sp: their gradients are summed over both)
 //   world() everything
 //
+// Each group comes in two kinds (core/groups.h): host_group() for buffers in host memory
+// (MPI), device_group() for the backend's buffers. A GPU backend attaches its own
+// communicators for the groups whose data lives in device memory (NCCL, launch/backend.h);
+// without them, device_group() is the host group (the CPU backend's memory is the host's).
+// The grid is the one description of a rank's groups: the model, the training step and
+// the checkpoints take theirs from it.
+//
 // Only the shape is validated here (the product must be the job's size); constraints that
 // depend on the model (heads divisible by tp, N by sp, ...) belong to the caller.
 #pragma once
 
 #include <mpi.h>
 
+#include <array>
 #include <memory>
 #include <string>
 
-#include "core/communicator.h"
+#include "core/groups.h"
 
 namespace par {
 
@@ -56,31 +64,42 @@ class ProcessGrid {
   int tp_rank() const { return tp_rank_; }
   // Rank among the grid's processes on this node, and this node's host name.
   int local_rank() const { return local_rank_; }
-  const std::string& host() const { return host_; }
+  const std::string& host() const { return host_name_; }
 
-  // The MPI communicators behind the groups (MPI_COMM_NULL without MPI), e.g. to set up
-  // NCCL communicators for the same groups.
-  enum class Group { kWorld, kDp, kSp, kTp, kDpSp };
-  MPI_Comm mpi_comm(Group g) const;
+  enum class GroupName { kWorld, kDp, kSp, kTp, kDpSp };
+  static constexpr GroupName kGroupNames[] = {GroupName::kWorld, GroupName::kDp, GroupName::kSp,
+                                              GroupName::kTp, GroupName::kDpSp};
+  static const char* name(GroupName g);  // "world", "dp", "sp", "tp", "dp_sp"
 
-  Communicator& world() const { return *world_; }
-  Communicator& dp() const { return *dp_; }
-  Communicator& sp() const { return *sp_; }
-  Communicator& tp() const { return *tp_; }
-  Communicator& dp_sp() const { return *dp_sp_; }
+  // Host memory (MPI).
+  HostGroup host_group(GroupName g) const { return HostGroup(*host_[size_t(g)]); }
+  HostGroup world() const { return host_group(GroupName::kWorld); }
+  HostGroup dp() const { return host_group(GroupName::kDp); }
+  HostGroup sp() const { return host_group(GroupName::kSp); }
+  HostGroup tp() const { return host_group(GroupName::kTp); }
+  HostGroup dp_sp() const { return host_group(GroupName::kDpSp); }
+  // The backend's memory: the communicator attached for `g`, else the host one.
+  DeviceGroup device_group(GroupName g) const {
+    const auto& d = device_[size_t(g)];
+    return DeviceGroup(d ? *d : *host_[size_t(g)]);
+  }
+  // Gives group `g` a communicator for the backend's buffers (kept for the grid's life).
+  void attach_device_group(GroupName g, std::unique_ptr<Communicator> c) {
+    device_[size_t(g)] = std::move(c);
+  }
+  // What a model on this rank shares its work with.
+  ModelGroups model_groups() const {
+    return ModelGroups{device_group(GroupName::kSp), device_group(GroupName::kTp), sp()};
+  }
 
   // "rank 5 (dp 1, sp 0, tp 1) on host node3", for log lines and error messages.
   std::string describe() const;
 
-  // Replaces every group's communicator by wrap(old one): for decorators that observe
-  // the traffic (e.g. CountingCommunicator in `par bench`).
+  // Replaces every host group's communicator by wrap(old one): for decorators that observe
+  // the traffic (e.g. CountingCommunicator in `par bench`), in the order of kGroupNames.
   template <typename F>
   void decorate(F&& wrap) {
-    world_ = wrap(std::move(world_));
-    dp_ = wrap(std::move(dp_));
-    sp_ = wrap(std::move(sp_));
-    tp_ = wrap(std::move(tp_));
-    dp_sp_ = wrap(std::move(dp_sp_));
+    for (auto& c : host_) c = wrap(std::move(c));
   }
 
  private:
@@ -88,9 +107,9 @@ class ProcessGrid {
   int world_rank_ = 0, world_size_ = 1;
   int dp_rank_ = 0, sp_rank_ = 0, tp_rank_ = 0;
   int local_rank_ = 0;
-  std::string host_;
-  std::unique_ptr<Communicator> world_, dp_, sp_, tp_, dp_sp_;
-  MPI_Comm mpi_[5] = {MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL};
+  std::string host_name_;
+  std::array<std::unique_ptr<Communicator>, 5> host_;    // by GroupName
+  std::array<std::unique_ptr<Communicator>, 5> device_;  // empty: the host one serves
 };
 
 }  // namespace par

@@ -146,7 +146,7 @@ TEST(Checkpoint, RankKilledWhileWriting) {
   const std::string newest = latest_checkpoint(out);
   ASSERT_FALSE(newest.empty());
   EXPECT_EQ(run_par(dir, cat("inspect ", quote(newest))).rc, 0) << "the newest checkpoint is damaged";
-  const int64_t saved = read_manifest(newest).step;
+  const int64_t saved = read_manifest(newest).position.step;
   ParRun r = run_shell(dir, mpirun(2, train_args(data, out, int(saved) + 2) +
                                           " --sp 2 --d-model 256 --num-layers 4 --resume auto"));
   ASSERT_EQ(r.rc, 0) << r.err;
@@ -221,7 +221,7 @@ TEST(Checkpoint, PreemptionSignalCheckpointsAndRequeues) {
   ASSERT_EQ(WEXITSTATUS(status), 75) << slurp(dir.file("log.txt"));
   const std::string saved = latest_checkpoint(dir.file("run"));
   ASSERT_FALSE(saved.empty());
-  const int64_t step = read_manifest(saved).step;
+  const int64_t step = read_manifest(saved).position.step;
   EXPECT_GT(step, 0);
   EXPECT_LT(step, 300) << "the signal came too late to test anything";
   const ParRun r = run_shell(dir, cmd);
@@ -245,7 +245,7 @@ TEST(Checkpoint, TimeLimitCheckpointsAndRequeues) {
   EXPECT_NE(r.err.find("--max-minutes"), std::string::npos) << r.err;
   const std::string saved = latest_checkpoint(dir.file("run"));
   ASSERT_FALSE(saved.empty()) << r.err;
-  const int64_t step = read_manifest(saved).step;
+  const int64_t step = read_manifest(saved).position.step;
   EXPECT_GT(step, 0);
   EXPECT_LT(step, 40000);
   EXPECT_EQ(int64_t(logged_losses(dir.file("run/metrics.jsonl")).size()), step);

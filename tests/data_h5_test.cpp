@@ -12,24 +12,15 @@
 #include "core/error.h"
 #include "data/h5.h"
 #include "tests/temp_dir.h"
+#include "tests/user_error.h"
 
 namespace par {
 namespace {
 
 using testing_util::TempDir;
+using testing_util::user_error_of;
 
 namespace fs = std::filesystem;
-
-template <typename Fn>
-std::string user_error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a UserError";
-  return "";
-}
 
 template <typename T>
 void round_trip(hid_t f, const std::string& name, const std::vector<int64_t>& shape) {

@@ -15,27 +15,16 @@
 #include "data/prep.h"
 
 #include "tests/temp_dir.h"
+#include "tests/user_error.h"
 
 namespace par {
 namespace {
 
 using testing_util::TempDir;
+using testing_util::user_error_of;
 using testing_util::slurp;
 
 namespace fs = std::filesystem;
-
-template <typename Fn>
-std::string user_error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a UserError";
-  return "";
-}
-
-#define EXPECT_HAS(msg, part) EXPECT_NE((msg).find(part), std::string::npos) << (msg)
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;

@@ -15,26 +15,15 @@
 #include "data/shard.h"
 
 #include "tests/temp_dir.h"
+#include "tests/user_error.h"
 
 namespace par {
 namespace {
 
 using testing_util::TempDir;
+using testing_util::user_error_of;
 
 namespace fs = std::filesystem;
-
-template <typename Fn>
-std::string user_error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a UserError";
-  return "";
-}
-
-#define EXPECT_HAS(msg, part) EXPECT_NE((msg).find(part), std::string::npos) << (msg)
 
 std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
   std::mt19937_64 g(seed);

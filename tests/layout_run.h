@@ -54,9 +54,11 @@ LayoutResult<T> run_layout(const ModelConfig& cfg, int sp, int tp,
       sp_dev = backend.device_comm(spc, *ops);
       tp_dev = backend.device_comm(tpc, *ops);
     }
+    // The CPU backend's memory is the host's: the thread communicators serve as its
+    // device groups too.
     PerceiverAR<T> model(cfg, *ops, B,
-                         ModelGroups{sp_dev ? sp_dev.get() : &spc, tp_dev ? tp_dev.get() : &tpc,
-                                     &spc});
+                         ModelGroups{DeviceGroup(sp_dev ? *sp_dev : spc),
+                                     DeviceGroup(tp_dev ? *tp_dev : tpc), HostGroup(spc)});
     std::vector<T> local(size_t(model.layout().total()), T(0));
     extract_slices(model.layout(), full, params.data(), local.data());
     ops->upload(model.params(), local.data(), local.size() * sizeof(T));

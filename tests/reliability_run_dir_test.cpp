@@ -52,7 +52,7 @@ TEST(ReliabilityRunDir, LockOfAKilledRunDoesNotBlockTheResume) {
     EXPECT_EQ(run.wait(), 128 + SIGKILL);
   }
   ASSERT_TRUE(std::filesystem::exists(RunLock::file(out)));
-  const int64_t saved = read_manifest(latest_checkpoint(out)).step;
+  const int64_t saved = read_manifest(latest_checkpoint(out)).position.step;
   const ParRun r = run_par(dir, tiny_train_args(data, out, int(saved) + 2) + " --resume auto");
   EXPECT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.err.find("resumed from"), std::string::npos) << r.err;
@@ -87,7 +87,7 @@ TEST(ReliabilityRunDir, ConcurrentRunsOnOneDirectory) {
     ASSERT_EQ(last, checkpoint_dir(out, 150));
     const ParRun inspect = run_par(dir, cat("inspect ", quote(last)));
     EXPECT_EQ(inspect.rc, 0) << inspect.err;
-    EXPECT_EQ(read_manifest(last).seed, uint64_t(winner));
+    EXPECT_EQ(read_manifest(last).position.seed, uint64_t(winner));
     EXPECT_TRUE(std::regex_search(slurp(out + "/config.ini"),
                                   std::regex(cat("\nseed = ", winner, "\n"))))
         << slurp(out + "/config.ini");

@@ -53,7 +53,7 @@ TEST(ReliabilitySignals, CtrlCCheckpointsAndExits75) {
   ASSERT_EQ(run.wait(), 75) << slurp(dir.file("log.txt"));
   const std::string saved = latest_checkpoint(out);
   ASSERT_FALSE(saved.empty());
-  const int64_t step = read_manifest(saved).step;
+  const int64_t step = read_manifest(saved).position.step;
   EXPECT_EQ(slurp(stop_file), cat("75 step ", step, "\n"));
   const ParRun r = run_par(dir, train_args(data, out, int(step) + 2) + " --resume auto");
   EXPECT_EQ(r.rc, 0) << r.err;

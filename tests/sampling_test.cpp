@@ -5,8 +5,8 @@
 #include <cmath>
 #include <map>
 
-#include "launch/sampling.h"
 #include "tests/par_cli.h"
+#include "train/sampling.h"
 
 namespace par {
 namespace {

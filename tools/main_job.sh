@@ -22,7 +22,7 @@ $par prep copy --out "$out/data" --length 8194 --examples 1500 --val-examples 8 
 # The warm-up: the same distance back, but only the last 64 copies and the 64 bytes they
 # repeat are kept (the rest is PAD, which attention skips): a model that has not yet
 # learned to copy finds the answer among 128 inputs instead of 8,192, and learns in a few
-# hundred steps what on the whole task takes thousands (README, "The main job").
+# hundred steps what on the whole task takes thousands (docs/performance.md, "The main job").
 $par prep copy --out "$out/warmup" --length 8192 --half 4096 --keep 64 --examples 1200 \
   --val-examples 1 --seed 2
 

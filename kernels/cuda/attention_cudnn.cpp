@@ -25,8 +25,31 @@ enum Slot : int {
 };
 static_assert(kSlotCount <= CudnnAttention::kScratchSlots);
 
-bool whole_causal(const AttentionShape& s) {
-  return s.k_keep == nullptr && is_top_left_causal(s.q_pos_first, s.k_pos_first);
+// The piece of a call cuDNN runs: query rows [row0, row0 + rows) over its first `keys`
+// keys (the visible ones among them, gathered), causal or not; the rest of the call (the
+// diagonal of `seg`) goes to the blocked path.
+struct Piece {
+  int64_t row0 = 0, rows = 0, keys = 0;
+  bool causal = false;
+  const uint8_t* keep = nullptr;
+  AttentionSegments seg;  // has_diag() when there is a diagonal to merge
+};
+
+Piece piece_of(const AttentionShape& s) {
+  Piece p;
+  if (s.k_keep == nullptr && is_top_left_causal(s.q_pos_first, s.k_pos_first)) {
+    // One causal call: query i sees keys j <= i; keys past the last query none.
+    p.rows = s.nq;
+    p.keys = std::min(s.nq, s.nk);
+    p.causal = true;
+    return p;
+  }
+  p.seg = split_attention(s.nq, s.nk, s.q_pos_first, s.k_pos_first);
+  p.row0 = p.seg.empty_rows;
+  p.rows = p.seg.prefix_rows();
+  p.keys = p.seg.prefix_keys;
+  p.keep = s.k_keep;
+  return p;
 }
 
 std::string describe_shape(bool backward, int64_t b, int64_t h, int64_t nq, int64_t nk,
@@ -130,19 +153,12 @@ std::string CudnnAttention::prepare(const AttentionShape& s, bool backward) {
     return cat("cuDNN's flash attention does not take heads of ", s.head_dim,
                " (a multiple of 8, at most ", sm_major_ >= 9 ? 256 : 128, ")");
   if (s.batch <= 0 || s.heads <= 0 || s.nq <= 0 || s.nk <= 0) return "an empty call";
-  int64_t rows = s.nq, keys = std::min(s.nq, s.nk);
-  bool causal = true;
-  if (!whole_causal(s)) {
-    const AttentionSegments seg = split_attention(s.nq, s.nk, s.q_pos_first, s.k_pos_first);
-    if (!seg.has_prefix()) return "no query sees a key";
-    rows = seg.prefix_rows();
-    keys = seg.prefix_keys;
-    causal = false;
-  }
-  if (backward && rows == 1 && keys == 1)
+  const Piece p = piece_of(s);
+  if (p.rows <= 0 || p.keys <= 0) return "no query sees a key";
+  if (backward && p.rows == 1 && p.keys == 1)
     return "cuDNN's backward does not take one query over one key";
   std::string why;
-  return graph(backward, s.batch, s.heads, rows, keys, s.head_dim, causal, s.scale, &why)
+  return graph(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal, s.scale, &why)
              ? std::string()
              : why;
 }
@@ -154,175 +170,123 @@ void CudnnAttention::run(const CudnnGraph& g,
   g.execute(handle_, bound, workspace);
 }
 
-void CudnnAttention::forward(const AttentionShape& s, const float* q, const float* k,
-                             const float* v, float* o, float* lse) {
-  const int64_t B = s.batch, H = s.heads, D = s.head_dim, ld = H * D, nq = s.nq, nk = s.nk;
-  auto* seq_q = buffer<int32_t>(kSeqQ, B);
-  auto* stats = buffer<float>(kStatsBuf, B * H * nq);
-  auto* ob = buffer<uint16_t>(kOb, B * nq * ld);
-
-  if (whole_causal(s)) {
-    const int64_t keys = std::min(nq, nk);
-    const CudnnGraph* g = graph(false, B, H, nq, keys, D, true, s.scale, nullptr);
-    PAR_ASSERT(g, "cuDNN attention forward without a successful prepare()");
-    auto* qb = buffer<uint16_t>(kQb, B * nq * ld);
-    auto* kb = buffer<uint16_t>(kKb, B * keys * ld);
-    auto* vb = buffer<uint16_t>(kVb, B * keys * ld);
-    auto* seq_kv = buffer<int32_t>(kCount, B);
-    kern::rows_to_bf16(stream_, qb, q, B, nq, 0, nq, ld);
-    kern::rows_to_bf16(stream_, kb, k, B, nk, 0, keys, ld);
-    kern::rows_to_bf16(stream_, vb, v, B, nk, 0, keys, ld);
-    kern::fill_int32(stream_, seq_q, B, int32_t(nq));
-    kern::fill_int32(stream_, seq_kv, B, int32_t(keys));
-    run(*g, {{sdpa::kQ, qb}, {sdpa::kK, kb}, {sdpa::kV, vb}, {sdpa::kO, ob},
-             {sdpa::kStats, stats}, {sdpa::kSeqLenQ, seq_q}, {sdpa::kSeqLenKV, seq_kv}});
-    kern::attention_results(stream_, o, lse, ob, stats, nullptr, B, nq, 0, H, D);
-    return;
-  }
-
-  // The prefix: the visible keys gathered densely, every query over them.
-  const AttentionSegments seg = split_attention(nq, nk, s.q_pos_first, s.k_pos_first);
-  const int64_t rows = seg.prefix_rows(), P = seg.prefix_keys, r0 = seg.empty_rows;
-  const CudnnGraph* g = graph(false, B, H, rows, P, D, false, s.scale, nullptr);
-  PAR_ASSERT(g, "cuDNN attention forward without a successful prepare()");
-  auto* flags = buffer<int32_t>(kFlags, B * P);
-  auto* pos = buffer<int32_t>(kPos, B * P);
-  auto* count = buffer<int32_t>(kCount, B);
-  const size_t scan_bytes = kern::key_scan_scratch_bytes(B * P);
+CudnnAttention::Operands CudnnAttention::operands(const AttentionShape& s, const float* q,
+                                                  const float* k, const float* v) {
+  const int64_t B = s.batch, ld = s.heads * s.head_dim;
+  const Piece p = piece_of(s);
+  Operands x;
+  x.row0 = p.row0;
+  x.rows = p.rows;
+  x.keys = p.keys;
+  x.graph_causal = p.causal;
+  x.flags = buffer<int32_t>(kFlags, B * p.keys);
+  x.pos = buffer<int32_t>(kPos, B * p.keys);
+  x.seq_kv = buffer<int32_t>(kCount, B);
+  const size_t scan_bytes = kern::key_scan_scratch_bytes(B * p.keys);
   void* scan = scratch_(kScanTemp, std::max<size_t>(scan_bytes, 1));
-  kern::scan_visible_keys(stream_, flags, pos, count, s.k_keep, B, nk, P, scan, scan_bytes);
-  auto* kb = buffer<uint16_t>(kKb, B * P * ld);
-  auto* vb = buffer<uint16_t>(kVb, B * P * ld);
-  kern::gather_keys(stream_, kb, vb, k, v, flags, pos, count, B, nk, P, ld);
-  auto* qb = buffer<uint16_t>(kQb, B * rows * ld);
-  kern::rows_to_bf16(stream_, qb, q, B, nq, r0, rows, ld);
-  kern::fill_int32(stream_, seq_q, B, int32_t(rows));
-  run(*g, {{sdpa::kQ, qb}, {sdpa::kK, kb}, {sdpa::kV, vb}, {sdpa::kO, ob},
-           {sdpa::kStats, stats}, {sdpa::kSeqLenQ, seq_q}, {sdpa::kSeqLenKV, count}});
-  kern::attention_results(stream_, o, lse, ob, stats, count, B, nq, r0, H, D);
-  if (!seg.has_diag()) return;
+  kern::scan_visible_keys(stream_, x.flags, x.pos, x.seq_kv, p.keep, B, s.nk, p.keys, scan,
+                          scan_bytes);
+  x.k = buffer<uint16_t>(kKb, B * p.keys * ld);
+  x.v = buffer<uint16_t>(kVb, B * p.keys * ld);
+  kern::gather_keys(stream_, x.k, x.v, k, v, x.flags, x.pos, x.seq_kv, B, s.nk, p.keys, ld);
+  x.q = buffer<uint16_t>(kQb, B * p.rows * ld);
+  kern::rows_to_bf16(stream_, x.q, q, B, s.nq, p.row0, p.rows, ld);
+  x.seq_q = buffer<int32_t>(kSeqQ, B);
+  kern::fill_int32(stream_, x.seq_q, B, int32_t(p.rows));
+  return x;
+}
 
-  // The diagonal: the blocked path over its rows and keys, merged into theirs.
-  const int64_t r1 = seg.diag_first_row, dr = seg.diag_rows();
-  const int64_t k0 = seg.prefix_keys, dk = seg.diag_keys();
-  auto* qd = buffer<float>(kDiagQ, B * dr * ld);
-  auto* kd = buffer<float>(kDiagK, B * dk * ld);
-  auto* vd = buffer<float>(kDiagV, B * dk * ld);
-  auto* od = buffer<float>(kDiagO, B * dr * ld);
-  auto* lsed = buffer<float>(kDiagLse, B * H * dr);
-  copy_rows(stream_, qd, q, B, nq, r1, dr, ld, sizeof(float));
-  copy_rows(stream_, kd, k, B, nk, k0, dk, ld, sizeof(float));
-  copy_rows(stream_, vd, v, B, nk, k0, dk, ld, sizeof(float));
+CudnnAttention::Diagonal CudnnAttention::diagonal(const AttentionShape& s,
+                                                  const AttentionSegments& seg,
+                                                  const float* q, const float* k,
+                                                  const float* v) {
+  const int64_t B = s.batch, ld = s.heads * s.head_dim;
+  Diagonal d;
+  d.row0 = seg.diag_first_row;
+  const int64_t rows = seg.diag_rows(), k0 = seg.prefix_keys, keys = seg.diag_keys();
+  auto* qd = buffer<float>(kDiagQ, B * rows * ld);
+  auto* kd = buffer<float>(kDiagK, B * keys * ld);
+  auto* vd = buffer<float>(kDiagV, B * keys * ld);
+  copy_rows(stream_, qd, q, B, s.nq, d.row0, rows, ld, sizeof(float));
+  copy_rows(stream_, kd, k, B, s.nk, k0, keys, ld, sizeof(float));
+  copy_rows(stream_, vd, v, B, s.nk, k0, keys, ld, sizeof(float));
+  d.q = qd, d.k = kd, d.v = vd;
   uint8_t* keep = nullptr;
   if (s.k_keep) {
-    keep = buffer<uint8_t>(kDiagKeep, B * dk);
-    copy_rows(stream_, keep, s.k_keep, B, nk, k0, dk, 1, 1);
+    keep = buffer<uint8_t>(kDiagKeep, B * keys);
+    copy_rows(stream_, keep, s.k_keep, B, s.nk, k0, keys, 1, 1);
   }
-  AttentionShape ds{B, dr, dk, H, D, s.q_pos + r1, s.k_pos + k0, keep, s.scale};
-  blocked_.forward(ds, qd, kd, vd, od, lsed);
-  kern::merge_attention_rows(stream_, o, lse, od, lsed, B, nq, r1, dr, H, D);
+  d.shape = AttentionShape{B, rows, keys, s.heads, s.head_dim, s.q_pos + d.row0, s.k_pos + k0,
+                           keep, s.scale};
+  return d;
+}
+
+void CudnnAttention::forward(const AttentionShape& s, const float* q, const float* k,
+                             const float* v, float* o, float* lse) {
+  const int64_t B = s.batch, H = s.heads, D = s.head_dim, ld = H * D, nq = s.nq;
+  const Operands x = operands(s, q, k, v);
+  const CudnnGraph* g = graph(false, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, nullptr);
+  PAR_ASSERT(g, "cuDNN attention forward without a successful prepare()");
+  auto* ob = buffer<uint16_t>(kOb, B * x.rows * ld);
+  auto* stats = buffer<float>(kStatsBuf, B * H * x.rows);
+  run(*g, {{sdpa::kQ, x.q}, {sdpa::kK, x.k}, {sdpa::kV, x.v}, {sdpa::kO, ob},
+           {sdpa::kStats, stats}, {sdpa::kSeqLenQ, x.seq_q}, {sdpa::kSeqLenKV, x.seq_kv}});
+  kern::attention_results(stream_, o, lse, ob, stats, x.seq_kv, B, nq, x.row0, H, D);
+
+  const Piece p = piece_of(s);
+  if (!p.seg.has_diag()) return;
+  // The diagonal: the blocked path over its rows and keys, merged into theirs.
+  const Diagonal d = diagonal(s, p.seg, q, k, v);
+  auto* od = buffer<float>(kDiagO, B * d.shape.nq * ld);
+  auto* lsed = buffer<float>(kDiagLse, B * H * d.shape.nq);
+  blocked_.forward(d.shape, d.q, d.k, d.v, od, lsed);
+  kern::merge_attention_rows(stream_, o, lse, od, lsed, B, nq, d.row0, d.shape.nq, H, D);
 }
 
 void CudnnAttention::backward(const AttentionShape& s, const float* q, const float* k,
                               const float* v, const float* o, const float* d_o,
                               const float* lse, float* dq, float* dk, float* dv) {
   const int64_t B = s.batch, H = s.heads, D = s.head_dim, ld = H * D, nq = s.nq, nk = s.nk;
-  auto* seq_q = buffer<int32_t>(kSeqQ, B);
-  auto* softmax_sum = buffer<float>(kSoftmaxSumBuf, B * H * nq);
-  auto* stats = buffer<float>(kBwdStats, B * H * nq);
-  auto* ob = buffer<uint16_t>(kOb, B * nq * ld);
-  auto* dob = buffer<uint16_t>(kDOb, B * nq * ld);
-  auto* dqb = buffer<uint16_t>(kDQb, B * nq * ld);
-
-  if (whole_causal(s)) {
-    const int64_t keys = std::min(nq, nk);
-    const CudnnGraph* g = graph(true, B, H, nq, keys, D, true, s.scale, nullptr);
-    PAR_ASSERT(g, "cuDNN attention backward without a successful prepare()");
-    auto* qb = buffer<uint16_t>(kQb, B * nq * ld);
-    auto* kb = buffer<uint16_t>(kKb, B * keys * ld);
-    auto* vb = buffer<uint16_t>(kVb, B * keys * ld);
-    auto* dkb = buffer<uint16_t>(kDKb, B * keys * ld);
-    auto* dvb = buffer<uint16_t>(kDVb, B * keys * ld);
-    auto* seq_kv = buffer<int32_t>(kCount, B);
-    kern::rows_to_bf16(stream_, qb, q, B, nq, 0, nq, ld);
-    kern::rows_to_bf16(stream_, kb, k, B, nk, 0, keys, ld);
-    kern::rows_to_bf16(stream_, vb, v, B, nk, 0, keys, ld);
-    kern::rows_to_bf16(stream_, ob, o, B, nq, 0, nq, ld);
-    kern::rows_to_bf16(stream_, dob, d_o, B, nq, 0, nq, ld);
-    kern::backward_stats(stream_, stats, lse, B, H, nq, 0, nq);
-    kern::fill_int32(stream_, seq_q, B, int32_t(nq));
-    kern::fill_int32(stream_, seq_kv, B, int32_t(keys));
-    run(*g, {{sdpa::kQ, qb}, {sdpa::kK, kb}, {sdpa::kV, vb}, {sdpa::kO, ob},
-             {sdpa::kDO, dob}, {sdpa::kStats, stats}, {sdpa::kSeqLenQ, seq_q},
-             {sdpa::kSeqLenKV, seq_kv}, {sdpa::kDQ, dqb}, {sdpa::kDK, dkb}, {sdpa::kDV, dvb},
-             {sdpa::kSoftmaxSum, softmax_sum}});
-    kern::rows_from_bf16(stream_, dq, dqb, B, nq, 0, nq, ld);
-    kern::rows_from_bf16(stream_, dk, dkb, B, nk, 0, keys, ld);
-    kern::rows_from_bf16(stream_, dv, dvb, B, nk, 0, keys, ld);
-    zero_rows_from(stream_, dk, B, nk, keys, ld);  // keys past the last query: unseen
-    zero_rows_from(stream_, dv, B, nk, keys, ld);
-    return;
-  }
-
-  const AttentionSegments seg = split_attention(nq, nk, s.q_pos_first, s.k_pos_first);
-  const int64_t rows = seg.prefix_rows(), P = seg.prefix_keys, r0 = seg.empty_rows;
-  const CudnnGraph* g = graph(true, B, H, rows, P, D, false, s.scale, nullptr);
+  const Operands x = operands(s, q, k, v);
+  const CudnnGraph* g = graph(true, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, nullptr);
   PAR_ASSERT(g, "cuDNN attention backward without a successful prepare()");
-  auto* flags = buffer<int32_t>(kFlags, B * P);
-  auto* pos = buffer<int32_t>(kPos, B * P);
-  auto* count = buffer<int32_t>(kCount, B);
-  const size_t scan_bytes = kern::key_scan_scratch_bytes(B * P);
-  void* scan = scratch_(kScanTemp, std::max<size_t>(scan_bytes, 1));
-  kern::scan_visible_keys(stream_, flags, pos, count, s.k_keep, B, nk, P, scan, scan_bytes);
-  auto* kb = buffer<uint16_t>(kKb, B * P * ld);
-  auto* vb = buffer<uint16_t>(kVb, B * P * ld);
-  kern::gather_keys(stream_, kb, vb, k, v, flags, pos, count, B, nk, P, ld);
-  auto* qb = buffer<uint16_t>(kQb, B * rows * ld);
-  auto* dkb = buffer<uint16_t>(kDKb, B * P * ld);
-  auto* dvb = buffer<uint16_t>(kDVb, B * P * ld);
-  kern::rows_to_bf16(stream_, qb, q, B, nq, r0, rows, ld);
-  kern::rows_to_bf16(stream_, ob, o, B, nq, r0, rows, ld);
-  kern::rows_to_bf16(stream_, dob, d_o, B, nq, r0, rows, ld);
-  kern::backward_stats(stream_, stats, lse, B, H, nq, r0, rows);
-  kern::fill_int32(stream_, seq_q, B, int32_t(rows));
-  run(*g, {{sdpa::kQ, qb}, {sdpa::kK, kb}, {sdpa::kV, vb}, {sdpa::kO, ob}, {sdpa::kDO, dob},
-           {sdpa::kStats, stats}, {sdpa::kSeqLenQ, seq_q}, {sdpa::kSeqLenKV, count},
+  auto* ob = buffer<uint16_t>(kOb, B * x.rows * ld);
+  auto* dob = buffer<uint16_t>(kDOb, B * x.rows * ld);
+  auto* dqb = buffer<uint16_t>(kDQb, B * x.rows * ld);
+  auto* dkb = buffer<uint16_t>(kDKb, B * x.keys * ld);
+  auto* dvb = buffer<uint16_t>(kDVb, B * x.keys * ld);
+  auto* stats = buffer<float>(kBwdStats, B * H * x.rows);
+  auto* softmax_sum = buffer<float>(kSoftmaxSumBuf, B * H * x.rows);
+  kern::rows_to_bf16(stream_, ob, o, B, nq, x.row0, x.rows, ld);
+  kern::rows_to_bf16(stream_, dob, d_o, B, nq, x.row0, x.rows, ld);
+  kern::backward_stats(stream_, stats, lse, B, H, nq, x.row0, x.rows);
+  run(*g, {{sdpa::kQ, x.q}, {sdpa::kK, x.k}, {sdpa::kV, x.v}, {sdpa::kO, ob}, {sdpa::kDO, dob},
+           {sdpa::kStats, stats}, {sdpa::kSeqLenQ, x.seq_q}, {sdpa::kSeqLenKV, x.seq_kv},
            {sdpa::kDQ, dqb}, {sdpa::kDK, dkb}, {sdpa::kDV, dvb},
            {sdpa::kSoftmaxSum, softmax_sum}});
-  kern::query_grads(stream_, dq, dqb, count, B, nq, r0, ld);
-  kern::scatter_key_grads(stream_, dk, dv, dkb, dvb, flags, pos, B, nk, P, ld);
+  kern::query_grads(stream_, dq, dqb, x.seq_kv, B, nq, x.row0, ld);
+  kern::scatter_key_grads(stream_, dk, dv, dkb, dvb, x.flags, x.pos, B, nk, x.keys, ld);
 
-  int64_t seen_keys = P;  // keys past the ones some query sees get zero gradients
-  if (seg.has_diag()) {
-    const int64_t r1 = seg.diag_first_row, dr = seg.diag_rows();
-    const int64_t k0 = seg.prefix_keys, dkn = seg.diag_keys();
-    auto* qd = buffer<float>(kDiagQ, B * dr * ld);
-    auto* kd = buffer<float>(kDiagK, B * dkn * ld);
-    auto* vd = buffer<float>(kDiagV, B * dkn * ld);
-    auto* od = buffer<float>(kDiagO, B * dr * ld);
-    auto* dod = buffer<float>(kDiagDO, B * dr * ld);
-    auto* lsed = buffer<float>(kDiagLse, B * H * dr);
-    auto* dqd = buffer<float>(kDiagDQ, B * dr * ld);
-    auto* dkd = buffer<float>(kDiagDK, B * dkn * ld);
-    auto* dvd = buffer<float>(kDiagDV, B * dkn * ld);
-    copy_rows(stream_, qd, q, B, nq, r1, dr, ld, sizeof(float));
-    copy_rows(stream_, kd, k, B, nk, k0, dkn, ld, sizeof(float));
-    copy_rows(stream_, vd, v, B, nk, k0, dkn, ld, sizeof(float));
-    copy_rows(stream_, od, o, B, nq, r1, dr, ld, sizeof(float));
-    copy_rows(stream_, dod, d_o, B, nq, r1, dr, ld, sizeof(float));
+  int64_t seen_keys = x.keys;  // keys past the ones some query sees get zero gradients
+  const Piece p = piece_of(s);
+  if (p.seg.has_diag()) {
+    const Diagonal d = diagonal(s, p.seg, q, k, v);
+    const int64_t rows = d.shape.nq, keys = d.shape.nk, k0 = p.seg.prefix_keys;
+    auto* od = buffer<float>(kDiagO, B * rows * ld);
+    auto* dod = buffer<float>(kDiagDO, B * rows * ld);
+    auto* lsed = buffer<float>(kDiagLse, B * H * rows);
+    auto* dqd = buffer<float>(kDiagDQ, B * rows * ld);
+    auto* dkd = buffer<float>(kDiagDK, B * keys * ld);
+    auto* dvd = buffer<float>(kDiagDV, B * keys * ld);
+    copy_rows(stream_, od, o, B, nq, d.row0, rows, ld, sizeof(float));
+    copy_rows(stream_, dod, d_o, B, nq, d.row0, rows, ld, sizeof(float));
     // lse is [batch, heads, nq]: rows of every (example, head) pair.
-    copy_rows(stream_, lsed, lse, B * H, nq, r1, dr, 1, sizeof(float));
-    uint8_t* keep = nullptr;
-    if (s.k_keep) {
-      keep = buffer<uint8_t>(kDiagKeep, B * dkn);
-      copy_rows(stream_, keep, s.k_keep, B, nk, k0, dkn, 1, 1);
-    }
-    AttentionShape ds{B, dr, dkn, H, D, s.q_pos + r1, s.k_pos + k0, keep, s.scale};
-    blocked_.backward(ds, qd, kd, vd, od, dod, lsed, dqd, dkd, dvd);
-    kern::copy_blocks(stream_, dq + r1 * ld, nq * ld, dqd, dr * ld, B, dr * ld, true);
-    place_rows(stream_, dk, dkd, B, nk, k0, dkn, ld, sizeof(float));
-    place_rows(stream_, dv, dvd, B, nk, k0, dkn, ld, sizeof(float));
-    seen_keys = seg.diag_keys_end;
+    copy_rows(stream_, lsed, lse, B * H, nq, d.row0, rows, 1, sizeof(float));
+    blocked_.backward(d.shape, d.q, d.k, d.v, od, dod, lsed, dqd, dkd, dvd);
+    kern::copy_blocks(stream_, dq + d.row0 * ld, nq * ld, dqd, rows * ld, B, rows * ld, true);
+    place_rows(stream_, dk, dkd, B, nk, k0, keys, ld, sizeof(float));
+    place_rows(stream_, dv, dvd, B, nk, k0, keys, ld, sizeof(float));
+    seen_keys = p.seg.diag_keys_end;
   }
   zero_rows_from(stream_, dk, B, nk, seen_keys, ld);
   zero_rows_from(stream_, dv, B, nk, seen_keys, ld);

@@ -26,6 +26,7 @@
 #include <tuple>
 
 #include "core/ops.h"
+#include "kernels/cuda/attention_segments.h"
 #include "kernels/cuda/cudnn_api.h"
 #include "kernels/cuda/cudnn_graph.h"
 
@@ -77,6 +78,25 @@ class CudnnAttention {
   const CudnnGraph* graph(bool backward, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
                           int64_t head_dim, bool causal, double scale, std::string* why);
   void run(const CudnnGraph& g, const std::vector<std::pair<int64_t, void*>>& bound);
+  // cuDNN's operands of a call's piece (attention_cudnn.cpp, Piece): its query rows in
+  // bf16, its visible keys and values gathered into bf16, the key scan that gathered them
+  // (flags, pos; the inverse map of the gradients) and the sequence lengths.
+  struct Operands {
+    uint16_t *q, *k, *v;
+    int32_t *seq_q, *seq_kv, *flags, *pos;
+    int64_t row0, rows, keys;
+    bool graph_causal;
+  };
+  Operands operands(const AttentionShape& s, const float* q, const float* k, const float* v);
+  // Float32 copies of the diagonal piece's rows and keys (and key mask) as a call of its
+  // own for the blocked path, whose rows start at row0 of the whole call.
+  struct Diagonal {
+    AttentionShape shape;
+    const float *q, *k, *v;
+    int64_t row0;
+  };
+  Diagonal diagonal(const AttentionShape& s, const AttentionSegments& seg, const float* q,
+                    const float* k, const float* v);
   template <typename T>
   T* buffer(int slot, int64_t count) {
     return static_cast<T*>(scratch_(slot, size_t(std::max<int64_t>(count, 1)) * sizeof(T)));

@@ -157,30 +157,32 @@ __global__ void merge_rows_kernel(float* o, float* lse, const float* o2, const f
   }
 }
 
+// Launches `kernel` over n elements (grid-stride: blocks_for(n)) and checks the launch.
+template <typename... Params, typename... Args>
+void launch(cudaStream_t st, int64_t n, void (*kernel)(Params...), const char* name,
+            Args... args) {
+  if (n <= 0) return;
+  kernel<<<blocks_for(n), kThreads, 0, st>>>(args...);
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) fail_cuda(e, name, __FILE__, __LINE__);
+}
+
 }  // namespace
 
 void rows_to_bf16(cudaStream_t st, uint16_t* dst, const float* src, int64_t batch,
                   int64_t total, int64_t row0, int64_t rows, int64_t width) {
-  const int64_t n = batch * rows * width;
-  if (n <= 0) return;
-  rows_to_bf16_kernel<<<blocks_for(n), kThreads, 0, st>>>(dst, src, batch, total, row0, rows,
-                                                          width);
-  PAR_CUDA_CHECK_LAUNCH("rows_to_bf16_kernel");
+  launch(st, batch * rows * width, rows_to_bf16_kernel, "rows_to_bf16_kernel", dst, src, batch,
+         total, row0, rows, width);
 }
 
 void rows_from_bf16(cudaStream_t st, float* dst, const uint16_t* src, int64_t batch,
                     int64_t total, int64_t row0, int64_t rows, int64_t width) {
-  const int64_t n = batch * rows * width;
-  if (n <= 0) return;
-  rows_from_bf16_kernel<<<blocks_for(n), kThreads, 0, st>>>(dst, src, batch, total, row0, rows,
-                                                            width);
-  PAR_CUDA_CHECK_LAUNCH("rows_from_bf16_kernel");
+  launch(st, batch * rows * width, rows_from_bf16_kernel, "rows_from_bf16_kernel", dst, src,
+         batch, total, row0, rows, width);
 }
 
 void fill_int32(cudaStream_t st, int32_t* x, int64_t n, int32_t value) {
-  if (n <= 0) return;
-  fill_int32_kernel<<<blocks_for(n), kThreads, 0, st>>>(x, n, value);
-  PAR_CUDA_CHECK_LAUNCH("fill_int32_kernel");
+  launch(st, n, fill_int32_kernel, "fill_int32_kernel", x, n, value);
 }
 
 size_t key_scan_scratch_bytes(int64_t n) {
@@ -196,75 +198,54 @@ void scan_visible_keys(cudaStream_t st, int32_t* flags, int32_t* pos, int32_t* c
                        void* scratch, size_t scratch_bytes) {
   const int64_t n = batch * prefix;
   if (n <= 0) return;
-  key_flags_kernel<<<blocks_for(n), kThreads, 0, st>>>(flags, keep, batch, nk, prefix);
-  PAR_CUDA_CHECK_LAUNCH("key_flags_kernel");
+  launch(st, n, key_flags_kernel, "key_flags_kernel", flags, keep, batch, nk, prefix);
   size_t bytes = scratch_bytes;
   PAR_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scratch, bytes, flags, pos, int(n), st));
-  key_count_kernel<<<blocks_for(batch), kThreads, 0, st>>>(count, flags, pos, batch, prefix);
-  PAR_CUDA_CHECK_LAUNCH("key_count_kernel");
+  launch(st, batch, key_count_kernel, "key_count_kernel", count, flags, pos, batch, prefix);
 }
 
 void gather_keys(cudaStream_t st, uint16_t* kd, uint16_t* vd, const float* k, const float* v,
                  const int32_t* flags, const int32_t* pos, const int32_t* count,
                  int64_t batch, int64_t nk, int64_t prefix, int64_t width) {
   const int64_t n = batch * prefix * width;
-  if (n <= 0) return;
-  gather_keys_kernel<<<blocks_for(n), kThreads, 0, st>>>(kd, vd, k, v, flags, pos, batch, nk,
-                                                         prefix, width);
-  PAR_CUDA_CHECK_LAUNCH("gather_keys_kernel");
-  zero_tail_kernel<<<blocks_for(n), kThreads, 0, st>>>(kd, vd, count, batch, prefix, width);
-  PAR_CUDA_CHECK_LAUNCH("zero_tail_kernel");
+  launch(st, n, gather_keys_kernel, "gather_keys_kernel", kd, vd, k, v, flags, pos, batch, nk,
+         prefix, width);
+  launch(st, n, zero_tail_kernel, "zero_tail_kernel", kd, vd, count, batch, prefix, width);
 }
 
 void scatter_key_grads(cudaStream_t st, float* dk, float* dv, const uint16_t* dkd,
                        const uint16_t* dvd, const int32_t* flags, const int32_t* pos,
                        int64_t batch, int64_t nk, int64_t prefix, int64_t width) {
-  const int64_t n = batch * prefix * width;
-  if (n <= 0) return;
-  scatter_key_grads_kernel<<<blocks_for(n), kThreads, 0, st>>>(dk, dv, dkd, dvd, flags, pos,
-                                                               batch, nk, prefix, width);
-  PAR_CUDA_CHECK_LAUNCH("scatter_key_grads_kernel");
+  launch(st, batch * prefix * width, scatter_key_grads_kernel, "scatter_key_grads_kernel", dk,
+         dv, dkd, dvd, flags, pos, batch, nk, prefix, width);
 }
 
 void attention_results(cudaStream_t st, float* o, float* lse, const uint16_t* ob,
                        const float* stats, const int32_t* count, int64_t batch, int64_t nq,
                        int64_t row0, int64_t heads, int64_t head_dim) {
-  const int64_t n = batch * nq * heads * head_dim;
-  if (n <= 0) return;
-  rows_or_zero_kernel<<<blocks_for(n), kThreads, 0, st>>>(o, ob, count, batch, nq, row0,
-                                                          heads * head_dim);
-  PAR_CUDA_CHECK_LAUNCH("rows_or_zero_kernel");
-  stats_or_empty_kernel<<<blocks_for(batch * heads * nq), kThreads, 0, st>>>(
-      lse, stats, count, batch, heads, nq, row0);
-  PAR_CUDA_CHECK_LAUNCH("stats_or_empty_kernel");
+  launch(st, batch * nq * heads * head_dim, rows_or_zero_kernel, "rows_or_zero_kernel", o, ob,
+         count, batch, nq, row0, heads * head_dim);
+  launch(st, batch * heads * nq, stats_or_empty_kernel, "stats_or_empty_kernel", lse, stats,
+         count, batch, heads, nq, row0);
 }
 
 void query_grads(cudaStream_t st, float* dq, const uint16_t* dqb, const int32_t* count,
                  int64_t batch, int64_t nq, int64_t row0, int64_t width) {
-  const int64_t n = batch * nq * width;
-  if (n <= 0) return;
-  rows_or_zero_kernel<<<blocks_for(n), kThreads, 0, st>>>(dq, dqb, count, batch, nq, row0,
-                                                          width);
-  PAR_CUDA_CHECK_LAUNCH("rows_or_zero_kernel");
+  launch(st, batch * nq * width, rows_or_zero_kernel, "rows_or_zero_kernel", dq, dqb, count,
+         batch, nq, row0, width);
 }
 
 void backward_stats(cudaStream_t st, float* stats, const float* lse, int64_t batch,
                     int64_t heads, int64_t nq, int64_t row0, int64_t rows) {
-  const int64_t n = batch * heads * rows;
-  if (n <= 0) return;
-  backward_stats_kernel<<<blocks_for(n), kThreads, 0, st>>>(stats, lse, batch, heads, nq, row0,
-                                                            rows);
-  PAR_CUDA_CHECK_LAUNCH("backward_stats_kernel");
+  launch(st, batch * heads * rows, backward_stats_kernel, "backward_stats_kernel", stats, lse,
+         batch, heads, nq, row0, rows);
 }
 
 void merge_attention_rows(cudaStream_t st, float* o, float* lse, const float* o2,
                           const float* lse2, int64_t batch, int64_t nq, int64_t row0,
                           int64_t rows, int64_t heads, int64_t head_dim) {
-  const int64_t n = batch * heads * rows;
-  if (n <= 0) return;
-  merge_rows_kernel<<<blocks_for(n), kThreads, 0, st>>>(o, lse, o2, lse2, batch, nq, row0, rows,
-                                                        heads, head_dim);
-  PAR_CUDA_CHECK_LAUNCH("merge_rows_kernel");
+  launch(st, batch * heads * rows, merge_rows_kernel, "merge_rows_kernel", o, lse, o2, lse2,
+         batch, nq, row0, rows, heads, head_dim);
 }
 
 }  // namespace par::cuda::kern

@@ -2,7 +2,7 @@
 #include "kernels/cuda/backend_plugin.h"
 
 #include "kernels/cuda/cuda_ops.h"
-#include "parallel/nccl_communicator.h"
+#include "kernels/cuda/nccl_communicator.h"
 
 namespace par::cuda_plugin {
 namespace {
@@ -21,7 +21,7 @@ std::unique_ptr<Ops<float>> make_ops(int device, Precision precision,
 int64_t peak_bytes(Ops<float>& ops) { return cuda::memory_stats(ops).peak_bytes; }
 int64_t free_bytes(Ops<float>& ops) { return cuda::memory_stats(ops).device_free_bytes; }
 
-std::unique_ptr<Communicator> nccl(MPI_Comm group, void* stream) {
+std::unique_ptr<Communicator> nccl(Communicator& group, void* stream) {
   return make_nccl_communicator(group, stream);
 }
 

@@ -8,8 +8,6 @@
 // so C++ types cross the boundary; only the entry point is extern "C" (for dlsym).
 #pragma once
 
-#include <mpi.h>
-
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -21,7 +19,7 @@
 namespace par::cuda_plugin {
 
 // Bumped whenever Api changes, so a stale plugin next to a new par is refused.
-constexpr int kApiVersion = 3;
+constexpr int kApiVersion = 4;
 
 enum class Precision { kFloat32, kTF32, kBF16 };
 
@@ -39,7 +37,8 @@ struct Api {
   void (*set_log_sink)(cuda::LogSink sink);
   int64_t (*peak_bytes)(Ops<float>& ops);
   void* (*stream)(Ops<float>& ops);
-  std::unique_ptr<Communicator> (*make_nccl_communicator)(MPI_Comm group, void* stream);
+  // Collective over `group` (host memory), whose ranks it joins in an NCCL communicator.
+  std::unique_ptr<Communicator> (*make_nccl_communicator)(Communicator& group, void* stream);
   int64_t (*free_bytes)(Ops<float>& ops);  // the device's free memory (all processes counted)
 };
 

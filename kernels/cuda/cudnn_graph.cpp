@@ -156,20 +156,18 @@ CudnnGraph::CudnnGraph(const CudnnApi& api, const sdpa::Graph& graph, cudnnHandl
         PAR_SET(d, CUDNN_ATTR_OPERATION_MATMUL_ADESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &a);
         PAR_SET(d, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b);
         PAR_SET(d, CUDNN_ATTR_OPERATION_MATMUL_CDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c);
-        if (op.m_override) {
-          const cudnnBackendDescriptor_t m = tensor(op.m_override);
-          PAR_SET(d, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC,
-                  CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &m);
-        }
-        if (op.n_override) {
-          const cudnnBackendDescriptor_t n = tensor(op.n_override);
-          PAR_SET(d, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC,
-                  CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n);
-        }
-        if (op.k_override) {
-          const cudnnBackendDescriptor_t k = tensor(op.k_override);
-          PAR_SET(d, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC,
-                  CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &k);
+        const struct {
+          int64_t uid;
+          cudnnBackendAttributeName_t attr;
+          const char* name;
+        } overrides[] = {
+            {op.m_override, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, "M override"},
+            {op.n_override, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, "N override"},
+            {op.k_override, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, "K override"}};
+        for (const auto& o : overrides) {
+          if (!o.uid) continue;
+          const cudnnBackendDescriptor_t t = tensor(o.uid);
+          d.set(o.attr, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &t, o.name);
         }
         PAR_SET(d, CUDNN_ATTR_OPERATION_MATMUL_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &mm_desc);
         d.finalize();

@@ -1,10 +1,10 @@
 // Kernels that reduce: bias gradients (column sums), LayerNorm forward and backward, the
 // cross-entropy, and the sum of squares for the gradient norm.
 //
-// Every reduction is deterministic: a sum over many rows is done in two passes with a
-// fixed chunking (chunk partial sums, then the partials added in chunk order by one
-// thread per column), and a sum along a row is a fixed tree over a fixed number of
-// threads. No atomics. Long sums accumulate in double where the CPU backend does.
+// Every reduction is deterministic: a sum over many rows is done in passes with a fixed
+// chunking (chunk partial sums; the partials added in fixed groups of chunks, in double;
+// the groups added in order by one thread per column), and a sum along a row is a fixed
+// tree over a fixed number of threads. No atomics. Long sums accumulate in double where the CPU backend does.
 #include <cmath>
 
 #include "core/constants.h"
@@ -25,6 +25,45 @@ constexpr int64_t kSquaresChunk = int64_t(1) << 16;
 
 int64_t chunks_of(int64_t rows) { return (rows + kRowsPerChunk - 1) / kRowsPerChunk; }
 
+// The chunk partials are added in groups of this many first, a group per block row, so
+// that a long sum (2048 chunks at 131072 rows) is not one thread's dependent loop over
+// them all while the GPU idles; then the groups' sums, in order. Fixed grouping: the
+// same additions, in the same order, every run.
+constexpr int64_t kChunksPerGroup = 64;
+
+int64_t groups_of(int64_t chunks) { return (chunks + kChunksPerGroup - 1) / kChunksPerGroup; }
+
+// Floats of the partial buffer: the chunk partials, then (8-byte aligned) the groups'
+// double sums.
+int64_t partial_floats(int64_t chunks, int64_t cols) {
+  return (chunks * cols + 1) / 2 * 2 + 2 * groups_of(chunks) * cols;
+}
+double* group_sums_of(float* partial, int64_t chunks, int64_t cols) {
+  return reinterpret_cast<double*>(partial + (chunks * cols + 1) / 2 * 2);
+}
+
+// groups[g, c] = sum of partial[k, c] over the chunks k of group g, in double, in order.
+__global__ void group_sums_kernel(double* groups, const float* partial, int64_t chunks,
+                                  int64_t cols) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t g = blockIdx.y;
+  if (c >= cols) return;
+  const int64_t k0 = g * kChunksPerGroup;
+  const int64_t k1 = k0 + kChunksPerGroup < chunks ? k0 + kChunksPerGroup : chunks;
+  double s = 0.0;
+  for (int64_t k = k0; k < k1; ++k) s += double(partial[k * cols + c]);
+  groups[g * cols + c] = s;
+}
+
+// Adds the chunk partials into groups_of(chunks) double sums per column.
+void sum_groups(cudaStream_t st, double* groups, const float* partial, int64_t chunks,
+                int64_t cols) {
+  PAR_ASSERT(groups_of(chunks) <= 65535, "column sums of ", chunks, " chunks exceed the grid");
+  const dim3 grid(unsigned((cols + kThreads - 1) / kThreads), unsigned(groups_of(chunks)));
+  group_sums_kernel<<<grid, kThreads, 0, st>>>(groups, partial, chunks, cols);
+  PAR_CUDA_CHECK_LAUNCH("group_sums_kernel");
+}
+
 // partial[chunk, c] = sum of x[r, c] over the chunk's rows, in row order.
 __global__ void column_partial_kernel(float* partial, const float* x, int64_t rows,
                                       int64_t cols) {
@@ -38,12 +77,12 @@ __global__ void column_partial_kernel(float* partial, const float* x, int64_t ro
   partial[chunk * cols + c] = s;
 }
 
-// out[c] += sum over chunks of partial[chunk, c], in chunk order, in double.
-__global__ void column_finish_kernel(float* out, const float* partial, int64_t chunks,
+// out[c] += sum over groups of groups[g, c], in group order, in double.
+__global__ void column_finish_kernel(float* out, const double* groups, int64_t count,
                                      int64_t cols) {
   for (int64_t c = global_thread(); c < cols; c += grid_threads()) {
     double s = 0.0;
-    for (int64_t k = 0; k < chunks; ++k) s += double(partial[k * cols + c]);
+    for (int64_t g = 0; g < count; ++g) s += groups[g * cols + c];
     out[c] += float(s);
   }
 }
@@ -117,12 +156,12 @@ __global__ void layernorm_backward_kernel(float* dx, bool accumulate_dx, float* 
   for (int64_t c = threadIdx.x; c < 2 * d; c += blockDim.x) partial[chunk * 2 * d + c] = acc[c];
 }
 
-// dw[c] += sum of partial[k, c], db[c] += sum of partial[k, d + c], chunks in order.
-__global__ void layernorm_params_kernel(float* dw, float* db, const float* partial,
-                                        int64_t chunks, int64_t d) {
+// dw[c] += sum of groups[g, c], db[c] += sum of groups[g, d + c], groups in order.
+__global__ void layernorm_params_kernel(float* dw, float* db, const double* groups,
+                                        int64_t count, int64_t d) {
   for (int64_t c = global_thread(); c < 2 * d; c += grid_threads()) {
     double s = 0.0;
-    for (int64_t k = 0; k < chunks; ++k) s += double(partial[k * 2 * d + c]);
+    for (int64_t g = 0; g < count; ++g) s += groups[g * 2 * d + c];
     if (c < d) dw[c] += float(s);
     else db[c - d] += float(s);
   }
@@ -192,7 +231,9 @@ __global__ void squares_finish_kernel(double* result, const double* partial, int
 
 }  // namespace
 
-int64_t column_sums_partial_floats(int64_t rows, int64_t cols) { return chunks_of(rows) * cols; }
+int64_t column_sums_partial_floats(int64_t rows, int64_t cols) {
+  return partial_floats(chunks_of(rows), cols);
+}
 
 void column_sums(cudaStream_t st, float* out, const float* x, int64_t rows, int64_t cols,
                  float* partial) {
@@ -203,7 +244,10 @@ void column_sums(cudaStream_t st, float* out, const float* x, int64_t rows, int6
   const dim3 grid(unsigned((cols + kColsPerBlock - 1) / kColsPerBlock), unsigned(chunks));
   column_partial_kernel<<<grid, kColsPerBlock, 0, st>>>(partial, x, rows, cols);
   PAR_CUDA_CHECK_LAUNCH("column_partial_kernel");
-  column_finish_kernel<<<blocks_for(cols), kThreads, 0, st>>>(out, partial, chunks, cols);
+  double* groups = group_sums_of(partial, chunks, cols);
+  sum_groups(st, groups, partial, chunks, cols);
+  column_finish_kernel<<<blocks_for(cols), kThreads, 0, st>>>(out, groups, groups_of(chunks),
+                                                              cols);
   PAR_CUDA_CHECK_LAUNCH("column_finish_kernel");
 }
 
@@ -217,7 +261,7 @@ void layernorm_forward(cudaStream_t st, float* y, float* mean, float* rstd, cons
 }
 
 int64_t layernorm_backward_partial_floats(int64_t rows, int64_t d) {
-  return chunks_of(rows) * 2 * d;
+  return partial_floats(chunks_of(rows), 2 * d);
 }
 
 void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* dw, float* db,
@@ -236,7 +280,10 @@ void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* d
   layernorm_backward_kernel<<<unsigned(chunks), threads_for_row(d), smem, st>>>(
       dx, accumulate_dx, partial, dy, x, mean, rstd, w, rows, d);
   PAR_CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
-  layernorm_params_kernel<<<blocks_for(2 * d), kThreads, 0, st>>>(dw, db, partial, chunks, d);
+  double* groups = group_sums_of(partial, chunks, 2 * d);
+  sum_groups(st, groups, partial, chunks, 2 * d);
+  layernorm_params_kernel<<<blocks_for(2 * d), kThreads, 0, st>>>(dw, db, groups,
+                                                                  groups_of(chunks), d);
   PAR_CUDA_CHECK_LAUNCH("layernorm_params_kernel");
 }
 

@@ -78,6 +78,41 @@ Outputs gpu_attention(Ops<float>& ops, const AttentionData& d, const Outputs* gi
   return r;
 }
 
+// Every output within tol of the reference's (close(): relative to its largest entry).
+void expect_close(const Outputs& got, const Outputs& want, double tol) {
+  EXPECT_TRUE(close(got.o, want.o, tol)) << "o";
+  EXPECT_TRUE(close(got.lse, want.lse, tol)) << "lse";
+  EXPECT_TRUE(close(got.dq, want.dq, tol)) << "dq";
+  EXPECT_TRUE(close(got.dk, want.dk, tol)) << "dk";
+  EXPECT_TRUE(close(got.dv, want.dv, tol)) << "dv";
+}
+
+// Every output of two runs the same bits.
+void expect_same_bits(const Outputs& a, const Outputs& b) {
+  EXPECT_TRUE(bitwise_equal(a.o, b.o)) << "o";
+  EXPECT_TRUE(bitwise_equal(a.lse, b.lse)) << "lse";
+  EXPECT_TRUE(bitwise_equal(a.dq, b.dq)) << "dq";
+  EXPECT_TRUE(bitwise_equal(a.dk, b.dk)) << "dk";
+  EXPECT_TRUE(bitwise_equal(a.dv, b.dv)) << "dv";
+}
+
+// Keys no query sees: gradients exactly zero (not merely small). Returns how many.
+int64_t expect_unseen_keys_zero(const AttentionData& d, const Outputs& got) {
+  const int64_t ld = d.ld();
+  int64_t unseen = 0, nonzero = 0;
+  for (int64_t b = 0; b < d.c.batch; ++b)
+    for (int64_t j = 0; j < d.c.nk; ++j) {
+      if (d.key_seen(b, j)) continue;
+      ++unseen;
+      for (int64_t e = 0; e < ld; ++e) {
+        const size_t at = size_t((b * d.c.nk + j) * ld + e);
+        nonzero += got.dk[at] != 0.0f || got.dv[at] != 0.0f;
+      }
+    }
+  EXPECT_EQ(nonzero, 0) << "of " << unseen << " unseen keys";
+  return unseen;
+}
+
 class CudaAttentionTest
     : public ::testing::TestWithParam<std::tuple<MatmulPrecision, AttentionCase>> {
  protected:
@@ -91,25 +126,9 @@ TEST_P(CudaAttentionTest, MatchesTheCpu) {
   auto ops = cuda::make_cuda_ops(0, precision);
   const Outputs got = gpu_attention(*ops, d, &want);
   const double tol = cuda_test::attention_tol(precision);
-  EXPECT_TRUE(close(got.o, want.o, tol)) << "o";
-  EXPECT_TRUE(close(got.lse, want.lse, tol)) << "lse";
-  EXPECT_TRUE(close(got.dq, want.dq, tol)) << "dq";
-  EXPECT_TRUE(close(got.dk, want.dk, tol)) << "dk";
-  EXPECT_TRUE(close(got.dv, want.dv, tol)) << "dv";
+  expect_close(got, want, tol);
 
-  // Keys no query sees: gradients exactly zero (not merely small).
-  const int64_t ld = d.ld();
-  int64_t unseen = 0, nonzero = 0;
-  for (int64_t b = 0; b < c.batch; ++b)
-    for (int64_t j = 0; j < c.nk; ++j) {
-      if (d.key_seen(b, j)) continue;
-      ++unseen;
-      for (int64_t e = 0; e < ld; ++e) {
-        const size_t at = size_t((b * c.nk + j) * ld + e);
-        nonzero += got.dk[at] != 0.0f || got.dv[at] != 0.0f;
-      }
-    }
-  EXPECT_EQ(nonzero, 0) << "of " << unseen << " unseen keys";
+  expect_unseen_keys_zero(d, got);
   // Queries that see no key get o = 0 and lse = -inf, which close() compared exactly; the
   // case made for them must have some.
   int64_t empty_rows = 0;
@@ -130,24 +149,13 @@ TEST_P(CudaAttentionTest, FusedMatchesTheCpu) {
   auto ops = cuda::make_cuda_ops(0, precision);
   const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kFused);
   const double tol = cuda_test::attention_tol(precision);
-  EXPECT_TRUE(close(got.o, want.o, tol)) << "o";
-  EXPECT_TRUE(close(got.lse, want.lse, tol)) << "lse";
-  EXPECT_TRUE(close(got.dq, want.dq, tol)) << "dq";
-  EXPECT_TRUE(close(got.dk, want.dk, tol)) << "dk";
-  EXPECT_TRUE(close(got.dv, want.dv, tol)) << "dv";
-  for (int64_t b = 0; b < c.batch; ++b)
-    for (int64_t j = 0; j < c.nk; ++j)
-      if (!d.key_seen(b, j))
-        for (int64_t e = 0; e < d.ld(); ++e) {
-          const size_t at = size_t((b * c.nk + j) * d.ld() + e);
-          ASSERT_TRUE(got.dk[at] == 0.0f && got.dv[at] == 0.0f) << "unseen key " << j;
-        }
+  expect_close(got, want, tol);
+  expect_unseen_keys_zero(d, got);
   const Outputs again = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kFused);
-  EXPECT_TRUE(bitwise_equal(got.o, again.o)) << "o, second run";
-  EXPECT_TRUE(bitwise_equal(got.lse, again.lse)) << "lse, second run";
-  EXPECT_TRUE(bitwise_equal(got.dq, again.dq)) << "dq, second run";
-  EXPECT_TRUE(bitwise_equal(got.dk, again.dk)) << "dk, second run";
-  EXPECT_TRUE(bitwise_equal(got.dv, again.dv)) << "dv, second run";
+  {
+    SCOPED_TRACE("second run");
+    expect_same_bits(got, again);
+  }
 }
 
 TEST_P(CudaAttentionTest, IsBitwiseReproducible) {
@@ -156,11 +164,7 @@ TEST_P(CudaAttentionTest, IsBitwiseReproducible) {
   auto ops = cuda::make_cuda_ops(0, precision);
   const Outputs a = gpu_attention(*ops, d, nullptr);
   const Outputs b = gpu_attention(*ops, d, nullptr);
-  EXPECT_TRUE(bitwise_equal(a.o, b.o)) << "o";
-  EXPECT_TRUE(bitwise_equal(a.lse, b.lse)) << "lse";
-  EXPECT_TRUE(bitwise_equal(a.dq, b.dq)) << "dq";
-  EXPECT_TRUE(bitwise_equal(a.dk, b.dk)) << "dk";
-  EXPECT_TRUE(bitwise_equal(a.dv, b.dv)) << "dv";
+  expect_same_bits(a, b);
 }
 
 std::string case_name(
@@ -205,24 +209,13 @@ TEST_P(CudnnAttentionTest, MatchesTheCpu) {
   const Outputs want = cpu_attention(d);
   const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kCudnn);
   const double tol = cuda_test::attention_tol(precision);
-  EXPECT_TRUE(close(got.o, want.o, tol)) << "o";
-  EXPECT_TRUE(close(got.lse, want.lse, tol)) << "lse";
-  EXPECT_TRUE(close(got.dq, want.dq, tol)) << "dq";
-  EXPECT_TRUE(close(got.dk, want.dk, tol)) << "dk";
-  EXPECT_TRUE(close(got.dv, want.dv, tol)) << "dv";
-  for (int64_t b = 0; b < c.batch; ++b)
-    for (int64_t j = 0; j < c.nk; ++j)
-      if (!d.key_seen(b, j))
-        for (int64_t e = 0; e < d.ld(); ++e) {
-          const size_t at = size_t((b * c.nk + j) * d.ld() + e);
-          ASSERT_TRUE(got.dk[at] == 0.0f && got.dv[at] == 0.0f) << "unseen key " << j;
-        }
+  expect_close(got, want, tol);
+  expect_unseen_keys_zero(d, got);
   const Outputs again = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kCudnn);
-  EXPECT_TRUE(bitwise_equal(got.o, again.o)) << "o, second run";
-  EXPECT_TRUE(bitwise_equal(got.lse, again.lse)) << "lse, second run";
-  EXPECT_TRUE(bitwise_equal(got.dq, again.dq)) << "dq, second run";
-  EXPECT_TRUE(bitwise_equal(got.dk, again.dk)) << "dk, second run";
-  EXPECT_TRUE(bitwise_equal(got.dv, again.dv)) << "dv, second run";
+  {
+    SCOPED_TRACE("second run");
+    expect_same_bits(got, again);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, CudnnAttentionTest,
@@ -239,11 +232,7 @@ TEST(CudaAttentionLong, ContextOf131072Keys) {
   const Outputs want = cpu_attention(d);
   auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kFloat32);
   const Outputs got = gpu_attention(*ops, d, &want);
-  EXPECT_TRUE(close(got.o, want.o, 3e-5)) << "o";
-  EXPECT_TRUE(close(got.lse, want.lse, 3e-5)) << "lse";
-  EXPECT_TRUE(close(got.dq, want.dq, 3e-5)) << "dq";
-  EXPECT_TRUE(close(got.dk, want.dk, 3e-5)) << "dk";
-  EXPECT_TRUE(close(got.dv, want.dv, 3e-5)) << "dv";
+  expect_close(got, want, 3e-5);
 }
 
 // The same through cuDNN in bf16: a prefix of ~118,000 gathered keys (10% dropped) and the
@@ -257,11 +246,7 @@ TEST(CudaAttentionLong, ContextOf131072KeysThroughCudnn) {
   auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kBF16);
   const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kCudnn);
   const double tol = cuda_test::attention_tol(MatmulPrecision::kBF16);
-  EXPECT_TRUE(close(got.o, want.o, tol)) << "o";
-  EXPECT_TRUE(close(got.lse, want.lse, tol)) << "lse";
-  EXPECT_TRUE(close(got.dq, want.dq, tol)) << "dq";
-  EXPECT_TRUE(close(got.dk, want.dk, tol)) << "dk";
-  EXPECT_TRUE(close(got.dv, want.dv, tol)) << "dv";
+  expect_close(got, want, tol);
 }
 
 }  // namespace

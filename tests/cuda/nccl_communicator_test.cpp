@@ -9,7 +9,7 @@
 #include <numeric>
 
 #include "kernels/cuda/cuda_ops.h"
-#include "parallel/nccl_communicator.h"
+#include "kernels/cuda/nccl_communicator.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace par {

@@ -18,23 +18,16 @@
 
 #include "core/error.h"
 #include "kernels/cpu/cpu_ops.h"
-#include "launch/train_step.h"
 #include "parallel/mpi_environment.h"
 #include "parallel/mpi_error.h"
+#include "train/train_step.h"
 
 namespace par {
 namespace {
 
 ModelConfig tiny() {
-  ModelConfig c;
-  c.vocab_size = 37;
-  c.d_model = 32;
-  c.context_length = 32;
-  c.num_latents = 8;
-  c.num_layers = 2;
-  c.cross_heads = 4;
-  c.self_heads = 2;
-  c.mlp_factor = 2;
+  ModelConfig c{.vocab_size = 37, .d_model = 32, .context_length = 32, .num_latents = 8,
+                .num_layers = 2, .cross_heads = 4, .self_heads = 2, .mlp_factor = 2};
   return c;
 }
 
@@ -46,20 +39,16 @@ struct Outcome {
 
 // Trains 3 steps on `grid`; every rank draws the same global batches and keeps its share.
 Outcome train(const ModelConfig& mc, const ProcessGrid& grid) {
-  RunConfig rc;
-  rc.batch_size = 8;
-  rc.accum_steps = 2;
-  rc.dropout = 0.1;
-  rc.cross_attend_dropout = 0.2;
-  rc.seed = 11;
-  rc.dp = grid.shape().dp;
-  rc.sp = grid.shape().sp;
-  rc.tp = grid.shape().tp;
+  TrainingConfig tc;
+  tc.micro_batch = 4;  // 2 micro-batches a step
+  tc.dropout = 0.1;
+  tc.cross_attend_dropout = 0.2;
+  tc.seed = 11;
   OptimizerConfig oc;
   oc.lr = 1e-3;
   cpu::CpuOps<float> ops;
-  TrainStep ts(mc, oc, rc, ops, grid);
-  ts.initialize(rc.seed);
+  TrainStep ts(mc, oc, tc, ops, grid);
+  ts.initialize(tc.seed);
   const int64_t W = mc.context_length + 1, c0 = ts.model().window_begin();
   const int64_t cols = ts.model().window_columns();
   std::mt19937_64 rng(5);
@@ -68,7 +57,7 @@ Outcome train(const ModelConfig& mc, const ProcessGrid& grid) {
     std::vector<std::vector<int32_t>> data(2);
     std::vector<const int32_t*> micro;
     for (auto& d : data) {
-      for (int64_t b = 0; b < rc.micro_batch(); ++b) {
+      for (int64_t b = 0; b < tc.micro_batch; ++b) {
         std::vector<int32_t> w(static_cast<size_t>(W));
         for (auto& t : w) t = int32_t(rng() % 37);  // some PAD inputs and targets
         if (b >= ts.replica_first() && b < ts.replica_first() + ts.replica_batch())
@@ -125,7 +114,7 @@ int run(int argc, char** argv, MpiEnvironment& env) {
                 shape.dp, shape.sp, shape.tp, got.losses[0], got.losses[1], got.losses[2],
                 want.losses[0], want.losses[1], want.losses[2], err, failures ? "FAILED" : "ok");
   }
-  const int64_t worst = grid.world().all_reduce_value(int64_t(failures), ReduceOp::kMax);
+  const int64_t worst = grid.world()->all_reduce_value(int64_t(failures), ReduceOp::kMax);
   return worst ? 1 : 0;
 }
 

@@ -87,20 +87,20 @@ int layout(MpiEnvironment& env, GridShape shape) {
   };
   const auto me = coords(w);
   int64_t bad = 0;
-  bad += check_sum(g.world(), w, "world", ranks_sum([](int) { return true; }));
-  bad += check_sum(g.dp(), w, "dp", ranks_sum([&](int q) {
+  bad += check_sum(*g.world(), w, "world", ranks_sum([](int) { return true; }));
+  bad += check_sum(*g.dp(), w, "dp", ranks_sum([&](int q) {
                      auto c = coords(q);
                      return c[1] == me[1] && c[2] == me[2];
                    }));
-  bad += check_sum(g.sp(), w, "sp", ranks_sum([&](int q) {
+  bad += check_sum(*g.sp(), w, "sp", ranks_sum([&](int q) {
                      auto c = coords(q);
                      return c[0] == me[0] && c[2] == me[2];
                    }));
-  bad += check_sum(g.tp(), w, "tp", ranks_sum([&](int q) {
+  bad += check_sum(*g.tp(), w, "tp", ranks_sum([&](int q) {
                      auto c = coords(q);
                      return c[0] == me[0] && c[1] == me[1];
                    }));
-  bad += check_sum(g.dp_sp(), w, "dp_sp", ranks_sum([&](int q) { return coords(q)[2] == me[2]; }));
+  bad += check_sum(*g.dp_sp(), w, "dp_sp", ranks_sum([&](int q) { return coords(q)[2] == me[2]; }));
 
   // One fixed-size line per rank, gathered as bytes so rank 0 prints them in order.
   constexpr int64_t kLine = 160;
@@ -108,8 +108,8 @@ int layout(MpiEnvironment& env, GridShape shape) {
   std::string text = cat("layout rank ", w, " host ", g.host(), " local_rank ", g.local_rank(),
                          " dp ", g.dp_rank(), " sp ", g.sp_rank(), " tp ", g.tp_rank());
   std::memcpy(line.data(), text.data(), std::min<size_t>(text.size(), kLine - 1));
-  g.world().all_gather(line.data(), lines.data(), kLine, DataType::kUInt8);
-  const int64_t total_bad = g.world().all_reduce_value<int64_t>(bad);
+  g.world()->all_gather(line.data(), lines.data(), kLine, DataType::kUInt8);
+  const int64_t total_bad = g.world()->all_reduce_value<int64_t>(bad);
   if (w == 0) {
     for (int q = 0; q < g.world_size(); ++q) {
       std::cout << reinterpret_cast<const char*>(lines.data() + q * kLine) << "\n";

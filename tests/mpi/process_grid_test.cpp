@@ -76,17 +76,17 @@ void check_grid(const ProcessGrid& g, MPI_Comm block, Failures& f) {
   for (int d = 0; d < s.dp; ++d) {
     for (int q = 0; q < s.sp; ++q) dp_sp.push_back(s.rank_of(d, q, g.tp_rank()));
   }
-  check_group(g.world(), g, "world", w, world, f);
-  check_group(g.dp(), g, "dp", g.dp_rank(), dp, f);
-  check_group(g.sp(), g, "sp", g.sp_rank(), sp, f);
-  check_group(g.tp(), g, "tp", g.tp_rank(), tp, f);
-  check_group(g.dp_sp(), g, "dp_sp", g.dp_rank() * s.sp + g.sp_rank(), dp_sp, f);
+  check_group(*g.world(), g, "world", w, world, f);
+  check_group(*g.dp(), g, "dp", g.dp_rank(), dp, f);
+  check_group(*g.sp(), g, "sp", g.sp_rank(), sp, f);
+  check_group(*g.tp(), g, "tp", g.tp_rank(), tp, f);
+  check_group(*g.dp_sp(), g, "dp_sp", g.dp_rank() * s.sp + g.sp_rank(), dp_sp, f);
 
   // local_rank: how many ranks before this one share its host (hosts gathered as bytes).
   constexpr int64_t kName = 64;
   std::vector<uint8_t> name(kName, 0), names(size_t(kName * g.world_size()));
   std::memcpy(name.data(), g.host().data(), std::min<size_t>(g.host().size(), kName - 1));
-  g.world().all_gather(name.data(), names.data(), kName, DataType::kUInt8);
+  g.world()->all_gather(name.data(), names.data(), kName, DataType::kUInt8);
   int before = 0;
   for (int q = 0; q < w; ++q) {
     before += std::memcmp(names.data() + q * kName, name.data(), kName) == 0;
@@ -150,7 +150,7 @@ TEST(ProcessGrid, SingleProcessGridNeedsNoMpi) {
   Failures f;
   f.check(g.world_size() == 1 && g.world_rank() == 0 && g.local_rank() == 0, "ranks");
   f.check(g.shape().dp == 1 && g.shape().sp == 1 && g.shape().tp == 1, "shape");
-  for (Communicator* c : {&g.world(), &g.dp(), &g.sp(), &g.tp(), &g.dp_sp()}) {
+  for (Communicator* c : {&*g.world(), &*g.dp(), &*g.sp(), &*g.tp(), &*g.dp_sp()}) {
     f.check(c->size() == 1 && c->rank() == 0, "group size");
     float x[3] = {1, 2, 3}, y[3] = {};
     c->all_reduce(x, y, 3, DataType::kFloat32, ReduceOp::kSum);

@@ -1,4 +1,5 @@
-// par::Communicator over NCCL, for data in GPU memory (built when PAR_CUDA is ON).
+// par::Communicator over NCCL, for data in GPU memory (part of the CUDA backend: built when
+// PAR_CUDA is ON, and given to the process grid as its device groups, core/groups.h).
 //
 // Streams: collectives run on the communicator's own CUDA stream. Each one first waits
 // (with a CUDA event) for the work already queued on the compute stream -- the stream of
@@ -19,11 +20,9 @@
 // The order of the sum differs from MpiCommunicator's rank order. Max follows NCCL (which
 // does not propagate NaN as MpiCommunicator does).
 //
-// Errors: every NCCL, CUDA and MPI call is checked; the message names the call, the
-// library's own description, this rank within the group and "rank R on host H".
+// Errors: every NCCL and CUDA call is checked; the message names the call, the library's
+// own description, this rank within the group and "rank R on host H".
 #pragma once
-
-#include <mpi.h>
 
 #include <array>
 #include <memory>
@@ -46,8 +45,8 @@ NcclId nccl_unique_id();
 std::unique_ptr<Communicator> make_nccl_communicator(const NcclId& id, int rank, int size,
                                                      void* compute_stream);
 
-// The same for the ranks of an MPI communicator: rank 0 of `group` makes the id and
-// broadcasts it over MPI. Collective over `group`.
-std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm group, void* compute_stream);
+// The same for the ranks of a host group (MPI): rank 0 of `group` makes the id and
+// broadcasts it over the group. Collective over `group`.
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& group, void* compute_stream);
 
 }  // namespace par

@@ -1,4 +1,4 @@
-#include "launch/evaluate.h"
+#include "train/evaluate.h"
 
 #include <algorithm>
 #include <cmath>
@@ -117,7 +117,7 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
       if (progress) progress(int64_t(sums[1]));
     }
   }
-  if (grid) grid->world().all_reduce(sums, 3, ReduceOp::kSum);
+  if (grid) grid->world()->all_reduce(sums, 3, ReduceOp::kSum);
   EvalResult r;
   r.tokens = int64_t(sums[1]);
   r.loss_nats = r.tokens > 0 ? sums[0] / sums[1] : 0.0;

@@ -1,5 +1,5 @@
 // See nccl_communicator.h for the stream ordering, host staging and in-place forms.
-#include "parallel/nccl_communicator.h"
+#include "kernels/cuda/nccl_communicator.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -9,7 +9,6 @@
 
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
-#include "parallel/mpi_error.h"
 
 namespace par {
 
@@ -39,7 +38,7 @@ bool overlaps(const std::byte* a, int64_t a_bytes, const std::byte* b, int64_t b
   const char* base = std::strrchr(file, '/');
   throw std::runtime_error(cat(base ? base + 1 : file, ":", line, ": ", call,
                                " failed on group rank ", rank, " of ", size, " (",
-                               rank_on_host(), "): ", ncclGetErrorString(r),
+                               cuda::where(), "): ", ncclGetErrorString(r),
                                detail && *detail ? cat(": ", detail) : std::string()));
 }
 
@@ -274,7 +273,7 @@ NcclId nccl_unique_id() {
   ncclUniqueId uid;
   const ncclResult_t r = ncclGetUniqueId(&uid);
   if (r != ncclSuccess)
-    throw std::runtime_error(cat("ncclGetUniqueId failed on ", rank_on_host(), ": ",
+    throw std::runtime_error(cat("ncclGetUniqueId failed on ", cuda::where(), ": ",
                                  ncclGetErrorString(r)));
   NcclId id;
   std::memcpy(id.bytes.data(), &uid, sizeof uid);
@@ -287,14 +286,11 @@ std::unique_ptr<Communicator> make_nccl_communicator(const NcclId& id, int rank,
                                             static_cast<cudaStream_t>(compute_stream));
 }
 
-std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm group, void* compute_stream) {
-  int rank = 0, size = 1;
-  check_mpi(MPI_Comm_rank(group, &rank), "MPI_Comm_rank");
-  check_mpi(MPI_Comm_size(group, &size), "MPI_Comm_size");
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& group, void* compute_stream) {
   NcclId id;
-  if (rank == 0) id = nccl_unique_id();
-  check_mpi(MPI_Bcast(id.bytes.data(), int(id.bytes.size()), MPI_BYTE, 0, group), "MPI_Bcast");
-  return make_nccl_communicator(id, rank, size, compute_stream);
+  if (group.rank() == 0) id = nccl_unique_id();
+  group.broadcast(id.bytes.data(), int64_t(id.bytes.size()), DataType::kUInt8, 0);
+  return make_nccl_communicator(id, group.rank(), group.size(), compute_stream);
 }
 
 }  // namespace par

@@ -11,8 +11,8 @@
 #include "checkpoint/model_file.h"
 #include "core/model.h"
 #include "core/optimizer.h"
-#include "launch/options.h"
 #include "parallel/process_grid.h"
+#include "train/training_config.h"
 
 namespace par {
 
@@ -24,18 +24,12 @@ struct StepResult {
   double forward_s = 0, backward_s = 0, reduce_s = 0, optimizer_s = 0;  // this rank's time
 };
 
-// Collectives over the backend's buffers (device memory on a GPU: NCCL); null members mean
-// the grid's own (MPI, host memory: right for the CPU backend).
-struct DeviceGroups {
-  Communicator* sp = nullptr;
-  Communicator* tp = nullptr;
-  Communicator* dp_sp = nullptr;
-};
-
 class TrainStep {
  public:
-  TrainStep(const ModelConfig& model, const OptimizerConfig& opt, const RunConfig& run,
-            Ops<float>& ops, const ProcessGrid& grid, DeviceGroups device = {});
+  // The model's and the gradient sums' collectives run over the grid's groups: the device
+  // ones for the backend's buffers, the host ones for host data.
+  TrainStep(const ModelConfig& model, const OptimizerConfig& opt, const TrainingConfig& training,
+            Ops<float>& ops, const ProcessGrid& grid);
 
   PerceiverAR<float>& model() { return model_; }
   Adam<float>& adam() { return adam_; }
@@ -79,12 +73,9 @@ class TrainStep {
   void reduce_gradients();
 
   ModelConfig model_cfg_;
-  RunConfig run_;
+  TrainingConfig training_;
   Ops<float>& ops_;
   const ProcessGrid& grid_;
-  Communicator& dev_sp_;
-  Communicator& dev_tp_;
-  Communicator& dev_dp_sp_;
   PerceiverAR<float> model_;
   Adam<float> adam_;
   int64_t replica_batch_ = 0;

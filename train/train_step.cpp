@@ -1,5 +1,6 @@
-#include "launch/train_step.h"
+#include "train/train_step.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "core/error.h"
@@ -25,21 +26,17 @@ uint64_t derive_seed(uint64_t seed, uint64_t stream) {  // splitmix64 of (seed, 
   return z ^ (z >> 31);
 }
 
-TrainStep::TrainStep(const ModelConfig& model, const OptimizerConfig& opt, const RunConfig& run,
-                     Ops<float>& ops, const ProcessGrid& grid, DeviceGroups device)
+TrainStep::TrainStep(const ModelConfig& model, const OptimizerConfig& opt,
+                     const TrainingConfig& training, Ops<float>& ops, const ProcessGrid& grid)
     : model_cfg_(model),
-      run_(run),
+      training_(training),
       ops_(ops),
       grid_(grid),
-      dev_sp_(device.sp ? *device.sp : grid.sp()),
-      dev_tp_(device.tp ? *device.tp : grid.tp()),
-      dev_dp_sp_(device.dp_sp ? *device.dp_sp : grid.dp_sp()),
-      model_(model, ops, run.micro_batch() / grid.shape().dp,
-             ModelGroups{&dev_sp_, &dev_tp_, &grid.sp()}),
+      model_(model, ops, training.micro_batch / grid.shape().dp, grid.model_groups()),
       adam_(opt, model_.layout(), ops),
-      replica_batch_(run.micro_batch() / grid.shape().dp),
-      dropout_seed_(derive_seed(run.seed, kDropoutStream)) {
-  PAR_ASSERT(run.micro_batch() % grid.shape().dp == 0, "checked by validate_run_layout");
+      replica_batch_(training.micro_batch / grid.shape().dp),
+      dropout_seed_(derive_seed(training.seed, kDropoutStream)) {
+  PAR_ASSERT(training.micro_batch % grid.shape().dp == 0, "checked by validate_run_layout");
 }
 
 void TrainStep::initialize(uint64_t seed) {
@@ -102,7 +99,7 @@ std::vector<float> TrainStep::gather(const float* device) {
       continue;
     }
     gathered.resize(size_t(p.numel) * size_t(tp));
-    grid_.tp().all_gather(local.data() + p.offset, gathered.data(), p.numel, DataType::kFloat32);
+    grid_.tp()->all_gather(local.data() + p.offset, gathered.data(), p.numel, DataType::kFloat32);
     if (whole.empty()) continue;
     for (int t = 0; t < tp; ++t)
       place_slice(*layouts[size_t(t)].find(p.name), gathered.data() + size_t(t) * size_t(p.numel),
@@ -122,14 +119,16 @@ void TrainStep::gather_state(std::vector<float>& params, std::vector<float>& ada
 // share the same tensor slice (data and sequence parallel), and over the tensor-parallel
 // group for the parameters whose gradient is split there too.
 void TrainStep::reduce_gradients() {
+  using G = ProcessGrid::GroupName;
   float* g = model_.grads();
   const int64_t total = model_.layout().total();
-  if (dev_dp_sp_.size() > 1)
+  const DeviceGroup dp_sp = grid_.device_group(G::kDpSp), tp = grid_.device_group(G::kTp);
+  if (dp_sp.size() > 1)
     for (int64_t i = 0; i < total; i += kBucketElements)
-      dev_dp_sp_.all_reduce(g + i, std::min(kBucketElements, total - i), ReduceOp::kSum);
-  if (dev_tp_.size() > 1)
+      dp_sp->all_reduce(g + i, std::min(kBucketElements, total - i), ReduceOp::kSum);
+  if (tp.size() > 1)
     for (const ParamInfo& p : model_.layout().params())
-      if (p.grad_summed_over_tp) dev_tp_.all_reduce(g + p.offset, p.numel, ReduceOp::kSum);
+      if (p.grad_summed_over_tp) tp->all_reduce(g + p.offset, p.numel, ReduceOp::kSum);
 }
 
 StepResult TrainStep::run(int64_t step, const std::vector<const int32_t*>& micro,
@@ -142,7 +141,7 @@ StepResult TrainStep::run(int64_t step, const std::vector<const int32_t*>& micro
 
 void TrainStep::apply_update(int64_t step, StepResult& r) {
   const auto t = Clock::now();
-  r.opt = adam_.step(model_.params(), model_.grads(), step, &grid_.tp());
+  r.opt = adam_.step(model_.params(), model_.grads(), step, grid_.tp());
   r.optimizer_s = since(t);
 }
 
@@ -163,7 +162,7 @@ StepResult TrainStep::compute_gradients(int64_t step, const std::vector<const in
       for (int64_t b = 0; b < mb; ++b)
         for (int64_t c = first; c <= last; ++c) valid += windows[b * cols + c - c0] != kPadToken;
   }
-  valid = grid_.world().all_reduce_value(valid);
+  valid = grid_.world()->all_reduce_value(valid);
   // The loss sums come from the rank holding the latents (tensor rank 0 of it).
   const bool counts = model_.holds_latents() && grid_.tp_rank() == 0;
   StepResult r;
@@ -171,13 +170,13 @@ StepResult TrainStep::compute_gradients(int64_t step, const std::vector<const in
   model_.zero_grads();
   ForwardContext ctx;
   ctx.training = true;
-  ctx.dropout = run_.dropout;
-  ctx.cross_attend_dropout = run_.cross_attend_dropout;
+  ctx.dropout = training_.dropout;
+  ctx.cross_attend_dropout = training_.cross_attend_dropout;
   ctx.seed = dropout_seed_;
   ctx.step = uint32_t(step);
   double sums[2] = {0, 0};  // ce, objective
   for (size_t k = 0; k < micro.size(); ++k) {
-    ctx.example_base = uint64_t(k) * uint64_t(run_.micro_batch()) + uint64_t(replica_first());
+    ctx.example_base = uint64_t(k) * uint64_t(training_.micro_batch) + uint64_t(replica_first());
     ctx.position_carry = carry.empty() ? nullptr : carry[k];
     auto t = Clock::now();
     const LossSums s = model_.forward(micro[k], mb, ctx);
@@ -190,7 +189,7 @@ StepResult TrainStep::compute_gradients(int64_t step, const std::vector<const in
     if (valid > 0) model_.backward(1.0 / double(valid));
     r.backward_s += since(t);
   }
-  grid_.world().all_reduce(sums, 2, ReduceOp::kSum);
+  grid_.world()->all_reduce(sums, 2, ReduceOp::kSum);
   if (valid == 0) return r;
   r.loss_nats = sums[0] / double(valid);
   r.objective = sums[1] / double(valid);
