@@ -19,7 +19,9 @@ mkdir "$tmp/old"
 git archive "$rev" core kernels | tar -x -C "$tmp/old"
 flags=(-std=c++20 -O3 -DNDEBUG -march=native -fopenmp -fno-math-errno -fno-trapping-math -w
        -I/usr/include/x86_64-linux-gnu/openblas-openmp)
-g++ "${flags[@]}" -Dpar=par_old -DAB_ENTRY=ab_run_old -I"$tmp/old" -I. \
+old_flags=()
+[ -f "$tmp/old/kernels/cpu/workspace.h" ] || old_flags=(-DAB_NO_WORKSPACE)
+g++ "${flags[@]}" "${old_flags[@]}" -Dpar=par_old -DAB_ENTRY=ab_run_old -I"$tmp/old" -I. \
   -c bench/attention_ab/variant.cpp -o "$tmp/old.o" &
 g++ "${flags[@]}" -Dpar=par_new -DAB_ENTRY=ab_run_new -I. -c bench/attention_ab/variant.cpp -o "$tmp/new.o" &
 wait %1 && wait %2

@@ -102,6 +102,7 @@ int main(int argc, char** argv) {
   const int64_t n = 1024;
   Buffer a = random(n * n), b = random(n * n), c(size_t(n * n));
   double gemm = 1e30;
+  par::cpu::Workspace ws;
   for (int64_t r = 0; r < rounds; ++r) {
     double t = now();
     par::cpu::gemm<float>(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
@@ -109,12 +110,12 @@ int main(int argc, char** argv) {
     for (Variant& x : variants) {
       t = now();
       par::cpu::attention_forward_blocked<float>(s, q.data(), k.data(), v.data(), o.data(),
-                                                 lse.data(), x.blocking);
+                                                 lse.data(), x.blocking, ws);
       x.forward = std::min(x.forward, now() - t);
       t = now();
       par::cpu::attention_backward_blocked<float>(s, q.data(), k.data(), v.data(), o.data(),
                                                   g.data(), lse.data(), dq.data(), dk.data(),
-                                                  dv.data(), x.blocking);
+                                                  dv.data(), x.blocking, ws);
       x.backward = std::min(x.backward, now() - t);
     }
   }

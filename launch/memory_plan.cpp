@@ -5,6 +5,8 @@
 #include "core/error.h"
 #include "core/model.h"
 #include "core/param_layout.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/linear_paired.h"
 #include "kernels/cpu/linear_tall.h"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/attention_segments.h"
@@ -20,31 +22,48 @@ double sum(const std::vector<MemoryItem>& items) {
   return s;
 }
 
-// The per-thread partial sums the CPU's tall linear layers keep: the largest over the
-// model's matrices, at the rows each one sees (the k/v projections of the cross-attention
-// run over this rank's N/sp inputs, every other layer over the M latents). One layer's
-// matrices stand for all layers: they have the same shapes.
+// What the CPU kernels keep in the backend's Workspace (kernels/cpu/workspace.h) over a
+// training step, sized by the kernels' own functions for the calls the model makes: for
+// each slot (grow-only) its largest call, for every thread that may work on it.
 double cpu_kernel_scratch(const PlanRequest& r) {
-  ModelConfig one = r.model;
+  const ModelConfig& c = r.model;
+  const int64_t B = r.micro_batch, M = c.num_latents, n_local = c.context_length / r.sp;
+  // Linear layers: the k/v projections of the cross-attention run over this rank's N/sp
+  // inputs, every other layer over the M latents. Tall ones keep every thread's partial
+  // weight gradients, the others per-thread bias sums. One layer's matrices stand for all
+  // layers: they have the same shapes.
+  ModelConfig one = c;
   one.num_layers = std::min<int64_t>(one.num_layers, 1);
-  const double inputs = double(r.micro_batch) * double(r.model.context_length / r.sp);
-  const double latents = double(r.micro_batch) * double(r.model.num_latents);
-  auto scratch = [&](double rows, int64_t in, int64_t out) {
-    // Past int64 (a config far too large anyway) the kernel's test cannot be asked.
-    if (rows * double(in) * double(out) >= 0x1p62)
-      return rows >= 8.0 * double(std::max(in, out))
-                 ? double(r.threads) * (double(out) * double(in) * sizeof(float) + double(out) * 8)
-                 : 0.0;
-    return double(cpu::tall_linear_scratch_bytes(int64_t(rows), in, out, r.threads, sizeof(float)));
-  };
-  double most = 0;
+  double tall = 0, paired = 0;
   const ParamLayout layout(one, 0, r.tp);
   for (const ParamInfo& p : layout.params()) {
     if (p.shape.size() != 2 || p.kind == ParamKind::kEmbedding) continue;
     const bool over_inputs = p.name == "cross.attn.k.weight" || p.name == "cross.attn.v.weight";
-    most = std::max(most, scratch(over_inputs ? inputs : latents, p.shape[1], p.shape[0]));
+    const double rows = double(B) * double(over_inputs ? n_local : M);
+    const double in = double(p.shape[1]), out = double(p.shape[0]);
+    if (cpu::is_tall_linear(rows, in, out))
+      tall = std::max(tall, cpu::tall_linear_scratch_bytes<float>(rows, in, out, r.threads));
+    else
+      paired = std::max(paired, cpu::paired_linear_scratch_bytes(out));
   }
-  return most;
+  // Attention: the cross-attention's latent queries over this rank's inputs, and the latents'
+  // self-attention.
+  auto shape = [&](int64_t nk, int64_t heads, int64_t head_dim) {
+    AttentionShape s;
+    s.batch = B;
+    s.nq = M;
+    s.nk = nk;
+    s.heads = heads / r.tp;
+    s.head_dim = head_dim;
+    return s;
+  };
+  const cpu::AttentionScratch cross =
+      cpu::attention_scratch_bytes<float>(shape(n_local, c.cross_heads, c.cross_head_dim()));
+  const cpu::AttentionScratch self =
+      cpu::attention_scratch_bytes<float>(shape(M, c.self_heads, c.self_head_dim()));
+  const double per_thread = paired + std::max(cross.per_thread, self.per_thread) +
+                            cpu::layernorm_backward_scratch_bytes<float>(c.d_model);
+  return tall + std::max(cross.kept, self.kept) + double(r.threads) * per_thread;
 }
 
 // The blocked attention of the CUDA backend (kernels/cuda/attention_plan.h) asks its

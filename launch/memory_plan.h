@@ -6,15 +6,15 @@
 //                                       constructor allocates by (and checks against)
 //   Adam moments                        two buffers laid out like the parameters
 //   data batches                        Loader::memory_bytes
-//   CPU kernel scratch                  tall_linear_scratch_bytes (per-thread partial
-//                                       weight gradients of the k/v projections)
+//   CPU kernel scratch                  the kernels' Workspace (kernels/cpu/workspace.h),
+//                                       sized by the kernels' own layouts
 //   GPU attention scratch               the key block of kernels/cuda/attention_plan.h
 //   checkpoint copies (train)           host copies of parameters and both moments,
 //                                       made when saving and when resuming
 //   runtime                             what the process holds when it plans: libraries,
 //                                       MPI, the CUDA context
-// Not counted: the kernels' small per-thread buffers, HDF5's chunk caches (at most 8 MiB
-// per open shard), the allocator's slack. `par bench` checks the sum against its measured
+// Not counted: the kernels' short-lived temporaries, HDF5's chunk caches (at most 8 MiB per
+// open shard), the allocator's slack. `par bench` checks the sum against its measured
 // peak (tests/reliability_memory_plan_test.cpp).
 #pragma once
 

@@ -122,9 +122,11 @@ void check_case(const Case& c, double tol) {
 
   auto qt = cast<T>(q), kt = cast<T>(k), vt = cast<T>(v), gt = cast<T>(g);
   std::vector<T> o(q.size()), lse(ref.lse.size()), dq(q.size()), dk(k.size()), dv(v.size());
-  cpu::attention_forward_blocked<T>(s, qt.data(), kt.data(), vt.data(), o.data(), lse.data(), c.blocking);
+  cpu::Workspace ws;
+  cpu::attention_forward_blocked<T>(s, qt.data(), kt.data(), vt.data(), o.data(), lse.data(), c.blocking,
+                                    ws);
   cpu::attention_backward_blocked<T>(s, qt.data(), kt.data(), vt.data(), o.data(), gt.data(), lse.data(),
-                                     dq.data(), dk.data(), dv.data(), c.blocking);
+                                     dq.data(), dk.data(), dv.data(), c.blocking, ws);
   EXPECT_LE(max_rel_err(o, ref.o), tol) << "o";
   EXPECT_LE(max_rel_err(lse, ref.lse), tol) << "lse";
   EXPECT_LE(max_rel_err(dq, ref.dq), tol) << "dq";

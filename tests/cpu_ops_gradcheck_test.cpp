@@ -172,9 +172,11 @@ TEST(OpGradient, AttentionWithMasks) {
   V q = random_vector<double>(s.batch * s.nq * w, 18), k = random_vector<double>(s.batch * s.nk * w, 19),
     v = random_vector<double>(s.batch * s.nk * w, 20), R = random_vector<double>(q.size(), 21);
   const cpu::AttentionBlocking small{3, 2};  // several query tiles and key blocks
+  cpu::Workspace ws;
   V o(q.size()), lse(s.batch * s.heads * s.nq);
   auto f = [&] {
-    cpu::attention_forward_blocked<double>(s, q.data(), k.data(), v.data(), o.data(), lse.data(), small);
+    cpu::attention_forward_blocked<double>(s, q.data(), k.data(), v.data(), o.data(), lse.data(), small,
+                                           ws);
     return dot(R, o);
   };
   f();
@@ -183,7 +185,7 @@ TEST(OpGradient, AttentionWithMasks) {
   EXPECT_EQ(lse[(1 * s.heads + 0) * s.nq + 0], -std::numeric_limits<double>::infinity());
   V dq(q.size()), dk(k.size()), dv(v.size());
   cpu::attention_backward_blocked<double>(s, q.data(), k.data(), v.data(), o.data(), R.data(),
-                                          lse.data(), dq.data(), dk.data(), dv.data(), small);
+                                          lse.data(), dq.data(), dk.data(), dv.data(), small, ws);
   expect_gradient("dq", q, dq, f);
   expect_gradient("dk", k, dk, f);
   expect_gradient("dv", v, dv, f);

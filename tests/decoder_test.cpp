@@ -17,16 +17,9 @@ namespace {
 using testing_util::random_vector;
 
 ModelConfig config(PositionEncoding pe = PositionEncoding::kRotary) {
-  ModelConfig c;
-  c.position_encoding = pe;
-  c.vocab_size = 19;
-  c.d_model = 16;
-  c.context_length = 64;
-  c.num_latents = 8;
-  c.num_layers = 2;
-  c.cross_heads = 2;
-  c.self_heads = 4;
-  c.mlp_factor = 2;
+  ModelConfig c{.vocab_size = 19, .d_model = 16, .context_length = 64, .num_latents = 8,
+                .num_layers = 2, .cross_heads = 2, .self_heads = 4, .mlp_factor = 2,
+                .position_encoding = pe};
   return c;
 }
 

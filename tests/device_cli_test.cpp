@@ -74,13 +74,8 @@ TEST(DeviceCli, CudaWithoutBackendOrGpuSaysWhy) {
 class LocalBackendRun : public ::testing::Test {
  protected:
   void SetUp() override {
-    ModelConfig c;
-    c.d_model = 32;
-    c.context_length = 64;
-    c.num_latents = 16;
-    c.num_layers = 1;
-    c.cross_heads = c.self_heads = 2;
-    c.mlp_factor = 2;
+    ModelConfig c{.d_model = 32, .context_length = 64, .num_latents = 16, .num_layers = 1,
+                  .cross_heads = c.self_heads = 2, .mlp_factor = 2};
     std::vector<float> params;
     init_parameters(ParamLayout(c), 1, params);
     const std::string model = quote(dir_.file("model.h5"));

@@ -17,15 +17,8 @@ using testing_util::expect_gradient;
 using testing_util::random_vector;
 
 ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab_size = 11;
-  c.d_model = 8;
-  c.context_length = 12;
-  c.num_latents = 5;
-  c.num_layers = 2;
-  c.cross_heads = 2;
-  c.self_heads = 2;
-  c.mlp_factor = 2;
+  ModelConfig c{.vocab_size = 11, .d_model = 8, .context_length = 12, .num_latents = 5,
+                .num_layers = 2, .cross_heads = 2, .self_heads = 2, .mlp_factor = 2};
   return c;
 }
 
@@ -193,15 +186,8 @@ TEST(Model, LatentsDoNotSeeLaterInputs) {
 // A narrow model at the cpu-131k context length: forward, backward and the loss are
 // finite, and a gradient step lowers the loss on the same batch.
 TEST(Model, TrainsAt131kContext) {
-  ModelConfig cfg;
-  cfg.vocab_size = 259;
-  cfg.d_model = 32;
-  cfg.context_length = 131072;
-  cfg.num_latents = 64;
-  cfg.num_layers = 1;
-  cfg.cross_heads = 4;
-  cfg.self_heads = 4;
-  cfg.mlp_factor = 2;
+  ModelConfig cfg{.vocab_size = 259, .d_model = 32, .context_length = 131072, .num_latents = 64,
+                  .num_layers = 1, .cross_heads = 4, .self_heads = 4, .mlp_factor = 2};
   cpu::CpuOps<float> ops;
   PerceiverAR<float> model(cfg, ops, 1);
   std::vector<float> params;

@@ -16,13 +16,8 @@ namespace par {
 namespace {
 
 ModelConfig small_model() {
-  ModelConfig c;
-  c.d_model = 32;
-  c.context_length = 64;
-  c.num_latents = 16;
-  c.num_layers = 2;
-  c.cross_heads = c.self_heads = 2;
-  c.mlp_factor = 2;
+  ModelConfig c{.d_model = 32, .context_length = 64, .num_latents = 16, .num_layers = 2,
+                .cross_heads = c.self_heads = 2, .mlp_factor = 2};
   return c;
 }
 

@@ -19,15 +19,8 @@ namespace {
 using testing_util::random_vector;
 
 ModelConfig config() {
-  ModelConfig c;
-  c.vocab_size = 13;
-  c.d_model = 16;
-  c.context_length = 16;
-  c.num_latents = 4;
-  c.num_layers = 2;
-  c.cross_heads = 4;
-  c.self_heads = 4;
-  c.mlp_factor = 2;
+  ModelConfig c{.vocab_size = 13, .d_model = 16, .context_length = 16, .num_latents = 4,
+                .num_layers = 2, .cross_heads = 4, .self_heads = 4, .mlp_factor = 2};
   return c;
 }
 

@@ -28,15 +28,8 @@ const std::string kTiny = testing_util::configs_dir() + "tiny.ini";
 // layers (the plan extrapolates past two), batch and layout.
 TEST(ReliabilityMemoryPlan, ModelPlanIsWhatTheModelAllocates) {
   cpu::CpuOps<float> ops;
-  ModelConfig c;
-  c.vocab_size = 300;
-  c.d_model = 48;
-  c.context_length = 96;
-  c.num_latents = 40;
-  c.cross_heads = 4;
-  c.self_heads = 2;
-  c.mlp_factor = 3;
-  c.rotary_fraction = 0.5;
+  ModelConfig c{.vocab_size = 300, .d_model = 48, .context_length = 96, .num_latents = 40,
+                .cross_heads = 4, .self_heads = 2, .mlp_factor = 3, .rotary_fraction = 0.5};
   for (int64_t layers : {0, 1, 2, 3, 7})
     for (int64_t batch : {1, 3})
       for (const auto& [sp, tp] : {std::pair{1, 1}, std::pair{2, 1}, std::pair{1, 2}, std::pair{4, 2}}) {

@@ -73,6 +73,38 @@ double max_rel_err(const std::vector<T>& a, const std::vector<double>& b) {
   return err / ref;
 }
 
+// got against want: infinities and NaN must match exactly; elsewhere the largest |got -
+// want| divided by the largest finite |want| must be at most tol (when want is all zeros,
+// got must be too). The message names the worst entry.
+template <typename G, typename W>
+::testing::AssertionResult close(const std::vector<G>& got, const std::vector<W>& want,
+                                 double tol) {
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure() << "size " << got.size() << " vs " << want.size();
+  double ref = 0, worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double w = double(want[i]), g = double(got[i]);
+    if (!std::isfinite(w) || !std::isfinite(g)) {
+      const bool same = (std::isnan(w) && std::isnan(g)) || w == g;
+      if (!same)
+        return ::testing::AssertionFailure() << "entry " << i << ": got " << g << ", want " << w;
+      continue;
+    }
+    ref = std::max(ref, std::abs(w));
+    if (std::abs(g - w) > worst) {
+      worst = std::abs(g - w);
+      at = i;
+    }
+  }
+  const double rel = ref > 0 ? worst / ref : (worst > 0 ? INFINITY : 0.0);
+  if (rel <= tol) return ::testing::AssertionSuccess() << "max relative error " << rel;
+  return ::testing::AssertionFailure()
+         << "max |got - want| = " << worst << " at entry " << at << " (got " << got[at]
+         << ", want " << want[at] << "), " << rel << " of the largest |want| " << ref
+         << ", tolerance " << tol;
+}
+
 inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;
   for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];

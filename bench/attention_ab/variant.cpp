@@ -33,10 +33,18 @@ extern "C" void AB_ENTRY(int64_t nq, int64_t nk, int64_t heads, int64_t head_dim
   s.scale = 1.0 / std::sqrt(double(head_dim));
   par::cpu::AttentionBlocking blocking;
   if (k_block > 0) blocking.k_block = k_block;
+  // Trees from before kernels/cpu/workspace.h (attention_ab.sh defines AB_NO_WORKSPACE for
+  // them) kept their scratch in thread_local buffers.
+#ifndef AB_NO_WORKSPACE
+  static par::cpu::Workspace ws;
+#define AB_SCRATCH , ws
+#else
+#define AB_SCRATCH
+#endif
   auto t = std::chrono::steady_clock::now();
-  par::cpu::attention_forward_fused(s, q, k, v, o, lse, blocking);
+  par::cpu::attention_forward_fused(s, q, k, v, o, lse, blocking AB_SCRATCH);
   *forward_s = seconds_since(t);
   t = std::chrono::steady_clock::now();
-  par::cpu::attention_backward_fused(s, q, k, v, o, d_o, lse, dq, dk, dv, blocking);
+  par::cpu::attention_backward_fused(s, q, k, v, o, d_o, lse, dq, dk, dv, blocking AB_SCRATCH);
   *backward_s = seconds_since(t);
 }

@@ -30,16 +30,68 @@ namespace par::cpu {
 
 using namespace attention_detail;
 
+namespace {
+
+// Each working thread's buffers in the forward: a key block, a tile's scores and its
+// running output, max and sum.
+template <typename T>
+struct ForwardBuffers {
+  KeyBlock<T> blk;
+  T *scores, *acc, *run_max, *run_sum;
+  void carve(Carver& c, const AttentionShape& s, const AttentionBlocking& b) {
+    const int64_t bq = std::min(b.q_block, s.nq);
+    blk.carve(c, b.k_block, s.head_dim);
+    scores = c.take<T>(bq * b.k_block);
+    acc = c.take<T>(bq * s.head_dim);
+    run_max = c.take<T>(bq);
+    run_sum = c.take<T>(bq);
+  }
+};
+
+// ... in the backward: a key block, the queries' row corrections, a tile's probabilities and
+// their gradients, and the gradients of a gathered key block.
+template <typename T>
+struct BackwardBuffers {
+  KeyBlock<T> blk;
+  T *delta, *p, *dp, *dk_buf, *dv_buf;
+  void carve(Carver& c, const AttentionShape& s, const AttentionBlocking& b) {
+    const int64_t bq = std::min(b.q_block, s.nq), KB = b.k_block, D = s.head_dim;
+    blk.carve(c, KB, D);
+    delta = c.take<T>(s.nq);
+    p = c.take<T>(bq * KB);
+    dp = c.take<T>(bq * KB);
+    dk_buf = c.take<T>(KB * D);
+    dv_buf = c.take<T>(KB * D);
+  }
+};
+
+}  // namespace
+
+template <typename T>
+AttentionScratch attention_scratch_bytes(const AttentionShape& s, const AttentionBlocking& b) {
+  AttentionScratch r;
+  r.kept = KeptKeys::bytes(s);
+  if constexpr (std::is_same_v<T, float>)
+    if (b.fused && fused_attention_supported(s)) {
+      r.per_thread = fused_attention_scratch_bytes(s, b);
+      return r;
+    }
+  r.per_thread = std::max(layout_bytes([&](Carver& c) { ForwardBuffers<T>().carve(c, s, b); }),
+                          layout_bytes([&](Carver& c) { BackwardBuffers<T>().carve(c, s, b); }));
+  return r;
+}
+
 
 template <typename T>
 void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v,
-                               T* o, T* lse, const AttentionBlocking& blocking) {
+                               T* o, T* lse, const AttentionBlocking& blocking, Workspace& ws) {
   if constexpr (std::is_same_v<T, float>)
     if (blocking.fused && fused_attention_supported(s))
-      return attention_forward_fused(s, q, k, v, o, lse, blocking);
+      return attention_forward_fused(s, q, k, v, o, lse, blocking, ws);
   const int64_t D = s.head_dim, ld = s.heads * D;
   const int64_t QB = blocking.q_block, KB = blocking.k_block;
-  const auto& kept = kept_keys(s);
+  const KeptKeys kept = kept_keys(s, ws);
+  ws.prepare(omp_get_max_threads());
   const int64_t q_tiles = (s.nq + QB - 1) / QB;
   const int64_t tasks = s.batch * s.heads * q_tiles;
   const T scale = T(s.scale);
@@ -51,17 +103,16 @@ void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, 
     const int64_t b = tile.b, h = tile.h, i0 = tile.i0, bq = tile.bq;
     const int64_t *q_pos = tile.q_pos, q_pos_max = tile.q_pos_max;
     const T* q_tile = q + (b * s.nq + i0) * ld + h * D;
-    const auto& list = kept[size_t(b)];
+    const KeptList list = kept[b];
 
-    Scratch<T>& ws = Scratch<T>::get();
-    T* scores = sized(ws.a, bq * KB);
-    T* acc = sized(ws.b, bq * D);
-    T* run_max = sized(ws.c, bq);
-    T* run_sum = sized(ws.d, bq);
+    ForwardBuffers<T> w;
+    ws.carve(ScratchSlot::kAttention, omp_get_thread_num(),
+             [&](Carver& c) { w.carve(c, s, blocking); });
+    T *scores = w.scores, *acc = w.acc, *run_max = w.run_max, *run_sum = w.run_sum;
+    KeyBlock<T>& blk = w.blk;
     std::fill(acc, acc + bq * D, T(0));
     std::fill(run_max, run_max + bq, neg_inf);
     std::fill(run_sum, run_sum + bq, T(0));
-    static thread_local KeyBlock<T> blk;
     for (int64_t k0 = 0; k0 < int64_t(list.size()); k0 += KB) {
       if (s.k_pos[list[k0]] > q_pos_max) break;  // later blocks are later positions
       const int64_t bk = std::min<int64_t>(KB, int64_t(list.size()) - k0);
@@ -113,13 +164,14 @@ void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, 
 template <typename T>
 void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v,
                                 const T* o, const T* d_o, const T* lse, T* dq, T* dk, T* dv,
-                                const AttentionBlocking& blocking) {
+                                const AttentionBlocking& blocking, Workspace& ws) {
   if constexpr (std::is_same_v<T, float>)
     if (blocking.fused && fused_attention_supported(s))
-      return attention_backward_fused(s, q, k, v, o, d_o, lse, dq, dk, dv, blocking);
+      return attention_backward_fused(s, q, k, v, o, d_o, lse, dq, dk, dv, blocking, ws);
   const int64_t D = s.head_dim, ld = s.heads * D;
   const int64_t QB = blocking.q_block, KB = blocking.k_block;
-  const auto& kept = kept_keys(s);
+  const KeptKeys kept = kept_keys(s, ws);
+  ws.prepare(omp_get_max_threads());
   const int64_t tasks = s.batch * s.heads;
   const T scale = T(s.scale);
   const T neg_inf = -std::numeric_limits<T>::infinity();
@@ -128,12 +180,15 @@ void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k,
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t h = task % s.heads, b = task / s.heads;
-    const auto& list = kept[size_t(b)];
+    const KeptList list = kept[b];
     const T* lse_bh = lse + (b * s.heads + h) * s.nq;
-    Scratch<T>& ws = Scratch<T>::get();
+    BackwardBuffers<T> w;
+    ws.carve(ScratchSlot::kAttention, omp_get_thread_num(),
+             [&](Carver& c) { w.carve(c, s, blocking); });
+    KeyBlock<T>& blk = w.blk;
 
     // delta_i = dO_i . O_i: the softmax backward's row correction.
-    T* delta = sized(ws.c, s.nq);
+    T* delta = w.delta;
     std::vector<int64_t> tile_max(static_cast<size_t>(q_tiles));
     for (int64_t i = 0; i < s.nq; ++i) {
       const T* oi = o + (b * s.nq + i) * ld + h * D;
@@ -157,11 +212,7 @@ void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k,
       for (int64_t j = 0; j < s.nk; ++j)
         if (!s.k_keep[b * s.nk + j]) zero_row(j);
 
-    T* p = sized(ws.a, QB * KB);
-    T* dp = sized(ws.b, QB * KB);
-    T* dk_buf = sized(ws.d, 2 * KB * D);
-    T* dv_buf = dk_buf + KB * D;
-    static thread_local KeyBlock<T> blk;
+    T *p = w.p, *dp = w.dp, *dk_buf = w.dk_buf, *dv_buf = w.dv_buf;
     int64_t k0 = 0;
     for (; k0 < int64_t(list.size()); k0 += KB) {
       if (s.k_pos[list[k0]] > q_pos_max) break;
@@ -212,20 +263,16 @@ void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k,
   }
 }
 
-template void attention_forward_blocked<float>(const AttentionShape&, const float*,
-                                               const float*, const float*, float*, float*,
-                                               const AttentionBlocking&);
-template void attention_forward_blocked<double>(const AttentionShape&, const double*,
-                                                const double*, const double*, double*,
-                                                double*, const AttentionBlocking&);
-template void attention_backward_blocked<float>(const AttentionShape&, const float*,
-                                                const float*, const float*, const float*,
-                                                const float*, const float*, float*, float*,
-                                                float*, const AttentionBlocking&);
-template void attention_backward_blocked<double>(const AttentionShape&, const double*,
-                                                 const double*, const double*,
-                                                 const double*, const double*,
-                                                 const double*, double*, double*, double*,
-                                                 const AttentionBlocking&);
+#define PAR_INSTANTIATE_ATTENTION(T)                                                          \
+  template void attention_forward_blocked<T>(const AttentionShape&, const T*, const T*,        \
+                                             const T*, T*, T*, const AttentionBlocking&,       \
+                                             Workspace&);                                      \
+  template void attention_backward_blocked<T>(const AttentionShape&, const T*, const T*,       \
+                                              const T*, const T*, const T*, const T*, T*, T*,  \
+                                              T*, const AttentionBlocking&, Workspace&);       \
+  template AttentionScratch attention_scratch_bytes<T>(const AttentionShape&,                  \
+                                                       const AttentionBlocking&);
+PAR_INSTANTIATE_ATTENTION(float)
+PAR_INSTANTIATE_ATTENTION(double)
 
 }  // namespace par::cpu

@@ -267,17 +267,52 @@ void scale_rows(float* x, int64_t n, float factor) {
   for (int64_t i = 0; i < n; ++i) x[i] *= factor;
 }
 
-// Per-thread buffers (grow-only, so a step does not allocate).
-struct FusedScratch {
-  std::vector<float> kt, vt, kd, vd, s, p, acc, dkv;
-  std::vector<float> run_max, run_sum;
-  static FusedScratch& get() {
-    static thread_local FusedScratch f;
-    return f;
+// Each working thread's buffers in the forward: a key block, its keys transposed in panels
+// and its values dense, the scores of 8 queries, and a query tile's rows, running output,
+// max and sum.
+struct ForwardBuffers {
+  KeyBlock<float> blk;
+  float *kt, *vd, *sc, *acc, *q_rows, *run_max, *run_sum;
+  void carve(Carver& c, const AttentionShape& s, const AttentionBlocking& b) {
+    const int64_t QB = round_up(b.q_block, kRows), KB = b.k_block, D = s.head_dim;
+    const int64_t bq8 = round_up(std::min(QB, s.nq), kRows), ldt = round_up(KB, kLanes);
+    blk.carve(c, KB, D);
+    kt = c.take<float>(panels_size(KB, D));
+    vd = c.take<float>(KB * D);
+    sc = c.take<float>(kRows * ldt);
+    acc = c.take<float>(bq8 * D);
+    q_rows = c.take<float>(bq8 * D);
+    run_max = c.take<float>(bq8);
+    run_sum = c.take<float>(bq8);
+  }
+};
+
+// ... in the backward: a key block, the head's query-side rows (see below), the block's
+// keys and values in panels and its keys dense, 8 queries' probabilities and score
+// gradients, and the block's key and value gradients.
+struct BackwardBuffers {
+  KeyBlock<float> blk;
+  float *rows, *kt, *vt, *p, *ds, *kd, *dkv;
+  void carve(Carver& c, const AttentionShape& s, const AttentionBlocking& b) {
+    const int64_t KB = b.k_block, D = s.head_dim;
+    const int64_t nq8 = round_up(s.nq, kRows), ldt = round_up(KB, kLanes);
+    blk.carve(c, KB, D);
+    rows = c.take<float>(4 * nq8 * D + 2 * nq8);
+    kt = c.take<float>(panels_size(KB, D));
+    vt = c.take<float>(panels_size(KB, D));
+    p = c.take<float>(kRows * ldt);
+    ds = c.take<float>(kRows * ldt);
+    kd = c.take<float>(KB * D);
+    dkv = c.take<float>(2 * KB * D);
   }
 };
 
 }  // namespace
+
+double fused_attention_scratch_bytes(const AttentionShape& s, const AttentionBlocking& b) {
+  return std::max(layout_bytes([&](Carver& c) { ForwardBuffers().carve(c, s, b); }),
+                  layout_bytes([&](Carver& c) { BackwardBuffers().carve(c, s, b); }));
+}
 
 // Fewer than 8 queries (decoding's one) would pay for transposing whole key blocks and
 // for padding the micro-tile; sgemm serves them better.
@@ -287,11 +322,12 @@ bool fused_attention_supported(const AttentionShape& s) {
 
 void attention_forward_fused(const AttentionShape& s, const float* q, const float* k,
                              const float* v, float* o, float* lse,
-                             const AttentionBlocking& blocking) {
+                             const AttentionBlocking& blocking, Workspace& ws) {
   const int64_t D = s.head_dim, ld = s.heads * D;
   const int64_t QB = round_up(blocking.q_block, kRows), KB = blocking.k_block;
   const int64_t ldt = round_up(KB, kLanes);
-  const auto& kept = kept_keys(s);
+  const KeptKeys kept = kept_keys(s, ws);
+  ws.prepare(omp_get_max_threads());
   const int64_t q_tiles = (s.nq + QB - 1) / QB;
   const int64_t tasks = s.batch * s.heads * q_tiles;
   const float scale2 = base2_scale(s);
@@ -302,23 +338,20 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
     const QueryTile tile(s, task, QB);
     const int64_t b = tile.b, h = tile.h, i0 = tile.i0, bq = tile.bq;
     const int64_t *q_pos = tile.q_pos, q_pos_max = tile.q_pos_max;
-    const auto& list = kept[size_t(b)];
+    const KeptList list = kept[b];
 
-    FusedScratch& ws = FusedScratch::get();
+    ForwardBuffers w;
+    ws.carve(ScratchSlot::kAttention, omp_get_thread_num(),
+             [&](Carver& c) { w.carve(c, s, blocking); });
     const int64_t bq8 = round_up(bq, kRows);
-    float* kt = sized(ws.kt, panels_size(KB, D));
-    float* vd = sized(ws.vd, KB * D);
-    float* sc = sized(ws.s, kRows * ldt);
-    float* acc = sized(ws.acc, bq8 * D);
-    float* q_rows = sized(ws.p, bq8 * D);
-    float* run_max = sized(ws.run_max, bq8);
-    float* run_sum = sized(ws.run_sum, bq8);
+    float *kt = w.kt, *vd = w.vd, *sc = w.sc, *acc = w.acc, *q_rows = w.q_rows;
+    float *run_max = w.run_max, *run_sum = w.run_sum;
+    KeyBlock<float>& blk = w.blk;
     std::fill(acc, acc + bq8 * D, 0.0f);
     std::fill(run_max, run_max + bq8, neg_inf);
     std::fill(run_sum, run_sum + bq8, 0.0f);
     load_rows(q + (b * s.nq + i0) * ld + h * D, ld, bq, bq8, D, q_rows);
     scale_rows(q_rows, bq * D, scale2);
-    static thread_local KeyBlock<float> blk;
     for (int64_t k0 = 0; k0 < int64_t(list.size()); k0 += KB) {
       if (s.k_pos[list[k0]] > q_pos_max) break;  // later blocks are later positions
       const int64_t bk = std::min<int64_t>(KB, int64_t(list.size()) - k0);
@@ -374,10 +407,11 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
 void attention_backward_fused(const AttentionShape& s, const float* q, const float* k,
                               const float* v, const float* o, const float* d_o,
                               const float* lse, float* dq, float* dk, float* dv,
-                              const AttentionBlocking& blocking) {
+                              const AttentionBlocking& blocking, Workspace& ws) {
   const int64_t D = s.head_dim, ld = s.heads * D;
   const int64_t KB = blocking.k_block, ldt = round_up(KB, kLanes);
-  const auto& kept = kept_keys(s);
+  const KeptKeys kept = kept_keys(s, ws);
+  ws.prepare(omp_get_max_threads());
   const int64_t tasks = s.batch * s.heads;
   const float scale = float(s.scale), scale2 = base2_scale(s);
   const float neg_inf = -std::numeric_limits<float>::infinity();
@@ -386,15 +420,18 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t h = task % s.heads, b = task / s.heads;
-    const auto& list = kept[size_t(b)];
+    const KeptList list = kept[b];
     const float* lse_bh = lse + (b * s.heads + h) * s.nq;
-    FusedScratch& ws = FusedScratch::get();
+    BackwardBuffers w;
+    ws.carve(ScratchSlot::kAttention, omp_get_thread_num(),
+             [&](Carver& c) { w.carve(c, s, blocking); });
+    KeyBlock<float>& blk = w.blk;
 
     // Per query: delta = scale * dO . O (the softmax backward's row correction, scaled
     // like dP below), its dense rows of Q and dO padded to whole micro-tiles, Q once more
     // times the base-2 scale for recomputing the forward's scores bit for bit, and lse in
     // base 2. dq accumulates in a dense buffer.
-    float* rows = sized(ws.acc, 4 * nq8 * D + 2 * nq8);
+    float* rows = w.rows;
     float* q_rows = rows;
     float* g_rows = q_rows + nq8 * D;
     float* dq_acc = g_rows + nq8 * D;
@@ -426,14 +463,9 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
       for (int64_t j = 0; j < s.nk; ++j)
         if (!s.k_keep[b * s.nk + j]) zero_row(j);
 
-    float* kt = sized(ws.kt, panels_size(KB, D));
-    float* vt = sized(ws.vt, panels_size(KB, D));
-    float* p = sized(ws.s, kRows * ldt);
-    float* ds = sized(ws.p, kRows * ldt);
-    float* kd = sized(ws.kd, KB * D);
-    float* dkb = sized(ws.dkv, 2 * KB * D);
+    float *kt = w.kt, *vt = w.vt, *p = w.p, *ds = w.ds, *kd = w.kd;
+    float* dkb = w.dkv;
     float* dvb = dkb + KB * D;
-    static thread_local KeyBlock<float> blk;
     int64_t k0 = 0;
     for (; k0 < int64_t(list.size()); k0 += KB) {
       if (s.k_pos[list[k0]] > q_pos_max) break;
@@ -491,10 +523,13 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
 namespace par::cpu {
 bool fused_attention_supported(const AttentionShape&) { return false; }
 void attention_forward_fused(const AttentionShape&, const float*, const float*, const float*,
-                             float*, float*, const AttentionBlocking&) {}
+                             float*, float*, const AttentionBlocking&, Workspace&) {}
 void attention_backward_fused(const AttentionShape&, const float*, const float*,
                               const float*, const float*, const float*, const float*, float*,
-                              float*, float*, const AttentionBlocking&) {}
+                              float*, float*, const AttentionBlocking&, Workspace&) {}
+double fused_attention_scratch_bytes(const AttentionShape&, const AttentionBlocking&) {
+  return 0;
+}
 }  // namespace par::cpu
 
 #endif

@@ -1,6 +1,8 @@
 // Pieces shared by the CPU attention kernels (attention.cpp: sgemm per key block;
 // attention_avx512.cpp: fused register-blocked kernels): the kept-key lists, key blocks,
-// per-thread scratch and the reductions of the softmax.
+// and the reductions of the softmax. Their buffers come from the backend's Workspace
+// (kernels/cpu/workspace.h): the kept-key lists from the calling thread's kKeptKeys slot,
+// each thread's key block and work buffers from its kAttention slot.
 #pragma once
 
 #include <immintrin.h>
@@ -10,35 +12,53 @@
 #include <vector>
 
 #include "core/ops.h"
+#include "kernels/cpu/workspace.h"
 
 namespace par::cpu::attention_detail {
 
-// The kept keys of each example, in position order. The lists live in a per-thread cache
-// so that a training step does not allocate (and page-fault in) megabytes per call.
-inline const std::vector<std::vector<int64_t>>& kept_keys(const AttentionShape& s) {
-  static thread_local std::vector<std::vector<int64_t>> kept;
-  if (int64_t(kept.size()) < s.batch) kept.resize(size_t(s.batch));
+// One example's kept keys (indices in [0, nk)), in position order.
+struct KeptList {
+  const int64_t* index;
+  int64_t count;
+  int64_t size() const { return count; }
+  const int64_t* data() const { return index; }
+  int64_t operator[](int64_t i) const { return index[i]; }
+};
+
+// The kept keys of every example: [batch] counts and [batch, nk] indices.
+struct KeptKeys {
+  int64_t* count = nullptr;
+  int64_t* index = nullptr;
+  int64_t nk = 0;
+  KeptList operator[](int64_t b) const { return KeptList{index + b * nk, count[b]}; }
+
+  void carve(Carver& c, const AttentionShape& s) {
+    nk = s.nk;
+    count = c.take<int64_t>(s.batch);
+    index = c.take<int64_t>(s.batch * s.nk);
+  }
+  // Bytes of the lists of a call of this shape.
+  static double bytes(const AttentionShape& s) {
+    return layout_bytes([&](Carver& c) { KeptKeys().carve(c, s); });
+  }
+};
+
+// The kept keys of each example of the call, in the calling thread's kKeptKeys buffer (so
+// that a training step does not allocate and page-fault in megabytes per call).
+inline KeptKeys kept_keys(const AttentionShape& s, Workspace& ws) {
+  KeptKeys kept;
+  ws.prepare(1);
+  ws.carve(ScratchSlot::kKeptKeys, 0, [&](Carver& c) { kept.carve(c, s); });
   for (int64_t b = 0; b < s.batch; ++b) {
-    auto& list = kept[size_t(b)];
-    list.resize(size_t(s.nk));
     const uint8_t* keep = s.k_keep ? s.k_keep + b * s.nk : nullptr;
+    int64_t* list = kept.index + b * s.nk;
     int64_t n = 0;
     for (int64_t j = 0; j < s.nk; ++j)
-      if (!keep || keep[j]) list[size_t(n++)] = j;
-    list.resize(size_t(n));
+      if (!keep || keep[j]) list[n++] = j;
+    kept.count[b] = n;
   }
   return kept;
 }
-
-// Scratch buffers of one thread, kept between calls (grow-only).
-template <typename T>
-struct Scratch {
-  std::vector<T> a, b, c, d;
-  static Scratch& get() {
-    static thread_local Scratch s;
-    return s;
-  }
-};
 
 // Max of x[0..n), n >= 1. GCC 12 does not vectorize a float max reduction (even under
 // `omp simd`), and in the softmax it costs as much as the exp, so the float version
@@ -87,12 +107,6 @@ inline float row_max<float>(const float* x, int64_t n) {
 }
 #endif
 
-template <typename T>
-T* sized(std::vector<T>& v, int64_t n) {
-  if (int64_t(v.size()) < n) v.resize(size_t(n));
-  return v.data();
-}
-
 // One block of kept keys for one (example, head): pointers to its K and V panels (into
 // the activations when the keys are contiguous, else into gathered copies) and the keys'
 // positions.
@@ -104,14 +118,20 @@ struct KeyBlock {
   int64_t first_row = 0;  // row of the first key in [batch*nk] when contiguous
   bool contiguous = true;
   int64_t size = 0;
-  std::vector<int64_t> pos;
-  std::vector<T> k_buf, v_buf;
+  int64_t* pos = nullptr;  // [block]
+  T *k_buf = nullptr, *v_buf = nullptr;  // [block, head_dim] each
 
-  void load(const AttentionShape& s, const std::vector<int64_t>& kept, int64_t b, int64_t h,
-            int64_t begin, int64_t count, const T* k_all, const T* v_all) {
+  // Buffers for blocks of up to `block` keys of head_dim D.
+  void carve(Carver& c, int64_t block, int64_t D) {
+    pos = c.take<int64_t>(block);
+    k_buf = c.take<T>(block * D);
+    v_buf = c.take<T>(block * D);
+  }
+
+  void load(const AttentionShape& s, const KeptList& kept, int64_t b, int64_t h, int64_t begin,
+            int64_t count, const T* k_all, const T* v_all) {
     const int64_t ld_all = s.heads * s.head_dim, D = s.head_dim;
     size = count;
-    pos.resize(size_t(count));
     for (int64_t j = 0; j < count; ++j) pos[j] = s.k_pos[kept[begin + j]];
     contiguous = kept[begin + count - 1] - kept[begin] == count - 1;
     first_row = b * s.nk + kept[begin];
@@ -121,22 +141,20 @@ struct KeyBlock {
       ld = ld_all;
       return;
     }
-    k_buf.resize(size_t(count * D));
-    v_buf.resize(size_t(count * D));
     for (int64_t j = 0; j < count; ++j) {
       const int64_t row = b * s.nk + kept[begin + j];
       std::memcpy(&k_buf[j * D], k_all + row * ld_all + h * D, size_t(D) * sizeof(T));
       std::memcpy(&v_buf[j * D], v_all + row * ld_all + h * D, size_t(D) * sizeof(T));
     }
-    k = k_buf.data();
-    v = v_buf.data();
+    k = k_buf;
+    v = v_buf;
     ld = D;
   }
 
   // Number of keys of this block that a query at position p sees (a prefix).
   int64_t visible(int64_t p) const {
-    if (pos.back() <= p) return size;
-    return std::upper_bound(pos.begin(), pos.end(), p) - pos.begin();
+    if (pos[size - 1] <= p) return size;
+    return std::upper_bound(pos, pos + size, p) - pos;
   }
 };
 

@@ -15,10 +15,12 @@ bool fused_attention_supported(const AttentionShape& s);
 
 void attention_forward_fused(const AttentionShape& s, const float* q, const float* k,
                              const float* v, float* o, float* lse,
-                             const AttentionBlocking& blocking);
+                             const AttentionBlocking& blocking, Workspace& ws);
 void attention_backward_fused(const AttentionShape& s, const float* q, const float* k,
                               const float* v, const float* o, const float* d_o,
                               const float* lse, float* dq, float* dk, float* dv,
-                              const AttentionBlocking& blocking);
+                              const AttentionBlocking& blocking, Workspace& ws);
+// Bytes of each working thread's Workspace (kAttention), the larger of the two directions.
+double fused_attention_scratch_bytes(const AttentionShape& s, const AttentionBlocking& blocking);
 
 }  // namespace par::cpu

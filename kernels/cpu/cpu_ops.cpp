@@ -1,7 +1,6 @@
 #include "kernels/cpu/cpu_ops.h"
 
 #include <omp.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -54,13 +53,11 @@ constexpr int64_t kLayerNormBlock = 8;
 // Rows [r0, r1) of the LayerNorm backward, at most kLayerNormBlock of them: dx (= or +=),
 // and the rows' terms of dw (s[0..d)) and db (s[d..2d)). A plain function: GCC 12 leaves
 // the reductions scalar when they sit in the body of the lambda that reduce_rows calls.
+// bs: the calling thread's block sums, 2 * d (layernorm_backward_scratch_bytes).
 template <typename T>
-void layernorm_backward_rows(T* dx, bool accumulate, double* s, const T* dy, const T* x,
+void layernorm_backward_rows(T* dx, bool accumulate, double* s, T* bs, const T* dy, const T* x,
                              const T* mean, const T* rstd, const T* w, int64_t r0, int64_t r1,
                              int64_t d) {
-  static thread_local std::vector<T> block_sums;
-  if (int64_t(block_sums.size()) < 2 * d) block_sums.resize(size_t(2 * d));
-  T* bs = block_sums.data();
   std::fill(bs, bs + 2 * d, T(0));
   const T inv_d = T(1) / T(d);
   for (int64_t r = r0; r < r1; ++r) {
@@ -93,27 +90,19 @@ void layernorm_backward_rows(T* dx, bool accumulate, double* s, const T* dy, con
 
 }  // namespace
 
-// Allocations of 8 MiB and more (the activation arena, parameters, gradients, optimizer
-// state) ask for transparent huge pages. Attention reads each head's keys as 128-byte
-// pieces of rows 1 KiB apart, so with 4 KiB pages every fourth row costs a TLB miss; where
-// THP is set to "madvise" (Debian's default) no page is huge unless asked for.
-constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kHugeMin = 4 * kHugePage;
+template <typename T>
+double layernorm_backward_scratch_bytes(int64_t d) {
+  return double(2 * d) * sizeof(T);
+}
 
 template <typename T>
 void* CpuOps<T>::allocate(size_t bytes) {
-  const size_t align = bytes >= kHugeMin ? kHugePage : 64;
-  const size_t rounded = (std::max<size_t>(bytes, 1) + align - 1) / align * align;
-  void* p = std::aligned_alloc(align, rounded);
-  if (!p) throw std::bad_alloc();
-  // Advice only: where THP is off the pages stay small, which is correct, only slower.
-  if (align == kHugePage) madvise(p, rounded, MADV_HUGEPAGE);
-  return p;
+  return host_allocate(bytes);
 }
 
 template <typename T>
 void CpuOps<T>::deallocate(void* p) {
-  std::free(p);
+  host_free(p);
 }
 
 template <typename T>
@@ -186,8 +175,9 @@ void CpuOps<T>::linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T
                                 const T* x, const T* w, int64_t rows, int64_t in,
                                 int64_t out) {
   if (is_tall_linear(rows, in, out))
-    return tall_linear_backward(dx, accumulate_dx, dw, db, dy, x, w, rows, in, out);
-  if (dx && dw) return paired_linear_backward(dx, accumulate_dx, dw, db, dy, x, w, rows, in, out);
+    return tall_linear_backward(dx, accumulate_dx, dw, db, dy, x, w, rows, in, out, ws_);
+  if (dx && dw)
+    return paired_linear_backward(dx, accumulate_dx, dw, db, dy, x, w, rows, in, out, ws_);
   if (dx) cpu::gemm<T>(false, false, rows, in, out, T(1), dy, out, w, in,
                        accumulate_dx ? T(1) : T(0), dx, in);
   if (dw) cpu::gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
@@ -257,9 +247,12 @@ void CpuOps<T>::layernorm_backward(T* dx, bool accumulate_dx, T* dw, T* db, cons
   std::vector<double> acc;
   // Per-thread partial sums of dw (first d) and db (last d), a block of rows at a time.
   const int64_t blocks = (rows + kLayerNormBlock - 1) / kLayerNormBlock;
+  ws_.prepare(omp_get_max_threads());
   reduce_rows(blocks, 2 * d, rows * 2 * d, acc, [&](int64_t blk, double* s) {
     const int64_t r0 = blk * kLayerNormBlock;
-    layernorm_backward_rows(dx, accumulate_dx, s, dy, x, mean, rstd, w, r0,
+    T* bs = reinterpret_cast<T*>(ws_.get(ScratchSlot::kLayerNorm, omp_get_thread_num(),
+                                         layernorm_backward_scratch_bytes<T>(d)));
+    layernorm_backward_rows(dx, accumulate_dx, s, bs, dy, x, mean, rstd, w, r0,
                             std::min(rows, r0 + kLayerNormBlock), d);
   });
   for (int64_t c = 0; c < d; ++c) {
@@ -337,14 +330,14 @@ void CpuOps<T>::key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batc
 template <typename T>
 void CpuOps<T>::attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v,
                                   T* o, T* lse) {
-  attention_forward_blocked<T>(s, q, k, v, o, lse, AttentionBlocking{});
+  attention_forward_blocked<T>(s, q, k, v, o, lse, AttentionBlocking{}, ws_);
 }
 
 template <typename T>
 void CpuOps<T>::attention_backward(const AttentionShape& s, const T* q, const T* k,
                                    const T* v, const T* o, const T* d_o, const T* lse, T* dq,
                                    T* dk, T* dv) {
-  attention_backward_blocked<T>(s, q, k, v, o, d_o, lse, dq, dk, dv, AttentionBlocking{});
+  attention_backward_blocked<T>(s, q, k, v, o, d_o, lse, dq, dk, dv, AttentionBlocking{}, ws_);
 }
 
 template <typename T>
@@ -469,5 +462,7 @@ void CpuOps<T>::sample_tokens(int32_t* ids, const T* logits, int64_t rows, int64
 
 template class CpuOps<float>;
 template class CpuOps<double>;
+template double layernorm_backward_scratch_bytes<float>(int64_t);
+template double layernorm_backward_scratch_bytes<double>(int64_t);
 
 }  // namespace par::cpu

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "core/ops.h"
+#include "kernels/cpu/workspace.h"
 
 namespace par::cpu {
 
@@ -15,6 +16,13 @@ class CpuOps final : public Ops<T> {
  public:
   const char* name() const override { return "cpu"; }
   PAR_OPS_METHODS(PAR_OPS_OVERRIDE)
+
+  // Bytes of scratch the kernels hold now (kernels/cpu/workspace.h): what the memory plan
+  // calls the kernel scratch.
+  int64_t scratch_bytes() const { return ws_.bytes(); }
+
+ private:
+  Workspace ws_;
 };
 
 // Blocked attention (kernels/cpu/attention.cpp). Block sizes are parameters so tests
@@ -27,10 +35,25 @@ struct AttentionBlocking {
 };
 template <typename T>
 void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v,
-                               T* o, T* lse, const AttentionBlocking& blocking);
+                               T* o, T* lse, const AttentionBlocking& blocking, Workspace& ws);
 template <typename T>
 void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v,
                                 const T* o, const T* d_o, const T* lse, T* dq, T* dk, T* dv,
-                                const AttentionBlocking& blocking);
+                                const AttentionBlocking& blocking, Workspace& ws);
+
+// The Workspace an attention call of this shape (its sizes and head dimension: no data is
+// read) takes: the kept-key lists, and the buffers of each thread that works on it, the
+// larger of forward and backward.
+struct AttentionScratch {
+  double kept = 0;
+  double per_thread = 0;
+};
+template <typename T>
+AttentionScratch attention_scratch_bytes(const AttentionShape& s,
+                                         const AttentionBlocking& blocking = {});
+
+// The Workspace of each thread in the LayerNorm backward over rows of d.
+template <typename T>
+double layernorm_backward_scratch_bytes(int64_t d);
 
 }  // namespace par::cpu

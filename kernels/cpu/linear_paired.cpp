@@ -15,7 +15,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/thread_share.h"
@@ -31,49 +30,52 @@ void input_gradient(T* dx, bool accumulate, const T* dy, const T* w, int64_t in,
           accumulate ? T(1) : T(0), dx + rows.first * in, in);
 }
 
+// `ws`: the calling thread's Workspace, for the bias sums.
 template <typename T>
 void weight_gradient(T* dw, T* db, const T* dy, const T* x, int64_t rows, int64_t in,
-                     int64_t out, ThreadShare cols) {
+                     int64_t out, ThreadShare cols, Workspace& ws) {
   const int64_t n = cols.size();
   if (n == 0) return;
   gemm<T>(true, false, n, in, rows, T(1), dy + cols.first, out, x, in, T(1),
           dw + cols.first * in, in);
   if (!db) return;
-  static thread_local std::vector<double> sums;
-  sums.assign(size_t(n), 0.0);
+  auto* sums = reinterpret_cast<double*>(
+      ws.get(ScratchSlot::kPairedLinear, omp_get_thread_num(), paired_linear_scratch_bytes(out)));
+  std::fill(sums, sums + n, 0.0);
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = dy + r * out + cols.first;
-    for (int64_t c = 0; c < n; ++c) sums[size_t(c)] += double(row[c]);
+    for (int64_t c = 0; c < n; ++c) sums[c] += double(row[c]);
   }
-  for (int64_t c = 0; c < n; ++c) db[cols.first + c] += T(sums[size_t(c)]);
+  for (int64_t c = 0; c < n; ++c) db[cols.first + c] += T(sums[c]);
 }
 
 }  // namespace
 
 template <typename T>
 void paired_linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy, const T* x,
-                            const T* w, int64_t rows, int64_t in, int64_t out) {
+                            const T* w, int64_t rows, int64_t in, int64_t out, Workspace& ws) {
+  ws.prepare(omp_get_max_threads());
 #pragma omp parallel
   {
     const int t = omp_get_thread_num(), n = omp_get_num_threads();
     if (n == 1) {
       input_gradient(dx, accumulate_dx, dy, w, in, out, ThreadShare(rows, 0, 1));
-      weight_gradient(dw, db, dy, x, rows, in, out, ThreadShare(out, 0, 1));
+      weight_gradient(dw, db, dy, x, rows, in, out, ThreadShare(out, 0, 1), ws);
     } else {  // threads [0, n_dx) share dx, the others dw
       const int n_dx = (n + 1) / 2, n_dw = n - n_dx;
       if (t < n_dx)
         input_gradient(dx, accumulate_dx, dy, w, in, out, ThreadShare(rows, t, n_dx));
       else
-        weight_gradient(dw, db, dy, x, rows, in, out, ThreadShare(out, t - n_dx, n_dw));
+        weight_gradient(dw, db, dy, x, rows, in, out, ThreadShare(out, t - n_dx, n_dw), ws);
     }
   }
 }
 
 template void paired_linear_backward<float>(float*, bool, float*, float*, const float*,
                                             const float*, const float*, int64_t, int64_t,
-                                            int64_t);
+                                            int64_t, Workspace&);
 template void paired_linear_backward<double>(double*, bool, double*, double*, const double*,
                                              const double*, const double*, int64_t, int64_t,
-                                             int64_t);
+                                             int64_t, Workspace&);
 
 }  // namespace par::cpu

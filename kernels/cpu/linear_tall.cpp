@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/thread_share.h"
@@ -31,16 +30,28 @@ int64_t chunk_rows(int64_t in, int64_t out) {
   return std::max<int64_t>(64, (int64_t(1) << 18) / (in + out) / 64 * 64);
 }
 
+// Every thread's partial weight gradients ([threads][out, in], T) and bias sums ([threads]
+// [out], double).
+template <typename T>
+struct Partials {
+  T* dw;
+  double* db;
+  void carve(Carver& c, double in, double out, int threads) {
+    dw = c.take<T>(double(threads) * out * in);
+    db = c.take<double>(double(threads) * out);
+  }
+};
+
 }  // namespace
 
-bool is_tall_linear(int64_t rows, int64_t in, int64_t out) {
-  return rows >= 8 * std::max(in, out) && rows * in * out >= (int64_t(1) << 24);
+bool is_tall_linear(double rows, double in, double out) {
+  return rows >= 8 * std::max(in, out) && rows * in * out >= 0x1p24;
 }
 
-int64_t tall_linear_scratch_bytes(int64_t rows, int64_t in, int64_t out, int threads,
-                                  int64_t element_bytes) {
+template <typename T>
+double tall_linear_scratch_bytes(double rows, double in, double out, int threads) {
   if (!is_tall_linear(rows, in, out)) return 0;
-  return int64_t(threads) * (out * in * element_bytes + out * int64_t(sizeof(double)));
+  return layout_bytes([&](Carver& c) { Partials<T>().carve(c, in, out, threads); });
 }
 
 template <typename T>
@@ -62,16 +73,16 @@ void tall_linear_forward(T* y, const T* x, const T* w, const T* b, int64_t rows,
 
 template <typename T>
 void tall_linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T* dy, const T* x,
-                          const T* w, int64_t rows, int64_t in, int64_t out) {
+                          const T* w, int64_t rows, int64_t in, int64_t out, Workspace& ws) {
   const int64_t chunk = chunk_rows(in, out), dw_size = out * in;
   const int nt = omp_get_max_threads();
-  // Grow-only partials: a training step calls this for every tall layer.
-  static thread_local std::vector<T> dw_parts;
-  static thread_local std::vector<double> db_parts;
-  if (dw && int64_t(dw_parts.size()) < nt * dw_size) dw_parts.resize(size_t(nt * dw_size));
-  if (db && int64_t(db_parts.size()) < nt * out) db_parts.resize(size_t(nt * out));
-  T* dw_part = dw_parts.data();
-  double* db_part = db_parts.data();
+  // The partials stay in the Workspace: a training step calls this for every tall layer.
+  Partials<T> parts;
+  ws.prepare(1);
+  ws.carve(ScratchSlot::kTallLinear, 0,
+           [&](Carver& c) { parts.carve(c, double(in), double(out), nt); });
+  T* dw_part = parts.dw;
+  double* db_part = parts.db;
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), n_threads = omp_get_num_threads();
@@ -118,9 +129,11 @@ template void tall_linear_forward<double>(double*, const double*, const double*,
                                           const double*, int64_t, int64_t, int64_t);
 template void tall_linear_backward<float>(float*, bool, float*, float*, const float*,
                                           const float*, const float*, int64_t, int64_t,
-                                          int64_t);
+                                          int64_t, Workspace&);
 template void tall_linear_backward<double>(double*, bool, double*, double*, const double*,
                                            const double*, const double*, int64_t, int64_t,
-                                           int64_t);
+                                           int64_t, Workspace&);
+template double tall_linear_scratch_bytes<float>(double, double, double, int);
+template double tall_linear_scratch_bytes<double>(double, double, double, int);
 
 }  // namespace par::cpu

@@ -11,7 +11,7 @@
 
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/attention_plan.h"
-#include "tests/cuda/attention_cases.h"
+#include "tests/attention_cases.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace par {
@@ -19,7 +19,7 @@ namespace {
 
 using cuda::RowMajorGemm;
 using cuda::ScoreBlock;
-using cuda_test::AttentionData;
+using testing_util::AttentionData;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -131,10 +131,10 @@ struct HostEngine {
 std::vector<double> to_double(const std::vector<float>& x) { return {x.begin(), x.end()}; }
 std::vector<float> to_float(const std::vector<double>& x) { return {x.begin(), x.end()}; }
 
-class AttentionPlan : public ::testing::TestWithParam<cuda_test::AttentionCase> {};
+class AttentionPlan : public ::testing::TestWithParam<testing_util::AttentionCase> {};
 
 TEST_P(AttentionPlan, MatchesTheCpuBackend) {
-  const AttentionData data = cuda_test::make_attention_data(GetParam(), 11);
+  const AttentionData data = testing_util::make_attention_data(GetParam(), 11);
   const AttentionShape s = data.shape();
   const int64_t nq_el = s.batch * s.nq * data.ld(), nk_el = s.batch * s.nk * data.ld();
   const int64_t stats = s.batch * s.heads * s.nq;
@@ -171,7 +171,7 @@ TEST_P(AttentionPlan, MatchesTheCpuBackend) {
   EXPECT_GT(e.gemms, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, AttentionPlan, ::testing::ValuesIn(cuda_test::attention_cases()),
+INSTANTIATE_TEST_SUITE_P(Cases, AttentionPlan, ::testing::ValuesIn(testing_util::attention_cases()),
                          [](const auto& info) { return info.param.name; });
 
 TEST(AttentionPlan, KeyBlockChoice) {

@@ -14,15 +14,15 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cudnn_api.h"
 #include "kernels/cuda/kernels.h"
-#include "tests/cuda/attention_cases.h"
+#include "tests/attention_cases.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace par {
 namespace {
 
 using cuda::MatmulPrecision;
-using cuda_test::AttentionCase;
-using cuda_test::AttentionData;
+using testing_util::AttentionCase;
+using testing_util::AttentionData;
 using cuda_test::bitwise_equal;
 using cuda_test::close;
 using cuda_test::DeviceArray;
@@ -132,7 +132,7 @@ class CudaAttentionTest
 
 TEST_P(CudaAttentionTest, MatchesTheCpu) {
   const auto [precision, c] = GetParam();
-  const AttentionData d = cuda_test::make_attention_data(c, 21);
+  const AttentionData d = testing_util::make_attention_data(c, 21);
   const Outputs want = cpu_attention(d);
   auto ops = cuda::make_cuda_ops(0, precision);
   const Outputs got = gpu_attention(*ops, d, &want);
@@ -155,7 +155,7 @@ TEST_P(CudaAttentionTest, MatchesTheCpu) {
 // same.
 TEST_P(CudaAttentionTest, FusedMatchesTheCpu) {
   const auto [precision, c] = GetParam();
-  const AttentionData d = cuda_test::make_attention_data(c, 24);
+  const AttentionData d = testing_util::make_attention_data(c, 24);
   const Outputs want = cpu_attention(d);
   auto ops = cuda::make_cuda_ops(0, precision);
   const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kFused);
@@ -171,7 +171,7 @@ TEST_P(CudaAttentionTest, FusedMatchesTheCpu) {
 
 TEST_P(CudaAttentionTest, IsBitwiseReproducible) {
   const auto [precision, c] = GetParam();
-  const AttentionData d = cuda_test::make_attention_data(c, 22);
+  const AttentionData d = testing_util::make_attention_data(c, 22);
   auto ops = cuda::make_cuda_ops(0, precision);
   const Outputs a = gpu_attention(*ops, d, nullptr);
   const Outputs b = gpu_attention(*ops, d, nullptr);
@@ -187,7 +187,7 @@ INSTANTIATE_TEST_SUITE_P(
     Cases, CudaAttentionTest,
     ::testing::Combine(::testing::Values(MatmulPrecision::kFloat32, MatmulPrecision::kTF32,
                                          MatmulPrecision::kBF16),
-                       ::testing::ValuesIn(cuda_test::attention_cases())),
+                       ::testing::ValuesIn(testing_util::attention_cases())),
     case_name);
 
 // cuDNN's flash attention (bf16), for every case whose head size it takes (a multiple of
@@ -205,7 +205,7 @@ TEST_P(CudnnAttentionTest, MatchesTheCpu) {
   const AttentionCase c = GetParam();
   const MatmulPrecision precision = MatmulPrecision::kBF16;
   ASSERT_NE(cuda::cudnn_api(), nullptr) << "no cuDNN: " << cuda::cudnn_unavailable_reason();
-  const AttentionData d = cuda_test::make_attention_data(c, 25);
+  const AttentionData d = testing_util::make_attention_data(c, 25);
   auto ops = cuda::make_cuda_ops(0, precision);
   if (c.head_dim % 8 != 0) {
     try {
@@ -230,7 +230,7 @@ TEST_P(CudnnAttentionTest, MatchesTheCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, CudnnAttentionTest,
-                         ::testing::ValuesIn(cuda_test::attention_cases()),
+                         ::testing::ValuesIn(testing_util::attention_cases()),
                          [](const ::testing::TestParamInfo<AttentionCase>& info) {
                            return info.param.name;
                          });
@@ -239,7 +239,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudnnAttentionTest,
 TEST(CudaAttentionLong, ContextOf131072Keys) {
   PAR_SKIP_WITHOUT_GPU();
   AttentionCase c{"long", 1, 64, 131072, 2, 16, 131072 - 64, 0.1, 8192};
-  const AttentionData d = cuda_test::make_attention_data(c, 23);
+  const AttentionData d = testing_util::make_attention_data(c, 23);
   const Outputs want = cpu_attention(d);
   auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kFloat32);
   const Outputs got = gpu_attention(*ops, d, &want);
@@ -252,7 +252,7 @@ TEST(CudaAttentionLong, ContextOf131072KeysThroughCudnn) {
   PAR_SKIP_WITHOUT_GPU();
   ASSERT_NE(cuda::cudnn_api(), nullptr) << "no cuDNN: " << cuda::cudnn_unavailable_reason();
   AttentionCase c{"long", 1, 64, 131072, 2, 16, 131072 - 64, 0.1, 8192};
-  const AttentionData d = cuda_test::make_attention_data(c, 26);
+  const AttentionData d = testing_util::make_attention_data(c, 26);
   const Outputs want = cpu_attention(d);
   auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kBF16);
   const Outputs got = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kCudnn);
@@ -297,7 +297,7 @@ class CudaOneQueryAttentionTest : public CudaAttentionTest {};
 // called directly -- so the call did take it.
 TEST_P(CudaOneQueryAttentionTest, SplitKernelMatchesTheCpu) {
   const auto& [precision, c] = GetParam();
-  const AttentionData d = cuda_test::make_attention_data(c, 71);
+  const AttentionData d = testing_util::make_attention_data(c, 71);
   const Outputs want = cpu_attention(d);
   auto gpu = cuda::make_cuda_ops(0, precision);
   const int rounding = precision == MatmulPrecision::kFloat32 ? 0
@@ -326,7 +326,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(CudaAttentionLong, OneQueryOver131072KeysSplitAcrossTheGpu) {
   PAR_SKIP_WITHOUT_GPU();
   AttentionCase c{"long_one_query", 2, 1, 131072, 4, 64, 131071, 0.1, 0};
-  const AttentionData d = cuda_test::make_attention_data(c, 29);
+  const AttentionData d = testing_util::make_attention_data(c, 29);
   const Outputs want = cpu_attention(d);
   for (MatmulPrecision p : {MatmulPrecision::kFloat32, MatmulPrecision::kBF16}) {
     auto ops = cuda::make_cuda_ops(0, p);

@@ -25,15 +25,8 @@ namespace {
 using cuda::MatmulPrecision;
 
 ModelConfig layout_config() {
-  ModelConfig c;
-  c.vocab_size = 29;
-  c.d_model = 32;
-  c.context_length = 64;
-  c.num_latents = 8;
-  c.num_layers = 2;
-  c.cross_heads = 2;
-  c.self_heads = 2;
-  c.mlp_factor = 2;
+  ModelConfig c{.vocab_size = 29, .d_model = 32, .context_length = 64, .num_latents = 8,
+                .num_layers = 2, .cross_heads = 2, .self_heads = 2, .mlp_factor = 2};
   return c;
 }
 

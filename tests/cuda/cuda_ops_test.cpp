@@ -14,6 +14,7 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/op_cases.h"
 
 namespace par {
 namespace {
@@ -312,12 +313,7 @@ TEST_F(CudaOpsTest, AdamMatchesTheCpu) {
   std::vector<float> m0(n, 0.0f), v0(n, 0.0f);
   std::vector<float> p = p0, m = m0, v = v0;
   DeviceArray<float> gp(gpu(), p0), gm(gpu(), m0), gv(gpu(), v0), gg(gpu(), g);
-  for (int64_t t = 1; t <= 3; ++t) {
-    AdamStep a;
-    a.lr = 1e-2;
-    a.weight_decay = t == 2 ? 0.1 : 0.0;
-    a.t = t;
-    a.grad_scale = 0.7;
+  for (const AdamStep& a : op_parity::adam_steps()) {
     cpu_.adam_update(p.data(), m.data(), v.data(), g.data(), n, a);
     gpu().adam_update(gp.get(), gm.get(), gv.get(), gg.get(), n, a);
   }

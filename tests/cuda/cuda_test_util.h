@@ -122,36 +122,7 @@ class DeviceArray {
   T* p_ = nullptr;
 };
 
-// got against want: infinities and NaN must match exactly; elsewhere the largest |got -
-// want| divided by the largest finite |want| must be at most tol (when want is all zeros,
-// got must be too). The message names the worst entry.
-inline ::testing::AssertionResult close(const std::vector<float>& got,
-                                        const std::vector<float>& want, double tol) {
-  if (got.size() != want.size())
-    return ::testing::AssertionFailure() << "size " << got.size() << " vs " << want.size();
-  double ref = 0, worst = 0;
-  size_t at = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double w = want[i], g = got[i];
-    if (!std::isfinite(w) || !std::isfinite(g)) {
-      const bool same = (std::isnan(w) && std::isnan(g)) || w == g;
-      if (!same)
-        return ::testing::AssertionFailure() << "entry " << i << ": got " << g << ", want " << w;
-      continue;
-    }
-    ref = std::max(ref, std::abs(w));
-    if (std::abs(g - w) > worst) {
-      worst = std::abs(g - w);
-      at = i;
-    }
-  }
-  const double rel = ref > 0 ? worst / ref : (worst > 0 ? INFINITY : 0.0);
-  if (rel <= tol) return ::testing::AssertionSuccess() << "max relative error " << rel;
-  return ::testing::AssertionFailure()
-         << "max |got - want| = " << worst << " at entry " << at << " (got " << got[at]
-         << ", want " << want[at] << "), " << rel << " of the largest |want| " << ref
-         << ", tolerance " << tol;
-}
+using testing_util::close;
 
 inline ::testing::AssertionResult bitwise_equal(const std::vector<float>& a,
                                                 const std::vector<float>& b) {

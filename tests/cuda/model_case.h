@@ -18,15 +18,8 @@ using cuda::MatmulPrecision;
 
 // Head sizes 16 (cross) and 12 (self), nothing a multiple of 32.
 inline ModelConfig odd_config() {
-  ModelConfig c;
-  c.vocab_size = 37;
-  c.d_model = 48;
-  c.context_length = 70;
-  c.num_latents = 17;
-  c.num_layers = 2;
-  c.cross_heads = 3;
-  c.self_heads = 4;
-  c.mlp_factor = 3;
+  ModelConfig c{.vocab_size = 37, .d_model = 48, .context_length = 70, .num_latents = 17,
+                .num_layers = 2, .cross_heads = 3, .self_heads = 4, .mlp_factor = 3};
   return c;
 }
 

@@ -12,7 +12,7 @@
 
 #include "core/ops_decorator.h"
 #include "kernels/cpu/cpu_ops.h"
-#include "tests/cuda/attention_cases.h"
+#include "tests/attention_cases.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/cuda/model_case.h"
 
@@ -127,9 +127,9 @@ TEST_P(PrecisionEmulation, OneProductStaysWithinHalfItsTolerance) {
 
 TEST_P(PrecisionEmulation, AttentionStaysWithinHalfItsTolerance) {
   const MatmulPrecision p = GetParam();
-  for (const cuda_test::AttentionCase& c : cuda_test::attention_cases()) {
+  for (const testing_util::AttentionCase& c : testing_util::attention_cases()) {
     SCOPED_TRACE(c.name);
-    const cuda_test::AttentionData d = cuda_test::make_attention_data(c, 31);
+    const testing_util::AttentionData d = testing_util::make_attention_data(c, 31);
     const AttentionShape s = d.shape();
     const size_t stats = size_t(s.batch * s.heads * s.nq);
     cpu::CpuOps<float> cpu;

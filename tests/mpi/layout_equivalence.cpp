@@ -26,15 +26,8 @@ namespace par {
 namespace {
 
 ModelConfig tiny() {
-  ModelConfig c;
-  c.vocab_size = 37;
-  c.d_model = 32;
-  c.context_length = 32;
-  c.num_latents = 8;
-  c.num_layers = 2;
-  c.cross_heads = 4;
-  c.self_heads = 2;
-  c.mlp_factor = 2;
+  ModelConfig c{.vocab_size = 37, .d_model = 32, .context_length = 32, .num_latents = 8,
+                .num_layers = 2, .cross_heads = 4, .self_heads = 2, .mlp_factor = 2};
   return c;
 }
 

@@ -1,4 +1,5 @@
-// Attention test cases shared by the plan test (host engine, no GPU) and the CUDA test:
+// Attention test cases shared by the op parity table (tests/op_cases.cpp), the CUDA plan
+// test (host engine, no GPU) and the CUDA attention test:
 // PAD and dropped keys, rows that see no key, whole examples with no visible key,
 // non-contiguous kept keys, odd head sizes, batch > 1, and forced small key blocks so that
 // small shapes cross several blocks (with a partial last one), as long contexts do.
@@ -12,9 +13,9 @@
 #include <vector>
 
 #include "core/ops.h"
-#include "tests/cuda/cuda_test_util.h"
+#include "tests/test_util.h"
 
-namespace par::cuda_test {
+namespace par::testing_util {
 
 struct AttentionCase {
   std::string name;
@@ -102,4 +103,4 @@ inline AttentionData make_attention_data(const AttentionCase& c, uint64_t seed) 
   return d;
 }
 
-}  // namespace par::cuda_test
+}  // namespace par::testing_util
