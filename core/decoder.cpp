@@ -101,13 +101,12 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   p_ = bind(layout_, const_cast<T*>(params));  // read only
   rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
   rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
-  // Token tables pay when they are much smaller than the cache they stand for, and for one
-  // sample: each sample attends through them on its own, where the shared cache serves K
-  // queries with one read. With absolute positions a key is not a function of its token.
+  // Token tables pay when they are much smaller than the cache they stand for (with several
+  // samples too: on the CPU, K reads of the tables cost less than one of the cache); with
+  // absolute positions a key is not a function of its token alone.
   token_tables_ = cached && !cfg.absolute_positions() &&
-                  (tables == TokenTables::kAuto
-                       ? 4 * cfg.vocab_size <= cfg.context_length && samples == 1
-                       : tables == TokenTables::kOn);
+                  (tables == TokenTables::kAuto ? 4 * cfg.vocab_size <= cfg.context_length
+                                                : tables == TokenTables::kOn);
   if (cfg.absolute_positions()) positions_ = std::make_unique<PositionTable<T>>(ops_, cfg.d_model);
   seqs_.resize(size_t(samples));
   b_ = new Buffers;

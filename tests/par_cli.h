@@ -124,6 +124,18 @@ inline std::string copy_task_data(const TempDir& dir, int64_t length, int64_t ex
   return o.common.out_dir + "/train-*.h5";
 }
 
+// The ids under `key` in the first JSON line of `out` that has them (`par sample --format
+// json`: "prompt", "generated").
+inline std::vector<int32_t> json_ids(const std::string& out, const std::string& key) {
+  const std::regex re("\"" + key + "\": \\[([0-9, ]*)\\]");
+  std::smatch m;
+  std::vector<int32_t> ids;
+  if (!std::regex_search(out, m, re)) return ids;
+  std::istringstream in(m[1].str());
+  for (std::string t; std::getline(in, t, ',');) ids.push_back(std::stoi(t));
+  return ids;
+}
+
 // The "loss" of every line of a metrics.jsonl that has one, as written.
 inline std::vector<std::string> logged_losses(const std::string& metrics) {
   std::vector<std::string> out;
