@@ -118,6 +118,14 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   b_->carve(real, cfg_, samples, bands, rot_cross_.bands, token_tables_);
   logits_.resize(size_t(samples * cfg.vocab_size));
   if (token_tables_) make_token_tables();
+  // Several samples' steps read whole blocks of the self caches, the rows not filled yet
+  // weighted 0 (far positions): they must hold numbers, not whatever the memory held.
+  if (samples > 1)
+    for (int64_t l = 0; l < cfg.num_layers; ++l) {
+      const int64_t n = samples * cfg.num_latents * cfg.d_model;
+      ops_.fill(b_->self_k[size_t(l)], n, T(0));
+      ops_.fill(b_->self_v[size_t(l)], n, T(0));
+    }
 }
 
 // The cross-attention's un-rotated keys and values of every token: its inputs are the
@@ -458,6 +466,8 @@ void Decoder<T>::reserve_own() {
   Carver real{static_cast<char*>(memory), 0};
   carve(real);
   const int64_t n = own_count_;
+  ops_.fill(k, K * cap * d, T(0));  // rows read but not kept must be numbers (see above)
+  ops_.fill(v, K * cap * d, T(0));
   if (n > 0) {
     ops_.copy_blocks(k, cap * d, own_k_ + own_head_ * d, own_cap_ * d, K, n * d, false);
     ops_.copy_blocks(v, cap * d, own_v_ + own_head_ * d, own_cap_ * d, K, n * d, false);

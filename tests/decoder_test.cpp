@@ -41,6 +41,14 @@ std::vector<T> params_for(const ModelConfig& c, uint64_t seed) {
   return p;
 }
 
+// The parameters in the backend's memory (the caller deallocates them).
+template <typename T>
+T* upload_params(cpu::CpuOps<T>& ops, const std::vector<T>& host) {
+  T* params = static_cast<T*>(ops.allocate(host.size() * sizeof(T)));
+  ops.upload(params, host.data(), host.size() * sizeof(T));
+  return params;
+}
+
 template <typename T>
 double max_rel(const std::vector<T>& a, const std::vector<T>& b) {
   double err = 0, ref = 1e-30;
@@ -190,9 +198,7 @@ void check_samples_equal_single_runs(bool cached, TokenTables tables, double tol
                                      PositionEncoding pe = PositionEncoding::kRotary) {
   const ModelConfig c = config(pe);
   cpu::CpuOps<T> ops;
-  const auto host = params_for<T>(c, 11);
-  T* params = static_cast<T*>(ops.allocate(host.size() * sizeof(T)));
-  ops.upload(params, host.data(), host.size() * sizeof(T));
+  T* params = upload_params(ops, params_for<T>(c, 11));
   const int64_t K = 3, V = c.vocab_size;
   Decoder<T> batch(c, ops, params, cached, tables, K);
   std::vector<std::unique_ptr<Decoder<T>>> single;
@@ -249,9 +255,7 @@ TEST(DecoderSamples, EqualSingleRunsUncached) {
 TEST(DecoderSamples, CachedMatchesUncached) {
   const ModelConfig c = config();
   cpu::CpuOps<double> ops;
-  const auto host = params_for<double>(c, 13);
-  double* params = static_cast<double*>(ops.allocate(host.size() * sizeof(double)));
-  ops.upload(params, host.data(), host.size() * sizeof(double));
+  double* params = upload_params(ops, params_for<double>(c, 13));
   const int64_t K = 4;
   Decoder<double> cached(c, ops, params, true, TokenTables::kAuto, K);
   Decoder<double> uncached(c, ops, params, false, TokenTables::kAuto, K);

@@ -15,6 +15,9 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/model_file.h"
+#include "core/init.h"
+#include "core/param_layout.h"
 #include "data/prep.h"
 #include "tests/temp_dir.h"
 
@@ -109,6 +112,21 @@ inline const std::string& configs_dir() {
 inline std::string tiny_train_args(const std::string& data, const std::string& out, int64_t steps) {
   return cat("train --config '", configs_dir(), "tiny.ini' --data '", data, "' --out '", out,
              "' --steps ", steps, " --threads 1");
+}
+
+// A small byte-level model with random weights (d 32, N 64, M 16, one layer), exported to
+// `path`: enough for eval and sample to run in a blink.
+inline void write_small_model(const std::string& path) {
+  ModelConfig c;
+  c.d_model = 32;
+  c.context_length = 64;
+  c.num_latents = 16;
+  c.num_layers = 1;
+  c.cross_heads = c.self_heads = 2;
+  c.mlp_factor = 2;
+  std::vector<float> params;
+  init_parameters(ParamLayout(c), 1, params);
+  write_export(path, c, 0, params.data());
 }
 
 // Copy-task shards in dir/data (examples of `length` tokens); returns the train pattern.

@@ -8,9 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/model_file.h"
-#include "core/init.h"
-#include "core/param_layout.h"
 #include "tests/par_cli.h"
 #include "tests/temp_dir.h"
 
@@ -30,21 +27,12 @@ std::vector<std::string> lines_of(const std::string& s) {
   return out;
 }
 
-// A small byte-level model with random weights (N = 64, M = 16), exported, and copy-task
-// shards to take prompts from.
+// A small byte-level model with random weights (N = 64, M = 16) and copy-task shards to
+// take prompts from.
 class SampleCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    ModelConfig c;
-    c.d_model = 32;
-    c.context_length = 64;
-    c.num_latents = 16;
-    c.num_layers = 1;
-    c.cross_heads = c.self_heads = 2;
-    c.mlp_factor = 2;
-    std::vector<float> params;
-    init_parameters(ParamLayout(c), 1, params);
-    write_export(dir_.file("model.h5"), c, 0, params.data());
+    testing_util::write_small_model(dir_.file("model.h5"));
     testing_util::copy_task_data(dir_, 65, 8);
     shard_ = quote(dir_.file("data/train-00000.h5"));
   }
