@@ -211,9 +211,9 @@ int cmd_sample(int argc, char** argv) {
   if (num_samples < 1) fail_user("--num-samples must be at least 1");
   if (tokens <= 0) fail_user("--tokens must be positive");
   if (tokens > kMaxTokens / num_samples)
-    fail_user("--tokens ", tokens, " x --num-samples ", num_samples,
-              " is more than one run generates for a prompt (at most ", kMaxTokens,
-              " tokens: they are kept in memory until printed): generate in parts, each "
+    fail_user("--tokens ", tokens, num_samples > 1 ? cat(" x --num-samples ", num_samples) : "",
+              " is more than one run generates (at most ", kMaxTokens, " tokens for the samples "
+              "of a prompt: they are kept in memory until printed): generate in parts, each "
               "prompted with the end of the last");
   if (threads < 0) fail_user("--threads must be >= 0 (0: all cores)");
   SamplingOptions so;
