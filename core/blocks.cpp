@@ -70,7 +70,8 @@ void attention_block_forward(const LatentPass<T>& pass, const NormRef<T>& ln,
                              const AttentionRef<T>& attn, int64_t width,
                              const RotaryTables<T>& rot, const AttentionShape& shape,
                              const T* keys, const T* values, const AttentionActs<T>& a,
-                             const T* x_in, T* x_out, T* tmp, uint32_t site) {
+                             const T* x_in, T* x_out, T* tmp, uint32_t site,
+                             const CacheRows<T>& cache) {
   Ops<T>& ops = pass.ops;
   const int64_t R = pass.total_rows(), d = pass.d;
   ops.layernorm_forward(a.ln.y, a.ln.mean, a.ln.rstd, x_in, ln.w, ln.b, R, d, kLayerNormEps);
@@ -80,6 +81,11 @@ void attention_block_forward(const LatentPass<T>& pass, const NormRef<T>& ln,
   for (T* x : {a.q, a.k})
     ops.rotary(x, pass.batch, pass.rows, rot.heads, rot.head_dim, rot.bands, rot.cos, rot.sin,
                false);
+  if (cache.k) {
+    const int64_t n = pass.rows * width;
+    ops.copy_blocks(cache.k + cache.at * width, cache.stride * width, a.k, n, pass.batch, n, false);
+    ops.copy_blocks(cache.v + cache.at * width, cache.stride * width, a.v, n, pass.batch, n, false);
+  }
   ops.attention_forward(shape, a.q, keys, values, a.att, a.lse);
   output_residual(pass, attn.o, a.att, width, x_in, x_out, tmp, site);
 }
@@ -113,9 +119,9 @@ void latent_layer_forward(const LatentPass<T>& pass, const LayerRef<T>& p, int64
                           int64_t attn_width, int64_t mlp_width, const RotaryTables<T>& rot,
                           const AttentionShape& shape, const T* keys, const T* values,
                           const AttentionActs<T>& attn, const MlpActs<T>& mlp, const T* x_in,
-                          T* x_mid, T* x_out, T* tmp) {
+                          T* x_mid, T* x_out, T* tmp, const CacheRows<T>& cache) {
   attention_block_forward(pass, p.ln_attn, p.attn, attn_width, rot, shape, keys, values, attn,
-                          x_in, x_mid, tmp, DropSite::layer_attn(l));
+                          x_in, x_mid, tmp, DropSite::layer_attn(l), cache);
   mlp_block_forward(pass, p.ln_mlp, p.mlp, mlp_width, mlp, x_mid, x_out, tmp,
                     DropSite::layer_mlp(l));
 }
@@ -171,7 +177,7 @@ void logits_forward(Ops<T>& ops, const ModelRef<T>& p, const T* x, int64_t rows,
                                      int64_t, int64_t, const RotaryTables<T>&,                  \
                                      const AttentionShape&, const T*, const T*,                 \
                                      const AttentionActs<T>&, const MlpActs<T>&, const T*, T*,  \
-                                     T*, T*);                                                   \
+                                     T*, T*, const CacheRows<T>&);                              \
   template void latent_layer_backward(const LatentPass<T>&, const LayerRef<T>&,                \
                                       const LayerRef<T>&, int64_t, int64_t, int64_t,            \
                                       const RotaryTables<T>&, const AttentionShape&,            \

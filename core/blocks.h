@@ -80,6 +80,18 @@ struct RotaryTables {
   int64_t head_dim = 0;
 };
 
+// Rows of a decoding cache that a latent layer's own keys and values are copied into before
+// its attention reads the cache: row `at` of each of the pass's `batch` blocks of `stride`
+// rows. Decoding several samples at once needs it: each sample's cache is a block of M
+// rows, so the new rows are not contiguous. k == null: none.
+template <typename T>
+struct CacheRows {
+  T* k = nullptr;
+  T* v = nullptr;
+  int64_t stride = 0;
+  int64_t at = 0;
+};
+
 // Buffers of the backward of the latent blocks (the model's activation arena): tmp and d_ln
 // [rows, d], dact and dfc1 [rows, local MLP width], datt, dq, dk, dv [rows, local width].
 template <typename T>
@@ -115,13 +127,14 @@ void mlp_block_forward(const LatentPass<T>& pass, const NormRef<T>& ln, const Ml
 // with the queries and keys rotated by `rot`, then the MLP block (x_mid -> x_out). This
 // call's keys and values go to attn.k and attn.v; the attention reads `keys` and `values` as
 // `shape` says: attn.k and attn.v themselves, or a cache that holds them after those of
-// earlier rows (decoding). x_mid and x_out may be x_in.
+// earlier rows (decoding; `cache` copies them there first where they are not written there
+// directly). x_mid and x_out may be x_in.
 template <typename T>
 void latent_layer_forward(const LatentPass<T>& pass, const LayerRef<T>& p, int64_t l,
                           int64_t attn_width, int64_t mlp_width, const RotaryTables<T>& rot,
                           const AttentionShape& shape, const T* keys, const T* values,
                           const AttentionActs<T>& attn, const MlpActs<T>& mlp, const T* x_in,
-                          T* x_mid, T* x_out, T* tmp);
+                          T* x_mid, T* x_out, T* tmp, const CacheRows<T>& cache = {});
 
 // The backward of latent_layer_forward where the attention read attn.k and attn.v: dx (the
 // gradient of x_out on entry) becomes that of x_in; parameter gradients accumulate into g.

@@ -2,73 +2,91 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/arena.h"
+#include "core/attention_merge.h"
 #include "core/blocks.h"
 #include "core/constants.h"
 #include "core/error.h"
 
 namespace par {
 
+namespace {
+
+// The position of cache rows that hold nothing yet: after every query, so invisible, and
+// keeping the positions non-decreasing as Ops::attention_forward asks.
+constexpr int64_t kFarPosition = std::numeric_limits<int64_t>::max() / 2;
+
+}  // namespace
+
 template <typename T>
 struct Decoder<T>::Buffers {
   // Caches.
-  T *cross_k, *cross_v;  // [N + M, d]: keys rotated at their positions
+  T *cross_k, *cross_v;  // [N + M, d]: keys rotated at their positions (shared)
   int64_t* cross_pos;    // [N + M]
   uint8_t* cross_keep;   // [N + M]: not PAD
-  // With token tables (Decoder::token_tables_): the cache as tokens and rotary tables.
-  int32_t* cross_tok;    // [N + M]
-  T *cross_cos, *cross_sin;          // [N + M, cross bands]
+  // With token tables (Decoder::token_tables_): each sample's window as tokens, the rotary
+  // tables of its positions (the same for every sample), and the tables of every token.
+  int32_t* tok;          // [K, N + M]
+  uint8_t* tok_keep;     // [K, N + M]
+  T *tok_cos, *tok_sin;              // [N + M, cross bands]
   T *key_table, *value_table;        // [V, d]: un-rotated keys and values of every token
-  std::vector<T*> self_k, self_v;  // per layer [M, d]
+  std::vector<T*> self_k, self_v;  // per layer [K, M, d]
   int64_t* self_pos;     // [M]
-  // Work space of a full pass (W <= N inputs, L <= M latents) or of one new token.
-  int32_t* tokens;       // [N]
-  int32_t* pos_ids;      // [N]: document positions (absolute positions only)
-  int64_t* latent_pos;   // [M]
-  T *h, *kvn, *kv_mu, *kv_rs;          // [N, d], [N]
-  T *zin, *z0, *qn, *q, *k, *v, *att, *tmp, *x, *ln;  // [M, d]
-  T *mu, *rs;            // [M]
-  T *fc1, *act;          // [M, F]
-  T *lse;                // [max(Hc, H) * M]
-  T *logits;             // [V]
+  // Work space of a full pass (W <= N inputs, L <= M latents) or of one new token per
+  // sample; R = K * M latent rows, E = max(N, K, V) input rows.
+  int32_t* tokens;       // [max(E, R)]
+  int32_t* pos_ids;      // [max(E, R)]: document positions (absolute positions only)
+  int64_t* latent_pos;   // [max(M, K)]
+  T *h, *kvn, *kv_mu, *kv_rs;          // [E, d], [E]
+  T *zin, *z0, *qn, *q, *k, *v, *att, *tmp, *x, *ln;  // [R, d]
+  T *mu, *rs;            // [R]
+  T *fc1, *act;          // [R, F]
+  T *lse;                // [max(Hc, H) * R]
+  T *lse2, *max_a, *max_b;  // [max(Hc, H) * R] with several samples: merging attentions
+  T *logits;             // [K, V]
   T *cos, *sin;          // rotary tables for up to max(N, M) rows
 
-  void carve(Carver& c, const ModelConfig& cfg, int64_t bands, int64_t cross_bands,
+  void carve(Carver& c, const ModelConfig& cfg, int64_t K, int64_t bands, int64_t cross_bands,
              bool token_tables) {
     const int64_t N = cfg.context_length, M = cfg.num_latents, d = cfg.d_model;
-    const int64_t F = cfg.mlp_width(), V = cfg.vocab_size, cap = N + M;
+    const int64_t F = cfg.mlp_width(), V = cfg.vocab_size, cap = N + M, R = K * M;
+    const int64_t E = std::max({N, K, token_tables ? V : 0});
     cross_k = c.take<T>(cap * d);
     cross_v = c.take<T>(cap * d);
     cross_pos = c.take<int64_t>(cap);
     cross_keep = c.take<uint8_t>(cap);
     const int64_t tcap = token_tables ? cap : 0;
-    cross_tok = c.take<int32_t>(tcap);
-    cross_cos = c.take<T>(tcap * cross_bands);
-    cross_sin = c.take<T>(tcap * cross_bands);
+    tok = c.take<int32_t>(K * tcap);
+    tok_keep = c.take<uint8_t>(K * tcap);
+    tok_cos = c.take<T>(tcap * cross_bands);
+    tok_sin = c.take<T>(tcap * cross_bands);
     key_table = c.take<T>(token_tables ? V * d : 0);
     value_table = c.take<T>(token_tables ? V * d : 0);
     self_k.resize(size_t(cfg.num_layers));
     self_v.resize(size_t(cfg.num_layers));
     for (int64_t l = 0; l < cfg.num_layers; ++l) {
-      self_k[size_t(l)] = c.take<T>(M * d);
-      self_v[size_t(l)] = c.take<T>(M * d);
+      self_k[size_t(l)] = c.take<T>(R * d);
+      self_v[size_t(l)] = c.take<T>(R * d);
     }
     self_pos = c.take<int64_t>(M);
-    tokens = c.take<int32_t>(N);
-    pos_ids = c.take<int32_t>(cfg.absolute_positions() ? N : 0);
-    latent_pos = c.take<int64_t>(M);
-    h = c.take<T>(N * d);
-    kvn = c.take<T>(N * d);
-    kv_mu = c.take<T>(N);
-    kv_rs = c.take<T>(N);
-    for (T** p : {&zin, &z0, &qn, &q, &k, &v, &att, &tmp, &x, &ln}) *p = c.take<T>(M * d);
-    mu = c.take<T>(M);
-    rs = c.take<T>(M);
-    fc1 = c.take<T>(M * F);
-    act = c.take<T>(M * F);
-    lse = c.take<T>(std::max(cfg.cross_heads, cfg.self_heads) * M);
-    logits = c.take<T>(V);
+    tokens = c.take<int32_t>(std::max(E, R));
+    pos_ids = c.take<int32_t>(cfg.absolute_positions() ? std::max(E, R) : 0);
+    latent_pos = c.take<int64_t>(std::max(M, K));
+    h = c.take<T>(E * d);
+    kvn = c.take<T>(E * d);
+    kv_mu = c.take<T>(E);
+    kv_rs = c.take<T>(E);
+    for (T** p : {&zin, &z0, &qn, &q, &k, &v, &att, &tmp, &x, &ln}) *p = c.take<T>(R * d);
+    mu = c.take<T>(R);
+    rs = c.take<T>(R);
+    fc1 = c.take<T>(R * F);
+    act = c.take<T>(R * F);
+    const int64_t heads_rows = std::max(cfg.cross_heads, cfg.self_heads) * R;
+    lse = c.take<T>(heads_rows);
+    for (T** p : {&lse2, &max_a, &max_b}) *p = c.take<T>(K > 1 ? heads_rows : 0);
+    logits = c.take<T>(K * V);
     cos = c.take<T>(std::max(N, M) * bands);
     sin = c.take<T>(std::max(N, M) * bands);
   }
@@ -76,27 +94,38 @@ struct Decoder<T>::Buffers {
 
 template <typename T>
 Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool cached,
-                    TokenTables tables)
+                    TokenTables tables, int64_t samples)
     : cfg_(cfg), ops_(ops), layout_(cfg), cached_(cached) {
   cfg_.validate();
+  if (samples < 1) fail_user("the number of samples must be at least 1 (got ", samples, ")");
   p_ = bind(layout_, const_cast<T*>(params));  // read only
   rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
   rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
-  // Token tables pay when they are much smaller than the cache they stand for; with
+  // Token tables pay when they are much smaller than the cache they stand for (with several
+  // samples too: on the CPU, K reads of the tables cost less than one of the cache); with
   // absolute positions a key is not a function of its token alone.
   token_tables_ = cached && !cfg.absolute_positions() &&
                   (tables == TokenTables::kAuto ? 4 * cfg.vocab_size <= cfg.context_length
                                                 : tables == TokenTables::kOn);
   if (cfg.absolute_positions()) positions_ = std::make_unique<PositionTable<T>>(ops_, cfg.d_model);
+  seqs_.resize(size_t(samples));
   b_ = new Buffers;
   const int64_t bands = std::max(rot_cross_.bands, rot_self_.bands);
   Carver sizing;
-  b_->carve(sizing, cfg_, bands, rot_cross_.bands, token_tables_);
+  b_->carve(sizing, cfg_, samples, bands, rot_cross_.bands, token_tables_);
   memory_ = ops_.allocate(size_t(sizing.used));
   Carver real{static_cast<char*>(memory_), 0};
-  b_->carve(real, cfg_, bands, rot_cross_.bands, token_tables_);
-  logits_.resize(size_t(cfg.vocab_size));
+  b_->carve(real, cfg_, samples, bands, rot_cross_.bands, token_tables_);
+  logits_.resize(size_t(samples * cfg.vocab_size));
   if (token_tables_) make_token_tables();
+  // Several samples' steps read whole blocks of the self caches, the rows not filled yet
+  // weighted 0 (far positions): they must hold numbers, not whatever the memory held.
+  if (samples > 1)
+    for (int64_t l = 0; l < cfg.num_layers; ++l) {
+      const int64_t n = samples * cfg.num_latents * cfg.d_model;
+      ops_.fill(b_->self_k[size_t(l)], n, T(0));
+      ops_.fill(b_->self_v[size_t(l)], n, T(0));
+    }
 }
 
 // The cross-attention's un-rotated keys and values of every token: its inputs are the
@@ -116,6 +145,7 @@ void Decoder<T>::make_token_tables() {
 
 template <typename T>
 Decoder<T>::~Decoder() {
+  if (own_memory_) ops_.deallocate(own_memory_);
   ops_.deallocate(memory_);
   delete b_;
 }
@@ -131,20 +161,44 @@ void Decoder<T>::upload_rotary_tables(const RotarySpec& spec, int64_t first_posi
   ops_.upload(b_->sin, s.data(), s.size() * sizeof(T));
 }
 
+// Rotates `batch` blocks of `rows` rows, each at positions first_position, ...
 template <typename T>
-void Decoder<T>::rotary_at(T* x, int64_t rows, int64_t heads, int64_t head_dim,
+void Decoder<T>::rotary_at(T* x, int64_t batch, int64_t rows, int64_t heads, int64_t head_dim,
                            const RotarySpec& spec, int64_t first_position) {
   if (spec.bands == 0 || rows == 0) return;
   upload_rotary_tables(spec, first_position, rows);
-  ops_.rotary(x, 1, rows, heads, head_dim, spec.bands, b_->cos, b_->sin, false);
+  ops_.rotary(x, batch, rows, heads, head_dim, spec.bands, b_->cos, b_->sin, false);
 }
 
-// Embeddings of `rows` tokens (backend memory) that are seq_[first ..]: E[x], plus P[p] of
-// their document positions with absolute positions (scratch: [rows, d] of work space).
+// Embeddings of `rows` tokens (host) into h: E[x], plus P[p] of their document positions
+// (host; absolute positions only). Leaves the tokens in b.tokens; scratch: [rows, d].
 template <typename T>
-void Decoder<T>::embed(T* h, const int32_t* tokens, int64_t first, int64_t rows, T* scratch) {
-  ops_.embedding_forward(h, tokens, p_.embed, rows, cfg_.d_model);
-  if (positions_) positions_->add(h, doc_pos_.data() + first, rows, b_->pos_ids, scratch);
+void Decoder<T>::embed(T* h, const int32_t* tokens, const int32_t* doc_pos, int64_t rows,
+                       T* scratch) {
+  ops_.upload(b_->tokens, tokens, size_t(rows) * sizeof(int32_t));
+  ops_.embedding_forward(h, b_->tokens, p_.embed, rows, cfg_.d_model);
+  if (positions_) positions_->add(h, doc_pos, rows, b_->pos_ids, scratch);
+}
+
+// Positions [first, first + count) of every sample, one after the other: their tokens and
+// (absolute positions) document positions.
+template <typename T>
+void Decoder<T>::gather(int64_t first, int64_t count, std::vector<int32_t>& tokens,
+                        std::vector<int32_t>& doc_pos) const {
+  tokens.clear();
+  doc_pos.clear();
+  for (const Sequence& s : seqs_) {
+    tokens.insert(tokens.end(), s.tokens.begin() + first, s.tokens.begin() + first + count);
+    if (positions_)
+      doc_pos.insert(doc_pos.end(), s.doc_pos.begin() + first, s.doc_pos.begin() + first + count);
+  }
+}
+
+template <typename T>
+std::vector<uint8_t> Decoder<T>::keep_of(const int32_t* tokens, int64_t n) const {
+  std::vector<uint8_t> keep(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) keep[size_t(j)] = tokens[j] != kPadToken;
+  return keep;
 }
 
 template <typename T>
@@ -154,39 +208,67 @@ void Decoder<T>::start(std::vector<int32_t> prompt) {
       fail_user("prompt token ", t, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
   if (prompt.empty()) prompt.push_back(kSosToken);
   const int64_t n = int64_t(prompt.size());
+  Sequence s;
   if (positions_) {  // counted over the whole prompt, before it is cut to the context
-    doc_pos_.resize(size_t(n));
-    document_positions(prompt.data(), n, 0, doc_pos_.data());
-    carry_ = carry_after(prompt.data(), n, 0);
+    s.doc_pos.resize(size_t(n));
+    document_positions(prompt.data(), n, 0, s.doc_pos.data());
+    s.carry = carry_after(prompt.data(), n, 0);
   }
   if (n > cfg_.context_length) {
     prompt.erase(prompt.begin(), prompt.end() - cfg_.context_length);
-    if (positions_) doc_pos_.erase(doc_pos_.begin(), doc_pos_.end() - cfg_.context_length);
+    if (positions_) s.doc_pos.erase(s.doc_pos.begin(), s.doc_pos.end() - cfg_.context_length);
   }
-  seq_ = std::move(prompt);
+  s.tokens = std::move(prompt);
+  for (Sequence& q : seqs_) q = s;
   refills_ = 0;
   latents_ = 0;
-  full_pass(std::min<int64_t>(std::max<int64_t>(1, cfg_.num_latents / 2), length()));
+  if (own_memory_) ops_.deallocate(own_memory_);
+  own_memory_ = nullptr;
+  own_cap_ = own_head_ = own_count_ = 0;
+  // Every sample starts from the same window: one pass, whose caches and logits they share.
+  const int64_t L = std::min<int64_t>(std::max<int64_t>(1, cfg_.num_latents / 2), length());
+  full_pass(0, L);
+  const int64_t K = samples(), V = cfg_.vocab_size, d = cfg_.d_model, M = cfg_.num_latents;
+  for (int64_t k = 1; k < K; ++k)
+    std::copy(logits_.begin(), logits_.begin() + V, logits_.begin() + k * V);
+  if (cached_)
+    for (int64_t l = 0; l < cfg_.num_layers; ++l)
+      for (int64_t k = 1; k < K; ++k) {
+        ops_.copy(b_->self_k[size_t(l)] + k * M * d, b_->self_k[size_t(l)], L * d);
+        ops_.copy(b_->self_v[size_t(l)] + k * M * d, b_->self_v[size_t(l)], L * d);
+      }
 }
 
 template <typename T>
 void Decoder<T>::append(int32_t token) {
-  if (token < 0 || token >= cfg_.vocab_size)
-    fail_user("token ", token, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
-  seq_.push_back(token);
-  if (positions_) {
-    int32_t p = 0;
-    document_positions(&token, 1, carry_, &p);
-    doc_pos_.push_back(p);
-    carry_ = carry_after(&token, 1, carry_);
+  append(std::vector<int32_t>{token});
+}
+
+template <typename T>
+void Decoder<T>::append(const std::vector<int32_t>& tokens) {
+  PAR_ASSERT(int64_t(tokens.size()) == samples(), "one token per sample");
+  for (int32_t token : tokens)
+    if (token < 0 || token >= cfg_.vocab_size)
+      fail_user("token ", token, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
+  for (size_t k = 0; k < tokens.size(); ++k) {
+    Sequence& s = seqs_[k];
+    s.tokens.push_back(tokens[k]);
+    if (positions_) {
+      int32_t p = 0;
+      document_positions(&tokens[k], 1, s.carry, &p);
+      s.doc_pos.push_back(p);
+      s.carry = carry_after(&tokens[k], 1, s.carry);
+    }
   }
   const int64_t window = std::min<int64_t>(length(), cfg_.context_length);
   const int64_t refill = std::min<int64_t>(std::max<int64_t>(1, cfg_.num_latents / 2), window);
   if (!cached_) {
-    full_pass(latents_ == cfg_.num_latents ? refill : latents_ + 1);
+    const int64_t L = latents_ == cfg_.num_latents ? refill : latents_ + 1, before = refills_;
+    for (int64_t k = 0; k < samples(); ++k) full_pass(k, L);
+    refills_ = before + 1;  // one full pass of the batch
     return;
   }
-  push_input(token, length() - 1);
+  push_inputs(length() - 1);
   if (latents_ == cfg_.num_latents) {
     refill_from_cache(refill);
   } else {
@@ -194,27 +276,34 @@ void Decoder<T>::append(int32_t token) {
   }
 }
 
-// A forward pass over the window (the last min(T, N) tokens) with `num_latents` latents on
-// its last positions; refills the caches.
+// A forward pass of one sample over its window (the last min(T, N) tokens) with
+// `num_latents` latents on its last positions; refills the shared cross cache (and, cached,
+// the self-attention caches of sample 0). Its logits go to row `sample`.
 template <typename T>
-void Decoder<T>::full_pass(int64_t L) {
+void Decoder<T>::full_pass(int64_t sample, int64_t L) {
+  const Sequence& seq = seqs_[size_t(sample)];
   const int64_t T_ = length(), W = std::min<int64_t>(T_, cfg_.context_length);
-  const int64_t p0 = T_ - W, d = cfg_.d_model;
+  const int64_t p0 = T_ - W, d = cfg_.d_model, N = cfg_.context_length;
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   PAR_ASSERT(L >= 1 && L <= W && L <= cfg_.num_latents);
   Buffers& b = *b_;
   const CrossRef<T>& cp = p_.cross;
-  ops_.upload(b.tokens, seq_.data() + p0, size_t(W) * sizeof(int32_t));
-  embed(b.h, b.tokens, p0, W, b.kvn);
+  embed(b.h, seq.tokens.data() + p0, positions_ ? seq.doc_pos.data() + p0 : nullptr, W, b.kvn);
   ops_.key_keep_mask(b.cross_keep, b.tokens, 1, W, W, 0.0, DropoutKey{}, 0, p0);
   cross_keys_values(ops_, cp, b.h, W, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, b.cross_k,
                     b.cross_v);
-  rotary_at(b.cross_k, W, Hc, Dc, rot_cross_, p0);
+  rotary_at(b.cross_k, 1, W, Hc, Dc, rot_cross_, p0);
   if (token_tables_) {  // rotary_at left the window's tables in b.cos and b.sin
-    const int64_t bands = rot_cross_.bands;
-    ops_.copy(b.cross_cos, b.cos, W * bands);
-    ops_.copy(b.cross_sin, b.sin, W * bands);
-    ops_.upload(b.cross_tok, seq_.data() + p0, size_t(W) * sizeof(int32_t));
+    const int64_t bands = rot_cross_.bands, cap = N + cfg_.num_latents;
+    ops_.copy(b.tok_cos, b.cos, W * bands);
+    ops_.copy(b.tok_sin, b.sin, W * bands);
+    const std::vector<uint8_t> keep = keep_of(seq.tokens.data() + p0, W);
+    for (int64_t k = 0; k < samples(); ++k) {
+      ops_.upload(b.tok + k * cap, seq.tokens.data() + p0, size_t(W) * sizeof(int32_t));
+      ops_.upload(b.tok_keep + k * cap, keep.data(), keep.size());
+    }
+    tok_head_ = 0;
+    tok_count_ = W;
   }
   std::vector<int64_t> cross_pos(static_cast<size_t>(W));
   for (int64_t j = 0; j < W; ++j) cross_pos[size_t(j)] = p0 + j;
@@ -224,102 +313,234 @@ void Decoder<T>::full_pass(int64_t L) {
 
   // The latents: the last L inputs.
   ops_.copy(b.zin, b.h + (W - L) * d, L * d);
-  cross_attend_latents(L);
-  latent_stack(L, T_ - L, cached_, false);
+  cross_attend_latents(1, L);
+  latent_stack(1, L, T_ - L, cached_, false, sample);
 }
 
-// A refill of cached decoding: the same as full_pass(L), with the window's keys and values
-// taken from the cross cache instead of computed again.
+// A refill of cached decoding: the same as full_pass(L) for every sample, with the window's
+// keys and values taken from the cross caches instead of computed again.
 template <typename T>
 void Decoder<T>::refill_from_cache(int64_t L) {
   const int64_t T_ = length();
-  Buffers& b = *b_;
-  ops_.upload(b.tokens, seq_.data() + T_ - L, size_t(L) * sizeof(int32_t));
-  embed(b.zin, b.tokens, T_ - L, L, b.tmp);
-  cross_attend_latents(L);
-  latent_stack(L, T_ - L, true, false);
+  std::vector<int32_t> tokens, doc_pos;
+  gather(T_ - L, L, tokens, doc_pos);
+  embed(b_->zin, tokens.data(), doc_pos.data(), samples() * L, b_->tmp);
+  cross_attend_latents(samples(), L);
+  latent_stack(samples(), L, T_ - L, true, false);
 }
 
-// L latents on the last L inputs (embeddings in b.zin) through the cross-attention over the
-// cache; leaves z0 and the attention output (b.att) for latent_stack.
+// L latents on the last L inputs of each of `batch` samples (embeddings in b.zin) through
+// the cross-attention over their windows; leaves z0 and the attention output (b.att) for
+// latent_stack.
 template <typename T>
-void Decoder<T>::cross_attend_latents(int64_t L) {
+void Decoder<T>::cross_attend_latents(int64_t batch, int64_t L) {
   const int64_t T_ = length(), d = cfg_.d_model;
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   Buffers& b = *b_;
   const CrossRef<T>& cp = p_.cross;
-  std::vector<int64_t> lpos(static_cast<size_t>(L));
-  for (int64_t i = 0; i < L; ++i) lpos[size_t(i)] = T_ - L + i;
+  // The latents' positions; one latent: once per sample (attend_windows).
+  std::vector<int64_t> lpos(static_cast<size_t>(L == 1 ? batch : L));
+  for (size_t i = 0; i < lpos.size(); ++i) lpos[i] = L == 1 ? T_ - 1 : T_ - L + int64_t(i);
   ops_.upload(b.latent_pos, lpos.data(), lpos.size() * sizeof(int64_t));
-  cross_queries(ops_, cp, b.zin, L, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
-  rotary_at(b.q, L, Hc, Dc, rot_cross_, T_ - L);
-  const int64_t h0 = cross_head_;
-  AttentionShape s{1,         L,         cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + h0,
-                   b.cross_keep + h0, 1.0 / std::sqrt(double(Dc))};
-  ops_.attention_forward(s, b.q, b.cross_k + h0 * d, b.cross_v + h0 * d, b.att, b.lse);
+  cross_queries(ops_, cp, b.zin, batch * L, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
+  rotary_at(b.q, batch, L, Hc, Dc, rot_cross_, T_ - L);
+  attend_windows(batch, L);
   latents_ = L;
   ++refills_;
 }
 
-// The newest input at `position` into the cross cache (the oldest leaves when it holds N).
+// The cross-attention of nq queries of each of `batch` samples (b.q, rotated; positions in
+// b.latent_pos, the same for every sample, and with nq = 1 repeated for each) over the
+// sample's window: the shared cache and its own entries. Output in b.att.
 template <typename T>
-void Decoder<T>::push_input(int32_t token, int64_t position) {
-  const int64_t d = cfg_.d_model, N = cfg_.context_length;
+void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
+  const int64_t d = cfg_.d_model, h0 = cross_head_;
+  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  const double scale = 1.0 / std::sqrt(double(Dc));
+  Buffers& b = *b_;
+  const T *shared_k = b.cross_k + h0 * d, *shared_v = b.cross_v + h0 * d;
+  if (own_count_ == 0) {  // one sample, or the prompt alone: the shared cache is the window
+    PAR_ASSERT(batch == 1);
+    AttentionShape s{1, nq, cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + h0,
+                     b.cross_keep + h0, scale};
+    ops_.attention_forward(s, b.q, shared_k, shared_v, b.att, b.lse);
+    return;
+  }
+  // Each sample's own entries: the blocks of own_cap_ rows, empty rows not kept.
+  T* own_att = cross_count_ > 0 ? b.tmp : b.att;
+  const AttentionShape own{batch, nq, own_cap_, Hc, Dc, b.latent_pos, own_pos_, own_keep_, scale};
+  ops_.attention_forward(own, b.q, own_k_, own_v_, own_att, b.lse2);
+  if (cross_count_ == 0) return;  // the prompt has left the window
+  LseLayout shared_layout{batch, nq};
+  if (nq == 1) {  // the samples' queries (at one position) read the shared keys once
+    AttentionShape s{1, batch, cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + h0,
+                     b.cross_keep + h0, scale};
+    ops_.attention_forward(s, b.q, shared_k, shared_v, b.att, b.lse);
+    shared_layout = LseLayout{1, batch};
+  } else {  // a refill: each sample's latents over the shared keys
+    AttentionShape s{1, nq, cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + h0,
+                     b.cross_keep + h0, scale};
+    for (int64_t k = 0; k < batch; ++k)
+      ops_.attention_forward(s, b.q + k * nq * d, shared_k, shared_v, b.att + k * nq * d,
+                             b.lse + k * Hc * nq);
+  }
+  merge_attention(ops_, batch * nq, Hc, Dc, b.att, b.lse, shared_layout, own_att, b.lse2,
+                  LseLayout{batch, nq}, b.max_a, b.max_b);
+}
+
+// The newest input of every sample, at `position`, into the cross caches (the oldest leaves
+// the window when it holds N): the shared cache with one sample, else the samples' own.
+template <typename T>
+void Decoder<T>::push_inputs(int64_t position) {
+  const int64_t d = cfg_.d_model, N = cfg_.context_length, K = samples();
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   Buffers& b = *b_;
   const CrossRef<T>& cp = p_.cross;
-  if (cross_count_ == N) {
-    ++cross_head_;
-    --cross_count_;
+  std::vector<int32_t> tokens, doc_pos;
+  gather(position, 1, tokens, doc_pos);
+  T *k = b.att, *v = b.tmp;
+  int64_t slot = 0;
+  if (K == 1) {
+    if (cross_count_ == N) {
+      ++cross_head_;
+      --cross_count_;
+    }
+    if (cross_head_ + cross_count_ == N + cfg_.num_latents) compact_cross_cache(position);
+    slot = cross_head_ + cross_count_;
+    k = b.cross_k + slot * d;
+    v = b.cross_v + slot * d;
+  } else {
+    if (cross_count_ + own_count_ == N) {
+      if (cross_count_ > 0) {
+        ++cross_head_;
+        --cross_count_;
+      } else {  // the oldest own entry leaves
+        const uint8_t drop = 0;
+        for (int64_t s = 0; s < K; ++s) ops_.upload(own_keep_ + s * own_cap_ + own_head_, &drop, 1);
+        ++own_head_;
+        --own_count_;
+        ++own_first_;
+      }
+    }
+    if (own_count_ == 0) own_first_ = position;
+    if (own_head_ + own_count_ == own_cap_) reserve_own();
   }
-  if (cross_head_ + cross_count_ == N + cfg_.num_latents) compact_cross_cache(position);
-  const int64_t slot = cross_head_ + cross_count_;
-  ops_.upload(b.tokens, &token, sizeof(int32_t));
-  embed(b.h, b.tokens, position, 1, b.kvn);
-  T* k = b.cross_k + slot * d;
-  cross_keys_values(ops_, cp, b.h, 1, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, k,
-                    b.cross_v + slot * d);
-  rotary_at(k, 1, Hc, Dc, rot_cross_, position);
-  if (token_tables_) {
-    const int64_t bands = rot_cross_.bands;
-    ops_.copy(b.cross_cos + slot * bands, b.cos, bands);
-    ops_.copy(b.cross_sin + slot * bands, b.sin, bands);
-    ops_.upload(b.cross_tok + slot, &token, sizeof(int32_t));
+  embed(b.h, tokens.data(), doc_pos.data(), K, b.kvn);
+  cross_keys_values(ops_, cp, b.h, K, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, k, v);
+  rotary_at(k, K, 1, Hc, Dc, rot_cross_, position);
+  const std::vector<uint8_t> keep = keep_of(tokens.data(), K);
+  if (K == 1) {
+    ops_.upload(b.cross_pos + slot, &position, sizeof(int64_t));
+    ops_.upload(b.cross_keep + slot, keep.data(), 1);
+    ++cross_count_;
+  } else {
+    slot = own_head_ + own_count_;
+    ops_.copy_blocks(own_k_ + slot * d, own_cap_ * d, k, d, K, d, false);
+    ops_.copy_blocks(own_v_ + slot * d, own_cap_ * d, v, d, K, d, false);
+    ops_.upload(own_pos_ + slot, &position, sizeof(int64_t));
+    for (int64_t s = 0; s < K; ++s) ops_.upload(own_keep_ + s * own_cap_ + slot, &keep[size_t(s)], 1);
+    ++own_count_;
   }
-  const uint8_t keep = token != kPadToken;
-  ops_.upload(b.cross_pos + slot, &position, sizeof(int64_t));
-  ops_.upload(b.cross_keep + slot, &keep, 1);
-  ++cross_count_;
+  if (token_tables_) push_token_window(tokens, position);  // b.cos, b.sin: position's tables
 }
 
-// The latent on the newest input (already in the cross cache) through every layer,
-// attending over the caches.
+// Room for one more own entry per sample: the entries move to the front of new blocks,
+// twice as long as they need (at most N + M rows, as the shared cache).
+template <typename T>
+void Decoder<T>::reserve_own() {
+  const int64_t K = samples(), d = cfg_.d_model, M = cfg_.num_latents;
+  const int64_t cap = std::min(cfg_.context_length + M, std::max<int64_t>(M, 2 * (own_count_ + 1)));
+  PAR_ASSERT(cap > own_count_);
+  T *k = nullptr, *v = nullptr;
+  int64_t* pos = nullptr;
+  uint8_t* keep = nullptr;
+  auto carve = [&](Carver& c) {
+    k = c.take<T>(K * cap * d);
+    v = c.take<T>(K * cap * d);
+    pos = c.take<int64_t>(cap);
+    keep = c.take<uint8_t>(K * cap);
+  };
+  Carver sizing;
+  carve(sizing);
+  void* memory = ops_.allocate(size_t(sizing.used));
+  Carver real{static_cast<char*>(memory), 0};
+  carve(real);
+  const int64_t n = own_count_;
+  ops_.fill(k, K * cap * d, T(0));  // rows read but not kept must be numbers (see above)
+  ops_.fill(v, K * cap * d, T(0));
+  if (n > 0) {
+    ops_.copy_blocks(k, cap * d, own_k_ + own_head_ * d, own_cap_ * d, K, n * d, false);
+    ops_.copy_blocks(v, cap * d, own_v_ + own_head_ * d, own_cap_ * d, K, n * d, false);
+  }
+  std::vector<int64_t> p(static_cast<size_t>(cap), kFarPosition);
+  for (int64_t j = 0; j < n; ++j) p[size_t(j)] = own_first_ + j;
+  std::vector<uint8_t> kp(static_cast<size_t>(K * cap), 0);
+  for (int64_t s = 0; s < K; ++s) {
+    const std::vector<uint8_t> ks = keep_of(seqs_[size_t(s)].tokens.data() + own_first_, n);
+    std::copy(ks.begin(), ks.end(), kp.begin() + s * cap);
+  }
+  ops_.upload(pos, p.data(), p.size() * sizeof(int64_t));
+  ops_.upload(keep, kp.data(), kp.size());
+  if (own_memory_) ops_.deallocate(own_memory_);
+  own_memory_ = memory;
+  own_k_ = k;
+  own_v_ = v;
+  own_pos_ = pos;
+  own_keep_ = keep;
+  own_cap_ = cap;
+  own_head_ = 0;
+}
+
+// The newest token of every sample into its token window (the rotary tables of `position`
+// are in b.cos and b.sin).
+template <typename T>
+void Decoder<T>::push_token_window(const std::vector<int32_t>& tokens, int64_t position) {
+  const int64_t N = cfg_.context_length, cap = N + cfg_.num_latents, bands = rot_cross_.bands;
+  Buffers& b = *b_;
+  if (tok_count_ == N) {
+    ++tok_head_;
+    --tok_count_;
+  }
+  if (tok_head_ + tok_count_ == cap) compact_token_window(position);
+  const int64_t slot = tok_head_ + tok_count_;
+  ops_.copy(b.tok_cos + slot * bands, b.cos, bands);
+  ops_.copy(b.tok_sin + slot * bands, b.sin, bands);
+  const std::vector<uint8_t> keep = keep_of(tokens.data(), int64_t(tokens.size()));
+  for (size_t s = 0; s < tokens.size(); ++s) {
+    ops_.upload(b.tok + int64_t(s) * cap + slot, &tokens[s], sizeof(int32_t));
+    ops_.upload(b.tok_keep + int64_t(s) * cap + slot, &keep[s], 1);
+  }
+  ++tok_count_;
+}
+
+// The latent on the newest input of every sample (already in the cross caches) through
+// every layer, attending over the caches.
 template <typename T>
 void Decoder<T>::incremental(int64_t position) {
-  const int64_t d = cfg_.d_model, h0 = cross_head_;
+  const int64_t d = cfg_.d_model, K = samples(), cap = cfg_.context_length + cfg_.num_latents;
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   Buffers& b = *b_;
   const CrossRef<T>& cp = p_.cross;
   const double scale = 1.0 / std::sqrt(double(Dc));
-  ops_.upload(b.latent_pos, &position, sizeof(int64_t));
-  cross_queries(ops_, cp, b.h, 1, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
-  rotary_at(b.q, 1, Hc, Dc, rot_cross_, position);
+  const std::vector<int64_t> qpos(static_cast<size_t>(K), position);
+  ops_.upload(b.latent_pos, qpos.data(), qpos.size() * sizeof(int64_t));
+  cross_queries(ops_, cp, b.h, K, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
+  rotary_at(b.q, K, 1, Hc, Dc, rot_cross_, position);
   bool done = false;
   if (token_tables_) {
-    const int64_t bands = rot_cross_.bands;
-    TokenAttentionShape s{cross_count_,     Hc, Dc, bands, cfg_.vocab_size, b.cross_tok + h0,
-                          b.cross_keep + h0, scale};
-    done = ops_.token_attention_forward(s, b.q, b.key_table, b.value_table,
-                                        b.cross_cos + h0 * bands, b.cross_sin + h0 * bands,
-                                        b.att);
+    const int64_t bands = rot_cross_.bands, t0 = tok_head_;
+    for (int64_t k = 0; k < K; ++k) {
+      TokenAttentionShape s{tok_count_, Hc, Dc, bands, cfg_.vocab_size, b.tok + k * cap + t0,
+                            b.tok_keep + k * cap + t0, scale};
+      done = ops_.token_attention_forward(s, b.q + k * d, b.key_table, b.value_table,
+                                          b.tok_cos + t0 * bands, b.tok_sin + t0 * bands,
+                                          b.att + k * d);
+      if (!done) break;
+    }
     token_tables_ = done;  // a backend without the kernel: materialized keys from now on
   }
-  if (!done) {
-    AttentionShape s{1, 1, cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + h0,
-                     b.cross_keep + h0, scale};
-    ops_.attention_forward(s, b.q, b.cross_k + h0 * d, b.cross_v + h0 * d, b.att, b.lse);
-  }
-  latent_stack(1, position, false, true);
+  if (!done) attend_windows(K, 1);
+  latent_stack(K, 1, position, false, true);
   ++latents_;
 }
 
@@ -331,7 +552,8 @@ void Decoder<T>::move_to_front(T* base, int64_t from, int64_t count, int64_t wid
     ops_.copy(base + r * width, base + (from + r) * width, std::min(from, count - r) * width);
 }
 
-// Moves the live cross-cache entries (the inputs before `next_position`) to the front.
+// Moves the live entries of the shared cross cache (the inputs before `next_position`) to
+// the front.
 template <typename T>
 void Decoder<T>::compact_cross_cache(int64_t next_position) {
   const int64_t d = cfg_.d_model, h0 = cross_head_, n = cross_count_;
@@ -340,39 +562,52 @@ void Decoder<T>::compact_cross_cache(int64_t next_position) {
   move_to_front(b.cross_v, h0, n, d);
   const int64_t first = next_position - n;  // consecutive positions
   std::vector<int64_t> pos(static_cast<size_t>(n));
-  std::vector<uint8_t> keep(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) {
-    pos[size_t(j)] = first + j;
-    keep[size_t(j)] = seq_[size_t(first + j)] != kPadToken;
-  }
+  for (int64_t j = 0; j < n; ++j) pos[size_t(j)] = first + j;
+  const std::vector<uint8_t> keep = keep_of(seqs_[0].tokens.data() + first, n);
   ops_.upload(b.cross_pos, pos.data(), pos.size() * sizeof(int64_t));
   ops_.upload(b.cross_keep, keep.data(), keep.size());
-  if (token_tables_) {
-    const int64_t bands = rot_cross_.bands;
-    move_to_front(b.cross_cos, h0, n, bands);
-    move_to_front(b.cross_sin, h0, n, bands);
-    ops_.upload(b.cross_tok, seq_.data() + first, size_t(n) * sizeof(int32_t));
-  }
   cross_head_ = 0;
 }
 
-// From the cross-attention output (b.att, `rows` latents from first_position) to the
-// logits of the last latent. With fill_caches, the latents' keys and values become the
-// self-attention caches; with use_caches (one latent), it attends over them too.
+// Moves the token windows' live entries (the inputs before `next_position`) to the front.
 template <typename T>
-void Decoder<T>::latent_stack(int64_t rows, int64_t first_position, bool fill_caches,
-                              bool use_caches) {
-  const int64_t d = cfg_.d_model, F = cfg_.mlp_width();
+void Decoder<T>::compact_token_window(int64_t next_position) {
+  const int64_t h0 = tok_head_, n = tok_count_, bands = rot_cross_.bands;
+  const int64_t cap = cfg_.context_length + cfg_.num_latents;
+  Buffers& b = *b_;
+  move_to_front(b.tok_cos, h0, n, bands);
+  move_to_front(b.tok_sin, h0, n, bands);
+  const int64_t first = next_position - n;
+  for (int64_t s = 0; s < samples(); ++s) {
+    const int32_t* tokens = seqs_[size_t(s)].tokens.data() + first;
+    const std::vector<uint8_t> keep = keep_of(tokens, n);
+    ops_.upload(b.tok + s * cap, tokens, size_t(n) * sizeof(int32_t));
+    ops_.upload(b.tok_keep + s * cap, keep.data(), keep.size());
+  }
+  tok_head_ = 0;
+}
+
+// From the cross-attention output (b.att: `batch` samples of `rows` latents from
+// first_position) to the logits of each sample's last latent, into logits_ from row
+// logits_row. With fill_caches, the latents' keys and values become the self-attention
+// caches; with use_caches (one latent per sample), it attends over them too.
+template <typename T>
+void Decoder<T>::latent_stack(int64_t batch, int64_t rows, int64_t first_position,
+                              bool fill_caches, bool use_caches, int64_t logits_row) {
+  const int64_t d = cfg_.d_model, F = cfg_.mlp_width(), M = cfg_.num_latents;
   const int64_t H = cfg_.self_heads, D = cfg_.self_head_dim();
   Buffers& b = *b_;
-  const LatentPass<T> pass{ops_, 1, rows, d};
+  const LatentPass<T> pass{ops_, batch, rows, d};
   const NormActs<T> ln{b.ln, b.mu, b.rs};
   const MlpActs<T> mlp{ln, b.fc1, b.act};
   output_residual(pass, p_.cross.attn.o, b.att, d, b.z0, b.x, b.tmp, DropSite::kCrossAttn);
   mlp_block_forward(pass, p_.cross.ln_mlp, p_.cross.mlp, F, mlp, b.x, b.x, b.tmp,
                     DropSite::kCrossMlp);
 
-  std::vector<int64_t> pos(static_cast<size_t>(rows));
+  // Several samples' caches are blocks of M rows: a step attends over all M of its block,
+  // the rows not filled yet at a far position.
+  const bool blocks = samples() > 1;
+  std::vector<int64_t> pos(static_cast<size_t>(fill_caches && blocks ? M : rows), kFarPosition);
   for (int64_t i = 0; i < rows; ++i) pos[size_t(i)] = first_position + i;
   ops_.upload(use_caches ? b.self_pos + latents_ : b.self_pos, pos.data(),
               pos.size() * sizeof(int64_t));
@@ -381,36 +616,45 @@ void Decoder<T>::latent_stack(int64_t rows, int64_t first_position, bool fill_ca
   const double scale = 1.0 / std::sqrt(double(D));
   // One latent over the cached ones and itself; or the rows among themselves, causally.
   const AttentionShape shape =
-      use_caches ? AttentionShape{1, 1, latents_ + 1, H, D, b.self_pos + latents_, b.self_pos,
-                                  nullptr, scale}
-                 : AttentionShape{1, rows, rows, H, D, b.self_pos, b.self_pos, nullptr, scale};
+      use_caches ? AttentionShape{batch, 1, blocks ? M : latents_ + 1, H, D, b.self_pos + latents_,
+                                  b.self_pos, nullptr, scale}
+                 : AttentionShape{batch, rows, rows, H, D, b.self_pos, b.self_pos, nullptr, scale};
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     T* cache_k = b.self_k[size_t(l)];
     T* cache_v = b.self_v[size_t(l)];
+    // One sample's new keys and values are written into its cache directly; several
+    // samples' are copied into their blocks (CacheRows).
+    const bool direct = use_caches && !blocks;
     const AttentionActs<T> at{ln,
                               b.q,
-                              use_caches ? cache_k + latents_ * d : b.k,
-                              use_caches ? cache_v + latents_ * d : b.v,
+                              direct ? cache_k + latents_ * d : b.k,
+                              direct ? cache_v + latents_ * d : b.v,
                               b.att,
                               b.lse};
+    const CacheRows<T> rows_of_cache =
+        use_caches && blocks ? CacheRows<T>{cache_k, cache_v, M, latents_} : CacheRows<T>{};
     latent_layer_forward(pass, p_.layers[size_t(l)], l, d, F, rot, shape,
                          use_caches ? cache_k : at.k, use_caches ? cache_v : at.v, at, mlp, b.x,
-                         b.x, b.x, b.tmp);
+                         b.x, b.x, b.tmp, rows_of_cache);
     if (fill_caches) {
-      ops_.copy(cache_k, at.k, rows * d);
-      ops_.copy(cache_v, at.v, rows * d);
+      ops_.copy_blocks(cache_k, M * d, at.k, rows * d, batch, rows * d, false);
+      ops_.copy_blocks(cache_v, M * d, at.v, rows * d, batch, rows * d, false);
     }
   }
-  finish_logits(rows);
+  finish_logits(batch, rows, logits_row);
 }
 
 template <typename T>
-void Decoder<T>::finish_logits(int64_t rows) {
+void Decoder<T>::finish_logits(int64_t batch, int64_t rows, int64_t logits_row) {
   const int64_t d = cfg_.d_model, V = cfg_.vocab_size;
   Buffers& b = *b_;
-  logits_forward(ops_, p_, b.x + (rows - 1) * d, 1, d, V, NormActs<T>{b.ln, b.mu, b.rs},
-                 b.logits);
-  ops_.download(logits_.data(), b.logits, size_t(V) * sizeof(T));
+  const T* last = b.x + (rows - 1) * d;
+  if (batch > 1 && rows > 1) {  // each sample's last row
+    ops_.copy_blocks(b.q, d, last, rows * d, batch, d, false);
+    last = b.q;
+  }
+  logits_forward(ops_, p_, last, batch, d, V, NormActs<T>{b.ln, b.mu, b.rs}, b.logits);
+  ops_.download(logits_.data() + logits_row * V, b.logits, size_t(batch * V) * sizeof(T));
 }
 
 template class Decoder<float>;

@@ -26,6 +26,16 @@
 // through per-token tables (Ops::token_attention_forward) instead of reading N cached
 // rows: memory traffic, not arithmetic, bounds a one-query step over 131072 keys.
 //
+// Several samples (continuations of one prompt) decode together as one batch: the latent
+// layers run on K rows at once (one matrix product instead of K), and the samples share the
+// prompt's cross cache. Each sample's own inputs go to a cache of its own (K blocks, grown
+// as needed); a step attends over the shared part with the K queries in one call and over
+// the own parts in another, and merges the two by their log-sum-exps (core/attention_merge.h).
+// With token tables the shared part is the tables themselves: each sample keeps its window
+// as token ids (cos and sin are the same for all, as the samples have the same length).
+// The samples have the same length, so they refill at the same steps. With one sample
+// everything is in the shared cache, as it was before there were several.
+//
 // With absolute positions (spec/MODEL.md section 13) every embedding also gets P[p] of its
 // document position: the prompt counts from 1 at its first token (restarting after each
 // EOS), and generation continues the count. Keys then depend on the position as well as
@@ -52,40 +62,58 @@ template <typename T>
 class Decoder {
  public:
   // params: the whole model (single-rank layout) in backend memory; must outlive this.
+  // samples: how many sequences decode together (each append takes one token for each).
   Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool cached,
-          TokenTables tables = TokenTables::kAuto);
+          TokenTables tables = TokenTables::kAuto, int64_t samples = 1);
   ~Decoder();
   Decoder(const Decoder&) = delete;
   Decoder& operator=(const Decoder&) = delete;
 
-  // Starts a sequence from `prompt` (token ids; an empty prompt starts from SOS; only the
+  // Starts every sample from `prompt` (token ids; an empty prompt starts from SOS; only the
   // last N tokens are kept). Afterwards logits() predicts the token after the prompt.
   void start(std::vector<int32_t> prompt);
-  // Appends a token; afterwards logits() predicts the next one.
+  // Appends a token (one sample); afterwards logits() predicts the next one.
   void append(int32_t token);
+  // Appends tokens[k] to sample k, for every sample.
+  void append(const std::vector<int32_t>& tokens);
 
-  const std::vector<T>& logits() const { return logits_; }  // [V], host
-  int64_t length() const { return int64_t(seq_.size()); }     // tokens so far
+  const std::vector<T>& logits() const { return logits_; }  // [samples, V], host
+  int64_t samples() const { return int64_t(seqs_.size()); }
+  int64_t length() const { return int64_t(seqs_[0].tokens.size()); }  // tokens so far, each
   int64_t latents() const { return latents_; }                // in the caches (or would be)
   int64_t refills() const { return refills_; }                // full passes so far
   bool token_tables() const { return token_tables_; }         // in use
 
  private:
   struct Buffers;
+  // One sample's sequence (host): its tokens, and with absolute positions the document
+  // position of each and the carry after the last.
+  struct Sequence {
+    std::vector<int32_t> tokens, doc_pos;
+    int64_t carry = 0;
+  };
   void make_token_tables();
-  void full_pass(int64_t num_latents);
+  void full_pass(int64_t sample, int64_t num_latents);
   void refill_from_cache(int64_t num_latents);
-  void cross_attend_latents(int64_t num_latents);
-  void push_input(int32_t token, int64_t position);
+  void cross_attend_latents(int64_t batch, int64_t num_latents);
+  void attend_windows(int64_t batch, int64_t nq);
+  void push_inputs(int64_t position);
+  void push_token_window(const std::vector<int32_t>& tokens, int64_t position);
+  void reserve_own();
   void incremental(int64_t position);
   void upload_rotary_tables(const RotarySpec& spec, int64_t first_position, int64_t rows);
-  void rotary_at(T* x, int64_t rows, int64_t heads, int64_t head_dim, const RotarySpec& spec,
-                 int64_t first_position);
-  void latent_stack(int64_t rows, int64_t first_position, bool fill_caches, bool use_caches);
-  void finish_logits(int64_t rows);
+  void rotary_at(T* x, int64_t batch, int64_t rows, int64_t heads, int64_t head_dim,
+                 const RotarySpec& spec, int64_t first_position);
+  void latent_stack(int64_t batch, int64_t rows, int64_t first_position, bool fill_caches,
+                    bool use_caches, int64_t logits_row = 0);
+  void finish_logits(int64_t batch, int64_t rows, int64_t logits_row);
   void compact_cross_cache(int64_t next_position);
+  void compact_token_window(int64_t next_position);
   void move_to_front(T* base, int64_t from, int64_t count, int64_t width);
-  void embed(T* h, const int32_t* tokens, int64_t first, int64_t rows, T* scratch);
+  void embed(T* h, const int32_t* tokens, const int32_t* doc_pos, int64_t rows, T* scratch);
+  void gather(int64_t first, int64_t count, std::vector<int32_t>& tokens,
+              std::vector<int32_t>& doc_pos) const;
+  std::vector<uint8_t> keep_of(const int32_t* tokens, int64_t n) const;
 
   ModelConfig cfg_;
   Ops<T>& ops_;
@@ -97,16 +125,22 @@ class Decoder {
   Buffers* b_ = nullptr;
   void* memory_ = nullptr;
 
-  std::vector<int32_t> seq_;   // the whole sequence (host)
-  // With absolute positions: the document position of every token of seq_, the carry after
-  // the last one, and the table of encodings.
-  std::vector<int32_t> doc_pos_;
-  int64_t carry_ = 0;
-  std::unique_ptr<PositionTable<T>> positions_;
+  std::vector<Sequence> seqs_;  // one per sample; position p of a sample is tokens[p]
+  std::unique_ptr<PositionTable<T>> positions_;  // with absolute positions
   std::vector<T> logits_;
   int64_t latents_ = 0, refills_ = 0;
-  // Cross cache: entries [cross_head_, cross_head_ + cross_count_) of capacity N + M.
+  // Shared cross cache: entries [cross_head_, cross_head_ + cross_count_) of capacity N + M.
   int64_t cross_head_ = 0, cross_count_ = 0;
+  // The samples' own cross caches (several samples): entries [own_head_, own_head_ +
+  // own_count_) of each of `samples` blocks of own_cap_ rows, at positions from own_first_.
+  T *own_k_ = nullptr, *own_v_ = nullptr;
+  int64_t* own_pos_ = nullptr;   // [own_cap_]: past the entries, far beyond any query
+  uint8_t* own_keep_ = nullptr;  // [samples, own_cap_]: 0 outside the entries
+  void* own_memory_ = nullptr;
+  int64_t own_cap_ = 0, own_head_ = 0, own_count_ = 0, own_first_ = 0;
+  // With token tables: each sample's window as tokens, entries [tok_head_, tok_head_ +
+  // tok_count_) of capacity N + M.
+  int64_t tok_head_ = 0, tok_count_ = 0;
 };
 
 }  // namespace par

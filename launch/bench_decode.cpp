@@ -27,8 +27,8 @@ struct DecodeRun {
 
 }  // namespace
 
-int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, Ops<float>& inner,
-                 bool profile, const std::string& backend_description) {
+int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int64_t samples,
+                 Ops<float>& inner, bool profile, const std::string& backend_description) {
   ProfiledOps<float> profiled(inner);
   Ops<float>& ops = profile ? static_cast<Ops<float>&>(profiled) : inner;
   std::vector<float> host;
@@ -41,26 +41,32 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, Ops
   const int64_t prompt_length = std::max<int64_t>(1, mc.context_length - tokens - 4);
   std::vector<int32_t> prompt(static_cast<size_t>(prompt_length));
   for (auto& t : prompt) t = int32_t(3 + rng() % uint64_t(mc.vocab_size - 3));
-  auto run = [&](bool cached, int64_t n) {
+  // n steps of K samples; tokens_per_s counts all K.
+  auto run = [&](bool cached, int64_t n, int64_t K) {
     DecodeRun r;
-    Decoder<float> dec(mc, ops, params, cached);
+    Decoder<float> dec(mc, ops, params, cached, TokenTables::kAuto, K);
     auto t = Clock::now();
     dec.start(prompt);
     r.prefill_s = since(t);
     const int64_t refills_before = dec.refills();
     profiled.reset();
+    std::vector<int32_t> next(static_cast<size_t>(K));
     t = Clock::now();
-    for (int64_t i = 0; i < n; ++i) dec.append(int32_t(3 + rng() % uint64_t(mc.vocab_size - 3)));
+    for (int64_t i = 0; i < n; ++i) {
+      for (auto& x : next) x = int32_t(3 + rng() % uint64_t(mc.vocab_size - 3));
+      dec.append(next);
+    }
     ops.synchronize();
-    r.tokens_per_s = double(n) / since(t);
+    r.tokens_per_s = double(n * K) / since(t);
     r.refills = dec.refills() - refills_before;
     r.token_tables = dec.token_tables();
     return r;
   };
-  const DecodeRun cached = run(true, tokens);
+  const DecodeRun cached = run(true, tokens, samples);
   const auto cached_profile = profiled.times();
+  // Uncached decoding of K samples is K full passes a token: one sample says its rate.
   const int64_t slow_tokens = std::max<int64_t>(2, std::min<int64_t>(tokens, 4));
-  const DecodeRun uncached = run(false, slow_tokens);
+  const DecodeRun uncached = run(false, slow_tokens, 1);
   ops.deallocate(params);
 
   std::printf("model       %s | %d threads | %s\n", mc.summary().c_str(), current_threads(),
@@ -68,9 +74,12 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, Ops
   std::printf("decode      prompt of %lld tokens: full pass %.2f s\n",
               static_cast<long long>(prompt.size()), cached.prefill_s);
   std::printf("            cached:   %.2f tokens/s over %lld tokens, %lld refills included%s\n",
-              cached.tokens_per_s, static_cast<long long>(tokens),
+              cached.tokens_per_s, static_cast<long long>(tokens * samples),
               static_cast<long long>(cached.refills),
               cached.token_tables ? " (cross-attention through token tables)" : "");
+  if (samples > 1)
+    std::printf("            %lld samples decoded together: %.2f tokens/s per sample\n",
+                static_cast<long long>(samples), cached.tokens_per_s / double(samples));
   std::printf("            uncached: %.3f tokens/s over %lld tokens | cached/uncached = %.1fx\n",
               uncached.tokens_per_s, static_cast<long long>(slow_tokens),
               cached.tokens_per_s / uncached.tokens_per_s);
@@ -80,16 +89,20 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, Ops
               [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
     double total = 0;
     for (const auto& row : rows) total += row.second.seconds;
-    std::printf("profile     cached decoding, ms/token  share  calls/token  op\n");
+    if (samples == 1)
+      std::printf("profile     cached decoding, ms/token  share  calls/token  op\n");
+    else
+      std::printf("profile     cached decoding, ms/step  share  calls/step  op (a step: a token of each sample)\n");
     for (const auto& [op, t] : rows)
       std::printf("            %8.3f  %5.1f%%  %8.1f  %s\n", 1e3 * t.seconds / double(tokens),
                   100 * t.seconds / total, double(t.calls) / double(tokens), op.c_str());
   }
-  std::printf("{\"context_length\": %lld, \"cached_tokens_per_s\": %.3f, \"uncached_tokens_per_s\": "
-              "%.4f, \"speedup\": %.2f, \"refills\": %lld}\n",
-              static_cast<long long>(mc.context_length), cached.tokens_per_s,
-              uncached.tokens_per_s, cached.tokens_per_s / uncached.tokens_per_s,
-              static_cast<long long>(cached.refills));
+  std::printf("{\"context_length\": %lld, \"samples\": %lld, \"cached_tokens_per_s\": %.3f, "
+              "\"cached_tokens_per_s_per_sample\": %.3f, \"uncached_tokens_per_s\": %.4f, "
+              "\"speedup\": %.2f, \"refills\": %lld}\n",
+              static_cast<long long>(mc.context_length), static_cast<long long>(samples),
+              cached.tokens_per_s, cached.tokens_per_s / double(samples), uncached.tokens_per_s,
+              cached.tokens_per_s / uncached.tokens_per_s, static_cast<long long>(cached.refills));
   return 0;
 }
 

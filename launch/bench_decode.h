@@ -9,10 +9,11 @@
 
 namespace par {
 
-// Decodes `tokens` tokens cached and a few uncached after a prompt that (nearly) fills the
-// context, on freshly initialized weights; prints both rates, and with `profile` the time
-// of each op per cached token. One process.
-int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, Ops<float>& ops,
-                 bool profile, const std::string& backend_description);
+// Decodes `tokens` tokens for each of `samples` samples cached (one batch), and a few for one
+// sample uncached, after a prompt that (nearly) fills the context, on freshly initialized
+// weights; prints the rates (in total and per sample), and with `profile` the time of each
+// op per cached step. One process.
+int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int64_t samples,
+                 Ops<float>& ops, bool profile, const std::string& backend_description);
 
 }  // namespace par

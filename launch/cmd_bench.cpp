@@ -20,7 +20,7 @@ int cmd_bench(int argc, char** argv) {
   OptimizerConfig oc;
   RunConfig rc;
   BenchOptions b;
-  int64_t decode = 0;
+  int64_t decode = 0, samples = 1;
   bool help = false;
   job.agree([&] {
     po::options_description opts;
@@ -30,7 +30,8 @@ int cmd_bench(int argc, char** argv) {
         ("warmup", po::value(&b.warmup)->default_value(b.warmup), "untimed steps first")
         ("gemm-size", po::value(&b.gemm_n)->default_value(b.gemm_n), "n of the n x n x n reference sgemm")
         ("profile", po::bool_switch(&b.profile), "also print the time of each backend op (timed steps, rank 0)")
-        ("decode", po::value(&decode)->default_value(0), "instead of training: time generating this many tokens with cached decoding after a full-context prompt, and a few with uncached decoding (one process)");
+        ("decode", po::value(&decode)->default_value(0), "instead of training: time generating this many tokens with cached decoding after a full-context prompt, and a few with uncached decoding (one process)")
+        ("num-samples", po::value(&samples)->default_value(samples), "with --decode: decode this many samples of the prompt together (one batch); rates count every sample's tokens");
     opts.add(bench);
     po::variables_map vm;
     const cli::Command cmd{"bench",
@@ -49,6 +50,10 @@ int cmd_bench(int argc, char** argv) {
     rc.validate_layout(mc);
   });
   if (help) return 0;
+  job.agree([&] {
+    if (samples < 1) fail_user("--num-samples must be at least 1");
+    if (samples > 1 && decode <= 0) fail_user("--num-samples needs --decode (it counts samples of generation)");
+  });
   if (decode <= 0) return bench_train(job, mc, oc, rc, b);
   job.agree([&] {
     if (job.world_size() > 1) fail_user("--decode runs on one process (generation needs no grid)");
@@ -56,7 +61,7 @@ int cmd_bench(int argc, char** argv) {
   warn_threads("bench", apply_threads(rc.threads, 1));
   Backend backend;
   job.agree([&] { backend = make_local_backend(rc.device, rc.precision, rc.attention); });
-  return bench_decode(mc, rc, decode, *backend.ops, b.profile, backend.description);
+  return bench_decode(mc, rc, decode, samples, *backend.ops, b.profile, backend.description);
 }
 
 }  // namespace par

@@ -1,7 +1,9 @@
-// `par sample`: generates a continuation from a trained model with the cached decoding of
+// `par sample`: generates continuations from a trained model with the cached decoding of
 // spec/MODEL.md section 12 (core/decoder.h). Prompts: text or a file (bytes, for byte-level
-// models) or a slice of a token shard (ids). Output: text (bytes; what is not printable
-// UTF-8 is escaped), ids, or JSON.
+// models), a file of prompts (one a line), or windows of a token shard (ids). Each prompt
+// gets --num-samples continuations, decoded together as one batch; sample k draws with
+// --seed + k, so it equals a run of that one sample with that seed. Output: text (bytes;
+// what is not printable UTF-8 is escaped), ids, or one JSON line per sample.
 #include <glog/logging.h>
 
 #include <algorithm>
@@ -24,6 +26,7 @@
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/options.h"
+#include "launch/sample_output.h"
 #include "launch/text.h"
 #include "launch/threads.h"
 #include "train/sampling.h"
@@ -33,6 +36,10 @@ namespace par {
 namespace {
 
 constexpr int64_t kMaxTokens = 100'000'000;
+constexpr double kProgressEvery = 5;  // seconds between progress lines
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 std::vector<int32_t> bytes_to_ids(const std::string& bytes) {
   std::vector<int32_t> ids;
@@ -40,11 +47,116 @@ std::vector<int32_t> bytes_to_ids(const std::string& bytes) {
   return ids;
 }
 
+// The bytes of a file that must be a regular one (a directory opens and reads as empty: it
+// would silently mean "no prompt").
+std::string read_prompt_file(const std::string& option, const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    fail_user(option, " '", path, "' is ",
+              std::filesystem::exists(path, ec) ? "not a regular file" : "missing");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail_user(option, ": cannot read '", path, "'");
+  std::ostringstream os;
+  os << in.rdbuf();
+  if (in.bad()) fail_user(option, ": cannot read '", path, "'");
+  return os.str();
+}
+
+// One prompt a line (the newline is not part of it; an empty line is an empty prompt).
+std::vector<std::vector<int32_t>> prompts_of_lines(const std::string& text, const std::string& path) {
+  std::vector<std::vector<int32_t>> prompts;
+  size_t begin = 0;
+  while (begin < text.size()) {
+    size_t end = text.find('\n', begin);
+    if (end == std::string::npos) end = text.size();
+    prompts.push_back(bytes_to_ids(text.substr(begin, end - begin)));
+    begin = end + 1;
+  }
+  if (prompts.empty()) fail_user("--prompts-file '", path, "' holds no prompt (no line)");
+  return prompts;
+}
+
+// Counts generated tokens over all prompts and samples, and logs how far it is every few
+// seconds: output comes at the end of each prompt.
+class Progress {
+ public:
+  explicit Progress(int64_t total) : total_(total) {}
+  void add(int64_t tokens) {
+    done_ += tokens;
+    if (since(last_) < kProgressEvery) return;
+    last_ = Clock::now();
+    LOG(INFO) << progress_text(done_, total_, since(t0_));
+  }
+
+ private:
+  int64_t total_, done_ = 0;
+  Clock::time_point t0_ = Clock::now(), last_ = Clock::now();
+};
+
+struct Generation {
+  SamplingOptions sampling;
+  int64_t tokens = 0;
+  uint64_t seed = 0;
+  bool stop_at_eos = false;
+};
+
+// The samples of one prompt, decoded as one batch; sample k draws with seed + k. A sample
+// that has stopped at its EOS rides along (the batch has one length) without drawing.
+std::vector<SampleRecord> generate(Decoder<float>& dec, int64_t prompt_index,
+                                   const std::vector<int32_t>& prompt, const Generation& g,
+                                   Progress& progress) {
+  const int64_t K = dec.samples(), V = int64_t(dec.logits().size()) / K;
+  std::vector<std::mt19937_64> rngs;
+  for (int64_t k = 0; k < K; ++k) rngs.emplace_back(g.seed + uint64_t(k));
+  auto t0 = Clock::now();
+  dec.start(prompt);
+  const double prefill_s = since(t0);
+  std::vector<SampleRecord> out(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) {
+    out[size_t(k)].prompt_index = prompt_index;
+    out[size_t(k)].sample = k;
+    out[size_t(k)].seed = g.seed + uint64_t(k);
+    out[size_t(k)].prompt.assign(prompt.end() - std::min<int64_t>(int64_t(prompt.size()), dec.length()),
+                                 prompt.end());
+  }
+  std::vector<int32_t> next(static_cast<size_t>(K), kEosToken);
+  std::vector<bool> stopped(static_cast<size_t>(K), false);
+  std::vector<float> row(static_cast<size_t>(V));
+  t0 = Clock::now();
+  for (int64_t i = 0; i < g.tokens; ++i) {
+    int64_t live = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      if (stopped[size_t(k)]) continue;
+      std::copy(dec.logits().begin() + k * V, dec.logits().begin() + (k + 1) * V, row.begin());
+      const int32_t t = sample_token(row, g.sampling, rngs[size_t(k)]);
+      out[size_t(k)].generated.push_back(t);
+      next[size_t(k)] = t;
+      ++live;
+      if (g.stop_at_eos && t == kEosToken) stopped[size_t(k)] = true;
+    }
+    progress.add(live);
+    if (std::find(stopped.begin(), stopped.end(), false) == stopped.end()) break;
+    if (i + 1 < g.tokens) dec.append(next);
+  }
+  const double gen_s = std::max(since(t0), 1e-9);
+  int64_t generated = 0;
+  for (SampleRecord& r : out) {
+    r.tokens_per_s = double(r.generated.size()) / gen_s;
+    generated += int64_t(r.generated.size());
+  }
+  LOG(INFO) << "prompt " << prompt_index << ": " << out[0].prompt.size() << " tokens ("
+            << fmt("%.2f", prefill_s) << " s) | " << K << " sample" << (K > 1 ? "s" : "")
+            << ", generated " << generated << " tokens at " << fmt("%.1f", double(generated) / gen_s)
+            << " tokens/s | " << dec.refills() << " full passes";
+  return out;
+}
+
 }  // namespace
 
 int cmd_sample(int argc, char** argv) {
-  std::string checkpoint, prompt, prompt_file, prompt_shard, format;
-  int64_t prompt_begin = 0, prompt_length = 0, tokens = 256, top_k = 0;
+  std::string checkpoint, prompt, prompt_file, prompts_file, prompt_shard, format;
+  int64_t prompt_begin = 0, prompt_length = 0, prompt_count = 1, tokens = 256, top_k = 0;
+  int64_t num_samples = 1;
   double temperature = 1.0, top_p = 1.0;
   uint64_t seed = 0;
   bool stop_at_eos = false, uncached = false;
@@ -55,16 +167,19 @@ int cmd_sample(int argc, char** argv) {
       ("checkpoint", po::value(&checkpoint), "checkpoint directory, run directory (its newest checkpoint) or exported model")
       ("prompt", po::value(&prompt), "prompt text (byte-level models)")
       ("prompt-file", po::value(&prompt_file), "prompt: the bytes of this file (byte-level models)")
+      ("prompts-file", po::value(&prompts_file), "several prompts: each line of this file is one (its bytes without the newline; byte-level models)")
       ("prompt-shard", po::value(&prompt_shard), "prompt: token ids from this shard...")
       ("prompt-begin", po::value(&prompt_begin)->default_value(0), "...starting at this position...")
-      ("prompt-length", po::value(&prompt_length)->default_value(0), "...this many tokens")
-      ("tokens", po::value(&tokens)->default_value(tokens), "tokens to generate")
+      ("prompt-length", po::value(&prompt_length)->default_value(0), "...this many tokens...")
+      ("prompt-count", po::value(&prompt_count)->default_value(prompt_count), "...and this many such prompts, one after the other in the shard")
+      ("num-samples", po::value(&num_samples)->default_value(num_samples), "continuations of each prompt, decoded together as one batch; sample k draws with --seed + k")
+      ("tokens", po::value(&tokens)->default_value(tokens), "tokens to generate (each sample)")
       ("temperature", po::value(&temperature)->default_value(temperature), "sampling temperature; 0: always the most likely token (greedy)")
       ("top-k", po::value(&top_k)->default_value(top_k), "sample among the k most likely tokens (0: all)")
       ("top-p", po::value(&top_p)->default_value(top_p), "sample among the most likely tokens whose probabilities sum to p (1: all)")
-      ("seed", po::value(&seed)->default_value(seed), "random seed of the sampling")
-      ("format", po::value(&format), "output: text (byte-level models; the default for them), ids (the default otherwise) or json")
-      ("stop-at-eos", po::bool_switch(&stop_at_eos), "stop after generating EOS")
+      ("seed", po::value(&seed)->default_value(seed), "random seed of the sampling (of sample 0; sample k: seed + k)")
+      ("format", po::value(&format), "output: text (byte-level models; the default for them), ids (the default otherwise) or json (one line per sample)")
+      ("stop-at-eos", po::bool_switch(&stop_at_eos), "stop each sample after it generates EOS")
       ("uncached", po::bool_switch(&uncached), "run a full forward pass per token (slow; for checking the caches)")
       ("threads", po::value(&threads)->default_value(threads), "CPU threads (0: all cores)")
       ("device", po::value(&device)->default_value(device), "cpu or cuda (the GPU chosen by the launcher's node-local rank, else GPU 0)")
@@ -72,19 +187,33 @@ int cmd_sample(int argc, char** argv) {
       ("attention", po::value(&attention)->default_value(attention), kAttentionHelp);
   po::variables_map vm;
   const cli::Command cmd{"sample",
-                         "Generates a continuation of a prompt with cached decoding. An empty "
+                         "Generates continuations of prompts with cached decoding. An empty "
                          "prompt starts from SOS; a prompt longer than the context keeps its "
-                         "last tokens.",
+                         "last tokens. Several samples of a prompt decode together; with "
+                         "several, text output heads each with a line naming it.",
                          "par sample --checkpoint DIR [--prompt TEXT | --prompt-file F | "
-                         "--prompt-shard F --prompt-begin B --prompt-length N] [options]"};
+                         "--prompts-file F | --prompt-shard F --prompt-begin B --prompt-length "
+                         "N [--prompt-count C]] [--num-samples K] [options]"};
   if (!cli::parse(argc, argv, cmd, opts, vm)) return 0;
   if (checkpoint.empty()) fail_user("--checkpoint is required");
-  const int sources = int(vm.count("prompt")) + int(vm.count("prompt-file")) + int(vm.count("prompt-shard"));
-  if (sources > 1) fail_user("give one prompt: --prompt, --prompt-file or --prompt-shard");
+  const int sources = int(vm.count("prompt")) + int(vm.count("prompt-file")) +
+                      int(vm.count("prompts-file")) + int(vm.count("prompt-shard"));
+  if (sources > 1)
+    fail_user("give one prompt source: --prompt, --prompt-file, --prompts-file or --prompt-shard");
+  if (!vm["prompt-count"].defaulted()) {
+    if (!vm.count("prompt-shard"))
+      fail_user("--prompt-count takes prompts from a shard: it needs --prompt-shard (for several "
+                "text prompts use --prompts-file)");
+    if (prompt_count < 1) fail_user("--prompt-count must be at least 1");
+    if (prompt_count > 1 && prompt_length <= 0)
+      fail_user("--prompt-count ", prompt_count, " needs --prompt-length > 0 (each prompt is that many tokens)");
+  }
+  if (num_samples < 1) fail_user("--num-samples must be at least 1");
   if (tokens <= 0) fail_user("--tokens must be positive");
-  if (tokens > kMaxTokens)
-    fail_user("--tokens ", tokens, " is more than one run generates (at most ", kMaxTokens,
-              ": the tokens are kept in memory until printed): generate in parts, each "
+  if (tokens > kMaxTokens / num_samples)
+    fail_user("--tokens ", tokens, num_samples > 1 ? cat(" x --num-samples ", num_samples) : "",
+              " is more than one run generates (at most ", kMaxTokens, " tokens for the samples "
+              "of a prompt: they are kept in memory until printed): generate in parts, each "
               "prompted with the end of the last");
   if (threads < 0) fail_user("--threads must be >= 0 (0: all cores)");
   SamplingOptions so;
@@ -105,90 +234,70 @@ int cmd_sample(int argc, char** argv) {
   if (format == "text" && !byte_model)
     fail_user("--format text needs a byte-level model (vocabulary 259); this one has ",
               c.vocab_size, ": use --format ids");
-  std::vector<int32_t> ids;
-  if (vm.count("prompt") || vm.count("prompt-file")) {
+  std::vector<std::vector<int32_t>> prompts;
+  if (vm.count("prompt") || vm.count("prompt-file") || vm.count("prompts-file")) {
     if (!byte_model)
       fail_user("a text prompt needs a byte-level model (vocabulary 259); this one has ",
                 c.vocab_size, ": give token ids with --prompt-shard");
-    if (vm.count("prompt")) {
-      ids = bytes_to_ids(prompt);
-    } else {
-      // A directory opens and reads as empty: it would silently mean "no prompt".
-      std::error_code ec;
-      if (!std::filesystem::is_regular_file(prompt_file, ec))
-        fail_user("--prompt-file '", prompt_file, "' is ",
-                  std::filesystem::exists(prompt_file, ec) ? "not a regular file" : "missing");
-      std::ifstream in(prompt_file, std::ios::binary);
-      if (!in) fail_user("--prompt-file: cannot read '", prompt_file, "'");
-      std::ostringstream os;
-      os << in.rdbuf();
-      if (in.bad()) fail_user("--prompt-file: cannot read '", prompt_file, "'");
-      ids = bytes_to_ids(os.str());
-    }
+    if (vm.count("prompt"))
+      prompts.push_back(bytes_to_ids(prompt));
+    else if (vm.count("prompt-file"))
+      prompts.push_back(bytes_to_ids(read_prompt_file("--prompt-file", prompt_file)));
+    else
+      prompts = prompts_of_lines(read_prompt_file("--prompts-file", prompts_file), prompts_file);
   } else if (vm.count("prompt-shard")) {
     const ShardReader reader(prompt_shard);
     const int64_t n = reader.info().num_tokens;
-    if (prompt_begin < 0 || prompt_length < 0 || prompt_begin + prompt_length > n)
+    if (prompt_begin < 0 || prompt_length < 0 || prompt_begin + prompt_count * prompt_length > n)
       fail_user("--prompt-begin ", prompt_begin, " --prompt-length ", prompt_length,
+                prompt_count > 1 ? cat(" --prompt-count ", prompt_count) : std::string(),
                 " is outside ", prompt_shard, " (", n, " tokens)");
-    ids.resize(size_t(prompt_length));
-    reader.read(prompt_begin, prompt_length, ids.data(), c.vocab_size);
+    for (int64_t p = 0; p < prompt_count; ++p) {
+      std::vector<int32_t> ids(static_cast<size_t>(prompt_length));
+      reader.read(prompt_begin + p * prompt_length, prompt_length, ids.data(), c.vocab_size);
+      prompts.push_back(std::move(ids));
+    }
+  } else {
+    prompts.emplace_back();
   }
-  if (ids.empty()) ids.push_back(2);  // SOS: what an empty prompt starts from
-  if (int64_t(ids.size()) > c.context_length)
-    LOG(INFO) << "the prompt has " << ids.size() << " tokens: keeping the last " << c.context_length
-              << " (the context length)";
+  for (std::vector<int32_t>& ids : prompts) {
+    if (ids.empty()) ids.push_back(kSosToken);  // what an empty prompt starts from
+    if (int64_t(ids.size()) > c.context_length)
+      LOG(INFO) << "a prompt has " << ids.size() << " tokens: keeping the last "
+                << c.context_length << " (the context length)";
+  }
 
   Ops<float>& ops = *backend.ops;
   LOG(INFO) << "backend: " << backend.description;
   float* params = static_cast<float*>(ops.allocate(model.params.size() * sizeof(float)));
   ops.upload(params, model.params.data(), model.params.size() * sizeof(float));
-  Decoder<float> dec(c, ops, params, !uncached);
-  std::mt19937_64 rng(seed);
-  using Clock = std::chrono::steady_clock;
-  auto t0 = Clock::now();
-  dec.start(ids);
-  const double prefill_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  const std::vector<int32_t> used_prompt(ids.end() - std::min<int64_t>(int64_t(ids.size()), dec.length()), ids.end());
-  std::vector<int32_t> out;
-  t0 = Clock::now();
-  auto last_log = t0;
-  for (int64_t i = 0; i < tokens; ++i) {
-    const int32_t t = sample_token(dec.logits(), so, rng);
-    out.push_back(t);
-    if (stop_at_eos && t == kEosToken) break;
-    if (i + 1 < tokens) dec.append(t);
-    // Output comes at the end: a long generation says how far it is.
-    const auto now = Clock::now();
-    if (std::chrono::duration<double>(now - last_log).count() >= 10) {
-      last_log = now;
-      LOG(INFO) << i + 1 << " of " << tokens << " tokens generated ("
-                << fmt("%.0f", double(i + 1) / std::chrono::duration<double>(now - t0).count())
-                << " tokens/s)";
-    }
+  const Generation g{so, tokens, seed, stop_at_eos};
+  const int64_t total = int64_t(prompts.size()) * num_samples;
+  Progress progress(total * tokens);
+  {
+    Decoder<float> dec(c, ops, params, !uncached, TokenTables::kAuto, num_samples);
+    LOG(INFO) << (uncached ? "uncached" : "cached") << " decoding of " << prompts.size()
+              << " prompt" << (prompts.size() > 1 ? "s" : "") << " x " << num_samples
+              << " sample" << (num_samples > 1 ? "s" : "") << ", " << tokens << " tokens each";
+    for (size_t p = 0; p < prompts.size(); ++p)
+      for (const SampleRecord& r : generate(dec, int64_t(p), prompts[p], g, progress)) {
+        if (format == "json") {
+          std::cout << json_line(r, byte_model) << std::endl;
+          continue;
+        }
+        if (format == "text") {
+          if (total > 1)
+            std::cout << "=== prompt " << r.prompt_index << ", sample " << r.sample << " (seed "
+                      << r.seed << ") ===\n";
+          std::cout << decode_bytes(r.generated) << std::endl;
+        } else {
+          for (size_t i = 0; i < r.generated.size(); ++i)
+            std::cout << (i ? " " : "") << r.generated[i];
+          std::cout << std::endl;
+        }
+      }
   }
-  const double gen_s = std::chrono::duration<double>(Clock::now() - t0).count();
   ops.deallocate(params);
-  LOG(INFO) << "prompt " << used_prompt.size() << " tokens (" << prefill_s << " s) | generated "
-            << out.size() << " tokens at " << double(out.size()) / std::max(gen_s, 1e-9)
-            << " tokens/s | " << (uncached ? "uncached" : "cached") << " decoding, "
-            << dec.refills() << " full passes";
-
-  if (format == "text") {
-    std::cout << decode_bytes(out) << std::endl;
-  } else if (format == "ids") {
-    for (size_t i = 0; i < out.size(); ++i) std::cout << (i ? " " : "") << out[i];
-    std::cout << std::endl;
-  } else {
-    auto list = [](const std::vector<int32_t>& v) {
-      std::string s = "[";
-      for (size_t i = 0; i < v.size(); ++i) s += cat(i ? ", " : "", v[i]);
-      return s + "]";
-    };
-    std::cout << "{\"prompt\": " << list(used_prompt) << ", \"generated\": " << list(out)
-              << ", \"tokens_per_s\": " << double(out.size()) / std::max(gen_s, 1e-9) << "}"
-              << std::endl;
-  }
   return 0;
 }
 

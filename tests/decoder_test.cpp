@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <random>
 
 #include "core/decoder.h"
@@ -31,6 +32,14 @@ std::vector<T> params_for(const ModelConfig& c, uint64_t seed) {
     if (info.kind == ParamKind::kNormWeight)
       for (int64_t i = 0; i < info.numel; ++i) p[size_t(info.offset + i)] += T(1);
   return p;
+}
+
+// The parameters in the backend's memory (the caller deallocates them).
+template <typename T>
+T* upload_params(cpu::CpuOps<T>& ops, const std::vector<T>& host) {
+  T* params = static_cast<T*>(ops.allocate(host.size() * sizeof(T)));
+  ops.upload(params, host.data(), host.size() * sizeof(T));
+  return params;
 }
 
 template <typename T>
@@ -170,6 +179,90 @@ TEST(Decoder, LongPromptsEmptyPromptsAndSlidingWindow) {
   }
   EXPECT_EQ(a.length(), 151);
   EXPECT_THROW(a.append(99), UserError);
+  ops.deallocate(params);
+}
+
+// Several samples decoded as one batch against each decoded alone: sample k's token stream
+// (PAD and EOS included) goes to one Decoder of K samples and to a Decoder of its own. Past
+// N tokens the window slides: the prompt leaves the shared cache and the samples' own
+// caches grow, then drop their oldest entries and move.
+template <typename T>
+void check_samples_equal_single_runs(bool cached, TokenTables tables, double tol,
+                                     PositionEncoding pe = PositionEncoding::kRotary) {
+  const ModelConfig c = config(pe);
+  cpu::CpuOps<T> ops;
+  T* params = upload_params(ops, params_for<T>(c, 11));
+  const int64_t K = 3, V = c.vocab_size;
+  Decoder<T> batch(c, ops, params, cached, tables, K);
+  std::vector<std::unique_ptr<Decoder<T>>> single;
+  for (int64_t k = 0; k < K; ++k)
+    single.push_back(std::make_unique<Decoder<T>>(c, ops, params, cached, tables));
+  const std::vector<int32_t> prompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
+  batch.start(prompt);
+  for (auto& d : single) d->start(prompt);
+  auto expect_rows = [&](int step) {
+    for (int64_t k = 0; k < K; ++k) {
+      const std::vector<T> row(batch.logits().begin() + k * V, batch.logits().begin() + (k + 1) * V);
+      if (cached)
+        ASSERT_LE(max_rel(row, single[size_t(k)]->logits()), tol) << "step " << step << " sample " << k;
+      else  // one full pass per sample, as alone
+        ASSERT_EQ(row, single[size_t(k)]->logits()) << "step " << step << " sample " << k;
+    }
+  };
+  expect_rows(-1);
+  const int steps = cached ? 100 : 12;  // 110 tokens: past N + M = 72, and N more
+  for (int step = 0; step < steps; ++step) {
+    std::vector<int32_t> next(static_cast<size_t>(K));
+    for (int64_t k = 0; k < K; ++k) {
+      next[size_t(k)] = int32_t((step * 7 + k * 5 + 3) % 19);
+      single[size_t(k)]->append(next[size_t(k)]);
+    }
+    batch.append(next);
+    ASSERT_EQ(batch.latents(), single[0]->latents());
+    ASSERT_EQ(batch.refills(), single[0]->refills());
+    expect_rows(step);
+  }
+  EXPECT_EQ(batch.samples(), K);
+  EXPECT_EQ(batch.token_tables(), single[0]->token_tables());
+  ops.deallocate(params);
+}
+
+TEST(DecoderSamples, EqualSingleRunsCachedDouble) {
+  check_samples_equal_single_runs<double>(true, TokenTables::kOff, 1e-12);
+}
+TEST(DecoderSamples, EqualSingleRunsCachedFloat) {
+  check_samples_equal_single_runs<float>(true, TokenTables::kOff, 2e-5);
+}
+TEST(DecoderSamples, EqualSingleRunsThroughTokenTables) {
+  check_samples_equal_single_runs<double>(true, TokenTables::kOn, 1e-12);
+}
+TEST(DecoderSamples, EqualSingleRunsAbsolutePositions) {
+  check_samples_equal_single_runs<double>(true, TokenTables::kOff, 1e-12, PositionEncoding::kBoth);
+}
+TEST(DecoderSamples, EqualSingleRunsUncached) {
+  check_samples_equal_single_runs<float>(false, TokenTables::kOff, 0);
+}
+
+// Batched cached decoding against batched uncached decoding (within the context, where they
+// agree), as for one sample.
+TEST(DecoderSamples, CachedMatchesUncached) {
+  const ModelConfig c = config();
+  cpu::CpuOps<double> ops;
+  double* params = upload_params(ops, params_for<double>(c, 13));
+  const int64_t K = 4;
+  Decoder<double> cached(c, ops, params, true, TokenTables::kAuto, K);
+  Decoder<double> uncached(c, ops, params, false, TokenTables::kAuto, K);
+  cached.start({3, 4, 5});
+  uncached.start({3, 4, 5});
+  EXPECT_LE(max_rel(cached.logits(), uncached.logits()), 1e-12);
+  for (int step = 0; step < 50; ++step) {
+    std::vector<int32_t> next;
+    for (int64_t k = 0; k < K; ++k) next.push_back(int32_t((step * 3 + k * k + 1) % 19));
+    cached.append(next);
+    uncached.append(next);
+    ASSERT_LE(max_rel(cached.logits(), uncached.logits()), 1e-12) << "step " << step;
+  }
+  EXPECT_GE(cached.refills(), 1 + 2);
   ops.deallocate(params);
 }
 

@@ -8,9 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/model_file.h"
-#include "core/init.h"
-#include "core/param_layout.h"
 #include "launch/backend.h"
 #include "tests/par_cli.h"
 #include "tests/temp_dir.h"
@@ -74,12 +71,8 @@ TEST(DeviceCli, CudaWithoutBackendOrGpuSaysWhy) {
 class LocalBackendRun : public ::testing::Test {
  protected:
   void SetUp() override {
-    ModelConfig c{.d_model = 32, .context_length = 64, .num_latents = 16, .num_layers = 1,
-                  .cross_heads = c.self_heads = 2, .mlp_factor = 2};
-    std::vector<float> params;
-    init_parameters(ParamLayout(c), 1, params);
     const std::string model = quote(dir_.file("model.h5"));
-    write_export(dir_.file("model.h5"), c, 0, params.data());
+    testing_util::write_small_model(dir_.file("model.h5"));
     const std::string data = testing_util::copy_task_data(dir_, 65, 8);
     commands_ = {cat("eval --checkpoint ", model, " --data ", quote(data)),
                  cat("sample --checkpoint ", model,

@@ -17,7 +17,7 @@ namespace {
 
 ModelConfig small_model() {
   ModelConfig c{.d_model = 32, .context_length = 64, .num_latents = 16, .num_layers = 2,
-                .cross_heads = c.self_heads = 2, .mlp_factor = 2};
+                .cross_heads = 2, .self_heads = 2, .mlp_factor = 2};
   return c;
 }
 

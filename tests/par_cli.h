@@ -15,6 +15,9 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/model_file.h"
+#include "core/init.h"
+#include "core/param_layout.h"
 #include "data/prep.h"
 #include "tests/temp_dir.h"
 
@@ -111,6 +114,21 @@ inline std::string tiny_train_args(const std::string& data, const std::string& o
              "' --steps ", steps, " --threads 1");
 }
 
+// A small byte-level model with random weights (d 32, N 64, M 16, one layer), exported to
+// `path`: enough for eval and sample to run in a blink.
+inline void write_small_model(const std::string& path) {
+  ModelConfig c;
+  c.d_model = 32;
+  c.context_length = 64;
+  c.num_latents = 16;
+  c.num_layers = 1;
+  c.cross_heads = c.self_heads = 2;
+  c.mlp_factor = 2;
+  std::vector<float> params;
+  init_parameters(ParamLayout(c), 1, params);
+  write_export(path, c, 0, params.data());
+}
+
 // Copy-task shards in dir/data (examples of `length` tokens); returns the train pattern.
 inline std::string copy_task_data(const TempDir& dir, int64_t length, int64_t examples) {
   MirrorPrepOptions o;
@@ -122,6 +140,18 @@ inline std::string copy_task_data(const TempDir& dir, int64_t length, int64_t ex
   std::ostringstream log;
   prep_mirror(o, log);
   return o.common.out_dir + "/train-*.h5";
+}
+
+// The ids under `key` in the first JSON line of `out` that has them (`par sample --format
+// json`: "prompt", "generated").
+inline std::vector<int32_t> json_ids(const std::string& out, const std::string& key) {
+  const std::regex re("\"" + key + "\": \\[([0-9, ]*)\\]");
+  std::smatch m;
+  std::vector<int32_t> ids;
+  if (!std::regex_search(out, m, re)) return ids;
+  std::istringstream in(m[1].str());
+  for (std::string t; std::getline(in, t, ',');) ids.push_back(std::stoi(t));
+  return ids;
 }
 
 // The "loss" of every line of a metrics.jsonl that has one, as written.

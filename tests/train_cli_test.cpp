@@ -80,19 +80,10 @@ TEST(TrainCli, ResumeContinuesBitIdentically) {
   EXPECT_NE(first.params, std::vector<float>(first.params.size(), 0.0f));
 }
 
+using testing_util::json_ids;
+
 // The copy task (configs/copy-tiny.ini): the loss on the copied half of held-out examples
 // falls far below the 8 bits (ln 256 nats) of a random byte.
-// Generated ids from `par sample --format json`.
-std::vector<int32_t> json_ids(const std::string& out, const std::string& key) {
-  const std::regex re("\"" + key + "\": \\[([0-9, ]*)\\]");
-  std::smatch m;
-  std::vector<int32_t> ids;
-  if (!std::regex_search(out, m, re)) return ids;
-  std::istringstream in(m[1].str());
-  for (std::string t; std::getline(in, t, ',');) ids.push_back(std::stoi(t));
-  return ids;
-}
-
 TEST(TrainCli, LearnsTheCopyTask) {
   TempDir dir;
   const std::string data = make_copy_data(dir, "data", 64, 2000);

@@ -33,7 +33,8 @@
 #   CHECK_OUT     where the logs go (default $OUT when set, else build-gpu-bundle/check)
 # After the table, the issue's targets (tools/gpu_check.sh prints "targets:" lines): the
 # 100M config at N = 131072 with --cross-attend-dropout 0 (the work PyTorch's model does),
-# the attention alone, and N = 1,048,576.
+# the attention alone, N = 1,048,576, and cached decoding of 16 samples of one 130,068-token
+# prompt (`par bench --decode 1000 --num-samples 16`: tokens/s of all samples together).
 # Exit status: 0 when all tests passed, 1 when some failed or did not run, 2 on setup errors.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -252,6 +253,8 @@ if [ -f "$target_config" ]; then
   run_target n131k
   run_target n131k-profile --profile
   run_target n1m --context-length 1048576 --steps 3 --warmup 1
+  # Generation: 16 samples of one prompt of 130,068 tokens, decoded together, cached.
+  run_target decode16 --decode 1000 --num-samples 16
 fi
 
 # ---- par bench ----
@@ -357,6 +360,14 @@ if j:
     line("N=1048576 step", j["ms_per_step"], "ms", "<= 100 ms", j["ms_per_step"] <= 100)
 else:
     print("  N=1048576: " + why)
+j, why = js("decode16")
+if j:
+    total = j["cached_tokens_per_s"]
+    line("decode, 16 samples, tokens/s in all", total, "", ">= 10000", total >= 10000)
+    print("  %-36s %10.2f tokens/s per sample, %d refills" % (
+        "", j["cached_tokens_per_s_per_sample"], j["refills"]))
+else:
+    print("  decode, 16 samples: " + why)
 EOF
   for f in "$work"/profile-*.txt; do
     [ -s "$f" ] || continue
