@@ -1,0 +1,109 @@
+// The CudaOps class (core/ops.h on one GPU), shared by its source files: cuda_ops.cpp
+// (memory, transfers, step graphs, matrix products and the other operations) and
+// cuda_ops_attention.cpp (which attention path a call takes, and the blocked one).
+// Private to kernels/cuda: everything else reaches the backend through cuda_ops.h.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "kernels/cuda/attention_cudnn.h"
+#include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/gemm_mapping.h"
+#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/step_graphs.h"
+
+namespace par::cuda {
+
+// Scratch buffers: grow-only, one per use, so that no two live uses share one.
+enum ScratchSlot : int {
+  // kScores .. kDelta of attention_plan.h come first.
+  kColumnPartial = 8,
+  kLayerNormPartial,
+  kEmbedding,
+  kSquares,
+  kSampling,
+  kDecodeSplit,
+  kCudnnFirst,  // CudnnAttention's own buffers
+  kSlotCount = kCudnnFirst + CudnnAttention::kScratchSlots
+};
+
+class CudaOps final : public Ops<float> {
+ public:
+  CudaOps(int device, MatmulPrecision precision);
+  ~CudaOps() override;
+  CudaOps(const CudaOps&) = delete;
+  CudaOps& operator=(const CudaOps&) = delete;
+
+  const char* name() const override { return "cuda"; }
+
+  // Every operation of core/ops.h, for T = float.
+  using T = float;
+  PAR_OPS_METHODS(PAR_OPS_OVERRIDE)
+
+  // For the attention plan's engine and the public helpers.
+  void gemm_row_major(const RowMajorGemm& g);
+  void* scratch(int slot, size_t bytes);
+  cudaStream_t stream() const { return stream_; }
+  MatmulPrecision precision() const { return precision_; }
+  void set_key_block(int64_t keys) { key_block_ = keys; }
+  void set_attention_kernel(AttentionKernel k) { attention_kernel_ = k; }
+  std::string attention_description();
+  void begin_graph();
+  void end_graph(uint64_t key);
+  bool replay_graph(uint64_t key);
+  void set_graphs(bool on) { graphs_on_ = on; }
+  GraphStats graph_stats() const { return graphs_->stats(); }
+  std::string attention_paths();  // the description, less the one-query path
+  MemoryStats memory();
+
+ private:
+  // Makes this object's device current for the calling thread (a program may drive several
+  // devices, and kernels launch on the current one).
+  void use_device() const { PAR_CUDA_CHECK(cudaSetDevice(device_)); }
+  void track(int64_t delta);
+  // Inside a step's recording: discards it and throws, naming `what` (which would wait for
+  // the GPU, which a recording cannot).
+  void refuse_in_graph(const char* what);
+  // The cuDNN path, when this call may and can take it (else null, having thrown where
+  // kCudnn demands it).
+  CudnnAttention* cudnn_for(const AttentionShape& s, bool backward);
+  void blocked_forward(const AttentionShape& s, const float* q, const float* k, const float* v,
+                       float* o, float* lse);
+  void blocked_backward(const AttentionShape& s, const float* q, const float* k,
+                        const float* v, const float* o, const float* d_o, const float* lse,
+                        float* dq, float* dk, float* dv);
+
+  int device_;
+  MatmulPrecision precision_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  void* cublas_workspace_ = nullptr;
+  double* pinned_ = nullptr;  // small device-to-host results
+  char* staging_ = nullptr;   // kStagingBytes of pinned memory for small uploads
+  size_t staging_used_ = 0;   // bytes handed to copies since the stream last drained
+  struct Scratch {
+    void* p = nullptr;
+    size_t bytes = 0;
+  };
+  std::array<Scratch, kSlotCount> scratch_{};
+  std::unordered_map<void*, size_t> sizes_;
+  int64_t allocated_ = 0, peak_ = 0;
+  int64_t key_block_ = 0;
+  AttentionKernel attention_kernel_ = AttentionKernel::kAuto;
+  int sm_major_ = 0;
+  std::unique_ptr<CudnnAttention> cudnn_;  // made on first use
+  std::unique_ptr<StepGraphs> graphs_;
+  bool graphs_on_ = true;
+  bool graph_uploaded_ = false;  // the step being recorded copies from the host
+};
+
+}  // namespace par::cuda
