@@ -32,7 +32,7 @@ struct LatentPass {
   int64_t batch = 1;
   int64_t rows = 0;  // per example
   int64_t d = 0;
-  DeviceGroup tp;  // empty: this rank alone
+  DeviceGroup tp{};  // empty: this rank alone
   int tp_rank = 0;
   // Residual dropout: probability (0 outside training), and what keys the masks: site s
   // draws with DropoutKey{seed, step, s}, example b of the batch being example_base + b.

@@ -1,3 +1,5 @@
+// Decoder: starting and extending a sequence, the full and incremental passes, and the
+// logits; the cross caches themselves are filled and compacted in decoder_caches.cpp.
 #include "core/decoder.h"
 
 #include <algorithm>
@@ -8,89 +10,12 @@
 #include "core/attention_merge.h"
 #include "core/blocks.h"
 #include "core/constants.h"
+#include "core/decoder_buffers.h"
 #include "core/error.h"
 
 namespace par {
 
-namespace {
-
-// The position of cache rows that hold nothing yet: after every query, so invisible, and
-// keeping the positions non-decreasing as Ops::attention_forward asks.
-constexpr int64_t kFarPosition = std::numeric_limits<int64_t>::max() / 2;
-
-}  // namespace
-
-template <typename T>
-struct Decoder<T>::Buffers {
-  // Caches.
-  T *cross_k, *cross_v;  // [N + M, d]: keys rotated at their positions (shared)
-  int64_t* cross_pos;    // [N + M]
-  uint8_t* cross_keep;   // [N + M]: not PAD
-  // With token tables (Decoder::token_tables_): each sample's window as tokens, the rotary
-  // tables of its positions (the same for every sample), and the tables of every token.
-  int32_t* tok;          // [K, N + M]
-  uint8_t* tok_keep;     // [K, N + M]
-  T *tok_cos, *tok_sin;              // [N + M, cross bands]
-  T *key_table, *value_table;        // [V, d]: un-rotated keys and values of every token
-  std::vector<T*> self_k, self_v;  // per layer [K, M, d]
-  int64_t* self_pos;     // [M]
-  // Work space of a full pass (W <= N inputs, L <= M latents) or of one new token per
-  // sample; R = K * M latent rows, E = max(N, K, V) input rows.
-  int32_t* tokens;       // [max(E, R)]
-  int32_t* pos_ids;      // [max(E, R)]: document positions (absolute positions only)
-  int64_t* latent_pos;   // [max(M, K)]
-  T *h, *kvn, *kv_mu, *kv_rs;          // [E, d], [E]
-  T *zin, *z0, *qn, *q, *k, *v, *att, *tmp, *x, *ln;  // [R, d]
-  T *mu, *rs;            // [R]
-  T *fc1, *act;          // [R, F]
-  T *lse;                // [max(Hc, H) * R]
-  T *lse2, *max_a, *max_b;  // [max(Hc, H) * R] with several samples: merging attentions
-  T *logits;             // [K, V]
-  T *cos, *sin;          // rotary tables for up to max(N, M) rows
-
-  void carve(Carver& c, const ModelConfig& cfg, int64_t K, int64_t bands, int64_t cross_bands,
-             bool token_tables) {
-    const int64_t N = cfg.context_length, M = cfg.num_latents, d = cfg.d_model;
-    const int64_t F = cfg.mlp_width(), V = cfg.vocab_size, cap = N + M, R = K * M;
-    const int64_t E = std::max({N, K, token_tables ? V : 0});
-    cross_k = c.take<T>(cap * d);
-    cross_v = c.take<T>(cap * d);
-    cross_pos = c.take<int64_t>(cap);
-    cross_keep = c.take<uint8_t>(cap);
-    const int64_t tcap = token_tables ? cap : 0;
-    tok = c.take<int32_t>(K * tcap);
-    tok_keep = c.take<uint8_t>(K * tcap);
-    tok_cos = c.take<T>(tcap * cross_bands);
-    tok_sin = c.take<T>(tcap * cross_bands);
-    key_table = c.take<T>(token_tables ? V * d : 0);
-    value_table = c.take<T>(token_tables ? V * d : 0);
-    self_k.resize(size_t(cfg.num_layers));
-    self_v.resize(size_t(cfg.num_layers));
-    for (int64_t l = 0; l < cfg.num_layers; ++l) {
-      self_k[size_t(l)] = c.take<T>(R * d);
-      self_v[size_t(l)] = c.take<T>(R * d);
-    }
-    self_pos = c.take<int64_t>(M);
-    tokens = c.take<int32_t>(std::max(E, R));
-    pos_ids = c.take<int32_t>(cfg.absolute_positions() ? std::max(E, R) : 0);
-    latent_pos = c.take<int64_t>(std::max(M, K));
-    h = c.take<T>(E * d);
-    kvn = c.take<T>(E * d);
-    kv_mu = c.take<T>(E);
-    kv_rs = c.take<T>(E);
-    for (T** p : {&zin, &z0, &qn, &q, &k, &v, &att, &tmp, &x, &ln}) *p = c.take<T>(R * d);
-    mu = c.take<T>(R);
-    rs = c.take<T>(R);
-    fc1 = c.take<T>(R * F);
-    act = c.take<T>(R * F);
-    const int64_t heads_rows = std::max(cfg.cross_heads, cfg.self_heads) * R;
-    lse = c.take<T>(heads_rows);
-    for (T** p : {&lse2, &max_a, &max_b}) *p = c.take<T>(K > 1 ? heads_rows : 0);
-    logits = c.take<T>(K * V);
-    cos = c.take<T>(std::max(N, M) * bands);
-    sin = c.take<T>(std::max(N, M) * bands);
-  }
-};
+using decoder_detail::kFarPosition;
 
 template <typename T>
 Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool cached,
@@ -388,131 +313,6 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
                   LseLayout{batch, nq}, b.max_a, b.max_b);
 }
 
-// The newest input of every sample, at `position`, into the cross caches (the oldest leaves
-// the window when it holds N): the shared cache with one sample, else the samples' own.
-template <typename T>
-void Decoder<T>::push_inputs(int64_t position) {
-  const int64_t d = cfg_.d_model, N = cfg_.context_length, K = samples();
-  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
-  Buffers& b = *b_;
-  const CrossRef<T>& cp = p_.cross;
-  std::vector<int32_t> tokens, doc_pos;
-  gather(position, 1, tokens, doc_pos);
-  T *k = b.att, *v = b.tmp;
-  int64_t slot = 0;
-  if (K == 1) {
-    if (cross_count_ == N) {
-      ++cross_head_;
-      --cross_count_;
-    }
-    if (cross_head_ + cross_count_ == N + cfg_.num_latents) compact_cross_cache(position);
-    slot = cross_head_ + cross_count_;
-    k = b.cross_k + slot * d;
-    v = b.cross_v + slot * d;
-  } else {
-    if (cross_count_ + own_count_ == N) {
-      if (cross_count_ > 0) {
-        ++cross_head_;
-        --cross_count_;
-      } else {  // the oldest own entry leaves
-        const uint8_t drop = 0;
-        for (int64_t s = 0; s < K; ++s) ops_.upload(own_keep_ + s * own_cap_ + own_head_, &drop, 1);
-        ++own_head_;
-        --own_count_;
-        ++own_first_;
-      }
-    }
-    if (own_count_ == 0) own_first_ = position;
-    if (own_head_ + own_count_ == own_cap_) reserve_own();
-  }
-  embed(b.h, tokens.data(), doc_pos.data(), K, b.kvn);
-  cross_keys_values(ops_, cp, b.h, K, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, k, v);
-  rotary_at(k, K, 1, Hc, Dc, rot_cross_, position);
-  const std::vector<uint8_t> keep = keep_of(tokens.data(), K);
-  if (K == 1) {
-    ops_.upload(b.cross_pos + slot, &position, sizeof(int64_t));
-    ops_.upload(b.cross_keep + slot, keep.data(), 1);
-    ++cross_count_;
-  } else {
-    slot = own_head_ + own_count_;
-    ops_.copy_blocks(own_k_ + slot * d, own_cap_ * d, k, d, K, d, false);
-    ops_.copy_blocks(own_v_ + slot * d, own_cap_ * d, v, d, K, d, false);
-    ops_.upload(own_pos_ + slot, &position, sizeof(int64_t));
-    for (int64_t s = 0; s < K; ++s) ops_.upload(own_keep_ + s * own_cap_ + slot, &keep[size_t(s)], 1);
-    ++own_count_;
-  }
-  if (token_tables_) push_token_window(tokens, position);  // b.cos, b.sin: position's tables
-}
-
-// Room for one more own entry per sample: the entries move to the front of new blocks,
-// twice as long as they need (at most N + M rows, as the shared cache).
-template <typename T>
-void Decoder<T>::reserve_own() {
-  const int64_t K = samples(), d = cfg_.d_model, M = cfg_.num_latents;
-  const int64_t cap = std::min(cfg_.context_length + M, std::max<int64_t>(M, 2 * (own_count_ + 1)));
-  PAR_ASSERT(cap > own_count_);
-  T *k = nullptr, *v = nullptr;
-  int64_t* pos = nullptr;
-  uint8_t* keep = nullptr;
-  auto carve = [&](Carver& c) {
-    k = c.take<T>(K * cap * d);
-    v = c.take<T>(K * cap * d);
-    pos = c.take<int64_t>(cap);
-    keep = c.take<uint8_t>(K * cap);
-  };
-  Carver sizing;
-  carve(sizing);
-  void* memory = ops_.allocate(size_t(sizing.used));
-  Carver real{static_cast<char*>(memory), 0};
-  carve(real);
-  const int64_t n = own_count_;
-  ops_.fill(k, K * cap * d, T(0));  // rows read but not kept must be numbers (see above)
-  ops_.fill(v, K * cap * d, T(0));
-  if (n > 0) {
-    ops_.copy_blocks(k, cap * d, own_k_ + own_head_ * d, own_cap_ * d, K, n * d, false);
-    ops_.copy_blocks(v, cap * d, own_v_ + own_head_ * d, own_cap_ * d, K, n * d, false);
-  }
-  std::vector<int64_t> p(static_cast<size_t>(cap), kFarPosition);
-  for (int64_t j = 0; j < n; ++j) p[size_t(j)] = own_first_ + j;
-  std::vector<uint8_t> kp(static_cast<size_t>(K * cap), 0);
-  for (int64_t s = 0; s < K; ++s) {
-    const std::vector<uint8_t> ks = keep_of(seqs_[size_t(s)].tokens.data() + own_first_, n);
-    std::copy(ks.begin(), ks.end(), kp.begin() + s * cap);
-  }
-  ops_.upload(pos, p.data(), p.size() * sizeof(int64_t));
-  ops_.upload(keep, kp.data(), kp.size());
-  if (own_memory_) ops_.deallocate(own_memory_);
-  own_memory_ = memory;
-  own_k_ = k;
-  own_v_ = v;
-  own_pos_ = pos;
-  own_keep_ = keep;
-  own_cap_ = cap;
-  own_head_ = 0;
-}
-
-// The newest token of every sample into its token window (the rotary tables of `position`
-// are in b.cos and b.sin).
-template <typename T>
-void Decoder<T>::push_token_window(const std::vector<int32_t>& tokens, int64_t position) {
-  const int64_t N = cfg_.context_length, cap = N + cfg_.num_latents, bands = rot_cross_.bands;
-  Buffers& b = *b_;
-  if (tok_count_ == N) {
-    ++tok_head_;
-    --tok_count_;
-  }
-  if (tok_head_ + tok_count_ == cap) compact_token_window(position);
-  const int64_t slot = tok_head_ + tok_count_;
-  ops_.copy(b.tok_cos + slot * bands, b.cos, bands);
-  ops_.copy(b.tok_sin + slot * bands, b.sin, bands);
-  const std::vector<uint8_t> keep = keep_of(tokens.data(), int64_t(tokens.size()));
-  for (size_t s = 0; s < tokens.size(); ++s) {
-    ops_.upload(b.tok + int64_t(s) * cap + slot, &tokens[s], sizeof(int32_t));
-    ops_.upload(b.tok_keep + int64_t(s) * cap + slot, &keep[s], 1);
-  }
-  ++tok_count_;
-}
-
 // The latent on the newest input of every sample (already in the cross caches) through
 // every layer, attending over the caches.
 template <typename T>
@@ -542,49 +342,6 @@ void Decoder<T>::incremental(int64_t position) {
   if (!done) attend_windows(K, 1);
   latent_stack(K, 1, position, false, true);
   ++latents_;
-}
-
-// Moves `count` rows of `width` from row `from` to row 0. Copies are not defined for
-// overlapping ranges, so it goes in pieces of `from` rows, each clear of the next.
-template <typename T>
-void Decoder<T>::move_to_front(T* base, int64_t from, int64_t count, int64_t width) {
-  for (int64_t r = 0; r < count; r += from)
-    ops_.copy(base + r * width, base + (from + r) * width, std::min(from, count - r) * width);
-}
-
-// Moves the live entries of the shared cross cache (the inputs before `next_position`) to
-// the front.
-template <typename T>
-void Decoder<T>::compact_cross_cache(int64_t next_position) {
-  const int64_t d = cfg_.d_model, h0 = cross_head_, n = cross_count_;
-  Buffers& b = *b_;
-  move_to_front(b.cross_k, h0, n, d);
-  move_to_front(b.cross_v, h0, n, d);
-  const int64_t first = next_position - n;  // consecutive positions
-  std::vector<int64_t> pos(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) pos[size_t(j)] = first + j;
-  const std::vector<uint8_t> keep = keep_of(seqs_[0].tokens.data() + first, n);
-  ops_.upload(b.cross_pos, pos.data(), pos.size() * sizeof(int64_t));
-  ops_.upload(b.cross_keep, keep.data(), keep.size());
-  cross_head_ = 0;
-}
-
-// Moves the token windows' live entries (the inputs before `next_position`) to the front.
-template <typename T>
-void Decoder<T>::compact_token_window(int64_t next_position) {
-  const int64_t h0 = tok_head_, n = tok_count_, bands = rot_cross_.bands;
-  const int64_t cap = cfg_.context_length + cfg_.num_latents;
-  Buffers& b = *b_;
-  move_to_front(b.tok_cos, h0, n, bands);
-  move_to_front(b.tok_sin, h0, n, bands);
-  const int64_t first = next_position - n;
-  for (int64_t s = 0; s < samples(); ++s) {
-    const int32_t* tokens = seqs_[size_t(s)].tokens.data() + first;
-    const std::vector<uint8_t> keep = keep_of(tokens, n);
-    ops_.upload(b.tok + s * cap, tokens, size_t(n) * sizeof(int32_t));
-    ops_.upload(b.tok_keep + s * cap, keep.data(), keep.size());
-  }
-  tok_head_ = 0;
 }
 
 // From the cross-attention output (b.att: `batch` samples of `rows` latents from

@@ -1,0 +1,96 @@
+// The Decoder's device buffers (its caches and the scratch of one step), shared by its
+// source files: decoder.cpp (the passes) and decoder_caches.cpp (filling and compacting the
+// cross caches). Private to core/decoder*.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/decoder.h"
+
+namespace par {
+
+namespace decoder_detail {
+
+// The position of cache rows that hold nothing yet: after every query, so invisible, and
+// keeping the positions non-decreasing as Ops::attention_forward asks.
+constexpr int64_t kFarPosition = std::numeric_limits<int64_t>::max() / 2;
+
+}  // namespace decoder_detail
+
+template <typename T>
+struct Decoder<T>::Buffers {
+  // Caches.
+  T *cross_k, *cross_v;  // [N + M, d]: keys rotated at their positions (shared)
+  int64_t* cross_pos;    // [N + M]
+  uint8_t* cross_keep;   // [N + M]: not PAD
+  // With token tables (Decoder::token_tables_): each sample's window as tokens, the rotary
+  // tables of its positions (the same for every sample), and the tables of every token.
+  int32_t* tok;          // [K, N + M]
+  uint8_t* tok_keep;     // [K, N + M]
+  T *tok_cos, *tok_sin;              // [N + M, cross bands]
+  T *key_table, *value_table;        // [V, d]: un-rotated keys and values of every token
+  std::vector<T*> self_k, self_v;  // per layer [K, M, d]
+  int64_t* self_pos;     // [M]
+  // Work space of a full pass (W <= N inputs, L <= M latents) or of one new token per
+  // sample; R = K * M latent rows, E = max(N, K, V) input rows.
+  int32_t* tokens;       // [max(E, R)]
+  int32_t* pos_ids;      // [max(E, R)]: document positions (absolute positions only)
+  int64_t* latent_pos;   // [max(M, K)]
+  T *h, *kvn, *kv_mu, *kv_rs;          // [E, d], [E]
+  T *zin, *z0, *qn, *q, *k, *v, *att, *tmp, *x, *ln;  // [R, d]
+  T *mu, *rs;            // [R]
+  T *fc1, *act;          // [R, F]
+  T *lse;                // [max(Hc, H) * R]
+  T *lse2, *max_a, *max_b;  // [max(Hc, H) * R] with several samples: merging attentions
+  T *logits;             // [K, V]
+  T *cos, *sin;          // rotary tables for up to max(N, M) rows
+
+  void carve(Carver& c, const ModelConfig& cfg, int64_t K, int64_t bands, int64_t cross_bands,
+             bool token_tables) {
+    const int64_t N = cfg.context_length, M = cfg.num_latents, d = cfg.d_model;
+    const int64_t F = cfg.mlp_width(), V = cfg.vocab_size, cap = N + M, R = K * M;
+    const int64_t E = std::max({N, K, token_tables ? V : 0});
+    cross_k = c.take<T>(cap * d);
+    cross_v = c.take<T>(cap * d);
+    cross_pos = c.take<int64_t>(cap);
+    cross_keep = c.take<uint8_t>(cap);
+    const int64_t tcap = token_tables ? cap : 0;
+    tok = c.take<int32_t>(K * tcap);
+    tok_keep = c.take<uint8_t>(K * tcap);
+    tok_cos = c.take<T>(tcap * cross_bands);
+    tok_sin = c.take<T>(tcap * cross_bands);
+    key_table = c.take<T>(token_tables ? V * d : 0);
+    value_table = c.take<T>(token_tables ? V * d : 0);
+    self_k.resize(size_t(cfg.num_layers));
+    self_v.resize(size_t(cfg.num_layers));
+    for (int64_t l = 0; l < cfg.num_layers; ++l) {
+      self_k[size_t(l)] = c.take<T>(R * d);
+      self_v[size_t(l)] = c.take<T>(R * d);
+    }
+    self_pos = c.take<int64_t>(M);
+    tokens = c.take<int32_t>(std::max(E, R));
+    pos_ids = c.take<int32_t>(cfg.absolute_positions() ? std::max(E, R) : 0);
+    latent_pos = c.take<int64_t>(std::max(M, K));
+    h = c.take<T>(E * d);
+    kvn = c.take<T>(E * d);
+    kv_mu = c.take<T>(E);
+    kv_rs = c.take<T>(E);
+    for (T** p : {&zin, &z0, &qn, &q, &k, &v, &att, &tmp, &x, &ln}) *p = c.take<T>(R * d);
+    mu = c.take<T>(R);
+    rs = c.take<T>(R);
+    fc1 = c.take<T>(R * F);
+    act = c.take<T>(R * F);
+    const int64_t heads_rows = std::max(cfg.cross_heads, cfg.self_heads) * R;
+    lse = c.take<T>(heads_rows);
+    for (T** p : {&lse2, &max_a, &max_b}) *p = c.take<T>(K > 1 ? heads_rows : 0);
+    logits = c.take<T>(K * V);
+    cos = c.take<T>(std::max(N, M) * bands);
+    sin = c.take<T>(std::max(N, M) * bands);
+  }
+};
+
+}  // namespace par
