@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <map>
 
 #include "tests/par_cli.h"
@@ -73,6 +74,14 @@ TEST(Sampling, BytesAsText) {
   EXPECT_EQ(decode_bytes(ids("caf\xC3\xA9")), "caf\xC3\xA9");  // valid UTF-8 passes
   EXPECT_EQ(decode_bytes(ids("a\xC3z")), "a\\xC3z");           // a broken sequence is escaped
   EXPECT_EQ(decode_bytes(ids(std::string("\x01\x7F", 2))), "\\x01\\x7F");
+  // F5-FF never start a sequence (they once passed as 3-byte leads, which made the JSON
+  // of `par sample` invalid UTF-8); with continuation bytes after them, all are escaped.
+  for (int lead = 0xF5; lead <= 0xFF; ++lead) {
+    char want[32];
+    std::snprintf(want, sizeof want, "\\x%02X\\x80\\x80\\x80", lead);
+    EXPECT_EQ(decode_bytes(ids(std::string{char(lead), '\x80', '\x80', '\x80'})), want);
+  }
+  EXPECT_EQ(decode_bytes(ids("\xF0\x9F\x98\x80")), "\xF0\x9F\x98\x80");  // 4-byte UTF-8 passes
   std::vector<int32_t> special = {0, 1, 2, 'x' + 3};
   EXPECT_EQ(decode_bytes(special), "<pad><eos><sos>x");
 }

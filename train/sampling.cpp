@@ -18,7 +18,8 @@ namespace {
 // Length of the valid UTF-8 sequence starting at s[i] (0 if invalid).
 size_t utf8_length(const std::string& s, size_t i) {
   const unsigned char c = static_cast<unsigned char>(s[i]);
-  size_t n = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 && c <= 0xDF ? 2 : 0;
+  // Lead bytes: C2-DF start 2 bytes, E0-EF 3, F0-F4 4; C0, C1 and F5-FF start none.
+  size_t n = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xC2 && c <= 0xDF ? 2 : 0;
   if (n == 0 || i + n > s.size()) return 0;
   for (size_t k = 1; k < n; ++k)
     if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return 0;
