@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "core/arena.h"
@@ -150,9 +151,11 @@ void Decoder<T>::start(std::vector<int32_t> prompt) {
   if (own_memory_) ops_.deallocate(own_memory_);
   own_memory_ = nullptr;
   own_cap_ = own_head_ = own_count_ = 0;
+  groups_end_ = 0;
   // Every sample starts from the same window: one pass, whose caches and logits they share.
   const int64_t L = std::min<int64_t>(std::max<int64_t>(1, cfg_.num_latents / 2), length());
   full_pass(0, L);
+  if (token_tables_) group_window(0, length());
   const int64_t K = samples(), V = cfg_.vocab_size, d = cfg_.d_model, M = cfg_.num_latents;
   for (int64_t k = 1; k < K; ++k)
     std::copy(logits_.begin(), logits_.begin() + V, logits_.begin() + k * V);
@@ -208,7 +211,7 @@ template <typename T>
 void Decoder<T>::full_pass(int64_t sample, int64_t L) {
   const Sequence& seq = seqs_[size_t(sample)];
   const int64_t T_ = length(), W = std::min<int64_t>(T_, cfg_.context_length);
-  const int64_t p0 = T_ - W, d = cfg_.d_model, N = cfg_.context_length;
+  const int64_t p0 = T_ - W, d = cfg_.d_model;
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   PAR_ASSERT(L >= 1 && L <= W && L <= cfg_.num_latents);
   Buffers& b = *b_;
@@ -218,18 +221,6 @@ void Decoder<T>::full_pass(int64_t sample, int64_t L) {
   cross_keys_values(ops_, cp, b.h, W, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, b.cross_k,
                     b.cross_v);
   rotary_at(b.cross_k, 1, W, Hc, Dc, rot_cross_, p0);
-  if (token_tables_) {  // rotary_at left the window's tables in b.cos and b.sin
-    const int64_t bands = rot_cross_.bands, cap = N + cfg_.num_latents;
-    ops_.copy(b.tok_cos, b.cos, W * bands);
-    ops_.copy(b.tok_sin, b.sin, W * bands);
-    const std::vector<uint8_t> keep = keep_of(seq.tokens.data() + p0, W);
-    for (int64_t k = 0; k < samples(); ++k) {
-      ops_.upload(b.tok + k * cap, seq.tokens.data() + p0, size_t(W) * sizeof(int32_t));
-      ops_.upload(b.tok_keep + k * cap, keep.data(), keep.size());
-    }
-    tok_head_ = 0;
-    tok_count_ = W;
-  }
   std::vector<int64_t> cross_pos(static_cast<size_t>(W));
   for (int64_t j = 0; j < W; ++j) cross_pos[size_t(j)] = p0 + j;
   ops_.upload(b.cross_pos, cross_pos.data(), size_t(W) * sizeof(int64_t));
@@ -247,6 +238,13 @@ void Decoder<T>::full_pass(int64_t sample, int64_t L) {
 template <typename T>
 void Decoder<T>::refill_from_cache(int64_t L) {
   const int64_t T_ = length();
+  // With one sample the newest keys are not in the groups yet: they are attended from the
+  // cross cache, which costs more per key. Group them when they are many; the groups end
+  // before the latents, so that every grouped key precedes every query.
+  const int64_t ungrouped = T_ - L - groups_end_, window = std::min(T_, cfg_.context_length);
+  if (token_tables_ && samples() == 1 &&
+      ungrouped >= std::max(cfg_.num_latents, cfg_.context_length / 32))
+    group_window(T_ - window, window - L);
   std::vector<int32_t> tokens, doc_pos;
   gather(T_ - L, L, tokens, doc_pos);
   embed(b_->zin, tokens.data(), doc_pos.data(), samples() * L, b_->tmp);
@@ -276,70 +274,82 @@ void Decoder<T>::cross_attend_latents(int64_t batch, int64_t L) {
 
 // The cross-attention of nq queries of each of `batch` samples (b.q, rotated; positions in
 // b.latent_pos, the same for every sample, and with nq = 1 repeated for each) over the
-// sample's window: the shared cache and its own entries. Output in b.att.
+// sample's window, in up to three parts merged by their log-sum-exps: the keys grouped by
+// token (token tables), the shared cross cache (the keys after the groups with one sample;
+// all of it without token tables), and the samples' own entries. Output in b.att.
 template <typename T>
 void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
-  const int64_t d = cfg_.d_model, h0 = cross_head_;
+  const int64_t d = cfg_.d_model, rows = batch * nq, T_ = length();
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   const double scale = 1.0 / std::sqrt(double(Dc));
   Buffers& b = *b_;
-  const T *shared_k = b.cross_k + h0 * d, *shared_v = b.cross_v + h0 * d;
-  if (own_count_ == 0) {  // one sample, or the prompt alone: the shared cache is the window
-    PAR_ASSERT(batch == 1);
-    AttentionShape s{1, nq, cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + h0,
-                     b.cross_keep + h0, scale};
-    ops_.attention_forward(s, b.q, shared_k, shared_v, b.att, b.lse);
-    return;
+  bool first_part = true;
+  LseLayout att_layout;  // of b.lse
+  // Every part after the first is written to b.tmp and b.lse2 and merged into b.att.
+  auto part = [&](LseLayout layout, const std::function<void(T*, T*)>& attend) {
+    attend(first_part ? b.att : b.tmp, first_part ? b.lse : b.lse2);
+    if (!first_part)
+      merge_attention(ops_, rows, Hc, Dc, b.att, b.lse, att_layout, b.tmp, b.lse2, layout,
+                      b.max_a, b.max_b);
+    else
+      att_layout = layout;
+    first_part = false;
+  };
+  int64_t shared_from = cross_head_, shared_count = cross_count_;
+  if (token_tables_ && groups_end_ > 0) {
+    const TokenAttentionShape s{rows, Hc, Dc, rot_cross_.bands, cfg_.vocab_size, b.group,
+                                b.group_pos, group_stride_,
+                                std::max<int64_t>(0, T_ - cfg_.context_length), scale};
+    if (ops_.token_attention_forward(s, b.q, b.key_table, b.value_table, b.group_cos,
+                                     b.group_sin, b.att, b.lse)) {
+      att_layout = LseLayout{1, rows};
+      first_part = false;
+      // The shared cache's rows after the groups (one sample) or none (the prompt is all
+      // grouped).
+      const int64_t after = samples() == 1 ? std::min(cross_count_, T_ - groups_end_) : 0;
+      shared_from = cross_head_ + cross_count_ - after;
+      shared_count = after;
+    } else {  // a backend without the kernel: materialized keys from now on
+      token_tables_ = false;
+    }
   }
-  // Each sample's own entries: the blocks of own_cap_ rows, empty rows not kept.
-  T* own_att = cross_count_ > 0 ? b.tmp : b.att;
-  const AttentionShape own{batch, nq, own_cap_, Hc, Dc, b.latent_pos, own_pos_, own_keep_, scale};
-  ops_.attention_forward(own, b.q, own_k_, own_v_, own_att, b.lse2);
-  if (cross_count_ == 0) return;  // the prompt has left the window
-  LseLayout shared_layout{batch, nq};
-  if (nq == 1) {  // the samples' queries (at one position) read the shared keys once
-    AttentionShape s{1, batch, cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + h0,
-                     b.cross_keep + h0, scale};
-    ops_.attention_forward(s, b.q, shared_k, shared_v, b.att, b.lse);
-    shared_layout = LseLayout{1, batch};
-  } else {  // a refill: each sample's latents over the shared keys
-    AttentionShape s{1, nq, cross_count_, Hc, Dc, b.latent_pos, b.cross_pos + h0,
-                     b.cross_keep + h0, scale};
-    for (int64_t k = 0; k < batch; ++k)
-      ops_.attention_forward(s, b.q + k * nq * d, shared_k, shared_v, b.att + k * nq * d,
-                             b.lse + k * Hc * nq);
+  const T *shared_k = b.cross_k + shared_from * d, *shared_v = b.cross_v + shared_from * d;
+  if (shared_count > 0) {
+    AttentionShape s{1, nq, shared_count, Hc, Dc, b.latent_pos, b.cross_pos + shared_from,
+                     b.cross_keep + shared_from, scale};
+    if (batch == 1) {
+      part(LseLayout{1, nq}, [&](T* o, T* lse) { ops_.attention_forward(s, b.q, shared_k, shared_v, o, lse); });
+    } else if (nq == 1) {  // the samples' queries (at one position) read the shared keys once
+      s.nq = batch;
+      part(LseLayout{1, batch}, [&](T* o, T* lse) { ops_.attention_forward(s, b.q, shared_k, shared_v, o, lse); });
+    } else {  // a refill: each sample's latents over the shared keys
+      part(LseLayout{batch, nq}, [&](T* o, T* lse) {
+        for (int64_t k = 0; k < batch; ++k)
+          ops_.attention_forward(s, b.q + k * nq * d, shared_k, shared_v, o + k * nq * d,
+                                 lse + k * Hc * nq);
+      });
+    }
   }
-  merge_attention(ops_, batch * nq, Hc, Dc, b.att, b.lse, shared_layout, own_att, b.lse2,
-                  LseLayout{batch, nq}, b.max_a, b.max_b);
+  if (own_count_ > 0) {  // each sample's own entries: blocks of own_cap_ rows, empty rows not kept
+    const AttentionShape own{batch, nq, own_cap_, Hc, Dc, b.latent_pos, own_pos_, own_keep_, scale};
+    part(LseLayout{batch, nq}, [&](T* o, T* lse) { ops_.attention_forward(own, b.q, own_k_, own_v_, o, lse); });
+  }
+  PAR_ASSERT(!first_part, "a window with no keys");
 }
 
 // The latent on the newest input of every sample (already in the cross caches) through
 // every layer, attending over the caches.
 template <typename T>
 void Decoder<T>::incremental(int64_t position) {
-  const int64_t d = cfg_.d_model, K = samples(), cap = cfg_.context_length + cfg_.num_latents;
+  const int64_t d = cfg_.d_model, K = samples();
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   Buffers& b = *b_;
   const CrossRef<T>& cp = p_.cross;
-  const double scale = 1.0 / std::sqrt(double(Dc));
   const std::vector<int64_t> qpos(static_cast<size_t>(K), position);
   ops_.upload(b.latent_pos, qpos.data(), qpos.size() * sizeof(int64_t));
   cross_queries(ops_, cp, b.h, K, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
   rotary_at(b.q, K, 1, Hc, Dc, rot_cross_, position);
-  bool done = false;
-  if (token_tables_) {
-    const int64_t bands = rot_cross_.bands, t0 = tok_head_;
-    for (int64_t k = 0; k < K; ++k) {
-      TokenAttentionShape s{tok_count_, Hc, Dc, bands, cfg_.vocab_size, b.tok + k * cap + t0,
-                            b.tok_keep + k * cap + t0, scale};
-      done = ops_.token_attention_forward(s, b.q + k * d, b.key_table, b.value_table,
-                                          b.tok_cos + t0 * bands, b.tok_sin + t0 * bands,
-                                          b.att + k * d);
-      if (!done) break;
-    }
-    token_tables_ = done;  // a backend without the kernel: materialized keys from now on
-  }
-  if (!done) attend_windows(K, 1);
+  attend_windows(K, 1);
   latent_stack(K, 1, position, false, true);
   ++latents_;
 }

@@ -22,17 +22,20 @@
 //
 // The cross-attention's keys and values depend only on the input token (its embedding;
 // positions enter through rotary alone), so where the vocabulary is small next to N the
-// decoder also keeps the cache as tokens with their rotary tables, and a step attends
-// through per-token tables (Ops::token_attention_forward) instead of reading N cached
-// rows: memory traffic, not arithmetic, bounds a one-query step over 131072 keys.
+// decoder also keeps the window's keys grouped by token (core/token_groups.h) with the
+// tables of every token, and attends through them (Ops::token_attention_forward) instead
+// of reading N cached rows: memory traffic, not arithmetic, bounds a one-query step over
+// 131072 keys. The groups hold the window up to some position; the keys after it (the
+// newest, at most max(M, N/32) before the next refill groups them too) come from the cross
+// cache, and the two attentions merge by their log-sum-exps (core/attention_merge.h).
 //
 // Several samples (continuations of one prompt) decode together as one batch: the latent
 // layers run on K rows at once (one matrix product instead of K), and the samples share the
 // prompt's cross cache. Each sample's own inputs go to a cache of its own (K blocks, grown
 // as needed); a step attends over the shared part with the K queries in one call and over
 // the own parts in another, and merges the two by their log-sum-exps (core/attention_merge.h).
-// With token tables the shared part is the tables themselves: each sample keeps its window
-// as token ids (cos and sin are the same for all, as the samples have the same length).
+// With token tables the shared part is the prompt's keys grouped by token: one call for the
+// K queries (or the K samples' latents of a refill).
 // The samples have the same length, so they refill at the same steps. With one sample
 // everything is in the shared cache, as it was before there were several.
 //
@@ -98,7 +101,7 @@ class Decoder {
   void cross_attend_latents(int64_t batch, int64_t num_latents);
   void attend_windows(int64_t batch, int64_t nq);
   void push_inputs(int64_t position);
-  void push_token_window(const std::vector<int32_t>& tokens, int64_t position);
+  void group_window(int64_t first, int64_t count);
   void reserve_own();
   void incremental(int64_t position);
   void upload_rotary_tables(const RotarySpec& spec, int64_t first_position, int64_t rows);
@@ -108,7 +111,6 @@ class Decoder {
                     bool use_caches, int64_t logits_row = 0);
   void finish_logits(int64_t batch, int64_t rows, int64_t logits_row);
   void compact_cross_cache(int64_t next_position);
-  void compact_token_window(int64_t next_position);
   void move_to_front(T* base, int64_t from, int64_t count, int64_t width);
   void embed(T* h, const int32_t* tokens, const int32_t* doc_pos, int64_t rows, T* scratch);
   void gather(int64_t first, int64_t count, std::vector<int32_t>& tokens,
@@ -138,9 +140,9 @@ class Decoder {
   uint8_t* own_keep_ = nullptr;  // [samples, own_cap_]: 0 outside the entries
   void* own_memory_ = nullptr;
   int64_t own_cap_ = 0, own_head_ = 0, own_count_ = 0, own_first_ = 0;
-  // With token tables: each sample's window as tokens, entries [tok_head_, tok_head_ +
-  // tok_count_) of capacity N + M.
-  int64_t tok_head_ = 0, tok_count_ = 0;
+  // With token tables: the positions [groups_first_, groups_end_) are in the groups (whose
+  // rotary rows are group_stride_ apart); none when groups_end_ == 0 (a full pass).
+  int64_t groups_first_ = 0, groups_end_ = 0, group_stride_ = 0;
 };
 
 }  // namespace par

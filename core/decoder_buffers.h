@@ -10,6 +10,7 @@
 
 #include "core/arena.h"
 #include "core/decoder.h"
+#include "core/token_groups.h"
 
 namespace par {
 
@@ -27,11 +28,11 @@ struct Decoder<T>::Buffers {
   T *cross_k, *cross_v;  // [N + M, d]: keys rotated at their positions (shared)
   int64_t* cross_pos;    // [N + M]
   uint8_t* cross_keep;   // [N + M]: not PAD
-  // With token tables (Decoder::token_tables_): each sample's window as tokens, the rotary
-  // tables of its positions (the same for every sample), and the tables of every token.
-  int32_t* tok;          // [K, N + M]
-  uint8_t* tok_keep;     // [K, N + M]
-  T *tok_cos, *tok_sin;              // [N + M, cross bands]
+  // With token tables (Decoder::token_tables_): the window's keys grouped by token
+  // (core/token_groups.h) and the tables of every token.
+  int64_t* group;        // [V + 1]
+  int64_t* group_pos;    // [N]
+  T *group_cos, *group_sin;          // [cross bands, token_groups_stride(N)]
   T *key_table, *value_table;        // [V, d]: un-rotated keys and values of every token
   std::vector<T*> self_k, self_v;  // per layer [K, M, d]
   int64_t* self_pos;     // [M]
@@ -45,7 +46,7 @@ struct Decoder<T>::Buffers {
   T *mu, *rs;            // [R]
   T *fc1, *act;          // [R, F]
   T *lse;                // [max(Hc, H) * R]
-  T *lse2, *max_a, *max_b;  // [max(Hc, H) * R] with several samples: merging attentions
+  T *lse2, *max_a, *max_b;  // [max(Hc, H) * R], merging attentions (several parts of the keys)
   T *logits;             // [K, V]
   T *cos, *sin;          // rotary tables for up to max(N, M) rows
 
@@ -58,11 +59,11 @@ struct Decoder<T>::Buffers {
     cross_v = c.take<T>(cap * d);
     cross_pos = c.take<int64_t>(cap);
     cross_keep = c.take<uint8_t>(cap);
-    const int64_t tcap = token_tables ? cap : 0;
-    tok = c.take<int32_t>(K * tcap);
-    tok_keep = c.take<uint8_t>(K * tcap);
-    tok_cos = c.take<T>(tcap * cross_bands);
-    tok_sin = c.take<T>(tcap * cross_bands);
+    const int64_t gkeys = token_tables ? N : 0, grows = token_tables ? token_groups_stride(N) : 0;
+    group = c.take<int64_t>(token_tables ? V + 1 : 0);
+    group_pos = c.take<int64_t>(gkeys);
+    group_cos = c.take<T>(grows * cross_bands);
+    group_sin = c.take<T>(grows * cross_bands);
     key_table = c.take<T>(token_tables ? V * d : 0);
     value_table = c.take<T>(token_tables ? V * d : 0);
     self_k.resize(size_t(cfg.num_layers));
@@ -86,7 +87,7 @@ struct Decoder<T>::Buffers {
     act = c.take<T>(R * F);
     const int64_t heads_rows = std::max(cfg.cross_heads, cfg.self_heads) * R;
     lse = c.take<T>(heads_rows);
-    for (T** p : {&lse2, &max_a, &max_b}) *p = c.take<T>(K > 1 ? heads_rows : 0);
+    for (T** p : {&lse2, &max_a, &max_b}) *p = c.take<T>(K > 1 || token_tables ? heads_rows : 0);
     logits = c.take<T>(K * V);
     cos = c.take<T>(std::max(N, M) * bands);
     sin = c.take<T>(std::max(N, M) * bands);

@@ -1,6 +1,6 @@
 // Decoder: the cross caches -- each new input into the shared cache or the samples' own
-// blocks, their token windows, and moving the live entries to the front when a cache is
-// full (MODEL.md section 12).
+// blocks, the window grouped by token, and moving the live entries to the front when a
+// cache is full (MODEL.md section 12).
 #include <algorithm>
 #include <vector>
 
@@ -65,7 +65,6 @@ void Decoder<T>::push_inputs(int64_t position) {
     for (int64_t s = 0; s < K; ++s) ops_.upload(own_keep_ + s * own_cap_ + slot, &keep[size_t(s)], 1);
     ++own_count_;
   }
-  if (token_tables_) push_token_window(tokens, position);  // b.cos, b.sin: position's tables
 }
 
 // Room for one more own entry per sample: the entries move to the front of new blocks,
@@ -115,26 +114,20 @@ void Decoder<T>::reserve_own() {
   own_head_ = 0;
 }
 
-// The newest token of every sample into its token window (the rotary tables of `position`
-// are in b.cos and b.sin).
+// The window's positions [first, first + count) of sample 0 (the prompt, or with one sample
+// everything up to there) grouped by token for Ops::token_attention_forward.
 template <typename T>
-void Decoder<T>::push_token_window(const std::vector<int32_t>& tokens, int64_t position) {
-  const int64_t N = cfg_.context_length, cap = N + cfg_.num_latents, bands = rot_cross_.bands;
+void Decoder<T>::group_window(int64_t first, int64_t count) {
   Buffers& b = *b_;
-  if (tok_count_ == N) {
-    ++tok_head_;
-    --tok_count_;
-  }
-  if (tok_head_ + tok_count_ == cap) compact_token_window(position);
-  const int64_t slot = tok_head_ + tok_count_;
-  ops_.copy(b.tok_cos + slot * bands, b.cos, bands);
-  ops_.copy(b.tok_sin + slot * bands, b.sin, bands);
-  const std::vector<uint8_t> keep = keep_of(tokens.data(), int64_t(tokens.size()));
-  for (size_t s = 0; s < tokens.size(); ++s) {
-    ops_.upload(b.tok + int64_t(s) * cap + slot, &tokens[s], sizeof(int32_t));
-    ops_.upload(b.tok_keep + int64_t(s) * cap + slot, &keep[s], 1);
-  }
-  ++tok_count_;
+  const TokenGroups<T> g = group_tokens<T>(seqs_[0].tokens.data() + first, count, first,
+                                           cfg_.vocab_size, rot_cross_);
+  ops_.upload(b.group, g.group.data(), g.group.size() * sizeof(int64_t));
+  ops_.upload(b.group_pos, g.pos.data(), g.pos.size() * sizeof(int64_t));
+  ops_.upload(b.group_cos, g.cos.data(), g.cos.size() * sizeof(T));
+  ops_.upload(b.group_sin, g.sin.data(), g.sin.size() * sizeof(T));
+  groups_first_ = first;
+  groups_end_ = first + count;
+  group_stride_ = g.stride;
 }
 
 // Moves `count` rows of `width` from row `from` to row 0. Copies are not defined for
@@ -162,32 +155,13 @@ void Decoder<T>::compact_cross_cache(int64_t next_position) {
   cross_head_ = 0;
 }
 
-// Moves the token windows' live entries (the inputs before `next_position`) to the front.
-template <typename T>
-void Decoder<T>::compact_token_window(int64_t next_position) {
-  const int64_t h0 = tok_head_, n = tok_count_, bands = rot_cross_.bands;
-  const int64_t cap = cfg_.context_length + cfg_.num_latents;
-  Buffers& b = *b_;
-  move_to_front(b.tok_cos, h0, n, bands);
-  move_to_front(b.tok_sin, h0, n, bands);
-  const int64_t first = next_position - n;
-  for (int64_t s = 0; s < samples(); ++s) {
-    const int32_t* tokens = seqs_[size_t(s)].tokens.data() + first;
-    const std::vector<uint8_t> keep = keep_of(tokens, n);
-    ops_.upload(b.tok + s * cap, tokens, size_t(n) * sizeof(int32_t));
-    ops_.upload(b.tok_keep + s * cap, keep.data(), keep.size());
-  }
-  tok_head_ = 0;
-}
-
 // The members defined here, for the element types decoder.cpp instantiates the class with.
 #define PAR_INSTANTIATE(T)                                                                  \
   template void Decoder<T>::push_inputs(int64_t);                                           \
   template void Decoder<T>::reserve_own();                                                  \
-  template void Decoder<T>::push_token_window(const std::vector<int32_t>&, int64_t);        \
+  template void Decoder<T>::group_window(int64_t, int64_t);                                 \
   template void Decoder<T>::move_to_front(T*, int64_t, int64_t, int64_t);                   \
-  template void Decoder<T>::compact_cross_cache(int64_t);                                   \
-  template void Decoder<T>::compact_token_window(int64_t);
+  template void Decoder<T>::compact_cross_cache(int64_t);
 PAR_INSTANTIATE(float)
 PAR_INSTANTIATE(double)
 #undef PAR_INSTANTIATE

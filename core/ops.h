@@ -51,21 +51,29 @@ struct AttentionShape {
   int64_t k_pos_first = kUnknownPosition;
 };
 
-// Attention of ONE query over keys and values that are functions of a token id, rotated
-// at their own positions: key j is R(position_j) key_table[tokens[j]] and value j is
-// value_table[tokens[j]] (tables [vocab, heads*head_dim], keys un-rotated). This is the
+// Attention of nq queries over keys and values that are functions of a token id, rotated
+// at their own positions: key j is R(pos[j]) key_table[token_j] and value j is
+// value_table[token_j] (tables [vocab, heads*head_dim], keys un-rotated). This is the
 // cross-attention cache of decoding: its inputs' keys and values depend only on their
 // token (spec/MODEL.md sections 3 and 12), so a step need not read N cached rows.
-// cos and sin are [n, bands]: the rotary tables at each key's position (rotary pairs as in
-// Ops::rotary). Every key is visible to the query unless keep[j] == 0.
+// The keys come grouped by token (core/token_groups.h builds the arrays): group t is the
+// keys [group[t], group[t+1]), in increasing position. pos, cos and sin are in that order;
+// cos and sin are [bands, stride] (band b of key j at b*stride + j, stride >= n + 15, the
+// rows padded with numbers), the rotary tables at each key's position (pairs as in
+// Ops::rotary). Key j is visible to every query iff pos[j] >= first_position: the keys all
+// precede the queries (no causal mask). q and o are [nq, heads*head_dim], lse is
+// [heads, nq], as attention_forward's with batch 1; a query that sees no key gets o = 0 and
+// lse = -infinity.
 struct TokenAttentionShape {
-  int64_t n = 0;
+  int64_t nq = 1;
   int64_t heads = 1;
   int64_t head_dim = 0;
   int64_t bands = 0;
   int64_t vocab = 0;
-  const int32_t* tokens = nullptr;  // [n], backend memory
-  const uint8_t* keep = nullptr;    // [n], backend memory
+  const int64_t* group = nullptr;  // [vocab + 1], backend memory
+  const int64_t* pos = nullptr;    // [group[vocab]], backend memory
+  int64_t stride = 0;              // of the cos and sin rows
+  int64_t first_position = 0;
   double scale = 1.0;
 };
 
@@ -173,12 +181,12 @@ struct AdamSpan {
     (const AttentionShape& s, const T* q, const T* k, const T* v, const T* o, const T* d_o,        \
      const T* lse, T* dq, T* dk, T* dv),                                                           \
     (s, q, k, v, o, d_o, lse, dq, dk, dv))                                                         \
-  /* o [heads*head_dim] for the (rotated) query q. Returns false, doing nothing, where the */      \
-  /* backend has no such kernel; the caller then attends over materialized keys. */                \
+  /* o and lse of the (rotated) queries q. Returns false, doing nothing, where the backend */      \
+  /* has no such kernel; the caller then attends over materialized keys. */                        \
   X(bool, token_attention_forward,                                                                 \
     (const TokenAttentionShape& s, const T* q, const T* key_table, const T* value_table,           \
-     const T* cos, const T* sin, T* o),                                                            \
-    (s, q, key_table, value_table, cos, sin, o))                                                   \
+     const T* cos, const T* sin, T* o, T* lse),                                                    \
+    (s, q, key_table, value_table, cos, sin, o, lse))                                              \
   /* ---- merging partial attention across ranks (sequence parallelism) ---- */                    \
   /* Each rank attends over its own slice of the keys, giving o (normalized within the */          \
   /* slice) and lse. To combine them, every rank rescales its part by w = exp(lse - lse_max) */    \

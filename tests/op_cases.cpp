@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "core/rotary.h"
+#include "core/token_groups.h"
 #include "tests/attention_cases.h"
 #include "tests/test_util.h"
 
@@ -404,36 +405,36 @@ void attention_cases(std::vector<OpCase>& t) {
       }
 }
 
-// One query over keys and values looked up by token (decoding's cross-attention), some
-// of them PAD. A backend without the kernel declines and must leave o alone.
+// Queries over keys and values looked up by token (decoding's cross-attention), grouped
+// by token, some PAD (left out of the groups), some before the first visible position. A
+// backend without the kernel declines and must leave o alone.
 void token_attention_cases(std::vector<OpCase>& t) {
   for (int64_t n : {int64_t(300), int64_t(1)})
-    t.push_back(make_case(cat("token_attention_forward n=", n), {"token_attention_forward"}, 1e-5,
-                          Products::kNone, false, [=](auto& r) {
-      const int64_t heads = 2, head_dim = 16, V = 40, width = heads * head_dim;
-      const RotarySpec spec = make_rotary_spec(head_dim, 0.5, 4096.0);
-      std::vector<int32_t> tokens(static_cast<size_t>(n));
-      std::vector<uint8_t> keep(static_cast<size_t>(n));
-      for (int64_t j = 0; j < n; ++j) {
-        tokens[size_t(j)] = int32_t((j * 17 + 3) % V);
-        keep[size_t(j)] = j % 9 != 4;
-      }
-      std::vector<double> cos_t, sin_t;
-      make_rotary_tables(spec, 1000, n, cos_t, sin_t);
-      TokenAttentionShape s{n, heads, head_dim, spec.bands, V, r.raw(tokens), r.raw(keep),
-                            1.0 / std::sqrt(double(head_dim))};
-      auto* o = r.filled(width, 7);
-      const bool done = r.ops.token_attention_forward(s, r.random(width, 42), r.random(V * width, 43),
-                                                      r.random(V * width, 44), r.put(cos_t),
-                                                      r.put(sin_t), o);
-      r.result.declined = !done;
-      const auto got = r.host(o, width);
-      if (!done)
-        r.check(std::all_of(got.begin(), got.end(), [](auto x) { return x == 7; }),
-                "token_attention_forward declined but wrote o");
-      else
-        r.out("o", o, width);
-    }));
+    for (int64_t nq : {int64_t(1), int64_t(3)})
+      t.push_back(make_case(cat("token_attention_forward n=", n, " nq=", nq), {"token_attention_forward"},
+                            1e-5, Products::kNone, false, [=](auto& r) {
+        const int64_t heads = 2, head_dim = 16, V = 40, width = heads * head_dim, first = 1000;
+        const RotarySpec spec = make_rotary_spec(head_dim, 0.5, 4096.0);
+        std::vector<int32_t> tokens(static_cast<size_t>(n));
+        for (int64_t j = 0; j < n; ++j) tokens[size_t(j)] = j % 9 == 4 ? kPadToken : int32_t((j * 17 + 3) % V);
+        const TokenGroups<double> g = group_tokens<double>(tokens.data(), n, first, V, spec);
+        TokenAttentionShape s{nq, heads, head_dim, spec.bands, V, r.raw(g.group), r.raw(g.pos),
+                              g.stride, first + n / 10, 1.0 / std::sqrt(double(head_dim))};
+        auto* o = r.filled(nq * width, 7);
+        auto* lse = r.filled(nq * heads, 7);
+        const bool done = r.ops.token_attention_forward(s, r.random(nq * width, 42), r.random(V * width, 43),
+                                                        r.random(V * width, 44), r.put(g.cos),
+                                                        r.put(g.sin), o, lse);
+        r.result.declined = !done;
+        const auto got = r.host(o, nq * width);
+        if (!done) {
+          r.check(std::all_of(got.begin(), got.end(), [](auto x) { return x == 7; }),
+                  "token_attention_forward declined but wrote o");
+        } else {
+          r.out("o", o, nq * width);
+          r.out("lse", lse, nq * heads);
+        }
+      }));
 }
 
 void merge_and_loss_cases(std::vector<OpCase>& t) {

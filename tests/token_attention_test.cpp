@@ -1,11 +1,14 @@
 // Ops::token_attention_forward against attention over the materialized keys: every key a
-// table row rotated at its position, every value a table row, PAD keys invisible.
+// table row rotated at its position, every value a table row, PAD keys and keys before the
+// first visible position invisible; and the grouping of core/token_groups.h itself.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 
+#include "core/constants.h"
 #include "core/rotary.h"
+#include "core/token_groups.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/test_util.h"
 
@@ -14,72 +17,114 @@ namespace {
 
 using testing_util::random_vector;
 
+struct Case {
+  int64_t heads = 8, head_dim = 8, nq = 1;
+  double rotary_fraction = 0.5;
+  int64_t first_visible = 0;  // keys before the window's start (relative to the first key)
+  bool all_pad = false;
+};
+
 template <typename T>
-void check(int64_t heads, int64_t head_dim, double rotary_fraction, double tol,
-           bool all_invisible = false) {
-  const int64_t V = 11, n = 5000, width = heads * head_dim, first = 130000;
+void check(const Case& c, double tol) {
+  const int64_t V = 11, n = 5000, width = c.heads * c.head_dim, first = 130000;
   cpu::CpuOps<T> ops;
-  const RotarySpec spec = make_rotary_spec(head_dim, rotary_fraction, 4096);
+  const RotarySpec spec = make_rotary_spec(c.head_dim, c.rotary_fraction, 4096);
   const auto key_table = random_vector<T>(V * width, 1, 1.0);
   const auto value_table = random_vector<T>(V * width, 2, 1.0);
-  const auto q = random_vector<T>(width, 3, 1.0);
+  const auto q = random_vector<T>(c.nq * width, 3, 1.0);
   std::mt19937_64 rng(4);
   std::vector<int32_t> tokens(static_cast<size_t>(n));
   std::vector<uint8_t> keep(static_cast<size_t>(n));
   std::vector<int64_t> pos(static_cast<size_t>(n));
   for (int64_t j = 0; j < n; ++j) {
-    tokens[size_t(j)] = int32_t(rng() % V);
-    keep[size_t(j)] = !all_invisible && tokens[size_t(j)] != 0;
+    // Token 4 is rare (a group shorter than a vector), token 7 common (several work items).
+    const uint64_t x = rng() % 64;
+    tokens[size_t(j)] = c.all_pad ? kPadToken : x < 1 ? 4 : x < 30 ? 7 : int32_t(x % V);
+    if (tokens[size_t(j)] == 4 && x >= 1) tokens[size_t(j)] = 5;
+    keep[size_t(j)] = tokens[size_t(j)] != kPadToken && j >= c.first_visible;
     pos[size_t(j)] = first + j;
   }
   std::vector<T> cos, sin;
   make_rotary_tables(spec, first, n, cos, sin);
 
-  // n spans several of the kernel's chunks per thread, so later chunks raise the running
-  // maximum and rescale what was summed before.
-  // Reference: the keys and values themselves.
+  // Reference: the keys and values themselves, the queries after every key.
   std::vector<T> k(size_t(n * width)), v(size_t(n * width));
   for (int64_t j = 0; j < n; ++j)
     for (int64_t i = 0; i < width; ++i) {
       k[size_t(j * width + i)] = key_table[size_t(tokens[size_t(j)] * width + i)];
       v[size_t(j * width + i)] = value_table[size_t(tokens[size_t(j)] * width + i)];
     }
-  ops.rotary(k.data(), 1, n, heads, head_dim, spec.bands, cos.data(), sin.data(), false);
-  const double scale = 1.0 / std::sqrt(double(head_dim));
-  const int64_t q_pos = first + n - 1;
-  std::vector<T> expected(static_cast<size_t>(width)), lse(static_cast<size_t>(heads));
-  AttentionShape a{1, 1, n, heads, head_dim, &q_pos, pos.data(), keep.data(), scale};
-  ops.attention_forward(a, q.data(), k.data(), v.data(), expected.data(), lse.data());
+  ops.rotary(k.data(), 1, n, c.heads, c.head_dim, spec.bands, cos.data(), sin.data(), false);
+  const double scale = 1.0 / std::sqrt(double(c.head_dim));
+  const std::vector<int64_t> q_pos(static_cast<size_t>(c.nq), first + n);
+  std::vector<T> expected(size_t(c.nq * width)), expected_lse(size_t(c.nq * c.heads));
+  AttentionShape a{1, c.nq, n, c.heads, c.head_dim, q_pos.data(), pos.data(), keep.data(), scale};
+  ops.attention_forward(a, q.data(), k.data(), v.data(), expected.data(), expected_lse.data());
 
-  std::vector<T> got(static_cast<size_t>(width), T(99));
-  TokenAttentionShape s{n, heads, head_dim, spec.bands, V, tokens.data(), keep.data(), scale};
+  const TokenGroups<T> g = group_tokens<T>(tokens.data(), n, first, V, spec);
+  std::vector<T> got(expected.size(), T(99)), lse(expected_lse.size(), T(99));
+  TokenAttentionShape s{c.nq,      c.heads, c.head_dim, spec.bands,
+                        V,         g.group.data(), g.pos.data(), g.stride,
+                        first + c.first_visible, scale};
   ASSERT_TRUE(ops.token_attention_forward(s, q.data(), key_table.data(), value_table.data(),
-                                          cos.data(), sin.data(), got.data()));
-  double err = 0, ref = 0;
-  for (int64_t i = 0; i < width; ++i) {
-    err = std::max(err, std::abs(double(got[size_t(i)]) - double(expected[size_t(i)])));
-    ref = std::max(ref, std::abs(double(expected[size_t(i)])));
+                                          g.cos.data(), g.sin.data(), got.data(), lse.data()));
+  if (c.all_pad) {
+    for (T x : got) EXPECT_EQ(x, T(0)) << "a query that sees no key gets 0";
+    for (T x : lse) EXPECT_EQ(x, -std::numeric_limits<T>::infinity());
+    return;
   }
-  if (all_invisible) {
-    EXPECT_EQ(ref, 0.0);
-    EXPECT_EQ(err, 0.0) << "a query that sees no key gets 0";
-  } else {
-    EXPECT_GT(ref, 0.05);
-    EXPECT_LE(err / ref, tol) << heads << " heads of " << head_dim;
-  }
+  EXPECT_TRUE(testing_util::close(got, expected, tol))
+      << c.heads << " heads of " << c.head_dim << ", " << c.nq << " queries";
+  for (size_t i = 0; i < lse.size(); ++i)
+    EXPECT_NEAR(double(lse[i]), double(expected_lse[i]), tol * 10) << "lse " << i;
 }
 
 TEST(TokenAttention, MatchesMaterializedKeysDouble) {
-  for (int64_t heads : {1, 2, 3, 8, 16}) check<double>(heads, 8, 0.5, 1e-12);
-  check<double>(4, 16, 1.0, 1e-12);   // every dimension rotated
-  check<double>(4, 16, 0.0, 1e-12);   // none
+  for (int64_t heads : {1, 2, 3, 8, 16}) check<double>(Case{heads, 8}, 1e-12);
+  check<double>(Case{4, 16, 1, 1.0}, 1e-12);   // every dimension rotated
+  check<double>(Case{4, 16, 1, 0.0}, 1e-12);   // none
 }
 
 TEST(TokenAttention, MatchesMaterializedKeysFloat) {
-  for (int64_t heads : {1, 3, 8}) check<float>(heads, 32, 0.5, 2e-5);
+  // 32 wide heads with half rotated: 8 bands, the register-held kernel; 16 wide: 4 bands;
+  // 64 wide: 16 bands, the general one.
+  for (int64_t heads : {1, 3, 8}) check<float>(Case{heads, 32}, 2e-5);
+  check<float>(Case{8, 16}, 2e-5);
+  check<float>(Case{4, 64}, 2e-5);
 }
 
-TEST(TokenAttention, NoVisibleKeyGivesZero) { check<double>(8, 8, 0.5, 0, true); }
+TEST(TokenAttention, SeveralQueriesAndTiles) {
+  // 40 queries of 8 heads: 320 query-heads, three tiles of the kernel.
+  check<double>(Case{8, 8, 40}, 1e-12);
+  check<float>(Case{8, 32, 40}, 2e-5);
+}
+
+TEST(TokenAttention, KeysBeforeTheWindowAreInvisible) {
+  check<double>(Case{8, 8, 2, 0.5, 3333}, 1e-12);
+  check<float>(Case{8, 32, 2, 0.5, 3333}, 2e-5);
+}
+
+TEST(TokenAttention, NoVisibleKeyGivesZero) {
+  check<double>(Case{8, 8, 2, 0.5, 0, true}, 0);
+  check<float>(Case{8, 32, 2, 0.5, 0, true}, 0);
+}
+
+TEST(TokenGroups, GroupsKeysByTokenInPositionOrderWithoutPad) {
+  const RotarySpec spec = make_rotary_spec(8, 0.5, 64);
+  const std::vector<int32_t> tokens = {3, kPadToken, 5, 3, 4, 3, 5};
+  const TokenGroups<double> g = group_tokens<double>(tokens.data(), 7, 100, 6, spec);
+  EXPECT_EQ(g.group, (std::vector<int64_t>{0, 0, 0, 0, 3, 4, 6}));
+  EXPECT_EQ(g.pos, (std::vector<int64_t>{100, 103, 105, 104, 102, 106}));
+  EXPECT_GE(g.stride, g.keys() + 16);
+  EXPECT_EQ(g.stride % 16, 0);
+  std::vector<double> c, s;
+  make_rotary_tables(spec, 104, 1, c, s);
+  for (int64_t b = 0; b < spec.bands; ++b) {
+    EXPECT_EQ(g.cos[size_t(b * g.stride + 3)], c[size_t(b)]) << "key 3 is position 104";
+    EXPECT_EQ(g.sin[size_t(b * g.stride + 3)], s[size_t(b)]);
+    EXPECT_EQ(g.cos[size_t(b * g.stride + 6)], 0.0) << "pads are numbers";
+  }
+}
 
 }  // namespace
 }  // namespace par

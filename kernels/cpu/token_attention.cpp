@@ -1,134 +1,187 @@
-// Decoding's cross-attention for one query over keys that are token-table rows rotated at
-// their positions (core/ops.h, TokenAttentionShape).
+// Decoding's cross-attention over keys grouped by token (core/ops.h, TokenAttentionShape).
 //
 // For one head, rotary pair (a, b) of band k rotates a key by the angle of its position:
 // q . R(p) k = cos(p) (q_a k_a + q_b k_b) + sin(p) (q_b k_a - q_a k_b), and the unrotated
-// dimensions add q . k. So with per-token coefficients computed once per query
-//   coef[t] = (sum of unrotated q.k, then q_a k_a + q_b k_b per band, then q_b k_a - q_a k_b)
-// a key's score is coef[tokens[j]] . (1, cos_j, sin_j): 1 + 2*bands multiply-adds per
-// head instead of head_dim, reading a token id and the position's cos/sin instead of the
-// key row. The values are summed per token first (weights of equal tokens add up) and
-// multiplied by the value table once. Same arithmetic as attending over materialized keys,
-// in another order: equal up to rounding.
+// dimensions add q . k. So with per-token coefficients of each query and head
+//   c[t] = (sum of unrotated q.k, then q_a k_a + q_b k_b per band, then q_b k_a - q_a k_b)
+// a key's score is c[token] . (1, cos(p), sin(p)): 1 + 2*bands multiply-adds instead of
+// head_dim, reading only the position's rotary row. With the keys grouped by token, the
+// coefficients of one token stay put while the kernel runs over its keys 16 at a time (one
+// vector per rotary row), and the softmax weights of a token's keys only need summing: the
+// values are the token's table row, applied once per token at the end. Same arithmetic as
+// attending over materialized keys, in another order: equal up to rounding.
+//
+// Scores are in base 2 (log2(e) folded into the coefficients). The work is split into items
+// (a token's keys, up to kItemKeys of them, for up to kTile query-heads); each item keeps a
+// running maximum and sum per vector lane and hands back one (max, sum) per query-head, which
+// the threads combine per token in double.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/avx512_intrinsics.h"
 #include "kernels/cpu/cpu_ops.h"
-#include "kernels/cpu/fast_exp.h"
+#include "kernels/cpu/exp2_avx512.h"
 
 namespace par::cpu {
 
 namespace {
 
-// One pass over the keys, each thread on a fixed slice, in chunks small enough that their
-// scores stay in L1: score the chunk, and when its maximum exceeds the running one, rescale
-// the thread's histogram (rare once the maximum has settled); then add exp(score - max) to
-// the row of each key's token. kH is the head count, or 0 for any.
-template <typename T>
-struct TokenScan {
-  static constexpr int64_t kChunk = 512;
-  const TokenAttentionShape& s;
-  const T* coef;      // [vocab, 1 + 2*bands, heads]
-  const T* cos;
-  const T* sin;
-  T* thread_max;      // [threads, heads]: each thread's running maximum
-  double* hist;       // [threads, vocab, heads]: sums of exp(score - that thread's maximum)
+constexpr double kLog2e = 1.4426950408889634;
+constexpr int64_t kTile = 128;       // query-heads per pass over the keys: their state in L1
+constexpr int64_t kItemKeys = 2048;  // keys per work item
 
-  template <int kH>
-  void run(int threads) const {
-    const int64_t H = kH > 0 ? kH : s.heads;
-#pragma omp parallel num_threads(threads)
-    {
-      const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int64_t lo = s.n * tid / nt, hi = s.n * (tid + 1) / nt;
-      scan<kH>(lo, hi, thread_max + tid * H, hist + tid * s.vocab * H);
+// A softmax over some keys: the maximum score (base 2) and the sum of 2^(score - max).
+struct Partial {
+  double max = -std::numeric_limits<double>::infinity();
+  double sum = 0;
+  void add(double m, double s) {
+    if (s == 0) return;
+    if (m > max) {
+      sum = sum * std::exp2(max - m) + s;
+      max = m;
+    } else {
+      sum += s * std::exp2(m - max);
+    }
+  }
+};
+
+struct Item {
+  int64_t token, begin, end;
+};
+
+// The part of the call one tile of query-heads [qh0, qh0 + count) needs; query-head
+// qh = h * nq + i (lse's layout).
+template <typename T>
+struct Tile {
+  const TokenAttentionShape& s;
+  const T* q;
+  const T* key_table;
+  int64_t qh0, count;
+
+  // coef[qh][r], r in [0, 1 + 2*bands), of token t, scaled by scale * log2(e).
+  void coefficients(int64_t t, T* coef) const {
+    const int64_t D = s.head_dim, B = s.bands, R = 1 + 2 * B, width = s.heads * D;
+    const double f = s.scale * kLog2e;
+    for (int64_t u = 0; u < count; ++u) {
+      const int64_t qh = qh0 + u, h = qh / s.nq, i = qh % s.nq;
+      const T* qv = q + i * width + h * D;
+      const T* kv = key_table + t * width + h * D;
+      double plain = 0;
+      for (int64_t x = 2 * B; x < D; ++x) plain += double(qv[x]) * kv[x];
+      T* c = coef + u * R;
+      c[0] = T(plain * f);
+      for (int64_t b = 0; b < B; ++b) {
+        const double qa = qv[2 * b], qb = qv[2 * b + 1], ka = kv[2 * b], kb = kv[2 * b + 1];
+        c[1 + b] = T((qa * ka + qb * kb) * f);
+        c[1 + B + b] = T((qb * ka - qa * kb) * f);
+      }
     }
   }
 
-  // Locals (not the member pointers, which the compiler must assume alias) hold a key's
-  // heads, so they stay in vector registers.
-  template <int kH>
-  void scan(int64_t lo, int64_t hi, T* max_out, double* __restrict ht) const {
-    const int64_t H = kH > 0 ? kH : s.heads, B = s.bands, R = 1 + 2 * B, V = s.vocab;
-    std::vector<T> buffer(size_t(kChunk * H + 2 * H));
-    T* __restrict sc = buffer.data();
-    T* __restrict mx = sc + kChunk * H;
-    T* __restrict cmx = mx + H;
-    int32_t tok[kChunk];
-    for (int64_t h = 0; h < H; ++h) mx[h] = -std::numeric_limits<T>::infinity();
-    const T* __restrict cf = coef;
-    for (int64_t c0 = lo; c0 < hi; c0 += kChunk) {
-      const int64_t c1 = std::min(hi, c0 + kChunk);
-      for (int64_t h = 0; h < H; ++h) cmx[h] = -std::numeric_limits<T>::infinity();
-      int64_t count = 0;
-      for (int64_t j = c0; j < c1; ++j) {
-        if (s.keep && !s.keep[j]) continue;
-        const int32_t t = s.tokens[j];
-        tok[count] = t;
-        const T* __restrict ct = cf + int64_t(t) * R * H;
-        const T* __restrict cj = cos + j * B;
-        const T* __restrict sj = sin + j * B;
-        T* __restrict a = sc + count * H;
-        if constexpr (kH > 0) {
-          // GCC/Clang vector extensions: one register (or a few) holds all heads, so the
-          // compiler cannot vectorize across bands and reduce horizontally instead.
-          typedef T Vec __attribute__((vector_size(sizeof(T) * kH)));
-          Vec v, ca, cb, m;
-          std::memcpy(&v, ct, sizeof v);
-          for (int64_t k = 0; k < B; ++k) {
-            std::memcpy(&ca, ct + (1 + k) * kH, sizeof ca);
-            std::memcpy(&cb, ct + (1 + B + k) * kH, sizeof cb);
-            v += cj[k] * ca + sj[k] * cb;
-          }
-          std::memcpy(a, &v, sizeof v);
-          std::memcpy(&m, cmx, sizeof m);
-          m = v > m ? v : m;
-          std::memcpy(cmx, &m, sizeof m);
+  // Any element type and instruction set: one key and one query-head at a time.
+  void scan_portable(const Item& it, const T* coef, const T* cos, const T* sin,
+                     Partial* out) const {
+    const int64_t B = s.bands, R = 1 + 2 * B;
+    for (int64_t u = 0; u < count; ++u) {
+      const T* c = coef + u * R;
+      T m = -std::numeric_limits<T>::infinity(), sum = 0;
+      for (int64_t j = it.begin; j < it.end; ++j) {
+        T score = c[0];
+        for (int64_t b = 0; b < B; ++b)
+          score += c[1 + b] * cos[b * s.stride + j] + c[1 + B + b] * sin[b * s.stride + j];
+        if (score > m) {
+          sum = sum * std::exp2(m - score) + T(1);
+          m = score;
         } else {
-          for (int64_t h = 0; h < H; ++h) a[h] = ct[h];
-          for (int64_t k = 0; k < B; ++k) {
-            const T cv = cj[k], sv = sj[k];
-            for (int64_t h = 0; h < H; ++h)
-              a[h] += cv * ct[(1 + k) * H + h] + sv * ct[(1 + B + k) * H + h];
+          sum += std::exp2(score - m);
+        }
+      }
+      out[u].add(double(m), double(sum));
+    }
+  }
+
+#if defined(__AVX512F__)
+  // float: 16 keys to a vector, every lane with its own running reference (at least its
+  // maximum score) and sum, raised only when a score exceeds it. kB: the band
+  // count known at compile time (the rotary rows of a block stay in registers), or 0.
+  template <int kB>
+  void scan_avx512(const Item& it, const float* coef, const float* cos, const float* sin,
+                   float* state, Partial* out) const {
+    const int64_t B = kB > 0 ? kB : s.bands, R = 1 + 2 * B;
+    constexpr int kRegs = kB > 0 ? kB : 1;
+    const __m512 kNone = _mm512_set1_ps(-1e30f);  // 2^(x - -1e30) is never taken
+    // A raised maximum goes this far above the score that raised it (a factor 2^16): later
+    // scores rarely exceed it, so the branch is rarely taken and rarely mispredicted, and
+    // terms 2^(score - max) stay far from float's underflow.
+    const __m512 kHeadroom = _mm512_set1_ps(16.0f);
+    float* ms = state;
+    float* ss = state + count * 16;
+    for (int64_t u = 0; u < count; ++u) {
+      _mm512_storeu_ps(ms + u * 16, kNone);
+      _mm512_storeu_ps(ss + u * 16, _mm512_setzero_ps());
+    }
+    for (int64_t j = it.begin; j < it.end; j += 16) {
+      const int64_t n = std::min<int64_t>(16, it.end - j);
+      const __mmask16 lanes = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      __m512 rc[kRegs], rs[kRegs];
+      if constexpr (kB > 0)
+        for (int b = 0; b < kB; ++b) {
+          rc[b] = _mm512_loadu_ps(cos + b * s.stride + j);
+          rs[b] = _mm512_loadu_ps(sin + b * s.stride + j);
+        }
+      for (int64_t u = 0; u < count; ++u) {
+        const float* c = coef + u * R;
+        __m512 score = _mm512_set1_ps(c[0]);
+        if constexpr (kB > 0) {
+          for (int b = 0; b < kB; ++b) {
+            score = _mm512_fmadd_ps(rc[b], _mm512_set1_ps(c[1 + b]), score);
+            score = _mm512_fmadd_ps(rs[b], _mm512_set1_ps(c[1 + kB + b]), score);
           }
-          for (int64_t h = 0; h < H; ++h) cmx[h] = std::max(cmx[h], a[h]);
-        }
-        ++count;
-      }
-      if (count == 0) continue;
-      for (int64_t h = 0; h < H; ++h) {
-        if (cmx[h] <= mx[h]) continue;
-        if (mx[h] > -std::numeric_limits<T>::infinity()) {
-          const double f = std::exp(double(mx[h]) - double(cmx[h]));
-          for (int64_t t = 0; t < V; ++t) ht[t * H + h] *= f;
-        }
-        mx[h] = cmx[h];
-      }
-      for (int64_t i = 0; i < count * H; i += H)
-        for (int64_t h = 0; h < H; ++h) sc[i + h] = exp_t<T>(sc[i + h] - mx[h]);
-      for (int64_t i = 0; i < count; ++i) {
-        double* __restrict row = ht + int64_t(tok[i]) * H;
-        const T* __restrict e = sc + i * H;
-        if constexpr (kH > 0) {
-          typedef T Vec __attribute__((vector_size(sizeof(T) * kH)));
-          typedef double VecD __attribute__((vector_size(sizeof(double) * kH)));
-          Vec ev;
-          VecD rv;
-          std::memcpy(&ev, e, sizeof ev);
-          std::memcpy(&rv, row, sizeof rv);
-          rv += __builtin_convertvector(ev, VecD);
-          std::memcpy(row, &rv, sizeof rv);
         } else {
-          for (int64_t h = 0; h < H; ++h) row[h] += double(e[h]);
+          for (int64_t b = 0; b < B; ++b) {
+            score = _mm512_fmadd_ps(_mm512_loadu_ps(cos + b * s.stride + j),
+                                    _mm512_set1_ps(c[1 + b]), score);
+            score = _mm512_fmadd_ps(_mm512_loadu_ps(sin + b * s.stride + j),
+                                    _mm512_set1_ps(c[1 + B + b]), score);
+          }
         }
+        __m512 m = _mm512_loadu_ps(ms + u * 16);
+        __m512 sum = _mm512_loadu_ps(ss + u * 16);
+        const __mmask16 up = _mm512_mask_cmp_ps_mask(lanes, score, m, _CMP_GT_OQ);
+        if (up) {
+          const __m512 raised = _mm512_mask_add_ps(m, up, score, kHeadroom);
+          sum = _mm512_mul_ps(sum, exp2_16(_mm512_sub_ps(m, raised)));
+          m = raised;
+          _mm512_storeu_ps(ms + u * 16, m);
+        }
+        sum = _mm512_mask_add_ps(sum, lanes, sum, exp2_16(_mm512_sub_ps(score, m)));
+        _mm512_storeu_ps(ss + u * 16, sum);
       }
     }
-    for (int64_t h = 0; h < H; ++h) max_out[h] = mx[h];
+    for (int64_t u = 0; u < count; ++u) {
+      const __m512 m = _mm512_loadu_ps(ms + u * 16);
+      const float top = _mm512_reduce_max_ps(m);
+      const __m512 w = exp2_16(_mm512_sub_ps(m, _mm512_set1_ps(top)));
+      out[u].add(double(top), double(_mm512_reduce_add_ps(_mm512_mul_ps(_mm512_loadu_ps(ss + u * 16), w))));
+    }
+  }
+#endif
+
+  void scan(const Item& it, const T* coef, const T* cos, const T* sin, T* state,
+            Partial* out) const {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4) {
+      if (s.bands == 8) return scan_avx512<8>(it, coef, cos, sin, state, out);
+      if (s.bands == 4) return scan_avx512<4>(it, coef, cos, sin, state, out);
+      return scan_avx512<0>(it, coef, cos, sin, state, out);
+    }
+#endif
+    (void)state;
+    scan_portable(it, coef, cos, sin, out);
   }
 };
 
@@ -137,77 +190,68 @@ struct TokenScan {
 template <typename T>
 bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q,
                                         const T* key_table, const T* value_table,
-                                        const T* cos, const T* sin, T* o) {
-  const int64_t H = s.heads, D = s.head_dim, B = s.bands, V = s.vocab;
-  const int64_t width = H * D, R = 1 + 2 * B;
-  // coef[t][r][h], scaled.
-  std::vector<T> coef(size_t(V * R * H));
+                                        const T* cos, const T* sin, T* o, T* lse) {
+  const int64_t H = s.heads, D = s.head_dim, V = s.vocab, width = H * D, R = 1 + 2 * s.bands;
+  const int64_t QH = s.nq * H;
+  // Each token's visible keys, in items.
+  std::vector<Item> items;
   for (int64_t t = 0; t < V; ++t) {
-    const T* kt = key_table + t * width;
-    T* ct = coef.data() + t * R * H;
-    for (int64_t h = 0; h < H; ++h) {
-      const T* qh = q + h * D;
-      const T* kh = kt + h * D;
-      double plain = 0;
-      for (int64_t i = 2 * B; i < D; ++i) plain += double(qh[i]) * kh[i];
-      ct[h] = T(plain * s.scale);
-      for (int64_t k = 0; k < B; ++k) {
-        const double qa = qh[2 * k], qb = qh[2 * k + 1], ka = kh[2 * k], kb = kh[2 * k + 1];
-        ct[(1 + k) * H + h] = T((qa * ka + qb * kb) * s.scale);
-        ct[(1 + B + k) * H + h] = T((qb * ka - qa * kb) * s.scale);
+    const int64_t* lo = std::lower_bound(s.pos + s.group[t], s.pos + s.group[t + 1], s.first_position);
+    for (int64_t b = lo - s.pos; b < s.group[t + 1]; b += kItemKeys)
+      items.push_back(Item{t, b, std::min(b + kItemKeys, s.group[t + 1])});
+  }
+  const int threads = omp_get_max_threads();
+  std::vector<Partial> parts;
+  for (int64_t qh0 = 0; qh0 < QH; qh0 += kTile) {
+    const Tile<T> tile{s, q, key_table, qh0, std::min(kTile, QH - qh0)};
+    const int64_t n = tile.count;
+    // Each thread's partial softmax per token and query-head.
+    parts.assign(size_t(threads * V * n), Partial{});
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<T> coef(size_t(n * R)), state(size_t(2 * 16 * n));
+      Partial* mine = parts.data() + size_t(omp_get_thread_num()) * V * n;
+#pragma omp for schedule(dynamic, 1)
+      for (size_t x = 0; x < items.size(); ++x) {
+        tile.coefficients(items[x].token, coef.data());
+        tile.scan(items[x], coef.data(), cos, sin, state.data(), mine + items[x].token * n);
       }
     }
-  }
-
-  const int threads = omp_get_max_threads();
-  std::vector<T> thread_max(size_t(threads * H), -std::numeric_limits<T>::infinity());
-  // Per-thread sums of the weights of each token, per head, relative to the thread's maximum.
-  std::vector<double> hist(size_t(threads * V * H), 0.0);
-  const TokenScan<T> scan{s, coef.data(), cos, sin, thread_max.data(), hist.data()};
-  switch (H) {  // a compile-time head count keeps a key's heads in registers
-    case 1: scan.template run<1>(threads); break;
-    case 2: scan.template run<2>(threads); break;
-    case 4: scan.template run<4>(threads); break;
-    case 8: scan.template run<8>(threads); break;
-    case 16: scan.template run<16>(threads); break;
-    default: scan.template run<0>(threads); break;
-  }
-
-  // Bring the threads' histograms to the common maximum and sum them in thread order
-  // (deterministic), then apply the value table.
-  std::vector<double> sum(size_t(V * H), 0.0), total(size_t(H), 0.0);
-  for (int64_t h = 0; h < H; ++h) {
-    T m = -std::numeric_limits<T>::infinity();
-    for (int u = 0; u < threads; ++u) m = std::max(m, thread_max[size_t(u * H + h)]);
-    for (int u = 0; u < threads; ++u) {
-      const T mu = thread_max[size_t(u * H + h)];
-      if (mu == -std::numeric_limits<T>::infinity()) continue;  // saw no visible key
-      const double f = std::exp(double(mu) - double(m));
-      const double* ht = hist.data() + u * V * H;
-      for (int64_t t = 0; t < V; ++t) sum[size_t(t * H + h)] += f * ht[t * H + h];
+    // Per query-head: the tokens' weights against the overall maximum, in thread order
+    // (deterministic), then the values.
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t u = 0; u < n; ++u) {
+      const int64_t qh = qh0 + u, h = qh / s.nq, i = qh % s.nq;
+      double top = -std::numeric_limits<double>::infinity();
+      for (int64_t x = 0; x < threads * V; ++x)
+        if (parts[size_t(x * n + u)].sum > 0) top = std::max(top, parts[size_t(x * n + u)].max);
+      std::vector<double> out(size_t(D), 0.0);
+      double total = 0;
+      if (top > -std::numeric_limits<double>::infinity())
+        for (int64_t t = 0; t < V; ++t) {
+          double w = 0;
+          for (int th = 0; th < threads; ++th) {
+            const Partial& p = parts[size_t((th * V + t) * n + u)];
+            if (p.sum > 0) w += p.sum * std::exp2(p.max - top);
+          }
+          if (w == 0) continue;
+          total += w;
+          const T* vt = value_table + t * width + h * D;
+          for (int64_t x = 0; x < D; ++x) out[size_t(x)] += w * double(vt[x]);
+        }
+      T* oq = o + i * width + h * D;
+      for (int64_t x = 0; x < D; ++x) oq[x] = total > 0 ? T(out[size_t(x)] / total) : T(0);
+      lse[h * s.nq + i] = total > 0 ? T(top / kLog2e + std::log(total))
+                                    : -std::numeric_limits<T>::infinity();
     }
   }
-  for (int64_t t = 0; t < V; ++t)
-    for (int64_t h = 0; h < H; ++h) total[size_t(h)] += sum[size_t(t * H + h)];
-  std::vector<double> acc(size_t(width), 0.0);
-  for (int64_t t = 0; t < V; ++t) {
-    const T* vt = value_table + t * width;
-    for (int64_t h = 0; h < H; ++h) {
-      const double w = sum[size_t(t * H + h)];
-      if (w == 0) continue;
-      for (int64_t i = 0; i < D; ++i) acc[size_t(h * D + i)] += w * vt[h * D + i];
-    }
-  }
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t i = 0; i < D; ++i)
-      o[h * D + i] = total[size_t(h)] > 0 ? T(acc[size_t(h * D + i)] / total[size_t(h)]) : T(0);
   return true;
 }
 
 #define PAR_INSTANTIATE(T)                                                                  \
   template bool CpuOps<T>::token_attention_forward(const TokenAttentionShape&, const T*,    \
                                                    const T*, const T*, const T*, const T*, \
-                                                   T*);
+                                                   T*, T*);
 PAR_INSTANTIATE(float)
 PAR_INSTANTIATE(double)
 #undef PAR_INSTANTIATE

@@ -470,7 +470,7 @@ void CudaOps::sample_tokens(int32_t* ids, const float* logits, int64_t rows, int
 // No kernel attends through per-token tables on the GPU (core/ops.h): decoding then
 // attends over the materialized cross cache.
 bool CudaOps::token_attention_forward(const TokenAttentionShape&, const float*, const float*,
-                                      const float*, const float*, const float*, float*) {
+                                      const float*, const float*, const float*, float*, float*) {
   return false;
 }
 

@@ -82,7 +82,7 @@ class RoundingOps final : private CpuBackend, public ForwardingOps<float> {
   }
   // No rounded version: decoding attends over materialized keys, as on the GPU.
   bool token_attention_forward(const TokenAttentionShape&, const float*, const float*,
-                               const float*, const float*, const float*, float*) override {
+                               const float*, const float*, const float*, float*, float*) override {
     return false;
   }
 

@@ -1,0 +1,45 @@
+// Grouping decoding's cross-attention keys by token (core/token_groups.h): a counting sort,
+// stable in position, and the rotary rows moved into group order.
+#include "core/token_groups.h"
+
+#include "core/constants.h"
+#include "core/error.h"
+
+namespace par {
+
+template <typename T>
+TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_position,
+                            int64_t vocab, const RotarySpec& spec) {
+  TokenGroups<T> g;
+  g.group.assign(size_t(vocab + 1), 0);
+  for (int64_t i = 0; i < count; ++i) {
+    PAR_ASSERT(tokens[i] >= 0 && tokens[i] < vocab, "token outside the vocabulary");
+    if (tokens[i] != kPadToken) ++g.group[size_t(tokens[i]) + 1];
+  }
+  for (int64_t t = 0; t < vocab; ++t) g.group[size_t(t + 1)] += g.group[size_t(t)];
+  const int64_t n = g.group.back(), B = spec.bands;
+  g.stride = token_groups_stride(n);
+  g.pos.resize(size_t(n));
+  g.cos.assign(size_t(B * g.stride), T(0));
+  g.sin.assign(size_t(B * g.stride), T(0));
+  std::vector<T> c, s;
+  make_rotary_tables(spec, first_position, count, c, s);
+  std::vector<int64_t> next(g.group.begin(), g.group.end() - 1);
+  for (int64_t i = 0; i < count; ++i) {
+    if (tokens[i] == kPadToken) continue;
+    const int64_t j = next[size_t(tokens[i])]++;
+    g.pos[size_t(j)] = first_position + i;
+    for (int64_t b = 0; b < B; ++b) {
+      g.cos[size_t(b * g.stride + j)] = c[size_t(i * B + b)];
+      g.sin[size_t(b * g.stride + j)] = s[size_t(i * B + b)];
+    }
+  }
+  return g;
+}
+
+template TokenGroups<float> group_tokens(const int32_t*, int64_t, int64_t, int64_t,
+                                         const RotarySpec&);
+template TokenGroups<double> group_tokens(const int32_t*, int64_t, int64_t, int64_t,
+                                          const RotarySpec&);
+
+}  // namespace par

@@ -1,0 +1,35 @@
+// Decoding's cross-attention keys grouped by token, the layout of
+// Ops::token_attention_forward (core/ops.h, TokenAttentionShape).
+//
+// A key of the cross cache is its token's table row rotated at its position, so a step's
+// score of key j is a short dot product of per-token coefficients with the rotary row of
+// position j. Grouping the keys by token lets a kernel hold one token's coefficients while
+// it runs over all of that token's positions, 16 keys to a vector: the rotary rows are
+// stored band-major in group order for that. PAD keys are left out (never visible).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/rotary.h"
+
+namespace par {
+
+template <typename T>
+struct TokenGroups {
+  int64_t stride = 0;           // of the cos and sin rows: >= n + 16, a multiple of 16
+  std::vector<int64_t> group;   // [vocab + 1]: token t's keys are [group[t], group[t+1])
+  std::vector<int64_t> pos;     // [n]: each key's position, increasing within a group
+  std::vector<T> cos, sin;      // [bands, stride]: band b of key j at b*stride + j; pads 0
+  int64_t keys() const { return group.empty() ? 0 : group.back(); }
+};
+
+// The keys of tokens[i] at position first_position + i, i < count.
+template <typename T>
+TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_position,
+                            int64_t vocab, const RotarySpec& spec);
+
+// The rows group_tokens makes room for with `count` keys (sizes of the backend buffers).
+inline int64_t token_groups_stride(int64_t count) { return (count + 31) / 16 * 16; }
+
+}  // namespace par
