@@ -157,8 +157,7 @@ void Decoder<T>::start(std::vector<int32_t> prompt) {
   full_pass(0, L);
   if (token_tables_) group_window(0, length());
   const int64_t K = samples(), V = cfg_.vocab_size, d = cfg_.d_model, M = cfg_.num_latents;
-  for (int64_t k = 1; k < K; ++k)
-    std::copy(logits_.begin(), logits_.begin() + V, logits_.begin() + k * V);
+  for (int64_t k = 1; k < K; ++k) ops_.copy(b_->logits + k * V, b_->logits, V);
   if (cached_)
     for (int64_t l = 0; l < cfg_.num_layers; ++l)
       for (int64_t k = 1; k < K; ++k) {
@@ -355,7 +354,7 @@ void Decoder<T>::incremental(int64_t position) {
 }
 
 // From the cross-attention output (b.att: `batch` samples of `rows` latents from
-// first_position) to the logits of each sample's last latent, into logits_ from row
+// first_position) to the logits of each sample's last latent, into b.logits from row
 // logits_row. With fill_caches, the latents' keys and values become the self-attention
 // caches; with use_caches (one latent per sample), it attends over them too.
 template <typename T>
@@ -420,8 +419,26 @@ void Decoder<T>::finish_logits(int64_t batch, int64_t rows, int64_t logits_row) 
     ops_.copy_blocks(b.q, d, last, rows * d, batch, d, false);
     last = b.q;
   }
-  logits_forward(ops_, p_, last, batch, d, V, NormActs<T>{b.ln, b.mu, b.rs}, b.logits);
-  ops_.download(logits_.data() + logits_row * V, b.logits, size_t(batch * V) * sizeof(T));
+  logits_forward(ops_, p_, last, batch, d, V, NormActs<T>{b.ln, b.mu, b.rs},
+                 b.logits + logits_row * V);
+  logits_fresh_ = false;
+}
+
+template <typename T>
+const std::vector<T>& Decoder<T>::logits() const {
+  if (!logits_fresh_) {
+    ops_.download(logits_.data(), b_->logits, logits_.size() * sizeof(T));
+    logits_fresh_ = true;
+  }
+  return logits_;
+}
+
+template <typename T>
+std::vector<int32_t> Decoder<T>::choose(const SamplingOptions& opts, const std::vector<double>& u) {
+  PAR_ASSERT(int64_t(u.size()) == samples(), "one random number per sample");
+  std::vector<int32_t> ids(u.size());
+  ops_.sample_tokens(ids.data(), b_->logits, samples(), cfg_.vocab_size, opts, u.data());
+  return ids;
 }
 
 template class Decoder<float>;

@@ -80,7 +80,11 @@ class Decoder {
   // Appends tokens[k] to sample k, for every sample.
   void append(const std::vector<int32_t>& tokens);
 
-  const std::vector<T>& logits() const { return logits_; }  // [samples, V], host
+  // The logits of every sample's next token, [samples, V], downloaded when asked.
+  const std::vector<T>& logits() const;
+  // The next token of every sample: choose_token (core/token_choice.h) on its logits with
+  // u[k], on the backend, so that only the ids come back.
+  std::vector<int32_t> choose(const SamplingOptions& opts, const std::vector<double>& u);
   int64_t samples() const { return int64_t(seqs_.size()); }
   int64_t length() const { return int64_t(seqs_[0].tokens.size()); }  // tokens so far, each
   int64_t latents() const { return latents_; }                // in the caches (or would be)
@@ -129,7 +133,8 @@ class Decoder {
 
   std::vector<Sequence> seqs_;  // one per sample; position p of a sample is tokens[p]
   std::unique_ptr<PositionTable<T>> positions_;  // with absolute positions
-  std::vector<T> logits_;
+  mutable std::vector<T> logits_;  // a copy of b_->logits when logits_fresh_
+  mutable bool logits_fresh_ = false;
   int64_t latents_ = 0, refills_ = 0;
   // Shared cross cache: entries [cross_head_, cross_head_ + cross_count_) of capacity N + M.
   int64_t cross_head_ = 0, cross_count_ = 0;

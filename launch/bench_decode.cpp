@@ -50,11 +50,13 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
     r.prefill_s = since(t);
     const int64_t refills_before = dec.refills();
     profiled.reset();
-    std::vector<int32_t> next(static_cast<size_t>(K));
+    // Each step draws the samples' next tokens from their logits (temperature 1) where the
+    // logits are, as par sample does.
+    std::vector<double> u(static_cast<size_t>(K));
     t = Clock::now();
     for (int64_t i = 0; i < n; ++i) {
-      for (auto& x : next) x = int32_t(3 + rng() % uint64_t(mc.vocab_size - 3));
-      dec.append(next);
+      for (auto& x : u) x = uniform_from_bits(rng());
+      dec.append(dec.choose(SamplingOptions{}, u));
     }
     ops.synchronize();
     r.tokens_per_s = double(n * K) / since(t);

@@ -105,7 +105,7 @@ struct Generation {
 std::vector<SampleRecord> generate(Decoder<float>& dec, int64_t prompt_index,
                                    const std::vector<int32_t>& prompt, const Generation& g,
                                    Progress& progress) {
-  const int64_t K = dec.samples(), V = int64_t(dec.logits().size()) / K;
+  const int64_t K = dec.samples();
   std::vector<std::mt19937_64> rngs;
   for (int64_t k = 0; k < K; ++k) rngs.emplace_back(g.seed + uint64_t(k));
   auto t0 = Clock::now();
@@ -121,14 +121,18 @@ std::vector<SampleRecord> generate(Decoder<float>& dec, int64_t prompt_index,
   }
   std::vector<int32_t> next(static_cast<size_t>(K), kEosToken);
   std::vector<bool> stopped(static_cast<size_t>(K), false);
-  std::vector<float> row(static_cast<size_t>(V));
+  std::vector<double> u(static_cast<size_t>(K));
   t0 = Clock::now();
   for (int64_t i = 0; i < g.tokens; ++i) {
+    // Each live sample draws from its own generator (none when greedy), as sample_token
+    // does; the choice runs where the logits are.
+    for (int64_t k = 0; k < K; ++k)
+      u[size_t(k)] = stopped[size_t(k)] || g.sampling.temperature == 0 ? 0.0 : draw_uniform(rngs[size_t(k)]);
+    const std::vector<int32_t> chosen = dec.choose(g.sampling, u);
     int64_t live = 0;
     for (int64_t k = 0; k < K; ++k) {
       if (stopped[size_t(k)]) continue;
-      std::copy(dec.logits().begin() + k * V, dec.logits().begin() + (k + 1) * V, row.begin());
-      const int32_t t = sample_token(row, g.sampling, rngs[size_t(k)]);
+      const int32_t t = chosen[size_t(k)];
       out[size_t(k)].generated.push_back(t);
       next[size_t(k)] = t;
       ++live;

@@ -266,5 +266,33 @@ TEST(DecoderSamples, CachedMatchesUncached) {
   ops.deallocate(params);
 }
 
+// The next tokens chosen where the logits are (Decoder::choose, Ops::sample_tokens) are
+// the host's choice on the downloaded logits, for every sample, cached and uncached (whose
+// passes write one sample's row at a time).
+TEST(DecoderSamples, ChoiceWhereTheLogitsAreEqualsTheHostChoice) {
+  const ModelConfig c = config();
+  cpu::CpuOps<float> ops;
+  float* params = upload_params(ops, params_for<float>(c, 17));
+  const int64_t K = 3, V = c.vocab_size;
+  const SamplingOptions choices[] = {{0.0, 0, 1.0}, {1.0, 0, 1.0}, {0.7, 5, 1.0}, {1.3, 0, 0.8}};
+  std::mt19937_64 rng(3);
+  for (bool cached : {true, false}) {
+    Decoder<float> dec(c, ops, params, cached, TokenTables::kAuto, K);
+    dec.start({4, 9, 2});
+    for (int step = 0; step < 12; ++step) {
+      for (const SamplingOptions& o : choices) {
+        std::vector<double> u(static_cast<size_t>(K));
+        for (double& x : u) x = uniform_from_bits(rng());
+        const std::vector<int32_t> ids = dec.choose(o, u);
+        for (int64_t k = 0; k < K; ++k)
+          ASSERT_EQ(ids[size_t(k)], choose_token(dec.logits().data() + k * V, V, o, u[size_t(k)]))
+              << "step " << step << " sample " << k << (cached ? " cached" : " uncached");
+      }
+      dec.append(dec.choose(choices[1], std::vector<double>{0.1, 0.5, 0.9}));
+    }
+  }
+  ops.deallocate(params);
+}
+
 }  // namespace
 }  // namespace par
