@@ -308,9 +308,10 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
       const int64_t after = samples() == 1 ? std::min(cross_count_, T_ - groups_end_) : 0;
       shared_from = cross_head_ + cross_count_ - after;
       shared_count = after;
-    } else {  // a backend without the kernel: materialized keys from now on
-      token_tables_ = false;
     }
+    // Declined (no kernel, or a shape it is not sized for: a refill's many latents): this
+    // call attends over the shared cache, which holds the whole window with one sample and
+    // the prompt with several; the next call offers the tables again.
   }
   const T *shared_k = b.cross_k + shared_from * d, *shared_v = b.cross_v + shared_from * d;
   if (shared_count > 0) {

@@ -89,7 +89,7 @@ class Decoder {
   int64_t length() const { return int64_t(seqs_[0].tokens.size()); }  // tokens so far, each
   int64_t latents() const { return latents_; }                // in the caches (or would be)
   int64_t refills() const { return refills_; }                // full passes so far
-  bool token_tables() const { return token_tables_; }         // in use
+  bool token_tables() const { return token_tables_; }         // offered (a call may be declined)
 
  private:
   struct Buffers;

@@ -11,6 +11,7 @@
 #include "core/model.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/test_util.h"
+#include "tests/token_attention_calls.h"
 
 namespace par {
 namespace {
@@ -264,6 +265,36 @@ TEST(DecoderSamples, CachedMatchesUncached) {
   }
   EXPECT_GE(cached.refills(), 1 + 2);
   ops.deallocate(params);
+}
+
+// A backend that takes a step's K queries through the token tables and declines a
+// refill's K * M/2 (as the GPU declines shapes beyond its kernel's sizing): each declined
+// call attends over the cross cache instead, and the next steps go through the tables
+// again. One sample and several, against uncached decoding (within the context).
+TEST(DecoderSamples, DeclinedTokenAttentionFallsBackForThatCallOnly) {
+  const ModelConfig c = config();
+  cpu::CpuOps<double> cpu;
+  double* params = upload_params(cpu, params_for<double>(c, 19));
+  const std::vector<int32_t> prompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
+  for (int64_t K : {1, 3}) {
+    testing_util::TokenAttentionCalls<double> ops(cpu, K);
+    Decoder<double> cached(c, ops, params, true, TokenTables::kOn, K);
+    Decoder<double> uncached(c, cpu, params, false, TokenTables::kOff, K);
+    cached.start(prompt);
+    uncached.start(prompt);
+    for (int step = 0; step < 50; ++step) {  // 60 tokens <= N = 64
+      std::vector<int32_t> next;
+      for (int64_t k = 0; k < K; ++k) next.push_back(int32_t((step * 5 + k * 7 + 2) % 19));
+      cached.append(next);
+      uncached.append(next);
+      ASSERT_LE(max_rel(cached.logits(), uncached.logits()), 1e-12) << K << " samples, step " << step;
+    }
+    EXPECT_GE(cached.refills(), 1 + 2);
+    EXPECT_GE(ops.declined, 2) << "the refills";
+    EXPECT_GT(ops.taken_after_decline, 0) << "steps after a declined refill use the tables";
+    EXPECT_TRUE(cached.token_tables());
+  }
+  cpu.deallocate(params);
 }
 
 // The next tokens chosen where the logits are (Decoder::choose, Ops::sample_tokens) are

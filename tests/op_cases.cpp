@@ -407,34 +407,80 @@ void attention_cases(std::vector<OpCase>& t) {
 
 // Queries over keys and values looked up by token (decoding's cross-attention), grouped
 // by token, some PAD (left out of the groups), some before the first visible position. A
-// backend without the kernel declines and must leave o alone.
+// backend without the kernel, or not sized for the shape, declines and must leave o alone.
+struct TokenCase {
+  std::string name;
+  int64_t n = 300, nq = 1, heads = 2, head_dim = 16, vocab = 40;
+  int64_t hidden = 100;    // keys before the first visible position, in per mille of n
+  int64_t dominant = -1;   // a token that holds most keys (several work items), or none
+  int64_t early_only = -1; // a token whose keys all precede the first visible position
+};
+
+// Keys at positions 1000 + j: every 9th PAD, else spread over the vocabulary, or 3 in 5
+// of them `dominant`; `early_only` only among the hidden keys.
+std::vector<int32_t> token_case_keys(const TokenCase& c, int64_t hidden) {
+  std::vector<int32_t> tokens(static_cast<size_t>(c.n));
+  for (int64_t j = 0; j < c.n; ++j) {
+    int32_t t = int32_t((j * 17 + 3) % c.vocab);
+    if (c.dominant >= 0 && j % 5 < 3) t = int32_t(c.dominant);
+    if (t == c.early_only && j >= hidden) t = int32_t((t + 1) % c.vocab);
+    if (c.early_only >= 0 && j == 0) t = int32_t(c.early_only);
+    tokens[size_t(j)] = j % 9 == 4 ? kPadToken : t;
+  }
+  return tokens;
+}
+
 void token_attention_cases(std::vector<OpCase>& t) {
+  std::vector<TokenCase> cases;
   for (int64_t n : {int64_t(300), int64_t(1)})
     for (int64_t nq : {int64_t(1), int64_t(3)})
-      t.push_back(make_case(cat("token_attention_forward n=", n, " nq=", nq), {"token_attention_forward"},
-                            1e-5, Products::kNone, false, [=](auto& r) {
-        const int64_t heads = 2, head_dim = 16, V = 40, width = heads * head_dim, first = 1000;
-        const RotarySpec spec = make_rotary_spec(head_dim, 0.5, 4096.0);
-        std::vector<int32_t> tokens(static_cast<size_t>(n));
-        for (int64_t j = 0; j < n; ++j) tokens[size_t(j)] = j % 9 == 4 ? kPadToken : int32_t((j * 17 + 3) % V);
-        const TokenGroups<double> g = group_tokens<double>(tokens.data(), n, first, V, spec);
-        TokenAttentionShape s{nq, heads, head_dim, spec.bands, V, r.raw(g.group), r.raw(g.pos),
-                              g.stride, first + n / 10, 1.0 / std::sqrt(double(head_dim))};
-        auto* o = r.filled(nq * width, 7);
-        auto* lse = r.filled(nq * heads, 7);
-        const bool done = r.ops.token_attention_forward(s, r.random(nq * width, 42), r.random(V * width, 43),
-                                                        r.random(V * width, 44), r.put(g.cos),
-                                                        r.put(g.sin), o, lse);
-        r.result.declined = !done;
-        const auto got = r.host(o, nq * width);
-        if (!done) {
-          r.check(std::all_of(got.begin(), got.end(), [](auto x) { return x == 7; }),
-                  "token_attention_forward declined but wrote o");
-        } else {
-          r.out("o", o, nq * width);
-          r.out("lse", lse, nq * heads);
-        }
-      }));
+      cases.push_back(TokenCase{cat("n=", n, " nq=", nq), n, nq, 2, 16, 40, n == 1 ? 0 : 100});
+  // A token of 3000 keys (several work items), the first visible position inside groups,
+  // a token whose keys are all hidden.
+  cases.push_back(TokenCase{"n=5000 one token dominant", 5000, 3, 2, 16, 40, 100, 7, 11});
+  // gpu-100m-131k's heads: 64 wide, half rotated, 16 bands; its vocabulary (most tokens
+  // without a key here).
+  cases.push_back(TokenCase{"n=3000 16 bands", 3000, 2, 4, 64, 259, 100, 5, 9});
+  // 72 query-heads: several tiles of them, the last partial; 8 bands.
+  cases.push_back(TokenCase{"n=2000 72 query-heads", 2000, 24, 3, 32, 40, 10, 3});
+  // 6 bands: no kernel specialized for them.
+  cases.push_back(TokenCase{"n=700 6 bands", 700, 2, 2, 24, 40, 50});
+  // Every key before the first visible position.
+  cases.push_back(TokenCase{"n=500 all hidden", 500, 2, 2, 16, 40, 1000});
+  // 4400 query-heads: more than a GPU kernel may be sized for (it may decline).
+  cases.push_back(TokenCase{"n=64 4400 query-heads", 64, 1100, 4, 8, 40, 100});
+  for (const TokenCase& tc : cases)
+    t.push_back(make_case(cat("token_attention_forward ", tc.name), {"token_attention_forward"},
+                          1e-5, Products::kNone, false, [=](auto& r) {
+      const TokenCase& c = tc;
+      const int64_t width = c.heads * c.head_dim, V = c.vocab, first = 1000;
+      const int64_t hidden = c.n * c.hidden / 1000;
+      const RotarySpec spec = make_rotary_spec(c.head_dim, 0.5, 4096.0);
+      const std::vector<int32_t> tokens = token_case_keys(c, hidden);
+      const TokenGroups<double> g = group_tokens<double>(tokens.data(), c.n, first, V, spec);
+      TokenAttentionShape s{c.nq, c.heads, c.head_dim, spec.bands, V, r.raw(g.group), r.raw(g.pos),
+                            g.stride, first + hidden, 1.0 / std::sqrt(double(c.head_dim))};
+      auto* o = r.filled(c.nq * width, 7);
+      auto* lse = r.filled(c.nq * c.heads, 7);
+      const bool done = r.ops.token_attention_forward(s, r.random(c.nq * width, 42), r.random(V * width, 43),
+                                                      r.random(V * width, 44), r.put(g.cos),
+                                                      r.put(g.sin), o, lse);
+      r.result.declined = !done;
+      const auto got = r.host(o, c.nq * width);
+      if (!done) {
+        r.check(std::all_of(got.begin(), got.end(), [](auto x) { return x == 7; }),
+                "token_attention_forward declined but wrote o");
+        return;
+      }
+      if (hidden >= c.n) {
+        const auto l = r.host(lse, c.nq * c.heads);
+        r.check(std::all_of(got.begin(), got.end(), [](auto x) { return x == 0; }) &&
+                    std::all_of(l.begin(), l.end(), [](auto x) { return x == -INFINITY; }),
+                "a query that sees no key must get o = 0 and lse = -inf");
+      }
+      r.out("o", o, c.nq * width);
+      r.out("lse", lse, c.nq * c.heads);
+    }));
 }
 
 void merge_and_loss_cases(std::vector<OpCase>& t) {

@@ -467,11 +467,18 @@ void CudaOps::sample_tokens(int32_t* ids, const float* logits, int64_t rows, int
   download(ids, ids_dev, size_t(rows) * sizeof(int32_t));
 }
 
-// No kernel attends through per-token tables on the GPU (core/ops.h): decoding then
-// attends over the materialized cross cache.
-bool CudaOps::token_attention_forward(const TokenAttentionShape&, const float*, const float*,
-                                      const float*, const float*, const float*, float*, float*) {
-  return false;
+// Shapes the kernels are not sized for (many query-heads: a refill's latents) are declined;
+// decoding then attends over the materialized cross cache for that call.
+bool CudaOps::token_attention_forward(const TokenAttentionShape& s, const float* q,
+                                      const float* key_table, const float* value_table,
+                                      const float* cos, const float* sin, float* o, float* lse) {
+  const kern::TokenAttentionPlan plan = kern::token_attention_plan(s);
+  if (!plan.covered) return false;
+  if (plan.bytes == 0) return true;  // no query or no head: nothing to write
+  use_device();
+  kern::token_attention_forward(stream_, s, plan, q, key_table, value_table, cos, sin, o, lse,
+                                scratch(kTokenAttention, plan.bytes));
+  return true;
 }
 
 // ---- the public functions of cuda_ops.h ----

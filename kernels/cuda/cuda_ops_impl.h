@@ -32,6 +32,7 @@ enum ScratchSlot : int {
   kSquares,
   kSampling,
   kDecodeSplit,
+  kTokenAttention,
   kCudnnFirst,  // CudnnAttention's own buffers
   kSlotCount = kCudnnFirst + CudnnAttention::kScratchSlots
 };

@@ -136,6 +136,32 @@ void attention_forward_decode(cudaStream_t st, const AttentionShape& s, const fl
                               const float* k, const float* v, float* o, float* lse,
                               int rounding, float* scratch);
 
+// ---- attention through per-token tables (token_attention.cu) ----
+// Ops::token_attention_forward in float32: a plan kernel numbers the work items (up to
+// kTokenItemKeys visible keys of one token), one block per (item, kTokenTile query-heads)
+// sums each item's softmax weights, one block per query-head merges them per token and
+// applies the values. Shapes beyond kTokenMaxQueryHeads query-heads (nq * heads) or
+// kTokenMaxHeadDim are not covered: the op declines them.
+constexpr int64_t kTokenItemKeys = 1024;
+constexpr int64_t kTokenTile = 16;
+constexpr int64_t kTokenMaxQueryHeads = 4096;
+constexpr int64_t kTokenMaxHeadDim = 256;
+struct TokenAttentionPlan {
+  bool covered = false;
+  int64_t items = 0;  // an upper bound on the work items (vocab + stride / kTokenItemKeys + 1)
+  int64_t tiles = 0;  // of kTokenTile query-heads
+  size_t shared_bytes = 0;  // the scan's coefficients
+  size_t prefix_offset = 0, items_offset = 0, partials_offset = 0;
+  size_t bytes = 0;  // of scratch
+};
+TokenAttentionPlan token_attention_plan(const TokenAttentionShape& s);
+// `plan` = token_attention_plan(s), covered; `scratch` holds plan.bytes.
+void token_attention_forward(cudaStream_t st, const TokenAttentionShape& s,
+                             const TokenAttentionPlan& plan, const float* q,
+                             const float* key_table, const float* value_table,
+                             const float* cos, const float* sin, float* o, float* lse,
+                             void* scratch);
+
 // ---- sampling (sampling.cu) ----
 // Ops::sample_tokens with ids and u in device memory; `scratch` holds
 // sample_tokens_scratch_bytes(rows, vocab) bytes (rows * vocab < 2^31).

@@ -1,0 +1,42 @@
+// A backend that counts the calls of Ops::token_attention_forward the decoder makes, and
+// declines those with more than `max_queries` queries (as a GPU kernel declines shapes it
+// is not sized for): the tests see which calls went through the token tables, and that the
+// decoder falls back for a declined call without giving the tables up.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include "core/ops_decorator.h"
+
+namespace par::testing_util {
+
+template <typename T>
+class TokenAttentionCalls final : public ForwardingOps<T> {
+ public:
+  explicit TokenAttentionCalls(Ops<T>& inner,
+                               int64_t max_queries = std::numeric_limits<int64_t>::max())
+      : ForwardingOps<T>(inner), max_queries_(max_queries) {}
+
+  bool token_attention_forward(const TokenAttentionShape& s, const T* q, const T* key_table,
+                               const T* value_table, const T* cos, const T* sin, T* o,
+                               T* lse) override {
+    const bool through = s.nq <= max_queries_ &&
+                       ForwardingOps<T>::token_attention_forward(s, q, key_table, value_table,
+                                                                 cos, sin, o, lse);
+    if (!through) {
+      ++declined;
+    } else {
+      ++taken;
+      if (declined > 0) ++taken_after_decline;
+    }
+    return through;
+  }
+
+  int64_t taken = 0, declined = 0, taken_after_decline = 0;
+
+ private:
+  int64_t max_queries_;
+};
+
+}  // namespace par::testing_util
