@@ -449,7 +449,7 @@ void token_attention_cases(std::vector<OpCase>& t) {
   cases.push_back(TokenCase{"n=500 all hidden", 500, 2, 2, 16, 40, 1000});
   // 4400 query-heads: more than a GPU kernel may be sized for (it may decline).
   cases.push_back(TokenCase{"n=64 4400 query-heads", 64, 1100, 4, 8, 40, 100});
-  for (const TokenCase& tc : cases)
+  for (const TokenCase& tc : cases) {
     t.push_back(make_case(cat("token_attention_forward ", tc.name), {"token_attention_forward"},
                           1e-5, Products::kNone, false, [=](auto& r) {
       const TokenCase& c = tc;
@@ -481,6 +481,8 @@ void token_attention_cases(std::vector<OpCase>& t) {
       r.out("o", o, c.nq * width);
       r.out("lse", lse, c.nq * c.heads);
     }));
+    t.back().gpu_may_decline = tc.nq * tc.heads > 4096;  // kTokenMaxQueryHeads, kernels/cuda
+  }
 }
 
 void merge_and_loss_cases(std::vector<OpCase>& t) {

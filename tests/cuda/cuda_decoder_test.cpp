@@ -1,7 +1,7 @@
 // Generation on the CUDA backend: cached decoding (MODEL.md section 12) gives the CPU
 // backend's logits token by token, through several refills of the latent caches, once per
-// matrix-product precision; and on the GPU cached equals uncached decoding. Skips without
-// a GPU.
+// matrix-product precision, over the materialized cross cache and through the token
+// tables; and on the GPU cached equals uncached decoding. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include "core/decoder.h"
@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/cuda/model_case.h"
+#include "tests/token_attention_calls.h"
 
 namespace par {
 namespace {
@@ -29,11 +30,13 @@ struct DeviceParams {
 
 class CudaDecoderTest : public cuda_test::CudaPrecisionTest {};
 
-void check_cached_against_cpu(const ModelConfig& cfg, Ops<float>& gpu_ops, MatmulPrecision precision) {
+void check_cached_against_cpu(const ModelConfig& cfg, Ops<float>& gpu_ops, MatmulPrecision precision,
+                              TokenTables tables = TokenTables::kAuto, int64_t samples = 1) {
   const auto host = cuda_test::parameters(ParamLayout(cfg), cfg.d_model);
   cpu::CpuOps<float> cpu;
   const DeviceParams cpu_params(cpu, host), gpu_params(gpu_ops, host);
-  Decoder<float> want(cfg, cpu, cpu_params.p, true), got(cfg, gpu_ops, gpu_params.p, true);
+  Decoder<float> want(cfg, cpu, cpu_params.p, true, tables, samples);
+  Decoder<float> got(cfg, gpu_ops, gpu_params.p, true, tables, samples);
   std::vector<int32_t> prompt;
   for (int i = 0; i < 23; ++i) prompt.push_back(int32_t(3 + (i * 7) % 30));
   if (cfg.absolute_positions()) prompt[11] = 1;  // an EOS: the count starts again after it
@@ -43,9 +46,10 @@ void check_cached_against_cpu(const ModelConfig& cfg, Ops<float>& gpu_ops, Matmu
   ASSERT_TRUE(close(got.logits(), want.logits(), tol)) << "after the prompt";
   // 40 more tokens: past M latents, so the caches are refilled several times.
   for (int i = 0; i < 40; ++i) {
-    const int32_t t = int32_t(3 + (i * 11) % 31);
-    want.append(t);
-    got.append(t);
+    std::vector<int32_t> next;
+    for (int64_t k = 0; k < samples; ++k) next.push_back(int32_t(3 + (i * 11 + k * 5) % 31));
+    want.append(next);
+    got.append(next);
     ASSERT_TRUE(close(got.logits(), want.logits(), tol)) << "token " << i;
   }
 }
@@ -53,6 +57,18 @@ void check_cached_against_cpu(const ModelConfig& cfg, Ops<float>& gpu_ops, Matmu
 TEST_P(CudaDecoderTest, CachedDecodingMatchesTheCpu) {
   auto gpu = make_ops();
   check_cached_against_cpu(cuda_test::odd_config(), *gpu, GetParam());  // M = 17: refills every 8 or 9 tokens
+}
+
+// The cross-attention of every step and refill through the token tables, by the GPU's
+// token_attention_forward (no call declined), one sample and three.
+TEST_P(CudaDecoderTest, CachedDecodingThroughTokenTablesMatchesTheCpu) {
+  for (int64_t samples : {1, 3}) {
+    auto gpu = make_ops();
+    testing_util::TokenAttentionCalls<float> calls(*gpu);
+    check_cached_against_cpu(cuda_test::odd_config(), calls, GetParam(), TokenTables::kOn, samples);
+    EXPECT_GT(calls.taken, 0) << samples << " samples";
+    EXPECT_EQ(calls.declined, 0) << samples << " samples: every call is within the kernels' sizing";
+  }
 }
 
 // Absolute positions: every cached key and refilled latent carries its document position.

@@ -80,7 +80,8 @@ class RoundingOps final : private CpuBackend, public ForwardingOps<float> {
     cpu_.attention_backward(s, rounded(q, nq).data(), rounded(k, nk).data(),
                             rounded(v, nk).data(), o, rounded(d_o, nq).data(), lse, dq, dk, dv);
   }
-  // No rounded version: decoding attends over materialized keys, as on the GPU.
+  // Declined: decoding then attends over the materialized keys, whose products are rounded
+  // here (the GPU's token attention rounds nothing: it computes in float32).
   bool token_attention_forward(const TokenAttentionShape&, const float*, const float*,
                                const float*, const float*, const float*, float*, float*) override {
     return false;
