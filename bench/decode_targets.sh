@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The CPU decoding targets of issue 17, measured with `par bench --decode` on cpu-131k (a
+# 131k-token prompt, then cached generation with its refills, drawing each token from the
+# logits as par sample does):
+#   1. 4 samples decoded together give >= 2x the tokens/s of one;
+#   2. one sample is at least as fast as with the baseline binary, when one is given;
+#   3. cached decoding >= 50x uncached.
+# Usage: bench/decode_targets.sh [par binary] [baseline par binary]
+#   TOKENS (default 1000) generated per sample, ROUNDS (default 2, the fastest kept),
+#   THREADS (default: par's own choice).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+par=${1:-build/launch/par}
+baseline=${2:-}
+tokens=${TOKENS:-1000}
+threads=()
+[[ -n "${THREADS:-}" ]] && threads=(--threads "$THREADS")
+
+run() {  # binary, samples -> the JSON line of par bench --decode
+  "$1" bench --config configs/cpu-131k.ini --decode "$tokens" --num-samples "$2" "${threads[@]}" | tail -n 1
+}
+best() {  # JSON lines -> the one with the most cached tokens/s
+  python3 -c 'import json,sys; print(max(sys.argv[1:], key=lambda a: json.loads(a)["cached_tokens_per_s"]))' "$@"
+}
+one=() four=() base=()
+for ((round = 0; round < ${ROUNDS:-2}; round++)); do
+  one+=("$(run "$par" 1)")
+  four+=("$(run "$par" 4)")
+  [[ -n "$baseline" ]] && base+=("$(run "$baseline" 1)")
+done
+one=$(best "${one[@]}")
+four=$(best "${four[@]}")
+base=$([[ -n "$baseline" ]] && best "${base[@]}" || echo null)
+
+python3 - "$one" "$four" "$base" <<'PY'
+import json, sys
+one, four, base = (json.loads(a) for a in sys.argv[1:4])
+print(f"{'run':28s} {'tokens/s':>9s} {'per sample':>10s} {'uncached':>9s} {'refills':>7s}")
+rows = [("1 sample", one), ("4 samples", four)] + ([("1 sample, baseline binary", base)] if base else [])
+for name, r in rows:
+    print(f"{name:28s} {r['cached_tokens_per_s']:9.1f} {r['cached_tokens_per_s_per_sample']:10.1f} "
+          f"{r['uncached_tokens_per_s']:9.3f} {r['refills']:7d}")
+ratio = four["cached_tokens_per_s"] / one["cached_tokens_per_s"]
+checks = [("4 samples >= 2x one sample", ratio >= 2, f"{ratio:.2f}x"),
+          ("cached >= 50x uncached", one["speedup"] >= 50, f"{one['speedup']:.0f}x")]
+if base:
+    b = one["cached_tokens_per_s"] / base["cached_tokens_per_s"]
+    checks.append(("1 sample >= the baseline binary", b >= 1, f"{b:.2f}x"))
+print()
+for name, ok, value in checks:
+    print(f"{'met    ' if ok else 'NOT MET'}  {name}: {value}")
+PY
