@@ -25,11 +25,13 @@ namespace par::cpu {
 
 namespace {
 
-// Rows per call this path takes, and rows per pass over w. On the latent stack of
-// cpu-131k (four layers of 256 x 256 and 256 <-> 1024 products, ~3 MiB each), one thread,
-// against OpenBLAS 0.3.21's sgemm: 1 row 0.112 ms vs 0.110 (both at the memory bandwidth),
-// 4 rows 0.130 vs 0.252, 8 rows 0.197 vs 0.369, 16 rows 0.355 vs 0.467, 32 rows 0.653 vs
-// 0.681, 48 rows 0.958 vs 0.810.
+// Rows per call this path takes, and rows per pass over w. Timed on one latent layer of
+// cpu-131k (its six products, 3 MiB of weights), one thread, against OpenBLAS 0.3.21's
+// sgemm, in ms with the weights in L3 / flushed from the caches before each pass:
+//   rows   1: 0.114 / 0.278 vs 0.112 / 0.280     rows 16: 0.303 / 0.516 vs 0.506 / 0.803
+//   rows   4: 0.121 / 0.307 vs 0.266 / 0.554     rows 32: 0.609 / 0.821 vs 0.727 / 1.005
+//   rows   8: 0.151 / 0.350 vs 0.396 / 0.709     rows 48: 0.906 / 1.131 vs 0.860 / 1.123
+// (32 and 48 rows in groups of 8 as well: the gain shrinks past 16 and is gone by 48.)
 constexpr int64_t kMaxRows = 16, kGroup = 8;
 
 // The vector operations the kernel needs, per element type.
@@ -62,6 +64,12 @@ struct Lanes<double> {
   static double sum(V a) { return _mm512_reduce_add_pd(a); }
 };
 
+// How far ahead of its loads the kernel asks for w (a vector is a cache line). Decoding
+// reads the weights from L3 or memory, where the hardware prefetchers alone leave the loop
+// waiting, the more so the more rows it multiplies: on the layer timed above, flushed, 4
+// rows took 0.360 ms without this and 8 rows 0.527; in L3, 0.139 and 0.205.
+constexpr int64_t kPrefetchBytes = 8192;
+
 // Outputs [o0, o0 + OB) of all R rows.
 template <typename T, int R, int OB>
 inline void output_block(T* y, const T* x, const T* w, const T* b, int64_t in, int64_t out,
@@ -75,7 +83,10 @@ inline void output_block(T* y, const T* x, const T* w, const T* b, int64_t in, i
   int64_t i = 0;
   for (; i + L::kN <= in; i += L::kN) {
     V wv[OB];
-    for (int ob = 0; ob < OB; ++ob) wv[ob] = L::load(wo + ob * in + i);
+    for (int ob = 0; ob < OB; ++ob) {
+      wv[ob] = L::load(wo + ob * in + i);
+      _mm_prefetch(reinterpret_cast<const char*>(wo + ob * in + i) + kPrefetchBytes, _MM_HINT_T0);
+    }
     for (int r = 0; r < R; ++r) {
       const V xv = L::load(x + r * in + i);
       for (int ob = 0; ob < OB; ++ob) acc[ob][r] = L::fma(wv[ob], xv, acc[ob][r]);
