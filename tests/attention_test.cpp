@@ -1,12 +1,14 @@
 // Blocked attention against a naive full-matrix attention, forward and backward, with
-// PAD keys, cross-attend dropout masks, causal limits, several block sizes, and one run
-// at a 131072-token context (64-bit offsets).
+// PAD keys, cross-attend dropout masks, causal limits, several block sizes, one query per
+// example (decoding: the one-query kernel) with keys at far positions, and one run at a
+// 131072-token context (64-bit offsets).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
 
 #include "core/philox.h"
+#include "kernels/cpu/attention_one_query.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/test_util.h"
 
@@ -89,7 +91,12 @@ struct Case {
   int64_t q_offset;  // q_pos[i] = q_offset + i (latents at the end: nk - nq)
   double pad_fraction, drop_p;
   cpu::AttentionBlocking blocking;
+  // The last `far` keys sit at a far position, invisible (decoding's unfilled cache rows).
+  int64_t far = 0;
+  bool dead_first = false;  // example 0 keeps no key
 };
+
+constexpr int64_t kFar = int64_t(1) << 60;
 
 template <typename T>
 void check_case(const Case& c, double tol) {
@@ -102,7 +109,7 @@ void check_case(const Case& c, double tol) {
   s.scale = 1.0 / std::sqrt(double(c.head_dim));
   std::vector<int64_t> q_pos(size_t(c.nq)), k_pos(size_t(c.nk));
   for (int64_t i = 0; i < c.nq; ++i) q_pos[i] = c.q_offset + i;
-  for (int64_t j = 0; j < c.nk; ++j) k_pos[j] = j;
+  for (int64_t j = 0; j < c.nk; ++j) k_pos[j] = j < c.nk - c.far ? j : kFar;
   // PAD tokens at random places, then the model's own keep mask (PAD and dropout).
   std::vector<int32_t> tokens(size_t(c.batch * c.nk));
   std::mt19937_64 rng(c.nk * 31 + c.nq);
@@ -112,6 +119,7 @@ void check_case(const Case& c, double tol) {
   cpu::CpuOps<T> ops;
   ops.key_keep_mask(keep.data(), tokens.data(), c.batch, c.nk, c.nk, c.drop_p,
                     DropoutKey{99, 3, DropSite::kCrossAttend}, 17, 0);
+  if (c.dead_first) std::fill(keep.begin(), keep.begin() + c.nk, uint8_t(0));
   s.q_pos = q_pos.data();
   s.k_pos = k_pos.data();
   s.k_keep = keep.data();
@@ -148,30 +156,63 @@ const Case kCases[] = {
     {1, 20, 100, 1, 48, 80, 0.0, 0.0, {16, 33}},
     {1, 9, 50, 3, 64, 41, 0.05, 0.0, {5, 7}},
     {2, 30, 500, 1, 128, 470, 0.0, 0.5, {12, 100}},
+    // One query per example (decoding), through the one-query kernel where nk <= 4096:
+    // K = 4 samples' latents over blocks of 256 cached ones, 56 of them not filled yet;
+    {4, 1, 256, 8, 32, 199, 0.0, 0.0, {256, 256}, 56},
+    // PAD and dropped keys, odd head sizes (the kernel's scalar loops), partial groups of 16;
+    {3, 1, 300, 3, 20, 310, 0.3, 0.2, {64, 64}},
+    {2, 1, 37, 5, 7, 30, 0.1, 0.0, {256, 256}, 4},
+    // a query before every key, and an example whose keys are all dropped: o = 0, lse = -inf;
+    {2, 1, 50, 2, 16, -1, 0.0, 0.0, {256, 256}},
+    {3, 1, 20, 2, 16, 19, 0.0, 0.5, {256, 256}, 0, true},
+    // the largest key count the kernel takes, wide heads; one more goes the blocked way.
+    {2, 1, 4096, 2, 128, 4000, 0.1, 0.0, {256, 256}, 50},
+    {2, 1, 4097, 1, 32, 5000, 0.1, 0.1, {256, 256}},
 };
 
 cpu::AttentionBlocking sgemm_only(cpu::AttentionBlocking b) {
   b.fused = false;
+  b.one_query = false;
   return b;
+}
+
+// The case through each kernel that takes it: the fused ones or the one-query one where
+// the shape allows (the default), and the sgemm path.
+template <typename T>
+void check_every_path(const Case& c, double tol) {
+  SCOPED_TRACE(testing::Message() << "batch " << c.batch << " nq " << c.nq << " nk " << c.nk
+                                  << " head_dim " << c.head_dim);
+  check_case<T>(c, tol);
+  Case s = c;
+  s.blocking = sgemm_only(c.blocking);
+  check_case<T>(s, tol);
 }
 
 // Float32 against the double reference: scores of O(1) summed over up to 200 keys
 // leave ~1e-6 relative error; 2e-5 flags any wrong term.
-// Each case runs through the fused kernels where its head dimension allows, and through
-// sgemm.
 TEST(BlockedAttention, MatchesNaiveFloat) {
-  for (const Case& c : kCases) {
-    SCOPED_TRACE("head_dim " + std::to_string(c.head_dim));
-    check_case<float>(c, 2e-5);
-    Case s = c;
-    s.blocking = sgemm_only(c.blocking);
-    check_case<float>(s, 2e-5);
-  }
+  for (const Case& c : kCases) check_every_path<float>(c, 2e-5);
 }
 
 // Same algorithm in double: agreement to rounding shows the blocking itself is exact.
 TEST(BlockedAttention, MatchesNaiveDouble) {
-  for (const Case& c : kCases) check_case<double>(c, 1e-12);
+  for (const Case& c : kCases) check_every_path<double>(c, 1e-12);
+}
+
+// The one-query cases above do reach the one-query kernel (and the one past its key
+// count does not).
+TEST(BlockedAttention, OneQueryKernelTakesDecodingShapes) {
+  AttentionShape s;
+  s.nq = 1;
+  for (int64_t nk : {1, 256, 4096}) {
+    s.nk = nk;
+    EXPECT_TRUE(cpu::one_query_attention_supported(s)) << nk;
+  }
+  s.nk = 4097;
+  EXPECT_FALSE(cpu::one_query_attention_supported(s));
+  s.nk = 256;
+  s.nq = 2;
+  EXPECT_FALSE(cpu::one_query_attention_supported(s));
 }
 
 // The 131072-token context of the cpu-131k config: 64 latent queries over all keys with

@@ -214,13 +214,15 @@ void matmul_cases(std::vector<OpCase>& t) {
     r.ops.gemm(false, false, 4, 6, 0, T(1), c, 1, c, 6, T(0.5), c, 6);  // C = beta C
     r.out("c", c, 4 * 6);
   }));
-  // Latent-sized and tall (the CPU's row-chunked kernels: rows >= 8 max(in, out) and
-  // rows * in * out >= 2^24) layers.
+  // Latent-sized, few-row (decoding's K samples: the CPU's kernel for 1 to 16 rows) and
+  // tall (the CPU's row-chunked kernels: rows >= 8 max(in, out) and rows * in * out >= 2^24)
+  // layers.
   struct Shape {
     const char* name;
     int64_t rows, in, out;
   };
-  for (Shape sh : {Shape{"67x45x83", 67, 45, 83}, Shape{"tall 4160x64x64", 4160, 64, 64}}) {
+  for (Shape sh : {Shape{"67x45x83", 67, 45, 83}, Shape{"few 5x45x83", 5, 45, 83},
+                   Shape{"tall 4160x64x64", 4160, 64, 64}}) {
     for (bool bias : {true, false})
       t.push_back(make_case(cat("linear_forward ", sh.name, bias ? "" : " no bias"),
                             {"linear_forward"}, 1e-5, Products::kMatmul, false, [=](auto& r) {

@@ -22,6 +22,7 @@
 
 #include "kernels/cpu/attention_blocks.h"
 #include "kernels/cpu/attention_fused.h"
+#include "kernels/cpu/attention_one_query.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/fast_exp.h"
@@ -78,6 +79,8 @@ AttentionScratch attention_scratch_bytes(const AttentionShape& s, const Attentio
     }
   r.per_thread = std::max(layout_bytes([&](Carver& c) { ForwardBuffers<T>().carve(c, s, b); }),
                           layout_bytes([&](Carver& c) { BackwardBuffers<T>().carve(c, s, b); }));
+  if (b.one_query && one_query_attention_supported(s))
+    r.per_thread = std::max(r.per_thread, one_query_attention_scratch_bytes<T>(s));
   return r;
 }
 
@@ -85,6 +88,8 @@ AttentionScratch attention_scratch_bytes(const AttentionShape& s, const Attentio
 template <typename T>
 void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v,
                                T* o, T* lse, const AttentionBlocking& blocking, Workspace& ws) {
+  if (blocking.one_query && one_query_attention_supported(s))
+    return one_query_attention_forward(s, q, k, v, o, lse, ws);
   if constexpr (std::is_same_v<T, float>)
     if (blocking.fused && fused_attention_supported(s))
       return attention_forward_fused(s, q, k, v, o, lse, blocking, ws);

@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/dropout_span.h"
+#include "kernels/cpu/linear_few_rows.h"
 #include "kernels/cpu/linear_paired.h"
 #include "kernels/cpu/linear_tall.h"
 #include "kernels/cpu/rotary_rows.h"
@@ -162,6 +163,7 @@ template <typename T>
 void CpuOps<T>::linear_forward(T* y, const T* x, const T* w, const T* b, int64_t rows,
                                int64_t in, int64_t out) {
   if (is_tall_linear(rows, in, out)) return tall_linear_forward(y, x, w, b, rows, in, out);
+  if (is_few_rows_linear(rows)) return few_rows_linear_forward(y, x, w, b, rows, in, out);
   // Start from the bias rows so the product accumulates onto them (one pass over y).
   if (b) {
 #pragma omp parallel for schedule(static) if (rows * out >= kParallelMin)

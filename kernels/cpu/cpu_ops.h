@@ -32,6 +32,9 @@ struct AttentionBlocking {
   int64_t k_block = 256;
   // Float32 shapes the fused AVX-512 kernels support go through them; off forces sgemm.
   bool fused = true;
+  // Forwards of one query per example over few keys (kernels/cpu/attention_one_query.h)
+  // go through their own kernel; off forces the paths above.
+  bool one_query = true;
 };
 template <typename T>
 void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v,

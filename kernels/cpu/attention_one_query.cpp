@@ -1,0 +1,249 @@
+// One query per example over a few keys (kernels/cpu/attention_one_query.h).
+//
+// Decoding with K samples attends each sample's new latent over its block of M = 256
+// cached latents (rows not filled yet at a far position): batch K, one query, 8 heads of
+// 32. The blocked path spends a task per (example, head) on sgemm calls of one row and
+// scores whole key blocks, past the causal limit too. Here a task takes a whole example:
+// the scores of every head, the softmax of each head's scores, then the sum of the value
+// rows. The keys a query sees are a prefix by position (k_pos is non-decreasing), less
+// those with k_keep == 0: the rows past the prefix and the unkept ones are not read at
+// all. Float heads of whole vectors go through AVX-512 loops over groups of 16 keys, each
+// group's rows read for all heads while they sit in L1. Examples are split over the
+// threads when there are several and enough keys.
+//
+// Same results as the blocked path up to rounding: one max per head over all its keys
+// instead of a running one, and the products in another order.
+#include "kernels/cpu/attention_one_query.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/cpu/attention_blocks.h"
+#include "kernels/cpu/avx512_intrinsics.h"
+#include "kernels/cpu/fast_exp.h"
+
+namespace par::cpu {
+
+using attention_detail::row_max;
+
+namespace {
+
+// Each working thread's buffers: the kept visible keys of its example and their scores,
+// [heads][keys] (each head's scores contiguous for the softmax).
+template <typename T>
+struct Buffers {
+  int64_t* keys;
+  T* scores;
+  void carve(Carver& c, const AttentionShape& s) {
+    keys = c.take<int64_t>(s.nk);
+    scores = c.take<T>(s.heads * s.nk);
+  }
+};
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// The two passes over the keys, for any T and head dimension: scores[h * n + t] =
+// scale * q_h . k_h of the t-th kept key; o_h = sum over t of p[h * n + t] v_h.
+template <typename T>
+void score_keys(const AttentionShape& s, const T* q, const T* k, const int64_t* keys,
+                int64_t n, T* scores) {
+  const int64_t H = s.heads, D = s.head_dim, ld = H * D;
+  const T scale = T(s.scale);
+  for (int64_t t = 0; t < n; ++t) {
+    const T* key = k + keys[t] * ld;
+    for (int64_t h = 0; h < H; ++h) scores[h * n + t] = scale * dot(q + h * D, key + h * D, D);
+  }
+}
+
+template <typename T>
+void sum_values(const AttentionShape& s, const T* v, const int64_t* keys, int64_t n,
+                const T* p, T* o) {
+  const int64_t H = s.heads, D = s.head_dim, ld = H * D;
+  std::fill(o, o + ld, T(0));
+  for (int64_t t = 0; t < n; ++t) {
+    const T* value = v + keys[t] * ld;
+    for (int64_t h = 0; h < H; ++h) {
+      const T w = p[h * n + t];
+      T* out = o + h * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) out[d] += w * value[h * D + d];
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+// Overloads for float heads of whole vectors, up to kMaxVectors of them. A dot product of a 32-wide head
+// is two multiply-adds and a horizontal sum of 16 lanes; here the sums of 16 keys' products
+// are taken together (sum16), so each key costs a few shuffles instead of a dozen.
+constexpr int64_t kLanes = 16, kMaxVectors = 8;
+
+bool vector_heads(const AttentionShape& s) {
+  return s.head_dim % kLanes == 0 && s.head_dim <= kLanes * kMaxVectors;
+}
+
+// Lane i of the result: the sum of the lanes of a[i].
+inline __m512 sum16(__m512 a[16]) {
+  __m512 b[8], c[4];
+  // Within each 128-bit lane: elements 0+2 and 1+3 of a pair of inputs.
+  for (int i = 0; i < 8; ++i)
+    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                         _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  // Each 128-bit lane of c[i] holds the partial sums of inputs 4i .. 4i+3.
+  for (int i = 0; i < 4; ++i) {
+    const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+    c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  // Then the four 128-bit lanes of each: pairs, and pairs of pairs.
+  const __m512 d0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88),
+                                  _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
+  const __m512 d1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88),
+                                  _mm512_shuffle_f32x4(c[2], c[3], 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xdd));
+}
+
+void score_keys(const AttentionShape& s, const float* q, const float* k, const int64_t* keys,
+                int64_t n, float* scores) {
+  if (!vector_heads(s)) return score_keys<float>(s, q, k, keys, n, scores);
+  const int64_t H = s.heads, D = s.head_dim, ld = H * D, nv = D / kLanes;
+  const __m512 scale = _mm512_set1_ps(float(s.scale));
+  for (int64_t t0 = 0; t0 < n; t0 += kLanes) {
+    const int64_t m = std::min(kLanes, n - t0);
+    const float* rows[kLanes];  // a partial group repeats its first key, whose sums go unused
+    for (int64_t i = 0; i < kLanes; ++i) rows[i] = k + keys[t0 + (i < m ? i : 0)] * ld;
+    for (int64_t h = 0; h < H; ++h) {
+      __m512 qv[kMaxVectors], acc[kLanes];
+      for (int64_t c = 0; c < nv; ++c) qv[c] = _mm512_loadu_ps(q + h * D + c * kLanes);
+      for (int64_t i = 0; i < kLanes; ++i) {
+        const float* key = rows[i] + h * D;
+        acc[i] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(key));
+        for (int64_t c = 1; c < nv; ++c)
+          acc[i] = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(key + c * kLanes), acc[i]);
+      }
+      _mm512_mask_storeu_ps(scores + h * n + t0, __mmask16((1u << m) - 1),
+                            _mm512_mul_ps(sum16(acc), scale));
+    }
+  }
+}
+
+// Groups of 16 value rows, every head of a group before the next one, as the scores. Even
+// and odd keys into separate sums: one chain of dependent multiply-adds per head would
+// wait out each one's latency.
+void sum_values(const AttentionShape& s, const float* v, const int64_t* keys, int64_t n,
+                const float* p, float* o) {
+  if (!vector_heads(s)) return sum_values<float>(s, v, keys, n, p, o);
+  const int64_t H = s.heads, D = s.head_dim, ld = H * D, nv = D / kLanes;
+  for (int64_t t0 = 0; t0 < n; t0 += kLanes) {
+    const int64_t m = std::min(kLanes, n - t0);
+    for (int64_t h = 0; h < H; ++h) {
+      const float* ph = p + h * n + t0;
+      __m512 even[kMaxVectors], odd[kMaxVectors];
+      for (int64_t c = 0; c < nv; ++c) {
+        even[c] = t0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(o + h * D + c * kLanes);
+        odd[c] = _mm512_setzero_ps();
+      }
+      int64_t i = 0;
+      for (; i + 2 <= m; i += 2) {
+        const float* a = v + keys[t0 + i] * ld + h * D;
+        const float* b = v + keys[t0 + i + 1] * ld + h * D;
+        const __m512 wa = _mm512_set1_ps(ph[i]), wb = _mm512_set1_ps(ph[i + 1]);
+        for (int64_t c = 0; c < nv; ++c) {
+          even[c] = _mm512_fmadd_ps(wa, _mm512_loadu_ps(a + c * kLanes), even[c]);
+          odd[c] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(b + c * kLanes), odd[c]);
+        }
+      }
+      if (i < m) {
+        const float* a = v + keys[t0 + i] * ld + h * D;
+        const __m512 wa = _mm512_set1_ps(ph[i]);
+        for (int64_t c = 0; c < nv; ++c)
+          even[c] = _mm512_fmadd_ps(wa, _mm512_loadu_ps(a + c * kLanes), even[c]);
+      }
+      for (int64_t c = 0; c < nv; ++c)
+        _mm512_storeu_ps(o + h * D + c * kLanes, _mm512_add_ps(even[c], odd[c]));
+    }
+  }
+}
+#endif
+
+// Example b: o (its [heads * head_dim] row) and lse (its [heads]) from the keys
+// [0, visible) that it keeps.
+template <typename T>
+void one_example(const AttentionShape& s, int64_t b, int64_t visible, const T* q, const T* k,
+                 const T* v, T* o, T* lse, const Buffers<T>& w) {
+  const uint8_t* keep = s.k_keep ? s.k_keep + b * s.nk : nullptr;
+  int64_t n = 0;
+  for (int64_t j = 0; j < visible; ++j)
+    if (!keep || keep[j]) w.keys[n++] = b * s.nk + j;
+  if (n == 0) {
+    std::fill(o, o + s.heads * s.head_dim, T(0));
+    std::fill(lse, lse + s.heads, -std::numeric_limits<T>::infinity());
+    return;
+  }
+  score_keys(s, q, k, w.keys, n, w.scores);
+  for (int64_t h = 0; h < s.heads; ++h) {
+    T* p = w.scores + h * n;
+    const T mx = row_max(p, n);
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t t = 0; t < n; ++t) {
+      p[t] = exp_t<T>(p[t] - mx);
+      sum += p[t];
+    }
+    lse[h] = mx + std::log(sum);
+    // The weights normalized here, so that the sum of values is the output.
+    const T inv = T(1) / sum;
+#pragma omp simd
+    for (int64_t t = 0; t < n; ++t) p[t] *= inv;
+  }
+  sum_values(s, v, w.keys, n, w.scores, o);
+}
+
+// Below this many visible key elements (rows x width) in all examples together, one
+// thread takes the call: 256 KiB of float keys take ~10 us, a few times a parallel
+// region's cost.
+constexpr int64_t kParallelKeys = int64_t(1) << 16;
+
+}  // namespace
+
+bool one_query_attention_supported(const AttentionShape& s) {
+  return s.nq == 1 && s.nk <= kOneQueryMaxKeys;
+}
+
+template <typename T>
+double one_query_attention_scratch_bytes(const AttentionShape& s) {
+  return layout_bytes([&](Carver& c) { Buffers<T>().carve(c, s); });
+}
+
+template <typename T>
+void one_query_attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v,
+                                 T* o, T* lse, Workspace& ws) {
+  const int64_t ld = s.heads * s.head_dim;
+  // Keys at positions up to the query's: a prefix, k_pos being non-decreasing.
+  const int64_t visible = std::upper_bound(s.k_pos, s.k_pos + s.nk, s.q_pos[0]) - s.k_pos;
+  ws.prepare(omp_get_max_threads());
+#pragma omp parallel for schedule(static) if (s.batch > 1 && s.batch * visible * ld >= kParallelKeys)
+  for (int64_t b = 0; b < s.batch; ++b) {
+    Buffers<T> w;
+    ws.carve(ScratchSlot::kAttention, omp_get_thread_num(), [&](Carver& c) { w.carve(c, s); });
+    one_example(s, b, visible, q + b * ld, k, v, o + b * ld, lse + b * s.heads, w);
+  }
+}
+
+#define PAR_INSTANTIATE(T)                                                                     \
+  template double one_query_attention_scratch_bytes<T>(const AttentionShape&);                \
+  template void one_query_attention_forward<T>(const AttentionShape&, const T*, const T*,     \
+                                               const T*, T*, T*, Workspace&);
+PAR_INSTANTIATE(float)
+PAR_INSTANTIATE(double)
+#undef PAR_INSTANTIATE
+
+}  // namespace par::cpu
