@@ -100,12 +100,7 @@ constexpr int64_t kFar = int64_t(1) << 60;
 
 template <typename T>
 void check_case(const Case& c, double tol) {
-  AttentionShape s;
-  s.batch = c.batch;
-  s.nq = c.nq;
-  s.nk = c.nk;
-  s.heads = c.heads;
-  s.head_dim = c.head_dim;
+  AttentionShape s{c.batch, c.nq, c.nk, c.heads, c.head_dim};
   s.scale = 1.0 / std::sqrt(double(c.head_dim));
   std::vector<int64_t> q_pos(size_t(c.nq)), k_pos(size_t(c.nk));
   for (int64_t i = 0; i < c.nq; ++i) q_pos[i] = c.q_offset + i;
