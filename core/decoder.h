@@ -145,9 +145,10 @@ class Decoder {
   uint8_t* own_keep_ = nullptr;  // [samples, own_cap_]: 0 outside the entries
   void* own_memory_ = nullptr;
   int64_t own_cap_ = 0, own_head_ = 0, own_count_ = 0, own_first_ = 0;
-  // With token tables: the positions [groups_first_, groups_end_) are in the groups (whose
-  // rotary rows are group_stride_ apart); none when groups_end_ == 0 (a full pass).
-  int64_t groups_first_ = 0, groups_end_ = 0, group_stride_ = 0;
+  // With token tables: the positions before groups_end_ (those still in the window) are in
+  // the groups, whose rotary rows are group_stride_ apart; none when groups_end_ == 0 (a
+  // full pass).
+  int64_t groups_end_ = 0, group_stride_ = 0;
 };
 
 }  // namespace par

@@ -125,7 +125,6 @@ void Decoder<T>::group_window(int64_t first, int64_t count) {
   ops_.upload(b.group_pos, g.pos.data(), g.pos.size() * sizeof(int64_t));
   ops_.upload(b.group_cos, g.cos.data(), g.cos.size() * sizeof(T));
   ops_.upload(b.group_sin, g.sin.data(), g.sin.size() * sizeof(T));
-  groups_first_ = first;
   groups_end_ = first + count;
   group_stride_ = g.stride;
 }
