@@ -257,6 +257,11 @@ void CudaOps::gemm_row_major(const RowMajorGemm& g) {
   }
   PAR_ASSERT(leading_dimensions_valid(g), "gemm: leading dimensions too small (m ", g.m, " n ",
              g.n, " k ", g.k, " lda ", g.lda, " ldb ", g.ldb, " ldc ", g.ldc, ")");
+  if (g.batch == 1 &&
+      bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements())) {
+    gemm_bf16(g, bf16_copy(kBf16A, g.a, stored_a(g)), bf16_copy(kBf16B, g.b, stored_b(g)));
+    return;
+  }
   const ColumnMajorGemm c = to_column_major(g);
   const cublasOperation_t op1 = c.trans_first ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op2 = c.trans_second ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -274,6 +279,34 @@ void CudaOps::gemm_row_major(const RowMajorGemm& g) {
         c.second, CUDA_R_32F, ld2, c.stride_second, &c.beta, c.c, CUDA_R_32F, ldc, c.stride_c,
         to_int(c.batch, "batch"), ct, CUBLAS_GEMM_DEFAULT));
   }
+}
+
+bool CudaOps::bf16_operands_for(int64_t products, int64_t elements) const {
+  if (precision_ != MatmulPrecision::kBF16) return false;
+  switch (bf16_operands_) {
+    case Bf16Operands::kAlways: return true;
+    case Bf16Operands::kNever: return false;
+    case Bf16Operands::kAuto: break;
+  }
+  return bf16_operands_pay(products, elements);
+}
+
+const uint16_t* CudaOps::bf16_copy(int slot, const float* src, const StoredOperand& o) {
+  auto* dst = static_cast<uint16_t*>(scratch(slot, size_t(o.elements()) * sizeof(uint16_t)));
+  kern::matrix_to_bf16(stream_, dst, src, o.rows, o.cols, o.ld);
+  return dst;
+}
+
+void CudaOps::gemm_bf16(const RowMajorGemm& g, const uint16_t* a16, const uint16_t* b16) {
+  const ColumnMajorGemm c = to_column_major(with_compact_operands(g));
+  const cublasOperation_t op1 = c.trans_first ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op2 = c.trans_second ? CUBLAS_OP_T : CUBLAS_OP_N;
+  // The column-major form swaps the operands: B's copy comes first.
+  PAR_CUBLAS_CHECK(cublasGemmEx(cublas_, op1, op2, to_int(c.m, "m"), to_int(c.n, "n"),
+                                to_int(c.k, "k"), &c.alpha, b16, CUDA_R_16BF,
+                                to_int(c.ld_first, "ld"), a16, CUDA_R_16BF,
+                                to_int(c.ld_second, "ld"), &c.beta, c.c, CUDA_R_32F,
+                                to_int(c.ldc, "ldc"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -303,9 +336,31 @@ void CudaOps::linear_backward(float* dx, bool accumulate_dx, float* dw, float* d
                               const float* dy, const float* x, const float* w, int64_t rows,
                               int64_t in, int64_t out) {
   use_device();
-  if (dx) gemm(false, false, rows, in, out, 1.0f, dy, out, w, in, accumulate_dx ? 1.0f : 0.0f,
-               dx, in);
-  if (dw) gemm(true, false, out, in, rows, 1.0f, dy, out, x, in, 1.0f, dw, in);
+  // Both products read dy: where they run on bfloat16 copies, dy is converted once.
+  const int64_t products = (dx ? 1 : 0) * rows * in * out + (dw ? 1 : 0) * rows * in * out;
+  const int64_t elements = rows * out + (dx ? out * in : 0) + (dw ? rows * in : 0);
+  if ((dx || dw) && rows > 0 && in > 0 && out > 0 && bf16_operands_for(products, elements)) {
+    const uint16_t* dy16 = bf16_copy(kBf16A, dy, StoredOperand{rows, out, out});
+    if (dx) {
+      RowMajorGemm g;  // dx[rows, in] = dy[rows, out] w[out, in]
+      g.m = rows, g.n = in, g.k = out;
+      g.a = dy, g.lda = out, g.b = w, g.ldb = in, g.c = dx, g.ldc = in;
+      g.beta = accumulate_dx ? 1.0f : 0.0f;
+      gemm_bf16(g, dy16, bf16_copy(kBf16B, w, stored_b(g)));
+    }
+    if (dw) {
+      RowMajorGemm g;  // dw[out, in] += dy^T x
+      g.trans_a = true;
+      g.m = out, g.n = in, g.k = rows;
+      g.a = dy, g.lda = out, g.b = x, g.ldb = in, g.c = dw, g.ldc = in;
+      g.beta = 1.0f;
+      gemm_bf16(g, dy16, bf16_copy(kBf16B, x, stored_b(g)));
+    }
+  } else {
+    if (dx) gemm(false, false, rows, in, out, 1.0f, dy, out, w, in,
+                 accumulate_dx ? 1.0f : 0.0f, dx, in);
+    if (dw) gemm(true, false, out, in, rows, 1.0f, dy, out, x, in, 1.0f, dw, in);
+  }
   if (db && rows > 0 && out > 0) {
     auto* partial = static_cast<float*>(
         scratch(kColumnPartial, size_t(kern::column_sums_partial_floats(rows, out)) * 4));
@@ -575,6 +630,8 @@ void begin_graph(Ops<float>& ops) { as_cuda(ops).begin_graph(); }
 void end_graph(Ops<float>& ops, uint64_t key) { as_cuda(ops).end_graph(key); }
 bool replay_graph(Ops<float>& ops, uint64_t key) { return as_cuda(ops).replay_graph(key); }
 void set_graphs(Ops<float>& ops, bool enabled) { as_cuda(ops).set_graphs(enabled); }
+
+void set_bf16_operands(Ops<float>& ops, Bf16Operands mode) { as_cuda(ops).set_bf16_operands(mode); }
 GraphStats graph_stats(Ops<float>& ops) { return as_cuda(ops).graph_stats(); }
 
 void set_attention_key_block(Ops<float>& ops, int64_t keys) { as_cuda(ops).set_key_block(keys); }

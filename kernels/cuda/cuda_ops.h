@@ -61,6 +61,18 @@ struct MemoryStats {
 };
 MemoryStats memory_stats(Ops<float>& ops);
 
+// How --precision bf16 gives a matrix product's operands to cuBLAS (gemm_mapping.h).
+// - kAuto (the default): a product large enough to pay for it (bf16_operands_pay: the
+//   input side's projections) multiplies compact bfloat16 copies of its operands on bf16
+//   tensor cores at their full rate; smaller ones give cuBLAS the float32 operands with
+//   CUBLAS_COMPUTE_32F_FAST_16BF, which rounds them likewise but multiplies at the tf32
+//   rate. A linear layer's backward converts its output gradient once for both products.
+// - kAlways, kNever: every non-batched product the one way (tests and timings compare).
+// Either way the operands are rounded to bfloat16 and the sums kept in float32, so the
+// results agree within the bf16 tolerances. Other precisions ignore the setting.
+enum class Bf16Operands { kAuto, kAlways, kNever };
+void set_bf16_operands(Ops<float>& ops, Bf16Operands mode);
+
 // Which attention runs.
 // - kAuto (the default): cuDNN's flash attention (attention_cudnn.h) with --precision
 //   bf16 where cuDNN is available and takes the call, par's blocked path elsewhere; each

@@ -33,6 +33,8 @@ enum ScratchSlot : int {
   kSampling,
   kDecodeSplit,
   kTokenAttention,
+  kBf16A,  // bfloat16 copies of a product's operands (gemm_mapping.h); a linear
+  kBf16B,  // backward keeps dy's in kBf16A for both of its products
   kCudnnFirst,  // CudnnAttention's own buffers
   kSlotCount = kCudnnFirst + CudnnAttention::kScratchSlots
 };
@@ -57,6 +59,7 @@ class CudaOps final : public Ops<float> {
   MatmulPrecision precision() const { return precision_; }
   void set_key_block(int64_t keys) { key_block_ = keys; }
   void set_attention_kernel(AttentionKernel k) { attention_kernel_ = k; }
+  void set_bf16_operands(Bf16Operands mode) { bf16_operands_ = mode; }
   std::string attention_description();
   void begin_graph();
   void end_graph(uint64_t key);
@@ -74,6 +77,13 @@ class CudaOps final : public Ops<float> {
   // Inside a step's recording: discards it and throws, naming `what` (which would wait for
   // the GPU, which a recording cannot).
   void refuse_in_graph(const char* what);
+  // Whether a product of `products` multiply-adds over `elements` operand elements runs on
+  // bfloat16 copies of its operands (Bf16Operands).
+  bool bf16_operands_for(int64_t products, int64_t elements) const;
+  // The compact bfloat16 copy of operand `o` at `src`, in scratch slot `slot`.
+  const uint16_t* bf16_copy(int slot, const float* src, const StoredOperand& o);
+  // g (batch 1) over compact bfloat16 copies a16 and b16 of its operands.
+  void gemm_bf16(const RowMajorGemm& g, const uint16_t* a16, const uint16_t* b16);
   // The cuDNN path, when this call may and can take it (else null, having thrown where
   // kCudnn demands it).
   CudnnAttention* cudnn_for(const AttentionShape& s, bool backward);
@@ -100,6 +110,7 @@ class CudaOps final : public Ops<float> {
   int64_t allocated_ = 0, peak_ = 0;
   int64_t key_block_ = 0;
   AttentionKernel attention_kernel_ = AttentionKernel::kAuto;
+  Bf16Operands bf16_operands_ = Bf16Operands::kAuto;
   int sm_major_ = 0;
   std::unique_ptr<CudnnAttention> cudnn_;  // made on first use
   std::unique_ptr<StepGraphs> graphs_;

@@ -73,4 +73,50 @@ inline bool leading_dimensions_valid(const RowMajorGemm& g) {
   return ok(g.lda, a_cols) && ok(g.ldb, b_cols) && ok(g.ldc, g.n);
 }
 
+// ---- bfloat16 operands ----
+// cuBLAS multiplies float32 operands in "bf16" (CUBLAS_COMPUTE_32F_FAST_16BF) at the tf32
+// rate only (409 TFLOP/s on an H200 for 8192^3), bfloat16 operands at about twice that. A
+// large product therefore pays for converting its operands to bfloat16 first (one pass
+// over each, rounding to nearest as FAST_16BF does) and multiplying those, accumulating in
+// float32 either way.
+
+// The part of a row-major operand that a product reads: `rows` rows of `cols` elements,
+// `ld` apart. Its bfloat16 copy is compact: `cols` apart.
+struct StoredOperand {
+  int64_t rows = 0, cols = 0, ld = 0;
+  int64_t elements() const { return rows * cols; }
+};
+inline StoredOperand stored_a(const RowMajorGemm& g) {
+  return g.trans_a ? StoredOperand{g.k, g.m, g.lda} : StoredOperand{g.m, g.k, g.lda};
+}
+inline StoredOperand stored_b(const RowMajorGemm& g) {
+  return g.trans_b ? StoredOperand{g.n, g.k, g.ldb} : StoredOperand{g.k, g.n, g.ldb};
+}
+
+// The same product over compact copies of its operands (the pointers are the caller's to
+// replace).
+inline RowMajorGemm with_compact_operands(const RowMajorGemm& g) {
+  RowMajorGemm r = g;
+  r.lda = stored_a(g).cols;
+  r.ldb = stored_b(g).cols;
+  return r;
+}
+
+// Whether `products` (multiply-adds, over one or more cuBLAS calls) pay for converting
+// `elements` operand elements to bfloat16. Per multiply-add the bfloat16 rate saves about
+// 2 * (1/409 - 1/790) ps = 2.4e-15 s on an H200; per element the conversion reads 4 bytes
+// and writes 2, 1.25e-12 s at 4.8 TB/s, so the break-even is near 530 multiply-adds per
+// element. Twice that leaves room for the conversion's launch and a bandwidth below peak:
+// the input side's projections (d multiply-adds per element and more) convert, the latent
+// layers' and decoding's small products do not. Batched products never do (the blocked
+// attention's: bf16 runs cuDNN's attention instead).
+constexpr int64_t kBf16MinProductsPerElement = 1024;
+constexpr int64_t kBf16MinProducts = int64_t(1) << 30;
+inline bool bf16_operands_pay(int64_t products, int64_t elements) {
+  return products >= kBf16MinProducts && products >= kBf16MinProductsPerElement * elements;
+}
+inline bool bf16_operands_pay(const RowMajorGemm& g) {
+  return g.batch == 1 && bf16_operands_pay(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements());
+}
+
 }  // namespace par::cuda

@@ -30,6 +30,11 @@ void scale_matrices(cudaStream_t st, float* c, int64_t rows, int64_t cols, int64
 void broadcast_rows(cudaStream_t st, float* y, const float* bias, int64_t rows, int64_t cols);
 void embedding_forward(cudaStream_t st, float* h, const int32_t* ids, const float* table,
                        int64_t rows, int64_t d);
+// dst[r * cols + c] = bf16(src[r * ld + c]) for r < rows, c < cols, rounded to nearest
+// even: the compact bfloat16 copy of a row-major matrix (convert_bf16.cu; bfloat16 values
+// as uint16_t, so that host code needs no CUDA bfloat16 header).
+void matrix_to_bf16(cudaStream_t st, uint16_t* dst, const float* src, int64_t rows,
+                    int64_t cols, int64_t ld);
 void rotary(cudaStream_t st, float* x, int64_t batch, int64_t n, int64_t heads,
             int64_t head_dim, int64_t bands, const float* cos_table, const float* sin_table,
             bool inverse);

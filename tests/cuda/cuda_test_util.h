@@ -67,6 +67,21 @@ inline std::string precision_test_name(const ::testing::TestParamInfo<MatmulPrec
 // - tf32: each input rounded to an 11-bit significand (relative error up to 2^-11 = 4.9e-4);
 //   random-sign sums keep the result's error near that: 2e-3 allowed.
 // - bf16: 8-bit significands (2^-8 = 3.9e-3 per input): 1.5e-2 allowed.
+// x rounded as the tensor cores round an operand in precision p: tf32 keeps 10 stored
+// mantissa bits, bf16 7, both round-to-nearest-even; fp32 is left alone.
+inline float round_to(float x, MatmulPrecision p) {
+  if (p == MatmulPrecision::kFloat32) return x;
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7F800000u) == 0x7F800000u) return x;  // inf, NaN
+  const int drop = p == MatmulPrecision::kBF16 ? 16 : 13;
+  const uint32_t half = (1u << (drop - 1)) - 1, lsb = (u >> drop) & 1u;
+  u = (u + half + lsb) & ~((1u << drop) - 1u);
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+
 inline double matmul_tol(MatmulPrecision p) {
   switch (p) {
     case MatmulPrecision::kFloat32: return 1e-5;

@@ -43,8 +43,19 @@ double best_ms(Ops<float>& ops, int reps, F&& f) {
 TEST(CudaTiming, DISABLED_MatmulRates) {
   PAR_SKIP_WITHOUT_GPU();
   std::printf("device: %s\n", cuda::describe_device(0).c_str());
-  for (MatmulPrecision p : {MatmulPrecision::kFloat32, MatmulPrecision::kTF32, MatmulPrecision::kBF16}) {
-    auto ops = cuda::make_cuda_ops(0, p);
+  struct Mode {
+    MatmulPrecision p;
+    cuda::Bf16Operands operands;
+    const char* name;
+  };
+  // bf16 twice: float32 operands to cuBLAS (FAST_16BF) and bfloat16 copies (gemm_mapping.h).
+  const Mode modes[] = {{MatmulPrecision::kFloat32, cuda::Bf16Operands::kAuto, "fp32"},
+                        {MatmulPrecision::kTF32, cuda::Bf16Operands::kAuto, "tf32"},
+                        {MatmulPrecision::kBF16, cuda::Bf16Operands::kNever, "bf16 (fp32 operands)"},
+                        {MatmulPrecision::kBF16, cuda::Bf16Operands::kAlways, "bf16 (bf16 copies)"}};
+  for (const Mode& mode : modes) {
+    auto ops = cuda::make_cuda_ops(0, mode.p);
+    cuda::set_bf16_operands(*ops, mode.operands);
     const int64_t n = 8192;
     DeviceArray<float> a(*ops, size_t(n * n)), b(*ops, size_t(n * n)), c(*ops, size_t(n * n));
     fill_pattern(*ops, a.get(), n * n, 1);
@@ -53,18 +64,26 @@ TEST(CudaTiming, DISABLED_MatmulRates) {
       ops->gemm(false, false, n, n, n, 1.0f, a.get(), n, b.get(), n, 0.0f, c.get(), n);
     });
     std::printf("timing gemm %lld^3 %s: %.2f ms, %.1f TFLOP/s\n", static_cast<long long>(n),
-                cuda::precision_name(p), ms, 2.0 * double(n) * n * n / ms / 1e9);
-    // The key/value projection of the 100M config: [131072, 1024] x [1024, 1024]^T + b.
-    const int64_t rows = 131072, d = 1024;
-    DeviceArray<float> x(*ops, size_t(rows * d)), w(*ops, size_t(d * d)), bias(*ops, size_t(d)),
-        y(*ops, size_t(rows * d));
+                mode.name, ms, 2.0 * double(n) * n * n / ms / 1e9);
+    // The key/value projection of the 100M config: [131072, 1024] x [2048, 1024]^T + b,
+    // forward, and backward (dx and dw; the bias gradient is a column sum in every mode).
+    const int64_t rows = 131072, d = 1024, out = 2 * d;
+    DeviceArray<float> x(*ops, size_t(rows * d)), w(*ops, size_t(out * d)),
+        bias(*ops, size_t(out)), y(*ops, size_t(rows * out)), dx(*ops, size_t(rows * d)),
+        dw(*ops, size_t(out * d)), db(*ops, size_t(out));
     fill_pattern(*ops, x.get(), rows * d, 3);
-    fill_pattern(*ops, w.get(), d * d, 4);
+    fill_pattern(*ops, w.get(), out * d, 4);
     const double lin = best_ms(*ops, 3, [&] {
-      ops->linear_forward(y.get(), x.get(), w.get(), bias.get(), rows, d, d);
+      ops->linear_forward(y.get(), x.get(), w.get(), bias.get(), rows, d, out);
     });
-    std::printf("timing linear_forward 131072x1024x1024 %s: %.2f ms, %.1f TFLOP/s\n",
-                cuda::precision_name(p), lin, 2.0 * double(rows) * d * d / lin / 1e9);
+    const double back = best_ms(*ops, 3, [&] {
+      ops->linear_backward(dx.get(), false, dw.get(), db.get(), y.get(), x.get(), w.get(), rows,
+                           d, out);
+    });
+    const double f = 2.0 * double(rows) * d * out;
+    std::printf("timing linear 131072x1024->2048 %s: forward %.2f ms (%.1f TFLOP/s), "
+                "backward %.2f ms (%.1f TFLOP/s)\n",
+                mode.name, lin, f / lin / 1e9, back, 2 * f / back / 1e9);
   }
 }
 

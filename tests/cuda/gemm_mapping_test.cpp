@@ -108,5 +108,79 @@ TEST(GemmMapping, LeadingDimensionChecks) {
   EXPECT_TRUE(cuda::leading_dimensions_valid(g));
 }
 
+// The compact copy of an operand, as kern::matrix_to_bf16 makes it (without the rounding).
+std::vector<float> compact(const float* src, const cuda::StoredOperand& o) {
+  std::vector<float> r;
+  for (int64_t i = 0; i < o.rows; ++i)
+    for (int64_t j = 0; j < o.cols; ++j) r.push_back(src[i * o.ld + j]);
+  return r;
+}
+
+// The product over compact copies of its operands (what the bf16 path multiplies) is the
+// product itself, for every transpose and leading dimensions wider than the rows.
+TEST(GemmMapping, CompactOperandsGiveTheSameProduct) {
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      RowMajorGemm g;
+      g.trans_a = ta;
+      g.trans_b = tb;
+      g.m = 6, g.n = 5, g.k = 7;
+      g.lda = (ta ? g.m : g.k) + 4;
+      g.ldb = (tb ? g.k : g.n) + 3;
+      g.ldc = g.n;
+      g.alpha = 1.5f;
+      const cuda::StoredOperand sa = cuda::stored_a(g), sb = cuda::stored_b(g);
+      EXPECT_EQ(sa.rows * sa.cols, g.m * g.k);
+      EXPECT_EQ(sb.rows * sb.cols, g.k * g.n);
+      const auto a = cuda_test::random_vector<float>(sa.rows * g.lda, 4);
+      const auto b = cuda_test::random_vector<float>(sb.rows * g.ldb, 5);
+      std::vector<float> want(size_t(g.m * g.n)), got(want.size());
+      g.a = a.data();
+      g.b = b.data();
+      g.c = want.data();
+      row_major_reference(g);
+      const auto ca = compact(a.data(), sa), cb = compact(b.data(), sb);
+      RowMajorGemm h = cuda::with_compact_operands(g);
+      ASSERT_TRUE(cuda::leading_dimensions_valid(h));
+      h.a = ca.data();
+      h.b = cb.data();
+      h.c = got.data();
+      column_major_reference(cuda::to_column_major(h));
+      EXPECT_TRUE(cuda_test::close(got, want, 1e-6)) << "trans_a " << ta << " trans_b " << tb;
+    }
+}
+
+// Which products convert: those with many multiply-adds per converted element.
+TEST(GemmMapping, Bf16OperandsPayForTheInputSideOnly) {
+  auto product = [](int64_t m, int64_t n, int64_t k, bool ta) {
+    RowMajorGemm g;
+    g.trans_a = ta;
+    g.trans_b = !ta;
+    g.m = m, g.n = n, g.k = k;
+    g.lda = ta ? m : k;
+    g.ldb = ta ? n : k;
+    g.ldc = n;
+    return g;
+  };
+  const int64_t N = 131072, d = 1024, M = 1024;
+  // gpu-100m-131k's key/value projection, y = x w^T: [N, d] x [2d, d]^T.
+  EXPECT_TRUE(cuda::bf16_operands_pay(product(N, 2 * d, d, false)));
+  // An 8192^3 product.
+  EXPECT_TRUE(cuda::bf16_operands_pay(product(8192, 8192, 8192, false)));
+  // A latent layer's projection: M rows.
+  EXPECT_FALSE(cuda::bf16_operands_pay(product(M, 3 * d, d, false)));
+  // A decoding step: one row.
+  EXPECT_FALSE(cuda::bf16_operands_pay(product(1, 4 * d, d, false)));
+  // A thin product over many rows (d = 64): few multiply-adds per element.
+  EXPECT_FALSE(cuda::bf16_operands_pay(product(N, 64, 64, false)));
+  // Batched products never.
+  RowMajorGemm batched = product(8192, 8192, 8192, false);
+  batched.batch = 2;
+  EXPECT_FALSE(cuda::bf16_operands_pay(batched));
+  // The linear backward's pair (dx and dw share dy's copy): 2 N 2d d multiply-adds over
+  // dy [N, 2d], w and x [N, d].
+  EXPECT_TRUE(cuda::bf16_operands_pay(2 * N * 2 * d * d, N * 2 * d + 2 * d * d + N * d));
+}
+
 }  // namespace
 }  // namespace par

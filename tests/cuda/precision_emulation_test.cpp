@@ -7,7 +7,6 @@
 // the GPU tests against tolerances too tight to pass; it runs without a GPU.
 #include <gtest/gtest.h>
 
-#include <cstring>
 #include <vector>
 
 #include "core/ops_decorator.h"
@@ -21,18 +20,7 @@ namespace {
 
 using cuda::MatmulPrecision;
 using cuda_test::close;
-
-float round_to(float x, MatmulPrecision p) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  if ((u & 0x7F800000u) == 0x7F800000u) return x;  // inf, NaN
-  const int drop = p == MatmulPrecision::kBF16 ? 16 : 13;
-  const uint32_t half = (1u << (drop - 1)) - 1, lsb = (u >> drop) & 1u;
-  u = (u + half + lsb) & ~((1u << drop) - 1u);
-  float r;
-  std::memcpy(&r, &u, 4);
-  return r;
-}
+using cuda_test::round_to;
 
 // The CPU backend with the operands of its matrix products rounded; everything else goes
 // to it as it is.

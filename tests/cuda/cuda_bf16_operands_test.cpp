@@ -1,0 +1,179 @@
+// Matrix products on bfloat16 copies of their operands (cuda::Bf16Operands,
+// gemm_mapping.h). A product that converts must compute exactly bf16(A) bf16(B) with float32
+// sums, so it is checked against that product in double (operands rounded to nearest even
+// on the host), far tighter than the bf16 tolerance: a wrong copy (a stride, a transpose,
+// truncation instead of rounding) fails it. kAuto must take the copies where
+// bf16_operands_pay says so and only there, which the bits of kAlways and kNever show.
+// Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/error.h"
+
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace par {
+namespace {
+
+using cuda::Bf16Operands;
+using cuda::MatmulPrecision;
+using cuda_test::bitwise_equal;
+using cuda_test::close;
+using cuda_test::DeviceArray;
+using cuda_test::random_vector;
+using cuda_test::round_to;
+
+// Float32 sums of up to a few thousand terms, against double: ~1e-6 of the largest entry.
+constexpr double kSumTol = 2e-5;
+
+std::vector<float> rounded(std::vector<float> x) {
+  for (float& v : x) v = round_to(v, MatmulPrecision::kBF16);
+  return x;
+}
+
+// C = alpha op(A) op(B) + beta C (row-major, leading dimensions), in double.
+std::vector<float> reference_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                                  double alpha, const std::vector<float>& a, int64_t lda,
+                                  const std::vector<float>& b, int64_t ldb, double beta,
+                                  std::vector<float> c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (int64_t l = 0; l < k; ++l)
+        s += double(ta ? a[size_t(l * lda + i)] : a[size_t(i * lda + l)]) *
+             double(tb ? b[size_t(j * ldb + l)] : b[size_t(l * ldb + j)]);
+      float& out = c[size_t(i * ldc + j)];
+      out = float(alpha * s + beta * double(out));
+    }
+  return c;
+}
+
+class CudaBf16Operands : public cuda_test::CudaTest {
+ protected:
+  std::unique_ptr<Ops<float>> make(Bf16Operands mode) {
+    auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kBF16);
+    cuda::set_bf16_operands(*ops, mode);
+    return ops;
+  }
+};
+
+TEST_F(CudaBf16Operands, GemmIsTheProductOfTheRoundedOperands) {
+  auto ops = make(Bf16Operands::kAlways);
+  const int64_t m = 37, n = 53, k = 29;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      // Leading dimensions wider than the rows: the copies must be compact.
+      const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;
+      const auto a = random_vector<float>((ta ? k : m) * lda, 40);
+      const auto b = random_vector<float>((tb ? n : k) * ldb, 41);
+      const auto c0 = random_vector<float>(m * ldc, 42);
+      const auto want =
+          reference_gemm(ta, tb, m, n, k, 0.7, rounded(a), lda, rounded(b), ldb, 0.3, c0, ldc);
+      DeviceArray<float> ga(*ops, a), gb(*ops, b), gc(*ops, c0);
+      ops->gemm(ta, tb, m, n, k, 0.7f, ga.get(), lda, gb.get(), ldb, 0.3f, gc.get(), ldc);
+      EXPECT_TRUE(close(gc.host(), want, kSumTol)) << "trans_a " << ta << " trans_b " << tb;
+    }
+}
+
+TEST_F(CudaBf16Operands, LinearLayerIsTheProductOfTheRoundedOperands) {
+  auto ops = make(Bf16Operands::kAlways);
+  // Contiguous operands of a size divisible by 4 (the vector copy) and odd ones (the
+  // element copy).
+  for (const auto& [rows, in, out] : {std::tuple<int64_t, int64_t, int64_t>{64, 48, 80},
+                                      std::tuple<int64_t, int64_t, int64_t>{67, 45, 83}}) {
+    const auto x = random_vector<float>(rows * in, 43), w = random_vector<float>(out * in, 44);
+    const auto b = random_vector<float>(out, 45), dy = random_vector<float>(rows * out, 46);
+    const auto dx0 = random_vector<float>(rows * in, 47), dw0 = random_vector<float>(out * in, 48);
+    const auto rx = rounded(x), rw = rounded(w), rdy = rounded(dy);
+    DeviceArray<float> gx(*ops, x), gw(*ops, w), gb(*ops, b), gdy(*ops, dy);
+    const std::string shape = cat(rows, "x", in, "->", out);
+
+    // y = x w^T + b: the bias rows, then the product onto them.
+    std::vector<float> bias_rows(size_t(rows * out));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < out; ++c) bias_rows[size_t(r * out + c)] = b[size_t(c)];
+    DeviceArray<float> gy(*ops, size_t(rows * out), 9.0f);
+    ops->linear_forward(gy.get(), gx.get(), gw.get(), gb.get(), rows, in, out);
+    EXPECT_TRUE(close(gy.host(), reference_gemm(false, true, rows, out, in, 1, rx, in, rw, in, 1,
+                                                bias_rows, out),
+                      kSumTol))
+        << "y " << shape;
+
+    for (bool acc : {false, true}) {
+      DeviceArray<float> gdx(*ops, dx0), gdw(*ops, dw0);
+      ops->linear_backward(gdx.get(), acc, gdw.get(), nullptr, gdy.get(), gx.get(), gw.get(),
+                           rows, in, out);
+      EXPECT_TRUE(close(gdx.host(), reference_gemm(false, false, rows, in, out, 1, rdy, out, rw,
+                                                   in, acc ? 1 : 0, dx0, in),
+                        kSumTol))
+          << "dx " << shape << ", accumulate " << acc;
+      EXPECT_TRUE(close(gdw.host(), reference_gemm(true, false, out, in, rows, 1, rdy, out, rx,
+                                                   in, 1, dw0, in),
+                        kSumTol))
+          << "dw " << shape;
+    }
+    DeviceArray<float> gdw(*ops, dw0);  // dw alone
+    ops->linear_backward(nullptr, false, gdw.get(), nullptr, gdy.get(), gx.get(), gw.get(), rows,
+                         in, out);
+    EXPECT_TRUE(close(gdw.host(),
+                      reference_gemm(true, false, out, in, rows, 1, rdy, out, rx, in, 1, dw0, in),
+                      kSumTol))
+        << "dw alone " << shape;
+  }
+}
+
+// A linear layer forward and backward on `ops`: y, dx, dw.
+std::vector<std::vector<float>> linear_layer(Ops<float>& ops, int64_t rows, int64_t in,
+                                             int64_t out) {
+  const auto x = random_vector<float>(rows * in, 50), w = random_vector<float>(out * in, 51, 0.1);
+  const auto dy = random_vector<float>(rows * out, 52);
+  DeviceArray<float> gx(ops, x), gw(ops, w), gdy(ops, dy);
+  DeviceArray<float> gy(ops, size_t(rows * out), 0.0f), gdx(ops, size_t(rows * in), 0.0f),
+      gdw(ops, size_t(out * in), 0.0f);
+  ops.linear_forward(gy.get(), gx.get(), gw.get(), nullptr, rows, in, out);
+  ops.linear_backward(gdx.get(), false, gdw.get(), nullptr, gdy.get(), gx.get(), gw.get(), rows,
+                      in, out);
+  return {gy.host(), gdx.host(), gdw.host()};
+}
+
+TEST_F(CudaBf16Operands, AutoConvertsWhereItPaysAndOnlyThere) {
+  auto always = make(Bf16Operands::kAlways), never = make(Bf16Operands::kNever);
+  auto automatic = make(Bf16Operands::kAuto);
+  const char* names[] = {"y", "dx", "dw"};
+  // An input-side projection (d multiply-adds per converted element and more): converts.
+  {
+    const auto a = linear_layer(*automatic, 4096, 1024, 2048);
+    const auto b = linear_layer(*always, 4096, 1024, 2048);
+    const auto c = linear_layer(*never, 4096, 1024, 2048);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_TRUE(bitwise_equal(a[size_t(i)], b[size_t(i)])) << names[i] << ": auto as always";
+      // Both ways give bf16-rounded products (FAST_16BF's rounding is cuBLAS's own).
+      EXPECT_TRUE(close(c[size_t(i)], b[size_t(i)], cuda_test::matmul_tol(MatmulPrecision::kBF16)))
+          << names[i] << ": never near always";
+    }
+  }
+  // A small product: keeps float32 operands.
+  {
+    const auto a = linear_layer(*automatic, 67, 45, 83);
+    const auto c = linear_layer(*never, 67, 45, 83);
+    for (int i = 0; i < 3; ++i)
+      EXPECT_TRUE(bitwise_equal(a[size_t(i)], c[size_t(i)])) << names[i] << ": auto as never";
+  }
+}
+
+// Other precisions ignore the setting.
+TEST_F(CudaBf16Operands, Tf32IgnoresTheSetting) {
+  auto plain = cuda::make_cuda_ops(0, MatmulPrecision::kTF32);
+  auto forced = cuda::make_cuda_ops(0, MatmulPrecision::kTF32);
+  cuda::set_bf16_operands(*forced, Bf16Operands::kAlways);
+  const auto a = linear_layer(*plain, 67, 45, 83), b = linear_layer(*forced, 67, 45, 83);
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(bitwise_equal(a[i], b[i]));
+}
+
+}  // namespace
+}  // namespace par
