@@ -16,7 +16,7 @@ namespace par::cuda::kern {
 
 namespace {
 
-// Rows per chunk of the two-pass column sums; also the LayerNorm backward's.
+// Rows per chunk of the two-pass column sums; at most that in the LayerNorm backward's.
 constexpr int64_t kRowsPerChunk = 64;
 // Columns per block of the column sums (one thread per column: coalesced row reads).
 constexpr int kColsPerBlock = 256;
@@ -24,6 +24,19 @@ constexpr int kColsPerBlock = 256;
 constexpr int64_t kSquaresChunk = int64_t(1) << 16;
 
 int64_t chunks_of(int64_t rows) { return (rows + kRowsPerChunk - 1) / kRowsPerChunk; }
+
+// The LayerNorm backward takes a chunk per block, and each row of it costs a block's two
+// reductions in turn: 64 rows per block left the latents' calls (M = 1024 rows: 16 blocks)
+// to a few SMs for the length of 64 such rows. Fewer rows per chunk where rows are few keep
+// about kNormChunks blocks in flight; long calls (131072 rows) keep 64.
+constexpr int64_t kNormChunks = 1024;
+int64_t norm_rows_per_chunk(int64_t rows) {
+  return std::clamp<int64_t>((rows + kNormChunks - 1) / kNormChunks, 1, kRowsPerChunk);
+}
+int64_t norm_chunks_of(int64_t rows) {
+  const int64_t r = norm_rows_per_chunk(rows);
+  return (rows + r - 1) / r;
+}
 
 // The chunk partials are added in groups of this many first, a group per block row, so
 // that a long sum (2048 chunks at 131072 rows) is not one thread's dependent loop over
@@ -113,13 +126,13 @@ __global__ void layernorm_forward_kernel(float* y, float* mean, float* rstd, con
   }
 }
 
-// One block per chunk of kRowsPerChunk rows. dx row by row (two row sums each); the
+// One block per chunk of rows_per_chunk rows. dx row by row (two row sums each); the
 // parameter gradients' per-chunk sums in shared memory, each column owned by one thread
 // (column c by thread c mod blockDim), written to partial[chunk, 0..2d) at the end.
 __global__ void layernorm_backward_kernel(float* dx, bool accumulate_dx, float* partial,
                                           const float* dy, const float* x, const float* mean,
                                           const float* rstd, const float* w, int64_t rows,
-                                          int64_t d) {
+                                          int64_t d, int64_t rows_per_chunk) {
   extern __shared__ float acc[];  // [2d]: dw sums, then db sums
   __shared__ float shared[33];
   const float inv_d = 1.0f / float(d);
@@ -128,8 +141,8 @@ __global__ void layernorm_backward_kernel(float* dx, bool accumulate_dx, float* 
   for (int64_t c = threadIdx.x; c < 2 * d; c += blockDim.x) acc[c] = 0.0f;
   __syncthreads();
   const int64_t chunk = blockIdx.x;
-  const int64_t r0 = chunk * kRowsPerChunk;
-  const int64_t r1 = r0 + kRowsPerChunk < rows ? r0 + kRowsPerChunk : rows;
+  const int64_t r0 = chunk * rows_per_chunk;
+  const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * d;
     const float* g = dy + r * d;
@@ -261,14 +274,14 @@ void layernorm_forward(cudaStream_t st, float* y, float* mean, float* rstd, cons
 }
 
 int64_t layernorm_backward_partial_floats(int64_t rows, int64_t d) {
-  return partial_floats(chunks_of(rows), 2 * d);
+  return partial_floats(norm_chunks_of(rows), 2 * d);
 }
 
 void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* dw, float* db,
                         const float* dy, const float* x, const float* mean, const float* rstd,
                         const float* w, int64_t rows, int64_t d, float* partial) {
   if (rows <= 0 || d <= 0) return;
-  const int64_t chunks = chunks_of(rows);
+  const int64_t chunks = norm_chunks_of(rows);
   PAR_ASSERT(chunks <= (int64_t(1) << 31) - 1);
   const size_t smem = size_t(2 * d) * sizeof(float);
   if (smem > 48 * 1024) {
@@ -278,7 +291,7 @@ void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* d
                                         int(smem)));
   }
   layernorm_backward_kernel<<<unsigned(chunks), threads_for_row(d), smem, st>>>(
-      dx, accumulate_dx, partial, dy, x, mean, rstd, w, rows, d);
+      dx, accumulate_dx, partial, dy, x, mean, rstd, w, rows, d, norm_rows_per_chunk(rows));
   PAR_CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
   double* groups = group_sums_of(partial, chunks, 2 * d);
   sum_groups(st, groups, partial, chunks, 2 * d);

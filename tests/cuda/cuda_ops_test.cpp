@@ -200,7 +200,10 @@ TEST_F(CudaOpsTest, LayerNormMatchesTheCpu) {
   struct Shape {
     int64_t rows, d;
   };
-  for (Shape sh : {Shape{333, 300}, Shape{7, 8}, Shape{130, 1024}, Shape{65, 33}}) {
+  // The backward's chunks: one row each up to 1024 rows, then more (2500 rows: 3 per chunk,
+  // the last one short; 70000: 64 per chunk, several groups of chunks).
+  for (Shape sh : {Shape{333, 300}, Shape{7, 8}, Shape{130, 1024}, Shape{65, 33}, Shape{2500, 48},
+                   Shape{70000, 16}}) {
     const int64_t rows = sh.rows, d = sh.d, n = rows * d;
     auto x = random_vector<float>(n, 11, 2.0);
     for (int64_t i = 0; i < n; ++i) x[size_t(i)] += 0.5f;  // a non-zero mean
