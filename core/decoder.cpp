@@ -38,10 +38,10 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   b_ = new Buffers;
   const int64_t bands = std::max(rot_cross_.bands, rot_self_.bands);
   Carver sizing;
-  b_->carve(sizing, cfg_, samples, bands, rot_cross_.bands, token_tables_);
+  b_->carve(sizing, cfg_, samples, bands, rot_cross_.bands, token_tables_, cached);
   memory_ = ops_.allocate(size_t(sizing.used));
   Carver real{static_cast<char*>(memory_), 0};
-  b_->carve(real, cfg_, samples, bands, rot_cross_.bands, token_tables_);
+  b_->carve(real, cfg_, samples, bands, rot_cross_.bands, token_tables_, cached);
   logits_.resize(size_t(samples * cfg.vocab_size));
   if (token_tables_) make_token_tables();
   // Several samples' steps read whole blocks of the self caches, the rows not filled yet
@@ -152,6 +152,8 @@ void Decoder<T>::start(std::vector<int32_t> prompt) {
   own_memory_ = nullptr;
   own_cap_ = own_head_ = own_count_ = 0;
   groups_end_ = 0;
+  saved_for_length_ = -1;
+  saved_rows_ = 0;
   // Every sample starts from the same window: one pass, whose caches and logits they share.
   const int64_t L = std::min<int64_t>(std::max<int64_t>(1, cfg_.num_latents / 2), length());
   full_pass(0, L);
@@ -244,6 +246,7 @@ void Decoder<T>::refill_from_cache(int64_t L) {
   if (token_tables_ && samples() == 1 &&
       ungrouped >= std::max(cfg_.num_latents, cfg_.context_length / 32))
     group_window(T_ - window, window - L);
+  if (refill_from_steps(L)) return;
   std::vector<int32_t> tokens, doc_pos;
   gather(T_ - L, L, tokens, doc_pos);
   embed(b_->zin, tokens.data(), doc_pos.data(), samples() * L, b_->tmp);
@@ -341,17 +344,68 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
 // every layer, attending over the caches.
 template <typename T>
 void Decoder<T>::incremental(int64_t position) {
+  cross_attend_newest(position);
+  save_for_refill(position);
+  latent_stack(samples(), 1, position, false, true);
+  ++latents_;
+}
+
+// The cross-attention of the latent on the newest input of every sample (embeddings in
+// b.h): its residual input in b.z0 and its output in b.att, [K, d].
+template <typename T>
+void Decoder<T>::cross_attend_newest(int64_t position) {
   const int64_t d = cfg_.d_model, K = samples();
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   Buffers& b = *b_;
-  const CrossRef<T>& cp = p_.cross;
   const std::vector<int64_t> qpos(static_cast<size_t>(K), position);
   ops_.upload(b.latent_pos, qpos.data(), qpos.size() * sizeof(int64_t));
-  cross_queries(ops_, cp, b.h, K, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
+  cross_queries(ops_, p_.cross, b.h, K, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
   rotary_at(b.q, K, 1, Hc, Dc, rot_cross_, position);
   attend_windows(K, 1);
-  latent_stack(K, 1, position, false, true);
-  ++latents_;
+}
+
+// Keeps this step's cross-attention (b.z0, b.att) where the next refill will want it: when
+// its latent will be one of that refill's and the refill comes within the context.
+template <typename T>
+void Decoder<T>::save_for_refill(int64_t position) {
+  const int64_t M = cfg_.num_latents, N = cfg_.context_length, d = cfg_.d_model, K = samples();
+  // This step takes the cache to latents_ + 1 latents; M - latents_ - 1 more steps fill
+  // it, and the append after them refills with the last L inputs (append()).
+  const int64_t refill_length = position + 1 + M - latents_;
+  if (refill_length > N) return;
+  const int64_t cap = std::max<int64_t>(1, M / 2), L = std::min(cap, refill_length);
+  const int64_t row = position - (refill_length - L);
+  if (row < 0 || row >= L - 1) return;  // not among that refill's latents, or its newest
+  if (saved_for_length_ != refill_length) {
+    saved_for_length_ = refill_length;
+    saved_rows_ = 0;
+  }
+  if (row != saved_rows_) return;  // rows are kept in order; a gap leaves the refill to compute
+  Buffers& b = *b_;
+  ops_.copy_blocks(b.saved_att + row * d, cap * d, b.att, d, K, d, false);
+  ops_.copy_blocks(b.saved_z0 + row * d, cap * d, b.z0, d, K, d, false);
+  ++saved_rows_;
+}
+
+// A refill of L latents from the steps' saved cross-attention and its newest latent's,
+// when the steps saved all L - 1 (false: nothing done).
+template <typename T>
+bool Decoder<T>::refill_from_steps(int64_t L) {
+  const int64_t T_ = length(), d = cfg_.d_model, M = cfg_.num_latents, K = samples();
+  if (T_ != saved_for_length_ || saved_rows_ != L - 1) return false;
+  saved_for_length_ = -1;
+  const int64_t cap = std::max<int64_t>(1, M / 2);
+  // The newest latent as a step's, then into the last row of every sample's block.
+  cross_attend_newest(T_ - 1);
+  Buffers& b = *b_;
+  ops_.copy_blocks(b.saved_att + (L - 1) * d, cap * d, b.att, d, K, d, false);
+  ops_.copy_blocks(b.saved_z0 + (L - 1) * d, cap * d, b.z0, d, K, d, false);
+  ops_.copy_blocks(b.att, L * d, b.saved_att, cap * d, K, L * d, false);
+  ops_.copy_blocks(b.z0, L * d, b.saved_z0, cap * d, K, L * d, false);
+  latents_ = L;
+  ++refills_;
+  latent_stack(K, L, T_ - L, true, false);
+  return true;
 }
 
 // From the cross-attention output (b.att: `batch` samples of `rows` latents from

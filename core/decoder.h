@@ -36,6 +36,15 @@
 // the own parts in another, and merges the two by their log-sum-exps (core/attention_merge.h).
 // With token tables the shared part is the prompt's keys grouped by token: one call for the
 // K queries (or the K samples' latents of a refill).
+// A refill's latents sit on the last M/2 inputs, and all but the newest of them were the
+// newest latent of a step since the last refill. Within the context (at most N tokens at
+// the refill) such a latent's cross-attention at the refill sees exactly the keys it saw
+// at its step (its own position and before, none gone from the window), so the steps keep
+// their cross-attention outputs and residual inputs for the next refill, and a refill
+// computes the cross-attention of its newest latent only: a refill's cross-attention had
+// cost as much as M/2 steps'. Past N tokens the window has moved since those steps and
+// the refill computes every latent's.
+//
 // The samples have the same length, so they refill at the same steps. With one sample
 // everything is in the shared cache, as it was before there were several.
 //
@@ -108,6 +117,9 @@ class Decoder {
   void group_window(int64_t first, int64_t count);
   void reserve_own();
   void incremental(int64_t position);
+  void cross_attend_newest(int64_t position);
+  void save_for_refill(int64_t position);
+  bool refill_from_steps(int64_t num_latents);
   void upload_rotary_tables(const RotarySpec& spec, int64_t first_position, int64_t rows);
   void rotary_at(T* x, int64_t batch, int64_t rows, int64_t heads, int64_t head_dim,
                  const RotarySpec& spec, int64_t first_position);
@@ -149,6 +161,9 @@ class Decoder {
   // the groups, whose rotary rows are group_stride_ apart; none when groups_end_ == 0 (a
   // full pass).
   int64_t groups_end_ = 0, group_stride_ = 0;
+  // The steps' cross-attention kept for the next refill (refill_from_steps): rows for the
+  // refill at length saved_for_length_, saved_rows_ of them so far.
+  int64_t saved_for_length_ = -1, saved_rows_ = 0;
 };
 
 }  // namespace par

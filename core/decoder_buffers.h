@@ -48,10 +48,13 @@ struct Decoder<T>::Buffers {
   T *lse;                // [max(Hc, H) * R]
   T *lse2, *max_a, *max_b;  // [max(Hc, H) * R], merging attentions (several parts of the keys)
   T *logits;             // [K, V]
+  // The steps' cross-attention outputs and residual inputs for the next refill (cached
+  // decoding): [K, max(1, M/2), d] each.
+  T *saved_att, *saved_z0;
   T *cos, *sin;          // rotary tables for up to max(N, M) rows
 
   void carve(Carver& c, const ModelConfig& cfg, int64_t K, int64_t bands, int64_t cross_bands,
-             bool token_tables) {
+             bool token_tables, bool cached) {
     const int64_t N = cfg.context_length, M = cfg.num_latents, d = cfg.d_model;
     const int64_t F = cfg.mlp_width(), V = cfg.vocab_size, cap = N + M, R = K * M;
     const int64_t E = std::max({N, K, token_tables ? V : 0});
@@ -89,6 +92,9 @@ struct Decoder<T>::Buffers {
     lse = c.take<T>(heads_rows);
     for (T** p : {&lse2, &max_a, &max_b}) *p = c.take<T>(K > 1 || token_tables ? heads_rows : 0);
     logits = c.take<T>(K * V);
+    const int64_t saved = cached ? K * std::max<int64_t>(1, M / 2) * d : 0;
+    saved_att = c.take<T>(saved);
+    saved_z0 = c.take<T>(saved);
     cos = c.take<T>(std::max(N, M) * bands);
     sin = c.take<T>(std::max(N, M) * bands);
   }

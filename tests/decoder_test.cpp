@@ -268,10 +268,14 @@ TEST(DecoderSamples, CachedMatchesUncached) {
 }
 
 // A backend that takes a step's K queries through the token tables and declines a
-// refill's K * M/2 (as the GPU declines shapes beyond its kernel's sizing): each declined
-// call attends over the cross cache instead, and the next steps go through the tables
-// again. One sample and several, against uncached decoding (within the context).
-TEST(DecoderSamples, DeclinedTokenAttentionFallsBackForThatCallOnly) {
+// refill's K * M/2 (as the GPU declines shapes beyond its kernel's sizing). Within the
+// context a refill reuses its latents' cross-attention from their steps and attends with
+// its newest latent only, K queries: nothing is declined, and cached decoding matches
+// uncached. Past N tokens the window has moved since those steps, so a refill attends
+// with all its latents: that call is declined and attends over the cross cache instead,
+// and the next steps go through the tables again, matching a backend that takes every
+// call. One sample and several.
+TEST(DecoderSamples, RefillsReuseTheStepsAndDeclinedCallsFallBack) {
   const ModelConfig c = config();
   cpu::CpuOps<double> cpu;
   double* params = upload_params(cpu, params_for<double>(c, 19));
@@ -279,18 +283,24 @@ TEST(DecoderSamples, DeclinedTokenAttentionFallsBackForThatCallOnly) {
   for (int64_t K : {1, 3}) {
     testing_util::TokenAttentionCalls<double> ops(cpu, K);
     Decoder<double> cached(c, ops, params, true, TokenTables::kOn, K);
+    Decoder<double> taking(c, cpu, params, true, TokenTables::kOn, K);
     Decoder<double> uncached(c, cpu, params, false, TokenTables::kOff, K);
     cached.start(prompt);
+    taking.start(prompt);
     uncached.start(prompt);
-    for (int step = 0; step < 50; ++step) {  // 60 tokens <= N = 64
+    for (int step = 0; step < 100; ++step) {  // 110 tokens: past N = 64 after 54 steps
       std::vector<int32_t> next;
       for (int64_t k = 0; k < K; ++k) next.push_back(int32_t((step * 5 + k * 7 + 2) % 19));
       cached.append(next);
+      taking.append(next);
+      ASSERT_LE(max_rel(cached.logits(), taking.logits()), 1e-12) << K << " samples, step " << step;
+      if (cached.length() > c.context_length) continue;
       uncached.append(next);
       ASSERT_LE(max_rel(cached.logits(), uncached.logits()), 1e-12) << K << " samples, step " << step;
+      ASSERT_EQ(ops.declined, 0) << "a refill within the context attended with all its latents";
     }
-    EXPECT_GE(cached.refills(), 1 + 2);
-    EXPECT_GE(ops.declined, 2) << "the refills";
+    EXPECT_GE(cached.refills(), 1 + 6);
+    EXPECT_GE(ops.declined, 2) << "the refills past the context";
     EXPECT_GT(ops.taken_after_decline, 0) << "steps after a declined refill use the tables";
     EXPECT_TRUE(cached.token_tables());
   }
