@@ -1,14 +1,14 @@
 // Combining two attentions of the same queries over disjoint sets of keys into the
-// attention over their union. Decoding several samples at once (core/decoder.h) attends
-// over the prompt's cross cache, shared by the samples, and over each sample's own keys in
-// separate calls, then merges them: the log-sum-exp merge of Ops::attention_merge_scale and
-// attention_merge_finish, with the maxima and the sum of the weights formed on the host,
-// because the two calls may lay out their lse arrays differently (one call of K queries
-// over shared keys against K calls of one query each).
+// attention over their union. Decoding (core/decoder.h) attends over the keys grouped by
+// token, the shared cross cache and each sample's own keys in separate calls, whose lse
+// arrays may be laid out differently (one call of K queries over shared keys against K
+// examples of one query each), then merges them on the backend
+// (Ops::attention_merge_pair), so that a decoding step never waits for the device.
 #pragma once
 
 #include <cstdint>
 
+#include "core/error.h"
 #include "core/ops.h"
 
 namespace par {
@@ -23,10 +23,10 @@ struct LseLayout {
 };
 
 // o and lse (laid out as `a`) become the attention over both key sets; o2 and lse2 (the
-// other part, laid out as `b`, the same rows) are overwritten. A part where a query saw no
-// key (lse -infinity) adds nothing. max_a, max_b: backend memory for rows * heads values.
+// other part, laid out as `b`, the same rows) are left alone. A part where a query saw no
+// key (lse -infinity) adds nothing.
 template <typename T>
 void merge_attention(Ops<T>& ops, int64_t rows, int64_t heads, int64_t head_dim, T* o, T* lse,
-                     LseLayout a, T* o2, T* lse2, LseLayout b, T* max_a, T* max_b);
+                     LseLayout a, const T* o2, const T* lse2, LseLayout b);
 
 }  // namespace par

@@ -291,8 +291,7 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
   auto part = [&](LseLayout layout, const std::function<void(T*, T*)>& attend) {
     attend(first_part ? b.att : b.tmp, first_part ? b.lse : b.lse2);
     if (!first_part)
-      merge_attention(ops_, rows, Hc, Dc, b.att, b.lse, att_layout, b.tmp, b.lse2, layout,
-                      b.max_a, b.max_b);
+      merge_attention(ops_, rows, Hc, Dc, b.att, b.lse, att_layout, b.tmp, b.lse2, layout);
     else
       att_layout = layout;
     first_part = false;
@@ -344,10 +343,33 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
 // every layer, attending over the caches.
 template <typename T>
 void Decoder<T>::incremental(int64_t position) {
-  cross_attend_newest(position);
-  save_for_refill(position);
-  latent_stack(samples(), 1, position, false, true);
+  const int64_t row = refill_row(position);
+  run_step([&] {
+    cross_attend_newest(position);
+    if (row >= 0) save_for_refill(row);
+    latent_stack(samples(), 1, position, false, true);
+  });
+  if (row >= 0) ++saved_rows_;
   ++latents_;
+}
+
+// A step's device work, given as one capture where the backend records (step_key: the
+// parts that change the recorded topology). A refused recording ran none of it: the step is
+// given again as it is, which it may be, since it writes only what it computes from the
+// caches and the new inputs.
+template <typename T>
+template <typename F>
+void Decoder<T>::run_step(const F& step) {
+  if (!capture_steps_) return step();
+  const uint64_t key = 1 | uint64_t(groups_end_ > 0) << 1 | uint64_t(own_count_ > 0) << 2;
+  ops_.begin_capture();
+  try {
+    step();
+  } catch (const CaptureRefused&) {
+    step();
+    return;
+  }
+  ops_.end_capture(key);
 }
 
 // The cross-attention of the latent on the newest input of every sample (embeddings in
@@ -364,27 +386,33 @@ void Decoder<T>::cross_attend_newest(int64_t position) {
   attend_windows(K, 1);
 }
 
-// Keeps this step's cross-attention (b.z0, b.att) where the next refill will want it: when
-// its latent will be one of that refill's and the refill comes within the context.
+// The row of the next refill's latents that this step's latent will be, when the refill
+// comes within the context and may take this step's cross-attention; else -1. Host only.
 template <typename T>
-void Decoder<T>::save_for_refill(int64_t position) {
-  const int64_t M = cfg_.num_latents, N = cfg_.context_length, d = cfg_.d_model, K = samples();
+int64_t Decoder<T>::refill_row(int64_t position) {
+  const int64_t M = cfg_.num_latents, N = cfg_.context_length;
   // This step takes the cache to latents_ + 1 latents; M - latents_ - 1 more steps fill
   // it, and the append after them refills with the last L inputs (append()).
   const int64_t refill_length = position + 1 + M - latents_;
-  if (refill_length > N) return;
-  const int64_t cap = std::max<int64_t>(1, M / 2), L = std::min(cap, refill_length);
+  if (refill_length > N) return -1;
+  const int64_t L = std::min(std::max<int64_t>(1, M / 2), refill_length);
   const int64_t row = position - (refill_length - L);
-  if (row < 0 || row >= L - 1) return;  // not among that refill's latents, or its newest
+  if (row < 0 || row >= L - 1) return -1;  // not among that refill's latents, or its newest
   if (saved_for_length_ != refill_length) {
     saved_for_length_ = refill_length;
     saved_rows_ = 0;
   }
-  if (row != saved_rows_) return;  // rows are kept in order; a gap leaves the refill to compute
+  // Rows are kept in order; after a gap the refill computes them all.
+  return row == saved_rows_ ? row : -1;
+}
+
+// This step's cross-attention (b.z0, b.att) into row `row` of every sample's block.
+template <typename T>
+void Decoder<T>::save_for_refill(int64_t row) {
+  const int64_t d = cfg_.d_model, K = samples(), cap = std::max<int64_t>(1, cfg_.num_latents / 2);
   Buffers& b = *b_;
   ops_.copy_blocks(b.saved_att + row * d, cap * d, b.att, d, K, d, false);
   ops_.copy_blocks(b.saved_z0 + row * d, cap * d, b.z0, d, K, d, false);
-  ++saved_rows_;
 }
 
 // A refill of L latents from the steps' saved cross-attention and its newest latent's,

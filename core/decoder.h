@@ -99,6 +99,10 @@ class Decoder {
   int64_t latents() const { return latents_; }                // in the caches (or would be)
   int64_t refills() const { return refills_; }                // full passes so far
   bool token_tables() const { return token_tables_; }         // offered (a call may be declined)
+  // Whether each decoding step goes to the backend as one capture (Ops::begin_capture: on
+  // CUDA a graph, recorded and updated in place every step, so the GPU runs the step's
+  // ~100 small kernels back to back). On by default; the results are the same either way.
+  void set_step_capture(bool on) { capture_steps_ = on; }
 
  private:
   struct Buffers;
@@ -118,8 +122,11 @@ class Decoder {
   void reserve_own();
   void incremental(int64_t position);
   void cross_attend_newest(int64_t position);
-  void save_for_refill(int64_t position);
+  int64_t refill_row(int64_t position);
+  void save_for_refill(int64_t row);
   bool refill_from_steps(int64_t num_latents);
+  template <typename F>
+  void run_step(const F& step);
   void upload_rotary_tables(const RotarySpec& spec, int64_t first_position, int64_t rows);
   void rotary_at(T* x, int64_t batch, int64_t rows, int64_t heads, int64_t head_dim,
                  const RotarySpec& spec, int64_t first_position);
@@ -164,6 +171,7 @@ class Decoder {
   // The steps' cross-attention kept for the next refill (refill_from_steps): rows for the
   // refill at length saved_for_length_, saved_rows_ of them so far.
   int64_t saved_for_length_ = -1, saved_rows_ = 0;
+  bool capture_steps_ = true;
 };
 
 }  // namespace par

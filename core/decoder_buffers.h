@@ -46,7 +46,7 @@ struct Decoder<T>::Buffers {
   T *mu, *rs;            // [R]
   T *fc1, *act;          // [R, F]
   T *lse;                // [max(Hc, H) * R]
-  T *lse2, *max_a, *max_b;  // [max(Hc, H) * R], merging attentions (several parts of the keys)
+  T *lse2;               // [max(Hc, H) * R], merging attentions (several parts of the keys)
   T *logits;             // [K, V]
   // The steps' cross-attention outputs and residual inputs for the next refill (cached
   // decoding): [K, max(1, M/2), d] each.
@@ -90,7 +90,7 @@ struct Decoder<T>::Buffers {
     act = c.take<T>(R * F);
     const int64_t heads_rows = std::max(cfg.cross_heads, cfg.self_heads) * R;
     lse = c.take<T>(heads_rows);
-    for (T** p : {&lse2, &max_a, &max_b}) *p = c.take<T>(K > 1 || token_tables ? heads_rows : 0);
+    lse2 = c.take<T>(K > 1 || token_tables ? heads_rows : 0);
     logits = c.take<T>(K * V);
     const int64_t saved = cached ? K * std::max<int64_t>(1, M / 2) * d : 0;
     saved_att = c.take<T>(saved);

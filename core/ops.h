@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 
 #include "core/philox.h"
 #include "core/token_choice.h"
@@ -95,6 +96,14 @@ struct AdamSpan {
 
 // Every operation of a backend, as X(return type, name, (parameters), (arguments)), with
 // what it does. T is the element type where the list is expanded.
+// Thrown by a backend when the work given inside a capture (Ops::begin_capture) cannot be
+// recorded, because it would wait for the device (a download, a scratch buffer that must
+// grow): the recording is discarded, none of it has run, and the caller may give the same
+// work again outside a capture.
+struct CaptureRefused : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 #define PAR_OPS_METHODS(X)                                                                         \
   /* ---- memory ---- */                                                                           \
   X(void*, allocate, (size_t bytes), (bytes))                                                      \
@@ -103,6 +112,12 @@ struct AdamSpan {
   X(void, download, (void* host_dst, const void* src, size_t bytes), (host_dst, src, bytes))       \
   /* Waits for queued work (nothing to do on the CPU). */                                          \
   X(void, synchronize, (), ())                                                                     \
+  /* The work given between begin_capture and end_capture(key) may be recorded and launched */    \
+  /* as one unit (CUDA graphs: `key` names the work's shapes, and a later recording under the */  \
+  /* same key updates the kept one in place); a backend without such a thing runs it as */        \
+  /* given. Inside, nothing may wait for the device: CaptureRefused otherwise. */                 \
+  X(void, begin_capture, (), ())                                                                   \
+  X(void, end_capture, (uint64_t key), (key))                                                      \
   /* ---- element-wise basics ---- */                                                              \
   X(void, fill, (T* x, int64_t n, T value), (x, n, value))                                         \
   X(void, copy, (T* dst, const T* src, int64_t n), (dst, src, n))                                  \
@@ -199,6 +214,16 @@ struct AdamSpan {
   X(void, attention_merge_finish,                                                                  \
     (T* o, T* lse, const T* lse_max, int64_t batch, int64_t nq, int64_t heads, int64_t head_dim),  \
     (o, lse, lse_max, batch, nq, heads, head_dim))                                                 \
+  /* The same merge of two attentions of the same rows on one device: o, lse (laid out as */      \
+  /* `batch` examples of `nq` queries) and o2, lse2 (`batch2` of `nq2`; batch * nq == batch2 */   \
+  /* * nq2) over disjoint keys become, in o and lse, the attention over both. Per row and */      \
+  /* head, with l, l2 its lse in each and m = max(l, l2): w = exp(l - m), w2 = exp(l2 - m) (0 */  \
+  /* where l or l2 is -inf), o = (o w + o2 w2) / (w + w2), lse = m + log(w + w2); a row */        \
+  /* with no key in either gets o = 0 and lse = -inf. o2 and lse2 are left alone. */              \
+  X(void, attention_merge_pair,                                                                    \
+    (T* o, T* lse, int64_t batch, int64_t nq, const T* o2, const T* lse2, int64_t batch2,          \
+     int64_t nq2, int64_t heads, int64_t head_dim),                                                \
+    (o, lse, batch, nq, o2, lse2, batch2, nq2, heads, head_dim))                                   \
   /* ---- loss ---- */                                                                             \
   /* lse[r] = logsumexp(logits[r]); ce[r] = lse[r] - logits[r, target[r]], or 0 where the */       \
   /* target is PAD. */                                                                             \

@@ -28,7 +28,8 @@ struct DecodeRun {
 }  // namespace
 
 int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int64_t samples,
-                 Ops<float>& inner, bool profile, const std::string& backend_description) {
+                 Ops<float>& inner, bool profile, const std::string& backend_description,
+                 bool step_capture) {
   ProfiledOps<float> profiled(inner);
   Ops<float>& ops = profile ? static_cast<Ops<float>&>(profiled) : inner;
   std::vector<float> host;
@@ -45,6 +46,7 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
   auto run = [&](bool cached, int64_t n, int64_t K) {
     DecodeRun r;
     Decoder<float> dec(mc, ops, params, cached, TokenTables::kAuto, K);
+    dec.set_step_capture(step_capture);
     auto t = Clock::now();
     dec.start(prompt);
     r.prefill_s = since(t);

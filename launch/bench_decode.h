@@ -12,8 +12,9 @@ namespace par {
 // Decodes `tokens` tokens for each of `samples` samples cached (one batch), and a few for one
 // sample uncached, after a prompt that (nearly) fills the context, on freshly initialized
 // weights; prints the rates (in total and per sample), and with `profile` the time of each
-// op per cached step. One process.
+// op per cached step. `step_capture`: Decoder::set_step_capture. One process.
 int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int64_t samples,
-                 Ops<float>& ops, bool profile, const std::string& backend_description);
+                 Ops<float>& ops, bool profile, const std::string& backend_description,
+                 bool step_capture);
 
 }  // namespace par

@@ -21,6 +21,7 @@ int cmd_bench(int argc, char** argv) {
   RunConfig rc;
   BenchOptions b;
   int64_t decode = 0, samples = 1;
+  std::string cuda_graphs = "on";
   bool help = false;
   job.agree([&] {
     po::options_description opts;
@@ -31,7 +32,8 @@ int cmd_bench(int argc, char** argv) {
         ("gemm-size", po::value(&b.gemm_n)->default_value(b.gemm_n), "n of the n x n x n reference sgemm")
         ("profile", po::bool_switch(&b.profile), "also print the time of each backend op (timed steps, rank 0)")
         ("decode", po::value(&decode)->default_value(0), "instead of training: time generating this many tokens with cached decoding after a full-context prompt, and a few with uncached decoding (one process)")
-        ("num-samples", po::value(&samples)->default_value(samples), "with --decode: decode this many samples of the prompt together (one batch); rates count every sample's tokens");
+        ("num-samples", po::value(&samples)->default_value(samples), "with --decode: decode this many samples of the prompt together (one batch); rates count every sample's tokens")
+        ("cuda-graphs", po::value(&cuda_graphs)->default_value(cuda_graphs), kCudaGraphsHelp);
     opts.add(bench);
     po::variables_map vm;
     const cli::Command cmd{"bench",
@@ -53,6 +55,7 @@ int cmd_bench(int argc, char** argv) {
   job.agree([&] {
     if (samples < 1) fail_user("--num-samples must be at least 1");
     if (samples > 1 && decode <= 0) fail_user("--num-samples needs --decode (it counts samples of generation)");
+    parse_cuda_graphs(cuda_graphs);
   });
   if (decode <= 0) return bench_train(job, mc, oc, rc, b);
   job.agree([&] {
@@ -61,7 +64,8 @@ int cmd_bench(int argc, char** argv) {
   warn_threads("bench", apply_threads(rc.threads, 1));
   Backend backend;
   job.agree([&] { backend = make_local_backend(rc.device, rc.precision, rc.attention); });
-  return bench_decode(mc, rc, decode, samples, *backend.ops, b.profile, backend.description);
+  return bench_decode(mc, rc, decode, samples, *backend.ops, b.profile, backend.description,
+                      parse_cuda_graphs(cuda_graphs));
 }
 
 }  // namespace par

@@ -165,7 +165,7 @@ int cmd_sample(int argc, char** argv) {
   uint64_t seed = 0;
   bool stop_at_eos = false, uncached = false;
   int threads = 0;
-  std::string device = "cpu", precision = "fp32", attention = "auto";
+  std::string device = "cpu", precision = "fp32", attention = "auto", cuda_graphs = "on";
   po::options_description opts("Options");
   opts.add_options()
       ("checkpoint", po::value(&checkpoint), "checkpoint directory, run directory (its newest checkpoint) or exported model")
@@ -188,7 +188,8 @@ int cmd_sample(int argc, char** argv) {
       ("threads", po::value(&threads)->default_value(threads), "CPU threads (0: all cores)")
       ("device", po::value(&device)->default_value(device), "cpu or cuda (the GPU chosen by the launcher's node-local rank, else GPU 0)")
       ("precision", po::value(&precision)->default_value(precision), "matrix products on cuda: fp32, tf32 or bf16")
-      ("attention", po::value(&attention)->default_value(attention), kAttentionHelp);
+      ("attention", po::value(&attention)->default_value(attention), kAttentionHelp)
+      ("cuda-graphs", po::value(&cuda_graphs)->default_value(cuda_graphs), kCudaGraphsHelp);
   po::variables_map vm;
   const cli::Command cmd{"sample",
                          "Generates continuations of prompts with cached decoding. An empty "
@@ -225,6 +226,7 @@ int cmd_sample(int argc, char** argv) {
   so.top_k = top_k;
   so.top_p = top_p;
   so.validate();
+  const bool step_capture = parse_cuda_graphs(cuda_graphs);
   warn_threads("sample", apply_threads(threads, 1));
 
   // Bad --device, --precision or --attention fail here, before the model is read.
@@ -280,6 +282,7 @@ int cmd_sample(int argc, char** argv) {
   Progress progress(total * tokens);
   {
     Decoder<float> dec(c, ops, params, !uncached, TokenTables::kAuto, num_samples);
+    dec.set_step_capture(step_capture);
     LOG(INFO) << (uncached ? "uncached" : "cached") << " decoding of " << prompts.size()
               << " prompt" << (prompts.size() > 1 ? "s" : "") << " x " << num_samples
               << " sample" << (num_samples > 1 ? "s" : "") << ", " << tokens << " tokens each";

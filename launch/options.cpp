@@ -88,6 +88,17 @@ const char* const kAttentionHelp =
     "cudnn (cuDNN for every call, else an error); on cpu auto or blocked (the CPU picks its "
     "own kernels: fused AVX-512 ones where the build and the head width allow)";
 
+const char* const kCudaGraphsHelp =
+    "on or off: give each decoding step to the GPU as one CUDA graph (recorded every step "
+    "and the kept graph updated in place, so the GPU runs the step's small kernels back to "
+    "back) or launch its kernels one by one; the same tokens either way; nothing to do on cpu";
+
+bool parse_cuda_graphs(const std::string& value) {
+  if (value == "on") return true;
+  if (value == "off") return false;
+  fail_user("--cuda-graphs must be on or off (got '", value, "')");
+}
+
 po::options_description run_options(RunConfig& c) {
   po::options_description o("Run");
   o.add_options()

@@ -61,6 +61,12 @@ po::options_description run_options(RunConfig& c);
 // through run_options, eval and sample with their own options), so they cannot drift.
 extern const char* const kAttentionHelp;
 
+// --cuda-graphs of the commands that decode (sample, bench --decode): its help, and its
+// value ("on" or "off"; UserError otherwise) as whether decoding steps are captured
+// (Decoder::set_step_capture).
+extern const char* const kCudaGraphsHelp;
+bool parse_cuda_graphs(const std::string& value);
+
 // Threads per rank in effect (see launch/threads.h for how they are chosen).
 int current_threads();
 

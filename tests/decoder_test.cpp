@@ -4,11 +4,14 @@
 
 #include <cmath>
 #include <memory>
+#include <cstring>
 #include <random>
+#include <set>
 
 #include "core/decoder.h"
 #include "core/error.h"
 #include "core/model.h"
+#include "core/ops_decorator.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/test_util.h"
 #include "tests/token_attention_calls.h"
@@ -304,6 +307,78 @@ TEST(DecoderSamples, RefillsReuseTheStepsAndDeclinedCallsFallBack) {
     EXPECT_GT(ops.taken_after_decline, 0) << "steps after a declined refill use the tables";
     EXPECT_TRUE(cached.token_tables());
   }
+  cpu.deallocate(params);
+}
+
+// A backend that watches the captures (Ops::begin_capture) of decoding steps and refuses
+// every third, as CUDA refuses a recording that would wait for the GPU: CaptureRefused from
+// the fifth op inside it. On the CPU the ops before the refusal have run; the decoder then
+// gives the whole step again outside a capture, which must change nothing. Nothing inside a
+// capture may wait for the device.
+class RefusingCaptures final : public ForwardingOps<double> {
+ public:
+  explicit RefusingCaptures(Ops<double>& inner) : ForwardingOps<double>(inner) {}
+  void begin_capture() override {
+    EXPECT_FALSE(capturing_) << "a capture inside a capture";
+    capturing_ = true;
+    ops_ = 0;
+    ++begun;
+  }
+  void end_capture(uint64_t key) override {
+    EXPECT_TRUE(capturing_) << "end_capture without begin_capture";
+    capturing_ = false;
+    ++ended;
+    keys.insert(key);
+  }
+  int begun = 0, ended = 0, refused = 0;
+  std::set<uint64_t> keys;
+
+ protected:
+  void around(const char* op, const OpCall& call) override {
+    if (capturing_) {
+      for (const char* waits : {"download", "synchronize", "sum_squares"})
+        EXPECT_NE(std::strcmp(op, waits), 0) << op << " inside a capture";
+      if (begun % 3 == 0 && ++ops_ == 5) {
+        capturing_ = false;
+        ++refused;
+        throw CaptureRefused("refused by the test");
+      }
+    }
+    call();
+  }
+
+ private:
+  bool capturing_ = false;
+  int ops_ = 0;
+};
+
+// Steps given as captures (refused ones given again) equal steps given as they are, bit for
+// bit: one sample and several, through token tables and not, past N tokens.
+TEST(DecoderSteps, CapturedStepsEqualPlainSteps) {
+  const ModelConfig c = config();
+  cpu::CpuOps<double> cpu;
+  double* params = upload_params(cpu, params_for<double>(c, 23));
+  const std::vector<int32_t> prompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
+  for (int64_t K : {1, 3})
+    for (TokenTables tables : {TokenTables::kOn, TokenTables::kOff}) {
+      RefusingCaptures ops(cpu);
+      Decoder<double> captured(c, ops, params, true, tables, K);
+      Decoder<double> plain(c, cpu, params, true, tables, K);
+      plain.set_step_capture(false);
+      captured.start(prompt);
+      plain.start(prompt);
+      for (int step = 0; step < 100; ++step) {  // 110 tokens: past N = 64
+        std::vector<int32_t> next;
+        for (int64_t k = 0; k < K; ++k) next.push_back(int32_t((step * 3 + k * 5 + 1) % 19));
+        captured.append(next);
+        plain.append(next);
+        ASSERT_EQ(captured.logits(), plain.logits()) << K << " samples, step " << step;
+      }
+      EXPECT_GT(ops.begun, 50) << "the steps were captured";
+      EXPECT_GT(ops.refused, 10);
+      EXPECT_EQ(ops.ended + ops.refused, ops.begun);
+      EXPECT_GE(ops.keys.size(), 1u);
+    }
   cpu.deallocate(params);
 }
 

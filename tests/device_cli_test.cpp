@@ -50,6 +50,16 @@ TEST(DeviceCli, BadDeviceOrPrecisionIsAUserError) {
   }
 }
 
+// --cuda-graphs of the commands that decode.
+TEST(DeviceCli, BadCudaGraphsIsAUserError) {
+  TempDir dir;
+  for (const std::string& c : {commands()[1], commands()[2] + " --decode 4"}) {
+    SCOPED_TRACE(c);
+    EXPECT_USER_ERROR(run_par(dir, c + " --cuda-graphs maybe"),
+                      "--cuda-graphs must be on or off (got 'maybe')");
+  }
+}
+
 TEST(DeviceCli, CudaWithoutBackendOrGpuSaysWhy) {
 #ifdef PAR_HAVE_CUDA
   ASSERT_TRUE(cuda_built());
@@ -81,6 +91,17 @@ class LocalBackendRun : public ::testing::Test {
   TempDir dir_;
   std::vector<std::string> commands_;
 };
+
+// --cuda-graphs off is accepted on the CPU, where there are no graphs: the same tokens.
+TEST_F(LocalBackendRun, CudaGraphsOffChangesNothingOnTheCpu) {
+  const std::string& c = commands_[1];  // sample
+  const testing_util::ParRun plain = run_par(dir_, c);
+  ASSERT_EQ(plain.rc, 0) << plain.err;
+  const testing_util::ParRun off = run_par(dir_, c + " --cuda-graphs off");
+  ASSERT_EQ(off.rc, 0) << off.err;
+  EXPECT_FALSE(plain.out.empty());
+  EXPECT_EQ(off.out, plain.out);
+}
 
 // As in train, --attention blocked (and auto, the default) is accepted on the CPU and
 // changes nothing there (the CPU has one attention): the same output as without it.

@@ -165,6 +165,23 @@ void elementwise_cases(std::vector<OpCase>& t) {
     r.ops.scale(x, n, -0.37);
     r.out("x", x, n);
   }));
+  // A step captured three times: twice under one key (CUDA: recorded, then the kept graph
+  // updated in place), then under another; each capture's work runs, in order.
+  t.push_back(make_case("begin_capture end_capture", {"begin_capture", "end_capture"}, 1e-7,
+                        Products::kNone, true, [=](auto& r) {
+    auto* x = r.random(n, 61);
+    auto* y = r.random(n, 62);
+    auto* z = r.filled(n, 0);
+    for (int round = 0; round < 3; ++round) {
+      r.ops.begin_capture();
+      r.ops.add(y, x, n);
+      r.ops.copy(z, y, n);
+      r.ops.scale(z, n, 0.5);
+      r.ops.end_capture(round < 2 ? 7 : 8);
+    }
+    r.out("y", y, n);
+    r.out("z", z, n);
+  }));
   // 3 blocks of 101 elements between strides 130 and 117.
   for (bool acc : {false, true})
     t.push_back(make_case(acc ? "copy_blocks accumulate" : "copy_blocks", {"copy_blocks"}, 1e-7,
@@ -507,6 +524,27 @@ void merge_and_loss_cases(std::vector<OpCase>& t) {
       r.out("lse", l, stats);
     }));
   }
+  // Two parts of 12 rows laid out differently (2 examples of 6 queries against 12 of one,
+  // and the other way), with rows where one part or both saw no key.
+  for (bool swap : {false, true})
+    t.push_back(make_case(cat("attention_merge_pair", swap ? " swapped" : ""),
+                          {"attention_merge_pair"}, 1e-6, Products::kNone, false, [=](auto& r) {
+      const int64_t heads = 3, hd = 5, rows = 12, stats = rows * heads, n = rows * heads * hd;
+      const int64_t b1 = swap ? 12 : 2, q1 = rows / b1, b2 = swap ? 2 : 12, q2 = rows / b2;
+      std::vector<double> l1 = r.normal(stats, 49, 3.0), l2 = r.normal(stats, 50, 3.0);
+      // Entry i of each layout is the lse of a (row, head); the same entry index in both
+      // names different pairs, so -inf lands on: some rows in a, others in b, a few in both.
+      for (int64_t i = 0; i < stats; ++i) {
+        if (i % 5 == 1 || i % 11 == 0) l1[size_t(i)] = -INFINITY;
+        if (i % 7 == 2 || i % 11 == 0) l2[size_t(i)] = -INFINITY;
+      }
+      auto *o = r.random(n, 51), *o2 = r.random(n, 52);
+      auto *la = r.put(l1), *lb = r.put(l2);
+      r.ops.attention_merge_pair(o, la, b1, q1, o2, lb, b2, q2, heads, hd);
+      r.out("o", o, n);
+      r.out("lse", la, stats);
+      r.out("o2", o2, n);
+    }));
   // Rows with PAD targets; the backward with the z-loss.
   for (bool backward : {false, true}) {
     const std::string op = backward ? "cross_entropy_backward" : "cross_entropy_forward";

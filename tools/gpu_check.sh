@@ -257,6 +257,8 @@ if [ -f "$target_config" ]; then
   # Generation from one prompt of 130,068 tokens, cached: one sample, and 16 decoded together.
   run_target decode1 --decode 1000
   run_target decode16 --decode 1000 --num-samples 16
+  # The same step launched kernel by kernel: what the step graphs save.
+  run_target decode1-nographs --decode 1000 --cuda-graphs off
 fi
 
 # ---- par bench ----
@@ -369,6 +371,11 @@ if j:
     line("decode, cached / uncached", j["speedup"], "x", ">= 50x", j["speedup"] >= 50)
 else:
     print("  decode, 1 sample: " + why)
+j, why = js("decode1-nographs")
+if j:
+    print("  %-36s %10.1f tokens/s (--cuda-graphs off)" % ("decode, 1 sample, no graphs", j["cached_tokens_per_s"]))
+else:
+    print("  decode, 1 sample, no graphs: " + why)
 j, why = js("decode16")
 if j:
     total = j["cached_tokens_per_s"]

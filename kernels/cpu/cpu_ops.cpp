@@ -119,6 +119,13 @@ void CpuOps<T>::download(void* dst, const void* src, size_t bytes) {
 template <typename T>
 void CpuOps<T>::synchronize() {}  // every op has finished when it returns
 
+// The CPU runs work as it is given: there is nothing to record.
+template <typename T>
+void CpuOps<T>::begin_capture() {}
+
+template <typename T>
+void CpuOps<T>::end_capture(uint64_t) {}
+
 template <typename T>
 void CpuOps<T>::fill(T* x, int64_t n, T value) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
@@ -371,6 +378,31 @@ void CpuOps<T>::attention_merge_finish(T* o, T* lse, const T* lse_max, int64_t b
         for (int64_t d = 0; d < head_dim; ++d) row[d] *= inv;
         lse[s] = w > T(0) ? lse_max[s] + std::log(w) : neg_inf;
       }
+}
+
+template <typename T>
+void CpuOps<T>::attention_merge_pair(T* o, T* lse, int64_t batch, int64_t nq, const T* o2,
+                                     const T* lse2, int64_t batch2, int64_t nq2, int64_t heads,
+                                     int64_t head_dim) {
+  PAR_ASSERT(batch * nq == batch2 * nq2, "attention_merge_pair: ", batch, "x", nq, " rows vs ",
+             batch2, "x", nq2);
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  for (int64_t r = 0; r < batch * nq; ++r)
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t s = ((r / nq) * heads + h) * nq + r % nq;
+      const int64_t s2 = ((r / nq2) * heads + h) * nq2 + r % nq2;
+      const T l = lse[s], l2 = lse2[s2], m = std::max(l, l2);
+      const T w = l == neg_inf ? T(0) : std::exp(l - m);
+      const T w2 = l2 == neg_inf ? T(0) : std::exp(l2 - m);
+      const T sum = w + w2, inv = sum > T(0) ? T(1) / sum : T(0);
+      T* row = o + r * heads * head_dim + h * head_dim;
+      const T* row2 = o2 + r * heads * head_dim + h * head_dim;
+      for (int64_t d = 0; d < head_dim; ++d) {
+        const T a = row[d] * w, b = row2[d] * w2;  // rounded apart, as the two-call merge does
+        row[d] = (a + b) * inv;
+      }
+      lse[s] = sum > T(0) ? m + std::log(sum) : neg_inf;
+    }
 }
 
 template <typename T>

@@ -181,9 +181,13 @@ void CudaOps::upload(void* dst, const void* src, size_t bytes) {
 void CudaOps::refuse_in_graph(const char* what) {
   if (!graphs_->capturing()) return;
   graphs_->abort();
-  throw std::runtime_error(cat(what, " cannot be part of a CUDA graph (it waits for the GPU); "
-                               "the step's recording is discarded"));
+  throw CaptureRefused(cat(what, " cannot be part of a CUDA graph (it waits for the GPU); "
+                           "the step's recording is discarded"));
 }
+
+void CudaOps::begin_capture() { begin_graph(); }
+
+void CudaOps::end_capture(uint64_t key) { end_graph(key); }
 
 void CudaOps::begin_graph() {
   if (!graphs_on_) return;

@@ -185,4 +185,13 @@ void CudaOps::attention_merge_finish(float* o, float* lse, const float* lse_max,
   kern::attention_merge_finish(stream_, o, lse, lse_max, batch, nq, heads, head_dim);
 }
 
+void CudaOps::attention_merge_pair(float* o, float* lse, int64_t batch, int64_t nq,
+                                   const float* o2, const float* lse2, int64_t batch2,
+                                   int64_t nq2, int64_t heads, int64_t head_dim) {
+  PAR_ASSERT(batch * nq == batch2 * nq2, "attention_merge_pair: ", batch, "x", nq, " rows vs ",
+             batch2, "x", nq2);
+  use_device();
+  kern::attention_merge_pair(stream_, o, lse, batch, nq, o2, lse2, nq2, heads, head_dim);
+}
+
 }  // namespace par::cuda

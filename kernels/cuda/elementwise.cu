@@ -149,6 +149,27 @@ __global__ void merge_finish_kernel(float* o, float* lse, const float* lse_max, 
   }
 }
 
+// One thread per (row, head) of the merged attention (Ops::attention_merge_pair).
+__global__ void merge_pair_kernel(float* o, float* lse, int64_t batch, int64_t nq,
+                                  const float* o2, const float* lse2, int64_t nq2,
+                                  int64_t heads, int64_t head_dim) {
+  const int64_t total = batch * nq * heads;
+  for (int64_t t = global_thread(); t < total; t += grid_threads()) {
+    const int64_t r = t / heads, h = t % heads;
+    const int64_t s = ((r / nq) * heads + h) * nq + r % nq;
+    const int64_t s2 = ((r / nq2) * heads + h) * nq2 + r % nq2;
+    const float l = lse[s], l2 = lse2[s2], m = fmaxf(l, l2);
+    const float w = l == -INFINITY ? 0.0f : expf(l - m);
+    const float w2 = l2 == -INFINITY ? 0.0f : expf(l2 - m);
+    const float sum = w + w2, inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    float* row = o + r * heads * head_dim + h * head_dim;
+    const float* row2 = o2 + r * heads * head_dim + h * head_dim;
+    for (int64_t d = 0; d < head_dim; ++d)
+      row[d] = __fmul_rn(__fadd_rn(__fmul_rn(row[d], w), __fmul_rn(row2[d], w2)), inv);
+    lse[s] = sum > 0.0f ? m + logf(sum) : -INFINITY;
+  }
+}
+
 __device__ __forceinline__ void adam_element(float* param, float* m, float* v,
                                              const float* grad, int64_t i,
                                              const AdamConstants& c, float decay) {
@@ -296,6 +317,16 @@ void attention_merge_finish(cudaStream_t st, float* o, float* lse, const float* 
   merge_finish_kernel<<<blocks_for(rows), kThreads, 0, st>>>(o, lse, lse_max, batch, nq, heads,
                                                              head_dim);
   PAR_CUDA_CHECK_LAUNCH("merge_finish_kernel");
+}
+
+void attention_merge_pair(cudaStream_t st, float* o, float* lse, int64_t batch, int64_t nq,
+                          const float* o2, const float* lse2, int64_t nq2, int64_t heads,
+                          int64_t head_dim) {
+  const int64_t n = batch * nq * heads;
+  if (n <= 0) return;
+  merge_pair_kernel<<<blocks_for(n), kThreads, 0, st>>>(o, lse, batch, nq, o2, lse2, nq2, heads,
+                                                        head_dim);
+  PAR_CUDA_CHECK_LAUNCH("merge_pair_kernel");
 }
 
 void adam_update(cudaStream_t st, float* param, float* m, float* v, const float* grad,

@@ -51,6 +51,10 @@ void attention_merge_scale(cudaStream_t st, float* o, float* lse, const float* l
                            int64_t batch, int64_t nq, int64_t heads, int64_t head_dim);
 void attention_merge_finish(cudaStream_t st, float* o, float* lse, const float* lse_max,
                             int64_t batch, int64_t nq, int64_t heads, int64_t head_dim);
+// Ops::attention_merge_pair; b's rows are batch * nq / nq2 examples of nq2.
+void attention_merge_pair(cudaStream_t st, float* o, float* lse, int64_t batch, int64_t nq,
+                          const float* o2, const float* lse2, int64_t nq2, int64_t heads,
+                          int64_t head_dim);
 
 // The Adam constants, computed on the host exactly as the CPU backend does.
 struct AdamConstants {

@@ -4,6 +4,8 @@
 // tables; and on the GPU cached equals uncached decoding. Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include "core/decoder.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
@@ -93,6 +95,44 @@ TEST_P(CudaDecoderTest, CachedEqualsUncachedOnTheGpu) {
     uncached.append(int32_t(3 + i % 29));
     ASSERT_TRUE(close(cached.logits(), uncached.logits(), tol)) << "token " << i;
   }
+}
+
+// Decoding steps recorded as CUDA graphs (the default: recorded every step and the kept
+// graph updated in place) against steps launched kernel by kernel, one sample and three,
+// through the token tables and not, through several refills; and both against uncached
+// decoding (where the steps' recordings are refused now and then, as a scratch buffer
+// grows, and given again unrecorded).
+TEST_P(CudaDecoderTest, GraphStepsEqualPlainSteps) {
+  const ModelConfig cfg = cuda_test::odd_config();
+  const auto host = cuda_test::parameters(ParamLayout(cfg), cfg.d_model);
+  const double tol = cuda_test::model_tol(GetParam()).logits;
+  for (int64_t samples : {1, 3})
+    for (TokenTables tables : {TokenTables::kOn, TokenTables::kOff}) {
+      auto graphs = make_ops(), plain = make_ops();
+      const DeviceParams pg(*graphs, host), pp(*plain, host);
+      Decoder<float> a(cfg, *graphs, pg.p, true, tables, samples);
+      Decoder<float> b(cfg, *plain, pp.p, true, tables, samples);
+      Decoder<float> u(cfg, *plain, pp.p, false, tables, samples);
+      b.set_step_capture(false);
+      std::vector<int32_t> prompt;
+      for (int i = 0; i < 23; ++i) prompt.push_back(int32_t(3 + (i * 7) % 30));
+      a.start(prompt);
+      b.start(prompt);
+      u.start(prompt);
+      for (int i = 0; i < 40; ++i) {
+        std::vector<int32_t> next;
+        for (int64_t k = 0; k < samples; ++k) next.push_back(int32_t(3 + (i * 13 + k * 3) % 31));
+        a.append(next);
+        b.append(next);
+        u.append(next);
+        ASSERT_TRUE(close(a.logits(), b.logits(), 1e-6)) << samples << " samples, token " << i;
+        ASSERT_TRUE(close(a.logits(), u.logits(), tol)) << samples << " samples, token " << i;
+      }
+      const cuda::GraphStats st = cuda::graph_stats(*graphs);
+      EXPECT_GE(st.instantiated, 1) << samples << " samples";
+      EXPECT_GT(st.updated, 10) << samples << " samples: the kept graph updated in place";
+      EXPECT_EQ(cuda::graph_stats(*plain).launched, 0);
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, CudaDecoderTest, PAR_ALL_PRECISIONS);
