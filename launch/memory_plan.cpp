@@ -1,6 +1,7 @@
 #include "launch/memory_plan.h"
 
 #include <algorithm>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/model.h"
@@ -10,6 +11,7 @@
 #include "kernels/cpu/linear_tall.h"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/attention_segments.h"
+#include "kernels/cuda/gemm_mapping.h"
 #include "launch/host_memory.h"
 
 namespace par {
@@ -91,6 +93,25 @@ double cuda_attention_scratch(const PlanRequest& r) {
   return bytes * 9 / 8;
 }
 
+// The bfloat16 copies of the operands of the products that convert them in bf16
+// (kernels/cuda/gemm_mapping.h, bf16_linear_copies): two scratch slots, each as large as
+// the largest copy of the model's linear layers, plus the backend's 1/8 of headroom.
+double cuda_bf16_copies(const PlanRequest& r) {
+  const ModelConfig& c = r.model;
+  const int64_t B = r.micro_batch, d = c.d_model, M = c.num_latents, F = c.mlp_width();
+  const int64_t inputs = B * c.context_length / r.sp, latents = B * M;
+  int64_t a = 0, b = 0;
+  for (const auto& [rows, in, out] :
+       {std::tuple<int64_t, int64_t, int64_t>{inputs, d, d / r.tp},  // keys, values
+        {latents, d, d}, {latents, d / r.tp, d}, {latents, d, 3 * d / r.tp},
+        {latents, d, F / r.tp}, {latents, F / r.tp, d}}) {
+    const cuda::Bf16LinearCopies copies = cuda::bf16_linear_copies(rows, in, out);
+    a = std::max(a, copies.a);
+    b = std::max(b, copies.b);
+  }
+  return double(a + b) * 2 * 9 / 8;
+}
+
 }  // namespace
 
 double MemoryPlan::host_bytes() const { return sum(host); }
@@ -112,6 +133,7 @@ PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cu
   r.tp = run.tp;
   r.threads = current_threads();
   r.cuda = cuda;
+  r.bf16_products = cuda && run.precision == "bf16";
   r.cudnn_attention = cuda && run.precision == "bf16" &&
                       (run.attention == "auto" || run.attention == "cudnn");
   r.runtime_bytes = double(resident_bytes());
@@ -128,6 +150,7 @@ MemoryPlan plan_memory(const PlanRequest& r) {
   state.push_back({cat("activations of ", r.micro_batch, " example(s)"), m.activations});
   if (r.cuda)
     plan.device.push_back({"attention scratch", cuda_attention_scratch(r)});
+  if (r.bf16_products) plan.device.push_back({"bf16 operand copies", cuda_bf16_copies(r)});
   else
     plan.host.push_back({"kernel scratch", cpu_kernel_scratch(r)});
   if (r.checkpoints) plan.host.push_back({"checkpoint copies", 3 * m.params});

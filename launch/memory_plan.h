@@ -50,6 +50,7 @@ struct PlanRequest {
   int threads = 1;
   bool cuda = false;
   bool cudnn_attention = false;  // cuda, bf16 and --attention auto or cudnn
+  bool bf16_products = false;    // cuda and bf16: large products on bfloat16 copies
   bool checkpoints = false;      // train: host copies of the state to save or resume
   double data_bytes = 0;         // token batches held (train: Loader::memory_bytes)
   int64_t gemm_n = 0;            // bench: its n x n x n yardstick product

@@ -44,6 +44,29 @@ TEST(ReliabilityMemoryPlan, ModelPlanIsWhatTheModelAllocates) {
       }
 }
 
+// A bf16 run on the GPU plans the backend's bfloat16 copies of the large products'
+// operands: for gpu-100m-131k's shapes, the key and value projections over N inputs
+// (forward: x into one slot, w into the other; backward: dy and x), and none for fp32 or
+// for the latents' products of one example.
+TEST(ReliabilityMemoryPlan, PlansTheBf16CopiesOfTheInputSide) {
+  PlanRequest r;
+  r.model = ModelConfig{.vocab_size = 259, .d_model = 1024, .context_length = 131072,
+                        .num_latents = 1024, .num_layers = 6, .cross_heads = 16,
+                        .self_heads = 16, .mlp_factor = 4};
+  r.cuda = true;
+  auto copies = [&] {
+    for (const MemoryItem& i : plan_memory(r).device)
+      if (i.what == "bf16 operand copies") return i.bytes;
+    return -1.0;
+  };
+  EXPECT_EQ(copies(), -1.0) << "fp32 and tf32 convert nothing";
+  r.bf16_products = true;
+  const double N = 131072, d = 1024;
+  EXPECT_EQ(copies(), (N * d + N * d) * 2 * 9 / 8);
+  r.sp = 4;  // each rank projects its quarter of the inputs
+  EXPECT_EQ(copies(), (N / 4 * d + N / 4 * d) * 2 * 9 / 8);
+}
+
 // Far too large for this machine: exit 2 with the estimate, at once, without a run
 // directory. (Before the plan: std::bad_alloc and exit 1 after creating the directory, or
 // memory climbing for minutes; the address-space limit here bounds that.)

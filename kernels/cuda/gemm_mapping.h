@@ -106,15 +106,37 @@ inline RowMajorGemm with_compact_operands(const RowMajorGemm& g) {
 // `elements` operand elements to bfloat16. Per multiply-add the bfloat16 rate saves about
 // 2 * (1/409 - 1/790) ps = 2.4e-15 s on an H200; per element the conversion reads 4 bytes
 // and writes 2, 1.25e-12 s at 4.8 TB/s, so the break-even is near 530 multiply-adds per
-// element. Twice that leaves room for the conversion's launch and a bandwidth below peak:
-// the input side's projections (d multiply-adds per element and more) convert, the latent
-// layers' and decoding's small products do not. Batched products never do (the blocked
-// attention's: bf16 runs cuDNN's attention instead).
-constexpr int64_t kBf16MinProductsPerElement = 1024;
-constexpr int64_t kBf16MinProducts = int64_t(1) << 30;
+// element; 768 leaves room for a bandwidth below peak. The input side's key and value
+// projections ([N, d] x [d, d], d multiply-adds per element of x: 1016 at d = 1024)
+// convert. The floor of 2^33 multiply-adds (about 40 us at the tf32 rate) keeps the latent
+// layers' products of one example (M = 1024 rows: 3e9 and less), whose time the
+// conversion's launches would eat, and decoding's. Batched products never convert (the
+// blocked attention's: bf16 runs cuDNN's attention instead).
+constexpr int64_t kBf16MinProductsPerElement = 768;
+constexpr int64_t kBf16MinProducts = int64_t(1) << 33;
 inline bool bf16_operands_pay(int64_t products, int64_t elements) {
   return products >= kBf16MinProducts && products >= kBf16MinProductsPerElement * elements;
 }
+// The elements of the bfloat16 copies a linear layer [rows, in] -> [rows, out] asks of the
+// backend's two scratch slots under Bf16Operands::kAuto (0 where it does not convert):
+// the forward copies x (slot A) and w (B); the backward dy (A) and w, then x (B).
+struct Bf16LinearCopies {
+  int64_t a = 0, b = 0;
+};
+inline Bf16LinearCopies bf16_linear_copies(int64_t rows, int64_t in, int64_t out) {
+  Bf16LinearCopies c;
+  if (bf16_operands_pay(rows * in * out, rows * in + out * in)) {
+    c.a = rows * in;
+    c.b = out * in;
+  }
+  if (bf16_operands_pay(2 * rows * in * out, rows * out + out * in + rows * in)) {
+    c.a = c.a > rows * out ? c.a : rows * out;
+    const int64_t b = out * in > rows * in ? out * in : rows * in;
+    c.b = c.b > b ? c.b : b;
+  }
+  return c;
+}
+
 inline bool bf16_operands_pay(const RowMajorGemm& g) {
   return g.batch == 1 && bf16_operands_pay(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements());
 }

@@ -163,12 +163,18 @@ TEST(GemmMapping, Bf16OperandsPayForTheInputSideOnly) {
     return g;
   };
   const int64_t N = 131072, d = 1024, M = 1024;
-  // gpu-100m-131k's key/value projection, y = x w^T: [N, d] x [2d, d]^T.
-  EXPECT_TRUE(cuda::bf16_operands_pay(product(N, 2 * d, d, false)));
+  // gpu-100m-131k's key (or value) projection, y = x w^T: [N, d] x [d, d]^T.
+  EXPECT_TRUE(cuda::bf16_operands_pay(product(N, d, d, false)));
+  // Its backward: dx and dw share dy's copy: 2 N d d multiply-adds over dy and x [N, d]
+  // and w [d, d].
+  EXPECT_TRUE(cuda::bf16_operands_pay(2 * N * d * d, 2 * N * d + d * d));
   // An 8192^3 product.
   EXPECT_TRUE(cuda::bf16_operands_pay(product(8192, 8192, 8192, false)));
-  // A latent layer's projection: M rows.
+  // A latent layer's projection of one example: M rows.
   EXPECT_FALSE(cuda::bf16_operands_pay(product(M, 3 * d, d, false)));
+  EXPECT_FALSE(cuda::bf16_operands_pay(product(M, 4 * d, d, false)));
+  // Of a batch of 8: 8 M rows.
+  EXPECT_TRUE(cuda::bf16_operands_pay(product(8 * M, 3 * d, d, false)));
   // A decoding step: one row.
   EXPECT_FALSE(cuda::bf16_operands_pay(product(1, 4 * d, d, false)));
   // A thin product over many rows (d = 64): few multiply-adds per element.
@@ -177,9 +183,6 @@ TEST(GemmMapping, Bf16OperandsPayForTheInputSideOnly) {
   RowMajorGemm batched = product(8192, 8192, 8192, false);
   batched.batch = 2;
   EXPECT_FALSE(cuda::bf16_operands_pay(batched));
-  // The linear backward's pair (dx and dw share dy's copy): 2 N 2d d multiply-adds over
-  // dy [N, 2d], w and x [N, d].
-  EXPECT_TRUE(cuda::bf16_operands_pay(2 * N * 2 * d * d, N * 2 * d + 2 * d * d + N * d));
 }
 
 }  // namespace
