@@ -259,6 +259,8 @@ if [ -f "$target_config" ]; then
   run_target decode16 --decode 1000 --num-samples 16
   # The same step launched kernel by kernel: what the step graphs save.
   run_target decode1-nographs --decode 1000 --cuda-graphs off
+  # Where a decoding step's time goes (each op synchronized, so the sum exceeds the step).
+  run_target decode1-profile --decode 300 --profile
 fi
 
 # ---- par bench ----

@@ -6,6 +6,7 @@
 // Everything is enqueued on one non-blocking stream owned by the object; calls that hand
 // data to the host (download, sum_squares) wait for it. cuBLAS gets a fixed workspace of
 // its own, so it picks the same algorithms -- and gives the same bits -- every run.
+#include "kernels/cuda/backend_log.h"
 #include "kernels/cuda/cuda_ops.h"
 
 #include "kernels/cuda/cuda_ops_impl.h"
@@ -20,6 +21,8 @@ constexpr size_t kCublasWorkspace = size_t(32) << 20;
 // (decoding uploads a token and its position every step); larger ones wait.
 constexpr size_t kStagingBytes = size_t(1) << 20;
 constexpr size_t kStagedUploadMax = size_t(64) << 10;
+// Recordings instantiated afresh (not updated in place) before end_graph may give up.
+constexpr int64_t kGraphInstantiationsBeforeGivingUp = 32;
 
 std::string gib(int64_t bytes) { return cat(double(bytes) / double(int64_t(1) << 30), " GiB"); }
 
@@ -202,6 +205,18 @@ void CudaOps::end_graph(uint64_t key) {
   if (!graphs_on_) return;
   use_device();
   graphs_->end(key, !graph_uploaded_);
+  // A recording that cannot update the kept graph (its topology changed) is instantiated
+  // afresh, which costs more than launching its kernels one by one. Where that is most of
+  // the recordings, recording is given up.
+  const GraphStats& st = graphs_->stats();
+  if (st.instantiated >= kGraphInstantiationsBeforeGivingUp && 2 * st.instantiated > st.updated) {
+    graphs_on_ = false;
+    backend_log(LogLevel::kWarning,
+                cat("CUDA graphs off: ", st.instantiated, " of ", st.instantiated + st.updated,
+                    " recorded steps could not update a kept graph (their kernels changed) and "
+                    "were instantiated afresh, which costs more than it saves; steps now "
+                    "launch kernel by kernel"));
+  }
 }
 
 bool CudaOps::replay_graph(uint64_t key) {

@@ -110,7 +110,10 @@ std::string attention_description(Ops<float>& ops);
 void begin_graph(Ops<float>& ops);
 void end_graph(Ops<float>& ops, uint64_t key);
 bool replay_graph(Ops<float>& ops, uint64_t key);
-void set_graphs(Ops<float>& ops, bool enabled);  // on by default
+// On by default; turned off by end_graph itself (with a warning in the log) once 32
+// recordings and more than a third of all have had to be instantiated afresh, since
+// instantiating costs more than launching the kernels one by one.
+void set_graphs(Ops<float>& ops, bool enabled);
 struct GraphStats {
   int64_t instantiated = 0, updated = 0, launched = 0;
 };

@@ -136,6 +136,28 @@ TEST_F(CudaGraphTest, WaitingInsideARecordingIsAnErrorAndDiscardsIt) {
   EXPECT_EQ(cuda::graph_stats(*ops).instantiated, 0);
 }
 
+// Recordings under one key whose kernels change every time cannot update the kept graph:
+// after 32 instantiations recording is given up, and the work runs as given.
+TEST_F(CudaGraphTest, RecordingsThatNeverUpdateAreGivenUp) {
+  auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
+  DeviceArray<float> x(*ops, std::vector<float>(kD, 1.0f));
+  for (int i = 0; i < 40; ++i) {
+    cuda::begin_graph(*ops);
+    if (i % 2 == 0) {
+      ops->fill(x.get(), kD, float(i));
+    } else {  // two nodes where the kept graph has one: it cannot be updated
+      ops->scale(x.get(), kD, 2.0);
+      ops->scale(x.get(), kD, 2.0);
+    }
+    cuda::end_graph(*ops, 9);
+  }
+  // fill(38), then scale by 4: 152 everywhere, whether recorded or not.
+  EXPECT_TRUE(bitwise_equal(x.host(), std::vector<float>(kD, 152.0f)));
+  const cuda::GraphStats st = cuda::graph_stats(*ops);
+  EXPECT_EQ(st.instantiated, 32) << "recording went on after 32 instantiations";
+  EXPECT_EQ(st.launched, 32);
+}
+
 TEST_F(CudaGraphTest, GraphsOffRunTheWorkAsGiven) {
   auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
   cuda::set_graphs(*ops, false);
