@@ -184,6 +184,7 @@ void CudaOps::upload(void* dst, const void* src, size_t bytes) {
 void CudaOps::refuse_in_graph(const char* what) {
   if (!graphs_->capturing()) return;
   graphs_->abort();
+  give_up_graphs_if_they_do_not_pay();
   throw CaptureRefused(cat(what, " cannot be part of a CUDA graph (it waits for the GPU); "
                            "the step's recording is discarded"));
 }
@@ -205,18 +206,22 @@ void CudaOps::end_graph(uint64_t key) {
   if (!graphs_on_) return;
   use_device();
   graphs_->end(key, !graph_uploaded_);
-  // A recording that cannot update the kept graph (its topology changed) is instantiated
-  // afresh, which costs more than launching its kernels one by one. Where that is most of
-  // the recordings, recording is given up.
+  give_up_graphs_if_they_do_not_pay();
+}
+
+// A recording that cannot update the kept graph (its topology changed) is instantiated
+// afresh, which costs more than launching its kernels one by one; a refused one is given
+// again. Where that is most of the recordings, recording is given up.
+void CudaOps::give_up_graphs_if_they_do_not_pay() {
   const GraphStats& st = graphs_->stats();
-  if (st.instantiated >= kGraphInstantiationsBeforeGivingUp && 2 * st.instantiated > st.updated) {
-    graphs_on_ = false;
-    backend_log(LogLevel::kWarning,
-                cat("CUDA graphs off: ", st.instantiated, " of ", st.instantiated + st.updated,
-                    " recorded steps could not update a kept graph (their kernels changed) and "
-                    "were instantiated afresh, which costs more than it saves; steps now "
-                    "launch kernel by kernel"));
-  }
+  const int64_t costly = st.instantiated + st.refused;
+  if (costly < kGraphInstantiationsBeforeGivingUp || 2 * costly <= st.updated) return;
+  graphs_on_ = false;
+  backend_log(LogLevel::kWarning,
+              cat("CUDA graphs off: of ", costly + st.updated, " recorded steps, ",
+                  st.instantiated, " could not update a kept graph (their kernels changed) and ",
+                  st.refused, " were refused (something in them would wait for the GPU); "
+                  "that costs more than it saves, so steps now launch kernel by kernel"));
 }
 
 bool CudaOps::replay_graph(uint64_t key) {

@@ -110,12 +110,14 @@ std::string attention_description(Ops<float>& ops);
 void begin_graph(Ops<float>& ops);
 void end_graph(Ops<float>& ops, uint64_t key);
 bool replay_graph(Ops<float>& ops, uint64_t key);
-// On by default; turned off by end_graph itself (with a warning in the log) once 32
-// recordings and more than a third of all have had to be instantiated afresh, since
-// instantiating costs more than launching the kernels one by one.
+// On by default; turned off by the backend itself (with a warning in the log) once 32
+// recordings and more than a third of all have had to be instantiated afresh, or been
+// refused: instantiating costs more than launching the kernels one by one, and a refused
+// step is given again.
 void set_graphs(Ops<float>& ops, bool enabled);
 struct GraphStats {
   int64_t instantiated = 0, updated = 0, launched = 0;
+  int64_t refused = 0;  // recordings discarded because something in them would wait
 };
 GraphStats graph_stats(Ops<float>& ops);
 

@@ -77,6 +77,9 @@ class CudaOps final : public Ops<float> {
   // Inside a step's recording: discards it and throws, naming `what` (which would wait for
   // the GPU, which a recording cannot).
   void refuse_in_graph(const char* what);
+  // Turns recording off (saying so in the log) when most recordings were instantiated
+  // afresh or refused.
+  void give_up_graphs_if_they_do_not_pay();
   // Whether a product of `products` multiply-adds over `elements` operand elements runs on
   // bfloat16 copies of its operands (Bf16Operands).
   bool bf16_operands_for(int64_t products, int64_t elements) const;

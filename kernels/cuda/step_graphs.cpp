@@ -24,6 +24,7 @@ void StepGraphs::begin() {
 void StepGraphs::abort() {
   if (!capturing_) return;
   capturing_ = false;
+  ++stats_.refused;
   cudaGraph_t g = nullptr;
   cudaStreamEndCapture(stream_, &g);
   if (g) cudaGraphDestroy(g);
