@@ -142,10 +142,17 @@ struct PerceiverAR<T>::Acts {
     dfc1 = c.take<T>(BM * F);
     dact = c.take<T>(BM * F);
     dlogits = c.take<T>(BM * V);
-    dh = c.take<T>(BN * d);
-    dkvn = c.take<T>(BN * d);
+    // The input side's gradients live where buffers already dead by then were, when those
+    // hold them (dc >= d/2: up to 2 tensor-parallel ranks), 1 GiB at N = 131072, d = 1024:
+    // dkvn (written by the key/value projections' backward) in the keys and values, which
+    // the attention's backward read last; dh (written by LN_kv's backward) in their
+    // gradients dck and dcv, which the projections' backward read last. dh is also the
+    // forward's scratch (absolute positions), while dck and dcv hold nothing.
+    const bool reuse = 2 * dc >= I(d);
     dck = c.take<T>(BN * dc);
     dcv = c.take<T>(BN * dc);
+    dkvn = reuse ? ck : c.take<T>(BN * d);
+    dh = reuse ? dck : c.take<T>(BN * d);
   }
 };
 

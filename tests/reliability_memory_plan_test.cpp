@@ -226,7 +226,7 @@ TEST(ReliabilityMemoryPlan, RefusesWhatItsCgroupCannotHold) {
 TEST(ReliabilityMemoryPlan, PlanMatchesTheMeasuredPeakOfBench) {
   TempDir dir;
   const std::string base = cat("bench --config ", quote(testing_util::configs_dir() + "cpu-131k.ini"),
-                               " --context-length 4096 --steps 1 --warmup 0 --gemm-size 256");
+                               " --context-length 6144 --steps 1 --warmup 0 --gemm-size 256");
   struct Case {
     int ranks;
     std::string args;
