@@ -301,8 +301,10 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
     const TokenAttentionShape s{rows, Hc, Dc, rot_cross_.bands, cfg_.vocab_size, b.group,
                                 b.group_pos, group_stride_,
                                 std::max<int64_t>(0, T_ - cfg_.context_length), scale};
-    if (ops_.token_attention_forward(s, b.q, b.key_table, b.value_table, b.group_cos,
-                                     b.group_sin, b.att, b.lse)) {
+    if (nq == 1 && batch > 1 ? grouped_attention_of_distinct_tokens(s)
+                             : ops_.token_attention_forward(s, b.q, b.key_table, b.value_table,
+                                                            b.group_cos, b.group_sin, b.att,
+                                                            b.lse)) {
       att_layout = LseLayout{1, rows};
       first_part = false;
       // The shared cache's rows after the groups (one sample) or none (the prompt is all
@@ -337,6 +339,48 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
     part(LseLayout{batch, nq}, [&](T* o, T* lse) { ops_.attention_forward(own, b.q, own_k_, own_v_, o, lse); });
   }
   PAR_ASSERT(!first_part, "a window with no keys");
+}
+
+// The attention of the samples' newest latents over the grouped keys (the shape `s`, K
+// queries), into b.att and b.lse, as Ops::token_attention_forward; false when the backend
+// declines. A latent's query depends on its input's token and position alone, so samples
+// whose newest tokens are equal (often, when a model is sure of the next token) ask the
+// same question of the same keys: only one query per distinct token is attended, and the
+// answers are copied to every sample that asked (as rows are, with embedding_forward).
+template <typename T>
+bool Decoder<T>::grouped_attention_of_distinct_tokens(const TokenAttentionShape& s) {
+  const int64_t K = samples(), d = cfg_.d_model, Hc = cfg_.cross_heads;
+  Buffers& b = *b_;
+  std::vector<int32_t> first_of;  // per distinct token: the first sample with it
+  std::vector<int32_t> which(static_cast<size_t>(K));  // per sample: its distinct token
+  for (int64_t k = 0; k < K; ++k) {
+    const int32_t t = seqs_[size_t(k)].tokens.back();
+    size_t u = 0;
+    while (u < first_of.size() && seqs_[size_t(first_of[u])].tokens.back() != t) ++u;
+    if (u == first_of.size()) first_of.push_back(int32_t(k));
+    which[size_t(k)] = int32_t(u);
+  }
+  const int64_t D = int64_t(first_of.size());
+  if (D == K)
+    return ops_.token_attention_forward(s, b.q, b.key_table, b.value_table, b.group_cos,
+                                        b.group_sin, b.att, b.lse);
+  // The distinct queries into b.tmp, their attention into b.x and b.lse2 ([Hc, D]), then
+  // every sample's rows of b.att and entries of b.lse ([Hc, K]) from them.
+  std::vector<int32_t> lse_of(static_cast<size_t>(Hc * K));
+  for (int64_t h = 0; h < Hc; ++h)
+    for (int64_t k = 0; k < K; ++k) lse_of[size_t(h * K + k)] = int32_t(h * D) + which[size_t(k)];
+  ops_.upload(b.dedup_ids, first_of.data(), size_t(D) * sizeof(int32_t));
+  ops_.upload(b.dedup_ids + K, which.data(), size_t(K) * sizeof(int32_t));
+  ops_.upload(b.dedup_ids + 2 * K, lse_of.data(), lse_of.size() * sizeof(int32_t));
+  ops_.embedding_forward(b.tmp, b.dedup_ids, b.q, D, d);
+  TokenAttentionShape distinct = s;
+  distinct.nq = D;
+  if (!ops_.token_attention_forward(distinct, b.tmp, b.key_table, b.value_table, b.group_cos,
+                                    b.group_sin, b.x, b.lse2))
+    return false;
+  ops_.embedding_forward(b.att, b.dedup_ids + K, b.x, K, d);
+  ops_.embedding_forward(b.lse, b.dedup_ids + 2 * K, b.lse2, Hc * K, 1);
+  return true;
 }
 
 // The latent on the newest input of every sample (already in the cross caches) through

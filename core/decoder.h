@@ -117,6 +117,7 @@ class Decoder {
   void refill_from_cache(int64_t num_latents);
   void cross_attend_latents(int64_t batch, int64_t num_latents);
   void attend_windows(int64_t batch, int64_t nq);
+  bool grouped_attention_of_distinct_tokens(const TokenAttentionShape& s);
   void push_inputs(int64_t position);
   void group_window(int64_t first, int64_t count);
   void reserve_own();

@@ -40,6 +40,7 @@ struct Decoder<T>::Buffers {
   // sample; R = K * M latent rows, E = max(N, K, V) input rows.
   int32_t* tokens;       // [max(E, R)]
   int32_t* pos_ids;      // [max(E, R)]: document positions (absolute positions only)
+  int32_t* dedup_ids;    // [(2 + Hc) K]: samples asking the same question (several, token tables)
   int64_t* latent_pos;   // [max(M, K)]
   T *h, *kvn, *kv_mu, *kv_rs;          // [E, d], [E]
   T *zin, *z0, *qn, *q, *k, *v, *att, *tmp, *x, *ln;  // [R, d]
@@ -78,6 +79,7 @@ struct Decoder<T>::Buffers {
     self_pos = c.take<int64_t>(M);
     tokens = c.take<int32_t>(std::max(E, R));
     pos_ids = c.take<int32_t>(cfg.absolute_positions() ? std::max(E, R) : 0);
+    dedup_ids = c.take<int32_t>(K > 1 && token_tables ? (2 + cfg.cross_heads) * K : 0);
     latent_pos = c.take<int64_t>(std::max(M, K));
     h = c.take<T>(E * d);
     kvn = c.take<T>(E * d);

@@ -231,6 +231,44 @@ void check_samples_equal_single_runs(bool cached, TokenTables tables, double tol
   ops.deallocate(params);
 }
 
+// Samples whose newest tokens are equal share the grouped keys' attention (one query per
+// distinct token): samples 0 and 2 always draw the same token, and every third step all
+// three do. Each still equals its single run, and the token attention saw fewer queries.
+TEST(DecoderSamples, SamplesWithEqualTokensEqualSingleRuns) {
+  const ModelConfig c = config();
+  cpu::CpuOps<double> cpu;
+  double* params = upload_params(cpu, params_for<double>(c, 29));
+  const int64_t K = 3, V = c.vocab_size;
+  testing_util::TokenAttentionCalls<double> ops(cpu);
+  Decoder<double> batch(c, ops, params, true, TokenTables::kOn, K);
+  std::vector<std::unique_ptr<Decoder<double>>> single;
+  for (int64_t k = 0; k < K; ++k)
+    single.push_back(std::make_unique<Decoder<double>>(c, cpu, params, true, TokenTables::kOn));
+  const std::vector<int32_t> prompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
+  batch.start(prompt);
+  for (auto& s : single) s->start(prompt);
+  int64_t steps = 0;
+  for (int step = 0; step < 60; ++step) {  // 70 tokens: the window slides past N = 64
+    std::vector<int32_t> next;
+    for (int64_t k = 0; k < K; ++k)
+      next.push_back(int32_t(step % 3 == 0 ? (step * 7 + 3) % 19 : (step * 7 + (k % 2) * 5 + 3) % 19));
+    for (int64_t k = 0; k < K; ++k) single[size_t(k)]->append(next[size_t(k)]);
+    batch.append(next);
+    ++steps;
+    for (int64_t k = 0; k < K; ++k) {
+      const std::vector<double> row(batch.logits().begin() + k * V, batch.logits().begin() + (k + 1) * V);
+      ASSERT_LE(max_rel(row, single[size_t(k)]->logits()), 1e-12) << "step " << step << " sample " << k;
+    }
+  }
+  // Shared, a step asks 2 distinct questions, every third step 1 (5/3 a step), and the
+  // few refills past N ask K * M/2 = 12 each: under 7/3 a call. Not shared, the steps
+  // alone ask K = 3.
+  EXPECT_GT(ops.taken, steps / 2);
+  EXPECT_LE(ops.queries * 3, ops.taken * 7) << "the equal samples' queries were not shared ("
+                                            << ops.queries << " in " << ops.taken << " calls)";
+  cpu.deallocate(params);
+}
+
 TEST(DecoderSamples, EqualSingleRunsCachedDouble) {
   check_samples_equal_single_runs<double>(true, TokenTables::kOff, 1e-12);
 }

@@ -28,12 +28,14 @@ class TokenAttentionCalls final : public ForwardingOps<T> {
       ++declined;
     } else {
       ++taken;
+      queries += s.nq;
       if (declined > 0) ++taken_after_decline;
     }
     return through;
   }
 
   int64_t taken = 0, declined = 0, taken_after_decline = 0;
+  int64_t queries = 0;  // of the calls taken
 
  private:
   int64_t max_queries_;
