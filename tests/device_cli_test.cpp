@@ -88,36 +88,32 @@ class LocalBackendRun : public ::testing::Test {
                  cat("sample --checkpoint ", model,
                      " --prompt abc --tokens 5 --temperature 0 --format ids")};
   }
+  // Command c with each of `options` gives the output it gives without them.
+  void expect_same_output(const std::string& c, const std::vector<std::string>& options) {
+    SCOPED_TRACE(c);
+    const testing_util::ParRun plain = run_par(dir_, c);
+    ASSERT_EQ(plain.rc, 0) << plain.err;
+    EXPECT_FALSE(plain.out.empty());
+    for (const std::string& o : options) {
+      const testing_util::ParRun with = run_par(dir_, c + " " + o);
+      ASSERT_EQ(with.rc, 0) << o << ": " << with.err;
+      EXPECT_EQ(with.out, plain.out) << o;
+    }
+  }
   TempDir dir_;
   std::vector<std::string> commands_;
 };
 
 // --cuda-graphs off is accepted on the CPU, where there are no graphs: the same tokens.
 TEST_F(LocalBackendRun, CudaGraphsOffChangesNothingOnTheCpu) {
-  const std::string& c = commands_[1];  // sample
-  const testing_util::ParRun plain = run_par(dir_, c);
-  ASSERT_EQ(plain.rc, 0) << plain.err;
-  const testing_util::ParRun off = run_par(dir_, c + " --cuda-graphs off");
-  ASSERT_EQ(off.rc, 0) << off.err;
-  EXPECT_FALSE(plain.out.empty());
-  EXPECT_EQ(off.out, plain.out);
+  expect_same_output(commands_[1], {"--cuda-graphs off"});  // sample
 }
 
 // As in train, --attention blocked (and auto, the default) is accepted on the CPU and
 // changes nothing there (the CPU has one attention): the same output as without it.
 TEST_F(LocalBackendRun, AttentionBlockedIsAcceptedOnTheCpu) {
-  for (const std::string& c : commands_) {
-    SCOPED_TRACE(c);
-    const testing_util::ParRun plain = run_par(dir_, c);
-    ASSERT_EQ(plain.rc, 0) << plain.err;
-    const testing_util::ParRun blocked = run_par(dir_, c + " --device cpu --attention blocked");
-    ASSERT_EQ(blocked.rc, 0) << blocked.err;
-    EXPECT_FALSE(plain.out.empty());
-    EXPECT_EQ(blocked.out, plain.out);
-    const testing_util::ParRun automatic = run_par(dir_, c + " --device cpu --attention auto");
-    ASSERT_EQ(automatic.rc, 0) << automatic.err;
-    EXPECT_EQ(automatic.out, plain.out);
-  }
+  for (const std::string& c : commands_)
+    expect_same_output(c, {"--device cpu --attention blocked", "--device cpu --attention auto"});
 }
 
 // On a GPU the kernel choice reaches the CUDA backend: its description in the log says
