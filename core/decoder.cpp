@@ -155,7 +155,7 @@ void Decoder<T>::start(std::vector<int32_t> prompt) {
   saved_for_length_ = -1;
   saved_rows_ = 0;
   // Every sample starts from the same window: one pass, whose caches and logits they share.
-  const int64_t L = std::min<int64_t>(std::max<int64_t>(1, cfg_.num_latents / 2), length());
+  const int64_t L = std::min(refill_latents(), length());
   full_pass(0, L);
   if (token_tables_) group_window(0, length());
   const int64_t K = samples(), V = cfg_.vocab_size, d = cfg_.d_model, M = cfg_.num_latents;
@@ -190,7 +190,7 @@ void Decoder<T>::append(const std::vector<int32_t>& tokens) {
     }
   }
   const int64_t window = std::min<int64_t>(length(), cfg_.context_length);
-  const int64_t refill = std::min<int64_t>(std::max<int64_t>(1, cfg_.num_latents / 2), window);
+  const int64_t refill = std::min(refill_latents(), window);
   if (!cached_) {
     const int64_t L = latents_ == cfg_.num_latents ? refill : latents_ + 1, before = refills_;
     for (int64_t k = 0; k < samples(); ++k) full_pass(k, L);
@@ -397,10 +397,11 @@ void Decoder<T>::incremental(int64_t position) {
   ++latents_;
 }
 
-// A step's device work, given as one capture where the backend records (step_key: the
-// parts that change the recorded topology). A refused recording ran none of it: the step is
-// given again as it is, which it may be, since it writes only what it computes from the
-// caches and the new inputs.
+// A step's device work, given as one capture where the backend records, under a key naming
+// the parts that change what is recorded. A refused recording ran none of it (on a
+// backend that records; one that does not has run some): the step is given again as it
+// is, which it may be, since it writes only what it computes from the caches and the new
+// inputs.
 template <typename T>
 template <typename F>
 void Decoder<T>::run_step(const F& step) {
@@ -439,7 +440,7 @@ int64_t Decoder<T>::refill_row(int64_t position) {
   // it, and the append after them refills with the last L inputs (append()).
   const int64_t refill_length = position + 1 + M - latents_;
   if (refill_length > N) return -1;
-  const int64_t L = std::min(std::max<int64_t>(1, M / 2), refill_length);
+  const int64_t L = std::min(refill_latents(), refill_length);
   const int64_t row = position - (refill_length - L);
   if (row < 0 || row >= L - 1) return -1;  // not among that refill's latents, or its newest
   if (saved_for_length_ != refill_length) {
@@ -453,7 +454,7 @@ int64_t Decoder<T>::refill_row(int64_t position) {
 // This step's cross-attention (b.z0, b.att) into row `row` of every sample's block.
 template <typename T>
 void Decoder<T>::save_for_refill(int64_t row) {
-  const int64_t d = cfg_.d_model, K = samples(), cap = std::max<int64_t>(1, cfg_.num_latents / 2);
+  const int64_t d = cfg_.d_model, K = samples(), cap = refill_latents();
   Buffers& b = *b_;
   ops_.copy_blocks(b.saved_att + row * d, cap * d, b.att, d, K, d, false);
   ops_.copy_blocks(b.saved_z0 + row * d, cap * d, b.z0, d, K, d, false);
@@ -463,15 +464,13 @@ void Decoder<T>::save_for_refill(int64_t row) {
 // when the steps saved all L - 1 (false: nothing done).
 template <typename T>
 bool Decoder<T>::refill_from_steps(int64_t L) {
-  const int64_t T_ = length(), d = cfg_.d_model, M = cfg_.num_latents, K = samples();
+  const int64_t T_ = length(), d = cfg_.d_model, K = samples(), cap = refill_latents();
   if (T_ != saved_for_length_ || saved_rows_ != L - 1) return false;
   saved_for_length_ = -1;
-  const int64_t cap = std::max<int64_t>(1, M / 2);
   // The newest latent as a step's, then into the last row of every sample's block.
   cross_attend_newest(T_ - 1);
+  save_for_refill(L - 1);
   Buffers& b = *b_;
-  ops_.copy_blocks(b.saved_att + (L - 1) * d, cap * d, b.att, d, K, d, false);
-  ops_.copy_blocks(b.saved_z0 + (L - 1) * d, cap * d, b.z0, d, K, d, false);
   ops_.copy_blocks(b.att, L * d, b.saved_att, cap * d, K, L * d, false);
   ops_.copy_blocks(b.z0, L * d, b.saved_z0, cap * d, K, L * d, false);
   latents_ = L;

@@ -54,6 +54,7 @@
 // the token, so there are no token tables.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -113,6 +114,8 @@ class Decoder {
     int64_t carry = 0;
   };
   void make_token_tables();
+  // A refill's latents at most: M/2, at least 1.
+  int64_t refill_latents() const { return std::max<int64_t>(1, cfg_.num_latents / 2); }
   void full_pass(int64_t sample, int64_t num_latents);
   void refill_from_cache(int64_t num_latents);
   void cross_attend_latents(int64_t batch, int64_t num_latents);
