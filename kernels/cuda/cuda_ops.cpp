@@ -21,8 +21,9 @@ constexpr size_t kCublasWorkspace = size_t(32) << 20;
 // (decoding uploads a token and its position every step); larger ones wait.
 constexpr size_t kStagingBytes = size_t(1) << 20;
 constexpr size_t kStagedUploadMax = size_t(64) << 10;
-// Recordings instantiated afresh (not updated in place) before end_graph may give up.
-constexpr int64_t kGraphInstantiationsBeforeGivingUp = 32;
+// Recordings instantiated afresh (not updated in place) or refused before the backend may
+// give recording up (give_up_graphs_if_they_do_not_pay).
+constexpr int64_t kCostlyRecordingsBeforeGivingUp = 32;
 
 std::string gib(int64_t bytes) { return cat(double(bytes) / double(int64_t(1) << 30), " GiB"); }
 
@@ -215,7 +216,7 @@ void CudaOps::end_graph(uint64_t key) {
 void CudaOps::give_up_graphs_if_they_do_not_pay() {
   const GraphStats& st = graphs_->stats();
   const int64_t costly = st.instantiated + st.refused;
-  if (costly < kGraphInstantiationsBeforeGivingUp || 2 * costly <= st.updated) return;
+  if (costly < kCostlyRecordingsBeforeGivingUp || 2 * costly <= st.updated) return;
   graphs_on_ = false;
   backend_log(LogLevel::kWarning,
               cat("CUDA graphs off: of ", costly + st.updated, " recorded steps, ",
@@ -337,15 +338,7 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
                    float* c, int64_t ldc) {
   use_device();
-  RowMajorGemm g;
-  g.trans_a = trans_a;
-  g.trans_b = trans_b;
-  g.m = m, g.n = n, g.k = k;
-  g.a = a, g.lda = lda;
-  g.b = b, g.ldb = ldb;
-  g.c = c, g.ldc = ldc;
-  g.alpha = alpha, g.beta = beta;
-  gemm_row_major(g);
+  gemm_row_major(row_major_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc));
 }
 
 void CudaOps::linear_forward(float* y, const float* x, const float* w, const float* b,
@@ -360,30 +353,20 @@ void CudaOps::linear_backward(float* dx, bool accumulate_dx, float* dw, float* d
                               const float* dy, const float* x, const float* w, int64_t rows,
                               int64_t in, int64_t out) {
   use_device();
+  const RowMajorGemm gdx = row_major_gemm(false, false, rows, in, out, 1.0f, dy, out, w, in,
+                                          accumulate_dx ? 1.0f : 0.0f, dx, in);
+  const RowMajorGemm gdw = row_major_gemm(true, false, out, in, rows, 1.0f, dy, out, x, in, 1.0f,
+                                          dw, in);
   // Both products read dy: where they run on bfloat16 copies, dy is converted once.
-  const int64_t products = (dx ? 1 : 0) * rows * in * out + (dw ? 1 : 0) * rows * in * out;
+  const int64_t products = (int64_t(dx != nullptr) + int64_t(dw != nullptr)) * rows * in * out;
   const int64_t elements = rows * out + (dx ? out * in : 0) + (dw ? rows * in : 0);
-  if ((dx || dw) && rows > 0 && in > 0 && out > 0 && bf16_operands_for(products, elements)) {
-    const uint16_t* dy16 = bf16_copy(kBf16A, dy, StoredOperand{rows, out, out});
-    if (dx) {
-      RowMajorGemm g;  // dx[rows, in] = dy[rows, out] w[out, in]
-      g.m = rows, g.n = in, g.k = out;
-      g.a = dy, g.lda = out, g.b = w, g.ldb = in, g.c = dx, g.ldc = in;
-      g.beta = accumulate_dx ? 1.0f : 0.0f;
-      gemm_bf16(g, dy16, bf16_copy(kBf16B, w, stored_b(g)));
-    }
-    if (dw) {
-      RowMajorGemm g;  // dw[out, in] += dy^T x
-      g.trans_a = true;
-      g.m = out, g.n = in, g.k = rows;
-      g.a = dy, g.lda = out, g.b = x, g.ldb = in, g.c = dw, g.ldc = in;
-      g.beta = 1.0f;
-      gemm_bf16(g, dy16, bf16_copy(kBf16B, x, stored_b(g)));
-    }
+  if (products > 0 && bf16_operands_for(products, elements)) {
+    const uint16_t* dy16 = bf16_copy(kBf16A, dy, stored_a(gdx));  // stored_a(gdw) too
+    if (dx) gemm_bf16(gdx, dy16, bf16_copy(kBf16B, w, stored_b(gdx)));
+    if (dw) gemm_bf16(gdw, dy16, bf16_copy(kBf16B, x, stored_b(gdw)));
   } else {
-    if (dx) gemm(false, false, rows, in, out, 1.0f, dy, out, w, in,
-                 accumulate_dx ? 1.0f : 0.0f, dx, in);
-    if (dw) gemm(true, false, out, in, rows, 1.0f, dy, out, x, in, 1.0f, dw, in);
+    if (dx) gemm_row_major(gdx);
+    if (dw) gemm_row_major(gdw);
   }
   if (db && rows > 0 && out > 0) {
     auto* partial = static_cast<float*>(

@@ -26,6 +26,21 @@ struct RowMajorGemm {
   int64_t batch = 1;
 };
 
+// One product (batch 1), in the order of the arguments of Ops::gemm.
+inline RowMajorGemm row_major_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                                   float alpha, const float* a, int64_t lda, const float* b,
+                                   int64_t ldb, float beta, float* c, int64_t ldc) {
+  RowMajorGemm g;
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.m = m, g.n = n, g.k = k;
+  g.a = a, g.lda = lda;
+  g.b = b, g.ldb = ldb;
+  g.c = c, g.ldc = ldc;
+  g.alpha = alpha, g.beta = beta;
+  return g;
+}
+
 // The same product in BLAS (column-major) terms: C = alpha op(first) op(second) + beta C,
 // C of m rows and n columns.
 struct ColumnMajorGemm {
