@@ -71,6 +71,11 @@ void PositionTable<T>::add(T* h, const int32_t* positions, int64_t rows, int32_t
   if (rows == 0) return;
   reserve(*std::max_element(positions, positions + rows));
   ops_.upload(ids, positions, size_t(rows) * sizeof(int32_t));
+  add_uploaded(h, rows, ids, scratch);
+}
+
+template <typename T>
+void PositionTable<T>::add_uploaded(T* h, int64_t rows, const int32_t* ids, T* scratch) {
   ops_.embedding_forward(scratch, ids, table_, rows, d_);
   ops_.add(h, scratch, rows * d_);
 }

@@ -44,6 +44,8 @@ class PositionTable {
   // h[r] += P[positions[r]] for r < rows. positions: host; ids: backend memory for `rows`
   // int32; scratch: backend memory for [rows, d].
   void add(T* h, const int32_t* positions, int64_t rows, int32_t* ids, T* scratch);
+  // The same with the positions already in ids (backend memory), as add left them.
+  void add_uploaded(T* h, int64_t rows, const int32_t* ids, T* scratch);
   int64_t capacity() const { return rows_; }
 
  private:

@@ -90,12 +90,17 @@ struct PerceiverAR<T>::Acts {
     query_sin = c.take<T>(M * cross_bands);
     self_cos = c.take<T>(M * self_bands);
     self_sin = c.take<T>(M * self_bands);
-    h = c.take<T>(BN * d);
+    // Where the keys and values together hold a [BN, d] tensor (dc >= d/2: up to 2
+    // tensor-parallel ranks), buffers dead by then live in them: the embeddings h until
+    // LN_kv has read them (the projections then write the keys and values; the backward
+    // gathers h again, into kvn), and later the gradient dkvn (below).
+    const bool reuse = 2 * dc >= I(d);
+    ck = c.take<T>(BN * dc);
+    cv = c.take<T>(BN * dc);
+    h = reuse ? ck : c.take<T>(BN * d);
     kvn = c.take<T>(BN * d);
     kv_mu = c.take<T>(BN);
     kv_rs = c.take<T>(BN);
-    ck = c.take<T>(BN * dc);
-    cv = c.take<T>(BN * dc);
     zin = c.take<T>(BM * d);
     z0 = c.take<T>(BM * d);
     qn = c.take<T>(BM * d);
@@ -142,13 +147,12 @@ struct PerceiverAR<T>::Acts {
     dfc1 = c.take<T>(BM * F);
     dact = c.take<T>(BM * F);
     dlogits = c.take<T>(BM * V);
-    // The input side's gradients live where buffers already dead by then were, when those
-    // hold them (dc >= d/2: up to 2 tensor-parallel ranks), 1 GiB at N = 131072, d = 1024:
-    // dkvn (written by the key/value projections' backward) in the keys and values, which
-    // the attention's backward read last; dh (written by LN_kv's backward) in their
-    // gradients dck and dcv, which the projections' backward read last. dh is also the
-    // forward's scratch (absolute positions), while dck and dcv hold nothing.
-    const bool reuse = 2 * dc >= I(d);
+    // The input side's gradients, likewise (1 GiB at N = 131072, d = 1024): dkvn (written by
+    // the key/value projections' backward) in the keys and values, which the attention's
+    // backward read last; dh (written by LN_kv's backward) in their gradients dck and dcv,
+    // which the projections' backward read last. dh is also scratch for the embeddings'
+    // absolute positions, in the forward and when the backward gathers h again, while
+    // dck and dcv hold nothing.
     dck = c.take<T>(BN * dc);
     dcv = c.take<T>(BN * dc);
     dkvn = reuse ? ck : c.take<T>(BN * d);
@@ -337,13 +341,9 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   ops_.key_keep_mask(a.keep, a.tokens, B, Nl, cols, cad,
                      DropoutKey{ctx.seed, ctx.step, DropSite::kCrossAttend}, ctx.example_base,
                      pos0_);
-  const CrossRef<T>& cp = p_.cross;
-  cross_keys_values(ops_, cp, a.h, B * Nl, d, dc, NormActs<T>{a.kvn, a.kv_mu, a.kv_rs}, a.ck,
-                    a.cv);
-  ops_.rotary(a.ck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
-
-  // The latents' embeddings: on the last rank; or, when they span several ranks, each
-  // contributes its rows of [M, d] (zeros elsewhere) to a sum.
+  // The latents' embeddings (before the keys and values, which may overwrite h): on the
+  // last rank; or, when they span several ranks, each contributes its rows of [M, d]
+  // (zeros elsewhere) to a sum.
   if (latents_split_) {
     ops_.fill(a.zin, BM * d, T(0));
     if (latent_count_ > 0)
@@ -353,6 +353,11 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   } else if (holds_latents()) {
     ops_.copy_blocks(a.zin, M * d, a.h + (Nl - M) * d, Nl * d, B, M * d, false);
   }
+  const CrossRef<T>& cp = p_.cross;
+  cross_keys_values(ops_, cp, a.h, B * Nl, d, dc, NormActs<T>{a.kvn, a.kv_mu, a.kv_rs}, a.ck,
+                    a.cv);
+  ops_.rotary(a.ck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
+
   // The latent queries: z_linear of the latents' embeddings (on the last rank).
   if (holds_latents()) {
     cross_queries(ops_, cp, a.zin, BM, d, dc, a.z0, NormActs<T>{a.qn, a.qn_mu, a.qn_rs}, a.cq);
@@ -507,7 +512,16 @@ void PerceiverAR<T>::cross_attention_backward(T* dx) {
                        d, dc);
   ops_.linear_backward(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv, a.kvn, cp.attn.v.w, BN, d,
                        dc);
-  ops_.layernorm_backward(a.dh, false, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, a.h, a.kv_mu, a.kv_rs,
+  // LN_kv's input h: where the keys and values took its place, gathered again (as the
+  // forward did, to the same bits) into kvn, which the projections' backward read last.
+  const T* h = a.h;
+  if (a.h == a.ck) {
+    for (int64_t b = 0; b < B; ++b)
+      ops_.embedding_forward(a.kvn + b * Nl * d, a.tokens + b * cols, p_.embed, Nl, d);
+    if (positions_) positions_->add_uploaded(a.kvn, B * Nl, a.doc_pos, a.dh);
+    h = a.kvn;
+  }
+  ops_.layernorm_backward(a.dh, false, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, h, a.kv_mu, a.kv_rs,
                           cp.ln_kv.w, BN, d);
 
   if (holds_latents()) {
