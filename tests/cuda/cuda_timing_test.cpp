@@ -1,7 +1,8 @@
 // Timings, not tests (DISABLED_ unless asked for: tools/gpu_check.sh runs them with
 // --gtest_also_run_disabled_tests): the rate of a large matrix product in each precision,
 // the input-side linear layer and the cross-attention of the ~100M-parameter config
-// (N = 131072 keys, M = 1024 latent queries, 16 heads of 64), forward and backward.
+// (N = 131072 keys, M = 1024 latent queries, 16 heads of 64), forward and backward, and
+// the LayerNorm backward.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -84,6 +85,33 @@ TEST(CudaTiming, DISABLED_MatmulRates) {
     std::printf("timing linear 131072x1024->2048 %s: forward %.2f ms (%.1f TFLOP/s), "
                 "backward %.2f ms (%.1f TFLOP/s)\n",
                 mode.name, lin, f / lin / 1e9, back, 2 * f / back / 1e9);
+  }
+}
+
+// The LayerNorm backward of the 100M config: the latents' [1024, 1024] (about 15 such
+// calls a step) and the inputs' [131072, 1024] (one), each with its parameter gradients.
+TEST(CudaTiming, DISABLED_LayerNormBackward) {
+  PAR_SKIP_WITHOUT_GPU();
+  auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kBF16);  // float32 whatever the mode
+  const int64_t d = 1024;
+  for (int64_t rows : {int64_t(1024), int64_t(131072)}) {
+    DeviceArray<float> x(*ops, size_t(rows * d)), dy(*ops, size_t(rows * d)),
+        y(*ops, size_t(rows * d)), dx(*ops, size_t(rows * d)), mean(*ops, size_t(rows)),
+        rstd(*ops, size_t(rows)), w(*ops, size_t(d)), b(*ops, size_t(d)), dw(*ops, size_t(d)),
+        db(*ops, size_t(d));
+    fill_pattern(*ops, x.get(), rows * d, 9);
+    fill_pattern(*ops, dy.get(), rows * d, 10);
+    fill_pattern(*ops, w.get(), d, 11);
+    fill_pattern(*ops, b.get(), d, 12);
+    ops->layernorm_forward(y.get(), mean.get(), rstd.get(), x.get(), w.get(), b.get(), rows, d,
+                           1e-5);
+    const double ms = best_ms(*ops, 5, [&] {
+      ops->layernorm_backward(dx.get(), false, dw.get(), db.get(), dy.get(), x.get(), mean.get(),
+                              rstd.get(), w.get(), rows, d);
+    });
+    std::printf("timing layernorm_backward %lldx%lld: %.3f ms (%.0f GB/s of x, dy and dx)\n",
+                static_cast<long long>(rows), static_cast<long long>(d), ms,
+                3.0 * double(rows) * double(d) * 4 / ms / 1e6);
   }
 }
 
