@@ -1,0 +1,169 @@
+// Decoder: the cross-attention of latents over their windows -- in up to three parts (the
+// keys grouped by token, the shared cross cache, the samples' own keys) merged by their
+// log-sum-exps -- for a refill's latents and for a step's newest latent, whose samples
+// share one query per distinct token over the grouped keys.
+#include <cmath>
+#include <functional>
+#include <vector>
+
+#include "core/attention_merge.h"
+#include "core/blocks.h"
+#include "core/decoder_buffers.h"
+#include "core/error.h"
+
+namespace par {
+
+// L latents on the last L inputs of each of `batch` samples (embeddings in b.zin) through
+// the cross-attention over their windows; leaves z0 and the attention output (b.att) for
+// latent_stack.
+template <typename T>
+void Decoder<T>::cross_attend_latents(int64_t batch, int64_t L) {
+  const int64_t T_ = length(), d = cfg_.d_model;
+  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  Buffers& b = *b_;
+  const CrossRef<T>& cp = p_.cross;
+  // The latents' positions; one latent: once per sample (attend_windows).
+  std::vector<int64_t> lpos(static_cast<size_t>(L == 1 ? batch : L));
+  for (size_t i = 0; i < lpos.size(); ++i) lpos[i] = L == 1 ? T_ - 1 : T_ - L + int64_t(i);
+  ops_.upload(b.latent_pos, lpos.data(), lpos.size() * sizeof(int64_t));
+  cross_queries(ops_, cp, b.zin, batch * L, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
+  rotary_at(b.q, batch, L, Hc, Dc, rot_cross_, T_ - L);
+  attend_windows(batch, L);
+  latents_ = L;
+  ++refills_;
+}
+
+// The cross-attention of nq queries of each of `batch` samples (b.q, rotated; positions in
+// b.latent_pos, the same for every sample, and with nq = 1 repeated for each) over the
+// sample's window, in up to three parts merged by their log-sum-exps: the keys grouped by
+// token (token tables), the shared cross cache (the keys after the groups with one sample;
+// all of it without token tables), and the samples' own entries. Output in b.att.
+template <typename T>
+void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
+  const int64_t d = cfg_.d_model, rows = batch * nq, T_ = length();
+  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  const double scale = 1.0 / std::sqrt(double(Dc));
+  Buffers& b = *b_;
+  bool first_part = true;
+  LseLayout att_layout;  // of b.lse
+  // Every part after the first is written to b.tmp and b.lse2 and merged into b.att.
+  auto part = [&](LseLayout layout, const std::function<void(T*, T*)>& attend) {
+    attend(first_part ? b.att : b.tmp, first_part ? b.lse : b.lse2);
+    if (!first_part)
+      merge_attention(ops_, rows, Hc, Dc, b.att, b.lse, att_layout, b.tmp, b.lse2, layout);
+    else
+      att_layout = layout;
+    first_part = false;
+  };
+  int64_t shared_from = cross_head_, shared_count = cross_count_;
+  if (token_tables_ && groups_end_ > 0) {
+    const TokenAttentionShape s{rows, Hc, Dc, rot_cross_.bands, cfg_.vocab_size, b.group,
+                                b.group_pos, group_stride_,
+                                std::max<int64_t>(0, T_ - cfg_.context_length), scale};
+    if (nq == 1 && batch > 1 ? grouped_attention_of_distinct_tokens(s)
+                             : ops_.token_attention_forward(s, b.q, b.key_table, b.value_table,
+                                                            b.group_cos, b.group_sin, b.att,
+                                                            b.lse)) {
+      att_layout = LseLayout{1, rows};
+      first_part = false;
+      // The shared cache's rows after the groups (one sample) or none (the prompt is all
+      // grouped).
+      const int64_t after = samples() == 1 ? std::min(cross_count_, T_ - groups_end_) : 0;
+      shared_from = cross_head_ + cross_count_ - after;
+      shared_count = after;
+    }
+    // Declined (no kernel, or a shape it is not sized for: a refill's many latents): this
+    // call attends over the shared cache, which holds the whole window with one sample and
+    // the prompt with several; the next call offers the tables again.
+  }
+  const T *shared_k = b.cross_k + shared_from * d, *shared_v = b.cross_v + shared_from * d;
+  if (shared_count > 0) {
+    AttentionShape s{1, nq, shared_count, Hc, Dc, b.latent_pos, b.cross_pos + shared_from,
+                     b.cross_keep + shared_from, scale};
+    if (batch == 1) {
+      part(LseLayout{1, nq}, [&](T* o, T* lse) { ops_.attention_forward(s, b.q, shared_k, shared_v, o, lse); });
+    } else if (nq == 1) {  // the samples' queries (at one position) read the shared keys once
+      s.nq = batch;
+      part(LseLayout{1, batch}, [&](T* o, T* lse) { ops_.attention_forward(s, b.q, shared_k, shared_v, o, lse); });
+    } else {  // a refill: each sample's latents over the shared keys
+      part(LseLayout{batch, nq}, [&](T* o, T* lse) {
+        for (int64_t k = 0; k < batch; ++k)
+          ops_.attention_forward(s, b.q + k * nq * d, shared_k, shared_v, o + k * nq * d,
+                                 lse + k * Hc * nq);
+      });
+    }
+  }
+  if (own_count_ > 0) {  // each sample's own entries: blocks of own_cap_ rows, empty rows not kept
+    const AttentionShape own{batch, nq, own_cap_, Hc, Dc, b.latent_pos, own_pos_, own_keep_, scale};
+    part(LseLayout{batch, nq}, [&](T* o, T* lse) { ops_.attention_forward(own, b.q, own_k_, own_v_, o, lse); });
+  }
+  PAR_ASSERT(!first_part, "a window with no keys");
+}
+
+// The attention of the samples' newest latents over the grouped keys (the shape `s`, K
+// queries), into b.att and b.lse, as Ops::token_attention_forward; false when the backend
+// declines. A latent's query depends on its input's token and position alone, so samples
+// whose newest tokens are equal (often, when a model is sure of the next token) ask the
+// same question of the same keys: only one query per distinct token is attended, and the
+// answers are copied to every sample that asked (as rows are, with embedding_forward).
+template <typename T>
+bool Decoder<T>::grouped_attention_of_distinct_tokens(const TokenAttentionShape& s) {
+  const int64_t K = samples(), d = cfg_.d_model, Hc = cfg_.cross_heads;
+  Buffers& b = *b_;
+  std::vector<int32_t> first_of;  // per distinct token: the first sample with it
+  std::vector<int32_t> which(static_cast<size_t>(K));  // per sample: its distinct token
+  for (int64_t k = 0; k < K; ++k) {
+    const int32_t t = seqs_[size_t(k)].tokens.back();
+    size_t u = 0;
+    while (u < first_of.size() && seqs_[size_t(first_of[u])].tokens.back() != t) ++u;
+    if (u == first_of.size()) first_of.push_back(int32_t(k));
+    which[size_t(k)] = int32_t(u);
+  }
+  const int64_t D = int64_t(first_of.size());
+  if (D == K)
+    return ops_.token_attention_forward(s, b.q, b.key_table, b.value_table, b.group_cos,
+                                        b.group_sin, b.att, b.lse);
+  // The distinct queries into b.tmp, their attention into b.x and b.lse2 ([Hc, D]), then
+  // every sample's rows of b.att and entries of b.lse ([Hc, K]) from them.
+  std::vector<int32_t> lse_of(static_cast<size_t>(Hc * K));
+  for (int64_t h = 0; h < Hc; ++h)
+    for (int64_t k = 0; k < K; ++k) lse_of[size_t(h * K + k)] = int32_t(h * D) + which[size_t(k)];
+  ops_.upload(b.dedup_ids, first_of.data(), size_t(D) * sizeof(int32_t));
+  ops_.upload(b.dedup_ids + K, which.data(), size_t(K) * sizeof(int32_t));
+  ops_.upload(b.dedup_ids + 2 * K, lse_of.data(), lse_of.size() * sizeof(int32_t));
+  ops_.embedding_forward(b.tmp, b.dedup_ids, b.q, D, d);
+  TokenAttentionShape distinct = s;
+  distinct.nq = D;
+  if (!ops_.token_attention_forward(distinct, b.tmp, b.key_table, b.value_table, b.group_cos,
+                                    b.group_sin, b.x, b.lse2))
+    return false;
+  ops_.embedding_forward(b.att, b.dedup_ids + K, b.x, K, d);
+  ops_.embedding_forward(b.lse, b.dedup_ids + 2 * K, b.lse2, Hc * K, 1);
+  return true;
+}
+
+// The cross-attention of the latent on the newest input of every sample (embeddings in
+// b.h): its residual input in b.z0 and its output in b.att, [K, d].
+template <typename T>
+void Decoder<T>::cross_attend_newest(int64_t position) {
+  const int64_t d = cfg_.d_model, K = samples();
+  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  Buffers& b = *b_;
+  const std::vector<int64_t> qpos(static_cast<size_t>(K), position);
+  ops_.upload(b.latent_pos, qpos.data(), qpos.size() * sizeof(int64_t));
+  cross_queries(ops_, p_.cross, b.h, K, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
+  rotary_at(b.q, K, 1, Hc, Dc, rot_cross_, position);
+  attend_windows(K, 1);
+}
+
+// The members defined here, for the element types decoder.cpp instantiates the class with.
+#define PAR_INSTANTIATE(T)                                                                  \
+  template void Decoder<T>::cross_attend_latents(int64_t, int64_t);                         \
+  template void Decoder<T>::attend_windows(int64_t, int64_t);                               \
+  template bool Decoder<T>::grouped_attention_of_distinct_tokens(const TokenAttentionShape&); \
+  template void Decoder<T>::cross_attend_newest(int64_t);
+PAR_INSTANTIATE(float)
+PAR_INSTANTIATE(double)
+#undef PAR_INSTANTIATE
+
+}  // namespace par
