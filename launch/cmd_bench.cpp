@@ -22,7 +22,7 @@ int cmd_bench(int argc, char** argv) {
   BenchOptions b;
   int64_t decode = 0, samples = 1;
   std::string cuda_graphs = "on";
-  bool help = false;
+  bool step_capture = true, help = false;
   job.agree([&] {
     po::options_description opts;
     opts.add(run_options(rc)).add(model_options(mc)).add(optimizer_options(oc));
@@ -55,7 +55,7 @@ int cmd_bench(int argc, char** argv) {
   job.agree([&] {
     if (samples < 1) fail_user("--num-samples must be at least 1");
     if (samples > 1 && decode <= 0) fail_user("--num-samples needs --decode (it counts samples of generation)");
-    parse_cuda_graphs(cuda_graphs);
+    step_capture = parse_cuda_graphs(cuda_graphs);
   });
   if (decode <= 0) return bench_train(job, mc, oc, rc, b);
   job.agree([&] {
@@ -65,7 +65,7 @@ int cmd_bench(int argc, char** argv) {
   Backend backend;
   job.agree([&] { backend = make_local_backend(rc.device, rc.precision, rc.attention); });
   return bench_decode(mc, rc, decode, samples, *backend.ops, b.profile, backend.description,
-                      parse_cuda_graphs(cuda_graphs));
+                      step_capture);
 }
 
 }  // namespace par
