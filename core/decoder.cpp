@@ -262,6 +262,14 @@ void Decoder<T>::run_step(const F& step) {
   } catch (const CaptureRefused&) {
     step();
     return;
+  } catch (const UserError&) {
+    throw;
+  } catch (const std::runtime_error& e) {
+    // A backend failure inside a recording may come from the recording itself: say so, and
+    // how to run without it.
+    throw std::runtime_error(cat(e.what(), " (while the backend recorded a decoding step; "
+                                 "par sample and par bench take --cuda-graphs off to run "
+                                 "the steps unrecorded)"));
   }
   ops_.end_capture(key);
 }

@@ -420,6 +420,45 @@ TEST(DecoderSteps, CapturedStepsEqualPlainSteps) {
   cpu.deallocate(params);
 }
 
+// Any other failure inside a recorded step reaches the caller with the way to run
+// unrecorded; bad input stays a UserError.
+class FailingCaptures final : public ForwardingOps<double> {
+ public:
+  explicit FailingCaptures(Ops<double>& inner) : ForwardingOps<double>(inner) {}
+  void begin_capture() override { capturing_ = true; }
+  void end_capture(uint64_t) override { capturing_ = false; }
+
+ protected:
+  void around(const char* op, const OpCall& call) override {
+    if (capturing_ && std::strcmp(op, "attention_forward") == 0)
+      throw std::runtime_error("the device faulted");
+    call();
+  }
+
+ private:
+  bool capturing_ = false;
+};
+
+TEST(DecoderSteps, AFailureInsideARecordingSaysHowToRunWithoutIt) {
+  const ModelConfig c = config();
+  cpu::CpuOps<double> cpu;
+  double* params = upload_params(cpu, params_for<double>(c, 31));
+  FailingCaptures ops(cpu);
+  Decoder<double> dec(c, ops, params, true, TokenTables::kOff);
+  dec.start({5, 7, 9});
+  try {
+    dec.append(4);
+    ADD_FAILURE() << "the failure was not reported";
+  } catch (const UserError&) {
+    ADD_FAILURE() << "a backend failure reported as bad input";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("the device faulted"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--cuda-graphs off"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(dec.append(99), UserError);  // outside the vocabulary, before any step
+  cpu.deallocate(params);
+}
+
 // The next tokens chosen where the logits are (Decoder::choose, Ops::sample_tokens) are
 // the host's choice on the downloaded logits, for every sample, cached and uncached (whose
 // passes write one sample's row at a time).
