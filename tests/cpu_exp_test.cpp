@@ -1,7 +1,7 @@
 // The CPU attention's exponentials against double-precision references, in ulps of the
 // correctly rounded float: fast_expf (the blocked sgemm path and decoding) and exp2_16 (the
 // fused AVX-512 path, whose scores are in base-2 units). Every 2^k-th float of the ranges
-// the softmax feeds them is checked, so a wrong coefficient or a broken range reduction
+// the softmax feeds them is checked (and exp2_16_short, the token attention's), so a wrong coefficient or a broken range reduction
 // anywhere in the range shows.
 #include <gtest/gtest.h>
 
@@ -78,6 +78,28 @@ TEST(CpuExp, VectorExp2IsWithinOneUlpOnTheSoftmaxRange) {
   for (int i = 0; i < 16; ++i) in[i] = -0.37f * float(i * i);
   _mm512_store_ps(out, cpu::exp2_16(_mm512_load_ps(in)));
   for (int i = 0; i < 16; ++i) EXPECT_LE(ulps(out[i], std::exp2(double(in[i]))), 1.1) << i;
+}
+
+float exp2_short_lane(float y) {
+  alignas(64) float out[16];
+  _mm512_store_ps(out, cpu::exp2_16_short(_mm512_set1_ps(y)));
+  return out[0];
+}
+
+// The token attention's shorter one: within 2.5 ulp on the same range, exact where the
+// polynomial's constant term decides, and 0 far below.
+TEST(CpuExp, ShortVectorExp2IsWithinThreeUlps) {
+  double worst = 0;
+  float worst_y = 0;
+  sweep(-0.0f, -126.0f, 61, [&](float y) {
+    const double u = ulps(exp2_short_lane(y), std::exp2(double(y)));
+    if (u > worst) worst = u, worst_y = y;
+  });
+  EXPECT_LE(worst, 2.5) << "at y = " << worst_y;  // 1.94 on this sweep
+  EXPECT_EQ(exp2_short_lane(0.0f), 1.0f);
+  EXPECT_EQ(exp2_short_lane(-1.0f), 0.5f);
+  EXPECT_EQ(exp2_short_lane(-200.0f), 0.0f);
+  EXPECT_EQ(exp2_short_lane(-1e30f), 0.0f);
 }
 
 TEST(CpuExp, VectorExp2IsExactAtZeroAndVanishesFarBelow) {

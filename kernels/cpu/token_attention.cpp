@@ -53,25 +53,6 @@ struct Item {
   int64_t token, begin, end;
 };
 
-#if defined(__AVX512F__)
-// 2^y for 16 floats, y <= 0 in practice (scores below their running reference): the exp of
-// this kernel's inner loop, which runs once per key, query and head. 8 vector operations,
-// 2 fewer than exp2_16 (kernels/cpu/exp2_avx512.h): rounding by roundscale, and a degree-5
-// polynomial (relative error 1.0e-7 with its float coefficients, a few ulp against
-// exp2_16's 1.1) -- well inside what a float attention over thousands of keys keeps.
-inline __m512 exp2_scores(__m512 y) {
-  const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(y, n);  // in [-1/2, 1/2]
-  // Least-squares fit of 2^f's relative error on Chebyshev nodes, constant term 1.
-  __m512 p = _mm512_set1_ps(1.3218672510344547e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.671697938666934e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5508929523716756e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402223800273587e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931468559417268e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-#endif
 
 // The part of the call one tile of query-heads [qh0, qh0 + count) needs; query-head
 // qh = h * nq + i (lse's layout).
@@ -178,7 +159,7 @@ struct Tile {
           m = raised;
           _mm512_storeu_ps(ms + u * 16, m);
         }
-        sum = _mm512_mask_add_ps(sum, lanes, sum, exp2_scores(_mm512_sub_ps(score, m)));
+        sum = _mm512_mask_add_ps(sum, lanes, sum, exp2_16_short(_mm512_sub_ps(score, m)));
         _mm512_storeu_ps(ss + u * 16, sum);
       }
     }
