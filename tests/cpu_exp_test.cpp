@@ -1,8 +1,8 @@
 // The CPU attention's exponentials against double-precision references, in ulps of the
-// correctly rounded float: fast_expf (the blocked sgemm path and decoding) and exp2_16 (the
-// fused AVX-512 path, whose scores are in base-2 units). Every 2^k-th float of the ranges
-// the softmax feeds them is checked (and exp2_16_short, the token attention's), so a wrong coefficient or a broken range reduction
-// anywhere in the range shows.
+// correctly rounded float: fast_expf (the blocked sgemm path and decoding), exp2_16 (the
+// fused AVX-512 path, whose scores are in base-2 units) and exp2_16_short (the token-table
+// attention's). Every 2^k-th float of the ranges the softmax feeds them is checked, so a
+// wrong coefficient or a broken range reduction anywhere in the range shows.
 #include <gtest/gtest.h>
 
 #include <cmath>
