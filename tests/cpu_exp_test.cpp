@@ -56,22 +56,35 @@ TEST(CpuExp, FastExpfIsWithinTwoUlps) {
 }
 
 #if defined(__AVX512F__)
-float exp2_lane(float y) {
+// Lane 0 of a 16-float exponential of y.
+template <__m512 (*Exp2)(__m512)>
+float lane(float y) {
   alignas(64) float out[16];
-  _mm512_store_ps(out, cpu::exp2_16(_mm512_set1_ps(y)));
+  _mm512_store_ps(out, Exp2(_mm512_set1_ps(y)));
   return out[0];
+}
+constexpr auto exp2_lane = lane<cpu::exp2_16>;
+constexpr auto exp2_short_lane = lane<cpu::exp2_16_short>;
+
+// The worst ulps of an exponential over every 61st float of the softmax's range, y in
+// [-126, 0] (score - max <= 0; below -126 the result leaves the normal floats, and those
+// probabilities are too small to move a sum of at least 1), and where it is.
+struct Worst {
+  double ulps = 0;
+  float y = 0;
+};
+Worst worst_on_softmax_range(float (*exp2)(float)) {
+  Worst w;
+  sweep(-0.0f, -126.0f, 61, [&](float y) {
+    const double u = ulps(exp2(y), std::exp2(double(y)));
+    if (u > w.ulps) w = Worst{u, y};
+  });
+  return w;
 }
 
 TEST(CpuExp, VectorExp2IsWithinOneUlpOnTheSoftmaxRange) {
-  // The softmax feeds exp2_16 score - max <= 0. Below -126 the result leaves the normal
-  // floats; those probabilities are too small to move a sum of at least 1.
-  double worst = 0;
-  float worst_y = 0;
-  sweep(-0.0f, -126.0f, 61, [&](float y) {
-    const double u = ulps(exp2_lane(y), std::exp2(double(y)));
-    if (u > worst) worst = u, worst_y = y;
-  });
-  EXPECT_LE(worst, 1.1) << "at y = " << worst_y;
+  const Worst w = worst_on_softmax_range(exp2_lane);
+  EXPECT_LE(w.ulps, 1.1) << "at y = " << w.y;
 
   // All 16 lanes compute, each from its own argument.
   alignas(64) float in[16], out[16];
@@ -80,33 +93,20 @@ TEST(CpuExp, VectorExp2IsWithinOneUlpOnTheSoftmaxRange) {
   for (int i = 0; i < 16; ++i) EXPECT_LE(ulps(out[i], std::exp2(double(in[i]))), 1.1) << i;
 }
 
-float exp2_short_lane(float y) {
-  alignas(64) float out[16];
-  _mm512_store_ps(out, cpu::exp2_16_short(_mm512_set1_ps(y)));
-  return out[0];
-}
-
-// The token attention's shorter one: within 2.5 ulp on the same range, exact where the
-// polynomial's constant term decides, and 0 far below.
+// The token attention's shorter one: within 2.5 ulp on the same range.
 TEST(CpuExp, ShortVectorExp2IsWithinTwoAndAHalfUlps) {
-  double worst = 0;
-  float worst_y = 0;
-  sweep(-0.0f, -126.0f, 61, [&](float y) {
-    const double u = ulps(exp2_short_lane(y), std::exp2(double(y)));
-    if (u > worst) worst = u, worst_y = y;
-  });
-  EXPECT_LE(worst, 2.5) << "at y = " << worst_y;  // 1.94 on this sweep
-  EXPECT_EQ(exp2_short_lane(0.0f), 1.0f);
-  EXPECT_EQ(exp2_short_lane(-1.0f), 0.5f);
-  EXPECT_EQ(exp2_short_lane(-200.0f), 0.0f);
-  EXPECT_EQ(exp2_short_lane(-1e30f), 0.0f);
+  const Worst w = worst_on_softmax_range(exp2_short_lane);
+  EXPECT_LE(w.ulps, 2.5) << "at y = " << w.y;  // 1.94 on this sweep
 }
 
+// Both are exact where the polynomial's constant term decides, and 0 far below.
 TEST(CpuExp, VectorExp2IsExactAtZeroAndVanishesFarBelow) {
-  EXPECT_EQ(exp2_lane(0.0f), 1.0f);
-  EXPECT_EQ(exp2_lane(-1.0f), 0.5f);
-  EXPECT_EQ(exp2_lane(-200.0f), 0.0f);
-  EXPECT_EQ(exp2_lane(-1e30f), 0.0f);  // past 2^23 the rounding trick must still give 0
+  for (float (*exp2)(float) : {exp2_lane, exp2_short_lane}) {
+    EXPECT_EQ(exp2(0.0f), 1.0f);
+    EXPECT_EQ(exp2(-1.0f), 0.5f);
+    EXPECT_EQ(exp2(-200.0f), 0.0f);
+    EXPECT_EQ(exp2(-1e30f), 0.0f);  // past 2^23 the rounding must still give 0
+  }
 }
 #endif
 
