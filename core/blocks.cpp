@@ -83,8 +83,8 @@ void attention_block_forward(const LatentPass<T>& pass, const NormRef<T>& ln,
                false);
   if (cache.k) {
     const int64_t n = pass.rows * width;
-    ops.copy_blocks(cache.k + cache.at * width, cache.stride * width, a.k, n, pass.batch, n, false);
-    ops.copy_blocks(cache.v + cache.at * width, cache.stride * width, a.v, n, pass.batch, n, false);
+    ops.copy_blocks_to_row(cache.k, cache.stride * width, cache.at, width, a.k, n, pass.batch, n);
+    ops.copy_blocks_to_row(cache.v, cache.stride * width, cache.at, width, a.v, n, pass.batch, n);
   }
   ops.attention_forward(shape, a.q, keys, values, a.att, a.lse);
   output_residual(pass, attn.o, a.att, width, x_in, x_out, tmp, site);

@@ -81,15 +81,16 @@ struct RotaryTables {
 };
 
 // Rows of a decoding cache that a latent layer's own keys and values are copied into before
-// its attention reads the cache: row `at` of each of the pass's `batch` blocks of `stride`
-// rows. Decoding several samples at once needs it: each sample's cache is a block of M
-// rows, so the new rows are not contiguous. k == null: none.
+// its attention reads the cache: row at[0] (in backend memory, so that a captured step is
+// replayed into the row of its turn) of each of the pass's `batch` blocks of `stride` rows.
+// Each sample's cache is a block of M rows, so the new rows are not contiguous. k == null:
+// none.
 template <typename T>
 struct CacheRows {
   T* k = nullptr;
   T* v = nullptr;
   int64_t stride = 0;
-  int64_t at = 0;
+  const int64_t* at = nullptr;
 };
 
 // Buffers of the backward of the latent blocks (the model's activation arena): tmp and d_ln

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <tuple>
 
 #include "core/arena.h"
 #include "core/blocks.h"
@@ -34,22 +36,40 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   if (cfg.absolute_positions()) positions_ = std::make_unique<PositionTable<T>>(ops_, cfg.d_model);
   seqs_.resize(size_t(samples));
   b_ = new Buffers;
-  const int64_t bands = std::max(rot_cross_.bands, rot_self_.bands);
   Carver sizing;
-  b_->carve(sizing, cfg_, samples, bands, rot_cross_.bands, token_tables_, cached);
+  b_->carve(sizing, cfg_, samples, rot_cross_.bands, rot_self_.bands, token_tables_, cached);
   memory_ = ops_.allocate(size_t(sizing.used));
   Carver real{static_cast<char*>(memory_), 0};
-  b_->carve(real, cfg_, samples, bands, rot_cross_.bands, token_tables_, cached);
+  b_->carve(real, cfg_, samples, rot_cross_.bands, rot_self_.bands, token_tables_, cached);
   logits_.resize(size_t(samples * cfg.vocab_size));
   if (token_tables_) make_token_tables();
   // Several samples' steps read whole blocks of the self caches, the rows not filled yet
   // weighted 0 (far positions): they must hold numbers, not whatever the memory held.
-  if (samples > 1)
-    for (int64_t l = 0; l < cfg.num_layers; ++l) {
-      const int64_t n = samples * cfg.num_latents * cfg.d_model;
-      ops_.fill(b_->self_k[size_t(l)], n, T(0));
-      ops_.fill(b_->self_v[size_t(l)], n, T(0));
-    }
+  replay_ = cached_ && ops_.replays_captures();
+  if (samples > 1 || replay_) prepare_replayable_caches();
+}
+
+template <typename T>
+void Decoder<T>::set_step_capture(bool on) {
+  PAR_ASSERT(length() == 0, "set_step_capture before start()");
+  capture_steps_ = on;
+  replay_ = on && cached_ && ops_.replays_captures();
+  if (replay_) prepare_replayable_caches();
+}
+
+// Rows that a step reads but that hold nothing yet (weighted 0 at far positions) must hold
+// numbers, not whatever the memory held: the self caches, and the cross cache of a replayed
+// step with one sample (start() keeps its rows after the window far).
+template <typename T>
+void Decoder<T>::prepare_replayable_caches() {
+  if (!cached_) return;
+  const int64_t layers = cfg_.num_layers, d = cfg_.d_model, M = cfg_.num_latents;
+  ops_.fill(b_->self_k[0], 2 * layers * samples() * M * d, T(0));
+  if (replay_ && samples() == 1) {
+    const int64_t cap = cfg_.context_length + M;
+    ops_.fill(b_->cross_k, cap * d, T(0));
+    ops_.fill(b_->cross_v, cap * d, T(0));
+  }
 }
 
 // The cross-attention's un-rotated keys and values of every token: its inputs are the
@@ -146,6 +166,7 @@ void Decoder<T>::start(std::vector<int32_t> prompt) {
   for (Sequence& q : seqs_) q = s;
   refills_ = 0;
   latents_ = 0;
+  captured_plans_.clear();
   if (own_memory_) ops_.deallocate(own_memory_);
   own_memory_ = nullptr;
   own_cap_ = own_head_ = own_count_ = 0;
@@ -164,6 +185,11 @@ void Decoder<T>::start(std::vector<int32_t> prompt) {
         ops_.copy(b_->self_k[size_t(l)] + k * M * d, b_->self_k[size_t(l)], L * d);
         ops_.copy(b_->self_v[size_t(l)] + k * M * d, b_->self_v[size_t(l)], L * d);
       }
+  if (replay_ && K == 1) {  // the rows after the window: far, for the bucketed steps
+    const int64_t end = cross_head_ + cross_count_, cap = cfg_.context_length + M;
+    const std::vector<int64_t> far(static_cast<size_t>(cap - end), kFarPosition);
+    ops_.upload(b_->cross_pos + end, far.data(), far.size() * sizeof(int64_t));
+  }
 }
 
 template <typename T>
@@ -237,13 +263,54 @@ void Decoder<T>::full_pass(int64_t sample, int64_t L) {
 template <typename T>
 void Decoder<T>::incremental(int64_t position) {
   const int64_t row = refill_row(position);
+  upload_step_inputs(position);
   run_step([&] {
-    cross_attend_newest(position);
-    if (row >= 0) save_for_refill(row);
+    cross_attend_newest();
     latent_stack(samples(), 1, position, false, true);
   });
-  if (row >= 0) ++saved_rows_;
+  logits_fresh_ = false;  // a replayed step ran no host code: not finish_logits either
+  if (row >= 0) {
+    save_for_refill(row);
+    ++saved_rows_;
+  }
   ++latents_;
+}
+
+// What a step at `position` reads from the host, into the device buffers it reads them
+// from: the newest latent's position (once per sample), its rotary rows, its row in the
+// self caches and that row's position.
+template <typename T>
+void Decoder<T>::upload_step_inputs(int64_t position) {
+  Buffers& b = *b_;
+  const std::vector<int64_t> qpos(static_cast<size_t>(samples()), position);
+  ops_.upload(b.latent_pos, qpos.data(), qpos.size() * sizeof(int64_t));
+  std::vector<T> c, s;
+  for (const auto& [spec, cos, sin] : {std::tuple{rot_cross_, b.step_cos, b.step_sin},
+                                       std::tuple{rot_self_, b.step_self_cos, b.step_self_sin}}) {
+    if (spec.bands == 0) continue;
+    make_rotary_tables(spec, position, 1, c, s);
+    ops_.upload(cos, c.data(), c.size() * sizeof(T));
+    ops_.upload(sin, s.data(), s.size() * sizeof(T));
+  }
+  ops_.upload(b.step_row, &latents_, sizeof(int64_t));
+  ops_.upload(b.self_pos + latents_, &position, sizeof(int64_t));
+}
+
+// What the captured work of a step depends on, other than device buffers: see StepPlan.
+template <typename T>
+typename Decoder<T>::StepPlan Decoder<T>::replay_plan() const {
+  const auto [gf, gc] = shared_rows(1, true);
+  const auto [sf, sc] = shared_rows(1, false);
+  return StepPlan{std::max<int64_t>(0, length() - cfg_.context_length),
+                  groups_end_, group_stride_, gf, gc, sf, sc, own_k_, own_cap_, own_count_ > 0};
+}
+
+// The capture's key: what changes the step's kernels (parts of the window), and the
+// decoder (its buffers), so that two decoders on one backend never replay each other's.
+template <typename T>
+uint64_t Decoder<T>::step_key() const {
+  return 1 | uint64_t(groups_end_ > 0) << 1 | uint64_t(own_count_ > 0) << 2 |
+         uint64_t(reinterpret_cast<uintptr_t>(memory_)) << 3;
 }
 
 // A step's device work, given as one capture where the backend records, under a key naming
@@ -254,12 +321,24 @@ void Decoder<T>::incremental(int64_t position) {
 template <typename T>
 template <typename F>
 void Decoder<T>::run_step(const F& step) {
-  if (!capture_steps_) return step();
-  const uint64_t key = 1 | uint64_t(groups_end_ > 0) << 1 | uint64_t(own_count_ > 0) << 2;
+  if (!capture_steps_) {
+    ++step_counts_.plain;
+    return step();
+  }
+  const uint64_t key = step_key();
+  auto kept = std::find_if(captured_plans_.begin(), captured_plans_.end(),
+                           [&](const auto& e) { return e.first == key; });
+  const StepPlan plan = replay_ ? replay_plan() : StepPlan{};
+  if (replay_ && kept != captured_plans_.end() && kept->second == plan &&
+      ops_.replay_capture(key)) {
+    ++step_counts_.replayed;
+    return;
+  }
   ops_.begin_capture();
   try {
     step();
   } catch (const CaptureRefused&) {
+    ++step_counts_.plain;
     step();
     return;
   } catch (const UserError&) {
@@ -272,6 +351,12 @@ void Decoder<T>::run_step(const F& step) {
                                  "the steps unrecorded)"));
   }
   ops_.end_capture(key);
+  ++step_counts_.captured;
+  if (!replay_) return;
+  if (kept == captured_plans_.end())
+    captured_plans_.emplace_back(key, plan);
+  else
+    kept->second = plan;
 }
 
 // From the cross-attention output (b.att: `batch` samples of `rows` latents from
@@ -291,26 +376,28 @@ void Decoder<T>::latent_stack(int64_t batch, int64_t rows, int64_t first_positio
   mlp_block_forward(pass, p_.cross.ln_mlp, p_.cross.mlp, F, mlp, b.x, b.x, b.tmp,
                     DropSite::kCrossMlp);
 
-  // Several samples' caches are blocks of M rows: a step attends over all M of its block,
-  // the rows not filled yet at a far position.
-  const bool blocks = samples() > 1;
-  std::vector<int64_t> pos(static_cast<size_t>(fill_caches && blocks ? M : rows), kFarPosition);
-  for (int64_t i = 0; i < rows; ++i) pos[size_t(i)] = first_position + i;
-  ops_.upload(use_caches ? b.self_pos + latents_ : b.self_pos, pos.data(),
-              pos.size() * sizeof(int64_t));
-  const RotaryTables<T> rot{b.cos, b.sin, rot_self_.bands, H, D};
-  upload_rotary_tables(rot_self_, first_position, rows);
+  // The caches are blocks of M rows. Several samples' steps, and replayed steps, attend over
+  // a whole block, the rows not filled yet at a far position, the new latent's row copied
+  // into it first (CacheRows). One sample's plain step writes into its cache directly and
+  // attends over the rows filled so far.
+  const bool blocks = samples() > 1 || replay_;
+  if (!use_caches) {  // a step's positions and rotary rows are uploaded before it
+    std::vector<int64_t> pos(static_cast<size_t>(fill_caches && blocks ? M : rows), kFarPosition);
+    for (int64_t i = 0; i < rows; ++i) pos[size_t(i)] = first_position + i;
+    ops_.upload(b.self_pos, pos.data(), pos.size() * sizeof(int64_t));
+    upload_rotary_tables(rot_self_, first_position, rows);
+  }
+  const RotaryTables<T> rot{use_caches ? b.step_self_cos : b.cos,
+                            use_caches ? b.step_self_sin : b.sin, rot_self_.bands, H, D};
   const double scale = 1.0 / std::sqrt(double(D));
   // One latent over the cached ones and itself; or the rows among themselves, causally.
   const AttentionShape shape =
-      use_caches ? AttentionShape{batch, 1, blocks ? M : latents_ + 1, H, D, b.self_pos + latents_,
+      use_caches ? AttentionShape{batch, 1, blocks ? M : latents_ + 1, H, D, b.latent_pos,
                                   b.self_pos, nullptr, scale}
                  : AttentionShape{batch, rows, rows, H, D, b.self_pos, b.self_pos, nullptr, scale};
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     T* cache_k = b.self_k[size_t(l)];
     T* cache_v = b.self_v[size_t(l)];
-    // One sample's new keys and values are written into its cache directly; several
-    // samples' are copied into their blocks (CacheRows).
     const bool direct = use_caches && !blocks;
     const AttentionActs<T> at{ln,
                               b.q,
@@ -319,7 +406,7 @@ void Decoder<T>::latent_stack(int64_t batch, int64_t rows, int64_t first_positio
                               b.att,
                               b.lse};
     const CacheRows<T> rows_of_cache =
-        use_caches && blocks ? CacheRows<T>{cache_k, cache_v, M, latents_} : CacheRows<T>{};
+        use_caches && blocks ? CacheRows<T>{cache_k, cache_v, M, b.step_row} : CacheRows<T>{};
     latent_layer_forward(pass, p_.layers[size_t(l)], l, d, F, rot, shape,
                          use_caches ? cache_k : at.k, use_caches ? cache_v : at.v, at, mlp, b.x,
                          b.x, b.x, b.tmp, rows_of_cache);

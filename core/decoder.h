@@ -57,6 +57,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/absolute_positions.h"
@@ -101,9 +102,17 @@ class Decoder {
   int64_t refills() const { return refills_; }                // full passes so far
   bool token_tables() const { return token_tables_; }         // offered (a call may be declined)
   // Whether each decoding step goes to the backend as one capture (Ops::begin_capture: on
-  // CUDA a graph, recorded and updated in place every step, so the GPU runs the step's
-  // ~100 small kernels back to back). On by default; the results are the same either way.
-  void set_step_capture(bool on) { capture_steps_ = on; }
+  // CUDA a graph, so the GPU runs the step's ~100 small kernels back to back). Where the
+  // backend keeps captures (Ops::replays_captures), a step is captured once and replayed
+  // while nothing it was captured with changes (see replay_plan). On by default; the
+  // results are the same either way. Before start().
+  void set_step_capture(bool on);
+  // Steps so far: replayed, given as captures (recorded where the backend records), and
+  // run as given (capture off, or a capture refused).
+  struct StepCounts {
+    int64_t replayed = 0, captured = 0, plain = 0;
+  };
+  const StepCounts& step_counts() const { return step_counts_; }
 
  private:
   struct Buffers;
@@ -125,12 +134,29 @@ class Decoder {
   void group_window(int64_t first, int64_t count);
   void reserve_own();
   void incremental(int64_t position);
-  void cross_attend_newest(int64_t position);
+  void cross_attend_newest();
   int64_t refill_row(int64_t position);
   void save_for_refill(int64_t row);
   bool refill_from_steps(int64_t num_latents);
   template <typename F>
   void run_step(const F& step);
+  // Everything a captured step takes from the host rather than from device buffers: equal
+  // plans, equal captured work (the step's inputs are uploaded before it, upload_step_inputs).
+  struct StepPlan {
+    int64_t first_position, groups_end, group_stride;
+    int64_t grouped_from, grouped_count, shared_from, shared_count;  // shared_rows(true/false)
+    const T* own_k;
+    int64_t own_cap;
+    bool own;
+    bool operator==(const StepPlan&) const = default;
+  };
+  StepPlan replay_plan() const;
+  uint64_t step_key() const;
+  void upload_step_inputs(int64_t position);
+  void prepare_replayable_caches();
+  // The rows [from, from + count) of the shared cross cache that a call with nq queries per
+  // sample attends: those after the groups (after_groups) or all.
+  std::pair<int64_t, int64_t> shared_rows(int64_t nq, bool after_groups) const;
   void upload_rotary_tables(const RotarySpec& spec, int64_t first_position, int64_t rows);
   void rotary_at(T* x, int64_t batch, int64_t rows, int64_t heads, int64_t head_dim,
                  const RotarySpec& spec, int64_t first_position);
@@ -176,6 +202,14 @@ class Decoder {
   // refill at length saved_for_length_, saved_rows_ of them so far.
   int64_t saved_for_length_ = -1, saved_rows_ = 0;
   bool capture_steps_ = true;
+  // Steps replayed (set_step_capture on a backend that replays_captures): one sample's
+  // steps attend over whole blocks of the self caches, as several samples' do, and over the
+  // cross cache's newest rows in buckets of M rows, the rows not filled yet at a far
+  // position, so that a step's work stays the same from one token to the next. The plan
+  // each key's capture was made with.
+  bool replay_ = false;
+  StepCounts step_counts_;
+  std::vector<std::pair<uint64_t, StepPlan>> captured_plans_;
 };
 
 }  // namespace par

@@ -4,6 +4,8 @@
 // share one query per distinct token over the grouped keys.
 #include <cmath>
 #include <functional>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "core/attention_merge.h"
@@ -55,22 +57,21 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
       att_layout = layout;
     first_part = false;
   };
-  int64_t shared_from = cross_head_, shared_count = cross_count_;
+  int64_t shared_from = 0, shared_count = 0;
+  std::tie(shared_from, shared_count) = shared_rows(nq, false);
   if (token_tables_ && groups_end_ > 0) {
     const TokenAttentionShape s{rows, Hc, Dc, rot_cross_.bands, cfg_.vocab_size, b.group,
                                 b.group_pos, group_stride_,
                                 std::max<int64_t>(0, T_ - cfg_.context_length), scale};
-    if (nq == 1 && batch > 1 ? grouped_attention_of_distinct_tokens(s)
-                             : ops_.token_attention_forward(s, b.q, b.key_table, b.value_table,
-                                                            b.group_cos, b.group_sin, b.att,
-                                                            b.lse)) {
+    // Samples with equal tokens share a query, which changes the work from step to step:
+    // not in a replayed step.
+    if (nq == 1 && batch > 1 && !replay_
+            ? grouped_attention_of_distinct_tokens(s)
+            : ops_.token_attention_forward(s, b.q, b.key_table, b.value_table, b.group_cos,
+                                           b.group_sin, b.att, b.lse)) {
       att_layout = LseLayout{1, rows};
       first_part = false;
-      // The shared cache's rows after the groups (one sample) or none (the prompt is all
-      // grouped).
-      const int64_t after = samples() == 1 ? std::min(cross_count_, T_ - groups_end_) : 0;
-      shared_from = cross_head_ + cross_count_ - after;
-      shared_count = after;
+      std::tie(shared_from, shared_count) = shared_rows(nq, true);
     }
     // Declined (no kernel, or a shape it is not sized for: a refill's many latents): this
     // call attends over the shared cache, which holds the whole window with one sample and
@@ -98,6 +99,22 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
     part(LseLayout{batch, nq}, [&](T* o, T* lse) { ops_.attention_forward(own, b.q, own_k_, own_v_, o, lse); });
   }
   PAR_ASSERT(!first_part, "a window with no keys");
+}
+
+// The rows of the shared cross cache that a call attends. After the groups: the rows after
+// them with one sample (the prompt is all grouped with several). Else all of them. A
+// replayed step (one query per sample, one sample) attends them in buckets of M rows, up
+// to the end of the cache, so that its work changes every M tokens, not every token: the
+// rows not filled yet are at far positions (start(), compact_cross_cache).
+template <typename T>
+std::pair<int64_t, int64_t> Decoder<T>::shared_rows(int64_t nq, bool after_groups) const {
+  int64_t count = cross_count_;
+  if (after_groups)
+    count = samples() == 1 ? std::min(cross_count_, length() - groups_end_) : 0;
+  const int64_t from = cross_head_ + cross_count_ - count, M = cfg_.num_latents;
+  if (replay_ && nq == 1 && samples() == 1 && count > 0)
+    count = std::min((count + M - 1) / M * M, cfg_.context_length + M - from);
+  return {from, count};
 }
 
 // The attention of the samples' newest latents over the grouped keys (the shape `s`, K
@@ -143,17 +160,20 @@ bool Decoder<T>::grouped_attention_of_distinct_tokens(const TokenAttentionShape&
 }
 
 // The cross-attention of the latent on the newest input of every sample (embeddings in
-// b.h): its residual input in b.z0 and its output in b.att, [K, d].
+// b.h; its position and rotary rows uploaded by upload_step_inputs): its residual input in
+// b.z0 and its output in b.att, [K, d], both also in b.step_z0 and b.step_att for
+// save_for_refill.
 template <typename T>
-void Decoder<T>::cross_attend_newest(int64_t position) {
+void Decoder<T>::cross_attend_newest() {
   const int64_t d = cfg_.d_model, K = samples();
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   Buffers& b = *b_;
-  const std::vector<int64_t> qpos(static_cast<size_t>(K), position);
-  ops_.upload(b.latent_pos, qpos.data(), qpos.size() * sizeof(int64_t));
   cross_queries(ops_, p_.cross, b.h, K, d, d, b.z0, NormActs<T>{b.qn, b.mu, b.rs}, b.q);
-  rotary_at(b.q, K, 1, Hc, Dc, rot_cross_, position);
+  if (rot_cross_.bands > 0)
+    ops_.rotary(b.q, K, 1, Hc, Dc, rot_cross_.bands, b.step_cos, b.step_sin, false);
   attend_windows(K, 1);
+  ops_.copy(b.step_att, b.att, K * d);
+  ops_.copy(b.step_z0, b.z0, K * d);
 }
 
 // The members defined here, for the element types decoder.cpp instantiates the class with.
@@ -161,7 +181,8 @@ void Decoder<T>::cross_attend_newest(int64_t position) {
   template void Decoder<T>::cross_attend_latents(int64_t, int64_t);                         \
   template void Decoder<T>::attend_windows(int64_t, int64_t);                               \
   template bool Decoder<T>::grouped_attention_of_distinct_tokens(const TokenAttentionShape&); \
-  template void Decoder<T>::cross_attend_newest(int64_t);
+  template void Decoder<T>::cross_attend_newest();                                        \
+  template std::pair<int64_t, int64_t> Decoder<T>::shared_rows(int64_t, bool) const;
 PAR_INSTANTIATE(float)
 PAR_INSTANTIATE(double)
 #undef PAR_INSTANTIATE

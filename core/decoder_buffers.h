@@ -34,8 +34,9 @@ struct Decoder<T>::Buffers {
   int64_t* group_pos;    // [N]
   T *group_cos, *group_sin;          // [cross bands, token_groups_stride(N)]
   T *key_table, *value_table;        // [V, d]: un-rotated keys and values of every token
-  std::vector<T*> self_k, self_v;  // per layer [K, M, d]
+  std::vector<T*> self_k, self_v;  // per layer [K, M, d], in one piece
   int64_t* self_pos;     // [M]
+  int64_t* step_row;     // [1]: the row of a step's latent in the self caches (latents_)
   // Work space of a full pass (W <= N inputs, L <= M latents) or of one new token per
   // sample; R = K * M latent rows, E = max(N, K, V) input rows.
   int32_t* tokens;       // [max(E, R)]
@@ -51,11 +52,15 @@ struct Decoder<T>::Buffers {
   T *logits;             // [K, V]
   // The steps' cross-attention outputs and residual inputs for the next refill (cached
   // decoding): [K, max(1, M/2), d] each.
-  T *saved_att, *saved_z0;
+  T *saved_att, *saved_z0;  // one after the other: 2K blocks of M/2 rows
+  T *step_att, *step_z0;    // a step's newest latent's, for saved_*: [K, d] one after the other
   T *cos, *sin;          // rotary tables for up to max(N, M) rows
+  // A step's rotary rows (its newest position), uploaded before the step: cross and self.
+  T *step_cos, *step_sin, *step_self_cos, *step_self_sin;
 
-  void carve(Carver& c, const ModelConfig& cfg, int64_t K, int64_t bands, int64_t cross_bands,
-             bool token_tables, bool cached) {
+  void carve(Carver& c, const ModelConfig& cfg, int64_t K, int64_t cross_bands,
+             int64_t self_bands, bool token_tables, bool cached) {
+    const int64_t bands = std::max(cross_bands, self_bands);
     const int64_t N = cfg.context_length, M = cfg.num_latents, d = cfg.d_model;
     const int64_t F = cfg.mlp_width(), V = cfg.vocab_size, cap = N + M, R = K * M;
     const int64_t E = std::max({N, K, token_tables ? V : 0});
@@ -70,13 +75,16 @@ struct Decoder<T>::Buffers {
     group_sin = c.take<T>(grows * cross_bands);
     key_table = c.take<T>(token_tables ? V * d : 0);
     value_table = c.take<T>(token_tables ? V * d : 0);
-    self_k.resize(size_t(cfg.num_layers));
-    self_v.resize(size_t(cfg.num_layers));
-    for (int64_t l = 0; l < cfg.num_layers; ++l) {
-      self_k[size_t(l)] = c.take<T>(R * d);
-      self_v[size_t(l)] = c.take<T>(R * d);
+    const int64_t layers = cfg.num_layers, block = R * d;
+    T* self = c.take<T>(2 * layers * block);
+    self_k.resize(size_t(layers));
+    self_v.resize(size_t(layers));
+    for (int64_t l = 0; l < layers; ++l) {
+      self_k[size_t(l)] = self ? self + l * block : nullptr;
+      self_v[size_t(l)] = self ? self + (layers + l) * block : nullptr;
     }
     self_pos = c.take<int64_t>(M);
+    step_row = c.take<int64_t>(1);
     tokens = c.take<int32_t>(std::max(E, R));
     pos_ids = c.take<int32_t>(cfg.absolute_positions() ? std::max(E, R) : 0);
     dedup_ids = c.take<int32_t>(K > 1 && token_tables ? (2 + cfg.cross_heads) * K : 0);
@@ -95,10 +103,16 @@ struct Decoder<T>::Buffers {
     lse2 = c.take<T>(K > 1 || token_tables ? heads_rows : 0);
     logits = c.take<T>(K * V);
     const int64_t saved = cached ? K * std::max<int64_t>(1, M / 2) * d : 0;
-    saved_att = c.take<T>(saved);
-    saved_z0 = c.take<T>(saved);
+    saved_att = c.take<T>(2 * saved);
+    saved_z0 = saved_att ? saved_att + saved : nullptr;
+    step_att = c.take<T>(cached ? 2 * K * d : 0);
+    step_z0 = step_att ? step_att + K * d : nullptr;
     cos = c.take<T>(std::max(N, M) * bands);
     sin = c.take<T>(std::max(N, M) * bands);
+    step_cos = c.take<T>(cross_bands);
+    step_sin = c.take<T>(cross_bands);
+    step_self_cos = c.take<T>(self_bands);
+    step_self_sin = c.take<T>(self_bands);
   }
 };
 

@@ -146,7 +146,10 @@ void Decoder<T>::compact_cross_cache(int64_t next_position) {
   move_to_front(b.cross_k, h0, n, d);
   move_to_front(b.cross_v, h0, n, d);
   const int64_t first = next_position - n;  // consecutive positions
-  std::vector<int64_t> pos(static_cast<size_t>(n));
+  // Replayed steps attend past the entries (Decoder::shared_rows): the rows there, which
+  // held entries before, must be far again.
+  const int64_t rows = replay_ ? cfg_.context_length + cfg_.num_latents : n;
+  std::vector<int64_t> pos(static_cast<size_t>(rows), kFarPosition);
   for (int64_t j = 0; j < n; ++j) pos[size_t(j)] = first + j;
   const std::vector<uint8_t> keep = keep_of(seqs_[0].tokens.data() + first, n);
   ops_.upload(b.cross_pos, pos.data(), pos.size() * sizeof(int64_t));

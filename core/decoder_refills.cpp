@@ -48,13 +48,13 @@ int64_t Decoder<T>::refill_row(int64_t position) {
   return row == saved_rows_ ? row : -1;
 }
 
-// This step's cross-attention (b.z0, b.att) into row `row` of every sample's block.
+// The last step's cross-attention (b.step_att, b.step_z0) into row `row` of every
+// sample's block (both kinds in one copy: 2K blocks each).
 template <typename T>
 void Decoder<T>::save_for_refill(int64_t row) {
   const int64_t d = cfg_.d_model, K = samples(), cap = refill_latents();
   Buffers& b = *b_;
-  ops_.copy_blocks(b.saved_att + row * d, cap * d, b.att, d, K, d, false);
-  ops_.copy_blocks(b.saved_z0 + row * d, cap * d, b.z0, d, K, d, false);
+  ops_.copy_blocks(b.saved_att + row * d, cap * d, b.step_att, d, 2 * K, d, false);
 }
 
 // A refill of L latents from the steps' saved cross-attention and its newest latent's,
@@ -65,7 +65,8 @@ bool Decoder<T>::refill_from_steps(int64_t L) {
   if (T_ != saved_for_length_ || saved_rows_ != L - 1) return false;
   saved_for_length_ = -1;
   // The newest latent as a step's, then into the last row of every sample's block.
-  cross_attend_newest(T_ - 1);
+  upload_step_inputs(T_ - 1);
+  cross_attend_newest();
   save_for_refill(L - 1);
   Buffers& b = *b_;
   ops_.copy_blocks(b.att, L * d, b.saved_att, cap * d, K, L * d, false);

@@ -118,6 +118,12 @@ struct CaptureRefused : std::runtime_error {
   /* given. Inside, nothing may wait for the device: CaptureRefused otherwise. */                 \
   X(void, begin_capture, (), ())                                                                   \
   X(void, end_capture, (uint64_t key), (key))                                                      \
+  /* Whether a capture is kept so that replay_capture may launch it again (false on the CPU). */  \
+  X(bool, replays_captures, (), ())                                                                \
+  /* Launches again the work last captured under `key`, exactly as captured: the same buffers, */ \
+  /* sizes and values given to the ops, with whatever the buffers hold now. false (nothing */     \
+  /* run) when no capture is kept under key, or it copied from the host. */                       \
+  X(bool, replay_capture, (uint64_t key), (key))                                                   \
   /* ---- element-wise basics ---- */                                                              \
   X(void, fill, (T* x, int64_t n, T value), (x, n, value))                                         \
   X(void, copy, (T* dst, const T* src, int64_t n), (dst, src, n))                                  \
@@ -129,6 +135,13 @@ struct CaptureRefused : std::runtime_error {
     (T* dst, int64_t dst_stride, const T* src, int64_t src_stride, int64_t batch,                  \
      int64_t count, bool accumulate),                                                              \
     (dst, dst_stride, src, src_stride, batch, count, accumulate))                                  \
+  /* For b < batch: dst[b*dst_stride + row[0]*row_width + i] = src[b*src_stride + i], i < */    \
+  /* count, with row[0] read from device memory: a captured step writes a cache row that */       \
+  /* changes from one replay to the next. */                                                      \
+  X(void, copy_blocks_to_row,                                                                      \
+    (T* dst, int64_t dst_stride, const int64_t* row, int64_t row_width, const T* src,              \
+     int64_t src_stride, int64_t batch, int64_t count),                                            \
+    (dst, dst_stride, row, row_width, src, src_stride, batch, count))                              \
   /* ---- matrix products ---- */                                                                  \
   /* C[m,n] = alpha * op(A)[m,k] op(B)[k,n] + beta * C, row-major with leading dimensions. */      \
   X(void, gemm,                                                                                    \

@@ -40,6 +40,8 @@ class ProfiledOps final : public ForwardingOps<T> {
   // work runs as it is given.
   void begin_capture() override {}
   void end_capture(uint64_t) override {}
+  bool replays_captures() override { return false; }
+  bool replay_capture(uint64_t) override { return false; }
   void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o,
                          T* lse) override {
     label_ = s.nk > 4096 ? "attention_forward (cross)" : "attention_forward (latents)";

@@ -23,6 +23,7 @@ struct DecodeRun {
   double prefill_s = 0, tokens_per_s = 0;
   int64_t refills = 0;
   bool token_tables = false;
+  Decoder<float>::StepCounts steps;
 };
 
 }  // namespace
@@ -64,6 +65,7 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
     r.tokens_per_s = double(n * K) / since(t);
     r.refills = dec.refills() - refills_before;
     r.token_tables = dec.token_tables();
+    r.steps = dec.step_counts();
     return r;
   };
   const DecodeRun cached = run(true, tokens, samples);
@@ -81,6 +83,11 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
               cached.tokens_per_s, static_cast<long long>(tokens * samples),
               static_cast<long long>(cached.refills),
               cached.token_tables ? " (cross-attention through token tables)" : "");
+  std::printf("            steps: %lld replayed, %lld captured, %lld run as given%s\n",
+              static_cast<long long>(cached.steps.replayed),
+              static_cast<long long>(cached.steps.captured),
+              static_cast<long long>(cached.steps.plain),
+              step_capture ? "" : " (--cuda-graphs off)");
   if (samples > 1)
     std::printf("            %lld samples decoded together: %.2f tokens/s per sample\n",
                 static_cast<long long>(samples), cached.tokens_per_s / double(samples));
@@ -103,10 +110,13 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
   }
   std::printf("{\"context_length\": %lld, \"samples\": %lld, \"cached_tokens_per_s\": %.3f, "
               "\"cached_tokens_per_s_per_sample\": %.3f, \"uncached_tokens_per_s\": %.4f, "
-              "\"speedup\": %.2f, \"refills\": %lld}\n",
+              "\"speedup\": %.2f, \"refills\": %lld, \"steps_replayed\": %lld, "
+              "\"steps_captured\": %lld}\n",
               static_cast<long long>(mc.context_length), static_cast<long long>(samples),
               cached.tokens_per_s, cached.tokens_per_s / double(samples), uncached.tokens_per_s,
-              cached.tokens_per_s / uncached.tokens_per_s, static_cast<long long>(cached.refills));
+              cached.tokens_per_s / uncached.tokens_per_s, static_cast<long long>(cached.refills),
+              static_cast<long long>(cached.steps.replayed),
+              static_cast<long long>(cached.steps.captured));
   return 0;
 }
 

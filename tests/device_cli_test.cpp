@@ -60,6 +60,22 @@ TEST(DeviceCli, BadCudaGraphsIsAUserError) {
   }
 }
 
+// par bench --decode counts the steps: given as captures by default (the CPU replays none),
+// run as given with --cuda-graphs off.
+TEST(DeviceCli, DecodeBenchCountsCapturedSteps) {
+  TempDir dir;
+  const std::string bench = commands()[2] + " --decode 12";
+  const testing_util::ParRun on = run_par(dir, bench);
+  ASSERT_EQ(on.rc, 0) << on.err;
+  EXPECT_NE(on.out.find("\"steps_replayed\": 0, \"steps_captured\": "), std::string::npos)
+      << on.out;
+  EXPECT_EQ(on.out.find("\"steps_captured\": 0}"), std::string::npos) << on.out;
+  const testing_util::ParRun off = run_par(dir, bench + " --cuda-graphs off");
+  ASSERT_EQ(off.rc, 0) << off.err;
+  EXPECT_NE(off.out.find("\"steps_replayed\": 0, \"steps_captured\": 0}"), std::string::npos)
+      << off.out;
+}
+
 TEST(DeviceCli, CudaWithoutBackendOrGpuSaysWhy) {
 #ifdef PAR_HAVE_CUDA
   ASSERT_TRUE(cuda_built());

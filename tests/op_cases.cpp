@@ -182,6 +182,30 @@ void elementwise_cases(std::vector<OpCase>& t) {
     r.out("y", y, n);
     r.out("z", z, n);
   }));
+  // A step captured once and replayed (where the backend keeps captures), else given again:
+  // a replay runs the captured work on what the buffers hold now, so y gains x each round.
+  t.push_back(make_case("replay_capture", {"replays_captures", "replay_capture"}, 1e-7,
+                        Products::kNone, true, [=](auto& r) {
+    auto* x = r.random(n, 63);
+    auto* y = r.random(n, 64);
+    auto* z = r.filled(n, 0);
+    const bool keeps = r.ops.replays_captures();
+    int replays = 0;
+    for (int round = 0; round < 4; ++round) {
+      if (round > 0 && r.ops.replay_capture(9)) {
+        ++replays;
+        continue;
+      }
+      r.ops.begin_capture();
+      r.ops.add(y, x, n);
+      r.ops.copy(z, y, n);
+      r.ops.scale(z, n, 0.5);
+      r.ops.end_capture(9);
+    }
+    EXPECT_EQ(replays, keeps ? 3 : 0);
+    r.out("y", y, n);
+    r.out("z", z, n);
+  }));
   // 3 blocks of 101 elements between strides 130 and 117.
   for (bool acc : {false, true})
     t.push_back(make_case(acc ? "copy_blocks accumulate" : "copy_blocks", {"copy_blocks"}, 1e-7,
@@ -192,6 +216,17 @@ void elementwise_cases(std::vector<OpCase>& t) {
       r.ops.copy_blocks(dst, ds, src, ss, batch, count, acc);
       r.out("dst", dst, batch * ds);
     }));
+  // 3 blocks of 40 elements into row 2 (rows of 13) of blocks 130 apart, from blocks 41 apart;
+  // the row is in backend memory.
+  t.push_back(make_case("copy_blocks_to_row", {"copy_blocks_to_row"}, 1e-7, Products::kNone,
+                        true, [=](auto& r) {
+    const int64_t batch = 3, count = 40, ds = 130, ss = 41, width = 13, row = 2;
+    auto* src = r.random(batch * ss, 17);
+    auto* dst = r.random(batch * ds, 18);
+    r.ops.copy_blocks_to_row(dst, ds, r.raw(std::vector<int64_t>{row}), width, src, ss, batch,
+                             count);
+    r.out("dst", dst, batch * ds);
+  }));
   t.push_back(make_case("sqrelu_forward", {"sqrelu_forward"}, 1e-7, Products::kNone, true,
                         [](auto& r) {
     const int64_t m = 4099;

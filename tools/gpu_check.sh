@@ -371,6 +371,8 @@ if j:
     rate = j["cached_tokens_per_s"]
     line("decode, 1 sample, tokens/s", rate, "", ">= 2000", rate >= 2000)
     line("decode, cached / uncached", j["speedup"], "x", ">= 50x", j["speedup"] >= 50)
+    print("  %-36s %10d replayed, %d recorded (CUDA graphs)" % (
+        "decode, 1 sample, steps", j.get("steps_replayed", -1), j.get("steps_captured", -1)))
 else:
     print("  decode, 1 sample: " + why)
 j, why = js("decode1-nographs")

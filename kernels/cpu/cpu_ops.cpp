@@ -127,6 +127,16 @@ template <typename T>
 void CpuOps<T>::end_capture(uint64_t) {}
 
 template <typename T>
+bool CpuOps<T>::replays_captures() {
+  return false;
+}
+
+template <typename T>
+bool CpuOps<T>::replay_capture(uint64_t) {
+  return false;
+}
+
+template <typename T>
 void CpuOps<T>::fill(T* x, int64_t n, T value) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) x[i] = value;
@@ -157,6 +167,13 @@ void CpuOps<T>::copy_blocks(T* dst, int64_t dst_stride, const T* src, int64_t sr
     if (accumulate) add(dst + b * dst_stride, src + b * src_stride, count);
     else copy(dst + b * dst_stride, src + b * src_stride, count);
   }
+}
+
+template <typename T>
+void CpuOps<T>::copy_blocks_to_row(T* dst, int64_t dst_stride, const int64_t* row,
+                                   int64_t row_width, const T* src, int64_t src_stride,
+                                   int64_t batch, int64_t count) {
+  copy_blocks(dst + row[0] * row_width, dst_stride, src, src_stride, batch, count, false);
 }
 
 template <typename T>

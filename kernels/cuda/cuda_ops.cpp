@@ -194,6 +194,13 @@ void CudaOps::begin_capture() { begin_graph(); }
 
 void CudaOps::end_capture(uint64_t key) { end_graph(key); }
 
+bool CudaOps::replays_captures() { return graphs_on_; }
+
+bool CudaOps::replay_capture(uint64_t key) {
+  if (!graphs_on_ || !graphs_->replayable(key)) return false;
+  return replay_graph(key);
+}
+
 void CudaOps::begin_graph() {
   if (!graphs_on_) return;
   use_device();
@@ -272,6 +279,14 @@ void CudaOps::copy_blocks(float* dst, int64_t dst_stride, const float* src, int6
                           int64_t batch, int64_t count, bool accumulate) {
   use_device();
   kern::copy_blocks(stream_, dst, dst_stride, src, src_stride, batch, count, accumulate);
+}
+
+void CudaOps::copy_blocks_to_row(float* dst, int64_t dst_stride, const int64_t* row,
+                                 int64_t row_width, const float* src, int64_t src_stride,
+                                 int64_t batch, int64_t count) {
+  use_device();
+  kern::copy_blocks_to_row(stream_, dst, dst_stride, row, row_width, src, src_stride, batch,
+                           count);
 }
 
 void CudaOps::gemm_row_major(const RowMajorGemm& g) {

@@ -37,6 +37,17 @@ __global__ void copy_blocks_kernel(float* dst, int64_t dst_stride, const float* 
   }
 }
 
+// The row is read on the device, so that a recorded step writes where the replay says.
+__global__ void copy_blocks_to_row_kernel(float* dst, int64_t dst_stride, const int64_t* row,
+                                          int64_t row_width, const float* src,
+                                          int64_t src_stride, int64_t batch, int64_t count) {
+  const int64_t total = batch * count, offset = row[0] * row_width;
+  for (int64_t t = global_thread(); t < total; t += grid_threads()) {
+    const int64_t b = t / count, i = t % count;
+    dst[b * dst_stride + offset + i] = src[b * src_stride + i];
+  }
+}
+
 __global__ void scale_matrices_kernel(float* c, int64_t rows, int64_t cols, int64_t ld,
                                       int64_t stride, int64_t batch, float beta) {
   const int64_t per = rows * cols, total = batch * per;
@@ -236,6 +247,15 @@ void copy_blocks(cudaStream_t st, float* dst, int64_t dst_stride, const float* s
   copy_blocks_kernel<<<blocks_for(batch * count), kThreads, 0, st>>>(
       dst, dst_stride, src, src_stride, batch, count, accumulate);
   PAR_CUDA_CHECK_LAUNCH("copy_blocks_kernel");
+}
+
+void copy_blocks_to_row(cudaStream_t st, float* dst, int64_t dst_stride, const int64_t* row,
+                        int64_t row_width, const float* src, int64_t src_stride, int64_t batch,
+                        int64_t count) {
+  if (batch <= 0 || count <= 0) return;
+  copy_blocks_to_row_kernel<<<blocks_for(batch * count), kThreads, 0, st>>>(
+      dst, dst_stride, row, row_width, src, src_stride, batch, count);
+  PAR_CUDA_CHECK_LAUNCH("copy_blocks_to_row_kernel");
 }
 
 void scale_matrices(cudaStream_t st, float* c, int64_t rows, int64_t cols, int64_t ld,

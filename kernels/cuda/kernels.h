@@ -23,6 +23,10 @@ void add(cudaStream_t st, float* y, const float* x, int64_t n);
 void scale(cudaStream_t st, float* x, int64_t n, float s);
 void copy_blocks(cudaStream_t st, float* dst, int64_t dst_stride, const float* src,
                  int64_t src_stride, int64_t batch, int64_t count, bool accumulate);
+// copy_blocks into row row[0] (device memory) of dst, rows of row_width elements.
+void copy_blocks_to_row(cudaStream_t st, float* dst, int64_t dst_stride, const int64_t* row,
+                        int64_t row_width, const float* src, int64_t src_stride, int64_t batch,
+                        int64_t count);
 // C = beta * C for `batch` row-major [rows, cols] matrices (ld, stride); beta 0 writes 0.
 void scale_matrices(cudaStream_t st, float* c, int64_t rows, int64_t cols, int64_t ld,
                     int64_t stride, int64_t batch, float beta);

@@ -32,6 +32,11 @@ class StepGraphs {
   void abort();
   // false when nothing is kept under key; std::runtime_error when it is not replayable.
   bool replay(uint64_t key);
+  // Whether replay(key) would launch a kept graph.
+  bool replayable(uint64_t key) const {
+    const auto it = kept_.find(key);
+    return it != kept_.end() && it->second.replayable;
+  }
   const GraphStats& stats() const { return stats_; }
 
  private:

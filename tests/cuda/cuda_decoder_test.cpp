@@ -97,8 +97,9 @@ TEST_P(CudaDecoderTest, CachedEqualsUncachedOnTheGpu) {
   }
 }
 
-// Decoding steps recorded as CUDA graphs (the default: recorded every step and the kept
-// graph updated in place) against steps launched kernel by kernel, one sample and three,
+// Decoding steps recorded as CUDA graphs (the default: recorded when the step's plan
+// changes, the kept graph updated in place, and replayed while it holds) against steps
+// launched kernel by kernel, one sample and three,
 // through the token tables and not, through several refills; and both against uncached
 // decoding (where the steps' recordings are refused now and then, as a scratch buffer
 // grows, and given again unrecorded).
@@ -128,9 +129,13 @@ TEST_P(CudaDecoderTest, GraphStepsEqualPlainSteps) {
         ASSERT_TRUE(close(a.logits(), b.logits(), 1e-6)) << samples << " samples, token " << i;
         ASSERT_TRUE(close(a.logits(), u.logits(), tol)) << samples << " samples, token " << i;
       }
+      // A step is recorded when its plan changes (refills, every M tokens of the newest
+      // cross rows), and replayed otherwise: most of the 36 steps between the 4 refills.
       const cuda::GraphStats st = cuda::graph_stats(*graphs);
+      const int64_t replayed = st.launched - st.instantiated - st.updated;
       EXPECT_GE(st.instantiated, 1) << samples << " samples";
-      EXPECT_GT(st.updated, 10) << samples << " samples: the kept graph updated in place";
+      EXPECT_GE(replayed, 15) << samples << " samples: " << st.instantiated << " instantiated, "
+                              << st.updated << " updated";
       EXPECT_EQ(cuda::graph_stats(*plain).launched, 0);
     }
 }
