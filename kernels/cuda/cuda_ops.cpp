@@ -135,6 +135,8 @@ void* CudaOps::scratch(int slot, size_t bytes) {
   if (s.bytes < bytes) {
     refuse_in_graph("a scratch buffer that must grow (run the step once unrecorded first)");
     if (s.p) {
+      // Kept graphs may point into it: they are recorded again before they are replayed.
+      graphs_->forget_replays();
       PAR_CUDA_CHECK(cudaFree(s.p));  // synchronizes: earlier kernels are done with it
       track(-int64_t(s.bytes));
       s.p = nullptr;

@@ -32,6 +32,11 @@ class StepGraphs {
   void abort();
   // false when nothing is kept under key; std::runtime_error when it is not replayable.
   bool replay(uint64_t key);
+  // No kept graph is replayed until recorded again (a buffer it may use was freed); they
+  // stay for updates in place.
+  void forget_replays() {
+    for (auto& [key, k] : kept_) k.replayable = false;
+  }
   // Whether replay(key) would launch a kept graph.
   bool replayable(uint64_t key) const {
     const auto it = kept_.find(key);

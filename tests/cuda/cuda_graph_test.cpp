@@ -136,6 +136,28 @@ TEST_F(CudaGraphTest, WaitingInsideARecordingIsAnErrorAndDiscardsIt) {
   EXPECT_EQ(cuda::graph_stats(*ops).instantiated, 0);
 }
 
+// A scratch buffer that grows frees its old memory, into which a kept graph may point: no
+// graph is replayed until recorded again.
+TEST_F(CudaGraphTest, AScratchBufferThatGrowsEndsTheReplays) {
+  auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
+  Step step(*ops);
+  const int64_t n = int64_t(1) << 22;
+  DeviceArray<float> big(*ops, cuda_test::random_vector<float>(n, 9));
+  ops->sum_squares(big.get(), 1000);  // its scratch buffer, small
+  step.run(300);
+  cuda::begin_graph(*ops);
+  step.run(300);
+  cuda::end_graph(*ops, 4);
+  EXPECT_TRUE(ops->replay_capture(4));
+  ops->sum_squares(big.get(), n);  // the buffer grows
+  EXPECT_FALSE(ops->replay_capture(4)) << "a kept graph may point into freed memory";
+  cuda::begin_graph(*ops);
+  step.run(300);
+  cuda::end_graph(*ops, 4);
+  EXPECT_TRUE(ops->replay_capture(4)) << "recorded again";
+  EXPECT_GE(cuda::graph_stats(*ops).updated, 1);
+}
+
 // Recordings under one key whose kernels change every time cannot update the kept graph:
 // after 32 instantiations recording is given up, and the work runs as given.
 TEST_F(CudaGraphTest, RecordingsThatNeverUpdateAreGivenUp) {
