@@ -69,9 +69,15 @@ template <typename T>
 void PositionTable<T>::add(T* h, const int32_t* positions, int64_t rows, int32_t* ids,
                            T* scratch) {
   if (rows == 0) return;
+  upload_ids(positions, rows, ids);
+  add_uploaded(h, rows, ids, scratch);
+}
+
+template <typename T>
+void PositionTable<T>::upload_ids(const int32_t* positions, int64_t rows, int32_t* ids) {
+  if (rows == 0) return;
   reserve(*std::max_element(positions, positions + rows));
   ops_.upload(ids, positions, size_t(rows) * sizeof(int32_t));
-  add_uploaded(h, rows, ids, scratch);
 }
 
 template <typename T>

@@ -44,9 +44,12 @@ class PositionTable {
   // h[r] += P[positions[r]] for r < rows. positions: host; ids: backend memory for `rows`
   // int32; scratch: backend memory for [rows, d].
   void add(T* h, const int32_t* positions, int64_t rows, int32_t* ids, T* scratch);
-  // The same with the positions already in ids (backend memory), as add left them.
+  // add's first half: the table grown to the positions, which go into ids.
+  void upload_ids(const int32_t* positions, int64_t rows, int32_t* ids);
+  // add's second half: with the positions already in ids (backend memory).
   void add_uploaded(T* h, int64_t rows, const int32_t* ids, T* scratch);
   int64_t capacity() const { return rows_; }
+  const T* table() const { return table_; }  // moves when the table grows
 
  private:
   void reserve(int64_t max_position);

@@ -222,7 +222,9 @@ void Decoder<T>::append(const std::vector<int32_t>& tokens) {
     return;
   }
   push_inputs(length() - 1);
+  upload_step_inputs(length() - 1);
   if (latents_ == cfg_.num_latents) {
+    push_inputs_device();
     refill_from_cache(refill);
   } else {
     incremental(length() - 1);
@@ -263,8 +265,8 @@ void Decoder<T>::full_pass(int64_t sample, int64_t L) {
 template <typename T>
 void Decoder<T>::incremental(int64_t position) {
   const int64_t row = refill_row(position);
-  upload_step_inputs(position);
   run_step([&] {
+    push_inputs_device();
     cross_attend_newest();
     latent_stack(samples(), 1, position, false, true);
   });
@@ -292,8 +294,10 @@ void Decoder<T>::upload_step_inputs(int64_t position) {
     ops_.upload(cos, c.data(), c.size() * sizeof(T));
     ops_.upload(sin, s.data(), s.size() * sizeof(T));
   }
-  ops_.upload(b.step_row, &latents_, sizeof(int64_t));
-  ops_.upload(b.self_pos + latents_, &position, sizeof(int64_t));
+  if (latents_ < cfg_.num_latents) {  // else a refill follows, with its own positions
+    ops_.upload(b.step_row, &latents_, sizeof(int64_t));
+    ops_.upload(b.self_pos + latents_, &position, sizeof(int64_t));
+  }
 }
 
 // What the captured work of a step depends on, other than device buffers: see StepPlan.
@@ -302,7 +306,8 @@ typename Decoder<T>::StepPlan Decoder<T>::replay_plan() const {
   const auto [gf, gc] = shared_rows(1, true);
   const auto [sf, sc] = shared_rows(1, false);
   return StepPlan{std::max<int64_t>(0, length() - cfg_.context_length),
-                  groups_end_, group_stride_, gf, gc, sf, sc, own_k_, own_cap_, own_count_ > 0};
+                  groups_end_, group_stride_, gf, gc, sf, sc, own_k_, own_cap_, own_count_ > 0,
+                  positions_ ? positions_->table() : nullptr};
 }
 
 // The capture's key: what changes the step's kernels (parts of the window), and the

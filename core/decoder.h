@@ -131,6 +131,7 @@ class Decoder {
   void attend_windows(int64_t batch, int64_t nq);
   bool grouped_attention_of_distinct_tokens(const TokenAttentionShape& s);
   void push_inputs(int64_t position);
+  void push_inputs_device();
   void group_window(int64_t first, int64_t count);
   void reserve_own();
   void incremental(int64_t position);
@@ -141,13 +142,15 @@ class Decoder {
   template <typename F>
   void run_step(const F& step);
   // Everything a captured step takes from the host rather than from device buffers: equal
-  // plans, equal captured work (the step's inputs are uploaded before it, upload_step_inputs).
+  // plans, equal captured work (the step's inputs are uploaded before it: push_inputs,
+  // upload_step_inputs).
   struct StepPlan {
     int64_t first_position, groups_end, group_stride;
     int64_t grouped_from, grouped_count, shared_from, shared_count;  // shared_rows(true/false)
     const T* own_k;
     int64_t own_cap;
     bool own;
+    const T* position_table;  // absolute positions: grows with the documents
     bool operator==(const StepPlan&) const = default;
   };
   StepPlan replay_plan() const;

@@ -37,6 +37,7 @@ struct Decoder<T>::Buffers {
   std::vector<T*> self_k, self_v;  // per layer [K, M, d], in one piece
   int64_t* self_pos;     // [M]
   int64_t* step_row;     // [1]: the row of a step's latent in the self caches (latents_)
+  int64_t* input_row;    // [1]: the row of the newest inputs in the cross caches
   // Work space of a full pass (W <= N inputs, L <= M latents) or of one new token per
   // sample; R = K * M latent rows, E = max(N, K, V) input rows.
   int32_t* tokens;       // [max(E, R)]
@@ -85,6 +86,7 @@ struct Decoder<T>::Buffers {
     }
     self_pos = c.take<int64_t>(M);
     step_row = c.take<int64_t>(1);
+    input_row = c.take<int64_t>(1);
     tokens = c.take<int32_t>(std::max(E, R));
     pos_ids = c.take<int32_t>(cfg.absolute_positions() ? std::max(E, R) : 0);
     dedup_ids = c.take<int32_t>(K > 1 && token_tables ? (2 + cfg.cross_heads) * K : 0);

@@ -14,25 +14,23 @@ using decoder_detail::kFarPosition;
 
 // The newest input of every sample, at `position`, into the cross caches (the oldest leaves
 // the window when it holds N): the shared cache with one sample, else the samples' own.
+// This is the host's part: room in the caches, and the inputs' ids, positions and keep
+// bytes uploaded with the row they go to (b.input_row); push_inputs_device computes their
+// keys and values into that row, as part of the step that follows.
 template <typename T>
 void Decoder<T>::push_inputs(int64_t position) {
-  const int64_t d = cfg_.d_model, N = cfg_.context_length, K = samples();
-  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  const int64_t N = cfg_.context_length, K = samples();
   Buffers& b = *b_;
-  const CrossRef<T>& cp = p_.cross;
   std::vector<int32_t> tokens, doc_pos;
   gather(position, 1, tokens, doc_pos);
-  T *k = b.att, *v = b.tmp;
-  int64_t slot = 0;
+  int64_t row = 0;
   if (K == 1) {
     if (cross_count_ == N) {
       ++cross_head_;
       --cross_count_;
     }
     if (cross_head_ + cross_count_ == N + cfg_.num_latents) compact_cross_cache(position);
-    slot = cross_head_ + cross_count_;
-    k = b.cross_k + slot * d;
-    v = b.cross_v + slot * d;
+    row = cross_head_ + cross_count_;
   } else {
     if (cross_count_ + own_count_ == N) {
       if (cross_count_ > 0) {
@@ -48,23 +46,42 @@ void Decoder<T>::push_inputs(int64_t position) {
     }
     if (own_count_ == 0) own_first_ = position;
     if (own_head_ + own_count_ == own_cap_) reserve_own();
+    row = own_head_ + own_count_;
   }
-  embed(b.h, tokens.data(), doc_pos.data(), K, b.kvn);
-  cross_keys_values(ops_, cp, b.h, K, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, k, v);
-  rotary_at(k, K, 1, Hc, Dc, rot_cross_, position);
+  ops_.upload(b.tokens, tokens.data(), tokens.size() * sizeof(int32_t));
+  if (positions_) positions_->upload_ids(doc_pos.data(), K, b.pos_ids);
+  ops_.upload(b.input_row, &row, sizeof(int64_t));
   const std::vector<uint8_t> keep = keep_of(tokens.data(), K);
   if (K == 1) {
-    ops_.upload(b.cross_pos + slot, &position, sizeof(int64_t));
-    ops_.upload(b.cross_keep + slot, keep.data(), 1);
+    ops_.upload(b.cross_pos + row, &position, sizeof(int64_t));
+    ops_.upload(b.cross_keep + row, keep.data(), 1);
     ++cross_count_;
   } else {
-    slot = own_head_ + own_count_;
-    ops_.copy_blocks(own_k_ + slot * d, own_cap_ * d, k, d, K, d, false);
-    ops_.copy_blocks(own_v_ + slot * d, own_cap_ * d, v, d, K, d, false);
-    ops_.upload(own_pos_ + slot, &position, sizeof(int64_t));
-    for (int64_t s = 0; s < K; ++s) ops_.upload(own_keep_ + s * own_cap_ + slot, &keep[size_t(s)], 1);
+    ops_.upload(own_pos_ + row, &position, sizeof(int64_t));
+    for (int64_t s = 0; s < K; ++s) ops_.upload(own_keep_ + s * own_cap_ + row, &keep[size_t(s)], 1);
     ++own_count_;
   }
+}
+
+// The device's part of push_inputs: the newest inputs' embeddings (b.h, which the step's
+// latent starts from), and their keys and values, rotated at the step's position
+// (upload_step_inputs), into row b.input_row of the shared cache or of each sample's own.
+template <typename T>
+void Decoder<T>::push_inputs_device() {
+  const int64_t d = cfg_.d_model, K = samples();
+  Buffers& b = *b_;
+  ops_.embedding_forward(b.h, b.tokens, p_.embed, K, d);
+  if (positions_) positions_->add_uploaded(b.h, K, b.pos_ids, b.kvn);
+  T *k = b.att, *v = b.tmp;
+  cross_keys_values(ops_, p_.cross, b.h, K, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, k, v);
+  if (rot_cross_.bands > 0)
+    ops_.rotary(k, K, 1, cfg_.cross_heads, cfg_.cross_head_dim(), rot_cross_.bands, b.step_cos,
+                b.step_sin, false);
+  T* cache_k = K == 1 ? b.cross_k : own_k_;
+  T* cache_v = K == 1 ? b.cross_v : own_v_;
+  const int64_t stride = K == 1 ? 0 : own_cap_ * d;
+  ops_.copy_blocks_to_row(cache_k, stride, b.input_row, d, k, d, K, d);
+  ops_.copy_blocks_to_row(cache_v, stride, b.input_row, d, v, d, K, d);
 }
 
 // Room for one more own entry per sample: the entries move to the front of new blocks,
@@ -160,6 +177,7 @@ void Decoder<T>::compact_cross_cache(int64_t next_position) {
 // The members defined here, for the element types decoder.cpp instantiates the class with.
 #define PAR_INSTANTIATE(T)                                                                  \
   template void Decoder<T>::push_inputs(int64_t);                                           \
+  template void Decoder<T>::push_inputs_device();                                           \
   template void Decoder<T>::reserve_own();                                                  \
   template void Decoder<T>::group_window(int64_t, int64_t);                                 \
   template void Decoder<T>::move_to_front(T*, int64_t, int64_t, int64_t);                   \

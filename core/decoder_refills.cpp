@@ -65,7 +65,6 @@ bool Decoder<T>::refill_from_steps(int64_t L) {
   if (T_ != saved_for_length_ || saved_rows_ != L - 1) return false;
   saved_for_length_ = -1;
   // The newest latent as a step's, then into the last row of every sample's block.
-  upload_step_inputs(T_ - 1);
   cross_attend_newest();
   save_for_refill(L - 1);
   Buffers& b = *b_;
