@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 
 #include "core/arena.h"
@@ -284,20 +285,26 @@ void Decoder<T>::incremental(int64_t position) {
 template <typename T>
 void Decoder<T>::upload_step_inputs(int64_t position) {
   Buffers& b = *b_;
-  const std::vector<int64_t> qpos(static_cast<size_t>(samples()), position);
-  ops_.upload(b.latent_pos, qpos.data(), qpos.size() * sizeof(int64_t));
+  // Laid out as the buffers are (decoder_buffers.h), for one upload.
+  char* const base = reinterpret_cast<char*>(b.step_cos);
+  std::vector<char> host(size_t(reinterpret_cast<char*>(b.latent_pos + samples()) - base));
+  auto put = [&](void* device, const void* src, size_t bytes) {
+    std::memcpy(host.data() + (static_cast<char*>(device) - base), src, bytes);
+  };
   std::vector<T> c, s;
   for (const auto& [spec, cos, sin] : {std::tuple{rot_cross_, b.step_cos, b.step_sin},
                                        std::tuple{rot_self_, b.step_self_cos, b.step_self_sin}}) {
     if (spec.bands == 0) continue;
     make_rotary_tables(spec, position, 1, c, s);
-    ops_.upload(cos, c.data(), c.size() * sizeof(T));
-    ops_.upload(sin, s.data(), s.size() * sizeof(T));
+    put(cos, c.data(), c.size() * sizeof(T));
+    put(sin, s.data(), s.size() * sizeof(T));
   }
-  if (latents_ < cfg_.num_latents) {  // else a refill follows, with its own positions
-    ops_.upload(b.step_row, &latents_, sizeof(int64_t));
-    ops_.upload(b.self_pos + latents_, &position, sizeof(int64_t));
-  }
+  put(b.step_row, &latents_, sizeof(int64_t));
+  put(b.input_row, &input_row_, sizeof(int64_t));
+  for (int64_t k = 0; k < samples(); ++k) put(b.latent_pos + k, &position, sizeof(int64_t));
+  ops_.upload(base, host.data(), host.size());
+  // Else a refill follows, with its own positions.
+  if (latents_ < cfg_.num_latents) ops_.upload(b.self_pos + latents_, &position, sizeof(int64_t));
 }
 
 // What the captured work of a step depends on, other than device buffers: see StepPlan.

@@ -212,6 +212,7 @@ class Decoder {
   // each key's capture was made with.
   bool replay_ = false;
   StepCounts step_counts_;
+  int64_t input_row_ = 0;  // the row of the newest inputs in the cross caches (push_inputs)
   std::vector<std::pair<uint64_t, StepPlan>> captured_plans_;
 };
 

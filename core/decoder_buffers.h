@@ -36,14 +36,19 @@ struct Decoder<T>::Buffers {
   T *key_table, *value_table;        // [V, d]: un-rotated keys and values of every token
   std::vector<T*> self_k, self_v;  // per layer [K, M, d], in one piece
   int64_t* self_pos;     // [M]
-  int64_t* step_row;     // [1]: the row of a step's latent in the self caches (latents_)
-  int64_t* input_row;    // [1]: the row of the newest inputs in the cross caches
   // Work space of a full pass (W <= N inputs, L <= M latents) or of one new token per
   // sample; R = K * M latent rows, E = max(N, K, V) input rows.
   int32_t* tokens;       // [max(E, R)]
   int32_t* pos_ids;      // [max(E, R)]: document positions (absolute positions only)
   int32_t* dedup_ids;    // [(2 + Hc) K]: samples asking the same question (several, token tables)
-  int64_t* latent_pos;   // [max(M, K)]
+  // A step's inputs, one after the other from step_cos to latent_pos + K, so that one
+  // upload gives them all (Decoder::upload_step_inputs): its rotary rows (its newest
+  // position), cross and self; the row of its latent in the self caches (latents_) and of
+  // the newest inputs in the cross caches; the latents' positions ([max(M, K)], a refill's
+  // too).
+  T *step_cos, *step_sin, *step_self_cos, *step_self_sin;
+  int64_t *step_row, *input_row;
+  int64_t* latent_pos;
   T *h, *kvn, *kv_mu, *kv_rs;          // [E, d], [E]
   T *zin, *z0, *qn, *q, *k, *v, *att, *tmp, *x, *ln;  // [R, d]
   T *mu, *rs;            // [R]
@@ -56,8 +61,6 @@ struct Decoder<T>::Buffers {
   T *saved_att, *saved_z0;  // one after the other: 2K blocks of M/2 rows
   T *step_att, *step_z0;    // a step's newest latent's, for saved_*: [K, d] one after the other
   T *cos, *sin;          // rotary tables for up to max(N, M) rows
-  // A step's rotary rows (its newest position), uploaded before the step: cross and self.
-  T *step_cos, *step_sin, *step_self_cos, *step_self_sin;
 
   void carve(Carver& c, const ModelConfig& cfg, int64_t K, int64_t cross_bands,
              int64_t self_bands, bool token_tables, bool cached) {
@@ -85,11 +88,15 @@ struct Decoder<T>::Buffers {
       self_v[size_t(l)] = self ? self + (layers + l) * block : nullptr;
     }
     self_pos = c.take<int64_t>(M);
-    step_row = c.take<int64_t>(1);
-    input_row = c.take<int64_t>(1);
     tokens = c.take<int32_t>(std::max(E, R));
     pos_ids = c.take<int32_t>(cfg.absolute_positions() ? std::max(E, R) : 0);
     dedup_ids = c.take<int32_t>(K > 1 && token_tables ? (2 + cfg.cross_heads) * K : 0);
+    step_cos = c.take<T>(cross_bands);
+    step_sin = c.take<T>(cross_bands);
+    step_self_cos = c.take<T>(self_bands);
+    step_self_sin = c.take<T>(self_bands);
+    step_row = c.take<int64_t>(1);
+    input_row = c.take<int64_t>(1);
     latent_pos = c.take<int64_t>(std::max(M, K));
     h = c.take<T>(E * d);
     kvn = c.take<T>(E * d);
@@ -111,10 +118,6 @@ struct Decoder<T>::Buffers {
     step_z0 = step_att ? step_att + K * d : nullptr;
     cos = c.take<T>(std::max(N, M) * bands);
     sin = c.take<T>(std::max(N, M) * bands);
-    step_cos = c.take<T>(cross_bands);
-    step_sin = c.take<T>(cross_bands);
-    step_self_cos = c.take<T>(self_bands);
-    step_self_sin = c.take<T>(self_bands);
   }
 };
 

@@ -50,7 +50,7 @@ void Decoder<T>::push_inputs(int64_t position) {
   }
   ops_.upload(b.tokens, tokens.data(), tokens.size() * sizeof(int32_t));
   if (positions_) positions_->upload_ids(doc_pos.data(), K, b.pos_ids);
-  ops_.upload(b.input_row, &row, sizeof(int64_t));
+  input_row_ = row;  // uploaded with the step's other inputs
   const std::vector<uint8_t> keep = keep_of(tokens.data(), K);
   if (K == 1) {
     ops_.upload(b.cross_pos + row, &position, sizeof(int64_t));
