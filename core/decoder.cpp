@@ -43,10 +43,9 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   b_->carve(real, cfg_, samples, rot_cross_.bands, rot_self_.bands, token_tables_, cached);
   logits_.resize(size_t(samples * cfg.vocab_size));
   if (token_tables_) make_token_tables();
-  // Several samples' steps read whole blocks of the self caches, the rows not filled yet
-  // weighted 0 (far positions): they must hold numbers, not whatever the memory held.
+  // Steps are replayed by default where the backend keeps captures (set_step_capture).
   replay_ = cached_ && ops_.replays_captures();
-  if (samples > 1 || replay_) prepare_replayable_caches();
+  if (samples > 1 || replay_) zero_rows_read_unfilled();
 }
 
 // The cross-attention's un-rotated keys and values of every token: its inputs are the

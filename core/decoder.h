@@ -156,7 +156,7 @@ class Decoder {
   StepPlan replay_plan() const;
   uint64_t step_key() const;
   void upload_step_inputs(int64_t position);
-  void prepare_replayable_caches();
+  void zero_rows_read_unfilled();
   // The rows [from, from + count) of the shared cross cache that a call with nq queries per
   // sample attends: those after the groups (after_groups) or all.
   std::pair<int64_t, int64_t> shared_rows(int64_t nq, bool after_groups) const;

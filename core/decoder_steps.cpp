@@ -16,16 +16,18 @@ namespace par {
 template <typename T>
 void Decoder<T>::set_step_capture(bool on) {
   PAR_ASSERT(length() == 0, "set_step_capture before start()");
+  const bool was = replay_;
   capture_steps_ = on;
   replay_ = on && cached_ && ops_.replays_captures();
-  if (replay_) prepare_replayable_caches();
+  if (replay_ && !was) zero_rows_read_unfilled();
 }
 
 // Rows that a step reads but that hold nothing yet (weighted 0 at far positions) must hold
-// numbers, not whatever the memory held: the self caches, and the cross cache of a replayed
-// step with one sample (start() keeps its rows after the window far).
+// numbers, not whatever the memory held: the self caches (several samples, or replayed
+// steps), and the cross cache of a replayed step with one sample (start() keeps its rows
+// after the window far).
 template <typename T>
-void Decoder<T>::prepare_replayable_caches() {
+void Decoder<T>::zero_rows_read_unfilled() {
   if (!cached_) return;
   const int64_t layers = cfg_.num_layers, d = cfg_.d_model, M = cfg_.num_latents;
   ops_.fill(b_->self_k[0], 2 * layers * samples() * M * d, T(0));
@@ -56,7 +58,8 @@ void Decoder<T>::incremental(int64_t position) {
 
 // What a step at `position` reads from the host, into the device buffers it reads them
 // from: the newest latent's position (once per sample), its rotary rows, its row in the
-// self caches and that row's position.
+// self caches and that row's position, and the newest inputs' row in the cross caches
+// (push_inputs).
 template <typename T>
 void Decoder<T>::upload_step_inputs(int64_t position) {
   Buffers& b = *b_;
@@ -149,7 +152,7 @@ void Decoder<T>::run_step(const F& step) {
 // The members defined here, for the element types decoder.cpp instantiates the class with.
 #define PAR_INSTANTIATE(T)                                                                  \
   template void Decoder<T>::set_step_capture(bool);                                         \
-  template void Decoder<T>::prepare_replayable_caches();                                    \
+  template void Decoder<T>::zero_rows_read_unfilled();                                    \
   template void Decoder<T>::incremental(int64_t);                                           \
   template void Decoder<T>::upload_step_inputs(int64_t);                                    \
   template typename Decoder<T>::StepPlan Decoder<T>::replay_plan() const;                   \
