@@ -14,9 +14,9 @@ using decoder_detail::kFarPosition;
 
 // The newest input of every sample, at `position`, into the cross caches (the oldest leaves
 // the window when it holds N): the shared cache with one sample, else the samples' own.
-// This is the host's part: room in the caches, and the inputs' ids, positions and keep
-// bytes uploaded with the row they go to (b.input_row); push_inputs_device computes their
-// keys and values into that row, as part of the step that follows.
+// This is the host's part: room in the caches, the inputs' ids, positions and keep bytes
+// uploaded, and the row they go to (input_row_, which upload_step_inputs uploads);
+// push_inputs_device computes their keys and values into that row, as part of the step.
 template <typename T>
 void Decoder<T>::push_inputs(int64_t position) {
   const int64_t N = cfg_.context_length, K = samples();
