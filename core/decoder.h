@@ -145,13 +145,24 @@ class Decoder {
   // plans, equal captured work (the step's inputs are uploaded before it: push_inputs,
   // upload_step_inputs).
   struct StepPlan {
-    int64_t first_position, groups_end, group_stride;
-    int64_t grouped_from, grouped_count, shared_from, shared_count;  // shared_rows(true/false)
+    int64_t groups_end, group_stride;
+    int64_t grouped_from, grouped_count;  // shared_rows(1, true)
+    int64_t shared_from, shared_count;    // shared_rows(1, false): only if reads_all_rows
     const T* own_k;
     int64_t own_cap;
     bool own;
     const T* position_table;  // absolute positions: grows with the documents
+    bool reads_all_rows;      // the captured step attended the whole shared cache
     bool operator==(const StepPlan&) const = default;
+    // Whether a step planned `now` would do the captured work of this plan.
+    bool holds_for(StepPlan now) const {
+      now.reads_all_rows = reads_all_rows;
+      if (!reads_all_rows) {
+        now.shared_from = shared_from;
+        now.shared_count = shared_count;
+      }
+      return now == *this;
+    }
   };
   StepPlan replay_plan() const;
   uint64_t step_key() const;
@@ -213,6 +224,9 @@ class Decoder {
   bool replay_ = false;
   StepCounts step_counts_;
   int64_t input_row_ = 0;  // the row of the newest inputs in the cross caches (push_inputs)
+  // Whether the step being captured attended the whole shared cross cache (a token-table
+  // call declined, or none offered), whose rows move with every token past N.
+  bool step_reads_all_rows_ = false;
   std::vector<std::pair<uint64_t, StepPlan>> captured_plans_;
 };
 

@@ -59,10 +59,13 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
   };
   int64_t shared_from = 0, shared_count = 0;
   std::tie(shared_from, shared_count) = shared_rows(nq, false);
+  bool all_rows = true;  // of the shared cache, not only those after the groups
   if (token_tables_ && groups_end_ > 0) {
-    const TokenAttentionShape s{rows, Hc, Dc, rot_cross_.bands, cfg_.vocab_size, b.group,
-                                b.group_pos, group_stride_,
-                                std::max<int64_t>(0, T_ - cfg_.context_length), scale};
+    TokenAttentionShape s{rows, Hc, Dc, rot_cross_.bands, cfg_.vocab_size, b.group,
+                          b.group_pos, group_stride_,
+                          std::max<int64_t>(0, T_ - cfg_.context_length), scale};
+    // A replayed step past N reads it where upload_step_inputs put it.
+    if (replay_) s.first_position_at = b.first_position;
     // Samples with equal tokens share a query, which changes the work from step to step:
     // not in a replayed step.
     if (nq == 1 && batch > 1 && !replay_
@@ -72,6 +75,7 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
       att_layout = LseLayout{1, rows};
       first_part = false;
       std::tie(shared_from, shared_count) = shared_rows(nq, true);
+      all_rows = false;
     }
     // Declined (no kernel, or a shape it is not sized for: a refill's many latents): this
     // call attends over the shared cache, which holds the whole window with one sample and
@@ -99,6 +103,7 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
     part(LseLayout{batch, nq}, [&](T* o, T* lse) { ops_.attention_forward(own, b.q, own_k_, own_v_, o, lse); });
   }
   PAR_ASSERT(!first_part, "a window with no keys");
+  if (all_rows) step_reads_all_rows_ = true;
 }
 
 // The rows of the shared cross cache that a call attends. After the groups: the rows after

@@ -44,10 +44,11 @@ struct Decoder<T>::Buffers {
   // A step's inputs, one after the other from step_cos to latent_pos + K, so that one
   // upload gives them all (Decoder::upload_step_inputs): its rotary rows (its newest
   // position), cross and self; the row of its latent in the self caches (latents_) and of
-  // the newest inputs in the cross caches; the latents' positions ([max(M, K)], a refill's
-  // too).
+  // the newest inputs in the cross caches; the window's first position; the latents'
+  // positions ([max(M, K)], a refill's too).
   T *step_cos, *step_sin, *step_self_cos, *step_self_sin;
   int64_t *step_row, *input_row;
+  int64_t* first_position;  // the window's first position (token tables' first_position_at)
   int64_t* latent_pos;
   T *h, *kvn, *kv_mu, *kv_rs;          // [E, d], [E]
   T *zin, *z0, *qn, *q, *k, *v, *att, *tmp, *x, *ln;  // [R, d]
@@ -97,6 +98,7 @@ struct Decoder<T>::Buffers {
     step_self_sin = c.take<T>(self_bands);
     step_row = c.take<int64_t>(1);
     input_row = c.take<int64_t>(1);
+    first_position = c.take<int64_t>(1);
     latent_pos = c.take<int64_t>(std::max(M, K));
     h = c.take<T>(E * d);
     kvn = c.take<T>(E * d);

@@ -79,6 +79,8 @@ void Decoder<T>::upload_step_inputs(int64_t position) {
   }
   put(b.step_row, &latents_, sizeof(int64_t));
   put(b.input_row, &input_row_, sizeof(int64_t));
+  const int64_t first = std::max<int64_t>(0, length() - cfg_.context_length);
+  put(b.first_position, &first, sizeof(int64_t));
   for (int64_t k = 0; k < samples(); ++k) put(b.latent_pos + k, &position, sizeof(int64_t));
   ops_.upload(base, host.data(), host.size());
   // Else a refill follows, with its own positions.
@@ -90,9 +92,8 @@ template <typename T>
 typename Decoder<T>::StepPlan Decoder<T>::replay_plan() const {
   const auto [gf, gc] = shared_rows(1, true);
   const auto [sf, sc] = shared_rows(1, false);
-  return StepPlan{std::max<int64_t>(0, length() - cfg_.context_length),
-                  groups_end_, group_stride_, gf, gc, sf, sc, own_k_, own_cap_, own_count_ > 0,
-                  positions_ ? positions_->table() : nullptr};
+  return StepPlan{groups_end_, group_stride_, gf, gc, sf, sc, own_k_, own_cap_, own_count_ > 0,
+                  positions_ ? positions_->table() : nullptr, true};
 }
 
 // The capture's key: what changes the step's kernels (parts of the window), and the
@@ -118,12 +119,13 @@ void Decoder<T>::run_step(const F& step) {
   const uint64_t key = step_key();
   auto kept = std::find_if(captured_plans_.begin(), captured_plans_.end(),
                            [&](const auto& e) { return e.first == key; });
-  const StepPlan plan = replay_ ? replay_plan() : StepPlan{};
-  if (replay_ && kept != captured_plans_.end() && kept->second == plan &&
+  StepPlan plan = replay_ ? replay_plan() : StepPlan{};
+  if (replay_ && kept != captured_plans_.end() && kept->second.holds_for(plan) &&
       ops_.replay_capture(key)) {
     ++step_counts_.replayed;
     return;
   }
+  step_reads_all_rows_ = false;
   ops_.begin_capture();
   try {
     step();
@@ -143,6 +145,7 @@ void Decoder<T>::run_step(const F& step) {
   ops_.end_capture(key);
   ++step_counts_.captured;
   if (!replay_) return;
+  plan.reads_all_rows = step_reads_all_rows_;
   if (kept == captured_plans_.end())
     captured_plans_.emplace_back(key, plan);
   else

@@ -76,6 +76,9 @@ struct TokenAttentionShape {
   int64_t stride = 0;              // of the cos and sin rows
   int64_t first_position = 0;
   double scale = 1.0;
+  // When set, first_position is *first_position_at, in backend memory: a captured decoding
+  // step's, which moves with every token past N.
+  const int64_t* first_position_at = nullptr;
 };
 
 struct AdamStep {

@@ -468,6 +468,7 @@ struct TokenCase {
   int64_t hidden = 100;    // keys before the first visible position, in per mille of n
   int64_t dominant = -1;   // a token that holds most keys (several work items), or none
   int64_t early_only = -1; // a token whose keys all precede the first visible position
+  bool first_in_memory = false;  // first_position_at (and a wrong first_position)
 };
 
 // Keys at positions 1000 + j: every 9th PAD, else spread over the vocabulary, or 3 in 5
@@ -492,6 +493,9 @@ void token_attention_cases(std::vector<OpCase>& t) {
   // A token of 3000 keys (several work items), the first visible position inside groups,
   // a token whose keys are all hidden.
   cases.push_back(TokenCase{"n=5000 one token dominant", 5000, 3, 2, 16, 40, 100, 7, 11});
+  // The same with the first visible position read from backend memory.
+  cases.push_back(
+      TokenCase{"n=5000 first position in memory", 5000, 3, 2, 16, 40, 100, 7, 11, true});
   // gpu-100m-131k's heads: 64 wide, half rotated, 16 bands; its vocabulary (most tokens
   // without a key here).
   cases.push_back(TokenCase{"n=3000 16 bands", 3000, 2, 4, 64, 259, 100, 5, 9});
@@ -514,6 +518,10 @@ void token_attention_cases(std::vector<OpCase>& t) {
       const TokenGroups<double> g = group_tokens<double>(tokens.data(), c.n, first, V, spec);
       TokenAttentionShape s{c.nq, c.heads, c.head_dim, spec.bands, V, r.raw(g.group), r.raw(g.pos),
                             g.stride, first + hidden, 1.0 / std::sqrt(double(c.head_dim))};
+      if (c.first_in_memory) {
+        s.first_position_at = r.raw(std::vector<int64_t>{s.first_position});
+        s.first_position = 0;  // every key: a backend that read this would disagree
+      }
       auto* o = r.filled(c.nq * width, 7);
       auto* lse = r.filled(c.nq * c.heads, 7);
       const bool done = r.ops.token_attention_forward(s, r.random(c.nq * width, 42), r.random(V * width, 43),

@@ -196,8 +196,9 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
   const int64_t QH = s.nq * H;
   // Each token's visible keys, in items.
   std::vector<Item> items;
+  const int64_t first = s.first_position_at ? *s.first_position_at : s.first_position;
   for (int64_t t = 0; t < V; ++t) {
-    const int64_t* lo = std::lower_bound(s.pos + s.group[t], s.pos + s.group[t + 1], s.first_position);
+    const int64_t* lo = std::lower_bound(s.pos + s.group[t], s.pos + s.group[t + 1], first);
     for (int64_t b = lo - s.pos; b < s.group[t + 1]; b += kItemKeys)
       items.push_back(Item{t, b, std::min(b + kItemKeys, s.group[t + 1])});
   }

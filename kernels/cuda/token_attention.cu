@@ -50,6 +50,7 @@ __host__ __device__ inline int coef_stride(int64_t bands) { return int((1 + 2 * 
 
 struct PlanArgs {
   const int64_t *group, *pos;
+  const int64_t* first_at;  // when set, first_position is read there
   int64_t vocab, first_position, bound;
   int64_t* prefix;  // [vocab + 1]
   Item* items;      // [bound]
@@ -59,6 +60,7 @@ __global__ void __launch_bounds__(kPlanThreads) token_plan(PlanArgs a) {
   using Scan = cub::BlockScan<int64_t, kPlanThreads>;
   __shared__ typename Scan::TempStorage scan;
   int64_t carry = 0;
+  const int64_t first_position = a.first_at ? *a.first_at : a.first_position;
   for (int64_t t0 = 0; t0 < a.vocab; t0 += kPlanThreads) {
     const int64_t t = t0 + threadIdx.x;
     int64_t first = 0, end = 0, pieces = 0;
@@ -67,7 +69,7 @@ __global__ void __launch_bounds__(kPlanThreads) token_plan(PlanArgs a) {
       end = hi;
       while (lo < hi) {  // the first key at or after first_position
         const int64_t mid = lo + (hi - lo) / 2;
-        if (a.pos[mid] < a.first_position) lo = mid + 1;
+        if (a.pos[mid] < first_position) lo = mid + 1;
         else hi = mid;
       }
       first = lo;
@@ -322,7 +324,8 @@ void token_attention_forward(cudaStream_t st, const TokenAttentionShape& s,
   auto* items = reinterpret_cast<Item*>(base + p.items_offset);
   auto* partials = reinterpret_cast<float2*>(base + p.partials_offset);
   token_plan<<<1, kPlanThreads, 0, st>>>(
-      PlanArgs{s.group, s.pos, s.vocab, s.first_position, p.items, prefix, items});
+      PlanArgs{s.group, s.pos, s.first_position_at, s.vocab, s.first_position, p.items, prefix,
+               items});
   PAR_CUDA_CHECK(cudaGetLastError());
   const ScanArgs a{items,      q,       key_table, cos,      sin,     s.nq,
                    s.heads,    s.head_dim, s.bands, s.stride, p.items,
