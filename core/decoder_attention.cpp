@@ -107,17 +107,24 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
 }
 
 // The rows of the shared cross cache that a call attends. After the groups: the rows after
-// them with one sample (the prompt is all grouped with several). Else all of them. A
-// replayed step (one query per sample, one sample) attends them in buckets of M rows, up
-// to the end of the cache, so that its work changes every M tokens, not every token: the
-// rows not filled yet are at far positions (start(), compact_cross_cache).
+// them with one sample (the prompt is all grouped with several). Else all of them. So that
+// a replayed step's work (one query per sample) changes every M tokens, not every token:
+// it attends from the cache's first row, the rows that left the window not kept
+// (push_inputs), and with one sample in buckets of M rows, up to the end of the cache, the
+// rows not filled yet at far positions (start(), compact_cross_cache).
 template <typename T>
 std::pair<int64_t, int64_t> Decoder<T>::shared_rows(int64_t nq, bool after_groups) const {
-  int64_t count = cross_count_;
-  if (after_groups)
+  const bool step = replay_ && nq == 1;
+  int64_t from = cross_head_, count = cross_count_;
+  if (after_groups) {
     count = samples() == 1 ? std::min(cross_count_, length() - groups_end_) : 0;
-  const int64_t from = cross_head_ + cross_count_ - count, M = cfg_.num_latents;
-  if (replay_ && nq == 1 && samples() == 1 && count > 0)
+    from = cross_head_ + cross_count_ - count;
+  } else if (step && cross_count_ > 0) {
+    from = 0;
+    count = cross_head_ + cross_count_;
+  }
+  const int64_t M = cfg_.num_latents;
+  if (step && samples() == 1 && count > 0)
     count = std::min((count + M - 1) / M * M, cfg_.context_length + M - from);
   return {from, count};
 }

@@ -24,18 +24,24 @@ void Decoder<T>::push_inputs(int64_t position) {
   std::vector<int32_t> tokens, doc_pos;
   gather(position, 1, tokens, doc_pos);
   int64_t row = 0;
-  if (K == 1) {
-    if (cross_count_ == N) {
-      ++cross_head_;
-      --cross_count_;
+  // A replayed step attends the shared cache from its first row (shared_rows): a row that
+  // leaves the window is not kept.
+  auto leave = [&] {
+    if (replay_) {
+      const uint8_t drop = 0;
+      ops_.upload(b.cross_keep + cross_head_, &drop, 1);
     }
+    ++cross_head_;
+    --cross_count_;
+  };
+  if (K == 1) {
+    if (cross_count_ == N) leave();
     if (cross_head_ + cross_count_ == N + cfg_.num_latents) compact_cross_cache(position);
     row = cross_head_ + cross_count_;
   } else {
     if (cross_count_ + own_count_ == N) {
       if (cross_count_ > 0) {
-        ++cross_head_;
-        --cross_count_;
+        leave();
       } else {  // the oldest own entry leaves
         const uint8_t drop = 0;
         for (int64_t s = 0; s < K; ++s) ops_.upload(own_keep_ + s * own_cap_ + own_head_, &drop, 1);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "core/decoder_buffers.h"
@@ -90,7 +91,9 @@ void Decoder<T>::upload_step_inputs(int64_t position) {
 // What the captured work of a step depends on, other than device buffers: see StepPlan.
 template <typename T>
 typename Decoder<T>::StepPlan Decoder<T>::replay_plan() const {
-  const auto [gf, gc] = shared_rows(1, true);
+  // The rows after the groups matter only where the groups are offered.
+  const bool groups = token_tables_ && groups_end_ > 0;
+  const auto [gf, gc] = groups ? shared_rows(1, true) : std::pair<int64_t, int64_t>{0, 0};
   const auto [sf, sc] = shared_rows(1, false);
   return StepPlan{groups_end_, group_stride_, gf, gc, sf, sc, own_k_, own_cap_, own_count_ > 0,
                   positions_ ? positions_->table() : nullptr, true};
