@@ -19,12 +19,11 @@
 #include "core/decoder.h"
 #include "core/ops.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "tests/decoder_model.h"
 #include "tests/test_util.h"
 
 namespace par {
 namespace {
-
-using testing_util::random_vector;
 
 // Every op of `inner`, kept by value while a capture is open.
 template <typename T>
@@ -95,21 +94,6 @@ class ReplayingOps final : public KeepingOps<double> {
   std::map<uint64_t, Kept> kept_;
 };
 
-ModelConfig config(PositionEncoding pe) {
-  return ModelConfig{.vocab_size = 19, .d_model = 16, .context_length = 64, .num_latents = 8,
-                     .num_layers = 2, .cross_heads = 2, .self_heads = 4, .mlp_factor = 2,
-                     .position_encoding = pe};
-}
-
-double max_rel(const std::vector<double>& a, const std::vector<double>& b) {
-  double err = 0, ref = 1e-30;
-  for (size_t i = 0; i < a.size(); ++i) {
-    err = std::max(err, std::abs(a[i] - b[i]));
-    ref = std::max(ref, std::abs(b[i]));
-  }
-  return err / ref;
-}
-
 struct Case {
   int64_t samples;
   TokenTables tables;
@@ -119,13 +103,9 @@ struct Case {
 // 100 steps from a 10-token prompt: refills, regrouped windows, buckets of the newest
 // cross rows, and past N = 64 the moving window and its compactions.
 void check_replayed_steps(const Case& cs) {
-  const ModelConfig c = config(cs.pe);
+  const ModelConfig c = testing_util::small_decoder_config(cs.pe);
   cpu::CpuOps<double> cpu;
-  const ParamLayout layout(c);
-  std::vector<double> p = random_vector<double>(layout.total(), 41, 0.4);
-  for (const ParamInfo& info : layout.params())
-    if (info.kind == ParamKind::kNormWeight)
-      for (int64_t i = 0; i < info.numel; ++i) p[size_t(info.offset + i)] += 1;
+  const std::vector<double> p = testing_util::small_decoder_params<double>(c, 41);
   double* params = static_cast<double*>(cpu.allocate(p.size() * sizeof(double)));
   cpu.upload(params, p.data(), p.size() * sizeof(double));
   const int64_t K = cs.samples;
@@ -140,7 +120,7 @@ void check_replayed_steps(const Case& cs) {
   prompt[4] = 0;  // PAD
   const std::array<Decoder<double>*, 3> all = {&replayed, &recaptured, &plain};
   for (Decoder<double>* d : all) d->start(prompt);
-  EXPECT_LE(max_rel(replayed.logits(), plain.logits()), 1e-12) << "start";
+  EXPECT_LE(testing_util::max_rel_err(replayed.logits(), plain.logits()), 1e-12) << "start";
   int within_context = 0;
   for (int step = 0; step < 100; ++step) {
     std::vector<int32_t> next;
@@ -149,7 +129,7 @@ void check_replayed_steps(const Case& cs) {
     for (Decoder<double>* d : all) d->append(next);
     if (replayed.length() <= c.context_length) ++within_context;
     ASSERT_EQ(replayed.logits(), recaptured.logits()) << "step " << step;
-    ASSERT_LE(max_rel(replayed.logits(), plain.logits()), 1e-12) << "step " << step;
+    ASSERT_LE(testing_util::max_rel_err(replayed.logits(), plain.logits()), 1e-12) << "step " << step;
   }
   // Every fifth token refills (M = 8: from 4 latents to 8), the others are steps. Within the
   // context most steps replay: a plan changes at refills and every M tokens.

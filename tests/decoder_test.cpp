@@ -13,6 +13,7 @@
 #include "core/model.h"
 #include "core/ops_decorator.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "tests/decoder_model.h"
 #include "tests/test_util.h"
 #include "tests/token_attention_calls.h"
 
@@ -22,20 +23,12 @@ namespace {
 using testing_util::random_vector;
 
 ModelConfig config(PositionEncoding pe = PositionEncoding::kRotary) {
-  ModelConfig c{.vocab_size = 19, .d_model = 16, .context_length = 64, .num_latents = 8,
-                .num_layers = 2, .cross_heads = 2, .self_heads = 4, .mlp_factor = 2,
-                .position_encoding = pe};
-  return c;
+  return testing_util::small_decoder_config(pe);
 }
 
 template <typename T>
 std::vector<T> params_for(const ModelConfig& c, uint64_t seed) {
-  auto p = random_vector<T>(ParamLayout(c).total(), seed, 0.4);
-  const ParamLayout layout(c);
-  for (const ParamInfo& info : layout.params())
-    if (info.kind == ParamKind::kNormWeight)
-      for (int64_t i = 0; i < info.numel; ++i) p[size_t(info.offset + i)] += T(1);
-  return p;
+  return testing_util::small_decoder_params<T>(c, seed);
 }
 
 // The parameters in the backend's memory (the caller deallocates them).
