@@ -1,8 +1,9 @@
 // The CPU attention's exponentials against double-precision references, in ulps of the
 // correctly rounded float: fast_expf (the blocked sgemm path and decoding), exp2_16 (the
-// fused AVX-512 path, whose scores are in base-2 units) and exp2_16_short (the token-table
-// attention's). Every 2^k-th float of the ranges the softmax feeds them is checked, so a
-// wrong coefficient or a broken range reduction anywhere in the range shows.
+// fused AVX-512 path, whose scores are in base-2 units), exp2_16_short and exp2_16_floor
+// (the token-table attention's). Every 2^k-th float of the ranges the softmax feeds them
+// is checked, so a wrong coefficient or a broken range reduction anywhere in the range
+// shows.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -65,6 +66,9 @@ float lane(float y) {
 }
 constexpr auto exp2_lane = lane<cpu::exp2_16>;
 constexpr auto exp2_short_lane = lane<cpu::exp2_16_short>;
+#if defined(__AVX512DQ__)
+constexpr auto exp2_floor_lane = lane<cpu::exp2_16_floor>;
+#endif
 
 // The worst ulps of an exponential over every 61st float of the softmax's range, y in
 // [-126, 0] (score - max <= 0; below -126 the result leaves the normal floats, and those
@@ -98,6 +102,23 @@ TEST(CpuExp, ShortVectorExp2IsWithinTwoAndAHalfUlps) {
   const Worst w = worst_on_softmax_range(exp2_short_lane);
   EXPECT_LE(w.ulps, 2.5) << "at y = " << w.y;  // 1.94 on this sweep
 }
+
+#if defined(__AVX512DQ__)
+// The bounded token-table scan's: within 2.6 ulp on the same range, every lane its own,
+// and exact at every integer (its polynomial gives 1 at f = 0 and 2 at f = 1).
+TEST(CpuExp, FloorVectorExp2IsWithinTwoAndSixTenthsUlps) {
+  const Worst w = worst_on_softmax_range(exp2_floor_lane);
+  EXPECT_LE(w.ulps, 2.6) << "at y = " << w.y;  // 2.59 on this sweep
+  for (int k = 0; k <= 126; ++k) EXPECT_EQ(exp2_floor_lane(-float(k)), std::ldexp(1.0f, -k)) << k;
+  EXPECT_EQ(exp2_floor_lane(-0.0f), 1.0f);
+  EXPECT_EQ(exp2_floor_lane(-200.0f), 0.0f);
+  EXPECT_EQ(exp2_floor_lane(-1e30f), 0.0f);
+  alignas(64) float in[16], out[16];
+  for (int i = 0; i < 16; ++i) in[i] = -0.37f * float(i * i);
+  _mm512_store_ps(out, cpu::exp2_16_floor(_mm512_load_ps(in)));
+  for (int i = 0; i < 16; ++i) EXPECT_LE(ulps(out[i], std::exp2(double(in[i]))), 2.6) << i;
+}
+#endif
 
 // Both are exact where the polynomial's constant term decides, and 0 far below.
 TEST(CpuExp, VectorExp2IsExactAtZeroAndVanishesFarBelow) {

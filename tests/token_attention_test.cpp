@@ -22,6 +22,7 @@ struct Case {
   double rotary_fraction = 0.5;
   int64_t first_visible = 0;  // keys before the window's start (relative to the first key)
   bool all_pad = false;
+  double q_scale = 1.0;  // of the queries' random values
 };
 
 template <typename T>
@@ -31,7 +32,7 @@ void check(const Case& c, double tol) {
   const RotarySpec spec = make_rotary_spec(c.head_dim, c.rotary_fraction, 4096);
   const auto key_table = random_vector<T>(V * width, 1, 1.0);
   const auto value_table = random_vector<T>(V * width, 2, 1.0);
-  const auto q = random_vector<T>(c.nq * width, 3, 1.0);
+  const auto q = random_vector<T>(c.nq * width, 3, c.q_scale);
   std::mt19937_64 rng(4);
   std::vector<int32_t> tokens(static_cast<size_t>(n));
   std::vector<uint8_t> keep(static_cast<size_t>(n));
@@ -91,6 +92,20 @@ TEST(TokenAttention, MatchesMaterializedKeysFloat) {
   for (int64_t heads : {1, 3, 8}) check<float>(Case{heads, 32}, 2e-5);
   check<float>(Case{8, 16}, 2e-5);
   check<float>(Case{4, 64}, 2e-5);
+}
+
+// The float kernels of 4 and 8 bands scan a token's keys against a bound of its scores
+// (the sum of the bands' amplitudes) where every query-head's bound lies within 48 (base 2)
+// of its unrotated term, and track each lane's maximum otherwise. Queries 8 times larger
+// put the amplitudes near that limit (30-50); 40 times larger, past it (up to 280). With
+// only the last key or the last few visible, a token's scores can lie that far below its
+// bound: scanned against the bound, their terms would vanish below float's range.
+TEST(TokenAttention, WideAndHugeScoreRangesInFloat) {
+  for (double q_scale : {8.0, 40.0})
+    for (int64_t first_visible : {0, 4990, 4999}) {
+      check<float>(Case{8, 32, 2, 0.5, first_visible, false, q_scale}, 2e-5);
+      check<float>(Case{8, 16, 2, 0.5, first_visible, false, q_scale}, 2e-5);
+    }
 }
 
 TEST(TokenAttention, SeveralQueriesAndTiles) {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <random>
 
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/sampling_cases.h"
@@ -93,6 +94,41 @@ TEST(TokenChoice, TiesGoToTheSmallerIdAndTopPStopsWhereItIsReached) {
   EXPECT_EQ(choose_token(equal.data(), 7, half, 0.4999), 1);
   // top-k 3 of four equal logits: ids 1, 2, 3.
   EXPECT_EQ(choose_token(equal.data(), 7, SamplingOptions{1.0, 3, 1.0}, 0.999), 3);
+}
+
+// The order of step 1, read back one place at a time: at a temperature so high that every
+// kept weight rounds to 1, top-k k and u = (k - 1/2) / k choose the k-th likeliest id.
+template <typename T>
+void expect_likeliest_first_order(const std::vector<T>& logits) {
+  const int64_t V = int64_t(logits.size());
+  std::vector<int32_t> order(static_cast<size_t>(V));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return logits[size_t(a)] > logits[size_t(b)];
+  });
+  for (int64_t k = 1; k <= V; ++k) {
+    const SamplingOptions o{1e300, k, 1.0};
+    ASSERT_EQ(choose_token(logits.data(), V, o, (double(k) - 0.5) / double(k)), order[size_t(k - 1)])
+        << "place " << k << " of " << V;
+  }
+}
+
+TEST(TokenChoice, OrderIsByLogitThenIdForEveryKindOfValue) {
+  std::mt19937_64 rng(7);
+  for (int round = 0; round < 20; ++round) {
+    // Few distinct values (many ties), both zeros, subnormals, and values that share high
+    // bytes, so that every digit of the sort decides some places.
+    const std::vector<float> pool = {0.0f, -0.0f, 1.0f, -1.0f, 1e-40f, -1e-40f, 3.5f, 3.5000002f,
+                                     -3.5f, 1e30f, -1e30f, 0.1f, 0.10000001f};
+    std::vector<float> f(size_t(1 + rng() % 300));
+    std::vector<double> d(f.size());
+    for (size_t i = 0; i < f.size(); ++i) {
+      f[i] = rng() % 2 ? pool[rng() % pool.size()] : float(int64_t(rng() % 2001) - 1000) / 64.0f;
+      d[i] = rng() % 2 ? double(f[i]) : double(f[i]) + (rng() % 2 ? 1e-12 : -1e-300);
+    }
+    expect_likeliest_first_order(f);
+    expect_likeliest_first_order(d);
+  }
 }
 
 TEST(TokenChoice, CpuOpsSamplesEveryRowByTheRule) {

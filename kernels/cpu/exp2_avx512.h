@@ -51,6 +51,25 @@ inline __m512 exp2_16_short(__m512 y) {
   return _mm512_scalef_ps(p, n);
 }
 
+// 2^y for y <= 0 with 7 vector operations: f = y - floor(y) in [0, 1) in one (reduce), and
+// scalef's own floor of y for the power of two, so that no rounded copy of y is needed. The
+// polynomial (degree 5, minimax-like by iterated weighted least squares of the relative
+// error, with p(0) = 1 and p(1) = 2, so integers are exact from both sides) has a relative
+// error of 9.2e-8 in exact arithmetic; in float, within 2.6 ulp of exp2 for y in [-126, 0]
+// (tests/cpu_exp_test.cpp). For the bounded scan of the token-table attention.
+#if defined(__AVX512DQ__)
+inline __m512 exp2_16_floor(__m512 y) {
+  const __m512 f = _mm512_reduce_ps(y, _MM_FROUND_TO_NEG_INF);
+  __m512 p = _mm512_set1_ps(1.8793182680383325e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.990995585918427e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.581867694854736e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40159273147583e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931517124176025e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, y);
+}
+#endif
+
 }  // namespace par::cpu
 
 #endif
