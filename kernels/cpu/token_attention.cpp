@@ -61,52 +61,70 @@ struct Item {
 template <typename T>
 struct Tile {
   const TokenAttentionShape& s;
-  const T* q;
+  const T* key_table;
   int64_t qh0, count;
-  const T* table = nullptr;            // coefficient_table
-  const double* amplitudes = nullptr;  // coefficient_table
+  // Each query-head's query in double, [count][head_dim], and the same with each rotary
+  // pair (a, b) turned into (b, -a), for the products of the sine coefficients.
+  std::vector<double> qd, qs;
 
-  // Every token's coefficients: table[t][u][r], r in [0, 1 + 2*bands), scaled by
-  // scale * log2(e), and amplitudes[t][u], the sum over the bands of sqrt(c_cos^2 +
-  // c_sin^2) of the rounded coefficients (bounded_references), in float. From key_t, the key table
-  // transposed ([width][V]), so that the loops run over the tokens in vectors; each
-  // coefficient is the same sum in double as one token at a time.
-  void coefficient_table(const T* key_t, T* out, double* amp, int threads) const {
-    const int64_t D = s.head_dim, B = s.bands, R = 1 + 2 * B, V = s.vocab;
-    const double f = s.scale * kLog2e;
-    const int64_t width = s.heads * D;
-#pragma omp parallel num_threads(threads)
-    {
-      std::vector<double> acc(static_cast<size_t>(V));
-      std::vector<float> amp_u(static_cast<size_t>(V));
-#pragma omp for schedule(static)
-      for (int64_t u = 0; u < count; ++u) {
-        const int64_t qh = qh0 + u, h = qh / s.nq, i = qh % s.nq;
-        const T* qv = q + i * width + h * D;
-        const T* kh = key_t + h * D * V;
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t x = 2 * B; x < D; ++x) {
-          const double qx = qv[x];
-          const T* k = kh + x * V;
-          for (int64_t t = 0; t < V; ++t) acc[size_t(t)] += qx * k[t];
-        }
-        for (int64_t t = 0; t < V; ++t) out[(t * count + u) * R] = T(acc[size_t(t)] * f);
-        std::fill(amp_u.begin(), amp_u.end(), 0.0f);
-        for (int64_t b = 0; b < B; ++b) {
-          const double qa = qv[2 * b], qb = qv[2 * b + 1];
-          const T* ka = kh + 2 * b * V;
-          const T* kb = ka + V;
-          for (int64_t t = 0; t < V; ++t) {
-            const T cc = T((qa * ka[t] + qb * kb[t]) * f), cs = T((qb * ka[t] - qa * kb[t]) * f);
-            out[(t * count + u) * R + 1 + b] = cc;
-            out[(t * count + u) * R + 1 + B + b] = cs;
-            // In float: a bound within a few ulp does as well, and a double sqrt per
-            // token, band and query-head would cost a tenth of the scan.
-            amp_u[size_t(t)] += std::sqrt(float(cc) * float(cc) + float(cs) * float(cs));
-          }
-        }
-        for (int64_t t = 0; t < V; ++t) amp[t * count + u] = amp_u[size_t(t)];
+  Tile(const TokenAttentionShape& shape, const T* q, const T* keys, int64_t first, int64_t n)
+      : s(shape), key_table(keys), qh0(first), count(n) {
+    const int64_t D = s.head_dim, width = s.heads * D;
+    qd.resize(size_t(count * D));
+    qs.resize(size_t(count * D));
+    for (int64_t u = 0; u < count; ++u) {
+      const int64_t qh = qh0 + u, h = qh / s.nq, i = qh % s.nq;
+      const T* qv = q + i * width + h * D;
+      for (int64_t x = 0; x < D; ++x) qd[size_t(u * D + x)] = qv[x];
+      for (int64_t b = 0; b < s.bands; ++b) {
+        qs[size_t(u * D + 2 * b)] = qv[2 * b + 1];
+        qs[size_t(u * D + 2 * b + 1)] = -double(qv[2 * b]);
       }
+    }
+  }
+
+  // coef[u][r], r in [0, 1 + 2*bands), of token t, scaled by scale * log2(e), and amp[u],
+  // the sum over the bands of sqrt(c_cos^2 + c_sin^2) of the rounded coefficients
+  // (bounded_references). The products of a query and a key row go in vectors; scratch
+  // holds 3 * head_dim doubles.
+  void coefficients(int64_t t, T* coef, double* amp, double* scratch) const {
+    const int64_t D = s.head_dim, B = s.bands, R = 1 + 2 * B, width = s.heads * D;
+    const double f = s.scale * kLog2e;
+    double* kd = scratch;
+    double* prod = scratch + D;
+    double* swapped = scratch + 2 * D;
+    int64_t loaded = -1;
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4)
+      if (D % 8 == 0 && B % 4 == 0) return coefficients_avx512(t, coef, amp, kd);
+#endif
+    for (int64_t u = 0; u < count; ++u) {
+      const int64_t h = (qh0 + u) / s.nq;
+      if (h != loaded) {  // the query-heads of one head share its key row
+        const T* kv = key_table + t * width + h * D;
+        for (int64_t x = 0; x < D; ++x) kd[x] = kv[x];
+        loaded = h;
+      }
+      const double* qa = qd.data() + u * D;
+      const double* qb = qs.data() + u * D;
+      for (int64_t x = 0; x < D; ++x) {
+        prod[x] = qa[x] * kd[x];
+        swapped[x] = qb[x] * kd[x];
+      }
+      double plain = 0;
+      for (int64_t x = 2 * B; x < D; ++x) plain += prod[x];
+      T* c = coef + u * R;
+      c[0] = T(plain * f);
+      float a = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        const T cc = T((prod[2 * b] + prod[2 * b + 1]) * f);
+        const T cs = T((swapped[2 * b] + swapped[2 * b + 1]) * f);
+        c[1 + b] = cc;
+        c[1 + B + b] = cs;
+        // In float: a bound within a few ulp does as well as an exact one.
+        a += std::sqrt(float(cc) * float(cc) + float(cs) * float(cs));
+      }
+      amp[u] = a;
     }
   }
 
@@ -237,21 +255,62 @@ struct Tile {
   }
 #endif
 
-  // A bound of each query-head's scores over token t's keys, from |a cos + b sin| <=
-  // sqrt(a^2 + b^2): c[0] plus the amplitude. Writes the token's coefficients to coef with
-  // each c[0] replaced by c[0] - bound = -amplitude (rounded to float), and refs[u] =
-  // c[0] - c'[0] exactly, the reference that stands for, so that 2^(score - reference) <= 1
-  // (up to rounding) for every key. False where some amplitude exceeds kMaxBoundGap: terms
-  // down to 2^-(2 * kMaxBoundGap) stay normal floats, but a looser bound could leave a
-  // token's whole sum among the subnormals.
-  bool bounded_references(int64_t t, T* coef, double* refs) const {
+#if defined(__AVX512F__)
+  // The same for float with whole vectors of 8 doubles: each group of 8 rotary dimensions
+  // gives 4 bands, its products' adjacent pairs summed (the same sums as above) and packed.
+  void coefficients_avx512(int64_t t, float* coef, double* amp, double* kd) const {
+    const int64_t D = s.head_dim, B = s.bands, R = 1 + 2 * B, width = s.heads * D;
+    const __m512d f = _mm512_set1_pd(s.scale * kLog2e);
+    int64_t loaded = -1;
+    for (int64_t u = 0; u < count; ++u) {
+      const int64_t h = (qh0 + u) / s.nq;
+      if (h != loaded) {
+        const T* kv = key_table + t * width + h * D;
+        for (int64_t x = 0; x < D; x += 8)
+          _mm512_storeu_pd(kd + x, _mm512_cvtps_pd(_mm256_loadu_ps(kv + x)));
+        loaded = h;
+      }
+      const double* qa = qd.data() + u * D;
+      const double* qb = qs.data() + u * D;
+      float* c = coef + u * R;
+      __m512d plain = _mm512_setzero_pd();
+      for (int64_t x = 2 * B; x < D; x += 8)
+        plain = _mm512_add_pd(plain, _mm512_mul_pd(_mm512_loadu_pd(qa + x), _mm512_loadu_pd(kd + x)));
+      c[0] = float(_mm512_reduce_add_pd(plain) * (s.scale * kLog2e));
+      __m256 amplitude = _mm256_setzero_ps();
+      for (int64_t x = 0; x < 2 * B; x += 8) {
+        const __m512d k = _mm512_loadu_pd(kd + x);
+        const __m512d pc = _mm512_mul_pd(_mm512_loadu_pd(qa + x), k);
+        const __m512d ps = _mm512_mul_pd(_mm512_loadu_pd(qb + x), k);
+        // Lanes 0, 2, 4, 6: a pair's sum; packed into lanes 0-3.
+        const __m512d sc = _mm512_add_pd(pc, _mm512_permute_pd(pc, 0x55));
+        const __m512d ss = _mm512_add_pd(ps, _mm512_permute_pd(ps, 0x55));
+        const __m256 cc = _mm512_cvtpd_ps(_mm512_maskz_compress_pd(0x55, _mm512_mul_pd(sc, f)));
+        const __m256 cs = _mm512_cvtpd_ps(_mm512_maskz_compress_pd(0x55, _mm512_mul_pd(ss, f)));
+        _mm256_mask_storeu_ps(c + 1 + x / 2, 0x0F, cc);
+        _mm256_mask_storeu_ps(c + 1 + B + x / 2, 0x0F, cs);
+        amplitude = _mm256_add_ps(amplitude,
+                                  _mm256_sqrt_ps(_mm256_fmadd_ps(cc, cc, _mm256_mul_ps(cs, cs))));
+      }
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, amplitude);
+      amp[u] = double(lanes[0]) + lanes[1] + lanes[2] + lanes[3];
+    }
+  }
+#endif
+
+  // A bound of each query-head's scores over the token's keys, from |a cos + b sin| <=
+  // sqrt(a^2 + b^2): c[0] plus the amplitude. Replaces each c[0] by c[0] - bound =
+  // -amplitude (rounded to float), and sets refs[u] = c[0] - c'[0] exactly, the reference
+  // that stands for, so that 2^(score - reference) <= 1 (up to rounding) for every key.
+  // False (coef unchanged) where some amplitude exceeds kMaxBoundGap: terms down to
+  // 2^-(2 * kMaxBoundGap) stay normal floats, but a looser bound could leave a token's
+  // whole sum among the subnormals.
+  bool bounded_references(T* coef, const double* amp, double* refs) const {
     constexpr double kMaxBoundGap = 48;
     const int64_t R = 1 + 2 * s.bands;
-    const double* amp = amplitudes + t * count;
     for (int64_t u = 0; u < count; ++u)
       if (!(amp[u] <= kMaxBoundGap)) return false;
-    const T* c = table + t * count * R;
-    std::copy(c, c + count * R, coef);
     for (int64_t u = 0; u < count; ++u) {
       const T shifted = T(-amp[u]);
       refs[u] = double(coef[u * R]) - double(shifted);
@@ -260,26 +319,25 @@ struct Tile {
     return true;
   }
 
+  // refs: [2 * count] doubles, the amplitudes and then the references.
   void scan(const Item& it, const T* cos, const T* sin, T* coef, double* refs, T* state,
             Partial* out) const {
-    const T* c = table + it.token * count * (1 + 2 * s.bands);
 #if defined(__AVX512F__)
     if constexpr (sizeof(T) == 4) {
 #if defined(__AVX512DQ__)
-      if (s.bands == 8 && bounded_references(it.token, coef, refs))
-        return scan_bounded_avx512<8>(it, coef, cos, sin, refs, state, out);
-      if (s.bands == 4 && bounded_references(it.token, coef, refs))
-        return scan_bounded_avx512<4>(it, coef, cos, sin, refs, state, out);
+      if ((s.bands == 8 || s.bands == 4) && bounded_references(coef, refs, refs + count)) {
+        if (s.bands == 8) return scan_bounded_avx512<8>(it, coef, cos, sin, refs + count, state, out);
+        return scan_bounded_avx512<4>(it, coef, cos, sin, refs + count, state, out);
+      }
 #endif
-      if (s.bands == 8) return scan_avx512<8>(it, c, cos, sin, state, out);
-      if (s.bands == 4) return scan_avx512<4>(it, c, cos, sin, state, out);
-      return scan_avx512<0>(it, c, cos, sin, state, out);
+      if (s.bands == 8) return scan_avx512<8>(it, coef, cos, sin, state, out);
+      if (s.bands == 4) return scan_avx512<4>(it, coef, cos, sin, state, out);
+      return scan_avx512<0>(it, coef, cos, sin, state, out);
     }
 #endif
-    (void)coef;
     (void)state;
     (void)refs;
-    scan_portable(it, c, cos, sin, out);
+    scan_portable(it, coef, cos, sin, out);
   }
 };
 
@@ -300,32 +358,23 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
       items.push_back(Item{t, b, std::min(b + kItemKeys, s.group[t + 1])});
   }
   const int threads = omp_get_max_threads();
-  // The key table transposed, for coefficient_table.
-  std::vector<T> key_t(static_cast<size_t>(width * V));
-  for (int64_t t = 0; t < V; ++t)
-    for (int64_t x = 0; x < width; ++x) key_t[size_t(x * V + t)] = key_table[t * width + x];
-  std::vector<T> table;
-  std::vector<double> amplitudes;
   std::vector<Partial> parts;
   for (int64_t qh0 = 0; qh0 < QH; qh0 += kTile) {
-    Tile<T> tile{s, q, qh0, std::min(kTile, QH - qh0)};
+    const Tile<T> tile(s, q, key_table, qh0, std::min(kTile, QH - qh0));
     const int64_t n = tile.count;
-    table.resize(size_t(V * n * R));
-    amplitudes.resize(size_t(V * n));
-    tile.coefficient_table(key_t.data(), table.data(), amplitudes.data(), threads);
-    tile.table = table.data();
-    tile.amplitudes = amplitudes.data();
     // Each thread's partial softmax per token and query-head.
     parts.assign(size_t(threads * V * n), Partial{});
 #pragma omp parallel num_threads(threads)
     {
       std::vector<T> coef(size_t(n * R)), state(size_t(2 * 16 * n));
-      std::vector<double> refs(static_cast<size_t>(n));
+      std::vector<double> refs(size_t(2 * n)), scratch(size_t(3 * D));
       Partial* mine = parts.data() + size_t(omp_get_thread_num()) * V * n;
 #pragma omp for schedule(dynamic, 1)
-      for (size_t x = 0; x < items.size(); ++x)
+      for (size_t x = 0; x < items.size(); ++x) {
+        tile.coefficients(items[x].token, coef.data(), refs.data(), scratch.data());
         tile.scan(items[x], cos, sin, coef.data(), refs.data(), state.data(),
                   mine + items[x].token * n);
+      }
     }
     // Per query-head: the tokens' weights against the overall maximum, in thread order
     // (deterministic), then the values.
