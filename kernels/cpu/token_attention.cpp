@@ -146,7 +146,7 @@ struct Tile {
           sum += std::exp2(score - m);
         }
       }
-      out[u].add(double(m), double(sum));
+      out[u * s.vocab].add(double(m), double(sum));
     }
   }
 
@@ -212,7 +212,7 @@ struct Tile {
       const __m512 m = _mm512_loadu_ps(ms + u * 16);
       const float top = _mm512_reduce_max_ps(m);
       const __m512 w = exp2_16(_mm512_sub_ps(m, _mm512_set1_ps(top)));
-      out[u].add(double(top), double(_mm512_reduce_add_ps(_mm512_mul_ps(_mm512_loadu_ps(ss + u * 16), w))));
+      out[u * s.vocab].add(double(top), double(_mm512_reduce_add_ps(_mm512_mul_ps(_mm512_loadu_ps(ss + u * 16), w))));
     }
   }
 #endif
@@ -251,7 +251,7 @@ struct Tile {
       }
     }
     for (int64_t u = 0; u < count; ++u)
-      out[u].add(refs[u], double(_mm512_reduce_add_ps(_mm512_loadu_ps(sums + u * 16))));
+      out[u * s.vocab].add(refs[u], double(_mm512_reduce_add_ps(_mm512_loadu_ps(sums + u * 16))));
   }
 #endif
 
@@ -362,7 +362,7 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
   for (int64_t qh0 = 0; qh0 < QH; qh0 += kTile) {
     const Tile<T> tile(s, q, key_table, qh0, std::min(kTile, QH - qh0));
     const int64_t n = tile.count;
-    // Each thread's partial softmax per token and query-head.
+    // Each thread's partial softmax per query-head and token, [thread][u][t].
     parts.assign(size_t(threads * V * n), Partial{});
 #pragma omp parallel num_threads(threads)
     {
@@ -373,24 +373,27 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
       for (size_t x = 0; x < items.size(); ++x) {
         tile.coefficients(items[x].token, coef.data(), refs.data(), scratch.data());
         tile.scan(items[x], cos, sin, coef.data(), refs.data(), state.data(),
-                  mine + items[x].token * n);
+                  mine + items[x].token);
       }
     }
     // Per query-head: the tokens' weights against the overall maximum, in thread order
-    // (deterministic), then the values.
+    // (deterministic), then the values. A query-head's partials are V in a row per thread.
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t u = 0; u < n; ++u) {
       const int64_t qh = qh0 + u, h = qh / s.nq, i = qh % s.nq;
       double top = -std::numeric_limits<double>::infinity();
-      for (int64_t x = 0; x < threads * V; ++x)
-        if (parts[size_t(x * n + u)].sum > 0) top = std::max(top, parts[size_t(x * n + u)].max);
+      for (int th = 0; th < threads; ++th) {
+        const Partial* p = parts.data() + size_t((th * n + u) * V);
+        for (int64_t t = 0; t < V; ++t)
+          if (p[t].sum > 0) top = std::max(top, p[t].max);
+      }
       std::vector<double> out(size_t(D), 0.0);
       double total = 0;
       if (top > -std::numeric_limits<double>::infinity())
         for (int64_t t = 0; t < V; ++t) {
           double w = 0;
           for (int th = 0; th < threads; ++th) {
-            const Partial& p = parts[size_t((th * V + t) * n + u)];
+            const Partial& p = parts[size_t((th * n + u) * V + t)];
             if (p.sum > 0) w += p.sum * std::exp2(p.max - top);
           }
           if (w == 0) continue;
