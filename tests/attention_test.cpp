@@ -3,6 +3,7 @@
 // example (decoding: the one-query kernel) with keys at far positions, and one run at a
 // 131072-token context (64-bit offsets).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <limits>
@@ -154,6 +155,8 @@ const Case kCases[] = {
     // One query per example (decoding), through the one-query kernel where nk <= 4096:
     // K = 4 samples' latents over blocks of 256 cached ones, 56 of them not filled yet;
     {4, 1, 256, 8, 32, 199, 0.0, 0.0, {256, 256}, 56},
+    // one sample (its heads split over the threads), with PAD and dropped keys;
+    {1, 1, 256, 8, 32, 199, 0.1, 0.2, {256, 256}, 56},
     // PAD and dropped keys, odd head sizes (the kernel's scalar loops), partial groups of 16;
     {3, 1, 300, 3, 20, 310, 0.3, 0.2, {64, 64}},
     {2, 1, 37, 5, 7, 30, 0.1, 0.0, {256, 256}, 4},
@@ -208,6 +211,39 @@ TEST(BlockedAttention, OneQueryKernelTakesDecodingShapes) {
   s.nk = 256;
   s.nq = 2;
   EXPECT_FALSE(cpu::one_query_attention_supported(s));
+}
+
+// One sample's heads split over the threads, two examples' or three's: each head's
+// result has the same bits as from one thread over whole examples, whatever the split.
+TEST(BlockedAttention, OneQueryHeadsSplitOverThreadsGiveTheSameBits) {
+  const int64_t heads = 8, D = 32, nk = 256, w = heads * D;
+  for (int64_t batch : {1, 2, 3}) {
+    AttentionShape s{batch, 1, nk, heads, D};
+    s.scale = 1.0 / std::sqrt(double(D));
+    std::vector<int64_t> q_pos(1, 230), k_pos(static_cast<size_t>(nk));
+    for (int64_t j = 0; j < nk; ++j) k_pos[size_t(j)] = j;
+    std::vector<uint8_t> keep(size_t(batch * nk), 1);
+    for (size_t j = 0; j < keep.size(); j += 7) keep[j] = 0;
+    s.q_pos = q_pos.data();
+    s.k_pos = k_pos.data();
+    s.k_keep = keep.data();
+    const auto q = random_vector<float>(batch * w, 1, 1.5), k = random_vector<float>(batch * nk * w, 2, 1.5),
+               v = random_vector<float>(batch * nk * w, 3);
+    std::vector<float> o1(q.size()), lse1(size_t(batch * heads));
+    const int before = omp_get_max_threads();
+    omp_set_num_threads(1);
+    cpu::Workspace ws1;
+    cpu::one_query_attention_forward<float>(s, q.data(), k.data(), v.data(), o1.data(), lse1.data(), ws1);
+    for (int threads : {2, 3, 5}) {
+      omp_set_num_threads(threads);
+      std::vector<float> o(q.size(), -1), lse(lse1.size(), -1);
+      cpu::Workspace ws;
+      cpu::one_query_attention_forward<float>(s, q.data(), k.data(), v.data(), o.data(), lse.data(), ws);
+      EXPECT_EQ(o, o1) << batch << " examples, " << threads << " threads";
+      EXPECT_EQ(lse, lse1) << batch << " examples, " << threads << " threads";
+    }
+    omp_set_num_threads(before);
+  }
 }
 
 // The 131072-token context of the cpu-131k config: 64 latent queries over all keys with

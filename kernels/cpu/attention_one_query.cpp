@@ -9,7 +9,8 @@
 // those with k_keep == 0: the rows past the prefix and the unkept ones are not read at
 // all. Float heads of whole vectors go through AVX-512 loops over groups of 16 keys, each
 // group's rows read for all heads while they sit in L1. Examples are split over the
-// threads when there are several and enough keys.
+// threads when there are enough keys, and with fewer examples than threads their heads
+// too (one sample's step).
 //
 // Same results as the blocked path up to rounding: one max per head over all its keys
 // instead of a running one, and the products in another order.
@@ -54,9 +55,9 @@ inline T dot(const T* a, const T* b, int64_t n) {
 // The two passes over the keys, for any T and head dimension: scores[h * n + t] =
 // scale * q_h . k_h of the t-th kept key; o_h = sum over t of p[h * n + t] v_h.
 template <typename T>
-void score_keys(const AttentionShape& s, const T* q, const T* k, const int64_t* keys,
+void score_keys(const AttentionShape& s, int64_t ld, const T* q, const T* k, const int64_t* keys,
                 int64_t n, T* scores) {
-  const int64_t H = s.heads, D = s.head_dim, ld = H * D;
+  const int64_t H = s.heads, D = s.head_dim;
   const T scale = T(s.scale);
   for (int64_t t = 0; t < n; ++t) {
     const T* key = k + keys[t] * ld;
@@ -65,10 +66,10 @@ void score_keys(const AttentionShape& s, const T* q, const T* k, const int64_t* 
 }
 
 template <typename T>
-void sum_values(const AttentionShape& s, const T* v, const int64_t* keys, int64_t n,
+void sum_values(const AttentionShape& s, int64_t ld, const T* v, const int64_t* keys, int64_t n,
                 const T* p, T* o) {
-  const int64_t H = s.heads, D = s.head_dim, ld = H * D;
-  std::fill(o, o + ld, T(0));
+  const int64_t H = s.heads, D = s.head_dim;
+  std::fill(o, o + H * D, T(0));
   for (int64_t t = 0; t < n; ++t) {
     const T* value = v + keys[t] * ld;
     for (int64_t h = 0; h < H; ++h) {
@@ -111,10 +112,10 @@ inline __m512 sum16(__m512 a[16]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xdd));
 }
 
-void score_keys(const AttentionShape& s, const float* q, const float* k, const int64_t* keys,
-                int64_t n, float* scores) {
-  if (!vector_heads(s)) return score_keys<float>(s, q, k, keys, n, scores);
-  const int64_t H = s.heads, D = s.head_dim, ld = H * D, nv = D / kLanes;
+void score_keys(const AttentionShape& s, int64_t ld, const float* q, const float* k,
+                const int64_t* keys, int64_t n, float* scores) {
+  if (!vector_heads(s)) return score_keys<float>(s, ld, q, k, keys, n, scores);
+  const int64_t H = s.heads, D = s.head_dim, nv = D / kLanes;
   const __m512 scale = _mm512_set1_ps(float(s.scale));
   for (int64_t t0 = 0; t0 < n; t0 += kLanes) {
     const int64_t m = std::min(kLanes, n - t0);
@@ -138,10 +139,10 @@ void score_keys(const AttentionShape& s, const float* q, const float* k, const i
 // Groups of 16 value rows, every head of a group before the next one, as the scores. Even
 // and odd keys into separate sums: one chain of dependent multiply-adds per head would
 // wait out each one's latency.
-void sum_values(const AttentionShape& s, const float* v, const int64_t* keys, int64_t n,
-                const float* p, float* o) {
-  if (!vector_heads(s)) return sum_values<float>(s, v, keys, n, p, o);
-  const int64_t H = s.heads, D = s.head_dim, ld = H * D, nv = D / kLanes;
+void sum_values(const AttentionShape& s, int64_t ld, const float* v, const int64_t* keys,
+                int64_t n, const float* p, float* o) {
+  if (!vector_heads(s)) return sum_values<float>(s, ld, v, keys, n, p, o);
+  const int64_t H = s.heads, D = s.head_dim, nv = D / kLanes;
   for (int64_t t0 = 0; t0 < n; t0 += kLanes) {
     const int64_t m = std::min(kLanes, n - t0);
     for (int64_t h = 0; h < H; ++h) {
@@ -175,10 +176,11 @@ void sum_values(const AttentionShape& s, const float* v, const int64_t* keys, in
 #endif
 
 // Example b: o (its [heads * head_dim] row) and lse (its [heads]) from the keys
-// [0, visible) that it keeps.
+// [0, visible) that it keeps. s.heads may be some of the heads: q, k, v and o then start
+// at the first one's columns, and ld is the rows' width.
 template <typename T>
-void one_example(const AttentionShape& s, int64_t b, int64_t visible, const T* q, const T* k,
-                 const T* v, T* o, T* lse, const Buffers<T>& w) {
+void one_example(const AttentionShape& s, int64_t ld, int64_t b, int64_t visible, const T* q,
+                 const T* k, const T* v, T* o, T* lse, const Buffers<T>& w) {
   const uint8_t* keep = s.k_keep ? s.k_keep + b * s.nk : nullptr;
   int64_t n = 0;
   for (int64_t j = 0; j < visible; ++j)
@@ -188,7 +190,7 @@ void one_example(const AttentionShape& s, int64_t b, int64_t visible, const T* q
     std::fill(lse, lse + s.heads, -std::numeric_limits<T>::infinity());
     return;
   }
-  score_keys(s, q, k, w.keys, n, w.scores);
+  score_keys(s, ld, q, k, w.keys, n, w.scores);
   for (int64_t h = 0; h < s.heads; ++h) {
     T* p = w.scores + h * n;
     const T mx = row_max(p, n);
@@ -204,13 +206,15 @@ void one_example(const AttentionShape& s, int64_t b, int64_t visible, const T* q
 #pragma omp simd
     for (int64_t t = 0; t < n; ++t) p[t] *= inv;
   }
-  sum_values(s, v, w.keys, n, w.scores, o);
+  sum_values(s, ld, v, w.keys, n, w.scores, o);
 }
 
 // Below this many visible key elements (rows x width) in all examples together, one
-// thread takes the call: 256 KiB of float keys take ~10 us, a few times a parallel
-// region's cost.
-constexpr int64_t kParallelKeys = int64_t(1) << 16;
+// thread takes the call: 64 KiB of float keys (and as many values) take a few us, about
+// a parallel region's cost. With 2^16, one sample's latent self-attention on cpu-131k
+// (under 256 rows of 256 visible) mostly stayed on one thread: 0.094 ms per step on 2
+// threads, 0.073 with 2^14 (`par bench --decode 1000 --profile`).
+constexpr int64_t kParallelKeys = int64_t(1) << 14;
 
 }  // namespace
 
@@ -229,12 +233,24 @@ void one_query_attention_forward(const AttentionShape& s, const T* q, const T* k
   const int64_t ld = s.heads * s.head_dim;
   // Keys at positions up to the query's: a prefix, k_pos being non-decreasing.
   const int64_t visible = std::upper_bound(s.k_pos, s.k_pos + s.nk, s.q_pos[0]) - s.k_pos;
-  ws.prepare(omp_get_max_threads());
-#pragma omp parallel for schedule(static) if (s.batch > 1 && s.batch * visible * ld >= kParallelKeys)
-  for (int64_t b = 0; b < s.batch; ++b) {
+  const int threads = omp_get_max_threads();
+  ws.prepare(threads);
+  // Tasks of an example's heads, in groups: whole examples when there are enough of them
+  // for the threads, else the heads split, so that one sample's decoding step reads its
+  // cache rows on every thread. Each head's arithmetic is the same either way.
+  const bool parallel = s.batch * visible * ld >= kParallelKeys;
+  const int64_t groups =
+      parallel && s.batch < threads ? std::min<int64_t>(s.heads, (threads + s.batch - 1) / s.batch) : 1;
+#pragma omp parallel for schedule(static) if (parallel && s.batch * groups > 1)
+  for (int64_t task = 0; task < s.batch * groups; ++task) {
+    const int64_t b = task / groups, g = task % groups;
+    const int64_t h0 = g * s.heads / groups, h1 = (g + 1) * s.heads / groups;
+    AttentionShape part = s;
+    part.heads = h1 - h0;
     Buffers<T> w;
     ws.carve(ScratchSlot::kAttention, omp_get_thread_num(), [&](Carver& c) { w.carve(c, s); });
-    one_example(s, b, visible, q + b * ld, k, v, o + b * ld, lse + b * s.heads, w);
+    one_example(part, ld, b, visible, q + b * ld + h0 * s.head_dim, k + h0 * s.head_dim,
+                v + h0 * s.head_dim, o + b * ld + h0 * s.head_dim, lse + b * s.heads + h0, w);
   }
 }
 
