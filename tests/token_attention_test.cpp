@@ -94,7 +94,7 @@ TEST(TokenAttention, MatchesMaterializedKeysFloat) {
   check<float>(Case{4, 64}, 2e-5);
 }
 
-// The float kernels of 4 and 8 bands scan a token's keys against a bound of its scores
+// The float kernels scan a token's keys against a bound of its scores
 // (the sum of the bands' amplitudes) where every query-head's bound lies within 48 (base 2)
 // of its unrotated term, and track each lane's maximum otherwise. Queries 8 times larger
 // put the amplitudes near that limit (30-50); 40 times larger, past it (up to 280). With
@@ -105,6 +105,7 @@ TEST(TokenAttention, WideAndHugeScoreRangesInFloat) {
     for (int64_t first_visible : {0, 4990, 4999}) {
       check<float>(Case{8, 32, 2, 0.5, first_visible, false, q_scale}, 2e-5);
       check<float>(Case{8, 16, 2, 0.5, first_visible, false, q_scale}, 2e-5);
+      check<float>(Case{4, 64, 2, 0.5, first_visible, false, q_scale}, 2e-5);  // 16 bands
     }
 }
 

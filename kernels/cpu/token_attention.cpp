@@ -218,32 +218,45 @@ struct Tile {
 #endif
 
 #if defined(__AVX512DQ__)
-  // float, the band count known at compile time, and every query-head's score bounded
-  // (bounded_references): the sums of 2^(score - reference), no maximum to track, so no
-  // compare, no branch and no rescaling: about 25 vector operations per query-head and 16
-  // keys. The cosine and the sine terms go in two chains, which halves the latency from
+  // float, at least one band, and every query-head's score bounded (bounded_references):
+  // the sums of 2^(score - reference), no maximum to track, so no compare, no branch and
+  // no rescaling: about 25 vector operations per query-head and 16 keys with 8 bands. The cosine and the sine terms go in two chains, which halves the latency from
   // the rotary rows to the exp.
   template <int kB>
   void scan_bounded_avx512(const Item& it, const float* coef, const float* cos,
                            const float* sin, const double* refs, float* sums,
                            Partial* out) const {
-    constexpr int64_t R = 1 + 2 * kB;
+    // kB > 0: the band count known at compile time, the block's rotary rows held in
+    // registers; 0: any count, the rows read again for each query-head (from L1).
+    const int64_t B = kB > 0 ? kB : s.bands, R = 1 + 2 * B;
+    constexpr int kRegs = kB > 0 ? kB : 1;
     for (int64_t u = 0; u < count; ++u) _mm512_storeu_ps(sums + u * 16, _mm512_setzero_ps());
     for (int64_t j = it.begin; j < it.end; j += 16) {
       const int64_t n = std::min<int64_t>(16, it.end - j);
       const __mmask16 lanes = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-      __m512 rc[kB], rs[kB];
-      for (int b = 0; b < kB; ++b) {
-        rc[b] = _mm512_loadu_ps(cos + b * s.stride + j);
-        rs[b] = _mm512_loadu_ps(sin + b * s.stride + j);
-      }
+      __m512 rc[kRegs], rs[kRegs];
+      if constexpr (kB > 0)
+        for (int b = 0; b < kB; ++b) {
+          rc[b] = _mm512_loadu_ps(cos + b * s.stride + j);
+          rs[b] = _mm512_loadu_ps(sin + b * s.stride + j);
+        }
       for (int64_t u = 0; u < count; ++u) {
         const float* c = coef + u * R;
-        __m512 a = _mm512_set1_ps(c[0]);
-        __m512 a2 = _mm512_mul_ps(rs[0], _mm512_set1_ps(c[1 + kB]));
-        for (int b = 0; b < kB; ++b) {
-          a = _mm512_fmadd_ps(rc[b], _mm512_set1_ps(c[1 + b]), a);
-          if (b > 0) a2 = _mm512_fmadd_ps(rs[b], _mm512_set1_ps(c[1 + kB + b]), a2);
+        __m512 a = _mm512_set1_ps(c[0]), a2;
+        if constexpr (kB > 0) {
+          a2 = _mm512_mul_ps(rs[0], _mm512_set1_ps(c[1 + kB]));
+          for (int b = 0; b < kB; ++b) {
+            a = _mm512_fmadd_ps(rc[b], _mm512_set1_ps(c[1 + b]), a);
+            if (b > 0) a2 = _mm512_fmadd_ps(rs[b], _mm512_set1_ps(c[1 + kB + b]), a2);
+          }
+        } else {
+          a2 = _mm512_mul_ps(_mm512_loadu_ps(sin + j), _mm512_set1_ps(c[1 + B]));
+          for (int64_t b = 0; b < B; ++b) {
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(cos + b * s.stride + j), _mm512_set1_ps(c[1 + b]), a);
+            if (b > 0)
+              a2 = _mm512_fmadd_ps(_mm512_loadu_ps(sin + b * s.stride + j),
+                                   _mm512_set1_ps(c[1 + B + b]), a2);
+          }
         }
         const __m512 sum = _mm512_loadu_ps(sums + u * 16);
         _mm512_storeu_ps(sums + u * 16, _mm512_mask_add_ps(sum, lanes, sum,
@@ -325,9 +338,10 @@ struct Tile {
 #if defined(__AVX512F__)
     if constexpr (sizeof(T) == 4) {
 #if defined(__AVX512DQ__)
-      if ((s.bands == 8 || s.bands == 4) && bounded_references(coef, refs, refs + count)) {
+      if (s.bands > 0 && bounded_references(coef, refs, refs + count)) {
         if (s.bands == 8) return scan_bounded_avx512<8>(it, coef, cos, sin, refs + count, state, out);
-        return scan_bounded_avx512<4>(it, coef, cos, sin, refs + count, state, out);
+        if (s.bands == 4) return scan_bounded_avx512<4>(it, coef, cos, sin, refs + count, state, out);
+        return scan_bounded_avx512<0>(it, coef, cos, sin, refs + count, state, out);
       }
 #endif
       if (s.bands == 8) return scan_avx512<8>(it, coef, cos, sin, state, out);
