@@ -15,6 +15,14 @@
 
 namespace par::cpu {
 
+// sum of c[i] f^(N-1-i) by Horner's rule: the coefficients from the highest degree down.
+template <int N>
+inline __m512 polynomial_16(__m512 f, const float (&c)[N]) {
+  __m512 p = _mm512_set1_ps(c[0]);
+  for (int i = 1; i < N; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[i]));
+  return p;
+}
+
 inline __m512 exp2_16(__m512 y) {
   // round(y) by adding and subtracting 1.5 * 2^23, whose float spacing is 1. For |y| of
   // 2^23 and more, y is already an integer and f is 0.
@@ -23,14 +31,10 @@ inline __m512 exp2_16(__m512 y) {
   const __m512 f = _mm512_sub_ps(y, n);  // in [-1/2, 1/2]
   // Minimax polynomial for 2^f on [-1/2, 1/2] (relative error 1.7e-8 in exact arithmetic),
   // fitted by Remez exchange; its constant term rounds to 1 in float.
-  __m512 p = _mm512_set1_ps(1.5789363885412958e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339230863449595e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.617029882908003e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550347527550911e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022658646335704e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471971852183e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
+  constexpr float c[] = {1.5789363885412958e-4f, 1.339230863449595e-3f, 9.617029882908003e-3f,
+                         5.550347527550911e-2f,  2.4022658646335704e-1f, 6.931471971852183e-1f,
+                         1.0f};
+  return _mm512_scalef_ps(polynomial_16(f, c), n);
 }
 
 // The same with 8 vector operations instead of 10, for the token-table attention of
@@ -42,13 +46,9 @@ inline __m512 exp2_16_short(__m512 y) {
   const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(y, n);  // in [-1/2, 1/2]
   // Least squares of the relative error on Chebyshev nodes, constant term 1.
-  __m512 p = _mm512_set1_ps(1.3218672510344547e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.671697938666934e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5508929523716756e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402223800273587e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931468559417268e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
+  constexpr float c[] = {1.3218672510344547e-3f, 9.671697938666934e-3f, 5.5508929523716756e-2f,
+                         2.402223800273587e-1f,  6.931468559417268e-1f, 1.0f};
+  return _mm512_scalef_ps(polynomial_16(f, c), n);
 }
 
 // 2^y for y <= 0 with 7 vector operations: f = y - floor(y) in [0, 1) in one (reduce), and
@@ -60,13 +60,9 @@ inline __m512 exp2_16_short(__m512 y) {
 #if defined(__AVX512DQ__)
 inline __m512 exp2_16_floor(__m512 y) {
   const __m512 f = _mm512_reduce_ps(y, _MM_FROUND_TO_NEG_INF);
-  __m512 p = _mm512_set1_ps(1.8793182680383325e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.990995585918427e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.581867694854736e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40159273147583e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931517124176025e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, y);
+  constexpr float c[] = {1.8793182680383325e-3f, 8.990995585918427e-3f, 5.581867694854736e-2f,
+                         2.40159273147583e-1f,   6.931517124176025e-1f, 1.0f};
+  return _mm512_scalef_ps(polynomial_16(f, c), y);
 }
 #endif
 

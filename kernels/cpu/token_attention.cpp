@@ -151,14 +151,59 @@ struct Tile {
   }
 
 #if defined(__AVX512F__)
+  // The rotary rows of keys [j, j + 16): in registers where the band count kB is known at
+  // compile time (0: read again for each query-head, from L1).
+  template <int kB>
+  struct Rows {
+    __m512 c[kB > 0 ? kB : 1], s[kB > 0 ? kB : 1];
+  };
+  template <int kB>
+  void load_rows(Rows<kB>& r, const float* cos, const float* sin, int64_t j) const {
+    if constexpr (kB > 0)
+      for (int b = 0; b < kB; ++b) {
+        r.c[b] = _mm512_loadu_ps(cos + b * s.stride + j);
+        r.s[b] = _mm512_loadu_ps(sin + b * s.stride + j);
+      }
+  }
+  // The scores of keys [j, j + 16) for one query-head's coefficients c: c[0] and the
+  // cosine terms in one chain, the sine terms in another (half the latency to the exp).
+  template <int kB>
+  __m512 score16(const Rows<kB>& r, const float* c, const float* cos, const float* sin,
+                 int64_t j) const {
+    const int64_t B = kB > 0 ? kB : s.bands;
+    auto row_c = [&](int64_t b) { return kB > 0 ? r.c[b] : _mm512_loadu_ps(cos + b * s.stride + j); };
+    auto row_s = [&](int64_t b) { return kB > 0 ? r.s[b] : _mm512_loadu_ps(sin + b * s.stride + j); };
+    __m512 a = _mm512_set1_ps(c[0]);
+    __m512 a2 = _mm512_mul_ps(row_s(0), _mm512_set1_ps(c[1 + B]));
+    for (int64_t b = 0; b < B; ++b) {
+      a = _mm512_fmadd_ps(row_c(b), _mm512_set1_ps(c[1 + b]), a);
+      if (b > 0) a2 = _mm512_fmadd_ps(row_s(b), _mm512_set1_ps(c[1 + B + b]), a2);
+    }
+    return _mm512_add_ps(a, a2);
+  }
+  // f(u, scores, lanes) for each vector of the item's keys and each query-head u, lanes
+  // masking the keys past the item's end.
+  template <int kB, typename F>
+  void each_score(const Item& it, const float* coef, const float* cos, const float* sin,
+                  F&& f) const {
+    const int64_t R = 1 + 2 * (kB > 0 ? kB : s.bands);
+    for (int64_t j = it.begin; j < it.end; j += 16) {
+      const int64_t n = std::min<int64_t>(16, it.end - j);
+      const __mmask16 lanes = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      Rows<kB> rows;
+      load_rows(rows, cos, sin, j);
+      for (int64_t u = 0; u < count; ++u) f(u, score16(rows, coef + u * R, cos, sin, j), lanes);
+    }
+  }
+#endif
+
+#if defined(__AVX512F__)
   // float: 16 keys to a vector, every lane with its own running reference (at least its
   // maximum score) and sum, raised only when a score exceeds it. kB: the band
   // count known at compile time (the rotary rows of a block stay in registers), or 0.
   template <int kB>
   void scan_avx512(const Item& it, const float* coef, const float* cos, const float* sin,
                    float* state, Partial* out) const {
-    const int64_t B = kB > 0 ? kB : s.bands, R = 1 + 2 * B;
-    constexpr int kRegs = kB > 0 ? kB : 1;
     const __m512 kNone = _mm512_set1_ps(-1e30f);  // 2^(x - -1e30) is never taken
     // A raised maximum goes this far above the score that raised it (a factor 2^16): later
     // scores rarely exceed it, so the branch is rarely taken and rarely mispredicted, and
@@ -170,44 +215,19 @@ struct Tile {
       _mm512_storeu_ps(ms + u * 16, kNone);
       _mm512_storeu_ps(ss + u * 16, _mm512_setzero_ps());
     }
-    for (int64_t j = it.begin; j < it.end; j += 16) {
-      const int64_t n = std::min<int64_t>(16, it.end - j);
-      const __mmask16 lanes = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-      __m512 rc[kRegs], rs[kRegs];
-      if constexpr (kB > 0)
-        for (int b = 0; b < kB; ++b) {
-          rc[b] = _mm512_loadu_ps(cos + b * s.stride + j);
-          rs[b] = _mm512_loadu_ps(sin + b * s.stride + j);
-        }
-      for (int64_t u = 0; u < count; ++u) {
-        const float* c = coef + u * R;
-        __m512 score = _mm512_set1_ps(c[0]);
-        if constexpr (kB > 0) {
-          for (int b = 0; b < kB; ++b) {
-            score = _mm512_fmadd_ps(rc[b], _mm512_set1_ps(c[1 + b]), score);
-            score = _mm512_fmadd_ps(rs[b], _mm512_set1_ps(c[1 + kB + b]), score);
-          }
-        } else {
-          for (int64_t b = 0; b < B; ++b) {
-            score = _mm512_fmadd_ps(_mm512_loadu_ps(cos + b * s.stride + j),
-                                    _mm512_set1_ps(c[1 + b]), score);
-            score = _mm512_fmadd_ps(_mm512_loadu_ps(sin + b * s.stride + j),
-                                    _mm512_set1_ps(c[1 + B + b]), score);
-          }
-        }
-        __m512 m = _mm512_loadu_ps(ms + u * 16);
-        __m512 sum = _mm512_loadu_ps(ss + u * 16);
-        const __mmask16 up = _mm512_mask_cmp_ps_mask(lanes, score, m, _CMP_GT_OQ);
-        if (up) {
-          const __m512 raised = _mm512_mask_add_ps(m, up, score, kHeadroom);
-          sum = _mm512_mul_ps(sum, exp2_16(_mm512_sub_ps(m, raised)));
-          m = raised;
-          _mm512_storeu_ps(ms + u * 16, m);
-        }
-        sum = _mm512_mask_add_ps(sum, lanes, sum, exp2_16_short(_mm512_sub_ps(score, m)));
-        _mm512_storeu_ps(ss + u * 16, sum);
+    each_score<kB>(it, coef, cos, sin, [&](int64_t u, __m512 score, __mmask16 lanes) {
+      __m512 m = _mm512_loadu_ps(ms + u * 16);
+      __m512 sum = _mm512_loadu_ps(ss + u * 16);
+      const __mmask16 up = _mm512_mask_cmp_ps_mask(lanes, score, m, _CMP_GT_OQ);
+      if (up) {
+        const __m512 raised = _mm512_mask_add_ps(m, up, score, kHeadroom);
+        sum = _mm512_mul_ps(sum, exp2_16(_mm512_sub_ps(m, raised)));
+        m = raised;
+        _mm512_storeu_ps(ms + u * 16, m);
       }
-    }
+      sum = _mm512_mask_add_ps(sum, lanes, sum, exp2_16_short(_mm512_sub_ps(score, m)));
+      _mm512_storeu_ps(ss + u * 16, sum);
+    });
     for (int64_t u = 0; u < count; ++u) {
       const __m512 m = _mm512_loadu_ps(ms + u * 16);
       const float top = _mm512_reduce_max_ps(m);
@@ -220,49 +240,16 @@ struct Tile {
 #if defined(__AVX512DQ__)
   // float, at least one band, and every query-head's score bounded (bounded_references):
   // the sums of 2^(score - reference), no maximum to track, so no compare, no branch and
-  // no rescaling: about 25 vector operations per query-head and 16 keys with 8 bands. The cosine and the sine terms go in two chains, which halves the latency from
-  // the rotary rows to the exp.
+  // no rescaling: about 25 vector operations per query-head and 16 keys with 8 bands.
   template <int kB>
   void scan_bounded_avx512(const Item& it, const float* coef, const float* cos,
                            const float* sin, const double* refs, float* sums,
                            Partial* out) const {
-    // kB > 0: the band count known at compile time, the block's rotary rows held in
-    // registers; 0: any count, the rows read again for each query-head (from L1).
-    const int64_t B = kB > 0 ? kB : s.bands, R = 1 + 2 * B;
-    constexpr int kRegs = kB > 0 ? kB : 1;
     for (int64_t u = 0; u < count; ++u) _mm512_storeu_ps(sums + u * 16, _mm512_setzero_ps());
-    for (int64_t j = it.begin; j < it.end; j += 16) {
-      const int64_t n = std::min<int64_t>(16, it.end - j);
-      const __mmask16 lanes = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-      __m512 rc[kRegs], rs[kRegs];
-      if constexpr (kB > 0)
-        for (int b = 0; b < kB; ++b) {
-          rc[b] = _mm512_loadu_ps(cos + b * s.stride + j);
-          rs[b] = _mm512_loadu_ps(sin + b * s.stride + j);
-        }
-      for (int64_t u = 0; u < count; ++u) {
-        const float* c = coef + u * R;
-        __m512 a = _mm512_set1_ps(c[0]), a2;
-        if constexpr (kB > 0) {
-          a2 = _mm512_mul_ps(rs[0], _mm512_set1_ps(c[1 + kB]));
-          for (int b = 0; b < kB; ++b) {
-            a = _mm512_fmadd_ps(rc[b], _mm512_set1_ps(c[1 + b]), a);
-            if (b > 0) a2 = _mm512_fmadd_ps(rs[b], _mm512_set1_ps(c[1 + kB + b]), a2);
-          }
-        } else {
-          a2 = _mm512_mul_ps(_mm512_loadu_ps(sin + j), _mm512_set1_ps(c[1 + B]));
-          for (int64_t b = 0; b < B; ++b) {
-            a = _mm512_fmadd_ps(_mm512_loadu_ps(cos + b * s.stride + j), _mm512_set1_ps(c[1 + b]), a);
-            if (b > 0)
-              a2 = _mm512_fmadd_ps(_mm512_loadu_ps(sin + b * s.stride + j),
-                                   _mm512_set1_ps(c[1 + B + b]), a2);
-          }
-        }
-        const __m512 sum = _mm512_loadu_ps(sums + u * 16);
-        _mm512_storeu_ps(sums + u * 16, _mm512_mask_add_ps(sum, lanes, sum,
-                                                           exp2_16_floor(_mm512_add_ps(a, a2))));
-      }
-    }
+    each_score<kB>(it, coef, cos, sin, [&](int64_t u, __m512 score, __mmask16 lanes) {
+      const __m512 sum = _mm512_loadu_ps(sums + u * 16);
+      _mm512_storeu_ps(sums + u * 16, _mm512_mask_add_ps(sum, lanes, sum, exp2_16_floor(score)));
+    });
     for (int64_t u = 0; u < count; ++u)
       out[u * s.vocab].add(refs[u], double(_mm512_reduce_add_ps(_mm512_loadu_ps(sums + u * 16))));
   }
