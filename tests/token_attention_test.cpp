@@ -92,6 +92,7 @@ TEST(TokenAttention, MatchesMaterializedKeysFloat) {
   for (int64_t heads : {1, 3, 8}) check<float>(Case{heads, 32}, 2e-5);
   check<float>(Case{8, 16}, 2e-5);
   check<float>(Case{4, 64}, 2e-5);
+  check<float>(Case{2, 48}, 2e-5);  // 12 bands: 8 and then 4 in the coefficients' vectors
 }
 
 // The float kernels scan a token's keys against a bound of its scores

@@ -256,8 +256,9 @@ struct Tile {
 #endif
 
 #if defined(__AVX512F__)
-  // The same for float with whole vectors of 8 doubles: each group of 8 rotary dimensions
-  // gives 4 bands, its products' adjacent pairs summed (the same sums as above) and packed.
+  // The same for float with whole vectors of 8 doubles: each group of 16 rotary dimensions
+  // gives 8 bands (8 dimensions, 4), its products' adjacent pairs summed (the same sums as
+  // above) and packed.
   void coefficients_avx512(int64_t t, float* coef, double* amp, double* kd) const {
     const int64_t D = s.head_dim, B = s.bands, R = 1 + 2 * B, width = s.heads * D;
     const __m512d f = _mm512_set1_pd(s.scale * kLog2e);
@@ -278,11 +279,29 @@ struct Tile {
         plain = _mm512_add_pd(plain, _mm512_mul_pd(_mm512_loadu_pd(qa + x), _mm512_loadu_pd(kd + x)));
       c[0] = float(_mm512_reduce_add_pd(plain) * (s.scale * kLog2e));
       __m256 amplitude = _mm256_setzero_ps();
-      for (int64_t x = 0; x < 2 * B; x += 8) {
+      int64_t x = 0;
+      // 16 rotary dimensions at a time: 8 bands, each pair's sum from the even and the odd
+      // products of two vectors.
+      const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+      const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+      auto pair_sums = [&](const double* qv, __m512d k0, __m512d k1) {
+        const __m512d p0 = _mm512_mul_pd(_mm512_loadu_pd(qv + x), k0);
+        const __m512d p1 = _mm512_mul_pd(_mm512_loadu_pd(qv + x + 8), k1);
+        return _mm512_cvtpd_ps(_mm512_mul_pd(
+            _mm512_add_pd(_mm512_permutex2var_pd(p0, even, p1), _mm512_permutex2var_pd(p0, odd, p1)), f));
+      };
+      for (; x + 16 <= 2 * B; x += 16) {
+        const __m512d k0 = _mm512_loadu_pd(kd + x), k1 = _mm512_loadu_pd(kd + x + 8);
+        const __m256 cc = pair_sums(qa, k0, k1), cs = pair_sums(qb, k0, k1);
+        _mm256_storeu_ps(c + 1 + x / 2, cc);
+        _mm256_storeu_ps(c + 1 + B + x / 2, cs);
+        amplitude = _mm256_add_ps(amplitude,
+                                  _mm256_sqrt_ps(_mm256_fmadd_ps(cc, cc, _mm256_mul_ps(cs, cs))));
+      }
+      if (x < 2 * B) {  // 4 bands left: lanes 0, 2, 4, 6 hold the pairs' sums, packed
         const __m512d k = _mm512_loadu_pd(kd + x);
         const __m512d pc = _mm512_mul_pd(_mm512_loadu_pd(qa + x), k);
         const __m512d ps = _mm512_mul_pd(_mm512_loadu_pd(qb + x), k);
-        // Lanes 0, 2, 4, 6: a pair's sum; packed into lanes 0-3.
         const __m512d sc = _mm512_add_pd(pc, _mm512_permute_pd(pc, 0x55));
         const __m512d ss = _mm512_add_pd(ps, _mm512_permute_pd(ps, 0x55));
         const __m256 cc = _mm512_cvtpd_ps(_mm512_maskz_compress_pd(0x55, _mm512_mul_pd(sc, f)));
@@ -294,7 +313,8 @@ struct Tile {
       }
       alignas(32) float lanes[8];
       _mm256_store_ps(lanes, amplitude);
-      amp[u] = double(lanes[0]) + lanes[1] + lanes[2] + lanes[3];
+      amp[u] = double(lanes[0]) + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] +
+               lanes[7];
     }
   }
 #endif
