@@ -311,10 +311,7 @@ struct Tile {
         amplitude = _mm256_add_ps(amplitude,
                                   _mm256_sqrt_ps(_mm256_fmadd_ps(cc, cc, _mm256_mul_ps(cs, cs))));
       }
-      alignas(32) float lanes[8];
-      _mm256_store_ps(lanes, amplitude);
-      amp[u] = double(lanes[0]) + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] +
-               lanes[7];
+      amp[u] = _mm512_reduce_add_ps(_mm512_zextps256_ps512(amplitude));
     }
   }
 #endif
