@@ -48,10 +48,11 @@ std::vector<int32_t> likeliest_first(const T* logits, int64_t vocab) {
     key[i] = descending_key<T, Bits>(logits[i]);
     order[i] = int32_t(i);
   }
+  if (n == 0) return order;
   for (int shift = 0; shift < int(8 * sizeof(Bits)); shift += 8) {
     size_t start[257] = {};
     for (size_t i = 0; i < n; ++i) ++start[((key[i] >> shift) & 0xFF) + 1];
-    if (n == 0 || start[((key[0] >> shift) & 0xFF) + 1] == n) continue;  // one digit everywhere
+    if (start[((key[0] >> shift) & 0xFF) + 1] == n) continue;  // one digit everywhere
     for (int d = 0; d < 256; ++d) start[d + 1] += start[d];
     for (size_t i = 0; i < n; ++i) {
       const size_t at = start[(key[i] >> shift) & 0xFF]++;

@@ -336,16 +336,17 @@ struct Tile {
     return true;
   }
 
-  // refs: [2 * count] doubles, the amplitudes and then the references.
-  void scan(const Item& it, const T* cos, const T* sin, T* coef, double* refs, T* state,
+  // bounds: [2 * count] doubles, the amplitudes (from coefficients) and then the
+  // references (bounded_references).
+  void scan(const Item& it, const T* cos, const T* sin, T* coef, double* bounds, T* state,
             Partial* out) const {
 #if defined(__AVX512F__)
     if constexpr (sizeof(T) == 4) {
 #if defined(__AVX512DQ__)
-      if (s.bands > 0 && bounded_references(coef, refs, refs + count)) {
-        if (s.bands == 8) return scan_bounded_avx512<8>(it, coef, cos, sin, refs + count, state, out);
-        if (s.bands == 4) return scan_bounded_avx512<4>(it, coef, cos, sin, refs + count, state, out);
-        return scan_bounded_avx512<0>(it, coef, cos, sin, refs + count, state, out);
+      if (s.bands > 0 && bounded_references(coef, bounds, bounds + count)) {
+        if (s.bands == 8) return scan_bounded_avx512<8>(it, coef, cos, sin, bounds + count, state, out);
+        if (s.bands == 4) return scan_bounded_avx512<4>(it, coef, cos, sin, bounds + count, state, out);
+        return scan_bounded_avx512<0>(it, coef, cos, sin, bounds + count, state, out);
       }
 #endif
       if (s.bands == 8) return scan_avx512<8>(it, coef, cos, sin, state, out);
@@ -354,7 +355,7 @@ struct Tile {
     }
 #endif
     (void)state;
-    (void)refs;
+    (void)bounds;
     scan_portable(it, coef, cos, sin, out);
   }
 };
@@ -385,12 +386,12 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
 #pragma omp parallel num_threads(threads)
     {
       std::vector<T> coef(size_t(n * R)), state(size_t(2 * 16 * n));
-      std::vector<double> refs(size_t(2 * n)), scratch(size_t(3 * D));
+      std::vector<double> bounds(size_t(2 * n)), scratch(size_t(3 * D));
       Partial* mine = parts.data() + size_t(omp_get_thread_num()) * V * n;
 #pragma omp for schedule(dynamic, 1)
       for (size_t x = 0; x < items.size(); ++x) {
-        tile.coefficients(items[x].token, coef.data(), refs.data(), scratch.data());
-        tile.scan(items[x], cos, sin, coef.data(), refs.data(), state.data(),
+        tile.coefficients(items[x].token, coef.data(), bounds.data(), scratch.data());
+        tile.scan(items[x], cos, sin, coef.data(), bounds.data(), state.data(),
                   mine + items[x].token);
       }
     }
