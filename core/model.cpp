@@ -70,6 +70,7 @@ struct PerceiverAR<T>::Acts {
   // Backward and scratch.
   T *tmp, *dx, *d_ln, *dq, *dk, *dv, *datt, *dfc1, *dact, *dlogits;
   T *dh, *dkvn, *dck, *dcv;
+  bool recompute_kvn = false;  // kvn in dck for the forward, in ck for the backward
 
   // I: int64_t to carve real memory; double to size it (no overflow, see Carver).
   template <typename I>
@@ -95,10 +96,15 @@ struct PerceiverAR<T>::Acts {
     // LN_kv has read them (the projections then write the keys and values; the backward
     // gathers h again, into kvn), and later the gradient dkvn (below).
     const bool reuse = 2 * dc >= I(d);
+    // Where each of them holds a [BN, d] tensor (no tensor parallelism), LN_kv's output
+    // kvn has no buffer of its own either: in the forward it lives in the keys' gradient,
+    // which holds nothing until the backward, and the backward computes it again (the
+    // same bits) in the keys' place once the attention's backward has read them.
+    recompute_kvn = dc >= I(d);
     ck = c.take<T>(BN * dc);
     cv = c.take<T>(BN * dc);
     h = reuse ? ck : c.take<T>(BN * d);
-    kvn = c.take<T>(BN * d);
+    kvn = recompute_kvn ? nullptr : c.take<T>(BN * d);
     kv_mu = c.take<T>(BN);
     kv_rs = c.take<T>(BN);
     zin = c.take<T>(BM * d);
@@ -155,8 +161,9 @@ struct PerceiverAR<T>::Acts {
     // dck and dcv hold nothing.
     dck = c.take<T>(BN * dc);
     dcv = c.take<T>(BN * dc);
-    dkvn = reuse ? ck : c.take<T>(BN * d);
+    dkvn = recompute_kvn ? cv : reuse ? ck : c.take<T>(BN * d);
     dh = reuse ? dck : c.take<T>(BN * d);
+    if (recompute_kvn) kvn = dck;
   }
 };
 
@@ -414,6 +421,16 @@ void PerceiverAR<T>::add_absolute_positions(const int32_t* windows, const int64_
   positions_->add(a_->h, pos.data(), B * Nl, a_->doc_pos, a_->dh);
 }
 
+// The embeddings of this rank's inputs again (the forward's, to the same bits), absolute
+// positions added from the ids the forward uploaded, with [B, Nl, d] of scratch for them.
+template <typename T>
+void PerceiverAR<T>::gather_inputs(T* into, T* scratch) {
+  const int64_t B = batch_, Nl = n_local_, d = cfg_.d_model, cols = window_columns();
+  for (int64_t b = 0; b < B; ++b)
+    ops_.embedding_forward(into + b * Nl * d, a_->tokens + b * cols, p_.embed, Nl, d);
+  if (positions_) positions_->add_uploaded(into, B * Nl, a_->doc_pos, scratch);
+}
+
 // Combines the sequence-parallel ranks' partial attention (each over its own keys) into
 // the attention over all keys, on every rank of the group: the merge of the blocks of a
 // flash-attention loop, with messages of [M, dc] whatever N is.
@@ -508,18 +525,27 @@ void PerceiverAR<T>::cross_attention_backward(T* dx) {
   // not taken here (it would be a message of N/sp x d) but in the gradients of the
   // embedding and LN_kv, which are linear in it (ParamInfo::grad_summed_over_tp).
   ops_.rotary(a.dck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, true);
-  ops_.linear_backward(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck, a.kvn, cp.attn.k.w, BN,
-                       d, dc);
-  ops_.linear_backward(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv, a.kvn, cp.attn.v.w, BN, d,
+  // LN_kv's output, the projections' input: computed again from the embeddings (gathered
+  // into the values' place, the keys' as scratch) into the keys' place.
+  const T* kvn = a.kvn;
+  if (a.recompute_kvn) {
+    gather_inputs(a.cv, a.ck);
+    ops_.layernorm_forward(a.ck, a.kv_mu, a.kv_rs, a.cv, cp.ln_kv.w, cp.ln_kv.b, BN, d,
+                           kLayerNormEps);
+    kvn = a.ck;
+  }
+  ops_.linear_backward(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck, kvn, cp.attn.k.w, BN, d,
+                       dc);
+  ops_.linear_backward(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv, kvn, cp.attn.v.w, BN, d,
                        dc);
   // LN_kv's input h: where the keys and values took its place, gathered again (as the
-  // forward did, to the same bits) into kvn, which the projections' backward read last.
+  // forward did, to the same bits) into LN_kv's output, which the projections' backward
+  // read last (the values' gradient, also read last, as scratch).
   const T* h = a.h;
   if (a.h == a.ck) {
-    for (int64_t b = 0; b < B; ++b)
-      ops_.embedding_forward(a.kvn + b * Nl * d, a.tokens + b * cols, p_.embed, Nl, d);
-    if (positions_) positions_->add_uploaded(a.kvn, B * Nl, a.doc_pos, a.dh);
-    h = a.kvn;
+    T* into = const_cast<T*>(kvn);
+    gather_inputs(into, a.recompute_kvn ? a.dcv : a.dh);
+    h = into;
   }
   ops_.layernorm_backward(a.dh, false, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, h, a.kv_mu, a.kv_rs,
                           cp.ln_kv.w, BN, d);

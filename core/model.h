@@ -125,6 +125,7 @@ class PerceiverAR {
   AttentionShape cross_attention_shape() const;
   AttentionShape self_attention_shape() const;
   void add_absolute_positions(const int32_t* windows, const int64_t* carry);
+  void gather_inputs(T* into, T* scratch);
 
   ModelConfig cfg_;
   Ops<T>& ops_;

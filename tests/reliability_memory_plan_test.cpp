@@ -44,6 +44,29 @@ TEST(ReliabilityMemoryPlan, ModelPlanIsWhatTheModelAllocates) {
       }
 }
 
+// What each input position costs in the activations: without tensor parallelism four
+// [N, d] tensors (the keys and values and their gradients, which also hold the embeddings,
+// LN_kv's output and their gradients in turn), with 2 tensor-parallel ranks three (LN_kv's
+// output keeps its own), plus its id, keep byte, position, LN statistics and rotary rows.
+TEST(ReliabilityMemoryPlan, EachInputPositionHoldsFourTensorRowsWithoutTensorParallelism) {
+  ModelConfig c{.vocab_size = 259, .d_model = 256, .context_length = 8192, .num_latents = 256,
+                .num_layers = 2, .cross_heads = 8, .self_heads = 8, .mlp_factor = 4,
+                .rotary_fraction = 0.5};
+  const double d = 256, bands = double(make_rotary_spec(c.cross_head_dim(),
+                                                          c.applied_rotary_fraction(),
+                                                          c.wavelength()).bands);
+  ASSERT_GT(bands, 0);
+  for (const auto& [tp, rows] : {std::pair{1, 4.0}, std::pair{2, 3.0}}) {
+    SCOPED_TRACE(cat("tp=", tp));
+    c.context_length = 8192;
+    const double small = PerceiverAR<float>::memory(c, 1, 1, tp).activations;
+    c.context_length = 16384;
+    const double large = PerceiverAR<float>::memory(c, 1, 1, tp).activations;
+    const double per_position = (large - small) / 8192;
+    EXPECT_EQ(per_position, 4 * (rows * d + 2 + 2 * bands) + 4 + 1 + 8);
+  }
+}
+
 // A bf16 run on the GPU plans the backend's bfloat16 copies of the large products'
 // operands: for gpu-100m-131k's shapes, the key and value projections over N inputs
 // (forward: x into one slot, w into the other; backward: dy and x), and none for fp32 or
