@@ -84,17 +84,9 @@ void log_from_backend(cuda::LogLevel level, const std::string& message) {
 
 Backend backend_for(const std::string& device, const std::string& precision,
                     const std::string& attention, int local_rank) {
-  if (precision != "fp32" && precision != "tf32" && precision != "bf16")
-    fail_user("--precision must be fp32, tf32 or bf16 (got '", precision, "')");
-  if (attention != "auto" && attention != "blocked" && attention != "fused" &&
-      attention != "cudnn")
-    fail_user("--attention must be auto, blocked, fused or cudnn (got '", attention, "')");
+  check_backend_options(device, precision, attention);
   Backend b;
   if (device == "cpu") {
-    if (precision != "fp32")
-      fail_user("--precision ", precision, " is for --device cuda; the CPU computes in fp32");
-    if (attention != "auto" && attention != "blocked")
-      fail_user("--attention ", attention, " is for --device cuda");
     b.ops = std::make_unique<cpu::CpuOps<float>>();
     b.description = "cpu (" + blas_description() + ")";
     // Once per node: the environment, and so the kernels, can differ between nodes.
@@ -102,10 +94,6 @@ Backend backend_for(const std::string& device, const std::string& precision,
     if (local_rank == 0 && !slow_kernels.empty()) LOG(WARNING) << slow_kernels;
     return b;
   }
-  if (device != "cuda") fail_user("--device must be cpu or cuda (got '", device, "')");
-  if (attention == "cudnn" && precision != "bf16")
-    fail_user("--attention cudnn needs --precision bf16: cuDNN's flash attention computes in "
-              "bf16 (got --precision ", precision, ")");
 #ifdef PAR_HAVE_CUDA
   const cuda_plugin::Api& api = cuda_api();
   api.set_log_sink(log_from_backend);
@@ -141,6 +129,26 @@ int launcher_local_rank() {
 }
 
 }  // namespace
+
+void check_backend_options(const std::string& device, const std::string& precision,
+                           const std::string& attention) {
+  if (precision != "fp32" && precision != "tf32" && precision != "bf16")
+    fail_user("--precision must be fp32, tf32 or bf16 (got '", precision, "')");
+  if (attention != "auto" && attention != "blocked" && attention != "fused" &&
+      attention != "cudnn")
+    fail_user("--attention must be auto, blocked, fused or cudnn (got '", attention, "')");
+  if (device == "cpu") {
+    if (precision != "fp32")
+      fail_user("--precision ", precision, " is for --device cuda; the CPU computes in fp32");
+    if (attention != "auto" && attention != "blocked")
+      fail_user("--attention ", attention, " is for --device cuda");
+    return;
+  }
+  if (device != "cuda") fail_user("--device must be cpu or cuda (got '", device, "')");
+  if (attention == "cudnn" && precision != "bf16")
+    fail_user("--attention cudnn needs --precision bf16: cuDNN's flash attention computes in "
+              "bf16 (got --precision ", precision, ")");
+}
 
 Backend make_backend(const std::string& device, const std::string& precision,
                      const ProcessGrid& grid, const std::string& attention) {

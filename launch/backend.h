@@ -18,6 +18,10 @@ struct Backend {
   bool cuda = false;
 };
 
+// UserError unless the options name a backend par has: an unknown device, precision or
+// attention, or a combination that cannot run (make_backend checks them first).
+void check_backend_options(const std::string& device, const std::string& precision,
+                           const std::string& attention);
 // This rank's backend. UserError for an unknown device, precision or attention, cuda in a
 // build without it, or no visible GPU. Not collective.
 // `attention`: auto, blocked, fused or cudnn (cuda::AttentionKernel); the CPU takes auto

@@ -357,26 +357,46 @@ int cmd_train(int argc, char** argv) {
   std::unique_ptr<RunLock> lock;  // outlives the run directory's files
   std::unique_ptr<RunDir> dir;
   Backend backend;
-  job.agree([&] { backend = make_backend(s.run.device, s.run.precision, grid, s.run.attention); });
-  job.agree([&] { connect_backend(backend, grid); });
+  // A dry run for GPUs on a machine without one (a cluster's login node) still plans the
+  // memory, with the device's side unchecked: why there is no GPU here, else empty.
+  std::string no_gpu;
+  job.agree([&] {
+    check_backend_options(s.run.device, s.run.precision, s.run.attention);
+    try {
+      backend = make_backend(s.run.device, s.run.precision, grid, s.run.attention);
+    } catch (const UserError& e) {
+      if (!dry_run || s.run.device != "cuda") throw;
+      no_gpu = e.what();
+    }
+  });
+  if (no_gpu.empty()) job.agree([&] { connect_backend(backend, grid); });
   std::string thread_warning, memory_plan;
   // The memory each rank needs, before anything is allocated or written.
   job.agree([&] {
     thread_warning = apply_threads(s.run.threads, job.local_size());
-    const PlanRequest request = train_plan_request(s.model, s.run, backend.cuda);
-    const MemoryBudget budget = memory_budget(backend, job.local_size());
+    const PlanRequest request = train_plan_request(s.model, s.run, backend.cuda || !no_gpu.empty());
+    MemoryBudget budget = no_gpu.empty() ? memory_budget(backend, job.local_size())
+                                         : memory_budget(job.local_size(), -1, 1);
+    if (!no_gpu.empty()) {
+      budget.device_unchecked = true;
+      budget.device_source = no_gpu;
+    }
     const std::string plan = describe(plan_memory(request), budget);
     if (dry_run && grid.world_rank() == 0)
       std::cout << "par train --dry-run: " << s.model.summary() << " | batch " << s.run.batch_size
                 << " = " << s.run.accum_steps << " x " << s.run.micro_batch() << " examples | dp "
                 << s.run.dp << " x sp " << s.run.sp << " x tp " << s.run.tp << " | "
-                << current_threads() << " thread(s) per rank | " << backend.description
+                << current_threads() << " thread(s) per rank | "
+                << (no_gpu.empty() ? backend.description : cat("cuda, ", s.run.precision, " matrix products (no GPU here)"))
                 << "\nmemory per rank (estimate):\n" << plan << std::endl;
     memory_plan = plan;
     require_fits(request, RunShape{s.run.batch_size, s.run.accum_steps, s.run.dp}, budget);
   });
   if (dry_run) {
-    if (grid.world_rank() == 0) std::cout << "fits: the run can start" << std::endl;
+    if (grid.world_rank() == 0)
+      std::cout << (no_gpu.empty() ? "fits: the run can start"
+                                   : "fits on this host; the GPU's side is not checked: no GPU here")
+                << std::endl;
     return 0;
   }
   job.agree([&] {

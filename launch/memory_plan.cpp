@@ -184,7 +184,9 @@ MemoryBudget memory_budget(int local_ranks, int64_t device_free, int ranks_per_d
 std::string describe(const MemoryPlan& plan, const MemoryBudget& b) {
   std::string s = cat("host ", MemoryPlan::summary(plan.host), " of ",
                       b.host > 0 ? cat(format_bytes(b.host), ": ", b.host_source) : "unknown");
-  if (!plan.device.empty())
+  if (!plan.device.empty() && b.device_unchecked)
+    s += cat("\ndevice ", MemoryPlan::summary(plan.device), ", not checked: ", b.device_source);
+  else if (!plan.device.empty())
     s += cat("\ndevice ", MemoryPlan::summary(plan.device), " of ", format_bytes(b.device), ": ",
              b.device_source);
   return s;
@@ -199,7 +201,8 @@ namespace {
 
 bool fits(const PlanRequest& r, const MemoryBudget& b) {
   const MemoryPlan p = plan_memory(r);
-  return (b.host <= 0 || p.host_bytes() <= b.host) && (!r.cuda || p.device_bytes() <= b.device);
+  return (b.host <= 0 || p.host_bytes() <= b.host) &&
+         (!r.cuda || b.device_unchecked || p.device_bytes() <= b.device);
 }
 
 // What would fit instead: a smaller micro-batch, or the same run spread over more ranks.
@@ -254,7 +257,7 @@ void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudge
     fail_user("not enough memory: each rank needs an estimated ", MemoryPlan::summary(p.host),
               " of host memory, but may have ", format_bytes(b.host), ", ", b.host_source, "; ",
               advice(r, shape, b));
-  if (r.cuda && p.device_bytes() > b.device)
+  if (r.cuda && !b.device_unchecked && p.device_bytes() > b.device)
     fail_user("not enough GPU memory: each rank needs an estimated ", MemoryPlan::summary(p.device),
               " on its GPU, but may have ", format_bytes(b.device), ", ", b.device_source, "; ",
               advice(r, shape, b));

@@ -69,6 +69,9 @@ struct MemoryBudget {
   std::string host_source;
   double device = 0;  // bytes of free device memory, 0: no device
   std::string device_source;
+  // The device's side is planned but not checked (a dry run without a GPU here);
+  // device_source says why.
+  bool device_unchecked = false;
 };
 
 // The host's share of one of `local_ranks` ranks on this node: the cgroup's limit or the

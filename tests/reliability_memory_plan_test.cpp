@@ -135,6 +135,33 @@ TEST(ReliabilityMemoryPlan, DryRunPrintsThePlan) {
             std::string::npos);
 }
 
+// A dry run for GPUs where there is none (a cluster's login node): the device's plan with
+// why it is not checked, exit 0; the host's side is still checked, and options that name no
+// backend are still errors.
+TEST(ReliabilityMemoryPlan, DryRunForGpusPlansWithoutAGpu) {
+  TempDir dir;
+  const std::string gpu = cat("train --config ", quote(kTiny), " --dry-run --threads 1 --device cuda");
+  ParRun r = run_par(dir, cat(gpu, " --precision bf16"));
+  if (r.out.find("no GPU here") == std::string::npos)
+    GTEST_SKIP() << "a GPU is visible here: the dry run checks it (" << r.out << r.err << ")";
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const size_t device = r.out.find("\ndevice ");
+  ASSERT_NE(device, std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("parameters and gradients", device), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(", not checked: --device cuda: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("fits on this host; the GPU's side is not checked"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("fits: the run can start"), std::string::npos) << r.out;
+  EXPECT_USER_ERROR(run_par(dir, cat(gpu, " --precision fp16")), "--precision must be");
+  EXPECT_USER_ERROR(run_par(dir, cat(gpu, " --attention cudnn")), "needs --precision bf16");
+  EXPECT_USER_ERROR(run_par(dir, cat(gpu, " --batch-size 1000000000")), "not enough memory");
+  // Only a dry run goes on without a GPU.
+  const std::string data = testing_util::copy_task_data(dir, 65, 30);
+  EXPECT_USER_ERROR(run_par(dir, cat("train --config ", quote(kTiny), " --device cuda --data ",
+                                     quote(data), " --out ", quote(dir.file("run")), " --steps 1")),
+                    "--device cuda");
+  EXPECT_FALSE(fs::exists(dir.file("run")));
+}
+
 // What would fit, from the plan itself: a budget between the plan of the layout asked for
 // and that of twice the sequence parallelism suggests the latter, and the micro-batch that
 // fits the budget.
