@@ -1,0 +1,153 @@
+// tools/gpu_check.sh, the one script a GPU session runs, on a bundle of stand-ins for par
+// and par_cuda_tests that print what the real ones print: every part of the script (the
+// test tally, the targets and the bench table) must come out right before the minutes of
+// a GPU machine are spent on it. A stand-in writes its arguments to calls.txt.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "tests/par_cli.h"
+
+namespace par {
+namespace {
+
+namespace fs = std::filesystem;
+using testing_util::ParRun;
+using testing_util::quote;
+using testing_util::run_shell;
+using testing_util::slurp;
+using testing_util::TempDir;
+
+// par bench as the GPU prints it: a profile when asked, then the JSON line; decoding with
+// 16 samples at 12,000 tokens/s in all, the training step at 10 ms with the cross-attention
+// at 7 ms of it; N = 1,048,576 fails (exit 3) to show how a failed run is reported.
+constexpr const char* kPar = R"SH(#!/usr/bin/env bash
+echo "par $*" >> "$CALLS"
+args=" $* "
+case "$args" in *" --context-length 1048576 "*) echo "par bench: error: out of memory" >&2; exit 3 ;; esac
+if [[ "$args" == *" --profile "* ]]; then
+  echo "profile     ms/step  share  calls/step  op"
+  echo "               3.00   30.0%           6  attention_forward (cross)"
+  echo "               4.00   40.0%           6  attention_backward (cross)"
+fi
+if [[ "$args" == *" --decode "* ]]; then
+  k=1; [[ "$args" == *" --num-samples 16 "* ]] && k=16
+  echo "{\"cached_tokens_per_s\": $((k == 16 ? 12000 : 2500)), \"cached_tokens_per_s_per_sample\": $((k == 16 ? 750 : 2500)), \"speedup\": 120.5, \"refills\": 1, \"steps_replayed\": 990, \"steps_captured\": 9}"
+else
+  echo "{\"ms_per_step\": 10.0, \"input_tokens_per_s\": 13107200, \"gflops\": 400000, \"peak_share\": 0.40, \"peak_device_mib\": 3584, \"attention_ms\": 7.0}"
+fi
+)SH";
+
+// par_cuda_tests: two suites, one of which fails when FAIL_ONE is set; the timing runs.
+constexpr const char* kTests = R"SH(#!/usr/bin/env bash
+echo "par_cuda_tests $*" >> "$CALLS"
+case " $* " in
+  *" --gtest_list_tests "*) printf 'CudaStubA.\n  Passes\nCudaStubB.\n  Passes\n' ;;
+  *"--gtest_filter=CudaStubA.*"*) echo "[       OK ] CudaStubA.Passes (2 ms)" ;;
+  *"--gtest_filter=CudaStubB.*"*)
+    if [ -n "${FAIL_ONE:-}" ]; then
+      echo "stub_test.cpp:1: Failure"; echo "[  FAILED  ] CudaStubB.Passes (3 ms)"; exit 1
+    fi
+    echo "[       OK ] CudaStubB.Passes (3 ms)" ;;
+  *"--gtest_filter=CudaTiming.*"*) echo "timing linear 8192^3 bf16: 1.40 ms" ;;
+esac
+exit 0
+)SH";
+
+class GpuCheck : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const fs::path b = fs::path(dir_.path) / "par-gpu-bundle";
+    fs::create_directories(b / "bin");
+    fs::create_directories(b / "lib");
+    std::ofstream(b / "MANIFEST") << "par-gpu-bundle stand-in\n";
+    for (const auto& [name, text] : {std::pair{"par", kPar}, std::pair{"par_cuda_tests", kTests}}) {
+      std::ofstream(b / "bin" / name) << text;
+      fs::permissions(b / "bin" / name, fs::perms::owner_all);
+    }
+    const ParRun r = run_shell(dir_, cat("tar -C ", quote(dir_.path), " -cJf ",
+                                         quote(archive()), " par-gpu-bundle"));
+    ASSERT_EQ(r.rc, 0) << r.err;
+  }
+  std::string archive() const { return dir_.file("bundle.tar.xz"); }
+  ParRun check(const std::string& env) {
+    return run_shell(dir_, cat("env CALLS=", quote(dir_.file("calls.txt")), " CHECK_OUT=",
+                               quote(dir_.file("logs")), " GPU_CONFIGS=configs/gpu-100m-131k.ini",
+                               " PRECISIONS='bf16 fp32' ", env, " bash ",
+                               quote(std::string(PAR_SOURCE_DIR) + "/tools/gpu_check.sh"), " ",
+                               quote(archive())));
+  }
+  TempDir dir_;
+};
+
+TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
+  const ParRun r = check("");
+  EXPECT_EQ(r.rc, 0) << r.out << r.err;
+  const std::string summary = slurp(dir_.file("logs/summary.txt"));
+  EXPECT_EQ(summary, r.out.substr(r.out.find("== par GPU check")));
+  for (const char* line : {
+           "tests:  2 passed, 0 failed, 0 skipped",
+           "timing: linear 8192^3 bf16: 1.40 ms",
+           "  N=131072 step                             10.00 ms   target <= 12 ms   met",
+           "  N=131072 peak device memory                3.50 GiB  target <= 4 GiB   met",
+           "  N=131072 model rate                       400.0 TFLOP/s, 40.0% of the card's dense bf16 peak",
+           "  cross-attention forward + backward         7.00 ms   target <= 8 ms    met",
+           "  N=1048576: failed (exit 3): par bench: error: out of memory",
+           "  decode, 1 sample, tokens/s              2500.00      target >= 2000    met",
+           "  decode, cached / uncached                120.50 x    target >= 50x     met",
+           "  decode, 1 sample, steps                     990 replayed, 9 recorded (CUDA graphs)",
+           "  decode, 1 sample, no graphs              2500.0 tokens/s (--cuda-graphs off)",
+           "  decode, 16 samples, tokens/s in all    12000.00      target >= 10000   met",
+           "--- profile-n131k-profile",
+       })
+    EXPECT_NE(summary.find(line), std::string::npos) << "missing: " << line << "\n" << summary;
+  // bf16 with both attentions, fp32 with the first only.
+  for (const char* row : {"gpu-100m-131k.ini            bf16/auto          10.0     13107200     400.0    40.0   3584 MiB      7.00",
+                          "gpu-100m-131k.ini            bf16/blocked",
+                          "gpu-100m-131k.ini            fp32/auto"})
+    EXPECT_NE(summary.find(row), std::string::npos) << "missing: " << row << "\n" << summary;
+  EXPECT_EQ(summary.find("fp32/blocked"), std::string::npos) << summary;
+  // What the targets ran: PyTorch's work (no key dropout), in bf16.
+  const std::string calls = slurp(dir_.file("calls.txt"));
+  EXPECT_NE(calls.find("--precision bf16 --cross-attend-dropout 0 --steps 5 --warmup 2 --decode 1000 --num-samples 16"),
+            std::string::npos) << calls;
+  EXPECT_NE(calls.find("--decode 1000 --cuda-graphs off"), std::string::npos) << calls;
+}
+
+// The stand-in's JSON keys are the real par bench's (here on the CPU): the check reads no
+// key that par does not write.
+TEST_F(GpuCheck, TheStandInPrintsTheKeysOfTheRealBench) {
+  const std::string tiny = quote(testing_util::configs_dir() + "tiny.ini");
+  const ParRun train = testing_util::run_par(dir_, cat("bench --config ", tiny, " --threads 1 --steps 2 --warmup 1"));
+  ASSERT_EQ(train.rc, 0) << train.err;
+  const ParRun decode = testing_util::run_par(dir_, cat("bench --config ", tiny, " --threads 1 --decode 20"));
+  ASSERT_EQ(decode.rc, 0) << decode.err;
+  const std::string stand_in = kPar;
+  const std::regex key("\\\\\"([a-z_0-9]+)\\\\\": ");
+  int keys = 0;
+  for (std::sregex_iterator k(stand_in.begin(), stand_in.end(), key), end; k != end; ++k, ++keys) {
+    const std::string name = cat("\"", (*k)[1].str(), "\": ");
+    const bool decoding = name.find("cached_") != std::string::npos ||
+                          name.find("speedup") != std::string::npos ||
+                          name.find("refills") != std::string::npos ||
+                          name.find("steps_") != std::string::npos;
+    const std::string& real = decoding ? decode.out : train.out;
+    EXPECT_NE(real.find(name), std::string::npos) << name << " is not in\n" << real;
+  }
+  EXPECT_EQ(keys, 12);
+}
+
+// A failing test makes the exit status 1 and shows the failure; the measurements still run.
+TEST_F(GpuCheck, AFailingTestFailsTheCheckAndIsShown) {
+  const ParRun r = check("FAIL_ONE=1");
+  EXPECT_EQ(r.rc, 1) << r.out << r.err;
+  EXPECT_NE(r.out.find("tests:  1 passed, 1 failed, 0 skipped"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[  FAILED  ] CudaStubB.Passes (3 ms)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("stub_test.cpp:1: Failure"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("N=131072 step"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace par
