@@ -112,8 +112,12 @@ void Decoder<T>::reserve_own() {
   Carver real{static_cast<char*>(memory), 0};
   carve(real);
   const int64_t n = own_count_;
-  ops_.fill(k, K * cap * d, T(0));  // rows read but not kept must be numbers (see above)
-  ops_.fill(v, K * cap * d, T(0));
+  // Rows read but not kept must be numbers (see above): those past the entries copied in
+  // below, in each sample's block.
+  for (int64_t s = 0; s < K; ++s) {
+    ops_.fill(k + (s * cap + n) * d, (cap - n) * d, T(0));
+    ops_.fill(v + (s * cap + n) * d, (cap - n) * d, T(0));
+  }
   if (n > 0) {
     ops_.copy_blocks(k, cap * d, own_k_ + own_head_ * d, own_cap_ * d, K, n * d, false);
     ops_.copy_blocks(v, cap * d, own_v_ + own_head_ * d, own_cap_ * d, K, n * d, false);
