@@ -527,12 +527,11 @@ void PerceiverAR<T>::cross_attention_backward(T* dx) {
   ops_.rotary(a.dck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, true);
   // LN_kv's output, the projections' input: computed again from the embeddings (gathered
   // into the values' place, the keys' as scratch) into the keys' place.
-  const T* kvn = a.kvn;
+  T* kvn = a.recompute_kvn ? a.ck : a.kvn;
   if (a.recompute_kvn) {
     gather_inputs(a.cv, a.ck);
-    ops_.layernorm_forward(a.ck, a.kv_mu, a.kv_rs, a.cv, cp.ln_kv.w, cp.ln_kv.b, BN, d,
+    ops_.layernorm_forward(kvn, a.kv_mu, a.kv_rs, a.cv, cp.ln_kv.w, cp.ln_kv.b, BN, d,
                            kLayerNormEps);
-    kvn = a.ck;
   }
   ops_.linear_backward(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck, kvn, cp.attn.k.w, BN, d,
                        dc);
@@ -543,9 +542,8 @@ void PerceiverAR<T>::cross_attention_backward(T* dx) {
   // read last (the values' gradient, also read last, as scratch).
   const T* h = a.h;
   if (a.h == a.ck) {
-    T* into = const_cast<T*>(kvn);
-    gather_inputs(into, a.recompute_kvn ? a.dcv : a.dh);
-    h = into;
+    gather_inputs(kvn, a.recompute_kvn ? a.dcv : a.dh);
+    h = kvn;
   }
   ops_.layernorm_backward(a.dh, false, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, h, a.kv_mu, a.kv_rs,
                           cp.ln_kv.w, BN, d);
