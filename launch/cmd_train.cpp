@@ -369,7 +369,8 @@ int cmd_train(int argc, char** argv) {
       no_gpu = e.what();
     }
   });
-  if (no_gpu.empty()) job.agree([&] { connect_backend(backend, grid); });
+  // A dry run only plans: no device communicators (ranks could differ in having a GPU).
+  if (!dry_run) job.agree([&] { connect_backend(backend, grid); });
   std::string thread_warning, memory_plan;
   // The memory each rank needs, before anything is allocated or written.
   job.agree([&] {

@@ -151,8 +151,8 @@ MemoryPlan plan_memory(const PlanRequest& r) {
   if (r.cuda)
     plan.device.push_back({"attention scratch", cuda_attention_scratch(r)});
   if (r.bf16_products) plan.device.push_back({"bf16 operand copies", cuda_bf16_copies(r)});
-  else
-    plan.host.push_back({"kernel scratch", cpu_kernel_scratch(r)});
+  // The CPU kernels' scratch only where they run (a GPU run's kernels take device scratch).
+  if (!r.cuda) plan.host.push_back({"kernel scratch", cpu_kernel_scratch(r)});
   if (r.checkpoints) plan.host.push_back({"checkpoint copies", 3 * m.params});
   if (r.data_bytes > 0) plan.host.push_back({"data batches", r.data_bytes});
   if (r.gemm_n > 0)

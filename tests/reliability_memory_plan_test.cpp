@@ -151,6 +151,12 @@ TEST(ReliabilityMemoryPlan, DryRunForGpusPlansWithoutAGpu) {
   EXPECT_NE(r.out.find(", not checked: --device cuda: "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("fits on this host; the GPU's side is not checked"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("fits: the run can start"), std::string::npos) << r.out;
+  // The CPU kernels' scratch is not the host's to hold for a GPU run, in any precision.
+  r = run_par(dir, cat(gpu, " --precision fp32"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out.find("kernel scratch"), std::string::npos) << r.out;
+  EXPECT_NE(run_par(dir, cat("train --config ", quote(kTiny), " --dry-run --threads 1")).out.find("kernel scratch"),
+            std::string::npos);
   EXPECT_USER_ERROR(run_par(dir, cat(gpu, " --precision fp16")), "--precision must be");
   EXPECT_USER_ERROR(run_par(dir, cat(gpu, " --attention cudnn")), "needs --precision bf16");
   EXPECT_USER_ERROR(run_par(dir, cat(gpu, " --batch-size 1000000000")), "not enough memory");
