@@ -56,6 +56,16 @@ esac
 exit 0
 )SH";
 
+// bench/torch_reference.py: its JSON lines, torch.compile failing.
+constexpr const char* kTorch = R"SH(#!/usr/bin/env bash
+echo "torch_reference $*" >> "$CALLS"
+echo '{"what": "environment", "torch": "2.11.0", "gpu": "stand-in"}'
+echo '{"what": "train_eager", "ms_per_step": 40.0, "ms_per_step_mean": 41.0, "peak_device_mib": 3686.4, "parameters": 1}'
+echo '{"what": "attention_flash_attention", "forward_ms": 2.16, "forward_backward_ms": 7.32}'
+echo '{"what": "attention_cudnn_attention", "error": "RuntimeError: No available kernel"}'
+echo '{"what": "train_compiled", "error": "skipped: less than half of --budget left for compiling"}'
+)SH";
+
 class GpuCheck : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -63,6 +73,8 @@ class GpuCheck : public ::testing::Test {
     fs::create_directories(b / "bin");
     fs::create_directories(b / "lib");
     std::ofstream(b / "MANIFEST") << "par-gpu-bundle stand-in\n";
+    std::ofstream(dir_.file("torch_reference")) << kTorch;
+    fs::permissions(dir_.file("torch_reference"), fs::perms::owner_all);
     for (const auto& [name, text] : {std::pair{"par", kPar}, std::pair{"par_cuda_tests", kTests}}) {
       std::ofstream(b / "bin" / name) << text;
       fs::permissions(b / "bin" / name, fs::perms::owner_all);
@@ -75,7 +87,8 @@ class GpuCheck : public ::testing::Test {
   ParRun check(const std::string& env) {
     return run_shell(dir_, cat("env CALLS=", quote(dir_.file("calls.txt")), " CHECK_OUT=",
                                quote(dir_.file("logs")), " GPU_CONFIGS=configs/gpu-100m-131k.ini",
-                               " PRECISIONS='bf16 fp32' ", env, " bash ",
+                               " PRECISIONS='bf16 fp32' TORCH_REFERENCE=",
+                               quote(dir_.file("torch_reference")), " ", env, " bash ",
                                quote(std::string(PAR_SOURCE_DIR) + "/tools/gpu_check.sh"), " ",
                                quote(archive())));
   }
@@ -101,6 +114,12 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
            "  decode, 1 sample, no graphs              2500.0 tokens/s (--cuda-graphs off)",
            "  decode, 16 samples, tokens/s in all    12000.00      target >= 10000   met",
            "--- profile-n131k-profile",
+           "yardstick: PyTorch 2.11.0, the same model on this GPU with every key visible",
+           "  PyTorch step, eager                       40.00 ms, peak 3.60 GiB",
+           "    par's step time / this                   0.25 x (par 10.00 ms)",
+           "  PyTorch step, torch.compile          skipped: less than half of --budget left for compiling",
+           "  attention alone, FlashAttention-2          2.16 ms forward, 7.32 ms forward + backward",
+           "  attention alone, cuDNN (PyTorch)     RuntimeError: No available kernel",
        })
     EXPECT_NE(summary.find(line), std::string::npos) << "missing: " << line << "\n" << summary;
   // bf16 with both attentions, fp32 with the first only.
@@ -114,6 +133,22 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
   EXPECT_NE(calls.find("--precision bf16 --cross-attend-dropout 0 --steps 5 --warmup 2 --decode 1000 --num-samples 16"),
             std::string::npos) << calls;
   EXPECT_NE(calls.find("--decode 1000 --cuda-graphs off"), std::string::npos) << calls;
+  EXPECT_NE(calls.find("torch_reference --budget "), std::string::npos) << calls;
+}
+
+// Without PyTorch (as here), the yardstick says so and exits 3, and the check goes on.
+TEST_F(GpuCheck, TheYardstickSaysWhenPyTorchIsMissing) {
+  const std::string script = cat(PAR_SOURCE_DIR, "/bench/torch_reference.py");
+  ParRun r = run_shell(dir_, cat("python3 -m py_compile ", quote(script)));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  if (run_shell(dir_, "python3 -c 'import torch'").rc == 0) GTEST_SKIP() << "PyTorch is installed here";
+  r = run_shell(dir_, cat("cd ", quote(PAR_SOURCE_DIR), " && python3 ", quote(script), " --budget 10"));
+  EXPECT_EQ(r.rc, 3) << r.out << r.err;
+  EXPECT_NE(r.err.find("torch_reference: PyTorch is not installed here"), std::string::npos) << r.err;
+  r = check(cat("TORCH_REFERENCE=", quote(cat("python3 ", script, " --config configs/gpu-100m-131k.ini"))));
+  EXPECT_EQ(r.rc, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("yardstick: PyTorch not measured (exit 3: torch_reference: PyTorch is not installed here"),
+            std::string::npos) << r.out;
 }
 
 // The stand-in's JSON keys are the real par bench's (here on the CPU): the check reads no

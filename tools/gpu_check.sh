@@ -31,6 +31,9 @@
 #   BUDGET        seconds for the whole check (default 540): bench runs that would not end
 #                 in time are listed as skipped, so the table always comes out
 #   CHECK_OUT     where the logs go (default $OUT when set, else build-gpu-bundle/check)
+#   TORCH_REFERENCE  the yardstick's command (default: python3 bench/torch_reference.py
+#                 --config configs/gpu-100m-131k.ini; --budget SECONDS is appended): the
+#                 same model in PyTorch on the same GPU, after par's targets
 # After the table, the issue's targets (tools/gpu_check.sh prints "targets:" lines): the
 # 100M config at N = 131072 with --cross-attend-dropout 0 (the work PyTorch's model does),
 # the attention alone, N = 1,048,576, and cached decoding of 16 samples of one 130,068-token
@@ -263,6 +266,25 @@ if [ -f "$target_config" ]; then
   run_target decode1-profile --decode 300 --profile
 fi
 
+# ---- the yardstick: the same model in PyTorch, on this GPU, in this run ----
+# (bench/torch_reference.py: eager and compiled steps, the attention alone; DESIGN: GPU
+# speed is judged against PyTorch with FlashAttention on the same card, in the same run.)
+torch_cmd=${TORCH_REFERENCE:-"python3 bench/torch_reference.py --config $target_config"}
+: > "$work/torch.jsonl"
+left=$((budget - SECONDS))
+if [ ! -f "$target_config" ]; then
+  torch_note="not run: no $target_config"
+elif [ "$left" -ge 120 ]; then
+  torch_limit=$((left - 60 < 240 ? left - 60 : 240))
+  say "yardstick: $torch_cmd --budget $torch_limit (log: $logs/torch.log)"
+  timeout "$torch_limit" bash -c "$torch_cmd --budget $torch_limit" > "$logs/torch.log" 2>&1
+  torch_rc=$?
+  grep '^{' "$logs/torch.log" > "$work/torch.jsonl"
+  torch_note="exit $torch_rc$([ $torch_rc -eq 124 ] && echo ', timed out'): $(grep -v '^{' "$logs/torch.log" | grep -v '^\s*$' | tail -1 | cut -c1-160)"
+else
+  torch_note="skipped: out of time (BUDGET=$budget s)"
+fi
+
 # ---- par bench ----
 for config in $configs; do
   for p in $precisions; do
@@ -330,7 +352,7 @@ for line in open(sys.argv[1]):
         "%.1f" % (100 * share) if share else "n/a", mem or "n/a",
         "%.2f" % attn if attn else "-"))
 EOF
-  python3 - "$work/targets.txt" <<'EOF'
+  python3 - "$work/targets.txt" "$work/torch.jsonl" "$torch_note" <<'EOF'
 import json, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -388,6 +410,35 @@ if j:
         "", j["cached_tokens_per_s_per_sample"], j["refills"]))
 else:
     print("  decode, 16 samples: " + why)
+# The yardstick: the same model in PyTorch on this GPU (bench/torch_reference.py).
+torch = {}
+for text in open(sys.argv[2]):
+    r = json.loads(text)
+    torch[r.pop("what")] = r
+env = torch.get("environment")
+if not env:
+    print("yardstick: PyTorch not measured (%s)" % sys.argv[3])
+else:
+    print("yardstick: PyTorch %s, the same model on this GPU with every key visible "
+          "(bench/torch_reference.py):" % env.get("torch", "?"))
+    par, _ = js("n131k")
+    for what, name in (("train_eager", "PyTorch step, eager"), ("train_compiled", "PyTorch step, torch.compile")):
+        r = torch.get(what, {"error": "not run"})
+        if "error" in r:
+            print("  %-36s %s" % (name, r["error"]))
+            continue
+        print("  %-36s %10.2f ms, peak %.2f GiB" % (name, r["ms_per_step"], r["peak_device_mib"] / 1024))
+        if par:
+            print("  %-36s %10.2f x (par %.2f ms)" % ("  par's step time / this", par["ms_per_step"] / r["ms_per_step"],
+                                                   par["ms_per_step"]))
+    for what, name in (("attention_flash_attention", "attention alone, FlashAttention-2"),
+                       ("attention_cudnn_attention", "attention alone, cuDNN (PyTorch)")):
+        r = torch.get(what, {"error": "not run"})
+        if "error" in r:
+            print("  %-36s %s" % (name, r["error"]))
+        else:
+            print("  %-36s %10.2f ms forward, %.2f ms forward + backward" % (
+                name, r["forward_ms"], r["forward_backward_ms"]))
 EOF
   for f in "$work"/profile-*.txt; do
     [ -s "$f" ] || continue
