@@ -84,6 +84,8 @@ else
 fi
 
 # ---- libraries: the bundle's, then the machine's CUDA libraries wherever they are ----
+# (PyTorch, for the yardstick, keeps the machine's own library path.)
+machine_ld_path=${LD_LIBRARY_PATH:-}
 lib_path=$B/lib
 need=(libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2)
 site_dirs=$(python3 -c 'import site; print(" ".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null || true)
@@ -277,7 +279,8 @@ if [ ! -f "$target_config" ]; then
 elif [ "$left" -ge 120 ]; then
   torch_limit=$((left - 60 < 240 ? left - 60 : 240))
   say "yardstick: $torch_cmd --budget $torch_limit (log: $logs/torch.log)"
-  timeout "$torch_limit" bash -c "$torch_cmd --budget $torch_limit" > "$logs/torch.log" 2>&1
+  LD_LIBRARY_PATH=$machine_ld_path timeout "$torch_limit" bash -c "$torch_cmd --budget $torch_limit" \
+    > "$logs/torch.log" 2>&1
   torch_rc=$?
   grep '^{' "$logs/torch.log" > "$work/torch.jsonl"
   torch_note="exit $torch_rc$([ $torch_rc -eq 124 ] && echo ', timed out'): $(grep -v '^{' "$logs/torch.log" | grep -v '^\s*$' | tail -1 | cut -c1-160)"
