@@ -11,6 +11,7 @@
 
 #include "core/counting_communicator.h"
 #include "core/flops.h"
+#include "core/param_layout.h"
 #include "core/profiled_ops.h"
 #include "launch/backend.h"
 #include "launch/gpu_peaks.h"
@@ -163,13 +164,14 @@ void print_report(const ModelConfig& mc, const RunConfig& rc, const ProcessGrid&
               "\"sgemm_gflops\": %.2f, \"ratio_to_sgemm\": %.4f, \"peak_rss_mib\": %.1f, "
               "\"peak_rss_mib_max\": %.1f, \"peak_device_mib\": %.1f, \"planned_host_mib\": %.1f, "
               "\"planned_device_mib\": %.1f, \"peak_share\": %.4f, \"attention_ms\": %.2f, "
-              "\"threads\": %d, \"comm_bytes\": {\"world\": %.0f, "
+              "\"threads\": %d, \"parameters\": %lld, \"comm_bytes\": {\"world\": %.0f, "
               "\"dp\": %.0f, \"sp\": %.0f, \"tp\": %.0f, \"dp_sp\": %.0f}}\n",
               static_cast<long long>(mc.context_length), static_cast<long long>(rc.batch_size),
               grid.world_size(), rc.dp, rc.sp, rc.tp, 1e3 * step_s, 1e3 * mean_s, inputs_per_s,
               targets_per_s, flops / 1e9, gflops, t.gemm_gflops, gflops / t.gemm_gflops,
               u.peak_mib, u.peak_max_mib, u.dev_max_mib, plan.host_bytes() / (1 << 20),
-              plan.device_bytes() / (1 << 20), peak_share, attention_ms, current_threads(), c[0],
+              plan.device_bytes() / (1 << 20), peak_share, attention_ms, current_threads(),
+              static_cast<long long>(ParamLayout(mc).num_parameters()), c[0],
               c[1], c[2], c[3], c[4]);
 }
 

@@ -36,7 +36,7 @@ if [[ "$args" == *" --decode "* ]]; then
   k=1; [[ "$args" == *" --num-samples 16 "* ]] && k=16
   echo "{\"cached_tokens_per_s\": $((k == 16 ? 12000 : 2500)), \"cached_tokens_per_s_per_sample\": $((k == 16 ? 750 : 2500)), \"speedup\": 120.5, \"refills\": 1, \"steps_replayed\": 990, \"steps_captured\": 9}"
 else
-  echo "{\"ms_per_step\": 10.0, \"input_tokens_per_s\": 13107200, \"gflops\": 400000, \"peak_share\": 0.40, \"peak_device_mib\": 3584, \"attention_ms\": 7.0}"
+  echo "{\"ms_per_step\": 10.0, \"input_tokens_per_s\": 13107200, \"gflops\": 400000, \"peak_share\": 0.40, \"peak_device_mib\": 3584, \"attention_ms\": 7.0, \"parameters\": 89726211}"
 fi
 )SH";
 
@@ -60,7 +60,7 @@ exit 0
 constexpr const char* kTorch = R"SH(#!/usr/bin/env bash
 echo "torch_reference $*" >> "$CALLS"
 echo '{"what": "environment", "torch": "2.11.0", "gpu": "stand-in"}'
-echo '{"what": "train_eager", "ms_per_step": 40.0, "ms_per_step_mean": 41.0, "peak_device_mib": 3686.4, "parameters": 1}'
+echo '{"what": "train_eager", "ms_per_step": 40.0, "ms_per_step_mean": 41.0, "peak_device_mib": 3686.4, "parameters": 89726211}'
 echo '{"what": "attention_flash_attention", "forward_ms": 2.16, "forward_backward_ms": 7.32}'
 echo '{"what": "attention_cudnn_attention", "error": "RuntimeError: No available kernel"}'
 echo '{"what": "train_compiled", "error": "skipped: less than half of --budget left for compiling"}'
@@ -115,6 +115,7 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
            "  decode, 16 samples, tokens/s in all    12000.00      target >= 10000   met",
            "--- profile-n131k-profile",
            "yardstick: PyTorch 2.11.0, the same model on this GPU with every key visible",
+           "  parameters                           PyTorch 89726211, par 89726211\n",
            "  PyTorch step, eager                       40.00 ms, peak 3.60 GiB",
            "    par's step time / this                   0.25 x (par 10.00 ms)",
            "  PyTorch step, torch.compile          skipped: less than half of --budget left for compiling",
@@ -171,7 +172,7 @@ TEST_F(GpuCheck, TheStandInPrintsTheKeysOfTheRealBench) {
     const std::string& real = decoding ? decode.out : train.out;
     EXPECT_NE(real.find(name), std::string::npos) << name << " is not in\n" << real;
   }
-  EXPECT_EQ(keys, 12);
+  EXPECT_EQ(keys, 13);
 }
 
 // A failing test makes the exit status 1 and shows the failure; the measurements still run.

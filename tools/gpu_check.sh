@@ -425,6 +425,13 @@ else:
     print("yardstick: PyTorch %s, the same model on this GPU with every key visible "
           "(bench/torch_reference.py):" % env.get("torch", "?"))
     par, _ = js("n131k")
+    eager = torch.get("train_eager", {})
+    if par and "parameters" in eager:
+        same = eager["parameters"] == par.get("parameters")
+        print("  %-36s PyTorch %d, par %s%s" % ("parameters", eager["parameters"], par.get("parameters"),
+              "" if same else ": NOT the same model, no comparison"))
+        if not same:
+            par = None
     for what, name in (("train_eager", "PyTorch step, eager"), ("train_compiled", "PyTorch step, torch.compile")):
         r = torch.get(what, {"error": "not run"})
         if "error" in r:
