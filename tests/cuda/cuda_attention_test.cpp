@@ -266,7 +266,9 @@ TEST(CudaAttentionLong, ContextOf131072KeysThroughCudnn) {
 std::vector<AttentionCase> one_query_cases() {
   const int64_t split = cuda::kern::kDecodeKeys;
   return {
+      {"one_key", 2, 1, 1, 2, 32, 0, 0.0, 0},
       {"one_split", 1, 1, 200, 4, 64, 199, 0.2, 0},
+      {"split_and_one_key", 1, 1, split + 1, 2, 64, split, 0.1, 0},
       {"split_boundary", 2, 1, split, 2, 32, split - 1, 0.1, 0},
       {"many_splits", 2, 1, 12 * split + 7, 3, 64, 12 * split + 6, 0.3, 0},
       {"query_in_the_middle", 1, 1, 4 * split, 2, 16, 2 * split - 3, 0.0, 0},
