@@ -58,16 +58,20 @@ std::string describe_shape(bool backward, int64_t b, int64_t h, int64_t nq, int6
              " queries over ", nk, " keys", causal ? ", causal" : "");
 }
 
+// One copy or memset per example, not one 2D call over all: a 2D call's pitch (an
+// example's bytes: 4 GiB at N = 1,048,576, d = 1024) may not exceed 2^31 - 1.
+
 // Rows [row0, row0 + rows) of every example of src [batch, total, width] into dst
 // [batch, rows, width] (elements of `bytes_per` bytes).
 void copy_rows(cudaStream_t st, void* dst, const void* src, int64_t batch, int64_t total,
                int64_t row0, int64_t rows, int64_t width, size_t bytes_per) {
   if (batch <= 0 || rows <= 0 || width <= 0) return;
   const size_t row_bytes = size_t(width) * bytes_per;
-  PAR_CUDA_CHECK(cudaMemcpy2DAsync(dst, size_t(rows) * row_bytes,
-                                   static_cast<const char*>(src) + size_t(row0) * row_bytes,
-                                   size_t(total) * row_bytes, size_t(rows) * row_bytes,
-                                   size_t(batch), cudaMemcpyDeviceToDevice, st));
+  for (int64_t b = 0; b < batch; ++b)
+    PAR_CUDA_CHECK(cudaMemcpyAsync(
+        static_cast<char*>(dst) + size_t(b * rows) * row_bytes,
+        static_cast<const char*>(src) + size_t(b * total + row0) * row_bytes,
+        size_t(rows) * row_bytes, cudaMemcpyDeviceToDevice, st));
 }
 
 // The reverse: src [batch, rows, width] into rows [row0, row0 + rows) of dst.
@@ -75,19 +79,20 @@ void place_rows(cudaStream_t st, void* dst, const void* src, int64_t batch, int6
                 int64_t row0, int64_t rows, int64_t width, size_t bytes_per) {
   if (batch <= 0 || rows <= 0 || width <= 0) return;
   const size_t row_bytes = size_t(width) * bytes_per;
-  PAR_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(dst) + size_t(row0) * row_bytes,
-                                   size_t(total) * row_bytes, src, size_t(rows) * row_bytes,
-                                   size_t(rows) * row_bytes, size_t(batch),
-                                   cudaMemcpyDeviceToDevice, st));
+  for (int64_t b = 0; b < batch; ++b)
+    PAR_CUDA_CHECK(cudaMemcpyAsync(
+        static_cast<char*>(dst) + size_t(b * total + row0) * row_bytes,
+        static_cast<const char*>(src) + size_t(b * rows) * row_bytes,
+        size_t(rows) * row_bytes, cudaMemcpyDeviceToDevice, st));
 }
 
 // Zeroes rows [row0, total) of every example of a float [batch, total, width] tensor.
 void zero_rows_from(cudaStream_t st, float* x, int64_t batch, int64_t total, int64_t row0,
                     int64_t width) {
   if (batch <= 0 || row0 >= total || width <= 0) return;
-  const size_t row_bytes = size_t(width) * sizeof(float);
-  PAR_CUDA_CHECK(cudaMemset2DAsync(x + row0 * width, size_t(total) * row_bytes, 0,
-                                   size_t(total - row0) * row_bytes, size_t(batch), st));
+  for (int64_t b = 0; b < batch; ++b)
+    PAR_CUDA_CHECK(cudaMemsetAsync(x + (b * total + row0) * width, 0,
+                                   size_t(total - row0) * size_t(width) * sizeof(float), st));
 }
 
 }  // namespace
@@ -121,8 +126,12 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
           throw CudnnError(cat("cudnnCreate: ", api_->describe(st)));
         }
         st = api_->SetStream(handle_, stream_);
-        if (st != CUDNN_STATUS_SUCCESS)
+        if (st != CUDNN_STATUS_SUCCESS) {
+          // A handle left on another stream would run later shapes unordered with ours.
+          api_->Destroy(handle_);
+          handle_ = nullptr;
           throw CudnnError(cat("cudnnSetStream: ", api_->describe(st)));
+        }
       }
       const sdpa::Dims d{batch, heads, nq, nk, head_dim, scale, causal, api_->version};
       const sdpa::Graph g = backward ? sdpa::describe_backward(d) : sdpa::describe_forward(d);
@@ -146,6 +155,7 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
 
 std::string CudnnAttention::prepare(const AttentionShape& s, bool backward) {
   if (!api_) return "cuDNN is not available: " + cudnn_unavailable_reason();
+  if (std::string bad = sdpa::version_refusal(api_->version); !bad.empty()) return bad;
   if (s.q_pos_first == AttentionShape::kUnknownPosition ||
       s.k_pos_first == AttentionShape::kUnknownPosition)
     return "the positions are not given as contiguous ranges";

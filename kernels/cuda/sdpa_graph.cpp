@@ -31,6 +31,13 @@ bool head_dim_supported(int64_t head_dim, int sm_major) {
   return head_dim > 0 && head_dim % 8 == 0 && head_dim <= most;
 }
 
+std::string version_refusal(int64_t cudnn_version) {
+  if (cudnn_version == 91000 || cudnn_version == 91001)
+    return "cuDNN 9.10.0 and 9.10.1 have known bugs in bf16 flash attention (cudnn-frontend "
+           "refuses them too): use another cuDNN 9 (PAR_CUDNN_LIBRARY)";
+  return "";
+}
+
 namespace {
 
 using Dim = std::vector<int64_t>;

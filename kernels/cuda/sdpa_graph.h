@@ -100,4 +100,9 @@ Graph describe_backward(const Dims& d);
 // sm_8x, 256 on sm_9x and later).
 bool head_dim_supported(int64_t head_dim, int sm_major);
 
+// Why cuDNN of this version (cudnnGetVersion()) must not run the SDPA graphs, or empty:
+// 9.10.0 and 9.10.1 have known bugs in bf16 flash attention, forward and backward, which
+// NVIDIA's cudnn-frontend refuses them for.
+std::string version_refusal(int64_t cudnn_version);
+
 }  // namespace par::cuda::sdpa

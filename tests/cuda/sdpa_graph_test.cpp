@@ -91,6 +91,15 @@ TEST(SdpaGraph, HeadSizes) {
   EXPECT_FALSE(sdpa::head_dim_supported(0, 9));
 }
 
+// cuDNN 9.10.0 and 9.10.1 are refused (known bf16 flash-attention bugs); their neighbours
+// are not.
+TEST(SdpaGraph, RefusesTheCudnnVersionsWithKnownBugs) {
+  EXPECT_NE(sdpa::version_refusal(91000), "");
+  EXPECT_NE(sdpa::version_refusal(91001), "");
+  for (int64_t fine : {90000, 90800, 91002, 91100, 91400, 91900})
+    EXPECT_EQ(sdpa::version_refusal(fine), "") << fine;
+}
+
 // One case: random bf16 inputs, keys per example given (the rest is padding).
 struct Case {
   int64_t B, H, nq, nk, D;
