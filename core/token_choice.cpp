@@ -83,6 +83,7 @@ int32_t choose_token(const T* logits, int64_t vocab, const SamplingOptions& o, d
   const std::vector<int32_t> order = likeliest_first(logits, vocab);
   const int64_t top_k = o.top_k > 0 ? std::min(o.top_k, vocab) : vocab;
   const double top = double(logits[order[0]]) / o.temperature;
+  if (!std::isfinite(top)) return order[0];  // the weights would be NaN (step 3)
   std::vector<double> weights(static_cast<size_t>(top_k));
   double total = 0;
   for (int64_t i = 0; i < top_k; ++i) {

@@ -26,6 +26,9 @@ inline double uniform_from_bits(uint64_t bits) { return double(bits >> 11) * 0x1
 //   1. order the ids by logit, largest first; equal logits (+0 and -0 are equal) by id;
 //   2. keep the first K = min(top_k, V) (all V when top_k is 0);
 //   3. p_i = exp(double(logit_i) / T - double(logit_0) / T) in double, in that order;
+//      where double(logit_0) / T is not finite (an infinite logit, every logit -inf, or a
+//      temperature so small that the quotient overflows), the token is the first of the
+//      order, as with temperature 0 but with ties by id;
 //   4. top_p < 1: keep the first n of them, n the smallest count whose running sum
 //      (summed in order) is >= top_p * (the sum of all K), at least 1 (K if none reaches);
 //   5. S = the sum of the kept p (in order); the token is the first i whose running sum

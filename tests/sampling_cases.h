@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -64,6 +65,29 @@ inline std::vector<SamplingCase> sampling_cases(int64_t max_vocab) {
               if (rows > 1) c.u[1] = 0;                          // the first
               cases.push_back(std::move(c));
             }
+  // Rows whose likeliest logit over the temperature is not finite (choose_token: the first
+  // of the order): two +inf (the smaller id wins), every logit -inf, and finite logits over
+  // a temperature so small that the quotient overflows.
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int64_t vocab : vocabs)
+    for (double top_p : {1.0, 0.9})
+      for (int64_t top_k : {int64_t(0), int64_t(2)}) {
+        SamplingCase c;
+        c.rows = 3;
+        c.vocab = vocab;
+        c.logits = sampling_logits(0, 3 * vocab, rng);
+        c.logits[size_t(vocab - 1)] = inf;
+        c.logits[size_t(vocab / 2)] = inf;
+        for (int64_t i = 0; i < vocab; ++i) c.logits[size_t(vocab + i)] = -inf;
+        c.opts = {1.0, top_k, top_p};
+        c.u = {0.999, 0.5, 0.75};
+        cases.push_back(c);
+        c.rows = 1;
+        c.logits = sampling_logits(0, vocab, rng);
+        c.opts.temperature = 1e-310;
+        c.u = {0.999};
+        cases.push_back(std::move(c));
+      }
   return cases;
 }
 

@@ -113,6 +113,23 @@ void expect_likeliest_first_order(const std::vector<T>& logits) {
   }
 }
 
+// Where the likeliest logit over the temperature is not finite, the weights would be NaN:
+// the choice is the first of the order, whatever top-k, top-p and u (before, with top-p 1,
+// the last kept token).
+TEST(TokenChoice, ANonFiniteTopLogitChoosesTheFirstOfTheOrder) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> two_inf{1, inf, 2, inf}, all_minus_inf{-inf, -inf, -inf};
+  const std::vector<float> finite{0.5f, 3, -1, 2.5f};
+  for (double top_p : {1.0, 0.9})
+    for (int64_t top_k : {int64_t(0), int64_t(3)})
+      for (double u : {0.0, 0.5, 0.999}) {
+        SCOPED_TRACE(cat("top_p ", top_p, " top_k ", top_k, " u ", u));
+        EXPECT_EQ(choose_token(two_inf.data(), 4, SamplingOptions{1.0, top_k, top_p}, u), 1);
+        EXPECT_EQ(choose_token(all_minus_inf.data(), 3, SamplingOptions{1.0, top_k, top_p}, u), 0);
+        EXPECT_EQ(choose_token(finite.data(), 4, SamplingOptions{1e-310, top_k, top_p}, u), 1);
+      }
+}
+
 TEST(TokenChoice, OrderIsByLogitThenIdForEveryKindOfValue) {
   std::mt19937_64 rng(7);
   for (int round = 0; round < 20; ++round) {

@@ -82,6 +82,10 @@ __global__ void __launch_bounds__(kChooseThreads) choose(ChoiceArgs a) {
   }
   const int64_t kept = a.top_k > 0 && a.top_k < a.vocab ? a.top_k : a.vocab;
   const double top = key_logit(keys[0]) / a.temperature;
+  if (!isfinite(top)) {  // the first of the order, as choose_token (the same for every thread)
+    if (threadIdx.x == 0) a.ids[r] = key_id(keys[0]);
+    return;
+  }
   double carry = 0;
   for (int64_t t0 = 0; t0 < kept; t0 += kChooseThreads) {
     const int64_t i = t0 + threadIdx.x;
