@@ -137,8 +137,10 @@ void Decoder<T>::run_step(const F& step) {
     step();
     return;
   } catch (const UserError&) {
+    ops_.abort_capture();
     throw;
   } catch (const std::runtime_error& e) {
+    ops_.abort_capture();
     // A backend failure inside a recording may come from the recording itself: say so, and
     // how to run without it.
     throw std::runtime_error(cat(e.what(), " (while the backend recorded a decoding step; "

@@ -121,6 +121,10 @@ struct CaptureRefused : std::runtime_error {
   /* given. Inside, nothing may wait for the device: CaptureRefused otherwise. */                 \
   X(void, begin_capture, (), ())                                                                   \
   X(void, end_capture, (uint64_t key), (key))                                                      \
+  /* Discards a capture whose work failed (an error other than CaptureRefused, which */          \
+  /* discards its own): nothing recorded is launched, and work runs as given again. What ran */   \
+  /* as given (the CPU's) stays done. Nothing to do without a capture. */                          \
+  X(void, abort_capture, (), ())                                                                   \
   /* Whether a capture is kept so that replay_capture may launch it again (false on the CPU). */  \
   X(bool, replays_captures, (), ())                                                                \
   /* Launches again the work last captured under `key`, exactly as captured: the same buffers, */ \

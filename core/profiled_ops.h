@@ -40,6 +40,7 @@ class ProfiledOps final : public ForwardingOps<T> {
   // work runs as it is given.
   void begin_capture() override {}
   void end_capture(uint64_t) override {}
+  void abort_capture() override {}
   bool replays_captures() override { return false; }
   bool replay_capture(uint64_t) override { return false; }
   void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o,

@@ -413,13 +413,24 @@ TEST(DecoderSteps, CapturedStepsEqualPlainSteps) {
   cpu.deallocate(params);
 }
 
-// Any other failure inside a recorded step reaches the caller with the way to run
-// unrecorded; bad input stays a UserError.
+// Any other failure inside a recorded step discards the recording (Ops::abort_capture: the
+// backend takes work directly again) and reaches the caller with the way to run unrecorded;
+// bad input stays a UserError.
 class FailingCaptures final : public ForwardingOps<double> {
  public:
   explicit FailingCaptures(Ops<double>& inner) : ForwardingOps<double>(inner) {}
-  void begin_capture() override { capturing_ = true; }
+  void begin_capture() override {
+    EXPECT_FALSE(capturing_) << "a capture inside a capture";
+    capturing_ = true;
+  }
   void end_capture(uint64_t) override { capturing_ = false; }
+  void abort_capture() override {
+    EXPECT_TRUE(capturing_) << "abort_capture without a capture";
+    capturing_ = false;
+    ++aborted;
+  }
+  bool capturing() const { return capturing_; }
+  int aborted = 0;
 
  protected:
   void around(const char* op, const OpCall& call) override {
@@ -448,6 +459,8 @@ TEST(DecoderSteps, AFailureInsideARecordingSaysHowToRunWithoutIt) {
     EXPECT_NE(std::string(e.what()).find("the device faulted"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("--cuda-graphs off"), std::string::npos) << e.what();
   }
+  EXPECT_EQ(ops.aborted, 1);
+  EXPECT_FALSE(ops.capturing());
   EXPECT_THROW(dec.append(99), UserError);  // outside the vocabulary, before any step
   cpu.deallocate(params);
 }

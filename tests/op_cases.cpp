@@ -182,6 +182,21 @@ void elementwise_cases(std::vector<OpCase>& t) {
     r.out("y", y, n);
     r.out("z", z, n);
   }));
+  // A capture whose work failed, discarded; the same work then given as it is. The work is
+  // idempotent: the CPU has run it once already, CUDA has launched none of it.
+  t.push_back(make_case("abort_capture", {"abort_capture"}, 1e-7, Products::kNone, true,
+                        [=](auto& r) {
+    auto* x = r.random(n, 65);
+    auto* z = r.filled(n, 0);
+    r.ops.abort_capture();  // without a capture: nothing to do
+    for (int round = 0; round < 2; ++round) {
+      if (round == 0) r.ops.begin_capture();
+      r.ops.copy(z, x, n);
+      r.ops.scale(z, n, 0.5);
+      if (round == 0) r.ops.abort_capture();
+    }
+    r.out("z", z, n);
+  }));
   // A step captured once and replayed (where the backend keeps captures), else given again:
   // a replay runs the captured work on what the buffers hold now, so y gains x each round.
   t.push_back(make_case("replay_capture", {"replays_captures", "replay_capture"}, 1e-7,

@@ -127,6 +127,9 @@ template <typename T>
 void CpuOps<T>::end_capture(uint64_t) {}
 
 template <typename T>
+void CpuOps<T>::abort_capture() {}
+
+template <typename T>
 bool CpuOps<T>::replays_captures() {
   return false;
 }

@@ -196,6 +196,8 @@ void CudaOps::begin_capture() { begin_graph(); }
 
 void CudaOps::end_capture(uint64_t key) { end_graph(key); }
 
+void CudaOps::abort_capture() { graphs_->abort(); }
+
 bool CudaOps::replays_captures() { return graphs_on_; }
 
 bool CudaOps::replay_capture(uint64_t key) {

@@ -24,7 +24,7 @@ void StepGraphs::begin() {
 void StepGraphs::abort() {
   if (!capturing_) return;
   capturing_ = false;
-  ++stats_.refused;
+  ++stats_.refused;  // refused by the backend, or failed on the way
   cudaGraph_t g = nullptr;
   cudaStreamEndCapture(stream_, &g);
   if (g) cudaGraphDestroy(g);
