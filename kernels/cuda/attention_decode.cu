@@ -144,7 +144,11 @@ void attention_forward_decode(cudaStream_t st, const AttentionShape& s, const fl
               scratch + parts * (s.head_dim + 1)};
   const int64_t groups = s.head_dim <= kDecodeThreads ? kDecodeThreads / s.head_dim : 1;
   const size_t smem = sizeof(float) * size_t(s.head_dim + kDecodeKeys + groups * s.head_dim);
-  PAR_ASSERT(smem <= 48 * 1024, "head size ", s.head_dim, " is too large for the split attention");
+  // 48 KiB with the kernel's static reduce[33].
+  PAR_ASSERT(smem + 33 * sizeof(float) <= 48 * 1024, "head size ", s.head_dim,
+             " is too large for the split attention");
+  PAR_ASSERT(s.heads <= 65535 && s.batch <= 65535, "the split attention takes at most 65535 "
+             "heads and examples (grid y and z)");
   const dim3 grid(unsigned(splits), unsigned(s.heads), unsigned(s.batch));
   switch (rounding) {
     case 0: decode_split<0><<<grid, kDecodeThreads, smem, st>>>(a); break;

@@ -80,8 +80,10 @@ void sum_groups(cudaStream_t st, double* groups, const float* partial, int64_t c
 // partial[chunk, c] = sum of x[r, c] over the chunk's rows, in row order.
 __global__ void column_partial_kernel(float* partial, const float* x, int64_t rows,
                                       int64_t cols) {
-  const int64_t c = int64_t(blockIdx.x) * kColsPerBlock + threadIdx.x;
-  const int64_t chunk = blockIdx.y;
+  // Chunks along x (up to 2^31 - 1 of them: y would stop at 65535, 4.2M rows, which a
+  // bias gradient over B x N inputs passes at N = 1,048,576 and B = 4).
+  const int64_t c = int64_t(blockIdx.y) * kColsPerBlock + threadIdx.x;
+  const int64_t chunk = blockIdx.x;
   if (c >= cols) return;
   const int64_t r0 = chunk * kRowsPerChunk;
   const int64_t r1 = r0 + kRowsPerChunk < rows ? r0 + kRowsPerChunk : rows;
@@ -252,9 +254,10 @@ void column_sums(cudaStream_t st, float* out, const float* x, int64_t rows, int6
                  float* partial) {
   if (rows <= 0 || cols <= 0) return;
   const int64_t chunks = chunks_of(rows);
-  // gridDim.y is limited to 65535 chunks (4.2M rows), far beyond any activation here.
-  PAR_ASSERT(chunks <= 65535, "column_sums: ", rows, " rows exceed the kernel's limit");
-  const dim3 grid(unsigned((cols + kColsPerBlock - 1) / kColsPerBlock), unsigned(chunks));
+  const int64_t col_blocks = (cols + kColsPerBlock - 1) / kColsPerBlock;
+  PAR_ASSERT(chunks <= (int64_t(1) << 31) - 1 && col_blocks <= 65535,
+             "column_sums: ", rows, " x ", cols, " exceeds the kernel's grid");
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(col_blocks));
   column_partial_kernel<<<grid, kColsPerBlock, 0, st>>>(partial, x, rows, cols);
   PAR_CUDA_CHECK_LAUNCH("column_partial_kernel");
   double* groups = group_sums_of(partial, chunks, cols);
@@ -284,7 +287,8 @@ void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* d
   const int64_t chunks = norm_chunks_of(rows);
   PAR_ASSERT(chunks <= (int64_t(1) << 31) - 1);
   const size_t smem = size_t(2 * d) * sizeof(float);
-  if (smem > 48 * 1024) {
+  // The default limit of 48 KiB counts the kernel's static shared[33] too.
+  if (smem + 33 * sizeof(float) > 48 * 1024) {
     // Beyond the default limit: opt in (up to the device's maximum; d <= ~28000 on H100).
     PAR_CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_kernel,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,

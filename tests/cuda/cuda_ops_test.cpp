@@ -201,9 +201,10 @@ TEST_F(CudaOpsTest, LayerNormMatchesTheCpu) {
     int64_t rows, d;
   };
   // The backward's chunks: one row each up to 1024 rows, then more (2500 rows: 3 per chunk,
-  // the last one short; 70000: 64 per chunk, several groups of chunks).
+  // the last one short; 70000: 64 per chunk, several groups of chunks). Widths of 6130 and
+  // 6144: the backward's shared memory just past 48 KiB with its static part.
   for (Shape sh : {Shape{333, 300}, Shape{7, 8}, Shape{130, 1024}, Shape{65, 33}, Shape{2500, 48},
-                   Shape{70000, 16}}) {
+                   Shape{70000, 16}, Shape{3, 6130}, Shape{2, 6144}}) {
     const int64_t rows = sh.rows, d = sh.d, n = rows * d;
     auto x = random_vector<float>(n, 11, 2.0);
     for (int64_t i = 0; i < n; ++i) x[size_t(i)] += 0.5f;  // a non-zero mean
@@ -437,6 +438,23 @@ TEST_P(CudaMatmulTest, LinearLayerMatchesTheCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, CudaMatmulTest, PAR_ALL_PRECISIONS);
+
+// A bias gradient over more rows than 65535 chunks of 64 (the inputs' key and value
+// projections of 4 examples at N = 1,048,576): the column sums' chunks go along the grid's x.
+TEST_F(CudaOpsTest, BiasGradientOverFourMillionRows) {
+  const int64_t rows = 4 * 1048576 + 5, in = 1, out = 3;
+  auto dy = random_vector<float>(rows * out, 41);
+  for (auto& v : dy) v += 1.0f;  // sums far from 0: a relative tolerance means something
+  const auto x = random_vector<float>(rows * in, 42), w = random_vector<float>(out * in, 43);
+  std::vector<float> dw(size_t(out * in), 0.0f), db(size_t(out), 0.0f);
+  cpu_.linear_backward(nullptr, false, dw.data(), db.data(), dy.data(), x.data(), w.data(), rows,
+                       in, out);
+  DeviceArray<float> gdy(gpu(), dy), gx(gpu(), x), gw(gpu(), w), gdw(gpu(), size_t(out * in), 0.0f),
+      gdb(gpu(), size_t(out), 0.0f);
+  gpu().linear_backward(nullptr, false, gdw.get(), gdb.get(), gdy.get(), gx.get(), gw.get(), rows,
+                        in, out);
+  EXPECT_TRUE(close(gdb.host(), db, 1e-6)) << "db";
+}
 
 }  // namespace
 }  // namespace par
