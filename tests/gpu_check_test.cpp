@@ -25,6 +25,9 @@ using testing_util::TempDir;
 // at 7 ms of it; N = 1,048,576 fails (exit 3) to show how a failed run is reported.
 constexpr const char* kPar = R"SH(#!/usr/bin/env bash
 echo "par $*" >> "$CALLS"
+# As par's option parser: an option given twice is an error.
+twice=$(printf '%s\n' "$@" | grep -- '^--' | sort | uniq -d | head -1)
+if [ -n "$twice" ]; then echo "par bench: error: option '${twice#--}' cannot be specified more than once" >&2; exit 2; fi
 args=" $* "
 case "$args" in *" --context-length 1048576 "*) echo "par bench: error: out of memory" >&2; exit 3 ;; esac
 if [[ "$args" == *" --profile "* ]]; then

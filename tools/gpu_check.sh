@@ -237,7 +237,10 @@ run_target() {  # label, extra options: one bench, its JSON line and profile int
     echo "$label	skipped: out of time" >> "$work/targets.txt"
     return
   fi
-  local cmd="$par bench --config $target_config --device cuda --precision bf16 --cross-attend-dropout 0 --steps 5 --warmup 2 $*"
+  # 5 steps after 2 of warm-up unless the extra options say (par takes an option once).
+  local steps="--steps 5 --warmup 2"
+  case " $* " in *" --steps "*) steps="" ;; esac
+  local cmd="$par bench --config $target_config --device cuda --precision bf16 --cross-attend-dropout 0 $steps $*"
   say "target: $cmd"
   echo "==== $cmd" >> "$logs/bench.log"
   timeout "$((left < 240 ? left : 240))" bash -c "$cmd" > "$work/one.log" 2>&1
