@@ -28,7 +28,7 @@ __global__ void fwd_init_kernel(float* run_max, float* run_sum, int64_t n) {
 // One block per (head, query) row of the block's scores.
 __global__ void fwd_block_kernel(ScoreBlockArgs b, float* run_max, float* run_sum, float* acc,
                                  int64_t ld_acc, int64_t head_dim) {
-  __shared__ float shared[33];
+  __shared__ float shared[kBlockReduceSlots];
   const int64_t rows = b.heads * b.nq;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t h = row / b.nq, i = row % b.nq;

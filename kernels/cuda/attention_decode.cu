@@ -44,7 +44,7 @@ struct SplitArgs {
 template <int R>
 __global__ void __launch_bounds__(kDecodeThreads) decode_split(SplitArgs a) {
   extern __shared__ float smem[];
-  __shared__ float reduce[33];
+  __shared__ float reduce[kBlockReduceSlots];
   const int64_t D = a.head_dim, ld = a.heads * D;
   const int64_t b = blockIdx.z, h = blockIdx.y, split = blockIdx.x;
   const int64_t j0 = split * kDecodeKeys;
@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split(SplitArgs a) {
 // One block per (example, head): o = sum_s w_s o_s / sum_s w_s l_s, w_s = exp(m_s - M).
 __global__ void decode_merge(const float* part_o, const float* part_m, const float* part_l,
                              float* o, float* lse, int64_t D, int64_t splits) {
-  __shared__ float reduce[33];
+  __shared__ float reduce[kBlockReduceSlots];
   const int64_t bh = blockIdx.x;
   const float* m = part_m + bh * splits;
   const float* l = part_l + bh * splits;
@@ -144,8 +144,8 @@ void attention_forward_decode(cudaStream_t st, const AttentionShape& s, const fl
               scratch + parts * (s.head_dim + 1)};
   const int64_t groups = s.head_dim <= kDecodeThreads ? kDecodeThreads / s.head_dim : 1;
   const size_t smem = sizeof(float) * size_t(s.head_dim + kDecodeKeys + groups * s.head_dim);
-  // 48 KiB with the kernel's static reduce[33].
-  PAR_ASSERT(smem + 33 * sizeof(float) <= 48 * 1024, "head size ", s.head_dim,
+  // 48 KiB with the kernel's static reduce[].
+  PAR_ASSERT(smem + kBlockReduceSlots * sizeof(float) <= 48 * 1024, "head size ", s.head_dim,
              " is too large for the split attention");
   PAR_ASSERT(s.heads <= 65535 && s.batch <= 65535, "the split attention takes at most 65535 "
              "heads and examples (grid y and z)");

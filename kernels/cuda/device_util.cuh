@@ -50,8 +50,12 @@ __device__ __forceinline__ T warp_max(T v) {
   return v;
 }
 
+// Slots of the shared memory block_sum and block_max take: one per warp, and the result.
+constexpr int kBlockReduceSlots = 33;
+
 // Sum over the block, returned to every thread. blockDim.x must be a multiple of 32 and
-// every thread of the block must call it (it synchronizes). `shared` holds 33 values.
+// every thread of the block must call it (it synchronizes). `shared` holds
+// kBlockReduceSlots values.
 template <typename T>
 __device__ T block_sum(T v, T* shared) {
   v = warp_sum(v);

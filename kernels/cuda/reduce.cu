@@ -106,7 +106,7 @@ __global__ void column_finish_kernel(float* out, const double* groups, int64_t c
 __global__ void layernorm_forward_kernel(float* y, float* mean, float* rstd, const float* x,
                                          const float* w, const float* b, int64_t rows,
                                          int64_t d, float eps) {
-  __shared__ float shared[33];
+  __shared__ float shared[kBlockReduceSlots];
   const float inv_d = 1.0f / float(d);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float* xr = x + r * d;
@@ -136,7 +136,7 @@ __global__ void layernorm_backward_kernel(float* dx, bool accumulate_dx, float* 
                                           const float* rstd, const float* w, int64_t rows,
                                           int64_t d, int64_t rows_per_chunk) {
   extern __shared__ float acc[];  // [2d]: dw sums, then db sums
-  __shared__ float shared[33];
+  __shared__ float shared[kBlockReduceSlots];
   const float inv_d = 1.0f / float(d);
   // acc[c] and acc[d + c] belong to the thread of column c, but the zeroing and the final
   // copy go by index, so they are fenced off from the row loop.
@@ -186,7 +186,7 @@ __global__ void layernorm_params_kernel(float* dw, float* db, const double* grou
 __global__ void cross_entropy_forward_kernel(float* ce, float* lse, const float* logits,
                                              const int32_t* targets, int64_t rows,
                                              int64_t vocab) {
-  __shared__ double shared[33];
+  __shared__ double shared[kBlockReduceSlots];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float* z = logits + r * vocab;
     double mx = -INFINITY;
@@ -226,7 +226,7 @@ __global__ void cross_entropy_backward_kernel(float* dlogits, const float* logit
 
 // partial[block] = sum of squares of the block's chunk of kSquaresChunk elements.
 __global__ void squares_partial_kernel(double* partial, const float* x, int64_t n) {
-  __shared__ double shared[33];
+  __shared__ double shared[kBlockReduceSlots];
   const int64_t i0 = int64_t(blockIdx.x) * kSquaresChunk;
   const int64_t i1 = i0 + kSquaresChunk < n ? i0 + kSquaresChunk : n;
   double s = 0.0;
@@ -237,7 +237,7 @@ __global__ void squares_partial_kernel(double* partial, const float* x, int64_t 
 
 // One block: thread t adds partials t, t + blockDim, ... in order, then a block tree.
 __global__ void squares_finish_kernel(double* result, const double* partial, int64_t chunks) {
-  __shared__ double shared[33];
+  __shared__ double shared[kBlockReduceSlots];
   double s = 0.0;
   for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) s += partial[k];
   s = block_sum(s, shared);
@@ -287,8 +287,8 @@ void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* d
   const int64_t chunks = norm_chunks_of(rows);
   PAR_ASSERT(chunks <= (int64_t(1) << 31) - 1);
   const size_t smem = size_t(2 * d) * sizeof(float);
-  // The default limit of 48 KiB counts the kernel's static shared[33] too.
-  if (smem + 33 * sizeof(float) > 48 * 1024) {
+  // The default limit of 48 KiB counts the kernel's static shared[] too.
+  if (smem + kBlockReduceSlots * sizeof(float) > 48 * 1024) {
     // Beyond the default limit: opt in (up to the device's maximum; d <= ~28000 on H100).
     PAR_CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_kernel,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,

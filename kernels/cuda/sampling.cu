@@ -72,7 +72,7 @@ struct ChoiceArgs {
 __global__ void __launch_bounds__(kChooseThreads) choose(ChoiceArgs a) {
   using Scan = cub::BlockScan<double, kChooseThreads>;
   __shared__ typename Scan::TempStorage scan;
-  __shared__ int64_t reduce[33];
+  __shared__ int64_t reduce[kBlockReduceSlots];
   const int64_t r = blockIdx.x;
   const uint64_t* keys = a.sorted + r * a.vocab;
   double* run = a.running + r * a.vocab;

@@ -231,7 +231,7 @@ struct FinishArgs {
 };
 
 __global__ void __launch_bounds__(kFinishThreads) token_finish(FinishArgs a) {
-  __shared__ float reduce[33];
+  __shared__ float reduce[kBlockReduceSlots];
   __shared__ float w_s[kFinishThreads];
   __shared__ float o_s[kFinishThreads];    // [groups, head_dim]
   __shared__ float tot_s[kFinishThreads];  // [groups]
