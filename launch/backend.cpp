@@ -184,14 +184,17 @@ int64_t device_free_bytes(Backend& b) {
   return -1;
 }
 
-void connect_backend(const Backend& b, ProcessGrid& grid) {
+void connect_backend(const Backend& b, ProcessGrid& grid, double collective_timeout) {
   if (!b.cuda || grid.world_size() == 1) return;
 #ifdef PAR_HAVE_CUDA
   const cuda_plugin::Api& api = cuda_api();
+  api.set_collective_timeout(collective_timeout);
   void* stream = api.stream(*b.ops);
   using G = ProcessGrid::GroupName;
   for (const G g : {G::kSp, G::kTp, G::kDpSp})
     grid.attach_device_group(g, api.make_nccl_communicator(*grid.host_group(g), stream));
+#else
+  (void)collective_timeout;
 #endif
 }
 

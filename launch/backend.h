@@ -31,8 +31,9 @@ Backend make_backend(const std::string& device, const std::string& precision,
                      const ProcessGrid& grid, const std::string& attention);
 // Collective over the grid: attaches to `grid` the device communicators (NCCL) that a
 // multi-rank GPU job needs for sp, tp and dp x sp (ProcessGrid::device_group). Call on
-// every rank after make_backend succeeded everywhere.
-void connect_backend(const Backend& backend, ProcessGrid& grid);
+// every rank after make_backend succeeded everywhere. A wait for the GPU behind their
+// collectives fails after collective_timeout seconds (<= 0: never; --collective-timeout).
+void connect_backend(const Backend& backend, ProcessGrid& grid, double collective_timeout);
 // The same for a single-process command (eval, sample), which has no process grid: the
 // GPU is chosen from the launcher's node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, else
 // SLURM_LOCALID; 0 outside a job), so several such processes on one node spread out.

@@ -14,6 +14,7 @@
 #include "core/param_layout.h"
 #include "core/profiled_ops.h"
 #include "launch/backend.h"
+#include "launch/collective_watch.h"
 #include "launch/gpu_peaks.h"
 #include "launch/host_memory.h"
 #include "launch/memory_plan.h"
@@ -191,10 +192,11 @@ int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, cons
     counters.push_back(counting.get());
     return counting;
   });
+  watch_collectives(grid, rc.collective_timeout, job.where());
 
   Backend backend;
   job.agree([&] { backend = make_backend(rc.device, rc.precision, grid, rc.attention); });
-  job.agree([&] { connect_backend(backend, grid); });
+  job.agree([&] { connect_backend(backend, grid, rc.collective_timeout); });
   if (bench.gemm_defaulted && backend.cuda) bench.gemm_n = 8192;  // a GPU needs a bigger product
   // The memory each rank needs, before anything is allocated: the same plan as training's,
   // with the benchmark's own batches and yardstick instead of a loader and checkpoints.

@@ -17,6 +17,7 @@
 #include "kernels/cpu/blas_setup.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "launch/backend.h"
+#include "launch/collective_watch.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/host_memory.h"
@@ -352,6 +353,7 @@ int cmd_train(int argc, char** argv) {
   if (help) return 0;
   ProcessGrid grid;
   job.agree([&] { grid = job.make_grid(GridShape{s.run.dp, s.run.sp, s.run.tp}); });
+  watch_collectives(grid, s.run.collective_timeout, job.where());
 
   // Everything the user gave is checked, on every rank, before anything is written.
   std::unique_ptr<RunLock> lock;  // outlives the run directory's files
@@ -370,7 +372,7 @@ int cmd_train(int argc, char** argv) {
     }
   });
   // A dry run only plans: no device communicators (ranks could differ in having a GPU).
-  if (!dry_run) job.agree([&] { connect_backend(backend, grid); });
+  if (!dry_run) job.agree([&] { connect_backend(backend, grid, s.run.collective_timeout); });
   std::string thread_warning, memory_plan;
   // The memory each rank needs, before anything is allocated or written.
   job.agree([&] {

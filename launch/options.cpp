@@ -71,6 +71,8 @@ void RunConfig::validate() const {
   if (dp < 1 || sp < 1 || tp < 1) fail_user("--dp, --sp and --tp must be at least 1");
   if (!(max_minutes >= 0) || !std::isfinite(max_minutes))
     fail_user("--max-minutes must be a finite number >= 0 (0: no limit)");
+  if (!(collective_timeout >= 0) || !std::isfinite(collective_timeout))
+    fail_user("--collective-timeout must be a finite number of seconds >= 0 (0: no limit)");
 }
 
 void RunConfig::validate_layout(const ModelConfig& model) const {
@@ -124,6 +126,7 @@ po::options_description run_options(RunConfig& c) {
       ("device", po::value(&c.device)->default_value(c.device), "cpu or cuda (one GPU per rank, chosen by the node-local rank)")
       ("precision", po::value(&c.precision)->default_value(c.precision), "matrix products on cuda: fp32, tf32 or bf16 (weights and optimizer state stay fp32)")
       ("attention", po::value(&c.attention)->default_value(c.attention), kAttentionHelp)
+      ("collective-timeout", po::value(&c.collective_timeout)->default_value(c.collective_timeout), "seconds one collective may wait for the other ranks before this rank ends with an error saying what it waited for (a hung rank, GPU, storage or network; under mpirun or srun the launcher then ends the job); 0: wait for ever")
       ("dp", po::value(&c.dp)->default_value(c.dp), "data-parallel replicas (each takes a share of every batch)")
       ("sp", po::value(&c.sp)->default_value(c.sp), "sequence-parallel ranks (each holds a slice of the context)")
       ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (each holds a share of the heads and MLPs)");

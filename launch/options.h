@@ -44,6 +44,7 @@ struct RunConfig {
   std::string device = "cpu";        // cpu | cuda
   std::string precision = "fp32";    // matrix products on cuda: fp32 | tf32 | bf16
   std::string attention = "auto";    // attention kernels on cuda: auto | blocked | fused | cudnn
+  double collective_timeout = 1800;  // seconds one collective may wait (0: for ever)
 
   int64_t micro_batch() const { return batch_size / accum_steps; }
   // What a training step takes of these options.

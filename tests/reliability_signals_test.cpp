@@ -1,6 +1,7 @@
 // Signals: Ctrl-C checkpoints like SIGTERM; a signal while a run starts is not fatal; the
 // launch script passes 75 on when mpirun itself was signalled; a rank blocked in a
-// collective leaves soon after its peer's death.
+// collective leaves soon after its peer's death, and after --collective-timeout when its
+// peer hangs.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -132,6 +133,39 @@ TEST(ReliabilitySignals, RankLeavesSoonAfterItsPeerDies) {
   EXPECT_TRUE(left);
   RecordProperty("seconds_to_leave", cat(seconds));
   EXPECT_LT(seconds, 2.0) << slurp(dir.file("log.txt"));
+}
+
+// One rank hangs (stopped, alive: the peer watch and the launcher see nothing wrong): the
+// other, blocked in a collective, leaves once it has waited --collective-timeout, saying
+// what it waited for, instead of holding its nodes until the scheduler's time limit.
+TEST(ReliabilitySignals, RankLeavesWhenItsPeerHangs) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 60);
+  const std::string out = dir.file("run");
+  Background run(cat("mpirun --oversubscribe --allow-run-as-root -np 2 -x OMP_WAIT_POLICY=passive "
+                     "--mca odls_base_sigkill_timeout 5 '", PAR_BINARY, "' ",
+                     train_args(data, out, 1000000), " --sp 2 --collective-timeout 2"),
+                 dir.file("log.txt"));
+  ASSERT_TRUE(wait_until([&] { return logged_losses(out + "/metrics.jsonl").size() >= 3; }))
+      << slurp(dir.file("log.txt"));
+  std::vector<pid_t> ranks;
+  std::istringstream in(run_shell(dir, cat("pgrep -f -- ", quote(cat("^", PAR_BINARY, " train .*", out)))).out);
+  for (pid_t p; in >> p;) ranks.push_back(p);
+  ASSERT_EQ(ranks.size(), 2u);
+  const auto t0 = std::chrono::steady_clock::now();
+  ::kill(ranks[1], SIGSTOP);
+  const bool left = wait_until([&] { return !running(ranks[0]); }, 30);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ::kill(ranks[1], SIGKILL);
+  EXPECT_TRUE(left);
+  RecordProperty("seconds_to_leave", cat(seconds));
+  // The timeout, plus at most a quarter of it before the watch looks, plus the time the
+  // step took to reach its next collective.
+  EXPECT_GT(seconds, 1.5);
+  EXPECT_LT(seconds, 6.0);
+  const std::string log = slurp(dir.file("log.txt"));
+  EXPECT_NE(log.find("group (2 ranks) has waited"), std::string::npos) << log;
+  EXPECT_NE(log.find("longer than --collective-timeout 2: one of them"), std::string::npos) << log;
 }
 
 }  // namespace

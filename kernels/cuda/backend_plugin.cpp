@@ -2,6 +2,7 @@
 #include "kernels/cuda/backend_plugin.h"
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/device_wait.h"
 #include "kernels/cuda/nccl_communicator.h"
 
 namespace par::cuda_plugin {
@@ -28,7 +29,8 @@ std::unique_ptr<Communicator> nccl(Communicator& group, void* stream) {
 const Api kApi{kApiVersion,           cuda::device_count,   cuda::no_device_reason,
                cuda::select_device,   cuda::describe_device, make_ops,
                cuda::attention_description, cuda::set_log_sink, peak_bytes,
-               cuda::cuda_stream,     nccl,                  free_bytes};
+               cuda::cuda_stream,     nccl,                  free_bytes,
+               cuda::set_wait_timeout};
 
 }  // namespace
 }  // namespace par::cuda_plugin

@@ -19,7 +19,7 @@
 namespace par::cuda_plugin {
 
 // Bumped whenever Api changes, so a stale plugin next to a new par is refused.
-constexpr int kApiVersion = 4;
+constexpr int kApiVersion = 5;
 
 enum class Precision { kFloat32, kTF32, kBF16 };
 
@@ -40,6 +40,9 @@ struct Api {
   // Collective over `group` (host memory), whose ranks it joins in an NCCL communicator.
   std::unique_ptr<Communicator> (*make_nccl_communicator)(Communicator& group, void* stream);
   int64_t (*free_bytes)(Ops<float>& ops);  // the device's free memory (all processes counted)
+  // How long a wait for the GPU behind NCCL collectives may take before the communicators
+  // are aborted and the wait fails (--collective-timeout; <= 0: no limit).
+  void (*set_collective_timeout)(double seconds);
 };
 
 }  // namespace par::cuda_plugin

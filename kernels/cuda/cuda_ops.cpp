@@ -10,6 +10,7 @@
 #include "kernels/cuda/cuda_ops.h"
 
 #include "kernels/cuda/cuda_ops_impl.h"
+#include "kernels/cuda/device_wait.h"
 
 namespace par::cuda {
 
@@ -169,7 +170,7 @@ void CudaOps::upload(void* dst, const void* src, size_t bytes) {
     graph_uploaded_ = graph_uploaded_ || graphs_->capturing();
     if (staging_used_ + bytes > kStagingBytes) {
       refuse_in_graph("more than 1 MiB of uploads in one step");
-      PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      wait_for_stream(stream_, "upload");
       staging_used_ = 0;
     }
     char* slot = staging_ + staging_used_;
@@ -180,7 +181,7 @@ void CudaOps::upload(void* dst, const void* src, size_t bytes) {
   }
   refuse_in_graph("an upload of more than 64 KiB");
   PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
-  PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  wait_for_stream(stream_, "upload");
   staging_used_ = 0;
 }
 
@@ -246,14 +247,14 @@ void CudaOps::download(void* dst, const void* src, size_t bytes) {
   use_device();
   refuse_in_graph("download");
   PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
-  PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  wait_for_stream(stream_, "download");
   staging_used_ = 0;  // the stream has drained: the staged uploads are done
 }
 
 void CudaOps::synchronize() {
   use_device();
   refuse_in_graph("synchronize");
-  PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  wait_for_stream(stream_, "synchronize");
   staging_used_ = 0;
 }
 
@@ -485,7 +486,7 @@ double CudaOps::sum_squares(const float* x, int64_t n) {
   auto* buf = static_cast<double*>(scratch(kSquares, size_t(parts + 1) * sizeof(double)));
   kern::sum_squares(stream_, buf, x, n, buf + 1);
   PAR_CUDA_CHECK(cudaMemcpyAsync(pinned_, buf, sizeof(double), cudaMemcpyDeviceToHost, stream_));
-  PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  wait_for_stream(stream_, "sum_squares");
   return pinned_[0];
 }
 

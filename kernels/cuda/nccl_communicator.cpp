@@ -6,9 +6,11 @@
 
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_wait.h"
 
 namespace par {
 
@@ -65,6 +67,10 @@ class NcclCommunicator final : public Communicator {
       ncclUniqueId uid;
       std::memcpy(&uid, id.bytes.data(), sizeof uid);
       PAR_NCCL_CHECK(ncclCommInitRank(&comm_, size, uid, rank));
+      // Waits for the GPU poll this communicator for a failure, and abort it on one or on a
+      // timeout (device_wait.h): a blocking wait would never end behind a dead peer.
+      watch_ = cuda::add_wait_watch(cuda::WaitWatch{[this] { return async_failure(); },
+                                                    [this] { abort(); }});
     } catch (...) {
       release();
       throw;
@@ -207,10 +213,30 @@ class NcclCommunicator final : public Communicator {
   }
   // Host results: wait for them here, and surface an asynchronous NCCL failure.
   void finish_staged() {
-    PAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cuda::wait_for_stream(stream_, "a collective's result for the host");
     ncclResult_t async = ncclSuccess;
     PAR_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
     PAR_NCCL_CHECK(async);
+  }
+
+  // "" while NCCL reports no asynchronous error on this communicator.
+  std::string async_failure() {
+    if (!comm_) return "";
+    ncclResult_t async = ncclSuccess;
+    const ncclResult_t r = ncclCommGetAsyncError(comm_, &async);
+    if (r == ncclSuccess && (async == ncclSuccess || async == ncclInProgress)) return "";
+    const ncclResult_t bad = r != ncclSuccess ? r : async;
+    const char* detail = ncclGetLastError(comm_);
+    return cat("NCCL failed on group rank ", rank_, " of ", size_, ": ", ncclGetErrorString(bad),
+               detail && *detail ? cat(": ", detail) : std::string());
+  }
+
+  // Ends this communicator's collectives, queued or running; it is not used again.
+  void abort() {
+    if (!comm_) return;
+    ncclCommAbort(comm_);
+    comm_ = nullptr;
+    aborted_ = true;
   }
 
   static bool on_device(const void* p) {
@@ -244,8 +270,10 @@ class NcclCommunicator final : public Communicator {
 
   // Teardown never throws: the first error has already been reported.
   void release() {
+    if (watch_ >= 0) cuda::remove_wait_watch(watch_);
+    watch_ = -1;
     cudaSetDevice(device_);
-    if (stream_) cudaStreamSynchronize(stream_);
+    if (stream_ && !aborted_) cudaStreamSynchronize(stream_);
     if (comm_) ncclCommDestroy(comm_);
     comm_ = nullptr;
     if (staging_) cudaFree(staging_);
@@ -263,6 +291,8 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t ready_ = nullptr, done_ = nullptr;
   ncclComm_t comm_ = nullptr;
+  int watch_ = -1;         // the handle of device_wait's registration
+  bool aborted_ = false;   // by a failed or timed-out wait
   std::byte* staging_ = nullptr;
   int64_t staging_bytes_ = 0;
 };

@@ -1,0 +1,142 @@
+#include "launch/collective_watch.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "core/error.h"
+
+namespace par {
+
+namespace {
+
+const char* type_name(DataType t) {
+  switch (t) {
+    case DataType::kFloat32: return "float32";
+    case DataType::kFloat64: return "float64";
+    case DataType::kInt64: return "int64";
+    case DataType::kUInt8: return "bytes";
+  }
+  return "?";
+}
+
+// Every collective of the wrapped communicator between watch->begin() and end().
+class WatchedCommunicator final : public Communicator {
+ public:
+  WatchedCommunicator(std::shared_ptr<CollectiveWatch> watch, std::unique_ptr<Communicator> inner,
+                      std::string group)
+      : watch_(std::move(watch)), inner_(std::move(inner)), group_(std::move(group)) {}
+
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+
+  void all_reduce(const void* send, void* recv, int64_t count, DataType type,
+                  ReduceOp op) override {
+    Timed t(*this, "all_reduce", count, type);
+    inner_->all_reduce(send, recv, count, type, op);
+  }
+  void reduce_scatter(const void* send, void* recv, int64_t recv_count, DataType type,
+                      ReduceOp op) override {
+    Timed t(*this, "reduce_scatter", recv_count * size(), type);
+    inner_->reduce_scatter(send, recv, recv_count, type, op);
+  }
+  void all_gather(const void* send, void* recv, int64_t send_count, DataType type) override {
+    Timed t(*this, "all_gather", send_count * size(), type);
+    inner_->all_gather(send, recv, send_count, type);
+  }
+  void broadcast(void* buf, int64_t count, DataType type, int root) override {
+    Timed t(*this, "broadcast", count, type);
+    inner_->broadcast(buf, count, type, root);
+  }
+  void barrier() override {
+    Timed t(*this, "barrier", 0, DataType::kUInt8);
+    inner_->barrier();
+  }
+
+ private:
+  struct Timed {
+    CollectiveWatch& watch;
+    Timed(WatchedCommunicator& c, const char* op, int64_t count, DataType type)
+        : watch(*c.watch_) {
+      watch.begin(CollectiveWatch::Collective{op, &c.group_, c.size(), count, type});
+    }
+    ~Timed() { watch.end(); }
+  };
+
+  std::shared_ptr<CollectiveWatch> watch_;
+  std::unique_ptr<Communicator> inner_;
+  std::string group_;
+};
+
+}  // namespace
+
+CollectiveWatch::CollectiveWatch(double timeout, std::string where)
+    : timeout_(timeout), where_(std::move(where)) {
+  PAR_ASSERT(timeout > 0, "CollectiveWatch needs a positive timeout, got ", timeout);
+  thread_ = std::thread([this] { run(); });
+}
+
+CollectiveWatch::~CollectiveWatch() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+std::unique_ptr<Communicator> CollectiveWatch::wrap(std::shared_ptr<CollectiveWatch> watch,
+                                                    std::unique_ptr<Communicator> c,
+                                                    std::string group) {
+  return std::make_unique<WatchedCommunicator>(std::move(watch), std::move(c), std::move(group));
+}
+
+void CollectiveWatch::begin(const Collective& c) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  waiting_ = true;
+  current_ = c;
+  since_ = std::chrono::steady_clock::now();
+}
+
+void CollectiveWatch::end() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  waiting_ = false;
+}
+
+void CollectiveWatch::run() {
+  // A look every quarter of the timeout, at most every second: a rank leaves at most a
+  // quarter (or a second) past it.
+  const auto period = std::chrono::duration<double>(std::min(1.0, timeout_ / 4));
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!wake_.wait_for(lock, period, [&] { return stop_; })) {
+    if (!waiting_) continue;
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - since_).count();
+    if (waited < timeout_) continue;
+    const Collective& c = current_;
+    const std::string data = c.count > 0 ? cat(" of ", c.count, " ", type_name(c.type)) : "";
+    const std::string message =
+        cat("par: ", where_.empty() ? std::string() : where_ + ": ", c.op, data, " over the ",
+            c.group ? *c.group : std::string("?"), " group (", c.group_size, " ranks) has waited ",
+            std::round(waited * 10) / 10, " s for the other ranks, longer than --collective-timeout ",
+            timeout_, ": one of them, its GPU, its storage or the network hangs; ending this rank\n");
+    // Not an exception: the main thread is blocked in MPI, and only it may call MPI.
+    std::fputs(message.c_str(), stderr);
+    std::fflush(stderr);
+    ::_exit(1);
+  }
+}
+
+void watch_collectives(ProcessGrid& grid, double timeout, const std::string& where) {
+  if (timeout <= 0 || grid.world_size() == 1) return;
+  auto watch = std::make_shared<CollectiveWatch>(timeout, where);
+  size_t g = 0;  // decorate() goes through the groups in the order of kGroupNames
+  grid.decorate([&](std::unique_ptr<Communicator> c) {
+    return CollectiveWatch::wrap(watch, std::move(c),
+                                 ProcessGrid::name(ProcessGrid::kGroupNames[g++]));
+  });
+}
+
+}  // namespace par
