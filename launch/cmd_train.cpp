@@ -26,6 +26,7 @@
 #include "launch/options.h"
 #include "launch/run_dir.h"
 #include "launch/run_lock.h"
+#include "launch/sample_output.h"
 #include "launch/stop_request.h"
 #include "launch/text.h"
 #include "launch/threads.h"
@@ -249,7 +250,11 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
       LOG(INFO) << "step " << pos.step << "/" << rc.steps << " | loss " << fmt("%.4f", loss)
                 << " | " << fmt("%.4f", loss / std::log(2.0)) << " bits/token | lr "
                 << fmt("%.3g", r.opt.lr) << " | grad norm " << fmt("%.3f", r.opt.grad_norm)
-                << " | " << fmt("%.0f", tps) << " tokens/s | " << fmt("%.1f", ms) << " ms/step";
+                << " | " << fmt("%.0f", tps) << " tokens/s | " << fmt("%.1f", ms) << " ms/step"
+                // At this interval's pace; validation and checkpoints come on top.
+                << (pos.step < rc.steps
+                        ? cat(" | ETA ", duration_text(1e-3 * ms * double(rc.steps - pos.step)))
+                        : std::string());
       if (dir)
         dir->metrics(cat("{\"step\": ", pos.step, ", \"loss\": ", exact(loss),
                          ", \"bits_per_token\": ", fmt("%.6f", loss / std::log(2.0)),

@@ -58,6 +58,10 @@ TEST(TrainCli, ResumeContinuesBitIdentically) {
                                  " --accum-steps 2");
   ParRun r = run_par(dir, cat(common, " --out ", q(dir.file("whole")), " --steps 8"));
   ASSERT_EQ(r.rc, 0) << r.err;
+  // Each step's line says how long the rest will take; the last one has nothing left.
+  EXPECT_TRUE(std::regex_search(r.err, std::regex(R"(step 7/8 \| .* ms/step \| ETA [0-9]+ s\n)")))
+      << r.err;
+  EXPECT_TRUE(std::regex_search(r.err, std::regex(R"(step 8/8 \| .* ms/step\n)"))) << r.err;
   r = run_par(dir, cat(common, " --out ", q(dir.file("split")), " --steps 4"));
   ASSERT_EQ(r.rc, 0) << r.err;
   r = run_par(dir, cat(common, " --out ", q(dir.file("split")), " --steps 8 --resume auto"));
