@@ -248,10 +248,16 @@ void CheckpointSaver::write_share() {
 
 std::string CheckpointSaver::finish(bool wait) {
   if (!pending_) return "";
-  if (!wait) {
-    const int64_t all = grid_.world()->all_reduce_value(int64_t(written_ ? 1 : 0), ReduceOp::kSum);
-    if (all < grid_.world_size()) return "";
-  }
+  const auto all_written = [&] {
+    return grid_.world()->all_reduce_value(int64_t(written_ ? 1 : 0), ReduceOp::kSum) ==
+           grid_.world_size();
+  };
+  if (!wait && !all_written()) return "";
+  // Waiting, the ranks ask again every 20 ms, so that no single collective waits for the
+  // slowest rank's writes (one that waits longer than --collective-timeout is taken for a
+  // hung rank).
+  if (wait && grid_.world_size() > 1)
+    while (!all_written()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   writer_.join();
   pending_ = false;
   state_.clear();

@@ -23,10 +23,11 @@ struct WaitOutcome {
 // How often the wait looks: for the first kSpinSeconds without sleeping (pause(0): yield
 // the core and look again, as cudaStreamSynchronize spins), since a training step's or a
 // decoding step's wait ends within them and a sleep would add its length to the step;
-// then sleeping longer and longer up to kMaxPause, so a long wait costs a core little.
+// then sleeping longer and longer up to kMaxPause (a step that ends during a pause pays at
+// most that), so a long wait costs a core little.
 // Failures are asked for every kCheckEvery.
 struct PollSchedule {
-  static constexpr double kSpinSeconds = 0.2, kFirstPause = 1e-5, kMaxPause = 1e-3,
+  static constexpr double kSpinSeconds = 0.2, kFirstPause = 1e-5, kMaxPause = 2e-4,
                           kCheckEvery = 0.01;
 };
 

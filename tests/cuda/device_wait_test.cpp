@@ -1,7 +1,8 @@
 // kernels/cuda/device_wait.h on a real stream, held up by a host function that sleeps
 // (standing in for an NCCL kernel waiting for a peer): without communicators a wait is a
-// plain synchronize; with one, a reported failure or a timeout aborts it and throws, and a
-// healthy wait returns once the work is done. Skips without a GPU.
+// plain synchronize; with one, a reported failure or a timeout aborts every communicator,
+// all at once, and throws, and a healthy wait returns once the work is done (these skip
+// without a GPU). And without any wait: a failure nobody deals with ends the process.
 #include "kernels/cuda/device_wait.h"
 
 #include <gtest/gtest.h>
@@ -14,6 +15,18 @@
 
 namespace par {
 namespace {
+
+// A registration that ends with the test, whatever happens in it.
+class Watched {
+ public:
+  explicit Watched(cuda::WaitWatch w) : handle_(cuda::add_wait_watch(std::move(w))) {}
+  ~Watched() { cuda::remove_wait_watch(handle_); }
+  Watched(const Watched&) = delete;
+  Watched& operator=(const Watched&) = delete;
+
+ private:
+  int handle_;
+};
 
 struct Hold {
   double seconds;
@@ -61,23 +74,22 @@ TEST_F(DeviceWaitTest, WithoutCommunicatorsItWaitsForTheWork) {
 }
 
 TEST_F(DeviceWaitTest, AHealthyCommunicatorWaitsForTheWork) {
-  int checks = 0;
-  bool aborted = false;
-  const int handle = cuda::add_wait_watch(
-      {[&] { ++checks; return std::string(); }, [&] { aborted = true; }});
-  Hold h{0.1};
-  hold(h);
-  cuda::wait_for_stream(stream_, "test");
-  cuda::remove_wait_watch(handle);
-  EXPECT_TRUE(h.done);
+  std::atomic<int> checks{0};
+  std::atomic<bool> aborted{false};
+  {
+    Watched w({[&] { ++checks; return std::string(); }, [&] { aborted = true; }});
+    Hold h{0.1};
+    hold(h);
+    cuda::wait_for_stream(stream_, "test");
+    EXPECT_TRUE(h.done);
+  }
   EXPECT_FALSE(aborted);
   EXPECT_GE(checks, 2);  // asked every 10 ms while the work ran
 }
 
 TEST_F(DeviceWaitTest, AFailureAbortsTheCommunicatorsAndSaysWhy) {
-  bool aborted = false;
-  const int handle = cuda::add_wait_watch(
-      {[] { return std::string("peer 1 is gone"); }, [&] { aborted = true; }});
+  std::atomic<bool> aborted{false};
+  Watched w({[] { return std::string("peer 1 is gone"); }, [&] { aborted = true; }});
   Hold h{0.5};
   hold(h);
   const auto t0 = std::chrono::steady_clock::now();
@@ -87,14 +99,12 @@ TEST_F(DeviceWaitTest, AFailureAbortsTheCommunicatorsAndSaysWhy) {
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 0.4);
   EXPECT_TRUE(aborted);
   EXPECT_FALSE(h.done);  // it gave up before the work ended
-  cuda::remove_wait_watch(handle);  // already forgotten by the abort: harmless
-  cudaStreamSynchronize(stream_);   // h outlives the host function
+  cudaStreamSynchronize(stream_);  // h outlives the host function
 }
 
 TEST_F(DeviceWaitTest, PastTheTimeoutItAbortsAndSaysSo) {
-  bool aborted = false;
-  const int handle =
-      cuda::add_wait_watch({[] { return std::string(); }, [&] { aborted = true; }});
+  std::atomic<bool> aborted{false};
+  Watched w({[] { return std::string(); }, [&] { aborted = true; }});
   cuda::set_wait_timeout(0.1);
   Hold h{1.0};
   hold(h);
@@ -102,8 +112,55 @@ TEST_F(DeviceWaitTest, PastTheTimeoutItAbortsAndSaysSo) {
   EXPECT_NE(error.find("took more than --collective-timeout 0.1 s"), std::string::npos) << error;
   EXPECT_TRUE(aborted);
   EXPECT_FALSE(h.done);
-  cuda::remove_wait_watch(handle);
   cudaStreamSynchronize(stream_);  // h outlives the host function
+}
+
+// One communicator's abort waits for the device, so for the kernels of every other one:
+// aborted one after another, each waiting for the next, they would never end. Here each
+// abort returns only once the other has begun.
+TEST_F(DeviceWaitTest, TheCommunicatorsAreAbortedAllAtOnce) {
+  std::atomic<int> begun{0};
+  std::atomic<int> ended{0};
+  auto abort = [&] {
+    ++begun;
+    const auto t0 = std::chrono::steady_clock::now();
+    while (begun < 2 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5))
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (begun == 2) ++ended;
+  };
+  Watched a({[] { return std::string("peer 1 is gone"); }, abort});
+  Watched b({[] { return std::string(); }, abort});
+  Hold h{0.2};
+  hold(h);
+  EXPECT_NE(wait_error("download").find("peer 1 is gone"), std::string::npos);
+  EXPECT_EQ(ended, 2);
+  cudaStreamSynchronize(stream_);
+}
+
+// Nothing here needs a GPU: the registry's own thread finds a failure that no wait deals
+// with (the main thread could be blocked in a kernel launch) and ends the process after a
+// grace of 5 s, saying why.
+TEST(DeviceWaitWatcherDeathTest, AFailureLeftAloneEndsTheProcess) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        cuda::add_wait_watch({[] { return std::string("peer 3 is gone"); }, [] {}});
+        std::this_thread::sleep_for(std::chrono::seconds(20));
+      },
+      testing::ExitedWithCode(1),
+      "par: .*: peer 3 is gone \\(seen while no wait for the GPU was in progress\\); ending this rank");
+}
+
+TEST(DeviceWaitWatcher, AHealthyCommunicatorIsLeftAlone) {
+  std::atomic<int> checks{0};
+  {
+    Watched w({[&] { ++checks; return std::string(); }, [] { ADD_FAILURE() << "aborted"; }});
+    std::this_thread::sleep_for(std::chrono::milliseconds(450));
+  }
+  EXPECT_GE(checks, 3);  // looked every 0.1 s
+  const int after = checks;
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  EXPECT_EQ(checks, after);  // and no more once it is gone
 }
 
 }  // namespace
