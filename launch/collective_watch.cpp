@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "core/communicator_decorator.h"
 #include "core/error.h"
 
 namespace par {
@@ -23,50 +24,19 @@ const char* type_name(DataType t) {
 }
 
 // Every collective of the wrapped communicator between watch->begin() and end().
-class WatchedCommunicator final : public Communicator {
+class WatchedCommunicator final : public CommunicatorDecorator {
  public:
   WatchedCommunicator(std::shared_ptr<CollectiveWatch> watch, std::unique_ptr<Communicator> inner,
                       std::string group)
-      : watch_(std::move(watch)), inner_(std::move(inner)), group_(std::move(group)) {}
-
-  int rank() const override { return inner_->rank(); }
-  int size() const override { return inner_->size(); }
-
-  void all_reduce(const void* send, void* recv, int64_t count, DataType type,
-                  ReduceOp op) override {
-    Timed t(*this, "all_reduce", count, type);
-    inner_->all_reduce(send, recv, count, type, op);
-  }
-  void reduce_scatter(const void* send, void* recv, int64_t recv_count, DataType type,
-                      ReduceOp op) override {
-    Timed t(*this, "reduce_scatter", recv_count * size(), type);
-    inner_->reduce_scatter(send, recv, recv_count, type, op);
-  }
-  void all_gather(const void* send, void* recv, int64_t send_count, DataType type) override {
-    Timed t(*this, "all_gather", send_count * size(), type);
-    inner_->all_gather(send, recv, send_count, type);
-  }
-  void broadcast(void* buf, int64_t count, DataType type, int root) override {
-    Timed t(*this, "broadcast", count, type);
-    inner_->broadcast(buf, count, type, root);
-  }
-  void barrier() override {
-    Timed t(*this, "barrier", 0, DataType::kUInt8);
-    inner_->barrier();
-  }
+      : CommunicatorDecorator(std::move(inner)), watch_(std::move(watch)), group_(std::move(group)) {}
 
  private:
-  struct Timed {
-    CollectiveWatch& watch;
-    Timed(WatchedCommunicator& c, const char* op, int64_t count, DataType type)
-        : watch(*c.watch_) {
-      watch.begin(CollectiveWatch::Collective{op, &c.group_, c.size(), count, type});
-    }
-    ~Timed() { watch.end(); }
-  };
+  void begin(CollectiveOp op, int64_t count, DataType type) override {
+    watch_->begin(CollectiveWatch::Collective{collective_name(op), &group_, size(), count, type});
+  }
+  void end() override { watch_->end(); }
 
   std::shared_ptr<CollectiveWatch> watch_;
-  std::unique_ptr<Communicator> inner_;
   std::string group_;
 };
 

@@ -23,7 +23,7 @@
 
 namespace par {
 
-class CollectiveWatch : public std::enable_shared_from_this<CollectiveWatch> {
+class CollectiveWatch {
  public:
   // timeout: seconds (> 0). where: "rank 3 on host node7", for the message.
   CollectiveWatch(double timeout, std::string where);
