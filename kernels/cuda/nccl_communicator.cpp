@@ -231,9 +231,11 @@ class NcclCommunicator final : public Communicator {
                detail && *detail ? cat(": ", detail) : std::string());
   }
 
-  // Ends this communicator's collectives, queued or running; it is not used again.
+  // Ends this communicator's collectives, queued or running; it is not used again. Called
+  // from a thread of its own (device_wait.h), which starts on the default device.
   void abort() {
     if (!comm_) return;
+    cudaSetDevice(device_);
     ncclCommAbort(comm_);
     comm_ = nullptr;
     aborted_ = true;
