@@ -14,7 +14,6 @@
 #include "core/param_layout.h"
 #include "core/profiled_ops.h"
 #include "launch/backend.h"
-#include "launch/collective_watch.h"
 #include "launch/gpu_peaks.h"
 #include "launch/host_memory.h"
 #include "launch/memory_plan.h"
@@ -180,6 +179,7 @@ void print_report(const ModelConfig& mc, const RunConfig& rc, const ProcessGrid&
 
 int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, const RunConfig& rc,
                 BenchOptions bench) {
+  job.watch_collectives(rc.collective_timeout);
   ProcessGrid grid;
   job.agree([&] { grid = job.make_grid(GridShape{rc.dp, rc.sp, rc.tp}); });
   const std::string thread_warning = apply_threads(rc.threads, job.local_size());
@@ -192,7 +192,6 @@ int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, cons
     counters.push_back(counting.get());
     return counting;
   });
-  watch_collectives(grid, rc.collective_timeout, job.where());
 
   Backend backend;
   job.agree([&] { backend = make_backend(rc.device, rc.precision, grid, rc.attention); });

@@ -17,7 +17,6 @@
 #include "kernels/cpu/blas_setup.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "launch/backend.h"
-#include "launch/collective_watch.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/host_memory.h"
@@ -356,9 +355,9 @@ int cmd_train(int argc, char** argv) {
     refuse_inside_checkpoint(s.run.out, "--out");
   });
   if (help) return 0;
+  job.watch_collectives(s.run.collective_timeout);
   ProcessGrid grid;
   job.agree([&] { grid = job.make_grid(GridShape{s.run.dp, s.run.sp, s.run.tp}); });
-  watch_collectives(grid, s.run.collective_timeout, job.where());
 
   // Everything the user gave is checked, on every rank, before anything is written.
   std::unique_ptr<RunLock> lock;  // outlives the run directory's files

@@ -99,9 +99,8 @@ void CollectiveWatch::run() {
   }
 }
 
-void watch_collectives(ProcessGrid& grid, double timeout, const std::string& where) {
-  if (timeout <= 0 || grid.world_size() == 1) return;
-  auto watch = std::make_shared<CollectiveWatch>(timeout, where);
+void watch_groups(ProcessGrid& grid, const std::shared_ptr<CollectiveWatch>& watch) {
+  if (!watch || grid.world_size() == 1) return;
   size_t g = 0;  // decorate() goes through the groups in the order of kGroupNames
   grid.decorate([&](std::unique_ptr<Communicator> c) {
     return CollectiveWatch::wrap(watch, std::move(c),

@@ -61,8 +61,8 @@ class CollectiveWatch {
   std::thread thread_;
 };
 
-// Times every collective of the grid's host groups (nothing when timeout <= 0 or the grid
-// is one process). The watch lives as long as the grid's communicators.
-void watch_collectives(ProcessGrid& grid, double timeout, const std::string& where);
+// Times every collective of the grid's host groups with `watch` (nothing when it is null
+// or the grid is one process). The watch lives as long as the grid's communicators.
+void watch_groups(ProcessGrid& grid, const std::shared_ptr<CollectiveWatch>& watch);
 
 }  // namespace par

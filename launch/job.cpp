@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "core/error.h"
+#include "launch/collective_watch.h"
 #include "launch/peer_watch.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/mpi_environment.h"
@@ -33,6 +34,12 @@ void Job::stop_watching() {
   world_->barrier();
 }
 
+void Job::watch_collectives(double timeout) {
+  if (!env_ || timeout <= 0 || collectives_) return;
+  collectives_ = std::make_shared<CollectiveWatch>(timeout, where());
+  world_ = CollectiveWatch::wrap(collectives_, std::move(world_), "world");
+}
+
 int Job::world_rank() const { return env_ ? env_->world_rank() : 0; }
 int Job::world_size() const { return env_ ? env_->world_size() : 1; }
 
@@ -50,7 +57,9 @@ ProcessGrid Job::make_grid(const GridShape& shape) {
                 "`mpirun -np ", shape.size(), " par ", command_, " ...` (or srun)");
     return ProcessGrid();
   }
-  return ProcessGrid(env_->world(), shape);
+  ProcessGrid grid(env_->world(), shape);
+  watch_groups(grid, collectives_);
+  return grid;
 }
 
 void Job::settle(int code, const std::string& message) {

@@ -20,8 +20,8 @@
 
 namespace par {
 
+class CollectiveWatch;
 class MpiEnvironment;
-class MpiCommunicator;
 class PeerWatch;
 
 // Thrown on every rank after a failed agree(); main() exits with `code`, printing nothing
@@ -45,6 +45,12 @@ class Job {
   int local_size() const;
   // "rank 3 on host node7" when distributed, "" otherwise.
   std::string where() const;
+
+  // From now on, every collective of the job -- the setup's agreement and the groups of
+  // grids made after this -- ends the rank when it waits longer than `timeout` seconds
+  // for the others (launch/collective_watch.h; --collective-timeout). Nothing without MPI
+  // or with timeout <= 0. Call on every rank, once the options are known.
+  void watch_collectives(double timeout);
 
   // Collective. Without MPI, only the shape 1 x 1 x 1 fits.
   ProcessGrid make_grid(const GridShape& shape);
@@ -80,7 +86,8 @@ class Job {
 
   std::string command_;
   std::unique_ptr<MpiEnvironment> env_;
-  std::unique_ptr<MpiCommunicator> world_;
+  std::unique_ptr<Communicator> world_;  // MPI's world, timed once watch_collectives ran
+  std::shared_ptr<CollectiveWatch> collectives_;
   std::unique_ptr<PeerWatch> watch_;
 };
 

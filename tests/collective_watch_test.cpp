@@ -53,7 +53,7 @@ TEST(CollectiveWatchDeathTest, AStuckCollectiveEndsTheRankSayingWhatItWaitedFor)
 TEST(CollectiveWatch, WatchesEveryGroupOfAGridOfSeveralRanksOnly) {
   ProcessGrid one;  // one process: nothing to watch, the groups stay as they are
   Communicator* before = &*one.world();
-  watch_collectives(one, 0.1, "");
+  watch_groups(one, std::make_shared<CollectiveWatch>(0.1, ""));
   EXPECT_EQ(&*one.world(), before);
 }
 
