@@ -3,7 +3,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
-#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -84,9 +83,7 @@ class Registry {
   // while it is being aborted or destroyed (both take it out of the map first).
   std::string failure() {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& [handle, w] : watches_)
-      if (std::string why = w.failure(); !why.empty()) return why;
-    return "";
+    return failure_locked();
   }
 
   // Aborts every communicator and forgets them. All at once, each from its own thread:
@@ -108,9 +105,16 @@ class Registry {
   }
 
  private:
+  // failure(), with mutex_ held.
+  std::string failure_locked() {
+    for (auto& [handle, w] : watches_)
+      if (std::string why = w.failure(); !why.empty()) return why;
+    return "";
+  }
+
   void run() {
     std::unique_lock<std::mutex> lock(mutex_);
-    bool failing = false;
+    bool failing = false;  // a failure has been left alone since failing_since
     Clock::time_point failing_since;
     while (!wake_.wait_for(lock, std::chrono::duration<double>(kLook), [&] { return stop_; })) {
       if (aborting_) {
@@ -118,9 +122,7 @@ class Registry {
           end_process(cat("aborting the NCCL communicators has taken more than ", kAbortLimit, " s"));
         continue;
       }
-      std::string why;
-      for (auto& [handle, w] : watches_)
-        if (why = w.failure(); !why.empty()) break;
+      const std::string why = failure_locked();
       if (why.empty()) {
         failing = false;
         continue;
