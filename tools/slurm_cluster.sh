@@ -142,6 +142,9 @@ SchedulerParameters=sched_interval=2,bf_interval=5
 MailProg=/bin/true
 SlurmdParameters=config_overrides
 ReturnToService=2
+# A loaded one-node machine (ranks on every core) can keep slurmd from answering the
+# controller within SLURM's default 10 s, which fails scancel and scontrol.
+MessageTimeout=30
 SlurmctldTimeout=30
 SlurmdTimeout=60
 InactiveLimit=0
