@@ -191,6 +191,31 @@ struct CaptureRefused : std::runtime_error {
     (T* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim, int64_t bands,               \
      const T* cos_table, const T* sin_table, bool inverse),                                        \
     (x, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse))                          \
+  /* ---- bfloat16 storage (uint16_t buffers hold bfloat16 bits, core/bf16.h) ---- */              \
+  /* Where --precision bf16 keeps the input side's keys and values and their gradients in */       \
+  /* bfloat16: half the memory of the model's largest tensors, and cuDNN reads them as they */     \
+  /* are. Each operation computes in T from the values its bfloat16 inputs hold and rounds */      \
+  /* what it stores to the nearest bfloat16 (ties to even). */                                     \
+  X(void, round_to_bf16, (uint16_t* dst, const T* src, int64_t n), (dst, src, n))                  \
+  /* Ops::rotary on a bfloat16 tensor: each rotated pair rounded once. */                          \
+  X(void, rotary_bf16,                                                                             \
+    (uint16_t* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim, int64_t bands,        \
+     const T* cos_table, const T* sin_table, bool inverse),                                        \
+    (x, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse))                          \
+  /* attention_forward and attention_backward with bfloat16 keys and values (and key and */        \
+  /* value gradients, written rounded; rows of invisible keys zero). */                           \
+  X(void, attention_forward_bf16_kv,                                                               \
+    (const AttentionShape& s, const T* q, const uint16_t* k, const uint16_t* v, T* o, T* lse),     \
+    (s, q, k, v, o, lse))                                                                          \
+  X(void, attention_backward_bf16_kv,                                                              \
+    (const AttentionShape& s, const T* q, const uint16_t* k, const uint16_t* v, const T* o,        \
+     const T* d_o, const T* lse, T* dq, uint16_t* dk, uint16_t* dv),                               \
+    (s, q, k, v, o, d_o, lse, dq, dk, dv))                                                         \
+  /* linear_backward with a bfloat16 output gradient dy (the keys' and values'). */                \
+  X(void, linear_backward_bf16_dy,                                                                 \
+    (T* dx, bool accumulate_dx, T* dw, T* db, const uint16_t* dy, const T* x, const T* w,          \
+     int64_t rows, int64_t in, int64_t out),                                                       \
+    (dx, accumulate_dx, dw, db, dy, x, w, rows, in, out))                                          \
   /* ---- activation and regularization ---- */                                                    \
   X(void, sqrelu_forward, (T* y, const T* x, int64_t n), (y, x, n))                                \
   X(void, sqrelu_backward, (T* dx, const T* dy, const T* x, int64_t n), (dx, dy, x, n))            \

@@ -50,6 +50,7 @@ enum class ScratchSlot : int {
   kTallLinear,    // tall linear layers: every thread's partial weight gradients (caller)
   kPairedLinear,  // paired linear backward: per-thread bias-gradient sums
   kLayerNorm,     // LayerNorm backward: per-thread block sums
+  kWidened,       // bfloat16 operands widened to T (cpu_ops_bf16.cpp; the calling thread)
   kCount
 };
 

@@ -29,7 +29,17 @@ __global__ void strided_to_bf16_kernel(uint16_t* dst, const float* src, int64_t 
     dst[t] = to_bf16(src[(t / cols) * ld + t % cols]);
 }
 
+__global__ void bf16_to_float_kernel(float* dst, const uint16_t* src, int64_t n) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) dst[i] = stored_value(src[i]);
+}
+
 }  // namespace
+
+void bf16_to_float(cudaStream_t st, float* dst, const uint16_t* src, int64_t n) {
+  if (n <= 0) return;
+  bf16_to_float_kernel<<<blocks_for(n), kThreads, 0, st>>>(dst, src, n);
+  PAR_CUDA_CHECK_LAUNCH("bf16_to_float_kernel");
+}
 
 void matrix_to_bf16(cudaStream_t st, uint16_t* dst, const float* src, int64_t rows,
                     int64_t cols, int64_t ld) {

@@ -1,6 +1,7 @@
 // The CudaOps class (core/ops.h on one GPU), shared by its source files: cuda_ops.cpp
-// (memory, transfers, step graphs, matrix products and the other operations) and
-// cuda_ops_attention.cpp (which attention path a call takes, and the blocked one).
+// (memory, transfers, step graphs, matrix products and the other operations),
+// cuda_ops_attention.cpp (which attention path a call takes, and the blocked one) and
+// cuda_ops_bf16.cpp (the operations on bfloat16-stored tensors).
 // Private to kernels/cuda: everything else reaches the backend through cuda_ops.h.
 #pragma once
 
@@ -35,6 +36,7 @@ enum ScratchSlot : int {
   kTokenAttention,
   kBf16A,  // bfloat16 copies of a product's operands (gemm_mapping.h); a linear
   kBf16B,  // backward keeps dy's in kBf16A for both of its products
+  kWidened,  // bfloat16-stored operands widened to float32 (cuda_ops_bf16.cpp)
   kCudnnFirst,  // CudnnAttention's own buffers
   kSlotCount = kCudnnFirst + CudnnAttention::kScratchSlots
 };

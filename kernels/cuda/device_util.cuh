@@ -33,6 +33,24 @@ __device__ __forceinline__ int64_t global_thread() {
 }
 __device__ __forceinline__ int64_t grid_threads() { return int64_t(gridDim.x) * blockDim.x; }
 
+// Tensors stored in float32 or in bfloat16 (uint16_t bits, core/bf16.h): what an element
+// holds, as float, and storing a float computed from it (rounded to nearest even).
+__device__ __forceinline__ float stored_value(float x) { return x; }
+__device__ __forceinline__ float stored_value(uint16_t b) {
+  return __uint_as_float(uint32_t(b) << 16);
+}
+__device__ __forceinline__ void store_value(float* p, float x) { *p = x; }
+__device__ __forceinline__ void store_value(uint16_t* p, float x) {
+  // As __float2bfloat16_rn (and core/bf16.h): NaN stays a (quiet) NaN.
+  uint32_t u = __float_as_uint(x);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
+    *p = uint16_t((u >> 16) | 0x0040u);
+    return;
+  }
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  *p = uint16_t(u >> 16);
+}
+
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll

@@ -73,7 +73,8 @@ __global__ void embedding_forward_kernel(float* h, const int32_t* ids, const flo
 }
 
 // One thread per rotated pair (row, head, band).
-__global__ void rotary_kernel(float* x, int64_t rows, int64_t n, int64_t heads,
+template <typename S>
+__global__ void rotary_kernel(S* x, int64_t rows, int64_t n, int64_t heads,
                               int64_t head_dim, int64_t bands, const float* cos_table,
                               const float* sin_table, float sign) {
   const int64_t total = rows * heads * bands;
@@ -81,10 +82,10 @@ __global__ void rotary_kernel(float* x, int64_t rows, int64_t n, int64_t heads,
     const int64_t k = t % bands, h = (t / bands) % heads, r = t / (bands * heads);
     const int64_t i = r % n;
     const float c = cos_table[i * bands + k], s = sign * sin_table[i * bands + k];
-    float* u = x + r * heads * head_dim + h * head_dim;
-    const float a = u[2 * k], b = u[2 * k + 1];
-    u[2 * k] = a * c - b * s;
-    u[2 * k + 1] = b * c + a * s;
+    S* u = x + r * heads * head_dim + h * head_dim;
+    const float a = stored_value(u[2 * k]), b = stored_value(u[2 * k + 1]);
+    store_value(u + 2 * k, a * c - b * s);
+    store_value(u + 2 * k + 1, b * c + a * s);
   }
 }
 
@@ -279,14 +280,31 @@ void embedding_forward(cudaStream_t st, float* h, const int32_t* ids, const floa
   PAR_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
 
-void rotary(cudaStream_t st, float* x, int64_t batch, int64_t n, int64_t heads,
-            int64_t head_dim, int64_t bands, const float* cos_table, const float* sin_table,
-            bool inverse) {
+namespace {
+
+template <typename S>
+void rotary_of(cudaStream_t st, S* x, int64_t batch, int64_t n, int64_t heads,
+               int64_t head_dim, int64_t bands, const float* cos_table, const float* sin_table,
+               bool inverse) {
   const int64_t rows = batch * n;
   if (bands <= 0 || rows <= 0 || heads <= 0) return;
   rotary_kernel<<<blocks_for(rows * heads * bands), kThreads, 0, st>>>(
       x, rows, n, heads, head_dim, bands, cos_table, sin_table, inverse ? -1.0f : 1.0f);
   PAR_CUDA_CHECK_LAUNCH("rotary_kernel");
+}
+
+}  // namespace
+
+void rotary(cudaStream_t st, float* x, int64_t batch, int64_t n, int64_t heads,
+            int64_t head_dim, int64_t bands, const float* cos_table, const float* sin_table,
+            bool inverse) {
+  rotary_of(st, x, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse);
+}
+
+void rotary_bf16(cudaStream_t st, uint16_t* x, int64_t batch, int64_t n, int64_t heads,
+                 int64_t head_dim, int64_t bands, const float* cos_table,
+                 const float* sin_table, bool inverse) {
+  rotary_of(st, x, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse);
 }
 
 void sqrelu_forward(cudaStream_t st, float* y, const float* x, int64_t n) {

@@ -39,9 +39,15 @@ void embedding_forward(cudaStream_t st, float* h, const int32_t* ids, const floa
 // as uint16_t, so that host code needs no CUDA bfloat16 header).
 void matrix_to_bf16(cudaStream_t st, uint16_t* dst, const float* src, int64_t rows,
                     int64_t cols, int64_t ld);
+// dst[i] = the float that the bfloat16 src[i] holds (exact).
+void bf16_to_float(cudaStream_t st, float* dst, const uint16_t* src, int64_t n);
 void rotary(cudaStream_t st, float* x, int64_t batch, int64_t n, int64_t heads,
             int64_t head_dim, int64_t bands, const float* cos_table, const float* sin_table,
             bool inverse);
+// rotary on bfloat16 values: each pair computed in float and rounded once.
+void rotary_bf16(cudaStream_t st, uint16_t* x, int64_t batch, int64_t n, int64_t heads,
+                 int64_t head_dim, int64_t bands, const float* cos_table,
+                 const float* sin_table, bool inverse);
 void sqrelu_forward(cudaStream_t st, float* y, const float* x, int64_t n);
 void sqrelu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, int64_t n);
 // p_threshold = float(p), keep_scale = float(1 / (1 - p)), as the CPU backend rounds them.
@@ -78,6 +84,9 @@ void adam_update_spans(cudaStream_t st, float* param, float* m, float* v, const 
 int64_t column_sums_partial_floats(int64_t rows, int64_t cols);
 void column_sums(cudaStream_t st, float* out, const float* x, int64_t rows, int64_t cols,
                  float* partial);
+// The same over bfloat16 values (summed in float as column_sums does).
+void column_sums_bf16(cudaStream_t st, float* out, const uint16_t* x, int64_t rows,
+                      int64_t cols, float* partial);
 void layernorm_forward(cudaStream_t st, float* y, float* mean, float* rstd, const float* x,
                        const float* w, const float* b, int64_t rows, int64_t d, float eps);
 int64_t layernorm_backward_partial_floats(int64_t rows, int64_t d);

@@ -78,7 +78,8 @@ void sum_groups(cudaStream_t st, double* groups, const float* partial, int64_t c
 }
 
 // partial[chunk, c] = sum of x[r, c] over the chunk's rows, in row order.
-__global__ void column_partial_kernel(float* partial, const float* x, int64_t rows,
+template <typename S>
+__global__ void column_partial_kernel(float* partial, const S* x, int64_t rows,
                                       int64_t cols) {
   // Chunks along x (up to 2^31 - 1 of them: y would stop at 65535, 4.2M rows, which a
   // bias gradient over B x N inputs passes at N = 1,048,576 and B = 4).
@@ -88,7 +89,7 @@ __global__ void column_partial_kernel(float* partial, const float* x, int64_t ro
   const int64_t r0 = chunk * kRowsPerChunk;
   const int64_t r1 = r0 + kRowsPerChunk < rows ? r0 + kRowsPerChunk : rows;
   float s = 0.0f;
-  for (int64_t r = r0; r < r1; ++r) s += x[r * cols + c];
+  for (int64_t r = r0; r < r1; ++r) s += stored_value(x[r * cols + c]);
   partial[chunk * cols + c] = s;
 }
 
@@ -250,8 +251,11 @@ int64_t column_sums_partial_floats(int64_t rows, int64_t cols) {
   return partial_floats(chunks_of(rows), cols);
 }
 
-void column_sums(cudaStream_t st, float* out, const float* x, int64_t rows, int64_t cols,
-                 float* partial) {
+namespace {
+
+template <typename S>
+void column_sums_of(cudaStream_t st, float* out, const S* x, int64_t rows, int64_t cols,
+                    float* partial) {
   if (rows <= 0 || cols <= 0) return;
   const int64_t chunks = chunks_of(rows);
   const int64_t col_blocks = (cols + kColsPerBlock - 1) / kColsPerBlock;
@@ -265,6 +269,18 @@ void column_sums(cudaStream_t st, float* out, const float* x, int64_t rows, int6
   column_finish_kernel<<<blocks_for(cols), kThreads, 0, st>>>(out, groups, groups_of(chunks),
                                                               cols);
   PAR_CUDA_CHECK_LAUNCH("column_finish_kernel");
+}
+
+}  // namespace
+
+void column_sums(cudaStream_t st, float* out, const float* x, int64_t rows, int64_t cols,
+                 float* partial) {
+  column_sums_of(st, out, x, rows, cols, partial);
+}
+
+void column_sums_bf16(cudaStream_t st, float* out, const uint16_t* x, int64_t rows,
+                      int64_t cols, float* partial) {
+  column_sums_of(st, out, x, rows, cols, partial);
 }
 
 void layernorm_forward(cudaStream_t st, float* y, float* mean, float* rstd, const float* x,

@@ -1,0 +1,113 @@
+// CpuOps's bfloat16-storage operations (core/ops.h): the reference of what a backend that
+// keeps tensors in bfloat16 computes. Each widens its bfloat16 operands into T (exactly),
+// runs the T operation and rounds what it stores, so its arithmetic is the T operation's
+// on the rounded operands. The CPU trains in float32 storage; these serve the tests of the
+// model's bfloat16 storage (the CUDA backend's) and are not sized by the memory plan.
+#include <omp.h>
+
+#include <algorithm>
+
+#include "core/bf16.h"
+#include "kernels/cpu/cpu_ops.h"
+
+namespace par::cpu {
+
+namespace {
+
+constexpr int64_t kParallelMin = 1 << 15;
+
+template <typename T>
+void widen(T* dst, const uint16_t* src, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) dst[i] = T(bf16_float(src[i]));
+}
+
+template <typename T>
+void round_all(uint16_t* dst, const T* src, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits(src[i]);
+}
+
+// `parts` buffers of n elements of T each, one after the other, in the calling thread's
+// widening slot.
+template <typename T>
+T* widened(Workspace& ws, int64_t n, int parts) {
+  ws.prepare(1);
+  return reinterpret_cast<T*>(
+      ws.get(ScratchSlot::kWidened, 0, double(std::max<int64_t>(n, 1)) * parts * sizeof(T)));
+}
+
+}  // namespace
+
+template <typename T>
+void CpuOps<T>::round_to_bf16(uint16_t* dst, const T* src, int64_t n) {
+  round_all(dst, src, n);
+}
+
+template <typename T>
+void CpuOps<T>::rotary_bf16(uint16_t* x, int64_t batch, int64_t n, int64_t heads,
+                            int64_t head_dim, int64_t bands, const T* cos_table,
+                            const T* sin_table, bool inverse) {
+  if (bands == 0) return;
+  const int64_t count = batch * n * heads * head_dim;
+  T* w = widened<T>(ws_, count, 1);
+  widen(w, x, count);
+  rotary(w, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse);
+  // Dimensions past the rotated bands come back to their own bits.
+  round_all(x, w, count);
+}
+
+template <typename T>
+void CpuOps<T>::attention_forward_bf16_kv(const AttentionShape& s, const T* q, const uint16_t* k,
+                                          const uint16_t* v, T* o, T* lse) {
+  const int64_t count = s.batch * s.nk * s.heads * s.head_dim;
+  T* kw = widened<T>(ws_, count, 2);
+  T* vw = kw + count;
+  widen(kw, k, count);
+  widen(vw, v, count);
+  attention_forward(s, q, kw, vw, o, lse);
+}
+
+template <typename T>
+void CpuOps<T>::attention_backward_bf16_kv(const AttentionShape& s, const T* q,
+                                           const uint16_t* k, const uint16_t* v, const T* o,
+                                           const T* d_o, const T* lse, T* dq, uint16_t* dk,
+                                           uint16_t* dv) {
+  const int64_t count = s.batch * s.nk * s.heads * s.head_dim;
+  T* kw = widened<T>(ws_, count, 4);
+  T* vw = kw + count;
+  T* dkw = vw + count;
+  T* dvw = dkw + count;
+  widen(kw, k, count);
+  widen(vw, v, count);
+  attention_backward(s, q, kw, vw, o, d_o, lse, dq, dkw, dvw);
+  round_all(dk, dkw, count);
+  round_all(dv, dvw, count);
+}
+
+template <typename T>
+void CpuOps<T>::linear_backward_bf16_dy(T* dx, bool accumulate_dx, T* dw, T* db,
+                                        const uint16_t* dy, const T* x, const T* w, int64_t rows,
+                                        int64_t in, int64_t out) {
+  T* dyw = widened<T>(ws_, rows * out, 1);
+  widen(dyw, dy, rows * out);
+  linear_backward(dx, accumulate_dx, dw, db, dyw, x, w, rows, in, out);
+}
+
+#define PAR_CPU_BF16_OPS(T)                                                                       \
+  template void CpuOps<T>::round_to_bf16(uint16_t*, const T*, int64_t);                           \
+  template void CpuOps<T>::rotary_bf16(uint16_t*, int64_t, int64_t, int64_t, int64_t, int64_t,    \
+                                       const T*, const T*, bool);                                 \
+  template void CpuOps<T>::attention_forward_bf16_kv(const AttentionShape&, const T*,             \
+                                                     const uint16_t*, const uint16_t*, T*, T*);   \
+  template void CpuOps<T>::attention_backward_bf16_kv(const AttentionShape&, const T*,            \
+                                                      const uint16_t*, const uint16_t*,           \
+                                                      const T*, const T*, const T*, T*,           \
+                                                      uint16_t*, uint16_t*);                      \
+  template void CpuOps<T>::linear_backward_bf16_dy(T*, bool, T*, T*, const uint16_t*, const T*,   \
+                                                   const T*, int64_t, int64_t, int64_t);
+PAR_CPU_BF16_OPS(float)
+PAR_CPU_BF16_OPS(double)
+#undef PAR_CPU_BF16_OPS
+
+}  // namespace par::cpu
