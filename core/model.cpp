@@ -57,6 +57,11 @@ struct PerceiverAR<T>::Acts {
   // Cross-attention. Inputs: [B, Nl, d], their keys/values [B, Nl, dc] (dc: local width);
   // latents: [B, M, d], queries and attention output [B, M, dc].
   T *h, *kvn, *kv_mu, *kv_rs, *ck, *cv;
+  // In bfloat16 storage (KeyValueStorage::kBf16) the keys and values, and their gradients,
+  // in place of ck, cv, dck and dcv (null then); and the third region of the input side.
+  uint16_t *ck16 = nullptr, *cv16 = nullptr, *dck16 = nullptr, *dcv16 = nullptr;
+  T* region_c = nullptr;
+  bool bf16_kv = false;
   T *zin, *z0, *qn, *qn_mu, *qn_rs, *cq, *catt, *clse, *lse_max, *x1;
 
   std::vector<MlpActs<T>> mlp;  // slot 0: the cross-attention's MLP; slot 1+l: layer l's
@@ -71,11 +76,12 @@ struct PerceiverAR<T>::Acts {
   T *tmp, *dx, *d_ln, *dq, *dk, *dv, *datt, *dfc1, *dact, *dlogits;
   T *dh, *dkvn, *dck, *dcv;
   bool recompute_kvn = false;  // kvn in dck for the forward, in ck for the backward
+  T* position_scratch = nullptr;  // [BN, d] for the forward's absolute positions
 
   // I: int64_t to carve real memory; double to size it (no overflow, see Carver).
   template <typename I>
   void carve(Carver& c, const ModelConfig& cfg, I B, I Nl, I dc, I ds, I F, I hc, I hs,
-             I cross_bands, I self_bands, bool absolute) {
+             I cross_bands, I self_bands, bool absolute, bool bf16) {
     const int64_t M = cfg.num_latents, d = cfg.d_model;
     const int64_t V = cfg.vocab_size, L = cfg.num_layers;
     const I BM = B * M, BN = B * Nl, dq_width = std::max(dc, ds);
@@ -91,6 +97,8 @@ struct PerceiverAR<T>::Acts {
     query_sin = c.take<T>(M * cross_bands);
     self_cos = c.take<T>(M * self_bands);
     self_sin = c.take<T>(M * self_bands);
+    bf16_kv = bf16;
+    if (bf16) carve_bf16_inputs(c, BN, I(d), dc);
     // Where the keys and values together hold a [BN, d] tensor (dc >= d/2: up to 2
     // tensor-parallel ranks), buffers dead by then live in them: the embeddings h until
     // LN_kv has read them (the projections then write the keys and values; the backward
@@ -101,10 +109,12 @@ struct PerceiverAR<T>::Acts {
     // which holds nothing until the backward, and the backward computes it again (the
     // same bits) in the keys' place once the attention's backward has read them.
     recompute_kvn = dc >= I(d);
-    ck = c.take<T>(BN * dc);
-    cv = c.take<T>(BN * dc);
-    h = reuse ? ck : c.take<T>(BN * d);
-    kvn = recompute_kvn ? nullptr : c.take<T>(BN * d);
+    if (!bf16) {
+      ck = c.take<T>(BN * dc);
+      cv = c.take<T>(BN * dc);
+      h = reuse ? ck : c.take<T>(BN * d);
+      kvn = recompute_kvn ? nullptr : c.take<T>(BN * d);
+    }
     kv_mu = c.take<T>(BN);
     kv_rs = c.take<T>(BN);
     zin = c.take<T>(BM * d);
@@ -159,17 +169,44 @@ struct PerceiverAR<T>::Acts {
     // which the projections' backward read last. dh is also scratch for the embeddings'
     // absolute positions, in the forward and when the backward gathers h again, while
     // dck and dcv hold nothing.
+    if (bf16) return;
     dck = c.take<T>(BN * dc);
     dcv = c.take<T>(BN * dc);
     dkvn = recompute_kvn ? cv : reuse ? ck : c.take<T>(BN * d);
     dh = reuse ? dck : c.take<T>(BN * d);
     if (recompute_kvn) kvn = dck;
+    position_scratch = dh;
+  }
+
+  // The input side in bfloat16 storage: three regions A, B, C of [BN, max(d, dc)] T, each
+  // holding a [BN, d] tensor of T or a pair of [BN, dc] bfloat16 ones, used in turn (the
+  // order of model.cpp's keys_values_forward and keys_values_backward):
+  //   forward:  h in A; LN_kv's output kvn in B; each projection in T in A (h read), its
+  //             rounding into C (keys, values);
+  //   backward: the keys' and values' gradients (bfloat16) in A; h again in B, kvn again
+  //             in C; dkvn in B (h read); h once more in C (kvn read); dh in A.
+  template <typename I>
+  void carve_bf16_inputs(Carver& c, I BN, I d, I dc) {
+    const I region = BN * std::max(d, dc);
+    h = c.take<T>(region);
+    kvn = c.take<T>(region);
+    region_c = c.take<T>(region);
+    auto pair = [&](T* r, uint16_t** first, uint16_t** second) {
+      *first = reinterpret_cast<uint16_t*>(r);
+      *second = r ? *first + int64_t(BN * dc) : nullptr;
+    };
+    pair(region_c, &ck16, &cv16);
+    pair(h, &dck16, &dcv16);
+    dh = h;
+    dkvn = kvn;
+    position_scratch = kvn;  // free until LN_kv writes it
+    ck = cv = dck = dcv = nullptr;
   }
 };
 
 template <typename T>
 PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch,
-                            ModelGroups groups)
+                            ModelGroups groups, KeyValueStorage kv)
     : cfg_(cfg),
       ops_(ops),
       groups_(groups),
@@ -180,6 +217,7 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
       layout_((cfg.validate(), validate_layout(cfg, groups.sp.size(), groups.tp.size()), cfg),
               tp_rank_, tp_size_),
       max_batch_(max_batch),
+      kv_storage_(kv),
       a_(new Acts) {
   PAR_ASSERT(max_batch > 0);
   PAR_ASSERT(groups.sp_host.size() == sp_size_, "sp_host must be the sp group's host side");
@@ -206,7 +244,7 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
   p_ = bind(layout_, params_);
   g_ = bind(layout_, grads_);
 
-  const ModelMemory planned = memory(cfg_, max_batch_, sp_size_, tp_size_);
+  const ModelMemory planned = memory(cfg_, max_batch_, sp_size_, tp_size_, kv_storage_);
   const LocalShape ls = local_shape(cfg_, sp_size_, tp_size_);
   PAR_ASSERT(double(param_bytes) == planned.params && ls.n_local == n_local_ &&
                  ls.cross_width == cross_width_ && ls.mlp_width == mlp_width_,
@@ -215,7 +253,7 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
   Carver real{static_cast<char*>(act_memory_), 0};
   a_->carve(real, cfg_, max_batch_, ls.n_local, ls.cross_width, ls.self_width, ls.mlp_width,
             ls.cross_heads, ls.self_heads, ls.cross_bands, ls.self_bands,
-            cfg_.absolute_positions());
+            cfg_.absolute_positions(), kv_storage_ == KeyValueStorage::kBf16);
   PAR_ASSERT(real.used == planned.activations,
              "the memory plan of the activations differs from their carving");
   bytes_ = 2 * param_bytes + size_t(real.used);
@@ -238,7 +276,8 @@ PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_bat
 }
 
 template <typename T>
-ModelMemory PerceiverAR<T>::memory(const ModelConfig& cfg, int64_t max_batch, int sp, int tp) {
+ModelMemory PerceiverAR<T>::memory(const ModelConfig& cfg, int64_t max_batch, int sp, int tp,
+                                   KeyValueStorage kv) {
   cfg.validate();
   validate_layout(cfg, sp, tp);
   // The parameter layout counts elements in int64: refuse what it cannot count.
@@ -258,7 +297,7 @@ ModelMemory PerceiverAR<T>::memory(const ModelConfig& cfg, int64_t max_batch, in
     acts.carve(sizer, c, double(max_batch), double(ls.n_local), double(ls.cross_width),
                double(ls.self_width), double(ls.mlp_width), double(ls.cross_heads),
                double(ls.self_heads), double(ls.cross_bands), double(ls.self_bands),
-               c.absolute_positions());
+               c.absolute_positions(), kv == KeyValueStorage::kBf16);
     ModelMemory m;
     m.param_elements = double(ParamLayout(c, 0, tp).total());
     m.params = m.param_elements * double(sizeof(T));
@@ -360,10 +399,8 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   } else if (holds_latents()) {
     ops_.copy_blocks(a.zin, M * d, a.h + (Nl - M) * d, Nl * d, B, M * d, false);
   }
+  keys_values_forward();
   const CrossRef<T>& cp = p_.cross;
-  cross_keys_values(ops_, cp, a.h, B * Nl, d, dc, NormActs<T>{a.kvn, a.kv_mu, a.kv_rs}, a.ck,
-                    a.cv);
-  ops_.rotary(a.ck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
 
   // The latent queries: z_linear of the latents' embeddings (on the last rank).
   if (holds_latents()) {
@@ -372,7 +409,10 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   }
   if (sp_size_ > 1) groups_.sp->broadcast(a.cq, BM * dc, data_type_of<T>(), sp_size_ - 1);
   const AttentionShape cs = cross_attention_shape();
-  ops_.attention_forward(cs, a.cq, a.ck, a.cv, a.catt, a.clse);
+  if (a.bf16_kv)
+    ops_.attention_forward_bf16_kv(cs, a.cq, a.ck16, a.cv16, a.catt, a.clse);
+  else
+    ops_.attention_forward(cs, a.cq, a.ck, a.cv, a.catt, a.clse);
   if (sp_size_ > 1) merge_attention();
   if (!holds_latents()) return LossSums{};
 
@@ -418,7 +458,7 @@ void PerceiverAR<T>::add_absolute_positions(const int32_t* windows, const int64_
   std::vector<int32_t> pos(size_t(B * Nl));
   for (int64_t b = 0; b < B; ++b)
     document_positions(windows + b * cols, Nl, carry ? carry[b] : 0, pos.data() + b * Nl);
-  positions_->add(a_->h, pos.data(), B * Nl, a_->doc_pos, a_->dh);
+  positions_->add(a_->h, pos.data(), B * Nl, a_->doc_pos, a_->position_scratch);
 }
 
 // The embeddings of this rank's inputs again (the forward's, to the same bits), absolute
@@ -498,32 +538,60 @@ void PerceiverAR<T>::backward(double loss_scale) {
   cross_attention_backward(a.dx);
 }
 
+// This rank's inputs: LN_kv of their embeddings (h, in a.h), projected to keys (rotated)
+// and values.
 template <typename T>
-void PerceiverAR<T>::cross_attention_backward(T* dx) {
-  // On entry (on the rank holding the latents) dx is the gradient of x1 = z0 + dropout(o);
-  // it becomes the gradient of z0.
-  const int64_t M = cfg_.num_latents, d = cfg_.d_model;
-  const int64_t B = batch_, BM = B * M, Nl = n_local_, BN = B * Nl, cols = window_columns();
+void PerceiverAR<T>::keys_values_forward() {
+  const int64_t d = cfg_.d_model, B = batch_, Nl = n_local_, BN = B * Nl;
+  const int64_t Hc = cfg_.cross_heads / tp_size_, Dc = cfg_.cross_head_dim(), dc = cross_width_;
+  const CrossRef<T>& cp = p_.cross;
+  Acts& a = *a_;
+  if (!a.bf16_kv) {
+    cross_keys_values(ops_, cp, a.h, BN, d, dc, NormActs<T>{a.kvn, a.kv_mu, a.kv_rs}, a.ck,
+                      a.cv);
+    ops_.rotary(a.ck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
+    return;
+  }
+  // Each projection in T in h's place (read by LN_kv), then rounded into its bfloat16 home
+  // (Acts::carve_bf16_inputs).
+  ops_.layernorm_forward(a.kvn, a.kv_mu, a.kv_rs, a.h, cp.ln_kv.w, cp.ln_kv.b, BN, d,
+                         kLayerNormEps);
+  T* projection = a.h;
+  ops_.linear_forward(projection, a.kvn, cp.attn.k.w, cp.attn.k.b, BN, d, dc);
+  ops_.rotary(projection, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
+  ops_.round_to_bf16(a.ck16, projection, BN * dc);
+  ops_.linear_forward(projection, a.kvn, cp.attn.v.w, cp.attn.v.b, BN, d, dc);
+  ops_.round_to_bf16(a.cv16, projection, BN * dc);
+}
+
+// From the gradients of this rank's keys and values (dck, dcv) back through W_k, W_v and
+// LN_kv to those of the embeddings (dh, which the caller completes and scatters). Under
+// tensor parallelism each rank's dkvn covers only its heads; the sum over the group is not
+// taken here (it would be a message of N/sp x d) but in the gradients of the embedding and
+// LN_kv, which are linear in it (ParamInfo::grad_summed_over_tp).
+template <typename T>
+void PerceiverAR<T>::keys_values_backward() {
+  const int64_t d = cfg_.d_model, B = batch_, Nl = n_local_, BN = B * Nl;
   const int64_t Hc = cfg_.cross_heads / tp_size_, Dc = cfg_.cross_head_dim(), dc = cross_width_;
   const CrossRef<T>& cp = p_.cross;
   const CrossRef<T>& cg = g_.cross;
   Acts& a = *a_;
-  if (holds_latents()) {
-    const T* dy = latent_pass().undrop(dx, a.tmp, DropSite::kCrossAttn);
-    ops_.linear_backward(a.datt, false, cg.attn.o.w, cg.attn.o.b, dy, a.catt, cp.attn.o.w, BM,
-                         dc, d);
+  if (a.bf16_kv) {
+    // The regions' turns of Acts::carve_bf16_inputs: A = a.h (the gradients, then dh),
+    // B = a.kvn, C = a.region_c.
+    ops_.rotary_bf16(a.dck16, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, true);
+    gather_inputs(a.kvn, a.region_c);
+    ops_.layernorm_forward(a.region_c, a.kv_mu, a.kv_rs, a.kvn, cp.ln_kv.w, cp.ln_kv.b, BN, d,
+                           kLayerNormEps);
+    ops_.linear_backward_bf16_dy(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck16, a.region_c,
+                                 cp.attn.k.w, BN, d, dc);
+    ops_.linear_backward_bf16_dy(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv16, a.region_c,
+                                 cp.attn.v.w, BN, d, dc);
+    gather_inputs(a.region_c, a.h);
+    ops_.layernorm_backward(a.dh, false, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, a.region_c, a.kv_mu,
+                            a.kv_rs, cp.ln_kv.w, BN, d);
+    return;
   }
-  // Every sequence rank takes the attention output's gradient and the merged statistics
-  // and computes the gradients of its own keys and values, and its part of the queries'.
-  if (sp_size_ > 1) groups_.sp->broadcast(a.datt, BM * dc, data_type_of<T>(), sp_size_ - 1);
-  const AttentionShape cs = cross_attention_shape();
-  ops_.attention_backward(cs, a.cq, a.ck, a.cv, a.catt, a.datt, a.clse, a.dq, a.dck, a.dcv);
-  if (sp_size_ > 1) groups_.sp->all_reduce(a.dq, BM * dc, ReduceOp::kSum);
-
-  // Key/value side: back through W_k, W_v and LN_kv into this rank's embeddings. Under
-  // tensor parallelism each rank's dkvn covers only its heads; the sum over the group is
-  // not taken here (it would be a message of N/sp x d) but in the gradients of the
-  // embedding and LN_kv, which are linear in it (ParamInfo::grad_summed_over_tp).
   ops_.rotary(a.dck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, true);
   // LN_kv's output, the projections' input: computed again from the embeddings (gathered
   // into the values' place, the keys' as scratch) into the keys' place.
@@ -547,6 +615,34 @@ void PerceiverAR<T>::cross_attention_backward(T* dx) {
   }
   ops_.layernorm_backward(a.dh, false, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, h, a.kv_mu, a.kv_rs,
                           cp.ln_kv.w, BN, d);
+}
+
+template <typename T>
+void PerceiverAR<T>::cross_attention_backward(T* dx) {
+  // On entry (on the rank holding the latents) dx is the gradient of x1 = z0 + dropout(o);
+  // it becomes the gradient of z0.
+  const int64_t M = cfg_.num_latents, d = cfg_.d_model;
+  const int64_t B = batch_, BM = B * M, Nl = n_local_, cols = window_columns();
+  const int64_t Hc = cfg_.cross_heads / tp_size_, Dc = cfg_.cross_head_dim(), dc = cross_width_;
+  const CrossRef<T>& cp = p_.cross;
+  const CrossRef<T>& cg = g_.cross;
+  Acts& a = *a_;
+  if (holds_latents()) {
+    const T* dy = latent_pass().undrop(dx, a.tmp, DropSite::kCrossAttn);
+    ops_.linear_backward(a.datt, false, cg.attn.o.w, cg.attn.o.b, dy, a.catt, cp.attn.o.w, BM,
+                         dc, d);
+  }
+  // Every sequence rank takes the attention output's gradient and the merged statistics
+  // and computes the gradients of its own keys and values, and its part of the queries'.
+  if (sp_size_ > 1) groups_.sp->broadcast(a.datt, BM * dc, data_type_of<T>(), sp_size_ - 1);
+  const AttentionShape cs = cross_attention_shape();
+  if (a.bf16_kv)
+    ops_.attention_backward_bf16_kv(cs, a.cq, a.ck16, a.cv16, a.catt, a.datt, a.clse, a.dq,
+                                    a.dck16, a.dcv16);
+  else
+    ops_.attention_backward(cs, a.cq, a.ck, a.cv, a.catt, a.datt, a.clse, a.dq, a.dck, a.dcv);
+  if (sp_size_ > 1) groups_.sp->all_reduce(a.dq, BM * dc, ReduceOp::kSum);
+  keys_values_backward();
 
   if (holds_latents()) {
     // Query side: back through W_q and LN_q into z0, then z_linear into the latents'

@@ -68,14 +68,24 @@ struct LossSums {
   int64_t valid = 0;     // targets that are not PAD
 };
 
+// Where the input side keeps its keys and values and their gradients ([B, N/sp, d/tp] each,
+// the model's largest tensors): in T, or in bfloat16 (the Ops `_bf16` operations), which
+// halves them. In bfloat16 the rotated keys and the values are rounded once as the
+// projections make them, and their gradients as the attention's backward makes them; the
+// rest of the step is unchanged. The input side then takes 6 [B, N/sp, d] tensors of T
+// instead of 8.
+enum class KeyValueStorage { kNative, kBf16 };
+
 template <typename T>
 class PerceiverAR {
  public:
-  PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch, ModelGroups groups = {});
+  PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch, ModelGroups groups = {},
+              KeyValueStorage kv = KeyValueStorage::kNative);
   // What the constructor will allocate on each rank of an sp x tp layout, computed by
   // the sizing pass the constructor allocates by (it checks that the two agree), without
   // allocating anything: memory planning calls it before a run starts.
-  static ModelMemory memory(const ModelConfig& cfg, int64_t max_batch, int sp, int tp);
+  static ModelMemory memory(const ModelConfig& cfg, int64_t max_batch, int sp, int tp,
+                            KeyValueStorage kv = KeyValueStorage::kNative);
   ~PerceiverAR();
   PerceiverAR(const PerceiverAR&) = delete;
   PerceiverAR& operator=(const PerceiverAR&) = delete;
@@ -120,6 +130,8 @@ class PerceiverAR {
   LatentPass<T> latent_pass() const;
   RotaryTables<T> self_rotary() const;
   BlockGradScratch<T> grad_scratch() const;
+  void keys_values_forward();
+  void keys_values_backward();
   void cross_attention_backward(T* dx);
   void merge_attention();
   AttentionShape cross_attention_shape() const;
@@ -138,6 +150,7 @@ class PerceiverAR {
   std::vector<int32_t> targets_;
   ParamLayout layout_;
   int64_t max_batch_;
+  KeyValueStorage kv_storage_;
   T* params_ = nullptr;
   T* grads_ = nullptr;
   ModelRef<T> p_, g_;

@@ -28,6 +28,7 @@ template <typename T>
 struct RankBackend {
   std::function<std::unique_ptr<Ops<T>>()> make_ops;
   std::function<std::unique_ptr<Communicator>(Communicator& host, Ops<T>& ops)> device_comm;
+  KeyValueStorage storage = KeyValueStorage::kNative;  // of every rank's model
 };
 
 // One forward and backward of `windows` ([B, N+1]) on the layout: the latents' rank's loss
@@ -58,7 +59,8 @@ LayoutResult<T> run_layout(const ModelConfig& cfg, int sp, int tp,
     // device groups too.
     PerceiverAR<T> model(cfg, *ops, B,
                          ModelGroups{DeviceGroup(sp_dev ? *sp_dev : spc),
-                                     DeviceGroup(tp_dev ? *tp_dev : tpc), HostGroup(spc)});
+                                     DeviceGroup(tp_dev ? *tp_dev : tpc), HostGroup(spc)},
+                         backend.storage);
     std::vector<T> local(size_t(model.layout().total()), T(0));
     extract_slices(model.layout(), full, params.data(), local.data());
     ops->upload(model.params(), local.data(), local.size() * sizeof(T));

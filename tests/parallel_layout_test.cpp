@@ -27,7 +27,8 @@ ModelConfig config() {
 using Layouts = std::vector<std::pair<int, int>>;  // (sp, tp)
 
 template <typename T>
-void check_layouts(const ModelConfig& cfg, const Layouts& layouts, double tol) {
+void check_layouts(const ModelConfig& cfg, const Layouts& layouts, double tol,
+                   KeyValueStorage storage = KeyValueStorage::kNative) {
   const int64_t B = 3, W = cfg.context_length + 1;
   std::mt19937_64 rng(5);
   std::vector<int32_t> windows(size_t(B * W));
@@ -45,7 +46,7 @@ void check_layouts(const ModelConfig& cfg, const Layouts& layouts, double tol) {
 
   // The single-rank reference.
   cpu::CpuOps<T> ops;
-  PerceiverAR<T> ref(cfg, ops, B);
+  PerceiverAR<T> ref(cfg, ops, B, {}, storage);
   ops.upload(ref.params(), params.data(), params.size() * sizeof(T));
   const LossSums want = ref.forward(windows.data(), B, ctx);
   ASSERT_GT(want.valid, 0);
@@ -58,7 +59,8 @@ void check_layouts(const ModelConfig& cfg, const Layouts& layouts, double tol) {
 
   for (auto [sp, tp] : layouts) {
     SCOPED_TRACE(cat("sp ", sp, " tp ", tp));
-    const testing_util::RankBackend<T> cpu{[] { return std::make_unique<cpu::CpuOps<T>>(); }, {}};
+    const testing_util::RankBackend<T> cpu{[] { return std::make_unique<cpu::CpuOps<T>>(); }, {},
+                                           storage};
     const testing_util::LayoutResult<T> got =
         testing_util::run_layout(cfg, sp, tp, windows, B, ctx, params, want.valid, cpu);
     EXPECT_EQ(got.sums.valid, want.valid);
@@ -107,6 +109,16 @@ TEST(ParallelLayout, MatchesOneRankWithAbsolutePositions) {
   check_layouts<double>(c, kLayouts, 1e-11);
   c.position_encoding = PositionEncoding::kBoth;
   check_layouts<float>(c, {{2, 1}, {4, 1}, {1, 2}, {2, 2}, {8, 2}}, 2e-5);
+}
+
+// Keys and values stored in bfloat16: each rank rounds the same numbers (to ~1e-16 in
+// double, far from any midpoint), so the layouts agree as in double storage, the input
+// side's regions under tensor parallelism (d/tp-wide keys in d-wide regions) included.
+TEST(ParallelLayout, MatchesOneRankWithBf16KeysAndValues) {
+  check_layouts<double>(config(), kLayouts, 1e-11, KeyValueStorage::kBf16);
+  ModelConfig c = config();
+  c.position_encoding = PositionEncoding::kBoth;
+  check_layouts<double>(c, {{2, 1}, {1, 2}, {2, 2}, {8, 2}}, 1e-11, KeyValueStorage::kBf16);
 }
 
 TEST(ParallelLayout, RejectsLayoutsThatDoNotFit) {

@@ -72,8 +72,9 @@ struct Result {
 };
 
 inline Result forward_backward(Ops<float>& ops, const ModelConfig& cfg,
-                               const std::vector<float>& params, const std::vector<int32_t>& w) {
-  PerceiverAR<float> model(cfg, ops, kBatch);
+                               const std::vector<float>& params, const std::vector<int32_t>& w,
+                               KeyValueStorage storage = KeyValueStorage::kNative) {
+  PerceiverAR<float> model(cfg, ops, kBatch, {}, storage);
   ops.upload(model.params(), params.data(), params.size() * sizeof(float));
   Result r;
   r.loss = model.forward(w.data(), kBatch, training_context(3));
