@@ -21,6 +21,7 @@ enum Slot : int {
   kQb, kKb, kVb, kOb, kStatsBuf, kSeqQ, kCount, kFlags, kPos, kScanTemp, kWorkspace,
   kDOb, kDQb, kDKb, kDVb, kSoftmaxSumBuf, kBwdStats,
   kDiagQ, kDiagK, kDiagV, kDiagKeep, kDiagO, kDiagLse, kDiagDO, kDiagDQ, kDiagDK, kDiagDV,
+  kDiagBf16,  // the diagonal's bfloat16 keys or values, or gradients, on their way
   kSlotCount
 };
 static_assert(kSlotCount <= CudnnAttention::kScratchSlots);
@@ -86,13 +87,15 @@ void place_rows(cudaStream_t st, void* dst, const void* src, int64_t batch, int6
         size_t(rows) * row_bytes, cudaMemcpyDeviceToDevice, st));
 }
 
-// Zeroes rows [row0, total) of every example of a float [batch, total, width] tensor.
-void zero_rows_from(cudaStream_t st, float* x, int64_t batch, int64_t total, int64_t row0,
-                    int64_t width) {
+// Zeroes rows [row0, total) of every example of a [batch, total, width] tensor of
+// elements of `bytes_per` bytes (zero bits are 0 in float32 and in bfloat16).
+void zero_rows_from(cudaStream_t st, void* x, int64_t batch, int64_t total, int64_t row0,
+                    int64_t width, size_t bytes_per) {
   if (batch <= 0 || row0 >= total || width <= 0) return;
+  const size_t row_bytes = size_t(width) * bytes_per;
   for (int64_t b = 0; b < batch; ++b)
-    PAR_CUDA_CHECK(cudaMemsetAsync(x + (b * total + row0) * width, 0,
-                                   size_t(total - row0) * size_t(width) * sizeof(float), st));
+    PAR_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(x) + size_t(b * total + row0) * row_bytes,
+                                   0, size_t(total - row0) * row_bytes, st));
 }
 
 }  // namespace
@@ -181,7 +184,7 @@ void CudnnAttention::run(const CudnnGraph& g,
 }
 
 CudnnAttention::Operands CudnnAttention::operands(const AttentionShape& s, const float* q,
-                                                  const float* k, const float* v) {
+                                                  KeyValues kv) {
   const int64_t B = s.batch, ld = s.heads * s.head_dim;
   const Piece p = piece_of(s);
   Operands x;
@@ -198,7 +201,14 @@ CudnnAttention::Operands CudnnAttention::operands(const AttentionShape& s, const
                           scan_bytes);
   x.k = buffer<uint16_t>(kKb, B * p.keys * ld);
   x.v = buffer<uint16_t>(kVb, B * p.keys * ld);
-  kern::gather_keys(stream_, x.k, x.v, k, v, x.flags, x.pos, x.seq_kv, B, s.nk, p.keys, ld);
+  if (kv.bf16)
+    kern::gather_keys(stream_, x.k, x.v, static_cast<const uint16_t*>(kv.k),
+                      static_cast<const uint16_t*>(kv.v), x.flags, x.pos, x.seq_kv, B, s.nk,
+                      p.keys, ld);
+  else
+    kern::gather_keys(stream_, x.k, x.v, static_cast<const float*>(kv.k),
+                      static_cast<const float*>(kv.v), x.flags, x.pos, x.seq_kv, B, s.nk,
+                      p.keys, ld);
   x.q = buffer<uint16_t>(kQb, B * p.rows * ld);
   kern::rows_to_bf16(stream_, x.q, q, B, s.nq, p.row0, p.rows, ld);
   x.seq_q = buffer<int32_t>(kSeqQ, B);
@@ -208,8 +218,7 @@ CudnnAttention::Operands CudnnAttention::operands(const AttentionShape& s, const
 
 CudnnAttention::Diagonal CudnnAttention::diagonal(const AttentionShape& s,
                                                   const AttentionSegments& seg,
-                                                  const float* q, const float* k,
-                                                  const float* v) {
+                                                  const float* q, KeyValues kv) {
   const int64_t B = s.batch, ld = s.heads * s.head_dim;
   Diagonal d;
   d.row0 = seg.diag_first_row;
@@ -218,8 +227,18 @@ CudnnAttention::Diagonal CudnnAttention::diagonal(const AttentionShape& s,
   auto* kd = buffer<float>(kDiagK, B * keys * ld);
   auto* vd = buffer<float>(kDiagV, B * keys * ld);
   copy_rows(stream_, qd, q, B, s.nq, d.row0, rows, ld, sizeof(float));
-  copy_rows(stream_, kd, k, B, s.nk, k0, keys, ld, sizeof(float));
-  copy_rows(stream_, vd, v, B, s.nk, k0, keys, ld, sizeof(float));
+  // Float32 copies for the blocked path: of bfloat16 keys and values, widened.
+  auto rows_of = [&](float* dst, const void* src) {
+    if (!kv.bf16) {
+      copy_rows(stream_, dst, src, B, s.nk, k0, keys, ld, sizeof(float));
+      return;
+    }
+    auto* half = buffer<uint16_t>(kDiagBf16, B * keys * ld);
+    copy_rows(stream_, half, src, B, s.nk, k0, keys, ld, sizeof(uint16_t));
+    kern::bf16_to_float(stream_, dst, half, B * keys * ld);
+  };
+  rows_of(kd, kv.k);
+  rows_of(vd, kv.v);
   d.q = qd, d.k = kd, d.v = vd;
   uint8_t* keep = nullptr;
   if (s.k_keep) {
@@ -231,10 +250,10 @@ CudnnAttention::Diagonal CudnnAttention::diagonal(const AttentionShape& s,
   return d;
 }
 
-void CudnnAttention::forward(const AttentionShape& s, const float* q, const float* k,
-                             const float* v, float* o, float* lse) {
+void CudnnAttention::forward(const AttentionShape& s, const float* q, KeyValues kv, float* o,
+                             float* lse) {
   const int64_t B = s.batch, H = s.heads, D = s.head_dim, ld = H * D, nq = s.nq;
-  const Operands x = operands(s, q, k, v);
+  const Operands x = operands(s, q, kv);
   const CudnnGraph* g = graph(false, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, nullptr);
   PAR_ASSERT(g, "cuDNN attention forward without a successful prepare()");
   auto* ob = buffer<uint16_t>(kOb, B * x.rows * ld);
@@ -246,18 +265,19 @@ void CudnnAttention::forward(const AttentionShape& s, const float* q, const floa
   const Piece p = piece_of(s);
   if (!p.seg.has_diag()) return;
   // The diagonal: the blocked path over its rows and keys, merged into theirs.
-  const Diagonal d = diagonal(s, p.seg, q, k, v);
+  const Diagonal d = diagonal(s, p.seg, q, kv);
   auto* od = buffer<float>(kDiagO, B * d.shape.nq * ld);
   auto* lsed = buffer<float>(kDiagLse, B * H * d.shape.nq);
   blocked_.forward(d.shape, d.q, d.k, d.v, od, lsed);
   kern::merge_attention_rows(stream_, o, lse, od, lsed, B, nq, d.row0, d.shape.nq, H, D);
 }
 
-void CudnnAttention::backward(const AttentionShape& s, const float* q, const float* k,
-                              const float* v, const float* o, const float* d_o,
-                              const float* lse, float* dq, float* dk, float* dv) {
+void CudnnAttention::backward(const AttentionShape& s, const float* q, KeyValues kv,
+                              const float* o, const float* d_o, const float* lse, float* dq,
+                              KeyValueGrads grads) {
   const int64_t B = s.batch, H = s.heads, D = s.head_dim, ld = H * D, nq = s.nq, nk = s.nk;
-  const Operands x = operands(s, q, k, v);
+  const size_t bytes_per = grads.bf16 ? sizeof(uint16_t) : sizeof(float);
+  const Operands x = operands(s, q, kv);
   const CudnnGraph* g = graph(true, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, nullptr);
   PAR_ASSERT(g, "cuDNN attention backward without a successful prepare()");
   auto* ob = buffer<uint16_t>(kOb, B * x.rows * ld);
@@ -275,12 +295,19 @@ void CudnnAttention::backward(const AttentionShape& s, const float* q, const flo
            {sdpa::kDQ, dqb}, {sdpa::kDK, dkb}, {sdpa::kDV, dvb},
            {sdpa::kSoftmaxSum, softmax_sum}});
   kern::query_grads(stream_, dq, dqb, x.seq_kv, B, nq, x.row0, ld);
-  kern::scatter_key_grads(stream_, dk, dv, dkb, dvb, x.flags, x.pos, B, nk, x.keys, ld);
+  if (grads.bf16)
+    kern::scatter_key_grads(stream_, static_cast<uint16_t*>(grads.dk),
+                            static_cast<uint16_t*>(grads.dv), dkb, dvb, x.flags, x.pos, B, nk,
+                            x.keys, ld);
+  else
+    kern::scatter_key_grads(stream_, static_cast<float*>(grads.dk),
+                            static_cast<float*>(grads.dv), dkb, dvb, x.flags, x.pos, B, nk,
+                            x.keys, ld);
 
   int64_t seen_keys = x.keys;  // keys past the ones some query sees get zero gradients
   const Piece p = piece_of(s);
   if (p.seg.has_diag()) {
-    const Diagonal d = diagonal(s, p.seg, q, k, v);
+    const Diagonal d = diagonal(s, p.seg, q, kv);
     const int64_t rows = d.shape.nq, keys = d.shape.nk, k0 = p.seg.prefix_keys;
     auto* od = buffer<float>(kDiagO, B * rows * ld);
     auto* dod = buffer<float>(kDiagDO, B * rows * ld);
@@ -294,12 +321,22 @@ void CudnnAttention::backward(const AttentionShape& s, const float* q, const flo
     copy_rows(stream_, lsed, lse, B * H, nq, d.row0, rows, 1, sizeof(float));
     blocked_.backward(d.shape, d.q, d.k, d.v, od, dod, lsed, dqd, dkd, dvd);
     kern::copy_blocks(stream_, dq + d.row0 * ld, nq * ld, dqd, rows * ld, B, rows * ld, true);
-    place_rows(stream_, dk, dkd, B, nk, k0, keys, ld, sizeof(float));
-    place_rows(stream_, dv, dvd, B, nk, k0, keys, ld, sizeof(float));
+    // Into bfloat16 gradients rounded once, as the other keys' are.
+    auto place = [&](void* dst, const float* src) {
+      if (!grads.bf16) {
+        place_rows(stream_, dst, src, B, nk, k0, keys, ld, sizeof(float));
+        return;
+      }
+      auto* half = buffer<uint16_t>(kDiagBf16, B * keys * ld);
+      kern::matrix_to_bf16(stream_, half, src, 1, B * keys * ld, B * keys * ld);
+      place_rows(stream_, dst, half, B, nk, k0, keys, ld, sizeof(uint16_t));
+    };
+    place(grads.dk, dkd);
+    place(grads.dv, dvd);
     seen_keys = p.seg.diag_keys_end;
   }
-  zero_rows_from(stream_, dk, B, nk, seen_keys, ld);
-  zero_rows_from(stream_, dv, B, nk, seen_keys, ld);
+  zero_rows_from(stream_, grads.dk, B, nk, seen_keys, ld, bytes_per);
+  zero_rows_from(stream_, grads.dv, B, nk, seen_keys, ld, bytes_per);
 }
 
 }  // namespace par::cuda

@@ -13,8 +13,10 @@
 // The backward takes the (merged) o and lse as given, so sequence-parallel ranks can pass
 // the merged statistics, and runs the same pieces.
 //
-// The model's tensors are float32, so operands are converted to bf16 on the way in (in
-// the gather, for keys and values) and results back to float32.
+// Queries, outputs and statistics are float32, so they are converted to bf16 on the way
+// in and results back to float32. Keys and values may be stored in float32 (converted in
+// the gather) or in bfloat16 (KeyValues::bf16: gathered as they are, and their gradients
+// scattered back as cuDNN makes them).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -59,13 +61,31 @@ class CudnnAttention {
   // refusal of the graph. Builds (once per shape) the graphs the call needs, so the
   // first call of a shape takes longer.
   std::string prepare(const AttentionShape& s, bool backward);
+  // A call's keys and values and their gradients: float32, or bfloat16 bits (uint16_t).
+  struct KeyValues {
+    const void* k;
+    const void* v;
+    bool bf16 = false;
+  };
+  struct KeyValueGrads {
+    void* dk;
+    void* dv;
+    bool bf16 = false;
+  };
   // After prepare(s, false) returned "".
+  void forward(const AttentionShape& s, const float* q, KeyValues kv, float* o, float* lse);
   void forward(const AttentionShape& s, const float* q, const float* k, const float* v,
-               float* o, float* lse);
+               float* o, float* lse) {
+    forward(s, q, KeyValues{k, v, false}, o, lse);
+  }
   // After prepare(s, true) returned "".
+  void backward(const AttentionShape& s, const float* q, KeyValues kv, const float* o,
+                const float* d_o, const float* lse, float* dq, KeyValueGrads grads);
   void backward(const AttentionShape& s, const float* q, const float* k, const float* v,
                 const float* o, const float* d_o, const float* lse, float* dq, float* dk,
-                float* dv);
+                float* dv) {
+    backward(s, q, KeyValues{k, v, false}, o, d_o, lse, dq, KeyValueGrads{dk, dv, false});
+  }
 
  private:
   // direction, batch, heads, nq, nk, head_dim, causal, scale
@@ -87,7 +107,7 @@ class CudnnAttention {
     int64_t row0, rows, keys;
     bool graph_causal;
   };
-  Operands operands(const AttentionShape& s, const float* q, const float* k, const float* v);
+  Operands operands(const AttentionShape& s, const float* q, KeyValues kv);
   // Float32 copies of the diagonal piece's rows and keys (and key mask) as a call of its
   // own for the blocked path, whose rows start at row0 of the whole call.
   struct Diagonal {
@@ -96,7 +116,7 @@ class CudnnAttention {
     int64_t row0;
   };
   Diagonal diagonal(const AttentionShape& s, const AttentionSegments& seg, const float* q,
-                    const float* k, const float* v);
+                    KeyValues kv);
   template <typename T>
   T* buffer(int slot, int64_t count) {
     return static_cast<T*>(scratch_(slot, size_t(std::max<int64_t>(count, 1)) * sizeof(T)));

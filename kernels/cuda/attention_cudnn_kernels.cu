@@ -60,7 +60,8 @@ __global__ void key_count_kernel(int32_t* count, const int32_t* flags, const int
   }
 }
 
-__global__ void gather_keys_kernel(uint16_t* kd, uint16_t* vd, const float* k, const float* v,
+template <typename S>
+__global__ void gather_keys_kernel(uint16_t* kd, uint16_t* vd, const S* k, const S* v,
                                    const int32_t* flags, const int32_t* pos, int64_t batch,
                                    int64_t nk, int64_t prefix, int64_t width) {
   const int64_t per = prefix * width, n = batch * per;
@@ -70,8 +71,8 @@ __global__ void gather_keys_kernel(uint16_t* kd, uint16_t* vd, const float* k, c
     if (!flags[at]) continue;
     const int64_t row = pos[at] - pos[b * prefix];
     const int64_t dst = (b * prefix + row) * width + e, src = (b * nk + j) * width + e;
-    kd[dst] = to_bf16(k[src]);
-    vd[dst] = to_bf16(v[src]);
+    kd[dst] = to_bf16(stored_value(k[src]));
+    vd[dst] = to_bf16(stored_value(v[src]));
   }
 }
 
@@ -86,7 +87,8 @@ __global__ void zero_tail_kernel(uint16_t* kd, uint16_t* vd, const int32_t* coun
   }
 }
 
-__global__ void scatter_key_grads_kernel(float* dk, float* dv, const uint16_t* dkd,
+template <typename S>
+__global__ void scatter_key_grads_kernel(S* dk, S* dv, const uint16_t* dkd,
                                          const uint16_t* dvd, const int32_t* flags,
                                          const int32_t* pos, int64_t batch, int64_t nk,
                                          int64_t prefix, int64_t width) {
@@ -95,13 +97,13 @@ __global__ void scatter_key_grads_kernel(float* dk, float* dv, const uint16_t* d
     const int64_t b = t / per, j = (t % per) / width, e = t % width;
     const int64_t at = b * prefix + j, dst = (b * nk + j) * width + e;
     if (!flags[at]) {
-      dk[dst] = 0;
-      dv[dst] = 0;
+      store_value(dk + dst, 0.0f);
+      store_value(dv + dst, 0.0f);
       continue;
     }
     const int64_t src = (b * prefix + pos[at] - pos[b * prefix]) * width + e;
-    dk[dst] = from_bf16(dkd[src]);
-    dv[dst] = from_bf16(dvd[src]);
+    store_value(dk + dst, from_bf16(dkd[src]));
+    store_value(dv + dst, from_bf16(dvd[src]));
   }
 }
 
@@ -204,21 +206,34 @@ void scan_visible_keys(cudaStream_t st, int32_t* flags, int32_t* pos, int32_t* c
   launch(st, batch, key_count_kernel, "key_count_kernel", count, flags, pos, batch, prefix);
 }
 
-void gather_keys(cudaStream_t st, uint16_t* kd, uint16_t* vd, const float* k, const float* v,
+template <typename S>
+void gather_keys(cudaStream_t st, uint16_t* kd, uint16_t* vd, const S* k, const S* v,
                  const int32_t* flags, const int32_t* pos, const int32_t* count,
                  int64_t batch, int64_t nk, int64_t prefix, int64_t width) {
   const int64_t n = batch * prefix * width;
-  launch(st, n, gather_keys_kernel, "gather_keys_kernel", kd, vd, k, v, flags, pos, batch, nk,
-         prefix, width);
+  launch(st, n, gather_keys_kernel<S>, "gather_keys_kernel", kd, vd, k, v, flags, pos, batch,
+         nk, prefix, width);
   launch(st, n, zero_tail_kernel, "zero_tail_kernel", kd, vd, count, batch, prefix, width);
 }
 
-void scatter_key_grads(cudaStream_t st, float* dk, float* dv, const uint16_t* dkd,
+template <typename S>
+void scatter_key_grads(cudaStream_t st, S* dk, S* dv, const uint16_t* dkd,
                        const uint16_t* dvd, const int32_t* flags, const int32_t* pos,
                        int64_t batch, int64_t nk, int64_t prefix, int64_t width) {
-  launch(st, batch * prefix * width, scatter_key_grads_kernel, "scatter_key_grads_kernel", dk,
-         dv, dkd, dvd, flags, pos, batch, nk, prefix, width);
+  launch(st, batch * prefix * width, scatter_key_grads_kernel<S>, "scatter_key_grads_kernel",
+         dk, dv, dkd, dvd, flags, pos, batch, nk, prefix, width);
 }
+
+#define PAR_KEY_KERNELS(S)                                                                       \
+  template void gather_keys(cudaStream_t, uint16_t*, uint16_t*, const S*, const S*,             \
+                            const int32_t*, const int32_t*, const int32_t*, int64_t, int64_t,   \
+                            int64_t, int64_t);                                                   \
+  template void scatter_key_grads(cudaStream_t, S*, S*, const uint16_t*, const uint16_t*,       \
+                                  const int32_t*, const int32_t*, int64_t, int64_t, int64_t,    \
+                                  int64_t);
+PAR_KEY_KERNELS(float)
+PAR_KEY_KERNELS(uint16_t)
+#undef PAR_KEY_KERNELS
 
 void attention_results(cudaStream_t st, float* o, float* lse, const uint16_t* ob,
                        const float* stats, const int32_t* count, int64_t batch, int64_t nq,

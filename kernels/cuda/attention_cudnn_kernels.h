@@ -32,13 +32,16 @@ void scan_visible_keys(cudaStream_t st, int32_t* flags, int32_t* pos, int32_t* c
                        void* scratch, size_t scratch_bytes);
 // kd, vd [batch, prefix, width] bf16: the visible keys and values of k, v [batch, nk,
 // width] in order, then zero rows up to prefix (cuDNN may read a tile past the last key;
-// zeros keep 0 * garbage out of its sums).
-void gather_keys(cudaStream_t st, uint16_t* kd, uint16_t* vd, const float* k, const float* v,
+// zeros keep 0 * garbage out of its sums). S: float, or uint16_t for bfloat16-stored keys
+// and values (copied as they are).
+template <typename S>
+void gather_keys(cudaStream_t st, uint16_t* kd, uint16_t* vd, const S* k, const S* v,
                  const int32_t* flags, const int32_t* pos, const int32_t* count,
                  int64_t batch, int64_t nk, int64_t prefix, int64_t width);
 // The inverse for the gradients: dk[b, j] = float(dkd[b, dense row of j]) for visible
-// keys j < prefix, 0 for masked ones; rows >= prefix are left alone.
-void scatter_key_grads(cudaStream_t st, float* dk, float* dv, const uint16_t* dkd,
+// keys j < prefix, 0 for masked ones; rows >= prefix are left alone. S as for gather_keys.
+template <typename S>
+void scatter_key_grads(cudaStream_t st, S* dk, S* dv, const uint16_t* dkd,
                        const uint16_t* dvd, const int32_t* flags, const int32_t* pos,
                        int64_t batch, int64_t nk, int64_t prefix, int64_t width);
 

@@ -1,10 +1,10 @@
 // CudaOps's operations on bfloat16-stored tensors (core/ops.h). Rounding, rotary and the
-// bias gradient read and write bfloat16 directly. The attention and the linear layer's
-// backward widen their bfloat16 operands into float32 scratch and run the float32
-// operation, which rounds them back to bfloat16 where it multiplies in bf16: the same
-// arithmetic, at the memory of float32 storage. Reading them in place (cuDNN takes
-// bfloat16 keys and values as they are; cuBLAS a bfloat16 output gradient) is what makes
-// the storage pay on the GPU.
+// bias gradient read and write bfloat16 directly; so do the attention where it runs on
+// cuDNN (which gathers the keys and values as they are and scatters their gradients as it
+// makes them) and the linear backward where its products run on bfloat16 operands (the
+// output gradient is then its own compact copy). Elsewhere the bfloat16 operands are
+// widened into float32 scratch for the float32 operation. Either way each gives the bits
+// of its float32 operation on the widened values (what the parity cases check).
 #include "kernels/cuda/cuda_ops_impl.h"
 
 namespace par::cuda {
@@ -29,10 +29,19 @@ void CudaOps::rotary_bf16(uint16_t* x, int64_t batch, int64_t n, int64_t heads,
                     inverse);
 }
 
+// Where attention_forward takes cuDNN's path for this call (not the one-query split
+// kernel), the bfloat16 keys and values go there as they are.
 void CudaOps::attention_forward_bf16_kv(const AttentionShape& s, const float* q,
                                         const uint16_t* k, const uint16_t* v, float* o,
                                         float* lse) {
   use_device();
+  const bool one_query = s.nq == 1 && (attention_kernel_ == AttentionKernel::kAuto ||
+                                       attention_kernel_ == AttentionKernel::kFused);
+  if (!one_query)
+    if (CudnnAttention* c = cudnn_for(s, false)) {
+      c->forward(s, q, CudnnAttention::KeyValues{k, v, true}, o, lse);
+      return;
+    }
   const int64_t count = elements(s);
   auto* kw = static_cast<float*>(scratch(kWidened, size_t(std::max<int64_t>(2 * count, 1)) * 4));
   float* vw = kw + count;
@@ -46,6 +55,11 @@ void CudaOps::attention_backward_bf16_kv(const AttentionShape& s, const float* q
                                          const float* d_o, const float* lse, float* dq,
                                          uint16_t* dk, uint16_t* dv) {
   use_device();
+  if (CudnnAttention* c = cudnn_for(s, true)) {
+    c->backward(s, q, CudnnAttention::KeyValues{k, v, true}, o, d_o, lse, dq,
+                CudnnAttention::KeyValueGrads{dk, dv, true});
+    return;
+  }
   const int64_t count = elements(s);
   auto* kw = static_cast<float*>(scratch(kWidened, size_t(std::max<int64_t>(4 * count, 1)) * 4));
   float* vw = kw + count;
@@ -62,6 +76,24 @@ void CudaOps::linear_backward_bf16_dy(float* dx, bool accumulate_dx, float* dw, 
                                       const uint16_t* dy, const float* x, const float* w,
                                       int64_t rows, int64_t in, int64_t out) {
   use_device();
+  // As linear_backward decides, so that both give the same bits.
+  const int64_t products = (int64_t(dx != nullptr) + int64_t(dw != nullptr)) * rows * in * out;
+  const int64_t elements = rows * out + (dx ? out * in : 0) + (dw ? rows * in : 0);
+  if (products > 0 && bf16_operands_for(products, elements)) {
+    // dy is [rows, out] with nothing between rows: the compact copy of A in both products.
+    const RowMajorGemm gdx = row_major_gemm(false, false, rows, in, out, 1.0f, nullptr, out, w,
+                                            in, accumulate_dx ? 1.0f : 0.0f, dx, in);
+    const RowMajorGemm gdw = row_major_gemm(true, false, out, in, rows, 1.0f, nullptr, out, x,
+                                            in, 1.0f, dw, in);
+    if (dx) gemm_bf16(gdx, dy, bf16_copy(kBf16B, w, stored_b(gdx)));
+    if (dw) gemm_bf16(gdw, dy, bf16_copy(kBf16B, x, stored_b(gdw)));
+    if (db && rows > 0 && out > 0) {
+      auto* partial = static_cast<float*>(
+          scratch(kColumnPartial, size_t(kern::column_sums_partial_floats(rows, out)) * 4));
+      kern::column_sums_bf16(stream_, db, dy, rows, out, partial);
+    }
+    return;
+  }
   const int64_t count = rows * out;
   auto* dyw = static_cast<float*>(scratch(kWidened, size_t(std::max<int64_t>(count, 1)) * 4));
   kern::bf16_to_float(stream_, dyw, dy, count);
