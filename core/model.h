@@ -26,6 +26,7 @@
 #include "core/blocks.h"
 #include "core/constants.h"
 #include "core/groups.h"
+#include "core/key_value_storage.h"
 #include "core/model_config.h"
 #include "core/ops.h"
 #include "core/param_layout.h"
@@ -68,17 +69,11 @@ struct LossSums {
   int64_t valid = 0;     // targets that are not PAD
 };
 
-// Where the input side keeps its keys and values and their gradients ([B, N/sp, d/tp] each,
-// the model's largest tensors): in T, or in bfloat16 (the Ops `_bf16` operations), which
-// halves them. In bfloat16 the rotated keys and the values are rounded once as the
-// projections make them, and their gradients as the attention's backward makes them; the
-// rest of the step is unchanged. The input side then takes 6 [B, N/sp, d] tensors of T
-// instead of 8.
-enum class KeyValueStorage { kNative, kBf16 };
-
 template <typename T>
 class PerceiverAR {
  public:
+  // With KeyValueStorage::kBf16 the input side takes 6 [B, N/sp, d] tensors of T where it
+  // takes 8 otherwise (without tensor parallelism; Acts::carve_bf16_inputs in model.cpp).
   PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch, ModelGroups groups = {},
               KeyValueStorage kv = KeyValueStorage::kNative);
   // What the constructor will allocate on each rank of an sp x tp layout, computed by

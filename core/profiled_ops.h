@@ -53,6 +53,23 @@ class ProfiledOps final : public ForwardingOps<T> {
     label_ = s.nk > 4096 ? "attention_backward (cross)" : "attention_backward (latents)";
     ForwardingOps<T>::attention_backward(s, q, k, v, o, d_o, lse, dq, dk, dv);
   }
+  // Keys and values stored in bfloat16 (--kv-storage) are timed on the same lines.
+  void attention_forward_bf16_kv(const AttentionShape& s, const T* q, const uint16_t* k,
+                                 const uint16_t* v, T* o, T* lse) override {
+    label_ = s.nk > 4096 ? "attention_forward (cross)" : "attention_forward (latents)";
+    ForwardingOps<T>::attention_forward_bf16_kv(s, q, k, v, o, lse);
+  }
+  void attention_backward_bf16_kv(const AttentionShape& s, const T* q, const uint16_t* k,
+                                  const uint16_t* v, const T* o, const T* d_o, const T* lse,
+                                  T* dq, uint16_t* dk, uint16_t* dv) override {
+    label_ = s.nk > 4096 ? "attention_backward (cross)" : "attention_backward (latents)";
+    ForwardingOps<T>::attention_backward_bf16_kv(s, q, k, v, o, d_o, lse, dq, dk, dv);
+  }
+  void linear_backward_bf16_dy(T* dx, bool acc, T* dw, T* db, const uint16_t* dy, const T* x,
+                               const T* w, int64_t rows, int64_t in, int64_t out) override {
+    label_ = rows > 4096 ? "linear_backward (inputs)" : "linear_backward (latents)";
+    ForwardingOps<T>::linear_backward_bf16_dy(dx, acc, dw, db, dy, x, w, rows, in, out);
+  }
 
  protected:
   void around(const char* op, const OpCall& call) override {

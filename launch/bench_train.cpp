@@ -116,9 +116,10 @@ void print_report(const ModelConfig& mc, const RunConfig& rc, const ProcessGrid&
       backend.cuda ? dense_peak(backend.description, rc.precision) : std::nullopt;
   const double peak_share = peak ? gflops / 1e3 / (peak->tflops * grid.world_size()) : 0;
 
-  std::printf("model       %s | batch %lld | %d rank(s) (dp %d, sp %d, tp %d) x %d threads | %s\n",
+  std::printf("model       %s | batch %lld | %d rank(s) (dp %d, sp %d, tp %d) x %d threads | %s%s\n",
               mc.summary().c_str(), static_cast<long long>(rc.batch_size), grid.world_size(),
-              rc.dp, rc.sp, rc.tp, current_threads(), backend.description.c_str());
+              rc.dp, rc.sp, rc.tp, current_threads(), backend.description.c_str(),
+              rc.storage_note().c_str());
   std::printf("step        %.1f ms best, %.1f ms mean of %lld (rank 0 mean: forward %.1f, backward "
               "%.1f, gradient sums %.1f, optimizer %.1f)\n",
               1e3 * step_s, 1e3 * mean_s, static_cast<long long>(rc.steps), 1e3 * t.forward / n,

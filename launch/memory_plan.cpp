@@ -112,6 +112,25 @@ double cuda_bf16_copies(const PlanRequest& r) {
   return double(a + b) * 2 * 9 / 8;
 }
 
+// Where bfloat16-stored keys and values (--kv-storage) meet a float32 path, the CUDA
+// backend widens them into one scratch slot (kernels/cuda/cuda_ops_bf16.cpp): the
+// attention's backward off cuDNN widens the keys and values and takes float32 gradients
+// (4 tensors of [B, N/sp, d/tp]); the key and value projections' backward, where their
+// products do not run on bfloat16 operands, widens the output gradient (1). 0 where both
+// read bfloat16 as it is. With the backend's 1/8 of headroom.
+double cuda_widened_keys_values(const PlanRequest& r) {
+  if (!r.kv_bf16) return 0;
+  const ModelConfig& c = r.model;
+  const double rows = double(r.micro_batch) * double(c.context_length / r.sp);
+  const double in = double(c.d_model), out = double(c.d_model / r.tp);
+  double tensors = r.cudnn_attention ? 0 : 4;
+  const bool products_bf16 =
+      r.bf16_products && cuda::bf16_operands_pay(int64_t(2 * rows * in * out),
+                                                 int64_t(rows * out + out * in + rows * in));
+  if (!products_bf16) tensors = std::max(tensors, 1.0);
+  return tensors * rows * out * sizeof(float) * 9 / 8;
+}
+
 }  // namespace
 
 double MemoryPlan::host_bytes() const { return sum(host); }
@@ -136,12 +155,15 @@ PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cu
   r.bf16_products = cuda && run.precision == "bf16";
   r.cudnn_attention = cuda && run.precision == "bf16" &&
                       (run.attention == "auto" || run.attention == "cudnn");
+  r.kv_bf16 = run.key_value_storage() == KeyValueStorage::kBf16;
   r.runtime_bytes = double(resident_bytes());
   return r;
 }
 
 MemoryPlan plan_memory(const PlanRequest& r) {
-  const ModelMemory m = PerceiverAR<float>::memory(r.model, r.micro_batch, r.sp, r.tp);
+  const ModelMemory m = PerceiverAR<float>::memory(
+      r.model, r.micro_batch, r.sp, r.tp,
+      r.kv_bf16 ? KeyValueStorage::kBf16 : KeyValueStorage::kNative);
   MemoryPlan plan;
   std::vector<MemoryItem>& state = r.cuda ? plan.device : plan.host;
   plan.host.push_back({"runtime", r.runtime_bytes});
@@ -151,6 +173,8 @@ MemoryPlan plan_memory(const PlanRequest& r) {
   if (r.cuda)
     plan.device.push_back({"attention scratch", cuda_attention_scratch(r)});
   if (r.bf16_products) plan.device.push_back({"bf16 operand copies", cuda_bf16_copies(r)});
+  if (r.cuda && r.kv_bf16)
+    plan.device.push_back({"widened keys and values", cuda_widened_keys_values(r)});
   // The CPU kernels' scratch only where they run (a GPU run's kernels take device scratch).
   if (!r.cuda) plan.host.push_back({"kernel scratch", cpu_kernel_scratch(r)});
   if (r.checkpoints) plan.host.push_back({"checkpoint copies", 3 * m.params});

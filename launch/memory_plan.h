@@ -9,6 +9,8 @@
 //   CPU kernel scratch                  the kernels' Workspace (kernels/cpu/workspace.h),
 //                                       sized by the kernels' own layouts
 //   GPU attention scratch               the key block of kernels/cuda/attention_plan.h
+//   widened keys and values (GPU)       kernels/cuda/cuda_ops_bf16.cpp, where bfloat16
+//                                       keys and values meet a float32 path
 //   checkpoint copies (train)           host copies of parameters and both moments,
 //                                       made when saving and when resuming
 //   runtime                             what the process holds when it plans: libraries,
@@ -51,6 +53,7 @@ struct PlanRequest {
   bool cuda = false;
   bool cudnn_attention = false;  // cuda, bf16 and --attention auto or cudnn
   bool bf16_products = false;    // cuda and bf16: large products on bfloat16 copies
+  bool kv_bf16 = false;          // the input side's keys and values in bfloat16 (--kv-storage)
   bool checkpoints = false;      // train: host copies of the state to save or resume
   double data_bytes = 0;         // token batches held (train: Loader::memory_bytes)
   int64_t gemm_n = 0;            // bench: its n x n x n yardstick product

@@ -44,13 +44,20 @@ struct RunConfig {
   std::string device = "cpu";        // cpu | cuda
   std::string precision = "fp32";    // matrix products on cuda: fp32 | tf32 | bf16
   std::string attention = "auto";    // attention kernels on cuda: auto | blocked | fused | cudnn
+  std::string kv_storage = "auto";   // the input side's keys and values: auto | bf16 | fp32
   double collective_timeout = 1800;  // seconds one collective may wait (0: for ever)
 
   int64_t micro_batch() const { return batch_size / accum_steps; }
   // What a training step takes of these options.
   TrainingConfig training() const {
-    return TrainingConfig{micro_batch(), dropout, cross_attend_dropout, seed};
+    return TrainingConfig{micro_batch(), dropout, cross_attend_dropout, seed,
+                          key_value_storage()};
   }
+  // --kv-storage resolved: auto is bf16 where cuDNN's attention reads the keys and values
+  // (--device cuda --precision bf16, --attention auto or cudnn), fp32 elsewhere.
+  KeyValueStorage key_value_storage() const;
+  // " | keys and values in bf16" where they are, for the logs' layout lines; "" otherwise.
+  std::string storage_note() const;
   void validate() const;
   // UserError unless the model and the batch fit the --dp/--sp/--tp layout.
   void validate_layout(const ModelConfig& model) const;

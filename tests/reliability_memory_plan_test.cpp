@@ -90,6 +90,50 @@ TEST(ReliabilityMemoryPlan, PlansTheBf16CopiesOfTheInputSide) {
   EXPECT_EQ(copies(), (N / 4 * d + N / 4 * d) * 2 * 9 / 8);
 }
 
+// Keys and values in bfloat16 (--kv-storage, bf16 by default with cuDNN's attention):
+// 512 MiB less activations at gpu-100m-131k, and no scratch to widen them where cuDNN and
+// the bf16 products read them as they are; where they meet float32 paths (--kv-storage
+// bf16 with fp32 products: attention and projections off bf16), the widened copies are
+// planned: four [N, d] float tensors for the attention's backward.
+TEST(ReliabilityMemoryPlan, PlansKeysAndValuesInBf16) {
+  PlanRequest r;
+  r.model = ModelConfig{.vocab_size = 259, .d_model = 1024, .context_length = 131072,
+                        .num_latents = 1024, .num_layers = 6, .cross_heads = 16,
+                        .self_heads = 16, .mlp_factor = 4};
+  r.cuda = true;
+  r.bf16_products = r.cudnn_attention = true;
+  auto item = [&](const std::string& what) {
+    for (const MemoryItem& i : plan_memory(r).device)
+      if (i.what.rfind(what, 0) == 0) return i.bytes;
+    return -1.0;
+  };
+  const double tensor = 131072.0 * 1024 * 4;
+  const double fp32 = item("activations");
+  EXPECT_EQ(item("widened keys and values"), -1.0);
+  r.kv_bf16 = true;
+  EXPECT_NEAR(fp32 - item("activations"), tensor, 1024);
+  EXPECT_EQ(item("widened keys and values"), 0.0);
+  r.bf16_products = r.cudnn_attention = false;
+  EXPECT_EQ(item("widened keys and values"), 4 * tensor * 9 / 8);
+
+  // From the options: auto is bf16 only where cuDNN's attention reads them.
+  RunConfig run;
+  run.device = "cuda";
+  run.precision = "bf16";
+  EXPECT_TRUE(plan_request(r.model, run, true).kv_bf16);
+  run.attention = "blocked";
+  EXPECT_FALSE(plan_request(r.model, run, true).kv_bf16);
+  run.kv_storage = "bf16";
+  EXPECT_TRUE(plan_request(r.model, run, true).kv_bf16);
+  run = RunConfig{};
+  run.device = "cuda";
+  run.precision = "tf32";
+  EXPECT_FALSE(plan_request(r.model, run, true).kv_bf16);
+  run.kv_storage = "fp32";
+  run.precision = "bf16";
+  EXPECT_FALSE(plan_request(r.model, run, true).kv_bf16);
+}
+
 // Far too large for this machine: exit 2 with the estimate, at once, without a run
 // directory. (Before the plan: std::bad_alloc and exit 1 after creating the directory, or
 // memory climbing for minutes; the address-space limit here bounds that.)
@@ -159,6 +203,15 @@ TEST(ReliabilityMemoryPlan, DryRunForGpusPlansWithoutAGpu) {
             std::string::npos);
   EXPECT_USER_ERROR(run_par(dir, cat(gpu, " --precision fp16")), "--precision must be");
   EXPECT_USER_ERROR(run_par(dir, cat(gpu, " --attention cudnn")), "needs --precision bf16");
+  // Keys and values in bf16 by default with cuDNN's attention, said on the layout line.
+  r = run_par(dir, cat(gpu, " --precision bf16"));
+  EXPECT_NE(r.out.find("| keys and values in bf16\n"), std::string::npos) << r.out;
+  r = run_par(dir, cat(gpu, " --precision bf16 --kv-storage fp32"));
+  EXPECT_EQ(r.out.find("keys and values in bf16"), std::string::npos) << r.out;
+  EXPECT_USER_ERROR(run_par(dir, cat(gpu, " --kv-storage half")),
+                    "--kv-storage must be auto, bf16 or fp32 (got 'half')");
+  EXPECT_USER_ERROR(run_par(dir, cat("train --config ", quote(kTiny), " --dry-run --kv-storage bf16")),
+                    "--kv-storage bf16 is for --device cuda");
   EXPECT_USER_ERROR(run_par(dir, cat(gpu, " --batch-size 1000000000")), "not enough memory");
   // Only a dry run goes on without a GPU.
   const std::string data = testing_util::copy_task_data(dir, 65, 30);

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "core/key_value_storage.h"
+
 namespace par {
 
 struct TrainingConfig {
@@ -12,6 +14,7 @@ struct TrainingConfig {
   double dropout = 0.1;             // residual dropout
   double cross_attend_dropout = 0;  // input positions dropped from the cross-attention
   uint64_t seed = 0;                // --seed, from which the dropout stream is derived
+  KeyValueStorage kv_storage = KeyValueStorage::kNative;  // the input side's keys and values
 };
 
 }  // namespace par

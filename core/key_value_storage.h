@@ -1,0 +1,13 @@
+// Where the input side of the model keeps its keys and values and their gradients
+// ([B, N/sp, d/tp] each, the model's largest tensors): in the model's element type, or in
+// bfloat16 (the Ops `_bf16` operations), which halves them. In bfloat16 the rotated keys
+// and the values are rounded once as the projections make them, and their gradients as the
+// attention's backward makes them; the rest of the step is unchanged (PerceiverAR,
+// core/model.h). `--kv-storage` of par train and par bench (launch/options.h).
+#pragma once
+
+namespace par {
+
+enum class KeyValueStorage { kNative, kBf16 };
+
+}  // namespace par
