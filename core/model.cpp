@@ -384,6 +384,14 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
     ops_.embedding_forward(a.h + b * Nl * d, a.tokens + b * cols, p_.embed, Nl, d);
   if (positions_) add_absolute_positions(windows, ctx.position_carry);
   const double cad = ctx.training ? ctx.cross_attend_dropout : 0.0;
+  // Known here, on the host: a backend may then read the keys where they lie.
+  every_key_kept_ = cad == 0;
+  for (int64_t b = 0; b < B && every_key_kept_; ++b)
+    for (int64_t j = 0; j < Nl; ++j)
+      if (windows[b * cols + j] == kPadToken) {
+        every_key_kept_ = false;
+        break;
+      }
   ops_.key_keep_mask(a.keep, a.tokens, B, Nl, cols, cad,
                      DropoutKey{ctx.seed, ctx.step, DropSite::kCrossAttend}, ctx.example_base,
                      pos0_);
@@ -498,6 +506,7 @@ AttentionShape PerceiverAR<T>::cross_attention_shape() const {
                    1.0 / std::sqrt(double(Dc))};
   s.q_pos_first = cfg_.context_length - M;
   s.k_pos_first = pos0_;
+  s.keeps_every_key = every_key_kept_;
   return s;
 }
 

@@ -156,6 +156,7 @@ class PerceiverAR {
   std::unique_ptr<PositionTable<T>> positions_;  // with absolute positions only
   // State of the last forward, needed by backward.
   int64_t batch_ = 0;
+  bool every_key_kept_ = false;  // no PAD among this rank's inputs and no key dropout
   ForwardContext ctx_;
 };
 

@@ -50,6 +50,9 @@ struct AttentionShape {
   static constexpr int64_t kUnknownPosition = INT64_MIN;
   int64_t q_pos_first = kUnknownPosition;
   int64_t k_pos_first = kUnknownPosition;
+  // The caller knows that k_keep (if given) keeps every key (no PAD, no key dropout): a
+  // backend may ignore it, and read the keys where they lie rather than gather the kept ones.
+  bool keeps_every_key = false;
 };
 
 // Attention of nq queries over keys and values that are functions of a token id, rotated

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/model.h"
+#include "core/ops_decorator.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/test_util.h"
 
@@ -125,6 +126,71 @@ TEST(ModelBf16Storage, SavesTwoOfTheInputSidesEightTensors) {
       // Pieces start 64-byte aligned: a few such gaps either way.
       EXPECT_NEAR(native.activations - bf16.activations, saved_halves * half, 1024);
     }
+}
+
+// Records, for each cross-attention call (more keys than queries), whether the model said
+// every key is kept and whether its mask keeps every key.
+class KeyMaskRecorder final : public ForwardingOps<float> {
+ public:
+  using ForwardingOps<float>::ForwardingOps;
+  struct Call {
+    bool said_all = false, all = false;
+  };
+  std::vector<Call> calls;
+  void attention_forward_bf16_kv(const AttentionShape& s, const float* q, const uint16_t* k,
+                                 const uint16_t* v, float* o, float* lse) override {
+    record(s);
+    ForwardingOps<float>::attention_forward_bf16_kv(s, q, k, v, o, lse);
+  }
+  void attention_backward_bf16_kv(const AttentionShape& s, const float* q, const uint16_t* k,
+                                  const uint16_t* v, const float* o, const float* d_o,
+                                  const float* lse, float* dq, uint16_t* dk,
+                                  uint16_t* dv) override {
+    record(s);
+    ForwardingOps<float>::attention_backward_bf16_kv(s, q, k, v, o, d_o, lse, dq, dk, dv);
+  }
+
+ private:
+  void record(const AttentionShape& s) {
+    Call c{s.keeps_every_key, true};
+    if (s.k_keep)
+      for (int64_t i = 0; i < s.batch * s.nk; ++i) c.all = c.all && s.k_keep[i] != 0;
+    calls.push_back(c);
+  }
+};
+
+// The model tells the backend that every key is kept (AttentionShape::keeps_every_key, on
+// which the GPU reads bfloat16 keys in place, ignoring the mask) exactly when its mask keeps
+// every key: no PAD among the inputs and no cross-attend dropout.
+TEST(ModelBf16Storage, SaysEveryKeyIsKeptOnlyWhenItIs) {
+  const ModelConfig cfg = config();
+  const int64_t B = 2, W = cfg.context_length + 1;
+  cpu::CpuOps<float> cpu;
+  KeyMaskRecorder ops(cpu);
+  PerceiverAR<float> model(cfg, ops, B, {}, KeyValueStorage::kBf16);
+  const std::vector<float> params = random_vector<float>(model.layout().total(), 4, 0.4);
+  ops.upload(model.params(), params.data(), params.size() * sizeof(float));
+  std::vector<int32_t> windows(size_t(B * W));
+  for (size_t i = 0; i < windows.size(); ++i) windows[i] = int32_t(1 + i % 7);
+  auto step = [&](double cad) {
+    ops.calls.clear();
+    ForwardContext ctx;
+    ctx.training = true;
+    ctx.cross_attend_dropout = cad;
+    ctx.seed = 5;
+    const LossSums sums = model.forward(windows.data(), B, ctx);
+    model.backward(1.0 / double(sums.valid));
+    EXPECT_EQ(ops.calls.size(), 2u);  // the forward and the backward
+    for (const auto& c : ops.calls) EXPECT_TRUE(!c.said_all || c.all) << "said so wrongly";
+    return !ops.calls.empty() && ops.calls[0].said_all && ops.calls[1].said_all;
+  };
+  EXPECT_TRUE(step(0.0));
+  EXPECT_FALSE(step(0.25));
+  windows[size_t(W + 3)] = kPadToken;  // one PAD input in the second example
+  EXPECT_FALSE(step(0.0));
+  windows[size_t(W + 3)] = 4;
+  windows[size_t(W - 1)] = kPadToken;  // the first example's last column: a target only
+  EXPECT_TRUE(step(0.0));
 }
 
 }  // namespace

@@ -49,8 +49,15 @@ Piece piece_of(const AttentionShape& s) {
   p.row0 = p.seg.empty_rows;
   p.rows = p.seg.prefix_rows();
   p.keys = p.seg.prefix_keys;
-  p.keep = s.k_keep;
+  p.keep = s.keeps_every_key ? nullptr : s.k_keep;
   return p;
+}
+
+// Rows between examples of the keys cuDNN reads: the caller's own tensor's (nk) where it
+// reads bfloat16 keys in place, none masked; 0 (packed: the gathered copy) otherwise.
+int64_t kv_rows_of(const AttentionShape& s, const Piece& p, bool kv_bf16) {
+  const bool masked = !p.causal && p.keep != nullptr;
+  return kv_bf16 && !masked ? s.nk : 0;
 }
 
 std::string describe_shape(bool backward, int64_t b, int64_t h, int64_t nq, int64_t nk,
@@ -115,8 +122,8 @@ CudnnAttention::~CudnnAttention() {
 
 const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t heads,
                                         int64_t nq, int64_t nk, int64_t head_dim, bool causal,
-                                        double scale, std::string* why) {
-  const Key key{backward, batch, heads, nq, nk, head_dim, causal, scale};
+                                        double scale, int64_t kv_rows, std::string* why) {
+  const Key key{backward, batch, heads, nq, nk, head_dim, causal, scale, kv_rows};
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     Entry e;
@@ -136,7 +143,7 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
           throw CudnnError(cat("cudnnSetStream: ", api_->describe(st)));
         }
       }
-      const sdpa::Dims d{batch, heads, nq, nk, head_dim, scale, causal, api_->version};
+      const sdpa::Dims d{batch, heads, nq, nk, head_dim, scale, causal, api_->version, kv_rows};
       const sdpa::Graph g = backward ? sdpa::describe_backward(d) : sdpa::describe_forward(d);
       e.graph = std::make_unique<CudnnGraph>(*api_, g, handle_);
       e.graph->build_plan(handle_);
@@ -156,7 +163,7 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
   return it->second.graph.get();
 }
 
-std::string CudnnAttention::prepare(const AttentionShape& s, bool backward) {
+std::string CudnnAttention::prepare(const AttentionShape& s, bool backward, bool kv_bf16) {
   if (!api_) return "cuDNN is not available: " + cudnn_unavailable_reason();
   if (std::string bad = sdpa::version_refusal(api_->version); !bad.empty()) return bad;
   if (s.q_pos_first == AttentionShape::kUnknownPosition ||
@@ -171,7 +178,8 @@ std::string CudnnAttention::prepare(const AttentionShape& s, bool backward) {
   if (backward && p.rows == 1 && p.keys == 1)
     return "cuDNN's backward does not take one query over one key";
   std::string why;
-  return graph(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal, s.scale, &why)
+  return graph(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal, s.scale,
+               kv_rows_of(s, p, kv_bf16), &why)
              ? std::string()
              : why;
 }
@@ -192,6 +200,21 @@ CudnnAttention::Operands CudnnAttention::operands(const AttentionShape& s, const
   x.rows = p.rows;
   x.keys = p.keys;
   x.graph_causal = p.causal;
+  x.q = buffer<uint16_t>(kQb, B * p.rows * ld);
+  kern::rows_to_bf16(stream_, x.q, q, B, s.nq, p.row0, p.rows, ld);
+  x.seq_q = buffer<int32_t>(kSeqQ, B);
+  kern::fill_int32(stream_, x.seq_q, B, int32_t(p.rows));
+  x.kv_rows = kv_rows_of(s, p, kv.bf16);
+  if (x.kv_rows > 0) {
+    // Every one of the first p.keys keys is visible: cuDNN reads them where they lie.
+    x.in_place = true;
+    x.k = const_cast<uint16_t*>(static_cast<const uint16_t*>(kv.k));
+    x.v = const_cast<uint16_t*>(static_cast<const uint16_t*>(kv.v));
+    x.flags = x.pos = nullptr;
+    x.seq_kv = buffer<int32_t>(kCount, B);
+    kern::fill_int32(stream_, x.seq_kv, B, int32_t(p.keys));
+    return x;
+  }
   x.flags = buffer<int32_t>(kFlags, B * p.keys);
   x.pos = buffer<int32_t>(kPos, B * p.keys);
   x.seq_kv = buffer<int32_t>(kCount, B);
@@ -209,10 +232,6 @@ CudnnAttention::Operands CudnnAttention::operands(const AttentionShape& s, const
     kern::gather_keys(stream_, x.k, x.v, static_cast<const float*>(kv.k),
                       static_cast<const float*>(kv.v), x.flags, x.pos, x.seq_kv, B, s.nk,
                       p.keys, ld);
-  x.q = buffer<uint16_t>(kQb, B * p.rows * ld);
-  kern::rows_to_bf16(stream_, x.q, q, B, s.nq, p.row0, p.rows, ld);
-  x.seq_q = buffer<int32_t>(kSeqQ, B);
-  kern::fill_int32(stream_, x.seq_q, B, int32_t(p.rows));
   return x;
 }
 
@@ -254,7 +273,8 @@ void CudnnAttention::forward(const AttentionShape& s, const float* q, KeyValues 
                              float* lse) {
   const int64_t B = s.batch, H = s.heads, D = s.head_dim, ld = H * D, nq = s.nq;
   const Operands x = operands(s, q, kv);
-  const CudnnGraph* g = graph(false, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, nullptr);
+  const CudnnGraph* g =
+      graph(false, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, x.kv_rows, nullptr);
   PAR_ASSERT(g, "cuDNN attention forward without a successful prepare()");
   auto* ob = buffer<uint16_t>(kOb, B * x.rows * ld);
   auto* stats = buffer<float>(kStatsBuf, B * H * x.rows);
@@ -278,13 +298,18 @@ void CudnnAttention::backward(const AttentionShape& s, const float* q, KeyValues
   const int64_t B = s.batch, H = s.heads, D = s.head_dim, ld = H * D, nq = s.nq, nk = s.nk;
   const size_t bytes_per = grads.bf16 ? sizeof(uint16_t) : sizeof(float);
   const Operands x = operands(s, q, kv);
-  const CudnnGraph* g = graph(true, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, nullptr);
+  const CudnnGraph* g =
+      graph(true, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, x.kv_rows, nullptr);
   PAR_ASSERT(g, "cuDNN attention backward without a successful prepare()");
   auto* ob = buffer<uint16_t>(kOb, B * x.rows * ld);
   auto* dob = buffer<uint16_t>(kDOb, B * x.rows * ld);
   auto* dqb = buffer<uint16_t>(kDQb, B * x.rows * ld);
-  auto* dkb = buffer<uint16_t>(kDKb, B * x.keys * ld);
-  auto* dvb = buffer<uint16_t>(kDVb, B * x.keys * ld);
+  PAR_ASSERT(!x.in_place || grads.bf16, "keys read in place take bfloat16 gradients");
+  // In place, cuDNN writes the keys' and values' gradients into the caller's rows.
+  auto* dkb = x.in_place ? static_cast<uint16_t*>(grads.dk)
+                         : buffer<uint16_t>(kDKb, B * x.keys * ld);
+  auto* dvb = x.in_place ? static_cast<uint16_t*>(grads.dv)
+                         : buffer<uint16_t>(kDVb, B * x.keys * ld);
   auto* stats = buffer<float>(kBwdStats, B * H * x.rows);
   auto* softmax_sum = buffer<float>(kSoftmaxSumBuf, B * H * x.rows);
   kern::rows_to_bf16(stream_, ob, o, B, nq, x.row0, x.rows, ld);
@@ -295,7 +320,9 @@ void CudnnAttention::backward(const AttentionShape& s, const float* q, KeyValues
            {sdpa::kDQ, dqb}, {sdpa::kDK, dkb}, {sdpa::kDV, dvb},
            {sdpa::kSoftmaxSum, softmax_sum}});
   kern::query_grads(stream_, dq, dqb, x.seq_kv, B, nq, x.row0, ld);
-  if (grads.bf16)
+  if (x.in_place) {
+    // Written already.
+  } else if (grads.bf16)
     kern::scatter_key_grads(stream_, static_cast<uint16_t*>(grads.dk),
                             static_cast<uint16_t*>(grads.dv), dkb, dvb, x.flags, x.pos, B, nk,
                             x.keys, ld);

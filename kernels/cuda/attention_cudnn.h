@@ -59,8 +59,9 @@ class CudnnAttention {
   // "" when the call can take this path, else why not: no cuDNN, positions not given as
   // contiguous, a head size cuDNN does not take, nothing for cuDNN to do, or cuDNN's
   // refusal of the graph. Builds (once per shape) the graphs the call needs, so the
-  // first call of a shape takes longer.
-  std::string prepare(const AttentionShape& s, bool backward);
+  // first call of a shape takes longer. kv_bf16: its keys and values will be bfloat16
+  // (KeyValues::bf16), which cuDNN reads in place where no key is masked.
+  std::string prepare(const AttentionShape& s, bool backward, bool kv_bf16 = false);
   // A call's keys and values and their gradients: float32, or bfloat16 bits (uint16_t).
   struct KeyValues {
     const void* k;
@@ -88,24 +89,31 @@ class CudnnAttention {
   }
 
  private:
-  // direction, batch, heads, nq, nk, head_dim, causal, scale
-  using Key = std::tuple<bool, int64_t, int64_t, int64_t, int64_t, int64_t, bool, double>;
+  // direction, batch, heads, nq, nk, head_dim, causal, scale, rows between examples' keys
+  using Key =
+      std::tuple<bool, int64_t, int64_t, int64_t, int64_t, int64_t, bool, double, int64_t>;
   struct Entry {
     std::unique_ptr<CudnnGraph> graph;
     std::string refusal;  // why cuDNN could not build it; graph null then
   };
   // The graph of one piece (built on first use), or null with the reason in *why.
+  // kv_rows: rows between examples' keys, values and their gradients (0: packed, nk).
   const CudnnGraph* graph(bool backward, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
-                          int64_t head_dim, bool causal, double scale, std::string* why);
+                          int64_t head_dim, bool causal, double scale, int64_t kv_rows,
+                          std::string* why);
   void run(const CudnnGraph& g, const std::vector<std::pair<int64_t, void*>>& bound);
   // cuDNN's operands of a call's piece (attention_cudnn.cpp, Piece): its query rows in
   // bf16, its visible keys and values gathered into bf16, the key scan that gathered them
-  // (flags, pos; the inverse map of the gradients) and the sequence lengths.
+  // (flags, pos; the inverse map of the gradients) and the sequence lengths. In place
+  // (bfloat16 keys and values, none masked): k and v are the caller's, kv_rows its rows per
+  // example, and nothing was gathered (flags and pos null).
   struct Operands {
     uint16_t *q, *k, *v;
     int32_t *seq_q, *seq_kv, *flags, *pos;
     int64_t row0, rows, keys;
     bool graph_causal;
+    bool in_place = false;
+    int64_t kv_rows = 0;
   };
   Operands operands(const AttentionShape& s, const float* q, KeyValues kv);
   // Float32 copies of the diagonal piece's rows and keys (and key mask) as a call of its

@@ -51,7 +51,7 @@ struct CudaEngine {
 
 }  // namespace
 
-CudnnAttention* CudaOps::cudnn_for(const AttentionShape& s, bool backward) {
+CudnnAttention* CudaOps::cudnn_for(const AttentionShape& s, bool backward, bool kv_bf16) {
   const AttentionKernel k = attention_kernel_;
   if (k != AttentionKernel::kAuto && k != AttentionKernel::kCudnn) return nullptr;
   std::string why;
@@ -76,7 +76,7 @@ CudnnAttention* CudaOps::cudnn_for(const AttentionShape& s, bool backward) {
           [this](int slot, size_t bytes) { return scratch(kCudnnFirst + slot, bytes); },
           std::move(blocked));
     }
-    why = cudnn_->prepare(s, backward);
+    why = cudnn_->prepare(s, backward, kv_bf16);
     if (why.empty()) return cudnn_.get();
     if (k == AttentionKernel::kAuto) return nullptr;
   }

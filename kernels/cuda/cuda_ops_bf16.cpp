@@ -38,7 +38,7 @@ void CudaOps::attention_forward_bf16_kv(const AttentionShape& s, const float* q,
   const bool one_query = s.nq == 1 && (attention_kernel_ == AttentionKernel::kAuto ||
                                        attention_kernel_ == AttentionKernel::kFused);
   if (!one_query)
-    if (CudnnAttention* c = cudnn_for(s, false)) {
+    if (CudnnAttention* c = cudnn_for(s, false, true)) {
       c->forward(s, q, CudnnAttention::KeyValues{k, v, true}, o, lse);
       return;
     }
@@ -55,7 +55,7 @@ void CudaOps::attention_backward_bf16_kv(const AttentionShape& s, const float* q
                                          const float* d_o, const float* lse, float* dq,
                                          uint16_t* dk, uint16_t* dv) {
   use_device();
-  if (CudnnAttention* c = cudnn_for(s, true)) {
+  if (CudnnAttention* c = cudnn_for(s, true, true)) {
     c->backward(s, q, CudnnAttention::KeyValues{k, v, true}, o, d_o, lse, dq,
                 CudnnAttention::KeyValueGrads{dk, dv, true});
     return;

@@ -91,7 +91,8 @@ class CudaOps final : public Ops<float> {
   void gemm_bf16(const RowMajorGemm& g, const uint16_t* a16, const uint16_t* b16);
   // The cuDNN path, when this call may and can take it (else null, having thrown where
   // kCudnn demands it).
-  CudnnAttention* cudnn_for(const AttentionShape& s, bool backward);
+  // kv_bf16: the call's keys and values are bfloat16 (CudnnAttention::prepare).
+  CudnnAttention* cudnn_for(const AttentionShape& s, bool backward, bool kv_bf16 = false);
   void blocked_forward(const AttentionShape& s, const float* q, const float* k, const float* v,
                        float* o, float* lse);
   void blocked_backward(const AttentionShape& s, const float* q, const float* k,

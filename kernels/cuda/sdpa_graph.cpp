@@ -207,12 +207,16 @@ class Builder {
     PAR_ASSERT(B > 0 && H > 0 && Sq > 0 && Skv > 0 && D > 0, "sdpa graph: empty shape");
     bound(kQ, "Q", {B, H, Sq, D}, {Sq * ld, D, ld, 1}, DType::kBF16);
     // cuDNN takes the first product's right operand transposed: K^T as [B, H, D, Skv].
-    bound(kK, "K^T", {B, H, D, Skv}, {Skv * ld, D, 1, ld}, DType::kBF16);
+    bound(kK, "K^T", {B, H, D, Skv}, {kv_stride(), D, 1, ld}, DType::kBF16);
     bound(kSeqLenQ, "seq_len_q", {B, 1, 1, 1}, {1, 1, 1, 1}, DType::kInt32);
     bound(kSeqLenKV, "seq_len_kv", {B, 1, 1, 1}, {1, 1, 1, 1}, DType::kInt32);
     bound(kStats, "stats", {B, H, Sq, 1}, {H * Sq, Sq, 1, 1}, DType::kFloat);
   }
 
+  // From one example's keys (values, their gradients) to the next.
+  int64_t kv_stride() const {
+    return (d_.kv_example_rows > 0 ? d_.kv_example_rows : d_.nk) * d_.heads * d_.head_dim;
+  }
   Dim score_dims() const { return {d_.batch, d_.heads, d_.nq, d_.nk}; }
   Dim score_strides() const {
     return {d_.heads * d_.nq * d_.nk, d_.nq * d_.nk, d_.nk, 1};
@@ -240,7 +244,7 @@ Graph describe_forward(const Dims& d) {
   Builder g(d);
   g.common_inputs();
   const int64_t B = d.batch, H = d.heads, Sq = d.nq, Skv = d.nk, D = d.head_dim, ld = H * D;
-  g.bound(kV, "V", {B, H, Skv, D}, {Skv * ld, D, ld, 1}, DType::kBF16);
+  g.bound(kV, "V", {B, H, Skv, D}, {g.kv_stride(), D, ld, 1}, DType::kBF16);
   g.bound(kO, "O", {B, H, Sq, D}, {Sq * ld, D, ld, 1}, DType::kBF16);
 
   int64_t s = g.matmul("Q*K^T", kQ, kK, g.virt("S", g.score_dims(), g.score_strides()),
@@ -269,12 +273,12 @@ Graph describe_backward(const Dims& d) {
   g.common_inputs();
   const int64_t B = d.batch, H = d.heads, Sq = d.nq, Skv = d.nk, D = d.head_dim, ld = H * D;
   // The backward takes V transposed too ([B, H, D, Skv]), for dP = dO V^T.
-  g.bound(kV, "V^T", {B, H, D, Skv}, {Skv * ld, D, 1, ld}, DType::kBF16);
+  g.bound(kV, "V^T", {B, H, D, Skv}, {g.kv_stride(), D, 1, ld}, DType::kBF16);
   g.bound(kO, "O", {B, H, Sq, D}, {Sq * ld, D, ld, 1}, DType::kBF16);
   g.bound(kDO, "dO", {B, H, Sq, D}, {Sq * ld, D, ld, 1}, DType::kBF16);
   g.bound(kDQ, "dQ", {B, H, Sq, D}, {Sq * ld, D, ld, 1}, DType::kBF16);
-  g.bound(kDK, "dK", {B, H, Skv, D}, {Skv * ld, D, ld, 1}, DType::kBF16);
-  g.bound(kDV, "dV", {B, H, Skv, D}, {Skv * ld, D, ld, 1}, DType::kBF16);
+  g.bound(kDK, "dK", {B, H, Skv, D}, {g.kv_stride(), D, ld, 1}, DType::kBF16);
+  g.bound(kDV, "dV", {B, H, Skv, D}, {g.kv_stride(), D, ld, 1}, DType::kBF16);
   g.bound(kSoftmaxSum, "softmax_sum", g.row_stat_dims(), g.row_stat_strides(), DType::kFloat);
 
   // delta = rowsum(dO * O), the softmax backward's subtrahend.
@@ -314,7 +318,7 @@ Graph describe_backward(const Dims& d) {
 
   // dQ = dS K, straight into dQ: the deterministic kernels (no float accumulator updated
   // by atomics), so that a run repeats its bits.
-  const int64_t k = g.reshape("K", kK, g.virt("K", {B, H, Skv, D}, {Skv * ld, D, ld, 1}));
+  const int64_t k = g.reshape("K", kK, g.virt("K", {B, H, Skv, D}, {g.kv_stride(), D, ld, 1}));
   g.matmul("dS*K", ds, k, kDQ, kSeqLenQ, 0, kSeqLenKV);
   return g.take();
 }

@@ -10,7 +10,8 @@
 // description into cuDNN backend descriptors. No CUDA or cuDNN header here.
 //
 // Layouts: Q, O, dQ are [batch, nq, heads*head_dim] rows (the model's layout; "BSHD"),
-// K, V, dK, dV [batch, nk, heads*head_dim]; the statistics [batch, heads, nq] (the
+// K, V, dK, dV [batch, nk, heads*head_dim] (or the first nk rows of [batch, rows, ...]:
+// Dims::kv_example_rows); the statistics [batch, heads, nq] (the
 // log-sum-exp of the scaled scores, the layout of AttentionShape's lse). Q, K, V, O and the
 // gradients are bfloat16; statistics float32; sequence lengths int32 [batch].
 #pragma once
@@ -87,6 +88,10 @@ struct Dims {
   // cuDNN's version (cudnnGetVersion(), e.g. 91400): the masks' -inf and one workaround
   // follow it as cudnn-frontend does.
   int64_t cudnn_version = 91900;
+  // Rows from one example's keys to the next in K, V, dK and dV (0: nk, packed). More
+  // where the call reads the first nk keys of the model's own [batch, rows, ld] tensors
+  // in place.
+  int64_t kv_example_rows = 0;
 };
 
 // O and statistics of softmax(scale * Q K^T + masks) V for the queries i < seq_len_q[b]

@@ -112,6 +112,26 @@ TEST_P(CudaModelTest, Bf16KeysAndValuesMatchTheCpu) {
   EXPECT_TRUE(bitwise_equal(got.grads, again.grads)) << "gradients, second pass";
 }
 
+// The same with every key visible (no PAD, no key dropout), which the model says
+// (AttentionShape::keeps_every_key): in bf16, cuDNN reads the keys and values where they lie
+// and writes their gradients there.
+TEST_P(CudaModelTest, Bf16KeysAndValuesReadInPlaceMatchTheCpu) {
+  const ModelConfig cfg = odd_config();
+  const ParamLayout layout(cfg);
+  const auto params = parameters(layout, cfg.d_model);
+  std::vector<int32_t> w = windows(cfg, 13);
+  for (int32_t& t : w)
+    if (t == kPadToken) t = 5;
+  ForwardContext ctx = cuda_test::training_context(3);
+  ctx.cross_attend_dropout = 0;
+  cpu::CpuOps<float> cpu;
+  auto gpu = make_ops();
+  const Result want = cuda_test::forward_backward(cpu, cfg, params, w, KeyValueStorage::kBf16, ctx);
+  const Result got = cuda_test::forward_backward(*gpu, cfg, params, w, KeyValueStorage::kBf16, ctx);
+  ASSERT_EQ(got.loss.valid, want.loss.valid);
+  expect_pass_matches(got, want, layout, model_tol(GetParam()));
+}
+
 // Adam on one batch: the losses of both backends follow each other and fall, and the
 // parameters end up close. Adam turns tiny gradient differences of near-zero gradients
 // into whole steps of either sign, so the parameters are compared by the mean difference

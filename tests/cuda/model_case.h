@@ -73,11 +73,12 @@ struct Result {
 
 inline Result forward_backward(Ops<float>& ops, const ModelConfig& cfg,
                                const std::vector<float>& params, const std::vector<int32_t>& w,
-                               KeyValueStorage storage = KeyValueStorage::kNative) {
+                               KeyValueStorage storage = KeyValueStorage::kNative,
+                               const ForwardContext& ctx = training_context(3)) {
   PerceiverAR<float> model(cfg, ops, kBatch, {}, storage);
   ops.upload(model.params(), params.data(), params.size() * sizeof(float));
   Result r;
-  r.loss = model.forward(w.data(), kBatch, training_context(3));
+  r.loss = model.forward(w.data(), kBatch, ctx);
   r.logits = model.logits();
   model.zero_grads();
   model.backward(1.0 / double(r.loss.valid));

@@ -206,6 +206,49 @@ TEST_P(SdpaGraphMeaning, MatchesTheReferenceAttention) {
       }
 }
 
+// Keys and values read in place from taller tensors (Dims::kv_example_rows: the first nk of
+// each example's `rows`, as the model stores them): the same results as from packed ones,
+// the gradients written into those rows and no other.
+TEST(SdpaGraph, ReadsKeysInPlaceFromTallerTensors) {
+  const Case c{2, 2, 5, 9, 8, false, {9, 9}};
+  const int64_t ld = c.H * c.D, rows = 13;
+  const auto q = bf16_vector(c.B * c.nq * ld, 1), k = bf16_vector(c.B * c.nk * ld, 2);
+  const auto v = bf16_vector(c.B * c.nk * ld, 3), d_o = bf16_vector(c.B * c.nq * ld, 4);
+  const Reference want = reference(c, q, k, v, d_o);
+  // Each example's keys, then rows - nk rows that are not the call's.
+  auto tall = [&](const std::vector<double>& packed, double filler) {
+    std::vector<double> t(size_t(c.B * rows * ld), filler);
+    for (int64_t b = 0; b < c.B; ++b)
+      std::copy(packed.begin() + b * c.nk * ld, packed.begin() + (b + 1) * c.nk * ld,
+                t.begin() + b * rows * ld);
+    return t;
+  };
+  sdpa::Dims d{c.B, c.H, c.nq, c.nk, c.D, 1.0 / std::sqrt(double(c.D)), c.causal};
+  d.kv_example_rows = rows;
+  const std::vector<double> seq_q(size_t(c.B), double(c.nq)), seq_kv(size_t(c.B), double(c.nk));
+  std::map<int64_t, std::vector<double>> fwd{
+      {sdpa::kQ, q}, {sdpa::kK, tall(k, 1e30)}, {sdpa::kV, tall(v, 1e30)},
+      {sdpa::kO, std::vector<double>(q.size(), NAN)},
+      {sdpa::kStats, std::vector<double>(want.lse.size(), NAN)},
+      {sdpa::kSeqLenQ, seq_q}, {sdpa::kSeqLenKV, seq_kv}};
+  cuda_test::interpret(sdpa::describe_forward(d), fwd);
+  EXPECT_LT(rel_error(fwd[sdpa::kO], want.o), 1e-2);
+  EXPECT_LT(rel_error(fwd[sdpa::kStats], want.lse), 1e-6);
+  std::vector<double> o_bf16;
+  for (double x : want.o) o_bf16.push_back(round_bf16(x));
+  std::map<int64_t, std::vector<double>> bwd{
+      {sdpa::kQ, q}, {sdpa::kK, tall(k, 1e30)}, {sdpa::kV, tall(v, 1e30)}, {sdpa::kO, o_bf16},
+      {sdpa::kDO, d_o}, {sdpa::kStats, want.lse}, {sdpa::kSeqLenQ, seq_q},
+      {sdpa::kSeqLenKV, seq_kv}, {sdpa::kDQ, std::vector<double>(q.size(), NAN)},
+      {sdpa::kDK, tall(std::vector<double>(k.size(), NAN), 7.0)},
+      {sdpa::kDV, tall(std::vector<double>(v.size(), NAN), 7.0)},
+      {sdpa::kSoftmaxSum, std::vector<double>(want.lse.size(), NAN)}};
+  cuda_test::interpret(sdpa::describe_backward(d), bwd);
+  EXPECT_LT(rel_error(bwd[sdpa::kDQ], want.dq), 2e-2);
+  EXPECT_LT(rel_error(bwd[sdpa::kDK], tall(want.dk, 7.0)), 2e-2);
+  EXPECT_LT(rel_error(bwd[sdpa::kDV], tall(want.dv, 7.0)), 2e-2);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Cases, SdpaGraphMeaning,
     ::testing::Values(Case{2, 2, 5, 9, 8, false, {9, 6}}, Case{1, 3, 4, 12, 16, false, {1}},
