@@ -9,6 +9,12 @@ namespace par {
 
 namespace {
 
+// A region of T that holds bfloat16 values (KeyValueStorage::kBf16).
+template <typename T>
+uint16_t* bf16_view(T* region) {
+  return reinterpret_cast<uint16_t*>(region);
+}
+
 // What Acts::carve needs besides the config and the batch: this rank's share of the
 // inputs and widths in an sp x tp layout.
 struct LocalShape {
@@ -181,8 +187,8 @@ struct PerceiverAR<T>::Acts {
   // The input side in bfloat16 storage: three regions A, B, C of [BN, max(d, dc)] T, each
   // holding a [BN, d] tensor of T or a pair of [BN, dc] bfloat16 ones, used in turn (the
   // order of model.cpp's keys_values_forward and keys_values_backward):
-  //   forward:  h in A; LN_kv's output kvn in B; each projection in T in A (h read), its
-  //             rounding into C (keys, values);
+  //   forward:  h in A; LN_kv's output kvn (bfloat16) in B; each projection in T in A (h
+  //             read), its rounding into C (keys, values);
   //   backward: the keys' and values' gradients (bfloat16) in A; h again in B, kvn again
   //             in C; dkvn in B (h read); h once more in C (kvn read); dh in A.
   template <typename I>
@@ -561,15 +567,17 @@ void PerceiverAR<T>::keys_values_forward() {
     ops_.rotary(a.ck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
     return;
   }
-  // Each projection in T in h's place (read by LN_kv), then rounded into its bfloat16 home
-  // (Acts::carve_bf16_inputs).
-  ops_.layernorm_forward(a.kvn, a.kv_mu, a.kv_rs, a.h, cp.ln_kv.w, cp.ln_kv.b, BN, d,
-                         kLayerNormEps);
+  // LN_kv's output in bfloat16 (the projections' operand, which bf16 products round to
+  // that anyway); each projection in T in h's place (read by LN_kv), then rounded into its
+  // bfloat16 home (Acts::carve_bf16_inputs).
+  uint16_t* kvn = bf16_view(a.kvn);
+  ops_.layernorm_forward_bf16(kvn, a.kv_mu, a.kv_rs, a.h, cp.ln_kv.w, cp.ln_kv.b, BN, d,
+                              kLayerNormEps);
   T* projection = a.h;
-  ops_.linear_forward(projection, a.kvn, cp.attn.k.w, cp.attn.k.b, BN, d, dc);
+  ops_.linear_forward_bf16_x(projection, kvn, cp.attn.k.w, cp.attn.k.b, BN, d, dc);
   ops_.rotary(projection, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
   ops_.round_to_bf16(a.ck16, projection, BN * dc);
-  ops_.linear_forward(projection, a.kvn, cp.attn.v.w, cp.attn.v.b, BN, d, dc);
+  ops_.linear_forward_bf16_x(projection, kvn, cp.attn.v.w, cp.attn.v.b, BN, d, dc);
   ops_.round_to_bf16(a.cv16, projection, BN * dc);
 }
 
@@ -590,12 +598,13 @@ void PerceiverAR<T>::keys_values_backward() {
     // B = a.kvn, C = a.region_c.
     ops_.rotary_bf16(a.dck16, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, true);
     gather_inputs(a.kvn, a.region_c);
-    ops_.layernorm_forward(a.region_c, a.kv_mu, a.kv_rs, a.kvn, cp.ln_kv.w, cp.ln_kv.b, BN, d,
-                           kLayerNormEps);
-    ops_.linear_backward_bf16_dy(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck16, a.region_c,
-                                 cp.attn.k.w, BN, d, dc);
-    ops_.linear_backward_bf16_dy(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv16, a.region_c,
-                                 cp.attn.v.w, BN, d, dc);
+    uint16_t* kvn = bf16_view(a.region_c);
+    ops_.layernorm_forward_bf16(kvn, a.kv_mu, a.kv_rs, a.kvn, cp.ln_kv.w, cp.ln_kv.b, BN, d,
+                                kLayerNormEps);
+    ops_.linear_backward_bf16(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck16, kvn,
+                              cp.attn.k.w, BN, d, dc);
+    ops_.linear_backward_bf16(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv16, kvn,
+                              cp.attn.v.w, BN, d, dc);
     gather_inputs(a.region_c, a.h);
     ops_.layernorm_backward(a.dh, false, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, a.region_c, a.kv_mu,
                             a.kv_rs, cp.ln_kv.w, BN, d);

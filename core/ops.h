@@ -195,11 +195,21 @@ struct CaptureRefused : std::runtime_error {
      const T* cos_table, const T* sin_table, bool inverse),                                        \
     (x, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse))                          \
   /* ---- bfloat16 storage (uint16_t buffers hold bfloat16 bits, core/bf16.h) ---- */              \
-  /* Where --precision bf16 keeps the input side's keys and values and their gradients in */       \
-  /* bfloat16: half the memory of the model's largest tensors, and cuDNN reads them as they */     \
-  /* are. Each operation computes in T from the values its bfloat16 inputs hold and rounds */      \
-  /* what it stores to the nearest bfloat16 (ties to even). */                                     \
+  /* Where the model keeps the input side's keys and values, their gradients and LN_kv's */       \
+  /* output in bfloat16 (KeyValueStorage::kBf16): half the memory of its largest tensors, */       \
+  /* which cuDNN and cuBLAS read as they are. Each operation computes in T from the values */      \
+  /* its bfloat16 inputs hold and rounds what it stores to the nearest bfloat16 (ties to */        \
+  /* even): it is its T operation on the widened values, rounded. */                               \
   X(void, round_to_bf16, (uint16_t* dst, const T* src, int64_t n), (dst, src, n))                  \
+  /* layernorm_forward with y rounded to bfloat16 (mean and rstd in T). */                         \
+  X(void, layernorm_forward_bf16,                                                                  \
+    (uint16_t* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t rows, int64_t d,   \
+     double eps),                                                                                  \
+    (y, mean, rstd, x, w, b, rows, d, eps))                                                        \
+  /* linear_forward of a bfloat16 x (y in T). */                                                   \
+  X(void, linear_forward_bf16_x,                                                                   \
+    (T* y, const uint16_t* x, const T* w, const T* b, int64_t rows, int64_t in, int64_t out),      \
+    (y, x, w, b, rows, in, out))                                                                   \
   /* Ops::rotary on a bfloat16 tensor: each rotated pair rounded once. */                          \
   X(void, rotary_bf16,                                                                             \
     (uint16_t* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim, int64_t bands,        \
@@ -214,9 +224,9 @@ struct CaptureRefused : std::runtime_error {
     (const AttentionShape& s, const T* q, const uint16_t* k, const uint16_t* v, const T* o,        \
      const T* d_o, const T* lse, T* dq, uint16_t* dk, uint16_t* dv),                               \
     (s, q, k, v, o, d_o, lse, dq, dk, dv))                                                         \
-  /* linear_backward with a bfloat16 output gradient dy (the keys' and values'). */                \
-  X(void, linear_backward_bf16_dy,                                                                 \
-    (T* dx, bool accumulate_dx, T* dw, T* db, const uint16_t* dy, const T* x, const T* w,          \
+  /* linear_backward of a bfloat16 x, with a bfloat16 output gradient dy (dx, dw, db in T). */   \
+  X(void, linear_backward_bf16,                                                                    \
+    (T* dx, bool accumulate_dx, T* dw, T* db, const uint16_t* dy, const uint16_t* x, const T* w,   \
      int64_t rows, int64_t in, int64_t out),                                                       \
     (dx, accumulate_dx, dw, db, dy, x, w, rows, in, out))                                          \
   /* ---- activation and regularization ---- */                                                    \

@@ -65,10 +65,20 @@ class ProfiledOps final : public ForwardingOps<T> {
     label_ = s.nk > 4096 ? "attention_backward (cross)" : "attention_backward (latents)";
     ForwardingOps<T>::attention_backward_bf16_kv(s, q, k, v, o, d_o, lse, dq, dk, dv);
   }
-  void linear_backward_bf16_dy(T* dx, bool acc, T* dw, T* db, const uint16_t* dy, const T* x,
-                               const T* w, int64_t rows, int64_t in, int64_t out) override {
+  void linear_forward_bf16_x(T* y, const uint16_t* x, const T* w, const T* b, int64_t rows,
+                             int64_t in, int64_t out) override {
+    label_ = rows > 4096 ? "linear_forward (inputs)" : "linear_forward (latents)";
+    ForwardingOps<T>::linear_forward_bf16_x(y, x, w, b, rows, in, out);
+  }
+  void linear_backward_bf16(T* dx, bool acc, T* dw, T* db, const uint16_t* dy, const uint16_t* x,
+                            const T* w, int64_t rows, int64_t in, int64_t out) override {
     label_ = rows > 4096 ? "linear_backward (inputs)" : "linear_backward (latents)";
-    ForwardingOps<T>::linear_backward_bf16_dy(dx, acc, dw, db, dy, x, w, rows, in, out);
+    ForwardingOps<T>::linear_backward_bf16(dx, acc, dw, db, dy, x, w, rows, in, out);
+  }
+  void layernorm_forward_bf16(uint16_t* y, T* mean, T* rstd, const T* x, const T* w, const T* b,
+                              int64_t rows, int64_t d, double eps) override {
+    label_ = "layernorm_forward";
+    ForwardingOps<T>::layernorm_forward_bf16(y, mean, rstd, x, w, b, rows, d, eps);
   }
 
  protected:

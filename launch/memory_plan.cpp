@@ -105,30 +105,34 @@ double cuda_bf16_copies(const PlanRequest& r) {
        {std::tuple<int64_t, int64_t, int64_t>{inputs, d, d / r.tp},  // keys, values
         {latents, d, d}, {latents, d / r.tp, d}, {latents, d, 3 * d / r.tp},
         {latents, d, F / r.tp}, {latents, F / r.tp, d}}) {
-    const cuda::Bf16LinearCopies copies = cuda::bf16_linear_copies(rows, in, out);
+    cuda::Bf16LinearCopies copies = cuda::bf16_linear_copies(rows, in, out);
+    // Stored in bfloat16, the projections' input and output gradient are their own
+    // compact copies: only the weights are converted.
+    if (r.kv_bf16 && rows == inputs && copies.b > 0) copies = {0, out * in};
     a = std::max(a, copies.a);
     b = std::max(b, copies.b);
   }
   return double(a + b) * 2 * 9 / 8;
 }
 
-// Where bfloat16-stored keys and values (--kv-storage) meet a float32 path, the CUDA
+// Where the input side's bfloat16 tensors (--kv-storage) meet a float32 path, the CUDA
 // backend widens them into one scratch slot (kernels/cuda/cuda_ops_bf16.cpp): the
 // attention's backward off cuDNN widens the keys and values and takes float32 gradients
-// (4 tensors of [B, N/sp, d/tp]); the key and value projections' backward, where their
-// products do not run on bfloat16 operands, widens the output gradient (1). 0 where both
-// read bfloat16 as it is. With the backend's 1/8 of headroom.
+// (4 [B, N/sp, d/tp] tensors); the key and value projections, where their products do not
+// run on bfloat16 operands, widen LN_kv's output ([B, N/sp, d]) and, backward, the output
+// gradient too. 0 where cuDNN and cuBLAS read bfloat16 as it is. With the backend's 1/8
+// of headroom.
 double cuda_widened_keys_values(const PlanRequest& r) {
   if (!r.kv_bf16) return 0;
   const ModelConfig& c = r.model;
   const double rows = double(r.micro_batch) * double(c.context_length / r.sp);
   const double in = double(c.d_model), out = double(c.d_model / r.tp);
-  double tensors = r.cudnn_attention ? 0 : 4;
+  double elements = r.cudnn_attention ? 0 : 4 * rows * out;
   const bool products_bf16 =
       r.bf16_products && cuda::bf16_operands_pay(int64_t(2 * rows * in * out),
                                                  int64_t(rows * out + out * in + rows * in));
-  if (!products_bf16) tensors = std::max(tensors, 1.0);
-  return tensors * rows * out * sizeof(float) * 9 / 8;
+  if (!products_bf16) elements = std::max(elements, rows * (in + out));
+  return elements * sizeof(float) * 9 / 8;
 }
 
 }  // namespace

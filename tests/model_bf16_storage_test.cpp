@@ -71,26 +71,26 @@ double relative_difference(const std::vector<double>& got, const std::vector<dou
   return err / scale;
 }
 
-// Float and double round the same keys and values to bfloat16, but for the few a float's
-// error moves across a midpoint between two bfloat16 numbers.
+// Float and double round the same LN_kv outputs, keys and values to bfloat16, but for the
+// few a float's error moves across a midpoint between two bfloat16 numbers.
 TEST(ModelBf16Storage, FloatAgreesWithDouble) {
   const Step want = train_step<double>(KeyValueStorage::kBf16);
   const Step got = train_step<float>(KeyValueStorage::kBf16);
   ASSERT_GT(want.sums.valid, 0);
   EXPECT_EQ(got.sums.valid, want.sums.valid);
-  // Measured: 9e-9 and 1.7e-6.
-  EXPECT_NEAR(got.sums.objective, want.sums.objective, 1e-7 * std::abs(want.sums.objective));
+  // Measured: 2.7e-8 and 2.5e-7.
+  EXPECT_NEAR(got.sums.objective, want.sums.objective, 2e-7 * std::abs(want.sums.objective));
   EXPECT_LE(relative_difference(got.grads, want.grads), 2e-5);
 }
 
 // Bfloat16 storage rounds (the step differs from double storage by far more than double's
-// own error), but no more than bfloat16's 2^-8 per key and value allows.
+// own error), but no more than bfloat16's 2^-8 per stored value allows.
 TEST(ModelBf16Storage, DiffersFromNativeStorageByTheRounding) {
   const Step bf16 = train_step<double>(KeyValueStorage::kBf16);
   const Step native = train_step<double>(KeyValueStorage::kNative);
   const double loss_diff = std::abs(bf16.sums.objective - native.sums.objective) /
                            std::abs(native.sums.objective);
-  // Measured: 1.1e-5 and 5.8e-4.
+  // Measured: 3.7e-5 and 7.7e-4.
   EXPECT_GT(loss_diff, 1e-7);
   EXPECT_LT(loss_diff, 1e-3);
   const double grad_diff = relative_difference(bf16.grads, native.grads);

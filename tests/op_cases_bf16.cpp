@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "core/bf16.h"
+#include "core/constants.h"
 #include "core/error.h"
 #include "core/rotary.h"
 #include "tests/attention_cases.h"
@@ -222,32 +223,74 @@ void linear_bf16_cases(std::vector<OpCase>& t) {
     const char* name;
     int64_t rows, in, out;
   };
-  for (Shape sh : {Shape{"67x45x83", 67, 45, 83}, Shape{"tall 4160x64x64", 4160, 64, 64}})
+  for (Shape sh : {Shape{"67x45x83", 67, 45, 83}, Shape{"tall 4160x64x64", 4160, 64, 64}}) {
+    for (bool bias : {true, false})
+      t.push_back(make_case(cat("linear_forward_bf16_x ", sh.name, bias ? "" : " no bias"),
+                            {"linear_forward_bf16_x", "linear_forward"}, 1e-5,
+                            Products::kMatmul, false, [=](auto& r) {
+        uint16_t* x = random_bf16(r, sh.rows * sh.in, 16);
+        auto* w = r.random(sh.out * sh.in, 17, 0.2);
+        auto* b = r.random(sh.out, 18);
+        auto *y = r.filled(sh.rows * sh.out, 9), *y_t = r.filled(sh.rows * sh.out, 9);
+        r.ops.linear_forward_bf16_x(y, x, w, bias ? b : nullptr, sh.rows, sh.in, sh.out);
+        r.ops.linear_forward(y_t, widened(r, x, sh.rows * sh.in), w, bias ? b : nullptr, sh.rows,
+                             sh.in, sh.out);
+        r.check(same_values(r, y, y_t, sh.rows * sh.out),
+                "not linear_forward on the widened input");
+        r.product("y", y, sh.rows * sh.out);
+      }));
     for (int mode : {0, 1, 2})
-      t.push_back(make_case(cat("linear_backward_bf16_dy ", sh.name,
+      t.push_back(make_case(cat("linear_backward_bf16 ", sh.name,
                                 mode == 0 ? "" : mode == 1 ? " accumulate" : " dw only"),
-                            {"linear_backward_bf16_dy", "linear_backward"}, 1e-5,
+                            {"linear_backward_bf16", "linear_backward"}, 1e-5,
                             Products::kMatmul, false, [=](auto& r) {
         const int64_t rows = sh.rows, in = sh.in, out = sh.out;
-        auto* x = r.random(rows * in, 19);
+        uint16_t* x = random_bf16(r, rows * in, 19);
         auto* w = r.random(out * in, 20, 0.2);
         uint16_t* dy = random_bf16(r, rows * out, 21);
-        auto* dyw = widened(r, dy, rows * out);
+        auto *xw = widened(r, x, rows * in), *dyw = widened(r, dy, rows * out);
         auto *dx = r.random(rows * in, 22), *dx_t = r.random(rows * in, 22);
         auto *dw = r.random(out * in, 23), *dw_t = r.random(out * in, 23);
         auto *db = r.random(out, 24), *db_t = r.random(out, 24);
-        auto* keep_dx = mode == 2 ? nullptr : dx;
-        r.ops.linear_backward_bf16_dy(keep_dx, mode == 1, dw, mode == 2 ? nullptr : db, dy, x, w,
-                                      rows, in, out);
+        r.ops.linear_backward_bf16(mode == 2 ? nullptr : dx, mode == 1, dw,
+                                   mode == 2 ? nullptr : db, dy, x, w, rows, in, out);
         r.ops.linear_backward(mode == 2 ? nullptr : dx_t, mode == 1, dw_t,
-                              mode == 2 ? nullptr : db_t, dyw, x, w, rows, in, out);
+                              mode == 2 ? nullptr : db_t, dyw, xw, w, rows, in, out);
         r.check(same_values(r, dx, dx_t, rows * in) && same_values(r, dw, dw_t, out * in) &&
                     same_values(r, db, db_t, out),
-                "not linear_backward on the widened output gradient");
+                "not linear_backward on the widened input and output gradient");
         r.product("dx", dx, rows * in);
         r.product("dw", dw, out * in);
         r.out("db", db, out);
       }));
+  }
+}
+
+// LN with its output rounded: the T LayerNorm, rounded once; mean and rstd its own.
+void layernorm_bf16_cases(std::vector<OpCase>& t) {
+  for (int64_t d : {300, 1024})
+    t.push_back(make_case(cat("layernorm_forward_bf16 133x", d),
+                          {"layernorm_forward_bf16", "layernorm_forward", "round_to_bf16"},
+                          kBf16Tol, Products::kNone, false, [=](auto& r) {
+      const int64_t rows = 133, n = rows * d;
+      std::vector<double> x = r.normal(n, 28, 2.0), w = r.normal(d, 29, 0.3);
+      for (double& v : x) v = double(float(v + 0.5));
+      for (double& v : w) v = double(float(v + 1.0));
+      auto *xb = r.put(x), *wb = r.put(w), *b = r.random(d, 30);
+      auto* y = r.raw(std::vector<uint16_t>(size_t(n), 0x1234));
+      auto *mean = r.filled(rows, 0), *rstd = r.filled(rows, 0);
+      auto *y_t = r.filled(n, 0), *mean_t = r.filled(rows, 0), *rstd_t = r.filled(rows, 0);
+      r.ops.layernorm_forward_bf16(y, mean, rstd, xb, wb, b, rows, d, kLayerNormEps);
+      r.ops.layernorm_forward(y_t, mean_t, rstd_t, xb, wb, b, rows, d, kLayerNormEps);
+      auto* want = r.raw(std::vector<uint16_t>(size_t(n), 0));
+      r.ops.round_to_bf16(want, y_t, n);
+      r.check(same_bits(r, y, want, n) && same_values(r, mean, mean_t, rows) &&
+                  same_values(r, rstd, rstd_t, rows),
+              "not layernorm_forward, its output rounded");
+      r.out("y", widened(r, y, n), n);
+      r.out("mean", mean, rows);
+      r.out("rstd", rstd, rows);
+    }));
 }
 
 }  // namespace
@@ -257,6 +300,7 @@ void bf16_storage_cases(std::vector<OpCase>& t) {
   rotary_bf16_cases(t);
   attention_bf16_cases(t);
   linear_bf16_cases(t);
+  layernorm_bf16_cases(t);
 }
 
 }  // namespace par::op_parity

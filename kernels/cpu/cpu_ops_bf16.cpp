@@ -45,6 +45,22 @@ void CpuOps<T>::round_to_bf16(uint16_t* dst, const T* src, int64_t n) {
 }
 
 template <typename T>
+void CpuOps<T>::layernorm_forward_bf16(uint16_t* y, T* mean, T* rstd, const T* x, const T* w,
+                                       const T* b, int64_t rows, int64_t d, double eps) {
+  T* yw = widened<T>(ws_, rows * d, 1);
+  layernorm_forward(yw, mean, rstd, x, w, b, rows, d, eps);
+  round_all(y, yw, rows * d);
+}
+
+template <typename T>
+void CpuOps<T>::linear_forward_bf16_x(T* y, const uint16_t* x, const T* w, const T* b,
+                                      int64_t rows, int64_t in, int64_t out) {
+  T* xw = widened<T>(ws_, rows * in, 1);
+  widen(xw, x, rows * in);
+  linear_forward(y, xw, w, b, rows, in, out);
+}
+
+template <typename T>
 void CpuOps<T>::rotary_bf16(uint16_t* x, int64_t batch, int64_t n, int64_t heads,
                             int64_t head_dim, int64_t bands, const T* cos_table,
                             const T* sin_table, bool inverse) {
@@ -86,16 +102,22 @@ void CpuOps<T>::attention_backward_bf16_kv(const AttentionShape& s, const T* q,
 }
 
 template <typename T>
-void CpuOps<T>::linear_backward_bf16_dy(T* dx, bool accumulate_dx, T* dw, T* db,
-                                        const uint16_t* dy, const T* x, const T* w, int64_t rows,
-                                        int64_t in, int64_t out) {
-  T* dyw = widened<T>(ws_, rows * out, 1);
+void CpuOps<T>::linear_backward_bf16(T* dx, bool accumulate_dx, T* dw, T* db,
+                                     const uint16_t* dy, const uint16_t* x, const T* w,
+                                     int64_t rows, int64_t in, int64_t out) {
+  T* dyw = widened<T>(ws_, rows * out + rows * in, 1);
+  T* xw = dyw + rows * out;
   widen(dyw, dy, rows * out);
-  linear_backward(dx, accumulate_dx, dw, db, dyw, x, w, rows, in, out);
+  widen(xw, x, rows * in);
+  linear_backward(dx, accumulate_dx, dw, db, dyw, xw, w, rows, in, out);
 }
 
 #define PAR_CPU_BF16_OPS(T)                                                                       \
   template void CpuOps<T>::round_to_bf16(uint16_t*, const T*, int64_t);                           \
+  template void CpuOps<T>::layernorm_forward_bf16(uint16_t*, T*, T*, const T*, const T*,          \
+                                                  const T*, int64_t, int64_t, double);            \
+  template void CpuOps<T>::linear_forward_bf16_x(T*, const uint16_t*, const T*, const T*,         \
+                                                 int64_t, int64_t, int64_t);                      \
   template void CpuOps<T>::rotary_bf16(uint16_t*, int64_t, int64_t, int64_t, int64_t, int64_t,    \
                                        const T*, const T*, bool);                                 \
   template void CpuOps<T>::attention_forward_bf16_kv(const AttentionShape&, const T*,             \
@@ -104,8 +126,9 @@ void CpuOps<T>::linear_backward_bf16_dy(T* dx, bool accumulate_dx, T* dw, T* db,
                                                       const uint16_t*, const uint16_t*,           \
                                                       const T*, const T*, const T*, T*,           \
                                                       uint16_t*, uint16_t*);                      \
-  template void CpuOps<T>::linear_backward_bf16_dy(T*, bool, T*, T*, const uint16_t*, const T*,   \
-                                                   const T*, int64_t, int64_t, int64_t);
+  template void CpuOps<T>::linear_backward_bf16(T*, bool, T*, T*, const uint16_t*,                \
+                                                const uint16_t*, const T*, int64_t, int64_t,      \
+                                                int64_t);
 PAR_CPU_BF16_OPS(float)
 PAR_CPU_BF16_OPS(double)
 #undef PAR_CPU_BF16_OPS

@@ -72,21 +72,47 @@ void CudaOps::attention_backward_bf16_kv(const AttentionShape& s, const float* q
   round_to_bf16(dv, dvw, count);
 }
 
-void CudaOps::linear_backward_bf16_dy(float* dx, bool accumulate_dx, float* dw, float* db,
-                                      const uint16_t* dy, const float* x, const float* w,
-                                      int64_t rows, int64_t in, int64_t out) {
+void CudaOps::layernorm_forward_bf16(uint16_t* y, float* mean, float* rstd, const float* x,
+                                     const float* w, const float* b, int64_t rows, int64_t d,
+                                     double eps) {
+  use_device();
+  kern::layernorm_forward_bf16(stream_, y, mean, rstd, x, w, b, rows, d, float(eps));
+}
+
+// As linear_forward (the bias rows first, the product added onto them), with x as its own
+// compact bfloat16 operand where the product runs on bfloat16 operands, widened otherwise.
+void CudaOps::linear_forward_bf16_x(float* y, const uint16_t* x, const float* w, const float* b,
+                                    int64_t rows, int64_t in, int64_t out) {
+  use_device();
+  const RowMajorGemm g = row_major_gemm(false, true, rows, out, in, 1.0f, nullptr, in, w, in,
+                                        b ? 1.0f : 0.0f, y, out);
+  if (rows > 0 && out > 0 && in > 0 &&
+      bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements())) {
+    if (b) kern::broadcast_rows(stream_, y, b, rows, out);
+    gemm_bf16(g, x, bf16_copy(kBf16B, w, stored_b(g)));
+    return;
+  }
+  auto* xw = static_cast<float*>(scratch(kWidened, size_t(std::max<int64_t>(rows * in, 1)) * 4));
+  kern::bf16_to_float(stream_, xw, x, rows * in);
+  linear_forward(y, xw, w, b, rows, in, out);
+}
+
+void CudaOps::linear_backward_bf16(float* dx, bool accumulate_dx, float* dw, float* db,
+                                   const uint16_t* dy, const uint16_t* x, const float* w,
+                                   int64_t rows, int64_t in, int64_t out) {
   use_device();
   // As linear_backward decides, so that both give the same bits.
   const int64_t products = (int64_t(dx != nullptr) + int64_t(dw != nullptr)) * rows * in * out;
   const int64_t elements = rows * out + (dx ? out * in : 0) + (dw ? rows * in : 0);
   if (products > 0 && bf16_operands_for(products, elements)) {
-    // dy is [rows, out] with nothing between rows: the compact copy of A in both products.
+    // dy [rows, out] and x [rows, in] have nothing between rows: each is its own compact
+    // copy, in both products.
     const RowMajorGemm gdx = row_major_gemm(false, false, rows, in, out, 1.0f, nullptr, out, w,
                                             in, accumulate_dx ? 1.0f : 0.0f, dx, in);
-    const RowMajorGemm gdw = row_major_gemm(true, false, out, in, rows, 1.0f, nullptr, out, x,
-                                            in, 1.0f, dw, in);
+    const RowMajorGemm gdw = row_major_gemm(true, false, out, in, rows, 1.0f, nullptr, out,
+                                            nullptr, in, 1.0f, dw, in);
     if (dx) gemm_bf16(gdx, dy, bf16_copy(kBf16B, w, stored_b(gdx)));
-    if (dw) gemm_bf16(gdw, dy, bf16_copy(kBf16B, x, stored_b(gdw)));
+    if (dw) gemm_bf16(gdw, dy, x);
     if (db && rows > 0 && out > 0) {
       auto* partial = static_cast<float*>(
           scratch(kColumnPartial, size_t(kern::column_sums_partial_floats(rows, out)) * 4));
@@ -94,10 +120,12 @@ void CudaOps::linear_backward_bf16_dy(float* dx, bool accumulate_dx, float* dw, 
     }
     return;
   }
-  const int64_t count = rows * out;
-  auto* dyw = static_cast<float*>(scratch(kWidened, size_t(std::max<int64_t>(count, 1)) * 4));
-  kern::bf16_to_float(stream_, dyw, dy, count);
-  linear_backward(dx, accumulate_dx, dw, nullptr, dyw, x, w, rows, in, out);
+  auto* dyw = static_cast<float*>(
+      scratch(kWidened, size_t(std::max<int64_t>(rows * out + rows * in, 1)) * 4));
+  float* xw = dyw + rows * out;
+  kern::bf16_to_float(stream_, dyw, dy, rows * out);
+  kern::bf16_to_float(stream_, xw, x, rows * in);
+  linear_backward(dx, accumulate_dx, dw, nullptr, dyw, xw, w, rows, in, out);
   if (db && rows > 0 && out > 0) {
     auto* partial = static_cast<float*>(
         scratch(kColumnPartial, size_t(kern::column_sums_partial_floats(rows, out)) * 4));

@@ -89,6 +89,10 @@ void column_sums_bf16(cudaStream_t st, float* out, const uint16_t* x, int64_t ro
                       int64_t cols, float* partial);
 void layernorm_forward(cudaStream_t st, float* y, float* mean, float* rstd, const float* x,
                        const float* w, const float* b, int64_t rows, int64_t d, float eps);
+// The same with y rounded to bfloat16 (each value computed as layernorm_forward's).
+void layernorm_forward_bf16(cudaStream_t st, uint16_t* y, float* mean, float* rstd,
+                            const float* x, const float* w, const float* b, int64_t rows,
+                            int64_t d, float eps);
 int64_t layernorm_backward_partial_floats(int64_t rows, int64_t d);
 void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* dw, float* db,
                         const float* dy, const float* x, const float* mean, const float* rstd,

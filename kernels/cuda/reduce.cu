@@ -104,7 +104,8 @@ __global__ void column_finish_kernel(float* out, const double* groups, int64_t c
 }
 
 // One block per row: mean, then the centred sum of squares (two passes, as on the CPU).
-__global__ void layernorm_forward_kernel(float* y, float* mean, float* rstd, const float* x,
+template <typename S>
+__global__ void layernorm_forward_kernel(S* y, float* mean, float* rstd, const float* x,
                                          const float* w, const float* b, int64_t rows,
                                          int64_t d, float eps) {
   __shared__ float shared[kBlockReduceSlots];
@@ -124,8 +125,9 @@ __global__ void layernorm_forward_kernel(float* y, float* mean, float* rstd, con
       mean[r] = mu;
       rstd[r] = rs;
     }
-    float* yr = y + r * d;
-    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) yr[c] = (xr[c] - mu) * rs * w[c] + b[c];
+    S* yr = y + r * d;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x)
+      store_value(yr + c, (xr[c] - mu) * rs * w[c] + b[c]);
   }
 }
 
@@ -283,13 +285,29 @@ void column_sums_bf16(cudaStream_t st, float* out, const uint16_t* x, int64_t ro
   column_sums_of(st, out, x, rows, cols, partial);
 }
 
-void layernorm_forward(cudaStream_t st, float* y, float* mean, float* rstd, const float* x,
-                       const float* w, const float* b, int64_t rows, int64_t d, float eps) {
+namespace {
+
+template <typename S>
+void layernorm_forward_of(cudaStream_t st, S* y, float* mean, float* rstd, const float* x,
+                          const float* w, const float* b, int64_t rows, int64_t d, float eps) {
   if (rows <= 0 || d <= 0) return;
   const unsigned grid = unsigned(std::min<int64_t>(rows, int64_t(1) << 20));
-  layernorm_forward_kernel<<<grid, threads_for_row(d), 0, st>>>(y, mean, rstd, x, w, b, rows,
-                                                                d, eps);
+  layernorm_forward_kernel<S><<<grid, threads_for_row(d), 0, st>>>(y, mean, rstd, x, w, b,
+                                                                   rows, d, eps);
   PAR_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
+}
+
+}  // namespace
+
+void layernorm_forward(cudaStream_t st, float* y, float* mean, float* rstd, const float* x,
+                       const float* w, const float* b, int64_t rows, int64_t d, float eps) {
+  layernorm_forward_of(st, y, mean, rstd, x, w, b, rows, d, eps);
+}
+
+void layernorm_forward_bf16(cudaStream_t st, uint16_t* y, float* mean, float* rstd,
+                            const float* x, const float* w, const float* b, int64_t rows,
+                            int64_t d, float eps) {
+  layernorm_forward_of(st, y, mean, rstd, x, w, b, rows, d, eps);
 }
 
 int64_t layernorm_backward_partial_floats(int64_t rows, int64_t d) {
