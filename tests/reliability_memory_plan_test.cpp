@@ -67,16 +67,22 @@ TEST(ReliabilityMemoryPlan, EachInputPositionHoldsFourTensorRowsWithoutTensorPar
   }
 }
 
-// A bf16 run on the GPU plans the backend's bfloat16 copies of the large products'
-// operands: for gpu-100m-131k's shapes, the key and value projections over N inputs
-// (forward: x into one slot, w into the other; backward: dy and x), and none for fp32 or
-// for the latents' products of one example.
-TEST(ReliabilityMemoryPlan, PlansTheBf16CopiesOfTheInputSide) {
+// configs/gpu-100m-131k.ini's model on one GPU, as planned for it.
+PlanRequest gpu_100m_request() {
   PlanRequest r;
   r.model = ModelConfig{.vocab_size = 259, .d_model = 1024, .context_length = 131072,
                         .num_latents = 1024, .num_layers = 6, .cross_heads = 16,
                         .self_heads = 16, .mlp_factor = 4};
   r.cuda = true;
+  return r;
+}
+
+// A bf16 run on the GPU plans the backend's bfloat16 copies of the large products'
+// operands: for gpu-100m-131k's shapes, the key and value projections over N inputs
+// (forward: x into one slot, w into the other; backward: dy and x), and none for fp32 or
+// for the latents' products of one example.
+TEST(ReliabilityMemoryPlan, PlansTheBf16CopiesOfTheInputSide) {
+  PlanRequest r = gpu_100m_request();
   auto copies = [&] {
     for (const MemoryItem& i : plan_memory(r).device)
       if (i.what == "bf16 operand copies") return i.bytes;
@@ -96,11 +102,7 @@ TEST(ReliabilityMemoryPlan, PlansTheBf16CopiesOfTheInputSide) {
 // bf16 with fp32 products: attention and projections off bf16), the widened copies are
 // planned: four [N, d] float tensors for the attention's backward.
 TEST(ReliabilityMemoryPlan, PlansKeysAndValuesInBf16) {
-  PlanRequest r;
-  r.model = ModelConfig{.vocab_size = 259, .d_model = 1024, .context_length = 131072,
-                        .num_latents = 1024, .num_layers = 6, .cross_heads = 16,
-                        .self_heads = 16, .mlp_factor = 4};
-  r.cuda = true;
+  PlanRequest r = gpu_100m_request();
   r.bf16_products = r.cudnn_attention = true;
   auto item = [&](const std::string& what) {
     for (const MemoryItem& i : plan_memory(r).device)
