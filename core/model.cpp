@@ -575,8 +575,8 @@ void PerceiverAR<T>::keys_values_forward() {
                               kLayerNormEps);
   T* projection = a.h;
   ops_.linear_forward_bf16_x(projection, kvn, cp.attn.k.w, cp.attn.k.b, BN, d, dc);
-  ops_.rotary(projection, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
-  ops_.round_to_bf16(a.ck16, projection, BN * dc);
+  ops_.rotary_to_bf16(a.ck16, projection, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos,
+                      a.key_sin);
   ops_.linear_forward_bf16_x(projection, kvn, cp.attn.v.w, cp.attn.v.b, BN, d, dc);
   ops_.round_to_bf16(a.cv16, projection, BN * dc);
 }

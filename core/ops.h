@@ -210,6 +210,12 @@ struct CaptureRefused : std::runtime_error {
   X(void, linear_forward_bf16_x,                                                                   \
     (T* y, const uint16_t* x, const T* w, const T* b, int64_t rows, int64_t in, int64_t out),      \
     (y, x, w, b, rows, in, out))                                                                   \
+  /* dst = the bfloat16 rounding of src rotated as Ops::rotary does (src is left alone): */       \
+  /* the keys' rotation and rounding in one pass. */                                               \
+  X(void, rotary_to_bf16,                                                                          \
+    (uint16_t* dst, const T* src, int64_t batch, int64_t n, int64_t heads, int64_t head_dim,       \
+     int64_t bands, const T* cos_table, const T* sin_table),                                       \
+    (dst, src, batch, n, heads, head_dim, bands, cos_table, sin_table))                            \
   /* Ops::rotary on a bfloat16 tensor: each rotated pair rounded once. */                          \
   X(void, rotary_bf16,                                                                             \
     (uint16_t* x, int64_t batch, int64_t n, int64_t heads, int64_t head_dim, int64_t bands,        \

@@ -145,6 +145,33 @@ bool agree_bits(R& r, const uint16_t* a, const uint16_t* b, int64_t n, bool clos
   return agree_values(r, wa, wb, n, true);
 }
 
+// Rotation and rounding in one pass: rotary, then round_to_bf16, bit for bit; the source
+// left alone.
+void rotary_to_bf16_cases(std::vector<OpCase>& t) {
+  for (double fraction : {0.5, 1.0, 0.0})
+    t.push_back(make_case(cat("rotary_to_bf16 fraction ", fraction),
+                          {"rotary_to_bf16", "rotary", "round_to_bf16"}, kBf16Tol,
+                          Products::kNone, false, [=](auto& r) {
+      const int64_t batch = 2, n = 13, heads = 3, head_dim = 10;
+      const int64_t count = batch * n * heads * head_dim;
+      const RotarySpec spec = make_rotary_spec(head_dim, fraction, 131072.0);
+      std::vector<double> cos_t, sin_t;
+      make_rotary_tables(spec, 131072 - n, n, cos_t, sin_t);
+      auto *cos_b = r.put(cos_t), *sin_b = r.put(sin_t);
+      const std::vector<double> x = r.normal(count, 36);
+      auto *src = r.put(x), *rotated = r.put(x);
+      auto* dst = r.raw(std::vector<uint16_t>(size_t(count), 0x1234));
+      r.ops.rotary_to_bf16(dst, src, batch, n, heads, head_dim, spec.bands, cos_b, sin_b);
+      r.ops.rotary(rotated, batch, n, heads, head_dim, spec.bands, cos_b, sin_b, false);
+      auto* want = r.raw(std::vector<uint16_t>(size_t(count), 0));
+      r.ops.round_to_bf16(want, rotated, count);
+      r.check(same_bits(r, dst, want, count), "not rotary, then round_to_bf16");
+      auto* untouched = r.put(x);
+      r.check(same_values(r, src, untouched, count), "the source changed");
+      r.out("dst", widened(r, dst, count), count);
+    }));
+}
+
 // The attention cases of tests/attention_cases.h with bfloat16 keys and values; and a
 // cross-attention with every key kept, said so (AttentionShape::keeps_every_key), which a
 // backend may read in place: there the contract holds on the CPU bit for bit, elsewhere
@@ -298,6 +325,7 @@ void layernorm_bf16_cases(std::vector<OpCase>& t) {
 void bf16_storage_cases(std::vector<OpCase>& t) {
   rounding_cases(t);
   rotary_bf16_cases(t);
+  rotary_to_bf16_cases(t);
   attention_bf16_cases(t);
   linear_bf16_cases(t);
   layernorm_bf16_cases(t);

@@ -61,6 +61,17 @@ void CpuOps<T>::linear_forward_bf16_x(T* y, const uint16_t* x, const T* w, const
 }
 
 template <typename T>
+void CpuOps<T>::rotary_to_bf16(uint16_t* dst, const T* src, int64_t batch, int64_t n,
+                               int64_t heads, int64_t head_dim, int64_t bands,
+                               const T* cos_table, const T* sin_table) {
+  const int64_t count = batch * n * heads * head_dim;
+  T* w = widened<T>(ws_, count, 1);
+  copy(w, src, count);
+  rotary(w, batch, n, heads, head_dim, bands, cos_table, sin_table, false);
+  round_all(dst, w, count);
+}
+
+template <typename T>
 void CpuOps<T>::rotary_bf16(uint16_t* x, int64_t batch, int64_t n, int64_t heads,
                             int64_t head_dim, int64_t bands, const T* cos_table,
                             const T* sin_table, bool inverse) {
@@ -118,6 +129,8 @@ void CpuOps<T>::linear_backward_bf16(T* dx, bool accumulate_dx, T* dw, T* db,
                                                   const T*, int64_t, int64_t, double);            \
   template void CpuOps<T>::linear_forward_bf16_x(T*, const uint16_t*, const T*, const T*,         \
                                                  int64_t, int64_t, int64_t);                      \
+  template void CpuOps<T>::rotary_to_bf16(uint16_t*, const T*, int64_t, int64_t, int64_t,         \
+                                          int64_t, int64_t, const T*, const T*);                  \
   template void CpuOps<T>::rotary_bf16(uint16_t*, int64_t, int64_t, int64_t, int64_t, int64_t,    \
                                        const T*, const T*, bool);                                 \
   template void CpuOps<T>::attention_forward_bf16_kv(const AttentionShape&, const T*,             \

@@ -21,6 +21,14 @@ void CudaOps::round_to_bf16(uint16_t* dst, const float* src, int64_t n) {
   kern::matrix_to_bf16(stream_, dst, src, 1, n, n);
 }
 
+void CudaOps::rotary_to_bf16(uint16_t* dst, const float* src, int64_t batch, int64_t n,
+                             int64_t heads, int64_t head_dim, int64_t bands,
+                             const float* cos_table, const float* sin_table) {
+  use_device();
+  kern::rotary_to_bf16(stream_, dst, src, batch, n, heads, head_dim, bands, cos_table,
+                       sin_table);
+}
+
 void CudaOps::rotary_bf16(uint16_t* x, int64_t batch, int64_t n, int64_t heads,
                           int64_t head_dim, int64_t bands, const float* cos_table,
                           const float* sin_table, bool inverse) {

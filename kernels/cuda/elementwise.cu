@@ -73,6 +73,14 @@ __global__ void embedding_forward_kernel(float* h, const int32_t* ids, const flo
 }
 
 // One thread per rotated pair (row, head, band).
+// One pair (a, b) rotated by the angle of cosine c and sine s, with no fused multiply-add,
+// so that both rotary kernels give the same bits.
+__device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, float& x,
+                                            float& y) {
+  x = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+  y = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+}
+
 template <typename S>
 __global__ void rotary_kernel(S* x, int64_t rows, int64_t n, int64_t heads,
                               int64_t head_dim, int64_t bands, const float* cos_table,
@@ -84,8 +92,10 @@ __global__ void rotary_kernel(S* x, int64_t rows, int64_t n, int64_t heads,
     const float c = cos_table[i * bands + k], s = sign * sin_table[i * bands + k];
     S* u = x + r * heads * head_dim + h * head_dim;
     const float a = stored_value(u[2 * k]), b = stored_value(u[2 * k + 1]);
-    store_value(u + 2 * k, a * c - b * s);
-    store_value(u + 2 * k + 1, b * c + a * s);
+    float first, second;
+    rotate_pair(a, b, c, s, first, second);
+    store_value(u + 2 * k, first);
+    store_value(u + 2 * k + 1, second);
   }
 }
 
@@ -280,6 +290,26 @@ void embedding_forward(cudaStream_t st, float* h, const int32_t* ids, const floa
   PAR_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
 
+// dst = round(rotary(src)) element by element: the rotated pairs as rotary_kernel computes
+// them, the other dimensions copied (rounded).
+__global__ void rotary_to_bf16_kernel(uint16_t* dst, const float* src, int64_t rows, int64_t n,
+                                      int64_t heads, int64_t head_dim, int64_t bands,
+                                      const float* cos_table, const float* sin_table) {
+  const int64_t width = heads * head_dim, total = rows * width;
+  for (int64_t t = global_thread(); t < total; t += grid_threads()) {
+    const int64_t e = t % head_dim, r = t / width, i = r % n;
+    float y = src[t];
+    if (e < 2 * bands) {
+      const int64_t k = e / 2;
+      const float c = cos_table[i * bands + k], s = sin_table[i * bands + k];
+      float first, second;
+      rotate_pair(src[t - (e & 1)], src[t - (e & 1) + 1], c, s, first, second);
+      y = (e & 1) ? second : first;
+    }
+    store_value(dst + t, y);
+  }
+}
+
 namespace {
 
 template <typename S>
@@ -299,6 +329,16 @@ void rotary(cudaStream_t st, float* x, int64_t batch, int64_t n, int64_t heads,
             int64_t head_dim, int64_t bands, const float* cos_table, const float* sin_table,
             bool inverse) {
   rotary_of(st, x, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse);
+}
+
+void rotary_to_bf16(cudaStream_t st, uint16_t* dst, const float* src, int64_t batch, int64_t n,
+                    int64_t heads, int64_t head_dim, int64_t bands, const float* cos_table,
+                    const float* sin_table) {
+  const int64_t rows = batch * n;
+  if (rows <= 0 || heads <= 0 || head_dim <= 0) return;
+  rotary_to_bf16_kernel<<<blocks_for(rows * heads * head_dim), kThreads, 0, st>>>(
+      dst, src, rows, n, heads, head_dim, bands, cos_table, sin_table);
+  PAR_CUDA_CHECK_LAUNCH("rotary_to_bf16_kernel");
 }
 
 void rotary_bf16(cudaStream_t st, uint16_t* x, int64_t batch, int64_t n, int64_t heads,

@@ -44,6 +44,10 @@ void bf16_to_float(cudaStream_t st, float* dst, const uint16_t* src, int64_t n);
 void rotary(cudaStream_t st, float* x, int64_t batch, int64_t n, int64_t heads,
             int64_t head_dim, int64_t bands, const float* cos_table, const float* sin_table,
             bool inverse);
+// dst = bf16(rotary(src)), src left alone: each value as rotary computes it, rounded.
+void rotary_to_bf16(cudaStream_t st, uint16_t* dst, const float* src, int64_t batch, int64_t n,
+                    int64_t heads, int64_t head_dim, int64_t bands, const float* cos_table,
+                    const float* sin_table);
 // rotary on bfloat16 values: each pair computed in float and rounded once.
 void rotary_bf16(cudaStream_t st, uint16_t* x, int64_t batch, int64_t n, int64_t heads,
                  int64_t head_dim, int64_t bands, const float* cos_table,
