@@ -72,8 +72,9 @@ struct LossSums {
 template <typename T>
 class PerceiverAR {
  public:
-  // With KeyValueStorage::kBf16 the input side takes 6 [B, N/sp, d] tensors of T where it
-  // takes 8 otherwise (without tensor parallelism; Acts::carve_bf16_inputs in model.cpp).
+  // With KeyValueStorage::kBf16 the input side takes three [B, N/sp, d] tensors of T where
+  // it takes four otherwise (without tensor parallelism; three at tp = 2;
+  // Acts::carve_bf16_inputs in model.cpp).
   PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch, ModelGroups groups = {},
               KeyValueStorage kv = KeyValueStorage::kNative);
   // What the constructor will allocate on each rank of an sp x tp layout, computed by

@@ -119,7 +119,7 @@ void print_report(const ModelConfig& mc, const RunConfig& rc, const ProcessGrid&
   std::printf("model       %s | batch %lld | %d rank(s) (dp %d, sp %d, tp %d) x %d threads | %s%s\n",
               mc.summary().c_str(), static_cast<long long>(rc.batch_size), grid.world_size(),
               rc.dp, rc.sp, rc.tp, current_threads(), backend.description.c_str(),
-              rc.storage_note().c_str());
+              rc.storage_note(mc).c_str());
   std::printf("step        %.1f ms best, %.1f ms mean of %lld (rank 0 mean: forward %.1f, backward "
               "%.1f, gradient sums %.1f, optimizer %.1f)\n",
               1e3 * step_s, 1e3 * mean_s, static_cast<long long>(rc.steps), 1e3 * t.forward / n,
@@ -215,7 +215,7 @@ int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, cons
   t.gemm_gflops = gemm_rate(*backend.ops, bench.gemm_n);
   ProfiledOps<float> profiled(*backend.ops);
   Ops<float>& ops = bench.profile ? static_cast<Ops<float>&>(profiled) : *backend.ops;
-  TrainStep ts(mc, oc, rc.training(), ops, grid);
+  TrainStep ts(mc, oc, rc.training(mc), ops, grid);
   ts.initialize(rc.seed);
   Batches batches;
   draw_batches(mc, rc, ts, batches);

@@ -167,7 +167,7 @@ void save(TrainStep& ts, CheckpointSaver& saver, const Setup& s, const TrainingP
 int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, const StopRequest& stop) {
   const ModelConfig& mc = s.model;
   const RunConfig& rc = s.run;
-  TrainStep ts(mc, s.opt, rc.training(), *backend.ops, grid);
+  TrainStep ts(mc, s.opt, rc.training(mc), *backend.ops, grid);
   TrainingPosition pos;
   pos.seed = rc.seed;
   for (const std::string& w : s.resume_warnings) LOG(WARNING) << w;
@@ -395,7 +395,7 @@ int cmd_train(int argc, char** argv) {
                 << s.run.dp << " x sp " << s.run.sp << " x tp " << s.run.tp << " | "
                 << current_threads() << " thread(s) per rank | "
                 << (no_gpu.empty() ? backend.description : cat("cuda, ", s.run.precision, " matrix products (no GPU here)"))
-                << s.run.storage_note() << "\nmemory per rank (estimate):\n" << plan << std::endl;
+                << s.run.storage_note(s.model) << "\nmemory per rank (estimate):\n" << plan << std::endl;
     memory_plan = plan;
     require_fits(request, RunShape{s.run.batch_size, s.run.accum_steps, s.run.dp}, budget);
   });
@@ -433,7 +433,7 @@ int cmd_train(int argc, char** argv) {
             << ParamLayout(s.model).num_parameters() << " parameters";
   LOG(INFO) << "layout: " << grid.world_size() << " rank(s) = dp " << s.run.dp << " x sp "
             << s.run.sp << " x tp " << s.run.tp << " | " << current_threads()
-            << " thread(s) per rank | " << backend.description << s.run.storage_note();
+            << " thread(s) per rank | " << backend.description << s.run.storage_note(s.model);
   LOG(INFO) << "memory per rank (estimate): " << memory_plan;
   if (!thread_warning.empty() && grid.world_rank() == 0) LOG(WARNING) << thread_warning;
   if (grid.world_size() > 1) {

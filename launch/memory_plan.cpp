@@ -159,7 +159,7 @@ PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cu
   r.bf16_products = cuda && run.precision == "bf16";
   r.cudnn_attention = cuda && run.precision == "bf16" &&
                       (run.attention == "auto" || run.attention == "cudnn");
-  r.kv_bf16 = run.key_value_storage() == KeyValueStorage::kBf16;
+  r.kv_bf16 = run.key_value_storage(model) == KeyValueStorage::kBf16;
   r.runtime_bytes = double(resident_bytes());
   return r;
 }

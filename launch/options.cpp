@@ -79,16 +79,20 @@ void RunConfig::validate() const {
     fail_user("--kv-storage bf16 is for --device cuda: the CPU keeps the keys and values in fp32");
 }
 
-std::string RunConfig::storage_note() const {
-  return key_value_storage() == KeyValueStorage::kBf16 ? " | keys and values in bf16" : "";
+std::string RunConfig::storage_note(const ModelConfig& model) const {
+  return key_value_storage(model) == KeyValueStorage::kBf16 ? " | keys and values in bf16" : "";
 }
 
-KeyValueStorage RunConfig::key_value_storage() const {
+KeyValueStorage RunConfig::key_value_storage(const ModelConfig& model) const {
   if (kv_storage == "bf16") return KeyValueStorage::kBf16;
   if (kv_storage == "fp32") return KeyValueStorage::kNative;
-  const bool cudnn_reads_them =
-      device == "cuda" && precision == "bf16" && (attention == "auto" || attention == "cudnn");
-  return cudnn_reads_them ? KeyValueStorage::kBf16 : KeyValueStorage::kNative;
+  // cuDNN takes heads that are a multiple of 8 up to 128 on every GPU it runs on
+  // (kernels/cuda/sdpa_graph.h, head_dim_supported: 256 from sm_90).
+  const int64_t head = model.cross_head_dim();
+  const bool cudnn_reads_them = device == "cuda" && precision == "bf16" &&
+                                (attention == "auto" || attention == "cudnn") &&
+                                head % 8 == 0 && head <= 128;
+  return cudnn_reads_them && tp == 1 ? KeyValueStorage::kBf16 : KeyValueStorage::kNative;
 }
 
 void RunConfig::validate_layout(const ModelConfig& model) const {
@@ -142,7 +146,7 @@ po::options_description run_options(RunConfig& c) {
       ("device", po::value(&c.device)->default_value(c.device), "cpu or cuda (one GPU per rank, chosen by the node-local rank)")
       ("precision", po::value(&c.precision)->default_value(c.precision), "matrix products on cuda: fp32, tf32 or bf16 (weights and optimizer state stay fp32)")
       ("attention", po::value(&c.attention)->default_value(c.attention), kAttentionHelp)
-      ("kv-storage", po::value(&c.kv_storage)->default_value(c.kv_storage), "where the input side keeps its keys and values and their gradients (the largest tensors: 4 of batch x context x d): auto (bf16 with --device cuda --precision bf16 and cuDNN's attention, fp32 elsewhere), bf16 (half the memory; rounded once as they are made; cuda only) or fp32")
+      ("kv-storage", po::value(&c.kv_storage)->default_value(c.kv_storage), "where the input side keeps its keys and values and their gradients (the largest tensors: 4 of batch x context x d): auto (bf16 with --device cuda --precision bf16, cuDNN's attention and --tp 1, fp32 elsewhere), bf16 (half the memory; rounded once as they are made; cuda only) or fp32")
       ("collective-timeout", po::value(&c.collective_timeout)->default_value(c.collective_timeout), "seconds one collective may wait for the other ranks before this rank ends with an error saying what it waited for (a hung rank, GPU, storage or network; under mpirun or srun the launcher then ends the job); 0: wait for ever")
       ("dp", po::value(&c.dp)->default_value(c.dp), "data-parallel replicas (each takes a share of every batch)")
       ("sp", po::value(&c.sp)->default_value(c.sp), "sequence-parallel ranks (each holds a slice of the context)")

@@ -49,15 +49,19 @@ struct RunConfig {
 
   int64_t micro_batch() const { return batch_size / accum_steps; }
   // What a training step takes of these options.
-  TrainingConfig training() const {
+  TrainingConfig training(const ModelConfig& model) const {
     return TrainingConfig{micro_batch(), dropout, cross_attend_dropout, seed,
-                          key_value_storage()};
+                          key_value_storage(model)};
   }
-  // --kv-storage resolved: auto is bf16 where cuDNN's attention reads the keys and values
-  // (--device cuda --precision bf16, --attention auto or cudnn), fp32 elsewhere.
-  KeyValueStorage key_value_storage() const;
+  // --kv-storage resolved for `model`: auto is bf16 where cuDNN's attention reads the keys
+  // and values and the projections' products run on bf16 operands as they lie (--device
+  // cuda --precision bf16, --attention auto or cudnn, cross-attention heads cuDNN takes on
+  // any GPU, no tensor parallelism: split d/tp wide, the projections are too narrow for
+  // bf16 products and the input side's d-wide tensors outweigh what bf16 saves), fp32
+  // elsewhere.
+  KeyValueStorage key_value_storage(const ModelConfig& model) const;
   // " | keys and values in bf16" where they are, for the logs' layout lines; "" otherwise.
-  std::string storage_note() const;
+  std::string storage_note(const ModelConfig& model) const;
   void validate() const;
   // UserError unless the model and the batch fit the --dp/--sp/--tp layout.
   void validate_layout(const ModelConfig& model) const;

@@ -105,12 +105,12 @@ TEST(ModelBf16Storage, RepeatsItsBits) {
   EXPECT_EQ(a.grads, b.grads);
 }
 
-// Without tensor parallelism the input side's 8 [B, N/sp, d] float tensors become 6: at the
-// 100M GPU config, 512 MiB less per example. Under tensor parallelism its d-wide tensors
-// (the embeddings, LN_kv's output and their gradients) outweigh the d/tp-wide keys and
-// values: bfloat16 storage takes 6 such tensors there too, which is as much as float
-// storage at tp = 2 and less from tp = 4 (10).
-TEST(ModelBf16Storage, SavesTwoOfTheInputSidesEightTensors) {
+// Without tensor parallelism the input side's four [B, N/sp, d] float tensors become three:
+// at the 100M GPU config, 512 MiB less per example. Under tensor parallelism its d-wide
+// tensors (the embeddings, LN_kv's output and their gradients) outweigh the d/tp-wide keys
+// and values: bfloat16 storage takes three there too, as much as float storage at tp = 2
+// and less from tp = 4 (five). Counted below in bfloat16-sized halves of such a tensor.
+TEST(ModelBf16Storage, SavesOneOfTheInputSidesFourFloatTensors) {
   ModelConfig c{.vocab_size = 259, .d_model = 1024, .context_length = 131072,
                 .num_latents = 1024, .num_layers = 6, .cross_heads = 16, .self_heads = 16,
                 .mlp_factor = 4};

@@ -118,11 +118,24 @@ TEST(ReliabilityMemoryPlan, PlansKeysAndValuesInBf16) {
   r.bf16_products = r.cudnn_attention = false;
   EXPECT_EQ(item("widened keys and values"), 4 * tensor * 9 / 8);
 
-  // From the options: auto is bf16 only where cuDNN's attention reads them.
+  // From the options: auto is bf16 only where cuDNN's attention reads them and the bf16
+  // products take them as they lie: not under tensor parallelism, not for heads cuDNN
+  // does not take.
   RunConfig run;
   run.device = "cuda";
   run.precision = "bf16";
   EXPECT_TRUE(plan_request(r.model, run, true).kv_bf16);
+  run.tp = 2;
+  EXPECT_FALSE(plan_request(r.model, run, true).kv_bf16);
+  run.tp = 1;
+  ModelConfig odd_heads = r.model;
+  odd_heads.cross_heads = 8;  // heads of 128: taken
+  EXPECT_TRUE(plan_request(odd_heads, run, true).kv_bf16);
+  odd_heads.cross_heads = 4;  // heads of 256: not on every GPU
+  EXPECT_FALSE(plan_request(odd_heads, run, true).kv_bf16);
+  odd_heads.d_model = 1020;  // heads of 255
+  odd_heads.cross_heads = 4;
+  EXPECT_FALSE(plan_request(odd_heads, run, true).kv_bf16);
   run.attention = "blocked";
   EXPECT_FALSE(plan_request(r.model, run, true).kv_bf16);
   run.kv_storage = "bf16";

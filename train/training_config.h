@@ -1,6 +1,6 @@
 // What one training step needs of a run's options: the few numbers that change its
 // result, so that the engine (train/train_step.h) does not depend on the command line's
-// whole RunConfig (launch/options.h, which makes one with RunConfig::training()).
+// whole RunConfig (launch/options.h, which makes one with RunConfig::training(model)).
 #pragma once
 
 #include <cstdint>

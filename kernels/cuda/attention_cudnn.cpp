@@ -53,9 +53,9 @@ Piece piece_of(const AttentionShape& s) {
   return p;
 }
 
-// Rows between examples of the keys cuDNN reads: the caller's own tensor's (nk) where it
-// reads bfloat16 keys in place, none masked; 0 (packed: the gathered copy) otherwise.
-int64_t kv_rows_of(const AttentionShape& s, const Piece& p, bool kv_bf16) {
+// Rows between examples of the keys cuDNN would read in place: the caller's own tensor's
+// (nk) for bfloat16 keys, none masked; 0 (packed: the gathered copy) otherwise.
+int64_t in_place_rows(const AttentionShape& s, const Piece& p, bool kv_bf16) {
   const bool masked = !p.causal && p.keep != nullptr;
   return kv_bf16 && !masked ? s.nk : 0;
 }
@@ -127,7 +127,8 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     Entry e;
-    const std::string what = describe_shape(backward, batch, heads, nq, nk, head_dim, causal);
+    const std::string what = describe_shape(backward, batch, heads, nq, nk, head_dim, causal) +
+                             (kv_rows > 0 ? ", keys read in place" : "");
     try {
       if (!handle_) {
         cudnnStatus_t st = api_->Create(&handle_);
@@ -154,8 +155,10 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
     } catch (const CudnnError& err) {
       e.graph.reset();
       e.refusal = err.what();
-      backend_log(LogLevel::kWarning, cat("attention ", what, ": cuDNN cannot run it (",
-                                          e.refusal, "); par's blocked attention runs it"));
+      backend_log(LogLevel::kWarning,
+                  cat("attention ", what, ": cuDNN cannot run it (", e.refusal, "); ",
+                      kv_rows > 0 ? "the keys are gathered for it instead"
+                                  : "par's blocked attention runs it"));
     }
     it = graphs_.emplace(key, std::move(e)).first;
   }
@@ -178,10 +181,24 @@ std::string CudnnAttention::prepare(const AttentionShape& s, bool backward, bool
   if (backward && p.rows == 1 && p.keys == 1)
     return "cuDNN's backward does not take one query over one key";
   std::string why;
-  return graph(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal, s.scale,
-               kv_rows_of(s, p, kv_bf16), &why)
+  const int64_t in_place = in_place_rows(s, p, kv_bf16);
+  if (in_place > 0 && graph(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal,
+                            s.scale, in_place, &why))
+    return "";
+  // Where cuDNN refuses the keys where they lie (kv_rows() then says so), the gathered copy.
+  return graph(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal, s.scale, 0,
+               &why)
              ? std::string()
              : why;
+}
+
+int64_t CudnnAttention::kv_rows(const AttentionShape& s, bool backward, bool kv_bf16) const {
+  const Piece p = piece_of(s);
+  const int64_t in_place = in_place_rows(s, p, kv_bf16);
+  if (in_place == 0) return 0;
+  const auto it = graphs_.find(
+      Key{backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal, s.scale, in_place});
+  return it != graphs_.end() && it->second.graph ? in_place : 0;
 }
 
 void CudnnAttention::run(const CudnnGraph& g,
@@ -192,7 +209,7 @@ void CudnnAttention::run(const CudnnGraph& g,
 }
 
 CudnnAttention::Operands CudnnAttention::operands(const AttentionShape& s, const float* q,
-                                                  KeyValues kv) {
+                                                  KeyValues kv, bool backward) {
   const int64_t B = s.batch, ld = s.heads * s.head_dim;
   const Piece p = piece_of(s);
   Operands x;
@@ -204,7 +221,7 @@ CudnnAttention::Operands CudnnAttention::operands(const AttentionShape& s, const
   kern::rows_to_bf16(stream_, x.q, q, B, s.nq, p.row0, p.rows, ld);
   x.seq_q = buffer<int32_t>(kSeqQ, B);
   kern::fill_int32(stream_, x.seq_q, B, int32_t(p.rows));
-  x.kv_rows = kv_rows_of(s, p, kv.bf16);
+  x.kv_rows = kv_rows(s, backward, kv.bf16);
   if (x.kv_rows > 0) {
     // Every one of the first p.keys keys is visible: cuDNN reads them where they lie.
     x.in_place = true;
@@ -272,7 +289,7 @@ CudnnAttention::Diagonal CudnnAttention::diagonal(const AttentionShape& s,
 void CudnnAttention::forward(const AttentionShape& s, const float* q, KeyValues kv, float* o,
                              float* lse) {
   const int64_t B = s.batch, H = s.heads, D = s.head_dim, ld = H * D, nq = s.nq;
-  const Operands x = operands(s, q, kv);
+  const Operands x = operands(s, q, kv, false);
   const CudnnGraph* g =
       graph(false, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, x.kv_rows, nullptr);
   PAR_ASSERT(g, "cuDNN attention forward without a successful prepare()");
@@ -297,7 +314,7 @@ void CudnnAttention::backward(const AttentionShape& s, const float* q, KeyValues
                               KeyValueGrads grads) {
   const int64_t B = s.batch, H = s.heads, D = s.head_dim, ld = H * D, nq = s.nq, nk = s.nk;
   const size_t bytes_per = grads.bf16 ? sizeof(uint16_t) : sizeof(float);
-  const Operands x = operands(s, q, kv);
+  const Operands x = operands(s, q, kv, true);
   const CudnnGraph* g =
       graph(true, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, x.kv_rows, nullptr);
   PAR_ASSERT(g, "cuDNN attention backward without a successful prepare()");

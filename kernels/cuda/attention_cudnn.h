@@ -115,7 +115,11 @@ class CudnnAttention {
     bool in_place = false;
     int64_t kv_rows = 0;
   };
-  Operands operands(const AttentionShape& s, const float* q, KeyValues kv);
+  Operands operands(const AttentionShape& s, const float* q, KeyValues kv, bool backward);
+  // Rows between examples of the keys the call's graph reads: nk where it reads bfloat16
+  // keys in place (none masked, and cuDNN took that graph in prepare()), 0 where it reads
+  // the gathered copy.
+  int64_t kv_rows(const AttentionShape& s, bool backward, bool kv_bf16) const;
   // Float32 copies of the diagonal piece's rows and keys (and key mask) as a call of its
   // own for the blocked path, whose rows start at row0 of the whole call.
   struct Diagonal {

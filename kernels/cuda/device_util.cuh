@@ -3,6 +3,7 @@
 // reproducible bit for bit).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -40,15 +41,10 @@ __device__ __forceinline__ float stored_value(uint16_t b) {
   return __uint_as_float(uint32_t(b) << 16);
 }
 __device__ __forceinline__ void store_value(float* p, float x) { *p = x; }
+// The same conversion as round_to_bf16's (matrix_to_bf16), so that the backend's rounded
+// results agree bit for bit; core/bf16.h rounds numbers alike (a NaN's bits may differ).
 __device__ __forceinline__ void store_value(uint16_t* p, float x) {
-  // As __float2bfloat16_rn (and core/bf16.h): NaN stays a (quiet) NaN.
-  uint32_t u = __float_as_uint(x);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
-    *p = uint16_t((u >> 16) | 0x0040u);
-    return;
-  }
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  *p = uint16_t(u >> 16);
+  *p = __bfloat16_as_ushort(__float2bfloat16_rn(x));
 }
 
 template <typename T>
