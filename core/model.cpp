@@ -68,6 +68,13 @@ struct PerceiverAR<T>::Acts {
   uint16_t *ck16 = nullptr, *cv16 = nullptr, *dck16 = nullptr, *dcv16 = nullptr;
   T* region_c = nullptr;
   bool bf16_kv = false;
+  // In bfloat16 storage without absolute positions, LN_kv reads the embedding table by id
+  // (Ops::embedding_layernorm_forward_bf16): the embeddings h are never stored (h null),
+  // LN_kv's output lives in a region of its own size (kvn16) and the projections' float
+  // output in `projection`.
+  bool fused_embedding = false;
+  uint16_t* kvn16 = nullptr;
+  T* projection = nullptr;
   T *zin, *z0, *qn, *qn_mu, *qn_rs, *cq, *catt, *clse, *lse_max, *x1;
 
   std::vector<MlpActs<T>> mlp;  // slot 0: the cross-attention's MLP; slot 1+l: layer l's
@@ -104,7 +111,8 @@ struct PerceiverAR<T>::Acts {
     self_cos = c.take<T>(M * self_bands);
     self_sin = c.take<T>(M * self_bands);
     bf16_kv = bf16;
-    if (bf16) carve_bf16_inputs(c, BN, I(d), dc);
+    fused_embedding = bf16 && !absolute;
+    if (bf16) carve_bf16_inputs(c, BN, I(d), dc, fused_embedding);
     // Where the keys and values together hold a [BN, d] tensor (dc >= d/2: up to 2
     // tensor-parallel ranks), buffers dead by then live in them: the embeddings h until
     // LN_kv has read them (the projections then write the keys and values; the backward
@@ -184,28 +192,37 @@ struct PerceiverAR<T>::Acts {
     position_scratch = dh;
   }
 
-  // The input side in bfloat16 storage: three regions A, B, C of [BN, max(d, dc)] T, each
-  // holding a [BN, d] tensor of T or a pair of [BN, dc] bfloat16 ones, used in turn (the
-  // order of model.cpp's keys_values_forward and keys_values_backward):
+  // The input side in bfloat16 storage: regions A and C of [BN, max(d, dc)] T, each
+  // holding a [BN, d] tensor of T or a pair of [BN, dc] bfloat16 ones, and B, used in turn
+  // (the order of model.cpp's keys_values_forward and keys_values_backward).
+  // With the embeddings stored (absolute positions), B is like A and C:
   //   forward:  h in A; LN_kv's output kvn (bfloat16) in B; each projection in T in A (h
   //             read), its rounding into C (keys, values);
   //   backward: the keys' and values' gradients (bfloat16) in A; h again in B, kvn again
   //             in C; dkvn in B (h read); h once more in C (kvn read); dh in A.
+  // Without (fused_embedding), B holds only kvn ([BN, d] bfloat16):
+  //   forward:  kvn in B; each projection in T in A, its rounding into C;
+  //   backward: the gradients in A; kvn again in B; dkvn in C (the keys and values read);
+  //             dh in A.
   template <typename I>
-  void carve_bf16_inputs(Carver& c, I BN, I d, I dc) {
+  void carve_bf16_inputs(Carver& c, I BN, I d, I dc, bool fused) {
     const I region = BN * std::max(d, dc);
-    h = c.take<T>(region);
-    kvn = c.take<T>(region);
+    T* a = c.take<T>(region);
+    T* b = fused ? nullptr : c.take<T>(region);
+    kvn16 = fused ? c.take<uint16_t>(BN * d) : reinterpret_cast<uint16_t*>(b);
     region_c = c.take<T>(region);
     auto pair = [&](T* r, uint16_t** first, uint16_t** second) {
       *first = reinterpret_cast<uint16_t*>(r);
       *second = r ? *first + int64_t(BN * dc) : nullptr;
     };
     pair(region_c, &ck16, &cv16);
-    pair(h, &dck16, &dcv16);
-    dh = h;
-    dkvn = kvn;
-    position_scratch = kvn;  // free until LN_kv writes it
+    pair(a, &dck16, &dcv16);
+    projection = a;
+    dh = a;
+    h = fused ? nullptr : a;
+    kvn = b;
+    dkvn = fused ? region_c : b;
+    position_scratch = b;  // free until LN_kv writes it
     ck = cv = dck = dcv = nullptr;
   }
 };
@@ -386,8 +403,9 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   if (holds_latents()) ops_.upload(a.targets, targets.data(), targets.size() * sizeof(int32_t));
 
   // This rank's inputs: embeddings, visibility, keys and values.
-  for (int64_t b = 0; b < B; ++b)
-    ops_.embedding_forward(a.h + b * Nl * d, a.tokens + b * cols, p_.embed, Nl, d);
+  if (!a.fused_embedding)
+    for (int64_t b = 0; b < B; ++b)
+      ops_.embedding_forward(a.h + b * Nl * d, a.tokens + b * cols, p_.embed, Nl, d);
   if (positions_) add_absolute_positions(windows, ctx.position_carry);
   const double cad = ctx.training ? ctx.cross_attend_dropout : 0.0;
   // Known here, on the host: a backend may then read the keys where they lie.
@@ -404,14 +422,23 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   // The latents' embeddings (before the keys and values, which may overwrite h): on the
   // last rank; or, when they span several ranks, each contributes its rows of [M, d]
   // (zeros elsewhere) to a sum.
+  // Without stored embeddings, the latents' rows are looked up again (the same numbers).
+  auto latent_rows = [&](int64_t first, int64_t count) {
+    const int64_t column = first + N - M - pos0_;  // this rank's column of latent `first`
+    if (!a.fused_embedding) {
+      ops_.copy_blocks(a.zin + first * d, M * d, a.h + column * d, Nl * d, B, count * d, false);
+      return;
+    }
+    for (int64_t b = 0; b < B; ++b)
+      ops_.embedding_forward(a.zin + (b * M + first) * d, a.tokens + b * cols + column,
+                             p_.embed, count, d);
+  };
   if (latents_split_) {
     ops_.fill(a.zin, BM * d, T(0));
-    if (latent_count_ > 0)
-      ops_.copy_blocks(a.zin + latent_first_ * d, M * d, a.h + (latent_first_ + N - M - pos0_) * d,
-                       Nl * d, B, latent_count_ * d, false);
+    if (latent_count_ > 0) latent_rows(latent_first_, latent_count_);
     groups_.sp->all_reduce(a.zin, BM * d, ReduceOp::kSum);
   } else if (holds_latents()) {
-    ops_.copy_blocks(a.zin, M * d, a.h + (Nl - M) * d, Nl * d, B, M * d, false);
+    latent_rows(0, M);
   }
   keys_values_forward();
   const CrossRef<T>& cp = p_.cross;
@@ -568,12 +595,17 @@ void PerceiverAR<T>::keys_values_forward() {
     return;
   }
   // LN_kv's output in bfloat16 (the projections' operand, which bf16 products round to
-  // that anyway); each projection in T in h's place (read by LN_kv), then rounded into its
-  // bfloat16 home (Acts::carve_bf16_inputs).
-  uint16_t* kvn = bf16_view(a.kvn);
-  ops_.layernorm_forward_bf16(kvn, a.kv_mu, a.kv_rs, a.h, cp.ln_kv.w, cp.ln_kv.b, BN, d,
-                              kLayerNormEps);
-  T* projection = a.h;
+  // that anyway); each projection in T (in h's place, read by LN_kv), then rounded into
+  // its bfloat16 home (Acts::carve_bf16_inputs).
+  uint16_t* kvn = a.kvn16;
+  if (a.fused_embedding)
+    ops_.embedding_layernorm_forward_bf16(kvn, a.kv_mu, a.kv_rs, a.tokens, B, Nl,
+                                          window_columns(), p_.embed, cp.ln_kv.w, cp.ln_kv.b, d,
+                                          kLayerNormEps);
+  else
+    ops_.layernorm_forward_bf16(kvn, a.kv_mu, a.kv_rs, a.h, cp.ln_kv.w, cp.ln_kv.b, BN, d,
+                                kLayerNormEps);
+  T* projection = a.projection;
   ops_.linear_forward_bf16_x(projection, kvn, cp.attn.k.w, cp.attn.k.b, BN, d, dc);
   ops_.rotary_to_bf16(a.ck16, projection, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos,
                       a.key_sin);
@@ -593,6 +625,21 @@ void PerceiverAR<T>::keys_values_backward() {
   const CrossRef<T>& cp = p_.cross;
   const CrossRef<T>& cg = g_.cross;
   Acts& a = *a_;
+  if (a.fused_embedding) {
+    // The regions' turns of Acts::carve_bf16_inputs: A (the gradients, then dh), B (kvn),
+    // C (dkvn).
+    const int64_t cols = window_columns();
+    ops_.rotary_bf16(a.dck16, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, true);
+    ops_.embedding_layernorm_forward_bf16(a.kvn16, a.kv_mu, a.kv_rs, a.tokens, B, Nl, cols,
+                                          p_.embed, cp.ln_kv.w, cp.ln_kv.b, d, kLayerNormEps);
+    ops_.linear_backward_bf16(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck16, a.kvn16,
+                              cp.attn.k.w, BN, d, dc);
+    ops_.linear_backward_bf16(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv16, a.kvn16,
+                              cp.attn.v.w, BN, d, dc);
+    ops_.embedding_layernorm_backward(a.dh, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, a.tokens, B, Nl,
+                                      cols, p_.embed, a.kv_mu, a.kv_rs, cp.ln_kv.w, d);
+    return;
+  }
   if (a.bf16_kv) {
     // The regions' turns of Acts::carve_bf16_inputs: A = a.h (the gradients, then dh),
     // B = a.kvn, C = a.region_c.

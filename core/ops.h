@@ -206,6 +206,18 @@ struct CaptureRefused : std::runtime_error {
     (uint16_t* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t rows, int64_t d,   \
      double eps),                                                                                  \
     (y, mean, rstd, x, w, b, rows, d, eps))                                                        \
+  /* LN_kv of the embeddings, without them: layernorm_forward_bf16 of the rows */                  \
+  /* table[ids[b*id_stride + j]] (b < batch, j < n; y, mean, rstd [batch*n, ...]), as */           \
+  /* embedding_forward then layernorm_forward_bf16 give them. */                                  \
+  X(void, embedding_layernorm_forward_bf16,                                                        \
+    (uint16_t* y, T* mean, T* rstd, const int32_t* ids, int64_t batch, int64_t n,                  \
+     int64_t id_stride, const T* table, const T* w, const T* b, int64_t d, double eps),            \
+    (y, mean, rstd, ids, batch, n, id_stride, table, w, b, d, eps))                                \
+  /* Its backward: layernorm_backward (dx written) with x those embedding rows. */                 \
+  X(void, embedding_layernorm_backward,                                                            \
+    (T* dx, T* dw, T* db, const T* dy, const int32_t* ids, int64_t batch, int64_t n,               \
+     int64_t id_stride, const T* table, const T* mean, const T* rstd, const T* w, int64_t d),      \
+    (dx, dw, db, dy, ids, batch, n, id_stride, table, mean, rstd, w, d))                           \
   /* linear_forward of a bfloat16 x (y in T). */                                                   \
   X(void, linear_forward_bf16_x,                                                                   \
     (T* y, const uint16_t* x, const T* w, const T* b, int64_t rows, int64_t in, int64_t out),      \

@@ -320,6 +320,61 @@ void layernorm_bf16_cases(std::vector<OpCase>& t) {
     }));
 }
 
+// LN_kv of the embeddings without them (2 examples of 301 ids, 305 apart): the embedding
+// rows gathered, then the LayerNorm, bit for bit, forward (rounded) and backward.
+void embedding_layernorm_cases(std::vector<OpCase>& t) {
+  for (bool backward : {false, true}) {
+    const std::string op =
+        backward ? "embedding_layernorm_backward" : "embedding_layernorm_forward_bf16";
+    t.push_back(make_case(cat(op, " 2x301"),
+                          {op, "embedding_forward", backward ? "layernorm_backward"
+                                                              : "layernorm_forward_bf16"},
+                          backward ? 1e-5 : kBf16Tol, Products::kNone, false, [=](auto& r) {
+      const int64_t batch = 2, n = 301, stride = 305, V = 37, d = 96, rows = batch * n;
+      std::vector<int32_t> ids(size_t(batch * stride), -1);  // the gaps: not ids
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t j = 0; j < n; ++j) ids[size_t(b * stride + j)] = int32_t((j * 7 + b) % V);
+      const std::vector<double> table = r.normal(V * d, 37, 2.0);
+      std::vector<double> w = r.normal(d, 38, 0.3);
+      for (double& v : w) v = double(float(v + 1.0));
+      auto *gids = r.raw(ids), *gtable = r.put(table), *gw = r.put(w), *gb = r.random(d, 39);
+      auto* h = r.filled(rows * d, 0);
+      for (int64_t b = 0; b < batch; ++b)
+        r.ops.embedding_forward(h + b * n * d, gids + b * stride, gtable, n, d);
+      auto *mean = r.filled(rows, 0), *rstd = r.filled(rows, 0);
+      auto *mean_t = r.filled(rows, 0), *rstd_t = r.filled(rows, 0);
+      auto* y = r.raw(std::vector<uint16_t>(size_t(rows * d), 0x1234));
+      auto* y_t = r.raw(std::vector<uint16_t>(size_t(rows * d), 0));
+      if (!backward) {
+        r.ops.embedding_layernorm_forward_bf16(y, mean, rstd, gids, batch, n, stride, gtable, gw,
+                                               gb, d, kLayerNormEps);
+        r.ops.layernorm_forward_bf16(y_t, mean_t, rstd_t, h, gw, gb, rows, d, kLayerNormEps);
+        r.check(same_bits(r, y, y_t, rows * d) && same_values(r, mean, mean_t, rows) &&
+                    same_values(r, rstd, rstd_t, rows),
+                "not the LayerNorm of the gathered embeddings");
+        r.out("y", widened(r, y, rows * d), rows * d);
+        r.out("mean", mean, rows);
+        r.out("rstd", rstd, rows);
+        return;
+      }
+      r.ops.layernorm_forward_bf16(y_t, mean, rstd, h, gw, gb, rows, d, kLayerNormEps);
+      auto* dy = r.random(rows * d, 40);
+      auto *dx = r.random(rows * d, 41), *dx_t = r.random(rows * d, 42);
+      auto *dw = r.random(d, 43), *db = r.random(d, 44);
+      auto *dw_t = r.random(d, 43), *db_t = r.random(d, 44);
+      r.ops.embedding_layernorm_backward(dx, dw, db, dy, gids, batch, n, stride, gtable, mean,
+                                         rstd, gw, d);
+      r.ops.layernorm_backward(dx_t, false, dw_t, db_t, dy, h, mean, rstd, gw, rows, d);
+      r.check(same_values(r, dx, dx_t, rows * d) && same_values(r, dw, dw_t, d) &&
+                  same_values(r, db, db_t, d),
+              "not the LayerNorm backward of the gathered embeddings");
+      r.out("dx", dx, rows * d);
+      r.out("dw", dw, d);
+      r.out("db", db, d);
+    }));
+  }
+}
+
 }  // namespace
 
 void bf16_storage_cases(std::vector<OpCase>& t) {
@@ -329,6 +384,7 @@ void bf16_storage_cases(std::vector<OpCase>& t) {
   attention_bf16_cases(t);
   linear_bf16_cases(t);
   layernorm_bf16_cases(t);
+  embedding_layernorm_cases(t);
 }
 
 }  // namespace par::op_parity

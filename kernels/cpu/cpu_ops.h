@@ -22,6 +22,10 @@ class CpuOps final : public Ops<T> {
   int64_t scratch_bytes() const { return ws_.bytes(); }
 
  private:
+  // The embedding rows of ids ([batch * n, d]) in the widening scratch, with room for
+  // `parts` such blocks (cpu_ops_bf16.cpp).
+  T* embedding_rows(const int32_t* ids, int64_t batch, int64_t n, int64_t id_stride,
+                    const T* table, int64_t d, int parts);
   Workspace ws_;
 };
 

@@ -52,6 +52,37 @@ void CpuOps<T>::layernorm_forward_bf16(uint16_t* y, T* mean, T* rstd, const T* x
   round_all(y, yw, rows * d);
 }
 
+// The embedding rows of ids, [batch * n, d], into the calling thread's widening slot.
+template <typename T>
+T* CpuOps<T>::embedding_rows(const int32_t* ids, int64_t batch, int64_t n, int64_t id_stride,
+                             const T* table, int64_t d, int parts) {
+  T* rows = widened<T>(ws_, batch * n * d, parts);
+  for (int64_t b = 0; b < batch; ++b)
+    embedding_forward(rows + b * n * d, ids + b * id_stride, table, n, d);
+  return rows;
+}
+
+template <typename T>
+void CpuOps<T>::embedding_layernorm_forward_bf16(uint16_t* y, T* mean, T* rstd,
+                                                 const int32_t* ids, int64_t batch, int64_t n,
+                                                 int64_t id_stride, const T* table, const T* w,
+                                                 const T* b, int64_t d, double eps) {
+  const int64_t count = batch * n * d;
+  T* x = embedding_rows(ids, batch, n, id_stride, table, d, 2);
+  T* yw = x + count;
+  layernorm_forward(yw, mean, rstd, x, w, b, batch * n, d, eps);
+  round_all(y, yw, count);
+}
+
+template <typename T>
+void CpuOps<T>::embedding_layernorm_backward(T* dx, T* dw, T* db, const T* dy,
+                                             const int32_t* ids, int64_t batch, int64_t n,
+                                             int64_t id_stride, const T* table, const T* mean,
+                                             const T* rstd, const T* w, int64_t d) {
+  const T* x = embedding_rows(ids, batch, n, id_stride, table, d, 1);
+  layernorm_backward(dx, false, dw, db, dy, x, mean, rstd, w, batch * n, d);
+}
+
 template <typename T>
 void CpuOps<T>::linear_forward_bf16_x(T* y, const uint16_t* x, const T* w, const T* b,
                                       int64_t rows, int64_t in, int64_t out) {
@@ -127,6 +158,12 @@ void CpuOps<T>::linear_backward_bf16(T* dx, bool accumulate_dx, T* dw, T* db,
   template void CpuOps<T>::round_to_bf16(uint16_t*, const T*, int64_t);                           \
   template void CpuOps<T>::layernorm_forward_bf16(uint16_t*, T*, T*, const T*, const T*,          \
                                                   const T*, int64_t, int64_t, double);            \
+  template void CpuOps<T>::embedding_layernorm_forward_bf16(                                      \
+      uint16_t*, T*, T*, const int32_t*, int64_t, int64_t, int64_t, const T*, const T*,           \
+      const T*, int64_t, double);                                                                 \
+  template void CpuOps<T>::embedding_layernorm_backward(T*, T*, T*, const T*, const int32_t*,     \
+                                                        int64_t, int64_t, int64_t, const T*,      \
+                                                        const T*, const T*, const T*, int64_t);   \
   template void CpuOps<T>::linear_forward_bf16_x(T*, const uint16_t*, const T*, const T*,         \
                                                  int64_t, int64_t, int64_t);                      \
   template void CpuOps<T>::rotary_to_bf16(uint16_t*, const T*, int64_t, int64_t, int64_t,         \

@@ -87,6 +87,30 @@ void CudaOps::layernorm_forward_bf16(uint16_t* y, float* mean, float* rstd, cons
   kern::layernorm_forward_bf16(stream_, y, mean, rstd, x, w, b, rows, d, float(eps));
 }
 
+void CudaOps::embedding_layernorm_forward_bf16(uint16_t* y, float* mean, float* rstd,
+                                               const int32_t* ids, int64_t batch, int64_t n,
+                                               int64_t id_stride, const float* table,
+                                               const float* w, const float* b, int64_t d,
+                                               double eps) {
+  use_device();
+  kern::embedding_layernorm_forward_bf16(stream_, y, mean, rstd, ids, batch, n, id_stride, table,
+                                         w, b, d, float(eps));
+}
+
+void CudaOps::embedding_layernorm_backward(float* dx, float* dw, float* db, const float* dy,
+                                           const int32_t* ids, int64_t batch, int64_t n,
+                                           int64_t id_stride, const float* table,
+                                           const float* mean, const float* rstd, const float* w,
+                                           int64_t d) {
+  const int64_t rows = batch * n;
+  if (rows <= 0 || d <= 0) return;
+  use_device();
+  auto* partial = static_cast<float*>(
+      scratch(kLayerNormPartial, size_t(kern::layernorm_backward_partial_floats(rows, d)) * 4));
+  kern::embedding_layernorm_backward(stream_, dx, dw, db, dy, ids, batch, n, id_stride, table,
+                                     mean, rstd, w, d, partial);
+}
+
 // As linear_forward (the bias rows first, the product added onto them), with x as its own
 // compact bfloat16 operand where the product runs on bfloat16 operands, widened otherwise.
 void CudaOps::linear_forward_bf16_x(float* y, const uint16_t* x, const float* w, const float* b,

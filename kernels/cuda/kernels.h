@@ -93,6 +93,16 @@ void column_sums_bf16(cudaStream_t st, float* out, const uint16_t* x, int64_t ro
                       int64_t cols, float* partial);
 void layernorm_forward(cudaStream_t st, float* y, float* mean, float* rstd, const float* x,
                        const float* w, const float* b, int64_t rows, int64_t d, float eps);
+// LN of the embedding rows table[ids[b * id_stride + j]] (row b * n + j), y rounded to
+// bfloat16, and its backward (dx written): the kernels above, reading the rows by id.
+void embedding_layernorm_forward_bf16(cudaStream_t st, uint16_t* y, float* mean, float* rstd,
+                                      const int32_t* ids, int64_t batch, int64_t n,
+                                      int64_t id_stride, const float* table, const float* w,
+                                      const float* b, int64_t d, float eps);
+void embedding_layernorm_backward(cudaStream_t st, float* dx, float* dw, float* db,
+                                  const float* dy, const int32_t* ids, int64_t batch, int64_t n,
+                                  int64_t id_stride, const float* table, const float* mean,
+                                  const float* rstd, const float* w, int64_t d, float* partial);
 // The same with y rounded to bfloat16 (each value computed as layernorm_forward's).
 void layernorm_forward_bf16(cudaStream_t st, uint16_t* y, float* mean, float* rstd,
                             const float* x, const float* w, const float* b, int64_t rows,

@@ -103,15 +103,32 @@ __global__ void column_finish_kernel(float* out, const double* groups, int64_t c
   }
 }
 
+// Where a LayerNorm's input rows lie: a dense [rows, d] tensor, or the embedding rows
+// table[ids[b * id_stride + j]] of row b * n + j (LN_kv of the embeddings, not stored).
+struct DenseRows {
+  const float* x;
+  int64_t d;
+  __device__ const float* row(int64_t r) const { return x + r * d; }
+};
+struct EmbeddingRows {
+  const int32_t* ids;
+  int64_t n, id_stride;
+  const float* table;
+  int64_t d;
+  __device__ const float* row(int64_t r) const {
+    return table + int64_t(ids[(r / n) * id_stride + r % n]) * d;
+  }
+};
+
 // One block per row: mean, then the centred sum of squares (two passes, as on the CPU).
-template <typename S>
-__global__ void layernorm_forward_kernel(S* y, float* mean, float* rstd, const float* x,
+template <typename S, typename Rows>
+__global__ void layernorm_forward_kernel(S* y, float* mean, float* rstd, Rows x,
                                          const float* w, const float* b, int64_t rows,
                                          int64_t d, float eps) {
   __shared__ float shared[kBlockReduceSlots];
   const float inv_d = 1.0f / float(d);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const float* xr = x + r * d;
+    const float* xr = x.row(r);
     float s = 0.0f;
     for (int64_t c = threadIdx.x; c < d; c += blockDim.x) s += xr[c];
     const float mu = block_sum(s, shared) * inv_d;
@@ -134,8 +151,9 @@ __global__ void layernorm_forward_kernel(S* y, float* mean, float* rstd, const f
 // One block per chunk of rows_per_chunk rows. dx row by row (two row sums each); the
 // parameter gradients' per-chunk sums in shared memory, each column owned by one thread
 // (column c by thread c mod blockDim), written to partial[chunk, 0..2d) at the end.
+template <typename Rows>
 __global__ void layernorm_backward_kernel(float* dx, bool accumulate_dx, float* partial,
-                                          const float* dy, const float* x, const float* mean,
+                                          const float* dy, Rows x, const float* mean,
                                           const float* rstd, const float* w, int64_t rows,
                                           int64_t d, int64_t rows_per_chunk) {
   extern __shared__ float acc[];  // [2d]: dw sums, then db sums
@@ -149,7 +167,7 @@ __global__ void layernorm_backward_kernel(float* dx, bool accumulate_dx, float* 
   const int64_t r0 = chunk * rows_per_chunk;
   const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
   for (int64_t r = r0; r < r1; ++r) {
-    const float* xr = x + r * d;
+    const float* xr = x.row(r);
     const float* g = dy + r * d;
     const float mu = mean[r], rs = rstd[r];
     float sum_gw = 0.0f, sum_gw_xhat = 0.0f;
@@ -287,27 +305,71 @@ void column_sums_bf16(cudaStream_t st, float* out, const uint16_t* x, int64_t ro
 
 namespace {
 
-template <typename S>
-void layernorm_forward_of(cudaStream_t st, S* y, float* mean, float* rstd, const float* x,
+template <typename S, typename Rows>
+void layernorm_forward_of(cudaStream_t st, S* y, float* mean, float* rstd, Rows x,
                           const float* w, const float* b, int64_t rows, int64_t d, float eps) {
   if (rows <= 0 || d <= 0) return;
   const unsigned grid = unsigned(std::min<int64_t>(rows, int64_t(1) << 20));
-  layernorm_forward_kernel<S><<<grid, threads_for_row(d), 0, st>>>(y, mean, rstd, x, w, b,
-                                                                   rows, d, eps);
+  layernorm_forward_kernel<S, Rows><<<grid, threads_for_row(d), 0, st>>>(y, mean, rstd, x, w,
+                                                                         b, rows, d, eps);
   PAR_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
+}
+
+template <typename Rows>
+void layernorm_backward_of(cudaStream_t st, float* dx, bool accumulate_dx, float* dw,
+                           float* db, const float* dy, Rows x, const float* mean,
+                           const float* rstd, const float* w, int64_t rows, int64_t d,
+                           float* partial) {
+  if (rows <= 0 || d <= 0) return;
+  const int64_t chunks = norm_chunks_of(rows);
+  PAR_ASSERT(chunks <= (int64_t(1) << 31) - 1);
+  const size_t smem = size_t(2 * d) * sizeof(float);
+  // The default limit of 48 KiB counts the kernel's static shared[] too.
+  if (smem + kBlockReduceSlots * sizeof(float) > 48 * 1024) {
+    // Beyond the default limit: opt in (up to the device's maximum; d <= ~28000 on H100).
+    PAR_CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_kernel<Rows>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(smem)));
+  }
+  layernorm_backward_kernel<Rows><<<unsigned(chunks), threads_for_row(d), smem, st>>>(
+      dx, accumulate_dx, partial, dy, x, mean, rstd, w, rows, d, norm_rows_per_chunk(rows));
+  PAR_CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
+  double* groups = group_sums_of(partial, chunks, 2 * d);
+  sum_groups(st, groups, partial, chunks, 2 * d);
+  layernorm_params_kernel<<<blocks_for(2 * d), kThreads, 0, st>>>(dw, db, groups,
+                                                                  groups_of(chunks), d);
+  PAR_CUDA_CHECK_LAUNCH("layernorm_params_kernel");
 }
 
 }  // namespace
 
 void layernorm_forward(cudaStream_t st, float* y, float* mean, float* rstd, const float* x,
                        const float* w, const float* b, int64_t rows, int64_t d, float eps) {
-  layernorm_forward_of(st, y, mean, rstd, x, w, b, rows, d, eps);
+  layernorm_forward_of(st, y, mean, rstd, DenseRows{x, d}, w, b, rows, d, eps);
 }
 
 void layernorm_forward_bf16(cudaStream_t st, uint16_t* y, float* mean, float* rstd,
                             const float* x, const float* w, const float* b, int64_t rows,
                             int64_t d, float eps) {
-  layernorm_forward_of(st, y, mean, rstd, x, w, b, rows, d, eps);
+  layernorm_forward_of(st, y, mean, rstd, DenseRows{x, d}, w, b, rows, d, eps);
+}
+
+void embedding_layernorm_forward_bf16(cudaStream_t st, uint16_t* y, float* mean, float* rstd,
+                                      const int32_t* ids, int64_t batch, int64_t n,
+                                      int64_t id_stride, const float* table, const float* w,
+                                      const float* b, int64_t d, float eps) {
+  if (n <= 0) return;
+  layernorm_forward_of(st, y, mean, rstd, EmbeddingRows{ids, n, id_stride, table, d}, w, b,
+                       batch * n, d, eps);
+}
+
+void embedding_layernorm_backward(cudaStream_t st, float* dx, float* dw, float* db,
+                                  const float* dy, const int32_t* ids, int64_t batch, int64_t n,
+                                  int64_t id_stride, const float* table, const float* mean,
+                                  const float* rstd, const float* w, int64_t d, float* partial) {
+  if (n <= 0) return;
+  layernorm_backward_of(st, dx, false, dw, db, dy, EmbeddingRows{ids, n, id_stride, table, d},
+                        mean, rstd, w, batch * n, d, partial);
 }
 
 int64_t layernorm_backward_partial_floats(int64_t rows, int64_t d) {
@@ -317,25 +379,8 @@ int64_t layernorm_backward_partial_floats(int64_t rows, int64_t d) {
 void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* dw, float* db,
                         const float* dy, const float* x, const float* mean, const float* rstd,
                         const float* w, int64_t rows, int64_t d, float* partial) {
-  if (rows <= 0 || d <= 0) return;
-  const int64_t chunks = norm_chunks_of(rows);
-  PAR_ASSERT(chunks <= (int64_t(1) << 31) - 1);
-  const size_t smem = size_t(2 * d) * sizeof(float);
-  // The default limit of 48 KiB counts the kernel's static shared[] too.
-  if (smem + kBlockReduceSlots * sizeof(float) > 48 * 1024) {
-    // Beyond the default limit: opt in (up to the device's maximum; d <= ~28000 on H100).
-    PAR_CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_kernel,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(smem)));
-  }
-  layernorm_backward_kernel<<<unsigned(chunks), threads_for_row(d), smem, st>>>(
-      dx, accumulate_dx, partial, dy, x, mean, rstd, w, rows, d, norm_rows_per_chunk(rows));
-  PAR_CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
-  double* groups = group_sums_of(partial, chunks, 2 * d);
-  sum_groups(st, groups, partial, chunks, 2 * d);
-  layernorm_params_kernel<<<blocks_for(2 * d), kThreads, 0, st>>>(dw, db, groups,
-                                                                  groups_of(chunks), d);
-  PAR_CUDA_CHECK_LAUNCH("layernorm_params_kernel");
+  layernorm_backward_of(st, dx, accumulate_dx, dw, db, dy, DenseRows{x, d}, mean, rstd, w, rows,
+                        d, partial);
 }
 
 void cross_entropy_forward(cudaStream_t st, float* ce, float* lse, const float* logits,
