@@ -200,10 +200,10 @@ struct PerceiverAR<T>::Acts {
   //             read), its rounding into C (keys, values);
   //   backward: the keys' and values' gradients (bfloat16) in A; h again in B, kvn again
   //             in C; dkvn in B (h read); h once more in C (kvn read); dh in A.
-  // Without (fused_embedding), B holds only kvn ([BN, d] bfloat16):
+  // Without (fused_embedding), B holds only kvn ([BN, d] bfloat16), kept from the forward
+  // to the backward:
   //   forward:  kvn in B; each projection in T in A, its rounding into C;
-  //   backward: the gradients in A; kvn again in B; dkvn in C (the keys and values read);
-  //             dh in A.
+  //   backward: the gradients in A; dkvn in C (the keys and values read); dh in A.
   template <typename I>
   void carve_bf16_inputs(Carver& c, I BN, I d, I dc, bool fused) {
     const I region = BN * std::max(d, dc);
@@ -626,12 +626,10 @@ void PerceiverAR<T>::keys_values_backward() {
   const CrossRef<T>& cg = g_.cross;
   Acts& a = *a_;
   if (a.fused_embedding) {
-    // The regions' turns of Acts::carve_bf16_inputs: A (the gradients, then dh), B (kvn),
-    // C (dkvn).
+    // The regions' turns of Acts::carve_bf16_inputs: A (the gradients, then dh), B (kvn,
+    // as the forward left it), C (dkvn).
     const int64_t cols = window_columns();
     ops_.rotary_bf16(a.dck16, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, true);
-    ops_.embedding_layernorm_forward_bf16(a.kvn16, a.kv_mu, a.kv_rs, a.tokens, B, Nl, cols,
-                                          p_.embed, cp.ln_kv.w, cp.ln_kv.b, d, kLayerNormEps);
     ops_.linear_backward_bf16(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck16, a.kvn16,
                               cp.attn.k.w, BN, d, dc);
     ops_.linear_backward_bf16(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv16, a.kvn16,

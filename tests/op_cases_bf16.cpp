@@ -146,13 +146,14 @@ bool agree_bits(R& r, const uint16_t* a, const uint16_t* b, int64_t n, bool clos
 }
 
 // Rotation and rounding in one pass: rotary, then round_to_bf16, bit for bit; the source
-// left alone.
+// left alone. Heads of 10, and of 9 (a last dimension never rotated).
 void rotary_to_bf16_cases(std::vector<OpCase>& t) {
+  for (int64_t head_dim : {10, 9})
   for (double fraction : {0.5, 1.0, 0.0})
-    t.push_back(make_case(cat("rotary_to_bf16 fraction ", fraction),
+    t.push_back(make_case(cat("rotary_to_bf16 head ", head_dim, " fraction ", fraction),
                           {"rotary_to_bf16", "rotary", "round_to_bf16"}, kBf16Tol,
                           Products::kNone, false, [=](auto& r) {
-      const int64_t batch = 2, n = 13, heads = 3, head_dim = 10;
+      const int64_t batch = 2, n = 13, heads = 3;
       const int64_t count = batch * n * heads * head_dim;
       const RotarySpec spec = make_rotary_spec(head_dim, fraction, 131072.0);
       std::vector<double> cos_t, sin_t;

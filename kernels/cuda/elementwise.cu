@@ -72,7 +72,6 @@ __global__ void embedding_forward_kernel(float* h, const int32_t* ids, const flo
   }
 }
 
-// One thread per rotated pair (row, head, band).
 // One pair (a, b) rotated by the angle of cosine c and sine s, with no fused multiply-add,
 // so that both rotary kernels give the same bits.
 __device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, float& x,
@@ -81,6 +80,7 @@ __device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, 
   y = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
 }
 
+// One thread per rotated pair (row, head, band).
 template <typename S>
 __global__ void rotary_kernel(S* x, int64_t rows, int64_t n, int64_t heads,
                               int64_t head_dim, int64_t bands, const float* cos_table,
@@ -298,13 +298,15 @@ __global__ void rotary_to_bf16_kernel(uint16_t* dst, const float* src, int64_t r
   const int64_t width = heads * head_dim, total = rows * width;
   for (int64_t t = global_thread(); t < total; t += grid_threads()) {
     const int64_t e = t % head_dim, r = t / width, i = r % n;
-    float y = src[t];
+    float y;
     if (e < 2 * bands) {
       const int64_t k = e / 2;
       const float c = cos_table[i * bands + k], s = sin_table[i * bands + k];
       float first, second;
       rotate_pair(src[t - (e & 1)], src[t - (e & 1) + 1], c, s, first, second);
       y = (e & 1) ? second : first;
+    } else {
+      y = src[t];
     }
     store_value(dst + t, y);
   }
