@@ -4,16 +4,12 @@
 
 #include "core/arena.h"
 #include "core/error.h"
+#include "core/model_acts.h"
 
 namespace par {
 
 namespace {
 
-// A region of T that holds bfloat16 values (KeyValueStorage::kBf16).
-template <typename T>
-uint16_t* bf16_view(T* region) {
-  return reinterpret_cast<uint16_t*>(region);
-}
 
 // What Acts::carve needs besides the config and the batch: this rank's share of the
 // inputs and widths in an sp x tp layout.
@@ -48,184 +44,6 @@ void validate_layout(const ModelConfig& c, int sp, int tp) {
               ": each sequence-parallel rank holds an equal slice of the context");
 }
 
-template <typename T>
-struct PerceiverAR<T>::Acts {
-  int32_t* tokens;      // [B, cols] this rank's columns of each window
-  int32_t* doc_pos;     // [B, Nl] document positions of the inputs (absolute positions only)
-  int32_t* targets;     // [B, M]
-  uint8_t* keep;        // [B, Nl] keys visible to the cross-attention (not PAD, not dropped)
-  int64_t* pos;         // [Nl] global positions of this rank's inputs
-  int64_t* latent_pos;  // [M] positions N-M .. N-1
-  // Rotary tables for the positions they serve: this rank's keys [Nl, bands], the latent
-  // queries of the cross-attention [M, bands], the latents in self-attention [M, bands].
-  T *key_cos, *key_sin, *query_cos, *query_sin, *self_cos, *self_sin;
-
-  // Cross-attention. Inputs: [B, Nl, d], their keys/values [B, Nl, dc] (dc: local width);
-  // latents: [B, M, d], queries and attention output [B, M, dc].
-  T *h, *kvn, *kv_mu, *kv_rs, *ck, *cv;
-  // In bfloat16 storage (KeyValueStorage::kBf16) the keys and values, and their gradients,
-  // in place of ck, cv, dck and dcv (null then); and the third region of the input side.
-  uint16_t *ck16 = nullptr, *cv16 = nullptr, *dck16 = nullptr, *dcv16 = nullptr;
-  T* region_c = nullptr;
-  bool bf16_kv = false;
-  // In bfloat16 storage without absolute positions, LN_kv reads the embedding table by id
-  // (Ops::embedding_layernorm_forward_bf16): the embeddings h are never stored (h null),
-  // LN_kv's output lives in a region of its own size (kvn16) and the projections' float
-  // output in `projection`.
-  bool fused_embedding = false;
-  uint16_t* kvn16 = nullptr;
-  T* projection = nullptr;
-  T *zin, *z0, *qn, *qn_mu, *qn_rs, *cq, *catt, *clse, *lse_max, *x1;
-
-  std::vector<MlpActs<T>> mlp;  // slot 0: the cross-attention's MLP; slot 1+l: layer l's
-  std::vector<AttentionActs<T>> attn;  // latent self-attention of layer l
-  // Residual stream: xs[0] after the cross MLP, x_mid[l] after layer l's attention block,
-  // xs[l+1] after layer l.
-  std::vector<T*> xs, x_mid;
-
-  T *lnf, *lnf_mu, *lnf_rs, *logits, *ce, *lse;
-
-  // Backward and scratch.
-  T *tmp, *dx, *d_ln, *dq, *dk, *dv, *datt, *dfc1, *dact, *dlogits;
-  T *dh, *dkvn, *dck, *dcv;
-  bool recompute_kvn = false;  // kvn in dck for the forward, in ck for the backward
-  T* position_scratch = nullptr;  // [BN, d] for the forward's absolute positions
-
-  // I: int64_t to carve real memory; double to size it (no overflow, see Carver).
-  template <typename I>
-  void carve(Carver& c, const ModelConfig& cfg, I B, I Nl, I dc, I ds, I F, I hc, I hs,
-             I cross_bands, I self_bands, bool absolute, bool bf16) {
-    const int64_t M = cfg.num_latents, d = cfg.d_model;
-    const int64_t V = cfg.vocab_size, L = cfg.num_layers;
-    const I BM = B * M, BN = B * Nl, dq_width = std::max(dc, ds);
-    tokens = c.take<int32_t>(B * (Nl + 1));
-    doc_pos = absolute ? c.take<int32_t>(BN) : nullptr;
-    targets = c.take<int32_t>(BM);
-    keep = c.take<uint8_t>(BN);
-    pos = c.take<int64_t>(Nl);
-    latent_pos = c.take<int64_t>(M);
-    key_cos = c.take<T>(Nl * cross_bands);
-    key_sin = c.take<T>(Nl * cross_bands);
-    query_cos = c.take<T>(M * cross_bands);
-    query_sin = c.take<T>(M * cross_bands);
-    self_cos = c.take<T>(M * self_bands);
-    self_sin = c.take<T>(M * self_bands);
-    bf16_kv = bf16;
-    fused_embedding = bf16 && !absolute;
-    if (bf16) carve_bf16_inputs(c, BN, I(d), dc, fused_embedding);
-    // Where the keys and values together hold a [BN, d] tensor (dc >= d/2: up to 2
-    // tensor-parallel ranks), buffers dead by then live in them: the embeddings h until
-    // LN_kv has read them (the projections then write the keys and values; the backward
-    // gathers h again, into kvn), and later the gradient dkvn (below).
-    const bool reuse = 2 * dc >= I(d);
-    // Where each of them holds a [BN, d] tensor (no tensor parallelism), LN_kv's output
-    // kvn has no buffer of its own either: in the forward it lives in the keys' gradient,
-    // which holds nothing until the backward, and the backward computes it again (the
-    // same bits) in the keys' place once the attention's backward has read them.
-    recompute_kvn = dc >= I(d);
-    if (!bf16) {
-      ck = c.take<T>(BN * dc);
-      cv = c.take<T>(BN * dc);
-      h = reuse ? ck : c.take<T>(BN * d);
-      kvn = recompute_kvn ? nullptr : c.take<T>(BN * d);
-    }
-    kv_mu = c.take<T>(BN);
-    kv_rs = c.take<T>(BN);
-    zin = c.take<T>(BM * d);
-    z0 = c.take<T>(BM * d);
-    qn = c.take<T>(BM * d);
-    qn_mu = c.take<T>(BM);
-    qn_rs = c.take<T>(BM);
-    cq = c.take<T>(BM * dc);
-    catt = c.take<T>(BM * dc);
-    clse = c.take<T>(B * hc * M);
-    lse_max = c.take<T>(B * hc * M);
-    x1 = c.take<T>(BM * d);
-    mlp.resize(size_t(L + 1));
-    for (auto& m : mlp) {
-      m.ln = NormActs<T>{c.take<T>(BM * d), c.take<T>(BM), c.take<T>(BM)};
-      m.fc1 = c.take<T>(BM * F);
-      m.act = c.take<T>(BM * F);
-    }
-    attn.resize(size_t(L));
-    x_mid.resize(size_t(L));
-    for (int64_t l = 0; l < L; ++l) {
-      AttentionActs<T>& a = attn[size_t(l)];
-      a.ln = NormActs<T>{c.take<T>(BM * d), c.take<T>(BM), c.take<T>(BM)};
-      a.q = c.take<T>(BM * ds);
-      a.k = c.take<T>(BM * ds);
-      a.v = c.take<T>(BM * ds);
-      a.att = c.take<T>(BM * ds);
-      a.lse = c.take<T>(B * hs * M);
-      x_mid[size_t(l)] = c.take<T>(BM * d);
-    }
-    xs.resize(size_t(L + 1));
-    for (auto& x : xs) x = c.take<T>(BM * d);
-    lnf = c.take<T>(BM * d);
-    lnf_mu = c.take<T>(BM);
-    lnf_rs = c.take<T>(BM);
-    logits = c.take<T>(BM * V);
-    ce = c.take<T>(BM);
-    lse = c.take<T>(BM);
-    tmp = c.take<T>(BM * d);
-    dx = c.take<T>(BM * d);
-    d_ln = c.take<T>(BM * d);
-    dq = c.take<T>(BM * dq_width);
-    dk = c.take<T>(BM * ds);
-    dv = c.take<T>(BM * ds);
-    datt = c.take<T>(BM * dq_width);
-    dfc1 = c.take<T>(BM * F);
-    dact = c.take<T>(BM * F);
-    dlogits = c.take<T>(BM * V);
-    // The input side's gradients, likewise (1 GiB at N = 131072, d = 1024): dkvn (written by
-    // the key/value projections' backward) in the keys and values, which the attention's
-    // backward read last; dh (written by LN_kv's backward) in their gradients dck and dcv,
-    // which the projections' backward read last. dh is also scratch for the embeddings'
-    // absolute positions, in the forward and when the backward gathers h again, while
-    // dck and dcv hold nothing.
-    if (bf16) return;
-    dck = c.take<T>(BN * dc);
-    dcv = c.take<T>(BN * dc);
-    dkvn = recompute_kvn ? cv : reuse ? ck : c.take<T>(BN * d);
-    dh = reuse ? dck : c.take<T>(BN * d);
-    if (recompute_kvn) kvn = dck;
-    position_scratch = dh;
-  }
-
-  // The input side in bfloat16 storage: regions A and C of [BN, max(d, dc)] T, each
-  // holding a [BN, d] tensor of T or a pair of [BN, dc] bfloat16 ones, and B, used in turn
-  // (the order of model.cpp's keys_values_forward and keys_values_backward).
-  // With the embeddings stored (absolute positions), B is like A and C:
-  //   forward:  h in A; LN_kv's output kvn (bfloat16) in B; each projection in T in A (h
-  //             read), its rounding into C (keys, values);
-  //   backward: the keys' and values' gradients (bfloat16) in A; h again in B, kvn again
-  //             in C; dkvn in B (h read); h once more in C (kvn read); dh in A.
-  // Without (fused_embedding), B holds only kvn ([BN, d] bfloat16), kept from the forward
-  // to the backward:
-  //   forward:  kvn in B; each projection in T in A, its rounding into C;
-  //   backward: the gradients in A; dkvn in C (the keys and values read); dh in A.
-  template <typename I>
-  void carve_bf16_inputs(Carver& c, I BN, I d, I dc, bool fused) {
-    const I region = BN * std::max(d, dc);
-    T* a = c.take<T>(region);
-    T* b = fused ? nullptr : c.take<T>(region);
-    kvn16 = fused ? c.take<uint16_t>(BN * d) : reinterpret_cast<uint16_t*>(b);
-    region_c = c.take<T>(region);
-    auto pair = [&](T* r, uint16_t** first, uint16_t** second) {
-      *first = reinterpret_cast<uint16_t*>(r);
-      *second = r ? *first + int64_t(BN * dc) : nullptr;
-    };
-    pair(region_c, &ck16, &cv16);
-    pair(a, &dck16, &dcv16);
-    projection = a;
-    dh = a;
-    h = fused ? nullptr : a;
-    kvn = b;
-    dkvn = fused ? region_c : b;
-    position_scratch = b;  // free until LN_kv writes it
-    ck = cv = dck = dcv = nullptr;
-  }
-};
 
 template <typename T>
 PerceiverAR<T>::PerceiverAR(const ModelConfig& cfg, Ops<T>& ops, int64_t max_batch,
@@ -489,29 +307,6 @@ LossSums PerceiverAR<T>::forward(const int32_t* windows, int64_t B, const Forwar
   return sums;
 }
 
-// h += P[p] for this rank's inputs (spec/MODEL.md section 13), p their document positions.
-// dh, the embeddings' gradient, is free until backward: it holds the gathered rows.
-template <typename T>
-void PerceiverAR<T>::add_absolute_positions(const int32_t* windows, const int64_t* carry) {
-  const int64_t B = batch_, Nl = n_local_, cols = window_columns();
-  PAR_ASSERT(carry || pos0_ == 0, "absolute positions on sequence rank ", sp_rank_,
-             " need the carry of its first column");
-  std::vector<int32_t> pos(size_t(B * Nl));
-  for (int64_t b = 0; b < B; ++b)
-    document_positions(windows + b * cols, Nl, carry ? carry[b] : 0, pos.data() + b * Nl);
-  positions_->add(a_->h, pos.data(), B * Nl, a_->doc_pos, a_->position_scratch);
-}
-
-// The embeddings of this rank's inputs again (the forward's, to the same bits), absolute
-// positions added from the ids the forward uploaded, with [B, Nl, d] of scratch for them.
-template <typename T>
-void PerceiverAR<T>::gather_inputs(T* into, T* scratch) {
-  const int64_t B = batch_, Nl = n_local_, d = cfg_.d_model, cols = window_columns();
-  for (int64_t b = 0; b < B; ++b)
-    ops_.embedding_forward(into + b * Nl * d, a_->tokens + b * cols, p_.embed, Nl, d);
-  if (positions_) positions_->add_uploaded(into, B * Nl, a_->doc_pos, scratch);
-}
-
 // Combines the sequence-parallel ranks' partial attention (each over its own keys) into
 // the attention over all keys, on every rank of the group: the merge of the blocks of a
 // flash-attention loop, with messages of [M, dc] whatever N is.
@@ -578,106 +373,6 @@ void PerceiverAR<T>::backward(double loss_scale) {
                        mlp_width_, a.mlp[0], a.x1, a.dx, g, DropSite::kCrossMlp);
   }
   cross_attention_backward(a.dx);
-}
-
-// This rank's inputs: LN_kv of their embeddings (h, in a.h), projected to keys (rotated)
-// and values.
-template <typename T>
-void PerceiverAR<T>::keys_values_forward() {
-  const int64_t d = cfg_.d_model, B = batch_, Nl = n_local_, BN = B * Nl;
-  const int64_t Hc = cfg_.cross_heads / tp_size_, Dc = cfg_.cross_head_dim(), dc = cross_width_;
-  const CrossRef<T>& cp = p_.cross;
-  Acts& a = *a_;
-  if (!a.bf16_kv) {
-    cross_keys_values(ops_, cp, a.h, BN, d, dc, NormActs<T>{a.kvn, a.kv_mu, a.kv_rs}, a.ck,
-                      a.cv);
-    ops_.rotary(a.ck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, false);
-    return;
-  }
-  // LN_kv's output in bfloat16 (the projections' operand, which bf16 products round to
-  // that anyway); each projection in T (in h's place, read by LN_kv), then rounded into
-  // its bfloat16 home (Acts::carve_bf16_inputs).
-  uint16_t* kvn = a.kvn16;
-  if (a.fused_embedding)
-    ops_.embedding_layernorm_forward_bf16(kvn, a.kv_mu, a.kv_rs, a.tokens, B, Nl,
-                                          window_columns(), p_.embed, cp.ln_kv.w, cp.ln_kv.b, d,
-                                          kLayerNormEps);
-  else
-    ops_.layernorm_forward_bf16(kvn, a.kv_mu, a.kv_rs, a.h, cp.ln_kv.w, cp.ln_kv.b, BN, d,
-                                kLayerNormEps);
-  T* projection = a.projection;
-  ops_.linear_forward_bf16_x(projection, kvn, cp.attn.k.w, cp.attn.k.b, BN, d, dc);
-  ops_.rotary_to_bf16(a.ck16, projection, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos,
-                      a.key_sin);
-  ops_.linear_forward_bf16_x(projection, kvn, cp.attn.v.w, cp.attn.v.b, BN, d, dc);
-  ops_.round_to_bf16(a.cv16, projection, BN * dc);
-}
-
-// From the gradients of this rank's keys and values (dck, dcv) back through W_k, W_v and
-// LN_kv to those of the embeddings (dh, which the caller completes and scatters). Under
-// tensor parallelism each rank's dkvn covers only its heads; the sum over the group is not
-// taken here (it would be a message of N/sp x d) but in the gradients of the embedding and
-// LN_kv, which are linear in it (ParamInfo::grad_summed_over_tp).
-template <typename T>
-void PerceiverAR<T>::keys_values_backward() {
-  const int64_t d = cfg_.d_model, B = batch_, Nl = n_local_, BN = B * Nl;
-  const int64_t Hc = cfg_.cross_heads / tp_size_, Dc = cfg_.cross_head_dim(), dc = cross_width_;
-  const CrossRef<T>& cp = p_.cross;
-  const CrossRef<T>& cg = g_.cross;
-  Acts& a = *a_;
-  if (a.fused_embedding) {
-    // The regions' turns of Acts::carve_bf16_inputs: A (the gradients, then dh), B (kvn,
-    // as the forward left it), C (dkvn).
-    const int64_t cols = window_columns();
-    ops_.rotary_bf16(a.dck16, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, true);
-    ops_.linear_backward_bf16(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck16, a.kvn16,
-                              cp.attn.k.w, BN, d, dc);
-    ops_.linear_backward_bf16(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv16, a.kvn16,
-                              cp.attn.v.w, BN, d, dc);
-    ops_.embedding_layernorm_backward(a.dh, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, a.tokens, B, Nl,
-                                      cols, p_.embed, a.kv_mu, a.kv_rs, cp.ln_kv.w, d);
-    return;
-  }
-  if (a.bf16_kv) {
-    // The regions' turns of Acts::carve_bf16_inputs: A = a.h (the gradients, then dh),
-    // B = a.kvn, C = a.region_c.
-    ops_.rotary_bf16(a.dck16, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, true);
-    gather_inputs(a.kvn, a.region_c);
-    uint16_t* kvn = bf16_view(a.region_c);
-    ops_.layernorm_forward_bf16(kvn, a.kv_mu, a.kv_rs, a.kvn, cp.ln_kv.w, cp.ln_kv.b, BN, d,
-                                kLayerNormEps);
-    ops_.linear_backward_bf16(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck16, kvn,
-                              cp.attn.k.w, BN, d, dc);
-    ops_.linear_backward_bf16(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv16, kvn,
-                              cp.attn.v.w, BN, d, dc);
-    gather_inputs(a.region_c, a.h);
-    ops_.layernorm_backward(a.dh, false, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, a.region_c, a.kv_mu,
-                            a.kv_rs, cp.ln_kv.w, BN, d);
-    return;
-  }
-  ops_.rotary(a.dck, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos, a.key_sin, true);
-  // LN_kv's output, the projections' input: computed again from the embeddings (gathered
-  // into the values' place, the keys' as scratch) into the keys' place.
-  T* kvn = a.recompute_kvn ? a.ck : a.kvn;
-  if (a.recompute_kvn) {
-    gather_inputs(a.cv, a.ck);
-    ops_.layernorm_forward(kvn, a.kv_mu, a.kv_rs, a.cv, cp.ln_kv.w, cp.ln_kv.b, BN, d,
-                           kLayerNormEps);
-  }
-  ops_.linear_backward(a.dkvn, false, cg.attn.k.w, cg.attn.k.b, a.dck, kvn, cp.attn.k.w, BN, d,
-                       dc);
-  ops_.linear_backward(a.dkvn, true, cg.attn.v.w, cg.attn.v.b, a.dcv, kvn, cp.attn.v.w, BN, d,
-                       dc);
-  // LN_kv's input h: where the keys and values took its place, gathered again (as the
-  // forward did, to the same bits) into LN_kv's output, which the projections' backward
-  // read last (the values' gradient, also read last, as scratch).
-  const T* h = a.h;
-  if (a.h == a.ck) {
-    gather_inputs(kvn, a.recompute_kvn ? a.dcv : a.dh);
-    h = kvn;
-  }
-  ops_.layernorm_backward(a.dh, false, cg.ln_kv.w, cg.ln_kv.b, a.dkvn, h, a.kv_mu, a.kv_rs,
-                          cp.ln_kv.w, BN, d);
 }
 
 template <typename T>
