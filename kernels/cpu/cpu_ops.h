@@ -26,6 +26,10 @@ class CpuOps final : public Ops<T> {
   // `parts` such blocks (cpu_ops_bf16.cpp).
   T* embedding_rows(const int32_t* ids, int64_t batch, int64_t n, int64_t id_stride,
                     const T* table, int64_t d, int parts);
+  // rotary on w (T scratch), rounded to bfloat16 into dst (cpu_ops_bf16.cpp).
+  void rotary_rounded(uint16_t* dst, T* w, int64_t batch, int64_t n, int64_t heads,
+                      int64_t head_dim, int64_t bands, const T* cos_table, const T* sin_table,
+                      bool inverse);
   Workspace ws_;
 };
 

@@ -91,6 +91,15 @@ void CpuOps<T>::linear_forward_bf16_x(T* y, const uint16_t* x, const T* w, const
   linear_forward(y, xw, w, b, rows, in, out);
 }
 
+// rotary on `w` (T, in scratch), rounded into dst.
+template <typename T>
+void CpuOps<T>::rotary_rounded(uint16_t* dst, T* w, int64_t batch, int64_t n, int64_t heads,
+                               int64_t head_dim, int64_t bands, const T* cos_table,
+                               const T* sin_table, bool inverse) {
+  rotary(w, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse);
+  round_all(dst, w, batch * n * heads * head_dim);
+}
+
 template <typename T>
 void CpuOps<T>::rotary_to_bf16(uint16_t* dst, const T* src, int64_t batch, int64_t n,
                                int64_t heads, int64_t head_dim, int64_t bands,
@@ -98,8 +107,7 @@ void CpuOps<T>::rotary_to_bf16(uint16_t* dst, const T* src, int64_t batch, int64
   const int64_t count = batch * n * heads * head_dim;
   T* w = widened<T>(ws_, count, 1);
   copy(w, src, count);
-  rotary(w, batch, n, heads, head_dim, bands, cos_table, sin_table, false);
-  round_all(dst, w, count);
+  rotary_rounded(dst, w, batch, n, heads, head_dim, bands, cos_table, sin_table, false);
 }
 
 template <typename T>
@@ -110,9 +118,8 @@ void CpuOps<T>::rotary_bf16(uint16_t* x, int64_t batch, int64_t n, int64_t heads
   const int64_t count = batch * n * heads * head_dim;
   T* w = widened<T>(ws_, count, 1);
   widen(w, x, count);
-  rotary(w, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse);
   // Dimensions past the rotated bands come back to their own bits.
-  round_all(x, w, count);
+  rotary_rounded(x, w, batch, n, heads, head_dim, bands, cos_table, sin_table, inverse);
 }
 
 template <typename T>
