@@ -57,12 +57,15 @@ int cmd_eval(int argc, char** argv) {
   const ModelFile file = read_model_file(checkpoint, false);
   const auto shards = cli::expand_paths(data, "--data");
   const Dataset check(shards, file.model.context_length, file.model.vocab_size);
+  // The input side as training keeps it on this device (--kv-storage auto's rule).
+  const KeyValueStorage storage =
+      resolve_key_value_storage("auto", device, precision, attention, 1, file.model);
   LOG(INFO) << "evaluating " << checkpoint << " (step " << file.position.step << ", "
             << file.model.summary() << ") on " << shards.size() << " shard(s), "
-            << backend.description;
+            << backend.description << storage_note(storage);
 
   Ops<float>& ops = *backend.ops;
-  PerceiverAR<float> model(file.model, ops, batch);
+  PerceiverAR<float> model(file.model, ops, batch, {}, storage);
   ops.upload(model.params(), file.params.data(), file.params.size() * sizeof(float));
   const auto t0 = std::chrono::steady_clock::now();
   auto last_log = t0;

@@ -79,11 +79,23 @@ void RunConfig::validate() const {
     fail_user("--kv-storage bf16 is for --device cuda: the CPU keeps the keys and values in fp32");
 }
 
+std::string storage_note(KeyValueStorage storage) {
+  return storage == KeyValueStorage::kBf16 ? " | keys and values in bf16" : "";
+}
+
 std::string RunConfig::storage_note(const ModelConfig& model) const {
-  return key_value_storage(model) == KeyValueStorage::kBf16 ? " | keys and values in bf16" : "";
+  return par::storage_note(key_value_storage(model));
 }
 
 KeyValueStorage RunConfig::key_value_storage(const ModelConfig& model) const {
+  return resolve_key_value_storage(kv_storage, device, precision, attention, tp, model);
+}
+
+KeyValueStorage resolve_key_value_storage(const std::string& kv_storage,
+                                          const std::string& device,
+                                          const std::string& precision,
+                                          const std::string& attention, int tp,
+                                          const ModelConfig& model) {
   if (kv_storage == "bf16") return KeyValueStorage::kBf16;
   if (kv_storage == "fp32") return KeyValueStorage::kNative;
   // cuDNN takes heads that are a multiple of 8 up to 128 on every GPU it runs on

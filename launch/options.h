@@ -69,6 +69,16 @@ struct RunConfig {
 
 po::options_description run_options(RunConfig& c);
 
+// --kv-storage (auto, bf16 or fp32) resolved for a run of `model` (RunConfig's rule; par
+// eval, whose forward passes keep the same input side, takes auto).
+KeyValueStorage resolve_key_value_storage(const std::string& kv_storage,
+                                          const std::string& device,
+                                          const std::string& precision,
+                                          const std::string& attention, int tp,
+                                          const ModelConfig& model);
+// " | keys and values in bf16" where they are, for the logs' layout lines; "" otherwise.
+std::string storage_note(KeyValueStorage storage);
+
 // The help of --attention, one text for every command that takes it (train and bench
 // through run_options, eval and sample with their own options), so they cannot drift.
 extern const char* const kAttentionHelp;
