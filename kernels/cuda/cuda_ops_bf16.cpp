@@ -13,6 +13,11 @@ namespace {
 
 int64_t elements(const AttentionShape& s) { return s.batch * s.nk * s.heads * s.head_dim; }
 
+// `floats` floats of the slot that bfloat16 operands are widened into.
+float* widened(CudaOps& ops, int64_t floats) {
+  return static_cast<float*>(ops.scratch(kWidened, size_t(std::max<int64_t>(floats, 1)) * 4));
+}
+
 }  // namespace
 
 void CudaOps::round_to_bf16(uint16_t* dst, const float* src, int64_t n) {
@@ -51,7 +56,7 @@ void CudaOps::attention_forward_bf16_kv(const AttentionShape& s, const float* q,
       return;
     }
   const int64_t count = elements(s);
-  auto* kw = static_cast<float*>(scratch(kWidened, size_t(std::max<int64_t>(2 * count, 1)) * 4));
+  float* kw = widened(*this, 2 * count);
   float* vw = kw + count;
   kern::bf16_to_float(stream_, kw, k, count);
   kern::bf16_to_float(stream_, vw, v, count);
@@ -69,7 +74,7 @@ void CudaOps::attention_backward_bf16_kv(const AttentionShape& s, const float* q
     return;
   }
   const int64_t count = elements(s);
-  auto* kw = static_cast<float*>(scratch(kWidened, size_t(std::max<int64_t>(4 * count, 1)) * 4));
+  float* kw = widened(*this, 4 * count);
   float* vw = kw + count;
   float* dkw = vw + count;
   float* dvw = dkw + count;
@@ -124,7 +129,7 @@ void CudaOps::linear_forward_bf16_x(float* y, const uint16_t* x, const float* w,
     gemm_bf16(g, x, bf16_copy(kBf16B, w, stored_b(g)));
     return;
   }
-  auto* xw = static_cast<float*>(scratch(kWidened, size_t(std::max<int64_t>(rows * in, 1)) * 4));
+  float* xw = widened(*this, rows * in);
   kern::bf16_to_float(stream_, xw, x, rows * in);
   linear_forward(y, xw, w, b, rows, in, out);
 }
@@ -135,8 +140,8 @@ void CudaOps::linear_backward_bf16(float* dx, bool accumulate_dx, float* dw, flo
   use_device();
   // As linear_backward decides, so that both give the same bits.
   const int64_t products = (int64_t(dx != nullptr) + int64_t(dw != nullptr)) * rows * in * out;
-  const int64_t elements = rows * out + (dx ? out * in : 0) + (dw ? rows * in : 0);
-  if (products > 0 && bf16_operands_for(products, elements)) {
+  const int64_t operands = rows * out + (dx ? out * in : 0) + (dw ? rows * in : 0);
+  if (products > 0 && bf16_operands_for(products, operands)) {
     // dy [rows, out] and x [rows, in] have nothing between rows: each is its own compact
     // copy, in both products.
     const RowMajorGemm gdx = row_major_gemm(false, false, rows, in, out, 1.0f, nullptr, out, w,
@@ -145,19 +150,14 @@ void CudaOps::linear_backward_bf16(float* dx, bool accumulate_dx, float* dw, flo
                                             nullptr, in, 1.0f, dw, in);
     if (dx) gemm_bf16(gdx, dy, bf16_copy(kBf16B, w, stored_b(gdx)));
     if (dw) gemm_bf16(gdw, dy, x);
-    if (db && rows > 0 && out > 0) {
-      auto* partial = static_cast<float*>(
-          scratch(kColumnPartial, size_t(kern::column_sums_partial_floats(rows, out)) * 4));
-      kern::column_sums_bf16(stream_, db, dy, rows, out, partial);
-    }
-    return;
+  } else {
+    float* dyw = widened(*this, rows * out + rows * in);
+    float* xw = dyw + rows * out;
+    kern::bf16_to_float(stream_, dyw, dy, rows * out);
+    kern::bf16_to_float(stream_, xw, x, rows * in);
+    linear_backward(dx, accumulate_dx, dw, nullptr, dyw, xw, w, rows, in, out);
   }
-  auto* dyw = static_cast<float*>(
-      scratch(kWidened, size_t(std::max<int64_t>(rows * out + rows * in, 1)) * 4));
-  float* xw = dyw + rows * out;
-  kern::bf16_to_float(stream_, dyw, dy, rows * out);
-  kern::bf16_to_float(stream_, xw, x, rows * in);
-  linear_backward(dx, accumulate_dx, dw, nullptr, dyw, xw, w, rows, in, out);
+  // The bias gradient from dy as it is stored, either way.
   if (db && rows > 0 && out > 0) {
     auto* partial = static_cast<float*>(
         scratch(kColumnPartial, size_t(kern::column_sums_partial_floats(rows, out)) * 4));
