@@ -152,7 +152,7 @@ const Case kCases[] = {
     {1, 20, 100, 1, 48, 80, 0.0, 0.0, {16, 33}},
     {1, 9, 50, 3, 64, 41, 0.05, 0.0, {5, 7}},
     {2, 30, 500, 1, 128, 470, 0.0, 0.5, {12, 100}},
-    // One query per example (decoding), through the one-query kernel where nk <= 4096:
+    // One query per example (decoding), through the one-query kernel:
     // K = 4 samples' latents over blocks of 256 cached ones, 56 of them not filled yet;
     {4, 1, 256, 8, 32, 199, 0.0, 0.0, {256, 256}, 56},
     // one sample (its heads split over the threads), with PAD and dropped keys;
@@ -163,9 +163,13 @@ const Case kCases[] = {
     // a query before every key, and an example whose keys are all dropped: o = 0, lse = -inf;
     {2, 1, 50, 2, 16, -1, 0.0, 0.0, {256, 256}},
     {3, 1, 20, 2, 16, 19, 0.0, 0.5, {256, 256}, 0, true},
-    // the largest key count the kernel takes, wide heads; one more goes the blocked way.
+    // one chunk of the kernel's keys at most, wide heads; one key more, two chunks;
     {2, 1, 4096, 2, 128, 4000, 0.1, 0.0, {256, 256}, 50},
     {2, 1, 4097, 1, 32, 5000, 0.1, 0.1, {256, 256}},
+    // 4 samples' own keys past the context (3 chunks, the last one partial, rows not
+    // filled yet), and one sample's heads split over the threads over 3 chunks.
+    {4, 1, 9000, 8, 32, 8950, 0.05, 0.2, {256, 512}, 500},
+    {1, 1, 12000, 4, 32, 11990, 0.0, 0.0, {256, 512}},
 };
 
 cpu::AttentionBlocking sgemm_only(cpu::AttentionBlocking b) {
@@ -197,17 +201,14 @@ TEST(BlockedAttention, MatchesNaiveDouble) {
   for (const Case& c : kCases) check_every_path<double>(c, 1e-12);
 }
 
-// The one-query cases above do reach the one-query kernel (and the one past its key
-// count does not).
+// The one-query cases above do reach the one-query kernel, at any key count.
 TEST(BlockedAttention, OneQueryKernelTakesDecodingShapes) {
   AttentionShape s;
   s.nq = 1;
-  for (int64_t nk : {1, 256, 4096}) {
+  for (int64_t nk : {int64_t(1), int64_t(256), cpu::kOneQueryChunkKeys + 1, int64_t(131072 + 256)}) {
     s.nk = nk;
     EXPECT_TRUE(cpu::one_query_attention_supported(s)) << nk;
   }
-  s.nk = 4097;
-  EXPECT_FALSE(cpu::one_query_attention_supported(s));
   s.nk = 256;
   s.nq = 2;
   EXPECT_FALSE(cpu::one_query_attention_supported(s));
@@ -216,11 +217,11 @@ TEST(BlockedAttention, OneQueryKernelTakesDecodingShapes) {
 // One sample's heads split over the threads, two examples' or three's: each head's
 // result has the same bits as from one thread over whole examples, whatever the split.
 TEST(BlockedAttention, OneQueryHeadsSplitOverThreadsGiveTheSameBits) {
-  const int64_t heads = 8, D = 32, nk = 256, w = heads * D;
-  for (int64_t batch : {1, 2, 3}) {
+  const int64_t heads = 8, D = 32, w = heads * D;
+  for (auto [batch, nk] : {std::pair<int64_t, int64_t>{1, 256}, {2, 256}, {3, 256}, {1, 9000}, {3, 9000}}) {
     AttentionShape s{batch, 1, nk, heads, D};
     s.scale = 1.0 / std::sqrt(double(D));
-    std::vector<int64_t> q_pos(1, 230), k_pos(static_cast<size_t>(nk));
+    std::vector<int64_t> q_pos(1, nk - 26), k_pos(static_cast<size_t>(nk));
     for (int64_t j = 0; j < nk; ++j) k_pos[size_t(j)] = j;
     std::vector<uint8_t> keep(size_t(batch * nk), 1);
     for (size_t j = 0; j < keep.size(); j += 7) keep[j] = 0;
@@ -239,11 +240,41 @@ TEST(BlockedAttention, OneQueryHeadsSplitOverThreadsGiveTheSameBits) {
       std::vector<float> o(q.size(), -1), lse(lse1.size(), -1);
       cpu::Workspace ws;
       cpu::one_query_attention_forward<float>(s, q.data(), k.data(), v.data(), o.data(), lse.data(), ws);
-      EXPECT_EQ(o, o1) << batch << " examples, " << threads << " threads";
-      EXPECT_EQ(lse, lse1) << batch << " examples, " << threads << " threads";
+      EXPECT_EQ(o, o1) << batch << " examples of " << nk << " keys, " << threads << " threads";
+      EXPECT_EQ(lse, lse1) << batch << " examples of " << nk << " keys, " << threads << " threads";
     }
     omp_set_num_threads(before);
   }
+}
+
+// Keys past the first chunk that are all unkept or not yet visible leave one chunk: the
+// same bits as a call over that chunk's keys alone (the cases above check the merge of
+// several chunks against the double reference).
+TEST(BlockedAttention, OneQueryChunksBeyondTheKeptKeysChangeNothing) {
+  const int64_t heads = 2, D = 32, w = heads * D, n = cpu::kOneQueryChunkKeys, nk = n + 700;
+  std::vector<int64_t> k_pos(static_cast<size_t>(nk));
+  for (int64_t j = 0; j < nk; ++j) k_pos[size_t(j)] = j;
+  const auto q = random_vector<float>(w, 1, 1.5), k = random_vector<float>(nk * w, 2, 1.5),
+             v = random_vector<float>(nk * w, 3);
+  auto attend = [&](int64_t keys, int64_t q_pos, const std::vector<uint8_t>& keep) {
+    AttentionShape s{1, 1, keys, heads, D};
+    s.scale = 1.0 / std::sqrt(double(D));
+    s.q_pos = &q_pos;
+    s.k_pos = k_pos.data();
+    s.k_keep = keep.data();
+    std::vector<float> o(static_cast<size_t>(w)), lse(static_cast<size_t>(heads));
+    cpu::Workspace ws;
+    cpu::one_query_attention_forward<float>(s, q.data(), k.data(), v.data(), o.data(), lse.data(), ws);
+    o.insert(o.end(), lse.begin(), lse.end());
+    return o;
+  };
+  std::vector<uint8_t> keep(size_t(nk), 1);
+  const auto one_chunk = attend(n, n - 1, keep);
+  EXPECT_EQ(attend(nk, n - 1, keep), one_chunk) << "keys past the query";
+  std::fill(keep.begin() + n, keep.end(), uint8_t(0));
+  EXPECT_EQ(attend(nk, nk - 1, keep), one_chunk) << "unkept keys past the chunk";
+  keep[size_t(nk - 1)] = 1;  // a second chunk of one key: it is attended
+  EXPECT_NE(attend(nk, nk - 1, keep), one_chunk);
 }
 
 // The 131072-token context of the cpu-131k config: 64 latent queries over all keys with

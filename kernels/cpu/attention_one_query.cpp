@@ -12,8 +12,11 @@
 // threads when there are enough keys, and with fewer examples than threads their heads
 // too (one sample's step).
 //
-// Same results as the blocked path up to rounding: one max per head over all its keys
-// instead of a running one, and the products in another order.
+// Same results as the blocked path up to rounding: one max per head over each chunk of
+// up to 4,096 keys instead of a running one, and the products in another order. The
+// blocked path gathers key blocks (a copy per block and head) and took 0.98 ms per step
+// on 4 samples' own keys after 4,000 tokens each on cpu-131k, where this kernel reads them
+// in place.
 #include "kernels/cpu/attention_one_query.h"
 
 #include <omp.h>
@@ -32,15 +35,26 @@ using attention_detail::row_max;
 
 namespace {
 
-// Each working thread's buffers: the kept visible keys of its example and their scores,
-// [heads][keys] (each head's scores contiguous for the softmax).
+// Each working thread's buffers: a chunk of the kept visible keys of its example and their
+// scores, [heads][keys] (each head's scores contiguous for the softmax); past one chunk, each
+// head's running maximum and sum, and a chunk's sum of values.
 template <typename T>
 struct Buffers {
   int64_t* keys;
   T* scores;
+  T *max, *sum;  // [heads]: of the one chunk, or the running ones
+  T *chunk_max = nullptr, *chunk_sum = nullptr, *part = nullptr;  // past one chunk
   void carve(Carver& c, const AttentionShape& s) {
-    keys = c.take<int64_t>(s.nk);
-    scores = c.take<T>(s.heads * s.nk);
+    const int64_t n = std::min(s.nk, kOneQueryChunkKeys);
+    keys = c.take<int64_t>(n);
+    scores = c.take<T>(s.heads * n);
+    max = c.take<T>(s.heads);
+    sum = c.take<T>(s.heads);
+    if (s.nk > kOneQueryChunkKeys) {
+      chunk_max = c.take<T>(s.heads);
+      chunk_sum = c.take<T>(s.heads);
+      part = c.take<T>(s.heads * s.head_dim);
+    }
   }
 };
 
@@ -175,38 +189,91 @@ void sum_values(const AttentionShape& s, int64_t ld, const float* v, const int64
 }
 #endif
 
+// Keys [j, visible) that example b keeps, up to kOneQueryChunkKeys of them, into keys (as rows of
+// k); returns how many, and j past the last one taken.
+inline int64_t next_chunk(const AttentionShape& s, int64_t b, int64_t visible, int64_t& j,
+                          int64_t* keys) {
+  const uint8_t* keep = s.k_keep ? s.k_keep + b * s.nk : nullptr;
+  int64_t n = 0;
+  for (; j < visible && n < kOneQueryChunkKeys; ++j)
+    if (!keep || keep[j]) keys[n++] = b * s.nk + j;
+  // Past the unkept keys that follow, so that j == visible says no chunk is left.
+  while (keep && j < visible && !keep[j]) ++j;
+  return n;
+}
+
+// Each head's scores [h * n, (h + 1) * n) to exp(score - the head's maximum), in place;
+// the maxima into mx and the sums of the exps into sum.
+template <typename T>
+void exp_scores(int64_t heads, int64_t n, T* scores, T* mx, T* sum) {
+  for (int64_t h = 0; h < heads; ++h) {
+    T* p = scores + h * n;
+    const T m = row_max(p, n);
+    T total = 0;
+#pragma omp simd reduction(+ : total)
+    for (int64_t t = 0; t < n; ++t) {
+      p[t] = exp_t<T>(p[t] - m);
+      total += p[t];
+    }
+    mx[h] = m;
+    sum[h] = total;
+  }
+}
+
 // Example b: o (its [heads * head_dim] row) and lse (its [heads]) from the keys
 // [0, visible) that it keeps. s.heads may be some of the heads: q, k, v and o then start
-// at the first one's columns, and ld is the rows' width.
+// at the first one's columns, and ld is the rows' width. The keys go in chunks of up to
+// kOneQueryChunkKeys, so that the scratch stays small at any key count (a sample's own keys, past
+// N). One chunk normalizes its weights before summing the values; more are merged by their
+// maxima as flash attention's blocks are, and o is normalized at the end.
 template <typename T>
 void one_example(const AttentionShape& s, int64_t ld, int64_t b, int64_t visible, const T* q,
                  const T* k, const T* v, T* o, T* lse, const Buffers<T>& w) {
-  const uint8_t* keep = s.k_keep ? s.k_keep + b * s.nk : nullptr;
-  int64_t n = 0;
-  for (int64_t j = 0; j < visible; ++j)
-    if (!keep || keep[j]) w.keys[n++] = b * s.nk + j;
+  const int64_t H = s.heads, D = s.head_dim;
+  int64_t j = 0;
+  int64_t n = next_chunk(s, b, visible, j, w.keys);
   if (n == 0) {
-    std::fill(o, o + s.heads * s.head_dim, T(0));
-    std::fill(lse, lse + s.heads, -std::numeric_limits<T>::infinity());
+    std::fill(o, o + H * D, T(0));
+    std::fill(lse, lse + H, -std::numeric_limits<T>::infinity());
     return;
   }
   score_keys(s, ld, q, k, w.keys, n, w.scores);
-  for (int64_t h = 0; h < s.heads; ++h) {
-    T* p = w.scores + h * n;
-    const T mx = row_max(p, n);
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t t = 0; t < n; ++t) {
-      p[t] = exp_t<T>(p[t] - mx);
-      sum += p[t];
-    }
-    lse[h] = mx + std::log(sum);
-    // The weights normalized here, so that the sum of values is the output.
-    const T inv = T(1) / sum;
+  exp_scores<T>(H, n, w.scores, w.max, w.sum);
+  if (j == visible) {  // one chunk
+    for (int64_t h = 0; h < H; ++h) {
+      lse[h] = w.max[h] + std::log(w.sum[h]);
+      // The weights normalized here, so that the sum of values is the output.
+      T* p = w.scores + h * n;
+      const T inv = T(1) / w.sum[h];
 #pragma omp simd
-    for (int64_t t = 0; t < n; ++t) p[t] *= inv;
+      for (int64_t t = 0; t < n; ++t) p[t] *= inv;
+    }
+    sum_values(s, ld, v, w.keys, n, w.scores, o);
+    return;
   }
   sum_values(s, ld, v, w.keys, n, w.scores, o);
+  while ((n = next_chunk(s, b, visible, j, w.keys)) > 0) {
+    score_keys(s, ld, q, k, w.keys, n, w.scores);
+    exp_scores<T>(H, n, w.scores, w.chunk_max, w.chunk_sum);
+    sum_values(s, ld, v, w.keys, n, w.scores, w.part);
+    for (int64_t h = 0; h < H; ++h) {
+      const T m = std::max(w.max[h], w.chunk_max[h]);
+      const T before = exp_t<T>(w.max[h] - m), chunk = exp_t<T>(w.chunk_max[h] - m);
+      w.max[h] = m;
+      w.sum[h] = w.sum[h] * before + w.chunk_sum[h] * chunk;
+      T* oh = o + h * D;
+      const T* ph = w.part + h * D;
+#pragma omp simd
+      for (int64_t x = 0; x < D; ++x) oh[x] = oh[x] * before + ph[x] * chunk;
+    }
+  }
+  for (int64_t h = 0; h < H; ++h) {
+    lse[h] = w.max[h] + std::log(w.sum[h]);
+    const T inv = T(1) / w.sum[h];
+    T* oh = o + h * D;
+#pragma omp simd
+    for (int64_t x = 0; x < D; ++x) oh[x] *= inv;
+  }
 }
 
 // Below this many visible key elements (rows x width) in all examples together, one
@@ -218,9 +285,7 @@ constexpr int64_t kParallelKeys = int64_t(1) << 14;
 
 }  // namespace
 
-bool one_query_attention_supported(const AttentionShape& s) {
-  return s.nq == 1 && s.nk <= kOneQueryMaxKeys;
-}
+bool one_query_attention_supported(const AttentionShape& s) { return s.nq == 1; }
 
 template <typename T>
 double one_query_attention_scratch_bytes(const AttentionShape& s) {

@@ -1,7 +1,7 @@
-// Attention forward of one query per example over a few keys: decoding's latent
-// self-attention (each sample's new latent over its cached latents) and each sample's own
-// cross-attention entries. attention_forward_blocked calls it for the shapes it supports
-// unless AttentionBlocking::one_query is off.
+// Attention forward of one query per example: decoding's latent self-attention (each
+// sample's new latent over its cached latents) and each sample's own cross-attention
+// entries, which grow to thousands past the context. attention_forward_blocked calls it for
+// the shapes it supports unless AttentionBlocking::one_query is off.
 #pragma once
 
 #include "core/ops.h"
@@ -9,8 +9,9 @@
 
 namespace par::cpu {
 
-// One query per example (nq == 1) over at most kOneQueryMaxKeys keys.
-constexpr int64_t kOneQueryMaxKeys = 4096;
+// One query per example (nq == 1), over any number of keys, taken kOneQueryChunkKeys at a
+// time (the scratch a thread needs).
+constexpr int64_t kOneQueryChunkKeys = 4096;
 bool one_query_attention_supported(const AttentionShape& s);
 
 // Bytes of each working thread's Workspace (kAttention) for a call of this shape.
