@@ -50,8 +50,10 @@ void PerceiverAR<T>::keys_values_forward() {
     return;
   }
   // LN_kv's output in bfloat16 (the projections' operand, which bf16 products round to
-  // that anyway); each projection in T (in h's place, read by LN_kv), then rounded into
-  // its bfloat16 home (Acts::carve_bf16_inputs).
+  // that anyway); the keys' projection in T (in h's place, read by LN_kv), then rotated and
+  // rounded into their bfloat16 home (Acts::carve_bf16_inputs); the values' rounded as the
+  // product stores them (on CUDA, in cuBLASLt's epilogue; elsewhere through the same T
+  // buffer).
   uint16_t* kvn = a.kvn16;
   if (a.fused_embedding)
     ops_.embedding_layernorm_forward_bf16(kvn, a.kv_mu, a.kv_rs, a.tokens, B, Nl,
@@ -64,8 +66,7 @@ void PerceiverAR<T>::keys_values_forward() {
   ops_.linear_forward_bf16_x(projection, kvn, cp.attn.k.w, cp.attn.k.b, BN, d, dc);
   ops_.rotary_to_bf16(a.ck16, projection, B, Nl, Hc, Dc, rot_cross_.bands, a.key_cos,
                       a.key_sin);
-  ops_.linear_forward_bf16_x(projection, kvn, cp.attn.v.w, cp.attn.v.b, BN, d, dc);
-  ops_.round_to_bf16(a.cv16, projection, BN * dc);
+  ops_.linear_forward_to_bf16(a.cv16, projection, kvn, cp.attn.v.w, cp.attn.v.b, BN, d, dc);
 }
 
 // From the gradients of this rank's keys and values (dck, dcv) back through W_k, W_v and

@@ -222,6 +222,14 @@ struct CaptureRefused : std::runtime_error {
   X(void, linear_forward_bf16_x,                                                                   \
     (T* y, const uint16_t* x, const T* w, const T* b, int64_t rows, int64_t in, int64_t out),      \
     (y, x, w, b, rows, in, out))                                                                   \
+  /* linear_forward_bf16_x with y rounded to bfloat16: the values' projection, stored as */      \
+  /* they are kept. staging ([rows, out] of T) is the backend's to use on the way or not: */      \
+  /* the CPU runs linear_forward_bf16_x into it, then round_to_bf16; CUDA rounds in the */        \
+  /* product's epilogue where cuBLASLt can (no pass over a float y), else goes as the CPU. */     \
+  X(void, linear_forward_to_bf16,                                                                  \
+    (uint16_t* y, T* staging, const uint16_t* x, const T* w, const T* b, int64_t rows, int64_t in, \
+     int64_t out),                                                                                 \
+    (y, staging, x, w, b, rows, in, out))                                                          \
   /* dst = the bfloat16 rounding of src rotated as Ops::rotary does (src is left alone): */       \
   /* the keys' rotation and rounding in one pass. */                                               \
   X(void, rotary_to_bf16,                                                                          \

@@ -70,6 +70,11 @@ class ProfiledOps final : public ForwardingOps<T> {
     label_ = rows > 4096 ? "linear_forward (inputs)" : "linear_forward (latents)";
     ForwardingOps<T>::linear_forward_bf16_x(y, x, w, b, rows, in, out);
   }
+  void linear_forward_to_bf16(uint16_t* y, T* staging, const uint16_t* x, const T* w, const T* b,
+                              int64_t rows, int64_t in, int64_t out) override {
+    label_ = rows > 4096 ? "linear_forward (inputs)" : "linear_forward (latents)";
+    ForwardingOps<T>::linear_forward_to_bf16(y, staging, x, w, b, rows, in, out);
+  }
   void linear_backward_bf16(T* dx, bool acc, T* dw, T* db, const uint16_t* dy, const uint16_t* x,
                             const T* w, int64_t rows, int64_t in, int64_t out) override {
     label_ = rows > 4096 ? "linear_backward (inputs)" : "linear_backward (latents)";

@@ -267,6 +267,27 @@ void linear_bf16_cases(std::vector<OpCase>& t) {
                 "not linear_forward on the widened input");
         r.product("y", y, sh.rows * sh.out);
       }));
+    // Stored in bfloat16: linear_forward_bf16_x, rounded. A GPU rounds the sums plus the
+    // bias of its own product (cuBLASLt's epilogue), which may pick another algorithm than
+    // the float32 output's: a sum near a midpoint may round to its other neighbour.
+    for (bool bias : {true, false})
+      t.push_back(make_case(cat("linear_forward_to_bf16 ", sh.name, bias ? "" : " no bias"),
+                            {"linear_forward_to_bf16", "linear_forward_bf16_x", "round_to_bf16"},
+                            kBf16Tol, Products::kMatmul, false, [=](auto& r) {
+        const bool close = std::string(r.ops.name()) != "cpu";
+        const int64_t n = sh.rows * sh.out;
+        uint16_t* x = random_bf16(r, sh.rows * sh.in, 16);
+        auto* w = r.random(sh.out * sh.in, 17, 0.2);
+        auto* b = r.random(sh.out, 18);
+        auto *staging = r.filled(n, 9), *y_t = r.filled(n, 9);
+        auto* y = r.raw(std::vector<uint16_t>(size_t(n), 0x1234));
+        r.ops.linear_forward_to_bf16(y, staging, x, w, bias ? b : nullptr, sh.rows, sh.in, sh.out);
+        r.ops.linear_forward_bf16_x(y_t, x, w, bias ? b : nullptr, sh.rows, sh.in, sh.out);
+        auto* want = r.raw(std::vector<uint16_t>(size_t(n), 0));
+        r.ops.round_to_bf16(want, y_t, n);
+        r.check(agree_bits(r, y, want, n, close), "not linear_forward_bf16_x, rounded");
+        r.product("y", widened(r, y, n), n);
+      }));
     for (int mode : {0, 1, 2})
       t.push_back(make_case(cat("linear_backward_bf16 ", sh.name,
                                 mode == 0 ? "" : mode == 1 ? " accumulate" : " dw only"),

@@ -91,6 +91,13 @@ void CpuOps<T>::linear_forward_bf16_x(T* y, const uint16_t* x, const T* w, const
   linear_forward(y, xw, w, b, rows, in, out);
 }
 
+template <typename T>
+void CpuOps<T>::linear_forward_to_bf16(uint16_t* y, T* staging, const uint16_t* x, const T* w,
+                                       const T* b, int64_t rows, int64_t in, int64_t out) {
+  linear_forward_bf16_x(staging, x, w, b, rows, in, out);
+  round_all(y, staging, rows * out);
+}
+
 // rotary on `w` (T, in scratch), rounded into dst.
 template <typename T>
 void CpuOps<T>::rotary_rounded(uint16_t* dst, T* w, int64_t batch, int64_t n, int64_t heads,
@@ -173,6 +180,8 @@ void CpuOps<T>::linear_backward_bf16(T* dx, bool accumulate_dx, T* dw, T* db,
                                                         const T*, const T*, const T*, int64_t);   \
   template void CpuOps<T>::linear_forward_bf16_x(T*, const uint16_t*, const T*, const T*,         \
                                                  int64_t, int64_t, int64_t);                      \
+  template void CpuOps<T>::linear_forward_to_bf16(uint16_t*, T*, const uint16_t*, const T*,       \
+                                                  const T*, int64_t, int64_t, int64_t);           \
   template void CpuOps<T>::rotary_to_bf16(uint16_t*, const T*, int64_t, int64_t, int64_t,         \
                                           int64_t, int64_t, const T*, const T*);                  \
   template void CpuOps<T>::rotary_bf16(uint16_t*, int64_t, int64_t, int64_t, int64_t, int64_t,    \

@@ -70,6 +70,7 @@ CudaOps::~CudaOps() {
   graphs_.reset();
   if (stream_) cudaStreamSynchronize(stream_);
   cudnn_.reset();
+  lt_.reset();
   for (auto& s : scratch_)
     if (s.p) cudaFree(s.p);
   if (pinned_) cudaFreeHost(pinned_);
@@ -361,12 +362,33 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
   gemm_row_major(row_major_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc));
 }
 
+bool CudaOps::lt_linear_forward(void* y, bool y_bf16, const uint16_t* x16, const uint16_t* w16,
+                                const float* b, int64_t rows, int64_t in, int64_t out) {
+  if (!lt_) lt_ = std::make_unique<LtLinear>();
+  // The column-major form swaps the operands: w's copy comes first.
+  return lt_->forward(stream_, cublas_workspace_, kCublasWorkspace,
+                      linear_as_column_major(rows, in, out), w16, x16, y, y_bf16, b);
+}
+
 void CudaOps::linear_forward(float* y, const float* x, const float* w, const float* b,
                              int64_t rows, int64_t in, int64_t out) {
   use_device();
+  const RowMajorGemm g = row_major_gemm(false, true, rows, out, in, 1.0f, x, in, w, in,
+                                        b ? 1.0f : 0.0f, y, out);
+  if (b && rows > 0 && out > 0 && in > 0 &&
+      bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements())) {
+    // On bfloat16 copies, as gemm_row_major would make them: the bias in the product's
+    // epilogue where cuBLASLt takes it, else as below.
+    const uint16_t* x16 = bf16_copy(kBf16A, x, stored_a(g));
+    const uint16_t* w16 = bf16_copy(kBf16B, w, stored_b(g));
+    if (lt_linear_forward(y, false, x16, w16, b, rows, in, out)) return;
+    kern::broadcast_rows(stream_, y, b, rows, out);
+    gemm_bf16(g, x16, w16);
+    return;
+  }
   // As on the CPU: start from the bias rows, so the product accumulates onto them.
   if (b) kern::broadcast_rows(stream_, y, b, rows, out);
-  gemm(false, true, rows, out, in, 1.0f, x, in, w, in, b ? 1.0f : 0.0f, y, out);
+  gemm_row_major(g);
 }
 
 void CudaOps::linear_backward(float* dx, bool accumulate_dx, float* dw, float* db,

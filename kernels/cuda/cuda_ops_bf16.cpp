@@ -125,13 +125,32 @@ void CudaOps::linear_forward_bf16_x(float* y, const uint16_t* x, const float* w,
                                         b ? 1.0f : 0.0f, y, out);
   if (rows > 0 && out > 0 && in > 0 &&
       bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements())) {
+    // As linear_forward on the widened x, so that both give the same bits.
+    const uint16_t* w16 = bf16_copy(kBf16B, w, stored_b(g));
+    if (b && lt_linear_forward(y, false, x, w16, b, rows, in, out)) return;
     if (b) kern::broadcast_rows(stream_, y, b, rows, out);
-    gemm_bf16(g, x, bf16_copy(kBf16B, w, stored_b(g)));
+    gemm_bf16(g, x, w16);
     return;
   }
   float* xw = widened(*this, rows * in);
   kern::bf16_to_float(stream_, xw, x, rows * in);
   linear_forward(y, xw, w, b, rows, in, out);
+}
+
+void CudaOps::linear_forward_to_bf16(uint16_t* y, float* staging, const uint16_t* x,
+                                     const float* w, const float* b, int64_t rows, int64_t in,
+                                     int64_t out) {
+  use_device();
+  const RowMajorGemm g = row_major_gemm(false, true, rows, out, in, 1.0f, nullptr, in, w, in,
+                                        0.0f, nullptr, out);
+  // Rounded to bfloat16 as the epilogue stores the float32 sums plus the bias: y is written
+  // once, in bfloat16, and staging is not touched.
+  if (b && rows > 0 && out > 0 && in > 0 &&
+      bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements()) &&
+      lt_linear_forward(y, true, x, bf16_copy(kBf16B, w, stored_b(g)), b, rows, in, out))
+    return;
+  linear_forward_bf16_x(staging, x, w, b, rows, in, out);
+  round_to_bf16(y, staging, rows * out);
 }
 
 void CudaOps::linear_backward_bf16(float* dx, bool accumulate_dx, float* dw, float* db,

@@ -20,6 +20,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemm_mapping.h"
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/lt_linear.h"
 #include "kernels/cuda/step_graphs.h"
 
 namespace par::cuda {
@@ -89,6 +90,11 @@ class CudaOps final : public Ops<float> {
   const uint16_t* bf16_copy(int slot, const float* src, const StoredOperand& o);
   // g (batch 1) over compact bfloat16 copies a16 and b16 of its operands.
   void gemm_bf16(const RowMajorGemm& g, const uint16_t* a16, const uint16_t* b16);
+  // y = x w^T + b (b not null) over the compact bfloat16 copies x16 and w16, the bias added
+  // in cuBLASLt's epilogue (lt_linear.h); y in float32, or bfloat16 where y_bf16. False,
+  // having launched nothing, where cuBLASLt declines the call.
+  bool lt_linear_forward(void* y, bool y_bf16, const uint16_t* x16, const uint16_t* w16,
+                         const float* b, int64_t rows, int64_t in, int64_t out);
   // The cuDNN path, when this call may and can take it (else null, having thrown where
   // kCudnn demands it).
   // kv_bf16: the call's keys and values are bfloat16 (CudnnAttention::prepare).
@@ -119,6 +125,7 @@ class CudaOps final : public Ops<float> {
   Bf16Operands bf16_operands_ = Bf16Operands::kAuto;
   int sm_major_ = 0;
   std::unique_ptr<CudnnAttention> cudnn_;  // made on first use
+  std::unique_ptr<LtLinear> lt_;           // made on first use
   std::unique_ptr<StepGraphs> graphs_;
   bool graphs_on_ = true;
   bool graph_uploaded_ = false;  // the step being recorded copies from the host
