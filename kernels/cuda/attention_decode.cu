@@ -9,6 +9,9 @@
 // Products follow the MatmulPrecision as cuBLAS's modes do: q, k, the probabilities and v
 // are rounded to tf32 or bf16 before they are multiplied, with float32 sums; the softmax is
 // float32 with expf, as the blocked path. Deterministic: fixed splits and reduction orders.
+// The keys and values may be stored in bfloat16 (a decoder's caches under --precision
+// bf16): they are read as they are, which is what rounding float32 ones to bf16 gives, so
+// the arithmetic is the same and half the bytes are read.
 #include <mma.h>
 
 #include <cmath>
@@ -30,8 +33,21 @@ __device__ __forceinline__ float product_input(float x) {
   return x;
 }
 
+// A stored key or value as a product's input: float32 rounded as R says, bfloat16 bits
+// (uint16_t) as they are (rounding them again to bf16 changes nothing).
+template <int R>
+__device__ __forceinline__ float stored_input(float x) {
+  return product_input<R>(x);
+}
+template <int R>
+__device__ __forceinline__ float stored_input(uint16_t x) {
+  return __bfloat162float(__ushort_as_bfloat16(x));
+}
+
+template <typename KV>
 struct SplitArgs {
-  const float *q, *k, *v;
+  const float* q;
+  const KV *k, *v;
   const int64_t *q_pos, *k_pos;
   const uint8_t* k_keep;
   int64_t nk, heads, head_dim, splits;
@@ -41,8 +57,8 @@ struct SplitArgs {
 
 // Dynamic shared memory: q [head_dim], scores [kDecodeKeys], output partials
 // [groups, head_dim] (groups = max(1, threads / head_dim)).
-template <int R>
-__global__ void __launch_bounds__(kDecodeThreads) decode_split(SplitArgs a) {
+template <int R, typename KV>
+__global__ void __launch_bounds__(kDecodeThreads) decode_split(SplitArgs<KV> a) {
   extern __shared__ float smem[];
   __shared__ float reduce[kBlockReduceSlots];
   const int64_t D = a.head_dim, ld = a.heads * D;
@@ -56,10 +72,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split(SplitArgs a) {
   for (int64_t d = tid; d < D; d += blockDim.x) q_s[d] = product_input<R>(a.q[b * ld + h * D + d]);
   __syncthreads();
   const int64_t q_pos = a.q_pos[0];
-  const float* k = a.k + (b * a.nk + j0) * ld + h * D;
+  const KV* k = a.k + (b * a.nk + j0) * ld + h * D;
   for (int64_t j = warp; j < count; j += warps) {
     float s = 0;
-    for (int64_t d = lane; d < D; d += 32) s += q_s[d] * product_input<R>(k[j * ld + d]);
+    for (int64_t d = lane; d < D; d += 32) s += q_s[d] * stored_input<R>(k[j * ld + d]);
     s = warp_sum(s);
     const bool visible =
         a.k_pos[j0 + j] <= q_pos && (a.k_keep == nullptr || a.k_keep[b * a.nk + j0 + j] != 0);
@@ -79,12 +95,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split(SplitArgs a) {
   // Output: `groups` groups of head_dim threads, each over every groups-th key, then the
   // groups' sums in order.
   const int64_t groups = D <= blockDim.x ? blockDim.x / D : 1;
-  const float* v = a.v + (b * a.nk + j0) * ld + h * D;
+  const KV* v = a.v + (b * a.nk + j0) * ld + h * D;
   for (int64_t t = tid; t < groups * D; t += blockDim.x) {
     const int64_t g = t / D, d = t % D;
     float acc = 0;
     for (int64_t j = g; j < count; j += groups)
-      acc += product_input<R>(p_s[j]) * product_input<R>(v[j * ld + d]);
+      acc += product_input<R>(p_s[j]) * stored_input<R>(v[j * ld + d]);
     o_s[g * D + d] = acc;
   }
   __syncthreads();
@@ -132,16 +148,19 @@ size_t decode_attention_scratch_floats(const AttentionShape& s) {
   return size_t(s.batch * s.heads * decode_attention_splits(s.nk) * (s.head_dim + 2));
 }
 
-void attention_forward_decode(cudaStream_t st, const AttentionShape& s, const float* q,
-                              const float* k, const float* v, float* o, float* lse,
-                              int rounding, float* scratch) {
+namespace {
+
+template <typename KV>
+void decode(cudaStream_t st, const AttentionShape& s, const float* q, const KV* k, const KV* v,
+            float* o, float* lse, int rounding, float* scratch) {
   PAR_ASSERT(s.nq == 1, "the split attention is for one query, not ", s.nq);
   if (s.batch == 0 || s.heads == 0) return;
   const int64_t splits = decode_attention_splits(s.nk);
   const int64_t parts = s.batch * s.heads * splits;
-  SplitArgs a{q,       k,       v,     s.q_pos,      s.k_pos, s.k_keep, s.nk, s.heads,
-              s.head_dim, splits, float(s.scale), scratch, scratch + parts * s.head_dim,
-              scratch + parts * (s.head_dim + 1)};
+  SplitArgs<KV> a{q,          k,      v,           s.q_pos, s.k_pos,
+                  s.k_keep,   s.nk,   s.heads,     s.head_dim, splits,
+                  float(s.scale), scratch, scratch + parts * s.head_dim,
+                  scratch + parts * (s.head_dim + 1)};
   const int64_t groups = s.head_dim <= kDecodeThreads ? kDecodeThreads / s.head_dim : 1;
   const size_t smem = sizeof(float) * size_t(s.head_dim + kDecodeKeys + groups * s.head_dim);
   // 48 KiB with the kernel's static reduce[].
@@ -151,14 +170,29 @@ void attention_forward_decode(cudaStream_t st, const AttentionShape& s, const fl
              "heads and examples (grid y and z)");
   const dim3 grid(unsigned(splits), unsigned(s.heads), unsigned(s.batch));
   switch (rounding) {
-    case 0: decode_split<0><<<grid, kDecodeThreads, smem, st>>>(a); break;
-    case 1: decode_split<1><<<grid, kDecodeThreads, smem, st>>>(a); break;
-    default: decode_split<2><<<grid, kDecodeThreads, smem, st>>>(a); break;
+    case 0: decode_split<0, KV><<<grid, kDecodeThreads, smem, st>>>(a); break;
+    case 1: decode_split<1, KV><<<grid, kDecodeThreads, smem, st>>>(a); break;
+    default: decode_split<2, KV><<<grid, kDecodeThreads, smem, st>>>(a); break;
   }
   PAR_CUDA_CHECK(cudaGetLastError());
   decode_merge<<<unsigned(s.batch * s.heads), threads_for_row(s.head_dim), 0, st>>>(
       a.part_o, a.part_m, a.part_l, o, lse, s.head_dim, splits);
   PAR_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+void attention_forward_decode(cudaStream_t st, const AttentionShape& s, const float* q,
+                              const float* k, const float* v, float* o, float* lse,
+                              int rounding, float* scratch) {
+  decode(st, s, q, k, v, o, lse, rounding, scratch);
+}
+
+void attention_forward_decode_bf16_kv(cudaStream_t st, const AttentionShape& s, const float* q,
+                                      const uint16_t* k, const uint16_t* v, float* o,
+                                      float* lse, float* scratch) {
+  // Rounding 2 (bf16) for q and the probabilities, as --precision bf16 has them.
+  decode(st, s, q, k, v, o, lse, 2, scratch);
 }
 
 }  // namespace par::cuda::kern

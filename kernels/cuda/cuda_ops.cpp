@@ -58,6 +58,8 @@ CudaOps::CudaOps(int device, MatmulPrecision precision) : device_(device), preci
   // default (no TF32 for CUBLAS_COMPUTE_32F).
   PAR_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
   PAR_CUBLAS_CHECK(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_HOST));
+  // Here, not on first use, which may fall inside a decoding step's recording.
+  lt_ = std::make_unique<LtLinear>();
   PAR_CUDA_CHECK(cudaMallocHost(&pinned_, 64));
   PAR_CUDA_CHECK(cudaMallocHost(&staging_, kStagingBytes));
   graphs_ = std::make_unique<StepGraphs>(stream_);
@@ -364,7 +366,6 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
 
 bool CudaOps::lt_linear_forward(void* y, bool y_bf16, const uint16_t* x16, const uint16_t* w16,
                                 const float* b, int64_t rows, int64_t in, int64_t out) {
-  if (!lt_) lt_ = std::make_unique<LtLinear>();
   // The column-major form swaps the operands: w's copy comes first.
   return lt_->forward(stream_, cublas_workspace_, kCublasWorkspace,
                       linear_as_column_major(rows, in, out), w16, x16, y, y_bf16, b);

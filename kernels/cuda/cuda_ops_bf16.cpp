@@ -50,6 +50,14 @@ void CudaOps::attention_forward_bf16_kv(const AttentionShape& s, const float* q,
   use_device();
   const bool one_query = s.nq == 1 && (attention_kernel_ == AttentionKernel::kAuto ||
                                        attention_kernel_ == AttentionKernel::kFused);
+  if (one_query && precision_ == MatmulPrecision::kBF16) {
+    // A decoding step over bfloat16 caches: the split kernel reads them as they lie (as
+    // attention_forward's would round float32 ones), with no widened copy of the cache.
+    auto* part = static_cast<float*>(scratch(
+        kDecodeSplit, std::max<size_t>(kern::decode_attention_scratch_floats(s), 1) * 4));
+    kern::attention_forward_decode_bf16_kv(stream_, s, q, k, v, o, lse, part);
+    return;
+  }
   if (!one_query)
     if (CudnnAttention* c = cudnn_for(s, false, true)) {
       c->forward(s, q, CudnnAttention::KeyValues{k, v, true}, o, lse);
@@ -120,13 +128,19 @@ void CudaOps::embedding_layernorm_backward(float* dx, float* dw, float* db, cons
 // compact bfloat16 operand where the product runs on bfloat16 operands, widened otherwise.
 void CudaOps::linear_forward_bf16_x(float* y, const uint16_t* x, const float* w, const float* b,
                                     int64_t rows, int64_t in, int64_t out) {
+  linear_forward_bf16_x_with(y, x, w, nullptr, b, rows, in, out);
+}
+
+void CudaOps::linear_forward_bf16_x_with(float* y, const uint16_t* x, const float* w,
+                                         const uint16_t* w16, const float* b, int64_t rows,
+                                         int64_t in, int64_t out) {
   use_device();
   const RowMajorGemm g = row_major_gemm(false, true, rows, out, in, 1.0f, nullptr, in, w, in,
                                         b ? 1.0f : 0.0f, y, out);
   if (rows > 0 && out > 0 && in > 0 &&
       bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements())) {
     // As linear_forward on the widened x, so that both give the same bits.
-    const uint16_t* w16 = bf16_copy(kBf16B, w, stored_b(g));
+    if (!w16) w16 = bf16_copy(kBf16B, w, stored_b(g));
     if (b && lt_linear_forward(y, false, x, w16, b, rows, in, out)) return;
     if (b) kern::broadcast_rows(stream_, y, b, rows, out);
     gemm_bf16(g, x, w16);
@@ -145,11 +159,13 @@ void CudaOps::linear_forward_to_bf16(uint16_t* y, float* staging, const uint16_t
                                         0.0f, nullptr, out);
   // Rounded to bfloat16 as the epilogue stores the float32 sums plus the bias: y is written
   // once, in bfloat16, and staging is not touched.
+  const uint16_t* w16 = nullptr;
   if (b && rows > 0 && out > 0 && in > 0 &&
-      bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements()) &&
-      lt_linear_forward(y, true, x, bf16_copy(kBf16B, w, stored_b(g)), b, rows, in, out))
-    return;
-  linear_forward_bf16_x(staging, x, w, b, rows, in, out);
+      bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements())) {
+    w16 = bf16_copy(kBf16B, w, stored_b(g));
+    if (lt_linear_forward(y, true, x, w16, b, rows, in, out)) return;
+  }
+  linear_forward_bf16_x_with(staging, x, w, w16, b, rows, in, out);
   round_to_bf16(y, staging, rows * out);
 }
 

@@ -93,6 +93,11 @@ class CudaOps final : public Ops<float> {
   // y = x w^T + b (b not null) over the compact bfloat16 copies x16 and w16, the bias added
   // in cuBLASLt's epilogue (lt_linear.h); y in float32, or bfloat16 where y_bf16. False,
   // having launched nothing, where cuBLASLt declines the call.
+  // linear_forward_bf16_x with w's bfloat16 copy already made (w16; null: make it here
+  // where the product takes one).
+  void linear_forward_bf16_x_with(float* y, const uint16_t* x, const float* w,
+                                  const uint16_t* w16, const float* b, int64_t rows, int64_t in,
+                                  int64_t out);
   bool lt_linear_forward(void* y, bool y_bf16, const uint16_t* x16, const uint16_t* w16,
                          const float* b, int64_t rows, int64_t in, int64_t out);
   // The cuDNN path, when this call may and can take it (else null, having thrown where
@@ -125,7 +130,7 @@ class CudaOps final : public Ops<float> {
   Bf16Operands bf16_operands_ = Bf16Operands::kAuto;
   int sm_major_ = 0;
   std::unique_ptr<CudnnAttention> cudnn_;  // made on first use
-  std::unique_ptr<LtLinear> lt_;           // made on first use
+  std::unique_ptr<LtLinear> lt_;
   std::unique_ptr<StepGraphs> graphs_;
   bool graphs_on_ = true;
   bool graph_uploaded_ = false;  // the step being recorded copies from the host

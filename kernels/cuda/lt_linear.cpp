@@ -110,6 +110,12 @@ std::unique_ptr<LtLinear::Plan> make_plan(cublasLtHandle_t handle, const ColumnM
       found > 0 && result.state == CUBLAS_STATUS_SUCCESS &&
       result.workspaceSize <= workspace_bytes;
   if (!ok) return nullptr;
+  // The heuristic's algorithm, checked against the call as it will be made.
+  cublasLtMatmulHeuristicResult_t checked{};
+  if (cublasLtMatmulAlgoCheck(handle, p->op, p->first, p->second, p->d, p->d, &result.algo,
+                              &checked) != CUBLAS_STATUS_SUCCESS ||
+      checked.workspaceSize > workspace_bytes)
+    return nullptr;
   p->algo = result.algo;
   p->workspace = result.workspaceSize;
   return p;
@@ -136,23 +142,33 @@ bool LtLinear::forward(cudaStream_t stream, void* workspace, size_t workspace_by
   if (it == plans_.end()) {
     it = plans_.emplace(key, make_plan(handle_, c, first16, second16, d, d_bf16, bias,
                                        workspace_bytes)).first;
-    if (!it->second)
-      backend_log(LogLevel::kInfo,
-                  "cuBLASLt offers no bias epilogue for a " + std::to_string(c.m) + " x " +
-                      std::to_string(c.n) + " x " + std::to_string(c.k) + " product into " +
-                      (d_bf16 ? "bfloat16" : "float32") +
-                      ": its bias is broadcast into the output before the product, as cuBLAS "
-                      "adds it");
+    if (!it->second) declined(c, d_bf16, "no algorithm");
   }
   Plan* p = it->second.get();
   if (!p) return false;
   const float alpha = 1, beta = 0;
   PAR_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                   &bias, sizeof(bias)));
-  PAR_CUBLAS_CHECK(cublasLtMatmul(handle_, p->op, &alpha, first16, p->first, second16,
-                                  p->second, &beta, d, p->d, d, p->d, &p->algo, workspace,
-                                  p->workspace, stream));
+  const cublasStatus_t status =
+      cublasLtMatmul(handle_, p->op, &alpha, first16, p->first, second16, p->second, &beta, d,
+                     p->d, d, p->d, &p->algo, workspace, p->workspace, stream);
+  // A refusal at launch launches nothing: this shape goes the cuBLAS way from now on.
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
+    it->second.reset();
+    declined(c, d_bf16, "a refused launch");
+    return false;
+  }
+  PAR_CUBLAS_CHECK(status);
   return true;
+}
+
+void LtLinear::declined(const ColumnMajorGemm& c, bool d_bf16, const char* why) {
+  backend_log(LogLevel::kInfo,
+              std::string("cuBLASLt's bias epilogue declined a ") + std::to_string(c.m) + " x " +
+                  std::to_string(c.n) + " x " + std::to_string(c.k) + " product into " +
+                  (d_bf16 ? "bfloat16" : "float32") + " (" + why + "): " +
+                  (d_bf16 ? "it is computed in float32 and rounded in a second pass"
+                          : "its bias is broadcast into the output before the product"));
 }
 
 }  // namespace par::cuda

@@ -49,7 +49,8 @@ class LtLinear {
   // copies of its operands (first16: c.ld_first apart, second16: c.ld_second apart); D at
   // d ([c.m, c.n], c.ldc apart) in float32, or bfloat16 where d_bf16. False, having
   // launched nothing, where cuBLASLt offers no algorithm for the call (the caller then
-  // goes the cuBLAS way); the answer is kept per shape and alignment.
+  // goes the cuBLAS way); the answer is kept per shape and alignment. A launch that
+  // cuBLASLt refuses after all is a decline too, from then on.
   bool forward(cudaStream_t stream, void* workspace, size_t workspace_bytes,
                const ColumnMajorGemm& c, const uint16_t* first16, const uint16_t* second16,
                void* d, bool d_bf16, const float* bias);
@@ -57,6 +58,8 @@ class LtLinear {
  struct Plan;  // cuBLASLt's descriptors and algorithm for one shape (lt_linear.cpp)
 
  private:
+  // Says in the log, once per shape, that a call goes the cuBLAS way, and why.
+  static void declined(const ColumnMajorGemm& c, bool d_bf16, const char* why);
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool,
                          int, int, int, int, size_t>;
   cublasLtHandle_t handle_ = nullptr;

@@ -7,6 +7,9 @@
 // Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -162,6 +165,41 @@ TEST_F(CudaBf16Operands, Bf16InputsAreTheirOwnCopies) {
     EXPECT_TRUE(bitwise_equal(dx16.host(), dx.host())) << "dx, " << what;
     EXPECT_TRUE(bitwise_equal(dw16.host(), dw.host())) << "dw, " << what;
     EXPECT_TRUE(bitwise_equal(db16.host(), db.host())) << "db, " << what;
+  }
+}
+
+// The values' projection stored in bfloat16 (linear_forward_to_bf16) on bfloat16
+// products: where cuBLASLt's epilogue takes it, y is the float32 answer rounded (within one
+// bfloat16 step: its own product may sum in another order) and staging is not touched;
+// where it declines, staging holds linear_forward_bf16_x's y and y is its rounding.
+TEST_F(CudaBf16Operands, ValuesStoredInBf16AreTheFloatProductRounded) {
+  auto ops = make(Bf16Operands::kAlways);
+  const int64_t rows = 4160, in = 64, out = 96, n = rows * out;
+  std::vector<uint16_t> x16;
+  for (float v : random_vector<float>(rows * in, 70)) x16.push_back(bf16_bits(v));
+  const auto w = random_vector<float>(out * in, 71, 0.2), b = random_vector<float>(out, 72);
+  DeviceArray<uint16_t> gx16(*ops, x16), gy16(*ops, size_t(n), uint16_t(0x1234));
+  DeviceArray<float> gw(*ops, w), gb(*ops, b), staging(*ops, size_t(n), 9.0f),
+      want(*ops, size_t(n), 9.0f);
+  ops->linear_forward_to_bf16(gy16.get(), staging.get(), gx16.get(), gw.get(), gb.get(), rows,
+                              in, out);
+  ops->linear_forward_bf16_x(want.get(), gx16.get(), gw.get(), gb.get(), rows, in, out);
+  const std::vector<float> f = want.host(), st = staging.host();
+  const std::vector<uint16_t> y = gy16.host();
+  const bool taken = std::all_of(st.begin(), st.end(), [](float v) { return v == 9.0f; });
+  std::printf("note: the values' projection %s cuBLASLt's bfloat16 epilogue\n",
+              taken ? "took" : "did not take");
+  double err = 0, scale = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!taken) {
+      EXPECT_EQ(y[size_t(i)], bf16_bits(f[size_t(i)])) << "element " << i;
+    }
+    err = std::max(err, std::abs(double(bf16_float(y[size_t(i)])) - double(f[size_t(i)])));
+    scale = std::max(scale, std::abs(double(f[size_t(i)])));
+  }
+  EXPECT_LE(err, 0x1p-7 * scale);
+  if (!taken) {
+    EXPECT_TRUE(bitwise_equal(st, f)) << "staging is not linear_forward_bf16_x's y";
   }
 }
 

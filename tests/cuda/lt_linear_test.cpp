@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -133,6 +134,10 @@ TEST_F(CudaLtLinear, BiasInTheEpilogueIsAddedToTheProduct) {
     if (!taken) {
       std::printf("note: cuBLASLt declined the bias epilogue into %s\n",
                   y_bf16 ? "bfloat16" : "float32");
+      std::vector<uint8_t> bytes(size_t(rows * out) * 4);
+      PAR_CUDA_CHECK(cudaMemcpy(bytes.data(), gy, bytes.size(), cudaMemcpyDeviceToHost));
+      EXPECT_EQ(std::count(bytes.begin(), bytes.end(), uint8_t(0x7F)), int64_t(bytes.size()))
+          << "a declined call wrote its output";
       continue;
     }
     PAR_CUDA_CHECK(cudaDeviceSynchronize());
