@@ -20,10 +20,16 @@ using decoder_detail::kFarPosition;
 
 template <typename T>
 Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool cached,
-                    TokenTables tables, int64_t samples)
+                    TokenTables tables, int64_t samples, KeyValueStorage cache)
     : cfg_(cfg), ops_(ops), layout_(cfg), cached_(cached) {
   cfg_.validate();
   if (samples < 1) fail_user("the number of samples must be at least 1 (got ", samples, ")");
+  // Uncached decoding computes the caches afresh for every token: no point in rounding them.
+  bf16_cache_ = cached && cache == KeyValueStorage::kBf16;
+  if (bf16_cache_ && (2 * cfg.d_model) % int64_t(sizeof(T)) != 0)
+    fail_user("cross caches in bfloat16 need d_model (", cfg.d_model, ") to fill whole ",
+              sizeof(T), "-byte words");
+  cache_width_ = bf16_cache_ ? 2 * cfg.d_model / int64_t(sizeof(T)) : cfg.d_model;
   p_ = bind(layout_, const_cast<T*>(params));  // read only
   rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
   rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
@@ -37,10 +43,12 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   seqs_.resize(size_t(samples));
   b_ = new Buffers;
   Carver sizing;
-  b_->carve(sizing, cfg_, samples, rot_cross_.bands, rot_self_.bands, token_tables_, cached);
+  b_->carve(sizing, cfg_, samples, rot_cross_.bands, rot_self_.bands, token_tables_, cached,
+            cache_width_);
   memory_ = ops_.allocate(size_t(sizing.used));
   Carver real{static_cast<char*>(memory_), 0};
-  b_->carve(real, cfg_, samples, rot_cross_.bands, rot_self_.bands, token_tables_, cached);
+  b_->carve(real, cfg_, samples, rot_cross_.bands, rot_self_.bands, token_tables_, cached,
+            cache_width_);
   logits_.resize(size_t(samples * cfg.vocab_size));
   if (token_tables_) make_token_tables();
   // Steps are replayed by default where the backend keeps captures (set_step_capture).
@@ -207,6 +215,40 @@ void Decoder<T>::append(const std::vector<int32_t>& tokens) {
   }
 }
 
+// The keys and values of the window's `rows` inputs (embeddings in b.h, from
+// first_position) into the bfloat16 cross cache from row 0: computed in T a block of rows
+// at a time (in b.q and b.att, free until the latents' cross-attention), rotated, rounded.
+template <typename T>
+void Decoder<T>::keys_values_into_cache(int64_t rows, int64_t first_position) {
+  const int64_t d = cfg_.d_model, block = samples() * cfg_.num_latents;
+  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  Buffers& b = *b_;
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    const int64_t n = std::min(block, rows - r0);
+    cross_keys_values(ops_, p_.cross, b.h + r0 * d, n, d, d,
+                      NormActs<T>{b.kvn + r0 * d, b.kv_mu + r0, b.kv_rs + r0}, b.q, b.att);
+    auto* k16 = reinterpret_cast<uint16_t*>(b.cross_k + r0 * cache_width_);
+    auto* v16 = reinterpret_cast<uint16_t*>(b.cross_v + r0 * cache_width_);
+    if (rot_cross_.bands > 0) {
+      upload_rotary_tables(rot_cross_, first_position + r0, n);
+      ops_.rotary_to_bf16(k16, b.q, 1, n, Hc, Dc, rot_cross_.bands, b.cos, b.sin);
+    } else {
+      ops_.round_to_bf16(k16, b.q, n * d);
+    }
+    ops_.round_to_bf16(v16, b.att, n * d);
+  }
+}
+
+template <typename T>
+void Decoder<T>::attend_cache(const AttentionShape& s, const T* q, const T* k, const T* v, T* o,
+                              T* lse) {
+  if (bf16_cache_)
+    ops_.attention_forward_bf16_kv(s, q, reinterpret_cast<const uint16_t*>(k),
+                                   reinterpret_cast<const uint16_t*>(v), o, lse);
+  else
+    ops_.attention_forward(s, q, k, v, o, lse);
+}
+
 // A forward pass of one sample over its window (the last min(T, N) tokens) with
 // `num_latents` latents on its last positions; refills the shared cross cache (and, cached,
 // the self-attention caches of sample 0). Its logits go to row `sample`.
@@ -221,9 +263,13 @@ void Decoder<T>::full_pass(int64_t sample, int64_t L) {
   const CrossRef<T>& cp = p_.cross;
   embed(b.h, seq.tokens.data() + p0, positions_ ? seq.doc_pos.data() + p0 : nullptr, W, b.kvn);
   ops_.key_keep_mask(b.cross_keep, b.tokens, 1, W, W, 0.0, DropoutKey{}, 0, p0);
-  cross_keys_values(ops_, cp, b.h, W, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, b.cross_k,
-                    b.cross_v);
-  rotary_at(b.cross_k, 1, W, Hc, Dc, rot_cross_, p0);
+  if (bf16_cache_) {
+    keys_values_into_cache(W, p0);
+  } else {
+    cross_keys_values(ops_, cp, b.h, W, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, b.cross_k,
+                      b.cross_v);
+    rotary_at(b.cross_k, 1, W, Hc, Dc, rot_cross_, p0);
+  }
   std::vector<int64_t> cross_pos(static_cast<size_t>(W));
   for (int64_t j = 0; j < W; ++j) cross_pos[size_t(j)] = p0 + j;
   ops_.upload(b.cross_pos, cross_pos.data(), size_t(W) * sizeof(int64_t));

@@ -52,6 +52,12 @@
 // document position: the prompt counts from 1 at its first token (restarting after each
 // EOS), and generation continues the count. Keys then depend on the position as well as
 // the token, so there are no token tables.
+//
+// Cached decoding may keep the cross caches (shared and own) in bfloat16
+// (KeyValueStorage::kBf16): each key is rotated in T and rounded once as it enters, each
+// value rounded once, and the attention reads them through the `_bf16_kv` operations. On
+// a GPU under --precision bf16 the split attention rounds float32 keys and values to
+// bfloat16 as it reads them anyway: the same numbers, half the bytes stored and read.
 #pragma once
 
 #include <algorithm>
@@ -61,6 +67,7 @@
 #include <vector>
 
 #include "core/absolute_positions.h"
+#include "core/key_value_storage.h"
 #include "core/model_config.h"
 #include "core/ops.h"
 #include "core/param_layout.h"
@@ -77,8 +84,11 @@ class Decoder {
  public:
   // params: the whole model (single-rank layout) in backend memory; must outlive this.
   // samples: how many sequences decode together (each append takes one token for each).
+  // cache: the cross caches' element type (cached decoding; kBf16 needs an even d_model,
+  // and 4 | d_model for T = double).
   Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool cached,
-          TokenTables tables = TokenTables::kAuto, int64_t samples = 1);
+          TokenTables tables = TokenTables::kAuto, int64_t samples = 1,
+          KeyValueStorage cache = KeyValueStorage::kNative);
   ~Decoder();
   Decoder(const Decoder&) = delete;
   Decoder& operator=(const Decoder&) = delete;
@@ -101,6 +111,7 @@ class Decoder {
   int64_t latents() const { return latents_; }                // in the caches (or would be)
   int64_t refills() const { return refills_; }                // full passes so far
   bool token_tables() const { return token_tables_; }         // offered (a call may be declined)
+  bool bf16_cache() const { return bf16_cache_; }             // the cross caches in bfloat16
   // Whether each decoding step goes to the backend as one capture (Ops::begin_capture: on
   // CUDA a graph, so the GPU runs the step's ~100 small kernels back to back). Where the
   // backend keeps captures (Ops::replays_captures), a step is captured once and replayed
@@ -126,6 +137,9 @@ class Decoder {
   // A refill's latents at most: M/2, at least 1.
   int64_t refill_latents() const { return std::max<int64_t>(1, cfg_.num_latents / 2); }
   void full_pass(int64_t sample, int64_t num_latents);
+  void keys_values_into_cache(int64_t rows, int64_t first_position);
+  // attention_forward over cross-cache keys and values k and v (bfloat16 where bf16_cache_).
+  void attend_cache(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, T* lse);
   void refill_from_cache(int64_t num_latents);
   void cross_attend_latents(int64_t batch, int64_t num_latents);
   void attend_windows(int64_t batch, int64_t nq);
@@ -190,6 +204,8 @@ class Decoder {
   ModelRef<T> p_;
   bool cached_;
   bool token_tables_ = false;  // the cross cache as tokens (Ops::token_attention_forward)
+  bool bf16_cache_ = false;    // the cross caches in bfloat16 (KeyValueStorage::kBf16)
+  int64_t cache_width_ = 0;    // a cross-cache row, in T: d, or d bfloat16 values
   RotarySpec rot_cross_, rot_self_;
   Buffers* b_ = nullptr;
   void* memory_ = nullptr;

@@ -81,26 +81,27 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
     // call attends over the shared cache, which holds the whole window with one sample and
     // the prompt with several; the next call offers the tables again.
   }
-  const T *shared_k = b.cross_k + shared_from * d, *shared_v = b.cross_v + shared_from * d;
+  const T *shared_k = b.cross_k + shared_from * cache_width_;
+  const T *shared_v = b.cross_v + shared_from * cache_width_;
   if (shared_count > 0) {
     AttentionShape s{1, nq, shared_count, Hc, Dc, b.latent_pos, b.cross_pos + shared_from,
                      b.cross_keep + shared_from, scale};
     if (batch == 1) {
-      part(LseLayout{1, nq}, [&](T* o, T* lse) { ops_.attention_forward(s, b.q, shared_k, shared_v, o, lse); });
+      part(LseLayout{1, nq}, [&](T* o, T* lse) { attend_cache(s, b.q, shared_k, shared_v, o, lse); });
     } else if (nq == 1) {  // the samples' queries (at one position) read the shared keys once
       s.nq = batch;
-      part(LseLayout{1, batch}, [&](T* o, T* lse) { ops_.attention_forward(s, b.q, shared_k, shared_v, o, lse); });
+      part(LseLayout{1, batch}, [&](T* o, T* lse) { attend_cache(s, b.q, shared_k, shared_v, o, lse); });
     } else {  // a refill: each sample's latents over the shared keys
       part(LseLayout{batch, nq}, [&](T* o, T* lse) {
         for (int64_t k = 0; k < batch; ++k)
-          ops_.attention_forward(s, b.q + k * nq * d, shared_k, shared_v, o + k * nq * d,
-                                 lse + k * Hc * nq);
+          attend_cache(s, b.q + k * nq * d, shared_k, shared_v, o + k * nq * d,
+                       lse + k * Hc * nq);
       });
     }
   }
   if (own_count_ > 0) {  // each sample's own entries: blocks of own_cap_ rows, empty rows not kept
     const AttentionShape own{batch, nq, own_cap_, Hc, Dc, b.latent_pos, own_pos_, own_keep_, scale};
-    part(LseLayout{batch, nq}, [&](T* o, T* lse) { ops_.attention_forward(own, b.q, own_k_, own_v_, o, lse); });
+    part(LseLayout{batch, nq}, [&](T* o, T* lse) { attend_cache(own, b.q, own_k_, own_v_, o, lse); });
   }
   PAR_ASSERT(!first_part, "a window with no keys");
   if (all_rows) step_reads_all_rows_ = true;

@@ -25,7 +25,9 @@ constexpr int64_t kFarPosition = std::numeric_limits<int64_t>::max() / 2;
 template <typename T>
 struct Decoder<T>::Buffers {
   // Caches.
-  T *cross_k, *cross_v;  // [N + M, d]: keys rotated at their positions (shared)
+  // [N + M, d]: keys rotated at their positions (shared); rows of `cache_width` T, which
+  // hold d bfloat16 values with Decoder::bf16_cache_.
+  T *cross_k, *cross_v;
   int64_t* cross_pos;    // [N + M]
   uint8_t* cross_keep;   // [N + M]: not PAD
   // With token tables (Decoder::token_tables_): the window's keys grouped by token
@@ -64,13 +66,13 @@ struct Decoder<T>::Buffers {
   T *cos, *sin;          // rotary tables for up to max(N, M) rows
 
   void carve(Carver& c, const ModelConfig& cfg, int64_t K, int64_t cross_bands,
-             int64_t self_bands, bool token_tables, bool cached) {
+             int64_t self_bands, bool token_tables, bool cached, int64_t cache_width) {
     const int64_t bands = std::max(cross_bands, self_bands);
     const int64_t N = cfg.context_length, M = cfg.num_latents, d = cfg.d_model;
     const int64_t F = cfg.mlp_width(), V = cfg.vocab_size, cap = N + M, R = K * M;
     const int64_t E = std::max({N, K, token_tables ? V : 0});
-    cross_k = c.take<T>(cap * d);
-    cross_v = c.take<T>(cap * d);
+    cross_k = c.take<T>(cap * cache_width);
+    cross_v = c.take<T>(cap * cache_width);
     cross_pos = c.take<int64_t>(cap);
     cross_keep = c.take<uint8_t>(cap);
     const int64_t gkeys = token_tables ? N : 0, grows = token_tables ? token_groups_stride(N) : 0;

@@ -80,21 +80,32 @@ void Decoder<T>::push_inputs_device() {
   if (positions_) positions_->add_uploaded(b.h, K, b.pos_ids, b.kvn);
   T *k = b.att, *v = b.tmp;
   cross_keys_values(ops_, p_.cross, b.h, K, d, d, NormActs<T>{b.kvn, b.kv_mu, b.kv_rs}, k, v);
-  if (rot_cross_.bands > 0)
-    ops_.rotary(k, K, 1, cfg_.cross_heads, cfg_.cross_head_dim(), rot_cross_.bands, b.step_cos,
-                b.step_sin, false);
+  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim(), w = cache_width_;
+  if (bf16_cache_) {  // rotated and rounded into b.x (scratch until the latent stack)
+    T *k16 = b.x, *v16 = b.x + K * w;
+    if (rot_cross_.bands > 0)
+      ops_.rotary_to_bf16(reinterpret_cast<uint16_t*>(k16), k, K, 1, Hc, Dc, rot_cross_.bands,
+                          b.step_cos, b.step_sin);
+    else
+      ops_.round_to_bf16(reinterpret_cast<uint16_t*>(k16), k, K * d);
+    ops_.round_to_bf16(reinterpret_cast<uint16_t*>(v16), v, K * d);
+    k = k16;
+    v = v16;
+  } else if (rot_cross_.bands > 0) {
+    ops_.rotary(k, K, 1, Hc, Dc, rot_cross_.bands, b.step_cos, b.step_sin, false);
+  }
   T* cache_k = K == 1 ? b.cross_k : own_k_;
   T* cache_v = K == 1 ? b.cross_v : own_v_;
-  const int64_t stride = K == 1 ? 0 : own_cap_ * d;
-  ops_.copy_blocks_to_row(cache_k, stride, b.input_row, d, k, d, K, d);
-  ops_.copy_blocks_to_row(cache_v, stride, b.input_row, d, v, d, K, d);
+  const int64_t stride = K == 1 ? 0 : own_cap_ * w;
+  ops_.copy_blocks_to_row(cache_k, stride, b.input_row, w, k, w, K, w);
+  ops_.copy_blocks_to_row(cache_v, stride, b.input_row, w, v, w, K, w);
 }
 
 // Room for one more own entry per sample: the entries move to the front of new blocks,
 // twice as long as they need (at most N + M rows, as the shared cache).
 template <typename T>
 void Decoder<T>::reserve_own() {
-  const int64_t K = samples(), d = cfg_.d_model, M = cfg_.num_latents;
+  const int64_t K = samples(), d = cache_width_, M = cfg_.num_latents;  // d: a row, in T
   const int64_t cap = std::min(cfg_.context_length + M, std::max<int64_t>(M, 2 * (own_count_ + 1)));
   PAR_ASSERT(cap > own_count_);
   T *k = nullptr, *v = nullptr;
@@ -168,10 +179,10 @@ void Decoder<T>::move_to_front(T* base, int64_t from, int64_t count, int64_t wid
 // the front.
 template <typename T>
 void Decoder<T>::compact_cross_cache(int64_t next_position) {
-  const int64_t d = cfg_.d_model, h0 = cross_head_, n = cross_count_;
+  const int64_t h0 = cross_head_, n = cross_count_;
   Buffers& b = *b_;
-  move_to_front(b.cross_k, h0, n, d);
-  move_to_front(b.cross_v, h0, n, d);
+  move_to_front(b.cross_k, h0, n, cache_width_);
+  move_to_front(b.cross_v, h0, n, cache_width_);
   const int64_t first = next_position - n;  // consecutive positions
   // Replayed steps attend past the entries (Decoder::shared_rows): the rows there, which
   // held entries before, must be far again.

@@ -34,8 +34,8 @@ void Decoder<T>::zero_rows_read_unfilled() {
   ops_.fill(b_->self_k[0], 2 * layers * samples() * M * d, T(0));
   if (replay_ && samples() == 1) {
     const int64_t cap = cfg_.context_length + M;
-    ops_.fill(b_->cross_k, cap * d, T(0));
-    ops_.fill(b_->cross_v, cap * d, T(0));
+    ops_.fill(b_->cross_k, cap * cache_width_, T(0));  // zero bits: bfloat16 zeros too
+    ops_.fill(b_->cross_v, cap * cache_width_, T(0));
   }
 }
 

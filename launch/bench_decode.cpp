@@ -22,7 +22,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 struct DecodeRun {
   double prefill_s = 0, tokens_per_s = 0;
   int64_t refills = 0;
-  bool token_tables = false;
+  bool token_tables = false, bf16_cache = false;
   Decoder<float>::StepCounts steps;
 };
 
@@ -46,7 +46,8 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
   // n steps of K samples; tokens_per_s counts all K.
   auto run = [&](bool cached, int64_t n, int64_t K) {
     DecodeRun r;
-    Decoder<float> dec(mc, ops, params, cached, TokenTables::kAuto, K);
+    Decoder<float> dec(mc, ops, params, cached, TokenTables::kAuto, K,
+                       decoding_cache_storage(rc.kv_storage, rc.device, rc.precision, mc));
     dec.set_step_capture(step_capture);
     auto t = Clock::now();
     dec.start(prompt);
@@ -65,6 +66,7 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
     r.tokens_per_s = double(n * K) / since(t);
     r.refills = dec.refills() - refills_before;
     r.token_tables = dec.token_tables();
+    r.bf16_cache = dec.bf16_cache();
     r.steps = dec.step_counts();
     return r;
   };
@@ -79,10 +81,11 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
               backend_description.c_str());
   std::printf("decode      prompt of %lld tokens: full pass %.2f s\n",
               static_cast<long long>(prompt.size()), cached.prefill_s);
-  std::printf("            cached:   %.2f tokens/s over %lld tokens, %lld refills included%s\n",
+  std::printf("            cached:   %.2f tokens/s over %lld tokens, %lld refills included%s%s\n",
               cached.tokens_per_s, static_cast<long long>(tokens * samples),
               static_cast<long long>(cached.refills),
-              cached.token_tables ? " (cross-attention through token tables)" : "");
+              cached.token_tables ? " (cross-attention through token tables)" : "",
+              cached.bf16_cache ? " | cross caches in bf16" : "");
   std::printf("            steps: %lld replayed, %lld captured, %lld run as given%s\n",
               static_cast<long long>(cached.steps.replayed),
               static_cast<long long>(cached.steps.captured),

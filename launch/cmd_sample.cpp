@@ -281,11 +281,13 @@ int cmd_sample(int argc, char** argv) {
   const int64_t total = int64_t(prompts.size()) * num_samples;
   Progress progress(total * tokens);
   {
-    Decoder<float> dec(c, ops, params, !uncached, TokenTables::kAuto, num_samples);
+    Decoder<float> dec(c, ops, params, !uncached, TokenTables::kAuto, num_samples,
+                       decoding_cache_storage("auto", device, precision, c));
     dec.set_step_capture(step_capture);
     LOG(INFO) << (uncached ? "uncached" : "cached") << " decoding of " << prompts.size()
               << " prompt" << (prompts.size() > 1 ? "s" : "") << " x " << num_samples
-              << " sample" << (num_samples > 1 ? "s" : "") << ", " << tokens << " tokens each";
+              << " sample" << (num_samples > 1 ? "s" : "") << ", " << tokens << " tokens each"
+              << (dec.bf16_cache() ? " | cross caches in bf16" : "");
     for (size_t p = 0; p < prompts.size(); ++p)
       for (const SampleRecord& r : generate(dec, int64_t(p), prompts[p], g, progress)) {
         if (format == "json") {

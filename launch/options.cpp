@@ -107,6 +107,15 @@ KeyValueStorage resolve_key_value_storage(const std::string& kv_storage,
   return cudnn_reads_them && tp == 1 ? KeyValueStorage::kBf16 : KeyValueStorage::kNative;
 }
 
+KeyValueStorage decoding_cache_storage(const std::string& kv_storage, const std::string& device,
+                                       const std::string& precision, const ModelConfig& model) {
+  if (kv_storage == "bf16") return KeyValueStorage::kBf16;
+  if (kv_storage == "fp32") return KeyValueStorage::kNative;
+  return device == "cuda" && precision == "bf16" && model.d_model % 2 == 0
+             ? KeyValueStorage::kBf16
+             : KeyValueStorage::kNative;
+}
+
 void RunConfig::validate_layout(const ModelConfig& model) const {
   if (micro_batch() % dp != 0)
     fail_user("a micro-batch of ", micro_batch(), " examples (--batch-size ", batch_size,
@@ -158,7 +167,7 @@ po::options_description run_options(RunConfig& c) {
       ("device", po::value(&c.device)->default_value(c.device), "cpu or cuda (one GPU per rank, chosen by the node-local rank)")
       ("precision", po::value(&c.precision)->default_value(c.precision), "matrix products on cuda: fp32, tf32 or bf16 (weights and optimizer state stay fp32)")
       ("attention", po::value(&c.attention)->default_value(c.attention), kAttentionHelp)
-      ("kv-storage", po::value(&c.kv_storage)->default_value(c.kv_storage), "where the input side keeps its keys and values and their gradients (the largest tensors: 4 of batch x context x d): auto (bf16 with --device cuda --precision bf16, cuDNN's attention and --tp 1, fp32 elsewhere), bf16 (half the memory; rounded once as they are made; cuda only) or fp32")
+      ("kv-storage", po::value(&c.kv_storage)->default_value(c.kv_storage), "where the input side keeps its keys and values and their gradients (the largest tensors: 4 of batch x context x d): auto (bf16 with --device cuda --precision bf16, cuDNN's attention and --tp 1, fp32 elsewhere), bf16 (half the memory; rounded once as they are made; cuda only) or fp32; with par bench --decode, the decoder's cross caches: auto is bf16 with --device cuda --precision bf16")
       ("collective-timeout", po::value(&c.collective_timeout)->default_value(c.collective_timeout), "seconds one collective may wait for the other ranks before this rank ends with an error saying what it waited for (a hung rank, GPU, storage or network; under mpirun or srun the launcher then ends the job); 0: wait for ever")
       ("dp", po::value(&c.dp)->default_value(c.dp), "data-parallel replicas (each takes a share of every batch)")
       ("sp", po::value(&c.sp)->default_value(c.sp), "sequence-parallel ranks (each holds a slice of the context)")

@@ -98,6 +98,7 @@ struct Case {
   int64_t samples;
   TokenTables tables;
   PositionEncoding pe;
+  KeyValueStorage cache = KeyValueStorage::kNative;
 };
 
 // 100 steps from a 10-token prompt: refills, regrouped windows, buckets of the newest
@@ -110,9 +111,9 @@ void check_replayed_steps(const Case& cs) {
   cpu.upload(params, p.data(), p.size() * sizeof(double));
   const int64_t K = cs.samples;
   ReplayingOps replaying(cpu, true), afresh(cpu, false);
-  Decoder<double> replayed(c, replaying, params, true, cs.tables, K);
-  Decoder<double> recaptured(c, afresh, params, true, cs.tables, K);
-  Decoder<double> plain(c, cpu, params, true, cs.tables, K);
+  Decoder<double> replayed(c, replaying, params, true, cs.tables, K, cs.cache);
+  Decoder<double> recaptured(c, afresh, params, true, cs.tables, K, cs.cache);
+  Decoder<double> plain(c, cpu, params, true, cs.tables, K, cs.cache);
   plain.set_step_capture(false);
   std::mt19937_64 rng(5);
   std::vector<int32_t> prompt(10);
@@ -155,6 +156,13 @@ TEST(DecoderReplay, SeveralSamplesThroughTokenTables) {
 
 TEST(DecoderReplay, SeveralSamplesOverTheCrossCache) {
   check_replayed_steps({3, TokenTables::kOff, PositionEncoding::kRotary});
+}
+
+// The cross caches in bfloat16: rows of d bfloat16 values, copied and moved at that width.
+TEST(DecoderReplay, Bf16CrossCaches) {
+  check_replayed_steps({1, TokenTables::kOff, PositionEncoding::kRotary, KeyValueStorage::kBf16});
+  check_replayed_steps({3, TokenTables::kOff, PositionEncoding::kRotary, KeyValueStorage::kBf16});
+  check_replayed_steps({2, TokenTables::kAuto, PositionEncoding::kAbsolute, KeyValueStorage::kBf16});
 }
 
 TEST(DecoderReplay, AbsolutePositions) {

@@ -185,15 +185,16 @@ TEST(Decoder, LongPromptsEmptyPromptsAndSlidingWindow) {
 // caches grow, then drop their oldest entries and move.
 template <typename T>
 void check_samples_equal_single_runs(bool cached, TokenTables tables, double tol,
-                                     PositionEncoding pe = PositionEncoding::kRotary) {
+                                     PositionEncoding pe = PositionEncoding::kRotary,
+                                     KeyValueStorage cache = KeyValueStorage::kNative) {
   const ModelConfig c = config(pe);
   cpu::CpuOps<T> ops;
   T* params = upload_params(ops, params_for<T>(c, 11));
   const int64_t K = 3, V = c.vocab_size;
-  Decoder<T> batch(c, ops, params, cached, tables, K);
+  Decoder<T> batch(c, ops, params, cached, tables, K, cache);
   std::vector<std::unique_ptr<Decoder<T>>> single;
   for (int64_t k = 0; k < K; ++k)
-    single.push_back(std::make_unique<Decoder<T>>(c, ops, params, cached, tables));
+    single.push_back(std::make_unique<Decoder<T>>(c, ops, params, cached, tables, 1, cache));
   const std::vector<int32_t> prompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
   batch.start(prompt);
   for (auto& d : single) d->start(prompt);
@@ -273,6 +274,16 @@ TEST(DecoderSamples, EqualSingleRunsThroughTokenTables) {
 }
 TEST(DecoderSamples, EqualSingleRunsAbsolutePositions) {
   check_samples_equal_single_runs<double>(true, TokenTables::kOff, 1e-12, PositionEncoding::kBoth);
+}
+// The cross caches in bfloat16: the samples' own caches hold the values a single run's
+// shared cache holds, grown, moved and compacted at a bfloat16 row's width. (Not through
+// token tables: there a single run's newest keys join the groups, unrounded, at a refill,
+// while several samples' own keys stay in their caches.)
+TEST(DecoderSamples, EqualSingleRunsBf16Caches) {
+  check_samples_equal_single_runs<double>(true, TokenTables::kOff, 1e-12, PositionEncoding::kRotary,
+                                          KeyValueStorage::kBf16);
+  check_samples_equal_single_runs<float>(true, TokenTables::kOff, 2e-5, PositionEncoding::kBoth,
+                                         KeyValueStorage::kBf16);
 }
 TEST(DecoderSamples, EqualSingleRunsUncached) {
   check_samples_equal_single_runs<float>(false, TokenTables::kOff, 0);
@@ -491,6 +502,54 @@ TEST(DecoderSamples, ChoiceWhereTheLogitsAreEqualsTheHostChoice) {
     }
   }
   ops.deallocate(params);
+}
+
+// The cross caches in bfloat16 against float caches, one sample and three, past N (the
+// window slides, the caches compact and grow): the keys and values differ by their
+// rounding alone (up to 2^-9 relative), which the scores, the softmax and four layers of
+// this small random model carry to about 1% of the largest logit (measured: 1.0e-2 at
+// most); a key in the wrong row, or a cache read at the wrong width, is off by the logits'
+// own size. And they do differ: the caches are rounded. An uncached decoder keeps T caches.
+TEST(DecoderBf16Cache, LogitsWithinTheKeysRounding) {
+  const ModelConfig c = config();
+  cpu::CpuOps<double> ops;
+  double* params = upload_params(ops, params_for<double>(c, 17));
+  const std::vector<int32_t> prompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
+  for (int64_t K : {1, 3})
+    for (TokenTables tables : {TokenTables::kOff, TokenTables::kOn}) {
+      Decoder<double> rounded(c, ops, params, true, tables, K, KeyValueStorage::kBf16);
+      Decoder<double> exact(c, ops, params, true, tables, K);
+      Decoder<double> uncached(c, ops, params, false, tables, K, KeyValueStorage::kBf16);
+      EXPECT_TRUE(rounded.bf16_cache());
+      EXPECT_FALSE(exact.bf16_cache());
+      EXPECT_FALSE(uncached.bf16_cache());
+      rounded.start(prompt);
+      exact.start(prompt);
+      double largest = 0, smallest = 1;
+      for (int step = 0; step < 100; ++step) {  // 110 tokens: past N + M = 72
+        std::vector<int32_t> next;
+        for (int64_t k = 0; k < K; ++k) next.push_back(int32_t((step * 5 + k * 7 + 2) % 19));
+        rounded.append(next);
+        exact.append(next);
+        const double err = max_rel(rounded.logits(), exact.logits());
+        largest = std::max(largest, err);
+        smallest = std::min(smallest, err);
+      }
+      EXPECT_LE(largest, 3e-2) << K << " samples, tables " << int(tables);
+      EXPECT_GT(smallest, 1e-7) << K << " samples, tables " << int(tables)
+                                << ": the caches were not rounded";
+    }
+  ops.deallocate(params);
+}
+
+// bfloat16 rows fill whole words of T: d_model = 6 does for float, not for double.
+TEST(DecoderBf16Cache, NeedsWholeWords) {
+  ModelConfig c = config();
+  c.d_model = 6;
+  c.cross_heads = c.self_heads = 1;
+  cpu::CpuOps<double> ops;
+  EXPECT_THROW(Decoder<double>(c, ops, nullptr, true, TokenTables::kOff, 1, KeyValueStorage::kBf16),
+               UserError);
 }
 
 }  // namespace

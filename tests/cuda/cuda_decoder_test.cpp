@@ -4,9 +4,12 @@
 // tables; and on the GPU cached equals uncached decoding. Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <string>
 #include <vector>
 
 #include "core/decoder.h"
+#include "core/error.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "tests/cuda/cuda_test_util.h"
@@ -141,6 +144,51 @@ TEST_P(CudaDecoderTest, GraphStepsEqualPlainSteps) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, CudaDecoderTest, PAR_ALL_PRECISIONS);
+
+class CudaDecoderBf16Cache : public cuda_test::CudaTest {};
+
+// The cross caches in bfloat16 (decoding's default under --precision bf16) on the GPU:
+// against the CPU's decoder with bfloat16 caches (model tolerance), and against float32
+// caches on the same GPU, where the split attention rounds float32 keys and values to
+// bf16 as it reads them, so a step is the same arithmetic: within 1e-4 of the largest
+// logit, far below what caches rounded otherwise would give (about 1e-2), and said when
+// the bits are equal. Over the materialized caches (token tables off), one
+// sample and three, rotary and absolute positions, 60 tokens past a 23-token prompt: past
+// N = 70, so the caches compact and the samples' own ones grow and move.
+TEST_F(CudaDecoderBf16Cache, MatchesTheCpuAndFloatCaches) {
+  const double tol = cuda_test::model_tol(MatmulPrecision::kBF16).logits;
+  for (PositionEncoding pe : {PositionEncoding::kRotary, PositionEncoding::kAbsolute})
+    for (int64_t samples : {1, 3}) {
+      ModelConfig cfg = cuda_test::odd_config();
+      cfg.position_encoding = pe;
+      const auto host = cuda_test::parameters(ParamLayout(cfg), cfg.d_model);
+      cpu::CpuOps<float> cpu;
+      auto gpu = cuda::make_cuda_ops(0, MatmulPrecision::kBF16);
+      const DeviceParams cpu_params(cpu, host), gpu_params(*gpu, host);
+      Decoder<float> want(cfg, cpu, cpu_params.p, true, TokenTables::kOff, samples,
+                          KeyValueStorage::kBf16);
+      Decoder<float> got(cfg, *gpu, gpu_params.p, true, TokenTables::kOff, samples,
+                         KeyValueStorage::kBf16);
+      Decoder<float> wide(cfg, *gpu, gpu_params.p, true, TokenTables::kOff, samples);
+      ASSERT_TRUE(got.bf16_cache());
+      std::vector<int32_t> prompt;
+      for (int i = 0; i < 23; ++i) prompt.push_back(int32_t(3 + (i * 7) % 30));
+      for (Decoder<float>* d : {&want, &got, &wide}) d->start(prompt);
+      bool same_bits = true;
+      for (int i = 0; i < 60; ++i) {
+        std::vector<int32_t> next;
+        for (int64_t k = 0; k < samples; ++k) next.push_back(int32_t(3 + (i * 11 + k * 5) % 31));
+        for (Decoder<float>* d : {&want, &got, &wide}) d->append(next);
+        const std::string at = cat(samples, " samples, token ", i);
+        ASSERT_TRUE(close(got.logits(), want.logits(), tol)) << at << ": against the CPU";
+        ASSERT_TRUE(close(got.logits(), wide.logits(), 1e-4)) << at << ": against float32 caches";
+        same_bits = same_bits && got.logits() == wide.logits();
+      }
+      std::printf("note: bfloat16 and float32 caches, %lld sample(s), %s: %s\n",
+                  static_cast<long long>(samples), pe == PositionEncoding::kRotary ? "rotary" : "absolute",
+                  same_bits ? "the same bits" : "within 1e-4");
+    }
+}
 
 }  // namespace
 }  // namespace par
