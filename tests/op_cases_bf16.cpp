@@ -187,6 +187,10 @@ void attention_bf16_cases(std::vector<OpCase>& t) {
   all_kept.name = "every_key_kept";
   all_kept.pad_fraction = 0;
   cases.push_back(all_kept);
+  // One query per example over bfloat16 keys in several of the split kernel's blocks of
+  // 256 (a decoding step over bf16 caches): read as they lie, the float32 kernel's numbers
+  // on the widened ones, bit for bit.
+  cases.push_back({"one_query", 3, 1, 1000, 4, 32, 900, 0.2, 0});
   for (const testing_util::AttentionCase& ac : cases) {
     const bool every_key = ac.name == "every_key_kept";
     for (bool backward : {false, true}) {

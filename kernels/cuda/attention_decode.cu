@@ -190,9 +190,8 @@ void attention_forward_decode(cudaStream_t st, const AttentionShape& s, const fl
 
 void attention_forward_decode_bf16_kv(cudaStream_t st, const AttentionShape& s, const float* q,
                                       const uint16_t* k, const uint16_t* v, float* o,
-                                      float* lse, float* scratch) {
-  // Rounding 2 (bf16) for q and the probabilities, as --precision bf16 has them.
-  decode(st, s, q, k, v, o, lse, 2, scratch);
+                                      float* lse, int rounding, float* scratch) {
+  decode(st, s, q, k, v, o, lse, rounding, scratch);
 }
 
 }  // namespace par::cuda::kern

@@ -106,10 +106,7 @@ void CudaOps::attention_forward(const AttentionShape& s, const float* q, const f
                     attention_kernel_ == AttentionKernel::kFused)) {
     auto* part = static_cast<float*>(scratch(
         kDecodeSplit, std::max<size_t>(kern::decode_attention_scratch_floats(s), 1) * 4));
-    const int rounding = precision_ == MatmulPrecision::kFloat32 ? 0
-                         : precision_ == MatmulPrecision::kTF32  ? 1
-                                                                 : 2;
-    kern::attention_forward_decode(stream_, s, q, k, v, o, lse, rounding, part);
+    kern::attention_forward_decode(stream_, s, q, k, v, o, lse, decode_rounding(), part);
     return;
   }
   if (CudnnAttention* c = cudnn_for(s, false)) {

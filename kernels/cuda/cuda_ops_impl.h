@@ -100,6 +100,11 @@ class CudaOps final : public Ops<float> {
                                   int64_t out);
   bool lt_linear_forward(void* y, bool y_bf16, const uint16_t* x16, const uint16_t* w16,
                          const float* b, int64_t rows, int64_t in, int64_t out);
+  // The split decoding attention's rounding of its products' inputs (kernels.h): 0, 1 or 2
+  // for float32, tf32 or bf16, as cuBLAS's modes round them.
+  int decode_rounding() const {
+    return precision_ == MatmulPrecision::kFloat32 ? 0 : precision_ == MatmulPrecision::kTF32 ? 1 : 2;
+  }
   // The cuDNN path, when this call may and can take it (else null, having thrown where
   // kCudnn demands it).
   // kv_bf16: the call's keys and values are bfloat16 (CudnnAttention::prepare).

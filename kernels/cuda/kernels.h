@@ -175,11 +175,11 @@ size_t decode_attention_scratch_floats(const AttentionShape& s);
 void attention_forward_decode(cudaStream_t st, const AttentionShape& s, const float* q,
                               const float* k, const float* v, float* o, float* lse,
                               int rounding, float* scratch);
-// The same over bfloat16 keys and values, q and the probabilities rounded to bf16: the
-// float32 call with rounding 2 on the widened keys and values, bit for bit.
+// The same over bfloat16 keys and values: the float32 call on the widened keys and values,
+// bit for bit (bfloat16 values are exact in tf32 and float32, so no rounding changes them).
 void attention_forward_decode_bf16_kv(cudaStream_t st, const AttentionShape& s, const float* q,
                                       const uint16_t* k, const uint16_t* v, float* o,
-                                      float* lse, float* scratch);
+                                      float* lse, int rounding, float* scratch);
 
 // ---- attention through per-token tables (token_attention.cu) ----
 // Ops::token_attention_forward in float32: a plan kernel numbers the work items (up to
