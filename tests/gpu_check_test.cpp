@@ -37,7 +37,10 @@ if [[ "$args" == *" --profile "* ]]; then
 fi
 if [[ "$args" == *" --decode "* ]]; then
   k=1; [[ "$args" == *" --num-samples 16 "* ]] && k=16
-  echo "{\"cached_tokens_per_s\": $((k == 16 ? 12000 : 2500)), \"cached_tokens_per_s_per_sample\": $((k == 16 ? 750 : 2500)), \"speedup\": 120.5, \"refills\": 1, \"steps_replayed\": 990, \"steps_captured\": 9}"
+  rate=$((k == 16 ? 12000 : 2500))
+  [[ "$args" == *" --position-encoding absolute "* ]] && rate=1800
+  [[ "$args" == *" --position-encoding absolute --kv-storage fp32 "* ]] && rate=1200
+  echo "{\"cached_tokens_per_s\": $rate, \"cached_tokens_per_s_per_sample\": $((k == 16 ? 750 : 2500)), \"speedup\": 120.5, \"refills\": 1, \"steps_replayed\": 990, \"steps_captured\": 9}"
 elif [[ "$args" == *" --kv-storage fp32 "* ]]; then
   echo "{\"ms_per_step\": 12.5, \"input_tokens_per_s\": 10485760, \"gflops\": 320000, \"peak_share\": 0.32, \"peak_device_mib\": 4096, \"attention_ms\": 7.0, \"parameters\": 89726211}"
 else
@@ -119,6 +122,7 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
            "  decode, 1 sample, steps                     990 replayed, 9 recorded (CUDA graphs)",
            "  decode, 1 sample, no graphs              2500.0 tokens/s (--cuda-graphs off)",
            "  decode, 16 samples, tokens/s in all    12000.00      target >= 10000   met",
+           "  decode without tables, bf16 caches       1800.0 tokens/s (absolute positions; fp32 caches: 1200.0, 1.50x)",
            "--- profile-n131k-profile",
            "yardstick: PyTorch 2.11.0, the same model on this GPU with every key visible",
            "  parameters                           PyTorch 89726211, par 89726211\n",
@@ -141,6 +145,8 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
             std::string::npos) << calls;
   EXPECT_NE(calls.find("--decode 1000 --cuda-graphs off"), std::string::npos) << calls;
   EXPECT_NE(calls.find("--warmup 2 --kv-storage fp32"), std::string::npos) << calls;
+  EXPECT_NE(calls.find("--decode 300 --position-encoding absolute --kv-storage fp32"), std::string::npos)
+      << calls;
   EXPECT_NE(calls.find("torch_reference --budget "), std::string::npos) << calls;
 }
 

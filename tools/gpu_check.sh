@@ -272,6 +272,10 @@ if [ -f "$target_config" ]; then
   run_target decode1-nographs --decode 1000 --cuda-graphs off
   # Where a decoding step's time goes (each op synchronized, so the sum exceeds the step).
   run_target decode1-profile --decode 300 --profile
+  # Without token tables (absolute positions: a key depends on its position too) a step
+  # reads the whole cross cache: in bfloat16 (auto under bf16) and in float32.
+  run_target decode1-abs --decode 300 --position-encoding absolute
+  run_target decode1-abs-kvfp32 --decode 300 --position-encoding absolute --kv-storage fp32
 fi
 
 # ---- the yardstick: the same model in PyTorch, on this GPU, in this run ----
@@ -417,6 +421,14 @@ if j:
     print("  %-36s %10.1f tokens/s (--cuda-graphs off)" % ("decode, 1 sample, no graphs", j["cached_tokens_per_s"]))
 else:
     print("  decode, 1 sample, no graphs: " + why)
+j, why = js("decode1-abs")
+k, why_fp32 = js("decode1-abs-kvfp32")
+if j and k:
+    print("  %-36s %10.1f tokens/s (absolute positions; fp32 caches: %.1f, %.2fx)" % (
+        "decode without tables, bf16 caches", j["cached_tokens_per_s"], k["cached_tokens_per_s"],
+        j["cached_tokens_per_s"] / k["cached_tokens_per_s"]))
+else:
+    print("  decode without tables: " + (why if not j else why_fp32))
 j, why = js("decode16")
 if j:
     total = j["cached_tokens_per_s"]
