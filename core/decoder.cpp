@@ -217,25 +217,25 @@ void Decoder<T>::append(const std::vector<int32_t>& tokens) {
 
 // The keys and values of the window's `rows` inputs (embeddings in b.h, from
 // first_position) into the bfloat16 cross cache from row 0: computed in T a block of rows
-// at a time (in b.q and b.att, free until the latents' cross-attention), rotated, rounded.
+// at a time (in b.fc1 and b.act, free until the latents' MLPs), rotated, rounded.
 template <typename T>
 void Decoder<T>::keys_values_into_cache(int64_t rows, int64_t first_position) {
-  const int64_t d = cfg_.d_model, block = samples() * cfg_.num_latents;
+  const int64_t d = cfg_.d_model, block = samples() * cfg_.num_latents * cfg_.mlp_width() / d;
   const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
   Buffers& b = *b_;
   for (int64_t r0 = 0; r0 < rows; r0 += block) {
     const int64_t n = std::min(block, rows - r0);
     cross_keys_values(ops_, p_.cross, b.h + r0 * d, n, d, d,
-                      NormActs<T>{b.kvn + r0 * d, b.kv_mu + r0, b.kv_rs + r0}, b.q, b.att);
+                      NormActs<T>{b.kvn + r0 * d, b.kv_mu + r0, b.kv_rs + r0}, b.fc1, b.act);
     auto* k16 = reinterpret_cast<uint16_t*>(b.cross_k + r0 * cache_width_);
     auto* v16 = reinterpret_cast<uint16_t*>(b.cross_v + r0 * cache_width_);
     if (rot_cross_.bands > 0) {
       upload_rotary_tables(rot_cross_, first_position + r0, n);
-      ops_.rotary_to_bf16(k16, b.q, 1, n, Hc, Dc, rot_cross_.bands, b.cos, b.sin);
+      ops_.rotary_to_bf16(k16, b.fc1, 1, n, Hc, Dc, rot_cross_.bands, b.cos, b.sin);
     } else {
-      ops_.round_to_bf16(k16, b.q, n * d);
+      ops_.round_to_bf16(k16, b.fc1, n * d);
     }
-    ops_.round_to_bf16(v16, b.att, n * d);
+    ops_.round_to_bf16(v16, b.act, n * d);
   }
 }
 

@@ -47,7 +47,8 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
   auto run = [&](bool cached, int64_t n, int64_t K) {
     DecodeRun r;
     Decoder<float> dec(mc, ops, params, cached, TokenTables::kAuto, K,
-                       decoding_cache_storage(rc.kv_storage, rc.device, rc.precision, mc));
+                       decoding_cache_storage(rc.kv_storage, rc.device, rc.precision,
+                                              rc.attention, K, mc));
     dec.set_step_capture(step_capture);
     auto t = Clock::now();
     dec.start(prompt);

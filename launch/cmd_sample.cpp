@@ -282,7 +282,8 @@ int cmd_sample(int argc, char** argv) {
   Progress progress(total * tokens);
   {
     Decoder<float> dec(c, ops, params, !uncached, TokenTables::kAuto, num_samples,
-                       decoding_cache_storage("auto", device, precision, c));
+                       decoding_cache_storage("auto", device, precision, attention,
+                                              num_samples, c));
     dec.set_step_capture(step_capture);
     LOG(INFO) << (uncached ? "uncached" : "cached") << " decoding of " << prompts.size()
               << " prompt" << (prompts.size() > 1 ? "s" : "") << " x " << num_samples

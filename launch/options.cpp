@@ -108,10 +108,14 @@ KeyValueStorage resolve_key_value_storage(const std::string& kv_storage,
 }
 
 KeyValueStorage decoding_cache_storage(const std::string& kv_storage, const std::string& device,
-                                       const std::string& precision, const ModelConfig& model) {
+                                       const std::string& precision,
+                                       const std::string& attention, int64_t samples,
+                                       const ModelConfig& model) {
   if (kv_storage == "bf16") return KeyValueStorage::kBf16;
   if (kv_storage == "fp32") return KeyValueStorage::kNative;
-  return device == "cuda" && precision == "bf16" && model.d_model % 2 == 0
+  const bool split_kernel = attention == "auto" || attention == "fused";
+  return device == "cuda" && precision == "bf16" && split_kernel && samples == 1 &&
+                 model.d_model % 2 == 0
              ? KeyValueStorage::kBf16
              : KeyValueStorage::kNative;
 }

@@ -506,15 +506,22 @@ TEST(DecoderSamples, ChoiceWhereTheLogitsAreEqualsTheHostChoice) {
 
 // The cross caches in bfloat16 against float caches, one sample and three, past N (the
 // window slides, the caches compact and grow): the keys and values differ by their
-// rounding alone (up to 2^-9 relative), which the scores, the softmax and four layers of
-// this small random model carry to about 1% of the largest logit (measured: 1.0e-2 at
-// most); a key in the wrong row, or a cache read at the wrong width, is off by the logits'
-// own size. And they do differ: the caches are rounded. An uncached decoder keeps T caches.
+// rounding alone (up to 2^-9 relative), which the scores, the softmax and the layers of
+// this small random model carry to a few percent of the largest logit (measured: 3.3e-2
+// at most); a key in the wrong row, or a cache read at the wrong width, is off by the
+// logits' own size. And they do differ: the caches are rounded. An uncached decoder keeps
+// T caches. The first logits, one sample's cache filled in 3 blocks and three samples' in
+// one, agree to double's rounding.
 TEST(DecoderBf16Cache, LogitsWithinTheKeysRounding) {
   const ModelConfig c = config();
   cpu::CpuOps<double> ops;
   double* params = upload_params(ops, params_for<double>(c, 17));
-  const std::vector<int32_t> prompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
+  // 45 tokens: the full pass fills the cache in blocks of K * M * mlp_factor = 32 rows for
+  // one sample (two blocks), 96 for three.
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 45; ++i) prompt.push_back(int32_t((i * 7 + 3) % 19));
+  prompt[9] = 0;  // PAD
+  std::vector<double> first_logits;  // of sample 0 after the prompt: the same cache
   for (int64_t K : {1, 3})
     for (TokenTables tables : {TokenTables::kOff, TokenTables::kOn}) {
       Decoder<double> rounded(c, ops, params, true, tables, K, KeyValueStorage::kBf16);
@@ -525,8 +532,13 @@ TEST(DecoderBf16Cache, LogitsWithinTheKeysRounding) {
       EXPECT_FALSE(uncached.bf16_cache());
       rounded.start(prompt);
       exact.start(prompt);
+      const std::vector<double> row0(rounded.logits().begin(),
+                                     rounded.logits().begin() + c.vocab_size);
+      if (first_logits.empty()) first_logits = row0;
+      EXPECT_LE(max_rel(row0, first_logits), 1e-12)
+          << K << " samples: the cache filled in blocks of another size holds other values";
       double largest = 0, smallest = 1;
-      for (int step = 0; step < 100; ++step) {  // 110 tokens: past N + M = 72
+      for (int step = 0; step < 60; ++step) {  // 105 tokens: past N + M = 72
         std::vector<int32_t> next;
         for (int64_t k = 0; k < K; ++k) next.push_back(int32_t((step * 5 + k * 7 + 2) % 19));
         rounded.append(next);
@@ -535,7 +547,7 @@ TEST(DecoderBf16Cache, LogitsWithinTheKeysRounding) {
         largest = std::max(largest, err);
         smallest = std::min(smallest, err);
       }
-      EXPECT_LE(largest, 3e-2) << K << " samples, tables " << int(tables);
+      EXPECT_LE(largest, 6e-2) << K << " samples, tables " << int(tables);
       EXPECT_GT(smallest, 1e-7) << K << " samples, tables " << int(tables)
                                 << ": the caches were not rounded";
     }

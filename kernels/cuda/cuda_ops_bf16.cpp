@@ -4,7 +4,9 @@
 // makes them) and the linear backward where its products run on bfloat16 operands (the
 // output gradient is then its own compact copy). Elsewhere the bfloat16 operands are
 // widened into float32 scratch for the float32 operation. Either way each gives the bits
-// of its float32 operation on the widened values (what the parity cases check).
+// of its float32 operation on the widened values (what the parity cases check), except an
+// attention past cuDNN over more keys than one widened block: its blocks merge by their
+// log-sum-exps, which rounds otherwise.
 #include "kernels/cuda/cuda_ops_impl.h"
 
 namespace par::cuda {
@@ -12,6 +14,9 @@ namespace par::cuda {
 namespace {
 
 int64_t elements(const AttentionShape& s) { return s.batch * s.nk * s.heads * s.head_dim; }
+
+// The keys (and as many values) an attention past cuDNN widens at a time: 64 MiB of each.
+constexpr int64_t kWidenedKeyElements = int64_t(1) << 24;
 
 // `floats` floats of the slot that bfloat16 operands are widened into.
 float* widened(CudaOps& ops, int64_t floats) {
@@ -59,17 +64,56 @@ void CudaOps::attention_forward_bf16_kv(const AttentionShape& s, const float* q,
     kern::attention_forward_decode_bf16_kv(stream_, s, q, k, v, o, lse, decode_rounding(), part);
     return;
   }
-  if (!one_query)
-    if (CudnnAttention* c = cudnn_for(s, false, true)) {
-      c->forward(s, q, CudnnAttention::KeyValues{k, v, true}, o, lse);
-      return;
+  if (CudnnAttention* c = cudnn_for(s, false, true)) {
+    c->forward(s, q, CudnnAttention::KeyValues{k, v, true}, o, lse);
+    return;
+  }
+  const int64_t ld = s.heads * s.head_dim;
+  const int64_t block = std::max<int64_t>(1, kWidenedKeyElements / std::max<int64_t>(1, s.batch * ld));
+  if (s.nk <= block) {
+    const int64_t count = elements(s);
+    float* kw = widened(*this, 2 * count);
+    float* vw = kw + count;
+    kern::bf16_to_float(stream_, kw, k, count);
+    kern::bf16_to_float(stream_, vw, v, count);
+    attention_forward(s, q, kw, vw, o, lse);
+    return;
+  }
+  widened_blocks_forward(s, q, k, v, o, lse, block);
+}
+
+// A block of `block` keys of every example at a time: widened into scratch, attended, and
+// merged into o and lse by their log-sum-exps (attention_merge_pair), so that a call over
+// a long bfloat16 cache that no bfloat16 kernel takes (a decoder's refill over its cross
+// cache, whose positions cuDNN is not told) needs no float32 copy of all of it.
+void CudaOps::widened_blocks_forward(const AttentionShape& s, const float* q, const uint16_t* k,
+                                     const uint16_t* v, float* o, float* lse, int64_t block) {
+  const int64_t ld = s.heads * s.head_dim, rows = s.batch * s.nq;
+  const int64_t kv = s.batch * block * ld, stats = s.batch * s.heads * s.nq;
+  const int64_t keep_floats = s.k_keep ? (s.batch * block + 3) / 4 : 0;
+  float* kw = widened(*this, 2 * kv + rows * ld + stats + keep_floats);
+  float* vw = kw + kv;
+  float* o2 = vw + kv;
+  float* lse2 = o2 + rows * ld;
+  auto* keep = reinterpret_cast<uint8_t*>(lse2 + stats);
+  for (int64_t j0 = 0; j0 < s.nk; j0 += block) {
+    const int64_t n = std::min(block, s.nk - j0);
+    for (int64_t b = 0; b < s.batch; ++b) {
+      kern::bf16_to_float(stream_, kw + b * n * ld, k + (b * s.nk + j0) * ld, n * ld);
+      kern::bf16_to_float(stream_, vw + b * n * ld, v + (b * s.nk + j0) * ld, n * ld);
     }
-  const int64_t count = elements(s);
-  float* kw = widened(*this, 2 * count);
-  float* vw = kw + count;
-  kern::bf16_to_float(stream_, kw, k, count);
-  kern::bf16_to_float(stream_, vw, v, count);
-  attention_forward(s, q, kw, vw, o, lse);
+    if (s.k_keep)
+      PAR_CUDA_CHECK(cudaMemcpy2DAsync(keep, size_t(n), s.k_keep + j0, size_t(s.nk), size_t(n),
+                                       size_t(s.batch), cudaMemcpyDeviceToDevice, stream_));
+    AttentionShape part = s;
+    part.nk = n;
+    part.k_pos = s.k_pos + j0;
+    part.k_keep = s.k_keep ? keep : nullptr;
+    if (s.k_pos_first != AttentionShape::kUnknownPosition) part.k_pos_first = s.k_pos_first + j0;
+    const bool first = j0 == 0;
+    attention_forward(part, q, kw, vw, first ? o : o2, first ? lse : lse2);
+    if (!first) attention_merge_pair(o, lse, s.batch, s.nq, o2, lse2, s.batch, s.nq, s.heads, s.head_dim);
+  }
 }
 
 void CudaOps::attention_backward_bf16_kv(const AttentionShape& s, const float* q,

@@ -105,6 +105,9 @@ class CudaOps final : public Ops<float> {
   int decode_rounding() const {
     return precision_ == MatmulPrecision::kFloat32 ? 0 : precision_ == MatmulPrecision::kTF32 ? 1 : 2;
   }
+  // attention_forward_bf16_kv past cuDNN over more keys than one widened block holds.
+  void widened_blocks_forward(const AttentionShape& s, const float* q, const uint16_t* k,
+                              const uint16_t* v, float* o, float* lse, int64_t block);
   // The cuDNN path, when this call may and can take it (else null, having thrown where
   // kCudnn demands it).
   // kv_bf16: the call's keys and values are bfloat16 (CudnnAttention::prepare).
