@@ -29,6 +29,7 @@ echo "par $*" >> "$CALLS"
 twice=$(printf '%s\n' "$@" | grep -- '^--' | sort | uniq -d | head -1)
 if [ -n "$twice" ]; then echo "par bench: error: option '${twice#--}' cannot be specified more than once" >&2; exit 2; fi
 args=" $* "
+echo "I1205 19:00:00.000000  4242 backend.cpp:81] attention cross: cuDNN 9.14.0 flash attention, keys read in place" >&2
 case "$args" in *" --context-length 1048576 "*) echo "par bench: error: out of memory" >&2; exit 3 ;; esac
 if [[ "$args" == *" --profile "* ]]; then
   echo "profile     ms/step  share  calls/step  op"
@@ -123,6 +124,8 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
            "  decode, 1 sample, no graphs              2500.0 tokens/s (--cuda-graphs off)",
            "  decode, 16 samples, tokens/s in all    12000.00      target >= 10000   met",
            "  decode without tables, bf16 caches       1800.0 tokens/s (absolute positions; fp32 caches: 1200.0, 1.50x)",
+           "--- the backend's paths (the targets' logs)\n",
+           " attention cross: cuDNN 9.14.0 flash attention, keys read in place\n",
            "--- profile-n131k-profile",
            "yardstick: PyTorch 2.11.0, the same model on this GPU with every key visible",
            "  parameters                           PyTorch 89726211, par 89726211\n",
@@ -139,6 +142,7 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
                           "gpu-100m-131k.ini            fp32/auto"})
     EXPECT_NE(summary.find(row), std::string::npos) << "missing: " << row << "\n" << summary;
   EXPECT_EQ(summary.find("fp32/blocked"), std::string::npos) << summary;
+  EXPECT_EQ(summary.find("backend.cpp:81]"), std::string::npos) << "the log prefix stays: " << summary;
   // What the targets ran: PyTorch's work (no key dropout), in bf16.
   const std::string calls = slurp(dir_.file("calls.txt"));
   EXPECT_NE(calls.find("--precision bf16 --cross-attend-dropout 0 --steps 5 --warmup 2 --decode 1000 --num-samples 16"),

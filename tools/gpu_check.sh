@@ -474,6 +474,11 @@ else:
             print("  %-36s %10.2f ms forward, %.2f ms forward + backward" % (
                 name, r["forward_ms"], r["forward_backward_ms"]))
 EOF
+  # Which paths the backend took (cuDNN or not, keys read in place, cuBLASLt's epilogue),
+  # as its log lines said them in the targets' runs: each message once, with its count.
+  echo "--- the backend's paths (the targets' logs)"
+  grep -hE "cuDNN|cuBLASLt|in place|widen" "$logs/bench.log" | sed 's/^[IWE][0-9]\{4\} [^]]*\] //' |
+    sort | uniq -c | sort -rn | head -20
   for f in "$work"/profile-*.txt; do
     [ -s "$f" ] || continue
     echo "--- $(basename "$f" .txt)"
