@@ -1,6 +1,6 @@
 // Decoder: the cross caches -- each new input into the shared cache or the samples' own
-// blocks, the window grouped by token, and moving the live entries to the front when a
-// cache is full (MODEL.md section 12).
+// blocks, the window grouped by token, moving the live entries to the front when a cache
+// is full (MODEL.md section 12), and the caches in bfloat16: filled, and attended.
 #include <algorithm>
 #include <vector>
 
@@ -195,6 +195,40 @@ void Decoder<T>::compact_cross_cache(int64_t next_position) {
   cross_head_ = 0;
 }
 
+// The keys and values of the window's `rows` inputs (embeddings in b.h, from
+// first_position) into the bfloat16 cross cache from row 0: computed in T a block of rows
+// at a time (in b.fc1 and b.act, free until the latents' MLPs), rotated, rounded.
+template <typename T>
+void Decoder<T>::keys_values_into_cache(int64_t rows, int64_t first_position) {
+  const int64_t d = cfg_.d_model, block = samples() * cfg_.num_latents * cfg_.mlp_width() / d;
+  const int64_t Hc = cfg_.cross_heads, Dc = cfg_.cross_head_dim();
+  Buffers& b = *b_;
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    const int64_t n = std::min(block, rows - r0);
+    cross_keys_values(ops_, p_.cross, b.h + r0 * d, n, d, d,
+                      NormActs<T>{b.kvn + r0 * d, b.kv_mu + r0, b.kv_rs + r0}, b.fc1, b.act);
+    auto* k16 = reinterpret_cast<uint16_t*>(b.cross_k + r0 * cache_width_);
+    auto* v16 = reinterpret_cast<uint16_t*>(b.cross_v + r0 * cache_width_);
+    if (rot_cross_.bands > 0) {
+      upload_rotary_tables(rot_cross_, first_position + r0, n);
+      ops_.rotary_to_bf16(k16, b.fc1, 1, n, Hc, Dc, rot_cross_.bands, b.cos, b.sin);
+    } else {
+      ops_.round_to_bf16(k16, b.fc1, n * d);
+    }
+    ops_.round_to_bf16(v16, b.act, n * d);
+  }
+}
+
+template <typename T>
+void Decoder<T>::attend_cache(const AttentionShape& s, const T* q, const T* k, const T* v, T* o,
+                              T* lse) {
+  if (bf16_cache_)
+    ops_.attention_forward_bf16_kv(s, q, reinterpret_cast<const uint16_t*>(k),
+                                   reinterpret_cast<const uint16_t*>(v), o, lse);
+  else
+    ops_.attention_forward(s, q, k, v, o, lse);
+}
+
 // The members defined here, for the element types decoder.cpp instantiates the class with.
 #define PAR_INSTANTIATE(T)                                                                  \
   template void Decoder<T>::push_inputs(int64_t);                                           \
@@ -202,7 +236,10 @@ void Decoder<T>::compact_cross_cache(int64_t next_position) {
   template void Decoder<T>::reserve_own();                                                  \
   template void Decoder<T>::group_window(int64_t, int64_t);                                 \
   template void Decoder<T>::move_to_front(T*, int64_t, int64_t, int64_t);                   \
-  template void Decoder<T>::compact_cross_cache(int64_t);
+  template void Decoder<T>::compact_cross_cache(int64_t);                                   \
+  template void Decoder<T>::keys_values_into_cache(int64_t, int64_t);                       \
+  template void Decoder<T>::attend_cache(const AttentionShape&, const T*, const T*, const T*, \
+                                         T*, T*);
 PAR_INSTANTIATE(float)
 PAR_INSTANTIATE(double)
 #undef PAR_INSTANTIATE
