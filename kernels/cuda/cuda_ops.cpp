@@ -305,8 +305,7 @@ void CudaOps::gemm_row_major(const RowMajorGemm& g) {
   }
   PAR_ASSERT(leading_dimensions_valid(g), "gemm: leading dimensions too small (m ", g.m, " n ",
              g.n, " k ", g.k, " lda ", g.lda, " ldb ", g.ldb, " ldc ", g.ldc, ")");
-  if (g.batch == 1 &&
-      bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements())) {
+  if (g.batch == 1 && bf16_operands_for(g)) {
     gemm_bf16(g, bf16_copy(kBf16A, g.a, stored_a(g)), bf16_copy(kBf16B, g.b, stored_b(g)));
     return;
   }
@@ -376,8 +375,7 @@ void CudaOps::linear_forward(float* y, const float* x, const float* w, const flo
   use_device();
   const RowMajorGemm g = row_major_gemm(false, true, rows, out, in, 1.0f, x, in, w, in,
                                         b ? 1.0f : 0.0f, y, out);
-  if (b && rows > 0 && out > 0 && in > 0 &&
-      bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements())) {
+  if (b && rows > 0 && out > 0 && in > 0 && bf16_operands_for(g)) {
     // On bfloat16 copies, as gemm_row_major would make them: the bias in the product's
     // epilogue where cuBLASLt takes it, else as below.
     const uint16_t* x16 = bf16_copy(kBf16A, x, stored_a(g));

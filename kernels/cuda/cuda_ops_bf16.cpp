@@ -182,8 +182,7 @@ void CudaOps::linear_forward_bf16_x_with(float* y, const uint16_t* x, const floa
   use_device();
   const RowMajorGemm g = row_major_gemm(false, true, rows, out, in, 1.0f, nullptr, in, w, in,
                                         b ? 1.0f : 0.0f, y, out);
-  if (rows > 0 && out > 0 && in > 0 &&
-      bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements())) {
+  if (rows > 0 && out > 0 && in > 0 && bf16_operands_for(g)) {
     // As linear_forward on the widened x, so that both give the same bits.
     if (!w16) w16 = bf16_copy(kBf16B, w, stored_b(g));
     if (b && lt_linear_forward(y, false, x, w16, b, rows, in, out)) return;
@@ -205,8 +204,7 @@ void CudaOps::linear_forward_to_bf16(uint16_t* y, float* staging, const uint16_t
   // Rounded to bfloat16 as the epilogue stores the float32 sums plus the bias: y is written
   // once, in bfloat16, and staging is not touched.
   const uint16_t* w16 = nullptr;
-  if (b && rows > 0 && out > 0 && in > 0 &&
-      bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements())) {
+  if (b && rows > 0 && out > 0 && in > 0 && bf16_operands_for(g)) {
     w16 = bf16_copy(kBf16B, w, stored_b(g));
     if (lt_linear_forward(y, true, x, w16, b, rows, in, out)) return;
   }

@@ -86,6 +86,10 @@ class CudaOps final : public Ops<float> {
   // Whether a product of `products` multiply-adds over `elements` operand elements runs on
   // bfloat16 copies of its operands (Bf16Operands).
   bool bf16_operands_for(int64_t products, int64_t elements) const;
+  // The same for the single product g, over its operands as stored.
+  bool bf16_operands_for(const RowMajorGemm& g) const {
+    return bf16_operands_for(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements());
+  }
   // The compact bfloat16 copy of operand `o` at `src`, in scratch slot `slot`.
   const uint16_t* bf16_copy(int slot, const float* src, const StoredOperand& o);
   // g (batch 1) over compact bfloat16 copies a16 and b16 of its operands.
