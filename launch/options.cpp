@@ -114,7 +114,8 @@ KeyValueStorage decoding_cache_storage(const std::string& kv_storage, const std:
   if (kv_storage == "bf16") return KeyValueStorage::kBf16;
   if (kv_storage == "fp32") return KeyValueStorage::kNative;
   const bool split_kernel = attention == "auto" || attention == "fused";
-  return device == "cuda" && precision == "bf16" && split_kernel && samples == 1 &&
+  // kernels/cuda/kernels.h: kDecodeMaxQueries.
+  return device == "cuda" && precision == "bf16" && split_kernel && samples <= 16 &&
                  model.d_model % 2 == 0
              ? KeyValueStorage::kBf16
              : KeyValueStorage::kNative;

@@ -79,11 +79,12 @@ KeyValueStorage resolve_key_value_storage(const std::string& kv_storage,
 // " | keys and values in bf16" where they are, for the logs' layout lines; "" otherwise.
 std::string storage_note(KeyValueStorage storage);
 // The cross caches of cached decoding (core/decoder.h) for --kv-storage (auto, bf16 or
-// fp32; par sample takes auto): auto is bf16 where a step's attention is the split kernel,
-// which rounds float32 keys and values to bf16 as it reads them anyway (the same numbers,
-// half the bytes): --device cuda --precision bf16, --attention auto or fused, one sample
-// (several samples' queries over the shared cache go to a kernel that widens bfloat16
-// keys back to float32, which costs more than it saves), an even d_model; fp32 elsewhere.
+// fp32; par sample takes auto): auto is bf16 where a step's attention is the split kernels,
+// which round float32 keys and values to bf16 as they read them anyway (the same numbers,
+// half the bytes): --device cuda --precision bf16, --attention auto or fused, at most 16
+// samples (the kernel for several queries over the shared cache takes 16: more would
+// widen the bfloat16 keys back to float32 every step, which costs more than it saves), an
+// even d_model; fp32 elsewhere.
 KeyValueStorage decoding_cache_storage(const std::string& kv_storage, const std::string& device,
                                        const std::string& precision,
                                        const std::string& attention, int64_t samples,

@@ -43,6 +43,9 @@ inline std::vector<AttentionCase> attention_cases() {
       // Head sizes of the fused kernel's instances, with partial query and key tiles.
       {"heads_of_64", 2, 70, 200, 2, 64, 130, 0.2, 0},
       {"heads_of_128", 1, 20, 90, 1, 128, 70, 0.1, 0, true, false, true},
+      // A few queries over many keys (several samples' decoding step over their shared
+      // cache): the split kernel for a few queries on a GPU, the causal edge inside a split.
+      {"few_queries_long", 2, 5, 1500, 3, 32, 1400, 0.2, 0},
   };
 }
 

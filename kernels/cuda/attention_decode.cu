@@ -116,11 +116,90 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split(SplitArgs<KV> a) 
   }
 }
 
-// One block per (example, head): o = sum_s w_s o_s / sum_s w_s l_s, w_s = exp(m_s - M).
+// A few queries per example over the same keys (several samples' newest latents over their
+// shared cache): one block per (split, head, example) reads its keys once for all nq <=
+// kDecodeMaxQueries queries. Each warp scores a key for every query (one load of the key,
+// nq dot products); each query's maximum and sum are a warp's; each thread sums the values
+// for (query, dimension) pairs. Dynamic shared memory: q [nq, D], scores [nq, kDecodeKeys],
+// then the queries' m and l.
+template <int R, typename KV>
+__global__ void __launch_bounds__(kDecodeThreads) decode_split_queries(SplitArgs<KV> a, int nq) {
+  extern __shared__ float smem[];
+  const int64_t D = a.head_dim, ld = a.heads * D;
+  const int64_t b = blockIdx.z, h = blockIdx.y, split = blockIdx.x;
+  const int64_t j0 = split * kDecodeKeys;
+  const int64_t count = a.nk - j0 < kDecodeKeys ? a.nk - j0 : kDecodeKeys;
+  float* q_s = smem;
+  float* p_s = q_s + nq * D;
+  float* m_s = p_s + nq * kDecodeKeys;
+  float* l_s = m_s + nq;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+  for (int64_t t = tid; t < nq * D; t += blockDim.x) {
+    const int64_t i = t / D, d = t % D;
+    q_s[t] = product_input<R>(a.q[(b * nq + i) * ld + h * D + d]);
+  }
+  __syncthreads();
+  const KV* k = a.k + (b * a.nk + j0) * ld + h * D;
+  for (int64_t j = warp; j < count; j += warps) {
+    float s[kDecodeMaxQueries];
+    for (int i = 0; i < kDecodeMaxQueries; ++i) s[i] = 0;
+    for (int64_t d = lane; d < D; d += 32) {
+      const float kd = stored_input<R>(k[j * ld + d]);
+      for (int i = 0; i < kDecodeMaxQueries; ++i)
+        if (i < nq) s[i] += q_s[i * D + d] * kd;
+    }
+    const bool kept = a.k_keep == nullptr || a.k_keep[b * a.nk + j0 + j] != 0;
+    const int64_t pos = a.k_pos[j0 + j];
+    for (int i = 0; i < kDecodeMaxQueries; ++i) {
+      if (i >= nq) break;
+      const float dot = warp_sum(s[i]);
+      if (lane == 0) p_s[i * kDecodeKeys + j] = kept && pos <= a.q_pos[i] ? dot * a.scale : -INFINITY;
+    }
+  }
+  __syncthreads();
+  for (int i = warp; i < nq; i += warps) {
+    float* p = p_s + i * kDecodeKeys;
+    float m = -INFINITY;
+    for (int64_t j = lane; j < count; j += 32) m = fmaxf(m, p[j]);
+    m = warp_max(m);
+    float l = 0;
+    for (int64_t j = lane; j < count; j += 32) {
+      const float e = m == -INFINITY ? 0.0f : expf(p[j] - m);
+      p[j] = e;
+      l += e;
+    }
+    l = warp_sum(l);
+    if (lane == 0) {
+      m_s[i] = m;
+      l_s[i] = l;
+    }
+  }
+  __syncthreads();
+  const KV* v = a.v + (b * a.nk + j0) * ld + h * D;
+  for (int64_t t = tid; t < nq * D; t += blockDim.x) {
+    const int64_t i = t / D, d = t % D;
+    const float* p = p_s + i * kDecodeKeys;
+    float acc = 0;
+    for (int64_t j = 0; j < count; ++j) acc += product_input<R>(p[j]) * stored_input<R>(v[j * ld + d]);
+    const int64_t part = ((b * a.heads + h) * nq + i) * a.splits + split;
+    a.part_o[part * D + d] = acc;
+    if (d == 0) {
+      a.part_m[part] = m_s[i];
+      a.part_l[part] = l_s[i];
+    }
+  }
+}
+
+// One block per (example, head, query): o = sum_s w_s o_s / sum_s w_s l_s, w_s =
+// exp(m_s - M). Partials [batch, heads, nq, splits]; o [batch, nq, heads * D] and lse
+// [batch, heads, nq] as attention_forward lays them out.
 __global__ void decode_merge(const float* part_o, const float* part_m, const float* part_l,
-                             float* o, float* lse, int64_t D, int64_t splits) {
+                             float* o, float* lse, int64_t D, int64_t splits, int64_t heads,
+                             int64_t nq) {
   __shared__ float reduce[kBlockReduceSlots];
-  const int64_t bh = blockIdx.x;
+  const int64_t bh = blockIdx.x;  // (b * heads + h) * nq + i
+  const int64_t i = bh % nq, h = (bh / nq) % heads, b = bh / (nq * heads);
+  float* out = o + ((b * nq + i) * heads + h) * D;
   const float* m = part_m + bh * splits;
   const float* l = part_l + bh * splits;
   float top = -INFINITY;
@@ -133,7 +212,7 @@ __global__ void decode_merge(const float* part_o, const float* part_m, const flo
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     float acc = 0;
     for (int64_t s = 0; s < splits; ++s) acc += weight(s) * part_o[(bh * splits + s) * D + d];
-    o[bh * D + d] = sum > 0 ? acc / sum : 0.0f;  // o [batch, 1, heads * D]: row bh
+    out[d] = sum > 0 ? acc / sum : 0.0f;
   }
   if (threadIdx.x == 0) lse[bh] = sum > 0 ? top + logf(sum) : -INFINITY;
 }
@@ -145,7 +224,7 @@ int64_t decode_attention_splits(int64_t nk) {
 }
 
 size_t decode_attention_scratch_floats(const AttentionShape& s) {
-  return size_t(s.batch * s.heads * decode_attention_splits(s.nk) * (s.head_dim + 2));
+  return size_t(s.batch * s.heads * s.nq * decode_attention_splits(s.nk) * (s.head_dim + 2));
 }
 
 namespace {
@@ -176,7 +255,37 @@ void decode(cudaStream_t st, const AttentionShape& s, const float* q, const KV* 
   }
   PAR_CUDA_CHECK(cudaGetLastError());
   decode_merge<<<unsigned(s.batch * s.heads), threads_for_row(s.head_dim), 0, st>>>(
-      a.part_o, a.part_m, a.part_l, o, lse, s.head_dim, splits);
+      a.part_o, a.part_m, a.part_l, o, lse, s.head_dim, splits, s.heads, 1);
+  PAR_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename KV>
+void decode_queries(cudaStream_t st, const AttentionShape& s, const float* q, const KV* k,
+                    const KV* v, float* o, float* lse, int rounding, float* scratch) {
+  PAR_ASSERT(s.nq >= 1 && s.nq <= kDecodeMaxQueries, "the split attention takes 1 to ",
+             kDecodeMaxQueries, " queries, not ", s.nq);
+  if (s.batch == 0 || s.heads == 0) return;
+  const int64_t splits = decode_attention_splits(s.nk);
+  const int64_t parts = s.batch * s.heads * s.nq * splits;
+  SplitArgs<KV> a{q,          k,      v,           s.q_pos, s.k_pos,
+                  s.k_keep,   s.nk,   s.heads,     s.head_dim, splits,
+                  float(s.scale), scratch, scratch + parts * s.head_dim,
+                  scratch + parts * (s.head_dim + 1)};
+  const size_t smem = sizeof(float) * size_t(s.nq * (s.head_dim + kDecodeKeys + 2));
+  PAR_ASSERT(smem <= 48 * 1024, "head size ", s.head_dim, " with ", s.nq,
+             " queries is too large for the split attention");
+  PAR_ASSERT(s.heads <= 65535 && s.batch <= 65535, "the split attention takes at most 65535 "
+             "heads and examples (grid y and z)");
+  const dim3 grid(unsigned(splits), unsigned(s.heads), unsigned(s.batch));
+  const int nq = int(s.nq);
+  switch (rounding) {
+    case 0: decode_split_queries<0, KV><<<grid, kDecodeThreads, smem, st>>>(a, nq); break;
+    case 1: decode_split_queries<1, KV><<<grid, kDecodeThreads, smem, st>>>(a, nq); break;
+    default: decode_split_queries<2, KV><<<grid, kDecodeThreads, smem, st>>>(a, nq); break;
+  }
+  PAR_CUDA_CHECK(cudaGetLastError());
+  decode_merge<<<unsigned(s.batch * s.heads * s.nq), threads_for_row(s.head_dim), 0, st>>>(
+      a.part_o, a.part_m, a.part_l, o, lse, s.head_dim, splits, s.heads, s.nq);
   PAR_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -192,6 +301,24 @@ void attention_forward_decode_bf16_kv(cudaStream_t st, const AttentionShape& s, 
                                       const uint16_t* k, const uint16_t* v, float* o,
                                       float* lse, int rounding, float* scratch) {
   decode(st, s, q, k, v, o, lse, rounding, scratch);
+}
+
+bool decode_queries_cover(const AttentionShape& s) {
+  return s.nq >= 2 && s.nq <= kDecodeMaxQueries && s.nk >= kDecodeQueriesMinKeys &&
+         size_t(s.nq * (s.head_dim + kDecodeKeys + 2)) * sizeof(float) <= 48 * 1024;
+}
+
+void attention_forward_decode_queries(cudaStream_t st, const AttentionShape& s, const float* q,
+                                      const float* k, const float* v, float* o, float* lse,
+                                      int rounding, float* scratch) {
+  decode_queries(st, s, q, k, v, o, lse, rounding, scratch);
+}
+
+void attention_forward_decode_queries_bf16_kv(cudaStream_t st, const AttentionShape& s,
+                                              const float* q, const uint16_t* k,
+                                              const uint16_t* v, float* o, float* lse,
+                                              int rounding, float* scratch) {
+  decode_queries(st, s, q, k, v, o, lse, rounding, scratch);
 }
 
 }  // namespace par::cuda::kern

@@ -100,13 +100,15 @@ void CudaOps::blocked_backward(const AttentionShape& s, const float* q, const fl
 void CudaOps::attention_forward(const AttentionShape& s, const float* q, const float* k,
                                 const float* v, float* o, float* lse) {
   use_device();
-  // One query (a decoding step) over many keys: split across the GPU. kBlocked and kCudnn
-  // keep every call on their path (the references, and the user's explicit choice).
-  if (s.nq == 1 && (attention_kernel_ == AttentionKernel::kAuto ||
-                    attention_kernel_ == AttentionKernel::kFused)) {
-    auto* part = static_cast<float*>(scratch(
-        kDecodeSplit, std::max<size_t>(kern::decode_attention_scratch_floats(s), 1) * 4));
-    kern::attention_forward_decode(stream_, s, q, k, v, o, lse, decode_rounding(), part);
+  // One query (a decoding step) over many keys, or a few over the same keys (several
+  // samples' steps): split across the GPU. kBlocked and kCudnn keep every call on their path
+  // (the references, and the user's explicit choice).
+  if (split_attention_takes(s)) {
+    float* part = decode_scratch(s);
+    if (s.nq == 1)
+      kern::attention_forward_decode(stream_, s, q, k, v, o, lse, decode_rounding(), part);
+    else
+      kern::attention_forward_decode_queries(stream_, s, q, k, v, o, lse, decode_rounding(), part);
     return;
   }
   if (CudnnAttention* c = cudnn_for(s, false)) {

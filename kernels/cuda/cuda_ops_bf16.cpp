@@ -53,15 +53,16 @@ void CudaOps::attention_forward_bf16_kv(const AttentionShape& s, const float* q,
                                         const uint16_t* k, const uint16_t* v, float* o,
                                         float* lse) {
   use_device();
-  const bool one_query = s.nq == 1 && (attention_kernel_ == AttentionKernel::kAuto ||
-                                       attention_kernel_ == AttentionKernel::kFused);
-  if (one_query) {
-    // A decoding step over bfloat16 caches: the split kernel reads them as they lie, with
+  if (split_attention_takes(s)) {
+    // A decoding step over bfloat16 caches: the split kernels read them as they lie, with
     // no widened copy of the cache (bf16 values are exact in tf32 and float32: the same
-    // numbers as attention_forward's kernel on the widened ones, at every precision).
-    auto* part = static_cast<float*>(scratch(
-        kDecodeSplit, std::max<size_t>(kern::decode_attention_scratch_floats(s), 1) * 4));
-    kern::attention_forward_decode_bf16_kv(stream_, s, q, k, v, o, lse, decode_rounding(), part);
+    // numbers as attention_forward's kernels on the widened ones, at every precision).
+    float* part = decode_scratch(s);
+    if (s.nq == 1)
+      kern::attention_forward_decode_bf16_kv(stream_, s, q, k, v, o, lse, decode_rounding(), part);
+    else
+      kern::attention_forward_decode_queries_bf16_kv(stream_, s, q, k, v, o, lse,
+                                                     decode_rounding(), part);
     return;
   }
   if (CudnnAttention* c = cudnn_for(s, false, true)) {

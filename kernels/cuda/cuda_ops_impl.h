@@ -104,6 +104,18 @@ class CudaOps final : public Ops<float> {
                                   int64_t out);
   bool lt_linear_forward(void* y, bool y_bf16, const uint16_t* x16, const uint16_t* w16,
                          const float* b, int64_t rows, int64_t in, int64_t out);
+  // Whether a forward attention goes to the split decoding kernels (kernels.h): one query,
+  // or a few over enough keys, under --attention auto or fused.
+  bool split_attention_takes(const AttentionShape& s) const {
+    return (attention_kernel_ == AttentionKernel::kAuto ||
+            attention_kernel_ == AttentionKernel::kFused) &&
+           (s.nq == 1 || kern::decode_queries_cover(s));
+  }
+  // Their scratch, for the call s.
+  float* decode_scratch(const AttentionShape& s) {
+    return static_cast<float*>(
+        scratch(kDecodeSplit, std::max<size_t>(kern::decode_attention_scratch_floats(s), 1) * 4));
+  }
   // The split decoding attention's rounding of its products' inputs (kernels.h): 0, 1 or 2
   // for float32, tf32 or bf16, as cuBLAS's modes round them.
   int decode_rounding() const {

@@ -175,6 +175,22 @@ size_t decode_attention_scratch_floats(const AttentionShape& s);
 void attention_forward_decode(cudaStream_t st, const AttentionShape& s, const float* q,
                               const float* k, const float* v, float* o, float* lse,
                               int rounding, float* scratch);
+// A few queries per example over the same keys (several samples' newest latents over their
+// shared cache, a short refill), each key read once for all of them: where
+// decode_queries_cover(s) (2 to kDecodeMaxQueries queries, at least kDecodeQueriesMinKeys
+// keys: below that the blocked path's few blocks are as quick), with
+// decode_attention_scratch_floats(s) floats of scratch. Over float32 or bfloat16 keys and
+// values, as the one-query calls.
+constexpr int64_t kDecodeMaxQueries = 16;
+constexpr int64_t kDecodeQueriesMinKeys = 1024;
+bool decode_queries_cover(const AttentionShape& s);
+void attention_forward_decode_queries(cudaStream_t st, const AttentionShape& s, const float* q,
+                                      const float* k, const float* v, float* o, float* lse,
+                                      int rounding, float* scratch);
+void attention_forward_decode_queries_bf16_kv(cudaStream_t st, const AttentionShape& s,
+                                              const float* q, const uint16_t* k,
+                                              const uint16_t* v, float* o, float* lse,
+                                              int rounding, float* scratch);
 // The same over bfloat16 keys and values: the float32 call on the widened keys and values,
 // bit for bit (bfloat16 values are exact in tf32 and float32, so no rounding changes them).
 void attention_forward_decode_bf16_kv(cudaStream_t st, const AttentionShape& s, const float* q,
