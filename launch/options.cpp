@@ -3,6 +3,8 @@
 #include <omp.h>
 
 #include <boost/any.hpp>
+
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <type_traits>
@@ -113,10 +115,16 @@ KeyValueStorage decoding_cache_storage(const std::string& kv_storage, const std:
                                        const ModelConfig& model) {
   if (kv_storage == "bf16") return KeyValueStorage::kBf16;
   if (kv_storage == "fp32") return KeyValueStorage::kNative;
-  const bool split_kernel = attention == "auto" || attention == "fused";
-  // kernels/cuda/kernels.h: kDecodeMaxQueries.
-  return device == "cuda" && precision == "bf16" && split_kernel && samples <= 16 &&
-                 model.d_model % 2 == 0
+  // Several samples' step over the shared cache takes the kernel for a few queries where it
+  // covers the call (kernels/cuda: decode_queries_cover): at most 16 queries, at least
+  // 1,024 keys, and their scores, queries and sums in 48 KiB of shared memory (bounded here
+  // by the widest of its layouts).
+  const int64_t head = model.cross_head_dim();
+  const bool queries_kernel = samples <= 16 && model.context_length >= 1024 &&
+                              samples * (head + 258 + std::max<int64_t>(128, head)) * 4 <= 48 * 1024;
+  const bool split_kernel = (attention == "auto" || attention == "fused") &&
+                            (samples == 1 || queries_kernel);
+  return device == "cuda" && precision == "bf16" && split_kernel && model.d_model % 2 == 0
              ? KeyValueStorage::kBf16
              : KeyValueStorage::kNative;
 }

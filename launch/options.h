@@ -81,10 +81,10 @@ std::string storage_note(KeyValueStorage storage);
 // The cross caches of cached decoding (core/decoder.h) for --kv-storage (auto, bf16 or
 // fp32; par sample takes auto): auto is bf16 where a step's attention is the split kernels,
 // which round float32 keys and values to bf16 as they read them anyway (the same numbers,
-// half the bytes): --device cuda --precision bf16, --attention auto or fused, at most 16
-// samples (the kernel for several queries over the shared cache takes 16: more would
-// widen the bfloat16 keys back to float32 every step, which costs more than it saves), an
-// even d_model; fp32 elsewhere.
+// half the bytes): --device cuda --precision bf16, --attention auto or fused, one sample or
+// as many as the kernel for several queries over the shared cache takes (at most 16, with
+// a context of 1,024 or more; else the bfloat16 keys would be widened back to float32
+// every step, which costs more than it saves), an even d_model; fp32 elsewhere.
 KeyValueStorage decoding_cache_storage(const std::string& kv_storage, const std::string& device,
                                        const std::string& precision,
                                        const std::string& attention, int64_t samples,

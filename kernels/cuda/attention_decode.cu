@@ -117,11 +117,13 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split(SplitArgs<KV> a) 
 }
 
 // A few queries per example over the same keys (several samples' newest latents over their
-// shared cache): one block per (split, head, example) reads its keys once for all nq <=
-// kDecodeMaxQueries queries. Each warp scores a key for every query (one load of the key,
-// nq dot products); each query's maximum and sum are a warp's; each thread sums the values
-// for (query, dimension) pairs. Dynamic shared memory: q [nq, D], scores [nq, kDecodeKeys],
-// then the queries' m and l.
+// shared cache): one block per (split, head, example) reads its keys and values once for
+// all nq <= kDecodeMaxQueries queries. Each warp scores a key for every query (one load of
+// the key, nq dot products); each query's maximum and sum are a warp's; each thread sums
+// one dimension of the values for every query (one load of the value) over every
+// groups-th key, and the groups' sums are added in order. Dynamic shared memory
+// (decode_queries_smem_floats): q [nq, D], scores [nq, kDecodeKeys], the queries' m and l,
+// then the groups' sums [groups, nq, D].
 template <int R, typename KV>
 __global__ void __launch_bounds__(kDecodeThreads) decode_split_queries(SplitArgs<KV> a, int nq) {
   extern __shared__ float smem[];
@@ -133,6 +135,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_queries(SplitArgs
   float* p_s = q_s + nq * D;
   float* m_s = p_s + nq * kDecodeKeys;
   float* l_s = m_s + nq;
+  float* o_s = l_s + nq;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
   for (int64_t t = tid; t < nq * D; t += blockDim.x) {
     const int64_t i = t / D, d = t % D;
@@ -176,11 +179,24 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_queries(SplitArgs
   }
   __syncthreads();
   const KV* v = a.v + (b * a.nk + j0) * ld + h * D;
+  const int64_t groups = D <= blockDim.x ? blockDim.x / D : 1;
+  for (int64_t t = tid; t < groups * D; t += blockDim.x) {
+    const int64_t g = t / D, d = t % D;
+    float acc[kDecodeMaxQueries];
+    for (int i = 0; i < kDecodeMaxQueries; ++i) acc[i] = 0;
+    for (int64_t j = g; j < count; j += groups) {
+      const float vd = stored_input<R>(v[j * ld + d]);
+      for (int i = 0; i < kDecodeMaxQueries; ++i)
+        if (i < nq) acc[i] += product_input<R>(p_s[i * kDecodeKeys + j]) * vd;
+    }
+    for (int i = 0; i < kDecodeMaxQueries; ++i)
+      if (i < nq) o_s[(g * nq + i) * D + d] = acc[i];
+  }
+  __syncthreads();
   for (int64_t t = tid; t < nq * D; t += blockDim.x) {
     const int64_t i = t / D, d = t % D;
-    const float* p = p_s + i * kDecodeKeys;
     float acc = 0;
-    for (int64_t j = 0; j < count; ++j) acc += product_input<R>(p[j]) * stored_input<R>(v[j * ld + d]);
+    for (int64_t g = 0; g < groups; ++g) acc += o_s[(g * nq + i) * D + d];
     const int64_t part = ((b * a.heads + h) * nq + i) * a.splits + split;
     a.part_o[part * D + d] = acc;
     if (d == 0) {
@@ -188,6 +204,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_queries(SplitArgs
       a.part_l[part] = l_s[i];
     }
   }
+}
+
+// The dynamic shared memory of decode_split_queries, in floats.
+int64_t decode_queries_smem_floats(int64_t nq, int64_t head_dim) {
+  const int64_t groups = head_dim <= kDecodeThreads ? kDecodeThreads / head_dim : 1;
+  return nq * (head_dim + kDecodeKeys + 2 + groups * head_dim);
 }
 
 // One block per (example, head, query): o = sum_s w_s o_s / sum_s w_s l_s, w_s =
@@ -271,7 +293,7 @@ void decode_queries(cudaStream_t st, const AttentionShape& s, const float* q, co
                   s.k_keep,   s.nk,   s.heads,     s.head_dim, splits,
                   float(s.scale), scratch, scratch + parts * s.head_dim,
                   scratch + parts * (s.head_dim + 1)};
-  const size_t smem = sizeof(float) * size_t(s.nq * (s.head_dim + kDecodeKeys + 2));
+  const size_t smem = sizeof(float) * size_t(decode_queries_smem_floats(s.nq, s.head_dim));
   PAR_ASSERT(smem <= 48 * 1024, "head size ", s.head_dim, " with ", s.nq,
              " queries is too large for the split attention");
   PAR_ASSERT(s.heads <= 65535 && s.batch <= 65535, "the split attention takes at most 65535 "
@@ -305,7 +327,7 @@ void attention_forward_decode_bf16_kv(cudaStream_t st, const AttentionShape& s, 
 
 bool decode_queries_cover(const AttentionShape& s) {
   return s.nq >= 2 && s.nq <= kDecodeMaxQueries && s.nk >= kDecodeQueriesMinKeys &&
-         size_t(s.nq * (s.head_dim + kDecodeKeys + 2)) * sizeof(float) <= 48 * 1024;
+         size_t(decode_queries_smem_floats(s.nq, s.head_dim)) * sizeof(float) <= 48 * 1024;
 }
 
 void attention_forward_decode_queries(cudaStream_t st, const AttentionShape& s, const float* q,

@@ -148,7 +148,8 @@ void CudaOps::attention_backward(const AttentionShape& s, const float* q, const 
 std::string CudaOps::attention_description() {
   const char* one_query = attention_kernel_ == AttentionKernel::kAuto ||
                                   attention_kernel_ == AttentionKernel::kFused
-                              ? "; one-query calls (decoding steps) split across the GPU"
+                              ? "; one query, or 2 to 16 over at least 1,024 keys (decoding "
+                                "steps), split across the GPU"
                               : "";
   return attention_paths() + one_query;
 }

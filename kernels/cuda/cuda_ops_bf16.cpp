@@ -47,8 +47,8 @@ void CudaOps::rotary_bf16(uint16_t* x, int64_t batch, int64_t n, int64_t heads,
                     inverse);
 }
 
-// Where attention_forward takes cuDNN's path for this call (not the one-query split
-// kernel), the bfloat16 keys and values go there as they are.
+// The split decoding kernels and cuDNN read the bfloat16 keys and values as they are;
+// elsewhere they are widened (in blocks, past one block's worth).
 void CudaOps::attention_forward_bf16_kv(const AttentionShape& s, const float* q,
                                         const uint16_t* k, const uint16_t* v, float* o,
                                         float* lse) {

@@ -325,6 +325,66 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::ValuesIn(one_query_cases())),
     case_name);
 
+// A few queries over the same keys (several samples' step over their shared cache): 2 to
+// 16 queries over at least kDecodeQueriesMinKeys keys, which the split kernel for a few
+// queries takes. Splits no query sees, an example with no visible key, odd and wide heads.
+std::vector<AttentionCase> few_queries_cases() {
+  const int64_t split = cuda::kern::kDecodeKeys, least = cuda::kern::kDecodeQueriesMinKeys;
+  return {
+      {"two_queries", 1, 2, least, 4, 64, least - 1, 0.1, 0},
+      {"sixteen_sparse", 2, 16, 1100, 2, 20, 300, 0.3, 0, true, true},
+      {"queries_in_the_middle", 2, 8, 4 * split, 2, 64, 2 * split - 3, 0.0, 0},
+      {"odd_head_queries", 1, 3, 1500, 3, 7, 1400, 0.1, 0, true, false, true},
+      {"wide_head_queries", 1, 4, 1300, 1, 160, 1296, 0.1, 0},
+  };
+}
+
+// o and lse of the split kernel for a few queries called directly, for the data of `d`.
+Outputs split_queries_forward(Ops<float>& ops, const AttentionData& d, int rounding) {
+  const auto st = static_cast<cudaStream_t>(cuda::cuda_stream(ops));
+  return gpu_attention(ops, d, nullptr, cuda::AttentionKernel::kBlocked,
+                       [&](const AttentionShape& s, const float* q, const float* k,
+                           const float* v, float* o, float* lse) {
+                         EXPECT_TRUE(cuda::kern::decode_queries_cover(s));
+                         DeviceArray<float> scratch(
+                             ops, cuda::kern::decode_attention_scratch_floats(s));
+                         cuda::kern::attention_forward_decode_queries(st, s, q, k, v, o, lse,
+                                                                      rounding, scratch.get());
+                       });
+}
+
+class CudaFewQueriesAttentionTest : public CudaAttentionTest {};
+
+// attention_forward with a few queries over many keys under kAuto and kFused: the CPU's o
+// and lse (and its gradients through the backward that takes them), and the same bits as
+// the split kernel for a few queries called directly -- so the call did take it.
+TEST_P(CudaFewQueriesAttentionTest, SplitKernelMatchesTheCpu) {
+  const auto& [precision, c] = GetParam();
+  const AttentionData d = testing_util::make_attention_data(c, 73);
+  const Outputs want = cpu_attention(d);
+  auto gpu = cuda::make_cuda_ops(0, precision);
+  const int rounding = precision == MatmulPrecision::kFloat32 ? 0
+                       : precision == MatmulPrecision::kTF32  ? 1
+                                                              : 2;
+  const Outputs direct = split_queries_forward(*gpu, d, rounding);
+  for (auto kernel : {cuda::AttentionKernel::kAuto, cuda::AttentionKernel::kFused}) {
+    const Outputs got = gpu_attention(*gpu, d, &want, kernel);
+    expect_close(got, want, cuda_test::attention_tol(precision));
+    EXPECT_TRUE(bitwise_equal(got.o, direct.o)) << "o: not the split kernel's";
+    EXPECT_TRUE(bitwise_equal(got.lse, direct.lse)) << "lse: not the split kernel's";
+  }
+  if (c.dead_example) {  // no visible key: o = 0 and lse = -infinity, as the CPU's
+    EXPECT_EQ(direct.lse[0], -INFINITY);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, CudaFewQueriesAttentionTest,
+    ::testing::Combine(::testing::Values(MatmulPrecision::kFloat32, MatmulPrecision::kTF32,
+                                         MatmulPrecision::kBF16),
+                       ::testing::ValuesIn(few_queries_cases())),
+    case_name);
+
 // One query over a 131072-key context (the cached step of gpu-100m-131k): 512 splits.
 TEST(CudaAttentionLong, OneQueryOver131072KeysSplitAcrossTheGpu) {
   PAR_SKIP_WITHOUT_GPU();
