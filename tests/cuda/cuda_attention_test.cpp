@@ -280,7 +280,8 @@ std::vector<AttentionCase> one_query_cases() {
   };
 }
 
-// o and lse of the split kernel called directly, for the data of `d`.
+// o and lse of the split kernel called directly, for the data of `d`: the one-query kernel,
+// or the one for a few queries.
 Outputs split_forward(Ops<float>& ops, const AttentionData& d, int rounding) {
   const auto st = static_cast<cudaStream_t>(cuda::cuda_stream(ops));
   return gpu_attention(ops, d, nullptr, cuda::AttentionKernel::kBlocked,
@@ -288,19 +289,22 @@ Outputs split_forward(Ops<float>& ops, const AttentionData& d, int rounding) {
                            const float* v, float* o, float* lse) {
                          DeviceArray<float> scratch(
                              ops, cuda::kern::decode_attention_scratch_floats(s));
-                         cuda::kern::attention_forward_decode(st, s, q, k, v, o, lse, rounding,
-                                                              scratch.get());
+                         if (s.nq == 1) {
+                           cuda::kern::attention_forward_decode(st, s, q, k, v, o, lse, rounding,
+                                                                scratch.get());
+                           return;
+                         }
+                         EXPECT_TRUE(cuda::kern::decode_queries_cover(s));
+                         cuda::kern::attention_forward_decode_queries(st, s, q, k, v, o, lse,
+                                                                      rounding, scratch.get());
                        });
 }
 
-class CudaOneQueryAttentionTest : public CudaAttentionTest {};
-
-// attention_forward with one query under kAuto and kFused: the CPU's o and lse (and, through
-// the backward that takes them, its gradients), and the same bits as the split kernel
-// called directly -- so the call did take it.
-TEST_P(CudaOneQueryAttentionTest, SplitKernelMatchesTheCpu) {
-  const auto& [precision, c] = GetParam();
-  const AttentionData d = testing_util::make_attention_data(c, 71);
+// attention_forward under kAuto and kFused for a call the split kernels take: the CPU's o
+// and lse (and, through the backward that takes them, its gradients), and the same bits as
+// the split kernel called directly -- so the call did take it.
+void check_split_kernel(MatmulPrecision precision, const AttentionCase& c, uint64_t seed) {
+  const AttentionData d = testing_util::make_attention_data(c, seed);
   const Outputs want = cpu_attention(d);
   auto gpu = cuda::make_cuda_ops(0, precision);
   const int rounding = precision == MatmulPrecision::kFloat32 ? 0
@@ -316,6 +320,13 @@ TEST_P(CudaOneQueryAttentionTest, SplitKernelMatchesTheCpu) {
   if (c.dead_example) {  // no visible key: o = 0 and lse = -infinity, as the CPU's
     EXPECT_EQ(direct.lse[0], -INFINITY);
   }
+}
+
+class CudaOneQueryAttentionTest : public CudaAttentionTest {};
+
+TEST_P(CudaOneQueryAttentionTest, SplitKernelMatchesTheCpu) {
+  const auto& [precision, c] = GetParam();
+  check_split_kernel(precision, c, 71);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -339,43 +350,11 @@ std::vector<AttentionCase> few_queries_cases() {
   };
 }
 
-// o and lse of the split kernel for a few queries called directly, for the data of `d`.
-Outputs split_queries_forward(Ops<float>& ops, const AttentionData& d, int rounding) {
-  const auto st = static_cast<cudaStream_t>(cuda::cuda_stream(ops));
-  return gpu_attention(ops, d, nullptr, cuda::AttentionKernel::kBlocked,
-                       [&](const AttentionShape& s, const float* q, const float* k,
-                           const float* v, float* o, float* lse) {
-                         EXPECT_TRUE(cuda::kern::decode_queries_cover(s));
-                         DeviceArray<float> scratch(
-                             ops, cuda::kern::decode_attention_scratch_floats(s));
-                         cuda::kern::attention_forward_decode_queries(st, s, q, k, v, o, lse,
-                                                                      rounding, scratch.get());
-                       });
-}
-
 class CudaFewQueriesAttentionTest : public CudaAttentionTest {};
 
-// attention_forward with a few queries over many keys under kAuto and kFused: the CPU's o
-// and lse (and its gradients through the backward that takes them), and the same bits as
-// the split kernel for a few queries called directly -- so the call did take it.
 TEST_P(CudaFewQueriesAttentionTest, SplitKernelMatchesTheCpu) {
   const auto& [precision, c] = GetParam();
-  const AttentionData d = testing_util::make_attention_data(c, 73);
-  const Outputs want = cpu_attention(d);
-  auto gpu = cuda::make_cuda_ops(0, precision);
-  const int rounding = precision == MatmulPrecision::kFloat32 ? 0
-                       : precision == MatmulPrecision::kTF32  ? 1
-                                                              : 2;
-  const Outputs direct = split_queries_forward(*gpu, d, rounding);
-  for (auto kernel : {cuda::AttentionKernel::kAuto, cuda::AttentionKernel::kFused}) {
-    const Outputs got = gpu_attention(*gpu, d, &want, kernel);
-    expect_close(got, want, cuda_test::attention_tol(precision));
-    EXPECT_TRUE(bitwise_equal(got.o, direct.o)) << "o: not the split kernel's";
-    EXPECT_TRUE(bitwise_equal(got.lse, direct.lse)) << "lse: not the split kernel's";
-  }
-  if (c.dead_example) {  // no visible key: o = 0 and lse = -infinity, as the CPU's
-    EXPECT_EQ(direct.lse[0], -INFINITY);
-  }
+  check_split_kernel(precision, c, 73);
 }
 
 INSTANTIATE_TEST_SUITE_P(
