@@ -424,8 +424,11 @@ void token_attention_cases(std::vector<OpCase>& t) {
   cases.push_back(TokenCase{"n=3000 16 bands", 3000, 2, 4, 64, 259, 100, 5, 9});
   // 72 query-heads: several tiles of them, the last partial; 8 bands.
   cases.push_back(TokenCase{"n=2000 72 query-heads", 2000, 24, 3, 32, 40, 10, 3});
-  // 6 bands: no kernel specialized for them.
+  // 6 bands: no kernel specialized for them. 5 and 1: the scores' sums by pairs of bands
+  // with one band left over, and with no pair at all.
   cases.push_back(TokenCase{"n=700 6 bands", 700, 2, 2, 24, 40, 50});
+  cases.push_back(TokenCase{"n=700 5 bands", 700, 2, 2, 20, 40, 50});
+  cases.push_back(TokenCase{"n=300 1 band", 300, 2, 2, 4, 40, 50});
   // Every key before the first visible position.
   cases.push_back(TokenCase{"n=500 all hidden", 500, 2, 2, 16, 40, 1000});
   // 4400 query-heads: more than a GPU kernel may be sized for (it may decline).

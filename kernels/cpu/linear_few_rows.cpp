@@ -112,11 +112,15 @@ inline void output_block(T* y, const T* x, const T* w, const T* b, int64_t in, i
 constexpr int64_t kParallelWork = int64_t(1) << 16;
 
 // All outputs of R rows: blocks of OB outputs split over the threads, the last out % OB
-// outputs one at a time. Up to 24 accumulators, of the 32 vector registers; one row takes
-// 4 rows of w at a time (the fewest streams from memory that keep up with it).
+// outputs one at a time. Up to 16 accumulators, of the 32 vector registers, so that the
+// OB vectors of w and the vector of x stay in registers too: with 24 (OB = 24 / R) GCC
+// folded the loads of w into the multiply-adds, reading each vector once per row, and on
+// a Zen 5 4 rows of 256 x 1024 weights in L3 took 36.6 us against 27.9 with OB = 4 (8
+// rows: 59.5 against 43.9). One row takes 4 rows of w at a time (the fewest streams from
+// memory that keep up with it).
 template <typename T, int R>
 void rows_forward(T* y, const T* x, const T* w, const T* b, int64_t in, int64_t out) {
-  constexpr int OB = R == 1 ? 4 : std::min(8, 24 / R);
+  constexpr int OB = R == 1 ? 4 : std::min(8, 16 / R);
   const int64_t blocks = out / OB;
 #pragma omp parallel for schedule(static) if (R * in * out >= kParallelWork)
   for (int64_t k = 0; k < blocks; ++k) output_block<T, R, OB>(y, x, w, b, in, out, k * OB);
