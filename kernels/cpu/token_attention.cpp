@@ -13,8 +13,8 @@
 //
 // Scores are in base 2 (log2(e) folded into the coefficients). The work is split into items
 // (a token's keys, up to kItemKeys of them, for up to kTile query-heads); each item hands
-// back one (reference, sum of 2^(score - reference)) per query-head, which the threads
-// combine per token in double. The reference is a bound of the token's scores where one is
+// back one (reference, sum of 2^(score - reference)) per query-head, combined per token in
+// double in the items' order, so the result is the same at any thread count. The reference is a bound of the token's scores where one is
 // tight enough (bounded_references: then the scan has no maximum to track), else a running
 // maximum per vector lane.
 #include <omp.h>
@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "kernels/cpu/avx512_intrinsics.h"
@@ -36,19 +37,10 @@ constexpr double kLog2e = 1.4426950408889634;
 constexpr int64_t kTile = 128;       // query-heads per pass over the keys: their state in L1
 constexpr int64_t kItemKeys = 2048;  // keys per work item
 
-// A softmax over some keys: the maximum score (base 2) and the sum of 2^(score - max).
+// A softmax over one item's keys: a reference score (base 2, at least their maximum up to
+// rounding) and the sum of 2^(score - reference).
 struct Partial {
-  double max = -std::numeric_limits<double>::infinity();
-  double sum = 0;
-  void add(double m, double s) {
-    if (s == 0) return;
-    if (m > max) {
-      sum = sum * std::exp2(max - m) + s;
-      max = m;
-    } else {
-      sum += s * std::exp2(m - max);
-    }
-  }
+  double ref, sum;
 };
 
 struct Item {
@@ -146,7 +138,7 @@ struct Tile {
           sum += std::exp2(score - m);
         }
       }
-      out[u * s.vocab].add(double(m), double(sum));
+      out[u] = Partial{double(m), double(sum)};
     }
   }
 
@@ -253,7 +245,7 @@ struct Tile {
       const __m512 m = _mm512_loadu_ps(ms + u * 16);
       const float top = _mm512_reduce_max_ps(m);
       const __m512 w = exp2_16(_mm512_sub_ps(m, _mm512_set1_ps(top)));
-      out[u * s.vocab].add(double(top), double(_mm512_reduce_add_ps(_mm512_mul_ps(_mm512_loadu_ps(ss + u * 16), w))));
+      out[u] = Partial{double(top), double(_mm512_reduce_add_ps(_mm512_mul_ps(_mm512_loadu_ps(ss + u * 16), w)))};
     }
   }
 #endif
@@ -272,7 +264,7 @@ struct Tile {
       _mm512_storeu_ps(sums + u * 16, _mm512_mask_add_ps(sum, lanes, sum, exp2_16_floor(score)));
     });
     for (int64_t u = 0; u < count; ++u)
-      out[u * s.vocab].add(refs[u], double(_mm512_reduce_add_ps(_mm512_loadu_ps(sums + u * 16))));
+      out[u] = Partial{refs[u], double(_mm512_reduce_add_ps(_mm512_loadu_ps(sums + u * 16)))};
   }
 #endif
 
@@ -398,43 +390,44 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
       items.push_back(Item{t, b, std::min(b + kItemKeys, s.group[t + 1])});
   }
   const int threads = omp_get_max_threads();
-  std::vector<Partial> parts;
+  const int64_t I = int64_t(items.size());
+  // Each item's partial softmax per query-head of the tile, [item][u]: every one written by
+  // its item, none to be cleared, and the items combined in their order whatever thread
+  // scanned them (the same bits at any thread count).
+  std::unique_ptr<Partial[]> parts(new Partial[size_t(I * std::min(kTile, QH))]);
   for (int64_t qh0 = 0; qh0 < QH; qh0 += kTile) {
     const Tile<T> tile(s, q, key_table, qh0, std::min(kTile, QH - qh0));
     const int64_t n = tile.count;
-    // Each thread's partial softmax per query-head and token, [thread][u][t].
-    parts.assign(size_t(threads * V * n), Partial{});
 #pragma omp parallel num_threads(threads)
     {
       std::vector<T> coef(size_t(n * R)), state(size_t(2 * 16 * n));
       std::vector<double> bounds(size_t(2 * n)), scratch(size_t(3 * D));
-      Partial* mine = parts.data() + size_t(omp_get_thread_num()) * V * n;
 #pragma omp for schedule(dynamic, 1)
-      for (size_t x = 0; x < items.size(); ++x) {
-        tile.coefficients(items[x].token, coef.data(), bounds.data(), scratch.data());
-        tile.scan(items[x], cos, sin, coef.data(), bounds.data(), state.data(),
-                  mine + items[x].token);
+      for (int64_t x = 0; x < I; ++x) {
+        tile.coefficients(items[size_t(x)].token, coef.data(), bounds.data(), scratch.data());
+        tile.scan(items[size_t(x)], cos, sin, coef.data(), bounds.data(), state.data(),
+                  parts.get() + x * n);
       }
     }
-    // Per query-head: the tokens' weights against the overall maximum, in thread order
-    // (deterministic), then the values. A query-head's partials are V in a row per thread.
+    // Per query-head: the tokens' weights against the overall maximum, summed over their
+    // items (consecutive, in key order), then the values.
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t u = 0; u < n; ++u) {
       const int64_t qh = qh0 + u, h = qh / s.nq, i = qh % s.nq;
       double top = -std::numeric_limits<double>::infinity();
-      for (int th = 0; th < threads; ++th) {
-        const Partial* p = parts.data() + size_t((th * n + u) * V);
-        for (int64_t t = 0; t < V; ++t)
-          if (p[t].sum > 0) top = std::max(top, p[t].max);
+      for (int64_t x = 0; x < I; ++x) {
+        const Partial& p = parts[size_t(x * n + u)];
+        if (p.sum > 0) top = std::max(top, p.ref);
       }
       std::vector<double> out(size_t(D), 0.0);
       double total = 0;
       if (top > -std::numeric_limits<double>::infinity())
-        for (int64_t t = 0; t < V; ++t) {
+        for (int64_t x = 0; x < I;) {
+          const int64_t t = items[size_t(x)].token;
           double w = 0;
-          for (int th = 0; th < threads; ++th) {
-            const Partial& p = parts[size_t((th * n + u) * V + t)];
-            if (p.sum > 0) w += p.sum * std::exp2(p.max - top);
+          for (; x < I && items[size_t(x)].token == t; ++x) {
+            const Partial& p = parts[size_t(x * n + u)];
+            if (p.sum > 0) w += p.sum * std::exp2(p.ref - top);
           }
           if (w == 0) continue;
           total += w;
