@@ -26,6 +26,7 @@
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/fast_exp.h"
+#include "kernels/cpu/parallel_for.h"
 
 namespace par::cpu {
 
@@ -102,8 +103,7 @@ void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, 
   const T scale = T(s.scale);
   const T neg_inf = -std::numeric_limits<T>::infinity();
 
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
-  for (int64_t task = 0; task < tasks; ++task) {
+  parallel_for_dynamic(tasks, tasks > 1 && worth_threads(s), [&](int64_t task) {
     const QueryTile tile(s, task, QB);
     const int64_t b = tile.b, h = tile.h, i0 = tile.i0, bq = tile.bq;
     const int64_t *q_pos = tile.q_pos, q_pos_max = tile.q_pos_max;
@@ -163,7 +163,7 @@ void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, 
         *l_out = neg_inf;
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -182,8 +182,7 @@ void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k,
   const T neg_inf = -std::numeric_limits<T>::infinity();
   const int64_t q_tiles = (s.nq + QB - 1) / QB;
 
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
-  for (int64_t task = 0; task < tasks; ++task) {
+  parallel_for_dynamic(tasks, tasks > 1 && worth_threads(s), [&](int64_t task) {
     const int64_t h = task % s.heads, b = task / s.heads;
     const KeptList list = kept[b];
     const T* lse_bh = lse + (b * s.heads + h) * s.nq;
@@ -265,7 +264,7 @@ void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k,
       }
     }
     for (int64_t j = k0; j < int64_t(list.size()); ++j) zero_row(list[j]);
-  }
+  });
 }
 
 #define PAR_INSTANTIATE_ATTENTION(T)                                                          \

@@ -29,6 +29,7 @@
 #include "kernels/cpu/avx512_intrinsics.h"
 #include "kernels/cpu/exp2_avx512.h"
 #include "kernels/cpu/fast_exp.h"
+#include "kernels/cpu/parallel_for.h"
 
 namespace par::cpu {
 
@@ -333,8 +334,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
   const float scale2 = base2_scale(s);
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
-  for (int64_t task = 0; task < tasks; ++task) {
+  parallel_for_dynamic(tasks, tasks > 1 && worth_threads(s), [&](int64_t task) {
     const QueryTile tile(s, task, QB);
     const int64_t b = tile.b, h = tile.h, i0 = tile.i0, bq = tile.bq;
     const int64_t *q_pos = tile.q_pos, q_pos_max = tile.q_pos_max;
@@ -401,7 +401,7 @@ void attention_forward_fused(const AttentionShape& s, const float* q, const floa
         *l_out = neg_inf;
       }
     }
-  }
+  });
 }
 
 void attention_backward_fused(const AttentionShape& s, const float* q, const float* k,
@@ -417,8 +417,7 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int64_t nq8 = round_up(s.nq, kRows);
 
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(s))
-  for (int64_t task = 0; task < tasks; ++task) {
+  parallel_for_dynamic(tasks, tasks > 1 && worth_threads(s), [&](int64_t task) {
     const int64_t h = task % s.heads, b = task / s.heads;
     const KeptList list = kept[b];
     const float* lse_bh = lse + (b * s.heads + h) * s.nq;
@@ -513,7 +512,7 @@ void attention_backward_fused(const AttentionShape& s, const float* q, const flo
     for (int64_t j = k0; j < int64_t(list.size()); ++j) zero_row(list[j]);
     for (int64_t i = 0; i < s.nq; ++i)
       std::memcpy(dq + (b * s.nq + i) * ld + h * D, dq_acc + i * D, size_t(D) * 4);
-  }
+  });
 }
 
 }  // namespace par::cpu

@@ -28,6 +28,7 @@
 #include "kernels/cpu/attention_blocks.h"
 #include "kernels/cpu/avx512_intrinsics.h"
 #include "kernels/cpu/fast_exp.h"
+#include "kernels/cpu/parallel_for.h"
 
 namespace par::cpu {
 
@@ -338,8 +339,7 @@ void one_query_attention_forward(const AttentionShape& s, const T* q, const T* k
   const bool parallel = s.batch * visible * ld >= kParallelKeys;
   const int64_t groups =
       parallel && s.batch < threads ? std::min<int64_t>(s.heads, (threads + s.batch - 1) / s.batch) : 1;
-#pragma omp parallel for schedule(static) if (parallel && s.batch * groups > 1)
-  for (int64_t task = 0; task < s.batch * groups; ++task) {
+  parallel_for(s.batch * groups, parallel && s.batch * groups > 1, [&](int64_t task) {
     const int64_t b = task / groups, g = task % groups;
     const int64_t h0 = g * s.heads / groups, h1 = (g + 1) * s.heads / groups;
     AttentionShape part = s;
@@ -348,7 +348,7 @@ void one_query_attention_forward(const AttentionShape& s, const T* q, const T* k
     ws.carve(ScratchSlot::kAttention, omp_get_thread_num(), [&](Carver& c) { w.carve(c, s); });
     one_example(part, ld, b, visible, q + b * ld + h0 * s.head_dim, k + h0 * s.head_dim,
                 v + h0 * s.head_dim, o + b * ld + h0 * s.head_dim, lse + b * s.heads + h0, w);
-  }
+  });
 }
 
 #define PAR_INSTANTIATE(T)                                                                     \

@@ -17,6 +17,7 @@
 #include "kernels/cpu/linear_few_rows.h"
 #include "kernels/cpu/linear_paired.h"
 #include "kernels/cpu/linear_tall.h"
+#include "kernels/cpu/parallel_for.h"
 #include "kernels/cpu/rotary_rows.h"
 #include "kernels/cpu/thread_share.h"
 
@@ -35,12 +36,11 @@ void reduce_rows(int64_t rows, int64_t cols, int64_t elements, std::vector<doubl
                  F&& row_fn) {
   const int nt = elements >= kParallelMin ? omp_get_max_threads() : 1;
   std::vector<double> part(static_cast<size_t>(nt) * size_t(cols), 0.0);
-#pragma omp parallel num_threads(nt)
-  {
+  parallel_region(nt > 1, [&] {
     const ThreadShare mine(rows);
     double* sums = part.data() + size_t(omp_get_thread_num()) * size_t(cols);
     for (int64_t r = mine.first; r < mine.last; ++r) row_fn(r, sums);
-  }
+  });
   acc.assign(size_t(cols), 0.0);
   for (int t = 0; t < nt; ++t)
     for (int64_t c = 0; c < cols; ++c) acc[c] += part[size_t(t) * size_t(cols) + c];
@@ -141,8 +141,7 @@ bool CpuOps<T>::replay_capture(uint64_t) {
 
 template <typename T>
 void CpuOps<T>::fill(T* x, int64_t n, T value) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) x[i] = value;
+  parallel_for(n, n >= kParallelMin, [&](int64_t i) { x[i] = value; });
 }
 
 template <typename T>
@@ -152,15 +151,13 @@ void CpuOps<T>::copy(T* dst, const T* src, int64_t n) {
 
 template <typename T>
 void CpuOps<T>::add(T* y, const T* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+  parallel_for(n, n >= kParallelMin, [&](int64_t i) { y[i] += x[i]; });
 }
 
 template <typename T>
 void CpuOps<T>::scale(T* x, int64_t n, double s) {
   const T st = T(s);
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) x[i] *= st;
+  parallel_for(n, n >= kParallelMin, [&](int64_t i) { x[i] *= st; });
 }
 
 template <typename T>
@@ -193,8 +190,8 @@ void CpuOps<T>::linear_forward(T* y, const T* x, const T* w, const T* b, int64_t
   if (is_few_rows_linear(rows)) return few_rows_linear_forward(y, x, w, b, rows, in, out);
   // Start from the bias rows so the product accumulates onto them (one pass over y).
   if (b) {
-#pragma omp parallel for schedule(static) if (rows * out >= kParallelMin)
-    for (int64_t r = 0; r < rows; ++r) std::memcpy(y + r * out, b, size_t(out) * sizeof(T));
+    parallel_for(rows, rows * out >= kParallelMin,
+                 [&](int64_t r) { std::memcpy(y + r * out, b, size_t(out) * sizeof(T)); });
   }
   cpu::gemm<T>(false, true, rows, out, in, T(1), x, in, w, in, b ? T(1) : T(0), y, out);
 }
@@ -223,9 +220,9 @@ void CpuOps<T>::linear_backward(T* dx, bool accumulate_dx, T* dw, T* db, const T
 template <typename T>
 void CpuOps<T>::embedding_forward(T* h, const int32_t* ids, const T* table, int64_t rows,
                                   int64_t d) {
-#pragma omp parallel for schedule(static) if (rows * d >= kParallelMin)
-  for (int64_t r = 0; r < rows; ++r)
+  parallel_for(rows, rows * d >= kParallelMin, [&](int64_t r) {
     std::memcpy(h + r * d, table + int64_t(ids[r]) * d, size_t(d) * sizeof(T));
+  });
 }
 
 template <typename T>
@@ -233,15 +230,14 @@ void CpuOps<T>::embedding_backward(T* dtable, const int32_t* ids, const T* dh, i
                                    int64_t d) {
   // Threads own disjoint column ranges, so rows with the same id never race and the
   // order of additions is fixed.
-#pragma omp parallel if (rows * d >= kParallelMin)
-  {
+  parallel_region(rows * d >= kParallelMin, [&] {
     const ThreadShare cols(d);
     for (int64_t r = 0; r < rows; ++r) {
       T* dst = dtable + int64_t(ids[r]) * d;
       const T* src = dh + r * d;
       for (int64_t c = cols.first; c < cols.last; ++c) dst[c] += src[c];
     }
-  }
+  });
 }
 
 // LayerNorm rows are short (the model width), so each row is done by one thread with
@@ -250,8 +246,7 @@ template <typename T>
 void CpuOps<T>::layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b,
                                   int64_t rows, int64_t d, double eps) {
   const T inv_d = T(1) / T(d);
-#pragma omp parallel for schedule(static) if (rows * d >= kParallelMin)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * d >= kParallelMin, [&](int64_t r) {
     const T* xr = x + r * d;
     T s = 0;
 #pragma omp simd reduction(+ : s)
@@ -266,7 +261,7 @@ void CpuOps<T>::layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* w
     T* yr = y + r * d;
 #pragma omp simd
     for (int64_t c = 0; c < d; ++c) yr[c] = (xr[c] - mu) * rs * w[c] + b[c];
-  }
+  });
 }
 
 template <typename T>
@@ -295,27 +290,25 @@ void CpuOps<T>::rotary(T* x, int64_t batch, int64_t n, int64_t heads, int64_t he
                        int64_t bands, const T* cos_table, const T* sin_table, bool inverse) {
   if (bands == 0) return;
   const int64_t rows = batch * n;
-#pragma omp parallel if (rows * heads * head_dim >= kParallelMin)
-  {
+  parallel_region(rows * heads * head_dim >= kParallelMin, [&] {
     const ThreadShare mine(rows);
     rotary_rows(x, mine.first, mine.last, n, heads, head_dim, bands, cos_table, sin_table,
                 inverse);
-  }
+  });
 }
 
 template <typename T>
 void CpuOps<T>::sqrelu_forward(T* y, const T* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(n, n >= kParallelMin, [&](int64_t i) {
     const T r = x[i] > T(0) ? x[i] : T(0);
     y[i] = r * r;
-  }
+  });
 }
 
 template <typename T>
 void CpuOps<T>::sqrelu_backward(T* dx, const T* dy, const T* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? T(2) * x[i] * dy[i] : T(0);
+  parallel_for(n, n >= kParallelMin,
+               [&](int64_t i) { dx[i] = x[i] > T(0) ? T(2) * x[i] * dy[i] : T(0); });
 }
 
 template <typename T>
@@ -330,14 +323,13 @@ void CpuOps<T>::dropout(T* y, const T* x, int64_t batch, int64_t per_example, do
   for (int64_t b = 0; b < batch; ++b) {
     const uint64_t ex = example_base + uint64_t(b);
     // Threads take contiguous spans of whole blocks of the vector kernel.
-#pragma omp parallel if (per_example >= kParallelMin)
-    {
+    parallel_region(per_example >= kParallelMin, [&] {
       const ThreadShare units((per_example + kDropoutBlock - 1) / kDropoutBlock);
       const int64_t begin = std::min(per_example, units.first * kDropoutBlock);
       const int64_t end = std::min(per_example, units.last * kDropoutBlock);
       dropout_span(y + b * per_example, x + b * per_example, begin, end, key, ex, pf,
                    keep_scale);
-    }
+    });
   }
 }
 
@@ -350,9 +342,9 @@ void CpuOps<T>::key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batc
     const uint64_t ex = example_base + uint64_t(b);
     const int32_t* tb = tokens + b * token_stride;
     uint8_t* kb = keep + b * n;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (int64_t j = 0; j < n; ++j)
+    parallel_for(n, n >= kParallelMin, [&](int64_t j) {
       kb[j] = tb[j] != kPadToken && (p <= 0 || dropout_keep(key, ex, uint64_t(position_base + j), pf));
+    });
   }
 }
 
@@ -428,8 +420,7 @@ void CpuOps<T>::attention_merge_pair(T* o, T* lse, int64_t batch, int64_t nq, co
 template <typename T>
 void CpuOps<T>::cross_entropy_forward(T* ce, T* lse, const T* logits, const int32_t* targets,
                                       int64_t rows, int64_t vocab) {
-#pragma omp parallel for schedule(static) if (rows * vocab >= kParallelMin)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * vocab >= kParallelMin, [&](int64_t r) {
     const T* z = logits + r * vocab;
     double mx = -std::numeric_limits<double>::infinity();
     for (int64_t j = 0; j < vocab; ++j) mx = std::max(mx, double(z[j]));
@@ -438,26 +429,25 @@ void CpuOps<T>::cross_entropy_forward(T* ce, T* lse, const T* logits, const int3
     const double l = mx + std::log(sum);
     lse[r] = T(l);
     ce[r] = targets[r] == kPadToken ? T(0) : T(l - double(z[targets[r]]));
-  }
+  });
 }
 
 template <typename T>
 void CpuOps<T>::cross_entropy_backward(T* dlogits, const T* logits, const T* lse,
                                        const int32_t* targets, int64_t rows, int64_t vocab,
                                        double scale, double z_loss) {
-#pragma omp parallel for schedule(static) if (rows * vocab >= kParallelMin)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * vocab >= kParallelMin, [&](int64_t r) {
     T* g = dlogits + r * vocab;
     if (targets[r] == kPadToken) {
       std::fill(g, g + vocab, T(0));
-      continue;
+      return;
     }
     const T* z = logits + r * vocab;
     const double l = lse[r];
     const double f = scale * (1.0 + 2.0 * z_loss * l);
     for (int64_t j = 0; j < vocab; ++j) g[j] = T(f * std::exp(double(z[j]) - l));
     g[targets[r]] -= T(scale);
-  }
+  });
 }
 
 namespace {
@@ -493,13 +483,12 @@ void CpuOps<T>::adam_update(T* param, T* m, T* v, const T* grad, int64_t n,
   const T b1 = T(a.beta1), b2 = T(a.beta2), gs = T(a.grad_scale);
   const T step_size = T(a.lr / bc1), inv_sqrt_bc2 = T(1.0 / std::sqrt(bc2));
   const T eps = T(a.eps), decay = T(1.0 - a.lr * a.weight_decay);
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(n, n >= kParallelMin, [&](int64_t i) {
     const T g = grad[i] * gs;
     m[i] = b1 * m[i] + (T(1) - b1) * g;
     v[i] = b2 * v[i] + (T(1) - b2) * g * g;
     param[i] = param[i] * decay - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-  }
+  });
 }
 
 template <typename T>

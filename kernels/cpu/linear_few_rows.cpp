@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "kernels/cpu/avx512_intrinsics.h"
+#include "kernels/cpu/parallel_for.h"
 
 #if defined(__AVX512F__)
 
@@ -122,8 +123,8 @@ template <typename T, int R>
 void rows_forward(T* y, const T* x, const T* w, const T* b, int64_t in, int64_t out) {
   constexpr int OB = R == 1 ? 4 : std::min(8, 16 / R);
   const int64_t blocks = out / OB;
-#pragma omp parallel for schedule(static) if (R * in * out >= kParallelWork)
-  for (int64_t k = 0; k < blocks; ++k) output_block<T, R, OB>(y, x, w, b, in, out, k * OB);
+  parallel_for(blocks, R * in * out >= kParallelWork,
+               [&](int64_t k) { output_block<T, R, OB>(y, x, w, b, in, out, k * OB); });
   for (int64_t o = blocks * OB; o < out; ++o) output_block<T, R, 1>(y, x, w, b, in, out, o);
 }
 
