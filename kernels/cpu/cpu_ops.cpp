@@ -141,7 +141,8 @@ bool CpuOps<T>::replay_capture(uint64_t) {
 
 template <typename T>
 void CpuOps<T>::fill(T* x, int64_t n, T value) {
-  parallel_for(n, n >= kParallelMin, [&](int64_t i) { x[i] = value; });
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) x[i] = value;
 }
 
 template <typename T>
@@ -157,7 +158,8 @@ void CpuOps<T>::add(T* y, const T* x, int64_t n) {
 template <typename T>
 void CpuOps<T>::scale(T* x, int64_t n, double s) {
   const T st = T(s);
-  parallel_for(n, n >= kParallelMin, [&](int64_t i) { x[i] *= st; });
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) x[i] *= st;
 }
 
 template <typename T>
@@ -230,14 +232,15 @@ void CpuOps<T>::embedding_backward(T* dtable, const int32_t* ids, const T* dh, i
                                    int64_t d) {
   // Threads own disjoint column ranges, so rows with the same id never race and the
   // order of additions is fixed.
-  parallel_region(rows * d >= kParallelMin, [&] {
+#pragma omp parallel if (rows * d >= kParallelMin)
+  {
     const ThreadShare cols(d);
     for (int64_t r = 0; r < rows; ++r) {
       T* dst = dtable + int64_t(ids[r]) * d;
       const T* src = dh + r * d;
       for (int64_t c = cols.first; c < cols.last; ++c) dst[c] += src[c];
     }
-  });
+  }
 }
 
 // LayerNorm rows are short (the model width), so each row is done by one thread with
@@ -307,8 +310,8 @@ void CpuOps<T>::sqrelu_forward(T* y, const T* x, int64_t n) {
 
 template <typename T>
 void CpuOps<T>::sqrelu_backward(T* dx, const T* dy, const T* x, int64_t n) {
-  parallel_for(n, n >= kParallelMin,
-               [&](int64_t i) { dx[i] = x[i] > T(0) ? T(2) * x[i] * dy[i] : T(0); });
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? T(2) * x[i] * dy[i] : T(0);
 }
 
 template <typename T>
@@ -323,13 +326,14 @@ void CpuOps<T>::dropout(T* y, const T* x, int64_t batch, int64_t per_example, do
   for (int64_t b = 0; b < batch; ++b) {
     const uint64_t ex = example_base + uint64_t(b);
     // Threads take contiguous spans of whole blocks of the vector kernel.
-    parallel_region(per_example >= kParallelMin, [&] {
+#pragma omp parallel if (per_example >= kParallelMin)
+    {
       const ThreadShare units((per_example + kDropoutBlock - 1) / kDropoutBlock);
       const int64_t begin = std::min(per_example, units.first * kDropoutBlock);
       const int64_t end = std::min(per_example, units.last * kDropoutBlock);
       dropout_span(y + b * per_example, x + b * per_example, begin, end, key, ex, pf,
                    keep_scale);
-    });
+    }
   }
 }
 
@@ -342,9 +346,9 @@ void CpuOps<T>::key_keep_mask(uint8_t* keep, const int32_t* tokens, int64_t batc
     const uint64_t ex = example_base + uint64_t(b);
     const int32_t* tb = tokens + b * token_stride;
     uint8_t* kb = keep + b * n;
-    parallel_for(n, n >= kParallelMin, [&](int64_t j) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t j = 0; j < n; ++j)
       kb[j] = tb[j] != kPadToken && (p <= 0 || dropout_keep(key, ex, uint64_t(position_base + j), pf));
-    });
   }
 }
 
@@ -420,7 +424,8 @@ void CpuOps<T>::attention_merge_pair(T* o, T* lse, int64_t batch, int64_t nq, co
 template <typename T>
 void CpuOps<T>::cross_entropy_forward(T* ce, T* lse, const T* logits, const int32_t* targets,
                                       int64_t rows, int64_t vocab) {
-  parallel_for(rows, rows * vocab >= kParallelMin, [&](int64_t r) {
+#pragma omp parallel for schedule(static) if (rows * vocab >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
     const T* z = logits + r * vocab;
     double mx = -std::numeric_limits<double>::infinity();
     for (int64_t j = 0; j < vocab; ++j) mx = std::max(mx, double(z[j]));
@@ -429,25 +434,26 @@ void CpuOps<T>::cross_entropy_forward(T* ce, T* lse, const T* logits, const int3
     const double l = mx + std::log(sum);
     lse[r] = T(l);
     ce[r] = targets[r] == kPadToken ? T(0) : T(l - double(z[targets[r]]));
-  });
+  }
 }
 
 template <typename T>
 void CpuOps<T>::cross_entropy_backward(T* dlogits, const T* logits, const T* lse,
                                        const int32_t* targets, int64_t rows, int64_t vocab,
                                        double scale, double z_loss) {
-  parallel_for(rows, rows * vocab >= kParallelMin, [&](int64_t r) {
+#pragma omp parallel for schedule(static) if (rows * vocab >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
     T* g = dlogits + r * vocab;
     if (targets[r] == kPadToken) {
       std::fill(g, g + vocab, T(0));
-      return;
+      continue;
     }
     const T* z = logits + r * vocab;
     const double l = lse[r];
     const double f = scale * (1.0 + 2.0 * z_loss * l);
     for (int64_t j = 0; j < vocab; ++j) g[j] = T(f * std::exp(double(z[j]) - l));
     g[targets[r]] -= T(scale);
-  });
+  }
 }
 
 namespace {
@@ -483,12 +489,13 @@ void CpuOps<T>::adam_update(T* param, T* m, T* v, const T* grad, int64_t n,
   const T b1 = T(a.beta1), b2 = T(a.beta2), gs = T(a.grad_scale);
   const T step_size = T(a.lr / bc1), inv_sqrt_bc2 = T(1.0 / std::sqrt(bc2));
   const T eps = T(a.eps), decay = T(1.0 - a.lr * a.weight_decay);
-  parallel_for(n, n >= kParallelMin, [&](int64_t i) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
     const T g = grad[i] * gs;
     m[i] = b1 * m[i] + (T(1) - b1) * g;
     v[i] = b2 * v[i] + (T(1) - b2) * g * g;
     param[i] = param[i] * decay - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-  });
+  }
 }
 
 template <typename T>

@@ -9,7 +9,6 @@
 
 #include "core/bf16.h"
 #include "kernels/cpu/cpu_ops.h"
-#include "kernels/cpu/parallel_for.h"
 
 namespace par::cpu {
 
@@ -19,12 +18,14 @@ constexpr int64_t kParallelMin = 1 << 15;
 
 template <typename T>
 void widen(T* dst, const uint16_t* src, int64_t n) {
-  parallel_for(n, n >= kParallelMin, [&](int64_t i) { dst[i] = T(bf16_float(src[i])); });
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) dst[i] = T(bf16_float(src[i]));
 }
 
 template <typename T>
 void round_all(uint16_t* dst, const T* src, int64_t n) {
-  parallel_for(n, n >= kParallelMin, [&](int64_t i) { dst[i] = bf16_bits(src[i]); });
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits(src[i]);
 }
 
 // `parts` buffers of n elements of T each, one after the other, in the calling thread's
