@@ -27,8 +27,8 @@ TEST(CpuTokenAttention, SameBitsAtAnyThreadCount) {
   const TokenGroups<float> g = group_tokens<float>(tokens.data(), n, 0, V, spec);
   TokenAttentionShape s{nq, heads, D, spec.bands, V, g.group.data(), g.pos.data(), g.stride,
                         first, 1.0 / std::sqrt(double(D))};
-  const auto q = random_vector<float>(nq * width, 1, 40.0), keys = random_vector<float>(V * width, 2, 1.5),
-             values = random_vector<float>(V * width, 3);
+  const auto q = random_vector<float>(nq * width, 1, 40.0);
+  const auto keys = random_vector<float>(V * width, 2, 1.5), values = random_vector<float>(V * width, 3);
   auto attend = [&](int threads) {
     omp_set_num_threads(threads);
     std::vector<float> o(size_t(nq * width), -1), lse(size_t(nq * heads), -1);

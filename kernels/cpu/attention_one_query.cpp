@@ -174,7 +174,8 @@ void with_vectors(int64_t nv, F&& f) {
 void score_keys(const AttentionShape& s, int64_t ld, const float* q, const float* k,
                 const int64_t* keys, int64_t n, float* scores) {
   if (!vector_heads(s)) return score_keys<float>(s, ld, q, k, keys, n, scores);
-  with_vectors(s.head_dim / kLanes, [&]<int NV>() { score_keys_vectors<NV>(s, ld, q, k, keys, n, scores); });
+  with_vectors(s.head_dim / kLanes,
+               [&]<int NV>() { score_keys_vectors<NV>(s, ld, q, k, keys, n, scores); });
 }
 
 // Groups of 16 value rows, every head of a group before the next one, as the scores. Even
@@ -218,7 +219,8 @@ void sum_values_vectors(const AttentionShape& s, int64_t ld, const float* v, con
 void sum_values(const AttentionShape& s, int64_t ld, const float* v, const int64_t* keys,
                 int64_t n, const float* p, float* o) {
   if (!vector_heads(s)) return sum_values<float>(s, ld, v, keys, n, p, o);
-  with_vectors(s.head_dim / kLanes, [&]<int NV>() { sum_values_vectors<NV>(s, ld, v, keys, n, p, o); });
+  with_vectors(s.head_dim / kLanes,
+               [&]<int NV>() { sum_values_vectors<NV>(s, ld, v, keys, n, p, o); });
 }
 #endif
 

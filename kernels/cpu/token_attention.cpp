@@ -244,7 +244,8 @@ struct Tile {
       const __m512 m = _mm512_loadu_ps(ms + u * 16);
       const float top = _mm512_reduce_max_ps(m);
       const __m512 w = exp2_16(_mm512_sub_ps(m, _mm512_set1_ps(top)));
-      out[u] = Partial{double(top), double(_mm512_reduce_add_ps(_mm512_mul_ps(_mm512_loadu_ps(ss + u * 16), w)))};
+      const __m512 weighted = _mm512_mul_ps(_mm512_loadu_ps(ss + u * 16), w);
+      out[u] = Partial{double(top), double(_mm512_reduce_add_ps(weighted))};
     }
   }
 #endif
