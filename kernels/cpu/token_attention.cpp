@@ -432,7 +432,7 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
           if (w == 0) continue;
           total += w;
           const T* vt = value_table + t * width + h * D;
-          for (int64_t x = 0; x < D; ++x) out[size_t(x)] += w * double(vt[x]);
+          for (int64_t c = 0; c < D; ++c) out[size_t(c)] += w * double(vt[c]);
         }
       T* oq = o + i * width + h * D;
       for (int64_t x = 0; x < D; ++x) oq[x] = total > 0 ? T(out[size_t(x)] / total) : T(0);
