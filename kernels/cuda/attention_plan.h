@@ -7,8 +7,8 @@
 //
 // The plan is written against an Engine so that a test can run the very same sequence
 // with host loops on a machine without a GPU (tests/cuda/attention_plan_test.cpp); the
-// CUDA engine (kernels/cuda/cuda_ops.cpp) maps the steps to cuBLAS and the kernels of
-// kernels/cuda/attention.cu. No CUDA header here.
+// CUDA engine (kernels/cuda/cuda_ops_attention.cpp) maps the steps to cuBLAS and the
+// kernels of kernels/cuda/attention.cu. No CUDA header here.
 //
 // Engine steps (S: the scores of one block, [heads, nq, ld], head h at h*nq*ld; "stats":
 // per-(head, query) arrays [heads, nq], index h*nq + i; o rows: [nq, heads*head_dim]):

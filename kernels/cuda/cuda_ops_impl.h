@@ -1,7 +1,8 @@
 // The CudaOps class (core/ops.h on one GPU), shared by its source files: cuda_ops.cpp
-// (memory, transfers, step graphs, matrix products and the other operations),
-// cuda_ops_attention.cpp (which attention path a call takes, and the blocked one) and
-// cuda_ops_bf16.cpp (the operations on bfloat16-stored tensors).
+// (memory, transfers, step graphs and the elementwise and other operations),
+// cuda_ops_matmul.cpp (gemm and the linear layers), cuda_ops_attention.cpp (which
+// attention path a call takes, and the blocked one) and cuda_ops_bf16.cpp (the operations
+// on bfloat16-stored tensors).
 // Private to kernels/cuda: everything else reaches the backend through cuda_ops.h.
 #pragma once
 
@@ -138,6 +139,8 @@ class CudaOps final : public Ops<float> {
   MatmulPrecision precision_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  // cuBLAS's recommended workspace on Hopper.
+  static constexpr size_t kCublasWorkspace = size_t(32) << 20;
   void* cublas_workspace_ = nullptr;
   double* pinned_ = nullptr;  // small device-to-host results
   char* staging_ = nullptr;   // kStagingBytes of pinned memory for small uploads
