@@ -73,7 +73,7 @@ void Decoder<T>::make_token_tables() {
 
 template <typename T>
 Decoder<T>::~Decoder() {
-  if (own_memory_) ops_.deallocate(own_memory_);
+  release_own();
   ops_.deallocate(memory_);
   delete b_;
 }
@@ -151,9 +151,7 @@ void Decoder<T>::start(std::vector<int32_t> prompt) {
   refills_ = 0;
   latents_ = 0;
   captured_plans_.clear();
-  if (own_memory_) ops_.deallocate(own_memory_);
-  own_memory_ = nullptr;
-  own_cap_ = own_head_ = own_count_ = 0;
+  release_own();
   groups_end_ = 0;
   saved_for_length_ = -1;
   saved_rows_ = 0;

@@ -35,7 +35,10 @@
 // as needed); a step attends over the shared part with the K queries in one call and over
 // the own parts in another, and merges the two by their log-sum-exps (core/attention_merge.h).
 // With token tables the shared part is the prompt's keys grouped by token: one call for the
-// K queries (or the K samples' latents of a refill).
+// K queries (or the K samples' latents of a refill). Over long generations the own parts
+// are grouped by token too, one block of groups per sample, all attended in one call
+// (TokenAttentionShape::batch; core/decoder_own_groups.cpp); only the own keys after the
+// groups are then read as rows.
 // A refill's latents sit on the last M/2 inputs, and all but the newest of them were the
 // newest latent of a step since the last refill. Within the context (at most N tokens at
 // the refill) such a latent's cross-attention at the refill sees exactly the keys it saw
@@ -148,6 +151,11 @@ class Decoder {
   void push_inputs_device();
   void group_window(int64_t first, int64_t count);
   void reserve_own();
+  void upload_own_keeps();
+  bool own_regroup_due(int64_t end) const;
+  void group_own(int64_t end);
+  bool attend_own_groups(int64_t batch, int64_t nq, T* o, T* lse);
+  void release_own();
   void incremental(int64_t position);
   void cross_attend_newest();
   int64_t refill_row(int64_t position);
@@ -165,6 +173,8 @@ class Decoder {
     const T* own_k;
     int64_t own_cap;
     bool own;
+    const void* own_groups;  // own_groups_memory_
+    int64_t own_groups_end;
     const T* position_table;  // absolute positions: grows with the documents
     bool reads_all_rows;      // the captured step attended the whole shared cache
     bool operator==(const StepPlan&) const = default;
@@ -222,8 +232,22 @@ class Decoder {
   T *own_k_ = nullptr, *own_v_ = nullptr;
   int64_t* own_pos_ = nullptr;   // [own_cap_]: past the entries, far beyond any query
   uint8_t* own_keep_ = nullptr;  // [samples, own_cap_]: 0 outside the entries
+  uint8_t* own_keep_tail_ = nullptr;  // the same, 0 for the entries in the own groups too
   void* own_memory_ = nullptr;
   int64_t own_cap_ = 0, own_head_ = 0, own_count_ = 0, own_first_ = 0;
+  // With token tables, each sample's own keys at positions [own_first_, own_groups_end_)
+  // (those still in the window) are grouped by token too, in blocks of the shared groups'
+  // layout, one per sample: own_group_ [samples, V + 1], own_group_pos_ [samples,
+  // own_groups_stride_], own_group_cos_ and _sin_ [samples, cross bands,
+  // own_groups_stride_]. None while own_groups_end_ == 0. The own cache keeps the grouped
+  // entries too (own_keep_), for a call the backend declines; own_keep_tail_ leaves them
+  // out where the groups are attended.
+  int64_t* own_group_ = nullptr;
+  int64_t* own_group_pos_ = nullptr;
+  T *own_group_cos_ = nullptr, *own_group_sin_ = nullptr;
+  void* own_groups_memory_ = nullptr;
+  int64_t own_groups_stride_ = 0, own_groups_end_ = 0;
+  bool own_groups_declined_ = false;  // by the backend, for a step (attend_own_groups)
   // With token tables: the positions before groups_end_ (those still in the window) are in
   // the groups, whose rotary rows are group_stride_ apart; none when groups_end_ == 0 (a
   // full pass).

@@ -48,14 +48,18 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
   Buffers& b = *b_;
   bool first_part = true;
   LseLayout att_layout;  // of b.lse
-  // Every part after the first is written to b.tmp and b.lse2 and merged into b.att.
-  auto part = [&](LseLayout layout, const std::function<void(T*, T*)>& attend) {
-    attend(first_part ? b.att : b.tmp, first_part ? b.lse : b.lse2);
+  // Every part after the first is written to b.tmp and b.lse2 and merged into b.att. False
+  // where the backend declined the part's call (a token-table call: no kernel, or a shape
+  // it is not sized for, such as a refill's many latents); nothing is merged then, and the
+  // caller attends the part's keys otherwise.
+  auto part = [&](LseLayout layout, const std::function<bool(T*, T*)>& attend) {
+    if (!attend(first_part ? b.att : b.tmp, first_part ? b.lse : b.lse2)) return false;
     if (!first_part)
       merge_attention(ops_, rows, Hc, Dc, b.att, b.lse, att_layout, b.tmp, b.lse2, layout);
     else
       att_layout = layout;
     first_part = false;
+    return true;
   };
   int64_t shared_from = 0, shared_count = 0;
   std::tie(shared_from, shared_count) = shared_rows(nq, false);
@@ -68,40 +72,53 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
     if (replay_) s.first_position_at = b.first_position;
     // Samples with equal tokens share a query, which changes the work from step to step:
     // not in a replayed step.
-    if (nq == 1 && batch > 1 && !replay_
-            ? grouped_attention_of_distinct_tokens(s)
-            : ops_.token_attention_forward(s, b.q, b.key_table, b.value_table, b.group_cos,
-                                           b.group_sin, b.att, b.lse)) {
-      att_layout = LseLayout{1, rows};
-      first_part = false;
+    // The first part: written to b.att and b.lse.
+    if (part(LseLayout{1, rows}, [&](T*, T*) {
+          return nq == 1 && batch > 1 && !replay_
+                     ? grouped_attention_of_distinct_tokens(s)
+                     : ops_.token_attention_forward(s, b.q, b.key_table, b.value_table,
+                                                    b.group_cos, b.group_sin, b.att, b.lse);
+        })) {
       std::tie(shared_from, shared_count) = shared_rows(nq, true);
       all_rows = false;
     }
-    // Declined (no kernel, or a shape it is not sized for: a refill's many latents): this
-    // call attends over the shared cache, which holds the whole window with one sample and
-    // the prompt with several; the next call offers the tables again.
+    // Declined: this call attends over the shared cache, which holds the whole window with
+    // one sample and the prompt with several; the next call offers the tables again.
   }
   const T *shared_k = b.cross_k + shared_from * cache_width_;
   const T *shared_v = b.cross_v + shared_from * cache_width_;
+  auto cache_part = [&](const AttentionShape& s, const T* k, const T* v) {
+    return [&, s, k, v](T* o, T* lse) {
+      attend_cache(s, b.q, k, v, o, lse);
+      return true;
+    };
+  };
   if (shared_count > 0) {
     AttentionShape s{1, nq, shared_count, Hc, Dc, b.latent_pos, b.cross_pos + shared_from,
                      b.cross_keep + shared_from, scale};
     if (batch == 1) {
-      part(LseLayout{1, nq}, [&](T* o, T* lse) { attend_cache(s, b.q, shared_k, shared_v, o, lse); });
+      part(LseLayout{1, nq}, cache_part(s, shared_k, shared_v));
     } else if (nq == 1) {  // the samples' queries (at one position) read the shared keys once
       s.nq = batch;
-      part(LseLayout{1, batch}, [&](T* o, T* lse) { attend_cache(s, b.q, shared_k, shared_v, o, lse); });
+      part(LseLayout{1, batch}, cache_part(s, shared_k, shared_v));
     } else {  // a refill: each sample's latents over the shared keys
       part(LseLayout{batch, nq}, [&](T* o, T* lse) {
         for (int64_t k = 0; k < batch; ++k)
           attend_cache(s, b.q + k * nq * d, shared_k, shared_v, o + k * nq * d,
                        lse + k * Hc * nq);
+        return true;
       });
     }
   }
   if (own_count_ > 0) {  // each sample's own entries: blocks of own_cap_ rows, empty rows not kept
-    const AttentionShape own{batch, nq, own_cap_, Hc, Dc, b.latent_pos, own_pos_, own_keep_, scale};
-    part(LseLayout{batch, nq}, [&](T* o, T* lse) { attend_cache(own, b.q, own_k_, own_v_, o, lse); });
+    // The entries in the own groups through them, and the rest as rows.
+    const bool grouped = own_groups_end_ > 0 && !own_groups_declined_ &&
+                         part(LseLayout{batch, nq}, [&](T* o, T* lse) {
+                           return attend_own_groups(batch, nq, o, lse);
+                         });
+    const AttentionShape own{batch, nq, own_cap_, Hc, Dc, b.latent_pos, own_pos_,
+                             grouped ? own_keep_tail_ : own_keep_, scale};
+    part(LseLayout{batch, nq}, cache_part(own, own_k_, own_v_));
   }
   PAR_ASSERT(!first_part, "a window with no keys");
   if (all_rows) step_reads_all_rows_ = true;

@@ -43,8 +43,9 @@ void Decoder<T>::push_inputs(int64_t position) {
       if (cross_count_ > 0) {
         leave();
       } else {  // the oldest own entry leaves
-        const uint8_t drop = 0;
-        for (int64_t s = 0; s < K; ++s) ops_.upload(own_keep_ + s * own_cap_ + own_head_, &drop, 1);
+        const uint8_t drop = 0;  // from own_keep_ and own_keep_tail_
+        for (int64_t s = 0; s < 2 * K; ++s)
+          ops_.upload(own_keep_ + s * own_cap_ + own_head_, &drop, 1);
         ++own_head_;
         --own_count_;
         ++own_first_;
@@ -64,7 +65,9 @@ void Decoder<T>::push_inputs(int64_t position) {
     ++cross_count_;
   } else {
     ops_.upload(own_pos_ + row, &position, sizeof(int64_t));
-    for (int64_t s = 0; s < K; ++s) ops_.upload(own_keep_ + s * own_cap_ + row, &keep[size_t(s)], 1);
+    // Into own_keep_ and own_keep_tail_: the newest entry is after the own groups.
+    for (int64_t s = 0; s < 2 * K; ++s)
+      ops_.upload(own_keep_ + s * own_cap_ + row, &keep[size_t(s % K)], 1);
     ++own_count_;
   }
 }
@@ -115,7 +118,7 @@ void Decoder<T>::reserve_own() {
     k = c.take<T>(K * cap * d);
     v = c.take<T>(K * cap * d);
     pos = c.take<int64_t>(cap);
-    keep = c.take<uint8_t>(K * cap);
+    keep = c.take<uint8_t>(2 * K * cap);  // own_keep_, then own_keep_tail_
   };
   Carver sizing;
   carve(sizing);
@@ -135,21 +138,17 @@ void Decoder<T>::reserve_own() {
   }
   std::vector<int64_t> p(static_cast<size_t>(cap), kFarPosition);
   for (int64_t j = 0; j < n; ++j) p[size_t(j)] = own_first_ + j;
-  std::vector<uint8_t> kp(static_cast<size_t>(K * cap), 0);
-  for (int64_t s = 0; s < K; ++s) {
-    const std::vector<uint8_t> ks = keep_of(seqs_[size_t(s)].tokens.data() + own_first_, n);
-    std::copy(ks.begin(), ks.end(), kp.begin() + s * cap);
-  }
   ops_.upload(pos, p.data(), p.size() * sizeof(int64_t));
-  ops_.upload(keep, kp.data(), kp.size());
   if (own_memory_) ops_.deallocate(own_memory_);
   own_memory_ = memory;
   own_k_ = k;
   own_v_ = v;
   own_pos_ = pos;
   own_keep_ = keep;
+  own_keep_tail_ = keep + K * cap;
   own_cap_ = cap;
   own_head_ = 0;
+  upload_own_keeps();
 }
 
 // The window's positions [first, first + count) of sample 0 (the prompt, or with one sample

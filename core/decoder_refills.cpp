@@ -15,11 +15,13 @@ void Decoder<T>::refill_from_cache(int64_t L) {
   const int64_t T_ = length();
   // With one sample the newest keys are not in the groups yet: they are attended from the
   // cross cache, which costs more per key. Group them when they are many; the groups end
-  // before the latents, so that every grouped key precedes every query.
+  // before the latents, so that every grouped key precedes every query. Several samples'
+  // own keys the same way, in groups of their own (decoder_own_groups.cpp).
   const int64_t ungrouped = T_ - L - groups_end_, window = std::min(T_, cfg_.context_length);
   if (token_tables_ && samples() == 1 &&
       ungrouped >= std::max(cfg_.num_latents, cfg_.context_length / 32))
     group_window(T_ - window, window - L);
+  if (own_regroup_due(T_ - L)) group_own(T_ - L);
   if (refill_from_steps(L)) return;
   std::vector<int32_t> tokens, doc_pos;
   gather(T_ - L, L, tokens, doc_pos);

@@ -96,6 +96,7 @@ typename Decoder<T>::StepPlan Decoder<T>::replay_plan() const {
   const auto [gf, gc] = groups ? shared_rows(1, true) : std::pair<int64_t, int64_t>{0, 0};
   const auto [sf, sc] = shared_rows(1, false);
   return StepPlan{groups_end_, group_stride_, gf, gc, sf, sc, own_k_, own_cap_, own_count_ > 0,
+                  own_groups_memory_, own_groups_end_,
                   positions_ ? positions_->table() : nullptr, true};
 }
 

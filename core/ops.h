@@ -68,6 +68,11 @@ struct AttentionShape {
 // precede the queries (no causal mask). q and o are [nq, heads*head_dim], lse is
 // [heads, nq], as attention_forward's with batch 1; a query that sees no key gets o = 0 and
 // lse = -infinity.
+// With batch > 1 there are `batch` such calls in one, each example b with keys of its own
+// (decoding's samples, each over its own generated keys): its groups at group + b*(vocab+1),
+// its keys' positions at pos + b*stride, its cos and sin rows at cos + b*bands*stride (and
+// sin likewise); q and o are [batch, nq, heads*head_dim], lse [batch, heads, nq], as
+// attention_forward's. A backend may decline batch > 1 alone.
 struct TokenAttentionShape {
   int64_t nq = 1;
   int64_t heads = 1;
@@ -82,6 +87,7 @@ struct TokenAttentionShape {
   // When set, first_position is *first_position_at, in backend memory: a captured decoding
   // step's, which moves with every token past N.
   const int64_t* first_position_at = nullptr;
+  int64_t batch = 1;
 };
 
 struct AdamStep {

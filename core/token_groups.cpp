@@ -10,6 +10,15 @@ namespace par {
 template <typename T>
 TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_position,
                             int64_t vocab, const RotarySpec& spec) {
+  std::vector<T> c, s;
+  make_rotary_tables(spec, first_position, count, c, s);
+  return group_tokens(tokens, count, first_position, vocab, spec.bands, c, s);
+}
+
+template <typename T>
+TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_position,
+                            int64_t vocab, int64_t bands, const std::vector<T>& c,
+                            const std::vector<T>& s, int64_t stride) {
   TokenGroups<T> g;
   g.group.assign(size_t(vocab + 1), 0);
   for (int64_t i = 0; i < count; ++i) {
@@ -17,13 +26,13 @@ TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_
     if (tokens[i] != kPadToken) ++g.group[size_t(tokens[i]) + 1];
   }
   for (int64_t t = 0; t < vocab; ++t) g.group[size_t(t + 1)] += g.group[size_t(t)];
-  const int64_t n = g.group.back(), B = spec.bands;
-  g.stride = token_groups_stride(n);
+  const int64_t n = g.group.back(), B = bands;
+  PAR_ASSERT(int64_t(c.size()) >= count * B && int64_t(s.size()) >= count * B);
+  PAR_ASSERT(stride == 0 || stride >= token_groups_stride(n), "rotary rows too short");
+  g.stride = stride > 0 ? stride : token_groups_stride(n);
   g.pos.resize(size_t(n));
   g.cos.assign(size_t(B * g.stride), T(0));
   g.sin.assign(size_t(B * g.stride), T(0));
-  std::vector<T> c, s;
-  make_rotary_tables(spec, first_position, count, c, s);
   std::vector<int64_t> next(g.group.begin(), g.group.end() - 1);
   for (int64_t i = 0; i < count; ++i) {
     if (tokens[i] == kPadToken) continue;
@@ -41,5 +50,11 @@ template TokenGroups<float> group_tokens(const int32_t*, int64_t, int64_t, int64
                                          const RotarySpec&);
 template TokenGroups<double> group_tokens(const int32_t*, int64_t, int64_t, int64_t,
                                           const RotarySpec&);
+template TokenGroups<float> group_tokens(const int32_t*, int64_t, int64_t, int64_t, int64_t,
+                                         const std::vector<float>&, const std::vector<float>&,
+                                         int64_t);
+template TokenGroups<double> group_tokens(const int32_t*, int64_t, int64_t, int64_t, int64_t,
+                                          const std::vector<double>&,
+                                          const std::vector<double>&, int64_t);
 
 }  // namespace par

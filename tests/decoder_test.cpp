@@ -263,6 +263,56 @@ TEST(DecoderSamples, SamplesWithEqualTokensEqualSingleRuns) {
   cpu.deallocate(params);
 }
 
+// Several samples' own keys, grouped by token at refills once there are 4 V of them
+// (decoder_own_groups.cpp), and regrouped as they grow: still equal to single runs, whose
+// newest keys join the shared groups at other refills, also after the window has slid past
+// the prompt and the oldest own keys. A backend that declines the samples' batched call
+// (as the GPU does) is asked again only until it declines a step's; the own keys are then
+// read as rows, with the same results.
+template <typename T>
+void check_own_groups(double tol) {
+  ModelConfig c = config();
+  c.context_length = 192;  // 8 V = 152 own keys fit in the window
+  cpu::CpuOps<T> cpu;
+  T* params = upload_params(cpu, params_for<T>(c, 23));
+  const int64_t K = 3, V = c.vocab_size;
+  for (bool decline : {false, true}) {
+    testing_util::TokenAttentionCalls<T> ops(cpu);
+    if (decline) ops.max_batch = 1;
+    Decoder<T> batch(c, ops, params, true, TokenTables::kOn, K);
+    std::vector<std::unique_ptr<Decoder<T>>> single;
+    for (int64_t k = 0; k < K; ++k)
+      single.push_back(std::make_unique<Decoder<T>>(c, cpu, params, true, TokenTables::kOn));
+    const std::vector<int32_t> prompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
+    batch.start(prompt);
+    for (auto& d : single) d->start(prompt);
+    int64_t batched_before_slide = 0;
+    for (int step = 0; step < 300; ++step) {  // 310 tokens: past N + M, and the own groups' start
+      std::vector<int32_t> next;
+      for (int64_t k = 0; k < K; ++k) next.push_back(int32_t((step * 7 + k * 5 + step / 9 + 3) % 19));
+      for (int64_t k = 0; k < K; ++k) single[size_t(k)]->append(next[size_t(k)]);
+      batch.append(next);
+      if (batch.length() <= c.context_length) batched_before_slide = ops.batched;
+      for (int64_t k = 0; k < K; ++k) {
+        const std::vector<T> row(batch.logits().begin() + k * V, batch.logits().begin() + (k + 1) * V);
+        ASSERT_LE(max_rel(row, single[size_t(k)]->logits()), tol)
+            << "step " << step << " sample " << k << (decline ? ", batched calls declined" : "");
+      }
+    }
+    if (!decline) {
+      EXPECT_GT(batched_before_slide, 10) << "the own keys were not grouped within the context";
+      EXPECT_GT(ops.batched, batched_before_slide + 100) << "nor after the window slid";
+    } else {
+      EXPECT_GE(ops.batched, 1);
+      EXPECT_LE(ops.batched, 2) << "asked again after a step's call was declined";
+    }
+  }
+  cpu.deallocate(params);
+}
+
+TEST(DecoderSamples, OwnKeysGroupedEqualSingleRunsDouble) { check_own_groups<double>(1e-12); }
+TEST(DecoderSamples, OwnKeysGroupedEqualSingleRunsFloat) { check_own_groups<float>(2e-5); }
+
 TEST(DecoderSamples, EqualSingleRunsCachedDouble) {
   check_samples_equal_single_runs<double>(true, TokenTables::kOff, 1e-12);
 }

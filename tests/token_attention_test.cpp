@@ -3,7 +3,9 @@
 // first visible position invisible; and the grouping of core/token_groups.h itself.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "core/constants.h"
@@ -124,6 +126,76 @@ TEST(TokenAttention, KeysBeforeTheWindowAreInvisible) {
 TEST(TokenAttention, NoVisibleKeyGivesZero) {
   check<double>(Case{8, 8, 2, 0.5, 0, true}, 0);
   check<float>(Case{8, 32, 2, 0.5, 0, true}, 0);
+}
+
+// batch > 1: examples over keys of their own (decoding's samples over their generated
+// keys), each with its own token groups, in one call. Equal to a call per example: bit for
+// bit while an example's query-heads fit one pass (kernels/cpu/token_attention.cpp), as a
+// step's do, and within rounding past that (a refill's many latents). Examples with no
+// visible key, a single key, and many.
+template <typename T>
+void check_batch(int64_t nq, double tol) {
+  const int64_t V = 13, heads = 8, D = 32, width = heads * D, batch = 4, first = 500;
+  const RotarySpec spec = make_rotary_spec(D, 0.5, 4096);
+  const int64_t B = spec.bands, counts[batch] = {3000, 1, 0, 700};
+  const auto key_table = random_vector<T>(V * width, 1, 1.0);
+  const auto value_table = random_vector<T>(V * width, 2, 1.0);
+  const auto q = random_vector<T>(batch * nq * width, 3, 1.0);
+  const int64_t stride = token_groups_stride(3000);
+  std::vector<int64_t> group(size_t(batch * (V + 1))), pos(size_t(batch * stride));
+  std::vector<T> cos(size_t(batch * B * stride)), sin(cos.size());
+  std::vector<TokenGroups<T>> each;
+  std::mt19937_64 rng(7);
+  for (int64_t b = 0; b < batch; ++b) {
+    std::vector<int32_t> tokens(static_cast<size_t>(counts[b]));
+    for (int32_t& t : tokens) t = int32_t(rng() % V);
+    std::vector<T> c, sn;
+    make_rotary_tables(spec, first, counts[b], c, sn);
+    each.push_back(group_tokens<T>(tokens.data(), counts[b], first, V, B, c, sn, stride));
+    const TokenGroups<T>& g = each.back();
+    std::copy(g.group.begin(), g.group.end(), group.begin() + b * (V + 1));
+    std::copy(g.pos.begin(), g.pos.end(), pos.begin() + b * stride);
+    std::copy(g.cos.begin(), g.cos.end(), cos.begin() + b * B * stride);
+    std::copy(g.sin.begin(), g.sin.end(), sin.begin() + b * B * stride);
+  }
+  cpu::CpuOps<T> ops;
+  const double scale = 1.0 / std::sqrt(double(D));
+  TokenAttentionShape s{nq, heads, D, B, V, group.data(), pos.data(), stride, first + 2, scale};
+  s.batch = batch;
+  std::vector<T> o(size_t(batch * nq * width), T(99)), lse(size_t(batch * heads * nq), T(99));
+  ASSERT_TRUE(ops.token_attention_forward(s, q.data(), key_table.data(), value_table.data(),
+                                          cos.data(), sin.data(), o.data(), lse.data()));
+  for (int64_t b = 0; b < batch; ++b) {
+    const TokenGroups<T>& g = each[size_t(b)];
+    TokenAttentionShape one{nq, heads, D, B, V, g.group.data(), g.pos.data(), stride, first + 2, scale};
+    std::vector<T> o1(size_t(nq * width)), lse1(size_t(heads * nq));
+    ASSERT_TRUE(ops.token_attention_forward(one, q.data() + b * nq * width, key_table.data(),
+                                            value_table.data(), g.cos.data(), g.sin.data(),
+                                            o1.data(), lse1.data()));
+    const std::vector<T> ob(o.begin() + b * nq * width, o.begin() + (b + 1) * nq * width);
+    const std::vector<T> lb(lse.begin() + b * heads * nq, lse.begin() + (b + 1) * heads * nq);
+    if (tol == 0) {
+      EXPECT_EQ(ob, o1) << "example " << b;
+      EXPECT_EQ(lb, lse1) << "example " << b;
+    } else {
+      EXPECT_TRUE(testing_util::close(ob, o1, tol)) << "example " << b;
+      for (size_t i = 0; i < lb.size(); ++i)
+        if (lse1[i] == -std::numeric_limits<T>::infinity())
+          EXPECT_EQ(lb[i], lse1[i]);
+        else
+          EXPECT_NEAR(double(lb[i]), double(lse1[i]), tol * 10);
+    }
+    if (counts[b] <= 2) {  // the first visible position is first + 2: no key
+      for (size_t i = 0; i < lb.size(); ++i) EXPECT_EQ(lb[i], -std::numeric_limits<T>::infinity());
+    }
+  }
+}
+
+TEST(TokenAttention, BatchOfExamplesWithKeysOfTheirOwn) {
+  check_batch<float>(1, 0);       // 8 query-heads an example: 4 examples in one pass
+  check_batch<double>(1, 0);
+  check_batch<float>(20, 2e-5);  // 160 query-heads an example: passes split them
+  check_batch<double>(20, 1e-12);
 }
 
 TEST(TokenGroups, GroupsKeysByTokenInPositionOrderWithoutPad) {

@@ -373,6 +373,35 @@ struct Tile {
   }
 };
 
+// The query-heads [qh0, qh0 + count) of example `example` (TokenAttentionShape::batch).
+struct TileSpan {
+  int64_t example, qh0, count;
+};
+
+// The spans of one pass over the keys: up to kTile query-heads in all, so that several
+// examples' few query-heads (decoding's samples, one query each) share a pass: one
+// parallel region for all of them, not one per example.
+std::vector<std::vector<TileSpan>> passes(int64_t batch, int64_t per_example) {
+  std::vector<std::vector<TileSpan>> out;
+  int64_t b = 0, qh = 0;
+  while (b < batch && per_example > 0) {
+    std::vector<TileSpan> pass;
+    int64_t total = 0;
+    while (b < batch && total < kTile) {
+      const int64_t n = std::min(kTile - total, per_example - qh);
+      pass.push_back(TileSpan{b, qh, n});
+      total += n;
+      qh += n;
+      if (qh == per_example) {
+        ++b;
+        qh = 0;
+      }
+    }
+    out.push_back(std::move(pass));
+  }
+  return out;
+}
+
 }  // namespace
 
 template <typename T>
@@ -380,64 +409,96 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
                                         const T* key_table, const T* value_table,
                                         const T* cos, const T* sin, T* o, T* lse) {
   const int64_t H = s.heads, D = s.head_dim, V = s.vocab, width = H * D, R = 1 + 2 * s.bands;
-  const int64_t QH = s.nq * H;
-  // Each token's visible keys, in items.
-  std::vector<Item> items;
+  const int64_t QH = s.nq * H, rows = s.bands * s.stride;  // rows: an example's cos (or sin)
+  // Each example's tokens' visible keys, in items.
+  std::vector<std::vector<Item>> items(static_cast<size_t>(s.batch));
   const int64_t first = s.first_position_at ? *s.first_position_at : s.first_position;
-  for (int64_t t = 0; t < V; ++t) {
-    const int64_t* lo = std::lower_bound(s.pos + s.group[t], s.pos + s.group[t + 1], first);
-    for (int64_t b = lo - s.pos; b < s.group[t + 1]; b += kItemKeys)
-      items.push_back(Item{t, b, std::min(b + kItemKeys, s.group[t + 1])});
+  for (int64_t b = 0; b < s.batch; ++b) {
+    const int64_t* group = s.group + b * (V + 1);
+    const int64_t* pos = s.pos + b * s.stride;
+    for (int64_t t = 0; t < V; ++t) {
+      const int64_t* lo = std::lower_bound(pos + group[t], pos + group[t + 1], first);
+      for (int64_t k = lo - pos; k < group[t + 1]; k += kItemKeys)
+        items[size_t(b)].push_back(Item{t, k, std::min(k + kItemKeys, group[t + 1])});
+    }
   }
   const int threads = omp_get_max_threads();
-  const int64_t I = int64_t(items.size());
-  // Each item's partial softmax per query-head of the tile, [item][u]: every one written by
-  // its item, none to be cleared, and the items combined in their order whatever thread
-  // scanned them (the same bits at any thread count).
-  std::unique_ptr<Partial[]> parts(new Partial[size_t(I * std::min(kTile, QH))]);
-  for (int64_t qh0 = 0; qh0 < QH; qh0 += kTile) {
-    const Tile<T> tile(s, q, key_table, qh0, std::min(kTile, QH - qh0));
-    const int64_t n = tile.count;
+  for (const std::vector<TileSpan>& pass : passes(s.batch, QH)) {
+    std::vector<Tile<T>> tiles;
+    for (const TileSpan& sp : pass)
+      tiles.emplace_back(s, q + sp.example * s.nq * width, key_table, sp.qh0, sp.count);
+    // The work: each tile with each item of its example. Each unit's partial softmax per
+    // query-head of its tile from part_at[unit]: every one written by its unit, none to be
+    // cleared, and the units combined in their order whatever thread scanned them (the
+    // same bits at any thread count).
+    struct Unit {
+      int64_t tile, item;
+    };
+    std::vector<Unit> units;
+    std::vector<int64_t> part_at{0}, units_of_tile{0};
+    int64_t widest = 0;  // of the pass's tiles
+    for (size_t x = 0; x < pass.size(); ++x) {
+      widest = std::max(widest, pass[x].count);
+      for (size_t i = 0; i < items[size_t(pass[x].example)].size(); ++i) {
+        units.push_back(Unit{int64_t(x), int64_t(i)});
+        part_at.push_back(part_at.back() + pass[x].count);
+      }
+      units_of_tile.push_back(int64_t(units.size()));
+    }
+    const int64_t U = int64_t(units.size());
+    // Kept from call to call: on a VM a fresh page can cost 10 us at first touch, and
+    // several samples' steps need more than malloc keeps off mmap.
+    ws_.prepare(1);
+    Partial* const parts = reinterpret_cast<Partial*>(
+        ws_.get(ScratchSlot::kTokenParts, 0, double(part_at.back()) * sizeof(Partial)));
 #pragma omp parallel num_threads(threads)
     {
-      std::vector<T> coef(size_t(n * R)), state(size_t(2 * 16 * n));
-      std::vector<double> bounds(size_t(2 * n)), scratch(size_t(3 * D));
+      std::vector<T> coef(size_t(widest * R)), state(size_t(2 * 16 * widest));
+      std::vector<double> bounds(size_t(2 * widest)), scratch(size_t(3 * D));
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t x = 0; x < I; ++x) {
-        tile.coefficients(items[size_t(x)].token, coef.data(), bounds.data(), scratch.data());
-        tile.scan(items[size_t(x)], cos, sin, coef.data(), bounds.data(), state.data(),
-                  parts.get() + x * n);
+      for (int64_t x = 0; x < U; ++x) {
+        const Tile<T>& tile = tiles[size_t(units[size_t(x)].tile)];
+        const int64_t b = pass[size_t(units[size_t(x)].tile)].example;
+        const Item& it = items[size_t(b)][size_t(units[size_t(x)].item)];
+        tile.coefficients(it.token, coef.data(), bounds.data(), scratch.data());
+        tile.scan(it, cos + b * rows, sin + b * rows, coef.data(), bounds.data(), state.data(),
+                  parts + part_at[size_t(x)]);
       }
     }
     // Per query-head: the tokens' weights against the overall maximum, summed over their
     // items (consecutive, in key order), then the values.
+    std::vector<int64_t> span_at{0};  // the pass's query-heads: span x's from span_at[x]
+    for (const TileSpan& sp : pass) span_at.push_back(span_at.back() + sp.count);
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t u = 0; u < n; ++u) {
-      const int64_t qh = qh0 + u, h = qh / s.nq, i = qh % s.nq;
+    for (int64_t xu = 0; xu < span_at.back(); ++xu) {
+      const int64_t x = std::upper_bound(span_at.begin(), span_at.end(), xu) - span_at.begin() - 1;
+      const TileSpan& sp = pass[size_t(x)];
+      const int64_t u = xu - span_at[size_t(x)], qh = sp.qh0 + u, h = qh / s.nq, i = qh % s.nq;
+      const std::vector<Item>& its = items[size_t(sp.example)];
+      const int64_t u0 = units_of_tile[size_t(x)], u1 = units_of_tile[size_t(x) + 1];
+      auto part = [&](int64_t unit) -> const Partial& {
+        return parts[size_t(part_at[size_t(unit)] + u)];
+      };
       double top = -std::numeric_limits<double>::infinity();
-      for (int64_t x = 0; x < I; ++x) {
-        const Partial& p = parts[size_t(x * n + u)];
-        if (p.sum > 0) top = std::max(top, p.ref);
-      }
+      for (int64_t y = u0; y < u1; ++y)
+        if (part(y).sum > 0) top = std::max(top, part(y).ref);
       std::vector<double> out(size_t(D), 0.0);
       double total = 0;
       if (top > -std::numeric_limits<double>::infinity())
-        for (int64_t x = 0; x < I;) {
-          const int64_t t = items[size_t(x)].token;
+        for (int64_t y = u0; y < u1;) {
+          const int64_t t = its[size_t(y - u0)].token;
           double w = 0;
-          for (; x < I && items[size_t(x)].token == t; ++x) {
-            const Partial& p = parts[size_t(x * n + u)];
-            if (p.sum > 0) w += p.sum * std::exp2(p.ref - top);
-          }
+          for (; y < u1 && its[size_t(y - u0)].token == t; ++y)
+            if (part(y).sum > 0) w += part(y).sum * std::exp2(part(y).ref - top);
           if (w == 0) continue;
           total += w;
           const T* vt = value_table + t * width + h * D;
           for (int64_t c = 0; c < D; ++c) out[size_t(c)] += w * double(vt[c]);
         }
-      T* oq = o + i * width + h * D;
-      for (int64_t x = 0; x < D; ++x) oq[x] = total > 0 ? T(out[size_t(x)] / total) : T(0);
-      lse[h * s.nq + i] = total > 0 ? T(top / kLog2e + std::log(total))
-                                    : -std::numeric_limits<T>::infinity();
+      T* oq = o + (sp.example * s.nq + i) * width + h * D;
+      for (int64_t c = 0; c < D; ++c) oq[c] = total > 0 ? T(out[size_t(c)] / total) : T(0);
+      lse[(sp.example * H + h) * s.nq + i] =
+          total > 0 ? T(top / kLog2e + std::log(total)) : -std::numeric_limits<T>::infinity();
     }
   }
   return true;

@@ -51,6 +51,7 @@ enum class ScratchSlot : int {
   kPairedLinear,  // paired linear backward: per-thread bias-gradient sums
   kLayerNorm,     // LayerNorm backward: per-thread block sums
   kWidened,       // bfloat16 operands widened to T (cpu_ops_bf16.cpp; the calling thread)
+  kTokenParts,    // token-table attention: its work items' partial softmaxes (the caller)
   kCount
 };
 

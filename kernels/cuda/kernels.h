@@ -202,7 +202,7 @@ void attention_forward_decode_bf16_kv(cudaStream_t st, const AttentionShape& s, 
 // kTokenItemKeys visible keys of one token), one block per (item, kTokenTile query-heads)
 // sums each item's softmax weights, one block per query-head merges them per token and
 // applies the values. Shapes beyond kTokenMaxQueryHeads query-heads (nq * heads) or
-// kTokenMaxHeadDim are not covered: the op declines them.
+// kTokenMaxHeadDim are not covered, nor batch > 1: the op declines them.
 constexpr int64_t kTokenItemKeys = 1024;
 constexpr int64_t kTokenTile = 16;
 constexpr int64_t kTokenMaxQueryHeads = 4096;

@@ -300,6 +300,10 @@ TokenAttentionPlan token_attention_plan(const TokenAttentionShape& s) {
   if (s.nq < 0 || s.heads < 0 || s.vocab < 0 || s.stride < 0 || s.bands < 0) return p;
   if (s.head_dim < 1 || s.head_dim > kTokenMaxHeadDim || 2 * s.bands > s.head_dim) return p;
   if (QH > kTokenMaxQueryHeads) return p;
+  // Several examples with keys of their own (decoding's samples over their generated keys):
+  // not taken here yet; the decoder attends those keys as cache rows instead, which on a GPU
+  // cost little next to a call per sample.
+  if (s.batch != 1) return p;
   p.items = s.vocab + s.stride / kTokenItemKeys + 1;
   if (p.items > INT32_MAX) return p;
   p.covered = true;

@@ -72,6 +72,9 @@ TEST(TokenAttentionPlan, CoversDecodingShapesAndDeclinesLargeOnes) {
   TokenAttentionShape bad = decoding_shape(1);
   bad.bands = kHeadDim / 2 + 1;
   EXPECT_FALSE(tk::token_attention_plan(bad).covered) << "more bands than pairs of dimensions";
+  TokenAttentionShape batched = decoding_shape(1);
+  batched.batch = 4;  // samples over keys of their own: the decoder reads those as rows
+  EXPECT_FALSE(tk::token_attention_plan(batched).covered);
   TokenAttentionShape none = decoding_shape(0);
   EXPECT_TRUE(tk::token_attention_plan(none).covered);
   EXPECT_EQ(tk::token_attention_plan(none).bytes, 0u) << "no query: nothing to do";
