@@ -123,6 +123,7 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
            "  decode, 1 sample, steps                     990 replayed, 9 recorded (CUDA graphs)",
            "  decode, 1 sample, no graphs              2500.0 tokens/s (--cuda-graphs off)",
            "  decode, 16 samples, tokens/s in all    12000.00      target >= 10000   met",
+           "  decode, 16 samples, long                12000.0 tokens/s in all (4,000 tokens each: own keys as rows)",
            "  decode without tables, bf16 caches       1800.0 tokens/s (absolute positions; fp32 caches: 1200.0, 1.50x)",
            "--- the backend's paths (the targets' logs)\n",
            " attention cross: cuDNN 9.14.0 flash attention, keys read in place\n",

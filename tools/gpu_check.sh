@@ -38,7 +38,7 @@
 # 100M config at N = 131072 with --cross-attend-dropout 0 (the work PyTorch's model does),
 # the attention alone, N = 1,048,576, and cached decoding of 16 samples of one 130,068-token
 # prompt (`par bench --decode 1000 [--num-samples 16]`: one sample, and the tokens/s of 16
-# samples together).
+# samples together; and, last, 16 samples of 4,000 tokens each).
 # Exit status: 0 when all tests passed, 1 when some failed or did not run, 2 on setup errors.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -276,6 +276,9 @@ if [ -f "$target_config" ]; then
   # reads the whole cross cache: in bfloat16 (auto under bf16) and in float32.
   run_target decode1-abs --decode 300 --position-encoding absolute
   run_target decode1-abs-kvfp32 --decode 300 --position-encoding absolute --kv-storage fp32
+  # A longer generation of 16 samples: their own (generated) keys grow to 4,000 each, read
+  # as cache rows on the GPU (its token-table kernel declines the samples' batched call).
+  run_target decode16-long --decode 4000 --num-samples 16
 fi
 
 # ---- the yardstick: the same model in PyTorch, on this GPU, in this run ----
@@ -437,6 +440,12 @@ if j:
         "", j["cached_tokens_per_s_per_sample"], j["refills"]))
 else:
     print("  decode, 16 samples: " + why)
+j, why = js("decode16-long")
+if j:
+    print("  %-36s %10.1f tokens/s in all (4,000 tokens each: own keys as rows)" % (
+        "decode, 16 samples, long", j["cached_tokens_per_s"]))
+else:
+    print("  decode, 16 samples, long: " + why)
 # The yardstick: the same model in PyTorch on this GPU (bench/torch_reference.py).
 torch = {}
 for text in open(sys.argv[2]):
