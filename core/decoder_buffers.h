@@ -64,6 +64,8 @@ struct Decoder<T>::Buffers {
   T *saved_att, *saved_z0;  // one after the other: 2K blocks of M/2 rows
   T *step_att, *step_z0;    // a step's newest latent's, for saved_*: [K, d] one after the other
   T *cos, *sin;          // rotary tables for up to max(N, M) rows
+  // Host: the groups as they are made (group_window, group_own), kept for their memory.
+  TokenGroups<T> host_groups;
 
   void carve(Carver& c, const ModelConfig& cfg, int64_t K, int64_t cross_bands,
              int64_t self_bands, bool token_tables, bool cached, int64_t cache_width) {

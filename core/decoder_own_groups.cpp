@@ -44,18 +44,18 @@ void Decoder<T>::upload_own_keeps() {
 //     the 259 among them, 4 samples of 1,000 keys took 250 us in the call and 144 us as
 //     rows, 4 of 4,000 took 280-330 us against 576. So from 8 V own keys on;
 //   - then when the steps until the next refill would spend more on the keys after the
-//     groups than grouping them all again costs. Grouping G keys costs about 75 ns a key
-//     and sample (host and upload), a row 36 ns a step, so regrouping every R tokens costs
-//     75 G / R + 36 R / 2 ns a step and sample, least at R = 2 sqrt(G): 180 tokens at
-//     8,000 own keys, 720 at 131,072. Refills come every M/2 tokens, so this regroups at
-//     most that often.
+//     groups than grouping them all again costs. Grouping G keys costs about 28 ns a key
+//     and sample (host and upload; 0.8 ms for 4 samples of 7,483), a row 36 ns a step, so
+//     regrouping every R tokens costs 28 G / R + 36 R / 2 ns a step and sample, least at
+//     R = 1.25 sqrt(G): 110 tokens at 8,000 own keys, 450 at 131,072. Refills come every
+//     M/2 tokens, so this regroups at most that often.
 template <typename T>
 bool Decoder<T>::own_regroup_due(int64_t end) const {
   if (!token_tables_ || samples() == 1 || own_count_ == 0 || own_groups_declined_) return false;
   const int64_t own = end - own_first_, ungrouped = end - std::max(own_first_, own_groups_end_);
   if (ungrouped <= 0) return false;
   if (own_groups_end_ <= own_first_) return own >= 8 * cfg_.vocab_size;
-  return ungrouped * ungrouped >= 4 * own;
+  return 2 * ungrouped * ungrouped >= 3 * own;
 }
 
 // Groups each sample's own keys at positions [own_first_, end) (those in the window), end
@@ -85,12 +85,12 @@ void Decoder<T>::group_own(int64_t end) {
     own_groups_stride_ = rows;
   }
   // The samples' keys are at the same positions: one set of rotary rows for all.
-  std::vector<T> c, s;
-  make_rotary_tables(rot_cross_, first, count, c, s);
+  const T *c = nullptr, *s = nullptr;
+  group_rows_->rows(first, count, &c, &s);
   const int64_t rows = own_groups_stride_;
   for (int64_t k = 0; k < K; ++k) {
-    const TokenGroups<T> g = group_tokens<T>(seqs_[size_t(k)].tokens.data() + first, count,
-                                             first, V, B, c, s, rows);
+    TokenGroups<T>& g = b_->host_groups;
+    group_tokens<T>(seqs_[size_t(k)].tokens.data() + first, count, first, V, B, c, s, rows, g);
     ops_.upload(own_group_ + k * (V + 1), g.group.data(), g.group.size() * sizeof(int64_t));
     ops_.upload(own_group_pos_ + k * rows, g.pos.data(), g.pos.size() * sizeof(int64_t));
     ops_.upload(own_group_cos_ + k * B * rows, g.cos.data(), g.cos.size() * sizeof(T));

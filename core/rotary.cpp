@@ -35,6 +35,36 @@ void make_rotary_tables(const RotarySpec& spec, int64_t first, int64_t count,
     }
 }
 
+template <typename T>
+void RotaryRows<T>::rows(int64_t first, int64_t count, const T** cos_rows, const T** sin_rows) {
+  const int64_t B = spec_.bands;
+  if (first < first_ || first > first_ + count_) {  // nothing to keep
+    first_ = first;
+    count_ = 0;
+    cos_.clear();
+    sin_.clear();
+  }
+  if (first > first_) {  // forget the positions before `first`
+    const int64_t drop = first - first_;
+    cos_.erase(cos_.begin(), cos_.begin() + drop * B);
+    sin_.erase(sin_.begin(), sin_.begin() + drop * B);
+    first_ = first;
+    count_ -= drop;
+  }
+  if (count > count_) {
+    std::vector<T> c, s;
+    make_rotary_tables(spec_, first_ + count_, count - count_, c, s);
+    cos_.insert(cos_.end(), c.begin(), c.end());
+    sin_.insert(sin_.end(), s.begin(), s.end());
+    count_ = count;
+  }
+  *cos_rows = cos_.data();
+  *sin_rows = sin_.data();
+}
+
+template class RotaryRows<float>;
+template class RotaryRows<double>;
+
 template void make_rotary_tables<float>(const RotarySpec&, int64_t, int64_t, std::vector<float>&,
                                         std::vector<float>&);
 template void make_rotary_tables<double>(const RotarySpec&, int64_t, int64_t,

@@ -12,14 +12,14 @@ TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_
                             int64_t vocab, const RotarySpec& spec) {
   std::vector<T> c, s;
   make_rotary_tables(spec, first_position, count, c, s);
-  return group_tokens(tokens, count, first_position, vocab, spec.bands, c, s);
+  TokenGroups<T> g;
+  group_tokens(tokens, count, first_position, vocab, spec.bands, c.data(), s.data(), 0, g);
+  return g;
 }
 
 template <typename T>
-TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_position,
-                            int64_t vocab, int64_t bands, const std::vector<T>& c,
-                            const std::vector<T>& s, int64_t stride) {
-  TokenGroups<T> g;
+void group_tokens(const int32_t* tokens, int64_t count, int64_t first_position, int64_t vocab,
+                  int64_t bands, const T* c, const T* s, int64_t stride, TokenGroups<T>& g) {
   g.group.assign(size_t(vocab + 1), 0);
   for (int64_t i = 0; i < count; ++i) {
     PAR_ASSERT(tokens[i] >= 0 && tokens[i] < vocab, "token outside the vocabulary");
@@ -27,7 +27,6 @@ TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_
   }
   for (int64_t t = 0; t < vocab; ++t) g.group[size_t(t + 1)] += g.group[size_t(t)];
   const int64_t n = g.group.back(), B = bands;
-  PAR_ASSERT(int64_t(c.size()) >= count * B && int64_t(s.size()) >= count * B);
   PAR_ASSERT(stride == 0 || stride >= token_groups_stride(n), "rotary rows too short");
   g.stride = stride > 0 ? stride : token_groups_stride(n);
   g.pos.resize(size_t(n));
@@ -43,18 +42,15 @@ TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_
       g.sin[size_t(b * g.stride + j)] = s[size_t(i * B + b)];
     }
   }
-  return g;
 }
 
 template TokenGroups<float> group_tokens(const int32_t*, int64_t, int64_t, int64_t,
                                          const RotarySpec&);
 template TokenGroups<double> group_tokens(const int32_t*, int64_t, int64_t, int64_t,
                                           const RotarySpec&);
-template TokenGroups<float> group_tokens(const int32_t*, int64_t, int64_t, int64_t, int64_t,
-                                         const std::vector<float>&, const std::vector<float>&,
-                                         int64_t);
-template TokenGroups<double> group_tokens(const int32_t*, int64_t, int64_t, int64_t, int64_t,
-                                          const std::vector<double>&,
-                                          const std::vector<double>&, int64_t);
+template void group_tokens(const int32_t*, int64_t, int64_t, int64_t, int64_t, const float*,
+                           const float*, int64_t, TokenGroups<float>&);
+template void group_tokens(const int32_t*, int64_t, int64_t, int64_t, int64_t, const double*,
+                           const double*, int64_t, TokenGroups<double>&);
 
 }  // namespace par

@@ -29,13 +29,15 @@ template <typename T>
 TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_position,
                             int64_t vocab, const RotarySpec& spec);
 
-// The same with the rotary rows of the positions given ([count, bands], as
-// make_rotary_tables makes them: several samples' keys at the same positions share them),
-// and cos and sin rows `stride` apart (0: token_groups_stride of the keys; else at least that).
+// The same into g, its buffers reused (decoding regroups its window often, and fresh
+// memory can cost more than the grouping: ~10 us a page at first touch on a VM), with the
+// rotary rows of the positions given ([count, bands], as make_rotary_tables or RotaryRows
+// makes them), and cos and sin rows `stride` apart (0: token_groups_stride of the keys;
+// else at least that).
 template <typename T>
-TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_position,
-                            int64_t vocab, int64_t bands, const std::vector<T>& cos_rows,
-                            const std::vector<T>& sin_rows, int64_t stride = 0);
+void group_tokens(const int32_t* tokens, int64_t count, int64_t first_position, int64_t vocab,
+                  int64_t bands, const T* cos_rows, const T* sin_rows, int64_t stride,
+                  TokenGroups<T>& g);
 
 // The rows group_tokens makes room for with `count` keys (sizes of the backend buffers).
 inline int64_t token_groups_stride(int64_t count) { return (count + 31) / 16 * 16; }

@@ -145,13 +145,16 @@ void check_batch(int64_t nq, double tol) {
   std::vector<int64_t> group(size_t(batch * (V + 1))), pos(size_t(batch * stride));
   std::vector<T> cos(size_t(batch * B * stride)), sin(cos.size());
   std::vector<TokenGroups<T>> each;
+  TokenGroups<T> reused;
   std::mt19937_64 rng(7);
   for (int64_t b = 0; b < batch; ++b) {
     std::vector<int32_t> tokens(static_cast<size_t>(counts[b]));
     for (int32_t& t : tokens) t = int32_t(rng() % V);
     std::vector<T> c, sn;
     make_rotary_tables(spec, first, counts[b], c, sn);
-    each.push_back(group_tokens<T>(tokens.data(), counts[b], first, V, B, c, sn, stride));
+    // Into groups that held another example's before: nothing of those may stay.
+    group_tokens<T>(tokens.data(), counts[b], first, V, B, c.data(), sn.data(), stride, reused);
+    each.push_back(reused);
     const TokenGroups<T>& g = each.back();
     std::copy(g.group.begin(), g.group.end(), group.begin() + b * (V + 1));
     std::copy(g.pos.begin(), g.pos.end(), pos.begin() + b * stride);
@@ -196,6 +199,23 @@ TEST(TokenAttention, BatchOfExamplesWithKeysOfTheirOwn) {
   check_batch<double>(1, 0);
   check_batch<float>(20, 2e-5);  // 160 query-heads an example: passes split them
   check_batch<double>(20, 1e-12);
+}
+
+// RotaryRows: the rows of make_rotary_tables, bit for bit, as the range slides forward
+// (kept rows reused), grows, shrinks, jumps back and jumps past what it holds.
+TEST(TokenGroups, RotaryRowsEqualTheTablesAsTheRangeSlides) {
+  const RotarySpec spec = make_rotary_spec(32, 0.5, 131072);
+  RotaryRows<float> rows(spec);
+  const std::pair<int64_t, int64_t> ranges[] = {{130000, 2000}, {130500, 2000}, {130500, 2600},
+                                                {131000, 100},  {129000, 50},   {200000, 300}};
+  for (const auto& [first, count] : ranges) {
+    const float *c = nullptr, *s = nullptr;
+    rows.rows(first, count, &c, &s);
+    std::vector<float> ec, es;
+    make_rotary_tables(spec, first, count, ec, es);
+    EXPECT_EQ(std::vector<float>(c, c + ec.size()), ec) << first << " + " << count;
+    EXPECT_EQ(std::vector<float>(s, s + es.size()), es) << first << " + " << count;
+  }
 }
 
 TEST(TokenGroups, GroupsKeysByTokenInPositionOrderWithoutPad) {
