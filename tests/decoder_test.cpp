@@ -179,6 +179,22 @@ TEST(Decoder, LongPromptsEmptyPromptsAndSlidingWindow) {
   ops.deallocate(params);
 }
 
+const std::vector<int32_t> kSamplesPrompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
+
+// K decoders of one sample each, on `ops`, for `batch`'s K samples; `batch` and they all
+// started from kSamplesPrompt: the single runs that the samples decoded together must equal.
+template <typename T>
+std::vector<std::unique_ptr<Decoder<T>>> start_with_single_runs(
+    Decoder<T>& batch, const ModelConfig& c, Ops<T>& ops, const T* params, bool cached,
+    TokenTables tables, KeyValueStorage cache = KeyValueStorage::kNative) {
+  std::vector<std::unique_ptr<Decoder<T>>> single;
+  for (int64_t k = 0; k < batch.samples(); ++k)
+    single.push_back(std::make_unique<Decoder<T>>(c, ops, params, cached, tables, 1, cache));
+  batch.start(kSamplesPrompt);
+  for (auto& d : single) d->start(kSamplesPrompt);
+  return single;
+}
+
 // Several samples decoded as one batch against each decoded alone: sample k's token stream
 // (PAD and EOS included) goes to one Decoder of K samples and to a Decoder of its own. Past
 // N tokens the window slides: the prompt leaves the shared cache and the samples' own
@@ -192,12 +208,7 @@ void check_samples_equal_single_runs(bool cached, TokenTables tables, double tol
   T* params = upload_params(ops, params_for<T>(c, 11));
   const int64_t K = 3, V = c.vocab_size;
   Decoder<T> batch(c, ops, params, cached, tables, K, cache);
-  std::vector<std::unique_ptr<Decoder<T>>> single;
-  for (int64_t k = 0; k < K; ++k)
-    single.push_back(std::make_unique<Decoder<T>>(c, ops, params, cached, tables, 1, cache));
-  const std::vector<int32_t> prompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
-  batch.start(prompt);
-  for (auto& d : single) d->start(prompt);
+  const auto single = start_with_single_runs(batch, c, ops, params, cached, tables, cache);
   auto expect_rows = [&](int step) {
     for (int64_t k = 0; k < K; ++k) {
       const std::vector<T> row(batch.logits().begin() + k * V, batch.logits().begin() + (k + 1) * V);
@@ -235,12 +246,8 @@ TEST(DecoderSamples, SamplesWithEqualTokensEqualSingleRuns) {
   const int64_t K = 3, V = c.vocab_size;
   testing_util::TokenAttentionCalls<double> ops(cpu);
   Decoder<double> batch(c, ops, params, true, TokenTables::kOn, K);
-  std::vector<std::unique_ptr<Decoder<double>>> single;
-  for (int64_t k = 0; k < K; ++k)
-    single.push_back(std::make_unique<Decoder<double>>(c, cpu, params, true, TokenTables::kOn));
-  const std::vector<int32_t> prompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
-  batch.start(prompt);
-  for (auto& s : single) s->start(prompt);
+  const auto single =
+      start_with_single_runs<double>(batch, c, cpu, params, true, TokenTables::kOn);
   int64_t steps = 0;
   for (int step = 0; step < 60; ++step) {  // 70 tokens: the window slides past N = 64
     std::vector<int32_t> next;
@@ -280,12 +287,7 @@ void check_own_groups(double tol) {
     testing_util::TokenAttentionCalls<T> ops(cpu);
     if (decline) ops.max_batch = 1;
     Decoder<T> batch(c, ops, params, true, TokenTables::kOn, K);
-    std::vector<std::unique_ptr<Decoder<T>>> single;
-    for (int64_t k = 0; k < K; ++k)
-      single.push_back(std::make_unique<Decoder<T>>(c, cpu, params, true, TokenTables::kOn));
-    const std::vector<int32_t> prompt = {5, 7, 0, 9, 1, 4, 12, 3, 18, 6};
-    batch.start(prompt);
-    for (auto& d : single) d->start(prompt);
+    const auto single = start_with_single_runs<T>(batch, c, cpu, params, true, TokenTables::kOn);
     int64_t batched_before_slide = 0;
     for (int step = 0; step < 300; ++step) {  // 310 tokens: past N + M, and the own groups' start
       std::vector<int32_t> next;
