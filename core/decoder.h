@@ -155,6 +155,9 @@ class Decoder {
   bool own_regroup_due(int64_t end) const;
   void group_own(int64_t end);
   bool attend_own_groups(int64_t batch, int64_t nq, T* o, T* lse);
+  // Whether steps attend through the own groups (and read own_keep_tail_, which is kept up
+  // to date only then: one more upload per sample and step).
+  bool own_groups_in_use() const { return own_groups_end_ > 0 && !own_groups_declined_; }
   void release_own();
   void incremental(int64_t position);
   void cross_attend_newest();

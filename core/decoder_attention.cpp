@@ -112,7 +112,7 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
   }
   if (own_count_ > 0) {  // each sample's own entries: blocks of own_cap_ rows, empty rows not kept
     // The entries in the own groups through them, and the rest as rows.
-    const bool grouped = own_groups_end_ > 0 && !own_groups_declined_ &&
+    const bool grouped = own_groups_in_use() &&
                          part(LseLayout{batch, nq}, [&](T* o, T* lse) {
                            return attend_own_groups(batch, nq, o, lse);
                          });

@@ -5,9 +5,9 @@
 // much per key as a materialized attention does: over a long generation that came to
 // most of a 4-sample step (8,000 tokens: 0.62-0.73 ms of it on a 2-core Zen 5). So a
 // refill also groups each sample's own keys, as one sample's refills group its newest
-// keys: one block of groups per sample, attended with Ops::token_attention_forward, one
-// call per sample, and merged with the other parts by their log-sum-exps. Only the own
-// keys after the groups are still read as rows (own_keep_tail_).
+// keys: one block of groups per sample, all attended in one Ops::token_attention_forward
+// call (TokenAttentionShape::batch) and merged with the other parts by their log-sum-exps.
+// Only the own keys after the groups are still read as rows (own_keep_tail_).
 #include <algorithm>
 #include <cmath>
 #include <vector>
