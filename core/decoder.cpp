@@ -39,7 +39,7 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   token_tables_ = cached && !cfg.absolute_positions() &&
                   (tables == TokenTables::kAuto ? 4 * cfg.vocab_size <= cfg.context_length
                                                 : tables == TokenTables::kOn);
-  if (token_tables_) group_rows_ = std::make_unique<RotaryRows<T>>(rot_cross_);
+  if (token_tables_) window_tables_ = std::make_unique<SlidingRotaryTables<T>>(rot_cross_);
   if (cfg.absolute_positions()) positions_ = std::make_unique<PositionTable<T>>(ops_, cfg.d_model);
   seqs_.resize(size_t(samples));
   b_ = new Buffers;

@@ -255,7 +255,7 @@ class Decoder {
   // the groups, whose rotary rows are group_stride_ apart; none when groups_end_ == 0 (a
   // full pass).
   int64_t groups_end_ = 0, group_stride_ = 0;
-  std::unique_ptr<RotaryRows<T>> group_rows_;  // with token tables: for the groups' rows
+  std::unique_ptr<SlidingRotaryTables<T>> window_tables_;  // with token tables: the groups'
   // The steps' cross-attention kept for the next refill (refill_from_steps): rows for the
   // refill at length saved_for_length_, saved_rows_ of them so far.
   int64_t saved_for_length_ = -1, saved_rows_ = 0;

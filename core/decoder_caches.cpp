@@ -153,14 +153,14 @@ void Decoder<T>::reserve_own() {
 
 // The window's positions [first, first + count) of sample 0 (the prompt, or with one sample
 // everything up to there) grouped by token for Ops::token_attention_forward. The rotary
-// rows and the host buffers are kept from one grouping to the next (RotaryRows,
+// rows and the host buffers are kept from one grouping to the next (SlidingRotaryTables,
 // Buffers::host_groups): a refill of one sample regroups its whole window, and on
 // cpu-131k that took 69 ms made afresh, 27 ms kept.
 template <typename T>
 void Decoder<T>::group_window(int64_t first, int64_t count) {
   Buffers& b = *b_;
   const T *c = nullptr, *s = nullptr;
-  group_rows_->rows(first, count, &c, &s);
+  window_tables_->rows(first, count, &c, &s);
   TokenGroups<T>& g = b.host_groups;
   group_tokens<T>(seqs_[0].tokens.data() + first, count, first, cfg_.vocab_size,
                   rot_cross_.bands, c, s, 0, g);

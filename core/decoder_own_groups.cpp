@@ -86,7 +86,7 @@ void Decoder<T>::group_own(int64_t end) {
   }
   // The samples' keys are at the same positions: one set of rotary rows for all.
   const T *c = nullptr, *s = nullptr;
-  group_rows_->rows(first, count, &c, &s);
+  window_tables_->rows(first, count, &c, &s);
   const int64_t rows = own_groups_stride_;
   for (int64_t k = 0; k < K; ++k) {
     TokenGroups<T>& g = b_->host_groups;

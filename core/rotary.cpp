@@ -36,7 +36,8 @@ void make_rotary_tables(const RotarySpec& spec, int64_t first, int64_t count,
 }
 
 template <typename T>
-void RotaryRows<T>::rows(int64_t first, int64_t count, const T** cos_rows, const T** sin_rows) {
+void SlidingRotaryTables<T>::rows(int64_t first, int64_t count, const T** cos_rows,
+                                  const T** sin_rows) {
   const int64_t B = spec_.bands;
   if (first < first_ || first > first_ + count_) {  // nothing to keep
     first_ = first;
@@ -62,8 +63,8 @@ void RotaryRows<T>::rows(int64_t first, int64_t count, const T** cos_rows, const
   *sin_rows = sin_.data();
 }
 
-template class RotaryRows<float>;
-template class RotaryRows<double>;
+template class SlidingRotaryTables<float>;
+template class SlidingRotaryTables<double>;
 
 template void make_rotary_tables<float>(const RotarySpec&, int64_t, int64_t, std::vector<float>&,
                                         std::vector<float>&);

@@ -30,9 +30,9 @@ void make_rotary_tables(const RotarySpec& spec, int64_t first, int64_t count,
 // cosines of large angles. Regrouping cpu-131k's window of 127,197 keys took 69 ms with
 // its rows made afresh, 42 ms with them kept here.
 template <typename T>
-class RotaryRows {
+class SlidingRotaryTables {
  public:
-  explicit RotaryRows(RotarySpec spec) : spec_(std::move(spec)) {}
+  explicit SlidingRotaryTables(RotarySpec spec) : spec_(std::move(spec)) {}
   // Rows of positions [first, first + count) as make_rotary_tables makes them, valid until
   // the next call: cos at *cos_rows, sin at *sin_rows, [count, bands]. The positions before
   // `first` are forgotten.

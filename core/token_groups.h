@@ -31,9 +31,9 @@ TokenGroups<T> group_tokens(const int32_t* tokens, int64_t count, int64_t first_
 
 // The same into g, its buffers reused (decoding regroups its window often, and fresh
 // memory can cost more than the grouping: ~10 us a page at first touch on a VM), with the
-// rotary rows of the positions given ([count, bands], as make_rotary_tables or RotaryRows
-// makes them), and cos and sin rows `stride` apart (0: token_groups_stride of the keys;
-// else at least that).
+// rotary rows of the positions given ([count, bands], as make_rotary_tables or
+// SlidingRotaryTables makes them), and cos and sin rows `stride` apart (0:
+// token_groups_stride of the keys; else at least that).
 template <typename T>
 void group_tokens(const int32_t* tokens, int64_t count, int64_t first_position, int64_t vocab,
                   int64_t bands, const T* cos_rows, const T* sin_rows, int64_t stride,

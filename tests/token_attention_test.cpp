@@ -170,7 +170,8 @@ void check_batch(int64_t nq, double tol) {
                                           cos.data(), sin.data(), o.data(), lse.data()));
   for (int64_t b = 0; b < batch; ++b) {
     const TokenGroups<T>& g = each[size_t(b)];
-    TokenAttentionShape one{nq, heads, D, B, V, g.group.data(), g.pos.data(), stride, first + 2, scale};
+    TokenAttentionShape one{nq,           heads,    D,         B,    V, g.group.data(),
+                            g.pos.data(), stride, first + 2, scale};
     std::vector<T> o1(size_t(nq * width)), lse1(size_t(heads * nq));
     ASSERT_TRUE(ops.token_attention_forward(one, q.data() + b * nq * width, key_table.data(),
                                             value_table.data(), g.cos.data(), g.sin.data(),
@@ -201,11 +202,11 @@ TEST(TokenAttention, BatchOfExamplesWithKeysOfTheirOwn) {
   check_batch<double>(20, 1e-12);
 }
 
-// RotaryRows: the rows of make_rotary_tables, bit for bit, as the range slides forward
-// (kept rows reused), grows, shrinks, jumps back and jumps past what it holds.
-TEST(TokenGroups, RotaryRowsEqualTheTablesAsTheRangeSlides) {
+// SlidingRotaryTables: the rows of make_rotary_tables, bit for bit, as the range slides
+// forward (kept rows reused), grows, shrinks, jumps back and jumps past what it holds.
+TEST(TokenGroups, SlidingRotaryTablesEqualTheTablesAsTheRangeSlides) {
   const RotarySpec spec = make_rotary_spec(32, 0.5, 131072);
-  RotaryRows<float> rows(spec);
+  SlidingRotaryTables<float> rows(spec);
   const std::pair<int64_t, int64_t> ranges[] = {{130000, 2000}, {130500, 2000}, {130500, 2600},
                                                 {131000, 100},  {129000, 50},   {200000, 300}};
   for (const auto& [first, count] : ranges) {
