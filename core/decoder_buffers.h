@@ -20,6 +20,17 @@ namespace decoder_detail {
 // keeping the positions non-decreasing as Ops::attention_forward asks.
 constexpr int64_t kFarPosition = std::numeric_limits<int64_t>::max() / 2;
 
+// Groups made on the host (group_tokens) into a block of backend buffers: the shared
+// groups, or one sample's own.
+template <typename T>
+void upload_groups(Ops<T>& ops, const TokenGroups<T>& g, int64_t* group, int64_t* pos, T* cos,
+                   T* sin) {
+  ops.upload(group, g.group.data(), g.group.size() * sizeof(int64_t));
+  ops.upload(pos, g.pos.data(), g.pos.size() * sizeof(int64_t));
+  ops.upload(cos, g.cos.data(), g.cos.size() * sizeof(T));
+  ops.upload(sin, g.sin.data(), g.sin.size() * sizeof(T));
+}
+
 }  // namespace decoder_detail
 
 template <typename T>

@@ -164,10 +164,7 @@ void Decoder<T>::group_window(int64_t first, int64_t count) {
   TokenGroups<T>& g = b.host_groups;
   group_tokens<T>(seqs_[0].tokens.data() + first, count, first, cfg_.vocab_size,
                   rot_cross_.bands, c, s, 0, g);
-  ops_.upload(b.group, g.group.data(), g.group.size() * sizeof(int64_t));
-  ops_.upload(b.group_pos, g.pos.data(), g.pos.size() * sizeof(int64_t));
-  ops_.upload(b.group_cos, g.cos.data(), g.cos.size() * sizeof(T));
-  ops_.upload(b.group_sin, g.sin.data(), g.sin.size() * sizeof(T));
+  decoder_detail::upload_groups(ops_, g, b.group, b.group_pos, b.group_cos, b.group_sin);
   groups_end_ = first + count;
   group_stride_ = g.stride;
 }

@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "core/constants.h"
 #include "core/decoder_buffers.h"
 #include "core/error.h"
 
@@ -26,12 +25,12 @@ void Decoder<T>::upload_own_keeps() {
   const int64_t K = samples(), cap = own_cap_;
   std::vector<uint8_t> keep(static_cast<size_t>(2 * K * cap), 0);
   for (int64_t s = 0; s < K; ++s) {
-    const std::vector<int32_t>& tokens = seqs_[size_t(s)].tokens;
+    const std::vector<uint8_t> kept =
+        keep_of(seqs_[size_t(s)].tokens.data() + own_first_, own_count_);
     for (int64_t e = 0; e < own_count_; ++e) {
-      const int64_t position = own_first_ + e, row = own_head_ + e;
-      const uint8_t kept = tokens[size_t(position)] != kPadToken;
-      keep[size_t(s * cap + row)] = kept;
-      keep[size_t((K + s) * cap + row)] = kept && position >= own_groups_end_;
+      const int64_t row = own_head_ + e;
+      keep[size_t(s * cap + row)] = kept[size_t(e)];
+      keep[size_t((K + s) * cap + row)] = kept[size_t(e)] && own_first_ + e >= own_groups_end_;
     }
   }
   ops_.upload(own_keep_, keep.data(), keep.size());
@@ -91,10 +90,8 @@ void Decoder<T>::group_own(int64_t end) {
   for (int64_t k = 0; k < K; ++k) {
     TokenGroups<T>& g = b_->host_groups;
     group_tokens<T>(seqs_[size_t(k)].tokens.data() + first, count, first, V, B, c, s, rows, g);
-    ops_.upload(own_group_ + k * (V + 1), g.group.data(), g.group.size() * sizeof(int64_t));
-    ops_.upload(own_group_pos_ + k * rows, g.pos.data(), g.pos.size() * sizeof(int64_t));
-    ops_.upload(own_group_cos_ + k * B * rows, g.cos.data(), g.cos.size() * sizeof(T));
-    ops_.upload(own_group_sin_ + k * B * rows, g.sin.data(), g.sin.size() * sizeof(T));
+    decoder_detail::upload_groups(ops_, g, own_group_ + k * (V + 1), own_group_pos_ + k * rows,
+                                  own_group_cos_ + k * B * rows, own_group_sin_ + k * B * rows);
   }
   own_groups_end_ = end;
   upload_own_keeps();
