@@ -65,7 +65,9 @@ double fma_rate() {
 
 // Seconds per (query-head, 16 keys) of the kernel's arithmetic: 8 bands' rows of 16 keys in
 // registers, each of nq query-heads' 17 coefficients broadcast from memory; with_exp adds
-// the exponential and the running sum, as the bounded scan does.
+// the exponential and the running sum, as the bounded scan does. The score is the one of
+// Tile::score16 (kernels/cpu/token_attention.cpp) written out for 8 bands: a change there
+// belongs here too, or this stops measuring the kernel's arithmetic.
 template <bool with_exp>
 double bare_scan(int nq) {
   const int64_t keys = 2048, reps = 400;
