@@ -43,13 +43,10 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   if (cfg.absolute_positions()) positions_ = std::make_unique<PositionTable<T>>(ops_, cfg.d_model);
   seqs_.resize(size_t(samples));
   b_ = new Buffers;
-  Carver sizing;
-  b_->carve(sizing, cfg_, samples, rot_cross_.bands, rot_self_.bands, token_tables_, cached,
-            cache_width_);
-  memory_ = ops_.allocate(size_t(sizing.used));
-  Carver real{static_cast<char*>(memory_), 0};
-  b_->carve(real, cfg_, samples, rot_cross_.bands, rot_self_.bands, token_tables_, cached,
-            cache_width_);
+  memory_ = decoder_detail::allocate_carved(ops_, [&](Carver& c) {
+    b_->carve(c, cfg_, samples, rot_cross_.bands, rot_self_.bands, token_tables_, cached,
+              cache_width_);
+  });
   logits_.resize(size_t(samples * cfg.vocab_size));
   if (token_tables_) make_token_tables();
   // Steps are replayed by default where the backend keeps captures (set_step_capture).

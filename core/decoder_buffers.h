@@ -20,6 +20,18 @@ namespace decoder_detail {
 // keeping the positions non-decreasing as Ops::attention_forward asks.
 constexpr int64_t kFarPosition = std::numeric_limits<int64_t>::max() / 2;
 
+// One backend allocation for the pieces `carve` takes (a Carver's pass sizes it, a second
+// pass over the memory places them, so size and layout cannot disagree).
+template <typename T, typename F>
+void* allocate_carved(Ops<T>& ops, F&& carve) {
+  Carver sizing;
+  carve(sizing);
+  void* memory = ops.allocate(size_t(sizing.used));
+  Carver real{static_cast<char*>(memory), 0};
+  carve(real);
+  return memory;
+}
+
 // Groups made on the host (group_tokens) into a block of backend buffers: the shared
 // groups, or one sample's own.
 template <typename T>

@@ -120,11 +120,7 @@ void Decoder<T>::reserve_own() {
     pos = c.take<int64_t>(cap);
     keep = c.take<uint8_t>(2 * K * cap);  // own_keep_, then own_keep_tail_
   };
-  Carver sizing;
-  carve(sizing);
-  void* memory = ops_.allocate(size_t(sizing.used));
-  Carver real{static_cast<char*>(memory), 0};
-  carve(real);
+  void* memory = decoder_detail::allocate_carved(ops_, carve);
   const int64_t n = own_count_;
   // Rows read but not kept must be numbers (see above): those past the entries copied in
   // below, in each sample's block.

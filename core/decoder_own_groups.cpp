@@ -75,20 +75,16 @@ void Decoder<T>::group_own(int64_t end) {
       own_group_cos_ = c.take<T>(K * B * rows);
       own_group_sin_ = c.take<T>(K * B * rows);
     };
-    Carver sizing;
-    carve(sizing);
     if (own_groups_memory_) ops_.deallocate(own_groups_memory_);
-    own_groups_memory_ = ops_.allocate(size_t(sizing.used));
-    Carver real{static_cast<char*>(own_groups_memory_), 0};
-    carve(real);
+    own_groups_memory_ = decoder_detail::allocate_carved(ops_, carve);
     own_groups_stride_ = rows;
   }
   // The samples' keys are at the same positions: one set of rotary rows for all.
   const T *c = nullptr, *s = nullptr;
   window_tables_->rows(first, count, &c, &s);
   const int64_t rows = own_groups_stride_;
+  TokenGroups<T>& g = b_->host_groups;
   for (int64_t k = 0; k < K; ++k) {
-    TokenGroups<T>& g = b_->host_groups;
     group_tokens<T>(seqs_[size_t(k)].tokens.data() + first, count, first, V, B, c, s, rows, g);
     decoder_detail::upload_groups(ops_, g, own_group_ + k * (V + 1), own_group_pos_ + k * rows,
                                   own_group_cos_ + k * B * rows, own_group_sin_ + k * B * rows);
