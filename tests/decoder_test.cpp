@@ -270,7 +270,7 @@ TEST(DecoderSamples, SamplesWithEqualTokensEqualSingleRuns) {
   cpu.deallocate(params);
 }
 
-// Several samples' own keys, grouped by token at refills once there are 4 V of them
+// Several samples' own keys, grouped by token at refills once there are 8 V of them
 // (decoder_own_groups.cpp), and regrouped as they grow: still equal to single runs, whose
 // newest keys join the shared groups at other refills, also after the window has slid past
 // the prompt and the oldest own keys. A backend that declines the samples' batched call

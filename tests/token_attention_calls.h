@@ -1,7 +1,8 @@
 // A backend that counts the calls of Ops::token_attention_forward the decoder makes, and
 // declines those with more than `max_queries` queries or `max_batch` examples (as a GPU
-// kernel declines shapes it is not sized for): the tests see which calls went through the token tables, and that the
-// decoder falls back for a declined call without giving the tables up.
+// kernel declines shapes it is not sized for): the tests see which calls went through the
+// token tables, and that the decoder falls back for a declined call without giving the
+// tables up.
 #pragma once
 
 #include <cstdint>
