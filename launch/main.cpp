@@ -53,10 +53,12 @@ int main(int argc, char** argv) {
     } catch (const par::JobStopped& stop) {
       return stop.code;  // every rank has stopped; the failing ones said why
     } catch (const par::UserError& err) {
-      std::cerr << "par " << name << ": error: " << err.what() << "\n";
+      // Each line in one write: under mpirun, another rank's lines or mpirun's abort
+      // banner can otherwise land inside it.
+      std::cerr << par::cat("par ", name, ": error: ", err.what(), "\n") << std::flush;
       return 2;
     } catch (const std::exception& err) {
-      std::cerr << "par " << name << ": internal error: " << err.what() << "\n";
+      std::cerr << par::cat("par ", name, ": internal error: ", err.what(), "\n") << std::flush;
       return 1;
     }
   }

@@ -83,8 +83,9 @@ MpiEnvironment::~MpiEnvironment() {
   // MPI_Finalize waits for the other ranks; if this rank is unwinding from an error they
   // may be blocked in a collective it will never join, so end the job instead of hanging.
   if (std::uncaught_exceptions() > uncaught_at_start_) {
-    std::cerr << "par: " << rank_on_host()
-              << ": error: exception in flight at MPI shutdown, aborting the job\n";
+    std::cerr << cat("par: ", rank_on_host(),
+                     ": error: exception in flight at MPI shutdown, aborting the job\n")
+              << std::flush;
     abort(1);
   }
   MPI_Finalize();

@@ -8,6 +8,7 @@
 #include <exception>
 #include <iostream>
 
+#include "core/error.h"
 #include "parallel/mpi_environment.h"
 #include "parallel/mpi_error.h"
 
@@ -23,7 +24,8 @@ int main(int argc, char** argv) {
   try {
     rc = RUN_ALL_TESTS();
   } catch (const std::exception& e) {
-    std::cerr << "par_mpi_tests: " << par::rank_on_host() << ": error: " << e.what() << "\n";
+    std::cerr << par::cat("par_mpi_tests: ", par::rank_on_host(), ": error: ", e.what(), "\n")
+              << std::flush;
     env.abort(1);
   }
   // All ranks should agree already; take the worst so mpirun's status cannot hide a failure.

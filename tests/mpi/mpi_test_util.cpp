@@ -32,8 +32,9 @@ void expect_all_ranks_ok(const Failures& failures, const std::string& what) {
   check_mpi(MPI_Allgather(&mine, 1, MPI_INT64_T, counts.data(), 1, MPI_INT64_T, MPI_COMM_WORLD),
             "MPI_Allgather");
   if (mine > 0) {
-    std::cerr << "[" << rank_on_host() << "] " << what << ": " << mine << " failure(s):\n"
-              << failures.messages() << std::flush;
+    std::cerr << cat("[", rank_on_host(), "] ", what, ": ", mine, " failure(s):\n",
+                     failures.messages())
+              << std::flush;
   }
   std::string failed;
   int64_t total = 0;

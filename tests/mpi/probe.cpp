@@ -68,7 +68,7 @@ int64_t check_sum(Communicator& c, int world_rank, const char* name, int64_t wan
   for (int64_t i = 0; i < n; ++i) {
     bad += x[size_t(i)] != double(want_ranks_sum + c.size()) * double(i + 1);
   }
-  if (bad) std::cerr << "probe: " << rank_on_host() << ": group " << name << " wrong sums\n";
+  if (bad) std::cerr << cat("probe: ", rank_on_host(), ": group ", name, " wrong sums\n");
   return bad;
 }
 
@@ -144,8 +144,10 @@ int main(int argc, char** argv) {
     par::fail_in_loop(env, a);
   } catch (const std::exception& e) {
     // The other ranks are blocked in a collective: only an abort ends the job.
-    std::cerr << "par_mpi_probe: " << par::rank_on_host() << ": error: " << e.what()
-              << std::endl;
+    // One write for the whole line: mpirun relays each write apart, and its abort banner
+    // can otherwise land in the middle of the line.
+    std::cerr << par::cat("par_mpi_probe: ", par::rank_on_host(), ": error: ", e.what(), "\n")
+              << std::flush;
     env.abort(3);
   }
   return 0;
