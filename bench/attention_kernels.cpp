@@ -9,7 +9,6 @@
 #include <omp.h>
 
 #include <boost/program_options.hpp>
-#include <chrono>
 #include <cstdio>
 #include <cmath>
 #include <cstdint>
@@ -18,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/wall_clock.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/blas_setup.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -28,10 +28,7 @@ using par::cpu::AttentionBlocking;
 
 namespace {
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+using par::bench::wall_seconds;
 
 using Buffer = std::vector<float>;
 
@@ -104,19 +101,19 @@ int main(int argc, char** argv) {
   double gemm = 1e30;
   par::cpu::Workspace ws;
   for (int64_t r = 0; r < rounds; ++r) {
-    double t = now();
+    double t = wall_seconds();
     par::cpu::gemm<float>(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
-    gemm = std::min(gemm, now() - t);
+    gemm = std::min(gemm, wall_seconds() - t);
     for (Variant& x : variants) {
-      t = now();
+      t = wall_seconds();
       par::cpu::attention_forward_blocked<float>(s, q.data(), k.data(), v.data(), o.data(),
                                                  lse.data(), x.blocking, ws);
-      x.forward = std::min(x.forward, now() - t);
-      t = now();
+      x.forward = std::min(x.forward, wall_seconds() - t);
+      t = wall_seconds();
       par::cpu::attention_backward_blocked<float>(s, q.data(), k.data(), v.data(), o.data(),
                                                   g.data(), lse.data(), dq.data(), dk.data(),
                                                   dv.data(), x.blocking, ws);
-      x.backward = std::min(x.backward, now() - t);
+      x.backward = std::min(x.backward, wall_seconds() - t);
     }
   }
   // Products counted as in the model: forward q.k and p.v, backward four (not the recompute).

@@ -19,7 +19,6 @@
 
 #include <boost/program_options.hpp>
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -27,6 +26,7 @@
 #include <random>
 #include <vector>
 
+#include "bench/wall_clock.h"
 #include "core/rotary.h"
 #include "core/token_groups.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -41,10 +41,7 @@ namespace po = boost::program_options;
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 namespace {
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+using par::bench::wall_seconds;
 
 // Multiply-adds per second, 12 chains of 512-bit ones in registers.
 double fma_rate() {
@@ -52,7 +49,7 @@ double fma_rate() {
   for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(1.0f + 1e-3f * float(i));
   const __m512 m = _mm512_set1_ps(0.9999f), c = _mm512_set1_ps(1e-4f);
   const long n = 20'000'000;
-  const double t0 = now();
+  const double t0 = wall_seconds();
   for (long k = 0; k < n; ++k) {
     for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], m, c);
     // Keeps the chains in registers and the loop from being folded.
@@ -60,7 +57,7 @@ double fma_rate() {
                      "+v"(a[5]), "+v"(a[6]), "+v"(a[7]), "+v"(a[8]), "+v"(a[9]), "+v"(a[10]),
                      "+v"(a[11]));
   }
-  return 12.0 * double(n) / (now() - t0);
+  return 12.0 * double(n) / (wall_seconds() - t0);
 }
 
 // Seconds per (query-head, 16 keys) of the kernel's arithmetic: 8 bands' rows of 16 keys in
@@ -78,7 +75,7 @@ double bare_scan(int nq) {
   }
   for (size_t i = 0; i < coef.size(); ++i) coef[i] = 0.1f * float(std::sin(double(i)));
   for (int u = 0; u < nq; ++u) coef[size_t(u) * 17] = -2.0f;  // scores below 0, as bounded
-  const double t0 = now();
+  const double t0 = wall_seconds();
   for (int64_t r = 0; r < reps; ++r)
     for (int64_t j = 0; j < keys; j += 16) {
       __m512 rc[8], rs[8];
@@ -105,7 +102,7 @@ double bare_scan(int nq) {
         _mm512_storeu_ps(acc, _mm512_add_ps(_mm512_loadu_ps(acc), s));
       }
     }
-  const double t = now() - t0;
+  const double t = wall_seconds() - t0;
   float keep = 0;
   for (float x : sums) keep += x;
   if (keep == 12345.0f) std::printf(" ");  // the sums are used
@@ -153,12 +150,12 @@ struct Window {
     s.scale = 1.0 / std::sqrt(double(head_dim));
     double best = 1e30;
     for (int r = 0; r < rounds; ++r) {
-      const double t0 = now();
+      const double t0 = wall_seconds();
       const int calls = 20;
       for (int c = 0; c < calls; ++c)
         ops.token_attention_forward(s, q.data(), key_table.data(), value_table.data(),
                                     groups.cos.data(), groups.sin.data(), o.data(), lse.data());
-      best = std::min(best, (now() - t0) / calls);
+      best = std::min(best, (wall_seconds() - t0) / calls);
     }
     return best;
   }

@@ -1,7 +1,7 @@
 // The CPU attention's exponentials against double-precision references, in ulps of the
 // correctly rounded float: fast_expf (the blocked sgemm path and decoding), exp2_16 (the
 // fused AVX-512 path, whose scores are in base-2 units), exp2_16_short and exp2_16_floor
-// (the token-table attention's). Every 2^k-th float of the ranges the softmax feeds them
+// (the token-table attention's), and exp2_8_floor (the same on CPUs with AVX2 alone). Every 2^k-th float of the ranges the softmax feeds them
 // is checked, so a wrong coefficient or a broken range reduction anywhere in the range
 // shows.
 #include <gtest/gtest.h>
@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/cpu/exp2_avx2.h"
 #include "kernels/cpu/exp2_avx512.h"
 #include "kernels/cpu/fast_exp.h"
 
@@ -56,20 +57,6 @@ TEST(CpuExp, FastExpfIsWithinTwoUlps) {
   EXPECT_EQ(cpu::fast_expf(-1000.0f), 0.0f);
 }
 
-#if defined(__AVX512F__)
-// Lane 0 of a 16-float exponential of y.
-template <__m512 (*Exp2)(__m512)>
-float lane(float y) {
-  alignas(64) float out[16];
-  _mm512_store_ps(out, Exp2(_mm512_set1_ps(y)));
-  return out[0];
-}
-constexpr auto exp2_lane = lane<cpu::exp2_16>;
-constexpr auto exp2_short_lane = lane<cpu::exp2_16_short>;
-#if defined(__AVX512DQ__)
-constexpr auto exp2_floor_lane = lane<cpu::exp2_16_floor>;
-#endif
-
 // The worst ulps of an exponential over every 61st float of the softmax's range, y in
 // [-126, 0] (score - max <= 0; below -126 the result leaves the normal floats, and those
 // probabilities are too small to move a sum of at least 1), and where it is.
@@ -85,6 +72,20 @@ Worst worst_on_softmax_range(float (*exp2)(float)) {
   });
   return w;
 }
+
+#if defined(__AVX512F__)
+// Lane 0 of a 16-float exponential of y.
+template <__m512 (*Exp2)(__m512)>
+float lane(float y) {
+  alignas(64) float out[16];
+  _mm512_store_ps(out, Exp2(_mm512_set1_ps(y)));
+  return out[0];
+}
+constexpr auto exp2_lane = lane<cpu::exp2_16>;
+constexpr auto exp2_short_lane = lane<cpu::exp2_16_short>;
+#if defined(__AVX512DQ__)
+constexpr auto exp2_floor_lane = lane<cpu::exp2_16_floor>;
+#endif
 
 TEST(CpuExp, VectorExp2IsWithinOneUlpOnTheSoftmaxRange) {
   const Worst w = worst_on_softmax_range(exp2_lane);
@@ -129,6 +130,50 @@ TEST(CpuExp, VectorExp2IsExactAtZeroAndVanishesFarBelow) {
     EXPECT_EQ(exp2(-1e30f), 0.0f);  // past 2^23 the rounding must still give 0
   }
 }
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+// Lane 0 of exp2_8_floor of y.
+float exp2_floor8_lane(float y) {
+  alignas(32) float out[8];
+  _mm256_store_ps(out, cpu::exp2_8_floor(_mm256_set1_ps(y)));
+  return out[0];
+}
+
+// The AVX2 one of the bounded scan: as exp2_16_floor, within 2.6 ulp, exact at integers, 0
+// far below, and every lane its own.
+TEST(CpuExp, FloorVectorExp2OnEightLanes) {
+  const Worst w = worst_on_softmax_range(exp2_floor8_lane);
+  EXPECT_LE(w.ulps, 2.6) << "at y = " << w.y;
+  for (int k = 0; k <= 126; ++k) EXPECT_EQ(exp2_floor8_lane(-float(k)), std::ldexp(1.0f, -k)) << k;
+  EXPECT_EQ(exp2_floor8_lane(-0.0f), 1.0f);
+  EXPECT_EQ(exp2_floor8_lane(-200.0f), 0.0f);
+  EXPECT_EQ(exp2_floor8_lane(-1e30f), 0.0f);
+  // Subnormal results, rounded once: 2^-140 exactly, 1.25 and 1.75 times the smallest
+  // subnormal (2^-149) to 1 and 2 times it.
+  EXPECT_EQ(exp2_floor8_lane(-140.0f), std::ldexp(1.0f, -140));
+  EXPECT_EQ(exp2_floor8_lane(-149.0f + std::log2(1.25f)), std::ldexp(1.0f, -149));
+  EXPECT_EQ(exp2_floor8_lane(-149.0f + std::log2(1.75f)), std::ldexp(1.0f, -148));
+  alignas(32) float in[8], out[8];
+  for (int i = 0; i < 8; ++i) in[i] = -0.37f * float(i * i);
+  _mm256_store_ps(out, cpu::exp2_8_floor(_mm256_load_ps(in)));
+  for (int i = 0; i < 8; ++i) EXPECT_LE(ulps(out[i], std::exp2(double(in[i]))), 2.6) << i;
+}
+
+#if defined(__AVX512DQ__)
+// The same bits as exp2_16_floor for every finite y below 64, subnormal results included,
+// so the token-table scan gives the same partials with or without AVX-512.
+TEST(CpuExp, FloorVectorExp2OnEightLanesEqualsSixteen) {
+  int64_t differ = 0;
+  float first = 0;
+  auto check = [&](float y) {
+    if (exp2_floor8_lane(y) != exp2_floor_lane(y) && differ++ == 0) first = y;
+  };
+  sweep(-0.0f, -200.0f, 7, check);
+  sweep(0.0f, 63.9f, 61, check);
+  EXPECT_EQ(differ, 0) << "first at y = " << first;
+}
+#endif
 #endif
 
 }  // namespace

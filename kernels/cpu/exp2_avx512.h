@@ -13,6 +13,8 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
+#include "kernels/cpu/exp2_floor_polynomial.h"
+
 namespace par::cpu {
 
 // sum of c[i] f^(N-1-i) by Horner's rule: the coefficients from the highest degree down.
@@ -53,16 +55,13 @@ inline __m512 exp2_16_short(__m512 y) {
 
 // 2^y for y <= 0 with 7 vector operations: f = y - floor(y) in [0, 1) in one (reduce), and
 // scalef's own floor of y for the power of two, so that no rounded copy of y is needed. The
-// polynomial (degree 5, minimax-like by iterated weighted least squares of the relative
-// error, with p(0) = 1 and p(1) = 2, so integers are exact from both sides) has a relative
-// error of 9.2e-8 in exact arithmetic; in float, within 2.6 ulp of exp2 for y in [-126, 0]
-// (tests/cpu_exp_test.cpp). For the bounded scan of the token-table attention.
+// polynomial (kernels/cpu/exp2_floor_polynomial.h) keeps it within 2.6 ulp of exp2 for y in
+// [-126, 0] in float (tests/cpu_exp_test.cpp). For the bounded scan of the token-table
+// attention; exp2_8_floor (kernels/cpu/exp2_avx2.h) is the same on 8 lanes.
 #if defined(__AVX512DQ__)
 inline __m512 exp2_16_floor(__m512 y) {
   const __m512 f = _mm512_reduce_ps(y, _MM_FROUND_TO_NEG_INF);
-  constexpr float c[] = {1.8793182680383325e-3f, 8.990995585918427e-3f, 5.581867694854736e-2f,
-                         2.40159273147583e-1f,   6.931517124176025e-1f, 1.0f};
-  return _mm512_scalef_ps(polynomial_16(f, c), y);
+  return _mm512_scalef_ps(polynomial_16(f, kExp2FloorPolynomial), y);
 }
 #endif
 

@@ -26,6 +26,7 @@
 
 #include "kernels/cpu/avx512_intrinsics.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/exp2_avx2.h"
 #include "kernels/cpu/exp2_avx512.h"
 
 namespace par::cpu {
@@ -267,6 +268,90 @@ struct Tile {
   }
 #endif
 
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512DQ__)
+  // scan_bounded_avx512 for CPUs with AVX2 but no AVX-512, lane for lane: each 16 keys as
+  // two halves of 8 (the 512-bit vector's lanes 0-7 and 8-15), with score16's chains, the
+  // same exponential (exp2_8_floor), a sum per lane, and _mm512_reduce_add_ps's order at
+  // the end, so the partials have the same bits. The rotary rows are read from L1 for each
+  // query-head (16 vector registers hold no more than the chains and the broadcasts); the
+  // two halves share each broadcast coefficient.
+  struct Halves {
+    __m256 lo, hi;
+  };
+  Halves score16_avx2(const float* c, const float* cos, const float* sin, int64_t j) const {
+    const int64_t B = s.bands;
+    auto row_c = [&](int64_t b, int h) { return _mm256_loadu_ps(cos + b * s.stride + j + 8 * h); };
+    auto row_s = [&](int64_t b, int h) { return _mm256_loadu_ps(sin + b * s.stride + j + 8 * h); };
+    auto bc = [&](int64_t i) { return _mm256_set1_ps(c[i]); };
+    __m256 out[2];
+    if (B < 2) {
+      for (int h = 0; h < 2; ++h) {
+        __m256 a = bc(0);
+        for (int64_t b = 0; b < B; ++b) {
+          a = _mm256_fmadd_ps(row_c(b, h), bc(1 + b), a);
+          a = _mm256_fmadd_ps(row_s(b, h), bc(1 + B + b), a);
+        }
+        out[h] = a;
+      }
+      return Halves{out[0], out[1]};
+    }
+    __m256 a0[2], a1[2], a2[2], a3[2];
+    for (int h = 0; h < 2; ++h) {
+      a0[h] = bc(0);
+      a1[h] = _mm256_mul_ps(row_c(1, h), bc(2));
+      a2[h] = _mm256_mul_ps(row_s(0, h), bc(1 + B));
+      a3[h] = _mm256_mul_ps(row_s(1, h), bc(2 + B));
+      a0[h] = _mm256_fmadd_ps(row_c(0, h), bc(1), a0[h]);
+    }
+    for (int64_t b = 2; b + 1 < B; b += 2) {
+      const __m256 cc0 = bc(1 + b), cc1 = bc(2 + b), cs0 = bc(1 + B + b), cs1 = bc(2 + B + b);
+      for (int h = 0; h < 2; ++h) {
+        a0[h] = _mm256_fmadd_ps(row_c(b, h), cc0, a0[h]);
+        a1[h] = _mm256_fmadd_ps(row_c(b + 1, h), cc1, a1[h]);
+        a2[h] = _mm256_fmadd_ps(row_s(b, h), cs0, a2[h]);
+        a3[h] = _mm256_fmadd_ps(row_s(b + 1, h), cs1, a3[h]);
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      if (B % 2) {
+        a0[h] = _mm256_fmadd_ps(row_c(B - 1, h), bc(B), a0[h]);
+        a2[h] = _mm256_fmadd_ps(row_s(B - 1, h), bc(2 * B), a2[h]);
+      }
+      out[h] = _mm256_add_ps(_mm256_add_ps(a0[h], a1[h]), _mm256_add_ps(a2[h], a3[h]));
+    }
+    return Halves{out[0], out[1]};
+  }
+  void scan_bounded_avx2(const Item& it, const float* coef, const float* cos, const float* sin,
+                         const double* refs, float* sums, Partial* out) const {
+    const int64_t R = 1 + 2 * s.bands;
+    for (int64_t u = 0; u < 16 * count; u += 8) _mm256_storeu_ps(sums + u, _mm256_setzero_ps());
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t j = it.begin; j < it.end; j += 16) {
+      // The lanes of keys before the item's end: all ones, else zeros (x & 0 = +0, and
+      // sum + 0 = sum, as the masked add leaves it).
+      const int n = int(std::min<int64_t>(16, it.end - j));
+      const __m256 lo = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
+      const __m256 hi = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), lane));
+      for (int64_t u = 0; u < count; ++u) {
+        const Halves score = score16_avx2(coef + u * R, cos, sin, j);
+        float* sum = sums + u * 16;
+        _mm256_storeu_ps(sum, _mm256_add_ps(_mm256_loadu_ps(sum),
+                                            _mm256_and_ps(exp2_8_floor(score.lo), lo)));
+        _mm256_storeu_ps(sum + 8, _mm256_add_ps(_mm256_loadu_ps(sum + 8),
+                                                _mm256_and_ps(exp2_8_floor(score.hi), hi)));
+      }
+    }
+    for (int64_t u = 0; u < count; ++u) {
+      // _mm512_reduce_add_ps (GCC's): the halves, then the 128-bit halves, then pairs.
+      const __m256 h = _mm256_add_ps(_mm256_loadu_ps(sums + u * 16 + 8), _mm256_loadu_ps(sums + u * 16));
+      const __m128 q = _mm_add_ps(_mm256_extractf128_ps(h, 1), _mm256_castps256_ps128(h));
+      const __m128 p = _mm_add_ps(q, _mm_shuffle_ps(q, q, _MM_SHUFFLE(1, 0, 3, 2)));
+      const float total = _mm_cvtss_f32(p) + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 1));
+      out[u] = Partial{refs[u], double(total)};
+    }
+  }
+#endif
+
 #if defined(__AVX512F__)
   // The same for float with whole vectors of 8 doubles: each group of 16 rotary dimensions
   // gives 8 bands (8 dimensions, 4), its products' adjacent pairs summed (the same sums as
@@ -365,6 +450,10 @@ struct Tile {
       if (s.bands == 4) return scan_avx512<4>(it, coef, cos, sin, state, out);
       return scan_avx512<0>(it, coef, cos, sin, state, out);
     }
+#elif defined(__AVX2__) && defined(__FMA__)
+    if constexpr (sizeof(T) == 4)
+      if (s.bands > 0 && bounded_references(coef, bounds, bounds + count))
+        return scan_bounded_avx2(it, coef, cos, sin, bounds + count, state, out);
 #endif
     (void)state;
     (void)bounds;
