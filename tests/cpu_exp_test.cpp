@@ -1,9 +1,9 @@
 // The CPU attention's exponentials against double-precision references, in ulps of the
 // correctly rounded float: fast_expf (the blocked sgemm path and decoding), exp2_16 (the
 // fused AVX-512 path, whose scores are in base-2 units), exp2_16_short and exp2_16_floor
-// (the token-table attention's), and exp2_8_floor (the same on CPUs with AVX2 alone). Every 2^k-th float of the ranges the softmax feeds them
-// is checked, so a wrong coefficient or a broken range reduction anywhere in the range
-// shows.
+// (the token-table attention's), and exp2_8_floor (the same on CPUs with AVX2 alone).
+// Every 2^k-th float of the ranges the softmax feeds them is checked, so a wrong
+// coefficient or a broken range reduction anywhere in the range shows.
 #include <gtest/gtest.h>
 
 #include <cmath>

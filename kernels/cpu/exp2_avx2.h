@@ -3,10 +3,11 @@
 // (kernels/cpu/token_attention.cpp).
 //
 // exp2_8_floor is exp2_16_floor (kernels/cpu/exp2_avx512.h) on 8 lanes, with the same bits
-// for every finite y below 64 (the scan's are at most 0, up to rounding): f = y - floor(y) is exact in both, the polynomial and its Horner
-// steps are the same, and AVX2 has no scalef, so the power of two is built in the exponent
-// field: p * 2^(n + 64), exact while it stays a normal float, then * 2^-64, which rounds
-// once where the result is subnormal, as scalef does. tests/cpu_exp_test.cpp checks both.
+// for every finite y below 64 (the scan's are at most 0, up to rounding): f = y - floor(y)
+// is exact in both, the polynomial and its Horner steps are the same, and AVX2 has no
+// scalef, so the power of two is built in the exponent field: p * 2^(n + 64), exact while
+// it stays a normal float, then * 2^-64, which rounds once where the result is subnormal,
+// as scalef does. tests/cpu_exp_test.cpp checks both.
 #pragma once
 
 #if defined(__AVX2__) && defined(__FMA__)

@@ -343,7 +343,8 @@ struct Tile {
     }
     for (int64_t u = 0; u < count; ++u) {
       // _mm512_reduce_add_ps (GCC's): the halves, then the 128-bit halves, then pairs.
-      const __m256 h = _mm256_add_ps(_mm256_loadu_ps(sums + u * 16 + 8), _mm256_loadu_ps(sums + u * 16));
+      const float* sum = sums + u * 16;
+      const __m256 h = _mm256_add_ps(_mm256_loadu_ps(sum + 8), _mm256_loadu_ps(sum));
       const __m128 q = _mm_add_ps(_mm256_extractf128_ps(h, 1), _mm256_castps256_ps128(h));
       const __m128 p = _mm_add_ps(q, _mm_shuffle_ps(q, q, _MM_SHUFFLE(1, 0, 3, 2)));
       const float total = _mm_cvtss_f32(p) + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 1));
