@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "kernels/cpu/exp2_avx2.h"
 #include "kernels/cpu/exp2_avx512.h"
@@ -133,11 +134,32 @@ TEST(CpuExp, VectorExp2IsExactAtZeroAndVanishesFarBelow) {
 #endif
 
 #if defined(__AVX2__) && defined(__FMA__)
-// Lane 0 of exp2_8_floor of y.
-float exp2_floor8_lane(float y) {
+// Lane 0 of an 8-float exponential of y.
+template <__m256 (*Exp2)(__m256)>
+float lane8(float y) {
   alignas(32) float out[8];
-  _mm256_store_ps(out, cpu::exp2_8_floor(_mm256_set1_ps(y)));
+  _mm256_store_ps(out, Exp2(_mm256_set1_ps(y)));
   return out[0];
+}
+constexpr auto exp2_8_lane = lane8<cpu::exp2_8>;
+constexpr auto exp2_short8_lane = lane8<cpu::exp2_8_short>;
+constexpr auto exp2_floor8_lane = lane8<cpu::exp2_8_floor>;
+
+// The AVX2 twins of exp2_16 and exp2_16_short, for the token-table scan's running
+// references: within 1.1 and 2.5 ulp, exact at 0 and -1, 0 far below, every lane its own.
+TEST(CpuExp, VectorExp2OnEightLanes) {
+  EXPECT_LE(worst_on_softmax_range(exp2_8_lane).ulps, 1.1);
+  EXPECT_LE(worst_on_softmax_range(exp2_short8_lane).ulps, 2.5);
+  for (float (*exp2)(float) : {exp2_8_lane, exp2_short8_lane}) {
+    EXPECT_EQ(exp2(0.0f), 1.0f);
+    EXPECT_EQ(exp2(-1.0f), 0.5f);
+    EXPECT_EQ(exp2(-200.0f), 0.0f);
+    EXPECT_EQ(exp2(-1e30f), 0.0f);
+  }
+  alignas(32) float in[8], out[8];
+  for (int i = 0; i < 8; ++i) in[i] = -0.37f * float(i * i);
+  _mm256_store_ps(out, cpu::exp2_8(_mm256_load_ps(in)));
+  for (int i = 0; i < 8; ++i) EXPECT_LE(ulps(out[i], std::exp2(double(in[i]))), 1.1) << i;
 }
 
 // The AVX2 one of the bounded scan: as exp2_16_floor, within 2.6 ulp, exact at integers, 0
@@ -161,17 +183,28 @@ TEST(CpuExp, FloorVectorExp2OnEightLanes) {
 }
 
 #if defined(__AVX512DQ__)
-// The same bits as exp2_16_floor for every finite y below 64, subnormal results included,
-// so the token-table scan gives the same partials with or without AVX-512.
-TEST(CpuExp, FloorVectorExp2OnEightLanesEqualsSixteen) {
-  int64_t differ = 0;
-  float first = 0;
-  auto check = [&](float y) {
-    if (exp2_floor8_lane(y) != exp2_floor_lane(y) && differ++ == 0) first = y;
-  };
-  sweep(-0.0f, -200.0f, 7, check);
-  sweep(0.0f, 63.9f, 61, check);
-  EXPECT_EQ(differ, 0) << "first at y = " << first;
+// exp2_8 and exp2_8_short give the 16-lane ones' bits for every finite y below 64,
+// subnormal results included, so the token-table scan's running references give the same
+// partials with or without AVX-512. exp2_8_floor gives exp2_16_floor's for y <= -1/2 (its f
+// = y - floor(y) is exact there; above, AVX-512 rounds it down and AVX2 to nearest).
+TEST(CpuExp, EightLanesEqualSixteen) {
+  const std::pair<float (*)(float), float (*)(float)> twins[] = {
+      {exp2_8_lane, exp2_lane}, {exp2_short8_lane, exp2_short_lane},
+      {exp2_floor8_lane, exp2_floor_lane}};
+  for (int k = 0; k < 3; ++k) {
+    int64_t differ = 0;
+    float first = 0;
+    auto check = [&](float y) {
+      if (twins[k].first(y) != twins[k].second(y) && differ++ == 0) first = y;
+    };
+    if (k < 2) {
+      sweep(-0.0f, -200.0f, 61, check);
+      sweep(0.0f, 63.9f, 61, check);
+    } else {
+      sweep(-0.5f, -200.0f, 61, check);
+    }
+    EXPECT_EQ(differ, 0) << "exponential " << k << ", first at y = " << first;
+  }
 }
 #endif
 #endif

@@ -13,7 +13,7 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
-#include "kernels/cpu/exp2_floor_polynomial.h"
+#include "kernels/cpu/exp2_polynomials.h"
 
 namespace par::cpu {
 
@@ -31,31 +31,23 @@ inline __m512 exp2_16(__m512 y) {
   const __m512 round = _mm512_set1_ps(12582912.0f);
   const __m512 n = _mm512_sub_ps(_mm512_add_ps(y, round), round);
   const __m512 f = _mm512_sub_ps(y, n);  // in [-1/2, 1/2]
-  // Minimax polynomial for 2^f on [-1/2, 1/2] (relative error 1.7e-8 in exact arithmetic),
-  // fitted by Remez exchange; its constant term rounds to 1 in float.
-  constexpr float c[] = {1.5789363885412958e-4f, 1.339230863449595e-3f, 9.617029882908003e-3f,
-                         5.550347527550911e-2f,  2.4022658646335704e-1f, 6.931471971852183e-1f,
-                         1.0f};
-  return _mm512_scalef_ps(polynomial_16(f, c), n);
+  return _mm512_scalef_ps(polynomial_16(f, kExp2Polynomial), n);
 }
 
 // The same with 8 vector operations instead of 10, for the token-table attention of
 // decoding (kernels/cpu/token_attention.cpp), which takes one 2^y per key, query and head
 // and is bound by the vector ports: the rounding by roundscale, and a polynomial one
 // degree lower (relative error 1.0e-7 with its float coefficients: within 2.5 ulp,
-// tests/cpu_exp_test.cpp).
+// tests/cpu_exp_test.cpp). exp2_16 and exp2_16_short have AVX2 twins too (exp2_avx2.h).
 inline __m512 exp2_16_short(__m512 y) {
   const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(y, n);  // in [-1/2, 1/2]
-  // Least squares of the relative error on Chebyshev nodes, constant term 1.
-  constexpr float c[] = {1.3218672510344547e-3f, 9.671697938666934e-3f, 5.5508929523716756e-2f,
-                         2.402223800273587e-1f,  6.931468559417268e-1f, 1.0f};
-  return _mm512_scalef_ps(polynomial_16(f, c), n);
+  return _mm512_scalef_ps(polynomial_16(f, kExp2ShortPolynomial), n);
 }
 
 // 2^y for y <= 0 with 7 vector operations: f = y - floor(y) in [0, 1) in one (reduce), and
 // scalef's own floor of y for the power of two, so that no rounded copy of y is needed. The
-// polynomial (kernels/cpu/exp2_floor_polynomial.h) keeps it within 2.6 ulp of exp2 for y in
+// polynomial (kernels/cpu/exp2_polynomials.h) keeps it within 2.6 ulp of exp2 for y in
 // [-126, 0] in float (tests/cpu_exp_test.cpp). For the bounded scan of the token-table
 // attention; exp2_8_floor (kernels/cpu/exp2_avx2.h) is the same on 8 lanes.
 #if defined(__AVX512DQ__)

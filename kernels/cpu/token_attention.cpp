@@ -269,15 +269,32 @@ struct Tile {
 #endif
 
 #if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512DQ__)
-  // scan_bounded_avx512 for CPUs with AVX2 but no AVX-512, lane for lane: each 16 keys as
+  // The AVX-512 scans for CPUs with AVX2 but no AVX-512, lane for lane: each 16 keys as
   // two halves of 8 (the 512-bit vector's lanes 0-7 and 8-15), with score16's chains, the
-  // same exponential (exp2_8_floor), a sum per lane, and _mm512_reduce_add_ps's order at
-  // the end, so the partials have the same bits. The rotary rows are read from L1 for each
+  // same exponentials (exp2_avx2.h), the same per-lane state, and _mm512_reduce_add_ps's
+  // order at the end. So the partials have the same bits, except that the bounded scan's
+  // exponential may differ in its last bit for scores within 1/2 below the reference. The rotary rows are read from L1 for each
   // query-head (16 vector registers hold no more than the chains and the broadcasts); the
   // two halves share each broadcast coefficient.
   struct Halves {
     __m256 lo, hi;
   };
+  // The lanes of the first n keys of 16: all ones, else zeros (x & 0 = +0, and sum + 0 =
+  // sum, as AVX-512's masked add leaves it).
+  static Halves lanes_before(int64_t n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const int k = int(std::min<int64_t>(16, n));
+    return Halves{_mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(k), lane)),
+                  _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(k - 8), lane))};
+  }
+  // The sum of 16 lanes in _mm512_reduce_add_ps's order (GCC's): the halves, then the
+  // 128-bit halves, then pairs.
+  static float sum16(const Halves& x) {
+    const __m256 h = _mm256_add_ps(x.hi, x.lo);
+    const __m128 q = _mm_add_ps(_mm256_extractf128_ps(h, 1), _mm256_castps256_ps128(h));
+    const __m128 p = _mm_add_ps(q, _mm_shuffle_ps(q, q, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm_cvtss_f32(p) + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 1));
+  }
   Halves score16_avx2(const float* c, const float* cos, const float* sin, int64_t j) const {
     const int64_t B = s.bands;
     auto row_c = [&](int64_t b, int h) { return _mm256_loadu_ps(cos + b * s.stride + j + 8 * h); };
@@ -321,34 +338,70 @@ struct Tile {
     }
     return Halves{out[0], out[1]};
   }
+  // scan_avx512's running references per lane, the same way.
+  void scan_avx2(const Item& it, const float* coef, const float* cos, const float* sin,
+                 float* state, Partial* out) const {
+    const int64_t R = 1 + 2 * s.bands;
+    const __m256 kNone = _mm256_set1_ps(-1e30f), kHeadroom = _mm256_set1_ps(16.0f);
+    float* ms = state;
+    float* ss = state + count * 16;
+    for (int64_t x = 0; x < 16 * count; x += 8) {
+      _mm256_storeu_ps(ms + x, kNone);
+      _mm256_storeu_ps(ss + x, _mm256_setzero_ps());
+    }
+    for (int64_t j = it.begin; j < it.end; j += 16) {
+      const Halves lanes = lanes_before(it.end - j);
+      for (int64_t u = 0; u < count; ++u) {
+        const Halves score = score16_avx2(coef + u * R, cos, sin, j);
+        for (int h = 0; h < 2; ++h) {
+          const __m256 sc = h ? score.hi : score.lo, in = h ? lanes.hi : lanes.lo;
+          float* mp = ms + u * 16 + 8 * h;
+          float* sp = ss + u * 16 + 8 * h;
+          __m256 m = _mm256_loadu_ps(mp);
+          __m256 sum = _mm256_loadu_ps(sp);
+          const __m256 up = _mm256_and_ps(_mm256_cmp_ps(sc, m, _CMP_GT_OQ), in);
+          if (_mm256_movemask_ps(up)) {
+            const __m256 raised = _mm256_blendv_ps(m, _mm256_add_ps(sc, kHeadroom), up);
+            sum = _mm256_mul_ps(sum, exp2_8(_mm256_sub_ps(m, raised)));
+            m = raised;
+            _mm256_storeu_ps(mp, m);
+          }
+          sum = _mm256_add_ps(sum, _mm256_and_ps(exp2_8_short(_mm256_sub_ps(sc, m)), in));
+          _mm256_storeu_ps(sp, sum);
+        }
+      }
+    }
+    for (int64_t u = 0; u < count; ++u) {
+      const __m256 lo = _mm256_loadu_ps(ms + u * 16), hi = _mm256_loadu_ps(ms + u * 16 + 8);
+      const __m256 m8 = _mm256_max_ps(lo, hi);
+      const __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m8, 1), _mm256_castps256_ps128(m8));
+      const __m128 m2 = _mm_max_ps(m4, _mm_shuffle_ps(m4, m4, _MM_SHUFFLE(1, 0, 3, 2)));
+      const float top = std::max(_mm_cvtss_f32(m2), _mm_cvtss_f32(_mm_shuffle_ps(m2, m2, 1)));
+      const __m256 t = _mm256_set1_ps(top);
+      const Halves weighted{
+          _mm256_mul_ps(_mm256_loadu_ps(ss + u * 16), exp2_8(_mm256_sub_ps(lo, t))),
+          _mm256_mul_ps(_mm256_loadu_ps(ss + u * 16 + 8), exp2_8(_mm256_sub_ps(hi, t)))};
+      out[u] = Partial{double(top), double(sum16(weighted))};
+    }
+  }
   void scan_bounded_avx2(const Item& it, const float* coef, const float* cos, const float* sin,
                          const double* refs, float* sums, Partial* out) const {
     const int64_t R = 1 + 2 * s.bands;
     for (int64_t u = 0; u < 16 * count; u += 8) _mm256_storeu_ps(sums + u, _mm256_setzero_ps());
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t j = it.begin; j < it.end; j += 16) {
-      // The lanes of keys before the item's end: all ones, else zeros (x & 0 = +0, and
-      // sum + 0 = sum, as the masked add leaves it).
-      const int n = int(std::min<int64_t>(16, it.end - j));
-      const __m256 lo = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
-      const __m256 hi = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), lane));
+      const Halves lanes = lanes_before(it.end - j);
       for (int64_t u = 0; u < count; ++u) {
         const Halves score = score16_avx2(coef + u * R, cos, sin, j);
         float* sum = sums + u * 16;
         _mm256_storeu_ps(sum, _mm256_add_ps(_mm256_loadu_ps(sum),
-                                            _mm256_and_ps(exp2_8_floor(score.lo), lo)));
+                                            _mm256_and_ps(exp2_8_floor(score.lo), lanes.lo)));
         _mm256_storeu_ps(sum + 8, _mm256_add_ps(_mm256_loadu_ps(sum + 8),
-                                                _mm256_and_ps(exp2_8_floor(score.hi), hi)));
+                                                _mm256_and_ps(exp2_8_floor(score.hi), lanes.hi)));
       }
     }
     for (int64_t u = 0; u < count; ++u) {
-      // _mm512_reduce_add_ps (GCC's): the halves, then the 128-bit halves, then pairs.
-      const float* sum = sums + u * 16;
-      const __m256 h = _mm256_add_ps(_mm256_loadu_ps(sum + 8), _mm256_loadu_ps(sum));
-      const __m128 q = _mm_add_ps(_mm256_extractf128_ps(h, 1), _mm256_castps256_ps128(h));
-      const __m128 p = _mm_add_ps(q, _mm_shuffle_ps(q, q, _MM_SHUFFLE(1, 0, 3, 2)));
-      const float total = _mm_cvtss_f32(p) + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 1));
-      out[u] = Partial{refs[u], double(total)};
+      const Halves sum{_mm256_loadu_ps(sums + u * 16), _mm256_loadu_ps(sums + u * 16 + 8)};
+      out[u] = Partial{refs[u], double(sum16(sum))};
     }
   }
 #endif
@@ -452,9 +505,11 @@ struct Tile {
       return scan_avx512<0>(it, coef, cos, sin, state, out);
     }
 #elif defined(__AVX2__) && defined(__FMA__)
-    if constexpr (sizeof(T) == 4)
+    if constexpr (sizeof(T) == 4) {
       if (s.bands > 0 && bounded_references(coef, bounds, bounds + count))
         return scan_bounded_avx2(it, coef, cos, sin, bounds + count, state, out);
+      return scan_avx2(it, coef, cos, sin, state, out);
+    }
 #endif
     (void)state;
     (void)bounds;
