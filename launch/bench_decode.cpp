@@ -29,12 +29,15 @@ struct DecodeRun {
 }  // namespace
 
 int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int64_t samples,
-                 Ops<float>& inner, bool profile, const std::string& backend_description,
-                 bool step_capture) {
+                 const std::vector<float>* weights, Ops<float>& inner, bool profile,
+                 const std::string& backend_description, bool step_capture) {
   ProfiledOps<float> profiled(inner);
   Ops<float>& ops = profile ? static_cast<Ops<float>&>(profiled) : inner;
-  std::vector<float> host;
-  init_parameters(ParamLayout(mc), rc.seed, host);
+  // A trained model's scores are far sharper than fresh weights' (the CPU's token-table
+  // attention then takes another path), so its rate can differ.
+  std::vector<float> fresh;
+  if (!weights) init_parameters(ParamLayout(mc), rc.seed, fresh);
+  const std::vector<float>& host = weights ? *weights : fresh;
   float* params = static_cast<float*>(ops.allocate(host.size() * sizeof(float)));
   ops.upload(params, host.data(), host.size() * sizeof(float));
   std::mt19937_64 rng(rc.seed);

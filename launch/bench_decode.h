@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "core/model_config.h"
 #include "core/ops.h"
@@ -10,11 +12,13 @@
 namespace par {
 
 // Decodes `tokens` tokens for each of `samples` samples cached (one batch), and a few for one
-// sample uncached, after a prompt that (nearly) fills the context, on freshly initialized
-// weights; prints the rates (in total and per sample), and with `profile` the time of each
-// op per cached step. `step_capture`: Decoder::set_step_capture. One process.
+// sample uncached, after a prompt of random tokens that (nearly) fills the context; prints
+// the rates (in total and per sample), and with `profile` the time of each op per cached
+// step. `weights`: the parameters in layout order (a trained model's, from a checkpoint),
+// or null for freshly initialized ones. `step_capture`: Decoder::set_step_capture. One
+// process.
 int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int64_t samples,
-                 Ops<float>& ops, bool profile, const std::string& backend_description,
-                 bool step_capture);
+                 const std::vector<float>* weights, Ops<float>& ops, bool profile,
+                 const std::string& backend_description, bool step_capture);
 
 }  // namespace par

@@ -2,6 +2,9 @@
 // model FLOP/s, peak memory, and the rate of a plain sgemm measured in the same process
 // (the yardstick for how well the step uses the machine); with --decode, generation
 // instead. The options are here; launch/bench_train.h and launch/bench_decode.h measure.
+#include <cstdio>
+
+#include "checkpoint/model_file.h"
 #include "core/error.h"
 #include "launch/backend.h"
 #include "launch/bench_decode.h"
@@ -21,7 +24,7 @@ int cmd_bench(int argc, char** argv) {
   RunConfig rc;
   BenchOptions b;
   int64_t decode = 0, samples = 1;
-  std::string cuda_graphs = "on";
+  std::string cuda_graphs = "on", checkpoint;
   bool step_capture = true, help = false;
   job.agree([&] {
     po::options_description opts;
@@ -33,6 +36,7 @@ int cmd_bench(int argc, char** argv) {
         ("profile", po::bool_switch(&b.profile), "also print the time of each backend op (timed steps, rank 0)")
         ("decode", po::value(&decode)->default_value(0), "instead of training: time generating this many tokens with cached decoding after a full-context prompt, and a few with uncached decoding (one process)")
         ("num-samples", po::value(&samples)->default_value(samples), "with --decode: decode this many samples of the prompt together (one batch); rates count every sample's tokens")
+        ("checkpoint", po::value(&checkpoint), "with --decode: the model and its trained weights from this checkpoint directory, run directory or exported model, instead of a config's model with fresh weights")
         ("cuda-graphs", po::value(&cuda_graphs)->default_value(cuda_graphs), kCudaGraphsHelp);
     opts.add(bench);
     po::variables_map vm;
@@ -45,6 +49,12 @@ int cmd_bench(int argc, char** argv) {
     if (help) return;
     if (vm["steps"].defaulted()) rc.steps = 3;  // a config's training length is not the bench's
     b.gemm_defaulted = vm["gemm-size"].defaulted();
+    const po::options_description model = model_options(mc);
+    if (!checkpoint.empty())
+      for (const auto& o : model.options())
+        if (vm.count(o->long_name()) && !vm[o->long_name()].defaulted())
+          fail_user("--", o->long_name(), " is a model option: with --checkpoint the model is "
+                    "the checkpoint's (leave out the model options, and a --config that sets them)");
     if (rc.steps <= 0) fail_user("--steps must be positive for a benchmark");
     rc.validate();
     mc.validate();
@@ -55,6 +65,7 @@ int cmd_bench(int argc, char** argv) {
   job.agree([&] {
     if (samples < 1) fail_user("--num-samples must be at least 1");
     if (samples > 1 && decode <= 0) fail_user("--num-samples needs --decode (it counts samples of generation)");
+    if (!checkpoint.empty() && decode <= 0) fail_user("--checkpoint needs --decode (training is timed on fresh weights)");
     step_capture = parse_cuda_graphs(cuda_graphs);
   });
   if (decode <= 0) return bench_train(job, mc, oc, rc, b);
@@ -63,9 +74,19 @@ int cmd_bench(int argc, char** argv) {
   });
   warn_threads("bench", apply_threads(rc.threads, 1));
   Backend backend;
-  job.agree([&] { backend = make_local_backend(rc.device, rc.precision, rc.attention); });
-  return bench_decode(mc, rc, decode, samples, *backend.ops, b.profile, backend.description,
-                      step_capture);
+  ModelFile trained;
+  job.agree([&] {
+    backend = make_local_backend(rc.device, rc.precision, rc.attention);
+    if (!checkpoint.empty()) {
+      trained = read_model_file(checkpoint, false);
+      mc = trained.model;
+    }
+  });
+  if (!checkpoint.empty())
+    std::printf("weights     %s (step %lld)\n", trained.path.c_str(),
+                static_cast<long long>(trained.position.step));
+  return bench_decode(mc, rc, decode, samples, checkpoint.empty() ? nullptr : &trained.params,
+                      *backend.ops, b.profile, backend.description, step_capture);
 }
 
 }  // namespace par

@@ -1,7 +1,7 @@
 // `par sample` with several samples and prompts, through the binary: K samples of a prompt
 // equal K runs of one sample with seeds S, S+1, ... (cached and uncached); several prompts
 // from a file or a shard; --format json (one line per sample, read back by Python's json);
-// and bad combinations of options as user errors.
+// bad combinations of options as user errors; and par bench --decode on a checkpoint.
 #include <gtest/gtest.h>
 
 #include <sstream>
@@ -125,6 +125,22 @@ TEST_F(SampleCli, PromptsFromAShard) {
       EXPECT_NE(line.find(cat("\"prompt_index\": ", p, ", \"sample\": ", k)), std::string::npos) << line;
     }
   }
+}
+
+// par bench --decode --checkpoint times the checkpoint's model on its own weights.
+TEST_F(SampleCli, BenchDecodesACheckpoint) {
+  const std::string model = quote(dir_.file("model.h5"));
+  const ParRun run = run_par(dir_, cat("bench --checkpoint ", model, " --threads 1 --decode 8"));
+  ASSERT_EQ(run.rc, 0) << run.err;
+  EXPECT_NE(run.out.find(cat("weights     ", dir_.file("model.h5"))), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find(" d=32 N=64 M=16 L=1 "), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("\"cached_tokens_per_s\": "), std::string::npos) << run.out;
+  const std::string tiny = quote(testing_util::configs_dir() + "tiny.ini");
+  EXPECT_USER_ERROR(run_par(dir_, cat("bench --checkpoint ", model, " --config ", tiny, " --decode 8")),
+                    "is a model option: with --checkpoint the model is the checkpoint's");
+  EXPECT_USER_ERROR(run_par(dir_, cat("bench --checkpoint ", model, " --d-model 64 --decode 8")),
+                    "--d-model is a model option");
+  EXPECT_USER_ERROR(run_par(dir_, cat("bench --checkpoint ", model)), "--checkpoint needs --decode");
 }
 
 TEST_F(SampleCli, BadCombinationsAreUserErrors) {
