@@ -49,12 +49,13 @@ int cmd_bench(int argc, char** argv) {
     if (help) return;
     if (vm["steps"].defaulted()) rc.steps = 3;  // a config's training length is not the bench's
     b.gemm_defaulted = vm["gemm-size"].defaulted();
-    const po::options_description model = model_options(mc);
-    if (!checkpoint.empty())
+    if (!checkpoint.empty()) {
+      const po::options_description model = model_options(mc);
       for (const auto& o : model.options())
         if (vm.count(o->long_name()) && !vm[o->long_name()].defaulted())
           fail_user("--", o->long_name(), " is a model option: with --checkpoint the model is "
                     "the checkpoint's (leave out the model options, and a --config that sets them)");
+    }
     if (rc.steps <= 0) fail_user("--steps must be positive for a benchmark");
     rc.validate();
     mc.validate();

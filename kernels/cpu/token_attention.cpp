@@ -273,9 +273,9 @@ struct Tile {
   // two halves of 8 (the 512-bit vector's lanes 0-7 and 8-15), with score16's chains, the
   // same exponentials (exp2_avx2.h), the same per-lane state, and _mm512_reduce_add_ps's
   // order at the end. So the partials have the same bits, except that the bounded scan's
-  // exponential may differ in its last bit for scores within 1/2 below the reference. The rotary rows are read from L1 for each
-  // query-head (16 vector registers hold no more than the chains and the broadcasts); the
-  // two halves share each broadcast coefficient.
+  // exponential may differ in its last bit for scores within 1/2 below the reference. The
+  // rotary rows are read from L1 for each query-head (16 vector registers hold no more
+  // than the chains and the broadcasts); the two halves share each broadcast coefficient.
   struct Halves {
     __m256 lo, hi;
   };
