@@ -95,6 +95,10 @@ TEST(TokenAttention, MatchesMaterializedKeysFloat) {
   check<float>(Case{8, 16}, 2e-5);
   check<float>(Case{4, 64}, 2e-5);
   check<float>(Case{2, 48}, 2e-5);  // 12 bands: 8 and then 4 in the coefficients' vectors
+  // Odd band counts (the chains' last band alone), one band, and none.
+  check<float>(Case{4, 12}, 2e-5);
+  check<float>(Case{4, 4}, 2e-5);
+  check<float>(Case{4, 16, 1, 0.0}, 2e-5);
 }
 
 // The float kernels scan a token's keys against a bound of its scores
@@ -109,6 +113,7 @@ TEST(TokenAttention, WideAndHugeScoreRangesInFloat) {
       check<float>(Case{8, 32, 2, 0.5, first_visible, false, q_scale}, 2e-5);
       check<float>(Case{8, 16, 2, 0.5, first_visible, false, q_scale}, 2e-5);
       check<float>(Case{4, 64, 2, 0.5, first_visible, false, q_scale}, 2e-5);  // 16 bands
+      check<float>(Case{4, 12, 2, 0.5, first_visible, false, q_scale}, 2e-5);  // 3 bands
     }
 }
 
