@@ -8,7 +8,7 @@
 // 2^n with scalef, which AVX2 lacks, the power of two built in the exponent field:
 // p * 2^(n + 64), exact while it stays a normal float, then * 2^-64, which rounds once
 // where the result is subnormal, as scalef does. So exp2_8 and exp2_8_short give the
-// 16-lane ones' bits for every finite y below 64 (the scans' are at most 0, up to
+// 16-lane ones' bits for every finite y below 63 (the scans' are at most 0, up to
 // rounding). exp2_8_floor gives exp2_16_floor's bits too except for y in (-1/2, 0) where
 // f = 1 + y is not a float: AVX-512's reduce rounds it down (its subtraction takes the
 // floor's rounding mode) and this one to nearest, so the two may differ in the last bit.
