@@ -1,5 +1,5 @@
-// The CPU backend's float dropout (16 Philox calls per AVX-512 vector where the build has
-// it) against the scalar definition in core/philox.h, element by element and bitwise: the
+// The CPU backend's float dropout (16 Philox calls per AVX-512 vector, or 8 per AVX2 one,
+// where the build has them) against the scalar definition in core/philox.h, element by element and bitwise: the
 // masks must be the ones every other backend and layout draws. Spans that start and end
 // off the vector kernel's 64-element blocks, 1 to 3 threads, several examples.
 #include <gtest/gtest.h>

@@ -1,8 +1,12 @@
 // Dropout draws one Philox4x32-10 call per four elements: scalar, that is ~6 ns an element,
 // more than the rest of a latent layer's elementwise work together. With AVX-512, 16 calls
 // run side by side (one per lane; 32x32->64-bit products from two vpmuludq per round), and
-// a 4x16 transpose puts their outputs back in element order: ~1 ns an element.
+// a 4x16 transpose puts their outputs back in element order: ~1 ns an element. With AVX2
+// alone, 8 calls at a time, twice per block. Integer arithmetic throughout: every path
+// draws the scalar definition's bits.
 #include "kernels/cpu/dropout_span.h"
+
+#include <immintrin.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -89,6 +93,72 @@ void dropout_blocks(float* y, const float* x, int64_t first, int64_t last,
     }
   }
 }
+#elif defined(__AVX2__)
+constexpr int64_t kBlock = kDropoutBlock;  // elements per 16 Philox calls, 8 at a time
+
+// hi:lo = a * m per 32-bit lane.
+inline void mul_hi_lo(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, m);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+// The random bits of the 32 elements of groups g0 .. g0+7 (4 each), in element order
+// (out[k] holds elements 8k .. 8k+7). The AVX-512 philox_block on 8 lanes.
+inline void philox_groups(const DropoutKey& key, uint64_t example, uint64_t g0, __m256i out[4]) {
+  __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(g0))),
+                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256i c1 = _mm256_set1_epi32(int((uint32_t(g0 >> 32) & 0xFFFFu) | (key.site << 16)));
+  __m256i c2 = _mm256_set1_epi32(int(uint32_t(example)));
+  __m256i c3 = _mm256_set1_epi32(int(key.step));
+  uint32_t k0 = uint32_t(key.seed), k1 = uint32_t(key.seed >> 32) ^ uint32_t(example >> 32);
+  const __m256i m0 = _mm256_set1_epi32(int(0xD2511F53u)), m2 = _mm256_set1_epi32(int(0xCD9E8D57u));
+  for (int round = 0; round < 10; ++round) {
+    __m256i hi0, lo0, hi2, lo2;
+    mul_hi_lo(c0, m0, hi0, lo0);
+    mul_hi_lo(c2, m2, hi2, lo2);
+    const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi2, c1), _mm256_set1_epi32(int(k0)));
+    const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(int(k1)));
+    c1 = lo2;
+    c3 = lo0;
+    c0 = n0;
+    c2 = n2;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  // Lane g of c0..c3 holds elements 4g..4g+3. Per 128-bit half (groups 0-3, then 4-7):
+  // u0..u3 are groups 0..3 (4..7) whole, then the halves are paired.
+  const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
+  const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  out[0] = _mm256_permute2x128_si256(u0, u1, 0x20);
+  out[1] = _mm256_permute2x128_si256(u2, u3, 0x20);
+  out[2] = _mm256_permute2x128_si256(u0, u1, 0x31);
+  out[3] = _mm256_permute2x128_si256(u2, u3, 0x31);
+}
+
+// x * keep_scale where uniform_from_bits(bits) >= p, else +0, for 8 lanes.
+inline __m256 keep8(__m256i bits, __m256 x, __m256 p, __m256 keep_scale) {
+  const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(bits, 8)),
+                                 _mm256_set1_ps(1.0f / 16777216.0f));
+  return _mm256_and_ps(_mm256_cmp_ps(u, p, _CMP_GE_OQ), _mm256_mul_ps(x, keep_scale));
+}
+
+void dropout_blocks(float* y, const float* x, int64_t first, int64_t last,
+                    const DropoutKey& key, uint64_t example, float p, float keep_scale) {
+  const __m256 vp = _mm256_set1_ps(p), vs = _mm256_set1_ps(keep_scale);
+  for (int64_t blk = first; blk < last; ++blk)
+    for (int half = 0; half < 2; ++half) {
+      __m256i bits[4];
+      philox_groups(key, example, uint64_t(blk) * 16 + 8 * half, bits);
+      for (int k = 0; k < 4; ++k) {
+        const int64_t i = blk * kBlock + 32 * half + 8 * k;
+        _mm256_storeu_ps(y + i, keep8(bits[k], _mm256_loadu_ps(x + i), vp, vs));
+      }
+    }
+}
 #endif
 
 }  // namespace
@@ -96,7 +166,7 @@ void dropout_blocks(float* y, const float* x, int64_t first, int64_t last,
 template <typename T>
 void dropout_span(T* y, const T* x, int64_t begin, int64_t end, const DropoutKey& key,
                   uint64_t example, float p, T keep_scale) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>) {  // the double build is a test reference
     const int64_t first = (begin + kBlock - 1) / kBlock, last = end / kBlock;
     if (first < last) {
