@@ -24,46 +24,80 @@ void dropout_scalar(T* y, const T* x, int64_t begin, int64_t end, const DropoutK
     y[i] = dropout_keep(key, example, uint64_t(i), p) ? x[i] * keep_scale : T(0);
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 constexpr int64_t kBlock = kDropoutBlock;  // elements per 16 Philox calls
 
-// hi:lo = a * m per 32-bit lane.
-inline void mul_hi_lo(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
-  const __m512i even = _mm512_mul_epu32(a, m);
-  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-}
+// Vectors of 32-bit integers and the operations Philox needs on them.
+#if defined(__AVX512F__)
+struct Ints {
+  using V = __m512i;
+  static V set1(uint32_t x) { return _mm512_set1_epi32(int(x)); }
+  static V lane_index() {
+    return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  }
+  static V add(V a, V b) { return _mm512_add_epi32(a, b); }
+  static V exclusive_or(V a, V b) { return _mm512_xor_si512(a, b); }
+  // hi:lo = a * m per 32-bit lane.
+  static void mul_hi_lo(V a, V m, V& hi, V& lo) {
+    const V even = _mm512_mul_epu32(a, m);
+    const V odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+    lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+    hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+  }
+};
+#else
+struct Ints {
+  using V = __m256i;
+  static V set1(uint32_t x) { return _mm256_set1_epi32(int(x)); }
+  static V lane_index() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+  static V add(V a, V b) { return _mm256_add_epi32(a, b); }
+  static V exclusive_or(V a, V b) { return _mm256_xor_si256(a, b); }
+  static void mul_hi_lo(V a, V m, V& hi, V& lo) {
+    const V even = _mm256_mul_epu32(a, m);
+    const V odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+    hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  }
+};
+#endif
 
-// The random bits of elements 64*block .. 64*block+63, in element order (out[k] holds
-// elements 16k .. 16k+15 of the block). Mirrors dropout_bits and philox4x32 lane by lane.
-inline void philox_block(const DropoutKey& key, uint64_t example, uint64_t block,
-                         __m512i out[4]) {
-  const uint64_t g0 = block * 16;  // 16 groups that share their high word: 2^32 % 16 == 0
-  __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(g0))),
-                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
-                                                  13, 14, 15));
-  __m512i c1 = _mm512_set1_epi32(int((uint32_t(g0 >> 32) & 0xFFFFu) | (key.site << 16)));
-  __m512i c2 = _mm512_set1_epi32(int(uint32_t(example)));
-  __m512i c3 = _mm512_set1_epi32(int(key.step));
+// Philox4x32-10 of groups g0, g0 + 1, ..., one per lane: lane g of c[w] is word w of group
+// g0 + g, the bits of element 4 (g0 + g) + w. Mirrors dropout_bits and philox4x32 lane by
+// lane. g0 is a multiple of the lane count, so the groups share their high word.
+inline void philox_lanes(const DropoutKey& key, uint64_t example, uint64_t g0, Ints::V c[4]) {
+  using I = Ints;
+  c[0] = I::add(I::set1(uint32_t(g0)), I::lane_index());
+  c[1] = I::set1((uint32_t(g0 >> 32) & 0xFFFFu) | (key.site << 16));
+  c[2] = I::set1(uint32_t(example));
+  c[3] = I::set1(uint32_t(key.step));
   uint32_t k0 = uint32_t(key.seed), k1 = uint32_t(key.seed >> 32) ^ uint32_t(example >> 32);
-  const __m512i m0 = _mm512_set1_epi32(int(0xD2511F53u)), m2 = _mm512_set1_epi32(int(0xCD9E8D57u));
+  const I::V m0 = I::set1(0xD2511F53u), m2 = I::set1(0xCD9E8D57u);
   for (int round = 0; round < 10; ++round) {
-    __m512i hi0, lo0, hi2, lo2;
-    mul_hi_lo(c0, m0, hi0, lo0);
-    mul_hi_lo(c2, m2, hi2, lo2);
-    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi2, c1), _mm512_set1_epi32(int(k0)));
-    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(int(k1)));
-    c1 = lo2;
-    c3 = lo0;
-    c0 = n0;
-    c2 = n2;
+    I::V hi0, lo0, hi2, lo2;
+    I::mul_hi_lo(c[0], m0, hi0, lo0);
+    I::mul_hi_lo(c[2], m2, hi2, lo2);
+    const I::V n0 = I::exclusive_or(I::exclusive_or(hi2, c[1]), I::set1(k0));
+    const I::V n2 = I::exclusive_or(I::exclusive_or(hi0, c[3]), I::set1(k1));
+    c[1] = lo2;
+    c[3] = lo0;
+    c[0] = n0;
+    c[2] = n2;
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  // Lane g of c0..c3 holds elements 4g..4g+3: transpose 16x4 into element order.
-  const __m512i t0 = _mm512_unpacklo_epi32(c0, c1), t1 = _mm512_unpackhi_epi32(c0, c1);
-  const __m512i t2 = _mm512_unpacklo_epi32(c2, c3), t3 = _mm512_unpackhi_epi32(c2, c3);
+}
+#endif
+
+#if defined(__AVX512F__)
+// The random bits of elements 64*block .. 64*block+63, in element order (out[k] holds
+// elements 16k .. 16k+15 of the block).
+inline void philox_block(const DropoutKey& key, uint64_t example, uint64_t block,
+                         __m512i out[4]) {
+  __m512i c[4];
+  philox_lanes(key, example, block * 16, c);
+  // Lane g of c[0..3] holds elements 4g..4g+3: transpose 16x4 into element order.
+  const __m512i t0 = _mm512_unpacklo_epi32(c[0], c[1]), t1 = _mm512_unpackhi_epi32(c[0], c[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(c[2], c[3]), t3 = _mm512_unpackhi_epi32(c[2], c[3]);
   const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
   const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
   const __m512i v0 = _mm512_shuffle_i32x4(u0, u1, 0x44), v1 = _mm512_shuffle_i32x4(u2, u3, 0x44);
@@ -94,43 +128,15 @@ void dropout_blocks(float* y, const float* x, int64_t first, int64_t last,
   }
 }
 #elif defined(__AVX2__)
-constexpr int64_t kBlock = kDropoutBlock;  // elements per 16 Philox calls, 8 at a time
-
-// hi:lo = a * m per 32-bit lane.
-inline void mul_hi_lo(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
-  const __m256i even = _mm256_mul_epu32(a, m);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-}
-
 // The random bits of the 32 elements of groups g0 .. g0+7 (4 each), in element order
-// (out[k] holds elements 8k .. 8k+7). The AVX-512 philox_block on 8 lanes.
+// (out[k] holds elements 8k .. 8k+7): philox_block's half, on 8 lanes.
 inline void philox_groups(const DropoutKey& key, uint64_t example, uint64_t g0, __m256i out[4]) {
-  __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(g0))),
-                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  __m256i c1 = _mm256_set1_epi32(int((uint32_t(g0 >> 32) & 0xFFFFu) | (key.site << 16)));
-  __m256i c2 = _mm256_set1_epi32(int(uint32_t(example)));
-  __m256i c3 = _mm256_set1_epi32(int(key.step));
-  uint32_t k0 = uint32_t(key.seed), k1 = uint32_t(key.seed >> 32) ^ uint32_t(example >> 32);
-  const __m256i m0 = _mm256_set1_epi32(int(0xD2511F53u)), m2 = _mm256_set1_epi32(int(0xCD9E8D57u));
-  for (int round = 0; round < 10; ++round) {
-    __m256i hi0, lo0, hi2, lo2;
-    mul_hi_lo(c0, m0, hi0, lo0);
-    mul_hi_lo(c2, m2, hi2, lo2);
-    const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi2, c1), _mm256_set1_epi32(int(k0)));
-    const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(int(k1)));
-    c1 = lo2;
-    c3 = lo0;
-    c0 = n0;
-    c2 = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  // Lane g of c0..c3 holds elements 4g..4g+3. Per 128-bit half (groups 0-3, then 4-7):
+  __m256i c[4];
+  philox_lanes(key, example, g0, c);
+  // Lane g of c[0..3] holds elements 4g..4g+3. Per 128-bit half (groups 0-3, then 4-7):
   // u0..u3 are groups 0..3 (4..7) whole, then the halves are paired.
-  const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
-  const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+  const __m256i t0 = _mm256_unpacklo_epi32(c[0], c[1]), t1 = _mm256_unpackhi_epi32(c[0], c[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(c[2], c[3]), t3 = _mm256_unpackhi_epi32(c[2], c[3]);
   const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
   const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
   out[0] = _mm256_permute2x128_si256(u0, u1, 0x20);
