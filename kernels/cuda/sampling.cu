@@ -10,9 +10,10 @@
 //      where the running sum reaches top_p * S(K) and exceeds u * S(n), found by a block
 //      minimum. Temperature 0 takes the first key (the CPU's max_element: the first maximum).
 // The one difference from the CPU: the running sums are associated as a scan tree, not left
-// to right, and CUDA's exp may differ from the C library's in the last bit. Both move a sum
-// by a few units in the last place of a double, so a choice differs only when u * S lies
-// within ~1e-15 relative of a boundary between two tokens. Ties (equal logits) and the top-p
+// to right, and CUDA's exp may differ from the C library's in the last bit. The CPU's left to
+// right sum of up to V terms may be off by up to about V units in the last place of a double
+// (typically sqrt(V): ~1e-14 relative at V = 50,257), the tree's much less, so a choice
+// differs only when u * S lies that close to a boundary between two tokens. Ties (equal logits) and the top-p
 // boundary with exactly representable weights (equal logits give weights of exactly 1) are
 // decided exactly as on the CPU. Deterministic: fixed shapes, no atomics.
 #include <cub/cub.cuh>
@@ -99,7 +100,7 @@ __global__ void __launch_bounds__(kChooseThreads) choose(ChoiceArgs a) {
   int64_t n = kept;
   if (a.top_p < 1) {
     const double reach = a.top_p * run[kept - 1];
-    const int64_t at = first_where(kept, [&](int64_t i) { return run[i] >= reach; }, reduce);
+    const int64_t at = first_where(kept, [&](int64_t i) { return !(run[i] < reach); }, reduce);
     n = at < kept ? at + 1 : kept;  // at least 1: the first weight is exp(0) = 1 > 0
   }
   const double target = a.u[r] * run[n - 1];

@@ -390,9 +390,13 @@ class CudaBf16KeysInBlocks : public cuda_test::CudaTest {};
 // than one widened block (2 examples x 70000 keys x 128: two blocks): widened a block at a
 // time and merged by log-sum-exp, it is the float32 attention on the widened keys within
 // float32 rounding. Queries at the start see the first block only, the last ones both;
-// some keys are not kept.
+// some keys are not kept. The blocked kernels, so that neither call goes to the split
+// kernel for a few queries (which would read the bfloat16 keys as they lie and never reach
+// the merge), in float32, so that both sides' products are exact and only the blocks' merge
+// differs (bf16 products would round the probabilities relative to each block's maximum).
 TEST_F(CudaBf16KeysInBlocks, MergeIsTheAttentionOverAllKeys) {
-  auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kBF16);
+  auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kFloat32);
+  cuda::set_attention_kernel(*ops, cuda::AttentionKernel::kBlocked);
   AttentionShape s{2, 5, 70000, 2, 64};
   s.scale = 1.0 / 8;
   const int64_t ld = s.heads * s.head_dim, nk = s.batch * s.nk * ld;
