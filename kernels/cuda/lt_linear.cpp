@@ -1,6 +1,7 @@
 // Products with the bias in cuBLASLt's epilogue (lt_linear.h).
 #include "kernels/cuda/lt_linear.h"
 
+#include <algorithm>
 #include <string>
 
 #include "core/error.h"
@@ -117,7 +118,7 @@ std::unique_ptr<LtLinear::Plan> make_plan(cublasLtHandle_t handle, const ColumnM
       checked.workspaceSize > workspace_bytes)
     return nullptr;
   p->algo = result.algo;
-  p->workspace = result.workspaceSize;
+  p->workspace = std::max(result.workspaceSize, checked.workspaceSize);  // both fit (above)
   return p;
 }
 
