@@ -147,6 +147,9 @@ void Decoder<T>::run_step(const F& step) {
     throw std::runtime_error(cat(e.what(), " (while the backend recorded a decoding step; "
                                  "par sample and par bench take --cuda-graphs off to run "
                                  "the steps unrecorded)"));
+  } catch (...) {  // an assertion (logic_error), bad_alloc: the stream must not stay recording
+    ops_.abort_capture();
+    throw;
   }
   ops_.end_capture(key);
   ++step_counts_.captured;

@@ -497,10 +497,15 @@ class FailingCaptures final : public ForwardingOps<double> {
 
  protected:
   void around(const char* op, const OpCall& call) override {
-    if (capturing_ && std::strcmp(op, "attention_forward") == 0)
+    if (capturing_ && std::strcmp(op, "attention_forward") == 0) {
+      if (assertion) throw std::logic_error("an assertion failed");
       throw std::runtime_error("the device faulted");
+    }
     call();
   }
+
+ public:
+  bool assertion = false;  // throw what PAR_ASSERT throws instead
 
  private:
   bool capturing_ = false;
@@ -525,6 +530,22 @@ TEST(DecoderSteps, AFailureInsideARecordingSaysHowToRunWithoutIt) {
   EXPECT_EQ(ops.aborted, 1);
   EXPECT_FALSE(ops.capturing());
   EXPECT_THROW(dec.append(99), UserError);  // outside the vocabulary, before any step
+  cpu.deallocate(params);
+}
+
+// Whatever the failure (here a failed assertion, a logic_error), the stream does not stay
+// recording: the destructors on the way out would free device memory inside it.
+TEST(DecoderSteps, AnyFailureInsideARecordingEndsIt) {
+  const ModelConfig c = config();
+  cpu::CpuOps<double> cpu;
+  double* params = upload_params(cpu, params_for<double>(c, 31));
+  FailingCaptures ops(cpu);
+  ops.assertion = true;
+  Decoder<double> dec(c, ops, params, true, TokenTables::kOff);
+  dec.start({5, 7, 9});
+  EXPECT_THROW(dec.append(4), std::logic_error);
+  EXPECT_EQ(ops.aborted, 1);
+  EXPECT_FALSE(ops.capturing());
   cpu.deallocate(params);
 }
 

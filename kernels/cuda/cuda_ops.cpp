@@ -86,6 +86,7 @@ MemoryStats CudaOps::memory() {
 
 void* CudaOps::allocate(size_t bytes) {
   use_device();
+  refuse_in_graph("an allocation");  // cudaMalloc is not allowed while the stream records
   const size_t rounded = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
   void* p = nullptr;
   const cudaError_t e = cudaMalloc(&p, rounded);
@@ -109,6 +110,9 @@ void CudaOps::deallocate(void* p) {
   PAR_ASSERT(it != sizes_.end(), "deallocate of a pointer this backend did not allocate");
   track(-int64_t(it->second));
   sizes_.erase(it);
+  // cudaFree while the stream records would invalidate the recording without a word (a
+  // destructor unwinding out of a step): end the recording first.
+  if (graphs_ && graphs_->capturing()) graphs_->abort();
   // cudaFree waits for the device, so no queued kernel still uses p. Destructors call
   // this, so a failure is reported rather than thrown: it only happens once the context
   // is broken, and the error that broke it has been thrown where it happened.
@@ -168,6 +172,7 @@ void CudaOps::upload(void* dst, const void* src, size_t bytes) {
     return;
   }
   refuse_in_graph("an upload of more than 64 KiB");
+  wait_if_watched(stream_, "upload");  // from pageable memory the copy may wait unseen
   PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
   wait_for_stream(stream_, "upload");
   staging_used_ = 0;
@@ -212,14 +217,19 @@ void CudaOps::end_graph(uint64_t key) {
 
 // A recording that cannot update the kept graph (its topology changed) is instantiated
 // afresh, which costs more than launching its kernels one by one; a refused one is given
-// again. Where that is most of the recordings, recording is given up.
+// again. Where that is most of the graphs' uses, recording is given up. A use that pays is
+// a recording that updated a kept graph or a replay with no recording at all (launches
+// less fresh instantiations): a decoder replays most steps and records anew only at its
+// refills and bucket changes, which must not count against it for a long generation.
 void CudaOps::give_up_graphs_if_they_do_not_pay() {
   const GraphStats& st = graphs_->stats();
   const int64_t costly = st.instantiated + st.refused;
-  if (costly < kCostlyRecordingsBeforeGivingUp || 2 * costly <= st.updated) return;
+  const int64_t paying = st.launched - st.instantiated;
+  if (costly < kCostlyRecordingsBeforeGivingUp || 2 * costly <= paying) return;
   graphs_on_ = false;
   backend_log(LogLevel::kWarning,
-              cat("CUDA graphs off: of ", costly + st.updated, " recorded steps, ",
+              cat("CUDA graphs off: of ", costly + st.updated, " recorded steps (and ",
+                  paying - st.updated, " replayed), ",
                   st.instantiated, " could not update a kept graph (their kernels changed) and ",
                   st.refused, " were refused (something in them would wait for the GPU); "
                   "that costs more than it saves, so steps now launch kernel by kernel"));
@@ -234,6 +244,9 @@ void CudaOps::download(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   use_device();
   refuse_in_graph("download");
+  // Into pageable memory the copy returns only once the stream's earlier work is done:
+  // where a collective may hang, wait for that work first, polling (device_wait.h).
+  wait_if_watched(stream_, "download");
   PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
   wait_for_stream(stream_, "download");
   staging_used_ = 0;  // the stream has drained: the staged uploads are done

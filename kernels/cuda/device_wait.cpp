@@ -198,4 +198,8 @@ void wait_for_stream(cudaStream_t stream, const char* what) {
   }
 }
 
+void wait_if_watched(cudaStream_t stream, const char* what) {
+  if (!registry().empty()) wait_for_stream(stream, what);
+}
+
 }  // namespace par::cuda

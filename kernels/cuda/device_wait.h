@@ -31,4 +31,9 @@ void set_wait_timeout(double seconds);
 // Waits until `stream` has done its work; `what` names the wait in errors ("download").
 void wait_for_stream(cudaStream_t stream, const char* what);
 
+// wait_for_stream while communicators are registered, else nothing. For before a copy
+// between the device and pageable host memory: the runtime returns from such a copy only
+// once the stream's earlier work is done, blocked where no poll sees a hung collective.
+void wait_if_watched(cudaStream_t stream, const char* what);
+
 }  // namespace par::cuda

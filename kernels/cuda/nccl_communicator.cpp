@@ -250,8 +250,12 @@ class NcclCommunicator final : public Communicator {
     return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
   }
 
-  // Ordered on the communication stream; cudaMemcpyDefault works out the direction.
+  // Ordered on the communication stream; cudaMemcpyDefault works out the direction. One
+  // side is the caller's host buffer, likely pageable, where the runtime may return only
+  // once the stream's earlier work (a collective) is done: that is waited for first,
+  // polling, so that a hung peer is seen (device_wait.h).
   void copy(void* dst, const void* src, int64_t bytes) {
+    cuda::wait_for_stream(stream_, "a collective's host data");
     PAR_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyDefault, stream_));
   }
 

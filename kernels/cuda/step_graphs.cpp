@@ -32,7 +32,8 @@ void StepGraphs::abort() {
 }
 
 void StepGraphs::end(uint64_t key, bool replayable) {
-  PAR_ASSERT(capturing_, "end_graph without begin_graph");
+  PAR_ASSERT(capturing_, "end_graph without begin_graph, or after the recording was discarded "
+                         "(a buffer freed inside it)");
   capturing_ = false;
   cudaGraph_t g = nullptr;
   PAR_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));

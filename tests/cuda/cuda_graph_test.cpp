@@ -180,6 +180,25 @@ TEST_F(CudaGraphTest, RecordingsThatNeverUpdateAreGivenUp) {
   EXPECT_EQ(st.launched, 32);
 }
 
+// Replays pay for the recordings that could not update a kept graph: a decoder records
+// anew at each refill and replays the steps between, and keeps its graphs however long it
+// runs.
+TEST_F(CudaGraphTest, RecordingsBetweenManyReplaysAreKept) {
+  auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
+  DeviceArray<float> x(*ops, std::vector<float>(kD, 1.0f));
+  for (int i = 0; i < 40; ++i) {
+    cuda::begin_graph(*ops);
+    ops->fill(x.get(), kD, 1.0f);
+    if (i % 2 == 1) ops->scale(x.get(), kD, 2.0);  // a node more or less: no update
+    cuda::end_graph(*ops, 9);
+    for (int r = 0; r < 3; ++r) ASSERT_TRUE(cuda::replay_graph(*ops, 9)) << i;
+  }
+  EXPECT_TRUE(bitwise_equal(x.host(), std::vector<float>(kD, 2.0f)));
+  const cuda::GraphStats st = cuda::graph_stats(*ops);
+  EXPECT_EQ(st.instantiated, 40) << "recording was given up";
+  EXPECT_EQ(st.launched, 160);
+}
+
 TEST_F(CudaGraphTest, GraphsOffRunTheWorkAsGiven) {
   auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
   cuda::set_graphs(*ops, false);

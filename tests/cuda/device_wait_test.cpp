@@ -9,7 +9,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "tests/cuda/cuda_test_util.h"
 
@@ -113,6 +115,43 @@ TEST_F(DeviceWaitTest, PastTheTimeoutItAbortsAndSaysSo) {
   EXPECT_TRUE(aborted);
   EXPECT_FALSE(h.done);
   cudaStreamSynchronize(stream_);  // h outlives the host function
+}
+
+// A download into pageable memory returns from cudaMemcpyAsync only once the stream's
+// earlier work is done: the backend must poll before it copies, or a hung collective ahead
+// of the copy holds the rank where no poll sees it (here the copy would wait out the hold
+// and the wait after it find nothing left to wait for). The same for a large upload.
+TEST_F(DeviceWaitTest, ADownloadBehindHungWorkSeesTheFailure) {
+  auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
+  const std::vector<float> big(size_t(1) << 16, 1.0f);  // 256 KiB: not a staged upload
+  void* d = ops->allocate(big.size() * sizeof(float));
+  ops->synchronize();
+  const auto st = static_cast<cudaStream_t>(cuda::cuda_stream(*ops));
+  for (const bool download : {true, false}) {
+    std::atomic<bool> aborted{false};
+    Watched w({[] { return std::string("peer 1 is gone"); }, [&] { aborted = true; }});
+    Hold h{0.8};
+    ASSERT_EQ(cudaLaunchHostFunc(st, sleep_then_mark, &h), cudaSuccess);
+    std::vector<float> back(big.size());
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string error;
+    try {
+      if (download)
+        ops->download(back.data(), d, back.size() * sizeof(float));
+      else
+        ops->upload(d, big.data(), big.size() * sizeof(float));
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    const char* what = download ? "waiting for the GPU (download): peer 1 is gone"
+                                : "waiting for the GPU (upload): peer 1 is gone";
+    EXPECT_NE(error.find(what), std::string::npos) << error;
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 0.6);
+    EXPECT_TRUE(aborted);
+    EXPECT_FALSE(h.done);
+    cudaStreamSynchronize(st);  // h outlives the host function
+  }
+  ops->deallocate(d);
 }
 
 // One communicator's abort waits for the device, so for the kernels of every other one:
