@@ -291,6 +291,15 @@ void CudnnGraph::build_plan(cudnnHandle_t handle, cudnnBackendDescriptor_t devic
                                 CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &returned, raw.data());
     if (s != CUDNN_STATUS_SUCCESS)
       throw CudnnError(cat("cuDNN: reading the heuristics' engines: ", api.describe(s)));
+    engines_offered_ = std::max(engines_offered_, count);
+    if (returned == 0) {
+      // Reading the results runs cuDNN's support checks, which may drop every engine (the
+      // attention engines compile their kernels at run time: no driver or NVRTC, no engine).
+      char last[1024] = {0};
+      api.GetLastErrorString(last, sizeof last);
+      failures += cat("\n  heuristics mode ", int(mode), ": none of its ", count,
+                      " engine configs passed cuDNN's support checks (", last, ")");
+    }
     for (int64_t i = 0; i < returned; ++i) {
       ++tried;
       CudnnDescriptor plan(api, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "an execution plan");

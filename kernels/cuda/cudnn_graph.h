@@ -68,6 +68,9 @@ class CudnnGraph {
   // is then built but cannot run (cuDNN 9.8 and later).
   void build_plan(cudnnHandle_t handle, cudnnBackendDescriptor_t device_properties = nullptr);
   bool has_plan() const { return plan_.has_value(); }
+  // The most engine configs one heuristics mode offered in build_plan, before cuDNN's
+  // support checks (which need a driver: without a GPU the count is all there is to see).
+  int64_t engines_offered() const { return engines_offered_; }
   int64_t workspace_bytes() const { return workspace_bytes_; }
   // "engine 8 of 12 candidates" (for the log).
   const std::string& engine() const { return engine_; }
@@ -85,6 +88,7 @@ class CudnnGraph {
   std::vector<CudnnDescriptor> configs_;  // the heuristics' engine configs (the plan's is one)
   std::optional<CudnnDescriptor> plan_;
   int64_t workspace_bytes_ = 0;
+  int64_t engines_offered_ = 0;
   std::string engine_;
   std::vector<float> scalar_values_;  // by-value scalars and their uids, in graph order
   std::vector<int64_t> scalar_uids_;
