@@ -87,9 +87,16 @@ double cuda_attention_scratch(const PlanRequest& r) {
   bytes *= sizeof(float);
   // The cuDNN path's own copies (bf16 operands, the gathered keys) for the cross-attention,
   // the larger of its two calls, where it may run.
-  if (r.cudnn_attention)
+  if (r.cudnn_attention) {
     bytes += cuda::cudnn_attention_scratch_bytes(B, M, c.context_length / r.sp,
                                                  c.cross_heads / r.tp, c.cross_head_dim());
+    // The backwards' own workspaces, the cross- and the self-attention's (one may take the
+    // deterministic kernels' workspace, the other dQ's accumulator: both held).
+    bytes += cuda::cudnn_backward_workspace_bytes(B, M, c.context_length / r.sp,
+                                                  c.cross_heads / r.tp, c.cross_head_dim());
+    bytes += cuda::cudnn_backward_workspace_bytes(B, M, M, c.self_heads / r.tp,
+                                                  c.self_head_dim());
+  }
   return bytes * 9 / 8;
 }
 

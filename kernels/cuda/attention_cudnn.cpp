@@ -19,7 +19,7 @@ namespace {
 // This object's scratch buffers (CudnnAttention::Scratch slots).
 enum Slot : int {
   kQb, kKb, kVb, kOb, kStatsBuf, kSeqQ, kCount, kFlags, kPos, kScanTemp, kWorkspace,
-  kDOb, kDQb, kDKb, kDVb, kSoftmaxSumBuf, kBwdStats,
+  kDOb, kDQb, kDKb, kDVb, kSoftmaxSumBuf, kBwdStats, kDQAccumBuf,
   kDiagQ, kDiagK, kDiagV, kDiagKeep, kDiagO, kDiagLse, kDiagDO, kDiagDQ, kDiagDK, kDiagDV,
   kDiagBf16,  // the diagonal's bfloat16 keys or values, or gradients, on their way
   kSlotCount
@@ -123,7 +123,8 @@ CudnnAttention::~CudnnAttention() {
 const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t heads,
                                         int64_t nq, int64_t nk, int64_t head_dim, bool causal,
                                         double scale, int64_t kv_rows, std::string* why) {
-  const Key key{backward, batch, heads, nq, nk, head_dim, causal, scale, kv_rows};
+  const bool det = deterministic(backward, batch, heads, nq, nk, head_dim);
+  const Key key{backward, batch, heads, nq, nk, head_dim, causal, scale, kv_rows, det};
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     Entry e;
@@ -144,14 +145,22 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
           throw CudnnError(cat("cudnnSetStream: ", api_->describe(st)));
         }
       }
-      const sdpa::Dims d{batch, heads, nq, nk, head_dim, scale, causal, api_->version, kv_rows};
+      sdpa::Dims d{batch, heads, nq, nk, head_dim, scale, causal, api_->version, kv_rows};
+      d.deterministic = det;
       const sdpa::Graph g = backward ? sdpa::describe_backward(d) : sdpa::describe_forward(d);
       e.graph = std::make_unique<CudnnGraph>(*api_, g, handle_);
       e.graph->build_plan(handle_);
+      std::string dq;
+      if (backward && d.deterministic)
+        dq = ", deterministic";
+      else if (backward)
+        dq = cat(", dQ added up with atomics (the deterministic kernels would need ",
+                 (sdpa::deterministic_workspace_bytes(d) + (1 << 20) - 1) >> 20,
+                 " MiB of workspace: dQ's last bits may differ from run to run)");
       backend_log(LogLevel::kInfo,
                   cat("attention ", what, ": cuDNN ", api_->version_string(), " ",
                       e.graph->engine(), ", workspace ",
-                      (e.graph->workspace_bytes() + (1 << 20) - 1) >> 20, " MiB"));
+                      (e.graph->workspace_bytes() + (1 << 20) - 1) >> 20, " MiB", dq));
     } catch (const CudnnError& err) {
       e.graph.reset();
       e.refusal = err.what();
@@ -197,7 +206,8 @@ int64_t CudnnAttention::kv_rows(const AttentionShape& s, bool backward, bool kv_
   const int64_t in_place = in_place_rows(s, p, kv_bf16);
   if (in_place == 0) return 0;
   const auto it = graphs_.find(
-      Key{backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal, s.scale, in_place});
+      Key{backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal, s.scale, in_place,
+          deterministic(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim)});
   return it != graphs_.end() && it->second.graph ? in_place : 0;
 }
 
@@ -332,10 +342,20 @@ void CudnnAttention::backward(const AttentionShape& s, const float* q, KeyValues
   kern::rows_to_bf16(stream_, ob, o, B, nq, x.row0, x.rows, ld);
   kern::rows_to_bf16(stream_, dob, d_o, B, nq, x.row0, x.rows, ld);
   kern::backward_stats(stream_, stats, lse, B, H, nq, x.row0, x.rows);
-  run(*g, {{sdpa::kQ, x.q}, {sdpa::kK, x.k}, {sdpa::kV, x.v}, {sdpa::kO, ob}, {sdpa::kDO, dob},
-           {sdpa::kStats, stats}, {sdpa::kSeqLenQ, x.seq_q}, {sdpa::kSeqLenKV, x.seq_kv},
-           {sdpa::kDQ, dqb}, {sdpa::kDK, dkb}, {sdpa::kDV, dvb},
-           {sdpa::kSoftmaxSum, softmax_sum}});
+  std::vector<std::pair<int64_t, void*>> bound{
+      {sdpa::kQ, x.q},           {sdpa::kK, x.k},         {sdpa::kV, x.v},
+      {sdpa::kO, ob},            {sdpa::kDO, dob},        {sdpa::kStats, stats},
+      {sdpa::kSeqLenQ, x.seq_q}, {sdpa::kSeqLenKV, x.seq_kv}, {sdpa::kDQ, dqb},
+      {sdpa::kDK, dkb},          {sdpa::kDV, dvb},        {sdpa::kSoftmaxSum, softmax_sum}};
+  if (!deterministic(true, B, H, x.rows, x.keys, D)) {
+    // The accumulator cuDNN adds dQ into starts at zero (cuDNN before 9.6 leaves that to
+    // the caller, as cudnn-frontend does it).
+    const size_t bytes = size_t(B * H * x.rows * D) * sizeof(float);
+    void* accum = buffer<float>(kDQAccumBuf, B * H * x.rows * D);
+    PAR_CUDA_CHECK(cudaMemsetAsync(accum, 0, bytes, stream_));
+    bound.emplace_back(sdpa::kDQAccum, accum);
+  }
+  run(*g, bound);
   kern::query_grads(stream_, dq, dqb, x.seq_kv, B, nq, x.row0, ld);
   if (x.in_place) {
     // Written already.

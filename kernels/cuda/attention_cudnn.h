@@ -88,10 +88,21 @@ class CudnnAttention {
     backward(s, q, KeyValues{k, v, false}, o, d_o, lse, dq, KeyValueGrads{dk, dv, false});
   }
 
+  // Testing hook: the largest workspace of cuDNN's deterministic backward that a call
+  // takes (sdpa::backward_is_deterministic; 0: every backward adds dQ with atomics).
+  void set_deterministic_workspace_max(int64_t bytes) { deterministic_max_ = bytes; }
+
  private:
-  // direction, batch, heads, nq, nk, head_dim, causal, scale, rows between examples' keys
-  using Key =
-      std::tuple<bool, int64_t, int64_t, int64_t, int64_t, int64_t, bool, double, int64_t>;
+  // direction, batch, heads, nq, nk, head_dim, causal, scale, rows between examples' keys,
+  // a backward's deterministic kernels
+  using Key = std::tuple<bool, int64_t, int64_t, int64_t, int64_t, int64_t, bool, double,
+                         int64_t, bool>;
+  bool deterministic(bool backward, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
+                     int64_t head_dim) const {
+    return backward && sdpa::backward_is_deterministic(sdpa::Dims{batch, heads, nq, nk, head_dim},
+                                                       deterministic_max_);
+  }
+  int64_t deterministic_max_ = sdpa::kDeterministicWorkspaceMax;
   struct Entry {
     std::unique_ptr<CudnnGraph> graph;
     std::string refusal;  // why cuDNN could not build it; graph null then

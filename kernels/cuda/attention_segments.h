@@ -22,6 +22,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/cuda/sdpa_graph.h"
+
 namespace par::cuda {
 
 struct AttentionSegments {
@@ -76,6 +78,16 @@ inline double cudnn_attention_scratch_bytes(int64_t batch, int64_t nq, int64_t n
   const double diag_rows = 5 * B * q * ld + 4 * B * q * ld;  // q o do dq lse; k v dk dv (< nq keys)
   const double ints = 2 * B * k + 3 * B;                     // flags, positions, counts
   return 2 * bf16_rows + 4 * diag_rows + 4 * (3 * stats + ints);
+}
+
+// What cuDNN's backward of a call of this shape holds besides the scratch above: the
+// deterministic kernels' workspace where they run, else the float32 accumulator of dQ
+// (sdpa_graph.h, backward_is_deterministic). For the memory plan.
+inline double cudnn_backward_workspace_bytes(int64_t batch, int64_t nq, int64_t nk,
+                                             int64_t heads, int64_t head_dim) {
+  const sdpa::Dims d{batch, heads, nq, nk, head_dim};
+  if (sdpa::backward_is_deterministic(d)) return double(sdpa::deterministic_workspace_bytes(d));
+  return 4.0 * double(batch) * double(heads) * double(nq) * double(head_dim);
 }
 
 // Whether the call is one causal attention from the top-left corner over keys

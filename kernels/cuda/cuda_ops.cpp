@@ -563,6 +563,10 @@ GraphStats graph_stats(Ops<float>& ops) { return as_cuda(ops).graph_stats(); }
 
 void set_attention_key_block(Ops<float>& ops, int64_t keys) { as_cuda(ops).set_key_block(keys); }
 
+void set_cudnn_deterministic_workspace_max(Ops<float>& ops, int64_t bytes) {
+  as_cuda(ops).set_cudnn_deterministic_max(bytes);
+}
+
 void set_attention_kernel(Ops<float>& ops, AttentionKernel kernel) {
   as_cuda(ops).set_attention_kernel(kernel);
 }

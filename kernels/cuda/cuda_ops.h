@@ -111,9 +111,9 @@ void begin_graph(Ops<float>& ops);
 void end_graph(Ops<float>& ops, uint64_t key);
 bool replay_graph(Ops<float>& ops, uint64_t key);
 // On by default; turned off by the backend itself (with a warning in the log) once 32
-// recordings and more than a third of all have had to be instantiated afresh, or been
-// refused: instantiating costs more than launching the kernels one by one, and a refused
-// step is given again.
+// recordings have had to be instantiated afresh, or been refused, and they outnumber half
+// the uses that paid (updates in place and replays): instantiating costs more than
+// launching the kernels one by one, and a refused step is given again.
 void set_graphs(Ops<float>& ops, bool enabled);
 struct GraphStats {
   int64_t instantiated = 0, updated = 0, launched = 0;
@@ -124,5 +124,10 @@ GraphStats graph_stats(Ops<float>& ops);
 // Testing hook: the number of keys per block of the attention (0: automatic). Small
 // blocks make small test shapes cross several blocks, as long contexts do.
 void set_attention_key_block(Ops<float>& ops, int64_t keys);
+
+// Testing hook: the largest workspace of cuDNN's deterministic attention backward a call
+// takes (default sdpa::kDeterministicWorkspaceMax, 256 MiB; past it dQ is added up with
+// atomics; 0: every backward so).
+void set_cudnn_deterministic_workspace_max(Ops<float>& ops, int64_t bytes);
 
 }  // namespace par::cuda

@@ -75,6 +75,7 @@ CudnnAttention* CudaOps::cudnn_for(const AttentionShape& s, bool backward, bool 
           stream_, sm_major_,
           [this](int slot, size_t bytes) { return scratch(kCudnnFirst + slot, bytes); },
           std::move(blocked));
+      cudnn_->set_deterministic_workspace_max(cudnn_deterministic_max_);
     }
     why = cudnn_->prepare(s, backward, kv_bf16);
     if (why.empty()) return cudnn_.get();

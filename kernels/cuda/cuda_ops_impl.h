@@ -62,6 +62,10 @@ class CudaOps final : public Ops<float> {
   cudaStream_t stream() const { return stream_; }
   MatmulPrecision precision() const { return precision_; }
   void set_key_block(int64_t keys) { key_block_ = keys; }
+  void set_cudnn_deterministic_max(int64_t bytes) {
+    cudnn_deterministic_max_ = bytes;
+    if (cudnn_) cudnn_->set_deterministic_workspace_max(bytes);
+  }
   void set_attention_kernel(AttentionKernel k) { attention_kernel_ = k; }
   void set_bf16_operands(Bf16Operands mode) { bf16_operands_ = mode; }
   std::string attention_description();
@@ -157,6 +161,7 @@ class CudaOps final : public Ops<float> {
   Bf16Operands bf16_operands_ = Bf16Operands::kAuto;
   int sm_major_ = 0;
   std::unique_ptr<CudnnAttention> cudnn_;  // made on first use
+  int64_t cudnn_deterministic_max_ = sdpa::kDeterministicWorkspaceMax;
   std::unique_ptr<LtLinear> lt_;
   std::unique_ptr<StepGraphs> graphs_;
   bool graphs_on_ = true;

@@ -316,10 +316,17 @@ Graph describe_backward(const Dims& d) {
       "dS^T", ds, g.virt("dS^T", g.transposed_dims(), g.transposed_strides(), DType::kBF16));
   g.matmul("dS^T*Q", ds_t, kQ, kDK, kSeqLenKV, 0, kSeqLenQ);
 
-  // dQ = dS K, straight into dQ: the deterministic kernels (no float accumulator updated
-  // by atomics), so that a run repeats its bits.
+  // dQ = dS K. Straight into dQ: the deterministic kernels (no float accumulator updated
+  // by atomics), so that a run repeats its bits. Through a float32 accumulator in global
+  // memory and an identity into dQ: the kernels that add into it with atomics.
   const int64_t k = g.reshape("K", kK, g.virt("K", {B, H, Skv, D}, {g.kv_stride(), D, ld, 1}));
-  g.matmul("dS*K", ds, k, kDQ, kSeqLenQ, 0, kSeqLenKV);
+  if (d.deterministic) {
+    g.matmul("dS*K", ds, k, kDQ, kSeqLenQ, 0, kSeqLenKV);
+  } else {
+    g.bound(kDQAccum, "dQ_accum", {B, H, Sq, D}, {H * Sq * D, Sq * D, D, 1}, DType::kFloat);
+    g.matmul("dS*K", ds, k, kDQAccum, kSeqLenQ, 0, kSeqLenKV);
+    g.pointwise("identity_dQ", Pointwise::kIdentity, kDQAccum, 0, 0, kDQ);
+  }
   return g.take();
 }
 

@@ -41,6 +41,8 @@ enum Uid : int64_t {
   kSeqLenQ,       // int32 [batch]: queries per example (rows past it are padding)
   kSeqLenKV,      // int32 [batch]: keys per example
   kSoftmaxSum,    // float [batch, heads, nq]: the backward's rowsum(dO * O), scratch
+  kDQAccum,       // float [batch, heads, nq, head_dim]: the backward's dQ as cuDNN adds it
+                  // up (Dims::deterministic false), zeroed before the call, scratch
   kFirstScalar = 32,   // by-value scalars from here
   kFirstVirtual = 64,  // virtual tensors from here
 };
@@ -92,13 +94,37 @@ struct Dims {
   // where the call reads the first nk keys of the model's own [batch, rows, ld] tensors
   // in place.
   int64_t kv_example_rows = 0;
+  // The backward's dQ: true, cuDNN's deterministic kernels, which write every score's
+  // gradient to a workspace of deterministic_workspace_bytes() and multiply it by K in a
+  // second pass; false, the kernels that add each key block's part of dQ into a float32
+  // accumulator (kDQAccum) with atomics, whose order, so dQ's last bits, may change from
+  // run to run (cudnn-frontend's default).
+  bool deterministic = true;
 };
+
+// The workspace of cuDNN 9's deterministic backward: every score's gradient in bfloat16,
+// the scores padded to tiles of 64 queries x 128 keys (as cuDNN 9.19's plans for sm_80 and
+// sm_90 report; cudnn-frontend sizes the same buffer as B H Sq Skv bf16 values), 4 GiB for
+// 16 heads of 1,024 queries over 130,049 keys.
+inline int64_t deterministic_workspace_bytes(const Dims& d) {
+  auto up = [](int64_t n, int64_t to) { return (n + to - 1) / to * to; };
+  return d.batch * d.heads * up(d.nq, 64) * up(d.nk, 128) * 2;
+}
+
+// Whether a backward takes the deterministic kernels: where their workspace is at most
+// kDeterministicWorkspaceMax (the latent self-attention, small calls), not where it would
+// rival the model itself (a long cross-attention), which would also cost two passes over
+// it per call.
+constexpr int64_t kDeterministicWorkspaceMax = int64_t(256) << 20;
+inline bool backward_is_deterministic(const Dims& d, int64_t most = kDeterministicWorkspaceMax) {
+  return deterministic_workspace_bytes(d) <= most;
+}
 
 // O and statistics of softmax(scale * Q K^T + masks) V for the queries i < seq_len_q[b]
 // and keys j < seq_len_kv[b] of each example.
 Graph describe_forward(const Dims& d);
 // dQ, dK, dV from Q, K, V, O, dO and the statistics (which may be merged ones: the
-// backward of each part of an attention split over keys). Deterministic (no atomics).
+// backward of each part of an attention split over keys); dQ as Dims::deterministic says.
 Graph describe_backward(const Dims& d);
 
 // Whether cuDNN's flash attention takes this head size (multiple of 8, at most 128 on

@@ -196,7 +196,7 @@ INSTANTIATE_TEST_SUITE_P(
 // merge; rows and whole examples with no visible key. Its bf16 outputs (o and the
 // gradients are rounded to bf16, 2^-9 relative) stay within the bf16 attention tolerance.
 // The other head sizes are refused with the reason. Two runs give the same bits (the
-// deterministic backward).
+// deterministic backward); the backward that adds dQ with atomics is within tolerance too.
 class CudnnAttentionTest : public ::testing::TestWithParam<AttentionCase> {
  protected:
   void SetUp() override { PAR_SKIP_WITHOUT_GPU(); }
@@ -228,6 +228,15 @@ TEST_P(CudnnAttentionTest, MatchesTheCpu) {
     SCOPED_TRACE("second run");
     expect_same_bits(got, again);
   }
+  // The backward that adds dQ up with atomics (what a long cross-attention takes): within
+  // the same tolerance, and o and lse still the bits of the run above (the same forward).
+  cuda::set_cudnn_deterministic_workspace_max(*ops, 0);
+  const Outputs atomic = gpu_attention(*ops, d, &want, cuda::AttentionKernel::kCudnn);
+  SCOPED_TRACE("dQ added up with atomics");
+  expect_close(atomic, want, tol);
+  expect_unseen_keys_zero(d, atomic);
+  EXPECT_TRUE(bitwise_equal(atomic.o, got.o)) << "o";
+  EXPECT_TRUE(bitwise_equal(atomic.lse, got.lse)) << "lse";
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, CudnnAttentionTest,

@@ -23,13 +23,19 @@ namespace sdpa = cuda::sdpa;
 
 // The shapes par builds graphs for: the 100M config's cross-attention (one example, 16
 // heads of 64, 1024 queries over the 130049 keys all of them see), its latent
-// self-attention (causal), and small ones of the tests.
+// self-attention (causal), and small ones of the tests; each backward deterministic or not
+// as par chooses (the cross-attention's adds dQ with atomics), and one small one of each.
 std::vector<sdpa::Dims> shapes(int64_t version) {
-  return {{1, 16, 1024, 130049, 64, 0.125, false, version},
-          {1, 16, 1024, 1024, 64, 0.125, true, version},
-          {2, 3, 37, 264, 16, 0.25, false, version},
-          {3, 2, 45, 45, 16, 0.25, true, version},
-          {1, 1, 20, 90, 128, 0.088, false, version}};
+  std::vector<sdpa::Dims> all = {{1, 16, 1024, 130049, 64, 0.125, false, version},
+                                 {1, 16, 1024, 1024, 64, 0.125, true, version},
+                                 {2, 3, 37, 264, 16, 0.25, false, version},
+                                 {3, 2, 45, 45, 16, 0.25, true, version},
+                                 {1, 1, 20, 90, 128, 0.088, false, version}};
+  for (sdpa::Dims& d : all) d.deterministic = sdpa::backward_is_deterministic(d);
+  sdpa::Dims atomic = all[2];
+  atomic.deterministic = false;
+  all.push_back(atomic);
+  return all;
 }
 
 class CudnnGraphTest : public ::testing::Test {
@@ -50,7 +56,8 @@ TEST_F(CudnnGraphTest, LoadsVersion9) {
 TEST_F(CudnnGraphTest, BuildsEveryAttentionGraphWithoutADevice) {
   for (const sdpa::Dims& d : shapes(api_->version)) {
     SCOPED_TRACE(::testing::Message() << d.batch << "x" << d.heads << "x" << d.nq << "x" << d.nk
-                                      << "x" << d.head_dim << (d.causal ? " causal" : ""));
+                                      << "x" << d.head_dim << (d.causal ? " causal" : "")
+                                      << (d.deterministic ? "" : " atomic dQ"));
     EXPECT_NO_THROW(cuda::CudnnGraph(*api_, sdpa::describe_forward(d), nullptr));
     EXPECT_NO_THROW(cuda::CudnnGraph(*api_, sdpa::describe_backward(d), nullptr));
   }
@@ -86,7 +93,8 @@ TEST_F(CudnnGraphTest, BuildsPlansForRecordedDevices) {
     for (const sdpa::Dims& d : shapes(api_->version))
       for (bool backward : {false, true}) {
         SCOPED_TRACE(::testing::Message() << (backward ? "backward " : "forward ") << d.nq
-                                          << "x" << d.nk << (d.causal ? " causal" : ""));
+                                          << "x" << d.nk << (d.causal ? " causal" : "")
+                                          << (d.deterministic ? "" : " atomic dQ"));
         cuda::CudnnGraph g(*api_, backward ? sdpa::describe_backward(d) : sdpa::describe_forward(d),
                            nullptr);
         if (cuda::device_count() > 0) {

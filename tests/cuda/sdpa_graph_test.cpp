@@ -67,6 +67,19 @@ TEST(SdpaGraph, ForwardAndBackwardAreWellFormed) {
                                     sdpa::kDO, sdpa::kDQ, sdpa::kDK, sdpa::kDV, sdpa::kSeqLenQ,
                                     sdpa::kSeqLenKV, sdpa::kSoftmaxSum}));
   }
+  // The backward whose dQ cuDNN adds up with atomics: into a float32 accumulator it binds,
+  // then into dQ.
+  for (bool causal : {false, true}) {
+    sdpa::Dims d{2, 3, 5, 7, 16, 0.25, causal};
+    d.deterministic = false;
+    const sdpa::Graph b = sdpa::describe_backward(d);
+    expect_well_formed(b, {sdpa::kDQ, sdpa::kDK, sdpa::kDV, sdpa::kSoftmaxSum, sdpa::kDQAccum});
+    EXPECT_EQ(b.bound_uids(),
+              (std::vector<int64_t>{sdpa::kQ, sdpa::kK, sdpa::kV, sdpa::kO, sdpa::kStats,
+                                    sdpa::kDO, sdpa::kDQ, sdpa::kDK, sdpa::kDV, sdpa::kSeqLenQ,
+                                    sdpa::kSeqLenKV, sdpa::kSoftmaxSum, sdpa::kDQAccum}));
+    EXPECT_EQ(b.tensor(sdpa::kDQAccum).type, sdpa::DType::kFloat);
+  }
   // cuDNN 9.0-9.9 take the padding mask twice in the backward; later versions once, and
   // before 9.10 the masked score is the lowest float rather than -inf.
   sdpa::Dims old{1, 1, 4, 4, 8, 1.0, false, 90500};
@@ -174,7 +187,8 @@ std::vector<double> taller(const Case& c, const std::vector<double>& packed, int
 // Both graphs of the case on random bf16 inputs against the reference attention, with K, V
 // and their gradients in [B, rows, ld] tensors (rows = nk: packed); the backward's bound
 // tensors are returned.
-std::map<int64_t, std::vector<double>> expect_graphs_match(const Case& c, int64_t rows) {
+std::map<int64_t, std::vector<double>> expect_graphs_match(const Case& c, int64_t rows,
+                                                           bool deterministic = true) {
   const int64_t ld = c.H * c.D;
   const auto q = bf16_vector(c.B * c.nq * ld, 1), k = bf16_vector(c.B * c.nk * ld, 2);
   const auto v = bf16_vector(c.B * c.nk * ld, 3), d_o = bf16_vector(c.B * c.nq * ld, 4);
@@ -186,6 +200,7 @@ std::map<int64_t, std::vector<double>> expect_graphs_match(const Case& c, int64_
 
   sdpa::Dims d{c.B, c.H, c.nq, c.nk, c.D, 1.0 / std::sqrt(double(c.D)), c.causal};
   if (rows != c.nk) d.kv_example_rows = rows;
+  d.deterministic = deterministic;
   std::vector<double> seq_q(size_t(c.B), double(c.nq)), seq_kv;
   for (int32_t n : c.keys) seq_kv.push_back(n);
 
@@ -210,6 +225,7 @@ std::map<int64_t, std::vector<double>> expect_graphs_match(const Case& c, int64_
       {sdpa::kDK, kv(std::vector<double>(k.size(), NAN), 7.0)},
       {sdpa::kDV, kv(std::vector<double>(v.size(), NAN), 7.0)},
       {sdpa::kSoftmaxSum, std::vector<double>(want.lse.size(), NAN)}};
+  if (!deterministic) bwd[sdpa::kDQAccum] = std::vector<double>(q.size(), NAN);
   cuda_test::interpret(sdpa::describe_backward(d), bwd);
   EXPECT_LT(rel_error(bwd[sdpa::kDQ], want.dq), 2e-2);
   // The rows past each example's keys keep what they held.
@@ -223,6 +239,7 @@ class SdpaGraphMeaning : public ::testing::TestWithParam<Case> {};
 TEST_P(SdpaGraphMeaning, MatchesTheReferenceAttention) {
   const Case c = GetParam();
   const int64_t ld = c.H * c.D;
+  expect_graphs_match(c, c.nk, false);  // dQ through the accumulator
   std::map<int64_t, std::vector<double>> bwd = expect_graphs_match(c, c.nk);
   // Padding keys get no gradient.
   for (int64_t b = 0; b < c.B; ++b)
@@ -240,6 +257,23 @@ TEST_P(SdpaGraphMeaning, MatchesTheReferenceAttention) {
 TEST(SdpaGraph, ReadsKeysInPlaceFromTallerTensors) {
   expect_graphs_match(Case{2, 2, 5, 9, 8, false, {9, 9}}, 13);
   expect_graphs_match(Case{1, 3, 4, 12, 16, false, {12}}, 20);
+}
+
+// The deterministic backward's workspace (every score's gradient in bf16, in tiles of 64 x
+// 128) as cuDNN 9.19's plans report it, less their 256 bytes: for gpu-100m-131k's
+// cross-attention 4,265,607,424 bytes, which is why its backward adds dQ with atomics,
+// while its latent self-attention (32 MiB) and small calls stay deterministic.
+TEST(SdpaGraph, DeterministicWhereTheWorkspaceIsSmall) {
+  const sdpa::Dims cross{1, 16, 1024, 130049, 64};
+  EXPECT_EQ(sdpa::deterministic_workspace_bytes(cross) + 256, int64_t(4265607424));
+  EXPECT_FALSE(sdpa::backward_is_deterministic(cross));
+  const sdpa::Dims self{1, 16, 1024, 1024, 64, 0.125, true};
+  EXPECT_EQ(sdpa::deterministic_workspace_bytes(self), int64_t(32) << 20);
+  EXPECT_TRUE(sdpa::backward_is_deterministic(self));
+  EXPECT_TRUE(sdpa::backward_is_deterministic(sdpa::Dims{2, 2, 5, 9, 8}));
+  // The bound: 8 x 16 heads x 1,024 x 1,024 is at it, one key block more is past it.
+  EXPECT_TRUE(sdpa::backward_is_deterministic(sdpa::Dims{8, 16, 1024, 1024, 64}));
+  EXPECT_FALSE(sdpa::backward_is_deterministic(sdpa::Dims{8, 16, 1024, 1025, 64}));
 }
 
 INSTANTIATE_TEST_SUITE_P(
