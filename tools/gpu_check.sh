@@ -174,8 +174,12 @@ for suite in $suites; do
     test_note="${test_note:+$test_note; }out of time before $suite"
     break
   fi
-  timeout "$left" "$tests" --gtest_color=no --gtest_filter="$suite.*" > "$work/suite.log" 2>&1
+  # cuDNN's own warnings and errors (why it refused a graph or an engine), per suite.
+  dbg="$logs/cudnn-warnings-$(echo "$suite" | tr '/' '_').log"
+  CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG="$dbg" \
+    timeout "$left" "$tests" --gtest_color=no --gtest_filter="$suite.*" > "$work/suite.log" 2>&1
   rc=$?
+  [ -s "$dbg" ] || rm -f "$dbg"
   cat "$work/suite.log" >> "$logs/tests.log"
   case $rc in
     0|1) ;;  # passed, or failures counted below
