@@ -113,6 +113,9 @@ void CudaOps::deallocate(void* p) {
   // cudaFree while the stream records would invalidate the recording without a word (a
   // destructor unwinding out of a step): end the recording first.
   if (graphs_ && graphs_->capturing()) graphs_->abort();
+  // A kept step may point into p, and a later allocation may hand its address out again
+  // for another use: such steps are recorded again before they are replayed.
+  if (graphs_) graphs_->forget_replays();
   // cudaFree waits for the device, so no queued kernel still uses p. Destructors call
   // this, so a failure is reported rather than thrown: it only happens once the context
   // is broken, and the error that broke it has been thrown where it happened.

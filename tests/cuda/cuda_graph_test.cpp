@@ -158,6 +158,24 @@ TEST_F(CudaGraphTest, AScratchBufferThatGrowsEndsTheReplays) {
   EXPECT_GE(cuda::graph_stats(*ops).updated, 1);
 }
 
+// So does freeing any buffer of the backend: the next allocation may hand its address out
+// again for another use, and a kept graph pointing into it would not know.
+TEST_F(CudaGraphTest, AFreedBufferEndsTheReplays) {
+  auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
+  Step step(*ops);
+  step.run(300);
+  cuda::begin_graph(*ops);
+  step.run(300);
+  cuda::end_graph(*ops, 4);
+  EXPECT_TRUE(ops->replay_capture(4));
+  ops->deallocate(ops->allocate(1024));
+  EXPECT_FALSE(ops->replay_capture(4)) << "a kept graph may point into freed memory";
+  cuda::begin_graph(*ops);
+  step.run(300);
+  cuda::end_graph(*ops, 4);
+  EXPECT_TRUE(ops->replay_capture(4)) << "recorded again";
+}
+
 // Recordings under one key whose kernels change every time cannot update the kept graph:
 // after 32 instantiations recording is given up, and the work runs as given.
 TEST_F(CudaGraphTest, RecordingsThatNeverUpdateAreGivenUp) {
