@@ -161,7 +161,12 @@ def train(torch, c, compiled, steps, warmup):
 
 
 def attention_alone(torch, c, backend_name, reps=10):
-    """M queries over N keys, Hc heads, bf16, lower-right causal: forward, forward + backward."""
+    """M queries over N keys, Hc heads, bf16, lower-right causal: forward, forward + backward.
+
+    Under CUDNN_ATTENTION PyTorch (2.11) does not hand the lower-right causal bias to cuDNN
+    as such: with the flash backend switched off, the bias is materialized as a boolean
+    [M, N] mask, so that row times cuDNN with an arbitrary mask (or says no kernel takes
+    it), not cuDNN's causal kernel."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.bias import causal_lower_right
     F = torch.nn.functional
@@ -175,6 +180,9 @@ def attention_alone(torch, c, backend_name, reps=10):
     with sdpa_kernel(getattr(SDPBackend, backend_name)):
         for name, backward in (("forward_ms", False), ("forward_backward_ms", True)):
             def once():
+                # Fresh gradients each time: accumulating into the last ones would add a
+                # read and a write of k.grad and v.grad (256 MiB each) to every backward.
+                q.grad = k.grad = v.grad = None
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
                 if backward:
                     o.backward(do)
@@ -209,7 +217,7 @@ def main():
              H=int(raw["self-heads"]), F=int(raw.get("mlp-factor", 4)),
              dropout=float(raw.get("dropout", 0.1)), batch=int(raw.get("batch-size", 1)),
              rotary_fraction=float(raw.get("rotary-fraction", 0.5)),
-             wavelength=float(raw.get("max-wavelength", N)))
+             wavelength=float(raw.get("max-wavelength") or N))  # 0 or unset: N, as par reads it
     if raw.get("position-encoding", "rotary") != "rotary":
         sys.exit("torch_reference: only rotary positions are modelled (position-encoding = "
                  + raw["position-encoding"] + ")")

@@ -4,9 +4,12 @@
 // a GPU machine are spent on it. A stand-in writes its arguments to calls.txt.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <string>
+#include <vector>
 
 #include "tests/par_cli.h"
 
@@ -134,7 +137,7 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
            "    par's step time / this                   0.25 x (par 10.00 ms)",
            "  PyTorch step, torch.compile          skipped: less than half of --budget left for compiling",
            "  attention alone, FlashAttention-2          2.16 ms forward, 7.32 ms forward + backward",
-           "  attention alone, cuDNN (PyTorch)     RuntimeError: No available kernel",
+           "  attention alone, cuDNN, a bool mask  RuntimeError: No available kernel",
        })
     EXPECT_NE(summary.find(line), std::string::npos) << "missing: " << line << "\n" << summary;
   // bf16 with both attentions, fp32 with the first only.
@@ -153,12 +156,34 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
   EXPECT_NE(calls.find("--decode 300 --position-encoding absolute --kv-storage fp32"), std::string::npos)
       << calls;
   EXPECT_NE(calls.find("torch_reference --budget "), std::string::npos) << calls;
+  // What comes back: the summary and one archive of every log (the device tool brings back
+  // at most 8 files), which holds the tests' and the benches' logs.
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir_.file("logs"))) out.push_back(e.path().filename());
+  std::sort(out.begin(), out.end());
+  EXPECT_EQ(out, (std::vector<std::string>{"logs.tar.gz", "summary.txt"}));
+  const ParRun listing = run_shell(dir_, cat("tar -tzf ", quote(dir_.file("logs/logs.tar.gz"))));
+  for (const char* log : {"logs/tests.log", "logs/timing.log", "logs/bench.log", "logs/torch.log"})
+    EXPECT_NE(listing.out.find(log), std::string::npos) << log << " not in\n" << listing.out;
+}
+
+// The stages before the targets stop short of the budget's last RESERVE seconds: with none
+// left, the tests and timing runs are skipped and say so, and the targets still run.
+TEST_F(GpuCheck, TheTestsLeaveTheTargetsTheirTime) {
+  const ParRun r = check("BUDGET=400 RESERVE=400");
+  EXPECT_NE(r.out.find("out of time before"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("N=131072 step"), std::string::npos) << r.out;
+  const std::string calls = slurp(dir_.file("calls.txt"));
+  EXPECT_EQ(calls.find("CudaTiming"), std::string::npos) << calls;
 }
 
 // Without PyTorch (as here), the yardstick says so and exits 3, and the check goes on.
 TEST_F(GpuCheck, TheYardstickSaysWhenPyTorchIsMissing) {
   const std::string script = cat(PAR_SOURCE_DIR, "/bench/torch_reference.py");
-  ParRun r = run_shell(dir_, cat("python3 -m py_compile ", quote(script)));
+  // Compiled into the test's directory: nothing is written into the source tree.
+  ParRun r = run_shell(dir_, cat("python3 -c 'import py_compile, sys; py_compile.compile(sys.argv[1], "
+                                 "cfile=sys.argv[2], doraise=True)' ",
+                                 quote(script), " ", quote(dir_.file("torch_reference.pyc"))));
   ASSERT_EQ(r.rc, 0) << r.err;
   if (run_shell(dir_, "python3 -c 'import torch'").rc == 0) GTEST_SKIP() << "PyTorch is installed here";
   r = run_shell(dir_, cat("cd ", quote(PAR_SOURCE_DIR), " && python3 ", quote(script), " --budget 10"));

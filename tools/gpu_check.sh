@@ -27,10 +27,14 @@
 #                 replaced. Default: "{par} bench --config {config} --device cuda
 #                 --precision {precision} --attention {attention}
 #                 --steps 3 --warmup 1".
-#   TEST_TIMEOUT  seconds for all of par_cuda_tests (default 300); BENCH_TIMEOUT per bench (180)
+#   TEST_TIMEOUT  seconds for all of par_cuda_tests (default 300), SUITE_TIMEOUT for one
+#                 suite (90); BENCH_TIMEOUT per bench (180)
 #   BUDGET        seconds for the whole check (default 540): bench runs that would not end
-#                 in time are listed as skipped, so the table always comes out
-#   CHECK_OUT     where the logs go (default $OUT when set, else build-gpu-bundle/check)
+#                 in time are listed as skipped, so the table always comes out; the tests
+#                 and timing runs stop short of its last RESERVE seconds (240), which the
+#                 targets keep
+#   CHECK_OUT     where the logs go (default $OUT when set, else build-gpu-bundle/check):
+#                 summary.txt, and every log in logs.tar.gz
 #   TORCH_REFERENCE  the yardstick's command (default: python3 bench/torch_reference.py
 #                 --config configs/gpu-100m-131k.ini; --budget SECONDS is appended): the
 #                 same model in PyTorch on the same GPU, after par's targets
@@ -52,18 +56,43 @@ bench_cmd=${BENCH_CMD:-"{par} bench --config {config} --device cuda --precision 
 test_timeout=${TEST_TIMEOUT:-300}
 bench_timeout=${BENCH_TIMEOUT:-180}
 budget=${BUDGET:-540}
+suite_timeout=${SUITE_TIMEOUT:-90}
+reserve=${RESERVE:-240}
 logs=${CHECK_OUT:-${OUT:-build-gpu-bundle/check}}
 mkdir -p "$logs"
 logs=$(cd "$logs" && pwd)
 
 say() { echo "gpu_check: $*"; }
+# Seconds a stage before the targets may take: at most $1, and never into the last
+# $reserve seconds of the budget, which the targets and the yardstick keep (0: none left).
+stage_limit() {
+  local l=$((budget - reserve - SECONDS))
+  [ "$l" -gt "$1" ] && l=$1
+  [ "$l" -gt 0 ] || l=0
+  echo "$l"
+}
+# Runs "$@" for at most stage_limit $1 seconds; status 124 without running it when no time
+# is left. (timeout 0 would mean no limit at all.)
+staged() {
+  local lim
+  lim=$(stage_limit "$1")
+  shift
+  [ "$lim" -gt 0 ] || return 124
+  timeout -k 10 "$lim" "$@"
+}
 die() { echo "gpu_check: $*" >&2; exit 2; }
 
 [ -f "$archive" ] || die "no bundle at $archive: run tools/gpu_bundle.sh on the build machine first (and carry build-gpu-bundle/bundle)"
 
 # ---- unpack ----
 work=$(mktemp -d "${TMPDIR:-/tmp}/par-gpu-check.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# The detailed logs, packed into one archive in $logs as each stage ends and at exit (the
+# device tool brings back at most 8 files); summary.txt lies beside it.
+dlog=$work/logs
+mkdir -p "$dlog"
+pack() { tar -czf "$logs/logs.tar.gz.part" -C "$work" logs 2>/dev/null &&
+           mv -f "$logs/logs.tar.gz.part" "$logs/logs.tar.gz"; }
+trap 'pack; rm -rf "$work"' EXIT
 if command -v xz > /dev/null; then
   xz -dc "$archive" | tar -C "$work" -xf - || die "cannot unpack $archive"
 else
@@ -74,11 +103,17 @@ B=$work/par-gpu-bundle
 par=$B/bin/par
 tests=$B/bin/par_cuda_tests
 say "bundle: $(head -1 "$B/MANIFEST")"
+# A bundle built from another commit than these scripts and configs measures other code.
+bundle_commit=$(head -1 "$B/MANIFEST" | awk '{print $NF}')
+tree_commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || true)
+if [ -n "$tree_commit" ] && [ "$bundle_commit" != "$tree_commit" ]; then
+  say "WARNING: the bundle was built from $bundle_commit, this checkout is $tree_commit: run tools/gpu_bundle.sh again"
+fi
 
 # ---- the GPU ----
-gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+gpu_name=$(timeout -k 5 20 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 if [ -n "$gpu_name" ]; then
-  say "GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | head -1)"
+  say "GPU: $(timeout -k 5 20 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | head -1)"
 else
   say "nvidia-smi found no GPU (the tests will say why CUDA sees none)"
 fi
@@ -87,10 +122,11 @@ fi
 # (PyTorch, for the yardstick, keeps the machine's own library path.)
 machine_ld_path=${LD_LIBRARY_PATH:-}
 lib_path=$B/lib
-need=(libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2)
+# (libnvrtc: cuDNN's attention engines compile their kernels at run time.)
+need=(libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2 libnvrtc.so.13)
 site_dirs=$(python3 -c 'import site; print(" ".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null || true)
 for so in "${need[@]}"; do
-  ldconfig -p 2>/dev/null | grep -q "$so " && continue  # the loader finds it anyway
+  grep -q "$so " < <(ldconfig -p 2>/dev/null) && continue  # the loader finds it anyway
   found=""
   for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64 /usr/local/cuda/lib \
            /usr/local/cuda/targets/x86_64-linux/lib; do
@@ -120,7 +156,7 @@ fi
 # whose directory goes first on the library path so that the libraries it loads in turn
 # (libcudnn_graph, the engines) come from the same release.
 cudnn_version() {  # the version number of a libcudnn.so.9, e.g. 91400 (empty if unusable)
-  python3 -c "import ctypes, sys; l = ctypes.CDLL(sys.argv[1]); l.cudnnGetVersion.restype = ctypes.c_size_t; print(l.cudnnGetVersion())" "$1" 2>/dev/null
+  LD_LIBRARY_PATH=$machine_ld_path python3 -c "import ctypes, sys; l = ctypes.CDLL(sys.argv[1]); l.cudnnGetVersion.restype = ctypes.c_size_t; print(l.cudnnGetVersion())" "$1" 2>/dev/null
 }
 cudnn_candidates=()
 for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64 /usr/local/cuda/lib \
@@ -162,25 +198,28 @@ export OMPI_MCA_ess_singleton_isolated=1
 # ---- tests ----
 # One process per test suite: a kernel fault poisons the CUDA context of its process, and
 # must not take the other suites' results with it.
-say "running par_cuda_tests suite by suite (log: $logs/tests.log)"
-: > "$logs/tests.log"
+say "running par_cuda_tests suite by suite (logs.tar.gz: logs/tests.log)"
+: > "$dlog/tests.log"
 t0=$(date +%s)
 test_note=""
-suites=$("$tests" --gtest_list_tests 2>/dev/null | grep -E '^[^ ].*\.$' | sed 's/\.$//')
+suites=$(timeout -k 5 60 "$tests" --gtest_list_tests 2>/dev/null | grep -E '^[^ ].*\.$' | sed 's/\.$//')
 [ -n "$suites" ] || test_note="could not list the tests"
 for suite in $suites; do
-  left=$((test_timeout - ($(date +%s) - t0)))
+  left=$(stage_limit $((test_timeout - ($(date +%s) - t0))))
   if [ "$left" -le 0 ]; then
     test_note="${test_note:+$test_note; }out of time before $suite"
     break
   fi
-  # cuDNN's own warnings and errors (why it refused a graph or an engine), per suite.
-  dbg="$logs/cudnn-warnings-$(echo "$suite" | tr '/' '_').log"
-  CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG="$dbg" \
-    timeout "$left" "$tests" --gtest_color=no --gtest_filter="$suite.*" > "$work/suite.log" 2>&1
+  [ "$left" -gt "$suite_timeout" ] && left=$suite_timeout
+  # cuDNN's own warnings and errors (why it refused a graph or an engine), suite by suite.
+  CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG="$work/cudnn.log" \
+    timeout -k 10 "$left" "$tests" --gtest_color=no --gtest_filter="$suite.*" > "$work/suite.log" 2>&1
   rc=$?
-  [ -s "$dbg" ] || rm -f "$dbg"
-  cat "$work/suite.log" >> "$logs/tests.log"
+  if [ -s "$work/cudnn.log" ]; then
+    { echo "== $suite"; cat "$work/cudnn.log"; } >> "$dlog/cudnn-warnings.log"
+    rm -f "$work/cudnn.log"
+  fi
+  cat "$work/suite.log" >> "$dlog/tests.log"
   case $rc in
     0|1) ;;  # passed, or failures counted below
     124) test_note="${test_note:+$test_note; }$suite timed out" ;;
@@ -188,49 +227,50 @@ for suite in $suites; do
   esac
 done
 t1=$(date +%s)
-passed=$(grep -cE '^\[       OK \] .* \([0-9]+ ms\)$' "$logs/tests.log")
-failed=$(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$logs/tests.log")
-skipped=$(grep -cE '^\[  SKIPPED \] .* \([0-9]+ ms\)$' "$logs/tests.log")
+passed=$(grep -cE '^\[       OK \] .* \([0-9]+ ms\)$' "$dlog/tests.log")
+failed=$(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$dlog/tests.log")
+skipped=$(grep -cE '^\[  SKIPPED \] .* \([0-9]+ ms\)$' "$dlog/tests.log")
 # On a GPU machine nothing skips: a skip means CUDA saw no device, and the check failed.
 [ "$skipped" -gt 0 ] && test_note="${test_note:+$test_note; }$skipped skipped (no GPU visible to CUDA?)"
 test_rc=0
 { [ "$failed" -gt 0 ] || [ -n "$test_note" ]; } && test_rc=1
 if [ "$failed" -gt 0 ]; then
   say "failures (details in tests.log):"
-  grep -E '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$logs/tests.log" | head -40
-  grep -B1 -A8 -E ': Failure$' "$logs/tests.log" | head -120
+  grep -E '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$dlog/tests.log" | head -40
+  grep -B1 -A8 -E ': Failure$' "$dlog/tests.log" | head -120
 fi
 [ -z "$test_note" ] || say "tests: $test_note"
 
 # The cuDNN path again with the machine's other cuDNN (say the system's 9.14 when PyTorch
 # brings 9.19): par must run on either.
 if [ -n "$cudnn_other" ]; then
-  say "cuDNN tests again with $cudnn_other (log: $logs/tests-other-cudnn.log)"
+  say "cuDNN tests again with $cudnn_other (logs.tar.gz: logs/tests-other-cudnn.log)"
   PAR_CUDNN_LIBRARY=$cudnn_other LD_LIBRARY_PATH=$(dirname "$cudnn_other"):$LD_LIBRARY_PATH \
-    timeout 120 "$tests" --gtest_color=no --gtest_filter='*Cudnn*:*cudnn*' \
-    > "$logs/tests-other-cudnn.log" 2>&1
+    staged 60 "$tests" --gtest_color=no --gtest_filter='*Cudnn*:*cudnn*' \
+    > "$dlog/tests-other-cudnn.log" 2>&1
   other_rc=$?
-  other_passed=$(grep -cE '^\[       OK \] .* \([0-9]+ ms\)$' "$logs/tests-other-cudnn.log")
-  other_failed=$(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$logs/tests-other-cudnn.log")
+  other_passed=$(grep -cE '^\[       OK \] .* \([0-9]+ ms\)$' "$dlog/tests-other-cudnn.log")
+  other_failed=$(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$dlog/tests-other-cudnn.log")
   say "with the other cuDNN: $other_passed passed, $other_failed failed (exit $other_rc)"
   [ "$other_failed" -gt 0 ] || [ "$other_rc" -gt 1 ] && test_note="${test_note:+$test_note; }cuDNN tests failed with $cudnn_other"
   [ -n "$test_note" ] && test_rc=1
 fi
 
 # ---- timings from par_cuda_tests ----
-say "timing runs (log: $logs/timing.log)"
-timeout 150 "$tests" --gtest_color=no --gtest_also_run_disabled_tests \
-  --gtest_filter='CudaTiming.*' > "$logs/timing.log" 2>&1 || say "timing runs: exit status $?"
-grep '^timing' "$logs/timing.log" | sed 's/^timing /  /'
+say "timing runs (logs.tar.gz: logs/timing.log)"
+pack
+staged 90 "$tests" --gtest_color=no --gtest_also_run_disabled_tests \
+  --gtest_filter='CudaTiming.*' > "$dlog/timing.log" 2>&1 || say "timing runs: exit status $?"
+grep '^timing' "$dlog/timing.log" | sed 's/^timing /  /'
 # cuDNN's description of this GPU: committed as tests/data/cudnn/<card>.json, it lets the
 # CPU tests build plans for this device (CudnnGraphTest.BuildsPlansForRecordedDevices).
-PAR_CUDNN_DEVICE_JSON="$logs/cudnn-device.json" timeout 60 "$tests" --gtest_color=no \
+PAR_CUDNN_DEVICE_JSON="$dlog/cudnn-device.json" staged 30 "$tests" --gtest_color=no \
   --gtest_also_run_disabled_tests --gtest_filter='CudnnDeviceProperties.*' \
-  > "$logs/cudnn-device.log" 2>&1 || say "recording the device properties: exit status $?"
-[ -s "$logs/cudnn-device.json" ] && say "cuDNN device properties: $logs/cudnn-device.json"
+  > "$dlog/cudnn-device.log" 2>&1 || say "recording the device properties: exit status $?"
+[ -s "$dlog/cudnn-device.json" ] && say "cuDNN device properties: logs/cudnn-device.json in logs.tar.gz"
 
 # ---- the issue's targets first (the 100M config in bf16, PyTorch's work: no key dropout) ----
-: > "$logs/bench.log"
+: > "$dlog/bench.log"
 : > "$work/bench.tsv"
 : > "$work/targets.txt"
 target_config=configs/gpu-100m-131k.ini
@@ -246,10 +286,10 @@ run_target() {  # label, extra options: one bench, its JSON line and profile int
   case " $* " in *" --steps "*) steps="" ;; esac
   local cmd="$par bench --config $target_config --device cuda --precision bf16 --cross-attend-dropout 0 $steps $*"
   say "target: $cmd"
-  echo "==== $cmd" >> "$logs/bench.log"
+  echo "==== $cmd" >> "$dlog/bench.log"
   timeout "$((left < 240 ? left : 240))" bash -c "$cmd" > "$work/one.log" 2>&1
   local rc=$?
-  cat "$work/one.log" >> "$logs/bench.log"
+  cat "$work/one.log" >> "$dlog/bench.log"
   local json
   json=$(grep '^{' "$work/one.log" | tail -1)
   if [ $rc -ne 0 ] || [ -z "$json" ]; then
@@ -260,7 +300,12 @@ run_target() {  # label, extra options: one bench, its JSON line and profile int
   local attn
   attn=$(awk '/attention_(forward|backward) \(cross\)/ {s += $1} END {if (s > 0) printf "%.2f", s}' "$work/one.log")
   echo "$label	$json	${attn:-}" >> "$work/targets.txt"
-  grep -E '^(model|step|profile|  )' "$work/one.log" | head -40 > "$work/profile-$label.txt"
+  # The profiles' tables in the summary: only the runs made for them (the output that
+  # comes back is short).
+  case $label in
+    *-profile) grep -E '^(model|step|profile|  )' "$work/one.log" | head -40 > "$work/profile-$label.txt" ;;
+  esac
+  pack
 }
 if [ -f "$target_config" ]; then
   run_target n131k
@@ -295,12 +340,12 @@ if [ ! -f "$target_config" ]; then
   torch_note="not run: no $target_config"
 elif [ "$left" -ge 120 ]; then
   torch_limit=$((left - 60 < 240 ? left - 60 : 240))
-  say "yardstick: $torch_cmd --budget $torch_limit (log: $logs/torch.log)"
+  say "yardstick: $torch_cmd --budget $torch_limit (logs.tar.gz: logs/torch.log)"
   LD_LIBRARY_PATH=$machine_ld_path timeout "$torch_limit" bash -c "$torch_cmd --budget $torch_limit" \
-    > "$logs/torch.log" 2>&1
+    > "$dlog/torch.log" 2>&1
   torch_rc=$?
-  grep '^{' "$logs/torch.log" > "$work/torch.jsonl"
-  torch_note="exit $torch_rc$([ $torch_rc -eq 124 ] && echo ', timed out'): $(grep -v '^{' "$logs/torch.log" | grep -v '^\s*$' | tail -1 | cut -c1-160)"
+  grep '^{' "$dlog/torch.log" > "$work/torch.jsonl"
+  torch_note="exit $torch_rc$([ $torch_rc -eq 124 ] && echo ', timed out'): $(grep -v '^{' "$dlog/torch.log" | grep -v '^\s*$' | tail -1 | cut -c1-160)"
 else
   torch_note="skipped: out of time (BUDGET=$budget s)"
 fi
@@ -326,10 +371,10 @@ for config in $configs; do
     cmd=${cmd//\{precision\}/$p}
     cmd=${cmd//\{attention\}/$attn}
     say "bench: $cmd"
-    echo "==== $cmd" >> "$logs/bench.log"
+    echo "==== $cmd" >> "$dlog/bench.log"
     timeout "$((left < bench_timeout ? left : bench_timeout))" bash -c "$cmd" > "$work/one.log" 2>&1
     rc=$?
-    cat "$work/one.log" >> "$logs/bench.log"
+    cat "$work/one.log" >> "$dlog/bench.log"
     json=$(grep '^{' "$work/one.log" | tail -1)
     if [ $rc -ne 0 ] || [ -z "$json" ]; then
       printf '%s\t%s\t%s\n' "$config" "$label" "failed (exit $rc): $(grep -v '^\s*$' "$work/one.log" | tail -1 | cut -c1-100)" >> "$work/bench.tsv"
@@ -345,8 +390,8 @@ done
   echo "== par GPU check: ${gpu_name:-no GPU} =="
   echo "bundle: $(head -1 "$B/MANIFEST")"
   echo "tests:  $passed passed, $failed failed, $skipped skipped in $((t1 - t0)) s ${test_note:+($test_note)}"
-  grep '^timing' "$logs/timing.log" | sed 's/^timing /timing: /'
-  python3 - "$work/bench.tsv" <<'EOF'
+  grep '^timing' "$dlog/timing.log" | sed 's/^timing /timing: /'
+  LD_LIBRARY_PATH=$machine_ld_path python3 - "$work/bench.tsv" <<'EOF'
 import json, os, sys
 # The share of the card's dense peak comes from par bench (launch/gpu_peaks.cpp).
 print("bench:  %-28s %-12s %10s %12s %9s %7s %10s %9s" % ("config", "prec/attn", "ms/step",
@@ -372,7 +417,7 @@ for line in open(sys.argv[1]):
         "%.1f" % (100 * share) if share else "n/a", mem or "n/a",
         "%.2f" % attn if attn else "-"))
 EOF
-  python3 - "$work/targets.txt" "$work/torch.jsonl" "$torch_note" <<'EOF'
+  LD_LIBRARY_PATH=$machine_ld_path python3 - "$work/targets.txt" "$work/torch.jsonl" "$torch_note" <<'EOF'
 import json, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -479,7 +524,7 @@ else:
             print("  %-36s %10.2f x (par %.2f ms)" % ("  par's step time / this", par["ms_per_step"] / r["ms_per_step"],
                                                    par["ms_per_step"]))
     for what, name in (("attention_flash_attention", "attention alone, FlashAttention-2"),
-                       ("attention_cudnn_attention", "attention alone, cuDNN (PyTorch)")):
+                       ("attention_cudnn_attention", "attention alone, cuDNN, a bool mask")):
         r = torch.get(what, {"error": "not run"})
         if "error" in r:
             print("  %-36s %s" % (name, r["error"]))
@@ -490,7 +535,7 @@ EOF
   # Which paths the backend took (cuDNN or not, keys read in place, cuBLASLt's epilogue),
   # as its log lines said them in the targets' runs: each message once, with its count.
   echo "--- the backend's paths (the targets' logs)"
-  grep -hE "cuDNN|cuBLASLt|in place|widen" "$logs/bench.log" | sed 's/^[IWE][0-9]\{4\} [^]]*\] //' |
+  grep -hE "cuDNN|cuBLASLt|in place|widen" "$dlog/bench.log" | sed 's/^[IWE][0-9]\{4\} [^]]*\] //' |
     sort | uniq -c | sort -rn | head -20
   for f in "$work"/profile-*.txt; do
     [ -s "$f" ] || continue
