@@ -12,6 +12,7 @@
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/attention_segments.h"
 #include "kernels/cuda/gemm_mapping.h"
+#include "kernels/cuda/reduction_sizes.h"
 #include "launch/host_memory.h"
 
 namespace par {
@@ -142,6 +143,21 @@ double cuda_widened_keys_values(const PlanRequest& r) {
   return elements * sizeof(float) * 9 / 8;
 }
 
+// The reductions' scratch of the backward (kernels/cuda/reduction_sizes.h), for the input
+// side's B N/sp rows, the largest calls: the embedding backward's (with a bound for CUB's
+// sort, which holds a second copy of its int32 keys and values), the LayerNorm backward's
+// partial sums and the bias gradients' column partials (the keys' and values' projections,
+// d/tp wide); and cuBLAS's workspace. With the backend's 1/8 of headroom on the scratch.
+double cuda_reduction_scratch(const PlanRequest& r) {
+  const ModelConfig& c = r.model;
+  const int64_t rows = r.micro_batch * (c.context_length / r.sp), d = c.d_model;
+  const double cub_sort = 16.0 * double(rows) + double(int64_t(1) << 20);
+  const double embedding = double(cuda::kern::embedding_scratch_without_cub(rows, d)) + cub_sort;
+  const double norm = 4.0 * double(cuda::kern::layernorm_backward_partial_floats(rows, d));
+  const double columns = 4.0 * double(cuda::kern::column_sums_partial_floats(rows, d / r.tp));
+  return (embedding + norm + columns) * 9 / 8 + double(cuda::kCublasWorkspaceBytes);
+}
+
 }  // namespace
 
 double MemoryPlan::host_bytes() const { return sum(host); }
@@ -186,6 +202,7 @@ MemoryPlan plan_memory(const PlanRequest& r) {
   if (r.bf16_products) plan.device.push_back({"bf16 operand copies", cuda_bf16_copies(r)});
   if (r.cuda && r.kv_bf16)
     plan.device.push_back({"widened keys and values", cuda_widened_keys_values(r)});
+  if (r.cuda) plan.device.push_back({"reduction scratch", cuda_reduction_scratch(r)});
   // The CPU kernels' scratch only where they run (a GPU run's kernels take device scratch).
   if (!r.cuda) plan.host.push_back({"kernel scratch", cpu_kernel_scratch(r)});
   if (r.checkpoints) plan.host.push_back({"checkpoint copies", 3 * m.params});

@@ -96,6 +96,29 @@ TEST(ReliabilityMemoryPlan, PlansTheBf16CopiesOfTheInputSide) {
   EXPECT_EQ(copies(), (N / 4 * d + N / 4 * d) * 2 * 9 / 8);
 }
 
+// The backward's reductions over the input side (embedding backward, LayerNorm partials,
+// bias column partials) and cuBLAS's workspace: about 104 MiB at gpu-100m-131k, most of it
+// the embedding backward's partial sums (a row of d floats per 16 rows), so it grows with
+// the rank's share of the context.
+TEST(ReliabilityMemoryPlan, PlansTheReductionScratch) {
+  PlanRequest r = gpu_100m_request();
+  auto scratch = [&] {
+    for (const MemoryItem& i : plan_memory(r).device)
+      if (i.what == "reduction scratch") return i.bytes;
+    return -1.0;
+  };
+  const double mib = 1 << 20, whole = scratch();
+  EXPECT_GT(whole, 90 * mib);
+  EXPECT_LT(whole, 120 * mib);
+  // The embedding's partial sums alone: (2 N / 32 + 1) rows of d floats.
+  EXPECT_GT(whole - 32 * mib, (2.0 * 131072 / 32) * 1024 * 4);
+  // An eighth of the context: the embedding's part an eighth, the LayerNorm's chunks no
+  // fewer than 1,024 (so about 8 MiB at both), cuBLAS's 32 MiB the same.
+  r.sp = 8;
+  EXPECT_LT(scratch() - 32 * mib, (whole - 32 * mib) / 4);
+  EXPECT_GT(scratch() - 32 * mib, (whole - 32 * mib) / 8);
+}
+
 // Keys and values in bfloat16 (--kv-storage, bf16 by default with cuDNN's attention):
 // 768 MiB less activations at gpu-100m-131k, and no scratch to widen them where cuDNN and
 // the bf16 products read them as they are; where they meet float32 paths (--kv-storage

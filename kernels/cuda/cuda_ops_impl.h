@@ -143,8 +143,7 @@ class CudaOps final : public Ops<float> {
   MatmulPrecision precision_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  // cuBLAS's recommended workspace on Hopper.
-  static constexpr size_t kCublasWorkspace = size_t(32) << 20;
+  static constexpr size_t kCublasWorkspace = size_t(kCublasWorkspaceBytes);
   void* cublas_workspace_ = nullptr;
   double* pinned_ = nullptr;  // small device-to-host results
   char* staging_ = nullptr;   // kStagingBytes of pinned memory for small uploads

@@ -19,13 +19,13 @@ namespace par::cuda::kern {
 
 namespace {
 
-constexpr int32_t kPiece = 32;
+constexpr int32_t kPiece = kEmbeddingPiece;  // reduction_sizes.h
 constexpr int kCols = 256;  // columns per block (one thread each)
 
 // Pieces are cut only from segments longer than kPiece, so there are at most 2*rows/kPiece.
-int64_t max_pieces(int64_t rows) { return 2 * rows / kPiece + 1; }
+int64_t max_pieces(int64_t rows) { return embedding_max_pieces(rows); }
 
-size_t align_up(size_t b) { return (b + 255) / 256 * 256; }
+size_t align_up(size_t b) { return scratch_align_up(b); }
 
 // The scratch layout, computed the same way for sizing and for use.
 struct Layout {
@@ -162,7 +162,11 @@ __global__ void segment_sums_kernel(float* dtable, const float* dh, const float*
 size_t embedding_backward_scratch_bytes(int64_t rows, int64_t d) {
   if (rows <= 0 || d <= 0) return 0;
   PAR_ASSERT(rows < (int64_t(1) << 31) - 1, "embedding_backward: ", rows, " rows exceed int32");
-  return layout_of(rows, d).total;
+  const Layout l = layout_of(rows, d);
+  // The memory plan counts everything but CUB's part from reduction_sizes.h.
+  PAR_ASSERT(l.total - align_up(l.cub_bytes) == embedding_scratch_without_cub(rows, d),
+             "embedding_backward: reduction_sizes.h's scratch size disagrees with the layout");
+  return l.total;
 }
 
 void embedding_backward(cudaStream_t st, float* dtable, const int32_t* ids, const float* dh,

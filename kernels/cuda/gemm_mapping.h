@@ -10,6 +10,10 @@
 
 namespace par::cuda {
 
+// The workspace cuBLAS and cuBLASLt share on a backend's stream: cuBLAS's recommended
+// size on Hopper.
+constexpr int64_t kCublasWorkspaceBytes = int64_t(32) << 20;
+
 // C[m,n] = alpha op(A)[m,k] op(B)[k,n] + beta C, row-major, for `batch` matrices whose
 // successive instances are stride_* elements apart (0 for a single product).
 struct RowMajorGemm {

@@ -14,6 +14,7 @@
 
 #include "core/ops.h"
 #include "core/philox.h"
+#include "kernels/cuda/reduction_sizes.h"
 
 namespace par::cuda::kern {
 
@@ -84,8 +85,8 @@ void adam_update_spans(cudaStream_t st, float* param, float* m, float* v, const 
                        int64_t count, const AdamConstants& c);
 
 // ---- reductions (reduce.cu) ----
-// out[c] += sum over rows of x[r, c]; `partial` holds column_sums_partial_floats() floats.
-int64_t column_sums_partial_floats(int64_t rows, int64_t cols);
+// out[c] += sum over rows of x[r, c]; `partial` holds column_sums_partial_floats() floats
+// (reduction_sizes.h, as layernorm_backward_partial_floats).
 void column_sums(cudaStream_t st, float* out, const float* x, int64_t rows, int64_t cols,
                  float* partial);
 // The same over bfloat16 values (summed in float as column_sums does).
@@ -107,7 +108,6 @@ void embedding_layernorm_backward(cudaStream_t st, float* dx, float* dw, float* 
 void layernorm_forward_bf16(cudaStream_t st, uint16_t* y, float* mean, float* rstd,
                             const float* x, const float* w, const float* b, int64_t rows,
                             int64_t d, float eps);
-int64_t layernorm_backward_partial_floats(int64_t rows, int64_t d);
 void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* dw, float* db,
                         const float* dy, const float* x, const float* mean, const float* rstd,
                         const float* w, int64_t rows, int64_t d, float* partial);

@@ -16,41 +16,11 @@ namespace par::cuda::kern {
 
 namespace {
 
-// Rows per chunk of the two-pass column sums; at most that in the LayerNorm backward's.
-constexpr int64_t kRowsPerChunk = 64;
 // Columns per block of the column sums (one thread per column: coalesced row reads).
 constexpr int kColsPerBlock = 256;
 // Elements per block of the sum of squares' first pass.
 constexpr int64_t kSquaresChunk = int64_t(1) << 16;
 
-int64_t chunks_of(int64_t rows) { return (rows + kRowsPerChunk - 1) / kRowsPerChunk; }
-
-// The LayerNorm backward takes a chunk per block, and each row of it costs a block's two
-// reductions in turn: 64 rows per block left the latents' calls (M = 1024 rows: 16 blocks)
-// to a few SMs for the length of 64 such rows. Fewer rows per chunk where rows are few keep
-// about kNormChunks blocks in flight; long calls (131072 rows) keep 64.
-constexpr int64_t kNormChunks = 1024;
-int64_t norm_rows_per_chunk(int64_t rows) {
-  return std::clamp<int64_t>((rows + kNormChunks - 1) / kNormChunks, 1, kRowsPerChunk);
-}
-int64_t norm_chunks_of(int64_t rows) {
-  const int64_t r = norm_rows_per_chunk(rows);
-  return (rows + r - 1) / r;
-}
-
-// The chunk partials are added in groups of this many first, a group per block row, so
-// that a long sum (2048 chunks at 131072 rows) is not one thread's dependent loop over
-// them all while the GPU idles; then the groups' sums, in order. Fixed grouping: the
-// same additions, in the same order, every run.
-constexpr int64_t kChunksPerGroup = 64;
-
-int64_t groups_of(int64_t chunks) { return (chunks + kChunksPerGroup - 1) / kChunksPerGroup; }
-
-// Floats of the partial buffer: the chunk partials, then (8-byte aligned) the groups'
-// double sums.
-int64_t partial_floats(int64_t chunks, int64_t cols) {
-  return (chunks * cols + 1) / 2 * 2 + 2 * groups_of(chunks) * cols;
-}
 double* group_sums_of(float* partial, int64_t chunks, int64_t cols) {
   return reinterpret_cast<double*>(partial + (chunks * cols + 1) / 2 * 2);
 }
@@ -267,10 +237,6 @@ __global__ void squares_finish_kernel(double* result, const double* partial, int
 
 }  // namespace
 
-int64_t column_sums_partial_floats(int64_t rows, int64_t cols) {
-  return partial_floats(chunks_of(rows), cols);
-}
-
 namespace {
 
 template <typename S>
@@ -370,10 +336,6 @@ void embedding_layernorm_backward(cudaStream_t st, float* dx, float* dw, float* 
   if (n <= 0) return;
   layernorm_backward_of(st, dx, false, dw, db, dy, EmbeddingRows{ids, n, id_stride, table, d},
                         mean, rstd, w, batch * n, d, partial);
-}
-
-int64_t layernorm_backward_partial_floats(int64_t rows, int64_t d) {
-  return partial_floats(norm_chunks_of(rows), 2 * d);
 }
 
 void layernorm_backward(cudaStream_t st, float* dx, bool accumulate_dx, float* dw, float* db,
