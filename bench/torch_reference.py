@@ -217,7 +217,7 @@ def main():
              H=int(raw["self-heads"]), F=int(raw.get("mlp-factor", 4)),
              dropout=float(raw.get("dropout", 0.1)), batch=int(raw.get("batch-size", 1)),
              rotary_fraction=float(raw.get("rotary-fraction", 0.5)),
-             wavelength=float(raw.get("max-wavelength") or N))  # 0 or unset: N, as par reads it
+             wavelength=float(raw.get("max-wavelength", 0)) or N)  # 0 or unset: N, as par reads it
     if raw.get("position-encoding", "rotary") != "rotary":
         sys.exit("torch_reference: only rotary positions are modelled (position-encoding = "
                  + raw["position-encoding"] + ")")

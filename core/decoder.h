@@ -110,6 +110,8 @@ class Decoder {
   // u[k], on the backend, so that only the ids come back.
   std::vector<int32_t> choose(const SamplingOptions& opts, const std::vector<double>& u);
   int64_t samples() const { return int64_t(seqs_.size()); }
+  // Waits for the work given to the backend so far (for timing: a GPU's is queued).
+  void synchronize() { ops_.synchronize(); }
   int64_t length() const { return int64_t(seqs_[0].tokens.size()); }  // tokens so far, each
   int64_t latents() const { return latents_; }                // in the caches (or would be)
   int64_t refills() const { return refills_; }                // full passes so far

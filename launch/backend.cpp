@@ -148,6 +148,9 @@ void check_backend_options(const std::string& device, const std::string& precisi
   if (attention == "cudnn" && precision != "bf16")
     fail_user("--attention cudnn needs --precision bf16: cuDNN's flash attention computes in "
               "bf16 (got --precision ", precision, ")");
+  if (attention == "fused" && precision == "fp32")
+    fail_user("--attention fused needs --precision tf32 or bf16: par's fused kernels run on "
+              "tensor cores (with fp32 the blocked kernels run every call: --attention blocked)");
 }
 
 Backend make_backend(const std::string& device, const std::string& precision,

@@ -55,6 +55,7 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
     dec.set_step_capture(step_capture);
     auto t = Clock::now();
     dec.start(prompt);
+    ops.synchronize();  // on a GPU the pass is queued, not done, when start returns
     r.prefill_s = since(t);
     const int64_t refills_before = dec.refills();
     profiled.reset();

@@ -110,6 +110,7 @@ std::vector<SampleRecord> generate(Decoder<float>& dec, int64_t prompt_index,
   for (int64_t k = 0; k < K; ++k) rngs.emplace_back(g.seed + uint64_t(k));
   auto t0 = Clock::now();
   dec.start(prompt);
+  dec.synchronize();  // on a GPU the prompt's pass is queued, not done, when start returns
   const double prefill_s = since(t0);
   std::vector<SampleRecord> out(static_cast<size_t>(K));
   for (int64_t k = 0; k < K; ++k) {

@@ -8,10 +8,11 @@ std::optional<DensePeak> dense_peak(const std::string& device, const std::string
     const char* name;
     double fp32, tf32, bf16;
   };
-  // Longer names first: "H100 PCIe" before "H100".
+  // Longer names first: "H100 PCIe" before "H100", "H200 NVL" before "H200".
   static const Card kCards[] = {
       {"H100 PCIe", 51.2, 378.0, 756.0}, {"H100 NVL", 60.0, 417.5, 835.0},
-      {"GH200", 66.9, 494.7, 989.4},     {"H200", 66.9, 494.7, 989.4},
+      {"H200 NVL", 60.0, 417.5, 835.0},  {"GH200", 66.9, 494.7, 989.4},
+      {"H200", 66.9, 494.7, 989.4},
       {"H100", 66.9, 494.7, 989.4},      {"A100", 19.5, 156.0, 312.0},
   };
   for (const Card& c : kCards) {

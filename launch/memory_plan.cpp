@@ -207,8 +207,14 @@ MemoryPlan plan_memory(const PlanRequest& r) {
   if (!r.cuda) plan.host.push_back({"kernel scratch", cpu_kernel_scratch(r)});
   if (r.checkpoints) plan.host.push_back({"checkpoint copies", 3 * m.params});
   if (r.data_bytes > 0) plan.host.push_back({"data batches", r.data_bytes});
-  if (r.gemm_n > 0)
-    state.push_back({"sgemm yardstick", 3 * double(r.gemm_n) * double(r.gemm_n) * sizeof(float)});
+  if (r.gemm_n > 0) {
+    // Its three matrices, and in bf16 the bfloat16 copies of its two operands where the
+    // backend makes them (on a GPU the yardstick has a backend of its own, which keeps them).
+    const int64_t n = r.gemm_n;
+    const bool copies = r.bf16_products && cuda::bf16_operands_pay(n * n * n, 2 * n * n);
+    state.push_back({"sgemm yardstick", 3 * double(n) * double(n) * sizeof(float) +
+                                            (copies ? 2 * double(n) * double(n) * 2 * 9 / 8 : 0)});
+  }
   return plan;
 }
 

@@ -47,6 +47,9 @@ TEST(DeviceCli, BadDeviceOrPrecisionIsAUserError) {
     // before any device is opened.
     EXPECT_USER_ERROR(run_par(dir, c + " --device cuda --precision tf32 --attention cudnn"),
                       "--attention cudnn needs --precision bf16");
+    // par's fused kernels run on tensor cores: in fp32 they would never run.
+    EXPECT_USER_ERROR(run_par(dir, c + " --device cuda --precision fp32 --attention fused"),
+                      "--attention fused needs --precision tf32 or bf16");
   }
 }
 

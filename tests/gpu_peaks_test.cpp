@@ -20,6 +20,9 @@ TEST(GpuPeaks, KnownCardsByPrecision) {
   EXPECT_DOUBLE_EQ(dense_peak("NVIDIA H100 80GB HBM3", "bf16")->tflops, 989.4);
   EXPECT_EQ(dense_peak("NVIDIA GH200 480GB", "bf16")->card, "GH200");
   EXPECT_DOUBLE_EQ(dense_peak("NVIDIA A100-SXM4-80GB", "tf32")->tflops, 156.0);
+  // The NVL H200 (PCIe, lower power) is slower than the SXM one its name contains.
+  EXPECT_EQ(dense_peak("NVIDIA H200 NVL", "bf16")->card, "H200 NVL");
+  EXPECT_DOUBLE_EQ(dense_peak("NVIDIA H200 NVL", "bf16")->tflops, 835.0);
 }
 
 TEST(GpuPeaks, UnknownCardOrPrecision) {

@@ -28,7 +28,7 @@
 #                 --precision {precision} --attention {attention}
 #                 --steps 3 --warmup 1".
 #   TEST_TIMEOUT  seconds for all of par_cuda_tests (default 300), SUITE_TIMEOUT for one
-#                 suite (90); BENCH_TIMEOUT per bench (180)
+#                 suite (150); BENCH_TIMEOUT per bench (180)
 #   BUDGET        seconds for the whole check (default 540): bench runs that would not end
 #                 in time are listed as skipped, so the table always comes out; the tests
 #                 and timing runs stop short of its last RESERVE seconds (240), which the
@@ -56,7 +56,7 @@ bench_cmd=${BENCH_CMD:-"{par} bench --config {config} --device cuda --precision 
 test_timeout=${TEST_TIMEOUT:-300}
 bench_timeout=${BENCH_TIMEOUT:-180}
 budget=${BUDGET:-540}
-suite_timeout=${SUITE_TIMEOUT:-90}
+suite_timeout=${SUITE_TIMEOUT:-150}
 reserve=${RESERVE:-240}
 logs=${CHECK_OUT:-${OUT:-build-gpu-bundle/check}}
 mkdir -p "$logs"
@@ -104,10 +104,12 @@ par=$B/bin/par
 tests=$B/bin/par_cuda_tests
 say "bundle: $(head -1 "$B/MANIFEST")"
 # A bundle built from another commit than these scripts and configs measures other code.
-bundle_commit=$(head -1 "$B/MANIFEST" | awk '{print $NF}')
-tree_commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || true)
-if [ -n "$tree_commit" ] && [ "$bundle_commit" != "$tree_commit" ]; then
-  say "WARNING: the bundle was built from $bundle_commit, this checkout is $tree_commit: run tools/gpu_bundle.sh again"
+bundle_commit=$(head -1 "$B/MANIFEST" | sed -n 's/.* from \([0-9a-f]\{7,\}\).*/\1/p')
+tree_commit=$(git -C "$repo" rev-parse HEAD 2>/dev/null || true)
+if head -1 "$B/MANIFEST" | grep -q "local changes"; then
+  say "note: the bundle was built from $bundle_commit with local changes"
+elif [ -n "$tree_commit" ] && [ -n "$bundle_commit" ] && [ "${tree_commit#"$bundle_commit"}" = "$tree_commit" ]; then
+  say "WARNING: the bundle was built from $bundle_commit, this checkout is ${tree_commit:0:7}: run tools/gpu_bundle.sh again"
 fi
 
 # ---- the GPU ----
@@ -279,6 +281,7 @@ run_target() {  # label, extra options: one bench, its JSON line and profile int
   local left=$((budget - SECONDS))
   if [ "$left" -lt 60 ]; then
     echo "$label	skipped: out of time" >> "$work/targets.txt"
+    pack
     return
   fi
   # 5 steps after 2 of warm-up unless the extra options say (par takes an option once).
@@ -294,6 +297,7 @@ run_target() {  # label, extra options: one bench, its JSON line and profile int
   json=$(grep '^{' "$work/one.log" | tail -1)
   if [ $rc -ne 0 ] || [ -z "$json" ]; then
     echo "$label	failed (exit $rc): $(grep -v '^\s*$' "$work/one.log" | tail -1 | cut -c1-120)" >> "$work/targets.txt"
+    pack
     return
   fi
   # The cross-attention's own time, from the profile when there is one.
