@@ -206,6 +206,15 @@ int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, cons
   Backend backend;
   job.agree([&] { backend = make_backend(rc.device, rc.precision, grid, rc.attention); });
   job.agree([&] { connect_backend(backend, grid, rc.collective_timeout); });
+  // On GPUs the model's collectives go through the communicators attached for its buffers
+  // (NCCL): counted too, into their groups' totals.
+  std::vector<std::pair<size_t, CountingCommunicator*>> device_counters;
+  grid.decorate_device([&](ProcessGrid::GroupName g, std::unique_ptr<Communicator> c)
+                           -> std::unique_ptr<Communicator> {
+    auto counting = std::make_unique<CountingCommunicator>(std::move(c));
+    device_counters.emplace_back(size_t(g), counting.get());
+    return counting;
+  });
   if (bench.gemm_defaulted && backend.cuda) bench.gemm_n = 8192;  // a GPU needs a bigger product
   // The memory each rank needs, before anything is allocated: the same plan as training's,
   // with the benchmark's own batches and yardstick instead of a loader and checkpoints.
@@ -237,6 +246,7 @@ int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, cons
   for (int64_t s = 0; s < bench.warmup; ++s) ts.run(s, batches.micro, batches.carry);
   profiled.reset();
   for (auto* c : counters) c->reset();
+  for (auto& [g, c] : device_counters) c->reset();
   for (int64_t s = 0; s < rc.steps; ++s) {
     grid.world()->barrier();
     const auto t0 = Clock::now();
@@ -259,6 +269,7 @@ int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, cons
   // disturbed measurement of each is the one that says what the code does.
   Usage u;  // per step, this rank, by group (before the summary's own)
   for (auto* c : counters) u.comm_bytes.push_back(double(c->bytes()) / double(rc.steps));
+  for (auto& [g, c] : device_counters) u.comm_bytes[g] += double(c->bytes()) / double(rc.steps);
   const double step_s = grid.world()->all_reduce_value(t.best, ReduceOp::kMax);
   // The yardstick for a job is the machine's rate: every rank's sgemm, measured while the
   // others run theirs (interleaved with the steps), summed.

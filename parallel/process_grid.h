@@ -101,6 +101,13 @@ class ProcessGrid {
   void decorate(F&& wrap) {
     for (auto& c : host_) c = wrap(std::move(c));
   }
+  // The same for the communicators attached for the backend's buffers (NCCL), which carry
+  // a GPU run's traffic: wrap(group, old one) for each attached group.
+  template <typename F>
+  void decorate_device(F&& wrap) {
+    for (size_t g = 0; g < device_.size(); ++g)
+      if (device_[g]) device_[g] = wrap(GroupName(g), std::move(device_[g]));
+  }
 
  private:
   GridShape shape_;

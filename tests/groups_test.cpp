@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "core/counting_communicator.h"
 #include "core/groups.h"
@@ -47,6 +48,27 @@ TEST(Groups, DeviceGroupsAreTheHostOnesUnlessABackendAttachedItsOwn) {
   EXPECT_EQ(&*m.tp, attached);
   EXPECT_EQ(&*m.sp, &*grid.device_group(G::kSp));
   EXPECT_EQ(&*m.sp_host, &*grid.sp());
+}
+
+// par bench counts a GPU run's traffic where it goes: the attached groups are decorated,
+// each with its name, and the model's groups are then the decorated ones.
+TEST(Groups, AttachedDeviceGroupsCanBeDecorated) {
+  using G = ProcessGrid::GroupName;
+  ProcessGrid grid;
+  grid.attach_device_group(G::kSp, std::make_unique<SelfCommunicator>());
+  grid.attach_device_group(G::kDpSp, std::make_unique<SelfCommunicator>());
+  std::vector<G> seen;
+  CountingCommunicator* sp = nullptr;
+  grid.decorate_device([&](G g, std::unique_ptr<Communicator> c) -> std::unique_ptr<Communicator> {
+    seen.push_back(g);
+    auto counting = std::make_unique<CountingCommunicator>(std::move(c));
+    if (g == G::kSp) sp = counting.get();
+    return counting;
+  });
+  EXPECT_EQ(seen, (std::vector<G>{G::kSp, G::kDpSp}));
+  ASSERT_NE(sp, nullptr);
+  EXPECT_EQ(&*grid.model_groups().sp, sp);
+  EXPECT_EQ(&*grid.device_group(G::kTp), &*grid.host_group(G::kTp)) << "not attached: not decorated";
 }
 
 }  // namespace
