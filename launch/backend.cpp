@@ -63,6 +63,9 @@ const cuda_plugin::Api& cuda_api() {
       if (found->version != cuda_plugin::kApiVersion)
         fail_user("--device cuda: ", path, " is from another version of par (interface ",
                   found->version, ", expected ", cuda_plugin::kApiVersion, ")");
+      if (found->ops_hash != cuda_plugin::ops_interface_hash())
+        fail_user("--device cuda: ", path, " was built against another version of par's "
+                  "operations (core/ops.h): rebuild it with this par");
       return found;
     }
     fail_user("--device cuda: cannot load the CUDA backend (set PAR_CUDA_BACKEND to "

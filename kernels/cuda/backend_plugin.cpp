@@ -26,7 +26,8 @@ std::unique_ptr<Communicator> nccl(Communicator& group, void* stream) {
   return make_nccl_communicator(group, stream);
 }
 
-const Api kApi{kApiVersion,           cuda::device_count,   cuda::no_device_reason,
+const Api kApi{kApiVersion,           ops_interface_hash(),
+               cuda::device_count,    cuda::no_device_reason,
                cuda::select_device,   cuda::describe_device, make_ops,
                cuda::attention_description, cuda::set_log_sink, peak_bytes,
                cuda::cuda_stream,     nccl,                  free_bytes,

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "core/communicator.h"
 #include "core/ops.h"
@@ -19,12 +20,29 @@
 namespace par::cuda_plugin {
 
 // Bumped whenever Api changes, so a stale plugin next to a new par is refused.
-constexpr int kApiVersion = 5;
+constexpr int kApiVersion = 6;
+
+// Every operation's signature (core/ops.h's PAR_OPS_METHODS) as one string, hashed (FNV-1a):
+// Ops<float>'s virtual calls cross the boundary too, and a plugin built against another
+// list of operations would run the wrong ones without a word. par and the plugin each
+// compute it from the header they were built with.
+#define PAR_OPS_SIGNATURE(ret, name, params, args) #ret " " #name #params ";"
+constexpr std::string_view kOpsSignatures = PAR_OPS_METHODS(PAR_OPS_SIGNATURE);
+#undef PAR_OPS_SIGNATURE
+constexpr uint64_t ops_interface_hash() {
+  uint64_t h = 14695981039346656037ull;
+  for (const char c : kOpsSignatures) {
+    h ^= uint64_t(uint8_t(c));
+    h *= 1099511628211ull;
+  }
+  return h;
+}
 
 enum class Precision { kFloat32, kTF32, kBF16 };
 
 struct Api {
   int version;
+  uint64_t ops_hash;  // ops_interface_hash() of the plugin's build
   int (*device_count)();
   std::string (*no_device_reason)();
   int (*select_device)(int local_rank);
