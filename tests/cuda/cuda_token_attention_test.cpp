@@ -173,6 +173,7 @@ TEST_F(CudaTokenAttention, DecodingShapesOf100mMatchTheCpu) {
     EXPECT_TRUE(close(got.lse.host(), want.lse.host(), 1e-5)) << nq << " queries";
     const std::vector<float> o = got.o.host(), lse = got.lse.host();
     got.o.set(std::vector<float>(o.size(), 0.0f));
+    got.lse.set(std::vector<float>(lse.size(), 0.0f));
     ASSERT_TRUE(got.run(*gpu, w.shape(nq)));
     EXPECT_TRUE(bitwise_equal(got.o.host(), o)) << "a second run";
     EXPECT_TRUE(bitwise_equal(got.lse.host(), lse)) << "a second run";
@@ -205,8 +206,10 @@ TEST_F(CudaTokenAttention, RecordsIntoAGraph) {
   EXPECT_TRUE(bitwise_equal(in.o.host(), o));
   EXPECT_TRUE(bitwise_equal(in.lse.host(), lse));
   in.o.set(std::vector<float>(o.size(), 0.0f));
+  in.lse.set(std::vector<float>(lse.size(), 0.0f));
   ASSERT_TRUE(cuda::replay_graph(*gpu, 1));
   EXPECT_TRUE(bitwise_equal(in.o.host(), o)) << "replayed";
+  EXPECT_TRUE(bitwise_equal(in.lse.host(), lse)) << "replayed";
 }
 
 }  // namespace
