@@ -24,6 +24,7 @@ using cuda_test::bitwise_equal;
 using cuda_test::close;
 
 using cuda_test::kBatch;
+using cuda_test::bf16_storage_tol;
 using cuda_test::model_tol;
 using cuda_test::ModelTol;
 using cuda_test::odd_config;
@@ -107,7 +108,7 @@ TEST_P(CudaModelTest, Bf16KeysAndValuesMatchTheCpu) {
   const Result want = cuda_test::forward_backward(cpu, cfg, params, w, KeyValueStorage::kBf16);
   const Result got = cuda_test::forward_backward(*gpu, cfg, params, w, KeyValueStorage::kBf16);
   ASSERT_EQ(got.loss.valid, want.loss.valid);
-  expect_pass_matches(got, want, layout, model_tol(GetParam()));
+  expect_pass_matches(got, want, layout, bf16_storage_tol(GetParam()));
   const Result again = cuda_test::forward_backward(*gpu, cfg, params, w, KeyValueStorage::kBf16);
   EXPECT_TRUE(bitwise_equal(got.grads, again.grads)) << "gradients, second pass";
 }
@@ -129,7 +130,7 @@ TEST_P(CudaModelTest, Bf16KeysAndValuesReadInPlaceMatchTheCpu) {
   const Result want = cuda_test::forward_backward(cpu, cfg, params, w, KeyValueStorage::kBf16, ctx);
   const Result got = cuda_test::forward_backward(*gpu, cfg, params, w, KeyValueStorage::kBf16, ctx);
   ASSERT_EQ(got.loss.valid, want.loss.valid);
-  expect_pass_matches(got, want, layout, model_tol(GetParam()));
+  expect_pass_matches(got, want, layout, bf16_storage_tol(GetParam()));
 }
 
 // Adam on one batch: the losses of both backends follow each other and fall, and the

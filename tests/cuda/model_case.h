@@ -4,6 +4,7 @@
 // precision.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -100,6 +101,20 @@ inline ModelTol model_tol(MatmulPrecision p) {
     case MatmulPrecision::kBF16: return {3e-2, 8e-2, 1e-1, 5e-2, 3e-1};
   }
   return {};
+}
+
+// The same with the input side's keys and values stored in bfloat16: each backend rounds
+// them (and their gradients) once, and where the two backends' float results fall on
+// either side of a bfloat16 midpoint they end a bfloat16 step (2^-8) apart. The keys' bias
+// gradient, a sum over every key row that mostly cancels, then moves by far more than its
+// float32 tolerance: the CPU's float pass against its double pass, on this file's model
+// and 16 seeds, was up to 2.6e-3 in the gradients and 1.35e-4 in the logits (1e-6 with
+// float32 storage). Floors above those, still far below what a wrong kernel gives.
+inline ModelTol bf16_storage_tol(MatmulPrecision p) {
+  ModelTol t = model_tol(p);
+  t.grads = std::max(t.grads, 1e-2);
+  t.logits = std::max(t.logits, 1e-3);
+  return t;
 }
 
 }  // namespace par::cuda_test
