@@ -177,6 +177,18 @@ TEST_F(GpuCheck, TheTestsLeaveTheTargetsTheirTime) {
   EXPECT_EQ(calls.find("CudaTiming"), std::string::npos) << calls;
 }
 
+// The second of two calls (the tests having had the first to themselves): no test runs,
+// the summary says so, and the targets do run.
+TEST_F(GpuCheck, SkipTestsRunsTheRest) {
+  const ParRun r = check("SKIP_TESTS=1");
+  EXPECT_EQ(r.rc, 1) << "the tests did not run: not a pass";
+  EXPECT_NE(r.out.find("not run (SKIP_TESTS)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("N=131072 step"), std::string::npos) << r.out;
+  const std::string calls = slurp(dir_.file("calls.txt"));
+  EXPECT_EQ(calls.find("CudaStubA"), std::string::npos) << calls;
+  EXPECT_NE(calls.find("CudaTiming"), std::string::npos) << calls;
+}
+
 // Without PyTorch (as here), the yardstick says so and exits 3, and the check goes on.
 TEST_F(GpuCheck, TheYardstickSaysWhenPyTorchIsMissing) {
   const std::string script = cat(PAR_SOURCE_DIR, "/bench/torch_reference.py");
