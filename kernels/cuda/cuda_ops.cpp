@@ -118,7 +118,15 @@ void CudaOps::deallocate(void* p) {
   if (graphs_) graphs_->forget_replays();
   // cudaFree waits for the device, so no queued kernel still uses p. Destructors call
   // this, so a failure is reported rather than thrown: it only happens once the context
-  // is broken, and the error that broke it has been thrown where it happened.
+  // is broken, and the error that broke it has been thrown where it happened. Where a
+  // collective may hang, the wait is a poll first (cudaFree's own would not end).
+  try {
+    wait_if_watched(stream_, "freeing device memory");
+  } catch (const std::exception& err) {
+    std::fprintf(stderr, "par: device memory not freed on device %d, %s: %s\n", device_,
+                 where().c_str(), err.what());
+    return;
+  }
   cudaError_t e = cudaSetDevice(device_);
   if (e == cudaSuccess) e = cudaFree(p);
   if (e != cudaSuccess)
@@ -133,6 +141,7 @@ void* CudaOps::scratch(int slot, size_t bytes) {
     if (s.p) {
       // Kept graphs may point into it: they are recorded again before they are replayed.
       graphs_->forget_replays();
+      wait_if_watched(stream_, "a scratch buffer that grows");  // cudaFree's wait never ends
       PAR_CUDA_CHECK(cudaFree(s.p));  // synchronizes: earlier kernels are done with it
       track(-int64_t(s.bytes));
       s.p = nullptr;

@@ -114,7 +114,7 @@ class CudaOps final : public Ops<float> {
   bool split_attention_takes(const AttentionShape& s) const {
     return (attention_kernel_ == AttentionKernel::kAuto ||
             attention_kernel_ == AttentionKernel::kFused) &&
-           (s.nq == 1 || kern::decode_queries_cover(s));
+           s.head_dim > 0 && (s.nq == 1 || kern::decode_queries_cover(s));
   }
   // Their scratch, for the call s.
   float* decode_scratch(const AttentionShape& s) {

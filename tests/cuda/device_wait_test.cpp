@@ -154,6 +154,34 @@ TEST_F(DeviceWaitTest, ADownloadBehindHungWorkSeesTheFailure) {
   ops->deallocate(d);
 }
 
+// So does a scratch buffer that must grow: cudaFree waits for the device as such a copy
+// does, and would never end behind a hung collective.
+TEST_F(DeviceWaitTest, AScratchBufferThatGrowsBehindHungWorkSeesTheFailure) {
+  auto ops = cuda::make_cuda_ops(0, cuda::MatmulPrecision::kFloat32);
+  const int64_t n = int64_t(1) << 22;
+  cuda_test::DeviceArray<float> big(*ops, std::vector<float>(size_t(n), 1.0f));
+  ops->sum_squares(big.get(), 1000);  // its scratch buffer, small
+  const auto st = static_cast<cudaStream_t>(cuda::cuda_stream(*ops));
+  {
+    std::atomic<bool> aborted{false};
+    Watched w({[] { return std::string("peer 1 is gone"); }, [&] { aborted = true; }});
+    Hold h{0.8};
+    ASSERT_EQ(cudaLaunchHostFunc(st, sleep_then_mark, &h), cudaSuccess);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string error;
+    try {
+      ops->sum_squares(big.get(), n);  // the buffer grows
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    EXPECT_NE(error.find("waiting for the GPU (a scratch buffer that grows): peer 1 is gone"),
+              std::string::npos) << error;
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 0.6);
+    EXPECT_TRUE(aborted);
+    cudaStreamSynchronize(st);  // h outlives the host function
+  }
+}
+
 // One communicator's abort waits for the device, so for the kernels of every other one:
 // aborted one after another, each waiting for the next, they would never end. Here each
 // abort returns only once the other has begun.
