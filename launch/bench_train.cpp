@@ -195,25 +195,23 @@ int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, cons
   const std::string thread_warning = apply_threads(rc.threads, job.local_size());
   const bool rank0 = grid.world_rank() == 0;
   if (rank0) warn_threads("bench", thread_warning);
-  // Count what each group carries, to report the communication volume per step.
-  std::vector<CountingCommunicator*> counters;
-  grid.decorate([&](std::unique_ptr<Communicator> c) -> std::unique_ptr<Communicator> {
+  // Count what each group carries, to report the communication volume per step: the host
+  // groups (in kGroupNames order), and on GPUs the communicators attached for the model's
+  // buffers (NCCL, below), into their groups' totals.
+  std::vector<std::pair<size_t, CountingCommunicator*>> counters;  // (group, its counter)
+  auto counted = [&](size_t group, std::unique_ptr<Communicator> c) -> std::unique_ptr<Communicator> {
     auto counting = std::make_unique<CountingCommunicator>(std::move(c));
-    counters.push_back(counting.get());
+    counters.emplace_back(group, counting.get());
     return counting;
-  });
+  };
+  size_t next_group = 0;
+  grid.decorate([&](std::unique_ptr<Communicator> c) { return counted(next_group++, std::move(c)); });
 
   Backend backend;
   job.agree([&] { backend = make_backend(rc.device, rc.precision, grid, rc.attention); });
   job.agree([&] { connect_backend(backend, grid, rc.collective_timeout); });
-  // On GPUs the model's collectives go through the communicators attached for its buffers
-  // (NCCL): counted too, into their groups' totals.
-  std::vector<std::pair<size_t, CountingCommunicator*>> device_counters;
-  grid.decorate_device([&](ProcessGrid::GroupName g, std::unique_ptr<Communicator> c)
-                           -> std::unique_ptr<Communicator> {
-    auto counting = std::make_unique<CountingCommunicator>(std::move(c));
-    device_counters.emplace_back(size_t(g), counting.get());
-    return counting;
+  grid.decorate_device([&](ProcessGrid::GroupName g, std::unique_ptr<Communicator> c) {
+    return counted(size_t(g), std::move(c));
   });
   if (bench.gemm_defaulted && backend.cuda) bench.gemm_n = 8192;  // a GPU needs a bigger product
   // The memory each rank needs, before anything is allocated: the same plan as training's,
@@ -245,8 +243,7 @@ int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, cons
   draw_batches(mc, rc, ts, batches);
   for (int64_t s = 0; s < bench.warmup; ++s) ts.run(s, batches.micro, batches.carry);
   profiled.reset();
-  for (auto* c : counters) c->reset();
-  for (auto& [g, c] : device_counters) c->reset();
+  for (auto& [g, c] : counters) c->reset();
   for (int64_t s = 0; s < rc.steps; ++s) {
     grid.world()->barrier();
     const auto t0 = Clock::now();
@@ -268,8 +265,8 @@ int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, cons
   // Rates use the fastest step and the fastest sgemm: on a shared machine the least
   // disturbed measurement of each is the one that says what the code does.
   Usage u;  // per step, this rank, by group (before the summary's own)
-  for (auto* c : counters) u.comm_bytes.push_back(double(c->bytes()) / double(rc.steps));
-  for (auto& [g, c] : device_counters) u.comm_bytes[g] += double(c->bytes()) / double(rc.steps);
+  u.comm_bytes.assign(std::size(ProcessGrid::kGroupNames), 0.0);
+  for (auto& [g, c] : counters) u.comm_bytes[g] += double(c->bytes()) / double(rc.steps);
   const double step_s = grid.world()->all_reduce_value(t.best, ReduceOp::kMax);
   // The yardstick for a job is the machine's rate: every rank's sgemm, measured while the
   // others run theirs (interleaved with the steps), summed.
