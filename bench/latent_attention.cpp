@@ -20,10 +20,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <iostream>
 #include <random>
 #include <vector>
 
+#include "bench/bench_options.h"
 #include "bench/wall_clock.h"
 #include "kernels/cpu/cpu_ops.h"
 
@@ -109,19 +109,12 @@ int run(int argc, char** argv) {
       "rounds", po::value(&rounds)->default_value(rounds), "interleaved rounds, best kept")(
       "threads", po::value(&threads)->default_value(threads), "threads");
   po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, opts), vm);
-    po::notify(vm);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "par_latent_attention_bench: error: %s\n", e.what());
-    return 2;
-  }
-  if (vm.count("help")) {
-    std::printf("%s", "par_latent_attention_bench: decoding's latent self-attention per "
-                      "sample, with its caches hot and cold, against the memory's read rate\n");
-    std::cout << opts;
-    return 0;
-  }
+  if (const int rc = par::bench::parse_options(
+          argc, argv, opts, vm, "par_latent_attention_bench",
+          "decoding's latent self-attention per sample, with its caches hot and cold, against "
+          "the memory's read rate");
+      rc >= 0)
+    return rc;
   if (samples < 2 || visible < 1 || visible > latents || cold_mib < 1) {
     std::fprintf(stderr, "par_latent_attention_bench: error: needs --samples >= 2, "
                          "1 <= --visible <= --latents and --cold-mib >= 1\n");

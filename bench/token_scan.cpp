@@ -22,10 +22,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <iostream>
 #include <random>
 #include <vector>
 
+#include "bench/bench_options.h"
 #include "bench/wall_clock.h"
 #include "core/rotary.h"
 #include "core/token_groups.h"
@@ -177,19 +177,11 @@ int run(int argc, char** argv) {
       "rounds", po::value(&rounds)->default_value(rounds), "interleaved rounds, best kept")(
       "threads", po::value(&threads)->default_value(threads), "threads of the kernel call");
   po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, opts), vm);
-    po::notify(vm);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "par_token_scan_bench: error: %s\n", e.what());
-    return 2;
-  }
-  if (vm.count("help")) {
-    std::printf("%s", "par_token_scan_bench: the token-table attention against the CPU's "
-                      "multiply-add rate\n");
-    std::cout << opts;
-    return 0;
-  }
+  if (const int rc = par::bench::parse_options(argc, argv, opts, vm, "par_token_scan_bench",
+                                          "the token-table attention against the CPU's "
+                                          "multiply-add rate");
+      rc >= 0)
+    return rc;
   if (bands != 8 || head_dim < 16 || samples < 2) {
     std::fprintf(stderr, "par_token_scan_bench: error: the bare loops assume 8 bands, "
                          "--head-dim >= 16 and --samples >= 2\n");

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <string>
 
 #include "core/model.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -67,6 +68,13 @@ TEST(ReliabilityMemoryPlan, EachInputPositionHoldsFourTensorRowsWithoutTensorPar
   }
 }
 
+// The bytes of the device item whose name begins with `what` in r's plan, -1 if none.
+double device_item(const PlanRequest& r, const std::string& what) {
+  for (const MemoryItem& i : plan_memory(r).device)
+    if (i.what.rfind(what, 0) == 0) return i.bytes;
+  return -1.0;
+}
+
 // configs/gpu-100m-131k.ini's model on one GPU, as planned for it.
 PlanRequest gpu_100m_request() {
   PlanRequest r;
@@ -83,11 +91,7 @@ PlanRequest gpu_100m_request() {
 // for the latents' products of one example.
 TEST(ReliabilityMemoryPlan, PlansTheBf16CopiesOfTheInputSide) {
   PlanRequest r = gpu_100m_request();
-  auto copies = [&] {
-    for (const MemoryItem& i : plan_memory(r).device)
-      if (i.what == "bf16 operand copies") return i.bytes;
-    return -1.0;
-  };
+  auto copies = [&] { return device_item(r, "bf16 operand copies"); };
   EXPECT_EQ(copies(), -1.0) << "fp32 and tf32 convert nothing";
   r.bf16_products = true;
   const double N = 131072, d = 1024;
@@ -102,11 +106,7 @@ TEST(ReliabilityMemoryPlan, PlansTheBf16CopiesOfTheInputSide) {
 // the rank's share of the context.
 TEST(ReliabilityMemoryPlan, PlansTheReductionScratch) {
   PlanRequest r = gpu_100m_request();
-  auto scratch = [&] {
-    for (const MemoryItem& i : plan_memory(r).device)
-      if (i.what == "reduction scratch") return i.bytes;
-    return -1.0;
-  };
+  auto scratch = [&] { return device_item(r, "reduction scratch"); };
   const double mib = 1 << 20, whole = scratch();
   EXPECT_GT(whole, 90 * mib);
   EXPECT_LT(whole, 120 * mib);
@@ -127,11 +127,7 @@ TEST(ReliabilityMemoryPlan, PlansTheReductionScratch) {
 TEST(ReliabilityMemoryPlan, PlansKeysAndValuesInBf16) {
   PlanRequest r = gpu_100m_request();
   r.bf16_products = r.cudnn_attention = true;
-  auto item = [&](const std::string& what) {
-    for (const MemoryItem& i : plan_memory(r).device)
-      if (i.what.rfind(what, 0) == 0) return i.bytes;
-    return -1.0;
-  };
+  auto item = [&](const std::string& what) { return device_item(r, what); };
   const double tensor = 131072.0 * 1024 * 4;
   const double fp32 = item("activations");
   EXPECT_EQ(item("widened keys and values"), -1.0);

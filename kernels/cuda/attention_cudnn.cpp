@@ -350,9 +350,9 @@ void CudnnAttention::backward(const AttentionShape& s, const float* q, KeyValues
   if (!deterministic(true, B, H, x.rows, x.keys, D)) {
     // The accumulator cuDNN adds dQ into starts at zero (cuDNN before 9.6 leaves that to
     // the caller, as cudnn-frontend does it).
-    const size_t bytes = size_t(B * H * x.rows * D) * sizeof(float);
-    void* accum = buffer<float>(kDQAccumBuf, B * H * x.rows * D);
-    PAR_CUDA_CHECK(cudaMemsetAsync(accum, 0, bytes, stream_));
+    const int64_t count = B * H * x.rows * D;
+    void* accum = buffer<float>(kDQAccumBuf, count);
+    PAR_CUDA_CHECK(cudaMemsetAsync(accum, 0, size_t(count) * sizeof(float), stream_));
     bound.emplace_back(sdpa::kDQAccum, accum);
   }
   run(*g, bound);
