@@ -107,49 +107,39 @@ void zero_rows_from(cudaStream_t st, void* x, int64_t batch, int64_t total, int6
 
 }  // namespace
 
-CudnnAttention::CudnnAttention(cudaStream_t stream, int sm_major, Scratch scratch,
+CudnnAttention::CudnnAttention(cudaStream_t stream, int device, int sm_major, Scratch scratch,
                                Blocked blocked)
     : api_(cudnn_api()),
       stream_(stream),
+      device_(device),
       sm_major_(sm_major),
       scratch_(std::move(scratch)),
       blocked_(std::move(blocked)) {}
 
 CudnnAttention::~CudnnAttention() {
-  graphs_.clear();  // their descriptors before the handle
-  if (handle_) api_->Destroy(handle_);
+  // The plans stay for the thread's next backend; its handle must not keep our stream.
+  if (api_) plans().forget_stream(stream_);
+}
+
+sdpa::Dims CudnnAttention::dims(bool backward, int64_t batch, int64_t heads, int64_t nq,
+                                int64_t nk, int64_t head_dim, bool causal, double scale,
+                                int64_t kv_rows) const {
+  sdpa::Dims d{batch, heads, nq, nk, head_dim, scale, causal, api_->version, kv_rows};
+  d.deterministic = deterministic(backward, batch, heads, nq, nk, head_dim);
+  return d;
 }
 
 const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t heads,
                                         int64_t nq, int64_t nk, int64_t head_dim, bool causal,
                                         double scale, int64_t kv_rows, std::string* why) {
-  const bool det = deterministic(backward, batch, heads, nq, nk, head_dim);
-  const Key key{backward, batch, heads, nq, nk, head_dim, causal, scale, kv_rows, det};
-  auto it = graphs_.find(key);
-  if (it == graphs_.end()) {
-    Entry e;
+  const sdpa::Dims d = dims(backward, batch, heads, nq, nk, head_dim, causal, scale, kv_rows);
+  bool made = false;
+  const CudnnPlans::Entry& e = plans().get(backward, d, &made);
+  if (made) {
+    // Said once per shape and thread: a later backend of the thread runs the same plan.
     const std::string what = describe_shape(backward, batch, heads, nq, nk, head_dim, causal) +
                              (kv_rows > 0 ? ", keys read in place" : "");
-    try {
-      if (!handle_) {
-        cudnnStatus_t st = api_->Create(&handle_);
-        if (st != CUDNN_STATUS_SUCCESS) {
-          handle_ = nullptr;
-          throw CudnnError(cat("cudnnCreate: ", api_->describe(st)));
-        }
-        st = api_->SetStream(handle_, stream_);
-        if (st != CUDNN_STATUS_SUCCESS) {
-          // A handle left on another stream would run later shapes unordered with ours.
-          api_->Destroy(handle_);
-          handle_ = nullptr;
-          throw CudnnError(cat("cudnnSetStream: ", api_->describe(st)));
-        }
-      }
-      sdpa::Dims d{batch, heads, nq, nk, head_dim, scale, causal, api_->version, kv_rows};
-      d.deterministic = det;
-      const sdpa::Graph g = backward ? sdpa::describe_backward(d) : sdpa::describe_forward(d);
-      e.graph = std::make_unique<CudnnGraph>(*api_, g, handle_);
-      e.graph->build_plan(handle_);
+    if (e.graph) {
       std::string dq;
       if (backward && d.deterministic)
         dq = ", deterministic";
@@ -161,18 +151,15 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
                   cat("attention ", what, ": cuDNN ", api_->version_string(), " ",
                       e.graph->engine(), ", workspace ",
                       (e.graph->workspace_bytes() + (1 << 20) - 1) >> 20, " MiB", dq));
-    } catch (const CudnnError& err) {
-      e.graph.reset();
-      e.refusal = err.what();
+    } else {
       backend_log(LogLevel::kWarning,
                   cat("attention ", what, ": cuDNN cannot run it (", e.refusal, "); ",
                       kv_rows > 0 ? "the keys are gathered for it instead"
                                   : "par's blocked attention runs it"));
     }
-    it = graphs_.emplace(key, std::move(e)).first;
   }
-  if (!it->second.graph && why) *why = it->second.refusal;
-  return it->second.graph.get();
+  if (!e.graph && why) *why = e.refusal;
+  return e.graph.get();
 }
 
 std::string CudnnAttention::prepare(const AttentionShape& s, bool backward, bool kv_bf16) {
@@ -205,17 +192,17 @@ int64_t CudnnAttention::kv_rows(const AttentionShape& s, bool backward, bool kv_
   const Piece p = piece_of(s);
   const int64_t in_place = in_place_rows(s, p, kv_bf16);
   if (in_place == 0) return 0;
-  const auto it = graphs_.find(
-      Key{backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal, s.scale, in_place,
-          deterministic(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim)});
-  return it != graphs_.end() && it->second.graph ? in_place : 0;
+  const CudnnPlans::Entry* e =
+      plans().find(backward, dims(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim,
+                                  p.causal, s.scale, in_place));
+  return e && e->graph ? in_place : 0;
 }
 
 void CudnnAttention::run(const CudnnGraph& g,
                          const std::vector<std::pair<int64_t, void*>>& bound) {
   void* workspace = g.workspace_bytes() > 0 ? scratch_(kWorkspace, size_t(g.workspace_bytes()))
                                             : nullptr;
-  g.execute(handle_, bound, workspace);
+  plans().run(g, stream_, bound, workspace);
 }
 
 CudnnAttention::Operands CudnnAttention::operands(const AttentionShape& s, const float* q,

@@ -22,15 +22,15 @@
 #include <cuda_runtime.h>
 
 #include <functional>
-#include <map>
-#include <memory>
 #include <string>
-#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "core/ops.h"
 #include "kernels/cuda/attention_segments.h"
 #include "kernels/cuda/cudnn_api.h"
 #include "kernels/cuda/cudnn_graph.h"
+#include "kernels/cuda/cudnn_plans.h"
 
 namespace par::cuda {
 
@@ -51,7 +51,10 @@ class CudnnAttention {
   };
   static constexpr int kScratchSlots = 32;
 
-  CudnnAttention(cudaStream_t stream, int sm_major, Scratch scratch, Blocked blocked);
+  // Runs on `stream` of GPU `device` (compute capability sm_major.x), with the plans of
+  // the calling thread there (cudnn_plans.h), which outlive this object.
+  CudnnAttention(cudaStream_t stream, int device, int sm_major, Scratch scratch,
+                 Blocked blocked);
   ~CudnnAttention();
   CudnnAttention(const CudnnAttention&) = delete;
   CudnnAttention& operator=(const CudnnAttention&) = delete;
@@ -93,22 +96,18 @@ class CudnnAttention {
   void set_deterministic_workspace_max(int64_t bytes) { deterministic_max_ = bytes; }
 
  private:
-  // direction, batch, heads, nq, nk, head_dim, causal, scale, rows between examples' keys,
-  // a backward's deterministic kernels
-  using Key = std::tuple<bool, int64_t, int64_t, int64_t, int64_t, int64_t, bool, double,
-                         int64_t, bool>;
   bool deterministic(bool backward, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
                      int64_t head_dim) const {
     return backward && sdpa::backward_is_deterministic(sdpa::Dims{batch, heads, nq, nk, head_dim},
                                                        deterministic_max_);
   }
   int64_t deterministic_max_ = sdpa::kDeterministicWorkspaceMax;
-  struct Entry {
-    std::unique_ptr<CudnnGraph> graph;
-    std::string refusal;  // why cuDNN could not build it; graph null then
-  };
+  // The graph's dimensions for one piece (kv_rows: rows between examples' keys, values and
+  // their gradients; 0: packed, nk).
+  sdpa::Dims dims(bool backward, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
+                  int64_t head_dim, bool causal, double scale, int64_t kv_rows) const;
+  CudnnPlans& plans() const { return CudnnPlans::of_this_thread(*api_, device_); }
   // The graph of one piece (built on first use), or null with the reason in *why.
-  // kv_rows: rows between examples' keys, values and their gradients (0: packed, nk).
   const CudnnGraph* graph(bool backward, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
                           int64_t head_dim, bool causal, double scale, int64_t kv_rows,
                           std::string* why);
@@ -147,11 +146,10 @@ class CudnnAttention {
 
   const CudnnApi* api_;
   cudaStream_t stream_;
+  int device_;
   int sm_major_;
   Scratch scratch_;
   Blocked blocked_;
-  cudnnHandle_t handle_ = nullptr;
-  std::map<Key, Entry> graphs_;
 };
 
 }  // namespace par::cuda

@@ -579,6 +579,8 @@ void set_cudnn_deterministic_workspace_max(Ops<float>& ops, int64_t bytes) {
   as_cuda(ops).set_cudnn_deterministic_max(bytes);
 }
 
+int64_t cudnn_plans_built() { return CudnnPlans::built(); }
+
 void set_attention_kernel(Ops<float>& ops, AttentionKernel kernel) {
   as_cuda(ops).set_attention_kernel(kernel);
 }

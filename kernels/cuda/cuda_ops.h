@@ -130,4 +130,8 @@ void set_attention_key_block(Ops<float>& ops, int64_t keys);
 // atomics; 0: every backward so).
 void set_cudnn_deterministic_workspace_max(Ops<float>& ops, int64_t bytes);
 
+// cuDNN attention plans built in this process so far (cudnn_plans.h: each thread builds a
+// shape once, for all its backends).
+int64_t cudnn_plans_built();
+
 }  // namespace par::cuda

@@ -72,7 +72,7 @@ CudnnAttention* CudaOps::cudnn_for(const AttentionShape& s, bool backward, bool 
         blocked_backward(b, q, kk, v, o, d_o, lse, dq, dk, dv);
       };
       cudnn_ = std::make_unique<CudnnAttention>(
-          stream_, sm_major_,
+          stream_, device_, sm_major_,
           [this](int slot, size_t bytes) { return scratch(kCudnnFirst + slot, bytes); },
           std::move(blocked));
       cudnn_->set_deterministic_workspace_max(cudnn_deterministic_max_);

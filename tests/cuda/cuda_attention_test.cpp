@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <functional>
+#include <string>
+#include <thread>
 #include <tuple>
 
 #include "core/bf16.h"
@@ -244,6 +246,45 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudnnAttentionTest,
                          [](const ::testing::TestParamInfo<AttentionCase>& info) {
                            return info.param.name;
                          });
+
+// cuDNN's plans are kept per thread (cudnn_plans.h): a second backend on the same thread
+// builds none and gives the first's bits; another thread builds its own, with the same
+// bits; a backend destroyed in between leaves nothing the next one trips on (the handle
+// is left on its stream no longer).
+TEST(CudnnPlans, ThreadsKeepTheirPlansForTheirNextBackends) {
+  PAR_SKIP_WITHOUT_GPU();
+  ASSERT_NE(cuda::cudnn_api(), nullptr) << "no cuDNN: " << cuda::cudnn_unavailable_reason();
+  // A shape no other test of this file uses, so the first run must build its plans.
+  AttentionCase c{"plans", 2, 41, 173, 2, 32, 173 - 41, 0.2, 0};
+  const AttentionData d = testing_util::make_attention_data(c, 31);
+  const auto run = [&d] {
+    auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kBF16);
+    return gpu_attention(*ops, d, nullptr, cuda::AttentionKernel::kCudnn);
+  };
+  const int64_t before = cuda::cudnn_plans_built();
+  const Outputs first = run();
+  const int64_t after_first = cuda::cudnn_plans_built();
+  EXPECT_GT(after_first, before);
+  const Outputs second = run();
+  EXPECT_EQ(cuda::cudnn_plans_built(), after_first) << "the same thread built a plan again";
+  {
+    SCOPED_TRACE("a second backend on the same thread");
+    expect_same_bits(first, second);
+  }
+  Outputs other;
+  std::string error;
+  std::thread([&] {
+    try {
+      other = run();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }).join();
+  ASSERT_EQ(error, "");
+  EXPECT_GT(cuda::cudnn_plans_built(), after_first) << "another thread used this one's plans";
+  SCOPED_TRACE("another thread");
+  expect_same_bits(first, other);
+}
 
 // A 131072-key context: 64-bit offsets, 16 blocks of 8192 keys, a mask over all of it.
 TEST(CudaAttentionLong, ContextOf131072Keys) {

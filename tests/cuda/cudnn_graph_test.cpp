@@ -10,10 +10,12 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cudnn_api.h"
 #include "kernels/cuda/cudnn_graph.h"
+#include "kernels/cuda/cudnn_plans.h"
 #include "kernels/cuda/sdpa_graph.h"
 
 namespace par {
@@ -127,6 +129,51 @@ TEST(CudnnDeviceProperties, DISABLED_Record) {
 }
 
 // A malformed graph is refused with a message naming the piece, not accepted silently.
+// The plans' keeping (cudnn_plans.h), which needs no GPU: each thread makes a graph once per
+// shape and device and hands the same entry out after, another thread makes its own.
+// Without a device every entry is cuDNN's refusal (no handle), which is kept the same way
+// so that a refused shape is not tried again; on a GPU they are plans.
+TEST_F(CudnnGraphTest, EachThreadMakesAShapeOncePerDevice) {
+  const bool gpu = cuda::device_count() > 0;
+  sdpa::Dims d{2, 3, 37, 264, 16, 0.25, false, api_->version};
+  sdpa::Dims other = d;
+  other.nk = 265;
+  cuda::CudnnPlans& plans = cuda::CudnnPlans::of_this_thread(*api_, 0);
+  EXPECT_EQ(&plans, &cuda::CudnnPlans::of_this_thread(*api_, 0));
+  const int64_t built = cuda::CudnnPlans::built();
+  EXPECT_EQ(plans.find(false, d), nullptr);
+  bool made = false;
+  const cuda::CudnnPlans::Entry& e = plans.get(false, d, &made);
+  EXPECT_TRUE(made);
+  EXPECT_EQ(e.graph != nullptr, gpu) << e.refusal;
+  EXPECT_EQ(e.refusal.empty(), gpu) << e.refusal;
+  EXPECT_EQ(cuda::CudnnPlans::built(), built + (gpu ? 1 : 0));
+  EXPECT_EQ(&plans.get(false, d, &made), &e);
+  EXPECT_FALSE(made);
+  EXPECT_EQ(plans.find(false, d), &e);
+  // Another direction, shape or device is another entry.
+  EXPECT_EQ(plans.find(true, d), nullptr);
+  EXPECT_EQ(plans.find(false, other), nullptr);
+  EXPECT_NE(&plans.get(false, other, &made), &e);
+  EXPECT_TRUE(made);
+  cuda::CudnnPlans& device1 = cuda::CudnnPlans::of_this_thread(*api_, 1);
+  EXPECT_NE(&device1, &plans);
+  EXPECT_EQ(device1.find(false, d), nullptr);
+
+  const cuda::CudnnPlans* theirs = nullptr;
+  bool they_made = false;
+  const cuda::CudnnPlans::Entry* their_entry = nullptr;
+  std::thread([&] {
+    cuda::CudnnPlans& p = cuda::CudnnPlans::of_this_thread(*api_, 0);
+    theirs = &p;
+    EXPECT_EQ(p.find(false, d), nullptr) << "a new thread sees another's entries";
+    their_entry = &p.get(false, d, &they_made);
+  }).join();
+  EXPECT_NE(theirs, &plans);
+  EXPECT_TRUE(they_made);
+  EXPECT_NE(their_entry, &e);
+}
+
 TEST_F(CudnnGraphTest, RefusesAMalformedGraph) {
   sdpa::Graph g = sdpa::describe_forward({1, 2, 8, 16, 16, 0.25, false, api_->version});
   for (sdpa::Tensor& t : g.tensors)

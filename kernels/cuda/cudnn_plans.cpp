@@ -1,0 +1,96 @@
+// This thread's cuDNN handle and attention plans per device (cudnn_plans.h).
+#include "kernels/cuda/cudnn_plans.h"
+
+#include <atomic>
+
+#include "core/error.h"
+
+namespace par::cuda {
+
+namespace {
+std::atomic<int64_t> plans_built{0};
+}  // namespace
+
+CudnnPlans& CudnnPlans::of_this_thread(const CudnnApi& api, int device) {
+  // Destroyed as the thread ends (the main thread's before the process's statics, so
+  // while the CUDA runtime and cuDNN are still there).
+  thread_local std::map<int, std::unique_ptr<CudnnPlans>> per_device;
+  std::unique_ptr<CudnnPlans>& p = per_device[device];
+  if (!p) p.reset(new CudnnPlans(api, device));
+  PAR_ASSERT(p->api_ == &api, "cudnn plans: one cuDNN per process");
+  return *p;
+}
+
+int64_t CudnnPlans::built() { return plans_built.load(); }
+
+CudnnPlans::~CudnnPlans() {
+  entries_.clear();  // their descriptors before the handle
+  if (handle_) {
+    cudaSetDevice(device_);
+    api_->Destroy(handle_);
+  }
+}
+
+CudnnPlans::Key CudnnPlans::key_of(bool backward, const sdpa::Dims& d) {
+  return Key{backward, d.batch,         d.heads,          d.nq,           d.nk,
+             d.head_dim, d.scale,       d.causal,         d.cudnn_version, d.kv_example_rows,
+             d.deterministic};
+}
+
+cudnnHandle_t CudnnPlans::handle() {
+  if (handle_) return handle_;
+  // cudnnCreate binds the handle to the current device.
+  if (const cudaError_t e = cudaSetDevice(device_); e != cudaSuccess) {
+    cudaGetLastError();  // not left for a later check to find
+    throw CudnnError(cat("cuDNN: cannot select device ", device_, ": ", cudaGetErrorString(e)));
+  }
+  cudnnHandle_t h = nullptr;
+  const cudnnStatus_t st = api_->Create(&h);
+  if (st != CUDNN_STATUS_SUCCESS) throw CudnnError(cat("cudnnCreate: ", api_->describe(st)));
+  handle_ = h;
+  return handle_;
+}
+
+const CudnnPlans::Entry* CudnnPlans::find(bool backward, const sdpa::Dims& d) const {
+  const auto it = entries_.find(key_of(backward, d));
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+const CudnnPlans::Entry& CudnnPlans::get(bool backward, const sdpa::Dims& d, bool* made) {
+  if (made) *made = false;
+  const Key key = key_of(backward, d);
+  auto it = entries_.find(key);
+  if (it != entries_.end()) return it->second;
+  Entry e;
+  try {
+    const cudnnHandle_t h = handle();
+    const sdpa::Graph g = backward ? sdpa::describe_backward(d) : sdpa::describe_forward(d);
+    e.graph = std::make_unique<CudnnGraph>(*api_, g, h);
+    e.graph->build_plan(h);
+    ++plans_built;
+  } catch (const CudnnError& err) {
+    e.graph.reset();
+    e.refusal = err.what();
+  }
+  if (made) *made = true;
+  return entries_.emplace(key, std::move(e)).first->second;
+}
+
+void CudnnPlans::run(const CudnnGraph& g, cudaStream_t stream,
+                     const std::vector<std::pair<int64_t, void*>>& bound, void* workspace) {
+  const cudnnHandle_t h = handle();
+  if (stream != stream_) {
+    const cudnnStatus_t st = api_->SetStream(h, stream);
+    // A handle left on another stream would run this graph unordered with the caller's work.
+    if (st != CUDNN_STATUS_SUCCESS) throw CudnnError(cat("cudnnSetStream: ", api_->describe(st)));
+    stream_ = stream;
+  }
+  g.execute(h, bound, workspace);
+}
+
+void CudnnPlans::forget_stream(cudaStream_t stream) noexcept {
+  if (!handle_ || stream_ != stream || stream == nullptr) return;
+  if (api_->SetStream(handle_, nullptr) == CUDNN_STATUS_SUCCESS) stream_ = nullptr;
+}
+
+}  // namespace par::cuda
