@@ -2,6 +2,7 @@
 #include "kernels/cuda/cudnn_plans.h"
 
 #include <atomic>
+#include <cctype>
 
 #include "core/error.h"
 
@@ -11,25 +12,26 @@ namespace {
 std::atomic<int64_t> plans_built{0};
 }  // namespace
 
+bool cudnn_refusal_is_transient(const std::string& refusal) {
+  // cuDNN's statuses: CUDNN_STATUS_ALLOC_FAILED (8), CUDNN_STATUS_INTERNAL_ERROR_{HOST,
+  // DEVICE}_ALLOCATION_FAILED (9); CUDA's: cudaErrorMemoryAllocation, "out of memory".
+  std::string lower = refusal;
+  for (char& c : lower) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return refusal.find("ALLOC") != std::string::npos ||
+         lower.find("out of memory") != std::string::npos ||
+         lower.find("memoryallocation") != std::string::npos;
+}
+
 CudnnPlans& CudnnPlans::of_this_thread(const CudnnApi& api, int device) {
-  // Destroyed as the thread ends (the main thread's before the process's statics, so
-  // while the CUDA runtime and cuDNN are still there).
-  thread_local std::map<int, std::unique_ptr<CudnnPlans>> per_device;
-  std::unique_ptr<CudnnPlans>& p = per_device[device];
+  // Leaked on purpose (cudnn_plans.h: why never destroyed).
+  thread_local auto* per_device = new std::map<int, std::unique_ptr<CudnnPlans>>;
+  std::unique_ptr<CudnnPlans>& p = (*per_device)[device];
   if (!p) p.reset(new CudnnPlans(api, device));
   PAR_ASSERT(p->api_ == &api, "cudnn plans: one cuDNN per process");
   return *p;
 }
 
 int64_t CudnnPlans::built() { return plans_built.load(); }
-
-CudnnPlans::~CudnnPlans() {
-  entries_.clear();  // their descriptors before the handle
-  if (handle_) {
-    cudaSetDevice(device_);
-    api_->Destroy(handle_);
-  }
-}
 
 CudnnPlans::Key CudnnPlans::key_of(bool backward, const sdpa::Dims& d) {
   return Key{backward, d.batch,         d.heads,          d.nq,           d.nk,
@@ -73,6 +75,11 @@ const CudnnPlans::Entry& CudnnPlans::get(bool backward, const sdpa::Dims& d, boo
     e.refusal = err.what();
   }
   if (made) *made = true;
+  if (!e.graph && cudnn_refusal_is_transient(e.refusal)) {
+    // Handed out once, not kept: the next call of the shape tries again.
+    transient_ = std::move(e);
+    return transient_;
+  }
   return entries_.emplace(key, std::move(e)).first->second;
 }
 

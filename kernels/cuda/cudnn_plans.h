@@ -8,6 +8,11 @@
 // on it, so each run sets its caller's stream and executes, which must not interleave with
 // another thread's; the layout tests run ranks as threads, each with its own backend.
 // PyTorch keeps its cuDNN attention graphs per thread too.
+//
+// Never destroyed (a handle and its plans per thread that ran cuDNN attention): cuDNN keeps
+// thread-local state of its own, which the thread's exit destroys before a store made
+// earlier, and destroying descriptors or the handle after it corrupts the heap wherever a
+// call fails (seen with cuDNN 9.19; PyTorch leaks its caches for the same reason).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -26,6 +31,10 @@
 
 namespace par::cuda {
 
+// Whether a refusal's text (CudnnError::what()) says that memory ran out, on the host or
+// the device, rather than that cuDNN does not take the graph.
+bool cudnn_refusal_is_transient(const std::string& refusal);
+
 class CudnnPlans {
  public:
   // A graph with its plan, or why cuDNN could not build one (graph null then).
@@ -40,7 +49,6 @@ class CudnnPlans {
   // not built again there).
   static int64_t built();
 
-  ~CudnnPlans();
   CudnnPlans(const CudnnPlans&) = delete;
   CudnnPlans& operator=(const CudnnPlans&) = delete;
 
@@ -48,7 +56,8 @@ class CudnnPlans {
   const Entry* find(bool backward, const sdpa::Dims& d) const;
   // The entry, made on first use (then *made is set, for the log): the graph of
   // sdpa_graph.h built into a plan on this thread's handle, or cuDNN's refusal (a
-  // CudnnError's text) kept, so that a refused shape is not tried again.
+  // CudnnError's text), kept so that a refused shape is not tried again, unless it was
+  // for want of memory (cudnn_refusal_is_transient), which a later call may have.
   const Entry& get(bool backward, const sdpa::Dims& d, bool* made = nullptr);
   // Runs a graph of this thread's plans on `stream`.
   void run(const CudnnGraph& g, cudaStream_t stream,
@@ -69,6 +78,7 @@ class CudnnPlans {
   cudnnHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;  // the last set on handle_
   std::map<Key, Entry> entries_;
+  Entry transient_;  // the last refusal for want of memory (get() hands it out, unkept)
 };
 
 }  // namespace par::cuda

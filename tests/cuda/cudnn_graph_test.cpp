@@ -128,7 +128,6 @@ TEST(CudnnDeviceProperties, DISABLED_Record) {
               cuda::describe_device(0).c_str(), out);
 }
 
-// A malformed graph is refused with a message naming the piece, not accepted silently.
 // The plans' keeping (cudnn_plans.h), which needs no GPU: each thread makes a graph once per
 // shape and device and hands the same entry out after, another thread makes its own.
 // Without a device every entry is cuDNN's refusal (no handle), which is kept the same way
@@ -174,6 +173,26 @@ TEST_F(CudnnGraphTest, EachThreadMakesAShapeOncePerDevice) {
   EXPECT_NE(their_entry, &e);
 }
 
+// A refusal for want of memory is tried again on the next call; cuDNN's refusal of a graph
+// is kept.
+TEST(CudnnRefusal, OnlyMemoryRunningOutIsTransient) {
+  for (const char* t : {"cudnnCreate: CUDNN_STATUS_ALLOC_FAILED",
+                        "cuDNN has no engine for this graph (2 engine configs tried):\n  engine "
+                        "config 0 (mode 0): CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED",
+                        "CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED",
+                        "finalizing an execution plan: CUDNN_STATUS_EXECUTION_FAILED (CUDA error: "
+                        "out of memory)",
+                        "cudaErrorMemoryAllocation"})
+    EXPECT_TRUE(cuda::cudnn_refusal_is_transient(t)) << t;
+  for (const char* t :
+       {"cuDNN has no engine for this graph (0 engine configs tried):\n  heuristics mode 0: "
+        "no engine (none offered)",
+        "cuDNN: cannot select device 0: no CUDA-capable device is detected",
+        "CUDNN_STATUS_NOT_SUPPORTED (head dimension 20 is not a multiple of 8)", ""})
+    EXPECT_FALSE(cuda::cudnn_refusal_is_transient(t)) << t;
+}
+
+// A malformed graph is refused with a message naming the piece, not accepted silently.
 TEST_F(CudnnGraphTest, RefusesAMalformedGraph) {
   sdpa::Graph g = sdpa::describe_forward({1, 2, 8, 16, 16, 0.25, false, api_->version});
   for (sdpa::Tensor& t : g.tensors)
