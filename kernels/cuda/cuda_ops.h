@@ -82,11 +82,16 @@ void set_bf16_operands(Ops<float>& ops, Bf16Operands mode);
 // - kFused: flash-style WMMA kernels (attention_fused.cu, attention_fused_bwd.cu) for tf32
 //   and bf16, head sizes 16, 32, 64 (and 128 in the forward); other cases take the blocked
 //   path.
-// - kCudnn: cuDNN's flash attention for every call, or an error (std::runtime_error)
-//   saying why a call cannot have it: for the tests, and for users who want to know.
-// Under kAuto and kFused a call with one query (nq == 1: a decoding step) takes the split
-// kernel of attention_decode.cu instead ("flash-decoding": the keys split into pieces of
-// 256 across the whole GPU, merged by log-sum-exp); kBlocked and kCudnn keep such calls.
+// - kCudnn: cuDNN's flash attention for every call but a decoding step's (below), or an
+//   error (std::runtime_error) saying why a call cannot have it: for the tests, and for
+//   users who want to know.
+// Except under kBlocked, a forward with one query (nq == 1: a decoding step), or a few
+// over many keys (decode_queries_cover: several samples' steps), takes the split kernels
+// of attention_decode.cu ("flash-decoding": the keys split into pieces of 256 across the
+// whole GPU, merged by log-sum-exp). Not cuDNN even under kCudnn: its plans are built per
+// shape (kernels compiled at run time, a large part of a second), and a decoding step's
+// keys grow by one every token, so it would build one per token; nor is its flash
+// attention made for one query. kBlocked keeps such calls (the reference).
 enum class AttentionKernel { kAuto, kBlocked, kFused, kCudnn };
 // "auto", "blocked", "fused", "cudnn"; UserError for anything else.
 AttentionKernel parse_attention_kernel(const std::string& name);

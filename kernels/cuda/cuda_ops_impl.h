@@ -110,11 +110,11 @@ class CudaOps final : public Ops<float> {
   bool lt_linear_forward(void* y, bool y_bf16, const uint16_t* x16, const uint16_t* w16,
                          const float* b, int64_t rows, int64_t in, int64_t out);
   // Whether a forward attention goes to the split decoding kernels (kernels.h): one query,
-  // or a few over enough keys, under --attention auto or fused.
+  // or a few over enough keys, under every --attention but blocked (cuda_ops.h: why not
+  // cuDNN).
   bool split_attention_takes(const AttentionShape& s) const {
-    return (attention_kernel_ == AttentionKernel::kAuto ||
-            attention_kernel_ == AttentionKernel::kFused) &&
-           s.head_dim > 0 && (s.nq == 1 || kern::decode_queries_cover(s));
+    return attention_kernel_ != AttentionKernel::kBlocked && s.head_dim > 0 &&
+           (s.nq == 1 || kern::decode_queries_cover(s));
   }
   // Their scratch, for the call s.
   float* decode_scratch(const AttentionShape& s) {

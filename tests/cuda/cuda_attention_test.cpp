@@ -199,6 +199,8 @@ INSTANTIATE_TEST_SUITE_P(
 // gradients are rounded to bf16, 2^-9 relative) stay within the bf16 attention tolerance.
 // The other head sizes are refused with the reason. Two runs give the same bits (the
 // deterministic backward); the backward that adds dQ with atomics is within tolerance too.
+// (few_queries_long's forward is a decoding step's shape, which the split kernel takes
+// under kCudnn too: check_split_kernel.)
 class CudnnAttentionTest : public ::testing::TestWithParam<AttentionCase> {
  protected:
   void SetUp() override { PAR_SKIP_WITHOUT_GPU(); }
@@ -350,9 +352,30 @@ Outputs split_forward(Ops<float>& ops, const AttentionData& d, int rounding) {
                        });
 }
 
+// o and lse of attention_forward alone under `kernel`.
+Outputs forward_only(Ops<float>& ops, const AttentionData& d, cuda::AttentionKernel kernel) {
+  DeviceArray<float> q(ops, d.q), k(ops, d.k), v(ops, d.v);
+  DeviceArray<int64_t> q_pos(ops, d.q_pos), k_pos(ops, d.k_pos);
+  DeviceArray<uint8_t> keep(ops, d.keep.empty() ? std::vector<uint8_t>(1, 1) : d.keep);
+  AttentionShape s = d.shape();
+  s.q_pos = q_pos.get();
+  s.k_pos = k_pos.get();
+  s.k_keep = d.c.use_keep ? keep.get() : nullptr;
+  const float nan = std::nanf("");
+  DeviceArray<float> o(ops, d.q.size(), nan), lse(ops, size_t(s.batch * s.heads * s.nq), nan);
+  cuda::set_attention_kernel(ops, kernel);
+  ops.attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
+  cuda::set_attention_kernel(ops, cuda::AttentionKernel::kAuto);
+  Outputs r;
+  r.o = o.host();
+  r.lse = lse.host();
+  return r;
+}
+
 // attention_forward under kAuto and kFused for a call the split kernels take: the CPU's o
 // and lse (and, through the backward that takes them, its gradients), and the same bits as
-// the split kernel called directly -- so the call did take it.
+// the split kernel called directly -- so the call did take it. Under kCudnn too (bf16): a
+// decoding step never builds a cuDNN plan, whose shape would change every token.
 void check_split_kernel(MatmulPrecision precision, const AttentionCase& c, uint64_t seed) {
   const AttentionData d = testing_util::make_attention_data(c, seed);
   const Outputs want = cpu_attention(d);
@@ -366,6 +389,14 @@ void check_split_kernel(MatmulPrecision precision, const AttentionCase& c, uint6
     expect_close(got, want, cuda_test::attention_tol(precision));
     EXPECT_TRUE(bitwise_equal(got.o, direct.o)) << "o: not the split kernel's";
     EXPECT_TRUE(bitwise_equal(got.lse, direct.lse)) << "lse: not the split kernel's";
+  }
+  if (precision == MatmulPrecision::kBF16) {
+    SCOPED_TRACE("--attention cudnn");
+    const int64_t plans = cuda::cudnn_plans_built();
+    const Outputs got = forward_only(*gpu, d, cuda::AttentionKernel::kCudnn);
+    EXPECT_TRUE(bitwise_equal(got.o, direct.o)) << "o: not the split kernel's";
+    EXPECT_TRUE(bitwise_equal(got.lse, direct.lse)) << "lse: not the split kernel's";
+    EXPECT_EQ(cuda::cudnn_plans_built(), plans);
   }
   if (c.dead_example) {  // no visible key: o = 0 and lse = -infinity, as the CPU's
     EXPECT_EQ(direct.lse[0], -INFINITY);
