@@ -141,8 +141,9 @@ const char* const kAttentionHelp =
     "attention kernels on cuda: auto (cuDNN's flash attention with --precision bf16 where "
     "cuDNN is found and takes the call, blocked elsewhere; the log says which), blocked "
     "(cuBLAS per key block, any precision), fused (par's WMMA kernels, tf32 and bf16), or "
-    "cudnn (cuDNN for every call but decoding steps', else an error); on cpu auto or blocked (the CPU picks its "
-    "own kernels: fused AVX-512 ones where the build and the head width allow)";
+    "cudnn (cuDNN for every call but decoding steps, else an error); on cpu auto or blocked "
+    "(the CPU picks its own kernels: fused AVX-512 ones where the build and the head width "
+    "allow)";
 
 const char* const kCudaGraphsHelp =
     "on or off: give each decoding step to the GPU as one CUDA graph (recorded every step "
