@@ -32,7 +32,7 @@ echo "par $*" >> "$CALLS"
 twice=$(printf '%s\n' "$@" | grep -- '^--' | sort | uniq -d | head -1)
 if [ -n "$twice" ]; then echo "par bench: error: option '${twice#--}' cannot be specified more than once" >&2; exit 2; fi
 args=" $* "
-echo "I1205 19:00:00.000000  4242 backend.cpp:81] attention cross: cuDNN 9.14.0 flash attention, keys read in place" >&2
+echo "I1205 19:00:00.000000  4242 backend.cpp:81] attention cross: cuDNN 9.14.0 flash attention, keys read in place; plan built in 412 ms" >&2
 case "$args" in *" --context-length 1048576 "*) echo "par bench: error: out of memory" >&2; exit 3 ;; esac
 if [[ "$args" == *" --profile "* ]]; then
   echo "profile     ms/step  share  calls/step  op"
@@ -146,6 +146,13 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
                           "gpu-100m-131k.ini            fp32/auto"})
     EXPECT_NE(summary.find(row), std::string::npos) << "missing: " << row << "\n" << summary;
   EXPECT_EQ(summary.find("fp32/blocked"), std::string::npos) << summary;
+  // The plans' build times: out of the paths' lines (each said once), summed on their own.
+  EXPECT_EQ(summary.find("keys read in place; plan built"), std::string::npos) << summary;
+  std::smatch built;
+  ASSERT_TRUE(std::regex_search(summary, built, std::regex(R"(  cuDNN plans built: (\d+), ([0-9.]+) s in all, the longest 412 ms\n)")))
+      << summary;
+  EXPECT_GT(std::stoi(built[1]), 1);
+  EXPECT_NEAR(std::stod(built[2]), 0.412 * std::stoi(built[1]), 0.05) << built[0];
   EXPECT_EQ(summary.find("backend.cpp:81]"), std::string::npos) << "the log prefix stays: " << summary;
   // What the targets ran: PyTorch's work (no key dropout), in bf16.
   const std::string calls = slurp(dir_.file("calls.txt"));

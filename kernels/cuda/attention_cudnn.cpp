@@ -150,7 +150,8 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
       backend_log(LogLevel::kInfo,
                   cat("attention ", what, ": cuDNN ", api_->version_string(), " ",
                       e.graph->engine(), ", workspace ",
-                      (e.graph->workspace_bytes() + (1 << 20) - 1) >> 20, " MiB", dq));
+                      (e.graph->workspace_bytes() + (1 << 20) - 1) >> 20, " MiB", dq,
+                      "; plan built in ", int64_t(e.build_ms + 0.5), " ms"));
     } else {
       backend_log(LogLevel::kWarning,
                   cat("attention ", what, ": cuDNN cannot run it (", e.refusal, "); ",

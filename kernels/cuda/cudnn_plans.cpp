@@ -2,6 +2,7 @@
 #include "kernels/cuda/cudnn_plans.h"
 
 #include <atomic>
+#include <chrono>
 #include <cctype>
 
 #include "core/error.h"
@@ -64,6 +65,7 @@ const CudnnPlans::Entry& CudnnPlans::get(bool backward, const sdpa::Dims& d, boo
   auto it = entries_.find(key);
   if (it != entries_.end()) return it->second;
   Entry e;
+  const auto start = std::chrono::steady_clock::now();
   try {
     const cudnnHandle_t h = handle();
     const sdpa::Graph g = backward ? sdpa::describe_backward(d) : sdpa::describe_forward(d);
@@ -74,6 +76,8 @@ const CudnnPlans::Entry& CudnnPlans::get(bool backward, const sdpa::Dims& d, boo
     e.graph.reset();
     e.refusal = err.what();
   }
+  e.build_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   if (made) *made = true;
   if (!e.graph && cudnn_refusal_is_transient(e.refusal)) {
     // Handed out once, not kept: the next call of the shape tries again.

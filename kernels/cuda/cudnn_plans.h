@@ -41,6 +41,7 @@ class CudnnPlans {
   struct Entry {
     std::unique_ptr<CudnnGraph> graph;
     std::string refusal;
+    double build_ms = 0;  // host time to make it (cuDNN compiles kernels at run time)
   };
 
   // This thread's plans on `device` (cuDNN's handle is made there, on first use).
