@@ -46,8 +46,9 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
   const int64_t prompt_length = std::max<int64_t>(1, mc.context_length - tokens - 4);
   std::vector<int32_t> prompt(static_cast<size_t>(prompt_length));
   for (auto& t : prompt) t = int32_t(3 + rng() % uint64_t(mc.vocab_size - 3));
-  // n steps of K samples; tokens_per_s counts all K.
-  auto run = [&](bool cached, int64_t n, int64_t K) {
+  // n steps of K samples; tokens_per_s counts all K. until_refill: stop one step after the
+  // first refill (at most n steps).
+  auto run = [&](bool cached, int64_t n, int64_t K, bool until_refill = false) {
     DecodeRun r;
     Decoder<float> dec(mc, ops, params, cached, TokenTables::kAuto, K,
                        decoding_cache_storage(rc.kv_storage, rc.device, rc.precision,
@@ -63,9 +64,12 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
     // logits are, as par sample does.
     std::vector<double> u(static_cast<size_t>(K));
     t = Clock::now();
+    bool refilled = false;
     for (int64_t i = 0; i < n; ++i) {
       for (auto& x : u) x = uniform_from_bits(rng());
       dec.append(dec.choose(SamplingOptions{}, u));
+      if (until_refill && refilled) break;
+      refilled = dec.refills() > refills_before;
     }
     ops.synchronize();
     r.tokens_per_s = double(n * K) / since(t);
@@ -75,6 +79,14 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
     r.steps = dec.step_counts();
     return r;
   };
+  // A process's first decode pays once what the steady rate should not: on a GPU cuDNN
+  // builds a plan per attention shape (compiling its kernels), among them the first
+  // refill's latent self-attention, which the prompt's pass does not have, and the steps
+  // are recorded for the first time. A throwaway decode through its first refill pays
+  // them; its time is printed on its own line.
+  const auto warm_start = Clock::now();
+  run(true, tokens, samples, true);
+  const double warmup_s = since(warm_start);
   const DecodeRun cached = run(true, tokens, samples);
   const auto cached_profile = profiled.times();
   // Uncached decoding of K samples is K full passes a token: one sample says its rate.
@@ -86,6 +98,9 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
               backend_description.c_str());
   std::printf("decode      prompt of %lld tokens: full pass %.2f s\n",
               static_cast<long long>(prompt.size()), cached.prefill_s);
+  std::printf("            warm-up:  %.2f s, untimed (a cached decode of the same prompt through "
+              "its first refill: one-time costs such as cuDNN's plans)\n",
+              warmup_s);
   std::printf("            cached:   %.2f tokens/s over %lld tokens, %lld refills included%s%s\n",
               cached.tokens_per_s, static_cast<long long>(tokens * samples),
               static_cast<long long>(cached.refills),
