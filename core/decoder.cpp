@@ -237,6 +237,7 @@ void Decoder<T>::full_pass(int64_t sample, int64_t L) {
   ops_.upload(b.cross_pos, cross_pos.data(), size_t(W) * sizeof(int64_t));
   cross_head_ = 0;
   cross_count_ = W;
+  cross_first_ = p0;
 
   // The latents: the last L inputs.
   ops_.copy(b.zin, b.h + (W - L) * d, L * d);
@@ -279,7 +280,8 @@ void Decoder<T>::latent_stack(int64_t batch, int64_t rows, int64_t first_positio
   const AttentionShape shape =
       use_caches ? AttentionShape{batch, 1, blocks ? M : latents_ + 1, H, D, b.latent_pos,
                                   b.self_pos, nullptr, scale}
-                 : AttentionShape{batch, rows, rows, H, D, b.self_pos, b.self_pos, nullptr, scale};
+                 : AttentionShape{batch, rows, rows, H, D, b.self_pos, b.self_pos, nullptr, scale,
+                                  first_position, first_position};
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     T* cache_k = b.self_k[size_t(l)];
     T* cache_v = b.self_v[size_t(l)];

@@ -230,8 +230,9 @@ class Decoder {
   mutable std::vector<T> logits_;  // a copy of b_->logits when logits_fresh_
   mutable bool logits_fresh_ = false;
   int64_t latents_ = 0, refills_ = 0;
-  // Shared cross cache: entries [cross_head_, cross_head_ + cross_count_) of capacity N + M.
-  int64_t cross_head_ = 0, cross_count_ = 0;
+  // Shared cross cache: entries [cross_head_, cross_head_ + cross_count_) of capacity N + M,
+  // at consecutive positions from cross_first_.
+  int64_t cross_head_ = 0, cross_count_ = 0, cross_first_ = 0;
   // The samples' own cross caches (several samples): entries [own_head_, own_head_ +
   // own_count_) of each of `samples` blocks of own_cap_ rows, at positions from own_first_.
   T *own_k_ = nullptr, *own_v_ = nullptr;

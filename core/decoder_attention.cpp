@@ -96,6 +96,12 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
   if (shared_count > 0) {
     AttentionShape s{1, nq, shared_count, Hc, Dc, b.latent_pos, b.cross_pos + shared_from,
                      b.cross_keep + shared_from, scale};
+    if (nq > 1) {
+      // The latents' positions (cross_attend_latents) and the entries' are consecutive:
+      // said, so that a backend may plan the mask on the host (cuDNN's path needs it).
+      s.q_pos_first = T_ - nq;
+      s.k_pos_first = cross_first_ + (shared_from - cross_head_);
+    }
     if (batch == 1) {
       part(LseLayout{1, nq}, cache_part(s, shared_k, shared_v));
     } else if (nq == 1) {  // the samples' queries (at one position) read the shared keys once

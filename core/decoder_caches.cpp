@@ -33,6 +33,7 @@ void Decoder<T>::push_inputs(int64_t position) {
     }
     ++cross_head_;
     --cross_count_;
+    ++cross_first_;
   };
   if (K == 1) {
     if (cross_count_ == N) leave();
@@ -182,6 +183,8 @@ void Decoder<T>::compact_cross_cache(int64_t next_position) {
   move_to_front(b.cross_k, h0, n, cache_width_);
   move_to_front(b.cross_v, h0, n, cache_width_);
   const int64_t first = next_position - n;  // consecutive positions
+  PAR_ASSERT(first == cross_first_, "compact_cross_cache: entries from ", cross_first_,
+             ", not ", first);
   // Replayed steps attend past the entries (Decoder::shared_rows): the rows there, which
   // held entries before, must be far again.
   const int64_t rows = replay_ ? cfg_.context_length + cfg_.num_latents : n;

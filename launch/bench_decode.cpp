@@ -80,10 +80,10 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
     return r;
   };
   // A process's first decode pays once what the steady rate should not: on a GPU cuDNN
-  // builds a plan per attention shape (compiling its kernels), among them the first
-  // refill's latent self-attention, which the prompt's pass does not have, and the steps
-  // are recorded for the first time. A throwaway decode through its first refill pays
-  // them; its time is printed on its own line.
+  // builds a plan per attention shape (compiling its kernels), among them those of a
+  // refill the prompt's pass does not have (several samples' latents), the steps are
+  // recorded for the first time, scratch grows. A throwaway decode through its first refill
+  // pays them; its time is printed on its own line.
   const auto warm_start = Clock::now();
   run(true, tokens, samples, true);
   const double warmup_s = since(warm_start);

@@ -122,8 +122,8 @@ KeyValueStorage decoding_cache_storage(const std::string& kv_storage, const std:
   const int64_t head = model.cross_head_dim();
   const bool queries_kernel = samples <= 16 && model.context_length >= 1024 &&
                               samples * (head + 258 + std::max<int64_t>(128, head)) * 4 <= 48 * 1024;
-  const bool split_kernel = (attention == "auto" || attention == "fused") &&
-                            (samples == 1 || queries_kernel);
+  // (Every --attention but blocked gives decoding steps to the split kernels.)
+  const bool split_kernel = attention != "blocked" && (samples == 1 || queries_kernel);
   return device == "cuda" && precision == "bf16" && split_kernel && model.d_model % 2 == 0
              ? KeyValueStorage::kBf16
              : KeyValueStorage::kNative;

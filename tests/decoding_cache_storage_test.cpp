@@ -25,9 +25,9 @@ TEST(DecodingCacheStorage, AutoIsBf16WhereTheSplitKernelsReadIt) {
   const ModelConfig big = model(131072, 1024, 16);  // heads of 64
   EXPECT_TRUE(bf16("auto", "cuda", "bf16", "auto", 1, big));
   EXPECT_TRUE(bf16("auto", "cuda", "bf16", "fused", 16, big));
-  // Not the split kernels: the blocked path or cuDNN alone, float32 or tf32 products.
+  EXPECT_TRUE(bf16("auto", "cuda", "bf16", "cudnn", 1, big));
+  // Not the split kernels: the blocked path, float32 or tf32 products.
   EXPECT_FALSE(bf16("auto", "cuda", "bf16", "blocked", 1, big));
-  EXPECT_FALSE(bf16("auto", "cuda", "bf16", "cudnn", 1, big));
   EXPECT_FALSE(bf16("auto", "cuda", "tf32", "auto", 1, big));
   EXPECT_FALSE(bf16("auto", "cpu", "fp32", "auto", 1, big));
   // Several samples: the kernel for a few queries takes at most 16, over 1,024 keys or more,

@@ -177,6 +177,21 @@ std::string CudnnAttention::prepare(const AttentionShape& s, bool backward, bool
   if (p.rows <= 0 || p.keys <= 0) return "no query sees a key";
   if (backward && p.rows == 1 && p.keys == 1)
     return "cuDNN's backward does not take one query over one key";
+  bool first_refusal = false;
+  if (limit_key_counts_ &&
+      !key_counts_.admit({backward, s.batch, s.heads, p.rows, s.head_dim, p.causal}, p.keys,
+                         &first_refusal)) {
+    const std::string why =
+        cat("calls like it have come with more than ", key_counts_.max_counts(),
+            " key counts, and cuDNN builds (compiles) a plan per count");
+    if (first_refusal)
+      backend_log(LogLevel::kInfo,
+                  cat("attention ",
+                      describe_shape(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim,
+                                     p.causal),
+                      ": ", why, "; par's blocked attention runs such calls from now on"));
+    return why;
+  }
   std::string why;
   const int64_t in_place = in_place_rows(s, p, kv_bf16);
   if (in_place > 0 && graph(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal,

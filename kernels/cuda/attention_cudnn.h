@@ -30,6 +30,7 @@
 #include "kernels/cuda/attention_segments.h"
 #include "kernels/cuda/cudnn_api.h"
 #include "kernels/cuda/cudnn_graph.h"
+#include "kernels/cuda/cudnn_key_counts.h"
 #include "kernels/cuda/cudnn_plans.h"
 
 namespace par::cuda {
@@ -91,6 +92,10 @@ class CudnnAttention {
     backward(s, q, KeyValues{k, v, false}, o, d_o, lse, dq, KeyValueGrads{dk, dv, false});
   }
 
+  // Under --attention auto: each kind of call takes at most a few key counts to cuDNN
+  // (cudnn_key_counts.h); prepare() refuses the others, so that the blocked path runs them.
+  void set_key_count_limit(bool on) { limit_key_counts_ = on; }
+
   // Testing hook: the largest workspace of cuDNN's deterministic backward that a call
   // takes (sdpa::backward_is_deterministic; 0: every backward adds dQ with atomics).
   void set_deterministic_workspace_max(int64_t bytes) { deterministic_max_ = bytes; }
@@ -102,6 +107,8 @@ class CudnnAttention {
                                                        deterministic_max_);
   }
   int64_t deterministic_max_ = sdpa::kDeterministicWorkspaceMax;
+  bool limit_key_counts_ = false;
+  KeyCountBudget key_counts_;
   // The graph's dimensions for one piece (kv_rows: rows between examples' keys, values and
   // their gradients; 0: packed, nk).
   sdpa::Dims dims(bool backward, int64_t batch, int64_t heads, int64_t nq, int64_t nk,

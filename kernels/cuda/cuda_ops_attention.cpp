@@ -77,6 +77,7 @@ CudnnAttention* CudaOps::cudnn_for(const AttentionShape& s, bool backward, bool 
           std::move(blocked));
       cudnn_->set_deterministic_workspace_max(cudnn_deterministic_max_);
     }
+    cudnn_->set_key_count_limit(k == AttentionKernel::kAuto);
     why = cudnn_->prepare(s, backward, kv_bf16);
     if (why.empty()) return cudnn_.get();
     if (k == AttentionKernel::kAuto) return nullptr;
@@ -102,8 +103,8 @@ void CudaOps::attention_forward(const AttentionShape& s, const float* q, const f
                                 const float* v, float* o, float* lse) {
   use_device();
   // One query (a decoding step) over many keys, or a few over the same keys (several
-  // samples' steps): split across the GPU. kBlocked and kCudnn keep every call on their path
-  // (the references, and the user's explicit choice).
+  // samples' steps): split across the GPU. kBlocked keeps every call on its path (the
+  // reference); kCudnn too but these (cuda_ops.h: a plan per token otherwise).
   if (split_attention_takes(s)) {
     float* part = decode_scratch(s);
     if (s.nq == 1)
@@ -147,8 +148,7 @@ void CudaOps::attention_backward(const AttentionShape& s, const float* q, const 
 }
 
 std::string CudaOps::attention_description() {
-  const char* one_query = attention_kernel_ == AttentionKernel::kAuto ||
-                                  attention_kernel_ == AttentionKernel::kFused
+  const char* one_query = attention_kernel_ != AttentionKernel::kBlocked
                               ? "; one query, or 2 to 16 over at least 1,024 keys (decoding "
                                 "steps), split across the GPU"
                               : "";
@@ -170,7 +170,8 @@ std::string CudaOps::attention_paths() {
   if (!api) return "attention: par's blocked kernels (" + cudnn_unavailable_reason() + ")";
   return cat("attention: cuDNN ", api->version_string(), " flash attention (", api->path, ")",
              attention_kernel_ == AttentionKernel::kAuto
-                 ? ", par's blocked kernels where cuDNN does not apply"
+                 ? ", par's blocked kernels where cuDNN does not apply or a kind of call "
+                   "comes with ever new key counts (a plan each)"
                  : ", for every call");
 }
 

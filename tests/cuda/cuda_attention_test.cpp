@@ -288,6 +288,31 @@ TEST(CudnnPlans, ThreadsKeepTheirPlansForTheirNextBackends) {
   expect_same_bits(first, other);
 }
 
+// Under --attention auto a kind of call takes its first two key counts to cuDNN (a plan
+// each, forward and backward); a third count runs on the blocked path, with its bits, and
+// builds no plan (cudnn_key_counts.h).
+TEST(CudnnKeyCounts, AThirdKeyCountTakesTheBlockedPath) {
+  PAR_SKIP_WITHOUT_GPU();
+  ASSERT_NE(cuda::cudnn_api(), nullptr) << "no cuDNN: " << cuda::cudnn_unavailable_reason();
+  auto ops = cuda::make_cuda_ops(0, MatmulPrecision::kBF16);
+  // Shapes no other test uses (7 queries, 3 heads of 24), so each count builds its plans.
+  for (const int64_t nk : {100, 120, 140}) {
+    SCOPED_TRACE(::testing::Message() << nk << " keys");
+    AttentionCase c{"counts", 1, 7, nk, 3, 24, nk - 7, 0.0, 0};
+    const AttentionData d = testing_util::make_attention_data(c, 41);
+    const int64_t before = cuda::cudnn_plans_built();
+    const Outputs got = gpu_attention(*ops, d, nullptr, cuda::AttentionKernel::kAuto);
+    const int64_t built = cuda::cudnn_plans_built() - before;
+    if (nk < 140) {
+      EXPECT_EQ(built, 2) << "the forward's and the backward's plans";
+      continue;
+    }
+    EXPECT_EQ(built, 0);
+    const Outputs blocked = gpu_attention(*ops, d, nullptr, cuda::AttentionKernel::kBlocked);
+    expect_same_bits(got, blocked);
+  }
+}
+
 // A 131072-key context: 64-bit offsets, 16 blocks of 8192 keys, a mask over all of it.
 TEST(CudaAttentionLong, ContextOf131072Keys) {
   PAR_SKIP_WITHOUT_GPU();
