@@ -82,9 +82,11 @@ void set_bf16_operands(Ops<float>& ops, Bf16Operands mode);
 // - kFused: flash-style WMMA kernels (attention_fused.cu, attention_fused_bwd.cu) for tf32
 //   and bf16, head sizes 16, 32, 64 (and 128 in the forward); other cases take the blocked
 //   path.
-// - kCudnn: cuDNN's flash attention for every call but a decoding step's (below), or an
-//   error (std::runtime_error) saying why a call cannot have it: for the tests, and for
-//   users who want to know.
+// - kCudnn: cuDNN's flash attention for every call but a decoding step's (below) and one
+//   whose caller does not give its positions as ranges (AttentionShape::q_pos_first: a
+//   decoder's samples' own entries), which take the blocked path; else an error
+//   (std::runtime_error) saying why a call cannot have it: for the tests, and for users
+//   who want to know.
 // Except under kBlocked, a forward with one query (nq == 1: a decoding step), or a few
 // over many keys (decode_queries_cover: several samples' steps), takes the split kernels
 // of attention_decode.cu ("flash-decoding": the keys split into pieces of 256 across the

@@ -81,6 +81,11 @@ CudnnAttention* CudaOps::cudnn_for(const AttentionShape& s, bool backward, bool 
     why = cudnn_->prepare(s, backward, kv_bf16);
     if (why.empty()) return cudnn_.get();
     if (k == AttentionKernel::kAuto) return nullptr;
+    // A caller that cannot say its positions as ranges (a decoder's samples' own entries,
+    // blocks with unfilled rows) is not the user's to mend: the blocked path runs it.
+    if (s.q_pos_first == AttentionShape::kUnknownPosition ||
+        s.k_pos_first == AttentionShape::kUnknownPosition)
+      return nullptr;
   }
   throw std::runtime_error(cat("--attention cudnn: this attention ",
                                backward ? "backward" : "forward", " cannot run on cuDNN: ", why));
