@@ -85,7 +85,9 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
   // recorded for the first time, scratch grows. A throwaway decode through its first refill
   // pays them; its time is printed on its own line.
   const auto warm_start = Clock::now();
+  const std::mt19937_64 drawn = rng;  // the timed run draws what it would without it
   run(true, tokens, samples, true);
+  rng = drawn;
   const double warmup_s = since(warm_start);
   const DecodeRun cached = run(true, tokens, samples);
   const auto cached_profile = profiled.times();

@@ -114,7 +114,9 @@ CudnnAttention::CudnnAttention(cudaStream_t stream, int device, int sm_major, Sc
       device_(device),
       sm_major_(sm_major),
       scratch_(std::move(scratch)),
-      blocked_(std::move(blocked)) {}
+      blocked_(std::move(blocked)) {
+  if (api_) plans().forget_transient();
+}
 
 CudnnAttention::~CudnnAttention() {
   // The plans stay for the thread's next backend; its handle must not keep our stream.

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cctype>
+#include <iterator>
 
 #include "core/error.h"
 
@@ -79,12 +80,13 @@ const CudnnPlans::Entry& CudnnPlans::get(bool backward, const sdpa::Dims& d, boo
   e.build_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   if (made) *made = true;
-  if (!e.graph && cudnn_refusal_is_transient(e.refusal)) {
-    // Handed out once, not kept: the next call of the shape tries again.
-    transient_ = std::move(e);
-    return transient_;
-  }
+  e.transient = !e.graph && cudnn_refusal_is_transient(e.refusal);
   return entries_.emplace(key, std::move(e)).first->second;
+}
+
+void CudnnPlans::forget_transient() {
+  for (auto it = entries_.begin(); it != entries_.end();)
+    it = it->second.transient ? entries_.erase(it) : std::next(it);
 }
 
 void CudnnPlans::run(const CudnnGraph& g, cudaStream_t stream,

@@ -42,6 +42,7 @@ class CudnnPlans {
     std::unique_ptr<CudnnGraph> graph;
     std::string refusal;
     double build_ms = 0;  // host time to make it (cuDNN compiles kernels at run time)
+    bool transient = false;  // refused for want of memory
   };
 
   // This thread's plans on `device` (cuDNN's handle is made there, on first use).
@@ -57,9 +58,13 @@ class CudnnPlans {
   const Entry* find(bool backward, const sdpa::Dims& d) const;
   // The entry, made on first use (then *made is set, for the log): the graph of
   // sdpa_graph.h built into a plan on this thread's handle, or cuDNN's refusal (a
-  // CudnnError's text), kept so that a refused shape is not tried again, unless it was
-  // for want of memory (cudnn_refusal_is_transient), which a later call may have.
+  // CudnnError's text), kept so that a refused shape is not tried again (a try may cost
+  // as much as a plan); one for want of memory (cudnn_refusal_is_transient) only until
+  // forget_transient().
   const Entry& get(bool backward, const sdpa::Dims& d, bool* made = nullptr);
+  // The refusals for want of memory are dropped, so that their shapes are tried again (a
+  // new backend: its memory is not its predecessor's).
+  void forget_transient();
   // Runs a graph of this thread's plans on `stream`.
   void run(const CudnnGraph& g, cudaStream_t stream,
            const std::vector<std::pair<int64_t, void*>>& bound, void* workspace);
@@ -79,7 +84,6 @@ class CudnnPlans {
   cudnnHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;  // the last set on handle_
   std::map<Key, Entry> entries_;
-  Entry transient_;  // the last refusal for want of memory (get() hands it out, unkept)
 };
 
 }  // namespace par::cuda
