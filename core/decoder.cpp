@@ -238,6 +238,7 @@ void Decoder<T>::full_pass(int64_t sample, int64_t L) {
   cross_head_ = 0;
   cross_count_ = W;
   cross_first_ = p0;
+  cross_sample_ = sample;
 
   // The latents: the last L inputs.
   ops_.copy(b.zin, b.h + (W - L) * d, L * d);

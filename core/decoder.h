@@ -231,8 +231,9 @@ class Decoder {
   mutable bool logits_fresh_ = false;
   int64_t latents_ = 0, refills_ = 0;
   // Shared cross cache: entries [cross_head_, cross_head_ + cross_count_) of capacity N + M,
-  // at consecutive positions from cross_first_.
-  int64_t cross_head_ = 0, cross_count_ = 0, cross_first_ = 0;
+  // at consecutive positions from cross_first_, of the tokens of sample cross_sample_ (the
+  // last full pass's; every sample's where they share the prompt).
+  int64_t cross_head_ = 0, cross_count_ = 0, cross_first_ = 0, cross_sample_ = 0;
   // The samples' own cross caches (several samples): entries [own_head_, own_head_ +
   // own_count_) of each of `samples` blocks of own_cap_ rows, at positions from own_first_.
   T *own_k_ = nullptr, *own_v_ = nullptr;

@@ -7,8 +7,8 @@
 // count would cost a plan for a call or two: a decoder's refills past the context with
 // several samples (the prompt's entries leave the shared cache one by one), several prompts
 // of different lengths. So each kind of call (the family: direction, batch, heads, queries,
-// head size, causal) takes at most a few key counts to cuDNN; later ones take the blocked
-// path. Header-only, so that the CPU tests check it.
+// head size, causal) takes at most a few key counts to cuDNN, the ones that come again;
+// the others take the blocked path. Header-only, so that the CPU tests check it.
 #pragma once
 
 #include <cstdint>
@@ -26,26 +26,41 @@ class KeyCountBudget {
 
   explicit KeyCountBudget(size_t counts = kDefaultCounts) : max_(counts) {}
 
-  // Whether a call of `family` over `keys` keys may go to cuDNN: a count the family has
-  // had, or one of its first max counts. *first_refusal: set when this is the family's
-  // first refusal (to say so once).
+  // Whether a call of `family` over `keys` keys may go to cuDNN: one of the counts the
+  // family holds, which are its first max counts, except that a count coming a second
+  // time takes the place of one that has come only once (so that two prompts' passes do
+  // not keep out the refills that follow them). *first_refusal: set when this is the
+  // family's first refusal (to say so once).
   bool admit(const Family& family, int64_t keys, bool* first_refusal = nullptr) {
     if (first_refusal) *first_refusal = false;
-    std::set<int64_t>& seen = counts_[family];
-    if (seen.count(keys)) return true;
-    if (seen.size() < max_) {
-      seen.insert(keys);
+    Counts& f = families_[family];
+    const int64_t times = ++f.times[keys];
+    if (f.held.count(keys)) return true;
+    if (f.held.size() < max_) {
+      f.held.insert(keys);
       return true;
     }
-    if (first_refusal) *first_refusal = refused_.insert(family).second;
+    if (times >= 2)
+      for (const int64_t held : f.held)
+        if (f.times[held] == 1) {
+          f.held.erase(held);
+          f.held.insert(keys);
+          return true;
+        }
+    if (first_refusal) *first_refusal = !f.said;
+    f.said = true;
     return false;
   }
   size_t max_counts() const { return max_; }
 
  private:
+  struct Counts {
+    std::map<int64_t, int64_t> times;  // calls per key count
+    std::set<int64_t> held;            // the counts that go to cuDNN
+    bool said = false;
+  };
   size_t max_;
-  std::map<Family, std::set<int64_t>> counts_;
-  std::set<Family> refused_;
+  std::map<Family, Counts> families_;
 };
 
 }  // namespace par::cuda
