@@ -156,8 +156,9 @@ class CudaDecoderBf16Cache : public cuda_test::CudaTest {};
 // samples' own ones grow and move. Also said, not asserted: how far float32 caches on the
 // same GPU are. A step's split attention rounds float32 keys and values to bf16 as it reads
 // them, the same numbers; the calls of several queries (the prompt's pass, refills past N,
-// three samples' shared part) go to cuBLAS's bf16 mode, which may round its float32
-// operands otherwise than to nearest.
+// three samples' shared part) go to cuDNN where it takes their heads (bf16 operands and
+// outputs), else to cuBLAS's bf16 mode, which may round its float32 operands otherwise
+// than to nearest.
 TEST_F(CudaDecoderBf16Cache, MatchesTheCpu) {
   const double tol = cuda_test::model_tol(MatmulPrecision::kBF16).logits;
   for (PositionEncoding pe : {PositionEncoding::kRotary, PositionEncoding::kAbsolute})
