@@ -53,18 +53,33 @@ Outputs cpu_attention(const AttentionData& d) {
 using Forward = std::function<void(const AttentionShape& s, const float* q, const float* k,
                                    const float* v, float* o, float* lse)>;
 
+// A case's inputs on the device, and its shape with the device's positions and mask.
+struct DeviceCase {
+  DeviceArray<float> q, k, v, d_o;
+  DeviceArray<int64_t> q_pos, k_pos;
+  DeviceArray<uint8_t> keep;
+  AttentionShape s;
+  DeviceCase(Ops<float>& ops, const AttentionData& d)
+      : q(ops, d.q), k(ops, d.k), v(ops, d.v), d_o(ops, d.d_o), q_pos(ops, d.q_pos),
+        k_pos(ops, d.k_pos), keep(ops, d.keep.empty() ? std::vector<uint8_t>(1, 1) : d.keep),
+        s(d.shape()) {
+    s.q_pos = q_pos.get();
+    s.k_pos = k_pos.get();
+    s.k_keep = d.c.use_keep ? keep.get() : nullptr;
+  }
+};
+
 // Runs forward and backward on the GPU. The backward takes o and lse as given (here the
 // CPU's, as it would take the merged ones of several ranks) unless `own` is set.
 Outputs gpu_attention(Ops<float>& ops, const AttentionData& d, const Outputs* given,
                       cuda::AttentionKernel kernel = cuda::AttentionKernel::kBlocked,
                       const Forward& forward = nullptr) {
-  DeviceArray<float> q(ops, d.q), k(ops, d.k), v(ops, d.v), d_o(ops, d.d_o);
-  DeviceArray<int64_t> q_pos(ops, d.q_pos), k_pos(ops, d.k_pos);
-  DeviceArray<uint8_t> keep(ops, d.keep.empty() ? std::vector<uint8_t>(1, 1) : d.keep);
-  AttentionShape s = d.shape();
-  s.q_pos = q_pos.get();
-  s.k_pos = k_pos.get();
-  s.k_keep = d.c.use_keep ? keep.get() : nullptr;
+  DeviceCase dc(ops, d);
+  const AttentionShape& s = dc.s;
+  const DeviceArray<float>& q = dc.q;
+  const DeviceArray<float>& k = dc.k;
+  const DeviceArray<float>& v = dc.v;
+  const DeviceArray<float>& d_o = dc.d_o;
   const float nan = std::nanf("");
   // Outputs start as NaN: every entry must be written.
   DeviceArray<float> o(ops, d.q.size(), nan), lse(ops, size_t(s.batch * s.heads * s.nq), nan);
@@ -379,17 +394,12 @@ Outputs split_forward(Ops<float>& ops, const AttentionData& d, int rounding) {
 
 // o and lse of attention_forward alone under `kernel`.
 Outputs forward_only(Ops<float>& ops, const AttentionData& d, cuda::AttentionKernel kernel) {
-  DeviceArray<float> q(ops, d.q), k(ops, d.k), v(ops, d.v);
-  DeviceArray<int64_t> q_pos(ops, d.q_pos), k_pos(ops, d.k_pos);
-  DeviceArray<uint8_t> keep(ops, d.keep.empty() ? std::vector<uint8_t>(1, 1) : d.keep);
-  AttentionShape s = d.shape();
-  s.q_pos = q_pos.get();
-  s.k_pos = k_pos.get();
-  s.k_keep = d.c.use_keep ? keep.get() : nullptr;
+  DeviceCase dc(ops, d);
+  const AttentionShape& s = dc.s;
   const float nan = std::nanf("");
   DeviceArray<float> o(ops, d.q.size(), nan), lse(ops, size_t(s.batch * s.heads * s.nq), nan);
   cuda::set_attention_kernel(ops, kernel);
-  ops.attention_forward(s, q.get(), k.get(), v.get(), o.get(), lse.get());
+  ops.attention_forward(s, dc.q.get(), dc.k.get(), dc.v.get(), o.get(), lse.get());
   cuda::set_attention_kernel(ops, cuda::AttentionKernel::kAuto);
   Outputs r;
   r.o = o.host();
