@@ -66,9 +66,10 @@ const CudnnPlans::Entry& CudnnPlans::get(bool backward, const sdpa::Dims& d, boo
   auto it = entries_.find(key);
   if (it != entries_.end()) return it->second;
   Entry e;
-  const auto start = std::chrono::steady_clock::now();
+  auto start = std::chrono::steady_clock::now();
   try {
     const cudnnHandle_t h = handle();
+    start = std::chrono::steady_clock::now();  // the plan's time, not the handle's
     const sdpa::Graph g = backward ? sdpa::describe_backward(d) : sdpa::describe_forward(d);
     e.graph = std::make_unique<CudnnGraph>(*api_, g, h);
     e.graph->build_plan(h);
