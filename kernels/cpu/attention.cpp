@@ -20,6 +20,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/attention_claims.h"
 #include "kernels/cpu/attention_blocks.h"
 #include "kernels/cpu/attention_fused.h"
 #include "kernels/cpu/attention_one_query.h"
@@ -86,30 +87,10 @@ AttentionScratch attention_scratch_bytes(const AttentionShape& s, const Attentio
 }
 
 
-// What a caller says of its arrays must hold: its positions as ranges (q_pos_first,
-// k_pos_first) and keeps_every_key. The CUDA backend plans cuDNN's mask from the ranges
-// alone, and reads the keys where they lie when every key is kept, where a wrong claim
-// would be a wrong mask; the CPU reads the arrays, so here every CPU test checks every
-// caller's claims.
-static void check_caller_claims(const AttentionShape& s) {
-  if (s.q_pos_first != AttentionShape::kUnknownPosition)
-    for (int64_t i = 0; i < s.nq; ++i)
-      PAR_ASSERT(s.q_pos[i] == s.q_pos_first + i, "attention: query ", i, " is at position ",
-                 s.q_pos[i], ", not q_pos_first + ", i, " = ", s.q_pos_first + i);
-  if (s.k_pos_first != AttentionShape::kUnknownPosition)
-    for (int64_t j = 0; j < s.nk; ++j)
-      PAR_ASSERT(s.k_pos[j] == s.k_pos_first + j, "attention: key ", j, " is at position ",
-                 s.k_pos[j], ", not k_pos_first + ", j, " = ", s.k_pos_first + j);
-  if (s.keeps_every_key && s.k_keep)
-    for (int64_t j = 0; j < s.batch * s.nk; ++j)
-      PAR_ASSERT(s.k_keep[j] != 0, "attention: keeps_every_key, but key ", j % s.nk,
-                 " of example ", j / s.nk, " is not kept");
-}
-
 template <typename T>
 void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v,
                                T* o, T* lse, const AttentionBlocking& blocking, Workspace& ws) {
-  check_caller_claims(s);
+  check_attention_claims(s);  // the CPU reads the arrays: every CPU test checks its callers'
   if (blocking.one_query && one_query_attention_supported(s))
     return one_query_attention_forward(s, q, k, v, o, lse, ws);
   if constexpr (std::is_same_v<T, float>)
@@ -191,7 +172,7 @@ template <typename T>
 void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v,
                                 const T* o, const T* d_o, const T* lse, T* dq, T* dk, T* dv,
                                 const AttentionBlocking& blocking, Workspace& ws) {
-  check_caller_claims(s);
+  check_attention_claims(s);  // the CPU reads the arrays: every CPU test checks its callers'
   if constexpr (std::is_same_v<T, float>)
     if (blocking.fused && fused_attention_supported(s))
       return attention_backward_fused(s, q, k, v, o, d_o, lse, dq, dk, dv, blocking, ws);

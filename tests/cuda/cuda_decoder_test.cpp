@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "tests/cuda/claim_checking_ops.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/cuda/model_case.h"
 #include "tests/token_attention_calls.h"
@@ -38,7 +39,8 @@ struct DeviceParams {
 class CudaDecoderTest : public cuda_test::CudaPrecisionTest {};
 
 void check_cached_against_cpu(const ModelConfig& cfg, Ops<float>& gpu_ops, MatmulPrecision precision,
-                              TokenTables tables = TokenTables::kAuto, int64_t samples = 1) {
+                              TokenTables tables = TokenTables::kAuto, int64_t samples = 1,
+                              int tokens = 40) {
   const auto host = cuda_test::parameters(ParamLayout(cfg), cfg.d_model);
   cpu::CpuOps<float> cpu;
   const DeviceParams cpu_params(cpu, host), gpu_params(gpu_ops, host);
@@ -52,7 +54,7 @@ void check_cached_against_cpu(const ModelConfig& cfg, Ops<float>& gpu_ops, Matmu
   const double tol = cuda_test::model_tol(precision).logits;
   ASSERT_TRUE(close(got.logits(), want.logits(), tol)) << "after the prompt";
   // 40 more tokens: past M latents, so the caches are refilled several times.
-  for (int i = 0; i < 40; ++i) {
+  for (int i = 0; i < tokens; ++i) {
     std::vector<int32_t> next;
     for (int64_t k = 0; k < samples; ++k) next.push_back(int32_t(3 + (i * 11 + k * 5) % 31));
     want.append(next);
@@ -76,6 +78,25 @@ TEST_P(CudaDecoderTest, CachedDecodingThroughTokenTablesMatchesTheCpu) {
     EXPECT_GT(calls.taken, 0) << samples << " samples";
     EXPECT_EQ(calls.declined, 0) << samples << " samples: every call is within the kernels' sizing";
   }
+}
+
+// The decoder's claims of its calls (positions as ranges, every key kept: core/
+// attention_claims.h), which the CUDA backend trusts, hold on the GPU too, where token
+// tables and recorded steps take branches the CPU's do not: each checked against the
+// arrays (claim_checking_ops.h), 60 tokens past a 23-token prompt, past N = 70, so that
+// the window slides and the caches compact; one sample and three.
+TEST(CudaDecoderClaims, HoldOnTheGpu) {
+  PAR_SKIP_WITHOUT_GPU();
+  for (TokenTables tables : {TokenTables::kOff, TokenTables::kOn})
+    for (int64_t samples : {1, 3}) {
+      SCOPED_TRACE(::testing::Message() << samples << " samples, token tables "
+                                        << (tables == TokenTables::kOn ? "on" : "off"));
+      auto gpu = cuda::make_cuda_ops(0, MatmulPrecision::kBF16);
+      cuda_test::ClaimCheckingOps checked(*gpu);
+      check_cached_against_cpu(cuda_test::odd_config(), checked, MatmulPrecision::kBF16, tables,
+                               samples, 60);
+      EXPECT_GT(checked.checked(), 0);
+    }
 }
 
 // Absolute positions: every cached key and refilled latent carries its document position.
