@@ -9,8 +9,8 @@
 
 #include "core/error.h"
 #include "core/model.h"
-#include "core/ops_decorator.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "tests/attention_hook.h"
 #include "tests/test_util.h"
 
 namespace par {
@@ -144,28 +144,17 @@ TEST(ModelBf16Storage, SavesThreeOfTheInputSidesEightHalves) {
 
 // Records, for each cross-attention call (more keys than queries), whether the model said
 // every key is kept and whether its mask keeps every key.
-class KeyMaskRecorder final : public ForwardingOps<float> {
+class KeyMaskRecorder final : public testing_util::AttentionHook {
  public:
-  using ForwardingOps<float>::ForwardingOps;
+  using testing_util::AttentionHook::AttentionHook;
   struct Call {
     bool said_all = false, all = false;
   };
   std::vector<Call> calls;
-  void attention_forward_bf16_kv(const AttentionShape& s, const float* q, const uint16_t* k,
-                                 const uint16_t* v, float* o, float* lse) override {
-    record(s);
-    ForwardingOps<float>::attention_forward_bf16_kv(s, q, k, v, o, lse);
-  }
-  void attention_backward_bf16_kv(const AttentionShape& s, const float* q, const uint16_t* k,
-                                  const uint16_t* v, const float* o, const float* d_o,
-                                  const float* lse, float* dq, uint16_t* dk,
-                                  uint16_t* dv) override {
-    record(s);
-    ForwardingOps<float>::attention_backward_bf16_kv(s, q, k, v, o, d_o, lse, dq, dk, dv);
-  }
 
  private:
-  void record(const AttentionShape& s) {
+  void on_attention(const AttentionShape& s, bool bf16_kv) override {
+    if (!bf16_kv) return;  // the cross-attention's keys are bfloat16 here
     Call c{s.keeps_every_key, true};
     if (s.k_keep)
       for (int64_t i = 0; i < s.batch * s.nk; ++i) c.all = c.all && s.k_keep[i] != 0;

@@ -8,42 +8,18 @@
 #include <vector>
 
 #include "core/attention_claims.h"
-#include "core/ops_decorator.h"
+#include "tests/attention_hook.h"
 
 namespace par::cuda_test {
 
-class ClaimCheckingOps final : public ForwardingOps<float> {
+class ClaimCheckingOps final : public testing_util::AttentionHook {
  public:
-  using ForwardingOps<float>::ForwardingOps;
+  using testing_util::AttentionHook::AttentionHook;
   // Calls whose claims were checked.
   int64_t checked() const { return checked_; }
 
-  void attention_forward(const AttentionShape& s, const float* q, const float* k,
-                         const float* v, float* o, float* lse) override {
-    check(s);
-    ForwardingOps<float>::attention_forward(s, q, k, v, o, lse);
-  }
-  void attention_backward(const AttentionShape& s, const float* q, const float* k,
-                          const float* v, const float* o, const float* d_o, const float* lse,
-                          float* dq, float* dk, float* dv) override {
-    check(s);
-    ForwardingOps<float>::attention_backward(s, q, k, v, o, d_o, lse, dq, dk, dv);
-  }
-  void attention_forward_bf16_kv(const AttentionShape& s, const float* q, const uint16_t* k,
-                                 const uint16_t* v, float* o, float* lse) override {
-    check(s);
-    ForwardingOps<float>::attention_forward_bf16_kv(s, q, k, v, o, lse);
-  }
-  void attention_backward_bf16_kv(const AttentionShape& s, const float* q, const uint16_t* k,
-                                  const uint16_t* v, const float* o, const float* d_o,
-                                  const float* lse, float* dq, uint16_t* dk,
-                                  uint16_t* dv) override {
-    check(s);
-    ForwardingOps<float>::attention_backward_bf16_kv(s, q, k, v, o, d_o, lse, dq, dk, dv);
-  }
-
  private:
-  void check(const AttentionShape& s) {
+  void on_attention(const AttentionShape& s, bool /*bf16_kv*/) override {
     if (!has_attention_claims(s)) return;
     std::vector<int64_t> q_pos(size_t(s.nq)), k_pos(size_t(s.nk));
     std::vector<uint8_t> keep(s.k_keep ? size_t(s.batch * s.nk) : 0);
