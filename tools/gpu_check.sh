@@ -549,7 +549,7 @@ EOF
   # as its log lines said them in the targets' runs: each message once, with its count.
   echo "--- the backend's paths (the targets' logs)"
   grep -hE "cuDNN|cuBLASLt|in place|widen" "$dlog/bench.log" | sed 's/^[IWEF][0-9]\{4,8\} [^]]*\] //' |
-    sed 's/; plan built in [0-9]* ms$//' | sort | uniq -c | sort -rn | head -20
+    sed 's/; plan built in [0-9]* ms.*$//' | sort | uniq -c | sort -rn | head -20
   # What building cuDNN's plans cost (it compiles their kernels at run time; each process
   # builds each shape once): the first steps of a run pay it.
   grep -ho "plan built in [0-9]* ms" "$dlog/bench.log" | awk '{ n++; t += $4; if ($4 > m) m = $4 }

@@ -138,7 +138,8 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
   bool made = false;
   const CudnnPlans::Entry& e = plans().get(backward, d, &made);
   if (made) {
-    // Said once per shape and thread: a later backend of the thread runs the same plan.
+    // Said once per shape and thread (and per try after a refusal for want of memory): a
+    // later backend of the thread runs the same plan.
     const std::string what = describe_shape(backward, batch, heads, nq, nk, head_dim, causal) +
                              (kv_rows > 0 ? ", keys read in place" : "");
     if (e.graph) {
@@ -153,10 +154,15 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
                   cat("attention ", what, ": cuDNN ", api_->version_string(), " ",
                       e.graph->engine(), ", workspace ",
                       (e.graph->workspace_bytes() + (1 << 20) - 1) >> 20, " MiB", dq,
-                      "; plan built in ", int64_t(e.build_ms + 0.5), " ms"));
+                      "; plan built in ", int64_t(e.build_ms + 0.5), " ms",
+                      e.tries > 1 ? cat(" (try ", e.tries, ")") : std::string()));
     } else {
+      const std::string again =
+          e.transient ? cat(" (try ", e.tries, "; tried again in ", e.retry_wait, " calls)")
+                      : std::string();
       backend_log(LogLevel::kWarning,
-                  cat("attention ", what, ": cuDNN cannot run it (", e.refusal, "); ",
+                  cat("attention ", what, ": cuDNN cannot run it (", e.refusal, ")", again,
+                      "; ",
                       kv_rows > 0 ? "the keys are gathered for it instead"
                                   : "par's blocked attention runs it"));
     }

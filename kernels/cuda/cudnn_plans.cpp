@@ -1,6 +1,7 @@
 // This thread's cuDNN handle and attention plans per device (cudnn_plans.h).
 #include "kernels/cuda/cudnn_plans.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cctype>
@@ -12,7 +13,12 @@ namespace par::cuda {
 
 namespace {
 std::atomic<int64_t> plans_built{0};
+thread_local std::string refusal_for_tests;
 }  // namespace
+
+void CudnnPlans::refuse_builds_for_tests(std::string refusal) {
+  refusal_for_tests = std::move(refusal);
+}
 
 bool cudnn_refusal_is_transient(const std::string& refusal) {
   // cuDNN's statuses: CUDNN_STATUS_ALLOC_FAILED (8), CUDNN_STATUS_INTERNAL_ERROR_{HOST,
@@ -63,11 +69,19 @@ const CudnnPlans::Entry* CudnnPlans::find(bool backward, const sdpa::Dims& d) co
 const CudnnPlans::Entry& CudnnPlans::get(bool backward, const sdpa::Dims& d, bool* made) {
   if (made) *made = false;
   const Key key = key_of(backward, d);
-  auto it = entries_.find(key);
-  if (it != entries_.end()) return it->second;
+  int tries = 1;
+  int64_t wait = kFirstRetryAfter;
+  if (auto it = entries_.find(key); it != entries_.end()) {
+    Entry& kept = it->second;
+    if (!kept.transient || --kept.calls_until_retry > 0) return kept;
+    tries = kept.tries + 1;
+    wait = std::min(kLongestRetryWait, kept.retry_wait * 2);
+    entries_.erase(it);
+  }
   Entry e;
   auto start = std::chrono::steady_clock::now();
   try {
+    if (!refusal_for_tests.empty()) throw CudnnError(refusal_for_tests);
     const cudnnHandle_t h = handle();
     start = std::chrono::steady_clock::now();  // the plan's time, not the handle's
     const sdpa::Graph g = backward ? sdpa::describe_backward(d) : sdpa::describe_forward(d);
@@ -82,6 +96,8 @@ const CudnnPlans::Entry& CudnnPlans::get(bool backward, const sdpa::Dims& d, boo
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   if (made) *made = true;
   e.transient = !e.graph && cudnn_refusal_is_transient(e.refusal);
+  e.tries = tries;
+  e.retry_wait = e.calls_until_retry = e.transient ? wait : 0;
   return entries_.emplace(key, std::move(e)).first->second;
 }
 

@@ -43,7 +43,17 @@ class CudnnPlans {
     std::string refusal;
     double build_ms = 0;  // host time to make it (cuDNN compiles kernels at run time)
     bool transient = false;  // refused for want of memory
+    // For a refusal for want of memory: the tries so far, and the calls (get) left before
+    // the next (memory freed since may let it through; each try may cost as much as a
+    // plan, so the wait doubles).
+    int tries = 1;
+    int64_t retry_wait = 0;  // the calls it waits in all
+    int64_t calls_until_retry = 0;
   };
+  // The calls a refusal for want of memory waits before its first retry, and the most
+  // it waits.
+  static constexpr int64_t kFirstRetryAfter = 8;
+  static constexpr int64_t kLongestRetryWait = 4096;
 
   // This thread's plans on `device` (cuDNN's handle is made there, on first use).
   static CudnnPlans& of_this_thread(const CudnnApi& api, int device);
@@ -59,12 +69,16 @@ class CudnnPlans {
   // The entry, made on first use (then *made is set, for the log): the graph of
   // sdpa_graph.h built into a plan on this thread's handle, or cuDNN's refusal (a
   // CudnnError's text), kept so that a refused shape is not tried again (a try may cost
-  // as much as a plan); one for want of memory (cudnn_refusal_is_transient) only until
-  // forget_transient().
+  // as much as a plan); one for want of memory (cudnn_refusal_is_transient) is tried
+  // again on the kFirstRetryAfter-th call after it, then after twice as many calls each
+  // time up to kLongestRetryWait, and at once after forget_transient().
   const Entry& get(bool backward, const sdpa::Dims& d, bool* made = nullptr);
   // The refusals for want of memory are dropped, so that their shapes are tried again (a
   // new backend: its memory is not its predecessor's).
   void forget_transient();
+  // Tests: while `refusal` is not empty, this thread's builds are refused with it instead
+  // of reaching cuDNN (a refusal for want of memory cannot be had at will).
+  static void refuse_builds_for_tests(std::string refusal);
   // Runs a graph of this thread's plans on `stream`.
   void run(const CudnnGraph& g, cudaStream_t stream,
            const std::vector<std::pair<int64_t, void*>>& bound, void* workspace);

@@ -6,6 +6,7 @@
 // Skips, saying why, where cuDNN cannot be loaded.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -177,7 +178,7 @@ TEST_F(CudnnGraphTest, EachThreadMakesAShapeOncePerDevice) {
   EXPECT_NE(their_entry, &e);
 }
 
-// A refusal for want of memory is tried again on the next call; cuDNN's refusal of a graph
+// Which refusals are for want of memory (tried again later); cuDNN's refusal of a graph
 // is kept.
 TEST(CudnnRefusal, OnlyMemoryRunningOutIsTransient) {
   for (const char* t : {"cudnnCreate: CUDNN_STATUS_ALLOC_FAILED",
@@ -194,6 +195,74 @@ TEST(CudnnRefusal, OnlyMemoryRunningOutIsTransient) {
         "cuDNN: cannot select device 0: no CUDA-capable device is detected",
         "CUDNN_STATUS_NOT_SUPPORTED (head dimension 20 is not a multiple of 8)", ""})
     EXPECT_FALSE(cuda::cudnn_refusal_is_transient(t)) << t;
+}
+
+// A refusal for want of memory is tried again within one backend, each time after twice
+// as many calls up to the longest wait; a refusal of the graph itself never is.
+TEST_F(CudnnGraphTest, ARefusalForWantOfMemoryIsTriedAgainLessAndLessOften) {
+  using Plans = cuda::CudnnPlans;
+  Plans& plans = Plans::of_this_thread(*api_, 0);
+  // Shapes no other test of this thread uses: entries outlive the test.
+  const sdpa::Dims d{1, 2, 24, 777, 16, 0.25, false, api_->version};
+  sdpa::Dims kept = d;
+  kept.nk = 778;
+  struct Lift {
+    ~Lift() { Plans::refuse_builds_for_tests(""); }
+  } lift;
+  Plans::refuse_builds_for_tests("finalizing an execution plan: CUDNN_STATUS_ALLOC_FAILED");
+  // Counts the calls up to the next one that tries to build again.
+  const auto calls_to_next_try = [&](int64_t most) {
+    for (int64_t n = 1; n <= most; ++n) {
+      bool made = false;
+      const Plans::Entry& e = plans.get(false, d, &made);
+      EXPECT_EQ(e.graph, nullptr);
+      if (made) return n;
+    }
+    return int64_t(-1);
+  };
+  EXPECT_EQ(calls_to_next_try(1), 1);
+  const Plans::Entry* e = plans.find(false, d);
+  ASSERT_NE(e, nullptr);
+  EXPECT_TRUE(e->transient);
+  EXPECT_EQ(e->tries, 1);
+  EXPECT_EQ(e->retry_wait, Plans::kFirstRetryAfter);
+  int64_t wait = Plans::kFirstRetryAfter;
+  for (int tries = 2; tries <= 14; ++tries) {
+    ASSERT_EQ(calls_to_next_try(Plans::kLongestRetryWait + 1), wait) << "try " << tries;
+    wait = std::min(2 * wait, Plans::kLongestRetryWait);
+    e = plans.find(false, d);
+    EXPECT_EQ(e->tries, tries);
+    EXPECT_EQ(e->retry_wait, wait);
+  }
+  EXPECT_EQ(wait, Plans::kLongestRetryWait);
+  // A new backend tries at once.
+  plans.forget_transient();
+  EXPECT_EQ(plans.find(false, d), nullptr);
+  EXPECT_EQ(calls_to_next_try(1), 1);
+  EXPECT_EQ(plans.find(false, d)->tries, 1);
+
+  // Once memory is found, the entry is what cuDNN makes of the graph: a plan on a GPU, a
+  // kept refusal (no device) here; either way it is not tried again.
+  Plans::refuse_builds_for_tests("");
+  bool made = false;
+  for (int64_t n = 0; n < Plans::kFirstRetryAfter; ++n) plans.get(false, d, &made);
+  EXPECT_TRUE(made);
+  e = plans.find(false, d);
+  EXPECT_FALSE(e->transient);
+  EXPECT_EQ(e->tries, 2);
+  for (int64_t n = 0; n < 2 * Plans::kLongestRetryWait; ++n) {
+    plans.get(false, d, &made);
+    ASSERT_FALSE(made) << n;
+  }
+
+  Plans::refuse_builds_for_tests("CUDNN_STATUS_NOT_SUPPORTED (no engine for this graph)");
+  EXPECT_TRUE(plans.get(false, kept, &made).refusal.find("NOT_SUPPORTED") != std::string::npos);
+  EXPECT_TRUE(made);
+  EXPECT_FALSE(plans.find(false, kept)->transient);
+  for (int64_t n = 0; n < 2 * Plans::kLongestRetryWait; ++n) {
+    plans.get(false, kept, &made);
+    ASSERT_FALSE(made) << n;
+  }
 }
 
 // A malformed graph is refused with a message naming the piece, not accepted silently.
