@@ -11,6 +11,7 @@
 #include "kernels/cpu/linear_tall.h"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/attention_segments.h"
+#include "kernels/cuda/cudnn_key_splits.h"
 #include "kernels/cuda/gemm_mapping.h"
 #include "kernels/cuda/reduction_sizes.h"
 #include "launch/host_memory.h"
@@ -89,8 +90,10 @@ double cuda_attention_scratch(const PlanRequest& r) {
   // The cuDNN path's own copies (bf16 operands, the gathered keys) for the cross-attention,
   // the larger of its two calls, where it may run.
   if (r.cudnn_attention) {
-    bytes += cuda::cudnn_attention_scratch_bytes(B, M, c.context_length / r.sp,
-                                                 c.cross_heads / r.tp, c.cross_head_dim());
+    const int64_t nk = c.context_length / r.sp, heads = c.cross_heads / r.tp;
+    const int64_t splits =
+        cuda::forward_key_split(0, B, heads, M, nk, nk, cuda::kPlanSmCount).splits;
+    bytes += cuda::cudnn_attention_scratch_bytes(B, M, nk, heads, c.cross_head_dim(), splits);
     // The backwards' own workspaces, the cross- and the self-attention's (one may take the
     // deterministic kernels' workspace, the other dQ's accumulator: both held).
     bytes += cuda::cudnn_backward_workspace_bytes(B, M, c.context_length / r.sp,

@@ -3,6 +3,8 @@
 #include "kernels/cuda/attention_cudnn.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
 
 #include "core/error.h"
 #include "kernels/cuda/attention_cudnn_kernels.h"
@@ -116,6 +118,23 @@ CudnnAttention::CudnnAttention(cudaStream_t stream, int device, int sm_major, Sc
       scratch_(std::move(scratch)),
       blocked_(std::move(blocked)) {
   if (api_) plans().forget_transient();
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess)
+    sm_count_ = sms;
+  else
+    cudaGetLastError();  // not left for a later check to find; without the count, no split
+  if (const char* env = std::getenv("PAR_CUDNN_KEY_SPLITS")) {
+    const std::string v = env;
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (v == "auto")
+      key_splits_ = 0;
+    else if (!v.empty() && *end == '\0' && n >= 1)
+      key_splits_ = n;
+    else
+      throw std::runtime_error(cat("PAR_CUDNN_KEY_SPLITS=", v,
+                                   ": expected auto or a count of key chunks (1: no split)"));
+  }
 }
 
 CudnnAttention::~CudnnAttention() {
@@ -133,15 +152,20 @@ sdpa::Dims CudnnAttention::dims(bool backward, int64_t batch, int64_t heads, int
 
 const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t heads,
                                         int64_t nq, int64_t nk, int64_t head_dim, bool causal,
-                                        double scale, int64_t kv_rows, std::string* why) {
+                                        double scale, int64_t kv_rows, std::string* why,
+                                        int64_t splits) {
   const sdpa::Dims d = dims(backward, batch, heads, nq, nk, head_dim, causal, scale, kv_rows);
   bool made = false;
   const CudnnPlans::Entry& e = plans().get(backward, d, &made);
   if (made) {
     // Said once per shape and thread (and per try after a refusal for want of memory): a
     // later backend of the thread runs the same plan.
-    const std::string what = describe_shape(backward, batch, heads, nq, nk, head_dim, causal) +
-                             (kv_rows > 0 ? ", keys read in place" : "");
+    const std::string what =
+        describe_shape(backward, batch, heads, nq, nk, head_dim, causal) +
+        (kv_rows > 0 ? ", keys read in place" : "") +
+        (splits > 1 ? cat(": ", batch / splits, " example(s) with their keys in ", splits,
+                          " chunks, read in place")
+                    : std::string());
     if (e.graph) {
       std::string dq;
       if (backward && d.deterministic)
@@ -163,8 +187,9 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
       backend_log(LogLevel::kWarning,
                   cat("attention ", what, ": cuDNN cannot run it (", e.refusal, ")", again,
                       "; ",
-                      kv_rows > 0 ? "the keys are gathered for it instead"
-                                  : "par's blocked attention runs it"));
+                      splits > 1    ? "the keys run in one piece instead"
+                      : kv_rows > 0 ? "the keys are gathered for it instead"
+                                    : "par's blocked attention runs it"));
     }
   }
   if (!e.graph && why) *why = e.refusal;
@@ -201,6 +226,12 @@ std::string CudnnAttention::prepare(const AttentionShape& s, bool backward, bool
     return why;
   }
   std::string why;
+  if (!backward) {
+    const KeySplit k = key_split(s, kv_bf16);
+    if (k.splits > 1 && graph(false, s.batch * k.splits, s.heads, p.rows, k.chunk, s.head_dim,
+                              false, s.scale, 0, &why, k.splits))
+      return "";
+  }
   const int64_t in_place = in_place_rows(s, p, kv_bf16);
   if (in_place > 0 && graph(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim, p.causal,
                             s.scale, in_place, &why))
@@ -220,6 +251,45 @@ int64_t CudnnAttention::kv_rows(const AttentionShape& s, bool backward, bool kv_
       plans().find(backward, dims(backward, s.batch, s.heads, p.rows, p.keys, s.head_dim,
                                   p.causal, s.scale, in_place));
   return e && e->graph ? in_place : 0;
+}
+
+KeySplit CudnnAttention::key_split(const AttentionShape& s, bool kv_bf16) const {
+  const Piece p = piece_of(s);
+  if (p.causal || in_place_rows(s, p, kv_bf16) == 0) return {};
+  return forward_key_split(key_splits_, s.batch, s.heads, p.rows, s.nk, p.keys, sm_count_);
+}
+
+bool CudnnAttention::forward_in_chunks(const AttentionShape& s, const float* q, KeyValues kv,
+                                       float* o, float* lse) {
+  const KeySplit k = key_split(s, kv.bf16);
+  if (k.splits <= 1) return false;
+  const Piece p = piece_of(s);
+  const int64_t B = s.batch, S = k.splits, H = s.heads, D = s.head_dim, ld = H * D;
+  const CudnnPlans::Entry* e =
+      plans().find(false, dims(false, B * S, H, p.rows, k.chunk, D, false, s.scale, 0));
+  if (!e || !e->graph) return false;
+  // Chunk c of example b is batch element b * S + c: its own copy of the example's query
+  // rows, its keys and values C rows into the example's (cudnn_key_splits.h).
+  auto* qb = buffer<uint16_t>(kQb, B * S * p.rows * ld);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < S; ++c)
+      kern::rows_to_bf16(stream_, qb + (b * S + c) * p.rows * ld, q + b * s.nq * ld, 1, s.nq,
+                         p.row0, p.rows, ld);
+  auto* seq_q = buffer<int32_t>(kSeqQ, B * S);
+  kern::fill_int32(stream_, seq_q, B * S, int32_t(p.rows));
+  auto* seq_kv = buffer<int32_t>(kCount, B * S);
+  kern::key_split_counts(stream_, seq_kv, B, S, k.chunk, p.keys);
+  auto* ob = buffer<uint16_t>(kOb, B * S * p.rows * ld);
+  auto* stats = buffer<float>(kStatsBuf, B * S * H * p.rows);
+  run(*e->graph, {{sdpa::kQ, qb},
+                  {sdpa::kK, const_cast<void*>(kv.k)},
+                  {sdpa::kV, const_cast<void*>(kv.v)},
+                  {sdpa::kO, ob},
+                  {sdpa::kStats, stats},
+                  {sdpa::kSeqLenQ, seq_q},
+                  {sdpa::kSeqLenKV, seq_kv}});
+  kern::merge_key_splits(stream_, o, lse, ob, stats, B, S, s.nq, p.row0, H, D);
+  return true;
 }
 
 void CudnnAttention::run(const CudnnGraph& g,
@@ -310,15 +380,17 @@ CudnnAttention::Diagonal CudnnAttention::diagonal(const AttentionShape& s,
 void CudnnAttention::forward(const AttentionShape& s, const float* q, KeyValues kv, float* o,
                              float* lse) {
   const int64_t B = s.batch, H = s.heads, D = s.head_dim, ld = H * D, nq = s.nq;
-  const Operands x = operands(s, q, kv, false);
-  const CudnnGraph* g =
-      graph(false, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, x.kv_rows, nullptr);
-  PAR_ASSERT(g, "cuDNN attention forward without a successful prepare()");
-  auto* ob = buffer<uint16_t>(kOb, B * x.rows * ld);
-  auto* stats = buffer<float>(kStatsBuf, B * H * x.rows);
-  run(*g, {{sdpa::kQ, x.q}, {sdpa::kK, x.k}, {sdpa::kV, x.v}, {sdpa::kO, ob},
-           {sdpa::kStats, stats}, {sdpa::kSeqLenQ, x.seq_q}, {sdpa::kSeqLenKV, x.seq_kv}});
-  kern::attention_results(stream_, o, lse, ob, stats, x.seq_kv, B, nq, x.row0, H, D);
+  if (!forward_in_chunks(s, q, kv, o, lse)) {
+    const Operands x = operands(s, q, kv, false);
+    const CudnnGraph* g =
+        graph(false, B, H, x.rows, x.keys, D, x.graph_causal, s.scale, x.kv_rows, nullptr);
+    PAR_ASSERT(g, "cuDNN attention forward without a successful prepare()");
+    auto* ob = buffer<uint16_t>(kOb, B * x.rows * ld);
+    auto* stats = buffer<float>(kStatsBuf, B * H * x.rows);
+    run(*g, {{sdpa::kQ, x.q}, {sdpa::kK, x.k}, {sdpa::kV, x.v}, {sdpa::kO, ob},
+             {sdpa::kStats, stats}, {sdpa::kSeqLenQ, x.seq_q}, {sdpa::kSeqLenKV, x.seq_kv}});
+    kern::attention_results(stream_, o, lse, ob, stats, x.seq_kv, B, nq, x.row0, H, D);
+  }
 
   const Piece p = piece_of(s);
   if (!p.seg.has_diag()) return;

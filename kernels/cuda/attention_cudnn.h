@@ -9,7 +9,10 @@
 //   dropped) are gathered into a dense bf16 buffer, so dropped keys cost nothing, and one
 //   flash attention with per-example key counts (a padding mask) covers them. The few keys
 //   on the causal diagonal (at most M - 1 of the cross-attention) go through the blocked
-//   path, which takes any mask, and the two pieces are merged in log-sum-exp form.
+//   path, which takes any mask, and the two pieces are merged in log-sum-exp form. Where
+//   cuDNN reads the keys in place, the prefix's forward may run as several chunks of keys
+//   in one call, merged the same way (cudnn_key_splits.h: few queries over many keys
+//   would leave most of the GPU idle).
 // The backward takes the (merged) o and lse as given, so sequence-parallel ranks can pass
 // the merged statistics, and runs the same pieces.
 //
@@ -31,6 +34,7 @@
 #include "kernels/cuda/cudnn_api.h"
 #include "kernels/cuda/cudnn_graph.h"
 #include "kernels/cuda/cudnn_key_counts.h"
+#include "kernels/cuda/cudnn_key_splits.h"
 #include "kernels/cuda/cudnn_plans.h"
 
 namespace par::cuda {
@@ -96,6 +100,11 @@ class CudnnAttention {
   // (cudnn_key_counts.h); prepare() refuses the others, so that the blocked path runs them.
   void set_key_count_limit(bool on) { limit_key_counts_ = on; }
 
+  // Chunks of keys per example of a forward over a long prefix read in place
+  // (forward_key_split's request: 0 chooses, 1 never splits). The default is 0, or what
+  // the environment's PAR_CUDNN_KEY_SPLITS says ("auto" or a count), for timing runs.
+  void set_key_splits(int64_t splits) { key_splits_ = splits; }
+
   // Testing hook: the largest workspace of cuDNN's deterministic backward that a call
   // takes (sdpa::backward_is_deterministic; 0: every backward adds dQ with atomics).
   void set_deterministic_workspace_max(int64_t bytes) { deterministic_max_ = bytes; }
@@ -107,6 +116,8 @@ class CudnnAttention {
                                                        deterministic_max_);
   }
   int64_t deterministic_max_ = sdpa::kDeterministicWorkspaceMax;
+  int64_t key_splits_ = 0;
+  int64_t sm_count_ = 0;
   bool limit_key_counts_ = false;
   KeyCountBudget key_counts_;
   // The graph's dimensions for one piece (kv_rows: rows between examples' keys, values and
@@ -114,10 +125,17 @@ class CudnnAttention {
   sdpa::Dims dims(bool backward, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
                   int64_t head_dim, bool causal, double scale, int64_t kv_rows) const;
   CudnnPlans& plans() const { return CudnnPlans::of_this_thread(*api_, device_); }
-  // The graph of one piece (built on first use), or null with the reason in *why.
+  // The graph of one piece (built on first use), or null with the reason in *why. splits:
+  // the piece's keys run as that many chunks, each an element of the batch (for the log).
   const CudnnGraph* graph(bool backward, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
                           int64_t head_dim, bool causal, double scale, int64_t kv_rows,
-                          std::string* why);
+                          std::string* why, int64_t splits = 1);
+  // The chunks a forward's prefix would run as (splits 1: none).
+  KeySplit key_split(const AttentionShape& s, bool kv_bf16) const;
+  // The forward's prefix as key_split's chunks where they apply and cuDNN took their graph
+  // in prepare(): o and lse of its rows written; false (nothing done) otherwise.
+  bool forward_in_chunks(const AttentionShape& s, const float* q, KeyValues kv, float* o,
+                         float* lse);
   void run(const CudnnGraph& g, const std::vector<std::pair<int64_t, void*>>& bound);
   // cuDNN's operands of a call's piece (attention_cudnn.cpp, Piece): its query rows in
   // bf16, its visible keys and values gathered into bf16, the key scan that gathered them

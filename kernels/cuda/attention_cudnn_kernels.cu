@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "kernels/cuda/attention_cudnn_kernels.h"
+#include "kernels/cuda/cudnn_key_splits.h"
 #include "kernels/cuda/device_util.cuh"
 
 namespace par::cuda::kern {
@@ -159,6 +160,51 @@ __global__ void merge_rows_kernel(float* o, float* lse, const float* o2, const f
   }
 }
 
+constexpr int kMaxSplits = int(kMaxKeySplits);  // checked at the launch
+
+__global__ void merge_key_splits_kernel(float* o, float* lse, const uint16_t* ob,
+                                        const float* stats, int64_t batch, int64_t splits,
+                                        int64_t nq, int64_t row0, int64_t heads,
+                                        int64_t head_dim) {
+  const int64_t n = batch * heads * nq, rows = nq - row0, ld = heads * head_dim;
+  for (int64_t t = global_thread(); t < n; t += grid_threads()) {
+    const int64_t bh = t / nq, i = t % nq, b = bh / heads, h = bh % heads;
+    float* out = o + (b * nq + i) * ld + h * head_dim;
+    float l[kMaxSplits];
+    float m = -INFINITY;
+    for (int64_t c = 0; c < splits; ++c) {
+      l[c] = i < row0 ? -INFINITY : stats[((b * splits + c) * heads + h) * rows + i - row0];
+      m = fmaxf(m, l[c]);
+    }
+    if (m == -INFINITY) {  // no key seen: empty
+      for (int64_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
+      lse[t] = -INFINITY;
+      continue;
+    }
+    float sum = 0.0f;
+    for (int64_t c = 0; c < splits; ++c) {
+      l[c] = l[c] == -INFINITY ? 0.0f : expf(l[c] - m);  // now the chunk's weight
+      sum += l[c];
+    }
+    const float inv = 1.0f / sum;
+    const uint16_t* x = ob + (b * splits * rows + i - row0) * ld + h * head_dim;
+    for (int64_t d = 0; d < head_dim; ++d) {
+      float acc = 0.0f;
+      for (int64_t c = 0; c < splits; ++c) acc += l[c] * from_bf16(x[c * rows * ld + d]);
+      out[d] = acc * inv;
+    }
+    lse[t] = m + logf(sum);
+  }
+}
+
+__global__ void key_split_counts_kernel(int32_t* counts, int64_t batch, int64_t splits,
+                                        int64_t chunk, int64_t keys) {
+  for (int64_t t = global_thread(); t < batch * splits; t += grid_threads()) {
+    const int64_t left = keys - (t % splits) * chunk;
+    counts[t] = int32_t(left < 0 ? 0 : left < chunk ? left : chunk);
+  }
+}
+
 // Launches `kernel` over n elements (grid-stride: blocks_for(n)) and checks the launch.
 template <typename... Params, typename... Args>
 void launch(cudaStream_t st, int64_t n, void (*kernel)(Params...), const char* name,
@@ -242,6 +288,20 @@ void attention_results(cudaStream_t st, float* o, float* lse, const uint16_t* ob
          count, batch, nq, row0, heads * head_dim);
   launch(st, batch * heads * nq, stats_or_empty_kernel, "stats_or_empty_kernel", lse, stats,
          count, batch, heads, nq, row0);
+}
+
+void merge_key_splits(cudaStream_t st, float* o, float* lse, const uint16_t* ob,
+                      const float* stats, int64_t batch, int64_t splits, int64_t nq,
+                      int64_t row0, int64_t heads, int64_t head_dim) {
+  PAR_ASSERT(splits >= 1 && splits <= kMaxSplits, "merge_key_splits: ", splits, " chunks");
+  launch(st, batch * heads * nq, merge_key_splits_kernel, "merge_key_splits_kernel", o, lse,
+         ob, stats, batch, splits, nq, row0, heads, head_dim);
+}
+
+void key_split_counts(cudaStream_t st, int32_t* counts, int64_t batch, int64_t splits,
+                      int64_t chunk, int64_t keys) {
+  launch(st, batch * splits, key_split_counts_kernel, "key_split_counts_kernel", counts, batch,
+         splits, chunk, keys);
 }
 
 void query_grads(cudaStream_t st, float* dq, const uint16_t* dqb, const int32_t* count,

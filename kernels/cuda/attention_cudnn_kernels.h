@@ -52,6 +52,18 @@ void scatter_key_grads(cudaStream_t st, S* dk, S* dv, const uint16_t* dkd,
 void attention_results(cudaStream_t st, float* o, float* lse, const uint16_t* ob,
                        const float* stats, const int32_t* count, int64_t batch, int64_t nq,
                        int64_t row0, int64_t heads, int64_t head_dim);
+// The forward's results of a call whose keys ran in `splits` chunks (cudnn_key_splits.h):
+// ob [batch * splits, rows, heads*head_dim] and stats [batch * splits, heads, rows] hold
+// chunk c of example b at batch element b * splits + c, rows = nq - row0; rows [row0, nq)
+// of o and lse are their log-sum-exp merge (chunks with lse = -inf weigh 0), rows
+// [0, row0) are empty (o = 0, lse = -inf).
+void merge_key_splits(cudaStream_t st, float* o, float* lse, const uint16_t* ob,
+                      const float* stats, int64_t batch, int64_t splits, int64_t nq,
+                      int64_t row0, int64_t heads, int64_t head_dim);
+// counts[b * splits + c] = the keys of chunk c (of `chunk` rows) among an example's first
+// `keys`: min(chunk, keys - c * chunk), at least 0.
+void key_split_counts(cudaStream_t st, int32_t* counts, int64_t batch, int64_t splits,
+                      int64_t chunk, int64_t keys);
 // The same for the query gradient: dq rows [0, row0) and rows of examples with count 0
 // are 0, the rest float(dqb).
 void query_grads(cudaStream_t st, float* dq, const uint16_t* dqb, const int32_t* count,

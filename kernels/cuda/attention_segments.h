@@ -70,14 +70,17 @@ inline AttentionSegments split_attention(int64_t nq, int64_t nk, int64_t q_first
 // values and their gradients, the key scan, the statistics, and the float32 copies of the
 // diagonal's rows and keys the blocked path takes (not cuDNN's own workspace, nor the
 // blocked path's score blocks). For the memory plan; an upper bound (every key kept).
+// key_splits: the chunks of keys the forward may run as (cudnn_key_splits.h), each with
+// its own copy of the queries, output and statistics.
 inline double cudnn_attention_scratch_bytes(int64_t batch, int64_t nq, int64_t nk,
-                                            int64_t heads, int64_t head_dim) {
+                                            int64_t heads, int64_t head_dim,
+                                            int64_t key_splits = 1) {
   const double B = double(batch), ld = double(heads * head_dim), q = double(nq);
-  const double k = double(nk), stats = B * double(heads) * q;
-  const double bf16_rows = 4 * B * q * ld + 4 * B * k * ld;  // q o do dq; k v dk dv
+  const double k = double(nk), stats = B * double(heads) * q, S = double(key_splits);
+  const double bf16_rows = (2 * S + 2) * B * q * ld + 4 * B * k * ld;  // q o, do dq; k v dk dv
   const double diag_rows = 5 * B * q * ld + 4 * B * q * ld;  // q o do dq lse; k v dk dv (< nq keys)
-  const double ints = 2 * B * k + 3 * B;                     // flags, positions, counts
-  return 2 * bf16_rows + 4 * diag_rows + 4 * (3 * stats + ints);
+  const double ints = 2 * B * k + 3 * B * S;                 // flags, positions, counts
+  return 2 * bf16_rows + 4 * diag_rows + 4 * ((S + 2) * stats + ints);
 }
 
 // What cuDNN's backward of a call of this shape holds besides the scratch above: the

@@ -579,6 +579,10 @@ void set_cudnn_deterministic_workspace_max(Ops<float>& ops, int64_t bytes) {
   as_cuda(ops).set_cudnn_deterministic_max(bytes);
 }
 
+void set_cudnn_key_splits(Ops<float>& ops, int64_t splits) {
+  as_cuda(ops).set_cudnn_key_splits(splits);
+}
+
 int64_t cudnn_plans_built() { return CudnnPlans::built(); }
 
 void set_attention_kernel(Ops<float>& ops, AttentionKernel kernel) {

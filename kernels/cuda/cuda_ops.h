@@ -137,6 +137,10 @@ void set_attention_key_block(Ops<float>& ops, int64_t keys);
 // atomics; 0: every backward so).
 void set_cudnn_deterministic_workspace_max(Ops<float>& ops, int64_t bytes);
 
+// Testing and timing hook: the chunks of keys per example that cuDNN's forward over a long
+// prefix read in place runs as (cudnn_key_splits.h: 0 chooses, 1 never splits).
+void set_cudnn_key_splits(Ops<float>& ops, int64_t splits);
+
 // cuDNN attention plans built in this process so far (cudnn_plans.h: each thread builds a
 // shape once, for all its backends).
 int64_t cudnn_plans_built();

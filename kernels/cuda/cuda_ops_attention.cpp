@@ -76,6 +76,7 @@ CudnnAttention* CudaOps::cudnn_for(const AttentionShape& s, bool backward, bool 
           [this](int slot, size_t bytes) { return scratch(kCudnnFirst + slot, bytes); },
           std::move(blocked));
       cudnn_->set_deterministic_workspace_max(cudnn_deterministic_max_);
+      if (cudnn_key_splits_ >= 0) cudnn_->set_key_splits(cudnn_key_splits_);
     }
     cudnn_->set_key_count_limit(k == AttentionKernel::kAuto);
     why = cudnn_->prepare(s, backward, kv_bf16);

@@ -66,6 +66,10 @@ class CudaOps final : public Ops<float> {
     cudnn_deterministic_max_ = bytes;
     if (cudnn_) cudnn_->set_deterministic_workspace_max(bytes);
   }
+  void set_cudnn_key_splits(int64_t splits) {
+    cudnn_key_splits_ = splits;
+    if (cudnn_) cudnn_->set_key_splits(splits);
+  }
   void set_attention_kernel(AttentionKernel k) { attention_kernel_ = k; }
   void set_bf16_operands(Bf16Operands mode) { bf16_operands_ = mode; }
   std::string attention_description();
@@ -161,6 +165,7 @@ class CudaOps final : public Ops<float> {
   int sm_major_ = 0;
   std::unique_ptr<CudnnAttention> cudnn_;  // made on first use
   int64_t cudnn_deterministic_max_ = sdpa::kDeterministicWorkspaceMax;
+  int64_t cudnn_key_splits_ = -1;  // -1: CudnnAttention's default
   std::unique_ptr<LtLinear> lt_;
   std::unique_ptr<StepGraphs> graphs_;
   bool graphs_on_ = true;

@@ -1,12 +1,13 @@
 // Timings, not tests (DISABLED_ unless asked for: tools/gpu_check.sh runs them with
 // --gtest_also_run_disabled_tests): the rate of a large matrix product in each precision,
 // the input-side linear layer and the cross-attention of the ~100M-parameter config
-// (N = 131072 keys, M = 1024 latent queries, 16 heads of 64), forward and backward, and
-// the LayerNorm backward.
+// (N = 131072 keys, M = 1024 latent queries, 16 heads of 64), forward and backward (in
+// cuDNN's forward, its keys in chunks or not), and the LayerNorm backward.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdio>
+#include <string>
 
 #include "kernels/cuda/cuda_ops.h"
 #include "tests/cuda/cuda_test_util.h"
@@ -166,6 +167,37 @@ TEST(CudaTiming, DISABLED_CrossAttention100M) {
         every.k_keep = gall.get();
         measure(cuda::AttentionKernel::kCudnn, every, "cuDNN, every key");
         measure(cuda::AttentionKernel::kCudnn, s, "cuDNN, 10% keys dropped");
+        // The model's keys under --kv-storage bf16 with none masked: read in place, the
+        // forward's prefix in 1, 2, 4 and 8 chunks of keys and as chosen
+        // (cudnn_key_splits.h); the backward is not split.
+        DeviceArray<uint16_t> k16(*ops, size_t(nk * ld)), v16(*ops, size_t(nk * ld));
+        DeviceArray<uint16_t> dk16(*ops, size_t(nk * ld)), dv16(*ops, size_t(nk * ld));
+        ops->round_to_bf16(k16.get(), k.get(), nk * ld);
+        ops->round_to_bf16(v16.get(), v.get(), nk * ld);
+        AttentionShape in_place = every;
+        in_place.k_keep = nullptr;
+        in_place.keeps_every_key = true;
+        cuda::set_attention_kernel(*ops, cuda::AttentionKernel::kCudnn);
+        for (int64_t splits : {1, 2, 4, 8, 0}) {
+          cuda::set_cudnn_key_splits(*ops, splits);
+          const double fwd = best_ms(*ops, 3, [&] {
+            ops->attention_forward_bf16_kv(in_place, q.get(), k16.get(), v16.get(), o.get(),
+                                           lse.get());
+          });
+          std::printf("timing cross-attention M=1024 N=131072 16x64 bf16 cuDNN, bf16 keys in "
+                      "place, %s: forward %.2f ms (%.1f TFLOP/s)\n",
+                      splits > 0 ? (std::to_string(splits) + " chunk(s)").c_str()
+                                 : "chunks chosen",
+                      fwd, f / fwd / 1e9);
+        }
+        const double bwd = best_ms(*ops, 3, [&] {
+          ops->attention_backward_bf16_kv(in_place, q.get(), k16.get(), v16.get(), o.get(),
+                                          d_o.get(), lse.get(), dq.get(), dk16.get(),
+                                          dv16.get());
+        });
+        std::printf("timing cross-attention M=1024 N=131072 16x64 bf16 cuDNN, bf16 keys in "
+                    "place: backward %.2f ms (%.1f TFLOP/s)\n",
+                    bwd, 2 * f / bwd / 1e9);
       } catch (const std::exception& e) {
         std::printf("timing cross-attention %s cuDNN: not run (%s)\n", cuda::precision_name(p),
                     e.what());

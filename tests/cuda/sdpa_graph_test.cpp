@@ -262,6 +262,63 @@ TEST(SdpaGraph, ReadsKeysInPlaceFromTallerTensors) {
   expect_graphs_match(Case{1, 3, 4, 12, 16, false, {12}}, 20, false);
 }
 
+// A forward whose keys run as S chunks (kernels/cuda/cudnn_key_splits.h): the packed graph
+// of S * B examples of C = nk / S keys each, bound to the caller's [B, nk, ld] keys and
+// values as they lie (chunk c of example b is element b * S + c), each chunk's key count
+// stopping at the prefix's end, each example's queries repeated S times; the chunks'
+// outputs (rounded to bf16) merged by their log-sum-exp are the attention over the prefix.
+TEST(SdpaGraph, KeyChunksAsABatch) {
+  const Case c{2, 2, 5, 12, 8, false, {10, 10}};  // every example's prefix: 10 of 12 rows
+  const int64_t ld = c.H * c.D, keys = 10;
+  const auto q = bf16_vector(c.B * c.nq * ld, 5), k = bf16_vector(c.B * c.nk * ld, 6);
+  const auto v = bf16_vector(c.B * c.nk * ld, 7), d_o = bf16_vector(c.B * c.nq * ld, 8);
+  const Reference want = reference(c, q, k, v, d_o);
+  for (int64_t S : {2, 3, 4}) {
+    SCOPED_TRACE(::testing::Message() << S << " chunks");
+    const int64_t C = c.nk / S, n = c.B * S;
+    std::vector<double> qs, seq_q(size_t(n), double(c.nq)), seq_kv;
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t j = 0; j < S; ++j) {
+        qs.insert(qs.end(), q.begin() + b * c.nq * ld, q.begin() + (b + 1) * c.nq * ld);
+        seq_kv.push_back(double(std::clamp<int64_t>(keys - j * C, 0, C)));
+      }
+    // Rows past the prefix hold numbers that would show in any sum they entered.
+    std::vector<double> kk = k, vv = v;
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t e = (b * c.nk + keys) * ld; e < (b + 1) * c.nk * ld; ++e)
+        kk[size_t(e)] = vv[size_t(e)] = 1e30;
+    std::map<int64_t, std::vector<double>> fwd{
+        {sdpa::kQ, qs}, {sdpa::kK, kk}, {sdpa::kV, vv},
+        {sdpa::kO, std::vector<double>(size_t(n * c.nq * ld), NAN)},
+        {sdpa::kStats, std::vector<double>(size_t(n * c.H * c.nq), NAN)},
+        {sdpa::kSeqLenQ, seq_q}, {sdpa::kSeqLenKV, seq_kv}};
+    cuda_test::interpret(
+        sdpa::describe_forward(sdpa::Dims{n, c.H, c.nq, C, c.D, 1.0 / std::sqrt(double(c.D))}),
+        fwd);
+    std::vector<double> o(q.size()), lse(want.lse.size());
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t h = 0; h < c.H; ++h)
+        for (int64_t i = 0; i < c.nq; ++i) {
+          auto stat = [&](int64_t j) {
+            return fwd[sdpa::kStats][size_t(((b * S + j) * c.H + h) * c.nq + i)];
+          };
+          double m = -INFINITY, sum = 0;
+          for (int64_t j = 0; j < S; ++j) m = std::max(m, stat(j));
+          for (int64_t j = 0; j < S; ++j) sum += std::exp(stat(j) - m);
+          lse[size_t((b * c.H + h) * c.nq + i)] = m + std::log(sum);
+          for (int64_t e = 0; e < c.D; ++e) {
+            double acc = 0;
+            for (int64_t j = 0; j < S; ++j)
+              acc += std::exp(stat(j) - m) *
+                     fwd[sdpa::kO][size_t(((b * S + j) * c.nq + i) * ld + h * c.D + e)];
+            o[size_t((b * c.nq + i) * ld + h * c.D + e)] = acc / sum;
+          }
+        }
+    EXPECT_LT(rel_error(o, want.o), 1e-2);
+    EXPECT_LT(rel_error(lse, want.lse), 1e-6);
+  }
+}
+
 // The deterministic backward's workspace (every score's gradient in bf16, in tiles of 64 x
 // 128) as cuDNN 9.19's plans report it, less their 256 bytes: for gpu-100m-131k's
 // cross-attention 4,265,607,424 bytes, which is why its backward adds dQ with atomics,
