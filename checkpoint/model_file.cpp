@@ -81,7 +81,7 @@ void write_atomically(const std::string& path, F&& fill) {
   try {
     h5::Object file = h5::create_file(tmp);
     fill(file.id());
-    file.close();
+    file.close(cat("cannot write file ", tmp));
   } catch (...) {
     std::remove(tmp.c_str());
     throw;

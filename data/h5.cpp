@@ -122,6 +122,13 @@ std::string class_name(H5T_class_t c) {
 
 }  // namespace
 
+// No clean-up of HDF5's at the process's exit: a file whose closing failed (a full disk)
+// stays in HDF5's list, and closing it again at exit crashes inside HDF5, turning one clear
+// error into a segmentation fault. par closes its files itself; a file left open at exit is
+// an unfinished .tmp file, which nothing reads. Set while the program starts, since it
+// only holds before HDF5's first call (which H5T_NATIVE_* make too).
+[[maybe_unused]] const bool no_clean_up_at_exit = (H5dont_atexit(), true);
+
 std::mutex& global_mutex() {
   static std::mutex m;
   return m;
@@ -163,12 +170,12 @@ Object& Object::operator=(Object&& o) noexcept {
   return *this;
 }
 
-void Object::close() {
+void Object::close(const std::string& what) {
   if (id_ < 0) return;
   Lock lock;
   const hid_t id = id_;
   id_ = H5I_INVALID_HID;
-  check(close_id(id), "closing an HDF5 object");
+  check(close_id(id), what);
 }
 
 Object checked(hid_t id, const std::string& what) {
@@ -366,7 +373,7 @@ void write_dataset(hid_t loc, const std::string& name, const T* data,
   if (n > 0)
     check(H5Dwrite(ds.id(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data),
           cat("cannot write ", where(loc, "dataset", name)));
-  ds.close();
+  ds.close(cat("cannot write ", where(loc, "dataset", name)));
 }
 
 bool has_attribute(hid_t loc, const std::string& name) {
@@ -435,7 +442,7 @@ void write_attribute(hid_t loc, const std::string& name, const T& value) {
                           cat("cannot create ", what));
     const char* p = value.c_str();
     check(H5Awrite(attr.id(), type.id(), &p), cat("cannot write ", what));
-    attr.close();
+    attr.close(cat("cannot write ", what));
   } else {
     static_assert(std::is_same_v<T, int64_t> || std::is_same_v<T, double>,
                   "write_attribute: int64_t, double or std::string");
@@ -443,7 +450,7 @@ void write_attribute(hid_t loc, const std::string& name, const T& value) {
                                      H5P_DEFAULT, H5P_DEFAULT),
                           cat("cannot create ", what));
     check(H5Awrite(attr.id(), native_type<T>(), &value), cat("cannot write ", what));
-    attr.close();
+    attr.close(cat("cannot write ", what));
   }
 }
 

@@ -49,8 +49,9 @@ class Object {
 
   hid_t id() const { return id_; }
   bool valid() const { return id_ >= 0; }
-  // Closes now (errors included), instead of silently in the destructor.
-  void close();
+  // Closes now (errors included), instead of silently in the destructor; a failure says
+  // `what` (e.g. the file being written).
+  void close(const std::string& what = "closing an HDF5 object");
 
  private:
   hid_t id_ = H5I_INVALID_HID;

@@ -269,9 +269,10 @@ void ShardWriter::close() {
   PAR_ASSERT(written_ == num_tokens_, "shard ", path_, " closed after ", written_, " of ",
              num_tokens_, " tokens");
   flush_chunk();
-  tokens_.close();
+  const std::string what = cat("cannot write shard ", tmp_path());
+  tokens_.close(what);
   if (max_token_ >= 0) h5::write_attribute<int64_t>(file_.id(), "max_token", max_token_);
-  file_.close();
+  file_.close(what);
   chunk_ = {};
   closed_ = true;
 }

@@ -127,6 +127,38 @@ TEST(ReliabilityWrites, CheckpointOnAFullDisk) {
   EXPECT_NE(log.find(error_line), std::string::npos) << "train.log lacks the fatal error";
 }
 
+// `par export` and `par prep` onto a full disk: HDF5 failed to close the file, then crashed
+// at the process's exit closing it again (exit 139). Now: exit 2 with one line naming the
+// temporary file and the reason, and no file left.
+TEST(ReliabilityWrites, ExportAndPrepOnAFullDisk) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 2)).rc, 0);
+  const auto exported = on_small_disk(
+      dir, 64, 16,
+      cat("'", PAR_BINARY, "' export --checkpoint ", quote(dir.file("run")), " --out ",
+          quote(dir.file("disk/model.h5"))));
+  SKIP_WITHOUT_SMALL_DISK(exported);
+  EXPECT_USER_ERROR(*exported, cat("par export: error: cannot write file ",
+                                   dir.file("disk/model.h5.tmp")));
+  EXPECT_NE(exported->err.find("No space left on device"), std::string::npos) << exported->err;
+  EXPECT_EQ(std::count(exported->err.begin(), exported->err.end(), '\n'), 1) << exported->err;
+  EXPECT_FALSE(fs::exists(dir.file("after/model.h5.tmp")));
+  EXPECT_FALSE(fs::exists(dir.file("after/model.h5")));
+
+  TempDir dir2;
+  const auto prepared = on_small_disk(
+      dir2, 64, 16,
+      cat("'", PAR_BINARY, "' prep copy --out ", quote(dir2.file("disk/data")),
+          " --length 4097 --examples 200"));
+  ASSERT_TRUE(prepared);
+  EXPECT_USER_ERROR(*prepared, cat("par prep: error: cannot write shard ",
+                                   dir2.file("disk/data/train-00000.h5.tmp")));
+  EXPECT_NE(prepared->err.find("No space left on device"), std::string::npos) << prepared->err;
+  EXPECT_EQ(std::count(prepared->err.begin(), prepared->err.end(), '\n'), 1) << prepared->err;
+  EXPECT_FALSE(fs::exists(dir2.file("after/data/train-00000.h5.tmp")));
+}
+
 // The file writes underneath: a failed write throws with the path and the reason, and
 // leaves neither a partial file nor a partial line (a device that is always full stands
 // in for the disk).
