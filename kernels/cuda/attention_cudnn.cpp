@@ -123,17 +123,18 @@ CudnnAttention::CudnnAttention(cudaStream_t stream, int device, int sm_major, Sc
     sm_count_ = sms;
   else
     cudaGetLastError();  // not left for a later check to find; without the count, no split
-  if (const char* env = std::getenv("PAR_CUDNN_KEY_SPLITS")) {
+  if (const char* env = std::getenv("PAR_CUDNN_KEY_SPLITS"); env && *env) {
     const std::string v = env;
     char* end = nullptr;
     const long n = std::strtol(env, &end, 10);
     if (v == "auto")
       key_splits_ = 0;
-    else if (!v.empty() && *end == '\0' && n >= 1)
+    else if (*end == '\0' && n >= 0)
       key_splits_ = n;
     else
       throw std::runtime_error(cat("PAR_CUDNN_KEY_SPLITS=", v,
-                                   ": expected auto or a count of key chunks (1: no split)"));
+                                   ": expected auto (or 0) or a count of key chunks (1: no "
+                                   "split)"));
   }
 }
 

@@ -162,38 +162,43 @@ __global__ void merge_rows_kernel(float* o, float* lse, const float* o2, const f
 
 constexpr int kMaxSplits = int(kMaxKeySplits);  // checked at the launch
 
+// A thread per element of o (consecutive threads, consecutive elements of a row); the
+// element of head dimension 0 writes the row's lse.
 __global__ void merge_key_splits_kernel(float* o, float* lse, const uint16_t* ob,
                                         const float* stats, int64_t batch, int64_t splits,
                                         int64_t nq, int64_t row0, int64_t heads,
                                         int64_t head_dim) {
-  const int64_t n = batch * heads * nq, rows = nq - row0, ld = heads * head_dim;
+  const int64_t ld = heads * head_dim, n = batch * nq * ld, rows = nq - row0;
   for (int64_t t = global_thread(); t < n; t += grid_threads()) {
-    const int64_t bh = t / nq, i = t % nq, b = bh / heads, h = bh % heads;
-    float* out = o + (b * nq + i) * ld + h * head_dim;
+    const int64_t b = t / (nq * ld), i = (t / ld) % nq, e = t % ld, h = e / head_dim;
+    const int64_t at = (b * heads + h) * nq + i;  // the row's lse
     float l[kMaxSplits];
     float m = -INFINITY;
+    bool nan = false;
     for (int64_t c = 0; c < splits; ++c) {
       l[c] = i < row0 ? -INFINITY : stats[((b * splits + c) * heads + h) * rows + i - row0];
+      nan |= isnan(l[c]);
       m = fmaxf(m, l[c]);
     }
-    if (m == -INFINITY) {  // no key seen: empty
-      for (int64_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
-      lse[t] = -INFINITY;
+    if (nan) {  // carried on, as one piece's would be (fmaxf would drop it)
+      o[t] = NAN;
+      if (e % head_dim == 0) lse[at] = NAN;
       continue;
     }
-    float sum = 0.0f;
+    if (m == -INFINITY) {  // no key seen: empty
+      o[t] = 0.0f;
+      if (e % head_dim == 0) lse[at] = -INFINITY;
+      continue;
+    }
+    const uint16_t* x = ob + (b * splits * rows + i - row0) * ld + e;
+    float sum = 0.0f, acc = 0.0f;
     for (int64_t c = 0; c < splits; ++c) {
-      l[c] = l[c] == -INFINITY ? 0.0f : expf(l[c] - m);  // now the chunk's weight
-      sum += l[c];
+      const float w = l[c] == -INFINITY ? 0.0f : expf(l[c] - m);
+      sum += w;
+      acc += w * from_bf16(x[c * rows * ld]);
     }
-    const float inv = 1.0f / sum;
-    const uint16_t* x = ob + (b * splits * rows + i - row0) * ld + h * head_dim;
-    for (int64_t d = 0; d < head_dim; ++d) {
-      float acc = 0.0f;
-      for (int64_t c = 0; c < splits; ++c) acc += l[c] * from_bf16(x[c * rows * ld + d]);
-      out[d] = acc * inv;
-    }
-    lse[t] = m + logf(sum);
+    o[t] = acc / sum;
+    if (e % head_dim == 0) lse[at] = m + logf(sum);
   }
 }
 
@@ -294,8 +299,8 @@ void merge_key_splits(cudaStream_t st, float* o, float* lse, const uint16_t* ob,
                       const float* stats, int64_t batch, int64_t splits, int64_t nq,
                       int64_t row0, int64_t heads, int64_t head_dim) {
   PAR_ASSERT(splits >= 1 && splits <= kMaxSplits, "merge_key_splits: ", splits, " chunks");
-  launch(st, batch * heads * nq, merge_key_splits_kernel, "merge_key_splits_kernel", o, lse,
-         ob, stats, batch, splits, nq, row0, heads, head_dim);
+  launch(st, batch * nq * heads * head_dim, merge_key_splits_kernel, "merge_key_splits_kernel",
+         o, lse, ob, stats, batch, splits, nq, row0, heads, head_dim);
 }
 
 void key_split_counts(cudaStream_t st, int32_t* counts, int64_t batch, int64_t splits,

@@ -55,8 +55,9 @@ void attention_results(cudaStream_t st, float* o, float* lse, const uint16_t* ob
 // The forward's results of a call whose keys ran in `splits` chunks (cudnn_key_splits.h):
 // ob [batch * splits, rows, heads*head_dim] and stats [batch * splits, heads, rows] hold
 // chunk c of example b at batch element b * splits + c, rows = nq - row0; rows [row0, nq)
-// of o and lse are their log-sum-exp merge (chunks with lse = -inf weigh 0), rows
-// [0, row0) are empty (o = 0, lse = -inf).
+// of o and lse are their log-sum-exp merge (chunks with lse = -inf weigh 0; a NaN in any
+// chunk's statistics makes the row NaN, as it would be unsplit), rows [0, row0) are empty
+// (o = 0, lse = -inf).
 void merge_key_splits(cudaStream_t st, float* o, float* lse, const uint16_t* ob,
                       const float* stats, int64_t batch, int64_t splits, int64_t nq,
                       int64_t row0, int64_t heads, int64_t head_dim);

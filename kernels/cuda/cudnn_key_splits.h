@@ -33,21 +33,22 @@ constexpr int64_t kMinChunkKeys = 4096;
 // The automatic choice's target: thread blocks per SM, counting tiles of 128 queries.
 constexpr int64_t kKeySplitBlocksPerSm = 3;
 
-// The SMs the memory plan counts on (it is made where no GPU may be seen): more than any
-// current card's (B200: 148), so that it bounds the chunks the automatic choice makes.
+// The most SMs the automatic choice counts (a card with more is taken to have these), so
+// that the memory plan, made where no GPU may be seen, bounds the chunks it makes.
 constexpr int64_t kPlanSmCount = 160;
 
 // The split of a forward of `batch` examples x `heads` heads, `rows` queries over the first
 // `keys` of an example's `nk` rows. requested: 0 chooses (doubling the chunks while the
-// blocks fall short of kKeySplitBlocksPerSm per SM of sm_count and chunks keep
-// kMinChunkKeys), 1 never splits, S > 1 asks for S chunks (at most kMaxKeySplits). A
-// count that does not divide nk, or that would leave a chunk empty, is halved (a request
-// too) until it does.
+// blocks fall short of kKeySplitBlocksPerSm per SM of sm_count, at most kPlanSmCount, and
+// chunks keep kMinChunkKeys), 1 never splits, S > 1 asks for S chunks (at most
+// kMaxKeySplits). A count that does not divide nk, or that would leave a chunk empty, is
+// halved (a request too) until it does.
 inline KeySplit forward_key_split(int64_t requested, int64_t batch, int64_t heads, int64_t rows,
                                   int64_t nk, int64_t keys, int64_t sm_count) {
   int64_t s = requested < kMaxKeySplits ? requested : kMaxKeySplits;
   if (s <= 0) {
     const int64_t blocks = batch * heads * ((rows + 127) / 128);
+    if (sm_count > kPlanSmCount) sm_count = kPlanSmCount;
     s = 1;
     while (s < kMaxKeySplits && blocks * s < kKeySplitBlocksPerSm * sm_count &&
            nk / (2 * s) >= kMinChunkKeys)

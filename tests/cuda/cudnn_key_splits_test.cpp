@@ -40,6 +40,9 @@ TEST(KeySplits, TheCrossAttentionOfOneLongExampleIsSplit) {
   // Blocks enough already: 8 examples, or the queries of a long latent array.
   expect_split(forward_key_split(0, 8, 16, 1024, 131072, 130049, 132), 1, 0);
   expect_split(forward_key_split(0, 1, 16, 4096, 131072, 126977, 132), 1, 0);
+  // A card with more SMs than the memory plan counts is taken to have kPlanSmCount.
+  expect_split(forward_key_split(0, 1, 16, 1024, 131072, 130049, 188), 4, 32768);
+  expect_split(forward_key_split(0, 1, 16, 1024, 131072, 130049, 1000), 4, 32768);
   // Without the SM count (the device did not say), no split.
   expect_split(forward_key_split(0, 1, 16, 1024, 131072, 130049, 0), 1, 0);
 }
@@ -121,6 +124,9 @@ TEST(CudnnKeySplits, ChunksMatchOnePiece) {
     EXPECT_TRUE(testing_util::close(got.second, blocked.second, tol));
     if (splits == 0) {
       EXPECT_EQ(got.first, one.first) << "automatic: not split, the one piece's bits";
+    } else {
+      // Merged in float32, o is not the one piece's bf16 values (so the chunks did run).
+      EXPECT_NE(got.first, one.first) << "the chunks' bits are the one piece's";
     }
   }
 }
