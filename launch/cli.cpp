@@ -21,7 +21,7 @@ void print_help(const Command& cmd, const po::options_description& opts) {
 
 bool parse(int argc, char** argv, const Command& cmd, const po::options_description& opts,
            po::variables_map& vm, const po::positional_options_description* positional,
-           const std::string& config_option) {
+           const std::string& config_option, std::set<std::string>* on_command_line) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -35,6 +35,9 @@ bool parse(int argc, char** argv, const Command& cmd, const po::options_descript
     auto parser = po::command_line_parser(argc, argv).options(opts);
     if (positional) parser.positional(*positional);
     po::store(parser.run(), vm);
+    if (on_command_line)
+      for (const auto& [name, value] : vm)
+        if (!value.defaulted()) on_command_line->insert(name);
   } catch (const po::unknown_option& e) {
     fail_user("unknown option ", e.get_option_name(), hint);
   } catch (const po::error& e) {

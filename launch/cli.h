@@ -7,6 +7,7 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -22,10 +23,12 @@ struct Command {
 
 // Returns false when --help was given (usage already printed to stdout): the caller
 // exits 0. `config_option` names the option holding an INI file path ("" = none).
+// on_command_line: where given, the options the command line set (not the config file).
 bool parse(int argc, char** argv, const Command& cmd, const po::options_description& opts,
            po::variables_map& vm,
            const po::positional_options_description* positional = nullptr,
-           const std::string& config_option = "");
+           const std::string& config_option = "",
+           std::set<std::string>* on_command_line = nullptr);
 
 // Expands shard paths and glob patterns in order, without duplicates. A pattern that
 // matches nothing, or a path that does not exist, is a UserError naming it.

@@ -3,6 +3,8 @@
 // (the yardstick for how well the step uses the machine); with --decode, generation
 // instead. The options are here; launch/bench_train.h and launch/bench_decode.h measure.
 #include <cstdio>
+#include <set>
+#include <string>
 
 #include "checkpoint/model_file.h"
 #include "core/error.h"
@@ -45,9 +47,11 @@ int cmd_bench(int argc, char** argv) {
                            "tokens; --steps sets the timed steps (default 3 here). Under mpirun, "
                            "times the --dp x --sp x --tp layout.",
                            "par bench --config FILE [--steps K] [options]"};
-    help = !cli::parse(argc, argv, cmd, opts, vm, nullptr, "config");
+    std::set<std::string> given;
+    help = !cli::parse(argc, argv, cmd, opts, vm, nullptr, "config", &given);
     if (help) return;
-    if (vm["steps"].defaulted()) rc.steps = 3;  // a config's training length is not the bench's
+    // A config's training length (its steps) is not the bench's.
+    if (!given.count("steps")) rc.steps = 3;
     b.gemm_defaulted = vm["gemm-size"].defaulted();
     if (!checkpoint.empty()) {
       const po::options_description model = model_options(mc);

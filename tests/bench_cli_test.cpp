@@ -1,0 +1,31 @@
+// `par bench`'s command line: it times 3 steps unless its own command line says --steps,
+// whatever the config's training length (a config's steps once made `bench --config
+// bytes.ini` time 20,000 steps).
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "tests/par_cli.h"
+#include "tests/temp_dir.h"
+
+namespace par {
+namespace {
+
+using testing_util::quote;
+using testing_util::run_par;
+using testing_util::TempDir;
+
+TEST(BenchCli, TimesThreeStepsUnlessItsCommandLineSaysOtherwise) {
+  TempDir dir;
+  const std::string tiny = quote(testing_util::configs_dir() + "tiny.ini");  // steps = 50
+  const std::string base = cat("bench --config ", tiny, " --threads 1 --warmup 0 --gemm-size 64");
+  const testing_util::ParRun three = run_par(dir, base);
+  ASSERT_EQ(three.rc, 0) << three.err;
+  EXPECT_NE(three.out.find(" mean of 3 "), std::string::npos) << three.out;
+  const testing_util::ParRun two = run_par(dir, base + " --steps 2");
+  ASSERT_EQ(two.rc, 0) << two.err;
+  EXPECT_NE(two.out.find(" mean of 2 "), std::string::npos) << two.out;
+}
+
+}  // namespace
+}  // namespace par
