@@ -131,6 +131,15 @@ void validate(TrainStep& ts, const Setup& s, int64_t step, RunDir* dir) {
   const auto t0 = Clock::now();
   const EvalResult r =
       evaluate_blocks(ts.model(), s.val_shards, s.run.eval_tokens, {}, &ts.grid(), s.scored);
+  if (r.tokens == 0) {
+    // A loss over no target would read as a perfect 0 in the log and the plots.
+    LOG(WARNING) << "validation at step " << step << ": no target was scored"
+                 << (s.scored.all() ? std::string(" (the validation shards hold none)")
+                                    : cat(" (none lies at document positions ",
+                                          s.run.score_positions, ", --score-positions)"))
+                 << "; nothing recorded";
+    return;
+  }
   LOG(INFO) << "validation at step " << step << " | loss " << fmt("%.4f", r.loss_nats) << " | "
             << fmt("%.4f", r.bits_per_token()) << " bits/token | accuracy "
             << fmt("%.4f", r.accuracy) << " | " << r.tokens << " targets | "

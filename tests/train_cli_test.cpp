@@ -209,11 +209,17 @@ TEST(TrainCli, LearnsTheMirrorTaskWithAbsolutePositions) {
                        q(data + "/val-*.h5"), " --batch-size 4 --score-positions 256:510",
                        " --max-tokens 4096"));
   ASSERT_EQ(r.rc, 0) << r.err;
-  // 4096 targets: 8 examples, 255 mirrored bytes each.
-  EXPECT_EQ(json_number(r.out, "tokens"), 8 * 255) << r.out;
+  // 4096 scored targets, a block (256 targets) at a time: each example's first block scores
+  // 2 mirrored bytes, its second 253; 16 examples score 4080, the 17th's blocks reach 4335.
+  EXPECT_EQ(json_number(r.out, "tokens"), 16 * 255 + 2 + 253) << r.out;
   const double accuracy = json_number(r.out, "accuracy");
   RecordProperty("mirrored_half_accuracy", cat(accuracy));
   EXPECT_GE(accuracy, 0.9) << r.out;
+  // Positions no document reaches: nothing scored is an error, not a loss of 0.
+  EXPECT_USER_ERROR(run_par(dir, cat("eval --checkpoint ", q(dir.file("run")), " --data ",
+                                     q(data + "/val-*.h5"), " --score-positions 600:700")),
+                    "no target was scored: no target of the shards lies at document positions "
+                    "600:700");
 
   // Greedy generation with cached decoding: given the random half and the first mirrored
   // byte, the next 254 bytes mirror the rest. A model without positions gets 1/256.
@@ -231,6 +237,25 @@ TEST(TrainCli, LearnsTheMirrorTaskWithAbsolutePositions) {
   }
   RecordProperty("greedy_mirror_accuracy", cat(double(right) / double(total)));
   EXPECT_GE(double(right) / double(total), 0.9) << right << " of " << total;
+}
+
+// Validation that scores nothing (positions past every document) warns and records no
+// loss: a loss of 0 over no target read as perfect in the log and the plots.
+TEST(TrainCli, ValidationThatScoresNothingRecordsNoLoss) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 40);
+  const ParRun r = run_par(dir, cat("train --config ", q(kConfigs + "tiny.ini"), " --data ",
+                                    q(data), " --val-data ", q(data), " --out ",
+                                    q(dir.file("run")), " --threads 1 --steps 2 --eval-every 1",
+                                    " --score-positions 1000:2000"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("validation at step 1: no target was scored (none lies at document "
+                       "positions 1000:2000, --score-positions); nothing recorded"),
+            std::string::npos)
+      << r.err;
+  const std::string metrics = slurp(dir.file("run/metrics.jsonl"));
+  EXPECT_NE(metrics.find("\"loss\""), std::string::npos) << metrics;
+  EXPECT_EQ(metrics.find("val_loss"), std::string::npos) << metrics;
 }
 
 TEST(TrainCli, RecordedInCheckpointsAndExportsAndRefusedAsAnotherModel) {

@@ -75,8 +75,14 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
   const int dp = grid ? grid->shape().dp : 1, replica = grid ? grid->dp_rank() : 0;
   const bool counts = model.holds_latents() && (!grid || grid->tp_rank() == 0);
   const bool positions = c.absolute_positions() || !only.all();
-  const int64_t budget =
-      max_targets > 0 ? (max_targets + M - 1) / M : std::numeric_limits<int64_t>::max();
+  // The budget: with every target scored, ceil(max_targets / M) blocks; with some, blocks
+  // until their scored targets reach max_targets (counted from the document index, the
+  // same on every rank, other replicas' blocks included, so that all stop together).
+  const bool by_blocks = max_targets <= 0 || only.all();
+  const int64_t budget = max_targets > 0 && by_blocks ? (max_targets + M - 1) / M
+                                                     : std::numeric_limits<int64_t>::max();
+  int64_t targets_counted = 0;
+  auto spent = [&] { return by_blocks ? false : targets_counted >= max_targets; };
   std::vector<int32_t> windows(static_cast<size_t>(batch * cols)), pos(static_cast<size_t>(cols));
   std::vector<int64_t> carry(static_cast<size_t>(batch));
   std::vector<uint8_t> scored(only.all() ? 0 : size_t(batch * M));
@@ -91,8 +97,23 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
     };
     std::unique_ptr<DocumentIndex> documents;
     if (positions && blocks > 0) documents = std::make_unique<DocumentIndex>(reader, c.vocab_size);
-    for (int64_t b0 = 0; b0 < blocks && blocks_done < budget; b0 += batch) {
-      const int64_t nb = std::min({batch, blocks - b0, budget - blocks_done});
+    // The targets of block `blk` (stream indices blk*M + 1 .. blk*M + M) that `only` scores:
+    // a token's document position is the carry before it plus 1.
+    auto scored_in_block = [&](int64_t blk) {
+      int64_t n = 0;
+      for (int64_t x = blk * M + 1; x <= blk * M + M && x < S; ++x) {
+        const int64_t p = documents->carry_before(x) + 1;
+        n += p >= only.first && p <= only.last;
+      }
+      return n;
+    };
+    for (int64_t b0 = 0; b0 < blocks && blocks_done < budget && !spent(); b0 += batch) {
+      int64_t nb = std::min({batch, blocks - b0, budget - blocks_done});
+      if (!by_blocks) {
+        int64_t take = 0;
+        while (take < nb && !spent()) targets_counted += scored_in_block(b0 + take++);
+        nb = take;
+      }
       blocks_done += nb;
       if (batch_index++ % dp != replica) continue;  // another replica's turn
       for (int64_t i = 0; i < nb; ++i) {

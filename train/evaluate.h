@@ -42,8 +42,8 @@ struct ScoredPositions {
 ScoredPositions parse_scored_positions(const std::string& text, const std::string& option);
 
 // Evaluates the shards as separate streams, in order, batching blocks up to the model's
-// max_batch; stops after about `max_targets` blocks' worth of targets (0: all):
-// ceil(max_targets / M) blocks. With a grid, the data-parallel replicas take turns with the
+// max_batch; stops after the block in which the scored targets reach `max_targets` (0:
+// all): ceil(max_targets / M) blocks where every target is scored. With a grid, the data-parallel replicas take turns with the
 // batches, each rank reads its columns of the windows, and every rank returns the totals.
 // `progress` (optional) sees the targets this replica scored so far.
 template <typename T>
