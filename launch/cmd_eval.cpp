@@ -29,7 +29,7 @@ int cmd_eval(int argc, char** argv) {
   opts.add_options()
       ("checkpoint", po::value(&checkpoint), "checkpoint directory (or a run directory: its newest checkpoint) or exported model")
       ("data", po::value(&data)->multitoken(), "shards to evaluate: paths or glob patterns (each is one stream)")
-      ("max-tokens", po::value(&max_tokens)->default_value(0), "stop after the block of a batch in which the scored targets reach this many (0: all)")
+      ("max-tokens", po::value(&max_tokens)->default_value(0), "stop once this many targets are scored (in whole blocks, so up to a block more; 0: all)")
       ("batch-size", po::value(&batch)->default_value(1), "blocks per forward pass")
       ("score-positions", po::value(&score_positions), "FIRST:LAST: score only the targets whose position in their document (1-based, counted from the stream's start or the last EOS) lies in [FIRST, LAST], e.g. the copied half of `par prep copy --length 8194` examples (4,096 random bytes, the same again, 2 EOS) is 4097:8192")
       ("threads", po::value(&threads)->default_value(0), "CPU threads (0: all cores)")

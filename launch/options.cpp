@@ -171,7 +171,7 @@ po::options_description run_options(RunConfig& c) {
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialization, data order and dropout")
       ("log-every", po::value(&c.log_every)->default_value(c.log_every), "log progress every K steps")
       ("eval-every", po::value(&c.eval_every)->default_value(c.eval_every), "validate every K steps (0: at the end only)")
-      ("eval-tokens", po::value(&c.eval_tokens)->default_value(c.eval_tokens), "targets scored per validation: blocks until they reach this many (0: the whole validation set)")
+      ("eval-tokens", po::value(&c.eval_tokens)->default_value(c.eval_tokens), "targets scored per validation (in whole blocks, so up to a block more; 0: the whole validation set)")
       ("score-positions", po::value(&c.score_positions), "FIRST:LAST: validation scores only the targets whose position in their document (1-based, counted from the stream's start or the last EOS) lies in [FIRST, LAST], as par eval --score-positions")
       ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write a checkpoint (OUT/checkpoints/step-N) every K steps, and always at the end (0: at the end only)")
       ("keep-checkpoints", po::value(&c.keep_checkpoints)->default_value(c.keep_checkpoints), "complete checkpoints to keep (the newest is never removed)")
