@@ -123,6 +123,18 @@ void refuse_inside_checkpoint(const std::string& path, const std::string& option
               "outside it");
 }
 
+void refuse_inside_run(const std::string& path, const std::string& option) {
+  std::error_code ec;
+  fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  if (ec) return;
+  for (p = p.parent_path(); !p.empty() && p != p.root_path(); p = p.parent_path())
+    if (fs::is_regular_file(p / "config.ini", ec) &&
+        fs::is_directory(checkpoints_root(p.string()), ec))
+      fail_user(option, " ", path, " is inside the run directory ", p.string(),
+                ": to continue that run, pass --out ", p.string(),
+                " --resume auto; for a new run, choose a path outside it");
+}
+
 namespace {
 
 // Complete checkpoint directories under out_dir, oldest first.

@@ -206,7 +206,12 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
               << " (written by dp " << m.dp << " x sp " << m.sp << " x tp " << m.tp << ")";
     break;
   }
-  if (s.resume_from.empty()) ts.initialize(rc.seed);
+  if (s.resume_from.empty()) {
+    ts.initialize(rc.seed);
+    if (rc.resume == "auto")
+      LOG(INFO) << "--resume auto: no checkpoint in " << checkpoints_root(rc.out)
+                << " yet: starting at step 0";
+  }
   if (pos.step >= rc.steps) {
     LOG(INFO) << "already trained " << pos.step << " steps (--steps " << rc.steps
               << "): nothing to do";
@@ -362,6 +367,15 @@ int cmd_train(int argc, char** argv) {
     if (s.run.out.empty())
       fail_user("--out is required: the run directory for logs and checkpoints");
     refuse_inside_checkpoint(s.run.out, "--out");
+    refuse_inside_run(s.run.out, "--out");
+    if (s.run.val_data.empty() && job.world_rank() == 0) {
+      std::string unused;
+      for (const char* o : {"eval-every", "eval-tokens", "score-positions"})
+        if (vm.count(o) && !vm[o].defaulted()) unused += cat(unused.empty() ? "" : ", ", "--", o);
+      if (!unused.empty())
+        LOG(WARNING) << unused << " set (on the command line or in the config), but no "
+                     << "--val-data: no validation runs";
+    }
   });
   if (help) return 0;
   job.watch_collectives(s.run.collective_timeout);

@@ -95,5 +95,28 @@ TEST(ReliabilityRunDir, ConcurrentRunsOnOneDirectory) {
   EXPECT_GT(busy, 0) << "the two runs never overlapped: the lock was not exercised";
 }
 
+// --out inside another run directory (its checkpoints folder, say, for the run itself)
+// made a second run inside the first; now it is refused, naming the run to resume, and
+// nothing there changes. --resume auto where no checkpoint is yet says it starts afresh.
+TEST(ReliabilityRunDir, OutInsideAnotherRunIsRefused) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 30);
+  const std::string out = dir.file("run");
+  const ParRun first = run_par(dir, tiny_train_args(data, out, 2) + " --resume auto");
+  ASSERT_EQ(first.rc, 0) << first.err;
+  EXPECT_NE(first.err.find("--resume auto: no checkpoint in " + out +
+                           "/checkpoints yet: starting at step 0"),
+            std::string::npos)
+      << first.err;
+  const std::string before = tree(out);
+  for (const std::string& inner : {out + "/checkpoints", out + "/sub/run"}) {
+    SCOPED_TRACE(inner);
+    EXPECT_USER_ERROR(run_par(dir, tiny_train_args(data, inner, 2) + " --resume auto"),
+                      cat("--out ", inner, " is inside the run directory ", out,
+                          ": to continue that run, pass --out ", out, " --resume auto"));
+  }
+  EXPECT_EQ(tree(out), before);
+}
+
 }  // namespace
 }  // namespace par

@@ -258,6 +258,23 @@ TEST(TrainCli, ValidationThatScoresNothingRecordsNoLoss) {
   EXPECT_EQ(metrics.find("val_loss"), std::string::npos) << metrics;
 }
 
+// Validation's options without --val-data were ignored without a word.
+TEST(TrainCli, ValidationOptionsWithoutValidationDataWarn) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 30);
+  const std::string base = cat("train --config ", q(kConfigs + "tiny.ini"), " --data ", q(data),
+                               " --threads 1 --steps 1 --out ");
+  ParRun r = run_par(dir, cat(base, q(dir.file("a")), " --eval-every 2 --score-positions 1:9"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("--eval-every, --score-positions set (on the command line or in the "
+                       "config), but no --val-data: no validation runs"),
+            std::string::npos)
+      << r.err;
+  r = run_par(dir, cat(base, q(dir.file("b"))));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.err.find("no validation runs"), std::string::npos) << r.err;
+}
+
 TEST(TrainCli, RecordedInCheckpointsAndExportsAndRefusedAsAnotherModel) {
   TempDir dir;
   const std::string data = testing_util::copy_task_data(dir, 65, 40);
