@@ -2,8 +2,11 @@
 
 #include <mpi.h>
 
+#include <climits>
 #include <exception>
+#include <functional>
 #include <iostream>
+#include <string>
 
 #include "core/error.h"
 #include "launch/collective_watch.h"
@@ -66,9 +69,19 @@ void Job::settle(int code, const std::string& message) {
   if (!env_) return;
   const int64_t worst = world_->all_reduce_value(int64_t(code), ReduceOp::kMax);
   if (worst == 0) return;
+  // Where every rank failed with the same message (a layout that does not fit, a missing
+  // file), rank 0 says it once for all; otherwise each failing rank says its own.
+  const int64_t hash = int64_t(std::hash<std::string>{}(message) >> 1);  // >= 0
+  const int64_t failing = world_->all_reduce_value(int64_t(code != 0), ReduceOp::kSum);
+  const int64_t highest = world_->all_reduce_value(code != 0 ? hash : -1, ReduceOp::kMax);
+  const int64_t lowest = -world_->all_reduce_value(code != 0 ? -hash : INT64_MIN, ReduceOp::kMax);
+  const bool once = failing == world_size() && highest == lowest;
   // One write per message, so the lines of different ranks do not interleave.
-  if (code != 0)
+  if (code != 0 && !once)
     std::cerr << cat("par ", command_, ": error: ", where(), ": ", message, "\n") << std::flush;
+  if (once && world_rank() == 0)
+    std::cerr << cat("par ", command_, ": error: all ", world_size(), " ranks: ", message, "\n")
+              << std::flush;
   // Every rank is here: MPI can shut down in order (the environment then skips its own).
   stop_watching();
   world_.reset();
