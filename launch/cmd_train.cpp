@@ -24,6 +24,7 @@
 #include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/run_dir.h"
+#include "launch/version.h"
 #include "launch/run_lock.h"
 #include "launch/sample_output.h"
 #include "launch/stop_request.h"
@@ -452,7 +453,7 @@ int cmd_train(int argc, char** argv) {
     }
   });
 
-  LOG(INFO) << "par train | model " << s.model.summary() << " | "
+  LOG(INFO) << "par train (" << version() << ") | model " << s.model.summary() << " | "
             << ParamLayout(s.model).num_parameters() << " parameters";
   LOG(INFO) << "layout: " << grid.world_size() << " rank(s) = dp " << s.run.dp << " x sp "
             << s.run.sp << " x tp " << s.run.tp << " | " << current_threads()

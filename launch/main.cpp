@@ -9,6 +9,7 @@
 #include "kernels/cpu/blas_setup.h"
 #include "launch/commands.h"
 #include "launch/job.h"
+#include "launch/version.h"
 
 namespace {
 
@@ -30,7 +31,8 @@ const Entry kCommands[] = {
 };
 
 void print_usage(std::ostream& os) {
-  os << "usage: par <command> [options]   (par <command> --help for its options)\n\n"
+  os << "usage: par <command> [options]   (par <command> --help for its options;"
+        " par --version)\n\n"
         "Trains Perceiver AR models on long contexts.\n\ncommands:\n";
   for (const Entry& e : kCommands) os << "  " << e.name << std::string(10 - std::strlen(e.name), ' ') << e.summary << "\n";
 }
@@ -44,6 +46,10 @@ int main(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     print_usage(std::cout);
     return argc < 2 ? 2 : 0;
+  }
+  if (!std::strcmp(argv[1], "--version")) {
+    std::cout << "par, " << par::version() << "\n";
+    return 0;
   }
   const std::string name = argv[1];
   for (const Entry& e : kCommands) {

@@ -1,0 +1,47 @@
+// `par` itself, before any subcommand: its usage, an unknown command, and --version (the
+// commit it was built from, which a run's log repeats, for reports and reproductions).
+#include <gtest/gtest.h>
+
+#include <regex>
+#include <string>
+
+#include "tests/par_cli.h"
+#include "tests/temp_dir.h"
+
+namespace par {
+namespace {
+
+using testing_util::run_par;
+using testing_util::TempDir;
+
+TEST(ParMain, SaysItsVersionUsageAndUnknownCommands) {
+  TempDir dir;
+  const testing_util::ParRun v = run_par(dir, "--version");
+  EXPECT_EQ(v.rc, 0) << v.err;
+  const std::regex version(
+      "par, (commit [0-9a-f]{12} of [0-9]{4}-[0-9]{2}-[0-9]{2}( \\+ local changes)?|"
+      "unknown commit \\(not built from a git checkout\\))\n");
+  EXPECT_TRUE(std::regex_match(v.out, version)) << v.out;
+  const testing_util::ParRun help = run_par(dir, "--help");
+  EXPECT_EQ(help.rc, 0);
+  EXPECT_NE(help.out.find("par --version"), std::string::npos) << help.out;
+  const testing_util::ParRun bad = run_par(dir, "trian");
+  EXPECT_EQ(bad.rc, 2);
+  EXPECT_NE(bad.err.find("par: unknown command 'trian'"), std::string::npos) << bad.err;
+}
+
+// A run's log opens with the version.
+TEST(ParMain, TrainingLogsItsVersion) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 30);
+  const testing_util::ParRun r =
+      run_par(dir, testing_util::tiny_train_args(data, dir.file("run"), 1));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const testing_util::ParRun v = run_par(dir, "--version");
+  const std::string version = v.out.substr(5, v.out.size() - 6);  // "par, X\n" -> X
+  const std::string log = testing_util::slurp(dir.file("run/train.log"));
+  EXPECT_NE(log.find("par train (" + version + ") | model"), std::string::npos) << log;
+}
+
+}  // namespace
+}  // namespace par
