@@ -206,13 +206,15 @@ int cmd_sample(int argc, char** argv) {
                       int(vm.count("prompts-file")) + int(vm.count("prompt-shard"));
   if (sources > 1)
     fail_user("give one prompt source: --prompt, --prompt-file, --prompts-file or --prompt-shard");
+  // An empty prompt is asked for by giving no prompt source, not a shard's 0 tokens.
+  if (vm.count("prompt-shard") && prompt_length <= 0)
+    fail_user("--prompt-shard needs --prompt-length N > 0: the prompt is the N tokens from "
+              "--prompt-begin (for no prompt, leave out the prompt source)");
   if (!vm["prompt-count"].defaulted()) {
     if (!vm.count("prompt-shard"))
       fail_user("--prompt-count takes prompts from a shard: it needs --prompt-shard (for several "
                 "text prompts use --prompts-file)");
     if (prompt_count < 1) fail_user("--prompt-count must be at least 1");
-    if (prompt_count > 1 && prompt_length <= 0)
-      fail_user("--prompt-count ", prompt_count, " needs --prompt-length > 0 (each prompt is that many tokens)");
   }
   if (num_samples < 1) fail_user("--num-samples must be at least 1");
   if (tokens <= 0) fail_user("--tokens must be positive");

@@ -3,6 +3,7 @@
 // bytes.ini` time 20,000 steps).
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <string>
 
 #include "tests/par_cli.h"
@@ -25,6 +26,16 @@ TEST(BenchCli, TimesThreeStepsUnlessItsCommandLineSaysOtherwise) {
   const testing_util::ParRun two = run_par(dir, base + " --steps 2");
   ASSERT_EQ(two.rc, 0) << two.err;
   EXPECT_NE(two.out.find(" mean of 2 "), std::string::npos) << two.out;
+  EXPECT_EQ(two.err.find("not used by the bench"), std::string::npos) << two.err;
+  // Train's options that the bench has no use for are named, not silently dropped.
+  const testing_util::ParRun unused =
+      run_par(dir, base + " --steps 1 --out " + quote(dir.file("run")) + " --resume auto");
+  ASSERT_EQ(unused.rc, 0) << unused.err;
+  EXPECT_NE(unused.err.find("par bench: --out, --resume: train's option(s), not used by the "
+                            "bench"),
+            std::string::npos)
+      << unused.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("run")));
 }
 
 }  // namespace

@@ -150,7 +150,8 @@ TEST_F(SampleCli, BadCombinationsAreUserErrors) {
   EXPECT_USER_ERROR(sample("--prompt x --prompts-file " + quote(dir_.file("empty.txt"))),
                     "give one prompt source");
   EXPECT_USER_ERROR(sample("--prompt x --prompt-count 2"), "--prompt-count takes prompts from a shard");
-  EXPECT_USER_ERROR(sample(shard + " --prompt-count 2"), "needs --prompt-length > 0");
+  EXPECT_USER_ERROR(sample(shard), "--prompt-shard needs --prompt-length N > 0");
+  EXPECT_USER_ERROR(sample(shard + " --prompt-count 2"), "--prompt-shard needs --prompt-length");
   EXPECT_USER_ERROR(sample(shard + " --prompt-count 0 --prompt-length 4"), "--prompt-count must be at least 1");
   EXPECT_USER_ERROR(sample(shard + " --prompt-count 100 --prompt-length 10"), "is outside");
   EXPECT_USER_ERROR(sample("--prompts-file " + quote(dir_.file("missing.txt"))), "missing");
