@@ -1,7 +1,6 @@
 #include "checkpoint/model_file.h"
 
 #include <cstdio>
-
 #include <filesystem>
 #include <type_traits>
 #include <variant>
@@ -133,31 +132,33 @@ ModelConfig read_valid_config(hid_t root, const std::string& path) {
   return c;
 }
 
-}  // namespace
-
-ModelFile read_model_file(const std::string& given, bool with_optimizer) {
-  const std::string path = resolve_checkpoint(given);
+// A checkpoint directory (OUT/checkpoints/step-N).
+ModelFile read_checkpoint_directory(const std::string& path, bool with_optimizer) {
   ModelFile m;
   m.path = path;
-  if (is_directory(path)) {
-    const Manifest manifest = read_manifest(path);
-    m.format = kCheckpointFormat;
-    m.model = manifest.model;
-    const ParamLayout layout(m.model);
-    m.params.assign(size_t(layout.total()), 0.0f);
-    if (with_optimizer) {
-      m.adam_m.assign(m.params.size(), 0.0f);
-      m.adam_v.assign(m.params.size(), 0.0f);
-    }
-    load_checkpoint(path, layout, m.params.data(), with_optimizer ? m.adam_m.data() : nullptr,
-                    with_optimizer ? m.adam_v.data() : nullptr);
-    m.position = manifest.position;
-    m.config_text = read_checkpoint_config(path);
-    m.dp = manifest.dp;
-    m.sp = manifest.sp;
-    m.tp = manifest.tp;
-    return m;
+  const Manifest manifest = read_manifest(path);
+  m.format = kCheckpointFormat;
+  m.model = manifest.model;
+  const ParamLayout layout(m.model);
+  m.params.assign(size_t(layout.total()), 0.0f);
+  if (with_optimizer) {
+    m.adam_m.assign(m.params.size(), 0.0f);
+    m.adam_v.assign(m.params.size(), 0.0f);
   }
+  load_checkpoint(path, layout, m.params.data(), with_optimizer ? m.adam_m.data() : nullptr,
+                  with_optimizer ? m.adam_v.data() : nullptr);
+  m.position = manifest.position;
+  m.config_text = read_checkpoint_config(path);
+  m.dp = manifest.dp;
+  m.sp = manifest.sp;
+  m.tp = manifest.tp;
+  return m;
+}
+
+// An exported model (one HDF5 file).
+ModelFile read_exported_model(const std::string& path, bool with_optimizer) {
+  ModelFile m;
+  m.path = path;
   if (with_optimizer)
     fail_user(path, " is an exported model without optimizer state; training resumes only "
                     "from a checkpoint directory (OUT/checkpoints/step-N)");
@@ -169,6 +170,34 @@ ModelFile read_model_file(const std::string& given, bool with_optimizer) {
   m.position.step = h5::read_attribute<int64_t>(root, "step");
   m.params = read_tensors(root, "params", layout, path);
   return m;
+}
+
+}  // namespace
+
+ModelFile read_model_file(const std::string& given, bool with_optimizer) {
+  const std::string path = resolve_checkpoint(given);
+  if (is_directory(path)) {
+    if (path == given) return read_checkpoint_directory(path, with_optimizer);
+    // A run directory: its newest complete checkpoint, or, where that is damaged, the name
+    // of the newest that reads (not taken silently: an export or evaluation of an older
+    // step than asked for would pass unnoticed).
+    try {
+      return read_checkpoint_directory(path, with_optimizer);
+    } catch (const UserError& e) {
+      for (const std::string& older : checkpoints_newest_first(given)) {
+        if (older == path) continue;
+        try {
+          read_checkpoint_directory(older, with_optimizer);
+        } catch (const UserError&) {
+          continue;
+        }
+        fail_user(e.what(), "; the run's newest intact checkpoint is ", older,
+                  " (pass it as --checkpoint)");
+      }
+      throw;
+    }
+  }
+  return read_exported_model(path, with_optimizer);
 }
 
 ModelConfig read_model_config(const std::string& given) {

@@ -130,6 +130,18 @@ TEST(ReliabilityManifest, ResumeFallsBackFromADamagedNewest) {
   EXPECT_NE(r.err.find(cat("resumed from ", checkpoint_dir(run, 3), " at step 3")), std::string::npos) << r.err;
   // A given --resume PATH that is damaged is an error, not a fallback.
   replace_in(checkpoint_dir(run, 6) + "/manifest.txt", "\nstep 6\n", "\nstep 9\n");
+  // The commands that read a run's newest checkpoint name the newest intact one (step 5,
+  // written again by the resume from step 3) instead of taking it unasked.
+  for (const std::string& c : {cat("export --checkpoint ", quote(run), " --out ",
+                                   quote(dir.file("model.h5"))),
+                               cat("eval --checkpoint ", quote(run), " --data ", quote(data)),
+                               cat("sample --checkpoint ", quote(run), " --tokens 2")}) {
+    SCOPED_TRACE(c);
+    EXPECT_USER_ERROR(run_par(dir, c),
+                      cat("does not match its checksum: the manifest was edited or is damaged; "
+                          "use an earlier checkpoint; the run's newest intact checkpoint is ",
+                          checkpoint_dir(run, 5), " (pass it as --checkpoint)"));
+  }
   EXPECT_USER_ERROR(run_par(dir, tiny_train_args(data, dir.file("other"), 8) + " --resume " +
                                      quote(checkpoint_dir(run, 6))),
                     "does not match its checksum");
