@@ -2,6 +2,8 @@
 
 #include <glog/logging.h>
 
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdlib>
 
@@ -16,7 +18,21 @@ namespace {
 // process-wide state, and only the handler writes it.
 volatile std::sig_atomic_t g_signal = 0;
 
-extern "C" void on_stop_signal(int sig) { g_signal = sig; }
+extern "C" void on_stop_signal(int sig) {
+  // A second Ctrl-C ends the process at once: the user does not want to wait for the
+  // checkpoint (the last complete one stays; a half-written one is a .tmp directory that
+  // the next start removes). Only SIGINT: a batch system's repeated SIGTERM must not cut
+  // the checkpoint short.
+  if (sig == SIGINT && g_signal == SIGINT) {
+    static const char kMessage[] =
+        "par: second interrupt: stopping now, without a checkpoint (the last complete one "
+        "stays)\n";
+    const ssize_t ignored = write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+    (void)ignored;
+    _exit(130);
+  }
+  g_signal = sig;
+}
 
 constexpr int kStopSignals[] = {SIGUSR1, SIGTERM, SIGINT};
 struct sigaction g_previous[3];
@@ -46,7 +62,15 @@ StopRequest::Reason StopRequest::agreed(Communicator& world) const {
 
 const char* StopRequest::describe(Reason r) {
   switch (r) {
-    case kSignal: return "a stop signal (SIGUSR1/SIGTERM/SIGINT)";
+    case kSignal:
+      // The signal this process got, where it got one (under mpirun another rank may have).
+      switch (g_signal) {
+        case SIGINT:
+          return "a stop signal (SIGINT; a second one stops at once, without a checkpoint)";
+        case SIGTERM: return "a stop signal (SIGTERM)";
+        case SIGUSR1: return "a stop signal (SIGUSR1)";
+        default: return "a stop signal (SIGUSR1/SIGTERM/SIGINT) on another rank";
+      }
     case kTimeLimit: return "the --max-minutes limit";
     default: return "nothing";
   }

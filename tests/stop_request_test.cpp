@@ -1,0 +1,43 @@
+// launch/stop_request.h's signal handling, in child processes (death tests): a stop signal
+// is noted for the training loop to act on (a checkpoint, exit 75), and a second Ctrl-C
+// ends the process at once (exit 130); a second SIGTERM does not (a batch system may send
+// several, and the checkpoint must not be cut short).
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "launch/stop_request.h"
+
+namespace par {
+namespace {
+
+TEST(StopRequestDeathTest, ASecondCtrlCStopsAtOnce) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        StopRequest stop;
+        std::raise(SIGINT);
+        // The first is only noted, and named.
+        const std::string said = StopRequest::describe(StopRequest::kSignal);
+        if (said.find("SIGINT") == std::string::npos) std::_Exit(3);
+        std::raise(SIGINT);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(130), "par: second interrupt: stopping now, without a checkpoint");
+  EXPECT_EXIT(
+      {
+        StopRequest stop;
+        std::raise(SIGTERM);
+        std::raise(SIGTERM);
+        std::raise(SIGINT);  // after another signal, a first Ctrl-C is only noted
+        std::fputs("still running", stderr);
+        std::_Exit(7);
+      },
+      ::testing::ExitedWithCode(7), "still running");
+}
+
+}  // namespace
+}  // namespace par
