@@ -131,6 +131,12 @@ TEST(ReliabilityWrites, CheckpointOnAFullDisk) {
 // at the process's exit closing it again (exit 139). Now: exit 2 with one line naming the
 // temporary file and the reason, and no file left.
 TEST(ReliabilityWrites, ExportAndPrepOnAFullDisk) {
+  // The run's one line: `error` (naming the file), then the disk's reason.
+  const auto expect_one_line = [](const ParRun& r, const std::string& error) {
+    EXPECT_USER_ERROR(r, error);
+    EXPECT_NE(r.err.find("No space left on device"), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  };
   TempDir dir;
   const std::string data = copy_task_data(dir, 65, 30);
   ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 2)).rc, 0);
@@ -139,10 +145,8 @@ TEST(ReliabilityWrites, ExportAndPrepOnAFullDisk) {
       cat("'", PAR_BINARY, "' export --checkpoint ", quote(dir.file("run")), " --out ",
           quote(dir.file("disk/model.h5"))));
   SKIP_WITHOUT_SMALL_DISK(exported);
-  EXPECT_USER_ERROR(*exported, cat("par export: error: cannot write file ",
-                                   dir.file("disk/model.h5.tmp")));
-  EXPECT_NE(exported->err.find("No space left on device"), std::string::npos) << exported->err;
-  EXPECT_EQ(std::count(exported->err.begin(), exported->err.end(), '\n'), 1) << exported->err;
+  expect_one_line(*exported,
+                  cat("par export: error: cannot write file ", dir.file("disk/model.h5.tmp")));
   EXPECT_FALSE(fs::exists(dir.file("after/model.h5.tmp")));
   EXPECT_FALSE(fs::exists(dir.file("after/model.h5")));
 
@@ -152,10 +156,8 @@ TEST(ReliabilityWrites, ExportAndPrepOnAFullDisk) {
       cat("'", PAR_BINARY, "' prep copy --out ", quote(dir2.file("disk/data")),
           " --length 4097 --examples 200"));
   ASSERT_TRUE(prepared);
-  EXPECT_USER_ERROR(*prepared, cat("par prep: error: cannot write shard ",
-                                   dir2.file("disk/data/train-00000.h5.tmp")));
-  EXPECT_NE(prepared->err.find("No space left on device"), std::string::npos) << prepared->err;
-  EXPECT_EQ(std::count(prepared->err.begin(), prepared->err.end(), '\n'), 1) << prepared->err;
+  expect_one_line(*prepared, cat("par prep: error: cannot write shard ",
+                                 dir2.file("disk/data/train-00000.h5.tmp")));
   EXPECT_FALSE(fs::exists(dir2.file("after/data/train-00000.h5.tmp")));
 }
 
