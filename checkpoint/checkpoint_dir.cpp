@@ -123,16 +123,18 @@ void refuse_inside_checkpoint(const std::string& path, const std::string& option
               "outside it");
 }
 
-void refuse_inside_run(const std::string& path, const std::string& option) {
+void refuse_inside_run_checkpoints(const std::string& path, const std::string& option) {
   std::error_code ec;
   fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
   if (ec) return;
-  for (p = p.parent_path(); !p.empty() && p != p.root_path(); p = p.parent_path())
-    if (fs::is_regular_file(p / "config.ini", ec) &&
-        fs::is_directory(checkpoints_root(p.string()), ec))
-      fail_user(option, " ", path, " is inside the run directory ", p.string(),
-                ": to continue that run, pass --out ", p.string(),
-                " --resume auto; for a new run, choose a path outside it");
+  for (; !p.empty() && p != p.root_path(); p = p.parent_path()) {
+    const fs::path run = p.parent_path();
+    if (p.filename() == "checkpoints" && fs::is_regular_file(run / "config.ini", ec) &&
+        fs::is_directory(p, ec))
+      fail_user(option, " ", path, " is inside the checkpoints of the run ", run.string(),
+                ": to continue that run, pass --out ", run.string(),
+                " --resume auto; for a new run, choose a path outside them");
+  }
 }
 
 namespace {

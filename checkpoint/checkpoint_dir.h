@@ -48,10 +48,10 @@ std::string resolve_checkpoint(const std::string& path);
 std::string enclosing_checkpoint(const std::string& path);
 // UserError naming `option` when `path` lies in a checkpoint directory.
 void refuse_inside_checkpoint(const std::string& path, const std::string& option);
-// UserError naming `option` when `path` lies inside another run directory (an ancestor with
-// a config.ini and a checkpoints/ folder): `--out RUN/checkpoints` for `--out RUN` made a
-// second run inside the first.
-void refuse_inside_run(const std::string& path, const std::string& option);
+// UserError naming `option` when `path` is or lies in a run's checkpoints/ folder (beside
+// the run's config.ini): `--out RUN/checkpoints` for `--out RUN` made a second run inside
+// the first. (A run elsewhere inside another run's directory, a fine-tune say, is fine.)
+void refuse_inside_run_checkpoints(const std::string& path, const std::string& option);
 
 class CheckpointSaver {
  public:

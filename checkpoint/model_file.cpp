@@ -188,8 +188,8 @@ ModelFile read_model_file(const std::string& given, bool with_optimizer) {
         if (older == path) continue;
         try {
           read_checkpoint_directory(older, with_optimizer);
-        } catch (const UserError&) {
-          continue;
+        } catch (const std::exception&) {
+          continue;  // damaged too; the first error is the one to report
         }
         fail_user(e.what(), "; the run's newest intact checkpoint is ", older,
                   " (pass it as --checkpoint)");

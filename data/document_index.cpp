@@ -14,9 +14,11 @@ DocumentIndex::DocumentIndex(const ShardReader& reader, int64_t vocab_limit) {
   for (int64_t off = 0; off < n; off += kBlock) {
     const int64_t count = std::min(kBlock, n - off);
     reader.read(off, count, block.data(), vocab_limit);
-    for (int64_t i = 0; i < count; ++i)
-      if (block[size_t(i)] == kEosToken || block[size_t(i)] == kPadToken)
-        resets_.push_back(off + i);
+    for (int64_t i = 0; i < count; ++i) {
+      const int32_t t = block[size_t(i)];
+      if (t == kEosToken || t == kPadToken) resets_.push_back(off + i);
+      if (t == kPadToken) pads_.push_back(off + i);
+    }
   }
 }
 
@@ -26,6 +28,10 @@ int64_t DocumentIndex::carry_before(int64_t i) const {
   const auto it = std::lower_bound(resets_.begin(), resets_.end(), i);
   const int64_t reset = it == resets_.begin() ? -1 : *(it - 1);
   return i - 1 - reset;
+}
+
+bool DocumentIndex::is_pad(int64_t i) const {
+  return std::binary_search(pads_.begin(), pads_.end(), i);
 }
 
 }  // namespace par

@@ -20,9 +20,12 @@ class DocumentIndex {
   // The carry of stream index i (core/absolute_positions.h): the document position of token
   // i - 1, or 0 when i == 0 or token i - 1 is an EOS or a PAD.
   int64_t carry_before(int64_t i) const;
+  // Whether token i is a PAD (which no evaluation scores).
+  bool is_pad(int64_t i) const;
 
  private:
   std::vector<int64_t> resets_;  // indices of the EOS and PAD tokens, ascending
+  std::vector<int64_t> pads_;    // indices of the PAD tokens, ascending
 };
 
 }  // namespace par

@@ -368,7 +368,7 @@ int cmd_train(int argc, char** argv) {
     if (s.run.out.empty())
       fail_user("--out is required: the run directory for logs and checkpoints");
     refuse_inside_checkpoint(s.run.out, "--out");
-    refuse_inside_run(s.run.out, "--out");
+    refuse_inside_run_checkpoints(s.run.out, "--out");
     if (s.run.val_data.empty() && job.world_rank() == 0) {
       std::string unused;
       for (const char* o : {"eval-every", "eval-tokens", "score-positions"})

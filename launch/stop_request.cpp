@@ -6,6 +6,7 @@
 
 #include <csignal>
 #include <cstdlib>
+#include <ctime>
 
 #include "core/error.h"
 #include "data/checked_file.h"
@@ -18,12 +19,22 @@ namespace {
 // process-wide state, and only the handler writes it.
 volatile std::sig_atomic_t g_signal = 0;
 
+// When the first SIGINT came (CLOCK_MONOTONIC); only the handler touches it, and SIGINT is
+// blocked while its handler runs.
+struct timespec g_first_interrupt {};
+
 extern "C" void on_stop_signal(int sig) {
   // A second Ctrl-C ends the process at once: the user does not want to wait for the
   // checkpoint (the last complete one stays; a half-written one is a .tmp directory that
   // the next start removes). Only SIGINT: a batch system's repeated SIGTERM must not cut
-  // the checkpoint short.
-  if (sig == SIGINT && g_signal == SIGINT) {
+  // the checkpoint short. Not within half a second of the first: one key press can reach
+  // a process twice (its own, and a wrapper's that forwards it).
+  struct timespec now {};
+  clock_gettime(CLOCK_MONOTONIC, &now);  // async-signal-safe
+  const double since = double(now.tv_sec - g_first_interrupt.tv_sec) +
+                       1e-9 * double(now.tv_nsec - g_first_interrupt.tv_nsec);
+  if (sig == SIGINT && g_signal != SIGINT) g_first_interrupt = now;
+  if (sig == SIGINT && g_signal == SIGINT && since >= 0.5) {
     static const char kMessage[] =
         "par: second interrupt: stopping now, without a checkpoint (the last complete one "
         "stays)\n";

@@ -1,10 +1,15 @@
 # Writes OUT, a C++ source defining par::version(): the commit the build was made from (git
 # describe of SOURCE_DIR, "+ local changes" where the tree differs from it), rewritten only
 # when that changes, so that a build of the same commit relinks nothing.
+# Only SOURCE_DIR's own repository: a copy of the tree inside another one is not its commit.
+execute_process(COMMAND git -C "${SOURCE_DIR}" rev-parse --show-toplevel
+                OUTPUT_VARIABLE top OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
 execute_process(COMMAND git -C "${SOURCE_DIR}" rev-parse --short=12 HEAD
                 OUTPUT_VARIABLE commit OUTPUT_STRIP_TRAILING_WHITESPACE
                 RESULT_VARIABLE rc ERROR_QUIET)
-if(NOT rc EQUAL 0 OR commit STREQUAL "")
+get_filename_component(top "${top}" REALPATH)
+get_filename_component(source "${SOURCE_DIR}" REALPATH)
+if(NOT rc EQUAL 0 OR commit STREQUAL "" OR NOT top STREQUAL source)
   set(version "unknown commit (not built from a git checkout)")
 else()
   execute_process(COMMAND git -C "${SOURCE_DIR}" diff --quiet HEAD --

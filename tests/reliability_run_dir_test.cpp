@@ -95,10 +95,11 @@ TEST(ReliabilityRunDir, ConcurrentRunsOnOneDirectory) {
   EXPECT_GT(busy, 0) << "the two runs never overlapped: the lock was not exercised";
 }
 
-// --out inside another run directory (its checkpoints folder, say, for the run itself)
-// made a second run inside the first; now it is refused, naming the run to resume, and
-// nothing there changes. --resume auto where no checkpoint is yet says it starts afresh.
-TEST(ReliabilityRunDir, OutInsideAnotherRunIsRefused) {
+// --out a run's checkpoints folder (for the run itself) made a second run inside the
+// first; now it is refused, naming the run to resume, and nothing there changes. A run
+// elsewhere inside another's directory (a fine-tune) is fine. --resume auto where no
+// checkpoint is yet says it starts afresh.
+TEST(ReliabilityRunDir, OutInsideARunsCheckpointsIsRefused) {
   TempDir dir;
   const std::string data = testing_util::copy_task_data(dir, 65, 30);
   const std::string out = dir.file("run");
@@ -109,13 +110,15 @@ TEST(ReliabilityRunDir, OutInsideAnotherRunIsRefused) {
             std::string::npos)
       << first.err;
   const std::string before = tree(out);
-  for (const std::string& inner : {out + "/checkpoints", out + "/sub/run"}) {
+  for (const std::string& inner : {out + "/checkpoints", out + "/checkpoints/new"}) {
     SCOPED_TRACE(inner);
     EXPECT_USER_ERROR(run_par(dir, tiny_train_args(data, inner, 2) + " --resume auto"),
-                      cat("--out ", inner, " is inside the run directory ", out,
+                      cat("--out ", inner, " is inside the checkpoints of the run ", out,
                           ": to continue that run, pass --out ", out, " --resume auto"));
   }
   EXPECT_EQ(tree(out), before);
+  const ParRun nested = run_par(dir, tiny_train_args(data, out + "/fine-tune", 2));
+  EXPECT_EQ(nested.rc, 0) << nested.err;
 }
 
 }  // namespace

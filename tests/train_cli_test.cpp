@@ -258,6 +258,30 @@ TEST(TrainCli, ValidationThatScoresNothingRecordsNoLoss) {
   EXPECT_EQ(metrics.find("val_loss"), std::string::npos) << metrics;
 }
 
+// --max-tokens counts scored targets under --score-positions, PAD targets not among them:
+// on copy examples whose uncopied bytes are PAD (--keep 4), --max-tokens 16 scored 4 and
+// --max-tokens 1 nothing (an error then) while PAD targets counted.
+TEST(TrainCli, EvalBudgetCountsScoredTargetsOnly) {
+  TempDir dir;
+  ASSERT_EQ(run_par(dir, cat("prep copy --out ", q(dir.file("d")), " --length 64 --half 32 ",
+                             "--keep 4 --examples 40 --val-examples 20")).rc, 0);
+  ASSERT_EQ(run_par(dir, cat("train --config ", q(kConfigs + "tiny.ini"), " --data ",
+                             q(dir.file("d/train-*.h5")), " --out ", q(dir.file("run")),
+                             " --steps 2 --threads 1")).rc, 0);
+  const std::string eval = cat("eval --checkpoint ", q(dir.file("run")), " --data ",
+                               q(dir.file("d/val-*.h5")), " --score-positions 1:4");
+  ParRun r = run_par(dir, eval);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const double all = json_number(r.out, "tokens");
+  EXPECT_GT(all, 64) << r.out;
+  for (int budget : {1, 16, 64}) {
+    r = run_par(dir, cat(eval, " --max-tokens ", budget));
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_GE(json_number(r.out, "tokens"), budget) << r.out;
+    EXPECT_LT(json_number(r.out, "tokens"), all) << r.out;
+  }
+}
+
 // Validation's options without --val-data were ignored without a word.
 TEST(TrainCli, ValidationOptionsWithoutValidationDataWarn) {
   TempDir dir;

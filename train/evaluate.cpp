@@ -98,12 +98,12 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
     std::unique_ptr<DocumentIndex> documents;
     if (positions && blocks > 0) documents = std::make_unique<DocumentIndex>(reader, c.vocab_size);
     // The targets of block `blk` (stream indices blk*M + 1 .. blk*M + M) that `only` scores:
-    // a token's document position is the carry before it plus 1.
+    // not PAD, at a document position (the carry before it plus 1) in range.
     auto scored_in_block = [&](int64_t blk) {
       int64_t n = 0;
       for (int64_t x = blk * M + 1; x <= blk * M + M && x < S; ++x) {
         const int64_t p = documents->carry_before(x) + 1;
-        n += p >= only.first && p <= only.last;
+        n += p >= only.first && p <= only.last && !documents->is_pad(x);
       }
       return n;
     };
