@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -15,6 +16,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <string>
 
 #include "core/error.h"
 
@@ -55,21 +57,42 @@ std::vector<std::string> existing_shards(const std::string& dir) {
   return out;
 }
 
+// The output directory, where this run made it: should the run fail (a token outside the
+// vocabulary, a full disk), the directory goes too if nothing is left in it.
+class OutDir {
+ public:
+  OutDir(std::string path, bool made) : path_(std::move(path)), made_(made) {}
+  OutDir(const OutDir&) = delete;
+  OutDir& operator=(const OutDir&) = delete;
+  ~OutDir() {
+    std::error_code ec;
+    if (made_ && std::uncaught_exceptions() > 0 && fs::is_empty(path_, ec) && !ec)
+      fs::remove(path_, ec);
+  }
+
+ private:
+  std::string path_;
+  bool made_;
+};
+
 // Validates the common options and makes the output directory; refuses to mix with shards
 // already there unless --force (then they are replaced, and leftovers removed at the end).
-void prepare_out_dir(const PrepCommon& c) {
+[[nodiscard]] std::unique_ptr<OutDir> prepare_out_dir(const PrepCommon& c) {
   if (c.out_dir.empty()) fail_user("--out is required: the directory to write shards into");
   if (c.shard_tokens < 1) fail_user("--shard-tokens must be positive, not ", c.shard_tokens);
   std::error_code ec;
   if (fs::exists(c.out_dir, ec) && !fs::is_directory(c.out_dir, ec))
     fail_user("--out ", c.out_dir, " exists and is not a directory");
+  const bool made = !fs::exists(c.out_dir, ec);
   fs::create_directories(c.out_dir, ec);
   if (ec) fail_user("cannot create --out directory ", c.out_dir, ": ", ec.message());
+  auto out = std::make_unique<OutDir>(c.out_dir, made);
   const std::vector<std::string> old = existing_shards(c.out_dir);
   if (!old.empty() && !c.force)
     fail_user("--out ", c.out_dir, " already holds ", old.size(), " token shard(s) (", old[0],
               old.size() > 1 ? ", ..." : "",
               "); choose another --out, remove them, or pass --force to replace them");
+  return out;
 }
 
 void check_val_fraction(double f) {
@@ -280,7 +303,7 @@ PrepResult prep_bytes(const BytesPrepOptions& opts, std::ostream& log) {
     total += sizes.back() + 1;  // + the EOS after the document
   }
   const auto [n_train, n_val] = split_counts(total, opts.val_fraction, "the input files");
-  prepare_out_dir(opts.common);
+  const auto out_dir = prepare_out_dir(opts.common);
 
   SplitSink sink(opts.common, n_train, n_val, kByteVocabSize, opts.common.shard_tokens);
   std::vector<char> bytes(static_cast<size_t>(kBlockTokens));
@@ -341,7 +364,7 @@ PrepResult prep_tokens(const TokensPrepOptions& opts, std::ostream& log) {
   const int64_t total = src->size();
   if (total == 0) fail_user("--input ", opts.input, " holds no tokens");
   const auto [n_train, n_val] = split_counts(total, opts.val_fraction, opts.input);
-  prepare_out_dir(opts.common);
+  const auto out_dir = prepare_out_dir(opts.common);
 
   SplitSink sink(opts.common, n_train, n_val, opts.vocab_size, opts.common.shard_tokens);
   std::vector<int64_t> raw(static_cast<size_t>(std::min(total, kBlockTokens)));
@@ -386,7 +409,7 @@ PrepResult prep_mirror(const MirrorPrepOptions& opts, std::ostream& log) {
     fail_user("--half must be between 1 and --length / 2 = ", e / 2, ", not ", h);
   if (opts.keep != -1 && (opts.keep < 1 || opts.keep > h))
     fail_user("--keep must be between 1 and the half (", h, "), not ", opts.keep);
-  prepare_out_dir(opts.common);
+  const auto out_dir = prepare_out_dir(opts.common);
 
   SplitSink sink(opts.common, k_train * e, k_val * e, kByteVocabSize, per_shard);
   const int64_t per_block = std::max<int64_t>(1, kBlockTokens / e);

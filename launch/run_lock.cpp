@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <exception>
 #include <filesystem>
 
 #include "core/error.h"
@@ -38,8 +39,9 @@ std::string holder_text(int fd) {
 
 }  // namespace
 
-RunLock::RunLock(const std::string& dir) {
+RunLock::RunLock(const std::string& dir) : dir_(dir) {
   std::error_code ec;
+  made_dir_ = !std::filesystem::exists(dir, ec);
   std::filesystem::create_directories(dir, ec);
   if (ec || !std::filesystem::is_directory(dir))
     fail_user("cannot create the run directory --out ", dir, ": ",
@@ -81,6 +83,19 @@ RunLock::RunLock(const std::string& dir) {
 }
 
 RunLock::~RunLock() {
+  // A start that fails before it writes anything (a checkpoint of another model, say) leaves
+  // no directory it made, rather than one holding only the lock file. Removed while still
+  // locked, and only when nothing else is there.
+  if (made_dir_ && fd_ >= 0 && std::uncaught_exceptions() > 0) {
+    std::error_code ec;
+    bool only_lock = true;
+    for (const auto& e : std::filesystem::directory_iterator(dir_, ec))
+      only_lock = only_lock && e.path().filename() == "lock";
+    if (!ec && only_lock) {
+      std::filesystem::remove(file(dir_), ec);
+      std::filesystem::remove(dir_, ec);
+    }
+  }
   if (fd_ >= 0) ::close(fd_);  // releases the lock
 }
 

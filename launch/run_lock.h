@@ -21,6 +21,8 @@ class RunLock {
   // start time) when another process holds it. Where the file system has no locks
   // (ENOLCK), warns and runs unlocked.
   explicit RunLock(const std::string& dir);
+  // Unlocks. Destroyed by an exception (a failed start) while `dir`, made by it, holds
+  // nothing but the lock file: removes both.
   ~RunLock();
   RunLock(const RunLock&) = delete;
   RunLock& operator=(const RunLock&) = delete;
@@ -28,6 +30,8 @@ class RunLock {
   static std::string file(const std::string& dir) { return dir + "/lock"; }
 
  private:
+  std::string dir_;
+  bool made_dir_ = false;
   int fd_ = -1;
 };
 

@@ -92,6 +92,15 @@ TEST(PrepCliTest, BadInputFilesExitTwoNamingTheFile) {
   EXPECT_NE(r.err.find("position 2 is 9"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir.file("o/train-00000.h5")));
   EXPECT_FALSE(fs::exists(dir.file("o/train-00000.h5.tmp")));
+  // The failed runs made --out and leave it not even empty: gone.
+  EXPECT_FALSE(fs::exists(dir.file("o")));
+  // A --out that was there stays, as it was.
+  fs::create_directories(dir.file("o"));
+  std::ofstream(dir.file("o/notes.txt")) << "mine";
+  EXPECT_USER_ERROR(par(dir, cat("prep tokens --out ", out, " --vocab-size 9 --dtype uint8 --input ",
+                                 quoted(raw))),
+                    raw);
+  EXPECT_EQ(slurp(dir.file("o/notes.txt")), "mine");
 }
 
 TEST(PrepCliTest, RefusesToOverwriteAndLeavesTheShardIntact) {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <regex>
 #include <sstream>
 
@@ -321,6 +322,11 @@ TEST(TrainCli, RecordedInCheckpointsAndExportsAndRefusedAsAnotherModel) {
   EXPECT_USER_ERROR(run_par(dir, cat(base, " --out ", q(dir.file("abs")), " --steps 4 --resume auto")),
                     "pos=absolute");
   EXPECT_EQ(testing_util::tree(dir.file("abs/checkpoints")), before);
+  // Into a new --out, the refused start leaves no directory (it held only its lock file).
+  EXPECT_USER_ERROR(run_par(dir, cat(base, " --out ", q(dir.file("new")), " --steps 4 --resume ",
+                                     q(dir.file("abs")))),
+                    "different model");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("new")));
 
   // Exports: the attribute where positions are not rotary alone; rotary models' files stay
   // as before (no attribute), and both read back.
