@@ -74,6 +74,14 @@ bool parse(int argc, char** argv, const Command& cmd, const po::options_descript
   return true;
 }
 
+std::string options_among(std::initializer_list<const char*> names,
+                          const std::function<bool(const std::string&)>& chosen) {
+  std::string list;
+  for (const char* name : names)
+    if (chosen(name)) list += cat(list.empty() ? "" : ", ", "--", name);
+  return list;
+}
+
 std::vector<std::string> expand_paths(const std::vector<std::string>& patterns,
                                       const std::string& option_name) {
   std::vector<std::string> out;

@@ -7,6 +7,8 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <functional>
+#include <initializer_list>
 #include <set>
 #include <string>
 #include <vector>
@@ -29,6 +31,11 @@ bool parse(int argc, char** argv, const Command& cmd, const po::options_descript
            const po::positional_options_description* positional = nullptr,
            const std::string& config_option = "",
            std::set<std::string>* on_command_line = nullptr);
+
+// "--a, --b": the options of `names` that `chosen` picks, in order ("" if none), for
+// messages about options given but of no use.
+std::string options_among(std::initializer_list<const char*> names,
+                          const std::function<bool(const std::string&)>& chosen);
 
 // Expands shard paths and glob patterns in order, without duplicates. A pattern that
 // matches nothing, or a path that does not exist, is a UserError naming it.

@@ -54,11 +54,10 @@ int cmd_bench(int argc, char** argv) {
     if (!given.count("steps")) rc.steps = 3;
     // Train's options that a bench on random tokens has no use for: said, not silently
     // dropped (a config may set them; only the command line's are mentioned).
-    std::string unused;
-    for (const char* o : {"data", "val-data", "out", "resume", "log-every", "eval-every",
-                          "eval-tokens", "score-positions", "checkpoint-every",
-                          "keep-checkpoints", "max-minutes"})
-      if (given.count(o)) unused += cat(unused.empty() ? "" : ", ", "--", o);
+    const std::string unused = cli::options_among(
+        {"data", "val-data", "out", "resume", "log-every", "eval-every", "eval-tokens",
+         "score-positions", "checkpoint-every", "keep-checkpoints", "max-minutes"},
+        [&](const std::string& o) { return given.count(o) > 0; });
     if (!unused.empty() && job.world_rank() == 0)
       std::fprintf(stderr, "par bench: %s: train's option(s), not used by the bench (it times "
                    "steps on random tokens and writes nothing)\n", unused.c_str());

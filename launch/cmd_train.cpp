@@ -24,12 +24,12 @@
 #include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/run_dir.h"
-#include "launch/version.h"
 #include "launch/run_lock.h"
 #include "launch/sample_output.h"
 #include "launch/stop_request.h"
 #include "launch/text.h"
 #include "launch/threads.h"
+#include "launch/version.h"
 #include "train/evaluate.h"
 #include "train/train_step.h"
 
@@ -370,9 +370,9 @@ int cmd_train(int argc, char** argv) {
     refuse_inside_checkpoint(s.run.out, "--out");
     refuse_inside_run_checkpoints(s.run.out, "--out");
     if (s.run.val_data.empty() && job.world_rank() == 0) {
-      std::string unused;
-      for (const char* o : {"eval-every", "eval-tokens", "score-positions"})
-        if (vm.count(o) && !vm[o].defaulted()) unused += cat(unused.empty() ? "" : ", ", "--", o);
+      const std::string unused = cli::options_among(
+          {"eval-every", "eval-tokens", "score-positions"},
+          [&](const std::string& o) { return vm.count(o) && !vm[o].defaulted(); });
       if (!unused.empty())
         LOG(WARNING) << unused << " set (on the command line or in the config), but no "
                      << "--val-data: no validation runs";
