@@ -370,10 +370,9 @@ void write_dataset(hid_t loc, const std::string& name, const T* data,
   Object ds = checked(H5Dcreate2(loc, name.c_str(), native_type<T>(), space.id(), lcpl.id(),
                                  H5P_DEFAULT, H5P_DEFAULT),
                       cat("cannot create ", where(loc, "dataset", name)));
-  if (n > 0)
-    check(H5Dwrite(ds.id(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data),
-          cat("cannot write ", where(loc, "dataset", name)));
-  ds.close(cat("cannot write ", where(loc, "dataset", name)));
+  const std::string what = cat("cannot write ", where(loc, "dataset", name));
+  if (n > 0) check(H5Dwrite(ds.id(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data), what);
+  ds.close(what);
 }
 
 bool has_attribute(hid_t loc, const std::string& name) {
