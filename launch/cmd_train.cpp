@@ -8,6 +8,8 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <set>
+#include <string>
 
 #include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/model_file.h"
@@ -353,7 +355,8 @@ int cmd_train(int argc, char** argv) {
     plan.add_options()
         ("dry-run", po::bool_switch(&dry_run), "print the memory each rank needs (and whether it fits) without training; --data and --out are not needed");
     opts.add(plan);
-    help = !cli::parse(argc, argv, cmd, opts, vm, nullptr, "config");
+    std::set<std::string> given;  // on the command line
+    help = !cli::parse(argc, argv, cmd, opts, vm, nullptr, "config", &given);
     if (help) return;
     s.run.validate();
     s.model.validate();
@@ -370,12 +373,13 @@ int cmd_train(int argc, char** argv) {
     refuse_inside_checkpoint(s.run.out, "--out");
     refuse_inside_run_checkpoints(s.run.out, "--out");
     if (s.run.val_data.empty() && job.world_rank() == 0) {
+      // Only the command line's: a config's validation settings serve its runs that have
+      // validation data, and a run without (a warm-up, say) need not hear of them.
       const std::string unused = cli::options_among(
           {"eval-every", "eval-tokens", "score-positions"},
-          [&](const std::string& o) { return vm.count(o) && !vm[o].defaulted(); });
+          [&](const std::string& o) { return given.count(o) > 0; });
       if (!unused.empty())
-        LOG(WARNING) << unused << " set (on the command line or in the config), but no "
-                     << "--val-data: no validation runs";
+        LOG(WARNING) << unused << " given, but no --val-data: no validation runs";
     }
   });
   if (help) return 0;

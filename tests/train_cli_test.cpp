@@ -291,11 +291,16 @@ TEST(TrainCli, ValidationOptionsWithoutValidationDataWarn) {
                                " --threads 1 --steps 1 --out ");
   ParRun r = run_par(dir, cat(base, q(dir.file("a")), " --eval-every 2 --score-positions 1:9"));
   ASSERT_EQ(r.rc, 0) << r.err;
-  EXPECT_NE(r.err.find("--eval-every, --score-positions set (on the command line or in the "
-                       "config), but no --val-data: no validation runs"),
+  EXPECT_NE(r.err.find("--eval-every, --score-positions given, but no --val-data: no "
+                       "validation runs"),
             std::string::npos)
       << r.err;
   r = run_par(dir, cat(base, q(dir.file("b"))));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.err.find("no validation runs"), std::string::npos) << r.err;
+  // A config's validation settings are for its runs with validation data: not a mistake.
+  r = run_par(dir, cat("train --config ", q(kConfigs + "copy-8k.ini"), " --data ", q(data),
+                       " --threads 1 --steps 1 --context-length 64 --out ", q(dir.file("c"))));
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_EQ(r.err.find("no validation runs"), std::string::npos) << r.err;
 }

@@ -44,7 +44,7 @@ trained=$(date +%s)
 echo "== evaluation: the copied half of the validation examples"
 # --checkpoint takes a checkpoint directory or a run directory (its newest checkpoint).
 $par eval --checkpoint "$out/run" --data "$out/data/val-*.h5" --batch-size 16 \
-  --score-positions 4097:8192 --max-tokens 16384 | tee "$out/eval.log"
+  --score-positions 4097:8192 --max-tokens 8192 | tee "$out/eval.log"
 $par export --checkpoint "$out/run" --out "$out/model.h5"
 
 echo "== generation: the first 4,097 tokens of validation examples as prompts"
