@@ -82,7 +82,7 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
   const int64_t budget = max_targets > 0 && by_blocks ? (max_targets + M - 1) / M
                                                      : std::numeric_limits<int64_t>::max();
   int64_t targets_counted = 0;
-  auto spent = [&] { return by_blocks ? false : targets_counted >= max_targets; };
+  auto spent = [&] { return !by_blocks && targets_counted >= max_targets; };
   std::vector<int32_t> windows(static_cast<size_t>(batch * cols)), pos(static_cast<size_t>(cols));
   std::vector<int64_t> carry(static_cast<size_t>(batch));
   std::vector<uint8_t> scored(only.all() ? 0 : size_t(batch * M));
@@ -103,7 +103,7 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
       int64_t n = 0;
       for (int64_t x = blk * M + 1; x <= blk * M + M && x < S; ++x) {
         const int64_t p = documents->carry_before(x) + 1;
-        n += p >= only.first && p <= only.last && !documents->is_pad(x);
+        n += only.holds(p) && !documents->is_pad(x);
       }
       return n;
     };
@@ -127,7 +127,7 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
         document_positions(w, cols, carry[size_t(i)], pos.data());
         for (int64_t t = 0; t < M; ++t) {  // target t is column N-M+1+t
           const int32_t p = pos[size_t(N - M + 1 + t - c0)];
-          scored[size_t(i * M + t)] = p >= only.first && p <= only.last;
+          scored[size_t(i * M + t)] = only.holds(p);
         }
       }
       ForwardContext ctx;

@@ -37,6 +37,7 @@ struct ScoredPositions {
   int64_t first = 1;
   int64_t last = INT64_MAX;
   bool all() const { return first <= 1 && last == INT64_MAX; }
+  bool holds(int64_t position) const { return position >= first && position <= last; }
 };
 // "FIRST:LAST"; UserError naming `option` otherwise.
 ScoredPositions parse_scored_positions(const std::string& text, const std::string& option);

@@ -62,6 +62,14 @@ int64_t in_place_rows(const AttentionShape& s, const Piece& p, bool kv_bf16) {
   return kv_bf16 && !masked ? s.nk : 0;
 }
 
+// The chunks of keys a forward's piece runs as (cudnn_key_splits.h): only a prefix read in
+// place; splits 1 otherwise.
+KeySplit key_split(const AttentionShape& s, const Piece& p, bool kv_bf16, int64_t requested,
+                   int64_t sm_count) {
+  if (p.causal || in_place_rows(s, p, kv_bf16) == 0) return {};
+  return forward_key_split(requested, s.batch, s.heads, p.rows, s.nk, p.keys, sm_count);
+}
+
 std::string describe_shape(bool backward, int64_t b, int64_t h, int64_t nq, int64_t nk,
                            int64_t d, bool causal) {
   return cat(backward ? "backward" : "forward", " of ", b, " x ", h, " heads of ", d, ", ", nq,
@@ -228,7 +236,7 @@ std::string CudnnAttention::prepare(const AttentionShape& s, bool backward, bool
   }
   std::string why;
   if (!backward) {
-    const KeySplit k = key_split(s, kv_bf16);
+    const KeySplit k = key_split(s, p, kv_bf16, key_splits_, sm_count_);
     if (k.splits > 1 && graph(false, s.batch * k.splits, s.heads, p.rows, k.chunk, s.head_dim,
                               false, s.scale, 0, &why, k.splits))
       return "";
@@ -254,17 +262,11 @@ int64_t CudnnAttention::kv_rows(const AttentionShape& s, bool backward, bool kv_
   return e && e->graph ? in_place : 0;
 }
 
-KeySplit CudnnAttention::key_split(const AttentionShape& s, bool kv_bf16) const {
-  const Piece p = piece_of(s);
-  if (p.causal || in_place_rows(s, p, kv_bf16) == 0) return {};
-  return forward_key_split(key_splits_, s.batch, s.heads, p.rows, s.nk, p.keys, sm_count_);
-}
-
 bool CudnnAttention::forward_in_chunks(const AttentionShape& s, const float* q, KeyValues kv,
                                        float* o, float* lse) {
-  const KeySplit k = key_split(s, kv.bf16);
-  if (k.splits <= 1) return false;
   const Piece p = piece_of(s);
+  const KeySplit k = key_split(s, p, kv.bf16, key_splits_, sm_count_);
+  if (k.splits <= 1) return false;
   const int64_t B = s.batch, S = k.splits, H = s.heads, D = s.head_dim, ld = H * D;
   const CudnnPlans::Entry* e =
       plans().find(false, dims(false, B * S, H, p.rows, k.chunk, D, false, s.scale, 0));

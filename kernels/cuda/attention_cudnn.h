@@ -130,10 +130,9 @@ class CudnnAttention {
   const CudnnGraph* graph(bool backward, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
                           int64_t head_dim, bool causal, double scale, int64_t kv_rows,
                           std::string* why, int64_t splits = 1);
-  // The chunks a forward's prefix would run as (splits 1: none).
-  KeySplit key_split(const AttentionShape& s, bool kv_bf16) const;
-  // The forward's prefix as key_split's chunks where they apply and cuDNN took their graph
-  // in prepare(): o and lse of its rows written; false (nothing done) otherwise.
+  // The forward's prefix as chunks of keys (cudnn_key_splits.h) where they apply and cuDNN
+  // took their graph in prepare(): o and lse of its rows written; false (nothing done)
+  // otherwise.
   bool forward_in_chunks(const AttentionShape& s, const float* q, KeyValues kv, float* o,
                          float* lse);
   void run(const CudnnGraph& g, const std::vector<std::pair<int64_t, void*>>& bound);
