@@ -25,6 +25,7 @@
 #include "launch/job.h"
 #include "launch/memory_plan.h"
 #include "launch/options.h"
+#include "launch/resume_changes.h"
 #include "launch/run_dir.h"
 #include "launch/run_lock.h"
 #include "launch/sample_output.h"
@@ -207,6 +208,8 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
                    << ": data order and dropout change from here on";
     LOG(INFO) << "resumed from " << dir << " at step " << pos.step
               << " (written by dp " << m.dp << " x sp " << m.sp << " x tp " << m.tp << ")";
+    for (const std::string& w : data_stream_changes(read_checkpoint_config(dir), rc, pos.step))
+      LOG(WARNING) << w;
     break;
   }
   if (s.resume_from.empty()) {

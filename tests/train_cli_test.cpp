@@ -305,6 +305,27 @@ TEST(TrainCli, ValidationOptionsWithoutValidationDataWarn) {
   EXPECT_EQ(r.err.find("no validation runs"), std::string::npos) << r.err;
 }
 
+// A run resumed over other data goes on, and its log says so; resumed over the same, not.
+TEST(TrainCli, ResumingOverOtherDataWarns) {
+  TempDir dir;
+  const std::string data = make_copy_data(dir, "a", 65, 30);
+  const std::string other = make_copy_data(dir, "b", 65, 40);
+  const std::string base = cat("train --config ", q(kConfigs + "tiny.ini"),
+                               " --threads 1 --resume auto --out ", q(dir.file("run")));
+  ParRun r = run_par(dir, cat(base, " --data ", q(data + "/train-*.h5"), " --steps 1"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  r = run_par(dir, cat(base, " --data ", q(data + "/train-*.h5"), " --steps 2"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("resumed from"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("differs from that of the run"), std::string::npos) << r.err;
+  r = run_par(dir, cat(base, " --data ", q(other + "/train-*.h5"), " --steps 3"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find(cat("--data ", other, "/train-*.h5 differs from that of the run that "
+                           "wrote the checkpoint (", data, "/train-*.h5): training goes on")),
+            std::string::npos)
+      << r.err;
+}
+
 TEST(TrainCli, RecordedInCheckpointsAndExportsAndRefusedAsAnotherModel) {
   TempDir dir;
   const std::string data = testing_util::copy_task_data(dir, 65, 40);

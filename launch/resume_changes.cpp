@@ -1,0 +1,64 @@
+#include "launch/resume_changes.h"
+
+#include <sstream>
+
+#include "core/error.h"
+
+namespace par {
+
+namespace {
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r") - b + 1);
+}
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string out;
+  for (const std::string& s : items) out += (out.empty() ? "" : " ") + s;
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> ini_values(const std::string& ini, const std::string& key) {
+  std::vector<std::string> values;
+  std::istringstream in(ini);
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t eq = line.find('=');
+    if (eq != std::string::npos && trim(line.substr(0, eq)) == key)
+      values.push_back(trim(line.substr(eq + 1)));
+  }
+  return values;
+}
+
+std::vector<std::string> data_stream_changes(const std::string& checkpoint_config,
+                                             const RunConfig& now, int64_t step) {
+  std::vector<std::string> warnings;
+  if (checkpoint_config.empty()) return warnings;
+  const std::vector<std::string> data = ini_values(checkpoint_config, "data");
+  if (!data.empty() && data != now.data)
+    warnings.push_back(cat("--data ", joined(now.data), " differs from that of the run that ",
+                           "wrote the checkpoint (", joined(data), "): training goes on over ",
+                           "the new data, at example ", step * now.batch_size, " of its order"));
+  const std::vector<std::string> batch = ini_values(checkpoint_config, "batch-size");
+  if (batch.size() == 1 && batch[0] != std::to_string(now.batch_size)) {
+    int64_t before = 0;
+    try {
+      before = std::stoll(batch[0]);
+    } catch (const std::exception&) {
+      return warnings;  // not a number: nothing sure to say
+    }
+    warnings.push_back(cat("--batch-size ", now.batch_size, " differs from that of the run ",
+                           "that wrote the checkpoint (", before, "): reading goes on at ",
+                           "example ", step * now.batch_size, " of the data's order, where ",
+                           "that run had read ", step * before,
+                           now.batch_size > before ? " (the examples between are skipped)"
+                                                   : " (the examples between are read again)"));
+  }
+  return warnings;
+}
+
+}  // namespace par

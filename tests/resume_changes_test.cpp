@@ -1,0 +1,75 @@
+// launch/resume_changes.h: a resumed run's log says when it reads another data stream than
+// the run that wrote its checkpoint (other --data, another --batch-size), and only then.
+#include "launch/resume_changes.h"
+
+#include <gtest/gtest.h>
+
+namespace par {
+namespace {
+
+const char* kConfig =
+    "batch-size = 16\n"
+    "data = runs/a/train-*.h5\n"
+    "data = extra.h5\n"
+    "dropout = 0\n";
+
+RunConfig run_like_the_checkpoint() {
+  RunConfig rc;
+  rc.batch_size = 16;
+  rc.data = {"runs/a/train-*.h5", "extra.h5"};
+  return rc;
+}
+
+TEST(ResumeChanges, IniValuesReadsRepeatedKeysInOrder) {
+  EXPECT_EQ(ini_values(kConfig, "data"),
+            (std::vector<std::string>{"runs/a/train-*.h5", "extra.h5"}));
+  EXPECT_EQ(ini_values(kConfig, "batch-size"), std::vector<std::string>{"16"});
+  EXPECT_TRUE(ini_values(kConfig, "val-data").empty());
+  // "batch" is not "batch-size": a key matches whole.
+  EXPECT_TRUE(ini_values(kConfig, "batch").empty());
+}
+
+TEST(ResumeChanges, TheSameStreamSaysNothing) {
+  EXPECT_TRUE(data_stream_changes(kConfig, run_like_the_checkpoint(), 100).empty());
+  // A checkpoint without config.ini (written by hand, or an older par): nothing to compare.
+  RunConfig other = run_like_the_checkpoint();
+  other.data = {"elsewhere.h5"};
+  EXPECT_TRUE(data_stream_changes("", other, 100).empty());
+}
+
+TEST(ResumeChanges, OtherDataIsNamedWithWhereReadingGoesOn) {
+  RunConfig rc = run_like_the_checkpoint();
+  rc.data = {"runs/b/train-*.h5"};
+  const auto w = data_stream_changes(kConfig, rc, 100);
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0],
+            "--data runs/b/train-*.h5 differs from that of the run that wrote the checkpoint "
+            "(runs/a/train-*.h5 extra.h5): training goes on over the new data, at example 1600 "
+            "of its order");
+  // The same patterns in another order are another stream (the shards' order is the order's).
+  rc.data = {"extra.h5", "runs/a/train-*.h5"};
+  EXPECT_EQ(data_stream_changes(kConfig, rc, 100).size(), 1u);
+}
+
+TEST(ResumeChanges, AnotherBatchSizeSaysWhatIsSkippedOrReadAgain) {
+  RunConfig rc = run_like_the_checkpoint();
+  rc.batch_size = 32;
+  auto w = data_stream_changes(kConfig, rc, 10);
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0],
+            "--batch-size 32 differs from that of the run that wrote the checkpoint (16): "
+            "reading goes on at example 320 of the data's order, where that run had read 160 "
+            "(the examples between are skipped)");
+  rc.batch_size = 8;
+  w = data_stream_changes(kConfig, rc, 10);
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_NE(w[0].find("at example 80 of the data's order, where that run had read 160 (the "
+                      "examples between are read again)"),
+            std::string::npos)
+      << w[0];
+  rc.data = {"other.h5"};
+  EXPECT_EQ(data_stream_changes(kConfig, rc, 10).size(), 2u);
+}
+
+}  // namespace
+}  // namespace par
