@@ -31,7 +31,8 @@ Dataset::Dataset(std::vector<std::string> paths, int64_t context_length, int64_t
     ShardInfo s = inspect_shard(p);
     if (s.num_tokens < window_tokens)
       fail_user("shard ", p, " has ", s.num_tokens, " tokens, fewer than one window of N+1 = ",
-                window_tokens, " tokens; use a shorter --context-length or a longer shard");
+                window_tokens, " tokens; use a shorter --context-length, or longer shards (par prep ",
+                "--shard-tokens)");
     if (s.vocab_size > vocab_size_)
       fail_user("shard ", p, " has vocab_size ", s.vocab_size, ", more than the model's ",
                 vocab_size_, "; use a model with --vocab-size at least ", s.vocab_size,
@@ -45,6 +46,14 @@ Dataset::Dataset(std::vector<std::string> paths, int64_t context_length, int64_t
   readers_->open.resize(shards_.size());
   readers_->documents.resize(shards_.size());
 }
+
+int64_t Dataset::num_tokens() const {
+  int64_t n = 0;
+  for (const ShardInfo& s : shards_) n += s.num_tokens;
+  return n;
+}
+
+int64_t Dataset::untrained_tokens() const { return num_tokens() - num_windows() * context_length_; }
 
 Dataset::~Dataset() = default;
 Dataset::Dataset(Dataset&&) noexcept = default;

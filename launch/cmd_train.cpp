@@ -42,6 +42,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr double kUntrainedShareToWarn = 0.1;
+
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
@@ -118,6 +120,19 @@ PlanRequest train_plan_request(const ModelConfig& mc, const RunConfig& rc, bool 
 }
 
 // Everything a run needs, set up (and checked) on every rank before training starts.
+// Windows do not cross shards, so each shard's tail after its last whole window is never
+// trained on. Shards cut small against the context (par prep --shard-tokens) lose much of
+// the data this way without any error; say so when it is a noticeable share.
+std::string untrained_data_warning(const Dataset& data) {
+  const int64_t total = data.num_tokens(), lost = data.untrained_tokens();
+  if (double(lost) < kUntrainedShareToWarn * double(total)) return "";
+  return cat(lost, " of the data's ", total, " tokens (", fmt("%.0f", 100.0 * lost / total),
+             "%) are never a target: windows of N+1 = ", data.context_length() + 1,
+             " tokens do not cross shards, and ", data.num_shards(), " shard(s) hold ",
+             data.num_windows(), " windows; prep the data in fewer, longer shards ",
+             "(par prep --shard-tokens, many times the context length)");
+}
+
 struct Setup {
   ModelConfig model;
   OptimizerConfig opt;
@@ -475,6 +490,8 @@ int cmd_train(int argc, char** argv) {
             << " windows of " << s.model.context_length + 1 << " tokens | batch "
             << s.run.batch_size << " = " << s.run.accum_steps << " x " << s.run.micro_batch()
             << " examples";
+  if (grid.world_rank() == 0)
+    if (const std::string w = untrained_data_warning(*s.train); !w.empty()) LOG(WARNING) << w;
   try {
     const int status = train(s, grid, backend, dir.get(), stop);
     if (dir) dir->check();

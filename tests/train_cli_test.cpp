@@ -326,6 +326,29 @@ TEST(TrainCli, ResumingOverOtherDataWarns) {
       << r.err;
 }
 
+// Windows do not cross shards: shards cut small against the context lose their tails, and
+// the log says how much; shards long enough for their windows say nothing.
+TEST(TrainCli, ShardsThatLoseMuchOfTheirDataToWindowsWarn) {
+  TempDir dir;
+  const std::string base = cat("train --config ", q(kConfigs + "tiny.ini"),
+                               " --threads 1 --steps 1 --data ");
+  // 100-token examples, one per shard: one window of 65 tokens each, 36 tokens never a target.
+  ParRun r = run_par(dir, cat("prep copy --out ", q(dir.file("short")),
+                              " --length 100 --examples 10 --shard-tokens 150"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  r = run_par(dir, cat(base, q(dir.file("short/train-*.h5")), " --out ", q(dir.file("a"))));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("360 of the data's 1000 tokens (36%) are never a target: windows of "
+                       "N+1 = 65 tokens do not cross shards, and 10 shard(s) hold 10 windows"),
+            std::string::npos)
+      << r.err;
+  r = run_par(dir, cat("prep copy --out ", q(dir.file("long")), " --length 100 --examples 10"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  r = run_par(dir, cat(base, q(dir.file("long/train-*.h5")), " --out ", q(dir.file("b"))));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.err.find("never a target"), std::string::npos) << r.err;
+}
+
 TEST(TrainCli, RecordedInCheckpointsAndExportsAndRefusedAsAnotherModel) {
   TempDir dir;
   const std::string data = testing_util::copy_task_data(dir, 65, 40);
