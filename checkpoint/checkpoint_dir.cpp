@@ -154,6 +154,37 @@ std::vector<std::pair<int64_t, std::string>> complete_checkpoints(const std::str
 
 }  // namespace
 
+std::string abandoned_checkpoints_root(const std::string& out_dir) {
+  return out_dir + "/abandoned-checkpoints";
+}
+
+std::vector<std::string> set_aside_checkpoints_after(const std::string& out_dir, int64_t step) {
+  std::vector<std::pair<int64_t, fs::path>> newer;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(checkpoints_root(out_dir), ec)) {
+    const int64_t s = step_of(e.path().filename().string(), false);
+    if (s > step && e.is_directory(ec)) newer.emplace_back(s, e.path());
+  }
+  std::vector<std::string> moves;
+  if (newer.empty()) return moves;
+  std::sort(newer.begin(), newer.end());
+  const fs::path root = abandoned_checkpoints_root(out_dir);
+  fs::create_directories(root, ec);
+  if (ec) fail_user("cannot create ", root.string(), ": ", ec.message());
+  for (const auto& [s, from] : newer) {
+    fs::path to = root / from.filename();
+    for (int k = 2; fs::exists(to, ec); ++k) to = root / cat(from.filename().string(), ".", k);
+    fs::rename(from, to, ec);
+    if (ec)
+      fail_user("cannot move ", from.string(), " (a checkpoint newer than the step this run ",
+                "resumes from) to ", to.string(), ": ", ec.message());
+    moves.push_back(cat(from.string(), " -> ", to.string()));
+  }
+  sync_directory(root.string());
+  sync_directory(checkpoints_root(out_dir));
+  return moves;
+}
+
 std::vector<std::string> checkpoints_newest_first(const std::string& out_dir) {
   std::vector<std::string> dirs;
   const auto found = complete_checkpoints(out_dir);

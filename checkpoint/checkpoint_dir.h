@@ -53,6 +53,15 @@ void refuse_inside_checkpoint(const std::string& path, const std::string& option
 // the first. (A run elsewhere inside another run's directory, a fine-tune say, is fine.)
 void refuse_inside_run_checkpoints(const std::string& path, const std::string& option);
 
+// A run that resumes from a step behind checkpoints already in its checkpoints/ folder (a
+// rollback with --resume PATH, or a fall-back past a damaged newest) starts a new line of
+// steps: the newer ones belong to the abandoned line, yet --resume auto, `--checkpoint RUN`
+// and pruning all take the highest step. So they move to OUT/abandoned-checkpoints/ (a name
+// taken there gets a suffix .2, .3, ...), where they stay readable. Returns each move as
+// "FROM -> TO", oldest first. UserError when a move fails.
+std::string abandoned_checkpoints_root(const std::string& out_dir);
+std::vector<std::string> set_aside_checkpoints_after(const std::string& out_dir, int64_t step);
+
 class CheckpointSaver {
  public:
   // keep: how many complete checkpoints to keep (the newest never goes).

@@ -191,6 +191,31 @@ void save(TrainStep& ts, CheckpointSaver& saver, const Setup& s, const TrainingP
             << fmt("%.3f", seconds_since(t0)) << " s to copy its state";
 }
 
+// Collective: rank 0 moves the run's checkpoints newer than `step`, the one this run
+// resumed from, out of the way of its own (set_aside_checkpoints_after says why).
+void set_aside_newer(const ProcessGrid& grid, const std::string& out, int64_t step) {
+  std::string error;
+  if (grid.world_rank() == 0) {
+    try {
+      const std::vector<std::string> moves = set_aside_checkpoints_after(out, step);
+      if (!moves.empty()) {
+        std::string list;
+        for (const std::string& m : moves) list += "\n  " + m;
+        LOG(WARNING) << "this run goes on from step " << step << ", behind " << moves.size()
+                     << " newer checkpoint(s) of an abandoned run in " << checkpoints_root(out)
+                     << ": set aside, still readable, so that --resume auto and pruning do "
+                     << "not take them for this run's:" << list;
+      }
+    } catch (const UserError& e) {
+      error = e.what();
+    }
+  }
+  if (grid.world()->all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum) > 0)
+    fail_user(error.empty() ? cat("rank 0 could not set aside the checkpoints newer than step ",
+                                  step, " (its log says why)")
+                            : error);
+}
+
 // Returns the exit status: 0, or kExitRequeue when stopped early with a checkpoint.
 int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, const StopRequest& stop) {
   const ModelConfig& mc = s.model;
@@ -233,6 +258,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
       LOG(INFO) << "--resume auto: no checkpoint in " << checkpoints_root(rc.out)
                 << " yet: starting at step 0";
   }
+  if (!s.resume_from.empty() && pos.step < rc.steps) set_aside_newer(grid, rc.out, pos.step);
   if (pos.step >= rc.steps) {
     LOG(INFO) << "already trained " << pos.step << " steps (--steps " << rc.steps
               << "): nothing to do";

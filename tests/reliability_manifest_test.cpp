@@ -117,9 +117,11 @@ TEST(ReliabilityManifest, ResumeFallsBackFromADamagedNewest) {
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.err.find(cat("the checkpoint ", checkpoint_dir(run, 99), " is damaged")), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(cat("resumed from ", checkpoint_dir(run, 3), " at step 3")), std::string::npos) << r.err;
-  // Now step 5 is the newest complete one (99 stays: a damaged checkpoint is the user's to
-  // look at; here it goes); damage its data: the resume falls back to step 3.
-  fs::remove_all(checkpoint_dir(run, 99));
+  // Step 99, behind which the run went on from step 3, was set aside, not removed: a
+  // damaged checkpoint is the user's to look at.
+  EXPECT_TRUE(is_complete_checkpoint(abandoned_checkpoints_root(run) + "/step-00000099"));
+  EXPECT_EQ(latest_checkpoint(run), checkpoint_dir(run, 5));
+  // Damage step 5's data: the resume falls back to step 3.
   const std::string shard = checkpoint_dir(run, 5) + "/shard-00000.h5";
   std::string bytes = slurp(shard);
   for (size_t i = bytes.size() - 2048; i < bytes.size() - 1024; ++i) bytes[i] = char(bytes[i] ^ 0x5a);
@@ -130,8 +132,8 @@ TEST(ReliabilityManifest, ResumeFallsBackFromADamagedNewest) {
   EXPECT_NE(r.err.find(cat("resumed from ", checkpoint_dir(run, 3), " at step 3")), std::string::npos) << r.err;
   // A given --resume PATH that is damaged is an error, not a fallback.
   replace_in(checkpoint_dir(run, 6) + "/manifest.txt", "\nstep 6\n", "\nstep 9\n");
-  // The commands that read a run's newest checkpoint name the newest intact one (step 5,
-  // written again by the resume from step 3) instead of taking it unasked.
+  // The damaged step 5 was set aside too. The commands that read a run's newest checkpoint
+  // name the newest intact one (step 3) instead of taking it unasked.
   for (const std::string& c : {cat("export --checkpoint ", quote(run), " --out ",
                                    quote(dir.file("model.h5"))),
                                cat("eval --checkpoint ", quote(run), " --data ", quote(data)),
@@ -140,11 +142,55 @@ TEST(ReliabilityManifest, ResumeFallsBackFromADamagedNewest) {
     EXPECT_USER_ERROR(run_par(dir, c),
                       cat("does not match its checksum: the manifest was edited or is damaged; "
                           "use an earlier checkpoint; the run's newest intact checkpoint is ",
-                          checkpoint_dir(run, 5), " (pass it as --checkpoint)"));
+                          checkpoint_dir(run, 3), " (pass it as --checkpoint)"));
   }
   EXPECT_USER_ERROR(run_par(dir, tiny_train_args(data, dir.file("other"), 8) + " --resume " +
                                      quote(checkpoint_dir(run, 6))),
                     "does not match its checksum");
+}
+
+// A run resumed behind newer checkpoints of its run (a rollback) sets them aside, so that
+// neither pruning nor --resume auto takes them for its own; each stays readable, and a name
+// already set aside by an earlier rollback is kept beside the new one.
+TEST(ReliabilityManifest, RollbackSetsNewerCheckpointsAside) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  const std::string run = dir.file("run"), aside = abandoned_checkpoints_root(run);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, run, 6) + " --checkpoint-every 2").rc, 0);
+  const std::string old6 = slurp(checkpoint_dir(run, 6) + "/manifest.txt");
+  ParRun r = run_par(dir, tiny_train_args(data, run, 5) + " --checkpoint-every 1 " +
+                              "--keep-checkpoints 1 --lr 5e-4 --resume " +
+                              quote(checkpoint_dir(run, 2)));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find(cat("this run goes on from step 2, behind 2 newer checkpoint(s) of an "
+                           "abandoned run in ", checkpoints_root(run), ": set aside")),
+            std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(cat(checkpoint_dir(run, 6), " -> ", aside, "/step-00000006")),
+            std::string::npos) << r.err;
+  // --keep-checkpoints 1 kept this run's newest, not the abandoned step 6.
+  EXPECT_EQ(names_in(run + "/checkpoints"), std::vector<std::string>{"step-00000005"});
+  EXPECT_EQ(names_in(aside), (std::vector<std::string>{"step-00000004", "step-00000006"}));
+  EXPECT_EQ(slurp(aside + "/step-00000006/manifest.txt"), old6);
+  r = run_par(dir, tiny_train_args(data, run, 7) + " --checkpoint-every 1 --resume auto");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find(cat("resumed from ", checkpoint_dir(run, 5), " at step 5")),
+            std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("set aside"), std::string::npos) << r.err;
+  // A second rollback over step 6: its name is taken in the folder, so it gets a suffix.
+  r = run_par(dir, tiny_train_args(data, run, 6) + " --resume " + quote(checkpoint_dir(run, 5)));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(names_in(aside), (std::vector<std::string>{"step-00000004", "step-00000006",
+                                                       "step-00000006.2", "step-00000007"}));
+  EXPECT_TRUE(is_complete_checkpoint(aside + "/step-00000006.2"));
+  // Resuming at the newest step moves nothing; nor does a resume with nothing left to do.
+  r = run_par(dir, tiny_train_args(data, run, 7) + " --resume " + quote(checkpoint_dir(run, 6)));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.err.find("set aside"), std::string::npos) << r.err;
+  r = run_par(dir, tiny_train_args(data, run, 5) + " --resume " + quote(checkpoint_dir(run, 5)));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("nothing to do"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("set aside"), std::string::npos) << r.err;
+  EXPECT_TRUE(is_complete_checkpoint(checkpoint_dir(run, 7)));
 }
 
 // Only the names par gives are read and removed: a stray step-abc and other entries in
