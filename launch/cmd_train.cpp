@@ -293,9 +293,17 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     }
     const StepResult r = ts.run(step, micro, carry);
     const double dt = seconds_since(t0);
-    if (!std::isfinite(r.objective))
-      throw std::runtime_error(cat("loss is not finite at step ", step,
-                                   ": lower --lr or check the data"));
+    if (!std::isfinite(r.objective)) {
+      // The run diverged (the same loss on every rank): a setting, not a bug. A checkpoint
+      // in flight holds an earlier, finite state: it is committed; nothing later is saved.
+      commit(saver, true);
+      const std::string last = latest_checkpoint(rc.out);
+      fail_user("loss is not finite at step ", step + 1, ": training diverged; lower --lr (",
+                fmt("%g", learning_rate(s.opt, step)), " at this step), keep --clip-norm on, or ",
+                "check the data. ", last.empty() ? std::string("No checkpoint was written")
+                                                 : cat("The last checkpoint, ", last, ", is intact: "
+                                                       "roll back to it with --resume ", last));
+    }
     pos.step = step + 1;
     pos.next_batch = loader.next_batch_index();
     pos.lr = learning_rate(s.opt, step);

@@ -11,6 +11,7 @@
 #include <regex>
 #include <sstream>
 
+#include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/model_file.h"
 #include "core/model.h"
 #include "data/dataset.h"
@@ -459,6 +460,30 @@ TEST_F(TrainBadInput, TokenOutsideTheVocabulary) {
   const ParRun r = train(bad, "--batch-size 3");
   EXPECT_USER_ERROR(r, "badtoken.h5");
   EXPECT_NE(r.err.find("300"), std::string::npos) << r.err;
+}
+
+// A diverged run is the user's setting, not par's bug: exit 2, naming the checkpoint of the
+// last finite state to roll back to, and no checkpoint of the diverged one.
+TEST(TrainCli, DivergedLossNamesTheLastCheckpoint) {
+  TempDir dir;
+  const std::string data = make_copy_data(dir, "data", 65, 50);
+  const std::string base = cat("train --config ", q(kConfigs + "tiny.ini"), " --threads 1 --data ",
+                               q(data + "/train-*.h5"), " --out ", q(dir.file("run")));
+  ASSERT_EQ(run_par(dir, base + " --steps 2").rc, 0);
+  const ParRun r = run_par(dir, base + " --clip-norm 0 --warmup-steps 0 --checkpoint-every 2 "
+                                       "--steps 40 --lr 1e30 --resume auto");
+  EXPECT_USER_ERROR(r, "is not finite at step ");
+  EXPECT_NE(r.err.find(": training diverged; lower --lr (1e+30 at this step)"), std::string::npos)
+      << r.err;
+  const std::string last = latest_checkpoint(dir.file("run"));
+  ASSERT_FALSE(last.empty());
+  EXPECT_NE(r.err.find(cat("The last checkpoint, ", last, ", is intact: roll back to it with "
+                           "--resume ", last)),
+            std::string::npos)
+      << r.err;
+  // It resumes from there, at a sane rate.
+  const ParRun again = run_par(dir, cat(base, " --steps 60 --resume ", q(last)));
+  EXPECT_EQ(again.rc, 0) << again.err;
 }
 
 TEST_F(TrainBadInput, ShardShorterThanAWindow) {
