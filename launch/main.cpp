@@ -10,6 +10,7 @@
 #include "launch/commands.h"
 #include "launch/job.h"
 #include "launch/version.h"
+#include "parallel/mpi_environment.h"
 
 namespace {
 
@@ -17,18 +18,36 @@ struct Entry {
   const char* name;
   const char* summary;
   int (*run)(int, char**);
+  bool distributed;  // runs as an MPI job of several ranks; the others are one process
 };
 
 const Entry kCommands[] = {
     {"prep", "write token shards (HDF5) from bytes, a token array, or the mirror-copy task",
-     par::cmd_prep},
-    {"train", "train a model on token shards, with validation and checkpoints", par::cmd_train},
-    {"eval", "score shards with a checkpoint (block evaluation); last line is JSON", par::cmd_eval},
-    {"export", "write a checkpoint's weights in the public single-file format", par::cmd_export},
-    {"inspect", "show a checkpoint: step, layout, model, tensors with checksums", par::cmd_inspect},
-    {"sample", "generate a continuation of a prompt (cached decoding)", par::cmd_sample},
-    {"bench", "time training steps: tokens/s, model FLOP/s vs sgemm, peak memory", par::cmd_bench},
+     par::cmd_prep, false},
+    {"train", "train a model on token shards, with validation and checkpoints", par::cmd_train,
+     true},
+    {"eval", "score shards with a checkpoint (block evaluation); last line is JSON", par::cmd_eval,
+     false},
+    {"export", "write a checkpoint's weights in the public single-file format", par::cmd_export,
+     false},
+    {"inspect", "show a checkpoint: step, layout, model, tensors with checksums", par::cmd_inspect,
+     false},
+    {"sample", "generate a continuation of a prompt (cached decoding)", par::cmd_sample, false},
+    {"bench", "time training steps: tokens/s, model FLOP/s vs sgemm, peak memory", par::cmd_bench,
+     true},
 };
+
+// A one-process command started as several ranks would run whole in each, the ranks
+// writing the same files at once (HDF5's lock then fails one of them with a misleading
+// error) and printing every result once per rank. Say so once, from rank 0.
+int refuse_several_ranks(const std::string& name, int ranks) {
+  if (par::MpiEnvironment::launcher_world_rank() == 0)
+    std::cerr << par::cat("par ", name, ": error: par ", name, " runs as one process, but it "
+                          "was started as ", ranks, " ranks (mpirun or srun): run it without the "
+                          "launcher, or with -n 1\n")
+              << std::flush;
+  return 2;
+}
 
 void print_usage(std::ostream& os) {
   os << "usage: par <command> [options]   (par <command> --help for its options;"
@@ -54,6 +73,8 @@ int main(int argc, char** argv) {
   const std::string name = argv[1];
   for (const Entry& e : kCommands) {
     if (name != e.name) continue;
+    if (const int ranks = par::MpiEnvironment::launcher_world_size(); !e.distributed && ranks > 1)
+      return refuse_several_ranks(name, ranks);
     try {
       return e.run(argc - 1, argv + 1);
     } catch (const par::JobStopped& stop) {

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <initializer_list>
 #include <iostream>
 #include <stdexcept>
 
@@ -101,6 +102,29 @@ bool MpiEnvironment::launched_by_mpi() {
     if (v && *v) return true;
   }
   return false;
+}
+
+namespace {
+
+int first_env_int(std::initializer_list<const char*> vars, int otherwise) {
+  for (const char* var : vars) {
+    const char* v = std::getenv(var);
+    if (!v || !*v) continue;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (*end == '\0' && n >= 0 && n <= 1 << 30) return int(n);
+  }
+  return otherwise;
+}
+
+}  // namespace
+
+int MpiEnvironment::launcher_world_size() {
+  return first_env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}, 1);
+}
+
+int MpiEnvironment::launcher_world_rank() {
+  return first_env_int({"OMPI_COMM_WORLD_RANK", "PMI_RANK"}, 0);
 }
 
 void MpiEnvironment::abort(int code) {

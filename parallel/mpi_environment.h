@@ -37,6 +37,11 @@ class MpiEnvironment {
   // Whether an MPI launcher (mpirun/mpiexec, srun, another PMI/PMIx launcher) started this
   // process. A plain `par train` is not, and can then skip MPI altogether.
   static bool launched_by_mpi();
+  // Before MPI starts: the job's size and this process's rank as the launcher's environment
+  // gives them (Open MPI's OMPI_COMM_WORLD_*, or PMI_SIZE/PMI_RANK of PMI launchers such as
+  // srun --mpi=pmi2 and hydra); 1 and 0 where it gives none (PMIx alone names no size).
+  static int launcher_world_size();
+  static int launcher_world_rank();
 
   // Ends every process of the job with this exit code (MPI_Abort on the world). Flushes
   // stdout and stderr first so the message explaining why gets out.

@@ -65,6 +65,32 @@ TEST(TrainMpi, LayoutThatDoesNotFitIsReportedOnceForEveryRank) {
 }
 
 // A bad token in the second half of a window: only sequence rank 1 reads it.
+// The one-process commands refuse to run as several ranks (each would write the same files
+// and print every result again), once, and write nothing; train and bench run there.
+TEST(TrainMpi, OneProcessCommandsRefuseSeveralRanks) {
+  TempDir dir;
+  const std::string data = copy_data(dir, 65, 40);
+  ASSERT_EQ(run_par(dir, testing_util::tiny_train_args(data, dir.file("run"), 1)).rc, 0);
+  for (const std::string& c :
+       {cat("export --checkpoint ", q(dir.file("run")), " --out ", q(dir.file("m.h5"))),
+        cat("prep copy --out ", q(dir.file("more")), " --length 65 --examples 4"),
+        cat("eval --checkpoint ", q(dir.file("run")), " --data ", q(data)),
+        cat("sample --checkpoint ", q(dir.file("run")), " --tokens 2"),
+        cat("inspect ", q(dir.file("run")))}) {
+    SCOPED_TRACE(c);
+    const ParRun r = run_shell(dir, mpirun(2, c));
+    EXPECT_NE(r.rc, 0);
+    const std::string name = c.substr(0, c.find(' '));
+    const std::string said = cat("par ", name, ": error: par ", name, " runs as one process, but "
+                                 "it was started as 2 ranks (mpirun or srun)");
+    ASSERT_NE(r.err.find(said), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find(said, r.err.find(said) + 1), std::string::npos) << "said twice: " << r.err;
+    EXPECT_EQ(r.out, "");
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir.file("m.h5")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("more")));
+}
+
 TEST(TrainMpi, ErrorOnOneRankEndsTheJob) {
   TempDir dir;
   const std::string bad = dir.file("bad.h5");
