@@ -459,9 +459,13 @@ int cmd_train(int argc, char** argv) {
   if (!dry_run) job.agree([&] { connect_backend(backend, grid, s.run.collective_timeout); });
   std::string thread_warning, memory_plan;
   // The memory each rank needs, before anything is allocated or written.
+  job.agree([&] { thread_warning = apply_threads(s.run.threads, job.local_size()); });
+  // What the processes hold already differs a little from rank to rank: the plan counts the
+  // most, the same on every rank, so that a run that does not fit says so once for all.
+  const double runtime = double(grid.world()->all_reduce_value(resident_bytes(), ReduceOp::kMax));
   job.agree([&] {
-    thread_warning = apply_threads(s.run.threads, job.local_size());
-    const PlanRequest request = train_plan_request(s.model, s.run, backend.cuda || !no_gpu.empty());
+    PlanRequest request = train_plan_request(s.model, s.run, backend.cuda || !no_gpu.empty());
+    request.runtime_bytes = runtime;
     MemoryBudget budget = no_gpu.empty() ? memory_budget(backend, job.local_size())
                                          : memory_budget(job.local_size(), -1, 1);
     if (!no_gpu.empty()) {

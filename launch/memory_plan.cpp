@@ -286,21 +286,30 @@ std::string advice(const PlanRequest& r, const RunShape& shape, const MemoryBudg
     else
       ways.push_back(cat("--batch-size ", lo * shape.dp * shape.accum_steps));
   }
+  // More ranks: the same node's memory shared by more of them, or as much each on more
+  // nodes (ranks on one node share its memory; budgets are per rank).
+  auto spread = [&](const char* option, int value, int factor, const PlanRequest& t) {
+    MemoryBudget shared = b;
+    shared.host = b.host / factor;
+    const int ranks = shape.dp * t.sp * t.tp;
+    if (fits(t, shared)) {
+      ways.push_back(cat(option, " ", value, " (", ranks, " ranks, on the nodes this job has)"));
+      return true;
+    }
+    if (!fits(t, b)) return false;
+    ways.push_back(cat(option, " ", value, " (", ranks, " ranks, on ", factor,
+                       " times the nodes this job has: ranks on one node share its memory)"));
+    return true;
+  };
   t = r;
   for (int sp = r.sp * 2; sp <= r.sp * 64 && r.model.context_length % sp == 0; sp *= 2) {
     t.sp = sp;
-    if (fits(t, b)) {
-      ways.push_back(cat("--sp ", sp, " (", shape.dp * sp * r.tp, " ranks)"));
-      break;
-    }
+    if (spread("--sp", sp, sp / r.sp, t)) break;
   }
   t = r;
   for (int tp = r.tp * 2; r.model.cross_heads % tp == 0 && r.model.self_heads % tp == 0; tp *= 2) {
     t.tp = tp;
-    if (fits(t, b)) {
-      ways.push_back(cat("--tp ", tp, " (", shape.dp * r.sp * tp, " ranks)"));
-      break;
-    }
+    if (spread("--tp", tp, tp / r.tp, t)) break;
   }
   if (ways.empty())
     return "neither a micro-batch of one example nor more --sp or --tp would fit: a smaller "

@@ -282,8 +282,29 @@ TEST(ReliabilityMemoryPlan, AdviceNamesWhatWouldFit) {
     EXPECT_NE(m.find(format_bytes(asked)), std::string::npos) << m;
     EXPECT_NE(m.find(cat("may have ", format_bytes(b.host), ", a test's budget")), std::string::npos) << m;
     EXPECT_NE(m.find("--accum-steps 2 (the same batch in micro-batches of 4)"), std::string::npos) << m;
-    EXPECT_NE(m.find("--sp 2 (4 ranks)"), std::string::npos) << m;
+    // Two ranks where one was cannot share the node's memory (each holds the replicated
+    // state): they need twice the nodes.
+    EXPECT_NE(m.find("--sp 2 (4 ranks, on 2 times the nodes this job has: ranks on one node "
+                     "share its memory)"),
+              std::string::npos)
+        << m;
   }
+  // Where the host's memory is ample and the GPU's is short, more ranks fit on the nodes the
+  // job has (each new rank on a GPU of its own).
+  r.cuda = sp2.cuda = half.cuda = true;
+  MemoryBudget gpu;
+  gpu.host = 100 * asked;
+  gpu.device = std::max(plan_memory(sp2).device_bytes(), plan_memory(half).device_bytes()) * 1.001;
+  ASSERT_LT(gpu.device, plan_memory(r).device_bytes());
+  try {
+    require_fits(r, RunShape{8, 1, 2}, gpu);
+    FAIL() << "a plan over the GPU's budget was accepted";
+  } catch (const UserError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("not enough GPU memory"), std::string::npos) << m;
+    EXPECT_NE(m.find("--sp 2 (4 ranks, on the nodes this job has)"), std::string::npos) << m;
+  }
+  r.cuda = false;
   b.host = asked;
   EXPECT_NO_THROW(require_fits(r, RunShape{8, 1, 2}, b));
 }

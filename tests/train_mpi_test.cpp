@@ -62,6 +62,15 @@ TEST(TrainMpi, LayoutThatDoesNotFitIsReportedOnceForEveryRank) {
   EXPECT_EQ(errors(r.err), 1) << r.err;
   EXPECT_NE(r.err.find("--tp 2 does not divide --cross-heads 3"), std::string::npos) << r.err;
   EXPECT_FALSE(std::filesystem::exists(dir.file("run/checkpoints"))) << "a failed start wrote a checkpoint";
+
+  // A run too large for any machine: each rank's plan counts the same memory in use, so
+  // the refusal is one message for all.
+  r = run_shell(dir, mpirun(2, base + " --sp 2 --context-length 1048576 --num-latents 64 "
+                                      "--batch-size 4096 --dry-run"));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("par train: error: all 2 ranks: not enough memory"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(errors(r.err), 1) << r.err;
 }
 
 // A bad token in the second half of a window: only sequence rank 1 reads it.
