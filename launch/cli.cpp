@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iostream>
 #include <set>
+#include <sstream>
 
 #include "core/error.h"
 
@@ -15,6 +16,29 @@ namespace {
 
 void print_help(const Command& cmd, const po::options_description& opts) {
   std::cout << "usage: " << cmd.usage << "\n\n" << cmd.summary << "\n\n" << opts << "\n";
+}
+
+// Boost reads "-3" into an unsigned option as 2^64 - 3 without a word (a seed of
+// 18446744073709551613): refuse a sign on every unsigned option instead.
+void refuse_negative_unsigned(const po::parsed_options& parsed, const po::options_description& opts,
+                              const std::string& where) {
+  for (const po::option& o : parsed.options) {
+    const po::option_description* d = opts.find_nothrow(o.string_key, false);
+    if (!d || !dynamic_cast<const po::typed_value<uint64_t>*>(d->semantic().get())) continue;
+    for (const std::string& v : o.value)
+      if (v.find_first_not_of(" \t") != std::string::npos && v[v.find_first_not_of(" \t")] == '-')
+        fail_user(where, "--", o.string_key, " must be zero or more, not ", v);
+  }
+}
+
+// What a config file says, less the byte-order mark that some editors put first (it would
+// read as part of the first option's name, invisibly).
+std::string config_text(std::ifstream& in) {
+  std::ostringstream os;
+  os << in.rdbuf();
+  std::string text = os.str();
+  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
+  return text;
 }
 
 }  // namespace
@@ -34,7 +58,9 @@ bool parse(int argc, char** argv, const Command& cmd, const po::options_descript
     // Like main()'s argv: the parser skips argv[0] (here the subcommand's name).
     auto parser = po::command_line_parser(argc, argv).options(opts);
     if (positional) parser.positional(*positional);
-    po::store(parser.run(), vm);
+    const po::parsed_options parsed = parser.run();
+    refuse_negative_unsigned(parsed, opts, "");
+    po::store(parsed, vm);
     if (on_command_line)
       for (const auto& [name, value] : vm)
         if (!value.defaulted()) on_command_line->insert(name);
@@ -54,7 +80,9 @@ bool parse(int argc, char** argv, const Command& cmd, const po::options_descript
     std::ifstream in(path);
     if (!in) fail_user("cannot read config file ", path, " (--", config_option, ")");
     try {
-      const auto parsed = po::parse_config_file(in, opts, /*allow_unregistered=*/false);
+      std::istringstream text(config_text(in));
+      const auto parsed = po::parse_config_file(text, opts, /*allow_unregistered=*/false);
+      refuse_negative_unsigned(parsed, opts, cat("config file ", path, ": "));
       // store() skips what the command line already set, without reading its value: read
       // every value of the file on its own first, so that a bad one is an error anyway.
       po::variables_map whole_file;
