@@ -264,11 +264,18 @@ Object open_group(hid_t loc, const std::string& name) {
   return Object(id);
 }
 
+Object untimed_creation(hid_t cls) {
+  Object plist = checked(H5Pcreate(cls), "H5Pcreate(object create)");
+  check(H5Pset_obj_track_times(plist.id(), 0), "H5Pset_obj_track_times");
+  return plist;
+}
+
 Object create_group(hid_t loc, const std::string& name) {
   Lock lock;
   if (exists(loc, name)) return open_group(loc, name);
   Object lcpl = intermediate_lcpl();
-  return checked(H5Gcreate2(loc, name.c_str(), lcpl.id(), H5P_DEFAULT, H5P_DEFAULT),
+  Object gcpl = untimed_creation(H5P_GROUP_CREATE);
+  return checked(H5Gcreate2(loc, name.c_str(), lcpl.id(), gcpl.id(), H5P_DEFAULT),
                  cat("cannot create ", where(loc, "group", name)));
 }
 
@@ -367,8 +374,9 @@ void write_dataset(hid_t loc, const std::string& name, const T* data,
                                                           dims.data(), nullptr),
                          cat("cannot make the dataspace of ", where(loc, "dataset", name)));
   Object lcpl = intermediate_lcpl();
+  Object dcpl = untimed_creation(H5P_DATASET_CREATE);
   Object ds = checked(H5Dcreate2(loc, name.c_str(), native_type<T>(), space.id(), lcpl.id(),
-                                 H5P_DEFAULT, H5P_DEFAULT),
+                                 dcpl.id(), H5P_DEFAULT),
                       cat("cannot create ", where(loc, "dataset", name)));
   const std::string what = cat("cannot write ", where(loc, "dataset", name));
   if (n > 0) check(H5Dwrite(ds.id(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data), what);

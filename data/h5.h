@@ -77,6 +77,10 @@ bool exists(hid_t loc, const std::string& name);
 Object open_group(hid_t loc, const std::string& name);
 // Creates the group and any missing parents; an existing group is opened.
 Object create_group(hid_t loc, const std::string& name);
+// Creation properties of a dataset (H5P_DATASET_CREATE) or group (H5P_GROUP_CREATE) that
+// record no times: HDF5 stamps each object with its creation time otherwise, so the same
+// weights exported twice would differ in bytes and no checksum could tell them equal.
+Object untimed_creation(hid_t cls);
 // Links in a group, sorted by name.
 std::vector<std::string> list_names(hid_t group);
 

@@ -202,7 +202,7 @@ ShardWriter::ShardWriter(std::string path, int64_t num_tokens, int64_t vocab_siz
   h5::write_attribute<int64_t>(file_.id(), "vocab_size", vocab_size);
   const hsize_t dims = static_cast<hsize_t>(num_tokens);
   h5::Object space = h5::checked(H5Screate_simple(1, &dims, nullptr), "H5Screate_simple");
-  h5::Object dcpl = h5::checked(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate(dataset create)");
+  h5::Object dcpl = h5::untimed_creation(H5P_DATASET_CREATE);
   // A fixed-size dataset cannot have a chunk larger than itself, and HDF5 has no zero-sized
   // chunks: an empty shard stays contiguous.
   if (num_tokens > 0) {

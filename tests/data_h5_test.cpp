@@ -164,3 +164,31 @@ TEST(H5Test, ConcurrentUseFromThreads) {
 
 }  // namespace
 }  // namespace par
+
+namespace par {
+namespace {
+
+// The same content written twice gives the same bytes: no object carries its creation
+// time (a token shard, or an export's weights, can then be compared by checksum).
+TEST(H5Test, WrittenObjectsCarryNoTimes) {
+  TempDir dir;
+  const std::vector<float> w = {1.5f, -2.0f, 3.25f};
+  const std::string path = dir.file("w.h5");
+  {
+    h5::Object f = h5::create_file(path);
+    h5::Object g = h5::create_group(f.id(), "params");
+    h5::write_dataset<float>(g.id(), "w", w.data(), {3});
+    h5::write_dataset<float>(f.id(), "deep/inside/v", w.data(), {3});  // groups made on the way
+  }
+  h5::Object f = h5::open_file(path);
+  for (const char* name : {"params", "params/w", "deep/inside", "deep/inside/v"}) {
+    SCOPED_TRACE(name);
+    H5O_info_t info{};
+    ASSERT_GE(H5Oget_info_by_name2(f.id(), name, &info, H5O_INFO_TIME, H5P_DEFAULT), 0);
+    EXPECT_EQ(info.ctime, 0);
+    EXPECT_EQ(info.mtime, 0);
+  }
+}
+
+}  // namespace
+}  // namespace par
