@@ -108,11 +108,13 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
               static_cast<long long>(cached.refills),
               cached.token_tables ? " (cross-attention through token tables)" : "",
               cached.bf16_cache ? " | cross caches in bf16" : "");
-  std::printf("            steps: %lld replayed, %lld captured, %lld run as given%s\n",
-              static_cast<long long>(cached.steps.replayed),
-              static_cast<long long>(cached.steps.captured),
-              static_cast<long long>(cached.steps.plain),
-              step_capture ? "" : " (--cuda-graphs off)");
+  // Only a backend that replays captured steps (CUDA graphs) has anything to count here.
+  if (ops.replays_captures())
+    std::printf("            steps: %lld replayed, %lld captured, %lld run as given%s\n",
+                static_cast<long long>(cached.steps.replayed),
+                static_cast<long long>(cached.steps.captured),
+                static_cast<long long>(cached.steps.plain),
+                step_capture ? "" : " (--cuda-graphs off)");
   if (samples > 1)
     std::printf("            %lld samples decoded together: %.2f tokens/s per sample\n",
                 static_cast<long long>(samples), cached.tokens_per_s / double(samples));
