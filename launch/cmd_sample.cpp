@@ -69,7 +69,9 @@ std::vector<std::vector<int32_t>> prompts_of_lines(const std::string& text, cons
   while (begin < text.size()) {
     size_t end = text.find('\n', begin);
     if (end == std::string::npos) end = text.size();
-    prompts.push_back(bytes_to_ids(text.substr(begin, end - begin)));
+    // A file written on Windows ends its lines with \r\n: the \r is not the prompt's.
+    const size_t stop = end > begin && text[end - 1] == '\r' ? end - 1 : end;
+    prompts.push_back(bytes_to_ids(text.substr(begin, stop - begin)));
     begin = end + 1;
   }
   if (prompts.empty()) fail_user("--prompts-file '", path, "' holds no prompt (no line)");
@@ -172,7 +174,7 @@ int cmd_sample(int argc, char** argv) {
       ("checkpoint", po::value(&checkpoint), "checkpoint directory, run directory (its newest checkpoint) or exported model")
       ("prompt", po::value(&prompt), "prompt text (byte-level models)")
       ("prompt-file", po::value(&prompt_file), "prompt: the bytes of this file (byte-level models)")
-      ("prompts-file", po::value(&prompts_file), "several prompts: each line of this file is one (its bytes without the newline; byte-level models)")
+      ("prompts-file", po::value(&prompts_file), "several prompts: each line of this file is one (its bytes without the newline, \\n or \\r\\n; byte-level models)")
       ("prompt-shard", po::value(&prompt_shard), "prompt: token ids from this shard...")
       ("prompt-begin", po::value(&prompt_begin)->default_value(0), "...starting at this position...")
       ("prompt-length", po::value(&prompt_length)->default_value(0), "...this many tokens...")
@@ -210,12 +212,15 @@ int cmd_sample(int argc, char** argv) {
   if (vm.count("prompt-shard") && prompt_length <= 0)
     fail_user("--prompt-shard needs --prompt-length N > 0: the prompt is the N tokens from "
               "--prompt-begin (for no prompt, leave out the prompt source)");
-  if (!vm["prompt-count"].defaulted()) {
-    if (!vm.count("prompt-shard"))
-      fail_user("--prompt-count takes prompts from a shard: it needs --prompt-shard (for several "
-                "text prompts use --prompts-file)");
-    if (prompt_count < 1) fail_user("--prompt-count must be at least 1");
-  }
+  // The shard's slice options mean nothing for a text prompt: silently ignored, they would
+  // hide that the prompt is not what the user meant.
+  for (const char* o : {"prompt-begin", "prompt-length", "prompt-count"})
+    if (!vm[o].defaulted() && !vm.count("prompt-shard"))
+      fail_user("--", o, " takes prompts from a shard: it needs --prompt-shard",
+                std::string(o) == "prompt-count" ? " (for several text prompts use --prompts-file)"
+                                                 : "");
+  if (!vm["prompt-count"].defaulted() && prompt_count < 1)
+    fail_user("--prompt-count must be at least 1");
   if (num_samples < 1) fail_user("--num-samples must be at least 1");
   if (tokens <= 0) fail_user("--tokens must be positive");
   if (tokens > kMaxTokens / num_samples)
@@ -257,6 +262,10 @@ int cmd_sample(int argc, char** argv) {
   } else if (vm.count("prompt-shard")) {
     const ShardReader reader(prompt_shard);
     const int64_t n = reader.info().num_tokens;
+    if (reader.info().vocab_size > c.vocab_size)
+      fail_user("--prompt-shard ", prompt_shard, " has vocab_size ", reader.info().vocab_size,
+                ", more than the model's ", c.vocab_size, ": its tokens are of another "
+                "vocabulary; give a shard of this model's data, or the model trained on it");
     if (prompt_begin < 0 || prompt_length < 0 || prompt_begin + prompt_count * prompt_length > n)
       fail_user("--prompt-begin ", prompt_begin, " --prompt-length ", prompt_length,
                 prompt_count > 1 ? cat(" --prompt-count ", prompt_count) : std::string(),

@@ -105,6 +105,18 @@ TEST_F(SampleCli, JsonLinesPerSampleFromAPromptsFile) {
   EXPECT_NE(text.out.find("=== prompt 1, sample 1 (seed 10) ===\n"), std::string::npos) << text.out;
 }
 
+// A prompts file written with \r\n line ends: the \r is not part of a prompt.
+TEST_F(SampleCli, PromptsFileWithWindowsLineEnds) {
+  std::ofstream(dir_.file("crlf.txt"), std::ios::binary) << "hi\r\nyo\r\n";
+  const ParRun r = sample(cat("--prompts-file ", quote(dir_.file("crlf.txt")),
+                              " --tokens 2 --format json"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto lines = lines_of(r.out);
+  ASSERT_EQ(lines.size(), 2u) << r.out;
+  EXPECT_EQ(json_ids(lines[0], "prompt"), (std::vector<int32_t>{'h' + 3, 'i' + 3}));
+  EXPECT_EQ(json_ids(lines[1], "prompt"), (std::vector<int32_t>{'y' + 3, 'o' + 3}));
+}
+
 // --prompt-count C: C windows of the shard one after the other, each as its own run gives.
 TEST_F(SampleCli, PromptsFromAShard) {
   const std::string common = cat("--prompt-shard ", shard_, " --prompt-length 10 --tokens 8 --format json");
@@ -150,6 +162,15 @@ TEST_F(SampleCli, BadCombinationsAreUserErrors) {
   EXPECT_USER_ERROR(sample("--prompt x --prompts-file " + quote(dir_.file("empty.txt"))),
                     "give one prompt source");
   EXPECT_USER_ERROR(sample("--prompt x --prompt-count 2"), "--prompt-count takes prompts from a shard");
+  EXPECT_USER_ERROR(sample("--prompt x --prompt-length 4"),
+                    "--prompt-length takes prompts from a shard: it needs --prompt-shard");
+  EXPECT_USER_ERROR(sample("--prompt-begin 3"), "--prompt-begin takes prompts from a shard");
+  // A shard of a larger vocabulary is another model's data, whatever ids the slice holds.
+  const std::vector<int32_t> small_ids(40, 7);
+  write_shard(dir_.file("big_vocab.h5"), small_ids.data(), 40, 300);
+  EXPECT_USER_ERROR(sample(cat("--prompt-shard ", quote(dir_.file("big_vocab.h5")),
+                               " --prompt-length 4")),
+                    "has vocab_size 300, more than the model's 259");
   EXPECT_USER_ERROR(sample(shard), "--prompt-shard needs --prompt-length N > 0");
   EXPECT_USER_ERROR(sample(shard + " --prompt-count 2"), "--prompt-shard needs --prompt-length");
   EXPECT_USER_ERROR(sample(shard + " --prompt-count 0 --prompt-length 4"), "--prompt-count must be at least 1");

@@ -30,6 +30,18 @@ size_t utf8_length(const std::string& s, size_t i) {
   return n;
 }
 
+// U+0080..U+009F (C2 80..C2 9F): valid UTF-8, but control characters that terminals obey
+// (U+009B opens an escape sequence as ESC [ does).
+bool c1_control(const std::string& s, size_t i) {
+  return static_cast<unsigned char>(s[i]) == 0xC2 && static_cast<unsigned char>(s[i + 1]) < 0xA0;
+}
+
+std::string hex_byte(unsigned char c) {
+  char buf[4];
+  std::snprintf(buf, sizeof buf, "%02X", c);
+  return buf;
+}
+
 std::string escape(const std::string& raw) {
   std::string out;
   for (size_t i = 0; i < raw.size();) {
@@ -37,8 +49,11 @@ std::string escape(const std::string& raw) {
     if (c == '\n' || c == '\t' || (c >= 0x20 && c < 0x7F)) {
       out += char(c);
       ++i;
-    } else if (const size_t n = c >= 0x80 ? utf8_length(raw, i) : 0) {
+    } else if (const size_t n = c >= 0x80 ? utf8_length(raw, i) : 0; n > 0 && !c1_control(raw, i)) {
       out.append(raw, i, n);
+      i += n;
+    } else if (n > 0) {  // a C1 control: both of its bytes escaped
+      out += cat("\\x", hex_byte(c), "\\x", hex_byte(static_cast<unsigned char>(raw[i + 1])));
       i += n;
     } else {
       char buf[8];

@@ -23,8 +23,8 @@ int32_t sample_token(const std::vector<float>& logits, const SamplingOptions& op
                      std::mt19937_64& rng);
 
 // Byte-level ids as text: id b+3 is byte b; PAD, EOS and SOS show as <pad>, <eos>, <sos>;
-// bytes that are not printable text (control characters other than newline and tab,
-// invalid UTF-8) are escaped as \xNN.
+// bytes that are not printable text (control characters other than newline and tab, C1
+// controls U+0080..U+009F included, and invalid UTF-8) are escaped as \xNN.
 std::string decode_bytes(const std::vector<int32_t>& ids);
 
 }  // namespace par
