@@ -302,8 +302,22 @@ PrepResult prep_bytes(const BytesPrepOptions& opts, std::ostream& log) {
     sizes.push_back(static_cast<int64_t>(st.st_size));
     total += sizes.back() + 1;  // + the EOS after the document
   }
+  // An empty file is a document of EOS alone: harmless among others, but alone it is data
+  // with nothing to learn, which training would refuse only later.
+  const int64_t empty = std::count(sizes.begin(), sizes.end(), int64_t{0});
+  if (empty == int64_t(sizes.size()))
+    fail_user(sizes.size() == 1 ? cat("the input file ", opts.inputs[0], " is empty")
+                                : cat("all ", sizes.size(), " input files are empty"),
+              ": no bytes to make tokens of");
   const auto [n_train, n_val] = split_counts(total, opts.val_fraction, "the input files");
   const auto out_dir = prepare_out_dir(opts.common);
+  if (empty > 0)
+    for (size_t f = 0; f < sizes.size(); ++f)
+      if (sizes[f] == 0) {
+        log << "prep bytes: warning: " << empty << " input file(s) are empty (the first: "
+            << opts.inputs[f] << "); each is a document of EOS alone\n";
+        break;
+      }
 
   SplitSink sink(opts.common, n_train, n_val, kByteVocabSize, opts.common.shard_tokens);
   std::vector<char> bytes(static_cast<size_t>(kBlockTokens));
@@ -334,8 +348,11 @@ PrepResult prep_bytes(const BytesPrepOptions& opts, std::ostream& log) {
 PrepResult prep_tokens(const TokensPrepOptions& opts, std::ostream& log) {
   check_val_fraction(opts.val_fraction);
   if (opts.input.empty()) fail_user("--input is required: the token array to convert");
-  if (opts.vocab_size < 1 || opts.vocab_size > (int64_t{1} << 31))
-    fail_user("--vocab-size must be between 1 and 2147483648, not ", opts.vocab_size);
+  // The largest a model takes (core/model_config.cpp): a larger one would prep data that
+  // nothing can train on.
+  if (opts.vocab_size < 1 || opts.vocab_size > (int64_t{1} << 31) - 1)
+    fail_user("--vocab-size must be between 1 and 2147483647 (what a model takes), not ",
+              opts.vocab_size);
   struct stat st{};
   if (::stat(opts.input.c_str(), &st) != 0)
     fail_user("cannot read --input ", opts.input, ": ", std::strerror(errno));

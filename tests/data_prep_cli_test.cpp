@@ -48,6 +48,25 @@ TEST(PrepCliTest, BytesEndToEnd) {
   EXPECT_NE(help.out.find("--examples"), std::string::npos) << help.out;
 }
 
+// An empty input file is a document of EOS alone: said among others, an error alone.
+TEST(PrepCliTest, EmptyInputFiles) {
+  TempDir dir;
+  std::ofstream(dir.file("empty.txt"));
+  std::ofstream(dir.file("a.txt")) << "hello";
+  EXPECT_USER_ERROR(par(dir, cat("prep bytes --out ", quoted(dir.file("o")), " ",
+                                 quoted(dir.file("empty.txt")))),
+                    cat("the input file ", dir.file("empty.txt"), " is empty: no bytes"));
+  EXPECT_FALSE(fs::exists(dir.file("o")));
+  const ParRun r = par(dir, cat("prep bytes --val-fraction 0 --out ", quoted(dir.file("o")), " ",
+                                quoted(dir.file("a.txt")), " ", quoted(dir.file("empty.txt"))));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find(cat("warning: 1 input file(s) are empty (the first: ", dir.file("empty.txt"),
+                           "); each is a document of EOS alone")),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("train-00000.h5 (7 tokens)"), std::string::npos) << r.out;
+}
+
 TEST(PrepCliTest, BadOptionsExitTwoNamingTheOption) {
   TempDir dir;
   const std::string out = quoted(dir.file("o"));
@@ -60,6 +79,9 @@ TEST(PrepCliTest, BadOptionsExitTwoNamingTheOption) {
   EXPECT_USER_ERROR(par(dir, cat("prep mirror --out ", out, " --length five --examples 2")),
                     "--length");
   EXPECT_USER_ERROR(par(dir, cat("prep tokens --out ", out, " --input x")), "--vocab-size");
+  // No model takes a vocabulary past int32: no data for one either.
+  EXPECT_USER_ERROR(par(dir, cat("prep tokens --out ", out, " --input x --vocab-size 2147483648")),
+                    "--vocab-size must be between 1 and 2147483647");
   EXPECT_USER_ERROR(par(dir, cat("prep shuffle --out ", out)), "unknown mode 'shuffle'");
   EXPECT_USER_ERROR(par(dir, cat("prep bytes --out ", out)), "no input files");
   EXPECT_FALSE(fs::exists(dir.file("o/train-00000.h5")));
