@@ -155,19 +155,44 @@ std::vector<std::pair<int64_t, std::string>> complete_checkpoints(const std::str
 }  // namespace
 
 std::string abandoned_checkpoints_root(const std::string& out_dir) {
-  return out_dir + "/abandoned-checkpoints";
+  return checkpoints_root(out_dir) + "/abandoned";
 }
 
-std::vector<std::string> set_aside_checkpoints_after(const std::string& out_dir, int64_t step) {
+namespace {
+
+std::vector<std::pair<int64_t, fs::path>> newer_than(const std::string& out_dir, int64_t step) {
   std::vector<std::pair<int64_t, fs::path>> newer;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(checkpoints_root(out_dir), ec)) {
     const int64_t s = step_of(e.path().filename().string(), false);
     if (s > step && e.is_directory(ec)) newer.emplace_back(s, e.path());
   }
+  std::sort(newer.begin(), newer.end());
+  return newer;
+}
+
+}  // namespace
+
+std::vector<std::string> checkpoints_after(const std::string& out_dir, int64_t step) {
+  std::vector<std::string> dirs;
+  for (const auto& [s, p] : newer_than(out_dir, step)) dirs.push_back(p.string());
+  return dirs;
+}
+
+bool is_checkpoint_of_run(const std::string& dir, const std::string& out_dir) {
+  std::error_code ec;
+  const fs::path d = fs::weakly_canonical(fs::absolute(dir, ec), ec);
+  const fs::path root = fs::weakly_canonical(fs::absolute(checkpoints_root(out_dir), ec), ec);
+  if (ec) return false;
+  const auto [r, p] = std::mismatch(root.begin(), root.end(), d.begin(), d.end());
+  return r == root.end() && p != d.end();
+}
+
+std::vector<std::string> set_aside_checkpoints_after(const std::string& out_dir, int64_t step) {
+  const std::vector<std::pair<int64_t, fs::path>> newer = newer_than(out_dir, step);
+  std::error_code ec;
   std::vector<std::string> moves;
   if (newer.empty()) return moves;
-  std::sort(newer.begin(), newer.end());
   const fs::path root = abandoned_checkpoints_root(out_dir);
   fs::create_directories(root, ec);
   if (ec) fail_user("cannot create ", root.string(), ": ", ec.message());
@@ -365,6 +390,17 @@ std::string CheckpointSaver::finish(bool wait) {
   write_seconds_ = now_seconds() - started_;
   grid_.world()->barrier();  // no rank goes on before the checkpoint exists
   return final_dir_;
+}
+
+void CheckpointSaver::abandon() {
+  if (!pending_) return;
+  if (writer_.joinable()) writer_.join();
+  pending_ = false;
+  state_.clear();
+  error_ = nullptr;
+  // No rank writes into it any more once every rank is here.
+  grid_.world()->barrier();
+  if (grid_.world_rank() == 0) remove_unfinished();
 }
 
 void CheckpointSaver::remove_unfinished() {

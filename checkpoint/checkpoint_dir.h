@@ -56,11 +56,16 @@ void refuse_inside_run_checkpoints(const std::string& path, const std::string& o
 // A run that resumes from a step behind checkpoints already in its checkpoints/ folder (a
 // rollback with --resume PATH, or a fall-back past a damaged newest) starts a new line of
 // steps: the newer ones belong to the abandoned line, yet --resume auto, `--checkpoint RUN`
-// and pruning all take the highest step. So they move to OUT/abandoned-checkpoints/ (a name
-// taken there gets a suffix .2, .3, ...), where they stay readable. Returns each move as
-// "FROM -> TO", oldest first. UserError when a move fails.
+// and pruning all take the highest step. So they move to OUT/checkpoints/abandoned/ (in
+// the same folder, so on the same file system; a name taken there gets a suffix .2, .3,
+// ...), where they stay readable. Returns each move as "FROM -> TO", oldest first.
+// UserError when a move fails.
 std::string abandoned_checkpoints_root(const std::string& out_dir);
 std::vector<std::string> set_aside_checkpoints_after(const std::string& out_dir, int64_t step);
+// The checkpoint directories (complete or not) of out_dir's checkpoints/ newer than `step`.
+std::vector<std::string> checkpoints_after(const std::string& out_dir, int64_t step);
+// Whether `dir` lies in out_dir's checkpoints/ folder (at any depth: abandoned/ too).
+bool is_checkpoint_of_run(const std::string& dir, const std::string& out_dir);
 
 class CheckpointSaver {
  public:
@@ -81,6 +86,10 @@ class CheckpointSaver {
   // for them when `wait`). Returns the committed directory, or "" if nothing was
   // committed now. A write that failed on any rank is an error on every rank.
   std::string finish(bool wait);
+  // Collective. Drops the pending save, once every rank has stopped writing into it: its
+  // directory goes, and it never becomes a checkpoint (a save of a state that turned out
+  // bad: the step after it diverged).
+  void abandon();
   bool pending() const { return pending_; }
   // Seconds from start() to the last commit.
   double last_write_seconds() const { return write_seconds_; }

@@ -90,6 +90,20 @@ void choose_resume(std::vector<std::string>& candidates, const ModelConfig& mode
   }
 }
 
+// Starting --out's run over again from another run's checkpoint behind --out's own newest
+// would leave two runs' lines of steps in one folder (and a rollback's set-aside would take
+// --out's own for abandoned): refused. From --out's own checkpoint it is a rollback.
+void refuse_other_run_behind(const RunConfig& run, const std::vector<std::string>& resume_from) {
+  if (run.resume == "auto" || resume_from.empty() || is_checkpoint_of_run(resume_from[0], run.out))
+    return;
+  const int64_t from = read_manifest(resume_from[0]).position.step;
+  const std::vector<std::string> newer = checkpoints_after(run.out, from);
+  if (!newer.empty())
+    fail_user("--out ", run.out, " holds checkpoints of its own run past step ", from, " of --resume ",
+              run.resume, " (the newest: ", newer.back(), "): to continue that run, pass --resume "
+              "auto; to start from ", run.resume, ", choose another --out");
+}
+
 // The loader of a rank that reads examples [first, first + count) of each micro-batch and
 // columns [col_begin, col_begin + cols) of each window.
 LoaderOptions loader_options(const RunConfig& rc, bool positions, int64_t first, int64_t count,
@@ -294,9 +308,10 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     const StepResult r = ts.run(step, micro, carry);
     const double dt = seconds_since(t0);
     if (!std::isfinite(r.objective)) {
-      // The run diverged (the same loss on every rank): a setting, not a bug. A checkpoint
-      // in flight holds an earlier, finite state: it is committed; nothing later is saved.
-      commit(saver, true);
+      // The run diverged (the same loss on every rank): a setting, not a bug. A save in
+      // flight holds the weights this loss came from: dropped. The committed checkpoints
+      // each led to a finite loss.
+      saver.abandon();
       const std::string last = latest_checkpoint(rc.out);
       fail_user("loss is not finite at step ", step + 1, ": training diverged; lower --lr (",
                 fmt("%g", learning_rate(s.opt, step)), " at this step), keep --clip-norm on, or ",
@@ -506,6 +521,7 @@ int cmd_train(int argc, char** argv) {
   job.agree([&] {
     s.resume_from = resume_candidates(s.run, s.run.out);
     choose_resume(s.resume_from, s.model, s.resume_warnings);
+    refuse_other_run_behind(s.run, s.resume_from);
     s.config_text = to_ini(vm);
     if (grid.world_rank() == 0) {
       dir = std::make_unique<RunDir>(s.run.out);

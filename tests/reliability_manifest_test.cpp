@@ -168,7 +168,8 @@ TEST(ReliabilityManifest, RollbackSetsNewerCheckpointsAside) {
   EXPECT_NE(r.err.find(cat(checkpoint_dir(run, 6), " -> ", aside, "/step-00000006")),
             std::string::npos) << r.err;
   // --keep-checkpoints 1 kept this run's newest, not the abandoned step 6.
-  EXPECT_EQ(names_in(run + "/checkpoints"), std::vector<std::string>{"step-00000005"});
+  EXPECT_EQ(names_in(run + "/checkpoints"),
+            (std::vector<std::string>{"abandoned", "step-00000005"}));
   EXPECT_EQ(names_in(aside), (std::vector<std::string>{"step-00000004", "step-00000006"}));
   EXPECT_EQ(slurp(aside + "/step-00000006/manifest.txt"), old6);
   r = run_par(dir, tiny_train_args(data, run, 7) + " --checkpoint-every 1 --resume auto");
@@ -191,6 +192,24 @@ TEST(ReliabilityManifest, RollbackSetsNewerCheckpointsAside) {
   EXPECT_NE(r.err.find("nothing to do"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("set aside"), std::string::npos) << r.err;
   EXPECT_TRUE(is_complete_checkpoint(checkpoint_dir(run, 7)));
+  // From an abandoned checkpoint, the run's own too, the current line is set aside.
+  r = run_par(dir, tiny_train_args(data, run, 7) + " --resume " + quote(aside + "/step-00000006"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find(cat(checkpoint_dir(run, 7), " -> ", aside, "/step-00000007.2")),
+            std::string::npos) << r.err;
+  // Another run's checkpoint behind this run's own newest: refused, nothing moved.
+  const std::string other = dir.file("other");
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, other, 2)).rc, 0);
+  EXPECT_USER_ERROR(run_par(dir, tiny_train_args(data, run, 9) + " --resume " + quote(other)),
+                    cat("--out ", run, " holds checkpoints of its own run past step 2 of --resume ",
+                        other, " (the newest: ", checkpoint_dir(run, 7), "): to continue that "
+                        "run, pass --resume auto"));
+  EXPECT_TRUE(is_complete_checkpoint(checkpoint_dir(run, 7)));
+  // Ahead of this run's newest, another run's checkpoint starts the next steps (a fine-tune).
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, other, 12) + " --resume auto").rc, 0);
+  r = run_par(dir, tiny_train_args(data, run, 13) + " --resume " + quote(other));
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.err.find("set aside"), std::string::npos) << r.err;
 }
 
 // Only the names par gives are read and removed: a stray step-abc and other entries in

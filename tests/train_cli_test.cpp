@@ -470,8 +470,10 @@ TEST(TrainCli, DivergedLossNamesTheLastCheckpoint) {
   const std::string base = cat("train --config ", q(kConfigs + "tiny.ini"), " --threads 1 --data ",
                                q(data + "/train-*.h5"), " --out ", q(dir.file("run")));
   ASSERT_EQ(run_par(dir, base + " --steps 2").rc, 0);
-  const ParRun r = run_par(dir, base + " --clip-norm 0 --warmup-steps 0 --checkpoint-every 2 "
-                                       "--steps 40 --lr 1e30 --resume auto");
+  // A checkpoint every step: a save is in flight when the loss turns, of the very weights
+  // it came from.
+  const ParRun r = run_par(dir, base + " --clip-norm 0 --warmup-steps 0 --checkpoint-every 1 "
+                                       "--keep-checkpoints 1 --steps 40 --lr 1e30 --resume auto");
   EXPECT_USER_ERROR(r, "is not finite at step ");
   EXPECT_NE(r.err.find(": training diverged; lower --lr (1e+30 at this step)"), std::string::npos)
       << r.err;
@@ -481,9 +483,16 @@ TEST(TrainCli, DivergedLossNamesTheLastCheckpoint) {
                            "--resume ", last)),
             std::string::npos)
       << r.err;
-  // It resumes from there, at a sane rate.
-  const ParRun again = run_par(dir, cat(base, " --steps 60 --resume ", q(last)));
+  // Nothing of the diverged state was kept: the named checkpoint resumes, at a sane rate,
+  // with finite losses.
+  const std::string diverged_at = r.err.substr(r.err.find("is not finite at step ") + 22);
+  const int64_t bad_step = std::stoll(diverged_at);
+  EXPECT_EQ(last, checkpoint_dir(dir.file("run"), bad_step - 2)) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(checkpoint_dir(dir.file("run"), bad_step - 1)));
+  const ParRun again = run_par(dir, cat(base, " --steps ", bad_step + 2, " --resume ", q(last)));
   EXPECT_EQ(again.rc, 0) << again.err;
+  for (const std::string& loss : logged_losses(dir.file("run/metrics.jsonl")))
+    EXPECT_TRUE(std::isfinite(std::stod(loss))) << loss;
 }
 
 TEST_F(TrainBadInput, ShardShorterThanAWindow) {
