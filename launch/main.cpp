@@ -1,6 +1,7 @@
 // `par`: one binary, one subcommand per job (prep, train, eval, export, bench, ...).
 #include <glog/logging.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -39,14 +40,22 @@ const Entry kCommands[] = {
 
 // A one-process command started as several ranks would run whole in each, the ranks
 // writing the same files at once (HDF5's lock then fails one of them with a misleading
-// error) and printing every result once per rank. Say so once, from rank 0.
+// error) and printing every result once per rank. Say so once, from rank 0. A process
+// that is alone but inherited a launcher's environment (a script run by one rank) says so
+// with PAR_ONE_PROCESS=1.
 int refuse_several_ranks(const std::string& name, int ranks) {
   if (par::MpiEnvironment::launcher_world_rank() == 0)
     std::cerr << par::cat("par ", name, ": error: par ", name, " runs as one process, but it "
                           "was started as ", ranks, " ranks (mpirun or srun): run it without the "
-                          "launcher, or with -n 1\n")
+                          "launcher, or with -n 1 (a process alone in a launcher's environment: "
+                          "set PAR_ONE_PROCESS=1)\n")
               << std::flush;
   return 2;
+}
+
+bool alone_by_choice() {
+  const char* v = std::getenv("PAR_ONE_PROCESS");
+  return v && std::string(v) == "1";
 }
 
 void print_usage(std::ostream& os) {
@@ -73,7 +82,8 @@ int main(int argc, char** argv) {
   const std::string name = argv[1];
   for (const Entry& e : kCommands) {
     if (name != e.name) continue;
-    if (const int ranks = par::MpiEnvironment::launcher_world_size(); !e.distributed && ranks > 1)
+    if (const int ranks = par::MpiEnvironment::launcher_world_size();
+        !e.distributed && ranks > 1 && !alone_by_choice())
       return refuse_several_ranks(name, ranks);
     try {
       return e.run(argc - 1, argv + 1);

@@ -221,8 +221,12 @@ MemoryPlan plan_memory(const PlanRequest& r) {
   return plan;
 }
 
-MemoryBudget memory_budget(int local_ranks, int64_t device_free, int ranks_per_device) {
+MemoryBudget memory_budget(int local_ranks, int64_t device_free, int gpus) {
   MemoryBudget b;
+  b.local_ranks = std::max(1, local_ranks);
+  b.gpus = std::max(1, gpus);
+  b.device_free = double(device_free);
+  const int ranks_per_device = (b.local_ranks + b.gpus - 1) / b.gpus;
   const double ranks = std::max(1, local_ranks);
   const CgroupLimit cg = cgroup_memory_limit();
   const double physical = double(physical_memory_bytes());
@@ -255,7 +259,7 @@ std::string describe(const MemoryPlan& plan, const MemoryBudget& b) {
 
 MemoryBudget memory_budget(Backend& backend, int local_ranks) {
   const int gpus = backend.cuda ? std::max(1, cuda_device_count()) : 1;
-  return memory_budget(local_ranks, device_free_bytes(backend), (local_ranks + gpus - 1) / gpus);
+  return memory_budget(local_ranks, device_free_bytes(backend), gpus);
 }
 
 namespace {
@@ -291,6 +295,11 @@ std::string advice(const PlanRequest& r, const RunShape& shape, const MemoryBudg
   auto spread = [&](const char* option, int value, int factor, const PlanRequest& t) {
     MemoryBudget shared = b;
     shared.host = b.host / factor;
+    // The node's GPUs, shared round-robin by all its ranks.
+    if (t.cuda && b.device_free >= 0) {
+      const int local = b.local_ranks * factor;
+      shared.device = b.device_free / double((local + b.gpus - 1) / b.gpus);
+    }
     const int ranks = shape.dp * t.sp * t.tp;
     if (fits(t, shared)) {
       ways.push_back(cat(option, " ", value, " (", ranks, " ranks, on the nodes this job has)"));

@@ -75,12 +75,16 @@ struct MemoryBudget {
   // The device's side is planned but not checked (a dry run without a GPU here);
   // device_source says why.
   bool device_unchecked = false;
+  // What the shares come from, for advice on more ranks: the node's ranks, its GPUs, and
+  // one GPU's free bytes (-1: none).
+  int local_ranks = 1, gpus = 1;
+  double device_free = -1;
 };
 
 // The host's share of one of `local_ranks` ranks on this node: the cgroup's limit or the
-// physical memory, whichever is less. The device's: its free memory (`device_free`, < 0 for
-// none) shared by `ranks_per_device` ranks.
-MemoryBudget memory_budget(int local_ranks, int64_t device_free, int ranks_per_device);
+// physical memory, whichever is less. The device's: a GPU's free memory (`device_free`,
+// < 0 for none), the node's ranks shared round-robin over its `gpus` GPUs.
+MemoryBudget memory_budget(int local_ranks, int64_t device_free, int gpus);
 // The same for a rank of `local_ranks` on this node using `backend` (its GPUs are shared
 // round-robin by the node's ranks).
 MemoryBudget memory_budget(Backend& backend, int local_ranks);

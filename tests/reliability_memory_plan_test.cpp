@@ -289,20 +289,28 @@ TEST(ReliabilityMemoryPlan, AdviceNamesWhatWouldFit) {
               std::string::npos)
         << m;
   }
-  // Where the host's memory is ample and the GPU's is short, more ranks fit on the nodes the
-  // job has (each new rank on a GPU of its own).
+  // Where the host's memory is ample and the GPU's is short: more ranks fit on the nodes
+  // the job has while the node has GPUs to spare (8 GPUs, 2 ranks), and need more nodes
+  // where the node's ranks would share its GPUs (2 GPUs).
   r.cuda = sp2.cuda = half.cuda = true;
-  MemoryBudget gpu;
-  gpu.host = 100 * asked;
-  gpu.device = std::max(plan_memory(sp2).device_bytes(), plan_memory(half).device_bytes()) * 1.001;
-  ASSERT_LT(gpu.device, plan_memory(r).device_bytes());
-  try {
-    require_fits(r, RunShape{8, 1, 2}, gpu);
-    FAIL() << "a plan over the GPU's budget was accepted";
-  } catch (const UserError& e) {
-    const std::string m = e.what();
-    EXPECT_NE(m.find("not enough GPU memory"), std::string::npos) << m;
-    EXPECT_NE(m.find("--sp 2 (4 ranks, on the nodes this job has)"), std::string::npos) << m;
+  const double one_gpu =
+      std::max(plan_memory(sp2).device_bytes(), plan_memory(half).device_bytes()) * 1.001;
+  ASSERT_LT(one_gpu, plan_memory(r).device_bytes());
+  for (const int gpus : {8, 2}) {
+    SCOPED_TRACE(cat(gpus, " GPUs"));
+    MemoryBudget gpu = memory_budget(2, int64_t(one_gpu), gpus);
+    gpu.host = 100 * asked;
+    try {
+      require_fits(r, RunShape{8, 1, 2}, gpu);
+      FAIL() << "a plan over the GPU's budget was accepted";
+    } catch (const UserError& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("not enough GPU memory"), std::string::npos) << m;
+      EXPECT_NE(m.find(gpus == 8 ? "--sp 2 (4 ranks, on the nodes this job has)"
+                                 : "--sp 2 (4 ranks, on 2 times the nodes this job has"),
+                std::string::npos)
+          << m;
+    }
   }
   r.cuda = false;
   b.host = asked;

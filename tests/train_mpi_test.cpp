@@ -98,6 +98,14 @@ TEST(TrainMpi, OneProcessCommandsRefuseSeveralRanks) {
   }
   EXPECT_FALSE(std::filesystem::exists(dir.file("m.h5")));
   EXPECT_FALSE(std::filesystem::exists(dir.file("more")));
+  // A process alone in a launcher's environment (what one rank's script inherits) goes on
+  // when it says so.
+  const std::string inspect = cat("inspect ", q(dir.file("run")));
+  ParRun r = run_shell(dir, cat("OMPI_COMM_WORLD_SIZE=2 '", PAR_BINARY, "' ", inspect));
+  EXPECT_NE(r.rc, 0);
+  r = run_shell(dir, cat("OMPI_COMM_WORLD_SIZE=2 PAR_ONE_PROCESS=1 '", PAR_BINARY, "' ", inspect));
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("step-00000001"), std::string::npos) << r.out;
 }
 
 TEST(TrainMpi, ErrorOnOneRankEndsTheJob) {
