@@ -53,7 +53,9 @@ int64_t Dataset::num_tokens() const {
   return n;
 }
 
-int64_t Dataset::untrained_tokens() const { return num_tokens() - num_windows() * context_length_; }
+int64_t Dataset::unread_tokens() const {
+  return num_tokens() - num_windows() * context_length_ - num_shards();
+}
 
 Dataset::~Dataset() = default;
 Dataset::Dataset(Dataset&&) noexcept = default;

@@ -31,10 +31,10 @@ class Dataset {
   int64_t vocab_size() const { return vocab_size_; }
   const ShardInfo& shard(int64_t i) const;
   const std::vector<std::string>& paths() const { return paths_; }
-  // Tokens in all shards, and those never a target: each shard's first, and its tail after
-  // its last whole window (windows do not cross shards), (T - 1) mod N of a shard of T.
+  // Tokens in all shards, and those in no window, never read: each shard's tail after its
+  // last whole window (windows do not cross shards), (T - 1) mod N of a shard of T.
   int64_t num_tokens() const;
-  int64_t untrained_tokens() const;
+  int64_t unread_tokens() const;
 
   struct WindowRef {
     int64_t shard;

@@ -42,7 +42,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr double kUntrainedShareToWarn = 0.1;
+constexpr double kUnreadShareToWarn = 0.1;
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -135,16 +135,16 @@ PlanRequest train_plan_request(const ModelConfig& mc, const RunConfig& rc, bool 
 
 // Everything a run needs, set up (and checked) on every rank before training starts.
 // Windows do not cross shards, so each shard's tail after its last whole window is never
-// trained on. Shards cut small against the context (par prep --shard-tokens) lose much of
-// the data this way without any error; say so when it is a noticeable share.
-std::string untrained_data_warning(const Dataset& data) {
-  const int64_t total = data.num_tokens(), lost = data.untrained_tokens();
-  if (double(lost) < kUntrainedShareToWarn * double(total)) return "";
+// read. Shards cut small against the context (par prep --shard-tokens) lose much of the
+// data this way without any error; say so when it is a noticeable share.
+std::string unread_data_warning(const Dataset& data) {
+  const int64_t total = data.num_tokens(), lost = data.unread_tokens();
+  if (double(lost) < kUnreadShareToWarn * double(total)) return "";
   return cat(lost, " of the data's ", total, " tokens (", fmt("%.0f", 100.0 * lost / total),
-             "%) are never a target: windows of N+1 = ", data.context_length() + 1,
-             " tokens do not cross shards, and ", data.num_shards(), " shard(s) hold ",
-             data.num_windows(), " windows; prep the data in fewer, longer shards ",
-             "(par prep --shard-tokens, many times the context length)");
+             "%) lie in no window and are never read: windows of N+1 = ",
+             data.context_length() + 1, " tokens do not cross shards, and ", data.num_shards(),
+             " shard(s) hold ", data.num_windows(), " windows; prep the data in fewer, longer ",
+             "shards (par prep --shard-tokens, many times the context length)");
 }
 
 struct Setup {
@@ -257,13 +257,15 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
       continue;
     }
     pos.step = m.position.step;
-    if (m.position.seed != rc.seed)
-      LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's " << m.position.seed
-                   << ": data order and dropout change from here on";
     LOG(INFO) << "resumed from " << dir << " at step " << pos.step
               << " (written by dp " << m.dp << " x sp " << m.sp << " x tp " << m.tp << ")";
-    for (const std::string& w : data_stream_changes(read_checkpoint_config(dir), rc, pos.step))
-      LOG(WARNING) << w;
+    if (grid.world_rank() == 0) {  // the same on every rank: said once
+      if (m.position.seed != rc.seed)
+        LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's "
+                     << m.position.seed << ": data order and dropout change from here on";
+      for (const std::string& w : data_stream_changes(read_checkpoint_config(dir), rc, pos.step))
+        LOG(WARNING) << w;
+    }
     break;
   }
   if (s.resume_from.empty()) {
@@ -545,7 +547,7 @@ int cmd_train(int argc, char** argv) {
             << s.run.batch_size << " = " << s.run.accum_steps << " x " << s.run.micro_batch()
             << " examples";
   if (grid.world_rank() == 0)
-    if (const std::string w = untrained_data_warning(*s.train); !w.empty()) LOG(WARNING) << w;
+    if (const std::string w = unread_data_warning(*s.train); !w.empty()) LOG(WARNING) << w;
   try {
     const int status = train(s, grid, backend, dir.get(), stop);
     if (dir) dir->check();

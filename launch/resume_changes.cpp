@@ -1,8 +1,10 @@
 #include "launch/resume_changes.h"
 
+#include <filesystem>
 #include <sstream>
 
 #include "core/error.h"
+#include "launch/cli.h"
 
 namespace par {
 
@@ -18,6 +20,27 @@ std::string joined(const std::vector<std::string>& items) {
   std::string out;
   for (const std::string& s : items) out += (out.empty() ? "" : " ") + s;
   return out;
+}
+
+// Whether two lists of --data patterns name the same shards in the same order, however
+// spelled (a glob or its files, relative or absolute paths). Patterns that match nothing
+// now are compared as written.
+bool same_shards(const std::vector<std::string>& a, const std::vector<std::string>& b) {
+  if (a == b) return true;
+  const auto files = [](const std::vector<std::string>& patterns) {
+    std::vector<std::string> out;
+    for (const std::string& p : cli::expand_paths(patterns, "--data")) {
+      std::error_code ec;
+      const std::filesystem::path c = std::filesystem::weakly_canonical(p, ec);
+      out.push_back(ec ? p : c.string());
+    }
+    return out;
+  };
+  try {
+    return files(a) == files(b);
+  } catch (const UserError&) {
+    return false;
+  }
 }
 
 }  // namespace
@@ -39,7 +62,7 @@ std::vector<std::string> data_stream_changes(const std::string& checkpoint_confi
   std::vector<std::string> warnings;
   if (checkpoint_config.empty()) return warnings;
   const std::vector<std::string> data = ini_values(checkpoint_config, "data");
-  if (!data.empty() && data != now.data)
+  if (!data.empty() && !same_shards(data, now.data))
     warnings.push_back(cat("--data ", joined(now.data), " differs from that of the run that ",
                            "wrote the checkpoint (", joined(data), "): training goes on over ",
                            "the new data, at example ", step * now.batch_size, " of its order"));

@@ -19,7 +19,8 @@ namespace par {
 // list), in order; none when the key is absent.
 std::vector<std::string> ini_values(const std::string& ini, const std::string& key);
 
-// One warning per change in what the data stream reads, between the options in
+// One warning per change in what the data stream reads (other shards, whatever the
+// spelling of their patterns; another batch size), between the options in
 // `checkpoint_config` (the checkpoint's config.ini; empty: nothing to compare) and `now`,
 // for a run resumed at optimizer step `step`.
 std::vector<std::string> data_stream_changes(const std::string& checkpoint_config,

@@ -4,6 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "tests/temp_dir.h"
+
 namespace par {
 namespace {
 
@@ -49,6 +55,24 @@ TEST(ResumeChanges, OtherDataIsNamedWithWhereReadingGoesOn) {
   // The same patterns in another order are another stream (the shards' order is the order's).
   rc.data = {"extra.h5", "runs/a/train-*.h5"};
   EXPECT_EQ(data_stream_changes(kConfig, rc, 100).size(), 1u);
+}
+
+// The same shards spelled otherwise (a glob or its files, a path through ..) are the same
+// stream; the same files in another order are not.
+TEST(ResumeChanges, TheSameShardsHoweverSpelledSayNothing) {
+  testing_util::TempDir dir;
+  std::ofstream(dir.file("train-0.h5")) << "x";
+  std::ofstream(dir.file("train-1.h5")) << "x";
+  RunConfig rc = run_like_the_checkpoint();
+  const std::string config = cat("batch-size = 16\ndata = ", dir.file("train-*.h5"), "\n");
+  const std::string roundabout =
+      cat(dir.path, "/../", std::filesystem::path(dir.path).filename().string(), "/train-1.h5");
+  rc.data = {dir.file("train-0.h5"), roundabout};
+  EXPECT_TRUE(data_stream_changes(config, rc, 10).empty());
+  rc.data = {dir.file("train-1.h5"), dir.file("train-0.h5")};
+  EXPECT_EQ(data_stream_changes(config, rc, 10).size(), 1u);
+  rc.data = {dir.file("train-0.h5")};
+  EXPECT_EQ(data_stream_changes(config, rc, 10).size(), 1u);
 }
 
 TEST(ResumeChanges, AnotherBatchSizeSaysWhatIsSkippedOrReadAgain) {
