@@ -1,6 +1,8 @@
 // `par`: one binary, one subcommand per job (prep, train, eval, export, bench, ...).
 #include <glog/logging.h>
 
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -53,6 +55,19 @@ int refuse_several_ranks(const std::string& name, int ranks) {
   return 2;
 }
 
+// What a command printed is its result (samples, an evaluation's JSON): output that did not
+// reach its file (a full disk, a closed pipe) fails the command, as it would any write.
+void check_stdout(const std::string& name) {
+  std::cout.flush();
+  errno = 0;
+  const bool flushed = std::fflush(stdout) == 0;
+  const int err = errno;
+  if (flushed && !std::ferror(stdout) && !std::cout.fail()) return;
+  throw par::UserError(par::cat("cannot write the output of par ", name, " (standard output)",
+                                err ? par::cat(": ", std::strerror(err))
+                                    : std::string(": a full disk, or a closed pipe?")));
+}
+
 bool alone_by_choice() {
   const char* v = std::getenv("PAR_ONE_PROCESS");
   return v && std::string(v) == "1";
@@ -86,7 +101,9 @@ int main(int argc, char** argv) {
         !e.distributed && ranks > 1 && !alone_by_choice())
       return refuse_several_ranks(name, ranks);
     try {
-      return e.run(argc - 1, argv + 1);
+      const int status = e.run(argc - 1, argv + 1);
+      check_stdout(name);
+      return status;
     } catch (const par::JobStopped& stop) {
       return stop.code;  // every rank has stopped; the failing ones said why
     } catch (const par::UserError& err) {

@@ -31,6 +31,28 @@ TEST(ParMain, SaysItsVersionUsageAndUnknownCommands) {
 }
 
 // A run's log opens with the version.
+// Output that does not reach its file fails the command (exit 2, one line), whichever
+// command printed it.
+TEST(ParMain, OutputThatCannotBeWrittenIsAnError) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 30);
+  ASSERT_EQ(run_par(dir, testing_util::tiny_train_args(data, dir.file("run"), 1)).rc, 0);
+  for (const std::string& c :
+       {cat("inspect '", dir.file("run"), "'"),
+        cat("sample --checkpoint '", dir.file("run"), "' --tokens 4 --threads 1"),
+        cat("eval --checkpoint '", dir.file("run"), "' --data '", data, "' --threads 1")}) {
+    SCOPED_TRACE(c);
+    const testing_util::ParRun r =
+        testing_util::run_shell(dir, cat("{ '", PAR_BINARY, "' ", c, " >/dev/full; }"));
+    EXPECT_EQ(r.rc, 2) << r.err;
+    const std::string name = c.substr(0, c.find(' '));
+    EXPECT_NE(r.err.find(cat("par ", name, ": error: cannot write the output of par ", name,
+                             " (standard output)")),
+              std::string::npos)
+        << r.err;
+  }
+}
+
 TEST(ParMain, TrainingLogsItsVersion) {
   TempDir dir;
   const std::string data = testing_util::copy_task_data(dir, 65, 30);
