@@ -15,7 +15,8 @@ namespace par::cli {
 namespace {
 
 void print_help(const Command& cmd, const po::options_description& opts) {
-  std::cout << "usage: " << cmd.usage << "\n\n" << cmd.summary << "\n\n" << opts << "\n";
+  std::cout << "usage: " << cmd.usage << "\n\n" << cmd.summary << "\n\n"
+            << (cmd.shown ? *cmd.shown : opts) << "\n";
 }
 
 // Boost reads "-3" into an unsigned option as 2^64 - 3 without a word (a seed of

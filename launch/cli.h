@@ -21,6 +21,9 @@ struct Command {
   std::string name;     // "train"
   std::string summary;  // one line for `par --help`
   std::string usage;    // "par train --config FILE [options]"
+  // What --help lists, where not every option parsed is the command's own (bench reads
+  // train's configs, whose training-only options it takes and ignores); null: all.
+  const po::options_description* shown = nullptr;
 };
 
 // Returns false when --help was given (usage already printed to stdout): the caller

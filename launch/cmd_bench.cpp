@@ -19,6 +19,25 @@
 
 namespace par {
 
+namespace {
+
+// Train's options that a bench on random tokens has no use for: a config may set them (they
+// are read), the help leaves them out, and the command line's are said to be unused.
+constexpr std::initializer_list<const char*> kTrainOnly = {
+    "data", "val-data", "out", "resume", "log-every", "eval-every", "eval-tokens",
+    "score-positions", "checkpoint-every", "keep-checkpoints", "max-minutes"};
+// What --decode does not use: it times generation on one process.
+constexpr std::initializer_list<const char*> kTrainingBenchOnly = {
+    "steps", "warmup", "gemm-size", "accum-steps", "dp", "sp", "tp"};
+
+bool among(std::initializer_list<const char*> names, const std::string& name) {
+  for (const char* n : names)
+    if (name == n) return true;
+  return false;
+}
+
+}  // namespace
+
 int cmd_bench(int argc, char** argv) {
   Job job("bench", &argc, &argv);
   ModelConfig mc;
@@ -29,8 +48,14 @@ int cmd_bench(int argc, char** argv) {
   std::string cuda_graphs = "on", checkpoint;
   bool step_capture = true, help = false;
   job.agree([&] {
-    po::options_description opts;
-    opts.add(run_options(rc)).add(model_options(mc)).add(optimizer_options(oc));
+    rc.steps = 3;  // the bench's default (--help shows it); a config's training length is not
+    po::options_description opts, shown;
+    const po::options_description run = run_options(rc);
+    po::options_description run_shown("Run");
+    for (const auto& o : run.options())
+      if (!among(kTrainOnly, o->long_name())) run_shown.add(o);
+    opts.add(run).add(model_options(mc)).add(optimizer_options(oc));
+    shown.add(run_shown).add(model_options(mc)).add(optimizer_options(oc));
     po::options_description bench("Benchmark");
     bench.add_options()
         ("warmup", po::value(&b.warmup)->default_value(b.warmup), "untimed steps first")
@@ -41,12 +66,13 @@ int cmd_bench(int argc, char** argv) {
         ("checkpoint", po::value(&checkpoint), "with --decode: the model and its trained weights from this checkpoint directory, run directory or exported model, instead of a config's model with fresh weights")
         ("cuda-graphs", po::value(&cuda_graphs)->default_value(cuda_graphs), kCudaGraphsHelp);
     opts.add(bench);
+    shown.add(bench);
     po::variables_map vm;
     const cli::Command cmd{"bench",
                            "Times training steps (forward, backward, Adam) of a config on random "
                            "tokens; --steps sets the timed steps (default 3 here). Under mpirun, "
                            "times the --dp x --sp x --tp layout.",
-                           "par bench --config FILE [--steps K] [options]"};
+                           "par bench --config FILE [--steps K] [options]", &shown};
     std::set<std::string> given;
     help = !cli::parse(argc, argv, cmd, opts, vm, nullptr, "config", &given);
     if (help) return;
@@ -54,13 +80,18 @@ int cmd_bench(int argc, char** argv) {
     if (!given.count("steps")) rc.steps = 3;
     // Train's options that a bench on random tokens has no use for: said, not silently
     // dropped (a config may set them; only the command line's are mentioned).
-    const std::string unused = cli::options_among(
-        {"data", "val-data", "out", "resume", "log-every", "eval-every", "eval-tokens",
-         "score-positions", "checkpoint-every", "keep-checkpoints", "max-minutes"},
-        [&](const std::string& o) { return given.count(o) > 0; });
+    const std::string unused =
+        cli::options_among(kTrainOnly, [&](const std::string& o) { return given.count(o) > 0; });
     if (!unused.empty() && job.world_rank() == 0)
       std::fprintf(stderr, "par bench: %s: train's option(s), not used by the bench (it times "
                    "steps on random tokens and writes nothing)\n", unused.c_str());
+    if (decode < 0) fail_user("--decode must be a number of tokens to generate (0: time training)");
+    if (b.warmup < 0) fail_user("--warmup must be 0 or more untimed steps");
+    const std::string not_decoding = cli::options_among(
+        kTrainingBenchOnly, [&](const std::string& o) { return given.count(o) > 0; });
+    if (decode > 0 && !not_decoding.empty() && job.world_rank() == 0)
+      std::fprintf(stderr, "par bench: %s: not used with --decode (it times generation on one "
+                   "process)\n", not_decoding.c_str());
     b.gemm_defaulted = vm["gemm-size"].defaulted();
     if (!checkpoint.empty()) {
       const po::options_description model = model_options(mc);

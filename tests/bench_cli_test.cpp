@@ -38,5 +38,25 @@ TEST(BenchCli, TimesThreeStepsUnlessItsCommandLineSaysOtherwise) {
   EXPECT_FALSE(std::filesystem::exists(dir.file("run")));
 }
 
+// The help shows the bench's own defaults and leaves out train's options it ignores; values
+// it cannot use are errors, and options --decode does not use are named.
+TEST(BenchCli, HelpAndOptionsAreTheBenchs) {
+  TempDir dir;
+  const testing_util::ParRun help = run_par(dir, "bench --help");
+  ASSERT_EQ(help.rc, 0);
+  EXPECT_NE(help.out.find("--steps arg (=3)"), std::string::npos) << help.out;
+  for (const char* gone : {"--data ", "--out ", "--resume ", "--eval-every ", "--keep-checkpoints "})
+    EXPECT_EQ(help.out.find(gone), std::string::npos) << gone << "\n" << help.out;
+  EXPECT_NE(help.out.find("--decode "), std::string::npos) << help.out;
+  const std::string base =
+      cat("bench --config ", quote(testing_util::configs_dir() + "tiny.ini"), " --threads 1");
+  EXPECT_USER_ERROR(run_par(dir, base + " --decode -1"), "--decode must be a number of tokens");
+  EXPECT_USER_ERROR(run_par(dir, base + " --warmup -1"), "--warmup must be 0 or more");
+  const testing_util::ParRun decode = run_par(dir, base + " --decode 4 --steps 5 --sp 2");
+  ASSERT_EQ(decode.rc, 0) << decode.err;
+  EXPECT_NE(decode.err.find("par bench: --steps, --sp: not used with --decode"), std::string::npos)
+      << decode.err;
+}
+
 }  // namespace
 }  // namespace par
