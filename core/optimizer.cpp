@@ -26,10 +26,13 @@ void OptimizerConfig::validate() const {
 }
 
 double learning_rate(const OptimizerConfig& c, int64_t step) {
+  // The rate of a step is where the schedule stands once the step is done: warm-up's last
+  // step reaches the peak, the decay's first is already below it, and the run's last step
+  // (total_steps - 1) reaches min_lr.
   if (step < c.warmup_steps) return c.lr * double(step + 1) / double(c.warmup_steps);
   if (c.schedule == "constant") return c.lr;
   const int64_t span = std::max<int64_t>(1, c.total_steps - c.warmup_steps);
-  const double progress = std::min(1.0, double(step - c.warmup_steps) / double(span));
+  const double progress = std::min(1.0, double(step - c.warmup_steps + 1) / double(span));
   return c.min_lr + (c.lr - c.min_lr) * 0.5 * (1.0 + std::cos(M_PI * progress));
 }
 

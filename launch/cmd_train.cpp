@@ -263,7 +263,9 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
       if (m.position.seed != rc.seed)
         LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's "
                      << m.position.seed << ": data order and dropout change from here on";
-      for (const std::string& w : data_stream_changes(read_checkpoint_config(dir), rc, pos.step))
+      const std::string config = read_checkpoint_config(dir);
+      for (const std::string& w : data_stream_changes(config, rc, pos.step)) LOG(WARNING) << w;
+      if (const std::string w = schedule_change(config, s.opt, pos.step); !w.empty())
         LOG(WARNING) << w;
     }
     break;
@@ -450,6 +452,9 @@ int cmd_train(int argc, char** argv) {
       if (!unused.empty())
         LOG(WARNING) << unused << " given, but no --val-data: no validation runs";
     }
+    if (job.world_rank() == 0)
+      for (const std::string& w : schedule_notes(s.opt, given.count("min-lr") > 0))
+        LOG(WARNING) << w;
   });
   if (help) return 0;
   job.watch_collectives(s.run.collective_timeout);

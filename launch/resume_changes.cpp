@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "launch/cli.h"
+#include "launch/text.h"
 
 namespace par {
 
@@ -82,6 +83,36 @@ std::vector<std::string> data_stream_changes(const std::string& checkpoint_confi
                                                    : " (the examples between are read again)"));
   }
   return warnings;
+}
+
+std::string schedule_change(const std::string& checkpoint_config, const OptimizerConfig& now,
+                            int64_t step) {
+  const std::vector<std::string> steps = ini_values(checkpoint_config, "steps");
+  if (now.schedule != "cosine" || steps.size() != 1 || steps[0] == std::to_string(now.total_steps))
+    return "";
+  OptimizerConfig before = now;
+  try {
+    before.total_steps = std::stoll(steps[0]);
+  } catch (const std::exception&) {
+    return "";
+  }
+  return cat("--steps ", now.total_steps, " differs from that of the run that wrote the "
+             "checkpoint (", before.total_steps, "): the cosine schedule now decays over ",
+             now.total_steps, " steps, and the learning rate of step ", step + 1, " is ",
+             fmt("%.3g", learning_rate(now, step)), " where it was to be ",
+             fmt("%.3g", learning_rate(before, step)));
+}
+
+std::vector<std::string> schedule_notes(const OptimizerConfig& c, bool min_lr_given) {
+  std::vector<std::string> notes;
+  if (c.warmup_steps >= c.total_steps)
+    notes.push_back(cat("--warmup-steps ", c.warmup_steps, " is not shorter than --steps ",
+                        c.total_steps, ": the learning rate never reaches --lr ", fmt("%g", c.lr),
+                        c.schedule == "cosine" ? " and never decays" : ""));
+  if (min_lr_given && c.schedule != "cosine")
+    notes.push_back(cat("--min-lr is the floor of the cosine schedule: not used by --schedule ",
+                        c.schedule));
+  return notes;
 }
 
 }  // namespace par

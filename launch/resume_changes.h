@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/optimizer.h"
 #include "launch/options.h"
 
 namespace par {
@@ -25,5 +26,15 @@ std::vector<std::string> ini_values(const std::string& ini, const std::string& k
 // for a run resumed at optimizer step `step`.
 std::vector<std::string> data_stream_changes(const std::string& checkpoint_config,
                                              const RunConfig& now, int64_t step);
+
+// A warning when a cosine schedule decays over another --steps than the run that wrote
+// the checkpoint: the rate at `step` jumps (up, when a finished run is extended). `now` is
+// the resumed run's schedule (total_steps its --steps); empty when nothing changes.
+std::string schedule_change(const std::string& checkpoint_config, const OptimizerConfig& now,
+                            int64_t step);
+
+// Schedule settings that do not do what they say: a warm-up as long as the run, --min-lr
+// given (`min_lr_given`) to a constant schedule.
+std::vector<std::string> schedule_notes(const OptimizerConfig& c, bool min_lr_given);
 
 }  // namespace par

@@ -3,6 +3,8 @@
 // bit, the update made one tensor at a time.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <algorithm>
 #include <cstring>
 
@@ -79,6 +81,40 @@ TEST(AdamSpans, StepEqualsTheUpdateTensorByTensor) {
   }
   ASSERT_EQ(params.size(), ref.size());
   EXPECT_EQ(std::memcmp(params.data(), ref.data(), params.size() * sizeof(float)), 0);
+}
+
+}  // namespace
+}  // namespace par
+
+namespace par {
+namespace {
+
+// The schedule: warm-up's last step reaches --lr, the decay's first is below it, and the
+// run's last step reaches --min-lr (each step's rate is where the schedule stands once the
+// step is done).
+TEST(LearningRate, WarmsUpThenDecaysToTheFloorAtTheLastStep) {
+  OptimizerConfig c;
+  c.lr = 1e-3;
+  c.min_lr = 1e-4;
+  c.warmup_steps = 4;
+  c.total_steps = 12;
+  c.schedule = "cosine";
+  EXPECT_DOUBLE_EQ(learning_rate(c, 0), 2.5e-4);
+  EXPECT_DOUBLE_EQ(learning_rate(c, 3), 1e-3);
+  EXPECT_LT(learning_rate(c, 4), 1e-3);
+  EXPECT_DOUBLE_EQ(learning_rate(c, 4), 1e-4 + 0.9e-3 * 0.5 * (1 + std::cos(M_PI / 8)));
+  EXPECT_DOUBLE_EQ(learning_rate(c, 7), 1e-4 + 0.9e-3 * 0.5);  // half way: 4 of 8 steps
+  EXPECT_DOUBLE_EQ(learning_rate(c, 11), 1e-4);
+  EXPECT_DOUBLE_EQ(learning_rate(c, 20), 1e-4);  // past the end (a longer resumed run)
+  for (int64_t s = 4; s < 11; ++s) EXPECT_GT(learning_rate(c, s), learning_rate(c, s + 1)) << s;
+  c.schedule = "constant";
+  EXPECT_DOUBLE_EQ(learning_rate(c, 11), 1e-3);
+  // No warm-up: the first step is already a step into the decay.
+  c.schedule = "cosine";
+  c.warmup_steps = 0;
+  c.total_steps = 2;
+  EXPECT_DOUBLE_EQ(learning_rate(c, 0), 1e-4 + 0.9e-3 * 0.5);
+  EXPECT_DOUBLE_EQ(learning_rate(c, 1), 1e-4);
 }
 
 }  // namespace

@@ -95,5 +95,40 @@ TEST(ResumeChanges, AnotherBatchSizeSaysWhatIsSkippedOrReadAgain) {
   EXPECT_EQ(data_stream_changes(kConfig, rc, 10).size(), 2u);
 }
 
+// A cosine run extended on resume: the rate's jump is said, with both rates; the same
+// --steps, or a constant schedule, says nothing.
+TEST(ResumeChanges, ACosineScheduleOverOtherStepsIsSaid) {
+  OptimizerConfig c;
+  c.lr = 1e-3;
+  c.schedule = "cosine";
+  c.total_steps = 80;
+  const std::string config = "steps = 60\n";
+  EXPECT_EQ(schedule_change(config, c, 60),
+            "--steps 80 differs from that of the run that wrote the checkpoint (60): the cosine "
+            "schedule now decays over 80 steps, and the learning rate of step 61 is 0.000133 "
+            "where it was to be 0");
+  c.total_steps = 60;
+  EXPECT_EQ(schedule_change(config, c, 30), "");
+  c.total_steps = 80;
+  c.schedule = "constant";
+  EXPECT_EQ(schedule_change(config, c, 30), "");
+}
+
+TEST(ResumeChanges, ScheduleSettingsThatDoNothingAreNamed) {
+  OptimizerConfig c;
+  c.warmup_steps = 10;
+  c.total_steps = 5;
+  c.schedule = "cosine";
+  auto notes = schedule_notes(c, false);
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_NE(notes[0].find("--warmup-steps 10 is not shorter than --steps 5"), std::string::npos);
+  c.warmup_steps = 0;
+  c.schedule = "constant";
+  EXPECT_TRUE(schedule_notes(c, false).empty());
+  notes = schedule_notes(c, true);
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_NE(notes[0].find("--min-lr is the floor of the cosine schedule"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace par
