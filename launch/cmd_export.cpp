@@ -2,6 +2,8 @@
 // loading into other frameworks.
 #include <glog/logging.h>
 
+#include <filesystem>
+
 #include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/model_file.h"
 #include "core/error.h"
@@ -30,6 +32,17 @@ int cmd_export(int argc, char** argv) {
   if (checkpoint.empty()) fail_user("--checkpoint is required");
   if (out.empty()) fail_user("--out is required: the file to write");
   refuse_inside_checkpoint(out, "--out");
+  std::error_code ec;
+  if (std::filesystem::is_directory(out, ec))
+    fail_user("--out ", out, " is a directory: give the path of the file to write (",
+              (std::filesystem::path(out) / "model.h5").string(), ", say)");
+  // A run's own records are not --force's to replace.
+  const std::filesystem::path p(out);
+  if (std::filesystem::is_regular_file(p.parent_path() / "config.ini", ec) &&
+      (p.filename() == "train.log" || p.filename() == "metrics.jsonl" ||
+       p.filename() == "config.ini" || p.filename() == "lock"))
+    fail_user("--out ", out, " is a record of the run in ", p.parent_path().string(),
+              ": choose another name");
   if (file_exists(out) && !force)
     fail_user("--out ", out, " exists: choose another name or pass --force to replace it");
   const ModelFile file = read_model_file(checkpoint, false);

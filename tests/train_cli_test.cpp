@@ -186,6 +186,17 @@ TEST(TrainCli, EvalPrintsJsonAndExportWritesThePublicFormat) {
                                      " --out ", q(exported))),
                     "exists");
   EXPECT_EQ(slurp(exported), before);
+  // A directory, or a record of a run, is no file for the weights, even with --force.
+  std::filesystem::create_directories(dir.file("outdir"));
+  EXPECT_USER_ERROR(run_par(dir, cat("export --force --checkpoint ", q(dir.file("run")),
+                                     " --out ", q(dir.file("outdir")))),
+                    cat("--out ", dir.file("outdir"), " is a directory: give the path of the "
+                        "file to write"));
+  const std::string log = slurp(dir.file("run/train.log"));
+  EXPECT_USER_ERROR(run_par(dir, cat("export --force --checkpoint ", q(dir.file("run")),
+                                     " --out ", q(dir.file("run/train.log")))),
+                    "is a record of the run in");
+  EXPECT_EQ(slurp(dir.file("run/train.log")), log);
 }
 
 // --position-encoding.
