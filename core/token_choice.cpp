@@ -14,7 +14,8 @@
 namespace par {
 
 void SamplingOptions::validate() const {
-  if (!(temperature >= 0)) fail_user("--temperature must be >= 0 (0: greedy)");
+  if (!(temperature >= 0) || !std::isfinite(temperature))
+    fail_user("--temperature must be a finite number >= 0 (0: greedy), not ", temperature);
   if (top_k < 0) fail_user("--top-k must be >= 0 (0: no limit)");
   if (!(top_p > 0 && top_p <= 1)) fail_user("--top-p must be in (0, 1] (1: no limit)");
 }

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -222,6 +223,10 @@ int cmd_sample(int argc, char** argv) {
   if (!vm["prompt-count"].defaulted() && prompt_count < 1)
     fail_user("--prompt-count must be at least 1");
   if (num_samples < 1) fail_user("--num-samples must be at least 1");
+  // Sample k draws with seed + k: past 2^64 - 1 it would wrap to another run's seeds.
+  if (seed > std::numeric_limits<uint64_t>::max() - uint64_t(num_samples - 1))
+    fail_user("--seed ", seed, " + --num-samples ", num_samples, " passes 2^64 - 1 (sample k draws ",
+              "with --seed + k): choose a smaller --seed");
   if (tokens <= 0) fail_user("--tokens must be positive");
   if (tokens > kMaxTokens / num_samples)
     fail_user("--tokens ", tokens, num_samples > 1 ? cat(" x --num-samples ", num_samples) : "",

@@ -56,7 +56,7 @@ po::options_description optimizer_options(OptimizerConfig& c) {
 }
 
 void RunConfig::validate() const {
-  if (steps < 0) fail_user("--steps must be >= 0");
+  if (steps < 1) fail_user("--steps must be at least 1 (the total, counting the steps of the run resumed from)");
   if (batch_size <= 0) fail_user("--batch-size must be positive");
   if (accum_steps <= 0) fail_user("--accum-steps must be positive");
   if (batch_size % accum_steps != 0)

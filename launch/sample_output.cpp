@@ -59,7 +59,9 @@ std::string duration_text(double seconds) {
 std::string progress_text(int64_t done, int64_t total, double seconds) {
   const double rate = seconds > 0 ? double(done) / seconds : 0;
   std::string s = cat(done, " of ", total, " tokens generated (", fmt("%.0f", rate), " tokens/s");
-  if (rate > 0 && done < total) s += cat(", ETA ", duration_text(double(total - done) / rate));
+  // Rounded up: what is left is never "0 s" while anything is.
+  if (rate > 0 && done < total)
+    s += cat(", ETA ", duration_text(std::ceil(double(total - done) / rate)));
   return s + ")";
 }
 

@@ -38,6 +38,8 @@ TEST(ReliabilityInputs, OptionValuesThatWereAcceptedSilently) {
   EXPECT_USER_ERROR(run_par(dir, train + " --lr inf"), "--lr must be a finite number");
   EXPECT_USER_ERROR(run_par(dir, train + " --weight-decay nan"), "--weight-decay must be a finite number");
   EXPECT_USER_ERROR(run_par(dir, train + " --max-minutes inf"), "--max-minutes must be a finite number");
+  EXPECT_USER_ERROR(run_par(dir, tiny_train_args(data, dir.file("run"), 0)),
+                    "--steps must be at least 1");
   EXPECT_FALSE(fs::exists(dir.file("run")));
   ASSERT_EQ(run_par(dir, train).rc, 0);
   EXPECT_USER_ERROR(run_par(dir, cat("eval --checkpoint ", quote(dir.file("run")), " --data ",
@@ -45,6 +47,17 @@ TEST(ReliabilityInputs, OptionValuesThatWereAcceptedSilently) {
                     "--threads must be >= 0");
   const std::string sample = cat("sample --checkpoint ", quote(dir.file("run")));
   EXPECT_USER_ERROR(run_par(dir, sample + " --threads -1"), "--threads must be >= 0");
+  EXPECT_USER_ERROR(run_par(dir, sample + " --temperature inf"),
+                    "--temperature must be a finite number >= 0 (0: greedy), not inf");
+  EXPECT_USER_ERROR(run_par(dir, sample + " --seed 18446744073709551615 --num-samples 2"),
+                    "passes 2^64 - 1");
+  EXPECT_EQ(run_par(dir, sample + " --seed 18446744073709551614 --num-samples 2 --tokens 2").rc, 0);
+  // Spaces around --score-positions' numbers, on either side.
+  const std::string eval = cat("eval --checkpoint ", quote(dir.file("run")), " --data ",
+                               quote(dir.file("data/val-*.h5")), " --score-positions ");
+  EXPECT_EQ(run_par(dir, eval + "' 5:9 '").rc, 0);
+  EXPECT_EQ(run_par(dir, eval + "'5 : 9'").rc, 0);
+  EXPECT_USER_ERROR(run_par(dir, eval + "'5:9x'"), "'5:9x' is not FIRST:LAST");
   EXPECT_USER_ERROR(run_par(dir, sample + " --prompt-file " + quote(dir.path)),
                     "is not a regular file");
   EXPECT_USER_ERROR(run_par(dir, sample + " --tokens 100000000000000"),

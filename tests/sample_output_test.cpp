@@ -30,7 +30,9 @@ TEST(SampleOutput, JsonLine) {
 }
 
 TEST(SampleOutput, ProgressWithEta) {
-  EXPECT_EQ(progress_text(1200, 4000, 4), "1200 of 4000 tokens generated (300 tokens/s, ETA 9 s)");
+  // 9.3 s left: rounded up, so that a little left never reads "0 s".
+  EXPECT_EQ(progress_text(1200, 4000, 4), "1200 of 4000 tokens generated (300 tokens/s, ETA 10 s)");
+  EXPECT_EQ(progress_text(9990, 10000, 1), "9990 of 10000 tokens generated (9990 tokens/s, ETA 1 s)");
   EXPECT_EQ(progress_text(100, 100, 2), "100 of 100 tokens generated (50 tokens/s)");
   EXPECT_EQ(duration_text(184), "3 min 04 s");
   EXPECT_EQ(duration_text(7500), "2 h 05 min");

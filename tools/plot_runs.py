@@ -163,7 +163,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="run directory of par train (or its metrics.jsonl)")
-    parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--out", required=True,
+                        help="the image to write; its extension chooses the format (.png, .svg, "
+                             ".pdf; none: PNG)")
     parser.add_argument("--title", help="title above the plots (default: the run names)")
     args = parser.parse_args()
     try:
@@ -172,10 +174,16 @@ def main():
         fail(str(e))
     except OSError as e:
         fail(f"cannot read {e.filename}: {e.strerror}")
-    tmp = args.out + ".tmp.png"
+    # The temporary file keeps the extension that chooses the image format (png, svg, pdf).
+    root, ext = os.path.splitext(args.out)
+    tmp = root + ".tmp" + (ext or ".png")
     try:
         plot(runs, tmp, args.title)
         os.replace(tmp, args.out)
+    except ValueError as e:  # matplotlib: a format it does not know
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        fail(f"cannot write {args.out}: {e}")
     except OSError as e:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -13,8 +13,13 @@ namespace par {
 
 double EvalResult::bits_per_token() const { return loss_nats / std::log(2.0); }
 
-ScoredPositions parse_scored_positions(const std::string& text, const std::string& option) {
+ScoredPositions parse_scored_positions(const std::string& given, const std::string& option) {
   ScoredPositions r;
+  // Spaces around the numbers are allowed, on either side of either (stoll skips only the
+  // leading ones).
+  std::string text;
+  for (const char c : given)
+    if (c != ' ' && c != '\t') text += c;
   const auto colon = text.find(':');
   try {
     size_t used = 0;
@@ -24,10 +29,10 @@ ScoredPositions parse_scored_positions(const std::string& text, const std::strin
     r.last = std::stoll(text.substr(colon + 1), &used);
     if (used != text.size() - colon - 1) throw std::invalid_argument("junk");
   } catch (const std::exception&) {
-    fail_user(option, " '", text, "' is not FIRST:LAST (two whole numbers)");
+    fail_user(option, " '", given, "' is not FIRST:LAST (two whole numbers)");
   }
   if (r.first < 1 || r.last < r.first)
-    fail_user(option, " ", text, ": need 1 <= FIRST <= LAST (positions are 1-based)");
+    fail_user(option, " ", given, ": need 1 <= FIRST <= LAST (positions are 1-based)");
   return r;
 }
 
