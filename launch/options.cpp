@@ -43,15 +43,15 @@ po::options_description model_options(ModelConfig& c) {
 po::options_description optimizer_options(OptimizerConfig& c) {
   po::options_description o("Optimizer (Adam/AdamW)");
   o.add_options()
-      ("lr", po::value(&c.lr)->default_value(c.lr), "peak learning rate")
-      ("min-lr", po::value(&c.min_lr)->default_value(c.min_lr), "final learning rate of the cosine schedule")
+      ("lr", po::value(&c.lr)->default_value(c.lr, exact(c.lr)), "peak learning rate")
+      ("min-lr", po::value(&c.min_lr)->default_value(c.min_lr, exact(c.min_lr)), "final learning rate of the cosine schedule")
       ("warmup-steps", po::value(&c.warmup_steps)->default_value(c.warmup_steps), "steps of linear warm-up from 0")
       ("schedule", po::value(&c.schedule)->default_value(c.schedule), "after warm-up: constant | cosine (decays to --min-lr at --steps)")
-      ("beta1", po::value(&c.beta1)->default_value(c.beta1), "Adam beta1")
-      ("beta2", po::value(&c.beta2)->default_value(c.beta2), "Adam beta2")
-      ("adam-eps", po::value(&c.eps)->default_value(c.eps), "Adam epsilon")
-      ("weight-decay", po::value(&c.weight_decay)->default_value(c.weight_decay), "decoupled weight decay on matrices and the embedding (AdamW); 0 = Adam")
-      ("clip-norm", po::value(&c.clip_norm)->default_value(c.clip_norm), "clip gradients to this global norm (0: off)");
+      ("beta1", po::value(&c.beta1)->default_value(c.beta1, exact(c.beta1)), "Adam beta1")
+      ("beta2", po::value(&c.beta2)->default_value(c.beta2, exact(c.beta2)), "Adam beta2")
+      ("adam-eps", po::value(&c.eps)->default_value(c.eps, exact(c.eps)), "Adam epsilon")
+      ("weight-decay", po::value(&c.weight_decay)->default_value(c.weight_decay, exact(c.weight_decay)), "decoupled weight decay on matrices and the embedding (AdamW); 0 = Adam")
+      ("clip-norm", po::value(&c.clip_norm)->default_value(c.clip_norm, exact(c.clip_norm)), "clip gradients to this global norm (0: off)");
   return o;
 }
 
@@ -166,8 +166,8 @@ po::options_description run_options(RunConfig& c) {
       ("steps", po::value(&c.steps)->default_value(c.steps), "optimizer steps to train (in total, counting resumed ones)")
       ("batch-size", po::value(&c.batch_size)->default_value(c.batch_size), "examples per optimizer step")
       ("accum-steps", po::value(&c.accum_steps)->default_value(c.accum_steps), "micro-batches per step (gradient accumulation)")
-      ("dropout", po::value(&c.dropout)->default_value(c.dropout), "residual dropout")
-      ("cross-attend-dropout", po::value(&c.cross_attend_dropout)->default_value(c.cross_attend_dropout), "probability of dropping each input position from the cross-attention")
+      ("dropout", po::value(&c.dropout)->default_value(c.dropout, exact(c.dropout)), "residual dropout")
+      ("cross-attend-dropout", po::value(&c.cross_attend_dropout)->default_value(c.cross_attend_dropout, exact(c.cross_attend_dropout)), "probability of dropping each input position from the cross-attention")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialization, data order and dropout")
       ("log-every", po::value(&c.log_every)->default_value(c.log_every), "log progress every K steps")
       ("eval-every", po::value(&c.eval_every)->default_value(c.eval_every), "validate every K steps (0: at the end only)")

@@ -74,6 +74,8 @@ TEST(Sampling, BytesAsText) {
   EXPECT_EQ(decode_bytes(ids("caf\xC3\xA9")), "caf\xC3\xA9");  // valid UTF-8 passes
   EXPECT_EQ(decode_bytes(ids("a\xC3z")), "a\\xC3z");           // a broken sequence is escaped
   EXPECT_EQ(decode_bytes(ids(std::string("\x01\x7F", 2))), "\\x01\\x7F");
+  // A backslash is doubled: the text "\x41" is not the escape of a byte.
+  EXPECT_EQ(decode_bytes(ids("a\\x41")), "a\\\\x41");
   // C1 controls are valid UTF-8 that terminals obey (U+009B opens an escape sequence):
   // escaped; U+00A0 on is text.
   EXPECT_EQ(decode_bytes(ids("a\xC2\x9B" "2J\xC2\x80\xC2\xA0")), "a\\xC2\\x9B2J\\xC2\\x80\xC2\xA0");

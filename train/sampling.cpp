@@ -46,7 +46,10 @@ std::string escape(const std::string& raw) {
   std::string out;
   for (size_t i = 0; i < raw.size();) {
     const unsigned char c = static_cast<unsigned char>(raw[i]);
-    if (c == '\n' || c == '\t' || (c >= 0x20 && c < 0x7F)) {
+    if (c == '\\') {  // doubled, so that a byte's \xNN is never the text "\xNN"
+      out += "\\\\";
+      ++i;
+    } else if (c == '\n' || c == '\t' || (c >= 0x20 && c < 0x7F)) {
       out += char(c);
       ++i;
     } else if (const size_t n = c >= 0x80 ? utf8_length(raw, i) : 0; n > 0 && !c1_control(raw, i)) {
