@@ -237,6 +237,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
   TrainStep ts(mc, s.opt, rc.training(mc), *backend.ops, grid);
   TrainingPosition pos;
   pos.seed = rc.seed;
+  std::string resumed_dir;
   for (const std::string& w : s.resume_warnings) LOG(WARNING) << w;
   // The newest candidate whose every piece reads back with its checksum, on every rank
   // (each reads other pieces); with --resume auto, older ones when it is damaged.
@@ -257,6 +258,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
       continue;
     }
     pos.step = m.position.step;
+    resumed_dir = dir;
     LOG(INFO) << "resumed from " << dir << " at step " << pos.step
               << " (written by dp " << m.dp << " x sp " << m.sp << " x tp " << m.tp << ")";
     if (grid.world_rank() == 0) {  // the same on every rank: said once
@@ -282,6 +284,14 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
               << "): nothing to do";
     return 0;
   }
+  // Where this run's rows begin, and what a step is worth in tokens from here on: a
+  // resumed run's earlier rows past this step belong to an abandoned line (a rollback), and
+  // --batch-size may differ from the last run's (tools/plot_runs.py reads both).
+  if (dir)
+    dir->metrics(cat("{\"step\": ", pos.step, ", \"event\": \"start\", \"resumed_from\": ",
+                     s.resume_from.empty() ? std::string("null") : json_quote(resumed_dir),
+                     ", \"batch_size\": ", rc.batch_size, ", \"context_length\": ",
+                     mc.context_length, "}"));
   // A stop asked for while the run was starting: nothing new to save.
   if (const StopRequest::Reason early = stop.agreed(*grid.world()); early != StopRequest::kNone) {
     LOG(WARNING) << "stopping before the first step because of " << StopRequest::describe(early)

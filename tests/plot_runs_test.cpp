@@ -91,6 +91,39 @@ TEST_F(PlotRuns, ReadsAResumedRunAmongSeveral) {
   EXPECT_GT(png_size(slurp(png)).first, 600u);
 }
 
+// Each start of par train is a row of the metrics: the tokens axis takes each part of the
+// run at its own batch size, and a rollback leaves out the abandoned line's rows.
+TEST_F(PlotRuns, CountsTokensPerPartAndLeavesOutAbandonedSteps) {
+  const std::string run = dir_->file("c");
+  const std::string common =
+      cat("train --config ", q(testing_util::configs_dir() + "tiny.ini"), " --data ",
+          q(dir_->file("data/train-*.h5")), " --threads 1 --out ", q(run));
+  // 4 steps of 8 x 64 tokens, then 2 of 16 x 64.
+  ASSERT_EQ(run_par(*dir_, common + " --steps 4 --checkpoint-every 2 --log-every 1").rc, 0);
+  ASSERT_EQ(run_par(*dir_, common + " --steps 6 --batch-size 16 --log-every 1 --resume auto").rc, 0);
+  const std::string read_run =
+      cat("/usr/bin/python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import plot_runs; "
+          "r = plot_runs.Run(sys.argv[2]); print(sorted(r.train), r.resumes, r.tokens(4), "
+          "r.tokens(6), r.tokens(8))' ",
+          q(std::string(PAR_SOURCE_DIR) + "/tools"), " ", q(run));
+  ParRun r = run_shell(*dir_, read_run);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, "[1, 2, 3, 4, 5, 6] [4] 2048 4096 6144\n");
+  // Back to step 2, at batch 8 again and logging every 3 steps: steps 3..6 of the abandoned
+  // line, and its resume at 4, are left out.
+  ASSERT_EQ(run_par(*dir_, cat(common, " --steps 8 --log-every 3 --resume ",
+                               q(run + "/checkpoints/step-00000002"))).rc, 0);
+  r = run_shell(*dir_, read_run);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, "[1, 2, 3, 6, 8] [2] 2048 3072 4096\n");
+  r = plot(*dir_, cat(q(run), " --out ", q(dir_->file("c.svg"))));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("c: 5 training points (steps 1-8), 0 validation points, 1 resume(s)"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(slurp(dir_->file("c.svg")).find("<svg"), std::string::npos);  // as its name says
+}
+
 TEST_F(PlotRuns, RefusesMalformedMetrics) {
   TempDir bad;
   std::filesystem::copy(dir_->file("a"), bad.path, std::filesystem::copy_options::recursive);

@@ -5,11 +5,14 @@ Usage: tools/plot_runs.py RUN [RUN...] --out FILE.png [--title TEXT]
 
 RUN is a run directory of `par train` (or its metrics.jsonl). Two panels: training loss in
 bits/token against steps and against training tokens (steps x batch-size x context-length,
-from the run's config.ini), validation loss as points, and the learning rate on a second
-axis. A resumed run appends to its metrics.jsonl: where it went back to an earlier
-checkpoint, the rows from that step on are those of the resumed run, and resumes found in
-train.log are marked. Uses Debian's python3-matplotlib (hence /usr/bin/python3: tools/setup.sh installs
-it there). Bad input exits 2 with one message naming the file and line.
+each part of the run with its own batch size), validation loss as points, and the learning
+rate on a second axis. Each start of `par train` writes a row {"step": S, "event": "start",
+"resumed_from": DIR or null, "batch_size": B, "context_length": N}: the rows logged before
+it past step S belong to a line of steps that a resume abandoned (a rollback) and are left
+out, and each resume is marked. (Runs written before such rows take the batch size of
+config.ini and the resumes of train.log.) Uses Debian's python3-matplotlib (hence
+/usr/bin/python3: tools/setup.sh installs it there). Bad input exits 2 with one message
+naming the file and line.
 """
 import argparse
 import json
@@ -44,14 +47,41 @@ class Run:
         if not os.path.isfile(self.metrics):
             raise InputError(f"{self.metrics} does not exist (give a run directory of `par train`)")
         self.train, self.val = {}, {}
+        self.segments = []  # (first step, tokens per step) of each start, in step order
+        self.resumes = []
         with open(self.metrics, encoding="utf-8", errors="replace") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     self._row(line, f"{self.metrics} line {n}")
         if not self.train:
             raise InputError(f"{self.metrics} holds no training rows (lines with \"step\" and \"loss\")")
-        self.tokens_per_step = self._tokens_per_step()
-        self.resumes = self._resumes()
+        if not self.segments:  # written before start rows
+            self.segments = [(0, self._tokens_per_step())]
+            self.resumes = self._resumes()
+
+    def tokens(self, step):
+        """Training tokens after `step` steps: each part of the run at its own batch size."""
+        total, (begin, per_step) = 0, self.segments[0]
+        for next_begin, next_per_step in self.segments[1:]:
+            if next_begin >= step:
+                break
+            total += (next_begin - begin) * per_step
+            begin, per_step = next_begin, next_per_step
+        return total + (step - begin) * per_step
+
+    def _start(self, row, where):
+        step = row["step"]
+        for key in ("batch_size", "context_length"):
+            if not isinstance(row.get(key), int) or row[key] < 1:
+                raise InputError(f"{where}: a start row needs a positive integer \"{key}\"")
+        # What was logged past this step belongs to the line of steps this start abandoned.
+        self.train = {s: v for s, v in self.train.items() if s <= step}
+        self.val = {s: v for s, v in self.val.items() if s <= step}
+        self.segments = [seg for seg in self.segments if seg[0] < step]
+        self.segments.append((step, row["batch_size"] * row["context_length"]))
+        self.resumes = [r for r in self.resumes if r < step]
+        if row.get("resumed_from") is not None:
+            self.resumes.append(step)
 
     def _row(self, line, where):
         try:
@@ -63,7 +93,9 @@ class Run:
         step = row.get("step")
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise InputError(f"{where} has no step (a non-negative integer \"step\")")
-        if "loss" in row:
+        if row.get("event") == "start":
+            self._start(row, where)
+        elif "loss" in row:
             for key in ("loss", "lr"):
                 if not number(row.get(key)):
                     raise InputError(f"{where}: a training row needs a finite number \"{key}\"")
@@ -100,7 +132,7 @@ class Run:
         log = os.path.join(self.dir, "train.log")
         if not os.path.isfile(log):
             return []
-        found = re.findall(r"resumed from \S+ at step (\d+)", open(log, errors="replace").read())
+        found = re.findall(r"resumed from .+? at step (\d+)", open(log, errors="replace").read())
         return sorted({int(s) for s in found})
 
 
@@ -125,17 +157,17 @@ def plot(runs, out, title):
         vsteps = sorted(run.val)
         vbits = [run.val[s] for s in vsteps]
         label = run.name if len(runs) > 1 else "training"
-        for ax, lax, scale in ((axes[0], lr_axes[0], 1), (axes[1], lr_axes[1], run.tokens_per_step)):
-            x = [s * scale for s in steps]
+        for ax, lax, scale in ((axes[0], lr_axes[0], lambda s: s), (axes[1], lr_axes[1], run.tokens)):
+            x = [scale(s) for s in steps]
             ax.plot(x, bits, color=color, lw=1.6, label=f"{label}" + (" (training)" if len(runs) > 1 else ""))
             if vsteps:
-                ax.plot([s * scale for s in vsteps], vbits, "o", color=color, ms=6, mec="black",
+                ax.plot([scale(s) for s in vsteps], vbits, "o", color=color, ms=6, mec="black",
                         mew=0.6, label=f"{run.name} (validation)" if len(runs) > 1 else "validation")
             lax.plot(x, lrs, "--", color=color, lw=1, alpha=0.55)
             for r in run.resumes:
-                ax.axvline(r * scale, color=color, ls=":", lw=1.2, alpha=0.8)
+                ax.axvline(scale(r), color=color, ls=":", lw=1.2, alpha=0.8)
     axes[0].set_xlabel("step")
-    axes[1].set_xlabel("training tokens (steps × batch × context)")
+    axes[1].set_xlabel("training tokens (steps × batch × context, per part of the run)")
     axes[1].xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
     axes[0].set_ylabel("loss (bits/token)")
     lr_axes[1].set_ylabel("learning rate (dashed)")

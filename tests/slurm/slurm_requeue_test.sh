@@ -248,12 +248,13 @@ job=$(PAR_LAUNCHER=mpirun PAR_OVERSUBSCRIBE=1 PAR_KILL_TIMEOUT=1 \
 job=${job%%;*}
 say "submitted job $job (mpirun, $m_steps steps)"
 t0=$(date +%s)
-# Training is under way (par's handler in place) once the first interval is in the run's
-# metrics, which rank 0 writes straight to the file; its log line reaches the job's output
+# Training is under way (par's handler in place) once the first interval's loss is in the
+# run's metrics (the run's start row comes before its first step), which rank 0 writes
+# straight to the file; its log line reaches the job's output
 # through mpirun's forwarding, seconds later at times.
 # The file is looked at every 0.2 s; SLURM, slower to ask, every 2 s.
 polls=0
-until [[ -s $work/$name/metrics.jsonl ]]; do
+until grep -qs '"loss"' "$work/$name/metrics.jsonl"; do
   if ((polls++ % 10 == 0)); then
     read_job "$job"
     job_ended && fail "job $job ended ($state) before it could be signalled"
