@@ -15,6 +15,18 @@ struct Dataset::Readers {
   std::vector<std::unique_ptr<DocumentIndex>> documents;
 };
 
+void check_vocabulary(const ShardInfo& s, int64_t vocab_size) {
+  if (s.vocab_size > vocab_size)
+    fail_user("shard ", s.path, " has vocab_size ", s.vocab_size, ", more than the model's ",
+              vocab_size, "; use a model with --vocab-size at least ", s.vocab_size,
+              " or the right data");
+}
+
+void check_stream_shards(const std::vector<std::string>& paths, int64_t vocab_size) {
+  if (paths.empty()) fail_user("no shard files given (HDF5 files written by `par prep`)");
+  for (const std::string& p : paths) check_vocabulary(inspect_shard(p), vocab_size);
+}
+
 Dataset::Dataset(std::vector<std::string> paths, int64_t context_length, int64_t vocab_size)
     : paths_(std::move(paths)),
       context_length_(context_length),
@@ -33,10 +45,7 @@ Dataset::Dataset(std::vector<std::string> paths, int64_t context_length, int64_t
       fail_user("shard ", p, " has ", s.num_tokens, " tokens, fewer than one window of N+1 = ",
                 window_tokens, " tokens; use a shorter --context-length, or longer shards (par prep ",
                 "--shard-tokens)");
-    if (s.vocab_size > vocab_size_)
-      fail_user("shard ", p, " has vocab_size ", s.vocab_size, ", more than the model's ",
-                vocab_size_, "; use a model with --vocab-size at least ", s.vocab_size,
-                " or the right data");
+    check_vocabulary(s, vocab_size_);
     // Shards without max_token (other writers) are checked window by window as they are
     // read; so are those with it, a compare per token that keeps a wrong attribute from
     // reaching the embedding.

@@ -15,6 +15,13 @@
 
 namespace par {
 
+// A shard of `s`'s vocabulary read by a model of `vocab_size`: UserError naming it when the
+// shard's is larger.
+void check_vocabulary(const ShardInfo& s, int64_t vocab_size);
+// The checks Dataset makes of each shard, less the length of a window: block evaluation
+// (train/evaluate.h) reads streams of any length, padding what a block lacks.
+void check_stream_shards(const std::vector<std::string>& paths, int64_t vocab_size);
+
 class Dataset {
  public:
   // Inspects every shard up front, so a bad file fails before training starts (UserError

@@ -56,7 +56,7 @@ int cmd_eval(int argc, char** argv) {
   Backend backend = make_local_backend(device, precision, attention);
   const ModelFile file = read_model_file(checkpoint, false);
   const auto shards = cli::expand_paths(data, "--data");
-  const Dataset check(shards, file.model.context_length, file.model.vocab_size);
+  check_stream_shards(shards, file.model.vocab_size);  // any length: blocks pad
   // The input side as training keeps it on this device (--kv-storage auto's rule).
   const KeyValueStorage storage =
       resolve_key_value_storage("auto", device, precision, attention, 1, file.model);

@@ -527,7 +527,7 @@ int cmd_train(int argc, char** argv) {
                                         s.model.context_length, s.model.vocab_size);
     if (!s.run.val_data.empty()) {
       s.val_shards = cli::expand_paths(s.run.val_data, "--val-data");
-      const Dataset check(s.val_shards, s.model.context_length, s.model.vocab_size);
+      check_stream_shards(s.val_shards, s.model.vocab_size);  // any length: blocks pad
     }
   });
   // One run per directory: rank 0 locks it before any rank reads its checkpoints, and
