@@ -323,11 +323,7 @@ std::string CheckpointSaver::finish(bool wait) {
            grid_.world_size();
   };
   if (!wait && !all_written()) return "";
-  // Waiting, the ranks ask again every 20 ms, so that no single collective waits for the
-  // slowest rank's writes (one that waits longer than --collective-timeout is taken for a
-  // hung rank).
-  if (wait && grid_.world_size() > 1)
-    while (!all_written()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (wait) wait_all_written();
   writer_.join();
   pending_ = false;
   state_.clear();
@@ -392,14 +388,24 @@ std::string CheckpointSaver::finish(bool wait) {
   return final_dir_;
 }
 
+// Waiting, the ranks ask again every 20 ms, so that no single collective waits for the
+// slowest rank's writes (one that waits longer than --collective-timeout is taken for a hung
+// rank).
+void CheckpointSaver::wait_all_written() {
+  if (grid_.world_size() == 1) return;
+  while (grid_.world()->all_reduce_value(int64_t(written_ ? 1 : 0), ReduceOp::kSum) <
+         grid_.world_size())
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+}
+
 void CheckpointSaver::abandon() {
   if (!pending_) return;
-  if (writer_.joinable()) writer_.join();
+  // Once every rank has written its share, none writes into the directory any more.
+  wait_all_written();
+  writer_.join();
   pending_ = false;
   state_.clear();
   error_ = nullptr;
-  // No rank writes into it any more once every rank is here.
-  grid_.world()->barrier();
   if (grid_.world_rank() == 0) remove_unfinished();
 }
 

@@ -91,11 +91,14 @@ class CheckpointSaver {
   // bad: the step after it diverged).
   void abandon();
   bool pending() const { return pending_; }
+  // The step of the pending save (pending() only).
+  int64_t pending_step() const { return position_.step; }
   // Seconds from start() to the last commit.
   double last_write_seconds() const { return write_seconds_; }
 
  private:
   void write_share();
+  void wait_all_written();  // collective: until every rank has written its share
   void remove_unfinished();  // rank 0: the .tmp directory of a failed save
   void prune();
 

@@ -323,9 +323,12 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     const double dt = seconds_since(t0);
     if (!std::isfinite(r.objective)) {
       // The run diverged (the same loss on every rank): a setting, not a bug. A save in
-      // flight holds the weights this loss came from: dropped. The committed checkpoints
-      // each led to a finite loss.
-      saver.abandon();
+      // flight of the weights this loss came from (those after `step` steps) is dropped; one
+      // of earlier weights led to a finite loss, and is committed as any other.
+      if (saver.pending() && saver.pending_step() == step)
+        saver.abandon();
+      else
+        commit(saver, true);
       const std::string last = latest_checkpoint(rc.out);
       fail_user("loss is not finite at step ", step + 1, ": training diverged; lower --lr (",
                 fmt("%g", learning_rate(s.opt, step)), " at this step), keep --clip-norm on, or ",

@@ -86,13 +86,20 @@ int main(int argc, char** argv) {
   par::select_blas_kernels(argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
-    print_usage(std::cout);
-    return argc < 2 ? 2 : 0;
-  }
-  if (!std::strcmp(argv[1], "--version")) {
-    std::cout << "par, " << par::version() << "\n";
-    return 0;
+  try {
+    if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+      print_usage(std::cout);
+      check_stdout("--help");
+      return argc < 2 ? 2 : 0;
+    }
+    if (!std::strcmp(argv[1], "--version")) {
+      std::cout << "par, " << par::version() << "\n";
+      check_stdout("--version");
+      return 0;
+    }
+  } catch (const par::UserError& err) {
+    std::cerr << par::cat("par: error: ", err.what(), "\n") << std::flush;
+    return 2;
   }
   const std::string name = argv[1];
   for (const Entry& e : kCommands) {

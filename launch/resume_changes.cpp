@@ -105,10 +105,14 @@ std::string schedule_change(const std::string& checkpoint_config, const Optimize
 
 std::vector<std::string> schedule_notes(const OptimizerConfig& c, bool min_lr_given) {
   std::vector<std::string> notes;
-  if (c.warmup_steps >= c.total_steps)
-    notes.push_back(cat("--warmup-steps ", c.warmup_steps, " is not shorter than --steps ",
+  // Warm-up's last step reaches --lr (learning_rate): only a longer one falls short.
+  if (c.warmup_steps > c.total_steps)
+    notes.push_back(cat("--warmup-steps ", c.warmup_steps, " is longer than --steps ",
                         c.total_steps, ": the learning rate never reaches --lr ", fmt("%g", c.lr),
                         c.schedule == "cosine" ? " and never decays" : ""));
+  else if (c.warmup_steps == c.total_steps && c.schedule == "cosine")
+    notes.push_back(cat("--warmup-steps ", c.warmup_steps, " is as long as --steps: the cosine "
+                        "schedule never decays"));
   if (min_lr_given && c.schedule != "cosine")
     notes.push_back(cat("--min-lr is the floor of the cosine schedule: not used by --schedule ",
                         c.schedule));

@@ -53,6 +53,15 @@ TEST(ParMain, OutputThatCannotBeWrittenIsAnError) {
   }
 }
 
+TEST(ParMain, VersionThatCannotBeWrittenIsAnError) {
+  TempDir dir;
+  const testing_util::ParRun r =
+      testing_util::run_shell(dir, cat("{ '", PAR_BINARY, "' --version >/dev/full; }"));
+  EXPECT_EQ(r.rc, 2) << r.err;
+  EXPECT_NE(r.err.find("par: error: cannot write the output of par --version"), std::string::npos)
+      << r.err;
+}
+
 TEST(ParMain, TrainingLogsItsVersion) {
   TempDir dir;
   const std::string data = testing_util::copy_task_data(dir, 65, 30);

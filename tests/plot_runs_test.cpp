@@ -124,6 +124,24 @@ TEST_F(PlotRuns, CountsTokensPerPartAndLeavesOutAbandonedSteps) {
   EXPECT_NE(slurp(dir_->file("c.svg")).find("<svg"), std::string::npos);  // as its name says
 }
 
+// A run begun by a par that wrote no start rows and resumed by one that does: its first part
+// takes config.ini's batch size and train.log's resumes.
+TEST_F(PlotRuns, RunsBegunBeforeStartRows) {
+  TempDir run;
+  std::ofstream(run.file("config.ini")) << "batch-size = 8\ncontext-length = 64\n";
+  std::ofstream(run.file("train.log")) << "I1206 resumed from /a b/step-00000001 at step 1 (...)\n";
+  std::ofstream(run.file("metrics.jsonl"))
+      << "{\"step\": 1, \"loss\": 5.0, \"lr\": 0.001}\n{\"step\": 2, \"loss\": 4.9, \"lr\": 0.001}\n"
+      << "{\"step\": 2, \"event\": \"start\", \"resumed_from\": \"x\", \"batch_size\": 16, "
+         "\"context_length\": 64}\n{\"step\": 3, \"loss\": 4.8, \"lr\": 0.001}\n";
+  const ParRun r = run_shell(
+      run, cat("/usr/bin/python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import plot_runs; "
+               "r = plot_runs.Run(sys.argv[2]); print(r.resumes, [r.tokens(s) for s in (1, 2, 3)])' ",
+               q(std::string(PAR_SOURCE_DIR) + "/tools"), " ", q(run.path)));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, "[1, 2] [512, 1024, 2048]\n");
+}
+
 TEST_F(PlotRuns, RefusesMalformedMetrics) {
   TempDir bad;
   std::filesystem::copy(dir_->file("a"), bad.path, std::filesystem::copy_options::recursive);

@@ -58,6 +58,7 @@ TEST(ReliabilityInputs, OptionValuesThatWereAcceptedSilently) {
   EXPECT_EQ(run_par(dir, eval + "' 5:9 '").rc, 0);
   EXPECT_EQ(run_par(dir, eval + "'5 : 9'").rc, 0);
   EXPECT_USER_ERROR(run_par(dir, eval + "'5:9x'"), "'5:9x' is not FIRST:LAST");
+  EXPECT_USER_ERROR(run_par(dir, eval + "'1 0:20'"), "'1 0:20' is not FIRST:LAST");
   EXPECT_USER_ERROR(run_par(dir, sample + " --prompt-file " + quote(dir.path)),
                     "is not a regular file");
   EXPECT_USER_ERROR(run_par(dir, sample + " --tokens 100000000000000"),

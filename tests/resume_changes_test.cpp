@@ -121,7 +121,16 @@ TEST(ResumeChanges, ScheduleSettingsThatDoNothingAreNamed) {
   c.schedule = "cosine";
   auto notes = schedule_notes(c, false);
   ASSERT_EQ(notes.size(), 1u);
-  EXPECT_NE(notes[0].find("--warmup-steps 10 is not shorter than --steps 5"), std::string::npos);
+  EXPECT_NE(notes[0].find("--warmup-steps 10 is longer than --steps 5: the learning rate never "
+                          "reaches --lr"),
+            std::string::npos);
+  c.total_steps = 10;  // the last step reaches --lr, but nothing is left to decay
+  notes = schedule_notes(c, false);
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_NE(notes[0].find("is as long as --steps: the cosine schedule never decays"),
+            std::string::npos);
+  c.schedule = "constant";
+  EXPECT_TRUE(schedule_notes(c, false).empty());
   c.warmup_steps = 0;
   c.schedule = "constant";
   EXPECT_TRUE(schedule_notes(c, false).empty());

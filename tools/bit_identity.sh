@@ -38,10 +38,12 @@ workload "$OLD" "$WORK/old"
 workload "$NEW" "$WORK/new"
 A=$WORK/old; B=$WORK/new; bad=0
 same() { if "$@" >/dev/null 2>&1; then echo "same  $what"; else echo "DIFF  $what"; bad=1; fi; }
-numbers() {  # metrics.jsonl without the timings
+numbers() {  # metrics.jsonl without the timings, and without the start rows (written since cb4589e)
   python3 -c "import json,sys
 for l in open(sys.argv[1]):
-  d=json.loads(l); [d.pop(k,None) for k in ('tokens_per_s','targets_per_s','ms_per_step')]; print(json.dumps(d,sort_keys=True))" "$1"
+  d=json.loads(l)
+  if 'event' in d: continue
+  [d.pop(k,None) for k in ('tokens_per_s','targets_per_s','ms_per_step')]; print(json.dumps(d,sort_keys=True))" "$1"
 }
 for r in run1 run2 run3 run4; do what="$r losses, gradient norms, learning rates"; same diff <(numbers $A/$r/metrics.jsonl) <(numbers $B/$r/metrics.jsonl); done
 for f in $(cd $A && find run1 run2 run3 run4 -name '*.h5' | sort) export.h5; do

@@ -9,8 +9,8 @@ each part of the run with its own batch size), validation loss as points, and th
 rate on a second axis. Each start of `par train` writes a row {"step": S, "event": "start",
 "resumed_from": DIR or null, "batch_size": B, "context_length": N}: the rows logged before
 it past step S belong to a line of steps that a resume abandoned (a rollback) and are left
-out, and each resume is marked. (Runs written before such rows take the batch size of
-config.ini and the resumes of train.log.) Uses Debian's python3-matplotlib (hence
+out, and each resume is marked. (Rows written before any such row, by an older par, take
+the batch size of config.ini and the resumes of train.log.) Uses Debian's python3-matplotlib (hence
 /usr/bin/python3: tools/setup.sh installs it there). Bad input exits 2 with one message
 naming the file and line.
 """
@@ -49,15 +49,27 @@ class Run:
         self.train, self.val = {}, {}
         self.segments = []  # (first step, tokens per step) of each start, in step order
         self.resumes = []
+        self._rows_before_start = False  # training rows before the first start row
         with open(self.metrics, encoding="utf-8", errors="replace") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     self._row(line, f"{self.metrics} line {n}")
         if not self.train:
             raise InputError(f"{self.metrics} holds no training rows (lines with \"step\" and \"loss\")")
-        if not self.segments:  # written before start rows
-            self.segments = [(0, self._tokens_per_step())]
-            self.resumes = self._resumes()
+        first = self.segments[0][0] if self.segments else None
+        if first is None or self._rows_before_start:
+            # Rows written before start rows (a run begun by an older par, perhaps resumed
+            # by a newer one): their part takes config.ini's batch size (or, without it, the
+            # first start row's) and train.log's resumes.
+            try:
+                per_step = self._tokens_per_step()
+            except InputError:
+                if first is None:
+                    raise
+                per_step = self.segments[0][1]
+            self.segments.insert(0, (0, per_step))
+            self.resumes = sorted(set(
+                [r for r in self._resumes() if first is None or r < first] + self.resumes))
 
     def tokens(self, step):
         """Training tokens after `step` steps: each part of the run at its own batch size."""
@@ -71,6 +83,8 @@ class Run:
 
     def _start(self, row, where):
         step = row["step"]
+        if not self.segments and any(s <= step for s in self.train):
+            self._rows_before_start = True
         for key in ("batch_size", "context_length"):
             if not isinstance(row.get(key), int) or row[key] < 1:
                 raise InputError(f"{where}: a start row needs a positive integer \"{key}\"")

@@ -15,11 +15,21 @@ double EvalResult::bits_per_token() const { return loss_nats / std::log(2.0); }
 
 ScoredPositions parse_scored_positions(const std::string& given, const std::string& option) {
   ScoredPositions r;
-  // Spaces around the numbers are allowed, on either side of either (stoll skips only the
-  // leading ones).
+  // Spaces around each number are allowed (stoll skips only the leading ones); inside one,
+  // not: "1 0" is no 10.
   std::string text;
-  for (const char c : given)
-    if (c != ' ' && c != '\t') text += c;
+  for (size_t i = 0; i < given.size(); ++i) {
+    const char c = given[i];
+    if (c != ' ' && c != '\t') {
+      text += c;
+      continue;
+    }
+    const auto digit = [](char d) { return d >= '0' && d <= '9'; };
+    size_t j = i;
+    while (j < given.size() && (given[j] == ' ' || given[j] == '\t')) ++j;
+    if (!text.empty() && digit(text.back()) && j < given.size() && digit(given[j])) text += 'x';
+    i = j - 1;
+  }
   const auto colon = text.find(':');
   try {
     size_t used = 0;
