@@ -133,7 +133,6 @@ PlanRequest train_plan_request(const ModelConfig& mc, const RunConfig& rc, bool 
   return r;
 }
 
-// Everything a run needs, set up (and checked) on every rank before training starts.
 // Windows do not cross shards, so each shard's tail after its last whole window is never
 // read. Shards cut small against the context (par prep --shard-tokens) lose much of the
 // data this way without any error; say so when it is a noticeable share.
@@ -147,6 +146,7 @@ std::string unread_data_warning(const Dataset& data) {
              "shards (par prep --shard-tokens, many times the context length)");
 }
 
+// Everything a run needs, set up (and checked) on every rank before training starts.
 struct Setup {
   ModelConfig model;
   OptimizerConfig opt;

@@ -1,10 +1,12 @@
-// What a resumed run reads differently from the run that wrote its checkpoint.
+// What a resumed run does differently from the run that wrote its checkpoint, and schedule
+// settings that do not do what they say: warnings for the log.
 //
 // The loader keeps only a batch counter (data/loader.h), so a run resumed with other
 // --data or another --batch-size does not fail: it goes on over another stream of
 // examples. That may be meant (a curriculum changes its data between phases, as the main
 // job does) or a slip (a wrong glob in a requeued job script); either way the log must say
-// so, since the losses alone will not.
+// so, since the losses alone will not. The same holds for a cosine schedule stretched by a
+// new --steps.
 #pragma once
 
 #include <cstdint>
