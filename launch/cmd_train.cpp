@@ -472,7 +472,11 @@ int cmd_train(int argc, char** argv) {
   if (help) return 0;
   job.watch_collectives(s.run.collective_timeout);
   ProcessGrid grid;
-  job.agree([&] { grid = job.make_grid(GridShape{s.run.dp, s.run.sp, s.run.tp}); });
+  const GridShape layout{s.run.dp, s.run.sp, s.run.tp};
+  // A dry run of a layout of several ranks, started alone (from a login node, planning a
+  // job): one process plans one rank of the layout, on this machine's memory.
+  const bool plan_alone = dry_run && !job.distributed() && layout.size() > 1;
+  job.agree([&] { grid = job.make_grid(plan_alone ? GridShape{1, 1, 1} : layout); });
 
   // Everything the user gave is checked, on every rank, before anything is written.
   std::unique_ptr<RunLock> lock;  // outlives the run directory's files
@@ -514,7 +518,12 @@ int cmd_train(int argc, char** argv) {
                 << s.run.dp << " x sp " << s.run.sp << " x tp " << s.run.tp << " | "
                 << current_threads() << " thread(s) per rank | "
                 << (no_gpu.empty() ? backend.description : cat("cuda, ", s.run.precision, " matrix products (no GPU here)"))
-                << s.run.storage_note(s.model) << "\nmemory per rank (estimate):\n" << plan << std::endl;
+                << s.run.storage_note(s.model) << "\nmemory per rank (estimate"
+                << (plan_alone ? cat("; planned alone: one of the ", layout.size(), " ranks, on a "
+                                     "node like this one (ranks that share a node share its "
+                                     "memory)")
+                               : std::string())
+                << "):\n" << plan << std::endl;
     memory_plan = plan;
     require_fits(request, RunShape{s.run.batch_size, s.run.accum_steps, s.run.dp}, budget);
   });

@@ -204,6 +204,29 @@ TEST(ReliabilityMemoryPlan, DryRunPrintsThePlan) {
   r = run_par(dir, cat("train --config ", quote(kTiny), " --dry-run --d-model 1000000"));
   EXPECT_USER_ERROR(r, "not enough memory");
   EXPECT_NE(r.out.find("memory per rank (estimate)"), std::string::npos) << r.out;
+  // A layout of several ranks, planned alone (a login node): one rank's plan, smaller than
+  // one process's where the context is split, on this machine's memory.
+  auto activations = [](const std::string& out) {
+    const size_t at = out.find("activations of ");
+    return at == std::string::npos ? std::string() : out.substr(at, out.find(',', at) - at);
+  };
+  const ParRun one = run_par(dir, cat("train --config ", quote(kTiny), " --dry-run --threads 1 "
+                                      "--context-length 4096 --num-latents 64"));
+  ASSERT_EQ(one.rc, 0) << one.err;
+  const ParRun sp4 = run_par(dir, cat("train --config ", quote(kTiny), " --dry-run --threads 1 "
+                                      "--context-length 4096 --num-latents 64 --sp 4"));
+  ASSERT_EQ(sp4.rc, 0) << sp4.err;
+  EXPECT_NE(sp4.out.find("dp 1 x sp 4 x tp 1"), std::string::npos) << sp4.out;
+  EXPECT_NE(sp4.out.find("memory per rank (estimate; planned alone: one of the 4 ranks, on a "
+                         "node like this one"),
+            std::string::npos)
+      << sp4.out;
+  EXPECT_NE(activations(sp4.out), activations(one.out)) << one.out << sp4.out;
+  EXPECT_NE(sp4.out.find("fits: the run can start"), std::string::npos) << sp4.out;
+  // Without --dry-run, a layout of several ranks still needs its ranks.
+  EXPECT_USER_ERROR(run_par(dir, cat("train --config ", quote(kTiny), " --sp 2 --data x --out ",
+                                     quote(dir.file("nope")))),
+                    "but this is one process");
 
   const std::string data = testing_util::copy_task_data(dir, 65, 30);
   r = run_par(dir, cat("train --config ", quote(kTiny), " --data ", quote(data), " --out ",
