@@ -318,10 +318,6 @@ void CheckpointSaver::write_share() {
 
 std::string CheckpointSaver::finish(bool wait) {
   if (!pending_) return "";
-  const auto all_written = [&] {
-    return grid_.world()->all_reduce_value(int64_t(written_ ? 1 : 0), ReduceOp::kSum) ==
-           grid_.world_size();
-  };
   if (!wait && !all_written()) return "";
   if (wait) wait_all_written();
   writer_.join();
@@ -393,9 +389,12 @@ std::string CheckpointSaver::finish(bool wait) {
 // rank).
 void CheckpointSaver::wait_all_written() {
   if (grid_.world_size() == 1) return;
-  while (grid_.world()->all_reduce_value(int64_t(written_ ? 1 : 0), ReduceOp::kSum) <
-         grid_.world_size())
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  while (!all_written()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+}
+
+bool CheckpointSaver::all_written() const {
+  return grid_.world()->all_reduce_value(int64_t(written_ ? 1 : 0), ReduceOp::kSum) ==
+         grid_.world_size();
 }
 
 void CheckpointSaver::abandon() {

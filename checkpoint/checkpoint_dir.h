@@ -98,7 +98,8 @@ class CheckpointSaver {
 
  private:
   void write_share();
-  void wait_all_written();  // collective: until every rank has written its share
+  bool all_written() const;  // collective: whether every rank has written its share
+  void wait_all_written();   // collective: until every rank has written its share
   void remove_unfinished();  // rank 0: the .tmp directory of a failed save
   void prune();
 

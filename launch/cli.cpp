@@ -26,9 +26,11 @@ void refuse_negative_unsigned(const po::parsed_options& parsed, const po::option
   for (const po::option& o : parsed.options) {
     const po::option_description* d = opts.find_nothrow(o.string_key, false);
     if (!d || !dynamic_cast<const po::typed_value<uint64_t>*>(d->semantic().get())) continue;
-    for (const std::string& v : o.value)
-      if (v.find_first_not_of(" \t") != std::string::npos && v[v.find_first_not_of(" \t")] == '-')
+    for (const std::string& v : o.value) {
+      const size_t first = v.find_first_not_of(" \t");
+      if (first != std::string::npos && v[first] == '-')
         fail_user(where, "--", o.string_key, " must be zero or more, not ", v);
+    }
   }
 }
 

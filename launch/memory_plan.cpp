@@ -227,7 +227,7 @@ MemoryBudget memory_budget(int local_ranks, int64_t device_free, int gpus) {
   b.gpus = std::max(1, gpus);
   b.device_free = double(device_free);
   const int ranks_per_device = (b.local_ranks + b.gpus - 1) / b.gpus;
-  const double ranks = std::max(1, local_ranks);
+  const double ranks = b.local_ranks;
   const CgroupLimit cg = cgroup_memory_limit();
   const double physical = double(physical_memory_bytes());
   const std::string shared = local_ranks > 1 ? cat(" shared by ", local_ranks, " ranks on this node") : "";
@@ -239,7 +239,7 @@ MemoryBudget memory_budget(int local_ranks, int64_t device_free, int gpus) {
     b.host_source = cat("the physical memory ", format_bytes(physical), shared);
   }
   if (device_free >= 0) {
-    b.device = double(device_free) / std::max(1, ranks_per_device);
+    b.device = double(device_free) / ranks_per_device;
     b.device_source = cat("the GPU's free memory ", format_bytes(double(device_free)),
                           ranks_per_device > 1 ? cat(" shared by ", ranks_per_device, " ranks") : "");
   }

@@ -15,29 +15,21 @@ double EvalResult::bits_per_token() const { return loss_nats / std::log(2.0); }
 
 ScoredPositions parse_scored_positions(const std::string& given, const std::string& option) {
   ScoredPositions r;
-  // Spaces around each number are allowed (stoll skips only the leading ones); inside one,
-  // not: "1 0" is no 10.
-  std::string text;
-  for (size_t i = 0; i < given.size(); ++i) {
-    const char c = given[i];
-    if (c != ' ' && c != '\t') {
-      text += c;
-      continue;
-    }
-    const auto digit = [](char d) { return d >= '0' && d <= '9'; };
-    size_t j = i;
-    while (j < given.size() && (given[j] == ' ' || given[j] == '\t')) ++j;
-    if (!text.empty() && digit(text.back()) && j < given.size() && digit(given[j])) text += 'x';
-    i = j - 1;
-  }
-  const auto colon = text.find(':');
-  try {
+  // Spaces around each number are allowed; inside one, not: "1 0" is no 10.
+  const auto whole_number = [](const std::string& part) {
+    const size_t begin = part.find_first_not_of(" \t"), end = part.find_last_not_of(" \t");
+    if (begin == std::string::npos) throw std::invalid_argument("empty");
+    const std::string digits = part.substr(begin, end - begin + 1);
     size_t used = 0;
+    const int64_t n = std::stoll(digits, &used);
+    if (used != digits.size()) throw std::invalid_argument("junk");
+    return n;
+  };
+  const auto colon = given.find(':');
+  try {
     if (colon == std::string::npos) throw std::invalid_argument("no colon");
-    r.first = std::stoll(text.substr(0, colon), &used);
-    if (used != colon) throw std::invalid_argument("junk");
-    r.last = std::stoll(text.substr(colon + 1), &used);
-    if (used != text.size() - colon - 1) throw std::invalid_argument("junk");
+    r.first = whole_number(given.substr(0, colon));
+    r.last = whole_number(given.substr(colon + 1));
   } catch (const std::exception&) {
     fail_user(option, " '", given, "' is not FIRST:LAST (two whole numbers)");
   }
