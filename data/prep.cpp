@@ -311,13 +311,11 @@ PrepResult prep_bytes(const BytesPrepOptions& opts, std::ostream& log) {
               ": no bytes to make tokens of");
   const auto [n_train, n_val] = split_counts(total, opts.val_fraction, "the input files");
   const auto out_dir = prepare_out_dir(opts.common);
-  if (empty > 0)
-    for (size_t f = 0; f < sizes.size(); ++f)
-      if (sizes[f] == 0) {
-        log << "prep bytes: warning: " << empty << " input file(s) are empty (the first: "
-            << opts.inputs[f] << "); each is a document of EOS alone\n";
-        break;
-      }
+  if (empty > 0) {
+    const auto first = std::find(sizes.begin(), sizes.end(), int64_t{0}) - sizes.begin();
+    log << "prep bytes: warning: " << empty << " input file(s) are empty (the first: "
+        << opts.inputs[size_t(first)] << "); each is a document of EOS alone\n";
+  }
 
   SplitSink sink(opts.common, n_train, n_val, kByteVocabSize, opts.common.shard_tokens);
   std::vector<char> bytes(static_cast<size_t>(kBlockTokens));

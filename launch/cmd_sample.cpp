@@ -22,6 +22,7 @@
 #include "core/decoder.h"
 #include "core/constants.h"
 #include "core/error.h"
+#include "data/dataset.h"
 #include "data/shard.h"
 #include "launch/backend.h"
 #include "launch/cli.h"
@@ -267,10 +268,7 @@ int cmd_sample(int argc, char** argv) {
   } else if (vm.count("prompt-shard")) {
     const ShardReader reader(prompt_shard);
     const int64_t n = reader.info().num_tokens;
-    if (reader.info().vocab_size > c.vocab_size)
-      fail_user("--prompt-shard ", prompt_shard, " has vocab_size ", reader.info().vocab_size,
-                ", more than the model's ", c.vocab_size, ": its tokens are of another "
-                "vocabulary; give a shard of this model's data, or the model trained on it");
+    check_vocabulary(reader.info(), c.vocab_size);  // as eval and training check shards
     if (prompt_begin < 0 || prompt_length < 0 || prompt_begin + prompt_count * prompt_length > n)
       fail_user("--prompt-begin ", prompt_begin, " --prompt-length ", prompt_length,
                 prompt_count > 1 ? cat(" --prompt-count ", prompt_count) : std::string(),
