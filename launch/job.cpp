@@ -17,7 +17,19 @@
 namespace par {
 
 Job::Job(const std::string& command, int* argc, char*** argv) : command_(command) {
-  if (!MpiEnvironment::launched_by_mpi()) return;
+  if (!MpiEnvironment::launched_by_mpi()) {
+    // srun without an MPI plugin (a cluster whose MpiDefault is none) starts its tasks as
+    // strangers: each would train alone into the same run. Say so once, from task 0.
+    if (const int tasks = MpiEnvironment::launcher_world_size(); tasks > 1) {
+      if (MpiEnvironment::launcher_world_rank() == 0)
+        std::cerr << cat("par ", command, ": error: srun started ", tasks, " tasks, but "
+                         "without an MPI plugin each is alone: start it with srun --mpi=pmix "
+                         "(or --mpi=pmi2; `srun --mpi=list` shows this cluster's)\n")
+                  << std::flush;
+      throw JobStopped(2);
+    }
+    return;
+  }
   env_ = std::make_unique<MpiEnvironment>(argc, argv);
   world_ = std::make_unique<MpiCommunicator>(env_->world());
   watch_ = std::make_unique<PeerWatch>(*world_, env_->host());

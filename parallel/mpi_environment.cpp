@@ -120,11 +120,13 @@ int first_env_int(std::initializer_list<const char*> vars, int otherwise) {
 }  // namespace
 
 int MpiEnvironment::launcher_world_size() {
-  return first_env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}, 1);
+  // PMIx names no size; under srun (with any MPI plugin, or none) the step's task count is
+  // SLURM_STEP_NUM_TASKS, which a batch script's own environment does not have.
+  return first_env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}, 1);
 }
 
 int MpiEnvironment::launcher_world_rank() {
-  return first_env_int({"OMPI_COMM_WORLD_RANK", "PMI_RANK"}, 0);
+  return first_env_int({"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"}, 0);
 }
 
 void MpiEnvironment::abort(int code) {

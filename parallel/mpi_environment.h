@@ -38,8 +38,9 @@ class MpiEnvironment {
   // process. A plain `par train` is not, and can then skip MPI altogether.
   static bool launched_by_mpi();
   // Before MPI starts: the job's size and this process's rank as the launcher's environment
-  // gives them (Open MPI's OMPI_COMM_WORLD_*, or PMI_SIZE/PMI_RANK of PMI launchers such as
-  // srun --mpi=pmi2 and hydra); 1 and 0 where it gives none (PMIx alone names no size).
+  // gives them (Open MPI's OMPI_COMM_WORLD_*, PMI_SIZE/PMI_RANK of PMI launchers such as
+  // srun --mpi=pmi2 and hydra, PMIX_RANK, and srun's SLURM_STEP_NUM_TASKS/SLURM_PROCID,
+  // which srun sets whatever its MPI plugin); 1 and 0 where it gives none.
   static int launcher_world_size();
   static int launcher_world_rank();
 

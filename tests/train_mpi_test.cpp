@@ -108,6 +108,43 @@ TEST(TrainMpi, OneProcessCommandsRefuseSeveralRanks) {
   EXPECT_NE(r.out.find("step-00000001"), std::string::npos) << r.out;
 }
 
+// srun names its step's tasks whatever its MPI plugin (PMIx names no size), and a batch
+// script's own environment is not a step: the environments below are srun's and sbatch's.
+TEST(TrainMpi, SrunStepsAreSeenWithoutPmiSizes) {
+  TempDir dir;
+  const std::string data = copy_data(dir, 65, 40);
+  ASSERT_EQ(run_par(dir, testing_util::tiny_train_args(data, dir.file("run"), 1)).rc, 0);
+  const std::string par = cat("'", PAR_BINARY, "' ");
+  const std::string inspect = cat("inspect ", q(dir.file("run")));
+  // srun --mpi=pmix -n 2: task 0 refuses for both, task 1 quietly.
+  ParRun r = run_shell(dir, cat("PMIX_RANK=0 SLURM_STEP_NUM_TASKS=2 SLURM_PROCID=0 ", par, inspect));
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_NE(r.err.find("par inspect runs as one process, but it was started as 2 ranks"),
+            std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "");
+  r = run_shell(dir, cat("PMIX_RANK=1 SLURM_STEP_NUM_TASKS=2 SLURM_PROCID=1 ", par, inspect));
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_EQ(r.err, "");
+  EXPECT_EQ(r.out, "");
+  // The batch script itself (SLURM_NTASKS but no step) runs one-process commands.
+  r = run_shell(dir, cat("SLURM_NTASKS=2 SLURM_PROCID=0 ", par, inspect));
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("step-00000001"), std::string::npos) << r.out;
+
+  // srun -n 2 without an MPI plugin: the tasks cannot form one job, and would each train
+  // alone into the same run. Task 0 says how to start them; nothing is written.
+  const std::string train = testing_util::tiny_train_args(data, dir.file("run2"), 1);
+  r = run_shell(dir, cat("SLURM_STEP_NUM_TASKS=2 SLURM_PROCID=0 ", par, train));
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_NE(r.err.find("par train: error: srun started 2 tasks, but without an MPI plugin each "
+                       "is alone: start it with srun --mpi=pmix"),
+            std::string::npos) << r.err;
+  r = run_shell(dir, cat("SLURM_STEP_NUM_TASKS=2 SLURM_PROCID=1 ", par, train));
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_EQ(r.err, "");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("run2")));
+}
+
 TEST(TrainMpi, ErrorOnOneRankEndsTheJob) {
   TempDir dir;
   const std::string bad = dir.file("bad.h5");
