@@ -89,6 +89,12 @@ TEST(Sampling, BytesAsText) {
   EXPECT_EQ(decode_bytes(ids("\xF0\x9F\x98\x80")), "\xF0\x9F\x98\x80");  // 4-byte UTF-8 passes
   std::vector<int32_t> special = {0, 1, 2, 'x' + 3};
   EXPECT_EQ(decode_bytes(special), "<pad><eos><sos>x");
+  // Bytes that spell a tag are not the token: their '<' is escaped; other '<' stay.
+  EXPECT_EQ(decode_bytes(ids("<eos><pad><sos><12>")), "\\x3Ceos>\\x3Cpad>\\x3Csos>\\x3C12>");
+  EXPECT_EQ(decode_bytes(ids("a<b> <eos <> <1x> <<eos")), "a<b> <eos <> <1x> <<eos");
+  std::vector<int32_t> mixed = ids("<");
+  mixed.push_back(1);
+  EXPECT_EQ(decode_bytes(mixed), "<<eos>");  // a byte '<' before the EOS token
 }
 
 TEST(Sampling, BadOptionsAreClearErrors) {

@@ -42,12 +42,24 @@ std::string hex_byte(unsigned char c) {
   return buf;
 }
 
+// Whether the bytes from s[i], a '<', spell a token's tag: <pad>, <eos>, <sos> or <digits>.
+bool spells_tag(const std::string& s, size_t i) {
+  for (const char* tag : {"<pad>", "<eos>", "<sos>"})
+    if (s.compare(i, 5, tag) == 0) return true;
+  size_t k = i + 1;
+  while (k < s.size() && s[k] >= '0' && s[k] <= '9') ++k;
+  return k > i + 1 && k < s.size() && s[k] == '>';
+}
+
 std::string escape(const std::string& raw) {
   std::string out;
   for (size_t i = 0; i < raw.size();) {
     const unsigned char c = static_cast<unsigned char>(raw[i]);
     if (c == '\\') {  // doubled, so that a byte's \xNN is never the text "\xNN"
       out += "\\\\";
+      ++i;
+    } else if (c == '<' && spells_tag(raw, i)) {  // so that a tag in the text is a token's
+      out += "\\x3C";
       ++i;
     } else if (c == '\n' || c == '\t' || (c >= 0x20 && c < 0x7F)) {
       out += char(c);

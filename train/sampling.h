@@ -24,9 +24,9 @@ int32_t sample_token(const std::vector<float>& logits, const SamplingOptions& op
 
 // Byte-level ids as text: id b+3 is byte b; PAD, EOS and SOS show as <pad>, <eos>, <sos>;
 // bytes that are not printable text (control characters other than newline and tab, C1
-// controls U+0080..U+009F included, and invalid UTF-8) are escaped as \xNN, and a
-// backslash is doubled, so that escapes read back without doubt. (The token tags can match
-// the same bytes in the text: the ids, in --format json or ids, are exact.)
+// controls U+0080..U+009F included, and invalid UTF-8) are escaped as \xNN, a backslash
+// is doubled, and a '<' whose bytes would spell a tag is \x3C, so that escapes and tags
+// read back without doubt.
 std::string decode_bytes(const std::vector<int32_t>& ids);
 
 }  // namespace par
