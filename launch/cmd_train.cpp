@@ -385,8 +385,10 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
       save(ts, saver, s, pos);
     if (dir) dir->check();  // a log line that could not be written ends the run
   }
-  validate(ts, s, pos.step, dir);
+  // The last checkpoint is committed first: validation data that fails to read (a shard
+  // of another tool's, read only now) must not cost the run its result.
   commit(saver, true);
+  validate(ts, s, pos.step, dir);
   LOG(INFO) << "done: " << pos.step << " steps; checkpoint " << checkpoint_dir(rc.out, pos.step);
   return 0;
 }

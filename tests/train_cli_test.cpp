@@ -474,6 +474,25 @@ TEST_F(TrainBadInput, TokenOutsideTheVocabulary) {
   EXPECT_NE(r.err.find("300"), std::string::npos) << r.err;
 }
 
+// Validation shards are read only when validation runs: one that fails then (here an id
+// outside the vocabulary, in a shard without max_token) ends the run with its error, but
+// the last step's checkpoint is already committed.
+TEST_F(TrainBadInput, ValidationShardThatFailsAtTheEndKeepsTheLastCheckpoint) {
+  const std::string bad = dir_.file("badval.h5");
+  {
+    std::vector<int32_t> t(200, 5);
+    t[10] = 300;
+    h5::Object f = h5::create_file(bad);
+    h5::write_attribute<std::string>(f.id(), "format", "par-tokens-1");
+    h5::write_attribute<int64_t>(f.id(), "vocab_size", 259);
+    h5::write_dataset<int32_t>(f.id(), "tokens", t.data(), {200});
+  }
+  const ParRun r = train(data_ + "/train-*.h5", cat("--val-data ", q(bad)));
+  EXPECT_USER_ERROR(r, "badval.h5");
+  EXPECT_TRUE(std::filesystem::exists(dir_.file("run/checkpoints/step-00000002/manifest.txt")))
+      << r.err;
+}
+
 // A diverged run is the user's setting, not par's bug: exit 2, naming the checkpoint of the
 // last finite state to roll back to, and no checkpoint of the diverged one.
 TEST(TrainCli, DivergedLossNamesTheLastCheckpoint) {
