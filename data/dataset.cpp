@@ -9,9 +9,17 @@
 
 namespace par {
 
+// At most this many shards stay open: each holds a file descriptor and HDF5's chunk cache
+// (1 MiB), so a data set of thousands of small shards would otherwise run out of
+// descriptors and hold memory that the memory plan does not count.
+constexpr int64_t kMaxOpenShards = 64;
+
 struct Dataset::Readers {
-  std::mutex mutex;  // guards the lazy opening only; reads serialize on the HDF5 lock
-  std::vector<std::unique_ptr<ShardReader>> open;
+  std::mutex mutex;  // guards opening and closing; reads serialize on the HDF5 lock
+  std::vector<std::shared_ptr<const ShardReader>> open;
+  std::vector<uint64_t> last_use;  // per shard, for closing the least recently used
+  uint64_t uses = 0;
+  int64_t num_open = 0;
   std::vector<std::unique_ptr<DocumentIndex>> documents;
 };
 
@@ -53,6 +61,7 @@ Dataset::Dataset(std::vector<std::string> paths, int64_t context_length, int64_t
     shards_.push_back(std::move(s));
   }
   readers_->open.resize(shards_.size());
+  readers_->last_use.resize(shards_.size());
   readers_->documents.resize(shards_.size());
 }
 
@@ -83,18 +92,29 @@ Dataset::WindowRef Dataset::window(int64_t w) const {
   return {s, (w - *it) * context_length_};
 }
 
-const ShardReader& Dataset::reader(int64_t shard) const {
-  std::lock_guard<std::mutex> lock(readers_->mutex);
-  auto& slot = readers_->open[static_cast<size_t>(shard)];
-  if (!slot) {
-    auto r = std::make_unique<ShardReader>(paths_[static_cast<size_t>(shard)]);
-    const ShardInfo& was = shards_[static_cast<size_t>(shard)];
-    if (r->info().num_tokens != was.num_tokens || r->info().vocab_size != was.vocab_size)
-      fail_user("shard ", was.path, " changed while in use (", was.num_tokens, " tokens, now ",
-                r->info().num_tokens, "); do not rewrite shards during a run");
-    slot = std::move(r);
+std::shared_ptr<const ShardReader> Dataset::reader(int64_t shard) const {
+  Readers& rs = *readers_;
+  std::lock_guard<std::mutex> lock(rs.mutex);
+  const size_t i = static_cast<size_t>(shard);
+  rs.last_use[i] = ++rs.uses;
+  if (rs.open[i]) return rs.open[i];
+  if (rs.num_open >= kMaxOpenShards) {
+    // Close the least recently used; a reader another thread still reads from closes when
+    // that read is done.
+    size_t lru = i;
+    for (size_t k = 0; k < rs.open.size(); ++k)
+      if (rs.open[k] && (lru == i || rs.last_use[k] < rs.last_use[lru])) lru = k;
+    rs.open[lru].reset();
+    --rs.num_open;
   }
-  return *slot;
+  auto r = std::make_shared<const ShardReader>(paths_[i]);
+  const ShardInfo& was = shards_[i];
+  if (r->info().num_tokens != was.num_tokens || r->info().vocab_size != was.vocab_size)
+    fail_user("shard ", was.path, " changed while in use (", was.num_tokens, " tokens, now ",
+              r->info().num_tokens, "); do not rewrite shards during a run");
+  rs.open[i] = r;
+  ++rs.num_open;
+  return r;
 }
 
 void Dataset::read_window(int64_t w, int64_t col_begin, int64_t col_end, int32_t* out) const {
@@ -102,19 +122,19 @@ void Dataset::read_window(int64_t w, int64_t col_begin, int64_t col_end, int32_t
              "columns [", col_begin, ", ", col_end, ") of a window of ", context_length_ + 1);
   const WindowRef ref = window(w);
   // The shard's vocab_size is at most the model's (checked above) and is the stricter bound.
-  reader(ref.shard).read(ref.offset + col_begin, col_end - col_begin, out,
+  reader(ref.shard)->read(ref.offset + col_begin, col_end - col_begin, out,
                          std::min(vocab_size_, shards_[static_cast<size_t>(ref.shard)].vocab_size));
 }
 
 int64_t Dataset::position_carry(int64_t w, int64_t col) const {
   PAR_ASSERT(0 <= col && col <= context_length_, "column ", col);
   const WindowRef ref = window(w);
-  const ShardReader& r = reader(ref.shard);
+  const std::shared_ptr<const ShardReader> r = reader(ref.shard);
   std::lock_guard<std::mutex> lock(readers_->mutex);
   auto& index = readers_->documents[static_cast<size_t>(ref.shard)];
   if (!index)
     index = std::make_unique<DocumentIndex>(
-        r, std::min(vocab_size_, shards_[static_cast<size_t>(ref.shard)].vocab_size));
+        *r, std::min(vocab_size_, shards_[static_cast<size_t>(ref.shard)].vocab_size));
   return index->carry_before(ref.offset + col);
 }
 

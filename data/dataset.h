@@ -60,8 +60,9 @@ class Dataset {
   int64_t position_carry(int64_t w, int64_t col) const;
 
  private:
-  struct Readers;  // lazily opened ShardReaders (and document indexes), one per shard
-  const ShardReader& reader(int64_t shard) const;
+  struct Readers;  // lazily opened ShardReaders, a bounded number at once (and document
+                   // indexes, one per shard)
+  std::shared_ptr<const ShardReader> reader(int64_t shard) const;
 
   std::vector<std::string> paths_;
   int64_t context_length_;

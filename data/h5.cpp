@@ -201,7 +201,11 @@ Object open_file(const std::string& path, bool writable) {
   if (::access(path.c_str(), writable ? (R_OK | W_OK) : R_OK) != 0)
     fail_user("cannot open ", path, ": ", std::strerror(errno));
   Lock lock;
-  if (H5Fis_hdf5(path.c_str()) <= 0) {
+  const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
+  // Negative: the check itself failed (no file descriptor left, an I/O error), which says
+  // nothing about the file's contents.
+  if (is_hdf5 < 0) fail_user(with_detail(cat("cannot open ", path)));
+  if (is_hdf5 == 0) {
     H5Eclear2(H5E_DEFAULT);
     fail_user(path, " is not an HDF5 file (no HDF5 signature; is it corrupt or truncated?)");
   }

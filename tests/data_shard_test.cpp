@@ -2,6 +2,8 @@
 // tools, validation messages, and window arithmetic across shards.
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -323,6 +325,60 @@ TEST(DatasetTest, WindowArithmeticAcrossShards) {
   // A shard of exactly N+1 tokens holds one window.
   Dataset exact({s.paths[1]}, 17, 300);
   EXPECT_EQ(exact.num_windows(), 1);
+}
+
+int64_t open_descriptors() {
+  int64_t n = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// A data set of many small shards keeps a bounded number open (each holds a descriptor and
+// HDF5's chunk cache), reopening the others as they are read again.
+TEST(DatasetTest, KeepsABoundedNumberOfShardsOpen) {
+  TempDir dir;
+  constexpr int kShards = 150;
+  std::vector<std::string> paths;
+  std::vector<std::vector<int32_t>> tokens;
+  for (int i = 0; i < kShards; ++i) {
+    paths.push_back(dir.file(cat("s", i, ".h5")));
+    tokens.push_back(random_tokens(9, 300, uint64_t(i)));
+    write_shard(paths.back(), tokens.back().data(), 9, 300);
+  }
+  const int64_t before = open_descriptors();
+  Dataset d(paths, 4, 300);
+  ASSERT_EQ(d.num_windows(), 2 * kShards);
+  int64_t most = 0;
+  for (int pass = 0; pass < 2; ++pass)
+    for (int64_t k = 0; k < d.num_windows(); ++k) {
+      const int64_t w = pass == 0 ? k : d.num_windows() - 1 - k;
+      std::vector<int32_t> got(5);
+      d.read_window(w, 0, 5, got.data());
+      const auto& src = tokens[size_t(w / 2)];
+      ASSERT_EQ(got, std::vector<int32_t>(src.begin() + (w % 2) * 4, src.begin() + (w % 2) * 4 + 5))
+          << w;
+      most = std::max(most, open_descriptors() - before);
+    }
+  EXPECT_LE(most, 64 + 4);
+  EXPECT_GE(most, 32);  // they are kept open, not reopened for every read
+}
+
+// Running out of descriptors is not a corrupt file: the error says what failed.
+TEST(DatasetTest, NoDescriptorLeftIsNotACorruptShard) {
+  TwoShards s;
+  rlimit was{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &was), 0);
+  rlimit low = was;
+  const int lowest_free = dup(0);  // every descriptor below it is taken
+  ASSERT_GE(lowest_free, 0);
+  close(lowest_free);
+  low.rlim_cur = rlim_t(lowest_free);  // none left to open
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  const std::string msg = user_error_of([&] { h5::open_file(s.paths[0]); });
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &was), 0);
+  EXPECT_HAS(msg, cat("cannot open ", s.paths[0]));
+  EXPECT_EQ(msg.find("no HDF5 signature"), std::string::npos) << msg;
+  EXPECT_HAS(msg, "Too many open files");
 }
 
 TEST(DatasetTest, RejectsBadDataSets) {
