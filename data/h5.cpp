@@ -418,8 +418,11 @@ T read_attribute(hid_t loc, const std::string& name) {
       H5Dvlen_reclaim(mem.id(), space.id(), H5P_DEFAULT, &buf);
       return value;
     }
+    // Null-padded in memory: a null-terminated memory type of the stored size would give
+    // up the last character of a string that fills it (numpy's bytes_, h5py's "S12").
     const size_t size = H5Tget_size(type.id());
     check(H5Tset_size(mem.id(), size), "H5Tset_size");
+    check(H5Tset_strpad(mem.id(), H5T_STR_NULLPAD), "H5Tset_strpad");
     std::string value(size, '\0');
     if (size > 0) check(H5Aread(attr.id(), mem.id(), value.data()), cat("cannot read ", what));
     value.resize(std::strlen(value.c_str()));

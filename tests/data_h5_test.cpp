@@ -4,9 +4,11 @@
 #include <stdlib.h>
 
 #include <filesystem>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "core/error.h"
@@ -86,6 +88,19 @@ TEST(H5Test, AttributeRoundTrip) {
     h5::Object attr(H5Acreate2(f.id(), "fixed", type.id(), space.id(), H5P_DEFAULT, H5P_DEFAULT));
     ASSERT_GE(attr.id(), 0);
     ASSERT_GE(H5Awrite(attr.id(), type.id(), "abc     "), 0);
+    // Fixed-length strings that fill their size (numpy's bytes_, h5py's dtype "S12"): no
+    // terminator to drop a character for.
+    for (const auto& [name, pad, text] :
+         {std::tuple{"nullpad", H5T_STR_NULLPAD, "par-tokens-1"},
+          std::tuple{"spacepad", H5T_STR_SPACEPAD, "par-tokens-1"},
+          std::tuple{"nullterm", H5T_STR_NULLTERM, "par-tokens-1"}}) {
+      h5::Object t(H5Tcopy(H5T_C_S1));
+      H5Tset_size(t.id(), std::strlen(text) + (pad == H5T_STR_NULLTERM ? 1 : 0));
+      H5Tset_strpad(t.id(), pad);
+      h5::Object a(H5Acreate2(f.id(), name, t.id(), space.id(), H5P_DEFAULT, H5P_DEFAULT));
+      ASSERT_GE(a.id(), 0);
+      ASSERT_GE(H5Awrite(a.id(), t.id(), text), 0);
+    }
   }
   h5::Object f = h5::open_file(path, /*writable=*/true);
   EXPECT_EQ(h5::read_attribute<int64_t>(f.id(), "step"), int64_t{1} << 40);
@@ -95,6 +110,8 @@ TEST(H5Test, AttributeRoundTrip) {
   EXPECT_EQ(h5::read_attribute<std::string>(f.id(), "format"), "replaced");
   EXPECT_EQ(h5::read_attribute<std::string>(f.id(), "empty"), "");
   EXPECT_EQ(h5::read_attribute<std::string>(f.id(), "fixed"), "abc");
+  for (const char* name : {"nullpad", "spacepad", "nullterm"})
+    EXPECT_EQ(h5::read_attribute<std::string>(f.id(), name), "par-tokens-1") << name;
   EXPECT_FALSE(h5::has_attribute(f.id(), "lr"));
   EXPECT_TRUE(h5::has_attribute(g.id(), "lr"));
 
