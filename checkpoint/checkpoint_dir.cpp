@@ -501,7 +501,7 @@ Manifest load_checkpoint(const std::string& dir, const ParamLayout& layout, floa
         piece.resize(size_t(numel));
         h5::read_block<float>(f, ds, std::vector<int64_t>(e->shape().size(), 0), e->shape(),
                               piece.data());
-        if (checksum(piece.data(), numel) != e->checksum)
+        if (checksum(piece.data(), numel, m.legacy_checksums()) != e->checksum)
           fail_user(dir, "/", e->file, ": ", ds, " is corrupt (its checksum does not match the "
                     "manifest): use an earlier checkpoint");
         float* out = dest[k] + p.offset;

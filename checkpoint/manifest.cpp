@@ -16,14 +16,16 @@ std::vector<int64_t> ManifestEntry::shape() const {
   return s;
 }
 
-uint64_t checksum_bytes(const void* p, size_t n) {
-  uint64_t h = 1469598103934665603ull;
+uint64_t checksum_bytes(const void* p, size_t n, bool legacy) {
+  uint64_t h = legacy ? 1469598103934665603ull : 14695981039346656037ull;
   const auto* bytes = static_cast<const unsigned char*>(p);
   for (size_t i = 0; i < n; ++i) h = (h ^ bytes[i]) * 1099511628211ull;
   return h;
 }
 
-uint64_t checksum(const float* x, int64_t n) { return checksum_bytes(x, size_t(n) * sizeof(float)); }
+uint64_t checksum(const float* x, int64_t n, bool legacy) {
+  return checksum_bytes(x, size_t(n) * sizeof(float), legacy);
+}
 
 namespace {
 
@@ -50,7 +52,7 @@ std::string dims(const std::vector<int64_t>& d) {
 std::string Manifest::header_text() const {
   std::ostringstream os;
   const TrainingPosition& p = position;
-  os << "par-checkpoint 2\n"
+  os << "par-checkpoint " << kManifestVersion << "\n"
      << "step " << p.step << "\nnext_batch " << p.next_batch << "\nseed " << p.seed << "\nlr "
      << exact(p.lr) << "\nlayout " << dp << " " << sp << " " << tp << "\n"
      << "model";
@@ -103,9 +105,10 @@ V number(const std::string& word, const std::string& path, int line) {
 }  // namespace
 
 Manifest Manifest::parse(const std::string& sealed, const std::string& path) {
-  // Version 2 ends with the checksum of everything before its line: check it first.
+  // Versions 2 and 3 end with the checksum of everything before its line: check it first.
   std::string text = sealed;
-  if (sealed.rfind("par-checkpoint 2\n", 0) == 0) {
+  const bool v2 = sealed.rfind("par-checkpoint 2\n", 0) == 0;
+  if (v2 || sealed.rfind("par-checkpoint 3\n", 0) == 0) {
     const size_t at = sealed.rfind("\nchecksum ");
     if (at == std::string::npos)
       fail_user(path, " has no checksum line: the manifest is truncated or was edited; use "
@@ -114,7 +117,7 @@ Manifest Manifest::parse(const std::string& sealed, const std::string& path) {
     std::istringstream last(sealed.substr(at + 1));
     std::string word, value, more;
     last >> word >> value;
-    if ((last >> more) || value != hex64(checksum_bytes(text.data(), text.size())))
+    if ((last >> more) || value != hex64(checksum_bytes(text.data(), text.size(), v2)))
       fail_user(path, " does not match its checksum: the manifest was edited or is damaged; "
                 "use an earlier checkpoint");
   }
@@ -134,8 +137,10 @@ Manifest Manifest::parse(const std::string& sealed, const std::string& path) {
     };
     if (w[0] == "par-checkpoint") {
       need(2);
-      if (w[1] != "1" && w[1] != "2")
-        fail_user(path, ": manifest version ", w[1], " is newer than this par reads (2)");
+      if (w[1] != "1" && w[1] != "2" && w[1] != "3")
+        fail_user(path, ": manifest version ", w[1], " is newer than this par reads (",
+                  kManifestVersion, ")");
+      m.version = w[1][0] - '0';
       header = true;
     } else if (w[0] == "step") {
       need(2);

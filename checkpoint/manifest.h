@@ -3,7 +3,7 @@
 //
 // A text file (`manifest.txt`), one record per line, so that people and scripts can read
 // it:
-//   par-checkpoint 2
+//   par-checkpoint 3
 //   step 1200                      optimizer steps done (also the schedule's position)
 //   next_batch 2400                the data loader's counter (micro-batches consumed)
 //   seed 7
@@ -16,8 +16,9 @@
 // tensor NAME (of global shape DIMS, comma-separated) of state KIND (params, adam_m,
 // adam_v) are dataset KIND/NAME of FILE, whose float32 bytes hash to CHECKSUM (FNV-1a 64,
 // hex). The last line, `checksum HEX`, is the FNV-1a 64 of every byte before it, so that
-// no edited or damaged line is read as truth. (Version 1, written before, has no such line
-// and is read as it is.) The resolved options of the run are in config.ini beside it.
+// no edited or damaged line is read as truth. Versions written before are read as they
+// are: version 2 hashed from a mistyped offset basis (see checksum_bytes), and version 1
+// has no checksum line. The resolved options of the run are in config.ini beside it.
 #pragma once
 
 #include <cstdint>
@@ -52,7 +53,10 @@ struct TrainingPosition {
   double lr = 0;           // learning rate of the last step
 };
 
+inline constexpr int kManifestVersion = 3;
+
 struct Manifest {
+  int version = kManifestVersion;  // as parsed; what to_text() writes is always the newest
   TrainingPosition position;
   int dp = 1, sp = 1, tp = 1;  // the layout that wrote it
   ModelConfig model;
@@ -65,10 +69,14 @@ struct Manifest {
   static std::string seal(const std::string& text);
   // UserError naming `path` (and the line) when the text is not a valid manifest.
   static Manifest parse(const std::string& text, const std::string& path);
+  // The checksums of its records as its version computed them.
+  bool legacy_checksums() const { return version < 3; }
 };
 
-// FNV-1a 64 of n bytes, and of n floats' bytes.
-uint64_t checksum_bytes(const void* p, size_t n);
-uint64_t checksum(const float* x, int64_t n);
+// FNV-1a 64 of n bytes, and of n floats' bytes. `legacy`: as manifests of versions 1 and 2
+// computed it, from the offset basis with its last digit lost (1469598103934665603, not
+// 14695981039346656037); what standard FNV-1a tools give is the default.
+uint64_t checksum_bytes(const void* p, size_t n, bool legacy = false);
+uint64_t checksum(const float* x, int64_t n, bool legacy = false);
 
 }  // namespace par

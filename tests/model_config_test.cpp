@@ -145,7 +145,7 @@ TEST(ModelConfigTable, FormatsAreThoseOfExistingFiles) {
   m.dp = 2;
   m.sp = 2;
   const std::string rotary =
-      "par-checkpoint 2\nstep 1200\nnext_batch 2400\nseed 7\nlr 3e-04\nlayout 2 2 1\n"
+      "par-checkpoint 3\nstep 1200\nnext_batch 2400\nseed 7\nlr 3e-04\nlayout 2 2 1\n"
       "model vocab_size=259 d_model=256 context_length=1024 num_latents=256 num_layers=4 "
       "cross_heads=8 self_heads=8 mlp_factor=4 rotary_fraction=0.5 max_wavelength=1024\n";
   EXPECT_EQ(m.header_text(), rotary);
@@ -153,7 +153,7 @@ TEST(ModelConfigTable, FormatsAreThoseOfExistingFiles) {
   m.model.max_wavelength = 131072.5;
   m.model.rotary_fraction = 0.1;
   EXPECT_EQ(m.header_text(),
-            "par-checkpoint 2\nstep 1200\nnext_batch 2400\nseed 7\nlr 3e-04\nlayout 2 2 1\n"
+            "par-checkpoint 3\nstep 1200\nnext_batch 2400\nseed 7\nlr 3e-04\nlayout 2 2 1\n"
             "model vocab_size=259 d_model=256 context_length=1024 num_latents=256 num_layers=4 "
             "cross_heads=8 self_heads=8 mlp_factor=4 rotary_fraction=0.1 "
             "max_wavelength=131072.5 position_encoding=absolute\n");

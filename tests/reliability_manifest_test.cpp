@@ -4,11 +4,14 @@
 #include <sys/inotify.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
 
 #include "checkpoint/checkpoint_dir.h"
+#include "checkpoint/manifest.h"
+#include "data/h5.h"
 #include "tests/par_cli.h"
 
 namespace par {
@@ -94,12 +97,62 @@ TEST(ReliabilityManifest, EditedManifestIsRefused) {
   const std::string text = slurp(c + "/manifest.txt");
   std::ofstream(c + "/manifest.txt") << text.substr(0, text.rfind("checksum "));
   EXPECT_USER_ERROR(run_par(dir, cat("inspect ", quote(c))), "has no checksum line");
-  // Version 1, written before the checksum line, still reads.
-  std::string v1 = text.substr(0, text.rfind("checksum "));
-  v1.replace(0, std::string("par-checkpoint 2").size(), "par-checkpoint 1");
-  std::ofstream(c + "/manifest.txt") << v1;
-  const ParRun old = run_par(dir, cat("inspect ", quote(c)));
-  EXPECT_EQ(old.rc, 0) << old.err;
+}
+
+// The manifest of `dir` rewritten as par wrote it at `version`: 1 without the checksum line,
+// 1 and 2 with checksums from the mistyped offset basis (checksum_bytes' `legacy`).
+void rewrite_as_version(const std::string& dir, int version) {
+  const std::string path = dir + "/manifest.txt";
+  Manifest m = Manifest::parse(slurp(path), path);
+  for (ManifestEntry& e : m.entries) {
+    h5::Object f = h5::open_file(dir + "/" + e.file);
+    const std::vector<float> x = h5::read_dataset<float>(f.id(), e.kind + "/" + e.name);
+    e.checksum = checksum(x.data(), int64_t(x.size()), /*legacy=*/true);
+  }
+  std::string text = m.header_text() + m.entries_text();
+  text.replace(0, text.find('\n'), cat("par-checkpoint ", version));
+  if (version == 2) {
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx",
+                  (unsigned long long)checksum_bytes(text.data(), text.size(), /*legacy=*/true));
+    text += cat("checksum ", hex, "\n");
+  }
+  std::ofstream(path) << text;
+}
+
+// Checkpoints of earlier versions load and resume; their checksums still catch damage.
+// FNV-1a 64 is the standard one (its test vector), as other tools compute it.
+TEST(ReliabilityManifest, EarlierVersionsLoadWithTheirChecksums) {
+  EXPECT_EQ(checksum_bytes("a", 1), 0xaf63dc4c8601ec8cull);
+  const std::vector<float> zeros(32, 0.0f);
+  EXPECT_EQ(checksum(zeros.data(), 32), 0x8421ae126c7ced25ull);
+  EXPECT_EQ(checksum(zeros.data(), 32, /*legacy=*/true), 0x306c537b2ff38983ull);
+
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 2)).rc, 0);
+  const std::string good = latest_checkpoint(dir.file("run"));
+  for (int version : {1, 2}) {
+    SCOPED_TRACE(version);
+    const std::string c = copy_of(good, dir.file(cat("v", version)));
+    rewrite_as_version(c, version);
+    ASSERT_EQ(slurp(c + "/manifest.txt").rfind(cat("par-checkpoint ", version, "\n"), 0), 0u);
+    const ParRun r = run_par(dir, tiny_train_args(data, dir.file(cat("resumed", version)), 3) +
+                                      " --resume " + quote(c));
+    EXPECT_EQ(r.rc, 0) << r.err;
+    // A tensor changed after the fact is caught by the version's own checksum.
+    {
+      h5::Object f = h5::open_file(c + "/shard-00000.h5", /*writable=*/true);
+      std::vector<float> w = h5::read_dataset<float>(f.id(), "params/embed.weight");
+      w[3] += 1.0f;
+      h5::Lock lock;
+      h5::Object ds(H5Dopen2(f.id(), "params/embed.weight", H5P_DEFAULT));
+      ASSERT_GE(H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, w.data()), 0);
+    }
+    EXPECT_USER_ERROR(run_par(dir, tiny_train_args(data, dir.file(cat("bad", version)), 3) +
+                                       " --resume " + quote(c)),
+                      "is corrupt (its checksum does not match the manifest)");
+  }
 }
 
 // A directory renamed to a later step was taken as the newest; its name must match its
