@@ -275,7 +275,8 @@ int cmd_sample(int argc, char** argv) {
                 " is outside ", prompt_shard, " (", n, " tokens)");
     for (int64_t p = 0; p < prompt_count; ++p) {
       std::vector<int32_t> ids(static_cast<size_t>(prompt_length));
-      reader.read(prompt_begin + p * prompt_length, prompt_length, ids.data(), c.vocab_size);
+      reader.read(prompt_begin + p * prompt_length, prompt_length, ids.data(),
+                  reader.info().vocab_size);  // at most the model's (checked above)
       prompts.push_back(std::move(ids));
     }
   } else {

@@ -121,6 +121,33 @@ TEST(ReliabilityInputs, IdsOutsideTheVocabularyAreFoundAtOpen) {
   EXPECT_FALSE(fs::exists(dir.file("run"))) << "training started before the shard was checked";
 }
 
+// A shard's own vocab_size bounds its ids for every reader: training, evaluation and
+// sample's prompts (eval and sample read them against the model's, larger, vocabulary).
+TEST(ReliabilityInputs, TheShardsOwnVocabularyBoundsItsIdsEverywhere) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 1)).rc, 0);
+  const std::string bad = dir.file("small-vocab.h5");
+  {
+    std::vector<int32_t> t(200, 5);
+    t[20] = t[84] = t[148] = 205;  // one in each window; no max_token: found when read
+    h5::Object f = h5::create_file(bad);
+    h5::write_attribute<std::string>(f.id(), "format", "par-tokens-1");
+    h5::write_attribute<int64_t>(f.id(), "vocab_size", 200);
+    h5::write_dataset<int32_t>(f.id(), "tokens", t.data(), {200});
+  }
+  const std::string outside = "is 205, outside the vocabulary [0, 200)";
+  EXPECT_USER_ERROR(run_par(dir, tiny_train_args(bad, dir.file("other"), 2) + " --batch-size 1"),
+                    outside);
+  EXPECT_USER_ERROR(run_par(dir, cat("eval --checkpoint ", quote(dir.file("run")), " --data ",
+                                     quote(bad))),
+                    outside);
+  EXPECT_USER_ERROR(run_par(dir, cat("sample --checkpoint ", quote(dir.file("run")),
+                                     " --prompt-shard ", quote(bad),
+                                     " --prompt-begin 0 --prompt-length 40 --tokens 1")),
+                    outside);
+}
+
 // The error that ends a run is the last line of its train.log too (it was only on stderr).
 TEST(ReliabilityInputs, TrainLogRecordsTheFatalError) {
   TempDir dir;

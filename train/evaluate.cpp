@@ -99,11 +99,13 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
     const ShardReader reader(path);
     const int64_t S = reader.info().num_tokens;
     const int64_t blocks = S > 1 ? (S - 1 + M - 1) / M : 0;
+    // The shard's own vocabulary is the stricter bound (as training reads it).
+    const int64_t vocab = std::min(c.vocab_size, reader.info().vocab_size);
     auto read = [&](int64_t begin, int64_t count, int32_t* out) {
-      reader.read(begin, count, out, c.vocab_size);
+      reader.read(begin, count, out, vocab);
     };
     std::unique_ptr<DocumentIndex> documents;
-    if (positions && blocks > 0) documents = std::make_unique<DocumentIndex>(reader, c.vocab_size);
+    if (positions && blocks > 0) documents = std::make_unique<DocumentIndex>(reader, vocab);
     // The targets of block `blk` (stream indices blk*M + 1 .. blk*M + M) that `only` scores:
     // not PAD, at a document position (the carry before it plus 1) in range.
     auto scored_in_block = [&](int64_t blk) {
