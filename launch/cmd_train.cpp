@@ -555,7 +555,7 @@ int cmd_train(int argc, char** argv) {
     refuse_other_run_behind(s.run, s.resume_from);
     s.config_text = to_ini(vm);
     if (grid.world_rank() == 0) {
-      dir = std::make_unique<RunDir>(s.run.out);
+      dir = std::make_unique<RunDir>(s.run.out, lock.get());
       dir->write_config(s.config_text);
     }
   });

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "core/error.h"
+#include "launch/run_lock.h"
 
 namespace par {
 
@@ -46,7 +47,7 @@ bool file_exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-RunDir::RunDir(std::string path) : path_(std::move(path)) {
+RunDir::RunDir(std::string path, const RunLock* lock) : path_(std::move(path)), lock_(lock) {
   std::error_code ec;
   std::filesystem::create_directories(path_, ec);
   if (ec || !std::filesystem::is_directory(path_))
@@ -69,6 +70,7 @@ void RunDir::write_config(const std::string& ini_text) {
 void RunDir::check() const {
   const std::string error = log_->error();
   if (!error.empty()) throw UserError(error);
+  if (lock_) lock_->check();
 }
 
 void RunDir::record_fatal(const std::string& line) { log_->write(line + "\n"); }

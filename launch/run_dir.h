@@ -21,10 +21,13 @@
 
 namespace par {
 
+class RunLock;
+
 class RunDir {
  public:
-  // Creates the directory (and parents) if needed; UserError if it cannot.
-  explicit RunDir(std::string path);
+  // Creates the directory (and parents) if needed; UserError if it cannot. `lock`, the
+  // directory's lock when this process holds it, is checked by check() too.
+  explicit RunDir(std::string path, const RunLock* lock = nullptr);
   ~RunDir();
   RunDir(const RunDir&) = delete;
   RunDir& operator=(const RunDir&) = delete;
@@ -35,7 +38,7 @@ class RunDir {
   // Appends one line to metrics.jsonl.
   void metrics(const std::string& json_line);
   void write_config(const std::string& ini_text);
-  // Throws the first failed write of a log line, if any.
+  // Throws the first failed write of a log line, if any, or a lock file taken away.
   void check() const;
   // Appends the line that ends the run to train.log (as far as the disk allows).
   void record_fatal(const std::string& line);
@@ -43,6 +46,7 @@ class RunDir {
  private:
   class LogFile;
   std::string path_;
+  const RunLock* lock_;
   std::unique_ptr<AppendFile> metrics_;
   std::unique_ptr<LogFile> log_;
 };

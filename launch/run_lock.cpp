@@ -1,6 +1,7 @@
 #include "launch/run_lock.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <glog/logging.h>
 #include <unistd.h>
 
@@ -69,6 +70,11 @@ RunLock::RunLock(const std::string& dir) : dir_(dir) {
               holder.empty() ? "holder unknown" : holder,
               "): wait for it to end, stop it, or choose another --out");
   }
+  struct stat st {};
+  if (::fstat(fd_, &st) == 0) {
+    dev_ = st.st_dev;
+    ino_ = st.st_ino;
+  }
   // Ours now: record who holds it, for the message of a refused run.
   char when[32] = {};
   const std::time_t now = std::time(nullptr);
@@ -80,6 +86,18 @@ RunLock::RunLock(const std::string& dir) : dir_(dir) {
     fd_ = -1;
     fail_user("cannot write the lock file ", path, ": ", std::strerror(err));
   }
+}
+
+void RunLock::check() const {
+  if (fd_ < 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_check_) return;
+  next_check_ = now + std::chrono::seconds(2);
+  struct stat st {};
+  if (::stat(file(dir_).c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_) return;
+  fail_user("the lock file ", file(dir_), " of this run was deleted or replaced while the run "
+            "held it (was the run directory removed?): stopping, since another `par train` "
+            "could now start on this --out and the two would prune each other's checkpoints");
 }
 
 RunLock::~RunLock() {

@@ -11,6 +11,9 @@
 // the file, so nothing else in par may open OUT/lock while the lock is held.
 #pragma once
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <string>
 
 namespace par {
@@ -29,10 +32,18 @@ class RunLock {
 
   static std::string file(const std::string& dir) { return dir + "/lock"; }
 
+  // UserError when dir/lock is no longer the file this run locked: the run directory or
+  // its lock file was deleted or replaced, and another run could now take the directory
+  // and have its checkpoints pruned by this one. Looks at most every 2 s (a stat).
+  void check() const;
+
  private:
   std::string dir_;
   bool made_dir_ = false;
   int fd_ = -1;
+  dev_t dev_ = 0;
+  ino_t ino_ = 0;
+  mutable std::chrono::steady_clock::time_point next_check_{};
 };
 
 }  // namespace par

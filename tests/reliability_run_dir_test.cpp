@@ -58,6 +58,33 @@ TEST(ReliabilityRunDir, LockOfAKilledRunDoesNotBlockTheResume) {
   EXPECT_NE(r.err.find("resumed from"), std::string::npos) << r.err;
 }
 
+// A run whose lock file is taken away (the directory deleted, or the file alone) stops
+// within seconds, naming why: another run could otherwise start on the same --out and the
+// two would prune each other's checkpoints.
+TEST(ReliabilityRunDir, LockFileTakenAwayStopsTheRun) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 60);
+  for (const bool whole_dir : {false, true}) {
+    SCOPED_TRACE(whole_dir ? "run directory removed" : "lock file removed");
+    const std::string out = dir.file(whole_dir ? "gone" : "unlocked");
+    Background run(cat("'", PAR_BINARY, "' ", tiny_train_args(data, out, 100000000),
+                       " --checkpoint-every 50"),
+                   dir.file("taken.log"));
+    ASSERT_TRUE(testing_util::wait_until([&] { return !latest_checkpoint(out).empty(); }))
+        << slurp(dir.file("taken.log"));
+    if (whole_dir)
+      std::filesystem::remove_all(out);
+    else
+      std::filesystem::remove(RunLock::file(out));
+    EXPECT_EQ(run.wait(), 2);
+    EXPECT_NE(slurp(dir.file("taken.log"))
+                  .find(cat("par train: error: the lock file ", RunLock::file(out),
+                            " of this run was deleted or replaced")),
+              std::string::npos)
+        << slurp(dir.file("taken.log"));
+  }
+}
+
 // Two trainings started together on one --out, three times: one trains, the other is
 // refused (busy, or, if it came second, the finished run's checkpoint), and what is left
 // is the winner's run, intact.
