@@ -2,6 +2,7 @@
 #include <glog/logging.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -84,6 +85,10 @@ void print_usage(std::ostream& os) {
 
 int main(int argc, char** argv) {
   par::select_blas_kernels(argv);
+  // A write past the file-size limit (ulimit -f, a batch system's) then fails with EFBIG,
+  // which every checked write reports as an error naming the file, instead of a signal
+  // that kills the process without a word and leaves a half-written checkpoint.
+  std::signal(SIGXFSZ, SIG_IGN);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
   try {

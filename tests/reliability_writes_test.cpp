@@ -127,6 +127,21 @@ TEST(ReliabilityWrites, CheckpointOnAFullDisk) {
   EXPECT_NE(log.find(error_line), std::string::npos) << "train.log lacks the fatal error";
 }
 
+// A file-size limit (ulimit -f, as batch systems set): the first write past it killed
+// par with SIGXFSZ, without a word, leaving a half-written checkpoint. Now it is the
+// write's error, reported as a full disk's is.
+TEST(ReliabilityWrites, CheckpointPastTheFileSizeLimit) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  // 100 KiB: the lock, logs and config fit; the tiny model's checkpoint shard (~420 KiB)
+  // does not.
+  const ParRun r = run_shell(dir, cat("ulimit -f 100; '", PAR_BINARY, "' ",
+                                      tiny_train_args(data, dir.file("run"), 2)));
+  EXPECT_USER_ERROR(r, "par train: error: writing the checkpoint of step 2: cannot write ");
+  EXPECT_NE(r.err.find("File too large"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::is_empty(dir.file("run/checkpoints"))) << "a temporary checkpoint is left";
+}
+
 // `par export` and `par prep` onto a full disk: HDF5 failed to close the file, then crashed
 // at the process's exit closing it again (exit 139). Now: exit 2 with one line naming the
 // temporary file and the reason, and no file left.
