@@ -112,6 +112,27 @@ OpenedShard open_shard(const std::string& path) {
               "; accepted types are uint8, uint16, int32 and uint32 (convert it, e.g. with "
               "`par prep tokens`)");
   s.unsigned32 = is_unsigned && size == 4;
+
+  // A filter this HDF5 lacks (h5py's lzf, a plugin's) fails only when a chunk is read,
+  // mid-run and with a message about plugin directories: name it now.
+  h5::Object dcpl = h5::checked(H5Dget_create_plist(ds), cat("cannot read /tokens of shard ", path));
+  const int filters = H5Pget_nfilters(dcpl.id());
+  for (int i = 0; i < filters; ++i) {
+    unsigned flags = 0;
+    size_t nvalues = 0;
+    char name[64] = {};
+    unsigned config = 0;
+    const H5Z_filter_t id =
+        H5Pget_filter2(dcpl.id(), unsigned(i), &flags, &nvalues, nullptr, sizeof name, name, &config);
+    if (id < 0) continue;
+    if (H5Zfilter_avail(id) <= 0) {
+      H5Eclear2(H5E_DEFAULT);
+      fail_user("shard ", path, ": /tokens is compressed with HDF5 filter ", int(id),
+                name[0] ? cat(" (", name, ")") : std::string(),
+                ", which this par's HDF5 cannot read; write it with gzip or no compression, or "
+                "convert it with `par prep tokens`");
+    }
+  }
   return s;
 }
 

@@ -167,6 +167,46 @@ TEST(ShardTest, ReadsShardsWrittenByOtherTools) {
   EXPECT_HAS(msg, "1000");
 }
 
+// A filter that wrote the data but that this HDF5 lacks (h5py's lzf, id 32000): refused when
+// the shard is opened, naming the filter, not when its first chunk is read mid-run. The
+// filter is registered here (passing data through) to write the shard, then unregistered.
+size_t pass_through(unsigned, size_t, const unsigned[], size_t nbytes, size_t*, void**) {
+  return nbytes;
+}
+
+TEST(ShardTest, FilterThisHdf5LacksIsNamedAtOpen) {
+  TempDir dir;
+  const std::string path = dir.file("lzf.h5");
+  constexpr H5Z_filter_t kLzf = 32000;
+  const H5Z_class2_t lzf = {H5Z_CLASS_T_VERS, kLzf, 1, 1, "lzf", nullptr, nullptr, pass_through};
+  {
+    h5::Lock lock;
+    ASSERT_GE(H5Zregister(&lzf), 0);
+  }
+  const std::vector<int32_t> t(100, 7);
+  make_file(path, [&](hid_t f) {
+    h5::write_attribute<std::string>(f, "format", "par-tokens-1");
+    h5::write_attribute<int64_t>(f, "vocab_size", 259);
+    h5::Lock lock;
+    const hsize_t n = 100, chunk = 50;
+    h5::Object space(H5Screate_simple(1, &n, nullptr));
+    h5::Object dcpl(H5Pcreate(H5P_DATASET_CREATE));
+    H5Pset_chunk(dcpl.id(), 1, &chunk);
+    ASSERT_GE(H5Pset_filter(dcpl.id(), kLzf, H5Z_FLAG_MANDATORY, 0, nullptr), 0);
+    h5::Object ds(H5Dcreate2(f, "tokens", H5T_STD_I32LE, space.id(), H5P_DEFAULT, dcpl.id(),
+                             H5P_DEFAULT));
+    ASSERT_GE(H5Dwrite(ds.id(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data()), 0);
+  });
+  EXPECT_EQ(read_all(path, 259), t);  // readable while the filter is there
+  {
+    h5::Lock lock;
+    ASSERT_GE(H5Zunregister(kLzf), 0);
+  }
+  const std::string msg = user_error_of([&] { inspect_shard(path); });
+  EXPECT_HAS(msg, path);
+  EXPECT_HAS(msg, "compressed with HDF5 filter 32000 (lzf), which this par's HDF5 cannot read");
+}
+
 TEST(ShardTest, InspectNamesWhatIsWrong) {
   TempDir dir;
   const std::vector<int32_t> t = {3, 4, 5};
