@@ -3,6 +3,7 @@
 #include <glob.h>
 #include <sys/stat.h>
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <set>
@@ -116,10 +117,12 @@ std::string options_among(std::initializer_list<const char*> names,
 std::vector<std::string> expand_paths(const std::vector<std::string>& patterns,
                                       const std::string& option_name) {
   std::vector<std::string> out;
-  std::set<std::string> seen;
+  std::set<std::string> seen;  // files, however spelled: each is read once
   for (const std::string& p : patterns) {
     std::vector<std::string> matches;
-    if (p.find_first_of("*?[") != std::string::npos) {
+    struct stat literal{};
+    // A file whose name holds a pattern's characters ("shard [2].h5") is itself first.
+    if (p.find_first_of("*?[") != std::string::npos && ::stat(p.c_str(), &literal) != 0) {
       glob_t g{};
       const int rc = ::glob(p.c_str(), 0, nullptr, &g);
       if (rc == 0)
@@ -131,8 +134,11 @@ std::vector<std::string> expand_paths(const std::vector<std::string>& patterns,
       if (::stat(p.c_str(), &st) != 0) fail_user(option_name, ": no such file '", p, "'");
       matches.push_back(p);
     }
-    for (auto& m : matches)
-      if (seen.insert(m).second) out.push_back(m);
+    for (auto& m : matches) {
+      std::error_code ec;
+      const std::filesystem::path file = std::filesystem::weakly_canonical(m, ec);
+      if (seen.insert(ec ? m : file.string()).second) out.push_back(m);
+    }
   }
   return out;
 }

@@ -64,5 +64,22 @@ TEST(CliParse, AConfigFilesByteOrderMarkIsSkipped) {
   EXPECT_EQ(p.steps, 5);
 }
 
+// Shard patterns: a file named with a pattern's characters is taken as named, and a file
+// given twice, however spelled (./, a pattern that matches it again), is read once.
+TEST(CliParse, ShardPathsNameEachFileOnce) {
+  testing_util::TempDir dir;
+  for (const char* name : {"a.h5", "shard [2].h5", "shard 2.h5"}) std::ofstream(dir.file(name)) << "x";
+  using V = std::vector<std::string>;
+  EXPECT_EQ(cli::expand_paths({dir.file("shard [2].h5")}, "--data"), V{dir.file("shard [2].h5")});
+  EXPECT_EQ(cli::expand_paths({dir.file("a.h5"), dir.path + "/./a.h5", dir.file("*.h5")}, "--data"),
+            (V{dir.file("a.h5"), dir.file("shard 2.h5"), dir.file("shard [2].h5")}));
+  try {
+    cli::expand_paths({dir.file("b*.h5")}, "--data");
+    ADD_FAILURE() << "no error";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("matches no file"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace par
