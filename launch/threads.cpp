@@ -38,8 +38,12 @@ std::string oversubscription_warning(int threads, const CpuBudget& b) {
   return cat(threads, " thread(s) per rank x ", b.local_ranks, " rank(s) on this node",
              over_mask ? cat(", but this rank may run on only ", b.mask_cpus, " CPU(s)")
                        : cat(" exceed its ", b.node_cpus, " CPU(s)"),
-             ": threads waiting on shared cores slow every step, often many times over. "
-             "Give --threads at most ", threads_for(0, b),
+             ": threads waiting on shared cores slow every step, often many times over. ",
+             threads > 1 ? cat("Give --threads at most ", threads_for(0, b))
+                         // One thread each is already the least: the ranks are too many.
+                         : cat("Start at most ", std::max(1, b.node_cpus),
+                               " rank(s) per node (more nodes, or mpirun --map-by ppr:",
+                               std::max(1, b.node_cpus), ":node)"),
              " (launch/LAUNCH.md: binding and --threads-per-rank)");
 }
 
