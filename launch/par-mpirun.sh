@@ -189,8 +189,15 @@ if [[ $rc -ne 75 && $rc -ne 0 && -s $PAR_STOP_FILE ]]; then
   rc=75
 fi
 if [[ $rc -eq 75 ]]; then
-  say "par stopped early with a checkpoint (exit 75): run the same command again (with --resume auto) to continue"
+  # Rank 0 notes "75 step N" with its checkpoint; a stop before the first step has none.
+  where=$(cat "$PAR_STOP_FILE" 2>/dev/null)
+  where=${where#75 }
+  say "par stopped early (exit 75)${where:+ with a checkpoint of $where}: run the same command again (with --resume auto) to continue"
 elif [[ -n $stop && $rc -ne 0 ]]; then
   say "mpirun exited with status $rc after $stop"
+elif [[ $rc -gt 128 ]]; then
+  say "mpirun exited with status $rc: a rank was killed by signal $((rc - 128)) (out of memory? see the lines above and the system log)"
+elif [[ $rc -ne 0 ]]; then
+  say "mpirun exited with status $rc (the error is above)"
 fi
 exit "$rc"
