@@ -17,7 +17,8 @@ namespace {
 
 void print_help(const Command& cmd, const po::options_description& opts) {
   std::cout << "usage: " << cmd.usage << "\n\n" << cmd.summary << "\n\n"
-            << (cmd.shown ? *cmd.shown : opts) << "\n";
+            << (cmd.shown ? *cmd.shown : opts) << "\n"
+            << (cmd.epilog.empty() ? "" : cmd.epilog + "\n");
 }
 
 // Boost reads "-3" into an unsigned option as 2^64 - 3 without a word (a seed of

@@ -52,8 +52,14 @@ int cmd_bench(int argc, char** argv) {
     po::options_description opts, shown;
     const po::options_description run = run_options(rc);
     po::options_description run_shown("Run");
-    for (const auto& o : run.options())
-      if (!among(kTrainOnly, o->long_name())) run_shown.add(o);
+    for (const auto& o : run.options()) {
+      if (among(kTrainOnly, o->long_name())) continue;
+      if (o->long_name() == "steps")  // the bench's own meaning; the value parses as train's
+        run_shown.add_options()("steps", po::value<int64_t>()->default_value(rc.steps),
+                                "timed steps (after the untimed --warmup ones)");
+      else
+        run_shown.add(o);
+    }
     opts.add(run).add(model_options(mc)).add(optimizer_options(oc));
     shown.add(run_shown).add(model_options(mc)).add(optimizer_options(oc));
     po::options_description bench("Benchmark");
@@ -72,7 +78,7 @@ int cmd_bench(int argc, char** argv) {
                            "Times training steps (forward, backward, Adam) of a config on random "
                            "tokens; --steps sets the timed steps (default 3 here). Under mpirun, "
                            "times the --dp x --sp x --tp layout.",
-                           "par bench --config FILE [--steps K] [options]", &shown};
+                           "par bench [--config FILE] [--steps K] [options]", &shown};
     std::set<std::string> given;
     help = !cli::parse(argc, argv, cmd, opts, vm, nullptr, "config", &given);
     if (help) return;

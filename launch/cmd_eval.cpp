@@ -32,7 +32,7 @@ int cmd_eval(int argc, char** argv) {
       ("max-tokens", po::value(&max_tokens)->default_value(0), "stop once this many targets are scored (in whole blocks, so up to a block more; 0: all)")
       ("batch-size", po::value(&batch)->default_value(1), "blocks per forward pass")
       ("score-positions", po::value(&score_positions), "FIRST:LAST: score only the targets whose position in their document (1-based, counted from the stream's start or the last EOS) lies in [FIRST, LAST], e.g. the copied half of `par prep copy --length 8194` examples (4,096 random bytes, the same again, 2 EOS) is 4097:8192")
-      ("threads", po::value(&threads)->default_value(0), "CPU threads (0: all cores)")
+      ("threads", po::value(&threads)->default_value(0), "CPU threads (0: $OMP_NUM_THREADS if set, else all cores)")
       ("device", po::value(&device)->default_value(device), "cpu or cuda (the GPU chosen by the launcher's node-local rank, else GPU 0)")
       ("precision", po::value(&precision)->default_value(precision), "matrix products on cuda: fp32, tf32 or bf16")
       ("attention", po::value(&attention)->default_value(attention), kAttentionHelp);
@@ -40,7 +40,7 @@ int cmd_eval(int argc, char** argv) {
   const cli::Command cmd{"eval",
                          "Scores every token of the shards once with block evaluation and prints "
                          "the mean loss; the last line is JSON.",
-                         "par eval --checkpoint FILE --data SHARDS [options]"};
+                         "par eval --checkpoint PATH --data SHARDS [options]"};
   if (!cli::parse(argc, argv, cmd, opts, vm)) return 0;
   if (checkpoint.empty()) fail_user("--checkpoint is required");
   if (data.empty()) fail_user("--data is required: the shards to evaluate");

@@ -27,7 +27,7 @@ int cmd_export(int argc, char** argv) {
   const cli::Command cmd{"export",
                          "Writes a checkpoint's parameters as one HDF5 file in the public "
                          "format of spec/FORMATS.md.",
-                         "par export --checkpoint FILE --out FILE"};
+                         "par export --checkpoint PATH --out FILE"};
   if (!cli::parse(argc, argv, cmd, opts, vm)) return 0;
   if (checkpoint.empty()) fail_user("--checkpoint is required");
   if (out.empty()) fail_user("--out is required: the file to write");

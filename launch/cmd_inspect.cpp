@@ -30,7 +30,7 @@ int cmd_inspect(int argc, char** argv) {
   const cli::Command cmd{"inspect",
                          "Prints what a checkpoint holds: step, data position, layout, model, "
                          "options, and each tensor's shape and checksum (all pieces verified).",
-                         "par inspect CHECKPOINT"};
+                         "par inspect [--checkpoint] PATH"};
   if (!cli::parse(argc, argv, cmd, opts, vm, &pos)) return 0;
   if (path.empty()) fail_user("give a checkpoint: par inspect OUT/checkpoints/step-N");
   // A checkpoint directory has optimizer state to show; an exported model does not.

@@ -128,7 +128,7 @@ int prep_mirror_cmd(int argc, char** argv, bool reverse) {
 
 int cmd_prep(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << kPrepUsage;
+    std::cerr << "par prep: error: no mode given\n\n" << kPrepUsage;
     return 2;
   }
   const std::string mode = argv[1];

@@ -190,7 +190,7 @@ int cmd_sample(int argc, char** argv) {
       ("format", po::value(&format), "output: text (byte-level models; the default for them), ids (the default otherwise) or json (one line per sample)")
       ("stop-at-eos", po::bool_switch(&stop_at_eos), "stop each sample after it generates EOS")
       ("uncached", po::bool_switch(&uncached), "run a full forward pass per token (slow; for checking the caches)")
-      ("threads", po::value(&threads)->default_value(threads), "CPU threads (0: all cores)")
+      ("threads", po::value(&threads)->default_value(threads), "CPU threads (0: $OMP_NUM_THREADS if set, else all cores)")
       ("device", po::value(&device)->default_value(device), "cpu or cuda (the GPU chosen by the launcher's node-local rank, else GPU 0)")
       ("precision", po::value(&precision)->default_value(precision), "matrix products on cuda: fp32, tf32 or bf16")
       ("attention", po::value(&attention)->default_value(attention), kAttentionHelp)
@@ -201,7 +201,7 @@ int cmd_sample(int argc, char** argv) {
                          "prompt starts from SOS; a prompt longer than the context keeps its "
                          "last tokens. Several samples of a prompt decode together; with "
                          "several, text output heads each with a line naming it.",
-                         "par sample --checkpoint DIR [--prompt TEXT | --prompt-file F | "
+                         "par sample --checkpoint PATH [--prompt TEXT | --prompt-file F | "
                          "--prompts-file F | --prompt-shard F --prompt-begin B --prompt-length "
                          "N [--prompt-count C]] [--num-samples K] [options]"};
   if (!cli::parse(argc, argv, cmd, opts, vm)) return 0;

@@ -436,7 +436,15 @@ int cmd_train(int argc, char** argv) {
     const cli::Command cmd{"train",
                            "Trains a Perceiver AR model on token shards (see README.md). Under "
                            "mpirun, --dp x --sp x --tp must equal the number of ranks.",
-                           "par train --config FILE --data SHARDS --out DIR [options]"};
+                           "par train [--config FILE] --data SHARDS --out DIR [options]",
+                           nullptr,
+                           "Exit status: 0 trained to --steps; 75 stopped early with a checkpoint "
+                           "(a stop signal, --max-minutes): run it again with --resume auto; 2 "
+                           "bad input, options or data, a diverged loss, or a failed write (the "
+                           "message says which); 1 an internal error or a lost rank; 130 a "
+                           "second Ctrl-C (no checkpoint).\nEnvironment: PAR_STOP_FILE (rank 0 "
+                           "writes \"75 step N\" there when it stops with a checkpoint, for "
+                           "launch scripts), OMP_NUM_THREADS (stands for --threads 0)."};
     po::options_description plan("Planning");
     plan.add_options()
         ("dry-run", po::bool_switch(&dry_run), "print the memory each rank needs (and whether it fits) without training; --data and --out are not needed");

@@ -26,7 +26,7 @@ struct Entry {
 };
 
 const Entry kCommands[] = {
-    {"prep", "write token shards (HDF5) from bytes, a token array, or the mirror-copy task",
+    {"prep", "write token shards (HDF5) from bytes, a token array, or the copy and mirror tasks",
      par::cmd_prep, false},
     {"train", "train a model on token shards, with validation and checkpoints", par::cmd_train,
      true},
@@ -36,8 +36,9 @@ const Entry kCommands[] = {
      false},
     {"inspect", "show a checkpoint: step, layout, model, tensors with checksums", par::cmd_inspect,
      false},
-    {"sample", "generate a continuation of a prompt (cached decoding)", par::cmd_sample, false},
-    {"bench", "time training steps: tokens/s, model FLOP/s vs sgemm, peak memory", par::cmd_bench,
+    {"sample", "generate continuations of prompts (cached decoding)", par::cmd_sample, false},
+    {"bench", "time training steps (tokens/s, model FLOP/s vs sgemm, peak memory) or generation",
+     par::cmd_bench,
      true},
 };
 
@@ -92,10 +93,15 @@ int main(int argc, char** argv) {
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
   try {
-    if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    if (argc < 2) {  // a mistake, not a request: the usage goes with the error, to stderr
+      std::cerr << "par: error: no command given\n\n";
+      print_usage(std::cerr);
+      return 2;
+    }
+    if (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
       print_usage(std::cout);
       check_stdout("--help");
-      return argc < 2 ? 2 : 0;
+      return 0;
     }
     if (!std::strcmp(argv[1], "--version")) {
       std::cout << "par, " << par::version() << "\n";
@@ -128,7 +134,7 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::cerr << "par: unknown command '" << name << "'\n\n";
+  std::cerr << "par: error: unknown command '" << name << "'\n\n";
   print_usage(std::cerr);
   return 2;
 }

@@ -146,9 +146,10 @@ const char* const kAttentionHelp =
     "allow)";
 
 const char* const kCudaGraphsHelp =
-    "on or off: give each decoding step to the GPU as one CUDA graph (recorded every step "
-    "and the kept graph updated in place, so the GPU runs the step's small kernels back to "
-    "back) or launch its kernels one by one; the same tokens either way; nothing to do on cpu";
+    "on or off: give each decoding step to the GPU as one CUDA graph (recorded once, then "
+    "replayed while the step's shapes hold; re-recorded at refills and every M tokens), so "
+    "the GPU runs the step's small kernels back to back, or launch its kernels one by one; "
+    "the same tokens either way; nothing to do on cpu";
 
 bool parse_cuda_graphs(const std::string& value) {
   if (value == "on") return true;
@@ -176,7 +177,7 @@ po::options_description run_options(RunConfig& c) {
       ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write a checkpoint (OUT/checkpoints/step-N) every K steps, and always at the end (0: at the end only)")
       ("keep-checkpoints", po::value(&c.keep_checkpoints)->default_value(c.keep_checkpoints), "complete checkpoints to keep (the newest is never removed)")
       ("resume", po::value(&c.resume)->default_value(c.resume), "none | auto (continue from the newest complete checkpoint in OUT, if any) | PATH of a checkpoint directory")
-      ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads per rank (0: the node's CPUs shared among its ranks)")
+      ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads per rank (0: $OMP_NUM_THREADS if set, else the node's CPUs shared among its ranks)")
       ("max-minutes", po::value(&c.max_minutes)->default_value(c.max_minutes), "stop cleanly after this many minutes of wall time: checkpoint, then exit 75 (\"requeue me\"); 0: no limit")
       ("device", po::value(&c.device)->default_value(c.device), "cpu or cuda (one GPU per rank, chosen by the node-local rank)")
       ("precision", po::value(&c.precision)->default_value(c.precision), "matrix products on cuda: fp32, tf32 or bf16 (weights and optimizer state stay fp32)")

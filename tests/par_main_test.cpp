@@ -27,7 +27,15 @@ TEST(ParMain, SaysItsVersionUsageAndUnknownCommands) {
   EXPECT_NE(help.out.find("par --version"), std::string::npos) << help.out;
   const testing_util::ParRun bad = run_par(dir, "trian");
   EXPECT_EQ(bad.rc, 2);
-  EXPECT_NE(bad.err.find("par: unknown command 'trian'"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("par: error: unknown command 'trian'"), std::string::npos) << bad.err;
+  const testing_util::ParRun none = run_par(dir, "");
+  EXPECT_EQ(none.rc, 2);
+  EXPECT_EQ(none.out, "");
+  EXPECT_NE(none.err.find("par: error: no command given"), std::string::npos) << none.err;
+  // train's help ends with its exit statuses, which launch scripts act on.
+  const testing_util::ParRun train = run_par(dir, "train --help");
+  EXPECT_EQ(train.rc, 0);
+  EXPECT_NE(train.out.find("75 stopped early with a checkpoint"), std::string::npos) << train.out;
 }
 
 // A run's log opens with the version.
