@@ -113,9 +113,27 @@ OpenedShard open_shard(const std::string& path) {
               "`par prep tokens`)");
   s.unsigned32 = is_unsigned && size == 4;
 
+  // Storage never written reads as the fill value, 0 = PAD, without a word: what a writer
+  // killed before it finished leaves (h5py's files stay readable). Chunks are counted
+  // (H5Dget_space_status compares bytes, which compression makes smaller).
+  h5::Object dcpl = h5::checked(H5Dget_create_plist(ds), cat("cannot read /tokens of shard ", path));
+  if (s.info.num_tokens > 0) {
+    hsize_t chunk = 0, chunks = 0;
+    const H5D_layout_t layout = H5Pget_layout(dcpl.id());
+    if (layout == H5D_CHUNKED && H5Pget_chunk(dcpl.id(), 1, &chunk) == 1 && chunk > 0 &&
+        H5Dget_num_chunks(ds, space.id(), &chunks) >= 0) {
+      const hsize_t expected = (n + chunk - 1) / chunk;
+      if (chunks < expected)
+        fail_user("shard ", path, ": ", expected - chunks, " of the ", expected, " chunks of "
+                  "/tokens were never written (its writer did not finish?); write it again");
+    } else if (layout == H5D_CONTIGUOUS && H5Dget_storage_size(ds) == 0) {
+      fail_user("shard ", path, ": /tokens was never written (its writer did not finish?); "
+                "write it again");
+    }
+    H5Eclear2(H5E_DEFAULT);
+  }
   // A filter this HDF5 lacks (h5py's lzf, a plugin's) fails only when a chunk is read,
   // mid-run and with a message about plugin directories: name it now.
-  h5::Object dcpl = h5::checked(H5Dget_create_plist(ds), cat("cannot read /tokens of shard ", path));
   const int filters = H5Pget_nfilters(dcpl.id());
   for (int i = 0; i < filters; ++i) {
     unsigned flags = 0;

@@ -207,6 +207,35 @@ TEST(ShardTest, FilterThisHdf5LacksIsNamedAtOpen) {
   EXPECT_HAS(msg, "compressed with HDF5 filter 32000 (lzf), which this par's HDF5 cannot read");
 }
 
+// A shard whose writer stopped before it finished: the chunks it never wrote read as PAD.
+// Refused when opened, as is one with nothing written.
+TEST(ShardTest, UnwrittenStorageIsRefused) {
+  TempDir dir;
+  for (const bool half : {true, false}) {
+    const std::string path = dir.file(half ? "half.h5" : "none.h5");
+    const std::vector<int32_t> t(50, 7);
+    make_file(path, [&](hid_t f) {
+      h5::write_attribute<std::string>(f, "format", "par-tokens-1");
+      h5::write_attribute<int64_t>(f, "vocab_size", 259);
+      h5::Lock lock;
+      const hsize_t n = 100, chunk = 50, start = 0;
+      h5::Object space(H5Screate_simple(1, &n, nullptr));
+      h5::Object dcpl(H5Pcreate(H5P_DATASET_CREATE));
+      H5Pset_chunk(dcpl.id(), 1, &chunk);
+      h5::Object ds(H5Dcreate2(f, "tokens", H5T_STD_I32LE, space.id(), H5P_DEFAULT, dcpl.id(),
+                               H5P_DEFAULT));
+      if (!half) return;
+      h5::Object mem(H5Screate_simple(1, &chunk, nullptr));
+      H5Sselect_hyperslab(space.id(), H5S_SELECT_SET, &start, nullptr, &chunk, nullptr);
+      ASSERT_GE(H5Dwrite(ds.id(), H5T_NATIVE_INT32, mem.id(), space.id(), H5P_DEFAULT, t.data()), 0);
+    });
+    const std::string msg = user_error_of([&] { inspect_shard(path); });
+    EXPECT_HAS(msg, path);
+    EXPECT_HAS(msg, half ? "1 of the 2 chunks of /tokens were never written"
+                         : "2 of the 2 chunks of /tokens were never written");
+  }
+}
+
 TEST(ShardTest, InspectNamesWhatIsWrong) {
   TempDir dir;
   const std::vector<int32_t> t = {3, 4, 5};
