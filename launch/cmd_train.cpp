@@ -238,7 +238,11 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
   TrainingPosition pos;
   pos.seed = rc.seed;
   std::string resumed_dir;
-  for (const std::string& w : s.resume_warnings) LOG(WARNING) << w;
+  // Warnings every rank would give alike are said once, by rank 0 (a job of 512 ranks
+  // would otherwise print 512 copies).
+  const bool speaker = grid.world_rank() == 0;
+  if (speaker)
+    for (const std::string& w : s.resume_warnings) LOG(WARNING) << w;
   // The newest candidate whose every piece reads back with its checksum, on every rank
   // (each reads other pieces); with --resume auto, older ones when it is damaged.
   for (size_t i = 0; i < s.resume_from.size(); ++i) {
@@ -252,16 +256,18 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
       error = e.what();
     }
     if (grid.world()->all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum) > 0) {
-      if (error.empty()) error = "a piece another rank reads";
+      // Rank 0 says it for the job; a rank that found the damage itself names it.
+      const bool found = !error.empty();
+      if (!found) error = "a piece another rank reads";
       if (i + 1 == s.resume_from.size()) fail_user(error);
-      LOG(WARNING) << damaged(dir, error, s.resume_from[i + 1]);
+      if (found || speaker) LOG(WARNING) << damaged(dir, error, s.resume_from[i + 1]);
       continue;
     }
     pos.step = m.position.step;
     resumed_dir = dir;
     LOG(INFO) << "resumed from " << dir << " at step " << pos.step
               << " (written by dp " << m.dp << " x sp " << m.sp << " x tp " << m.tp << ")";
-    if (grid.world_rank() == 0) {  // the same on every rank: said once
+    if (speaker) {
       if (m.position.seed != rc.seed)
         LOG(WARNING) << "--seed " << rc.seed << " differs from the checkpoint's "
                      << m.position.seed << ": data order and dropout change from here on";
@@ -294,9 +300,11 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
                      mc.context_length, "}"));
   // A stop asked for while the run was starting: nothing new to save.
   if (const StopRequest::Reason early = stop.agreed(*grid.world()); early != StopRequest::kNone) {
-    LOG(WARNING) << "stopping before the first step because of " << StopRequest::describe(early)
-                 << "; exit status " << kExitRequeue << ": run again with --resume auto to continue";
-    if (grid.world_rank() == 0) StopRequest::record_stop(pos.step);
+    if (speaker) {
+      LOG(WARNING) << "stopping before the first step because of " << StopRequest::describe(early)
+                   << "; exit status " << kExitRequeue << ": run again with --resume auto to continue";
+      StopRequest::record_stop(pos.step);
+    }
     return kExitRequeue;
   }
   CheckpointSaver saver(grid, rc.out, int(rc.keep_checkpoints));
@@ -370,13 +378,16 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     const bool last = pos.step == rc.steps;
     const StopRequest::Reason reason = last ? StopRequest::kNone : stop.agreed(*grid.world());
     if (reason != StopRequest::kNone) {
-      LOG(WARNING) << "stopping after step " << pos.step << " because of "
-                   << StopRequest::describe(reason) << ": writing a checkpoint";
+      if (speaker)
+        LOG(WARNING) << "stopping after step " << pos.step << " because of "
+                     << StopRequest::describe(reason) << ": writing a checkpoint";
       save(ts, saver, s, pos);
       commit(saver, true);
-      LOG(WARNING) << "stopped early at step " << pos.step << "/" << rc.steps << "; exit status "
-                   << kExitRequeue << ": run again with --resume auto to continue";
-      if (grid.world_rank() == 0) StopRequest::record_stop(pos.step);
+      if (speaker) {
+        LOG(WARNING) << "stopped early at step " << pos.step << "/" << rc.steps
+                     << "; exit status " << kExitRequeue << ": run again with --resume auto to continue";
+        StopRequest::record_stop(pos.step);
+      }
       return kExitRequeue;
     }
     if (rc.eval_every > 0 && pos.step % rc.eval_every == 0 && !last)

@@ -141,6 +141,24 @@ struct TwoRanks {
   }
 };
 
+// A stop signal to one rank: the whole job checkpoints and exits 75, and what every rank
+// agreed on is said once (rank 0), not once per rank.
+TEST(ReliabilitySignals, AStopIsSaidOnce) {
+  TwoRanks job("");
+  ASSERT_EQ(job.ranks.size(), 2u) << job.log();
+  ::kill(job.ranks[1], SIGUSR1);
+  EXPECT_EQ(job.run->wait(), 75) << job.log();
+  const std::string log = job.log();
+  auto count = [&](const std::string& what) {
+    int n = 0;
+    for (size_t at = log.find(what); at != std::string::npos; at = log.find(what, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(count("stopping after step"), 1) << log;
+  EXPECT_EQ(count("stopped early at step"), 1) << log;
+  EXPECT_FALSE(latest_checkpoint(job.out).empty());
+}
+
 // One rank killed: the other, blocked in a collective, leaves within 2 s (mpirun itself
 // would end it only after its kill timeouts, here 5 s each).
 TEST(ReliabilitySignals, RankLeavesSoonAfterItsPeerDies) {
