@@ -351,7 +351,11 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     interval_loss += r.loss_nats;
     interval_targets += r.valid;
     ++interval_steps;
-    if (pos.step % rc.log_every == 0 || pos.step == rc.steps) {
+    const bool last = pos.step == rc.steps;
+    const StopRequest::Reason reason = last ? StopRequest::kNone : stop.agreed(*grid.world());
+    // A stop logs the steps since the last line too: a segment of a requeued job shorter
+    // than --log-every would otherwise leave no trace of its progress and throughput.
+    if (pos.step % rc.log_every == 0 || last || reason != StopRequest::kNone) {
       const double loss = interval_loss / double(interval_steps);
       const double ms = 1e3 * interval_s / double(interval_steps);
       const double tps = tokens_per_step * double(interval_steps) / interval_s;
@@ -375,8 +379,6 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
       interval_steps = interval_targets = 0;
     }
     if (saver.pending()) commit(saver, false);
-    const bool last = pos.step == rc.steps;
-    const StopRequest::Reason reason = last ? StopRequest::kNone : stop.agreed(*grid.world());
     if (reason != StopRequest::kNone) {
       if (speaker)
         LOG(WARNING) << "stopping after step " << pos.step << " because of "
