@@ -24,7 +24,7 @@ struct Command {
   // What --help lists, where not every option parsed is the command's own (bench reads
   // train's configs, whose training-only options it takes and ignores); null: all.
   const po::options_description* shown = nullptr;
-  std::string epilog;  // printed after the options (exit statuses, environment)
+  std::string epilog = {};  // printed after the options (exit statuses, environment)
 };
 
 // Returns false when --help was given (usage already printed to stdout): the caller

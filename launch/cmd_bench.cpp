@@ -25,7 +25,8 @@ namespace {
 // are read), the help leaves them out, and the command line's are said to be unused.
 constexpr std::initializer_list<const char*> kTrainOnly = {
     "data", "val-data", "out", "resume", "log-every", "eval-every", "eval-tokens",
-    "score-positions", "checkpoint-every", "keep-checkpoints", "max-minutes"};
+    "score-positions", "checkpoint-every", "checkpoint-minutes", "keep-checkpoints",
+    "max-minutes"};
 // What --decode does not use: it times generation on one process.
 constexpr std::initializer_list<const char*> kTrainingBenchOnly = {
     "steps", "warmup", "gemm-size", "accum-steps", "dp", "sp", "tp"};

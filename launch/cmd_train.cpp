@@ -317,6 +317,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
   const double tokens_per_step = double(rc.batch_size) * double(mc.context_length);
   double interval_s = 0, interval_loss = 0;
   int64_t interval_steps = 0, interval_targets = 0;
+  auto last_save = Clock::now();  // for --checkpoint-minutes
   std::vector<Batch> batches(size_t(rc.accum_steps));
   std::vector<const int32_t*> micro(size_t(rc.accum_steps));
   std::vector<const int64_t*> carry(lo.positions ? size_t(rc.accum_steps) : 0);
@@ -394,8 +395,16 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     }
     if (rc.eval_every > 0 && pos.step % rc.eval_every == 0 && !last)
       validate(ts, s, pos.step, dir);
-    if ((rc.checkpoint_every > 0 && pos.step % rc.checkpoint_every == 0) || last)
+    // The clock is rank 0's, so that every rank takes the same decision.
+    const bool overdue =
+        !last && rc.checkpoint_minutes > 0 &&
+        grid.world()->all_reduce_value(
+            int64_t(speaker && seconds_since(last_save) >= 60 * rc.checkpoint_minutes),
+            ReduceOp::kMax) > 0;
+    if ((rc.checkpoint_every > 0 && pos.step % rc.checkpoint_every == 0) || last || overdue) {
       save(ts, saver, s, pos);
+      last_save = Clock::now();
+    }
     if (dir) dir->check();  // a log line that could not be written ends the run
   }
   // The last checkpoint is committed first: validation data that fails to read (a shard

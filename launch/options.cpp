@@ -73,6 +73,8 @@ void RunConfig::validate() const {
   if (dp < 1 || sp < 1 || tp < 1) fail_user("--dp, --sp and --tp must be at least 1");
   if (!(max_minutes >= 0) || !std::isfinite(max_minutes))
     fail_user("--max-minutes must be a finite number >= 0 (0: no limit)");
+  if (!(checkpoint_minutes >= 0) || !std::isfinite(checkpoint_minutes))
+    fail_user("--checkpoint-minutes must be a finite number >= 0 (0: off)");
   if (!(collective_timeout >= 0) || !std::isfinite(collective_timeout))
     fail_user("--collective-timeout must be a finite number of seconds >= 0 (0: no limit)");
   if (kv_storage != "auto" && kv_storage != "bf16" && kv_storage != "fp32")
@@ -175,6 +177,7 @@ po::options_description run_options(RunConfig& c) {
       ("eval-tokens", po::value(&c.eval_tokens)->default_value(c.eval_tokens), "targets scored per validation (in whole blocks, so up to a block more; 0: the whole validation set)")
       ("score-positions", po::value(&c.score_positions), "FIRST:LAST: validation scores only the targets whose position in their document (1-based, counted from the stream's start or the last EOS) lies in [FIRST, LAST], as par eval --score-positions")
       ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write a checkpoint (OUT/checkpoints/step-N) every K steps, and always at the end (0: at the end only)")
+      ("checkpoint-minutes", po::value(&c.checkpoint_minutes)->default_value(c.checkpoint_minutes), "also write one once this many minutes have passed since the last (or the start), so that a crash or a lost node costs at most that much (0: off)")
       ("keep-checkpoints", po::value(&c.keep_checkpoints)->default_value(c.keep_checkpoints), "complete checkpoints to keep (the newest is never removed)")
       ("resume", po::value(&c.resume)->default_value(c.resume), "none | auto (continue from the newest complete checkpoint in OUT, if any) | PATH of a checkpoint directory")
       ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads per rank (0: $OMP_NUM_THREADS if set, else the node's CPUs shared among its ranks)")

@@ -36,6 +36,7 @@ struct RunConfig {
   int64_t eval_tokens = 65536;       // targets per periodic validation (0: whole set)
   std::string score_positions;       // FIRST:LAST: validation scores only those (train/evaluate.h)
   int64_t checkpoint_every = 0;      // 0: only at the end
+  double checkpoint_minutes = 60;    // also once this long has passed since the last (0: off)
   int64_t keep_checkpoints = 3;      // complete checkpoints kept in OUT/checkpoints
   std::string resume = "none";       // none | auto | PATH of a checkpoint directory
   int threads = 0;                   // 0: all cores

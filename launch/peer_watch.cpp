@@ -58,8 +58,11 @@ void PeerWatch::run() {
     for (const Peer& p : peers_) {
       if (alive(p.pid)) continue;
       // Not an exception: the main thread is blocked in MPI, and only it may call MPI.
+      // The peer may itself have been ended by the launcher after another rank failed: the
+      // first failure is the launcher's to name.
       std::fprintf(stderr, "par: rank %d on host %s: rank %d (pid %d) on this host has ended; "
-                   "ending this rank too\n", rank_, host_.c_str(), p.rank, int(p.pid));
+                   "ending this rank too (the launcher's message names the rank that failed "
+                   "first)\n", rank_, host_.c_str(), p.rank, int(p.pid));
       std::fflush(stderr);
       ::_exit(1);
     }

@@ -251,6 +251,26 @@ TEST(Checkpoint, TimeLimitCheckpointsAndRequeues) {
   EXPECT_EQ(int64_t(logged_losses(dir.file("run/metrics.jsonl")).size()), step);
 }
 
+// --checkpoint-minutes: a checkpoint also once that long has passed since the last, so a
+// crash costs at most that much; 0 turns it off (here the run ends by --max-minutes).
+TEST(Checkpoint, CheckpointsByTheClock) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 200);
+  for (const double minutes : {0.01, 0.0}) {
+    SCOPED_TRACE(minutes);
+    const std::string run = dir.file(cat("run", minutes > 0));
+    const ParRun r = run_par(dir, train_args(data, run, 1000000) + " --max-minutes 0.05 " +
+                                      "--keep-checkpoints 1000 --checkpoint-minutes " +
+                                      cat(minutes));
+    ASSERT_EQ(r.rc, 75) << r.err;
+    const size_t n = checkpoint_names(run).size();
+    if (minutes > 0)
+      EXPECT_GE(n, 3u) << "3 s of training, a checkpoint every 0.6 s and one at the stop";
+    else
+      EXPECT_EQ(n, 1u) << "only the stop's";
+  }
+}
+
 TEST(Checkpoint, KeepsTheNewestAndLogsThePause) {
   TempDir dir;
   const std::string data = testing_util::copy_task_data(dir, 65, 60);
