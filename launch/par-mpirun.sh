@@ -157,6 +157,14 @@ fi
 child=""
 stop=""
 forward() {
+  # A second Ctrl-C: the user will not wait for the checkpoint (a hung file system, say).
+  # mpirun, signalled itself, ends the job within its kill timeout; the last complete
+  # checkpoint stays.
+  if [[ $1 == SIGINT && $stop == SIGINT ]]; then
+    say "second SIGINT: ending the job now, without a checkpoint (SIGTERM to mpirun $child)"
+    [[ -n $child ]] && kill -TERM "$child" 2>/dev/null
+    return
+  fi
   if [[ -z $stop ]]; then
     say "$1: asking the ranks to checkpoint and stop (SIGUSR1 to mpirun $child)"
   fi
