@@ -158,10 +158,10 @@ child=""
 stop=""
 forward() {
   # A second Ctrl-C: the user will not wait for the checkpoint (a hung file system, say).
-  # mpirun, signalled itself, ends the job within its kill timeout; the last complete
-  # checkpoint stays.
+  # mpirun, signalled itself, ends the job: its ranks are killed after its kill timeout
+  # (twice --kill-timeout), done with their checkpoint or not; the last complete one stays.
   if [[ $1 == SIGINT && $stop == SIGINT ]]; then
-    say "second SIGINT: ending the job now, without a checkpoint (SIGTERM to mpirun $child)"
+    say "second SIGINT: ending the job (SIGTERM to mpirun $child: the ranks are killed within $((2 * kill_timeout)) s, a checkpoint not done by then is dropped)"
     [[ -n $child ]] && kill -TERM "$child" 2>/dev/null
     return
   fi
