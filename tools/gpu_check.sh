@@ -20,8 +20,9 @@
 #   ATTENTIONS    attention kernels to bench in bf16 (default "auto blocked": cuDNN where it
 #                 applies, and par's own); tf32 and fp32 bench the first only (auto there
 #                 is the blocked path). "fused" adds par's WMMA kernels.
-#   CUDNN_LIBRARY the libcudnn.so.9 to use (default: the newest cuDNN 9 found: the CUDA
-#                 toolkit's, the system's, PyTorch's nvidia-cudnn package)
+#   CUDNN_LIBRARY the libcudnn.so.9 to use (default: the newest usable cuDNN 9 found: the
+#                 CUDA toolkit's, the system's, PyTorch's nvidia-cudnn package; never 9.10.0
+#                 or 9.10.1, which par refuses, nor one built for CUDA 12)
 #   GPU_CONFIGS   configs to bench (default: every configs/gpu-*.ini; missing ones are noted)
 #   BENCH_CMD     the bench command line; {par}, {config}, {precision} and {attention} are
 #                 replaced. Default: "{par} bench --config {config} --device cuda
@@ -151,51 +152,82 @@ for so in "${need[@]}"; do
 done
 export LD_LIBRARY_PATH=$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # What is still missing may be in the bundle's fallback (libstdc++, libgcc_s, libcudart).
-if ldd "$tests" "$par" | grep -q "not found"; then
+# (Not grep -q: under pipefail, ldd killed by the pipe's early close would fail the test.)
+if ldd "$tests" "$par" 2>/dev/null | grep "not found" > /dev/null; then
   export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$B/fallback
 fi
 if ldd "$tests" "$par" | grep "not found" | sort -u > "$work/missing" && [ -s "$work/missing" ]; then
   cat "$work/missing" >&2
   die "libraries not found (above): install CUDA 13's cuBLAS/NCCL or set CUDA_HOME"
 fi
-# cuDNN (loaded by par at run time, PAR_CUDNN_LIBRARY): the newest cuDNN 9 of the machine,
-# whose directory goes first on the library path so that the libraries it loads in turn
-# (libcudnn_graph, the engines) come from the same release.
-cudnn_version() {  # the version number of a libcudnn.so.9, e.g. 91400 (empty if unusable)
-  LD_LIBRARY_PATH=$machine_ld_path python3 -c "import ctypes, sys; l = ctypes.CDLL(sys.argv[1]); l.cudnnGetVersion.restype = ctypes.c_size_t; print(l.cudnnGetVersion())" "$1" 2>/dev/null
+# cuDNN (loaded by par at run time, PAR_CUDNN_LIBRARY): the newest usable cuDNN 9 of the
+# machine, whose directory goes first on the library path so that the libraries it loads
+# in turn (libcudnn_graph, the engines) come from the same release.
+cudnn_probe() {  # "VERSION CUDART" of a libcudnn.so.9, e.g. "91400 13000" (CUDART 0: not said)
+  LD_LIBRARY_PATH=$machine_ld_path python3 -c "
+import ctypes, sys
+l = ctypes.CDLL(sys.argv[1])
+l.cudnnGetVersion.restype = ctypes.c_size_t
+rt = 0
+try:
+    l.cudnnGetCudartVersion.restype = ctypes.c_size_t
+    rt = l.cudnnGetCudartVersion()
+except AttributeError:
+    pass
+print(l.cudnnGetVersion(), rt)" "$1" 2>/dev/null
 }
+cudnn_name() { echo "$(($1 / 10000)).$(($1 / 100 % 100)).$(($1 % 100))"; }  # 91400 -> 9.14.0
 cudnn_candidates=()
 for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64 /usr/local/cuda/lib \
          /usr/lib/x86_64-linux-gnu; do
-  [ -e "$d/libcudnn.so.9" ] && cudnn_candidates+=("$(readlink -f "$d")/libcudnn.so.9")
+  [ -e "$d/libcudnn.so.9" ] && cudnn_candidates+=("$d/libcudnn.so.9")
 done
 sys_cudnn=$(ldconfig -p 2>/dev/null | awk '/libcudnn.so.9 / {print $NF; exit}')
 [ -n "$sys_cudnn" ] && cudnn_candidates+=("$sys_cudnn")
+# PyTorch's: nvidia/cudnn/lib (cu12 packages) or nvidia/cu13/lib (cu13), wherever it lies.
 for sp in $site_dirs; do
-  [ -e "$sp/nvidia/cudnn/lib/libcudnn.so.9" ] && cudnn_candidates+=("$sp/nvidia/cudnn/lib/libcudnn.so.9")
+  [ -d "$sp/nvidia" ] || continue
+  while IFS= read -r hit; do cudnn_candidates+=("$hit"); done \
+    < <(find "$sp/nvidia" -maxdepth 4 -name libcudnn.so.9 2>/dev/null | sort)
 done
 cudnn_lib=${CUDNN_LIBRARY:-}
 cudnn_other=""
 if [ -z "$cudnn_lib" ]; then
-  best=0
+  best=0 other=0 seen=" "
   for c in "${cudnn_candidates[@]}"; do
-    v=$(cudnn_version "$c")
-    [ -n "$v" ] || continue
-    say "cuDNN $v at $c"
+    real=$(readlink -f "$c")
+    case "$seen" in *" $real "*) continue ;; esac
+    seen="$seen$real "
+    read -r v rt < <(cudnn_probe "$real")
+    [ -n "${v:-}" ] || { say "cuDNN at $real: cannot be loaded, not used"; continue; }
+    case $v in
+      91000|91001) say "cuDNN $(cudnn_name "$v") at $real: not used (par refuses 9.10.0 and 9.10.1)"; continue ;;
+    esac
+    if [ "$v" -lt 90000 ] || [ "$v" -ge 100000 ]; then
+      say "cuDNN $v at $real: not cuDNN 9, not used"; continue
+    fi
+    if [ "${rt:-0}" -gt 0 ] && [ "$rt" -lt 13000 ]; then
+      say "cuDNN $(cudnn_name "$v") at $real: built for CUDA $((rt / 1000)).$((rt % 1000 / 10)), not 13: not used"; continue
+    fi
+    say "cuDNN $(cudnn_name "$v") at $real"
     if [ "$v" -gt "$best" ]; then
-      [ -n "$cudnn_lib" ] && cudnn_other=$cudnn_lib
-      best=$v cudnn_lib=$c
-    elif [ "$v" -lt "$best" ] && [ -z "$cudnn_other" ]; then
-      cudnn_other=$c
+      [ -n "$cudnn_lib" ] && other=$best cudnn_other=$cudnn_lib
+      best=$v cudnn_lib=$real
+    elif [ "$v" -lt "$best" ] && [ "$v" -gt "$other" ]; then
+      other=$v cudnn_other=$real
     fi
   done
 fi
 if [ -n "$cudnn_lib" ]; then
   export PAR_CUDNN_LIBRARY=$cudnn_lib
-  export LD_LIBRARY_PATH=$(dirname "$cudnn_lib"):$LD_LIBRARY_PATH
-  say "cuDNN in use: $cudnn_lib (version $(cudnn_version "$cudnn_lib"))"
+  LD_LIBRARY_PATH=$(dirname "$cudnn_lib"):$LD_LIBRARY_PATH
+  read -r v rt < <(cudnn_probe "$cudnn_lib")
+  cudnn_in_use="$cudnn_lib ($(cudnn_name "${v:-0}"))"
+  say "cuDNN in use: $cudnn_in_use"
+  case ${v:-} in 91000|91001) say "WARNING: par refuses cuDNN 9.10.0 and 9.10.1 (CUDNN_LIBRARY)" ;; esac
 else
-  say "no cuDNN 9 found: the attention runs on par's own kernels"
+  cudnn_in_use="none: the attention runs on par's own kernels"
+  say "no usable cuDNN 9 found: the attention runs on par's own kernels"
 fi
 say "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 # par only initializes MPI under a launcher; should anything start it, stay alone.
