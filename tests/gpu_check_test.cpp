@@ -197,6 +197,38 @@ TEST_F(GpuCheck, SkipTestsRunsTheRest) {
   EXPECT_NE(calls.find("CudaTiming"), std::string::npos) << calls;
 }
 
+// The bundle's commit is checked before anything runs: another commit than EXPECT_COMMIT,
+// none at all, or a tree with local changes stops the check with status 2 (ALLOW_STALE=1
+// checks it anyway).
+TEST_F(GpuCheck, AStaleBundleStopsTheCheckBeforeItRuns) {
+  ParRun r = check("EXPECT_COMMIT=0123456789abcdef0123456789abcdef01234567");
+  EXPECT_EQ(r.rc, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("the bundle names no commit"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_.file("calls.txt"))) << "nothing runs";
+  const auto repack = [&](const std::string& manifest) {
+    std::ofstream(fs::path(dir_.path) / "par-gpu-bundle" / "MANIFEST") << manifest;
+    const ParRun t = run_shell(dir_, cat("tar -C ", quote(dir_.path), " -cJf ", quote(archive()), " par-gpu-bundle"));
+    ASSERT_EQ(t.rc, 0) << t.err;
+  };
+  repack("par GPU bundle, made now on here from 89abcde01\n"
+         "commit: 89abcde0123456789abcdef0123456789abcdef0\ntree: clean\n");
+  r = check("EXPECT_COMMIT=0123456789abcdef0123456789abcdef01234567");
+  EXPECT_EQ(r.rc, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("the bundle was built from 89abcde01234, EXPECT_COMMIT is 0123456789ab"), std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(dir_.file("calls.txt"))) << "nothing runs";
+  r = check("EXPECT_COMMIT=89abcde");  // a short commit will do
+  EXPECT_EQ(r.rc, 0) << r.out << r.err;
+  repack("par GPU bundle, made now on here from 89abcde01 (with local changes)\n"
+         "commit: 89abcde0123456789abcdef0123456789abcdef0\ntree: local changes (2 files)\n");
+  r = check("EXPECT_COMMIT=89abcde0123456789abcdef0123456789abcdef0");
+  EXPECT_EQ(r.rc, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("the bundle was built from a tree with local changes"), std::string::npos) << r.err;
+  r = check("EXPECT_COMMIT=89abcde0123456789abcdef0123456789abcdef0 ALLOW_STALE=1");
+  EXPECT_EQ(r.rc, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("(ALLOW_STALE: checked anyway)"), std::string::npos) << r.out;
+}
+
 // Without PyTorch (as here), the yardstick says so and exits 3, and the check goes on.
 TEST_F(GpuCheck, TheYardstickSaysWhenPyTorchIsMissing) {
   const std::string script = cat(PAR_SOURCE_DIR, "/bench/torch_reference.py");

@@ -10,10 +10,14 @@
 # build machine, by tools/gpu_bundle.sh.
 #
 # Usage, from the repository root (the configs are read from configs/):
-#   tools/gpu_bundle.sh        # on the build machine: build-gpu-bundle/bundle/par-gpu-bundle.tar.xz
-#   tools/gpu_check.sh [ARCHIVE]   # on the GPU machine
-# With this workplace's device tool: run "tools/gpu_check.sh" with carry
-# ["build-gpu-bundle/bundle"] and timeout_s 600; the logs come back in $OUT.
+#   tools/gpu_bundle.sh        # on the build machine: build-gpu-bundle/bundle/par-gpu-bundle.tar.xz;
+#                              # it prints the device command with the commit to expect
+#   EXPECT_COMMIT=SHA tools/gpu_check.sh [ARCHIVE]   # on the GPU machine
+# With this workplace's device tool: run "EXPECT_COMMIT=SHA tools/gpu_check.sh" (no .git
+# travels there, so the commit is given) with carry ["build-gpu-bundle/bundle"] and
+# timeout_s 600; the logs come back in $OUT. A bundle of another commit than EXPECT_COMMIT
+# (or, without it, than this checkout's HEAD where .git is), or one built from a tree with
+# local changes, exits 2 at once, before any GPU time is spent (ALLOW_STALE=1 runs it anyway).
 #
 # Settings (environment):
 #   PRECISIONS    precisions to bench (default "bf16 tf32 fp32")
@@ -107,14 +111,37 @@ fi
 B=$work/par-gpu-bundle
 par=$B/bin/par
 tests=$B/bin/par_cuda_tests
+[ -f "$B/MANIFEST" ] || die "$archive holds no par-gpu-bundle/MANIFEST: not a bundle of tools/gpu_bundle.sh"
 say "bundle: $(head -1 "$B/MANIFEST")"
-# A bundle built from another commit than these scripts and configs measures other code.
-bundle_commit=$(head -1 "$B/MANIFEST" | sed -n 's/.* from \([0-9a-f]\{7,\}\).*/\1/p')
-tree_commit=$(git -C "$repo" rev-parse HEAD 2>/dev/null || true)
-if head -1 "$B/MANIFEST" | grep -q "local changes"; then
-  say "note: the bundle was built from $bundle_commit with local changes"
-elif [ -n "$tree_commit" ] && [ -n "$bundle_commit" ] && [ "${tree_commit#"$bundle_commit"}" = "$tree_commit" ]; then
-  say "WARNING: the bundle was built from $bundle_commit, this checkout is ${tree_commit:0:7}: run tools/gpu_bundle.sh again"
+
+# ---- the bundle's commit: a bundle of another commit measures other code ----
+# gpu_bundle.sh writes "commit: SHA" (older bundles: "from SHORT" in the first line). No
+# .git travels to the device machine: there the commit to expect is given, EXPECT_COMMIT.
+bundle_commit=$(sed -n 's/^commit: \([0-9a-f]\{7,40\}\).*/\1/p' "$B/MANIFEST" | head -1)
+[ -n "$bundle_commit" ] ||
+  bundle_commit=$(head -1 "$B/MANIFEST" | sed -n 's/.* from \([0-9a-f]\{7,\}\).*/\1/p')
+expect=$(echo "${EXPECT_COMMIT:-}" | tr 'A-F' 'a-f')
+expect_from="EXPECT_COMMIT"
+if [ -z "$expect" ] && [ -n "$bundle_commit" ]; then
+  expect=$(git -C "$repo" rev-parse HEAD 2>/dev/null || true)
+  expect_from="this checkout"
+fi
+stale=""
+if [ -n "$expect" ]; then
+  if [ -z "$bundle_commit" ]; then
+    stale="the bundle names no commit, $expect_from is ${expect:0:12}"
+  elif [ "${expect#"$bundle_commit"}" = "$expect" ] && [ "${bundle_commit#"$expect"}" = "$bundle_commit" ]; then
+    stale="the bundle was built from ${bundle_commit:0:12}, $expect_from is ${expect:0:12}"
+  fi
+elif [ -n "$bundle_commit" ]; then
+  say "note: the bundle's commit ${bundle_commit:0:12} is not checked (no EXPECT_COMMIT, no .git)"
+fi
+if grep -q "local changes" "$B/MANIFEST"; then
+  stale="${stale:+$stale; }the bundle was built from a tree with local changes"
+fi
+if [ -n "$stale" ]; then
+  [ -n "${ALLOW_STALE:-}" ] || die "$stale: run tools/gpu_bundle.sh again from a clean checkout of the commit to check, or set ALLOW_STALE=1 to check this bundle anyway"
+  say "note: $stale (ALLOW_STALE: checked anyway)"
 fi
 
 # ---- the GPU ----
