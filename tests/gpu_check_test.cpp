@@ -53,12 +53,17 @@ else
 fi
 )SH";
 
-// par_cuda_tests: two suites, one of which fails when FAIL_ONE is set; the timing runs.
+// par_cuda_tests: three suites, one of them parameterized, one failing when FAIL_ONE is set;
+// a suite of DISABLED_ tests only, which gets no process of its own; the timing runs.
 constexpr const char* kTests = R"SH(#!/usr/bin/env bash
 echo "par_cuda_tests $*" >> "$CALLS"
 case " $* " in
-  *" --gtest_list_tests "*) printf 'CudaStubA.\n  Passes\nCudaStubB.\n  Passes\n' ;;
+  *" --gtest_list_tests "*)
+    echo "par_cuda_tests: GPU 0 is a stand-in"
+    printf 'CudaStubA.\n  Passes\nCudaStubOff.\n  DISABLED_Slow\nCudaStubB.\n  Passes\n'
+    printf 'Cases/CudaStubP.\n  Passes/0  # GetParam() = 1\n' ;;
   *"--gtest_filter=CudaStubA.*"*) echo "[       OK ] CudaStubA.Passes (2 ms)" ;;
+  *"--gtest_filter=Cases/CudaStubP.*"*) echo "[       OK ] Cases/CudaStubP.Passes/0 (2 ms)" ;;
   *"--gtest_filter=CudaStubB.*"*)
     if [ -n "${FAIL_ONE:-}" ]; then
       echo "stub_test.cpp:1: Failure"; echo "[  FAILED  ] CudaStubB.Passes (3 ms)"; exit 1
@@ -114,7 +119,7 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
   const std::string summary = slurp(dir_.file("logs/summary.txt"));
   EXPECT_EQ(summary, r.out.substr(r.out.find("== par GPU check")));
   for (const char* line : {
-           "tests:  2 passed, 0 failed, 0 skipped",
+           "tests:  3 passed, 0 failed, 0 skipped",
            "timing: linear 8192^3 bf16: 1.40 ms",
            "  N=131072 step                             10.00 ms   target <= 12 ms   met",
            "  N=131072 peak device memory                3.50 GiB  target <= 4 GiB   met",
@@ -164,6 +169,9 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
   EXPECT_NE(calls.find("--decode 300 --position-encoding absolute --kv-storage fp32"), std::string::npos)
       << calls;
   EXPECT_NE(calls.find("torch_reference --budget "), std::string::npos) << calls;
+  // The timing runs before the tests; no process for a suite with no test enabled.
+  EXPECT_LT(calls.find("CudaTiming"), calls.find("CudaStub")) << calls;
+  EXPECT_EQ(calls.find("CudaStubOff"), std::string::npos) << calls;
   // What comes back: the summary and one archive of every log (the device tool brings back
   // at most 8 files), which holds the tests' and the benches' logs.
   std::vector<std::string> out;
@@ -171,8 +179,15 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
   std::sort(out.begin(), out.end());
   EXPECT_EQ(out, (std::vector<std::string>{"logs.tar.gz", "summary.txt"}));
   const ParRun listing = run_shell(dir_, cat("tar -tzf ", quote(dir_.file("logs/logs.tar.gz"))));
-  for (const char* log : {"logs/tests.log", "logs/timing.log", "logs/bench.log", "logs/torch.log"})
+  for (const char* log : {"logs/tests.log", "logs/timing.log", "logs/bench.log", "logs/torch.log",
+                          "logs/targets.txt", "logs/bench.tsv", "logs/torch.jsonl"})
     EXPECT_NE(listing.out.find(log), std::string::npos) << log << " not in\n" << listing.out;
+  // The suites run several at a time, each into its own log; tests.log holds them whole, in
+  // the order they started: the parameterized GPU suites first, then the last listed first.
+  const ParRun tests_log = run_shell(dir_, cat("tar -xzOf ", quote(dir_.file("logs/logs.tar.gz")), " logs/tests.log"));
+  const size_t p = tests_log.out.find("Cases/CudaStubP.Passes/0"), b = tests_log.out.find("CudaStubB.Passes"),
+               a = tests_log.out.find("CudaStubA.Passes");
+  EXPECT_TRUE(p < b && b < a && a != std::string::npos) << tests_log.out;
 }
 
 // The stages before the targets stop short of the budget's last RESERVE seconds: with none
@@ -185,8 +200,8 @@ TEST_F(GpuCheck, TheTestsLeaveTheTargetsTheirTime) {
   EXPECT_EQ(calls.find("CudaTiming"), std::string::npos) << calls;
 }
 
-// The second of two calls (the tests having had the first to themselves): no test runs,
-// the summary says so, and the targets do run.
+// SKIP_TESTS: no test suite runs (a check of the measurements alone), the summary says so,
+// and the timing runs and the targets do run.
 TEST_F(GpuCheck, SkipTestsRunsTheRest) {
   const ParRun r = check("SKIP_TESTS=1");
   EXPECT_EQ(r.rc, 1) << "the tests did not run: not a pass";
@@ -195,6 +210,38 @@ TEST_F(GpuCheck, SkipTestsRunsTheRest) {
   const std::string calls = slurp(dir_.file("calls.txt"));
   EXPECT_EQ(calls.find("CudaStubA"), std::string::npos) << calls;
   EXPECT_NE(calls.find("CudaTiming"), std::string::npos) << calls;
+}
+
+// The bundle's commit is checked before anything runs: another commit than EXPECT_COMMIT,
+// none at all, or a tree with local changes stops the check with status 2 (ALLOW_STALE=1
+// checks it anyway).
+TEST_F(GpuCheck, AStaleBundleStopsTheCheckBeforeItRuns) {
+  ParRun r = check("EXPECT_COMMIT=0123456789abcdef0123456789abcdef01234567");
+  EXPECT_EQ(r.rc, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("the bundle names no commit"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_.file("calls.txt"))) << "nothing runs";
+  const auto repack = [&](const std::string& manifest) {
+    std::ofstream(fs::path(dir_.path) / "par-gpu-bundle" / "MANIFEST") << manifest;
+    const ParRun t = run_shell(dir_, cat("tar -C ", quote(dir_.path), " -cJf ", quote(archive()), " par-gpu-bundle"));
+    ASSERT_EQ(t.rc, 0) << t.err;
+  };
+  repack("par GPU bundle, made now on here from 89abcde01\n"
+         "commit: 89abcde0123456789abcdef0123456789abcdef0\ntree: clean\n");
+  r = check("EXPECT_COMMIT=0123456789abcdef0123456789abcdef01234567");
+  EXPECT_EQ(r.rc, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("the bundle was built from 89abcde01234, EXPECT_COMMIT is 0123456789ab"), std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(dir_.file("calls.txt"))) << "nothing runs";
+  r = check("EXPECT_COMMIT=89abcde");  // a short commit will do
+  EXPECT_EQ(r.rc, 0) << r.out << r.err;
+  repack("par GPU bundle, made now on here from 89abcde01 (with local changes)\n"
+         "commit: 89abcde0123456789abcdef0123456789abcdef0\ntree: local changes (2 files)\n");
+  r = check("EXPECT_COMMIT=89abcde0123456789abcdef0123456789abcdef0");
+  EXPECT_EQ(r.rc, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("the bundle was built from a tree with local changes"), std::string::npos) << r.err;
+  r = check("EXPECT_COMMIT=89abcde0123456789abcdef0123456789abcdef0 ALLOW_STALE=1");
+  EXPECT_EQ(r.rc, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("(ALLOW_STALE: checked anyway)"), std::string::npos) << r.out;
 }
 
 // Without PyTorch (as here), the yardstick says so and exits 3, and the check goes on.
@@ -242,7 +289,7 @@ TEST_F(GpuCheck, TheStandInPrintsTheKeysOfTheRealBench) {
 TEST_F(GpuCheck, AFailingTestFailsTheCheckAndIsShown) {
   const ParRun r = check("FAIL_ONE=1");
   EXPECT_EQ(r.rc, 1) << r.out << r.err;
-  EXPECT_NE(r.out.find("tests:  1 passed, 1 failed, 0 skipped"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("tests:  2 passed, 1 failed, 0 skipped"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("[  FAILED  ] CudaStubB.Passes (3 ms)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("stub_test.cpp:1: Failure"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("N=131072 step"), std::string::npos) << r.out;

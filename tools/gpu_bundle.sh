@@ -7,10 +7,13 @@
 # Run here (the build machine: Debian 12 with the packages of tools/setup.sh, CUDA 13):
 #   tools/gpu_bundle.sh                  # -> build-gpu-bundle/bundle/par-gpu-bundle.tar.xz
 #   tools/gpu_bundle.sh DIR              # the archive goes to DIR instead
-# Then, on the GPU machine, from the repository root:
-#   tools/gpu_check.sh                   # or: tools/gpu_check.sh DIR/par-gpu-bundle.tar.xz
-# With this workplace's device tool: run tools/gpu_check.sh with carry
-# ["build-gpu-bundle/bundle"] (build-*/ is ignored by git, so it travels only when carried).
+# Then, on the GPU machine, from the repository root, the command it prints last:
+#   EXPECT_COMMIT=SHA tools/gpu_check.sh # or: ... tools/gpu_check.sh DIR/par-gpu-bundle.tar.xz
+# With this workplace's device tool: one run of that command with carry
+# ["build-gpu-bundle/bundle"] (build-*/ is ignored by git, so it travels only when carried)
+# and timeout_s 600. The MANIFEST names the commit built ("commit: SHA") and whether the
+# tree had local changes ("tree: ..."); gpu_check.sh refuses a bundle of another commit than
+# EXPECT_COMMIT (no .git travels to the device machine) or one with local changes.
 #
 # The build: Release, -DPAR_NATIVE=OFF with -march=x86-64-v3 (any AVX2 machine), PAR_CUDA=ON
 # for sm_80 and sm_90, in build-gpu-bundle/build (BUILD_DIR overrides). Bundled: every
@@ -77,8 +80,16 @@ if LD_LIBRARY_PATH="$root/lib:$root/fallback" ldd "$root/bin/par" "$root/bin/lib
   exit 1
 fi
 
+# The commit built, and whether tracked files differed from it (staged or not): a bundle
+# with local changes measures code no commit holds.
+commit=$(git rev-parse HEAD 2>/dev/null || echo '?')
+changes=$(git status --porcelain --untracked-files=no 2>/dev/null | wc -l)
+tree="clean"
+[ "$changes" -gt 0 ] && tree="local changes ($changes files)"
 cat > "$root/MANIFEST" <<EOF
-par GPU bundle, made $(date -u +%Y-%m-%dT%H:%MZ) on $(hostname) from $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with local changes)')
+par GPU bundle, made $(date -u +%Y-%m-%dT%H:%MZ) on $(hostname) from ${commit:0:9}$([ "$changes" -gt 0 ] && echo ' (with local changes)')
+commit: $commit
+tree: $tree
 build: Release, -march=x86-64-v3, CUDA architectures $archs, $(/usr/local/cuda/bin/nvcc --version | tail -1)
 bin: $(cd "$root/bin" && ls | tr '\n' ' ')
 lib: $(cd "$root/lib" && ls | tr '\n' ' ')
@@ -92,4 +103,8 @@ mv "$archive.tmp" "$archive"
 unpacked=$(du -sm "$root" | cut -f1)
 packed=$(du -m "$archive" | cut -f1)
 echo "gpu_bundle: $archive: ${packed} MiB (${unpacked} MiB unpacked, $(ls "$root/lib" | wc -l) libraries)"
-echo "gpu_bundle: on the GPU machine run tools/gpu_check.sh (device tool: carry [\"$out_dir\"])"
+[ "$changes" -gt 0 ] &&
+  echo "gpu_bundle: built with local changes: gpu_check.sh refuses this bundle unless ALLOW_STALE=1 (commit them and build again)"
+echo "gpu_bundle: on the GPU machine run, from the repository root at ${commit:0:9}:"
+echo "  EXPECT_COMMIT=$commit tools/gpu_check.sh"
+echo "gpu_bundle: (device tool: that command, carry [\"$out_dir\"], timeout_s 600; then give the machine back)"

@@ -1,6 +1,6 @@
 // GoogleTest entry point of par_cuda_tests: the same BLAS kernel selection as the par
 // binary (the CPU backend is the reference), and one line saying which GPU runs the tests
-// or why they skip.
+// or why they skip. Standard output is line-buffered.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -9,6 +9,9 @@
 #include "kernels/cuda/cuda_ops.h"
 
 int main(int argc, char** argv) {
+  // Line by line, also into a file (tools/gpu_check.sh's logs): a run stopped at its time
+  // limit keeps every line it printed, the timing runs' among them.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   par::select_blas_kernels(argv);
   ::testing::InitGoogleTest(&argc, argv);
   if (par::cuda::device_count() > 0)
