@@ -1,6 +1,8 @@
 // Window arithmetic over a list of shards (see dataset.h).
 #include "data/dataset.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <mutex>
 
@@ -9,10 +11,18 @@
 
 namespace par {
 
-// At most this many shards stay open: each holds a file descriptor and HDF5's chunk cache
-// (1 MiB), so a data set of thousands of small shards would otherwise run out of
-// descriptors and hold memory that the memory plan does not count.
-constexpr int64_t kMaxOpenShards = 64;
+// How many shards stay open at most: each holds a file descriptor and HDF5's chunk cache
+// (1 to 8 MiB, shard.cpp), so a data set of thousands of small shards would otherwise run
+// out of descriptors and hold memory that the memory plan does not count. Windows are read
+// in a random order, so a shard not kept is opened again on most reads: keep as many as a
+// quarter of the descriptors allows, 64 to 1,024.
+int64_t max_open_shards() {
+  struct rlimit files {};
+  const int64_t quarter = getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY
+                              ? int64_t(files.rlim_cur / 4)
+                              : 1024;
+  return std::clamp<int64_t>(quarter, 64, 1024);
+}
 
 struct Dataset::Readers {
   std::mutex mutex;  // guards opening and closing; reads serialize on the HDF5 lock
@@ -20,6 +30,7 @@ struct Dataset::Readers {
   std::vector<uint64_t> last_use;  // per shard, for closing the least recently used
   uint64_t uses = 0;
   int64_t num_open = 0;
+  int64_t max_open = max_open_shards();
   std::vector<std::unique_ptr<DocumentIndex>> documents;
 };
 
@@ -98,7 +109,7 @@ std::shared_ptr<const ShardReader> Dataset::reader(int64_t shard) const {
   const size_t i = static_cast<size_t>(shard);
   rs.last_use[i] = ++rs.uses;
   if (rs.open[i]) return rs.open[i];
-  if (rs.num_open >= kMaxOpenShards) {
+  if (rs.num_open >= rs.max_open) {
     // Close the least recently used; a reader another thread still reads from closes when
     // that read is done.
     size_t lru = i;

@@ -3,6 +3,7 @@
 #include <mpi.h>
 
 #include <climits>
+#include <cstdlib>
 #include <exception>
 #include <functional>
 #include <iostream>
@@ -19,12 +20,16 @@ namespace par {
 Job::Job(const std::string& command, int* argc, char*** argv) : command_(command) {
   if (!MpiEnvironment::launched_by_mpi()) {
     // srun without an MPI plugin (a cluster whose MpiDefault is none) starts its tasks as
-    // strangers: each would train alone into the same run. Say so once, from task 0.
-    if (const int tasks = MpiEnvironment::launcher_world_size(); tasks > 1) {
+    // strangers: each would train alone into the same run. Say so once, from task 0. A
+    // sweep of one-process runs (each task its own --out) says PAR_ONE_PROCESS=1.
+    const char* alone = std::getenv("PAR_ONE_PROCESS");
+    const bool by_choice = alone && std::string(alone) == "1";
+    if (const int tasks = MpiEnvironment::launcher_world_size(); tasks > 1 && !by_choice) {
       if (MpiEnvironment::launcher_world_rank() == 0)
         std::cerr << cat("par ", command, ": error: srun started ", tasks, " tasks, but "
                          "without an MPI plugin each is alone: start it with srun --mpi=pmix "
-                         "(or --mpi=pmi2; `srun --mpi=list` shows this cluster's)\n")
+                         "(or --mpi=pmi2; `srun --mpi=list` shows this cluster's); for tasks "
+                         "that each run alone on purpose, set PAR_ONE_PROCESS=1\n")
                   << std::flush;
       throw JobStopped(2);
     }

@@ -176,7 +176,7 @@ po::options_description run_options(RunConfig& c) {
       ("eval-every", po::value(&c.eval_every)->default_value(c.eval_every), "validate every K steps (0: at the end only)")
       ("eval-tokens", po::value(&c.eval_tokens)->default_value(c.eval_tokens), "targets scored per validation (in whole blocks, so up to a block more; 0: the whole validation set)")
       ("score-positions", po::value(&c.score_positions), "FIRST:LAST: validation scores only the targets whose position in their document (1-based, counted from the stream's start or the last EOS) lies in [FIRST, LAST], as par eval --score-positions")
-      ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write a checkpoint (OUT/checkpoints/step-N) every K steps, and always at the end (0: at the end only)")
+      ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "write a checkpoint (OUT/checkpoints/step-N) every K steps, and always at the end (0: no step count; --checkpoint-minutes still applies)")
       ("checkpoint-minutes", po::value(&c.checkpoint_minutes)->default_value(c.checkpoint_minutes), "also write one once this many minutes have passed since the last (or the start), so that a crash or a lost node costs at most that much (0: off)")
       ("keep-checkpoints", po::value(&c.keep_checkpoints)->default_value(c.keep_checkpoints), "complete checkpoints to keep (the newest is never removed)")
       ("resume", po::value(&c.resume)->default_value(c.resume), "none | auto (continue from the newest complete checkpoint in OUT, if any) | PATH of a checkpoint directory")

@@ -85,6 +85,7 @@ done
 (($#)) || { say "no par command given (e.g. -- train --config ...)"; exit 2; }
 [[ -z $np || $np =~ ^[1-9][0-9]*$ ]] || { say "the number of ranks must be a positive number, not '$np'"; exit 2; }
 [[ $kill_timeout =~ ^[0-9]+$ ]] || { say "the kill timeout must be whole seconds, not '$kill_timeout'"; exit 2; }
+kill_timeout=$((10#$kill_timeout))  # "08" is not octal
 
 if [[ -z $par ]]; then
   if command -v par >/dev/null; then
@@ -197,9 +198,11 @@ if [[ $rc -ne 75 && $rc -ne 0 && -s $PAR_STOP_FILE ]]; then
   rc=75
 fi
 if [[ $rc -eq 75 ]]; then
-  # Rank 0 notes "75 step N" with its checkpoint; a stop before the first step has none.
+  # Rank 0 notes "75 step N" with its checkpoint; a new run stopped before its first step
+  # has none ("75 step 0").
   where=$(cat "$PAR_STOP_FILE" 2>/dev/null)
   where=${where#75 }
+  [[ $where == "step 0" ]] && where=""
   say "par stopped early (exit 75)${where:+ with a checkpoint of $where}: run the same command again (with --resume auto) to continue"
 elif [[ -n $stop && $rc -ne 0 ]]; then
   say "mpirun exited with status $rc after $stop"

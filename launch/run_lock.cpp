@@ -50,6 +50,13 @@ RunLock::RunLock(const std::string& dir) : dir_(dir) {
   const std::string path = file(dir);
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd_ < 0) fail_user("cannot open the lock file ", path, ": ", std::strerror(errno));
+  // Which file this is, for check(): also where the file system has no locks.
+  struct stat st {};
+  if (::fstat(fd_, &st) == 0) {
+    dev_ = st.st_dev;
+    ino_ = st.st_ino;
+    identified_ = true;
+  }
   struct flock l = whole_file(F_WRLCK);
   if (::fcntl(fd_, F_SETLK, &l) != 0) {
     const int err = errno;
@@ -70,11 +77,6 @@ RunLock::RunLock(const std::string& dir) : dir_(dir) {
               holder.empty() ? "holder unknown" : holder,
               "): wait for it to end, stop it, or choose another --out");
   }
-  struct stat st {};
-  if (::fstat(fd_, &st) == 0) {
-    dev_ = st.st_dev;
-    ino_ = st.st_ino;
-  }
   // Ours now: record who holds it, for the message of a refused run.
   char when[32] = {};
   const std::time_t now = std::time(nullptr);
@@ -88,13 +90,17 @@ RunLock::RunLock(const std::string& dir) : dir_(dir) {
   }
 }
 
+bool RunLock::still_ours() const {
+  struct stat st {};
+  return ::stat(file(dir_).c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_;
+}
+
 void RunLock::check() const {
-  if (fd_ < 0) return;
+  if (fd_ < 0 || !identified_) return;
   const auto now = std::chrono::steady_clock::now();
   if (now < next_check_) return;
   next_check_ = now + std::chrono::seconds(2);
-  struct stat st {};
-  if (::stat(file(dir_).c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_) return;
+  if (still_ours()) return;
   fail_user("the lock file ", file(dir_), " of this run was deleted or replaced while the run "
             "held it (was the run directory removed?): stopping, since another `par train` "
             "could now start on this --out and the two would prune each other's checkpoints");
@@ -103,8 +109,9 @@ void RunLock::check() const {
 RunLock::~RunLock() {
   // A start that fails before it writes anything (a checkpoint of another model, say) leaves
   // no directory it made, rather than one holding only the lock file. Removed while still
-  // locked, and only when nothing else is there.
-  if (made_dir_ && fd_ >= 0 && std::uncaught_exceptions() > 0) {
+  // locked, and only when nothing else is there and the lock file is still this run's (not
+  // that of a run started after this one's directory was removed).
+  if (made_dir_ && fd_ >= 0 && std::uncaught_exceptions() > 0 && identified_ && still_ours()) {
     std::error_code ec;
     bool only_lock = true;
     for (const auto& e : std::filesystem::directory_iterator(dir_, ec))

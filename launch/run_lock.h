@@ -38,9 +38,12 @@ class RunLock {
   void check() const;
 
  private:
+  bool still_ours() const;  // dir/lock is the file this run opened
+
   std::string dir_;
   bool made_dir_ = false;
   int fd_ = -1;
+  bool identified_ = false;  // dev_ and ino_ are known
   dev_t dev_ = 0;
   ino_t ino_ = 0;
   mutable std::chrono::steady_clock::time_point next_check_{};

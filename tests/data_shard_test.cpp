@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -403,7 +404,8 @@ int64_t open_descriptors() {
 }
 
 // A data set of many small shards keeps a bounded number open (each holds a descriptor and
-// HDF5's chunk cache), reopening the others as they are read again.
+// HDF5's chunk cache), reopening the others as they are read again: a quarter of the
+// descriptors allowed, at least 64 (here, with 256 allowed, 64).
 TEST(DatasetTest, KeepsABoundedNumberOfShardsOpen) {
   TempDir dir;
   constexpr int kShards = 150;
@@ -415,7 +417,20 @@ TEST(DatasetTest, KeepsABoundedNumberOfShardsOpen) {
     write_shard(paths.back(), tokens.back().data(), 9, 300);
   }
   const int64_t before = open_descriptors();
-  Dataset d(paths, 4, 300);
+  rlimit was{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &was), 0);
+  rlimit low = was;
+  low.rlim_cur = std::min<rlim_t>(was.rlim_cur, 256);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::optional<Dataset> made;
+  try {
+    made.emplace(paths, 4, 300);
+  } catch (...) {
+    setrlimit(RLIMIT_NOFILE, &was);
+    throw;
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &was), 0);
+  Dataset& d = *made;
   ASSERT_EQ(d.num_windows(), 2 * kShards);
   int64_t most = 0;
   for (int pass = 0; pass < 2; ++pass)

@@ -67,10 +67,12 @@ TEST(ReliabilityRunDir, LockFileTakenAwayStopsTheRun) {
   for (const bool whole_dir : {false, true}) {
     SCOPED_TRACE(whole_dir ? "run directory removed" : "lock file removed");
     const std::string out = dir.file(whole_dir ? "gone" : "unlocked");
+    // No checkpoint is written meanwhile: one could fail first on the removed directory.
     Background run(cat("'", PAR_BINARY, "' ", tiny_train_args(data, out, 100000000),
-                       " --checkpoint-every 50"),
+                       " --checkpoint-every 0 --checkpoint-minutes 0"),
                    dir.file("taken.log"));
-    ASSERT_TRUE(testing_util::wait_until([&] { return !latest_checkpoint(out).empty(); }))
+    ASSERT_TRUE(testing_util::wait_until(
+        [&] { return !testing_util::logged_losses(out + "/metrics.jsonl").empty(); }))
         << slurp(dir.file("taken.log"));
     if (whole_dir)
       std::filesystem::remove_all(out);
@@ -83,6 +85,18 @@ TEST(ReliabilityRunDir, LockFileTakenAwayStopsTheRun) {
               std::string::npos)
         << slurp(dir.file("taken.log"));
   }
+}
+
+// A file system without file locks: the run warns that nothing stops a second run, and
+// goes on (the lock file's identity is still watched; it was taken for a replaced one).
+TEST(ReliabilityRunDir, FileSystemWithoutLocksWarnsAndTrains) {
+  TempDir dir;
+  const std::string data = testing_util::copy_task_data(dir, 65, 60);
+  const ParRun r = run_shell(dir, cat("LD_PRELOAD='", PAR_NO_FILE_LOCKS, "' '", PAR_BINARY, "' ",
+                                      tiny_train_args(data, dir.file("run"), 3)));
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("has no file locks"), std::string::npos) << r.err;
+  EXPECT_FALSE(latest_checkpoint(dir.file("run")).empty());
 }
 
 // Two trainings started together on one --out, three times: one trains, the other is

@@ -143,6 +143,9 @@ TEST(TrainMpi, SrunStepsAreSeenWithoutPmiSizes) {
   EXPECT_EQ(r.rc, 2);
   EXPECT_EQ(r.err, "");
   EXPECT_FALSE(std::filesystem::exists(dir.file("run2")));
+  // A sweep whose tasks each train alone, on purpose, says so.
+  r = run_shell(dir, cat("SLURM_STEP_NUM_TASKS=2 SLURM_PROCID=1 PAR_ONE_PROCESS=1 ", par, train));
+  EXPECT_EQ(r.rc, 0) << r.err;
 }
 
 TEST(TrainMpi, ErrorOnOneRankEndsTheJob) {
