@@ -90,15 +90,15 @@ int cmd_bench(int argc, char** argv) {
     const std::string unused =
         cli::options_among(kTrainOnly, [&](const std::string& o) { return given.count(o) > 0; });
     if (!unused.empty() && job.world_rank() == 0)
-      std::fprintf(stderr, "par bench: %s: train's option(s), not used by the bench (it times "
-                   "steps on random tokens and writes nothing)\n", unused.c_str());
+      std::fprintf(stderr, "par bench: warning: %s: train's option(s), not used by the bench (it "
+                   "times steps on random tokens and writes nothing)\n", unused.c_str());
     if (decode < 0) fail_user("--decode must be a number of tokens to generate (0: time training)");
     if (b.warmup < 0) fail_user("--warmup must be 0 or more untimed steps");
     const std::string not_decoding = cli::options_among(
         kTrainingBenchOnly, [&](const std::string& o) { return given.count(o) > 0; });
     if (decode > 0 && !not_decoding.empty() && job.world_rank() == 0)
-      std::fprintf(stderr, "par bench: %s: not used with --decode (it times generation on one "
-                   "process)\n", not_decoding.c_str());
+      std::fprintf(stderr, "par bench: warning: %s: not used with --decode (it times generation "
+                   "on one process)\n", not_decoding.c_str());
     b.gemm_defaulted = vm["gemm-size"].defaulted();
     if (!checkpoint.empty()) {
       const po::options_description model = model_options(mc);

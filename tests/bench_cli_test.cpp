@@ -31,7 +31,7 @@ TEST(BenchCli, TimesThreeStepsUnlessItsCommandLineSaysOtherwise) {
   const testing_util::ParRun unused =
       run_par(dir, base + " --steps 1 --out " + quote(dir.file("run")) + " --resume auto");
   ASSERT_EQ(unused.rc, 0) << unused.err;
-  EXPECT_NE(unused.err.find("par bench: --out, --resume: train's option(s), not used by the "
+  EXPECT_NE(unused.err.find("par bench: warning: --out, --resume: train's option(s), not used by the "
                             "bench"),
             std::string::npos)
       << unused.err;
@@ -54,7 +54,7 @@ TEST(BenchCli, HelpAndOptionsAreTheBenchs) {
   EXPECT_USER_ERROR(run_par(dir, base + " --warmup -1"), "--warmup must be 0 or more");
   const testing_util::ParRun decode = run_par(dir, base + " --decode 4 --steps 5 --sp 2");
   ASSERT_EQ(decode.rc, 0) << decode.err;
-  EXPECT_NE(decode.err.find("par bench: --steps, --sp: not used with --decode"), std::string::npos)
+  EXPECT_NE(decode.err.find("par bench: warning: --steps, --sp: not used with --decode"), std::string::npos)
       << decode.err;
 }
 
