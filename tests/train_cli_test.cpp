@@ -434,6 +434,18 @@ class TrainBadInput : public ::testing::Test {
   ParRun train(const std::string& data, const std::string& extra = "") {
     return run_par(dir_, cat(base_, " --data ", q(data), " ", extra));
   }
+  // A shard of 200 tokens 5 that claims vocab_size 259 (no max_token) but holds `value` at
+  // `position`: found only when that window is read.
+  std::string shard_holding(const std::string& name, int32_t value, size_t position) {
+    const std::string path = dir_.file(name);
+    std::vector<int32_t> t(200, 5);
+    t[position] = value;
+    h5::Object f = h5::create_file(path);
+    h5::write_attribute<std::string>(f.id(), "format", "par-tokens-1");
+    h5::write_attribute<int64_t>(f.id(), "vocab_size", 259);
+    h5::write_dataset<int32_t>(f.id(), "tokens", t.data(), {200});
+    return path;
+  }
   TempDir dir_;
   std::string data_, base_;
 };
@@ -459,16 +471,7 @@ TEST_F(TrainBadInput, ShardWithoutTokens) {
 }
 
 TEST_F(TrainBadInput, TokenOutsideTheVocabulary) {
-  // A shard that claims vocab_size 259 but holds a 300.
-  const std::string bad = dir_.file("badtoken.h5");
-  {
-    std::vector<int32_t> t(200, 5);
-    t[150] = 300;
-    h5::Object f = h5::create_file(bad);
-    h5::write_attribute<std::string>(f.id(), "format", "par-tokens-1");
-    h5::write_attribute<int64_t>(f.id(), "vocab_size", 259);
-    h5::write_dataset<int32_t>(f.id(), "tokens", t.data(), {200});
-  }
+  const std::string bad = shard_holding("badtoken.h5", 300, 150);
   const ParRun r = train(bad, "--batch-size 3");
   EXPECT_USER_ERROR(r, "badtoken.h5");
   EXPECT_NE(r.err.find("300"), std::string::npos) << r.err;
@@ -478,15 +481,7 @@ TEST_F(TrainBadInput, TokenOutsideTheVocabulary) {
 // outside the vocabulary, in a shard without max_token) ends the run with its error, but
 // the last step's checkpoint is already committed.
 TEST_F(TrainBadInput, ValidationShardThatFailsAtTheEndKeepsTheLastCheckpoint) {
-  const std::string bad = dir_.file("badval.h5");
-  {
-    std::vector<int32_t> t(200, 5);
-    t[10] = 300;
-    h5::Object f = h5::create_file(bad);
-    h5::write_attribute<std::string>(f.id(), "format", "par-tokens-1");
-    h5::write_attribute<int64_t>(f.id(), "vocab_size", 259);
-    h5::write_dataset<int32_t>(f.id(), "tokens", t.data(), {200});
-  }
+  const std::string bad = shard_holding("badval.h5", 300, 10);
   const ParRun r = train(data_ + "/train-*.h5", cat("--val-data ", q(bad)));
   EXPECT_USER_ERROR(r, "badval.h5");
   EXPECT_TRUE(std::filesystem::exists(dir_.file("run/checkpoints/step-00000002/manifest.txt")))
