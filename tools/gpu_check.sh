@@ -95,6 +95,12 @@ attentions=${ATTENTIONS:-auto blocked}
 configs=${GPU_CONFIGS:-$(ls configs/gpu-*.ini 2>/dev/null)}
 bench_cmd=${BENCH_CMD:-"{par} bench --config {config} --device cuda --precision {precision} --attention {attention} --steps 3 --warmup 1"}
 budget=${BUDGET:-540}
+# On the device machine ($OUT set) a command is stopped at 600 s, and what it has not yet
+# written under $OUT is lost with it: never plan past 540 s there.
+if [ -n "${OUT:-}" ] && [ "$budget" -gt 540 ]; then
+  echo "gpu_check: BUDGET $budget: the device tool stops a command at 600 s; 540 used" >&2
+  budget=540
+fi
 reserve=${RESERVE:-$((budget / 2))}
 timing_timeout=${TIMING_TIMEOUT:-90}
 test_timeout=${TEST_TIMEOUT:-300}
@@ -146,9 +152,17 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/par-gpu-check.XXXXXX")
 dlog=$work/logs
 mkdir -p "$dlog"
 # (tar's status 1: a log grew while it was read, which the next pack takes.)
+# An archive over the device tool's 16 MiB would not come back at all: then cuDNN's own
+# logs (never yet measured on a GPU) are left out of it.
 pack() {
   tar -czf "$logs/logs.tar.gz.part" -C "$work" logs 2>/dev/null
-  [ $? -le 1 ] && mv -f "$logs/logs.tar.gz.part" "$logs/logs.tar.gz"
+  local rc=$?
+  if [ $rc -le 1 ] && [ "$(stat -c %s "$logs/logs.tar.gz.part")" -gt $((15 << 20)) ]; then
+    tar -czf "$logs/logs.tar.gz.part" -C "$work" --exclude='*.cudnn' \
+        --exclude=cudnn-warnings.log logs 2>/dev/null
+    rc=$?
+  fi
+  [ $rc -le 1 ] && mv -f "$logs/logs.tar.gz.part" "$logs/logs.tar.gz"
 }
 trap 'pack; rm -rf "$work"' EXIT
 if command -v xz > /dev/null; then
@@ -197,6 +211,12 @@ fi
 gpu_name=$(timeout -k 5 20 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 if [ -n "$gpu_name" ]; then
   say "GPU: $(timeout -k 5 20 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | head -1)"
+  # An exclusive-process GPU takes one process at a time: suites side by side would fail.
+  mode=$(timeout -k 5 20 nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -1)
+  if [ -n "$mode" ] && [ "$mode" != Default ]; then
+    say "compute mode $mode: the test suites run one at a time"
+    test_jobs=1
+  fi
 else
   say "nvidia-smi found no GPU (the tests will say why CUDA sees none)"
 fi
@@ -465,7 +485,9 @@ for ((id = 1; id <= started; id++)); do
     other_failed=$(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$log")
     other_note="$other_passed passed, $other_failed failed"
     case $rc in
-      0|1) ;;
+      0) ;;
+      1) [ "$other_failed" -gt 0 ] ||
+           test_note="${test_note:+$test_note; }the other cuDNN's run exited 1 with no failed test counted" ;;
       none) other_note="$other_note, did not end even when killed"
             test_note="${test_note:+$test_note; }the other cuDNN's run did not end" ;;
       124|137) if [ "$why" = budget ]; then other_note="$other_note, cut by the budget after $lim s"
@@ -481,7 +503,10 @@ for ((id = 1; id <= started; id++)); do
   fi
   cat "$log" >> "$dlog/tests.log"
   case $rc in
-    0|1) ;;  # passed, or failures counted below
+    0) ;;
+    1) # failures counted below; none counted is a failure outside a test (a suite's set-up)
+       grep -qE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$log" ||
+         test_note="${test_note:+$test_note; }$suite exited 1 with no failed test counted (a failure outside its tests: see tests.log)" ;;
     none) test_note="${test_note:+$test_note; }$suite did not end even when killed (stuck in the driver?)" ;;
     124|137)
       if [ "$why" = budget ]; then test_note="${test_note:+$test_note; }$suite cut by the budget (it had the tests' last $lim s)"
@@ -528,9 +553,16 @@ pack
 target_config=configs/gpu-100m-131k.ini
 torch_cmd=${TORCH_REFERENCE:-"python3 bench/torch_reference.py --config $target_config"}
 torch_note="not run"
-# Seconds kept for the yardstick while it is still to come.
+# Seconds kept for the yardstick while it is still to come: none where the default
+# yardstick cannot run (no PyTorch), so the targets get that time.
 keep=0
 [ -f "$target_config" ] && [ "$torch_slot" -ge "$torch_min" ] && keep=$torch_slot
+if [ -z "${TORCH_REFERENCE:-}" ] && ! LD_LIBRARY_PATH=$machine_ld_path python3 -c \
+    'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is None)' 2>/dev/null; then
+  keep=0
+  torch_slot=0
+  torch_note="not run: no PyTorch (python3 -c 'import torch')"
+fi
 # Why a run stopped at its limit of $2 seconds: $3 "budget" (what the budget had left) or
 # "own" (its own limit, $4 the setting); $1 its log.
 stopped() {
@@ -591,7 +623,9 @@ run_target() {  # label, extra options: one bench, its JSON line and profile int
 run_yardstick() {
   keep=0
   local left=$((budget - SECONDS - grace))
-  if [ ! -f "$target_config" ]; then
+  if [[ $torch_note == "not run: no PyTorch"* ]]; then
+    :
+  elif [ ! -f "$target_config" ]; then
     torch_note="not run: no $target_config"
   elif [ "$left" -lt "$torch_min" ] || [ "$torch_slot" -lt "$torch_min" ]; then
     torch_note="skipped: out of time (BUDGET=$budget s)"
@@ -651,10 +685,10 @@ bench_table() {
       else
         printf '%s\t%s\tJSON\t%s\n' "$config" "$label" "$json" >> "$dlog/bench.tsv"
       fi
+      pack  # each row as it comes: the call may be stopped before the table ends
     done
     done
   done
-  pack
 }
 
 # ---- summary ----
