@@ -3,7 +3,6 @@
 #include <mpi.h>
 
 #include <climits>
-#include <cstdlib>
 #include <exception>
 #include <functional>
 #include <iostream>
@@ -22,9 +21,8 @@ Job::Job(const std::string& command, int* argc, char*** argv) : command_(command
     // srun without an MPI plugin (a cluster whose MpiDefault is none) starts its tasks as
     // strangers: each would train alone into the same run. Say so once, from task 0. A
     // sweep of one-process runs (each task its own --out) says PAR_ONE_PROCESS=1.
-    const char* alone = std::getenv("PAR_ONE_PROCESS");
-    const bool by_choice = alone && std::string(alone) == "1";
-    if (const int tasks = MpiEnvironment::launcher_world_size(); tasks > 1 && !by_choice) {
+    if (const int tasks = MpiEnvironment::launcher_world_size();
+        tasks > 1 && !MpiEnvironment::alone_by_choice()) {
       if (MpiEnvironment::launcher_world_rank() == 0)
         std::cerr << cat("par ", command, ": error: srun started ", tasks, " tasks, but "
                          "without an MPI plugin each is alone: start it with srun --mpi=pmix "

@@ -70,11 +70,6 @@ void check_stdout(const std::string& name) {
                                     : std::string(": a full disk, or a closed pipe?")));
 }
 
-bool alone_by_choice() {
-  const char* v = std::getenv("PAR_ONE_PROCESS");
-  return v && std::string(v) == "1";
-}
-
 void print_usage(std::ostream& os) {
   os << "usage: par <command> [options]   (par <command> --help for its options;"
         " par --version)\n\n"
@@ -116,7 +111,7 @@ int main(int argc, char** argv) {
   for (const Entry& e : kCommands) {
     if (name != e.name) continue;
     if (const int ranks = par::MpiEnvironment::launcher_world_size();
-        !e.distributed && ranks > 1 && !alone_by_choice())
+        !e.distributed && ranks > 1 && !par::MpiEnvironment::alone_by_choice())
       return refuse_several_ranks(name, ranks);
     try {
       const int status = e.run(argc - 1, argv + 1);

@@ -7,6 +7,7 @@
 #include <initializer_list>
 #include <iostream>
 #include <stdexcept>
+#include <string>
 
 #include "core/error.h"
 #include "parallel/mpi_error.h"
@@ -123,6 +124,11 @@ int MpiEnvironment::launcher_world_size() {
   // PMIx names no size; under srun (with any MPI plugin, or none) the step's task count is
   // SLURM_STEP_NUM_TASKS, which a batch script's own environment does not have.
   return first_env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}, 1);
+}
+
+bool MpiEnvironment::alone_by_choice() {
+  const char* v = std::getenv("PAR_ONE_PROCESS");
+  return v && std::string(v) == "1";
 }
 
 int MpiEnvironment::launcher_world_rank() {

@@ -43,6 +43,9 @@ class MpiEnvironment {
   // which srun sets whatever its MPI plugin); 1 and 0 where it gives none.
   static int launcher_world_size();
   static int launcher_world_rank();
+  // PAR_ONE_PROCESS=1: this process runs alone on purpose, whatever the launcher's
+  // environment says (a script one rank runs, a sweep of one-process runs under srun).
+  static bool alone_by_choice();
 
   // Ends every process of the job with this exit code (MPI_Abort on the world). Flushes
   // stdout and stderr first so the message explaining why gets out.
