@@ -108,6 +108,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string name = argv[1];
+  // What errors are said by: prep's mode too ("par prep copy: error: ..."), as its help says.
+  const bool prep_mode = name == "prep" && argc > 2 &&
+                         (!std::strcmp(argv[2], "bytes") || !std::strcmp(argv[2], "tokens") ||
+                          !std::strcmp(argv[2], "mirror") || !std::strcmp(argv[2], "copy"));
+  const std::string speaker = prep_mode ? par::cat(name, " ", argv[2]) : name;
   for (const Entry& e : kCommands) {
     if (name != e.name) continue;
     if (const int ranks = par::MpiEnvironment::launcher_world_size();
@@ -122,10 +127,10 @@ int main(int argc, char** argv) {
     } catch (const par::UserError& err) {
       // Each line in one write: under mpirun, another rank's lines or mpirun's abort
       // banner can otherwise land inside it.
-      std::cerr << par::cat("par ", name, ": error: ", err.what(), "\n") << std::flush;
+      std::cerr << par::cat("par ", speaker, ": error: ", err.what(), "\n") << std::flush;
       return 2;
     } catch (const std::exception& err) {
-      std::cerr << par::cat("par ", name, ": internal error: ", err.what(), "\n") << std::flush;
+      std::cerr << par::cat("par ", speaker, ": internal error: ", err.what(), "\n") << std::flush;
       return 1;
     }
   }

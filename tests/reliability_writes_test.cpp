@@ -171,7 +171,7 @@ TEST(ReliabilityWrites, ExportAndPrepOnAFullDisk) {
       cat("'", PAR_BINARY, "' prep copy --out ", quote(dir2.file("disk/data")),
           " --length 4097 --examples 200"));
   ASSERT_TRUE(prepared);
-  expect_one_line(*prepared, cat("par prep: error: cannot write shard ",
+  expect_one_line(*prepared, cat("par prep copy: error: cannot write shard ",
                                  dir2.file("disk/data/train-00000.h5.tmp")));
   EXPECT_FALSE(fs::exists(dir2.file("after/data/train-00000.h5.tmp")));
 }
