@@ -126,6 +126,10 @@ int prep_mirror_cmd(int argc, char** argv, bool reverse) {
 
 }  // namespace
 
+bool is_prep_mode(const std::string& word) {
+  return word == "bytes" || word == "tokens" || word == "mirror" || word == "copy";
+}
+
 int cmd_prep(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "par prep: error: no mode given\n\n" << kPrepUsage;
@@ -141,6 +145,7 @@ int cmd_prep(int argc, char** argv) {
   if (mode == "tokens") return prep_tokens_cmd(argc - 1, argv + 1);
   if (mode == "mirror") return prep_mirror_cmd(argc - 1, argv + 1, true);
   if (mode == "copy") return prep_mirror_cmd(argc - 1, argv + 1, false);
+  PAR_ASSERT(!is_prep_mode(mode), "prep mode ", mode, " has no command");
   fail_user("unknown mode '", mode, "'; use bytes, tokens, mirror or copy (see `par prep --help`)");
 }
 

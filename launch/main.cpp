@@ -109,10 +109,8 @@ int main(int argc, char** argv) {
   }
   const std::string name = argv[1];
   // What errors are said by: prep's mode too ("par prep copy: error: ..."), as its help says.
-  const bool prep_mode = name == "prep" && argc > 2 &&
-                         (!std::strcmp(argv[2], "bytes") || !std::strcmp(argv[2], "tokens") ||
-                          !std::strcmp(argv[2], "mirror") || !std::strcmp(argv[2], "copy"));
-  const std::string speaker = prep_mode ? par::cat(name, " ", argv[2]) : name;
+  const std::string speaker =
+      name == "prep" && argc > 2 && par::is_prep_mode(argv[2]) ? par::cat(name, " ", argv[2]) : name;
   for (const Entry& e : kCommands) {
     if (name != e.name) continue;
     if (const int ranks = par::MpiEnvironment::launcher_world_size();
