@@ -299,7 +299,8 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
                      ", \"batch_size\": ", rc.batch_size, ", \"context_length\": ",
                      mc.context_length, "}"));
   // A stop asked for while the run was starting: nothing new to save.
-  if (const StopRequest::Reason early = stop.agreed(*grid.world()); early != StopRequest::kNone) {
+  if (const StopRequest::Reason early = stop.agreed(*grid.world()).reason;
+      early != StopRequest::kNone) {
     if (speaker) {
       LOG(WARNING) << "stopping before the first step because of " << StopRequest::describe(early)
                    << "; exit status " << kExitRequeue << ": run again with --resume auto to continue";
@@ -353,7 +354,13 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     interval_targets += r.valid;
     ++interval_steps;
     const bool last = pos.step == rc.steps;
-    const StopRequest::Reason reason = last ? StopRequest::kNone : stop.agreed(*grid.world());
+    // The clock of --checkpoint-minutes is rank 0's, so that every rank takes the same
+    // decision; it is asked with the stop.
+    const StopRequest::Agreement agreed =
+        last ? StopRequest::Agreement{}
+             : stop.agreed(*grid.world(), rc.checkpoint_minutes > 0 &&
+                                              seconds_since(last_save) >= 60 * rc.checkpoint_minutes);
+    const StopRequest::Reason reason = agreed.reason;
     // A stop logs the steps since the last line too: a segment of a requeued job shorter
     // than --log-every would otherwise leave no trace of its progress and throughput.
     if (pos.step % rc.log_every == 0 || last || reason != StopRequest::kNone) {
@@ -395,13 +402,8 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     }
     if (rc.eval_every > 0 && pos.step % rc.eval_every == 0 && !last)
       validate(ts, s, pos.step, dir);
-    // The clock is rank 0's, so that every rank takes the same decision.
-    const bool overdue =
-        !last && rc.checkpoint_minutes > 0 &&
-        grid.world()->all_reduce_value(
-            int64_t(speaker && seconds_since(last_save) >= 60 * rc.checkpoint_minutes),
-            ReduceOp::kMax) > 0;
-    if ((rc.checkpoint_every > 0 && pos.step % rc.checkpoint_every == 0) || last || overdue) {
+    if ((rc.checkpoint_every > 0 && pos.step % rc.checkpoint_every == 0) || last ||
+        agreed.rank0_flag) {
       save(ts, saver, s, pos);
       last_save = Clock::now();
     }

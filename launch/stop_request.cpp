@@ -62,13 +62,15 @@ StopRequest::~StopRequest() {
   for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &g_previous[i], nullptr);
 }
 
-StopRequest::Reason StopRequest::agreed(Communicator& world) const {
-  int64_t reason = g_signal ? kSignal : kNone;
-  if (world.rank() == 0 && max_seconds_ > 0 &&
+StopRequest::Agreement StopRequest::agreed(Communicator& world, bool flag) const {
+  const bool root = world.rank() == 0;
+  int64_t said[2] = {g_signal ? kSignal : kNone, root && flag};
+  if (root && max_seconds_ > 0 &&
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count() >=
           max_seconds_)
-    reason = std::max<int64_t>(reason, kTimeLimit);
-  return Reason(world.all_reduce_value(reason, ReduceOp::kMax));
+    said[0] = std::max<int64_t>(said[0], kTimeLimit);
+  world.all_reduce(said, 2, ReduceOp::kMax);
+  return {Reason(said[0]), said[1] != 0};
 }
 
 const char* StopRequest::describe(Reason r) {

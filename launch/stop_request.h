@@ -33,9 +33,15 @@ class StopRequest {
   void set_time_limit(double max_minutes) { max_seconds_ = max_minutes * 60; }
 
   enum Reason { kNone = 0, kSignal = 1, kTimeLimit = 2 };
+  struct Agreement {
+    Reason reason = kNone;
+    bool rank0_flag = false;  // rank 0's `flag`, as every rank learns it
+  };
   // Collective over `world`: whether any rank was signalled, or rank 0's clock passed the
-  // limit. Every rank gets the same answer at the same step.
-  Reason agreed(Communicator& world) const;
+  // limit. Every rank gets the same answer at the same step. Rank 0's `flag` (a decision of
+  // its own clock, such as a checkpoint being due) travels in the same collective, so a
+  // step pays for one.
+  Agreement agreed(Communicator& world, bool flag = false) const;
   static const char* describe(Reason r);
 
   // Writes "75 step N" to the file named by $PAR_STOP_FILE, if set (rank 0, on exit 75).

@@ -252,16 +252,17 @@ TEST(Checkpoint, TimeLimitCheckpointsAndRequeues) {
 }
 
 // --checkpoint-minutes: a checkpoint also once that long has passed since the last, so a
-// crash costs at most that much; 0 turns it off (here the run ends by --max-minutes).
+// crash costs at most that much; 0 turns it off (here the run ends by --max-minutes). On
+// two ranks, rank 0's clock decides for both, in the stop check's collective.
 TEST(Checkpoint, CheckpointsByTheClock) {
   TempDir dir;
   const std::string data = testing_util::copy_task_data(dir, 65, 200);
-  for (const double minutes : {0.01, 0.0}) {
-    SCOPED_TRACE(minutes);
-    const std::string run = dir.file(cat("run", minutes > 0));
-    const ParRun r = run_par(dir, train_args(data, run, 1000000) + " --max-minutes 0.05 " +
-                                      "--keep-checkpoints 1000 --checkpoint-minutes " +
-                                      cat(minutes));
+  for (const auto& [minutes, ranks] : {std::pair{0.01, 1}, {0.0, 1}, {0.01, 2}}) {
+    SCOPED_TRACE(cat(minutes, " minutes, ", ranks, " rank(s)"));
+    const std::string run = dir.file(cat("run", minutes > 0, "-", ranks));
+    const std::string args = train_args(data, run, 1000000) + " --max-minutes 0.05 " +
+                             "--keep-checkpoints 1000 --checkpoint-minutes " + cat(minutes);
+    const ParRun r = ranks == 1 ? run_par(dir, args) : run_shell(dir, mpirun(ranks, args + " --dp 2"));
     ASSERT_EQ(r.rc, 75) << r.err;
     const size_t n = checkpoint_names(run).size();
     if (minutes > 0)
