@@ -232,50 +232,67 @@ uninterrupted base-srun "$srun_steps" exec &
 bg=$!
 
 # --- 2. mpirun inside the allocation, signal from scancel ---------------------------------------
-# About 30 s of training (more while it shares the cores with the uninterrupted run above):
-# the signal is sent after the first tenth. With 8 s, one run on a fast machine finished
-# before the signal: SLURM's answers (scontrol, scancel) come late while four ranks keep
-# both cores busy; once, scancel timed out after 10 s (hence its retries below).
-m_steps=$(steps_for 30 "$ms")
-name=mpirun
-out=$work/$name.out
-# PAR_KILL_TIMEOUT=1: mpirun's exit after a rank's 75 takes 2 s, not 10 (launch/LAUNCH.md).
-job=$(PAR_LAUNCHER=mpirun PAR_OVERSUBSCRIBE=1 PAR_KILL_TIMEOUT=1 \
-      sbatch --parsable --chdir="$work" --job-name=par-test-mpirun --ntasks=2 --time=10 \
-        --output="$out" "$root/launch/slurm/par-train.sbatch" "${train[@]}" \
-        --steps "$m_steps" --log-every $((m_steps / 10)) --out "$work/$name" 2>&1) \
-  || fail "sbatch: $job"
-job=${job%%;*}
-say "submitted job $job (mpirun, $m_steps steps)"
-t0=$(date +%s)
-# Training is under way (par's handler in place) once the first interval's loss is in the
-# run's metrics (the run's start row comes before its first step), which rank 0 writes
-# straight to the file; its log line reaches the job's output
-# through mpirun's forwarding, seconds later at times.
-# The file is looked at every 0.2 s; SLURM, slower to ask, every 2 s.
-polls=0
-until grep -qs '"loss"' "$work/$name/metrics.jsonl"; do
-  if ((polls++ % 10 == 0)); then
-    read_job "$job"
-    job_ended && fail "job $job ended ($state) before it could be signalled"
-  fi
-  (($(date +%s) - t0 < deadline_s)) || fail "job $job did not start training in $deadline_s s"
-  sleep 0.2
-done
-# On a loaded machine slurmctld's forward to slurmd can time out ("Socket timed out on
-# send/recv operation") whether or not the signal arrived. The batch script writes its own
-# line on SIGUSR1 straight to the output (not through mpirun), so that line tells which; a
-# signal sent twice is harmless (the script and par act on the first).
-signalled() { grep -q "par-train.sbatch: .* SIGUSR1: asking the ranks" "$out"; }
+# About 10 s of training (more while it shares the cores with the uninterrupted run above):
+# the signal is sent once the first interval is logged. SLURM's answers (scontrol, scancel)
+# can come late while four ranks keep both cores busy (once, scancel timed out after 10 s,
+# hence its retries below), so a job that finished before the signal reached it is
+# submitted again with three times the steps, as in part 1.
+m_steps=$(steps_for 10 "$ms")
 for try in 1 2 3; do
-  scancel --batch --signal=USR1 "$job" && break
-  for _ in $(seq 25); do signalled && break 2; sleep 0.2; done
-  ((try < 3)) || fail "scancel --batch --signal=USR1 $job (3 tries)"
-  say "scancel --batch --signal=USR1 $job failed and the script shows no signal: again"
+  name=mpirun$try
+  out=$work/$name.out
+  # PAR_KILL_TIMEOUT=1: mpirun's exit after a rank's 75 takes 2 s, not 10 (launch/LAUNCH.md).
+  job=$(PAR_LAUNCHER=mpirun PAR_OVERSUBSCRIBE=1 PAR_KILL_TIMEOUT=1 \
+        sbatch --parsable --chdir="$work" --job-name=par-test-mpirun --ntasks=2 --time=10 \
+          --output="$out" "$root/launch/slurm/par-train.sbatch" "${train[@]}" \
+          --steps "$m_steps" --log-every $((m_steps / 10)) --out "$work/$name" 2>&1) \
+    || fail "sbatch: $job"
+  job=${job%%;*}
+  say "submitted job $job (mpirun, $m_steps steps)"
+  t0=$(date +%s)
+  # Training is under way (par's handler in place) once the first interval's loss is in the
+  # run's metrics (the run's start row comes before its first step), which rank 0 writes
+  # straight to the file; its log line reaches the job's output
+  # through mpirun's forwarding, seconds later at times.
+  # The file is looked at every 0.2 s; SLURM, slower to ask, every 2 s.
+  polls=0 early=0
+  until grep -qs '"loss"' "$work/$name/metrics.jsonl"; do
+    if ((polls++ % 10 == 0)); then
+      read_job "$job"
+      job_ended && { early=1; break; }
+    fi
+    (($(date +%s) - t0 < deadline_s)) || fail "job $job did not start training in $deadline_s s"
+    sleep 0.2
+  done
+  if ((early)); then
+    [[ $state == COMPLETED ]] && ((try < 3)) || fail "job $job ended ($state) before it could be signalled"
+  else
+    # On a loaded machine slurmctld's forward to slurmd can time out ("Socket timed out on
+    # send/recv operation") whether or not the signal arrived. The batch script writes its
+    # own line on SIGUSR1 straight to the output (not through mpirun), so that line tells
+    # which; a signal sent twice is harmless (the script and par act on the first).
+    signalled() { grep -q "par-train.sbatch: .* SIGUSR1: asking the ranks" "$out"; }
+    for s_try in 1 2 3; do
+      scancel --batch --signal=USR1 "$job" && break
+      for _ in $(seq 25); do signalled && break 2; sleep 0.2; done
+      read_job "$job"
+      job_ended && break
+      ((s_try < 3)) || fail "scancel --batch --signal=USR1 $job (3 tries)"
+      say "scancel --batch --signal=USR1 $job failed and the script shows no signal: again"
+    done
+    say "sent SIGUSR1 to the batch shell of job $job"
+    wait_job "$job"
+    say "job $job: $state, exit code $exit_code, $restarts requeue(s), $(($(date +%s) - t0)) s"
+  fi
+  if [[ $state == COMPLETED && $restarts == 0 ]] && ! grep -q "stopping after step" "$out" &&
+     ((try < 3)); then
+    m_steps=$((m_steps * 3))
+    say "job $job finished before the signal reached par: again with $m_steps steps"
+    continue
+  fi
+  break
 done
-say "sent SIGUSR1 to the batch shell of job $job"
-wait_job "$job"
-say "job $job: $state, exit code $exit_code, $restarts requeue(s), $(($(date +%s) - t0)) s"
+mpirun_run=$work/$name
 check_cycle "$job" "$m_steps"
 grep -q "start (restart 0) .*: 2 task(s), mpirun" "$out" || fail "the job did not use mpirun"
 out=""
@@ -285,7 +302,7 @@ bg=""
 uninterrupted base-mpirun "$m_steps" || fail "uninterrupted run: $(tail -n 20 "$work/base-mpirun.log")"
 
 # --- same parameters as the uninterrupted runs -------------------------------------------------
-for pair in "$srun_run base-srun" "$work/mpirun base-mpirun"; do
+for pair in "$srun_run base-srun" "$mpirun_run base-mpirun"; do
   read -r run base <<<"$pair"
   for r in "$run" "$work/$base"; do
     "$par" export --checkpoint "$(checkpoint_of "$r")" --out "$r.h5" >"$r.export.log" 2>&1 \
