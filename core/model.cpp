@@ -121,12 +121,6 @@ ModelMemory PerceiverAR<T>::memory(const ModelConfig& cfg, int64_t max_batch, in
                                    KeyValueStorage kv) {
   cfg.validate();
   validate_layout(cfg, sp, tp);
-  // The parameter layout counts elements in int64: refuse what it cannot count.
-  const double d = double(cfg.d_model), widest = std::max(double(cfg.mlp_factor), double(cfg.vocab_size) / d);
-  if (widest * d * d > 0x1p62)
-    fail_user("the model is far too large for any machine: its largest weight matrix (--d-model ",
-              cfg.d_model, ", --mlp-factor ", cfg.mlp_factor, ", --vocab-size ", cfg.vocab_size,
-              ") has more than 2^62 elements");
   // Exact for L = 0, 1, 2. Every layer adds the same pieces (each starting 64-byte aligned),
   // so both sizes are affine in L from there: plan a billion layers without listing them.
   auto at = [&](int64_t layers) {

@@ -1,5 +1,6 @@
 #include "core/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -55,6 +56,32 @@ void check_field(const ModelField& f, const ModelConfig& c) {
       f.member);
 }
 
+// Buffers are sized in int64 elements, an example's or a sample's at a time times the
+// batch: a shape whose pieces pass 2^44 elements (64 TiB in float32, past any machine) is
+// refused here, so that no count wraps around. A model file's attributes reach the
+// decoder and eval this way too, without a memory plan of train's.
+void check_size(const ModelConfig& c) {
+  constexpr double kFar = 0x1p44;
+  const double d = double(c.d_model), N = double(c.context_length), M = double(c.num_latents),
+               L = double(c.num_layers), F = double(c.mlp_factor), V = double(c.vocab_size);
+  auto refuse = [&](const char* what, const std::string& options) {
+    fail_user("the model is far too large for any machine: more than 2^44 elements in ", what,
+              " (", options, ")");
+  };
+  if (std::max(F, V / d) * d * d > kFar)
+    refuse("its largest weight matrix", cat("--d-model ", c.d_model, ", --mlp-factor ", c.mlp_factor,
+                                           ", --vocab-size ", c.vocab_size));
+  if ((2 * V + (L + 1) * (4 + 2 * F) * d) * d > kFar)
+    refuse("its parameters", cat("--num-layers ", c.num_layers, ", --d-model ", c.d_model,
+                                 ", --mlp-factor ", c.mlp_factor));
+  if ((N + M) * d > kFar)
+    refuse("one example's inputs", cat("--context-length ", c.context_length, ", --d-model ", c.d_model));
+  if ((L + 1) * M * d * (F + 8) > kFar)
+    refuse("one example's latent activations",
+           cat("--num-layers ", c.num_layers, ", --num-latents ", c.num_latents, ", --d-model ",
+               c.d_model, ", --mlp-factor ", c.mlp_factor));
+}
+
 // A field's value as the summary line shows it.
 std::string shown(const ModelField& f, const ModelConfig& c) {
   return std::visit(
@@ -89,7 +116,10 @@ void ModelConfig::validate() const {
     fail_user("--d-model ", d_model, " is odd: --position-encoding ",
               position_encoding_name(position_encoding),
               " adds sines and cosines in two halves of the width, so it must be even");
+  check_size(*this);
 }
+
+
 
 std::string ModelConfig::summary() const {
   const ModelConfig c = resolved();

@@ -197,5 +197,35 @@ TEST(ModelConfigTable, FieldChecksNameTheOption) {
   EXPECT_EQ(message([](ModelConfig& c) { c.num_layers = 0; }), "valid");
 }
 
+// Buffers are counted in int64 elements: a shape no machine could hold is refused before
+// any count can wrap around (a model file's attributes reach eval and sample unplanned).
+TEST(ModelConfigTable, ShapesFarTooLargeAreRefused) {
+  auto refused = [](auto set, const std::string& what) {
+    ModelConfig c;
+    set(c);
+    try {
+      c.validate();
+    } catch (const UserError& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("far too large for any machine: more than 2^44 elements in " + what),
+                std::string::npos) << m;
+      return;
+    }
+    ADD_FAILURE() << "accepted: " << c.summary();
+  };
+  refused([](ModelConfig& c) { c.context_length = int64_t(1) << 62; }, "one example's inputs");
+  refused([](ModelConfig& c) { c.context_length = int64_t(1) << 37; }, "one example's inputs");
+  refused([](ModelConfig& c) { c.mlp_factor = int64_t(1) << 62; }, "its largest weight matrix");
+  refused([](ModelConfig& c) { c.d_model = int64_t(1) << 23; }, "its largest weight matrix");
+  refused([](ModelConfig& c) { c.num_layers = int64_t(1) << 40; }, "its parameters");
+  refused([](ModelConfig& c) { c.num_latents = c.context_length = int64_t(1) << 32; },
+          "one example's latent activations");
+  // A million-token context at d = 8192 is not refused: only sizes past any machine are.
+  ModelConfig big;
+  big.context_length = int64_t(1) << 20;
+  big.d_model = 8192;
+  EXPECT_NO_THROW(big.validate());
+}
+
 }  // namespace
 }  // namespace par
