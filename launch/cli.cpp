@@ -88,6 +88,11 @@ bool parse(int argc, char** argv, const Command& cmd, const po::options_descript
       std::istringstream text(config_text(in));
       const auto parsed = po::parse_config_file(text, opts, /*allow_unregistered=*/false);
       refuse_negative_unsigned(parsed, opts, cat("config file ", path, ": "));
+      // It would be stored and never read: config files do not include others.
+      for (const po::option& o : parsed.options)
+        if (o.string_key == config_option)
+          fail_user("config file ", path, ": '", config_option, " = ...' is not read inside a "
+                    "config file (one file, no includes): copy its options into this one");
       // store() skips what the command line already set, without reading its value: read
       // every value of the file on its own first, so that a bad one is an error anyway.
       po::variables_map whole_file;
