@@ -1,5 +1,6 @@
 #include "checkpoint/manifest.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <sstream>
@@ -193,8 +194,11 @@ Manifest Manifest::parse(const std::string& sealed, const std::string& path) {
       e.count = number<int64_t>(w[6], path, n);
       e.file = w[7];
       e.checksum = std::strtoull(w[8].c_str(), nullptr, 16);
-      if (e.axis >= int(e.global_shape.size()) || e.axis < -1 || e.begin < 0 || e.count < 0 ||
-          (e.axis >= 0 && e.begin + e.count > e.global_shape[size_t(e.axis)]) ||
+      const bool negative_dim = std::any_of(e.global_shape.begin(), e.global_shape.end(),
+                                            [](int64_t d) { return d < 0; });
+      if (negative_dim || e.axis >= int(e.global_shape.size()) || e.axis < -1 || e.begin < 0 ||
+          e.count < 0 ||
+          (e.axis >= 0 && e.begin > e.global_shape[size_t(e.axis)] - e.count) ||
           e.file.find('/') != std::string::npos)
         fail_user(path, " line ", n, ": the tensor record is inconsistent: the manifest is corrupt");
       m.entries.push_back(std::move(e));
@@ -204,6 +208,14 @@ Manifest Manifest::parse(const std::string& sealed, const std::string& path) {
   }
   if (!header || !have_model || !have_step)
     fail_user(path, " is not a complete par checkpoint manifest (header, step or model missing)");
+  // What the checksum cannot vouch for: a manifest sealed again after an edit, or a writer
+  // of another tool's.
+  if (m.position.step < 0 || m.position.next_batch < 0)
+    fail_user(path, ": step ", m.position.step, " and next_batch ", m.position.next_batch,
+              " must be >= 0: the manifest is corrupt");
+  if (m.dp < 1 || m.sp < 1 || m.tp < 1)
+    fail_user(path, ": layout ", m.dp, " ", m.sp, " ", m.tp, " is not a layout of ranks (each "
+              "must be >= 1): the manifest is corrupt");
   try {
     m.model.validate();
   } catch (const UserError& e) {

@@ -411,8 +411,10 @@ PrepResult prep_mirror(const MirrorPrepOptions& opts, std::ostream& log) {
   const int64_t k_val = opts.val_examples == -1 ? std::max<int64_t>(1, k_train / 10)
                                                 : opts.val_examples;
   const int64_t limit = int64_t{1} << 50;
-  if (e > limit || k_train > limit / e || k_val > limit / e)
+  if (e > limit || k_train > limit / e)
     fail_user("--examples × --length is too large (", k_train, " × ", e, ")");
+  if (k_val > limit / e)
+    fail_user("--val-examples × --length is too large (", k_val, " × ", e, ")");
   // Whole examples per shard: a window straddling two shards cannot exist, so an example
   // cut at a shard boundary would be lost.
   const int64_t per_shard = opts.common.shard_tokens / e * e;
@@ -420,7 +422,7 @@ PrepResult prep_mirror(const MirrorPrepOptions& opts, std::ostream& log) {
     fail_user("--shard-tokens (", opts.common.shard_tokens, ") must be at least --length (", e,
               ") so that no example spans two shards");
   const int64_t h = opts.half == -1 ? (e - 1) / 2 : opts.half;
-  if (h < 1 || 2 * h > e)
+  if (h < 1 || h > e / 2)
     fail_user("--half must be between 1 and --length / 2 = ", e / 2, ", not ", h);
   if (opts.keep != -1 && (opts.keep < 1 || opts.keep > h))
     fail_user("--keep must be between 1 and the half (", h, "), not ", opts.keep);

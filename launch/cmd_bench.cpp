@@ -94,6 +94,10 @@ int cmd_bench(int argc, char** argv) {
                    "times steps on random tokens and writes nothing)\n", unused.c_str());
     if (decode < 0) fail_user("--decode must be a number of tokens to generate (0: time training)");
     if (b.warmup < 0) fail_user("--warmup must be 0 or more untimed steps");
+    // 65536: 16 GiB per float32 operand, three of them, and n*n well inside BLAS's int.
+    if (b.gemm_n < 1 || b.gemm_n > 65536)
+      fail_user("--gemm-size must be between 1 and 65536 (the n of an n x n x n product), not ",
+                b.gemm_n);
     const std::string not_decoding = cli::options_among(
         kTrainingBenchOnly, [&](const std::string& o) { return given.count(o) > 0; });
     if (decode > 0 && !not_decoding.empty() && job.world_rank() == 0)

@@ -13,6 +13,7 @@
 #include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
+#include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/threads.h"
 #include "train/evaluate.h"
@@ -64,6 +65,7 @@ int cmd_eval(int argc, char** argv) {
             << file.model.summary() << ") on " << shards.size() << " shard(s), "
             << backend.description << storage_note(storage);
 
+  require_model_fits(file.model, batch, storage, backend, "--batch-size");
   Ops<float>& ops = *backend.ops;
   PerceiverAR<float> model(file.model, ops, batch, {}, storage);
   ops.upload(model.params(), file.params.data(), file.params.size() * sizeof(float));

@@ -38,6 +38,10 @@ namespace par {
 namespace {
 
 constexpr int64_t kMaxTokens = 100'000'000;
+// Samples decoded as one batch: each holds caches of the context's size, so far fewer fit
+// any machine; the bound keeps their sizes' products inside int64 for every model shape
+// that ModelConfig::validate accepts.
+constexpr int64_t kMaxSamples = 65'536;
 constexpr double kProgressEvery = 5;  // seconds between progress lines
 
 using Clock = std::chrono::steady_clock;
@@ -224,6 +228,9 @@ int cmd_sample(int argc, char** argv) {
   if (!vm["prompt-count"].defaulted() && prompt_count < 1)
     fail_user("--prompt-count must be at least 1");
   if (num_samples < 1) fail_user("--num-samples must be at least 1");
+  if (num_samples > kMaxSamples)
+    fail_user("--num-samples ", num_samples, " is more than one batch decodes (at most ",
+              kMaxSamples, "): draw them in several runs, with --seed advanced by the count");
   // Sample k draws with seed + k: past 2^64 - 1 it would wrap to another run's seeds.
   if (seed > std::numeric_limits<uint64_t>::max() - uint64_t(num_samples - 1))
     fail_user("--seed ", seed, " + --num-samples ", num_samples, " passes 2^64 - 1 (sample k draws ",
@@ -269,7 +276,9 @@ int cmd_sample(int argc, char** argv) {
     const ShardReader reader(prompt_shard);
     const int64_t n = reader.info().num_tokens;
     check_vocabulary(reader.info(), c.vocab_size);  // as eval and training check shards
-    if (prompt_begin < 0 || prompt_length < 0 || prompt_begin + prompt_count * prompt_length > n)
+    // (Divided, not multiplied: the options' product can pass int64.)
+    if (prompt_begin < 0 || prompt_length < 0 || prompt_begin > n ||
+        (prompt_length > 0 && prompt_count > (n - prompt_begin) / prompt_length))
       fail_user("--prompt-begin ", prompt_begin, " --prompt-length ", prompt_length,
                 prompt_count > 1 ? cat(" --prompt-count ", prompt_count) : std::string(),
                 " is outside ", prompt_shard, " (", n, " tokens)");

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <new>
 #include <string>
 
 #include "core/error.h"
@@ -126,6 +127,13 @@ int main(int argc, char** argv) {
       // Each line in one write: under mpirun, another rank's lines or mpirun's abort
       // banner can otherwise land inside it.
       std::cerr << par::cat("par ", speaker, ": error: ", err.what(), "\n") << std::flush;
+      return 2;
+    } catch (const std::bad_alloc&) {
+      // The memory plans count what train and eval allocate; what they do not (sample's
+      // caches, a host that others share) ends here.
+      std::cerr << par::cat("par ", speaker, ": error: out of memory (an allocation failed); a "
+                            "smaller batch, fewer samples or a smaller model would fit\n")
+                << std::flush;
       return 2;
     } catch (const std::exception& err) {
       std::cerr << par::cat("par ", speaker, ": internal error: ", err.what(), "\n") << std::flush;

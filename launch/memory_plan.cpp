@@ -342,4 +342,17 @@ void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudge
               advice(r, shape, b));
 }
 
+void require_model_fits(const ModelConfig& model, int64_t batch, KeyValueStorage kv,
+                        Backend& backend, const std::string& batch_option) {
+  const ModelMemory m = PerceiverAR<float>::memory(model, batch, 1, 1, kv);
+  const MemoryBudget b = memory_budget(backend, 1);
+  const bool device = backend.cuda && b.device_free >= 0;
+  const double have = device ? b.device : b.host;
+  if (have > 0 && m.total() > have)
+    fail_user("not enough ", device ? "GPU " : "", "memory: the model and the activations of ",
+              batch_option, " ", batch, " need an estimated ", format_bytes(m.total()),
+              ", but this process may have ", format_bytes(have), ", ",
+              device ? b.device_source : b.host_source, "; use a smaller ", batch_option);
+}
+
 }  // namespace par

@@ -103,4 +103,10 @@ struct RunShape {
 // (a smaller micro-batch, more --sp or --tp).
 void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudget& budget);
 
+// UserError unless one process's model of `model` with activations for `batch` examples
+// (what eval allocates: parameters, gradients, the activation arena) fits its budget on
+// `backend`; the message names `batch_option`, the way to make it fit.
+void require_model_fits(const ModelConfig& model, int64_t batch, KeyValueStorage kv,
+                        Backend& backend, const std::string& batch_option);
+
 }  // namespace par

@@ -29,6 +29,55 @@ TEST(ReliabilityInputs, ConfigThatIsADirectory) {
   EXPECT_FALSE(fs::exists(dir.file("run")));
 }
 
+// `config = OTHER.ini` inside a config file was stored and never read: the other file's
+// options silently did not apply.
+TEST(ReliabilityInputs, ConfigInsideAConfigFile) {
+  TempDir dir;
+  std::ofstream(dir.file("outer.ini")) << "config = " << configs_dir() << "tiny.ini\nsteps = 3\n";
+  EXPECT_USER_ERROR(run_par(dir, "train --dry-run --config " + quote(dir.file("outer.ini"))),
+                    "'config = ...' is not read inside a config file");
+}
+
+// Numbers near the int64 limit (a sanitized build's findings): each a clear refusal where
+// products of options wrapped around (prep wrote past its buffer, sample read a slice
+// outside its shard, eval allocated by an unchecked batch) or a run that does what it says.
+TEST(ReliabilityInputs, HugeNumbersDoNotWrapAround) {
+  TempDir dir;
+  const std::string big = "4611686018427387904", max = "9223372036854775807";
+  EXPECT_USER_ERROR(run_par(dir, cat("prep copy --out ", quote(dir.file("x")),
+                                     " --length 10 --examples 1 --half ", big)),
+                    "--half must be between 1 and --length / 2 = 5");
+  EXPECT_USER_ERROR(run_par(dir, cat("prep copy --out ", quote(dir.file("x")),
+                                     " --length 4 --examples 3 --val-examples 1125899906842624")),
+                    "--val-examples × --length is too large (1125899906842624 × 4)");
+  const std::string data = copy_task_data(dir, 65, 30);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 1)).rc, 0);
+  const std::string eval = cat("eval --checkpoint ", quote(dir.file("run")), " --data ",
+                               quote(dir.file("data/val-*.h5")));
+  EXPECT_USER_ERROR(run_par(dir, eval + " --batch-size " + big),
+                    "not enough memory: the model and the activations of --batch-size " + big);
+  auto tokens_of = [](const std::string& out) {  // of the JSON line: every target scored
+    const size_t at = out.find("\"tokens\": ");
+    return at == std::string::npos ? std::string("none") : out.substr(at, out.find(',', at) - at);
+  };
+  const ParRun all = run_par(dir, eval + " --max-tokens " + max);
+  ASSERT_EQ(all.rc, 0) << all.err;
+  EXPECT_EQ(tokens_of(all.out), tokens_of(run_par(dir, eval).out));
+  const std::string sample = cat("sample --checkpoint ", quote(dir.file("run")), " --prompt-shard ",
+                                 quote(dir.file("data/val-00000.h5")));
+  EXPECT_USER_ERROR(run_par(dir, sample + " --prompt-length 2 --prompt-count " + big),
+                    " is outside ");
+  EXPECT_USER_ERROR(run_par(dir, sample + " --prompt-begin " + max + " --prompt-length " + big),
+                    " is outside ");
+  EXPECT_USER_ERROR(run_par(dir, cat("sample --checkpoint ", quote(dir.file("run")),
+                                     " --num-samples 65537 --tokens 1")),
+                    "--num-samples 65537 is more than one batch decodes");
+  for (const std::string n : {"0", "-5", "-3037000500", "65537"})
+    EXPECT_USER_ERROR(run_par(dir, "bench --config " + quote(configs_dir() + "tiny.ini") +
+                                       " --steps 1 --gemm-size " + n),
+                      "--gemm-size must be between 1 and 65536");
+}
+
 // Numbers that meant something else, or ran on to a failure: refused with the option named.
 TEST(ReliabilityInputs, OptionValuesThatWereAcceptedSilently) {
   TempDir dir;

@@ -122,6 +122,38 @@ void rewrite_as_version(const std::string& dir, int version) {
 
 // Checkpoints of earlier versions load and resume; their checksums still catch damage.
 // FNV-1a 64 is the standard one (its test vector), as other tools compute it.
+// What the checksum cannot vouch for (a manifest sealed again after an edit, another
+// tool's writer) is checked too: one clear error each, where a negative step reached the
+// loader's assertion and a huge begin wrapped the bounds check around.
+TEST(ReliabilityManifest, ResealedNonsenseIsRefused) {
+  Manifest m;
+  m.position = {1200, 2400, 7, 3e-4};
+  const std::string header = m.header_text();
+  const std::string entry = "tensor params embed 259,256 0 0 259 shard-00000.h5 0\n";
+  ASSERT_NO_THROW(Manifest::parse(Manifest::seal(header + entry), "manifest.txt"));
+  auto refused = [&](const std::string& text, const std::string& part) {
+    try {
+      Manifest::parse(Manifest::seal(text), "manifest.txt");
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+      return;
+    }
+    ADD_FAILURE() << "accepted:\n" << text;
+  };
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string t = header + entry;
+    const size_t at = t.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    return at == std::string::npos ? t : t.replace(at, from.size(), to);
+  };
+  refused(with("step 1200", "step -1"), "step -1 and next_batch 2400 must be >= 0");
+  refused(with("next_batch 2400", "next_batch -5"), "must be >= 0");
+  refused(with("layout 1 1 1", "layout 0 0 0"), "layout 0 0 0 is not a layout of ranks");
+  refused(with("layout 1 1 1", "layout -1 2 1"), "is not a layout of ranks");
+  refused(with(" 0 0 259 ", " 0 9223372036854775807 1 "), "the tensor record is inconsistent");
+  refused(with("259,256", "-9223372036854775807,256"), "the tensor record is inconsistent");
+}
+
 TEST(ReliabilityManifest, EarlierVersionsLoadWithTheirChecksums) {
   EXPECT_EQ(checksum_bytes("a", 1), 0xaf63dc4c8601ec8cull);
   const std::vector<float> zeros(32, 0.0f);

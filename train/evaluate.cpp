@@ -86,7 +86,7 @@ EvalResult evaluate_blocks(PerceiverAR<T>& model, const std::vector<std::string>
   // until their scored targets reach max_targets (counted from the document index, the
   // same on every rank, other replicas' blocks included, so that all stop together).
   const bool by_blocks = max_targets <= 0 || only.all();
-  const int64_t budget = max_targets > 0 && by_blocks ? (max_targets + M - 1) / M
+  const int64_t budget = max_targets > 0 && by_blocks ? max_targets / M + (max_targets % M != 0)
                                                      : std::numeric_limits<int64_t>::max();
   int64_t targets_counted = 0;
   auto spent = [&] { return !by_blocks && targets_counted >= max_targets; };

@@ -35,7 +35,7 @@ struct KeptKeys {
   void carve(Carver& c, const AttentionShape& s) {
     nk = s.nk;
     count = c.take<int64_t>(s.batch);
-    index = c.take<int64_t>(s.batch * s.nk);
+    index = c.take<int64_t>(double(s.batch) * double(s.nk));  // (planning: any size)
   }
   // Bytes of the lists of a call of this shape.
   static double bytes(const AttentionShape& s) {
