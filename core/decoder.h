@@ -78,6 +78,11 @@
 
 namespace par {
 
+// Samples decoded as one batch, at most: each holds caches of the context's size, so far
+// fewer fit any machine; the bound keeps their sizes' products inside int64 for every
+// model shape that ModelConfig::validate accepts. (par sample and par bench --decode.)
+inline constexpr int64_t kMaxDecodeSamples = 65'536;
+
 // Whether cached decoding keeps the cross cache as tokens too: kAuto where the vocabulary
 // is at most N/4 (the tables are then small next to the cache).
 enum class TokenTables { kAuto, kOn, kOff };

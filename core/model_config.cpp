@@ -58,7 +58,8 @@ void check_field(const ModelField& f, const ModelConfig& c) {
 
 // Buffers are sized in int64 elements, an example's or a sample's at a time times the
 // batch: a shape whose pieces pass 2^44 elements (64 TiB in float32, past any machine) is
-// refused here, so that no count wraps around. A model file's attributes reach the
+// refused here, so that no count of a piece wraps around (the batches are bounded where
+// they are given: train's and eval's by their memory plans, sample's by --num-samples). A model file's attributes reach the
 // decoder and eval this way too, without a memory plan of train's.
 void check_size(const ModelConfig& c) {
   constexpr double kFar = 0x1p44;
@@ -73,9 +74,12 @@ void check_size(const ModelConfig& c) {
                                            ", --vocab-size ", c.vocab_size));
   if ((2 * V + (L + 1) * (4 + 2 * F) * d) * d > kFar)
     refuse("its parameters", cat("--num-layers ", c.num_layers, ", --d-model ", c.d_model,
-                                 ", --mlp-factor ", c.mlp_factor));
+                                 ", --mlp-factor ", c.mlp_factor, ", --vocab-size ", c.vocab_size));
   if ((N + M) * d > kFar)
-    refuse("one example's inputs", cat("--context-length ", c.context_length, ", --d-model ", c.d_model));
+    refuse("one example's inputs", cat("--context-length ", c.context_length, ", --num-latents ",
+                                       c.num_latents, ", --d-model ", c.d_model));
+  if (M * V > kFar)
+    refuse("one example's logits", cat("--num-latents ", c.num_latents, ", --vocab-size ", c.vocab_size));
   if ((L + 1) * M * d * (F + 8) > kFar)
     refuse("one example's latent activations",
            cat("--num-layers ", c.num_layers, ", --num-latents ", c.num_latents, ", --d-model ",
@@ -118,8 +122,6 @@ void ModelConfig::validate() const {
               " adds sines and cosines in two halves of the width, so it must be even");
   check_size(*this);
 }
-
-
 
 std::string ModelConfig::summary() const {
   const ModelConfig c = resolved();

@@ -3,6 +3,7 @@
 #include <glob.h>
 #include <sys/stat.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -10,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "parallel/mpi_environment.h"
 
 namespace par::cli {
 
@@ -86,13 +88,23 @@ bool parse(int argc, char** argv, const Command& cmd, const po::options_descript
     if (!in) fail_user("cannot read config file ", path, " (--", config_option, ")");
     try {
       std::istringstream text(config_text(in));
-      const auto parsed = po::parse_config_file(text, opts, /*allow_unregistered=*/false);
+      auto parsed = po::parse_config_file(text, opts, /*allow_unregistered=*/false);
       refuse_negative_unsigned(parsed, opts, cat("config file ", path, ": "));
-      // It would be stored and never read: config files do not include others.
-      for (const po::option& o : parsed.options)
-        if (o.string_key == config_option)
-          fail_user("config file ", path, ": '", config_option, " = ...' is not read inside a "
-                    "config file (one file, no includes): copy its options into this one");
+      // Config files do not include others: such a line was stored and never read. Said,
+      // not refused: the config.ini of runs of earlier versions holds one (with the named
+      // file's options already beside it), and is meant to be given again.
+      auto& items = parsed.options;
+      for (auto it = items.begin(); it != items.end();)
+        if (it->string_key != config_option) {
+          ++it;
+        } else {
+          if (MpiEnvironment::launcher_world_rank() <= 0)
+            std::fprintf(stderr, "par %s: warning: config file %s: '%s = %s' is not read: a "
+                         "config file does not include others (copy the options you need into "
+                         "it)\n", cmd.name.c_str(), path.c_str(), config_option.c_str(),
+                         it->value.empty() ? "" : it->value[0].c_str());
+          it = items.erase(it);
+        }
       // store() skips what the command line already set, without reading its value: read
       // every value of the file on its own first, so that a bad one is an error anyway.
       po::variables_map whole_file;

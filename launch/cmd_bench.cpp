@@ -7,6 +7,7 @@
 #include <string>
 
 #include "checkpoint/model_file.h"
+#include "core/decoder.h"
 #include "core/error.h"
 #include "launch/backend.h"
 #include "launch/bench_decode.h"
@@ -94,7 +95,7 @@ int cmd_bench(int argc, char** argv) {
                    "times steps on random tokens and writes nothing)\n", unused.c_str());
     if (decode < 0) fail_user("--decode must be a number of tokens to generate (0: time training)");
     if (b.warmup < 0) fail_user("--warmup must be 0 or more untimed steps");
-    // 65536: 16 GiB per float32 operand, three of them, and n*n well inside BLAS's int.
+    // 65536: 16 GiB per float32 operand, three of them; n itself is BLAS's int.
     if (b.gemm_n < 1 || b.gemm_n > 65536)
       fail_user("--gemm-size must be between 1 and 65536 (the n of an n x n x n product), not ",
                 b.gemm_n);
@@ -120,6 +121,9 @@ int cmd_bench(int argc, char** argv) {
   if (help) return 0;
   job.agree([&] {
     if (samples < 1) fail_user("--num-samples must be at least 1");
+    if (samples > kMaxDecodeSamples)
+      fail_user("--num-samples ", samples, " is more than one batch decodes (at most ",
+                kMaxDecodeSamples, ")");
     if (samples > 1 && decode <= 0) fail_user("--num-samples needs --decode (it counts samples of generation)");
     if (!checkpoint.empty() && decode <= 0) fail_user("--checkpoint needs --decode (training is timed on fresh weights)");
     step_capture = parse_cuda_graphs(cuda_graphs);

@@ -38,10 +38,6 @@ namespace par {
 namespace {
 
 constexpr int64_t kMaxTokens = 100'000'000;
-// Samples decoded as one batch: each holds caches of the context's size, so far fewer fit
-// any machine; the bound keeps their sizes' products inside int64 for every model shape
-// that ModelConfig::validate accepts.
-constexpr int64_t kMaxSamples = 65'536;
 constexpr double kProgressEvery = 5;  // seconds between progress lines
 
 using Clock = std::chrono::steady_clock;
@@ -228,9 +224,9 @@ int cmd_sample(int argc, char** argv) {
   if (!vm["prompt-count"].defaulted() && prompt_count < 1)
     fail_user("--prompt-count must be at least 1");
   if (num_samples < 1) fail_user("--num-samples must be at least 1");
-  if (num_samples > kMaxSamples)
+  if (num_samples > kMaxDecodeSamples)
     fail_user("--num-samples ", num_samples, " is more than one batch decodes (at most ",
-              kMaxSamples, "): draw them in several runs, with --seed advanced by the count");
+              kMaxDecodeSamples, "): draw them in several runs, with --seed advanced by the count");
   // Sample k draws with seed + k: past 2^64 - 1 it would wrap to another run's seeds.
   if (seed > std::numeric_limits<uint64_t>::max() - uint64_t(num_samples - 1))
     fail_user("--seed ", seed, " + --num-samples ", num_samples, " passes 2^64 - 1 (sample k draws ",

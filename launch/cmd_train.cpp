@@ -2,7 +2,9 @@
 // a checkpoint it can resume from. One process, or an MPI job of dp x sp x tp ranks.
 #include <glog/logging.h>
 
+#include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <iostream>
@@ -308,7 +310,8 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
     }
     return kExitRequeue;
   }
-  CheckpointSaver saver(grid, rc.out, int(rc.keep_checkpoints));
+  // (More than int holds keeps them all, as that many would.)
+  CheckpointSaver saver(grid, rc.out, int(std::min<int64_t>(rc.keep_checkpoints, INT_MAX)));
 
   const LoaderOptions lo =
       loader_options(rc, mc.absolute_positions(), ts.replica_first(), ts.replica_batch(),

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <iostream>
 #include <new>
+#include <stdexcept>
 #include <string>
 
 #include "core/error.h"
@@ -130,9 +131,15 @@ int main(int argc, char** argv) {
       return 2;
     } catch (const std::bad_alloc&) {
       // The memory plans count what train and eval allocate; what they do not (sample's
-      // caches, a host that others share) ends here.
-      std::cerr << par::cat("par ", speaker, ": error: out of memory (an allocation failed); a "
-                            "smaller batch, fewer samples or a smaller model would fit\n")
+      // caches, a checkpoint's copy in inspect or export, a host that others share) ends
+      // here.
+      std::cerr << par::cat("par ", speaker, ": error: out of memory: an allocation failed\n")
+                << std::flush;
+      return 2;
+    } catch (const std::length_error& err) {
+      // A container asked for more than it can ever hold: a size past any machine.
+      std::cerr << par::cat("par ", speaker, ": error: out of memory: a buffer of an impossible "
+                            "size was asked for (", err.what(), ")\n")
                 << std::flush;
       return 2;
     } catch (const std::exception& err) {

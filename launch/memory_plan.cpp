@@ -352,7 +352,9 @@ void require_model_fits(const ModelConfig& model, int64_t batch, KeyValueStorage
     fail_user("not enough ", device ? "GPU " : "", "memory: the model and the activations of ",
               batch_option, " ", batch, " need an estimated ", format_bytes(m.total()),
               ", but this process may have ", format_bytes(have), ", ",
-              device ? b.device_source : b.host_source, "; use a smaller ", batch_option);
+              device ? b.device_source : b.host_source,
+              batch > 1 ? cat("; use a smaller ", batch_option)
+                        : std::string("; the model itself does not fit this process"));
 }
 
 }  // namespace par

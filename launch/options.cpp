@@ -198,6 +198,9 @@ int current_threads() { return omp_get_max_threads(); }
 std::string to_ini(const po::variables_map& vm) {
   std::ostringstream os;
   for (const auto& [name, value] : vm) {
+    // The file the options came from: they are all here, and a config file is not read
+    // from a config file (cli.cpp).
+    if (name == "config") continue;
     const boost::any& v = value.value();
     if (auto p = boost::any_cast<std::vector<std::string>>(&v)) {
       for (const auto& item : *p) os << name << " = " << item << "\n";  // repeated keys

@@ -220,6 +220,12 @@ TEST(ModelConfigTable, ShapesFarTooLargeAreRefused) {
   refused([](ModelConfig& c) { c.num_layers = int64_t(1) << 40; }, "its parameters");
   refused([](ModelConfig& c) { c.num_latents = c.context_length = int64_t(1) << 32; },
           "one example's latent activations");
+  refused([](ModelConfig& c) {
+    c.d_model = c.cross_heads = c.self_heads = 1;
+    c.num_layers = 0;
+    c.num_latents = c.context_length = int64_t(1) << 30;
+    c.vocab_size = (int64_t(1) << 31) - 1;
+  }, "one example's logits");
   // A million-token context at d = 8192 is not refused: only sizes past any machine are.
   ModelConfig big;
   big.context_length = int64_t(1) << 20;

@@ -29,13 +29,27 @@ TEST(ReliabilityInputs, ConfigThatIsADirectory) {
   EXPECT_FALSE(fs::exists(dir.file("run")));
 }
 
-// `config = OTHER.ini` inside a config file was stored and never read: the other file's
-// options silently did not apply.
+// `config = OTHER.ini` inside a config file was stored and never read, without a word: the
+// other file's options silently did not apply. It is said now, and a run's config.ini
+// (which held such a line, beside the options it named) no longer has one, and is taken
+// back as --config.
 TEST(ReliabilityInputs, ConfigInsideAConfigFile) {
   TempDir dir;
   std::ofstream(dir.file("outer.ini")) << "config = " << configs_dir() << "tiny.ini\nsteps = 3\n";
-  EXPECT_USER_ERROR(run_par(dir, "train --dry-run --config " + quote(dir.file("outer.ini"))),
-                    "'config = ...' is not read inside a config file");
+  const ParRun dry = run_par(dir, "train --dry-run --config " + quote(dir.file("outer.ini")));
+  EXPECT_EQ(dry.rc, 0) << dry.err;
+  EXPECT_NE(dry.err.find("tiny.ini' is not read: a config file does not include others"),
+            std::string::npos) << dry.err;
+  EXPECT_NE(dry.out.find("d=256"), std::string::npos) << "the defaults, not tiny.ini's model\n"
+                                                     << dry.out;
+  const std::string data = copy_task_data(dir, 65, 30);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 1)).rc, 0);
+  const std::string resolved = slurp(dir.file("run/config.ini"));
+  EXPECT_EQ(resolved.find("\nconfig ="), std::string::npos) << resolved;
+  const ParRun again = run_par(dir, "train --dry-run --config " + quote(dir.file("run/config.ini")));
+  EXPECT_EQ(again.rc, 0) << again.err;
+  EXPECT_EQ(again.err.find("warning"), std::string::npos) << again.err;
+  EXPECT_NE(again.out.find("d=32"), std::string::npos) << again.out;
 }
 
 // Numbers near the int64 limit (a sanitized build's findings): each a clear refusal where

@@ -120,8 +120,6 @@ void rewrite_as_version(const std::string& dir, int version) {
   std::ofstream(path) << text;
 }
 
-// Checkpoints of earlier versions load and resume; their checksums still catch damage.
-// FNV-1a 64 is the standard one (its test vector), as other tools compute it.
 // What the checksum cannot vouch for (a manifest sealed again after an edit, another
 // tool's writer) is checked too: one clear error each, where a negative step reached the
 // loader's assertion and a huge begin wrapped the bounds check around.
@@ -154,6 +152,8 @@ TEST(ReliabilityManifest, ResealedNonsenseIsRefused) {
   refused(with("259,256", "-9223372036854775807,256"), "the tensor record is inconsistent");
 }
 
+// Checkpoints of earlier versions load and resume; their checksums still catch damage.
+// FNV-1a 64 is the standard one (its test vector), as other tools compute it.
 TEST(ReliabilityManifest, EarlierVersionsLoadWithTheirChecksums) {
   EXPECT_EQ(checksum_bytes("a", 1), 0xaf63dc4c8601ec8cull);
   const std::vector<float> zeros(32, 0.0f);

@@ -175,7 +175,7 @@ TEST(ReliabilityMemoryPlan, RunsThatCannotFitAreRefusedBeforeAnything) {
   TempDir dir;
   const std::string data = testing_util::copy_task_data(dir, 65, 30);
   const std::string out = dir.file("run");
-  for (const std::string& extra : {std::string("--d-model 10000000"),
+  for (const std::string& extra : {std::string("--d-model 1000000"),
                                    std::string("--batch-size 1000000000"),
                                    std::string("--num-layers 1000000000")}) {
     SCOPED_TRACE(extra);
@@ -188,8 +188,13 @@ TEST(ReliabilityMemoryPlan, RunsThatCannotFitAreRefusedBeforeAnything) {
   }
   EXPECT_USER_ERROR(run_shell(dir, cat("ulimit -v 4000000; '", PAR_BINARY,
                                        "' bench --config ", quote(kTiny),
-                                       " --context-length 1000000000000 --threads 1")),
+                                       " --context-length 100000000000 --threads 1")),
                     "not enough memory");
+  // Past any machine (sizes int64 could wrap): refused by the model's own check.
+  const ParRun far = run_par(dir, cat("train --config ", quote(kTiny), " --data ", quote(data),
+                                      " --out ", quote(out), " --d-model 10000000"));
+  EXPECT_USER_ERROR(far, "the model is far too large for any machine: more than 2^44 elements");
+  EXPECT_FALSE(fs::exists(out));
 }
 
 // --dry-run prints the plan and whether it fits, needs neither data nor a run directory,

@@ -11,11 +11,36 @@
 #include <cstdlib>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "core/error.h"
 #include "launch/stop_request.h"
+#include "tests/thread_communicator.h"
 
 namespace par {
 namespace {
+
+// Rank 0's flag (--checkpoint-minutes' clock) travels with the stop check: every rank
+// learns rank 0's, and no other rank's counts, so all take the same decision.
+TEST(StopRequest, EveryRankLearnsRankZerosFlagAlone) {
+  for (int flagged : {0, 1}) {
+    testing_util::ThreadGroup group(3);
+    std::vector<int> learned(3, -1), reasons(3, -1);
+    const StopRequest stop;  // one per process, as in par (no signal, no time limit)
+    std::vector<std::thread> ranks;
+    for (int r = 0; r < 3; ++r)
+      ranks.emplace_back([&, r] {
+        testing_util::ThreadCommunicator world(group, r);
+        const StopRequest::Agreement a = stop.agreed(world, r == flagged);
+        learned[size_t(r)] = a.rank0_flag;
+        reasons[size_t(r)] = a.reason;
+      });
+    for (auto& t : ranks) t.join();
+    SCOPED_TRACE(cat("rank ", flagged, " flagged"));
+    EXPECT_EQ(learned, std::vector<int>(3, flagged == 0));
+    EXPECT_EQ(reasons, std::vector<int>(3, StopRequest::kNone));
+  }
+}
 
 TEST(StopRequestDeathTest, ASecondCtrlCStopsAtOnce) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
