@@ -24,7 +24,7 @@
 # its own warning about 47 s into it, after the at most 35 s of training left. If the job
 # ran faster than the calibration promised and finished before any signal, it is submitted
 # again with the steps sized from its own speed (twice at most). The uninterrupted runs are
-# made afterwards with the steps the jobs used. 3 to 4.5 minutes on a 2-core machine.
+# made afterwards with the steps the jobs used. 2.5 to 5 minutes on a 2-core machine.
 set -uo pipefail
 
 par=${1:?usage: slurm_requeue_test.sh PAR}
