@@ -59,8 +59,8 @@ void check_field(const ModelField& f, const ModelConfig& c) {
 // Buffers are sized in int64 elements, an example's or a sample's at a time times the
 // batch: a shape whose pieces pass 2^44 elements (64 TiB in float32, past any machine) is
 // refused here, so that no count of a piece wraps around (the batches are bounded where
-// they are given: train's and eval's by their memory plans, sample's by --num-samples). A model file's attributes reach the
-// decoder and eval this way too, without a memory plan of train's.
+// they are given: train's and eval's by their memory plans, sample's by --num-samples). A
+// model file's attributes reach the decoder and eval this way too.
 void check_size(const ModelConfig& c) {
   constexpr double kFar = 0x1p44;
   const double d = double(c.d_model), N = double(c.context_length), M = double(c.num_latents),

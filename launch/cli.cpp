@@ -93,18 +93,14 @@ bool parse(int argc, char** argv, const Command& cmd, const po::options_descript
       // Config files do not include others: such a line was stored and never read. Said,
       // not refused: the config.ini of runs of earlier versions holds one (with the named
       // file's options already beside it), and is meant to be given again.
-      auto& items = parsed.options;
-      for (auto it = items.begin(); it != items.end();)
-        if (it->string_key != config_option) {
-          ++it;
-        } else {
-          if (MpiEnvironment::launcher_world_rank() <= 0)
-            std::fprintf(stderr, "par %s: warning: config file %s: '%s = %s' is not read: a "
-                         "config file does not include others (copy the options you need into "
-                         "it)\n", cmd.name.c_str(), path.c_str(), config_option.c_str(),
-                         it->value.empty() ? "" : it->value[0].c_str());
-          it = items.erase(it);
-        }
+      for (const po::option& o : parsed.options)
+        if (o.string_key == config_option && MpiEnvironment::launcher_world_rank() <= 0)
+          std::fprintf(stderr, "par %s: warning: config file %s: '%s = %s' is not read: a "
+                       "config file does not include others (copy the options you need into "
+                       "it)\n", cmd.name.c_str(), path.c_str(), config_option.c_str(),
+                       o.value.empty() ? "" : o.value[0].c_str());
+      std::erase_if(parsed.options,
+                    [&](const po::option& o) { return o.string_key == config_option; });
       // store() skips what the command line already set, without reading its value: read
       // every value of the file on its own first, so that a bad one is an error anyway.
       po::variables_map whole_file;
