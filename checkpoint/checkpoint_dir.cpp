@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <sstream>
 
 #include "core/error.h"
@@ -453,76 +452,6 @@ Manifest read_manifest(const std::string& dir) {
 std::string read_checkpoint_config(const std::string& dir) {
   std::error_code ec;
   return fs::is_regular_file(dir + "/" + kConfig, ec) ? read_text(dir + "/" + kConfig) : "";
-}
-
-Manifest load_checkpoint(const std::string& dir, const ParamLayout& layout, float* params,
-                         float* adam_m, float* adam_v) {
-  const Manifest m = read_manifest(dir);
-  float* dest[3] = {params, adam_m, adam_v};
-  std::map<std::string, h5::Object> files;
-  auto file = [&](const std::string& name) -> hid_t {
-    auto it = files.find(name);
-    if (it == files.end()) it = files.emplace(name, h5::open_file(dir + "/" + name)).first;
-    return it->second.id();
-  };
-  // Index the records by (kind, tensor).
-  std::map<std::pair<std::string, std::string>, std::vector<const ManifestEntry*>> index;
-  for (const ManifestEntry& e : m.entries) index[{e.kind, e.name}].push_back(&e);
-  std::vector<float> piece;
-  for (int k = 0; k < 3; ++k) {
-    if (!dest[k]) continue;
-    for (const ParamInfo& p : layout.params()) {
-      const auto it = index.find({kStateKinds[k], p.name});
-      if (it == index.end())
-        fail_user(dir, ": the manifest has no ", kStateKinds[k], " for ", p.name,
-                  ": a checkpoint of another model or an incomplete one");
-      // The part of the tensor this rank needs: [b, b+n) along `axis`.
-      const int axis = p.sharded() ? p.shard_axis : std::max(p.split_axis, 0);
-      const int64_t b = p.sharded() ? p.shard_begin : 0;
-      const int64_t n = p.shape[size_t(axis)];
-      const int64_t inner = axis == 0 && p.shape.size() == 2 ? p.shape[1] : 1;  // row length
-      int64_t covered = 0;
-      for (const ManifestEntry* e : it->second) {
-        if (e->global_shape != p.global_shape)
-          fail_user(dir, ": tensor ", p.name, " has another shape in the checkpoint: it holds a "
-                    "different model");
-        const int64_t eb = e->axis < 0 ? 0 : e->begin;
-        const int64_t en = e->axis < 0 ? p.global_shape[size_t(axis)] : e->count;
-        const int64_t lo = std::max(b, eb), hi = std::min(b + n, eb + en);
-        if (lo >= hi) continue;
-        if (e->axis >= 0 && e->axis != axis)
-          fail_user(dir, ": tensor ", p.name, " is split along another axis in the manifest");
-        const std::string ds = e->kind + "/" + e->name;
-        const hid_t f = file(e->file);
-        if (h5::dataset_shape(f, ds) != e->shape())
-          fail_user(dir, "/", e->file, ": ", ds, " does not have the shape the manifest gives");
-        int64_t numel = 1;
-        for (int64_t s : e->shape()) numel *= s;
-        piece.resize(size_t(numel));
-        h5::read_block<float>(f, ds, std::vector<int64_t>(e->shape().size(), 0), e->shape(),
-                              piece.data());
-        if (checksum(piece.data(), numel, m.legacy_checksums()) != e->checksum)
-          fail_user(dir, "/", e->file, ": ", ds, " is corrupt (its checksum does not match the "
-                    "manifest): use an earlier checkpoint");
-        float* out = dest[k] + p.offset;
-        if (p.shape.size() == 1 || axis == 0) {
-          // Whole rows (or a vector): one contiguous run.
-          std::copy_n(piece.data() + (lo - eb) * inner, (hi - lo) * inner, out + (lo - b) * inner);
-        } else {
-          // Columns [lo, hi) of every row.
-          const int64_t rows = p.shape[0], ecols = e->shape()[1], cols = p.shape[1];
-          for (int64_t r = 0; r < rows; ++r)
-            std::copy_n(piece.data() + r * ecols + (lo - eb), hi - lo, out + r * cols + (lo - b));
-        }
-        covered += hi - lo;
-      }
-      if (covered != n)
-        fail_user(dir, ": the pieces of ", kStateKinds[k], " ", p.name, " in the manifest cover ",
-                  covered, " of the ", n, " needed along axis ", axis,
-                  ": the manifest does not match its files");
-    }
-  }
-  return m;
 }
 
 }  // namespace par

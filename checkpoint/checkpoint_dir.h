@@ -128,6 +128,12 @@ class CheckpointSaver {
 // model, or does not match its files (missing pieces, wrong shapes, bad checksums).
 Manifest load_checkpoint(const std::string& dir, const ParamLayout& layout, float* params,
                          float* adam_m, float* adam_v);
+// The same checks of the manifest against the model and the files' datasets, reading no
+// value: what a caller runs before it allocates the state to load into, so a manifest that
+// claims a model larger than its files is refused before that allocation. The optimizer's
+// moments are checked too when `with_optimizer`. Both in checkpoint_load.cpp.
+Manifest check_checkpoint_files(const std::string& dir, const ParamLayout& layout,
+                                bool with_optimizer);
 // The manifest alone (checked).
 Manifest read_manifest(const std::string& dir);
 std::string read_checkpoint_config(const std::string& dir);

@@ -60,14 +60,18 @@ void write_tensors(hid_t root, const std::string& group, const ParamLayout& layo
 
 std::vector<float> read_tensors(hid_t root, const std::string& group, const ParamLayout& layout,
                                 const std::string& path) {
-  std::vector<float> out(size_t(layout.total()), 0.0f);
+  // Every tensor's shape before the allocation: attributes edited to a far larger model
+  // than the file holds are a mismatch, not an allocation of the larger model.
   for (const ParamInfo& p : layout.params()) {
     const std::string name = group + "/" + p.name;
     if (!h5::exists(root, name))
       fail_user(path, ": missing tensor ", name, " (the file is incomplete or not from par)");
     if (h5::dataset_shape(root, name) != p.shape)
       fail_user(path, ": tensor ", name, " has the wrong shape for the model in its attributes");
-    const auto v = h5::read_dataset<float>(root, name);
+  }
+  std::vector<float> out(size_t(layout.total()), 0.0f);
+  for (const ParamInfo& p : layout.params()) {
+    const auto v = h5::read_dataset<float>(root, group + "/" + p.name);
     std::copy(v.begin(), v.end(), out.begin() + p.offset);
   }
   return out;
@@ -140,6 +144,9 @@ ModelFile read_checkpoint_directory(const std::string& path, bool with_optimizer
   m.format = kCheckpointFormat;
   m.model = manifest.model;
   const ParamLayout layout(m.model);
+  // Before the allocation: a manifest sealed again after an edit may claim a model far
+  // larger than its files hold.
+  check_checkpoint_files(path, layout, with_optimizer);
   m.params.assign(size_t(layout.total()), 0.0f);
   if (with_optimizer) {
     m.adam_m.assign(m.params.size(), 0.0f);

@@ -65,7 +65,16 @@ int cmd_eval(int argc, char** argv) {
             << file.model.summary() << ") on " << shards.size() << " shard(s), "
             << backend.description << storage_note(storage);
 
-  require_model_fits(file.model, batch, storage, backend, "--batch-size");
+  {
+    RunConfig run;
+    run.batch_size = batch;
+    run.precision = precision;
+    run.attention = attention;
+    PlanRequest plan = plan_request(file.model, run, backend.cuda);
+    plan.kv_bf16 = storage == KeyValueStorage::kBf16;
+    plan.training = false;
+    require_model_fits(plan, backend, "--batch-size");
+  }
   Ops<float>& ops = *backend.ops;
   PerceiverAR<float> model(file.model, ops, batch, {}, storage);
   ops.upload(model.params(), file.params.data(), file.params.size() * sizeof(float));

@@ -65,6 +65,11 @@ double cpu_kernel_scratch(const PlanRequest& r) {
       cpu::attention_scratch_bytes<float>(shape(n_local, c.cross_heads, c.cross_head_dim()));
   const cpu::AttentionScratch self =
       cpu::attention_scratch_bytes<float>(shape(M, c.self_heads, c.self_head_dim()));
+  // Forward passes alone take the attention's buffers (the larger of its forward and
+  // backward ones: a bound); the linear layers' and LayerNorm's scratch is the backward's.
+  if (!r.training)
+    return std::max(cross.kept, self.kept) +
+           double(r.threads) * std::max(cross.per_thread, self.per_thread);
   const double per_thread = paired + std::max(cross.per_thread, self.per_thread) +
                             cpu::layernorm_backward_scratch_bytes<float>(c.d_model);
   return tall + std::max(cross.kept, self.kept) + double(r.threads) * per_thread;
@@ -96,10 +101,12 @@ double cuda_attention_scratch(const PlanRequest& r) {
     bytes += cuda::cudnn_attention_scratch_bytes(B, M, nk, heads, c.cross_head_dim(), splits);
     // The backwards' own workspaces, the cross- and the self-attention's (one may take the
     // deterministic kernels' workspace, the other dQ's accumulator: both held).
-    bytes += cuda::cudnn_backward_workspace_bytes(B, M, c.context_length / r.sp,
-                                                  c.cross_heads / r.tp, c.cross_head_dim());
-    bytes += cuda::cudnn_backward_workspace_bytes(B, M, M, c.self_heads / r.tp,
-                                                  c.self_head_dim());
+    if (r.training) {
+      bytes += cuda::cudnn_backward_workspace_bytes(B, M, c.context_length / r.sp,
+                                                    c.cross_heads / r.tp, c.cross_head_dim());
+      bytes += cuda::cudnn_backward_workspace_bytes(B, M, M, c.self_heads / r.tp,
+                                                    c.self_head_dim());
+    }
   }
   return bytes * 9 / 8;
 }
@@ -198,14 +205,17 @@ MemoryPlan plan_memory(const PlanRequest& r) {
   std::vector<MemoryItem>& state = r.cuda ? plan.device : plan.host;
   plan.host.push_back({"runtime", r.runtime_bytes});
   state.push_back({"parameters and gradients", 2 * m.params});
-  state.push_back({"Adam moments", 2 * m.params});
+  if (r.training) state.push_back({"Adam moments", 2 * m.params});
   state.push_back({cat("activations of ", r.micro_batch, " example(s)"), m.activations});
   if (r.cuda)
     plan.device.push_back({"attention scratch", cuda_attention_scratch(r)});
   if (r.bf16_products) plan.device.push_back({"bf16 operand copies", cuda_bf16_copies(r)});
   if (r.cuda && r.kv_bf16)
     plan.device.push_back({"widened keys and values", cuda_widened_keys_values(r)});
-  if (r.cuda) plan.device.push_back({"reduction scratch", cuda_reduction_scratch(r)});
+  if (r.cuda && r.training)
+    plan.device.push_back({"reduction scratch", cuda_reduction_scratch(r)});
+  if (r.cuda && !r.training)
+    plan.device.push_back({"cuBLAS workspace", double(cuda::kCublasWorkspaceBytes)});
   // The CPU kernels' scratch only where they run (a GPU run's kernels take device scratch).
   if (!r.cuda) plan.host.push_back({"kernel scratch", cpu_kernel_scratch(r)});
   if (r.checkpoints) plan.host.push_back({"checkpoint copies", 3 * m.params});
@@ -342,19 +352,20 @@ void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudge
               advice(r, shape, b));
 }
 
-void require_model_fits(const ModelConfig& model, int64_t batch, KeyValueStorage kv,
-                        Backend& backend, const std::string& batch_option) {
-  const ModelMemory m = PerceiverAR<float>::memory(model, batch, 1, 1, kv);
+void require_model_fits(const PlanRequest& r, Backend& backend, const std::string& batch_option) {
+  const MemoryPlan p = plan_memory(r);
   const MemoryBudget b = memory_budget(backend, 1);
   const bool device = backend.cuda && b.device_free >= 0;
-  const double have = device ? b.device : b.host;
-  if (have > 0 && m.total() > have)
-    fail_user("not enough ", device ? "GPU " : "", "memory: the model and the activations of ",
-              batch_option, " ", batch, " need an estimated ", format_bytes(m.total()),
-              ", but this process may have ", format_bytes(have), ", ",
-              device ? b.device_source : b.host_source,
-              batch > 1 ? cat("; use a smaller ", batch_option)
-                        : std::string("; the model itself does not fit this process"));
+  auto refuse = [&](const char* kind, const std::vector<MemoryItem>& items, double have,
+                    const std::string& source) {
+    fail_user("not enough ", kind, "memory: the model and the activations of ", batch_option,
+              " ", r.micro_batch, " need an estimated ", MemoryPlan::summary(items),
+              ", but this process may have ", format_bytes(have), ", ", source,
+              r.micro_batch > 1 ? cat("; use a smaller ", batch_option)
+                                : std::string("; the model itself does not fit this process"));
+  };
+  if (b.host > 0 && p.host_bytes() > b.host) refuse("", p.host, b.host, b.host_source);
+  if (device && p.device_bytes() > b.device) refuse("GPU ", p.device, b.device, b.device_source);
 }
 
 }  // namespace par

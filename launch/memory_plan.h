@@ -1,5 +1,5 @@
-// The memory each rank of `par train` or `par bench` will need, computed before anything is
-// allocated, and the check that it fits what the rank may have.
+// The memory each rank of `par train` or `par bench` (and the process of `par eval`) will
+// need, computed before anything is allocated, and the check that it fits what it may have.
 //
 // Every figure comes from the code that allocates it, not from a formula kept beside it:
 //   parameters, gradients, activations  PerceiverAR::memory, the sizing pass the model's
@@ -55,6 +55,9 @@ struct PlanRequest {
   bool bf16_products = false;    // cuda and bf16: large products on bfloat16 copies
   bool kv_bf16 = false;          // the input side's keys and values in bfloat16 (--kv-storage)
   bool checkpoints = false;      // train: host copies of the state to save or resume
+  // A training step (backward and Adam: train, bench); false: forward passes only (eval),
+  // without the moments and the backward's scratch.
+  bool training = true;
   double data_bytes = 0;         // token batches held (train: Loader::memory_bytes)
   int64_t gemm_n = 0;            // bench: its n x n x n yardstick product
   double runtime_bytes = 0;      // resident_bytes() when planning
@@ -103,10 +106,10 @@ struct RunShape {
 // (a smaller micro-batch, more --sp or --tp).
 void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudget& budget);
 
-// UserError unless one process's model of `model` with activations for `batch` examples
-// (what eval allocates: parameters, gradients, the activation arena) fits its budget on
-// `backend`; the message names `batch_option`, the way to make it fit.
-void require_model_fits(const ModelConfig& model, int64_t batch, KeyValueStorage kv,
-                        Backend& backend, const std::string& batch_option);
+// UserError unless the plan of one process that is not training (`r.training` false: eval,
+// which allocates the model with its gradients, the activation arena of `r.micro_batch`
+// examples and the kernels' scratch) fits its budget on `backend`, host and device; the
+// message names `batch_option`, the way to make it fit.
+void require_model_fits(const PlanRequest& r, Backend& backend, const std::string& batch_option);
 
 }  // namespace par

@@ -28,19 +28,23 @@ const ModelConfig kConfig{.vocab_size = 300, .d_model = 64, .context_length = 40
                           .num_latents = 64, .num_layers = 1, .cross_heads = 4,
                           .self_heads = 4, .mlp_factor = 2};
 
-double planned_kernel_scratch(const ModelConfig& c, int64_t batch, int threads) {
+double planned_kernel_scratch(const ModelConfig& c, int64_t batch, int threads,
+                              bool training = true) {
   PlanRequest r;
   r.model = c;
   r.micro_batch = batch;
   r.threads = threads;
+  r.training = training;
   for (const MemoryItem& item : plan_memory(r).host)
     if (item.what == "kernel scratch") return item.bytes;
   ADD_FAILURE() << "the plan has no kernel scratch";
   return 0;
 }
 
-// The bytes CpuOps holds after one forward and backward of `batch` windows on `threads`.
-int64_t held_after_a_step(const ModelConfig& c, int64_t batch, int threads) {
+// The bytes CpuOps holds after one forward and backward of `batch` windows on `threads`
+// (after an evaluation's forward alone where not `training`).
+int64_t held_after_a_step(const ModelConfig& c, int64_t batch, int threads,
+                          bool training = true) {
   const int saved = omp_get_max_threads();
   omp_set_num_threads(threads);
   cpu::CpuOps<float> ops;
@@ -53,11 +57,13 @@ int64_t held_after_a_step(const ModelConfig& c, int64_t batch, int threads) {
     for (size_t i = 0; i < noise.size(); ++i)
       windows[i] = 3 + int32_t(std::abs(noise[i]) * 1000) % int32_t(c.vocab_size - 3);
     ForwardContext ctx;
-    ctx.training = true;
-    ctx.dropout = 0.1;
-    ctx.cross_attend_dropout = 0.1;  // PAD-like dropped keys: non-contiguous key blocks
+    ctx.training = training;
+    if (training) {
+      ctx.dropout = 0.1;
+      ctx.cross_attend_dropout = 0.1;  // PAD-like dropped keys: non-contiguous key blocks
+    }
     model.forward(windows.data(), batch, ctx);
-    model.backward(1.0);
+    if (training) model.backward(1.0);
   }
   omp_set_num_threads(saved);
   EXPECT_EQ(before, 0) << "scratch held before any kernel ran";
@@ -85,6 +91,20 @@ TEST(CpuWorkspace, SeveralThreadsHoldAtMostThePlannedScratch) {
     // More than one thread's worth: the others' buffers are in the count too.
     EXPECT_GT(held, held_after_a_step(c, 1, 1));
     EXPECT_LE(double(held), planned_kernel_scratch(c, 1, threads));
+  }
+}
+
+// Eval's plan (forward passes only: launch/memory_plan.h, PlanRequest::training) bounds
+// what its forwards hold, and leaves out the backward's partial sums.
+TEST(CpuWorkspace, ForwardPassesHoldAtMostTheirPlannedScratch) {
+  const ModelConfig& c = kConfig;
+  for (int threads : {1, 2}) {
+    SCOPED_TRACE(cat(threads, " threads"));
+    const int64_t held = held_after_a_step(c, 2, threads, /*training=*/false);
+    const double planned = planned_kernel_scratch(c, 2, threads, /*training=*/false);
+    EXPECT_GT(held, 0);
+    EXPECT_LE(double(held), planned);
+    EXPECT_LT(planned, planned_kernel_scratch(c, 2, threads));
   }
 }
 

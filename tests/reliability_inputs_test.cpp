@@ -68,8 +68,12 @@ TEST(ReliabilityInputs, HugeNumbersDoNotWrapAround) {
   ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 1)).rc, 0);
   const std::string eval = cat("eval --checkpoint ", quote(dir.file("run")), " --data ",
                                quote(dir.file("data/val-*.h5")));
-  EXPECT_USER_ERROR(run_par(dir, eval + " --batch-size " + big),
+  const ParRun huge_batch = run_par(dir, eval + " --batch-size " + big);
+  EXPECT_USER_ERROR(huge_batch,
                     "not enough memory: the model and the activations of --batch-size " + big);
+  // The plan is eval's: the kernels' scratch counted, no optimizer.
+  EXPECT_NE(huge_batch.err.find(", kernel scratch "), std::string::npos) << huge_batch.err;
+  EXPECT_EQ(huge_batch.err.find("Adam"), std::string::npos) << huge_batch.err;
   auto tokens_of = [](const std::string& out) {  // of the JSON line: every target scored
     const size_t at = out.find("\"tokens\": ");
     return at == std::string::npos ? std::string("none") : out.substr(at, out.find(',', at) - at);

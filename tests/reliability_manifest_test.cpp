@@ -152,6 +152,41 @@ TEST(ReliabilityManifest, ResealedNonsenseIsRefused) {
   refused(with("259,256", "-9223372036854775807,256"), "the tensor record is inconsistent");
 }
 
+// A manifest sealed again with a far larger model than its files hold (d 2^19: terabytes
+// of state), and an export whose attributes were edited the same way: inspect, export and
+// eval compare the claim with the files before allocating the model's state, so each says
+// what does not match. They allocated first and ended in "out of memory".
+TEST(ReliabilityManifest, LargerModelThanTheFilesIsRefusedBeforeAllocating) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 2)).rc, 0);
+  const std::string c = copy_of(latest_checkpoint(dir.file("run")), dir.file("resealed"));
+  const std::string path = c + "/manifest.txt";
+  Manifest m = Manifest::parse(slurp(path), path);
+  m.model.d_model = int64_t(1) << 19;
+  ASSERT_NO_THROW(m.model.validate());
+  std::ofstream(path) << m.to_text();
+  const std::string mismatch = "has another shape in the checkpoint: it holds a different model";
+  EXPECT_USER_ERROR(run_par(dir, cat("inspect ", quote(c))), mismatch);
+  EXPECT_USER_ERROR(run_par(dir, cat("export --checkpoint ", quote(c), " --out ",
+                                     quote(dir.file("out.h5")))),
+                    mismatch);
+  EXPECT_FALSE(fs::exists(dir.file("out.h5")));
+  EXPECT_USER_ERROR(run_par(dir, cat("eval --checkpoint ", quote(c), " --data '", data, "'")),
+                    mismatch);
+
+  const std::string model = dir.file("model.h5");
+  write_small_model(model);
+  {
+    h5::Object f = h5::open_file(model, /*writable=*/true);
+    h5::Lock lock;
+    ASSERT_GE(H5Adelete(f.id(), "d_model"), 0);
+    h5::write_attribute<int64_t>(f.id(), "d_model", int64_t(1) << 19);
+  }
+  EXPECT_USER_ERROR(run_par(dir, cat("inspect ", quote(model))),
+                    "has the wrong shape for the model in its attributes");
+}
+
 // Checkpoints of earlier versions load and resume; their checksums still catch damage.
 // FNV-1a 64 is the standard one (its test vector), as other tools compute it.
 TEST(ReliabilityManifest, EarlierVersionsLoadWithTheirChecksums) {
