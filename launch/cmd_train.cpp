@@ -28,6 +28,7 @@
 #include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/resume_changes.h"
+#include "launch/resume_source.h"
 #include "launch/run_dir.h"
 #include "launch/run_lock.h"
 #include "launch/sample_output.h"
@@ -48,62 +49,6 @@ constexpr double kUnreadShareToWarn = 0.1;
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-// Where training may start: checkpoint directories to try in this order (for --resume
-// auto, every complete one, newest first), or none.
-std::vector<std::string> resume_candidates(const RunConfig& run, const std::string& out_dir) {
-  const std::vector<std::string> found = checkpoints_newest_first(out_dir);
-  if (run.resume == "none") {
-    if (!found.empty())
-      fail_user("run directory ", out_dir, " already holds a checkpoint (", found.front(),
-                "): pass --resume auto to continue that run, or choose another --out");
-    return {};
-  }
-  if (run.resume == "auto") return found;
-  const std::string dir = resolve_checkpoint(run.resume);
-  if (!is_complete_checkpoint(dir))
-    fail_user("--resume ", run.resume, " is not a complete checkpoint directory (",
-              "OUT/checkpoints/step-N with a COMPLETE file, or a run directory holding one)");
-  return {dir};
-}
-
-std::string damaged(const std::string& dir, const std::string& why, const std::string& next) {
-  return cat("the checkpoint ", dir, " is damaged (", why, "): resuming from an earlier one, ", next);
-}
-
-// Drops the candidates whose manifest cannot be read (edited, damaged, renamed) from the
-// front, with a warning each, as long as an older one is left (--resume auto); a given
-// --resume PATH must read. The first left must be of this model.
-void choose_resume(std::vector<std::string>& candidates, const ModelConfig& model,
-                   std::vector<std::string>& warnings) {
-  while (!candidates.empty()) {
-    Manifest m;
-    try {
-      m = read_manifest(candidates.front());
-    } catch (const UserError& e) {
-      if (candidates.size() == 1) throw;
-      warnings.push_back(damaged(candidates[0], e.what(), candidates[1]));
-      candidates.erase(candidates.begin());
-      continue;
-    }
-    require_same_model(model, m.model, candidates.front());
-    return;
-  }
-}
-
-// Starting --out's run over again from another run's checkpoint behind --out's own newest
-// would leave two runs' lines of steps in one folder (and a rollback's set-aside would take
-// --out's own for abandoned): refused. From --out's own checkpoint it is a rollback.
-void refuse_other_run_behind(const RunConfig& run, const std::vector<std::string>& resume_from) {
-  if (run.resume == "auto" || resume_from.empty() || is_checkpoint_of_run(resume_from[0], run.out))
-    return;
-  const int64_t from = read_manifest(resume_from[0]).position.step;
-  const std::vector<std::string> newer = checkpoints_after(run.out, from);
-  if (!newer.empty())
-    fail_user("--out ", run.out, " holds checkpoints of its own run past step ", from, " of --resume ",
-              run.resume, " (the newest: ", newer.back(), "): to continue that run, pass --resume "
-              "auto; to start from ", run.resume, ", choose another --out");
 }
 
 // The loader of a rank that reads examples [first, first + count) of each micro-batch and
@@ -207,31 +152,6 @@ void save(TrainStep& ts, CheckpointSaver& saver, const Setup& s, const TrainingP
             << fmt("%.3f", seconds_since(t0)) << " s to copy its state";
 }
 
-// Collective: rank 0 moves the run's checkpoints newer than `step`, the one this run
-// resumed from, out of the way of its own (set_aside_checkpoints_after says why).
-void set_aside_newer(const ProcessGrid& grid, const std::string& out, int64_t step) {
-  std::string error;
-  if (grid.world_rank() == 0) {
-    try {
-      const std::vector<std::string> moves = set_aside_checkpoints_after(out, step);
-      if (!moves.empty()) {
-        std::string list;
-        for (const std::string& m : moves) list += "\n  " + m;
-        LOG(WARNING) << "this run goes on from step " << step << ", behind " << moves.size()
-                     << " newer checkpoint(s) of an abandoned run in " << checkpoints_root(out)
-                     << ": set aside, still readable, so that --resume auto and pruning do "
-                     << "not take them for this run's:" << list;
-      }
-    } catch (const UserError& e) {
-      error = e.what();
-    }
-  }
-  if (grid.world()->all_reduce_value(int64_t(error.empty() ? 0 : 1), ReduceOp::kSum) > 0)
-    fail_user(error.empty() ? cat("rank 0 could not set aside the checkpoints newer than step ",
-                                  step, " (its log says why)")
-                            : error);
-}
-
 // Returns the exit status: 0, or kExitRequeue when stopped early with a checkpoint.
 int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, const StopRequest& stop) {
   const ModelConfig& mc = s.model;
@@ -262,7 +182,7 @@ int train(Setup& s, const ProcessGrid& grid, Backend& backend, RunDir* dir, cons
       const bool found = !error.empty();
       if (!found) error = "a piece another rank reads";
       if (i + 1 == s.resume_from.size()) fail_user(error);
-      if (found || speaker) LOG(WARNING) << damaged(dir, error, s.resume_from[i + 1]);
+      if (found || speaker) LOG(WARNING) << damaged_checkpoint_warning(dir, error, s.resume_from[i + 1]);
       continue;
     }
     pos.step = m.position.step;
