@@ -25,20 +25,15 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   cfg_.validate();
   if (samples < 1) fail_user("the number of samples must be at least 1 (got ", samples, ")");
   // Uncached decoding computes the caches afresh for every token: no point in rounding them.
-  bf16_cache_ = cached && cache == KeyValueStorage::kBf16;
+  bf16_cache_ = uses_bf16_cache(cached, cache);
   if (bf16_cache_ && (2 * cfg.d_model) % int64_t(sizeof(T)) != 0)
     fail_user("cross caches in bfloat16 need d_model (", cfg.d_model, ") to fill whole ",
               sizeof(T), "-byte words");
-  cache_width_ = bf16_cache_ ? 2 * cfg.d_model / int64_t(sizeof(T)) : cfg.d_model;
+  cache_width_ = cache_width(cfg, bf16_cache_);
   p_ = bind(layout_, const_cast<T*>(params));  // read only
   rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
   rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
-  // Token tables pay when they are much smaller than the cache they stand for (with several
-  // samples too: on the CPU, K reads of the tables cost less than one of the cache); with
-  // absolute positions a key is not a function of its token alone.
-  token_tables_ = cached && !cfg.absolute_positions() &&
-                  (tables == TokenTables::kAuto ? 4 * cfg.vocab_size <= cfg.context_length
-                                                : tables == TokenTables::kOn);
+  token_tables_ = uses_token_tables(cfg, cached, tables);
   if (token_tables_) window_tables_ = std::make_unique<SlidingRotaryTables<T>>(rot_cross_);
   if (cfg.absolute_positions()) positions_ = std::make_unique<PositionTable<T>>(ops_, cfg.d_model);
   seqs_.resize(size_t(samples));
@@ -52,6 +47,57 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   // Steps are replayed by default where the backend keeps captures (set_step_capture).
   replay_ = cached_ && ops_.replays_captures();
   if (samples > 1 || replay_) zero_rows_read_unfilled();
+}
+
+// Token tables pay when they are much smaller than the cache they stand for (with several
+// samples too: on the CPU, K reads of the tables cost less than one of the cache); with
+// absolute positions a key is not a function of its token alone.
+template <typename T>
+bool Decoder<T>::uses_token_tables(const ModelConfig& cfg, bool cached, TokenTables tables) {
+  return cached && !cfg.absolute_positions() &&
+         (tables == TokenTables::kAuto ? 4 * cfg.vocab_size <= cfg.context_length
+                                       : tables == TokenTables::kOn);
+}
+
+template <typename T>
+DecoderMemory Decoder<T>::memory(const ModelConfig& cfg, bool cached, TokenTables tables,
+                                 int64_t K, KeyValueStorage cache, int64_t prompt_length,
+                                 int64_t tokens) {
+  const int64_t N = cfg.context_length, M = cfg.num_latents, V = cfg.vocab_size;
+  const bool token_tables = uses_token_tables(cfg, cached, tables);
+  const int64_t width = cache_width(cfg, uses_bf16_cache(cached, cache));
+  const int64_t cross_bands =
+      make_rotary_spec(cfg.cross_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength()).bands;
+  const int64_t self_bands =
+      make_rotary_spec(cfg.self_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength()).bands;
+  DecoderMemory m;
+  Carver sizing;
+  Buffers().carve(sizing, cfg, K, cross_bands, self_bands, token_tables, cached, width);
+  m.buffers = double(sizing.used);
+  // Several samples keep their generated keys apart (reserve_own): blocks of at most
+  // min(N + M, max(M, 2 x generated)) rows, the old one held while the new one is filled.
+  if (cached && K > 1) {
+    Carver own;
+    decoder_detail::OwnCacheBlock<T>().carve(own, K, std::min(N + M, std::max(M, 2 * (tokens + 1))),
+                                             width);
+    m.own = 2 * own.used;
+    if (token_tables) {  // group_own: the old block goes before the new one comes
+      Carver groups;
+      decoder_detail::OwnGroupsBlock<T>().carve(
+          groups, K, V, cross_bands,
+          std::min(2 * token_groups_stride(std::min(tokens, N)), token_groups_stride(N)));
+      m.own += groups.used;
+    }
+  }
+  // PositionTable::reserve: rows for the furthest document position, grown by half again.
+  if (cfg.absolute_positions()) {
+    const double rows = 1.5 * double(prompt_length + tokens + 2) + 1;
+    m.positions = rows * double(cfg.d_model) * sizeof(T);
+  }
+  // The sequences (tokens and document positions) and the logits' copy.
+  m.host = double(K) * double(prompt_length + tokens) * 2 * sizeof(int32_t) +
+           double(K) * double(V) * sizeof(T);
+  return m;
 }
 
 // The cross-attention's un-rotated keys and values of every token: its inputs are the

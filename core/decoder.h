@@ -87,6 +87,16 @@ inline constexpr int64_t kMaxDecodeSamples = 65'536;
 // is at most N/4 (the tables are then small next to the cache).
 enum class TokenTables { kAuto, kOn, kOff };
 
+// The most memory a Decoder holds over a generation (Decoder::memory), in bytes: backend
+// memory -- its buffers (the caches and the work space of a pass), the samples' own cross
+// caches and their groups (several samples: they grow as the samples generate, and while
+// one grows its old and new blocks are both held) and the absolute positions' table -- and
+// the host's copies of the sequences and logits. Not counted: the backend's kernel scratch.
+struct DecoderMemory {
+  double buffers = 0, own = 0, positions = 0, host = 0;
+  double backend() const { return buffers + own + positions; }
+};
+
 template <typename T>
 class Decoder {
  public:
@@ -99,6 +109,12 @@ class Decoder {
           KeyValueStorage cache = KeyValueStorage::kNative);
   ~Decoder();
   Decoder(const Decoder&) = delete;
+  // What a decoder of these arguments holds at most while each sample generates `tokens`
+  // after a prompt of `prompt_length`: the sizes alone, nothing allocated (the plan a
+  // command checks before it makes one). `buffers` is exactly what the constructor takes.
+  static DecoderMemory memory(const ModelConfig& cfg, bool cached, TokenTables tables,
+                              int64_t samples, KeyValueStorage cache, int64_t prompt_length,
+                              int64_t tokens);
   Decoder& operator=(const Decoder&) = delete;
 
   // Starts every sample from `prompt` (token ids; an empty prompt starts from SOS; only the
@@ -143,6 +159,14 @@ class Decoder {
     std::vector<int32_t> tokens, doc_pos;
     int64_t carry = 0;
   };
+  // The constructor's choices, which memory() plans by too.
+  static bool uses_bf16_cache(bool cached, KeyValueStorage cache) {
+    return cached && cache == KeyValueStorage::kBf16;
+  }
+  static int64_t cache_width(const ModelConfig& cfg, bool bf16_cache) {
+    return bf16_cache ? 2 * cfg.d_model / int64_t(sizeof(T)) : cfg.d_model;
+  }
+  static bool uses_token_tables(const ModelConfig& cfg, bool cached, TokenTables tables);
   void make_token_tables();
   // A refill's latents at most: M/2, at least 1.
   int64_t refill_latents() const { return std::max<int64_t>(1, cfg_.num_latents / 2); }

@@ -20,6 +20,36 @@ namespace decoder_detail {
 // keeping the positions non-decreasing as Ops::attention_forward asks.
 constexpr int64_t kFarPosition = std::numeric_limits<int64_t>::max() / 2;
 
+// A block of the samples' own cross caches (Decoder::reserve_own): K samples' keys and
+// values of `cap` rows of `width` T each, the rows' positions, and two keep masks
+// (own_keep_, then own_keep_tail_).
+template <typename T>
+struct OwnCacheBlock {
+  T *k = nullptr, *v = nullptr;
+  int64_t* pos = nullptr;
+  uint8_t* keep = nullptr;
+  void carve(Carver& c, int64_t K, int64_t cap, int64_t width) {
+    k = c.take<T>(K * cap * width);
+    v = c.take<T>(K * cap * width);
+    pos = c.take<int64_t>(cap);
+    keep = c.take<uint8_t>(2 * K * cap);
+  }
+};
+
+// A block of the samples' own keys grouped by token (Decoder::group_own): per sample the
+// groups' offsets over V tokens, and `rows` positions and rotary rows of `bands` each.
+template <typename T>
+struct OwnGroupsBlock {
+  int64_t *group = nullptr, *pos = nullptr;
+  T *cos = nullptr, *sin = nullptr;
+  void carve(Carver& c, int64_t K, int64_t V, int64_t bands, int64_t rows) {
+    group = c.take<int64_t>(K * (V + 1));
+    pos = c.take<int64_t>(K * rows);
+    cos = c.take<T>(K * bands * rows);
+    sin = c.take<T>(K * bands * rows);
+  }
+};
+
 // One backend allocation for the pieces `carve` takes (a Carver's pass sizes it, a second
 // pass over the memory places them, so size and layout cannot disagree).
 template <typename T, typename F>

@@ -112,16 +112,12 @@ void Decoder<T>::reserve_own() {
   const int64_t K = samples(), d = cache_width_, M = cfg_.num_latents;  // d: a row, in T
   const int64_t cap = std::min(cfg_.context_length + M, std::max<int64_t>(M, 2 * (own_count_ + 1)));
   PAR_ASSERT(cap > own_count_);
-  T *k = nullptr, *v = nullptr;
-  int64_t* pos = nullptr;
-  uint8_t* keep = nullptr;
-  auto carve = [&](Carver& c) {
-    k = c.take<T>(K * cap * d);
-    v = c.take<T>(K * cap * d);
-    pos = c.take<int64_t>(cap);
-    keep = c.take<uint8_t>(2 * K * cap);  // own_keep_, then own_keep_tail_
-  };
-  void* memory = decoder_detail::allocate_carved(ops_, carve);
+  decoder_detail::OwnCacheBlock<T> block;
+  void* memory =
+      decoder_detail::allocate_carved(ops_, [&](Carver& c) { block.carve(c, K, cap, d); });
+  T *k = block.k, *v = block.v;
+  int64_t* pos = block.pos;
+  uint8_t* keep = block.keep;
   const int64_t n = own_count_;
   // Rows read but not kept must be numbers (see above): those past the entries copied in
   // below, in each sample's block.

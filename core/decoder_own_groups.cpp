@@ -69,14 +69,14 @@ void Decoder<T>::group_own(int64_t end) {
   if (stride > own_groups_stride_) {  // room for twice as many, up to a window's
     const int64_t most = token_groups_stride(cfg_.context_length);
     const int64_t rows = std::max(stride, std::min(2 * own_groups_stride_, most));
-    auto carve = [&](Carver& c) {
-      own_group_ = c.take<int64_t>(K * (V + 1));
-      own_group_pos_ = c.take<int64_t>(K * rows);
-      own_group_cos_ = c.take<T>(K * B * rows);
-      own_group_sin_ = c.take<T>(K * B * rows);
-    };
+    decoder_detail::OwnGroupsBlock<T> block;
     if (own_groups_memory_) ops_.deallocate(own_groups_memory_);
-    own_groups_memory_ = decoder_detail::allocate_carved(ops_, carve);
+    own_groups_memory_ = decoder_detail::allocate_carved(
+        ops_, [&](Carver& c) { block.carve(c, K, V, B, rows); });
+    own_group_ = block.group;
+    own_group_pos_ = block.pos;
+    own_group_cos_ = block.cos;
+    own_group_sin_ = block.sin;
     own_groups_stride_ = rows;
   }
   // The samples' keys are at the same positions: one set of rotary rows for all.

@@ -15,6 +15,7 @@
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/job.h"
+#include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/threads.h"
 
@@ -141,6 +142,15 @@ int cmd_bench(int argc, char** argv) {
       trained = read_model_file(checkpoint, false);
       mc = trained.model;
     }
+    // The timed decoder is the largest of its runs (its prompt at most the context).
+    require_decoder_fits(
+        Decoder<float>::memory(mc, true, TokenTables::kAuto, samples,
+                               decoding_cache_storage(rc.kv_storage, rc.device, rc.precision,
+                                                      rc.attention, samples, mc),
+                               mc.context_length, decode),
+        double(ParamLayout(mc).total()) * sizeof(float), backend,
+        cat(samples, " sample(s) of ", decode, " tokens"),
+        samples > 1 ? "use a smaller --num-samples" : "a smaller model (--config) or more memory");
   });
   if (!checkpoint.empty())
     std::printf("weights     %s (step %lld)\n", trained.path.c_str(),

@@ -27,6 +27,7 @@
 #include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
+#include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/sample_output.h"
 #include "launch/text.h"
@@ -294,6 +295,19 @@ int cmd_sample(int argc, char** argv) {
                 << c.context_length << " (the context length)";
   }
 
+  // Before anything is allocated: several samples' caches grow as they generate, so a
+  // generation too large would otherwise fail only part-way.
+  const KeyValueStorage cache_storage =
+      decoding_cache_storage("auto", device, precision, attention, num_samples, c);
+  size_t longest = 0;
+  for (const std::vector<int32_t>& ids : prompts) longest = std::max(longest, ids.size());
+  require_decoder_fits(
+      Decoder<float>::memory(c, !uncached, TokenTables::kAuto, num_samples, cache_storage,
+                             int64_t(longest), tokens),
+      double(model.params.size()) * sizeof(float), backend,
+      cat(num_samples, " sample(s) of ", tokens, " tokens"),
+      num_samples > 1 ? "use a smaller --num-samples (and run again with --seed advanced)"
+                      : "decoding this model needs a machine (or GPU) with more memory");
   Ops<float>& ops = *backend.ops;
   LOG(INFO) << "backend: " << backend.description;
   float* params = static_cast<float*>(ops.allocate(model.params.size() * sizeof(float)));
@@ -303,8 +317,7 @@ int cmd_sample(int argc, char** argv) {
   Progress progress(total * tokens);
   {
     Decoder<float> dec(c, ops, params, !uncached, TokenTables::kAuto, num_samples,
-                       decoding_cache_storage("auto", device, precision, attention,
-                                              num_samples, c));
+                       cache_storage);
     dec.set_step_capture(step_capture);
     LOG(INFO) << (uncached ? "uncached" : "cached") << " decoding of " << prompts.size()
               << " prompt" << (prompts.size() > 1 ? "s" : "") << " x " << num_samples

@@ -368,4 +368,25 @@ void require_model_fits(const PlanRequest& r, Backend& backend, const std::strin
   if (device && p.device_bytes() > b.device) refuse("GPU ", p.device, b.device, b.device_source);
 }
 
+void require_decoder_fits(const DecoderMemory& decoder, double params_bytes, Backend& backend,
+                          const std::string& what, const std::string& advice) {
+  const MemoryBudget b = memory_budget(backend, 1);
+  const bool device = backend.cuda && b.device_free >= 0;
+  std::vector<MemoryItem> host{{"runtime", double(resident_bytes())}}, gpu;
+  std::vector<MemoryItem>& state = backend.cuda ? gpu : host;
+  state.push_back({"parameters", params_bytes});
+  state.push_back({"decoder buffers", decoder.buffers});
+  state.push_back({"the samples' own caches", decoder.own});
+  state.push_back({"position table", decoder.positions});
+  host.push_back({"sequences and logits", decoder.host});
+  auto refuse = [&](const char* kind, const std::vector<MemoryItem>& items, double have,
+                    const std::string& source) {
+    fail_user("not enough ", kind, "memory: decoding ", what, " needs an estimated ",
+              MemoryPlan::summary(items), ", but this process may have ", format_bytes(have),
+              ", ", source, "; ", advice);
+  };
+  if (b.host > 0 && sum(host) > b.host) refuse("", host, b.host, b.host_source);
+  if (device && sum(gpu) > b.device) refuse("GPU ", gpu, b.device, b.device_source);
+}
+
 }  // namespace par

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "core/decoder.h"
 #include "core/model_config.h"
 #include "launch/backend.h"
 #include "launch/options.h"
@@ -111,5 +112,12 @@ void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudge
 // examples and the kernels' scratch) fits its budget on `backend`, host and device; the
 // message names `batch_option`, the way to make it fit.
 void require_model_fits(const PlanRequest& r, Backend& backend, const std::string& batch_option);
+
+// UserError unless one process that decodes (sample, bench --decode) fits its budget on
+// `backend`: the model's parameters (`params_bytes`, in backend memory; the host's copy is
+// in the runtime already) and the decoder's plan (Decoder::memory). `what` names the
+// generation ("4 samples of 256 tokens"), `advice` what would make it smaller.
+void require_decoder_fits(const DecoderMemory& decoder, double params_bytes, Backend& backend,
+                          const std::string& what, const std::string& advice);
 
 }  // namespace par

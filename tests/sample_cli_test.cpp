@@ -155,6 +155,33 @@ TEST_F(SampleCli, BenchDecodesACheckpoint) {
   EXPECT_USER_ERROR(run_par(dir_, cat("bench --checkpoint ", model)), "--checkpoint needs --decode");
 }
 
+// A generation whose decoder cannot fit this process is refused before anything is
+// allocated, with the plan in the message: a context of 2^30 tokens makes the cross caches
+// alone 256 GiB. It ended in "out of memory: an allocation failed".
+TEST_F(SampleCli, GenerationsTooLargeForMemoryAreRefusedAtOnce) {
+  ModelConfig c;
+  c.d_model = 32;
+  c.context_length = int64_t(1) << 30;
+  c.num_latents = 16;
+  c.num_layers = 1;
+  c.cross_heads = c.self_heads = 2;
+  c.mlp_factor = 2;
+  std::vector<float> params;
+  init_parameters(ParamLayout(c), 1, params);
+  const std::string model = quote(dir_.file("long.h5"));
+  write_export(dir_.file("long.h5"), c, 0, params.data());
+  const ParRun one = run_par(dir_, cat("sample --checkpoint ", model, " --prompt x --tokens 1"));
+  EXPECT_USER_ERROR(one, "not enough memory: decoding 1 sample(s) of 1 tokens needs an estimated ");
+  EXPECT_NE(one.err.find("decoder buffers "), std::string::npos) << one.err;
+  EXPECT_NE(one.err.find("decoding this model needs a machine (or GPU) with more memory"),
+            std::string::npos) << one.err;
+  EXPECT_USER_ERROR(run_par(dir_, cat("sample --checkpoint ", model, " --prompt x --tokens 1 "
+                                      "--num-samples 3")),
+                    "use a smaller --num-samples");
+  EXPECT_USER_ERROR(run_par(dir_, cat("bench --checkpoint ", model, " --decode 2")),
+                    "not enough memory: decoding 1 sample(s) of 2 tokens needs an estimated ");
+}
+
 TEST_F(SampleCli, BadCombinationsAreUserErrors) {
   std::ofstream(dir_.file("empty.txt"));
   const std::string shard = cat(" --prompt-shard ", shard_);
