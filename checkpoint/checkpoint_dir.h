@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -134,6 +135,13 @@ Manifest load_checkpoint(const std::string& dir, const ParamLayout& layout, floa
 // moments are checked too when `with_optimizer`. Both in checkpoint_load.cpp.
 Manifest check_checkpoint_files(const std::string& dir, const ParamLayout& layout,
                                 bool with_optimizer);
+// The checkpoint's tensors one at a time, read and checked as load_checkpoint reads them:
+// `visit(kind, param, values)` for each tensor of `layout` (its slice there, `param.shape`)
+// of params, then (with_optimizer) adam_m and adam_v; kind indexes kStateKinds. At most
+// one tensor is held, so a checkpoint larger than the host's memory can be read through.
+using TensorVisitor = std::function<void(int kind, const ParamInfo& param, const float* values)>;
+Manifest visit_checkpoint(const std::string& dir, const ParamLayout& layout, bool with_optimizer,
+                          const TensorVisitor& visit);
 // The manifest alone (checked).
 Manifest read_manifest(const std::string& dir);
 std::string read_checkpoint_config(const std::string& dir);

@@ -87,6 +87,38 @@ std::vector<PieceRead> plan_reads(const std::string& dir, const Manifest& m,
   return reads;
 }
 
+// A piece's values, checked against the manifest's checksum.
+void read_piece(const std::string& dir, const Manifest& m, CheckpointFiles& files,
+                const PieceRead& r, std::vector<float>& piece) {
+  const ManifestEntry& e = *r.entry;
+  const std::string ds = e.kind + "/" + e.name;
+  int64_t numel = 1;
+  for (int64_t s : e.shape()) numel *= s;
+  piece.resize(size_t(numel));
+  h5::read_block<float>(files(e.file), ds, std::vector<int64_t>(e.shape().size(), 0), e.shape(),
+                        piece.data());
+  if (checksum(piece.data(), numel, m.legacy_checksums()) != e.checksum)
+    fail_user(dir, "/", e.file, ": ", ds, " is corrupt (its checksum does not match the "
+              "manifest): use an earlier checkpoint");
+}
+
+// A piece's part of the slice into `out`, the slice's values (r.param's shape).
+void place(const PieceRead& r, const std::vector<float>& piece, float* out) {
+  const ParamInfo& p = *r.param;
+  const int64_t inner = r.axis == 0 && p.shape.size() == 2 ? p.shape[1] : 1;  // row length
+  if (p.shape.size() == 1 || r.axis == 0) {
+    // Whole rows (or a vector): one contiguous run.
+    std::copy_n(piece.data() + (r.lo - r.eb) * inner, (r.hi - r.lo) * inner,
+                out + (r.lo - r.b) * inner);
+  } else {
+    // Columns [lo, hi) of every row.
+    const int64_t rows = p.shape[0], ecols = r.entry->shape()[1], cols = p.shape[1];
+    for (int64_t row = 0; row < rows; ++row)
+      std::copy_n(piece.data() + row * ecols + (r.lo - r.eb), r.hi - r.lo,
+                  out + row * cols + (r.lo - r.b));
+  }
+}
+
 }  // namespace
 
 Manifest check_checkpoint_files(const std::string& dir, const ParamLayout& layout,
@@ -106,31 +138,28 @@ Manifest load_checkpoint(const std::string& dir, const ParamLayout& layout, floa
       plan_reads(dir, m, layout, {params != nullptr, adam_m != nullptr, adam_v != nullptr}, files);
   std::vector<float> piece;
   for (const PieceRead& r : reads) {
-    const ParamInfo& p = *r.param;
-    const ManifestEntry& e = *r.entry;
-    const std::string ds = e.kind + "/" + e.name;
-    const hid_t f = files(e.file);
-    int64_t numel = 1;
-    for (int64_t s : e.shape()) numel *= s;
-    piece.resize(size_t(numel));
-    h5::read_block<float>(f, ds, std::vector<int64_t>(e.shape().size(), 0), e.shape(),
-                          piece.data());
-    if (checksum(piece.data(), numel, m.legacy_checksums()) != e.checksum)
-      fail_user(dir, "/", e.file, ": ", ds, " is corrupt (its checksum does not match the "
-                "manifest): use an earlier checkpoint");
-    float* out = dest[r.kind] + p.offset;
-    const int64_t inner = r.axis == 0 && p.shape.size() == 2 ? p.shape[1] : 1;  // row length
-    if (p.shape.size() == 1 || r.axis == 0) {
-      // Whole rows (or a vector): one contiguous run.
-      std::copy_n(piece.data() + (r.lo - r.eb) * inner, (r.hi - r.lo) * inner,
-                  out + (r.lo - r.b) * inner);
-    } else {
-      // Columns [lo, hi) of every row.
-      const int64_t rows = p.shape[0], ecols = e.shape()[1], cols = p.shape[1];
-      for (int64_t row = 0; row < rows; ++row)
-        std::copy_n(piece.data() + row * ecols + (r.lo - r.eb), r.hi - r.lo,
-                    out + row * cols + (r.lo - r.b));
+    read_piece(dir, m, files, r, piece);
+    place(r, piece, dest[r.kind] + r.param->offset);
+  }
+  return m;
+}
+
+Manifest visit_checkpoint(const std::string& dir, const ParamLayout& layout, bool with_optimizer,
+                          const TensorVisitor& visit) {
+  const Manifest m = read_manifest(dir);
+  CheckpointFiles files(dir);
+  const std::vector<PieceRead> reads =
+      plan_reads(dir, m, layout, {true, with_optimizer, with_optimizer}, files);
+  std::vector<float> piece, tensor;
+  // plan_reads lists each (kind, tensor)'s pieces one after the other.
+  for (size_t i = 0; i < reads.size();) {
+    const PieceRead& first = reads[i];
+    tensor.assign(size_t(first.param->numel), 0.0f);
+    for (; i < reads.size() && reads[i].kind == first.kind && reads[i].param == first.param; ++i) {
+      read_piece(dir, m, files, reads[i], piece);
+      place(reads[i], piece, tensor.data());
     }
+    visit(first.kind, *first.param, tensor.data());
   }
   return m;
 }

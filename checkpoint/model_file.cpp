@@ -58,10 +58,10 @@ void write_tensors(hid_t root, const std::string& group, const ParamLayout& layo
     h5::write_dataset<float>(root, group + "/" + p.name, base + p.offset, p.shape);
 }
 
-std::vector<float> read_tensors(hid_t root, const std::string& group, const ParamLayout& layout,
-                                const std::string& path) {
-  // Every tensor's shape before the allocation: attributes edited to a far larger model
-  // than the file holds are a mismatch, not an allocation of the larger model.
+// Every tensor's shape before anything is allocated for them: attributes edited to a far
+// larger model than the file holds are a mismatch, not an allocation of the larger model.
+void check_tensor_shapes(hid_t root, const std::string& group, const ParamLayout& layout,
+                         const std::string& path) {
   for (const ParamInfo& p : layout.params()) {
     const std::string name = group + "/" + p.name;
     if (!h5::exists(root, name))
@@ -69,12 +69,6 @@ std::vector<float> read_tensors(hid_t root, const std::string& group, const Para
     if (h5::dataset_shape(root, name) != p.shape)
       fail_user(path, ": tensor ", name, " has the wrong shape for the model in its attributes");
   }
-  std::vector<float> out(size_t(layout.total()), 0.0f);
-  for (const ParamInfo& p : layout.params()) {
-    const auto v = h5::read_dataset<float>(root, group + "/" + p.name);
-    std::copy(v.begin(), v.end(), out.begin() + p.offset);
-  }
-  return out;
 }
 
 // Writes through `fill` into PATH.tmp, then renames over PATH.
@@ -136,13 +130,23 @@ ModelConfig read_valid_config(hid_t root, const std::string& path) {
   return c;
 }
 
-// A checkpoint directory (OUT/checkpoints/step-N).
-ModelFile read_checkpoint_directory(const std::string& path, bool with_optimizer) {
+// A checkpoint directory (OUT/checkpoints/step-N): all but its tensors.
+ModelFile checkpoint_description(const std::string& path) {
   ModelFile m;
   m.path = path;
   const Manifest manifest = read_manifest(path);
   m.format = kCheckpointFormat;
   m.model = manifest.model;
+  m.position = manifest.position;
+  m.config_text = read_checkpoint_config(path);
+  m.dp = manifest.dp;
+  m.sp = manifest.sp;
+  m.tp = manifest.tp;
+  return m;
+}
+
+ModelFile read_checkpoint_directory(const std::string& path, bool with_optimizer) {
+  ModelFile m = checkpoint_description(path);
   const ParamLayout layout(m.model);
   // Before the allocation: a manifest sealed again after an edit may claim a model far
   // larger than its files hold.
@@ -154,57 +158,104 @@ ModelFile read_checkpoint_directory(const std::string& path, bool with_optimizer
   }
   load_checkpoint(path, layout, m.params.data(), with_optimizer ? m.adam_m.data() : nullptr,
                   with_optimizer ? m.adam_v.data() : nullptr);
-  m.position = manifest.position;
-  m.config_text = read_checkpoint_config(path);
-  m.dp = manifest.dp;
-  m.sp = manifest.sp;
-  m.tp = manifest.tp;
   return m;
 }
 
-// An exported model (one HDF5 file).
-ModelFile read_exported_model(const std::string& path, bool with_optimizer) {
+ModelFile visit_checkpoint_directory(const std::string& path, bool with_optimizer,
+                                     const TensorVisitor& visit) {
+  ModelFile m = checkpoint_description(path);
+  visit_checkpoint(path, ParamLayout(m.model), with_optimizer, visit);
+  return m;
+}
+
+// An exported model (one HDF5 file) open at `root`: all but its tensors, whose shapes are
+// checked.
+ModelFile exported_description(hid_t root, const std::string& path, bool with_optimizer) {
   ModelFile m;
   m.path = path;
   if (with_optimizer)
     fail_user(path, " is an exported model without optimizer state; training resumes only "
                     "from a checkpoint directory (OUT/checkpoints/step-N)");
-  h5::Object file = h5::open_file(path);
-  const hid_t root = file.id();
   m.format = read_format(root, path);
   m.model = read_valid_config(root, path);
-  const ParamLayout layout(m.model);
   m.position.step = h5::read_attribute<int64_t>(root, "step");
-  m.params = read_tensors(root, "params", layout, path);
+  check_tensor_shapes(root, "params", ParamLayout(m.model), path);
   return m;
+}
+
+ModelFile read_exported_model(const std::string& path, bool with_optimizer) {
+  h5::Object file = h5::open_file(path);
+  ModelFile m = exported_description(file.id(), path, with_optimizer);
+  const ParamLayout layout(m.model);
+  m.params.assign(size_t(layout.total()), 0.0f);
+  for (const ParamInfo& p : layout.params()) {
+    const auto v = h5::read_dataset<float>(file.id(), "params/" + p.name);
+    std::copy(v.begin(), v.end(), m.params.begin() + p.offset);
+  }
+  return m;
+}
+
+ModelFile visit_exported_model(const std::string& path, bool with_optimizer,
+                               const TensorVisitor& visit) {
+  h5::Object file = h5::open_file(path);
+  ModelFile m = exported_description(file.id(), path, with_optimizer);
+  const ParamLayout layout(m.model);
+  for (const ParamInfo& p : layout.params())
+    visit(0, p, h5::read_dataset<float>(file.id(), "params/" + p.name).data());
+  return m;
+}
+
+// Whether the checkpoint directory `dir` reads whole (one tensor held at a time).
+bool checkpoint_reads(const std::string& dir, bool with_optimizer) {
+  try {
+    visit_checkpoint_directory(dir, with_optimizer, [](int, const ParamInfo&, const float*) {});
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+// `read(path)` of the checkpoint or export `given` names. For a run directory, its newest
+// complete checkpoint, or, where that is damaged, the name of the newest that reads (not
+// taken silently: an export or evaluation of an older step than asked for would pass
+// unnoticed); `reads(dir)` says whether an older one does.
+template <typename Read, typename Reads>
+ModelFile read_resolved(const std::string& given, const Read& read, const Reads& reads) {
+  const std::string path = resolve_checkpoint(given);
+  if (!is_directory(path) || path == given) return read(path);
+  try {
+    return read(path);
+  } catch (const UserError& e) {
+    for (const std::string& older : checkpoints_newest_first(given)) {
+      if (older == path || !reads(older)) continue;  // damaged too: report the first error
+      fail_user(e.what(), "; the run's newest intact checkpoint is ", older,
+                " (pass it as --checkpoint)");
+    }
+    throw;
+  }
 }
 
 }  // namespace
 
 ModelFile read_model_file(const std::string& given, bool with_optimizer) {
-  const std::string path = resolve_checkpoint(given);
-  if (is_directory(path)) {
-    if (path == given) return read_checkpoint_directory(path, with_optimizer);
-    // A run directory: its newest complete checkpoint, or, where that is damaged, the name
-    // of the newest that reads (not taken silently: an export or evaluation of an older
-    // step than asked for would pass unnoticed).
-    try {
-      return read_checkpoint_directory(path, with_optimizer);
-    } catch (const UserError& e) {
-      for (const std::string& older : checkpoints_newest_first(given)) {
-        if (older == path) continue;
-        try {
-          read_checkpoint_directory(older, with_optimizer);
-        } catch (const std::exception&) {
-          continue;  // damaged too; the first error is the one to report
-        }
-        fail_user(e.what(), "; the run's newest intact checkpoint is ", older,
-                  " (pass it as --checkpoint)");
-      }
-      throw;
-    }
-  }
-  return read_exported_model(path, with_optimizer);
+  return read_resolved(
+      given,
+      [&](const std::string& path) {
+        return is_directory(path) ? read_checkpoint_directory(path, with_optimizer)
+                                  : read_exported_model(path, with_optimizer);
+      },
+      [&](const std::string& older) { return checkpoint_reads(older, with_optimizer); });
+}
+
+ModelFile visit_model_file(const std::string& given, bool with_optimizer,
+                           const TensorVisitor& visit) {
+  return read_resolved(
+      given,
+      [&](const std::string& path) {
+        return is_directory(path) ? visit_checkpoint_directory(path, with_optimizer, visit)
+                                  : visit_exported_model(path, with_optimizer, visit);
+      },
+      [&](const std::string& older) { return checkpoint_reads(older, with_optimizer); });
 }
 
 ModelConfig read_model_config(const std::string& given) {

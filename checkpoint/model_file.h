@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/manifest.h"
 #include "core/model_config.h"
 #include "core/param_layout.h"
@@ -39,6 +40,12 @@ void write_export(const std::string& path, const ModelConfig& model, int64_t ste
 // Every problem is a UserError naming the file: not HDF5, another format, a missing or
 // mis-shaped tensor, an inconsistent configuration, a corrupt piece.
 ModelFile read_model_file(const std::string& path, bool with_optimizer);
+
+// The same, without holding the tensors: each goes to `visit` (checkpoint_dir.h's
+// TensorVisitor) as it is read and checked, and the ModelFile comes back without params
+// and moments. For tools that must read models larger than the host's memory (inspect).
+ModelFile visit_model_file(const std::string& path, bool with_optimizer,
+                           const TensorVisitor& visit);
 
 // The model configuration stored in a checkpoint or export, without reading tensors.
 ModelConfig read_model_config(const std::string& path);

@@ -33,9 +33,21 @@ int cmd_inspect(int argc, char** argv) {
                          "par inspect [--checkpoint] PATH"};
   if (!cli::parse(argc, argv, cmd, opts, vm, &pos)) return 0;
   if (path.empty()) fail_user("give a checkpoint: par inspect OUT/checkpoints/step-N");
-  // A checkpoint directory has optimizer state to show; an exported model does not.
+  // A checkpoint directory has optimizer state to show; an exported model does not. One
+  // tensor is held at a time (a checkpoint larger than this host's memory reads through);
+  // the lines wait for the last checksum, so a damaged checkpoint prints only its error.
   const bool directory = std::filesystem::is_directory(path);
-  const ModelFile f = read_model_file(path, directory);
+  std::string tensors;
+  const ModelFile f =
+      visit_model_file(path, directory, [&](int kind, const ParamInfo& p, const float* values) {
+        std::string shape;
+        for (size_t i = 0; i < p.shape.size(); ++i) shape += cat(i ? " x " : "", p.shape[i]);
+        char line[160];
+        std::snprintf(line, sizeof line, "  %-7s %-34s %-12s %016llx\n", kStateKinds[kind],
+                      p.name.c_str(), shape.c_str(),
+                      static_cast<unsigned long long>(checksum(values, p.numel)));
+        tensors += line;
+      });
   std::printf("checkpoint  %s\n", f.path.c_str());
   std::printf("format      %s\n", f.format.c_str());
   std::printf("step        %lld\n", static_cast<long long>(f.position.step));
@@ -47,20 +59,8 @@ int cmd_inspect(int argc, char** argv) {
     std::printf("written by  dp %d x sp %d x tp %d (%zu pieces)\n", m.dp, m.sp, m.tp, m.entries.size());
   }
   std::printf("model       %s\n", f.model.summary().c_str());
-  const ParamLayout layout(f.model);
-  std::printf("parameters  %lld\n", static_cast<long long>(layout.num_parameters()));
-  std::printf("tensors (checksum: FNV-1a 64 of the whole tensor's float32 bytes)\n");
-  const std::pair<const char*, const std::vector<float>*> kinds[] = {
-      {"params", &f.params}, {"adam_m", &f.adam_m}, {"adam_v", &f.adam_v}};
-  for (const auto& [kind, data] : kinds) {
-    if (data->empty()) continue;
-    for (const ParamInfo& p : layout.params()) {
-      std::string shape;
-      for (size_t i = 0; i < p.shape.size(); ++i) shape += cat(i ? " x " : "", p.shape[i]);
-      std::printf("  %-7s %-34s %-12s %016llx\n", kind, p.name.c_str(), shape.c_str(),
-                  static_cast<unsigned long long>(checksum(data->data() + p.offset, p.numel)));
-    }
-  }
+  std::printf("parameters  %lld\n", static_cast<long long>(ParamLayout(f.model).num_parameters()));
+  std::printf("tensors (checksum: FNV-1a 64 of the whole tensor's float32 bytes)\n%s", tensors.c_str());
   if (!no_config && !f.config_text.empty())
     std::printf("options of the run that wrote it:\n%s", f.config_text.c_str());
   return 0;

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <regex>
 #include <sstream>
@@ -252,6 +253,15 @@ TEST(TrainMpi, EveryLayoutTrainsLikeOneProcess) {
       err = std::max(err, double(std::abs(f.params[i] - one.params[i])));
     EXPECT_LT(err, 1e-6);
     RecordProperty(name + "_max_param_diff", cat(err));
+    // Read one tensor at a time (par inspect's way), the layout's pieces give the same values.
+    const std::vector<float>* whole[3] = {&f.params, &f.adam_m, &f.adam_v};
+    int visited = 0;
+    visit_model_file(dir.file(name), true, [&](int kind, const ParamInfo& p, const float* v) {
+      ++visited;
+      EXPECT_TRUE(std::equal(v, v + p.numel, whole[kind]->begin() + p.offset))
+          << kStateKinds[kind] << " " << p.name;
+    });
+    EXPECT_EQ(visited, 3 * int(ParamLayout(f.model).params().size()));
   }
 }
 
