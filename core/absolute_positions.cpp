@@ -54,9 +54,7 @@ PositionTable<T>::~PositionTable() {
 template <typename T>
 void PositionTable<T>::reserve(int64_t max_position) {
   if (max_position < rows_) return;
-  // Grow by at least half again, so a document that keeps lengthening (generation) costs a
-  // rebuild only now and then.
-  const int64_t rows = std::max(max_position + 1, rows_ + rows_ / 2);
+  const int64_t rows = grown_rows(rows_, max_position);
   std::vector<T> host;
   position_encoding_rows(0, rows, d_, host);
   if (table_) ops_.deallocate(table_);

@@ -13,6 +13,7 @@
 // lookup with positions as ids), grown when a longer document than any before needs it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -49,6 +50,12 @@ class PositionTable {
   // add's second half: with the positions already in ids (backend memory).
   void add_uploaded(T* h, int64_t rows, const int32_t* ids, T* scratch);
   int64_t capacity() const { return rows_; }
+  // The rows a table of `rows` grows to when asked for `max_position` (beyond it): at least
+  // half again, so a document that keeps lengthening (generation) costs a rebuild only now
+  // and then. (Decoder::memory plans by it.)
+  static int64_t grown_rows(int64_t rows, int64_t max_position) {
+    return std::max(max_position + 1, rows + rows / 2);
+  }
   const T* table() const { return table_; }  // moves when the table grows
 
  private:

@@ -61,42 +61,78 @@ bool Decoder<T>::uses_token_tables(const ModelConfig& cfg, bool cached, TokenTab
 
 template <typename T>
 DecoderMemory Decoder<T>::memory(const ModelConfig& cfg, bool cached, TokenTables tables,
-                                 int64_t K, KeyValueStorage cache, int64_t prompt_length,
+                                 int64_t samples, KeyValueStorage cache, int64_t prompt_length,
                                  int64_t tokens) {
-  const int64_t N = cfg.context_length, M = cfg.num_latents, V = cfg.vocab_size;
+  const int64_t N = cfg.context_length, M = cfg.num_latents, V = cfg.vocab_size, K = samples;
   const bool token_tables = uses_token_tables(cfg, cached, tables);
   const int64_t width = cache_width(cfg, uses_bf16_cache(cached, cache));
   const int64_t cross_bands =
       make_rotary_spec(cfg.cross_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength()).bands;
   const int64_t self_bands =
       make_rotary_spec(cfg.self_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength()).bands;
+  // Past 2^40 tokens every figure below is far beyond any machine; the bound keeps the
+  // arithmetic in int64.
+  constexpr int64_t kFar = int64_t(1) << 40;
+  const int64_t prompt = std::min(std::max<int64_t>(prompt_length, 1), kFar);
+  const int64_t appends = std::min(std::max<int64_t>(tokens, 0), kFar);
   DecoderMemory m;
   Carver sizing;
   Buffers().carve(sizing, cfg, K, cross_bands, self_bands, token_tables, cached, width);
-  m.buffers = double(sizing.used);
-  // Several samples keep their generated keys apart (reserve_own): blocks of at most
-  // min(N + M, max(M, 2 x generated)) rows, the old one held while the new one is filled.
+  m.buffers = sizing.used;
+  // Several samples keep their appended keys apart: push_inputs and reserve_own, followed
+  // append by append. The window holds the prompt's last N keys (shared) and the own ones;
+  // each append adds an own entry, dropping the oldest shared (else own) one when the
+  // window is full, and moves the entries into a new block (own_capacity) where the block
+  // is full, the old one held until they are in.
   if (cached && K > 1) {
-    Carver own;
-    decoder_detail::OwnCacheBlock<T>().carve(own, K, std::min(N + M, std::max(M, 2 * (tokens + 1))),
-                                             width);
-    m.own = 2 * own.used;
+    auto block = [&](int64_t cap) {
+      Carver c;
+      decoder_detail::OwnCacheBlock<T>().carve(c, K, cap, width);
+      return c.used;
+    };
+    int64_t shared = std::min(prompt, N), head = 0, count = 0, cap = 0;
+    for (int64_t a = 0; a < appends; ++a) {
+      if (shared + count == N) {
+        if (shared > 0) {
+          --shared;
+        } else {
+          ++head;
+          --count;
+        }
+      }
+      if (head + count == cap) {
+        const int64_t next = own_capacity(cfg, count);
+        m.own = std::max(m.own, block(cap) + block(next));
+        cap = next;
+        head = 0;
+        // At the largest block every later move is to another of N + M rows, every
+        // cap - count appends.
+        if (cap == N + M) {
+          if (appends - a > cap - count) m.own = std::max(m.own, 2 * block(cap));
+          break;
+        }
+      }
+      ++count;
+    }
     if (token_tables) {  // group_own: the old block goes before the new one comes
       Carver groups;
       decoder_detail::OwnGroupsBlock<T>().carve(
           groups, K, V, cross_bands,
-          std::min(2 * token_groups_stride(std::min(tokens, N)), token_groups_stride(N)));
+          std::min(2 * token_groups_stride(std::min(appends, N)), token_groups_stride(N)));
       m.own += groups.used;
     }
   }
-  // PositionTable::reserve: rows for the furthest document position, grown by half again.
+  // The table of absolute positions grows to hold the furthest document position, and is
+  // made on the host first (PositionTable::reserve).
   if (cfg.absolute_positions()) {
-    const double rows = 1.5 * double(prompt_length + tokens + 2) + 1;
-    m.positions = rows * double(cfg.d_model) * sizeof(T);
+    const int64_t furthest = prompt + appends;
+    m.positions = double(PositionTable<T>::grown_rows(furthest, furthest)) *
+                  double(cfg.d_model) * sizeof(T);
   }
-  // The sequences (tokens and document positions) and the logits' copy.
-  m.host = double(K) * double(prompt_length + tokens) * 2 * sizeof(int32_t) +
-           double(K) * double(V) * sizeof(T);
+  // The sequences (tokens and document positions), the logits' copy, the positions' table
+  // as it is made.
+  m.host = double(K) * double(prompt + appends) * 2 * sizeof(int32_t) +
+           double(K) * double(V) * sizeof(T) + m.positions;
   return m;
 }
 

@@ -109,13 +109,14 @@ class Decoder {
           KeyValueStorage cache = KeyValueStorage::kNative);
   ~Decoder();
   Decoder(const Decoder&) = delete;
-  // What a decoder of these arguments holds at most while each sample generates `tokens`
+  Decoder& operator=(const Decoder&) = delete;
+
+  // What a decoder of these arguments holds at most while each sample appends `tokens`
   // after a prompt of `prompt_length`: the sizes alone, nothing allocated (the plan a
   // command checks before it makes one). `buffers` is exactly what the constructor takes.
   static DecoderMemory memory(const ModelConfig& cfg, bool cached, TokenTables tables,
                               int64_t samples, KeyValueStorage cache, int64_t prompt_length,
                               int64_t tokens);
-  Decoder& operator=(const Decoder&) = delete;
 
   // Starts every sample from `prompt` (token ids; an empty prompt starts from SOS; only the
   // last N tokens are kept). Afterwards logits() predicts the token after the prompt.
@@ -167,6 +168,12 @@ class Decoder {
     return bf16_cache ? 2 * cfg.d_model / int64_t(sizeof(T)) : cfg.d_model;
   }
   static bool uses_token_tables(const ModelConfig& cfg, bool cached, TokenTables tables);
+  // The rows of a new block of the samples' own caches that `count` entries move into
+  // (reserve_own): twice as many as they need, at least M, at most N + M.
+  static int64_t own_capacity(const ModelConfig& cfg, int64_t count) {
+    return std::min(cfg.context_length + cfg.num_latents,
+                    std::max(cfg.num_latents, 2 * (count + 1)));
+  }
   void make_token_tables();
   // A refill's latents at most: M/2, at least 1.
   int64_t refill_latents() const { return std::max<int64_t>(1, cfg_.num_latents / 2); }

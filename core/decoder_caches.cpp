@@ -109,8 +109,8 @@ void Decoder<T>::push_inputs_device() {
 // twice as long as they need (at most N + M rows, as the shared cache).
 template <typename T>
 void Decoder<T>::reserve_own() {
-  const int64_t K = samples(), d = cache_width_, M = cfg_.num_latents;  // d: a row, in T
-  const int64_t cap = std::min(cfg_.context_length + M, std::max<int64_t>(M, 2 * (own_count_ + 1)));
+  const int64_t K = samples(), d = cache_width_;  // d: a row, in T
+  const int64_t cap = own_capacity(cfg_, own_count_);
   PAR_ASSERT(cap > own_count_);
   decoder_detail::OwnCacheBlock<T> block;
   void* memory =

@@ -14,6 +14,7 @@
 #include "launch/bench_train.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
+#include "launch/host_memory.h"
 #include "launch/job.h"
 #include "launch/memory_plan.h"
 #include "launch/options.h"
@@ -143,14 +144,22 @@ int cmd_bench(int argc, char** argv) {
       mc = trained.model;
     }
     // The timed decoder is the largest of its runs (its prompt at most the context).
-    require_decoder_fits(
-        Decoder<float>::memory(mc, true, TokenTables::kAuto, samples,
-                               decoding_cache_storage(rc.kv_storage, rc.device, rc.precision,
-                                                      rc.attention, samples, mc),
-                               mc.context_length, decode),
-        double(ParamLayout(mc).total()) * sizeof(float), backend,
-        cat(samples, " sample(s) of ", decode, " tokens"),
-        samples > 1 ? "use a smaller --num-samples" : "a smaller model (--config) or more memory");
+    DecodePlanRequest plan;
+    plan.model = mc;
+    plan.samples = samples;
+    plan.tokens = decode;
+    plan.decoder = [&](int64_t k) {
+      return Decoder<float>::memory(mc, true, TokenTables::kAuto, k,
+                                    decoding_cache_storage(rc.kv_storage, rc.device, rc.precision,
+                                                           rc.attention, k, mc),
+                                    mc.context_length, decode);
+    };
+    plan.params_bytes = double(ParamLayout(mc).total()) * sizeof(float);
+    // Fresh weights are made on the host after this plan; a checkpoint's are read already.
+    plan.host_weights_bytes = checkpoint.empty() ? plan.params_bytes : 0;
+    plan.threads = current_threads();
+    plan.runtime_bytes = double(resident_bytes());
+    require_decoder_fits(plan, backend);
   });
   if (!checkpoint.empty())
     std::printf("weights     %s (step %lld)\n", trained.path.c_str(),

@@ -27,6 +27,7 @@
 #include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
+#include "launch/host_memory.h"
 #include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/sample_output.h"
@@ -301,13 +302,18 @@ int cmd_sample(int argc, char** argv) {
       decoding_cache_storage("auto", device, precision, attention, num_samples, c);
   size_t longest = 0;
   for (const std::vector<int32_t>& ids : prompts) longest = std::max(longest, ids.size());
-  require_decoder_fits(
-      Decoder<float>::memory(c, !uncached, TokenTables::kAuto, num_samples, cache_storage,
-                             int64_t(longest), tokens),
-      double(model.params.size()) * sizeof(float), backend,
-      cat(num_samples, " sample(s) of ", tokens, " tokens"),
-      num_samples > 1 ? "use a smaller --num-samples (and run again with --seed advanced)"
-                      : "decoding this model needs a machine (or GPU) with more memory");
+  DecodePlanRequest plan;
+  plan.model = c;
+  plan.samples = num_samples;
+  plan.tokens = tokens;
+  plan.decoder = [&](int64_t samples) {
+    return Decoder<float>::memory(c, !uncached, TokenTables::kAuto, samples, cache_storage,
+                                  int64_t(longest), tokens);
+  };
+  plan.params_bytes = double(model.params.size()) * sizeof(float);
+  plan.threads = current_threads();
+  plan.runtime_bytes = double(resident_bytes());
+  require_decoder_fits(plan, backend);
   Ops<float>& ops = *backend.ops;
   LOG(INFO) << "backend: " << backend.description;
   float* params = static_cast<float*>(ops.allocate(model.params.size() * sizeof(float)));

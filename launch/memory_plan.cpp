@@ -77,7 +77,7 @@ double cpu_kernel_scratch(const PlanRequest& r) {
 
 // The blocked attention of the CUDA backend (kernels/cuda/attention_plan.h) asks its
 // scratch slots for [heads, nq, key block] scores (forward), the same again for their
-// gradient (backward), and per-(example, head, query) statistics; the backend adds 1/8
+// gradient (backward, where training), and per-(example, head, query) statistics; the backend adds 1/8
 // for headroom. Slots are shared by the cross- and the self-attention: the larger counts.
 double cuda_attention_scratch(const PlanRequest& r) {
   const ModelConfig& c = r.model;
@@ -90,7 +90,9 @@ double cuda_attention_scratch(const PlanRequest& r) {
     scores = std::max(scores, double(heads) * double(M) * double(block));
     stats = std::max(stats, double(B) * double(heads) * double(M));
   }
-  double bytes = 2 * scores + stats + 2 * double(std::max(c.cross_heads, c.self_heads)) * double(M);
+  // The scores' gradient only where there is a backward.
+  double bytes = (r.training ? 2 : 1) * scores + stats +
+                 2 * double(std::max(c.cross_heads, c.self_heads)) * double(M);
   bytes *= sizeof(float);
   // The cuDNN path's own copies (bf16 operands, the gathered keys) for the cross-attention,
   // the larger of its two calls, where it may run.
@@ -368,25 +370,67 @@ void require_model_fits(const PlanRequest& r, Backend& backend, const std::strin
   if (device && p.device_bytes() > b.device) refuse("GPU ", p.device, b.device, b.device_source);
 }
 
-void require_decoder_fits(const DecoderMemory& decoder, double params_bytes, Backend& backend,
-                          const std::string& what, const std::string& advice) {
-  const MemoryBudget b = memory_budget(backend, 1);
-  const bool device = backend.cuda && b.device_free >= 0;
-  std::vector<MemoryItem> host{{"runtime", double(resident_bytes())}}, gpu;
-  std::vector<MemoryItem>& state = backend.cuda ? gpu : host;
-  state.push_back({"parameters", params_bytes});
+namespace {
+
+// What decoding r.samples samples holds, host and device (empty for the CPU backend).
+struct DecodeItems {
+  std::vector<MemoryItem> host, device;
+};
+
+DecodeItems decode_items(const DecodePlanRequest& r, int64_t samples, bool cuda) {
+  const DecoderMemory decoder = r.decoder(samples);
+  DecodeItems items;
+  items.host.push_back({"runtime", r.runtime_bytes});
+  items.host.push_back({"weights to upload", r.host_weights_bytes});
+  std::vector<MemoryItem>& state = cuda ? items.device : items.host;
+  state.push_back({"parameters", r.params_bytes});
   state.push_back({"decoder buffers", decoder.buffers});
   state.push_back({"the samples' own caches", decoder.own});
   state.push_back({"position table", decoder.positions});
-  host.push_back({"sequences and logits", decoder.host});
-  auto refuse = [&](const char* kind, const std::vector<MemoryItem>& items, double have,
-                    const std::string& source) {
-    fail_user("not enough ", kind, "memory: decoding ", what, " needs an estimated ",
-              MemoryPlan::summary(items), ", but this process may have ", format_bytes(have),
-              ", ", source, "; ", advice);
+  items.host.push_back({"sequences and logits", decoder.host});
+  // The kernels' scratch for forward passes of `samples` windows: the full passes, whose
+  // attention over the window is the largest call, and the refills.
+  PlanRequest forward;
+  forward.model = r.model;
+  forward.micro_batch = samples;
+  forward.threads = r.threads;
+  forward.cuda = cuda;
+  forward.training = false;
+  if (cuda) {
+    state.push_back({"attention scratch", cuda_attention_scratch(forward)});
+    state.push_back({"cuBLAS workspace", double(cuda::kCublasWorkspaceBytes)});
+  } else {
+    state.push_back({"kernel scratch", cpu_kernel_scratch(forward)});
+  }
+  return items;
+}
+
+}  // namespace
+
+void require_decoder_fits(const DecodePlanRequest& r, Backend& backend) {
+  const MemoryBudget b = memory_budget(backend, 1);
+  const bool device = backend.cuda && b.device_free >= 0;
+  auto fits = [&](int64_t samples) {
+    const DecodeItems items = decode_items(r, samples, backend.cuda);
+    return (b.host <= 0 || sum(items.host) <= b.host) &&
+           (!device || sum(items.device) <= b.device);
   };
-  if (b.host > 0 && sum(host) > b.host) refuse("", host, b.host, b.host_source);
-  if (device && sum(gpu) > b.device) refuse("GPU ", gpu, b.device, b.device_source);
+  if (fits(r.samples)) return;
+  // The most samples that fit (the plan grows with them), if one does.
+  std::string advice = "decoding this model needs a machine (or GPU) with more memory";
+  if (r.samples > 1 && fits(1)) {
+    int64_t lo = 1, hi = r.samples;
+    while (hi - lo > 1) (fits(lo + (hi - lo) / 2) ? lo : hi) = lo + (hi - lo) / 2;
+    advice = cat("at most --num-samples ", lo, " would fit (run again with --seed advanced for "
+                 "more)");
+  }
+  const DecodeItems items = decode_items(r, r.samples, backend.cuda);
+  const bool host_short = b.host > 0 && sum(items.host) > b.host;
+  fail_user("not enough ", host_short ? "" : "GPU ", "memory: decoding ", r.samples,
+            " sample(s) of ", r.tokens, " tokens needs an estimated ",
+            MemoryPlan::summary(host_short ? items.host : items.device),
+            ", but this process may have ", format_bytes(host_short ? b.host : b.device), ", ",
+            host_short ? b.host_source : b.device_source, "; ", advice);
 }
 
 }  // namespace par

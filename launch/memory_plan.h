@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -113,11 +114,21 @@ void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudge
 // message names `batch_option`, the way to make it fit.
 void require_model_fits(const PlanRequest& r, Backend& backend, const std::string& batch_option);
 
-// UserError unless one process that decodes (sample, bench --decode) fits its budget on
-// `backend`: the model's parameters (`params_bytes`, in backend memory; the host's copy is
-// in the runtime already) and the decoder's plan (Decoder::memory). `what` names the
-// generation ("4 samples of 256 tokens"), `advice` what would make it smaller.
-void require_decoder_fits(const DecoderMemory& decoder, double params_bytes, Backend& backend,
-                          const std::string& what, const std::string& advice);
+// What one process that decodes (sample, bench --decode) holds.
+struct DecodePlanRequest {
+  ModelConfig model;
+  int64_t samples = 1, tokens = 0;
+  // Decoder::memory of the generation for a number of samples (the advice tries fewer).
+  std::function<DecoderMemory(int64_t samples)> decoder;
+  double params_bytes = 0;        // the weights in backend memory
+  double host_weights_bytes = 0;  // a host copy not held yet when planning (fresh weights)
+  int threads = 1;
+  double runtime_bytes = 0;       // resident_bytes() when planning
+};
+
+// UserError unless `r` fits this process's budget on `backend`: the weights, the decoder's
+// plan and the kernels' scratch. The message gives the estimate and the most samples that
+// would fit, if any does.
+void require_decoder_fits(const DecodePlanRequest& r, Backend& backend);
 
 }  // namespace par

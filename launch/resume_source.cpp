@@ -1,3 +1,5 @@
+// Where `par train` resumes from (launch/resume_source.h): the candidates --resume names,
+// the one that reads, and the run's own checkpoints past it.
 #include "launch/resume_source.h"
 
 #include <glog/logging.h>

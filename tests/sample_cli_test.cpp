@@ -156,30 +156,42 @@ TEST_F(SampleCli, BenchDecodesACheckpoint) {
 }
 
 // A generation whose decoder cannot fit this process is refused before anything is
-// allocated, with the plan in the message: a context of 2^30 tokens makes the cross caches
-// alone 256 GiB. It ended in "out of memory: an allocation failed".
+// allocated, with the plan in the message and what would fit. A context of 2^30 tokens at
+// d 256 makes the cross caches alone 2 TiB: no number of samples fits. At 2^17, one sample
+// fits, and 1,000 samples of 100,000 tokens keep own caches of about 0.5 TiB. (Both ended
+// in "out of memory: an allocation failed", the second only part-way through.)
 TEST_F(SampleCli, GenerationsTooLargeForMemoryAreRefusedAtOnce) {
-  ModelConfig c;
-  c.d_model = 32;
-  c.context_length = int64_t(1) << 30;
-  c.num_latents = 16;
-  c.num_layers = 1;
-  c.cross_heads = c.self_heads = 2;
-  c.mlp_factor = 2;
-  std::vector<float> params;
-  init_parameters(ParamLayout(c), 1, params);
-  const std::string model = quote(dir_.file("long.h5"));
-  write_export(dir_.file("long.h5"), c, 0, params.data());
-  const ParRun one = run_par(dir_, cat("sample --checkpoint ", model, " --prompt x --tokens 1"));
+  auto write_model = [&](const std::string& name, int64_t context) {
+    ModelConfig c;
+    c.d_model = 256;
+    c.context_length = context;
+    c.num_latents = 16;
+    c.num_layers = 1;
+    c.cross_heads = c.self_heads = 2;
+    c.mlp_factor = 1;
+    std::vector<float> params;
+    init_parameters(ParamLayout(c), 1, params);
+    write_export(dir_.file(name), c, 0, params.data());
+    return quote(dir_.file(name));
+  };
+  const std::string huge = write_model("huge.h5", int64_t(1) << 30);
+  const ParRun one = run_par(dir_, cat("sample --checkpoint ", huge, " --prompt x --tokens 1"));
   EXPECT_USER_ERROR(one, "not enough memory: decoding 1 sample(s) of 1 tokens needs an estimated ");
   EXPECT_NE(one.err.find("decoder buffers "), std::string::npos) << one.err;
   EXPECT_NE(one.err.find("decoding this model needs a machine (or GPU) with more memory"),
             std::string::npos) << one.err;
-  EXPECT_USER_ERROR(run_par(dir_, cat("sample --checkpoint ", model, " --prompt x --tokens 1 "
+  EXPECT_USER_ERROR(run_par(dir_, cat("sample --checkpoint ", huge, " --prompt x --tokens 1 "
                                       "--num-samples 3")),
-                    "use a smaller --num-samples");
-  EXPECT_USER_ERROR(run_par(dir_, cat("bench --checkpoint ", model, " --decode 2")),
+                    "decoding this model needs a machine (or GPU) with more memory");
+  EXPECT_USER_ERROR(run_par(dir_, cat("bench --checkpoint ", huge, " --decode 2")),
                     "not enough memory: decoding 1 sample(s) of 2 tokens needs an estimated ");
+
+  const std::string long_context = write_model("long.h5", int64_t(1) << 17);
+  const ParRun many = run_par(dir_, cat("sample --checkpoint ", long_context,
+                                        " --prompt x --tokens 100000 --num-samples 1000"));
+  EXPECT_USER_ERROR(many, "not enough memory: decoding 1000 sample(s) of 100000 tokens");
+  EXPECT_NE(many.err.find("the samples' own caches "), std::string::npos) << many.err;
+  EXPECT_NE(many.err.find("; at most --num-samples "), std::string::npos) << many.err;
 }
 
 TEST_F(SampleCli, BadCombinationsAreUserErrors) {
