@@ -258,6 +258,19 @@ ModelFile visit_model_file(const std::string& given, bool with_optimizer,
       [&](const std::string& older) { return checkpoint_reads(older, with_optimizer); });
 }
 
+ModelFile export_model_file(const std::string& given, const std::string& out) {
+  ModelFile f;
+  write_atomically(out, [&](hid_t root) {
+    f = visit_model_file(given, false, [&](int, const ParamInfo& p, const float* values) {
+      h5::write_dataset<float>(root, "params/" + p.name, values, p.shape);
+    });
+    h5::write_attribute<std::string>(root, "format", kExportFormat);
+    write_model_attributes(root, f.model);
+    h5::write_attribute<int64_t>(root, "step", f.position.step);
+  });
+  return f;
+}
+
 ModelConfig read_model_config(const std::string& given) {
   const std::string path = resolve_checkpoint(given);
   if (is_directory(path)) return read_manifest(path).model;

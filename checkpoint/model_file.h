@@ -35,6 +35,11 @@ struct ModelFile {
 void write_export(const std::string& path, const ModelConfig& model, int64_t step,
                   const float* params);
 
+// Exports the checkpoint or exported model `given` names (read_model_file) to `out`, as
+// write_export writes it, one tensor at a time: a checkpoint larger than the host's memory
+// exports too. Returns what was read, without its tensors.
+ModelFile export_model_file(const std::string& given, const std::string& out);
+
 // Reads a checkpoint directory (given itself, or the run directory whose newest checkpoint
 // it is) or an export file (with_optimizer requires a checkpoint).
 // Every problem is a UserError naming the file: not HDF5, another format, a missing or

@@ -45,8 +45,7 @@ int cmd_export(int argc, char** argv) {
               ": choose another name");
   if (file_exists(out) && !force)
     fail_user("--out ", out, " exists: choose another name or pass --force to replace it");
-  const ModelFile file = read_model_file(checkpoint, false);
-  write_export(out, file.model, file.position.step, file.params.data());
+  const ModelFile file = export_model_file(checkpoint, out);
   LOG(INFO) << "exported " << checkpoint << " (step " << file.position.step << ", "
             << file.model.summary() << ") -> " << out;
   return 0;

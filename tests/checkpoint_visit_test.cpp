@@ -1,10 +1,14 @@
-// Reading a checkpoint one tensor at a time (visit_model_file, what `par inspect` does):
-// the same values as reading it whole, while the heap holds about one tensor more, not
-// the three copies of the model's state a whole read takes.
+// Reading a checkpoint one tensor at a time (visit_model_file, what `par inspect` and
+// `par export` do): the same values as reading it whole, while the process holds about one
+// tensor more, not the model's state that a whole read takes.
 #include <gtest/gtest.h>
 #include <malloc.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 
 #include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/model_file.h"
@@ -47,6 +51,64 @@ TEST(CheckpointVisit, HoldsOneTensorAtATime) {
   // A tensor and the piece it is read from, and HDF5's caches: far below the state.
   EXPECT_LT(most, 4.0 * double(largest) * sizeof(float) + 4.0 * (1 << 20)) << "of " << state;
   RecordProperty("heap_while_visiting", cat(most));
+}
+
+// The growth of this process's peak resident memory while `work` runs, in bytes, measured
+// in a child process after `warm`: its peak starts at what it holds then. `warm` does the
+// same on a small model, so that the code `work` runs is paged in (a child faults in the
+// libraries' pages anew) without raising the peak. Large blocks are mapped and unmapped
+// on their own there, so that memory freed is memory given back: glibc would otherwise
+// keep freed blocks of a size it has seen in its heap.
+double peak_growth_of(const std::function<void()>& warm, const std::function<void()>& work) {
+  int fds[2];
+  if (pipe(fds) != 0) return -1;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 128 * 1024);
+    warm();
+    rusage before{}, after{};
+    getrusage(RUSAGE_SELF, &before);
+    work();
+    getrusage(RUSAGE_SELF, &after);
+    const double grown = double(after.ru_maxrss - before.ru_maxrss) * 1024;  // KiB
+    (void)!write(fds[1], &grown, sizeof grown);
+    _exit(0);
+  }
+  close(fds[1]);
+  double grown = -1;
+  if (read(fds[0], &grown, sizeof grown) != sizeof grown) grown = -1;
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return grown;
+}
+
+// `par export` writes tensor by tensor as it reads them: its memory grows by about a
+// tensor, where reading the checkpoint whole grows by its parameters.
+TEST(CheckpointVisit, ExportHoldsOneTensorAtATime) {
+  TempDir dir;
+  const std::string data = copy_task_data(dir, 65, 30);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 1) +
+                             " --d-model 384 --num-layers 2 --batch-size 2").rc,
+            0);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("small"), 1)).rc, 0);
+  const ModelConfig model = read_model_config(dir.file("run"));
+  const double params = double(ParamLayout(model).total()) * sizeof(float);
+  auto warm = [&] {
+    export_model_file(dir.file("small"), dir.file("small.h5"));
+    read_model_file(dir.file("small"), false);
+  };
+  const double whole = peak_growth_of(warm, [&] { read_model_file(dir.file("run"), false); });
+  const double exporting =
+      peak_growth_of(warm, [&] { export_model_file(dir.file("run"), dir.file("model.h5")); });
+  EXPECT_GE(whole, 0.9 * params) << "the measure does not see a whole read";
+  EXPECT_LT(exporting, 0.4 * params) << "of " << params << " bytes of parameters";
+  RecordProperty("whole_read_peak_growth", cat(whole));
+  RecordProperty("export_peak_growth", cat(exporting));
+  // What it wrote is the checkpoint's parameters.
+  const ModelFile exported = read_model_file(dir.file("model.h5"), false);
+  EXPECT_TRUE(exported.params == read_model_file(dir.file("run"), false).params);
 }
 
 }  // namespace
