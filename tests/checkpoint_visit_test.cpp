@@ -3,12 +3,13 @@
 // tensor more, not the model's state that a whole read takes.
 #include <gtest/gtest.h>
 #include <malloc.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <functional>
+#include <string>
 
 #include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/model_file.h"
@@ -53,12 +54,20 @@ TEST(CheckpointVisit, HoldsOneTensorAtATime) {
   RecordProperty("heap_while_visiting", cat(most));
 }
 
-// The growth of this process's peak resident memory while `work` runs, in bytes, measured
-// in a child process after `warm`: its peak starts at what it holds then. `warm` does the
-// same on a small model, so that the code `work` runs is paged in (a child faults in the
-// libraries' pages anew) without raising the peak. Large blocks are mapped and unmapped
-// on their own there, so that memory freed is memory given back: glibc would otherwise
-// keep freed blocks of a size it has seen in its heap.
+// A field of /proc/self/status in bytes (VmRSS, VmHWM), -1 if absent.
+double status_bytes(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) * 1024;
+  return -1;
+}
+
+// The growth of a process's peak resident memory while `work` runs, in bytes, measured in a
+// child process after `warm`, from what it holds then (the peak is reset: a forked child
+// inherits its parent's). `warm` does the same on a small model, so that the code `work`
+// runs is paged in (a child faults in the libraries' pages anew) without raising the peak.
+// Large blocks are mapped and unmapped on their own there, so that memory freed is memory
+// given back: glibc would otherwise keep freed blocks of a size it has seen in its heap.
 double peak_growth_of(const std::function<void()>& warm, const std::function<void()>& work) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
@@ -67,11 +76,12 @@ double peak_growth_of(const std::function<void()>& warm, const std::function<voi
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
     mallopt(M_TRIM_THRESHOLD, 128 * 1024);
     warm();
-    rusage before{}, after{};
-    getrusage(RUSAGE_SELF, &before);
-    work();
-    getrusage(RUSAGE_SELF, &after);
-    const double grown = double(after.ru_maxrss - before.ru_maxrss) * 1024;  // KiB
+    double grown = -1;
+    if (std::ofstream("/proc/self/clear_refs") << "5" << std::flush) {  // resets VmHWM
+      const double before = status_bytes("VmRSS");
+      work();
+      grown = status_bytes("VmHWM") - before;
+    }
     (void)!write(fds[1], &grown, sizeof grown);
     _exit(0);
   }
@@ -102,6 +112,7 @@ TEST(CheckpointVisit, ExportHoldsOneTensorAtATime) {
   const double whole = peak_growth_of(warm, [&] { read_model_file(dir.file("run"), false); });
   const double exporting =
       peak_growth_of(warm, [&] { export_model_file(dir.file("run"), dir.file("model.h5")); });
+  if (whole < 0 || exporting < 0) GTEST_SKIP() << "cannot reset the peak resident memory here";
   EXPECT_GE(whole, 0.9 * params) << "the measure does not see a whole read";
   EXPECT_LT(exporting, 0.4 * params) << "of " << params << " bytes of parameters";
   RecordProperty("whole_read_peak_growth", cat(whole));
