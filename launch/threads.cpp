@@ -23,12 +23,21 @@ CpuBudget cpu_budget(int local_ranks) {
   b.mask_cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? std::max(1, CPU_COUNT(&set))
                                                            : b.node_cpus;
   b.local_ranks = std::max(1, local_ranks);
+  b.thread_limit = std::max(1, omp_get_thread_limit());
   return b;
 }
 
 int threads_for(int requested, const CpuBudget& b) {
-  if (requested > 0) return requested;
-  return std::max(1, std::min(b.mask_cpus, b.node_cpus / b.local_ranks));
+  const int threads =
+      requested > 0 ? requested : std::max(1, std::min(b.mask_cpus, b.node_cpus / b.local_ranks));
+  return std::min(threads, std::max(1, b.thread_limit));
+}
+
+std::string thread_limit_warning(int requested, const CpuBudget& b) {
+  if (requested <= b.thread_limit) return "";
+  return cat(requested, " thread(s) asked for, but OMP_THREAD_LIMIT is ", b.thread_limit,
+             ": running ", threads_for(requested, b), " (OpenMP starts no more, and BLAS, told "
+             "of more, would wait for them for ever)");
 }
 
 std::string oversubscription_warning(int threads, const CpuBudget& b) {
@@ -81,7 +90,9 @@ std::string apply_threads(int requested, int local_ranks) {
   check_thread_address_space(threads);
   omp_set_num_threads(threads);
   openblas_set_num_threads(threads);
-  return oversubscription_warning(threads, b);
+  const std::string limited = thread_limit_warning(requested, b);
+  const std::string over = oversubscription_warning(threads, b);
+  return limited.empty() ? over : over.empty() ? limited : cat(limited, "; ", over);
 }
 
 void warn_threads(const char* command, const std::string& warning) {

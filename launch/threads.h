@@ -8,6 +8,7 @@
 // oversubscribes the node gets a warning.
 #pragma once
 
+#include <limits>
 #include <string>
 
 namespace par {
@@ -16,14 +17,21 @@ struct CpuBudget {
   int node_cpus = 1;    // online CPUs of this node
   int mask_cpus = 1;    // CPUs this process may run on (its affinity mask)
   int local_ranks = 1;  // ranks of this job on this node
+  // OMP_THREAD_LIMIT: the most threads OpenMP starts, whatever it is asked for. OpenBLAS,
+  // told of more threads than that, waits for ever for those that never start.
+  int thread_limit = std::numeric_limits<int>::max();
 };
 
 // The CPUs of this process and node; `local_ranks` from the job.
 CpuBudget cpu_budget(int local_ranks);
 
 // --threads N (N > 0) as given; 0: the node's CPUs shared among its ranks, at most the
-// CPUs this process may run on, at least 1.
+// CPUs this process may run on, at least 1. Either way at most the thread limit.
 int threads_for(int requested, const CpuBudget& b);
+
+// A warning when `requested` threads pass the thread limit (and threads_for runs fewer);
+// "" otherwise.
+std::string thread_limit_warning(int requested, const CpuBudget& b);
 
 // A warning when `threads` per rank oversubscribe the CPUs (more threads than this rank
 // may run on, or more than the node has for all its ranks); "" otherwise.

@@ -1,7 +1,9 @@
-// The threads each rank runs by default, and the warning for oversubscribed nodes.
+// The threads each rank runs by default, the thread limit, and the warning for
+// oversubscribed nodes.
 #include <gtest/gtest.h>
 
 #include "launch/threads.h"
+#include "tests/par_cli.h"
 
 namespace par {
 namespace {
@@ -22,6 +24,29 @@ TEST(Threads, DefaultSharesTheNodeAmongItsRanks) {
   EXPECT_EQ(threads_for(0, budget(32, 32, 5)), 6);   // rounds down
   EXPECT_EQ(threads_for(0, budget(2, 2, 4)), 1);     // more ranks than CPUs: still one
   EXPECT_EQ(threads_for(3, budget(2, 2, 4)), 3);     // --threads is taken as given
+}
+
+// OMP_THREAD_LIMIT caps the threads OpenMP starts whatever it is asked; OpenBLAS, told
+// of more, waited for ever for the rest (`OMP_THREAD_LIMIT=1 par eval --threads 2` hung).
+TEST(Threads, TheThreadLimitCapsThem) {
+  CpuBudget b = budget(32, 32, 1);
+  b.thread_limit = 3;
+  EXPECT_EQ(threads_for(0, b), 3);
+  EXPECT_EQ(threads_for(8, b), 3);
+  EXPECT_EQ(threads_for(2, b), 2);
+  EXPECT_EQ(thread_limit_warning(2, b), "");
+  EXPECT_NE(thread_limit_warning(8, b).find("OMP_THREAD_LIMIT is 3: running 3"),
+            std::string::npos) << thread_limit_warning(8, b);
+
+  testing_util::TempDir dir;
+  testing_util::write_small_model(dir.file("model.h5"));
+  const std::string data = testing_util::copy_task_data(dir, 65, 8);
+  const testing_util::ParRun r = testing_util::run_shell(
+      dir, cat("OMP_THREAD_LIMIT=1 timeout 120 '", PAR_BINARY, "' eval --checkpoint ",
+               testing_util::quote(dir.file("model.h5")), " --data ", testing_util::quote(data),
+               " --threads 2"));
+  EXPECT_EQ(r.rc, 0) << "124: it hung\n" << r.err;
+  EXPECT_NE(r.err.find("OMP_THREAD_LIMIT is 1: running 1"), std::string::npos) << r.err;
 }
 
 TEST(Threads, WarnsOnlyWhenOversubscribed) {
