@@ -420,7 +420,10 @@ void require_decoder_fits(const DecodePlanRequest& r, Backend& backend) {
   std::string advice = "decoding this model needs a machine (or GPU) with more memory";
   if (r.samples > 1 && fits(1)) {
     int64_t lo = 1, hi = r.samples;
-    while (hi - lo > 1) (fits(lo + (hi - lo) / 2) ? lo : hi) = lo + (hi - lo) / 2;
+    while (hi - lo > 1) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      (fits(mid) ? lo : hi) = mid;
+    }
     advice = cat("at most --num-samples ", lo, " would fit (run again with --seed advanced for "
                  "more)");
   }
