@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -19,16 +20,21 @@ namespace par {
 namespace {
 
 using namespace testing_util;
+namespace fs = std::filesystem;
 
 double heap_in_use() { return double(mallinfo2().uordblks); }
 
+// Trains one step of the tiny config made `extra` (wider) into dir/NAME.
+void train_one_step(const TempDir& dir, const std::string& name, const std::string& extra) {
+  const std::string data = dir.file("data/train-*.h5");
+  if (!fs::exists(dir.file("data"))) copy_task_data(dir, 65, 30);
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file(name), 1) + extra).rc, 0);
+}
+
 TEST(CheckpointVisit, HoldsOneTensorAtATime) {
   TempDir dir;
-  const std::string data = copy_task_data(dir, 65, 30);
   // d 256, two layers: 1.6 M parameters, 6.3 MiB a state, the largest tensor 1 MiB.
-  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 1) +
-                             " --d-model 256 --num-layers 2 --batch-size 2").rc,
-            0);
+  train_one_step(dir, "run", " --d-model 256 --num-layers 2 --batch-size 2");
   const ModelFile whole = read_model_file(dir.file("run"), true);
   const ParamLayout layout(whole.model);
   size_t largest = 0;
@@ -98,11 +104,8 @@ double peak_growth_of(const std::function<void()>& warm, const std::function<voi
 // tensor, where reading the checkpoint whole grows by its parameters.
 TEST(CheckpointVisit, ExportHoldsOneTensorAtATime) {
   TempDir dir;
-  const std::string data = copy_task_data(dir, 65, 30);
-  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("run"), 1) +
-                             " --d-model 384 --num-layers 2 --batch-size 2").rc,
-            0);
-  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("small"), 1)).rc, 0);
+  train_one_step(dir, "run", " --d-model 384 --num-layers 2 --batch-size 2");
+  train_one_step(dir, "small", "");
   const ModelConfig model = read_model_config(dir.file("run"));
   const double params = double(ParamLayout(model).total()) * sizeof(float);
   auto warm = [&] {

@@ -114,9 +114,9 @@ inline std::string tiny_train_args(const std::string& data, const std::string& o
              "' --steps ", steps, " --threads 1");
 }
 
-// A small byte-level model with random weights (d 32, N 64, M 16, one layer), exported to
-// `path`: enough for eval and sample to run in a blink.
-inline void write_small_model(const std::string& path) {
+// A small byte-level model (d 32, N 64, M 16, one layer): enough for eval and sample to
+// run in a blink.
+inline ModelConfig small_model_config() {
   ModelConfig c;
   c.d_model = 32;
   c.context_length = 64;
@@ -124,9 +124,18 @@ inline void write_small_model(const std::string& path) {
   c.num_layers = 1;
   c.cross_heads = c.self_heads = 2;
   c.mlp_factor = 2;
+  return c;
+}
+
+// The model `c` with random weights, exported to `path`.
+inline void write_random_model(const std::string& path, const ModelConfig& c) {
   std::vector<float> params;
   init_parameters(ParamLayout(c), 1, params);
   write_export(path, c, 0, params.data());
+}
+
+inline void write_small_model(const std::string& path) {
+  write_random_model(path, small_model_config());
 }
 
 // Copy-task shards in dir/data (examples of `length` tokens); returns the train pattern.

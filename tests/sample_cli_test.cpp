@@ -162,16 +162,11 @@ TEST_F(SampleCli, BenchDecodesACheckpoint) {
 // in "out of memory: an allocation failed", the second only part-way through.)
 TEST_F(SampleCli, GenerationsTooLargeForMemoryAreRefusedAtOnce) {
   auto write_model = [&](const std::string& name, int64_t context) {
-    ModelConfig c;
+    ModelConfig c = testing_util::small_model_config();
     c.d_model = 256;
     c.context_length = context;
-    c.num_latents = 16;
-    c.num_layers = 1;
-    c.cross_heads = c.self_heads = 2;
     c.mlp_factor = 1;
-    std::vector<float> params;
-    init_parameters(ParamLayout(c), 1, params);
-    write_export(dir_.file(name), c, 0, params.data());
+    testing_util::write_random_model(dir_.file(name), c);
     return quote(dir_.file(name));
   };
   const std::string huge = write_model("huge.h5", int64_t(1) << 30);
