@@ -124,21 +124,15 @@ class CheckpointSaver {
 };
 
 // Reads this rank's slices (`layout`) of the checkpoint in `dir`, whatever layout wrote it,
-// into params and (when not null) adam_m, adam_v (host, `layout` order, zero gaps).
+// one tensor at a time: `visit(kind, param, values)` for each tensor of `layout` (its slice
+// there, `param.shape`) of params, then (with_optimizer) adam_m and adam_v; kind indexes
+// kStateKinds. At most one tensor is held, so a checkpoint larger than the host's memory can
+// be read through. Before the first visit, every claim of the manifest is checked against
+// the model and the files' datasets: a caller may allocate what it reads into then, and a
+// manifest that claims a model larger than its files is refused before that allocation.
 // UserError naming the directory and file when the checkpoint is incomplete, of another
-// model, or does not match its files (missing pieces, wrong shapes, bad checksums).
-Manifest load_checkpoint(const std::string& dir, const ParamLayout& layout, float* params,
-                         float* adam_m, float* adam_v);
-// The same checks of the manifest against the model and the files' datasets, reading no
-// value: what a caller runs before it allocates the state to load into, so a manifest that
-// claims a model larger than its files is refused before that allocation. The optimizer's
-// moments are checked too when `with_optimizer`. Both in checkpoint_load.cpp.
-Manifest check_checkpoint_files(const std::string& dir, const ParamLayout& layout,
-                                bool with_optimizer);
-// The checkpoint's tensors one at a time, read and checked as load_checkpoint reads them:
-// `visit(kind, param, values)` for each tensor of `layout` (its slice there, `param.shape`)
-// of params, then (with_optimizer) adam_m and adam_v; kind indexes kStateKinds. At most
-// one tensor is held, so a checkpoint larger than the host's memory can be read through.
+// model, or does not match its files (missing pieces, wrong shapes, bad checksums); a bad
+// checksum can be found after some tensors were visited. In checkpoint_load.cpp.
 using TensorVisitor = std::function<void(int kind, const ParamInfo& param, const float* values)>;
 Manifest visit_checkpoint(const std::string& dir, const ParamLayout& layout, bool with_optimizer,
                           const TensorVisitor& visit);

@@ -1,8 +1,8 @@
 // Reading a checkpoint directory written by any layout into the slices one rank needs.
 // Everything the manifest claims is checked against the model and against the files'
-// datasets before a value is read (and before callers allocate the state: see
-// check_checkpoint_files), so a manifest that does not match its files is a clear error,
-// not a huge allocation or a read out of bounds.
+// datasets before the first tensor reaches the visitor (where callers allocate what they
+// read into), so a manifest that does not match its files is a clear error, not a huge
+// allocation or a read out of bounds.
 #include <algorithm>
 #include <map>
 
@@ -120,29 +120,6 @@ void place(const PieceRead& r, const std::vector<float>& piece, float* out) {
 }
 
 }  // namespace
-
-Manifest check_checkpoint_files(const std::string& dir, const ParamLayout& layout,
-                                bool with_optimizer) {
-  const Manifest m = read_manifest(dir);
-  CheckpointFiles files(dir);
-  plan_reads(dir, m, layout, {true, with_optimizer, with_optimizer}, files);
-  return m;
-}
-
-Manifest load_checkpoint(const std::string& dir, const ParamLayout& layout, float* params,
-                         float* adam_m, float* adam_v) {
-  const Manifest m = read_manifest(dir);
-  float* dest[3] = {params, adam_m, adam_v};
-  CheckpointFiles files(dir);
-  const std::vector<PieceRead> reads =
-      plan_reads(dir, m, layout, {params != nullptr, adam_m != nullptr, adam_v != nullptr}, files);
-  std::vector<float> piece;
-  for (const PieceRead& r : reads) {
-    read_piece(dir, m, files, r, piece);
-    place(r, piece, dest[r.kind] + r.param->offset);
-  }
-  return m;
-}
 
 Manifest visit_checkpoint(const std::string& dir, const ParamLayout& layout, bool with_optimizer,
                           const TensorVisitor& visit) {

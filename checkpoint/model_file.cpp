@@ -142,29 +142,7 @@ ModelFile checkpoint_description(const std::string& path) {
   m.dp = manifest.dp;
   m.sp = manifest.sp;
   m.tp = manifest.tp;
-  return m;
-}
-
-ModelFile read_checkpoint_directory(const std::string& path, bool with_optimizer) {
-  ModelFile m = checkpoint_description(path);
-  const ParamLayout layout(m.model);
-  // Before the allocation: a manifest sealed again after an edit may claim a model far
-  // larger than its files hold.
-  check_checkpoint_files(path, layout, with_optimizer);
-  m.params.assign(size_t(layout.total()), 0.0f);
-  if (with_optimizer) {
-    m.adam_m.assign(m.params.size(), 0.0f);
-    m.adam_v.assign(m.params.size(), 0.0f);
-  }
-  load_checkpoint(path, layout, m.params.data(), with_optimizer ? m.adam_m.data() : nullptr,
-                  with_optimizer ? m.adam_v.data() : nullptr);
-  return m;
-}
-
-ModelFile visit_checkpoint_directory(const std::string& path, bool with_optimizer,
-                                     const TensorVisitor& visit) {
-  ModelFile m = checkpoint_description(path);
-  visit_checkpoint(path, ParamLayout(m.model), with_optimizer, visit);
+  m.pieces = manifest.entries.size();
   return m;
 }
 
@@ -183,51 +161,74 @@ ModelFile exported_description(hid_t root, const std::string& path, bool with_op
   return m;
 }
 
-ModelFile read_exported_model(const std::string& path, bool with_optimizer) {
-  h5::Object file = h5::open_file(path);
-  ModelFile m = exported_description(file.id(), path, with_optimizer);
+// Each visited tensor copied into m's state (`layout` order), allocated at the first
+// visit: the visits come only after the file's claims were checked against its datasets,
+// so attributes or a manifest claiming a far larger model are refused before the
+// allocation.
+TensorVisitor copy_into(ModelFile& m, const ParamLayout& layout, bool with_optimizer) {
+  return [&m, &layout, with_optimizer](int kind, const ParamInfo& p, const float* values) {
+    if (m.params.empty()) {
+      m.params.assign(size_t(layout.total()), 0.0f);
+      if (with_optimizer) {
+        m.adam_m.assign(m.params.size(), 0.0f);
+        m.adam_v.assign(m.params.size(), 0.0f);
+      }
+    }
+    std::vector<float>* state[3] = {&m.params, &m.adam_m, &m.adam_v};
+    std::copy_n(values, p.numel, state[kind]->begin() + p.offset);
+  };
+}
+
+// A checkpoint directory's tensors to `visit`, or into the ModelFile when it is null.
+ModelFile from_checkpoint_directory(const std::string& path, bool with_optimizer,
+                                   const TensorVisitor* visit) {
+  ModelFile m = checkpoint_description(path);
   const ParamLayout layout(m.model);
-  m.params.assign(size_t(layout.total()), 0.0f);
-  for (const ParamInfo& p : layout.params()) {
-    const auto v = h5::read_dataset<float>(file.id(), "params/" + p.name);
-    std::copy(v.begin(), v.end(), m.params.begin() + p.offset);
-  }
+  visit_checkpoint(path, layout, with_optimizer,
+                   visit ? *visit : copy_into(m, layout, with_optimizer));
   return m;
 }
 
-ModelFile visit_exported_model(const std::string& path, bool with_optimizer,
-                               const TensorVisitor& visit) {
+// An exported model's, the same way.
+ModelFile from_exported_model(const std::string& path, bool with_optimizer,
+                              const TensorVisitor* visit) {
   h5::Object file = h5::open_file(path);
   ModelFile m = exported_description(file.id(), path, with_optimizer);
   const ParamLayout layout(m.model);
+  const TensorVisitor to = visit ? *visit : copy_into(m, layout, false);
   for (const ParamInfo& p : layout.params())
-    visit(0, p, h5::read_dataset<float>(file.id(), "params/" + p.name).data());
+    to(0, p, h5::read_dataset<float>(file.id(), "params/" + p.name).data());
   return m;
 }
 
 // Whether the checkpoint directory `dir` reads whole (one tensor held at a time).
 bool checkpoint_reads(const std::string& dir, bool with_optimizer) {
   try {
-    visit_checkpoint_directory(dir, with_optimizer, [](int, const ParamInfo&, const float*) {});
+    const TensorVisitor ignore = [](int, const ParamInfo&, const float*) {};
+    from_checkpoint_directory(dir, with_optimizer, &ignore);
     return true;
   } catch (const std::exception&) {
     return false;
   }
 }
 
-// `read(path)` of the checkpoint or export `given` names. For a run directory, its newest
-// complete checkpoint, or, where that is damaged, the name of the newest that reads (not
-// taken silently: an export or evaluation of an older step than asked for would pass
-// unnoticed); `reads(dir)` says whether an older one does.
-template <typename Read, typename Reads>
-ModelFile read_resolved(const std::string& given, const Read& read, const Reads& reads) {
+// The checkpoint or export `given` names, its tensors to `visit` or (null) into the
+// ModelFile. For a run directory, its newest complete checkpoint, or, where that is
+// damaged, the name of the newest that reads (not taken silently: an export or evaluation
+// of an older step than asked for would pass unnoticed).
+ModelFile read_resolved(const std::string& given, bool with_optimizer, const TensorVisitor* visit) {
+  const auto read = [&](const std::string& path) {
+    return is_directory(path) ? from_checkpoint_directory(path, with_optimizer, visit)
+                              : from_exported_model(path, with_optimizer, visit);
+  };
   const std::string path = resolve_checkpoint(given);
   if (!is_directory(path) || path == given) return read(path);
   try {
     return read(path);
   } catch (const UserError& e) {
     for (const std::string& older : checkpoints_newest_first(given)) {
-      if (older == path || !reads(older)) continue;  // damaged too: report the first error
+      // Damaged too: the first error is the one reported.
+      if (older == path || !checkpoint_reads(older, with_optimizer)) continue;
       fail_user(e.what(), "; the run's newest intact checkpoint is ", older,
                 " (pass it as --checkpoint)");
     }
@@ -238,24 +239,12 @@ ModelFile read_resolved(const std::string& given, const Read& read, const Reads&
 }  // namespace
 
 ModelFile read_model_file(const std::string& given, bool with_optimizer) {
-  return read_resolved(
-      given,
-      [&](const std::string& path) {
-        return is_directory(path) ? read_checkpoint_directory(path, with_optimizer)
-                                  : read_exported_model(path, with_optimizer);
-      },
-      [&](const std::string& older) { return checkpoint_reads(older, with_optimizer); });
+  return read_resolved(given, with_optimizer, nullptr);
 }
 
 ModelFile visit_model_file(const std::string& given, bool with_optimizer,
                            const TensorVisitor& visit) {
-  return read_resolved(
-      given,
-      [&](const std::string& path) {
-        return is_directory(path) ? visit_checkpoint_directory(path, with_optimizer, visit)
-                                  : visit_exported_model(path, with_optimizer, visit);
-      },
-      [&](const std::string& older) { return checkpoint_reads(older, with_optimizer); });
+  return read_resolved(given, with_optimizer, &visit);
 }
 
 ModelFile export_model_file(const std::string& given, const std::string& out) {

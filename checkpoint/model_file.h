@@ -27,6 +27,7 @@ struct ModelFile {
   TrainingPosition position;  // step only, for an export
   std::string config_text;    // a checkpoint's: the resolved options of the run that wrote it
   int dp = 1, sp = 1, tp = 1;  // the layout that wrote a checkpoint
+  size_t pieces = 0;           // a checkpoint's: the pieces its manifest lists
   std::vector<float> params;  // layout order (ParamLayout(model))
   std::vector<float> adam_m, adam_v;  // empty for an export or without with_optimizer
 };

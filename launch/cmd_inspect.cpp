@@ -52,11 +52,11 @@ int cmd_inspect(int argc, char** argv) {
   std::printf("format      %s\n", f.format.c_str());
   std::printf("step        %lld\n", static_cast<long long>(f.position.step));
   if (f.format == kCheckpointFormat) {
-    const Manifest m = read_manifest(f.path);
     std::printf("next_batch  %lld (data loader counter)\nseed        %llu\nlr          %g\n",
-                static_cast<long long>(m.position.next_batch),
-                static_cast<unsigned long long>(m.position.seed), m.position.lr);
-    std::printf("written by  dp %d x sp %d x tp %d (%zu pieces)\n", m.dp, m.sp, m.tp, m.entries.size());
+                static_cast<long long>(f.position.next_batch),
+                static_cast<unsigned long long>(f.position.seed), f.position.lr);
+    std::printf("written by  dp %d x sp %d x tp %d (%zu pieces)\n", f.dp, f.sp, f.tp,
+                f.pieces);
   }
   std::printf("model       %s\n", f.model.summary().c_str());
   std::printf("parameters  %lld\n", static_cast<long long>(ParamLayout(f.model).num_parameters()));

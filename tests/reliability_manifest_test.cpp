@@ -11,6 +11,7 @@
 
 #include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/manifest.h"
+#include "checkpoint/model_file.h"
 #include "data/h5.h"
 #include "tests/par_cli.h"
 
@@ -250,6 +251,14 @@ TEST(ReliabilityManifest, ResumeFallsBackFromADamagedNewest) {
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.err.find(cat("the checkpoint ", checkpoint_dir(run, 5), " is damaged")), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(cat("resumed from ", checkpoint_dir(run, 3), " at step 3")), std::string::npos) << r.err;
+  // What the damaged step 5 had loaded before its damage was found was all overwritten: the
+  // run went on exactly as one never interrupted.
+  ASSERT_EQ(run_par(dir, tiny_train_args(data, dir.file("straight"), 6)).rc, 0);
+  const ModelFile resumed = read_model_file(checkpoint_dir(run, 6), true);
+  const ModelFile straight = read_model_file(dir.file("straight"), true);
+  EXPECT_EQ(resumed.position.step, 6);
+  EXPECT_TRUE(resumed.params == straight.params && resumed.adam_m == straight.adam_m &&
+              resumed.adam_v == straight.adam_v);
   // A given --resume PATH that is damaged is an error, not a fallback.
   replace_in(checkpoint_dir(run, 6) + "/manifest.txt", "\nstep 6\n", "\nstep 9\n");
   // The damaged step 5 was set aside too. The commands that read a run's newest checkpoint

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "checkpoint/checkpoint_dir.h"
 #include "core/error.h"
 #include "core/init.h"
 
@@ -61,13 +62,15 @@ void TrainStep::load(const ModelFile& file) {
 }
 
 Manifest TrainStep::load_checkpoint(const std::string& dir) {
-  std::vector<float> p(size_t(model_.layout().total()), 0.0f), m(p.size(), 0.0f), v(p.size(), 0.0f);
-  const Manifest manifest = par::load_checkpoint(dir, model_.layout(), p.data(), m.data(), v.data());
-  const size_t bytes = p.size() * sizeof(float);
-  ops_.upload(model_.params(), p.data(), bytes);
-  ops_.upload(adam_.m(), m.data(), bytes);
-  ops_.upload(adam_.v(), v.data(), bytes);
-  return manifest;
+  // Tensor by tensor straight into the backend's buffers, which hold zeros in the layout's
+  // gaps since their allocation: no host copy of the state is made. A damaged piece found
+  // part-way leaves a mix, which the caller's next candidate overwrites whole (each visit
+  // covers every tensor) or the run stops on.
+  float* dest[3] = {model_.params(), adam_.m(), adam_.v()};
+  const auto upload = [&](int kind, const ParamInfo& p, const float* values) {
+    ops_.upload(dest[kind] + p.offset, values, size_t(p.numel) * sizeof(float));
+  };
+  return visit_checkpoint(dir, model_.layout(), true, upload);
 }
 
 void TrainStep::snapshot(std::vector<float>& params, std::vector<float>& adam_m,
