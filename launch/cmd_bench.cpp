@@ -158,6 +158,8 @@ int cmd_bench(int argc, char** argv) {
     // Fresh weights are made on the host after this plan; a checkpoint's are read already.
     plan.host_weights_bytes = checkpoint.empty() ? plan.params_bytes : 0;
     plan.threads = current_threads();
+    plan.cudnn_attention = plans_cudnn_attention(backend.cuda, rc.precision, rc.attention);
+    plan.bf16_products = backend.cuda && rc.precision == "bf16";
     plan.runtime_bytes = double(resident_bytes());
     require_decoder_fits(plan, backend);
   });

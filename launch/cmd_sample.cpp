@@ -312,6 +312,8 @@ int cmd_sample(int argc, char** argv) {
   };
   plan.params_bytes = double(model.params.size()) * sizeof(float);
   plan.threads = current_threads();
+  plan.cudnn_attention = plans_cudnn_attention(backend.cuda, precision, attention);
+  plan.bf16_products = backend.cuda && precision == "bf16";
   plan.runtime_bytes = double(resident_bytes());
   require_decoder_fits(plan, backend);
   Ops<float>& ops = *backend.ops;

@@ -182,6 +182,10 @@ std::string MemoryPlan::summary(const std::vector<MemoryItem>& items) {
   return cat(format_bytes(sum(items)), " (", parts, ")");
 }
 
+bool plans_cudnn_attention(bool cuda, const std::string& precision, const std::string& attention) {
+  return cuda && precision == "bf16" && (attention == "auto" || attention == "cudnn");
+}
+
 PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cuda) {
   PlanRequest r;
   r.model = model;
@@ -192,8 +196,7 @@ PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cu
   r.threads = current_threads();
   r.cuda = cuda;
   r.bf16_products = cuda && run.precision == "bf16";
-  r.cudnn_attention = cuda && run.precision == "bf16" &&
-                      (run.attention == "auto" || run.attention == "cudnn");
+  r.cudnn_attention = plans_cudnn_attention(cuda, run.precision, run.attention);
   r.kv_bf16 = run.key_value_storage(model) == KeyValueStorage::kBf16;
   r.runtime_bytes = double(resident_bytes());
   return r;
@@ -370,16 +373,9 @@ void require_model_fits(const PlanRequest& r, Backend& backend, const std::strin
   if (device && p.device_bytes() > b.device) refuse("GPU ", p.device, b.device, b.device_source);
 }
 
-namespace {
-
-// What decoding r.samples samples holds, host and device (empty for the CPU backend).
-struct DecodeItems {
-  std::vector<MemoryItem> host, device;
-};
-
-DecodeItems decode_items(const DecodePlanRequest& r, int64_t samples, bool cuda) {
+MemoryPlan plan_decoder_memory(const DecodePlanRequest& r, int64_t samples, bool cuda) {
   const DecoderMemory decoder = r.decoder(samples);
-  DecodeItems items;
+  MemoryPlan items;
   items.host.push_back({"runtime", r.runtime_bytes});
   items.host.push_back({"weights to upload", r.host_weights_bytes});
   std::vector<MemoryItem>& state = cuda ? items.device : items.host;
@@ -396,8 +392,11 @@ DecodeItems decode_items(const DecodePlanRequest& r, int64_t samples, bool cuda)
   forward.threads = r.threads;
   forward.cuda = cuda;
   forward.training = false;
+  forward.cudnn_attention = r.cudnn_attention;
+  forward.bf16_products = r.bf16_products;
   if (cuda) {
     state.push_back({"attention scratch", cuda_attention_scratch(forward)});
+    if (r.bf16_products) state.push_back({"bf16 operand copies", cuda_bf16_copies(forward)});
     state.push_back({"cuBLAS workspace", double(cuda::kCublasWorkspaceBytes)});
   } else {
     state.push_back({"kernel scratch", cpu_kernel_scratch(forward)});
@@ -405,13 +404,11 @@ DecodeItems decode_items(const DecodePlanRequest& r, int64_t samples, bool cuda)
   return items;
 }
 
-}  // namespace
-
 void require_decoder_fits(const DecodePlanRequest& r, Backend& backend) {
   const MemoryBudget b = memory_budget(backend, 1);
   const bool device = backend.cuda && b.device_free >= 0;
   auto fits = [&](int64_t samples) {
-    const DecodeItems items = decode_items(r, samples, backend.cuda);
+    const MemoryPlan items = plan_decoder_memory(r, samples, backend.cuda);
     return (b.host <= 0 || sum(items.host) <= b.host) &&
            (!device || sum(items.device) <= b.device);
   };
@@ -427,7 +424,7 @@ void require_decoder_fits(const DecodePlanRequest& r, Backend& backend) {
     advice = cat("at most --num-samples ", lo, " would fit (run again with --seed advanced for "
                  "more)");
   }
-  const DecodeItems items = decode_items(r, r.samples, backend.cuda);
+  const MemoryPlan items = plan_decoder_memory(r, r.samples, backend.cuda);
   const bool host_short = b.host > 0 && sum(items.host) > b.host;
   fail_user("not enough ", host_short ? "" : "GPU ", "memory: decoding ", r.samples,
             " sample(s) of ", r.tokens, " tokens needs an estimated ",

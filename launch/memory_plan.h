@@ -65,6 +65,10 @@ struct PlanRequest {
   double runtime_bytes = 0;      // resident_bytes() when planning
 };
 
+// Whether a run with these options may take cuDNN's attention (bf16 on a GPU, --attention
+// auto or cudnn), and so holds its scratch.
+bool plans_cudnn_attention(bool cuda, const std::string& precision, const std::string& attention);
+
 // The part every command shares: this rank's share of `run`'s micro-batch and layout, the
 // threads in effect and what the process holds now. Commands add their own buffers.
 PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cuda);
@@ -123,8 +127,14 @@ struct DecodePlanRequest {
   double params_bytes = 0;        // the weights in backend memory
   double host_weights_bytes = 0;  // a host copy not held yet when planning (fresh weights)
   int threads = 1;
+  bool cudnn_attention = false;   // as PlanRequest's, for the full passes and refills
+  bool bf16_products = false;
   double runtime_bytes = 0;       // resident_bytes() when planning
 };
+
+// What decoding `samples` of r's samples holds, host and device (empty for the CPU
+// backend): the weights, the decoder's plan and the kernels' scratch.
+MemoryPlan plan_decoder_memory(const DecodePlanRequest& r, int64_t samples, bool cuda);
 
 // UserError unless `r` fits this process's budget on `backend`: the weights, the decoder's
 // plan and the kernels' scratch. The message gives the estimate and the most samples that

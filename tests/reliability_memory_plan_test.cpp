@@ -10,6 +10,7 @@
 #include <regex>
 #include <string>
 
+#include "core/decoder.h"
 #include "core/model.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "launch/host_memory.h"
@@ -166,6 +167,48 @@ TEST(ReliabilityMemoryPlan, PlansKeysAndValuesInBf16) {
   run.kv_storage = "fp32";
   run.precision = "bf16";
   EXPECT_FALSE(plan_request(r.model, run, true).kv_bf16);
+}
+
+// Decoding on a GPU plans the scratch of the paths its full passes and refills take:
+// cuDNN's attention and the bf16 operand copies where the options run them, as much as a
+// forward pass of that many windows holds in a training run's plan. 16 samples of
+// gpu-100m-131k (bench --decode 1000 --num-samples 16 in tools/gpu_check.sh) fit an
+// 80 GiB GPU.
+TEST(ReliabilityMemoryPlan, DecodingOnAGpuPlansThePathsItTakes) {
+  const PlanRequest model = gpu_100m_request();
+  DecodePlanRequest r;
+  r.model = model.model;
+  r.samples = 16;
+  r.tokens = 1000;
+  r.decoder = [&](int64_t k) {
+    return Decoder<float>::memory(r.model, true, TokenTables::kAuto, k, KeyValueStorage::kBf16,
+                                  r.model.context_length, r.tokens);
+  };
+  r.params_bytes = double(ParamLayout(r.model).total()) * sizeof(float);
+  auto item = [&](const std::string& what) {
+    for (const MemoryItem& i : plan_decoder_memory(r, r.samples, true).device)
+      if (i.what == what) return i.bytes;
+    return -1.0;
+  };
+  PlanRequest forward = model;
+  forward.micro_batch = r.samples;
+  forward.training = false;
+  const double blocked = item("attention scratch");
+  EXPECT_EQ(blocked, device_item(forward, "attention scratch"));
+  EXPECT_EQ(item("bf16 operand copies"), -1.0);
+
+  r.cudnn_attention = r.bf16_products = forward.cudnn_attention = forward.bf16_products = true;
+  EXPECT_GT(item("attention scratch"), blocked);
+  EXPECT_EQ(item("attention scratch"), device_item(forward, "attention scratch"));
+  EXPECT_GT(item("bf16 operand copies"), 0.0);
+  EXPECT_EQ(item("bf16 operand copies"), device_item(forward, "bf16 operand copies"));
+  EXPECT_LT(plan_decoder_memory(r, r.samples, true).device_bytes(), 70.0 * (1 << 30));
+
+  EXPECT_TRUE(plans_cudnn_attention(true, "bf16", "auto"));
+  EXPECT_TRUE(plans_cudnn_attention(true, "bf16", "cudnn"));
+  EXPECT_FALSE(plans_cudnn_attention(true, "bf16", "blocked"));
+  EXPECT_FALSE(plans_cudnn_attention(true, "tf32", "auto"));
+  EXPECT_FALSE(plans_cudnn_attention(false, "bf16", "auto"));
 }
 
 // Far too large for this machine: exit 2 with the estimate, at once, without a run
