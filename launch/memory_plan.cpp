@@ -358,19 +358,37 @@ void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudge
 }
 
 void require_model_fits(const PlanRequest& r, Backend& backend, const std::string& batch_option) {
-  const MemoryPlan p = plan_memory(r);
   const MemoryBudget b = memory_budget(backend, 1);
   const bool device = backend.cuda && b.device_free >= 0;
-  auto refuse = [&](const char* kind, const std::vector<MemoryItem>& items, double have,
-                    const std::string& source) {
-    fail_user("not enough ", kind, "memory: the model and the activations of ", batch_option,
-              " ", r.micro_batch, " need an estimated ", MemoryPlan::summary(items),
-              ", but this process may have ", format_bytes(have), ", ", source,
-              r.micro_batch > 1 ? cat("; use a smaller ", batch_option)
-                                : std::string("; the model itself does not fit this process"));
+  enum Short { kFits, kHost, kDevice };
+  auto short_of = [&](const PlanRequest& t) {
+    const MemoryPlan p = plan_memory(t);
+    if (b.host > 0 && p.host_bytes() > b.host) return kHost;
+    if (device && p.device_bytes() > b.device) return kDevice;
+    return kFits;
   };
-  if (b.host > 0 && p.host_bytes() > b.host) refuse("", p.host, b.host, b.host_source);
-  if (device && p.device_bytes() > b.device) refuse("GPU ", p.device, b.device, b.device_source);
+  const Short shortage = short_of(r);
+  if (shortage == kFits) return;
+  // The largest batch that fits (the plan grows with it), if one example does: on a GPU
+  // the host side does not grow with the batch, and no smaller one helps it.
+  std::string advice = "the model itself does not fit this process";
+  PlanRequest t = r;
+  t.micro_batch = 1;
+  if (r.micro_batch > 1 && short_of(t) == kFits) {
+    int64_t lo = 1, hi = r.micro_batch;
+    while (hi - lo > 1) {
+      t.micro_batch = lo + (hi - lo) / 2;
+      (short_of(t) == kFits ? lo : hi) = t.micro_batch;
+    }
+    advice = cat("at most ", batch_option, " ", lo, " would fit");
+  }
+  const MemoryPlan p = plan_memory(r);
+  const bool host = shortage == kHost;
+  fail_user("not enough ", host ? "" : "GPU ", "memory: the model and the activations of ",
+            batch_option, " ", r.micro_batch, " need an estimated ",
+            MemoryPlan::summary(host ? p.host : p.device), ", but this process may have ",
+            format_bytes(host ? b.host : b.device), ", ", host ? b.host_source : b.device_source,
+            "; ", advice);
 }
 
 MemoryPlan plan_decoder_memory(const DecodePlanRequest& r, int64_t samples, bool cuda) {

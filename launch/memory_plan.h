@@ -115,7 +115,7 @@ void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudge
 // UserError unless the plan of one process that is not training (`r.training` false: eval,
 // which allocates the model with its gradients, the activation arena of `r.micro_batch`
 // examples and the kernels' scratch) fits its budget on `backend`, host and device; the
-// message names `batch_option`, the way to make it fit.
+// message gives the largest `batch_option` that would fit, if one example does.
 void require_model_fits(const PlanRequest& r, Backend& backend, const std::string& batch_option);
 
 // What one process that decodes (sample, bench --decode) holds.

@@ -169,6 +169,41 @@ TEST(ReliabilityMemoryPlan, PlansKeysAndValuesInBf16) {
   EXPECT_FALSE(plan_request(r.model, run, true).kv_bf16);
 }
 
+// A forward pass refused for its batch names the largest batch that fits the same budget:
+// one more example would be refused.
+TEST(ReliabilityMemoryPlan, RefusedBatchNamesTheLargestThatFits) {
+  Backend cpu = make_local_backend("cpu", "fp32", "auto");
+  PlanRequest r;
+  r.model = small_model_config();
+  r.training = false;
+  r.runtime_bytes = double(resident_bytes());
+  auto refusal = [&] {
+    try {
+      require_model_fits(r, cpu, "--batch-size");
+    } catch (const UserError& e) {
+      return std::string(e.what());
+    }
+    return std::string("none");
+  };
+  r.micro_batch = int64_t(1) << 40;
+  const std::string message = refusal();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(message, m, std::regex("; at most --batch-size (\\d+) would fit$")))
+      << message;
+  const int64_t fits = std::stoll(m[1]);
+  ASSERT_GT(fits, 1);
+  r.micro_batch = fits;
+  EXPECT_NO_THROW(require_model_fits(r, cpu, "--batch-size"));
+  r.micro_batch = fits + 1;
+  EXPECT_THROW(require_model_fits(r, cpu, "--batch-size"), UserError);
+  // A model that does not fit with one example says so.
+  r.model.d_model = 1 << 16;
+  r.model.mlp_factor = 64;
+  r.micro_batch = 2;
+  EXPECT_NE(refusal().find("; the model itself does not fit this process"), std::string::npos)
+      << refusal().substr(0, 600);
+}
+
 // Decoding on a GPU plans the scratch of the paths its full passes and refills take:
 // cuDNN's attention and the bf16 operand copies where the options run them, as much as a
 // forward pass of that many windows holds in a training run's plan. 16 samples of
