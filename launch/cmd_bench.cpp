@@ -16,6 +16,7 @@
 #include "launch/commands.h"
 #include "launch/host_memory.h"
 #include "launch/job.h"
+#include "launch/decode_memory_plan.h"
 #include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/threads.h"

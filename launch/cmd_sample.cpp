@@ -28,6 +28,7 @@
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/host_memory.h"
+#include "launch/decode_memory_plan.h"
 #include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/sample_output.h"

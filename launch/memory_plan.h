@@ -12,20 +12,20 @@
 //   widened keys and values (GPU)       kernels/cuda/cuda_ops_bf16.cpp, where bfloat16
 //                                       keys and values meet a float32 path
 //   checkpoint copies (train)           host copies of parameters and both moments,
-//                                       made when saving and when resuming
+//                                       made when saving (a resume uploads tensor by
+//                                       tensor)
 //   runtime                             what the process holds when it plans: libraries,
 //                                       MPI, the CUDA context
 // Not counted: the kernels' short-lived temporaries, HDF5's chunk caches (at most 8 MiB per
 // open shard), the allocator's slack. `par bench` checks the sum against its measured
-// peak (tests/reliability_memory_plan_test.cpp).
+// peak (tests/reliability_memory_plan_test.cpp). The kernels' scratch is sized in
+// launch/kernel_scratch_plan.h; a decoding process's plan is launch/decode_memory_plan.h.
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <vector>
 
-#include "core/decoder.h"
 #include "core/model_config.h"
 #include "launch/backend.h"
 #include "launch/options.h"
@@ -56,7 +56,7 @@ struct PlanRequest {
   bool cudnn_attention = false;  // cuda, bf16 and --attention auto or cudnn
   bool bf16_products = false;    // cuda and bf16: large products on bfloat16 copies
   bool kv_bf16 = false;          // the input side's keys and values in bfloat16 (--kv-storage)
-  bool checkpoints = false;      // train: host copies of the state to save or resume
+  bool checkpoints = false;      // train: host copies of the state to save
   // A training step (backward and Adam: train, bench); false: forward passes only (eval),
   // without the moments and the backward's scratch.
   bool training = true;
@@ -117,28 +117,5 @@ void require_fits(const PlanRequest& r, const RunShape& shape, const MemoryBudge
 // examples and the kernels' scratch) fits its budget on `backend`, host and device; the
 // message gives the largest `batch_option` that would fit, if one example does.
 void require_model_fits(const PlanRequest& r, Backend& backend, const std::string& batch_option);
-
-// What one process that decodes (sample, bench --decode) holds.
-struct DecodePlanRequest {
-  ModelConfig model;
-  int64_t samples = 1, tokens = 0;
-  // Decoder::memory of the generation for a number of samples (the advice tries fewer).
-  std::function<DecoderMemory(int64_t samples)> decoder;
-  double params_bytes = 0;        // the weights in backend memory
-  double host_weights_bytes = 0;  // a host copy not held yet when planning (fresh weights)
-  int threads = 1;
-  bool cudnn_attention = false;   // as PlanRequest's, for the full passes and refills
-  bool bf16_products = false;
-  double runtime_bytes = 0;       // resident_bytes() when planning
-};
-
-// What decoding `samples` of r's samples holds, host and device (empty for the CPU
-// backend): the weights, the decoder's plan and the kernels' scratch.
-MemoryPlan plan_decoder_memory(const DecodePlanRequest& r, int64_t samples, bool cuda);
-
-// UserError unless `r` fits this process's budget on `backend`: the weights, the decoder's
-// plan and the kernels' scratch. The message gives the estimate and the most samples that
-// would fit, if any does.
-void require_decoder_fits(const DecodePlanRequest& r, Backend& backend);
 
 }  // namespace par

@@ -14,6 +14,7 @@
 #include "core/model.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "launch/host_memory.h"
+#include "launch/decode_memory_plan.h"
 #include "launch/memory_plan.h"
 #include "tests/par_cli.h"
 #include "tests/thread_communicator.h"
