@@ -123,7 +123,8 @@ class CheckpointSaver {
   double started_ = 0, write_seconds_ = 0;
 };
 
-// Reads this rank's slices (`layout`) of the checkpoint in `dir`, whatever layout wrote it,
+// Reads this rank's slices (`layout`) of the checkpoint in `dir` (its manifest `m`, as
+// read_manifest read it), whatever layout wrote it,
 // one tensor at a time: `visit(kind, param, values)` for each tensor of `layout` (its slice
 // there, `param.shape`) of params, then (with_optimizer) adam_m and adam_v; kind indexes
 // kStateKinds. At most one tensor is held, so a checkpoint larger than the host's memory can
@@ -134,8 +135,8 @@ class CheckpointSaver {
 // model, or does not match its files (missing pieces, wrong shapes, bad checksums); a bad
 // checksum can be found after some tensors were visited. In checkpoint_load.cpp.
 using TensorVisitor = std::function<void(int kind, const ParamInfo& param, const float* values)>;
-Manifest visit_checkpoint(const std::string& dir, const ParamLayout& layout, bool with_optimizer,
-                          const TensorVisitor& visit);
+void visit_checkpoint(const std::string& dir, const Manifest& m, const ParamLayout& layout,
+                      bool with_optimizer, const TensorVisitor& visit);
 // The manifest alone (checked).
 Manifest read_manifest(const std::string& dir);
 std::string read_checkpoint_config(const std::string& dir);

@@ -121,9 +121,8 @@ void place(const PieceRead& r, const std::vector<float>& piece, float* out) {
 
 }  // namespace
 
-Manifest visit_checkpoint(const std::string& dir, const ParamLayout& layout, bool with_optimizer,
-                          const TensorVisitor& visit) {
-  const Manifest m = read_manifest(dir);
+void visit_checkpoint(const std::string& dir, const Manifest& m, const ParamLayout& layout,
+                      bool with_optimizer, const TensorVisitor& visit) {
   CheckpointFiles files(dir);
   const std::vector<PieceRead> reads =
       plan_reads(dir, m, layout, {true, with_optimizer, with_optimizer}, files);
@@ -138,7 +137,6 @@ Manifest visit_checkpoint(const std::string& dir, const ParamLayout& layout, boo
     }
     visit(first.kind, *first.param, tensor.data());
   }
-  return m;
 }
 
 }  // namespace par

@@ -130,11 +130,11 @@ ModelConfig read_valid_config(hid_t root, const std::string& path) {
   return c;
 }
 
-// A checkpoint directory (OUT/checkpoints/step-N): all but its tensors.
-ModelFile checkpoint_description(const std::string& path) {
+// A checkpoint directory (OUT/checkpoints/step-N) of manifest `manifest`: all but its
+// tensors.
+ModelFile checkpoint_description(const std::string& path, const Manifest& manifest) {
   ModelFile m;
   m.path = path;
-  const Manifest manifest = read_manifest(path);
   m.format = kCheckpointFormat;
   m.model = manifest.model;
   m.position = manifest.position;
@@ -182,10 +182,11 @@ TensorVisitor copy_into(ModelFile& m, const ParamLayout& layout, bool with_optim
 // A checkpoint directory's tensors to `visit`, or into the ModelFile when it is null.
 ModelFile from_checkpoint_directory(const std::string& path, bool with_optimizer,
                                    const TensorVisitor* visit) {
-  ModelFile m = checkpoint_description(path);
+  const Manifest manifest = read_manifest(path);
+  ModelFile m = checkpoint_description(path, manifest);
   const ParamLayout layout(m.model);
-  visit_checkpoint(path, layout, with_optimizer,
-                   visit ? *visit : copy_into(m, layout, with_optimizer));
+  const TensorVisitor copy = visit ? nullptr : copy_into(m, layout, with_optimizer);
+  visit_checkpoint(path, manifest, layout, with_optimizer, visit ? *visit : copy);
   return m;
 }
 
@@ -195,7 +196,8 @@ ModelFile from_exported_model(const std::string& path, bool with_optimizer,
   h5::Object file = h5::open_file(path);
   ModelFile m = exported_description(file.id(), path, with_optimizer);
   const ParamLayout layout(m.model);
-  const TensorVisitor to = visit ? *visit : copy_into(m, layout, false);
+  const TensorVisitor copy = visit ? nullptr : copy_into(m, layout, false);
+  const TensorVisitor& to = visit ? *visit : copy;
   for (const ParamInfo& p : layout.params())
     to(0, p, h5::read_dataset<float>(file.id(), "params/" + p.name).data());
   return m;

@@ -70,7 +70,9 @@ Manifest TrainStep::load_checkpoint(const std::string& dir) {
   const auto upload = [&](int kind, const ParamInfo& p, const float* values) {
     ops_.upload(dest[kind] + p.offset, values, size_t(p.numel) * sizeof(float));
   };
-  return visit_checkpoint(dir, model_.layout(), true, upload);
+  const Manifest m = read_manifest(dir);
+  visit_checkpoint(dir, m, model_.layout(), true, upload);
+  return m;
 }
 
 void TrainStep::snapshot(std::vector<float>& params, std::vector<float>& adam_m,
