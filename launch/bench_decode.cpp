@@ -10,6 +10,7 @@
 #include "core/decoder.h"
 #include "core/init.h"
 #include "core/profiled_ops.h"
+#include "launch/host_memory.h"
 #include "launch/options.h"
 
 namespace par {
@@ -29,8 +30,9 @@ struct DecodeRun {
 }  // namespace
 
 int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int64_t samples,
-                 const std::vector<float>* weights, Ops<float>& inner, bool profile,
-                 const std::string& backend_description, bool step_capture) {
+                 const std::vector<float>* weights, Backend& backend, const MemoryPlan& plan,
+                 bool profile, bool step_capture) {
+  Ops<float>& inner = *backend.ops;
   ProfiledOps<float> profiled(inner);
   Ops<float>& ops = profile ? static_cast<Ops<float>&>(profiled) : inner;
   // A trained model's scores are far sharper than fresh weights' (the CPU's token-table
@@ -95,9 +97,11 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
   const int64_t slow_tokens = std::max<int64_t>(2, std::min<int64_t>(tokens, 4));
   const DecodeRun uncached = run(false, slow_tokens, 1);
   ops.deallocate(params);
+  const double mib = 1 << 20, peak_rss = double(peak_resident_bytes()) / mib,
+               peak_device = double(device_peak_bytes(backend)) / mib;
 
   std::printf("model       %s | %d threads | %s\n", mc.summary().c_str(), current_threads(),
-              backend_description.c_str());
+              backend.description.c_str());
   std::printf("decode      prompt of %lld tokens: full pass %.2f s\n",
               static_cast<long long>(prompt.size()), cached.prefill_s);
   std::printf("            warm-up:  %.2f s, untimed (a cached decode of the same prompt through "
@@ -121,6 +125,11 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
   std::printf("            uncached: %.3f tokens/s over %lld tokens | cached/uncached = %.1fx\n",
               uncached.tokens_per_s, static_cast<long long>(slow_tokens),
               cached.tokens_per_s / uncached.tokens_per_s);
+  std::printf("memory      peak resident %.0f MiB | planned %.0f MiB\n", peak_rss,
+              plan.host_bytes() / mib);
+  if (backend.cuda)
+    std::printf("            peak device %.0f MiB | planned %.0f MiB\n", peak_device,
+                plan.device_bytes() / mib);
   if (profile) {
     std::vector<std::pair<std::string, OpTime>> rows(cached_profile.begin(), cached_profile.end());
     std::sort(rows.begin(), rows.end(),
@@ -138,14 +147,16 @@ int bench_decode(const ModelConfig& mc, const RunConfig& rc, int64_t tokens, int
   std::printf("{\"context_length\": %lld, \"samples\": %lld, \"cached_tokens_per_s\": %.3f, "
               "\"cached_tokens_per_s_per_sample\": %.3f, \"uncached_tokens_per_s\": %.4f, "
               "\"speedup\": %.2f, \"refills\": %lld, \"steps_replayed\": %lld, "
-              "\"steps_captured\": %lld}\n",
+              "\"steps_captured\": %lld, \"peak_rss_mib\": %.1f, \"planned_host_mib\": %.1f, "
+              "\"peak_device_mib\": %.1f, \"planned_device_mib\": %.1f}\n",
               static_cast<long long>(mc.context_length), static_cast<long long>(samples),
               cached.tokens_per_s, cached.tokens_per_s / double(samples), uncached.tokens_per_s,
               cached.tokens_per_s / uncached.tokens_per_s, static_cast<long long>(cached.refills),
               // The decoder's own counts: on a backend without graphs, the steps it asked to
               // capture (what the CPU's tests check of it), none of them replayed.
               static_cast<long long>(cached.steps.replayed),
-              static_cast<long long>(cached.steps.captured));
+              static_cast<long long>(cached.steps.captured), peak_rss, plan.host_bytes() / mib,
+              peak_device, plan.device_bytes() / mib);
   return 0;
 }
 

@@ -218,8 +218,10 @@ int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, cons
   // with the benchmark's own batches and yardstick instead of a loader and checkpoints.
   PlanRequest request = plan_request(mc, rc, backend.cuda);
   request.gemm_n = bench.gemm_n;
-  request.data_bytes = double(rc.accum_steps) * double(request.micro_batch) *
-                       double(mc.context_length / rc.sp + 1) * sizeof(int32_t);
+  request.data_bytes = [accum = rc.accum_steps](const PlanRequest& t) {
+    return double(accum) * double(t.micro_batch) * double(t.model.context_length / t.sp + 1) *
+           sizeof(int32_t);
+  };
   const MemoryBudget budget = memory_budget(backend, job.local_size());
   const MemoryPlan plan = plan_memory(request);
   if (rank0) std::fprintf(stderr, "memory per rank (estimate): %s\n", describe(plan, budget).c_str());

@@ -138,6 +138,7 @@ int cmd_bench(int argc, char** argv) {
   warn_threads("bench", apply_threads(rc.threads, 1));
   Backend backend;
   ModelFile trained;
+  MemoryPlan decode_plan;
   job.agree([&] {
     backend = make_local_backend(rc.device, rc.precision, rc.attention);
     if (!checkpoint.empty()) {
@@ -160,15 +161,17 @@ int cmd_bench(int argc, char** argv) {
     plan.host_weights_bytes = checkpoint.empty() ? plan.params_bytes : 0;
     plan.threads = current_threads();
     plan.cudnn_attention = plans_cudnn_attention(backend.cuda, rc.precision, rc.attention);
-    plan.bf16_products = backend.cuda && rc.precision == "bf16";
+    plan.bf16_products = plans_bf16_products(backend.cuda, rc.precision);
     plan.runtime_bytes = double(resident_bytes());
-    require_decoder_fits(plan, backend);
+    decode_plan = require_decoder_fits(plan, backend);
+    std::fprintf(stderr, "memory (estimate): %s\n",
+                 describe(decode_plan, memory_budget(backend, 1)).c_str());
   });
   if (!checkpoint.empty())
     std::printf("weights     %s (step %lld)\n", trained.path.c_str(),
                 static_cast<long long>(trained.position.step));
   return bench_decode(mc, rc, decode, samples, checkpoint.empty() ? nullptr : &trained.params,
-                      *backend.ops, b.profile, backend.description, step_capture);
+                      backend, decode_plan, b.profile, step_capture);
 }
 
 }  // namespace par

@@ -314,9 +314,10 @@ int cmd_sample(int argc, char** argv) {
   plan.params_bytes = double(model.params.size()) * sizeof(float);
   plan.threads = current_threads();
   plan.cudnn_attention = plans_cudnn_attention(backend.cuda, precision, attention);
-  plan.bf16_products = backend.cuda && precision == "bf16";
+  plan.bf16_products = plans_bf16_products(backend.cuda, precision);
   plan.runtime_bytes = double(resident_bytes());
-  require_decoder_fits(plan, backend);
+  LOG(INFO) << "memory (estimate): "
+            << describe(require_decoder_fits(plan, backend), memory_budget(backend, 1));
   Ops<float>& ops = *backend.ops;
   LOG(INFO) << "backend: " << backend.description;
   float* params = static_cast<float*>(ops.allocate(model.params.size() * sizeof(float)));

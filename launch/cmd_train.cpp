@@ -73,10 +73,11 @@ LoaderOptions loader_options(const RunConfig& rc, bool positions, int64_t first,
 PlanRequest train_plan_request(const ModelConfig& mc, const RunConfig& rc, bool cuda) {
   PlanRequest r = plan_request(mc, rc, cuda);
   r.checkpoints = true;
-  r.data_bytes = Loader::memory_bytes(
-      loader_options(rc, mc.absolute_positions(), 0, r.micro_batch, 0,
-                     mc.context_length / rc.sp + 1),
-      rc.accum_steps);
+  r.data_bytes = [rc](const PlanRequest& t) {
+    return Loader::memory_bytes(loader_options(rc, t.model.absolute_positions(), 0, t.micro_batch,
+                                               0, t.model.context_length / t.sp + 1),
+                                rc.accum_steps);
+  };
   return r;
 }
 

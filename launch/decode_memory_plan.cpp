@@ -38,15 +38,18 @@ MemoryPlan plan_decoder_memory(const DecodePlanRequest& r, int64_t samples, bool
   return items;
 }
 
-void require_decoder_fits(const DecodePlanRequest& r, Backend& backend) {
+MemoryPlan require_decoder_fits(const DecodePlanRequest& r, Backend& backend) {
   const MemoryBudget b = memory_budget(backend, 1);
   const bool device = backend.cuda && b.device_free >= 0;
-  auto fits = [&](int64_t samples) {
-    const MemoryPlan items = plan_decoder_memory(r, samples, backend.cuda);
+  auto fits_plan = [&](const MemoryPlan& items) {
     return (b.host <= 0 || items.host_bytes() <= b.host) &&
            (!device || items.device_bytes() <= b.device);
   };
-  if (fits(r.samples)) return;
+  auto fits = [&](int64_t samples) {
+    return fits_plan(plan_decoder_memory(r, samples, backend.cuda));
+  };
+  const MemoryPlan items = plan_decoder_memory(r, r.samples, backend.cuda);
+  if (fits_plan(items)) return items;
   // The most samples that fit (the plan grows with them), if one does.
   std::string advice = "decoding this model needs a machine (or GPU) with more memory";
   if (r.samples > 1 && fits(1)) {
@@ -58,7 +61,6 @@ void require_decoder_fits(const DecodePlanRequest& r, Backend& backend) {
     advice = cat("at most --num-samples ", lo, " would fit (run again with --seed advanced for "
                  "more)");
   }
-  const MemoryPlan items = plan_decoder_memory(r, r.samples, backend.cuda);
   const bool host_short = b.host > 0 && items.host_bytes() > b.host;
   fail_user("not enough ", host_short ? "" : "GPU ", "memory: decoding ", r.samples,
             " sample(s) of ", r.tokens, " tokens needs an estimated ",

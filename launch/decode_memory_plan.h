@@ -35,6 +35,7 @@ MemoryPlan plan_decoder_memory(const DecodePlanRequest& r, int64_t samples, bool
 // UserError unless `r` fits this process's budget on `backend`: the weights, the decoder's
 // plan and the kernels' scratch. The message gives the estimate and the most samples that
 // would fit, if any does.
-void require_decoder_fits(const DecodePlanRequest& r, Backend& backend);
+// Returns the plan of r.samples samples.
+MemoryPlan require_decoder_fits(const DecodePlanRequest& r, Backend& backend);
 
 }  // namespace par

@@ -1,6 +1,7 @@
 #include "launch/kernel_scratch_plan.h"
 
 #include <algorithm>
+#include <tuple>
 
 #include "core/param_layout.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -14,10 +15,25 @@
 
 namespace par {
 
+namespace {
+
+// The kernels size their calls in int64 elements. A micro-batch whose inputs pass 2^44
+// elements (64 TiB in float32) is past any machine, and its activations alone refuse it
+// (planned in double: PerceiverAR::memory); its scratch is not sized (0), so that no count
+// of a refused --batch-size or --num-samples wraps around.
+bool sizable(const PlanRequest& r) {
+  const ModelConfig& c = r.model;
+  return double(r.micro_batch) * double(c.context_length + c.num_latents) * double(c.d_model) <=
+         0x1p44;
+}
+
+}  // namespace
+
 // What the CPU kernels keep in the backend's Workspace (kernels/cpu/workspace.h) over a
 // training step, sized by the kernels' own functions for the calls the model makes: for
 // each slot (grow-only) its largest call, for every thread that may work on it.
 double cpu_kernel_scratch(const PlanRequest& r) {
+  if (!sizable(r)) return 0;
   const ModelConfig& c = r.model;
   const int64_t B = r.micro_batch, M = c.num_latents, n_local = c.context_length / r.sp;
   // Linear layers: the k/v projections of the cross-attention run over this rank's N/sp
@@ -68,6 +84,7 @@ double cpu_kernel_scratch(const PlanRequest& r) {
 // gradient (backward, where training), and per-(example, head, query) statistics; the backend adds 1/8
 // for headroom. Slots are shared by the cross- and the self-attention: the larger counts.
 double cuda_attention_scratch(const PlanRequest& r) {
+  if (!sizable(r)) return 0;
   const ModelConfig& c = r.model;
   const int64_t M = c.num_latents, B = r.micro_batch;
   double scores = 0, stats = 0;
@@ -105,6 +122,7 @@ double cuda_attention_scratch(const PlanRequest& r) {
 // (kernels/cuda/gemm_mapping.h, bf16_linear_copies): two scratch slots, each as large as
 // the largest copy of the model's linear layers, plus the backend's 1/8 of headroom.
 double cuda_bf16_copies(const PlanRequest& r) {
+  if (!sizable(r)) return 0;
   const ModelConfig& c = r.model;
   const int64_t B = r.micro_batch, d = c.d_model, M = c.num_latents, F = c.mlp_width();
   const int64_t inputs = B * c.context_length / r.sp, latents = B * M;
@@ -137,8 +155,8 @@ double cuda_widened_keys_values(const PlanRequest& r) {
   const double in = double(c.d_model), out = double(c.d_model / r.tp);
   double elements = r.cudnn_attention ? 0 : 4 * rows * out;
   const bool products_bf16 =
-      r.bf16_products && cuda::bf16_operands_pay(int64_t(2 * rows * in * out),
-                                                 int64_t(rows * out + out * in + rows * in));
+      r.bf16_products &&
+      cuda::bf16_operands_pay(2 * rows * in * out, rows * out + out * in + rows * in);
   if (!products_bf16) elements = std::max(elements, rows * (in + out));
   return elements * sizeof(float) * 9 / 8;
 }
@@ -149,6 +167,7 @@ double cuda_widened_keys_values(const PlanRequest& r) {
 // partial sums and the bias gradients' column partials (the keys' and values' projections,
 // d/tp wide); and cuBLAS's workspace. With the backend's 1/8 of headroom on the scratch.
 double cuda_reduction_scratch(const PlanRequest& r) {
+  if (!sizable(r)) return 0;
   const ModelConfig& c = r.model;
   const int64_t rows = r.micro_batch * (c.context_length / r.sp), d = c.d_model;
   const double cub_sort = 16.0 * double(rows) + double(int64_t(1) << 20);

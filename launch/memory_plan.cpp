@@ -31,7 +31,11 @@ std::string MemoryPlan::summary(const std::vector<MemoryItem>& items) {
 }
 
 bool plans_cudnn_attention(bool cuda, const std::string& precision, const std::string& attention) {
-  return cuda && precision == "bf16" && (attention == "auto" || attention == "cudnn");
+  return plans_bf16_products(cuda, precision) && (attention == "auto" || attention == "cudnn");
+}
+
+bool plans_bf16_products(bool cuda, const std::string& precision) {
+  return cuda && precision == "bf16";
 }
 
 PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cuda) {
@@ -43,7 +47,7 @@ PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cu
   r.tp = run.tp;
   r.threads = current_threads();
   r.cuda = cuda;
-  r.bf16_products = cuda && run.precision == "bf16";
+  r.bf16_products = plans_bf16_products(cuda, run.precision);
   r.cudnn_attention = plans_cudnn_attention(cuda, run.precision, run.attention);
   r.kv_bf16 = run.key_value_storage(model) == KeyValueStorage::kBf16;
   r.runtime_bytes = double(resident_bytes());
@@ -72,12 +76,13 @@ MemoryPlan plan_memory(const PlanRequest& r) {
   // The CPU kernels' scratch only where they run (a GPU run's kernels take device scratch).
   if (!r.cuda) plan.host.push_back({"kernel scratch", cpu_kernel_scratch(r)});
   if (r.checkpoints) plan.host.push_back({"checkpoint copies", 3 * m.params});
-  if (r.data_bytes > 0) plan.host.push_back({"data batches", r.data_bytes});
+  if (r.data_bytes) plan.host.push_back({"data batches", r.data_bytes(r)});
   if (r.gemm_n > 0) {
     // Its three matrices, and in bf16 the bfloat16 copies of its two operands where the
     // backend makes them (on a GPU the yardstick has a backend of its own, which keeps them).
     const int64_t n = r.gemm_n;
-    const bool copies = r.bf16_products && cuda::bf16_operands_pay(n * n * n, 2 * n * n);
+    const double e = double(n);
+    const bool copies = r.bf16_products && cuda::bf16_operands_pay(e * e * e, 2 * e * e);
     state.push_back({"sgemm yardstick", 3 * double(n) * double(n) * sizeof(float) +
                                             (copies ? 2 * double(n) * double(n) * 2 * 9 / 8 : 0)});
   }

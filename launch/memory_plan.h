@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -60,7 +61,10 @@ struct PlanRequest {
   // A training step (backward and Adam: train, bench); false: forward passes only (eval),
   // without the moments and the backward's scratch.
   bool training = true;
-  double data_bytes = 0;         // token batches held (train: Loader::memory_bytes)
+  // Bytes of the token batches held for a request (train: Loader::memory_bytes; bench: its
+  // own); a function of it, since they grow with the micro-batch and the columns of a rank
+  // (N/sp + 1), which the advice varies. Empty: none.
+  std::function<double(const PlanRequest&)> data_bytes;
   int64_t gemm_n = 0;            // bench: its n x n x n yardstick product
   double runtime_bytes = 0;      // resident_bytes() when planning
 };
@@ -68,6 +72,8 @@ struct PlanRequest {
 // Whether a run with these options may take cuDNN's attention (bf16 on a GPU, --attention
 // auto or cudnn), and so holds its scratch.
 bool plans_cudnn_attention(bool cuda, const std::string& precision, const std::string& attention);
+// Whether its large products may run on bfloat16 copies of their operands (bf16 on a GPU).
+bool plans_bf16_products(bool cuda, const std::string& precision);
 
 // The part every command shares: this rank's share of `run`'s micro-batch and layout, the
 // threads in effect and what the process holds now. Commands add their own buffers.

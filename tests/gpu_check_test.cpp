@@ -45,7 +45,7 @@ if [[ "$args" == *" --decode "* ]]; then
   rate=$((k == 16 ? 12000 : 2500))
   [[ "$args" == *" --position-encoding absolute "* ]] && rate=1800
   [[ "$args" == *" --position-encoding absolute --kv-storage fp32 "* ]] && rate=1200
-  echo "{\"cached_tokens_per_s\": $rate, \"cached_tokens_per_s_per_sample\": $((k == 16 ? 750 : 2500)), \"speedup\": 120.5, \"refills\": 1, \"steps_replayed\": 990, \"steps_captured\": 9}"
+  echo "{\"cached_tokens_per_s\": $rate, \"cached_tokens_per_s_per_sample\": $((k == 16 ? 750 : 2500)), \"speedup\": 120.5, \"refills\": 1, \"steps_replayed\": 990, \"steps_captured\": 9, \"peak_device_mib\": $((k == 16 ? 9216 : 2048)), \"planned_device_mib\": $((k == 16 ? 10240 : 1536))}"
 elif [[ "$args" == *" --kv-storage fp32 "* ]]; then
   echo "{\"ms_per_step\": 12.5, \"input_tokens_per_s\": 10485760, \"gflops\": 320000, \"peak_share\": 0.32, \"peak_device_mib\": 4096, \"attention_ms\": 7.0, \"parameters\": 89726211}"
 else
@@ -134,6 +134,8 @@ TEST_F(GpuCheck, PrintsTheTestsTheTargetsAndTheBenchTable) {
            "  decode, 16 samples, tokens/s in all    12000.00      target >= 10000   met",
            "  decode, 16 samples, long                12000.0 tokens/s in all (4,000 tokens each: own keys as rows)",
            "  decode without tables, bf16 caches       1800.0 tokens/s (absolute positions; fp32 caches: 1200.0, 1.50x)",
+           "  decode memory, 1 sample                    2.00 GiB peak, 1.50 GiB planned: PLAN TOO LOW",
+           "  decode memory, 16 samples                  9.00 GiB peak, 10.00 GiB planned: within the plan",
            "--- the backend's paths (the targets' logs)\n",
            " attention cross: cuDNN 9.14.0 flash attention, keys read in place\n",
            "--- profile-n131k-profile",
@@ -282,7 +284,9 @@ TEST_F(GpuCheck, TheStandInPrintsTheKeysOfTheRealBench) {
     const std::string& real = decoding ? decode.out : train.out;
     EXPECT_NE(real.find(name), std::string::npos) << name << " is not in\n" << real;
   }
-  EXPECT_EQ(keys, 20);  // 7 of them twice: the step with keys and values in fp32
+  // 7 of them twice (the step with keys and values in fp32), and the device memory's peak
+  // and plan again in the decode line.
+  EXPECT_EQ(keys, 22);
 }
 
 // A failing test makes the exit status 1 and shows the failure; the measurements still run.

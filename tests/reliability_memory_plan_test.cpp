@@ -171,7 +171,9 @@ TEST(ReliabilityMemoryPlan, PlansKeysAndValuesInBf16) {
 }
 
 // A forward pass refused for its batch names the largest batch that fits the same budget:
-// one more example would be refused.
+// one more example would be refused. (That holds by the search's construction; what this
+// checks is that the search and its message reach the user, and the case where no batch
+// helps.)
 TEST(ReliabilityMemoryPlan, RefusedBatchNamesTheLargestThatFits) {
   Backend cpu = make_local_backend("cpu", "fp32", "auto");
   PlanRequest r;
@@ -207,7 +209,9 @@ TEST(ReliabilityMemoryPlan, RefusedBatchNamesTheLargestThatFits) {
 
 // Decoding on a GPU plans the scratch of the paths its full passes and refills take:
 // cuDNN's attention and the bf16 operand copies where the options run them, as much as a
-// forward pass of that many windows holds in a training run's plan. 16 samples of
+// forward pass of that many windows holds in a training run's plan. (That the decoder's
+// passes take those paths, only a GPU run shows: gpu_check.sh's decode bench against its
+// measured peak.) 16 samples of
 // gpu-100m-131k (bench --decode 1000 --num-samples 16 in tools/gpu_check.sh) fit an
 // 80 GiB GPU.
 TEST(ReliabilityMemoryPlan, DecodingOnAGpuPlansThePathsItTakes) {
@@ -424,6 +428,18 @@ TEST(ReliabilityMemoryPlan, AdviceNamesWhatWouldFit) {
   EXPECT_NO_THROW(require_fits(r, RunShape{8, 1, 2}, b));
 }
 
+// The loader's batches grow with the micro-batch too: where they are what does not fit (a
+// GPU run's host side), a smaller micro-batch is named, not "one example would not fit".
+TEST(ReliabilityMemoryPlan, AdviceShrinksTheDataBatchesWithTheMicroBatch) {
+  TempDir dir;
+  const ParRun r = run_par(dir, cat("train --config ", quote(kTiny), " --dry-run --threads 1 "
+                                    "--device cuda --precision bf16 --batch-size 1073741824"));
+  EXPECT_USER_ERROR(r, "not enough memory: each rank needs an estimated ");
+  EXPECT_NE(r.err.find(" of host memory"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("data batches "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("would fit: --accum-steps "), std::string::npos) << r.err;
+}
+
 // cgroup v2 and v1 hierarchies as /proc shows them: the tightest limit from the process's
 // cgroup up to the mount point counts; "max" and v1's "unlimited" do not.
 TEST(ReliabilityMemoryPlan, ReadsTheCgroupLimit) {
@@ -522,6 +538,28 @@ TEST(ReliabilityMemoryPlan, PlanMatchesTheMeasuredPeakOfBench) {
     ASSERT_TRUE(std::regex_search(r.out, planned, std::regex("\"planned_host_mib\": ([0-9.]+)")));
     const double measured = std::stod(peak[1]), plan = std::stod(planned[1]);
     RecordProperty(cat("plan_vs_peak", c.args), cat(plan, " / ", measured));
+    EXPECT_GT(plan, 90) << "too small a case to test the plan";
+    EXPECT_LT(std::abs(plan - measured), 0.15 * measured) << "planned " << plan << " MiB, peak "
+                                                           << measured << " MiB";
+  }
+}
+
+// The same for decoding (bench --decode, what par sample plans too): one sample and
+// several, whose own caches grow as they generate. The estimate is printed before decoding.
+TEST(ReliabilityMemoryPlan, DecodePlanMatchesTheMeasuredPeakOfBench) {
+  TempDir dir;
+  const std::string base = cat("bench --config ", quote(testing_util::configs_dir() + "cpu-131k.ini"),
+                               " --context-length 16384 --threads 1 --decode 16");
+  for (const char* samples : {" --num-samples 1", " --num-samples 8"}) {
+    SCOPED_TRACE(samples);
+    const ParRun r = run_par(dir, base + samples);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.err.find("memory (estimate): host "), std::string::npos) << r.err;
+    std::smatch peak, planned;
+    ASSERT_TRUE(std::regex_search(r.out, peak, std::regex("\"peak_rss_mib\": ([0-9.]+)")));
+    ASSERT_TRUE(std::regex_search(r.out, planned, std::regex("\"planned_host_mib\": ([0-9.]+)")));
+    const double measured = std::stod(peak[1]), plan = std::stod(planned[1]);
+    RecordProperty(cat("decode_plan_vs_peak", samples), cat(plan, " / ", measured));
     EXPECT_GT(plan, 90) << "too small a case to test the plan";
     EXPECT_LT(std::abs(plan - measured), 0.15 * measured) << "planned " << plan << " MiB, peak "
                                                            << measured << " MiB";

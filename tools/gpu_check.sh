@@ -808,6 +808,15 @@ if j:
         "decode, 16 samples, long", j["cached_tokens_per_s"]))
 else:
     print("  decode, 16 samples, long: " + why)
+# The decoder's memory plan (what par sample and bench --decode check before decoding)
+# against the peak it measured: a peak above the plan is a bug in the plan.
+for label, what in (("decode1", "1 sample"), ("decode16", "16 samples"),
+                    ("decode16-long", "16 samples, long")):
+    j, why = js(label)
+    if j and j.get("planned_device_mib", 0) > 0:
+        peak, plan = j["peak_device_mib"] / 1024, j["planned_device_mib"] / 1024
+        print("  %-36s %10.2f GiB peak, %.2f GiB planned: %s" % (
+            "decode memory, " + what, peak, plan, "within the plan" if peak <= plan else "PLAN TOO LOW"))
 # The yardstick: the same model in PyTorch on this GPU (bench/torch_reference.py).
 torch = {}
 for text in open(sys.argv[2]):

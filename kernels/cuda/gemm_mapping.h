@@ -133,8 +133,11 @@ inline RowMajorGemm with_compact_operands(const RowMajorGemm& g) {
 // blocked attention's: bf16 runs cuDNN's attention instead).
 constexpr int64_t kBf16MinProductsPerElement = 768;
 constexpr int64_t kBf16MinProducts = int64_t(1) << 33;
-inline bool bf16_operands_pay(int64_t products, int64_t elements) {
-  return products >= kBf16MinProducts && products >= kBf16MinProductsPerElement * elements;
+// In double: the memory plan asks of shapes no machine holds (a refused --batch-size),
+// whose products would pass int64.
+inline bool bf16_operands_pay(double products, double elements) {
+  return products >= double(kBf16MinProducts) &&
+         products >= double(kBf16MinProductsPerElement) * elements;
 }
 // The elements of the bfloat16 copies a linear layer [rows, in] -> [rows, out] asks of the
 // backend's two scratch slots under Bf16Operands::kAuto (0 where it does not convert):
@@ -144,11 +147,12 @@ struct Bf16LinearCopies {
 };
 inline Bf16LinearCopies bf16_linear_copies(int64_t rows, int64_t in, int64_t out) {
   Bf16LinearCopies c;
-  if (bf16_operands_pay(rows * in * out, rows * in + out * in)) {
+  const double r = double(rows), i = double(in), o = double(out);
+  if (bf16_operands_pay(r * i * o, r * i + o * i)) {
     c.a = rows * in;
     c.b = out * in;
   }
-  if (bf16_operands_pay(2 * rows * in * out, rows * out + out * in + rows * in)) {
+  if (bf16_operands_pay(2 * r * i * o, r * o + o * i + r * i)) {
     c.a = c.a > rows * out ? c.a : rows * out;
     const int64_t b = out * in > rows * in ? out * in : rows * in;
     c.b = c.b > b ? c.b : b;
@@ -157,7 +161,8 @@ inline Bf16LinearCopies bf16_linear_copies(int64_t rows, int64_t in, int64_t out
 }
 
 inline bool bf16_operands_pay(const RowMajorGemm& g) {
-  return g.batch == 1 && bf16_operands_pay(g.m * g.n * g.k, stored_a(g).elements() + stored_b(g).elements());
+  return g.batch == 1 && bf16_operands_pay(double(g.m) * double(g.n) * double(g.k),
+                                           double(stored_a(g).elements() + stored_b(g).elements()));
 }
 
 }  // namespace par::cuda
