@@ -124,16 +124,16 @@ class CheckpointSaver {
 };
 
 // Reads this rank's slices (`layout`) of the checkpoint in `dir` (its manifest `m`, as
-// read_manifest read it), whatever layout wrote it,
-// one tensor at a time: `visit(kind, param, values)` for each tensor of `layout` (its slice
-// there, `param.shape`) of params, then (with_optimizer) adam_m and adam_v; kind indexes
-// kStateKinds. At most one tensor is held, so a checkpoint larger than the host's memory can
-// be read through. Before the first visit, every claim of the manifest is checked against
-// the model and the files' datasets: a caller may allocate what it reads into then, and a
-// manifest that claims a model larger than its files is refused before that allocation.
-// UserError naming the directory and file when the checkpoint is incomplete, of another
-// model, or does not match its files (missing pieces, wrong shapes, bad checksums); a bad
-// checksum can be found after some tensors were visited. In checkpoint_load.cpp.
+// read_manifest read it), whatever layout wrote it, one tensor at a time: `visit(kind,
+// param, values)` for each tensor of `layout` (its slice there, `param.shape`) of params,
+// then (with_optimizer) adam_m and adam_v; kind indexes kStateKinds. At most one tensor is
+// held, so a checkpoint larger than the host's memory can be read through. Before the
+// first visit, every claim of the manifest is checked against the model and the files'
+// datasets: a caller may allocate what it reads into then, and a manifest that claims a
+// model larger than its files is refused before that allocation. UserError naming the
+// directory and file when the checkpoint is incomplete, of another model, or does not match
+// its files (missing pieces, wrong shapes, bad checksums); a bad checksum can be found after
+// some tensors were visited. In checkpoint_load.cpp.
 using TensorVisitor = std::function<void(int kind, const ParamInfo& param, const float* values)>;
 void visit_checkpoint(const std::string& dir, const Manifest& m, const ParamLayout& layout,
                       bool with_optimizer, const TensorVisitor& visit);

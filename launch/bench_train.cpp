@@ -218,9 +218,9 @@ int bench_train(Job& job, const ModelConfig& mc, const OptimizerConfig& oc, cons
   // with the benchmark's own batches and yardstick instead of a loader and checkpoints.
   PlanRequest request = plan_request(mc, rc, backend.cuda);
   request.gemm_n = bench.gemm_n;
-  request.data_bytes = [accum = rc.accum_steps](const PlanRequest& t) {
-    return double(accum) * double(t.micro_batch) * double(t.model.context_length / t.sp + 1) *
-           sizeof(int32_t);
+  request.data_bytes = [](const PlanRequest& t) {
+    return double(t.accum_steps) * double(t.micro_batch) *
+           double(t.model.context_length / t.sp + 1) * sizeof(int32_t);
   };
   const MemoryBudget budget = memory_budget(backend, job.local_size());
   const MemoryPlan plan = plan_memory(request);

@@ -145,16 +145,22 @@ int cmd_bench(int argc, char** argv) {
       trained = read_model_file(checkpoint, false);
       mc = trained.model;
     }
-    // The timed decoder is the largest of its runs (its prompt at most the context).
+    // Its decoders, one after the other: the timed one of K samples (its warm-up the same,
+    // its prompt at most the context), and one uncached sample, whose caches stay float32
+    // where the cached decoder's are bfloat16. The larger is planned.
     DecodePlanRequest plan;
     plan.model = mc;
     plan.samples = samples;
     plan.tokens = decode;
     plan.decoder = [&](int64_t k) {
-      return Decoder<float>::memory(mc, true, TokenTables::kAuto, k,
-                                    decoding_cache_storage(rc.kv_storage, rc.device, rc.precision,
-                                                           rc.attention, k, mc),
-                                    mc.context_length, decode);
+      auto memory = [&](bool cached, int64_t K) {
+        return Decoder<float>::memory(mc, cached, TokenTables::kAuto, K,
+                                      decoding_cache_storage(rc.kv_storage, rc.device,
+                                                             rc.precision, rc.attention, K, mc),
+                                      mc.context_length, decode);
+      };
+      const DecoderMemory timed = memory(true, k), uncached = memory(false, 1);
+      return timed.backend() + timed.host >= uncached.backend() + uncached.host ? timed : uncached;
     };
     plan.params_bytes = double(ParamLayout(mc).total()) * sizeof(float);
     // Fresh weights are made on the host after this plan; a checkpoint's are read already.

@@ -316,8 +316,13 @@ int cmd_sample(int argc, char** argv) {
   plan.cudnn_attention = plans_cudnn_attention(backend.cuda, precision, attention);
   plan.bf16_products = plans_bf16_products(backend.cuda, precision);
   plan.runtime_bytes = double(resident_bytes());
-  LOG(INFO) << "memory (estimate): "
-            << describe(require_decoder_fits(plan, backend), memory_budget(backend, 1));
+  // describe() gives the host's line, then the device's: each a log line of its own.
+  const std::string estimate = describe(require_decoder_fits(plan, backend), memory_budget(backend, 1));
+  for (size_t at = 0; at < estimate.size();) {
+    const size_t end = std::min(estimate.find('\n', at), estimate.size());
+    LOG(INFO) << "memory (estimate): " << estimate.substr(at, end - at);
+    at = end + 1;
+  }
   Ops<float>& ops = *backend.ops;
   LOG(INFO) << "backend: " << backend.description;
   float* params = static_cast<float*>(ops.allocate(model.params.size() * sizeof(float)));

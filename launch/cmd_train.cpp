@@ -74,9 +74,11 @@ PlanRequest train_plan_request(const ModelConfig& mc, const RunConfig& rc, bool 
   PlanRequest r = plan_request(mc, rc, cuda);
   r.checkpoints = true;
   r.data_bytes = [rc](const PlanRequest& t) {
-    return Loader::memory_bytes(loader_options(rc, t.model.absolute_positions(), 0, t.micro_batch,
+    RunConfig run = rc;  // the loader queues and holds batches by the accumulation steps
+    run.accum_steps = t.accum_steps;
+    return Loader::memory_bytes(loader_options(run, t.model.absolute_positions(), 0, t.micro_batch,
                                                0, t.model.context_length / t.sp + 1),
-                                rc.accum_steps);
+                                t.accum_steps);
   };
   return r;
 }

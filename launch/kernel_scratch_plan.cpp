@@ -17,14 +17,17 @@ namespace par {
 
 namespace {
 
-// The kernels size their calls in int64 elements. A micro-batch whose inputs pass 2^44
-// elements (64 TiB in float32) is past any machine, and its activations alone refuse it
+// The kernels size their calls in int64 elements. A micro-batch whose activations on this
+// rank pass 2^44 elements (64 TiB in float32: the inputs' N/sp rows and the latents' widest,
+// the MLP's and the fused projections') is past any machine, and they alone refuse it
 // (planned in double: PerceiverAR::memory); its scratch is not sized (0), so that no count
 // of a refused --batch-size or --num-samples wraps around.
 bool sizable(const PlanRequest& r) {
   const ModelConfig& c = r.model;
-  return double(r.micro_batch) * double(c.context_length + c.num_latents) * double(c.d_model) <=
-         0x1p44;
+  const double d = double(c.d_model), F = double(c.mlp_width());
+  const double per_example =
+      double(c.context_length / r.sp) * d + double(c.num_latents) * (3 * d + F);
+  return double(r.micro_batch) * per_example <= 0x1p44;
 }
 
 }  // namespace
@@ -125,7 +128,7 @@ double cuda_bf16_copies(const PlanRequest& r) {
   if (!sizable(r)) return 0;
   const ModelConfig& c = r.model;
   const int64_t B = r.micro_batch, d = c.d_model, M = c.num_latents, F = c.mlp_width();
-  const int64_t inputs = B * c.context_length / r.sp, latents = B * M;
+  const int64_t inputs = B * (c.context_length / r.sp), latents = B * M;
   int64_t a = 0, b = 0;
   for (const auto& [rows, in, out] :
        {std::tuple<int64_t, int64_t, int64_t>{inputs, d, d / r.tp},  // keys, values

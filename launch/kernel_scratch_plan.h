@@ -1,7 +1,7 @@
 // The kernels' scratch in a rank's memory plan (launch/memory_plan.h), each sized by the
 // functions the kernels size their own buffers with, for the calls the model makes. Those
-// sized in int64 are 0 for a micro-batch whose inputs pass 2^44 elements, past any machine
-// (the activations refuse it).
+// sized in int64 are 0 for a micro-batch whose activations on a rank pass 2^44 elements,
+// past any machine (the activations refuse it).
 #pragma once
 
 #include "launch/memory_plan.h"

@@ -149,14 +149,20 @@ std::string advice(const PlanRequest& r, const RunShape& shape, const MemoryBudg
     (fits(t, b) ? lo : hi) = t.micro_batch;
   }
   if (lo >= 1) {
-    // Keep the batch, in more micro-batches, when one divides it; else a smaller batch.
-    int64_t micro = lo;
-    while (micro > 1 && shape.batch_size % (micro * shape.dp) != 0) --micro;
-    if (shape.batch_size % (micro * shape.dp) == 0 && micro * shape.dp < shape.batch_size)
-      ways.push_back(cat("--accum-steps ", shape.batch_size / (micro * shape.dp),
-                         " (the same batch in micro-batches of ", micro * shape.dp, ")"));
-    else
-      ways.push_back(cat("--batch-size ", lo * shape.dp * shape.accum_steps));
+    // Keep the batch, in more micro-batches of a size that divides it, where that fits (the
+    // loader's batches grow with the accumulation steps); else a smaller batch.
+    std::string keep;
+    for (int64_t micro = lo; micro >= 1 && keep.empty(); --micro) {
+      if (shape.batch_size % (micro * shape.dp) != 0 || micro * shape.dp >= shape.batch_size)
+        continue;
+      PlanRequest a = r;
+      a.micro_batch = micro;
+      a.accum_steps = shape.batch_size / (micro * shape.dp);
+      if (fits(a, b))
+        keep = cat("--accum-steps ", a.accum_steps, " (the same batch in micro-batches of ",
+                   micro * shape.dp, ")");
+    }
+    ways.push_back(keep.empty() ? cat("--batch-size ", lo * shape.dp * shape.accum_steps) : keep);
   }
   // More ranks: the same node's memory shared by more of them, or as much each on more
   // nodes (ranks on one node share its memory; budgets are per rank).

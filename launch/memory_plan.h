@@ -62,8 +62,8 @@ struct PlanRequest {
   // without the moments and the backward's scratch.
   bool training = true;
   // Bytes of the token batches held for a request (train: Loader::memory_bytes; bench: its
-  // own); a function of it, since they grow with the micro-batch and the columns of a rank
-  // (N/sp + 1), which the advice varies. Empty: none.
+  // own); a function of it, since they grow with the micro-batch, the accumulation steps
+  // and the columns of a rank (N/sp + 1), which the advice varies. Empty: none.
   std::function<double(const PlanRequest&)> data_bytes;
   int64_t gemm_n = 0;            // bench: its n x n x n yardstick product
   double runtime_bytes = 0;      // resident_bytes() when planning

@@ -3,6 +3,7 @@
 #include "kernels/cuda/attention_cudnn.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -181,7 +182,7 @@ const CudnnGraph* CudnnAttention::graph(bool backward, int64_t batch, int64_t he
         dq = ", deterministic";
       else if (backward)
         dq = cat(", dQ added up with atomics (the deterministic kernels would need ",
-                 (sdpa::deterministic_workspace_bytes(d) + (1 << 20) - 1) >> 20,
+                 int64_t(std::ceil(sdpa::deterministic_workspace_bytes(d) / (1 << 20))),
                  " MiB of workspace: dQ's last bits may differ from run to run)");
       backend_log(LogLevel::kInfo,
                   cat("attention ", what, ": cuDNN ", api_->version_string(), " ",

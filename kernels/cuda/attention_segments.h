@@ -89,7 +89,7 @@ inline double cudnn_attention_scratch_bytes(int64_t batch, int64_t nq, int64_t n
 inline double cudnn_backward_workspace_bytes(int64_t batch, int64_t nq, int64_t nk,
                                              int64_t heads, int64_t head_dim) {
   const sdpa::Dims d{batch, heads, nq, nk, head_dim};
-  if (sdpa::backward_is_deterministic(d)) return double(sdpa::deterministic_workspace_bytes(d));
+  if (sdpa::backward_is_deterministic(d)) return sdpa::deterministic_workspace_bytes(d);
   return 4.0 * double(batch) * double(heads) * double(nq) * double(head_dim);
 }
 

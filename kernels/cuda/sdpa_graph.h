@@ -106,9 +106,11 @@ struct Dims {
 // the scores padded to tiles of 64 queries x 128 keys (as cuDNN 9.19's plans for sm_80 and
 // sm_90 report; cudnn-frontend sizes the same buffer as B H Sq Skv bf16 values), 4 GiB for
 // 16 heads of 1,024 queries over 130,049 keys.
-inline int64_t deterministic_workspace_bytes(const Dims& d) {
-  auto up = [](int64_t n, int64_t to) { return (n + to - 1) / to * to; };
-  return d.batch * d.heads * up(d.nq, 64) * up(d.nk, 128) * 2;
+// In double: quadratic in the sequence, it passes int64 for shapes the memory plan is asked
+// about and refuses.
+inline double deterministic_workspace_bytes(const Dims& d) {
+  auto up = [](int64_t n, int64_t to) { return double((n + to - 1) / to * to); };
+  return double(d.batch) * double(d.heads) * up(d.nq, 64) * up(d.nk, 128) * 2;
 }
 
 // Whether a backward takes the deterministic kernels: where their workspace is at most
@@ -117,7 +119,7 @@ inline int64_t deterministic_workspace_bytes(const Dims& d) {
 // it per call.
 constexpr int64_t kDeterministicWorkspaceMax = int64_t(256) << 20;
 inline bool backward_is_deterministic(const Dims& d, int64_t most = kDeterministicWorkspaceMax) {
-  return deterministic_workspace_bytes(d) <= most;
+  return deterministic_workspace_bytes(d) <= double(most);
 }
 
 // O and statistics of softmax(scale * Q K^T + masks) V for the queries i < seq_len_q[b]
