@@ -51,6 +51,10 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+// Batches the loader queues ahead per accumulation step: a step's micro-batches are read
+// while the one before it computes.
+constexpr int64_t kPrefetchPerAccumStep = 2;
+
 // The loader of a rank that reads examples [first, first + count) of each micro-batch and
 // columns [col_begin, col_begin + cols) of each window.
 LoaderOptions loader_options(const RunConfig& rc, bool positions, int64_t first, int64_t count,
@@ -63,7 +67,7 @@ LoaderOptions loader_options(const RunConfig& rc, bool positions, int64_t first,
   lo.col_begin = col_begin;
   lo.col_end = col_begin + cols;
   lo.seed = derive_seed(rc.seed, kDataStream);
-  lo.prefetch = 2 * rc.accum_steps;
+  lo.prefetch = kPrefetchPerAccumStep * rc.accum_steps;
   return lo;
 }
 
@@ -73,12 +77,16 @@ LoaderOptions loader_options(const RunConfig& rc, bool positions, int64_t first,
 PlanRequest train_plan_request(const ModelConfig& mc, const RunConfig& rc, bool cuda) {
   PlanRequest r = plan_request(mc, rc, cuda);
   r.checkpoints = true;
+  // One batch, as the loader sizes it, times the batches queued and held: in double, for the
+  // advice tries accumulation steps up to the whole batch.
   r.data_bytes = [rc](const PlanRequest& t) {
-    RunConfig run = rc;  // the loader queues and holds batches by the accumulation steps
-    run.accum_steps = t.accum_steps;
-    return Loader::memory_bytes(loader_options(run, t.model.absolute_positions(), 0, t.micro_batch,
-                                               0, t.model.context_length / t.sp + 1),
-                                t.accum_steps);
+    RunConfig run = rc;
+    run.accum_steps = 1;
+    LoaderOptions one = loader_options(run, t.model.absolute_positions(), 0, t.micro_batch, 0,
+                                       t.model.context_length / t.sp + 1);
+    one.prefetch = 0;
+    const double accum = double(t.accum_steps);
+    return Loader::memory_bytes(one, 0) * (double(kPrefetchPerAccumStep) * accum + 1 + accum);
   };
   return r;
 }
