@@ -450,6 +450,11 @@ TEST(ReliabilityMemoryPlan, AdviceShrinksTheDataBatchesWithTheMicroBatch) {
   const ParRun followed = run_par(dir, cat(gpu, " --batch-size ", advised / 100 * 99));
   ASSERT_EQ(followed.rc, 0) << followed.err;
   EXPECT_NE(followed.out.find("fits on this host"), std::string::npos) << followed.out;
+  // Near the int64 limit the advice still counts (in double: its accumulation steps go up
+  // to the whole batch; a sanitized build checks that nothing wraps).
+  const ParRun huge = run_par(dir, gpu + " --batch-size 4611686018427387904");
+  EXPECT_USER_ERROR(huge, "not enough memory: each rank needs an estimated ");
+  EXPECT_NE(huge.err.find("would fit: --batch-size "), std::string::npos) << huge.err;
 }
 
 // cgroup v2 and v1 hierarchies as /proc shows them: the tightest limit from the process's
