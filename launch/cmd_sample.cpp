@@ -27,8 +27,8 @@
 #include "launch/backend.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/host_memory.h"
 #include "launch/decode_memory_plan.h"
+#include "launch/host_memory.h"
 #include "launch/memory_plan.h"
 #include "launch/options.h"
 #include "launch/sample_output.h"
@@ -317,7 +317,8 @@ int cmd_sample(int argc, char** argv) {
   plan.bf16_products = plans_bf16_products(backend.cuda, precision);
   plan.runtime_bytes = double(resident_bytes());
   // describe() gives the host's line, then the device's: each a log line of its own.
-  const std::string estimate = describe(require_decoder_fits(plan, backend), memory_budget(backend, 1));
+  const std::string estimate =
+      describe(require_decoder_fits(plan, backend), memory_budget(backend, 1));
   for (size_t at = 0; at < estimate.size();) {
     const size_t end = std::min(estimate.find('\n', at), estimate.size());
     LOG(INFO) << "memory (estimate): " << estimate.substr(at, end - at);
