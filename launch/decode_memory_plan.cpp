@@ -52,15 +52,9 @@ MemoryPlan require_decoder_fits(const DecodePlanRequest& r, Backend& backend) {
   if (fits_plan(items)) return items;
   // The most samples that fit (the plan grows with them), if one does.
   std::string advice = "decoding this model needs a machine (or GPU) with more memory";
-  if (r.samples > 1 && fits(1)) {
-    int64_t lo = 1, hi = r.samples;
-    while (hi - lo > 1) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      (fits(mid) ? lo : hi) = mid;
-    }
-    advice = cat("at most --num-samples ", lo, " would fit (run again with --seed advanced for "
-                 "more)");
-  }
+  if (r.samples > 1 && fits(1))
+    advice = cat("at most --num-samples ", largest_that_fits(1, r.samples, fits),
+                 " would fit (run again with --seed advanced for more)");
   const bool host_short = b.host > 0 && items.host_bytes() > b.host;
   fail_user("not enough ", host_short ? "" : "GPU ", "memory: decoding ", r.samples,
             " sample(s) of ", r.tokens, " tokens needs an estimated ",

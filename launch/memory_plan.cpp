@@ -38,6 +38,14 @@ bool plans_bf16_products(bool cuda, const std::string& precision) {
   return cuda && precision == "bf16";
 }
 
+int64_t largest_that_fits(int64_t lo, int64_t hi, const std::function<bool(int64_t)>& fits) {
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return lo;
+}
+
 PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cuda) {
   PlanRequest r;
   r.model = model;
@@ -142,12 +150,11 @@ bool fits(const PlanRequest& r, const MemoryBudget& b) {
 std::string advice(const PlanRequest& r, const RunShape& shape, const MemoryBudget& b) {
   std::vector<std::string> ways;
   PlanRequest t = r;
-  // The largest micro-batch per replica that fits (the plan grows with it).
-  int64_t lo = 0, hi = r.micro_batch;
-  while (hi - lo > 1) {
-    t.micro_batch = lo + (hi - lo) / 2;
-    (fits(t, b) ? lo : hi) = t.micro_batch;
-  }
+  // The largest micro-batch per replica that fits, if one does.
+  const int64_t lo = largest_that_fits(0, r.micro_batch, [&](int64_t micro) {
+    t.micro_batch = micro;
+    return fits(t, b);
+  });
   if (lo >= 1) {
     // Keep the batch, in more micro-batches of a size that divides it, where that fits (the
     // loader's batches grow with the accumulation steps); else a smaller batch.
@@ -234,11 +241,10 @@ void require_model_fits(const PlanRequest& r, Backend& backend, const std::strin
   PlanRequest t = r;
   t.micro_batch = 1;
   if (r.micro_batch > 1 && short_of(t) == kFits) {
-    int64_t lo = 1, hi = r.micro_batch;
-    while (hi - lo > 1) {
-      t.micro_batch = lo + (hi - lo) / 2;
-      (short_of(t) == kFits ? lo : hi) = t.micro_batch;
-    }
+    const int64_t lo = largest_that_fits(1, r.micro_batch, [&](int64_t batch) {
+      t.micro_batch = batch;
+      return short_of(t) == kFits;
+    });
     advice = cat("at most ", batch_option, " ", lo, " would fit");
   }
   const MemoryPlan p = plan_memory(r);

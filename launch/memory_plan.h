@@ -75,6 +75,10 @@ bool plans_cudnn_attention(bool cuda, const std::string& precision, const std::s
 // Whether its large products may run on bfloat16 copies of their operands (bf16 on a GPU).
 bool plans_bf16_products(bool cuda, const std::string& precision);
 
+// The largest n in [lo, hi) with fits(n), where fits(lo) holds (or lo is a floor that
+// stands for none) and fits(hi) does not: plans grow with their batch, so a binary search.
+int64_t largest_that_fits(int64_t lo, int64_t hi, const std::function<bool(int64_t)>& fits);
+
 // The part every command shares: this rank's share of `run`'s micro-batch and layout, the
 // threads in effect and what the process holds now. Commands add their own buffers.
 PlanRequest plan_request(const ModelConfig& model, const RunConfig& run, bool cuda);
