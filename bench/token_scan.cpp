@@ -11,9 +11,13 @@
 //   3. CpuOps<float>::token_attention_forward on a cpu-131k-like window (--keys keys of
 //      random tokens grouped by token, --heads heads of --head-dim, --bands rotary bands,
 //      --vocab tokens) for 1 and --samples queries: the extra queries' cost per query-head
-//      and 16 keys is the part of a decoding step that each sample adds.
+//      and 16 keys is the part of a decoding step that each sample adds;
+//   4. with --own-keys G: each sample's G own keys (random tokens after the window, grouped
+//      per sample), attended in the samples' call over the shared keys
+//      (TokenAttentionShape::own_group) against a call of their own (batch = samples).
 // All on one thread unless --threads says otherwise (3 only: 1 and 2 are per core).
 //   build/bench/par_token_scan_bench [--keys 131072] [--samples 4] [--rounds 5] [--threads 1]
+//                                    [--own-keys 0]
 #include <immintrin.h>
 #include <omp.h>
 
@@ -132,8 +136,36 @@ struct Window {
     for (auto& x : value_table) x = normal(rng);
   }
 
-  // Seconds per call with nq queries.
-  double attend(par::cpu::CpuOps<float>& ops, int64_t nq, int rounds) const {
+  // Each of `samples` samples' own keys: `own` random tokens after the window, grouped in
+  // blocks of own_stride (TokenAttentionShape::own_group's layout).
+  int64_t own_stride = 0;
+  std::vector<int64_t> own_group, own_pos;
+  std::vector<float> own_cos, own_sin;
+  void add_own_keys(int64_t samples, int64_t own) {
+    std::mt19937 rng(13);
+    std::uniform_int_distribution<int32_t> token(0, int32_t(vocab - 1));
+    own_stride = par::token_groups_stride(own);
+    const int64_t keys = groups.keys(), B = spec.bands;
+    own_pos.assign(size_t(samples * own_stride), 0);
+    own_cos.assign(size_t(samples * B * own_stride), 0.0f);
+    own_sin.assign(own_cos.size(), 0.0f);
+    for (int64_t k = 0; k < samples; ++k) {
+      std::vector<int32_t> tokens(static_cast<size_t>(own));
+      for (auto& t : tokens) t = token(rng);
+      const par::TokenGroups<float> g = par::group_tokens<float>(tokens.data(), own, keys, vocab, spec);
+      own_group.insert(own_group.end(), g.group.begin(), g.group.end());
+      std::copy(g.pos.begin(), g.pos.end(), own_pos.begin() + k * own_stride);
+      for (int64_t b = 0; b < B; ++b) {
+        std::copy_n(g.cos.begin() + b * g.stride, g.keys(), own_cos.begin() + (k * B + b) * own_stride);
+        std::copy_n(g.sin.begin() + b * g.stride, g.keys(), own_sin.begin() + (k * B + b) * own_stride);
+      }
+    }
+  }
+
+  // Seconds per call with nq queries; with own keys (add_own_keys), each query a sample's:
+  // in the same call (merged), or in a second call of their own.
+  enum class Own { kNone, kMerged, kCallOfTheirOwn };
+  double attend(par::cpu::CpuOps<float>& ops, int64_t nq, int rounds, Own own = Own::kNone) const {
     std::mt19937 rng(11);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::vector<float> q(size_t(nq * heads * head_dim)), o(q.size()), lse(size_t(nq * heads));
@@ -148,13 +180,31 @@ struct Window {
     s.pos = groups.pos.data();
     s.stride = groups.stride;
     s.scale = 1.0 / std::sqrt(double(head_dim));
+    par::TokenAttentionShape alone = s;  // the own keys' call of their own
+    alone.nq = 1;
+    alone.batch = nq;
+    alone.group = own_group.data();
+    alone.pos = own_pos.data();
+    alone.stride = own_stride;
+    if (own == Own::kMerged) {
+      s.own_group = own_group.data();
+      s.own_pos = own_pos.data();
+      s.own_stride = own_stride;
+      s.own_cos = own_cos.data();
+      s.own_sin = own_sin.data();
+    }
+    std::vector<float> o2(o.size()), lse2(lse.size());
     double best = 1e30;
     for (int r = 0; r < rounds; ++r) {
       const double t0 = wall_seconds();
       const int calls = 20;
-      for (int c = 0; c < calls; ++c)
+      for (int c = 0; c < calls; ++c) {
         ops.token_attention_forward(s, q.data(), key_table.data(), value_table.data(),
                                     groups.cos.data(), groups.sin.data(), o.data(), lse.data());
+        if (own == Own::kCallOfTheirOwn)
+          ops.token_attention_forward(alone, q.data(), key_table.data(), value_table.data(),
+                                      own_cos.data(), own_sin.data(), o2.data(), lse2.data());
+      }
       best = std::min(best, (wall_seconds() - t0) / calls);
     }
     return best;
@@ -165,6 +215,7 @@ struct Window {
 
 int run(int argc, char** argv) {
   int64_t keys = 131072, samples = 4, heads = 8, head_dim = 32, bands = 8, vocab = 259;
+  int64_t own_keys = 0;
   int rounds = 5, threads = 1;
   po::options_description opts("par_token_scan_bench options");
   opts.add_options()("help", "this text")(
@@ -175,7 +226,9 @@ int run(int argc, char** argv) {
       "bands", po::value(&bands)->default_value(bands), "rotary bands (pairs) per head")(
       "vocab", po::value(&vocab)->default_value(vocab), "tokens")(
       "rounds", po::value(&rounds)->default_value(rounds), "interleaved rounds, best kept")(
-      "threads", po::value(&threads)->default_value(threads), "threads of the kernel call");
+      "threads", po::value(&threads)->default_value(threads), "threads of the kernel call")(
+      "own-keys", po::value(&own_keys)->default_value(own_keys),
+      "each sample's own keys (0: none), attended in the samples' call and in one of their own");
   po::variables_map vm;
   if (const int rc = par::bench::parse_options(argc, argv, opts, vm, "par_token_scan_bench",
                                           "the token-table attention against the CPU's "
@@ -188,15 +241,22 @@ int run(int argc, char** argv) {
     return 2;
   }
   omp_set_num_threads(threads);
-  const Window window(keys, heads, head_dim, bands, vocab);
+  Window window(keys, heads, head_dim, bands, vocab);
+  if (own_keys > 0) window.add_own_keys(samples, own_keys);
   par::cpu::CpuOps<float> ops;
   double rate = 0, bare = 1e30, bare_exp = 1e30, one = 1e30, many = 1e30;
+  double merged = 1e30, their_own = 1e30;
+  using Own = Window::Own;
   for (int r = 0; r < rounds; ++r) {
     rate = std::max(rate, fma_rate());
     bare = std::min(bare, bare_scan<false>(int(heads * samples)));
     bare_exp = std::min(bare_exp, bare_scan<true>(int(heads * samples)));
     one = std::min(one, window.attend(ops, 1, 1));
     many = std::min(many, window.attend(ops, samples, 1));
+    if (own_keys > 0) {
+      merged = std::min(merged, window.attend(ops, samples, 1, Own::kMerged));
+      their_own = std::min(their_own, window.attend(ops, samples, 1, Own::kCallOfTheirOwn));
+    }
   }
   const double vectors = double(keys) / 16;  // per query-head
   const double extra = (many - one) / (double(samples - 1) * double(heads) * vectors);
@@ -210,6 +270,11 @@ int run(int argc, char** argv) {
   std::printf("token_attention_forward: %.3f ms with 1 query, %.3f ms with %ld (%.3f ms a query "
               "more)\n",
               one * 1e3, many * 1e3, long(samples), (many - one) / double(samples - 1) * 1e3);
+  if (own_keys > 0)
+    std::printf("with %ld own keys a sample: %.3f ms in the samples' call, %.3f ms in a call "
+                "of their own (%.3f and %.3f ms more than none)\n",
+                long(own_keys), merged * 1e3, their_own * 1e3, (merged - many) * 1e3,
+                (their_own - many) * 1e3);
   return 0;
 }
 

@@ -184,7 +184,7 @@ class Decoder {
   void refill_from_cache(int64_t num_latents);
   void cross_attend_latents(int64_t batch, int64_t num_latents);
   void attend_windows(int64_t batch, int64_t nq);
-  bool grouped_attention_of_distinct_tokens(const TokenAttentionShape& s);
+  bool grouped_attention_of_distinct_tokens(const TokenAttentionShape& s, bool& own_attended);
   void push_inputs(int64_t position);
   void push_inputs_device();
   void group_window(int64_t first, int64_t count);
@@ -196,6 +196,12 @@ class Decoder {
   // Whether steps attend through the own groups (and read own_keep_tail_, which is kept up
   // to date only then: one more upload per sample and step).
   bool own_groups_in_use() const { return own_groups_end_ > 0 && !own_groups_declined_; }
+  // Whether the own groups are attended in the step's call over the shared ones
+  // (TokenAttentionShape::own_group) where they can be: until the backend declines it.
+  bool own_groups_merge() const { return !replay_ && !own_merge_declined_; }
+  // Whether a call of the own groups' own (attend_own_groups) costs less than reading
+  // their keys as rows: from 8 V grouped keys on (own_regroup_due).
+  bool own_groups_pay_alone() const { return own_groups_end_ - own_first_ >= 8 * cfg_.vocab_size; }
   void release_own();
   void incremental(int64_t position);
   void cross_attend_newest();
@@ -291,6 +297,7 @@ class Decoder {
   void* own_groups_memory_ = nullptr;
   int64_t own_groups_stride_ = 0, own_groups_end_ = 0;
   bool own_groups_declined_ = false;  // by the backend, for a step (attend_own_groups)
+  bool own_merge_declined_ = false;   // by the backend (own_groups_merge)
   // With token tables: the positions before groups_end_ (those still in the window) are in
   // the groups, whose rotary rows are group_stride_ apart; none when groups_end_ == 0 (a
   // full pass).

@@ -66,6 +66,7 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
   int64_t shared_from = 0, shared_count = 0;
   std::tie(shared_from, shared_count) = shared_rows(nq, false);
   bool all_rows = true;  // of the shared cache, not only those after the groups
+  bool own_attended = false;  // the own groups, with the keys grouped by token
   if (token_tables_ && groups_end_ > 0) {
     TokenAttentionShape s{rows, Hc, Dc, rot_cross_.bands, cfg_.vocab_size, b.group,
                           b.group_pos, group_stride_,
@@ -77,7 +78,7 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
     // The first part: written to b.att and b.lse.
     if (part(LseLayout{1, rows}, [&](T*, T*) {
           return nq == 1 && batch > 1 && !replay_
-                     ? grouped_attention_of_distinct_tokens(s)
+                     ? grouped_attention_of_distinct_tokens(s, own_attended)
                      : ops_.token_attention_forward(s, b.q, b.key_table, b.value_table,
                                                     b.group_cos, b.group_sin, b.att, b.lse);
         })) {
@@ -126,11 +127,12 @@ void Decoder<T>::attend_windows(int64_t batch, int64_t nq) {
     }
   }
   if (own_count_ > 0) {  // each sample's own entries: blocks of own_cap_ rows, empty rows not kept
-    // The entries in the own groups through them, and the rest as rows.
-    const bool grouped = own_groups_in_use() &&
-                         part(LseLayout{batch, nq}, [&](T* o, T* lse) {
-                           return attend_own_groups(batch, nq, o, lse);
-                         });
+    // The entries in the own groups through them (in the call above, or in one of their
+    // own where that pays), and the rest as rows.
+    const bool grouped = own_attended || (own_groups_in_use() && own_groups_pay_alone() &&
+                                          part(LseLayout{batch, nq}, [&](T* o, T* lse) {
+                                            return attend_own_groups(batch, nq, o, lse);
+                                          }));
     const AttentionShape own{batch, nq, own_cap_, Hc, Dc, b.latent_pos, own_pos_,
                              grouped ? own_keep_tail_ : own_keep_, scale};
     part(LseLayout{batch, nq}, cache_part(own, own_k_, own_v_));
@@ -168,8 +170,11 @@ std::pair<int64_t, int64_t> Decoder<T>::shared_rows(int64_t nq, bool after_group
 // whose newest tokens are equal (often, when a model is sure of the next token) ask the
 // same question of the same keys: only one query per distinct token is attended, and the
 // answers are copied to every sample that asked (as rows are, with embedding_forward).
+// Where every sample asks its own question, the own groups are attended in the same call
+// (own_groups_merge), and own_attended says so.
 template <typename T>
-bool Decoder<T>::grouped_attention_of_distinct_tokens(const TokenAttentionShape& s) {
+bool Decoder<T>::grouped_attention_of_distinct_tokens(const TokenAttentionShape& s,
+                                                      bool& own_attended) {
   const int64_t K = samples(), d = cfg_.d_model, Hc = cfg_.cross_heads;
   Buffers& b = *b_;
   std::vector<int32_t> first_of;  // per distinct token: the first sample with it
@@ -182,6 +187,18 @@ bool Decoder<T>::grouped_attention_of_distinct_tokens(const TokenAttentionShape&
     which[size_t(k)] = int32_t(u);
   }
   const int64_t D = int64_t(first_of.size());
+  if (D == K && own_groups_in_use() && own_groups_merge()) {
+    TokenAttentionShape with_own = s;
+    with_own.own_group = own_group_;
+    with_own.own_pos = own_group_pos_;
+    with_own.own_stride = own_groups_stride_;
+    with_own.own_cos = own_group_cos_;
+    with_own.own_sin = own_group_sin_;
+    own_attended = ops_.token_attention_forward(with_own, b.q, b.key_table, b.value_table,
+                                                b.group_cos, b.group_sin, b.att, b.lse);
+    if (own_attended) return true;
+    own_merge_declined_ = true;
+  }
   if (D == K)
     return ops_.token_attention_forward(s, b.q, b.key_table, b.value_table, b.group_cos,
                                         b.group_sin, b.att, b.lse);
@@ -225,7 +242,8 @@ void Decoder<T>::cross_attend_newest() {
 #define PAR_INSTANTIATE(T)                                                                  \
   template void Decoder<T>::cross_attend_latents(int64_t, int64_t);                         \
   template void Decoder<T>::attend_windows(int64_t, int64_t);                               \
-  template bool Decoder<T>::grouped_attention_of_distinct_tokens(const TokenAttentionShape&); \
+  template bool Decoder<T>::grouped_attention_of_distinct_tokens(const TokenAttentionShape&, \
+                                                                  bool&);                   \
   template void Decoder<T>::cross_attend_newest();                                        \
   template std::pair<int64_t, int64_t> Decoder<T>::shared_rows(int64_t, bool) const;
 PAR_INSTANTIATE(float)

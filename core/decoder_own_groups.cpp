@@ -5,8 +5,11 @@
 // much per key as a materialized attention does: over a long generation that came to
 // most of a 4-sample step (8,000 tokens: 0.62-0.73 ms of it on a 2-core Zen 5). So a
 // refill also groups each sample's own keys, as one sample's refills group its newest
-// keys: one block of groups per sample, all attended in one Ops::token_attention_forward
-// call (TokenAttentionShape::batch) and merged with the other parts by their log-sum-exps.
+// keys: one block of groups per sample. A step whose samples ask distinct questions attends
+// them in its call over the shared groups (TokenAttentionShape::own_group), which scans a
+// token's own keys with the coefficients it found for the shared ones; elsewhere (a refill,
+// equal questions, a backend that declines that) they are attended in one call of their
+// own (TokenAttentionShape::batch) and merged with the other parts by their log-sum-exps.
 // Only the own keys after the groups are still read as rows (own_keep_tail_).
 #include <algorithm>
 #include <cmath>
@@ -38,10 +41,12 @@ void Decoder<T>::upload_own_keeps() {
 
 // Whether a refill whose latents start at `end` should group the own keys before it
 // (measured on cpu-131k, 4 samples, a 2-core Zen 5):
-//   - the first time when the samples' own keys cost more as rows than through the call,
-//     whose fixed part works through every token that has keys: with about 256 tokens of
-//     the 259 among them, 4 samples of 1,000 keys took 250 us in the call and 144 us as
-//     rows, 4 of 4,000 took 280-330 us against 576. So from 8 V own keys on;
+//   - the first time: at once where the steps attend them in their call over the shared
+//     groups (own_groups_merge), where they cost only their scan. In a call of their own,
+//     when the samples' own keys cost more as rows than through the call, whose fixed part
+//     works through every token that has keys: with about 256 tokens of the 259 among
+//     them, 4 samples of 1,000 keys took 250 us in the call and 144 us as rows, 4 of 4,000
+//     took 280-330 us against 576. So from 8 V own keys on (own_groups_pay_alone);
 //   - then when the steps until the next refill would spend more on the keys after the
 //     groups than grouping them all again costs. Grouping G keys costs about 28 ns a key
 //     and sample (host and upload; 0.8 ms for 4 samples of 7,483), a row 36 ns a step, so
@@ -53,7 +58,8 @@ bool Decoder<T>::own_regroup_due(int64_t end) const {
   if (!token_tables_ || samples() == 1 || own_count_ == 0 || own_groups_declined_) return false;
   const int64_t own = end - own_first_, ungrouped = end - std::max(own_first_, own_groups_end_);
   if (ungrouped <= 0) return false;
-  if (own_groups_end_ <= own_first_) return own >= 8 * cfg_.vocab_size;
+  if (!own_groups_merge() && !own_groups_pay_alone()) return own >= 8 * cfg_.vocab_size;
+  if (own_groups_end_ <= own_first_) return true;
   return 2 * ungrouped * ungrouped >= 3 * own;
 }
 
@@ -122,7 +128,7 @@ void Decoder<T>::release_own() {
   own_memory_ = own_groups_memory_ = nullptr;
   own_cap_ = own_head_ = own_count_ = 0;
   own_groups_stride_ = own_groups_end_ = 0;
-  own_groups_declined_ = false;
+  own_groups_declined_ = own_merge_declined_ = false;
 }
 
 // The members defined here, for the element types decoder.cpp instantiates the class with.

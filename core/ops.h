@@ -73,6 +73,13 @@ struct AttentionShape {
 // its keys' positions at pos + b*stride, its cos and sin rows at cos + b*bands*stride (and
 // sin likewise); q and o are [batch, nq, heads*head_dim], lse [batch, heads, nq], as
 // attention_forward's. A backend may decline batch > 1 alone.
+// With own_group set (batch 1), query i also sees keys of its own besides the shared ones
+// (decoding's samples, query i sample i, over their generated keys): grouped the same way,
+// its groups at own_group + i*(vocab+1), positions at own_pos + i*own_stride, cos and sin
+// rows at own_cos + i*bands*own_stride (own_sin likewise; of the call's element type), with
+// the same window (first_position). One call then gives each query its attention over both:
+// the coefficients of a query and a token, most of the cost of a token with few keys, are
+// found once for both. A backend may decline such a call alone.
 struct TokenAttentionShape {
   int64_t nq = 1;
   int64_t heads = 1;
@@ -88,6 +95,11 @@ struct TokenAttentionShape {
   // step's, which moves with every token past N.
   const int64_t* first_position_at = nullptr;
   int64_t batch = 1;
+  const int64_t* own_group = nullptr;  // [nq, vocab + 1], backend memory; null: none
+  const int64_t* own_pos = nullptr;    // [nq, own_stride], backend memory
+  int64_t own_stride = 0;
+  const void* own_cos = nullptr;  // [nq, bands, own_stride] of T, backend memory
+  const void* own_sin = nullptr;
 };
 
 struct AdamStep {

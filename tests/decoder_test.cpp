@@ -270,12 +270,15 @@ TEST(DecoderSamples, SamplesWithEqualTokensEqualSingleRuns) {
   cpu.deallocate(params);
 }
 
-// Several samples' own keys, grouped by token at refills once there are 8 V of them
-// (decoder_own_groups.cpp), and regrouped as they grow: still equal to single runs, whose
-// newest keys join the shared groups at other refills, also after the window has slid past
-// the prompt and the oldest own keys. A backend that declines the samples' batched call
-// (as the GPU does) is asked again only until it declines a step's; the own keys are then
-// read as rows, with the same results.
+// Several samples' own keys, grouped by token at refills (decoder_own_groups.cpp) and
+// regrouped as they grow: still equal to single runs, whose newest keys join the shared
+// groups at other refills, also after the window has slid past the prompt and the oldest
+// own keys. Three backends:
+//   - the CPU's: a step attends the own groups in its call over the shared ones;
+//   - one that declines that (as the GPU does): asked once, then the own keys are grouped
+//     from 8 V of them on and attended in a call of their own (batch > 1);
+//   - one that declines that call too: asked again only until it declines a step's; the own
+//     keys are then read as rows.
 template <typename T>
 void check_own_groups(double tol) {
   ModelConfig c = config();
@@ -283,30 +286,39 @@ void check_own_groups(double tol) {
   cpu::CpuOps<T> cpu;
   T* params = upload_params(cpu, params_for<T>(c, 23));
   const int64_t K = 3, V = c.vocab_size;
-  for (bool decline : {false, true}) {
+  enum Backend { kMerges, kDeclinesMerged, kDeclinesBoth };
+  for (Backend backend : {kMerges, kDeclinesMerged, kDeclinesBoth}) {
     testing_util::TokenAttentionCalls<T> ops(cpu);
-    if (decline) ops.max_batch = 1;
+    ops.decline_own = backend != kMerges;
+    if (backend == kDeclinesBoth) ops.max_batch = 1;
     Decoder<T> batch(c, ops, params, true, TokenTables::kOn, K);
     const auto single = start_with_single_runs<T>(batch, c, cpu, params, true, TokenTables::kOn);
-    int64_t batched_before_slide = 0;
+    int64_t grouped_before_slide = 0;
+    auto grouped_calls = [&] { return backend == kMerges ? ops.with_own : ops.batched; };
     for (int step = 0; step < 300; ++step) {  // 310 tokens: past N + M, and the own groups' start
       std::vector<int32_t> next;
       for (int64_t k = 0; k < K; ++k) next.push_back(int32_t((step * 7 + k * 5 + step / 9 + 3) % 19));
       for (int64_t k = 0; k < K; ++k) single[size_t(k)]->append(next[size_t(k)]);
       batch.append(next);
-      if (batch.length() <= c.context_length) batched_before_slide = ops.batched;
+      if (batch.length() <= c.context_length) grouped_before_slide = grouped_calls();
       for (int64_t k = 0; k < K; ++k) {
         const std::vector<T> row(batch.logits().begin() + k * V, batch.logits().begin() + (k + 1) * V);
         ASSERT_LE(max_rel(row, single[size_t(k)]->logits()), tol)
-            << "step " << step << " sample " << k << (decline ? ", batched calls declined" : "");
+            << "step " << step << " sample " << k << ", backend " << int(backend);
       }
     }
-    if (!decline) {
-      EXPECT_GT(batched_before_slide, 10) << "the own keys were not grouped within the context";
-      EXPECT_GT(ops.batched, batched_before_slide + 100) << "nor after the window slid";
+    if (backend == kMerges) {  // grouped from the first refill: in most of the 182 steps before
+      EXPECT_GT(grouped_before_slide, 100) << "the own keys were not grouped within the context";
+      EXPECT_GT(grouped_calls(), grouped_before_slide + 50) << "nor after the window slid";
+    } else if (backend == kDeclinesMerged) {  // grouped from 8 V own keys on
+      EXPECT_GT(grouped_before_slide, 10) << "the own keys were not grouped within the context";
+      EXPECT_GT(grouped_calls(), grouped_before_slide + 100) << "nor after the window slid";
     } else {
       EXPECT_GE(ops.batched, 1);
       EXPECT_LE(ops.batched, 2) << "asked again after a step's call was declined";
+    }
+    if (backend != kMerges) {
+      EXPECT_EQ(ops.with_own, 1) << "asked again after it declined";
     }
   }
   cpu.deallocate(params);

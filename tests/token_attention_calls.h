@@ -1,6 +1,6 @@
 // A backend that counts the calls of Ops::token_attention_forward the decoder makes, and
-// declines those with more than `max_queries` queries or `max_batch` examples (as a GPU
-// kernel declines shapes it is not sized for): the tests see which calls went through the
+// declines those with more than `max_queries` queries or `max_batch` examples, or with own
+// keys (as a GPU kernel declines shapes it is not sized for): the tests see which calls went through the
 // token tables, and that the decoder falls back for a declined call without giving the
 // tables up.
 #pragma once
@@ -23,7 +23,9 @@ class TokenAttentionCalls final : public ForwardingOps<T> {
                                const T* value_table, const T* cos, const T* sin, T* o,
                                T* lse) override {
     if (s.batch > 1) ++batched;
+    if (s.own_group) ++with_own;
     const bool through = s.nq <= max_queries_ && s.batch <= max_batch &&
+                         !(s.own_group && decline_own) &&
                        ForwardingOps<T>::token_attention_forward(s, q, key_table, value_table,
                                                                  cos, sin, o, lse);
     if (!through) {
@@ -37,8 +39,10 @@ class TokenAttentionCalls final : public ForwardingOps<T> {
   }
 
   int64_t max_batch = std::numeric_limits<int64_t>::max();  // declines batch > this
+  bool decline_own = false;  // declines calls with own keys (TokenAttentionShape::own_group)
   int64_t taken = 0, declined = 0, taken_after_decline = 0;
   int64_t batched = 0;  // calls with batch > 1 (several samples' own keys), taken or not
+  int64_t with_own = 0;  // calls with own keys besides the shared ones, taken or not
   int64_t queries = 0;  // of the calls taken
 
  private:

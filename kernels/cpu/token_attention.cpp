@@ -17,6 +17,12 @@
 // double in the items' order, so the result is the same at any thread count. The reference
 // is a bound of the token's scores where one is tight enough (bounded_references: then the
 // scan has no maximum to track), else a running maximum per vector lane.
+//
+// Queries' own keys (TokenAttentionShape::own_group: decoding's samples' generated keys)
+// go with the token's first item: after its shared keys, each query's own keys of the
+// token are scanned with the same coefficients and references, for that query's heads,
+// and their partials added to the item's. A sample's few keys of a token would otherwise
+// cost it the token's coefficients, and their combination, in a call of their own.
 #include <omp.h>
 
 #include <algorithm>
@@ -45,6 +51,8 @@ struct Partial {
 
 struct Item {
   int64_t token, begin, end;
+  int64_t stride;  // of the keys' cos and sin rows
+  bool first = false;  // the token's first item, which also attends the own keys of it
 };
 
 
@@ -121,16 +129,16 @@ struct Tile {
   }
 
   // Any element type and instruction set: one key and one query-head at a time.
-  void scan_portable(const Item& it, const T* coef, const T* cos, const T* sin,
+  void scan_portable(const Item& it, int64_t n, const T* coef, const T* cos, const T* sin,
                      Partial* out) const {
     const int64_t B = s.bands, R = 1 + 2 * B;
-    for (int64_t u = 0; u < count; ++u) {
+    for (int64_t u = 0; u < n; ++u) {
       const T* c = coef + u * R;
       T m = -std::numeric_limits<T>::infinity(), sum = 0;
       for (int64_t j = it.begin; j < it.end; ++j) {
         T score = c[0];
         for (int64_t b = 0; b < B; ++b)
-          score += c[1 + b] * cos[b * s.stride + j] + c[1 + B + b] * sin[b * s.stride + j];
+          score += c[1 + b] * cos[b * it.stride + j] + c[1 + B + b] * sin[b * it.stride + j];
         if (score > m) {
           sum = sum * std::exp2(m - score) + T(1);
           m = score;
@@ -150,11 +158,12 @@ struct Tile {
     __m512 c[kB > 0 ? kB : 1], s[kB > 0 ? kB : 1];
   };
   template <int kB>
-  void load_rows(Rows<kB>& r, const float* cos, const float* sin, int64_t j) const {
+  void load_rows(Rows<kB>& r, const float* cos, const float* sin, int64_t stride,
+                 int64_t j) const {
     if constexpr (kB > 0)
       for (int b = 0; b < kB; ++b) {
-        r.c[b] = _mm512_loadu_ps(cos + b * s.stride + j);
-        r.s[b] = _mm512_loadu_ps(sin + b * s.stride + j);
+        r.c[b] = _mm512_loadu_ps(cos + b * stride + j);
+        r.s[b] = _mm512_loadu_ps(sin + b * stride + j);
       }
   }
   // The scores of keys [j, j + 16) for one query-head's coefficients c, in four chains
@@ -164,10 +173,10 @@ struct Tile {
   // 0.734 ms instead of 0.833 on 2 threads of a Zen 5.
   template <int kB>
   __m512 score16(const Rows<kB>& r, const float* c, const float* cos, const float* sin,
-                 int64_t j) const {
+                 int64_t stride, int64_t j) const {
     const int64_t B = kB > 0 ? kB : s.bands;
-    auto row_c = [&](int64_t b) { return kB > 0 ? r.c[b] : _mm512_loadu_ps(cos + b * s.stride + j); };
-    auto row_s = [&](int64_t b) { return kB > 0 ? r.s[b] : _mm512_loadu_ps(sin + b * s.stride + j); };
+    auto row_c = [&](int64_t b) { return kB > 0 ? r.c[b] : _mm512_loadu_ps(cos + b * stride + j); };
+    auto row_s = [&](int64_t b) { return kB > 0 ? r.s[b] : _mm512_loadu_ps(sin + b * stride + j); };
     if (B < 2) {
       __m512 a = _mm512_set1_ps(c[0]);
       for (int64_t b = 0; b < B; ++b) {
@@ -196,15 +205,16 @@ struct Tile {
   // f(u, scores, lanes) for each vector of the item's keys and each query-head u, lanes
   // masking the keys past the item's end.
   template <int kB, typename F>
-  void each_score(const Item& it, const float* coef, const float* cos, const float* sin,
-                  F&& f) const {
+  void each_score(const Item& it, int64_t n, const float* coef, const float* cos,
+                  const float* sin, F&& f) const {
     const int64_t R = 1 + 2 * (kB > 0 ? kB : s.bands);
     for (int64_t j = it.begin; j < it.end; j += 16) {
-      const int64_t n = std::min<int64_t>(16, it.end - j);
-      const __mmask16 lanes = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      const int64_t keys = std::min<int64_t>(16, it.end - j);
+      const __mmask16 lanes = keys == 16 ? __mmask16(0xFFFF) : __mmask16((1u << keys) - 1);
       Rows<kB> rows;
-      load_rows(rows, cos, sin, j);
-      for (int64_t u = 0; u < count; ++u) f(u, score16(rows, coef + u * R, cos, sin, j), lanes);
+      load_rows(rows, cos, sin, it.stride, j);
+      for (int64_t u = 0; u < n; ++u)
+        f(u, score16(rows, coef + u * R, cos, sin, it.stride, j), lanes);
     }
   }
 #endif
@@ -214,20 +224,20 @@ struct Tile {
   // maximum score) and sum, raised only when a score exceeds it. kB: the band
   // count known at compile time (the rotary rows of a block stay in registers), or 0.
   template <int kB>
-  void scan_avx512(const Item& it, const float* coef, const float* cos, const float* sin,
-                   float* state, Partial* out) const {
+  void scan_avx512(const Item& it, int64_t n, const float* coef, const float* cos,
+                   const float* sin, float* state, Partial* out) const {
     const __m512 kNone = _mm512_set1_ps(-1e30f);  // 2^(x - -1e30) is never taken
     // A raised maximum goes this far above the score that raised it (a factor 2^16): later
     // scores rarely exceed it, so the branch is rarely taken and rarely mispredicted, and
     // terms 2^(score - max) stay far from float's underflow.
     const __m512 kHeadroom = _mm512_set1_ps(16.0f);
     float* ms = state;
-    float* ss = state + count * 16;
-    for (int64_t u = 0; u < count; ++u) {
+    float* ss = state + n * 16;
+    for (int64_t u = 0; u < n; ++u) {
       _mm512_storeu_ps(ms + u * 16, kNone);
       _mm512_storeu_ps(ss + u * 16, _mm512_setzero_ps());
     }
-    each_score<kB>(it, coef, cos, sin, [&](int64_t u, __m512 score, __mmask16 lanes) {
+    each_score<kB>(it, n, coef, cos, sin, [&](int64_t u, __m512 score, __mmask16 lanes) {
       __m512 m = _mm512_loadu_ps(ms + u * 16);
       __m512 sum = _mm512_loadu_ps(ss + u * 16);
       const __mmask16 up = _mm512_mask_cmp_ps_mask(lanes, score, m, _CMP_GT_OQ);
@@ -240,7 +250,7 @@ struct Tile {
       sum = _mm512_mask_add_ps(sum, lanes, sum, exp2_16_short(_mm512_sub_ps(score, m)));
       _mm512_storeu_ps(ss + u * 16, sum);
     });
-    for (int64_t u = 0; u < count; ++u) {
+    for (int64_t u = 0; u < n; ++u) {
       const __m512 m = _mm512_loadu_ps(ms + u * 16);
       const float top = _mm512_reduce_max_ps(m);
       const __m512 w = exp2_16(_mm512_sub_ps(m, _mm512_set1_ps(top)));
@@ -255,15 +265,15 @@ struct Tile {
   // the sums of 2^(score - reference), no maximum to track, so no compare, no branch and
   // no rescaling: about 25 vector operations per query-head and 16 keys with 8 bands.
   template <int kB>
-  void scan_bounded_avx512(const Item& it, const float* coef, const float* cos,
+  void scan_bounded_avx512(const Item& it, int64_t n, const float* coef, const float* cos,
                            const float* sin, const double* refs, float* sums,
                            Partial* out) const {
-    for (int64_t u = 0; u < count; ++u) _mm512_storeu_ps(sums + u * 16, _mm512_setzero_ps());
-    each_score<kB>(it, coef, cos, sin, [&](int64_t u, __m512 score, __mmask16 lanes) {
+    for (int64_t u = 0; u < n; ++u) _mm512_storeu_ps(sums + u * 16, _mm512_setzero_ps());
+    each_score<kB>(it, n, coef, cos, sin, [&](int64_t u, __m512 score, __mmask16 lanes) {
       const __m512 sum = _mm512_loadu_ps(sums + u * 16);
       _mm512_storeu_ps(sums + u * 16, _mm512_mask_add_ps(sum, lanes, sum, exp2_16_floor(score)));
     });
-    for (int64_t u = 0; u < count; ++u)
+    for (int64_t u = 0; u < n; ++u)
       out[u] = Partial{refs[u], double(_mm512_reduce_add_ps(_mm512_loadu_ps(sums + u * 16)))};
   }
 #endif
@@ -295,10 +305,11 @@ struct Tile {
     const __m128 p = _mm_add_ps(q, _mm_shuffle_ps(q, q, _MM_SHUFFLE(1, 0, 3, 2)));
     return _mm_cvtss_f32(p) + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 1));
   }
-  Halves score16_avx2(const float* c, const float* cos, const float* sin, int64_t j) const {
+  Halves score16_avx2(const float* c, const float* cos, const float* sin, int64_t stride,
+                      int64_t j) const {
     const int64_t B = s.bands;
-    auto row_c = [&](int64_t b, int h) { return _mm256_loadu_ps(cos + b * s.stride + j + 8 * h); };
-    auto row_s = [&](int64_t b, int h) { return _mm256_loadu_ps(sin + b * s.stride + j + 8 * h); };
+    auto row_c = [&](int64_t b, int h) { return _mm256_loadu_ps(cos + b * stride + j + 8 * h); };
+    auto row_s = [&](int64_t b, int h) { return _mm256_loadu_ps(sin + b * stride + j + 8 * h); };
     auto bc = [&](int64_t i) { return _mm256_set1_ps(c[i]); };
     __m256 out[2];
     if (B < 2) {
@@ -339,20 +350,20 @@ struct Tile {
     return Halves{out[0], out[1]};
   }
   // scan_avx512's running references per lane, the same way.
-  void scan_avx2(const Item& it, const float* coef, const float* cos, const float* sin,
-                 float* state, Partial* out) const {
+  void scan_avx2(const Item& it, int64_t n, const float* coef, const float* cos,
+                 const float* sin, float* state, Partial* out) const {
     const int64_t R = 1 + 2 * s.bands;
     const __m256 kNone = _mm256_set1_ps(-1e30f), kHeadroom = _mm256_set1_ps(16.0f);
     float* ms = state;
-    float* ss = state + count * 16;
-    for (int64_t x = 0; x < 16 * count; x += 8) {
+    float* ss = state + n * 16;
+    for (int64_t x = 0; x < 16 * n; x += 8) {
       _mm256_storeu_ps(ms + x, kNone);
       _mm256_storeu_ps(ss + x, _mm256_setzero_ps());
     }
     for (int64_t j = it.begin; j < it.end; j += 16) {
       const Halves lanes = lanes_before(it.end - j);
-      for (int64_t u = 0; u < count; ++u) {
-        const Halves score = score16_avx2(coef + u * R, cos, sin, j);
+      for (int64_t u = 0; u < n; ++u) {
+        const Halves score = score16_avx2(coef + u * R, cos, sin, it.stride, j);
         for (int h = 0; h < 2; ++h) {
           const __m256 sc = h ? score.hi : score.lo, in = h ? lanes.hi : lanes.lo;
           float* mp = ms + u * 16 + 8 * h;
@@ -371,7 +382,7 @@ struct Tile {
         }
       }
     }
-    for (int64_t u = 0; u < count; ++u) {
+    for (int64_t u = 0; u < n; ++u) {
       const __m256 lo = _mm256_loadu_ps(ms + u * 16), hi = _mm256_loadu_ps(ms + u * 16 + 8);
       const __m256 m8 = _mm256_max_ps(lo, hi);
       const __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m8, 1), _mm256_castps256_ps128(m8));
@@ -384,14 +395,15 @@ struct Tile {
       out[u] = Partial{double(top), double(sum16(weighted))};
     }
   }
-  void scan_bounded_avx2(const Item& it, const float* coef, const float* cos, const float* sin,
-                         const double* refs, float* sums, Partial* out) const {
+  void scan_bounded_avx2(const Item& it, int64_t n, const float* coef, const float* cos,
+                         const float* sin, const double* refs, float* sums,
+                         Partial* out) const {
     const int64_t R = 1 + 2 * s.bands;
-    for (int64_t u = 0; u < 16 * count; u += 8) _mm256_storeu_ps(sums + u, _mm256_setzero_ps());
+    for (int64_t u = 0; u < 16 * n; u += 8) _mm256_storeu_ps(sums + u, _mm256_setzero_ps());
     for (int64_t j = it.begin; j < it.end; j += 16) {
       const Halves lanes = lanes_before(it.end - j);
-      for (int64_t u = 0; u < count; ++u) {
-        const Halves score = score16_avx2(coef + u * R, cos, sin, j);
+      for (int64_t u = 0; u < n; ++u) {
+        const Halves score = score16_avx2(coef + u * R, cos, sin, it.stride, j);
         float* sum = sums + u * 16;
         _mm256_storeu_ps(sum, _mm256_add_ps(_mm256_loadu_ps(sum),
                                             _mm256_and_ps(exp2_8_floor(score.lo), lanes.lo)));
@@ -399,7 +411,7 @@ struct Tile {
                                                 _mm256_and_ps(exp2_8_floor(score.hi), lanes.hi)));
       }
     }
-    for (int64_t u = 0; u < count; ++u) {
+    for (int64_t u = 0; u < n; ++u) {
       const Halves sum{_mm256_loadu_ps(sums + u * 16), _mm256_loadu_ps(sums + u * 16 + 8)};
       out[u] = Partial{refs[u], double(sum16(sum))};
     }
@@ -487,33 +499,100 @@ struct Tile {
     return true;
   }
 
-  // bounds: [2 * count] doubles, the amplitudes (from coefficients) and then the
-  // references (bounded_references).
-  void scan(const Item& it, const T* cos, const T* sin, T* coef, double* bounds, T* state,
-            Partial* out) const {
+  // Whether the scans of a token's keys take bounded references (the vector scans of
+  // float, where every amplitude allows it). If so, bounded_references has shifted each
+  // c[0] of coef and written the references after the amplitudes. bounds: [2 * count]
+  // doubles, the amplitudes (from coefficients) and then the references.
+  bool bounded(T* coef, double* bounds) const {
+#if defined(__AVX512DQ__) || (defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__))
+    if constexpr (sizeof(T) == 4)
+      return s.bands > 0 && bounded_references(coef, bounds, bounds + count);
+#endif
+    (void)coef;
+    (void)bounds;
+    return false;
+  }
+
+  // The partials of n query-heads (coef's n rows; refs: their references where bounded,
+  // else null) over the keys [it.begin, it.end) of the rows cos and sin. state: [2 * 16 * n].
+  void scan(const Item& it, int64_t n, const T* cos, const T* sin, const T* coef,
+            const double* refs, T* state, Partial* out) const {
 #if defined(__AVX512F__)
     if constexpr (sizeof(T) == 4) {
 #if defined(__AVX512DQ__)
-      if (s.bands > 0 && bounded_references(coef, bounds, bounds + count)) {
-        if (s.bands == 8) return scan_bounded_avx512<8>(it, coef, cos, sin, bounds + count, state, out);
-        if (s.bands == 4) return scan_bounded_avx512<4>(it, coef, cos, sin, bounds + count, state, out);
-        return scan_bounded_avx512<0>(it, coef, cos, sin, bounds + count, state, out);
+      if (refs) {
+        if (s.bands == 8) return scan_bounded_avx512<8>(it, n, coef, cos, sin, refs, state, out);
+        if (s.bands == 4) return scan_bounded_avx512<4>(it, n, coef, cos, sin, refs, state, out);
+        return scan_bounded_avx512<0>(it, n, coef, cos, sin, refs, state, out);
       }
 #endif
-      if (s.bands == 8) return scan_avx512<8>(it, coef, cos, sin, state, out);
-      if (s.bands == 4) return scan_avx512<4>(it, coef, cos, sin, state, out);
-      return scan_avx512<0>(it, coef, cos, sin, state, out);
+      if (s.bands == 8) return scan_avx512<8>(it, n, coef, cos, sin, state, out);
+      if (s.bands == 4) return scan_avx512<4>(it, n, coef, cos, sin, state, out);
+      return scan_avx512<0>(it, n, coef, cos, sin, state, out);
     }
 #elif defined(__AVX2__) && defined(__FMA__)
     if constexpr (sizeof(T) == 4) {
-      if (s.bands > 0 && bounded_references(coef, bounds, bounds + count))
-        return scan_bounded_avx2(it, coef, cos, sin, bounds + count, state, out);
-      return scan_avx2(it, coef, cos, sin, state, out);
+      if (refs) return scan_bounded_avx2(it, n, coef, cos, sin, refs, state, out);
+      return scan_avx2(it, n, coef, cos, sin, state, out);
     }
 #endif
     (void)state;
-    (void)bounds;
-    scan_portable(it, coef, cos, sin, out);
+    (void)refs;
+    scan_portable(it, n, coef, cos, sin, out);
+  }
+
+  // Adds to out (the tile's partials of token t) each query's own keys of t
+  // (TokenAttentionShape::own_group) at positions >= first, with the coefficients and
+  // references of the scan of the shared keys: so the own keys cost their scan alone.
+  // own: the query-heads of one query, their coefficient rows, references and partials.
+  struct OwnScratch {
+    std::vector<int64_t> u;
+    std::vector<T> coef;
+    std::vector<double> refs;
+    std::vector<Partial> parts;
+  };
+  void add_own_keys(int64_t t, int64_t first, const T* coef, const double* refs, T* state,
+                    OwnScratch& own, Partial* out) const {
+    const int64_t V = s.vocab, R = 1 + 2 * s.bands;
+    const T* own_cos = static_cast<const T*>(s.own_cos);
+    const T* own_sin = static_cast<const T*>(s.own_sin);
+    for (int64_t i = 0; i < s.nq; ++i) {
+      const int64_t* group = s.own_group + i * (V + 1);
+      const int64_t* pos = s.own_pos + i * s.own_stride;
+      const int64_t* lo = std::lower_bound(pos + group[t], pos + group[t + 1], first);
+      if (lo == pos + group[t + 1]) continue;
+      own.u.clear();
+      for (int64_t h = 0; h < s.heads; ++h) {
+        const int64_t u = h * s.nq + i - qh0;
+        if (u >= 0 && u < count) own.u.push_back(u);
+      }
+      const int64_t n = int64_t(own.u.size());
+      if (n == 0) continue;
+      own.coef.resize(size_t(n * R));
+      own.refs.resize(size_t(n));
+      own.parts.resize(size_t(n));
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t u = own.u[size_t(k)];
+        std::copy(coef + u * R, coef + (u + 1) * R, own.coef.begin() + k * R);
+        if (refs) own.refs[size_t(k)] = refs[u];
+      }
+      const int64_t rows = s.bands * s.own_stride;
+      scan(Item{t, lo - pos, group[t + 1], s.own_stride}, n, own_cos + i * rows, own_sin + i * rows,
+           own.coef.data(), refs ? own.refs.data() : nullptr, state, own.parts.data());
+      for (int64_t k = 0; k < n; ++k) add_partial(out[own.u[size_t(k)]], own.parts[size_t(k)]);
+    }
+  }
+
+  // a becomes the partial of a's keys and b's together.
+  static void add_partial(Partial& a, const Partial& b) {
+    if (!(b.sum > 0)) return;
+    if (!(a.sum > 0)) {
+      a = b;
+      return;
+    }
+    const double ref = std::max(a.ref, b.ref);  // equal where both are bounded references
+    a.sum = a.sum * std::exp2(a.ref - ref) + b.sum * std::exp2(b.ref - ref);
+    a.ref = ref;
   }
 };
 
@@ -554,16 +633,31 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
                                         const T* cos, const T* sin, T* o, T* lse) {
   const int64_t H = s.heads, D = s.head_dim, V = s.vocab, width = H * D, R = 1 + 2 * s.bands;
   const int64_t QH = s.nq * H, rows = s.bands * s.stride;  // rows: an example's cos (or sin)
-  // Each example's tokens' visible keys, in items.
+  if (s.own_group && s.batch != 1) return false;
+  // Each example's tokens' visible keys, in items. A token that only the own keys have
+  // gets an empty item, which attends them.
   std::vector<std::vector<Item>> items(static_cast<size_t>(s.batch));
   const int64_t first = s.first_position_at ? *s.first_position_at : s.first_position;
+  auto has_own_keys = [&](int64_t t) {
+    for (int64_t i = 0; s.own_group && i < s.nq; ++i) {
+      const int64_t* group = s.own_group + i * (V + 1);
+      const int64_t* pos = s.own_pos + i * s.own_stride;
+      if (pos + group[t + 1] != std::lower_bound(pos + group[t], pos + group[t + 1], first))
+        return true;
+    }
+    return false;
+  };
   for (int64_t b = 0; b < s.batch; ++b) {
     const int64_t* group = s.group + b * (V + 1);
     const int64_t* pos = s.pos + b * s.stride;
     for (int64_t t = 0; t < V; ++t) {
       const int64_t* lo = std::lower_bound(pos + group[t], pos + group[t + 1], first);
+      const size_t before = items[size_t(b)].size();
       for (int64_t k = lo - pos; k < group[t + 1]; k += kItemKeys)
-        items[size_t(b)].push_back(Item{t, k, std::min(k + kItemKeys, group[t + 1])});
+        items[size_t(b)].push_back(Item{t, k, std::min(k + kItemKeys, group[t + 1]), s.stride});
+      if (items[size_t(b)].size() == before && has_own_keys(t))
+        items[size_t(b)].push_back(Item{t, group[t + 1], group[t + 1], s.stride});
+      if (items[size_t(b)].size() > before) items[size_t(b)][before].first = true;
     }
   }
   const int threads = omp_get_max_threads();
@@ -599,14 +693,20 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
     {
       std::vector<T> coef(size_t(widest * R)), state(size_t(2 * 16 * widest));
       std::vector<double> bounds(size_t(2 * widest)), scratch(size_t(3 * D));
+      typename Tile<T>::OwnScratch own;
 #pragma omp for schedule(dynamic, 1)
       for (int64_t x = 0; x < U; ++x) {
         const Tile<T>& tile = tiles[size_t(units[size_t(x)].tile)];
         const int64_t b = pass[size_t(units[size_t(x)].tile)].example;
         const Item& it = items[size_t(b)][size_t(units[size_t(x)].item)];
+        Partial* out = parts + part_at[size_t(x)];
         tile.coefficients(it.token, coef.data(), bounds.data(), scratch.data());
-        tile.scan(it, cos + b * rows, sin + b * rows, coef.data(), bounds.data(), state.data(),
-                  parts + part_at[size_t(x)]);
+        const double* refs =
+            tile.bounded(coef.data(), bounds.data()) ? bounds.data() + tile.count : nullptr;
+        tile.scan(it, tile.count, cos + b * rows, sin + b * rows, coef.data(), refs,
+                  state.data(), out);
+        if (s.own_group && it.first)
+          tile.add_own_keys(it.token, first, coef.data(), refs, state.data(), own, out);
       }
     }
     // Per query-head: the tokens' weights against the overall maximum, summed over their

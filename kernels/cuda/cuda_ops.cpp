@@ -462,10 +462,13 @@ void CudaOps::sample_tokens(int32_t* ids, const float* logits, int64_t rows, int
 }
 
 // Shapes the kernels are not sized for (many query-heads: a refill's latents) are declined;
-// decoding then attends over the materialized cross cache for that call.
+// decoding then attends over the materialized cross cache for that call. So are the
+// queries' own keys in the same call (TokenAttentionShape::own_group): decoding then
+// attends them in a call of their own.
 bool CudaOps::token_attention_forward(const TokenAttentionShape& s, const float* q,
                                       const float* key_table, const float* value_table,
                                       const float* cos, const float* sin, float* o, float* lse) {
+  if (s.own_group) return false;
   const kern::TokenAttentionPlan plan = kern::token_attention_plan(s);
   if (!plan.covered) return false;
   if (plan.bytes == 0) return true;  // no query or no head: nothing to write
