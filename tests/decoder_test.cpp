@@ -274,7 +274,8 @@ TEST(DecoderSamples, SamplesWithEqualTokensEqualSingleRuns) {
 // regrouped as they grow: still equal to single runs, whose newest keys join the shared
 // groups at other refills, also after the window has slid past the prompt and the oldest
 // own keys. Three backends:
-//   - the CPU's: a step attends the own groups in its call over the shared ones;
+//   - the CPU's: a step attends the own groups in its call over the shared ones, except
+//     where the samples ask one question (every fourth step), which reads them apart;
 //   - one that declines that (as the GPU does): asked once, then the own keys are grouped
 //     from 8 V of them on and attended in a call of their own (batch > 1);
 //   - one that declines that call too: asked again only until it declines a step's; the own
@@ -297,7 +298,10 @@ void check_own_groups(double tol) {
     auto grouped_calls = [&] { return backend == kMerges ? ops.with_own : ops.batched; };
     for (int step = 0; step < 300; ++step) {  // 310 tokens: past N + M, and the own groups' start
       std::vector<int32_t> next;
-      for (int64_t k = 0; k < K; ++k) next.push_back(int32_t((step * 7 + k * 5 + step / 9 + 3) % 19));
+      // Every fourth step all samples take the same token: one question for the grouped
+      // keys, and the own groups (in the steps between, in the same call) apart.
+      for (int64_t k = 0; k < K; ++k)
+        next.push_back(int32_t((step * 7 + (step % 4 == 3 ? 0 : k * 5) + step / 9 + 3) % 19));
       for (int64_t k = 0; k < K; ++k) single[size_t(k)]->append(next[size_t(k)]);
       batch.append(next);
       if (batch.length() <= c.context_length) grouped_before_slide = grouped_calls();
@@ -308,6 +312,7 @@ void check_own_groups(double tol) {
       }
     }
     if (backend == kMerges) {  // grouped from the first refill: in most of the 182 steps before
+      EXPECT_LE(ops.with_own, 300 - 75) << "own keys in a call of the samples' one question";
       EXPECT_GT(grouped_before_slide, 100) << "the own keys were not grouped within the context";
       EXPECT_GT(grouped_calls(), grouped_before_slide + 50) << "nor after the window slid";
     } else if (backend == kDeclinesMerged) {  // grouped from 8 V own keys on
