@@ -193,8 +193,7 @@ class Decoder {
   bool own_regroup_due(int64_t end) const;
   void group_own(int64_t end);
   bool attend_own_groups(int64_t batch, int64_t nq, T* o, T* lse);
-  // Whether steps attend through the own groups (and read own_keep_tail_, which is kept up
-  // to date only then: one more upload per sample and step).
+  // Whether the own groups hold keys that calls may attend through them.
   bool own_groups_in_use() const { return own_groups_end_ > 0 && !own_groups_declined_; }
   // Whether the own groups are attended in the step's call over the shared ones
   // (TokenAttentionShape::own_group) where they can be: until the backend declines it.
@@ -202,6 +201,12 @@ class Decoder {
   // Whether a call of the own groups' own (attend_own_groups) costs less than reading
   // their keys as rows: from 8 V grouped keys on (own_regroup_due).
   bool own_groups_pay_alone() const { return own_groups_end_ - own_first_ >= 8 * cfg_.vocab_size; }
+  // Whether a call may attend through the own groups, and so read own_keep_tail_, which is
+  // kept up to date only then (one more upload per sample and step). Neither condition
+  // turns true again before a regroup (group_own), which uploads every keep.
+  bool own_tail_kept() const {
+    return own_groups_in_use() && (own_groups_merge() || own_groups_pay_alone());
+  }
   void release_own();
   void incremental(int64_t position);
   void cross_attend_newest();

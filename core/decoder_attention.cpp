@@ -197,7 +197,12 @@ bool Decoder<T>::grouped_attention_of_distinct_tokens(const TokenAttentionShape&
     own_attended = ops_.token_attention_forward(with_own, b.q, b.key_table, b.value_table,
                                                 b.group_cos, b.group_sin, b.att, b.lse);
     if (own_attended) return true;
-    own_merge_declined_ = true;
+    // Declined for the own keys (not asked again) where the same call without them is
+    // taken; else for its shape, as any step's may be.
+    const bool taken = ops_.token_attention_forward(s, b.q, b.key_table, b.value_table,
+                                                    b.group_cos, b.group_sin, b.att, b.lse);
+    own_merge_declined_ = taken;
+    return taken;
   }
   if (D == K)
     return ops_.token_attention_forward(s, b.q, b.key_table, b.value_table, b.group_cos,

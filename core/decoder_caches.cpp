@@ -44,8 +44,8 @@ void Decoder<T>::push_inputs(int64_t position) {
       if (cross_count_ > 0) {
         leave();
       } else {  // the oldest own entry leaves
-        const uint8_t drop = 0;  // from own_keep_ (and own_keep_tail_, where in use)
-        for (int64_t s = 0; s < (own_groups_in_use() ? 2 : 1) * K; ++s)
+        const uint8_t drop = 0;  // from own_keep_ (and own_keep_tail_, where kept)
+        for (int64_t s = 0; s < (own_tail_kept() ? 2 : 1) * K; ++s)
           ops_.upload(own_keep_ + s * own_cap_ + own_head_, &drop, 1);
         ++own_head_;
         --own_count_;
@@ -66,8 +66,8 @@ void Decoder<T>::push_inputs(int64_t position) {
     ++cross_count_;
   } else {
     ops_.upload(own_pos_ + row, &position, sizeof(int64_t));
-    // Into own_keep_, and own_keep_tail_ where in use: the newest entry is after the groups.
-    for (int64_t s = 0; s < (own_groups_in_use() ? 2 : 1) * K; ++s)
+    // Into own_keep_, and own_keep_tail_ where kept: the newest entry is after the groups.
+    for (int64_t s = 0; s < (own_tail_kept() ? 2 : 1) * K; ++s)
       ops_.upload(own_keep_ + s * own_cap_ + row, &keep[size_t(s % K)], 1);
     ++own_count_;
   }

@@ -7,10 +7,12 @@
 // refill also groups each sample's own keys, as one sample's refills group its newest
 // keys: one block of groups per sample. A step whose samples ask distinct questions attends
 // them in its call over the shared groups (TokenAttentionShape::own_group), which scans a
-// token's own keys with the coefficients it found for the shared ones; elsewhere (a refill,
-// equal questions, a backend that declines that) they are attended in one call of their
-// own (TokenAttentionShape::batch) and merged with the other parts by their log-sum-exps.
-// Only the own keys after the groups are still read as rows (own_keep_tail_).
+// token's own keys with the coefficients it found for the shared ones; only the own keys
+// after the groups are then read as rows (own_keep_tail_). Elsewhere (a refill, equal
+// questions, a backend that declines that) they are attended in one call of their own
+// (TokenAttentionShape::batch), merged with the other parts by their log-sum-exps, where
+// that pays (own_groups_pay_alone), with the keys after them as rows; else every own key
+// is read as a row (own_keep_).
 #include <algorithm>
 #include <cmath>
 #include <vector>

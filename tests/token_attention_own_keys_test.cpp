@@ -24,16 +24,19 @@ struct Case {
   int64_t heads = 8, head_dim = 32, nq = 3;
   double q_scale = 1.0;       // of the queries' random values (40: unbounded scores)
   int64_t first_visible = 0;  // the window's start, relative to the first shared key
+  int64_t own_keys = 700;     // each query's
 };
 
 // The keys: n shared ones from `first` on, then m own ones per query. Token 9 only the own
-// keys have (an item of no shared key); query 1's own keys are all PAD.
+// keys have (an item of no shared key), about a quarter of them (with m = 12,000, more than
+// the 2,048 keys of a work item); query 1's own keys are all PAD.
 template <typename T>
 struct Keys {
-  static constexpr int64_t V = 11, n = 3000, m = 700, first = 130000;
+  static constexpr int64_t V = 11, n = 3000, first = 130000;
+  int64_t m;
   std::vector<int32_t> shared;
   std::vector<std::vector<int32_t>> own;  // [nq][m]
-  explicit Keys(int64_t nq) {
+  Keys(int64_t nq, int64_t own_keys) : m(own_keys) {
     std::mt19937_64 rng(5);
     for (int64_t j = 0; j < n; ++j) shared.push_back(int32_t(rng() % 9));
     for (int64_t i = 0; i < nq; ++i) {
@@ -50,7 +53,8 @@ std::pair<std::vector<T>, std::vector<T>> attend_with_own_keys(const Case& c, co
                                                                const std::vector<T>& q,
                                                                const std::vector<T>& key_table,
                                                                const std::vector<T>& value_table) {
-  constexpr int64_t V = Keys<T>::V, n = Keys<T>::n, m = Keys<T>::m, first = Keys<T>::first;
+  constexpr int64_t V = Keys<T>::V, n = Keys<T>::n, first = Keys<T>::first;
+  const int64_t m = keys.m;
   const RotarySpec spec = make_rotary_spec(c.head_dim, 0.5, 4096);
   const TokenGroups<T> g = group_tokens<T>(keys.shared.data(), n, first, V, spec);
   // Every query's own groups in one block each, `stride` apart.
@@ -84,9 +88,9 @@ std::pair<std::vector<T>, std::vector<T>> attend_with_own_keys(const Case& c, co
 
 template <typename T>
 void check(const Case& c, double tol) {
-  constexpr int64_t V = Keys<T>::V, n = Keys<T>::n, m = Keys<T>::m, first = Keys<T>::first;
-  const int64_t width = c.heads * c.head_dim;
-  const Keys<T> keys(c.nq);
+  constexpr int64_t V = Keys<T>::V, n = Keys<T>::n, first = Keys<T>::first;
+  const int64_t width = c.heads * c.head_dim, m = c.own_keys;
+  const Keys<T> keys(c.nq, m);
   const auto key_table = random_vector<T>(V * width, 1, 1.0);
   const auto value_table = random_vector<T>(V * width, 2, 1.0);
   const auto q = random_vector<T>(c.nq * width, 3, c.q_scale);
@@ -146,13 +150,20 @@ TEST(TokenAttentionOwnKeys, MatchMaterializedKeysFloat) {
   check<float>(Case{4, 12, 2}, 2e-5);  // 3 bands, the general scans
 }
 
+// A token with more own keys of a query than a work item holds: the first 2,048 go with the
+// token's first item, the rest in items of that query's own keys alone.
+TEST(TokenAttentionOwnKeys, ManyOwnKeysOfOneToken) {
+  for (double q_scale : {1.0, 40.0}) check<float>(Case{8, 32, 2, q_scale, 0, 12000}, 2e-5);
+  check<double>(Case{4, 16, 2, 1.0, 0, 12000}, 1e-12);
+}
+
 // A tile holds at most 128 query-heads: 40 queries of 8 heads take three, each query's
 // heads spread over them (query-head h * nq + i), so the own keys of a query are scanned
 // with the part of its heads each tile holds. Same bits at any thread count.
 TEST(TokenAttentionOwnKeys, QueriesAcrossTilesAndThreads) {
   const Case c{8, 32, 40};
   check<float>(c, 2e-5);
-  const Keys<float> keys(c.nq);
+  const Keys<float> keys(c.nq, c.own_keys);
   const int64_t width = c.heads * c.head_dim;
   const auto key_table = random_vector<float>(Keys<float>::V * width, 1, 1.0);
   const auto value_table = random_vector<float>(Keys<float>::V * width, 2, 1.0);

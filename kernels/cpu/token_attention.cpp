@@ -20,12 +20,14 @@
 //
 // Queries' own keys (TokenAttentionShape::own_group: decoding's samples' generated keys)
 // go with the token's first item: after its shared keys, each query's own keys of the
-// token are scanned with the same coefficients and references, for that query's heads,
-// and their partials added to the item's. A sample's few keys of a token would otherwise
-// cost it the token's coefficients, and their combination, in a call of their own.
+// token (up to kItemKeys; items of their own take the rest) are scanned with the same
+// coefficients and references, for that query's heads, and their partials added to the
+// item's. A sample's few keys of a token would otherwise cost it the token's coefficients,
+// and their combination, in a call of their own.
 #include <omp.h>
 
 #include <algorithm>
+#include <utility>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -52,7 +54,11 @@ struct Partial {
 struct Item {
   int64_t token, begin, end;
   int64_t stride;  // of the keys' cos and sin rows
-  bool first = false;  // the token's first item, which also attends the own keys of it
+  // Own keys (TokenAttentionShape::own_group): the token's first item also scans each
+  // query's first kItemKeys own keys of the token, own[i] = [begin, end) of query i's; an
+  // item of query `own_query`'s own keys alone scans [begin, end) of them.
+  std::vector<std::pair<int64_t, int64_t>> own = {};
+  int64_t own_query = -1;
 };
 
 
@@ -541,46 +547,40 @@ struct Tile {
     scan_portable(it, n, coef, cos, sin, out);
   }
 
-  // Adds to out (the tile's partials of token t) each query's own keys of t
-  // (TokenAttentionShape::own_group) at positions >= first, with the coefficients and
-  // references of the scan of the shared keys: so the own keys cost their scan alone.
-  // own: the query-heads of one query, their coefficient rows, references and partials.
+  // Adds to out (the tile's partials of token t) the partials of query i's own keys
+  // [begin, end) of t (TokenAttentionShape::own_group), scanned for the query's heads with
+  // the coefficients and references of the token's scan (coef, refs): so the own keys cost
+  // their scan alone. own: the query-heads of query i, their coefficient rows, references
+  // and partials.
   struct OwnScratch {
     std::vector<int64_t> u;
     std::vector<T> coef;
     std::vector<double> refs;
     std::vector<Partial> parts;
   };
-  void add_own_keys(int64_t t, int64_t first, const T* coef, const double* refs, T* state,
-                    OwnScratch& own, Partial* out) const {
-    const int64_t V = s.vocab, R = 1 + 2 * s.bands;
-    const T* own_cos = static_cast<const T*>(s.own_cos);
-    const T* own_sin = static_cast<const T*>(s.own_sin);
-    for (int64_t i = 0; i < s.nq; ++i) {
-      const int64_t* group = s.own_group + i * (V + 1);
-      const int64_t* pos = s.own_pos + i * s.own_stride;
-      const int64_t* lo = std::lower_bound(pos + group[t], pos + group[t + 1], first);
-      if (lo == pos + group[t + 1]) continue;
-      own.u.clear();
-      for (int64_t h = 0; h < s.heads; ++h) {
-        const int64_t u = h * s.nq + i - qh0;
-        if (u >= 0 && u < count) own.u.push_back(u);
-      }
-      const int64_t n = int64_t(own.u.size());
-      if (n == 0) continue;
-      own.coef.resize(size_t(n * R));
-      own.refs.resize(size_t(n));
-      own.parts.resize(size_t(n));
-      for (int64_t k = 0; k < n; ++k) {
-        const int64_t u = own.u[size_t(k)];
-        std::copy(coef + u * R, coef + (u + 1) * R, own.coef.begin() + k * R);
-        if (refs) own.refs[size_t(k)] = refs[u];
-      }
-      const int64_t rows = s.bands * s.own_stride;
-      scan(Item{t, lo - pos, group[t + 1], s.own_stride}, n, own_cos + i * rows, own_sin + i * rows,
-           own.coef.data(), refs ? own.refs.data() : nullptr, state, own.parts.data());
-      for (int64_t k = 0; k < n; ++k) add_partial(out[own.u[size_t(k)]], own.parts[size_t(k)]);
+  void add_own_keys(int64_t t, int64_t i, int64_t begin, int64_t end, const T* coef,
+                    const double* refs, T* state, OwnScratch& own, Partial* out) const {
+    const int64_t R = 1 + 2 * s.bands;
+    own.u.clear();
+    for (int64_t h = 0; h < s.heads; ++h) {
+      const int64_t u = h * s.nq + i - qh0;
+      if (u >= 0 && u < count) own.u.push_back(u);
     }
+    const int64_t n = int64_t(own.u.size());
+    if (n == 0 || begin == end) return;
+    own.coef.resize(size_t(n * R));
+    own.refs.resize(size_t(n));
+    own.parts.resize(size_t(n));
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t u = own.u[size_t(k)];
+      std::copy(coef + u * R, coef + (u + 1) * R, own.coef.begin() + k * R);
+      if (refs) own.refs[size_t(k)] = refs[u];
+    }
+    const int64_t rows = s.bands * s.own_stride;
+    scan(Item{t, begin, end, s.own_stride}, n, static_cast<const T*>(s.own_cos) + i * rows,
+         static_cast<const T*>(s.own_sin) + i * rows, own.coef.data(),
+         refs ? own.refs.data() : nullptr, state, own.parts.data());
+    for (int64_t k = 0; k < n; ++k) add_partial(out[own.u[size_t(k)]], own.parts[size_t(k)]);
   }
 
   // a becomes the partial of a's keys and b's together.
@@ -634,30 +634,41 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
   const int64_t H = s.heads, D = s.head_dim, V = s.vocab, width = H * D, R = 1 + 2 * s.bands;
   const int64_t QH = s.nq * H, rows = s.bands * s.stride;  // rows: an example's cos (or sin)
   if (s.own_group && s.batch != 1) return false;
-  // Each example's tokens' visible keys, in items. A token that only the own keys have
-  // gets an empty item, which attends them.
+  // Each example's tokens' visible keys, in items: the shared ones, then each query's own
+  // ones (a token's first item takes the first kItemKeys of each, and items of their own
+  // the rest), all of a token's items consecutive. A token that only the own keys have
+  // gets an empty first item.
   std::vector<std::vector<Item>> items(static_cast<size_t>(s.batch));
   const int64_t first = s.first_position_at ? *s.first_position_at : s.first_position;
-  auto has_own_keys = [&](int64_t t) {
-    for (int64_t i = 0; s.own_group && i < s.nq; ++i) {
-      const int64_t* group = s.own_group + i * (V + 1);
-      const int64_t* pos = s.own_pos + i * s.own_stride;
-      if (pos + group[t + 1] != std::lower_bound(pos + group[t], pos + group[t + 1], first))
-        return true;
-    }
-    return false;
-  };
   for (int64_t b = 0; b < s.batch; ++b) {
     const int64_t* group = s.group + b * (V + 1);
     const int64_t* pos = s.pos + b * s.stride;
+    std::vector<Item>& its = items[size_t(b)];
     for (int64_t t = 0; t < V; ++t) {
       const int64_t* lo = std::lower_bound(pos + group[t], pos + group[t + 1], first);
-      const size_t before = items[size_t(b)].size();
+      const size_t before = its.size();
       for (int64_t k = lo - pos; k < group[t + 1]; k += kItemKeys)
-        items[size_t(b)].push_back(Item{t, k, std::min(k + kItemKeys, group[t + 1]), s.stride});
-      if (items[size_t(b)].size() == before && has_own_keys(t))
-        items[size_t(b)].push_back(Item{t, group[t + 1], group[t + 1], s.stride});
-      if (items[size_t(b)].size() > before) items[size_t(b)][before].first = true;
+        its.push_back(Item{t, k, std::min(k + kItemKeys, group[t + 1]), s.stride});
+      if (!s.own_group) continue;
+      std::vector<std::pair<int64_t, int64_t>> own(static_cast<size_t>(s.nq));
+      std::vector<Item> rest;
+      for (int64_t i = 0; i < s.nq; ++i) {
+        const int64_t* og = s.own_group + i * (V + 1);
+        const int64_t* op = s.own_pos + i * s.own_stride;
+        const int64_t begin = std::lower_bound(op + og[t], op + og[t + 1], first) - op;
+        const int64_t split = std::min(begin + kItemKeys, og[t + 1]);
+        own[size_t(i)] = {begin, split};
+        for (int64_t k = split; k < og[t + 1]; k += kItemKeys) {
+          rest.push_back(Item{t, k, std::min(k + kItemKeys, og[t + 1]), s.own_stride});
+          rest.back().own_query = i;
+        }
+      }
+      const bool any_own = std::any_of(own.begin(), own.end(),
+                                       [](const auto& r) { return r.first < r.second; });
+      if (!any_own) continue;
+      if (its.size() == before) its.push_back(Item{t, group[t + 1], group[t + 1], s.stride});
+      its[before].own = std::move(own);
+      its.insert(its.end(), rest.begin(), rest.end());
     }
   }
   const int threads = omp_get_max_threads();
@@ -703,10 +714,17 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
         tile.coefficients(it.token, coef.data(), bounds.data(), scratch.data());
         const double* refs =
             tile.bounded(coef.data(), bounds.data()) ? bounds.data() + tile.count : nullptr;
+        if (it.own_query >= 0) {  // one query's own keys alone
+          std::fill(out, out + tile.count, Partial{0, 0});
+          tile.add_own_keys(it.token, it.own_query, it.begin, it.end, coef.data(), refs,
+                            state.data(), own, out);
+          continue;
+        }
         tile.scan(it, tile.count, cos + b * rows, sin + b * rows, coef.data(), refs,
                   state.data(), out);
-        if (s.own_group && it.first)
-          tile.add_own_keys(it.token, first, coef.data(), refs, state.data(), own, out);
+        for (size_t i = 0; i < it.own.size(); ++i)
+          tile.add_own_keys(it.token, int64_t(i), it.own[i].first, it.own[i].second,
+                            coef.data(), refs, state.data(), own, out);
       }
     }
     // Per query-head: the tokens' weights against the overall maximum, summed over their
