@@ -55,9 +55,10 @@ struct Item {
   int64_t token, begin, end;
   int64_t stride;  // of the keys' cos and sin rows
   // Own keys (TokenAttentionShape::own_group): the token's first item also scans each
-  // query's first kItemKeys own keys of the token, own[i] = [begin, end) of query i's; an
-  // item of query `own_query`'s own keys alone scans [begin, end) of them.
-  std::vector<std::pair<int64_t, int64_t>> own = {};
+  // query's first kItemKeys own keys of the token, query i's [begin, end) at own_ranges[
+  // own_at + i] (-1: none); an item of query `own_query`'s own keys alone scans [begin,
+  // end) of them.
+  int64_t own_at = -1;
   int64_t own_query = -1;
 };
 
@@ -639,6 +640,7 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
   // the rest), all of a token's items consecutive. A token that only the own keys have
   // gets an empty first item.
   std::vector<std::vector<Item>> items(static_cast<size_t>(s.batch));
+  std::vector<std::pair<int64_t, int64_t>> own_ranges;  // batch 1: Item::own_at
   const int64_t first = s.first_position_at ? *s.first_position_at : s.first_position;
   for (int64_t b = 0; b < s.batch; ++b) {
     const int64_t* group = s.group + b * (V + 1);
@@ -650,25 +652,28 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
       for (int64_t k = lo - pos; k < group[t + 1]; k += kItemKeys)
         its.push_back(Item{t, k, std::min(k + kItemKeys, group[t + 1]), s.stride});
       if (!s.own_group) continue;
-      std::vector<std::pair<int64_t, int64_t>> own(static_cast<size_t>(s.nq));
-      std::vector<Item> rest;
+      const int64_t own_at = int64_t(own_ranges.size());
+      bool any_own = false;
       for (int64_t i = 0; i < s.nq; ++i) {
         const int64_t* og = s.own_group + i * (V + 1);
         const int64_t* op = s.own_pos + i * s.own_stride;
         const int64_t begin = std::lower_bound(op + og[t], op + og[t + 1], first) - op;
-        const int64_t split = std::min(begin + kItemKeys, og[t + 1]);
-        own[size_t(i)] = {begin, split};
-        for (int64_t k = split; k < og[t + 1]; k += kItemKeys) {
-          rest.push_back(Item{t, k, std::min(k + kItemKeys, og[t + 1]), s.own_stride});
-          rest.back().own_query = i;
+        own_ranges.emplace_back(begin, std::min(begin + kItemKeys, og[t + 1]));
+        any_own = any_own || begin < og[t + 1];
+      }
+      if (!any_own) {
+        own_ranges.resize(size_t(own_at));
+        continue;
+      }
+      if (its.size() == before) its.push_back(Item{t, group[t + 1], group[t + 1], s.stride});
+      its[before].own_at = own_at;
+      for (int64_t i = 0; i < s.nq; ++i) {
+        const int64_t end = s.own_group[i * (V + 1) + t + 1];
+        for (int64_t k = own_ranges[size_t(own_at + i)].second; k < end; k += kItemKeys) {
+          its.push_back(Item{t, k, std::min(k + kItemKeys, end), s.own_stride});
+          its.back().own_query = i;
         }
       }
-      const bool any_own = std::any_of(own.begin(), own.end(),
-                                       [](const auto& r) { return r.first < r.second; });
-      if (!any_own) continue;
-      if (its.size() == before) its.push_back(Item{t, group[t + 1], group[t + 1], s.stride});
-      its[before].own = std::move(own);
-      its.insert(its.end(), rest.begin(), rest.end());
     }
   }
   const int threads = omp_get_max_threads();
@@ -722,9 +727,10 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
         }
         tile.scan(it, tile.count, cos + b * rows, sin + b * rows, coef.data(), refs,
                   state.data(), out);
-        for (size_t i = 0; i < it.own.size(); ++i)
-          tile.add_own_keys(it.token, int64_t(i), it.own[i].first, it.own[i].second,
-                            coef.data(), refs, state.data(), own, out);
+        for (int64_t i = 0; it.own_at >= 0 && i < s.nq; ++i) {
+          const auto& [begin, end] = own_ranges[size_t(it.own_at + i)];
+          tile.add_own_keys(it.token, i, begin, end, coef.data(), refs, state.data(), own, out);
+        }
       }
     }
     // Per query-head: the tokens' weights against the overall maximum, summed over their
