@@ -21,7 +21,11 @@ void Decoder<T>::refill_from_cache(int64_t L) {
   if (token_tables_ && samples() == 1 &&
       ungrouped >= std::max(cfg_.num_latents, cfg_.context_length / 32))
     group_window(T_ - window, window - L);
-  if (own_regroup_due(T_ - L)) group_own(T_ - L);
+  // A refill from the steps attends with its newest latent alone, as a step does (at the
+  // newest position): the own groups may then take every own key so far.
+  const bool from_steps = T_ == saved_for_length_ && saved_rows_ == L - 1;
+  const int64_t own_end = from_steps ? T_ : T_ - L;
+  if (own_regroup_due(own_end)) group_own(own_end);
   if (refill_from_steps(L)) return;
   std::vector<int32_t> tokens, doc_pos;
   gather(T_ - L, L, tokens, doc_pos);
