@@ -591,11 +591,22 @@ struct Tile {
       a = b;
       return;
     }
-    const double ref = std::max(a.ref, b.ref);  // equal where both are bounded references
+    if (a.ref == b.ref) {  // both bounded references: no exp2, which costs more than the scan
+      a.sum += b.sum;
+      return;
+    }
+    const double ref = std::max(a.ref, b.ref);
     a.sum = a.sum * std::exp2(a.ref - ref) + b.sum * std::exp2(b.ref - ref);
     a.ref = ref;
   }
 };
+
+// The first of keys [begin, end) (positions in increasing order) at a position >= first;
+// end if none. Before the context's end every key is, which needs no search.
+int64_t first_visible(const int64_t* pos, int64_t begin, int64_t end, int64_t first) {
+  if (begin == end || pos[begin] >= first) return begin;
+  return std::lower_bound(pos + begin, pos + end, first) - pos;
+}
 
 // The query-heads [qh0, qh0 + count) of example `example` (TokenAttentionShape::batch).
 struct TileSpan {
@@ -647,7 +658,7 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
     const int64_t* pos = s.pos + b * s.stride;
     std::vector<Item>& its = items[size_t(b)];
     for (int64_t t = 0; t < V; ++t) {
-      const int64_t* lo = std::lower_bound(pos + group[t], pos + group[t + 1], first);
+      const int64_t* lo = pos + first_visible(pos, group[t], group[t + 1], first);
       const size_t before = its.size();
       for (int64_t k = lo - pos; k < group[t + 1]; k += kItemKeys)
         its.push_back(Item{t, k, std::min(k + kItemKeys, group[t + 1]), s.stride});
@@ -657,7 +668,7 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
       for (int64_t i = 0; i < s.nq; ++i) {
         const int64_t* og = s.own_group + i * (V + 1);
         const int64_t* op = s.own_pos + i * s.own_stride;
-        const int64_t begin = std::lower_bound(op + og[t], op + og[t + 1], first) - op;
+        const int64_t begin = first_visible(op, og[t], og[t + 1], first);
         own_ranges.emplace_back(begin, std::min(begin + kItemKeys, og[t + 1]));
         any_own = any_own || begin < og[t + 1];
       }
