@@ -27,9 +27,9 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <utility>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/avx512_intrinsics.h"
