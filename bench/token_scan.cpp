@@ -5,9 +5,9 @@
 // Three figures, each the best of --rounds interleaved rounds (a shared machine drifts):
 //   1. the 512-bit multiply-add rate: 12 independent chains in registers (the FP ports'
 //      peak; everything below is in units of its cycle, "slots");
-//   2. the kernel's arithmetic alone, in a bare loop over rows in L1: the score of 16 keys
-//      for one query-head (16 multiply-adds on the rotary rows, in the kernel's four chains),
-//      with and without the exponential (exp2_16_floor) and the sum;
+//   2. the kernel's arithmetic alone, over one work item's rows in L2: the score of 16 keys
+//      for one query-head (16 multiply-adds on the rotary rows, in the kernel's four chains)
+//      in a bare loop, and the kernel's bounded scan (score, exponential and sum);
 //   3. CpuOps<float>::token_attention_forward on a cpu-131k-like window (--keys keys of
 //      random tokens grouped by token, --heads heads of --head-dim, --bands rotary bands,
 //      --vocab tokens) for 1 and --samples queries: the extra queries' cost per query-head
@@ -34,7 +34,7 @@
 #include "core/rotary.h"
 #include "core/token_groups.h"
 #include "kernels/cpu/cpu_ops.h"
-#include "kernels/cpu/exp2_avx512.h"
+#include "kernels/cpu/token_scan.h"
 
 namespace po = boost::program_options;
 
@@ -64,31 +64,39 @@ double fma_rate() {
   return 12.0 * double(n) / (wall_seconds() - t0);
 }
 
-// Seconds per (query-head, 16 keys) of the kernel's arithmetic: 8 bands' rows of 16 keys in
-// registers, each of nq query-heads' 17 coefficients broadcast from memory; with_exp adds
-// the exponential and the running sum, as the bounded scan does. The score is the one of
-// Tile::score16 (kernels/cpu/token_attention.cpp) written out for 8 bands: a change there
-// belongs here too, or this stops measuring the kernel's arithmetic.
-template <bool with_exp>
-double bare_scan(int nq) {
-  const int64_t keys = 2048, reps = 400;
-  std::vector<float> cs(8 * keys), sn(8 * keys), coef(17 * size_t(nq)), sums(16 * size_t(nq));
-  for (int64_t i = 0; i < 8 * keys; ++i) {
-    cs[size_t(i)] = std::cos(0.001 * double(i));
-    sn[size_t(i)] = std::sin(0.001 * double(i));
+// Rotary rows of `keys` keys (8 bands) and nq query-heads' coefficients, scores below 0.
+struct ScanInput {
+  int64_t keys, nq;
+  std::vector<float> cs, sn, coef;
+  ScanInput(int64_t k, int64_t n)
+      : keys(k), nq(n), cs(size_t(8 * k)), sn(cs.size()), coef(size_t(17 * n)) {
+    for (int64_t i = 0; i < 8 * keys; ++i) {
+      cs[size_t(i)] = float(std::cos(0.001 * double(i)));
+      sn[size_t(i)] = float(std::sin(0.001 * double(i)));
+    }
+    for (size_t i = 0; i < coef.size(); ++i) coef[i] = 0.1f * float(std::sin(double(i)));
+    for (int64_t u = 0; u < nq; ++u) coef[size_t(u) * 17] = -2.0f;  // as bounded
   }
-  for (size_t i = 0; i < coef.size(); ++i) coef[i] = 0.1f * float(std::sin(double(i)));
-  for (int u = 0; u < nq; ++u) coef[size_t(u) * 17] = -2.0f;  // scores below 0, as bounded
+};
+
+// Seconds per (query-head, 16 keys) of the score alone: 8 bands' rows of 16 keys in
+// registers, each query-head's 17 coefficients broadcast from memory, in the four chains of
+// score16 (kernels/cpu/token_scan_avx512.cpp) written out for 8 bands: a change there
+// belongs here too, or this stops measuring the kernel's arithmetic.
+double bare_score(int nq) {
+  const int64_t keys = 2048, reps = 400;
+  const ScanInput in(keys, nq);
+  std::vector<float> sums(16 * size_t(nq));
   const double t0 = wall_seconds();
   for (int64_t r = 0; r < reps; ++r)
     for (int64_t j = 0; j < keys; j += 16) {
       __m512 rc[8], rs[8];
       for (int b = 0; b < 8; ++b) {
-        rc[b] = _mm512_loadu_ps(&cs[size_t(b * keys + j)]);
-        rs[b] = _mm512_loadu_ps(&sn[size_t(b * keys + j)]);
+        rc[b] = _mm512_loadu_ps(&in.cs[size_t(b * keys + j)]);
+        rs[b] = _mm512_loadu_ps(&in.sn[size_t(b * keys + j)]);
       }
       for (int u = 0; u < nq; ++u) {
-        const float* c = &coef[size_t(u) * 17];
+        const float* c = &in.coef[size_t(u) * 17];
         auto bc = [&](int i) { return _mm512_set1_ps(c[i]); };
         __m512 a0 = _mm512_fmadd_ps(rc[0], bc(1), bc(0));
         __m512 a1 = _mm512_mul_ps(rc[1], bc(2));
@@ -100,8 +108,7 @@ double bare_scan(int nq) {
           a2 = _mm512_fmadd_ps(rs[b], bc(9 + b), a2);
           a3 = _mm512_fmadd_ps(rs[b + 1], bc(10 + b), a3);
         }
-        __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-        if constexpr (with_exp) s = par::cpu::exp2_16_floor(s);
+        const __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
         float* acc = &sums[size_t(u) * 16];
         _mm512_storeu_ps(acc, _mm512_add_ps(_mm512_loadu_ps(acc), s));
       }
@@ -110,6 +117,26 @@ double bare_scan(int nq) {
   float keep = 0;
   for (float x : sums) keep += x;
   if (keep == 12345.0f) std::printf(" ");  // the sums are used
+  return t / (double(reps) * double(keys / 16) * nq);
+}
+
+// The same for the kernel's own bounded scan (par::cpu::scan_token_keys: score, exponential
+// and sum) over one work item's keys, its rows in L2.
+double kernel_scan(int nq) {
+  const int64_t keys = 2048, reps = 400;
+  const ScanInput in(keys, nq);
+  const std::vector<double> refs(size_t(nq), 0.0);
+  std::vector<float> state(32 * size_t(nq));
+  std::vector<par::cpu::Partial> out(static_cast<size_t>(nq));
+  const par::cpu::ScanKeys k{in.cs.data(), in.sn.data(), keys, 0, keys};
+  double keep = 0;
+  const double t0 = wall_seconds();
+  for (int64_t r = 0; r < reps; ++r) {
+    par::cpu::scan_token_keys(8, k, nq, in.coef.data(), refs.data(), state.data(), out.data());
+    keep += out[0].sum;
+  }
+  const double t = wall_seconds() - t0;
+  if (keep == 12345.0) std::printf(" ");  // the sums are used
   return t / (double(reps) * double(keys / 16) * nq);
 }
 
@@ -137,29 +164,15 @@ struct Window {
   }
 
   // Each of `samples` samples' own keys: `own` random tokens after the window, grouped in
-  // blocks of own_stride (TokenAttentionShape::own_group's layout).
-  int64_t own_stride = 0;
-  std::vector<int64_t> own_group, own_pos;
-  std::vector<float> own_cos, own_sin;
+  // a block per sample (TokenAttentionShape::own_group's layout).
+  par::TokenGroupBlocks<float> own_keys;
   void add_own_keys(int64_t samples, int64_t own) {
     std::mt19937 rng(13);
     std::uniform_int_distribution<int32_t> token(0, int32_t(vocab - 1));
-    own_stride = par::token_groups_stride(own);
-    const int64_t keys = groups.keys(), B = spec.bands;
-    own_pos.assign(size_t(samples * own_stride), 0);
-    own_cos.assign(size_t(samples * B * own_stride), 0.0f);
-    own_sin.assign(own_cos.size(), 0.0f);
-    for (int64_t k = 0; k < samples; ++k) {
-      std::vector<int32_t> tokens(static_cast<size_t>(own));
-      for (auto& t : tokens) t = token(rng);
-      const par::TokenGroups<float> g = par::group_tokens<float>(tokens.data(), own, keys, vocab, spec);
-      own_group.insert(own_group.end(), g.group.begin(), g.group.end());
-      std::copy(g.pos.begin(), g.pos.end(), own_pos.begin() + k * own_stride);
-      for (int64_t b = 0; b < B; ++b) {
-        std::copy_n(g.cos.begin() + b * g.stride, g.keys(), own_cos.begin() + (k * B + b) * own_stride);
-        std::copy_n(g.sin.begin() + b * g.stride, g.keys(), own_sin.begin() + (k * B + b) * own_stride);
-      }
-    }
+    std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(samples));
+    for (auto& seq : tokens)
+      for (int64_t i = 0; i < own; ++i) seq.push_back(token(rng));
+    own_keys = par::group_tokens_in_blocks<float>(tokens, groups.keys(), vocab, spec);
   }
 
   // Seconds per call with nq queries; with own keys (add_own_keys), each query a sample's:
@@ -183,15 +196,15 @@ struct Window {
     par::TokenAttentionShape alone = s;  // the own keys' call of their own
     alone.nq = 1;
     alone.batch = nq;
-    alone.group = own_group.data();
-    alone.pos = own_pos.data();
-    alone.stride = own_stride;
+    alone.group = own_keys.group.data();
+    alone.pos = own_keys.pos.data();
+    alone.stride = own_keys.stride;
     if (own == Own::kMerged) {
-      s.own_group = own_group.data();
-      s.own_pos = own_pos.data();
-      s.own_stride = own_stride;
-      s.own_cos = own_cos.data();
-      s.own_sin = own_sin.data();
+      s.own_group = own_keys.group.data();
+      s.own_pos = own_keys.pos.data();
+      s.own_stride = own_keys.stride;
+      s.own_cos = own_keys.cos.data();
+      s.own_sin = own_keys.sin.data();
     }
     std::vector<float> o2(o.size()), lse2(lse.size());
     double best = 1e30;
@@ -203,7 +216,8 @@ struct Window {
                                     groups.cos.data(), groups.sin.data(), o.data(), lse.data());
         if (own == Own::kCallOfTheirOwn)
           ops.token_attention_forward(alone, q.data(), key_table.data(), value_table.data(),
-                                      own_cos.data(), own_sin.data(), o2.data(), lse2.data());
+                                      own_keys.cos.data(), own_keys.sin.data(), o2.data(),
+                                      lse2.data());
       }
       best = std::min(best, (wall_seconds() - t0) / calls);
     }
@@ -249,8 +263,8 @@ int run(int argc, char** argv) {
   using Own = Window::Own;
   for (int r = 0; r < rounds; ++r) {
     rate = std::max(rate, fma_rate());
-    bare = std::min(bare, bare_scan<false>(int(heads * samples)));
-    bare_exp = std::min(bare_exp, bare_scan<true>(int(heads * samples)));
+    bare = std::min(bare, bare_score(int(heads * samples)));
+    bare_exp = std::min(bare_exp, kernel_scan(int(heads * samples)));
     one = std::min(one, window.attend(ops, 1, 1));
     many = std::min(many, window.attend(ops, samples, 1));
     if (own_keys > 0) {
@@ -264,7 +278,7 @@ int run(int argc, char** argv) {
   std::printf("512-bit multiply-adds: %.2f G/s on one core\n", rate / 1e9);
   std::printf("per query-head and 16 keys, in multiply-add slots (16 of them are the score's):\n");
   std::printf("  bare loop, score only             %6.1f\n", slots(bare));
-  std::printf("  bare loop, score, exp and sum     %6.1f\n", slots(bare_exp));
+  std::printf("  kernel's scan, score, exp and sum  %6.1f\n", slots(bare_exp));
   std::printf("  token_attention_forward, each query after the first  %6.1f  (%d thread%s)\n",
               slots(extra) * threads, threads, threads == 1 ? "" : "s, per thread");
   std::printf("token_attention_forward: %.3f ms with 1 query, %.3f ms with %ld (%.3f ms a query "

@@ -2,6 +2,8 @@
 // stable in position, and the rotary rows moved into group order.
 #include "core/token_groups.h"
 
+#include <algorithm>
+
 #include "core/constants.h"
 #include "core/error.h"
 
@@ -44,6 +46,31 @@ void group_tokens(const int32_t* tokens, int64_t count, int64_t first_position, 
   }
 }
 
+template <typename T>
+TokenGroupBlocks<T> group_tokens_in_blocks(const std::vector<std::vector<int32_t>>& tokens,
+                                           int64_t first_position, int64_t vocab,
+                                           const RotarySpec& spec) {
+  TokenGroupBlocks<T> out;
+  for (const std::vector<int32_t>& t : tokens)
+    out.stride = std::max(out.stride, token_groups_stride(int64_t(t.size())));
+  const int64_t K = int64_t(tokens.size()), B = spec.bands, stride = out.stride;
+  out.pos.assign(size_t(K * stride), 0);
+  out.cos.assign(size_t(K * B * stride), T(0));
+  out.sin.assign(out.cos.size(), T(0));
+  for (int64_t k = 0; k < K; ++k) {
+    const std::vector<int32_t>& t = tokens[size_t(k)];
+    const TokenGroups<T> g =
+        group_tokens<T>(t.data(), int64_t(t.size()), first_position, vocab, spec);
+    out.group.insert(out.group.end(), g.group.begin(), g.group.end());
+    std::copy(g.pos.begin(), g.pos.end(), out.pos.begin() + k * stride);
+    for (int64_t b = 0; b < B; ++b) {
+      std::copy_n(g.cos.begin() + b * g.stride, g.keys(), out.cos.begin() + (k * B + b) * stride);
+      std::copy_n(g.sin.begin() + b * g.stride, g.keys(), out.sin.begin() + (k * B + b) * stride);
+    }
+  }
+  return out;
+}
+
 template TokenGroups<float> group_tokens(const int32_t*, int64_t, int64_t, int64_t,
                                          const RotarySpec&);
 template TokenGroups<double> group_tokens(const int32_t*, int64_t, int64_t, int64_t,
@@ -52,5 +79,9 @@ template void group_tokens(const int32_t*, int64_t, int64_t, int64_t, int64_t, c
                            const float*, int64_t, TokenGroups<float>&);
 template void group_tokens(const int32_t*, int64_t, int64_t, int64_t, int64_t, const double*,
                            const double*, int64_t, TokenGroups<double>&);
+template TokenGroupBlocks<float> group_tokens_in_blocks(const std::vector<std::vector<int32_t>>&,
+                                                        int64_t, int64_t, const RotarySpec&);
+template TokenGroupBlocks<double> group_tokens_in_blocks(const std::vector<std::vector<int32_t>>&,
+                                                         int64_t, int64_t, const RotarySpec&);
 
 }  // namespace par

@@ -42,4 +42,20 @@ void group_tokens(const int32_t* tokens, int64_t count, int64_t first_position, 
 // The rows group_tokens makes room for with `count` keys (sizes of the backend buffers).
 inline int64_t token_groups_stride(int64_t count) { return (count + 31) / 16 * 16; }
 
+// Several sequences' keys grouped by token, a block each: TokenAttentionShape::own_group's
+// layout (group: [k, vocab + 1]; pos: [k, stride]; cos and sin: [k, bands, stride]).
+template <typename T>
+struct TokenGroupBlocks {
+  int64_t stride = 0;
+  std::vector<int64_t> group, pos;
+  std::vector<T> cos, sin;
+};
+
+// Sequence k's tokens[k][i] at position first_position + i, in blocks of the stride the
+// longest sequence needs.
+template <typename T>
+TokenGroupBlocks<T> group_tokens_in_blocks(const std::vector<std::vector<int32_t>>& tokens,
+                                           int64_t first_position, int64_t vocab,
+                                           const RotarySpec& spec);
+
 }  // namespace par

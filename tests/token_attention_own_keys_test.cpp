@@ -54,30 +54,18 @@ std::pair<std::vector<T>, std::vector<T>> attend_with_own_keys(const Case& c, co
                                                                const std::vector<T>& key_table,
                                                                const std::vector<T>& value_table) {
   constexpr int64_t V = Keys<T>::V, n = Keys<T>::n, first = Keys<T>::first;
-  const int64_t m = keys.m;
   const RotarySpec spec = make_rotary_spec(c.head_dim, 0.5, 4096);
   const TokenGroups<T> g = group_tokens<T>(keys.shared.data(), n, first, V, spec);
-  // Every query's own groups in one block each, `stride` apart.
-  const int64_t stride = token_groups_stride(m), B = spec.bands;
-  std::vector<int64_t> own_group, own_pos(size_t(c.nq * stride), 0);
-  std::vector<T> own_cos(size_t(c.nq * B * stride), T(0)), own_sin(own_cos.size(), T(0));
-  for (int64_t i = 0; i < c.nq; ++i) {
-    const TokenGroups<T> o = group_tokens<T>(keys.own[size_t(i)].data(), m, first + n, V, spec);
-    EXPECT_LE(o.stride, stride);  // PAD keys are left out
-    own_group.insert(own_group.end(), o.group.begin(), o.group.end());
-    std::copy(o.pos.begin(), o.pos.end(), own_pos.begin() + i * stride);
-    for (int64_t b = 0; b < B; ++b) {
-      std::copy_n(o.cos.begin() + b * o.stride, o.keys(), own_cos.begin() + (i * B + b) * stride);
-      std::copy_n(o.sin.begin() + b * o.stride, o.keys(), own_sin.begin() + (i * B + b) * stride);
-    }
-  }
+  // Every query's own groups in one block each.
+  const int64_t B = spec.bands;
+  const TokenGroupBlocks<T> own = group_tokens_in_blocks<T>(keys.own, first + n, V, spec);
   TokenAttentionShape s{c.nq, c.heads, c.head_dim, B, V, g.group.data(), g.pos.data(), g.stride,
                         first + c.first_visible, 1.0 / std::sqrt(double(c.head_dim))};
-  s.own_group = own_group.data();
-  s.own_pos = own_pos.data();
-  s.own_stride = stride;
-  s.own_cos = own_cos.data();
-  s.own_sin = own_sin.data();
+  s.own_group = own.group.data();
+  s.own_pos = own.pos.data();
+  s.own_stride = own.stride;
+  s.own_cos = own.cos.data();
+  s.own_sin = own.sin.data();
   const int64_t width = c.heads * c.head_dim;
   std::vector<T> o(size_t(c.nq * width), T(99)), lse(size_t(c.nq * c.heads), T(99));
   cpu::CpuOps<T> ops;

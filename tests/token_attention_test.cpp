@@ -248,5 +248,33 @@ TEST(TokenGroups, GroupsKeysByTokenInPositionOrderWithoutPad) {
   }
 }
 
+TEST(TokenGroups, BlocksHoldEachSequencesGroupsAtTheLongestStride) {
+  const RotarySpec spec = make_rotary_spec(8, 0.5, 64);
+  const std::vector<std::vector<int32_t>> tokens = {
+      {3, kPadToken, 5, 3}, {}, {4, 4, 1, 5, 2, 3, 0, 5, 5, 1, 1, 2, 3, 4, 5, 2, 3}};
+  const TokenGroupBlocks<float> blocks = group_tokens_in_blocks<float>(tokens, 40, 6, spec);
+  const int64_t stride = token_groups_stride(17), B = spec.bands;
+  ASSERT_EQ(blocks.stride, stride);
+  ASSERT_EQ(blocks.group.size(), size_t(3 * 7));
+  ASSERT_EQ(blocks.pos.size(), size_t(3 * stride));
+  ASSERT_EQ(blocks.cos.size(), size_t(3 * B * stride));
+  for (int64_t k = 0; k < 3; ++k) {
+    const auto& t = tokens[size_t(k)];
+    const TokenGroups<float> g = group_tokens<float>(t.data(), int64_t(t.size()), 40, 6, spec);
+    EXPECT_EQ(std::vector<int64_t>(blocks.group.begin() + k * 7, blocks.group.begin() + k * 7 + 7),
+              g.group);
+    for (int64_t j = 0; j < stride; ++j) {
+      EXPECT_EQ(blocks.pos[size_t(k * stride + j)], j < g.keys() ? g.pos[size_t(j)] : 0)
+          << k << " " << j;
+      for (int64_t b = 0; b < B; ++b) {
+        const float c = j < g.keys() ? g.cos[size_t(b * g.stride + j)] : 0.0f;
+        const float s = j < g.keys() ? g.sin[size_t(b * g.stride + j)] : 0.0f;
+        EXPECT_EQ(blocks.cos[size_t((k * B + b) * stride + j)], c) << k << " " << b << " " << j;
+        EXPECT_EQ(blocks.sin[size_t((k * B + b) * stride + j)], s) << k << " " << b << " " << j;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace par

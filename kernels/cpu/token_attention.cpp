@@ -16,7 +16,9 @@
 // back one (reference, sum of 2^(score - reference)) per query-head, combined per token in
 // double in the items' order, so the result is the same at any thread count. The reference
 // is a bound of the token's scores where one is tight enough (bounded_references: then the
-// scan has no maximum to track), else a running maximum per vector lane.
+// scan has no maximum to track), else a running maximum per vector lane. The scans of
+// floats, per instruction set, are in token_scan_*.cpp (token_scan.h); scan_portable below
+// does any element type one key at a time.
 //
 // Queries' own keys (TokenAttentionShape::own_group: decoding's samples' generated keys)
 // go with the token's first item: after its shared keys, each query's own keys of the
@@ -34,8 +36,7 @@
 
 #include "kernels/cpu/avx512_intrinsics.h"
 #include "kernels/cpu/cpu_ops.h"
-#include "kernels/cpu/exp2_avx2.h"
-#include "kernels/cpu/exp2_avx512.h"
+#include "kernels/cpu/token_scan.h"
 
 namespace par::cpu {
 
@@ -44,12 +45,6 @@ namespace {
 constexpr double kLog2e = 1.4426950408889634;
 constexpr int64_t kTile = 128;       // query-heads per pass over the keys: their state in L1
 constexpr int64_t kItemKeys = 2048;  // keys per work item
-
-// A softmax over one item's keys: a reference score (base 2, at least their maximum up to
-// rounding) and the sum of 2^(score - reference).
-struct Partial {
-  double ref, sum;
-};
 
 struct Item {
   int64_t token, begin, end;
@@ -61,7 +56,6 @@ struct Item {
   int64_t own_at = -1;
   int64_t own_query = -1;
 };
-
 
 // The part of the call one tile of query-heads [qh0, qh0 + count) needs; query-head
 // qh = h * nq + i (lse's layout).
@@ -158,274 +152,6 @@ struct Tile {
   }
 
 #if defined(__AVX512F__)
-  // The rotary rows of keys [j, j + 16): in registers where the band count kB is known at
-  // compile time (0: read again for each query-head, from L1).
-  template <int kB>
-  struct Rows {
-    __m512 c[kB > 0 ? kB : 1], s[kB > 0 ? kB : 1];
-  };
-  template <int kB>
-  void load_rows(Rows<kB>& r, const float* cos, const float* sin, int64_t stride,
-                 int64_t j) const {
-    if constexpr (kB > 0)
-      for (int b = 0; b < kB; ++b) {
-        r.c[b] = _mm512_loadu_ps(cos + b * stride + j);
-        r.s[b] = _mm512_loadu_ps(sin + b * stride + j);
-      }
-  }
-  // The scores of keys [j, j + 16) for one query-head's coefficients c, in four chains
-  // of multiply-adds: the even and the odd bands' cosine terms (c[0] with the even ones),
-  // the same for the sines. Four chains instead of two (of 9 and 8) shorten the way from
-  // a block's rows to its exp: 4 samples' 32 query-heads over cpu-131k's 131,072 keys took
-  // 0.734 ms instead of 0.833 on 2 threads of a Zen 5.
-  template <int kB>
-  __m512 score16(const Rows<kB>& r, const float* c, const float* cos, const float* sin,
-                 int64_t stride, int64_t j) const {
-    const int64_t B = kB > 0 ? kB : s.bands;
-    auto row_c = [&](int64_t b) { return kB > 0 ? r.c[b] : _mm512_loadu_ps(cos + b * stride + j); };
-    auto row_s = [&](int64_t b) { return kB > 0 ? r.s[b] : _mm512_loadu_ps(sin + b * stride + j); };
-    if (B < 2) {
-      __m512 a = _mm512_set1_ps(c[0]);
-      for (int64_t b = 0; b < B; ++b) {
-        a = _mm512_fmadd_ps(row_c(b), _mm512_set1_ps(c[1 + b]), a);
-        a = _mm512_fmadd_ps(row_s(b), _mm512_set1_ps(c[1 + B + b]), a);
-      }
-      return a;
-    }
-    __m512 a0 = _mm512_set1_ps(c[0]);
-    __m512 a1 = _mm512_mul_ps(row_c(1), _mm512_set1_ps(c[2]));
-    __m512 a2 = _mm512_mul_ps(row_s(0), _mm512_set1_ps(c[1 + B]));
-    __m512 a3 = _mm512_mul_ps(row_s(1), _mm512_set1_ps(c[2 + B]));
-    a0 = _mm512_fmadd_ps(row_c(0), _mm512_set1_ps(c[1]), a0);
-    for (int64_t b = 2; b + 1 < B; b += 2) {
-      a0 = _mm512_fmadd_ps(row_c(b), _mm512_set1_ps(c[1 + b]), a0);
-      a1 = _mm512_fmadd_ps(row_c(b + 1), _mm512_set1_ps(c[2 + b]), a1);
-      a2 = _mm512_fmadd_ps(row_s(b), _mm512_set1_ps(c[1 + B + b]), a2);
-      a3 = _mm512_fmadd_ps(row_s(b + 1), _mm512_set1_ps(c[2 + B + b]), a3);
-    }
-    if (B % 2) {
-      a0 = _mm512_fmadd_ps(row_c(B - 1), _mm512_set1_ps(c[B]), a0);
-      a2 = _mm512_fmadd_ps(row_s(B - 1), _mm512_set1_ps(c[2 * B]), a2);
-    }
-    return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-  }
-  // f(u, scores, lanes) for each vector of the item's keys and each query-head u, lanes
-  // masking the keys past the item's end.
-  template <int kB, typename F>
-  void each_score(const Item& it, int64_t n, const float* coef, const float* cos,
-                  const float* sin, F&& f) const {
-    const int64_t R = 1 + 2 * (kB > 0 ? kB : s.bands);
-    for (int64_t j = it.begin; j < it.end; j += 16) {
-      const int64_t keys = std::min<int64_t>(16, it.end - j);
-      const __mmask16 lanes = keys == 16 ? __mmask16(0xFFFF) : __mmask16((1u << keys) - 1);
-      Rows<kB> rows;
-      load_rows(rows, cos, sin, it.stride, j);
-      for (int64_t u = 0; u < n; ++u)
-        f(u, score16(rows, coef + u * R, cos, sin, it.stride, j), lanes);
-    }
-  }
-#endif
-
-#if defined(__AVX512F__)
-  // float: 16 keys to a vector, every lane with its own running reference (at least its
-  // maximum score) and sum, raised only when a score exceeds it. kB: the band
-  // count known at compile time (the rotary rows of a block stay in registers), or 0.
-  template <int kB>
-  void scan_avx512(const Item& it, int64_t n, const float* coef, const float* cos,
-                   const float* sin, float* state, Partial* out) const {
-    const __m512 kNone = _mm512_set1_ps(-1e30f);  // 2^(x - -1e30) is never taken
-    // A raised maximum goes this far above the score that raised it (a factor 2^16): later
-    // scores rarely exceed it, so the branch is rarely taken and rarely mispredicted, and
-    // terms 2^(score - max) stay far from float's underflow.
-    const __m512 kHeadroom = _mm512_set1_ps(16.0f);
-    float* ms = state;
-    float* ss = state + n * 16;
-    for (int64_t u = 0; u < n; ++u) {
-      _mm512_storeu_ps(ms + u * 16, kNone);
-      _mm512_storeu_ps(ss + u * 16, _mm512_setzero_ps());
-    }
-    each_score<kB>(it, n, coef, cos, sin, [&](int64_t u, __m512 score, __mmask16 lanes) {
-      __m512 m = _mm512_loadu_ps(ms + u * 16);
-      __m512 sum = _mm512_loadu_ps(ss + u * 16);
-      const __mmask16 up = _mm512_mask_cmp_ps_mask(lanes, score, m, _CMP_GT_OQ);
-      if (up) {
-        const __m512 raised = _mm512_mask_add_ps(m, up, score, kHeadroom);
-        sum = _mm512_mul_ps(sum, exp2_16(_mm512_sub_ps(m, raised)));
-        m = raised;
-        _mm512_storeu_ps(ms + u * 16, m);
-      }
-      sum = _mm512_mask_add_ps(sum, lanes, sum, exp2_16_short(_mm512_sub_ps(score, m)));
-      _mm512_storeu_ps(ss + u * 16, sum);
-    });
-    for (int64_t u = 0; u < n; ++u) {
-      const __m512 m = _mm512_loadu_ps(ms + u * 16);
-      const float top = _mm512_reduce_max_ps(m);
-      const __m512 w = exp2_16(_mm512_sub_ps(m, _mm512_set1_ps(top)));
-      const __m512 weighted = _mm512_mul_ps(_mm512_loadu_ps(ss + u * 16), w);
-      out[u] = Partial{double(top), double(_mm512_reduce_add_ps(weighted))};
-    }
-  }
-#endif
-
-#if defined(__AVX512DQ__)
-  // float, at least one band, and every query-head's score bounded (bounded_references):
-  // the sums of 2^(score - reference), no maximum to track, so no compare, no branch and
-  // no rescaling: about 25 vector operations per query-head and 16 keys with 8 bands.
-  template <int kB>
-  void scan_bounded_avx512(const Item& it, int64_t n, const float* coef, const float* cos,
-                           const float* sin, const double* refs, float* sums,
-                           Partial* out) const {
-    for (int64_t u = 0; u < n; ++u) _mm512_storeu_ps(sums + u * 16, _mm512_setzero_ps());
-    each_score<kB>(it, n, coef, cos, sin, [&](int64_t u, __m512 score, __mmask16 lanes) {
-      const __m512 sum = _mm512_loadu_ps(sums + u * 16);
-      _mm512_storeu_ps(sums + u * 16, _mm512_mask_add_ps(sum, lanes, sum, exp2_16_floor(score)));
-    });
-    for (int64_t u = 0; u < n; ++u)
-      out[u] = Partial{refs[u], double(_mm512_reduce_add_ps(_mm512_loadu_ps(sums + u * 16)))};
-  }
-#endif
-
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512DQ__)
-  // The AVX-512 scans for CPUs with AVX2 but no AVX-512, lane for lane: each 16 keys as
-  // two halves of 8 (the 512-bit vector's lanes 0-7 and 8-15), with score16's chains, the
-  // same exponentials (exp2_avx2.h), the same per-lane state, and _mm512_reduce_add_ps's
-  // order at the end. So the partials have the same bits, except that the bounded scan's
-  // exponential may differ in its last bit for scores within 1/2 below the reference. The
-  // rotary rows are read from L1 for each query-head (16 vector registers hold no more
-  // than the chains and the broadcasts); the two halves share each broadcast coefficient.
-  struct Halves {
-    __m256 lo, hi;
-  };
-  // The lanes of the first n keys of 16: all ones, else zeros (x & 0 = +0, and sum + 0 =
-  // sum, as AVX-512's masked add leaves it).
-  static Halves lanes_before(int64_t n) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const int k = int(std::min<int64_t>(16, n));
-    return Halves{_mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(k), lane)),
-                  _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(k - 8), lane))};
-  }
-  // The sum of 16 lanes in _mm512_reduce_add_ps's order (GCC's): the halves, then the
-  // 128-bit halves, then pairs.
-  static float sum16(const Halves& x) {
-    const __m256 h = _mm256_add_ps(x.hi, x.lo);
-    const __m128 q = _mm_add_ps(_mm256_extractf128_ps(h, 1), _mm256_castps256_ps128(h));
-    const __m128 p = _mm_add_ps(q, _mm_shuffle_ps(q, q, _MM_SHUFFLE(1, 0, 3, 2)));
-    return _mm_cvtss_f32(p) + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 1));
-  }
-  Halves score16_avx2(const float* c, const float* cos, const float* sin, int64_t stride,
-                      int64_t j) const {
-    const int64_t B = s.bands;
-    auto row_c = [&](int64_t b, int h) { return _mm256_loadu_ps(cos + b * stride + j + 8 * h); };
-    auto row_s = [&](int64_t b, int h) { return _mm256_loadu_ps(sin + b * stride + j + 8 * h); };
-    auto bc = [&](int64_t i) { return _mm256_set1_ps(c[i]); };
-    __m256 out[2];
-    if (B < 2) {
-      for (int h = 0; h < 2; ++h) {
-        __m256 a = bc(0);
-        for (int64_t b = 0; b < B; ++b) {
-          a = _mm256_fmadd_ps(row_c(b, h), bc(1 + b), a);
-          a = _mm256_fmadd_ps(row_s(b, h), bc(1 + B + b), a);
-        }
-        out[h] = a;
-      }
-      return Halves{out[0], out[1]};
-    }
-    __m256 a0[2], a1[2], a2[2], a3[2];
-    for (int h = 0; h < 2; ++h) {
-      a0[h] = bc(0);
-      a1[h] = _mm256_mul_ps(row_c(1, h), bc(2));
-      a2[h] = _mm256_mul_ps(row_s(0, h), bc(1 + B));
-      a3[h] = _mm256_mul_ps(row_s(1, h), bc(2 + B));
-      a0[h] = _mm256_fmadd_ps(row_c(0, h), bc(1), a0[h]);
-    }
-    for (int64_t b = 2; b + 1 < B; b += 2) {
-      const __m256 cc0 = bc(1 + b), cc1 = bc(2 + b), cs0 = bc(1 + B + b), cs1 = bc(2 + B + b);
-      for (int h = 0; h < 2; ++h) {
-        a0[h] = _mm256_fmadd_ps(row_c(b, h), cc0, a0[h]);
-        a1[h] = _mm256_fmadd_ps(row_c(b + 1, h), cc1, a1[h]);
-        a2[h] = _mm256_fmadd_ps(row_s(b, h), cs0, a2[h]);
-        a3[h] = _mm256_fmadd_ps(row_s(b + 1, h), cs1, a3[h]);
-      }
-    }
-    for (int h = 0; h < 2; ++h) {
-      if (B % 2) {
-        a0[h] = _mm256_fmadd_ps(row_c(B - 1, h), bc(B), a0[h]);
-        a2[h] = _mm256_fmadd_ps(row_s(B - 1, h), bc(2 * B), a2[h]);
-      }
-      out[h] = _mm256_add_ps(_mm256_add_ps(a0[h], a1[h]), _mm256_add_ps(a2[h], a3[h]));
-    }
-    return Halves{out[0], out[1]};
-  }
-  // scan_avx512's running references per lane, the same way.
-  void scan_avx2(const Item& it, int64_t n, const float* coef, const float* cos,
-                 const float* sin, float* state, Partial* out) const {
-    const int64_t R = 1 + 2 * s.bands;
-    const __m256 kNone = _mm256_set1_ps(-1e30f), kHeadroom = _mm256_set1_ps(16.0f);
-    float* ms = state;
-    float* ss = state + n * 16;
-    for (int64_t x = 0; x < 16 * n; x += 8) {
-      _mm256_storeu_ps(ms + x, kNone);
-      _mm256_storeu_ps(ss + x, _mm256_setzero_ps());
-    }
-    for (int64_t j = it.begin; j < it.end; j += 16) {
-      const Halves lanes = lanes_before(it.end - j);
-      for (int64_t u = 0; u < n; ++u) {
-        const Halves score = score16_avx2(coef + u * R, cos, sin, it.stride, j);
-        for (int h = 0; h < 2; ++h) {
-          const __m256 sc = h ? score.hi : score.lo, in = h ? lanes.hi : lanes.lo;
-          float* mp = ms + u * 16 + 8 * h;
-          float* sp = ss + u * 16 + 8 * h;
-          __m256 m = _mm256_loadu_ps(mp);
-          __m256 sum = _mm256_loadu_ps(sp);
-          const __m256 up = _mm256_and_ps(_mm256_cmp_ps(sc, m, _CMP_GT_OQ), in);
-          if (_mm256_movemask_ps(up)) {
-            const __m256 raised = _mm256_blendv_ps(m, _mm256_add_ps(sc, kHeadroom), up);
-            sum = _mm256_mul_ps(sum, exp2_8(_mm256_sub_ps(m, raised)));
-            m = raised;
-            _mm256_storeu_ps(mp, m);
-          }
-          sum = _mm256_add_ps(sum, _mm256_and_ps(exp2_8_short(_mm256_sub_ps(sc, m)), in));
-          _mm256_storeu_ps(sp, sum);
-        }
-      }
-    }
-    for (int64_t u = 0; u < n; ++u) {
-      const __m256 lo = _mm256_loadu_ps(ms + u * 16), hi = _mm256_loadu_ps(ms + u * 16 + 8);
-      const __m256 m8 = _mm256_max_ps(lo, hi);
-      const __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m8, 1), _mm256_castps256_ps128(m8));
-      const __m128 m2 = _mm_max_ps(m4, _mm_shuffle_ps(m4, m4, _MM_SHUFFLE(1, 0, 3, 2)));
-      const float top = std::max(_mm_cvtss_f32(m2), _mm_cvtss_f32(_mm_shuffle_ps(m2, m2, 1)));
-      const __m256 t = _mm256_set1_ps(top);
-      const Halves weighted{
-          _mm256_mul_ps(_mm256_loadu_ps(ss + u * 16), exp2_8(_mm256_sub_ps(lo, t))),
-          _mm256_mul_ps(_mm256_loadu_ps(ss + u * 16 + 8), exp2_8(_mm256_sub_ps(hi, t)))};
-      out[u] = Partial{double(top), double(sum16(weighted))};
-    }
-  }
-  void scan_bounded_avx2(const Item& it, int64_t n, const float* coef, const float* cos,
-                         const float* sin, const double* refs, float* sums,
-                         Partial* out) const {
-    const int64_t R = 1 + 2 * s.bands;
-    for (int64_t u = 0; u < 16 * n; u += 8) _mm256_storeu_ps(sums + u, _mm256_setzero_ps());
-    for (int64_t j = it.begin; j < it.end; j += 16) {
-      const Halves lanes = lanes_before(it.end - j);
-      for (int64_t u = 0; u < n; ++u) {
-        const Halves score = score16_avx2(coef + u * R, cos, sin, it.stride, j);
-        float* sum = sums + u * 16;
-        _mm256_storeu_ps(sum, _mm256_add_ps(_mm256_loadu_ps(sum),
-                                            _mm256_and_ps(exp2_8_floor(score.lo), lanes.lo)));
-        _mm256_storeu_ps(sum + 8, _mm256_add_ps(_mm256_loadu_ps(sum + 8),
-                                                _mm256_and_ps(exp2_8_floor(score.hi), lanes.hi)));
-      }
-    }
-    for (int64_t u = 0; u < n; ++u) {
-      const Halves sum{_mm256_loadu_ps(sums + u * 16), _mm256_loadu_ps(sums + u * 16 + 8)};
-      out[u] = Partial{refs[u], double(sum16(sum))};
-    }
-  }
-#endif
-
-#if defined(__AVX512F__)
   // The same for float with whole vectors of 8 doubles: each group of 16 rotary dimensions
   // gives 8 bands (8 dimensions, 4), its products' adjacent pairs summed (the same sums as
   // above) and packed.
@@ -511,10 +237,8 @@ struct Tile {
   // c[0] of coef and written the references after the amplitudes. bounds: [2 * count]
   // doubles, the amplitudes (from coefficients) and then the references.
   bool bounded(T* coef, double* bounds) const {
-#if defined(__AVX512DQ__) || (defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__))
-    if constexpr (sizeof(T) == 4)
+    if constexpr (sizeof(T) == 4 && kScanTakesBoundedReferences)
       return s.bands > 0 && bounded_references(coef, bounds, bounds + count);
-#endif
     (void)coef;
     (void)bounds;
     return false;
@@ -524,27 +248,10 @@ struct Tile {
   // else null) over the keys [it.begin, it.end) of the rows cos and sin. state: [2 * 16 * n].
   void scan(const Item& it, int64_t n, const T* cos, const T* sin, const T* coef,
             const double* refs, T* state, Partial* out) const {
-#if defined(__AVX512F__)
-    if constexpr (sizeof(T) == 4) {
-#if defined(__AVX512DQ__)
-      if (refs) {
-        if (s.bands == 8) return scan_bounded_avx512<8>(it, n, coef, cos, sin, refs, state, out);
-        if (s.bands == 4) return scan_bounded_avx512<4>(it, n, coef, cos, sin, refs, state, out);
-        return scan_bounded_avx512<0>(it, n, coef, cos, sin, refs, state, out);
-      }
-#endif
-      if (s.bands == 8) return scan_avx512<8>(it, n, coef, cos, sin, state, out);
-      if (s.bands == 4) return scan_avx512<4>(it, n, coef, cos, sin, state, out);
-      return scan_avx512<0>(it, n, coef, cos, sin, state, out);
-    }
-#elif defined(__AVX2__) && defined(__FMA__)
-    if constexpr (sizeof(T) == 4) {
-      if (refs) return scan_bounded_avx2(it, n, coef, cos, sin, refs, state, out);
-      return scan_avx2(it, n, coef, cos, sin, state, out);
-    }
-#endif
-    (void)state;
-    (void)refs;
+    if constexpr (sizeof(T) == 4)
+      if (scan_token_keys(s.bands, ScanKeys{cos, sin, it.stride, it.begin, it.end}, n, coef,
+                          refs, state, out))
+        return;
     scan_portable(it, n, coef, cos, sin, out);
   }
 
