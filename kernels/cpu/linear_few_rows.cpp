@@ -84,12 +84,23 @@ inline void output_block(T* y, const T* x, const T* w, const T* b, int64_t in, i
   int64_t i = 0;
   for (; i + L::kN <= in; i += L::kN) {
     V wv[OB];
+    // The empty asm statements make each vector of w and x a register that the compiler
+    // cannot read again from memory. Without them GCC 12 folded the loads into the
+    // multiply-adds, reading each vector of x once per output (or of w once per row): 20
+    // loads per 16 multiply-adds of 4 rows, more than a Zen 4's one 512-bit load per
+    // cycle. On decoding's products of cpu-131k (15.8 MiB of weights in L3, 2 threads) 4
+    // rows took 0.40 ms instead of 0.25, 8 rows 0.67 instead of 0.47, 16 rows 1.38 instead
+    // of 0.93; one row, whose w is read once anyway, 0.16 either way. (Decoding cpu-131k
+    // with 4 samples gains nothing: its step's other data push w out of this VM's L3, and
+    // the products wait on memory either way.)
     for (int ob = 0; ob < OB; ++ob) {
       wv[ob] = L::load(wo + ob * in + i);
+      if constexpr (R > 1) __asm__("" : "+v"(wv[ob]));
       _mm_prefetch(reinterpret_cast<const char*>(wo + ob * in + i) + kPrefetchBytes, _MM_HINT_T0);
     }
     for (int r = 0; r < R; ++r) {
-      const V xv = L::load(x + r * in + i);
+      V xv = L::load(x + r * in + i);
+      if constexpr (OB > 1) __asm__("" : "+v"(xv));
       for (int ob = 0; ob < OB; ++ob) acc[ob][r] = L::fma(wv[ob], xv, acc[ob][r]);
     }
   }
@@ -113,15 +124,14 @@ inline void output_block(T* y, const T* x, const T* w, const T* b, int64_t in, i
 constexpr int64_t kParallelWork = int64_t(1) << 16;
 
 // All outputs of R rows: blocks of OB outputs split over the threads, the last out % OB
-// outputs one at a time. Up to 16 accumulators, of the 32 vector registers, so that the
-// OB vectors of w and the vector of x stay in registers too: with 24 (OB = 24 / R) GCC
-// folded the loads of w into the multiply-adds, reading each vector once per row, and on
-// a Zen 5 4 rows of 256 x 1024 weights in L3 took 36.6 us against 27.9 with OB = 4 (8
-// rows: 59.5 against 43.9). One row takes 4 rows of w at a time (the fewest streams from
-// memory that keep up with it).
+// outputs one at a time. OB * R accumulators, OB vectors of w and one of x in the 32
+// vector registers. One row takes 4 rows of w at a time (the fewest streams from memory
+// that keep up with it). Timed on decoding's 31 products of cpu-131k (15.8 MiB of weights
+// in L3), 2 threads of a Zen 4, in ms: with OB = min(8, 16 / R), rows 5 to 8 took 0.31,
+// 0.41, 0.48 and 0.52-0.61; with these OB, 0.29, 0.34, 0.41 and 0.47.
 template <typename T, int R>
 void rows_forward(T* y, const T* x, const T* w, const T* b, int64_t in, int64_t out) {
-  constexpr int OB = R == 1 ? 4 : std::min(8, 16 / R);
+  constexpr int OB = R == 1 ? 4 : R <= 4 ? 16 / R : R <= 6 ? 4 : 3;
   const int64_t blocks = out / OB;
   parallel_for(blocks, R * in * out >= kParallelWork,
                [&](int64_t k) { output_block<T, R, OB>(y, x, w, b, in, out, k * OB); });
