@@ -34,10 +34,14 @@ Decoder<T>::Decoder(const ModelConfig& cfg, Ops<T>& ops, const T* params, bool c
   rot_cross_ = make_rotary_spec(cfg.cross_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
   rot_self_ = make_rotary_spec(cfg.self_head_dim(), cfg.applied_rotary_fraction(), cfg.wavelength());
   token_tables_ = uses_token_tables(cfg, cached, tables);
-  if (token_tables_) window_tables_ = std::make_unique<SlidingRotaryTables<T>>(rot_cross_);
+  if (token_tables_)
+    window_tables_ = std::make_unique<SlidingRotaryTables<T>>(rot_cross_, cfg.context_length);
   if (cfg.absolute_positions()) positions_ = std::make_unique<PositionTable<T>>(ops_, cfg.d_model);
   seqs_.resize(size_t(samples));
   b_ = new Buffers;
+  // The host's side of the groups at their largest, as memory() counts them.
+  if (token_tables_)
+    reserve_token_groups(b_->host_groups, cfg.vocab_size, rot_cross_.bands, cfg.context_length);
   memory_ = decoder_detail::allocate_carved(ops_, [&](Carver& c) {
     b_->carve(c, cfg_, samples, rot_cross_.bands, rot_self_.bands, token_tables_, cached,
               cache_width_);
@@ -133,6 +137,13 @@ DecoderMemory Decoder<T>::memory(const ModelConfig& cfg, bool cached, TokenTable
   // as it is made.
   m.host = double(K) * double(prompt + appends) * 2 * sizeof(int32_t) +
            double(K) * double(V) * sizeof(T) + m.positions;
+  // A full pass's rotary rows and positions of the window, made on the host for upload;
+  // with token tables, the groups' rotary rows and the groups themselves, held.
+  m.host_tables = 2.0 * double(N) * double(cross_bands) * sizeof(T) +
+                  double(N + M) * sizeof(int64_t) + double(N);
+  if (token_tables)
+    m.host_tables += SlidingRotaryTables<T>::host_bytes(cross_bands, N) +
+                     token_groups_host_bytes<T>(V, cross_bands, N);
   return m;
 }
 

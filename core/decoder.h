@@ -94,6 +94,7 @@ enum class TokenTables { kAuto, kOn, kOff };
 // the host's copies of the sequences and logits. Not counted: the backend's kernel scratch.
 struct DecoderMemory {
   double buffers = 0, own = 0, positions = 0, host = 0;
+  double host_tables = 0;  // rotary rows and token groups made on the host
   double backend() const { return buffers + own + positions; }
 };
 

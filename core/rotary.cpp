@@ -1,5 +1,6 @@
 #include "core/rotary.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace par {
@@ -36,6 +37,13 @@ void make_rotary_tables(const RotarySpec& spec, int64_t first, int64_t count,
 }
 
 template <typename T>
+SlidingRotaryTables<T>::SlidingRotaryTables(RotarySpec spec, int64_t max_rows)
+    : spec_(std::move(spec)) {
+  cos_.reserve(size_t(max_rows * spec_.bands));
+  sin_.reserve(size_t(max_rows * spec_.bands));
+}
+
+template <typename T>
 void SlidingRotaryTables<T>::rows(int64_t first, int64_t count, const T** cos_rows,
                                   const T** sin_rows) {
   const int64_t B = spec_.bands;
@@ -52,12 +60,12 @@ void SlidingRotaryTables<T>::rows(int64_t first, int64_t count, const T** cos_ro
     first_ = first;
     count_ -= drop;
   }
-  if (count > count_) {
-    std::vector<T> c, s;
-    make_rotary_tables(spec_, first_ + count_, count - count_, c, s);
-    cos_.insert(cos_.end(), c.begin(), c.end());
-    sin_.insert(sin_.end(), s.begin(), s.end());
-    count_ = count;
+  while (count_ < count) {  // a chunk at a time: a window's rows would double the memory
+    const int64_t n = std::min(kChunk, count - count_);
+    make_rotary_tables(spec_, first_ + count_, n, chunk_cos_, chunk_sin_);
+    cos_.insert(cos_.end(), chunk_cos_.begin(), chunk_cos_.end());
+    sin_.insert(sin_.end(), chunk_sin_.begin(), chunk_sin_.end());
+    count_ += n;
   }
   *cos_rows = cos_.data();
   *sin_rows = sin_.data();

@@ -29,10 +29,19 @@ void make_rotary_tables(const RotarySpec& spec, int64_t first, int64_t count,
 // over positions it mostly grouped before, and a table row costs 2 * bands sines and
 // cosines of large angles. Regrouping cpu-131k's window of 127,197 keys took 69 ms with
 // its rows made afresh, 42 ms with them kept here.
+//
+// Up to max_rows positions at a time take memory once, held from construction:
+// host_bytes(bands, max_rows) in all (decoding plans it, Decoder::memory). More still work,
+// growing the tables.
 template <typename T>
 class SlidingRotaryTables {
  public:
-  explicit SlidingRotaryTables(RotarySpec spec) : spec_(std::move(spec)) {}
+  SlidingRotaryTables(RotarySpec spec, int64_t max_rows);
+  // The rows of max_rows positions, and the rows made at a time (kChunk) before they join.
+  static constexpr int64_t kChunk = 4096;
+  static double host_bytes(int64_t bands, int64_t max_rows) {
+    return 2.0 * double(max_rows + kChunk) * double(bands) * sizeof(T);
+  }
   // Rows of positions [first, first + count) as make_rotary_tables makes them, valid until
   // the next call: cos at *cos_rows, sin at *sin_rows, [count, bands]. The positions before
   // `first` are forgotten.
@@ -42,6 +51,7 @@ class SlidingRotaryTables {
   RotarySpec spec_;
   int64_t first_ = 0, count_ = 0;  // the positions held
   std::vector<T> cos_, sin_;
+  std::vector<T> chunk_cos_, chunk_sin_;  // rows being made
 };
 
 }  // namespace par

@@ -8,6 +8,7 @@
 // stored band-major in group order for that. PAD keys are left out (never visible).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -41,6 +42,21 @@ void group_tokens(const int32_t* tokens, int64_t count, int64_t first_position, 
 
 // The rows group_tokens makes room for with `count` keys (sizes of the backend buffers).
 inline int64_t token_groups_stride(int64_t count) { return (count + 31) / 16 * 16; }
+
+// Room in g for up to `keys` keys, so that grouping them takes no more memory; and the
+// bytes that room takes.
+template <typename T>
+void reserve_token_groups(TokenGroups<T>& g, int64_t vocab, int64_t bands, int64_t keys) {
+  g.group.reserve(std::size_t(vocab + 1));
+  g.pos.reserve(std::size_t(keys));
+  g.cos.reserve(std::size_t(bands * token_groups_stride(keys)));
+  g.sin.reserve(std::size_t(bands * token_groups_stride(keys)));
+}
+template <typename T>
+double token_groups_host_bytes(int64_t vocab, int64_t bands, int64_t keys) {
+  return double(vocab + 1 + keys) * sizeof(int64_t) +
+         2.0 * double(bands) * double(token_groups_stride(keys)) * sizeof(T);
+}
 
 // Several sequences' keys grouped by token, a block each: TokenAttentionShape::own_group's
 // layout (group: [k, vocab + 1]; pos: [k, stride]; cos and sin: [k, bands, stride]).

@@ -18,6 +18,7 @@ MemoryPlan plan_decoder_memory(const DecodePlanRequest& r, int64_t samples, bool
   state.push_back({"the samples' own caches", decoder.own});
   state.push_back({"position table", decoder.positions});
   items.host.push_back({"sequences and logits", decoder.host});
+  items.host.push_back({"rotary rows and token groups", decoder.host_tables});
   // The kernels' scratch for forward passes of `samples` windows: the full passes, whose
   // attention over the window is the largest call, and the refills.
   PlanRequest forward;

@@ -218,9 +218,12 @@ TEST(TokenAttention, BatchOfExamplesWithKeysOfTheirOwn) {
 // forward (kept rows reused), grows, shrinks, jumps back and jumps past what it holds.
 TEST(TokenGroups, SlidingRotaryTablesEqualTheTablesAsTheRangeSlides) {
   const RotarySpec spec = make_rotary_spec(32, 0.5, 131072);
-  SlidingRotaryTables<float> rows(spec);
+  // Rows for 2,048 positions held from the start; the 2,600 and 9,000 grow them, the last
+  // two are made in chunks.
+  SlidingRotaryTables<float> rows(spec, 2048);
   const std::pair<int64_t, int64_t> ranges[] = {{130000, 2000}, {130500, 2000}, {130500, 2600},
-                                                {131000, 100},  {129000, 50},   {200000, 300}};
+                                                {131000, 100},  {129000, 50},   {200000, 300},
+                                                {300000, 9000}, {301000, 9500}};
   for (const auto& [first, count] : ranges) {
     const float *c = nullptr, *s = nullptr;
     rows.rows(first, count, &c, &s);
@@ -228,6 +231,40 @@ TEST(TokenGroups, SlidingRotaryTablesEqualTheTablesAsTheRangeSlides) {
     make_rotary_tables(spec, first, count, ec, es);
     EXPECT_EQ(std::vector<float>(c, c + ec.size()), ec) << first << " + " << count;
     EXPECT_EQ(std::vector<float>(s, s + es.size()), es) << first << " + " << count;
+  }
+}
+
+// Decoder::memory counts the host's rotary rows and groups at the size they are given up
+// front: sliding over the window and regrouping must not take more.
+TEST(TokenGroups, SlidingTablesAndGroupsStayInTheMemoryHeldFromTheStart) {
+  const RotarySpec spec = make_rotary_spec(32, 0.5, 131072);
+  const int64_t window = 10000, V = 7;
+  SlidingRotaryTables<float> rows(spec, window);
+  TokenGroups<float> g;
+  reserve_token_groups(g, V, spec.bands, window);
+  const float* held_rows = nullptr;
+  const void* held[4] = {};
+  std::vector<int32_t> tokens(static_cast<size_t>(window + 3000));
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t(i * 7 % 11 % V);
+  // From a few keys to the whole window, then sliding.
+  const std::pair<int64_t, int64_t> ranges[] = {{0, 100}, {0, window}, {1, window},
+                                                {2500, window}, {3000, window}};
+  for (const auto& [first, count] : ranges) {
+    const float *c = nullptr, *s = nullptr;
+    rows.rows(first, count, &c, &s);
+    group_tokens<float>(tokens.data() + first, count, first, V, spec.bands, c, s, 0, g);
+    if (!held_rows) {
+      held_rows = c;
+      held[0] = g.group.data();
+      held[1] = g.pos.data();
+      held[2] = g.cos.data();
+      held[3] = g.sin.data();
+    }
+    EXPECT_EQ(c, held_rows) << "the rows moved at " << first;
+    EXPECT_EQ(g.group.data(), held[0]) << first;
+    EXPECT_EQ(g.pos.data(), held[1]) << first;
+    EXPECT_EQ(g.cos.data(), held[2]) << first;
+    EXPECT_EQ(g.sin.data(), held[3]) << first;
   }
 }
 
