@@ -96,6 +96,7 @@ struct DecoderMemory {
   double buffers = 0, own = 0, positions = 0, host = 0;
   double host_tables = 0;  // rotary rows and token groups made on the host
   double backend() const { return buffers + own + positions; }
+  double total() const { return backend() + host + host_tables; }
 };
 
 template <typename T>

@@ -41,6 +41,8 @@ SlidingRotaryTables<T>::SlidingRotaryTables(RotarySpec spec, int64_t max_rows)
     : spec_(std::move(spec)) {
   cos_.reserve(size_t(max_rows * spec_.bands));
   sin_.reserve(size_t(max_rows * spec_.bands));
+  chunk_cos_.reserve(size_t(kChunk * spec_.bands));
+  chunk_sin_.reserve(size_t(kChunk * spec_.bands));
 }
 
 template <typename T>

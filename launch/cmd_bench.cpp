@@ -160,7 +160,7 @@ int cmd_bench(int argc, char** argv) {
                                       mc.context_length, decode);
       };
       const DecoderMemory timed = memory(true, k), uncached = memory(false, 1);
-      return timed.backend() + timed.host >= uncached.backend() + uncached.host ? timed : uncached;
+      return timed.total() >= uncached.total() ? timed : uncached;
     };
     plan.params_bytes = double(ParamLayout(mc).total()) * sizeof(float);
     // Fresh weights are made on the host after this plan; a checkpoint's are read already.

@@ -1,6 +1,6 @@
 // 2^y for 8 floats at once, for CPUs with AVX2 and FMA but no AVX-512 (AMD before Zen 4,
 // Intel's client cores): the token-table attention's scans there
-// (kernels/cpu/token_attention.cpp).
+// (kernels/cpu/token_scan_avx2.cpp).
 //
 // exp2_8, exp2_8_short and exp2_8_floor are exp2_16, exp2_16_short and exp2_16_floor
 // (kernels/cpu/exp2_avx512.h) on 8 lanes: the integer n and f = y - n found the same way,

@@ -35,7 +35,7 @@ inline __m512 exp2_16(__m512 y) {
 }
 
 // The same with 8 vector operations instead of 10, for the token-table attention of
-// decoding (kernels/cpu/token_attention.cpp), which takes one 2^y per key, query and head
+// decoding (kernels/cpu/token_scan_avx512.cpp), which takes one 2^y per key, query and head
 // and is bound by the vector ports: the rounding by roundscale, and a polynomial one
 // degree lower (relative error 1.0e-7 with its float coefficients: within 2.5 ulp,
 // tests/cpu_exp_test.cpp). exp2_16 and exp2_16_short have AVX2 twins too (exp2_avx2.h).

@@ -40,4 +40,11 @@ inline constexpr bool kScanTakesBoundedReferences = false;
 bool scan_token_keys(int64_t bands, const ScanKeys& keys, int64_t n, const float* coef,
                      const double* refs, float* state, Partial* out);
 
+#if defined(__AVX2__) && defined(__FMA__)
+// The AVX2 scan, also in builds with AVX-512 (where scan_token_keys is the AVX-512 one), so
+// that a test can hold the two to the same bits.
+void scan_token_keys_avx2(int64_t bands, const ScanKeys& keys, int64_t n, const float* coef,
+                          const double* refs, float* state, Partial* out);
+#endif
+
 }  // namespace par::cpu

@@ -3,12 +3,14 @@
 // vector's lanes 0-7 and 8-15), with its score chains, the same exponentials
 // (exp2_avx2.h), the same per-lane state, and _mm512_reduce_add_ps's order at the end. So
 // the partials have the same bits, except that the bounded scan's exponential may differ
-// in its last bit for scores within 1/2 below the reference. The rotary rows are read from
+// in its last bit for scores within 1/2 below the reference (tests/token_scan_test.cpp,
+// which is why AVX-512 builds compile this file too; both files are compiled without
+// fusing a multiply and an add that the code writes apart). The rotary rows are read from
 // L1 for each query-head (16 vector registers hold no more than the chains and the
 // broadcasts); the two halves share each broadcast coefficient.
 #include "kernels/cpu/token_scan.h"
 
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#if defined(__AVX2__) && defined(__FMA__)
 
 #include <immintrin.h>
 
@@ -157,16 +159,23 @@ void scan_bounded(int64_t bands, const ScanKeys& k, int64_t n, const float* coef
 
 }  // namespace
 
-bool scan_token_keys(int64_t bands, const ScanKeys& k, int64_t n, const float* coef,
-                     const double* refs, float* state, Partial* out) {
+void scan_token_keys_avx2(int64_t bands, const ScanKeys& k, int64_t n, const float* coef,
+                          const double* refs, float* state, Partial* out) {
   if (refs) scan_bounded(bands, k, n, coef, refs, state, out);
   else scan(bands, k, n, coef, state, out);
+}
+
+#if !defined(__AVX512F__)
+bool scan_token_keys(int64_t bands, const ScanKeys& k, int64_t n, const float* coef,
+                     const double* refs, float* state, Partial* out) {
+  scan_token_keys_avx2(bands, k, n, coef, refs, state, out);
   return true;
 }
+#endif
 
 }  // namespace par::cpu
 
-#elif !defined(__AVX512F__)  // no vector scan: token_attention.cpp scans key by key
+#else  // no vector scan: token_attention.cpp scans key by key
 
 namespace par::cpu {
 

@@ -141,7 +141,7 @@ void scan_bounded(int64_t bands, const ScanKeys& k, int64_t n, const float* coef
 }  // namespace
 
 bool scan_token_keys(int64_t bands, const ScanKeys& k, int64_t n, const float* coef,
-                     const double* refs, float* state, Partial* out) {
+                     [[maybe_unused]] const double* refs, float* state, Partial* out) {
 #if defined(__AVX512DQ__)
   if (refs) {
     if (bands == 8) scan_bounded<8>(bands, k, n, coef, refs, state, out);
