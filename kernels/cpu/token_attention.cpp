@@ -95,7 +95,7 @@ struct Tile {
     double* prod = scratch + D;
     double* swapped = scratch + 2 * D;
     int64_t loaded = -1;
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512VL__)
     if constexpr (sizeof(T) == 4)
       if (D % 8 == 0 && B % 4 == 0) return coefficients_avx512(t, coef, amp, kd);
 #endif
@@ -151,7 +151,7 @@ struct Tile {
     }
   }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512VL__)  // VL: its 256-bit masked stores
   // The same for float with whole vectors of 8 doubles: each group of 16 rotary dimensions
   // gives 8 bands (8 dimensions, 4), its products' adjacent pairs summed (the same sums as
   // above) and packed.
