@@ -63,12 +63,12 @@ void check_against_naive(double tol) {
 }
 
 TEST(CpuLinearFewRows, TakesOneToSixteenRows) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
   for (int64_t rows : kRowCounts) EXPECT_TRUE(cpu::is_few_rows_linear(rows)) << rows;
   EXPECT_FALSE(cpu::is_few_rows_linear(0));
   EXPECT_FALSE(cpu::is_few_rows_linear(17));
 #else
-  GTEST_SKIP() << "the build has no AVX-512: every linear layer goes to BLAS";
+  GTEST_SKIP() << "the build has neither AVX-512 nor AVX2: every linear layer goes to BLAS";
 #endif
 }
 
@@ -81,7 +81,8 @@ TEST(CpuLinearFewRows, MatchesNaiveSumsFloat) { check_against_naive<float>(1e-5)
 // threads.
 template <typename T>
 void check_rows_independent() {
-  if (!cpu::is_few_rows_linear(1)) GTEST_SKIP() << "the build has no AVX-512 (BLAS rows)";
+  if (!cpu::is_few_rows_linear(1))
+    GTEST_SKIP() << "the build has neither AVX-512 nor AVX2 (BLAS rows)";
   for (const Width s : kWidths)
     for (const int64_t rows : kRowCounts) {
       SCOPED_TRACE(testing::Message() << rows << " x " << s.in << " -> " << s.out);

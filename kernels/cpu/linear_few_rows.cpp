@@ -5,7 +5,9 @@
 // one; but the product is bound by reading w (256 x 256 to 1024 x 256 floats per layer,
 // from L3), and one pass over it can serve every row. Here each block of OB rows of w is
 // loaded a vector at a time and multiplied into all R rows of x (held in L1), with one
-// accumulator vector per (output, row) pair, reduced at the end.
+// accumulator vector per (output, row) pair, reduced at the end. With AVX-512, 16 floats
+// to a vector; with AVX2 alone, 8 (there OpenBLAS took 0.70 ms a decoding step of cpu-131k
+// for one row's products, against 0.25 here with AVX-512).
 //
 // Every output's sum -- lane-wise fused multiply-adds along `in` in order, a masked last
 // vector, the same horizontal reduction, then the bias -- is the same whatever R, OB and
@@ -16,8 +18,9 @@
 #include "kernels/cpu/avx512_intrinsics.h"
 #include "kernels/cpu/parallel_for.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -33,12 +36,19 @@ namespace {
 //   rows   4: 0.121 / 0.307 vs 0.266 / 0.554     rows 32: 0.609 / 0.821 vs 0.727 / 1.005
 //   rows   8: 0.151 / 0.350 vs 0.396 / 0.709     rows 48: 0.906 / 1.131 vs 0.860 / 1.123
 // (32 and 48 rows in groups of 8 as well: the gain shrinks past 16 and is gone by 48.)
-constexpr int64_t kMaxRows = 16, kGroup = 8;
+// With AVX2 alone, groups of 4 (below: outputs_per_block).
+constexpr int64_t kMaxRows = 16;
+#if defined(__AVX512F__)
+constexpr int64_t kGroup = 8;
+#else
+constexpr int64_t kGroup = 4;
+#endif
 
 // The vector operations the kernel needs, per element type.
 template <typename T>
 struct Lanes;
 
+#if defined(__AVX512F__)
 template <>
 struct Lanes<float> {
   using V = __m512;
@@ -65,7 +75,55 @@ struct Lanes<double> {
   static double sum(V a) { return _mm512_reduce_add_pd(a); }
 };
 
-// How far ahead of its loads the kernel asks for w (a vector is a cache line). Decoding
+// Outputs per block for R rows: OB * R accumulators, OB vectors of w and one of x in the 32
+// vector registers. Timed on decoding's 31 products of cpu-131k (15.8 MiB of weights in
+// L3), 2 threads of a Zen 4, in ms: with OB = min(8, 16 / R), rows 5 to 8 took 0.31,
+// 0.41, 0.48 and 0.52-0.61; with these OB, 0.29, 0.34, 0.41 and 0.47.
+constexpr int outputs_per_block(int R) { return R == 1 ? 4 : R <= 4 ? 16 / R : R <= 6 ? 4 : 3; }
+#else
+// AVX2: 8 lanes of float (4 of double), masked loads by a vector of lane masks.
+template <>
+struct Lanes<float> {
+  using V = __m256;
+  static constexpr int64_t kN = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load_first(const float* p, int64_t n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lane));
+  }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(V a) {  // the 128-bit halves, then pairs, then the last two
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 p = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)));
+  }
+};
+
+template <>
+struct Lanes<double> {
+  using V = __m256d;
+  static constexpr int64_t kN = 4;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static V load_first(const double* p, int64_t n) {
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lane));
+  }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static double sum(V a) {
+    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+  }
+};
+
+// The same in AVX2's 16 vector registers, for up to kGroup = 4 rows: from 7 rows on only
+// one output would fit a block, and 8 rows took 0.78 ms on the products above (AVX2 code
+// on the Zen 4, 2 threads) against 0.26 for 4.
+constexpr int outputs_per_block(int R) { return R <= 2 ? 4 : R == 3 ? 3 : 2; }
+#endif
+
+// How far ahead of its loads the kernel asks for w (once a cache line). Decoding
 // reads the weights from L3 or memory, where the hardware prefetchers alone leave the loop
 // waiting, the more so the more rows it multiplies: on the layer timed above, flushed, 4
 // rows took 0.360 ms without this and 8 rows 0.527; in L3, 0.139 and 0.205.
@@ -96,7 +154,8 @@ inline void output_block(T* y, const T* x, const T* w, const T* b, int64_t in, i
     for (int ob = 0; ob < OB; ++ob) {
       wv[ob] = L::load(wo + ob * in + i);
       if constexpr (R > 1) __asm__("" : "+v"(wv[ob]));
-      _mm_prefetch(reinterpret_cast<const char*>(wo + ob * in + i) + kPrefetchBytes, _MM_HINT_T0);
+      if ((i * int64_t(sizeof(T))) % 64 == 0)  // once a cache line
+        _mm_prefetch(reinterpret_cast<const char*>(wo + ob * in + i) + kPrefetchBytes, _MM_HINT_T0);
     }
     for (int r = 0; r < R; ++r) {
       V xv = L::load(x + r * in + i);
@@ -123,15 +182,12 @@ inline void output_block(T* y, const T* x, const T* w, const T* b, int64_t in, i
 // Below this many multiply-adds a call runs on one thread: waking the others costs more.
 constexpr int64_t kParallelWork = int64_t(1) << 16;
 
-// All outputs of R rows: blocks of OB outputs split over the threads, the last out % OB
-// outputs one at a time. OB * R accumulators, OB vectors of w and one of x in the 32
-// vector registers. One row takes 4 rows of w at a time (the fewest streams from memory
-// that keep up with it). Timed on decoding's 31 products of cpu-131k (15.8 MiB of weights
-// in L3), 2 threads of a Zen 4, in ms: with OB = min(8, 16 / R), rows 5 to 8 took 0.31,
-// 0.41, 0.48 and 0.52-0.61; with these OB, 0.29, 0.34, 0.41 and 0.47.
+// All outputs of R rows: blocks of OB outputs (outputs_per_block) split over the threads,
+// the last out % OB outputs one at a time. One row takes 4 rows of w at a time (the fewest
+// streams from memory that keep up with it).
 template <typename T, int R>
 void rows_forward(T* y, const T* x, const T* w, const T* b, int64_t in, int64_t out) {
-  constexpr int OB = R == 1 ? 4 : R <= 4 ? 16 / R : R <= 6 ? 4 : 3;
+  constexpr int OB = outputs_per_block(R);
   const int64_t blocks = out / OB;
   parallel_for(blocks, R * in * out >= kParallelWork,
                [&](int64_t k) { output_block<T, R, OB>(y, x, w, b, in, out, k * OB); });
@@ -170,7 +226,7 @@ void few_rows_linear_forward(T* y, const T* x, const T* w, const T* b, int64_t r
 
 }  // namespace par::cpu
 
-#else  // no AVX-512: every linear layer goes to BLAS
+#else  // neither AVX-512 nor AVX2: every linear layer goes to BLAS
 
 namespace par::cpu {
 
@@ -178,7 +234,7 @@ bool is_few_rows_linear(int64_t) { return false; }
 
 template <typename T>
 void few_rows_linear_forward(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t) {
-  PAR_ASSERT(false, "few_rows_linear_forward needs AVX-512");
+  PAR_ASSERT(false, "few_rows_linear_forward needs AVX-512 or AVX2");
 }
 
 }  // namespace par::cpu

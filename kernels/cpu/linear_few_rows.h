@@ -7,7 +7,7 @@
 namespace par::cpu {
 
 // Whether y = x w^T + b of this many rows goes through few_rows_linear_forward: 1 to 16
-// rows (false where the build has no AVX-512).
+// rows (false where the build has neither AVX-512 nor AVX2).
 bool is_few_rows_linear(int64_t rows);
 
 // y = x w^T + b (b may be null) where is_few_rows_linear(rows), reading w once per 8 rows.
