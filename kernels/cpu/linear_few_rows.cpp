@@ -194,21 +194,16 @@ void rows_forward(T* y, const T* x, const T* w, const T* b, int64_t in, int64_t 
   for (int64_t o = blocks * OB; o < out; ++o) output_block<T, R, 1>(y, x, w, b, in, out, o);
 }
 
-// Rows [0, rows) of a group, rows <= kGroup.
-template <typename T>
+// Rows [0, rows) of a group, R <= rows <= kGroup: rows_forward<T, rows>, instantiated
+// for 1 to kGroup rows only.
+template <typename T, int R = 1>
 void group_forward(T* y, const T* x, const T* w, const T* b, int64_t rows, int64_t in,
                    int64_t out) {
-  switch (rows) {
-    case 1: return rows_forward<T, 1>(y, x, w, b, in, out);
-    case 2: return rows_forward<T, 2>(y, x, w, b, in, out);
-    case 3: return rows_forward<T, 3>(y, x, w, b, in, out);
-    case 4: return rows_forward<T, 4>(y, x, w, b, in, out);
-    case 5: return rows_forward<T, 5>(y, x, w, b, in, out);
-    case 6: return rows_forward<T, 6>(y, x, w, b, in, out);
-    case 7: return rows_forward<T, 7>(y, x, w, b, in, out);
-    case 8: return rows_forward<T, 8>(y, x, w, b, in, out);
-    default: PAR_ASSERT(false, "group_forward: ", rows, " rows");
+  if constexpr (R <= kGroup) {
+    if (rows == R) return rows_forward<T, R>(y, x, w, b, in, out);
+    return group_forward<T, R + 1>(y, x, w, b, rows, in, out);
   }
+  PAR_ASSERT(false, "group_forward: ", rows, " rows");
 }
 
 }  // namespace
