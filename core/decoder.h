@@ -198,7 +198,8 @@ class Decoder {
   // Whether the own groups hold keys that calls may attend through them.
   bool own_groups_in_use() const { return own_groups_end_ > 0 && !own_groups_declined_; }
   // Whether the own groups are attended in the step's call over the shared ones
-  // (TokenAttentionShape::own_group) where they can be: until the backend declines it.
+  // (TokenAttentionShape::own_group) where they can be: where the backend takes such calls,
+  // until it declines one.
   bool own_groups_merge() const { return !replay_ && !own_merge_declined_; }
   // Whether a call of the own groups' own (attend_own_groups) costs less than reading
   // their keys as rows: from 8 V grouped keys on (own_regroup_due).
@@ -304,7 +305,9 @@ class Decoder {
   void* own_groups_memory_ = nullptr;
   int64_t own_groups_stride_ = 0, own_groups_end_ = 0;
   bool own_groups_declined_ = false;  // by the backend, for a step (attend_own_groups)
-  bool own_merge_declined_ = false;   // by the backend (own_groups_merge)
+  // By the backend, at the start (Ops::token_attention_takes_own_keys) or for a step's call
+  // (own_groups_merge).
+  bool own_merge_declined_ = false;
   // With token tables: the positions before groups_end_ (those still in the window) are in
   // the groups, whose rotary rows are group_stride_ apart; none when groups_end_ == 0 (a
   // full pass).

@@ -9,10 +9,11 @@
 // them in its call over the shared groups (TokenAttentionShape::own_group), which scans a
 // token's own keys with the coefficients it found for the shared ones; only the own keys
 // after the groups are then read as rows (own_keep_tail_). Elsewhere (a refill, equal
-// questions, a backend that declines that) they are attended in one call of their own
-// (TokenAttentionShape::batch), merged with the other parts by their log-sum-exps, where
-// that pays (own_groups_pay_alone), with the keys after them as rows; else every own key
-// is read as a row (own_keep_).
+// questions, a backend that does not take such calls, Ops::token_attention_takes_own_keys,
+// or declines one) they are attended in one call of their own (TokenAttentionShape::batch),
+// merged with the other parts by their log-sum-exps, where that pays
+// (own_groups_pay_alone), with the keys after them as rows; else every own key is read as
+// a row (own_keep_).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -130,7 +131,8 @@ void Decoder<T>::release_own() {
   own_memory_ = own_groups_memory_ = nullptr;
   own_cap_ = own_head_ = own_count_ = 0;
   own_groups_stride_ = own_groups_end_ = 0;
-  own_groups_declined_ = own_merge_declined_ = false;
+  own_groups_declined_ = false;
+  own_merge_declined_ = !ops_.token_attention_takes_own_keys();
 }
 
 // The members defined here, for the element types decoder.cpp instantiates the class with.

@@ -304,6 +304,10 @@ struct CaptureRefused : std::runtime_error {
     (const TokenAttentionShape& s, const T* q, const T* key_table, const T* value_table,           \
      const T* cos, const T* sin, T* o, T* lse),                                                    \
     (s, q, key_table, value_table, cos, sin, o, lse))                                              \
+  /* Whether token_attention_forward may take a call with own keys (TokenAttentionShape:: */       \
+  /* own_group). One that says false declines every such call, so callers need not make */         \
+  /* one, nor keep up what only such a call would read. */                                         \
+  X(bool, token_attention_takes_own_keys, (), ())                                                  \
   /* ---- merging partial attention across ranks (sequence parallelism) ---- */                    \
   /* Each rank attends over its own slice of the keys, giving o (normalized within the */          \
   /* slice) and lse. To combine them, every rank rescales its part by w = exp(lse - lse_max) */    \

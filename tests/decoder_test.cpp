@@ -273,11 +273,13 @@ TEST(DecoderSamples, SamplesWithEqualTokensEqualSingleRuns) {
 // Several samples' own keys, grouped by token at refills (decoder_own_groups.cpp) and
 // regrouped as they grow: still equal to single runs, whose newest keys join the shared
 // groups at other refills, also after the window has slid past the prompt and the oldest
-// own keys. Three backends:
+// own keys. Four backends:
 //   - the CPU's: a step attends the own groups in its call over the shared ones, except
 //     where the samples ask one question (every fourth step), which reads them apart;
-//   - one that declines that (as the GPU does): asked once, then the own keys are grouped
-//     from 8 V of them on and attended in a call of their own (batch > 1);
+//   - one that says it takes no such call (Ops::token_attention_takes_own_keys, as the
+//     GPU): never asked one; the own keys are grouped from 8 V of them on and attended in a
+//     call of their own (batch > 1);
+//   - one that says it takes them but declines: asked once, then as the one before;
 //   - one that declines that call too: asked again only until it declines a step's; the own
 //     keys are then read as rows.
 template <typename T>
@@ -287,10 +289,11 @@ void check_own_groups(double tol) {
   cpu::CpuOps<T> cpu;
   T* params = upload_params(cpu, params_for<T>(c, 23));
   const int64_t K = 3, V = c.vocab_size;
-  enum Backend { kMerges, kDeclinesMerged, kDeclinesBoth };
-  for (Backend backend : {kMerges, kDeclinesMerged, kDeclinesBoth}) {
+  enum Backend { kMerges, kTakesNoMerge, kDeclinesMerged, kDeclinesBoth };
+  for (Backend backend : {kMerges, kTakesNoMerge, kDeclinesMerged, kDeclinesBoth}) {
     testing_util::TokenAttentionCalls<T> ops(cpu);
     ops.decline_own = backend != kMerges;
+    ops.says_takes_own = backend != kTakesNoMerge;
     if (backend == kDeclinesBoth) ops.max_batch = 1;
     Decoder<T> batch(c, ops, params, true, TokenTables::kOn, K);
     const auto single = start_with_single_runs<T>(batch, c, cpu, params, true, TokenTables::kOn);
@@ -315,14 +318,17 @@ void check_own_groups(double tol) {
       EXPECT_LE(ops.with_own, 300 - 75) << "own keys in a call of the samples' one question";
       EXPECT_GT(grouped_before_slide, 100) << "the own keys were not grouped within the context";
       EXPECT_GT(grouped_calls(), grouped_before_slide + 50) << "nor after the window slid";
-    } else if (backend == kDeclinesMerged) {  // grouped from 8 V own keys on
+    } else if (backend != kDeclinesBoth) {  // grouped from 8 V own keys on
       EXPECT_GT(grouped_before_slide, 10) << "the own keys were not grouped within the context";
       EXPECT_GT(grouped_calls(), grouped_before_slide + 100) << "nor after the window slid";
     } else {
       EXPECT_GE(ops.batched, 1);
       EXPECT_LE(ops.batched, 2) << "asked again after a step's call was declined";
     }
-    if (backend != kMerges) {
+    if (backend == kTakesNoMerge) {
+      EXPECT_GE(ops.asked_takes_own, 1);
+      EXPECT_EQ(ops.with_own, 0) << "asked for a call it said it does not take";
+    } else if (backend != kMerges) {
       EXPECT_EQ(ops.with_own, 1) << "asked again after it declined";
     }
   }

@@ -471,6 +471,49 @@ void token_attention_cases(std::vector<OpCase>& t) {
     }));
     t.back().gpu_may_decline = tc.nq * tc.heads > 4096;  // kTokenMaxQueryHeads, kernels/cuda
   }
+  // Each query also sees keys of its own (decoding's samples over their generated keys),
+  // after the shared ones; query 1's all PAD, token 5 only among the own keys. A backend
+  // that says it takes no such call must decline it without a write.
+  t.push_back(make_case("token_attention_forward own keys",
+                        {"token_attention_takes_own_keys", "token_attention_forward"}, 1e-5,
+                        Products::kNone, false, [=](auto& r) {
+    const TokenCase c{"own", 300, 3, 2, 16, 40, 100};
+    const int64_t width = c.heads * c.head_dim, V = c.vocab, first = 1000, m = 250;
+    const RotarySpec spec = make_rotary_spec(c.head_dim, 0.5, 4096.0);
+    std::vector<int32_t> shared = token_case_keys(c, 0);
+    for (int32_t& x : shared) x = x == 5 ? 6 : x;
+    const TokenGroups<double> g = group_tokens<double>(shared.data(), c.n, first, V, spec);
+    std::vector<std::vector<int32_t>> own_tokens(static_cast<size_t>(c.nq));
+    for (int64_t i = 0; i < c.nq; ++i)
+      for (int64_t j = 0; j < m; ++j)
+        own_tokens[size_t(i)].push_back(i == 1 ? kPadToken : int32_t((j * 7 + i * 3) % 11));
+    const TokenGroupBlocks<double> own =
+        group_tokens_in_blocks<double>(own_tokens, first + c.n, V, spec);
+    TokenAttentionShape s{c.nq, c.heads, c.head_dim, spec.bands, V, r.raw(g.group), r.raw(g.pos),
+                          g.stride, first + 30, 1.0 / std::sqrt(double(c.head_dim))};
+    s.own_group = r.raw(own.group);
+    s.own_pos = r.raw(own.pos);
+    s.own_stride = own.stride;
+    s.own_cos = r.put(own.cos);
+    s.own_sin = r.put(own.sin);
+    const bool takes = r.ops.token_attention_takes_own_keys();
+    auto* o = r.filled(c.nq * width, 7);
+    auto* lse = r.filled(c.nq * c.heads, 7);
+    const bool done = r.ops.token_attention_forward(
+        s, r.random(c.nq * width, 42), r.random(V * width, 43), r.random(V * width, 44),
+        r.put(g.cos), r.put(g.sin), o, lse);
+    r.result.declined = !done;
+    if (!done) {
+      const auto got = r.host(o, c.nq * width);
+      r.check(std::all_of(got.begin(), got.end(), [](auto x) { return x == 7; }),
+              "token_attention_forward declined own keys but wrote o");
+      return;
+    }
+    r.check(takes, "token_attention_forward took own keys, which its backend says it does not");
+    r.out("o", o, c.nq * width);
+    r.out("lse", lse, c.nq * c.heads);
+  }));
+  t.back().gpu_may_decline = true;  // the GPU takes no own keys (token_attention_takes_own_keys)
 }
 
 void merge_and_loss_cases(std::vector<OpCase>& t) {

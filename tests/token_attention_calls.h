@@ -38,8 +38,15 @@ class TokenAttentionCalls final : public ForwardingOps<T> {
     return through;
   }
 
+  bool token_attention_takes_own_keys() override {
+    ++asked_takes_own;
+    return says_takes_own && ForwardingOps<T>::token_attention_takes_own_keys();
+  }
+
   int64_t max_batch = std::numeric_limits<int64_t>::max();  // declines batch > this
   bool decline_own = false;  // declines calls with own keys (TokenAttentionShape::own_group)
+  bool says_takes_own = true;  // its answer to token_attention_takes_own_keys (and the inner's)
+  int64_t asked_takes_own = 0;
   int64_t taken = 0, declined = 0, taken_after_decline = 0;
   int64_t batched = 0;  // calls with batch > 1 (several samples' own keys), taken or not
   int64_t with_own = 0;  // calls with own keys besides the shared ones, taken or not

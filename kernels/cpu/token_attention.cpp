@@ -490,7 +490,14 @@ bool CpuOps<T>::token_attention_forward(const TokenAttentionShape& s, const T* q
   return true;
 }
 
+// The scan takes a query's own keys with the coefficients of its shared ones.
+template <typename T>
+bool CpuOps<T>::token_attention_takes_own_keys() {
+  return true;
+}
+
 #define PAR_INSTANTIATE(T)                                                                  \
+  template bool CpuOps<T>::token_attention_takes_own_keys();                                \
   template bool CpuOps<T>::token_attention_forward(const TokenAttentionShape&, const T*,    \
                                                    const T*, const T*, const T*, const T*, \
                                                    T*, T*);

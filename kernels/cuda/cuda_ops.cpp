@@ -461,10 +461,13 @@ void CudaOps::sample_tokens(int32_t* ids, const float* logits, int64_t rows, int
   download(ids, ids_dev, size_t(rows) * sizeof(int32_t));
 }
 
-// Shapes the kernels are not sized for (many query-heads: a refill's latents) are declined;
-// decoding then attends over the materialized cross cache for that call. So are the
-// queries' own keys in the same call (TokenAttentionShape::own_group): decoding then
+// The kernel has no scan of a query's own keys (TokenAttentionShape::own_group): decoding
 // attends them in a call of their own.
+bool CudaOps::token_attention_takes_own_keys() { return false; }
+
+// Shapes the kernels are not sized for (many query-heads: a refill's latents) are declined;
+// decoding then attends over the materialized cross cache for that call. So are calls with
+// own keys (token_attention_takes_own_keys).
 bool CudaOps::token_attention_forward(const TokenAttentionShape& s, const float* q,
                                       const float* key_table, const float* value_table,
                                       const float* cos, const float* sin, float* o, float* lse) {
