@@ -1,8 +1,9 @@
 // The CudaOps class (core/ops.h on one GPU), shared by its source files: cuda_ops.cpp
-// (memory, transfers, step graphs and the elementwise and other operations),
-// cuda_ops_matmul.cpp (gemm and the linear layers), cuda_ops_attention.cpp (which
-// attention path a call takes, and the blocked one) and cuda_ops_bf16.cpp (the operations
-// on bfloat16-stored tensors).
+// (its making, the elementwise and other operations), cuda_ops_memory.cpp (memory and
+// transfers), cuda_ops_graphs.cpp (step graphs), cuda_ops_matmul.cpp (gemm and the linear
+// layers), cuda_ops_attention.cpp (which attention path a call takes, and the blocked one),
+// cuda_ops_bf16.cpp (the operations on bfloat16-stored tensors) and cuda_ops_api.cpp (the
+// public functions of cuda_ops.h).
 // Private to kernels/cuda: everything else reaches the backend through cuda_ops.h.
 #pragma once
 
@@ -149,6 +150,11 @@ class CudaOps final : public Ops<float> {
   cublasHandle_t cublas_ = nullptr;
   static constexpr size_t kCublasWorkspace = size_t(kCublasWorkspaceBytes);
   void* cublas_workspace_ = nullptr;
+  // Uploads up to kStagedUploadMax go through a pinned staging ring of kStagingBytes
+  // without waiting for the GPU (decoding uploads a token and its position every step);
+  // larger ones wait.
+  static constexpr size_t kStagingBytes = size_t(1) << 20;
+  static constexpr size_t kStagedUploadMax = size_t(64) << 10;
   double* pinned_ = nullptr;  // small device-to-host results
   char* staging_ = nullptr;   // kStagingBytes of pinned memory for small uploads
   size_t staging_used_ = 0;   // bytes handed to copies since the stream last drained
