@@ -55,7 +55,8 @@ ModelConfig read_model_attributes(hid_t root) {
 void write_tensors(hid_t root, const std::string& group, const ParamLayout& layout,
                    const float* base) {
   for (const ParamInfo& p : layout.params())
-    h5::write_dataset<float>(root, group + "/" + p.name, base + p.offset, p.shape);
+    h5::write_dataset<float>(root, group + "/" + p.name, base + p.offset, p.shape,
+                             h5::Storage::kChecksummed);
 }
 
 // Every tensor's shape before anything is allocated for them: attributes edited to a far
@@ -157,7 +158,11 @@ ModelFile exported_description(hid_t root, const std::string& path, bool with_op
   m.format = read_format(root, path);
   m.model = read_valid_config(root, path);
   m.position.step = h5::read_attribute<int64_t>(root, "step");
-  check_tensor_shapes(root, "params", ParamLayout(m.model), path);
+  const ParamLayout layout(m.model);
+  check_tensor_shapes(root, "params", layout, path);
+  m.checksummed = true;
+  for (const ParamInfo& p : layout.params())
+    m.checksummed = m.checksummed && h5::has_checksums(root, "params/" + p.name);
   return m;
 }
 
@@ -198,8 +203,18 @@ ModelFile from_exported_model(const std::string& path, bool with_optimizer,
   const ParamLayout layout(m.model);
   const TensorVisitor copy = visit ? nullptr : copy_into(m, layout, false);
   const TensorVisitor& to = visit ? *visit : copy;
-  for (const ParamInfo& p : layout.params())
-    to(0, p, h5::read_dataset<float>(file.id(), "params/" + p.name).data());
+  for (const ParamInfo& p : layout.params()) {
+    const std::string name = "params/" + p.name;
+    std::vector<float> values;
+    try {
+      values = h5::read_dataset<float>(file.id(), name);
+    } catch (const UserError& e) {
+      // Its shape was read: what fails now is its data (with checksums: a flipped bit).
+      fail_user(path, ": tensor ", name, " is damaged (", e.what(),
+                "): export it again from its checkpoint");
+    }
+    to(0, p, values.data());
+  }
   return m;
 }
 
@@ -253,7 +268,8 @@ ModelFile export_model_file(const std::string& given, const std::string& out) {
   ModelFile f;
   write_atomically(out, [&](hid_t root) {
     f = visit_model_file(given, false, [&](int, const ParamInfo& p, const float* values) {
-      h5::write_dataset<float>(root, "params/" + p.name, values, p.shape);
+      h5::write_dataset<float>(root, "params/" + p.name, values, p.shape,
+                               h5::Storage::kChecksummed);
     });
     h5::write_attribute<std::string>(root, "format", kExportFormat);
     write_model_attributes(root, f.model);

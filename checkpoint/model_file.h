@@ -28,11 +28,15 @@ struct ModelFile {
   std::string config_text;    // a checkpoint's: the resolved options of the run that wrote it
   int dp = 1, sp = 1, tp = 1;  // the layout that wrote a checkpoint
   size_t pieces = 0;           // a checkpoint's: the pieces its manifest lists
+  // Whether every tensor is checked as it is read: a checkpoint's against its manifest, an
+  // export's by HDF5's checksums (exports of par before them have none).
+  bool checksummed = true;
   std::vector<float> params;  // layout order (ParamLayout(model))
   std::vector<float> adam_m, adam_v;  // empty for an export or without with_optimizer
 };
 
-// Writes the single-file weights format of spec/FORMATS.md.
+// Writes the single-file weights format of spec/FORMATS.md, each tensor with HDF5's
+// checksums (h5::Storage::kChecksummed), which any HDF5 reader verifies.
 void write_export(const std::string& path, const ModelConfig& model, int64_t step,
                   const float* params);
 

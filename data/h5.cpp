@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <type_traits>
@@ -361,9 +362,47 @@ void read_block(hid_t loc, const std::string& name, const std::vector<int64_t>& 
         cat("cannot read ", where(loc, "dataset", name)));
 }
 
+namespace {
+
+// Chunks of at most kChecksumChunkBytes, split along the leading dimensions: a writer and a
+// reader hold a chunk's copy besides the data (the filter runs on a copy), and chunks of
+// HDF5's default chunk cache size keep that copy small whatever the tensor.
+constexpr int64_t kChecksumChunkBytes = int64_t(1) << 20;
+
+// The leading dimensions are cut to 1 until one step of a dimension fits in a chunk; that
+// dimension takes as many steps as fit, the ones after it stay whole. dims are all >= 1.
+std::vector<hsize_t> checksum_chunks(const std::vector<hsize_t>& dims, int64_t element_bytes) {
+  std::vector<hsize_t> chunk = dims;
+  int64_t step = element_bytes;  // bytes of one step of dimension d
+  for (size_t e = 1; e < dims.size(); ++e) step *= int64_t(dims[e]);
+  for (size_t d = 0; d < dims.size(); ++d) {
+    if (step <= kChecksumChunkBytes) {
+      chunk[d] = hsize_t(std::min<int64_t>(int64_t(dims[d]), kChecksumChunkBytes / step));
+      break;
+    }
+    chunk[d] = 1;
+    step /= int64_t(dims[d + 1]);  // d is not the last: a step of it is one element
+  }
+  return chunk;
+}
+
+}  // namespace
+
+bool has_checksums(hid_t loc, const std::string& name) {
+  Lock lock;
+  Object ds = open_dataset(loc, name);
+  Object dcpl = checked(H5Dget_create_plist(ds.id()), cat("cannot read ", where(loc, "dataset", name)));
+  unsigned flags = 0;
+  size_t n = 0;
+  const herr_t r = H5Pget_filter_by_id2(dcpl.id(), H5Z_FILTER_FLETCHER32, &flags, &n, nullptr, 0,
+                                        nullptr, nullptr);
+  if (r < 0) H5Eclear2(H5E_DEFAULT);  // no such filter
+  return r >= 0;
+}
+
 template <typename T>
 void write_dataset(hid_t loc, const std::string& name, const T* data,
-                   const std::vector<int64_t>& shape) {
+                   const std::vector<int64_t>& shape, Storage storage) {
   Lock lock;
   if (exists(loc, name)) fail_user(where(loc, "dataset", name), " already exists");
   std::vector<hsize_t> dims;
@@ -379,8 +418,17 @@ void write_dataset(hid_t loc, const std::string& name, const T* data,
                          cat("cannot make the dataspace of ", where(loc, "dataset", name)));
   Object lcpl = intermediate_lcpl();
   Object dcpl = untimed_creation(H5P_DATASET_CREATE);
+  if (storage == Storage::kChecksummed && !shape.empty() && n > 0) {
+    const std::vector<hsize_t> chunk = checksum_chunks(dims, int64_t(sizeof(T)));
+    check(H5Pset_chunk(dcpl.id(), static_cast<int>(chunk.size()), chunk.data()),
+          cat("cannot chunk ", where(loc, "dataset", name)));
+    check(H5Pset_fletcher32(dcpl.id()), cat("cannot checksum ", where(loc, "dataset", name)));
+  }
+  // No chunk cache: each chunk goes through the filter and to the file as it is written.
+  Object dapl = checked(H5Pcreate(H5P_DATASET_ACCESS), "H5Pcreate(dataset access)");
+  check(H5Pset_chunk_cache(dapl.id(), 0, 0, 1.0), "H5Pset_chunk_cache");
   Object ds = checked(H5Dcreate2(loc, name.c_str(), native_type<T>(), space.id(), lcpl.id(),
-                                 dcpl.id(), H5P_DEFAULT),
+                                 dcpl.id(), dapl.id()),
                       cat("cannot create ", where(loc, "dataset", name)));
   const std::string what = cat("cannot write ", where(loc, "dataset", name));
   if (n > 0) check(H5Dwrite(ds.id(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data), what);
@@ -473,7 +521,7 @@ void write_attribute(hid_t loc, const std::string& name, const T& value) {
   template void read_block<T>(hid_t, const std::string&, const std::vector<int64_t>&, \
                               const std::vector<int64_t>&, T*);                  \
   template void write_dataset<T>(hid_t, const std::string&, const T*,             \
-                                 const std::vector<int64_t>&);
+                                 const std::vector<int64_t>&, Storage);
 PAR_H5_DATASET(float)
 PAR_H5_DATASET(double)
 PAR_H5_DATASET(int32_t)

@@ -96,11 +96,19 @@ std::vector<T> read_dataset(hid_t loc, const std::string& name);
 template <typename T>
 void read_block(hid_t loc, const std::string& name, const std::vector<int64_t>& offset,
                 const std::vector<int64_t>& count, T* out);
-// Writes a new contiguous dataset of T's native type (parents created); shape {} is a
-// scalar. An existing dataset of that name is an error.
+// How write_dataset stores a dataset: contiguous, or in chunks that carry HDF5's Fletcher32
+// checksum, which every HDF5 reader (h5py too) verifies as it reads, so that a flipped bit
+// is a read error, not a silently different number. (A scalar or an empty dataset has no
+// chunks: it is stored contiguous either way.)
+enum class Storage { kContiguous, kChecksummed };
+
+// Writes a new dataset of T's native type (parents created); shape {} is a scalar. An
+// existing dataset of that name is an error.
 template <typename T>
 void write_dataset(hid_t loc, const std::string& name, const T* data,
-                   const std::vector<int64_t>& shape);
+                   const std::vector<int64_t>& shape, Storage storage = Storage::kContiguous);
+// Whether a dataset's chunks carry Fletcher32 checksums (Storage::kChecksummed).
+bool has_checksums(hid_t loc, const std::string& name);
 
 // T in {int64_t, double, std::string}. Strings may be fixed or variable length; integer
 // attributes read as double too.

@@ -60,6 +60,9 @@ int cmd_inspect(int argc, char** argv) {
   }
   std::printf("model       %s\n", f.model.summary().c_str());
   std::printf("parameters  %lld\n", static_cast<long long>(ParamLayout(f.model).num_parameters()));
+  if (!f.checksummed)
+    std::printf("verified    no: this export has no checksums (an older par wrote it); export it "
+                "again from its checkpoint to add them\n");
   std::printf("tensors (checksum: FNV-1a 64 of the whole tensor's float32 bytes)\n%s", tensors.c_str());
   if (!no_config && !f.config_text.empty())
     std::printf("options of the run that wrote it:\n%s", f.config_text.c_str());

@@ -105,10 +105,11 @@ double peak_growth_of(const std::function<void()>& warm, const std::function<voi
 }
 
 // `par export` writes tensor by tensor as it reads them: its memory grows by about a
-// tensor, where reading the checkpoint whole grows by its parameters.
+// tensor (and HDF5's copy of a chunk, which its checksum is computed on), where reading the
+// checkpoint whole grows by its parameters. (d 384, four layers: 6.5 MB against 28.8 MB.)
 TEST(CheckpointVisit, ExportHoldsOneTensorAtATime) {
   TempDir dir;
-  train_one_step(dir, "run", " --d-model 384 --num-layers 2 --batch-size 2");
+  train_one_step(dir, "run", " --d-model 384 --num-layers 4 --batch-size 2");
   train_one_step(dir, "small", "");
   const ModelConfig model = read_model_config(dir.file("run"));
   const double params = double(ParamLayout(model).total()) * sizeof(float);

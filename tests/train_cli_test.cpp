@@ -177,6 +177,7 @@ TEST(TrainCli, EvalPrintsJsonAndExportWritesThePublicFormat) {
   EXPECT_EQ(h5::list_names(h5::open_group(file.id(), "params").id()).size(), layout.params().size());
   for (const ParamInfo& p : layout.params()) {
     ASSERT_EQ(h5::dataset_shape(file.id(), "params/" + p.name), p.shape) << p.name;
+    EXPECT_TRUE(h5::has_checksums(file.id(), "params/" + p.name)) << p.name;
     const auto v = h5::read_dataset<float>(file.id(), "params/" + p.name);
     EXPECT_TRUE(std::equal(v.begin(), v.end(), ckpt.params.begin() + p.offset)) << p.name;
   }
