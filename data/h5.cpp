@@ -121,6 +121,45 @@ std::string class_name(H5T_class_t c) {
   }
 }
 
+// Whether a float type is IEEE 754's binary16, 32 or 64 (either byte order).
+bool is_ieee_float(hid_t type, size_t size) {
+  struct Fields {
+    size_t sign, exponent_at, exponent_bits, mantissa_bits, bias;
+  };
+  const Fields want = size == 2   ? Fields{15, 10, 5, 10, 15}
+                      : size == 4 ? Fields{31, 23, 8, 23, 127}
+                                  : Fields{63, 52, 11, 52, 1023};
+  size_t spos = 0, epos = 0, esize = 0, mpos = 0, msize = 0;
+  if (H5Tget_fields(type, &spos, &epos, &esize, &mpos, &msize) < 0) return false;
+  return spos == want.sign && epos == want.exponent_at && esize == want.exponent_bits &&
+         mpos == 0 && msize == want.mantissa_bits && H5Tget_ebias(type) == want.bias &&
+         H5Tget_norm(type) == H5T_NORM_IMPLIED;
+}
+
+// The numbers a dataset holds, as stored: integers of 1, 2, 4 or 8 bytes, IEEE floats of 2,
+// 4 or 8, every bit used. Anything else (which a damaged datatype message makes of a float
+// or integer type) is refused before HDF5 converts from it: a width that the stored bytes
+// do not have makes the conversion read past HDF5's buffers, other fields change every
+// value without an error.
+void check_numeric_type(hid_t dataset, const std::string& what) {
+  Object type = checked(H5Dget_type(dataset), cat("cannot read the type of ", what));
+  const hid_t t = type.id();
+  const H5T_class_t c = H5Tget_class(t);
+  if (c != H5T_INTEGER && c != H5T_FLOAT)
+    fail_user(what, " holds ", class_name(c), " data, not numbers");
+  const size_t size = H5Tget_size(t);
+  const bool whole = H5Tget_precision(t) == 8 * size && H5Tget_offset(t) == 0;
+  const bool standard = c == H5T_INTEGER ? size == 1 || size == 2 || size == 4 || size == 8
+                                         : (size == 2 || size == 4 || size == 8) &&
+                                               is_ieee_float(t, size);
+  H5Eclear2(H5E_DEFAULT);  // a getter that failed on a damaged type: refused below
+  if (!whole || !standard)
+    fail_user(what, " holds ", class_name(c), "s of ", size, " bytes that are not ",
+              c == H5T_INTEGER ? "plain integers" : "IEEE floats",
+              ": the file is damaged, or holds numbers par does not read (integers of 1, 2, 4 "
+              "or 8 bytes, IEEE floats of 2, 4 or 8)");
+}
+
 }  // namespace
 
 // No clean-up of HDF5's at the process's exit: a file whose closing failed (a full disk)
@@ -319,10 +358,7 @@ template <typename T>
 std::vector<T> read_dataset(hid_t loc, const std::string& name) {
   Lock lock;
   Object ds = open_dataset(loc, name);
-  Object type = checked(H5Dget_type(ds.id()), cat("cannot read the type of ", where(loc, "dataset", name)));
-  const H5T_class_t c = H5Tget_class(type.id());
-  if (c != H5T_INTEGER && c != H5T_FLOAT)
-    fail_user(where(loc, "dataset", name), " holds ", class_name(c), " data, not numbers");
+  check_numeric_type(ds.id(), where(loc, "dataset", name));
   Object space = checked(H5Dget_space(ds.id()), cat("cannot read ", where(loc, "dataset", name)));
   const hssize_t n = H5Sget_simple_extent_npoints(space.id());
   check(n < 0 ? -1 : 0, cat("cannot read ", where(loc, "dataset", name)));
@@ -338,6 +374,7 @@ void read_block(hid_t loc, const std::string& name, const std::vector<int64_t>& 
                 const std::vector<int64_t>& count, T* out) {
   Lock lock;
   Object ds = open_dataset(loc, name);
+  check_numeric_type(ds.id(), where(loc, "dataset", name));
   Object space = checked(H5Dget_space(ds.id()), cat("cannot read ", where(loc, "dataset", name)));
   const int rank = H5Sget_simple_extent_ndims(space.id());
   if (rank != int(offset.size()) || offset.size() != count.size())

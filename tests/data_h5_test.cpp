@@ -19,6 +19,7 @@
 namespace par {
 namespace {
 
+using testing_util::slurp;
 using testing_util::TempDir;
 using testing_util::user_error_of;
 
@@ -156,6 +157,63 @@ TEST(H5Test, ErrorsNameTheFileAndObject) {
   EXPECT_NE(msg.find("nope"), std::string::npos) << msg;
 }
 
+// A damaged datatype message of a float32 dataset: its width made 1,048,580 bytes (HDF5's
+// conversion then read past its buffers: a crash), or its exponent bias changed (every
+// value read differently, without an error). Both are refused, naming the dataset; IEEE
+// half floats (as h5py writes numpy's float16) and big-endian integers still read.
+TEST(H5Test, DamagedNumberTypesAreRefused) {
+  TempDir dir;
+  const std::vector<float> v = {1.5f, -2.25f, 0.5f, 8.0f};
+  // The datatype message of an IEEE little-endian float32 (HDF5 file format, version 1).
+  const std::string f32{'\x11', '\x20', '\x1f', '\x00', '\x04', '\x00', '\x00', '\x00', '\x00', '\x00',
+                        '\x20', '\x00', '\x17', '\x08', '\x00', '\x17', '\x7f', '\x00', '\x00', '\x00'};
+  for (const auto& [what, at, value] :
+       {std::tuple{"width", 6, '\x10'}, std::tuple{"exponent bias", 16, '\x7e'}}) {
+    SCOPED_TRACE(what);
+    const std::string path = dir.file(cat("damaged-", at, ".h5"));
+    {
+      h5::Object f = h5::create_file(path);
+      h5::write_dataset<float>(f.id(), "x", v.data(), {4});
+    }
+    std::string bytes = slurp(path);
+    const size_t i = bytes.find(f32);
+    ASSERT_NE(i, std::string::npos);
+    bytes[i + size_t(at)] = value;
+    std::ofstream(path, std::ios::binary) << bytes;
+    h5::Object f = h5::open_file(path);
+    const std::string msg = user_error_of([&] { h5::read_dataset<float>(f.id(), "x"); });
+    EXPECT_NE(msg.find("'x' holds floats of"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("not IEEE floats"), std::string::npos) << msg;
+    std::vector<float> block(2);
+    EXPECT_NE(user_error_of([&] { h5::read_block<float>(f.id(), "x", {1}, {2}, block.data()); }),
+              "");
+  }
+
+  const std::string path = dir.file("widths.h5");
+  {
+    h5::Object f = h5::create_file(path);
+    const hsize_t n = 4;
+    const hid_t space = H5Screate_simple(1, &n, nullptr);
+    const hid_t half = H5Tcopy(H5T_IEEE_F32LE);  // as h5py makes numpy's float16
+    H5Tset_fields(half, 15, 10, 5, 0, 10);
+    H5Tset_size(half, 2);
+    H5Tset_ebias(half, 15);
+    for (const auto& [name, type] : {std::pair{"half", half}, std::pair{"be", H5T_STD_U16BE}}) {
+      const hid_t ds = H5Dcreate2(f.id(), name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+      ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                         std::string(name) == "be" ? std::vector<float>{1, 2, 3, 400}.data()
+                                                   : v.data()),
+                0);
+      H5Dclose(ds);
+    }
+    H5Tclose(half);
+    H5Sclose(space);
+  }
+  h5::Object f = h5::open_file(path);
+  EXPECT_EQ(h5::read_dataset<float>(f.id(), "half"), v);
+  EXPECT_EQ(h5::read_dataset<int32_t>(f.id(), "be"), (std::vector<int32_t>{1, 2, 3, 400}));
+}
+
 // The wrappers serialize on one lock, so several threads may use HDF5 at once.
 TEST(H5Test, ConcurrentUseFromThreads) {
   TempDir dir;
@@ -196,9 +254,10 @@ TEST(H5Test, WrittenObjectsCarryNoTimes) {
     h5::Object g = h5::create_group(f.id(), "params");
     h5::write_dataset<float>(g.id(), "w", w.data(), {3});
     h5::write_dataset<float>(f.id(), "deep/inside/v", w.data(), {3});  // groups made on the way
+    h5::write_dataset<float>(f.id(), "checked", w.data(), {3}, h5::Storage::kChecksummed);
   }
   h5::Object f = h5::open_file(path);
-  for (const char* name : {"params", "params/w", "deep/inside", "deep/inside/v"}) {
+  for (const char* name : {"params", "params/w", "deep/inside", "deep/inside/v", "checked"}) {
     SCOPED_TRACE(name);
     H5O_info_t info{};
     ASSERT_GE(H5Oget_info_by_name2(f.id(), name, &info, H5O_INFO_TIME, H5P_DEFAULT), 0);
