@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/fatal_signals.h"
 
 namespace par::h5 {
 
@@ -85,6 +86,12 @@ hid_t native_type() {
 // "file F: object 'name'" prefix for messages about a file's contents.
 std::string where(hid_t loc, const std::string& kind, const std::string& name) {
   return cat("file ", file_name(loc), ": ", kind, " '", name, "'");
+}
+
+// What a crash inside HDF5 names while `kind` `name` of loc's file is read
+// (core/fatal_signals.h).
+CrashContext reading(hid_t loc, const std::string& kind, const std::string& name) {
+  return CrashContext(cat("reading ", where(loc, kind, name)));
 }
 
 Object open_dataset(hid_t loc, const std::string& name) {
@@ -241,6 +248,7 @@ Object open_file(const std::string& path, bool writable) {
   if (::access(path.c_str(), writable ? (R_OK | W_OK) : R_OK) != 0)
     fail_user("cannot open ", path, ": ", std::strerror(errno));
   Lock lock;
+  const CrashContext context(cat("opening HDF5 file ", path));
   const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
   // Negative: the check itself failed (no file descriptor left, an I/O error), which says
   // nothing about the file's contents.
@@ -325,6 +333,7 @@ Object create_group(hid_t loc, const std::string& name) {
 
 std::vector<std::string> list_names(hid_t group) {
   Lock lock;
+  const CrashContext context(cat("listing a group of file ", file_name(group)));
   H5G_info_t info{};
   check(H5Gget_info(group, &info), cat("cannot list group in file ", file_name(group)));
   std::vector<std::string> names;
@@ -344,6 +353,7 @@ std::vector<std::string> list_names(hid_t group) {
 
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name) {
   Lock lock;
+  const CrashContext context = reading(loc, "dataset", name);
   Object ds = open_dataset(loc, name);
   Object space = checked(H5Dget_space(ds.id()), cat("cannot read the shape of ", where(loc, "dataset", name)));
   const int rank = H5Sget_simple_extent_ndims(space.id());
@@ -357,6 +367,7 @@ std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name) {
 template <typename T>
 std::vector<T> read_dataset(hid_t loc, const std::string& name) {
   Lock lock;
+  const CrashContext context = reading(loc, "dataset", name);
   Object ds = open_dataset(loc, name);
   check_numeric_type(ds.id(), where(loc, "dataset", name));
   Object space = checked(H5Dget_space(ds.id()), cat("cannot read ", where(loc, "dataset", name)));
@@ -373,6 +384,7 @@ template <typename T>
 void read_block(hid_t loc, const std::string& name, const std::vector<int64_t>& offset,
                 const std::vector<int64_t>& count, T* out) {
   Lock lock;
+  const CrashContext context = reading(loc, "dataset", name);
   Object ds = open_dataset(loc, name);
   check_numeric_type(ds.id(), where(loc, "dataset", name));
   Object space = checked(H5Dget_space(ds.id()), cat("cannot read ", where(loc, "dataset", name)));
@@ -482,6 +494,7 @@ bool has_attribute(hid_t loc, const std::string& name) {
 template <typename T>
 T read_attribute(hid_t loc, const std::string& name) {
   Lock lock;
+  const CrashContext context = reading(loc, "attribute", name);
   Object attr = open_attribute(loc, name);
   const std::string what = where(loc, "attribute", name);
   Object type = checked(H5Aget_type(attr.id()), cat("cannot read the type of ", what));

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/fatal_signals.h"
 
 namespace par {
 
@@ -197,6 +198,8 @@ void ShardReader::read(int64_t offset, int64_t count, int32_t* out, int64_t voca
     h5::Lock lock;
     const std::string what = cat("cannot read tokens [", offset, ", ", offset + count,
                                  ") of shard ", info_.path);
+    const CrashContext context(cat("reading tokens [", offset, ", ", offset + count,
+                                   ") of shard ", info_.path));
     h5::Object space = h5::checked(H5Dget_space(tokens_.id()), what);
     const hsize_t start = static_cast<hsize_t>(offset), n = static_cast<hsize_t>(count);
     h5::check(H5Sselect_hyperslab(space.id(), H5S_SELECT_SET, &start, nullptr, &n, nullptr),

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/fatal_signals.h"
 #include "kernels/cpu/blas_setup.h"
 #include "launch/commands.h"
 #include "launch/job.h"
@@ -87,6 +88,8 @@ int main(int argc, char** argv) {
   // which every checked write reports as an error naming the file, instead of a signal
   // that kills the process without a word and leaves a half-written checkpoint.
   std::signal(SIGXFSZ, SIG_IGN);
+  // A crash says so in one line, naming the file HDF5 was reading where it was.
+  par::install_fatal_signal_message();
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
   try {

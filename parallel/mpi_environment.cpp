@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/fatal_signals.h"
 #include "parallel/mpi_error.h"
 
 namespace par {
@@ -61,6 +62,9 @@ MpiEnvironment::MpiEnvironment(int* argc, char*** argv)
     throw std::runtime_error(cat("MPI_Init_thread failed on ", rank_on_host(),
                                  " (error code ", rc, ")"));
   }
+  // MPI_Init may have put handlers of its own (a stack trace) on the fatal signals: ours
+  // goes back on top, and calls them after its line.
+  install_fatal_signal_message();
   // Every error must come back as a return code so check_mpi can name the rank and host.
   check_mpi(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN),
             "MPI_Comm_set_errhandler");

@@ -14,12 +14,13 @@
 #include "core/error.h"
 #include "core/param_layout.h"
 #include "data/h5.h"
-#include "tests/temp_dir.h"
+#include "tests/par_cli.h"
 #include "tests/user_error.h"
 
 namespace par {
 namespace {
 
+using testing_util::small_model_config;
 using testing_util::TempDir;
 using testing_util::user_error_of;
 
@@ -114,21 +115,11 @@ bool same_tensors(const ParamLayout& layout, const std::vector<float>& a,
   return true;
 }
 
-ModelConfig small_model() {
-  ModelConfig c;
-  c.d_model = 32;
-  c.context_length = 64;
-  c.num_latents = 16;
-  c.num_layers = 1;
-  c.cross_heads = c.self_heads = 2;
-  c.mlp_factor = 2;
-  return c;
-}
 
 TEST(ExportChecksums, AFlippedBitInATensorIsAnErrorNamingIt) {
   TempDir dir;
   const std::string path = dir.file("model.h5");
-  const ModelConfig c = small_model();
+  const ModelConfig c = small_model_config();
   const ParamLayout layout(c);
   std::vector<float> params(size_t(layout.total()));
   for (size_t i = 0; i < params.size(); ++i) params[i] = float(i % 97) / 97.0f - 0.5f;
@@ -147,7 +138,7 @@ TEST(ExportChecksums, AFlippedBitInATensorIsAnErrorNamingIt) {
 TEST(ExportChecksums, ExportsWithoutChecksumsStillRead) {
   TempDir dir;
   const std::string path = dir.file("model.h5");
-  const ModelConfig c = small_model();
+  const ModelConfig c = small_model_config();
   const ParamLayout layout(c);
   std::vector<float> params(size_t(layout.total()));
   for (size_t i = 0; i < params.size(); ++i) params[i] = float(i % 89) / 89.0f;
