@@ -72,12 +72,13 @@ void check_tensor_shapes(hid_t root, const std::string& group, const ParamLayout
   }
 }
 
-// Writes through `fill` into PATH.tmp, then renames over PATH.
+// Writes through `fill` into PATH.tmp, then renames over PATH. The file's metadata carries
+// checksums as its tensors do (h5::FileFormat::kChecksummedMetadata).
 template <typename F>
 void write_atomically(const std::string& path, F&& fill) {
   const std::string tmp = path + ".tmp";
   try {
-    h5::Object file = h5::create_file(tmp);
+    h5::Object file = h5::create_file(tmp, h5::FileFormat::kChecksummedMetadata);
     fill(file.id());
     file.close(cat("cannot write file ", tmp));
   } catch (...) {

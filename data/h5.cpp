@@ -262,9 +262,13 @@ Object open_file(const std::string& path, bool writable) {
   return Object(id);
 }
 
-Object create_file(const std::string& path) {
+Object create_file(const std::string& path, FileFormat format) {
   Lock lock;
-  const hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  Object fapl = checked(H5Pcreate(H5P_FILE_ACCESS), "H5Pcreate(file access)");
+  if (format == FileFormat::kChecksummedMetadata)
+    check(H5Pset_libver_bounds(fapl.id(), H5F_LIBVER_V110, H5F_LIBVER_V110),
+          "H5Pset_libver_bounds");
+  const hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id());
   if (id < 0)
     fail_user(with_detail(cat("cannot create HDF5 file ", path,
                               " (does its directory exist, and is it writable?)")));

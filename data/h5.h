@@ -65,8 +65,14 @@ void check(herr_t rc, const std::string& what);
 // Opens an existing HDF5 file; UserError naming the path when it is missing, unreadable or
 // not HDF5.
 Object open_file(const std::string& path, bool writable = false);
+// How a new file is laid out: as HDF5's earliest format allows (any HDF5 reads it), or in
+// HDF5 1.10's format (HDF5 1.10 or later reads it), whose metadata -- object headers, chunk
+// indexes, the superblock -- carries checksums, so that damage to it is an error too, not
+// another tensor's chunk or type read without a word.
+enum class FileFormat { kEarliest, kChecksummedMetadata };
+
 // Creates (truncating) a file.
-Object create_file(const std::string& path);
+Object create_file(const std::string& path, FileFormat format = FileFormat::kEarliest);
 
 // The name the file holding `any` was opened under, for error messages.
 std::string file_name(hid_t any);

@@ -134,6 +134,34 @@ TEST(ExportChecksums, AFlippedBitInATensorIsAnErrorNamingIt) {
   EXPECT_NE(e.find("export it again"), std::string::npos) << e;
 }
 
+// Damage to an export's metadata is an error too: a tensor's datatype message made
+// big-endian (a standard type, so read as a byte-swapped tensor where the metadata carries
+// no checksum, as in HDF5's earliest format).
+TEST(ExportChecksums, AFlippedBitInATensorsMetadataIsAnError) {
+  TempDir dir;
+  const std::string path = dir.file("model.h5");
+  const ModelConfig c = small_model_config();
+  const ParamLayout layout(c);
+  std::vector<float> params(size_t(layout.total()), 0.25f);
+  write_export(path, c, 7, params.data());
+  {
+    h5::Object f = h5::open_file(path);
+    H5F_info2_t info{};
+    ASSERT_GE(H5Fget_info2(f.id(), &info), 0);
+    EXPECT_GE(info.super.version, 3u) << "not HDF5 1.10's format, whose metadata has checksums";
+  }
+  // The datatype message of an IEEE little-endian float32, its byte-order bit set.
+  const std::string f32{'\x11', '\x20', '\x1f', '\x00', '\x04', '\x00', '\x00', '\x00', '\x00', '\x00',
+                        '\x20', '\x00', '\x17', '\x08', '\x00', '\x17', '\x7f', '\x00', '\x00', '\x00'};
+  std::string bytes = testing_util::slurp(path);
+  const size_t i = bytes.find(f32);
+  ASSERT_NE(i, std::string::npos);
+  bytes[i + 1] = char(bytes[i + 1] | 1);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  const std::string e = user_error_of([&] { read_model_file(path, false); });
+  EXPECT_NE(e.find(path), std::string::npos) << e;
+}
+
 // An export whose tensors are stored contiguous, without checksums, as par wrote them before.
 TEST(ExportChecksums, ExportsWithoutChecksumsStillRead) {
   TempDir dir;
