@@ -54,6 +54,9 @@ esac
 skip='ThreadsBeyondTheAddressSpaceLimit|RunsThatCannotFitAreRefusedBeforeAnything'
 skip+='|NoDescriptorLeftIsNotACorruptShard|PlanMatchesTheMeasuredPeakOfBench|slurm_requeue'
 skip+='|ExportHoldsOneTensorAtATime|DecodePlanMatchesTheMeasuredPeakOfBench'
+# A damaged shard that crashes HDF5 on purpose: the sanitizers' interceptors stop HDF5's
+# wild copy with a report of their own, before the crash whose line the test checks.
+skip+='|ADamagedShardThatCrashesHdf5IsNamed'
 # Tests that set several OpenMP threads themselves (omp_set_num_threads, par --threads 2):
 # libgomp's workers read as racing with the thread that reads their results.
 if [[ $mode == thread ]]; then
