@@ -43,6 +43,10 @@ class ProfiledOps final : public ForwardingOps<T> {
   void abort_capture() override {}
   bool replays_captures() override { return false; }
   bool replay_capture(uint64_t) override { return false; }
+  // A question about the backend, not work: not a line of the profile.
+  bool token_attention_takes_own_keys() override {
+    return this->inner().token_attention_takes_own_keys();
+  }
   void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o,
                          T* lse) override {
     label_ = s.nk > 4096 ? "attention_forward (cross)" : "attention_forward (latents)";
