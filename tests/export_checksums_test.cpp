@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <fstream>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -15,8 +14,8 @@
 #include "core/error.h"
 #include "core/param_layout.h"
 #include "data/h5.h"
-#include "tests/child_process.h"
 #include "tests/par_cli.h"
+#include "tests/random_flips.h"
 #include "tests/user_error.h"
 
 namespace par {
@@ -175,33 +174,14 @@ TEST(ExportChecksums, RandomFlipsAreNeverReadAsOtherWeights) {
   std::vector<float> params(size_t(layout.total()));
   for (size_t i = 0; i < params.size(); ++i) params[i] = float(i % 83) / 83.0f - 0.25f;
   write_export(path, c, 5, params.data());
-  const std::string bytes = testing_util::slurp(path);
-  std::mt19937_64 rng(17);
-  enum : int { kSame = 0, kOther = 1, kRefused = 2 };
-  int errors = 0, same = 0;
-  for (int round = 0; round < 300; ++round) {
-    std::string b = bytes;
-    const size_t at = size_t(rng() % b.size());
-    const int bit = int(rng() % 8);
-    b[at] = char(b[at] ^ (1 << bit));
-    std::ofstream(damaged, std::ios::binary | std::ios::trunc) << b;
-    // In a child process: a flip in the string heap can crash HDF5 1.10 itself.
-    const int status = testing_util::status_in_child([&] {
-      try {
-        const ModelFile read = read_model_file(damaged, false);
-        return int(same_tensors(layout, read.params, params) ? kSame : kOther);
-      } catch (const UserError&) {
-        return int(kRefused);
-      }
-    });
-    ASSERT_NE(status, int(kOther)) << "bit " << bit << " of byte " << at
-                                   << " was read as other weights";
-    errors += status == kRefused;
-    same += status == kSame;
-  }
-  EXPECT_GT(errors, 200);  // most of the file is tensors and checksummed metadata
-  RecordProperty("errors", errors);
-  RecordProperty("same", same);
+  const auto n = testing_util::read_flipped_copies(path, damaged, 300, 17, [&] {
+    const ModelFile read = read_model_file(damaged, false);
+    return same_tensors(layout, read.params, params) ? testing_util::kReadSame
+                                                     : testing_util::kReadOther;
+  });
+  EXPECT_GT(n.refused, 200);  // most of the file is tensors and checksummed metadata
+  RecordProperty("refused", n.refused);
+  RecordProperty("same", n.same);
 }
 
 // An export whose tensors are stored contiguous, without checksums, as par wrote them before.
