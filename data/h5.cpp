@@ -88,11 +88,9 @@ std::string where(hid_t loc, const std::string& kind, const std::string& name) {
   return cat("file ", file_name(loc), ": ", kind, " '", name, "'");
 }
 
-// What a crash inside HDF5 names while `kind` `name` of loc's file is read
+// What a crash inside HDF5 names while the object `what` (where()'s words) is read
 // (core/fatal_signals.h).
-CrashContext reading(hid_t loc, const std::string& kind, const std::string& name) {
-  return CrashContext(cat("reading ", where(loc, kind, name)));
-}
+CrashContext reading(const std::string& what) { return CrashContext(cat("reading ", what)); }
 
 Object open_dataset(hid_t loc, const std::string& name) {
   if (!exists(loc, name)) fail_user("file ", file_name(loc), " has no dataset '", name, "'");
@@ -357,30 +355,32 @@ std::vector<std::string> list_names(hid_t group) {
 
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name) {
   Lock lock;
-  const CrashContext context = reading(loc, "dataset", name);
+  const std::string what = where(loc, "dataset", name);
+  const CrashContext context = reading(what);
   Object ds = open_dataset(loc, name);
-  Object space = checked(H5Dget_space(ds.id()), cat("cannot read the shape of ", where(loc, "dataset", name)));
+  Object space = checked(H5Dget_space(ds.id()), cat("cannot read the shape of ", what));
   const int rank = H5Sget_simple_extent_ndims(space.id());
-  check(rank, cat("cannot read the shape of ", where(loc, "dataset", name)));
+  check(rank, cat("cannot read the shape of ", what));
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
   check(H5Sget_simple_extent_dims(space.id(), dims.data(), nullptr),
-        cat("cannot read the shape of ", where(loc, "dataset", name)));
+        cat("cannot read the shape of ", what));
   return std::vector<int64_t>(dims.begin(), dims.end());
 }
 
 template <typename T>
 std::vector<T> read_dataset(hid_t loc, const std::string& name) {
   Lock lock;
-  const CrashContext context = reading(loc, "dataset", name);
+  const std::string what = where(loc, "dataset", name);
+  const CrashContext context = reading(what);
   Object ds = open_dataset(loc, name);
-  check_numeric_type(ds.id(), where(loc, "dataset", name));
-  Object space = checked(H5Dget_space(ds.id()), cat("cannot read ", where(loc, "dataset", name)));
+  check_numeric_type(ds.id(), what);
+  Object space = checked(H5Dget_space(ds.id()), cat("cannot read ", what));
   const hssize_t n = H5Sget_simple_extent_npoints(space.id());
-  check(n < 0 ? -1 : 0, cat("cannot read ", where(loc, "dataset", name)));
+  check(n < 0 ? -1 : 0, cat("cannot read ", what));
   std::vector<T> out(static_cast<size_t>(n));
   if (n > 0)
     check(H5Dread(ds.id(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()),
-          cat("cannot read ", where(loc, "dataset", name)));
+          cat("cannot read ", what));
   return out;
 }
 
@@ -388,19 +388,20 @@ template <typename T>
 void read_block(hid_t loc, const std::string& name, const std::vector<int64_t>& offset,
                 const std::vector<int64_t>& count, T* out) {
   Lock lock;
-  const CrashContext context = reading(loc, "dataset", name);
+  const std::string what = where(loc, "dataset", name);
+  const CrashContext context = reading(what);
   Object ds = open_dataset(loc, name);
-  check_numeric_type(ds.id(), where(loc, "dataset", name));
-  Object space = checked(H5Dget_space(ds.id()), cat("cannot read ", where(loc, "dataset", name)));
+  check_numeric_type(ds.id(), what);
+  Object space = checked(H5Dget_space(ds.id()), cat("cannot read ", what));
   const int rank = H5Sget_simple_extent_ndims(space.id());
   if (rank != int(offset.size()) || offset.size() != count.size())
-    fail_user(where(loc, "dataset", name), " has ", rank, " dimensions, not ", offset.size());
+    fail_user(what, " has ", rank, " dimensions, not ", offset.size());
   std::vector<hsize_t> dims(size_t(rank > 0 ? rank : 0)), start, n;
   H5Sget_simple_extent_dims(space.id(), dims.data(), nullptr);
   int64_t total = 1;
   for (size_t i = 0; i < offset.size(); ++i) {
     if (offset[i] < 0 || count[i] < 0 || hsize_t(offset[i] + count[i]) > dims[i])
-      fail_user(where(loc, "dataset", name), " is smaller than expected (dimension ", i, ": ",
+      fail_user(what, " is smaller than expected (dimension ", i, ": ",
                 dims[i], ", need ", offset[i] + count[i], ")");
     start.push_back(hsize_t(offset[i]));
     n.push_back(hsize_t(count[i]));
@@ -408,11 +409,11 @@ void read_block(hid_t loc, const std::string& name, const std::vector<int64_t>& 
   }
   if (total == 0) return;
   check(H5Sselect_hyperslab(space.id(), H5S_SELECT_SET, start.data(), nullptr, n.data(), nullptr),
-        cat("cannot select a block of ", where(loc, "dataset", name)));
+        cat("cannot select a block of ", what));
   Object mem = checked(H5Screate_simple(rank, n.data(), nullptr),
-                       cat("cannot read ", where(loc, "dataset", name)));
+                       cat("cannot read ", what));
   check(H5Dread(ds.id(), native_type<T>(), mem.id(), space.id(), H5P_DEFAULT, out),
-        cat("cannot read ", where(loc, "dataset", name)));
+        cat("cannot read ", what));
 }
 
 namespace {
@@ -498,9 +499,9 @@ bool has_attribute(hid_t loc, const std::string& name) {
 template <typename T>
 T read_attribute(hid_t loc, const std::string& name) {
   Lock lock;
-  const CrashContext context = reading(loc, "attribute", name);
-  Object attr = open_attribute(loc, name);
   const std::string what = where(loc, "attribute", name);
+  const CrashContext context = reading(what);
+  Object attr = open_attribute(loc, name);
   Object type = checked(H5Aget_type(attr.id()), cat("cannot read the type of ", what));
   Object space = checked(H5Aget_space(attr.id()), cat("cannot read ", what));
   const H5T_class_t c = H5Tget_class(type.id());
