@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "data/h5.h"
+#include "tests/hdf5_bytes.h"
 #include "tests/temp_dir.h"
 #include "tests/user_error.h"
 
@@ -164,9 +165,6 @@ TEST(H5Test, ErrorsNameTheFileAndObject) {
 TEST(H5Test, DamagedNumberTypesAreRefused) {
   TempDir dir;
   const std::vector<float> v = {1.5f, -2.25f, 0.5f, 8.0f};
-  // The datatype message of an IEEE little-endian float32 (HDF5 file format, version 1).
-  const std::string f32{'\x11', '\x20', '\x1f', '\x00', '\x04', '\x00', '\x00', '\x00', '\x00', '\x00',
-                        '\x20', '\x00', '\x17', '\x08', '\x00', '\x17', '\x7f', '\x00', '\x00', '\x00'};
   for (const auto& [what, at, value] :
        {std::tuple{"width", 6, '\x10'}, std::tuple{"exponent bias", 16, '\x7e'}}) {
     SCOPED_TRACE(what);
@@ -176,7 +174,7 @@ TEST(H5Test, DamagedNumberTypesAreRefused) {
       h5::write_dataset<float>(f.id(), "x", v.data(), {4});
     }
     std::string bytes = slurp(path);
-    const size_t i = bytes.find(f32);
+    const size_t i = bytes.find(testing_util::kFloat32LeTypeMessage);
     ASSERT_NE(i, std::string::npos);
     bytes[i + size_t(at)] = value;
     std::ofstream(path, std::ios::binary) << bytes;

@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/param_layout.h"
 #include "data/h5.h"
+#include "tests/hdf5_bytes.h"
 #include "tests/par_cli.h"
 #include "tests/random_flips.h"
 #include "tests/user_error.h"
@@ -151,11 +152,8 @@ TEST(ExportChecksums, AFlippedBitInATensorsMetadataIsAnError) {
     ASSERT_GE(H5Fget_info2(f.id(), &info), 0);
     EXPECT_GE(info.super.version, 3u) << "not HDF5 1.10's format, whose metadata has checksums";
   }
-  // The datatype message of an IEEE little-endian float32, its byte-order bit set.
-  const std::string f32{'\x11', '\x20', '\x1f', '\x00', '\x04', '\x00', '\x00', '\x00', '\x00', '\x00',
-                        '\x20', '\x00', '\x17', '\x08', '\x00', '\x17', '\x7f', '\x00', '\x00', '\x00'};
   std::string bytes = testing_util::slurp(path);
-  const size_t i = bytes.find(f32);
+  const size_t i = bytes.find(testing_util::kFloat32LeTypeMessage);
   ASSERT_NE(i, std::string::npos);
   bytes[i + 1] = char(bytes[i + 1] | 1);
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;

@@ -5,49 +5,19 @@
 // that names it).
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fstream>
-#include <functional>
 #include <string>
 
 #include "core/fatal_signals.h"
+#include "tests/child_process.h"
 #include "tests/par_cli.h"
 
 namespace par {
 namespace {
 
 using namespace testing_util;
-
-struct Death {
-  int signal = 0;       // the signal that ended the child, or 0
-  int exit_status = -1;  // its exit status when it exited
-  std::string err;       // what it wrote to stderr
-};
-
-// Runs `body` in a child process whose stderr is captured.
-Death in_child(const std::function<void()>& body) {
-  int fds[2];
-  if (pipe(fds) != 0) return {};
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    dup2(fds[1], STDERR_FILENO);
-    body();
-    _exit(0);
-  }
-  close(fds[1]);
-  Death d;
-  char buf[512];
-  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) d.err.append(buf, size_t(n));
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (WIFSIGNALED(status)) d.signal = WTERMSIG(status);
-  if (WIFEXITED(status)) d.exit_status = WEXITSTATUS(status);
-  return d;
-}
 
 extern "C" void previous_handler(int) {
   const char line[] = "the previous handler ran\n";
@@ -56,27 +26,29 @@ extern "C" void previous_handler(int) {
 }
 
 TEST(FatalSignals, OneLineWithTheContextThenTheDefaultAction) {
-  const Death d = in_child([] {
+  const ChildResult d = run_in_child([] {
     signal(SIGSEGV, SIG_DFL);
     install_fatal_signal_message();
     install_fatal_signal_message();  // idempotent: not its own previous handler
     const CrashContext outer("reading file a.h5: dataset 'x'");
     { const CrashContext inner("reading file b.h5: attribute 'format'"); }
     raise(SIGSEGV);
-  });
-  EXPECT_EQ(d.signal, SIGSEGV) << d.err;
+    return 0;
+  }, true);
+  EXPECT_EQ(d.status, 128 + SIGSEGV) << d.err;
   EXPECT_EQ(d.err,
             "par: died of SIGSEGV (a bad memory access) while reading file a.h5: dataset 'x': a "
             "damaged file can crash HDF5; check that file (h5dump), or replace it\n");
 }
 
 TEST(FatalSignals, WithoutAContextAskForABugReportThenCallThePreviousHandler) {
-  const Death d = in_child([] {
+  const ChildResult d = run_in_child([] {
     signal(SIGBUS, previous_handler);  // as an MPI library's stack trace would be
     install_fatal_signal_message();
     raise(SIGBUS);
-  });
-  EXPECT_EQ(d.exit_status, 7) << d.err;
+    return 0;
+  }, true);
+  EXPECT_EQ(d.status, 7) << d.err;
   EXPECT_EQ(d.err,
             "par: died of SIGBUS (a bad memory access): a bug in par; please report it with the "
             "command line and the log\nthe previous handler ran\n");

@@ -3,6 +3,8 @@
 // itself, which must not take the test binary with it).
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <fstream>
 #include <functional>
